@@ -1,0 +1,523 @@
+//! The cache policy: a moka cache in front of any [`Verifier`].
+//!
+//! - **Positive entries** (valid keys), keyed by the SHA-256 of the whole key,
+//!   live until the earlier of the positive TTL and the key's own expiry.
+//!   Expiry is also checked against the [`Clock`] on every hit.
+//! - **Concurrent misses** for one key run the verifier once
+//!   (moka's `try_get_with`); every waiter gets that one answer.
+//! - **Unknown keys** are remembered in a separate, smaller cache for a short
+//!   TTL, so a flood of made-up keys neither reaches the backend at full rate
+//!   nor evicts the hot valid keys.
+//! - **Verifier errors**, timeouts and panics are never cached.
+//! - **Invalidation** of a key id (revoke, reissue, update) takes effect for
+//!   every request that starts after [`CachedVerifier::invalidate`] returns,
+//!   including requests that would join a verifier call already in flight.
+//!
+//! Defaults: positive TTL 60 s, negative TTL 5 s, 100,000 valid keys,
+//! 10,000 unknown keys, verifier timeout 5 s.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_api_key::cache::{CacheConfig, CachedVerifier};
+//! use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let store = MemoryStore::new();
+//! let cache = CachedVerifier::new(
+//!     store.clone(),
+//!     CacheConfig::default().with_positive_ttl(Duration::from_secs(30)),
+//! );
+//! let created = store.create(NewKey::new("sa-1")).await.unwrap();
+//! let presented = store.format().parse(created.key.expose_secret()).unwrap();
+//! let caller = cache.lookup(&presented).await.unwrap();
+//! assert_eq!(caller.service_account_id(), "sa-1");
+//!
+//! store.revoke(created.record.key_id).await.unwrap();
+//! assert!(cache.lookup(&presented).await.is_err());
+//! # }
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use moka::Expiry;
+
+use crate::clock::{Clock, SystemClock};
+use crate::invalidation::{Invalidation, InvalidationListener};
+use crate::key::{KeyDigest, KeyId, PresentedKey};
+use crate::record::Caller;
+use crate::verifier::{Verifier, VerifierError};
+
+/// How often one lookup re-fetches a key that was invalidated under it before
+/// giving up (as a backend error, uncached).
+const MAX_REFETCHES: usize = 3;
+/// Tombstones past this count are replaced by one cache-wide flush.
+const MAX_TOMBSTONES: usize = 100_000;
+
+/// Settings of a [`CachedVerifier`].
+#[derive(Clone)]
+pub struct CacheConfig {
+    positive_ttl: Duration,
+    negative_ttl: Duration,
+    max_keys: u64,
+    max_unknown_keys: u64,
+    verifier_timeout: Option<Duration>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            positive_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(5),
+            max_keys: 100_000,
+            max_unknown_keys: 10_000,
+            verifier_timeout: Some(Duration::from_secs(5)),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl fmt::Debug for CacheConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheConfig")
+            .field("positive_ttl", &self.positive_ttl)
+            .field("negative_ttl", &self.negative_ttl)
+            .field("max_keys", &self.max_keys)
+            .field("max_unknown_keys", &self.max_unknown_keys)
+            .field("verifier_timeout", &self.verifier_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheConfig {
+    /// How long a valid key is trusted without asking the verifier again
+    /// (default 60 s). Also the bound on how long a revocation that is not
+    /// pushed to this process takes to be seen.
+    pub fn with_positive_ttl(mut self, ttl: Duration) -> Self {
+        self.positive_ttl = ttl;
+        self
+    }
+
+    /// How long an unknown key is remembered as unknown (default 5 s).
+    pub fn with_negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = ttl;
+        self
+    }
+
+    /// How many valid keys are cached (default 100,000).
+    pub fn with_max_keys(mut self, max: u64) -> Self {
+        self.max_keys = max;
+        self
+    }
+
+    /// How many unknown keys are remembered (default 10,000). Kept apart from
+    /// the valid keys, so floods of made-up keys cannot evict them.
+    pub fn with_max_unknown_keys(mut self, max: u64) -> Self {
+        self.max_unknown_keys = max;
+        self
+    }
+
+    /// Bound on one verifier call (default 5 s); past it the request fails
+    /// with [`LookupError::Unavailable`]. `None` waits forever. Needs a tokio
+    /// runtime with timers.
+    pub fn with_verifier_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.verifier_timeout = timeout;
+        self
+    }
+
+    /// The clock that key expiry is checked against (default: the system clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The positive TTL.
+    pub fn positive_ttl(&self) -> Duration {
+        self.positive_ttl
+    }
+
+    /// The negative TTL.
+    pub fn negative_ttl(&self) -> Duration {
+        self.negative_ttl
+    }
+
+    /// The verifier timeout.
+    pub fn verifier_timeout(&self) -> Option<Duration> {
+        self.verifier_timeout
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+}
+
+/// Why a lookup did not produce a caller.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum LookupError {
+    /// Unknown, revoked, or the secret does not match.
+    Unknown,
+    /// The key expired.
+    Expired,
+    /// The verifier failed or timed out (HTTP 503). Not cached.
+    Unavailable(Arc<VerifierError>),
+    /// The verifier panicked (HTTP 500). Not cached.
+    VerifierPanicked,
+}
+
+impl fmt::Display for LookupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unknown => f.write_str("unknown or revoked api key"),
+            Self::Expired => f.write_str("expired api key"),
+            Self::Unavailable(e) => write!(f, "api key verifier unavailable: {e}"),
+            Self::VerifierPanicked => f.write_str("api key verifier panicked"),
+        }
+    }
+}
+
+impl std::error::Error for LookupError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Unavailable(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}
+
+/// Where a successful lookup came from (for metrics and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Source {
+    /// Served from the cache.
+    Cache,
+    /// Fetched from the verifier (by this request or one it waited for).
+    Verifier,
+}
+
+/// A valid key in the cache.
+struct Entry {
+    caller: Caller,
+    /// The invalidation epoch this entry has been checked against; it starts
+    /// at the epoch read before the verifier was called.
+    epoch: AtomicU64,
+}
+
+/// Why a verifier call produced no entry; shared by all waiters.
+enum Miss {
+    Unknown,
+    Failed(Arc<VerifierError>),
+    Panicked,
+}
+
+/// A [`Verifier`] behind a moka cache; see the [module docs](self) for the
+/// policy. Cheap to clone: clones share the cache.
+#[derive(Clone)]
+pub struct CachedVerifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    verifier: Arc<dyn Verifier>,
+    positive: moka::future::Cache<KeyDigest, Arc<Entry>>,
+    negative: moka::sync::Cache<KeyDigest, ()>,
+    revocations: Revocations,
+    config: CacheConfig,
+}
+
+impl fmt::Debug for CachedVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedVerifier")
+            .field("config", &self.inner.config)
+            .field("cached_keys", &self.inner.positive.entry_count())
+            .field("cached_unknown_keys", &self.inner.negative.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Positive entries expire at the earlier of the TTL and the key's expiry.
+struct PositiveExpiry {
+    ttl: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl Expiry<KeyDigest, Arc<Entry>> for PositiveExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &KeyDigest,
+        entry: &Arc<Entry>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        let until_expiry = entry.caller.expires_at().map(|at| {
+            at.duration_since(self.clock.now())
+                .unwrap_or(Duration::ZERO)
+        });
+        Some(until_expiry.map_or(self.ttl, |d| d.min(self.ttl)))
+    }
+}
+
+impl CachedVerifier {
+    /// Puts `verifier` behind a cache. If the verifier publishes
+    /// invalidations (stores do), the cache subscribes to them.
+    pub fn new(verifier: impl Verifier, config: CacheConfig) -> Self {
+        Self::from_arc(Arc::new(verifier), config)
+    }
+
+    /// [`CachedVerifier::new`] for a verifier that is already shared.
+    pub fn from_arc(verifier: Arc<dyn Verifier>, config: CacheConfig) -> Self {
+        let positive = moka::future::Cache::builder()
+            .max_capacity(config.max_keys)
+            .expire_after(PositiveExpiry {
+                ttl: config.positive_ttl,
+                clock: config.clock.clone(),
+            })
+            .build();
+        let negative = moka::sync::Cache::builder()
+            .max_capacity(config.max_unknown_keys)
+            .time_to_live(config.negative_ttl)
+            .build();
+        // A tombstone must outlive every entry fetched before it: such an entry
+        // is inserted within the verifier timeout and lives at most the TTL.
+        let retain = config.positive_ttl
+            + config.verifier_timeout.unwrap_or(config.positive_ttl)
+            + Duration::from_secs(1);
+        let inner = Arc::new(Inner {
+            verifier,
+            positive,
+            negative,
+            revocations: Revocations::new(retain),
+            config,
+        });
+        if let Some(bus) = inner.verifier.invalidations() {
+            bus.subscribe(inner.clone());
+        }
+        Self { inner }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &CacheConfig {
+        &self.inner.config
+    }
+
+    /// The verifier behind the cache.
+    pub fn verifier(&self) -> &Arc<dyn Verifier> {
+        &self.inner.verifier
+    }
+
+    /// Looks `key` up: from the cache, or through the verifier on a miss.
+    /// Expiry is checked against the clock on every call.
+    pub async fn lookup(&self, key: &PresentedKey) -> Result<Caller, LookupError> {
+        self.lookup_with_source(key).await.map(|(caller, _)| caller)
+    }
+
+    /// [`CachedVerifier::lookup`], also telling where the answer came from.
+    pub async fn lookup_with_source(
+        &self,
+        key: &PresentedKey,
+    ) -> Result<(Caller, Source), LookupError> {
+        let inner = &*self.inner;
+        let digest = *key.digest();
+        for _ in 0..=MAX_REFETCHES {
+            let (entry, source) = match inner.positive.get(&digest).await {
+                Some(entry) => (entry, Source::Cache),
+                None if inner.negative.contains_key(&digest) => return Err(LookupError::Unknown),
+                None => {
+                    let fetched = inner.positive.try_get_with(digest, inner.fetch(key)).await;
+                    match fetched {
+                        Ok(entry) => (entry, Source::Verifier),
+                        Err(miss) => return Err(inner.missed(digest, &miss)),
+                    }
+                }
+            };
+            if inner.revocations.is_current(&entry) {
+                return inner.admit(&entry).map(|caller| (caller, source));
+            }
+            // Invalidated since it was fetched (maybe while in flight): drop it
+            // and ask the verifier again.
+            inner.positive.invalidate(&digest).await;
+        }
+        Err(LookupError::Unavailable(Arc::new(VerifierError::backend(
+            "api key kept being invalidated during verification",
+        ))))
+    }
+
+    /// Re-verifies `key_id` on its next use, for every request that starts
+    /// after this returns.
+    pub fn invalidate(&self, key_id: KeyId) {
+        self.inner.invalidate(&Invalidation::Key(key_id));
+    }
+
+    /// Re-verifies every key on its next use.
+    pub fn invalidate_all(&self) {
+        self.inner.invalidate(&Invalidation::All);
+    }
+
+    /// How many valid keys are cached (approximate; moka counts lazily).
+    pub fn cached_keys(&self) -> u64 {
+        self.inner.positive.entry_count()
+    }
+
+    /// Runs moka's pending maintenance now (counts, evictions); for tests and
+    /// memory measurements.
+    pub async fn run_pending_tasks(&self) {
+        self.inner.positive.run_pending_tasks().await;
+        self.inner.negative.run_pending_tasks();
+    }
+}
+
+impl Inner {
+    async fn fetch(&self, key: &PresentedKey) -> Result<Arc<Entry>, Miss> {
+        // Read before the call: anything invalidated from here on makes the
+        // entry stale, whatever the verifier saw.
+        let epoch = self.revocations.epoch();
+        let call = AssertUnwindSafe(self.verifier.verify(key)).catch_unwind();
+        let answer = match self.config.verifier_timeout {
+            Some(limit) => match tokio::time::timeout(limit, call).await {
+                Ok(answer) => answer,
+                Err(_) => return Err(Miss::Failed(Arc::new(VerifierError::Timeout(limit)))),
+            },
+            None => call.await,
+        };
+        match answer {
+            Err(_panic) => Err(Miss::Panicked),
+            Ok(Err(err)) => Err(Miss::Failed(Arc::new(err))),
+            Ok(Ok(None)) => Err(Miss::Unknown),
+            Ok(Ok(Some(record))) if record.key_id != key.id() => {
+                // A verifier bug; refusing beats caching someone else's identity.
+                Err(Miss::Failed(Arc::new(VerifierError::backend(
+                    "verifier returned the record of a different key",
+                ))))
+            }
+            Ok(Ok(Some(record))) => Ok(Arc::new(Entry {
+                caller: Caller::from(record),
+                epoch: AtomicU64::new(epoch),
+            })),
+        }
+    }
+
+    fn missed(&self, digest: KeyDigest, miss: &Miss) -> LookupError {
+        match miss {
+            Miss::Unknown => {
+                self.negative.insert(digest, ());
+                LookupError::Unknown
+            }
+            Miss::Failed(err) => LookupError::Unavailable(err.clone()),
+            Miss::Panicked => LookupError::VerifierPanicked,
+        }
+    }
+
+    fn admit(&self, entry: &Entry) -> Result<Caller, LookupError> {
+        if entry.caller.record().is_expired_at(self.config.clock.now()) {
+            return Err(LookupError::Expired);
+        }
+        Ok(entry.caller.clone())
+    }
+}
+
+impl InvalidationListener for Inner {
+    fn invalidate(&self, what: &Invalidation) {
+        match what {
+            Invalidation::Key(id) => self.revocations.invalidate(*id),
+            Invalidation::All => {
+                self.revocations.invalidate_all();
+                // Frees memory; correctness already comes from the epoch floor.
+                self.positive.invalidate_all();
+                self.negative.invalidate_all();
+            }
+        }
+    }
+}
+
+/// Invalidation bookkeeping: a global epoch, bumped by every invalidation, and
+/// a tombstone per recently invalidated key id. An entry whose epoch is the
+/// current one needs no further check, so a hit costs two atomic loads.
+struct Revocations {
+    epoch: AtomicU64,
+    /// Entries fetched before this epoch are stale (set by `invalidate_all`).
+    floor: AtomicU64,
+    tombstones: Mutex<Tombstones>,
+    retain: Duration,
+}
+
+#[derive(Default)]
+struct Tombstones {
+    by_id: HashMap<KeyId, u64>,
+    by_age: VecDeque<(Instant, KeyId, u64)>,
+}
+
+impl Revocations {
+    fn new(retain: Duration) -> Self {
+        Self {
+            epoch: AtomicU64::new(0),
+            floor: AtomicU64::new(0),
+            tombstones: Mutex::new(Tombstones::default()),
+            retain,
+        }
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tombstones> {
+        self.tombstones.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_current(&self, entry: &Entry) -> bool {
+        let checked = entry.epoch.load(Ordering::Acquire);
+        let now = self.epoch();
+        if checked >= now {
+            return true;
+        }
+        if checked < self.floor.load(Ordering::Acquire) {
+            return false;
+        }
+        let revoked_at = self.lock().by_id.get(&entry.caller.key_id()).copied();
+        if revoked_at.is_some_and(|at| at > checked) {
+            return false;
+        }
+        // Checked against every invalidation up to `now`; skip them next time.
+        entry.epoch.fetch_max(now, Ordering::AcqRel);
+        true
+    }
+
+    fn invalidate(&self, id: KeyId) {
+        let mut tombstones = self.lock();
+        let epoch = self.epoch.load(Ordering::Acquire) + 1;
+        let now = Instant::now();
+        while let Some(&(at, old_id, old_epoch)) = tombstones.by_age.front() {
+            if now.duration_since(at) < self.retain {
+                break;
+            }
+            tombstones.by_age.pop_front();
+            if tombstones.by_id.get(&old_id) == Some(&old_epoch) {
+                tombstones.by_id.remove(&old_id);
+            }
+        }
+        if tombstones.by_id.len() >= MAX_TOMBSTONES {
+            // Too many to track one by one: treat everything as invalidated.
+            self.floor.store(epoch, Ordering::Release);
+            *tombstones = Tombstones::default();
+        } else {
+            tombstones.by_id.insert(id, epoch);
+            tombstones.by_age.push_back((now, id, epoch));
+        }
+        // Published last, under the lock: whoever sees the new epoch sees the tombstone.
+        self.epoch.store(epoch, Ordering::Release);
+    }
+
+    fn invalidate_all(&self) {
+        let mut tombstones = self.lock();
+        let epoch = self.epoch.load(Ordering::Acquire) + 1;
+        self.floor.store(epoch, Ordering::Release);
+        *tombstones = Tombstones::default();
+        self.epoch.store(epoch, Ordering::Release);
+    }
+}

@@ -1,0 +1,90 @@
+//! How stores tell caches that a key changed.
+//!
+//! A store publishes an [`Invalidation`] when it revokes, reissues or updates
+//! a key; every cache built over that store is subscribed and has acted by the
+//! time [`Invalidations::publish`] returns. A database store feeds the same
+//! bus from notifications sent by other replicas.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use tower_api_key::invalidation::{Invalidation, InvalidationListener, Invalidations};
+//!
+//! struct Count(AtomicUsize);
+//! impl InvalidationListener for Count {
+//!     fn invalidate(&self, _: &Invalidation) {
+//!         self.0.fetch_add(1, Ordering::SeqCst);
+//!     }
+//! }
+//!
+//! let bus = Invalidations::new();
+//! let count = Arc::new(Count(AtomicUsize::new(0)));
+//! bus.subscribe(count.clone());
+//! bus.publish(&Invalidation::All);
+//! assert_eq!(count.0.load(Ordering::SeqCst), 1);
+//! ```
+
+use std::fmt;
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::key::KeyId;
+
+/// What changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Invalidation {
+    /// This key was revoked, reissued or updated: re-verify it.
+    Key(KeyId),
+    /// Anything may have changed (for example, notifications may have been
+    /// missed): re-verify every key.
+    All,
+}
+
+/// Something that reacts to invalidations, typically a cache.
+pub trait InvalidationListener: Send + Sync + 'static {
+    /// Called synchronously from [`Invalidations::publish`].
+    fn invalidate(&self, what: &Invalidation);
+}
+
+/// A synchronous fan-out of invalidations. Cheap to clone; clones share
+/// their subscribers.
+#[derive(Clone, Default)]
+pub struct Invalidations {
+    // Weak: a dropped cache unsubscribes itself.
+    listeners: Arc<Mutex<Vec<Weak<dyn InvalidationListener>>>>,
+}
+
+impl Invalidations {
+    /// A bus with no subscribers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Subscribes `listener` for as long as it is alive elsewhere.
+    pub fn subscribe(&self, listener: Arc<dyn InvalidationListener>) {
+        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        listeners.retain(|l| l.strong_count() > 0);
+        listeners.push(Arc::downgrade(&listener));
+    }
+
+    /// Tells every live subscriber; they have all acted when this returns.
+    pub fn publish(&self, what: &Invalidation) {
+        let live: Vec<_> = {
+            let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            listeners.retain(|l| l.strong_count() > 0);
+            listeners.iter().filter_map(Weak::upgrade).collect()
+        };
+        for listener in live {
+            listener.invalidate(what);
+        }
+    }
+}
+
+impl fmt::Debug for Invalidations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.listeners.lock().map(|l| l.len()).unwrap_or(0);
+        f.debug_struct("Invalidations")
+            .field("subscribers", &n)
+            .finish()
+    }
+}

@@ -1,0 +1,516 @@
+//! The key format, key generation and parsing.
+//!
+//! A key reads `<prefix>_<id>_<secret><checksum>`:
+//!
+//! | part | length | what it is |
+//! |---|---|---|
+//! | prefix | 1-16 of `a-z0-9`, starting with a letter | names the issuer (default `tak`), so secret scanners can find leaked keys |
+//! | id | 16 base62 characters (about 95 random bits) | the public [`KeyId`]: logs, metrics, the management API and revocation use it |
+//! | secret | 32 base62 characters (about 190 random bits) | never stored, logged or shown again after creation |
+//! | checksum | 6 base62 characters | CRC-32 of everything before it, so typos and random strings are rejected offline |
+//!
+//! Base62 (`0-9A-Za-z`) and `_` are URL- and shell-safe and select with one
+//! double click. With the default prefix a key is 59 characters long.
+//!
+//! ```
+//! use tower_api_key::key::KeyFormat;
+//!
+//! let format = KeyFormat::default();
+//! let key = format.generate().expect("the OS random source works");
+//! // The secret is shown once; formatting never prints it.
+//! assert!(!format!("{key} {key:?}").contains(key.expose_secret()));
+//!
+//! let presented = format.parse(key.expose_secret()).unwrap();
+//! assert_eq!(presented.id(), key.id());
+//! assert!(format.parse("tak_not-a-key").is_err());
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use sha2::{Digest, Sha256};
+use zeroize::{Zeroize, Zeroizing};
+
+/// Length of the public key id, in characters.
+pub const ID_LEN: usize = 16;
+/// Length of the secret part, in characters (32 base62 characters: about 190 bits).
+pub const SECRET_LEN: usize = 32;
+/// Length of the checksum, in characters.
+pub const CHECKSUM_LEN: usize = 6;
+/// Longest allowed issuer prefix.
+pub const MAX_PREFIX_LEN: usize = 16;
+/// Longest key any [`KeyFormat`] produces; anything longer is rejected before parsing.
+pub const MAX_KEY_LEN: usize = MAX_PREFIX_LEN + 1 + ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN;
+
+const REDACTED: &str = "[REDACTED]";
+const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+const INVALID: u8 = 0xff;
+
+/// Base62 digit values by byte, `INVALID` for bytes outside the alphabet.
+const DECODE: [u8; 256] = {
+    let mut table = [INVALID; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        table[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
+fn is_base62(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| DECODE[b as usize] != INVALID)
+}
+
+/// Fills `out` with uniformly random base62 characters from the OS random source.
+fn fill_base62(out: &mut [u8]) -> Result<(), KeyGenError> {
+    let mut filled = 0;
+    let mut pool = Zeroizing::new([0u8; 64]);
+    while filled < out.len() {
+        getrandom::fill(&mut pool[..]).map_err(|_| KeyGenError { _priv: () })?;
+        // 248 = 4 * 62: rejecting larger bytes keeps every character equally likely.
+        for &b in pool.iter().filter(|&&b| b < 248) {
+            if filled == out.len() {
+                break;
+            }
+            out[filled] = ALPHABET[(b % 62) as usize];
+            filled += 1;
+        }
+    }
+    Ok(())
+}
+
+fn encode_checksum(crc: u32) -> [u8; CHECKSUM_LEN] {
+    let mut out = [0u8; CHECKSUM_LEN];
+    let mut n = crc as u64;
+    for slot in out.iter_mut().rev() {
+        *slot = ALPHABET[(n % 62) as usize];
+        n /= 62;
+    }
+    out
+}
+
+fn decode_checksum(digits: &[u8]) -> u64 {
+    // 62^6 > 2^32, so a decoded value above u32::MAX is simply a mismatch.
+    digits
+        .iter()
+        .fold(0u64, |acc, &d| acc * 62 + DECODE[d as usize] as u64)
+}
+
+/// The public identifier of a key: 16 base62 characters.
+///
+/// It is safe to log and display; it is what revocation and the management API
+/// refer to.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId([u8; ID_LEN]);
+
+impl KeyId {
+    /// A new random id from the OS random source.
+    pub fn random() -> Result<Self, KeyGenError> {
+        let mut id = [0u8; ID_LEN];
+        fill_base62(&mut id)?;
+        Ok(Self(id))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Constructed only from base62 bytes, which are ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let id: [u8; ID_LEN] = bytes.try_into().ok()?;
+        is_base62(&id).then_some(Self(id))
+    }
+}
+
+impl FromStr for KeyId {
+    type Err = InvalidKeyId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::from_bytes(s.as_bytes()).ok_or(InvalidKeyId { _priv: () })
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({})", self.as_str())
+    }
+}
+
+/// A string that is not a key id (16 base62 characters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidKeyId {
+    _priv: (),
+}
+
+impl fmt::Display for InvalidKeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a key id is {ID_LEN} characters of 0-9, A-Z and a-z")
+    }
+}
+
+impl std::error::Error for InvalidKeyId {}
+
+/// SHA-256 of a whole presented key: the in-process cache key.
+///
+/// Not a secret by itself (the key has about 190 random bits behind it), but
+/// never logged either.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyDigest(pub(crate) [u8; 32]);
+
+impl KeyDigest {
+    fn of(bytes: &[u8]) -> Self {
+        Self(Sha256::digest(bytes).into())
+    }
+
+    /// The raw digest bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for KeyDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyDigest(..)")
+    }
+}
+
+/// The shape of keys one issuer hands out: today, its prefix.
+///
+/// Cheap to copy. The default prefix is `tak`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KeyFormat {
+    prefix: [u8; MAX_PREFIX_LEN],
+    prefix_len: u8,
+}
+
+impl Default for KeyFormat {
+    fn default() -> Self {
+        match Self::new(Self::DEFAULT_PREFIX) {
+            Ok(format) => format,
+            Err(_) => unreachable!("the default prefix is valid"),
+        }
+    }
+}
+
+impl fmt::Debug for KeyFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyFormat")
+            .field("prefix", &self.prefix())
+            .finish()
+    }
+}
+
+impl KeyFormat {
+    /// The prefix of [`KeyFormat::default`].
+    pub const DEFAULT_PREFIX: &'static str = "tak";
+
+    /// A format with the given issuer prefix: 1 to 16 characters of `a-z0-9`,
+    /// starting with a letter.
+    pub const fn new(prefix: &str) -> Result<Self, InvalidPrefix> {
+        let bytes = prefix.as_bytes();
+        if bytes.is_empty() || bytes.len() > MAX_PREFIX_LEN || !bytes[0].is_ascii_lowercase() {
+            return Err(InvalidPrefix { _priv: () });
+        }
+        let mut out = [0u8; MAX_PREFIX_LEN];
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            if !(b.is_ascii_lowercase() || b.is_ascii_digit()) {
+                return Err(InvalidPrefix { _priv: () });
+            }
+            out[i] = b;
+            i += 1;
+        }
+        Ok(Self {
+            prefix: out,
+            prefix_len: bytes.len() as u8,
+        })
+    }
+
+    /// The issuer prefix.
+    pub fn prefix(&self) -> &str {
+        std::str::from_utf8(self.prefix_bytes()).unwrap_or_default()
+    }
+
+    fn prefix_bytes(&self) -> &[u8] {
+        &self.prefix[..self.prefix_len as usize]
+    }
+
+    /// The length of every key of this format.
+    pub fn key_len(&self) -> usize {
+        self.prefix_len as usize + 1 + ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN
+    }
+
+    /// A new key with a new random id.
+    pub fn generate(&self) -> Result<GeneratedKey, KeyGenError> {
+        self.generate_for(KeyId::random()?)
+    }
+
+    /// A new random secret for an existing id (reissue).
+    pub fn generate_for(&self, id: KeyId) -> Result<GeneratedKey, KeyGenError> {
+        let len = self.key_len();
+        let mut key = Zeroizing::new(Vec::with_capacity(len));
+        key.extend_from_slice(self.prefix_bytes());
+        key.push(b'_');
+        key.extend_from_slice(&id.0);
+        key.push(b'_');
+        let secret_at = key.len();
+        key.resize(secret_at + SECRET_LEN, 0);
+        fill_base62(&mut key[secret_at..])?;
+        let crc = crc32fast::hash(&key);
+        key.extend_from_slice(&encode_checksum(crc));
+        debug_assert_eq!(key.len(), len);
+        let text =
+            String::from_utf8(std::mem::take(&mut *key)).map_err(|_| KeyGenError { _priv: () })?;
+        Ok(GeneratedKey {
+            key: Zeroizing::new(text),
+            id,
+        })
+    }
+
+    /// Parses a presented key: length, prefix, separators, alphabet and checksum,
+    /// in that order, without allocating.
+    pub fn parse(&self, key: &str) -> Result<PresentedKey, KeyParseError> {
+        self.parse_bytes(key.as_bytes())
+    }
+
+    /// [`KeyFormat::parse`] over raw bytes (for example a header value).
+    pub fn parse_bytes(&self, key: &[u8]) -> Result<PresentedKey, KeyParseError> {
+        if key.is_empty() {
+            return Err(KeyParseError::Empty);
+        }
+        if key.len() != self.key_len() {
+            return Err(KeyParseError::Length);
+        }
+        let p = self.prefix_len as usize;
+        if &key[..p] != self.prefix_bytes() || key[p] != b'_' {
+            return Err(KeyParseError::Prefix);
+        }
+        let id_end = p + 1 + ID_LEN;
+        if key[id_end] != b'_' {
+            return Err(KeyParseError::Alphabet);
+        }
+        if !is_base62(&key[p + 1..id_end]) || !is_base62(&key[id_end + 1..]) {
+            return Err(KeyParseError::Alphabet);
+        }
+        let body_len = key.len() - CHECKSUM_LEN;
+        let expected = crc32fast::hash(&key[..body_len]) as u64;
+        if decode_checksum(&key[body_len..]) != expected {
+            return Err(KeyParseError::Checksum);
+        }
+        let mut bytes = [0u8; MAX_KEY_LEN];
+        bytes[..key.len()].copy_from_slice(key);
+        let id = KeyId::from_bytes(&key[p + 1..id_end]).ok_or(KeyParseError::Alphabet)?;
+        Ok(PresentedKey {
+            bytes,
+            len: key.len() as u8,
+            id,
+            digest: KeyDigest::of(key),
+        })
+    }
+}
+
+/// A prefix that is not 1-16 characters of `a-z0-9` starting with a letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidPrefix {
+    _priv: (),
+}
+
+impl fmt::Display for InvalidPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a key prefix is 1 to {MAX_PREFIX_LEN} characters of a-z and 0-9, starting with a letter"
+        )
+    }
+}
+
+impl std::error::Error for InvalidPrefix {}
+
+/// The OS random source failed; no key was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyGenError {
+    _priv: (),
+}
+
+impl fmt::Display for KeyGenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the operating system's random source failed")
+    }
+}
+
+impl std::error::Error for KeyGenError {}
+
+/// Why a string is not a key of this format. Never contains the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyParseError {
+    /// Nothing was presented.
+    Empty,
+    /// The length does not match the format.
+    Length,
+    /// The issuer prefix does not match.
+    Prefix,
+    /// A character outside the key alphabet, or a misplaced separator.
+    Alphabet,
+    /// The checksum does not match: a typo or a made-up key.
+    Checksum,
+}
+
+impl fmt::Display for KeyParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Empty => "empty api key",
+            Self::Length => "api key has the wrong length",
+            Self::Prefix => "api key has the wrong prefix",
+            Self::Alphabet => "api key has characters outside its alphabet",
+            Self::Checksum => "api key checksum does not match",
+        })
+    }
+}
+
+impl std::error::Error for KeyParseError {}
+
+/// A freshly created key: the only place the whole secret exists after creation.
+///
+/// Hand [`GeneratedKey::expose_secret`] to the key's owner once; the server keeps
+/// only its hash. Formatting prints the prefix, the id and a redaction marker;
+/// the memory is wiped on drop.
+pub struct GeneratedKey {
+    key: Zeroizing<String>,
+    id: KeyId,
+}
+
+impl GeneratedKey {
+    /// The public id.
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    /// The whole key, secret included. Show it to its owner once.
+    pub fn expose_secret(&self) -> &str {
+        &self.key
+    }
+
+    fn prefix(&self) -> &str {
+        self.key.split('_').next().unwrap_or_default()
+    }
+}
+
+impl Clone for GeneratedKey {
+    fn clone(&self) -> Self {
+        Self {
+            key: self.key.clone(),
+            id: self.id,
+        }
+    }
+}
+
+impl fmt::Debug for GeneratedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GeneratedKey")
+            .field("id", &self.id)
+            .field("secret", &REDACTED)
+            .finish()
+    }
+}
+
+impl fmt::Display for GeneratedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}_{}_{REDACTED}", self.prefix(), self.id)
+    }
+}
+
+/// A key presented by a client that passed the offline checks of
+/// [`KeyFormat::parse`]; it may still be unknown, revoked or expired.
+///
+/// Kept on the stack (no allocation); wiped on drop.
+#[derive(Clone)]
+pub struct PresentedKey {
+    bytes: [u8; MAX_KEY_LEN],
+    len: u8,
+    id: KeyId,
+    digest: KeyDigest,
+}
+
+impl PresentedKey {
+    /// The public id.
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    /// SHA-256 of the whole key.
+    pub fn digest(&self) -> &KeyDigest {
+        &self.digest
+    }
+
+    /// The whole key as presented, for verifiers that must forward it (to a
+    /// remote service, say). Never log it.
+    pub fn expose_secret(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+
+    fn prefix(&self) -> &str {
+        self.expose_secret().split('_').next().unwrap_or_default()
+    }
+}
+
+impl Drop for PresentedKey {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
+}
+
+impl fmt::Debug for PresentedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresentedKey")
+            .field("id", &self.id)
+            .field("secret", &REDACTED)
+            .finish()
+    }
+}
+
+impl fmt::Display for PresentedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}_{}_{REDACTED}", self.prefix(), self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_round_trips_at_the_extremes() {
+        for crc in [0, 1, 61, 62, u32::MAX] {
+            assert_eq!(decode_checksum(&encode_checksum(crc)), crc as u64);
+        }
+    }
+
+    #[test]
+    fn prefixes_are_validated() {
+        assert!(KeyFormat::new("yc").is_ok());
+        assert!(KeyFormat::new("a1234567890bcdef").is_ok());
+        for bad in ["", "1ab", "Ab", "a_b", "a-b", "a1234567890bcdefg", "é"] {
+            assert!(KeyFormat::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn generated_key_has_the_documented_length() {
+        let key = KeyFormat::default().generate().unwrap();
+        assert_eq!(key.expose_secret().len(), 59);
+        assert!(key.expose_secret().starts_with("tak_"));
+    }
+}

@@ -1,0 +1,33 @@
+//! API-key authentication for [tower] services (axum, tonic, hyper), the way a
+//! large cloud does it for its service accounts.
+//!
+//! - A key is a secret shown once at creation; stores keep only its hash
+//!   ([`hash`]). The format ([`key`]) carries an issuer prefix, a public id
+//!   and a checksum, so garbage is rejected before any lookup.
+//! - A key belongs to one service account and may carry scopes and an expiry
+//!   ([`record`], [`scope`]).
+//! - A pluggable async [`verifier`] sits behind a moka [`cache`]; stores
+//!   ([`store`]) implement the management operations and push revocations to
+//!   the cache ([`invalidation`]).
+//!
+//! [tower]: https://docs.rs/tower
+#![deny(unsafe_code, unreachable_pub)]
+#![warn(missing_docs, rust_2018_idioms)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod cache;
+pub mod clock;
+pub mod hash;
+pub mod invalidation;
+pub mod key;
+pub mod record;
+pub mod scope;
+pub mod store;
+pub mod verifier;
+
+pub use cache::{CacheConfig, CachedVerifier, LookupError};
+pub use key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
+pub use record::{Caller, KeyRecord};
+pub use scope::{Scope, ScopePolicy, ScopeSet};
+pub use store::{KeyStore, MemoryStore};
+pub use verifier::{Verifier, VerifierError};

@@ -1,0 +1,313 @@
+//! The in-memory store: for tests, examples and single-process services.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+use super::{
+    hint_of, CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey, StoreError,
+};
+use crate::clock::{Clock, SystemClock};
+use crate::hash::{KeyHasher, StoredHash};
+use crate::invalidation::{Invalidation, Invalidations};
+use crate::key::{KeyFormat, KeyId, PresentedKey};
+use crate::record::KeyRecord;
+use crate::verifier::{Verifier, VerifierError};
+
+/// Keys in a process-local map. Cheap to clone: clones share the keys.
+///
+/// Holds only hashes of keys, like any store. A revoke, reissue or update is
+/// announced on [`Verifier::invalidations`] before the call returns.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    format: KeyFormat,
+    hasher: KeyHasher,
+    clock: Arc<dyn Clock>,
+    keys: RwLock<HashMap<KeyId, Stored>>,
+    invalidations: Invalidations,
+}
+
+struct Stored {
+    record: KeyRecord,
+    hash: StoredHash,
+    /// The secret replaced by a reissue, accepted until the instant given.
+    previous: Option<(StoredHash, SystemTime)>,
+    last_used_at: Option<SystemTime>,
+    hint: String,
+}
+
+impl Stored {
+    fn info(&self) -> KeyInfo {
+        KeyInfo {
+            record: self.record.clone(),
+            last_used_at: self.last_used_at,
+            hint: self.hint.clone(),
+        }
+    }
+}
+
+/// Settings of a [`MemoryStore`].
+#[derive(Default)]
+#[must_use]
+pub struct MemoryStoreBuilder {
+    format: Option<KeyFormat>,
+    hasher: Option<KeyHasher>,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+impl MemoryStoreBuilder {
+    /// The key format (default prefix `tak`).
+    pub fn with_format(mut self, format: KeyFormat) -> Self {
+        self.format = Some(format);
+        self
+    }
+
+    /// How keys are hashed (default plain SHA-256).
+    pub fn with_hasher(mut self, hasher: KeyHasher) -> Self {
+        self.hasher = Some(hasher);
+        self
+    }
+
+    /// The clock for creation times, expiry checks and grace periods.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The store.
+    pub fn build(self) -> MemoryStore {
+        MemoryStore {
+            inner: Arc::new(Inner {
+                format: self.format.unwrap_or_default(),
+                hasher: self.hasher.unwrap_or_default(),
+                clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+                keys: RwLock::new(HashMap::new()),
+                invalidations: Invalidations::new(),
+            }),
+        }
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("format", &self.inner.format)
+            .field("keys", &self.read().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store with default settings.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A builder for other settings.
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder::default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<KeyId, Stored>> {
+        self.inner.keys.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<KeyId, Stored>> {
+        self.inner.keys.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> SystemTime {
+        self.inner.clock.now()
+    }
+
+    fn check_expiry(&self, expires_at: Option<SystemTime>) -> Result<(), StoreError> {
+        match expires_at {
+            Some(at) if at <= self.now() => Err(StoreError::invalid("expires_at is in the past")),
+            _ => Ok(()),
+        }
+    }
+
+    fn hash_of(&self, key: &crate::key::GeneratedKey) -> Result<StoredHash, StoreError> {
+        let presented = self
+            .inner
+            .format
+            .parse(key.expose_secret())
+            .map_err(|_| StoreError::backend("generated key does not parse"))?;
+        Ok(self.inner.hasher.hash(&presented))
+    }
+}
+
+#[async_trait]
+impl Verifier for MemoryStore {
+    async fn verify(&self, key: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
+        let keys = self.read();
+        let Some(stored) = keys.get(&key.id()) else {
+            return Ok(None);
+        };
+        if self.inner.hasher.verify(key, &stored.hash) {
+            return Ok(Some(stored.record.clone()));
+        }
+        match &stored.previous {
+            Some((hash, until)) if self.inner.hasher.verify(key, hash) && self.now() < *until => {
+                // The old secret is valid only until its grace deadline.
+                let mut record = stored.record.clone();
+                record.expires_at = Some(record.expires_at.map_or(*until, |at| at.min(*until)));
+                Ok(Some(record))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn invalidations(&self) -> Option<&Invalidations> {
+        Some(&self.inner.invalidations)
+    }
+}
+
+#[async_trait]
+impl KeyStore for MemoryStore {
+    fn format(&self) -> KeyFormat {
+        self.inner.format
+    }
+
+    async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError> {
+        if new.service_account_id.is_empty() {
+            return Err(StoreError::invalid("service_account_id is empty"));
+        }
+        self.check_expiry(new.expires_at)?;
+        let key = self.inner.format.generate()?;
+        let record = KeyRecord::new(key.id(), new.service_account_id)
+            .with_scopes(new.scopes)
+            .with_description(new.description)
+            .with_expires_at(new.expires_at)
+            .with_created_at(self.now());
+        let stored = Stored {
+            record: record.clone(),
+            hash: self.hash_of(&key)?,
+            previous: None,
+            last_used_at: None,
+            hint: hint_of(&key),
+        };
+        let mut keys = self.write();
+        if keys.contains_key(&key.id()) {
+            // 95 random bits make this practically impossible; never overwrite.
+            return Err(StoreError::backend("key id collision"));
+        }
+        keys.insert(key.id(), stored);
+        Ok(CreatedKey { record, key })
+    }
+
+    async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError> {
+        Ok(self.read().get(&id).map(Stored::info))
+    }
+
+    async fn list(
+        &self,
+        service_account_id: &str,
+        page: ListRequest,
+    ) -> Result<KeyPage, StoreError> {
+        let size = page.size()?;
+        let after = match &page.page_token {
+            None => None,
+            Some(token) => Some(
+                token
+                    .parse::<KeyId>()
+                    .map_err(|_| StoreError::invalid("page_token is not valid"))?,
+            ),
+        };
+        let keys = self.read();
+        let mut mine: Vec<&Stored> = keys
+            .values()
+            .filter(|s| &*s.record.service_account_id == service_account_id)
+            .collect();
+        mine.sort_by_key(|s| (s.record.created_at, s.record.key_id));
+        let start = match after {
+            None => 0,
+            Some(id) => match mine.iter().position(|s| s.record.key_id == id) {
+                Some(i) => i + 1,
+                None => return Err(StoreError::invalid("page_token is not valid")),
+            },
+        };
+        let rest = &mine[start.min(mine.len())..];
+        let page: Vec<KeyInfo> = rest.iter().take(size).map(|s| s.info()).collect();
+        let next_page_token = (rest.len() > size)
+            .then(|| page.last().map(|k| k.record.key_id.to_string()))
+            .flatten();
+        Ok(KeyPage {
+            keys: page,
+            next_page_token,
+        })
+    }
+
+    async fn update(&self, id: KeyId, update: KeyUpdate) -> Result<Option<KeyInfo>, StoreError> {
+        if let Some(expires_at) = update.expires_at {
+            self.check_expiry(expires_at)?;
+        }
+        let info = {
+            let mut keys = self.write();
+            let Some(stored) = keys.get_mut(&id) else {
+                return Ok(None);
+            };
+            if let Some(description) = update.description {
+                stored.record.description = description;
+            }
+            if let Some(scopes) = update.scopes {
+                stored.record.scopes = scopes;
+            }
+            if let Some(expires_at) = update.expires_at {
+                stored.record.expires_at = expires_at;
+            }
+            stored.info()
+        };
+        self.inner.invalidations.publish(&Invalidation::Key(id));
+        Ok(Some(info))
+    }
+
+    async fn revoke(&self, id: KeyId) -> Result<bool, StoreError> {
+        let existed = self.write().remove(&id).is_some();
+        if existed {
+            self.inner.invalidations.publish(&Invalidation::Key(id));
+        }
+        Ok(existed)
+    }
+
+    async fn reissue(&self, id: KeyId, grace: Duration) -> Result<Option<CreatedKey>, StoreError> {
+        let key = self.inner.format.generate_for(id)?;
+        let hash = self.hash_of(&key)?;
+        let record = {
+            let mut keys = self.write();
+            let Some(stored) = keys.get_mut(&id) else {
+                return Ok(None);
+            };
+            let old = std::mem::replace(&mut stored.hash, hash);
+            stored.previous = (!grace.is_zero()).then(|| (old, self.now() + grace));
+            stored.hint = hint_of(&key);
+            stored.record.clone()
+        };
+        self.inner.invalidations.publish(&Invalidation::Key(id));
+        Ok(Some(CreatedKey { record, key }))
+    }
+
+    async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError> {
+        let mut keys = self.write();
+        for (id, at) in uses {
+            if let Some(stored) = keys.get_mut(id) {
+                // Forward only: a late batch never moves the time back.
+                stored.last_used_at = Some(stored.last_used_at.map_or(*at, |t| t.max(*at)));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,289 @@
+//! Key stores: where keys live, and the management operations on them.
+//!
+//! A [`KeyStore`] creates, lists, updates, revokes and reissues keys, records
+//! when they were last used, and is itself a [`Verifier`]. Stores announce
+//! revocations, reissues and updates on their [`Invalidations`] bus, so a
+//! [`CachedVerifier`](crate::cache::CachedVerifier) built over a store drops a
+//! revoked key at once.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_api_key::scope::ScopeSet;
+//! use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = MemoryStore::new();
+//! let created = store
+//!     .create(NewKey::new("sa-1").with_scopes(ScopeSet::new(["yc.ai.translate.execute"])?))
+//!     .await?;
+//! println!("your key, shown once: {}", created.key.expose_secret());
+//!
+//! let listed = store.list("sa-1", Default::default()).await?;
+//! assert_eq!(listed.keys.len(), 1);
+//! assert!(!format!("{listed:?}").contains(created.key.expose_secret()));
+//!
+//! let reissued = store.reissue(created.record.key_id, Duration::ZERO).await?.unwrap();
+//! assert_ne!(reissued.key.expose_secret(), created.key.expose_secret());
+//! assert!(store.revoke(created.record.key_id).await?);
+//! # Ok(()) }
+//! ```
+//!
+//! [`Invalidations`]: crate::invalidation::Invalidations
+
+mod memory;
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+pub use memory::{MemoryStore, MemoryStoreBuilder};
+
+use crate::key::{GeneratedKey, KeyFormat, KeyGenError, KeyId};
+use crate::record::KeyRecord;
+use crate::scope::ScopeSet;
+use crate::verifier::Verifier;
+
+/// Most keys one [`KeyStore::list`] page returns.
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// Page size when none is asked for.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+
+/// What to create.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NewKey {
+    /// The owning service account.
+    pub service_account_id: String,
+    /// Free text.
+    pub description: String,
+    /// Scopes; empty for an unscoped key.
+    pub scopes: ScopeSet,
+    /// Expiry; must be in the future.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl NewKey {
+    /// An unscoped, non-expiring key for `service_account_id`.
+    pub fn new(service_account_id: impl Into<String>) -> Self {
+        Self {
+            service_account_id: service_account_id.into(),
+            description: String::new(),
+            scopes: ScopeSet::empty(),
+            expires_at: None,
+        }
+    }
+
+    /// Sets the scopes.
+    pub fn with_scopes(mut self, scopes: ScopeSet) -> Self {
+        self.scopes = scopes;
+        self
+    }
+
+    /// Sets the description.
+    pub fn with_description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// Sets the expiry.
+    pub fn with_expires_at(mut self, expires_at: SystemTime) -> Self {
+        self.expires_at = Some(expires_at);
+        self
+    }
+}
+
+/// A created or reissued key: its record and the secret, which exists only here.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CreatedKey {
+    /// The stored record.
+    pub record: KeyRecord,
+    /// The whole key; show it to its owner once.
+    pub key: GeneratedKey,
+}
+
+/// A key as the management API shows it: never the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyInfo {
+    /// The record.
+    pub record: KeyRecord,
+    /// When the key was last used, if ever (written behind, so it lags).
+    pub last_used_at: Option<SystemTime>,
+    /// A masked hint such as `tak_…x7Qa`: the prefix and the last four
+    /// characters, never enough to use the key.
+    pub hint: String,
+}
+
+/// What to change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct KeyUpdate {
+    /// New description.
+    pub description: Option<String>,
+    /// New scopes.
+    pub scopes: Option<ScopeSet>,
+    /// New expiry: `Some(None)` removes it.
+    pub expires_at: Option<Option<SystemTime>>,
+}
+
+impl KeyUpdate {
+    /// Sets the description.
+    pub fn with_description(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
+        self
+    }
+
+    /// Sets the scopes.
+    pub fn with_scopes(mut self, scopes: ScopeSet) -> Self {
+        self.scopes = Some(scopes);
+        self
+    }
+
+    /// Sets (or with `None`, removes) the expiry.
+    pub fn with_expires_at(mut self, expires_at: Option<SystemTime>) -> Self {
+        self.expires_at = Some(expires_at);
+        self
+    }
+}
+
+/// Which page of a listing.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ListRequest {
+    /// Keys per page (default 100, at most 1000).
+    pub page_size: Option<usize>,
+    /// The `next_page_token` of the previous page.
+    pub page_token: Option<String>,
+}
+
+impl ListRequest {
+    /// The first page, of `page_size` keys.
+    pub fn first(page_size: usize) -> Self {
+        Self {
+            page_size: Some(page_size),
+            page_token: None,
+        }
+    }
+
+    /// The page after the one that returned `token`.
+    pub fn after(page_size: usize, token: impl Into<String>) -> Self {
+        Self {
+            page_size: Some(page_size),
+            page_token: Some(token.into()),
+        }
+    }
+
+    pub(crate) fn size(&self) -> Result<usize, StoreError> {
+        match self.page_size {
+            None => Ok(DEFAULT_PAGE_SIZE),
+            Some(n @ 1..=MAX_PAGE_SIZE) => Ok(n),
+            Some(_) => Err(StoreError::invalid(format!(
+                "page_size must be between 1 and {MAX_PAGE_SIZE}"
+            ))),
+        }
+    }
+}
+
+/// One page of keys.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct KeyPage {
+    /// The keys, oldest first.
+    pub keys: Vec<KeyInfo>,
+    /// Pass it back for the next page; `None` on the last page.
+    pub next_page_token: Option<String>,
+}
+
+/// A management operation failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The request is invalid; the message says why (and holds no secret).
+    Invalid(String),
+    /// The random source failed.
+    KeyGen(KeyGenError),
+    /// The backend failed.
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// An invalid request.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::Invalid(message.into())
+    }
+
+    /// A backend failure.
+    pub fn backend(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Backend(err.into())
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Invalid(why) => write!(f, "invalid request: {why}"),
+            Self::KeyGen(e) => write!(f, "{e}"),
+            Self::Backend(e) => write!(f, "key store backend failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::KeyGen(e) => Some(e),
+            Self::Backend(e) => Some(&**e),
+            Self::Invalid(_) => None,
+        }
+    }
+}
+
+impl From<KeyGenError> for StoreError {
+    fn from(e: KeyGenError) -> Self {
+        Self::KeyGen(e)
+    }
+}
+
+/// Where keys live. Every store is also a [`Verifier`] and announces changes
+/// on [`Verifier::invalidations`].
+#[async_trait]
+pub trait KeyStore: Verifier {
+    /// The format of the keys this store issues.
+    fn format(&self) -> KeyFormat;
+
+    /// Creates a key; the only time its secret is returned.
+    async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError>;
+
+    /// One key, if it exists.
+    async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError>;
+
+    /// A service account's keys, oldest first.
+    async fn list(
+        &self,
+        service_account_id: &str,
+        page: ListRequest,
+    ) -> Result<KeyPage, StoreError>;
+
+    /// Changes description, scopes or expiry; `None` if the key does not exist.
+    async fn update(&self, id: KeyId, update: KeyUpdate) -> Result<Option<KeyInfo>, StoreError>;
+
+    /// Deletes a key; it stops working at once. `false` if it did not exist.
+    async fn revoke(&self, id: KeyId) -> Result<bool, StoreError>;
+
+    /// Gives the key a new secret with the same account, scopes and expiry.
+    /// The old secret keeps working for `grace` (zero: stops at once).
+    async fn reissue(&self, id: KeyId, grace: Duration) -> Result<Option<CreatedKey>, StoreError>;
+
+    /// Records uses, moving each key's `last_used_at` forward only.
+    async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError>;
+}
+
+/// The masked hint of a key: prefix and last four characters.
+pub(crate) fn hint_of(key: &GeneratedKey) -> String {
+    let text = key.expose_secret();
+    let prefix = text.split('_').next().unwrap_or_default();
+    let tail = text.get(text.len().saturating_sub(4)..).unwrap_or_default();
+    format!("{prefix}_…{tail}")
+}
