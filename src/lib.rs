@@ -15,6 +15,7 @@
 #![warn(missing_docs, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod auth;
 pub mod cache;
 pub mod clock;
 pub mod hash;
@@ -25,6 +26,7 @@ pub mod scope;
 pub mod store;
 pub mod verifier;
 
+pub use auth::{ApiKeyLayer, Authenticator};
 pub use cache::{CacheConfig, CachedVerifier, LookupError};
 pub use key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
 pub use record::{Caller, KeyRecord};

@@ -1,0 +1,66 @@
+//! The tower middleware: authenticate each request by its API key.
+//!
+//! Build one [`Authenticator`] (verifier, cache and settings, shared by every
+//! route), then give each route a layer with its scope policy:
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum::{routing::{get, post}, Json, Router};
+//! use tower_api_key::{auth::Authenticator, store::MemoryStore, Caller};
+//!
+//! async fn translate(caller: Caller) -> String {
+//!     format!("hello, {}", caller.service_account_id())
+//! }
+//! async fn whoami(caller: Caller) -> String {
+//!     caller.key_id().to_string()
+//! }
+//!
+//! let store = MemoryStore::new();
+//! let auth = Authenticator::new(store.clone())
+//!     .with_positive_ttl(Duration::from_secs(60))
+//!     .with_negative_ttl(Duration::from_secs(5));
+//!
+//! let app: Router = Router::new()
+//!     .route("/v1/translate", post(translate)
+//!         .route_layer(auth.require_any(["yc.ai.translate.execute", "yc.ai.foundationModels.execute"])))
+//!     .route("/v1/legacy", get(|| async { "legacy" }).route_layer(auth.unscoped_keys_only()))
+//!     .route("/whoami", get(whoami).route_layer(auth.any_valid_key()));
+//! ```
+//!
+//! A request passes through these steps, and stops at the first that fails:
+//!
+//! 1. Any [`Caller`](crate::Caller) already in its extensions is removed (no spoofing).
+//! 2. CORS preflight passes unauthenticated, if enabled.
+//! 3. Exactly one credential: `Authorization: Api-Key <key>` (scheme in any
+//!    case) or, if configured, the bare key in an extra header. Two are a 400.
+//! 4. Offline checks (length, prefix, alphabet, checksum): garbage is a 401
+//!    without a verifier call.
+//! 5. The cached verifier: unknown, revoked or expired keys are a 401 with
+//!    the same body; a failing verifier is a 503, a panicking one a 500.
+//! 6. The route's [`ScopePolicy`](crate::ScopePolicy): a 403 if it refuses.
+//! 7. The [`Caller`](crate::Caller) goes into the request's extensions, the
+//!    credential header is marked sensitive, and the inner service is called.
+//!
+//! gRPC requests get gRPC statuses instead; see [`rejection`].
+
+mod authenticator;
+mod body;
+mod extract;
+mod future;
+mod layer;
+mod policy;
+pub mod rejection;
+mod service;
+
+#[cfg(feature = "axum")]
+mod axum;
+
+pub use authenticator::Authenticator;
+#[cfg(feature = "axum")]
+pub use axum::MissingCaller;
+pub use body::ResponseBody;
+pub use future::ResponseFuture;
+pub use layer::ApiKeyLayer;
+pub use policy::RoutePolicy;
+pub use rejection::{JsonRejection, Reason, Rejection, RejectionResponder};
+pub use service::ApiKeyService;

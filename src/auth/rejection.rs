@@ -1,0 +1,356 @@
+//! Rejection responses: what a refused request gets back.
+//!
+//! | outcome | HTTP | gRPC (`content-type: application/grpc*`) |
+//! |---|---|---|
+//! | no key, malformed, unknown, revoked or expired key | 401, one identical body | 200 trailers-only, `grpc-status: 16` UNAUTHENTICATED |
+//! | two credentials in one request | 400 | 16 UNAUTHENTICATED |
+//! | valid key, route scope not satisfied | 403 `insufficient_scope` | 7 PERMISSION_DENIED |
+//! | too many failed attempts | 429 + `Retry-After` | 8 RESOURCE_EXHAUSTED |
+//! | verifier failed or timed out | 503 + `Retry-After` | 14 UNAVAILABLE |
+//! | verifier panicked | 500 | 13 INTERNAL |
+//!
+//! Every rejection carries `Cache-Control: no-store`; 401 and 403 carry
+//! `WWW-Authenticate: Api-Key realm="..."` (403 adds `error="insufficient_scope"`
+//! and the accepted scopes). The [`Rejection`] itself rides in the response's
+//! extensions, for logging and tests; the bodies never tell the 401 reasons apart.
+//!
+//! HTTP bodies are short JSON by default; replace them with a
+//! [`RejectionResponder`], for example a closure:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Response, header};
+//! use tower_api_key::auth::{Authenticator, Rejection};
+//! use tower_api_key::store::MemoryStore;
+//!
+//! let auth = Authenticator::new(MemoryStore::new()).with_rejection_responder(|r: &Rejection| {
+//!     Response::builder()
+//!         .status(r.status())
+//!         .header(header::CONTENT_TYPE, "text/plain")
+//!         .body(Bytes::from_static(b"no entry"))
+//!         .unwrap()
+//! });
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+
+use crate::key::KeyId;
+use crate::scope::ScopeSet;
+
+/// Why a request was refused. Finer than the response, which does not tell
+/// the 401 reasons apart; use it for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Reason {
+    /// No credential at all.
+    Missing,
+    /// More than one credential header.
+    DuplicateCredentials,
+    /// An `Authorization` header with another scheme.
+    WrongScheme,
+    /// Something that cannot be a key: bad length, prefix, alphabet or checksum.
+    Malformed,
+    /// A well-formed key the verifier does not know (or revoked, or a wrong secret).
+    Unknown,
+    /// The key expired.
+    Expired,
+    /// The route requires scopes the key does not hold.
+    InsufficientScope,
+    /// The route declares no scopes and the key is scoped.
+    ScopedKeyOnUnscopedRoute,
+    /// Too many failed attempts from this client.
+    TooManyAttempts,
+    /// The verifier failed or timed out.
+    Unavailable,
+    /// The verifier panicked.
+    VerifierPanicked,
+}
+
+impl Reason {
+    /// The HTTP status this reason maps to.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::DuplicateCredentials => StatusCode::BAD_REQUEST,
+            Self::Missing | Self::WrongScheme | Self::Malformed | Self::Unknown | Self::Expired => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::InsufficientScope | Self::ScopedKeyOnUnscopedRoute => StatusCode::FORBIDDEN,
+            Self::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::VerifierPanicked => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The gRPC status code this reason maps to.
+    pub fn grpc_code(self) -> u8 {
+        match self.status() {
+            StatusCode::FORBIDDEN => 7,
+            StatusCode::TOO_MANY_REQUESTS => 8,
+            StatusCode::SERVICE_UNAVAILABLE => 14,
+            StatusCode::INTERNAL_SERVER_ERROR => 13,
+            _ => 16,
+        }
+    }
+
+    /// A short name for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::DuplicateCredentials => "duplicate_credentials",
+            Self::WrongScheme => "wrong_scheme",
+            Self::Malformed => "malformed",
+            Self::Unknown => "unknown",
+            Self::Expired => "expired",
+            Self::InsufficientScope => "insufficient_scope",
+            Self::ScopedKeyOnUnscopedRoute => "scoped_key_on_unscoped_route",
+            Self::TooManyAttempts => "too_many_attempts",
+            Self::Unavailable => "unavailable",
+            Self::VerifierPanicked => "verifier_panicked",
+        }
+    }
+
+    /// Whether this counts as a failed authentication attempt: a credential
+    /// was presented and it did not authenticate.
+    pub fn is_failed_attempt(self) -> bool {
+        matches!(
+            self,
+            Self::WrongScheme | Self::Malformed | Self::Unknown | Self::Expired
+        )
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused request: the reason, the key id when one was parsed, and what
+/// the route required. Inserted into the rejection response's extensions.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub(crate) reason: Reason,
+    pub(crate) key_id: Option<KeyId>,
+    pub(crate) required: Option<ScopeSet>,
+    pub(crate) retry_after: Option<Duration>,
+}
+
+impl Rejection {
+    pub(crate) fn new(reason: Reason) -> Self {
+        Self {
+            reason,
+            key_id: None,
+            required: None,
+            retry_after: None,
+        }
+    }
+
+    /// Why.
+    pub fn reason(&self) -> Reason {
+        self.reason
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.reason.status()
+    }
+
+    /// The presented key's public id, when the key parsed.
+    pub fn key_id(&self) -> Option<KeyId> {
+        self.key_id
+    }
+
+    /// The scopes the route accepts, for insufficient-scope rejections.
+    pub fn required_scopes(&self) -> Option<&ScopeSet> {
+        self.required.as_ref()
+    }
+
+    /// When to retry, for rate limiting and unavailability.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "api key rejected: {}", self.reason)?;
+        if let Some(id) = self.key_id {
+            write!(f, " (key id {id})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// Builds the HTTP response for a [`Rejection`]. The middleware then adds
+/// `Cache-Control: no-store` and, for 401 and 403, `WWW-Authenticate` when the
+/// response lacks them. gRPC requests always get gRPC statuses instead.
+pub trait RejectionResponder: Send + Sync + 'static {
+    /// The response for `rejection`.
+    fn respond(&self, rejection: &Rejection) -> Response<Bytes>;
+}
+
+impl<F> RejectionResponder for F
+where
+    F: Fn(&Rejection) -> Response<Bytes> + Send + Sync + 'static,
+{
+    fn respond(&self, rejection: &Rejection) -> Response<Bytes> {
+        self(rejection)
+    }
+}
+
+/// The default: short JSON bodies, one per status.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonRejection;
+
+impl RejectionResponder for JsonRejection {
+    fn respond(&self, rejection: &Rejection) -> Response<Bytes> {
+        let body: &'static [u8] = match rejection.status() {
+            StatusCode::BAD_REQUEST => {
+                br#"{"error":"invalid_request","message":"send exactly one API key"}"#
+            }
+            StatusCode::UNAUTHORIZED => {
+                br#"{"error":"unauthenticated","message":"a valid API key is required"}"#
+            }
+            StatusCode::FORBIDDEN => {
+                br#"{"error":"insufficient_scope","message":"the API key is not allowed to access this resource"}"#
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                br#"{"error":"too_many_attempts","message":"too many failed authentication attempts; retry later"}"#
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                br#"{"error":"unavailable","message":"API key verification is temporarily unavailable; retry later"}"#
+            }
+            _ => br#"{"error":"internal","message":"API key verification failed"}"#,
+        };
+        let mut response = Response::new(Bytes::from_static(body));
+        *response.status_mut() = rejection.status();
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+}
+
+/// `Api-Key realm="<realm>"`, plus the scope error for 403.
+pub(crate) fn www_authenticate(realm: &str, rejection: &Rejection) -> Option<HeaderValue> {
+    let mut value = format!("Api-Key realm=\"{realm}\"");
+    match rejection.status() {
+        StatusCode::UNAUTHORIZED => {}
+        StatusCode::FORBIDDEN => {
+            value.push_str(", error=\"insufficient_scope\"");
+            if let Some(required) = &rejection.required {
+                value.push_str(", scope=\"");
+                for (i, scope) in required.iter().enumerate() {
+                    if i > 0 {
+                        value.push(' ');
+                    }
+                    value.push_str(scope.as_str());
+                }
+                value.push('"');
+            }
+        }
+        _ => return None,
+    }
+    // Realm and scope names are validated visible ASCII without quotes.
+    HeaderValue::from_str(&value).ok()
+}
+
+/// The HTTP response: the responder's, completed with the mandatory headers.
+pub(crate) fn http_response(
+    responder: &dyn RejectionResponder,
+    realm: &str,
+    rejection: Rejection,
+) -> Response<Bytes> {
+    let mut response = responder.respond(&rejection);
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if !headers.contains_key(WWW_AUTHENTICATE) {
+        if let Some(value) = www_authenticate(realm, &rejection) {
+            headers.insert(WWW_AUTHENTICATE, value);
+        }
+    }
+    if let Some(after) = rejection.retry_after {
+        if !headers.contains_key(RETRY_AFTER) {
+            headers.insert(RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
+        }
+    }
+    response.extensions_mut().insert(rejection);
+    response
+}
+
+/// Whether the request is gRPC: `content-type: application/grpc` or
+/// `application/grpc+<codec>` (parameters allowed).
+pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.as_bytes().strip_prefix(b"application/grpc"))
+        .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
+}
+
+/// A gRPC trailers-only response, as `tonic::Status::into_http` makes it.
+pub(crate) fn grpc_response(rejection: Rejection) -> Response<Bytes> {
+    let message: &'static str = match rejection.reason.grpc_code() {
+        7 => "the API key is not allowed to call this method",
+        8 => "too many failed authentication attempts; retry later",
+        14 => "API key verification is temporarily unavailable",
+        13 => "API key verification failed",
+        _ => "a valid API key is required",
+    };
+    let mut response = Response::new(Bytes::new());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(
+        "grpc-status",
+        HeaderValue::from(u16::from(rejection.reason.grpc_code())),
+    );
+    headers.insert("grpc-message", HeaderValue::from_static(message));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.extensions_mut().insert(rejection);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_content_types_are_recognised() {
+        let mut headers = http::HeaderMap::new();
+        for (ct, grpc) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("application/grpc;charset=utf-8", true),
+            ("application/grpc-web", false),
+            ("application/json", false),
+        ] {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+            assert_eq!(is_grpc(&headers), grpc, "{ct}");
+        }
+        headers.clear();
+        assert!(!is_grpc(&headers));
+    }
+
+    #[test]
+    fn every_unauthenticated_reason_has_the_same_body() {
+        let bodies: Vec<_> = [
+            Reason::Missing,
+            Reason::WrongScheme,
+            Reason::Malformed,
+            Reason::Unknown,
+            Reason::Expired,
+        ]
+        .into_iter()
+        .map(|r| http_response(&JsonRejection, "api", Rejection::new(r)))
+        .map(|resp| (resp.status(), resp.headers().clone(), resp.into_body()))
+        .collect();
+        assert!(bodies.windows(2).all(|w| w[0] == w[1]));
+        assert_eq!(bodies[0].0, StatusCode::UNAUTHORIZED);
+    }
+}
