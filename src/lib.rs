@@ -26,6 +26,11 @@ pub mod scope;
 pub mod store;
 pub mod verifier;
 
+// The README's examples compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use auth::{ApiKeyLayer, Authenticator};
 pub use cache::{CacheConfig, CachedVerifier, LookupError};
 pub use key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};

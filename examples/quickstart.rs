@@ -1,0 +1,129 @@
+//! The quickstart server: an in-memory key store, demo keys printed at start,
+//! and routes that show the scope rules.
+//!
+//! ```sh
+//! cargo run --example quickstart            # BIND=127.0.0.1:0 for any free port
+//! ```
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tower_api_key::scope::ScopeSet;
+use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+use tower_api_key::{Authenticator, Caller};
+
+const TRANSLATE: &str = "yc.ai.translate.execute";
+const FOUNDATION_MODELS: &str = "yc.ai.foundationModels.execute";
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_api_key=debug".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let store = MemoryStore::new();
+    let auth = Authenticator::new(store.clone())
+        .with_positive_ttl(Duration::from_secs(60))
+        .with_negative_ttl(Duration::from_secs(5));
+
+    mint_demo_keys(&store).await?;
+
+    let app = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route(
+            "/v1/translate",
+            post(translate).route_layer(auth.require_any([TRANSLATE, FOUNDATION_MODELS])),
+        )
+        .route(
+            "/v1/legacy",
+            get(legacy).route_layer(auth.unscoped_keys_only()),
+        )
+        .route("/whoami", get(whoami).route_layer(auth.any_valid_key()));
+
+    let bind: SocketAddr = std::env::var("BIND")
+        .unwrap_or_else(|_| "127.0.0.1:3000".into())
+        .parse()?;
+    let listener = tokio::net::TcpListener::bind(bind).await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+/// Creates one key per demo case and prints each once, as the real service would.
+async fn mint_demo_keys(store: &MemoryStore) -> Result<(), Box<dyn std::error::Error>> {
+    let demo = [
+        (
+            "TRANSLATE",
+            NewKey::new("sa-translator").with_scopes(ScopeSet::new([TRANSLATE])?),
+        ),
+        (
+            "AI",
+            NewKey::new("sa-assistant").with_scopes(ScopeSet::new([FOUNDATION_MODELS])?),
+        ),
+        ("UNSCOPED", NewKey::new("sa-legacy")),
+        (
+            "EXPIRING",
+            NewKey::new("sa-translator")
+                .with_scopes(ScopeSet::new([TRANSLATE])?)
+                .with_expires_at(SystemTime::now() + Duration::from_secs(5)),
+        ),
+    ];
+    for (name, new) in demo {
+        let created = store
+            .create(new.with_description(format!("quickstart {name}")))
+            .await?;
+        println!("API_KEY_{name}={}", created.key.expose_secret());
+    }
+    Ok(())
+}
+
+async fn translate(caller: Caller, Json(body): Json<Value>) -> Json<Value> {
+    Json(json!({
+        "service_account_id": caller.service_account_id(),
+        "echo": body,
+    }))
+}
+
+async fn legacy(caller: Caller) -> Json<Value> {
+    Json(json!({ "service_account_id": caller.service_account_id(), "legacy": true }))
+}
+
+async fn whoami(caller: Caller) -> Json<Value> {
+    Json(json!({
+        "service_account_id": caller.service_account_id(),
+        "key_id": caller.key_id().to_string(),
+        "scopes": caller.scopes().iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        "expires_at": caller.expires_at().map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+    }))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    eprintln!("shutting down");
+}
