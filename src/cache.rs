@@ -51,6 +51,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::invalidation::{Invalidation, InvalidationListener};
 use crate::key::{KeyDigest, KeyId, PresentedKey};
 use crate::record::Caller;
+use crate::usage::{Noted, UsageRecorder, UsageSlot};
 use crate::verifier::{Verifier, VerifierError};
 
 /// How often one lookup re-fetches a key that was invalidated under it before
@@ -68,6 +69,7 @@ pub struct CacheConfig {
     max_unknown_keys: u64,
     verifier_timeout: Option<Duration>,
     clock: Arc<dyn Clock>,
+    usage: Option<UsageRecorder>,
 }
 
 impl Default for CacheConfig {
@@ -79,6 +81,7 @@ impl Default for CacheConfig {
             max_unknown_keys: 10_000,
             verifier_timeout: Some(Duration::from_secs(5)),
             clock: Arc::new(SystemClock),
+            usage: None,
         }
     }
 }
@@ -91,6 +94,7 @@ impl fmt::Debug for CacheConfig {
             .field("max_keys", &self.max_keys)
             .field("max_unknown_keys", &self.max_unknown_keys)
             .field("verifier_timeout", &self.verifier_timeout)
+            .field("usage", &self.usage)
             .finish_non_exhaustive()
     }
 }
@@ -134,6 +138,13 @@ impl CacheConfig {
     /// The clock that key expiry is checked against (default: the system clock).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Notes every admitted key's use on `recorder`, which writes
+    /// `last_used_at` behind the request path (default: not tracked).
+    pub fn with_usage_recorder(mut self, recorder: UsageRecorder) -> Self {
+        self.usage = Some(recorder);
         self
     }
 
@@ -208,6 +219,17 @@ struct Entry {
     /// The invalidation epoch this entry has been checked against; it starts
     /// at the epoch read before the verifier was called.
     epoch: AtomicU64,
+    usage: UsageSlot,
+}
+
+impl Noted for Entry {
+    fn key_id(&self) -> KeyId {
+        self.caller.key_id()
+    }
+
+    fn slot(&self) -> &UsageSlot {
+        &self.usage
+    }
 }
 
 /// Why a verifier call produced no entry; shared by all waiters.
@@ -398,6 +420,7 @@ impl Inner {
             Ok(Ok(Some(record))) => Ok(Arc::new(Entry {
                 caller: Caller::from(record),
                 epoch: AtomicU64::new(epoch),
+                usage: UsageSlot::default(),
             })),
         }
     }
@@ -413,9 +436,13 @@ impl Inner {
         }
     }
 
-    fn admit(&self, entry: &Entry) -> Result<Caller, LookupError> {
-        if entry.caller.record().is_expired_at(self.config.clock.now()) {
+    fn admit(&self, entry: &Arc<Entry>) -> Result<Caller, LookupError> {
+        let now = self.config.clock.now();
+        if entry.caller.record().is_expired_at(now) {
             return Err(LookupError::Expired);
+        }
+        if let Some(usage) = &self.config.usage {
+            usage.note(entry, now);
         }
         Ok(entry.caller.clone())
     }

@@ -24,6 +24,7 @@ pub mod key;
 pub mod record;
 pub mod scope;
 pub mod store;
+pub mod usage;
 pub mod verifier;
 
 // The README's examples compile as doctests.

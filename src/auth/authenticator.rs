@@ -16,6 +16,7 @@ use crate::clock::Clock;
 use crate::key::{KeyFormat, PresentedKey};
 use crate::record::Caller;
 use crate::scope::{Scope, ScopeError, ScopePolicy};
+use crate::usage::UsageRecorder;
 use crate::verifier::Verifier;
 
 /// One verifier, one cache and the settings every route shares. Build it
@@ -127,6 +128,11 @@ impl Authenticator {
     /// See [`CacheConfig::with_clock`].
     pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
         self.with_cache(|c| c.with_clock(clock))
+    }
+
+    /// Notes each admitted key's use on `recorder` (see [`crate::usage`]).
+    pub fn with_usage_recorder(self, recorder: UsageRecorder) -> Self {
+        self.with_cache(|c| c.with_usage_recorder(recorder))
     }
 
     /// The key format to accept (default prefix `tak`). Use the store's.

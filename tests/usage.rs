@@ -1,0 +1,235 @@
+//! `last_used_at` write-behind: noted on the request path, flushed in batches.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use tower_api_key::cache::{CacheConfig, CachedVerifier};
+use tower_api_key::clock::ManualClock;
+use tower_api_key::invalidation::Invalidations;
+use tower_api_key::key::{KeyFormat, KeyId, PresentedKey};
+use tower_api_key::store::{
+    CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, MemoryStore, NewKey, StoreError,
+};
+use tower_api_key::usage::UsageRecorder;
+use tower_api_key::{KeyRecord, Verifier, VerifierError};
+
+/// A memory store that counts `record_usage` calls and can be made to fail them.
+#[derive(Clone)]
+struct Counting {
+    store: MemoryStore,
+    writes: Arc<AtomicUsize>,
+    down: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl Verifier for Counting {
+    async fn verify(&self, key: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
+        self.store.verify(key).await
+    }
+    fn invalidations(&self) -> Option<&Invalidations> {
+        self.store.invalidations()
+    }
+}
+
+#[async_trait]
+impl KeyStore for Counting {
+    fn format(&self) -> KeyFormat {
+        self.store.format()
+    }
+    async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError> {
+        self.store.create(new).await
+    }
+    async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError> {
+        self.store.get(id).await
+    }
+    async fn list(&self, sa: &str, page: ListRequest) -> Result<KeyPage, StoreError> {
+        self.store.list(sa, page).await
+    }
+    async fn update(&self, id: KeyId, update: KeyUpdate) -> Result<Option<KeyInfo>, StoreError> {
+        self.store.update(id, update).await
+    }
+    async fn revoke(&self, id: KeyId) -> Result<bool, StoreError> {
+        self.store.revoke(id).await
+    }
+    async fn reissue(&self, id: KeyId, grace: Duration) -> Result<Option<CreatedKey>, StoreError> {
+        self.store.reissue(id, grace).await
+    }
+    async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::backend("database is down"));
+        }
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.store.record_usage(uses).await
+    }
+}
+
+struct Setup {
+    store: Counting,
+    clock: Arc<ManualClock>,
+    cache: CachedVerifier,
+    usage: UsageRecorder,
+}
+
+fn setup() -> Setup {
+    // Uses are kept at millisecond precision: start on a whole second.
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs()),
+    ));
+    let store = Counting {
+        store: MemoryStore::builder().with_clock(clock.clone()).build(),
+        writes: Arc::default(),
+        down: Arc::default(),
+    };
+    let usage = UsageRecorder::new(store.clone());
+    let cache = CachedVerifier::new(
+        store.clone(),
+        CacheConfig::default()
+            .with_clock(clock.clone())
+            .with_usage_recorder(usage.clone()),
+    );
+    Setup {
+        store,
+        clock,
+        cache,
+        usage,
+    }
+}
+
+async fn key(s: &Setup, account: &str) -> (KeyId, PresentedKey) {
+    let created = s.store.create(NewKey::new(account)).await.unwrap();
+    let presented = s.store.format().parse(created.key.expose_secret()).unwrap();
+    (created.record.key_id, presented)
+}
+
+async fn last_used(s: &Setup, id: KeyId) -> Option<SystemTime> {
+    s.store.get(id).await.unwrap().unwrap().last_used_at
+}
+
+#[tokio::test]
+async fn a_burst_of_uses_is_one_write_per_flush_with_the_newest_time() {
+    let s = setup();
+    let (id, key) = key(&s, "sa-1").await;
+    assert_eq!(last_used(&s, id).await, None, "never used yet");
+
+    let start = s.clock.now_for_test();
+    for _ in 0..10_000 {
+        s.cache.lookup(&key).await.unwrap();
+        s.clock.advance(Duration::from_millis(1));
+    }
+    assert_eq!(
+        last_used(&s, id).await,
+        None,
+        "nothing is written on the request path"
+    );
+    assert_eq!(s.usage.flush().await.unwrap(), 1);
+    assert_eq!(s.store.writes.load(Ordering::SeqCst), 1);
+    let newest = last_used(&s, id).await.unwrap();
+    assert_eq!(newest, start + Duration::from_millis(9_999));
+
+    // Nothing new: no write at all.
+    assert_eq!(s.usage.flush().await.unwrap(), 0);
+    assert_eq!(s.store.writes.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn many_keys_are_written_in_one_batch() {
+    let s = setup();
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let (id, key) = key(&s, &format!("sa-{i}")).await;
+        s.cache.lookup(&key).await.unwrap();
+        ids.push(id);
+    }
+    assert_eq!(s.usage.flush().await.unwrap(), 50);
+    assert_eq!(s.store.writes.load(Ordering::SeqCst), 1);
+    for id in ids {
+        assert!(last_used(&s, id).await.is_some());
+    }
+}
+
+#[tokio::test]
+async fn a_failed_flush_loses_nothing_and_time_never_moves_back() {
+    let s = setup();
+    let (id, key) = key(&s, "sa-1").await;
+    s.cache.lookup(&key).await.unwrap();
+    let first = last_use_time(&s);
+    s.usage.flush().await.unwrap();
+    assert_eq!(last_used(&s, id).await, Some(first));
+
+    s.store.down.store(true, Ordering::SeqCst);
+    s.clock.advance(Duration::from_secs(10));
+    s.cache.lookup(&key).await.unwrap();
+    let second = last_use_time(&s);
+    assert!(s.usage.flush().await.is_err());
+    assert_eq!(
+        last_used(&s, id).await,
+        Some(first),
+        "the outage delayed the write"
+    );
+
+    s.store.down.store(false, Ordering::SeqCst);
+    assert_eq!(s.usage.flush().await.unwrap(), 1);
+    assert_eq!(
+        last_used(&s, id).await,
+        Some(second),
+        "the retained use was written"
+    );
+
+    // A late batch with an older time does not move it back.
+    s.store.record_usage(&[(id, first)]).await.unwrap();
+    assert_eq!(last_used(&s, id).await, Some(second));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_flusher_writes_each_interval_and_once_more_on_shutdown() {
+    let s = setup();
+    let usage = s.usage.clone().with_flush_interval(Duration::from_secs(2));
+    let cache = CachedVerifier::new(
+        s.store.clone(),
+        CacheConfig::default()
+            .with_clock(s.clock.clone())
+            .with_usage_recorder(usage.clone()),
+    );
+    let (id, key) = key(&s, "sa-1").await;
+    let flusher = usage.spawn_flusher();
+    cache.lookup(&key).await.unwrap();
+
+    // Paused time: sleeping advances the clock instantly once every task is idle.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert!(
+        last_used(&s, id).await.is_some(),
+        "flushed after one interval"
+    );
+    let writes = s.store.writes.load(Ordering::SeqCst);
+    assert_eq!(writes, 1);
+
+    s.clock.advance(Duration::from_secs(1));
+    cache.lookup(&key).await.unwrap();
+    let noted = last_use_time(&s);
+    assert_eq!(
+        flusher.shutdown().await.unwrap(),
+        1,
+        "the final flush wrote the last use"
+    );
+    assert_eq!(last_used(&s, id).await, Some(noted));
+}
+
+/// The time the store's clock shows, which is what the cache notes.
+fn last_use_time(s: &Setup) -> SystemTime {
+    s.clock.now_for_test()
+}
+
+trait NowForTest {
+    fn now_for_test(&self) -> SystemTime;
+}
+
+impl NowForTest for ManualClock {
+    fn now_for_test(&self) -> SystemTime {
+        tower_api_key::clock::Clock::now(self)
+    }
+}
