@@ -51,6 +51,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::invalidation::{Invalidation, InvalidationListener};
 use crate::key::{KeyDigest, KeyId, PresentedKey};
 use crate::record::Caller;
+use crate::telemetry;
 use crate::usage::{Noted, UsageRecorder, UsageSlot};
 use crate::verifier::{Verifier, VerifierError};
 
@@ -348,9 +349,16 @@ impl CachedVerifier {
         let digest = *key.digest();
         for _ in 0..=MAX_REFETCHES {
             let (entry, source) = match inner.positive.get(&digest).await {
-                Some(entry) => (entry, Source::Cache),
-                None if inner.negative.contains_key(&digest) => return Err(LookupError::Unknown),
+                Some(entry) => {
+                    telemetry::cache("hit");
+                    (entry, Source::Cache)
+                }
+                None if inner.negative.contains_key(&digest) => {
+                    telemetry::cache("negative_hit");
+                    return Err(LookupError::Unknown);
+                }
                 None => {
+                    telemetry::cache("miss");
                     let fetched = inner.positive.try_get_with(digest, inner.fetch(key)).await;
                     match fetched {
                         Ok(entry) => (entry, Source::Verifier),
@@ -400,24 +408,35 @@ impl Inner {
         // entry stale, whatever the verifier saw.
         let epoch = self.revocations.epoch();
         let call = AssertUnwindSafe(self.verifier.verify(key)).catch_unwind();
+        let started = Instant::now();
         let answer = match self.config.verifier_timeout {
-            Some(limit) => match tokio::time::timeout(limit, call).await {
-                Ok(answer) => answer,
-                Err(_) => return Err(Miss::Failed(Arc::new(VerifierError::Timeout(limit)))),
-            },
-            None => call.await,
+            Some(limit) => tokio::time::timeout(limit, call).await.ok(),
+            None => Some(call.await),
         };
+        telemetry::verifier_call(started.elapsed());
         match answer {
-            Err(_panic) => Err(Miss::Panicked),
-            Ok(Err(err)) => Err(Miss::Failed(Arc::new(err))),
-            Ok(Ok(None)) => Err(Miss::Unknown),
-            Ok(Ok(Some(record))) if record.key_id != key.id() => {
+            None => {
+                telemetry::verifier_error("timeout");
+                let limit = self.config.verifier_timeout.unwrap_or_default();
+                Err(Miss::Failed(Arc::new(VerifierError::Timeout(limit))))
+            }
+            Some(Err(_panic)) => {
+                telemetry::verifier_error("panic");
+                tracing::error!(key_id = %key.id(), "api key verifier panicked");
+                Err(Miss::Panicked)
+            }
+            Some(Ok(Err(err))) => {
+                telemetry::verifier_error("backend");
+                Err(Miss::Failed(Arc::new(err)))
+            }
+            Some(Ok(Ok(None))) => Err(Miss::Unknown),
+            Some(Ok(Ok(Some(record)))) if record.key_id != key.id() => {
                 // A verifier bug; refusing beats caching someone else's identity.
                 Err(Miss::Failed(Arc::new(VerifierError::backend(
                     "verifier returned the record of a different key",
                 ))))
             }
-            Ok(Ok(Some(record))) => Ok(Arc::new(Entry {
+            Some(Ok(Ok(Some(record)))) => Ok(Arc::new(Entry {
                 caller: Caller::from(record),
                 epoch: AtomicU64::new(epoch),
                 usage: UsageSlot::default(),

@@ -24,6 +24,7 @@ pub mod key;
 pub mod record;
 pub mod scope;
 pub mod store;
+pub mod telemetry;
 pub mod usage;
 pub mod verifier;
 

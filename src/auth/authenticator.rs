@@ -16,6 +16,7 @@ use crate::clock::Clock;
 use crate::key::{KeyFormat, PresentedKey};
 use crate::record::Caller;
 use crate::scope::{Scope, ScopeError, ScopePolicy};
+use crate::telemetry;
 use crate::usage::UsageRecorder;
 use crate::verifier::Verifier;
 
@@ -273,6 +274,7 @@ impl Authenticator {
                 match scope_policy.check(caller.scopes()) {
                     Ok(()) => {
                         tracing::trace!(key_id = %caller.key_id(), "api key accepted");
+                        telemetry::outcome("accepted");
                         self.mark_sensitive(request);
                         request.extensions_mut().insert(caller);
                         return Ok(());
@@ -296,6 +298,7 @@ impl Authenticator {
                 let mut rejection = Rejection::new(Reason::Unavailable);
                 rejection.key_id = Some(key.id());
                 rejection.retry_after = Some(Duration::from_secs(1));
+                telemetry::outcome(rejection.reason.as_str());
                 return Err(rejection);
             }
         };
@@ -305,6 +308,7 @@ impl Authenticator {
     }
 
     pub(crate) fn logged(&self, rejection: Rejection) -> Rejection {
+        telemetry::outcome(rejection.reason.as_str());
         match rejection.key_id {
             Some(id) => {
                 tracing::debug!(reason = %rejection.reason, key_id = %id, "api key rejected")
