@@ -3,8 +3,11 @@
 //! - **Positive entries** (valid keys), keyed by the SHA-256 of the whole key,
 //!   live until the earlier of the positive TTL and the key's own expiry.
 //!   Expiry is also checked against the [`Clock`] on every hit.
-//! - **Concurrent misses** for one key run the verifier once
-//!   (moka's `try_get_with`); every waiter gets that one answer.
+//! - **A hit is synchronous**: no future, no allocation, no lock shared by
+//!   all requests ([`CachedVerifier::lookup_cached`]).
+//! - **Concurrent misses** for one key run the verifier once, in a task of
+//!   its own; every waiter gets that one answer, and a waiter that goes away
+//!   (a client disconnecting) cancels nothing.
 //! - **Unknown keys** are remembered in a separate, smaller cache for a short
 //!   TTL, so a flood of made-up keys neither reaches the backend at full rate
 //!   nor evicts the hot valid keys.
@@ -14,7 +17,7 @@
 //!   including requests that would join a verifier call already in flight.
 //!
 //! Defaults: positive TTL 60 s, negative TTL 5 s, 100,000 valid keys,
-//! 10,000 unknown keys, verifier timeout 5 s.
+//! 10,000 unknown keys, verifier timeout 5 s. Misses need a tokio runtime.
 //!
 //! ```
 //! use std::time::Duration;
@@ -44,6 +47,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::future::{BoxFuture, Shared};
 use futures_util::FutureExt;
 use moka::Expiry;
 
@@ -234,11 +238,15 @@ impl Noted for Entry {
 }
 
 /// Why a verifier call produced no entry; shared by all waiters.
+#[derive(Clone)]
 enum Miss {
     Unknown,
     Failed(Arc<VerifierError>),
     Panicked,
 }
+
+/// One verifier call that every concurrent miss for the same key awaits.
+type Flight = Shared<BoxFuture<'static, Result<Arc<Entry>, Miss>>>;
 
 /// A [`Verifier`] behind a moka cache; see the [module docs](self) for the
 /// policy. Cheap to clone: clones share the cache.
@@ -249,8 +257,10 @@ pub struct CachedVerifier {
 
 struct Inner {
     verifier: Arc<dyn Verifier>,
-    positive: moka::future::Cache<KeyDigest, Arc<Entry>>,
+    positive: moka::sync::Cache<KeyDigest, Arc<Entry>>,
     negative: moka::sync::Cache<KeyDigest, ()>,
+    /// Verifier calls under way, by key; touched on misses only.
+    inflight: Mutex<HashMap<KeyDigest, Flight>>,
     revocations: Revocations,
     config: CacheConfig,
 }
@@ -295,7 +305,7 @@ impl CachedVerifier {
 
     /// [`CachedVerifier::new`] for a verifier that is already shared.
     pub fn from_arc(verifier: Arc<dyn Verifier>, config: CacheConfig) -> Self {
-        let positive = moka::future::Cache::builder()
+        let positive = moka::sync::Cache::builder()
             .max_capacity(config.max_keys)
             .expire_after(PositiveExpiry {
                 ttl: config.positive_ttl,
@@ -315,6 +325,7 @@ impl CachedVerifier {
             verifier,
             positive,
             negative,
+            inflight: Mutex::new(HashMap::new()),
             revocations: Revocations::new(retain),
             config,
         });
@@ -345,37 +356,38 @@ impl CachedVerifier {
         &self,
         key: &PresentedKey,
     ) -> Result<(Caller, Source), LookupError> {
-        let inner = &*self.inner;
-        let digest = *key.digest();
-        for _ in 0..=MAX_REFETCHES {
-            let (entry, source) = match inner.positive.get(&digest).await {
-                Some(entry) => {
-                    telemetry::cache("hit");
-                    (entry, Source::Cache)
-                }
-                None if inner.negative.contains_key(&digest) => {
-                    telemetry::cache("negative_hit");
-                    return Err(LookupError::Unknown);
-                }
-                None => {
-                    telemetry::cache("miss");
-                    let fetched = inner.positive.try_get_with(digest, inner.fetch(key)).await;
-                    match fetched {
-                        Ok(entry) => (entry, Source::Verifier),
-                        Err(miss) => return Err(inner.missed(digest, &miss)),
-                    }
-                }
-            };
-            if inner.revocations.is_current(&entry) {
-                return inner.admit(&entry).map(|caller| (caller, source));
-            }
-            // Invalidated since it was fetched (maybe while in flight): drop it
-            // and ask the verifier again.
-            inner.positive.invalidate(&digest).await;
+        match self.lookup_cached(key) {
+            Some(answer) => answer.map(|caller| (caller, Source::Cache)),
+            None => Inner::fetch_coalesced(&self.inner, key)
+                .await
+                .map(|caller| (caller, Source::Verifier)),
         }
-        Err(LookupError::Unavailable(Arc::new(VerifierError::backend(
-            "api key kept being invalidated during verification",
-        ))))
+    }
+
+    /// The verifier's answer for a key [`CachedVerifier::lookup_cached`]
+    /// could not answer (coalesced with concurrent misses for the same key).
+    pub(crate) async fn lookup_miss(&self, key: &PresentedKey) -> Result<Caller, LookupError> {
+        Inner::fetch_coalesced(&self.inner, key).await
+    }
+
+    /// The answer the cache alone can give, synchronously: `Some` for a
+    /// cached valid key (admitted, or refused as expired) and for a key
+    /// remembered as unknown; `None` when the verifier must be asked.
+    pub fn lookup_cached(&self, key: &PresentedKey) -> Option<Result<Caller, LookupError>> {
+        let inner = &*self.inner;
+        let digest = key.digest();
+        if let Some(entry) = inner.positive.get(digest) {
+            if inner.revocations.is_current(&entry) {
+                telemetry::cache("hit");
+                return Some(inner.admit(&entry));
+            }
+            // Invalidated since it was fetched: ask the verifier again.
+            inner.positive.invalidate(digest);
+        } else if inner.negative.contains_key(digest) {
+            telemetry::cache("negative_hit");
+            return Some(Err(LookupError::Unknown));
+        }
+        None
     }
 
     /// Re-verifies `key_id` on its next use, for every request that starts
@@ -396,13 +408,73 @@ impl CachedVerifier {
 
     /// Runs moka's pending maintenance now (counts, evictions); for tests and
     /// memory measurements.
-    pub async fn run_pending_tasks(&self) {
-        self.inner.positive.run_pending_tasks().await;
+    pub fn run_pending_tasks(&self) {
+        self.inner.positive.run_pending_tasks();
         self.inner.negative.run_pending_tasks();
     }
 }
 
 impl Inner {
+    /// Joins the verifier call for `key`, starting it if none is under way.
+    async fn fetch_coalesced(this: &Arc<Self>, key: &PresentedKey) -> Result<Caller, LookupError> {
+        let digest = *key.digest();
+        for _ in 0..=MAX_REFETCHES {
+            let flight = {
+                let mut inflight = this.inflight.lock().unwrap_or_else(|e| e.into_inner());
+                // A flight inserts its answer before leaving the map, so
+                // looking again under the lock never misses a fresh answer.
+                if let Some(entry) = this.positive.get(&digest) {
+                    if this.revocations.is_current(&entry) {
+                        return this.admit(&entry);
+                    }
+                    this.positive.invalidate(&digest);
+                } else if this.negative.contains_key(&digest) {
+                    return Err(LookupError::Unknown);
+                }
+                inflight
+                    .entry(digest)
+                    .or_insert_with(|| {
+                        telemetry::cache("miss");
+                        Self::start_flight(this.clone(), key.clone())
+                    })
+                    .clone()
+            };
+            match flight.await {
+                Ok(entry) if this.revocations.is_current(&entry) => return this.admit(&entry),
+                // Invalidated while in flight: drop it and ask again.
+                Ok(_) => this.positive.invalidate(&digest),
+                Err(Miss::Unknown) => return Err(LookupError::Unknown),
+                Err(Miss::Failed(err)) => return Err(LookupError::Unavailable(err)),
+                Err(Miss::Panicked) => return Err(LookupError::VerifierPanicked),
+            }
+        }
+        Err(LookupError::Unavailable(Arc::new(VerifierError::backend(
+            "api key kept being invalidated during verification",
+        ))))
+    }
+
+    /// Runs one verifier call in its own task, so it completes (and leaves
+    /// the in-flight map) even if every request waiting for it goes away.
+    fn start_flight(this: Arc<Self>, key: PresentedKey) -> Flight {
+        let task = tokio::spawn(async move {
+            let digest = *key.digest();
+            let answer = this.fetch(&key).await;
+            match &answer {
+                Ok(entry) => this.positive.insert(digest, entry.clone()),
+                Err(Miss::Unknown) => this.negative.insert(digest, ()),
+                Err(_) => {}
+            }
+            this.inflight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&digest);
+            answer
+        });
+        async move { task.await.unwrap_or(Err(Miss::Panicked)) }
+            .boxed()
+            .shared()
+    }
+
     async fn fetch(&self, key: &PresentedKey) -> Result<Arc<Entry>, Miss> {
         // Read before the call: anything invalidated from here on makes the
         // entry stale, whatever the verifier saw.
@@ -441,17 +513,6 @@ impl Inner {
                 epoch: AtomicU64::new(epoch),
                 usage: UsageSlot::default(),
             })),
-        }
-    }
-
-    fn missed(&self, digest: KeyDigest, miss: &Miss) -> LookupError {
-        match miss {
-            Miss::Unknown => {
-                self.negative.insert(digest, ());
-                LookupError::Unknown
-            }
-            Miss::Failed(err) => LookupError::Unavailable(err.clone()),
-            Miss::Panicked => LookupError::VerifierPanicked,
         }
     }
 

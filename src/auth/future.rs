@@ -75,7 +75,7 @@ where
     ) -> Self {
         let cache = auth.cached().clone();
         let lookup = Box::pin(async move {
-            let result = cache.lookup(&key).await;
+            let result = cache.lookup_miss(&key).await;
             (key, result)
         });
         Self {

@@ -71,6 +71,19 @@ where
                 ResponseFuture::rejected(self.auth.respond(self.auth.logged(rejection), grpc))
             }
             Begin::Lookup(key) => {
+                // Hot path: a cached answer needs no future and no clone of the inner service.
+                if let Some(answer) = self.auth.cached().lookup_cached(&key) {
+                    return match self
+                        .auth
+                        .complete(&*self.policy, &mut request, &key, answer)
+                    {
+                        Ok(()) => ResponseFuture::inner(self.inner.call(request)),
+                        Err(rejection) => {
+                            let grpc = is_grpc(request.headers());
+                            ResponseFuture::rejected(self.auth.respond(rejection, grpc))
+                        }
+                    };
+                }
                 // The ready service goes with the request; a clone stays for the next call.
                 let clone = self.inner.clone();
                 let ready = std::mem::replace(&mut self.inner, clone);
