@@ -9,6 +9,7 @@ use http::{Method, Request};
 
 use super::extract::credential;
 use super::layer::ApiKeyLayer;
+use super::limit::FailedAttemptLimit;
 use super::policy::RoutePolicy;
 use super::rejection::{self, JsonRejection, Reason, Rejection, RejectionResponder};
 use crate::cache::{CacheConfig, CachedVerifier, LookupError};
@@ -42,6 +43,7 @@ pub(crate) struct Shared {
     extra_header: Option<HeaderName>,
     cors_preflight: bool,
     responder: Arc<dyn RejectionResponder>,
+    limit: Option<FailedAttemptLimit>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -84,6 +86,7 @@ impl Authenticator {
                 extra_header: None,
                 cors_preflight: false,
                 responder: Arc::new(JsonRejection),
+                limit: None,
             }),
         }
     }
@@ -174,6 +177,12 @@ impl Authenticator {
         self.update(|s| s.cors_preflight = allow)
     }
 
+    /// Refuses clients that keep presenting bad keys (off by default); see
+    /// [`crate::auth::limit`].
+    pub fn with_failed_attempt_limit(self, limit: FailedAttemptLimit) -> Self {
+        self.update(|s| s.limit = Some(limit))
+    }
+
     /// Replaces the HTTP rejection bodies (default: [`JsonRejection`]).
     pub fn with_rejection_responder(self, responder: impl RejectionResponder) -> Self {
         let responder: Arc<dyn RejectionResponder> = Arc::new(responder);
@@ -249,14 +258,34 @@ impl Authenticator {
         {
             return Begin::PassThrough;
         }
+        if let Some(limit) = &s.limit {
+            let client = limit.client(request.headers(), request.extensions());
+            if let Some(retry_after) = client.and_then(|c| limit.blocked(c)) {
+                let mut rejection = Rejection::new(Reason::TooManyAttempts);
+                rejection.retry_after = Some(retry_after);
+                return Begin::Reject(rejection);
+            }
+        }
         let raw = match credential(request.headers(), s.extra_header.as_ref()) {
             Ok(raw) => raw,
-            Err(reason) => return Begin::Reject(Rejection::new(reason)),
+            Err(reason) => return Begin::Reject(self.failed(request, Rejection::new(reason))),
         };
         match s.format.parse_bytes(raw) {
             Ok(key) => Begin::Lookup(key),
-            Err(_) => Begin::Reject(Rejection::new(Reason::Malformed)),
+            Err(_) => Begin::Reject(self.failed(request, Rejection::new(Reason::Malformed))),
         }
+    }
+
+    /// Counts a failed attempt against the request's client, if limiting is on.
+    fn failed<B>(&self, request: &Request<B>, rejection: Rejection) -> Rejection {
+        if let Some(limit) = &self.shared.limit {
+            if rejection.reason.is_failed_attempt() {
+                if let Some(client) = limit.client(request.headers(), request.extensions()) {
+                    limit.record_failure(client);
+                }
+            }
+        }
+        rejection
     }
 
     /// The route's verdict on a looked-up key; on success the caller is in
@@ -304,7 +333,7 @@ impl Authenticator {
         };
         let mut rejection = Rejection::new(reason);
         rejection.key_id = Some(key.id());
-        Err(self.logged(rejection))
+        Err(self.logged(self.failed(request, rejection)))
     }
 
     pub(crate) fn logged(&self, rejection: Rejection) -> Rejection {

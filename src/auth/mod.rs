@@ -30,7 +30,8 @@
 //! A request passes through these steps, and stops at the first that fails:
 //!
 //! 1. Any [`Caller`](crate::Caller) already in its extensions is removed (no spoofing).
-//! 2. CORS preflight passes unauthenticated, if enabled.
+//! 2. CORS preflight passes unauthenticated, if enabled; a client over its
+//!    [failed-attempt limit](limit) gets 429 before anything else is done.
 //! 3. Exactly one credential: `Authorization: Api-Key <key>` (scheme in any
 //!    case) or, if configured, the bare key in an extra header. Two are a 400.
 //! 4. Offline checks (length, prefix, alphabet, checksum): garbage is a 401
@@ -48,6 +49,7 @@ mod body;
 mod extract;
 mod future;
 mod layer;
+pub mod limit;
 mod policy;
 pub mod rejection;
 mod service;
@@ -61,6 +63,7 @@ pub use axum::MissingCaller;
 pub use body::ResponseBody;
 pub use future::ResponseFuture;
 pub use layer::ApiKeyLayer;
+pub use limit::FailedAttemptLimit;
 pub use policy::RoutePolicy;
 pub use rejection::{JsonRejection, Reason, Rejection, RejectionResponder};
 pub use service::ApiKeyService;
