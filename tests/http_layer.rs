@@ -95,6 +95,41 @@ async fn the_identity_reaches_the_handler_and_the_header_is_sensitive() {
 }
 
 #[tokio::test]
+async fn a_route_without_the_layer_has_no_caller() {
+    let router = Router::new()
+        .route(
+            "/forgot",
+            get(|caller: Caller| async move { caller.key_id().to_string() }),
+        )
+        .route(
+            "/optional",
+            get(|caller: Option<Caller>| async move { format!("{}", caller.is_some()) }),
+        );
+
+    let forgot = support::send(
+        &router,
+        Request::get("/forgot").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        forgot.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{forgot:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&forgot.body).contains("ApiKeyLayer"),
+        "the MissingCaller body says what is misconfigured: {forgot:?}"
+    );
+    let optional = support::send(
+        &router,
+        Request::get("/optional").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(optional.status, StatusCode::OK);
+    assert_eq!(optional.body, "false");
+}
+
+#[tokio::test]
 async fn all_routes_share_one_cache() {
     let fx = Fixture::new();
     let app = app(&fx.auth);
