@@ -112,12 +112,17 @@ impl FromStr for StoredHash {
             (HashScheme::Sha256, hex)
         } else if let Some(rest) = s.strip_prefix("hmac-sha256$") {
             let (version, hex) = rest.split_once('$').ok_or(err.clone())?;
+            // `u32::from_str` also takes a leading '+'; Display never writes one.
+            if !version.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(err);
+            }
             let pepper_version = version.parse().map_err(|_| err.clone())?;
             (HashScheme::HmacSha256 { pepper_version }, hex)
         } else {
             return Err(err);
         };
-        if hex.len() != 64 {
+        // `u8::from_str_radix` also takes a leading '+' ("+f"); only hex digits are valid.
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(err);
         }
         let mut digest = [0u8; 32];

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
@@ -222,9 +222,8 @@ impl KeyStore for MemoryStore {
         let after = match &page.page_token {
             None => None,
             Some(token) => Some(
-                token
-                    .parse::<KeyId>()
-                    .map_err(|_| StoreError::invalid("page_token is not valid"))?,
+                parse_page_token(token)
+                    .ok_or_else(|| StoreError::invalid("page_token is not valid"))?,
             ),
         };
         let keys = self.read();
@@ -233,17 +232,18 @@ impl KeyStore for MemoryStore {
             .filter(|s| &*s.record.service_account_id == service_account_id)
             .collect();
         mine.sort_by_key(|s| (s.record.created_at, s.record.key_id));
+        // The token is a position in the listing order, so it stays valid when
+        // the key it was taken from is revoked between pages.
         let start = match after {
             None => 0,
-            Some(id) => match mine.iter().position(|s| s.record.key_id == id) {
-                Some(i) => i + 1,
-                None => return Err(StoreError::invalid("page_token is not valid")),
-            },
+            Some(after) => {
+                mine.partition_point(|s| (s.record.created_at, s.record.key_id) <= after)
+            }
         };
         let rest = &mine[start.min(mine.len())..];
         let page: Vec<KeyInfo> = rest.iter().take(size).map(|s| s.info()).collect();
         let next_page_token = (rest.len() > size)
-            .then(|| page.last().map(|k| k.record.key_id.to_string()))
+            .then(|| page.last().map(|k| page_token(&k.record)))
             .flatten();
         Ok(KeyPage {
             keys: page,
@@ -310,4 +310,30 @@ impl KeyStore for MemoryStore {
         }
         Ok(())
     }
+}
+
+/// `<created_at as signed nanoseconds from the Unix epoch>.<key id>`: the
+/// position after `record` in the listing order.
+fn page_token(record: &KeyRecord) -> String {
+    let nanos = match record.created_at.duration_since(UNIX_EPOCH) {
+        Ok(after) => after.as_nanos() as i128,
+        Err(before) => -(before.duration().as_nanos() as i128),
+    };
+    format!("{nanos}.{}", record.key_id)
+}
+
+fn parse_page_token(token: &str) -> Option<(SystemTime, KeyId)> {
+    let (nanos, id) = token.split_once('.')?;
+    let nanos: i128 = nanos.parse().ok()?;
+    let magnitude = nanos.unsigned_abs();
+    let magnitude = Duration::new(
+        u64::try_from(magnitude / 1_000_000_000).ok()?,
+        (magnitude % 1_000_000_000) as u32,
+    );
+    let at = if nanos < 0 {
+        UNIX_EPOCH.checked_sub(magnitude)?
+    } else {
+        UNIX_EPOCH.checked_add(magnitude)?
+    };
+    Some((at, id.parse().ok()?))
 }
