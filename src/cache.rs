@@ -275,9 +275,12 @@ impl fmt::Debug for CachedVerifier {
     }
 }
 
-/// Positive entries expire at the earlier of the TTL and the key's expiry.
+/// Positive entries expire at the earlier of the TTL and the key's expiry;
+/// a key that has already expired is kept for the negative TTL, refused on
+/// every hit, so using it does not reach the verifier each time.
 struct PositiveExpiry {
     ttl: Duration,
+    expired_ttl: Duration,
     clock: Arc<dyn Clock>,
 }
 
@@ -288,11 +291,13 @@ impl Expiry<KeyDigest, Arc<Entry>> for PositiveExpiry {
         entry: &Arc<Entry>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        let until_expiry = entry.caller.expires_at().map(|at| {
-            at.duration_since(self.clock.now())
-                .unwrap_or(Duration::ZERO)
-        });
-        Some(until_expiry.map_or(self.ttl, |d| d.min(self.ttl)))
+        let Some(expires_at) = entry.caller.expires_at() else {
+            return Some(self.ttl);
+        };
+        match expires_at.duration_since(self.clock.now()) {
+            Ok(left) if !left.is_zero() => Some(left.min(self.ttl)),
+            _ => Some(self.expired_ttl.min(self.ttl)),
+        }
     }
 }
 
@@ -309,6 +314,7 @@ impl CachedVerifier {
             .max_capacity(config.max_keys)
             .expire_after(PositiveExpiry {
                 ttl: config.positive_ttl,
+                expired_ttl: config.negative_ttl,
                 clock: config.clock.clone(),
             })
             .build();

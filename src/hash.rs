@@ -248,6 +248,10 @@ impl KeyHasher {
     }
 
     /// Whether `key` hashes to `stored`, in constant time for the digest.
+    ///
+    /// Plain SHA-256 hashes verify even when a pepper is configured, so keys
+    /// created before the pepper keep working; reissue them to move them
+    /// under the pepper.
     pub fn verify(&self, key: &PresentedKey, stored: &StoredHash) -> bool {
         self.hash_with(key, stored.scheme)
             .is_some_and(|h| h.ct_eq(stored))

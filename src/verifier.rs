@@ -47,6 +47,8 @@ pub trait Verifier: Send + Sync + 'static {
     ///
     /// A cache built over the verifier subscribes to it, so a revoke takes
     /// effect at once. Stores return `Some`; plain verifiers keep the default.
+    /// A verifier that wraps a store must forward this, or revocations reach
+    /// the cache only when the positive TTL runs out.
     fn invalidations(&self) -> Option<&Invalidations> {
         None
     }

@@ -165,14 +165,24 @@ impl Authenticator {
     /// Also accept the bare key in this header (for example `x-api-key`), for
     /// clients that cannot set `Authorization`. Off by default. A request
     /// carrying both headers is refused.
+    ///
+    /// # Panics
+    ///
+    /// If `name` is `Authorization`, which is always read.
     pub fn with_api_key_header(self, name: HeaderName) -> Self {
+        assert!(
+            name != AUTHORIZATION,
+            "the extra api key header cannot be Authorization"
+        );
         self.update(|s| s.extra_header = Some(name))
     }
 
     /// Let CORS preflight requests (`OPTIONS` with
     /// `Access-Control-Request-Method`) through unauthenticated, so browsers
     /// can ask before sending the key. Off by default; a plain `OPTIONS` is
-    /// still authenticated.
+    /// still authenticated. The preflight reaches the route with no `Caller`:
+    /// answer it with a CORS layer outside this one (for example
+    /// tower-http's `CorsLayer`), not in a handler that extracts `Caller`.
     pub fn with_cors_preflight(self, allow: bool) -> Self {
         self.update(|s| s.cors_preflight = allow)
     }
