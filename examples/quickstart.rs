@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use tower_api_key::auth::FailedAttemptLimit;
 use tower_api_key::scope::ScopeSet;
 use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
 use tower_api_key::{Authenticator, Caller};
@@ -31,7 +32,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = MemoryStore::new();
     let auth = Authenticator::new(store.clone())
         .with_positive_ttl(Duration::from_secs(60))
-        .with_negative_ttl(Duration::from_secs(5));
+        .with_negative_ttl(Duration::from_secs(5))
+        // 30 failed attempts per minute per client address, then 429.
+        .with_failed_attempt_limit(FailedAttemptLimit::new(30, Duration::from_secs(60)));
 
     mint_demo_keys(&store).await?;
 
@@ -52,9 +55,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .parse()?;
     let listener = tokio::net::TcpListener::bind(bind).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    // ConnectInfo gives the failed-attempt limiter each client's address.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
     Ok(())
 }
 

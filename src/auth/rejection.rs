@@ -278,7 +278,9 @@ pub(crate) fn http_response(
     }
     if let Some(after) = rejection.retry_after {
         if !headers.contains_key(RETRY_AFTER) {
-            headers.insert(RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
+            // Whole seconds, rounded up: retrying early would only fail again.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            headers.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
     }
     response.extensions_mut().insert(rejection);
