@@ -62,11 +62,11 @@ fn millis(at: SystemTime) -> u64 {
 #[derive(Clone)]
 pub struct UsageRecorder {
     inner: Arc<Inner>,
+    interval: Duration,
 }
 
 struct Inner {
     store: Arc<dyn KeyStore>,
-    interval: Duration,
     queue: Mutex<Vec<Arc<dyn Noted>>>,
     /// Uses whose write failed, retried with the next batch.
     unwritten: tokio::sync::Mutex<HashMap<KeyId, u64>>,
@@ -75,7 +75,7 @@ struct Inner {
 impl fmt::Debug for UsageRecorder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UsageRecorder")
-            .field("flush_interval", &self.inner.interval)
+            .field("flush_interval", &self.interval)
             .field("queued", &self.lock_queue().len())
             .finish_non_exhaustive()
     }
@@ -92,33 +92,23 @@ impl UsageRecorder {
         Self {
             inner: Arc::new(Inner {
                 store,
-                interval: Duration::from_secs(5),
                 queue: Mutex::new(Vec::new()),
                 unwritten: tokio::sync::Mutex::new(HashMap::new()),
             }),
+            interval: Duration::from_secs(5),
         }
     }
 
-    /// How often the flusher writes (default 5 s). Set it before cloning.
+    /// How often the flusher started by [`UsageRecorder::spawn_flusher`]
+    /// writes (default 5 s).
     pub fn with_flush_interval(mut self, interval: Duration) -> Self {
-        match Arc::get_mut(&mut self.inner) {
-            Some(inner) => inner.interval = interval,
-            None => {
-                let old = &self.inner;
-                self.inner = Arc::new(Inner {
-                    store: old.store.clone(),
-                    interval,
-                    queue: Mutex::new(Vec::new()),
-                    unwritten: tokio::sync::Mutex::new(HashMap::new()),
-                });
-            }
-        }
+        self.interval = interval;
         self
     }
 
     /// The flush interval.
     pub fn flush_interval(&self) -> Duration {
-        self.inner.interval
+        self.interval
     }
 
     fn lock_queue(&self) -> std::sync::MutexGuard<'_, Vec<Arc<dyn Noted>>> {
@@ -171,7 +161,7 @@ impl UsageRecorder {
         let (stop, mut stopped) = oneshot::channel::<()>();
         let recorder = self.clone();
         let task = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(recorder.inner.interval);
+            let mut ticks = tokio::time::interval(recorder.interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ticks.tick().await;
             loop {
