@@ -29,7 +29,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::invalidation::Invalidations;
-use crate::key::PresentedKey;
+use crate::key::{KeyFormat, PresentedKey};
 use crate::record::KeyRecord;
 
 /// Looks a presented key up.
@@ -50,6 +50,13 @@ pub trait Verifier: Send + Sync + 'static {
     /// A verifier that wraps a store must forward this, or revocations reach
     /// the cache only when the positive TTL runs out.
     fn invalidations(&self) -> Option<&Invalidations> {
+        None
+    }
+
+    /// The format of the keys this verifier knows, if it issues them (stores
+    /// do). An [`Authenticator`](crate::Authenticator) built over it accepts
+    /// that format unless told otherwise.
+    fn key_format(&self) -> Option<KeyFormat> {
         None
     }
 }

@@ -1269,3 +1269,30 @@ async fn grpc_web_is_not_grpc() {
     assert_unauthorized(&reply, Reason::Missing);
     assert!(!reply.headers.contains_key("grpc-status"));
 }
+
+#[tokio::test]
+async fn an_authenticator_over_a_store_accepts_the_store_key_format() {
+    use tower::ServiceExt;
+    use tower_api_key::store::{MemoryStore, NewKey};
+    use tower_api_key::Authenticator;
+
+    let store = MemoryStore::builder()
+        .with_format(KeyFormat::new("acme").unwrap())
+        .build();
+    let auth = Authenticator::new(store.clone());
+    let created = store.create(NewKey::new("sa-acme")).await.unwrap();
+    assert!(created.key.expose_secret().starts_with("acme_"));
+
+    let app: Router = Router::new().route(
+        "/whoami",
+        get(|caller: Caller| async move { caller.service_account_id().to_owned() })
+            .route_layer(auth.any_valid_key()),
+    );
+    let value = format!("Api-Key {}", created.key.expose_secret());
+    let request = Request::get("/whoami")
+        .header(AUTHORIZATION, HeaderValue::from_str(&value).unwrap())
+        .body(Body::empty())
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}

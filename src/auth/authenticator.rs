@@ -71,17 +71,19 @@ pub(crate) enum Begin {
 
 impl Authenticator {
     /// An authenticator over `verifier` (a store, a closure, any [`Verifier`])
-    /// with the default cache settings and key format, realm `api`, JSON
-    /// rejections, no extra header and no CORS preflight bypass.
+    /// with the default cache settings, the verifier's key format (else the
+    /// default), realm `api`, JSON rejections, no extra header, no CORS
+    /// preflight bypass and no failed-attempt limit.
     pub fn new(verifier: impl Verifier) -> Self {
         let verifier: Arc<dyn Verifier> = Arc::new(verifier);
+        let format = verifier.key_format().unwrap_or_default();
         let cache_config = CacheConfig::default();
         Self {
             shared: Arc::new(Shared {
                 cache: CachedVerifier::from_arc(verifier.clone(), cache_config.clone()),
                 verifier,
                 cache_config,
-                format: KeyFormat::default(),
+                format,
                 realm: Arc::from("api"),
                 extra_header: None,
                 cors_preflight: false,
@@ -139,7 +141,7 @@ impl Authenticator {
         self.with_cache(|c| c.with_usage_recorder(recorder))
     }
 
-    /// The key format to accept (default prefix `tak`). Use the store's.
+    /// The key format to accept (default: the verifier's, else prefix `tak`).
     pub fn with_key_format(self, format: KeyFormat) -> Self {
         self.update(|s| s.format = format)
     }
