@@ -92,7 +92,8 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
             serde_json::error::Category::Data => strip_position(&inner.to_string()),
             _ => inner.to_string(),
         };
-        if path == "." || path.is_empty() {
+        // For an unknown field the path ends in that field: say it once.
+        if path == "." || path.is_empty() || what.starts_with("unknown field") {
             ApiError::invalid(scrub(&what))
         } else {
             ApiError::invalid(scrub(&format!("{path}: {what}")))
@@ -373,6 +374,12 @@ mod tests {
             !e.message().contains(key.expose_secret()),
             "{}",
             e.message()
+        );
+        let e =
+            decode::<CreateKeyRequest>(br#"{"service_account_id":"sa","expiry":1}"#).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "unknown field `expiry`, expected one of `service_account_id`, `description`, `scopes`, `expires_at`"
         );
         let e = decode::<CreateKeyRequest>(br#"{"service_account_id":"sa"} x"#).unwrap_err();
         assert_eq!(e.message(), "trailing characters after the JSON body");
