@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::error::{scrub, ApiError};
 use super::time;
-use crate::key::{GeneratedKey, KeyId};
+use crate::key::KeyId;
 use crate::record::KeyRecord;
 use crate::scope::{Scope, ScopeSet, MAX_SCOPES_PER_KEY};
 use crate::store::{hint_of, CreatedKey, KeyInfo, KeyUpdate, NewKey};
@@ -97,13 +97,9 @@ impl KeyWithSecret {
     pub(crate) fn new(created: &CreatedKey, last_used_at: Option<SystemTime>) -> Self {
         Self {
             key: KeyResource::new(&created.record, last_used_at, hint_of(&created.key)),
-            secret: secret_of(&created.key),
+            secret: created.key.expose_secret().to_owned(),
         }
     }
-}
-
-fn secret_of(key: &GeneratedKey) -> String {
-    key.expose_secret().to_owned()
 }
 
 /// One page of a listing.
