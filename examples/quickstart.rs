@@ -1,5 +1,6 @@
 //! The quickstart server: an in-memory key store, demo keys printed at start,
-//! and routes that show the scope rules.
+//! routes that show the scope rules, the key-management API under `/admin`
+//! and Prometheus metrics at `/metrics`.
 //!
 //! ```sh
 //! cargo run --example quickstart            # BIND=127.0.0.1:0 for any free port
@@ -10,10 +11,13 @@ use std::time::{Duration, SystemTime};
 
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
 use tower_api_key::auth::FailedAttemptLimit;
+use tower_api_key::management::{self, AccountAccess, ManagementApi};
 use tower_api_key::scope::ScopeSet;
 use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+use tower_api_key::usage::UsageRecorder;
 use tower_api_key::{Authenticator, Caller};
 
 const TRANSLATE: &str = "yc.ai.translate.execute";
@@ -29,17 +33,39 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .init();
 
+    // Metrics from the middleware (feature `metrics`, on by default), served
+    // as Prometheus text at GET /metrics.
+    let prometheus = PrometheusBuilder::new().install_recorder()?;
+    let upkeep = tokio::spawn(upkeep(prometheus.clone()));
+
     let store = MemoryStore::new();
+    // `last_used_at`, written behind every 2 s.
+    let usage = UsageRecorder::new(store.clone()).with_flush_interval(Duration::from_secs(2));
     let auth = Authenticator::new(store.clone())
         .with_positive_ttl(Duration::from_secs(60))
         .with_negative_ttl(Duration::from_secs(5))
         // 30 failed attempts per minute per client address, then 429.
-        .with_failed_attempt_limit(FailedAttemptLimit::new(30, Duration::from_secs(60)));
+        .with_failed_attempt_limit(FailedAttemptLimit::new(30, Duration::from_secs(60)))
+        .with_usage_recorder(usage.clone());
+    let flusher = usage.spawn_flusher();
 
     mint_demo_keys(&store).await?;
 
+    // The management API, for keys holding `apikeys.manage`. The admin key
+    // is an operator's: it may manage every service account's keys (by
+    // default a caller manages only its own account's).
+    let admin = ManagementApi::new(store.clone(), &auth)
+        .with_account_access(AccountAccess::any_account())
+        .into_router();
+
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))
+        // Unauthenticated here for the demo; protect it in a real service.
+        .route(
+            "/metrics",
+            get(move || std::future::ready(prometheus.render())),
+        )
+        .nest("/admin", admin)
         .route(
             "/v1/translate",
             post(translate).route_layer(auth.require_any([TRANSLATE, FOUNDATION_MODELS])),
@@ -62,12 +88,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .with_graceful_shutdown(shutdown_signal())
     .await?;
+    upkeep.abort();
+    // One last flush, so no noted use is lost.
+    flusher.shutdown().await?;
     Ok(())
+}
+
+/// Histograms keep samples until upkeep folds them in: run it now and then.
+async fn upkeep(prometheus: PrometheusHandle) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        ticks.tick().await;
+        prometheus.run_upkeep();
+    }
 }
 
 /// Creates one key per demo case and prints each once, as the real service would.
 async fn mint_demo_keys(store: &MemoryStore) -> Result<(), Box<dyn std::error::Error>> {
     let demo = [
+        (
+            "ADMIN",
+            NewKey::new("sa-admin").with_scopes(ScopeSet::new([management::DEFAULT_SCOPE])?),
+        ),
         (
             "TRANSLATE",
             NewKey::new("sa-translator").with_scopes(ScopeSet::new([TRANSLATE])?),

@@ -9,6 +9,8 @@
 //! - A pluggable async [`verifier`] sits behind a moka [`cache`]; stores
 //!   ([`store`]) implement the management operations and push revocations to
 //!   the cache ([`invalidation`]).
+//! - With the `axum` feature, [`management`] is a ready HTTP API for key
+//!   owners: create, list, update, reissue and delete keys.
 //!
 //! [tower]: https://docs.rs/tower
 #![deny(unsafe_code, unreachable_pub)]
@@ -21,6 +23,9 @@ pub mod clock;
 pub mod hash;
 pub mod invalidation;
 pub mod key;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod management;
 pub mod record;
 pub mod scope;
 pub mod store;
@@ -32,6 +37,11 @@ pub mod verifier;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+// The management section's examples too, until it is merged into the README.
+#[cfg(all(doctest, feature = "axum"))]
+#[doc = include_str!("../docs/management.md")]
+struct ManagementDocDoctests;
 
 pub use auth::{ApiKeyLayer, Authenticator};
 pub use cache::{CacheConfig, CachedVerifier, LookupError};

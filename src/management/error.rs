@@ -1,0 +1,269 @@
+//! The JSON error of the management API.
+
+use std::fmt;
+
+use axum::response::{IntoResponse, Response};
+use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use crate::store::StoreError;
+
+/// The body of every management error response:
+/// `{"error":"invalid_argument","message":"scopes[3]: scope name ..."}`.
+///
+/// `error` is a stable code (the table in the [module docs](super)); `message`
+/// says what is wrong, for people. Neither ever holds key material.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ErrorBody {
+    /// A stable, machine-readable code such as `invalid_argument`.
+    pub error: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// What went wrong with a management request; becomes a JSON response.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    allow: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            allow: None,
+        }
+    }
+
+    /// 400: the request is invalid; `message` says why.
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_argument", message)
+    }
+
+    /// 404: no such key (or one the caller may not see).
+    pub(crate) fn key_not_found(id: impl fmt::Display) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("api key {id} not found"),
+        )
+    }
+
+    /// 404: an unknown custom method such as `:frobnicate`.
+    pub(crate) fn unknown_method(action: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "unknown method `:{}`; the only custom method is `:reissue`",
+                scrub(action)
+            ),
+        )
+    }
+
+    /// 403: the caller may not manage this service account's keys.
+    pub(crate) fn account_denied(account: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            format!(
+                "this api key may not manage the keys of service account `{}`",
+                scrub(account)
+            ),
+        )
+    }
+
+    /// 405 with an `Allow` header.
+    pub(crate) fn method_not_allowed(allow: &'static str, message: impl Into<String>) -> Self {
+        let mut e = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            message,
+        );
+        e.allow = Some(allow);
+        e
+    }
+
+    /// 413: the body is over the limit.
+    pub(crate) fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than {limit} bytes"),
+        )
+    }
+
+    /// 415: the body is not JSON.
+    pub(crate) fn not_json() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "request body must be JSON (content-type: application/json)",
+        )
+    }
+
+    /// The HTTP status.
+    #[cfg(test)]
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The message.
+    #[cfg(test)]
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid(why) => Self::invalid(scrub(&why)),
+            StoreError::KeyGen(e) => {
+                tracing::error!(error = %e, "api key management: key generation failed");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "could not generate a key",
+                )
+            }
+            other => {
+                tracing::error!(error = %other, "api key management: key store failed");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the key store is unavailable; try again",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.code.to_owned(),
+            message: self.message,
+        };
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let mut response = (self.status, json).into_response();
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(allow) = self.allow {
+            headers.insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// Text echoed from a request into an error message, made safe: anything
+/// shaped like key material (a run of key characters starting with an issuer
+/// prefix and `_`, or 24 and more such characters) becomes `[REDACTED]`, and
+/// the whole is cut to 300 characters. A client that pastes a key into the
+/// wrong field must not find it echoed into responses and logs.
+pub(crate) fn scrub(text: &str) -> String {
+    const MAX: usize = 300;
+    let is_key_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(text.len().min(MAX));
+    let mut rest = text;
+    while let Some(start) = rest.find(is_key_char) {
+        out.push_str(&rest[..start]);
+        let run = &rest[start..];
+        let end = run.find(|c: char| !is_key_char(c)).unwrap_or(run.len());
+        let token = &run[..end];
+        if looks_like_key_material(token) {
+            out.push_str("[REDACTED]");
+        } else {
+            out.push_str(token);
+        }
+        rest = &run[end..];
+    }
+    out.push_str(rest);
+    if out.chars().count() > MAX {
+        let cut: String = out.chars().take(MAX).collect();
+        return format!("{cut}…");
+    }
+    out
+}
+
+fn looks_like_key_material(token: &str) -> bool {
+    if token.len() >= 24 {
+        return true;
+    }
+    // `<prefix>_<something>`: a prefix is 1-16 lowercase letters and digits.
+    match token.split_once('_') {
+        Some((prefix, rest)) => {
+            !prefix.is_empty()
+                && prefix.len() <= crate::key::MAX_PREFIX_LEN
+                && prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && rest.len() >= 8
+                && rest
+                    .bytes()
+                    .any(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::KeyFormat;
+
+    #[test]
+    fn scrub_hides_keys_and_key_like_runs() {
+        let key = KeyFormat::default().generate().unwrap();
+        let text = format!(
+            "invalid type: string \"{}\", expected u64",
+            key.expose_secret()
+        );
+        let scrubbed = scrub(&text);
+        assert!(!scrubbed.contains(key.expose_secret()));
+        assert!(!scrubbed.contains(&key.expose_secret()[4..]));
+        assert_eq!(
+            scrubbed,
+            "invalid type: string \"[REDACTED]\", expected u64"
+        );
+        // A key cut short is still hidden.
+        let partial = &key.expose_secret()[..30];
+        assert!(!scrub(partial).contains(partial));
+        // Ordinary messages are unchanged.
+        for plain in [
+            "unknown field `service_acount_id`, expected one of `service_account_id`, `description`",
+            "scopes[3]: scope name is empty",
+            "invalid type: integer `5`, expected a string",
+            "sa_translator",
+        ] {
+            assert_eq!(scrub(plain), plain);
+        }
+    }
+
+    #[test]
+    fn scrub_bounds_the_length() {
+        let long = "a ".repeat(1000);
+        assert!(scrub(&long).chars().count() <= 301);
+    }
+
+    #[test]
+    fn store_errors_map_to_statuses_without_details() {
+        let e = ApiError::from(StoreError::backend("connection refused to 10.0.0.1"));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!e.message().contains("10.0.0.1"));
+        let e = ApiError::from(StoreError::invalid("expires_at is in the past"));
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(e.message(), "expires_at is in the past");
+    }
+}

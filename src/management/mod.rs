@@ -1,0 +1,338 @@
+//! The key-management HTTP API (feature `axum`): a ready [`axum::Router`]
+//! over any [`KeyStore`], for key owners what a cloud console gives them.
+//!
+//! Mount it under a prefix of your choice. It is protected by the crate's own
+//! layer: every route requires a key holding the management scope,
+//! [`DEFAULT_SCOPE`] (`apikeys.manage`) unless [`ManagementApi::with_scopes`]
+//! names others.
+//!
+//! ```
+//! use axum::Router;
+//! use tower_api_key::management::{self, AccountAccess, ManagementApi};
+//! use tower_api_key::scope::ScopeSet;
+//! use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+//! use tower_api_key::Authenticator;
+//! # use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = MemoryStore::new();
+//! let auth = Authenticator::new(store.clone());
+//!
+//! // Each service account manages its own keys (the default)...
+//! let app: Router = Router::new().nest("/admin", management::router(store.clone(), &auth));
+//! // ...or an operator console manages every account's keys:
+//! let console: Router = Router::new().nest(
+//!     "/admin",
+//!     ManagementApi::new(store.clone(), &auth)
+//!         .with_account_access(AccountAccess::any_account())
+//!         .into_router(),
+//! );
+//!
+//! // A key that may manage keys: mint the first one out of band.
+//! let admin = store
+//!     .create(NewKey::new("sa-ops").with_scopes(ScopeSet::new([management::DEFAULT_SCOPE])?))
+//!     .await?;
+//! let request = http::Request::post("/admin/keys")
+//!     .header("authorization", format!("Api-Key {}", admin.key.expose_secret()))
+//!     .header("content-type", "application/json")
+//!     .body(axum::body::Body::from(r#"{"service_account_id":"sa-translator","scopes":["yc.ai.translate.execute"]}"#))?;
+//! let response = console.oneshot(request).await?;
+//! assert_eq!(response.status(), http::StatusCode::CREATED);
+//! # drop(app);
+//! # Ok(()) }
+//! ```
+//!
+//! # Routes
+//!
+//! Paths are relative to where the router is mounted.
+//!
+//! | route | body | success |
+//! |---|---|---|
+//! | `POST /keys` | `{service_account_id, description?, scopes?, expires_at?}` | 201 `{key, secret}`, `Location: keys/{id}` |
+//! | `GET /keys?service_account_id=...&page_size=&page_token=` | | 200 `{keys: [...], next_page_token}` |
+//! | `GET /keys/{id}` | | 200 the key |
+//! | `PATCH /keys/{id}` | `{description?, scopes?, expires_at?}` | 200 the updated key |
+//! | `POST /keys/{id}:reissue` | `{grace_period_seconds?}` or empty | 200 `{key, secret}` |
+//! | `DELETE /keys/{id}` | | 204 |
+//!
+//! A key ([`KeyResource`]) reads:
+//!
+//! ```json
+//! {
+//!   "id": "NhKynoCOkdHO3X3a",
+//!   "service_account_id": "sa-translator",
+//!   "description": "ci deploys",
+//!   "scopes": ["yc.ai.translate.execute"],
+//!   "created_at": "2030-01-31T12:00:00.000Z",
+//!   "expires_at": null,
+//!   "last_used_at": null,
+//!   "hint": "tak_…x7Qa"
+//! }
+//! ```
+//!
+//! - **The secret** (the whole key, to send as `Authorization: Api-Key ...`)
+//!   is in the responses of create and reissue, and in no other response,
+//!   error or log line.
+//! - **Timestamps** are RFC 3339. Responses are in UTC with milliseconds;
+//!   requests may use `Z` or a numeric offset. `expires_at` must be in the
+//!   future; in a `PATCH`, `"expires_at": null` removes the expiry and an
+//!   absent field leaves it as it is. `description` and `scopes` may be
+//!   absent but not `null`.
+//! - **`last_used_at`** is `null` until the key is first used. It is written
+//!   behind by a [`UsageRecorder`](crate::usage::UsageRecorder) (give one to
+//!   the [`Authenticator`]), so it lags by up to one flush interval, and only
+//!   ever moves forward.
+//! - **Reissue** gives the key a new secret, keeping id, account, scopes,
+//!   expiry and `last_used_at`. The old secret keeps working for
+//!   `grace_period_seconds` (default 0, at most 30 days).
+//! - **Delete** revokes the key: on this replica, every request that starts
+//!   after the 204 is refused. The router also drops the key from the
+//!   authenticator's cache itself, so this holds even when the authenticator
+//!   verifies through something other than the store. The same goes for
+//!   `PATCH` (new scopes and expiry apply at once) and reissue.
+//!
+//! Every response carries `Cache-Control: no-store`.
+//!
+//! # Errors
+//!
+//! Errors are JSON, `{"error": "<code>", "message": "<what is wrong>"}`
+//! ([`ErrorBody`]); messages name the field (`scopes[3]: ...`) and never
+//! carry key material, even when a request pastes a key into the wrong field.
+//! Every check runs before the store is touched: a refused request changes
+//! nothing.
+//!
+//! | status | `error` | when |
+//! |---|---|---|
+//! | 400 | `invalid_argument` | malformed JSON, unknown or `null` fields, invalid scope names, more than 100 scopes, `expires_at` not RFC 3339 or not in the future, a malformed key id, missing `service_account_id`, unknown query parameters, a bad `page_size` or `page_token`, a grace period over 30 days |
+//! | 401, 403 | (the layer's) | no valid key, or a key without the management scope |
+//! | 403 | `permission_denied` | the caller may not manage this service account's keys ([`AccountAccess`]) |
+//! | 404 | `not_found` | an unknown or deleted key id, a key of an account the caller may not manage, an unknown `:method` |
+//! | 405 | `method_not_allowed` | `GET /keys/{id}:reissue` and the like; `Allow` says what works |
+//! | 413 | `payload_too_large` | a body over the limit (64 KiB by default, [`ManagementApi::with_body_limit`]) |
+//! | 415 | `unsupported_media_type` | a body without `content-type: application/json` |
+//! | 503 | `unavailable` | the key store failed; the details go to the log, not the response |
+//!
+//! # Who may manage which keys
+//!
+//! The management scope only lets a key into the API. Which service
+//! accounts' keys it may then manage is the router's [`AccountAccess`]:
+//!
+//! - [`AccountAccess::own_account`] (**the default**): only keys of the
+//!   caller's own service account. A service account can rotate its own keys
+//!   and touch nobody else's; a misconfiguration shows up as a 403, not as
+//!   one account managing another's keys.
+//! - [`AccountAccess::any_account`]: every account, for an operator console
+//!   (the quickstart uses it for its admin key).
+//! - [`AccountAccess::custom`]: a predicate over the caller and the account,
+//!   for example a table of which team account manages which.
+//!
+//! A key of an account the caller may not manage answers 404, as if it did
+//! not exist; creating or listing keys of such an account answers 403.
+//! A management key can mint keys with any scopes (or none) for the accounts
+//! it may manage, so treat the management scope as an administrator's.
+
+mod error;
+mod resource;
+mod routes;
+mod time;
+
+use std::fmt;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use error::ErrorBody;
+pub use resource::{
+    KeyList, KeyResource, KeyWithSecret, MAX_DESCRIPTION_LEN, MAX_GRACE_PERIOD,
+    MAX_SERVICE_ACCOUNT_ID_LEN,
+};
+
+use crate::auth::Authenticator;
+use crate::record::Caller;
+use crate::scope::{Scope, ScopeError, ScopePolicy};
+use crate::store::KeyStore;
+
+/// The scope a key needs to use the management API, unless
+/// [`ManagementApi::with_scopes`] says otherwise.
+pub const DEFAULT_SCOPE: &str = "apikeys.manage";
+
+/// The largest request body accepted by default: 64 KiB, room for 100 scopes
+/// of the longest allowed name.
+pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+
+/// The management router with the defaults: scope [`DEFAULT_SCOPE`], each
+/// caller managing only its own service account's keys, bodies up to
+/// [`DEFAULT_BODY_LIMIT`]. See the [module docs](self).
+///
+/// Build it from the same authenticator the rest of the app uses, after
+/// configuring it, so that deletes reach the cache every route checks.
+pub fn router(store: impl KeyStore, auth: &Authenticator) -> Router {
+    ManagementApi::new(store, auth).into_router()
+}
+
+/// Which service accounts' keys a management caller may manage; see the
+/// [module docs](self#who-may-manage-which-keys). Cheap to clone.
+#[derive(Clone)]
+pub struct AccountAccess(Access);
+
+#[derive(Clone)]
+enum Access {
+    Own,
+    Any,
+    Custom(Arc<AccountRule>),
+}
+
+type AccountRule = dyn Fn(&Caller, &str) -> bool + Send + Sync;
+
+impl AccountAccess {
+    /// Only the caller's own service account (the default).
+    pub fn own_account() -> Self {
+        Self(Access::Own)
+    }
+
+    /// Every service account: for operators.
+    pub fn any_account() -> Self {
+        Self(Access::Any)
+    }
+
+    /// Whatever `allows(caller, service_account_id)` says.
+    pub fn custom(allows: impl Fn(&Caller, &str) -> bool + Send + Sync + 'static) -> Self {
+        Self(Access::Custom(Arc::new(allows)))
+    }
+
+    /// Whether `caller` may manage the keys of `service_account_id`.
+    pub fn allows(&self, caller: &Caller, service_account_id: &str) -> bool {
+        match &self.0 {
+            Access::Own => caller.service_account_id() == service_account_id,
+            Access::Any => true,
+            Access::Custom(allows) => allows(caller, service_account_id),
+        }
+    }
+}
+
+impl Default for AccountAccess {
+    fn default() -> Self {
+        Self::own_account()
+    }
+}
+
+impl fmt::Debug for AccountAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            Access::Own => "AccountAccess::own_account",
+            Access::Any => "AccountAccess::any_account",
+            Access::Custom(_) => "AccountAccess::custom",
+        })
+    }
+}
+
+/// Settings of the management router; [`router`] is this with the defaults.
+#[must_use]
+pub struct ManagementApi {
+    store: Arc<dyn KeyStore>,
+    auth: Authenticator,
+    policy: ScopePolicy,
+    access: AccountAccess,
+    body_limit: usize,
+}
+
+impl fmt::Debug for ManagementApi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManagementApi")
+            .field("scopes", &self.policy.required())
+            .field("access", &self.access)
+            .field("body_limit", &self.body_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ManagementApi {
+    /// The API over `store`, protected by layers of `auth`.
+    pub fn new(store: impl KeyStore, auth: &Authenticator) -> Self {
+        Self::from_arc(Arc::new(store), auth)
+    }
+
+    /// [`ManagementApi::new`] for a store that is already shared.
+    pub fn from_arc(store: Arc<dyn KeyStore>, auth: &Authenticator) -> Self {
+        let policy = match ScopePolicy::require_any([DEFAULT_SCOPE]) {
+            Ok(policy) => policy,
+            Err(_) => unreachable!("the default management scope is valid"),
+        };
+        Self {
+            store,
+            auth: auth.clone(),
+            policy,
+            access: AccountAccess::default(),
+            body_limit: DEFAULT_BODY_LIMIT,
+        }
+    }
+
+    /// Keys holding any of `scopes` may use the API (default:
+    /// [`DEFAULT_SCOPE`] alone).
+    ///
+    /// # Panics
+    ///
+    /// If a name is invalid or `scopes` is empty; see
+    /// [`ManagementApi::try_with_scopes`] for scopes read from configuration.
+    pub fn with_scopes<I, S>(self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: TryInto<Scope>,
+        ScopeError: From<S::Error>,
+    {
+        match self.try_with_scopes(scopes) {
+            Ok(api) => api,
+            Err(e) => panic!("invalid management scopes: {e}"),
+        }
+    }
+
+    /// [`ManagementApi::with_scopes`], returning invalid scopes as an error.
+    pub fn try_with_scopes<I, S>(mut self, scopes: I) -> Result<Self, ScopeError>
+    where
+        I: IntoIterator<Item = S>,
+        S: TryInto<Scope>,
+        ScopeError: From<S::Error>,
+    {
+        self.policy = ScopePolicy::require_any(scopes)?;
+        Ok(self)
+    }
+
+    /// Which accounts' keys a caller may manage (default: its own).
+    pub fn with_account_access(mut self, access: AccountAccess) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// The largest request body, in bytes (default [`DEFAULT_BODY_LIMIT`]);
+    /// larger ones get 413.
+    pub fn with_body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// The router, to mount with [`Router::nest`].
+    pub fn into_router(self) -> Router {
+        let ctx = routes::Ctx {
+            store: self.store,
+            auth: self.auth.clone(),
+            access: self.access,
+            body_limit: self.body_limit,
+        };
+        Router::new()
+            .route("/keys", post(routes::create).get(routes::list))
+            .route(
+                // `{id}` or `{id}:reissue`: axum cannot match a suffix within a
+                // segment, so the handlers split it.
+                "/keys/{id}",
+                get(routes::get)
+                    .patch(routes::update)
+                    .delete(routes::delete)
+                    .post(routes::custom),
+            )
+            .route_layer(self.auth.layer(self.policy))
+            .layer(DefaultBodyLimit::max(self.body_limit))
+            .with_state(ctx)
+    }
+}

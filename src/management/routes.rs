@@ -1,0 +1,387 @@
+//! The handlers.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, LOCATION};
+use http::{HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::error::{scrub, ApiError};
+use super::resource::{
+    self, CreateKeyRequest, KeyList, KeyResource, KeyWithSecret, ListQuery, ReissueKeyRequest,
+    UpdateKeyRequest,
+};
+use super::AccountAccess;
+use crate::key::KeyId;
+use crate::record::Caller;
+use crate::store::{KeyInfo, KeyStore, ListRequest};
+use crate::Authenticator;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub(crate) store: Arc<dyn KeyStore>,
+    pub(crate) auth: Authenticator,
+    pub(crate) access: AccountAccess,
+    pub(crate) body_limit: usize,
+}
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// A JSON response that no cache keeps.
+fn json(status: StatusCode, value: &impl Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut response = (status, body).into_response();
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "api key management: response did not serialize");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// Reads a JSON body. An empty body is `{}` when `empty_ok`.
+fn body<T: DeserializeOwned>(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    empty_ok: bool,
+) -> Result<T> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(ctx.body_limit)
+        } else {
+            ApiError::invalid("the request body could not be read")
+        }
+    })?;
+    if bytes.is_empty() {
+        if empty_ok {
+            return decode(b"{}");
+        }
+        return Err(ApiError::invalid("a JSON object is required as the body"));
+    }
+    if !is_json(headers) {
+        return Err(ApiError::not_json());
+    }
+    decode(&bytes)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    // serde would also read a struct from an array of its fields in order.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid("the body must be a JSON object"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        // serde_json appends " at line 1 column 9": keep the what, drop the where,
+        // unless it is a syntax error.
+        let what = match inner.classify() {
+            serde_json::error::Category::Data => strip_position(&inner.to_string()),
+            _ => inner.to_string(),
+        };
+        // For an unknown field the path ends in that field: say it once.
+        if path == "." || path.is_empty() || what.starts_with("unknown field") {
+            ApiError::invalid(scrub(&what))
+        } else {
+            ApiError::invalid(scrub(&format!("{path}: {what}")))
+        }
+    })?;
+    de.end()
+        .map_err(|_| ApiError::invalid("trailing characters after the JSON body"))?;
+    Ok(value)
+}
+
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The `{id}` segment, or `{id}:{method}` for a custom method.
+enum Segment<'a> {
+    Id(&'a str),
+    Method(&'a str, &'a str),
+}
+
+fn segment(path: &str) -> Segment<'_> {
+    match path.split_once(':') {
+        Some((id, method)) => Segment::Method(id, method),
+        None => Segment::Id(path),
+    }
+}
+
+fn path_text(path: Result<Path<String>, PathRejection>) -> Result<String> {
+    path.map(|Path(p)| p)
+        .map_err(|_| ApiError::invalid("the key id in the path could not be read"))
+}
+
+/// The id of a plain `/keys/{id}` request (GET, PATCH, DELETE).
+fn plain_id(path: &str, method: &str) -> Result<KeyId> {
+    match segment(path) {
+        Segment::Id(id) => resource::key_id(id),
+        Segment::Method(_, "reissue") => Err(ApiError::method_not_allowed(
+            "POST",
+            format!("`:reissue` takes POST, not {method}"),
+        )),
+        Segment::Method(_, other) => Err(ApiError::unknown_method(other)),
+    }
+}
+
+impl Ctx {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+
+    /// The key, if it exists and the caller may manage its account; 404
+    /// otherwise (a key of another account is not revealed).
+    async fn visible_key(&self, caller: &Caller, id: KeyId) -> Result<KeyInfo> {
+        match self.store.get(id).await? {
+            Some(info) if self.access.allows(caller, &info.record.service_account_id) => Ok(info),
+            Some(info) => {
+                tracing::info!(
+                    key_id = %id,
+                    service_account_id = %info.record.service_account_id,
+                    caller_key_id = %caller.key_id(),
+                    "api key management: key of another service account refused"
+                );
+                Err(ApiError::key_not_found(id))
+            }
+            None => Err(ApiError::key_not_found(id)),
+        }
+    }
+
+    fn check_account(&self, caller: &Caller, account: &str) -> Result<()> {
+        if self.access.allows(caller, account) {
+            Ok(())
+        } else {
+            tracing::info!(
+                service_account_id = %scrub(account),
+                caller_key_id = %caller.key_id(),
+                "api key management: service account refused"
+            );
+            Err(ApiError::account_denied(account))
+        }
+    }
+}
+
+/// `POST /keys`
+pub(crate) async fn create(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let request: CreateKeyRequest = body(&ctx, &headers, raw, false)?;
+    let new = request.validate(ctx.now())?;
+    ctx.check_account(&caller, &new.service_account_id)?;
+    let created = ctx.store.create(new).await?;
+    let id = created.record.key_id;
+    tracing::info!(
+        key_id = %id,
+        service_account_id = %created.record.service_account_id,
+        caller_key_id = %caller.key_id(),
+        "api key created"
+    );
+    let mut response = json(StatusCode::CREATED, &KeyWithSecret::new(&created, None));
+    // Relative to `.../keys`, this resolves to `.../keys/{id}` under any prefix.
+    if let Ok(location) = HeaderValue::from_str(&format!("keys/{id}")) {
+        response.headers_mut().insert(LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// `GET /keys?service_account_id=...&page_size=...&page_token=...`
+pub(crate) async fn list(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    let query: ListQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::invalid(scrub(&format!("query: {e}"))))?;
+    let Some(account) = query.service_account_id else {
+        return Err(ApiError::invalid("query: service_account_id is required"));
+    };
+    let account = resource::service_account_id(&account)?;
+    ctx.check_account(&caller, &account)?;
+    let page = ListRequest {
+        page_size: query.page_size,
+        page_token: query.page_token,
+    };
+    let page = ctx.store.list(&account, page).await?;
+    Ok(json(
+        StatusCode::OK,
+        &KeyList::new(&page.keys, page.next_page_token),
+    ))
+}
+
+/// `GET /keys/{id}`
+pub(crate) async fn get(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    let id = plain_id(&path_text(path)?, "GET")?;
+    let info = ctx.visible_key(&caller, id).await?;
+    Ok(json(StatusCode::OK, &KeyResource::from(&info)))
+}
+
+/// `PATCH /keys/{id}`
+pub(crate) async fn update(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let id = plain_id(&path_text(path)?, "PATCH")?;
+    let request: UpdateKeyRequest = body(&ctx, &headers, raw, false)?;
+    let update = request.validate(ctx.now())?;
+    ctx.visible_key(&caller, id).await?;
+    let info = ctx
+        .store
+        .update(id, update)
+        .await?
+        .ok_or_else(|| ApiError::key_not_found(id))?;
+    // The store announces the change; this also covers an authenticator
+    // whose verifier is not this store.
+    ctx.auth.cache().invalidate(id);
+    tracing::info!(key_id = %id, caller_key_id = %caller.key_id(), "api key updated");
+    Ok(json(StatusCode::OK, &KeyResource::from(&info)))
+}
+
+/// `DELETE /keys/{id}`
+pub(crate) async fn delete(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    let id = plain_id(&path_text(path)?, "DELETE")?;
+    ctx.visible_key(&caller, id).await?;
+    if !ctx.store.revoke(id).await? {
+        return Err(ApiError::key_not_found(id));
+    }
+    ctx.auth.cache().invalidate(id);
+    tracing::info!(key_id = %id, caller_key_id = %caller.key_id(), "api key deleted");
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// `POST /keys/{id}:{method}`: the custom methods; today only `:reissue`.
+pub(crate) async fn custom(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let path = path_text(path)?;
+    let id = match segment(&path) {
+        Segment::Method(id, "reissue") => resource::key_id(id)?,
+        Segment::Method(_, other) => return Err(ApiError::unknown_method(other)),
+        Segment::Id(_) => {
+            return Err(ApiError::method_not_allowed(
+                "GET, PATCH, DELETE",
+                "POST creates keys at /keys; a key takes GET, PATCH, DELETE or POST :reissue",
+            ))
+        }
+    };
+    let request: ReissueKeyRequest = body(&ctx, &headers, raw, true)?;
+    let grace = request.validate()?;
+    let info = ctx.visible_key(&caller, id).await?;
+    let created = ctx
+        .store
+        .reissue(id, grace)
+        .await?
+        .ok_or_else(|| ApiError::key_not_found(id))?;
+    ctx.auth.cache().invalidate(id);
+    tracing::info!(
+        key_id = %id,
+        grace_period_seconds = grace.as_secs(),
+        caller_key_id = %caller.key_id(),
+        "api key reissued"
+    );
+    Ok(json(
+        StatusCode::OK,
+        &KeyWithSecret::new(&created, info.last_used_at),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(CONTENT_TYPE, HeaderValue::from_static(v));
+            is_json(&h)
+        };
+        assert!(with("application/json"));
+        assert!(with("Application/JSON; charset=utf-8"));
+        assert!(with("application/merge-patch+json"));
+        assert!(!with("text/plain"));
+        assert!(!with("application/x-www-form-urlencoded"));
+        assert!(!is_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn decode_errors_name_the_field_and_never_echo_keys() {
+        let e = decode::<CreateKeyRequest>(br#"{"service_account_id":"sa","scopes":["a",5]}"#)
+            .unwrap_err();
+        assert_eq!(
+            e.message(),
+            "scopes[1]: invalid type: integer `5`, expected a string"
+        );
+        let key = crate::key::KeyFormat::default().generate().unwrap();
+        let json = format!(
+            r#"{{"service_account_id":"sa","scopes":{:?}}}"#,
+            key.expose_secret()
+        );
+        let e = decode::<CreateKeyRequest>(json.as_bytes()).unwrap_err();
+        assert!(
+            !e.message().contains(key.expose_secret()),
+            "{}",
+            e.message()
+        );
+        let e =
+            decode::<CreateKeyRequest>(br#"{"service_account_id":"sa","expiry":1}"#).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "unknown field `expiry`, expected one of `service_account_id`, `description`, `scopes`, `expires_at`"
+        );
+        let e = decode::<CreateKeyRequest>(br#"{"service_account_id":"sa"} x"#).unwrap_err();
+        assert_eq!(e.message(), "trailing characters after the JSON body");
+    }
+}

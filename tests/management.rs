@@ -1,0 +1,795 @@
+//! The management API over real HTTP on 127.0.0.1.
+#![cfg(feature = "axum")]
+
+#[path = "mgmt_support/mod.rs"]
+mod support;
+
+use std::io;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+use tower_api_key::management::{self, AccountAccess, ManagementApi};
+use tower_api_key::scope::ScopeSet;
+use tower_api_key::store::{KeyInfo, KeyStore, ListRequest, MemoryStore, NewKey};
+use tower_api_key::usage::UsageRecorder;
+use tower_api_key::{Authenticator, Caller, PresentedKey};
+
+use support::{serve, Client, Reply};
+
+const TRANSLATE: &str = "yc.ai.translate.execute";
+
+/// method, path, JSON body, status, error code, message fragment
+type JsonCase<'a> = (&'a str, &'a str, Option<Value>, u16, &'a str, &'a str);
+/// method, path, content type, body, status, message fragment
+type RawCase<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, u16, &'a str);
+
+// ---------------------------------------------------------------------------
+// Every log line of this test binary, at TRACE for every target.
+
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// The process-wide log capture, installed by the first test that asks: a
+/// global subscriber sees events from every thread and task, whatever runtime
+/// they run on.
+fn logs() -> &'static Logs {
+    static LOGS: OnceLock<Logs> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+        logs
+    })
+}
+
+// ---------------------------------------------------------------------------
+
+struct App {
+    client: Client,
+    store: MemoryStore,
+    usage: UsageRecorder,
+    admin: String,
+}
+
+/// A service with one scoped route, `/whoami`, and the management API under
+/// `/admin` for an operator key holding `apikeys.manage`.
+async fn app(configure: impl FnOnce(ManagementApi) -> ManagementApi) -> App {
+    logs();
+    let store = MemoryStore::new();
+    let usage = UsageRecorder::new(store.clone());
+    let auth = Authenticator::new(store.clone()).with_usage_recorder(usage.clone());
+    let api =
+        ManagementApi::new(store.clone(), &auth).with_account_access(AccountAccess::any_account());
+    let app = Router::new()
+        .route(
+            "/v1/translate",
+            post(|caller: Caller| async move { caller.service_account_id().to_owned() })
+                .route_layer(auth.require_any([TRANSLATE])),
+        )
+        .route(
+            "/whoami",
+            get(|caller: Caller| async move { caller.key_id().to_string() })
+                .route_layer(auth.any_valid_key()),
+        )
+        .nest("/admin", configure(api).into_router());
+    let admin = mint(&store, "sa-ops", &[management::DEFAULT_SCOPE]).await;
+    App {
+        client: Client::new(serve(app).await),
+        store,
+        usage,
+        admin,
+    }
+}
+
+async fn mint(store: &MemoryStore, account: &str, scopes: &[&str]) -> String {
+    let created = store
+        .create(NewKey::new(account).with_scopes(ScopeSet::new(scopes.iter().copied()).unwrap()))
+        .await
+        .unwrap();
+    created.key.expose_secret().to_owned()
+}
+
+impl App {
+    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
+        self.client
+            .send(method, &format!("/admin{path}"), Some(&self.admin), body)
+            .await
+    }
+
+    async fn translate(&self, key: &str) -> Reply {
+        self.client
+            .send("POST", "/v1/translate", Some(key), None)
+            .await
+    }
+
+    /// Every key of `accounts`, as the store holds them, and the store's size.
+    async fn state(&self, accounts: &[&str]) -> (String, Vec<KeyInfo>) {
+        let mut all = Vec::new();
+        for account in accounts {
+            let page = self
+                .store
+                .list(account, ListRequest::first(1000))
+                .await
+                .unwrap();
+            all.extend(page.keys);
+        }
+        (format!("{:?}", self.store), all)
+    }
+}
+
+fn rfc3339(value: &Value) -> SystemTime {
+    humantime::parse_rfc3339(value.as_str().expect("a timestamp")).unwrap()
+}
+
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_whole_lifecycle_over_http() {
+    let app = app(|api| api).await;
+
+    // Create: 201, the resource and the secret.
+    let expires = humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(3600));
+    let created = app
+        .admin(
+            "POST",
+            "/keys",
+            Some(json!({
+                "service_account_id": "sa-translator",
+                "description": "ci deploys",
+                "scopes": [TRANSLATE],
+                "expires_at": expires.to_string(),
+            })),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert_eq!(created.header("cache-control"), Some("no-store"));
+    let body = created.json();
+    let secret = body["secret"].as_str().unwrap().to_owned();
+    let key = body["key"].clone();
+    let id = key["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        created.header("location").unwrap(),
+        format!("keys/{id}"),
+        "relative to /admin/keys"
+    );
+    assert!(secret.starts_with("tak_") && secret.contains(&id));
+    assert_eq!(key["service_account_id"], "sa-translator");
+    assert_eq!(key["description"], "ci deploys");
+    assert_eq!(key["scopes"], json!([TRANSLATE]));
+    assert_eq!(
+        rfc3339(&key["expires_at"]),
+        humantime::parse_rfc3339(&expires.to_string()).unwrap()
+    );
+    assert!(rfc3339(&key["created_at"]) <= SystemTime::now());
+    assert_eq!(key["last_used_at"], Value::Null, "never used");
+    let hint = key["hint"].as_str().unwrap();
+    assert!(hint.starts_with("tak_…") && secret.ends_with(&hint["tak_…".len()..]));
+    assert!(
+        hint.chars().count() < 12,
+        "a hint is never enough to use the key"
+    );
+
+    // Use it; a GET shows the same resource, and last_used_at stays null
+    // until the recorder flushes.
+    assert_eq!(app.translate(&secret).await.status, 200);
+    assert_eq!(
+        app.translate(&secret).await.status,
+        200,
+        "now from the cache"
+    );
+    let got = app.admin("GET", &format!("/keys/{id}"), None).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json(), key, "unchanged, last_used_at still null");
+    assert_eq!(
+        app.usage.flush().await.unwrap(),
+        2,
+        "the key and the admin key"
+    );
+
+    // List: the key with its last_used_at.
+    let listed = app
+        .admin("GET", "/keys?service_account_id=sa-translator", None)
+        .await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    let page = listed.json();
+    assert_eq!(page["next_page_token"], Value::Null);
+    assert_eq!(page["keys"].as_array().unwrap().len(), 1);
+    let last_used = rfc3339(&page["keys"][0]["last_used_at"]);
+    assert!(last_used >= rfc3339(&key["created_at"]) && last_used <= SystemTime::now());
+
+    // Update: description, scopes and expiry; the new scopes apply at once.
+    let patched = app
+        .admin(
+            "PATCH",
+            &format!("/keys/{id}"),
+            Some(json!({"description": "read only", "scopes": ["yc.ai.read"], "expires_at": null})),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text);
+    let resource = patched.json();
+    assert_eq!(resource["description"], "read only");
+    assert_eq!(resource["scopes"], json!(["yc.ai.read"]));
+    assert_eq!(resource["expires_at"], Value::Null);
+    assert_eq!(resource["created_at"], key["created_at"]);
+    assert_eq!(app.translate(&secret).await.status, 403, "scope removed");
+    let patched = app
+        .admin(
+            "PATCH",
+            &format!("/keys/{id}"),
+            Some(json!({"scopes": [TRANSLATE]})),
+        )
+        .await;
+    assert_eq!(patched.status, 200);
+    assert_eq!(
+        patched.json()["description"],
+        "read only",
+        "absent: unchanged"
+    );
+    assert_eq!(app.translate(&secret).await.status, 200, "scope back");
+
+    // Reissue: a new secret, shown once; the old one stops at once.
+    let reissued = app
+        .admin("POST", &format!("/keys/{id}:reissue"), None)
+        .await;
+    assert_eq!(reissued.status, 200, "{}", reissued.text);
+    let body = reissued.json();
+    let new_secret = body["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new_secret, secret);
+    assert_eq!(body["key"]["id"], id.as_str());
+    assert_eq!(body["key"]["last_used_at"], page["keys"][0]["last_used_at"]);
+    assert!(new_secret.ends_with(&body["key"]["hint"].as_str().unwrap()["tak_…".len()..]));
+    assert_eq!(app.translate(&secret).await.status, 401, "no grace period");
+    assert_eq!(app.translate(&new_secret).await.status, 200);
+
+    // Delete: 204, refused on the very next request, then 404.
+    let deleted = app.admin("DELETE", &format!("/keys/{id}"), None).await;
+    assert_eq!(deleted.status, 204);
+    assert!(deleted.text.is_empty());
+    assert_eq!(
+        app.translate(&new_secret).await.status,
+        401,
+        "refused at once"
+    );
+    assert_eq!(
+        app.admin("GET", &format!("/keys/{id}"), None).await.status,
+        404
+    );
+    assert_eq!(
+        app.admin("DELETE", &format!("/keys/{id}"), None)
+            .await
+            .status,
+        404
+    );
+    let listed = app
+        .admin("GET", "/keys?service_account_id=sa-translator", None)
+        .await;
+    assert_eq!(listed.json()["keys"], json!([]));
+
+    // Each secret was in exactly one response: the create and the reissue.
+    assert_eq!(app.client.responses_containing(&secret), 1);
+    assert_eq!(app.client.responses_containing(&new_secret), 1);
+    assert!(app.client.seen.lock().unwrap()[0].contains(&secret));
+    // And in no log line, although the key id is logged at every step.
+    let logs = logs().text();
+    assert!(
+        logs.contains(&id),
+        "the capture works: the key id is logged"
+    );
+    assert!(logs.contains("api key created") && logs.contains("api key deleted"));
+    for s in [&secret, &new_secret] {
+        assert!(!logs.contains(s.as_str()));
+        assert!(
+            !logs.contains(&s[s.len() - 38..]),
+            "not even the secret part"
+        );
+    }
+}
+
+#[tokio::test]
+async fn last_used_at_is_null_before_first_use_and_set_after_a_flush() {
+    let app = app(|api| api).await;
+    let secret = mint(&app.store, "sa-1", &[TRANSLATE]).await;
+    let path = format!("/keys/{}", &secret[4..20]);
+    let last_used = || async { app.admin("GET", &path, None).await.json()["last_used_at"].clone() };
+    assert_eq!(last_used().await, Value::Null, "never used");
+    app.usage.flush().await.unwrap();
+    assert_eq!(last_used().await, Value::Null, "a flush writes only uses");
+
+    let before = SystemTime::now() - Duration::from_millis(1);
+    assert_eq!(app.translate(&secret).await.status, 200);
+    assert_eq!(last_used().await, Value::Null, "written behind: not yet");
+    app.usage.flush().await.unwrap();
+    let at = rfc3339(&last_used().await);
+    assert!(at >= before && at <= SystemTime::now());
+}
+
+#[tokio::test]
+async fn the_flusher_makes_last_used_at_visible_within_an_interval() {
+    logs();
+    let store = MemoryStore::new();
+    let usage = UsageRecorder::new(store.clone()).with_flush_interval(Duration::from_millis(50));
+    let auth = Authenticator::new(store.clone()).with_usage_recorder(usage.clone());
+    let flusher = usage.spawn_flusher();
+    let app = Router::new().nest(
+        "/admin",
+        ManagementApi::new(store.clone(), &auth)
+            .with_account_access(AccountAccess::any_account())
+            .into_router(),
+    );
+    let client = Client::new(serve(app).await);
+    let admin = mint(&store, "sa-ops", &[management::DEFAULT_SCOPE]).await;
+    let admin_id = &admin[4..20];
+    let path = format!("/admin/keys/{admin_id}");
+
+    // The GET itself uses the admin key; it shows the state before it.
+    let first = client.send("GET", &path, Some(&admin), None).await;
+    assert_eq!(
+        first.json()["last_used_at"],
+        Value::Null,
+        "never used before"
+    );
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        seen = client.send("GET", &path, Some(&admin), None).await.json()["last_used_at"].clone();
+        if !seen.is_null() {
+            break;
+        }
+    }
+    assert!(!seen.is_null(), "flushed in the background");
+    flusher.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn reissue_with_a_grace_period_keeps_the_old_secret_for_a_while() {
+    let app = app(|api| api).await;
+    let old = mint(&app.store, "sa-1", &[TRANSLATE]).await;
+    let id = &old[4..20];
+    assert_eq!(app.translate(&old).await.status, 200);
+    let reissued = app
+        .admin(
+            "POST",
+            &format!("/keys/{id}:reissue"),
+            Some(json!({"grace_period_seconds": 3600})),
+        )
+        .await;
+    assert_eq!(reissued.status, 200, "{}", reissued.text);
+    let new = reissued.json()["secret"].as_str().unwrap().to_owned();
+    assert_eq!(app.translate(&old).await.status, 200, "in its grace period");
+    assert_eq!(app.translate(&new).await.status, 200);
+    // Delete ends both at once.
+    assert_eq!(
+        app.admin("DELETE", &format!("/keys/{id}"), None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(app.translate(&old).await.status, 401);
+    assert_eq!(app.translate(&new).await.status, 401);
+}
+
+#[tokio::test]
+async fn listing_is_paged() {
+    let app = app(|api| api).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let secret = mint(&app.store, "sa-many", &[]).await;
+        ids.push(secret[4..20].to_owned());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let first = app
+        .admin("GET", "/keys?service_account_id=sa-many&page_size=2", None)
+        .await
+        .json();
+    assert_eq!(first["keys"].as_array().unwrap().len(), 2);
+    let token = first["next_page_token"].as_str().unwrap();
+    let second = app
+        .admin(
+            "GET",
+            &format!("/keys?service_account_id=sa-many&page_size=2&page_token={token}"),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(second["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(second["next_page_token"], Value::Null);
+    let listed: Vec<&str> = first["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["keys"].as_array().unwrap())
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ids, "oldest first, each once");
+}
+
+#[tokio::test]
+async fn bad_input_gets_400_or_404_and_changes_nothing() {
+    let app = app(|api| api.with_body_limit(4 * 1024)).await;
+    let victim = mint(&app.store, "sa-1", &[TRANSLATE]).await;
+    let id = victim[4..20].to_owned();
+    let unknown = "0123456789abcdef";
+    let accounts = ["sa-1", "sa-new", "sa-ops"];
+    let before = app.state(&accounts).await;
+
+    let many: Vec<String> = (0..101).map(|i| format!("s.n{i}")).collect();
+    let past =
+        humantime::format_rfc3339_seconds(SystemTime::now() - Duration::from_secs(60)).to_string();
+    let big = "x".repeat(5 * 1024);
+    let keys = format!("/keys/{id}");
+    let reissue = format!("/keys/{id}:reissue");
+    let unknown_path = format!("/keys/{unknown}");
+    let unknown_reissue = format!("/keys/{unknown}:reissue");
+    let frobnicate = format!("/keys/{id}:frobnicate");
+
+    // (method, path, body, status, error code, message fragment)
+    #[rustfmt::skip]
+    let json_cases: Vec<JsonCase> = vec![
+        ("POST", "/keys", Some(json!({"service_account_id": "sa-new", "owner": "me"})), 400, "invalid_argument", "unknown field `owner`"),
+        ("POST", "/keys", Some(json!({"description": "no account"})), 400, "invalid_argument", "missing field `service_account_id`"),
+        ("POST", "/keys", Some(json!({"service_account_id": ""})), 400, "invalid_argument", "service_account_id: must not be empty"),
+        ("POST", "/keys", Some(json!({"service_account_id": "sa-new", "scopes": ["ok.scope", "bad scope"]})), 400, "invalid_argument", "scopes[1]: scope name must be"),
+        ("POST", "/keys", Some(json!({"service_account_id": "sa-new", "scopes": ["a..b"]})), 400, "invalid_argument", "scopes[0]"),
+        ("POST", "/keys", Some(json!({"service_account_id": "sa-new", "scopes": [TRANSLATE, "x".repeat(257)]})), 400, "invalid_argument", "scopes[1]: scope name is longer than 256"),
+        ("POST", "/keys", Some(json!({"service_account_id": "sa-new", "scopes": many})), 400, "invalid_argument", "at most 100 unique scopes, 101 given"),
+        ("POST", "/keys", Some(json!({"service_account_id": "sa-new", "scopes": "one.scope"})), 400, "invalid_argument", "scopes: invalid type"),
+        ("POST", "/keys", Some(json!({"service_account_id": "sa-new", "expires_at": past})), 400, "invalid_argument", "expires_at: must be in the future"),
+        ("POST", "/keys", Some(json!({"service_account_id": "sa-new", "expires_at": "tomorrow"})), 400, "invalid_argument", "expires_at: not an RFC 3339 timestamp"),
+        ("POST", "/keys", Some(json!({"service_account_id": "sa-new", "description": big})), 413, "payload_too_large", "larger than 4096 bytes"),
+        ("POST", "/keys", Some(json!(["sa-new"])), 400, "invalid_argument", "the body must be a JSON object"),
+        ("PATCH", &keys, Some(json!({"scopes": ["fine", "not fine!"]})), 400, "invalid_argument", "scopes[1]"),
+        ("PATCH", &keys, Some(json!({"description": "half", "scopes": many})), 400, "invalid_argument", "at most 100"),
+        ("PATCH", &keys, Some(json!({"description": "half", "expires_at": past})), 400, "invalid_argument", "expires_at: must be in the future"),
+        ("PATCH", &keys, Some(json!({"service_account_id": "sa-other"})), 400, "invalid_argument", "unknown field `service_account_id`"),
+        ("PATCH", &keys, Some(json!({"description": null})), 400, "invalid_argument", "description: invalid type: null"),
+        ("PATCH", &keys, Some(json!({"description": big})), 413, "payload_too_large", "4096"),
+        ("PATCH", "/keys/not-a-key-id", Some(json!({"description": "x"})), 400, "invalid_argument", "is not a key id"),
+        ("PATCH", &unknown_path, Some(json!({"description": "x"})), 404, "not_found", unknown),
+        ("GET", "/keys/not-a-key-id", None, 400, "invalid_argument", "`not-a-key-id` is not a key id"),
+        ("GET", "/keys/0123456789abcde", None, 400, "invalid_argument", "16 characters"),
+        ("GET", &unknown_path, None, 404, "not_found", unknown),
+        ("GET", &reissue, None, 405, "method_not_allowed", "`:reissue` takes POST"),
+        ("DELETE", &reissue, None, 405, "method_not_allowed", "`:reissue` takes POST"),
+        ("DELETE", "/keys/not-a-key-id", None, 400, "invalid_argument", "is not a key id"),
+        ("DELETE", &unknown_path, None, 404, "not_found", unknown),
+        ("POST", "/keys/not-a-key-id:reissue", None, 400, "invalid_argument", "is not a key id"),
+        ("POST", &unknown_reissue, None, 404, "not_found", unknown),
+        ("POST", &frobnicate, None, 404, "not_found", "unknown method `:frobnicate`"),
+        ("POST", &keys, None, 405, "method_not_allowed", "POST creates keys"),
+        ("POST", &reissue, Some(json!({"grace_period_seconds": -1})), 400, "invalid_argument", "grace_period_seconds: invalid value"),
+        ("POST", &reissue, Some(json!({"grace_period_seconds": 100_000_000})), 400, "invalid_argument", "at most 2592000"),
+        ("POST", &reissue, Some(json!({"grace": 5})), 400, "invalid_argument", "unknown field `grace`"),
+        ("GET", "/keys", None, 400, "invalid_argument", "service_account_id is required"),
+        ("GET", "/keys?service_account_id=sa-1&colour=red", None, 400, "invalid_argument", "unknown field `colour`"),
+        ("GET", "/keys?service_account_id=sa-1&page_size=0", None, 400, "invalid_argument", "page_size must be between 1 and 1000"),
+        ("GET", "/keys?service_account_id=sa-1&page_size=lots", None, 400, "invalid_argument", "query:"),
+        ("GET", "/keys?service_account_id=sa-1&page_token=nonsense", None, 400, "invalid_argument", "page_token is not valid"),
+    ];
+    for (method, path, body, status, code, fragment) in json_cases {
+        let reply = app.admin(method, path, body.clone()).await;
+        assert_eq!(
+            reply.status.as_u16(),
+            status,
+            "{method} {path} {body:?}: {}",
+            reply.text
+        );
+        assert_eq!(reply.error(), code, "{method} {path}");
+        assert!(
+            reply.message().contains(fragment),
+            "{method} {path}: {:?} lacks {fragment:?}",
+            reply.message()
+        );
+        assert_eq!(reply.header("cache-control"), Some("no-store"));
+        if status == 405 {
+            assert!(reply.header("allow").is_some());
+        }
+    }
+
+    // Not JSON at all: (method, path, content type, body, status, message fragment)
+    #[rustfmt::skip]
+    let raw_cases: Vec<RawCase> = vec![
+        ("POST", "/keys", Some("application/json"), "{\"service_account_id\":", 400, "EOF while parsing"),
+        ("POST", "/keys", Some("application/json"), "{\"service_account_id\":\"sa-new\"} {}", 400, "trailing characters"),
+        ("POST", "/keys", Some("application/json"), "", 400, "a JSON object is required"),
+        ("POST", "/keys", None, "{\"service_account_id\":\"sa-new\"}", 415, "content-type: application/json"),
+        ("POST", "/keys", Some("text/plain"), "{\"service_account_id\":\"sa-new\"}", 415, "application/json"),
+        ("PATCH", &keys, Some("application/x-www-form-urlencoded"), "description=x", 415, "application/json"),
+        ("POST", &reissue, Some("application/json"), "{\"grace_period_seconds\": 1", 400, "EOF"),
+    ];
+    for (method, path, content_type, body, status, fragment) in raw_cases {
+        let reply = app
+            .client
+            .raw(
+                method,
+                &format!("/admin{path}"),
+                Some(&app.admin),
+                content_type,
+                body.to_owned(),
+            )
+            .await;
+        assert_eq!(
+            reply.status.as_u16(),
+            status,
+            "{method} {path} {body:?}: {}",
+            reply.text
+        );
+        reply.error();
+        assert!(
+            reply.message().contains(fragment),
+            "{:?} lacks {fragment:?}",
+            reply.message()
+        );
+    }
+
+    // A key pasted into the wrong field is not echoed back.
+    for body in [
+        json!({"service_account_id": "sa-new", "scopes": victim}),
+        json!({"service_account_id": "sa-new", "expires_at": victim}),
+        json!({"service_account_id": "sa-new", victim.clone(): 1}),
+        json!({"service_account_id": ["sa-new", victim]}),
+    ] {
+        let reply = app.admin("POST", "/keys", Some(body)).await;
+        assert_eq!(reply.status, 400, "{}", reply.text);
+        assert!(!reply.text.contains(&victim[4..]), "{}", reply.text);
+    }
+    let reply = app
+        .admin(
+            "POST",
+            &format!("/keys/{id}:reissue"),
+            Some(json!({"grace_period_seconds": victim})),
+        )
+        .await;
+    assert_eq!(reply.status, 400);
+    assert!(!reply.text.contains(&victim[4..]), "{}", reply.text);
+    let reply = app.admin("GET", &format!("/keys/{victim}"), None).await;
+    assert_eq!(reply.status, 400);
+    assert!(!reply.text.contains(&victim[4..]), "{}", reply.text);
+    assert!(!logs().text().contains(&victim[21..]));
+
+    assert_eq!(app.state(&accounts).await, before, "nothing changed");
+    assert_eq!(
+        app.translate(&victim).await.status,
+        200,
+        "the key still works"
+    );
+}
+
+#[tokio::test]
+async fn a_key_without_the_management_scope_gets_403_everywhere() {
+    let app = app(|api| api).await;
+    let target = mint(&app.store, "sa-1", &[TRANSLATE]).await;
+    let id = &target[4..20];
+    let scoped = mint(&app.store, "sa-ops", &[TRANSLATE, "apikeys.read"]).await;
+    let unscoped = mint(&app.store, "sa-ops", &[]).await;
+    let accounts = ["sa-1", "sa-ops"];
+    let before = app.state(&accounts).await;
+
+    let routes: Vec<(&str, String, Option<Value>)> = vec![
+        (
+            "POST",
+            "/admin/keys".into(),
+            Some(json!({"service_account_id": "sa-1"})),
+        ),
+        ("GET", "/admin/keys?service_account_id=sa-1".into(), None),
+        ("GET", format!("/admin/keys/{id}"), None),
+        (
+            "PATCH",
+            format!("/admin/keys/{id}"),
+            Some(json!({"description": "mine now"})),
+        ),
+        ("POST", format!("/admin/keys/{id}:reissue"), None),
+        ("DELETE", format!("/admin/keys/{id}"), None),
+    ];
+    for (method, path, body) in &routes {
+        for key in [&scoped, &unscoped, &target] {
+            let reply = app.client.send(method, path, Some(key), body.clone()).await;
+            assert_eq!(reply.status, 403, "{method} {path}: {}", reply.text);
+            let challenge = reply.header("www-authenticate").unwrap();
+            assert!(
+                challenge.contains("insufficient_scope") && challenge.contains("apikeys.manage")
+            );
+        }
+        let reply = app.client.send(method, path, None, body.clone()).await;
+        assert_eq!(reply.status, 401, "{method} {path}: no key at all");
+    }
+    assert_eq!(app.state(&accounts).await, before, "nothing changed");
+}
+
+#[tokio::test]
+async fn by_default_a_caller_manages_only_its_own_account() {
+    logs();
+    let store = MemoryStore::new();
+    let auth = Authenticator::new(store.clone());
+    let app = Router::new().nest("/admin", management::router(store.clone(), &auth));
+    let client = Client::new(serve(app).await);
+    let mine = mint(&store, "sa-a", &[management::DEFAULT_SCOPE]).await;
+    let theirs = mint(&store, "sa-b", &[TRANSLATE]).await;
+    let their_id = &theirs[4..20];
+    let before = (
+        store
+            .list("sa-a", ListRequest::default())
+            .await
+            .unwrap()
+            .keys,
+        store
+            .list("sa-b", ListRequest::default())
+            .await
+            .unwrap()
+            .keys,
+    );
+
+    let send = |method: &'static str, path: String, body: Option<Value>| {
+        let client = client.clone();
+        let mine = mine.clone();
+        async move {
+            client
+                .send(method, &format!("/admin{path}"), Some(&mine), body)
+                .await
+        }
+    };
+    let other = send(
+        "POST",
+        "/keys".into(),
+        Some(json!({"service_account_id": "sa-b"})),
+    )
+    .await;
+    assert_eq!(other.status, 403);
+    assert_eq!(other.error(), "permission_denied");
+    let other = send("GET", "/keys?service_account_id=sa-b".into(), None).await;
+    assert_eq!(other.status, 403);
+    for (method, path) in [
+        ("GET", format!("/keys/{their_id}")),
+        ("DELETE", format!("/keys/{their_id}")),
+        ("POST", format!("/keys/{their_id}:reissue")),
+    ] {
+        let reply = send(method, path.clone(), None).await;
+        assert_eq!(reply.status, 404, "{method} {path}: not revealed");
+    }
+    let reply = send(
+        "PATCH",
+        format!("/keys/{their_id}"),
+        Some(json!({"scopes": []})),
+    )
+    .await;
+    assert_eq!(reply.status, 404);
+    let after = (
+        store
+            .list("sa-a", ListRequest::default())
+            .await
+            .unwrap()
+            .keys,
+        store
+            .list("sa-b", ListRequest::default())
+            .await
+            .unwrap()
+            .keys,
+    );
+    assert_eq!(after, before, "nothing changed");
+
+    // Its own keys: fine.
+    let created = send(
+        "POST",
+        "/keys".into(),
+        Some(json!({"service_account_id": "sa-a"})),
+    )
+    .await;
+    assert_eq!(created.status, 201);
+    let listed = send("GET", "/keys?service_account_id=sa-a".into(), None).await;
+    assert_eq!(listed.json()["keys"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_custom_account_rule_decides() {
+    logs();
+    let store = MemoryStore::new();
+    let auth = Authenticator::new(store.clone());
+    let api = ManagementApi::new(store.clone(), &auth)
+        .with_scopes(["team.keys.admin"])
+        .with_account_access(AccountAccess::custom(|caller, account| {
+            account.starts_with(&format!("{}-", caller.service_account_id()))
+        }));
+    let client = Client::new(serve(Router::new().nest("/m", api.into_router())).await);
+    let lead = mint(&store, "team-x", &["team.keys.admin"]).await;
+    let default_scope = mint(&store, "team-x", &[management::DEFAULT_SCOPE]).await;
+    let body = |account: &str| Some(json!({"service_account_id": account}));
+    assert_eq!(
+        client
+            .send("POST", "/m/keys", Some(&lead), body("team-x-ci"))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        client
+            .send("POST", "/m/keys", Some(&lead), body("team-y-ci"))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        client
+            .send("POST", "/m/keys", Some(&lead), body("team-x"))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        client
+            .send("POST", "/m/keys", Some(&default_scope), body("team-x-ci"))
+            .await
+            .status,
+        403,
+        "the configured scope replaces the default"
+    );
+}
+
+#[tokio::test]
+async fn delete_reaches_the_cache_even_when_the_verifier_is_not_the_store() {
+    logs();
+    let store = MemoryStore::new();
+    // A verifier over the store that publishes no invalidations: only the
+    // router's own cache invalidation can make the delete take effect at once.
+    let lookup = store.clone();
+    let auth = Authenticator::new(move |key: PresentedKey| {
+        let store = lookup.clone();
+        async move {
+            use tower_api_key::Verifier;
+            store.verify(&key).await
+        }
+    })
+    .with_positive_ttl(Duration::from_secs(3600));
+    let app = Router::new()
+        .route(
+            "/whoami",
+            get(|caller: Caller| async move { caller.key_id().to_string() })
+                .route_layer(auth.any_valid_key()),
+        )
+        .nest(
+            "/admin",
+            ManagementApi::new(store.clone(), &auth)
+                .with_account_access(AccountAccess::any_account())
+                .into_router(),
+        );
+    let client = Client::new(serve(app).await);
+    let admin = mint(&store, "sa-ops", &[management::DEFAULT_SCOPE]).await;
+    let key = mint(&store, "sa-1", &[]).await;
+    for _ in 0..3 {
+        assert_eq!(
+            client.send("GET", "/whoami", Some(&key), None).await.status,
+            200
+        );
+    }
+    let id = &key[4..20];
+    let deleted = client
+        .send("DELETE", &format!("/admin/keys/{id}"), Some(&admin), None)
+        .await;
+    assert_eq!(deleted.status, 204);
+    assert_eq!(
+        client.send("GET", "/whoami", Some(&key), None).await.status,
+        401
+    );
+}

@@ -1,0 +1,154 @@
+//! A real HTTP server on 127.0.0.1 and a small client that remembers every
+//! response it got.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// Serves `app` on a free port of 127.0.0.1 until the test ends.
+pub async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    addr
+}
+
+/// One response, read whole.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?} {}", self.status, self.text))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The JSON error code of an error response, checking its shape.
+    pub fn error(&self) -> String {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{self:?}"
+        );
+        let body = self.json();
+        let code = body["error"].as_str().expect("an error code").to_owned();
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+        code
+    }
+
+    pub fn message(&self) -> String {
+        self.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// An HTTP/1 client that records every response (status, headers, body).
+#[derive(Clone)]
+pub struct Client {
+    http: HyperClient<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            http: HyperClient::builder(TokioExecutor::new()).build_http(),
+            addr,
+            seen: Arc::default(),
+        }
+    }
+
+    /// Sends `body` with `content_type`, authenticated with `key` if given.
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        content_type: Option<&str>,
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        let mut request = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(format!("http://{}{}", self.addr, path));
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Api-Key {key}"));
+        }
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let request = request.body(Full::new(body.into())).unwrap();
+        let response = self.http.request(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        self.seen
+            .lock()
+            .unwrap()
+            .push(format!("{status} {headers:?} {text}"));
+        Reply {
+            status,
+            headers,
+            text,
+        }
+    }
+
+    /// Sends JSON (or nothing).
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        match body {
+            Some(body) => {
+                self.raw(
+                    method,
+                    path,
+                    key,
+                    Some("application/json"),
+                    body.to_string(),
+                )
+                .await
+            }
+            None => self.raw(method, path, key, None, Bytes::new()).await,
+        }
+    }
+
+    /// How many recorded responses contain `needle`.
+    pub fn responses_containing(&self, needle: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.contains(needle))
+            .count()
+    }
+}
