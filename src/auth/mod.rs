@@ -42,12 +42,14 @@
 //! 7. The [`Caller`](crate::Caller) goes into the request's extensions, the
 //!    credential header is marked sensitive, and the inner service is called.
 //!
-//! gRPC requests get gRPC statuses instead; see [`rejection`].
+//! gRPC requests get gRPC statuses instead; see [`rejection`]. A gRPC server
+//! takes one layer with a per-method table, [`MethodPolicies`]; see [`grpc`].
 
 mod authenticator;
 mod body;
 mod extract;
 mod future;
+pub mod grpc;
 mod layer;
 pub mod limit;
 mod policy;
@@ -62,6 +64,7 @@ pub use authenticator::Authenticator;
 pub use axum::MissingCaller;
 pub use body::ResponseBody;
 pub use future::ResponseFuture;
+pub use grpc::{MethodPolicies, MethodPoliciesBuilder, MethodPolicyError};
 pub use layer::ApiKeyLayer;
 pub use limit::FailedAttemptLimit;
 pub use policy::RoutePolicy;

@@ -288,31 +288,59 @@ pub(crate) fn http_response(
 }
 
 /// Whether the request is gRPC: `content-type: application/grpc` or
-/// `application/grpc+<codec>` (parameters allowed).
+/// `application/grpc+<codec>` (parameters allowed; the media type compared
+/// case-insensitively). gRPC-Web (`application/grpc-web*`) is not gRPC here:
+/// it gets the HTTP responses.
 pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
     headers
         .get(CONTENT_TYPE)
-        .and_then(|v| v.as_bytes().strip_prefix(b"application/grpc"))
-        .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
+        .map(HeaderValue::as_bytes)
+        .filter(|v| v.len() >= GRPC.len() && v[..GRPC.len()].eq_ignore_ascii_case(GRPC))
+        .is_some_and(|v| matches!(v.get(GRPC.len()), None | Some(b'+' | b';' | b' ' | b'\t')))
 }
 
-/// A gRPC trailers-only response, as `tonic::Status::into_http` makes it.
-pub(crate) fn grpc_response(rejection: Rejection) -> Response<Bytes> {
-    let message: &'static str = match rejection.reason.grpc_code() {
+/// The `grpc-message` of a rejection with this gRPC code. Never names the
+/// key, nor which of the unauthenticated cases it was.
+fn grpc_message(code: u8) -> &'static str {
+    match code {
         7 => "the API key is not allowed to call this method",
         8 => "too many failed authentication attempts; retry later",
-        14 => "API key verification is temporarily unavailable",
+        14 => "API key verification is temporarily unavailable; retry later",
         13 => "API key verification failed",
         _ => "a valid API key is required",
-    };
+    }
+}
+
+/// Percent-encodes a `grpc-message` exactly as tonic does (controls,
+/// non-ASCII bytes, space, the backtick and `" # % < > ? { }`), so the header
+/// is byte for byte what `tonic::Status::into_http` writes.
+fn grpc_percent_encode(message: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(message.len() * 2);
+    for b in message.bytes() {
+        if !(0x20..0x7f).contains(&b) || b" \"#%<>`?{}".contains(&b) {
+            let _ = write!(out, "%{b:02X}");
+        } else {
+            out.push(char::from(b));
+        }
+    }
+    out
+}
+
+/// A gRPC trailers-only response, as `tonic::Status::into_http` makes it:
+/// HTTP 200, `content-type: application/grpc`, `grpc-status` and a
+/// percent-encoded `grpc-message` in the headers, and an empty body (so the
+/// headers frame ends the stream). Adds `Cache-Control: no-store`.
+pub(crate) fn grpc_response(rejection: Rejection) -> Response<Bytes> {
+    let code = rejection.reason.grpc_code();
     let mut response = Response::new(Bytes::new());
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    headers.insert(
-        "grpc-status",
-        HeaderValue::from(u16::from(rejection.reason.grpc_code())),
-    );
-    headers.insert("grpc-message", HeaderValue::from_static(message));
+    headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    if let Ok(message) = HeaderValue::try_from(grpc_percent_encode(grpc_message(code))) {
+        headers.insert("grpc-message", message);
+    }
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response.extensions_mut().insert(rejection);
     response
@@ -329,7 +357,12 @@ mod tests {
             ("application/grpc", true),
             ("application/grpc+proto", true),
             ("application/grpc;charset=utf-8", true),
+            ("application/grpc+json; charset=utf-8", true),
+            ("Application/GRPC", true),
             ("application/grpc-web", false),
+            ("application/grpc-web+proto", false),
+            ("application/grpcx", false),
+            ("application/grp", false),
             ("application/json", false),
         ] {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
@@ -354,5 +387,48 @@ mod tests {
         .collect();
         assert!(bodies.windows(2).all(|w| w[0] == w[1]));
         assert_eq!(bodies[0].0, StatusCode::UNAUTHORIZED);
+    }
+
+    /// The trailers-only response is what tonic's own `Status::into_http`
+    /// makes for the same code and message (plus `Cache-Control`).
+    #[test]
+    fn grpc_rejections_match_tonic_status_into_http() {
+        for (reason, code) in [
+            (Reason::Missing, tonic::Code::Unauthenticated),
+            (Reason::DuplicateCredentials, tonic::Code::Unauthenticated),
+            (Reason::WrongScheme, tonic::Code::Unauthenticated),
+            (Reason::Malformed, tonic::Code::Unauthenticated),
+            (Reason::Unknown, tonic::Code::Unauthenticated),
+            (Reason::Expired, tonic::Code::Unauthenticated),
+            (Reason::InsufficientScope, tonic::Code::PermissionDenied),
+            (
+                Reason::ScopedKeyOnUnscopedRoute,
+                tonic::Code::PermissionDenied,
+            ),
+            (Reason::TooManyAttempts, tonic::Code::ResourceExhausted),
+            (Reason::Unavailable, tonic::Code::Unavailable),
+            (Reason::VerifierPanicked, tonic::Code::Internal),
+        ] {
+            assert_eq!(i32::from(reason.grpc_code()), code as i32, "{reason}");
+            let ours = grpc_response(Rejection::new(reason));
+            let theirs: Response<()> =
+                tonic::Status::new(code, grpc_message(reason.grpc_code())).into_http();
+            assert_eq!(ours.status(), theirs.status(), "{reason}");
+            assert_eq!(ours.status(), StatusCode::OK);
+            assert!(ours.body().is_empty());
+            let mut headers = ours.headers().clone();
+            assert_eq!(headers.remove(CACHE_CONTROL).unwrap(), "no-store");
+            assert_eq!(&headers, theirs.headers(), "{reason}");
+            // And tonic reads it back as the same status.
+            let read = tonic::Status::from_header_map(ours.headers()).unwrap();
+            assert_eq!(read.code(), code);
+            assert_eq!(read.message(), grpc_message(reason.grpc_code()));
+        }
+    }
+
+    #[test]
+    fn grpc_messages_are_encoded_like_tonic() {
+        assert_eq!(grpc_percent_encode("a b%c\n\"é"), "a%20b%25c%0A%22%C3%A9");
+        assert_eq!(grpc_percent_encode("plain;text.-_"), "plain;text.-_");
     }
 }
