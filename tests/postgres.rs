@@ -286,6 +286,8 @@ struct Proxy {
     upstream: SocketAddr,
     accept: Mutex<Option<AbortHandle>>,
     connections: Arc<Mutex<Vec<AbortHandle>>>,
+    /// While true, connections stay open but carry nothing (a dead network).
+    frozen: tokio::sync::watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -296,6 +298,7 @@ impl Proxy {
             upstream,
             accept: Mutex::new(None),
             connections: Arc::new(Mutex::new(Vec::new())),
+            frozen: tokio::sync::watch::channel(false).0,
         };
         proxy.serve(listener);
         proxy
@@ -304,14 +307,24 @@ impl Proxy {
     fn serve(&self, listener: TcpListener) {
         let upstream = self.upstream;
         let connections = self.connections.clone();
+        let frozen = self.frozen.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
                     return;
                 };
+                let mut frozen = frozen.subscribe();
                 let forward = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let froze = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                        f = async { frozen.wait_for(|f| *f).await.is_ok() } => f,
+                    };
+                    if froze {
+                        // Hold both sockets open and silent until cut.
+                        std::future::pending::<()>().await;
                     }
                 });
                 connections.lock().unwrap().push(forward.abort_handle());
@@ -339,6 +352,12 @@ impl Proxy {
         })
         .await
         .expect("the proxy stops accepting");
+    }
+
+    /// Freezes (or thaws) the network: open connections stay open but
+    /// silent, as after a partition; thawing does not revive them.
+    fn freeze(&self, frozen: bool) {
+        self.frozen.send_replace(frozen);
     }
 
     /// Cuts every open connection; new ones are still accepted.
@@ -920,6 +939,65 @@ async fn a_missed_notification_is_covered_by_the_flush_after_reconnect() {
     assert!(
         !seen.contains(&Invalidation::Key(id)),
         "the NOTIFY was missed: {seen:?}"
+    );
+    assert!(is_unknown(cache_b.lookup(&key).await));
+
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_listener_is_found_by_its_health_check() {
+    // The network between B and the database goes silent (no FIN, no RST):
+    // only the health check can tell. A revoke meanwhile is never heard, and
+    // the flush after reconnecting covers it.
+    let Some(db) = TestDb::new("a_silently_dead_listener_is_found_by_its_health_check").await
+    else {
+        return;
+    };
+    let proxy = Proxy::start(db.upstream()).await;
+    let a = db.store().await;
+    let b = PgKeyStoreBuilder::new(db.config_via(&proxy))
+        .with_channel(db.channel())
+        .with_timeout(Duration::from_secs(1))
+        .with_health_check_interval(Duration::from_millis(100))
+        .with_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    let cache_b = cache(&b);
+    let mut seen_b = Watch::on(&b);
+    let created = a.create(NewKey::new("sa-1")).await.unwrap();
+    let id = created.record.key_id;
+    let key = presented(&a, &created);
+    cache_b.lookup(&key).await.unwrap();
+    // Health checks pass while the network works.
+    let mut status = b.listener_status();
+    assert!(
+        timeout(Duration::from_millis(400), status.changed())
+            .await
+            .is_err(),
+        "the listener stays connected: {:?}",
+        *status.borrow()
+    );
+    seen_b.drain();
+
+    proxy.freeze(true);
+    assert!(a.revoke(id).await.unwrap());
+    timeout(RECONNECT_WITHIN, status.wait_for(|s| !s.is_listening()))
+        .await
+        .expect("the health check finds the dead connection")
+        .unwrap();
+    proxy.freeze(false);
+    // The frozen connections (the pool's too) are dead for good: close them.
+    proxy.cut();
+    listening(&b, 2).await;
+    let seen = seen_b.drain();
+    assert!(seen.contains(&Invalidation::All), "{seen:?}");
+    assert!(
+        !seen.contains(&Invalidation::Key(id)),
+        "the NOTIFY was lost: {seen:?}"
     );
     assert!(is_unknown(cache_b.lookup(&key).await));
 

@@ -398,9 +398,12 @@ impl PgKeyStore {
     }
 
     /// The state of the LISTEN connection, as a watch: wait on it rather than
-    /// sleeping (`status.wait_for(ListenerStatus::is_listening)`).
+    /// sleeping (`status.wait_for(ListenerStatus::is_listening)`). The
+    /// current state counts as seen: `changed()` waits for the next one.
     pub fn listener_status(&self) -> watch::Receiver<ListenerStatus> {
-        self.inner.status.clone()
+        let mut status = self.inner.status.clone();
+        status.mark_unchanged();
+        status
     }
 
     /// Stops the listener and waits for it, and closes the pool. Management
