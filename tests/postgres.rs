@@ -603,9 +603,13 @@ async fn management_operations<S: KeyStore>(store: &S) {
     for bad in [
         ListRequest::first(0),
         ListRequest::first(1001),
+        ListRequest::after(2, ""),
         ListRequest::after(2, "not a token"),
         ListRequest::after(2, other.record.key_id.to_string()),
-        ListRequest::after(2, KeyId::random().unwrap().to_string()),
+        ListRequest::after(2, "12.garbage"),
+        ListRequest::after(2, format!("x.{}", ids[0])),
+        ListRequest::after(2, format!("1.{}.2", ids[0])),
+        ListRequest::after(2, format!("{}.{}", u128::MAX, ids[0])),
     ] {
         assert!(
             matches!(
@@ -615,17 +619,91 @@ async fn management_operations<S: KeyStore>(store: &S) {
             "{bad:?}"
         );
     }
-    // The last key's token: an empty last page, no error.
+    // A token stays valid when the key it points after is revoked.
+    let first = store.list("sa-list", ListRequest::first(2)).await.unwrap();
+    assert!(store.revoke(ids[1]).await.unwrap());
+    let next = store
+        .list(
+            "sa-list",
+            ListRequest::after(2, first.next_page_token.clone().unwrap()),
+        )
+        .await
+        .unwrap();
+    let next: Vec<KeyId> = next.keys.iter().map(|k| k.record.key_id).collect();
+    assert_eq!(next, ids[2..4]);
+    // After the last key: an empty last page, no error.
+    let four = store.list("sa-list", ListRequest::first(3)).await.unwrap();
+    assert!(store.revoke(ids[4]).await.unwrap());
     let tail = store
-        .list("sa-list", ListRequest::after(2, ids[4].to_string()))
+        .list(
+            "sa-list",
+            ListRequest::after(3, four.next_page_token.unwrap()),
+        )
         .await
         .unwrap();
     assert!(tail.keys.is_empty() && tail.next_page_token.is_none());
 }
 
+/// Paging when keys share a creation time (ordered by key id, bytewise),
+/// and around the Unix epoch, at times that are not whole microseconds.
+async fn paging_order<S: KeyStore>(store: &S, clock: &ManualClock) {
+    let mut expected = Vec::new();
+    clock.set(SystemTime::UNIX_EPOCH - Duration::new(2, 1_500));
+    for _ in 0..3 {
+        let mut same_time = Vec::new();
+        for _ in 0..4 {
+            let k = store.create(NewKey::new("sa-order")).await.unwrap();
+            same_time.push(k.record.key_id);
+        }
+        same_time.sort();
+        expected.extend(same_time);
+        clock.advance(Duration::new(1, 333));
+    }
+    for size in [1, 2, 3, 5, 12, 13] {
+        let mut listed = Vec::new();
+        let mut request = ListRequest::first(size);
+        loop {
+            let page = store.list("sa-order", request).await.unwrap();
+            assert!(page.keys.len() <= size);
+            listed.extend(page.keys.iter().map(|k| k.record.key_id));
+            match page.next_page_token {
+                Some(token) => request = ListRequest::after(size, token),
+                None => break,
+            }
+        }
+        assert_eq!(listed, expected, "page size {size}");
+    }
+    // A position between two whole microseconds (no store issues such a
+    // token, but it is well-formed): the keys created after that instant.
+    let first = store
+        .get(expected[0])
+        .await
+        .unwrap()
+        .unwrap()
+        .record
+        .created_at;
+    let between = first + Duration::from_nanos(500);
+    let nanos: i128 = match between.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => after.as_nanos() as i128,
+        Err(before) => -(before.duration().as_nanos() as i128),
+    };
+    let page = store
+        .list(
+            "sa-order",
+            ListRequest::after(100, format!("{nanos}.zzzzzzzzzzzzzzzz")),
+        )
+        .await
+        .unwrap();
+    let listed: Vec<KeyId> = page.keys.iter().map(|k| k.record.key_id).collect();
+    assert_eq!(listed, expected[4..]);
+}
+
 #[tokio::test]
 async fn memory_store_passes_the_same_conformance_checks() {
     management_operations(&MemoryStore::new()).await;
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let store = MemoryStore::builder().with_clock(clock.clone()).build();
+    paging_order(&store, &clock).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -693,6 +771,15 @@ async fn every_management_operation() {
     store.migrate().await.unwrap();
     assert_eq!(store.channel(), "tower_api_key_invalidate");
     management_operations(&store).await;
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let clocked = db
+        .builder()
+        .with_clock(clock.clone())
+        .connect()
+        .await
+        .unwrap();
+    paging_order(&clocked, &clock).await;
+    clocked.shutdown().await;
 
     // At rest: no secret, nothing but hashes.
     let created = store.create(NewKey::new("sa-rest")).await.unwrap();

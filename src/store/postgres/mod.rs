@@ -96,6 +96,7 @@ pub use migrations::MigrationReport;
 /// TLS connector can be built without depending on it directly.
 pub use tokio_postgres;
 
+use super::memory::{page_token, parse_page_token};
 use super::{
     hint_of, CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey, StoreError,
 };
@@ -700,36 +701,29 @@ impl KeyStore for PgKeyStore {
                     .map_err(StoreError::Backend)?
             }
             Some(token) => {
-                let after = token
-                    .parse::<KeyId>()
-                    .map_err(|_| StoreError::invalid("page_token is not valid"))?;
+                // The same tokens as the memory store: a position in the
+                // listing order, valid even after its key is revoked.
+                let (at, id) = parse_page_token(token)
+                    .ok_or_else(|| StoreError::invalid("page_token is not valid"))?;
+                // Stored times are whole microseconds: "after `at`" for a
+                // time between two microseconds is "from the next one on",
+                // and "" sorts before every key id.
+                let floor = micros(at);
+                let (at, id) = if floor == at {
+                    (at, id.as_str())
+                } else {
+                    (floor + Duration::from_micros(1), "")
+                };
                 let sql = format!(
                     "SELECT {INFO_COLUMNS} FROM {TABLE}
                       WHERE service_account_id = $1
-                        AND (created_at, key_id) > (SELECT created_at, key_id FROM {TABLE}
-                                                     WHERE key_id = $2 AND service_account_id = $1)
+                        AND (created_at, key_id) > ($2, $3)
                       ORDER BY created_at, key_id
-                      LIMIT $3"
+                      LIMIT $4"
                 );
-                let rows = self
-                    .query(&sql, &[&service_account_id, &after.as_str(), &limit])
+                self.query(&sql, &[&service_account_id, &at, &id, &limit])
                     .await
-                    .map_err(StoreError::Backend)?;
-                if rows.is_empty() {
-                    // As in the memory store: a token names a key of this
-                    // account that still exists.
-                    let sql = format!(
-                        "SELECT 1 FROM {TABLE} WHERE key_id = $1 AND service_account_id = $2"
-                    );
-                    let anchor = self
-                        .query(&sql, &[&after.as_str(), &service_account_id])
-                        .await
-                        .map_err(StoreError::Backend)?;
-                    if anchor.is_empty() {
-                        return Err(StoreError::invalid("page_token is not valid"));
-                    }
-                }
-                rows
+                    .map_err(StoreError::Backend)?
             }
         };
         let more = rows.len() > size;
@@ -739,7 +733,7 @@ impl KeyStore for PgKeyStore {
             .map(info_or_backend)
             .collect::<Result<Vec<_>, _>>()?;
         let next_page_token = more
-            .then(|| keys.last().map(|k| k.record.key_id.to_string()))
+            .then(|| keys.last().map(|k| page_token(&k.record)))
             .flatten();
         Ok(KeyPage {
             keys,
