@@ -1253,6 +1253,87 @@ async fn database_down_misses_are_unavailable_and_cached_keys_still_pass() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_middleware_an_outage_is_503_and_uses_are_written_behind() {
+    use axum::body::Body;
+    use axum::routing::get;
+    use axum::Router;
+    use http::{Request, StatusCode};
+    use tower::ServiceExt as _;
+    use tower_api_key::usage::UsageRecorder;
+    use tower_api_key::{Authenticator, Caller};
+
+    let Some(db) =
+        TestDb::new("through_the_middleware_an_outage_is_503_and_uses_are_written_behind").await
+    else {
+        return;
+    };
+    let direct = db.store().await;
+    let proxy = Proxy::start(db.upstream()).await;
+    let store = PgKeyStoreBuilder::new(db.config_via(&proxy))
+        .with_channel(db.channel())
+        .with_timeout(Duration::from_secs(2))
+        .with_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    let usage = UsageRecorder::new(store.clone());
+    let auth = Authenticator::new(store.clone()).with_usage_recorder(usage.clone());
+    let app = Router::new().route(
+        "/whoami",
+        get(|caller: Caller| async move { caller.key_id().to_string() })
+            .route_layer(auth.any_valid_key()),
+    );
+    let status = |key: String| {
+        let app = app.clone();
+        async move {
+            app.oneshot(
+                Request::get("/whoami")
+                    .header("authorization", format!("Api-Key {key}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+            .status()
+        }
+    };
+    let cached = direct.create(NewKey::new("sa-1")).await.unwrap();
+    let uncached = direct.create(NewKey::new("sa-1")).await.unwrap();
+    let stranger = direct.format().generate().unwrap();
+    let cached_text = cached.key.expose_secret().to_owned();
+    let uncached_text = uncached.key.expose_secret().to_owned();
+    let stranger_text = stranger.expose_secret().to_owned();
+
+    assert_eq!(status(cached_text.clone()).await, StatusCode::OK);
+    assert_eq!(usage.flush().await.unwrap(), 1);
+    let used = direct.get(cached.record.key_id).await.unwrap().unwrap();
+    assert!(used.last_used_at.is_some(), "written behind: {used:?}");
+
+    proxy.stop().await;
+    assert_eq!(status(cached_text.clone()).await, StatusCode::OK);
+    assert_eq!(
+        status(uncached_text.clone()).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        status(stranger_text.clone()).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // The use noted during the outage cannot be written yet; it is kept.
+    assert!(usage.flush().await.is_err());
+
+    proxy.start_again().await;
+    listening(&store, 2).await;
+    assert_eq!(status(uncached_text).await, StatusCode::OK);
+    assert_eq!(status(stranger_text).await, StatusCode::UNAUTHORIZED);
+    assert!(usage.flush().await.unwrap() >= 1);
+
+    store.shutdown().await;
+    direct.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_pepper_keys_are_found_by_id_and_verified_in_constant_time() {
     let Some(db) =
         TestDb::new("rotated_pepper_keys_are_found_by_id_and_verified_in_constant_time").await
