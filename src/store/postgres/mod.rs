@@ -78,7 +78,7 @@ pub mod migrations;
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -555,23 +555,25 @@ impl Verifier for PgKeyStore {
         // current scheme's hash of `key` (by index), and, for hashes made
         // with another scheme or an older pepper, the row of the key's id.
         // Every candidate is then checked here in constant time.
-        let sql = format!(
-            "SELECT {INFO_COLUMNS}, {HASH_COLUMNS} FROM {TABLE}
-              WHERE hash = $1
-                 OR previous_hash = $1
-                 OR (key_id = $2
-                     AND NOT (hash_scheme = $3
-                              AND hash_pepper_version IS NOT DISTINCT FROM $4
-                              AND (previous_hash IS NULL
-                                   OR (previous_hash_scheme = $3
-                                       AND previous_hash_pepper_version IS NOT DISTINCT FROM $4))))"
-        );
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT {INFO_COLUMNS}, {HASH_COLUMNS} FROM {TABLE}
+                  WHERE hash = $1
+                     OR previous_hash = $1
+                     OR (key_id = $2
+                         AND NOT (hash_scheme = $3
+                                  AND hash_pepper_version IS NOT DISTINCT FROM $4
+                                  AND (previous_hash IS NULL
+                                       OR (previous_hash_scheme = $3
+                                           AND previous_hash_pepper_version IS NOT DISTINCT FROM $4))))"
+            )
+        });
         let hasher = &self.inner.hasher;
         let hash = hasher.hash(key);
         let (scheme, pepper) = scheme_columns(hash.scheme()).map_err(VerifierError::backend)?;
         let rows = self
             .query(
-                &sql,
+                &SQL,
                 &[
                     &hash.digest().as_slice(),
                     &key.id().as_str(),
