@@ -1328,6 +1328,36 @@ async fn through_the_middleware_an_outage_is_503_and_uses_are_written_behind() {
     assert_eq!(status(stranger_text).await, StatusCode::UNAUTHORIZED);
     assert!(usage.flush().await.unwrap() >= 1);
 
+    // The authenticator takes the store's key format (here a custom prefix).
+    let custom = db
+        .builder()
+        .with_format(tower_api_key::KeyFormat::new("acme").unwrap())
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(custom.key_format(), Some(custom.format()));
+    let acme_key = custom.create(NewKey::new("sa-acme")).await.unwrap();
+    assert!(acme_key.key.expose_secret().starts_with("acme_"));
+    let app = Router::new().route(
+        "/whoami",
+        get(|caller: Caller| async move { caller.key_id().to_string() })
+            .route_layer(Authenticator::new(custom.clone()).any_valid_key()),
+    );
+    let reply = app
+        .oneshot(
+            Request::get("/whoami")
+                .header(
+                    "authorization",
+                    format!("Api-Key {}", acme_key.key.expose_secret()),
+                )
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+    custom.shutdown().await;
+
     store.shutdown().await;
     direct.shutdown().await;
     db.drop_schema().await;

@@ -626,6 +626,10 @@ impl Verifier for PgKeyStore {
     fn invalidations(&self) -> Option<&Invalidations> {
         Some(&self.inner.invalidations)
     }
+
+    fn key_format(&self) -> Option<KeyFormat> {
+        Some(self.inner.format)
+    }
 }
 
 #[async_trait]
