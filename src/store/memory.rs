@@ -318,7 +318,7 @@ impl KeyStore for MemoryStore {
 
 /// `<created_at as signed nanoseconds from the Unix epoch>.<key id>`: the
 /// position after `record` in the listing order.
-fn page_token(record: &KeyRecord) -> String {
+pub(super) fn page_token(record: &KeyRecord) -> String {
     let nanos = match record.created_at.duration_since(UNIX_EPOCH) {
         Ok(after) => after.as_nanos() as i128,
         Err(before) => -(before.duration().as_nanos() as i128),
@@ -326,7 +326,7 @@ fn page_token(record: &KeyRecord) -> String {
     format!("{nanos}.{}", record.key_id)
 }
 
-fn parse_page_token(token: &str) -> Option<(SystemTime, KeyId)> {
+pub(super) fn parse_page_token(token: &str) -> Option<(SystemTime, KeyId)> {
     let (nanos, id) = token.split_once('.')?;
     let nanos: i128 = nanos.parse().ok()?;
     let magnitude = nanos.unsigned_abs();

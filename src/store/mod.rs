@@ -31,6 +31,9 @@
 //! [`Invalidations`]: crate::invalidation::Invalidations
 
 mod memory;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -38,6 +41,9 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 pub use memory::{MemoryStore, MemoryStoreBuilder};
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use postgres::{PgKeyStore, PgKeyStoreBuilder};
 
 use crate::key::{GeneratedKey, KeyFormat, KeyGenError, KeyId};
 use crate::record::KeyRecord;

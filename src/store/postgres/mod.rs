@@ -1,0 +1,914 @@
+//! The PostgreSQL key store, for services with several replicas (feature
+//! `postgres`).
+//!
+//! [`PgKeyStore`] keeps keys in one table, `tower_api_key_keys`, on
+//! [tokio-postgres] with a [deadpool] connection pool, and implements the
+//! same management operations as the [`MemoryStore`](super::MemoryStore)
+//! (create, get, list, update, revoke, reissue with grace, usage) as well as
+//! the [`Verifier`] trait.
+//!
+//! - **At rest**: the hash of each key (its [`StoredHash`] digest in a
+//!   `bytea` column with a unique index, plus its scheme and pepper version),
+//!   never the key nor anything it could be recovered from. A key is verified
+//!   by looking its hash up in that index; hashes made with another scheme
+//!   or an older pepper are found by key id and compared in constant time.
+//! - **Schema**: shipped with the crate; [`PgKeyStore::migrate`] applies it.
+//!   Idempotent and safe to call from every replica at start (an advisory
+//!   lock serializes concurrent callers). Tables go into the first schema of
+//!   the connection's `search_path`.
+//! - **Push invalidation**: revoke, reissue and update send
+//!   `NOTIFY tower_api_key_invalidate, '<key id>'` ([`DEFAULT_CHANNEL`]) in
+//!   the same statement as the change, so it is sent if and only if the
+//!   change commits. The payload is the public key id, never a hash. Every
+//!   store listens on a connection of its own and publishes what it hears on
+//!   its [`Invalidations`] bus, which the [`CachedVerifier`] over it
+//!   subscribes to. After the LISTEN connection is lost and restored, the
+//!   store invalidates every cached key (it may have missed notifications),
+//!   so correctness never depends on a notification arriving. The local
+//!   cache is also invalidated directly, before revoke returns.
+//! - **Fail closed**: when the database cannot answer, [`Verifier::verify`]
+//!   returns `Err` (the middleware answers 503 and caches nothing), never
+//!   `Ok(None)`. Keys already in a cache keep working until their positive
+//!   TTL.
+//! - **Time**: every time written (creation, grace deadlines, uses) comes
+//!   from the store's [`Clock`] (the system clock unless
+//!   [`PgKeyStoreBuilder::with_clock`] says otherwise), never from the
+//!   database's `now()`. Keep replica clocks in sync (NTP). Times are stored
+//!   with microsecond precision; the store truncates them before writing, so
+//!   what `create` returns is what `get` reads back.
+//! - **Usage**: [`KeyStore::record_usage`] writes a batch in one statement,
+//!   moving `last_used_at` forward only.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower_api_key::cache::{CacheConfig, CachedVerifier};
+//! use tower_api_key::store::postgres::PgKeyStore;
+//! use tower_api_key::store::{KeyStore, NewKey};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = PgKeyStore::connect("postgres://app@db.internal/app").await?;
+//! store.migrate().await?; // at every start, from every replica
+//!
+//! let cache = CachedVerifier::new(
+//!     store.clone(),
+//!     CacheConfig::default().with_positive_ttl(Duration::from_secs(60)),
+//! );
+//! let created = store.create(NewKey::new("sa-1")).await?;
+//! let presented = store.format().parse(created.key.expose_secret())?;
+//! assert_eq!(cache.lookup(&presented).await?.service_account_id(), "sa-1");
+//!
+//! // Refused here at once, and on every other replica within the NOTIFY delay.
+//! store.revoke(created.record.key_id).await?;
+//! assert!(cache.lookup(&presented).await.is_err());
+//! store.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! TLS: [`PgKeyStoreBuilder::connect`] connects without TLS;
+//! [`PgKeyStoreBuilder::connect_with_tls`] takes any tokio-postgres TLS
+//! connector (such as `postgres-native-tls` or `tokio-postgres-rustls`).
+//!
+//! [tokio-postgres]: https://docs.rs/tokio-postgres
+//! [deadpool]: https://docs.rs/deadpool-postgres
+//! [`Clock`]: crate::clock::Clock
+//! [`CachedVerifier`]: crate::cache::CachedVerifier
+
+mod listener;
+pub mod migrations;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row, Socket};
+
+pub use listener::ListenerStatus;
+pub use migrations::MigrationReport;
+/// The driver, re-exported so that a [`Config`](tokio_postgres::Config) or a
+/// TLS connector can be built without depending on it directly.
+pub use tokio_postgres;
+
+use super::memory::{page_token, parse_page_token};
+use super::{
+    hint_of, CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey, StoreError,
+};
+use crate::clock::{Clock, SystemClock};
+use crate::hash::{HashScheme, KeyHasher, StoredHash};
+use crate::invalidation::{Invalidation, Invalidations};
+use crate::key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
+use crate::record::KeyRecord;
+use crate::scope::ScopeSet;
+use crate::verifier::{Verifier, VerifierError};
+
+/// The NOTIFY channel revocations, reissues and updates are announced on,
+/// unless [`PgKeyStoreBuilder::with_channel`] names another. The payload is
+/// the key id.
+pub const DEFAULT_CHANNEL: &str = "tower_api_key_invalidate";
+
+/// The key table.
+const TABLE: &str = "tower_api_key_keys";
+
+/// What the management API shows of a key.
+const INFO_COLUMNS: &str = "key_id, service_account_id, scopes, description, created_at, \
+     expires_at, last_used_at, hint";
+
+/// What verification needs besides.
+const HASH_COLUMNS: &str = "hash, hash_scheme, hash_pepper_version, previous_hash, \
+     previous_hash_scheme, previous_hash_pepper_version, previous_valid_until";
+
+/// Keys in PostgreSQL, with push invalidation between replicas. See the
+/// [module docs](self).
+///
+/// Cheap to clone: clones share the pool, the listener and the bus. The
+/// listener stops on [`PgKeyStore::shutdown`] or when the last clone is
+/// dropped.
+#[derive(Clone)]
+pub struct PgKeyStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    format: KeyFormat,
+    hasher: KeyHasher,
+    clock: Arc<dyn Clock>,
+    channel: String,
+    invalidations: Invalidations,
+    status: watch::Receiver<ListenerStatus>,
+    // Dropping it (with the last clone of the store) stops the listener too.
+    shutdown: watch::Sender<bool>,
+    listener: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for PgKeyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the connection settings: they may hold a password.
+        f.debug_struct("PgKeyStore")
+            .field("format", &self.inner.format)
+            .field("channel", &self.inner.channel)
+            .field("listener", &*self.inner.status.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings of a [`PgKeyStore`]; from [`PgKeyStore::builder`] or
+/// [`PgKeyStoreBuilder::new`].
+#[must_use]
+pub struct PgKeyStoreBuilder {
+    pg: tokio_postgres::Config,
+    format: KeyFormat,
+    hasher: KeyHasher,
+    clock: Arc<dyn Clock>,
+    channel: String,
+    pool_size: usize,
+    timeout: Duration,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    health_check_interval: Duration,
+}
+
+impl fmt::Debug for PgKeyStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgKeyStoreBuilder")
+            .field("format", &self.format)
+            .field("channel", &self.channel)
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgKeyStoreBuilder {
+    /// Settings for the database `config` points at, with the defaults: key
+    /// prefix `tak`, plain SHA-256, the system clock, channel
+    /// [`DEFAULT_CHANNEL`], 10 pooled connections, 5 s timeouts, reconnection
+    /// backoff from 100 ms to 5 s, a listener health check every 10 s.
+    pub fn new(config: tokio_postgres::Config) -> Self {
+        Self {
+            pg: config,
+            format: KeyFormat::default(),
+            hasher: KeyHasher::default(),
+            clock: Arc::new(SystemClock),
+            channel: DEFAULT_CHANNEL.to_owned(),
+            pool_size: 10,
+            timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            health_check_interval: Duration::from_secs(10),
+        }
+    }
+
+    /// The key format (default prefix `tak`).
+    pub fn with_format(mut self, format: KeyFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// How keys are hashed (default plain SHA-256). Keep the peppers out of
+    /// the database.
+    pub fn with_hasher(mut self, hasher: KeyHasher) -> Self {
+        self.hasher = hasher;
+        self
+    }
+
+    /// The clock for creation times, expiry checks, grace deadlines and uses.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The NOTIFY channel (default [`DEFAULT_CHANNEL`]): 1 to 63 characters
+    /// of `a-z`, `0-9` and `_`, not starting with a digit. Every replica of
+    /// one key table must use the same one; stores of different key tables
+    /// in one database should use different ones.
+    pub fn with_channel(mut self, channel: impl Into<String>) -> Self {
+        self.channel = channel.into();
+        self
+    }
+
+    /// Most pooled connections (default 10); the LISTEN connection is extra.
+    pub fn with_pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size.max(1);
+        self
+    }
+
+    /// Bound on connecting, on waiting for a pooled connection, and on the
+    /// listener's health check (default 5 s). Also the connect timeout when
+    /// the configuration sets none.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Delays between the listener's reconnection attempts: the first
+    /// attempt after a loss is immediate, the next ones wait from `min`,
+    /// doubling up to `max`, with jitter (default 100 ms to 5 s).
+    pub fn with_reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff_min = min;
+        self.backoff_max = max.max(min);
+        self
+    }
+
+    /// How often the listener checks that its connection still answers
+    /// (default 10 s). A connection closed by the server is noticed at once;
+    /// this finds the ones that died silently.
+    pub fn with_health_check_interval(mut self, every: Duration) -> Self {
+        self.health_check_interval = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Connects without TLS. See [`PgKeyStoreBuilder::connect_with_tls`].
+    pub async fn connect(self) -> Result<PgKeyStore, StoreError> {
+        self.connect_with_tls(NoTls).await
+    }
+
+    /// Connects with the TLS connector `tls`: checks that the database
+    /// answers, then starts the listener and waits until it listens, so a
+    /// change committed after this returns is always announced to this
+    /// store. Does not migrate: call [`PgKeyStore::migrate`].
+    pub async fn connect_with_tls<T>(mut self, tls: T) -> Result<PgKeyStore, StoreError>
+    where
+        T: MakeTlsConnect<Socket> + Clone + Sync + Send + 'static,
+        T::Stream: Sync + Send,
+        T::TlsConnect: Sync + Send,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
+        if !valid_channel(&self.channel) {
+            return Err(StoreError::invalid(
+                "the NOTIFY channel must be 1 to 63 characters of a-z, 0-9 and _, not starting with a digit",
+            ));
+        }
+        if self.pg.get_connect_timeout().is_none() {
+            self.pg.connect_timeout(self.timeout);
+        }
+        let mut listener_pg = self.pg.clone();
+        if self.pg.get_application_name().is_none() {
+            self.pg.application_name("tower-api-key");
+            listener_pg.application_name("tower-api-key-listener");
+        }
+
+        let manager = Manager::from_config(
+            self.pg,
+            tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(self.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(self.timeout))
+            .create_timeout(Some(self.timeout))
+            .recycle_timeout(Some(self.timeout))
+            .build()
+            .map_err(StoreError::backend)?;
+        // Fail at start, not at the first request, when the database is not there.
+        drop(pool.get().await.map_err(StoreError::backend)?);
+
+        let invalidations = Invalidations::new();
+        let (status_tx, mut status) = watch::channel(ListenerStatus::Connecting { failures: 0 });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let config = listener::ListenerConfig {
+            pg: listener_pg,
+            channel: self.channel.clone(),
+            backoff_min: self.backoff_min,
+            backoff_max: self.backoff_max,
+            health_check_interval: self.health_check_interval,
+            timeout: self.timeout,
+        };
+        let task = tokio::spawn(listener::run(
+            config,
+            tls,
+            invalidations.clone(),
+            status_tx,
+            shutdown_rx,
+        ));
+        let store = PgKeyStore {
+            inner: Arc::new(Inner {
+                pool,
+                format: self.format,
+                hasher: self.hasher,
+                clock: self.clock,
+                channel: self.channel,
+                invalidations,
+                status: status.clone(),
+                shutdown,
+                listener: Mutex::new(Some(task)),
+            }),
+        };
+        let listening = tokio::time::timeout(
+            self.timeout.saturating_mul(2),
+            status.wait_for(ListenerStatus::is_listening),
+        )
+        .await;
+        if !matches!(listening, Ok(Ok(_))) {
+            store.shutdown().await;
+            return Err(StoreError::backend(
+                "the LISTEN connection could not be established",
+            ));
+        }
+        Ok(store)
+    }
+}
+
+fn valid_channel(channel: &str) -> bool {
+    let bytes = channel.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && !bytes[0].is_ascii_digit()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
+}
+
+impl PgKeyStore {
+    /// Connects to the database at `url` (a libpq-style URL or key=value
+    /// string) with the default settings. See [`PgKeyStoreBuilder::connect`].
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::builder(url)?.connect().await
+    }
+
+    /// A builder for the database at `url`.
+    pub fn builder(url: &str) -> Result<PgKeyStoreBuilder, StoreError> {
+        // The parse error never holds the URL (which may hold a password).
+        let config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError::invalid(format!("invalid database URL: {e}")))?;
+        Ok(PgKeyStoreBuilder::new(config))
+    }
+
+    /// Creates or updates the schema: applies the migrations the database
+    /// lacks, in one transaction. Idempotent; safe to call from every replica
+    /// at every start (concurrent calls wait for each other).
+    pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
+        let mut client = self.client().await?;
+        migrations::run(&mut client)
+            .await
+            .map_err(StoreError::backend)
+    }
+
+    /// The NOTIFY channel of this store.
+    pub fn channel(&self) -> &str {
+        &self.inner.channel
+    }
+
+    /// The state of the LISTEN connection, as a watch: wait on it rather than
+    /// sleeping (`status.wait_for(ListenerStatus::is_listening)`). The
+    /// current state counts as seen: `changed()` waits for the next one.
+    pub fn listener_status(&self) -> watch::Receiver<ListenerStatus> {
+        let mut status = self.inner.status.clone();
+        status.mark_unchanged();
+        status
+    }
+
+    /// Stops the listener and waits for it, and closes the pool. Management
+    /// calls and verification fail afterwards. Dropping the last clone of the
+    /// store stops the listener too, without waiting.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        let task = self
+            .inner
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.inner.pool.close();
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        self.inner.pool.get().await.map_err(StoreError::backend)
+    }
+
+    fn now(&self) -> SystemTime {
+        micros(self.inner.clock.now())
+    }
+
+    fn check_expiry(&self, expires_at: Option<SystemTime>) -> Result<(), StoreError> {
+        match expires_at {
+            Some(at) if at <= self.inner.clock.now() => {
+                Err(StoreError::invalid("expires_at is in the past"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn hash_of(&self, key: &GeneratedKey) -> Result<StoredHash, StoreError> {
+        let presented = self
+            .inner
+            .format
+            .parse(key.expose_secret())
+            .map_err(|_| StoreError::backend("generated key does not parse"))?;
+        Ok(self.inner.hasher.hash(&presented))
+    }
+
+    /// Runs one statement on a pooled connection (prepared once per connection).
+    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, BoxError> {
+        let client = self.inner.pool.get().await?;
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client.query(&statement, params).await?)
+    }
+
+    /// Announces locally that `id` changed (other replicas hear the NOTIFY).
+    fn changed(&self, id: KeyId) {
+        self.inner.invalidations.publish(&Invalidation::Key(id));
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `t` truncated to the microsecond (toward the past), as PostgreSQL keeps it.
+fn micros(t: SystemTime) -> SystemTime {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(after) => UNIX_EPOCH + Duration::new(after.as_secs(), after.subsec_micros() * 1000),
+        Err(e) => {
+            let before = e.duration();
+            let extra = u32::from(before.subsec_nanos() % 1000 != 0);
+            // Duration::new carries a full second of nanoseconds over.
+            UNIX_EPOCH - Duration::new(before.as_secs(), (before.subsec_micros() + extra) * 1000)
+        }
+    }
+}
+
+fn scheme_columns(scheme: HashScheme) -> Result<(&'static str, Option<i64>), StoreError> {
+    match scheme {
+        HashScheme::Sha256 => Ok(("sha256", None)),
+        HashScheme::HmacSha256 { pepper_version } => {
+            Ok(("hmac-sha256", Some(i64::from(pepper_version))))
+        }
+        #[allow(unreachable_patterns)]
+        _ => Err(StoreError::backend("unsupported hash scheme")),
+    }
+}
+
+fn stored_hash(
+    digest: Option<&[u8]>,
+    scheme: Option<&str>,
+    pepper_version: Option<i64>,
+) -> Result<Option<StoredHash>, BoxError> {
+    let Some(digest) = digest else {
+        return Ok(None);
+    };
+    let digest: [u8; 32] = digest
+        .try_into()
+        .map_err(|_| "stored key hash is not 32 bytes")?;
+    let scheme = match (scheme, pepper_version) {
+        (Some("sha256"), None) => HashScheme::Sha256,
+        (Some("hmac-sha256"), Some(v)) => HashScheme::HmacSha256 {
+            pepper_version: u32::try_from(v).map_err(|_| "stored pepper version out of range")?,
+        },
+        _ => return Err("stored key hash has an unknown scheme".into()),
+    };
+    Ok(Some(StoredHash::from_parts(scheme, digest)))
+}
+
+fn record_of(row: &Row) -> Result<KeyRecord, BoxError> {
+    let key_id: &str = row.try_get("key_id")?;
+    let key_id = KeyId::from_str(key_id).map_err(|_| "stored key id is not valid")?;
+    let service_account_id: String = row.try_get("service_account_id")?;
+    let scopes: Vec<String> = row.try_get("scopes")?;
+    let scopes = ScopeSet::new(scopes).map_err(|e| format!("stored scopes are not valid: {e}"))?;
+    Ok(KeyRecord::new(key_id, service_account_id)
+        .with_scopes(scopes)
+        .with_description(row.try_get::<_, String>("description")?)
+        .with_created_at(row.try_get("created_at")?)
+        .with_expires_at(row.try_get("expires_at")?))
+}
+
+fn info_of(row: &Row) -> Result<KeyInfo, BoxError> {
+    Ok(KeyInfo {
+        record: record_of(row)?,
+        last_used_at: row.try_get("last_used_at")?,
+        hint: row.try_get("hint")?,
+    })
+}
+
+fn info_or_backend(row: &Row) -> Result<KeyInfo, StoreError> {
+    info_of(row).map_err(StoreError::Backend)
+}
+
+fn collision_or_backend(e: BoxError) -> StoreError {
+    let unique = e
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(tokio_postgres::Error::code)
+        == Some(&SqlState::UNIQUE_VIOLATION);
+    if unique {
+        // 95 random bits make this practically impossible; never overwrite.
+        StoreError::backend("key id collision")
+    } else {
+        StoreError::Backend(e)
+    }
+}
+
+#[async_trait]
+impl Verifier for PgKeyStore {
+    async fn verify(&self, key: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
+        // One round trip: the row whose current or previous hash is the
+        // current scheme's hash of `key` (by index), and, for hashes made
+        // with another scheme or an older pepper, the row of the key's id.
+        // Every candidate is then checked here in constant time.
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT {INFO_COLUMNS}, {HASH_COLUMNS} FROM {TABLE}
+                  WHERE hash = $1
+                     OR previous_hash = $1
+                     OR (key_id = $2
+                         AND NOT (hash_scheme = $3
+                                  AND hash_pepper_version IS NOT DISTINCT FROM $4
+                                  AND (previous_hash IS NULL
+                                       OR (previous_hash_scheme = $3
+                                           AND previous_hash_pepper_version IS NOT DISTINCT FROM $4))))"
+            )
+        });
+        let hasher = &self.inner.hasher;
+        let hash = hasher.hash(key);
+        let (scheme, pepper) = scheme_columns(hash.scheme()).map_err(VerifierError::backend)?;
+        let rows = self
+            .query(
+                &SQL,
+                &[
+                    &hash.digest().as_slice(),
+                    &key.id().as_str(),
+                    &scheme,
+                    &pepper,
+                ],
+            )
+            .await
+            .map_err(VerifierError::Backend)?;
+        let now = self.inner.clock.now();
+        for row in &rows {
+            let mut record = record_of(row).map_err(VerifierError::Backend)?;
+            if record.key_id != key.id() {
+                // Only by a SHA-256 collision; never hand out another key's record.
+                continue;
+            }
+            let current = stored_hash(
+                row.try_get("hash").map_err(VerifierError::backend)?,
+                row.try_get("hash_scheme").map_err(VerifierError::backend)?,
+                row.try_get("hash_pepper_version")
+                    .map_err(VerifierError::backend)?,
+            )
+            .map_err(VerifierError::Backend)?;
+            if current.is_some_and(|h| hasher.verify(key, &h)) {
+                return Ok(Some(record));
+            }
+            let previous = stored_hash(
+                row.try_get("previous_hash")
+                    .map_err(VerifierError::backend)?,
+                row.try_get("previous_hash_scheme")
+                    .map_err(VerifierError::backend)?,
+                row.try_get("previous_hash_pepper_version")
+                    .map_err(VerifierError::backend)?,
+            )
+            .map_err(VerifierError::Backend)?;
+            let until: Option<SystemTime> = row
+                .try_get("previous_valid_until")
+                .map_err(VerifierError::backend)?;
+            if let (Some(hash), Some(until)) = (previous, until) {
+                if hasher.verify(key, &hash) && now < until {
+                    // The old secret is valid only until its grace deadline.
+                    record.expires_at = Some(record.expires_at.map_or(until, |at| at.min(until)));
+                    return Ok(Some(record));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn invalidations(&self) -> Option<&Invalidations> {
+        Some(&self.inner.invalidations)
+    }
+
+    fn key_format(&self) -> Option<KeyFormat> {
+        Some(self.inner.format)
+    }
+}
+
+#[async_trait]
+impl KeyStore for PgKeyStore {
+    fn format(&self) -> KeyFormat {
+        self.inner.format
+    }
+
+    async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError> {
+        if new.service_account_id.is_empty() {
+            return Err(StoreError::invalid("service_account_id is empty"));
+        }
+        self.check_expiry(new.expires_at)?;
+        let key = self.inner.format.generate()?;
+        let hash = self.hash_of(&key)?;
+        let (scheme, pepper) = scheme_columns(hash.scheme())?;
+        let record = KeyRecord::new(key.id(), new.service_account_id)
+            .with_scopes(new.scopes)
+            .with_description(new.description)
+            .with_expires_at(new.expires_at.map(micros))
+            .with_created_at(self.now());
+        let scopes: Vec<&str> = record.scopes.iter().map(|s| s.as_str()).collect();
+        let sql = format!(
+            "INSERT INTO {TABLE} (key_id, service_account_id, hash, hash_scheme,
+                 hash_pepper_version, scopes, description, created_at, expires_at, hint)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        );
+        self.query(
+            &sql,
+            &[
+                &key.id().as_str(),
+                &&*record.service_account_id,
+                &hash.digest().as_slice(),
+                &scheme,
+                &pepper,
+                &scopes,
+                &record.description,
+                &record.created_at,
+                &record.expires_at,
+                &hint_of(&key),
+            ],
+        )
+        .await
+        .map_err(collision_or_backend)?;
+        Ok(CreatedKey { record, key })
+    }
+
+    async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError> {
+        let sql = format!("SELECT {INFO_COLUMNS} FROM {TABLE} WHERE key_id = $1");
+        let rows = self
+            .query(&sql, &[&id.as_str()])
+            .await
+            .map_err(StoreError::Backend)?;
+        rows.first().map(info_or_backend).transpose()
+    }
+
+    async fn list(
+        &self,
+        service_account_id: &str,
+        page: ListRequest,
+    ) -> Result<KeyPage, StoreError> {
+        let size = page.size()?;
+        // One more than asked, to know whether a next page exists.
+        let limit = (size + 1) as i64;
+        let rows = match &page.page_token {
+            None => {
+                let sql = format!(
+                    "SELECT {INFO_COLUMNS} FROM {TABLE}
+                      WHERE service_account_id = $1
+                      ORDER BY created_at, key_id
+                      LIMIT $2"
+                );
+                self.query(&sql, &[&service_account_id, &limit])
+                    .await
+                    .map_err(StoreError::Backend)?
+            }
+            Some(token) => {
+                // The same tokens as the memory store: a position in the
+                // listing order, valid even after its key is revoked.
+                let (at, id) = parse_page_token(token)
+                    .ok_or_else(|| StoreError::invalid("page_token is not valid"))?;
+                // Stored times are whole microseconds: "after `at`" for a
+                // time between two microseconds is "from the next one on",
+                // and "" sorts before every key id.
+                let floor = micros(at);
+                let (at, id) = if floor == at {
+                    (at, id.as_str())
+                } else {
+                    (floor + Duration::from_micros(1), "")
+                };
+                let sql = format!(
+                    "SELECT {INFO_COLUMNS} FROM {TABLE}
+                      WHERE service_account_id = $1
+                        AND (created_at, key_id) > ($2, $3)
+                      ORDER BY created_at, key_id
+                      LIMIT $4"
+                );
+                self.query(&sql, &[&service_account_id, &at, &id, &limit])
+                    .await
+                    .map_err(StoreError::Backend)?
+            }
+        };
+        let more = rows.len() > size;
+        let keys = rows
+            .iter()
+            .take(size)
+            .map(info_or_backend)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_page_token = more
+            .then(|| keys.last().map(|k| page_token(&k.record)))
+            .flatten();
+        Ok(KeyPage {
+            keys,
+            next_page_token,
+        })
+    }
+
+    async fn update(&self, id: KeyId, update: KeyUpdate) -> Result<Option<KeyInfo>, StoreError> {
+        if let Some(expires_at) = update.expires_at {
+            self.check_expiry(expires_at)?;
+        }
+        let scopes: Option<Vec<&str>> = update
+            .scopes
+            .as_ref()
+            .map(|s| s.iter().map(|s| s.as_str()).collect());
+        let set_expiry = update.expires_at.is_some();
+        let expires_at = update.expires_at.flatten().map(micros);
+        // The NOTIFY is part of the statement: sent if and only if it commits.
+        let sql = format!(
+            "WITH changed AS (
+                 UPDATE {TABLE} SET
+                     description = COALESCE($2::text, description),
+                     scopes = COALESCE($3::text[], scopes),
+                     expires_at = CASE WHEN $4::boolean THEN $5::timestamptz ELSE expires_at END
+                  WHERE key_id = $1
+              RETURNING {INFO_COLUMNS})
+             SELECT changed.*, pg_notify($6, changed.key_id)::text AS notified FROM changed"
+        );
+        let rows = self
+            .query(
+                &sql,
+                &[
+                    &id.as_str(),
+                    &update.description,
+                    &scopes,
+                    &set_expiry,
+                    &expires_at,
+                    &self.inner.channel.as_str(),
+                ],
+            )
+            .await
+            .map_err(StoreError::Backend)?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        self.changed(id);
+        info_or_backend(row).map(Some)
+    }
+
+    async fn revoke(&self, id: KeyId) -> Result<bool, StoreError> {
+        let sql = format!(
+            "WITH gone AS (DELETE FROM {TABLE} WHERE key_id = $1 RETURNING key_id)
+             SELECT pg_notify($2, gone.key_id)::text AS notified FROM gone"
+        );
+        let rows = self
+            .query(&sql, &[&id.as_str(), &self.inner.channel.as_str()])
+            .await
+            .map_err(StoreError::Backend)?;
+        let existed = !rows.is_empty();
+        if existed {
+            self.changed(id);
+        }
+        Ok(existed)
+    }
+
+    async fn reissue(&self, id: KeyId, grace: Duration) -> Result<Option<CreatedKey>, StoreError> {
+        let key = self.inner.format.generate_for(id)?;
+        let hash = self.hash_of(&key)?;
+        let (scheme, pepper) = scheme_columns(hash.scheme())?;
+        let keep_previous = !grace.is_zero();
+        let valid_until = if keep_previous {
+            let until = self
+                .inner
+                .clock
+                .now()
+                .checked_add(grace)
+                .ok_or_else(|| StoreError::invalid("grace is too long"))?;
+            Some(micros(until))
+        } else {
+            None
+        };
+        // Right-hand sides read the row as it was: the current hash becomes
+        // the previous one. A zero grace also ends an earlier grace.
+        let sql = format!(
+            "WITH changed AS (
+                 UPDATE {TABLE} SET
+                     previous_hash = CASE WHEN $5::boolean THEN hash END,
+                     previous_hash_scheme = CASE WHEN $5::boolean THEN hash_scheme END,
+                     previous_hash_pepper_version = CASE WHEN $5::boolean THEN hash_pepper_version END,
+                     previous_valid_until = $6::timestamptz,
+                     hash = $2,
+                     hash_scheme = $3,
+                     hash_pepper_version = $4,
+                     hint = $7
+                  WHERE key_id = $1
+              RETURNING {INFO_COLUMNS})
+             SELECT changed.*, pg_notify($8, changed.key_id)::text AS notified FROM changed"
+        );
+        let rows = self
+            .query(
+                &sql,
+                &[
+                    &id.as_str(),
+                    &hash.digest().as_slice(),
+                    &scheme,
+                    &pepper,
+                    &keep_previous,
+                    &valid_until,
+                    &hint_of(&key),
+                    &self.inner.channel.as_str(),
+                ],
+            )
+            .await
+            .map_err(StoreError::Backend)?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        self.changed(id);
+        let record = record_of(row).map_err(StoreError::Backend)?;
+        Ok(Some(CreatedKey { record, key }))
+    }
+
+    async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = uses.iter().map(|(id, _)| id.as_str()).collect();
+        let times: Vec<SystemTime> = uses.iter().map(|(_, at)| micros(*at)).collect();
+        // One statement for the whole batch: the newest time per key, and
+        // only forward (rows already as new are not even written).
+        let sql = format!(
+            "UPDATE {TABLE} AS k
+                SET last_used_at = GREATEST(k.last_used_at, u.at)
+               FROM (SELECT id, max(at) AS at
+                       FROM unnest($1::text[], $2::timestamptz[]) AS t(id, at)
+                      GROUP BY id) AS u
+              WHERE k.key_id = u.id
+                AND (k.last_used_at IS NULL OR k.last_used_at < u.at)"
+        );
+        self.query(&sql, &[&ids, &times])
+            .await
+            .map_err(StoreError::Backend)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn micros_truncates_toward_the_past() {
+        let t = UNIX_EPOCH + Duration::new(10, 123_456_789);
+        assert_eq!(micros(t), UNIX_EPOCH + Duration::new(10, 123_456_000));
+        let t = UNIX_EPOCH - Duration::new(10, 123_456_789);
+        assert_eq!(micros(t), UNIX_EPOCH - Duration::new(10, 123_457_000));
+        let t = UNIX_EPOCH - Duration::new(0, 999_999_999);
+        assert_eq!(micros(t), UNIX_EPOCH - Duration::new(1, 0));
+        let t = UNIX_EPOCH + Duration::from_micros(5);
+        assert_eq!(micros(t), t);
+    }
+
+    #[test]
+    fn channels_are_plain_identifiers() {
+        for ok in [DEFAULT_CHANNEL, "a", "_x9", &"a".repeat(63)] {
+            assert!(valid_channel(ok), "{ok}");
+        }
+        for bad in ["", "9a", "A", "a-b", "a b", "a;b", &"a".repeat(64), "é"] {
+            assert!(!valid_channel(bad), "{bad}");
+        }
+    }
+}

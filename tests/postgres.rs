@@ -1,0 +1,1502 @@
+//! The PostgreSQL store against a real server.
+//!
+//! Every test reads `DATABASE_URL` (`.ci/postgres.sh` starts a server and
+//! sets it). Without it a test prints `SKIPPED: DATABASE_URL not set` and
+//! passes, unless `CI` is set: then it fails, so CI never skips these
+//! silently. Each test works in a schema of its own (and, where notifications
+//! matter, on a NOTIFY channel of its own), so they run in parallel.
+//!
+//! Nothing here sleeps to hope for timing: waits are on notifications and on
+//! the listener's status watch, each bounded by `tokio::time::timeout`.
+//! "The database is down" is simulated with a TCP proxy in front of the
+//! server that the test can close and cut (connections refused and dropped),
+//! which affects only the store behind it, not the other tests.
+#![cfg(feature = "postgres")]
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::timeout;
+use tokio_postgres::config::Host;
+use tokio_postgres::{Config, NoTls};
+use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError, Source};
+use tower_api_key::clock::{Clock, ManualClock};
+use tower_api_key::hash::{KeyHasher, Pepper};
+use tower_api_key::invalidation::{Invalidation, InvalidationListener};
+use tower_api_key::key::{KeyId, PresentedKey};
+use tower_api_key::scope::ScopeSet;
+use tower_api_key::store::postgres::{ListenerStatus, PgKeyStore, PgKeyStoreBuilder};
+use tower_api_key::store::{
+    CreatedKey, KeyStore, KeyUpdate, ListRequest, MemoryStore, NewKey, StoreError,
+};
+use tower_api_key::verifier::{Verifier, VerifierError};
+
+/// Bound on every wait for a notification to cross between two stores.
+const NOTIFY_WITHIN: Duration = Duration::from_secs(1);
+/// Bound on waits for a reconnection (backoff included).
+const RECONNECT_WITHIN: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------------------
+// Test database
+// ---------------------------------------------------------------------------
+
+/// `DATABASE_URL`, or `None` after saying the test is skipped. Fails when `CI`
+/// is set: CI must run these tests.
+fn database_url(test: &str) -> Option<String> {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            if std::env::var_os("CI").is_some() {
+                panic!(
+                    "{test}: DATABASE_URL is not set but CI is: the PostgreSQL tests must run \
+                     in CI (source .ci/postgres.sh first)"
+                );
+            }
+            // Straight to the stream: libtest captures print!/eprint!, not this,
+            // so the line shows even without --nocapture.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: DATABASE_URL not set: {test} (source .ci/postgres.sh to run it)"
+            );
+            None
+        }
+    }
+}
+
+/// A fresh schema of its own for one test, and an admin connection to it.
+struct TestDb {
+    url_config: Config,
+    /// Connection settings that put the store's tables into the schema.
+    config: Config,
+    schema: String,
+    admin: tokio_postgres::Client,
+}
+
+impl TestDb {
+    async fn new(test: &str) -> Option<TestDb> {
+        let url = database_url(test)?;
+        let url_config = Config::from_str(&url).expect("DATABASE_URL parses");
+        let suffix: String = KeyId::random().unwrap().as_str()[..10].to_ascii_lowercase();
+        let schema = format!("tak_{}_{suffix}", &test[..test.len().min(40)]).replace("__", "_");
+        let mut config = url_config.clone();
+        let options = match url_config.get_options() {
+            Some(existing) => format!("{existing} -c search_path={schema}"),
+            None => format!("-c search_path={schema}"),
+        };
+        config.options(options);
+        let admin = connect(&url_config).await;
+        admin
+            .batch_execute(&format!(
+                "CREATE SCHEMA {schema}; SET search_path TO {schema}"
+            ))
+            .await
+            .expect("create the test schema");
+        Some(TestDb {
+            url_config,
+            config,
+            schema,
+            admin,
+        })
+    }
+
+    /// A NOTIFY channel of this test's own.
+    fn channel(&self) -> String {
+        format!("{}_inv", self.schema)
+    }
+
+    /// A store builder on this schema and channel, migrated on connect.
+    fn builder(&self) -> PgKeyStoreBuilder {
+        PgKeyStoreBuilder::new(self.config.clone()).with_channel(self.channel())
+    }
+
+    async fn store(&self) -> PgKeyStore {
+        let store = self.builder().connect().await.expect("connect");
+        store.migrate().await.expect("migrate");
+        store
+    }
+
+    /// Settings that reach the same database and schema through `proxy`.
+    fn config_via(&self, proxy: &Proxy) -> Config {
+        let mut config = Config::new();
+        config.host("127.0.0.1").port(proxy.addr.port());
+        if let Some(user) = self.config.get_user() {
+            config.user(user);
+        }
+        if let Some(password) = self.config.get_password() {
+            config.password(password);
+        }
+        if let Some(dbname) = self.config.get_dbname() {
+            config.dbname(dbname);
+        }
+        if let Some(options) = self.config.get_options() {
+            config.options(options);
+        }
+        config
+    }
+
+    fn upstream(&self) -> SocketAddr {
+        let host = match self.url_config.get_hosts().first() {
+            Some(Host::Tcp(host)) => host.clone(),
+            None => "localhost".into(),
+            #[allow(unreachable_patterns)]
+            Some(_) => panic!("the proxy tests need DATABASE_URL to name a TCP host"),
+        };
+        let port = self.url_config.get_ports().first().copied().unwrap_or(5432);
+        let host = if host == "localhost" {
+            "127.0.0.1".into()
+        } else {
+            host
+        };
+        format!("{host}:{port}")
+            .parse()
+            .expect("a host:port address")
+    }
+
+    async fn drop_schema(self) {
+        let _ = self
+            .admin
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
+            .await;
+    }
+}
+
+async fn connect(config: &Config) -> tokio_postgres::Client {
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .expect("connect to DATABASE_URL");
+    tokio::spawn(connection);
+    client
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// Forwards a store's invalidations to a channel the test can wait on.
+struct Seen(mpsc::UnboundedSender<Invalidation>);
+
+impl InvalidationListener for Seen {
+    fn invalidate(&self, what: &Invalidation) {
+        let _ = self.0.send(*what);
+    }
+}
+
+struct Watch {
+    _listener: Arc<Seen>,
+    rx: mpsc::UnboundedReceiver<Invalidation>,
+}
+
+impl Watch {
+    fn on(store: &PgKeyStore) -> Watch {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let listener = Arc::new(Seen(tx));
+        store
+            .invalidations()
+            .expect("stores publish invalidations")
+            .subscribe(listener.clone());
+        Watch {
+            _listener: listener,
+            rx,
+        }
+    }
+
+    /// Waits, at most `within`, until `id` (or everything) is invalidated.
+    async fn until_invalidated(&mut self, id: KeyId, within: Duration) -> Invalidation {
+        timeout(within, async {
+            loop {
+                match self.rx.recv().await.expect("bus alive") {
+                    what @ Invalidation::Key(k) if k == id => return what,
+                    Invalidation::All => return Invalidation::All,
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no invalidation of {id} within {within:?}"))
+    }
+
+    /// Everything received so far.
+    fn drain(&mut self) -> Vec<Invalidation> {
+        let mut all = Vec::new();
+        while let Ok(what) = self.rx.try_recv() {
+            all.push(what);
+        }
+        all
+    }
+}
+
+fn cache(store: &PgKeyStore) -> CachedVerifier {
+    CachedVerifier::new(
+        store.clone(),
+        CacheConfig::default().with_positive_ttl(Duration::from_secs(3600)),
+    )
+}
+
+fn presented(store: &impl KeyStore, created: &CreatedKey) -> PresentedKey {
+    store.format().parse(created.key.expose_secret()).unwrap()
+}
+
+fn key_text(store: &impl KeyStore, text: &str) -> PresentedKey {
+    store.format().parse(text).unwrap()
+}
+
+async fn listening(store: &PgKeyStore, at_least: u64) -> ListenerStatus {
+    let mut status = store.listener_status();
+    let got = timeout(
+        RECONNECT_WITHIN,
+        status.wait_for(|s| {
+            matches!(s, ListenerStatus::Listening { connections, .. } if *connections >= at_least)
+        }),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("listener not listening (connection {at_least}) in time"))
+    .expect("listener alive")
+    .clone();
+    got
+}
+
+fn backend_pid(status: &ListenerStatus) -> i32 {
+    match status {
+        ListenerStatus::Listening { backend_pid, .. } => *backend_pid,
+        other => panic!("not listening: {other:?}"),
+    }
+}
+
+fn is_unavailable(r: Result<impl std::fmt::Debug, LookupError>) -> bool {
+    matches!(r, Err(LookupError::Unavailable(_)))
+}
+
+fn is_unknown(r: Result<impl std::fmt::Debug, LookupError>) -> bool {
+    matches!(r, Err(LookupError::Unknown))
+}
+
+// ---------------------------------------------------------------------------
+// A TCP proxy that can play "the database is down"
+// ---------------------------------------------------------------------------
+
+struct Proxy {
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    accept: Mutex<Option<AbortHandle>>,
+    connections: Arc<Mutex<Vec<AbortHandle>>>,
+    /// While true, connections stay open but carry nothing (a dead network).
+    frozen: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Proxy {
+            addr: listener.local_addr().unwrap(),
+            upstream,
+            accept: Mutex::new(None),
+            connections: Arc::new(Mutex::new(Vec::new())),
+            frozen: tokio::sync::watch::channel(false).0,
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let upstream = self.upstream;
+        let connections = self.connections.clone();
+        let frozen = self.frozen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut frozen = frozen.subscribe();
+                let forward = tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let froze = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                        f = async { frozen.wait_for(|f| *f).await.is_ok() } => f,
+                    };
+                    if froze {
+                        // Hold both sockets open and silent until cut.
+                        std::future::pending::<()>().await;
+                    }
+                });
+                connections.lock().unwrap().push(forward.abort_handle());
+            }
+        });
+        *self.accept.lock().unwrap() = Some(task.abort_handle());
+    }
+
+    /// The database "stops": new connections are refused, open ones cut.
+    async fn stop(&self) {
+        self.refuse_new().await;
+        self.cut();
+    }
+
+    /// New connections are refused; open ones go on.
+    async fn refuse_new(&self) {
+        if let Some(accept) = self.accept.lock().unwrap().take() {
+            accept.abort();
+        }
+        // Wait until the port really refuses.
+        timeout(Duration::from_secs(5), async {
+            while TcpStream::connect(self.addr).await.is_ok() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the proxy stops accepting");
+    }
+
+    /// Freezes (or thaws) the network: open connections stay open but
+    /// silent, as after a partition; thawing does not revive them.
+    fn freeze(&self, frozen: bool) {
+        self.frozen.send_replace(frozen);
+    }
+
+    /// Cuts every open connection; new ones are still accepted.
+    fn cut(&self) {
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+
+    /// The database "starts" again, on the same port.
+    async fn start_again(&self) {
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("rebind the proxy port");
+        self.serve(listener);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Conformance: what every store must do, run on the memory store too
+// ---------------------------------------------------------------------------
+
+async fn management_operations<S: KeyStore>(store: &S) {
+    let far = SystemTime::now() + Duration::from_secs(86_400);
+    let scopes = ScopeSet::new(["yc.ai.translate.execute", "a.b"]).unwrap();
+
+    // create
+    let created = store
+        .create(
+            NewKey::new("sa-ops")
+                .with_scopes(scopes.clone())
+                .with_description("first")
+                .with_expires_at(far),
+        )
+        .await
+        .unwrap();
+    let id = created.record.key_id;
+    assert_eq!(created.key.id(), id);
+    assert_eq!(&*created.record.service_account_id, "sa-ops");
+    assert_eq!(created.record.scopes, scopes);
+    assert_eq!(created.record.description, "first");
+    assert!(matches!(
+        store.create(NewKey::new("")).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store
+            .create(
+                NewKey::new("sa-ops").with_expires_at(SystemTime::now() - Duration::from_secs(1))
+            )
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    // get: what create returned, never the secret
+    let info = store.get(id).await.unwrap().expect("created key exists");
+    assert_eq!(info.record, created.record);
+    assert_eq!(info.last_used_at, None);
+    let secret = created.key.expose_secret();
+    assert!(info.hint.starts_with("tak_…"));
+    assert!(secret.ends_with(&info.hint["tak_…".len()..]));
+    assert!(!format!("{info:?}").contains(secret));
+    assert_eq!(store.get(KeyId::random().unwrap()).await.unwrap(), None);
+
+    // verify
+    let key = presented(store, &created);
+    assert_eq!(
+        store.verify(&key).await.unwrap(),
+        Some(created.record.clone())
+    );
+    let stranger = store.format().generate().unwrap();
+    assert_eq!(
+        store
+            .verify(&key_text(store, stranger.expose_secret()))
+            .await
+            .unwrap(),
+        None
+    );
+    // Right id, wrong secret.
+    let wrong = store.format().generate_for(id).unwrap();
+    assert_eq!(
+        store
+            .verify(&key_text(store, wrong.expose_secret()))
+            .await
+            .unwrap(),
+        None
+    );
+
+    // update
+    let updated = store
+        .update(
+            id,
+            KeyUpdate::default()
+                .with_description("second")
+                .with_scopes(ScopeSet::empty())
+                .with_expires_at(None),
+        )
+        .await
+        .unwrap()
+        .expect("key exists");
+    assert_eq!(updated.record.description, "second");
+    assert!(updated.record.scopes.is_empty());
+    assert_eq!(updated.record.expires_at, None);
+    assert_eq!(updated.record.created_at, created.record.created_at);
+    assert_eq!(store.get(id).await.unwrap().unwrap(), updated);
+    // Only what is given changes.
+    let again = store
+        .update(id, KeyUpdate::default().with_description("third"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.record.scopes, updated.record.scopes);
+    assert_eq!(again.record.description, "third");
+    assert!(matches!(
+        store
+            .update(
+                id,
+                KeyUpdate::default()
+                    .with_expires_at(Some(SystemTime::now() - Duration::from_secs(1)))
+            )
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(
+        store
+            .update(
+                KeyId::random().unwrap(),
+                KeyUpdate::default().with_description("x")
+            )
+            .await
+            .unwrap(),
+        None
+    );
+
+    // reissue, no grace: the old secret stops at once
+    let reissued = store.reissue(id, Duration::ZERO).await.unwrap().unwrap();
+    assert_eq!(reissued.key.id(), id);
+    assert_ne!(reissued.key.expose_secret(), secret);
+    assert_eq!(reissued.record, again.record);
+    assert_eq!(store.verify(&key).await.unwrap(), None);
+    assert_eq!(
+        store.verify(&presented(store, &reissued)).await.unwrap(),
+        Some(again.record.clone())
+    );
+    let hint = store.get(id).await.unwrap().unwrap().hint;
+    assert!(reissued
+        .key
+        .expose_secret()
+        .ends_with(&hint["tak_…".len()..]));
+    assert!(store
+        .reissue(KeyId::random().unwrap(), Duration::ZERO)
+        .await
+        .unwrap()
+        .is_none());
+
+    // reissue with grace: both work, the old one only until the deadline
+    let before = SystemTime::now();
+    let graced = store
+        .reissue(id, Duration::from_secs(600))
+        .await
+        .unwrap()
+        .unwrap();
+    let old = store
+        .verify(&presented(store, &reissued))
+        .await
+        .unwrap()
+        .expect("old secret within grace");
+    let deadline = old.expires_at.expect("grace deadline");
+    assert!(deadline > before + Duration::from_secs(599));
+    assert!(deadline <= SystemTime::now() + Duration::from_secs(600));
+    let new = store
+        .verify(&presented(store, &graced))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(new.expires_at, None);
+
+    // record_usage: forward only
+    let t1 = SystemTime::now();
+    let t2 = t1 + Duration::from_secs(5);
+    store.record_usage(&[(id, t2), (id, t1)]).await.unwrap();
+    store.record_usage(&[(id, t1)]).await.unwrap();
+    let used = store.get(id).await.unwrap().unwrap().last_used_at.unwrap();
+    assert!(used <= t2 && t2.duration_since(used).unwrap() < Duration::from_micros(1));
+    store.record_usage(&[]).await.unwrap();
+    store
+        .record_usage(&[(KeyId::random().unwrap(), t1)])
+        .await
+        .unwrap();
+
+    // revoke
+    assert!(store.revoke(id).await.unwrap());
+    assert!(!store.revoke(id).await.unwrap());
+    assert_eq!(store.get(id).await.unwrap(), None);
+    assert_eq!(
+        store.verify(&presented(store, &graced)).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.verify(&presented(store, &reissued)).await.unwrap(),
+        None
+    );
+    assert!(store.reissue(id, Duration::ZERO).await.unwrap().is_none());
+
+    // list: oldest first, in pages, one account only
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let k = store
+            .create(NewKey::new("sa-list").with_description(format!("k{i}")))
+            .await
+            .unwrap();
+        ids.push(k.record.key_id);
+    }
+    let other = store.create(NewKey::new("sa-other")).await.unwrap();
+    let mut listed = Vec::new();
+    let mut page = store.list("sa-list", ListRequest::first(2)).await.unwrap();
+    let mut pages = 1;
+    loop {
+        assert!(page.keys.len() <= 2);
+        listed.extend(page.keys.iter().map(|k| k.record.key_id));
+        match page.next_page_token {
+            Some(token) => {
+                page = store
+                    .list("sa-list", ListRequest::after(2, token))
+                    .await
+                    .unwrap();
+                pages += 1;
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(listed, ids, "created order");
+    let all = store.list("sa-list", ListRequest::default()).await.unwrap();
+    assert_eq!(all.keys.len(), 5);
+    assert_eq!(all.next_page_token, None);
+    assert!(store
+        .list("nobody", ListRequest::default())
+        .await
+        .unwrap()
+        .keys
+        .is_empty());
+    for bad in [
+        ListRequest::first(0),
+        ListRequest::first(1001),
+        ListRequest::after(2, ""),
+        ListRequest::after(2, "not a token"),
+        ListRequest::after(2, other.record.key_id.to_string()),
+        ListRequest::after(2, "12.garbage"),
+        ListRequest::after(2, format!("x.{}", ids[0])),
+        ListRequest::after(2, format!("1.{}.2", ids[0])),
+        ListRequest::after(2, format!("{}.{}", u128::MAX, ids[0])),
+    ] {
+        assert!(
+            matches!(
+                store.list("sa-list", bad.clone()).await,
+                Err(StoreError::Invalid(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    // A token stays valid when the key it points after is revoked.
+    let first = store.list("sa-list", ListRequest::first(2)).await.unwrap();
+    assert!(store.revoke(ids[1]).await.unwrap());
+    let next = store
+        .list(
+            "sa-list",
+            ListRequest::after(2, first.next_page_token.clone().unwrap()),
+        )
+        .await
+        .unwrap();
+    let next: Vec<KeyId> = next.keys.iter().map(|k| k.record.key_id).collect();
+    assert_eq!(next, ids[2..4]);
+    // After the last key: an empty last page, no error.
+    let four = store.list("sa-list", ListRequest::first(3)).await.unwrap();
+    assert!(store.revoke(ids[4]).await.unwrap());
+    let tail = store
+        .list(
+            "sa-list",
+            ListRequest::after(3, four.next_page_token.unwrap()),
+        )
+        .await
+        .unwrap();
+    assert!(tail.keys.is_empty() && tail.next_page_token.is_none());
+}
+
+/// Paging when keys share a creation time (ordered by key id, bytewise),
+/// and around the Unix epoch, at times that are not whole microseconds.
+async fn paging_order<S: KeyStore>(store: &S, clock: &ManualClock) {
+    let mut expected = Vec::new();
+    clock.set(SystemTime::UNIX_EPOCH - Duration::new(2, 1_500));
+    for _ in 0..3 {
+        let mut same_time = Vec::new();
+        for _ in 0..4 {
+            let k = store.create(NewKey::new("sa-order")).await.unwrap();
+            same_time.push(k.record.key_id);
+        }
+        same_time.sort();
+        expected.extend(same_time);
+        clock.advance(Duration::new(1, 333));
+    }
+    for size in [1, 2, 3, 5, 12, 13] {
+        let mut listed = Vec::new();
+        let mut request = ListRequest::first(size);
+        loop {
+            let page = store.list("sa-order", request).await.unwrap();
+            assert!(page.keys.len() <= size);
+            listed.extend(page.keys.iter().map(|k| k.record.key_id));
+            match page.next_page_token {
+                Some(token) => request = ListRequest::after(size, token),
+                None => break,
+            }
+        }
+        assert_eq!(listed, expected, "page size {size}");
+    }
+    // A position between two whole microseconds (no store issues such a
+    // token, but it is well-formed): the keys created after that instant.
+    let first = store
+        .get(expected[0])
+        .await
+        .unwrap()
+        .unwrap()
+        .record
+        .created_at;
+    let between = first + Duration::from_nanos(500);
+    let nanos: i128 = match between.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => after.as_nanos() as i128,
+        Err(before) => -(before.duration().as_nanos() as i128),
+    };
+    let page = store
+        .list(
+            "sa-order",
+            ListRequest::after(100, format!("{nanos}.zzzzzzzzzzzzzzzz")),
+        )
+        .await
+        .unwrap();
+    let listed: Vec<KeyId> = page.keys.iter().map(|k| k.record.key_id).collect();
+    assert_eq!(listed, expected[4..]);
+}
+
+#[tokio::test]
+async fn memory_store_passes_the_same_conformance_checks() {
+    management_operations(&MemoryStore::new()).await;
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let store = MemoryStore::builder().with_clock(clock.clone()).build();
+    paging_order(&store, &clock).await;
+}
+
+// ---------------------------------------------------------------------------
+// The tests
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_twice_in_a_row() {
+    let Some(db) = TestDb::new("migrations_twice_in_a_row").await else {
+        return;
+    };
+    let store = db.builder().connect().await.unwrap();
+    let first = store.migrate().await.unwrap();
+    assert_eq!(first.applied, vec![1]);
+    assert_eq!(first.current, 1);
+    let second = store.migrate().await.unwrap();
+    assert!(second.applied.is_empty(), "{second:?}");
+    assert_eq!(second.current, 1);
+    // The store works on the migrated schema.
+    let created = store.create(NewKey::new("sa")).await.unwrap();
+    assert!(store.get(created.record.key_id).await.unwrap().is_some());
+    let tables: i64 = db
+        .admin
+        .query_one(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1",
+            &[&db.schema],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 2, "tower_api_key_keys and tower_api_key_migrations");
+    store.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_run_by_replicas_at_once() {
+    // Several replicas starting at once on an empty schema: one migrates,
+    // the others wait for it and find nothing to do.
+    let Some(db) = TestDb::new("migrations_run_by_replicas_at_once").await else {
+        return;
+    };
+    let replicas = futures_util::future::join_all((0..4).map(|_| async {
+        let store = db.builder().connect().await.unwrap();
+        let report = store.migrate().await.unwrap();
+        store.shutdown().await;
+        report
+    }))
+    .await;
+    let applied: Vec<u32> = replicas.iter().flat_map(|r| r.applied.clone()).collect();
+    assert_eq!(applied, vec![1], "{replicas:?}");
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_management_operation() {
+    let Some(db) = TestDb::new("every_management_operation").await else {
+        return;
+    };
+    // The default channel here, to cover it.
+    let store = PgKeyStoreBuilder::new(db.config.clone())
+        .connect()
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(store.channel(), "tower_api_key_invalidate");
+    management_operations(&store).await;
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let clocked = db
+        .builder()
+        .with_clock(clock.clone())
+        .connect()
+        .await
+        .unwrap();
+    paging_order(&clocked, &clock).await;
+    clocked.shutdown().await;
+
+    // At rest: no secret, nothing but hashes.
+    let created = store.create(NewKey::new("sa-rest")).await.unwrap();
+    let rows = db
+        .admin
+        .query("SELECT t::text FROM tower_api_key_keys t", &[])
+        .await
+        .unwrap();
+    let secret = created.key.expose_secret();
+    let secret_part = &secret[secret.len() - 38..secret.len() - 6];
+    for row in rows {
+        let text: String = row.get(0);
+        assert!(!text.contains(secret_part), "a secret is stored: {text}");
+    }
+    store.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_on_one_instance_reaches_the_other_within_a_second() {
+    let Some(db) = TestDb::new("revoke_on_one_instance_reaches_the_other_within_a_second").await
+    else {
+        return;
+    };
+    let a = db.store().await;
+    let b = db.store().await;
+    let (cache_a, cache_b) = (cache(&a), cache(&b));
+    let mut seen_b = Watch::on(&b);
+
+    let created = a.create(NewKey::new("sa-1")).await.unwrap();
+    let key = presented(&a, &created);
+    let id = created.record.key_id;
+    for cache in [&cache_a, &cache_b] {
+        assert_eq!(
+            cache.lookup_with_source(&key).await.unwrap().1,
+            Source::Verifier
+        );
+        assert_eq!(
+            cache.lookup_with_source(&key).await.unwrap().1,
+            Source::Cache
+        );
+    }
+
+    let revoked_at = Instant::now();
+    assert!(a.revoke(id).await.unwrap());
+    // The revoking replica: refused as soon as revoke returns.
+    assert!(is_unknown(cache_a.lookup(&key).await));
+    // The other replica: as soon as the notification arrives.
+    let what = seen_b.until_invalidated(id, NOTIFY_WITHIN).await;
+    assert_eq!(what, Invalidation::Key(id), "pushed, not a flush");
+    assert!(is_unknown(cache_b.lookup(&key).await));
+    assert!(revoked_at.elapsed() < NOTIFY_WITHIN);
+
+    // Updates travel the same way: the other cache re-reads the key.
+    let scoped = a.create(NewKey::new("sa-1")).await.unwrap();
+    let scoped_key = presented(&a, &scoped);
+    assert!(cache_b
+        .lookup(&scoped_key)
+        .await
+        .unwrap()
+        .scopes()
+        .is_empty());
+    let scopes = ScopeSet::new(["only.this"]).unwrap();
+    a.update(
+        scoped.record.key_id,
+        KeyUpdate::default().with_scopes(scopes.clone()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    seen_b
+        .until_invalidated(scoped.record.key_id, NOTIFY_WITHIN)
+        .await;
+    assert_eq!(cache_b.lookup(&scoped_key).await.unwrap().scopes(), &scopes);
+
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reissue_with_grace_across_instances() {
+    let Some(db) = TestDb::new("reissue_with_grace_across_instances").await else {
+        return;
+    };
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let a = db
+        .builder()
+        .with_clock(clock.clone())
+        .connect()
+        .await
+        .unwrap();
+    a.migrate().await.unwrap();
+    let b = db
+        .builder()
+        .with_clock(clock.clone())
+        .connect()
+        .await
+        .unwrap();
+    let cache_b = CachedVerifier::new(
+        b.clone(),
+        CacheConfig::default()
+            .with_positive_ttl(Duration::from_secs(3600))
+            .with_clock(clock.clone()),
+    );
+    let mut seen_b = Watch::on(&b);
+
+    let original = a.create(NewKey::new("sa-1")).await.unwrap();
+    let id = original.record.key_id;
+    let old_key = presented(&a, &original);
+    assert_eq!(cache_b.lookup(&old_key).await.unwrap().expires_at(), None);
+
+    // Reissue with one minute of grace on A.
+    let grace = Duration::from_secs(60);
+    let deadline_floor = clock.now() + grace - Duration::from_micros(1);
+    let reissued = a.reissue(id, grace).await.unwrap().unwrap();
+    let new_key = presented(&a, &reissued);
+    seen_b.until_invalidated(id, NOTIFY_WITHIN).await;
+    // B re-reads the old secret: it works, but only until the deadline.
+    let old_caller = cache_b.lookup(&old_key).await.unwrap();
+    let deadline = old_caller.expires_at().expect("grace deadline");
+    assert!(deadline >= deadline_floor && deadline <= clock.now() + grace);
+    assert_eq!(cache_b.lookup(&new_key).await.unwrap().expires_at(), None);
+
+    // Past the deadline the old secret is refused on B, the new one is not.
+    clock.advance(grace + Duration::from_secs(1));
+    assert!(matches!(
+        cache_b.lookup(&old_key).await,
+        Err(LookupError::Expired)
+    ));
+    assert_eq!(b.verify(&old_key).await.unwrap(), None);
+    assert!(cache_b.lookup(&new_key).await.is_ok());
+
+    // A second reissue without grace on A: only the newest secret works on B.
+    let newest = a.reissue(id, Duration::ZERO).await.unwrap().unwrap();
+    seen_b.until_invalidated(id, NOTIFY_WITHIN).await;
+    assert!(is_unknown(cache_b.lookup(&new_key).await));
+    assert!(cache_b.lookup(&presented(&a, &newest)).await.is_ok());
+
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_killed_and_revoke_meanwhile_still_refused_after_reconnect() {
+    let Some(db) =
+        TestDb::new("listener_killed_and_revoke_meanwhile_still_refused_after_reconnect").await
+    else {
+        return;
+    };
+    let a = db.store().await;
+    let b = db.store().await;
+    let cache_b = cache(&b);
+    let created = a.create(NewKey::new("sa-1")).await.unwrap();
+    let key = presented(&a, &created);
+    cache_b.lookup(&key).await.unwrap();
+    assert_eq!(
+        cache_b.lookup_with_source(&key).await.unwrap().1,
+        Source::Cache
+    );
+
+    let pid = backend_pid(&listening(&b, 1).await);
+    let killed: bool = db
+        .admin
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed);
+    assert!(a.revoke(created.record.key_id).await.unwrap());
+
+    // Whether B heard the NOTIFY before the kill or flushed after
+    // reconnecting, it refuses the key once it listens again.
+    let status = listening(&b, 2).await;
+    assert_ne!(backend_pid(&status), pid);
+    assert!(is_unknown(cache_b.lookup(&key).await));
+
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_notification_is_covered_by_the_flush_after_reconnect() {
+    // The deterministic version of the test above: B's listener is killed
+    // with pg_terminate_backend and cannot reconnect (its proxy refuses new
+    // connections) until after the revoke has committed, so B surely missed
+    // the NOTIFY.
+    let Some(db) =
+        TestDb::new("a_missed_notification_is_covered_by_the_flush_after_reconnect").await
+    else {
+        return;
+    };
+    let proxy = Proxy::start(db.upstream()).await;
+    let a = db.store().await;
+    let b = PgKeyStoreBuilder::new(db.config_via(&proxy))
+        .with_channel(db.channel())
+        .with_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    let cache_b = cache(&b);
+    let mut seen_b = Watch::on(&b);
+    let created = a.create(NewKey::new("sa-1")).await.unwrap();
+    let id = created.record.key_id;
+    let key = presented(&a, &created);
+    cache_b.lookup(&key).await.unwrap();
+    assert_eq!(
+        cache_b.lookup_with_source(&key).await.unwrap().1,
+        Source::Cache
+    );
+    seen_b.drain();
+
+    // Refuse reconnections (without cutting B's open connections), then kill
+    // B's LISTEN connection in the server.
+    let pid = backend_pid(&listening(&b, 1).await);
+    proxy.refuse_new().await;
+    db.admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    // B notices and fails at least once to reconnect: it is not listening.
+    let mut status = b.listener_status();
+    timeout(
+        RECONNECT_WITHIN,
+        status.wait_for(|s| matches!(s, ListenerStatus::Connecting { failures } if *failures >= 1)),
+    )
+    .await
+    .expect("B's listener notices the kill")
+    .unwrap();
+
+    assert!(a.revoke(id).await.unwrap());
+    // Still cached on B: nothing told it.
+    assert_eq!(
+        cache_b.lookup_with_source(&key).await.unwrap().1,
+        Source::Cache
+    );
+
+    proxy.start_again().await;
+    listening(&b, 2).await;
+    let seen = seen_b.drain();
+    assert!(seen.contains(&Invalidation::All), "{seen:?}");
+    assert!(
+        !seen.contains(&Invalidation::Key(id)),
+        "the NOTIFY was missed: {seen:?}"
+    );
+    assert!(is_unknown(cache_b.lookup(&key).await));
+
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_listener_is_found_by_its_health_check() {
+    // The network between B and the database goes silent (no FIN, no RST):
+    // only the health check can tell. A revoke meanwhile is never heard, and
+    // the flush after reconnecting covers it.
+    let Some(db) = TestDb::new("a_silently_dead_listener_is_found_by_its_health_check").await
+    else {
+        return;
+    };
+    let proxy = Proxy::start(db.upstream()).await;
+    let a = db.store().await;
+    let b = PgKeyStoreBuilder::new(db.config_via(&proxy))
+        .with_channel(db.channel())
+        .with_timeout(Duration::from_secs(1))
+        .with_health_check_interval(Duration::from_millis(100))
+        .with_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    let cache_b = cache(&b);
+    let mut seen_b = Watch::on(&b);
+    let created = a.create(NewKey::new("sa-1")).await.unwrap();
+    let id = created.record.key_id;
+    let key = presented(&a, &created);
+    cache_b.lookup(&key).await.unwrap();
+    // Health checks pass while the network works.
+    let mut status = b.listener_status();
+    assert!(
+        timeout(Duration::from_millis(400), status.changed())
+            .await
+            .is_err(),
+        "the listener stays connected: {:?}",
+        *status.borrow()
+    );
+    seen_b.drain();
+
+    proxy.freeze(true);
+    assert!(a.revoke(id).await.unwrap());
+    timeout(RECONNECT_WITHIN, status.wait_for(|s| !s.is_listening()))
+        .await
+        .expect("the health check finds the dead connection")
+        .unwrap();
+    proxy.freeze(false);
+    // The frozen connections (the pool's too) are dead for good: close them.
+    proxy.cut();
+    listening(&b, 2).await;
+    let seen = seen_b.drain();
+    assert!(seen.contains(&Invalidation::All), "{seen:?}");
+    assert!(
+        !seen.contains(&Invalidation::Key(id)),
+        "the NOTIFY was lost: {seen:?}"
+    );
+    assert!(is_unknown(cache_b.lookup(&key).await));
+
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_usage_is_one_forward_only_statement() {
+    let Some(db) = TestDb::new("record_usage_is_one_forward_only_statement").await else {
+        return;
+    };
+    let store = db.store().await;
+    let k1 = store.create(NewKey::new("sa")).await.unwrap().record.key_id;
+    let k2 = store.create(NewKey::new("sa")).await.unwrap().record.key_id;
+    let k3 = store.create(NewKey::new("sa")).await.unwrap().record.key_id;
+    // Count UPDATE statements on the key table, in the database itself.
+    db.admin
+        .batch_execute(
+            "CREATE TABLE usage_statements (n integer NOT NULL);
+             INSERT INTO usage_statements VALUES (0);
+             CREATE FUNCTION count_usage_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN UPDATE usage_statements SET n = n + 1; RETURN NULL; END $$;
+             CREATE TRIGGER count_usage_statement AFTER UPDATE ON tower_api_key_keys
+                 FOR EACH STATEMENT EXECUTE FUNCTION count_usage_statement();",
+        )
+        .await
+        .unwrap();
+    let statements = || async {
+        db.admin
+            .query_one("SELECT n FROM usage_statements", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0)
+    };
+    let used = |id: KeyId| {
+        let store = store.clone();
+        async move { store.get(id).await.unwrap().unwrap().last_used_at }
+    };
+
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let (t1, t2, t3) = (
+        t0 + Duration::from_secs(1),
+        t0 + Duration::from_secs(2),
+        t0 + Duration::from_secs(3),
+    );
+    // A batch of several keys, a key twice, and a revoked/unknown id: one statement.
+    let unknown = KeyId::random().unwrap();
+    store
+        .record_usage(&[(k1, t1), (k2, t2), (k1, t3), (unknown, t3), (k1, t0)])
+        .await
+        .unwrap();
+    assert_eq!(statements().await, 1);
+    assert_eq!(used(k1).await, Some(t3), "the newest of the batch");
+    assert_eq!(used(k2).await, Some(t2));
+    assert_eq!(used(k3).await, None);
+
+    // A late batch never moves a time back.
+    store.record_usage(&[(k1, t1), (k2, t0)]).await.unwrap();
+    assert_eq!(statements().await, 2);
+    assert_eq!(used(k1).await, Some(t3));
+    assert_eq!(used(k2).await, Some(t2));
+
+    // A newer one moves it forward.
+    let t4 = t3 + Duration::from_millis(1500);
+    store.record_usage(&[(k2, t4), (k3, t1)]).await.unwrap();
+    assert_eq!(statements().await, 3);
+    assert_eq!(used(k2).await, Some(t4));
+    assert_eq!(used(k3).await, Some(t1));
+
+    // Nothing to record, nothing sent. A big batch is still one statement.
+    store.record_usage(&[]).await.unwrap();
+    assert_eq!(statements().await, 3);
+    let many: Vec<(KeyId, SystemTime)> = (0..5000)
+        .map(|i| ([k1, k2, k3][i % 3], t4 + Duration::from_millis(i as u64)))
+        .collect();
+    store.record_usage(&many).await.unwrap();
+    assert_eq!(statements().await, 4);
+    assert_eq!(
+        used(k3).await,
+        Some(t4 + Duration::from_millis(4997)),
+        "4997 % 3 == 2"
+    );
+
+    store.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_down_misses_are_unavailable_and_cached_keys_still_pass() {
+    let Some(db) =
+        TestDb::new("database_down_misses_are_unavailable_and_cached_keys_still_pass").await
+    else {
+        return;
+    };
+    let direct = db.store().await;
+    let proxy = Proxy::start(db.upstream()).await;
+    let store = PgKeyStoreBuilder::new(db.config_via(&proxy))
+        .with_channel(db.channel())
+        .with_timeout(Duration::from_secs(2))
+        .with_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    let cache = cache(&store);
+
+    let cached = direct.create(NewKey::new("sa-1")).await.unwrap();
+    let cached_key = presented(&direct, &cached);
+    let uncached = direct.create(NewKey::new("sa-1")).await.unwrap();
+    let uncached_key = presented(&direct, &uncached);
+    let stranger = direct.format().generate().unwrap();
+    let stranger_key = key_text(&direct, stranger.expose_secret());
+    cache.lookup(&cached_key).await.unwrap();
+
+    proxy.stop().await;
+
+    // Cached: still passes, from the cache.
+    let (caller, source) = cache.lookup_with_source(&cached_key).await.unwrap();
+    assert_eq!(source, Source::Cache);
+    assert_eq!(caller.key_id(), cached.record.key_id);
+    // A miss: 503, for a real key and for an unknown one alike, never 401.
+    assert!(is_unavailable(cache.lookup(&uncached_key).await));
+    assert!(is_unavailable(cache.lookup(&stranger_key).await));
+    assert!(matches!(
+        store.verify(&uncached_key).await,
+        Err(VerifierError::Backend(_))
+    ));
+    // And never cached as unknown: asking again asks the database again.
+    assert!(is_unavailable(cache.lookup(&stranger_key).await));
+    assert!(matches!(
+        store.create(NewKey::new("sa-1")).await,
+        Err(StoreError::Backend(_))
+    ));
+    assert!(matches!(
+        store.revoke(cached.record.key_id).await,
+        Err(StoreError::Backend(_))
+    ));
+
+    // The database comes back: misses are answered, the listener is back,
+    // and (having flushed) the cache re-reads everything.
+    proxy.start_again().await;
+    listening(&store, 2).await;
+    assert_eq!(
+        cache.lookup_with_source(&uncached_key).await.unwrap().1,
+        Source::Verifier
+    );
+    assert!(is_unknown(cache.lookup(&stranger_key).await));
+    assert_eq!(
+        cache.lookup_with_source(&cached_key).await.unwrap().1,
+        Source::Verifier
+    );
+
+    // A store that cannot reach its database at start says so.
+    proxy.stop().await;
+    let err = PgKeyStoreBuilder::new(db.config_via(&proxy))
+        .with_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .expect_err("nothing listens there");
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+
+    store.shutdown().await;
+    direct.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_middleware_an_outage_is_503_and_uses_are_written_behind() {
+    use axum::body::Body;
+    use axum::routing::get;
+    use axum::Router;
+    use http::{Request, StatusCode};
+    use tower::ServiceExt as _;
+    use tower_api_key::usage::UsageRecorder;
+    use tower_api_key::{Authenticator, Caller};
+
+    let Some(db) =
+        TestDb::new("through_the_middleware_an_outage_is_503_and_uses_are_written_behind").await
+    else {
+        return;
+    };
+    let direct = db.store().await;
+    let proxy = Proxy::start(db.upstream()).await;
+    let store = PgKeyStoreBuilder::new(db.config_via(&proxy))
+        .with_channel(db.channel())
+        .with_timeout(Duration::from_secs(2))
+        .with_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    let usage = UsageRecorder::new(store.clone());
+    let auth = Authenticator::new(store.clone()).with_usage_recorder(usage.clone());
+    let app = Router::new().route(
+        "/whoami",
+        get(|caller: Caller| async move { caller.key_id().to_string() })
+            .route_layer(auth.any_valid_key()),
+    );
+    let status = |key: String| {
+        let app = app.clone();
+        async move {
+            app.oneshot(
+                Request::get("/whoami")
+                    .header("authorization", format!("Api-Key {key}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+            .status()
+        }
+    };
+    let cached = direct.create(NewKey::new("sa-1")).await.unwrap();
+    let uncached = direct.create(NewKey::new("sa-1")).await.unwrap();
+    let stranger = direct.format().generate().unwrap();
+    let cached_text = cached.key.expose_secret().to_owned();
+    let uncached_text = uncached.key.expose_secret().to_owned();
+    let stranger_text = stranger.expose_secret().to_owned();
+
+    assert_eq!(status(cached_text.clone()).await, StatusCode::OK);
+    assert_eq!(usage.flush().await.unwrap(), 1);
+    let used = direct.get(cached.record.key_id).await.unwrap().unwrap();
+    assert!(used.last_used_at.is_some(), "written behind: {used:?}");
+
+    proxy.stop().await;
+    assert_eq!(status(cached_text.clone()).await, StatusCode::OK);
+    assert_eq!(
+        status(uncached_text.clone()).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        status(stranger_text.clone()).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // The use noted during the outage cannot be written yet; it is kept.
+    assert!(usage.flush().await.is_err());
+
+    proxy.start_again().await;
+    listening(&store, 2).await;
+    assert_eq!(status(uncached_text).await, StatusCode::OK);
+    assert_eq!(status(stranger_text).await, StatusCode::UNAUTHORIZED);
+    assert!(usage.flush().await.unwrap() >= 1);
+
+    // The authenticator takes the store's key format (here a custom prefix).
+    let custom = db
+        .builder()
+        .with_format(tower_api_key::KeyFormat::new("acme").unwrap())
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(custom.key_format(), Some(custom.format()));
+    let acme_key = custom.create(NewKey::new("sa-acme")).await.unwrap();
+    assert!(acme_key.key.expose_secret().starts_with("acme_"));
+    let app = Router::new().route(
+        "/whoami",
+        get(|caller: Caller| async move { caller.key_id().to_string() })
+            .route_layer(Authenticator::new(custom.clone()).any_valid_key()),
+    );
+    let reply = app
+        .oneshot(
+            Request::get("/whoami")
+                .header(
+                    "authorization",
+                    format!("Api-Key {}", acme_key.key.expose_secret()),
+                )
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+    custom.shutdown().await;
+
+    store.shutdown().await;
+    direct.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_pepper_keys_are_found_by_id_and_verified_in_constant_time() {
+    let Some(db) =
+        TestDb::new("rotated_pepper_keys_are_found_by_id_and_verified_in_constant_time").await
+    else {
+        return;
+    };
+    let v1 = Pepper::new(1, b"the first pepper, 32 bytes long!".to_vec());
+    let v2 = Pepper::new(2, b"the second pepper, also 32 bytes".to_vec());
+    let plain = db.store().await;
+    let old = db
+        .builder()
+        .with_hasher(KeyHasher::with_pepper(v1.clone()))
+        .connect()
+        .await
+        .unwrap();
+    let rotated = db
+        .builder()
+        .with_hasher(KeyHasher::with_pepper(v2.clone()).with_previous_pepper(v1))
+        .connect()
+        .await
+        .unwrap();
+    let v2_only = db
+        .builder()
+        .with_hasher(KeyHasher::with_pepper(v2))
+        .connect()
+        .await
+        .unwrap();
+
+    let sha_key = plain.create(NewKey::new("sa")).await.unwrap();
+    let v1_key = old.create(NewKey::new("sa")).await.unwrap();
+    let v2_key = rotated.create(NewKey::new("sa")).await.unwrap();
+    let schemes: Vec<(String, Option<i64>)> = db
+        .admin
+        .query(
+            "SELECT hash_scheme, hash_pepper_version FROM tower_api_key_keys ORDER BY created_at",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        schemes,
+        vec![
+            ("sha256".into(), None),
+            ("hmac-sha256".into(), Some(1)),
+            ("hmac-sha256".into(), Some(2)),
+        ]
+    );
+
+    let verifies = |store: &PgKeyStore, created: &CreatedKey| {
+        let store = store.clone();
+        let key = presented(&store, created);
+        async move { store.verify(&key).await.unwrap().is_some() }
+    };
+    assert!(verifies(&rotated, &v1_key).await, "older pepper still held");
+    assert!(verifies(&rotated, &v2_key).await);
+    assert!(
+        verifies(&rotated, &sha_key).await,
+        "unpeppered hashes verify as before"
+    );
+    assert!(
+        !verifies(&v2_only, &v1_key).await,
+        "pepper dropped: refused"
+    );
+    assert!(verifies(&v2_only, &v2_key).await);
+    assert!(!verifies(&plain, &v2_key).await);
+    // A wrong secret under a fallback scheme is still refused.
+    let wrong = rotated.format().generate_for(v1_key.record.key_id).unwrap();
+    assert_eq!(
+        rotated
+            .verify(&key_text(&rotated, wrong.expose_secret()))
+            .await
+            .unwrap(),
+        None
+    );
+    // A reissue rehashes with the current pepper; the graced old secret
+    // keeps its own scheme.
+    let reissued = rotated
+        .reissue(v1_key.record.key_id, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(verifies(&rotated, &reissued).await);
+    assert!(verifies(&rotated, &v1_key).await);
+    assert!(verifies(&v2_only, &reissued).await);
+    assert!(!verifies(&v2_only, &v1_key).await);
+
+    for store in [plain, old, rotated, v2_only] {
+        store.shutdown().await;
+    }
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_and_drop_stop_the_listener() {
+    let Some(db) = TestDb::new("shutdown_and_drop_stop_the_listener").await else {
+        return;
+    };
+    let store = db.store().await;
+    let mut status = store.listener_status();
+    store.shutdown().await;
+    assert_eq!(*status.borrow_and_update(), ListenerStatus::Stopped);
+    assert!(store.create(NewKey::new("sa")).await.is_err());
+    let key = store.format().generate().unwrap();
+    assert!(store
+        .verify(&key_text(&store, key.expose_secret()))
+        .await
+        .is_err());
+
+    // Dropping every clone stops it too.
+    let store = db.store().await;
+    let clone = store.clone();
+    let mut status = store.listener_status();
+    drop(store);
+    assert!(
+        status.borrow_and_update().is_listening(),
+        "a clone is alive"
+    );
+    drop(clone);
+    timeout(
+        Duration::from_secs(5),
+        status.wait_for(|s| *s == ListenerStatus::Stopped),
+    )
+    .await
+    .expect("the listener stops when the store is dropped")
+    .unwrap();
+
+    // A bad channel name is refused before connecting.
+    assert!(matches!(
+        db.builder().with_channel("Bad-Name").connect().await,
+        Err(StoreError::Invalid(_))
+    ));
+    db.drop_schema().await;
+}
