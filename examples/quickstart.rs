@@ -4,6 +4,7 @@
 //!
 //! ```sh
 //! cargo run --example quickstart            # BIND=127.0.0.1:0 for any free port
+//! DATABASE_URL=postgres://... cargo run --example quickstart --features postgres
 //! ```
 
 use std::net::SocketAddr;
@@ -38,7 +39,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prometheus = PrometheusBuilder::new().install_recorder()?;
     let upkeep = tokio::spawn(upkeep(prometheus.clone()));
 
-    let store = MemoryStore::new();
+    // PostgreSQL when asked for (feature `postgres` and DATABASE_URL), else memory.
+    #[cfg(feature = "postgres")]
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        let store = tower_api_key::store::postgres::PgKeyStore::connect(&url).await?;
+        store.migrate().await?;
+        eprintln!("key store: PostgreSQL");
+        return serve(store, prometheus, upkeep).await;
+    }
+    eprintln!("key store: in memory");
+    serve(MemoryStore::new(), prometheus, upkeep).await
+}
+
+async fn serve<S: KeyStore + Clone>(
+    store: S,
+    prometheus: PrometheusHandle,
+    upkeep: tokio::task::JoinHandle<()>,
+) -> Result<(), Box<dyn std::error::Error>> {
     // `last_used_at`, written behind every 2 s.
     let usage = UsageRecorder::new(store.clone()).with_flush_interval(Duration::from_secs(2));
     let auth = Authenticator::new(store.clone())
@@ -104,7 +121,7 @@ async fn upkeep(prometheus: PrometheusHandle) {
 }
 
 /// Creates one key per demo case and prints each once, as the real service would.
-async fn mint_demo_keys(store: &MemoryStore) -> Result<(), Box<dyn std::error::Error>> {
+async fn mint_demo_keys(store: &impl KeyStore) -> Result<(), Box<dyn std::error::Error>> {
     let demo = [
         (
             "ADMIN",

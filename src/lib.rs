@@ -34,14 +34,9 @@ pub mod usage;
 pub mod verifier;
 
 // The README's examples compile as doctests.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "axum"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
-
-// The management section's examples too, until it is merged into the README.
-#[cfg(all(doctest, feature = "axum"))]
-#[doc = include_str!("../docs/management.md")]
-struct ManagementDocDoctests;
 
 pub use auth::{ApiKeyLayer, Authenticator};
 pub use cache::{CacheConfig, CachedVerifier, LookupError};
