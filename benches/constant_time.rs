@@ -24,7 +24,8 @@
 //!   saves less than the timer's resolution).
 //!
 //! `cargo bench` passes `--bench` to this binary; it is ignored. Accepted
-//! flags: `--filter NAME`, `--continuous NAME` (until interrupted).
+//! flags: `--filter NAME`, `--continuous NAME` (until interrupted), `--out FILE`
+//! (raw run times as CSV).
 
 use std::hint::black_box;
 
@@ -177,6 +178,7 @@ fn main() {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--filter" => opts.filter = args.next(),
+            "--out" => opts.file_out = args.next().map(Into::into),
             "--continuous" => {
                 opts.continuous = true;
                 opts.filter = args.next();
