@@ -110,6 +110,14 @@ impl FailedAttemptLimit {
         self
     }
 
+    /// How many clients are tracked now, after running the bounded map's
+    /// pending evictions (for tests and memory checks; never above
+    /// [`FailedAttemptLimit::with_max_clients`]).
+    pub fn tracked_clients(&self) -> u64 {
+        self.clients.run_pending_tasks();
+        self.clients.entry_count()
+    }
+
     /// The client of a request, if it can be told.
     pub(crate) fn client(&self, headers: &HeaderMap, extensions: &Extensions) -> Option<IpAddr> {
         (self.client_id)(headers, extensions)

@@ -115,11 +115,15 @@ impl Reason {
     }
 
     /// Whether this counts as a failed authentication attempt: a credential
-    /// was presented and it did not authenticate.
+    /// was presented and it did not authenticate (two at once included).
     pub fn is_failed_attempt(self) -> bool {
         matches!(
             self,
-            Self::WrongScheme | Self::Malformed | Self::Unknown | Self::Expired
+            Self::DuplicateCredentials
+                | Self::WrongScheme
+                | Self::Malformed
+                | Self::Unknown
+                | Self::Expired
         )
     }
 }

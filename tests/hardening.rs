@@ -1,0 +1,880 @@
+//! Issue #8: the layer under deliberate attack, through a real axum `Router`
+//! (`route_layer`, `oneshot`), with a verifier that counts its calls per key
+//! and can be held at a gate, made to fail or to panic.
+//!
+//! Already proven elsewhere, and not repeated here:
+//! - verifier timeout is 503, not cached, next request works:
+//!   `http_layer::a_verifier_timeout_is_503_and_the_next_request_works`,
+//!   `cache::a_verifier_slower_than_the_timeout_gives_unavailable_and_is_not_cached`;
+//! - verifier panic is 500, next request works:
+//!   `http_layer::a_panicking_verifier_is_500_and_the_next_request_works`,
+//!   `cache::a_panicking_verifier_gives_verifier_panicked_and_the_next_lookup_works`,
+//!   `cache::a_panicking_verifier_struct_does_not_poison_the_cache`;
+//! - a flood of unknown keys does not evict a hot key, at the cache level:
+//!   `cache::a_flood_of_ten_thousand_unknown_keys_does_not_evict_a_hot_valid_key`.
+//!
+//! No sleeps: paused tokio time, a manual clock, semaphores and explicit yields.
+
+mod fuzz_harness;
+mod support;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Method, Request, StatusCode};
+use proptest::prelude::*;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tower_api_key::auth::{FailedAttemptLimit, Reason};
+use tower_api_key::clock::{Clock, ManualClock};
+use tower_api_key::invalidation::Invalidations;
+use tower_api_key::key::{KeyFormat, KeyId, PresentedKey};
+use tower_api_key::scope::ScopeSet;
+use tower_api_key::store::{CreatedKey, NewKey};
+use tower_api_key::{Authenticator, KeyRecord, KeyStore, MemoryStore, Verifier, VerifierError};
+
+use fuzz_harness::{with_checksum, with_secret};
+use support::{api_key, app, assert_same_response, assert_unauthorized, App, Reply, NARROW};
+
+// ---------------------------------------------------------------------------
+// Fixture: a verifier that counts calls per key and can be gated.
+
+struct Probe {
+    total: AtomicUsize,
+    per_key: Mutex<HashMap<KeyId, usize>>,
+    /// While set, a call reads the store, adds a permit to `entered`, then
+    /// waits for a permit of `release` before answering what it read: a
+    /// database answer still on the wire.
+    gated: AtomicBool,
+    entered: Semaphore,
+    release: Semaphore,
+    /// The next call fails with a backend error.
+    fail_next: AtomicBool,
+    /// Calls for this key panic.
+    panic_for: Mutex<Option<KeyId>>,
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Self {
+            total: AtomicUsize::new(0),
+            per_key: Mutex::default(),
+            gated: AtomicBool::new(false),
+            entered: Semaphore::new(0),
+            release: Semaphore::new(0),
+            fail_next: AtomicBool::new(false),
+            panic_for: Mutex::default(),
+        }
+    }
+}
+
+impl Probe {
+    fn total(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+
+    fn calls_for(&self, id: KeyId) -> usize {
+        self.per_key.lock().unwrap().get(&id).copied().unwrap_or(0)
+    }
+
+    fn max_calls_per_key(&self) -> usize {
+        self.per_key
+            .lock()
+            .unwrap()
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn gate(&self) {
+        self.gated.store(true, Ordering::SeqCst);
+    }
+
+    /// Opens the gate for every waiting and future call.
+    fn open(&self) {
+        self.gated.store(false, Ordering::SeqCst);
+        self.release.add_permits(100_000);
+    }
+
+    /// Waits until `n` gated calls have read the store.
+    async fn wait_entered(&self, n: u32) {
+        self.entered.acquire_many(n).await.unwrap().forget();
+    }
+}
+
+struct ProbeVerifier {
+    store: MemoryStore,
+    probe: Arc<Probe>,
+}
+
+#[async_trait]
+impl Verifier for ProbeVerifier {
+    async fn verify(&self, key: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
+        let probe = &self.probe;
+        probe.total.fetch_add(1, Ordering::SeqCst);
+        *probe.per_key.lock().unwrap().entry(key.id()).or_default() += 1;
+        if probe.fail_next.swap(false, Ordering::SeqCst) {
+            return Err(VerifierError::backend("key database unreachable (test)"));
+        }
+        if *probe.panic_for.lock().unwrap() == Some(key.id()) {
+            panic!("verifier panicked on purpose (test)");
+        }
+        let answer = self.store.verify(key).await;
+        if probe.gated.load(Ordering::SeqCst) {
+            probe.entered.add_permits(1);
+            probe.release.acquire().await.unwrap().forget();
+        }
+        answer
+    }
+
+    fn invalidations(&self) -> Option<&Invalidations> {
+        self.store.invalidations()
+    }
+}
+
+struct Fx {
+    store: MemoryStore,
+    clock: Arc<ManualClock>,
+    probe: Arc<Probe>,
+    auth: Authenticator,
+    app: App,
+}
+
+fn start_time() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+}
+
+impl Fx {
+    fn new() -> Self {
+        Self::with(|auth| auth)
+    }
+
+    /// Long TTLs (nothing expires by itself during a test), a manual clock
+    /// shared with the store, and whatever `configure` adds.
+    fn with(configure: impl FnOnce(Authenticator) -> Authenticator) -> Self {
+        let clock = Arc::new(ManualClock::new(start_time()));
+        let store = MemoryStore::builder().with_clock(clock.clone()).build();
+        let probe = Arc::new(Probe::default());
+        let verifier = ProbeVerifier {
+            store: store.clone(),
+            probe: probe.clone(),
+        };
+        let auth = configure(
+            Authenticator::new(verifier)
+                .with_clock(clock.clone())
+                .with_positive_ttl(Duration::from_secs(3600))
+                .with_negative_ttl(Duration::from_secs(3600)),
+        );
+        let app = app(&auth);
+        Self {
+            store,
+            clock,
+            probe,
+            auth,
+            app,
+        }
+    }
+
+    async fn key(&self, scopes: &[&str]) -> CreatedKey {
+        let new = NewKey::new("sa-a").with_scopes(ScopeSet::new(scopes.iter().copied()).unwrap());
+        self.store.create(new).await.unwrap()
+    }
+
+    async fn expiring_key(&self, after: Duration) -> CreatedKey {
+        let new = NewKey::new("sa-a").with_expires_at(self.clock.now() + after);
+        self.store.create(new).await.unwrap()
+    }
+
+    async fn send(&self, request: Request<Body>) -> Reply {
+        self.app.send(request).await
+    }
+}
+
+/// `GET /whoami` from `client` (none: no `ConnectInfo`), with these
+/// `Authorization` values.
+fn whoami(client: Option<IpAddr>, values: &[HeaderValue]) -> Request<Body> {
+    let mut request = Request::get("/whoami");
+    for value in values {
+        request = request.header(AUTHORIZATION, value.clone());
+    }
+    let mut request = request.body(Body::empty()).unwrap();
+    if let Some(ip) = client {
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(SocketAddr::new(ip, 40_000)));
+    }
+    request
+}
+
+fn with_key(client: Option<IpAddr>, key: &str) -> Request<Body> {
+    whoami(client, &[api_key(key)])
+}
+
+/// A client address from TEST-NET-1 (only ever used as a request extension).
+fn client(n: u8) -> Option<IpAddr> {
+    Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, n)))
+}
+
+/// A checksum-valid key nobody issued.
+fn unknown_key() -> String {
+    KeyFormat::default()
+        .generate()
+        .unwrap()
+        .expose_secret()
+        .to_owned()
+}
+
+/// A small deterministic PRNG (xorshift64*), so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn base62(&mut self, n: usize) -> impl Iterator<Item = u8> + '_ {
+        const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        (0..n).map(move |_| ALPHABET[(self.next() % 62) as usize])
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Floods of bad keys do not reach the backend at full rate.
+
+#[tokio::test]
+async fn a_hundred_thousand_keys_with_a_wrong_checksum_make_no_verifier_call() {
+    let fx = Fx::new();
+    let mut rng = Rng(0x5eed_0008);
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..100_000 {
+        let mut body = b"tak_".to_vec();
+        body.extend(rng.base62(16));
+        body.push(b'_');
+        body.extend(rng.base62(32));
+        let mut key = with_checksum(&body);
+        // Any change to a checksum digit changes its value: now it is wrong.
+        let at = body.len() + (i % 6);
+        key[at] = if key[at] == b'0' { b'1' } else { b'0' };
+        assert!(KeyFormat::default().parse_bytes(&key).is_err());
+        assert!(seen.insert(key.clone()), "keys are distinct");
+
+        let reply = fx
+            .send(with_key(None, std::str::from_utf8(&key).unwrap()))
+            .await;
+        if i % 10_000 == 0 {
+            assert_unauthorized(&reply, Reason::Malformed);
+        } else {
+            assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        }
+    }
+    assert_eq!(fx.probe.total(), 0, "not one of them reached the verifier");
+    assert!(fx.app.seen().is_empty());
+}
+
+#[tokio::test]
+async fn ten_thousand_unknown_keys_make_one_verifier_call_each_and_a_hot_key_stays_cached() {
+    // A small positive cache: if unknown keys shared it, they would evict the hot key.
+    let fx = Fx::with(|auth| auth.with_max_keys(16));
+    let hot = fx.key(&[]).await;
+    let hot_secret = hot.key.expose_secret();
+    assert_eq!(
+        fx.send(with_key(None, hot_secret)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(fx.probe.calls_for(hot.record.key_id), 1);
+
+    let unknown: Vec<String> = (0..10_000).map(|_| unknown_key()).collect();
+    for (i, key) in unknown.iter().enumerate() {
+        // Each twice in a row: the second is answered by the negative cache.
+        for _ in 0..2 {
+            let reply = fx.send(with_key(None, key)).await;
+            assert_unauthorized(&reply, Reason::Unknown);
+        }
+        if i % 1000 == 999 {
+            fx.auth.cache().run_pending_tasks();
+            let reply = fx.send(with_key(None, hot_secret)).await;
+            assert_eq!(reply.status, StatusCode::OK, "after {} unknown keys", i + 1);
+            assert_eq!(
+                fx.probe.calls_for(hot.record.key_id),
+                1,
+                "the hot key went back to the verifier after {} unknown keys",
+                i + 1
+            );
+        }
+    }
+    assert_eq!(fx.probe.max_calls_per_key(), 1, "no key was verified twice");
+    assert_eq!(
+        fx.probe.total(),
+        10_001,
+        "one call per unknown key, one for the hot key"
+    );
+    assert_eq!(fx.app.seen().len(), 11);
+}
+
+// ---------------------------------------------------------------------------
+// Equal treatment of unknown keys.
+
+#[tokio::test]
+async fn an_unknown_key_and_a_known_id_with_a_wrong_secret_are_indistinguishable() {
+    let fx = Fx::new();
+    let known = fx.key(&[]).await;
+    let known_secret = known.key.expose_secret();
+    let wrong_secret = String::from_utf8(with_secret(
+        known_secret.as_bytes(),
+        b"an attacker's guess at the secret",
+    ))
+    .unwrap();
+    let parsed = KeyFormat::default().parse(&wrong_secret).unwrap();
+    assert_eq!(parsed.id(), known.record.key_id, "same id, well-formed");
+    assert_ne!(wrong_secret, known_secret);
+    let unknown = unknown_key();
+
+    // HTTP: one verifier call each, then the negative cache for both.
+    let a = fx.send(with_key(None, &unknown)).await;
+    assert_eq!(fx.probe.total(), 1);
+    let b = fx.send(with_key(None, &wrong_secret)).await;
+    assert_eq!(fx.probe.total(), 2, "the same path: one verifier call each");
+    assert_unauthorized(&a, Reason::Unknown);
+    assert_unauthorized(&b, Reason::Unknown);
+    assert_same_response(&a, &b, &[]);
+    assert!(!b.contains(known_secret) && !b.contains(&wrong_secret));
+
+    let a2 = fx.send(with_key(None, &unknown)).await;
+    let b2 = fx.send(with_key(None, &wrong_secret)).await;
+    assert_eq!(fx.probe.total(), 2, "both remembered as unknown");
+    assert_same_response(&a, &a2, &[]);
+    assert_same_response(&a, &b2, &[]);
+
+    // gRPC: byte-identical too.
+    let grpc = |key: &str| {
+        Request::post("/v1/translate")
+            .header(CONTENT_TYPE, "application/grpc")
+            .header(AUTHORIZATION, api_key(key))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let a = fx.send(grpc(&unknown)).await;
+    let b = fx.send(grpc(&wrong_secret)).await;
+    assert_eq!(a.header("grpc-status"), "16");
+    assert_same_response(&a, &b, &[]);
+    assert_eq!(fx.probe.total(), 2);
+
+    // The real key still works: the wrong secret did not poison its id.
+    assert_eq!(
+        fx.send(with_key(None, known_secret)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(fx.probe.calls_for(known.record.key_id), 2);
+}
+
+// ---------------------------------------------------------------------------
+// Failed-attempt limiting, through the layer.
+//
+// Semantics: once a client is over its limit, *every* request from it gets
+// 429 before anything is parsed or looked up, a valid key included, until
+// its bucket refills (one attempt back per window / max_failures, all of
+// them after a full window). Refusing without looking at the credential is
+// what keeps a blocked client from learning anything, and from costing a
+// hash or a lookup.
+
+const WINDOW: Duration = Duration::from_secs(60);
+
+fn limited(max_failures: u32) -> (Fx, FailedAttemptLimit) {
+    let limit = FailedAttemptLimit::new(max_failures, WINDOW);
+    let fx = Fx::with(|auth| auth.with_failed_attempt_limit(limit.clone()));
+    (fx, limit)
+}
+
+#[track_caller]
+fn assert_too_many(reply: &Reply, retry_after: &str) {
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
+    assert_eq!(reply.reason(), Some(Reason::TooManyAttempts), "{reply:?}");
+    assert_eq!(reply.header(RETRY_AFTER), retry_after, "{reply:?}");
+    assert_eq!(reply.header(CACHE_CONTROL), "no-store", "{reply:?}");
+    let rejection = reply.rejection.as_ref().unwrap();
+    assert_eq!(
+        rejection.key_id(),
+        None,
+        "refused before the credential was read"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_n_failures_a_client_gets_429_without_any_lookup() {
+    let (fx, _) = limited(5);
+    let a = client(1);
+    for _ in 0..5 {
+        let reply = fx.send(with_key(a, &unknown_key())).await;
+        assert_unauthorized(&reply, Reason::Unknown);
+    }
+    assert_eq!(fx.probe.total(), 5);
+
+    // Blocked: neither a new unknown key, nor garbage, nor a huge header is
+    // looked at. Bucket of 5 refilling over 60 s: one attempt back in 12 s.
+    let huge = HeaderValue::from_bytes(&vec![b'a'; 64 * 1024]).unwrap();
+    for values in [
+        vec![api_key(&unknown_key())],
+        vec![api_key("tak_garbage")],
+        vec![huge],
+        vec![],
+    ] {
+        let reply = fx.send(whoami(a, &values)).await;
+        assert_too_many(&reply, "12");
+    }
+    assert_eq!(fx.probe.total(), 5, "no verifier call for a blocked client");
+    assert!(fx.app.seen().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_kind_of_failed_credential_counts() {
+    for kind in [
+        "garbage",
+        "bad checksum",
+        "unknown",
+        "revoked",
+        "expired",
+        "wrong scheme",
+        "two credentials",
+    ] {
+        let (fx, _) = limited(1);
+        let valid = fx.key(&[]).await;
+        let revoked = fx.key(&[]).await;
+        assert!(fx.store.revoke(revoked.record.key_id).await.unwrap());
+        let expired = fx.expiring_key(Duration::from_secs(1)).await;
+        fx.clock.advance(Duration::from_secs(1));
+        let mut bad_checksum = valid.key.expose_secret().as_bytes().to_vec();
+        let last = bad_checksum.len() - 1;
+        bad_checksum[last] = if bad_checksum[last] == b'0' {
+            b'1'
+        } else {
+            b'0'
+        };
+        let bad_checksum = String::from_utf8(bad_checksum).unwrap();
+
+        let values = match kind {
+            "garbage" => vec![api_key("tak_garbage")],
+            "bad checksum" => vec![api_key(&bad_checksum)],
+            "unknown" => vec![api_key(&unknown_key())],
+            "revoked" => vec![api_key(revoked.key.expose_secret())],
+            "expired" => vec![api_key(expired.key.expose_secret())],
+            "wrong scheme" => vec![HeaderValue::from_static("Bearer abc")],
+            "two credentials" => vec![
+                api_key(valid.key.expose_secret()),
+                api_key(valid.key.expose_secret()),
+            ],
+            _ => unreachable!(),
+        };
+        let first = fx.send(whoami(client(1), &values)).await;
+        assert!(
+            matches!(
+                first.status,
+                StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST
+            ),
+            "{kind}: {first:?}"
+        );
+        let next = fx
+            .send(with_key(client(1), valid.key.expose_secret()))
+            .await;
+        assert_eq!(
+            next.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{kind} counts as a failed attempt: {next:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_is_not_a_failed_attempt_does_not_count() {
+    let (fx, _) = limited(1);
+    let unscoped = fx.key(&[]).await;
+    let scoped = fx.key(&[NARROW]).await;
+    let a = client(1);
+
+    // No credential at all, many times.
+    for _ in 0..20 {
+        let reply = fx.send(whoami(a, &[])).await;
+        assert_unauthorized(&reply, Reason::Missing);
+    }
+    // A valid key refused for its scope (a scoped key on an unscoped-only route).
+    let mut legacy = Request::get("/v1/legacy")
+        .header(AUTHORIZATION, api_key(scoped.key.expose_secret()))
+        .body(Body::empty())
+        .unwrap();
+    legacy
+        .extensions_mut()
+        .insert(ConnectInfo(SocketAddr::new(a.unwrap(), 1)));
+    assert_eq!(fx.send(legacy).await.status, StatusCode::FORBIDDEN);
+    // A backend fault.
+    fx.probe.fail_next.store(true, Ordering::SeqCst);
+    let reply = fx.send(with_key(a, unscoped.key.expose_secret())).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+
+    let reply = fx.send(with_key(a, unscoped.key.expose_secret())).await;
+    assert_eq!(reply.status, StatusCode::OK, "still not limited: {reply:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_blocked_client_does_not_affect_another_client() {
+    let (fx, _) = limited(3);
+    let valid = fx.key(&[]).await;
+    for _ in 0..3 {
+        fx.send(with_key(client(1), &unknown_key())).await;
+    }
+    assert_too_many(&fx.send(with_key(client(1), &unknown_key())).await, "20");
+
+    let b = client(2);
+    assert_eq!(
+        fx.send(with_key(b, valid.key.expose_secret())).await.status,
+        StatusCode::OK
+    );
+    // B has its own three attempts.
+    for _ in 0..3 {
+        assert_unauthorized(&fx.send(with_key(b, &unknown_key())).await, Reason::Unknown);
+    }
+    assert_too_many(&fx.send(with_key(b, &unknown_key())).await, "20");
+    // A request with no client id (no ConnectInfo) is not limited at all.
+    for _ in 0..10 {
+        assert_unauthorized(
+            &fx.send(with_key(None, &unknown_key())).await,
+            Reason::Unknown,
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_valid_key_from_a_blocked_client_is_refused_until_the_client_recovers() {
+    let (fx, _) = limited(3);
+    let valid = fx.key(&[]).await;
+    let secret = valid.key.expose_secret();
+    let a = client(1);
+    // The key is cached and works.
+    assert_eq!(fx.send(with_key(a, secret)).await.status, StatusCode::OK);
+    for _ in 0..3 {
+        fx.send(with_key(a, &unknown_key())).await;
+    }
+    let calls = fx.probe.total();
+
+    // Blocked: the valid key is refused too, without a lookup.
+    assert_too_many(&fx.send(with_key(a, secret)).await, "20");
+    tokio::time::advance(Duration::from_secs(19)).await;
+    assert_too_many(&fx.send(with_key(a, secret)).await, "1");
+    assert_eq!(fx.probe.total(), calls);
+    assert_eq!(fx.app.seen().len(), 1);
+
+    // One attempt back after window / max_failures = 20 s.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(fx.send(with_key(a, secret)).await.status, StatusCode::OK);
+    // A success does not refill the bucket: one more failure blocks again.
+    assert_unauthorized(&fx.send(with_key(a, &unknown_key())).await, Reason::Unknown);
+    assert_too_many(&fx.send(with_key(a, secret)).await, "20");
+
+    // A full window restores every attempt.
+    tokio::time::advance(WINDOW).await;
+    for _ in 0..3 {
+        assert_unauthorized(&fx.send(with_key(a, &unknown_key())).await, Reason::Unknown);
+    }
+    assert_too_many(&fx.send(with_key(a, secret)).await, "20");
+    tokio::time::advance(WINDOW).await;
+    assert_eq!(fx.send(with_key(a, secret)).await.status, StatusCode::OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_blocked_grpc_client_gets_resource_exhausted() {
+    let (fx, _) = limited(2);
+    let grpc = |key: &str| {
+        let mut request = Request::post("/v1/translate")
+            .header(CONTENT_TYPE, "application/grpc+proto")
+            .header(AUTHORIZATION, api_key(key))
+            .body(Body::empty())
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(SocketAddr::new(client(1).unwrap(), 1)));
+        request
+    };
+    for _ in 0..2 {
+        assert_eq!(
+            fx.send(grpc(&unknown_key())).await.header("grpc-status"),
+            "16"
+        );
+    }
+    let reply = fx.send(grpc(&unknown_key())).await;
+    assert_eq!(reply.status, StatusCode::OK, "gRPC errors ride on HTTP 200");
+    assert_eq!(
+        reply.header("grpc-status"),
+        "8",
+        "RESOURCE_EXHAUSTED: {reply:?}"
+    );
+    assert_eq!(reply.header(CONTENT_TYPE), "application/grpc");
+    assert_eq!(reply.reason(), Some(Reason::TooManyAttempts));
+    assert!(reply.body.is_empty(), "trailers-only");
+    assert_eq!(fx.probe.total(), 2);
+}
+
+#[tokio::test]
+async fn tracked_clients_are_bounded() {
+    let limit = FailedAttemptLimit::new(3, WINDOW).with_max_clients(1000);
+    let fx = Fx::with(|auth| auth.with_failed_attempt_limit(limit.clone()));
+    // 20,000 addresses (198.18.0.0/15, only ever a request extension), one failure each.
+    for i in 0..20_000u32 {
+        let ip = IpAddr::V4(Ipv4Addr::from(0xc612_0000 + i));
+        let reply = fx.send(with_key(Some(ip), "tak_garbage")).await;
+        assert_unauthorized(&reply, Reason::Malformed);
+    }
+    let tracked = limit.tracked_clients();
+    assert!(
+        (1..=1000).contains(&tracked),
+        "{tracked} clients tracked, at most 1000 allowed"
+    );
+    assert_eq!(fx.probe.total(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Backend faults: a panic for one key leaves the rest working.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_for_one_key_leaves_concurrent_requests_for_other_keys_working() {
+    let fx = Arc::new(Fx::new());
+    let good = fx.key(&[]).await;
+    let bad = fx.key(&[]).await;
+    *fx.probe.panic_for.lock().unwrap() = Some(bad.record.key_id);
+
+    // The good key's lookup is held in flight while the bad key's verifier panics.
+    fx.probe.gate();
+    let good_secret = good.key.expose_secret().to_owned();
+    let fx2 = fx.clone();
+    let in_flight = tokio::spawn(async move { fx2.send(with_key(None, &good_secret)).await });
+    fx.probe.wait_entered(1).await;
+
+    let mut waiters = JoinSet::new();
+    for _ in 0..10 {
+        let fx = fx.clone();
+        let secret = bad.key.expose_secret().to_owned();
+        waiters.spawn(async move { fx.send(with_key(None, &secret)).await.status });
+    }
+    while let Some(status) = waiters.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    fx.probe.open();
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+
+    // Later requests: the good key from the cache, the bad one asked again (not cached).
+    let before = fx.probe.calls_for(bad.record.key_id);
+    assert!(before >= 1);
+    *fx.probe.panic_for.lock().unwrap() = None;
+    let reply = fx.send(with_key(None, bad.key.expose_secret())).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(fx.probe.calls_for(bad.record.key_id), before + 1);
+    assert_eq!(
+        fx.send(with_key(None, good.key.expose_secret()))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(fx.probe.calls_for(good.record.key_id), 1);
+}
+
+// ---------------------------------------------------------------------------
+// Revocation and expiry racing a burst.
+
+/// Spawns `n` requests with `key`; on a current-thread runtime they all run
+/// to their first wait before the caller's next `yield_now` returns.
+fn spawn_burst(fx: &Arc<Fx>, key: &str, n: usize) -> JoinSet<Reply> {
+    let mut set = JoinSet::new();
+    for _ in 0..n {
+        let fx = fx.clone();
+        let key = key.to_owned();
+        set.spawn(async move { fx.send(with_key(None, &key)).await });
+    }
+    set
+}
+
+async fn let_spawned_tasks_run() {
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn collect(mut set: JoinSet<Reply>) -> Vec<Reply> {
+    let mut replies = Vec::new();
+    while let Some(reply) = set.join_next().await {
+        replies.push(reply.unwrap());
+    }
+    replies
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_key_revoked_while_a_hundred_requests_are_in_flight_is_refused_to_every_later_request() {
+    let fx = Arc::new(Fx::new());
+    let key = fx.key(&[]).await;
+    let secret = key.key.expose_secret();
+
+    // 100 requests in flight, coalesced on one verifier call that has read
+    // the key as valid and is held before answering.
+    fx.probe.gate();
+    let before = spawn_burst(&fx, secret, 100);
+    fx.probe.wait_entered(1).await;
+    let_spawned_tasks_run().await;
+    assert_eq!(fx.probe.total(), 1, "one call for the whole burst");
+
+    assert!(fx.store.revoke(key.record.key_id).await.unwrap());
+    // Every request from here on starts after revoke returned; they join the
+    // stale call in flight, then the gate opens.
+    let after = spawn_burst(&fx, secret, 100);
+    let_spawned_tasks_run().await;
+    fx.probe.open();
+
+    let after = collect(after).await;
+    assert_eq!(after.len(), 100);
+    for reply in &after {
+        assert_unauthorized(reply, Reason::Unknown);
+    }
+    for reply in collect(before).await {
+        // Started before the revoke: either answer is allowed, nothing else.
+        assert!(
+            matches!(reply.status, StatusCode::OK | StatusCode::UNAUTHORIZED),
+            "{reply:?}"
+        );
+    }
+    // And nothing stale was cached.
+    assert_unauthorized(&fx.send(with_key(None, secret)).await, Reason::Unknown);
+    assert!(fx.app.seen().iter().all(|s| s.caller.is_some()));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_key_expiring_during_a_burst_is_refused_to_every_request_that_starts_after_expiry() {
+    let fx = Arc::new(Fx::new());
+    let key = fx.expiring_key(Duration::from_secs(10)).await;
+    let secret = key.key.expose_secret();
+    let expires_at = key.record.expires_at.unwrap();
+
+    // Cached and valid a moment before expiry.
+    fx.clock.set(expires_at - Duration::from_millis(1));
+    assert_eq!(fx.send(with_key(None, secret)).await.status, StatusCode::OK);
+
+    // Force a fresh verifier call held in flight, as after a cache flush.
+    fx.auth.cache().invalidate_all();
+    fx.probe.gate();
+    let before = spawn_burst(&fx, secret, 100);
+    fx.probe.wait_entered(1).await;
+    let_spawned_tasks_run().await;
+
+    fx.clock.set(expires_at);
+    let after = spawn_burst(&fx, secret, 100);
+    let_spawned_tasks_run().await;
+    fx.probe.open();
+
+    for reply in collect(after).await {
+        assert_unauthorized(&reply, Reason::Expired);
+    }
+    for reply in collect(before).await {
+        assert!(
+            matches!(reply.status, StatusCode::OK | StatusCode::UNAUTHORIZED),
+            "{reply:?}"
+        );
+    }
+    // Cache hits after expiry are refused too, and so is the burst of them.
+    let hits = collect(spawn_burst(&fx, secret, 100)).await;
+    assert!(hits.iter().all(|r| r.reason() == Some(Reason::Expired)));
+    assert_eq!(fx.probe.calls_for(key.record.key_id), 2);
+}
+
+// ---------------------------------------------------------------------------
+// Any bytes as Authorization: a response, never a panic.
+
+struct Shared {
+    runtime: tokio::runtime::Runtime,
+    fx: Fx,
+    known: String,
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (fx, known) = runtime.block_on(async {
+            let fx = Fx::new();
+            let known = fx.key(&[]).await.key.expose_secret().to_owned();
+            (fx, known)
+        });
+        Shared { runtime, fx, known }
+    })
+}
+
+/// Header values: raw bytes, `Api-Key` + raw bytes, and the known key with
+/// one byte replaced (or intact), so every status is reachable.
+fn header_value() -> impl Strategy<Value = Vec<u8>> {
+    let known = shared().known.clone().into_bytes();
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..400),
+        proptest::collection::vec(any::<u8>(), 0..120)
+            .prop_map(|b| [&b"Api-Key "[..], &b].concat()),
+        (any::<usize>(), any::<u8>(), any::<bool>()).prop_map(move |(at, byte, intact)| {
+            let mut key = known.clone();
+            if !intact {
+                let at = at % key.len();
+                key[at] = byte;
+            }
+            [&b"Api-Key "[..], &key].concat()
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn any_authorization_bytes_get_a_response_and_never_a_panic(
+        values in proptest::collection::vec(header_value(), 0..4),
+        scoped_route in any::<bool>(),
+    ) {
+        let s = shared();
+        // Bytes no HTTP stack can carry as a header value are left out.
+        let values: Vec<HeaderValue> =
+            values.iter().filter_map(|v| HeaderValue::from_bytes(v).ok()).collect();
+        let (method, path) = if scoped_route {
+            (Method::POST, "/v1/translate")
+        } else {
+            (Method::GET, "/whoami")
+        };
+        let mut request = Request::builder().method(method).uri(path);
+        for value in &values {
+            request = request.header(AUTHORIZATION, value.clone());
+        }
+        let request = request.body(Body::empty()).unwrap();
+        let reply = s.runtime.block_on(s.fx.send(request));
+        prop_assert!(
+            matches!(
+                reply.status,
+                StatusCode::OK
+                    | StatusCode::BAD_REQUEST
+                    | StatusCode::UNAUTHORIZED
+                    | StatusCode::FORBIDDEN
+            ),
+            "{:?}",
+            reply
+        );
+        if values.len() > 1 {
+            prop_assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+        }
+        if reply.status == StatusCode::OK {
+            prop_assert_eq!(values.len(), 1);
+            prop_assert!(!scoped_route);
+        }
+    }
+}
