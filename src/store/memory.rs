@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 
 use super::{
-    hint_of, CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey, StoreError,
+    check_expiry, check_new, hint_of, CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate,
+    ListRequest, NewKey, StoreError,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
@@ -133,13 +134,6 @@ impl MemoryStore {
         self.inner.clock.now()
     }
 
-    fn check_expiry(&self, expires_at: Option<SystemTime>) -> Result<(), StoreError> {
-        match expires_at {
-            Some(at) if at <= self.now() => Err(StoreError::invalid("expires_at is in the past")),
-            _ => Ok(()),
-        }
-    }
-
     fn hash_of(&self, key: &crate::key::GeneratedKey) -> Result<StoredHash, StoreError> {
         let presented = self
             .inner
@@ -191,10 +185,7 @@ impl KeyStore for MemoryStore {
     }
 
     async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError> {
-        if new.service_account_id.is_empty() {
-            return Err(StoreError::invalid("service_account_id is empty"));
-        }
-        self.check_expiry(new.expires_at)?;
+        check_new(&new, self.now())?;
         let key = self.inner.format.generate()?;
         let record = KeyRecord::new(key.id(), new.service_account_id)
             .with_scopes(new.scopes)
@@ -261,7 +252,7 @@ impl KeyStore for MemoryStore {
 
     async fn update(&self, id: KeyId, update: KeyUpdate) -> Result<Option<KeyInfo>, StoreError> {
         if let Some(expires_at) = update.expires_at {
-            self.check_expiry(expires_at)?;
+            check_expiry(expires_at, self.now())?;
         }
         let info = {
             let mut keys = self.write();

@@ -286,6 +286,25 @@ pub trait KeyStore: Verifier {
     async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError>;
 }
 
+/// Checks a new key's fields that every store checks the same way.
+pub(crate) fn check_new(new: &NewKey, now: SystemTime) -> Result<(), StoreError> {
+    if new.service_account_id.is_empty() {
+        return Err(StoreError::invalid("service_account_id is empty"));
+    }
+    check_expiry(new.expires_at, now)
+}
+
+/// An expiry must lie in the future.
+pub(crate) fn check_expiry(
+    expires_at: Option<SystemTime>,
+    now: SystemTime,
+) -> Result<(), StoreError> {
+    match expires_at {
+        Some(at) if at <= now => Err(StoreError::invalid("expires_at is in the past")),
+        _ => Ok(()),
+    }
+}
+
 /// The masked hint of a key: prefix and last four characters.
 pub(crate) fn hint_of(key: &GeneratedKey) -> String {
     let text = key.expose_secret();

@@ -98,7 +98,8 @@ pub use tokio_postgres;
 
 use super::memory::{page_token, parse_page_token};
 use super::{
-    hint_of, CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey, StoreError,
+    check_expiry, check_new, hint_of, CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate,
+    ListRequest, NewKey, StoreError,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{HashScheme, KeyHasher, StoredHash};
@@ -432,15 +433,6 @@ impl PgKeyStore {
         micros(self.inner.clock.now())
     }
 
-    fn check_expiry(&self, expires_at: Option<SystemTime>) -> Result<(), StoreError> {
-        match expires_at {
-            Some(at) if at <= self.inner.clock.now() => {
-                Err(StoreError::invalid("expires_at is in the past"))
-            }
-            _ => Ok(()),
-        }
-    }
-
     fn hash_of(&self, key: &GeneratedKey) -> Result<StoredHash, StoreError> {
         let presented = self
             .inner
@@ -639,10 +631,7 @@ impl KeyStore for PgKeyStore {
     }
 
     async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError> {
-        if new.service_account_id.is_empty() {
-            return Err(StoreError::invalid("service_account_id is empty"));
-        }
-        self.check_expiry(new.expires_at)?;
+        check_new(&new, self.inner.clock.now())?;
         let key = self.inner.format.generate()?;
         let hash = self.hash_of(&key)?;
         let (scheme, pepper) = scheme_columns(hash.scheme())?;
@@ -749,7 +738,7 @@ impl KeyStore for PgKeyStore {
 
     async fn update(&self, id: KeyId, update: KeyUpdate) -> Result<Option<KeyInfo>, StoreError> {
         if let Some(expires_at) = update.expires_at {
-            self.check_expiry(expires_at)?;
+            check_expiry(expires_at, self.inner.clock.now())?;
         }
         let scopes: Option<Vec<&str>> = update
             .scopes
