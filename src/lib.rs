@@ -12,6 +12,22 @@
 //! - With the `axum` feature, [`management`] is a ready HTTP API for key
 //!   owners: create, list, update, reissue and delete keys.
 //!
+//! ```
+//! use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+//! use tower_api_key::Authenticator;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = MemoryStore::new();
+//! let auth = Authenticator::new(store.clone());
+//! let created = store.create(NewKey::new("sa-1")).await?;
+//! let key = auth.key_format().parse(created.key.expose_secret())?;
+//! assert_eq!(auth.cache().lookup(&key).await?.service_account_id(), "sa-1");
+//! # Ok(()) }
+//! ```
+//!
+//! The README has the whole guide: scope rules, responses, gRPC, the
+//! management API, PostgreSQL, performance and security.
+//!
 //! [tower]: https://docs.rs/tower
 #![deny(unsafe_code, unreachable_pub)]
 #![warn(missing_docs, rust_2018_idioms)]

@@ -10,7 +10,16 @@
 //! | `tower_api_key_verifier_duration_seconds` | histogram | |
 //!
 //! Labels never carry key material or key ids (ids would make the series
-//! unbounded); key ids go to `tracing` events.
+//! unbounded); key ids go to `tracing` events. Install any `metrics`
+//! recorder (for example `metrics-exporter-prometheus`) and the counters
+//! appear under these names:
+//!
+//! ```
+//! use tower_api_key::telemetry::names;
+//!
+//! assert_eq!(names::REQUESTS, "tower_api_key_requests_total");
+//! assert!(names::VERIFIER_DURATION.ends_with("_seconds"));
+//! ```
 //!
 //! [`Reason`]: crate::auth::Reason
 

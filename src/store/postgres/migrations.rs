@@ -8,7 +8,15 @@
 //! connection's `search_path`.
 //!
 //! Teams that run their own migration tool can take the SQL from
-//! [`migrations`] instead (and then never call `migrate`).
+//! [`migrations`] instead (and then never call `migrate`):
+//!
+//! ```
+//! use tower_api_key::store::postgres::migrations::migrations;
+//!
+//! let all = migrations();
+//! assert!(all.windows(2).all(|w| w[0].version() < w[1].version()));
+//! assert!(all[0].sql().contains("tower_api_key_keys"));
+//! ```
 
 use std::fmt;
 
