@@ -324,9 +324,10 @@ impl CachedVerifier {
             .build();
         // A tombstone must outlive every entry fetched before it: such an entry
         // is inserted within the verifier timeout and lives at most the TTL.
-        let retain = config.positive_ttl
-            + config.verifier_timeout.unwrap_or(config.positive_ttl)
-            + Duration::from_secs(1);
+        let retain = config
+            .positive_ttl
+            .saturating_add(config.verifier_timeout.unwrap_or(config.positive_ttl))
+            .saturating_add(Duration::from_secs(1));
         let inner = Arc::new(Inner {
             verifier,
             positive,
@@ -464,16 +465,18 @@ impl Inner {
     fn start_flight(this: Arc<Self>, key: PresentedKey) -> Flight {
         let task = tokio::spawn(async move {
             let digest = *key.digest();
+            // Leaves the map however the task ends (even by panic or
+            // cancellation), and only after the answer is in the cache.
+            let _leave = LeaveInflight {
+                inner: this.clone(),
+                digest,
+            };
             let answer = this.fetch(&key).await;
             match &answer {
                 Ok(entry) => this.positive.insert(digest, entry.clone()),
                 Err(Miss::Unknown) => this.negative.insert(digest, ()),
                 Err(_) => {}
             }
-            this.inflight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&digest);
             answer
         });
         async move { task.await.unwrap_or(Err(Miss::Panicked)) }
@@ -531,6 +534,22 @@ impl Inner {
             usage.note(entry, now);
         }
         Ok(entry.caller.clone())
+    }
+}
+
+/// Removes a flight from the in-flight map when its task ends.
+struct LeaveInflight {
+    inner: Arc<Inner>,
+    digest: KeyDigest,
+}
+
+impl Drop for LeaveInflight {
+    fn drop(&mut self) {
+        self.inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.digest);
     }
 }
 
@@ -613,6 +632,11 @@ impl Revocations {
             if tombstones.by_id.get(&old_id) == Some(&old_epoch) {
                 tombstones.by_id.remove(&old_id);
             }
+            // An entry fetched before this tombstone (say by a verifier call
+            // that hung past `retain`) must still never be admitted: without
+            // the tombstone, the floor refuses it (one re-fetch for entries
+            // not checked since, which is cheap).
+            self.floor.fetch_max(old_epoch, Ordering::AcqRel);
         }
         if tombstones.by_id.len() >= MAX_TOMBSTONES {
             // Too many to track one by one: treat everything as invalidated.

@@ -31,8 +31,8 @@
 //! Rejections of gRPC requests (`content-type: application/grpc*`) are
 //! trailers-only gRPC responses (see [`rejection`](super::rejection)): a
 //! tonic client sees `Code::Unauthenticated`, `Code::PermissionDenied`,
-//! `Code::ResourceExhausted` or `Code::Unavailable`, and the handler is not
-//! called.
+//! `Code::ResourceExhausted`, `Code::Unavailable` or (for a panicking
+//! verifier) `Code::Internal`, and the handler is not called.
 //!
 //! In a handler the identity is in the request's extensions, where tonic
 //! keeps what the layer put in the HTTP request:

@@ -142,7 +142,11 @@ impl FailedAttemptLimit {
             return None;
         }
         let wait = (1.0 - bucket.tokens) / self.rate();
-        Some(Duration::from_secs_f64(wait).max(Duration::from_secs(1)))
+        let wait = Duration::try_from_secs_f64(wait).unwrap_or(self.window);
+        Some(wait.clamp(
+            Duration::from_secs(1),
+            self.window.max(Duration::from_secs(1)),
+        ))
     }
 
     /// Counts one failed attempt by `client`.

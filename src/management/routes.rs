@@ -206,7 +206,8 @@ pub(crate) async fn create(
     let id = created.record.key_id;
     tracing::info!(
         key_id = %id,
-        service_account_id = %created.record.service_account_id,
+        // Scrubbed like errors: a key pasted into the wrong field stays out of logs.
+        service_account_id = %scrub(&created.record.service_account_id),
         caller_key_id = %caller.key_id(),
         "api key created"
     );

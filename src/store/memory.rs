@@ -291,7 +291,14 @@ impl KeyStore for MemoryStore {
                 return Ok(None);
             };
             let old = std::mem::replace(&mut stored.hash, hash);
-            stored.previous = (!grace.is_zero()).then(|| (old, self.now() + grace));
+            // A grace period past year 9999 is simply "forever".
+            let forever = UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+            let until = self
+                .now()
+                .checked_add(grace)
+                .unwrap_or(forever)
+                .min(forever);
+            stored.previous = (!grace.is_zero()).then_some((old, until));
             stored.hint = hint_of(&key);
             stored.record.clone()
         };
@@ -324,6 +331,13 @@ pub(super) fn page_token(record: &KeyRecord) -> String {
 pub(super) fn parse_page_token(token: &str) -> Option<(SystemTime, KeyId)> {
     let (nanos, id) = token.split_once('.')?;
     let nanos: i128 = nanos.parse().ok()?;
+    // Years 1 to 9999: any time a store can hold, and no arithmetic on the
+    // client's number can overflow.
+    const MIN: i128 = -62_135_596_800 * 1_000_000_000;
+    const MAX: i128 = 253_402_300_799 * 1_000_000_000;
+    if !(MIN..=MAX).contains(&nanos) {
+        return None;
+    }
     let magnitude = nanos.unsigned_abs();
     let magnitude = Duration::new(
         u64::try_from(magnitude / 1_000_000_000).ok()?,

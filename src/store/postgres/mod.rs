@@ -707,7 +707,10 @@ impl KeyStore for PgKeyStore {
                 let (at, id) = if floor == at {
                     (at, id.as_str())
                 } else {
-                    (floor + Duration::from_micros(1), "")
+                    let next = floor
+                        .checked_add(Duration::from_micros(1))
+                        .ok_or_else(|| StoreError::invalid("page_token is not valid"))?;
+                    (next, "")
                 };
                 let sql = format!(
                     "SELECT {INFO_COLUMNS} FROM {TABLE}
