@@ -10,7 +10,7 @@ DIR=${CRITERION_DIR:-target/criterion}
 if ! command -v jq >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq
-    $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null
 fi
 
 median() { # group/bench -> median in ns, or empty

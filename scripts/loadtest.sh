@@ -2,6 +2,10 @@
 # Load test: /open (no auth) against /protected (API-key layer, cache hit) on
 # the same server, interleaved, several rounds; prints each round's
 # requests/second and the ratio protected/open, then the median ratio.
+# It also reads the server's CPU time around every run and prints server CPU
+# per request: on a machine shared with other work the server does not get a
+# whole core, and open-CPU/protected-CPU is the throughput ratio it would
+# reach if it did.
 #
 #   scripts/loadtest.sh                 # 7 rounds of 5 s per route
 #   ROUNDS=9 DURATION=10s scripts/loadtest.sh
@@ -30,7 +34,7 @@ if ! command -v wrk >/dev/null 2>&1; then
     echo "== installing wrk"
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq
-    $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 fi
 if [ "$(nproc)" -lt 2 ]; then
     echo "warning: fewer than 2 CPUs; server and wrk share one" >&2
@@ -76,18 +80,29 @@ status() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@"; }
 [ "$(status -H "Authorization: Api-Key ${KEY}" "http://${ADDR}/protected")" = 200 ] \
     || { echo "/protected with the key is not 200" >&2; exit 1; }
 
-# run PATH [extra wrk args...] -> requests/second; fails on any non-2xx answer or error.
+# Server CPU time so far, in nanoseconds (all its threads, from schedstat).
+server_cpu_ns() {
+    cat /proc/"$SERVER_PID"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%.0f", s }'
+}
+
+# run PATH [extra wrk args...] -> "requests/second server-ns-per-request";
+# fails on any non-2xx answer or socket error.
 run() {
     local path=$1; shift
-    local out
+    local out cpu0 cpu1
+    cpu0=$(server_cpu_ns)
     out=$(taskset -c "$CLIENT_CPU" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" \
         --timeout 5s "$@" "http://${ADDR}${path}")
+    cpu1=$(server_cpu_ns)
     if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
         echo "$out" >&2
         echo "errors during the run of ${path}" >&2
         exit 1
     fi
-    awk '/^Requests\/sec:/ { print $2 }' <<<"$out"
+    awk -v c0="$cpu0" -v c1="$cpu1" '
+        /^Requests\/sec:/ { rps = $2 }
+        / requests in / { n = $1 }
+        END { printf "%s %.0f\n", rps, (c1 - c0) / n }' <<<"$out"
 }
 
 echo "== warm-up"
@@ -95,26 +110,27 @@ run /open -d2s >/dev/null
 run /protected -d2s -H "Authorization: Api-Key ${KEY}" >/dev/null
 
 echo "== rounds"
-printf '%-6s %12s %12s %8s\n' round open/s protected/s ratio
-RATIOS=()
-OPENS=()
-PROTS=()
+printf '%-6s %11s %12s %7s %11s %14s %9s\n' round open/s protected/s ratio "open ns/req" "protected ns/req" "cpu ratio"
+RATIOS=(); CPU_RATIOS=(); OPENS=(); PROTS=(); OPEN_NS=(); PROT_NS=()
 for round in $(seq "$ROUNDS"); do
     # Alternate which route goes first, so drift in the machine's load cancels out.
     if [ $((round % 2)) = 1 ]; then
-        open=$(run /open)
-        prot=$(run /protected -H "Authorization: Api-Key ${KEY}")
+        read -r open open_ns < <(run /open)
+        read -r prot prot_ns < <(run /protected -H "Authorization: Api-Key ${KEY}")
     else
-        prot=$(run /protected -H "Authorization: Api-Key ${KEY}")
-        open=$(run /open)
+        read -r prot prot_ns < <(run /protected -H "Authorization: Api-Key ${KEY}")
+        read -r open open_ns < <(run /open)
     fi
     ratio=$(awk -v p="$prot" -v o="$open" 'BEGIN { printf "%.3f", p / o }')
-    RATIOS+=("$ratio"); OPENS+=("$open"); PROTS+=("$prot")
-    printf '%-6s %12s %12s %8s\n' "$round" "$open" "$prot" "$ratio"
+    cpu_ratio=$(awk -v p="$prot_ns" -v o="$open_ns" 'BEGIN { printf "%.3f", o / p }')
+    RATIOS+=("$ratio"); CPU_RATIOS+=("$cpu_ratio"); OPENS+=("$open"); PROTS+=("$prot")
+    OPEN_NS+=("$open_ns"); PROT_NS+=("$prot_ns")
+    printf '%-6s %11s %12s %7s %11s %14s %9s\n' "$round" "$open" "$prot" "$ratio" "$open_ns" "$prot_ns" "$cpu_ratio"
 done
 
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 echo "== result"
 echo "median open/s: $(median "${OPENS[@]}"), median protected/s: $(median "${PROTS[@]}")"
-echo "median ratio protected/open: $(median "${RATIOS[@]}") (target >= 0.93)"
+echo "median server CPU per request: open $(median "${OPEN_NS[@]}") ns, protected $(median "${PROT_NS[@]}") ns"
+echo "median ratio protected/open: $(median "${RATIOS[@]}") requests/s (target >= 0.93); $(median "${CPU_RATIOS[@]}") by server CPU per request"
 echo "load after: $(uptime | sed 's/.*load average: //')"
