@@ -56,7 +56,7 @@ use crate::invalidation::{Invalidation, InvalidationListener};
 use crate::key::{KeyDigest, KeyId, PresentedKey};
 use crate::record::Caller;
 use crate::telemetry;
-use crate::usage::{Noted, UsageRecorder, UsageSlot};
+use crate::usage::{UsageRecorder, UsageSlot};
 use crate::verifier::{Verifier, VerifierError};
 
 /// How often one lookup re-fetches a key that was invalidated under it before
@@ -218,22 +218,24 @@ pub enum Source {
     Verifier,
 }
 
-/// A valid key in the cache.
-struct Entry {
-    caller: Caller,
+/// The cache's bookkeeping for one valid key. It lives in the same
+/// allocation as the key's [`Caller`], which is the cached value itself: a
+/// cached key costs one allocation besides moka's own, and a hit follows one
+/// pointer.
+#[derive(Debug, Default)]
+pub(crate) struct CacheSlot {
     /// The invalidation epoch this entry has been checked against; it starts
     /// at the epoch read before the verifier was called.
     epoch: AtomicU64,
-    usage: UsageSlot,
+    pub(crate) usage: UsageSlot,
 }
 
-impl Noted for Entry {
-    fn key_id(&self) -> KeyId {
-        self.caller.key_id()
-    }
-
-    fn slot(&self) -> &UsageSlot {
-        &self.usage
+impl CacheSlot {
+    pub(crate) fn new(epoch: u64) -> Self {
+        Self {
+            epoch: AtomicU64::new(epoch),
+            usage: UsageSlot::default(),
+        }
     }
 }
 
@@ -246,7 +248,7 @@ enum Miss {
 }
 
 /// One verifier call that every concurrent miss for the same key awaits.
-type Flight = Shared<BoxFuture<'static, Result<Arc<Entry>, Miss>>>;
+type Flight = Shared<BoxFuture<'static, Result<Caller, Miss>>>;
 
 /// A [`Verifier`] behind a moka cache; see the [module docs](self) for the
 /// policy. Cheap to clone: clones share the cache.
@@ -257,7 +259,7 @@ pub struct CachedVerifier {
 
 struct Inner {
     verifier: Arc<dyn Verifier>,
-    positive: moka::sync::Cache<KeyDigest, Arc<Entry>>,
+    positive: moka::sync::Cache<KeyDigest, Caller>,
     negative: moka::sync::Cache<KeyDigest, ()>,
     /// Verifier calls under way, by key; touched on misses only.
     inflight: Mutex<HashMap<KeyDigest, Flight>>,
@@ -281,14 +283,14 @@ struct PositiveExpiry {
     clock: Arc<dyn Clock>,
 }
 
-impl Expiry<KeyDigest, Arc<Entry>> for PositiveExpiry {
+impl Expiry<KeyDigest, Caller> for PositiveExpiry {
     fn expire_after_create(
         &self,
         _key: &KeyDigest,
-        entry: &Arc<Entry>,
+        caller: &Caller,
         _created_at: Instant,
     ) -> Option<Duration> {
-        let until_expiry = entry.caller.expires_at().map(|at| {
+        let until_expiry = caller.expires_at().map(|at| {
             at.duration_since(self.clock.now())
                 .unwrap_or(Duration::ZERO)
         });
@@ -379,7 +381,7 @@ impl CachedVerifier {
         if let Some(entry) = inner.positive.get(digest) {
             if inner.revocations.is_current(&entry) {
                 telemetry::cache("hit");
-                return Some(inner.admit(&entry));
+                return Some(inner.admit(entry));
             }
             // Invalidated since it was fetched: ask the verifier again.
             inner.positive.invalidate(digest);
@@ -425,7 +427,7 @@ impl Inner {
                 // looking again under the lock never misses a fresh answer.
                 if let Some(entry) = this.positive.get(&digest) {
                     if this.revocations.is_current(&entry) {
-                        return this.admit(&entry);
+                        return this.admit(entry);
                     }
                     this.positive.invalidate(&digest);
                 } else if this.negative.contains_key(&digest) {
@@ -440,7 +442,7 @@ impl Inner {
                     .clone()
             };
             match flight.await {
-                Ok(entry) if this.revocations.is_current(&entry) => return this.admit(&entry),
+                Ok(entry) if this.revocations.is_current(&entry) => return this.admit(entry),
                 // Invalidated while in flight: drop it and ask again.
                 Ok(_) => this.positive.invalidate(&digest),
                 Err(Miss::Unknown) => return Err(LookupError::Unknown),
@@ -475,7 +477,7 @@ impl Inner {
             .shared()
     }
 
-    async fn fetch(&self, key: &PresentedKey) -> Result<Arc<Entry>, Miss> {
+    async fn fetch(&self, key: &PresentedKey) -> Result<Caller, Miss> {
         // Read before the call: anything invalidated from here on makes the
         // entry stale, whatever the verifier saw.
         let epoch = self.revocations.epoch();
@@ -508,28 +510,26 @@ impl Inner {
                     "verifier returned the record of a different key",
                 ))))
             }
-            Some(Ok(Ok(Some(record)))) => Ok(Arc::new(Entry {
-                caller: Caller::from(record),
-                epoch: AtomicU64::new(epoch),
-                usage: UsageSlot::default(),
-            })),
+            Some(Ok(Ok(Some(record)))) => Ok(Caller::cached(record, CacheSlot::new(epoch))),
         }
     }
 
-    fn admit(&self, entry: &Arc<Entry>) -> Result<Caller, LookupError> {
+    /// Admits a cached or fetched caller (the cache's own clone of it) if it
+    /// has not expired.
+    fn admit(&self, caller: Caller) -> Result<Caller, LookupError> {
         let usage = self.config.usage.as_ref();
         // The clock is read only when something needs it: most keys never
         // expire, and reading it is a good part of a hit's cost.
-        if entry.caller.expires_at().is_some() || usage.is_some() {
+        if caller.expires_at().is_some() || usage.is_some() {
             let now = self.config.clock.now();
-            if entry.caller.record().is_expired_at(now) {
+            if caller.record().is_expired_at(now) {
                 return Err(LookupError::Expired);
             }
             if let Some(usage) = usage {
-                usage.note(entry, now);
+                usage.note(&caller, now);
             }
         }
-        Ok(entry.caller.clone())
+        Ok(caller)
     }
 }
 
@@ -582,8 +582,9 @@ impl Revocations {
         self.tombstones.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn is_current(&self, entry: &Entry) -> bool {
-        let checked = entry.epoch.load(Ordering::Acquire);
+    fn is_current(&self, entry: &Caller) -> bool {
+        let epoch = &entry.cache_slot().epoch;
+        let checked = epoch.load(Ordering::Acquire);
         let now = self.epoch();
         if checked >= now {
             return true;
@@ -591,12 +592,12 @@ impl Revocations {
         if checked < self.floor.load(Ordering::Acquire) {
             return false;
         }
-        let revoked_at = self.lock().by_id.get(&entry.caller.key_id()).copied();
+        let revoked_at = self.lock().by_id.get(&entry.key_id()).copied();
         if revoked_at.is_some_and(|at| at > checked) {
             return false;
         }
         // Checked against every invalidation up to `now`; skip them next time.
-        entry.epoch.fetch_max(now, Ordering::AcqRel);
+        epoch.fetch_max(now, Ordering::AcqRel);
         true
     }
 
