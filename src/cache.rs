@@ -11,6 +11,10 @@
 //! - **Unknown keys** are remembered in a separate, smaller cache for a short
 //!   TTL, so a flood of made-up keys neither reaches the backend at full rate
 //!   nor evicts the hot valid keys.
+//! - **Cached records share** their service account id and scope set with
+//!   every other cached record that has an equal one (a verifier backed by a
+//!   database hands out a fresh copy with every record), so memory grows
+//!   with the number of keys, not with the size of their accounts and scopes.
 //! - **Verifier errors**, timeouts and panics are never cached.
 //! - **Invalidation** of a key id (revoke, reissue, update) takes effect for
 //!   every request that starts after [`CachedVerifier::invalidate`] returns,
@@ -52,6 +56,7 @@ use futures_util::FutureExt;
 use moka::Expiry;
 
 use crate::clock::{Clock, SystemClock};
+use crate::intern::Interner;
 use crate::invalidation::{Invalidation, InvalidationListener};
 use crate::key::{KeyDigest, KeyId, PresentedKey};
 use crate::record::Caller;
@@ -264,6 +269,8 @@ struct Inner {
     /// Verifier calls under way, by key; touched on misses only.
     inflight: Mutex<HashMap<KeyDigest, Flight>>,
     revocations: Revocations,
+    /// Shares account ids and scope sets between cached records.
+    interner: Interner,
     config: CacheConfig,
 }
 
@@ -329,6 +336,7 @@ impl CachedVerifier {
             negative,
             inflight: Mutex::new(HashMap::new()),
             revocations: Revocations::new(retain),
+            interner: Interner::default(),
             config,
         });
         if let Some(bus) = inner.verifier.invalidations() {
@@ -510,7 +518,10 @@ impl Inner {
                     "verifier returned the record of a different key",
                 ))))
             }
-            Some(Ok(Ok(Some(record)))) => Ok(Caller::cached(record, CacheSlot::new(epoch))),
+            Some(Ok(Ok(Some(record)))) => Ok(Caller::cached(
+                self.interner.share(record),
+                CacheSlot::new(epoch),
+            )),
         }
     }
 

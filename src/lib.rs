@@ -19,6 +19,7 @@ pub mod auth;
 pub mod cache;
 pub mod clock;
 pub mod hash;
+mod intern;
 pub mod invalidation;
 pub mod key;
 pub mod record;
