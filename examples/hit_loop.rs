@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Usage: `hit_loop CASE [ITERATIONS] [KEYS]`, CASE one of `parse`,
-//! `lookup`, `hit_path`, `bare`, `bearer`, `layer`. The cache holds KEYS
+//! `lookup`, `hit_path`, `bare`, `bearer`, `layer`, `miss` (ITERATIONS
+//! distinct keys of a `MemoryStore`, each looked up once on a cold cache). The cache holds KEYS
 //! keys (default 10,000); the hits cycle through a hot set of up to 1,024
 //! of them (`lookup`, `hit_path`) or use one key (`bare`, `bearer`, `layer`, the
 //! request through a `tower::service_fn` service as in `benches/layer.rs`).
@@ -28,6 +29,7 @@ use tower_api_key::cache::{CacheConfig, CachedVerifier};
 use tower_api_key::key::{KeyFormat, PresentedKey};
 use tower_api_key::record::KeyRecord;
 use tower_api_key::scope::{ScopePolicy, ScopeSet};
+use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
 use tower_api_key::verifier::VerifierError;
 use tower_api_key::Authenticator;
 
@@ -103,6 +105,15 @@ fn run_hit_path(
 }
 
 #[inline(never)]
+fn run_miss(rt: &tokio::runtime::Runtime, cache: &CachedVerifier, keys: &[PresentedKey]) {
+    rt.block_on(async {
+        for key in keys {
+            black_box(cache.lookup(key).await.expect("accepted"));
+        }
+    });
+}
+
+#[inline(never)]
 fn run_service<S>(service: &mut S, requests: Vec<Request<()>>)
 where
     S: Service<Request<()>>,
@@ -162,6 +173,23 @@ fn main() {
     match case.as_str() {
         "parse" => run_parse(&format, &raw, n),
         "lookup" => run_lookup(&cache, &hot, n),
+        "miss" => {
+            // N keys in a MemoryStore, each looked up once on a cold cache.
+            let store = MemoryStore::new();
+            let keys: Vec<PresentedKey> = rt.block_on(async {
+                let mut keys = Vec::with_capacity(n);
+                for i in 0..n {
+                    let created = store
+                        .create(NewKey::new(format!("sa-{}", i % 100)))
+                        .await
+                        .expect("created");
+                    keys.push(format.parse(created.key.expose_secret()).expect("a key"));
+                }
+                keys
+            });
+            let cold = CachedVerifier::new(store, CacheConfig::default());
+            run_miss(&rt, &cold, &keys)
+        }
         "hit_path" => {
             let policy = ScopePolicy::require_any(["yc.ai.translate.execute"]).expect("a scope");
             run_hit_path(&format, &cache, &policy, &raw, n)
@@ -181,7 +209,7 @@ fn main() {
             run_service(&mut service, requests(&api_key))
         }
         other => {
-            eprintln!("unknown case {other}: parse, lookup, hit_path, bare, bearer, layer");
+            eprintln!("unknown case {other}: parse, lookup, hit_path, bare, bearer, layer, miss");
             std::process::exit(2);
         }
     }
