@@ -161,8 +161,16 @@ impl std::error::Error for InvalidKeyId {}
 ///
 /// Not a secret by itself (the key has about 190 random bits behind it), but
 /// never logged either.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct KeyDigest(pub(crate) [u8; 32]);
+
+impl std::hash::Hash for KeyDigest {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // The 32 bytes alone, without the slice length prefix the derived
+        // impl would add: the cache's hasher reads them in four words.
+        state.write(&self.0);
+    }
+}
 
 impl KeyDigest {
     fn of(bytes: &[u8]) -> Self {
