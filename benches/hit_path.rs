@@ -12,12 +12,14 @@
 //!   (`KeyFormat::parse_bytes`), and SHA-256 of the key alone for scale.
 //! - `lookup_cached/{10000,1000000}`: `CachedVerifier::lookup_cached` hits on
 //!   a cache holding that many keys, cycling through a hot working set of
-//!   1,024 keys spread over the whole cache.
+//!   1,024 keys spread over the whole cache; `lookup_cached/one_key/*` hits
+//!   one key over and over (everything it touches stays in the CPU caches).
 //! - `lookup_cached/moka_sync_get/*`: the floor, moka's own `get` on a
 //!   bare cache of the same size and expiry policy, same hot keys.
 //! - `hit_path/*`: what one authenticated request costs the crate on a hit:
 //!   parse and hash, cache hit (expiry and invalidation check), scope check,
-//!   identity inserted into fresh request extensions.
+//!   identity inserted into fresh request extensions; over the hot set, and
+//!   for one key (`hit_path/one_key/*`).
 //! - `miss/memory_store`: `CachedVerifier::lookup` of a key that is not
 //!   cached, answered by a `MemoryStore` (a spawned verifier task, the store's
 //!   hash comparison, the cache insert).
@@ -183,6 +185,9 @@ fn lookup_cached(c: &mut Criterion<Clock>) {
                 black_box(cache.lookup_cached(&hot[i]))
             })
         });
+        group.bench_function(BenchmarkId::new("one_key", n), |b| {
+            b.iter(|| black_box(cache.lookup_cached(&hot[0])))
+        });
         group.finish();
 
         let mut group = c.benchmark_group("hit_path");
@@ -191,6 +196,19 @@ fn lookup_cached(c: &mut Criterion<Clock>) {
             b.iter(|| {
                 i = (i + 1) % raw.len();
                 let key = format.parse_bytes(black_box(&raw[i])).expect("a valid key");
+                let caller = cache
+                    .lookup_cached(&key)
+                    .expect("cached")
+                    .expect("admitted");
+                policy.check(caller.scopes()).expect("in scope");
+                let mut extensions = http::Extensions::new();
+                extensions.insert(caller);
+                extensions
+            })
+        });
+        group.bench_function(BenchmarkId::new("one_key", n), |b| {
+            b.iter(|| {
+                let key = format.parse_bytes(black_box(&raw[0])).expect("a valid key");
                 let caller = cache
                     .lookup_cached(&key)
                     .expect("cached")

@@ -315,7 +315,12 @@ impl KeyFormat {
         }
         let mut bytes = [0u8; MAX_KEY_LEN];
         bytes[..key.len()].copy_from_slice(key);
-        let id = KeyId::from_bytes(&key[p + 1..id_end]).ok_or(KeyParseError::Alphabet)?;
+        // Checked for length and alphabet above.
+        let id = KeyId(
+            key[p + 1..id_end]
+                .try_into()
+                .map_err(|_| KeyParseError::Length)?,
+        );
         Ok(PresentedKey {
             bytes,
             len: key.len() as u8,
@@ -476,7 +481,8 @@ impl PresentedKey {
 
 impl Drop for PresentedKey {
     fn drop(&mut self) {
-        self.bytes.zeroize();
+        // Only the key's own bytes were ever written.
+        self.bytes[..self.len as usize].zeroize();
     }
 }
 
