@@ -15,7 +15,9 @@
 //!   1,024 keys spread over the whole cache; `lookup_cached/one_key/*` hits
 //!   one key over and over (everything it touches stays in the CPU caches).
 //! - `lookup_cached/moka_sync_get/*`: the floor, moka's own `get` on a
-//!   bare cache of the same size and expiry policy, same hot keys.
+//!   bare cache of the same size and expiry policy, same hot keys;
+//!   `moka_sync_get_fixed_ttl/*` the same with a fixed time to live instead
+//!   of a per-entry expiry policy.
 //! - `hit_path/*`: what one authenticated request costs the crate on a hit:
 //!   parse and hash, cache hit (expiry and invalidation check), scope check,
 //!   identity inserted into fresh request extensions; over the hot set, and
@@ -118,12 +120,19 @@ impl moka::Expiry<[u8; 32], Arc<u64>> for Ttl {
     }
 }
 
-/// A bare moka cache holding `n` entries, `hot` among them.
-fn bare_moka(n: usize, hot: &[PresentedKey]) -> moka::sync::Cache<[u8; 32], Arc<u64>> {
-    let cache = moka::sync::Cache::builder()
-        .max_capacity(2 * n as u64)
-        .expire_after(Ttl)
-        .build();
+/// A bare moka cache holding `n` entries, `hot` among them, with a
+/// per-entry expiry policy (as the crate's) or a fixed time to live.
+fn bare_moka(
+    n: usize,
+    hot: &[PresentedKey],
+    per_entry: bool,
+) -> moka::sync::Cache<[u8; 32], Arc<u64>> {
+    let builder = moka::sync::Cache::builder().max_capacity(2 * n as u64);
+    let cache = if per_entry {
+        builder.expire_after(Ttl).build()
+    } else {
+        builder.time_to_live(Duration::from_secs(3600)).build()
+    };
     for key in hot {
         cache.insert(*key.digest().as_bytes(), Arc::new(0));
     }
@@ -167,7 +176,8 @@ fn lookup_cached(c: &mut Criterion<Clock>) {
 
         // The floor: moka's own `get` on a cache of the same size and
         // expiry policy, with the same hot keys.
-        let moka = bare_moka(n, &hot);
+        let moka = bare_moka(n, &hot, true);
+        let moka_ttl = bare_moka(n, &hot, false);
 
         let mut group = c.benchmark_group("lookup_cached");
         let mut i = 0;
@@ -178,6 +188,14 @@ fn lookup_cached(c: &mut Criterion<Clock>) {
             })
         });
         drop(moka);
+        let mut i = 0;
+        group.bench_function(BenchmarkId::new("moka_sync_get_fixed_ttl", n), |b| {
+            b.iter(|| {
+                i = (i + 1) % hot.len();
+                black_box(moka_ttl.get(hot[i].digest().as_bytes()))
+            })
+        });
+        drop(moka_ttl);
         let mut i = 0;
         group.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| {
