@@ -12,7 +12,9 @@
 #   KEYS=1000000 scripts/loadtest.sh    # with a million keys preloaded in the cache
 #
 # Environment: ROUNDS (7), DURATION (5s, per run), CONNECTIONS (64),
-# WRK_THREADS (1), PORT (38080), KEYS (0), SERVER_CPU (0), CLIENT_CPU (1).
+# WRK_THREADS (1), PORT (38080), KEYS (0), SERVER_CPU (0), CLIENT_CPU (1),
+# SAME_REQUEST (1: /open gets the same Authorization header as /protected,
+# so the layer is the only difference between the two; 0: /open gets none).
 # Traffic goes to 127.0.0.1 only; every run is bounded by DURATION, the
 # server start by STARTUP_TIMEOUT seconds (600), and the server is stopped
 # on exit.
@@ -28,6 +30,7 @@ KEYS=${KEYS:-0}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 STARTUP_TIMEOUT=${STARTUP_TIMEOUT:-600}
+SAME_REQUEST=${SAME_REQUEST:-1}
 ADDR="127.0.0.1:${PORT}"
 
 if ! command -v wrk >/dev/null 2>&1; then
@@ -50,13 +53,14 @@ echo "load before: $(uptime | sed 's/.*load average: //')"
 echo "server: 1 tokio worker on cpu ${SERVER_CPU}; wrk: ${WRK_THREADS} thread(s), ${CONNECTIONS} connections on cpu ${CLIENT_CPU}; ${DURATION} per run; ${ROUNDS} rounds"
 
 LOG=$(mktemp)
+RESULT=$(mktemp)
 SERVER_PID=""
 cleanup() {
     if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
         kill "$SERVER_PID" 2>/dev/null || true
         wait "$SERVER_PID" 2>/dev/null || true
     fi
-    rm -f "$LOG"
+    rm -f "$LOG" "$RESULT"
 }
 trap cleanup EXIT
 
@@ -105,8 +109,12 @@ run() {
         END { printf "%s %.0f\n", rps, (c1 - c0) / n }' <<<"$out"
 }
 
+OPEN_ARGS=()
+[ "$SAME_REQUEST" = 1 ] && OPEN_ARGS=(-H "Authorization: Api-Key ${KEY}")
+echo "/open requests carry the Authorization header too: $([ "$SAME_REQUEST" = 1 ] && echo yes || echo no)"
+
 echo "== warm-up"
-run /open -d2s >/dev/null
+run /open -d2s "${OPEN_ARGS[@]}" >/dev/null
 run /protected -d2s -H "Authorization: Api-Key ${KEY}" >/dev/null
 
 echo "== rounds"
@@ -115,11 +123,11 @@ RATIOS=(); CPU_RATIOS=(); OPENS=(); PROTS=(); OPEN_NS=(); PROT_NS=()
 for round in $(seq "$ROUNDS"); do
     # Alternate which route goes first, so drift in the machine's load cancels out.
     if [ $((round % 2)) = 1 ]; then
-        read -r open open_ns < <(run /open)
-        read -r prot prot_ns < <(run /protected -H "Authorization: Api-Key ${KEY}")
+        run /open "${OPEN_ARGS[@]}" >"$RESULT"; read -r open open_ns <"$RESULT"
+        run /protected -H "Authorization: Api-Key ${KEY}" >"$RESULT"; read -r prot prot_ns <"$RESULT"
     else
-        read -r prot prot_ns < <(run /protected -H "Authorization: Api-Key ${KEY}")
-        read -r open open_ns < <(run /open)
+        run /protected -H "Authorization: Api-Key ${KEY}" >"$RESULT"; read -r prot prot_ns <"$RESULT"
+        run /open "${OPEN_ARGS[@]}" >"$RESULT"; read -r open open_ns <"$RESULT"
     fi
     ratio=$(awk -v p="$prot" -v o="$open" 'BEGIN { printf "%.3f", p / o }')
     cpu_ratio=$(awk -v p="$prot_ns" -v o="$open_ns" 'BEGIN { printf "%.3f", o / p }')
