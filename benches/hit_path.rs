@@ -133,11 +133,17 @@ fn bare_moka(
     } else {
         builder.time_to_live(Duration::from_secs(3600)).build()
     };
-    for key in hot {
-        cache.insert(*key.digest().as_bytes(), Arc::new(0));
-    }
-    for i in hot.len()..n {
-        cache.insert(Sha256::digest(i.to_le_bytes()).into(), Arc::new(i as u64));
+    // The hot keys at the same places in the insertion order as in
+    // `filled_cache`, so their entries are as spread out in memory.
+    let stride = (n / HOT).max(1);
+    let mut hot = hot.iter();
+    for i in 0..n {
+        let next_hot = if i % stride == 0 { hot.next() } else { None };
+        let digest = match next_hot {
+            Some(key) => *key.digest().as_bytes(),
+            None => Sha256::digest(i.to_le_bytes()).into(),
+        };
+        cache.insert(digest, Arc::new(i as u64));
     }
     cache.run_pending_tasks();
     cache
