@@ -99,7 +99,7 @@ fn run_case(case: &str, n: usize) {
     let keep: Box<dyn std::any::Any> = match case {
         "moka-ttl" => {
             let cache: moka::sync::Cache<[u8; 32], ()> = moka::sync::Cache::builder()
-                .max_capacity(2 * n as u64)
+                .max_capacity(n as u64 + 1)
                 .time_to_live(Duration::from_secs(3600))
                 .build();
             for i in 0..n {
@@ -111,7 +111,7 @@ fn run_case(case: &str, n: usize) {
         }
         "moka-expiry" => {
             let cache: moka::sync::Cache<[u8; 32], ()> = moka::sync::Cache::builder()
-                .max_capacity(2 * n as u64)
+                .max_capacity(n as u64 + 1)
                 .expire_after(UntilTtl)
                 .build();
             for i in 0..n {
@@ -137,7 +137,7 @@ fn run_case(case: &str, n: usize) {
             let cache = CachedVerifier::new(
                 verifier,
                 CacheConfig::default()
-                    .with_max_keys(2 * n as u64)
+                    .with_max_keys(n as u64 + 1)
                     .with_positive_ttl(Duration::from_secs(3600)),
             );
             let format = KeyFormat::default();

@@ -36,16 +36,12 @@ use tower_api_key::Authenticator;
 const HOT: usize = 1024;
 const BEARER: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU";
 
-fn verifier(
-    key: PresentedKey,
-) -> impl std::future::Future<Output = Result<Option<KeyRecord>, VerifierError>> {
-    async move {
-        let scopes = ScopeSet::new(["yc.ai.translate.execute", "yc.ai.foundationModels.execute"])
-            .map_err(VerifierError::backend)?;
-        Ok(Some(
-            KeyRecord::new(key.id(), "sa-bench").with_scopes(scopes),
-        ))
-    }
+async fn verifier(key: PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
+    let scopes = ScopeSet::new(["yc.ai.translate.execute", "yc.ai.foundationModels.execute"])
+        .map_err(VerifierError::backend)?;
+    Ok(Some(
+        KeyRecord::new(key.id(), "sa-bench").with_scopes(scopes),
+    ))
 }
 
 async fn hello(_request: Request<()>) -> Result<Response<Bytes>, Infallible> {
