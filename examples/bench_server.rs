@@ -180,12 +180,21 @@ async fn preload_keys(store: &MemoryStore, auth: &Authenticator, n: usize) -> st
     let created_in = started.elapsed();
 
     let started = Instant::now();
-    for secret in secrets.chunks(key_len) {
-        let key = format.parse_bytes(secret).map_err(std::io::Error::other)?;
-        auth.cache()
-            .lookup(&key)
-            .await
-            .map_err(std::io::Error::other)?;
+    {
+        use futures_util::stream::{self, StreamExt, TryStreamExt};
+        // Many lookups in flight: each miss is answered by a task on the
+        // worker thread, and one at a time that hand-off dominates.
+        stream::iter(secrets.chunks(key_len))
+            .map(|secret| async move {
+                let key = format.parse_bytes(secret).map_err(std::io::Error::other)?;
+                auth.cache()
+                    .lookup(&key)
+                    .await
+                    .map_err(std::io::Error::other)
+            })
+            .buffer_unordered(256)
+            .try_for_each(|_| async { Ok(()) })
+            .await?;
     }
     auth.cache().run_pending_tasks();
     let after_cache = rss();
