@@ -11,6 +11,10 @@
 //! - **Unknown keys** are remembered in a separate, smaller cache for a short
 //!   TTL, so a flood of made-up keys neither reaches the backend at full rate
 //!   nor evicts the hot valid keys.
+//! - **Cached records share** their service account id and scope set with
+//!   every other cached record that has an equal one (a verifier backed by a
+//!   database hands out a fresh copy with every record), so memory grows
+//!   with the number of keys, not with the size of their accounts and scopes.
 //! - **Verifier errors**, timeouts and panics are never cached.
 //! - **Invalidation** of a key id (revoke, reissue, update) takes effect for
 //!   every request that starts after [`CachedVerifier::invalidate`] returns,
@@ -42,6 +46,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::hash::{BuildHasher, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,11 +57,12 @@ use futures_util::FutureExt;
 use moka::Expiry;
 
 use crate::clock::{Clock, SystemClock};
+use crate::intern::Interner;
 use crate::invalidation::{Invalidation, InvalidationListener};
 use crate::key::{KeyDigest, KeyId, PresentedKey};
 use crate::record::Caller;
 use crate::telemetry;
-use crate::usage::{Noted, UsageRecorder, UsageSlot};
+use crate::usage::{UsageRecorder, UsageSlot};
 use crate::verifier::{Verifier, VerifierError};
 
 /// How often one lookup re-fetches a key that was invalidated under it before
@@ -218,22 +224,24 @@ pub enum Source {
     Verifier,
 }
 
-/// A valid key in the cache.
-struct Entry {
-    caller: Caller,
+/// The cache's bookkeeping for one valid key. It lives in the same
+/// allocation as the key's [`Caller`], which is the cached value itself: a
+/// cached key costs one allocation besides moka's own, and a hit follows one
+/// pointer.
+#[derive(Debug, Default)]
+pub(crate) struct CacheSlot {
     /// The invalidation epoch this entry has been checked against; it starts
     /// at the epoch read before the verifier was called.
     epoch: AtomicU64,
-    usage: UsageSlot,
+    pub(crate) usage: UsageSlot,
 }
 
-impl Noted for Entry {
-    fn key_id(&self) -> KeyId {
-        self.caller.key_id()
-    }
-
-    fn slot(&self) -> &UsageSlot {
-        &self.usage
+impl CacheSlot {
+    pub(crate) fn new(epoch: u64) -> Self {
+        Self {
+            epoch: AtomicU64::new(epoch),
+            usage: UsageSlot::default(),
+        }
     }
 }
 
@@ -246,7 +254,7 @@ enum Miss {
 }
 
 /// One verifier call that every concurrent miss for the same key awaits.
-type Flight = Shared<BoxFuture<'static, Result<Arc<Entry>, Miss>>>;
+type Flight = Shared<BoxFuture<'static, Result<Caller, Miss>>>;
 
 /// A [`Verifier`] behind a moka cache; see the [module docs](self) for the
 /// policy. Cheap to clone: clones share the cache.
@@ -257,11 +265,13 @@ pub struct CachedVerifier {
 
 struct Inner {
     verifier: Arc<dyn Verifier>,
-    positive: moka::sync::Cache<KeyDigest, Arc<Entry>>,
-    negative: moka::sync::Cache<KeyDigest, ()>,
+    positive: moka::sync::Cache<KeyDigest, Caller, DigestHash>,
+    negative: moka::sync::Cache<KeyDigest, (), DigestHash>,
     /// Verifier calls under way, by key; touched on misses only.
     inflight: Mutex<HashMap<KeyDigest, Flight>>,
     revocations: Revocations,
+    /// Shares account ids and scope sets between cached records.
+    interner: Interner,
     config: CacheConfig,
 }
 
@@ -275,6 +285,68 @@ impl fmt::Debug for CachedVerifier {
     }
 }
 
+/// The caches' hash of a [`KeyDigest`].
+///
+/// The digest is already SHA-256 output; hashing it once more with SipHash
+/// (the default) was a sixth of a hit's instructions. This folds its four
+/// words with 64x64->128-bit multiplies under a per-process random key, so
+/// the bucket a digest lands in cannot be predicted from outside, and a
+/// flood of crafted keys cannot pile onto one bucket.
+#[derive(Clone)]
+struct DigestHash {
+    seed: u64,
+    multiplier: u64,
+}
+
+impl DigestHash {
+    fn new() -> Self {
+        // Seeded from the OS by the standard library, once per process.
+        let random = std::collections::hash_map::RandomState::new();
+        Self {
+            seed: random.hash_one(0x243f_6a88_85a3_08d3_u64),
+            // Odd, and so never zero.
+            multiplier: random.hash_one(0x1319_8a2e_0370_7344_u64) | 1,
+        }
+    }
+}
+
+impl BuildHasher for DigestHash {
+    type Hasher = DigestHasher;
+
+    fn build_hasher(&self) -> DigestHasher {
+        DigestHasher {
+            state: self.seed,
+            multiplier: self.multiplier,
+        }
+    }
+}
+
+struct DigestHasher {
+    state: u64,
+    multiplier: u64,
+}
+
+fn folded_multiply(a: u64, b: u64) -> u64 {
+    let product = (a as u128).wrapping_mul(b as u128);
+    (product as u64) ^ ((product >> 64) as u64)
+}
+
+impl Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Any input works (the in-flight map and tests may hash other
+        // things); a KeyDigest is exactly four words.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.state = folded_multiply(self.state ^ u64::from_le_bytes(word), self.multiplier);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        folded_multiply(self.state, self.multiplier.rotate_left(32) | 1)
+    }
+}
+
 /// Positive entries expire at the earlier of the TTL and the key's expiry;
 /// a key that has already expired is kept for the negative TTL, refused on
 /// every hit, so using it does not reach the verifier each time.
@@ -284,14 +356,14 @@ struct PositiveExpiry {
     clock: Arc<dyn Clock>,
 }
 
-impl Expiry<KeyDigest, Arc<Entry>> for PositiveExpiry {
+impl Expiry<KeyDigest, Caller> for PositiveExpiry {
     fn expire_after_create(
         &self,
         _key: &KeyDigest,
-        entry: &Arc<Entry>,
+        caller: &Caller,
         _created_at: Instant,
     ) -> Option<Duration> {
-        let Some(expires_at) = entry.caller.expires_at() else {
+        let Some(expires_at) = caller.expires_at() else {
             return Some(self.ttl);
         };
         match expires_at.duration_since(self.clock.now()) {
@@ -310,6 +382,7 @@ impl CachedVerifier {
 
     /// [`CachedVerifier::new`] for a verifier that is already shared.
     pub fn from_arc(verifier: Arc<dyn Verifier>, config: CacheConfig) -> Self {
+        let hash = DigestHash::new();
         let positive = moka::sync::Cache::builder()
             .max_capacity(config.max_keys)
             .expire_after(PositiveExpiry {
@@ -317,11 +390,11 @@ impl CachedVerifier {
                 expired_ttl: config.negative_ttl,
                 clock: config.clock.clone(),
             })
-            .build();
+            .build_with_hasher(hash.clone());
         let negative = moka::sync::Cache::builder()
             .max_capacity(config.max_unknown_keys)
             .time_to_live(config.negative_ttl)
-            .build();
+            .build_with_hasher(hash);
         // A tombstone must outlive every entry fetched before it: such an entry
         // is inserted within the verifier timeout and lives at most the TTL.
         let retain = config
@@ -334,6 +407,7 @@ impl CachedVerifier {
             negative,
             inflight: Mutex::new(HashMap::new()),
             revocations: Revocations::new(retain),
+            interner: Interner::default(),
             config,
         });
         if let Some(bus) = inner.verifier.invalidations() {
@@ -386,7 +460,7 @@ impl CachedVerifier {
         if let Some(entry) = inner.positive.get(digest) {
             if inner.revocations.is_current(&entry) {
                 telemetry::cache("hit");
-                return Some(inner.admit(&entry));
+                return Some(inner.admit(entry));
             }
             // Invalidated since it was fetched: ask the verifier again.
             inner.positive.invalidate(digest);
@@ -432,7 +506,7 @@ impl Inner {
                 // looking again under the lock never misses a fresh answer.
                 if let Some(entry) = this.positive.get(&digest) {
                     if this.revocations.is_current(&entry) {
-                        return this.admit(&entry);
+                        return this.admit(entry);
                     }
                     this.positive.invalidate(&digest);
                 } else if this.negative.contains_key(&digest) {
@@ -447,7 +521,7 @@ impl Inner {
                     .clone()
             };
             match flight.await {
-                Ok(entry) if this.revocations.is_current(&entry) => return this.admit(&entry),
+                Ok(entry) if this.revocations.is_current(&entry) => return this.admit(entry),
                 // Invalidated while in flight: drop it and ask again.
                 Ok(_) => this.positive.invalidate(&digest),
                 Err(Miss::Unknown) => return Err(LookupError::Unknown),
@@ -484,7 +558,7 @@ impl Inner {
             .shared()
     }
 
-    async fn fetch(&self, key: &PresentedKey) -> Result<Arc<Entry>, Miss> {
+    async fn fetch(&self, key: &PresentedKey) -> Result<Caller, Miss> {
         // Read before the call: anything invalidated from here on makes the
         // entry stale, whatever the verifier saw.
         let epoch = self.revocations.epoch();
@@ -517,23 +591,29 @@ impl Inner {
                     "verifier returned the record of a different key",
                 ))))
             }
-            Some(Ok(Ok(Some(record)))) => Ok(Arc::new(Entry {
-                caller: Caller::from(record),
-                epoch: AtomicU64::new(epoch),
-                usage: UsageSlot::default(),
-            })),
+            Some(Ok(Ok(Some(record)))) => Ok(Caller::cached(
+                self.interner.share(record),
+                CacheSlot::new(epoch),
+            )),
         }
     }
 
-    fn admit(&self, entry: &Arc<Entry>) -> Result<Caller, LookupError> {
-        let now = self.config.clock.now();
-        if entry.caller.record().is_expired_at(now) {
-            return Err(LookupError::Expired);
+    /// Admits a cached or fetched caller (the cache's own clone of it) if it
+    /// has not expired.
+    fn admit(&self, caller: Caller) -> Result<Caller, LookupError> {
+        let usage = self.config.usage.as_ref();
+        // The clock is read only when something needs it: most keys never
+        // expire, and reading it is a good part of a hit's cost.
+        if caller.expires_at().is_some() || usage.is_some() {
+            let now = self.config.clock.now();
+            if caller.record().is_expired_at(now) {
+                return Err(LookupError::Expired);
+            }
+            if let Some(usage) = usage {
+                usage.note(&caller, now);
+            }
         }
-        if let Some(usage) = &self.config.usage {
-            usage.note(entry, now);
-        }
-        Ok(entry.caller.clone())
+        Ok(caller)
     }
 }
 
@@ -602,8 +682,9 @@ impl Revocations {
         self.tombstones.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn is_current(&self, entry: &Entry) -> bool {
-        let checked = entry.epoch.load(Ordering::Acquire);
+    fn is_current(&self, entry: &Caller) -> bool {
+        let epoch = &entry.cache_slot().epoch;
+        let checked = epoch.load(Ordering::Acquire);
         let now = self.epoch();
         if checked >= now {
             return true;
@@ -611,12 +692,12 @@ impl Revocations {
         if checked < self.floor.load(Ordering::Acquire) {
             return false;
         }
-        let revoked_at = self.lock().by_id.get(&entry.caller.key_id()).copied();
+        let revoked_at = self.lock().by_id.get(&entry.key_id()).copied();
         if revoked_at.is_some_and(|at| at > checked) {
             return false;
         }
         // Checked against every invalidation up to `now`; skip them next time.
-        entry.epoch.fetch_max(now, Ordering::AcqRel);
+        epoch.fetch_max(now, Ordering::AcqRel);
         true
     }
 
@@ -656,5 +737,35 @@ impl Revocations {
         self.floor.store(epoch, Ordering::Release);
         *tombstones = Tombstones::default();
         self.epoch.store(epoch, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(i: u32) -> KeyDigest {
+        use sha2::{Digest, Sha256};
+        KeyDigest(Sha256::digest(i.to_le_bytes()).into())
+    }
+
+    #[test]
+    fn digest_hash_is_stable_per_builder_and_spreads_digests() {
+        let hash = DigestHash::new();
+        assert_eq!(hash.hash_one(digest(1)), hash.hash_one(digest(1)));
+        // Another process (another builder) puts the same digest elsewhere.
+        assert_ne!(
+            hash.hash_one(digest(1)),
+            DigestHash::new().hash_one(digest(1))
+        );
+        // 10,000 digests over 2^20 buckets: about 48 collisions expected.
+        let buckets: std::collections::HashSet<u64> = (0..10_000)
+            .map(|i| hash.hash_one(digest(i)) & ((1 << 20) - 1))
+            .collect();
+        assert!(buckets.len() > 9_800, "{}", buckets.len());
+        let high: std::collections::HashSet<u64> = (0..10_000)
+            .map(|i| hash.hash_one(digest(i)) >> 44)
+            .collect();
+        assert!(high.len() > 9_800, "{}", high.len());
     }
 }

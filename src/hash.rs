@@ -29,7 +29,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -234,9 +234,10 @@ impl KeyHasher {
     /// (`None` for a pepper version it does not hold).
     pub fn hash_with(&self, key: &PresentedKey, scheme: HashScheme) -> Option<StoredHash> {
         match scheme {
+            // Parsing already computed SHA-256 of the whole key.
             HashScheme::Sha256 => Some(StoredHash {
                 scheme,
-                digest: Sha256::digest(key.as_bytes()).into(),
+                digest: *key.digest().as_bytes(),
             }),
             HashScheme::HmacSha256 { pepper_version } => self
                 .current

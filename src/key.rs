@@ -161,8 +161,16 @@ impl std::error::Error for InvalidKeyId {}
 ///
 /// Not a secret by itself (the key has about 190 random bits behind it), but
 /// never logged either.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct KeyDigest(pub(crate) [u8; 32]);
+
+impl std::hash::Hash for KeyDigest {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // The 32 bytes alone, without the slice length prefix the derived
+        // impl would add: the cache's hasher reads them in four words.
+        state.write(&self.0);
+    }
+}
 
 impl KeyDigest {
     fn of(bytes: &[u8]) -> Self {
@@ -307,7 +315,12 @@ impl KeyFormat {
         }
         let mut bytes = [0u8; MAX_KEY_LEN];
         bytes[..key.len()].copy_from_slice(key);
-        let id = KeyId::from_bytes(&key[p + 1..id_end]).ok_or(KeyParseError::Alphabet)?;
+        // Checked for length and alphabet above.
+        let id = KeyId(
+            key[p + 1..id_end]
+                .try_into()
+                .map_err(|_| KeyParseError::Length)?,
+        );
         Ok(PresentedKey {
             bytes,
             len: key.len() as u8,
@@ -468,7 +481,8 @@ impl PresentedKey {
 
 impl Drop for PresentedKey {
     fn drop(&mut self) {
-        self.bytes.zeroize();
+        // Only the key's own bytes were ever written.
+        self.bytes[..self.len as usize].zeroize();
     }
 }
 

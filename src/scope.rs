@@ -208,6 +208,11 @@ impl ScopeSet {
     pub fn as_slice(&self) -> &[Scope] {
         &self.0
     }
+
+    /// Whether another copy of this set shares its storage.
+    pub(crate) fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.0) > 1
+    }
 }
 
 impl<'a> IntoIterator for &'a ScopeSet {

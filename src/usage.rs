@@ -35,6 +35,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::key::KeyId;
+use crate::record::Caller;
 use crate::store::{KeyStore, StoreError};
 
 /// Per-key usage state, embedded in each cached entry.
@@ -44,12 +45,6 @@ pub(crate) struct UsageSlot {
     last_used_ms: AtomicU64,
     /// Whether the entry is already in the recorder's queue.
     queued: AtomicBool,
-}
-
-/// Something holding a [`UsageSlot`] and the id it belongs to.
-pub(crate) trait Noted: Send + Sync + 'static {
-    fn key_id(&self) -> KeyId;
-    fn slot(&self) -> &UsageSlot;
 }
 
 fn millis(at: SystemTime) -> u64 {
@@ -67,7 +62,8 @@ pub struct UsageRecorder {
 
 struct Inner {
     store: Arc<dyn KeyStore>,
-    queue: Mutex<Vec<Arc<dyn Noted>>>,
+    /// Cached callers (each holding its key's [`UsageSlot`]) used since the last flush.
+    queue: Mutex<Vec<Caller>>,
     /// Uses whose write failed, retried with the next batch.
     unwritten: tokio::sync::Mutex<HashMap<KeyId, u64>>,
 }
@@ -111,14 +107,14 @@ impl UsageRecorder {
         self.interval
     }
 
-    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Vec<Arc<dyn Noted>>> {
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Vec<Caller>> {
         self.inner.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Notes a use of `entry` at `at`. Lock-free unless this is the key's
     /// first use since the last flush.
-    pub(crate) fn note<N: Noted>(&self, entry: &Arc<N>, at: SystemTime) {
-        let slot = entry.slot();
+    pub(crate) fn note(&self, caller: &Caller, at: SystemTime) {
+        let slot = &caller.cache_slot().usage;
         let ms = millis(at);
         if slot.last_used_ms.load(Ordering::SeqCst) < ms {
             slot.last_used_ms.fetch_max(ms, Ordering::SeqCst);
@@ -126,8 +122,7 @@ impl UsageRecorder {
         // SeqCst pairs with the flusher's store(false)-then-load: either it
         // sees this use, or this call sees `queued == false` and queues again.
         if !slot.queued.load(Ordering::SeqCst) && !slot.queued.swap(true, Ordering::SeqCst) {
-            let noted: Arc<dyn Noted> = entry.clone();
-            self.lock_queue().push(noted);
+            self.lock_queue().push(caller.clone());
         }
     }
 
@@ -137,11 +132,11 @@ impl UsageRecorder {
     pub async fn flush(&self) -> Result<usize, StoreError> {
         let mut unwritten = self.inner.unwritten.lock().await;
         let queued = std::mem::take(&mut *self.lock_queue());
-        for entry in queued {
-            let slot = entry.slot();
+        for caller in queued {
+            let slot = &caller.cache_slot().usage;
             slot.queued.store(false, Ordering::SeqCst);
             let ms = slot.last_used_ms.load(Ordering::SeqCst);
-            let newest = unwritten.entry(entry.key_id()).or_insert(0);
+            let newest = unwritten.entry(caller.key_id()).or_insert(0);
             *newest = (*newest).max(ms);
         }
         if unwritten.is_empty() {

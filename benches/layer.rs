@@ -1,0 +1,131 @@
+//! The whole middleware, called through `tower::ServiceExt`, against the
+//! same bare service without auth and behind tower-http's static bearer
+//! check (the cheapest auth there is). All three are in one group, so the
+//! ratios come from one run:
+//!
+//! ```text
+//! cargo bench --bench layer
+//! ```
+//!
+//! Timed with the thread's CPU time unless `BENCH_CLOCK=wall` (see
+//! `benches/support/mod.rs`). Each call gets a request built outside the timed part (method, URI and an
+//! `Authorization` header; the bare service ignores it) and completes
+//! synchronously: the inner service answers at once and a cache hit needs no
+//! waiting, so the future is polled once.
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+
+mod support;
+use futures_util::FutureExt;
+use http::{header::AUTHORIZATION, Request, Response};
+use support::Clock;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+use tower_api_key::Authenticator;
+
+const BEARER: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU";
+
+fn request(authorization: &str) -> Request<()> {
+    Request::get("/protected")
+        .header(AUTHORIZATION, authorization)
+        .body(())
+        .expect("a valid request")
+}
+
+async fn hello(_request: Request<()>) -> Result<Response<Bytes>, Infallible> {
+    Ok(Response::new(Bytes::from_static(b"hello, world")))
+}
+
+/// Calls `service` once, expecting an immediate answer.
+fn call_now<S>(service: &mut S, request: Request<()>) -> S::Response
+where
+    S: Service<Request<()>>,
+    S::Error: std::fmt::Debug,
+{
+    ServiceExt::ready(service)
+        .now_or_never()
+        .expect("ready at once")
+        .expect("ready")
+        .call(request)
+        .now_or_never()
+        .expect("answered at once")
+        .expect("no error")
+}
+
+fn layer(c: &mut Criterion<Clock>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let store = MemoryStore::new();
+    let auth = Authenticator::new(store.clone()).with_positive_ttl(Duration::from_secs(3600));
+    let key = rt.block_on(async {
+        let created = store
+            .create(NewKey::new("sa-bench"))
+            .await
+            .expect("created");
+        let secret = created.key.expose_secret().to_owned();
+        // Warm the cache: the benchmark measures hits.
+        let presented = store.format().parse(&secret).expect("a valid key");
+        auth.cache().lookup(&presented).await.expect("accepted");
+        secret
+    });
+    let api_key_header = format!("Api-Key {key}");
+    let bearer_header = format!("Bearer {BEARER}");
+
+    let mut bare = tower::service_fn(hello);
+    #[allow(deprecated)] // "too basic for real applications": exactly why it is the floor here
+    let mut bearer = ServiceBuilder::new()
+        .layer(tower_http::validate_request::ValidateRequestHeaderLayer::bearer(BEARER))
+        .service_fn(hello);
+    let mut api_key = ServiceBuilder::new()
+        .layer(auth.any_valid_key())
+        .service_fn(hello);
+
+    // Sanity: every variant admits its request.
+    assert!(call_now(&mut bare, request(&bearer_header))
+        .status()
+        .is_success());
+    assert!(call_now(&mut bearer, request(&bearer_header))
+        .status()
+        .is_success());
+    assert!(call_now(&mut api_key, request(&api_key_header))
+        .status()
+        .is_success());
+
+    let mut group = c.benchmark_group("layer");
+    group.bench_function("no_auth", |b| {
+        b.iter_batched(
+            || request(&api_key_header),
+            |req| black_box(call_now(&mut bare, req)),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("tower_http_bearer", |b| {
+        b.iter_batched(
+            || request(&bearer_header),
+            |req| black_box(call_now(&mut bearer, req)),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("api_key_hit", |b| {
+        b.iter_batched(
+            || request(&api_key_header),
+            |req| black_box(call_now(&mut api_key, req)),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = support::criterion();
+    targets = layer
+}
+criterion_main!(benches);

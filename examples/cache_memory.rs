@@ -1,0 +1,191 @@
+//! Memory per cached key (issue #7, target 3), each case in its own process.
+//!
+//! ```text
+//! cargo run --release --example cache_memory            # 1,000,000 keys, every case
+//! cargo run --release --example cache_memory -- 100000  # another count
+//! ```
+//!
+//! Cases:
+//! - `moka-ttl`, `moka-expiry`: a bare `moka::sync::Cache<[u8; 32], ()>`
+//!   with a fixed time-to-live, and with a per-entry expiry policy (what
+//!   the crate uses, since an entry lives until the earlier of the TTL and
+//!   the key's own expiry): moka's own per-entry floor.
+//! - `crate`: a `CachedVerifier` filled through its miss path by a verifier
+//!   that returns freshly decoded records, as a database would: each record
+//!   with its own copy of the service account id (1,000 accounts) and of two
+//!   scope names (out of four).
+//!
+//! Each case prints the growth of live heap bytes (a counting allocator, in
+//! this example only) and of resident memory (`VmRSS`), divided by the key
+//! count.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::process::Command;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tower_api_key::cache::{CacheConfig, CachedVerifier};
+use tower_api_key::key::{KeyFormat, PresentedKey};
+use tower_api_key::record::KeyRecord;
+use tower_api_key::scope::ScopeSet;
+use tower_api_key::verifier::VerifierError;
+
+struct Counting;
+
+static LIVE: AtomicI64 = AtomicI64::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const CASES: [&str; 3] = ["moka-ttl", "moka-expiry", "crate"];
+const SCOPES: [&str; 4] = [
+    "yc.ai.translate.execute",
+    "yc.ai.foundationModels.execute",
+    "yc.ai.vision.execute",
+    "yc.ai.speechkit.execute",
+];
+
+fn rss() -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn digest(i: usize) -> [u8; 32] {
+    Sha256::digest(i.to_le_bytes()).into()
+}
+
+struct UntilTtl;
+
+impl moka::Expiry<[u8; 32], ()> for UntilTtl {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        _value: &(),
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(3600))
+    }
+}
+
+fn run_case(case: &str, n: usize) {
+    let (heap0, rss0) = (LIVE.load(Ordering::Relaxed), rss());
+    let started = Instant::now();
+    // Kept alive until measured.
+    let keep: Box<dyn std::any::Any> = match case {
+        "moka-ttl" => {
+            let cache: moka::sync::Cache<[u8; 32], ()> = moka::sync::Cache::builder()
+                .max_capacity(n as u64 + 1)
+                .time_to_live(Duration::from_secs(3600))
+                .build();
+            for i in 0..n {
+                cache.insert(digest(i), ());
+            }
+            cache.run_pending_tasks();
+            assert_eq!(cache.entry_count(), n as u64);
+            Box::new(cache)
+        }
+        "moka-expiry" => {
+            let cache: moka::sync::Cache<[u8; 32], ()> = moka::sync::Cache::builder()
+                .max_capacity(n as u64 + 1)
+                .expire_after(UntilTtl)
+                .build();
+            for i in 0..n {
+                cache.insert(digest(i), ());
+            }
+            cache.run_pending_tasks();
+            assert_eq!(cache.entry_count(), n as u64);
+            Box::new(cache)
+        }
+        "crate" => {
+            let verifier = |key: PresentedKey| async move {
+                // A fresh record, as decoded from a database row.
+                let n = u32::from_le_bytes(key.digest().as_bytes()[..4].try_into().unwrap());
+                let scopes = ScopeSet::new([
+                    SCOPES[n as usize % 4].to_owned(),
+                    SCOPES[(n as usize / 4) % 4].to_owned(),
+                ])
+                .map_err(VerifierError::backend)?;
+                Ok::<_, VerifierError>(Some(
+                    KeyRecord::new(key.id(), format!("sa-{:06}", n % 1000)).with_scopes(scopes),
+                ))
+            };
+            let cache = CachedVerifier::new(
+                verifier,
+                CacheConfig::default()
+                    .with_max_keys(n as u64 + 1)
+                    .with_positive_ttl(Duration::from_secs(3600)),
+            );
+            let format = KeyFormat::default();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            rt.block_on(async {
+                for _ in 0..n {
+                    let key = format.generate().expect("random source");
+                    let key = format.parse(key.expose_secret()).expect("a valid key");
+                    cache.lookup(&key).await.expect("accepted");
+                }
+            });
+            cache.run_pending_tasks();
+            assert_eq!(cache.cached_keys(), n as u64);
+            Box::new((cache, rt))
+        }
+        other => panic!("unknown case {other}"),
+    };
+    let (heap1, rss1) = (LIVE.load(Ordering::Relaxed), rss());
+    println!(
+        "{case:<12} {n} keys: {:>6.0} heap bytes/key, {:>6.0} RSS bytes/key, filled in {:.1?}",
+        (heap1 - heap0) as f64 / n as f64,
+        (rss1 - rss0) as f64 / n as f64,
+        started.elapsed(),
+    );
+    drop(keep);
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let n: usize = args
+        .next()
+        .map(|a| a.replace('_', "").parse().expect("a key count"))
+        .unwrap_or(1_000_000);
+    match args.next() {
+        Some(case) => run_case(&case, n),
+        None => {
+            let me = std::env::current_exe().expect("own path");
+            for case in CASES {
+                let status = Command::new(&me)
+                    .arg(n.to_string())
+                    .arg(case)
+                    .status()
+                    .expect("run a case");
+                assert!(status.success(), "case {case} failed");
+            }
+        }
+    }
+}

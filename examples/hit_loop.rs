@@ -1,0 +1,212 @@
+//! A fixed number of cache hits in one function per case, for instruction
+//! counts and profiles that do not depend on the machine's load:
+//!
+//! ```text
+//! cargo build --release --example hit_loop
+//! scripts/callgrind_hit.sh            # instructions per hit, every case
+//! valgrind --tool=callgrind --toggle-collect='hit_loop::run_*' \
+//!     target/release/examples/hit_loop layer 100000
+//! ```
+//!
+//! Usage: `hit_loop CASE [ITERATIONS] [KEYS]`, CASE one of `parse`,
+//! `lookup`, `hit_path`, `bare`, `bearer`, `layer`, `miss` (ITERATIONS
+//! distinct keys of a `MemoryStore`, each looked up once on a cold cache). The cache holds KEYS
+//! keys (default 10,000); the hits cycle through a hot set of up to 1,024
+//! of them (`lookup`, `hit_path`) or use one key (`bare`, `bearer`, `layer`, the
+//! request through a `tower::service_fn` service as in `benches/layer.rs`).
+//! Each case runs in a `run_<case>` function (not inlined), so a profiler
+//! can count just the loop.
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{header::AUTHORIZATION, Request, Response};
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_api_key::cache::{CacheConfig, CachedVerifier};
+use tower_api_key::key::{KeyFormat, PresentedKey};
+use tower_api_key::record::KeyRecord;
+use tower_api_key::scope::{ScopePolicy, ScopeSet};
+use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+use tower_api_key::verifier::VerifierError;
+use tower_api_key::Authenticator;
+
+const HOT: usize = 1024;
+const BEARER: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU";
+
+async fn verifier(key: PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
+    let scopes = ScopeSet::new(["yc.ai.translate.execute", "yc.ai.foundationModels.execute"])
+        .map_err(VerifierError::backend)?;
+    Ok(Some(
+        KeyRecord::new(key.id(), "sa-bench").with_scopes(scopes),
+    ))
+}
+
+async fn hello(_request: Request<()>) -> Result<Response<Bytes>, Infallible> {
+    Ok(Response::new(Bytes::from_static(b"hello, world")))
+}
+
+fn call_now<S>(service: &mut S, request: Request<()>) -> S::Response
+where
+    S: Service<Request<()>>,
+    S::Error: std::fmt::Debug,
+{
+    ServiceExt::ready(service)
+        .now_or_never()
+        .expect("ready at once")
+        .expect("ready")
+        .call(request)
+        .now_or_never()
+        .expect("answered at once")
+        .expect("no error")
+}
+
+#[inline(never)]
+fn run_parse(format: &KeyFormat, raw: &[Vec<u8>], n: usize) {
+    for i in 0..n {
+        black_box(format.parse_bytes(black_box(&raw[i % raw.len()])).is_ok());
+    }
+}
+
+#[inline(never)]
+fn run_lookup(cache: &CachedVerifier, hot: &[PresentedKey], n: usize) {
+    for i in 0..n {
+        black_box(cache.lookup_cached(&hot[i % hot.len()]));
+    }
+}
+
+#[inline(never)]
+fn run_hit_path(
+    format: &KeyFormat,
+    cache: &CachedVerifier,
+    policy: &ScopePolicy,
+    raw: &[Vec<u8>],
+    n: usize,
+) {
+    for i in 0..n {
+        let key = format
+            .parse_bytes(&raw[i % raw.len()])
+            .expect("a valid key");
+        let caller = cache
+            .lookup_cached(&key)
+            .expect("cached")
+            .expect("admitted");
+        policy.check(caller.scopes()).expect("in scope");
+        let mut extensions = http::Extensions::new();
+        extensions.insert(caller);
+        black_box(extensions);
+    }
+}
+
+#[inline(never)]
+fn run_miss(rt: &tokio::runtime::Runtime, cache: &CachedVerifier, keys: &[PresentedKey]) {
+    rt.block_on(async {
+        for key in keys {
+            black_box(cache.lookup(key).await.expect("accepted"));
+        }
+    });
+}
+
+#[inline(never)]
+fn run_service<S>(service: &mut S, requests: Vec<Request<()>>)
+where
+    S: Service<Request<()>>,
+    S::Error: std::fmt::Debug,
+{
+    for request in requests {
+        black_box(call_now(service, request));
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let case = args.next().unwrap_or_else(|| "lookup".to_owned());
+    let n: usize = args
+        .next()
+        .map_or(100_000, |a| a.parse().expect("iterations"));
+    let keys: usize = args.next().map_or(10_000, |a| a.parse().expect("keys"));
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let format = KeyFormat::default();
+    let config = CacheConfig::default()
+        .with_max_keys(2 * keys as u64)
+        .with_positive_ttl(Duration::from_secs(3600));
+    let auth = Authenticator::new(verifier).with_cache_config(config);
+    let cache = auth.cache().clone();
+    let stride = (keys / HOT).max(1);
+    let mut hot = Vec::new();
+    rt.block_on(async {
+        for i in 0..keys {
+            let key = format.generate().expect("random source");
+            let key = format.parse(key.expose_secret()).expect("a valid key");
+            cache.lookup(&key).await.expect("accepted");
+            if i % stride == 0 && hot.len() < HOT {
+                hot.push(key);
+            }
+        }
+    });
+    cache.run_pending_tasks();
+    let raw: Vec<Vec<u8>> = hot
+        .iter()
+        .map(|k| k.expose_secret().as_bytes().to_vec())
+        .collect();
+    let requests = |header: &str| -> Vec<Request<()>> {
+        (0..n)
+            .map(|_| {
+                Request::get("/protected")
+                    .header(AUTHORIZATION, header)
+                    .body(())
+                    .expect("a request")
+            })
+            .collect()
+    };
+    let api_key = format!("Api-Key {}", hot[0].expose_secret());
+    match case.as_str() {
+        "parse" => run_parse(&format, &raw, n),
+        "lookup" => run_lookup(&cache, &hot, n),
+        "miss" => {
+            // N keys in a MemoryStore, each looked up once on a cold cache.
+            let store = MemoryStore::new();
+            let keys: Vec<PresentedKey> = rt.block_on(async {
+                let mut keys = Vec::with_capacity(n);
+                for i in 0..n {
+                    let created = store
+                        .create(NewKey::new(format!("sa-{}", i % 100)))
+                        .await
+                        .expect("created");
+                    keys.push(format.parse(created.key.expose_secret()).expect("a key"));
+                }
+                keys
+            });
+            let cold = CachedVerifier::new(store, CacheConfig::default());
+            run_miss(&rt, &cold, &keys)
+        }
+        "hit_path" => {
+            let policy = ScopePolicy::require_any(["yc.ai.translate.execute"]).expect("a scope");
+            run_hit_path(&format, &cache, &policy, &raw, n)
+        }
+        "bare" => run_service(&mut tower::service_fn(hello), requests(&api_key)),
+        "bearer" => {
+            #[allow(deprecated)]
+            let mut service = ServiceBuilder::new()
+                .layer(tower_http::validate_request::ValidateRequestHeaderLayer::bearer(BEARER))
+                .service_fn(hello);
+            run_service(&mut service, requests(&format!("Bearer {BEARER}")))
+        }
+        "layer" => {
+            let mut service = ServiceBuilder::new()
+                .layer(auth.any_valid_key())
+                .service_fn(hello);
+            run_service(&mut service, requests(&api_key))
+        }
+        other => {
+            eprintln!("unknown case {other}: parse, lookup, hit_path, bare, bearer, layer, miss");
+            std::process::exit(2);
+        }
+    }
+}
