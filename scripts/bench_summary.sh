@@ -5,7 +5,7 @@
 #   cargo bench --bench hit_path && cargo bench --bench layer && scripts/bench_summary.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DIR=${CRITERION_DIR:-target/criterion}
+DIR=${CRITERION_DIR:-${CARGO_TARGET_DIR:-target}/criterion}
 
 if ! command -v jq >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

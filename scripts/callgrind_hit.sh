@@ -19,7 +19,7 @@ if ! command -v valgrind >/dev/null 2>&1; then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
 fi
 # HIT_LOOP=path runs an already built binary (to compare builds).
-BIN=${HIT_LOOP:-target/release/examples/hit_loop}
+BIN=${HIT_LOOP:-${CARGO_TARGET_DIR:-target}/release/examples/hit_loop}
 [ -n "${HIT_LOOP:-}" ] || cargo build --release --example hit_loop
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT

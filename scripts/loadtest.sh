@@ -33,11 +33,15 @@ STARTUP_TIMEOUT=${STARTUP_TIMEOUT:-600}
 SAME_REQUEST=${SAME_REQUEST:-1}
 ADDR="127.0.0.1:${PORT}"
 
-if ! command -v wrk >/dev/null 2>&1; then
-    echo "== installing wrk"
+MISSING=()
+command -v wrk >/dev/null 2>&1 || MISSING+=(wrk)
+command -v curl >/dev/null 2>&1 || MISSING+=(curl)
+command -v taskset >/dev/null 2>&1 || MISSING+=(util-linux)
+if [ ${#MISSING[@]} -gt 0 ]; then
+    echo "== installing ${MISSING[*]}"
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${MISSING[@]}" >/dev/null
 fi
 if [ "$(nproc)" -lt 2 ]; then
     echo "warning: fewer than 2 CPUs; server and wrk share one" >&2
@@ -65,7 +69,7 @@ cleanup() {
 trap cleanup EXIT
 
 BIND="$ADDR" KEYS="$KEYS" WORKERS=1 taskset -c "$SERVER_CPU" \
-    target/release/examples/bench_server >"$LOG" 2>&1 &
+    "${CARGO_TARGET_DIR:-target}/release/examples/bench_server" >"$LOG" 2>&1 &
 SERVER_PID=$!
 
 for _ in $(seq "$STARTUP_TIMEOUT"); do
