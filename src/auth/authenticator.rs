@@ -379,8 +379,4 @@ impl Authenticator {
             rejection::http_response(&*self.shared.responder, &self.shared.realm, rejection)
         }
     }
-
-    pub(crate) fn cached(&self) -> &CachedVerifier {
-        &self.shared.cache
-    }
 }

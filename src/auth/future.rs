@@ -73,7 +73,7 @@ where
         service: S,
         request: Request<ReqBody>,
     ) -> Self {
-        let cache = auth.cached().clone();
+        let cache = auth.cache().clone();
         let lookup = Box::pin(async move {
             let result = cache.lookup_miss(&key).await;
             (key, result)

@@ -72,7 +72,7 @@ where
             }
             Begin::Lookup(key) => {
                 // Hot path: a cached answer needs no future and no clone of the inner service.
-                if let Some(answer) = self.auth.cached().lookup_cached(&key) {
+                if let Some(answer) = self.auth.cache().lookup_cached(&key) {
                     return match self
                         .auth
                         .complete(&*self.policy, &mut request, &key, answer)
