@@ -985,6 +985,31 @@ async fn both_credential_headers_are_400_without_a_lookup() {
 }
 
 #[tokio::test]
+async fn without_with_api_key_header_x_api_key_is_not_read_at_all() {
+    let fx = Fixture::new();
+    let app = app(&fx.auth);
+    let key = fx.key("sa-a", &[]).await;
+    let other = fx.key("sa-b", &[]).await;
+    let secret = key.key.expose_secret();
+
+    // Another key there neither conflicts with Authorization...
+    let both = get_whoami()
+        .header(AUTHORIZATION, api_key(secret))
+        .header(X_API_KEY, other.key.expose_secret())
+        .body(Body::empty())
+        .unwrap();
+    let reply = app.send(both).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(app.only_seen().caller.unwrap().key_id(), key.record.key_id);
+    // ...nor authenticates on its own.
+    let alone = get_whoami()
+        .header(X_API_KEY, secret)
+        .body(Body::empty())
+        .unwrap();
+    assert_unauthorized(&app.send(alone).await, Reason::Missing);
+}
+
+#[tokio::test]
 async fn the_extra_header_holds_a_bare_key_only() {
     let fx = Fixture::with(|auth| auth.with_api_key_header(X_API_KEY));
     let app = app(&fx.auth);
