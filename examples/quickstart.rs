@@ -70,9 +70,13 @@ async fn serve<S: KeyStore + Clone>(
 
     // The management API, for keys holding `apikeys.manage`. The admin key
     // is an operator's: it may manage every service account's keys (by
-    // default a caller manages only its own account's).
+    // default a caller manages only its own account's) and hand out the
+    // demo scopes and unscoped keys (by default a caller hands out only
+    // scopes its own key holds, and never `apikeys.manage`).
     let admin = ManagementApi::new(store.clone(), &auth)
         .with_account_access(AccountAccess::any_account())
+        .with_grantable_scopes([TRANSLATE, FOUNDATION_MODELS])
+        .allow_unscoped_keys()
         .into_router();
 
     let app = Router::new()

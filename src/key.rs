@@ -283,6 +283,18 @@ impl KeyFormat {
         })
     }
 
+    /// Whether a whole key of this format (checksum included) appears
+    /// anywhere in `text`, even glued to other characters: for refusing keys
+    /// pasted into fields that are stored and shown to others.
+    pub(crate) fn occurs_in(&self, text: &str) -> bool {
+        let prefix = self.prefix_bytes();
+        text.as_bytes().windows(self.key_len()).any(|window| {
+            window.starts_with(prefix)
+                && window[prefix.len()] == b'_'
+                && self.parse_bytes(window).is_ok()
+        })
+    }
+
     /// Parses a presented key: length, prefix, separators, alphabet and checksum,
     /// in that order, without allocating.
     pub fn parse(&self, key: &str) -> Result<PresentedKey, KeyParseError> {
@@ -526,5 +538,35 @@ mod tests {
         let key = KeyFormat::default().generate().unwrap();
         assert_eq!(key.expose_secret().len(), 59);
         assert!(key.expose_secret().starts_with("tak_"));
+    }
+
+    #[test]
+    fn a_key_is_found_anywhere_in_a_text_and_near_misses_are_not() {
+        let format = KeyFormat::default();
+        let key = format.generate().unwrap();
+        let key = key.expose_secret();
+        for text in [
+            key.to_owned(),
+            format!("ci key {key}"),
+            format!("x{key}y"),
+            format!("é{key}"),
+        ] {
+            assert!(format.occurs_in(&text), "found in {} bytes", text.len());
+        }
+        let mut typo = key.to_owned().into_bytes();
+        let last = typo.len() - 1;
+        typo[last] = if typo[last] == b'a' { b'b' } else { b'a' };
+        let typo = String::from_utf8(typo).unwrap();
+        for text in [
+            typo.as_str(),
+            &key[..key.len() - 1],
+            "",
+            "tak_",
+            "sa-translator",
+        ] {
+            assert!(!format.occurs_in(text), "{} bytes", text.len());
+        }
+        let other = KeyFormat::new("yc").unwrap();
+        assert!(!other.occurs_in(key), "another issuer's format");
     }
 }

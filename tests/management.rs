@@ -82,8 +82,11 @@ async fn app(configure: impl FnOnce(ManagementApi) -> ManagementApi) -> App {
     let store = MemoryStore::new();
     let usage = UsageRecorder::new(store.clone());
     let auth = Authenticator::new(store.clone()).with_usage_recorder(usage.clone());
-    let api =
-        ManagementApi::new(store.clone(), &auth).with_account_access(AccountAccess::any_account());
+    // An operator console: every account, the service's scopes and unscoped keys.
+    let api = ManagementApi::new(store.clone(), &auth)
+        .with_account_access(AccountAccess::any_account())
+        .with_grantable_scopes([TRANSLATE, "yc.ai.read"])
+        .allow_unscoped_keys();
     let app = Router::new()
         .route(
             "/v1/translate",
@@ -626,7 +629,7 @@ async fn by_default_a_caller_manages_only_its_own_account() {
     let auth = Authenticator::new(store.clone());
     let app = Router::new().nest("/admin", management::router(store.clone(), &auth));
     let client = Client::new(serve(app).await);
-    let mine = mint(&store, "sa-a", &[management::DEFAULT_SCOPE]).await;
+    let mine = mint(&store, "sa-a", &[management::DEFAULT_SCOPE, TRANSLATE]).await;
     let theirs = mint(&store, "sa-b", &[TRANSLATE]).await;
     let their_id = &theirs[4..20];
     let before = (
@@ -690,14 +693,14 @@ async fn by_default_a_caller_manages_only_its_own_account() {
     );
     assert_eq!(after, before, "nothing changed");
 
-    // Its own keys: fine.
+    // Its own keys, with a scope it holds: fine.
     let created = send(
         "POST",
         "/keys".into(),
-        Some(json!({"service_account_id": "sa-a"})),
+        Some(json!({"service_account_id": "sa-a", "scopes": [TRANSLATE]})),
     )
     .await;
-    assert_eq!(created.status, 201);
+    assert_eq!(created.status, 201, "{}", created.text);
     let listed = send("GET", "/keys?service_account_id=sa-a".into(), None).await;
     assert_eq!(listed.json()["keys"].as_array().unwrap().len(), 2);
 }
@@ -711,7 +714,8 @@ async fn a_custom_account_rule_decides() {
         .with_scopes(["team.keys.admin"])
         .with_account_access(AccountAccess::custom(|caller, account| {
             account.starts_with(&format!("{}-", caller.service_account_id()))
-        }));
+        }))
+        .allow_unscoped_keys();
     let client = Client::new(serve(Router::new().nest("/m", api.into_router())).await);
     let lead = mint(&store, "team-x", &["team.keys.admin"]).await;
     let default_scope = mint(&store, "team-x", &[management::DEFAULT_SCOPE]).await;

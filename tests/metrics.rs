@@ -104,6 +104,7 @@ async fn counters_move_by_the_expected_amounts() {
             "/admin",
             ManagementApi::new(store.clone(), &auth)
                 .with_account_access(AccountAccess::any_account())
+                .with_grantable_scopes([TRANSLATE])
                 .into_router(),
         );
     let client = Client::new(serve(app).await);

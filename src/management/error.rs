@@ -7,6 +7,7 @@ use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER}
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
+use super::grant::Refused;
 use crate::store::StoreError;
 
 /// The body of every management error response:
@@ -78,6 +79,29 @@ impl ApiError {
                 scrub(account)
             ),
         )
+    }
+
+    /// 403: the caller may not give a key these scopes, or make it unscoped.
+    pub(crate) fn grant_denied(refused: &Refused) -> Self {
+        let mut message = String::from("this api key may not ");
+        if !refused.scopes.is_empty() {
+            let names: Vec<String> = refused
+                .scopes
+                .iter()
+                .map(|s| format!("`{}`", scrub(s.as_str())))
+                .collect();
+            message.push_str(&format!(
+                "hand out a key holding {}: a key hands out only scopes it holds itself, and \
+                 never the management scope, unless the router grants them",
+                names.join(", ")
+            ));
+        } else {
+            message.push_str(
+                "hand out an unscoped key: only an unscoped key may, unless the router allows \
+                 unscoped keys",
+            );
+        }
+        Self::new(StatusCode::FORBIDDEN, "permission_denied", message)
     }
 
     /// 405 with an `Allow` header.

@@ -25,6 +25,8 @@
 //!     "/admin",
 //!     ManagementApi::new(store.clone(), &auth)
 //!         .with_account_access(AccountAccess::any_account())
+//!         // What its managers may hand out besides the scopes they hold.
+//!         .with_grantable_scopes(["yc.ai.translate.execute"])
 //!         .into_router(),
 //! );
 //!
@@ -75,7 +77,10 @@
 //!   error or log line.
 //! - **Timestamps** are RFC 3339. Responses are in UTC with milliseconds;
 //!   requests may use `Z` or a numeric offset. `expires_at` must be in the
-//!   future; in a `PATCH`, `"expires_at": null` removes the expiry and an
+//!   future and, in UTC, no later than 9999-12-31T23:59:59.999Z (the last
+//!   instant RFC 3339 can write; `9999-12-31T23:59:59-14:00` is past it);
+//!   a stored time outside 1970-9999 (written by another tool) is shown
+//!   clamped to that range. In a `PATCH`, `"expires_at": null` removes the expiry and an
 //!   absent field leaves it as it is. `description` and `scopes` may be
 //!   absent but not `null`.
 //! - **`last_used_at`** is `null` until the key is first used. It is written
@@ -103,9 +108,9 @@
 //!
 //! | status | `error` | when |
 //! |---|---|---|
-//! | 400 | `invalid_argument` | malformed JSON, unknown or `null` fields, invalid scope names, more than 100 scopes, `expires_at` not RFC 3339 or not in the future, a malformed key id, missing `service_account_id`, unknown query parameters, a bad `page_size` or `page_token`, a grace period over 30 days |
+//! | 400 | `invalid_argument` | malformed JSON, unknown or `null` fields, invalid scope names, more than 100 scopes, `expires_at` not RFC 3339, not in the future or after 9999-12-31T23:59:59.999Z in UTC, an API key pasted into `service_account_id`, `description` or a scope, a malformed key id, missing `service_account_id`, unknown query parameters, a bad `page_size` or `page_token`, a grace period over 30 days |
 //! | 401, 403 | (the layer's) | no valid key, or a key without the management scope |
-//! | 403 | `permission_denied` | the caller may not manage this service account's keys ([`AccountAccess`]) |
+//! | 403 | `permission_denied` | the caller may not manage this service account's keys ([`AccountAccess`]), or may not give a key these scopes ([who may grant what](#who-may-grant-what)) |
 //! | 404 | `not_found` | an unknown or deleted key id, a key of an account the caller may not manage, an unknown `:method` |
 //! | 405 | `method_not_allowed` | `GET /keys/{id}:reissue` and the like; `Allow` says what works |
 //! | 413 | `payload_too_large` | a body over the limit (64 KiB by default, [`ManagementApi::with_body_limit`]) |
@@ -128,10 +133,35 @@
 //!
 //! A key of an account the caller may not manage answers 404, as if it did
 //! not exist; creating or listing keys of such an account answers 403.
-//! A management key can mint keys with any scopes (or none) for the accounts
-//! it may manage, so treat the management scope as an administrator's.
+//!
+//! # Who may grant what
+//!
+//! No request to this API brings into existence a key that is accepted on a
+//! route where the calling key is refused, unless the router was told so:
+//!
+//! - **Create**: a caller may give a key only scopes its own key holds, and
+//!   never this router's management scopes (a key may not copy itself). It
+//!   may not create an unscoped key (accepted on every route that declares
+//!   no scopes) unless it is unscoped itself, which a key holding the
+//!   management scope never is.
+//! - **PATCH**: the same for every scope the request adds; scopes the key
+//!   already holds may stay, and a key may always be narrowed. Making a
+//!   scoped key unscoped counts as adding.
+//! - **Reissue** hands the caller the key itself, so the caller must hold
+//!   every scope of that key (management scopes included: a key may rotate
+//!   itself), and may reissue an unscoped key only if it could create one.
+//!
+//! The operator widens this explicitly on the router:
+//! [`ManagementApi::with_grantable_scopes`] (scopes any manager may hand
+//! out; the only way to hand out a management scope is to name it here),
+//! [`ManagementApi::allow_unscoped_keys`], and
+//! [`ManagementApi::with_grant_rule`] (a predicate over the caller and the
+//! scopes the key would hold, asked about whatever the rest refuses).
+//! Anything else is refused with 403 `permission_denied` naming the scopes
+//! that may not be given, before the store is touched.
 
 mod error;
+mod grant;
 mod resource;
 mod routes;
 mod time;
@@ -151,8 +181,9 @@ pub use resource::{
 
 use crate::auth::Authenticator;
 use crate::record::Caller;
-use crate::scope::{Scope, ScopeError, ScopePolicy};
+use crate::scope::{Scope, ScopeError, ScopePolicy, ScopeSet};
 use crate::store::KeyStore;
+use grant::Grants;
 
 /// The scope a key needs to use the management API, unless
 /// [`ManagementApi::with_scopes`] says otherwise.
@@ -235,6 +266,7 @@ pub struct ManagementApi {
     auth: Authenticator,
     policy: ScopePolicy,
     access: AccountAccess,
+    grants: Grants,
     body_limit: usize,
 }
 
@@ -243,6 +275,7 @@ impl fmt::Debug for ManagementApi {
         f.debug_struct("ManagementApi")
             .field("scopes", &self.policy.required())
             .field("access", &self.access)
+            .field("grants", &self.grants)
             .field("body_limit", &self.body_limit)
             .finish_non_exhaustive()
     }
@@ -265,6 +298,7 @@ impl ManagementApi {
             auth: auth.clone(),
             policy,
             access: AccountAccess::default(),
+            grants: Grants::default(),
             body_limit: DEFAULT_BODY_LIMIT,
         }
     }
@@ -305,6 +339,67 @@ impl ManagementApi {
         self
     }
 
+    /// Scopes any caller of this router may give keys, whether or not its
+    /// own key holds them (default: none; a caller gives only scopes it
+    /// holds). See [who may grant what](self#who-may-grant-what).
+    ///
+    /// This is the only way to let managers hand out a management scope:
+    /// name it here.
+    ///
+    /// # Panics
+    ///
+    /// If a name is invalid; see [`ManagementApi::try_with_grantable_scopes`].
+    pub fn with_grantable_scopes<I, S>(self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: TryInto<Scope>,
+        ScopeError: From<S::Error>,
+    {
+        match self.try_with_grantable_scopes(scopes) {
+            Ok(api) => api,
+            Err(e) => panic!("invalid grantable scopes: {e}"),
+        }
+    }
+
+    /// [`ManagementApi::with_grantable_scopes`], returning invalid scopes as
+    /// an error.
+    pub fn try_with_grantable_scopes<I, S>(mut self, scopes: I) -> Result<Self, ScopeError>
+    where
+        I: IntoIterator<Item = S>,
+        S: TryInto<Scope>,
+        ScopeError: From<S::Error>,
+    {
+        let scopes = scopes
+            .into_iter()
+            .map(|s| s.try_into().map_err(ScopeError::from))
+            .collect::<Result<Vec<Scope>, _>>()?;
+        self.grants.scopes.extend(scopes);
+        self.grants.scopes.sort_unstable();
+        self.grants.scopes.dedup();
+        Ok(self)
+    }
+
+    /// Any caller of this router may create unscoped keys and make keys
+    /// unscoped (default: only an unscoped caller may, and the management
+    /// scope makes every caller scoped). An unscoped key is accepted on every
+    /// route that declares no scopes.
+    pub fn allow_unscoped_keys(mut self) -> Self {
+        self.grants.unscoped = true;
+        self
+    }
+
+    /// A rule for what the defaults and the explicit grants refuse:
+    /// `allows(caller, scopes)` sees the scopes the key would hold once the
+    /// request is done (empty: unscoped) and says whether to allow it. It
+    /// can only widen what callers may give, never narrow it.
+    pub fn with_grant_rule(
+        mut self,
+        allows: impl Fn(&Caller, &ScopeSet) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.grants.rule = Some(Arc::new(allows));
+        self
+    }
+
     /// The largest request body, in bytes (default [`DEFAULT_BODY_LIMIT`]);
     /// larger ones get 413.
     pub fn with_body_limit(mut self, bytes: usize) -> Self {
@@ -314,10 +409,13 @@ impl ManagementApi {
 
     /// The router, to mount with [`Router::nest`].
     pub fn into_router(self) -> Router {
+        let managing = self.policy.required().cloned().unwrap_or_default();
         let ctx = routes::Ctx {
             store: self.store,
             auth: self.auth.clone(),
             access: self.access,
+            grants: Arc::new(self.grants),
+            managing,
             body_limit: self.body_limit,
         };
         Router::new()

@@ -8,10 +8,12 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::error::{scrub, ApiError};
 use super::time;
-use crate::key::KeyId;
+use crate::key::{KeyFormat, KeyId};
 use crate::record::KeyRecord;
 use crate::scope::{Scope, ScopeSet, MAX_SCOPES_PER_KEY};
-use crate::store::{hint_of, CreatedKey, KeyInfo, KeyUpdate, NewKey};
+use crate::store::{
+    hint_of, latest_time, CreatedKey, KeyInfo, KeyUpdate, NewKey, LATEST_TIME_TEXT,
+};
 
 /// Longest description, in characters.
 pub const MAX_DESCRIPTION_LEN: usize = 256;
@@ -148,15 +150,17 @@ pub(crate) struct CreateKeyRequest {
 }
 
 impl CreateKeyRequest {
-    /// Validates everything; `now` is for the expiry check.
-    pub(crate) fn validate(self, now: SystemTime) -> Result<NewKey, ApiError> {
+    /// Validates everything; `now` is for the expiry check, `format` the
+    /// keys no stored field may contain.
+    pub(crate) fn validate(self, now: SystemTime, format: &KeyFormat) -> Result<NewKey, ApiError> {
         let account = service_account_id(&self.service_account_id)?;
+        no_key("service_account_id", &account, format)?;
         let mut new = NewKey::new(account);
         if let Some(description) = self.description {
-            new = new.with_description(description_of(description)?);
+            new = new.with_description(description_of(description, format)?);
         }
         if let Some(scopes) = self.scopes {
-            new = new.with_scopes(scopes_of(&scopes)?);
+            new = new.with_scopes(scopes_of(&scopes, format)?);
         }
         if let Some(at) = expiry_of(self.expires_at.flatten().as_deref(), now)? {
             new = new.with_expires_at(at);
@@ -179,14 +183,18 @@ pub(crate) struct UpdateKeyRequest {
 }
 
 impl UpdateKeyRequest {
-    /// Validates everything; `now` is for the expiry check.
-    pub(crate) fn validate(self, now: SystemTime) -> Result<KeyUpdate, ApiError> {
+    /// Validates everything, as [`CreateKeyRequest::validate`].
+    pub(crate) fn validate(
+        self,
+        now: SystemTime,
+        format: &KeyFormat,
+    ) -> Result<KeyUpdate, ApiError> {
         let mut update = KeyUpdate::default();
         if let Some(description) = self.description {
-            update = update.with_description(description_of(description)?);
+            update = update.with_description(description_of(description, format)?);
         }
         if let Some(scopes) = self.scopes {
-            update = update.with_scopes(scopes_of(&scopes)?);
+            update = update.with_scopes(scopes_of(&scopes, format)?);
         }
         if let Some(expires_at) = self.expires_at {
             update = update.with_expires_at(expiry_of(expires_at.as_deref(), now)?);
@@ -248,7 +256,20 @@ pub(crate) fn service_account_id(text: &str) -> Result<String, ApiError> {
     Ok(text.to_owned())
 }
 
-fn description_of(text: String) -> Result<String, ApiError> {
+/// A field that is stored and shown in every later GET and list must not
+/// hold a key: whoever pasted it there would leak it to every reader.
+fn no_key(field: &str, text: &str, format: &KeyFormat) -> Result<(), ApiError> {
+    if format.occurs_in(text) {
+        return Err(ApiError::invalid(format!(
+            "{field}: must not contain an api key (if it is a real one, treat it as leaked: \
+             revoke or reissue it)"
+        )));
+    }
+    Ok(())
+}
+
+fn description_of(text: String, format: &KeyFormat) -> Result<String, ApiError> {
+    no_key("description", &text, format)?;
     if text.chars().count() > MAX_DESCRIPTION_LEN {
         return Err(ApiError::invalid(format!(
             "description: at most {MAX_DESCRIPTION_LEN} characters"
@@ -262,9 +283,10 @@ fn description_of(text: String) -> Result<String, ApiError> {
     Ok(text)
 }
 
-fn scopes_of(names: &[String]) -> Result<ScopeSet, ApiError> {
+fn scopes_of(names: &[String], format: &KeyFormat) -> Result<ScopeSet, ApiError> {
     let mut scopes = Vec::with_capacity(names.len());
     for (i, name) in names.iter().enumerate() {
+        no_key(&format!("scopes[{i}]"), name, format)?;
         let scope = Scope::new(name).map_err(|e| ApiError::invalid(format!("scopes[{i}]: {e}")))?;
         scopes.push(scope);
     }
@@ -291,6 +313,12 @@ fn expiry_of(text: Option<&str>, now: SystemTime) -> Result<Option<SystemTime>, 
     if at <= now {
         return Err(ApiError::invalid("expires_at: must be in the future"));
     }
+    // In UTC, after the offset: `9999-12-31T23:59:59-14:00` is in year 10000.
+    if at > latest_time() {
+        return Err(ApiError::invalid(format!(
+            "expires_at: must be at most {LATEST_TIME_TEXT} in UTC"
+        )));
+    }
     Ok(Some(at))
 }
 
@@ -301,7 +329,7 @@ mod tests {
     fn create(json: &str) -> Result<NewKey, String> {
         let request: CreateKeyRequest = serde_json::from_str(json).map_err(|e| e.to_string())?;
         request
-            .validate(SystemTime::now())
+            .validate(SystemTime::now(), &KeyFormat::default())
             .map_err(|e| e.message().to_owned())
     }
 
@@ -363,11 +391,91 @@ mod tests {
     }
 
     #[test]
+    fn expiries_are_bounded_in_utc_after_the_offset() {
+        let at = |text: &str| {
+            create(&format!(
+                r#"{{"service_account_id":"sa","expires_at":"{text}"}}"#
+            ))
+        };
+        assert_eq!(
+            at("9999-12-31T23:59:59-14:00").unwrap_err(),
+            "expires_at: must be at most 9999-12-31T23:59:59.999Z in UTC"
+        );
+        assert!(at("9999-12-31T23:59:59.999Z").is_ok());
+        assert!(at("9999-12-31T23:59:59+14:00").is_ok());
+        let update = serde_json::from_str::<UpdateKeyRequest>(
+            r#"{"expires_at":"9999-12-31T23:59:59.5-00:01"}"#,
+        )
+        .unwrap()
+        .validate(SystemTime::now(), &KeyFormat::default());
+        assert!(update.is_err());
+    }
+
+    #[test]
+    fn a_key_pasted_into_a_stored_field_is_refused_naming_the_field_not_echoing_it() {
+        let key = KeyFormat::default().generate().unwrap();
+        let key = key.expose_secret();
+        for (json, field) in [
+            (
+                serde_json::json!({"service_account_id": key}),
+                "service_account_id: must not contain an api key",
+            ),
+            (
+                serde_json::json!({"service_account_id": "sa", "description": format!("ci {key}")}),
+                "description: must not contain an api key",
+            ),
+            (
+                serde_json::json!({"service_account_id": "sa", "scopes": ["a.b", key]}),
+                "scopes[1]: must not contain an api key",
+            ),
+        ] {
+            let got = create(&json.to_string()).unwrap_err();
+            assert!(got.starts_with(field), "{got}");
+            assert!(!got.contains(&key[4..]), "{got}");
+        }
+        let update = serde_json::from_str::<UpdateKeyRequest>(
+            &serde_json::json!({ "description": key }).to_string(),
+        )
+        .unwrap()
+        .validate(SystemTime::now(), &KeyFormat::default())
+        .unwrap_err();
+        assert!(update
+            .message()
+            .starts_with("description: must not contain an api key"));
+        // A key of another issuer's format is just text here.
+        let other = KeyFormat::new("yc").unwrap().generate().unwrap();
+        assert!(create(
+            &serde_json::json!({"service_account_id": "sa", "description": other.expose_secret()})
+                .to_string()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn a_stored_time_past_year_9999_renders_clamped_instead_of_panicking() {
+        use crate::store::latest_time;
+        let far = latest_time() + Duration::from_secs(365 * 24 * 3600);
+        let record = KeyRecord::new(KeyId::random().unwrap(), "sa")
+            .with_expires_at(Some(far))
+            .with_created_at(far);
+        let resource = KeyResource::new(&record, Some(far), "tak_…abcd".into());
+        assert_eq!(
+            resource.expires_at.as_deref(),
+            Some("9999-12-31T23:59:59.999Z")
+        );
+        assert_eq!(resource.created_at, "9999-12-31T23:59:59.999Z");
+        assert_eq!(
+            resource.last_used_at.as_deref(),
+            Some("9999-12-31T23:59:59.999Z")
+        );
+    }
+
+    #[test]
     fn updates_tell_absent_from_null() {
         let update = |json: &str| -> KeyUpdate {
             serde_json::from_str::<UpdateKeyRequest>(json)
                 .unwrap()
-                .validate(SystemTime::now())
+                .validate(SystemTime::now(), &KeyFormat::default())
                 .unwrap()
         };
         let u = update("{}");

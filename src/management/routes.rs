@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::{scrub, ApiError};
+use super::grant::{Change, Grants};
 use super::resource::{
     self, CreateKeyRequest, KeyList, KeyResource, KeyWithSecret, ListQuery, ReissueKeyRequest,
     UpdateKeyRequest,
@@ -20,6 +21,7 @@ use super::resource::{
 use super::AccountAccess;
 use crate::key::KeyId;
 use crate::record::Caller;
+use crate::scope::ScopeSet;
 use crate::store::{KeyInfo, KeyStore, ListRequest};
 use crate::Authenticator;
 
@@ -29,6 +31,9 @@ pub(crate) struct Ctx {
     pub(crate) store: Arc<dyn KeyStore>,
     pub(crate) auth: Authenticator,
     pub(crate) access: AccountAccess,
+    pub(crate) grants: Arc<Grants>,
+    /// The scopes that let a key into this router.
+    pub(crate) managing: ScopeSet,
     pub(crate) body_limit: usize,
 }
 
@@ -168,7 +173,7 @@ impl Ctx {
             Some(info) => {
                 tracing::info!(
                     key_id = %id,
-                    service_account_id = %info.record.service_account_id,
+                    service_account_id = %scrub(&info.record.service_account_id),
                     caller_key_id = %caller.key_id(),
                     "api key management: key of another service account refused"
                 );
@@ -190,6 +195,21 @@ impl Ctx {
             Err(ApiError::account_denied(account))
         }
     }
+
+    /// Whether `caller` may make `change`; see [`super::grant`].
+    fn check_grant(&self, caller: &Caller, change: Change<'_>) -> Result<()> {
+        self.grants
+            .check(caller, &self.managing, change)
+            .map_err(|refused| {
+                tracing::info!(
+                    caller_key_id = %caller.key_id(),
+                    refused_scopes = refused.scopes.len(),
+                    unscoped = refused.unscoped,
+                    "api key management: grant refused"
+                );
+                ApiError::grant_denied(&refused)
+            })
+    }
 }
 
 /// `POST /keys`
@@ -200,8 +220,9 @@ pub(crate) async fn create(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let request: CreateKeyRequest = body(&ctx, &headers, raw, false)?;
-    let new = request.validate(ctx.now())?;
+    let new = request.validate(ctx.now(), &ctx.store.format())?;
     ctx.check_account(&caller, &new.service_account_id)?;
+    ctx.check_grant(&caller, Change::Create(&new.scopes))?;
     let created = ctx.store.create(new).await?;
     let id = created.record.key_id;
     tracing::info!(
@@ -264,8 +285,12 @@ pub(crate) async fn update(
 ) -> Result<Response> {
     let id = plain_id(&path_text(path)?, "PATCH")?;
     let request: UpdateKeyRequest = body(&ctx, &headers, raw, false)?;
-    let update = request.validate(ctx.now())?;
-    ctx.visible_key(&caller, id).await?;
+    let update = request.validate(ctx.now(), &ctx.store.format())?;
+    let current = ctx.visible_key(&caller, id).await?;
+    if let Some(to) = &update.scopes {
+        let from = &current.record.scopes;
+        ctx.check_grant(&caller, Change::Replace { from, to })?;
+    }
     let info = ctx
         .store
         .update(id, update)
@@ -320,6 +345,7 @@ pub(crate) async fn custom(
     let request: ReissueKeyRequest = body(&ctx, &headers, raw, true)?;
     let grace = request.validate()?;
     let info = ctx.visible_key(&caller, id).await?;
+    ctx.check_grant(&caller, Change::Reissue(&info.record.scopes))?;
     let created = ctx
         .store
         .reissue(id, grace)

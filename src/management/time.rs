@@ -5,11 +5,25 @@
 //! of fractional digits. `humantime` itself reads only UTC, so a numeric
 //! offset is applied here.
 
-use std::time::{Duration, SystemTime};
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// `at` as RFC 3339, UTC, milliseconds.
+use crate::store::latest_time;
+
+/// `at` as RFC 3339, UTC, milliseconds. Never fails: stores refuse times
+/// outside 1970..=9999, but a record written by another tool may hold one,
+/// and showing it must not take the request (or the process) down, so such
+/// a time is shown clamped to the nearest end of that range.
 pub(crate) fn format(at: SystemTime) -> String {
-    humantime::format_rfc3339_millis(at).to_string()
+    let at = at.clamp(UNIX_EPOCH, latest_time());
+    let mut text = String::with_capacity(24);
+    // `humantime` formats every instant in the clamped range; the fallback
+    // only keeps a formatter error from ever becoming a panic.
+    if write!(text, "{}", humantime::format_rfc3339_millis(at)).is_err() {
+        text.clear();
+        text.push_str(crate::store::LATEST_TIME_TEXT);
+    }
+    text
 }
 
 /// Parses an RFC 3339 timestamp; the error says what a valid one looks like.
@@ -132,6 +146,33 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn formats_times_outside_what_stores_accept_clamped_without_panicking() {
+        let latest = format(latest_time());
+        assert_eq!(latest, "9999-12-31T23:59:59.999Z");
+        assert_eq!(latest, crate::store::LATEST_TIME_TEXT);
+        // 10000-01-01T13:59:59Z, the instant of 9999-12-31T23:59:59-14:00.
+        let year_10000 = latest_time() + Duration::from_secs(14 * 3600);
+        assert_eq!(format(year_10000), latest);
+        assert_eq!(
+            format(UNIX_EPOCH + Duration::from_secs(u32::MAX as u64 * 1000)),
+            latest
+        );
+        assert_eq!(
+            format(UNIX_EPOCH - Duration::from_secs(1)),
+            "1970-01-01T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn reads_offsets_past_year_9999_as_the_instant_they_name() {
+        let at = parse("9999-12-31T23:59:59-14:00").unwrap();
+        assert!(
+            at > latest_time(),
+            "parsing does not clamp; validation refuses it"
+        );
     }
 
     #[test]

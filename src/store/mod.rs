@@ -294,13 +294,26 @@ pub(crate) fn check_new(new: &NewKey, now: SystemTime) -> Result<(), StoreError>
     check_expiry(new.expires_at, now)
 }
 
-/// An expiry must lie in the future.
+/// The latest instant a store keeps, [`LATEST_TIME_TEXT`]: the end of year
+/// 9999, beyond which RFC 3339 has no four-digit year to write it in.
+pub fn latest_time() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(253_402_300_799_999)
+}
+
+/// [`latest_time`] as RFC 3339.
+pub const LATEST_TIME_TEXT: &str = "9999-12-31T23:59:59.999Z";
+
+/// An expiry must lie in the future, and no later than [`latest_time`], so
+/// every store can hold it and every response can show it.
 pub(crate) fn check_expiry(
     expires_at: Option<SystemTime>,
     now: SystemTime,
 ) -> Result<(), StoreError> {
     match expires_at {
         Some(at) if at <= now => Err(StoreError::invalid("expires_at is in the past")),
+        Some(at) if at > latest_time() => Err(StoreError::invalid(format!(
+            "expires_at is after {LATEST_TIME_TEXT}"
+        ))),
         _ => Ok(()),
     }
 }

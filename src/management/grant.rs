@@ -1,0 +1,285 @@
+//! Who may give a key which scopes: the rule that keeps a management key
+//! from minting (or patching, or reissuing) a key more powerful than itself.
+//!
+//! The invariant: no management request brings into existence a key that is
+//! accepted on a route where the calling key is refused, unless the operator
+//! granted it explicitly. Against the scope rules of a route
+//! ([`ScopePolicy`](crate::scope::ScopePolicy)) that means:
+//!
+//! - a scope may be given only if the caller holds it (so the new key is
+//!   accepted only where some scope of the caller is), and never one of the
+//!   router's own management scopes, which would let a key copy itself;
+//! - an unscoped key (accepted on every route that declares no scopes, where
+//!   a scoped caller is refused) only by an unscoped caller.
+//!
+//! What the operator adds on top is explicit: [`Grants::scopes`], scopes any
+//! manager of the router may hand out; [`Grants::unscoped`]; and a custom
+//! rule over the caller and the scopes the key would get.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::record::Caller;
+use crate::scope::{Scope, ScopeSet};
+
+/// A custom grant rule: `(caller, scopes the key would hold) -> allowed`.
+pub(crate) type GrantRule = dyn Fn(&Caller, &ScopeSet) -> bool + Send + Sync;
+
+/// What a request would do to a key's scopes.
+#[derive(Clone, Copy)]
+pub(crate) enum Change<'a> {
+    /// A new key with these scopes.
+    Create(&'a ScopeSet),
+    /// An existing key's scopes replaced: `from` what it holds `to` these.
+    Replace {
+        from: &'a ScopeSet,
+        to: &'a ScopeSet,
+    },
+    /// A new secret for an existing key holding these scopes, handed to the
+    /// caller: the caller must be entitled to everything the key can do.
+    Reissue(&'a ScopeSet),
+}
+
+impl Change<'_> {
+    /// The scopes the key holds once the request is done.
+    fn result(&self) -> &ScopeSet {
+        match self {
+            Change::Create(to) | Change::Replace { to, .. } | Change::Reissue(to) => to,
+        }
+    }
+}
+
+/// The operator's explicit grants on top of the default rule.
+#[derive(Clone, Default)]
+pub(crate) struct Grants {
+    /// Scopes any manager may give, whether or not its key holds them.
+    pub(crate) scopes: Vec<Scope>,
+    /// Any manager may create unscoped keys.
+    pub(crate) unscoped: bool,
+    /// Decides what the rules above refuse.
+    pub(crate) rule: Option<Arc<GrantRule>>,
+}
+
+impl fmt::Debug for Grants {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Grants")
+            .field("scopes", &self.scopes)
+            .field("unscoped", &self.unscoped)
+            .field("custom_rule", &self.rule.is_some())
+            .finish()
+    }
+}
+
+/// Why a change was refused: what the caller may not give.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Refused {
+    /// Scopes the caller may not give, sorted.
+    pub(crate) scopes: Vec<Scope>,
+    /// The key would be unscoped and the caller may not make one.
+    pub(crate) unscoped: bool,
+}
+
+impl Grants {
+    fn granted(&self, scope: &Scope) -> bool {
+        self.scopes.contains(scope)
+    }
+
+    /// Checks `change` by `caller` on a router whose management scopes are
+    /// `managing`.
+    pub(crate) fn check(
+        &self,
+        caller: &Caller,
+        managing: &ScopeSet,
+        change: Change<'_>,
+    ) -> Result<(), Refused> {
+        let held = caller.scopes();
+        let result = change.result();
+        let mut refused = Refused {
+            scopes: Vec::new(),
+            unscoped: false,
+        };
+        if result.is_empty() {
+            // Unscoped: accepted on every route without scopes. Keeping a key
+            // unscoped is no gain; making one needs an unscoped caller.
+            let already = matches!(change, Change::Replace { from, .. } if from.is_empty());
+            refused.unscoped = !already && !held.is_empty() && !self.unscoped;
+        } else {
+            for scope in result {
+                let allowed = match change {
+                    // A scope the key keeps is no gain.
+                    Change::Replace { from, .. } if from.contains(scope) => true,
+                    // The caller receives the key itself: holding the scope
+                    // is enough, management scopes included (a key may
+                    // rotate itself), as no key is added.
+                    Change::Reissue(_) => held.contains(scope) || self.granted(scope),
+                    _ => (held.contains(scope) && !managing.contains(scope)) || self.granted(scope),
+                };
+                if !allowed {
+                    refused.scopes.push(scope.clone());
+                }
+            }
+        }
+        if refused.scopes.is_empty() && !refused.unscoped {
+            return Ok(());
+        }
+        match &self.rule {
+            Some(rule) if rule(caller, result) => Ok(()),
+            _ => Err(refused),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::KeyId;
+    use crate::record::KeyRecord;
+
+    fn set(names: &[&str]) -> ScopeSet {
+        ScopeSet::new(names.iter().copied()).unwrap()
+    }
+
+    fn caller(scopes: &[&str]) -> Caller {
+        Caller::from(KeyRecord::new(KeyId::random().unwrap(), "sa-1").with_scopes(set(scopes)))
+    }
+
+    const MANAGE: &str = "apikeys.manage";
+
+    fn check(grants: &Grants, caller: &Caller, change: Change<'_>) -> Result<(), Refused> {
+        grants.check(caller, &set(&[MANAGE]), change)
+    }
+
+    fn refused(scopes: &[&str]) -> Result<(), Refused> {
+        Err(Refused {
+            scopes: set(scopes).iter().cloned().collect(),
+            unscoped: false,
+        })
+    }
+
+    #[test]
+    fn by_default_a_caller_gives_only_scopes_it_holds_never_the_management_scope() {
+        let grants = Grants::default();
+        let manager = caller(&[MANAGE, "a.x"]);
+        assert_eq!(
+            check(&grants, &manager, Change::Create(&set(&["a.x"]))),
+            Ok(())
+        );
+        assert_eq!(
+            check(&grants, &manager, Change::Create(&set(&["a.x", "b.y"]))),
+            refused(&["b.y"])
+        );
+        assert_eq!(
+            check(&grants, &manager, Change::Create(&set(&[MANAGE]))),
+            refused(&[MANAGE])
+        );
+        assert_eq!(
+            check(&grants, &manager, Change::Create(&ScopeSet::empty())),
+            Err(Refused {
+                scopes: Vec::new(),
+                unscoped: true
+            })
+        );
+    }
+
+    #[test]
+    fn explicit_grants_add_scopes_and_unscoped_keys() {
+        let grants = Grants {
+            scopes: vec![Scope::new("b.y").unwrap(), Scope::new(MANAGE).unwrap()],
+            unscoped: true,
+            rule: None,
+        };
+        let manager = caller(&[MANAGE]);
+        assert_eq!(
+            check(&grants, &manager, Change::Create(&set(&["b.y", MANAGE]))),
+            Ok(())
+        );
+        assert_eq!(
+            check(&grants, &manager, Change::Create(&ScopeSet::empty())),
+            Ok(())
+        );
+        assert_eq!(
+            check(&grants, &manager, Change::Create(&set(&["c.z"]))),
+            refused(&["c.z"])
+        );
+    }
+
+    #[test]
+    fn a_replacement_may_keep_what_the_key_holds_but_add_only_what_may_be_given() {
+        let grants = Grants::default();
+        let manager = caller(&[MANAGE, "a.x"]);
+        let from = set(&["b.y", "c.z"]);
+        let replace = |to: &ScopeSet| check(&grants, &manager, Change::Replace { from: &from, to });
+        assert_eq!(replace(&set(&["b.y"])), Ok(()), "narrowing");
+        assert_eq!(
+            replace(&set(&["a.x", "b.y"])),
+            Ok(()),
+            "adding a held scope"
+        );
+        assert_eq!(replace(&set(&["b.y", "d.w"])), refused(&["d.w"]));
+        assert_eq!(
+            replace(&ScopeSet::empty()),
+            Err(Refused {
+                scopes: Vec::new(),
+                unscoped: true
+            }),
+            "widening to unscoped"
+        );
+        let unscoped = ScopeSet::empty();
+        assert_eq!(
+            check(
+                &grants,
+                &manager,
+                Change::Replace {
+                    from: &unscoped,
+                    to: &unscoped
+                }
+            ),
+            Ok(()),
+            "an unscoped key staying unscoped"
+        );
+    }
+
+    #[test]
+    fn a_reissue_hands_over_only_keys_the_caller_could_use_itself() {
+        let grants = Grants::default();
+        let manager = caller(&[MANAGE, "a.x"]);
+        assert_eq!(
+            check(&grants, &manager, Change::Reissue(&set(&[MANAGE, "a.x"]))),
+            Ok(()),
+            "itself or a twin"
+        );
+        assert_eq!(
+            check(
+                &grants,
+                &manager,
+                Change::Reissue(&set(&["a.x", "ops.admin"]))
+            ),
+            refused(&["ops.admin"])
+        );
+        assert!(check(&grants, &manager, Change::Reissue(&ScopeSet::empty())).is_err());
+    }
+
+    #[test]
+    fn a_custom_rule_decides_what_the_defaults_refuse() {
+        let grants = Grants {
+            rule: Some(Arc::new(|caller: &Caller, scopes: &ScopeSet| {
+                caller.service_account_id() == "sa-1"
+                    && scopes.iter().all(|s| s.as_str().starts_with("team."))
+            })),
+            ..Grants::default()
+        };
+        let manager = caller(&[MANAGE]);
+        assert_eq!(
+            check(&grants, &manager, Change::Create(&set(&["team.read"]))),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                &grants,
+                &manager,
+                Change::Create(&set(&["team.read", "x.y"]))
+            ),
+            refused(&["team.read", "x.y"])
+        );
+    }
+}

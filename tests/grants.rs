@@ -1,0 +1,559 @@
+//! Who may give a key which scopes through the management API: no request
+//! brings into existence a key accepted where the calling key is refused,
+//! unless the router grants it explicitly.
+#![cfg(feature = "axum")]
+
+#[path = "mgmt_support/mod.rs"]
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+use tower_api_key::management::{self, AccountAccess, ManagementApi};
+use tower_api_key::scope::{ScopePolicy, ScopeSet};
+use tower_api_key::store::{KeyInfo, KeyStore, ListRequest, MemoryStore, NewKey};
+use tower_api_key::{Authenticator, KeyId};
+
+use support::{serve, Client, Reply};
+
+const TRANSLATE: &str = "yc.ai.translate.execute";
+const MANAGE: &str = management::DEFAULT_SCOPE;
+/// The README's operator console scope, on a second router.
+const CONSOLE: &str = "ops.apikeys.admin";
+
+async fn mint(store: &MemoryStore, account: &str, scopes: &[&str]) -> String {
+    store
+        .create(NewKey::new(account).with_scopes(ScopeSet::new(scopes.iter().copied()).unwrap()))
+        .await
+        .unwrap()
+        .key
+        .expose_secret()
+        .to_owned()
+}
+
+fn id_of(key: &str) -> &str {
+    &key[4..20]
+}
+
+/// A service with a translate route, a legacy route without scopes, the
+/// per-account management API at `/admin` (with `configure`) and an
+/// operator console at `/console`.
+struct App {
+    store: MemoryStore,
+    client: Client,
+}
+
+impl App {
+    async fn new(configure: impl FnOnce(ManagementApi) -> ManagementApi) -> Self {
+        let store = MemoryStore::new();
+        let auth = Authenticator::new(store.clone());
+        let ok = || async { "ok" };
+        let router = Router::new()
+            .route(
+                "/v1/translate",
+                axum::routing::get(ok).route_layer(auth.require_any([TRANSLATE])),
+            )
+            .route(
+                "/v1/legacy",
+                axum::routing::get(ok).route_layer(auth.unscoped_keys_only()),
+            )
+            .nest(
+                "/admin",
+                configure(ManagementApi::new(store.clone(), &auth)).into_router(),
+            )
+            .nest(
+                "/console",
+                ManagementApi::new(store.clone(), &auth)
+                    .with_scopes([CONSOLE])
+                    .with_account_access(AccountAccess::any_account())
+                    .into_router(),
+            );
+        Self {
+            client: Client::new(serve(router).await),
+            store,
+        }
+    }
+
+    async fn send(&self, key: &str, method: &str, path: &str, body: Option<Value>) -> Reply {
+        self.client.send(method, path, Some(key), body).await
+    }
+
+    async fn keys(&self, account: &str) -> Vec<KeyInfo> {
+        self.store
+            .list(account, ListRequest::first(100))
+            .await
+            .unwrap()
+            .keys
+    }
+}
+
+fn assert_denied(reply: &Reply, names: &[&str]) {
+    assert_eq!(reply.status, 403, "{}", reply.text);
+    assert_eq!(reply.error(), "permission_denied");
+    for name in names {
+        assert!(reply.message().contains(name), "{}", reply.message());
+    }
+}
+
+#[tokio::test]
+async fn a_manager_cannot_mint_a_management_scope_an_unheld_scope_or_an_unscoped_key() {
+    let app = App::new(|api| api).await;
+    let manager = mint(&app.store, "sa-a", &[MANAGE, TRANSLATE]).await;
+    let before = app.keys("sa-a").await;
+
+    for (scopes, refused) in [
+        (json!([MANAGE]), vec![MANAGE]),
+        (json!([CONSOLE]), vec![CONSOLE]),
+        (json!([TRANSLATE, "yc.ai.other"]), vec!["yc.ai.other"]),
+    ] {
+        let reply = app
+            .send(
+                &manager,
+                "POST",
+                "/admin/keys",
+                Some(json!({"service_account_id": "sa-a", "scopes": scopes})),
+            )
+            .await;
+        assert_denied(&reply, &refused);
+        if refused != [MANAGE] {
+            assert!(!reply.message().contains(&format!("`{TRANSLATE}`")));
+        }
+    }
+    let unscoped = app
+        .send(
+            &manager,
+            "POST",
+            "/admin/keys",
+            Some(json!({"service_account_id": "sa-a"})),
+        )
+        .await;
+    assert_denied(&unscoped, &["unscoped"]);
+    assert_eq!(app.keys("sa-a").await, before, "refused before the store");
+
+    let created = app
+        .send(
+            &manager,
+            "POST",
+            "/admin/keys",
+            Some(json!({"service_account_id": "sa-a", "scopes": [TRANSLATE]})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "a scope it holds: {}", created.text);
+}
+
+#[tokio::test]
+async fn a_manager_cannot_patch_a_key_to_more_than_it_holds() {
+    let app = App::new(|api| api).await;
+    let manager = mint(&app.store, "sa-a", &[MANAGE, TRANSLATE]).await;
+    let sibling = mint(&app.store, "sa-a", &[TRANSLATE]).await;
+    // Made by an operator: more than the manager holds.
+    let broad = mint(&app.store, "sa-a", &[TRANSLATE, "yc.ai.other"]).await;
+    let before = app.keys("sa-a").await;
+
+    for (key, scopes, refused) in [
+        (&sibling, json!([TRANSLATE, CONSOLE]), vec![CONSOLE]),
+        (&manager, json!([MANAGE, TRANSLATE, CONSOLE]), vec![CONSOLE]),
+        (&sibling, json!([MANAGE]), vec![MANAGE]),
+        (&sibling, json!([]), vec!["unscoped"]),
+    ] {
+        let reply = app
+            .send(
+                &manager,
+                "PATCH",
+                &format!("/admin/keys/{}", id_of(key)),
+                Some(json!({ "scopes": scopes })),
+            )
+            .await;
+        assert_denied(&reply, &refused);
+    }
+    assert_eq!(app.keys("sa-a").await, before, "nothing changed");
+    let console = app
+        .send(
+            &sibling,
+            "GET",
+            "/console/keys?service_account_id=sa-b",
+            None,
+        )
+        .await;
+    assert_eq!(console.status, 403, "still no way into the console");
+
+    // Narrowing, and keeping what a key already holds, are no gain.
+    let narrowed = app
+        .send(
+            &manager,
+            "PATCH",
+            &format!("/admin/keys/{}", id_of(&broad)),
+            Some(json!({"scopes": ["yc.ai.other"], "description": "narrowed"})),
+        )
+        .await;
+    assert_eq!(narrowed.status, 200, "{}", narrowed.text);
+    let moved = app
+        .send(
+            &manager,
+            "PATCH",
+            &format!("/admin/keys/{}", id_of(&broad)),
+            Some(json!({"scopes": ["yc.ai.other", TRANSLATE]})),
+        )
+        .await;
+    assert_eq!(moved.status, 200, "{}", moved.text);
+}
+
+#[tokio::test]
+async fn a_manager_cannot_reissue_a_key_it_could_not_use_itself() {
+    let app = App::new(|api| api).await;
+    let manager = mint(&app.store, "sa-a", &[MANAGE, TRANSLATE]).await;
+    let admin = mint(&app.store, "sa-a", &[CONSOLE]).await;
+    let legacy = mint(&app.store, "sa-a", &[]).await;
+    for (key, refused) in [(&admin, CONSOLE), (&legacy, "unscoped")] {
+        let reply = app
+            .send(
+                &manager,
+                "POST",
+                &format!("/admin/keys/{}:reissue", id_of(key)),
+                None,
+            )
+            .await;
+        assert_denied(&reply, &[refused]);
+    }
+    let console = app
+        .send(&admin, "GET", "/console/keys?service_account_id=sa-a", None)
+        .await;
+    assert_eq!(console.status, 200, "the refused reissue changed nothing");
+
+    // Its own key: a rotation, no new power.
+    let rotated = app
+        .send(
+            &manager,
+            "POST",
+            &format!("/admin/keys/{}:reissue", id_of(&manager)),
+            None,
+        )
+        .await;
+    assert_eq!(rotated.status, 200, "{}", rotated.text);
+}
+
+#[tokio::test]
+async fn only_explicit_grants_hand_out_more_than_the_caller_holds() {
+    let app = App::new(|api| {
+        api.with_grantable_scopes(["yc.ai.other", MANAGE])
+            .allow_unscoped_keys()
+    })
+    .await;
+    let manager = mint(&app.store, "sa-a", &[MANAGE]).await;
+    for body in [
+        json!({"service_account_id": "sa-a", "scopes": ["yc.ai.other", MANAGE]}),
+        json!({"service_account_id": "sa-a"}),
+    ] {
+        let reply = app.send(&manager, "POST", "/admin/keys", Some(body)).await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+    }
+    let ungranted = app
+        .send(
+            &manager,
+            "POST",
+            "/admin/keys",
+            Some(json!({"service_account_id": "sa-a", "scopes": [CONSOLE]})),
+        )
+        .await;
+    assert_denied(&ungranted, &[CONSOLE]);
+}
+
+#[tokio::test]
+async fn a_custom_grant_rule_decides_what_the_defaults_refuse() {
+    let app = App::new(|api| {
+        api.with_grant_rule(|caller, scopes| {
+            caller.service_account_id() == "sa-a"
+                && !scopes.is_empty()
+                && scopes.iter().all(|s| s.as_str().starts_with("team-a."))
+        })
+    })
+    .await;
+    let manager = mint(&app.store, "sa-a", &[MANAGE]).await;
+    let create = |scopes: Value| {
+        app.send(
+            &manager,
+            "POST",
+            "/admin/keys",
+            Some(json!({"service_account_id": "sa-a", "scopes": scopes})),
+        )
+    };
+    assert_eq!(create(json!(["team-a.read"])).await.status, 201);
+    assert_denied(
+        &create(json!(["team-a.read", "team-b.read"])).await,
+        &["team-b.read"],
+    );
+    assert_denied(&create(json!([])).await, &["unscoped"]);
+}
+
+#[tokio::test]
+async fn an_expiry_past_year_9999_in_utc_is_400_and_stores_nothing() {
+    let app = App::new(|api| api).await;
+    let manager = mint(&app.store, "sa-a", &[MANAGE, TRANSLATE]).await;
+    let sibling = mint(&app.store, "sa-a", &[TRANSLATE]).await;
+    let before = app.keys("sa-a").await;
+    for (method, path, body) in [
+        (
+            "POST",
+            "/admin/keys".to_owned(),
+            json!({"service_account_id": "sa-a", "scopes": [TRANSLATE],
+                   "expires_at": "9999-12-31T23:59:59-14:00"}),
+        ),
+        (
+            "PATCH",
+            format!("/admin/keys/{}", id_of(&sibling)),
+            json!({"expires_at": "9999-12-31T23:59:59-14:00"}),
+        ),
+    ] {
+        let reply = app.send(&manager, method, &path, Some(body)).await;
+        assert_eq!(reply.status, 400, "{method}: {}", reply.text);
+        assert!(reply.message().contains("9999-12-31T23:59:59.999Z"));
+    }
+    assert_eq!(app.keys("sa-a").await, before, "nothing stored");
+    let listed = app
+        .send(&manager, "GET", "/admin/keys?service_account_id=sa-a", None)
+        .await;
+    assert_eq!(listed.status, 200, "the account still lists");
+
+    // The last instant every store and formatter can hold is fine.
+    let last = app
+        .send(
+            &manager,
+            "POST",
+            "/admin/keys",
+            Some(json!({"service_account_id": "sa-a", "scopes": [TRANSLATE],
+                        "expires_at": "9999-12-31T23:59:59+14:00"})),
+        )
+        .await;
+    assert_eq!(last.status, 201, "{}", last.text);
+    assert_eq!(last.json()["key"]["expires_at"], "9999-12-31T09:59:59.000Z");
+}
+
+#[tokio::test]
+async fn stores_refuse_an_expiry_they_could_not_show() {
+    let store = MemoryStore::new();
+    let past_9999 = tower_api_key::store::latest_time() + Duration::from_millis(1);
+    let refused = store
+        .create(NewKey::new("sa-a").with_expires_at(past_9999))
+        .await;
+    assert!(refused.is_err());
+    let created = store.create(NewKey::new("sa-a")).await.unwrap();
+    let update = tower_api_key::store::KeyUpdate::default().with_expires_at(Some(past_9999));
+    assert!(store.update(created.record.key_id, update).await.is_err());
+    assert_eq!(
+        store
+            .get(created.record.key_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .record
+            .expires_at,
+        None
+    );
+    assert!(SystemTime::now() < past_9999);
+}
+
+#[tokio::test]
+async fn a_key_pasted_into_a_stored_field_is_400_and_stores_nothing() {
+    let app = App::new(|api| api).await;
+    let manager = mint(&app.store, "sa-a", &[MANAGE, TRANSLATE]).await;
+    let before = app.keys("sa-a").await;
+    for (body, field) in [
+        (
+            json!({"service_account_id": "sa-a", "scopes": [TRANSLATE],
+                   "description": format!("key: {manager}")}),
+            "description",
+        ),
+        (json!({"service_account_id": manager}), "service_account_id"),
+    ] {
+        let reply = app.send(&manager, "POST", "/admin/keys", Some(body)).await;
+        assert_eq!(reply.status, 400, "{}", reply.text);
+        assert!(reply.message().starts_with(field), "{}", reply.message());
+        assert!(!reply.text.contains(&manager[4..]), "not echoed");
+    }
+    let patched = app
+        .send(
+            &manager,
+            "PATCH",
+            &format!("/admin/keys/{}", id_of(&manager)),
+            Some(json!({ "description": manager })),
+        )
+        .await;
+    assert_eq!(patched.status, 400);
+    assert_eq!(app.keys("sa-a").await, before, "nothing stored");
+}
+
+// ---------------------------------------------------------------------------
+// The invariant, over random callers, requests and grants, against every
+// route policy that can be built from a small universe of scopes.
+
+const UNIVERSE: [&str; 5] = ["a.x", "b.y", "c.z", MANAGE, "ops.admin"];
+
+fn subset(bits: u8) -> Vec<&'static str> {
+    UNIVERSE
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits & (1 << i) != 0)
+        .map(|(_, s)| *s)
+        .collect()
+}
+
+fn scope_set(bits: u8) -> ScopeSet {
+    ScopeSet::new(subset(bits)).unwrap()
+}
+
+/// Every route policy over the universe.
+fn every_policy() -> Vec<ScopePolicy> {
+    let mut all = vec![ScopePolicy::unscoped_only(), ScopePolicy::any_valid_key()];
+    for bits in 1..(1u8 << UNIVERSE.len()) {
+        all.push(ScopePolicy::require_any(subset(bits)).unwrap());
+    }
+    all
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create(u8),
+    Patch { from: u8, to: u8 },
+    Reissue(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let bits = 0u8..(1 << UNIVERSE.len());
+    prop_oneof![
+        bits.clone().prop_map(Op::Create),
+        (bits.clone(), bits.clone()).prop_map(|(from, to)| Op::Patch { from, to }),
+        bits.prop_map(Op::Reissue),
+    ]
+}
+
+/// Runs `op` by a caller holding `caller` on a router granting `granted`
+/// (and unscoped keys when `unscoped`); returns the status and, when it
+/// succeeded, the scopes of the key it produced.
+async fn run(caller: u8, granted: u8, unscoped: bool, op: &Op) -> (u16, Option<ScopeSet>) {
+    let store = MemoryStore::new();
+    let auth = Authenticator::new(store.clone());
+    let mut api = ManagementApi::new(store.clone(), &auth).with_grantable_scopes(subset(granted));
+    if unscoped {
+        api = api.allow_unscoped_keys();
+    }
+    let router = api.into_router();
+    let caller_key = mint(&store, "sa", &subset(caller)).await;
+    let (method, path, body) = match op {
+        Op::Create(to) => (
+            "POST",
+            "/keys".to_owned(),
+            Some(json!({"service_account_id": "sa", "scopes": subset(*to)})),
+        ),
+        Op::Patch { from, to } => {
+            let target = mint(&store, "sa", &subset(*from)).await;
+            (
+                "PATCH",
+                format!("/keys/{}", id_of(&target)),
+                Some(json!({ "scopes": subset(*to) })),
+            )
+        }
+        Op::Reissue(scopes) => {
+            let target = mint(&store, "sa", &subset(*scopes)).await;
+            ("POST", format!("/keys/{}:reissue", id_of(&target)), None)
+        }
+    };
+    let before = store.list("sa", ListRequest::first(10)).await.unwrap().keys;
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Api-Key {caller_key}"));
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let response = router
+        .oneshot(request.body(axum::body::Body::from(body)).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    if !(200..300).contains(&status) {
+        let after = store.list("sa", ListRequest::first(10)).await.unwrap().keys;
+        assert_eq!(after, before, "a refused request changes nothing");
+        return (status, None);
+    }
+    let json: Value = serde_json::from_slice(&bytes).unwrap();
+    let resource = if json.get("key").is_some() {
+        &json["key"]
+    } else {
+        &json
+    };
+    let id: KeyId = resource["id"].as_str().unwrap().parse().unwrap();
+    let stored = store.get(id).await.unwrap().unwrap().record.scopes;
+    (status, Some(stored))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn no_request_makes_a_key_accepted_where_the_caller_is_refused_outside_the_grants(
+        caller in 0u8..(1 << UNIVERSE.len()),
+        granted in 0u8..(1 << UNIVERSE.len()),
+        unscoped in any::<bool>(),
+        op in op(),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (status, produced) = runtime.block_on(run(caller, granted, unscoped, &op));
+        let held = scope_set(caller);
+        let grants = scope_set(granted);
+        let manage = tower_api_key::scope::Scope::new(MANAGE).unwrap();
+        if !held.contains(&manage) {
+            prop_assert_eq!(status, 403, "no management scope, no entry");
+            return Ok(());
+        }
+        // What the key had before the request and may keep (PATCH only).
+        let kept = match &op {
+            Op::Patch { from, .. } => scope_set(*from),
+            _ => ScopeSet::empty(),
+        };
+        let Some(new) = produced else {
+            // Liveness: what the rule allows must go through.
+            let wanted = match &op {
+                Op::Create(to) | Op::Patch { to, .. } | Op::Reissue(to) => scope_set(*to),
+            };
+            let may = |s: &tower_api_key::scope::Scope| {
+                grants.contains(s)
+                    || kept.contains(s)
+                    || (held.contains(s) && (matches!(op, Op::Reissue(_)) || s != &manage))
+            };
+            let allowed = if wanted.is_empty() {
+                unscoped || matches!(&op, Op::Patch { from: 0, .. })
+            } else {
+                wanted.iter().all(may)
+            };
+            prop_assert!(!allowed, "refused ({status}) although the rule allows it: {op:?}");
+            prop_assert_eq!(status, 403);
+            return Ok(());
+        };
+        for policy in every_policy() {
+            if policy.check(&new).is_err() || policy.check(&held).is_ok() {
+                continue;
+            }
+            // `policy` accepts the new key and refuses the caller: only an
+            // explicit grant (or a scope the patched key kept) may explain it.
+            let explained = match policy.required() {
+                None => new.is_empty() && (unscoped || (matches!(op, Op::Patch { .. }) && kept.is_empty())),
+                Some(required) => required
+                    .iter()
+                    .filter(|s| new.contains(s))
+                    .all(|s| grants.contains(s) || kept.contains(s)),
+            };
+            prop_assert!(explained, "{op:?}: {new:?} passes {policy:?}, which refuses {held:?}");
+        }
+        // The management scope is never given unless granted by name.
+        if new.contains(&manage) && !kept.contains(&manage) && !matches!(op, Op::Reissue(_)) {
+            prop_assert!(grants.contains(&manage), "{op:?} gave {MANAGE}");
+        }
+    }
+}
