@@ -970,6 +970,170 @@ impl Revocations {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::KeyRecord;
+
+    const RETAIN: Duration = Duration::from_secs(60);
+
+    fn id(i: usize) -> KeyId {
+        format!("{i:016}").parse().unwrap()
+    }
+
+    /// Small bounds: 4 tombstones per account, 64 in all.
+    fn revocations() -> Revocations {
+        Revocations::with_bounds(RETAIN, 4, 64)
+    }
+
+    /// An entry as a verifier call starting now would cache it.
+    fn fetch(revocations: &Revocations, key: usize, account: &str) -> Caller {
+        Caller::cached(
+            KeyRecord::new(id(key), account),
+            CacheSlot::new(revocations.epoch()),
+        )
+    }
+
+    fn revoke(revocations: &Revocations, key: usize, account: &str, at: Instant) {
+        revocations.invalidate(id(key), Some(account.into()), at);
+    }
+
+    /// Asserts the bookkeeping is within its bounds.
+    fn assert_bounded(revocations: &Revocations) {
+        let t = revocations.lock();
+        assert!(t.live() <= revocations.total, "{} live", t.live());
+        assert!(
+            t.accounts.len() <= revocations.total,
+            "{}",
+            t.accounts.len()
+        );
+        assert!(
+            t.by_age.len() <= 2 * revocations.total + 65,
+            "{} aged",
+            t.by_age.len()
+        );
+    }
+
+    #[test]
+    fn an_account_past_its_bound_is_re_verified_alone_and_its_revoked_keys_stay_refused() {
+        let r = revocations();
+        let now = Instant::now();
+        let bystander = fetch(&r, 0, "sa-bystander");
+        let kept = fetch(&r, 1, "sa-flood");
+        let revoked: Vec<Caller> = (100..120).map(|k| fetch(&r, k, "sa-flood")).collect();
+        for k in 100..120 {
+            revoke(&r, k, "sa-flood", now);
+        }
+        assert_eq!(r.lock().floors, 1, "the account collapsed into its floor");
+        assert!(
+            r.is_current(&bystander),
+            "another account is not re-verified"
+        );
+        assert!(!r.is_current(&kept), "the flooding account's keys are");
+        for entry in &revoked {
+            assert!(!r.is_current(entry), "{:?}", entry.key_id());
+        }
+        // Re-fetched after the flood: current until the account's next change.
+        let refetched = fetch(&r, 1, "sa-flood");
+        assert!(r.is_current(&refetched));
+        revoke(&r, 200, "sa-flood", now);
+        assert!(!r.is_current(&refetched));
+        assert!(r.is_current(&bystander));
+        assert_bounded(&r);
+    }
+
+    #[test]
+    fn invalidations_naming_no_account_keep_the_cache_wide_backstop() {
+        let r = revocations();
+        let now = Instant::now();
+        let bystander = fetch(&r, 0, "sa-bystander");
+        for k in 100..=164 {
+            r.invalidate(id(k), None, now);
+            assert_bounded(&r);
+        }
+        assert!(
+            !r.is_current(&bystander),
+            "65 > 64 untracked: all re-verified"
+        );
+    }
+
+    #[test]
+    fn many_accounts_each_under_their_bound_cannot_grow_the_bookkeeping_past_its_total() {
+        let r = revocations();
+        let now = Instant::now();
+        let bystander = fetch(&r, 0, "sa-bystander");
+        for k in 1..=10_000 {
+            revoke(&r, k, &format!("sa-{}", k / 3), now);
+            assert_bounded(&r);
+        }
+        // The total bound was reached: the cache-wide flush took over.
+        assert!(!r.is_current(&bystander));
+    }
+
+    #[test]
+    fn invalidating_one_key_or_one_collapsed_account_again_and_again_takes_bounded_space() {
+        let r = revocations();
+        let now = Instant::now();
+        for k in 0..5 {
+            revoke(&r, k, "sa-flood", now);
+        }
+        for _ in 0..10_000 {
+            revoke(&r, 7, "sa-flood", now);
+            revoke(&r, 1_000, "sa-other", now);
+            r.invalidate(id(1_001), None, now);
+            assert_bounded(&r);
+        }
+    }
+
+    #[test]
+    fn a_tombstone_two_invalidations_tag_with_different_accounts_is_never_collapsed_away() {
+        let r = revocations();
+        let now = Instant::now();
+        // Key 1 belongs to sa-b; one announcement names sa-a by mistake.
+        let entry = fetch(&r, 1, "sa-b");
+        revoke(&r, 1, "sa-b", now);
+        revoke(&r, 1, "sa-a", now);
+        for k in 100..110 {
+            revoke(&r, k, "sa-a", now);
+        }
+        assert_eq!(r.lock().floors, 1, "sa-a collapsed");
+        assert!(!r.is_current(&entry));
+        // Named again under the collapsed account: the tombstone stays too.
+        revoke(&r, 1, "sa-a", now);
+        assert!(!r.is_current(&entry));
+    }
+
+    #[test]
+    fn an_entry_fetched_before_an_account_floor_is_refused_after_the_floor_is_pruned() {
+        let r = revocations();
+        let start = Instant::now();
+        // A verifier call starts before the flood and hangs past `retain`.
+        let hung = fetch(&r, 100, "sa-flood");
+        for k in 100..110 {
+            revoke(&r, k, "sa-flood", start);
+        }
+        assert_eq!(r.lock().floors, 1);
+        let bystander = fetch(&r, 0, "sa-bystander");
+        // Any later invalidation prunes what is older than `retain`.
+        revoke(&r, 500, "sa-other", start + RETAIN);
+        {
+            let t = r.lock();
+            assert_eq!(t.floors, 0, "the account floor was pruned");
+            assert!(!t.accounts.contains_key("sa-flood"));
+        }
+        assert!(!r.is_current(&hung), "a revoked key is never re-admitted");
+        assert!(r.is_current(&bystander), "checked since: not re-verified");
+    }
+
+    #[test]
+    fn an_entry_fetched_before_a_tombstone_is_refused_after_the_tombstone_is_pruned() {
+        let r = revocations();
+        let start = Instant::now();
+        let hung = fetch(&r, 100, "sa-1");
+        revoke(&r, 100, "sa-1", start);
+        let bystander = fetch(&r, 0, "sa-1");
+        revoke(&r, 500, "sa-2", start + RETAIN);
+        assert!(!r.lock().by_id.contains_key(&id(100)), "pruned");
+        assert!(!r.is_current(&hung));
+        assert!(r.is_current(&bystander));
+    }
 
     fn digest(i: u32) -> KeyDigest {
         use sha2::{Digest, Sha256};
