@@ -1104,12 +1104,16 @@ mod tests {
     fn an_entry_fetched_before_an_account_floor_is_refused_after_the_floor_is_pruned() {
         let r = revocations();
         let start = Instant::now();
-        // A verifier call starts before the flood and hangs past `retain`.
-        let hung = fetch(&r, 100, "sa-flood");
         for k in 100..110 {
             revoke(&r, k, "sa-flood", start);
         }
         assert_eq!(r.lock().floors, 1);
+        // A verifier call starts after the collapse and hangs past `retain`;
+        // its key is revoked meanwhile, which only raises the account floor.
+        let hung = fetch(&r, 200, "sa-flood");
+        revoke(&r, 200, "sa-flood", start);
+        assert!(!r.lock().by_id.contains_key(&id(200)));
+        assert!(!r.is_current(&hung));
         let bystander = fetch(&r, 0, "sa-bystander");
         // Any later invalidation prunes what is older than `retain`.
         revoke(&r, 500, "sa-other", start + RETAIN);
