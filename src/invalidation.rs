@@ -30,14 +30,47 @@ use std::sync::{Arc, Mutex, Weak};
 use crate::key::KeyId;
 
 /// What changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Invalidation {
-    /// This key was revoked, reissued or updated: re-verify it.
+    /// This key was revoked, reissued or updated: re-verify it. Prefer
+    /// [`Invalidation::KeyOf`] when the key's service account is known.
     Key(KeyId),
+    /// This key, of this service account, was revoked, reissued or updated:
+    /// re-verify it.
+    ///
+    /// Naming the account lets a cache bound its bookkeeping per account: when
+    /// one account's keys are invalidated in bulk, the cache re-verifies that
+    /// account's cached keys rather than every cached key of every account.
+    /// The account must be the key's own (a key never changes account): the
+    /// invalidation may otherwise miss the key's cached entry.
+    KeyOf {
+        /// The key's public id.
+        id: KeyId,
+        /// The service account the key belongs to.
+        service_account_id: Arc<str>,
+    },
     /// Anything may have changed (for example, notifications may have been
     /// missed): re-verify every key.
     All,
+}
+
+impl Invalidation {
+    /// [`Invalidation::KeyOf`]: key `id` of `service_account_id` changed.
+    pub fn key_of(id: KeyId, service_account_id: impl Into<Arc<str>>) -> Self {
+        Self::KeyOf {
+            id,
+            service_account_id: service_account_id.into(),
+        }
+    }
+
+    /// The key this invalidation is about; `None` for [`Invalidation::All`].
+    pub fn key_id(&self) -> Option<KeyId> {
+        match self {
+            Self::Key(id) | Self::KeyOf { id, .. } => Some(*id),
+            Self::All => None,
+        }
+    }
 }
 
 /// Something that reacts to invalidations, typically a cache.

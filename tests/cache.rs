@@ -825,3 +825,145 @@ async fn a_key_already_expired_is_refused_from_the_cache_without_asking_the_veri
         "the expired record is remembered, not fetched per request"
     );
 }
+
+// ---------------------------------------------------------------------------
+// A flood of revocations in one account
+// ---------------------------------------------------------------------------
+
+/// The store, counting its verifications.
+struct Counted {
+    store: MemoryStore,
+    calls: Calls,
+}
+
+#[async_trait]
+impl Verifier for Counted {
+    async fn verify(&self, key: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
+        self.calls.bump();
+        self.store.verify(key).await
+    }
+
+    fn invalidations(&self) -> Option<&Invalidations> {
+        self.store.invalidations()
+    }
+}
+
+/// More revocations than the cache tracks one by one in all (100,000).
+const FLOOD: usize = 100_500;
+/// Keys one account holds at a time: the stores' default key limit.
+const BATCH: usize = 1_000;
+
+struct Flood {
+    cache: CachedVerifier,
+    calls: Calls,
+    /// Another account's key, cached before the flood.
+    bystander: PresentedKey,
+    /// Keys of the flooding account cached, then revoked, in the first and in
+    /// the last batch.
+    revoked: Vec<PresentedKey>,
+    /// Keys of the flooding account cached before the flood and never revoked.
+    kept: Vec<PresentedKey>,
+}
+
+/// One account creates and revokes `FLOOD` keys, up to `BATCH` at a time, as
+/// a management key of that account may: all within the tombstone window.
+async fn flood() -> Flood {
+    let store = MemoryStore::new();
+    let calls = Calls::default();
+    let cache = CachedVerifier::new(
+        Counted {
+            store: store.clone(),
+            calls: calls.clone(),
+        },
+        config(),
+    );
+    let create = |account: &'static str| {
+        let store = store.clone();
+        async move {
+            let created = store.create(NewKey::new(account)).await.unwrap();
+            (created.record.key_id, parse(&created.key))
+        }
+    };
+    let (_, bystander) = create("sa-bystander").await;
+    let mut kept = Vec::new();
+    for _ in 0..10 {
+        kept.push(create("sa-flood").await.1);
+    }
+    for key in kept.iter().chain([&bystander]) {
+        cache.lookup(key).await.unwrap();
+    }
+    let mut revoked = Vec::new();
+    let mut revocations = 0;
+    while revocations < FLOOD {
+        let (first, last) = (revocations == 0, FLOOD - revocations <= BATCH);
+        let mut ids = Vec::with_capacity(BATCH);
+        for _ in 0..(BATCH - kept.len()).min(FLOOD - revocations) {
+            let (id, key) = create("sa-flood").await;
+            if first || last {
+                cache.lookup(&key).await.unwrap();
+                revoked.push(key);
+            }
+            ids.push(id);
+        }
+        for id in ids {
+            assert!(store.revoke(id).await.unwrap());
+            revocations += 1;
+        }
+    }
+    Flood {
+        cache,
+        calls,
+        bystander,
+        revoked,
+        kept,
+    }
+}
+
+#[tokio::test]
+async fn revoking_over_a_hundred_thousand_keys_of_one_account_leaves_other_accounts_cached() {
+    let flood = flood().await;
+    let before = flood.calls.get();
+    let (caller, source) = flood
+        .cache
+        .lookup_with_source(&flood.bystander)
+        .await
+        .unwrap();
+    assert_eq!(caller.service_account_id(), "sa-bystander");
+    assert_eq!(source, Source::Cache, "another account's key stays cached");
+    assert_eq!(flood.calls.get(), before, "and is not re-verified");
+}
+
+#[tokio::test]
+async fn every_revoked_key_of_a_flooding_account_is_refused() {
+    let flood = flood().await;
+    assert!(flood.revoked.len() > BATCH, "{}", flood.revoked.len());
+    for key in &flood.revoked {
+        assert!(matches!(
+            flood.cache.lookup(key).await,
+            Err(LookupError::Unknown)
+        ));
+    }
+}
+
+#[tokio::test]
+async fn a_flooding_accounts_keys_cached_before_the_flood_are_re_verified_once_and_stay_valid() {
+    let flood = flood().await;
+    let before = flood.calls.get();
+    for key in &flood.kept {
+        let (caller, source) = flood.cache.lookup_with_source(key).await.unwrap();
+        assert_eq!(caller.service_account_id(), "sa-flood");
+        assert_eq!(source, Source::Verifier);
+    }
+    assert_eq!(
+        flood.calls.get(),
+        before + flood.kept.len(),
+        "one call each"
+    );
+    for key in &flood.kept {
+        assert_eq!(
+            flood.cache.lookup_with_source(key).await.unwrap().1,
+            Source::Cache
+        );
+    }
+    assert_eq!(flood.calls.get(), before + flood.kept.len());
+}

@@ -184,7 +184,7 @@ struct Seen(mpsc::UnboundedSender<Invalidation>);
 
 impl InvalidationListener for Seen {
     fn invalidate(&self, what: &Invalidation) {
-        let _ = self.0.send(*what);
+        let _ = self.0.send(what.clone());
     }
 }
 
@@ -212,8 +212,8 @@ impl Watch {
         timeout(within, async {
             loop {
                 match self.rx.recv().await.expect("bus alive") {
-                    what @ Invalidation::Key(k) if k == id => return what,
                     Invalidation::All => return Invalidation::All,
+                    what if what.key_id() == Some(id) => return what,
                     _ => {}
                 }
             }
@@ -829,7 +829,11 @@ async fn revoke_on_one_instance_reaches_the_other_within_a_second() {
     assert!(is_unknown(cache_a.lookup(&key).await));
     // The other replica: as soon as the notification arrives.
     let what = seen_b.until_invalidated(id, NOTIFY_WITHIN).await;
-    assert_eq!(what, Invalidation::Key(id), "pushed, not a flush");
+    assert_eq!(
+        what,
+        Invalidation::key_of(id, "sa-1"),
+        "pushed with the key's account, not a flush"
+    );
     assert!(is_unknown(cache_b.lookup(&key).await));
     assert!(revoked_at.elapsed() < NOTIFY_WITHIN);
 
@@ -850,10 +854,83 @@ async fn revoke_on_one_instance_reaches_the_other_within_a_second() {
     .await
     .unwrap()
     .unwrap();
-    seen_b
+    let what = seen_b
         .until_invalidated(scoped.record.key_id, NOTIFY_WITHIN)
         .await;
+    assert_eq!(what, Invalidation::key_of(scoped.record.key_id, "sa-1"));
     assert_eq!(cache_b.lookup(&scoped_key).await.unwrap().scopes(), &scopes);
+
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_key_id_payload_from_an_older_version_still_invalidates_that_key_alone() {
+    let Some(db) =
+        TestDb::new("a_bare_key_id_payload_from_an_older_version_still_invalidates").await
+    else {
+        return;
+    };
+    let a = db.store().await;
+    let cache_a = cache(&a);
+    let mut seen_a = Watch::on(&a);
+    let created = a.create(NewKey::new("sa-1")).await.unwrap();
+    let id = created.record.key_id;
+    let key = presented(&a, &created);
+    cache_a.lookup(&key).await.unwrap();
+    assert_eq!(
+        cache_a.lookup_with_source(&key).await.unwrap().1,
+        Source::Cache
+    );
+
+    // What a replica running an older version sends.
+    db.admin
+        .execute("SELECT pg_notify($1, $2)", &[&db.channel(), &id.as_str()])
+        .await
+        .unwrap();
+    let what = seen_a.until_invalidated(id, NOTIFY_WITHIN).await;
+    assert_eq!(what, Invalidation::Key(id), "that key, not a flush");
+    assert_eq!(
+        cache_a.lookup_with_source(&key).await.unwrap().1,
+        Source::Verifier
+    );
+
+    a.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_an_account_too_long_for_a_payload_is_still_revoked_everywhere() {
+    let Some(db) = TestDb::new("a_key_of_an_account_too_long_for_a_payload").await else {
+        return;
+    };
+    let a = db.store().await;
+    let b = db.store().await;
+    let cache_b = cache(&b);
+    let mut seen_b = Watch::on(&b);
+    let created = a.create(NewKey::new("sa-1")).await.unwrap();
+    let id = created.record.key_id;
+    // PostgreSQL refuses NOTIFY payloads of 8,000 bytes or more: the revoke
+    // must not fail on it, and is announced by key id alone.
+    let long = "a".repeat(8000);
+    db.admin
+        .execute(
+            "UPDATE tower_api_key_keys SET service_account_id = $1 WHERE key_id = $2",
+            &[&long, &id.as_str()],
+        )
+        .await
+        .unwrap();
+    let key = presented(&a, &created);
+    assert_eq!(
+        cache_b.lookup(&key).await.unwrap().service_account_id(),
+        long
+    );
+
+    assert!(a.revoke(id).await.unwrap());
+    let what = seen_b.until_invalidated(id, NOTIFY_WITHIN).await;
+    assert_eq!(what, Invalidation::Key(id));
+    assert!(is_unknown(cache_b.lookup(&key).await));
 
     a.shutdown().await;
     b.shutdown().await;
@@ -897,7 +974,8 @@ async fn reissue_with_grace_across_instances() {
     let deadline_floor = clock.now() + grace - Duration::from_micros(1);
     let reissued = a.reissue(id, grace).await.unwrap().unwrap();
     let new_key = presented(&a, &reissued);
-    seen_b.until_invalidated(id, NOTIFY_WITHIN).await;
+    let what = seen_b.until_invalidated(id, NOTIFY_WITHIN).await;
+    assert_eq!(what, Invalidation::key_of(id, "sa-1"));
     // B re-reads the old secret: it works, but only until the deadline.
     let old_caller = cache_b.lookup(&old_key).await.unwrap();
     let deadline = old_caller.expires_at().expect("grace deadline");
@@ -1024,7 +1102,7 @@ async fn a_missed_notification_is_covered_by_the_flush_after_reconnect() {
     let seen = seen_b.drain();
     assert!(seen.contains(&Invalidation::All), "{seen:?}");
     assert!(
-        !seen.contains(&Invalidation::Key(id)),
+        !seen.iter().any(|what| what.key_id() == Some(id)),
         "the NOTIFY was missed: {seen:?}"
     );
     assert!(is_unknown(cache_b.lookup(&key).await));
@@ -1083,7 +1161,7 @@ async fn a_silently_dead_listener_is_found_by_its_health_check() {
     let seen = seen_b.drain();
     assert!(seen.contains(&Invalidation::All), "{seen:?}");
     assert!(
-        !seen.contains(&Invalidation::Key(id)),
+        !seen.iter().any(|what| what.key_id() == Some(id)),
         "the NOTIFY was lost: {seen:?}"
     );
     assert!(is_unknown(cache_b.lookup(&key).await));

@@ -202,7 +202,8 @@ impl Authenticator {
     }
 
     /// The cache, shared by every layer made from this authenticator: call
-    /// [`CachedVerifier::invalidate`] on it after revoking a key through a
+    /// [`CachedVerifier::invalidate_key_of`] (or
+    /// [`CachedVerifier::invalidate`]) on it after revoking a key through a
     /// verifier that does not publish invalidations.
     pub fn cache(&self) -> &CachedVerifier {
         &self.shared.cache

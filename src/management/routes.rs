@@ -297,8 +297,10 @@ pub(crate) async fn update(
         .await?
         .ok_or_else(|| ApiError::key_not_found(id))?;
     // The store announces the change; this also covers an authenticator
-    // whose verifier is not this store.
-    ctx.auth.cache().invalidate(id);
+    // whose verifier is not this store. Naming the account keeps a flood of
+    // changes to one account from re-verifying every account's keys.
+    let account = info.record.service_account_id.clone();
+    ctx.auth.cache().invalidate_key_of(id, account);
     tracing::info!(key_id = %id, caller_key_id = %caller.key_id(), "api key updated");
     Ok(json(StatusCode::OK, &KeyResource::from(&info)))
 }
@@ -310,11 +312,12 @@ pub(crate) async fn delete(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
     let id = plain_id(&path_text(path)?, "DELETE")?;
-    ctx.visible_key(&caller, id).await?;
+    let info = ctx.visible_key(&caller, id).await?;
     if !ctx.store.revoke(id).await? {
         return Err(ApiError::key_not_found(id));
     }
-    ctx.auth.cache().invalidate(id);
+    let account = info.record.service_account_id.clone();
+    ctx.auth.cache().invalidate_key_of(id, account);
     tracing::info!(key_id = %id, caller_key_id = %caller.key_id(), "api key deleted");
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
@@ -351,7 +354,8 @@ pub(crate) async fn custom(
         .reissue(id, grace)
         .await?
         .ok_or_else(|| ApiError::key_not_found(id))?;
-    ctx.auth.cache().invalidate(id);
+    let account = created.record.service_account_id.clone();
+    ctx.auth.cache().invalidate_key_of(id, account);
     tracing::info!(
         key_id = %id,
         grace_period_seconds = grace.as_secs(),

@@ -270,16 +270,22 @@ impl KeyStore for MemoryStore {
             }
             stored.info()
         };
-        self.inner.invalidations.publish(&Invalidation::Key(id));
+        let account = info.record.service_account_id.clone();
+        self.inner
+            .invalidations
+            .publish(&Invalidation::key_of(id, account));
         Ok(Some(info))
     }
 
     async fn revoke(&self, id: KeyId) -> Result<bool, StoreError> {
-        let existed = self.write().remove(&id).is_some();
-        if existed {
-            self.inner.invalidations.publish(&Invalidation::Key(id));
+        let removed = self.write().remove(&id);
+        if let Some(gone) = &removed {
+            let account = gone.record.service_account_id.clone();
+            self.inner
+                .invalidations
+                .publish(&Invalidation::key_of(id, account));
         }
-        Ok(existed)
+        Ok(removed.is_some())
     }
 
     async fn reissue(&self, id: KeyId, grace: Duration) -> Result<Option<CreatedKey>, StoreError> {
@@ -302,7 +308,10 @@ impl KeyStore for MemoryStore {
             stored.hint = hint_of(&key);
             stored.record.clone()
         };
-        self.inner.invalidations.publish(&Invalidation::Key(id));
+        let account = record.service_account_id.clone();
+        self.inner
+            .invalidations
+            .publish(&Invalidation::key_of(id, account));
         Ok(Some(CreatedKey { record, key }))
     }
 

@@ -2,7 +2,9 @@
 //! [`Invalidation`]s on the store's bus, and reconnects when it is lost.
 //!
 //! Each store has one such connection of its own, outside the pool. A
-//! notification's payload is a key id; anything else invalidates everything.
+//! notification's payload is `<key id> <service account id>`, or a bare key
+//! id (older versions, or an account too long for a payload); anything else
+//! invalidates everything.
 //! After every (re)connection, once `LISTEN` is in place, the listener
 //! publishes [`Invalidation::All`]: notifications sent while it was not
 //! listening are lost, so every cached key is re-verified. Correctness never
@@ -147,9 +149,9 @@ impl Session {
                 biased;
                 _ = stopped(shutdown) => return Ended::Shutdown,
                 received = self.notifications.recv() => match received {
-                    Some(n) => match n.payload().parse::<KeyId>() {
-                        Ok(id) => bus.publish(&Invalidation::Key(id)),
-                        Err(_) => {
+                    Some(n) => match parse_payload(n.payload()) {
+                        Some(what) => bus.publish(&what),
+                        None => {
                             // Not ours to interpret: be safe.
                             tracing::warn!(
                                 channel = n.channel(),
@@ -172,6 +174,17 @@ impl Session {
                 }
             }
         }
+    }
+}
+
+/// The invalidation a notification payload announces: `<key id> <service
+/// account id>` (split at the first space: a key id has none, an account may),
+/// or a bare key id. `None` for anything else.
+fn parse_payload(payload: &str) -> Option<Invalidation> {
+    match payload.split_once(' ') {
+        None => payload.parse::<KeyId>().ok().map(Invalidation::Key),
+        Some((_, "")) => None,
+        Some((id, account)) => Some(Invalidation::key_of(id.parse().ok()?, account)),
     }
 }
 
@@ -281,6 +294,35 @@ mod tests {
             backoff_max: Duration::from_secs(5),
             health_check_interval: Duration::from_secs(10),
             timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn a_payload_names_a_key_and_its_account_or_just_the_key() {
+        let id: KeyId = "0123456789abcdef".parse().unwrap();
+        assert_eq!(
+            parse_payload("0123456789abcdef sa-1"),
+            Some(Invalidation::key_of(id, "sa-1"))
+        );
+        // The account is everything after the first space.
+        assert_eq!(
+            parse_payload("0123456789abcdef sa 1 "),
+            Some(Invalidation::key_of(id, "sa 1 "))
+        );
+        // What older versions send.
+        assert_eq!(
+            parse_payload("0123456789abcdef"),
+            Some(Invalidation::Key(id))
+        );
+        for garbage in [
+            "",
+            " ",
+            "0123456789abcdef ",
+            " sa-1",
+            "not-a-key-id sa-1",
+            "0123456789abcdef\tsa-1",
+        ] {
+            assert_eq!(parse_payload(garbage), None, "{garbage:?}");
         }
     }
 

@@ -17,9 +17,12 @@
 //!   lock serializes concurrent callers). Tables go into the first schema of
 //!   the connection's `search_path`.
 //! - **Push invalidation**: revoke, reissue and update send
-//!   `NOTIFY tower_api_key_invalidate, '<key id>'` ([`DEFAULT_CHANNEL`]) in
-//!   the same statement as the change, so it is sent if and only if the
-//!   change commits. The payload is the public key id, never a hash. Every
+//!   `NOTIFY tower_api_key_invalidate, '<key id> <service account id>'`
+//!   ([`DEFAULT_CHANNEL`]) in the same statement as the change, so it is sent
+//!   if and only if the change commits. The payload is the public key id and
+//!   the key's account (which lets caches bound their bookkeeping per
+//!   account), never a hash; a bare key id, as older versions send, is
+//!   accepted too. Every
 //!   store listens on a connection of its own and publishes what it hears on
 //!   its [`Invalidations`] bus, which the [`CachedVerifier`] over it
 //!   subscribes to. After the LISTEN connection is lost and restored, the
@@ -111,8 +114,24 @@ use crate::verifier::{Verifier, VerifierError};
 
 /// The NOTIFY channel revocations, reissues and updates are announced on,
 /// unless [`PgKeyStoreBuilder::with_channel`] names another. The payload is
-/// the key id.
+/// the key id and the key's service account id, separated by a space.
 pub const DEFAULT_CHANNEL: &str = "tower_api_key_invalidate";
+
+/// Longest service account id sent in a NOTIFY payload, in bytes (PostgreSQL
+/// takes payloads under 8,000 bytes); a key of a longer one is announced by
+/// its id alone.
+const MAX_NOTIFY_ACCOUNT_LEN: usize = 1024;
+
+/// The NOTIFY payload for the changed row `alias`: `<key id> <service account
+/// id>` (a key id never holds a space), or the bare key id when the account
+/// is too long. The listener accepts both, and the bare id from older
+/// versions of this crate.
+fn notify_payload(alias: &str) -> String {
+    format!(
+        "CASE WHEN octet_length({alias}.service_account_id) <= {MAX_NOTIFY_ACCOUNT_LEN} \
+         THEN {alias}.key_id || ' ' || {alias}.service_account_id ELSE {alias}.key_id END"
+    )
+}
 
 /// The key table.
 const TABLE: &str = "tower_api_key_keys";
@@ -449,9 +468,14 @@ impl PgKeyStore {
         Ok(client.query(&statement, params).await?)
     }
 
-    /// Announces locally that `id` changed (other replicas hear the NOTIFY).
-    fn changed(&self, id: KeyId) {
-        self.inner.invalidations.publish(&Invalidation::Key(id));
+    /// Announces locally that `id`, of `account` if known, changed (other
+    /// replicas hear the NOTIFY).
+    fn changed(&self, id: KeyId, account: Option<&str>) {
+        let what = match account {
+            Some(account) => Invalidation::key_of(id, account),
+            None => Invalidation::Key(id),
+        };
+        self.inner.invalidations.publish(&what);
     }
 }
 
@@ -750,6 +774,7 @@ impl KeyStore for PgKeyStore {
         let set_expiry = update.expires_at.is_some();
         let expires_at = update.expires_at.flatten().map(micros);
         // The NOTIFY is part of the statement: sent if and only if it commits.
+        let payload = notify_payload("changed");
         let sql = format!(
             "WITH changed AS (
                  UPDATE {TABLE} SET
@@ -758,7 +783,7 @@ impl KeyStore for PgKeyStore {
                      expires_at = CASE WHEN $4::boolean THEN $5::timestamptz ELSE expires_at END
                   WHERE key_id = $1
               RETURNING {INFO_COLUMNS})
-             SELECT changed.*, pg_notify($6, changed.key_id)::text AS notified FROM changed"
+             SELECT changed.*, pg_notify($6, {payload})::text AS notified FROM changed"
         );
         let rows = self
             .query(
@@ -777,24 +802,31 @@ impl KeyStore for PgKeyStore {
         let Some(row) = rows.first() else {
             return Ok(None);
         };
-        self.changed(id);
-        info_or_backend(row).map(Some)
+        let info = info_or_backend(row);
+        self.changed(
+            id,
+            info.as_ref().ok().map(|i| &*i.record.service_account_id),
+        );
+        info.map(Some)
     }
 
     async fn revoke(&self, id: KeyId) -> Result<bool, StoreError> {
+        let payload = notify_payload("gone");
         let sql = format!(
-            "WITH gone AS (DELETE FROM {TABLE} WHERE key_id = $1 RETURNING key_id)
-             SELECT pg_notify($2, gone.key_id)::text AS notified FROM gone"
+            "WITH gone AS (DELETE FROM {TABLE} WHERE key_id = $1
+                RETURNING key_id, service_account_id)
+             SELECT gone.service_account_id, pg_notify($2, {payload})::text AS notified
+               FROM gone"
         );
         let rows = self
             .query(&sql, &[&id.as_str(), &self.inner.channel.as_str()])
             .await
             .map_err(StoreError::Backend)?;
-        let existed = !rows.is_empty();
-        if existed {
-            self.changed(id);
-        }
-        Ok(existed)
+        let Some(row) = rows.first() else {
+            return Ok(false);
+        };
+        self.changed(id, row.try_get("service_account_id").ok());
+        Ok(true)
     }
 
     async fn reissue(&self, id: KeyId, grace: Duration) -> Result<Option<CreatedKey>, StoreError> {
@@ -815,6 +847,7 @@ impl KeyStore for PgKeyStore {
         };
         // Right-hand sides read the row as it was: the current hash becomes
         // the previous one. A zero grace also ends an earlier grace.
+        let payload = notify_payload("changed");
         let sql = format!(
             "WITH changed AS (
                  UPDATE {TABLE} SET
@@ -828,7 +861,7 @@ impl KeyStore for PgKeyStore {
                      hint = $7
                   WHERE key_id = $1
               RETURNING {INFO_COLUMNS})
-             SELECT changed.*, pg_notify($8, changed.key_id)::text AS notified FROM changed"
+             SELECT changed.*, pg_notify($8, {payload})::text AS notified FROM changed"
         );
         let rows = self
             .query(
@@ -849,8 +882,9 @@ impl KeyStore for PgKeyStore {
         let Some(row) = rows.first() else {
             return Ok(None);
         };
-        self.changed(id);
-        let record = record_of(row).map_err(StoreError::Backend)?;
+        let record = record_of(row);
+        self.changed(id, record.as_ref().ok().map(|r| &*r.service_account_id));
+        let record = record.map_err(StoreError::Backend)?;
         Ok(Some(CreatedKey { record, key }))
     }
 
