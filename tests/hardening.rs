@@ -381,12 +381,15 @@ async fn an_unknown_key_and_a_known_id_with_a_wrong_secret_are_indistinguishable
 // ---------------------------------------------------------------------------
 // Failed-attempt limiting, through the layer.
 //
-// Semantics: once a client is over its limit, *every* request from it gets
-// 429 before anything is parsed or looked up, a valid key included, until
-// its bucket refills (one attempt back per window / max_failures, all of
-// them after a full window). Refusing without looking at the credential is
-// what keeps a blocked client from learning anything, and from costing a
-// hash or a lookup.
+// Semantics: every failed credential spends one of the client's attempts,
+// and a key the cache cannot answer spends one *before* its verifier call,
+// given back when the key proves valid or the verifier fails; a request
+// joining a lookup already under way spends none. Once a client has no
+// attempt left, it gets 429 for everything except a key the cache already
+// holds as valid, until its bucket refills (one attempt back per window /
+// max_failures, all of them after a full window). So a blocked client costs
+// no verifier call, however many requests it has in flight, and one guesser
+// behind a shared address does not lock out the valid keys used from there.
 
 const WINDOW: Duration = Duration::from_secs(60);
 
@@ -420,8 +423,9 @@ async fn after_n_failures_a_client_gets_429_without_any_lookup() {
     }
     assert_eq!(fx.probe.total(), 5);
 
-    // Blocked: neither a new unknown key, nor garbage, nor a huge header is
-    // looked at. Bucket of 5 refilling over 60 s: one attempt back in 12 s.
+    // Blocked: neither a new unknown key, nor garbage, nor a huge header, nor
+    // a missing one gets a lookup. Bucket of 5 refilling over 60 s: one
+    // attempt back in 12 s.
     let huge = HeaderValue::from_bytes(&vec![b'a'; 64 * 1024]).unwrap();
     for values in [
         vec![api_key(&unknown_key())],
@@ -553,29 +557,31 @@ async fn a_blocked_client_does_not_affect_another_client() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_valid_key_from_a_blocked_client_is_refused_until_the_client_recovers() {
+async fn an_uncached_valid_key_from_a_blocked_client_is_refused_until_the_client_recovers() {
     let (fx, _) = limited(3);
     let valid = fx.key(&[]).await;
     let secret = valid.key.expose_secret();
     let a = client(1);
-    // The key is cached and works.
-    assert_eq!(fx.send(with_key(a, secret)).await.status, StatusCode::OK);
     for _ in 0..3 {
         fx.send(with_key(a, &unknown_key())).await;
     }
     let calls = fx.probe.total();
 
-    // Blocked: the valid key is refused too, without a lookup.
+    // Blocked: the valid key, not cached, is refused without a lookup.
     assert_too_many(&fx.send(with_key(a, secret)).await, "20");
     tokio::time::advance(Duration::from_secs(19)).await;
     assert_too_many(&fx.send(with_key(a, secret)).await, "1");
     assert_eq!(fx.probe.total(), calls);
-    assert_eq!(fx.app.seen().len(), 1);
+    assert!(fx.app.seen().is_empty());
 
-    // One attempt back after window / max_failures = 20 s.
+    // One attempt back after window / max_failures = 20 s: the lookup takes
+    // it and the valid key gives it back.
     tokio::time::advance(Duration::from_secs(1)).await;
     assert_eq!(fx.send(with_key(a, secret)).await.status, StatusCode::OK);
-    // A success does not refill the bucket: one more failure blocks again.
+    assert_eq!(fx.probe.total(), calls + 1);
+    // A success refills nothing beyond its own attempt: one more failure
+    // blocks again (the key is re-verified on its next use, so uncached).
+    fx.auth.cache().invalidate(valid.record.key_id);
     assert_unauthorized(&fx.send(with_key(a, &unknown_key())).await, Reason::Unknown);
     assert_too_many(&fx.send(with_key(a, secret)).await, "20");
 
@@ -587,6 +593,7 @@ async fn a_valid_key_from_a_blocked_client_is_refused_until_the_client_recovers(
     assert_too_many(&fx.send(with_key(a, secret)).await, "20");
     tokio::time::advance(WINDOW).await;
     assert_eq!(fx.send(with_key(a, secret)).await.status, StatusCode::OK);
+    assert_eq!(fx.probe.calls_for(valid.record.key_id), 2);
 }
 
 #[tokio::test(start_paused = true)]
