@@ -459,8 +459,9 @@ impl CachedVerifier {
     pub(crate) fn join_in_flight(
         &self,
         key: &PresentedKey,
-    ) -> Option<impl std::future::Future<Output = Option<Result<Caller, LookupError>>> + Send + 'static>
-    {
+    ) -> Option<
+        impl std::future::Future<Output = Option<Result<Caller, LookupError>>> + Send + 'static,
+    > {
         let flight = self
             .inner
             .inflight

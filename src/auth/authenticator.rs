@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderName, ACCESS_CONTROL_REQUEST_METHOD, AUTHORIZATION};
 use futures_util::future::BoxFuture;
+use http::header::{HeaderName, ACCESS_CONTROL_REQUEST_METHOD, AUTHORIZATION};
 use http::{Method, Request};
 
 use super::extract::credential;

@@ -73,10 +73,13 @@ where
             Begin::Lookup(key, attempt) => {
                 // Hot path: a cached answer needs no future and no clone of the inner service.
                 if let Some(answer) = self.auth.cache().lookup_cached(&key) {
-                    return match self
-                        .auth
-                        .complete(&*self.policy, &mut request, &key, answer, attempt)
-                    {
+                    return match self.auth.complete(
+                        &*self.policy,
+                        &mut request,
+                        &key,
+                        answer,
+                        attempt,
+                    ) {
                         Ok(()) => ResponseFuture::inner(self.inner.call(request)),
                         Err(rejection) => {
                             let grpc = is_grpc(request.headers());
