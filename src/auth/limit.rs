@@ -18,7 +18,9 @@
 //! - **Joining costs nothing**: a request for a key whose lookup is already
 //!   under way waits for that answer without taking an attempt, so a burst
 //!   of requests with one valid key that is not cached yet (a cold start)
-//!   all get through on one verifier call.
+//!   all get through on one verifier call. (Requests for one new key that
+//!   arrive together on different threads may each take an attempt before
+//!   the lookup is under way; a valid key gives every one of them back.)
 //! - **While a client has no attempt left** it gets 429 with `Retry-After`
 //!   for everything, a missing credential included, except a key the cache
 //!   already holds as valid (or whose lookup is already under way): a
