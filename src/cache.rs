@@ -464,6 +464,36 @@ impl CachedVerifier {
         Inner::fetch_coalesced(&self.inner, key).await
     }
 
+    /// The answer of the verifier call already under way for `key`, if one
+    /// is: awaiting it never starts a verifier call (the failed-attempt
+    /// limiter lets such a request wait without spending an attempt). The
+    /// answer is `None` if the key was invalidated while that call ran: ask
+    /// again with [`CachedVerifier::lookup_miss`].
+    pub(crate) fn join_in_flight(
+        &self,
+        key: &PresentedKey,
+    ) -> Option<
+        impl std::future::Future<Output = Option<Result<Caller, LookupError>>> + Send + 'static,
+    > {
+        let flight = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key.digest())?
+            .clone();
+        let inner = self.inner.clone();
+        Some(async move {
+            match flight.await {
+                Ok(entry) if inner.revocations.is_current(&entry) => Some(inner.admit(entry)),
+                Ok(_) => None,
+                Err(Miss::Unknown) => Some(Err(LookupError::Unknown)),
+                Err(Miss::Failed(err)) => Some(Err(LookupError::Unavailable(err))),
+                Err(Miss::Panicked) => Some(Err(LookupError::VerifierPanicked)),
+            }
+        })
+    }
+
     /// The answer the cache alone can give, synchronously: `Some` for a
     /// cached valid key (admitted, or refused as expired) and for a key
     /// remembered as unknown; `None` when the verifier must be asked.

@@ -381,12 +381,15 @@ async fn an_unknown_key_and_a_known_id_with_a_wrong_secret_are_indistinguishable
 // ---------------------------------------------------------------------------
 // Failed-attempt limiting, through the layer.
 //
-// Semantics: once a client is over its limit, *every* request from it gets
-// 429 before anything is parsed or looked up, a valid key included, until
-// its bucket refills (one attempt back per window / max_failures, all of
-// them after a full window). Refusing without looking at the credential is
-// what keeps a blocked client from learning anything, and from costing a
-// hash or a lookup.
+// Semantics: every failed credential spends one of the client's attempts,
+// and a key the cache cannot answer spends one *before* its verifier call,
+// given back when the key proves valid or the verifier fails; a request
+// joining a lookup already under way spends none. Once a client has no
+// attempt left, it gets 429 for everything except a key the cache already
+// holds as valid, until its bucket refills (one attempt back per window /
+// max_failures, all of them after a full window). So a blocked client costs
+// no verifier call, however many requests it has in flight, and one guesser
+// behind a shared address does not lock out the valid keys used from there.
 
 const WINDOW: Duration = Duration::from_secs(60);
 
@@ -420,8 +423,9 @@ async fn after_n_failures_a_client_gets_429_without_any_lookup() {
     }
     assert_eq!(fx.probe.total(), 5);
 
-    // Blocked: neither a new unknown key, nor garbage, nor a huge header is
-    // looked at. Bucket of 5 refilling over 60 s: one attempt back in 12 s.
+    // Blocked: neither a new unknown key, nor garbage, nor a huge header, nor
+    // a missing one gets a lookup. Bucket of 5 refilling over 60 s: one
+    // attempt back in 12 s.
     let huge = HeaderValue::from_bytes(&vec![b'a'; 64 * 1024]).unwrap();
     for values in [
         vec![api_key(&unknown_key())],
@@ -553,29 +557,31 @@ async fn a_blocked_client_does_not_affect_another_client() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_valid_key_from_a_blocked_client_is_refused_until_the_client_recovers() {
+async fn an_uncached_valid_key_from_a_blocked_client_is_refused_until_the_client_recovers() {
     let (fx, _) = limited(3);
     let valid = fx.key(&[]).await;
     let secret = valid.key.expose_secret();
     let a = client(1);
-    // The key is cached and works.
-    assert_eq!(fx.send(with_key(a, secret)).await.status, StatusCode::OK);
     for _ in 0..3 {
         fx.send(with_key(a, &unknown_key())).await;
     }
     let calls = fx.probe.total();
 
-    // Blocked: the valid key is refused too, without a lookup.
+    // Blocked: the valid key, not cached, is refused without a lookup.
     assert_too_many(&fx.send(with_key(a, secret)).await, "20");
     tokio::time::advance(Duration::from_secs(19)).await;
     assert_too_many(&fx.send(with_key(a, secret)).await, "1");
     assert_eq!(fx.probe.total(), calls);
-    assert_eq!(fx.app.seen().len(), 1);
+    assert!(fx.app.seen().is_empty());
 
-    // One attempt back after window / max_failures = 20 s.
+    // One attempt back after window / max_failures = 20 s: the lookup takes
+    // it and the valid key gives it back.
     tokio::time::advance(Duration::from_secs(1)).await;
     assert_eq!(fx.send(with_key(a, secret)).await.status, StatusCode::OK);
-    // A success does not refill the bucket: one more failure blocks again.
+    assert_eq!(fx.probe.total(), calls + 1);
+    // A success refills nothing beyond its own attempt: one more failure
+    // blocks again (the key is re-verified on its next use, so uncached).
+    fx.auth.cache().invalidate(valid.record.key_id);
     assert_unauthorized(&fx.send(with_key(a, &unknown_key())).await, Reason::Unknown);
     assert_too_many(&fx.send(with_key(a, secret)).await, "20");
 
@@ -587,6 +593,7 @@ async fn a_valid_key_from_a_blocked_client_is_refused_until_the_client_recovers(
     assert_too_many(&fx.send(with_key(a, secret)).await, "20");
     tokio::time::advance(WINDOW).await;
     assert_eq!(fx.send(with_key(a, secret)).await.status, StatusCode::OK);
+    assert_eq!(fx.probe.calls_for(valid.record.key_id), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -638,6 +645,248 @@ async fn tracked_clients_are_bounded() {
         "{tracked} clients tracked, at most 1000 allowed"
     );
     assert_eq!(fx.probe.total(), 0);
+}
+
+/// `GET path` from `client` with `key`.
+fn get_with_key(path: &str, client: Option<IpAddr>, key: &str) -> Request<Body> {
+    let mut request = Request::get(path)
+        .header(AUTHORIZATION, api_key(key))
+        .body(Body::empty())
+        .unwrap();
+    if let Some(ip) = client {
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(SocketAddr::new(ip, 40_000)));
+    }
+    request
+}
+
+/// Spawns one request per key, all from `from`.
+fn spawn_requests(fx: &Arc<Fx>, from: Option<IpAddr>, keys: Vec<String>) -> JoinSet<Reply> {
+    let mut set = JoinSet::new();
+    for key in keys {
+        let fx = fx.clone();
+        set.spawn(async move { fx.send(with_key(from, &key)).await });
+    }
+    set
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_concurrent_unknown_keys_from_one_client_make_at_most_limit_verifier_calls() {
+    const LIMIT: usize = 30;
+    let (fx, _) = limited(LIMIT as u32);
+    let fx = Arc::new(fx);
+    // Every lookup is held at the gate: a slow verifier, as slow as the test wants.
+    fx.probe.gate();
+    let keys = (0..1000).map(|_| unknown_key()).collect();
+    let mut requests = spawn_requests(&fx, client(1), keys);
+
+    // While the first LIMIT lookups are held, every other request is refused
+    // without waiting for the verifier. (Paused time moves only when every
+    // task is stuck, so the timeout turns a hang into a failure, nothing more.)
+    let refused = tokio::time::timeout(Duration::from_secs(1), async {
+        for _ in LIMIT..1000 {
+            let reply = requests.join_next().await.unwrap().unwrap();
+            // 30 per 60 s: one attempt back in 2 s.
+            assert_too_many(&reply, "2");
+        }
+    })
+    .await;
+    assert!(
+        refused.is_ok(),
+        "requests beyond the limit waited for the verifier ({} calls for a limit of {LIMIT})",
+        fx.probe.total()
+    );
+    fx.probe.wait_entered(LIMIT as u32).await;
+    assert_eq!(fx.probe.total(), LIMIT);
+
+    fx.probe.open();
+    while let Some(reply) = requests.join_next().await {
+        assert_unauthorized(&reply.unwrap(), Reason::Unknown);
+    }
+    assert_eq!(fx.probe.total(), LIMIT, "at most `limit` verifier calls");
+    assert!(fx.app.seen().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_goes_away_during_its_lookup_keeps_its_attempt_spent() {
+    let (fx, _) = limited(3);
+    let fx = Arc::new(fx);
+    fx.probe.gate();
+    let keys = (0..3).map(|_| unknown_key()).collect();
+    let mut requests = spawn_requests(&fx, client(1), keys);
+    fx.probe.wait_entered(3).await;
+    // The clients disconnect; their lookups run on regardless.
+    requests.abort_all();
+    while let Some(result) = requests.join_next().await {
+        assert!(result.unwrap_err().is_cancelled());
+    }
+    fx.probe.open();
+
+    // Otherwise disconnecting would buy lookups past the limit.
+    assert_too_many(&fx.send(with_key(client(1), &unknown_key())).await, "20");
+    assert_eq!(fx.probe.total(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_blocked_client_gets_its_cached_valid_keys_through_and_nothing_else() {
+    let (fx, _) = limited(3);
+    let cached = fx.key(&[]).await;
+    let scoped = fx.key(&[NARROW]).await;
+    let uncached = fx.key(&[]).await;
+    let a = client(1);
+    for key in [&cached, &scoped] {
+        let reply = fx.send(with_key(a, key.key.expose_secret())).await;
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    }
+    let known_unknown = unknown_key();
+    assert_unauthorized(&fx.send(with_key(a, &known_unknown)).await, Reason::Unknown);
+    for _ in 0..2 {
+        assert_unauthorized(&fx.send(with_key(a, &unknown_key())).await, Reason::Unknown);
+    }
+    let calls = fx.probe.total();
+
+    // Blocked, yet a key the cache holds as valid gets through, and the
+    // route's scope policy still applies to it.
+    for _ in 0..10 {
+        let reply = fx.send(with_key(a, cached.key.expose_secret())).await;
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    }
+    let reply = fx
+        .send(get_with_key("/v1/legacy", a, scoped.key.expose_secret()))
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{reply:?}");
+    assert_eq!(reply.reason(), Some(Reason::ScopedKeyOnUnscopedRoute));
+
+    // Nothing else: a valid key that would need a lookup, garbage, a key
+    // remembered as unknown, a new unknown key.
+    for key in [
+        uncached.key.expose_secret(),
+        "tak_garbage",
+        &known_unknown,
+        &unknown_key(),
+    ] {
+        assert_too_many(&fx.send(with_key(a, key)).await, "20");
+    }
+    assert_eq!(fx.probe.total(), calls, "no verifier call while blocked");
+    assert_eq!(fx.app.seen().len(), 2 + 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_with_one_uncached_valid_key_shares_one_verifier_call_and_spends_no_attempt() {
+    let (fx, _) = limited(3);
+    let fx = Arc::new(fx);
+    let valid = fx.key(&[]).await;
+    fx.probe.gate();
+    let secret = valid.key.expose_secret().to_owned();
+    let mut requests = spawn_requests(&fx, client(1), vec![secret; 50]);
+    // One lookup is held at the gate while the other 49 requests join it.
+    fx.probe.wait_entered(1).await;
+    let_spawned_tasks_run().await;
+    assert_eq!(requests.len(), 50, "none answered before the lookup");
+
+    fx.probe.open();
+    while let Some(reply) = requests.join_next().await {
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    }
+    assert_eq!(fx.probe.calls_for(valid.record.key_id), 1);
+    assert_eq!(fx.app.seen().len(), 50);
+
+    // All three attempts are still there.
+    for _ in 0..3 {
+        assert_unauthorized(
+            &fx.send(with_key(client(1), &unknown_key())).await,
+            Reason::Unknown,
+        );
+    }
+    assert_too_many(&fx.send(with_key(client(1), &unknown_key())).await, "20");
+}
+
+#[tokio::test(start_paused = true)]
+async fn valid_keys_that_miss_the_cache_never_block_their_client() {
+    let (fx, _) = limited(2);
+    let a = client(1);
+    let mut keys = Vec::new();
+    for _ in 0..10 {
+        keys.push(fx.key(&[]).await);
+    }
+    for _ in 0..3 {
+        for key in &keys {
+            let reply = fx.send(with_key(a, key.key.expose_secret())).await;
+            assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+            // Re-verified on its next use: every request is a cache miss.
+            fx.auth.cache().invalidate(key.record.key_id);
+        }
+    }
+    assert_eq!(fx.probe.total(), 30, "every request asked the verifier");
+
+    // Both attempts are still there.
+    for _ in 0..2 {
+        assert_unauthorized(&fx.send(with_key(a, &unknown_key())).await, Reason::Unknown);
+    }
+    assert_too_many(&fx.send(with_key(a, &unknown_key())).await, "30");
+}
+
+/// Log output captured in memory.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+// Current-thread runtime: the thread-local subscriber sees every event.
+#[tokio::test(start_paused = true)]
+async fn a_limiter_that_finds_no_client_address_warns_once_and_limits_nothing() {
+    const WARNING: &str = "failed-attempt limit is on, but a request has no client address";
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let (fx, _) = limited(1);
+    for _ in 0..5 {
+        assert_unauthorized(
+            &fx.send(with_key(None, &unknown_key())).await,
+            Reason::Unknown,
+        );
+    }
+    let text = logs.text();
+    assert_eq!(text.matches(WARNING).count(), 1, "{text}");
+    assert!(
+        text.contains("into_make_service_with_connect_info::<SocketAddr>()")
+            && text.contains("FailedAttemptLimit::with_client_id"),
+        "the warning names the fix: {text}"
+    );
+    assert!(!text.contains("tak_"), "no key material in logs: {text}");
+
+    // Requests that have a client address do not warn; another limiter
+    // warns once on its own.
+    let (with_address, _) = limited(1);
+    with_address.send(with_key(client(1), &unknown_key())).await;
+    assert_eq!(logs.text().matches(WARNING).count(), 1);
+    let (other, _) = limited(1);
+    for _ in 0..3 {
+        other.send(with_key(None, &unknown_key())).await;
+    }
+    assert_eq!(logs.text().matches(WARNING).count(), 2);
 }
 
 // ---------------------------------------------------------------------------

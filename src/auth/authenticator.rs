@@ -1,9 +1,11 @@
 //! The shared authenticator: one verifier and cache for every route.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use http::header::{HeaderName, ACCESS_CONTROL_REQUEST_METHOD, AUTHORIZATION};
 use http::{Method, Request};
 
@@ -65,8 +67,29 @@ pub(crate) enum Begin {
     PassThrough,
     /// Refuse it.
     Reject(Rejection),
-    /// Look this key up.
-    Lookup(PresentedKey),
+    /// Look this key up; the request stands thus with the limiter.
+    Lookup(PresentedKey, Attempt),
+}
+
+/// How a request stands with the failed-attempt limiter.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Attempt {
+    /// Not limited: no limiter, or no client id for this request.
+    Unlimited,
+    /// From this client, nothing taken yet: a failure takes one of its
+    /// attempts, or is a 429 if none is left.
+    From(IpAddr),
+    /// This client's attempt was taken before the verifier call this request
+    /// started: a failure keeps it spent (that is the failure counted), a
+    /// valid key or a verifier fault gives it back.
+    Reserved(IpAddr),
+}
+
+/// The lookup of a key the cache could not answer, and how the request then
+/// stands with the limiter.
+pub(crate) struct Lookup {
+    pub(crate) answer: BoxFuture<'static, (PresentedKey, Result<Caller, LookupError>)>,
+    pub(crate) attempt: Attempt,
 }
 
 impl Authenticator {
@@ -271,34 +294,91 @@ impl Authenticator {
         {
             return Begin::PassThrough;
         }
-        if let Some(limit) = &s.limit {
-            let client = limit.client(request.headers(), request.extensions());
-            if let Some(retry_after) = client.and_then(|c| limit.blocked(c)) {
-                let mut rejection = Rejection::new(Reason::TooManyAttempts);
-                rejection.retry_after = Some(retry_after);
-                return Begin::Reject(rejection);
-            }
-        }
+        let attempt = match &s.limit {
+            None => Attempt::Unlimited,
+            Some(limit) => match limit.client(request.headers(), request.extensions()) {
+                Some(client) => Attempt::From(client),
+                None => Attempt::Unlimited,
+            },
+        };
+        // Parsed before the limiter is asked: it is offline and cheap, and a
+        // blocked client's cached valid key must still get through.
         let raw = match credential(request.headers(), s.extra_header.as_ref()) {
             Ok(raw) => raw,
-            Err(reason) => return Begin::Reject(self.failed(request, Rejection::new(reason))),
+            Err(reason) => return Begin::Reject(self.refused(attempt, Rejection::new(reason))),
         };
         match s.format.parse_bytes(raw) {
-            Ok(key) => Begin::Lookup(key),
-            Err(_) => Begin::Reject(self.failed(request, Rejection::new(Reason::Malformed))),
+            Ok(key) => Begin::Lookup(key, attempt),
+            Err(_) => Begin::Reject(self.refused(attempt, Rejection::new(Reason::Malformed))),
         }
     }
 
-    /// Counts a failed attempt against the request's client, if limiting is on.
-    fn failed<B>(&self, request: &Request<B>, rejection: Rejection) -> Rejection {
-        if let Some(limit) = &self.shared.limit {
-            if rejection.reason.is_failed_attempt() {
-                if let Some(client) = limit.client(request.headers(), request.extensions()) {
-                    limit.record_failure(client);
-                }
-            }
+    /// Starts the lookup of a key the cache could not answer. A limited
+    /// client takes one attempt first, unless the key's lookup is already
+    /// under way (joining it costs no verifier call); with none left the
+    /// request is refused here, without a verifier call.
+    pub(crate) fn lookup(&self, key: PresentedKey, attempt: Attempt) -> Result<Lookup, Rejection> {
+        let cache = self.shared.cache.clone();
+        let (Attempt::From(client), Some(limit)) = (attempt, &self.shared.limit) else {
+            return Ok(Lookup {
+                answer: Box::pin(async move {
+                    let answer = cache.lookup_miss(&key).await;
+                    (key, answer)
+                }),
+                attempt,
+            });
+        };
+        if let Some(flight) = cache.join_in_flight(&key) {
+            return Ok(Lookup {
+                answer: Box::pin(async move {
+                    let answer = match flight.await {
+                        Some(answer) => answer,
+                        // The key was valid but invalidated meanwhile: a
+                        // re-check of a valid key, not a guess, so it takes
+                        // no attempt (a failure still counts in `complete`).
+                        None => cache.lookup_miss(&key).await,
+                    };
+                    (key, answer)
+                }),
+                attempt,
+            });
         }
-        rejection
+        match limit.try_take(client) {
+            Ok(()) => Ok(Lookup {
+                answer: Box::pin(async move {
+                    let answer = cache.lookup_miss(&key).await;
+                    (key, answer)
+                }),
+                attempt: Attempt::Reserved(client),
+            }),
+            Err(retry_after) => Err(self.logged(too_many_attempts(retry_after))),
+        }
+    }
+
+    /// The rejection a limited client gets for a credential refused before
+    /// or without a verifier call of its own: a failed one takes an attempt,
+    /// and any of them is a 429 once none is left.
+    fn refused(&self, attempt: Attempt, rejection: Rejection) -> Rejection {
+        let (Attempt::From(client), Some(limit)) = (attempt, &self.shared.limit) else {
+            // Unlimited, or the failure is the attempt already reserved.
+            return rejection;
+        };
+        let outcome = if rejection.reason.is_failed_attempt() {
+            limit.try_take(client)
+        } else {
+            limit.blocked(client).map_or(Ok(()), Err)
+        };
+        match outcome {
+            Ok(()) => rejection,
+            Err(retry_after) => too_many_attempts(retry_after),
+        }
+    }
+
+    /// Gives back an attempt reserved for a lookup that did not fail.
+    fn give_back(&self, attempt: Attempt) {
+        if let (Attempt::Reserved(client), Some(limit)) = (attempt, &self.shared.limit) {
+            limit.give_back(client);
+        }
     }
 
     /// The route's verdict on a looked-up key; on success the caller is in
@@ -309,9 +389,12 @@ impl Authenticator {
         request: &mut Request<B>,
         key: &PresentedKey,
         looked_up: Result<Caller, LookupError>,
+        attempt: Attempt,
     ) -> Result<(), Rejection> {
         let reason = match looked_up {
             Ok(caller) => {
+                // A valid key is no guess, whatever the route's scopes say.
+                self.give_back(attempt);
                 let scope_policy = policy.policy_for(request.method(), request.uri().path());
                 match scope_policy.check(caller.scopes()) {
                     Ok(()) => {
@@ -322,7 +405,9 @@ impl Authenticator {
                         return Ok(());
                     }
                     Err(crate::scope::ScopeDenied::ScopedKeyOnUnscopedRoute) => {
-                        Reason::ScopedKeyOnUnscopedRoute
+                        let mut rejection = Rejection::new(Reason::ScopedKeyOnUnscopedRoute);
+                        rejection.key_id = Some(key.id());
+                        return Err(self.logged(rejection));
                     }
                     Err(_) => {
                         let mut rejection = Rejection::new(Reason::InsufficientScope);
@@ -334,8 +419,15 @@ impl Authenticator {
             }
             Err(LookupError::Unknown) => Reason::Unknown,
             Err(LookupError::Expired) => Reason::Expired,
-            Err(LookupError::VerifierPanicked) => Reason::VerifierPanicked,
+            Err(LookupError::VerifierPanicked) => {
+                // Not the client's fault.
+                self.give_back(attempt);
+                let mut rejection = Rejection::new(Reason::VerifierPanicked);
+                rejection.key_id = Some(key.id());
+                return Err(self.logged(rejection));
+            }
             Err(LookupError::Unavailable(e)) => {
+                self.give_back(attempt);
                 tracing::warn!(key_id = %key.id(), error = %e, "api key verifier unavailable");
                 let mut rejection = Rejection::new(Reason::Unavailable);
                 rejection.key_id = Some(key.id());
@@ -346,7 +438,7 @@ impl Authenticator {
         };
         let mut rejection = Rejection::new(reason);
         rejection.key_id = Some(key.id());
-        Err(self.logged(self.failed(request, rejection)))
+        Err(self.logged(self.refused(attempt, rejection)))
     }
 
     pub(crate) fn logged(&self, rejection: Rejection) -> Rejection {
@@ -380,4 +472,12 @@ impl Authenticator {
             rejection::http_response(&*self.shared.responder, &self.shared.realm, rejection)
         }
     }
+}
+
+/// A 429 for a client with no attempt left. It carries no key id: the
+/// response is the same whatever the credential was.
+fn too_many_attempts(retry_after: Duration) -> Rejection {
+    let mut rejection = Rejection::new(Reason::TooManyAttempts);
+    rejection.retry_after = Some(retry_after);
+    rejection
 }

@@ -9,7 +9,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::authenticator::Authenticator;
+use super::authenticator::{Attempt, Authenticator, Lookup};
 use super::body::ResponseBody;
 use super::policy::RoutePolicy;
 use super::rejection::is_grpc;
@@ -43,6 +43,7 @@ pin_project! {
 
 struct Pending<S, ReqBody> {
     auth: Authenticator,
+    attempt: Attempt,
     policy: Arc<dyn RoutePolicy>,
     service: S,
     request: Request<ReqBody>,
@@ -69,20 +70,16 @@ where
     pub(super) fn authenticating(
         auth: Authenticator,
         policy: Arc<dyn RoutePolicy>,
-        key: PresentedKey,
+        lookup: Lookup,
         service: S,
         request: Request<ReqBody>,
     ) -> Self {
-        let cache = auth.cache().clone();
-        let lookup = Box::pin(async move {
-            let result = cache.lookup_miss(&key).await;
-            (key, result)
-        });
         Self {
             state: State::Authenticating {
-                lookup,
+                lookup: lookup.answer,
                 pending: Some(Pending {
                     auth,
+                    attempt: lookup.attempt,
                     policy,
                     service,
                     request,
@@ -106,6 +103,7 @@ where
                     let (key, result) = ready!(lookup.as_mut().poll(cx));
                     let Some(Pending {
                         auth,
+                        attempt,
                         policy,
                         mut service,
                         mut request,
@@ -114,7 +112,7 @@ where
                         // Only reachable if polled after a panic in `call` below.
                         return Poll::Pending;
                     };
-                    match auth.complete(&*policy, &mut request, &key, result) {
+                    match auth.complete(&*policy, &mut request, &key, result, attempt) {
                         Ok(()) => {
                             drop(key);
                             let future = service.call(request);

@@ -1,14 +1,34 @@
 //! Failed-attempt limiting: a client that keeps presenting bad keys is
-//! refused (429, gRPC RESOURCE_EXHAUSTED) before anything is parsed, hashed
-//! or looked up.
+//! refused (429, gRPC RESOURCE_EXHAUSTED) without a verifier call.
 //!
-//! Every request that presents a credential which fails counts: garbage, a
-//! bad checksum, an unknown, revoked or expired key, two credentials at once.
-//! A request with no credential at all does not count, nor does a valid key
-//! refused for its scopes. Each client has a bucket of `max_failures` tokens
-//! that refills at `max_failures` per `window`: after `max_failures` failures
-//! in quick succession the client waits, and a full window restores every
-//! attempt.
+//! Each client has a bucket of `max_failures` attempts that refills at
+//! `max_failures` per `window`: after `max_failures` failures in quick
+//! succession the client waits, and a full window restores every attempt.
+//!
+//! - **What spends an attempt**: every credential that fails: garbage, a bad
+//!   checksum, an unknown, revoked or expired key, two credentials at once.
+//!   A request with no credential at all spends none, nor does a valid key
+//!   refused for its scopes, nor a verifier failure (503) or panic (500).
+//! - **Before the verifier, not after**: a key the cache cannot answer takes
+//!   an attempt *before* its lookup starts, and gets it back when the key
+//!   proves valid or the verifier fails. So however many requests a client
+//!   has in flight, it makes at most as many verifier calls as it has
+//!   attempts left. A request that goes away before its lookup answers keeps
+//!   its attempt spent: otherwise disconnecting would buy free lookups.
+//! - **Joining costs nothing**: a request for a key whose lookup is already
+//!   under way waits for that answer without taking an attempt, so a burst
+//!   of requests with one valid key that is not cached yet (a cold start)
+//!   all get through on one verifier call. (Requests for one new key that
+//!   arrive together on different threads may each take an attempt before
+//!   the lookup is under way; a valid key gives every one of them back.)
+//! - **While a client has no attempt left** it gets 429 with `Retry-After`
+//!   for everything, a missing credential included, except a key the cache
+//!   already holds as valid (or whose lookup is already under way): a
+//!   cached key proves its holder is not guessing, and answering it costs
+//!   no lookup, so one client guessing from behind a shared address (a NAT,
+//!   a proxy, an IPv6 /64) does not lock out the valid keys used from
+//!   there. Everything else (garbage, unknown or uncached keys) is refused
+//!   without a verifier call.
 //!
 //! Clients are told apart by a function of the request (default: the peer
 //! address from axum's `ConnectInfo<SocketAddr>`, IPv6 grouped by /64).
@@ -16,7 +36,9 @@
 //! [`FailedAttemptLimit::with_client_id`] to read the address the proxy
 //! appends (e.g. the last entry of `X-Forwarded-For` written by your own
 //! proxy; never the first, which the client controls). Without a client id a
-//! request is not limited.
+//! request is not limited: the first such request logs a warning, once per
+//! limiter, since it usually means the server was not started with
+//! `into_make_service_with_connect_info::<SocketAddr>()`.
 //!
 //! Tracked clients are bounded (default 100,000, least recently seen
 //! forgotten first), so a flood of addresses cannot exhaust memory. Time is
@@ -33,6 +55,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,6 +74,8 @@ pub struct FailedAttemptLimit {
     window: Duration,
     client_id: Arc<ClientIdFn>,
     clients: moka::sync::Cache<IpAddr, Arc<Mutex<Bucket>>>,
+    /// Set once a request without a client id has been warned about.
+    warned_no_client: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for FailedAttemptLimit {
@@ -84,6 +109,7 @@ impl FailedAttemptLimit {
             window,
             client_id: Arc::new(peer_address),
             clients: Self::clients(100_000, window),
+            warned_no_client: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -118,9 +144,23 @@ impl FailedAttemptLimit {
         self.clients.entry_count()
     }
 
-    /// The client of a request, if it can be told.
+    /// The client of a request, if it can be told. The first request that
+    /// has none logs a warning: a limiter that limits nothing should not be
+    /// silent.
     pub(crate) fn client(&self, headers: &HeaderMap, extensions: &Extensions) -> Option<IpAddr> {
-        (self.client_id)(headers, extensions)
+        let client = (self.client_id)(headers, extensions);
+        // The load keeps the shared flag read-only once set (no cache-line bouncing).
+        if client.is_none()
+            && !self.warned_no_client.load(Ordering::Relaxed)
+            && !self.warned_no_client.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "failed-attempt limit is on, but a request has no client address, so it is \
+                 not limited; serve with `into_make_service_with_connect_info::<SocketAddr>()` \
+                 or set `FailedAttemptLimit::with_client_id` (logged once)"
+            );
+        }
+        client
     }
 
     fn rate(&self) -> f64 {
@@ -133,7 +173,17 @@ impl FailedAttemptLimit {
         bucket.updated = now;
     }
 
-    /// `Some(retry_after)` if `client` has no attempts left.
+    /// How long until a bucket holding `tokens` (< 1) has a whole attempt.
+    fn retry_after(&self, tokens: f64) -> Duration {
+        let wait = (1.0 - tokens) / self.rate();
+        let wait = Duration::try_from_secs_f64(wait).unwrap_or(self.window);
+        wait.clamp(
+            Duration::from_secs(1),
+            self.window.max(Duration::from_secs(1)),
+        )
+    }
+
+    /// `Some(retry_after)` if `client` has no attempts left. Takes nothing.
     pub(crate) fn blocked(&self, client: IpAddr) -> Option<Duration> {
         let bucket = self.clients.get(&client)?;
         let mut bucket = bucket.lock().unwrap_or_else(|e| e.into_inner());
@@ -141,16 +191,13 @@ impl FailedAttemptLimit {
         if bucket.tokens >= 1.0 {
             return None;
         }
-        let wait = (1.0 - bucket.tokens) / self.rate();
-        let wait = Duration::try_from_secs_f64(wait).unwrap_or(self.window);
-        Some(wait.clamp(
-            Duration::from_secs(1),
-            self.window.max(Duration::from_secs(1)),
-        ))
+        Some(self.retry_after(bucket.tokens))
     }
 
-    /// Counts one failed attempt by `client`.
-    pub(crate) fn record_failure(&self, client: IpAddr) {
+    /// Takes one attempt from `client`, or, if it has none left, says how
+    /// long until it has one. Atomic per client: concurrent requests never
+    /// take more attempts than the bucket holds.
+    pub(crate) fn try_take(&self, client: IpAddr) -> Result<(), Duration> {
         let now = Instant::now();
         let max = self.max_failures as f64;
         let bucket = self.clients.get_with(client, || {
@@ -161,7 +208,23 @@ impl FailedAttemptLimit {
         });
         let mut bucket = bucket.lock().unwrap_or_else(|e| e.into_inner());
         self.refill(&mut bucket, now);
-        bucket.tokens = (bucket.tokens - 1.0).max(0.0);
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(self.retry_after(bucket.tokens))
+        }
+    }
+
+    /// Returns an attempt taken by [`FailedAttemptLimit::try_take`] that did
+    /// not fail after all (a valid key, a verifier fault).
+    pub(crate) fn give_back(&self, client: IpAddr) {
+        // A bucket forgotten meanwhile would be created full: nothing to return.
+        if let Some(bucket) = self.clients.get(&client) {
+            let mut bucket = bucket.lock().unwrap_or_else(|e| e.into_inner());
+            self.refill(&mut bucket, Instant::now());
+            bucket.tokens = (bucket.tokens + 1.0).min(self.max_failures as f64);
+        }
     }
 }
 
@@ -217,13 +280,14 @@ mod tests {
         let other: IpAddr = "192.0.2.8".parse().unwrap();
         for _ in 0..3 {
             assert_eq!(limit.blocked(client), None);
-            limit.record_failure(client);
+            assert_eq!(limit.try_take(client), Ok(()));
         }
         let retry = limit.blocked(client).expect("blocked after three failures");
         assert!(
             retry <= Duration::from_secs(20) && retry >= Duration::from_secs(19),
             "{retry:?}"
         );
+        assert_eq!(limit.try_take(client), Err(retry), "nothing left to take");
         assert_eq!(limit.blocked(other), None, "other clients are not affected");
         tokio::time::advance(Duration::from_secs(20)).await;
         assert_eq!(
@@ -231,16 +295,54 @@ mod tests {
             None,
             "one attempt back after window / max"
         );
-        limit.record_failure(client);
+        assert_eq!(limit.try_take(client), Ok(()));
         assert!(limit.blocked(client).is_some());
         tokio::time::advance(Duration::from_secs(60)).await;
         for _ in 0..3 {
             assert_eq!(
-                limit.blocked(client),
-                None,
+                limit.try_take(client),
+                Ok(()),
                 "a full window restores every attempt"
             );
-            limit.record_failure(client);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_given_back_can_be_taken_again_but_never_beyond_max() {
+        let limit = FailedAttemptLimit::new(2, Duration::from_secs(60));
+        let client: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(limit.try_take(client), Ok(()));
+        assert_eq!(limit.try_take(client), Ok(()));
+        assert!(limit.try_take(client).is_err());
+        limit.give_back(client);
+        assert_eq!(limit.try_take(client), Ok(()), "the returned attempt");
+        assert!(limit.try_take(client).is_err());
+
+        // Giving back more than was taken does not raise the limit.
+        limit.give_back(client);
+        limit.give_back(client);
+        limit.give_back(client);
+        assert_eq!(limit.try_take(client), Ok(()));
+        assert_eq!(limit.try_take(client), Ok(()));
+        assert!(limit.try_take(client).is_err(), "still at most 2");
+    }
+
+    #[test]
+    fn concurrent_takes_never_take_more_than_the_bucket_holds() {
+        let limit = FailedAttemptLimit::new(30, Duration::from_secs(3600));
+        let client: IpAddr = "192.0.2.7".parse().unwrap();
+        let barrier = std::sync::Barrier::new(8);
+        let taken: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        (0..100).filter(|_| limit.try_take(client).is_ok()).count()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(taken, 30);
     }
 }

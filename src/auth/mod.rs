@@ -30,14 +30,16 @@
 //! A request passes through these steps, and stops at the first that fails:
 //!
 //! 1. Any [`Caller`](crate::Caller) already in its extensions is removed (no spoofing).
-//! 2. CORS preflight passes unauthenticated, if enabled; a client over its
-//!    [failed-attempt limit](limit) gets 429 before anything else is done.
+//! 2. CORS preflight passes unauthenticated, if enabled.
 //! 3. Exactly one credential: `Authorization: Api-Key <key>` (scheme in any
 //!    case) or, if configured, the bare key in an extra header. Two are a 400.
 //! 4. Offline checks (length, prefix, alphabet, checksum): garbage is a 401
 //!    without a verifier call.
 //! 5. The cached verifier: unknown, revoked or expired keys are a 401 with
 //!    the same body; a failing verifier is a 503, a panicking one a 500.
+//!    With a [failed-attempt limit](limit), a client with no attempt left
+//!    gets 429 at steps 3 to 5 instead, without a verifier call; only a key
+//!    the cache holds as valid still gets through.
 //! 6. The route's [`ScopePolicy`](crate::ScopePolicy): a 403 if it refuses.
 //! 7. The [`Caller`](crate::Caller) goes into the request's extensions, the
 //!    credential header is marked sensitive, and the inner service is called.

@@ -70,13 +70,16 @@ where
                 let grpc = is_grpc(request.headers());
                 ResponseFuture::rejected(self.auth.respond(self.auth.logged(rejection), grpc))
             }
-            Begin::Lookup(key) => {
+            Begin::Lookup(key, attempt) => {
                 // Hot path: a cached answer needs no future and no clone of the inner service.
                 if let Some(answer) = self.auth.cache().lookup_cached(&key) {
-                    return match self
-                        .auth
-                        .complete(&*self.policy, &mut request, &key, answer)
-                    {
+                    return match self.auth.complete(
+                        &*self.policy,
+                        &mut request,
+                        &key,
+                        answer,
+                        attempt,
+                    ) {
                         Ok(()) => ResponseFuture::inner(self.inner.call(request)),
                         Err(rejection) => {
                             let grpc = is_grpc(request.headers());
@@ -84,13 +87,20 @@ where
                         }
                     };
                 }
+                let lookup = match self.auth.lookup(key, attempt) {
+                    Ok(lookup) => lookup,
+                    Err(rejection) => {
+                        let grpc = is_grpc(request.headers());
+                        return ResponseFuture::rejected(self.auth.respond(rejection, grpc));
+                    }
+                };
                 // The ready service goes with the request; a clone stays for the next call.
                 let clone = self.inner.clone();
                 let ready = std::mem::replace(&mut self.inner, clone);
                 ResponseFuture::authenticating(
                     self.auth.clone(),
                     self.policy.clone(),
-                    key,
+                    lookup,
                     ready,
                     request,
                 )
