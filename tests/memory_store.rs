@@ -14,6 +14,8 @@ use tower_api_key::store::{
 };
 use tower_api_key::verifier::Verifier;
 
+mod store_checks;
+
 fn start_time() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
 }
@@ -313,7 +315,17 @@ async fn list_uses_the_default_page_size_when_none_is_given() {
 }
 
 #[tokio::test]
-async fn list_rejects_page_sizes_outside_one_to_a_thousand() {
+async fn list_stops_a_page_at_the_byte_budget_and_continues_from_its_last_key() {
+    store_checks::pages_stop_at_the_byte_budget(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn list_accepts_page_sizes_from_one_to_two_hundred() {
+    store_checks::page_sizes_are_one_to_two_hundred(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn list_rejects_page_sizes_outside_one_to_the_maximum() {
     let (store, clock) = store_with_clock();
     create_keys(&store, &clock, "sa-1", 2).await;
     assert_invalid(store.list("sa-1", ListRequest::first(0)).await);

@@ -37,6 +37,8 @@ use tower_api_key::store::{
 };
 use tower_api_key::verifier::{Verifier, VerifierError};
 
+mod store_checks;
+
 /// Bound on every wait for a notification to cross between two stores.
 const NOTIFY_WITHIN: Duration = Duration::from_secs(1);
 /// Bound on waits for a reconnection (backoff included).
@@ -602,7 +604,7 @@ async fn management_operations<S: KeyStore>(store: &S) {
         .is_empty());
     for bad in [
         ListRequest::first(0),
-        ListRequest::first(1001),
+        ListRequest::first(201),
         ListRequest::after(2, ""),
         ListRequest::after(2, "not a token"),
         ListRequest::after(2, other.record.key_id.to_string()),
@@ -709,6 +711,20 @@ async fn memory_store_passes_the_same_conformance_checks() {
 // ---------------------------------------------------------------------------
 // The tests
 // ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_stops_a_page_at_the_byte_budget_and_continues_from_its_last_key() {
+    let Some(db) =
+        TestDb::new("list_stops_a_page_at_the_byte_budget_and_continues_from_its_last_key").await
+    else {
+        return;
+    };
+    let store = db.store().await;
+    store_checks::pages_stop_at_the_byte_budget(&store).await;
+    store_checks::page_sizes_are_one_to_two_hundred(&store).await;
+    store.shutdown().await;
+    db.drop_schema().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_twice_in_a_row() {

@@ -1,14 +1,15 @@
 //! The in-memory store: for tests, examples and single-process services.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::ops::Bound;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
 use super::{
-    check_expiry, check_new, hint_of, CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate,
+    check_expiry, check_new, fill_page, hint_of, CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate,
     ListRequest, NewKey, StoreError,
 };
 use crate::clock::{Clock, SystemClock};
@@ -31,8 +32,57 @@ struct Inner {
     format: KeyFormat,
     hasher: KeyHasher,
     clock: Arc<dyn Clock>,
-    keys: RwLock<HashMap<KeyId, Stored>>,
+    keys: RwLock<Keys>,
     invalidations: Invalidations,
+}
+
+/// The keys by id, and each account's keys in listing order, so a page is a
+/// range read rather than a sort of every key. Both change together, under
+/// the store's write lock.
+#[derive(Default)]
+struct Keys {
+    by_id: HashMap<KeyId, Stored>,
+    by_account: HashMap<String, BTreeSet<(SystemTime, KeyId)>>,
+}
+
+impl Keys {
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    fn get(&self, id: &KeyId) -> Option<&Stored> {
+        self.by_id.get(id)
+    }
+
+    /// For changes that keep the account and the creation time (the
+    /// listing position).
+    fn get_mut(&mut self, id: &KeyId) -> Option<&mut Stored> {
+        self.by_id.get_mut(id)
+    }
+
+    fn contains_key(&self, id: &KeyId) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    fn insert(&mut self, id: KeyId, stored: Stored) {
+        self.by_account
+            .entry(stored.record.service_account_id.to_string())
+            .or_default()
+            .insert((stored.record.created_at, id));
+        self.by_id.insert(id, stored);
+    }
+
+    fn remove(&mut self, id: &KeyId) -> Option<Stored> {
+        let stored = self.by_id.remove(id)?;
+        let account = &*stored.record.service_account_id;
+        if let Some(listing) = self.by_account.get_mut(account) {
+            listing.remove(&(stored.record.created_at, *id));
+            if listing.is_empty() {
+                self.by_account.remove(account);
+            }
+        }
+        Some(stored)
+    }
 }
 
 struct Stored {
@@ -89,7 +139,7 @@ impl MemoryStoreBuilder {
                 format: self.format.unwrap_or_default(),
                 hasher: self.hasher.unwrap_or_default(),
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
-                keys: RwLock::new(HashMap::new()),
+                keys: RwLock::new(Keys::default()),
                 invalidations: Invalidations::new(),
             }),
         }
@@ -122,11 +172,11 @@ impl MemoryStore {
         MemoryStoreBuilder::default()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<KeyId, Stored>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
         self.inner.keys.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<KeyId, Stored>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Keys> {
         self.inner.keys.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -226,22 +276,24 @@ impl KeyStore for MemoryStore {
             ),
         };
         let keys = self.read();
-        let mut mine: Vec<&Stored> = keys
-            .values()
-            .filter(|s| &*s.record.service_account_id == service_account_id)
-            .collect();
-        mine.sort_by_key(|s| (s.record.created_at, s.record.key_id));
+        let Some(mine) = keys.by_account.get(service_account_id) else {
+            return Ok(KeyPage {
+                keys: Vec::new(),
+                next_page_token: None,
+            });
+        };
         // The token is a position in the listing order, so it stays valid when
         // the key it was taken from is revoked between pages.
-        let start = match after {
-            None => 0,
-            Some(after) => {
-                mine.partition_point(|s| (s.record.created_at, s.record.key_id) <= after)
-            }
+        let from = match after {
+            None => Bound::Unbounded,
+            Some(after) => Bound::Excluded(after),
         };
-        let rest = &mine[start.min(mine.len())..];
-        let page: Vec<KeyInfo> = rest.iter().take(size).map(|s| s.info()).collect();
-        let next_page_token = (rest.len() > size)
+        let rest = mine
+            .range((from, Bound::Unbounded))
+            .filter_map(|(_, id)| keys.get(id))
+            .map(|s| Ok::<_, StoreError>(s.info()));
+        let (page, more) = fill_page(rest, size)?;
+        let next_page_token = more
             .then(|| page.last().map(|k| page_token(&k.record)))
             .flatten();
         Ok(KeyPage {

@@ -98,7 +98,7 @@ pub use tokio_postgres;
 
 use super::memory::{page_token, parse_page_token};
 use super::{
-    check_expiry, check_new, hint_of, CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate,
+    check_expiry, check_new, fill_page, hint_of, CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate,
     ListRequest, NewKey, StoreError,
 };
 use crate::clock::{Clock, SystemClock};
@@ -724,12 +724,7 @@ impl KeyStore for PgKeyStore {
                     .map_err(StoreError::Backend)?
             }
         };
-        let more = rows.len() > size;
-        let keys = rows
-            .iter()
-            .take(size)
-            .map(info_or_backend)
-            .collect::<Result<Vec<_>, _>>()?;
+        let (keys, more) = fill_page(rows.iter().map(info_or_backend), size)?;
         let next_page_token = more
             .then(|| keys.last().map(|k| page_token(&k.record)))
             .flatten();
