@@ -315,6 +315,27 @@ async fn list_uses_the_default_page_size_when_none_is_given() {
 }
 
 #[tokio::test]
+async fn create_refuses_a_key_past_the_accounts_limit_until_one_is_deleted() {
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let store = MemoryStore::builder()
+        .with_clock(clock.clone())
+        .max_keys_per_account(3)
+        .build();
+    store_checks::keys_per_account_are_limited(&store, &|by| clock.advance(by)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_for_one_account_never_pass_the_limit() {
+    let store = MemoryStore::builder().max_keys_per_account(5).build();
+    store_checks::concurrent_creates_respect_the_limit(&[&store, &store.clone()]).await;
+}
+
+#[tokio::test]
+async fn accounts_hold_at_most_a_thousand_keys_by_default() {
+    store_checks::the_default_limit_is_a_thousand_keys(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
 async fn list_stops_a_page_at_the_byte_budget_and_continues_from_its_last_key() {
     store_checks::pages_stop_at_the_byte_budget(&MemoryStore::new()).await;
 }

@@ -727,6 +727,64 @@ async fn list_stops_a_page_at_the_byte_budget_and_continues_from_its_last_key() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_refuses_a_key_past_the_accounts_limit_until_one_is_deleted() {
+    let Some(db) =
+        TestDb::new("create_refuses_a_key_past_the_accounts_limit_until_one_is_deleted").await
+    else {
+        return;
+    };
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let store = db
+        .builder()
+        .with_clock(clock.clone())
+        .max_keys_per_account(3)
+        .connect()
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store_checks::keys_per_account_are_limited(&store, &|by| clock.advance(by)).await;
+    store.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_for_one_account_never_pass_the_limit() {
+    let Some(db) = TestDb::new("concurrent_creates_for_one_account_never_pass_the_limit").await
+    else {
+        return;
+    };
+    // Two replicas, 10 pooled connections each: the creates really overlap.
+    let a = db
+        .builder()
+        .max_keys_per_account(5)
+        .connect()
+        .await
+        .unwrap();
+    a.migrate().await.unwrap();
+    let b = db
+        .builder()
+        .max_keys_per_account(5)
+        .connect()
+        .await
+        .unwrap();
+    store_checks::concurrent_creates_respect_the_limit(&[&a, &b]).await;
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_hold_at_most_a_thousand_keys_by_default() {
+    let Some(db) = TestDb::new("accounts_hold_at_most_a_thousand_keys_by_default").await else {
+        return;
+    };
+    let store = db.store().await;
+    store_checks::the_default_limit_is_a_thousand_keys(&store).await;
+    store.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_twice_in_a_row() {
     let Some(db) = TestDb::new("migrations_twice_in_a_row").await else {
         return;

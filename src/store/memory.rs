@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use super::{
     check_expiry, check_new, fill_page, hint_of, CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate,
-    ListRequest, NewKey, StoreError,
+    ListRequest, NewKey, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
@@ -32,6 +32,7 @@ struct Inner {
     format: KeyFormat,
     hasher: KeyHasher,
     clock: Arc<dyn Clock>,
+    max_keys_per_account: usize,
     keys: RwLock<Keys>,
     invalidations: Invalidations,
 }
@@ -48,6 +49,11 @@ struct Keys {
 impl Keys {
     fn len(&self) -> usize {
         self.by_id.len()
+    }
+
+    /// Keys `account` holds, expired ones included.
+    fn count(&self, account: &str) -> usize {
+        self.by_account.get(account).map_or(0, BTreeSet::len)
     }
 
     fn get(&self, id: &KeyId) -> Option<&Stored> {
@@ -111,6 +117,7 @@ pub struct MemoryStoreBuilder {
     format: Option<KeyFormat>,
     hasher: Option<KeyHasher>,
     clock: Option<Arc<dyn Clock>>,
+    max_keys_per_account: Option<usize>,
 }
 
 impl MemoryStoreBuilder {
@@ -132,6 +139,14 @@ impl MemoryStoreBuilder {
         self
     }
 
+    /// The most keys one service account may hold (default
+    /// [`DEFAULT_MAX_KEYS_PER_ACCOUNT`], 1,000), expired keys included; a
+    /// create past it fails with [`StoreError::KeyLimitReached`]. At least 1.
+    pub fn max_keys_per_account(mut self, limit: usize) -> Self {
+        self.max_keys_per_account = Some(limit.max(1));
+        self
+    }
+
     /// The store.
     pub fn build(self) -> MemoryStore {
         MemoryStore {
@@ -139,6 +154,9 @@ impl MemoryStoreBuilder {
                 format: self.format.unwrap_or_default(),
                 hasher: self.hasher.unwrap_or_default(),
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+                max_keys_per_account: self
+                    .max_keys_per_account
+                    .unwrap_or(DEFAULT_MAX_KEYS_PER_ACCOUNT),
                 keys: RwLock::new(Keys::default()),
                 invalidations: Invalidations::new(),
             }),
@@ -250,6 +268,11 @@ impl KeyStore for MemoryStore {
             hint: hint_of(&key),
         };
         let mut keys = self.write();
+        // Counted under the write lock, so concurrent creates cannot overshoot.
+        let limit = self.inner.max_keys_per_account;
+        if keys.count(&record.service_account_id) >= limit {
+            return Err(StoreError::KeyLimitReached { limit });
+        }
         if keys.contains_key(&key.id()) {
             // 95 random bits make this practically impossible; never overwrite.
             return Err(StoreError::backend("key id collision"));

@@ -285,6 +285,14 @@ pub enum StoreError {
     Invalid(String),
     /// The random source failed.
     KeyGen(KeyGenError),
+    /// The service account already holds the most keys a store allows
+    /// (expired ones included); delete unused keys to make room. Never names
+    /// the account nor any key.
+    #[non_exhaustive]
+    KeyLimitReached {
+        /// The most keys one service account may hold.
+        limit: usize,
+    },
     /// The backend failed.
     Backend(Box<dyn std::error::Error + Send + Sync>),
 }
@@ -306,6 +314,11 @@ impl fmt::Display for StoreError {
         match self {
             Self::Invalid(why) => write!(f, "invalid request: {why}"),
             Self::KeyGen(e) => write!(f, "{e}"),
+            Self::KeyLimitReached { limit } => write!(
+                f,
+                "the service account already holds {limit} keys, the most allowed \
+                 (expired keys count too); delete keys it no longer uses"
+            ),
             Self::Backend(e) => write!(f, "key store backend failed: {e}"),
         }
     }
@@ -316,7 +329,7 @@ impl std::error::Error for StoreError {
         match self {
             Self::KeyGen(e) => Some(e),
             Self::Backend(e) => Some(&**e),
-            Self::Invalid(_) => None,
+            Self::Invalid(_) | Self::KeyLimitReached { .. } => None,
         }
     }
 }
@@ -334,7 +347,10 @@ pub trait KeyStore: Verifier {
     /// The format of the keys this store issues.
     fn format(&self) -> KeyFormat;
 
-    /// Creates a key; the only time its secret is returned.
+    /// Creates a key; the only time its secret is returned. Refused with
+    /// [`StoreError::KeyLimitReached`] when the account already holds the
+    /// store's most keys per account ([`DEFAULT_MAX_KEYS_PER_ACCOUNT`] unless
+    /// configured), counting every key that exists, expired ones included.
     async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError>;
 
     /// One key, if it exists.

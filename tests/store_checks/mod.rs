@@ -9,7 +9,8 @@ use tower_api_key::key::KeyId;
 use tower_api_key::management::KeyResource;
 use tower_api_key::scope::ScopeSet;
 use tower_api_key::store::{
-    KeyInfo, KeyPage, KeyStore, ListRequest, NewKey, StoreError, MAX_PAGE_BYTES, MAX_PAGE_SIZE,
+    KeyInfo, KeyPage, KeyStore, ListRequest, NewKey, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    MAX_PAGE_BYTES, MAX_PAGE_SIZE,
 };
 
 /// The largest scope set a key may hold: 100 distinct scopes of 256 bytes.
@@ -125,4 +126,93 @@ pub async fn ids_of(store: &dyn KeyStore, account: &str) -> Vec<KeyId> {
         .iter()
         .flat_map(|p| p.keys.iter().map(|k| k.record.key_id))
         .collect()
+}
+
+#[track_caller]
+pub fn assert_limit_reached<T: std::fmt::Debug>(result: Result<T, StoreError>, limit: usize) {
+    match result {
+        Err(StoreError::KeyLimitReached { limit: got, .. }) => assert_eq!(got, limit),
+        other => panic!("expected KeyLimitReached, got {other:?}"),
+    }
+}
+
+/// A store built with `max_keys_per_account(3)`: the fourth key of an
+/// account is refused and stores nothing; expired keys count; reissue adds
+/// nothing; other accounts are not affected; a delete makes room again.
+/// `advance` moves the store's clock forward.
+pub async fn keys_per_account_are_limited(store: &dyn KeyStore, advance: &dyn Fn(Duration)) {
+    let soon = SystemTime::now() + Duration::from_secs(60);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let mut new = NewKey::new("sa-limited");
+        if i == 0 {
+            new = new.with_expires_at(soon);
+        }
+        ids.push(store.create(new).await.unwrap().record.key_id);
+        // Distinct creation times: the listing order is the creation order.
+        advance(Duration::from_secs(1));
+    }
+    let refused = store.create(NewKey::new("sa-limited")).await;
+    let err = refused.as_ref().err().map(ToString::to_string);
+    assert_limit_reached(refused, 3);
+    // The message names the limit, and neither the account nor any key.
+    let err = err.unwrap();
+    assert!(err.contains('3') && !err.contains("sa-limited"), "{err}");
+    assert_eq!(ids_of(store, "sa-limited").await, ids, "nothing stored");
+
+    // Expired keys still take their place until deleted.
+    advance(Duration::from_secs(120));
+    assert_limit_reached(store.create(NewKey::new("sa-limited")).await, 3);
+    // Reissue gives a key a new secret; it adds no key.
+    let reissued = store
+        .reissue(ids[1], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(reissued.is_some());
+    assert_eq!(ids_of(store, "sa-limited").await, ids);
+    // Other accounts have their own room.
+    store.create(NewKey::new("sa-other")).await.unwrap();
+
+    // Deleting a key makes room for one.
+    assert!(store.revoke(ids[0]).await.unwrap());
+    let again = store.create(NewKey::new("sa-limited")).await.unwrap();
+    assert_limit_reached(store.create(NewKey::new("sa-limited")).await, 3);
+    assert_eq!(
+        ids_of(store, "sa-limited").await,
+        [ids[1], ids[2], again.record.key_id]
+    );
+}
+
+/// 20 creates at once for one account against a limit of 5, spread over
+/// `stores` (replicas of one store): exactly 5 succeed, the others are
+/// refused, and the account holds 5 keys.
+pub async fn concurrent_creates_respect_the_limit(stores: &[&dyn KeyStore]) {
+    let results = futures_util::future::join_all(
+        (0..20).map(|i| stores[i % stores.len()].create(NewKey::new("sa-race"))),
+    )
+    .await;
+    let mut created = HashSet::new();
+    let mut refused = 0;
+    for result in results {
+        match result {
+            Ok(key) => {
+                created.insert(key.record.key_id);
+            }
+            Err(StoreError::KeyLimitReached { limit: 5, .. }) => refused += 1,
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert_eq!(created.len(), 5);
+    assert_eq!(refused, 15);
+    let stored: HashSet<KeyId> = ids_of(stores[0], "sa-race").await.into_iter().collect();
+    assert_eq!(stored, created);
+}
+
+/// Without a configured limit, an account holds at most 1,000 keys.
+pub async fn the_default_limit_is_a_thousand_keys(store: &dyn KeyStore) {
+    assert_eq!(DEFAULT_MAX_KEYS_PER_ACCOUNT, 1000);
+    for _ in 0..1000 {
+        store.create(NewKey::new("sa-full")).await.unwrap();
+    }
+    assert_limit_reached(store.create(NewKey::new("sa-full")).await, 1000);
 }

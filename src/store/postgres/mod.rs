@@ -99,7 +99,7 @@ pub use tokio_postgres;
 use super::memory::{page_token, parse_page_token};
 use super::{
     check_expiry, check_new, fill_page, hint_of, CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate,
-    ListRequest, NewKey, StoreError,
+    ListRequest, NewKey, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{HashScheme, KeyHasher, StoredHash};
@@ -116,6 +116,10 @@ pub const DEFAULT_CHANNEL: &str = "tower_api_key_invalidate";
 
 /// The key table.
 const TABLE: &str = "tower_api_key_keys";
+
+/// First key of the advisory locks that serialize creates per account
+/// ("takc" in ASCII); the second is a hash of the account.
+const CREATE_LOCK_CLASS: i32 = 0x7461_6b63;
 
 /// What the management API shows of a key.
 const INFO_COLUMNS: &str = "key_id, service_account_id, scopes, description, created_at, \
@@ -142,6 +146,7 @@ struct Inner {
     hasher: KeyHasher,
     clock: Arc<dyn Clock>,
     channel: String,
+    max_keys_per_account: i64,
     invalidations: Invalidations,
     status: watch::Receiver<ListenerStatus>,
     // Dropping it (with the last clone of the store) stops the listener too.
@@ -169,6 +174,7 @@ pub struct PgKeyStoreBuilder {
     hasher: KeyHasher,
     clock: Arc<dyn Clock>,
     channel: String,
+    max_keys_per_account: usize,
     pool_size: usize,
     timeout: Duration,
     backoff_min: Duration,
@@ -190,7 +196,7 @@ impl fmt::Debug for PgKeyStoreBuilder {
 impl PgKeyStoreBuilder {
     /// Settings for the database `config` points at, with the defaults: key
     /// prefix `tak`, plain SHA-256, the system clock, channel
-    /// [`DEFAULT_CHANNEL`], 10 pooled connections, 5 s timeouts, reconnection
+    /// [`DEFAULT_CHANNEL`], 1,000 keys per service account, 10 pooled connections, 5 s timeouts, reconnection
     /// backoff from 100 ms to 5 s, a listener health check every 10 s.
     pub fn new(config: tokio_postgres::Config) -> Self {
         Self {
@@ -199,6 +205,7 @@ impl PgKeyStoreBuilder {
             hasher: KeyHasher::default(),
             clock: Arc::new(SystemClock),
             channel: DEFAULT_CHANNEL.to_owned(),
+            max_keys_per_account: DEFAULT_MAX_KEYS_PER_ACCOUNT,
             pool_size: 10,
             timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(100),
@@ -232,6 +239,17 @@ impl PgKeyStoreBuilder {
     /// in one database should use different ones.
     pub fn with_channel(mut self, channel: impl Into<String>) -> Self {
         self.channel = channel.into();
+        self
+    }
+
+    /// The most keys one service account may hold (default
+    /// [`DEFAULT_MAX_KEYS_PER_ACCOUNT`], 1,000), expired keys included; a
+    /// create past it fails with [`StoreError::KeyLimitReached`]. At least 1.
+    /// Creates for one account are serialized (a transaction-level advisory
+    /// lock on the account), so replicas creating at once cannot overshoot.
+    /// Every replica should use the same limit.
+    pub fn max_keys_per_account(mut self, limit: usize) -> Self {
+        self.max_keys_per_account = limit.max(1);
         self
     }
 
@@ -339,6 +357,7 @@ impl PgKeyStoreBuilder {
                 hasher: self.hasher,
                 clock: self.clock,
                 channel: self.channel,
+                max_keys_per_account: i64::try_from(self.max_keys_per_account).unwrap_or(i64::MAX),
                 invalidations,
                 status: status.clone(),
                 shutdown,
@@ -641,28 +660,53 @@ impl KeyStore for PgKeyStore {
             .with_expires_at(new.expires_at.map(micros))
             .with_created_at(self.now());
         let scopes: Vec<&str> = record.scopes.iter().map(|s| s.as_str()).collect();
-        let sql = format!(
+        // Creates for one account take turns (an advisory lock held until
+        // commit), and the count runs after the lock is taken, in a statement
+        // of its own, so it sees every key committed before: no overshoot.
+        let lock = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
+        let insert = format!(
             "INSERT INTO {TABLE} (key_id, service_account_id, hash, hash_scheme,
                  hash_pepper_version, scopes, description, created_at, expires_at, hint)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10
+              WHERE (SELECT count(*) FROM {TABLE} WHERE service_account_id = $2) < $11
+             RETURNING key_id"
         );
-        self.query(
-            &sql,
-            &[
-                &key.id().as_str(),
-                &&*record.service_account_id,
-                &hash.digest().as_slice(),
-                &scheme,
-                &pepper,
-                &scopes,
-                &record.description,
-                &record.created_at,
-                &record.expires_at,
-                &hint_of(&key),
-            ],
-        )
+        let limit = self.inner.max_keys_per_account;
+        let mut client = self.client().await?;
+        let inserted = async {
+            let tx = client.transaction().await?;
+            let lock = tx.prepare_cached(lock).await?;
+            tx.execute(&lock, &[&CREATE_LOCK_CLASS, &&*record.service_account_id])
+                .await?;
+            let insert = tx.prepare_cached(&insert).await?;
+            let rows = tx
+                .query(
+                    &insert,
+                    &[
+                        &key.id().as_str(),
+                        &&*record.service_account_id,
+                        &hash.digest().as_slice(),
+                        &scheme,
+                        &pepper,
+                        &scopes,
+                        &record.description,
+                        &record.created_at,
+                        &record.expires_at,
+                        &hint_of(&key),
+                        &limit,
+                    ],
+                )
+                .await?;
+            tx.commit().await?;
+            Ok::<_, BoxError>(!rows.is_empty())
+        }
         .await
         .map_err(collision_or_backend)?;
+        if !inserted {
+            return Err(StoreError::KeyLimitReached {
+                limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            });
+        }
         Ok(CreatedKey { record, key })
     }
 
