@@ -1108,6 +1108,119 @@ async fn a_missed_notification_is_covered_by_the_flush_after_reconnect() {
     db.drop_schema().await;
 }
 
+/// How long a listener may take to listen again once the database answers:
+/// far below the 30 s backoff the two tests below configure.
+const BACK_WITHIN: Duration = Duration::from_secs(2);
+
+/// The database "restarts" under B while A is direct: B's listener is lost
+/// and fails to reconnect, so it waits out a 30 s backoff; then the
+/// database comes back and `back` (a store call, or nothing) runs. B must
+/// listen again within `BACK_WITHIN`, flush its cache, and hear A's next
+/// revocation.
+async fn listener_comes_back_after_a_restart(
+    test: &str,
+    probe_interval: Duration,
+    back: impl AsyncFnOnce(&PgKeyStore, KeyId),
+) {
+    let Some(db) = TestDb::new(test).await else {
+        return;
+    };
+    let proxy = Proxy::start(db.upstream()).await;
+    let a = db.store().await;
+    let b = PgKeyStoreBuilder::new(db.config_via(&proxy))
+        .with_channel(db.channel())
+        .with_timeout(Duration::from_secs(2))
+        .with_reconnect_backoff(Duration::from_secs(30), Duration::from_secs(30))
+        .with_reconnect_probe_interval(probe_interval)
+        .connect()
+        .await
+        .unwrap();
+    let cache_b = cache(&b);
+    let mut seen_b = Watch::on(&b);
+    let created = a.create(NewKey::new("sa-1")).await.unwrap();
+    let id = created.record.key_id;
+    let key = presented(&a, &created);
+    cache_b.lookup(&key).await.unwrap();
+
+    // The restart: B's connections are cut and it cannot reconnect, so its
+    // listener is now in its backoff.
+    proxy.stop().await;
+    let mut status = b.listener_status();
+    timeout(
+        RECONNECT_WITHIN,
+        status.wait_for(|s| matches!(s, ListenerStatus::Connecting { failures } if *failures >= 1)),
+    )
+    .await
+    .expect("B's listener notices the restart")
+    .unwrap();
+    seen_b.drain();
+
+    proxy.start_again().await;
+    back(&b, id).await;
+    let listening_again = timeout(
+        BACK_WITHIN,
+        status.wait_for(|s| matches!(s, ListenerStatus::Listening { connections: 2, .. })),
+    )
+    .await
+    .is_ok();
+    assert!(
+        listening_again,
+        "B's listener still not listening {BACK_WITHIN:?} after the database came back: {:?}",
+        *status.borrow()
+    );
+    let seen = seen_b.drain();
+    assert!(seen.contains(&Invalidation::All), "flushed: {seen:?}");
+
+    // A revocation after the restore reaches B's cache through the NOTIFY.
+    cache_b.lookup(&key).await.unwrap();
+    assert_eq!(
+        cache_b.lookup_with_source(&key).await.unwrap().1,
+        Source::Cache
+    );
+    assert!(a.revoke(id).await.unwrap());
+    assert_eq!(
+        seen_b.until_invalidated(id, NOTIFY_WITHIN).await,
+        Invalidation::Key(id)
+    );
+    assert!(is_unknown(cache_b.lookup(&key).await));
+
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_one_successful_store_call_brings_the_listener_back_at_once() {
+    // No probe within the test's time: only the store call can wake it.
+    listener_comes_back_after_a_restart(
+        "after_a_restart_one_successful_store_call_brings_the_listener_back",
+        Duration::from_secs(60),
+        async |b: &PgKeyStore, id: KeyId| {
+            // The pool's connections were cut too; the first call may meet
+            // one of them, the next opens a fresh one.
+            let mut answered = false;
+            for _ in 0..3 {
+                if b.get(id).await.is_ok() {
+                    answered = true;
+                    break;
+                }
+            }
+            assert!(answered, "B's pool reaches the database again");
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_the_listener_is_back_within_the_probe_interval_without_any_store_call() {
+    listener_comes_back_after_a_restart(
+        "after_a_restart_the_listener_is_back_within_the_probe_interval",
+        Duration::from_millis(100),
+        async |_: &PgKeyStore, _: KeyId| {},
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silently_dead_listener_is_found_by_its_health_check() {
     // The network between B and the database goes silent (no FIN, no RST):

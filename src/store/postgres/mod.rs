@@ -26,6 +26,11 @@
 //!   store invalidates every cached key (it may have missed notifications),
 //!   so correctness never depends on a notification arriving. The local
 //!   cache is also invalidated directly, before revoke returns.
+//! - **Reconnection bound**: the listener backs off between failed attempts,
+//!   but once the database answers again it listens again within
+//!   [`PgKeyStoreBuilder::with_reconnect_probe_interval`] (250 ms) plus one
+//!   connection attempt, and at once after any store call that reached the
+//!   database.
 //! - **Fail closed**: when the database cannot answer, [`Verifier::verify`]
 //!   returns `Err` (the middleware answers 503 and caches nothing), never
 //!   `Ok(None)`. Keys already in a cache keep working until their positive
@@ -83,7 +88,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
@@ -149,6 +154,8 @@ struct Inner {
     max_keys_per_account: i64,
     invalidations: Invalidations,
     status: watch::Receiver<ListenerStatus>,
+    // Tells a listener that is not listening that the database answers again.
+    wake_listener: Arc<Notify>,
     // Dropping it (with the last clone of the store) stops the listener too.
     shutdown: watch::Sender<bool>,
     listener: Mutex<Option<JoinHandle<()>>>,
@@ -180,6 +187,7 @@ pub struct PgKeyStoreBuilder {
     backoff_min: Duration,
     backoff_max: Duration,
     health_check_interval: Duration,
+    probe_interval: Duration,
 }
 
 impl fmt::Debug for PgKeyStoreBuilder {
@@ -197,7 +205,8 @@ impl PgKeyStoreBuilder {
     /// Settings for the database `config` points at, with the defaults: key
     /// prefix `tak`, plain SHA-256, the system clock, channel
     /// [`DEFAULT_CHANNEL`], 1,000 keys per service account, 10 pooled connections, 5 s timeouts, reconnection
-    /// backoff from 100 ms to 5 s, a listener health check every 10 s.
+    /// backoff from 100 ms to 5 s cut short by a probe every 250 ms, a
+    /// listener health check every 10 s.
     pub fn new(config: tokio_postgres::Config) -> Self {
         Self {
             pg: config,
@@ -211,6 +220,7 @@ impl PgKeyStoreBuilder {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             health_check_interval: Duration::from_secs(10),
+            probe_interval: Duration::from_millis(250),
         }
     }
 
@@ -269,10 +279,24 @@ impl PgKeyStoreBuilder {
 
     /// Delays between the listener's reconnection attempts: the first
     /// attempt after a loss is immediate, the next ones wait from `min`,
-    /// doubling up to `max`, with jitter (default 100 ms to 5 s).
+    /// doubling up to `max`, with jitter (default 100 ms to 5 s). A delay
+    /// ends early once the database answers the pool again (see
+    /// [`with_reconnect_probe_interval`](Self::with_reconnect_probe_interval)).
     pub fn with_reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.backoff_min = min;
         self.backoff_max = max.max(min);
+        self
+    }
+
+    /// While the listener is not listening, how often it checks, with a
+    /// query on a pooled connection, whether the database answers again
+    /// (default 250 ms). When it does, the listener reconnects at once
+    /// instead of waiting out its backoff; a store call that reaches the
+    /// database wakes it at once as well. After a database restart the
+    /// listener therefore listens again (and flushes the cache) within this
+    /// interval plus one connection attempt.
+    pub fn with_reconnect_probe_interval(mut self, every: Duration) -> Self {
+        self.probe_interval = every.max(Duration::from_millis(10));
         self
     }
 
@@ -335,16 +359,23 @@ impl PgKeyStoreBuilder {
         let invalidations = Invalidations::new();
         let (status_tx, mut status) = watch::channel(ListenerStatus::Connecting { failures: 0 });
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let wake_listener = Arc::new(Notify::new());
+        let reach = listener::Reachability {
+            pool: pool.clone(),
+            wake: wake_listener.clone(),
+        };
         let config = listener::ListenerConfig {
             pg: listener_pg,
             channel: self.channel.clone(),
             backoff_min: self.backoff_min,
             backoff_max: self.backoff_max,
             health_check_interval: self.health_check_interval,
+            probe_interval: self.probe_interval,
             timeout: self.timeout,
         };
         let task = tokio::spawn(listener::run(
             config,
+            reach,
             tls,
             invalidations.clone(),
             status_tx,
@@ -360,6 +391,7 @@ impl PgKeyStoreBuilder {
                 max_keys_per_account: i64::try_from(self.max_keys_per_account).unwrap_or(i64::MAX),
                 invalidations,
                 status: status.clone(),
+                wake_listener,
                 shutdown,
                 listener: Mutex::new(Some(task)),
             }),
@@ -465,7 +497,17 @@ impl PgKeyStore {
     async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, BoxError> {
         let client = self.inner.pool.get().await?;
         let statement = client.prepare_cached(sql).await?;
-        Ok(client.query(&statement, params).await?)
+        let rows = client.query(&statement, params).await?;
+        self.database_answered();
+        Ok(rows)
+    }
+
+    /// The database answered: a listener waiting out its backoff reconnects
+    /// now, not up to the backoff's maximum later.
+    fn database_answered(&self) {
+        if !self.inner.status.borrow().is_listening() {
+            self.inner.wake_listener.notify_one();
+        }
     }
 
     /// Announces locally that `id` changed (other replicas hear the NOTIFY).
@@ -698,6 +740,7 @@ impl KeyStore for PgKeyStore {
                 )
                 .await?;
             tx.commit().await?;
+            self.database_answered();
             Ok::<_, BoxError>(!rows.is_empty())
         }
         .await
