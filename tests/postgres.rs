@@ -1646,6 +1646,76 @@ async fn rotated_pepper_keys_are_found_by_id_and_verified_in_constant_time() {
     db.drop_schema().await;
 }
 
+// Current-thread: the hashing work is counted per thread.
+#[tokio::test(flavor = "current_thread")]
+async fn verify_does_the_same_hashing_work_whether_or_not_the_id_exists() {
+    let Some(db) =
+        TestDb::new("verify_does_the_same_hashing_work_whether_or_not_the_id_exists").await
+    else {
+        return;
+    };
+    let v1 = Pepper::new(1, b"the first pepper, 32 bytes long!".to_vec());
+    let v2 = Pepper::new(2, b"the second pepper, also 32 bytes".to_vec());
+    let plain = db.store().await;
+    let old = db
+        .builder()
+        .with_hasher(KeyHasher::with_pepper(v1.clone()))
+        .connect()
+        .await
+        .unwrap();
+    let store = db
+        .builder()
+        .with_hasher(KeyHasher::with_pepper(v2).with_previous_pepper(v1))
+        .connect()
+        .await
+        .unwrap();
+    // Keys not yet moved to the current pepper: plain SHA-256 and pepper v1.
+    let sha = plain.create(NewKey::new("sa")).await.unwrap();
+    let unmigrated = old.create(NewKey::new("sa")).await.unwrap();
+    let current = store.create(NewKey::new("sa")).await.unwrap();
+    let graced = store.create(NewKey::new("sa")).await.unwrap();
+    store
+        .reissue(graced.record.key_id, Duration::from_secs(600))
+        .await
+        .unwrap()
+        .unwrap();
+    let graced_v1 = old.create(NewKey::new("sa")).await.unwrap();
+    store
+        .reissue(graced_v1.record.key_id, Duration::from_secs(600))
+        .await
+        .unwrap()
+        .unwrap();
+    let probes = [
+        ("unknown id", store_checks::unknown_key(&store)),
+        (
+            "known id, wrong secret",
+            store_checks::wrong_secret(&store, current.record.key_id),
+        ),
+        (
+            "known id with a graced previous secret, wrong secret",
+            store_checks::wrong_secret(&store, graced.record.key_id),
+        ),
+        (
+            "known id hashed with the previous pepper, wrong secret",
+            store_checks::wrong_secret(&store, unmigrated.record.key_id),
+        ),
+        (
+            "known id hashed with plain SHA-256, wrong secret",
+            store_checks::wrong_secret(&store, sha.record.key_id),
+        ),
+        (
+            "known id with a graced previous-pepper secret, wrong secret",
+            store_checks::wrong_secret(&store, graced_v1.record.key_id),
+        ),
+    ];
+    store_checks::verify_work_does_not_depend_on_the_id(&store, &probes).await;
+
+    for store in [plain, old, store] {
+        store.shutdown().await;
+    }
+    db.drop_schema().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_and_drop_stop_the_listener() {
     let Some(db) = TestDb::new("shutdown_and_drop_stop_the_listener").await else {

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use tower_api_key::key::KeyId;
+use tower_api_key::key::{KeyId, PresentedKey};
 use tower_api_key::management::KeyResource;
 use tower_api_key::scope::ScopeSet;
 use tower_api_key::store::{
@@ -215,4 +215,56 @@ pub async fn the_default_limit_is_a_thousand_keys(store: &dyn KeyStore) {
         store.create(NewKey::new("sa-full")).await.unwrap();
     }
     assert_limit_reached(store.create(NewKey::new("sa-full")).await, 1000);
+}
+
+/// The hashing work `store.verify` does for each of `probes` (all of them
+/// keys the store refuses): HMACs computed and digests compared. Run on a
+/// current-thread runtime, so that all of it happens on this thread.
+pub async fn verify_work(
+    store: &dyn KeyStore,
+    probes: &[(&str, PresentedKey)],
+) -> Vec<(String, (u64, u64))> {
+    let mut work = Vec::new();
+    for (what, key) in probes {
+        let (hmacs, comparisons) = tower_api_key::hash::work::on_this_thread();
+        let answer = store.verify(key).await.unwrap();
+        let (hmacs_after, comparisons_after) = tower_api_key::hash::work::on_this_thread();
+        assert!(answer.is_none(), "{what}: refused");
+        work.push((
+            (*what).to_owned(),
+            (hmacs_after - hmacs, comparisons_after - comparisons),
+        ));
+    }
+    work
+}
+
+/// Verification does the same hashing work for an unknown id as for a known
+/// id with a wrong secret, whatever scheme or pepper the known key's hashes
+/// were made with and whether it has a graced previous secret.
+pub async fn verify_work_does_not_depend_on_the_id(
+    store: &dyn KeyStore,
+    probes: &[(&str, PresentedKey)],
+) {
+    let work = verify_work(store, probes).await;
+    assert!(work[0].1 .0 >= 1, "at least one HMAC: {work:?}");
+    assert!(
+        work.iter().all(|(_, w)| *w == work[0].1),
+        "the work differs: {work:?}"
+    );
+}
+
+/// A key with the id of `id` and a secret nobody was given.
+pub fn wrong_secret(store: &dyn KeyStore, id: KeyId) -> PresentedKey {
+    let format = store.format();
+    format
+        .parse(format.generate_for(id).unwrap().expose_secret())
+        .unwrap()
+}
+
+/// A key whose id no store holds.
+pub fn unknown_key(store: &dyn KeyStore) -> PresentedKey {
+    let format = store.format();
+    format
+        .parse(format.generate().unwrap().expose_secret())
+        .unwrap()
 }

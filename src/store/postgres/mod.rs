@@ -10,8 +10,11 @@
 //! - **At rest**: the hash of each key (its [`StoredHash`] digest in a
 //!   `bytea` column with a unique index, plus its scheme and pepper version),
 //!   never the key nor anything it could be recovered from. A key is verified
-//!   by looking its hash up in that index; hashes made with another scheme
-//!   or an older pepper are found by key id and compared in constant time.
+//!   by reading the row of its id (one row in every case, all NULL for an
+//!   unknown id) and comparing, in constant time, its current and graced
+//!   previous hash with the key hashed under every scheme and pepper the
+//!   store's hasher holds: the same work whether or not the id exists, and
+//!   whichever pepper the stored hash was made with.
 //! - **Schema**: shipped with the crate; [`PgKeyStore::migrate`] applies it.
 //!   Idempotent and safe to call from every replica at start (an advisory
 //!   lock serializes concurrent callers). Tables go into the first schema of
@@ -604,76 +607,67 @@ fn collision_or_backend(e: BoxError) -> StoreError {
 #[async_trait]
 impl Verifier for PgKeyStore {
     async fn verify(&self, key: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
-        // One round trip: the row whose current or previous hash is the
-        // current scheme's hash of `key` (by index), and, for hashes made
-        // with another scheme or an older pepper, the row of the key's id.
-        // Every candidate is then checked here in constant time.
+        // One round trip that returns exactly one row whether or not the id
+        // exists (all NULL when it does not), and here the same hashing and
+        // comparisons in every case: every scheme and pepper the hasher
+        // holds, against the current and the previous hash (placeholders
+        // when absent). Neither the database's answer nor the work done
+        // tells which key ids exist or which scheme their hashes use.
         static SQL: LazyLock<String> = LazyLock::new(|| {
             format!(
-                "SELECT {INFO_COLUMNS}, {HASH_COLUMNS} FROM {TABLE}
-                  WHERE hash = $1
-                     OR previous_hash = $1
-                     OR (key_id = $2
-                         AND NOT (hash_scheme = $3
-                                  AND hash_pepper_version IS NOT DISTINCT FROM $4
-                                  AND (previous_hash IS NULL
-                                       OR (previous_hash_scheme = $3
-                                           AND previous_hash_pepper_version IS NOT DISTINCT FROM $4))))"
+                "SELECT {INFO_COLUMNS}, {HASH_COLUMNS}
+                   FROM (VALUES (1)) AS one(x)
+                   LEFT JOIN {TABLE} ON key_id = $1"
             )
         });
-        let hasher = &self.inner.hasher;
-        let hash = hasher.hash(key);
-        let (scheme, pepper) = scheme_columns(hash.scheme()).map_err(VerifierError::backend)?;
+        let candidates = self.inner.hasher.candidates(key);
         let rows = self
-            .query(
-                &SQL,
-                &[
-                    &hash.digest().as_slice(),
-                    &key.id().as_str(),
-                    &scheme,
-                    &pepper,
-                ],
-            )
+            .query(&SQL, &[&key.id().as_str()])
             .await
             .map_err(VerifierError::Backend)?;
-        let now = self.inner.clock.now();
-        for row in &rows {
-            let mut record = record_of(row).map_err(VerifierError::Backend)?;
-            if record.key_id != key.id() {
-                // Only by a SHA-256 collision; never hand out another key's record.
-                continue;
-            }
-            let current = stored_hash(
-                row.try_get("hash").map_err(VerifierError::backend)?,
-                row.try_get("hash_scheme").map_err(VerifierError::backend)?,
-                row.try_get("hash_pepper_version")
-                    .map_err(VerifierError::backend)?,
-            )
-            .map_err(VerifierError::Backend)?;
-            if current.is_some_and(|h| hasher.verify(key, &h)) {
-                return Ok(Some(record));
-            }
-            let previous = stored_hash(
-                row.try_get("previous_hash")
-                    .map_err(VerifierError::backend)?,
-                row.try_get("previous_hash_scheme")
-                    .map_err(VerifierError::backend)?,
-                row.try_get("previous_hash_pepper_version")
-                    .map_err(VerifierError::backend)?,
-            )
-            .map_err(VerifierError::Backend)?;
-            let until: Option<SystemTime> = row
-                .try_get("previous_valid_until")
-                .map_err(VerifierError::backend)?;
-            if let (Some(hash), Some(until)) = (previous, until) {
-                if hasher.verify(key, &hash) && now < until {
-                    // The old secret is valid only until its grace deadline.
-                    record.expires_at = Some(record.expires_at.map_or(until, |at| at.min(until)));
-                    return Ok(Some(record));
-                }
-            }
+        let row = rows
+            .first()
+            .ok_or_else(|| VerifierError::backend("the verification query returned no row"))?;
+        let current = stored_hash(
+            row.try_get("hash").map_err(VerifierError::backend)?,
+            row.try_get("hash_scheme").map_err(VerifierError::backend)?,
+            row.try_get("hash_pepper_version")
+                .map_err(VerifierError::backend)?,
+        )
+        .map_err(VerifierError::Backend)?;
+        let previous = stored_hash(
+            row.try_get("previous_hash")
+                .map_err(VerifierError::backend)?,
+            row.try_get("previous_hash_scheme")
+                .map_err(VerifierError::backend)?,
+            row.try_get("previous_hash_pepper_version")
+                .map_err(VerifierError::backend)?,
+        )
+        .map_err(VerifierError::Backend)?;
+        let current = candidates.matches(current.as_ref());
+        let previous = candidates.matches(previous.as_ref());
+        if !current && !previous {
+            return Ok(None);
         }
-        Ok(None)
+        let mut record = record_of(row).map_err(VerifierError::Backend)?;
+        if record.key_id != key.id() {
+            // The row is looked up by this id; never hand out another key's record.
+            return Ok(None);
+        }
+        if current {
+            return Ok(Some(record));
+        }
+        let until: Option<SystemTime> = row
+            .try_get("previous_valid_until")
+            .map_err(VerifierError::backend)?;
+        match until {
+            Some(until) if self.inner.clock.now() < until => {
+                // The old secret is valid only until its grace deadline.
+                record.expires_at = Some(record.expires_at.map_or(until, |at| at.min(until)));
+                Ok(Some(record))
+            }
+            _ => Ok(None),
+        }
     }
 
     fn invalidations(&self) -> Option<&Invalidations> {
