@@ -18,6 +18,10 @@
 //!   changed (right).
 //! - `memory_store_unknown_id_vs_wrong_secret`: `MemoryStore::verify` of a key
 //!   whose id does not exist (left) vs a known id with a wrong secret (right).
+//! - `memory_store_rotated_unknown_id_vs_graced_wrong_secret`: the same with
+//!   a rotated pepper (current and previous) and known keys that have a
+//!   graced previous secret: verify hashes under every pepper held and
+//!   compares both hashes whether or not the id exists.
 //! - `control_naive_slice_eq`: a plain `==` on 32-byte slices, equal vs
 //!   differing in the first byte. Not constant-time; it shows what a leak
 //!   looks like at this sample size (its t may stay small when the early exit
@@ -122,7 +126,29 @@ fn key_hasher_verify_hmac(runner: &mut CtRunner, rng: &mut BenchRng) {
 }
 
 fn memory_store_unknown_id_vs_wrong_secret(runner: &mut CtRunner, rng: &mut BenchRng) {
-    let store = MemoryStore::new();
+    unknown_id_vs_wrong_secret(MemoryStore::new(), false, runner, rng);
+}
+
+fn memory_store_rotated_unknown_id_vs_graced_wrong_secret(
+    runner: &mut CtRunner,
+    rng: &mut BenchRng,
+) {
+    let v1 = Pepper::new(1, b"the first pepper, 32 bytes long!".to_vec());
+    let v2 = Pepper::new(2, b"the second pepper, also 32 bytes".to_vec());
+    let store = MemoryStore::builder()
+        .with_hasher(KeyHasher::with_pepper(v2).with_previous_pepper(v1))
+        .build();
+    unknown_id_vs_wrong_secret(store, true, runner, rng);
+}
+
+/// Left: ids the store does not hold; right: held ids (reissued with a grace
+/// period when `graced`, so they have a previous secret too), wrong secrets.
+fn unknown_id_vs_wrong_secret(
+    store: MemoryStore,
+    graced: bool,
+    runner: &mut CtRunner,
+    rng: &mut BenchRng,
+) {
     let format = store.format();
     let mut known = Vec::new();
     for i in 0..256 {
@@ -131,6 +157,13 @@ fn memory_store_unknown_id_vs_wrong_secret(runner: &mut CtRunner, rng: &mut Benc
             .now_or_never()
             .expect("the memory store never waits")
             .unwrap();
+        if graced {
+            store
+                .reissue(created.record.key_id, std::time::Duration::from_secs(3600))
+                .now_or_never()
+                .expect("the memory store never waits")
+                .unwrap();
+        }
         // The same id with a fresh secret: a wrong secret, well-formed.
         let other = format.generate_for(created.record.key_id).unwrap();
         known.push(format.parse(other.expose_secret()).unwrap());
@@ -199,6 +232,10 @@ fn main() {
         bench(
             "memory_store_unknown_id_vs_wrong_secret",
             memory_store_unknown_id_vs_wrong_secret,
+        ),
+        bench(
+            "memory_store_rotated_unknown_id_vs_graced_wrong_secret",
+            memory_store_rotated_unknown_id_vs_graced_wrong_secret,
         ),
         bench("control_naive_slice_eq", control_naive_slice_eq),
     ];

@@ -75,6 +75,7 @@ impl StoredHash {
 
     /// Constant-time equality.
     pub fn ct_eq(&self, other: &StoredHash) -> bool {
+        work::comparison();
         self.scheme == other.scheme && bool::from(self.digest.ct_eq(&other.digest))
     }
 }
@@ -259,7 +260,61 @@ impl KeyHasher {
     }
 }
 
+impl KeyHasher {
+    /// Every stored form `key` can have under this hasher: plain SHA-256 and
+    /// HMAC-SHA-256 under each pepper held. The same work for every key, so
+    /// a store that compares against these does not reveal, by its timing,
+    /// whether a key id exists or which scheme its stored hash uses.
+    pub(crate) fn candidates(&self, key: &PresentedKey) -> Candidates {
+        let mut all = Vec::with_capacity(2 + self.previous.len());
+        // Parsing already computed SHA-256 of the whole key.
+        all.push(StoredHash {
+            scheme: HashScheme::Sha256,
+            digest: *key.digest().as_bytes(),
+        });
+        all.extend(
+            self.current
+                .iter()
+                .chain(&self.previous)
+                .map(|p| hmac_hash(p, key.as_bytes())),
+        );
+        Candidates {
+            all,
+            // The current pepper's HMAC comes right after SHA-256.
+            current: usize::from(self.current.is_some()),
+        }
+    }
+}
+
+/// The stored forms of one presented key; see [`KeyHasher::candidates`].
+pub(crate) struct Candidates {
+    all: Vec<StoredHash>,
+    current: usize,
+}
+
+impl Candidates {
+    /// Whether `stored` is one of them. Compares with every candidate, in
+    /// constant time, whatever `stored`'s scheme: the work does not depend
+    /// on it. `None` (no such hash) is compared with a placeholder the same
+    /// way, and never matches.
+    pub(crate) fn matches(&self, stored: Option<&StoredHash>) -> bool {
+        let placeholder = StoredHash {
+            scheme: self.all[self.current].scheme,
+            digest: [0; 32],
+        };
+        let against = stored.unwrap_or(&placeholder);
+        let mut found = subtle::Choice::from(0);
+        for candidate in &self.all {
+            work::comparison();
+            let same_scheme = subtle::Choice::from(u8::from(candidate.scheme == against.scheme));
+            found |= same_scheme & candidate.digest.ct_eq(&against.digest);
+        }
+        stored.is_some() & bool::from(found)
+    }
+}
+
 fn hmac_hash(pepper: &Pepper, key: &[u8]) -> StoredHash {
+    work::hmac();
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&pepper.secret)
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
     mac.update(key);
@@ -268,5 +323,32 @@ fn hmac_hash(pepper: &Pepper, key: &[u8]) -> StoredHash {
             pepper_version: pepper.version,
         },
         digest: mac.finalize().into_bytes().into(),
+    }
+}
+
+/// Counts of hashing work done on the current thread. Not part of the API:
+/// it lets the crate's own tests check that verification does the same work
+/// whether or not a key id exists, which timing alone cannot show
+/// deterministically.
+#[doc(hidden)]
+pub mod work {
+    use std::cell::Cell;
+
+    thread_local! {
+        static HMACS: Cell<u64> = const { Cell::new(0) };
+        static COMPARISONS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub(super) fn hmac() {
+        HMACS.with(|n| n.set(n.get().wrapping_add(1)));
+    }
+
+    pub(super) fn comparison() {
+        COMPARISONS.with(|n| n.set(n.get().wrapping_add(1)));
+    }
+
+    /// HMACs computed and digests compared on this thread so far.
+    pub fn on_this_thread() -> (u64, u64) {
+        (HMACS.with(Cell::get), COMPARISONS.with(Cell::get))
     }
 }

@@ -135,7 +135,10 @@ impl App {
         for account in accounts {
             let page = self
                 .store
-                .list(account, ListRequest::first(1000))
+                .list(
+                    account,
+                    ListRequest::first(tower_api_key::store::MAX_PAGE_SIZE),
+                )
                 .await
                 .unwrap();
             all.extend(page.keys);
@@ -488,7 +491,7 @@ async fn bad_input_gets_400_or_404_and_changes_nothing() {
         ("POST", &reissue, Some(json!({"grace": 5})), 400, "invalid_argument", "unknown field `grace`"),
         ("GET", "/keys", None, 400, "invalid_argument", "service_account_id is required"),
         ("GET", "/keys?service_account_id=sa-1&colour=red", None, 400, "invalid_argument", "unknown field `colour`"),
-        ("GET", "/keys?service_account_id=sa-1&page_size=0", None, 400, "invalid_argument", "page_size must be between 1 and 1000"),
+        ("GET", "/keys?service_account_id=sa-1&page_size=0", None, 400, "invalid_argument", "page_size must be between 1 and 200"),
         ("GET", "/keys?service_account_id=sa-1&page_size=lots", None, 400, "invalid_argument", "query:"),
         ("GET", "/keys?service_account_id=sa-1&page_token=nonsense", None, 400, "invalid_argument", "page_token is not valid"),
     ];

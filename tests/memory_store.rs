@@ -14,6 +14,8 @@ use tower_api_key::store::{
 };
 use tower_api_key::verifier::Verifier;
 
+mod store_checks;
+
 fn start_time() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
 }
@@ -313,7 +315,66 @@ async fn list_uses_the_default_page_size_when_none_is_given() {
 }
 
 #[tokio::test]
-async fn list_rejects_page_sizes_outside_one_to_a_thousand() {
+async fn create_refuses_a_key_past_the_accounts_limit_until_one_is_deleted() {
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let store = MemoryStore::builder()
+        .with_clock(clock.clone())
+        .max_keys_per_account(3)
+        .build();
+    store_checks::keys_per_account_are_limited(&store, &|by| clock.advance(by)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_for_one_account_never_pass_the_limit() {
+    let store = MemoryStore::builder().max_keys_per_account(5).build();
+    store_checks::concurrent_creates_respect_the_limit(&[&store, &store.clone()]).await;
+}
+
+#[tokio::test]
+async fn accounts_hold_at_most_a_thousand_keys_by_default() {
+    store_checks::the_default_limit_is_a_thousand_keys(&MemoryStore::new()).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn verify_does_the_same_hashing_work_whether_or_not_the_id_exists() {
+    let v1 = Pepper::new(1, b"the first pepper, 32 bytes long!".to_vec());
+    let v2 = Pepper::new(2, b"the second pepper, also 32 bytes".to_vec());
+    let store = MemoryStore::builder()
+        .with_hasher(KeyHasher::with_pepper(v2).with_previous_pepper(v1))
+        .build();
+    let current = store.create(NewKey::new("sa")).await.unwrap();
+    let graced = store.create(NewKey::new("sa")).await.unwrap();
+    store
+        .reissue(graced.record.key_id, Duration::from_secs(600))
+        .await
+        .unwrap()
+        .unwrap();
+    let probes = [
+        ("unknown id", store_checks::unknown_key(&store)),
+        (
+            "known id, wrong secret",
+            store_checks::wrong_secret(&store, current.record.key_id),
+        ),
+        (
+            "known id with a graced previous secret, wrong secret",
+            store_checks::wrong_secret(&store, graced.record.key_id),
+        ),
+    ];
+    store_checks::verify_work_does_not_depend_on_the_id(&store, &probes).await;
+}
+
+#[tokio::test]
+async fn list_stops_a_page_at_the_byte_budget_and_continues_from_its_last_key() {
+    store_checks::pages_stop_at_the_byte_budget(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn list_accepts_page_sizes_from_one_to_two_hundred() {
+    store_checks::page_sizes_are_one_to_two_hundred(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn list_rejects_page_sizes_outside_one_to_the_maximum() {
     let (store, clock) = store_with_clock();
     create_keys(&store, &clock, "sa-1", 2).await;
     assert_invalid(store.list("sa-1", ListRequest::first(0)).await);

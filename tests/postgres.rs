@@ -37,6 +37,8 @@ use tower_api_key::store::{
 };
 use tower_api_key::verifier::{Verifier, VerifierError};
 
+mod store_checks;
+
 /// Bound on every wait for a notification to cross between two stores.
 const NOTIFY_WITHIN: Duration = Duration::from_secs(1);
 /// Bound on waits for a reconnection (backoff included).
@@ -602,7 +604,7 @@ async fn management_operations<S: KeyStore>(store: &S) {
         .is_empty());
     for bad in [
         ListRequest::first(0),
-        ListRequest::first(1001),
+        ListRequest::first(201),
         ListRequest::after(2, ""),
         ListRequest::after(2, "not a token"),
         ListRequest::after(2, other.record.key_id.to_string()),
@@ -709,6 +711,78 @@ async fn memory_store_passes_the_same_conformance_checks() {
 // ---------------------------------------------------------------------------
 // The tests
 // ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_stops_a_page_at_the_byte_budget_and_continues_from_its_last_key() {
+    let Some(db) =
+        TestDb::new("list_stops_a_page_at_the_byte_budget_and_continues_from_its_last_key").await
+    else {
+        return;
+    };
+    let store = db.store().await;
+    store_checks::pages_stop_at_the_byte_budget(&store).await;
+    store_checks::page_sizes_are_one_to_two_hundred(&store).await;
+    store.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_refuses_a_key_past_the_accounts_limit_until_one_is_deleted() {
+    let Some(db) =
+        TestDb::new("create_refuses_a_key_past_the_accounts_limit_until_one_is_deleted").await
+    else {
+        return;
+    };
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let store = db
+        .builder()
+        .with_clock(clock.clone())
+        .max_keys_per_account(3)
+        .connect()
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store_checks::keys_per_account_are_limited(&store, &|by| clock.advance(by)).await;
+    store.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_for_one_account_never_pass_the_limit() {
+    let Some(db) = TestDb::new("concurrent_creates_for_one_account_never_pass_the_limit").await
+    else {
+        return;
+    };
+    // Two replicas, 10 pooled connections each: the creates really overlap.
+    let a = db
+        .builder()
+        .max_keys_per_account(5)
+        .connect()
+        .await
+        .unwrap();
+    a.migrate().await.unwrap();
+    let b = db
+        .builder()
+        .max_keys_per_account(5)
+        .connect()
+        .await
+        .unwrap();
+    store_checks::concurrent_creates_respect_the_limit(&[&a, &b]).await;
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_hold_at_most_a_thousand_keys_by_default() {
+    let Some(db) = TestDb::new("accounts_hold_at_most_a_thousand_keys_by_default").await else {
+        return;
+    };
+    let store = db.store().await;
+    store_checks::the_default_limit_is_a_thousand_keys(&store).await;
+    store.shutdown().await;
+    db.drop_schema().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_twice_in_a_row() {
@@ -1110,6 +1184,119 @@ async fn a_missed_notification_is_covered_by_the_flush_after_reconnect() {
     a.shutdown().await;
     b.shutdown().await;
     db.drop_schema().await;
+}
+
+/// How long a listener may take to listen again once the database answers:
+/// far below the 30 s backoff the two tests below configure.
+const BACK_WITHIN: Duration = Duration::from_secs(2);
+
+/// The database "restarts" under B while A is direct: B's listener is lost
+/// and fails to reconnect, so it waits out a 30 s backoff; then the
+/// database comes back and `back` (a store call, or nothing) runs. B must
+/// listen again within `BACK_WITHIN`, flush its cache, and hear A's next
+/// revocation.
+async fn listener_comes_back_after_a_restart(
+    test: &str,
+    probe_interval: Duration,
+    back: impl AsyncFnOnce(&PgKeyStore, KeyId),
+) {
+    let Some(db) = TestDb::new(test).await else {
+        return;
+    };
+    let proxy = Proxy::start(db.upstream()).await;
+    let a = db.store().await;
+    let b = PgKeyStoreBuilder::new(db.config_via(&proxy))
+        .with_channel(db.channel())
+        .with_timeout(Duration::from_secs(2))
+        .with_reconnect_backoff(Duration::from_secs(30), Duration::from_secs(30))
+        .with_reconnect_probe_interval(probe_interval)
+        .connect()
+        .await
+        .unwrap();
+    let cache_b = cache(&b);
+    let mut seen_b = Watch::on(&b);
+    let created = a.create(NewKey::new("sa-1")).await.unwrap();
+    let id = created.record.key_id;
+    let key = presented(&a, &created);
+    cache_b.lookup(&key).await.unwrap();
+
+    // The restart: B's connections are cut and it cannot reconnect, so its
+    // listener is now in its backoff.
+    proxy.stop().await;
+    let mut status = b.listener_status();
+    timeout(
+        RECONNECT_WITHIN,
+        status.wait_for(|s| matches!(s, ListenerStatus::Connecting { failures } if *failures >= 1)),
+    )
+    .await
+    .expect("B's listener notices the restart")
+    .unwrap();
+    seen_b.drain();
+
+    proxy.start_again().await;
+    back(&b, id).await;
+    let listening_again = timeout(
+        BACK_WITHIN,
+        status.wait_for(|s| matches!(s, ListenerStatus::Listening { connections: 2, .. })),
+    )
+    .await
+    .is_ok();
+    assert!(
+        listening_again,
+        "B's listener still not listening {BACK_WITHIN:?} after the database came back: {:?}",
+        *status.borrow()
+    );
+    let seen = seen_b.drain();
+    assert!(seen.contains(&Invalidation::All), "flushed: {seen:?}");
+
+    // A revocation after the restore reaches B's cache through the NOTIFY.
+    cache_b.lookup(&key).await.unwrap();
+    assert_eq!(
+        cache_b.lookup_with_source(&key).await.unwrap().1,
+        Source::Cache
+    );
+    assert!(a.revoke(id).await.unwrap());
+    assert_eq!(
+        seen_b.until_invalidated(id, NOTIFY_WITHIN).await,
+        Invalidation::Key(id)
+    );
+    assert!(is_unknown(cache_b.lookup(&key).await));
+
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_one_successful_store_call_brings_the_listener_back_at_once() {
+    // No probe within the test's time: only the store call can wake it.
+    listener_comes_back_after_a_restart(
+        "after_a_restart_one_successful_store_call_brings_the_listener_back",
+        Duration::from_secs(60),
+        async |b: &PgKeyStore, id: KeyId| {
+            // The pool's connections were cut too; the first call may meet
+            // one of them, the next opens a fresh one.
+            let mut answered = false;
+            for _ in 0..3 {
+                if b.get(id).await.is_ok() {
+                    answered = true;
+                    break;
+                }
+            }
+            assert!(answered, "B's pool reaches the database again");
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_the_listener_is_back_within_the_probe_interval_without_any_store_call() {
+    listener_comes_back_after_a_restart(
+        "after_a_restart_the_listener_is_back_within_the_probe_interval",
+        Duration::from_millis(100),
+        async |_: &PgKeyStore, _: KeyId| {},
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1532,6 +1719,76 @@ async fn rotated_pepper_keys_are_found_by_id_and_verified_in_constant_time() {
     assert!(!verifies(&v2_only, &v1_key).await);
 
     for store in [plain, old, rotated, v2_only] {
+        store.shutdown().await;
+    }
+    db.drop_schema().await;
+}
+
+// Current-thread: the hashing work is counted per thread.
+#[tokio::test(flavor = "current_thread")]
+async fn verify_does_the_same_hashing_work_whether_or_not_the_id_exists() {
+    let Some(db) =
+        TestDb::new("verify_does_the_same_hashing_work_whether_or_not_the_id_exists").await
+    else {
+        return;
+    };
+    let v1 = Pepper::new(1, b"the first pepper, 32 bytes long!".to_vec());
+    let v2 = Pepper::new(2, b"the second pepper, also 32 bytes".to_vec());
+    let plain = db.store().await;
+    let old = db
+        .builder()
+        .with_hasher(KeyHasher::with_pepper(v1.clone()))
+        .connect()
+        .await
+        .unwrap();
+    let store = db
+        .builder()
+        .with_hasher(KeyHasher::with_pepper(v2).with_previous_pepper(v1))
+        .connect()
+        .await
+        .unwrap();
+    // Keys not yet moved to the current pepper: plain SHA-256 and pepper v1.
+    let sha = plain.create(NewKey::new("sa")).await.unwrap();
+    let unmigrated = old.create(NewKey::new("sa")).await.unwrap();
+    let current = store.create(NewKey::new("sa")).await.unwrap();
+    let graced = store.create(NewKey::new("sa")).await.unwrap();
+    store
+        .reissue(graced.record.key_id, Duration::from_secs(600))
+        .await
+        .unwrap()
+        .unwrap();
+    let graced_v1 = old.create(NewKey::new("sa")).await.unwrap();
+    store
+        .reissue(graced_v1.record.key_id, Duration::from_secs(600))
+        .await
+        .unwrap()
+        .unwrap();
+    let probes = [
+        ("unknown id", store_checks::unknown_key(&store)),
+        (
+            "known id, wrong secret",
+            store_checks::wrong_secret(&store, current.record.key_id),
+        ),
+        (
+            "known id with a graced previous secret, wrong secret",
+            store_checks::wrong_secret(&store, graced.record.key_id),
+        ),
+        (
+            "known id hashed with the previous pepper, wrong secret",
+            store_checks::wrong_secret(&store, unmigrated.record.key_id),
+        ),
+        (
+            "known id hashed with plain SHA-256, wrong secret",
+            store_checks::wrong_secret(&store, sha.record.key_id),
+        ),
+        (
+            "known id with a graced previous-pepper secret, wrong secret",
+            store_checks::wrong_secret(&store, graced_v1.record.key_id),
+        ),
+    ];
+    store_checks::verify_work_does_not_depend_on_the_id(&store, &probes).await;
+
+    for store in [plain, old, store] {
         store.shutdown().await;
     }
     db.drop_schema().await;

@@ -150,6 +150,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Invalid(why) => Self::invalid(scrub(&why)),
+            // The store's message names the limit, never the account or a key.
+            e @ StoreError::KeyLimitReached { .. } => {
+                Self::new(StatusCode::CONFLICT, "key_limit_reached", e.to_string())
+            }
             StoreError::KeyGen(e) => {
                 tracing::error!(error = %e, "api key management: key generation failed");
                 Self::new(
@@ -289,5 +293,9 @@ mod tests {
         let e = ApiError::from(StoreError::invalid("expires_at is in the past"));
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         assert_eq!(e.message(), "expires_at is in the past");
+        let e = ApiError::from(StoreError::KeyLimitReached { limit: 7 });
+        assert_eq!(e.status(), StatusCode::CONFLICT);
+        assert_eq!(e.code, "key_limit_reached");
+        assert!(e.message().contains("7 keys"), "{}", e.message());
     }
 }

@@ -113,6 +113,7 @@
 //! | 403 | `permission_denied` | the caller may not manage this service account's keys ([`AccountAccess`]), or may not give a key these scopes ([who may grant what](#who-may-grant-what)) |
 //! | 404 | `not_found` | an unknown or deleted key id, a key of an account the caller may not manage, an unknown `:method` |
 //! | 405 | `method_not_allowed` | `GET /keys/{id}:reissue` and the like; `Allow` says what works |
+//! | 409 | `key_limit_reached` | `POST /keys` when the service account already holds the store's most keys (1,000 by default, counting expired keys); delete unused keys first |
 //! | 413 | `payload_too_large` | a body over the limit (64 KiB by default, [`ManagementApi::with_body_limit`]) |
 //! | 415 | `unsupported_media_type` | a body without `content-type: application/json` |
 //! | 503 | `unavailable` | the key store failed; the details go to the log, not the response |

@@ -1,15 +1,16 @@
 //! The in-memory store: for tests, examples and single-process services.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::ops::Bound;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
 use super::{
-    check_expiry, check_new, hint_of, CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate,
-    ListRequest, NewKey, StoreError,
+    check_expiry, check_new, fill_page, hint_of, CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate,
+    ListRequest, NewKey, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
@@ -31,8 +32,63 @@ struct Inner {
     format: KeyFormat,
     hasher: KeyHasher,
     clock: Arc<dyn Clock>,
-    keys: RwLock<HashMap<KeyId, Stored>>,
+    max_keys_per_account: usize,
+    keys: RwLock<Keys>,
     invalidations: Invalidations,
+}
+
+/// The keys by id, and each account's keys in listing order, so a page is a
+/// range read rather than a sort of every key. Both change together, under
+/// the store's write lock.
+#[derive(Default)]
+struct Keys {
+    by_id: HashMap<KeyId, Stored>,
+    by_account: HashMap<String, BTreeSet<(SystemTime, KeyId)>>,
+}
+
+impl Keys {
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Keys `account` holds, expired ones included.
+    fn count(&self, account: &str) -> usize {
+        self.by_account.get(account).map_or(0, BTreeSet::len)
+    }
+
+    fn get(&self, id: &KeyId) -> Option<&Stored> {
+        self.by_id.get(id)
+    }
+
+    /// For changes that keep the account and the creation time (the
+    /// listing position).
+    fn get_mut(&mut self, id: &KeyId) -> Option<&mut Stored> {
+        self.by_id.get_mut(id)
+    }
+
+    fn contains_key(&self, id: &KeyId) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    fn insert(&mut self, id: KeyId, stored: Stored) {
+        self.by_account
+            .entry(stored.record.service_account_id.to_string())
+            .or_default()
+            .insert((stored.record.created_at, id));
+        self.by_id.insert(id, stored);
+    }
+
+    fn remove(&mut self, id: &KeyId) -> Option<Stored> {
+        let stored = self.by_id.remove(id)?;
+        let account = &*stored.record.service_account_id;
+        if let Some(listing) = self.by_account.get_mut(account) {
+            listing.remove(&(stored.record.created_at, *id));
+            if listing.is_empty() {
+                self.by_account.remove(account);
+            }
+        }
+        Some(stored)
+    }
 }
 
 struct Stored {
@@ -61,6 +117,7 @@ pub struct MemoryStoreBuilder {
     format: Option<KeyFormat>,
     hasher: Option<KeyHasher>,
     clock: Option<Arc<dyn Clock>>,
+    max_keys_per_account: Option<usize>,
 }
 
 impl MemoryStoreBuilder {
@@ -82,6 +139,14 @@ impl MemoryStoreBuilder {
         self
     }
 
+    /// The most keys one service account may hold (default
+    /// [`DEFAULT_MAX_KEYS_PER_ACCOUNT`], 1,000), expired keys included; a
+    /// create past it fails with [`StoreError::KeyLimitReached`]. At least 1.
+    pub fn max_keys_per_account(mut self, limit: usize) -> Self {
+        self.max_keys_per_account = Some(limit.max(1));
+        self
+    }
+
     /// The store.
     pub fn build(self) -> MemoryStore {
         MemoryStore {
@@ -89,7 +154,10 @@ impl MemoryStoreBuilder {
                 format: self.format.unwrap_or_default(),
                 hasher: self.hasher.unwrap_or_default(),
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
-                keys: RwLock::new(HashMap::new()),
+                max_keys_per_account: self
+                    .max_keys_per_account
+                    .unwrap_or(DEFAULT_MAX_KEYS_PER_ACCOUNT),
+                keys: RwLock::new(Keys::default()),
                 invalidations: Invalidations::new(),
             }),
         }
@@ -122,11 +190,11 @@ impl MemoryStore {
         MemoryStoreBuilder::default()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<KeyId, Stored>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
         self.inner.keys.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<KeyId, Stored>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Keys> {
         self.inner.keys.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -147,19 +215,22 @@ impl MemoryStore {
 #[async_trait]
 impl Verifier for MemoryStore {
     async fn verify(&self, key: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
+        // The same hashing and comparisons whether or not the id exists, and
+        // whatever scheme its hashes were made with: the time taken does not
+        // tell which key ids exist.
+        let candidates = self.inner.hasher.candidates(key);
         let keys = self.read();
-        let Some(stored) = keys.get(&key.id()) else {
-            // Hash and compare as for a known id with a wrong secret, so the
-            // time taken does not tell which key ids exist.
-            let absent = StoredHash::from_parts(self.inner.hasher.scheme(), [0; 32]);
-            std::hint::black_box(self.inner.hasher.verify(key, &absent));
+        let stored = keys.get(&key.id());
+        let current = candidates.matches(stored.map(|s| &s.hash));
+        let previous = candidates.matches(stored.and_then(|s| s.previous.as_ref().map(|(h, _)| h)));
+        let Some(stored) = stored else {
             return Ok(None);
         };
-        if self.inner.hasher.verify(key, &stored.hash) {
+        if current {
             return Ok(Some(stored.record.clone()));
         }
         match &stored.previous {
-            Some((hash, until)) if self.inner.hasher.verify(key, hash) && self.now() < *until => {
+            Some((_, until)) if previous && self.now() < *until => {
                 // The old secret is valid only until its grace deadline.
                 let mut record = stored.record.clone();
                 record.expires_at = Some(record.expires_at.map_or(*until, |at| at.min(*until)));
@@ -200,6 +271,11 @@ impl KeyStore for MemoryStore {
             hint: hint_of(&key),
         };
         let mut keys = self.write();
+        // Counted under the write lock, so concurrent creates cannot overshoot.
+        let limit = self.inner.max_keys_per_account;
+        if keys.count(&record.service_account_id) >= limit {
+            return Err(StoreError::KeyLimitReached { limit });
+        }
         if keys.contains_key(&key.id()) {
             // 95 random bits make this practically impossible; never overwrite.
             return Err(StoreError::backend("key id collision"));
@@ -226,22 +302,24 @@ impl KeyStore for MemoryStore {
             ),
         };
         let keys = self.read();
-        let mut mine: Vec<&Stored> = keys
-            .values()
-            .filter(|s| &*s.record.service_account_id == service_account_id)
-            .collect();
-        mine.sort_by_key(|s| (s.record.created_at, s.record.key_id));
+        let Some(mine) = keys.by_account.get(service_account_id) else {
+            return Ok(KeyPage {
+                keys: Vec::new(),
+                next_page_token: None,
+            });
+        };
         // The token is a position in the listing order, so it stays valid when
         // the key it was taken from is revoked between pages.
-        let start = match after {
-            None => 0,
-            Some(after) => {
-                mine.partition_point(|s| (s.record.created_at, s.record.key_id) <= after)
-            }
+        let from = match after {
+            None => Bound::Unbounded,
+            Some(after) => Bound::Excluded(after),
         };
-        let rest = &mine[start.min(mine.len())..];
-        let page: Vec<KeyInfo> = rest.iter().take(size).map(|s| s.info()).collect();
-        let next_page_token = (rest.len() > size)
+        let rest = mine
+            .range((from, Bound::Unbounded))
+            .filter_map(|(_, id)| keys.get(id))
+            .map(|s| Ok::<_, StoreError>(s.info()));
+        let (page, more) = fill_page(rest, size)?;
+        let next_page_token = more
             .then(|| page.last().map(|k| page_token(&k.record)))
             .flatten();
         Ok(KeyPage {

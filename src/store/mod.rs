@@ -50,10 +50,24 @@ use crate::record::KeyRecord;
 use crate::scope::ScopeSet;
 use crate::verifier::Verifier;
 
-/// Most keys one [`KeyStore::list`] page returns.
-pub const MAX_PAGE_SIZE: usize = 1000;
+/// Most keys one [`KeyStore::list`] page returns: what a console shows.
+pub const MAX_PAGE_SIZE: usize = 200;
 /// Page size when none is asked for.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Byte budget of one [`KeyStore::list`] page: 1 MiB of keys as the
+/// management API writes them in JSON ([`KeyInfo::json_size_estimate`]).
+///
+/// A page stops before the key that would take it past the budget (but
+/// always holds at least one key, so listing always progresses), and its
+/// `next_page_token` continues from the last key returned. The largest key
+/// the management API accepts (100 scopes of 256 bytes) takes about 27 KB,
+/// so such a page holds about 38 keys; only a key created directly through
+/// a store with a description over 1 MiB makes a page (of that one key)
+/// larger than the budget.
+pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
+/// Keys one service account may hold in a store unless its builder says
+/// otherwise (`max_keys_per_account`).
+pub const DEFAULT_MAX_KEYS_PER_ACCOUNT: usize = 1000;
 
 /// What to create.
 #[derive(Debug, Clone)]
@@ -122,6 +136,64 @@ pub struct KeyInfo {
     pub hint: String,
 }
 
+impl KeyInfo {
+    /// An upper bound on the bytes this key takes in a management API
+    /// listing: every string with its quotes and JSON escapes, field names,
+    /// punctuation and timestamps. What [`MAX_PAGE_BYTES`] counts.
+    pub fn json_size_estimate(&self) -> usize {
+        // Field names, braces, commas (the array's too) and three
+        // timestamps of at most 40 bytes each, quoted: about 210 bytes.
+        const FIXED: usize = 256;
+        let record = &self.record;
+        let scopes: usize = record
+            .scopes
+            .iter()
+            .map(|s| json_string_len(s.as_str()) + 1)
+            .sum();
+        FIXED
+            + json_string_len(record.key_id.as_str())
+            + json_string_len(&record.service_account_id)
+            + json_string_len(&record.description)
+            + json_string_len(&self.hint)
+            + scopes
+    }
+}
+
+/// The length of `s` as a JSON string: quotes, `\"` and `\\` escaped in two
+/// bytes, control characters in six (`\u0000`), everything else as UTF-8.
+fn json_string_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
+/// Fills a page from `keys` (in listing order, at least one more than
+/// `size` when there are more): at most `size` keys and at most
+/// [`MAX_PAGE_BYTES`], never fewer than one. The flag says whether keys are
+/// left for a next page.
+pub(crate) fn fill_page<E>(
+    keys: impl IntoIterator<Item = Result<KeyInfo, E>>,
+    size: usize,
+) -> Result<(Vec<KeyInfo>, bool), E> {
+    let mut page = Vec::new();
+    let mut bytes = 0usize;
+    for key in keys {
+        let key = key?;
+        let cost = key.json_size_estimate();
+        if page.len() == size || (!page.is_empty() && bytes.saturating_add(cost) > MAX_PAGE_BYTES) {
+            return Ok((page, true));
+        }
+        bytes = bytes.saturating_add(cost);
+        page.push(key);
+    }
+    Ok((page, false))
+}
+
 /// What to change; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -158,7 +230,9 @@ impl KeyUpdate {
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct ListRequest {
-    /// Keys per page (default 100, at most 1000).
+    /// Keys per page (default 100, at most 200). A page also stops at
+    /// [`MAX_PAGE_BYTES`], so it may hold fewer keys even when more follow:
+    /// go on while `next_page_token` is set.
     pub page_size: Option<usize>,
     /// The `next_page_token` of the previous page.
     pub page_token: Option<String>,
@@ -192,7 +266,8 @@ impl ListRequest {
     }
 }
 
-/// One page of keys.
+/// One page of keys: at most the page size asked for and at most
+/// [`MAX_PAGE_BYTES`] (but at least one key when any is left).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct KeyPage {
@@ -210,6 +285,14 @@ pub enum StoreError {
     Invalid(String),
     /// The random source failed.
     KeyGen(KeyGenError),
+    /// The service account already holds the most keys a store allows
+    /// (expired ones included); delete unused keys to make room. Never names
+    /// the account nor any key.
+    #[non_exhaustive]
+    KeyLimitReached {
+        /// The most keys one service account may hold.
+        limit: usize,
+    },
     /// The backend failed.
     Backend(Box<dyn std::error::Error + Send + Sync>),
 }
@@ -231,6 +314,11 @@ impl fmt::Display for StoreError {
         match self {
             Self::Invalid(why) => write!(f, "invalid request: {why}"),
             Self::KeyGen(e) => write!(f, "{e}"),
+            Self::KeyLimitReached { limit } => write!(
+                f,
+                "the service account already holds {limit} keys, the most allowed \
+                 (expired keys count too); delete keys it no longer uses"
+            ),
             Self::Backend(e) => write!(f, "key store backend failed: {e}"),
         }
     }
@@ -241,7 +329,7 @@ impl std::error::Error for StoreError {
         match self {
             Self::KeyGen(e) => Some(e),
             Self::Backend(e) => Some(&**e),
-            Self::Invalid(_) => None,
+            Self::Invalid(_) | Self::KeyLimitReached { .. } => None,
         }
     }
 }
@@ -259,7 +347,10 @@ pub trait KeyStore: Verifier {
     /// The format of the keys this store issues.
     fn format(&self) -> KeyFormat;
 
-    /// Creates a key; the only time its secret is returned.
+    /// Creates a key; the only time its secret is returned. Refused with
+    /// [`StoreError::KeyLimitReached`] when the account already holds the
+    /// store's most keys per account ([`DEFAULT_MAX_KEYS_PER_ACCOUNT`] unless
+    /// configured), counting every key that exists, expired ones included.
     async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError>;
 
     /// One key, if it exists.

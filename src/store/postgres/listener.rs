@@ -14,11 +14,21 @@
 //! A connection that dies quietly (a network partition, a host that vanished)
 //! is found by a periodic health-check query; a connection closed by the
 //! server (restart, `pg_terminate_backend`) is noticed at once.
+//!
+//! Reconnection attempts back off exponentially, but the backoff never
+//! outlasts the database: while the listener is not listening it probes the
+//! database through the store's pool every `probe_interval` (250 ms by
+//! default), and any store call that reaches the database wakes it too. So
+//! once the database answers again, the listener listens again within the
+//! probe interval plus one connection attempt (at once after a successful
+//! store call), and flushes the cache as it does after every reconnection.
 
 use std::future::poll_fn;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{AsyncMessage, Client, Config, Notification, Socket};
@@ -67,7 +77,17 @@ pub(super) struct ListenerConfig {
     pub(super) backoff_min: Duration,
     pub(super) backoff_max: Duration,
     pub(super) health_check_interval: Duration,
+    pub(super) probe_interval: Duration,
     pub(super) timeout: Duration,
+}
+
+/// What cuts a reconnection backoff short: the store's pool, to probe the
+/// database with, and a wake-up the store sends when one of its own calls
+/// reached the database while the listener was not listening.
+#[derive(Clone)]
+pub(super) struct Reachability {
+    pub(super) pool: Pool,
+    pub(super) wake: Arc<Notify>,
 }
 
 /// Aborts the task on drop, so a connection driver never outlives its session.
@@ -210,9 +230,28 @@ fn backoff(config: &ListenerConfig, failures: u32) -> Duration {
     exp.mul_f64(0.5 + 0.5 * jitter)
 }
 
+/// Resolves once a pooled connection answers a query: probes every `every`,
+/// the first time after `every`.
+async fn reachable(pool: &Pool, every: Duration, timeout: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate
+    loop {
+        tick.tick().await;
+        let probe = tokio::time::timeout(timeout, async {
+            let client = pool.get().await.ok()?;
+            client.simple_query("").await.ok()
+        });
+        if let Ok(Some(_)) = probe.await {
+            return;
+        }
+    }
+}
+
 /// The listener task: runs until shutdown.
 pub(super) async fn run<T>(
     config: ListenerConfig,
+    reach: Reachability,
     tls: T,
     bus: Invalidations,
     status: watch::Sender<ListenerStatus>,
@@ -229,9 +268,13 @@ pub(super) async fn run<T>(
         status.send_replace(ListenerStatus::Connecting { failures });
         let delay = backoff(&config, failures);
         if !delay.is_zero() {
+            // The backoff spares a database that is down; once it answers
+            // the pool again, waiting longer only leaves revocations unheard.
             tokio::select! {
                 _ = stopped(&mut shutdown) => break,
                 _ = tokio::time::sleep(delay) => {}
+                _ = reach.wake.notified() => {}
+                _ = reachable(&reach.pool, config.probe_interval, config.timeout) => {}
             }
         }
         let opened = tokio::select! {
@@ -293,6 +336,7 @@ mod tests {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             health_check_interval: Duration::from_secs(10),
+            probe_interval: Duration::from_millis(250),
             timeout: Duration::from_secs(5),
         }
     }

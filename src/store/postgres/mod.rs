@@ -10,8 +10,11 @@
 //! - **At rest**: the hash of each key (its [`StoredHash`] digest in a
 //!   `bytea` column with a unique index, plus its scheme and pepper version),
 //!   never the key nor anything it could be recovered from. A key is verified
-//!   by looking its hash up in that index; hashes made with another scheme
-//!   or an older pepper are found by key id and compared in constant time.
+//!   by reading the row of its id (one row in every case, all NULL for an
+//!   unknown id) and comparing, in constant time, its current and graced
+//!   previous hash with the key hashed under every scheme and pepper the
+//!   store's hasher holds: the same work whether or not the id exists, and
+//!   whichever pepper the stored hash was made with.
 //! - **Schema**: shipped with the crate; [`PgKeyStore::migrate`] applies it.
 //!   Idempotent and safe to call from every replica at start (an advisory
 //!   lock serializes concurrent callers). Tables go into the first schema of
@@ -29,6 +32,11 @@
 //!   store invalidates every cached key (it may have missed notifications),
 //!   so correctness never depends on a notification arriving. The local
 //!   cache is also invalidated directly, before revoke returns.
+//! - **Reconnection bound**: the listener backs off between failed attempts,
+//!   but once the database answers again it listens again within
+//!   [`PgKeyStoreBuilder::with_reconnect_probe_interval`] (250 ms) plus one
+//!   connection attempt, and at once after any store call that reached the
+//!   database.
 //! - **Fail closed**: when the database cannot answer, [`Verifier::verify`]
 //!   returns `Err` (the middleware answers 503 and caches nothing), never
 //!   `Ok(None)`. Keys already in a cache keep working until their positive
@@ -86,7 +94,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
@@ -101,8 +109,8 @@ pub use tokio_postgres;
 
 use super::memory::{page_token, parse_page_token};
 use super::{
-    check_expiry, check_new, hint_of, CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate,
-    ListRequest, NewKey, StoreError,
+    check_expiry, check_new, fill_page, hint_of, CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate,
+    ListRequest, NewKey, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{HashScheme, KeyHasher, StoredHash};
@@ -136,6 +144,10 @@ fn notify_payload(alias: &str) -> String {
 /// The key table.
 const TABLE: &str = "tower_api_key_keys";
 
+/// First key of the advisory locks that serialize creates per account
+/// ("takc" in ASCII); the second is a hash of the account.
+const CREATE_LOCK_CLASS: i32 = 0x7461_6b63;
+
 /// What the management API shows of a key.
 const INFO_COLUMNS: &str = "key_id, service_account_id, scopes, description, created_at, \
      expires_at, last_used_at, hint";
@@ -161,8 +173,11 @@ struct Inner {
     hasher: KeyHasher,
     clock: Arc<dyn Clock>,
     channel: String,
+    max_keys_per_account: i64,
     invalidations: Invalidations,
     status: watch::Receiver<ListenerStatus>,
+    // Tells a listener that is not listening that the database answers again.
+    wake_listener: Arc<Notify>,
     // Dropping it (with the last clone of the store) stops the listener too.
     shutdown: watch::Sender<bool>,
     listener: Mutex<Option<JoinHandle<()>>>,
@@ -188,11 +203,13 @@ pub struct PgKeyStoreBuilder {
     hasher: KeyHasher,
     clock: Arc<dyn Clock>,
     channel: String,
+    max_keys_per_account: usize,
     pool_size: usize,
     timeout: Duration,
     backoff_min: Duration,
     backoff_max: Duration,
     health_check_interval: Duration,
+    probe_interval: Duration,
 }
 
 impl fmt::Debug for PgKeyStoreBuilder {
@@ -209,8 +226,9 @@ impl fmt::Debug for PgKeyStoreBuilder {
 impl PgKeyStoreBuilder {
     /// Settings for the database `config` points at, with the defaults: key
     /// prefix `tak`, plain SHA-256, the system clock, channel
-    /// [`DEFAULT_CHANNEL`], 10 pooled connections, 5 s timeouts, reconnection
-    /// backoff from 100 ms to 5 s, a listener health check every 10 s.
+    /// [`DEFAULT_CHANNEL`], 1,000 keys per service account, 10 pooled connections, 5 s timeouts, reconnection
+    /// backoff from 100 ms to 5 s cut short by a probe every 250 ms, a
+    /// listener health check every 10 s.
     pub fn new(config: tokio_postgres::Config) -> Self {
         Self {
             pg: config,
@@ -218,11 +236,13 @@ impl PgKeyStoreBuilder {
             hasher: KeyHasher::default(),
             clock: Arc::new(SystemClock),
             channel: DEFAULT_CHANNEL.to_owned(),
+            max_keys_per_account: DEFAULT_MAX_KEYS_PER_ACCOUNT,
             pool_size: 10,
             timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             health_check_interval: Duration::from_secs(10),
+            probe_interval: Duration::from_millis(250),
         }
     }
 
@@ -254,6 +274,17 @@ impl PgKeyStoreBuilder {
         self
     }
 
+    /// The most keys one service account may hold (default
+    /// [`DEFAULT_MAX_KEYS_PER_ACCOUNT`], 1,000), expired keys included; a
+    /// create past it fails with [`StoreError::KeyLimitReached`]. At least 1.
+    /// Creates for one account are serialized (a transaction-level advisory
+    /// lock on the account), so replicas creating at once cannot overshoot.
+    /// Every replica should use the same limit.
+    pub fn max_keys_per_account(mut self, limit: usize) -> Self {
+        self.max_keys_per_account = limit.max(1);
+        self
+    }
+
     /// Most pooled connections (default 10); the LISTEN connection is extra.
     pub fn with_pool_size(mut self, size: usize) -> Self {
         self.pool_size = size.max(1);
@@ -270,10 +301,24 @@ impl PgKeyStoreBuilder {
 
     /// Delays between the listener's reconnection attempts: the first
     /// attempt after a loss is immediate, the next ones wait from `min`,
-    /// doubling up to `max`, with jitter (default 100 ms to 5 s).
+    /// doubling up to `max`, with jitter (default 100 ms to 5 s). A delay
+    /// ends early once the database answers the pool again (see
+    /// [`with_reconnect_probe_interval`](Self::with_reconnect_probe_interval)).
     pub fn with_reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.backoff_min = min;
         self.backoff_max = max.max(min);
+        self
+    }
+
+    /// While the listener is not listening, how often it checks, with a
+    /// query on a pooled connection, whether the database answers again
+    /// (default 250 ms). When it does, the listener reconnects at once
+    /// instead of waiting out its backoff; a store call that reaches the
+    /// database wakes it at once as well. After a database restart the
+    /// listener therefore listens again (and flushes the cache) within this
+    /// interval plus one connection attempt.
+    pub fn with_reconnect_probe_interval(mut self, every: Duration) -> Self {
+        self.probe_interval = every.max(Duration::from_millis(10));
         self
     }
 
@@ -336,16 +381,23 @@ impl PgKeyStoreBuilder {
         let invalidations = Invalidations::new();
         let (status_tx, mut status) = watch::channel(ListenerStatus::Connecting { failures: 0 });
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let wake_listener = Arc::new(Notify::new());
+        let reach = listener::Reachability {
+            pool: pool.clone(),
+            wake: wake_listener.clone(),
+        };
         let config = listener::ListenerConfig {
             pg: listener_pg,
             channel: self.channel.clone(),
             backoff_min: self.backoff_min,
             backoff_max: self.backoff_max,
             health_check_interval: self.health_check_interval,
+            probe_interval: self.probe_interval,
             timeout: self.timeout,
         };
         let task = tokio::spawn(listener::run(
             config,
+            reach,
             tls,
             invalidations.clone(),
             status_tx,
@@ -358,8 +410,10 @@ impl PgKeyStoreBuilder {
                 hasher: self.hasher,
                 clock: self.clock,
                 channel: self.channel,
+                max_keys_per_account: i64::try_from(self.max_keys_per_account).unwrap_or(i64::MAX),
                 invalidations,
                 status: status.clone(),
+                wake_listener,
                 shutdown,
                 listener: Mutex::new(Some(task)),
             }),
@@ -465,7 +519,17 @@ impl PgKeyStore {
     async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, BoxError> {
         let client = self.inner.pool.get().await?;
         let statement = client.prepare_cached(sql).await?;
-        Ok(client.query(&statement, params).await?)
+        let rows = client.query(&statement, params).await?;
+        self.database_answered();
+        Ok(rows)
+    }
+
+    /// The database answered: a listener waiting out its backoff reconnects
+    /// now, not up to the backoff's maximum later.
+    fn database_answered(&self) {
+        if !self.inner.status.borrow().is_listening() {
+            self.inner.wake_listener.notify_one();
+        }
     }
 
     /// Announces locally that `id`, of `account` if known, changed (other
@@ -567,76 +631,67 @@ fn collision_or_backend(e: BoxError) -> StoreError {
 #[async_trait]
 impl Verifier for PgKeyStore {
     async fn verify(&self, key: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
-        // One round trip: the row whose current or previous hash is the
-        // current scheme's hash of `key` (by index), and, for hashes made
-        // with another scheme or an older pepper, the row of the key's id.
-        // Every candidate is then checked here in constant time.
+        // One round trip that returns exactly one row whether or not the id
+        // exists (all NULL when it does not), and here the same hashing and
+        // comparisons in every case: every scheme and pepper the hasher
+        // holds, against the current and the previous hash (placeholders
+        // when absent). Neither the database's answer nor the work done
+        // tells which key ids exist or which scheme their hashes use.
         static SQL: LazyLock<String> = LazyLock::new(|| {
             format!(
-                "SELECT {INFO_COLUMNS}, {HASH_COLUMNS} FROM {TABLE}
-                  WHERE hash = $1
-                     OR previous_hash = $1
-                     OR (key_id = $2
-                         AND NOT (hash_scheme = $3
-                                  AND hash_pepper_version IS NOT DISTINCT FROM $4
-                                  AND (previous_hash IS NULL
-                                       OR (previous_hash_scheme = $3
-                                           AND previous_hash_pepper_version IS NOT DISTINCT FROM $4))))"
+                "SELECT {INFO_COLUMNS}, {HASH_COLUMNS}
+                   FROM (VALUES (1)) AS one(x)
+                   LEFT JOIN {TABLE} ON key_id = $1"
             )
         });
-        let hasher = &self.inner.hasher;
-        let hash = hasher.hash(key);
-        let (scheme, pepper) = scheme_columns(hash.scheme()).map_err(VerifierError::backend)?;
+        let candidates = self.inner.hasher.candidates(key);
         let rows = self
-            .query(
-                &SQL,
-                &[
-                    &hash.digest().as_slice(),
-                    &key.id().as_str(),
-                    &scheme,
-                    &pepper,
-                ],
-            )
+            .query(&SQL, &[&key.id().as_str()])
             .await
             .map_err(VerifierError::Backend)?;
-        let now = self.inner.clock.now();
-        for row in &rows {
-            let mut record = record_of(row).map_err(VerifierError::Backend)?;
-            if record.key_id != key.id() {
-                // Only by a SHA-256 collision; never hand out another key's record.
-                continue;
-            }
-            let current = stored_hash(
-                row.try_get("hash").map_err(VerifierError::backend)?,
-                row.try_get("hash_scheme").map_err(VerifierError::backend)?,
-                row.try_get("hash_pepper_version")
-                    .map_err(VerifierError::backend)?,
-            )
-            .map_err(VerifierError::Backend)?;
-            if current.is_some_and(|h| hasher.verify(key, &h)) {
-                return Ok(Some(record));
-            }
-            let previous = stored_hash(
-                row.try_get("previous_hash")
-                    .map_err(VerifierError::backend)?,
-                row.try_get("previous_hash_scheme")
-                    .map_err(VerifierError::backend)?,
-                row.try_get("previous_hash_pepper_version")
-                    .map_err(VerifierError::backend)?,
-            )
-            .map_err(VerifierError::Backend)?;
-            let until: Option<SystemTime> = row
-                .try_get("previous_valid_until")
-                .map_err(VerifierError::backend)?;
-            if let (Some(hash), Some(until)) = (previous, until) {
-                if hasher.verify(key, &hash) && now < until {
-                    // The old secret is valid only until its grace deadline.
-                    record.expires_at = Some(record.expires_at.map_or(until, |at| at.min(until)));
-                    return Ok(Some(record));
-                }
-            }
+        let row = rows
+            .first()
+            .ok_or_else(|| VerifierError::backend("the verification query returned no row"))?;
+        let current = stored_hash(
+            row.try_get("hash").map_err(VerifierError::backend)?,
+            row.try_get("hash_scheme").map_err(VerifierError::backend)?,
+            row.try_get("hash_pepper_version")
+                .map_err(VerifierError::backend)?,
+        )
+        .map_err(VerifierError::Backend)?;
+        let previous = stored_hash(
+            row.try_get("previous_hash")
+                .map_err(VerifierError::backend)?,
+            row.try_get("previous_hash_scheme")
+                .map_err(VerifierError::backend)?,
+            row.try_get("previous_hash_pepper_version")
+                .map_err(VerifierError::backend)?,
+        )
+        .map_err(VerifierError::Backend)?;
+        let current = candidates.matches(current.as_ref());
+        let previous = candidates.matches(previous.as_ref());
+        if !current && !previous {
+            return Ok(None);
         }
-        Ok(None)
+        let mut record = record_of(row).map_err(VerifierError::Backend)?;
+        if record.key_id != key.id() {
+            // The row is looked up by this id; never hand out another key's record.
+            return Ok(None);
+        }
+        if current {
+            return Ok(Some(record));
+        }
+        let until: Option<SystemTime> = row
+            .try_get("previous_valid_until")
+            .map_err(VerifierError::backend)?;
+        match until {
+            Some(until) if self.inner.clock.now() < until => {
+                // The old secret is valid only until its grace deadline.
+                record.expires_at = Some(record.expires_at.map_or(until, |at| at.min(until)));
+                Ok(Some(record))
+            }
+            _ => Ok(None),
+        }
     }
 
     fn invalidations(&self) -> Option<&Invalidations> {
@@ -665,28 +720,54 @@ impl KeyStore for PgKeyStore {
             .with_expires_at(new.expires_at.map(micros))
             .with_created_at(self.now());
         let scopes: Vec<&str> = record.scopes.iter().map(|s| s.as_str()).collect();
-        let sql = format!(
+        // Creates for one account take turns (an advisory lock held until
+        // commit), and the count runs after the lock is taken, in a statement
+        // of its own, so it sees every key committed before: no overshoot.
+        let lock = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
+        let insert = format!(
             "INSERT INTO {TABLE} (key_id, service_account_id, hash, hash_scheme,
                  hash_pepper_version, scopes, description, created_at, expires_at, hint)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10
+              WHERE (SELECT count(*) FROM {TABLE} WHERE service_account_id = $2) < $11
+             RETURNING key_id"
         );
-        self.query(
-            &sql,
-            &[
-                &key.id().as_str(),
-                &&*record.service_account_id,
-                &hash.digest().as_slice(),
-                &scheme,
-                &pepper,
-                &scopes,
-                &record.description,
-                &record.created_at,
-                &record.expires_at,
-                &hint_of(&key),
-            ],
-        )
+        let limit = self.inner.max_keys_per_account;
+        let mut client = self.client().await?;
+        let inserted = async {
+            let tx = client.transaction().await?;
+            let lock = tx.prepare_cached(lock).await?;
+            tx.execute(&lock, &[&CREATE_LOCK_CLASS, &&*record.service_account_id])
+                .await?;
+            let insert = tx.prepare_cached(&insert).await?;
+            let rows = tx
+                .query(
+                    &insert,
+                    &[
+                        &key.id().as_str(),
+                        &&*record.service_account_id,
+                        &hash.digest().as_slice(),
+                        &scheme,
+                        &pepper,
+                        &scopes,
+                        &record.description,
+                        &record.created_at,
+                        &record.expires_at,
+                        &hint_of(&key),
+                        &limit,
+                    ],
+                )
+                .await?;
+            tx.commit().await?;
+            self.database_answered();
+            Ok::<_, BoxError>(!rows.is_empty())
+        }
         .await
         .map_err(collision_or_backend)?;
+        if !inserted {
+            return Err(StoreError::KeyLimitReached {
+                limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            });
+        }
         Ok(CreatedKey { record, key })
     }
 
@@ -748,12 +829,7 @@ impl KeyStore for PgKeyStore {
                     .map_err(StoreError::Backend)?
             }
         };
-        let more = rows.len() > size;
-        let keys = rows
-            .iter()
-            .take(size)
-            .map(info_or_backend)
-            .collect::<Result<Vec<_>, _>>()?;
+        let (keys, more) = fill_page(rows.iter().map(info_or_backend), size)?;
         let next_page_token = more
             .then(|| keys.last().map(|k| page_token(&k.record)))
             .flatten();
