@@ -335,6 +335,7 @@ async fn accounts_hold_at_most_a_thousand_keys_by_default() {
     store_checks::the_default_limit_is_a_thousand_keys(&MemoryStore::new()).await;
 }
 
+#[cfg(feature = "test-util")]
 #[tokio::test(flavor = "current_thread")]
 async fn verify_does_the_same_hashing_work_whether_or_not_the_id_exists() {
     let v1 = Pepper::new(1, b"the first pepper, 32 bytes long!".to_vec());

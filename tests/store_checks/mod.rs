@@ -220,6 +220,7 @@ pub async fn the_default_limit_is_a_thousand_keys(store: &dyn KeyStore) {
 /// The hashing work `store.verify` does for each of `probes` (all of them
 /// keys the store refuses): HMACs computed and digests compared. Run on a
 /// current-thread runtime, so that all of it happens on this thread.
+#[cfg(feature = "test-util")]
 pub async fn verify_work(
     store: &dyn KeyStore,
     probes: &[(&str, PresentedKey)],
