@@ -6,14 +6,21 @@
 //! cargo run --example quickstart            # BIND=127.0.0.1:0 for any free port
 //! DATABASE_URL=postgres://... cargo run --example quickstart --features postgres
 //! ```
+//!
+//! Its stdout is shell lines only, `export ADDR=...` and one
+//! `export API_KEY_<NAME>=...` per demo key, to paste into another shell;
+//! logs go to stderr.
+
+mod support;
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
+use support::{DemoKey, FOUNDATION_MODELS, TRANSLATE};
 use tower_api_key::auth::FailedAttemptLimit;
 use tower_api_key::management::{self, AccountAccess, ManagementApi};
 use tower_api_key::scope::ScopeSet;
@@ -21,18 +28,9 @@ use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
 use tower_api_key::usage::UsageRecorder;
 use tower_api_key::{Authenticator, Caller};
 
-const TRANSLATE: &str = "yc.ai.translate.execute";
-const FOUNDATION_MODELS: &str = "yc.ai.foundationModels.execute";
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tower_api_key=debug".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    support::init_logging();
 
     // Metrics from the middleware (feature `metrics`, on by default), served
     // as Prometheus text at GET /metrics.
@@ -66,7 +64,22 @@ async fn serve<S: KeyStore + Clone>(
         .with_usage_recorder(usage.clone());
     let flusher = usage.spawn_flusher();
 
-    mint_demo_keys(&store).await?;
+    let listener = support::bind("127.0.0.1:3000").await?;
+    // The admin key first, then one key per case of the scope rules.
+    let admin_key = DemoKey {
+        name: "ADMIN",
+        new: NewKey::new("sa-admin").with_scopes(ScopeSet::new([management::DEFAULT_SCOPE])?),
+        note: format!(
+            "sa-admin: {}, every account, may grant the demo scopes and unscoped keys",
+            management::DEFAULT_SCOPE
+        ),
+    };
+    support::mint(
+        &store,
+        "quickstart",
+        std::iter::once(admin_key).chain(support::demo_keys()?),
+    )
+    .await?;
 
     // The management API, for keys holding `apikeys.manage`. The admin key
     // is an operator's: it may manage every service account's keys (by
@@ -97,17 +110,12 @@ async fn serve<S: KeyStore + Clone>(
         )
         .route("/whoami", get(whoami).route_layer(auth.any_valid_key()));
 
-    let bind: SocketAddr = std::env::var("BIND")
-        .unwrap_or_else(|_| "127.0.0.1:3000".into())
-        .parse()?;
-    let listener = tokio::net::TcpListener::bind(bind).await?;
-    println!("listening on http://{}", listener.local_addr()?);
     // ConnectInfo gives the failed-attempt limiter each client's address.
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown(support::shutdown_signal())
     .await?;
     upkeep.abort();
     // One last flush, so no noted use is lost.
@@ -122,38 +130,6 @@ async fn upkeep(prometheus: PrometheusHandle) {
         ticks.tick().await;
         prometheus.run_upkeep();
     }
-}
-
-/// Creates one key per demo case and prints each once, as the real service would.
-async fn mint_demo_keys(store: &impl KeyStore) -> Result<(), Box<dyn std::error::Error>> {
-    let demo = [
-        (
-            "ADMIN",
-            NewKey::new("sa-admin").with_scopes(ScopeSet::new([management::DEFAULT_SCOPE])?),
-        ),
-        (
-            "TRANSLATE",
-            NewKey::new("sa-translator").with_scopes(ScopeSet::new([TRANSLATE])?),
-        ),
-        (
-            "AI",
-            NewKey::new("sa-assistant").with_scopes(ScopeSet::new([FOUNDATION_MODELS])?),
-        ),
-        ("UNSCOPED", NewKey::new("sa-legacy")),
-        (
-            "EXPIRING",
-            NewKey::new("sa-translator")
-                .with_scopes(ScopeSet::new([TRANSLATE])?)
-                .with_expires_at(SystemTime::now() + Duration::from_secs(5)),
-        ),
-    ];
-    for (name, new) in demo {
-        let created = store
-            .create(new.with_description(format!("quickstart {name}")))
-            .await?;
-        println!("API_KEY_{name}={}", created.key.expose_secret());
-    }
-    Ok(())
 }
 
 async fn translate(caller: Caller, Json(body): Json<Value>) -> Json<Value> {
@@ -174,26 +150,4 @@ async fn whoami(caller: Caller) -> Json<Value> {
         "scopes": caller.scopes().iter().map(|s| s.as_str()).collect::<Vec<_>>(),
         "expires_at": caller.expires_at().map(|t| humantime::format_rfc3339_seconds(t).to_string()),
     }))
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
-    }
-    eprintln!("shutting down");
 }

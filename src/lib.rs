@@ -25,8 +25,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The README has the whole guide: scope rules, responses, gRPC, the
-//! management API, PostgreSQL, performance and security.
+//! The README is the user guide; `docs/` in the repository has the longer
+//! guides (gRPC, the management API, PostgreSQL) and the evidence
+//! (security, performance).
 //!
 //! [tower]: https://docs.rs/tower
 #![deny(unsafe_code, unreachable_pub)]

@@ -51,7 +51,7 @@
 //! | route | body | success |
 //! |---|---|---|
 //! | `POST /keys` | `{service_account_id, description?, scopes?, expires_at?}` | 201 `{key, secret}`, `Location: keys/{id}` |
-//! | `GET /keys?service_account_id=...&page_size=&page_token=` | | 200 `{keys: [...], next_page_token}` |
+//! | `GET /keys?service_account_id=...&page_size=&page_token=` | | 200 `{keys: [...], next_page_token}`, oldest first |
 //! | `GET /keys/{id}` | | 200 the key |
 //! | `PATCH /keys/{id}` | `{description?, scopes?, expires_at?}` | 200 the updated key |
 //! | `POST /keys/{id}:reissue` | `{grace_period_seconds?}` or empty | 200 `{key, secret}` |
@@ -75,6 +75,8 @@
 //! - **The secret** (the whole key, to send as `Authorization: Api-Key ...`)
 //!   is in the responses of create and reissue, and in no other response,
 //!   error or log line.
+//! - **The hint** (the prefix and the last four characters) tells keys apart
+//!   in a list; it is never enough to use one.
 //! - **Timestamps** are RFC 3339. Responses are in UTC with milliseconds;
 //!   requests may use `Z` or a numeric offset. `expires_at` must be in the
 //!   future and, in UTC, no later than 9999-12-31T23:59:59.999Z (the last
@@ -96,7 +98,13 @@
 //!   verifies through something other than the store. The same goes for
 //!   `PATCH` (new scopes and expiry apply at once) and reissue.
 //!
-//! Every response carries `Cache-Control: no-store`.
+//! Every response carries `Cache-Control: no-store`. Each create, update,
+//! reissue and delete, and each refused grant or account, is logged
+//! (`tracing`, `INFO`) with the key id and the caller's key id (and the
+//! account, where there is one), never a secret.
+//!
+//! A session with the quickstart, each of these requests and its real
+//! response, is in `docs/management.md` in the repository.
 //!
 //! # Errors
 //!
@@ -109,7 +117,7 @@
 //! | status | `error` | when |
 //! |---|---|---|
 //! | 400 | `invalid_argument` | malformed JSON, unknown or `null` fields, invalid scope names, more than 100 scopes, `expires_at` not RFC 3339, not in the future or after 9999-12-31T23:59:59.999Z in UTC, an API key pasted into `service_account_id`, `description` or a scope, a malformed key id, missing `service_account_id`, unknown query parameters, a bad `page_size` or `page_token`, a grace period over 30 days |
-//! | 401, 403 | (the layer's) | no valid key, or a key without the management scope |
+//! | 401, 403 | (the layer's) | no valid key, or a key without the management scope (`WWW-Authenticate: ... error="insufficient_scope", scope="apikeys.manage"`) |
 //! | 403 | `permission_denied` | the caller may not manage this service account's keys ([`AccountAccess`]), or may not give a key these scopes ([who may grant what](#who-may-grant-what)) |
 //! | 404 | `not_found` | an unknown or deleted key id, a key of an account the caller may not manage, an unknown `:method` |
 //! | 405 | `method_not_allowed` | `GET /keys/{id}:reissue` and the like; `Allow` says what works |

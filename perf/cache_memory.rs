@@ -1,4 +1,5 @@
-//! Memory per cached key (issue #7, target 3), each case in its own process.
+//! Memory per cached key (performance target 3 in docs/performance.md), each
+//! case in its own process.
 //!
 //! ```text
 //! cargo run --release --example cache_memory            # 1,000,000 keys, every case

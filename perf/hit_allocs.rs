@@ -1,5 +1,5 @@
-//! Counts heap allocations on the cache hit path (issue #7: "a hit must not
-//! allocate").
+//! Counts heap allocations on the cache hit path (performance target 1 in
+//! docs/performance.md: a hit must not allocate).
 //!
 //! ```text
 //! cargo run --release --example hit_allocs

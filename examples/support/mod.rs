@@ -1,0 +1,135 @@
+//! What the examples share: the listening address, the demo keys, and
+//! shutdown on Ctrl-C or SIGTERM. Not an example itself (Cargo builds only
+//! `examples/*.rs` and `examples/*/main.rs` as examples); each example reads
+//! it with `mod support;`.
+//!
+//! The examples print shell lines on stdout and nothing else, so they can be
+//! pasted or sourced:
+//!
+//! ```text
+//! export ADDR=127.0.0.1:3000
+//! export API_KEY_TRANSLATE=tak_...   # sa-translator: yc.ai.translate.execute
+//! ```
+//!
+//! Logs and everything else go to stderr.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tower_api_key::scope::{ScopeError, ScopeSet};
+use tower_api_key::store::{KeyStore, NewKey};
+
+pub const TRANSLATE: &str = "yc.ai.translate.execute";
+pub const FOUNDATION_MODELS: &str = "yc.ai.foundationModels.execute";
+
+/// How long the `EXPIRING` demo key lives: long enough to paste its line
+/// into another shell and try it.
+pub const EXPIRING_AFTER: Duration = Duration::from_secs(60);
+
+/// Logs to stderr, `info` and the crate's `debug` unless `RUST_LOG` says otherwise.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_api_key=debug".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Binds `BIND` (else `default`), then prints `export ADDR=<address>` on
+/// stdout: with `BIND=127.0.0.1:0` the port is whatever is free.
+pub async fn bind(default: &str) -> Result<TcpListener, Box<dyn std::error::Error>> {
+    let bind: SocketAddr = std::env::var("BIND")
+        .unwrap_or_else(|_| default.into())
+        .parse()?;
+    let listener = TcpListener::bind(bind).await?;
+    let addr = listener.local_addr()?;
+    println!("export ADDR={addr}");
+    eprintln!("listening on http://{addr}");
+    Ok(listener)
+}
+
+/// One demo key: its variable name (`API_KEY_<name>`), what to create, and
+/// a note printed after it.
+pub struct DemoKey {
+    pub name: &'static str,
+    pub new: NewKey,
+    pub note: String,
+}
+
+/// The demo keys every example mints: one per case of the scope rules, and
+/// one that expires [`EXPIRING_AFTER`] from now.
+pub fn demo_keys() -> Result<Vec<DemoKey>, ScopeError> {
+    let expires_at = SystemTime::now() + EXPIRING_AFTER;
+    Ok(vec![
+        DemoKey {
+            name: "TRANSLATE",
+            new: NewKey::new("sa-translator").with_scopes(ScopeSet::new([TRANSLATE])?),
+            note: format!("sa-translator: {TRANSLATE}"),
+        },
+        DemoKey {
+            name: "AI",
+            new: NewKey::new("sa-assistant").with_scopes(ScopeSet::new([FOUNDATION_MODELS])?),
+            note: format!("sa-assistant: {FOUNDATION_MODELS}"),
+        },
+        DemoKey {
+            name: "UNSCOPED",
+            new: NewKey::new("sa-legacy"),
+            note: "sa-legacy: no scopes".into(),
+        },
+        DemoKey {
+            name: "EXPIRING",
+            new: NewKey::new("sa-translator")
+                .with_scopes(ScopeSet::new([TRANSLATE])?)
+                .with_expires_at(expires_at),
+            note: format!(
+                "sa-translator: {TRANSLATE}, expires {} ({} s after start)",
+                humantime::format_rfc3339_seconds(expires_at),
+                EXPIRING_AFTER.as_secs()
+            ),
+        },
+    ])
+}
+
+/// Creates each key in `store` and prints it once, as `export
+/// API_KEY_<name>=<key>   # <note>`: the store keeps only its hash, as a
+/// real service would, so this is the only time it is shown.
+pub async fn mint(
+    store: &impl KeyStore,
+    example: &str,
+    keys: impl IntoIterator<Item = DemoKey>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    for DemoKey { name, new, note } in keys {
+        let created = store
+            .create(new.with_description(format!("{example} {name}")))
+            .await?;
+        let line = format!("export API_KEY_{name}={}", created.key.expose_secret());
+        println!("{line:<84} # {note}");
+    }
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    eprintln!("shutting down");
+}
