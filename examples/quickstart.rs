@@ -148,6 +148,10 @@ async fn whoami(caller: Caller) -> Json<Value> {
         "service_account_id": caller.service_account_id(),
         "key_id": caller.key_id().to_string(),
         "scopes": caller.scopes().iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-        "expires_at": caller.expires_at().map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+        // Clamped: a record written by another tool may hold a time past what
+        // RFC 3339 can write, and formatting it must not panic.
+        "expires_at": caller.expires_at().map(|t| {
+            humantime::format_rfc3339_seconds(t.min(tower_api_key::store::latest_time())).to_string()
+        }),
     }))
 }
