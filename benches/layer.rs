@@ -63,7 +63,9 @@ fn layer(c: &mut Criterion<Clock>) {
         .build()
         .expect("a tokio runtime");
     let store = MemoryStore::new();
-    let auth = Authenticator::new(store.clone()).with_positive_ttl(Duration::from_secs(3600));
+    let auth = Authenticator::builder(store.clone())
+        .positive_ttl(Duration::from_secs(3600))
+        .build();
     let key = rt.block_on(async {
         let created = store
             .create(NewKey::new("sa-bench"))

@@ -39,9 +39,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = MemoryStore::new();
     // Built once: the HTTP routes and the gRPC service share its cache and
     // its failed-attempt limiter.
-    let auth = Authenticator::new(store.clone())
-        .with_positive_ttl(Duration::from_secs(60))
-        .with_failed_attempt_limit(FailedAttemptLimit::new(30, Duration::from_secs(60)));
+    let auth = Authenticator::builder(store.clone())
+        .positive_ttl(Duration::from_secs(60))
+        .failed_attempt_limit(FailedAttemptLimit::new(30, Duration::from_secs(60)))
+        .build();
 
     // gRPC: one policy per method, checked by one layer on the service's routes.
     let methods = MethodPolicies::builder()

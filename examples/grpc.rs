@@ -41,9 +41,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     support::init_logging();
 
     let store = MemoryStore::new();
-    let auth = Authenticator::new(store.clone())
-        .with_positive_ttl(Duration::from_secs(60))
-        .with_negative_ttl(Duration::from_secs(5));
+    let auth = Authenticator::builder(store.clone())
+        .positive_ttl(Duration::from_secs(60))
+        .negative_ttl(Duration::from_secs(5))
+        .build();
 
     // One policy per method; a malformed path fails here, at start-up.
     // Unlisted methods default to unscoped keys only.

@@ -55,13 +55,16 @@ async fn serve<S: KeyStore + Clone>(
     upkeep: tokio::task::JoinHandle<()>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     // `last_used_at`, written behind every 2 s.
-    let usage = UsageRecorder::new(store.clone()).with_flush_interval(Duration::from_secs(2));
-    let auth = Authenticator::new(store.clone())
-        .with_positive_ttl(Duration::from_secs(60))
-        .with_negative_ttl(Duration::from_secs(5))
+    let usage = UsageRecorder::builder(store.clone())
+        .flush_interval(Duration::from_secs(2))
+        .build();
+    let auth = Authenticator::builder(store.clone())
+        .positive_ttl(Duration::from_secs(60))
+        .negative_ttl(Duration::from_secs(5))
         // 30 failed attempts per minute per client address, then 429.
-        .with_failed_attempt_limit(FailedAttemptLimit::new(30, Duration::from_secs(60)))
-        .with_usage_recorder(usage.clone());
+        .failed_attempt_limit(FailedAttemptLimit::new(30, Duration::from_secs(60)))
+        .usage_recorder(usage.clone())
+        .build();
     let flusher = usage.spawn_flusher();
 
     let listener = support::bind("127.0.0.1:3000").await?;
@@ -86,11 +89,11 @@ async fn serve<S: KeyStore + Clone>(
     // default a caller manages only its own account's) and hand out the
     // demo scopes and unscoped keys (by default a caller hands out only
     // scopes its own key holds, and never `apikeys.manage`).
-    let admin = ManagementApi::new(store.clone(), &auth)
-        .with_account_access(AccountAccess::any_account())
-        .with_grantable_scopes([TRANSLATE, FOUNDATION_MODELS])
+    let admin = ManagementApi::builder(store.clone(), &auth)
+        .account_access(AccountAccess::any_account())
+        .grantable_scopes([TRANSLATE, FOUNDATION_MODELS])
         .allow_unscoped_keys()
-        .into_router();
+        .build();
 
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))

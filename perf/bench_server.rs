@@ -115,10 +115,11 @@ fn main() -> std::io::Result<()> {
 async fn serve(preload: usize, workers: usize) -> std::io::Result<()> {
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let store = MemoryStore::new();
-    let auth = Authenticator::new(Decoded(store.clone()))
-        .with_max_keys((preload as u64 + 1).max(100_000))
+    let auth = Authenticator::builder(Decoded(store.clone()))
+        .max_keys((preload as u64 + 1).max(100_000))
         // Long enough that no preloaded key is re-fetched during a load test.
-        .with_positive_ttl(Duration::from_secs(3600));
+        .positive_ttl(Duration::from_secs(3600))
+        .build();
 
     let demo = store
         .create(NewKey::new("sa-bench"))

@@ -136,7 +136,9 @@ fn main() {
     let config = CacheConfig::default()
         .with_max_keys(2 * keys as u64)
         .with_positive_ttl(Duration::from_secs(3600));
-    let auth = Authenticator::new(verifier).with_cache_config(config);
+    let auth = Authenticator::builder(verifier)
+        .cache_config(config)
+        .build();
     let cache = auth.cache().clone();
     let stride = (keys / HOT).max(1);
     let mut hot = Vec::new();

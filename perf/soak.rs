@@ -217,15 +217,17 @@ async fn main() {
 
     // The server.
     let store = MemoryStore::new();
-    let limit = FailedAttemptLimit::new(30, Duration::from_secs(60))
-        .with_max_clients(2_000)
-        .with_client_id(|headers: &HeaderMap, _: &http::Extensions| {
+    let limit = FailedAttemptLimit::builder(30, Duration::from_secs(60))
+        .max_clients(2_000)
+        .client_id(|headers: &HeaderMap, _: &http::Extensions| {
             headers.get(CLIENT_HEADER)?.to_str().ok()?.parse().ok()
-        });
-    let auth = Authenticator::new(store.clone())
-        .with_positive_ttl(Duration::from_secs(2))
-        .with_negative_ttl(Duration::from_secs(1))
-        .with_failed_attempt_limit(limit.clone());
+        })
+        .build();
+    let auth = Authenticator::builder(store.clone())
+        .positive_ttl(Duration::from_secs(2))
+        .negative_ttl(Duration::from_secs(1))
+        .failed_attempt_limit(limit.clone())
+        .build();
     let app = Router::new().route(
         "/whoami",
         get(|caller: Caller| async move { caller.key_id().to_string() })

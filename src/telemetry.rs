@@ -14,7 +14,7 @@
 //! unless you configure buckets (`PrometheusBuilder::set_buckets`).
 //!
 //! Every authentication outcome is also a `tracing` event (target
-//! `tower_api_key::auth::authenticator`): accepted keys at `TRACE`,
+//! `tower_api_key::auth`): accepted keys at `TRACE`,
 //! rejections at `DEBUG` with the `reason` and, when the key was
 //! well-formed, its `key_id`; a failing verifier is a `WARN`. No event ever
 //! carries a secret.

@@ -17,8 +17,12 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let store = MemoryStore::new();
-//! let usage = UsageRecorder::new(store.clone()).with_flush_interval(Duration::from_secs(5));
-//! let auth = Authenticator::new(store.clone()).with_usage_recorder(usage.clone());
+//! let usage = UsageRecorder::builder(store.clone())
+//!     .flush_interval(Duration::from_secs(5))
+//!     .build();
+//! let auth = Authenticator::builder(store.clone())
+//!     .usage_recorder(usage.clone())
+//!     .build();
 //! let flusher = usage.spawn_flusher();
 //! // ... serve ...
 //! flusher.shutdown().await; // one last flush
@@ -78,28 +82,21 @@ impl fmt::Debug for UsageRecorder {
 }
 
 impl UsageRecorder {
-    /// A recorder writing to `store`, flushing every 5 seconds by default.
+    /// A recorder writing to `store`, flushing every 5 seconds:
+    /// [`UsageRecorder::builder`]`(store).build()`.
     pub fn new(store: impl KeyStore) -> Self {
-        Self::from_arc(Arc::new(store))
+        Self::builder(store).build()
     }
 
     /// [`UsageRecorder::new`] for a store that is already shared.
     pub fn from_arc(store: Arc<dyn KeyStore>) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                store,
-                queue: Mutex::new(Vec::new()),
-                unwritten: tokio::sync::Mutex::new(HashMap::new()),
-            }),
-            interval: Duration::from_secs(5),
-        }
+        UsageRecorderBuilder::new(store).build()
     }
 
-    /// How often the flusher started by [`UsageRecorder::spawn_flusher`]
-    /// writes (default 5 s).
-    pub fn with_flush_interval(mut self, interval: Duration) -> Self {
-        self.interval = interval;
-        self
+    /// The settings of a recorder writing to `store`, to
+    /// [build](UsageRecorderBuilder::build) once.
+    pub fn builder(store: impl KeyStore) -> UsageRecorderBuilder {
+        UsageRecorderBuilder::new(Arc::new(store))
     }
 
     /// The flush interval.
@@ -172,6 +169,49 @@ impl UsageRecorder {
             recorder.flush().await
         });
         UsageFlusher { stop, task }
+    }
+}
+
+/// Settings of a [`UsageRecorder`], made by [`UsageRecorder::builder`].
+#[must_use = "a UsageRecorderBuilder does nothing until `.build()`"]
+pub struct UsageRecorderBuilder {
+    store: Arc<dyn KeyStore>,
+    interval: Duration,
+}
+
+impl fmt::Debug for UsageRecorderBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UsageRecorderBuilder")
+            .field("flush_interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UsageRecorderBuilder {
+    fn new(store: Arc<dyn KeyStore>) -> Self {
+        Self {
+            store,
+            interval: Duration::from_secs(5),
+        }
+    }
+
+    /// How often the flusher started by [`UsageRecorder::spawn_flusher`]
+    /// writes (default 5 s).
+    pub fn flush_interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// The recorder. Clones of it share its queue.
+    pub fn build(self) -> UsageRecorder {
+        UsageRecorder {
+            inner: Arc::new(Inner {
+                store: self.store,
+                queue: Mutex::new(Vec::new()),
+                unwritten: tokio::sync::Mutex::new(HashMap::new()),
+            }),
+            interval: self.interval,
+        }
     }
 }
 

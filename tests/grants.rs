@@ -12,7 +12,7 @@ use axum::Router;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use tower::ServiceExt;
-use tower_api_key::management::{self, AccountAccess, ManagementApi};
+use tower_api_key::management::{self, AccountAccess, ManagementApi, ManagementApiBuilder};
 use tower_api_key::scope::{ScopePolicy, ScopeSet};
 use tower_api_key::store::{KeyInfo, KeyStore, ListRequest, MemoryStore, NewKey};
 use tower_api_key::{Authenticator, KeyId};
@@ -47,7 +47,7 @@ struct App {
 }
 
 impl App {
-    async fn new(configure: impl FnOnce(ManagementApi) -> ManagementApi) -> Self {
+    async fn new(configure: impl FnOnce(ManagementApiBuilder) -> ManagementApiBuilder) -> Self {
         let store = MemoryStore::new();
         let auth = Authenticator::new(store.clone());
         let ok = || async { "ok" };
@@ -62,14 +62,14 @@ impl App {
             )
             .nest(
                 "/admin",
-                configure(ManagementApi::new(store.clone(), &auth)).into_router(),
+                configure(ManagementApi::builder(store.clone(), &auth)).build(),
             )
             .nest(
                 "/console",
-                ManagementApi::new(store.clone(), &auth)
-                    .with_scopes([CONSOLE])
-                    .with_account_access(AccountAccess::any_account())
-                    .into_router(),
+                ManagementApi::builder(store.clone(), &auth)
+                    .scopes([CONSOLE])
+                    .account_access(AccountAccess::any_account())
+                    .build(),
             );
         Self {
             client: Client::new(serve(router).await),
@@ -238,7 +238,7 @@ async fn a_manager_cannot_reissue_a_key_it_could_not_use_itself() {
 #[tokio::test]
 async fn only_explicit_grants_hand_out_more_than_the_caller_holds() {
     let app = App::new(|api| {
-        api.with_grantable_scopes(["yc.ai.other", MANAGE])
+        api.grantable_scopes(["yc.ai.other", MANAGE])
             .allow_unscoped_keys()
     })
     .await;
@@ -264,7 +264,7 @@ async fn only_explicit_grants_hand_out_more_than_the_caller_holds() {
 #[tokio::test]
 async fn a_custom_grant_rule_decides_what_the_defaults_refuse() {
     let app = App::new(|api| {
-        api.with_grant_rule(|caller, scopes| {
+        api.grant_rule(|caller, scopes| {
             caller.service_account_id() == "sa-a"
                 && !scopes.is_empty()
                 && scopes.iter().all(|s| s.as_str().starts_with("team-a."))
@@ -435,11 +435,11 @@ fn op() -> impl Strategy<Value = Op> {
 async fn run(caller: u8, granted: u8, unscoped: bool, op: &Op) -> (u16, Option<ScopeSet>) {
     let store = MemoryStore::new();
     let auth = Authenticator::new(store.clone());
-    let mut api = ManagementApi::new(store.clone(), &auth).with_grantable_scopes(subset(granted));
+    let mut api = ManagementApi::builder(store.clone(), &auth).grantable_scopes(subset(granted));
     if unscoped {
         api = api.allow_unscoped_keys();
     }
-    let router = api.into_router();
+    let router = api.build();
     let caller_key = mint(&store, "sa", &subset(caller)).await;
     let (method, path, body) = match op {
         Op::Create(to) => (

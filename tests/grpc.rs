@@ -139,11 +139,12 @@ impl Fixture {
         let clock = Arc::new(ManualClock::new(SystemTime::now()));
         let store = MemoryStore::builder().with_clock(clock.clone()).build();
         let verifier_calls = Arc::new(AtomicUsize::new(0));
-        let auth = Authenticator::new(CountingStore {
+        let auth = Authenticator::builder(CountingStore {
             store: store.clone(),
             calls: verifier_calls.clone(),
         })
-        .with_clock(clock.clone());
+        .clock(clock.clone())
+        .build();
         Self {
             store,
             clock,

@@ -32,7 +32,7 @@ use http::{HeaderValue, Method, Request, StatusCode};
 use proptest::prelude::*;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tower_api_key::auth::{FailedAttemptLimit, Reason};
+use tower_api_key::auth::{AuthenticatorBuilder, FailedAttemptLimit, Reason};
 use tower_api_key::clock::{Clock, ManualClock};
 use tower_api_key::invalidation::Invalidations;
 use tower_api_key::key::{KeyFormat, KeyId, PresentedKey};
@@ -159,7 +159,7 @@ impl Fx {
 
     /// Long TTLs (nothing expires by itself during a test), a manual clock
     /// shared with the store, and whatever `configure` adds.
-    fn with(configure: impl FnOnce(Authenticator) -> Authenticator) -> Self {
+    fn with(configure: impl FnOnce(AuthenticatorBuilder) -> AuthenticatorBuilder) -> Self {
         let clock = Arc::new(ManualClock::new(start_time()));
         let store = MemoryStore::builder().with_clock(clock.clone()).build();
         let probe = Arc::new(Probe::default());
@@ -168,11 +168,12 @@ impl Fx {
             probe: probe.clone(),
         };
         let auth = configure(
-            Authenticator::new(verifier)
-                .with_clock(clock.clone())
-                .with_positive_ttl(Duration::from_secs(3600))
-                .with_negative_ttl(Duration::from_secs(3600)),
-        );
+            Authenticator::builder(verifier)
+                .clock(clock.clone())
+                .positive_ttl(Duration::from_secs(3600))
+                .negative_ttl(Duration::from_secs(3600)),
+        )
+        .build();
         let app = app(&auth);
         Self {
             store,
@@ -285,7 +286,7 @@ async fn a_hundred_thousand_keys_with_a_wrong_checksum_make_no_verifier_call() {
 #[tokio::test]
 async fn ten_thousand_unknown_keys_make_one_verifier_call_each_and_a_hot_key_stays_cached() {
     // A small positive cache: if unknown keys shared it, they would evict the hot key.
-    let fx = Fx::with(|auth| auth.with_max_keys(16));
+    let fx = Fx::with(|auth| auth.max_keys(16));
     let hot = fx.key(&[]).await;
     let hot_secret = hot.key.expose_secret();
     assert_eq!(
@@ -395,7 +396,7 @@ const WINDOW: Duration = Duration::from_secs(60);
 
 fn limited(max_failures: u32) -> (Fx, FailedAttemptLimit) {
     let limit = FailedAttemptLimit::new(max_failures, WINDOW);
-    let fx = Fx::with(|auth| auth.with_failed_attempt_limit(limit.clone()));
+    let fx = Fx::with(|auth| auth.failed_attempt_limit(limit.clone()));
     (fx, limit)
 }
 
@@ -631,8 +632,10 @@ async fn a_blocked_grpc_client_gets_resource_exhausted() {
 
 #[tokio::test]
 async fn tracked_clients_are_bounded() {
-    let limit = FailedAttemptLimit::new(3, WINDOW).with_max_clients(1000);
-    let fx = Fx::with(|auth| auth.with_failed_attempt_limit(limit.clone()));
+    let limit = FailedAttemptLimit::builder(3, WINDOW)
+        .max_clients(1000)
+        .build();
+    let fx = Fx::with(|auth| auth.failed_attempt_limit(limit.clone()));
     // 20,000 addresses (198.18.0.0/15, only ever a request extension), one failure each.
     for i in 0..20_000u32 {
         let ip = IpAddr::V4(Ipv4Addr::from(0xc612_0000 + i));
@@ -872,7 +875,7 @@ async fn a_limiter_that_finds_no_client_address_warns_once_and_limits_nothing() 
     assert_eq!(text.matches(WARNING).count(), 1, "{text}");
     assert!(
         text.contains("into_make_service_with_connect_info::<SocketAddr>()")
-            && text.contains("FailedAttemptLimit::with_client_id"),
+            && text.contains("FailedAttemptLimit::builder(..).client_id(..)"),
         "the warning names the fix: {text}"
     );
     assert!(!text.contains("tak_"), "no key material in logs: {text}");

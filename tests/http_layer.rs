@@ -774,7 +774,7 @@ async fn a_panicking_verifier_is_500_and_the_next_request_works() {
 
 #[tokio::test(start_paused = true)]
 async fn a_verifier_timeout_is_503_and_the_next_request_works() {
-    let fx = Fixture::with(|auth| auth.with_verifier_timeout(Some(Duration::from_secs(2))));
+    let fx = Fixture::with(|auth| auth.verifier_timeout(Some(Duration::from_secs(2))));
     let app = app(&fx.auth);
     let key = fx.key("sa-a", &[]).await;
     let secret = key.key.expose_secret();
@@ -863,7 +863,7 @@ fn preflight() -> http::request::Builder {
 
 #[tokio::test]
 async fn preflight_passes_unauthenticated_only_when_enabled() {
-    let fx = Fixture::with(|auth| auth.with_cors_preflight(true));
+    let fx = Fixture::with(|auth| auth.cors_preflight(true));
     let app = app(&fx.auth);
 
     let reply = app.send(preflight().body(Body::empty()).unwrap()).await;
@@ -888,7 +888,7 @@ async fn preflight_is_401_when_disabled() {
 
 #[tokio::test]
 async fn only_a_real_preflight_passes_when_enabled() {
-    let fx = Fixture::with(|auth| auth.with_cors_preflight(true));
+    let fx = Fixture::with(|auth| auth.cors_preflight(true));
     let app = app(&fx.auth);
 
     // A plain OPTIONS without Access-Control-Request-Method.
@@ -909,7 +909,7 @@ async fn only_a_real_preflight_passes_when_enabled() {
 
 #[tokio::test]
 async fn a_preflight_drops_a_spoofed_identity() {
-    let fx = Fixture::with(|auth| auth.with_cors_preflight(true));
+    let fx = Fixture::with(|auth| auth.cors_preflight(true));
     let app = app(&fx.auth);
 
     let mut request = preflight().body(Body::empty()).unwrap();
@@ -928,7 +928,7 @@ async fn a_preflight_drops_a_spoofed_identity() {
 
 #[tokio::test]
 async fn the_extra_header_takes_the_bare_key_and_is_marked_sensitive() {
-    let fx = Fixture::with(|auth| auth.with_api_key_header(X_API_KEY));
+    let fx = Fixture::with(|auth| auth.api_key_header(X_API_KEY));
     let app = app(&fx.auth);
     let key = fx.key("sa-a", &[]).await;
 
@@ -951,7 +951,7 @@ async fn the_extra_header_takes_the_bare_key_and_is_marked_sensitive() {
 
 #[tokio::test]
 async fn both_credential_headers_are_400_without_a_lookup() {
-    let fx = Fixture::with(|auth| auth.with_api_key_header(X_API_KEY));
+    let fx = Fixture::with(|auth| auth.api_key_header(X_API_KEY));
     let app = app(&fx.auth);
     let key = fx.key("sa-a", &[]).await;
     let secret = key.key.expose_secret();
@@ -985,7 +985,7 @@ async fn both_credential_headers_are_400_without_a_lookup() {
 }
 
 #[tokio::test]
-async fn without_with_api_key_header_x_api_key_is_not_read_at_all() {
+async fn without_an_api_key_header_x_api_key_is_not_read_at_all() {
     let fx = Fixture::new();
     let app = app(&fx.auth);
     let key = fx.key("sa-a", &[]).await;
@@ -1011,7 +1011,7 @@ async fn without_with_api_key_header_x_api_key_is_not_read_at_all() {
 
 #[tokio::test]
 async fn the_extra_header_holds_a_bare_key_only() {
-    let fx = Fixture::with(|auth| auth.with_api_key_header(X_API_KEY));
+    let fx = Fixture::with(|auth| auth.api_key_header(X_API_KEY));
     let app = app(&fx.auth);
     let key = fx.key("sa-a", &[]).await;
 
@@ -1101,14 +1101,13 @@ async fn an_unknown_route_is_404_with_a_router_wide_route_layer() {
 #[tokio::test]
 async fn a_custom_responder_keeps_the_mandatory_headers() {
     let fx = Fixture::with(|auth| {
-        auth.with_realm("internal")
-            .with_rejection_responder(|r: &Rejection| {
-                Response::builder()
-                    .status(r.status())
-                    .header(CONTENT_TYPE, "text/plain")
-                    .body(Bytes::from_static(b"no entry"))
-                    .unwrap()
-            })
+        auth.realm("internal").rejection_responder(|r: &Rejection| {
+            Response::builder()
+                .status(r.status())
+                .header(CONTENT_TYPE, "text/plain")
+                .body(Bytes::from_static(b"no entry"))
+                .unwrap()
+        })
     });
     let app = app(&fx.auth);
     let key = fx.key("sa-a", &[OTHER]).await;

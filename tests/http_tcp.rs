@@ -204,7 +204,7 @@ async fn ok_unauthorized_and_forbidden_over_tcp_with_identical_401s() {
 
 #[tokio::test]
 async fn duplicate_and_extra_credential_headers_over_tcp() {
-    let fx = Fixture::with(|auth| auth.with_api_key_header(X_API_KEY));
+    let fx = Fixture::with(|auth| auth.api_key_header(X_API_KEY));
     let server = Server::start(app(&fx.auth).router).await;
     let key = fx.key("sa-a", &[]).await;
     let secret = key.key.expose_secret();

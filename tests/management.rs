@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
-use tower_api_key::management::{self, AccountAccess, ManagementApi};
+use tower_api_key::management::{self, AccountAccess, ManagementApi, ManagementApiBuilder};
 use tower_api_key::scope::ScopeSet;
 use tower_api_key::store::{KeyInfo, KeyStore, ListRequest, MemoryStore, NewKey};
 use tower_api_key::usage::UsageRecorder;
@@ -77,15 +77,17 @@ struct App {
 
 /// A service with one scoped route, `/whoami`, and the management API under
 /// `/admin` for an operator key holding `apikeys.manage`.
-async fn app(configure: impl FnOnce(ManagementApi) -> ManagementApi) -> App {
+async fn app(configure: impl FnOnce(ManagementApiBuilder) -> ManagementApiBuilder) -> App {
     logs();
     let store = MemoryStore::new();
     let usage = UsageRecorder::new(store.clone());
-    let auth = Authenticator::new(store.clone()).with_usage_recorder(usage.clone());
+    let auth = Authenticator::builder(store.clone())
+        .usage_recorder(usage.clone())
+        .build();
     // An operator console: every account, the service's scopes and unscoped keys.
-    let api = ManagementApi::new(store.clone(), &auth)
-        .with_account_access(AccountAccess::any_account())
-        .with_grantable_scopes([TRANSLATE, "yc.ai.read"])
+    let api = ManagementApi::builder(store.clone(), &auth)
+        .account_access(AccountAccess::any_account())
+        .grantable_scopes([TRANSLATE, "yc.ai.read"])
         .allow_unscoped_keys();
     let app = Router::new()
         .route(
@@ -98,7 +100,7 @@ async fn app(configure: impl FnOnce(ManagementApi) -> ManagementApi) -> App {
             get(|caller: Caller| async move { caller.key_id().to_string() })
                 .route_layer(auth.any_valid_key()),
         )
-        .nest("/admin", configure(api).into_router());
+        .nest("/admin", configure(api).build());
     let admin = mint(&store, "sa-ops", &[management::DEFAULT_SCOPE]).await;
     App {
         client: Client::new(serve(app).await),
@@ -337,14 +339,18 @@ async fn last_used_at_is_null_before_first_use_and_set_after_a_flush() {
 async fn the_flusher_makes_last_used_at_visible_within_an_interval() {
     logs();
     let store = MemoryStore::new();
-    let usage = UsageRecorder::new(store.clone()).with_flush_interval(Duration::from_millis(50));
-    let auth = Authenticator::new(store.clone()).with_usage_recorder(usage.clone());
+    let usage = UsageRecorder::builder(store.clone())
+        .flush_interval(Duration::from_millis(50))
+        .build();
+    let auth = Authenticator::builder(store.clone())
+        .usage_recorder(usage.clone())
+        .build();
     let flusher = usage.spawn_flusher();
     let app = Router::new().nest(
         "/admin",
-        ManagementApi::new(store.clone(), &auth)
-            .with_account_access(AccountAccess::any_account())
-            .into_router(),
+        ManagementApi::builder(store.clone(), &auth)
+            .account_access(AccountAccess::any_account())
+            .build(),
     );
     let client = Client::new(serve(app).await);
     let admin = mint(&store, "sa-ops", &[management::DEFAULT_SCOPE]).await;
@@ -435,7 +441,7 @@ async fn listing_is_paged() {
 
 #[tokio::test]
 async fn bad_input_gets_400_or_404_and_changes_nothing() {
-    let app = app(|api| api.with_body_limit(4 * 1024)).await;
+    let app = app(|api| api.body_limit(4 * 1024)).await;
     let victim = mint(&app.store, "sa-1", &[TRANSLATE]).await;
     let id = victim[4..20].to_owned();
     let unknown = "0123456789abcdef";
@@ -713,13 +719,14 @@ async fn a_custom_account_rule_decides() {
     logs();
     let store = MemoryStore::new();
     let auth = Authenticator::new(store.clone());
-    let api = ManagementApi::new(store.clone(), &auth)
-        .with_scopes(["team.keys.admin"])
-        .with_account_access(AccountAccess::custom(|caller, account| {
+    let api = ManagementApi::builder(store.clone(), &auth)
+        .scopes(["team.keys.admin"])
+        .account_access(AccountAccess::custom(|caller, account| {
             account.starts_with(&format!("{}-", caller.service_account_id()))
         }))
-        .allow_unscoped_keys();
-    let client = Client::new(serve(Router::new().nest("/m", api.into_router())).await);
+        .allow_unscoped_keys()
+        .build();
+    let client = Client::new(serve(Router::new().nest("/m", api)).await);
     let lead = mint(&store, "team-x", &["team.keys.admin"]).await;
     let default_scope = mint(&store, "team-x", &[management::DEFAULT_SCOPE]).await;
     let body = |account: &str| Some(json!({"service_account_id": account}));
@@ -761,14 +768,15 @@ async fn delete_reaches_the_cache_even_when_the_verifier_is_not_the_store() {
     // A verifier over the store that publishes no invalidations: only the
     // router's own cache invalidation can make the delete take effect at once.
     let lookup = store.clone();
-    let auth = Authenticator::new(move |key: PresentedKey| {
+    let auth = Authenticator::builder(move |key: PresentedKey| {
         let store = lookup.clone();
         async move {
             use tower_api_key::Verifier;
             store.verify(&key).await
         }
     })
-    .with_positive_ttl(Duration::from_secs(3600));
+    .positive_ttl(Duration::from_secs(3600))
+    .build();
     let app = Router::new()
         .route(
             "/whoami",
@@ -777,9 +785,9 @@ async fn delete_reaches_the_cache_even_when_the_verifier_is_not_the_store() {
         )
         .nest(
             "/admin",
-            ManagementApi::new(store.clone(), &auth)
-                .with_account_access(AccountAccess::any_account())
-                .into_router(),
+            ManagementApi::builder(store.clone(), &auth)
+                .account_access(AccountAccess::any_account())
+                .build(),
         );
     let client = Client::new(serve(app).await);
     let admin = mint(&store, "sa-ops", &[management::DEFAULT_SCOPE]).await;

@@ -102,10 +102,10 @@ async fn counters_move_by_the_expected_amounts() {
         )
         .nest(
             "/admin",
-            ManagementApi::new(store.clone(), &auth)
-                .with_account_access(AccountAccess::any_account())
-                .with_grantable_scopes([TRANSLATE])
-                .into_router(),
+            ManagementApi::builder(store.clone(), &auth)
+                .account_access(AccountAccess::any_account())
+                .grantable_scopes([TRANSLATE])
+                .build(),
         );
     let client = Client::new(serve(app).await);
     let translator = mint(&store, "sa-1", &[TRANSLATE]).await;

@@ -1542,7 +1542,9 @@ async fn through_the_middleware_an_outage_is_503_and_uses_are_written_behind() {
         .await
         .unwrap();
     let usage = UsageRecorder::new(store.clone());
-    let auth = Authenticator::new(store.clone()).with_usage_recorder(usage.clone());
+    let auth = Authenticator::builder(store.clone())
+        .usage_recorder(usage.clone())
+        .build();
     let app = Router::new().route(
         "/whoami",
         get(|caller: Caller| async move { caller.key_id().to_string() })

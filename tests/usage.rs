@@ -188,7 +188,9 @@ async fn a_failed_flush_loses_nothing_and_time_never_moves_back() {
 #[tokio::test(start_paused = true)]
 async fn the_flusher_writes_each_interval_and_once_more_on_shutdown() {
     let s = setup();
-    let usage = s.usage.clone().with_flush_interval(Duration::from_secs(2));
+    let usage = UsageRecorder::builder(s.store.clone())
+        .flush_interval(Duration::from_secs(2))
+        .build();
     let cache = CachedVerifier::new(
         s.store.clone(),
         CacheConfig::default()

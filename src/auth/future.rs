@@ -9,10 +9,11 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::authenticator::{Attempt, Authenticator, Lookup};
+use super::authenticator::Authenticator;
 use super::body::ResponseBody;
+use super::decide::{self, Attempt, Lookup};
 use super::policy::RoutePolicy;
-use super::rejection::is_grpc;
+use super::service::admit;
 use crate::cache::LookupError;
 use crate::key::PresentedKey;
 use crate::record::Caller;
@@ -38,8 +39,13 @@ pin_project! {
         },
         Inner { #[pin] future: F },
         Rejected { response: Option<Response<Bytes>> },
+        // Between the lookup's answer and the next state; seen by a poll
+        // only if the inner service's `call` panicked.
+        Done,
     }
 }
+
+const POLLED_AFTER_COMPLETION: &str = "`ResponseFuture` polled after completion";
 
 struct Pending<S, ReqBody> {
     auth: Authenticator,
@@ -101,26 +107,24 @@ where
             match state.as_mut().project() {
                 StateProj::Authenticating { lookup, pending } => {
                     let (key, result) = ready!(lookup.as_mut().poll(cx));
-                    let Some(Pending {
+                    let Pending {
                         auth,
                         attempt,
                         policy,
                         mut service,
                         mut request,
-                    }) = pending.take()
-                    else {
-                        // Only reachable if polled after a panic in `call` below.
-                        return Poll::Pending;
-                    };
-                    match auth.complete(&*policy, &mut request, &key, result, attempt) {
-                        Ok(()) => {
+                    } = pending.take().expect(POLLED_AFTER_COMPLETION);
+                    state.set(State::Done);
+                    let s = auth.shared();
+                    match decide::verdict(s, &*policy, &request, &key, result, attempt) {
+                        Ok(caller) => {
                             drop(key);
+                            admit(s, &mut request, caller);
                             let future = service.call(request);
                             state.set(State::Inner { future });
                         }
                         Err(rejection) => {
-                            let grpc = is_grpc(request.headers());
-                            let response = auth.respond(rejection, grpc);
+                            let response = s.respond(rejection, request.headers());
                             state.set(State::Rejected {
                                 response: Some(response),
                             });
@@ -132,11 +136,10 @@ where
                     return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                 }
                 StateProj::Rejected { response } => {
-                    let response = response
-                        .take()
-                        .unwrap_or_else(|| unreachable!("ResponseFuture polled after completion"));
+                    let response = response.take().expect(POLLED_AFTER_COMPLETION);
                     return Poll::Ready(Ok(response.map(ResponseBody::rejection)));
                 }
+                StateProj::Done => panic!("{POLLED_AFTER_COMPLETION}"),
             }
         }
     }

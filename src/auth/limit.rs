@@ -33,7 +33,7 @@
 //! Clients are told apart by a function of the request (default: the peer
 //! address from axum's `ConnectInfo<SocketAddr>`, IPv6 grouped by /64).
 //! **Behind a proxy** every request comes from the proxy's address: use
-//! [`FailedAttemptLimit::with_client_id`] to read the address the proxy
+//! [`FailedAttemptLimitBuilder::client_id`] to read the address the proxy
 //! appends (e.g. the last entry of `X-Forwarded-For` written by your own
 //! proxy; never the first, which the client controls). Without a client id a
 //! request is not limited: the first such request logs a warning, once per
@@ -49,8 +49,9 @@
 //! use tower_api_key::auth::{Authenticator, FailedAttemptLimit};
 //! use tower_api_key::store::MemoryStore;
 //!
-//! let auth = Authenticator::new(MemoryStore::new())
-//!     .with_failed_attempt_limit(FailedAttemptLimit::new(30, Duration::from_secs(60)));
+//! let auth = Authenticator::builder(MemoryStore::new())
+//!     .failed_attempt_limit(FailedAttemptLimit::new(30, Duration::from_secs(60)))
+//!     .build();
 //! ```
 
 use std::fmt;
@@ -96,49 +97,37 @@ struct Bucket {
 
 impl FailedAttemptLimit {
     /// At most `max_failures` failed attempts per client within `window`,
-    /// tracking up to 100,000 clients.
+    /// clients told apart by [`peer_address`], tracking up to 100,000
+    /// clients: [`FailedAttemptLimit::builder`]`(max_failures, window).build()`.
     ///
     /// # Panics
     ///
     /// If `max_failures` is 0 or `window` is zero: a configuration error.
     pub fn new(max_failures: u32, window: Duration) -> Self {
+        Self::builder(max_failures, window).build()
+    }
+
+    /// The settings of a limit of `max_failures` failed attempts per client
+    /// within `window`, to [build](FailedAttemptLimitBuilder::build) once.
+    ///
+    /// # Panics
+    ///
+    /// If `max_failures` is 0 or `window` is zero: a configuration error,
+    /// reported where it is made.
+    pub fn builder(max_failures: u32, window: Duration) -> FailedAttemptLimitBuilder {
         assert!(max_failures > 0, "max_failures must be at least 1");
         assert!(!window.is_zero(), "the window must be longer than zero");
-        Self {
+        FailedAttemptLimitBuilder {
             max_failures,
             window,
             client_id: Arc::new(peer_address),
-            clients: Self::clients(100_000, window),
-            warned_no_client: Arc::new(AtomicBool::new(false)),
+            max_clients: 100_000,
         }
-    }
-
-    fn clients(max: u64, window: Duration) -> moka::sync::Cache<IpAddr, Arc<Mutex<Bucket>>> {
-        moka::sync::Cache::builder()
-            .max_capacity(max)
-            // A bucket idle for a whole window is full again: forgetting it changes nothing.
-            .time_to_idle(window)
-            .build()
-    }
-
-    /// Tell clients apart with `client_id` instead of the peer address.
-    pub fn with_client_id<F>(mut self, client_id: F) -> Self
-    where
-        F: Fn(&HeaderMap, &Extensions) -> Option<IpAddr> + Send + Sync + 'static,
-    {
-        self.client_id = Arc::new(client_id);
-        self
-    }
-
-    /// How many clients are tracked at most (default 100,000).
-    pub fn with_max_clients(mut self, max: u64) -> Self {
-        self.clients = Self::clients(max, self.window);
-        self
     }
 
     /// How many clients are tracked now, after running the bounded map's
     /// pending evictions (for tests and memory checks; never above
-    /// [`FailedAttemptLimit::with_max_clients`]).
+    /// [`FailedAttemptLimitBuilder::max_clients`]).
     pub fn tracked_clients(&self) -> u64 {
         self.clients.run_pending_tasks();
         self.clients.entry_count()
@@ -157,7 +146,7 @@ impl FailedAttemptLimit {
             tracing::warn!(
                 "failed-attempt limit is on, but a request has no client address, so it is \
                  not limited; serve with `into_make_service_with_connect_info::<SocketAddr>()` \
-                 or set `FailedAttemptLimit::with_client_id` (logged once)"
+                 or set one with `FailedAttemptLimit::builder(..).client_id(..)` (logged once)"
             );
         }
         client
@@ -224,6 +213,59 @@ impl FailedAttemptLimit {
             let mut bucket = bucket.lock().unwrap_or_else(|e| e.into_inner());
             self.refill(&mut bucket, Instant::now());
             bucket.tokens = (bucket.tokens + 1.0).min(self.max_failures as f64);
+        }
+    }
+}
+
+/// Settings of a [`FailedAttemptLimit`], made by
+/// [`FailedAttemptLimit::builder`]; [`build`](FailedAttemptLimitBuilder::build)
+/// creates the bounded map of clients, once.
+#[must_use = "a FailedAttemptLimitBuilder does nothing until `.build()`"]
+pub struct FailedAttemptLimitBuilder {
+    max_failures: u32,
+    window: Duration,
+    client_id: Arc<ClientIdFn>,
+    max_clients: u64,
+}
+
+impl fmt::Debug for FailedAttemptLimitBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailedAttemptLimitBuilder")
+            .field("max_failures", &self.max_failures)
+            .field("window", &self.window)
+            .field("max_clients", &self.max_clients)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FailedAttemptLimitBuilder {
+    /// Tell clients apart with `client_id` instead of [`peer_address`].
+    pub fn client_id<F>(mut self, client_id: F) -> Self
+    where
+        F: Fn(&HeaderMap, &Extensions) -> Option<IpAddr> + Send + Sync + 'static,
+    {
+        self.client_id = Arc::new(client_id);
+        self
+    }
+
+    /// How many clients are tracked at most (default 100,000).
+    pub fn max_clients(mut self, max: u64) -> Self {
+        self.max_clients = max;
+        self
+    }
+
+    /// The limit, with its map of clients. Clones of it share that map.
+    pub fn build(self) -> FailedAttemptLimit {
+        FailedAttemptLimit {
+            max_failures: self.max_failures,
+            window: self.window,
+            client_id: self.client_id,
+            clients: moka::sync::Cache::builder()
+                .max_capacity(self.max_clients)
+                // A bucket idle for a whole window is full again: forgetting it changes nothing.
+                .time_to_idle(self.window)
+                .build(),
+            warned_no_client: Arc::new(AtomicBool::new(false)),
         }
     }
 }

@@ -16,9 +16,10 @@
 //! }
 //!
 //! let store = MemoryStore::new();
-//! let auth = Authenticator::new(store.clone())
-//!     .with_positive_ttl(Duration::from_secs(60))
-//!     .with_negative_ttl(Duration::from_secs(5));
+//! let auth = Authenticator::builder(store.clone())
+//!     .positive_ttl(Duration::from_secs(60))
+//!     .negative_ttl(Duration::from_secs(5))
+//!     .build();
 //!
 //! let app: Router = Router::new()
 //!     .route("/v1/translate", post(translate)
@@ -49,6 +50,8 @@
 
 mod authenticator;
 mod body;
+mod builder;
+mod decide;
 mod extract;
 mod future;
 pub mod grpc;
@@ -65,10 +68,15 @@ pub use authenticator::Authenticator;
 #[cfg(feature = "axum")]
 pub use axum::MissingCaller;
 pub use body::ResponseBody;
+pub use builder::AuthenticatorBuilder;
 pub use future::ResponseFuture;
 pub use grpc::{MethodPolicies, MethodPoliciesBuilder, MethodPolicyError};
 pub use layer::ApiKeyLayer;
-pub use limit::FailedAttemptLimit;
+pub use limit::{FailedAttemptLimit, FailedAttemptLimitBuilder};
 pub use policy::RoutePolicy;
 pub use rejection::{JsonRejection, Reason, Rejection, RejectionResponder};
 pub use service::ApiKeyService;
+
+/// The `tracing` target of every authentication outcome, whichever module
+/// decides or answers it, so one filter directive covers them all.
+const LOG_TARGET: &str = "tower_api_key::auth";

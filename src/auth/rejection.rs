@@ -23,13 +23,15 @@
 //! use tower_api_key::auth::{Authenticator, Rejection};
 //! use tower_api_key::store::MemoryStore;
 //!
-//! let auth = Authenticator::new(MemoryStore::new()).with_rejection_responder(|r: &Rejection| {
-//!     Response::builder()
-//!         .status(r.status())
-//!         .header(header::CONTENT_TYPE, "text/plain")
-//!         .body(Bytes::from_static(b"no entry"))
-//!         .unwrap()
-//! });
+//! let auth = Authenticator::builder(MemoryStore::new())
+//!     .rejection_responder(|r: &Rejection| {
+//!         Response::builder()
+//!             .status(r.status())
+//!             .header(header::CONTENT_TYPE, "text/plain")
+//!             .body(Bytes::from_static(b"no entry"))
+//!             .unwrap()
+//!     })
+//!     .build();
 //! ```
 
 use std::fmt;
@@ -39,8 +41,10 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
+use super::LOG_TARGET;
 use crate::key::KeyId;
 use crate::scope::ScopeSet;
+use crate::telemetry;
 
 /// Why a request was refused. Finer than the response, which does not tell
 /// the 401 reasons apart; use it for logs and metrics.
@@ -266,8 +270,31 @@ pub(crate) fn www_authenticate(realm: &str, rejection: &Rejection) -> Option<Hea
     HeaderValue::from_str(&value).ok()
 }
 
+/// The response to a refused request, HTTP or gRPC after the request's
+/// `content-type`; logs the rejection and counts it. Every rejection of the
+/// middleware ends here, so each is logged and counted exactly once.
+pub(crate) fn respond(
+    rejection: Rejection,
+    request: &http::HeaderMap,
+    responder: &dyn RejectionResponder,
+    realm: &str,
+) -> Response<Bytes> {
+    telemetry::outcome(rejection.reason.as_str());
+    match rejection.key_id {
+        Some(id) => {
+            tracing::debug!(target: LOG_TARGET, reason = %rejection.reason, key_id = %id, "api key rejected")
+        }
+        None => tracing::debug!(target: LOG_TARGET, reason = %rejection.reason, "api key rejected"),
+    }
+    if is_grpc(request) {
+        grpc_response(rejection)
+    } else {
+        http_response(responder, realm, rejection)
+    }
+}
+
 /// The HTTP response: the responder's, completed with the mandatory headers.
-pub(crate) fn http_response(
+fn http_response(
     responder: &dyn RejectionResponder,
     realm: &str,
     rejection: Rejection,
@@ -295,7 +322,7 @@ pub(crate) fn http_response(
 /// `application/grpc+<codec>` (parameters allowed; the media type compared
 /// case-insensitively). gRPC-Web (`application/grpc-web*`) is not gRPC here:
 /// it gets the HTTP responses.
-pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
+fn is_grpc(headers: &http::HeaderMap) -> bool {
     const GRPC: &[u8] = b"application/grpc";
     headers
         .get(CONTENT_TYPE)
@@ -336,7 +363,7 @@ fn grpc_percent_encode(message: &str) -> String {
 /// HTTP 200, `content-type: application/grpc`, `grpc-status` and a
 /// percent-encoded `grpc-message` in the headers, and an empty body (so the
 /// headers frame ends the stream). Adds `Cache-Control: no-store`.
-pub(crate) fn grpc_response(rejection: Rejection) -> Response<Bytes> {
+fn grpc_response(rejection: Rejection) -> Response<Bytes> {
     let code = rejection.reason.grpc_code();
     let mut response = Response::new(Bytes::new());
     let headers = response.headers_mut();

@@ -2,14 +2,15 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use tower_service::Service;
 
-use super::authenticator::{Authenticator, Begin};
+use super::authenticator::{Authenticator, Shared};
 use super::body::ResponseBody;
+use super::decide::{self, Precheck};
 use super::future::ResponseFuture;
 use super::policy::RoutePolicy;
-use super::rejection::is_grpc;
 use crate::record::Caller;
 
 /// Middleware that authenticates every request by its API key, enforces the
@@ -37,6 +38,16 @@ impl<S> ApiKeyService<S> {
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S: fmt::Debug> fmt::Debug for ApiKeyService<S> {
@@ -48,10 +59,27 @@ impl<S: fmt::Debug> fmt::Debug for ApiKeyService<S> {
     }
 }
 
+/// Applies an admitting verdict: the credential headers become sensitive
+/// (kept out of logs further in) and the caller goes into the extensions.
+pub(super) fn admit<B>(s: &Shared, request: &mut Request<B>, caller: Caller) {
+    let headers = request.headers_mut();
+    if let Some(value) = headers.get_mut(AUTHORIZATION) {
+        value.set_sensitive(true);
+    }
+    if let Some(name) = &s.extra_header {
+        if let Some(value) = headers.get_mut(name) {
+            value.set_sensitive(true);
+        }
+    }
+    request.extensions_mut().insert(caller);
+}
+
+// `Clone` only because a miss moves the ready service into the future and
+// leaves a clone behind; nothing else is asked of `S` or the body here (the
+// future is `Send` exactly when they are).
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ApiKeyService<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    ReqBody: Send + 'static,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
@@ -64,47 +92,39 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         // Only this layer may say who the caller is.
         request.extensions_mut().remove::<Caller>();
-        match self.auth.begin(&request) {
-            Begin::PassThrough => ResponseFuture::inner(self.inner.call(request)),
-            Begin::Reject(rejection) => {
-                let grpc = is_grpc(request.headers());
-                ResponseFuture::rejected(self.auth.respond(self.auth.logged(rejection), grpc))
+        let s = self.auth.shared();
+        let (key, attempt) = match decide::precheck(s, &request) {
+            Precheck::PassThrough => return ResponseFuture::inner(self.inner.call(request)),
+            Precheck::Reject(rejection) => {
+                return ResponseFuture::rejected(s.respond(rejection, request.headers()))
             }
-            Begin::Lookup(key, attempt) => {
-                // Hot path: a cached answer needs no future and no clone of the inner service.
-                if let Some(answer) = self.auth.cache().lookup_cached(&key) {
-                    return match self.auth.complete(
-                        &*self.policy,
-                        &mut request,
-                        &key,
-                        answer,
-                        attempt,
-                    ) {
-                        Ok(()) => ResponseFuture::inner(self.inner.call(request)),
-                        Err(rejection) => {
-                            let grpc = is_grpc(request.headers());
-                            ResponseFuture::rejected(self.auth.respond(rejection, grpc))
-                        }
-                    };
+            Precheck::Lookup(key, attempt) => (key, attempt),
+        };
+        // Hot path: a cached answer needs no future and no clone of the inner service.
+        if let Some(answer) = s.cache.lookup_cached(&key) {
+            return match decide::verdict(s, &*self.policy, &request, &key, answer, attempt) {
+                Ok(caller) => {
+                    admit(s, &mut request, caller);
+                    ResponseFuture::inner(self.inner.call(request))
                 }
-                let lookup = match self.auth.lookup(key, attempt) {
-                    Ok(lookup) => lookup,
-                    Err(rejection) => {
-                        let grpc = is_grpc(request.headers());
-                        return ResponseFuture::rejected(self.auth.respond(rejection, grpc));
-                    }
-                };
-                // The ready service goes with the request; a clone stays for the next call.
-                let clone = self.inner.clone();
-                let ready = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::authenticating(
-                    self.auth.clone(),
-                    self.policy.clone(),
-                    lookup,
-                    ready,
-                    request,
-                )
-            }
+                Err(rejection) => ResponseFuture::rejected(s.respond(rejection, request.headers())),
+            };
         }
+        let lookup = match decide::lookup(s, key, attempt) {
+            Ok(lookup) => lookup,
+            Err(rejection) => {
+                return ResponseFuture::rejected(s.respond(rejection, request.headers()))
+            }
+        };
+        // The ready service goes with the request; a clone stays for the next call.
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::authenticating(
+            self.auth.clone(),
+            self.policy.clone(),
+            lookup,
+            ready,
+            request,
+        )
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Mount it under a prefix of your choice. It is protected by the crate's own
 //! layer: every route requires a key holding the management scope,
-//! [`DEFAULT_SCOPE`] (`apikeys.manage`) unless [`ManagementApi::with_scopes`]
+//! [`DEFAULT_SCOPE`] (`apikeys.manage`) unless [`ManagementApiBuilder::scopes`]
 //! names others.
 //!
 //! ```
@@ -23,11 +23,11 @@
 //! // ...or an operator console manages every account's keys:
 //! let console: Router = Router::new().nest(
 //!     "/admin",
-//!     ManagementApi::new(store.clone(), &auth)
-//!         .with_account_access(AccountAccess::any_account())
+//!     ManagementApi::builder(store.clone(), &auth)
+//!         .account_access(AccountAccess::any_account())
 //!         // What its managers may hand out besides the scopes they hold.
-//!         .with_grantable_scopes(["yc.ai.translate.execute"])
-//!         .into_router(),
+//!         .grantable_scopes(["yc.ai.translate.execute"])
+//!         .build(),
 //! );
 //!
 //! // A key that may manage keys: mint the first one out of band.
@@ -122,7 +122,7 @@
 //! | 404 | `not_found` | an unknown or deleted key id, a key of an account the caller may not manage, an unknown `:method` |
 //! | 405 | `method_not_allowed` | `GET /keys/{id}:reissue` and the like; `Allow` says what works |
 //! | 409 | `key_limit_reached` | `POST /keys` when the service account already holds the store's most keys (1,000 by default, counting expired keys); delete unused keys first |
-//! | 413 | `payload_too_large` | a body over the limit (64 KiB by default, [`ManagementApi::with_body_limit`]) |
+//! | 413 | `payload_too_large` | a body over the limit (64 KiB by default, [`ManagementApiBuilder::body_limit`]) |
 //! | 415 | `unsupported_media_type` | a body without `content-type: application/json` |
 //! | 503 | `unavailable` | the key store failed; the details go to the log, not the response |
 //!
@@ -161,10 +161,10 @@
 //!   itself), and may reissue an unscoped key only if it could create one.
 //!
 //! The operator widens this explicitly on the router:
-//! [`ManagementApi::with_grantable_scopes`] (scopes any manager may hand
+//! [`ManagementApiBuilder::grantable_scopes`] (scopes any manager may hand
 //! out; the only way to hand out a management scope is to name it here),
-//! [`ManagementApi::allow_unscoped_keys`], and
-//! [`ManagementApi::with_grant_rule`] (a predicate over the caller and the
+//! [`ManagementApiBuilder::allow_unscoped_keys`], and
+//! [`ManagementApiBuilder::grant_rule`] (a predicate over the caller and the
 //! scopes the key would hold, asked about whatever the rest refuses).
 //! Anything else is refused with 403 `permission_denied` naming the scopes
 //! that may not be given, before the store is touched.
@@ -195,7 +195,7 @@ use crate::store::KeyStore;
 use grant::Grants;
 
 /// The scope a key needs to use the management API, unless
-/// [`ManagementApi::with_scopes`] says otherwise.
+/// [`ManagementApiBuilder::scopes`] says otherwise.
 pub const DEFAULT_SCOPE: &str = "apikeys.manage";
 
 /// The largest request body accepted by default: 64 KiB, room for 100 scopes
@@ -206,10 +206,10 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 /// caller managing only its own service account's keys, bodies up to
 /// [`DEFAULT_BODY_LIMIT`]. See the [module docs](self).
 ///
-/// Build it from the same authenticator the rest of the app uses, after
-/// configuring it, so that deletes reach the cache every route checks.
+/// Give it the authenticator the rest of the app uses (or a clone: clones
+/// share one cache), so that deletes reach the cache every route checks.
 pub fn router(store: impl KeyStore, auth: &Authenticator) -> Router {
-    ManagementApi::new(store, auth).into_router()
+    ManagementApi::builder(store, auth).build()
 }
 
 /// Which service accounts' keys a management caller may manage; see the
@@ -268,41 +268,28 @@ impl fmt::Debug for AccountAccess {
     }
 }
 
-/// Settings of the management router; [`router`] is this with the defaults.
-#[must_use]
-pub struct ManagementApi {
-    store: Arc<dyn KeyStore>,
-    auth: Authenticator,
-    policy: ScopePolicy,
-    access: AccountAccess,
-    grants: Grants,
-    body_limit: usize,
-}
-
-impl fmt::Debug for ManagementApi {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ManagementApi")
-            .field("scopes", &self.policy.required())
-            .field("access", &self.access)
-            .field("grants", &self.grants)
-            .field("body_limit", &self.body_limit)
-            .finish_non_exhaustive()
-    }
-}
+/// Not a value: where [`ManagementApi::builder`] lives. The management API
+/// is a [`Router`], configured by a [`ManagementApiBuilder`].
+#[derive(Debug)]
+pub enum ManagementApi {}
 
 impl ManagementApi {
-    /// The API over `store`, protected by layers of `auth`.
-    pub fn new(store: impl KeyStore, auth: &Authenticator) -> Self {
-        Self::from_arc(Arc::new(store), auth)
+    /// The settings of the API over `store`, protected by layers of `auth`,
+    /// to [build](ManagementApiBuilder::build) into a router.
+    pub fn builder(store: impl KeyStore, auth: &Authenticator) -> ManagementApiBuilder {
+        Self::builder_from_arc(Arc::new(store), auth)
     }
 
-    /// [`ManagementApi::new`] for a store that is already shared.
-    pub fn from_arc(store: Arc<dyn KeyStore>, auth: &Authenticator) -> Self {
+    /// [`ManagementApi::builder`] for a store that is already shared.
+    pub fn builder_from_arc(
+        store: Arc<dyn KeyStore>,
+        auth: &Authenticator,
+    ) -> ManagementApiBuilder {
         let policy = match ScopePolicy::require_any([DEFAULT_SCOPE]) {
             Ok(policy) => policy,
             Err(_) => unreachable!("the default management scope is valid"),
         };
-        Self {
+        ManagementApiBuilder {
             store,
             auth: auth.clone(),
             policy,
@@ -311,28 +298,53 @@ impl ManagementApi {
             body_limit: DEFAULT_BODY_LIMIT,
         }
     }
+}
 
+/// Settings of the management router, made by [`ManagementApi::builder`];
+/// [`router`] is this with the defaults.
+#[must_use = "a ManagementApiBuilder does nothing until `.build()`"]
+pub struct ManagementApiBuilder {
+    store: Arc<dyn KeyStore>,
+    auth: Authenticator,
+    policy: ScopePolicy,
+    access: AccountAccess,
+    grants: Grants,
+    body_limit: usize,
+}
+
+impl fmt::Debug for ManagementApiBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManagementApiBuilder")
+            .field("scopes", &self.policy.required())
+            .field("access", &self.access)
+            .field("grants", &self.grants)
+            .field("body_limit", &self.body_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ManagementApiBuilder {
     /// Keys holding any of `scopes` may use the API (default:
     /// [`DEFAULT_SCOPE`] alone).
     ///
     /// # Panics
     ///
     /// If a name is invalid or `scopes` is empty; see
-    /// [`ManagementApi::try_with_scopes`] for scopes read from configuration.
-    pub fn with_scopes<I, S>(self, scopes: I) -> Self
+    /// [`ManagementApiBuilder::try_scopes`] for scopes read from configuration.
+    pub fn scopes<I, S>(self, scopes: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: TryInto<Scope>,
         ScopeError: From<S::Error>,
     {
-        match self.try_with_scopes(scopes) {
+        match self.try_scopes(scopes) {
             Ok(api) => api,
             Err(e) => panic!("invalid management scopes: {e}"),
         }
     }
 
-    /// [`ManagementApi::with_scopes`], returning invalid scopes as an error.
-    pub fn try_with_scopes<I, S>(mut self, scopes: I) -> Result<Self, ScopeError>
+    /// [`ManagementApiBuilder::scopes`], returning invalid scopes as an error.
+    pub fn try_scopes<I, S>(mut self, scopes: I) -> Result<Self, ScopeError>
     where
         I: IntoIterator<Item = S>,
         S: TryInto<Scope>,
@@ -343,36 +355,36 @@ impl ManagementApi {
     }
 
     /// Which accounts' keys a caller may manage (default: its own).
-    pub fn with_account_access(mut self, access: AccountAccess) -> Self {
+    pub fn account_access(mut self, access: AccountAccess) -> Self {
         self.access = access;
         self
     }
 
     /// Scopes any caller of this router may give keys, whether or not its
     /// own key holds them (default: none; a caller gives only scopes it
-    /// holds). See [who may grant what](self#who-may-grant-what).
+    /// holds). See [who may grant what](self#who-may-grant-what). Calls add up.
     ///
     /// This is the only way to let managers hand out a management scope:
     /// name it here.
     ///
     /// # Panics
     ///
-    /// If a name is invalid; see [`ManagementApi::try_with_grantable_scopes`].
-    pub fn with_grantable_scopes<I, S>(self, scopes: I) -> Self
+    /// If a name is invalid; see [`ManagementApiBuilder::try_grantable_scopes`].
+    pub fn grantable_scopes<I, S>(self, scopes: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: TryInto<Scope>,
         ScopeError: From<S::Error>,
     {
-        match self.try_with_grantable_scopes(scopes) {
+        match self.try_grantable_scopes(scopes) {
             Ok(api) => api,
             Err(e) => panic!("invalid grantable scopes: {e}"),
         }
     }
 
-    /// [`ManagementApi::with_grantable_scopes`], returning invalid scopes as
-    /// an error.
-    pub fn try_with_grantable_scopes<I, S>(mut self, scopes: I) -> Result<Self, ScopeError>
+    /// [`ManagementApiBuilder::grantable_scopes`], returning invalid scopes
+    /// as an error.
+    pub fn try_grantable_scopes<I, S>(mut self, scopes: I) -> Result<Self, ScopeError>
     where
         I: IntoIterator<Item = S>,
         S: TryInto<Scope>,
@@ -401,7 +413,7 @@ impl ManagementApi {
     /// `allows(caller, scopes)` sees the scopes the key would hold once the
     /// request is done (empty: unscoped) and says whether to allow it. It
     /// can only widen what callers may give, never narrow it.
-    pub fn with_grant_rule(
+    pub fn grant_rule(
         mut self,
         allows: impl Fn(&Caller, &ScopeSet) -> bool + Send + Sync + 'static,
     ) -> Self {
@@ -411,13 +423,14 @@ impl ManagementApi {
 
     /// The largest request body, in bytes (default [`DEFAULT_BODY_LIMIT`]);
     /// larger ones get 413.
-    pub fn with_body_limit(mut self, bytes: usize) -> Self {
+    pub fn body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes;
         self
     }
 
-    /// The router, to mount with [`Router::nest`].
-    pub fn into_router(self) -> Router {
+    /// The router, to mount with [`Router::nest`]. Named `build` like every
+    /// builder of the crate; what it builds is a plain [`Router`].
+    pub fn build(self) -> Router {
         let managing = self.policy.required().cloned().unwrap_or_default();
         let ctx = routes::Ctx {
             store: self.store,

@@ -224,7 +224,11 @@ fn harness() -> &'static Harness {
                 )
         };
         let plain = router(&auth);
-        let with_extra = router(&auth.clone().with_api_key_header(X_API_KEY));
+        let with_extra = router(
+            &Authenticator::builder(store.clone())
+                .api_key_header(X_API_KEY)
+                .build(),
+        );
         Harness {
             runtime,
             plain,

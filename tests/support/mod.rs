@@ -18,7 +18,7 @@ use http::header::{HeaderName, AUTHORIZATION, CACHE_CONTROL, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
-use tower_api_key::auth::{Reason, Rejection};
+use tower_api_key::auth::{AuthenticatorBuilder, Reason, Rejection};
 use tower_api_key::clock::ManualClock;
 use tower_api_key::invalidation::Invalidations;
 use tower_api_key::key::PresentedKey;
@@ -120,7 +120,7 @@ impl Fixture {
     }
 
     /// The authenticator as `configure` leaves it (the clock is set first).
-    pub fn with(configure: impl FnOnce(Authenticator) -> Authenticator) -> Self {
+    pub fn with(configure: impl FnOnce(AuthenticatorBuilder) -> AuthenticatorBuilder) -> Self {
         let clock = Arc::new(ManualClock::new(
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         ));
@@ -130,7 +130,7 @@ impl Fixture {
             store: store.clone(),
             control: control.clone(),
         };
-        let auth = configure(Authenticator::new(verifier).with_clock(clock.clone()));
+        let auth = configure(Authenticator::builder(verifier).clock(clock.clone())).build();
         Self {
             store,
             clock,

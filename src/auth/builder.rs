@@ -1,0 +1,238 @@
+//! [`AuthenticatorBuilder`]: every setting of an [`Authenticator`], applied
+//! once by [`AuthenticatorBuilder::build`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderName, AUTHORIZATION};
+
+use super::authenticator::{Authenticator, Shared};
+use super::limit::FailedAttemptLimit;
+use super::rejection::{JsonRejection, RejectionResponder};
+use crate::cache::{CacheConfig, CachedVerifier};
+use crate::clock::Clock;
+use crate::key::KeyFormat;
+use crate::usage::UsageRecorder;
+use crate::verifier::Verifier;
+
+/// Settings of an [`Authenticator`], made by [`Authenticator::builder`].
+/// Nothing is built until [`AuthenticatorBuilder::build`], which creates the
+/// one cache every clone of the authenticator, and every layer made from it,
+/// shares. The order of the calls does not matter.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_api_key::{store::MemoryStore, Authenticator};
+///
+/// let auth = Authenticator::builder(MemoryStore::new())
+///     .positive_ttl(Duration::from_secs(60))
+///     .negative_ttl(Duration::from_secs(5))
+///     .realm("translate")
+///     .build();
+/// # drop(auth);
+/// ```
+#[must_use = "an AuthenticatorBuilder does nothing until `.build()`"]
+pub struct AuthenticatorBuilder {
+    verifier: Arc<dyn Verifier>,
+    cache: CacheSettings,
+    format: Option<KeyFormat>,
+    realm: Arc<str>,
+    extra_header: Option<HeaderName>,
+    cors_preflight: bool,
+    responder: Arc<dyn RejectionResponder>,
+    limit: Option<FailedAttemptLimit>,
+}
+
+/// The cache settings as given; [`cache_config`] turns them into the one
+/// [`CacheConfig`] the cache is built with.
+#[derive(Default)]
+struct CacheSettings {
+    base: Option<CacheConfig>,
+    positive_ttl: Option<Duration>,
+    negative_ttl: Option<Duration>,
+    max_keys: Option<u64>,
+    verifier_timeout: Option<Option<Duration>>,
+    clock: Option<Arc<dyn Clock>>,
+    usage: Option<UsageRecorder>,
+}
+
+/// The only place the builder speaks `CacheConfig`'s API: the base (or the
+/// defaults), then each setting given on the builder.
+fn cache_config(settings: CacheSettings) -> CacheConfig {
+    let mut config = settings.base.unwrap_or_default();
+    if let Some(ttl) = settings.positive_ttl {
+        config = config.with_positive_ttl(ttl);
+    }
+    if let Some(ttl) = settings.negative_ttl {
+        config = config.with_negative_ttl(ttl);
+    }
+    if let Some(max) = settings.max_keys {
+        config = config.with_max_keys(max);
+    }
+    if let Some(timeout) = settings.verifier_timeout {
+        config = config.with_verifier_timeout(timeout);
+    }
+    if let Some(clock) = settings.clock {
+        config = config.with_clock(clock);
+    }
+    if let Some(recorder) = settings.usage {
+        config = config.with_usage_recorder(recorder);
+    }
+    config
+}
+
+impl fmt::Debug for AuthenticatorBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthenticatorBuilder")
+            .field("format", &self.format)
+            .field("realm", &self.realm)
+            .field("extra_header", &self.extra_header)
+            .field("cors_preflight", &self.cors_preflight)
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthenticatorBuilder {
+    pub(super) fn new(verifier: Arc<dyn Verifier>) -> Self {
+        Self {
+            verifier,
+            cache: CacheSettings::default(),
+            format: None,
+            realm: Arc::from("api"),
+            extra_header: None,
+            cors_preflight: false,
+            responder: Arc::new(JsonRejection),
+            limit: None,
+        }
+    }
+
+    /// Every cache setting at once (default: [`CacheConfig::default`]). The
+    /// cache settings of this builder (`positive_ttl` and the rest) apply on
+    /// top of it, whichever was called first.
+    pub fn cache_config(mut self, config: CacheConfig) -> Self {
+        self.cache.base = Some(config);
+        self
+    }
+
+    /// See [`CacheConfig::with_positive_ttl`] (default 60 s).
+    pub fn positive_ttl(mut self, ttl: Duration) -> Self {
+        self.cache.positive_ttl = Some(ttl);
+        self
+    }
+
+    /// See [`CacheConfig::with_negative_ttl`] (default 5 s).
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.cache.negative_ttl = Some(ttl);
+        self
+    }
+
+    /// See [`CacheConfig::with_max_keys`] (default 100,000).
+    pub fn max_keys(mut self, max: u64) -> Self {
+        self.cache.max_keys = Some(max);
+        self
+    }
+
+    /// See [`CacheConfig::with_verifier_timeout`] (default 5 s).
+    pub fn verifier_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.cache.verifier_timeout = Some(timeout);
+        self
+    }
+
+    /// See [`CacheConfig::with_clock`] (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.cache.clock = Some(clock);
+        self
+    }
+
+    /// Notes each admitted key's use on `recorder` (see [`crate::usage`]).
+    pub fn usage_recorder(mut self, recorder: UsageRecorder) -> Self {
+        self.cache.usage = Some(recorder);
+        self
+    }
+
+    /// The key format to accept (default: the verifier's, else prefix `tak`).
+    pub fn key_format(mut self, format: KeyFormat) -> Self {
+        self.format = Some(format);
+        self
+    }
+
+    /// The realm in `WWW-Authenticate` (default `api`).
+    ///
+    /// # Panics
+    ///
+    /// If `realm` is empty or has characters other than visible ASCII
+    /// without `"` and `\`: a configuration error, found at start-up.
+    pub fn realm(mut self, realm: &str) -> Self {
+        let valid = !realm.is_empty()
+            && realm
+                .bytes()
+                .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
+        assert!(
+            valid,
+            "api key realm must be visible ASCII without quotes or backslashes"
+        );
+        self.realm = Arc::from(realm);
+        self
+    }
+
+    /// Also accept the bare key in this header (for example `x-api-key`), for
+    /// clients that cannot set `Authorization`. Off by default. A request
+    /// carrying both headers is refused.
+    ///
+    /// # Panics
+    ///
+    /// If `name` is `Authorization`, which is always read.
+    pub fn api_key_header(mut self, name: HeaderName) -> Self {
+        assert!(
+            name != AUTHORIZATION,
+            "the extra api key header cannot be Authorization"
+        );
+        self.extra_header = Some(name);
+        self
+    }
+
+    /// Let CORS preflight requests (`OPTIONS` with
+    /// `Access-Control-Request-Method`) through unauthenticated, so browsers
+    /// can ask before sending the key. Off by default; a plain `OPTIONS` is
+    /// still authenticated. The preflight reaches the route with no `Caller`:
+    /// answer it with a CORS layer outside this one (for example
+    /// tower-http's `CorsLayer`), not in a handler that extracts `Caller`.
+    pub fn cors_preflight(mut self, allow: bool) -> Self {
+        self.cors_preflight = allow;
+        self
+    }
+
+    /// Refuses clients that keep presenting bad keys (off by default); see
+    /// [`crate::auth::limit`].
+    pub fn failed_attempt_limit(mut self, limit: FailedAttemptLimit) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Replaces the HTTP rejection bodies (default: [`JsonRejection`]).
+    pub fn rejection_responder(mut self, responder: impl RejectionResponder) -> Self {
+        self.responder = Arc::new(responder);
+        self
+    }
+
+    /// The authenticator: builds its cache (and subscribes it to the
+    /// verifier's invalidations) here, once.
+    pub fn build(self) -> Authenticator {
+        let format = self
+            .format
+            .or_else(|| self.verifier.key_format())
+            .unwrap_or_default();
+        let cache = CachedVerifier::from_arc(self.verifier, cache_config(self.cache));
+        Authenticator::from_shared(Shared {
+            cache,
+            format,
+            realm: self.realm,
+            extra_header: self.extra_header,
+            cors_preflight: self.cors_preflight,
+            responder: self.responder,
+            limit: self.limit,
+        })
+    }
+}

@@ -1,0 +1,217 @@
+//! The decision, in one place: the pre-check of a request (CORS preflight,
+//! credential, offline parse, failed-attempt limiter), the start of a lookup
+//! the cache could not answer, and the verdict on a looked-up key under the
+//! route's policy. Nothing here builds a response, logs a rejection or
+//! touches the request: [`rejection::respond`](super::rejection::respond)
+//! and the service apply what this decides.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use http::header::ACCESS_CONTROL_REQUEST_METHOD;
+use http::{Method, Request};
+
+use super::authenticator::Shared;
+use super::extract::credential;
+use super::policy::RoutePolicy;
+use super::rejection::{Reason, Rejection};
+use super::LOG_TARGET;
+use crate::cache::LookupError;
+use crate::key::PresentedKey;
+use crate::record::Caller;
+use crate::scope::ScopeDenied;
+use crate::telemetry;
+
+/// What the synchronous pre-check of a request decided.
+pub(crate) enum Precheck {
+    /// Let the request through unauthenticated (CORS preflight).
+    PassThrough,
+    /// Refuse it.
+    Reject(Rejection),
+    /// Look this key up; the request stands thus with the limiter.
+    Lookup(PresentedKey, Attempt),
+}
+
+/// How a request stands with the failed-attempt limiter.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Attempt {
+    /// Not limited: no limiter, or no client id for this request.
+    Unlimited,
+    /// From this client, nothing taken yet: a failure takes one of its
+    /// attempts, or is a 429 if none is left.
+    From(IpAddr),
+    /// This client's attempt was taken before the verifier call this request
+    /// started: a failure keeps it spent (that is the failure counted), a
+    /// valid key or a verifier fault gives it back.
+    Reserved(IpAddr),
+}
+
+/// The lookup of a key the cache could not answer, and how the request then
+/// stands with the limiter.
+pub(crate) struct Lookup {
+    pub(crate) answer: BoxFuture<'static, (PresentedKey, Result<Caller, LookupError>)>,
+    pub(crate) attempt: Attempt,
+}
+
+/// Steps 2 to 4 of the [module docs](super): preflight, exactly one
+/// credential, offline parse, with the limiter's say on each refusal.
+pub(crate) fn precheck<B>(s: &Shared, request: &Request<B>) -> Precheck {
+    if s.cors_preflight
+        && request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        return Precheck::PassThrough;
+    }
+    let attempt = match &s.limit {
+        None => Attempt::Unlimited,
+        Some(limit) => match limit.client(request.headers(), request.extensions()) {
+            Some(client) => Attempt::From(client),
+            None => Attempt::Unlimited,
+        },
+    };
+    // Parsed before the limiter is asked: it is offline and cheap, and a
+    // blocked client's cached valid key must still get through.
+    let raw = match credential(request.headers(), s.extra_header.as_ref()) {
+        Ok(raw) => raw,
+        Err(reason) => return Precheck::Reject(refused(s, attempt, Rejection::new(reason))),
+    };
+    match s.format.parse_bytes(raw) {
+        Ok(key) => Precheck::Lookup(key, attempt),
+        Err(_) => Precheck::Reject(refused(s, attempt, Rejection::new(Reason::Malformed))),
+    }
+}
+
+/// Starts the lookup of a key the cache could not answer. A limited client
+/// takes one attempt first, unless the key's lookup is already under way
+/// (joining it costs no verifier call); with none left the request is
+/// refused here, without a verifier call.
+pub(crate) fn lookup(s: &Shared, key: PresentedKey, attempt: Attempt) -> Result<Lookup, Rejection> {
+    let cache = s.cache.clone();
+    let (Attempt::From(client), Some(limit)) = (attempt, &s.limit) else {
+        return Ok(Lookup {
+            answer: Box::pin(async move {
+                let answer = cache.lookup_miss(&key).await;
+                (key, answer)
+            }),
+            attempt,
+        });
+    };
+    if let Some(flight) = cache.join_in_flight(&key) {
+        return Ok(Lookup {
+            answer: Box::pin(async move {
+                let answer = match flight.await {
+                    Some(answer) => answer,
+                    // The key was valid but invalidated meanwhile: a
+                    // re-check of a valid key, not a guess, so it takes
+                    // no attempt (a failure still counts in `verdict`).
+                    None => cache.lookup_miss(&key).await,
+                };
+                (key, answer)
+            }),
+            attempt,
+        });
+    }
+    match limit.try_take(client) {
+        Ok(()) => Ok(Lookup {
+            answer: Box::pin(async move {
+                let answer = cache.lookup_miss(&key).await;
+                (key, answer)
+            }),
+            attempt: Attempt::Reserved(client),
+        }),
+        Err(retry_after) => Err(too_many_attempts(retry_after)),
+    }
+}
+
+/// The route's verdict on a looked-up key: the caller to admit, or why not.
+pub(crate) fn verdict<B>(
+    s: &Shared,
+    policy: &dyn RoutePolicy,
+    request: &Request<B>,
+    key: &PresentedKey,
+    looked_up: Result<Caller, LookupError>,
+    attempt: Attempt,
+) -> Result<Caller, Rejection> {
+    let reason = match looked_up {
+        Ok(caller) => {
+            // A valid key is no guess, whatever the route's scopes say.
+            give_back(s, attempt);
+            let scope_policy = policy.policy_for(request.method(), request.uri().path());
+            let mut rejection = match scope_policy.check(caller.scopes()) {
+                Ok(()) => {
+                    tracing::trace!(target: LOG_TARGET, key_id = %caller.key_id(), "api key accepted");
+                    telemetry::outcome("accepted");
+                    return Ok(caller);
+                }
+                Err(ScopeDenied::ScopedKeyOnUnscopedRoute) => {
+                    Rejection::new(Reason::ScopedKeyOnUnscopedRoute)
+                }
+                Err(_) => {
+                    let mut rejection = Rejection::new(Reason::InsufficientScope);
+                    rejection.required = scope_policy.required().cloned();
+                    rejection
+                }
+            };
+            rejection.key_id = Some(key.id());
+            return Err(rejection);
+        }
+        Err(LookupError::Unknown) => Reason::Unknown,
+        Err(LookupError::Expired) => Reason::Expired,
+        Err(LookupError::VerifierPanicked) => {
+            // Not the client's fault.
+            give_back(s, attempt);
+            let mut rejection = Rejection::new(Reason::VerifierPanicked);
+            rejection.key_id = Some(key.id());
+            return Err(rejection);
+        }
+        Err(LookupError::Unavailable(e)) => {
+            give_back(s, attempt);
+            // The cause goes to the log here: the rejection does not carry it.
+            tracing::warn!(target: LOG_TARGET, key_id = %key.id(), error = %e, "api key verifier unavailable");
+            let mut rejection = Rejection::new(Reason::Unavailable);
+            rejection.key_id = Some(key.id());
+            rejection.retry_after = Some(Duration::from_secs(1));
+            return Err(rejection);
+        }
+    };
+    let mut rejection = Rejection::new(reason);
+    rejection.key_id = Some(key.id());
+    Err(refused(s, attempt, rejection))
+}
+
+/// The rejection a limited client gets for a credential refused before or
+/// without a verifier call of its own: a failed one takes an attempt, and
+/// any of them is a 429 once none is left.
+fn refused(s: &Shared, attempt: Attempt, rejection: Rejection) -> Rejection {
+    let (Attempt::From(client), Some(limit)) = (attempt, &s.limit) else {
+        // Unlimited, or the failure is the attempt already reserved.
+        return rejection;
+    };
+    let outcome = if rejection.reason.is_failed_attempt() {
+        limit.try_take(client)
+    } else {
+        limit.blocked(client).map_or(Ok(()), Err)
+    };
+    match outcome {
+        Ok(()) => rejection,
+        Err(retry_after) => too_many_attempts(retry_after),
+    }
+}
+
+/// Gives back an attempt reserved for a lookup that did not fail.
+fn give_back(s: &Shared, attempt: Attempt) {
+    if let (Attempt::Reserved(client), Some(limit)) = (attempt, &s.limit) {
+        limit.give_back(client);
+    }
+}
+
+/// A 429 for a client with no attempt left. It carries no key id: the
+/// response is the same whatever the credential was.
+fn too_many_attempts(retry_after: Duration) -> Rejection {
+    let mut rejection = Rejection::new(Reason::TooManyAttempts);
+    rejection.retry_after = Some(retry_after);
+    rejection
+}
