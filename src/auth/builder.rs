@@ -236,3 +236,49 @@ impl AuthenticatorBuilder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::key::PresentedKey;
+    use crate::record::KeyRecord;
+    use crate::verifier::VerifierError;
+
+    #[test]
+    fn builder_settings_apply_over_a_cache_config_given_in_any_order() {
+        let base = CacheConfig::default()
+            .with_positive_ttl(Duration::from_secs(1))
+            .with_negative_ttl(Duration::from_secs(2));
+        let auth = Authenticator::builder(crate::store::MemoryStore::new())
+            .positive_ttl(Duration::from_secs(30))
+            .cache_config(base)
+            .build();
+        let config = auth.cache().config();
+        assert_eq!(config.positive_ttl(), Duration::from_secs(30));
+        assert_eq!(config.negative_ttl(), Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn every_clone_shares_the_one_cache() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let auth = Authenticator::builder(move |_key: PresentedKey| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<Option<KeyRecord>, VerifierError>(None) }
+        })
+        .negative_ttl(Duration::from_secs(60))
+        .build();
+        let clone = auth.clone();
+        let generated = auth.key_format().generate().unwrap();
+        let key = auth.key_format().parse(generated.expose_secret()).unwrap();
+        assert!(auth.cache().lookup(&key).await.is_err());
+        assert!(clone.cache().lookup(&key).await.is_err());
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "the clone hit the same cache"
+        );
+    }
+}

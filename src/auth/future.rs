@@ -144,3 +144,88 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::task::Waker;
+
+    use tower_layer::Layer;
+
+    use super::*;
+    use crate::store::{KeyStore, MemoryStore, NewKey};
+
+    /// A service whose `call` panics, or answers at once.
+    #[derive(Clone)]
+    struct Inner {
+        panics: bool,
+    }
+
+    impl Service<Request<()>> for Inner {
+        type Response = Response<()>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response<()>, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<()>) -> Self::Future {
+            assert!(!self.panics, "inner service panicked on purpose (test)");
+            std::future::ready(Ok(Response::new(())))
+        }
+    }
+
+    fn message(panic: Box<dyn std::any::Any + Send>) -> String {
+        panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_rejection_polled_after_completion_panics() {
+        let mut future =
+            ResponseFuture::<Inner, ()>::rejected(Response::new(Bytes::from_static(b"no")));
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut future = Pin::new(&mut future);
+        assert!(future.as_mut().poll(&mut cx).is_ready());
+        let again = catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)));
+        assert!(message(again.unwrap_err()).contains("polled after completion"));
+    }
+
+    /// After the inner service's `call` panicked, the next poll panics too,
+    /// rather than answering `Pending` with no waker registered.
+    #[tokio::test]
+    async fn a_poll_after_the_inner_call_panicked_panics() {
+        let store = MemoryStore::new();
+        let created = store.create(NewKey::new("sa-1")).await.unwrap();
+        let auth = crate::Authenticator::new(store);
+        let mut service = auth.any_valid_key().layer(Inner { panics: true });
+        let request = Request::get("/")
+            .header(
+                "authorization",
+                format!("Api-Key {}", created.key.expose_secret()),
+            )
+            .body(())
+            .unwrap();
+        let mut future = Box::pin(service.call(request));
+        assert!(
+            matches!(future.state, State::Authenticating { .. }),
+            "an uncached key is looked up"
+        );
+        let mut cx = Context::from_waker(Waker::noop());
+        let first = loop {
+            match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx))) {
+                Ok(Poll::Pending) => tokio::task::yield_now().await,
+                Ok(Poll::Ready(_)) => panic!("the inner service answered"),
+                Err(panic) => break message(panic),
+            }
+        };
+        assert!(first.contains("on purpose"), "{first}");
+        let again = catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)));
+        assert!(message(again.unwrap_err()).contains("polled after completion"));
+    }
+}
