@@ -38,7 +38,6 @@ pub mod auth;
 pub mod cache;
 pub mod clock;
 pub mod hash;
-mod intern;
 pub mod invalidation;
 pub mod key;
 #[cfg(feature = "axum")]
