@@ -56,9 +56,9 @@ pub mod verifier;
 struct ReadmeDoctests;
 
 pub use auth::{ApiKeyLayer, Authenticator};
-pub use cache::{CacheConfig, CachedVerifier, LookupError};
+pub use cache::{CacheConfig, CachedVerifier, Caller, LookupError};
 pub use key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
-pub use record::{Caller, KeyRecord};
+pub use record::KeyRecord;
 pub use scope::{Scope, ScopePolicy, ScopeSet};
 pub use store::{KeyStore, MemoryStore};
 pub use verifier::{Verifier, VerifierError};

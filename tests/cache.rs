@@ -12,10 +12,11 @@ use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError, Source};
 use tower_api_key::clock::{Clock, ManualClock};
 use tower_api_key::invalidation::Invalidations;
 use tower_api_key::key::{GeneratedKey, KeyFormat, PresentedKey};
-use tower_api_key::record::{Caller, KeyRecord};
+use tower_api_key::record::KeyRecord;
 use tower_api_key::scope::ScopeSet;
 use tower_api_key::store::{KeyStore, KeyUpdate, MemoryStore, NewKey};
 use tower_api_key::verifier::{Verifier, VerifierError};
+use tower_api_key::Caller;
 
 const N: usize = 1000;
 

@@ -14,10 +14,9 @@ use super::layer::ApiKeyLayer;
 use super::limit::FailedAttemptLimit;
 use super::policy::RoutePolicy;
 use super::rejection::{self, JsonRejection, Reason, Rejection, RejectionResponder};
-use crate::cache::{CacheConfig, CachedVerifier, LookupError};
+use crate::cache::{CacheConfig, CachedVerifier, Caller, LookupError};
 use crate::clock::Clock;
 use crate::key::{KeyFormat, PresentedKey};
-use crate::record::Caller;
 use crate::scope::{Scope, ScopeError, ScopePolicy};
 use crate::telemetry;
 use crate::usage::UsageRecorder;
@@ -46,6 +45,7 @@ pub(crate) struct Shared {
     cors_preflight: bool,
     responder: Arc<dyn RejectionResponder>,
     limit: Option<FailedAttemptLimit>,
+    usage: Option<UsageRecorder>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -112,6 +112,7 @@ impl Authenticator {
                 cors_preflight: false,
                 responder: Arc::new(JsonRejection),
                 limit: None,
+                usage: None,
             }),
         }
     }
@@ -161,7 +162,7 @@ impl Authenticator {
 
     /// Notes each admitted key's use on `recorder` (see [`crate::usage`]).
     pub fn with_usage_recorder(self, recorder: UsageRecorder) -> Self {
-        self.with_cache(|c| c.with_usage_recorder(recorder))
+        self.update(|s| s.usage = Some(recorder))
     }
 
     /// The key format to accept (default: the verifier's, else prefix `tak`).
@@ -393,6 +394,10 @@ impl Authenticator {
     ) -> Result<(), Rejection> {
         let reason = match looked_up {
             Ok(caller) => {
+                // usage: noted here: every valid key, whatever the route's scopes.
+                if let Some(usage) = &self.shared.usage {
+                    usage.note(&caller, self.shared.cache_config.clock().now());
+                }
                 // A valid key is no guess, whatever the route's scopes say.
                 self.give_back(attempt);
                 let scope_policy = policy.policy_for(request.method(), request.uri().path());

@@ -13,9 +13,9 @@ use super::authenticator::{Attempt, Authenticator, Lookup};
 use super::body::ResponseBody;
 use super::policy::RoutePolicy;
 use super::rejection::is_grpc;
+use crate::cache::Caller;
 use crate::cache::LookupError;
 use crate::key::PresentedKey;
-use crate::record::Caller;
 
 pin_project! {
     /// Response future of [`ApiKeyService`](super::ApiKeyService).

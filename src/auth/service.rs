@@ -10,7 +10,7 @@ use super::body::ResponseBody;
 use super::future::ResponseFuture;
 use super::policy::RoutePolicy;
 use super::rejection::is_grpc;
-use crate::record::Caller;
+use crate::cache::Caller;
 
 /// Middleware that authenticates every request by its API key, enforces the
 /// route's scope policy and inserts the [`Caller`] into request extensions.

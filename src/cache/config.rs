@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
-use crate::usage::UsageRecorder;
 
 /// Settings of a [`CachedVerifier`].
 #[derive(Clone)]
@@ -16,7 +15,6 @@ pub struct CacheConfig {
     pub(super) max_unknown_keys: u64,
     pub(super) verifier_timeout: Option<Duration>,
     pub(super) clock: Arc<dyn Clock>,
-    pub(super) usage: Option<UsageRecorder>,
 }
 
 impl Default for CacheConfig {
@@ -28,7 +26,6 @@ impl Default for CacheConfig {
             max_unknown_keys: 10_000,
             verifier_timeout: Some(Duration::from_secs(5)),
             clock: Arc::new(SystemClock),
-            usage: None,
         }
     }
 }
@@ -41,7 +38,6 @@ impl fmt::Debug for CacheConfig {
             .field("max_keys", &self.max_keys)
             .field("max_unknown_keys", &self.max_unknown_keys)
             .field("verifier_timeout", &self.verifier_timeout)
-            .field("usage", &self.usage)
             .finish_non_exhaustive()
     }
 }
@@ -85,13 +81,6 @@ impl CacheConfig {
     /// The clock that key expiry is checked against (default: the system clock).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
-        self
-    }
-
-    /// Notes every admitted key's use on `recorder`, which writes
-    /// `last_used_at` behind the request path (default: not tracked).
-    pub fn with_usage_recorder(mut self, recorder: UsageRecorder) -> Self {
-        self.usage = Some(recorder);
         self
     }
 

@@ -8,9 +8,8 @@ use futures_util::future::{BoxFuture, Shared};
 use futures_util::FutureExt;
 
 use super::lookup::Miss;
-use super::{Inner, LookupError};
+use super::{Caller, Inner, LookupError};
 use crate::key::{KeyDigest, PresentedKey};
-use crate::record::Caller;
 use crate::telemetry;
 use crate::verifier::VerifierError;
 

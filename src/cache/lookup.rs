@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use moka::Expiry;
 
-use super::{CacheSlot, Inner, LookupError};
+use super::{CacheSlot, Caller, Inner, LookupError};
 use crate::clock::Clock;
 use crate::key::{KeyDigest, PresentedKey};
-use crate::record::Caller;
 use crate::telemetry;
 use crate::verifier::VerifierError;
 
@@ -114,17 +113,10 @@ impl Inner {
     /// Admits a cached or fetched caller (the cache's own clone of it) if it
     /// has not expired.
     pub(super) fn admit(&self, caller: Caller) -> Result<Caller, LookupError> {
-        let usage = self.config.usage.as_ref();
         // The clock is read only when something needs it: most keys never
         // expire, and reading it is a good part of a hit's cost.
-        if caller.expires_at().is_some() || usage.is_some() {
-            let now = self.config.clock.now();
-            if caller.record().is_expired_at(now) {
-                return Err(LookupError::Expired);
-            }
-            if let Some(usage) = usage {
-                usage.note(&caller, now);
-            }
+        if caller.expires_at().is_some() && caller.record().is_expired_at(self.config.clock.now()) {
+            return Err(LookupError::Expired);
         }
         Ok(caller)
     }

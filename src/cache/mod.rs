@@ -31,6 +31,13 @@
 //! Defaults: positive TTL 60 s, negative TTL 5 s, 100,000 valid keys,
 //! 10,000 unknown keys, verifier timeout 5 s. Misses need a tokio runtime.
 //!
+//! The cache's entry is the [`Caller`] itself: the record and the cache's
+//! bookkeeping in one allocation (`caller`). The rest lives in `config` (the
+//! settings), `lookup` (hit and miss paths), `inflight` (coalescing of
+//! concurrent misses), `revocations` (epochs, tombstones, account floors),
+//! `digest` (the hasher of the cache tables) and `intern` (sharing of
+//! account ids and scope sets between records).
+//!
 //! ```
 //! use std::time::Duration;
 //! use tower_api_key::cache::{CacheConfig, CachedVerifier};
@@ -67,10 +74,10 @@ use std::time::{Duration, Instant};
 
 use crate::invalidation::{Invalidation, InvalidationListener};
 use crate::key::{KeyDigest, KeyId, PresentedKey};
-use crate::record::Caller;
 use crate::verifier::{Verifier, VerifierError};
 
-pub(crate) use caller::CacheSlot;
+use caller::CacheSlot;
+pub use caller::Caller;
 pub use config::CacheConfig;
 use digest::DigestHash;
 use inflight::Flight;

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::Caller;
 use crate::key::KeyId;
-use crate::record::Caller;
 
 /// Tombstones of one service account past this count (a bit above the
 /// stores' default key limit per account) collapse into one floor for that
@@ -306,8 +306,8 @@ impl Revocations {
 
 #[cfg(test)]
 mod tests {
+    use super::super::CacheSlot;
     use super::*;
-    use crate::cache::CacheSlot;
     use crate::record::KeyRecord;
 
     const RETAIN: Duration = Duration::from_secs(60);
