@@ -34,6 +34,17 @@
 #![warn(missing_docs, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// Layers, bottom first: each module imports only modules above it in this
+// list, and no two modules import each other (tests/module_layers.rs checks
+// it, with the same list):
+//   clock, telemetry, key, scope, hash   foundations
+//   record                               what a verifier returns
+//   invalidation, verifier               checking keys, announcing changes
+//   cache                                owns its entry and defines `Caller`
+//   store                                verifiers with management operations
+//   usage                                `last_used_at`, written to a store
+//   auth                                 the middleware
+//   management                           the HTTP API over the middleware
 pub mod auth;
 pub mod cache;
 pub mod clock;
