@@ -34,8 +34,8 @@
 #![warn(missing_docs, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-// Layers, bottom first: each module imports only modules above it in this
-// list, and no two modules import each other (tests/module_layers.rs checks
+// Layers, bottom first: each module imports only modules listed before it,
+// and no two modules import each other (tests/module_layers.rs checks
 // it, with the same list):
 //   clock, telemetry, key, scope, hash   foundations
 //   record                               what a verifier returns

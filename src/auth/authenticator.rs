@@ -14,7 +14,7 @@ use super::layer::ApiKeyLayer;
 use super::limit::FailedAttemptLimit;
 use super::policy::RoutePolicy;
 use super::rejection::{self, JsonRejection, Reason, Rejection, RejectionResponder};
-use crate::cache::{CacheConfig, CachedVerifier, Caller, LookupError};
+use crate::cache::{CacheConfig, CacheConfigBuilder, CachedVerifier, Caller, LookupError};
 use crate::clock::Clock;
 use crate::key::{KeyFormat, PresentedKey};
 use crate::scope::{Scope, ScopeError, ScopePolicy};
@@ -130,34 +130,34 @@ impl Authenticator {
         })
     }
 
-    fn with_cache(self, change: impl FnOnce(CacheConfig) -> CacheConfig) -> Self {
-        let config = change(self.shared.cache_config.clone());
+    fn with_cache(self, change: impl FnOnce(CacheConfigBuilder) -> CacheConfigBuilder) -> Self {
+        let config = change(self.shared.cache_config.to_builder()).build();
         self.with_cache_config(config)
     }
 
-    /// See [`CacheConfig::with_positive_ttl`] (default 60 s).
+    /// See [`CacheConfigBuilder::positive_ttl`] (default 60 s).
     pub fn with_positive_ttl(self, ttl: Duration) -> Self {
-        self.with_cache(|c| c.with_positive_ttl(ttl))
+        self.with_cache(|c| c.positive_ttl(ttl))
     }
 
-    /// See [`CacheConfig::with_negative_ttl`] (default 5 s).
+    /// See [`CacheConfigBuilder::negative_ttl`] (default 5 s).
     pub fn with_negative_ttl(self, ttl: Duration) -> Self {
-        self.with_cache(|c| c.with_negative_ttl(ttl))
+        self.with_cache(|c| c.negative_ttl(ttl))
     }
 
-    /// See [`CacheConfig::with_max_keys`] (default 100,000).
+    /// See [`CacheConfigBuilder::max_keys`] (default 100,000).
     pub fn with_max_keys(self, max: u64) -> Self {
-        self.with_cache(|c| c.with_max_keys(max))
+        self.with_cache(|c| c.max_keys(max))
     }
 
-    /// See [`CacheConfig::with_verifier_timeout`] (default 5 s).
+    /// See [`CacheConfigBuilder::verifier_timeout`] (default 5 s).
     pub fn with_verifier_timeout(self, timeout: Option<Duration>) -> Self {
-        self.with_cache(|c| c.with_verifier_timeout(timeout))
+        self.with_cache(|c| c.verifier_timeout(timeout))
     }
 
-    /// See [`CacheConfig::with_clock`].
+    /// See [`CacheConfigBuilder::clock`].
     pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
-        self.with_cache(|c| c.with_clock(clock))
+        self.with_cache(|c| c.clock(clock))
     }
 
     /// Notes each admitted key's use on `recorder` (see [`crate::usage`]).

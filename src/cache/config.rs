@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
 
-/// Settings of a [`CachedVerifier`].
+/// Settings of a [`CachedVerifier`](super::CachedVerifier).
 #[derive(Clone)]
 pub struct CacheConfig {
     pub(super) positive_ttl: Duration,
@@ -43,45 +43,27 @@ impl fmt::Debug for CacheConfig {
 }
 
 impl CacheConfig {
-    /// How long a valid key is trusted without asking the verifier again
-    /// (default 60 s). Also the bound on how long a revocation that is not
-    /// pushed to this process takes to be seen.
-    pub fn with_positive_ttl(mut self, ttl: Duration) -> Self {
-        self.positive_ttl = ttl;
-        self
+    /// A builder starting from the defaults.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_api_key::cache::CacheConfig;
+    ///
+    /// let config = CacheConfig::builder()
+    ///     .positive_ttl(Duration::from_secs(30))
+    ///     .max_keys(10_000)
+    ///     .build();
+    /// assert_eq!(config.positive_ttl(), Duration::from_secs(30));
+    /// ```
+    pub fn builder() -> CacheConfigBuilder {
+        Self::default().to_builder()
     }
 
-    /// How long an unknown key is remembered as unknown (default 5 s).
-    pub fn with_negative_ttl(mut self, ttl: Duration) -> Self {
-        self.negative_ttl = ttl;
-        self
-    }
-
-    /// How many valid keys are cached (default 100,000).
-    pub fn with_max_keys(mut self, max: u64) -> Self {
-        self.max_keys = max;
-        self
-    }
-
-    /// How many unknown keys are remembered (default 10,000). Kept apart from
-    /// the valid keys, so floods of made-up keys cannot evict them.
-    pub fn with_max_unknown_keys(mut self, max: u64) -> Self {
-        self.max_unknown_keys = max;
-        self
-    }
-
-    /// Bound on one verifier call (default 5 s); past it the request fails
-    /// with [`LookupError::Unavailable`]. `None` waits forever. Needs a tokio
-    /// runtime with timers.
-    pub fn with_verifier_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.verifier_timeout = timeout;
-        self
-    }
-
-    /// The clock that key expiry is checked against (default: the system clock).
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
+    /// A builder starting from these settings.
+    pub fn to_builder(&self) -> CacheConfigBuilder {
+        CacheConfigBuilder {
+            config: self.clone(),
+        }
     }
 
     /// The positive TTL.
@@ -102,5 +84,61 @@ impl CacheConfig {
     /// The clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+}
+
+/// Builds a [`CacheConfig`]; from [`CacheConfig::builder`]. Every setting
+/// left alone keeps its default.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct CacheConfigBuilder {
+    config: CacheConfig,
+}
+
+impl CacheConfigBuilder {
+    /// How long a valid key is trusted without asking the verifier again
+    /// (default 60 s). Also the bound on how long a revocation that is not
+    /// pushed to this process takes to be seen.
+    pub fn positive_ttl(mut self, ttl: Duration) -> Self {
+        self.config.positive_ttl = ttl;
+        self
+    }
+
+    /// How long an unknown key is remembered as unknown (default 5 s).
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.config.negative_ttl = ttl;
+        self
+    }
+
+    /// How many valid keys are cached (default 100,000).
+    pub fn max_keys(mut self, max: u64) -> Self {
+        self.config.max_keys = max;
+        self
+    }
+
+    /// How many unknown keys are remembered (default 10,000). Kept apart from
+    /// the valid keys, so floods of made-up keys cannot evict them.
+    pub fn max_unknown_keys(mut self, max: u64) -> Self {
+        self.config.max_unknown_keys = max;
+        self
+    }
+
+    /// Bound on one verifier call (default 5 s); past it the request fails
+    /// with [`LookupError::Unavailable`](super::LookupError::Unavailable). `None` waits forever. Needs a tokio
+    /// runtime with timers.
+    pub fn verifier_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.verifier_timeout = timeout;
+        self
+    }
+
+    /// The clock that key expiry is checked against (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.config.clock = clock;
+        self
+    }
+
+    /// The settings.
+    pub fn build(self) -> CacheConfig {
+        self.config
     }
 }

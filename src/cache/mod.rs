@@ -2,7 +2,7 @@
 //!
 //! - **Positive entries** (valid keys), keyed by the SHA-256 of the whole key,
 //!   live until the earlier of the positive TTL and the key's own expiry.
-//!   Expiry is also checked against the [`Clock`] on every hit.
+//!   Expiry is also checked against the [`Clock`](crate::clock::Clock) on every hit.
 //! - **A hit is synchronous**: no future, no allocation, no lock shared by
 //!   all requests ([`CachedVerifier::lookup_cached`]).
 //! - **Concurrent misses** for one key run the verifier once, in a task of
@@ -47,7 +47,7 @@
 //! let store = MemoryStore::new();
 //! let cache = CachedVerifier::new(
 //!     store.clone(),
-//!     CacheConfig::default().with_positive_ttl(Duration::from_secs(30)),
+//!     CacheConfig::builder().positive_ttl(Duration::from_secs(30)).build(),
 //! );
 //! let created = store.create(NewKey::new("sa-1")).await.unwrap();
 //! let presented = store.format().parse(created.key.expose_secret()).unwrap();
@@ -78,7 +78,7 @@ use crate::verifier::{Verifier, VerifierError};
 
 use caller::CacheSlot;
 pub use caller::Caller;
-pub use config::CacheConfig;
+pub use config::{CacheConfig, CacheConfigBuilder};
 use digest::DigestHash;
 use inflight::Flight;
 use intern::Interner;

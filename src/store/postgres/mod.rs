@@ -62,7 +62,7 @@
 //!
 //! let cache = CachedVerifier::new(
 //!     store.clone(),
-//!     CacheConfig::default().with_positive_ttl(Duration::from_secs(60)),
+//!     CacheConfig::builder().positive_ttl(Duration::from_secs(60)).build(),
 //! );
 //! let created = store.create(NewKey::new("sa-1")).await?;
 //! let presented = store.format().parse(created.key.expose_secret())?;
