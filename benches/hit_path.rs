@@ -82,9 +82,10 @@ fn filled_cache(n: usize) -> (CachedVerifier, Vec<PresentedKey>, String) {
     };
     let cache = CachedVerifier::new(
         verifier,
-        CacheConfig::default()
-            .with_max_keys(2 * n as u64)
-            .with_positive_ttl(Duration::from_secs(3600)),
+        CacheConfig::builder()
+            .max_keys(2 * n as u64)
+            .positive_ttl(Duration::from_secs(3600))
+            .build(),
     );
     let stride = (n / HOT).max(1);
     let mut hot = Vec::with_capacity(HOT);

@@ -137,9 +137,10 @@ fn run_case(case: &str, n: usize) {
             };
             let cache = CachedVerifier::new(
                 verifier,
-                CacheConfig::default()
-                    .with_max_keys(n as u64 + 1)
-                    .with_positive_ttl(Duration::from_secs(3600)),
+                CacheConfig::builder()
+                    .max_keys(n as u64 + 1)
+                    .positive_ttl(Duration::from_secs(3600))
+                    .build(),
             );
             let format = KeyFormat::default();
             let rt = tokio::runtime::Builder::new_current_thread()

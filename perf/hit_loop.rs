@@ -133,9 +133,10 @@ fn main() {
         .build()
         .expect("a tokio runtime");
     let format = KeyFormat::default();
-    let config = CacheConfig::default()
-        .with_max_keys(2 * keys as u64)
-        .with_positive_ttl(Duration::from_secs(3600));
+    let config = CacheConfig::builder()
+        .max_keys(2 * keys as u64)
+        .positive_ttl(Duration::from_secs(3600))
+        .build();
     let auth = Authenticator::builder(verifier)
         .cache_config(config)
         .build();

@@ -34,11 +34,21 @@
 #![warn(missing_docs, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// Layers, bottom first: each module imports only modules listed before it,
+// and no two modules import each other (tests/module_layers.rs checks
+// it, with the same list):
+//   clock, telemetry, key, scope, hash   foundations
+//   record                               what a verifier returns
+//   invalidation, verifier               checking keys, announcing changes
+//   cache                                owns its entry and defines `Caller`
+//   store                                verifiers with management operations
+//   usage                                `last_used_at`, written to a store
+//   auth                                 the middleware
+//   management                           the HTTP API over the middleware
 pub mod auth;
 pub mod cache;
 pub mod clock;
 pub mod hash;
-mod intern;
 pub mod invalidation;
 pub mod key;
 #[cfg(feature = "axum")]
@@ -57,9 +67,9 @@ pub mod verifier;
 struct ReadmeDoctests;
 
 pub use auth::{ApiKeyLayer, Authenticator};
-pub use cache::{CacheConfig, CachedVerifier, LookupError};
+pub use cache::{CacheConfig, CachedVerifier, Caller, LookupError};
 pub use key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
-pub use record::{Caller, KeyRecord};
+pub use record::KeyRecord;
 pub use scope::{Scope, ScopePolicy, ScopeSet};
 pub use store::{KeyStore, MemoryStore};
 pub use verifier::{Verifier, VerifierError};

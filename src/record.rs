@@ -1,10 +1,11 @@
-//! What a verifier returns for a valid key, and the identity handed to the
-//! application.
+//! What a verifier returns for a valid key. The identity handed to the
+//! application, [`Caller`](crate::Caller), is the cache's entry over it.
 //!
 //! ```
 //! use tower_api_key::key::KeyId;
-//! use tower_api_key::record::{Caller, KeyRecord};
+//! use tower_api_key::record::KeyRecord;
 //! use tower_api_key::scope::ScopeSet;
+//! use tower_api_key::Caller;
 //!
 //! let id: KeyId = "0123456789abcdef".parse().unwrap();
 //! let record = KeyRecord::new(id, "sa-translator")
@@ -14,11 +15,9 @@
 //! assert_eq!(caller.key_id(), id);
 //! ```
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::cache::CacheSlot;
 use crate::key::KeyId;
 use crate::scope::ScopeSet;
 
@@ -82,89 +81,5 @@ impl KeyRecord {
     /// refused from its `expires_at` on).
     pub fn is_expired_at(&self, now: SystemTime) -> bool {
         self.expires_at.is_some_and(|at| now >= at)
-    }
-}
-
-/// The authenticated caller, inserted into request extensions by the
-/// middleware. Cheap to clone (one `Arc`).
-///
-/// With the `axum` feature it is also an extractor; a tonic handler reads it
-/// from `request.extensions()`. Two callers are equal when their records are.
-#[derive(Clone)]
-pub struct Caller(Arc<Identity>);
-
-/// A record and the cache's bookkeeping for it, in one allocation: the
-/// cache stores the [`Caller`] itself, so a cached key costs one allocation
-/// and a hit follows one pointer.
-struct Identity {
-    record: KeyRecord,
-    slot: CacheSlot,
-}
-
-impl Caller {
-    /// A caller as the cache keeps it, with the cache's bookkeeping.
-    pub(crate) fn cached(record: KeyRecord, slot: CacheSlot) -> Self {
-        Self(Arc::new(Identity { record, slot }))
-    }
-
-    /// The cache's bookkeeping for this key (unused outside the cache).
-    pub(crate) fn cache_slot(&self) -> &CacheSlot {
-        &self.0.slot
-    }
-
-    /// The key's public id.
-    pub fn key_id(&self) -> KeyId {
-        self.0.record.key_id
-    }
-
-    /// The service account the key belongs to.
-    pub fn service_account_id(&self) -> &str {
-        &self.0.record.service_account_id
-    }
-
-    /// The key's scopes; empty for an unscoped key.
-    pub fn scopes(&self) -> &ScopeSet {
-        &self.0.record.scopes
-    }
-
-    /// When the key expires, if ever.
-    pub fn expires_at(&self) -> Option<SystemTime> {
-        self.0.record.expires_at
-    }
-
-    /// The whole record.
-    pub fn record(&self) -> &KeyRecord {
-        &self.0.record
-    }
-}
-
-impl PartialEq for Caller {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.record == other.0.record
-    }
-}
-
-impl Eq for Caller {}
-
-impl From<KeyRecord> for Caller {
-    fn from(record: KeyRecord) -> Self {
-        Self::cached(record, CacheSlot::default())
-    }
-}
-
-impl From<Arc<KeyRecord>> for Caller {
-    fn from(record: Arc<KeyRecord>) -> Self {
-        Self::from(Arc::unwrap_or_clone(record))
-    }
-}
-
-impl fmt::Debug for Caller {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Caller")
-            .field("key_id", &self.0.record.key_id)
-            .field("service_account_id", &self.0.record.service_account_id)
-            .field("scopes", &self.0.record.scopes)
-            .field("expires_at", &self.0.record.expires_at)
-            .finish()
     }
 }

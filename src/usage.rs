@@ -31,25 +31,15 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::cache::Caller;
 use crate::key::KeyId;
-use crate::record::Caller;
 use crate::store::{KeyStore, StoreError};
-
-/// Per-key usage state, embedded in each cached entry.
-#[derive(Debug, Default)]
-pub(crate) struct UsageSlot {
-    /// Milliseconds since the Unix epoch of the newest noted use; 0 = none.
-    last_used_ms: AtomicU64,
-    /// Whether the entry is already in the recorder's queue.
-    queued: AtomicBool,
-}
 
 fn millis(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
@@ -66,7 +56,7 @@ pub struct UsageRecorder {
 
 struct Inner {
     store: Arc<dyn KeyStore>,
-    /// Cached callers (each holding its key's [`UsageSlot`]) used since the last flush.
+    /// Cached callers (each holding its key's last use) used since the last flush.
     queue: Mutex<Vec<Caller>>,
     /// Uses whose write failed, retried with the next batch.
     unwritten: tokio::sync::Mutex<HashMap<KeyId, u64>>,
@@ -111,14 +101,7 @@ impl UsageRecorder {
     /// Notes a use of `entry` at `at`. Lock-free unless this is the key's
     /// first use since the last flush.
     pub(crate) fn note(&self, caller: &Caller, at: SystemTime) {
-        let slot = &caller.cache_slot().usage;
-        let ms = millis(at);
-        if slot.last_used_ms.load(Ordering::SeqCst) < ms {
-            slot.last_used_ms.fetch_max(ms, Ordering::SeqCst);
-        }
-        // SeqCst pairs with the flusher's store(false)-then-load: either it
-        // sees this use, or this call sees `queued == false` and queues again.
-        if !slot.queued.load(Ordering::SeqCst) && !slot.queued.swap(true, Ordering::SeqCst) {
+        if caller.note_use(millis(at)) {
             self.lock_queue().push(caller.clone());
         }
     }
@@ -130,9 +113,7 @@ impl UsageRecorder {
         let mut unwritten = self.inner.unwritten.lock().await;
         let queued = std::mem::take(&mut *self.lock_queue());
         for caller in queued {
-            let slot = &caller.cache_slot().usage;
-            slot.queued.store(false, Ordering::SeqCst);
-            let ms = slot.last_used_ms.load(Ordering::SeqCst);
+            let ms = caller.take_last_use();
             let newest = unwritten.entry(caller.key_id()).or_insert(0);
             *newest = (*newest).max(ms);
         }

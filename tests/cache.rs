@@ -8,14 +8,15 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use tokio::sync::{Barrier, Semaphore};
 use tokio::task::JoinSet;
-use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError, Source};
+use tower_api_key::cache::{CacheConfig, CacheConfigBuilder, CachedVerifier, LookupError, Source};
 use tower_api_key::clock::{Clock, ManualClock};
 use tower_api_key::invalidation::Invalidations;
 use tower_api_key::key::{GeneratedKey, KeyFormat, PresentedKey};
-use tower_api_key::record::{Caller, KeyRecord};
+use tower_api_key::record::KeyRecord;
 use tower_api_key::scope::ScopeSet;
 use tower_api_key::store::{KeyStore, KeyUpdate, MemoryStore, NewKey};
 use tower_api_key::verifier::{Verifier, VerifierError};
+use tower_api_key::Caller;
 
 const N: usize = 1000;
 
@@ -50,10 +51,10 @@ fn manual_clock() -> Arc<ManualClock> {
 }
 
 /// Long enough that nothing expires by itself while a test runs.
-fn config() -> CacheConfig {
-    CacheConfig::default()
-        .with_positive_ttl(Duration::from_secs(3600))
-        .with_negative_ttl(Duration::from_secs(3600))
+fn config() -> CacheConfigBuilder {
+    CacheConfig::builder()
+        .positive_ttl(Duration::from_secs(3600))
+        .negative_ttl(Duration::from_secs(3600))
 }
 
 fn parse(key: &GeneratedKey) -> PresentedKey {
@@ -84,7 +85,7 @@ async fn a_thousand_concurrent_lookups_of_one_uncached_key_run_the_verifier_once
             }
         }
     };
-    let cache = CachedVerifier::new(verifier, config().with_verifier_timeout(None));
+    let cache = CachedVerifier::new(verifier, config().verifier_timeout(None).build());
 
     let barrier = Arc::new(Barrier::new(N));
     let mut tasks = JoinSet::new();
@@ -137,7 +138,7 @@ fn unknown_verifier(calls: Calls) -> impl Verifier {
 async fn an_unknown_key_presented_a_thousand_times_in_a_row_runs_the_verifier_once() {
     let (_key, presented) = new_key();
     let calls = Calls::default();
-    let cache = CachedVerifier::new(unknown_verifier(calls.clone()), config());
+    let cache = CachedVerifier::new(unknown_verifier(calls.clone()), config().build());
     for _ in 0..N {
         let err = cache.lookup(&presented).await.unwrap_err();
         assert!(matches!(err, LookupError::Unknown), "{err:?}");
@@ -164,7 +165,7 @@ async fn present_an_unknown_key_concurrently() -> usize {
             }
         }
     };
-    let cache = CachedVerifier::new(verifier, config().with_verifier_timeout(None));
+    let cache = CachedVerifier::new(verifier, config().verifier_timeout(None).build());
     let barrier = Arc::new(Barrier::new(N));
     let mut tasks = JoinSet::new();
     for _ in 0..N {
@@ -234,7 +235,7 @@ async fn a_failing_verifier_gives_unavailable_and_is_asked_again_next_time() {
             }
         }
     };
-    let cache = CachedVerifier::new(verifier, config());
+    let cache = CachedVerifier::new(verifier, config().build());
     for expected_calls in 1..=2 {
         let err = cache.lookup(&presented).await.unwrap_err();
         match &err {
@@ -271,7 +272,7 @@ async fn a_panicking_verifier_gives_verifier_panicked_and_the_next_lookup_works(
             }
         }
     };
-    let cache = CachedVerifier::new(verifier, config());
+    let cache = CachedVerifier::new(verifier, config().build());
     let err = cache.lookup(&presented).await.unwrap_err();
     assert!(matches!(err, LookupError::VerifierPanicked), "{err:?}");
     let caller = cache.lookup(&presented).await.unwrap();
@@ -297,7 +298,7 @@ impl Verifier for PanicsOnce {
 async fn a_panicking_verifier_struct_does_not_poison_the_cache() {
     let (_key, presented) = new_key();
     let calls = Calls::default();
-    let cache = CachedVerifier::new(PanicsOnce(calls.clone()), config());
+    let cache = CachedVerifier::new(PanicsOnce(calls.clone()), config().build());
     assert!(matches!(
         cache.lookup(&presented).await,
         Err(LookupError::VerifierPanicked)
@@ -327,7 +328,7 @@ async fn a_verifier_slower_than_the_timeout_gives_unavailable_and_is_not_cached(
         }
     };
     let timeout = Duration::from_secs(2);
-    let cache = CachedVerifier::new(verifier, config().with_verifier_timeout(Some(timeout)));
+    let cache = CachedVerifier::new(verifier, config().verifier_timeout(Some(timeout)).build());
 
     let started = tokio::time::Instant::now();
     let err = cache.lookup(&presented).await.unwrap_err();
@@ -365,7 +366,7 @@ async fn a_verifier_returning_the_record_of_another_key_is_refused_and_not_cache
             async move { Ok(Some(KeyRecord::new(other_id, "sa-someone-else"))) }
         }
     };
-    let cache = CachedVerifier::new(verifier, config());
+    let cache = CachedVerifier::new(verifier, config().build());
     for expected_calls in 1..=2 {
         let err = cache.lookup(&presented).await.unwrap_err();
         assert!(matches!(err, LookupError::Unavailable(_)), "{err:?}");
@@ -396,9 +397,10 @@ async fn a_key_expiring_inside_the_positive_ttl_is_refused_from_its_expiry_on() 
     };
     let cache = CachedVerifier::new(
         verifier,
-        CacheConfig::default()
-            .with_positive_ttl(Duration::from_secs(3600))
-            .with_clock(clock.clone()),
+        CacheConfig::builder()
+            .positive_ttl(Duration::from_secs(3600))
+            .clock(clock.clone())
+            .build(),
     );
 
     let (caller, source) = cache.lookup_with_source(&presented).await.unwrap();
@@ -441,7 +443,7 @@ async fn invalidate_makes_the_next_lookup_call_the_verifier_again() {
             async move { Ok(Some(KeyRecord::new(key.id(), "sa-1"))) }
         }
     };
-    let cache = CachedVerifier::new(verifier, config());
+    let cache = CachedVerifier::new(verifier, config().build());
     cache.lookup(&presented).await.unwrap();
     cache.lookup(&other).await.unwrap();
     assert_eq!(
@@ -473,7 +475,7 @@ async fn invalidate_makes_the_next_lookup_call_the_verifier_again() {
 #[tokio::test]
 async fn revoking_through_the_store_makes_the_next_lookup_unknown() {
     let store = MemoryStore::new();
-    let cache = CachedVerifier::new(store.clone(), config());
+    let cache = CachedVerifier::new(store.clone(), config().build());
     let created = store.create(NewKey::new("sa-1")).await.unwrap();
     let presented = parse(&created.key);
 
@@ -491,7 +493,7 @@ async fn revoking_through_the_store_makes_the_next_lookup_unknown() {
 #[tokio::test]
 async fn updating_scopes_through_the_store_is_seen_by_the_next_lookup() {
     let store = MemoryStore::new();
-    let cache = CachedVerifier::new(store.clone(), config());
+    let cache = CachedVerifier::new(store.clone(), config().build());
     let created = store
         .create(NewKey::new("sa-1").with_scopes(ScopeSet::new(["a.read", "a.write"]).unwrap()))
         .await
@@ -516,7 +518,7 @@ async fn after_reissue_with_grace_the_old_secret_works_until_the_deadline_and_th
 ) {
     let clock = manual_clock();
     let store = MemoryStore::builder().with_clock(clock.clone()).build();
-    let cache = CachedVerifier::new(store.clone(), config().with_clock(clock.clone()));
+    let cache = CachedVerifier::new(store.clone(), config().clock(clock.clone()).build());
     let created = store.create(NewKey::new("sa-1")).await.unwrap();
     let old = parse(&created.key);
     cache.lookup(&old).await.unwrap();
@@ -551,7 +553,7 @@ async fn after_reissue_with_grace_the_old_secret_works_until_the_deadline_and_th
     assert!(cache.lookup(&new).await.is_ok());
     // The store itself no longer knows the old secret, so a cold cache refuses it too.
     assert!(store.verify(&old).await.unwrap().is_none());
-    let cold = CachedVerifier::new(store.clone(), config().with_clock(clock.clone()));
+    let cold = CachedVerifier::new(store.clone(), config().clock(clock.clone()).build());
     assert!(matches!(cold.lookup(&old).await, Err(LookupError::Unknown)));
 
     clock.advance(Duration::from_secs(3600 * 24 * 365));
@@ -564,7 +566,7 @@ async fn after_reissue_with_grace_the_old_secret_works_until_the_deadline_and_th
 async fn after_reissue_without_grace_the_old_secret_is_refused_at_once() {
     let clock = manual_clock();
     let store = MemoryStore::builder().with_clock(clock.clone()).build();
-    let cache = CachedVerifier::new(store.clone(), config().with_clock(clock.clone()));
+    let cache = CachedVerifier::new(store.clone(), config().clock(clock.clone()).build());
     let created = store.create(NewKey::new("sa-1")).await.unwrap();
     let old = parse(&created.key);
     cache.lookup(&old).await.unwrap();
@@ -607,7 +609,7 @@ async fn a_flood_of_ten_thousand_unknown_keys_does_not_evict_a_hot_valid_key() {
     // Small caches, so a flood would evict if the two were shared.
     let cache = CachedVerifier::new(
         verifier,
-        config().with_max_keys(16).with_max_unknown_keys(1000),
+        config().max_keys(16).max_unknown_keys(1000).build(),
     );
     cache.lookup(&hot).await.unwrap();
     assert_eq!(hot_calls.get(), 1);
@@ -699,7 +701,7 @@ async fn race_setup() -> Race {
         gated.has_read.clone(),
         gated.release.clone(),
     );
-    let cache = CachedVerifier::new(gated, config().with_verifier_timeout(None));
+    let cache = CachedVerifier::new(gated, config().verifier_timeout(None).build());
     Race {
         store,
         cache,
@@ -811,7 +813,7 @@ async fn a_key_already_expired_is_refused_from_the_cache_without_asking_the_veri
             ))
         }
     };
-    let cache = CachedVerifier::new(verifier, config().with_clock(clock.clone()));
+    let cache = CachedVerifier::new(verifier, config().clock(clock.clone()).build());
     let (_key, presented) = new_key();
     for _ in 0..100 {
         assert!(matches!(
@@ -875,7 +877,7 @@ async fn flood() -> Flood {
             store: store.clone(),
             calls: calls.clone(),
         },
-        config(),
+        config().build(),
     );
     let create = |account: &'static str| {
         let store = store.clone();

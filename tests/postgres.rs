@@ -237,7 +237,9 @@ impl Watch {
 fn cache(store: &PgKeyStore) -> CachedVerifier {
     CachedVerifier::new(
         store.clone(),
-        CacheConfig::default().with_positive_ttl(Duration::from_secs(3600)),
+        CacheConfig::builder()
+            .positive_ttl(Duration::from_secs(3600))
+            .build(),
     )
 }
 
@@ -1032,9 +1034,10 @@ async fn reissue_with_grace_across_instances() {
         .unwrap();
     let cache_b = CachedVerifier::new(
         b.clone(),
-        CacheConfig::default()
-            .with_positive_ttl(Duration::from_secs(3600))
-            .with_clock(clock.clone()),
+        CacheConfig::builder()
+            .positive_ttl(Duration::from_secs(3600))
+            .clock(clock.clone())
+            .build(),
     );
     let mut seen_b = Watch::on(&b);
 

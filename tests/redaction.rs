@@ -6,10 +6,11 @@ use std::time::{Duration, SystemTime};
 use tower_api_key::cache::LookupError;
 use tower_api_key::hash::{KeyHasher, Pepper};
 use tower_api_key::key::{GeneratedKey, KeyFormat, KeyParseError, CHECKSUM_LEN};
-use tower_api_key::record::{Caller, KeyRecord};
+use tower_api_key::record::KeyRecord;
 use tower_api_key::scope::{ScopeDenied, ScopeError, ScopePolicy, ScopeSet};
 use tower_api_key::store::{KeyStore, ListRequest, MemoryStore, NewKey, StoreError};
 use tower_api_key::verifier::VerifierError;
+use tower_api_key::Caller;
 
 const PEPPER: &[u8] = b"PEPPER-SENTINEL-do-not-print-0123456789";
 

@@ -1,11 +1,13 @@
 //! `last_used_at` write-behind: noted on the request path, flushed in batches.
 
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use tower_api_key::cache::{CacheConfig, CachedVerifier};
+use http::{Request, Response, StatusCode};
+use tower::{service_fn, Layer, ServiceExt};
 use tower_api_key::clock::ManualClock;
 use tower_api_key::invalidation::Invalidations;
 use tower_api_key::key::{KeyFormat, KeyId, PresentedKey};
@@ -13,7 +15,7 @@ use tower_api_key::store::{
     CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, MemoryStore, NewKey, StoreError,
 };
 use tower_api_key::usage::UsageRecorder;
-use tower_api_key::{KeyRecord, Verifier, VerifierError};
+use tower_api_key::{Authenticator, KeyRecord, Verifier, VerifierError};
 
 /// A memory store that counts `record_usage` calls and can be made to fail them.
 #[derive(Clone)]
@@ -68,7 +70,7 @@ impl KeyStore for Counting {
 struct Setup {
     store: Counting,
     clock: Arc<ManualClock>,
-    cache: CachedVerifier,
+    auth: Authenticator,
     usage: UsageRecorder,
 }
 
@@ -86,24 +88,41 @@ fn setup() -> Setup {
         down: Arc::default(),
     };
     let usage = UsageRecorder::new(store.clone());
-    let cache = CachedVerifier::new(
-        store.clone(),
-        CacheConfig::default()
-            .with_clock(clock.clone())
-            .with_usage_recorder(usage.clone()),
-    );
+    // The middleware notes uses: they are made through an authenticator.
+    let auth = Authenticator::builder(store.clone())
+        .clock(clock.clone())
+        .usage_recorder(usage.clone())
+        .build();
     Setup {
         store,
         clock,
-        cache,
+        auth,
         usage,
     }
 }
 
-async fn key(s: &Setup, account: &str) -> (KeyId, PresentedKey) {
+async fn key(s: &Setup, account: &str) -> (KeyId, String) {
     let created = s.store.create(NewKey::new(account)).await.unwrap();
-    let presented = s.store.format().parse(created.key.expose_secret()).unwrap();
-    (created.record.key_id, presented)
+    (
+        created.record.key_id,
+        created.key.expose_secret().to_owned(),
+    )
+}
+
+/// One request with `key` through a route that admits any valid key; it
+/// must get through.
+async fn use_key(auth: &Authenticator, key: &str) {
+    let route = auth
+        .any_valid_key()
+        .layer(service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(()))
+        }));
+    let request = Request::builder()
+        .header("authorization", format!("Api-Key {key}"))
+        .body(())
+        .unwrap();
+    let response = route.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }
 
 async fn last_used(s: &Setup, id: KeyId) -> Option<SystemTime> {
@@ -118,7 +137,7 @@ async fn a_burst_of_uses_is_one_write_per_flush_with_the_newest_time() {
 
     let start = s.clock.now_for_test();
     for _ in 0..10_000 {
-        s.cache.lookup(&key).await.unwrap();
+        use_key(&s.auth, &key).await;
         s.clock.advance(Duration::from_millis(1));
     }
     assert_eq!(
@@ -142,7 +161,7 @@ async fn many_keys_are_written_in_one_batch() {
     let mut ids = Vec::new();
     for i in 0..50 {
         let (id, key) = key(&s, &format!("sa-{i}")).await;
-        s.cache.lookup(&key).await.unwrap();
+        use_key(&s.auth, &key).await;
         ids.push(id);
     }
     assert_eq!(s.usage.flush().await.unwrap(), 50);
@@ -156,14 +175,14 @@ async fn many_keys_are_written_in_one_batch() {
 async fn a_failed_flush_loses_nothing_and_time_never_moves_back() {
     let s = setup();
     let (id, key) = key(&s, "sa-1").await;
-    s.cache.lookup(&key).await.unwrap();
+    use_key(&s.auth, &key).await;
     let first = last_use_time(&s);
     s.usage.flush().await.unwrap();
     assert_eq!(last_used(&s, id).await, Some(first));
 
     s.store.down.store(true, Ordering::SeqCst);
     s.clock.advance(Duration::from_secs(10));
-    s.cache.lookup(&key).await.unwrap();
+    use_key(&s.auth, &key).await;
     let second = last_use_time(&s);
     assert!(s.usage.flush().await.is_err());
     assert_eq!(
@@ -191,15 +210,13 @@ async fn the_flusher_writes_each_interval_and_once_more_on_shutdown() {
     let usage = UsageRecorder::builder(s.store.clone())
         .flush_interval(Duration::from_secs(2))
         .build();
-    let cache = CachedVerifier::new(
-        s.store.clone(),
-        CacheConfig::default()
-            .with_clock(s.clock.clone())
-            .with_usage_recorder(usage.clone()),
-    );
+    let auth = Authenticator::builder(s.store.clone())
+        .clock(s.clock.clone())
+        .usage_recorder(usage.clone())
+        .build();
     let (id, key) = key(&s, "sa-1").await;
     let flusher = usage.spawn_flusher();
-    cache.lookup(&key).await.unwrap();
+    use_key(&auth, &key).await;
 
     // Paused time: sleeping advances the clock instantly once every task is idle.
     tokio::time::sleep(Duration::from_millis(2_100)).await;
@@ -211,7 +228,7 @@ async fn the_flusher_writes_each_interval_and_once_more_on_shutdown() {
     assert_eq!(writes, 1);
 
     s.clock.advance(Duration::from_secs(1));
-    cache.lookup(&key).await.unwrap();
+    use_key(&auth, &key).await;
     let noted = last_use_time(&s);
     assert_eq!(
         flusher.shutdown().await.unwrap(),
@@ -221,7 +238,7 @@ async fn the_flusher_writes_each_interval_and_once_more_on_shutdown() {
     assert_eq!(last_used(&s, id).await, Some(noted));
 }
 
-/// The time the store's clock shows, which is what the cache notes.
+/// The time the store's clock shows, which is what the middleware notes.
 fn last_use_time(s: &Setup) -> SystemTime {
     s.clock.now_for_test()
 }

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::StatusCode;
 
-use crate::record::Caller;
+use crate::cache::Caller;
 
 /// The route has no [`ApiKeyLayer`](super::ApiKeyLayer) in front of it, so
 /// there is no [`Caller`]: a server misconfiguration, answered with 500.

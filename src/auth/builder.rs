@@ -42,6 +42,7 @@ pub struct AuthenticatorBuilder {
     cors_preflight: bool,
     responder: Arc<dyn RejectionResponder>,
     limit: Option<FailedAttemptLimit>,
+    usage: Option<UsageRecorder>,
 }
 
 /// The cache settings as given; [`cache_config`] turns them into the one
@@ -54,32 +55,28 @@ struct CacheSettings {
     max_keys: Option<u64>,
     verifier_timeout: Option<Option<Duration>>,
     clock: Option<Arc<dyn Clock>>,
-    usage: Option<UsageRecorder>,
 }
 
 /// The only place the builder speaks `CacheConfig`'s API: the base (or the
 /// defaults), then each setting given on the builder.
 fn cache_config(settings: CacheSettings) -> CacheConfig {
-    let mut config = settings.base.unwrap_or_default();
+    let mut config = settings.base.unwrap_or_default().to_builder();
     if let Some(ttl) = settings.positive_ttl {
-        config = config.with_positive_ttl(ttl);
+        config = config.positive_ttl(ttl);
     }
     if let Some(ttl) = settings.negative_ttl {
-        config = config.with_negative_ttl(ttl);
+        config = config.negative_ttl(ttl);
     }
     if let Some(max) = settings.max_keys {
-        config = config.with_max_keys(max);
+        config = config.max_keys(max);
     }
     if let Some(timeout) = settings.verifier_timeout {
-        config = config.with_verifier_timeout(timeout);
+        config = config.verifier_timeout(timeout);
     }
     if let Some(clock) = settings.clock {
-        config = config.with_clock(clock);
+        config = config.clock(clock);
     }
-    if let Some(recorder) = settings.usage {
-        config = config.with_usage_recorder(recorder);
-    }
-    config
+    config.build()
 }
 
 impl fmt::Debug for AuthenticatorBuilder {
@@ -94,6 +91,24 @@ impl fmt::Debug for AuthenticatorBuilder {
     }
 }
 
+impl Authenticator {
+    /// An authenticator over `verifier` (a store, a closure, any [`Verifier`])
+    /// with the defaults: [`Authenticator::builder`]`(verifier).build()`.
+    pub fn new(verifier: impl Verifier) -> Self {
+        Self::builder(verifier).build()
+    }
+
+    /// The settings of an authenticator over `verifier`, to [build] once.
+    /// The defaults: the default cache settings, the verifier's key format
+    /// (else the default), realm `api`, JSON rejections, no extra header, no
+    /// CORS preflight bypass and no failed-attempt limit.
+    ///
+    /// [build]: AuthenticatorBuilder::build
+    pub fn builder(verifier: impl Verifier) -> AuthenticatorBuilder {
+        AuthenticatorBuilder::new(Arc::new(verifier))
+    }
+}
+
 impl AuthenticatorBuilder {
     pub(super) fn new(verifier: Arc<dyn Verifier>) -> Self {
         Self {
@@ -105,6 +120,7 @@ impl AuthenticatorBuilder {
             cors_preflight: false,
             responder: Arc::new(JsonRejection),
             limit: None,
+            usage: None,
         }
     }
 
@@ -116,31 +132,31 @@ impl AuthenticatorBuilder {
         self
     }
 
-    /// See [`CacheConfig::with_positive_ttl`] (default 60 s).
+    /// See [`crate::cache::CacheConfigBuilder::positive_ttl`] (default 60 s).
     pub fn positive_ttl(mut self, ttl: Duration) -> Self {
         self.cache.positive_ttl = Some(ttl);
         self
     }
 
-    /// See [`CacheConfig::with_negative_ttl`] (default 5 s).
+    /// See [`crate::cache::CacheConfigBuilder::negative_ttl`] (default 5 s).
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.cache.negative_ttl = Some(ttl);
         self
     }
 
-    /// See [`CacheConfig::with_max_keys`] (default 100,000).
+    /// See [`crate::cache::CacheConfigBuilder::max_keys`] (default 100,000).
     pub fn max_keys(mut self, max: u64) -> Self {
         self.cache.max_keys = Some(max);
         self
     }
 
-    /// See [`CacheConfig::with_verifier_timeout`] (default 5 s).
+    /// See [`crate::cache::CacheConfigBuilder::verifier_timeout`] (default 5 s).
     pub fn verifier_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.cache.verifier_timeout = Some(timeout);
         self
     }
 
-    /// See [`CacheConfig::with_clock`] (default: the system clock).
+    /// See [`crate::cache::CacheConfigBuilder::clock`] (default: the system clock).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.cache.clock = Some(clock);
         self
@@ -148,7 +164,7 @@ impl AuthenticatorBuilder {
 
     /// Notes each admitted key's use on `recorder` (see [`crate::usage`]).
     pub fn usage_recorder(mut self, recorder: UsageRecorder) -> Self {
-        self.cache.usage = Some(recorder);
+        self.usage = Some(recorder);
         self
     }
 
@@ -233,6 +249,7 @@ impl AuthenticatorBuilder {
             cors_preflight: self.cors_preflight,
             responder: self.responder,
             limit: self.limit,
+            usage: self.usage,
         })
     }
 }
@@ -248,9 +265,10 @@ mod tests {
 
     #[test]
     fn builder_settings_apply_over_a_cache_config_given_in_any_order() {
-        let base = CacheConfig::default()
-            .with_positive_ttl(Duration::from_secs(1))
-            .with_negative_ttl(Duration::from_secs(2));
+        let base = CacheConfig::builder()
+            .positive_ttl(Duration::from_secs(1))
+            .negative_ttl(Duration::from_secs(2))
+            .build();
         let auth = Authenticator::builder(crate::store::MemoryStore::new())
             .positive_ttl(Duration::from_secs(30))
             .cache_config(base)

@@ -17,9 +17,9 @@ use super::extract::credential;
 use super::policy::RoutePolicy;
 use super::rejection::{Reason, Rejection};
 use super::LOG_TARGET;
+use crate::cache::Caller;
 use crate::cache::LookupError;
 use crate::key::PresentedKey;
-use crate::record::Caller;
 use crate::scope::ScopeDenied;
 use crate::telemetry;
 
@@ -137,6 +137,10 @@ pub(crate) fn verdict<B>(
 ) -> Result<Caller, Rejection> {
     let reason = match looked_up {
         Ok(caller) => {
+            // Usage is noted for every valid key, whatever the route's scopes.
+            if let Some(usage) = &s.usage {
+                usage.note(&caller, s.cache.config().clock().now());
+            }
             // A valid key is no guess, whatever the route's scopes say.
             give_back(s, attempt);
             let scope_policy = policy.policy_for(request.method(), request.uri().path());

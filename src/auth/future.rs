@@ -5,18 +5,33 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::authenticator::Authenticator;
+use super::authenticator::{Authenticator, Shared};
 use super::body::ResponseBody;
 use super::decide::{self, Attempt, Lookup};
 use super::policy::RoutePolicy;
-use super::service::admit;
+use crate::cache::Caller;
 use crate::cache::LookupError;
 use crate::key::PresentedKey;
-use crate::record::Caller;
+
+/// Applies an admitting verdict: the credential headers become sensitive
+/// (kept out of logs further in) and the caller goes into the extensions.
+pub(super) fn admit<B>(s: &Shared, request: &mut Request<B>, caller: Caller) {
+    let headers = request.headers_mut();
+    if let Some(value) = headers.get_mut(AUTHORIZATION) {
+        value.set_sensitive(true);
+    }
+    if let Some(name) = &s.extra_header {
+        if let Some(value) = headers.get_mut(name) {
+            value.set_sensitive(true);
+        }
+    }
+    request.extensions_mut().insert(caller);
+}
 
 pin_project! {
     /// Response future of [`ApiKeyService`](super::ApiKeyService).

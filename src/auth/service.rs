@@ -2,16 +2,15 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use tower_service::Service;
 
-use super::authenticator::{Authenticator, Shared};
+use super::authenticator::Authenticator;
 use super::body::ResponseBody;
 use super::decide::{self, Precheck};
-use super::future::ResponseFuture;
+use super::future::{admit, ResponseFuture};
 use super::policy::RoutePolicy;
-use crate::record::Caller;
+use crate::cache::Caller;
 
 /// Middleware that authenticates every request by its API key, enforces the
 /// route's scope policy and inserts the [`Caller`] into request extensions.
@@ -57,21 +56,6 @@ impl<S: fmt::Debug> fmt::Debug for ApiKeyService<S> {
             .field("auth", &self.auth)
             .finish_non_exhaustive()
     }
-}
-
-/// Applies an admitting verdict: the credential headers become sensitive
-/// (kept out of logs further in) and the caller goes into the extensions.
-pub(super) fn admit<B>(s: &Shared, request: &mut Request<B>, caller: Caller) {
-    let headers = request.headers_mut();
-    if let Some(value) = headers.get_mut(AUTHORIZATION) {
-        value.set_sensitive(true);
-    }
-    if let Some(name) = &s.extra_header {
-        if let Some(value) = headers.get_mut(name) {
-            value.set_sensitive(true);
-        }
-    }
-    request.extensions_mut().insert(caller);
 }
 
 // `Clone` only because a miss moves the ready service into the future and

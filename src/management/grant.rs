@@ -19,7 +19,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::record::Caller;
+use crate::cache::Caller;
 use crate::scope::{Scope, ScopeSet};
 
 /// A custom grant rule: `(caller, scopes the key would hold) -> allowed`.

@@ -189,7 +189,7 @@ pub use resource::{
 };
 
 use crate::auth::Authenticator;
-use crate::record::Caller;
+use crate::cache::Caller;
 use crate::scope::{Scope, ScopeError, ScopePolicy, ScopeSet};
 use crate::store::KeyStore;
 use grant::Grants;

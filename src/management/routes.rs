@@ -19,8 +19,8 @@ use super::resource::{
     UpdateKeyRequest,
 };
 use super::AccountAccess;
+use crate::cache::Caller;
 use crate::key::KeyId;
-use crate::record::Caller;
 use crate::scope::ScopeSet;
 use crate::store::{KeyInfo, KeyStore, ListRequest};
 use crate::Authenticator;

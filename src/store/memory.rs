@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
+use super::page_token::{page_token, parse_page_token};
 use super::{
     check_expiry, check_new, fill_page, hint_of, CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate,
     ListRequest, NewKey, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT,
@@ -403,37 +404,4 @@ impl KeyStore for MemoryStore {
         }
         Ok(())
     }
-}
-
-/// `<created_at as signed nanoseconds from the Unix epoch>.<key id>`: the
-/// position after `record` in the listing order.
-pub(super) fn page_token(record: &KeyRecord) -> String {
-    let nanos = match record.created_at.duration_since(UNIX_EPOCH) {
-        Ok(after) => after.as_nanos() as i128,
-        Err(before) => -(before.duration().as_nanos() as i128),
-    };
-    format!("{nanos}.{}", record.key_id)
-}
-
-pub(super) fn parse_page_token(token: &str) -> Option<(SystemTime, KeyId)> {
-    let (nanos, id) = token.split_once('.')?;
-    let nanos: i128 = nanos.parse().ok()?;
-    // Years 1 to 9999: any time a store can hold, and no arithmetic on the
-    // client's number can overflow.
-    const MIN: i128 = -62_135_596_800 * 1_000_000_000;
-    const MAX: i128 = 253_402_300_799 * 1_000_000_000;
-    if !(MIN..=MAX).contains(&nanos) {
-        return None;
-    }
-    let magnitude = nanos.unsigned_abs();
-    let magnitude = Duration::new(
-        u64::try_from(magnitude / 1_000_000_000).ok()?,
-        (magnitude % 1_000_000_000) as u32,
-    );
-    let at = if nanos < 0 {
-        UNIX_EPOCH.checked_sub(magnitude)?
-    } else {
-        UNIX_EPOCH.checked_add(magnitude)?
-    };
-    Some((at, id.parse().ok()?))
 }

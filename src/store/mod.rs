@@ -31,6 +31,7 @@
 //! [`Invalidations`]: crate::invalidation::Invalidations
 
 mod memory;
+mod page_token;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;

@@ -62,7 +62,7 @@
 //!
 //! let cache = CachedVerifier::new(
 //!     store.clone(),
-//!     CacheConfig::default().with_positive_ttl(Duration::from_secs(60)),
+//!     CacheConfig::builder().positive_ttl(Duration::from_secs(60)).build(),
 //! );
 //! let created = store.create(NewKey::new("sa-1")).await?;
 //! let presented = store.format().parse(created.key.expose_secret())?;
@@ -107,7 +107,7 @@ pub use migrations::MigrationReport;
 /// TLS connector can be built without depending on it directly.
 pub use tokio_postgres;
 
-use super::memory::{page_token, parse_page_token};
+use super::page_token::{page_token, parse_page_token};
 use super::{
     check_expiry, check_new, fill_page, hint_of, CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate,
     ListRequest, NewKey, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT,
