@@ -1,16 +1,18 @@
 //! The short fuzz run CI does on the stable toolchain: the same two entry
-//! points as the cargo-fuzz targets in `fuzz/` (`tests/fuzz_harness`), fed by
+//! points as the cargo-fuzz targets in `fuzz/` (`tests/common/fuzz.rs`), fed by
 //! proptest for a bounded number of cases (a few seconds), plus every input
 //! kept under `fuzz/regressions/` from the real campaigns.
 //!
 //! The long campaigns: see `fuzz/README.md`.
 
-mod fuzz_harness;
+mod common;
 
 use std::path::Path;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
+
+use common::fuzz;
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(20_000))]
@@ -20,7 +22,7 @@ proptest! {
     #[test]
     fn parse_key(shaped in any::<bool>(), data in vec(any::<u8>(), 0..96)) {
         let data = if shaped { [&[0xA5][..], &data].concat() } else { data };
-        fuzz_harness::parse_key(&data);
+        fuzz::parse_key(&data);
     }
 }
 
@@ -32,7 +34,7 @@ proptest! {
     /// key-shaped pieces, repeated or not, HTTP or gRPC.
     #[test]
     fn authorization_header(data in vec(any::<u8>(), 0..512)) {
-        fuzz_harness::authorization(&data);
+        fuzz::authorization(&data);
     }
 }
 
@@ -43,8 +45,8 @@ fn inputs_kept_from_fuzzing_campaigns_still_pass() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
     let mut replayed = 0;
     for (target, run) in [
-        ("parse_key", fuzz_harness::parse_key as fn(&[u8])),
-        ("authorization_header", fuzz_harness::authorization),
+        ("parse_key", fuzz::parse_key as fn(&[u8])),
+        ("authorization_header", fuzz::authorization),
     ] {
         let dir = root.join(target);
         assert!(dir.is_dir(), "{} is missing", dir.display());

@@ -3,8 +3,7 @@
 //! unless the router grants it explicitly.
 #![cfg(feature = "axum")]
 
-#[path = "mgmt_support/mod.rs"]
-mod support;
+mod common;
 
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +16,8 @@ use tower_api_key::scope::{ScopePolicy, ScopeSet};
 use tower_api_key::store::{KeyInfo, KeyStore, ListRequest, MemoryStore, NewKey};
 use tower_api_key::{Authenticator, KeyId};
 
-use support::{serve, Client, Reply};
+use common::tcp::{serve, Client};
+use common::Reply;
 
 const TRANSLATE: &str = "yc.ai.translate.execute";
 const MANAGE: &str = management::DEFAULT_SCOPE;
@@ -91,7 +91,7 @@ impl App {
 }
 
 fn assert_denied(reply: &Reply, names: &[&str]) {
-    assert_eq!(reply.status, 403, "{}", reply.text);
+    assert_eq!(reply.status, 403, "{}", reply.text());
     assert_eq!(reply.error(), "permission_denied");
     for name in names {
         assert!(reply.message().contains(name), "{}", reply.message());
@@ -141,7 +141,7 @@ async fn a_manager_cannot_mint_a_management_scope_an_unheld_scope_or_an_unscoped
             Some(json!({"service_account_id": "sa-a", "scopes": [TRANSLATE]})),
         )
         .await;
-    assert_eq!(created.status, 201, "a scope it holds: {}", created.text);
+    assert_eq!(created.status, 201, "a scope it holds: {}", created.text());
 }
 
 #[tokio::test]
@@ -189,7 +189,7 @@ async fn a_manager_cannot_patch_a_key_to_more_than_it_holds() {
             Some(json!({"scopes": ["yc.ai.other"], "description": "narrowed"})),
         )
         .await;
-    assert_eq!(narrowed.status, 200, "{}", narrowed.text);
+    assert_eq!(narrowed.status, 200, "{}", narrowed.text());
     let moved = app
         .send(
             &manager,
@@ -198,7 +198,7 @@ async fn a_manager_cannot_patch_a_key_to_more_than_it_holds() {
             Some(json!({"scopes": ["yc.ai.other", TRANSLATE]})),
         )
         .await;
-    assert_eq!(moved.status, 200, "{}", moved.text);
+    assert_eq!(moved.status, 200, "{}", moved.text());
 }
 
 #[tokio::test]
@@ -232,7 +232,7 @@ async fn a_manager_cannot_reissue_a_key_it_could_not_use_itself() {
             None,
         )
         .await;
-    assert_eq!(rotated.status, 200, "{}", rotated.text);
+    assert_eq!(rotated.status, 200, "{}", rotated.text());
 }
 
 #[tokio::test]
@@ -248,7 +248,7 @@ async fn only_explicit_grants_hand_out_more_than_the_caller_holds() {
         json!({"service_account_id": "sa-a"}),
     ] {
         let reply = app.send(&manager, "POST", "/admin/keys", Some(body)).await;
-        assert_eq!(reply.status, 201, "{}", reply.text);
+        assert_eq!(reply.status, 201, "{}", reply.text());
     }
     let ungranted = app
         .send(
@@ -308,7 +308,7 @@ async fn an_expiry_past_year_9999_in_utc_is_400_and_stores_nothing() {
         ),
     ] {
         let reply = app.send(&manager, method, &path, Some(body)).await;
-        assert_eq!(reply.status, 400, "{method}: {}", reply.text);
+        assert_eq!(reply.status, 400, "{method}: {}", reply.text());
         assert!(reply.message().contains("9999-12-31T23:59:59.999Z"));
     }
     assert_eq!(app.keys("sa-a").await, before, "nothing stored");
@@ -327,7 +327,7 @@ async fn an_expiry_past_year_9999_in_utc_is_400_and_stores_nothing() {
                         "expires_at": "9999-12-31T23:59:59+14:00"})),
         )
         .await;
-    assert_eq!(last.status, 201, "{}", last.text);
+    assert_eq!(last.status, 201, "{}", last.text());
     assert_eq!(last.json()["key"]["expires_at"], "9999-12-31T09:59:59.000Z");
 }
 
@@ -369,9 +369,9 @@ async fn a_key_pasted_into_a_stored_field_is_400_and_stores_nothing() {
         (json!({"service_account_id": manager}), "service_account_id"),
     ] {
         let reply = app.send(&manager, "POST", "/admin/keys", Some(body)).await;
-        assert_eq!(reply.status, 400, "{}", reply.text);
+        assert_eq!(reply.status, 400, "{}", reply.text());
         assert!(reply.message().starts_with(field), "{}", reply.message());
-        assert!(!reply.text.contains(&manager[4..]), "not echoed");
+        assert!(!reply.text().contains(&manager[4..]), "not echoed");
     }
     let patched = app
         .send(

@@ -15,8 +15,7 @@
 //!
 //! No sleeps: paused tokio time, a manual clock, semaphores and explicit yields.
 
-mod fuzz_harness;
-mod support;
+mod common;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -40,8 +39,9 @@ use tower_api_key::scope::ScopeSet;
 use tower_api_key::store::{CreatedKey, NewKey};
 use tower_api_key::{Authenticator, KeyRecord, KeyStore, MemoryStore, Verifier, VerifierError};
 
-use fuzz_harness::{with_checksum, with_secret};
-use support::{api_key, app, assert_same_response, assert_unauthorized, App, Reply, NARROW};
+use common::fuzz::{with_checksum, with_secret};
+use common::http::{api_key, app, assert_same_response, assert_unauthorized, App, NARROW};
+use common::Reply;
 
 // ---------------------------------------------------------------------------
 // Fixture: a verifier that counts calls per key and can be gated.

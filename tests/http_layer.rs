@@ -3,7 +3,7 @@
 //! Every rejection that needs no lookup is checked to make zero verifier
 //! calls; failure messages never print a whole key (see `support::Reply`).
 
-mod support;
+mod common;
 
 use std::time::Duration;
 
@@ -21,10 +21,11 @@ use tower_api_key::key::{KeyFormat, KeyId};
 use tower_api_key::scope::ScopeSet;
 use tower_api_key::{Caller, KeyRecord, KeyStore};
 
-use support::{
-    api_key, app, assert_forbidden, assert_same_response, assert_unauthorized, Fixture, Reply,
+use common::http::{
+    api_key, app, assert_forbidden, assert_same_response, assert_unauthorized, send, Fixture,
     BROAD, CHALLENGE, NARROW, NARROW_PREFIX, OTHER, X_API_KEY,
 };
+use common::Reply;
 
 fn get_whoami() -> http::request::Builder {
     Request::get("/whoami")
@@ -106,7 +107,7 @@ async fn a_route_without_the_layer_has_no_caller() {
             get(|caller: Option<Caller>| async move { format!("{}", caller.is_some()) }),
         );
 
-    let forgot = support::send(
+    let forgot = send(
         &router,
         Request::get("/forgot").body(Body::empty()).unwrap(),
     )
@@ -120,7 +121,7 @@ async fn a_route_without_the_layer_has_no_caller() {
         String::from_utf8_lossy(&forgot.body).contains("ApiKeyLayer"),
         "the MissingCaller body says what is misconfigured: {forgot:?}"
     );
-    let optional = support::send(
+    let optional = send(
         &router,
         Request::get("/optional").body(Body::empty()).unwrap(),
     )
@@ -1074,9 +1075,9 @@ async fn an_unknown_route_is_404_with_a_router_wide_route_layer() {
         .route_layer(fx.auth.any_valid_key());
     let key = fx.key("sa-a", &[]).await;
 
-    let nope = support::send(&router, Request::get("/nope").body(Body::empty()).unwrap()).await;
+    let nope = send(&router, Request::get("/nope").body(Body::empty()).unwrap()).await;
     assert_eq!(nope.status, StatusCode::NOT_FOUND, "{nope:?}");
-    let nope = support::send(
+    let nope = send(
         &router,
         request_with_key(Method::GET, "/nope", key.key.expose_secret()),
     )
@@ -1084,9 +1085,9 @@ async fn an_unknown_route_is_404_with_a_router_wide_route_layer() {
     assert_eq!(nope.status, StatusCode::NOT_FOUND, "{nope:?}");
     assert_eq!(fx.calls(), 0, "no lookup for a route that does not exist");
 
-    let anonymous = support::send(&router, Request::get("/b").body(Body::empty()).unwrap()).await;
+    let anonymous = send(&router, Request::get("/b").body(Body::empty()).unwrap()).await;
     assert_unauthorized(&anonymous, Reason::Missing);
-    let ok = support::send(
+    let ok = send(
         &router,
         request_with_key(Method::GET, "/a", key.key.expose_secret()),
     )

@@ -1,7 +1,7 @@
 //! The middleware over real TCP: `axum::serve` on 127.0.0.1 and hyper-util's
 //! HTTP/1 client, so headers go through a real parser and serializer.
 
-mod support;
+mod common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -19,9 +19,10 @@ use tokio::task::JoinHandle;
 use tower_api_key::key::KeyFormat;
 use tower_api_key::KeyStore;
 
-use support::{
-    api_key, app, assert_same_response, Fixture, Reply, CHALLENGE, NARROW, OTHER, X_API_KEY,
+use common::http::{
+    api_key, app, assert_same_response, Fixture, CHALLENGE, NARROW, OTHER, X_API_KEY,
 };
+use common::Reply;
 
 /// A server on an ephemeral loopback port, stopped on drop.
 struct Server {

@@ -14,7 +14,9 @@ use tower_api_key::store::{
 };
 use tower_api_key::verifier::Verifier;
 
-mod store_checks;
+mod common;
+
+use common::stores;
 
 fn start_time() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
@@ -321,18 +323,18 @@ async fn create_refuses_a_key_past_the_accounts_limit_until_one_is_deleted() {
         .with_clock(clock.clone())
         .max_keys_per_account(3)
         .build();
-    store_checks::keys_per_account_are_limited(&store, &|by| clock.advance(by)).await;
+    stores::keys_per_account_are_limited(&store, &|by| clock.advance(by)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_creates_for_one_account_never_pass_the_limit() {
     let store = MemoryStore::builder().max_keys_per_account(5).build();
-    store_checks::concurrent_creates_respect_the_limit(&[&store, &store.clone()]).await;
+    stores::concurrent_creates_respect_the_limit(&[&store, &store.clone()]).await;
 }
 
 #[tokio::test]
 async fn accounts_hold_at_most_a_thousand_keys_by_default() {
-    store_checks::the_default_limit_is_a_thousand_keys(&MemoryStore::new()).await;
+    stores::the_default_limit_is_a_thousand_keys(&MemoryStore::new()).await;
 }
 
 #[cfg(feature = "test-util")]
@@ -351,27 +353,27 @@ async fn verify_does_the_same_hashing_work_whether_or_not_the_id_exists() {
         .unwrap()
         .unwrap();
     let probes = [
-        ("unknown id", store_checks::unknown_key(&store)),
+        ("unknown id", stores::unknown_key(&store)),
         (
             "known id, wrong secret",
-            store_checks::wrong_secret(&store, current.record.key_id),
+            stores::wrong_secret(&store, current.record.key_id),
         ),
         (
             "known id with a graced previous secret, wrong secret",
-            store_checks::wrong_secret(&store, graced.record.key_id),
+            stores::wrong_secret(&store, graced.record.key_id),
         ),
     ];
-    store_checks::verify_work_does_not_depend_on_the_id(&store, &probes).await;
+    stores::verify_work_does_not_depend_on_the_id(&store, &probes).await;
 }
 
 #[tokio::test]
 async fn list_stops_a_page_at_the_byte_budget_and_continues_from_its_last_key() {
-    store_checks::pages_stop_at_the_byte_budget(&MemoryStore::new()).await;
+    stores::pages_stop_at_the_byte_budget(&MemoryStore::new()).await;
 }
 
 #[tokio::test]
 async fn list_accepts_page_sizes_from_one_to_two_hundred() {
-    store_checks::page_sizes_are_one_to_two_hundred(&MemoryStore::new()).await;
+    stores::page_sizes_are_one_to_two_hundred(&MemoryStore::new()).await;
 }
 
 #[tokio::test]

@@ -4,8 +4,7 @@
 //! file (its own test binary) holds a single test.
 #![cfg(all(feature = "metrics", feature = "axum"))]
 
-#[path = "mgmt_support/mod.rs"]
-mod support;
+mod common;
 
 use std::collections::BTreeMap;
 
@@ -20,7 +19,7 @@ use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
 use tower_api_key::telemetry::names;
 use tower_api_key::{Authenticator, PresentedKey, VerifierError};
 
-use support::{serve, Client};
+use common::tcp::{serve, Client};
 
 const TRANSLATE: &str = "yc.ai.translate.execute";
 

@@ -37,7 +37,9 @@ use tower_api_key::store::{
 };
 use tower_api_key::verifier::{Verifier, VerifierError};
 
-mod store_checks;
+mod common;
+
+use common::stores;
 
 /// Bound on every wait for a notification to cross between two stores.
 const NOTIFY_WITHIN: Duration = Duration::from_secs(1);
@@ -722,8 +724,8 @@ async fn list_stops_a_page_at_the_byte_budget_and_continues_from_its_last_key() 
         return;
     };
     let store = db.store().await;
-    store_checks::pages_stop_at_the_byte_budget(&store).await;
-    store_checks::page_sizes_are_one_to_two_hundred(&store).await;
+    stores::pages_stop_at_the_byte_budget(&store).await;
+    stores::page_sizes_are_one_to_two_hundred(&store).await;
     store.shutdown().await;
     db.drop_schema().await;
 }
@@ -744,7 +746,7 @@ async fn create_refuses_a_key_past_the_accounts_limit_until_one_is_deleted() {
         .await
         .unwrap();
     store.migrate().await.unwrap();
-    store_checks::keys_per_account_are_limited(&store, &|by| clock.advance(by)).await;
+    stores::keys_per_account_are_limited(&store, &|by| clock.advance(by)).await;
     store.shutdown().await;
     db.drop_schema().await;
 }
@@ -769,7 +771,7 @@ async fn concurrent_creates_for_one_account_never_pass_the_limit() {
         .connect()
         .await
         .unwrap();
-    store_checks::concurrent_creates_respect_the_limit(&[&a, &b]).await;
+    stores::concurrent_creates_respect_the_limit(&[&a, &b]).await;
     a.shutdown().await;
     b.shutdown().await;
     db.drop_schema().await;
@@ -781,7 +783,7 @@ async fn accounts_hold_at_most_a_thousand_keys_by_default() {
         return;
     };
     let store = db.store().await;
-    store_checks::the_default_limit_is_a_thousand_keys(&store).await;
+    stores::the_default_limit_is_a_thousand_keys(&store).await;
     store.shutdown().await;
     db.drop_schema().await;
 }
@@ -1770,29 +1772,29 @@ async fn verify_does_the_same_hashing_work_whether_or_not_the_id_exists() {
         .unwrap()
         .unwrap();
     let probes = [
-        ("unknown id", store_checks::unknown_key(&store)),
+        ("unknown id", stores::unknown_key(&store)),
         (
             "known id, wrong secret",
-            store_checks::wrong_secret(&store, current.record.key_id),
+            stores::wrong_secret(&store, current.record.key_id),
         ),
         (
             "known id with a graced previous secret, wrong secret",
-            store_checks::wrong_secret(&store, graced.record.key_id),
+            stores::wrong_secret(&store, graced.record.key_id),
         ),
         (
             "known id hashed with the previous pepper, wrong secret",
-            store_checks::wrong_secret(&store, unmigrated.record.key_id),
+            stores::wrong_secret(&store, unmigrated.record.key_id),
         ),
         (
             "known id hashed with plain SHA-256, wrong secret",
-            store_checks::wrong_secret(&store, sha.record.key_id),
+            stores::wrong_secret(&store, sha.record.key_id),
         ),
         (
             "known id with a graced previous-pepper secret, wrong secret",
-            store_checks::wrong_secret(&store, graced_v1.record.key_id),
+            stores::wrong_secret(&store, graced_v1.record.key_id),
         ),
     ];
-    store_checks::verify_work_does_not_depend_on_the_id(&store, &probes).await;
+    stores::verify_work_does_not_depend_on_the_id(&store, &probes).await;
 
     for store in [plain, old, store] {
         store.shutdown().await;

@@ -6,7 +6,7 @@
 //! ```
 #![no_main]
 
-#[path = "../../tests/fuzz_harness/mod.rs"]
+#[path = "../../tests/common/fuzz.rs"]
 mod harness;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::authorization(data));

@@ -1,6 +1,5 @@
 //! Checks every key store must pass, written once over `&dyn KeyStore` and run
 //! by `tests/memory_store.rs` and `tests/postgres.rs` with the same assertions.
-#![allow(dead_code)]
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};

@@ -1,19 +1,19 @@
 //! A real HTTP server on 127.0.0.1 and a small client that remembers every
-//! response it got.
-
-#![allow(dead_code)]
+//! response it got (the management, grants and metrics tests).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+
+use super::Reply;
 
 /// Serves `app` on a free port of 127.0.0.1 until the test ends.
 pub async fn serve(app: Router) -> SocketAddr {
@@ -23,48 +23,6 @@ pub async fn serve(app: Router) -> SocketAddr {
         axum::serve(listener, app).await.unwrap();
     });
     addr
-}
-
-/// One response, read whole.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub text: String,
-}
-
-impl Reply {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.text)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?} {}", self.status, self.text))
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// The JSON error code of an error response, checking its shape.
-    pub fn error(&self) -> String {
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/json"),
-            "{self:?}"
-        );
-        let body = self.json();
-        let code = body["error"].as_str().expect("an error code").to_owned();
-        assert!(
-            body["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{body}"
-        );
-        code
-    }
-
-    pub fn message(&self) -> String {
-        self.json()["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    }
 }
 
 /// An HTTP/1 client that records every response (status, headers, body).
@@ -106,8 +64,8 @@ impl Client {
         let response = self.http.request(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(body.to_vec()).unwrap();
         self.seen
             .lock()
             .unwrap()
@@ -115,7 +73,8 @@ impl Client {
         Reply {
             status,
             headers,
-            text,
+            body,
+            rejection: None,
         }
     }
 

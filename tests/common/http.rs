@@ -1,10 +1,8 @@
-//! Shared fixtures for the HTTP integration tests: a counting verifier over a
+//! The in-process fixture of the HTTP tests: a counting verifier over a
 //! `MemoryStore`, a manual clock shared by store and authenticator, an axum
-//! app with one route per scope policy, and response helpers that never print
-//! key material.
-#![allow(dead_code)]
+//! app with one route per scope policy, `send` through it with `oneshot`, and
+//! the assertions on 401 and 403 responses.
 
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -13,7 +11,6 @@ use async_trait::async_trait;
 use axum::body::Body;
 use axum::routing::{get, post};
 use axum::Router;
-use bytes::Bytes;
 use http::header::{HeaderName, AUTHORIZATION, CACHE_CONTROL, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -28,6 +25,8 @@ use tower_api_key::{
     Authenticator, Caller, KeyRecord, KeyStore, MemoryStore, Verifier, VerifierError,
 };
 
+use super::Reply;
+
 /// A narrow scope and a broad one; `/v1/translate` accepts either.
 pub const NARROW: &str = "yc.ai.translate.execute";
 pub const BROAD: &str = "yc.ai.execute";
@@ -41,10 +40,6 @@ pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// `WWW-Authenticate` of every 401 with the default realm.
 pub const CHALLENGE: &str = "Api-Key realm=\"api\"";
-
-/// The prefix of every key the default format issues; used to spot key
-/// material in anything a test might print.
-const KEY_PREFIX: &str = "tak_";
 
 /// Knobs and counters of [`TestVerifier`].
 pub struct Control {
@@ -259,14 +254,6 @@ pub fn api_key(key: &str) -> HeaderValue {
     HeaderValue::from_str(&format!("Api-Key {key}")).expect("keys are visible ASCII")
 }
 
-/// A response, read to the end.
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-    pub rejection: Option<Rejection>,
-}
-
 /// Sends `request` through `router` with `oneshot`.
 pub async fn send(router: &Router, request: Request<Body>) -> Reply {
     let response = router.clone().oneshot(request).await.unwrap();
@@ -278,57 +265,6 @@ pub async fn send(router: &Router, request: Request<Body>) -> Reply {
         headers: parts.headers,
         body,
         rejection,
-    }
-}
-
-/// Text for failure messages, with anything that looks like a key hidden.
-pub fn redacted(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    if text.contains(KEY_PREFIX) {
-        format!(
-            "<{} bytes that look like key material, not shown>",
-            bytes.len()
-        )
-    } else {
-        text.into_owned()
-    }
-}
-
-impl fmt::Debug for Reply {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let headers: Vec<(String, String)> = self
-            .headers
-            .iter()
-            .map(|(name, value)| (name.to_string(), redacted(value.as_bytes())))
-            .collect();
-        f.debug_struct("Reply")
-            .field("status", &self.status)
-            .field("headers", &headers)
-            .field("body", &redacted(&self.body))
-            .field("reason", &self.rejection.as_ref().map(Rejection::reason))
-            .finish()
-    }
-}
-
-impl Reply {
-    /// The reason of the rejection in the response's extensions.
-    pub fn reason(&self) -> Option<Reason> {
-        self.rejection.as_ref().map(Rejection::reason)
-    }
-
-    /// A header as text ("" when missing).
-    pub fn header(&self, name: impl http::header::AsHeaderName) -> &str {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().unwrap_or("<not visible ASCII>"))
-            .unwrap_or("")
-    }
-
-    /// Whether `secret` appears anywhere in headers or body.
-    pub fn contains(&self, secret: &str) -> bool {
-        let needle = secret.as_bytes();
-        let within = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
-        within(&self.body) || self.headers.values().any(|v| within(v.as_bytes()))
     }
 }
 
