@@ -4,10 +4,10 @@
 //!
 //! Already proven elsewhere, and not repeated here:
 //! - verifier timeout is 503, not cached, next request works:
-//!   `http_layer::a_verifier_timeout_is_503_and_the_next_request_works`,
+//!   `layer_verifier_faults::a_verifier_timeout_is_503_and_the_next_request_works`,
 //!   `cache::a_verifier_slower_than_the_timeout_gives_unavailable_and_is_not_cached`;
 //! - verifier panic is 500, next request works:
-//!   `http_layer::a_panicking_verifier_is_500_and_the_next_request_works`,
+//!   `layer_verifier_faults::a_panicking_verifier_is_500_and_the_next_request_works`,
 //!   `cache::a_panicking_verifier_gives_verifier_panicked_and_the_next_lookup_works`,
 //!   `cache::a_panicking_verifier_struct_does_not_poison_the_cache`;
 //! - a flood of unknown keys does not evict a hot key, at the cache level:

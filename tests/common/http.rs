@@ -12,13 +12,13 @@ use axum::body::Body;
 use axum::routing::{get, post};
 use axum::Router;
 use http::header::{HeaderName, AUTHORIZATION, CACHE_CONTROL, WWW_AUTHENTICATE};
-use http::{HeaderMap, HeaderValue, Request, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 use tower_api_key::auth::{AuthenticatorBuilder, Reason, Rejection};
 use tower_api_key::clock::ManualClock;
 use tower_api_key::invalidation::Invalidations;
-use tower_api_key::key::PresentedKey;
+use tower_api_key::key::{KeyId, PresentedKey};
 use tower_api_key::scope::ScopeSet;
 use tower_api_key::store::{CreatedKey, NewKey};
 use tower_api_key::{
@@ -252,6 +252,49 @@ pub fn app(auth: &Authenticator) -> App {
 /// `Api-Key <key>` as a header value.
 pub fn api_key(key: &str) -> HeaderValue {
     HeaderValue::from_str(&format!("Api-Key {key}")).expect("keys are visible ASCII")
+}
+
+/// A `GET /whoami` request, to finish with headers and a body.
+pub fn get_whoami() -> http::request::Builder {
+    Request::get("/whoami")
+}
+
+/// `GET /whoami` with `value` as its `Authorization` header.
+pub fn whoami_with(value: HeaderValue) -> Request<Body> {
+    get_whoami()
+        .header(AUTHORIZATION, value)
+        .body(Body::empty())
+        .unwrap()
+}
+
+/// `GET /whoami` with `Authorization: Api-Key <key>`.
+pub fn whoami_with_key(key: &str) -> Request<Body> {
+    whoami_with(api_key(key))
+}
+
+/// `method path` with `Authorization: Api-Key <key>`.
+pub fn request_with_key(method: Method, path: &str, key: &str) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header(AUTHORIZATION, api_key(key))
+        .body(Body::empty())
+        .unwrap()
+}
+
+/// `key` with its last character changed: the checksum no longer matches.
+pub fn with_bad_checksum(key: &str) -> String {
+    let (head, last) = key.split_at(key.len() - 1);
+    format!("{head}{}", if last == "A" { "B" } else { "A" })
+}
+
+/// A `Caller` a client might try to smuggle in as a request extension: an
+/// account of its own, holding both route scopes.
+pub fn mallory() -> Caller {
+    Caller::from(
+        KeyRecord::new(KeyId::random().unwrap(), "sa-mallory")
+            .with_scopes(ScopeSet::new([NARROW, BROAD]).unwrap()),
+    )
 }
 
 /// Sends `request` through `router` with `oneshot`.
