@@ -82,6 +82,14 @@ struct TestDb {
     admin: tokio_postgres::Client,
 }
 
+/// The two peppers of the rotation tests: version 1, then version 2.
+fn peppers() -> (Pepper, Pepper) {
+    (
+        Pepper::new(1, b"the first pepper, 32 bytes long!".to_vec()),
+        Pepper::new(2, b"the second pepper, also 32 bytes".to_vec()),
+    )
+}
+
 impl TestDb {
     async fn new(test: &str) -> Option<TestDb> {
         let url = database_url(test)?;
@@ -123,6 +131,19 @@ impl TestDb {
         let store = self.builder().connect().await.expect("connect");
         store.migrate().await.expect("migrate");
         store
+    }
+
+    /// A store on this schema and channel whose keys are hashed by `hasher`.
+    async fn store_hashing_with(&self, hasher: KeyHasher) -> PgKeyStore {
+        self.builder().with_hasher(hasher).connect().await.unwrap()
+    }
+
+    /// A store builder on this channel that reaches the database through
+    /// `proxy` and reconnects fast (20 to 200 ms; a test may set its own).
+    fn builder_via(&self, proxy: &Proxy) -> PgKeyStoreBuilder {
+        PgKeyStoreBuilder::new(self.config_via(proxy))
+            .with_channel(self.channel())
+            .with_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
     }
 
     /// Settings that reach the same database and schema through `proxy`.
@@ -1133,12 +1154,7 @@ async fn a_missed_notification_is_covered_by_the_flush_after_reconnect() {
     };
     let proxy = Proxy::start(db.upstream()).await;
     let a = db.store().await;
-    let b = PgKeyStoreBuilder::new(db.config_via(&proxy))
-        .with_channel(db.channel())
-        .with_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .connect()
-        .await
-        .unwrap();
+    let b = db.builder_via(&proxy).connect().await.unwrap();
     let cache_b = cache(&b);
     let mut seen_b = Watch::on(&b);
     let created = a.create(NewKey::new("sa-1")).await.unwrap();
@@ -1210,8 +1226,8 @@ async fn listener_comes_back_after_a_restart(
     };
     let proxy = Proxy::start(db.upstream()).await;
     let a = db.store().await;
-    let b = PgKeyStoreBuilder::new(db.config_via(&proxy))
-        .with_channel(db.channel())
+    let b = db
+        .builder_via(&proxy)
         .with_timeout(Duration::from_secs(2))
         .with_reconnect_backoff(Duration::from_secs(30), Duration::from_secs(30))
         .with_reconnect_probe_interval(probe_interval)
@@ -1315,11 +1331,10 @@ async fn a_silently_dead_listener_is_found_by_its_health_check() {
     };
     let proxy = Proxy::start(db.upstream()).await;
     let a = db.store().await;
-    let b = PgKeyStoreBuilder::new(db.config_via(&proxy))
-        .with_channel(db.channel())
+    let b = db
+        .builder_via(&proxy)
         .with_timeout(Duration::from_secs(1))
         .with_health_check_interval(Duration::from_millis(100))
-        .with_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
         .connect()
         .await
         .unwrap();
@@ -1453,10 +1468,9 @@ async fn database_down_misses_are_unavailable_and_cached_keys_still_pass() {
     };
     let direct = db.store().await;
     let proxy = Proxy::start(db.upstream()).await;
-    let store = PgKeyStoreBuilder::new(db.config_via(&proxy))
-        .with_channel(db.channel())
+    let store = db
+        .builder_via(&proxy)
         .with_timeout(Duration::from_secs(2))
-        .with_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
         .connect()
         .await
         .unwrap();
@@ -1539,10 +1553,9 @@ async fn through_the_middleware_an_outage_is_503_and_uses_are_written_behind() {
     };
     let direct = db.store().await;
     let proxy = Proxy::start(db.upstream()).await;
-    let store = PgKeyStoreBuilder::new(db.config_via(&proxy))
-        .with_channel(db.channel())
+    let store = db
+        .builder_via(&proxy)
         .with_timeout(Duration::from_secs(2))
-        .with_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
         .connect()
         .await
         .unwrap();
@@ -1642,27 +1655,15 @@ async fn rotated_pepper_keys_are_found_by_id_and_verified_in_constant_time() {
     else {
         return;
     };
-    let v1 = Pepper::new(1, b"the first pepper, 32 bytes long!".to_vec());
-    let v2 = Pepper::new(2, b"the second pepper, also 32 bytes".to_vec());
+    let (v1, v2) = peppers();
     let plain = db.store().await;
     let old = db
-        .builder()
-        .with_hasher(KeyHasher::with_pepper(v1.clone()))
-        .connect()
-        .await
-        .unwrap();
+        .store_hashing_with(KeyHasher::with_pepper(v1.clone()))
+        .await;
     let rotated = db
-        .builder()
-        .with_hasher(KeyHasher::with_pepper(v2.clone()).with_previous_pepper(v1))
-        .connect()
-        .await
-        .unwrap();
-    let v2_only = db
-        .builder()
-        .with_hasher(KeyHasher::with_pepper(v2))
-        .connect()
-        .await
-        .unwrap();
+        .store_hashing_with(KeyHasher::with_pepper(v2.clone()).with_previous_pepper(v1))
+        .await;
+    let v2_only = db.store_hashing_with(KeyHasher::with_pepper(v2)).await;
 
     let sha_key = plain.create(NewKey::new("sa")).await.unwrap();
     let v1_key = old.create(NewKey::new("sa")).await.unwrap();
@@ -1740,21 +1741,14 @@ async fn verify_does_the_same_hashing_work_whether_or_not_the_id_exists() {
     else {
         return;
     };
-    let v1 = Pepper::new(1, b"the first pepper, 32 bytes long!".to_vec());
-    let v2 = Pepper::new(2, b"the second pepper, also 32 bytes".to_vec());
+    let (v1, v2) = peppers();
     let plain = db.store().await;
     let old = db
-        .builder()
-        .with_hasher(KeyHasher::with_pepper(v1.clone()))
-        .connect()
-        .await
-        .unwrap();
+        .store_hashing_with(KeyHasher::with_pepper(v1.clone()))
+        .await;
     let store = db
-        .builder()
-        .with_hasher(KeyHasher::with_pepper(v2).with_previous_pepper(v1))
-        .connect()
-        .await
-        .unwrap();
+        .store_hashing_with(KeyHasher::with_pepper(v2).with_previous_pepper(v1))
+        .await;
     // Keys not yet moved to the current pepper: plain SHA-256 and pepper v1.
     let sha = plain.create(NewKey::new("sa")).await.unwrap();
     let unmigrated = old.create(NewKey::new("sa")).await.unwrap();
