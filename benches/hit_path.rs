@@ -34,23 +34,17 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 mod support;
 use sha2::{Digest, Sha256};
+use support::harness::{runtime, stored_keys};
 use support::Clock;
 use tower_api_key::cache::{CacheConfig, CachedVerifier};
 use tower_api_key::key::{KeyFormat, PresentedKey};
 use tower_api_key::record::KeyRecord;
 use tower_api_key::scope::{ScopePolicy, ScopeSet};
-use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+use tower_api_key::store::MemoryStore;
 use tower_api_key::verifier::VerifierError;
 
 /// Keys looked up over and over; spread evenly over the cached keys.
 const HOT: usize = 1024;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
 
 /// Cache sizes to measure, from `BENCH_KEYS` (comma-separated), by default
 /// 10,000 and 1,000,000.
@@ -253,22 +247,7 @@ fn miss(c: &mut Criterion<Clock>) {
     const POOL: usize = 10_000;
     let rt = runtime();
     let store = MemoryStore::new();
-    let keys: Vec<PresentedKey> = rt.block_on(async {
-        let mut keys = Vec::with_capacity(POOL);
-        for i in 0..POOL {
-            let created = store
-                .create(NewKey::new(format!("sa-{}", i % 100)))
-                .await
-                .expect("created");
-            keys.push(
-                store
-                    .format()
-                    .parse(created.key.expose_secret())
-                    .expect("a valid key"),
-            );
-        }
-        keys
-    });
+    let keys = stored_keys(&rt, &store, POOL);
     let clock = Clock::from_env();
     let mut group = c.benchmark_group("miss");
     group.bench_function("memory_store", |b| {

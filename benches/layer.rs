@@ -13,70 +13,26 @@
 //! synchronously: the inner service answers at once and a cache hit needs no
 //! waiting, so the future is polled once.
 
-use std::convert::Infallible;
 use std::hint::black_box;
 use std::time::Duration;
 
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 
 mod support;
-use futures_util::FutureExt;
-use http::{header::AUTHORIZATION, Request, Response};
+use support::harness::{cached_key, call_now, hello, request, runtime, BEARER};
 use support::Clock;
-use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+use tower::ServiceBuilder;
+use tower_api_key::store::MemoryStore;
 use tower_api_key::Authenticator;
 
-const BEARER: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU";
-
-fn request(authorization: &str) -> Request<()> {
-    Request::get("/protected")
-        .header(AUTHORIZATION, authorization)
-        .body(())
-        .expect("a valid request")
-}
-
-async fn hello(_request: Request<()>) -> Result<Response<Bytes>, Infallible> {
-    Ok(Response::new(Bytes::from_static(b"hello, world")))
-}
-
-/// Calls `service` once, expecting an immediate answer.
-fn call_now<S>(service: &mut S, request: Request<()>) -> S::Response
-where
-    S: Service<Request<()>>,
-    S::Error: std::fmt::Debug,
-{
-    ServiceExt::ready(service)
-        .now_or_never()
-        .expect("ready at once")
-        .expect("ready")
-        .call(request)
-        .now_or_never()
-        .expect("answered at once")
-        .expect("no error")
-}
-
 fn layer(c: &mut Criterion<Clock>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let rt = runtime();
     let store = MemoryStore::new();
     let auth = Authenticator::builder(store.clone())
         .positive_ttl(Duration::from_secs(3600))
         .build();
-    let key = rt.block_on(async {
-        let created = store
-            .create(NewKey::new("sa-bench"))
-            .await
-            .expect("created");
-        let secret = created.key.expose_secret().to_owned();
-        // Warm the cache: the benchmark measures hits.
-        let presented = store.format().parse(&secret).expect("a valid key");
-        auth.cache().lookup(&presented).await.expect("accepted");
-        secret
-    });
+    // Warm the cache: the benchmark measures hits.
+    let key = cached_key(&rt, &store, &auth, "sa-bench");
     let api_key_header = format!("Api-Key {key}");
     let bearer_header = format!("Bearer {BEARER}");
 

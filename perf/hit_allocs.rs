@@ -12,16 +12,16 @@
 //! same request through the bare service.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
-use futures_util::FutureExt;
-use http::{header::AUTHORIZATION, Request, Response};
-use tower::{Service, ServiceBuilder, ServiceExt};
+use http::{header::AUTHORIZATION, Request};
+use tower::ServiceBuilder;
 use tower_api_key::scope::ScopePolicy;
-use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+use tower_api_key::store::{KeyStore, MemoryStore};
 use tower_api_key::Authenticator;
+
+mod support;
+use support::{cached_key, call_now, hello, runtime};
 
 struct Counting;
 
@@ -73,39 +73,11 @@ fn per_call(mut f: impl FnMut()) -> (f64, f64) {
     )
 }
 
-async fn hello(_request: Request<()>) -> Result<Response<Bytes>, Infallible> {
-    Ok(Response::new(Bytes::from_static(b"hello, world")))
-}
-
-fn call_now<S>(service: &mut S, request: Request<()>) -> S::Response
-where
-    S: Service<Request<()>>,
-    S::Error: std::fmt::Debug,
-{
-    ServiceExt::ready(service)
-        .now_or_never()
-        .expect("ready at once")
-        .expect("ready")
-        .call(request)
-        .now_or_never()
-        .expect("answered at once")
-        .expect("no error")
-}
-
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let rt = runtime();
     let store = MemoryStore::new();
     let auth = Authenticator::new(store.clone());
-    let secret = rt.block_on(async {
-        let created = store.create(NewKey::new("sa-1")).await.expect("created");
-        let secret = created.key.expose_secret().to_owned();
-        let presented = store.format().parse(&secret).expect("a valid key");
-        auth.cache().lookup(&presented).await.expect("accepted");
-        secret
-    });
+    let secret = cached_key(&rt, &store, &auth, "sa-1");
     let format = store.format();
     let presented = format.parse(&secret).expect("a valid key");
     let policy = ScopePolicy::any_valid_key();

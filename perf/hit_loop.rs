@@ -17,24 +17,23 @@
 //! Each case runs in a `run_<case>` function (not inlined), so a profiler
 //! can count just the loop.
 
-use std::convert::Infallible;
 use std::hint::black_box;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::FutureExt;
-use http::{header::AUTHORIZATION, Request, Response};
-use tower::{Service, ServiceBuilder, ServiceExt};
+use http::{header::AUTHORIZATION, Request};
+use tower::{Service, ServiceBuilder};
 use tower_api_key::cache::{CacheConfig, CachedVerifier};
 use tower_api_key::key::{KeyFormat, PresentedKey};
 use tower_api_key::record::KeyRecord;
 use tower_api_key::scope::{ScopePolicy, ScopeSet};
-use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+use tower_api_key::store::MemoryStore;
 use tower_api_key::verifier::VerifierError;
 use tower_api_key::Authenticator;
 
+mod support;
+use support::{call_now, hello, runtime, stored_keys, BEARER};
+
 const HOT: usize = 1024;
-const BEARER: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU";
 
 async fn verifier(key: PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
     let scopes = ScopeSet::new(["yc.ai.translate.execute", "yc.ai.foundationModels.execute"])
@@ -42,25 +41,6 @@ async fn verifier(key: PresentedKey) -> Result<Option<KeyRecord>, VerifierError>
     Ok(Some(
         KeyRecord::new(key.id(), "sa-bench").with_scopes(scopes),
     ))
-}
-
-async fn hello(_request: Request<()>) -> Result<Response<Bytes>, Infallible> {
-    Ok(Response::new(Bytes::from_static(b"hello, world")))
-}
-
-fn call_now<S>(service: &mut S, request: Request<()>) -> S::Response
-where
-    S: Service<Request<()>>,
-    S::Error: std::fmt::Debug,
-{
-    ServiceExt::ready(service)
-        .now_or_never()
-        .expect("ready at once")
-        .expect("ready")
-        .call(request)
-        .now_or_never()
-        .expect("answered at once")
-        .expect("no error")
 }
 
 #[inline(never)]
@@ -128,10 +108,7 @@ fn main() {
         .map_or(100_000, |a| a.parse().expect("iterations"));
     let keys: usize = args.next().map_or(10_000, |a| a.parse().expect("keys"));
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let rt = runtime();
     let format = KeyFormat::default();
     let config = CacheConfig::builder()
         .max_keys(2 * keys as u64)
@@ -175,17 +152,7 @@ fn main() {
         "miss" => {
             // N keys in a MemoryStore, each looked up once on a cold cache.
             let store = MemoryStore::new();
-            let keys: Vec<PresentedKey> = rt.block_on(async {
-                let mut keys = Vec::with_capacity(n);
-                for i in 0..n {
-                    let created = store
-                        .create(NewKey::new(format!("sa-{}", i % 100)))
-                        .await
-                        .expect("created");
-                    keys.push(format.parse(created.key.expose_secret()).expect("a key"));
-                }
-                keys
-            });
+            let keys = stored_keys(&rt, &store, n);
             let cold = CachedVerifier::new(store, CacheConfig::default());
             run_miss(&rt, &cold, &keys)
         }

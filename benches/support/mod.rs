@@ -10,6 +10,10 @@
 
 #![allow(dead_code)]
 
+/// The services, runtime and keys the benchmarks share with the tools in `perf/`.
+#[path = "../../perf/support/mod.rs"]
+pub mod harness;
+
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 

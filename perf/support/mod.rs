@@ -1,0 +1,99 @@
+//! The harness shared by the measurement tools in `perf/` (`mod support;`)
+//! and the benchmarks in `benches/` (as `support::harness`): a current-thread
+//! runtime, the `hello` service put behind each layer, a way to call a
+//! service that answers at once, and keys made ready in a `MemoryStore`.
+//! Everything here is setup; none of it runs inside a measured loop except
+//! `hello` and `call_now`, which every variant shares.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{header::AUTHORIZATION, Request, Response};
+use tower::{Service, ServiceExt};
+use tower_api_key::key::PresentedKey;
+use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+use tower_api_key::Authenticator;
+
+/// The token of the `ValidateRequestHeaderLayer::bearer` baseline.
+pub const BEARER: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU";
+
+/// A current-thread runtime with time and I/O.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// `GET /protected` with `authorization` as its `Authorization` header.
+pub fn request(authorization: &str) -> Request<()> {
+    Request::get("/protected")
+        .header(AUTHORIZATION, authorization)
+        .body(())
+        .expect("a valid request")
+}
+
+/// The service behind every layer measured: a fixed body.
+pub async fn hello(_request: Request<()>) -> Result<Response<Bytes>, Infallible> {
+    Ok(Response::new(Bytes::from_static(b"hello, world")))
+}
+
+/// Calls `service` once, expecting an immediate answer.
+pub fn call_now<S>(service: &mut S, request: Request<()>) -> S::Response
+where
+    S: Service<Request<()>>,
+    S::Error: std::fmt::Debug,
+{
+    ServiceExt::ready(service)
+        .now_or_never()
+        .expect("ready at once")
+        .expect("ready")
+        .call(request)
+        .now_or_never()
+        .expect("answered at once")
+        .expect("no error")
+}
+
+/// A new key of `account` in `store`, looked up once through `auth` so its
+/// cache holds it: what the hit-path measurements use. Returns the key text.
+pub fn cached_key(
+    rt: &tokio::runtime::Runtime,
+    store: &MemoryStore,
+    auth: &Authenticator,
+    account: &str,
+) -> String {
+    rt.block_on(async {
+        let created = store.create(NewKey::new(account)).await.expect("created");
+        let secret = created.key.expose_secret().to_owned();
+        let presented = store.format().parse(&secret).expect("a valid key");
+        auth.cache().lookup(&presented).await.expect("accepted");
+        secret
+    })
+}
+
+/// `n` new keys in `store` over 100 accounts, parsed: what the miss-path
+/// measurements look up, each once, on a cold cache.
+pub fn stored_keys(
+    rt: &tokio::runtime::Runtime,
+    store: &MemoryStore,
+    n: usize,
+) -> Vec<PresentedKey> {
+    rt.block_on(async {
+        let mut keys = Vec::with_capacity(n);
+        for i in 0..n {
+            let created = store
+                .create(NewKey::new(format!("sa-{}", i % 100)))
+                .await
+                .expect("created");
+            keys.push(
+                store
+                    .format()
+                    .parse(created.key.expose_secret())
+                    .expect("a valid key"),
+            );
+        }
+        keys
+    })
+}
