@@ -340,29 +340,11 @@ async fn accounts_hold_at_most_a_thousand_keys_by_default() {
 #[cfg(feature = "test-util")]
 #[tokio::test(flavor = "current_thread")]
 async fn verify_does_the_same_hashing_work_whether_or_not_the_id_exists() {
-    let v1 = Pepper::new(1, b"the first pepper, 32 bytes long!".to_vec());
-    let v2 = Pepper::new(2, b"the second pepper, also 32 bytes".to_vec());
+    let (v1, v2) = stores::peppers();
     let store = MemoryStore::builder()
         .with_hasher(KeyHasher::with_pepper(v2).with_previous_pepper(v1))
         .build();
-    let current = store.create(NewKey::new("sa")).await.unwrap();
-    let graced = store.create(NewKey::new("sa")).await.unwrap();
-    store
-        .reissue(graced.record.key_id, Duration::from_secs(600))
-        .await
-        .unwrap()
-        .unwrap();
-    let probes = [
-        ("unknown id", stores::unknown_key(&store)),
-        (
-            "known id, wrong secret",
-            stores::wrong_secret(&store, current.record.key_id),
-        ),
-        (
-            "known id with a graced previous secret, wrong secret",
-            stores::wrong_secret(&store, graced.record.key_id),
-        ),
-    ];
+    let probes = stores::id_probes(&store).await;
     stores::verify_work_does_not_depend_on_the_id(&store, &probes).await;
 }
 

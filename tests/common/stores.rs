@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
+use tower_api_key::hash::Pepper;
 use tower_api_key::key::{KeyId, PresentedKey};
 use tower_api_key::management::KeyResource;
 use tower_api_key::scope::ScopeSet;
@@ -267,4 +268,36 @@ pub fn unknown_key(store: &dyn KeyStore) -> PresentedKey {
     format
         .parse(format.generate().unwrap().expose_secret())
         .unwrap()
+}
+
+/// The two peppers of the rotation tests: version 1, then version 2.
+pub fn peppers() -> (Pepper, Pepper) {
+    (
+        Pepper::new(1, b"the first pepper, 32 bytes long!".to_vec()),
+        Pepper::new(2, b"the second pepper, also 32 bytes".to_vec()),
+    )
+}
+
+/// The probes of [`verify_work_does_not_depend_on_the_id`] that every store
+/// has: an unknown id, and wrong secrets for the ids of two keys it creates,
+/// one current and one reissued with its previous secret still in grace.
+pub async fn id_probes(store: &dyn KeyStore) -> Vec<(&'static str, PresentedKey)> {
+    let current = store.create(NewKey::new("sa")).await.unwrap();
+    let graced = store.create(NewKey::new("sa")).await.unwrap();
+    store
+        .reissue(graced.record.key_id, Duration::from_secs(600))
+        .await
+        .unwrap()
+        .unwrap();
+    vec![
+        ("unknown id", unknown_key(store)),
+        (
+            "known id, wrong secret",
+            wrong_secret(store, current.record.key_id),
+        ),
+        (
+            "known id with a graced previous secret, wrong secret",
+            wrong_secret(store, graced.record.key_id),
+        ),
+    ]
 }
