@@ -34,17 +34,12 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 mod support;
 use sha2::{Digest, Sha256};
-use support::harness::{runtime, stored_keys};
+use support::harness::{admit_every_key, fill, runtime, stored_keys, HOT};
 use support::Clock;
 use tower_api_key::cache::{CacheConfig, CachedVerifier};
 use tower_api_key::key::{KeyFormat, PresentedKey};
-use tower_api_key::record::KeyRecord;
-use tower_api_key::scope::{ScopePolicy, ScopeSet};
+use tower_api_key::scope::ScopePolicy;
 use tower_api_key::store::MemoryStore;
-use tower_api_key::verifier::VerifierError;
-
-/// Keys looked up over and over; spread evenly over the cached keys.
-const HOT: usize = 1024;
 
 /// Cache sizes to measure, from `BENCH_KEYS` (comma-separated), by default
 /// 10,000 and 1,000,000.
@@ -62,43 +57,15 @@ fn key_counts() -> Vec<usize> {
 /// A cache filled with `n` valid keys through its miss path; returns the hot
 /// working set (as presented keys) and the raw text of the first hot key.
 fn filled_cache(n: usize) -> (CachedVerifier, Vec<PresentedKey>, String) {
-    let format = KeyFormat::default();
-    let scopes = ScopeSet::new(["yc.ai.translate.execute", "yc.ai.foundationModels.execute"])
-        .expect("valid scopes");
-    // Accepts every well-formed key: the records are the same shape a store returns.
-    let verifier = move |key: PresentedKey| {
-        let scopes = scopes.clone();
-        async move {
-            Ok::<_, VerifierError>(Some(
-                KeyRecord::new(key.id(), "sa-bench").with_scopes(scopes),
-            ))
-        }
-    };
     let cache = CachedVerifier::new(
-        verifier,
+        admit_every_key,
         CacheConfig::builder()
             .max_keys(2 * n as u64)
             .positive_ttl(Duration::from_secs(3600))
             .build(),
     );
-    let stride = (n / HOT).max(1);
-    let mut hot = Vec::with_capacity(HOT);
-    let mut first = String::new();
-    let rt = runtime();
-    rt.block_on(async {
-        for i in 0..n {
-            let key = format.generate().expect("random source");
-            let presented = format.parse(key.expose_secret()).expect("a valid key");
-            cache.lookup(&presented).await.expect("accepted");
-            if i % stride == 0 && hot.len() < HOT {
-                if hot.is_empty() {
-                    first = key.expose_secret().to_owned();
-                }
-                hot.push(presented);
-            }
-        }
-    });
-    cache.run_pending_tasks();
+    let hot = fill(&runtime(), &cache, n);
+    let first = hot[0].expose_secret().to_owned();
     (cache, hot, first)
 }
 

@@ -24,24 +24,12 @@ use http::{header::AUTHORIZATION, Request};
 use tower::{Service, ServiceBuilder};
 use tower_api_key::cache::{CacheConfig, CachedVerifier};
 use tower_api_key::key::{KeyFormat, PresentedKey};
-use tower_api_key::record::KeyRecord;
-use tower_api_key::scope::{ScopePolicy, ScopeSet};
+use tower_api_key::scope::ScopePolicy;
 use tower_api_key::store::MemoryStore;
-use tower_api_key::verifier::VerifierError;
 use tower_api_key::Authenticator;
 
 mod support;
-use support::{call_now, hello, runtime, stored_keys, BEARER};
-
-const HOT: usize = 1024;
-
-async fn verifier(key: PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
-    let scopes = ScopeSet::new(["yc.ai.translate.execute", "yc.ai.foundationModels.execute"])
-        .map_err(VerifierError::backend)?;
-    Ok(Some(
-        KeyRecord::new(key.id(), "sa-bench").with_scopes(scopes),
-    ))
-}
+use support::{admit_every_key, call_now, fill, hello, runtime, stored_keys, BEARER};
 
 #[inline(never)]
 fn run_parse(format: &KeyFormat, raw: &[Vec<u8>], n: usize) {
@@ -114,23 +102,11 @@ fn main() {
         .max_keys(2 * keys as u64)
         .positive_ttl(Duration::from_secs(3600))
         .build();
-    let auth = Authenticator::builder(verifier)
+    let auth = Authenticator::builder(admit_every_key)
         .cache_config(config)
         .build();
     let cache = auth.cache().clone();
-    let stride = (keys / HOT).max(1);
-    let mut hot = Vec::new();
-    rt.block_on(async {
-        for i in 0..keys {
-            let key = format.generate().expect("random source");
-            let key = format.parse(key.expose_secret()).expect("a valid key");
-            cache.lookup(&key).await.expect("accepted");
-            if i % stride == 0 && hot.len() < HOT {
-                hot.push(key);
-            }
-        }
-    });
-    cache.run_pending_tasks();
+    let hot = fill(&rt, &cache, keys);
     let raw: Vec<Vec<u8>> = hot
         .iter()
         .map(|k| k.expose_secret().as_bytes().to_vec())

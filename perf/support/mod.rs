@@ -12,12 +12,51 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{header::AUTHORIZATION, Request, Response};
 use tower::{Service, ServiceExt};
-use tower_api_key::key::PresentedKey;
+use tower_api_key::cache::CachedVerifier;
+use tower_api_key::key::{KeyFormat, PresentedKey};
+use tower_api_key::record::KeyRecord;
+use tower_api_key::scope::ScopeSet;
 use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+use tower_api_key::verifier::VerifierError;
 use tower_api_key::Authenticator;
 
 /// The token of the `ValidateRequestHeaderLayer::bearer` baseline.
 pub const BEARER: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU";
+
+/// How many keys the hit-path measurements look up over and over, spread
+/// evenly over the cached keys.
+pub const HOT: usize = 1024;
+
+/// A verifier that admits every well-formed key, with a record of the same
+/// shape a store returns (two scopes).
+pub async fn admit_every_key(key: PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
+    let scopes = ScopeSet::new(["yc.ai.translate.execute", "yc.ai.foundationModels.execute"])
+        .map_err(VerifierError::backend)?;
+    Ok(Some(
+        KeyRecord::new(key.id(), "sa-bench").with_scopes(scopes),
+    ))
+}
+
+/// Fills `cache` with `n` new keys of the default format through its miss
+/// path and returns the hot working set: [`HOT`] of them (at most), spread
+/// evenly over the `n`.
+pub fn fill(rt: &tokio::runtime::Runtime, cache: &CachedVerifier, n: usize) -> Vec<PresentedKey> {
+    let format = KeyFormat::default();
+    let stride = (n / HOT).max(1);
+    let mut hot = Vec::with_capacity(HOT);
+    rt.block_on(async {
+        for i in 0..n {
+            let key = format.generate().expect("random source");
+            let key = format.parse(key.expose_secret()).expect("a valid key");
+            cache.lookup(&key).await.expect("accepted");
+            if i % stride == 0 && hot.len() < HOT {
+                hot.push(key);
+            }
+        }
+    });
+    cache.run_pending_tasks();
+    hot
+}
 
 /// A current-thread runtime with time and I/O.
 pub fn runtime() -> tokio::runtime::Runtime {
