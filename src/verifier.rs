@@ -80,8 +80,6 @@ pub enum VerifierError {
     Backend(Box<dyn std::error::Error + Send + Sync>),
     /// The verifier did not answer within the configured timeout.
     Timeout(Duration),
-    /// The verifier panicked; the request gets 500.
-    Panicked,
 }
 
 impl VerifierError {
@@ -96,7 +94,6 @@ impl fmt::Display for VerifierError {
         match self {
             Self::Backend(e) => write!(f, "api key verifier backend failed: {e}"),
             Self::Timeout(after) => write!(f, "api key verifier timed out after {after:?}"),
-            Self::Panicked => f.write_str("api key verifier panicked"),
         }
     }
 }

@@ -244,11 +244,19 @@ fn cache(store: &PgKeyStore) -> CachedVerifier {
 }
 
 fn presented(store: &impl KeyStore, created: &CreatedKey) -> PresentedKey {
-    store.format().parse(created.key.expose_secret()).unwrap()
+    store
+        .key_format()
+        .expect("a store has a key format")
+        .parse(created.key.expose_secret())
+        .unwrap()
 }
 
 fn key_text(store: &impl KeyStore, text: &str) -> PresentedKey {
-    store.format().parse(text).unwrap()
+    store
+        .key_format()
+        .expect("a store has a key format")
+        .parse(text)
+        .unwrap()
 }
 
 async fn listening(store: &PgKeyStore, at_least: u64) -> ListenerStatus {
@@ -432,7 +440,11 @@ async fn management_operations<S: KeyStore>(store: &S) {
         store.verify(&key).await.unwrap(),
         Some(created.record.clone())
     );
-    let stranger = store.format().generate().unwrap();
+    let stranger = store
+        .key_format()
+        .expect("a store has a key format")
+        .generate()
+        .unwrap();
     assert_eq!(
         store
             .verify(&key_text(store, stranger.expose_secret()))
@@ -441,7 +453,11 @@ async fn management_operations<S: KeyStore>(store: &S) {
         None
     );
     // Right id, wrong secret.
-    let wrong = store.format().generate_for(id).unwrap();
+    let wrong = store
+        .key_format()
+        .expect("a store has a key format")
+        .generate_for(id)
+        .unwrap();
     assert_eq!(
         store
             .verify(&key_text(store, wrong.expose_secret()))

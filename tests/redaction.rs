@@ -219,7 +219,6 @@ fn verifier_errors() -> Vec<VerifierError> {
         VerifierError::backend("database is down"),
         VerifierError::backend(std::io::Error::other("connection reset")),
         VerifierError::Timeout(Duration::from_secs(5)),
-        VerifierError::Panicked,
     ]
 }
 

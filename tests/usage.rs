@@ -33,13 +33,13 @@ impl Verifier for Counting {
     fn invalidations(&self) -> Option<&Invalidations> {
         self.store.invalidations()
     }
+    fn key_format(&self) -> Option<KeyFormat> {
+        self.store.key_format()
+    }
 }
 
 #[async_trait]
 impl KeyStore for Counting {
-    fn format(&self) -> KeyFormat {
-        self.store.format()
-    }
     async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError> {
         self.store.create(new).await
     }

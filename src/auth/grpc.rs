@@ -73,7 +73,7 @@ impl MethodPolicies {
 
     /// The policy for a request path: the method's, else its service's, else
     /// the default.
-    pub fn policy_for_path(&self, path: &str) -> &ScopePolicy {
+    fn policy_for_path(&self, path: &str) -> &ScopePolicy {
         if let Some(policy) = self.methods.get(path) {
             return policy;
         }

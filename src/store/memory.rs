@@ -191,6 +191,12 @@ impl MemoryStore {
         MemoryStoreBuilder::default()
     }
 
+    /// The format of the keys this store issues: what
+    /// [`Verifier::key_format`] returns, without the `Option`.
+    pub fn format(&self) -> KeyFormat {
+        self.inner.format
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
         self.inner.keys.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -252,10 +258,6 @@ impl Verifier for MemoryStore {
 
 #[async_trait]
 impl KeyStore for MemoryStore {
-    fn format(&self) -> KeyFormat {
-        self.inner.format
-    }
-
     async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError> {
         check_new(&new, self.now())?;
         let key = self.inner.format.generate()?;

@@ -46,7 +46,7 @@ pub use memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{PgKeyStore, PgKeyStoreBuilder};
 
-use crate::key::{GeneratedKey, KeyFormat, KeyGenError, KeyId};
+use crate::key::{GeneratedKey, KeyGenError, KeyId};
 use crate::record::KeyRecord;
 use crate::scope::ScopeSet;
 use crate::verifier::Verifier;
@@ -345,9 +345,6 @@ impl From<KeyGenError> for StoreError {
 /// on [`Verifier::invalidations`].
 #[async_trait]
 pub trait KeyStore: Verifier {
-    /// The format of the keys this store issues.
-    fn format(&self) -> KeyFormat;
-
     /// Creates a key; the only time its secret is returned. Refused with
     /// [`StoreError::KeyLimitReached`] when the account already holds the
     /// store's most keys per account ([`DEFAULT_MAX_KEYS_PER_ACCOUNT`] unless

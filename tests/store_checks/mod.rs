@@ -256,7 +256,7 @@ pub async fn verify_work_does_not_depend_on_the_id(
 
 /// A key with the id of `id` and a secret nobody was given.
 pub fn wrong_secret(store: &dyn KeyStore, id: KeyId) -> PresentedKey {
-    let format = store.format();
+    let format = store.key_format().expect("a store has a key format");
     format
         .parse(format.generate_for(id).unwrap().expose_secret())
         .unwrap()
@@ -264,7 +264,7 @@ pub fn wrong_secret(store: &dyn KeyStore, id: KeyId) -> PresentedKey {
 
 /// A key whose id no store holds.
 pub fn unknown_key(store: &dyn KeyStore) -> PresentedKey {
-    let format = store.format();
+    let format = store.key_format().expect("a store has a key format");
     format
         .parse(format.generate().unwrap().expose_secret())
         .unwrap()

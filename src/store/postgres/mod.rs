@@ -103,9 +103,6 @@ use tokio_postgres::{NoTls, Row, Socket};
 
 pub use listener::ListenerStatus;
 pub use migrations::MigrationReport;
-/// The driver, re-exported so that a [`Config`](tokio_postgres::Config) or a
-/// TLS connector can be built without depending on it directly.
-pub use tokio_postgres;
 
 use super::page_token::{page_token, parse_page_token};
 use super::{
@@ -443,6 +440,12 @@ fn valid_channel(channel: &str) -> bool {
 }
 
 impl PgKeyStore {
+    /// The format of the keys this store issues: what
+    /// [`Verifier::key_format`] returns, without the `Option`.
+    pub fn format(&self) -> KeyFormat {
+        self.inner.format
+    }
+
     /// Connects to the database at `url` (a libpq-style URL or key=value
     /// string) with the default settings. See [`PgKeyStoreBuilder::connect`].
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
@@ -705,10 +708,6 @@ impl Verifier for PgKeyStore {
 
 #[async_trait]
 impl KeyStore for PgKeyStore {
-    fn format(&self) -> KeyFormat {
-        self.inner.format
-    }
-
     async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError> {
         check_new(&new, self.inner.clock.now())?;
         let key = self.inner.format.generate()?;
