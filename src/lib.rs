@@ -66,7 +66,7 @@ pub mod verifier;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub use auth::{ApiKeyLayer, Authenticator};
+pub use auth::{AuthLayer, Authenticator};
 pub use cache::{CacheConfig, CachedVerifier, Caller, LookupError};
 pub use key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
 pub use record::KeyRecord;

@@ -7,7 +7,7 @@
 //! | route policy | scoped key holding a required scope | scoped key without it | unscoped key |
 //! |---|---|---|---|
 //! | [`ScopePolicy::require_any`] | allowed | denied (insufficient scope) | denied (insufficient scope) |
-//! | [`ScopePolicy::unscoped_only`] (the route declares no scopes) | - | denied (a scoped key is only for its scopes) | allowed |
+//! | [`ScopePolicy::unscoped_keys_only`] (the route declares no scopes) | - | denied (a scoped key is only for its scopes) | allowed |
 //! | [`ScopePolicy::any_valid_key`] (explicit opt-in) | allowed | allowed | allowed |
 //!
 //! Scopes only narrow a key; the service account's own permissions still
@@ -260,7 +260,7 @@ impl ScopePolicy {
 
     /// The route declares no scopes (it does not support them): unscoped keys
     /// pass, scoped keys are refused, since a scoped key is only for its scopes.
-    pub fn unscoped_only() -> Self {
+    pub fn unscoped_keys_only() -> Self {
         Self(Policy::UnscopedOnly)
     }
 

@@ -406,7 +406,10 @@ fn scope_set(bits: u8) -> ScopeSet {
 
 /// Every route policy over the universe.
 fn every_policy() -> Vec<ScopePolicy> {
-    let mut all = vec![ScopePolicy::unscoped_only(), ScopePolicy::any_valid_key()];
+    let mut all = vec![
+        ScopePolicy::unscoped_keys_only(),
+        ScopePolicy::any_valid_key(),
+    ];
     for bits in 1..(1u8 << UNIVERSE.len()) {
         all.push(ScopePolicy::require_any(subset(bits)).unwrap());
     }

@@ -341,7 +341,9 @@ fn scope_errors_and_denials_never_contain_the_key() {
             .unwrap()
             .check(&scoped)
             .unwrap_err(),
-        ScopePolicy::unscoped_only().check(&scoped).unwrap_err(),
+        ScopePolicy::unscoped_keys_only()
+            .check(&scoped)
+            .unwrap_err(),
     ];
     assert_eq!(
         denials,

@@ -1,7 +1,7 @@
 //! gRPC: one layer in front of a whole tonic server, a scope policy per method.
 //!
 //! A gRPC server is one tower service for all its methods, so it takes one
-//! [`ApiKeyLayer`](super::ApiKeyLayer) whose policy is a [`MethodPolicies`]
+//! [`AuthLayer`](super::AuthLayer) whose policy is a [`MethodPolicies`]
 //! table: a [`ScopePolicy`] per full method path (`/package.Service/Method`),
 //! optionally one per service, and a default for every other path.
 //!
@@ -22,7 +22,7 @@
 //!
 //! A request's policy is, in this order: its method's entry, its service's
 //! entry ([`MethodPoliciesBuilder::service`]), the default. **The default is
-//! [`ScopePolicy::unscoped_only`]** unless set with
+//! [`ScopePolicy::unscoped_keys_only`]** unless set with
 //! [`MethodPoliciesBuilder::default_policy`]: like an HTTP route that declares no
 //! scopes, an unlisted method admits unscoped keys and refuses scoped keys (a
 //! scoped key is only for its scopes). Every unlisted method still needs a
@@ -66,7 +66,7 @@ pub struct MethodPolicies {
 }
 
 impl MethodPolicies {
-    /// An empty table whose default is [`ScopePolicy::unscoped_only`].
+    /// An empty table whose default is [`ScopePolicy::unscoped_keys_only`].
     pub fn builder() -> MethodPoliciesBuilder {
         MethodPoliciesBuilder::default()
     }
@@ -144,9 +144,9 @@ impl MethodPoliciesBuilder {
         self
     }
 
-    /// The method declares no scopes ([`ScopePolicy::unscoped_only`]).
+    /// The method declares no scopes ([`ScopePolicy::unscoped_keys_only`]).
     pub fn unscoped_keys_only(self, path: impl Into<String>) -> Self {
-        self.method(path, ScopePolicy::unscoped_only())
+        self.method(path, ScopePolicy::unscoped_keys_only())
     }
 
     /// The method admits every valid key ([`ScopePolicy::any_valid_key`]).
@@ -162,7 +162,7 @@ impl MethodPoliciesBuilder {
     }
 
     /// The policy of every path without an entry (default:
-    /// [`ScopePolicy::unscoped_only`]). Calling it again replaces it.
+    /// [`ScopePolicy::unscoped_keys_only`]). Calling it again replaces it.
     pub fn default_policy(mut self, policy: ScopePolicy) -> Self {
         self.default = Some(policy);
         self
@@ -200,7 +200,7 @@ impl MethodPoliciesBuilder {
         Ok(MethodPolicies {
             methods,
             services,
-            default: self.default.unwrap_or_else(ScopePolicy::unscoped_only),
+            default: self.default.unwrap_or_else(ScopePolicy::unscoped_keys_only),
         })
     }
 }
@@ -281,7 +281,7 @@ fn is_identifier(s: &str) -> bool {
 }
 
 /// The authenticated [`Caller`](crate::Caller) of a tonic request, for
-/// handlers behind an [`ApiKeyLayer`](super::ApiKeyLayer):
+/// handlers behind an [`AuthLayer`](super::AuthLayer):
 ///
 /// ```
 /// use tonic::{Request, Response, Status};
@@ -300,7 +300,7 @@ fn is_identifier(s: &str) -> bool {
 pub fn caller<T>(request: &tonic::Request<T>) -> Result<&crate::Caller, tonic::Status> {
     request.extensions().get::<crate::Caller>().ok_or_else(|| {
         const MESSAGE: &str = "no authenticated Caller in request extensions: put the \
-             tonic service behind an ApiKeyLayer (for example \
+             tonic service behind an AuthLayer (for example \
              `Server::builder().layer(auth.layer(method_policies))`)";
         tracing::error!("{MESSAGE}");
         tonic::Status::internal(MESSAGE)
@@ -390,7 +390,7 @@ mod tests {
 
         let err = MethodPolicies::builder()
             .service("demo.Assistant", ScopePolicy::any_valid_key())
-            .service("demo.Assistant", ScopePolicy::unscoped_only())
+            .service("demo.Assistant", ScopePolicy::unscoped_keys_only())
             .build()
             .unwrap_err();
         assert_eq!(
@@ -423,16 +423,16 @@ mod tests {
         // Unlisted: the default, unscoped keys only.
         assert_eq!(
             table.policy_for(&post, "/demo.Assistant/Generate"),
-            &ScopePolicy::unscoped_only()
+            &ScopePolicy::unscoped_keys_only()
         );
         assert_eq!(
             table.policy_for(&post, "/not/a/grpc/path"),
-            &ScopePolicy::unscoped_only()
+            &ScopePolicy::unscoped_keys_only()
         );
         // Paths are compared exactly.
         assert_eq!(
             table.policy_for(&post, "/demo.assistant/translate"),
-            &ScopePolicy::unscoped_only()
+            &ScopePolicy::unscoped_keys_only()
         );
 
         let table = MethodPolicies::builder()

@@ -71,11 +71,11 @@ pub use body::ResponseBody;
 pub use builder::AuthenticatorBuilder;
 pub use future::ResponseFuture;
 pub use grpc::{MethodPolicies, MethodPoliciesBuilder, MethodPolicyError};
-pub use layer::ApiKeyLayer;
+pub use layer::AuthLayer;
 pub use limit::{FailedAttemptLimit, FailedAttemptLimitBuilder};
 pub use policy::RoutePolicy;
 pub use rejection::{JsonRejection, Reason, Rejection, RejectionResponder};
-pub use service::ApiKeyService;
+pub use service::AuthService;
 
 /// The `tracing` target of every authentication outcome, whichever module
 /// decides or answers it, so one filter directive covers them all.

@@ -37,6 +37,7 @@ mod page_token;
 pub mod postgres;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -74,8 +75,9 @@ pub const DEFAULT_MAX_KEYS_PER_ACCOUNT: usize = 1000;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct NewKey {
-    /// The owning service account.
-    pub service_account_id: String,
+    /// The owning service account (the same type as
+    /// [`KeyRecord::service_account_id`](crate::KeyRecord::service_account_id)).
+    pub service_account_id: Arc<str>,
     /// Free text.
     pub description: String,
     /// Scopes; empty for an unscoped key.
@@ -86,7 +88,7 @@ pub struct NewKey {
 
 impl NewKey {
     /// An unscoped, non-expiring key for `service_account_id`.
-    pub fn new(service_account_id: impl Into<String>) -> Self {
+    pub fn new(service_account_id: impl Into<Arc<str>>) -> Self {
         Self {
             service_account_id: service_account_id.into(),
             description: String::new(),
