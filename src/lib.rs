@@ -47,7 +47,13 @@
 //   management                           the HTTP API over the middleware
 pub mod auth;
 pub mod cache;
+// Injected time is a test hook: public with `test-util` only.
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod clock;
+#[cfg(not(feature = "test-util"))]
+#[allow(unreachable_pub)]
+mod clock;
 pub mod hash;
 pub mod invalidation;
 pub mod key;

@@ -11,6 +11,7 @@ use super::authenticator::{Authenticator, Shared};
 use super::limit::FailedAttemptLimit;
 use super::rejection::{JsonRejection, RejectionResponder};
 use crate::cache::{CacheConfig, CachedVerifier};
+#[cfg(feature = "test-util")]
 use crate::clock::Clock;
 use crate::key::KeyFormat;
 use crate::usage::UsageRecorder;
@@ -54,6 +55,7 @@ struct CacheSettings {
     negative_ttl: Option<Duration>,
     max_keys: Option<u64>,
     verifier_timeout: Option<Option<Duration>>,
+    #[cfg(feature = "test-util")]
     clock: Option<Arc<dyn Clock>>,
 }
 
@@ -73,6 +75,7 @@ fn cache_config(settings: CacheSettings) -> CacheConfig {
     if let Some(timeout) = settings.verifier_timeout {
         config = config.verifier_timeout(timeout);
     }
+    #[cfg(feature = "test-util")]
     if let Some(clock) = settings.clock {
         config = config.clock(clock);
     }
@@ -157,6 +160,8 @@ impl AuthenticatorBuilder {
     }
 
     /// See [`crate::cache::CacheConfigBuilder::clock`] (default: the system clock).
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.cache.clock = Some(clock);
         self

@@ -128,6 +128,8 @@ impl FailedAttemptLimit {
     /// How many clients are tracked now, after running the bounded map's
     /// pending evictions (for tests and memory checks; never above
     /// [`FailedAttemptLimitBuilder::max_clients`]).
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn tracked_clients(&self) -> u64 {
         self.clients.run_pending_tasks();
         self.clients.entry_count()

@@ -85,7 +85,7 @@ where
             Precheck::Lookup(key, attempt) => (key, attempt),
         };
         // Hot path: a cached answer needs no future and no clone of the inner service.
-        if let Some(answer) = s.cache.lookup_cached(&key) {
+        if let Some(answer) = s.cache.answer_cached(&key) {
             return match decide::verdict(s, &*self.policy, &request, &key, answer, attempt) {
                 Ok(caller) => {
                     admit(s, &mut request, caller);

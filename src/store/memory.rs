@@ -135,6 +135,8 @@ impl MemoryStoreBuilder {
     }
 
     /// The clock for creation times, expiry checks and grace periods.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
         self

@@ -257,6 +257,8 @@ impl PgKeyStoreBuilder {
     }
 
     /// The clock for creation times, expiry checks, grace deadlines and uses.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
