@@ -36,11 +36,13 @@ mod support;
 use sha2::{Digest, Sha256};
 use support::Clock;
 use tower_api_key::cache::{CacheConfig, CachedVerifier};
-use tower_api_key::key::{KeyFormat, PresentedKey};
-use tower_api_key::record::KeyRecord;
-use tower_api_key::scope::{ScopePolicy, ScopeSet};
-use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
-use tower_api_key::verifier::VerifierError;
+use tower_api_key::store::NewKey;
+use tower_api_key::KeyRecord;
+use tower_api_key::KeyStore;
+use tower_api_key::MemoryStore;
+use tower_api_key::VerifierError;
+use tower_api_key::{KeyFormat, PresentedKey};
+use tower_api_key::{ScopePolicy, ScopeSet};
 
 /// Keys looked up over and over; spread evenly over the cached keys.
 const HOT: usize = 1024;

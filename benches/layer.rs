@@ -25,8 +25,10 @@ use futures_util::FutureExt;
 use http::{header::AUTHORIZATION, Request, Response};
 use support::Clock;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+use tower_api_key::store::NewKey;
 use tower_api_key::Authenticator;
+use tower_api_key::KeyStore;
+use tower_api_key::MemoryStore;
 
 const BEARER: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU";
 

@@ -25,9 +25,9 @@ use std::time::Duration;
 
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
-use tower_api_key::auth::MethodPolicies;
-use tower_api_key::store::MemoryStore;
+use tower_api_key::auth::grpc::MethodPolicies;
 use tower_api_key::Authenticator;
+use tower_api_key::MemoryStore;
 
 use support::{FOUNDATION_MODELS, TRANSLATE};
 

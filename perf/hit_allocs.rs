@@ -19,9 +19,11 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{header::AUTHORIZATION, Request, Response};
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_api_key::scope::ScopePolicy;
-use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+use tower_api_key::store::NewKey;
 use tower_api_key::Authenticator;
+use tower_api_key::KeyStore;
+use tower_api_key::MemoryStore;
+use tower_api_key::ScopePolicy;
 
 struct Counting;
 

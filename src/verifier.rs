@@ -1,26 +1,4 @@
 //! The pluggable verifier: given a well-formed key, is it a valid key, an
-//! unknown one, or is the backend unable to say?
-//!
-//! Implement [`Verifier`] on a type, or pass a closure:
-//!
-//! ```
-//! use tower_api_key::key::PresentedKey;
-//! use tower_api_key::record::KeyRecord;
-//! use tower_api_key::verifier::{Verifier, VerifierError};
-//!
-//! // A verifier that knows one key by its id (a real one would compare a hash).
-//! let known = tower_api_key::key::KeyFormat::default().generate().unwrap();
-//! let known_id = known.id();
-//! let verifier = move |key: PresentedKey| async move {
-//!     if key.id() == known_id {
-//!         Ok(Some(KeyRecord::new(key.id(), "sa-1")))
-//!     } else {
-//!         Ok::<_, VerifierError>(None)
-//!     }
-//! };
-//! fn assert_verifier(_: &impl Verifier) {}
-//! assert_verifier(&verifier);
-//! ```
 
 use std::fmt;
 use std::future::Future;
@@ -32,6 +10,30 @@ use crate::invalidation::Invalidations;
 use crate::key::{KeyFormat, PresentedKey};
 use crate::record::KeyRecord;
 
+/// The pluggable verifier: given a well-formed key, is it a valid key, an
+/// unknown one, or is the backend unable to say?
+///
+/// Implement [`Verifier`] on a type, or pass a closure:
+///
+/// ```
+/// use tower_api_key::PresentedKey;
+/// use tower_api_key::KeyRecord;
+/// use tower_api_key::{Verifier, VerifierError};
+///
+/// // A verifier that knows one key by its id (a real one would compare a hash).
+/// let known = tower_api_key::KeyFormat::default().generate().unwrap();
+/// let known_id = known.id();
+/// let verifier = move |key: PresentedKey| async move {
+///     if key.id() == known_id {
+///         Ok(Some(KeyRecord::new(key.id(), "sa-1")))
+///     } else {
+///         Ok::<_, VerifierError>(None)
+///     }
+/// };
+/// fn assert_verifier(_: &impl Verifier) {}
+/// assert_verifier(&verifier);
+/// ```
+///
 /// Looks a presented key up.
 ///
 /// Return `Ok(Some(record))` for a valid key (the caller checks expiry and

@@ -16,10 +16,11 @@ use http::header::{
     WWW_AUTHENTICATE,
 };
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use tower_api_key::auth::{Reason, Rejection};
-use tower_api_key::key::{KeyFormat, KeyId};
-use tower_api_key::scope::ScopeSet;
+use tower_api_key::Reason;
+use tower_api_key::Rejection;
+use tower_api_key::ScopeSet;
 use tower_api_key::{Caller, KeyRecord, KeyStore};
+use tower_api_key::{KeyFormat, KeyId};
 
 use support::{
     api_key, app, assert_forbidden, assert_same_response, assert_unauthorized, Fixture, Reply,
@@ -719,7 +720,7 @@ async fn a_failing_verifier_is_503_and_is_not_cached() {
 async fn a_closure_verifier_that_fails_once_gives_503_then_200() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    use tower_api_key::key::PresentedKey;
+    use tower_api_key::PresentedKey;
     use tower_api_key::{Authenticator, VerifierError};
 
     let format = KeyFormat::default();
@@ -1297,8 +1298,9 @@ async fn grpc_web_is_not_grpc() {
 #[tokio::test]
 async fn an_authenticator_over_a_store_accepts_the_store_key_format() {
     use tower::ServiceExt;
-    use tower_api_key::store::{MemoryStore, NewKey};
+    use tower_api_key::store::NewKey;
     use tower_api_key::Authenticator;
+    use tower_api_key::MemoryStore;
 
     let store = MemoryStore::builder()
         .with_format(KeyFormat::new("acme").unwrap())

@@ -28,14 +28,14 @@ use tokio_postgres::{Config, NoTls};
 use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError, Source};
 use tower_api_key::clock::{Clock, ManualClock};
 use tower_api_key::hash::{KeyHasher, Pepper};
-use tower_api_key::invalidation::{Invalidation, InvalidationListener};
-use tower_api_key::key::{KeyId, PresentedKey};
-use tower_api_key::scope::ScopeSet;
 use tower_api_key::store::postgres::{ListenerStatus, PgKeyStore, PgKeyStoreBuilder};
-use tower_api_key::store::{
-    CreatedKey, KeyStore, KeyUpdate, ListRequest, MemoryStore, NewKey, StoreError,
-};
-use tower_api_key::verifier::{Verifier, VerifierError};
+use tower_api_key::store::{CreatedKey, KeyUpdate, ListRequest, NewKey, StoreError};
+use tower_api_key::KeyStore;
+use tower_api_key::MemoryStore;
+use tower_api_key::ScopeSet;
+use tower_api_key::{Invalidation, InvalidationListener};
+use tower_api_key::{KeyId, PresentedKey};
+use tower_api_key::{Verifier, VerifierError};
 
 mod store_checks;
 

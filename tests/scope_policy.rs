@@ -7,7 +7,7 @@
 //! | `any valid key` | allowed | allowed | allowed |
 #![allow(non_snake_case)]
 
-use tower_api_key::scope::{Scope, ScopeDenied, ScopeError, ScopePolicy, ScopeSet};
+use tower_api_key::{Scope, ScopeDenied, ScopeError, ScopePolicy, ScopeSet};
 
 const TRANSLATE: &str = "yc.ai.translate.execute";
 const FOUNDATION: &str = "yc.ai.foundationModels.execute";

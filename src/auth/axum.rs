@@ -9,7 +9,7 @@ use http::StatusCode;
 
 use crate::cache::Caller;
 
-/// The route has no [`AuthLayer`](super::AuthLayer) in front of it, so
+/// The route has no [`AuthLayer`](crate::AuthLayer) in front of it, so
 /// there is no [`Caller`]: a server misconfiguration, answered with 500.
 #[derive(Debug, Clone, Copy)]
 pub struct MissingCaller;

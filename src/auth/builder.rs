@@ -24,7 +24,7 @@ use crate::verifier::Verifier;
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_api_key::{store::MemoryStore, Authenticator};
+/// use tower_api_key::{MemoryStore, Authenticator};
 ///
 /// let auth = Authenticator::builder(MemoryStore::new())
 ///     .positive_ttl(Duration::from_secs(60))
@@ -226,7 +226,7 @@ impl AuthenticatorBuilder {
     }
 
     /// Refuses clients that keep presenting bad keys (off by default); see
-    /// [`crate::auth::limit`].
+    /// [`FailedAttemptLimit`].
     pub fn failed_attempt_limit(mut self, limit: FailedAttemptLimit) -> Self {
         self.limit = Some(limit);
         self

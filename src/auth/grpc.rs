@@ -1,13 +1,14 @@
 //! gRPC: one layer in front of a whole tonic server, a scope policy per method.
 //!
 //! A gRPC server is one tower service for all its methods, so it takes one
-//! [`AuthLayer`](super::AuthLayer) whose policy is a [`MethodPolicies`]
+//! [`AuthLayer`](crate::AuthLayer) whose policy is a [`MethodPolicies`]
 //! table: a [`ScopePolicy`] per full method path (`/package.Service/Method`),
 //! optionally one per service, and a default for every other path.
 //!
 //! ```
-//! use tower_api_key::auth::{Authenticator, MethodPolicies};
-//! use tower_api_key::store::MemoryStore;
+//! use tower_api_key::Authenticator;
+//! use tower_api_key::auth::{ grpc::MethodPolicies};
+//! use tower_api_key::MemoryStore;
 //!
 //! let auth = Authenticator::new(MemoryStore::new());
 //! let methods = MethodPolicies::builder()
@@ -17,7 +18,7 @@
 //!     .build()?; // a malformed or repeated path is an error here, not at request time
 //! let layer = auth.layer(methods);
 //! // tonic::transport::Server::builder().layer(layer).add_service(...)
-//! # Ok::<_, tower_api_key::auth::MethodPolicyError>(())
+//! # Ok::<_, tower_api_key::auth::grpc::MethodPolicyError>(())
 //! ```
 //!
 //! A request's policy is, in this order: its method's entry, its service's
@@ -29,7 +30,7 @@
 //! valid key; this layer never lets a request through unauthenticated.
 //!
 //! Rejections of gRPC requests (`content-type: application/grpc*`) are
-//! trailers-only gRPC responses (see [`rejection`](super::rejection)): a
+//! trailers-only gRPC responses (see [`Rejection`](crate::Rejection)): a
 //! tonic client sees `Code::Unauthenticated`, `Code::PermissionDenied`,
 //! `Code::ResourceExhausted`, `Code::Unavailable` or (for a panicking
 //! verifier) `Code::Internal`, and the handler is not called.
@@ -281,7 +282,7 @@ fn is_identifier(s: &str) -> bool {
 }
 
 /// The authenticated [`Caller`](crate::Caller) of a tonic request, for
-/// handlers behind an [`AuthLayer`](super::AuthLayer):
+/// handlers behind an [`AuthLayer`](crate::AuthLayer):
 ///
 /// ```
 /// use tonic::{Request, Response, Status};

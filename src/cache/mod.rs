@@ -41,7 +41,9 @@
 //! ```
 //! use std::time::Duration;
 //! use tower_api_key::cache::{CacheConfig, CachedVerifier};
-//! use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+//! use tower_api_key::MemoryStore;
+//! use tower_api_key::KeyStore;
+//! use tower_api_key::store::{  NewKey};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let store = MemoryStore::new();
@@ -59,7 +61,7 @@
 //! # }
 //! ```
 
-mod caller;
+pub(crate) mod caller;
 mod config;
 mod digest;
 mod inflight;
@@ -77,7 +79,7 @@ use crate::key::{KeyDigest, KeyId, PresentedKey};
 use crate::verifier::{Verifier, VerifierError};
 
 use caller::CacheSlot;
-pub use caller::Caller;
+pub(crate) use caller::Caller;
 pub use config::{CacheConfig, CacheConfigBuilder};
 use digest::DigestHash;
 use inflight::Flight;

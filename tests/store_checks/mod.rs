@@ -5,13 +5,14 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use tower_api_key::key::{KeyId, PresentedKey};
 use tower_api_key::management::KeyResource;
-use tower_api_key::scope::ScopeSet;
 use tower_api_key::store::{
-    KeyInfo, KeyPage, KeyStore, ListRequest, NewKey, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    KeyInfo, KeyPage, ListRequest, NewKey, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT,
     MAX_PAGE_BYTES, MAX_PAGE_SIZE,
 };
+use tower_api_key::KeyStore;
+use tower_api_key::ScopeSet;
+use tower_api_key::{KeyId, PresentedKey};
 
 /// The largest scope set a key may hold: 100 distinct scopes of 256 bytes.
 pub fn largest_scopes() -> ScopeSet {

@@ -3,7 +3,7 @@
 //!
 //! [`PgKeyStore`] keeps keys in one table, `tower_api_key_keys`, on
 //! [tokio-postgres] with a [deadpool] connection pool, and implements the
-//! same management operations as the [`MemoryStore`](super::MemoryStore)
+//! same management operations as the [`MemoryStore`](crate::MemoryStore)
 //! (create, get, list, update, revoke, reissue with grace, usage) as well as
 //! the [`Verifier`] trait.
 //!
@@ -54,7 +54,8 @@
 //! use std::time::Duration;
 //! use tower_api_key::cache::{CacheConfig, CachedVerifier};
 //! use tower_api_key::store::postgres::PgKeyStore;
-//! use tower_api_key::store::{KeyStore, NewKey};
+//! use tower_api_key::KeyStore;
+//! use tower_api_key::store::{ NewKey};
 //!
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = PgKeyStore::connect("postgres://app@db.internal/app").await?;
