@@ -48,3 +48,5 @@ s/\btower_api_key::(CacheConfig|CachedVerifier|LookupError)\b/tower_api_key::cac
   tc
   s/\n\s*(\/\/[\/!] )?use tower_api_key::(store|auth|cache)::\{[[:space:]]*\};//
 }
+# store::postgres::migrations is private; its items are in store::postgres.
+s/\bstore::postgres::migrations::(migrations|Migration|MigrationReport)\b/store::postgres::\1/g

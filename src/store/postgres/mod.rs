@@ -86,7 +86,7 @@
 //! [`CachedVerifier`]: crate::cache::CachedVerifier
 
 mod listener;
-pub mod migrations;
+mod migrations;
 
 use std::fmt;
 use std::str::FromStr;
@@ -103,7 +103,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, Socket};
 
 pub use listener::ListenerStatus;
-pub use migrations::MigrationReport;
+pub use migrations::{migrations, Migration, MigrationReport};
 
 use super::page_token::{page_token, parse_page_token};
 use super::{
