@@ -292,6 +292,7 @@ pub(crate) fn peer_address(_headers: &HeaderMap, extensions: &Extensions) -> Opt
 }
 
 /// IPv4 as is; IPv6 by /64 (IPv4-mapped addresses as IPv4).
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
 pub(crate) fn group(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,

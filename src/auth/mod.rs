@@ -65,6 +65,7 @@ pub(crate) mod service;
 #[cfg(feature = "axum")]
 mod axum;
 
+#[cfg_attr(not(feature = "axum"), allow(unused_imports))]
 pub(crate) use authenticator::Authenticator;
 #[cfg(feature = "axum")]
 pub use axum::MissingCaller;
