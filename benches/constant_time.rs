@@ -38,9 +38,11 @@ use dudect_bencher::rand::Rng;
 use dudect_bencher::{BenchRng, Class, CtRunner};
 use futures_util::FutureExt;
 use tower_api_key::hash::{HashScheme, KeyHasher, Pepper, StoredHash};
-use tower_api_key::key::{KeyFormat, PresentedKey};
-use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+use tower_api_key::store::NewKey;
+use tower_api_key::KeyStore;
+use tower_api_key::MemoryStore;
 use tower_api_key::Verifier;
+use tower_api_key::{KeyFormat, PresentedKey};
 
 fn samples() -> usize {
     std::env::var("DUDECT_SAMPLES")

@@ -37,9 +37,9 @@ use sha2::{Digest, Sha256};
 use support::harness::{admit_every_key, fill, runtime, stored_keys, HOT};
 use support::Clock;
 use tower_api_key::cache::{CacheConfig, CachedVerifier};
-use tower_api_key::key::{KeyFormat, PresentedKey};
-use tower_api_key::scope::ScopePolicy;
-use tower_api_key::store::MemoryStore;
+use tower_api_key::MemoryStore;
+use tower_api_key::ScopePolicy;
+use tower_api_key::{KeyFormat, PresentedKey};
 
 /// Cache sizes to measure, from `BENCH_KEYS` (comma-separated), by default
 /// 10,000 and 1,000,000.

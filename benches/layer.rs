@@ -22,8 +22,8 @@ mod support;
 use support::harness::{cached_key, call_now, hello, request, runtime, BEARER};
 use support::Clock;
 use tower::ServiceBuilder;
-use tower_api_key::store::MemoryStore;
 use tower_api_key::Authenticator;
+use tower_api_key::MemoryStore;
 
 fn layer(c: &mut Criterion<Clock>) {
     let rt = runtime();

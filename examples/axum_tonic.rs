@@ -25,8 +25,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tonic::service::Routes;
-use tower_api_key::auth::{FailedAttemptLimit, MethodPolicies};
-use tower_api_key::store::MemoryStore;
+use tower_api_key::auth::{grpc::MethodPolicies, FailedAttemptLimit};
+use tower_api_key::MemoryStore;
 use tower_api_key::{Authenticator, Caller};
 
 use assistant::{AssistantServer, DemoAssistant};

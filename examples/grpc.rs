@@ -1,4 +1,4 @@
-//! A tonic gRPC server behind one `ApiKeyLayer` with a per-method scope table:
+//! A tonic gRPC server behind one `AuthLayer` with a per-method scope table:
 //! an in-memory key store, demo keys printed at start, and a service
 //! (proto/demo.proto) whose methods need different scopes.
 //!
@@ -25,9 +25,9 @@ use std::time::Duration;
 
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
-use tower_api_key::auth::MethodPolicies;
-use tower_api_key::store::MemoryStore;
+use tower_api_key::auth::grpc::MethodPolicies;
 use tower_api_key::Authenticator;
+use tower_api_key::MemoryStore;
 
 use support::{FOUNDATION_MODELS, TRANSLATE};
 

@@ -23,9 +23,11 @@ use serde_json::{json, Value};
 use support::{DemoKey, FOUNDATION_MODELS, TRANSLATE};
 use tower_api_key::auth::FailedAttemptLimit;
 use tower_api_key::management::{self, AccountAccess, ManagementApi};
-use tower_api_key::scope::ScopeSet;
-use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+use tower_api_key::store::NewKey;
 use tower_api_key::usage::UsageRecorder;
+use tower_api_key::KeyStore;
+use tower_api_key::MemoryStore;
+use tower_api_key::ScopeSet;
 use tower_api_key::{Authenticator, Caller};
 
 #[tokio::main]

@@ -25,13 +25,15 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use axum::routing::get;
 use axum::Router;
-use tower_api_key::invalidation::Invalidations;
-use tower_api_key::key::PresentedKey;
-use tower_api_key::record::KeyRecord;
-use tower_api_key::scope::ScopeSet;
-use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
-use tower_api_key::verifier::{Verifier, VerifierError};
+use tower_api_key::store::NewKey;
 use tower_api_key::Authenticator;
+use tower_api_key::Invalidations;
+use tower_api_key::KeyRecord;
+use tower_api_key::KeyStore;
+use tower_api_key::MemoryStore;
+use tower_api_key::PresentedKey;
+use tower_api_key::ScopeSet;
+use tower_api_key::{Verifier, VerifierError};
 
 const BODY: &str = "hello, world";
 

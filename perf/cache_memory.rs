@@ -27,10 +27,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tower_api_key::cache::{CacheConfig, CachedVerifier};
-use tower_api_key::key::{KeyFormat, PresentedKey};
-use tower_api_key::record::KeyRecord;
-use tower_api_key::scope::ScopeSet;
-use tower_api_key::verifier::VerifierError;
+use tower_api_key::KeyRecord;
+use tower_api_key::ScopeSet;
+use tower_api_key::VerifierError;
+use tower_api_key::{KeyFormat, PresentedKey};
 
 struct Counting;
 

@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{header::AUTHORIZATION, Request};
 use tower::ServiceBuilder;
-use tower_api_key::scope::ScopePolicy;
-use tower_api_key::store::{KeyStore, MemoryStore};
 use tower_api_key::Authenticator;
+use tower_api_key::MemoryStore;
+use tower_api_key::ScopePolicy;
 
 mod support;
 use support::{cached_key, call_now, hello, runtime};
@@ -165,7 +165,7 @@ fn main() {
         .layer(auth.any_valid_key())
         .service_fn(hello);
     rows.push((
-        "ApiKeyLayer call, cache hit (same request)",
+        "AuthLayer call, cache hit (same request)",
         per_call(|| {
             let req = requests.next().expect("enough requests");
             let response = call_now(&mut layered, req);

@@ -23,10 +23,10 @@ use std::time::Duration;
 use http::{header::AUTHORIZATION, Request};
 use tower::{Service, ServiceBuilder};
 use tower_api_key::cache::{CacheConfig, CachedVerifier};
-use tower_api_key::key::{KeyFormat, PresentedKey};
-use tower_api_key::scope::ScopePolicy;
-use tower_api_key::store::MemoryStore;
 use tower_api_key::Authenticator;
+use tower_api_key::MemoryStore;
+use tower_api_key::ScopePolicy;
+use tower_api_key::{KeyFormat, PresentedKey};
 
 mod support;
 use support::{admit_every_key, call_now, fill, hello, runtime, stored_keys, BEARER};

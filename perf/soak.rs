@@ -36,7 +36,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower_api_key::auth::FailedAttemptLimit;
-use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+use tower_api_key::store::NewKey;
+use tower_api_key::KeyStore;
+use tower_api_key::MemoryStore;
 use tower_api_key::{Authenticator, Caller, KeyFormat};
 
 const MAX_SECONDS: u64 = 600;

@@ -1,4 +1,5 @@
-//! Wall-clock time, behind a trait so tests can move it by hand.
+//! Wall-clock time, behind a trait so tests can move it by hand: a test
+//! hook, public with the `test-util` feature only.
 //!
 //! Key expiry is a wall-clock fact (`expires_at` is a calendar time), so it is
 //! checked against a [`Clock`] on every request rather than against the time
@@ -13,9 +14,9 @@
 //! assert_eq!(clock.now(), SystemTime::UNIX_EPOCH + Duration::from_secs(5));
 //! ```
 
-use std::fmt;
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
+#[cfg(feature = "test-util")]
+use std::{fmt, sync::Mutex, time::Duration};
 
 /// A source of the current wall-clock time.
 pub trait Clock: Send + Sync + 'static {
@@ -34,10 +35,14 @@ impl Clock for SystemClock {
 }
 
 /// A clock that only moves when told to; for tests.
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub struct ManualClock {
     now: Mutex<SystemTime>,
 }
 
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 impl ManualClock {
     /// A clock standing at `start`.
     pub fn new(start: SystemTime) -> Self {
@@ -58,12 +63,16 @@ impl ManualClock {
     }
 }
 
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
         *self.now.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 impl fmt::Debug for ManualClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ManualClock")

@@ -8,7 +8,7 @@
 //!
 //! ```
 //! use tower_api_key::hash::{KeyHasher, Pepper};
-//! use tower_api_key::key::KeyFormat;
+//! use tower_api_key::KeyFormat;
 //!
 //! let format = KeyFormat::default();
 //! let key = format.generate().unwrap();

@@ -1,28 +1,4 @@
 //! How stores tell caches that a key changed.
-//!
-//! A store publishes an [`Invalidation`] when it revokes, reissues or updates
-//! a key; every cache built over that store is subscribed and has acted by the
-//! time [`Invalidations::publish`] returns. A database store feeds the same
-//! bus from notifications sent by other replicas.
-//!
-//! ```
-//! use std::sync::Arc;
-//! use std::sync::atomic::{AtomicUsize, Ordering};
-//! use tower_api_key::invalidation::{Invalidation, InvalidationListener, Invalidations};
-//!
-//! struct Count(AtomicUsize);
-//! impl InvalidationListener for Count {
-//!     fn invalidate(&self, _: &Invalidation) {
-//!         self.0.fetch_add(1, Ordering::SeqCst);
-//!     }
-//! }
-//!
-//! let bus = Invalidations::new();
-//! let count = Arc::new(Count(AtomicUsize::new(0)));
-//! bus.subscribe(count.clone());
-//! bus.publish(&Invalidation::All);
-//! assert_eq!(count.0.load(Ordering::SeqCst), 1);
-//! ```
 
 use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
@@ -79,6 +55,32 @@ pub trait InvalidationListener: Send + Sync + 'static {
     fn invalidate(&self, what: &Invalidation);
 }
 
+/// How stores tell caches that a key changed.
+///
+/// A store publishes an [`Invalidation`] when it revokes, reissues or updates
+/// a key; every cache built over that store is subscribed and has acted by the
+/// time [`Invalidations::publish`] returns. A database store feeds the same
+/// bus from notifications sent by other replicas.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use tower_api_key::{Invalidation, InvalidationListener, Invalidations};
+///
+/// struct Count(AtomicUsize);
+/// impl InvalidationListener for Count {
+///     fn invalidate(&self, _: &Invalidation) {
+///         self.0.fetch_add(1, Ordering::SeqCst);
+///     }
+/// }
+///
+/// let bus = Invalidations::new();
+/// let count = Arc::new(Count(AtomicUsize::new(0)));
+/// bus.subscribe(count.clone());
+/// bus.publish(&Invalidation::All);
+/// assert_eq!(count.0.load(Ordering::SeqCst), 1);
+/// ```
+///
 /// A synchronous fan-out of invalidations. Cheap to clone; clones share
 /// their subscribers.
 #[derive(Clone, Default)]

@@ -2,19 +2,19 @@
 //! large cloud does it for its service accounts.
 //!
 //! - A key is a secret shown once at creation; stores keep only its hash
-//!   ([`hash`]). The format ([`key`]) carries an issuer prefix, a public id
+//!   ([`hash`]). Its [`KeyFormat`] carries an issuer prefix, a public id
 //!   and a checksum, so garbage is rejected before any lookup.
 //! - A key belongs to one service account and may carry scopes and an expiry
-//!   ([`record`], [`scope`]).
-//! - A pluggable async [`verifier`] sits behind a moka [`cache`]; stores
-//!   ([`store`]) implement the management operations and push revocations to
-//!   the cache ([`invalidation`]).
+//!   ([`KeyRecord`], [`ScopeSet`]); each route has a [`ScopePolicy`].
+//! - A pluggable async [`Verifier`] sits behind a moka [`cache`]; stores
+//!   ([`KeyStore`], [`MemoryStore`], [`store`]) implement the management
+//!   operations and push revocations to the cache ([`Invalidations`]).
 //! - With the `axum` feature, [`management`] is a ready HTTP API for key
 //!   owners: create, list, update, reissue and delete keys.
 //!
 //! ```
-//! use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
-//! use tower_api_key::Authenticator;
+//! use tower_api_key::store::NewKey;
+//! use tower_api_key::{Authenticator, KeyStore, MemoryStore};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = MemoryStore::new();
@@ -25,6 +25,41 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # The shape of the API
+//!
+//! Every public item has one path.
+//!
+//! - **The root** holds what an application names: the [`Authenticator`],
+//!   its [`AuthenticatorBuilder`], the [`AuthLayer`] it hands out per route
+//!   and the [`AuthService`] that layer wraps (one family: `Authenticator`,
+//!   `Auth*`); the identity extractor [`Caller`]; the scope rule of a route,
+//!   [`ScopePolicy`], over [`Scope`] and [`ScopeSet`]; the [`Verifier`] trait
+//!   and [`VerifierError`]; the key types a verifier sees ([`KeyFormat`],
+//!   [`KeyId`], [`PresentedKey`], [`GeneratedKey`], [`KeyDigest`]) with their
+//!   errors and length limits; the [`KeyRecord`] a verifier returns; the
+//!   [`KeyStore`] trait and the embedded [`MemoryStore`]; what a custom
+//!   verifier announces changes on ([`Invalidations`]); and a refusal,
+//!   [`Rejection`], with its [`Reason`].
+//! - **Modules** hold what is needed less often, by path: [`auth`]
+//!   (failed-attempt limiting, custom rejection bodies, the response types of
+//!   the service, and [`auth::grpc`] with the per-method
+//!   [`MethodPolicies`](auth::grpc::MethodPolicies)); [`cache`] (its
+//!   configuration and the [`CachedVerifier`](cache::CachedVerifier) an
+//!   authenticator shares); [`store`] (what the store operations take and
+//!   return, and `store::postgres` with `PgKeyStore`); [`hash`] (peppers);
+//!   [`usage`] (`last_used_at`); [`telemetry`] (metric names); [`management`].
+//! - **"Policy"** always means a [`ScopePolicy`]: who a route lets in.
+//!   [`MethodPolicies`](auth::grpc::MethodPolicies) is a table of them and
+//!   [`auth::RoutePolicy`] is what picks one per request.
+//! - **Test hooks** (a manual clock, cache counters, lookups that say where
+//!   the answer came from) exist only with the `test-util` feature, as in
+//!   tokio; an application never needs it.
+//!
+//! `tests/public_api.txt` in the repository lists every public item;
+//! `tests/public_api.rs` fails when the list changes, so an addition shows in
+//! review (`UPDATE_PUBLIC_API=1 cargo test --all-features --test public_api`
+//! rewrites it).
+//!
 //! The README is the user guide; `docs/` in the repository has the longer
 //! guides (gRPC, the management API, PostgreSQL) and the evidence
 //! (security, performance).
@@ -34,6 +69,11 @@
 #![warn(missing_docs, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// Modules: `auth`, `cache`, `hash`, `management`, `store`, `telemetry` and
+// `usage` are public and hold only what an application uses by path; the
+// others are private and the root re-exports their public items (the
+// `clock` is public with `test-util` only).
+//
 // Layers, bottom first: each module imports only modules listed before it,
 // and no two modules import each other (tests/module_layers.rs checks
 // it, with the same list):
@@ -47,29 +87,46 @@
 //   management                           the HTTP API over the middleware
 pub mod auth;
 pub mod cache;
+// Injected time is a test hook: public with `test-util` only.
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod clock;
+#[cfg(not(feature = "test-util"))]
+#[allow(unreachable_pub)]
+mod clock;
 pub mod hash;
-pub mod invalidation;
-pub mod key;
+mod invalidation;
+mod key;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod management;
-pub mod record;
-pub mod scope;
+mod record;
+mod scope;
 pub mod store;
 pub mod telemetry;
 pub mod usage;
-pub mod verifier;
+mod verifier;
 
 // The README's examples compile as doctests.
 #[cfg(all(doctest, feature = "axum"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub use auth::{ApiKeyLayer, Authenticator};
-pub use cache::{CacheConfig, CachedVerifier, Caller, LookupError};
-pub use key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
+pub use auth::authenticator::Authenticator;
+pub use auth::builder::AuthenticatorBuilder;
+pub use auth::layer::AuthLayer;
+pub use auth::rejection::{Reason, Rejection};
+pub use auth::service::AuthService;
+pub use cache::caller::Caller;
+pub use invalidation::{Invalidation, InvalidationListener, Invalidations};
+pub use key::{
+    GeneratedKey, InvalidKeyId, InvalidPrefix, KeyDigest, KeyFormat, KeyGenError, KeyId,
+    KeyParseError, PresentedKey, CHECKSUM_LEN, ID_LEN, MAX_KEY_LEN, MAX_PREFIX_LEN, SECRET_LEN,
+};
 pub use record::KeyRecord;
-pub use scope::{Scope, ScopePolicy, ScopeSet};
-pub use store::{KeyStore, MemoryStore};
+pub use scope::{
+    Scope, ScopeDenied, ScopeError, ScopePolicy, ScopeSet, MAX_SCOPES_PER_KEY, MAX_SCOPE_LEN,
+};
+pub use store::key_store::KeyStore;
+pub use store::memory::MemoryStore;
 pub use verifier::{Verifier, VerifierError};

@@ -1,19 +1,4 @@
 //! What a verifier returns for a valid key. The identity handed to the
-//! application, [`Caller`](crate::Caller), is the cache's entry over it.
-//!
-//! ```
-//! use tower_api_key::key::KeyId;
-//! use tower_api_key::record::KeyRecord;
-//! use tower_api_key::scope::ScopeSet;
-//! use tower_api_key::Caller;
-//!
-//! let id: KeyId = "0123456789abcdef".parse().unwrap();
-//! let record = KeyRecord::new(id, "sa-translator")
-//!     .with_scopes(ScopeSet::new(["yc.ai.translate.execute"]).unwrap());
-//! let caller = Caller::from(record);
-//! assert_eq!(caller.service_account_id(), "sa-translator");
-//! assert_eq!(caller.key_id(), id);
-//! ```
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -21,6 +6,23 @@ use std::time::SystemTime;
 use crate::key::KeyId;
 use crate::scope::ScopeSet;
 
+/// What a verifier returns for a valid key. The identity handed to the
+/// application, [`Caller`](crate::Caller), is the cache's entry over it.
+///
+/// ```
+/// use tower_api_key::KeyId;
+/// use tower_api_key::KeyRecord;
+/// use tower_api_key::ScopeSet;
+/// use tower_api_key::Caller;
+///
+/// let id: KeyId = "0123456789abcdef".parse().unwrap();
+/// let record = KeyRecord::new(id, "sa-translator")
+///     .with_scopes(ScopeSet::new(["yc.ai.translate.execute"]).unwrap());
+/// let caller = Caller::from(record);
+/// assert_eq!(caller.service_account_id(), "sa-translator");
+/// assert_eq!(caller.key_id(), id);
+/// ```
+///
 /// A valid key as its store knows it. Never holds secret material.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -1,27 +1,4 @@
 //! Scopes and the scope rules of a route.
-//!
-//! A scope is an opaque dotted name such as `yc.ai.translate.execute`,
-//! compared exactly (no wildcards). A key holds a [`ScopeSet`]; an empty set
-//! means an *unscoped* key. Each route declares a [`ScopePolicy`]:
-//!
-//! | route policy | scoped key holding a required scope | scoped key without it | unscoped key |
-//! |---|---|---|---|
-//! | [`ScopePolicy::require_any`] | allowed | denied (insufficient scope) | denied (insufficient scope) |
-//! | [`ScopePolicy::unscoped_only`] (the route declares no scopes) | - | denied (a scoped key is only for its scopes) | allowed |
-//! | [`ScopePolicy::any_valid_key`] (explicit opt-in) | allowed | allowed | allowed |
-//!
-//! Scopes only narrow a key; the service account's own permissions still
-//! apply in the application.
-//!
-//! ```
-//! use tower_api_key::scope::{ScopePolicy, ScopeSet};
-//!
-//! let route = ScopePolicy::require_any(["yc.ai.translate.execute", "yc.ai.foundationModels.execute"])?;
-//! let broad = ScopeSet::new(["yc.ai.foundationModels.execute"])?;
-//! assert!(route.check(&broad).is_ok());
-//! assert!(route.check(&ScopeSet::empty()).is_err());
-//! # Ok::<_, tower_api_key::scope::ScopeError>(())
-//! ```
 
 use std::fmt;
 use std::str::FromStr;
@@ -230,7 +207,32 @@ impl fmt::Debug for ScopeSet {
     }
 }
 
-/// The scope rule a route enforces; see the [module docs](self) for the table.
+/// Scopes and the scope rules of a route.
+///
+/// A scope is an opaque dotted name such as `yc.ai.translate.execute`,
+/// compared exactly (no wildcards). A key holds a [`ScopeSet`]; an empty set
+/// means an *unscoped* key. Each route declares a [`ScopePolicy`]:
+///
+/// | route policy | scoped key holding a required scope | scoped key without it | unscoped key |
+/// |---|---|---|---|
+/// | [`ScopePolicy::require_any`] | allowed | denied (insufficient scope) | denied (insufficient scope) |
+/// | [`ScopePolicy::unscoped_keys_only`] (the route declares no scopes) | - | denied (a scoped key is only for its scopes) | allowed |
+/// | [`ScopePolicy::any_valid_key`] (explicit opt-in) | allowed | allowed | allowed |
+///
+/// Scopes only narrow a key; the service account's own permissions still
+/// apply in the application.
+///
+/// ```
+/// use tower_api_key::{ScopePolicy, ScopeSet};
+///
+/// let route = ScopePolicy::require_any(["yc.ai.translate.execute", "yc.ai.foundationModels.execute"])?;
+/// let broad = ScopeSet::new(["yc.ai.foundationModels.execute"])?;
+/// assert!(route.check(&broad).is_ok());
+/// assert!(route.check(&ScopeSet::empty()).is_err());
+/// # Ok::<_, tower_api_key::ScopeError>(())
+/// ```
+///
+/// The scope rule a route enforces;.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScopePolicy(Policy);
 
@@ -260,7 +262,7 @@ impl ScopePolicy {
 
     /// The route declares no scopes (it does not support them): unscoped keys
     /// pass, scoped keys are refused, since a scoped key is only for its scopes.
-    pub fn unscoped_only() -> Self {
+    pub fn unscoped_keys_only() -> Self {
         Self(Policy::UnscopedOnly)
     }
 

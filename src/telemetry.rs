@@ -31,7 +31,7 @@
 //! assert!(names::VERIFIER_DURATION.ends_with("_seconds"));
 //! ```
 //!
-//! [`Reason`]: crate::auth::Reason
+//! [`Reason`]: crate::Reason
 
 #![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 

@@ -11,7 +11,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tower_api_key::store::MemoryStore;
+//! use tower_api_key::MemoryStore;
 //! use tower_api_key::usage::UsageRecorder;
 //! use tower_api_key::Authenticator;
 //!

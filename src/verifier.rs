@@ -1,26 +1,4 @@
 //! The pluggable verifier: given a well-formed key, is it a valid key, an
-//! unknown one, or is the backend unable to say?
-//!
-//! Implement [`Verifier`] on a type, or pass a closure:
-//!
-//! ```
-//! use tower_api_key::key::PresentedKey;
-//! use tower_api_key::record::KeyRecord;
-//! use tower_api_key::verifier::{Verifier, VerifierError};
-//!
-//! // A verifier that knows one key by its id (a real one would compare a hash).
-//! let known = tower_api_key::key::KeyFormat::default().generate().unwrap();
-//! let known_id = known.id();
-//! let verifier = move |key: PresentedKey| async move {
-//!     if key.id() == known_id {
-//!         Ok(Some(KeyRecord::new(key.id(), "sa-1")))
-//!     } else {
-//!         Ok::<_, VerifierError>(None)
-//!     }
-//! };
-//! fn assert_verifier(_: &impl Verifier) {}
-//! assert_verifier(&verifier);
-//! ```
 
 use std::fmt;
 use std::future::Future;
@@ -32,6 +10,30 @@ use crate::invalidation::Invalidations;
 use crate::key::{KeyFormat, PresentedKey};
 use crate::record::KeyRecord;
 
+/// The pluggable verifier: given a well-formed key, is it a valid key, an
+/// unknown one, or is the backend unable to say?
+///
+/// Implement [`Verifier`] on a type, or pass a closure:
+///
+/// ```
+/// use tower_api_key::PresentedKey;
+/// use tower_api_key::KeyRecord;
+/// use tower_api_key::{Verifier, VerifierError};
+///
+/// // A verifier that knows one key by its id (a real one would compare a hash).
+/// let known = tower_api_key::KeyFormat::default().generate().unwrap();
+/// let known_id = known.id();
+/// let verifier = move |key: PresentedKey| async move {
+///     if key.id() == known_id {
+///         Ok(Some(KeyRecord::new(key.id(), "sa-1")))
+///     } else {
+///         Ok::<_, VerifierError>(None)
+///     }
+/// };
+/// fn assert_verifier(_: &impl Verifier) {}
+/// assert_verifier(&verifier);
+/// ```
+///
 /// Looks a presented key up.
 ///
 /// Return `Ok(Some(record))` for a valid key (the caller checks expiry and
@@ -80,8 +82,6 @@ pub enum VerifierError {
     Backend(Box<dyn std::error::Error + Send + Sync>),
     /// The verifier did not answer within the configured timeout.
     Timeout(Duration),
-    /// The verifier panicked; the request gets 500.
-    Panicked,
 }
 
 impl VerifierError {
@@ -96,7 +96,6 @@ impl fmt::Display for VerifierError {
         match self {
             Self::Backend(e) => write!(f, "api key verifier backend failed: {e}"),
             Self::Timeout(after) => write!(f, "api key verifier timed out after {after:?}"),
-            Self::Panicked => f.write_str("api key verifier panicked"),
         }
     }
 }

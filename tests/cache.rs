@@ -10,13 +10,15 @@ use tokio::sync::{Barrier, Semaphore};
 use tokio::task::JoinSet;
 use tower_api_key::cache::{CacheConfig, CacheConfigBuilder, CachedVerifier, LookupError, Source};
 use tower_api_key::clock::{Clock, ManualClock};
-use tower_api_key::invalidation::Invalidations;
-use tower_api_key::key::{GeneratedKey, KeyFormat, PresentedKey};
-use tower_api_key::record::KeyRecord;
-use tower_api_key::scope::ScopeSet;
-use tower_api_key::store::{KeyStore, KeyUpdate, MemoryStore, NewKey};
-use tower_api_key::verifier::{Verifier, VerifierError};
+use tower_api_key::store::{KeyUpdate, NewKey};
 use tower_api_key::Caller;
+use tower_api_key::Invalidations;
+use tower_api_key::KeyRecord;
+use tower_api_key::KeyStore;
+use tower_api_key::MemoryStore;
+use tower_api_key::ScopeSet;
+use tower_api_key::{GeneratedKey, KeyFormat, PresentedKey};
+use tower_api_key::{Verifier, VerifierError};
 
 const N: usize = 1000;
 

@@ -12,9 +12,11 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 use tower_api_key::management::{self, AccountAccess, ManagementApi, ManagementApiBuilder};
-use tower_api_key::scope::{ScopePolicy, ScopeSet};
-use tower_api_key::store::{KeyInfo, KeyStore, ListRequest, MemoryStore, NewKey};
+use tower_api_key::store::{KeyInfo, ListRequest, NewKey};
+use tower_api_key::KeyStore;
+use tower_api_key::MemoryStore;
 use tower_api_key::{Authenticator, KeyId};
+use tower_api_key::{ScopePolicy, ScopeSet};
 
 use common::tcp::{serve, Client};
 use common::Reply;
@@ -406,7 +408,10 @@ fn scope_set(bits: u8) -> ScopeSet {
 
 /// Every route policy over the universe.
 fn every_policy() -> Vec<ScopePolicy> {
-    let mut all = vec![ScopePolicy::unscoped_only(), ScopePolicy::any_valid_key()];
+    let mut all = vec![
+        ScopePolicy::unscoped_keys_only(),
+        ScopePolicy::any_valid_key(),
+    ];
     for bits in 1..(1u8 << UNIVERSE.len()) {
         all.push(ScopePolicy::require_any(subset(bits)).unwrap());
     }
@@ -507,7 +512,7 @@ proptest! {
         let (status, produced) = runtime.block_on(run(caller, granted, unscoped, &op));
         let held = scope_set(caller);
         let grants = scope_set(granted);
-        let manage = tower_api_key::scope::Scope::new(MANAGE).unwrap();
+        let manage = tower_api_key::Scope::new(MANAGE).unwrap();
         if !held.contains(&manage) {
             prop_assert_eq!(status, 403, "no management scope, no entry");
             return Ok(());
@@ -522,7 +527,7 @@ proptest! {
             let wanted = match &op {
                 Op::Create(to) | Op::Patch { to, .. } | Op::Reissue(to) => scope_set(*to),
             };
-            let may = |s: &tower_api_key::scope::Scope| {
+            let may = |s: &tower_api_key::Scope| {
                 grants.contains(s)
                     || kept.contains(s)
                     || (held.contains(s) && (matches!(op, Op::Reissue(_)) || s != &manage))

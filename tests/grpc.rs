@@ -17,15 +17,17 @@ use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Server};
 use tonic::{Code, Request, Response, Status};
-use tower_api_key::auth::MethodPolicies;
+use tower_api_key::auth::grpc::MethodPolicies;
 use tower_api_key::clock::{Clock, ManualClock};
-use tower_api_key::invalidation::Invalidations;
-use tower_api_key::key::{KeyFormat, PresentedKey};
-use tower_api_key::record::KeyRecord;
-use tower_api_key::scope::ScopeSet;
-use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
-use tower_api_key::verifier::{Verifier, VerifierError};
+use tower_api_key::store::NewKey;
+use tower_api_key::Invalidations;
+use tower_api_key::KeyRecord;
+use tower_api_key::KeyStore;
+use tower_api_key::MemoryStore;
+use tower_api_key::ScopeSet;
 use tower_api_key::{Authenticator, Caller};
+use tower_api_key::{KeyFormat, PresentedKey};
+use tower_api_key::{Verifier, VerifierError};
 
 mod pb {
     include!(concat!(
@@ -538,7 +540,7 @@ async fn the_caller_helper_reports_a_missing_layer_as_internal() {
 
     let status = who_am_i(&mut client, None).await.unwrap_err();
     assert_eq!(status.code(), Code::Internal);
-    assert!(status.message().contains("ApiKeyLayer"), "{status:?}");
+    assert!(status.message().contains("AuthLayer"), "{status:?}");
 }
 
 /// A raw HTTP/1.1 exchange: the status line, the headers (lower-cased

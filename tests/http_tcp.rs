@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tower_api_key::key::KeyFormat;
+use tower_api_key::KeyFormat;
 use tower_api_key::KeyStore;
 
 use common::http::{

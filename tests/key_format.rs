@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 use tower_api_key::hash::{HashScheme, KeyHasher, Pepper, StoredHash};
-use tower_api_key::key::{
+use tower_api_key::{
     KeyFormat, KeyId, KeyParseError, CHECKSUM_LEN, ID_LEN, MAX_KEY_LEN, SECRET_LEN,
 };
 

@@ -10,8 +10,8 @@ mod common;
 use axum::body::Body;
 use http::header::{AUTHORIZATION, CACHE_CONTROL};
 use http::{HeaderValue, StatusCode};
-use tower_api_key::auth::Reason;
-use tower_api_key::key::KeyFormat;
+use tower_api_key::KeyFormat;
+use tower_api_key::Reason;
 
 use common::http::{
     api_key, app, assert_unauthorized, get_whoami, whoami_with, whoami_with_key, with_bad_checksum,

@@ -12,9 +12,9 @@ use axum::routing::get;
 use axum::Router;
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Method, Request, StatusCode};
-use tower_api_key::auth::Reason;
-use tower_api_key::key::KeyFormat;
-use tower_api_key::scope::ScopeSet;
+use tower_api_key::KeyFormat;
+use tower_api_key::Reason;
+use tower_api_key::ScopeSet;
 use tower_api_key::{Caller, KeyStore};
 
 use common::http::{
@@ -187,8 +187,9 @@ async fn a_spoofed_identity_without_a_key_is_401_and_the_handler_never_runs() {
 #[tokio::test]
 async fn an_authenticator_over_a_store_accepts_the_store_key_format() {
     use tower::ServiceExt;
-    use tower_api_key::store::{MemoryStore, NewKey};
+    use tower_api_key::store::NewKey;
     use tower_api_key::Authenticator;
+    use tower_api_key::MemoryStore;
 
     let store = MemoryStore::builder()
         .with_format(KeyFormat::new("acme").unwrap())

@@ -10,8 +10,9 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use tower_api_key::auth::{Reason, Rejection};
-use tower_api_key::key::KeyFormat;
+use tower_api_key::KeyFormat;
+use tower_api_key::Reason;
+use tower_api_key::Rejection;
 
 use common::http::{
     api_key, app, assert_unauthorized, get_whoami, request_with_key, with_bad_checksum, Fixture,

@@ -11,9 +11,9 @@ use axum::body::Body;
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, StatusCode};
 use std::time::Duration;
-use tower_api_key::auth::Reason;
-use tower_api_key::key::{KeyFormat, KeyId};
 use tower_api_key::KeyStore;
+use tower_api_key::Reason;
+use tower_api_key::{KeyFormat, KeyId};
 
 use common::http::{
     api_key, app, assert_same_response, assert_unauthorized, get_whoami, whoami_with_key,

@@ -11,8 +11,8 @@ use axum::routing::get;
 use axum::Router;
 use http::header::{ACCESS_CONTROL_REQUEST_METHOD, ORIGIN};
 use http::{Method, Request, StatusCode};
-use tower_api_key::auth::Reason;
 use tower_api_key::Caller;
+use tower_api_key::Reason;
 
 use common::http::{app, assert_unauthorized, mallory, request_with_key, send, Fixture};
 
@@ -39,7 +39,7 @@ async fn a_route_without_the_layer_has_no_caller() {
         "{forgot:?}"
     );
     assert!(
-        String::from_utf8_lossy(&forgot.body).contains("ApiKeyLayer"),
+        String::from_utf8_lossy(&forgot.body).contains("AuthLayer"),
         "the MissingCaller body says what is misconfigured: {forgot:?}"
     );
     let optional = send(

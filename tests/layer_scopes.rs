@@ -7,7 +7,7 @@
 mod common;
 
 use http::{Method, StatusCode};
-use tower_api_key::auth::Reason;
+use tower_api_key::Reason;
 
 use common::http::{
     app, assert_forbidden, request_with_key, Fixture, BROAD, NARROW, NARROW_PREFIX, OTHER,

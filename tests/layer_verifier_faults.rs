@@ -9,9 +9,9 @@ mod common;
 use http::header::{CACHE_CONTROL, RETRY_AFTER};
 use http::StatusCode;
 use std::time::Duration;
-use tower_api_key::auth::Reason;
-use tower_api_key::key::KeyFormat;
+use tower_api_key::KeyFormat;
 use tower_api_key::KeyRecord;
+use tower_api_key::Reason;
 
 use common::http::{app, whoami_with_key, Fixture};
 
@@ -57,7 +57,7 @@ async fn a_failing_verifier_is_503_and_is_not_cached() {
 async fn a_closure_verifier_that_fails_once_gives_503_then_200() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    use tower_api_key::key::PresentedKey;
+    use tower_api_key::PresentedKey;
     use tower_api_key::{Authenticator, VerifierError};
 
     let format = KeyFormat::default();

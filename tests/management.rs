@@ -11,9 +11,11 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 use tower_api_key::management::{self, AccountAccess, ManagementApi, ManagementApiBuilder};
-use tower_api_key::scope::ScopeSet;
-use tower_api_key::store::{KeyInfo, KeyStore, ListRequest, MemoryStore, NewKey};
+use tower_api_key::store::{KeyInfo, ListRequest, NewKey};
 use tower_api_key::usage::UsageRecorder;
+use tower_api_key::KeyStore;
+use tower_api_key::MemoryStore;
+use tower_api_key::ScopeSet;
 use tower_api_key::{Authenticator, Caller, PresentedKey};
 
 use common::tcp::{serve, Client};

@@ -6,13 +6,14 @@ use std::time::{Duration, SystemTime};
 
 use tower_api_key::clock::{Clock, ManualClock};
 use tower_api_key::hash::{KeyHasher, Pepper};
-use tower_api_key::key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
-use tower_api_key::scope::ScopeSet;
 use tower_api_key::store::{
-    KeyStore, KeyUpdate, ListRequest, MemoryStore, NewKey, StoreError, DEFAULT_PAGE_SIZE,
-    MAX_PAGE_SIZE,
+    KeyUpdate, ListRequest, NewKey, StoreError, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE,
 };
-use tower_api_key::verifier::Verifier;
+use tower_api_key::KeyStore;
+use tower_api_key::MemoryStore;
+use tower_api_key::ScopeSet;
+use tower_api_key::Verifier;
+use tower_api_key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
 
 mod common;
 

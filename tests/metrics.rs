@@ -12,11 +12,13 @@ use axum::routing::get;
 use axum::Router;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use serde_json::json;
-use tower_api_key::key::KeyFormat;
 use tower_api_key::management::{self, AccountAccess, ManagementApi};
-use tower_api_key::scope::ScopeSet;
-use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+use tower_api_key::store::NewKey;
 use tower_api_key::telemetry::names;
+use tower_api_key::KeyFormat;
+use tower_api_key::KeyStore;
+use tower_api_key::MemoryStore;
+use tower_api_key::ScopeSet;
 use tower_api_key::{Authenticator, PresentedKey, VerifierError};
 
 use common::tcp::{serve, Client};

@@ -28,14 +28,14 @@ use tokio_postgres::{Config, NoTls};
 use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError, Source};
 use tower_api_key::clock::{Clock, ManualClock};
 use tower_api_key::hash::KeyHasher;
-use tower_api_key::invalidation::{Invalidation, InvalidationListener};
-use tower_api_key::key::{KeyId, PresentedKey};
-use tower_api_key::scope::ScopeSet;
 use tower_api_key::store::postgres::{ListenerStatus, PgKeyStore, PgKeyStoreBuilder};
-use tower_api_key::store::{
-    CreatedKey, KeyStore, KeyUpdate, ListRequest, MemoryStore, NewKey, StoreError,
-};
-use tower_api_key::verifier::{Verifier, VerifierError};
+use tower_api_key::store::{CreatedKey, KeyUpdate, ListRequest, NewKey, StoreError};
+use tower_api_key::KeyStore;
+use tower_api_key::MemoryStore;
+use tower_api_key::ScopeSet;
+use tower_api_key::{Invalidation, InvalidationListener};
+use tower_api_key::{KeyId, PresentedKey};
+use tower_api_key::{Verifier, VerifierError};
 
 mod common;
 
@@ -259,11 +259,19 @@ fn cache(store: &PgKeyStore) -> CachedVerifier {
 }
 
 fn presented(store: &impl KeyStore, created: &CreatedKey) -> PresentedKey {
-    store.format().parse(created.key.expose_secret()).unwrap()
+    store
+        .key_format()
+        .expect("a store has a key format")
+        .parse(created.key.expose_secret())
+        .unwrap()
 }
 
 fn key_text(store: &impl KeyStore, text: &str) -> PresentedKey {
-    store.format().parse(text).unwrap()
+    store
+        .key_format()
+        .expect("a store has a key format")
+        .parse(text)
+        .unwrap()
 }
 
 async fn listening(store: &PgKeyStore, at_least: u64) -> ListenerStatus {
@@ -447,7 +455,11 @@ async fn management_operations<S: KeyStore>(store: &S) {
         store.verify(&key).await.unwrap(),
         Some(created.record.clone())
     );
-    let stranger = store.format().generate().unwrap();
+    let stranger = store
+        .key_format()
+        .expect("a store has a key format")
+        .generate()
+        .unwrap();
     assert_eq!(
         store
             .verify(&key_text(store, stranger.expose_secret()))
@@ -456,7 +468,11 @@ async fn management_operations<S: KeyStore>(store: &S) {
         None
     );
     // Right id, wrong secret.
-    let wrong = store.format().generate_for(id).unwrap();
+    let wrong = store
+        .key_format()
+        .expect("a store has a key format")
+        .generate_for(id)
+        .unwrap();
     assert_eq!(
         store
             .verify(&key_text(store, wrong.expose_secret()))

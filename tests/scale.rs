@@ -19,12 +19,14 @@ use http::{header::AUTHORIZATION, Request, Response, StatusCode};
 use tokio::sync::Notify;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::cache::{CacheConfig, CachedVerifier, Source};
-use tower_api_key::invalidation::Invalidations;
-use tower_api_key::key::PresentedKey;
-use tower_api_key::record::KeyRecord;
-use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
-use tower_api_key::verifier::{Verifier, VerifierError};
+use tower_api_key::store::NewKey;
 use tower_api_key::Authenticator;
+use tower_api_key::Invalidations;
+use tower_api_key::KeyRecord;
+use tower_api_key::KeyStore;
+use tower_api_key::MemoryStore;
+use tower_api_key::PresentedKey;
+use tower_api_key::{Verifier, VerifierError};
 
 /// A store that counts verifier calls and, when gated, answers only after
 /// `release` is notified.

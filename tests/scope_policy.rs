@@ -7,7 +7,7 @@
 //! | `any valid key` | allowed | allowed | allowed |
 #![allow(non_snake_case)]
 
-use tower_api_key::scope::{Scope, ScopeDenied, ScopeError, ScopePolicy, ScopeSet};
+use tower_api_key::{Scope, ScopeDenied, ScopeError, ScopePolicy, ScopeSet};
 
 const TRANSLATE: &str = "yc.ai.translate.execute";
 const FOUNDATION: &str = "yc.ai.foundationModels.execute";
@@ -58,7 +58,7 @@ fn require_any__unscoped_key__denied_missing_scope() {
 fn unscoped_only__scoped_key_holding_a_required_scope__not_applicable_the_route_requires_none() {
     // The cell is "-": a route without scopes has no required scope a key
     // could hold. Whatever scope a key holds, it is refused as scoped.
-    let route = ScopePolicy::unscoped_only();
+    let route = ScopePolicy::unscoped_keys_only();
     assert_eq!(route.required(), None);
     for scopes in [
         &[TRANSLATE][..],
@@ -74,7 +74,7 @@ fn unscoped_only__scoped_key_holding_a_required_scope__not_applicable_the_route_
 
 #[test]
 fn unscoped_only__scoped_key_without_a_required_scope__denied_scoped_key_on_unscoped_route() {
-    let route = ScopePolicy::unscoped_only();
+    let route = ScopePolicy::unscoped_keys_only();
     assert_eq!(
         route.check(&keys_scopes(&[STORAGE])),
         Err(ScopeDenied::ScopedKeyOnUnscopedRoute)
@@ -83,7 +83,7 @@ fn unscoped_only__scoped_key_without_a_required_scope__denied_scoped_key_on_unsc
 
 #[test]
 fn unscoped_only__unscoped_key__allowed() {
-    let route = ScopePolicy::unscoped_only();
+    let route = ScopePolicy::unscoped_keys_only();
     assert_eq!(route.check(&ScopeSet::empty()), Ok(()));
 }
 

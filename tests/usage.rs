@@ -9,13 +9,15 @@ use async_trait::async_trait;
 use http::{Request, Response, StatusCode};
 use tower::{service_fn, Layer, ServiceExt};
 use tower_api_key::clock::ManualClock;
-use tower_api_key::invalidation::Invalidations;
-use tower_api_key::key::{KeyFormat, KeyId, PresentedKey};
 use tower_api_key::store::{
-    CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, MemoryStore, NewKey, StoreError,
+    CreatedKey, KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey, StoreError,
 };
 use tower_api_key::usage::UsageRecorder;
+use tower_api_key::Invalidations;
+use tower_api_key::KeyStore;
+use tower_api_key::MemoryStore;
 use tower_api_key::{Authenticator, KeyRecord, Verifier, VerifierError};
+use tower_api_key::{KeyFormat, KeyId, PresentedKey};
 
 /// A memory store that counts `record_usage` calls and can be made to fail them.
 #[derive(Clone)]
@@ -33,13 +35,13 @@ impl Verifier for Counting {
     fn invalidations(&self) -> Option<&Invalidations> {
         self.store.invalidations()
     }
+    fn key_format(&self) -> Option<KeyFormat> {
+        self.store.key_format()
+    }
 }
 
 #[async_trait]
 impl KeyStore for Counting {
-    fn format(&self) -> KeyFormat {
-        self.store.format()
-    }
     async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError> {
         self.store.create(new).await
     }

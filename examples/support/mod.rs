@@ -17,8 +17,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
-use tower_api_key::scope::{ScopeError, ScopeSet};
-use tower_api_key::store::{KeyStore, NewKey};
+use tower_api_key::store::NewKey;
+use tower_api_key::KeyStore;
+use tower_api_key::{ScopeError, ScopeSet};
 
 pub const TRANSLATE: &str = "yc.ai.translate.execute";
 pub const FOUNDATION_MODELS: &str = "yc.ai.foundationModels.execute";

@@ -13,12 +13,14 @@ use futures_util::FutureExt;
 use http::{header::AUTHORIZATION, Request, Response};
 use tower::{Service, ServiceExt};
 use tower_api_key::cache::CachedVerifier;
-use tower_api_key::key::{KeyFormat, PresentedKey};
-use tower_api_key::record::KeyRecord;
-use tower_api_key::scope::ScopeSet;
-use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
-use tower_api_key::verifier::VerifierError;
+use tower_api_key::store::NewKey;
 use tower_api_key::Authenticator;
+use tower_api_key::KeyRecord;
+use tower_api_key::KeyStore;
+use tower_api_key::MemoryStore;
+use tower_api_key::ScopeSet;
+use tower_api_key::VerifierError;
+use tower_api_key::{KeyFormat, PresentedKey};
 
 /// The token of the `ValidateRequestHeaderLayer::bearer` baseline.
 pub const BEARER: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU";

@@ -11,6 +11,7 @@ use super::authenticator::{Authenticator, Shared};
 use super::limit::FailedAttemptLimit;
 use super::rejection::{JsonRejection, RejectionResponder};
 use crate::cache::{CacheConfig, CachedVerifier};
+#[cfg(feature = "test-util")]
 use crate::clock::Clock;
 use crate::key::KeyFormat;
 use crate::usage::UsageRecorder;
@@ -23,7 +24,7 @@ use crate::verifier::Verifier;
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_api_key::{store::MemoryStore, Authenticator};
+/// use tower_api_key::{MemoryStore, Authenticator};
 ///
 /// let auth = Authenticator::builder(MemoryStore::new())
 ///     .positive_ttl(Duration::from_secs(60))
@@ -54,6 +55,7 @@ struct CacheSettings {
     negative_ttl: Option<Duration>,
     max_keys: Option<u64>,
     verifier_timeout: Option<Option<Duration>>,
+    #[cfg(feature = "test-util")]
     clock: Option<Arc<dyn Clock>>,
 }
 
@@ -73,6 +75,7 @@ fn cache_config(settings: CacheSettings) -> CacheConfig {
     if let Some(timeout) = settings.verifier_timeout {
         config = config.verifier_timeout(timeout);
     }
+    #[cfg(feature = "test-util")]
     if let Some(clock) = settings.clock {
         config = config.clock(clock);
     }
@@ -157,6 +160,8 @@ impl AuthenticatorBuilder {
     }
 
     /// See [`crate::cache::CacheConfigBuilder::clock`] (default: the system clock).
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.cache.clock = Some(clock);
         self
@@ -221,7 +226,7 @@ impl AuthenticatorBuilder {
     }
 
     /// Refuses clients that keep presenting bad keys (off by default); see
-    /// [`crate::auth::limit`].
+    /// [`FailedAttemptLimit`].
     pub fn failed_attempt_limit(mut self, limit: FailedAttemptLimit) -> Self {
         self.limit = Some(limit);
         self

@@ -1,13 +1,14 @@
 //! gRPC: one layer in front of a whole tonic server, a scope policy per method.
 //!
 //! A gRPC server is one tower service for all its methods, so it takes one
-//! [`ApiKeyLayer`](super::ApiKeyLayer) whose policy is a [`MethodPolicies`]
+//! [`AuthLayer`](crate::AuthLayer) whose policy is a [`MethodPolicies`]
 //! table: a [`ScopePolicy`] per full method path (`/package.Service/Method`),
 //! optionally one per service, and a default for every other path.
 //!
 //! ```
-//! use tower_api_key::auth::{Authenticator, MethodPolicies};
-//! use tower_api_key::store::MemoryStore;
+//! use tower_api_key::Authenticator;
+//! use tower_api_key::auth::{ grpc::MethodPolicies};
+//! use tower_api_key::MemoryStore;
 //!
 //! let auth = Authenticator::new(MemoryStore::new());
 //! let methods = MethodPolicies::builder()
@@ -17,19 +18,19 @@
 //!     .build()?; // a malformed or repeated path is an error here, not at request time
 //! let layer = auth.layer(methods);
 //! // tonic::transport::Server::builder().layer(layer).add_service(...)
-//! # Ok::<_, tower_api_key::auth::MethodPolicyError>(())
+//! # Ok::<_, tower_api_key::auth::grpc::MethodPolicyError>(())
 //! ```
 //!
 //! A request's policy is, in this order: its method's entry, its service's
 //! entry ([`MethodPoliciesBuilder::service`]), the default. **The default is
-//! [`ScopePolicy::unscoped_only`]** unless set with
+//! [`ScopePolicy::unscoped_keys_only`]** unless set with
 //! [`MethodPoliciesBuilder::default_policy`]: like an HTTP route that declares no
 //! scopes, an unlisted method admits unscoped keys and refuses scoped keys (a
 //! scoped key is only for its scopes). Every unlisted method still needs a
 //! valid key; this layer never lets a request through unauthenticated.
 //!
 //! Rejections of gRPC requests (`content-type: application/grpc*`) are
-//! trailers-only gRPC responses (see [`rejection`](super::rejection)): a
+//! trailers-only gRPC responses (see [`Rejection`](crate::Rejection)): a
 //! tonic client sees `Code::Unauthenticated`, `Code::PermissionDenied`,
 //! `Code::ResourceExhausted`, `Code::Unavailable` or (for a panicking
 //! verifier) `Code::Internal`, and the handler is not called.
@@ -66,14 +67,14 @@ pub struct MethodPolicies {
 }
 
 impl MethodPolicies {
-    /// An empty table whose default is [`ScopePolicy::unscoped_only`].
+    /// An empty table whose default is [`ScopePolicy::unscoped_keys_only`].
     pub fn builder() -> MethodPoliciesBuilder {
         MethodPoliciesBuilder::default()
     }
 
     /// The policy for a request path: the method's, else its service's, else
     /// the default.
-    pub fn policy_for_path(&self, path: &str) -> &ScopePolicy {
+    fn policy_for_path(&self, path: &str) -> &ScopePolicy {
         if let Some(policy) = self.methods.get(path) {
             return policy;
         }
@@ -144,9 +145,9 @@ impl MethodPoliciesBuilder {
         self
     }
 
-    /// The method declares no scopes ([`ScopePolicy::unscoped_only`]).
+    /// The method declares no scopes ([`ScopePolicy::unscoped_keys_only`]).
     pub fn unscoped_keys_only(self, path: impl Into<String>) -> Self {
-        self.method(path, ScopePolicy::unscoped_only())
+        self.method(path, ScopePolicy::unscoped_keys_only())
     }
 
     /// The method admits every valid key ([`ScopePolicy::any_valid_key`]).
@@ -162,7 +163,7 @@ impl MethodPoliciesBuilder {
     }
 
     /// The policy of every path without an entry (default:
-    /// [`ScopePolicy::unscoped_only`]). Calling it again replaces it.
+    /// [`ScopePolicy::unscoped_keys_only`]). Calling it again replaces it.
     pub fn default_policy(mut self, policy: ScopePolicy) -> Self {
         self.default = Some(policy);
         self
@@ -200,7 +201,7 @@ impl MethodPoliciesBuilder {
         Ok(MethodPolicies {
             methods,
             services,
-            default: self.default.unwrap_or_else(ScopePolicy::unscoped_only),
+            default: self.default.unwrap_or_else(ScopePolicy::unscoped_keys_only),
         })
     }
 }
@@ -281,7 +282,7 @@ fn is_identifier(s: &str) -> bool {
 }
 
 /// The authenticated [`Caller`](crate::Caller) of a tonic request, for
-/// handlers behind an [`ApiKeyLayer`](super::ApiKeyLayer):
+/// handlers behind an [`AuthLayer`](crate::AuthLayer):
 ///
 /// ```
 /// use tonic::{Request, Response, Status};
@@ -300,7 +301,7 @@ fn is_identifier(s: &str) -> bool {
 pub fn caller<T>(request: &tonic::Request<T>) -> Result<&crate::Caller, tonic::Status> {
     request.extensions().get::<crate::Caller>().ok_or_else(|| {
         const MESSAGE: &str = "no authenticated Caller in request extensions: put the \
-             tonic service behind an ApiKeyLayer (for example \
+             tonic service behind an AuthLayer (for example \
              `Server::builder().layer(auth.layer(method_policies))`)";
         tracing::error!("{MESSAGE}");
         tonic::Status::internal(MESSAGE)
@@ -390,7 +391,7 @@ mod tests {
 
         let err = MethodPolicies::builder()
             .service("demo.Assistant", ScopePolicy::any_valid_key())
-            .service("demo.Assistant", ScopePolicy::unscoped_only())
+            .service("demo.Assistant", ScopePolicy::unscoped_keys_only())
             .build()
             .unwrap_err();
         assert_eq!(
@@ -423,16 +424,16 @@ mod tests {
         // Unlisted: the default, unscoped keys only.
         assert_eq!(
             table.policy_for(&post, "/demo.Assistant/Generate"),
-            &ScopePolicy::unscoped_only()
+            &ScopePolicy::unscoped_keys_only()
         );
         assert_eq!(
             table.policy_for(&post, "/not/a/grpc/path"),
-            &ScopePolicy::unscoped_only()
+            &ScopePolicy::unscoped_keys_only()
         );
         // Paths are compared exactly.
         assert_eq!(
             table.policy_for(&post, "/demo.assistant/translate"),
-            &ScopePolicy::unscoped_only()
+            &ScopePolicy::unscoped_keys_only()
         );
 
         let table = MethodPolicies::builder()

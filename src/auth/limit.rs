@@ -1,58 +1,4 @@
 //! Failed-attempt limiting: a client that keeps presenting bad keys is
-//! refused (429, gRPC RESOURCE_EXHAUSTED) without a verifier call.
-//!
-//! Each client has a bucket of `max_failures` attempts that refills at
-//! `max_failures` per `window`: after `max_failures` failures in quick
-//! succession the client waits, and a full window restores every attempt.
-//!
-//! - **What spends an attempt**: every credential that fails: garbage, a bad
-//!   checksum, an unknown, revoked or expired key, two credentials at once.
-//!   A request with no credential at all spends none, nor does a valid key
-//!   refused for its scopes, nor a verifier failure (503) or panic (500).
-//! - **Before the verifier, not after**: a key the cache cannot answer takes
-//!   an attempt *before* its lookup starts, and gets it back when the key
-//!   proves valid or the verifier fails. So however many requests a client
-//!   has in flight, it makes at most as many verifier calls as it has
-//!   attempts left. A request that goes away before its lookup answers keeps
-//!   its attempt spent: otherwise disconnecting would buy free lookups.
-//! - **Joining costs nothing**: a request for a key whose lookup is already
-//!   under way waits for that answer without taking an attempt, so a burst
-//!   of requests with one valid key that is not cached yet (a cold start)
-//!   all get through on one verifier call. (Requests for one new key that
-//!   arrive together on different threads may each take an attempt before
-//!   the lookup is under way; a valid key gives every one of them back.)
-//! - **While a client has no attempt left** it gets 429 with `Retry-After`
-//!   for everything, a missing credential included, except a key the cache
-//!   already holds as valid (or whose lookup is already under way): a
-//!   cached key proves its holder is not guessing, and answering it costs
-//!   no lookup, so one client guessing from behind a shared address (a NAT,
-//!   a proxy, an IPv6 /64) does not lock out the valid keys used from
-//!   there. Everything else (garbage, unknown or uncached keys) is refused
-//!   without a verifier call.
-//!
-//! Clients are told apart by a function of the request (default: the peer
-//! address from axum's `ConnectInfo<SocketAddr>`, IPv6 grouped by /64).
-//! **Behind a proxy** every request comes from the proxy's address: use
-//! [`FailedAttemptLimitBuilder::client_id`] to read the address the proxy
-//! appends (e.g. the last entry of `X-Forwarded-For` written by your own
-//! proxy; never the first, which the client controls). Without a client id a
-//! request is not limited: the first such request logs a warning, once per
-//! limiter, since it usually means the server was not started with
-//! `into_make_service_with_connect_info::<SocketAddr>()`.
-//!
-//! Tracked clients are bounded (default 100,000, least recently seen
-//! forgotten first), so a flood of addresses cannot exhaust memory. Time is
-//! tokio's, so tests can pause it.
-//!
-//! ```
-//! use std::time::Duration;
-//! use tower_api_key::auth::{Authenticator, FailedAttemptLimit};
-//! use tower_api_key::store::MemoryStore;
-//!
-//! let auth = Authenticator::builder(MemoryStore::new())
-//!     .failed_attempt_limit(FailedAttemptLimit::new(30, Duration::from_secs(60)))
-//!     .build();
-//! ```
 
 use std::fmt;
 use std::net::IpAddr;
@@ -67,6 +13,63 @@ use tokio::time::Instant;
 /// the request unlimited.
 pub type ClientIdFn = dyn Fn(&HeaderMap, &Extensions) -> Option<IpAddr> + Send + Sync;
 
+/// Failed-attempt limiting: a client that keeps presenting bad keys is
+/// refused (429, gRPC RESOURCE_EXHAUSTED) without a verifier call.
+///
+/// Each client has a bucket of `max_failures` attempts that refills at
+/// `max_failures` per `window`: after `max_failures` failures in quick
+/// succession the client waits, and a full window restores every attempt.
+///
+/// - **What spends an attempt**: every credential that fails: garbage, a bad
+///   checksum, an unknown, revoked or expired key, two credentials at once.
+///   A request with no credential at all spends none, nor does a valid key
+///   refused for its scopes, nor a verifier failure (503) or panic (500).
+/// - **Before the verifier, not after**: a key the cache cannot answer takes
+///   an attempt *before* its lookup starts, and gets it back when the key
+///   proves valid or the verifier fails. So however many requests a client
+///   has in flight, it makes at most as many verifier calls as it has
+///   attempts left. A request that goes away before its lookup answers keeps
+///   its attempt spent: otherwise disconnecting would buy free lookups.
+/// - **Joining costs nothing**: a request for a key whose lookup is already
+///   under way waits for that answer without taking an attempt, so a burst
+///   of requests with one valid key that is not cached yet (a cold start)
+///   all get through on one verifier call. (Requests for one new key that
+///   arrive together on different threads may each take an attempt before
+///   the lookup is under way; a valid key gives every one of them back.)
+/// - **While a client has no attempt left** it gets 429 with `Retry-After`
+///   for everything, a missing credential included, except a key the cache
+///   already holds as valid (or whose lookup is already under way): a
+///   cached key proves its holder is not guessing, and answering it costs
+///   no lookup, so one client guessing from behind a shared address (a NAT,
+///   a proxy, an IPv6 /64) does not lock out the valid keys used from
+///   there. Everything else (garbage, unknown or uncached keys) is refused
+///   without a verifier call.
+///
+/// Clients are told apart by a function of the request (default: the peer
+/// address from axum's `ConnectInfo<SocketAddr>`, IPv6 grouped by /64).
+/// **Behind a proxy** every request comes from the proxy's address: use
+/// [`FailedAttemptLimitBuilder::client_id`] to read the address the proxy
+/// appends (e.g. the last entry of `X-Forwarded-For` written by your own
+/// proxy; never the first, which the client controls). Without a client id a
+/// request is not limited: the first such request logs a warning, once per
+/// limiter, since it usually means the server was not started with
+/// `into_make_service_with_connect_info::<SocketAddr>()`.
+///
+/// Tracked clients are bounded (default 100,000, least recently seen
+/// forgotten first), so a flood of addresses cannot exhaust memory. Time is
+/// tokio's, so tests can pause it.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_api_key::Authenticator;
+/// use tower_api_key::auth::{ FailedAttemptLimit};
+/// use tower_api_key::MemoryStore;
+///
+/// let auth = Authenticator::builder(MemoryStore::new())
+///     .failed_attempt_limit(FailedAttemptLimit::new(30, Duration::from_secs(60)))
+///     .build();
+/// ```
+///
 /// Settings and state of failed-attempt limiting. Cheap to clone; clones
 /// share their state.
 #[derive(Clone)]
@@ -97,7 +100,7 @@ struct Bucket {
 
 impl FailedAttemptLimit {
     /// At most `max_failures` failed attempts per client within `window`,
-    /// clients told apart by [`peer_address`], tracking up to 100,000
+    /// clients told apart by the peer address (axum's `ConnectInfo<SocketAddr>`, grouped per /64 for IPv6), tracking up to 100,000
     /// clients: [`FailedAttemptLimit::builder`]`(max_failures, window).build()`.
     ///
     /// # Panics
@@ -128,6 +131,8 @@ impl FailedAttemptLimit {
     /// How many clients are tracked now, after running the bounded map's
     /// pending evictions (for tests and memory checks; never above
     /// [`FailedAttemptLimitBuilder::max_clients`]).
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn tracked_clients(&self) -> u64 {
         self.clients.run_pending_tasks();
         self.clients.entry_count()
@@ -239,7 +244,7 @@ impl fmt::Debug for FailedAttemptLimitBuilder {
 }
 
 impl FailedAttemptLimitBuilder {
-    /// Tell clients apart with `client_id` instead of [`peer_address`].
+    /// Tell clients apart with `client_id` instead of the peer address.
     pub fn client_id<F>(mut self, client_id: F) -> Self
     where
         F: Fn(&HeaderMap, &Extensions) -> Option<IpAddr> + Send + Sync + 'static,
@@ -273,7 +278,7 @@ impl FailedAttemptLimitBuilder {
 /// The default client id: the peer address axum records with
 /// `into_make_service_with_connect_info::<SocketAddr>()`; IPv6 addresses are
 /// grouped by /64, the block one subscriber usually holds.
-pub fn peer_address(_headers: &HeaderMap, extensions: &Extensions) -> Option<IpAddr> {
+pub(crate) fn peer_address(_headers: &HeaderMap, extensions: &Extensions) -> Option<IpAddr> {
     #[cfg(feature = "axum")]
     {
         let info = extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?;
@@ -287,7 +292,8 @@ pub fn peer_address(_headers: &HeaderMap, extensions: &Extensions) -> Option<IpA
 }
 
 /// IPv4 as is; IPv6 by /64 (IPv4-mapped addresses as IPv4).
-pub fn group(ip: IpAddr) -> IpAddr {
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
+pub(crate) fn group(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -6,7 +6,7 @@
 //! ```
 //! use std::time::Duration;
 //! use axum::{routing::{get, post}, Json, Router};
-//! use tower_api_key::{auth::Authenticator, store::MemoryStore, Caller};
+//! use tower_api_key::{Authenticator, MemoryStore, Caller};
 //!
 //! async fn translate(caller: Caller) -> String {
 //!     format!("hello, {}", caller.service_account_id())
@@ -38,44 +38,42 @@
 //!    without a verifier call.
 //! 5. The cached verifier: unknown, revoked or expired keys are a 401 with
 //!    the same body; a failing verifier is a 503, a panicking one a 500.
-//!    With a [failed-attempt limit](limit), a client with no attempt left
+//!    With a [failed-attempt limit](FailedAttemptLimit), a client with no attempt left
 //!    gets 429 at steps 3 to 5 instead, without a verifier call; only a key
 //!    the cache holds as valid still gets through.
 //! 6. The route's [`ScopePolicy`](crate::ScopePolicy): a 403 if it refuses.
 //! 7. The [`Caller`](crate::Caller) goes into the request's extensions, the
 //!    credential header is marked sensitive, and the inner service is called.
 //!
-//! gRPC requests get gRPC statuses instead; see [`rejection`]. A gRPC server
-//! takes one layer with a per-method table, [`MethodPolicies`]; see [`grpc`].
+//! gRPC requests get gRPC statuses instead; see [`Rejection`](crate::Rejection). A gRPC
+//! server takes one layer with a per-method table,
+//! [`MethodPolicies`](grpc::MethodPolicies); see [`grpc`].
 
-mod authenticator;
+pub(crate) mod authenticator;
 mod body;
-mod builder;
+pub(crate) mod builder;
 mod decide;
 mod extract;
 mod future;
 pub mod grpc;
-mod layer;
-pub mod limit;
+pub(crate) mod layer;
+mod limit;
 mod policy;
-pub mod rejection;
-mod service;
+pub(crate) mod rejection;
+pub(crate) mod service;
 
 #[cfg(feature = "axum")]
 mod axum;
 
-pub use authenticator::Authenticator;
+#[cfg_attr(not(feature = "axum"), allow(unused_imports))]
+pub(crate) use authenticator::Authenticator;
 #[cfg(feature = "axum")]
 pub use axum::MissingCaller;
 pub use body::ResponseBody;
-pub use builder::AuthenticatorBuilder;
 pub use future::ResponseFuture;
-pub use grpc::{MethodPolicies, MethodPoliciesBuilder, MethodPolicyError};
-pub use layer::ApiKeyLayer;
-pub use limit::{FailedAttemptLimit, FailedAttemptLimitBuilder};
+pub use limit::{ClientIdFn, FailedAttemptLimit, FailedAttemptLimitBuilder};
 pub use policy::RoutePolicy;
-pub use rejection::{JsonRejection, Reason, Rejection, RejectionResponder};
-pub use service::ApiKeyService;
+pub use rejection::{JsonRejection, RejectionResponder};
 
 /// The `tracing` target of every authentication outcome, whichever module
 /// decides or answers it, so one filter directive covers them all.

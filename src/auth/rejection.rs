@@ -1,38 +1,4 @@
 //! Rejection responses: what a refused request gets back.
-//!
-//! | outcome | HTTP | gRPC (`content-type: application/grpc*`) |
-//! |---|---|---|
-//! | no key, malformed, unknown, revoked or expired key | 401, one identical body | 200 trailers-only, `grpc-status: 16` UNAUTHENTICATED |
-//! | two credentials in one request | 400 | 16 UNAUTHENTICATED |
-//! | valid key, route scope not satisfied | 403 `insufficient_scope` | 7 PERMISSION_DENIED |
-//! | too many failed attempts | 429 + `Retry-After` | 8 RESOURCE_EXHAUSTED |
-//! | verifier failed or timed out | 503 + `Retry-After` | 14 UNAVAILABLE |
-//! | verifier panicked | 500 | 13 INTERNAL |
-//!
-//! Every rejection carries `Cache-Control: no-store`; 401 and 403 carry
-//! `WWW-Authenticate: Api-Key realm="..."` (403 adds `error="insufficient_scope"`
-//! and the accepted scopes). The [`Rejection`] itself rides in the response's
-//! extensions, for logging and tests; the bodies never tell the 401 reasons apart.
-//!
-//! HTTP bodies are short JSON by default; replace them with a
-//! [`RejectionResponder`], for example a closure:
-//!
-//! ```
-//! use bytes::Bytes;
-//! use http::{Response, header};
-//! use tower_api_key::auth::{Authenticator, Rejection};
-//! use tower_api_key::store::MemoryStore;
-//!
-//! let auth = Authenticator::builder(MemoryStore::new())
-//!     .rejection_responder(|r: &Rejection| {
-//!         Response::builder()
-//!             .status(r.status())
-//!             .header(header::CONTENT_TYPE, "text/plain")
-//!             .body(Bytes::from_static(b"no entry"))
-//!             .unwrap()
-//!     })
-//!     .build();
-//! ```
 
 use std::fmt;
 use std::time::Duration;
@@ -138,6 +104,43 @@ impl fmt::Display for Reason {
     }
 }
 
+/// Rejection responses: what a refused request gets back.
+///
+/// | outcome | HTTP | gRPC (`content-type: application/grpc*`) |
+/// |---|---|---|
+/// | no key, malformed, unknown, revoked or expired key | 401, one identical body | 200 trailers-only, `grpc-status: 16` UNAUTHENTICATED |
+/// | two credentials in one request | 400 | 16 UNAUTHENTICATED |
+/// | valid key, route scope not satisfied | 403 `insufficient_scope` | 7 PERMISSION_DENIED |
+/// | too many failed attempts | 429 + `Retry-After` | 8 RESOURCE_EXHAUSTED |
+/// | verifier failed or timed out | 503 + `Retry-After` | 14 UNAVAILABLE |
+/// | verifier panicked | 500 | 13 INTERNAL |
+///
+/// Every rejection carries `Cache-Control: no-store`; 401 and 403 carry
+/// `WWW-Authenticate: Api-Key realm="..."` (403 adds `error="insufficient_scope"`
+/// and the accepted scopes). The [`Rejection`] itself rides in the response's
+/// extensions, for logging and tests; the bodies never tell the 401 reasons apart.
+///
+/// HTTP bodies are short JSON by default; replace them with a
+/// [`RejectionResponder`], for example a closure:
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Response, header};
+/// use tower_api_key::Rejection;
+/// use tower_api_key::Authenticator;
+/// use tower_api_key::MemoryStore;
+///
+/// let auth = Authenticator::builder(MemoryStore::new())
+///     .rejection_responder(|r: &Rejection| {
+///         Response::builder()
+///             .status(r.status())
+///             .header(header::CONTENT_TYPE, "text/plain")
+///             .body(Bytes::from_static(b"no entry"))
+///             .unwrap()
+///     })
+///     .build();
+/// ```
+///
 /// A refused request: the reason, the key id when one was parsed, and what
 /// the route required. Inserted into the rejection response's extensions.
 #[derive(Debug, Clone)]

@@ -18,13 +18,13 @@ use crate::cache::Caller;
 /// See the [module docs](super) for an example.
 #[derive(Clone)]
 #[must_use]
-pub struct ApiKeyService<S> {
+pub struct AuthService<S> {
     inner: S,
     auth: Authenticator,
     policy: Arc<dyn RoutePolicy>,
 }
 
-impl<S> ApiKeyService<S> {
+impl<S> AuthService<S> {
     pub(crate) fn new(inner: S, auth: Authenticator, policy: Arc<dyn RoutePolicy>) -> Self {
         Self {
             inner,
@@ -49,9 +49,9 @@ impl<S> ApiKeyService<S> {
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for ApiKeyService<S> {
+impl<S: fmt::Debug> fmt::Debug for AuthService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiKeyService")
+        f.debug_struct("AuthService")
             .field("inner", &self.inner)
             .field("auth", &self.auth)
             .finish_non_exhaustive()
@@ -61,7 +61,7 @@ impl<S: fmt::Debug> fmt::Debug for ApiKeyService<S> {
 // `Clone` only because a miss moves the ready service into the future and
 // leaves a clone behind; nothing else is asked of `S` or the body here (the
 // future is `Send` exactly when they are).
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ApiKeyService<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for AuthService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
 {
@@ -85,7 +85,7 @@ where
             Precheck::Lookup(key, attempt) => (key, attempt),
         };
         // Hot path: a cached answer needs no future and no clone of the inner service.
-        if let Some(answer) = s.cache.lookup_cached(&key) {
+        if let Some(answer) = s.cache.answer_cached(&key) {
             return match decide::verdict(s, &*self.policy, &request, &key, answer, attempt) {
                 Ok(caller) => {
                     admit(s, &mut request, caller);

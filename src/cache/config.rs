@@ -82,7 +82,7 @@ impl CacheConfig {
     }
 
     /// The clock.
-    pub fn clock(&self) -> &Arc<dyn Clock> {
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
     }
 }
@@ -132,6 +132,8 @@ impl CacheConfigBuilder {
     }
 
     /// The clock that key expiry is checked against (default: the system clock).
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.config.clock = clock;
         self

@@ -41,7 +41,9 @@
 //! ```
 //! use std::time::Duration;
 //! use tower_api_key::cache::{CacheConfig, CachedVerifier};
-//! use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+//! use tower_api_key::MemoryStore;
+//! use tower_api_key::KeyStore;
+//! use tower_api_key::store::{  NewKey};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let store = MemoryStore::new();
@@ -59,7 +61,7 @@
 //! # }
 //! ```
 
-mod caller;
+pub(crate) mod caller;
 mod config;
 mod digest;
 mod inflight;
@@ -77,7 +79,7 @@ use crate::key::{KeyDigest, KeyId, PresentedKey};
 use crate::verifier::{Verifier, VerifierError};
 
 use caller::CacheSlot;
-pub use caller::Caller;
+pub(crate) use caller::Caller;
 pub use config::{CacheConfig, CacheConfigBuilder};
 use digest::DigestHash;
 use inflight::Flight;
@@ -122,6 +124,8 @@ impl std::error::Error for LookupError {
 /// Where a successful lookup came from (for metrics and tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub enum Source {
     /// Served from the cache.
     Cache,
@@ -214,15 +218,20 @@ impl CachedVerifier {
     /// Looks `key` up: from the cache, or through the verifier on a miss.
     /// Expiry is checked against the clock on every call.
     pub async fn lookup(&self, key: &PresentedKey) -> Result<Caller, LookupError> {
-        self.lookup_with_source(key).await.map(|(caller, _)| caller)
+        match self.answer_cached(key) {
+            Some(answer) => answer,
+            None => Inner::fetch_coalesced(&self.inner, key).await,
+        }
     }
 
     /// [`CachedVerifier::lookup`], also telling where the answer came from.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub async fn lookup_with_source(
         &self,
         key: &PresentedKey,
     ) -> Result<(Caller, Source), LookupError> {
-        match self.lookup_cached(key) {
+        match self.answer_cached(key) {
             Some(answer) => answer.map(|caller| (caller, Source::Cache)),
             None => Inner::fetch_coalesced(&self.inner, key)
                 .await
@@ -253,7 +262,14 @@ impl CachedVerifier {
     /// The answer the cache alone can give, synchronously: `Some` for a
     /// cached valid key (admitted, or refused as expired) and for a key
     /// remembered as unknown; `None` when the verifier must be asked.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn lookup_cached(&self, key: &PresentedKey) -> Option<Result<Caller, LookupError>> {
+        self.answer_cached(key)
+    }
+
+    /// [`CachedVerifier::lookup_cached`], for the middleware.
+    pub(crate) fn answer_cached(&self, key: &PresentedKey) -> Option<Result<Caller, LookupError>> {
         self.inner.lookup_cached(key)
     }
 
@@ -282,12 +298,16 @@ impl CachedVerifier {
     }
 
     /// How many valid keys are cached (approximate; moka counts lazily).
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn cached_keys(&self) -> u64 {
         self.inner.positive.entry_count()
     }
 
     /// Runs moka's pending maintenance now (counts, evictions); for tests and
     /// memory measurements.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn run_pending_tasks(&self) {
         self.inner.positive.run_pending_tasks();
         self.inner.negative.run_pending_tasks();

@@ -1,29 +1,4 @@
 //! The key format, key generation and parsing.
-//!
-//! A key reads `<prefix>_<id>_<secret><checksum>`:
-//!
-//! | part | length | what it is |
-//! |---|---|---|
-//! | prefix | 1-16 of `a-z0-9`, starting with a letter | names the issuer (default `tak`), so secret scanners can find leaked keys |
-//! | id | 16 base62 characters (about 95 random bits) | the public [`KeyId`]: logs, metrics, the management API and revocation use it |
-//! | secret | 32 base62 characters (about 190 random bits) | never stored, logged or shown again after creation |
-//! | checksum | 6 base62 characters | CRC-32 of everything before it, so typos and random strings are rejected offline |
-//!
-//! Base62 (`0-9A-Za-z`) and `_` are URL- and shell-safe and select with one
-//! double click. With the default prefix a key is 59 characters long.
-//!
-//! ```
-//! use tower_api_key::key::KeyFormat;
-//!
-//! let format = KeyFormat::default();
-//! let key = format.generate().expect("the OS random source works");
-//! // The secret is shown once; formatting never prints it.
-//! assert!(!format!("{key} {key:?}").contains(key.expose_secret()));
-//!
-//! let presented = format.parse(key.expose_secret()).unwrap();
-//! assert_eq!(presented.id(), key.id());
-//! assert!(format.parse("tak_not-a-key").is_err());
-//! ```
 
 use std::fmt;
 use std::str::FromStr;
@@ -129,6 +104,33 @@ impl fmt::Debug for KeyDigest {
     }
 }
 
+/// The key format, key generation and parsing.
+///
+/// A key reads `<prefix>_<id>_<secret><checksum>`:
+///
+/// | part | length | what it is |
+/// |---|---|---|
+/// | prefix | 1-16 of `a-z0-9`, starting with a letter | names the issuer (default `tak`), so secret scanners can find leaked keys |
+/// | id | 16 base62 characters (about 95 random bits) | the public [`KeyId`]: logs, metrics, the management API and revocation use it |
+/// | secret | 32 base62 characters (about 190 random bits) | never stored, logged or shown again after creation |
+/// | checksum | 6 base62 characters | CRC-32 of everything before it, so typos and random strings are rejected offline |
+///
+/// Base62 (`0-9A-Za-z`) and `_` are URL- and shell-safe and select with one
+/// double click. With the default prefix a key is 59 characters long.
+///
+/// ```
+/// use tower_api_key::KeyFormat;
+///
+/// let format = KeyFormat::default();
+/// let key = format.generate().expect("the OS random source works");
+/// // The secret is shown once; formatting never prints it.
+/// assert!(!format!("{key} {key:?}").contains(key.expose_secret()));
+///
+/// let presented = format.parse(key.expose_secret()).unwrap();
+/// assert_eq!(presented.id(), key.id());
+/// assert!(format.parse("tak_not-a-key").is_err());
+/// ```
+///
 /// The shape of keys one issuer hands out: today, its prefix.
 ///
 /// Cheap to copy. The default prefix is `tak`.

@@ -9,8 +9,10 @@
 //! ```
 //! use axum::Router;
 //! use tower_api_key::management::{self, AccountAccess, ManagementApi};
-//! use tower_api_key::scope::ScopeSet;
-//! use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+//! use tower_api_key::ScopeSet;
+//! use tower_api_key::MemoryStore;
+//! use tower_api_key::KeyStore;
+//! use tower_api_key::store::{  NewKey};
 //! use tower_api_key::Authenticator;
 //! # use tower::ServiceExt;
 //!

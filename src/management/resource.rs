@@ -339,7 +339,7 @@ mod tests {
             r#"{"service_account_id":"sa-1","description":"ci","scopes":["b.x","a.y"],"expires_at":"2999-01-01T00:00:00Z"}"#,
         )
         .unwrap();
-        assert_eq!(new.service_account_id, "sa-1");
+        assert_eq!(&*new.service_account_id, "sa-1");
         assert_eq!(new.scopes.len(), 2);
         assert!(new.expires_at.is_some());
 

@@ -220,7 +220,7 @@ pub(crate) async fn create(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let request: CreateKeyRequest = body(&ctx, &headers, raw, false)?;
-    let new = request.validate(ctx.now(), &ctx.store.format())?;
+    let new = request.validate(ctx.now(), &ctx.store.key_format().unwrap_or_default())?;
     ctx.check_account(&caller, &new.service_account_id)?;
     ctx.check_grant(&caller, Change::Create(&new.scopes))?;
     let created = ctx.store.create(new).await?;
@@ -285,7 +285,7 @@ pub(crate) async fn update(
 ) -> Result<Response> {
     let id = plain_id(&path_text(path)?, "PATCH")?;
     let request: UpdateKeyRequest = body(&ctx, &headers, raw, false)?;
-    let update = request.validate(ctx.now(), &ctx.store.format())?;
+    let update = request.validate(ctx.now(), &ctx.store.key_format().unwrap_or_default())?;
     let current = ctx.visible_key(&caller, id).await?;
     if let Some(to) = &update.scopes {
         let from = &current.record.scopes;

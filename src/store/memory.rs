@@ -135,6 +135,8 @@ impl MemoryStoreBuilder {
     }
 
     /// The clock for creation times, expiry checks and grace periods.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
         self
@@ -189,6 +191,12 @@ impl MemoryStore {
     /// A builder for other settings.
     pub fn builder() -> MemoryStoreBuilder {
         MemoryStoreBuilder::default()
+    }
+
+    /// The format of the keys this store issues: what
+    /// [`Verifier::key_format`] returns, without the `Option`.
+    pub fn format(&self) -> KeyFormat {
+        self.inner.format
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
@@ -252,10 +260,6 @@ impl Verifier for MemoryStore {
 
 #[async_trait]
 impl KeyStore for MemoryStore {
-    fn format(&self) -> KeyFormat {
-        self.inner.format
-    }
-
     async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError> {
         check_new(&new, self.now())?;
         let key = self.inner.format.generate()?;

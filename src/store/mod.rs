@@ -1,15 +1,17 @@
 //! Key stores: where keys live, and the management operations on them.
 //!
 //! A [`KeyStore`] creates, lists, updates, revokes and reissues keys, records
-//! when they were last used, and is itself a [`Verifier`]. Stores announce
+//! when they were last used, and is itself a [`Verifier`](crate::Verifier). Stores announce
 //! revocations, reissues and updates on their [`Invalidations`] bus, so a
 //! [`CachedVerifier`](crate::cache::CachedVerifier) built over a store drops a
 //! revoked key at once.
 //!
 //! ```
 //! use std::time::Duration;
-//! use tower_api_key::scope::ScopeSet;
-//! use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+//! use tower_api_key::ScopeSet;
+//! use tower_api_key::MemoryStore;
+//! use tower_api_key::KeyStore;
+//! use tower_api_key::store::{  NewKey};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = MemoryStore::new();
@@ -30,26 +32,25 @@
 //!
 //! [`Invalidations`]: crate::invalidation::Invalidations
 
-mod memory;
+pub(crate) mod key_store;
+pub(crate) mod memory;
 mod page_token;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
+pub(crate) use key_store::KeyStore;
+#[cfg(test)]
+pub(crate) use memory::MemoryStore;
+pub use memory::MemoryStoreBuilder;
 
-pub use memory::{MemoryStore, MemoryStoreBuilder};
-#[cfg(feature = "postgres")]
-#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-pub use postgres::{PgKeyStore, PgKeyStoreBuilder};
-
-use crate::key::{GeneratedKey, KeyFormat, KeyGenError, KeyId};
+use crate::key::{GeneratedKey, KeyGenError};
 use crate::record::KeyRecord;
 use crate::scope::ScopeSet;
-use crate::verifier::Verifier;
 
 /// Most keys one [`KeyStore::list`] page returns: what a console shows.
 pub const MAX_PAGE_SIZE: usize = 200;
@@ -74,8 +75,9 @@ pub const DEFAULT_MAX_KEYS_PER_ACCOUNT: usize = 1000;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct NewKey {
-    /// The owning service account.
-    pub service_account_id: String,
+    /// The owning service account (the same type as
+    /// [`KeyRecord::service_account_id`](crate::KeyRecord::service_account_id)).
+    pub service_account_id: Arc<str>,
     /// Free text.
     pub description: String,
     /// Scopes; empty for an unscoped key.
@@ -86,7 +88,7 @@ pub struct NewKey {
 
 impl NewKey {
     /// An unscoped, non-expiring key for `service_account_id`.
-    pub fn new(service_account_id: impl Into<String>) -> Self {
+    pub fn new(service_account_id: impl Into<Arc<str>>) -> Self {
         Self {
             service_account_id: service_account_id.into(),
             description: String::new(),
@@ -339,43 +341,6 @@ impl From<KeyGenError> for StoreError {
     fn from(e: KeyGenError) -> Self {
         Self::KeyGen(e)
     }
-}
-
-/// Where keys live. Every store is also a [`Verifier`] and announces changes
-/// on [`Verifier::invalidations`].
-#[async_trait]
-pub trait KeyStore: Verifier {
-    /// The format of the keys this store issues.
-    fn format(&self) -> KeyFormat;
-
-    /// Creates a key; the only time its secret is returned. Refused with
-    /// [`StoreError::KeyLimitReached`] when the account already holds the
-    /// store's most keys per account ([`DEFAULT_MAX_KEYS_PER_ACCOUNT`] unless
-    /// configured), counting every key that exists, expired ones included.
-    async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError>;
-
-    /// One key, if it exists.
-    async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError>;
-
-    /// A service account's keys, oldest first.
-    async fn list(
-        &self,
-        service_account_id: &str,
-        page: ListRequest,
-    ) -> Result<KeyPage, StoreError>;
-
-    /// Changes description, scopes or expiry; `None` if the key does not exist.
-    async fn update(&self, id: KeyId, update: KeyUpdate) -> Result<Option<KeyInfo>, StoreError>;
-
-    /// Deletes a key; it stops working at once. `false` if it did not exist.
-    async fn revoke(&self, id: KeyId) -> Result<bool, StoreError>;
-
-    /// Gives the key a new secret with the same account, scopes and expiry.
-    /// The old secret keeps working for `grace` (zero: stops at once).
-    async fn reissue(&self, id: KeyId, grace: Duration) -> Result<Option<CreatedKey>, StoreError>;
-
-    /// Records uses, moving each key's `last_used_at` forward only.
-    async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError>;
 }
 
 /// Checks a new key's fields that every store checks the same way.

@@ -24,10 +24,13 @@ use http::header::{HeaderName, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
-use tower_api_key::auth::{Reason, Rejection};
-use tower_api_key::key::{KeyFormat, CHECKSUM_LEN, ID_LEN, SECRET_LEN};
-use tower_api_key::store::{KeyStore, MemoryStore, NewKey};
+use tower_api_key::store::NewKey;
+use tower_api_key::KeyStore;
+use tower_api_key::MemoryStore;
+use tower_api_key::Reason;
+use tower_api_key::Rejection;
 use tower_api_key::{Authenticator, Caller};
+use tower_api_key::{KeyFormat, CHECKSUM_LEN, ID_LEN, SECRET_LEN};
 
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 

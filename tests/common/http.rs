@@ -15,15 +15,17 @@ use http::header::{HeaderName, AUTHORIZATION, CACHE_CONTROL, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
-use tower_api_key::auth::{AuthenticatorBuilder, Reason, Rejection};
 use tower_api_key::clock::ManualClock;
-use tower_api_key::invalidation::Invalidations;
-use tower_api_key::key::{KeyId, PresentedKey};
-use tower_api_key::scope::ScopeSet;
 use tower_api_key::store::{CreatedKey, NewKey};
+use tower_api_key::AuthenticatorBuilder;
+use tower_api_key::Invalidations;
+use tower_api_key::Reason;
+use tower_api_key::Rejection;
+use tower_api_key::ScopeSet;
 use tower_api_key::{
     Authenticator, Caller, KeyRecord, KeyStore, MemoryStore, Verifier, VerifierError,
 };
+use tower_api_key::{KeyId, PresentedKey};
 
 use super::Reply;
 

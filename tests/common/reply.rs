@@ -7,7 +7,8 @@ use std::fmt;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
-use tower_api_key::auth::{Reason, Rejection};
+use tower_api_key::Reason;
+use tower_api_key::Rejection;
 
 /// The prefix of every key the default format issues; used to spot key
 /// material in anything a test might print.

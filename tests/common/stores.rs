@@ -5,13 +5,14 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use tower_api_key::hash::Pepper;
-use tower_api_key::key::{KeyId, PresentedKey};
 use tower_api_key::management::KeyResource;
-use tower_api_key::scope::ScopeSet;
 use tower_api_key::store::{
-    KeyInfo, KeyPage, KeyStore, ListRequest, NewKey, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    KeyInfo, KeyPage, ListRequest, NewKey, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT,
     MAX_PAGE_BYTES, MAX_PAGE_SIZE,
 };
+use tower_api_key::KeyStore;
+use tower_api_key::ScopeSet;
+use tower_api_key::{KeyId, PresentedKey};
 
 /// The largest scope set a key may hold: 100 distinct scopes of 256 bytes.
 pub fn largest_scopes() -> ScopeSet {
@@ -256,7 +257,7 @@ pub async fn verify_work_does_not_depend_on_the_id(
 
 /// A key with the id of `id` and a secret nobody was given.
 pub fn wrong_secret(store: &dyn KeyStore, id: KeyId) -> PresentedKey {
-    let format = store.format();
+    let format = store.key_format().expect("a store has a key format");
     format
         .parse(format.generate_for(id).unwrap().expose_secret())
         .unwrap()
@@ -264,7 +265,7 @@ pub fn wrong_secret(store: &dyn KeyStore, id: KeyId) -> PresentedKey {
 
 /// A key whose id no store holds.
 pub fn unknown_key(store: &dyn KeyStore) -> PresentedKey {
-    let format = store.format();
+    let format = store.key_format().expect("a store has a key format");
     format
         .parse(format.generate().unwrap().expose_secret())
         .unwrap()

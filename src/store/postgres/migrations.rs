@@ -11,7 +11,7 @@
 //! [`migrations`] instead (and then never call `migrate`):
 //!
 //! ```
-//! use tower_api_key::store::postgres::migrations::migrations;
+//! use tower_api_key::store::postgres::migrations;
 //!
 //! let all = migrations();
 //! assert!(all.windows(2).all(|w| w[0].version() < w[1].version()));

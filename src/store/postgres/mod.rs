@@ -3,7 +3,7 @@
 //!
 //! [`PgKeyStore`] keeps keys in one table, `tower_api_key_keys`, on
 //! [tokio-postgres] with a [deadpool] connection pool, and implements the
-//! same management operations as the [`MemoryStore`](super::MemoryStore)
+//! same management operations as the [`MemoryStore`](crate::MemoryStore)
 //! (create, get, list, update, revoke, reissue with grace, usage) as well as
 //! the [`Verifier`] trait.
 //!
@@ -54,7 +54,8 @@
 //! use std::time::Duration;
 //! use tower_api_key::cache::{CacheConfig, CachedVerifier};
 //! use tower_api_key::store::postgres::PgKeyStore;
-//! use tower_api_key::store::{KeyStore, NewKey};
+//! use tower_api_key::KeyStore;
+//! use tower_api_key::store::{ NewKey};
 //!
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = PgKeyStore::connect("postgres://app@db.internal/app").await?;
@@ -85,7 +86,7 @@
 //! [`CachedVerifier`]: crate::cache::CachedVerifier
 
 mod listener;
-pub mod migrations;
+mod migrations;
 
 use std::fmt;
 use std::str::FromStr;
@@ -102,10 +103,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, Socket};
 
 pub use listener::ListenerStatus;
-pub use migrations::MigrationReport;
-/// The driver, re-exported so that a [`Config`](tokio_postgres::Config) or a
-/// TLS connector can be built without depending on it directly.
-pub use tokio_postgres;
+pub use migrations::{migrations, Migration, MigrationReport};
 
 use super::page_token::{page_token, parse_page_token};
 use super::{
@@ -260,6 +258,8 @@ impl PgKeyStoreBuilder {
     }
 
     /// The clock for creation times, expiry checks, grace deadlines and uses.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
@@ -443,6 +443,12 @@ fn valid_channel(channel: &str) -> bool {
 }
 
 impl PgKeyStore {
+    /// The format of the keys this store issues: what
+    /// [`Verifier::key_format`] returns, without the `Option`.
+    pub fn format(&self) -> KeyFormat {
+        self.inner.format
+    }
+
     /// Connects to the database at `url` (a libpq-style URL or key=value
     /// string) with the default settings. See [`PgKeyStoreBuilder::connect`].
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
@@ -705,10 +711,6 @@ impl Verifier for PgKeyStore {
 
 #[async_trait]
 impl KeyStore for PgKeyStore {
-    fn format(&self) -> KeyFormat {
-        self.inner.format
-    }
-
     async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError> {
         check_new(&new, self.inner.clock.now())?;
         let key = self.inner.format.generate()?;

@@ -1,0 +1,52 @@
+# Path and name changes of the public API (issue 12, part 4), in commit order.
+# Re-apply to moved test files at merge:
+#   sed -i -E -f scripts/api_renames.sed tests/**/*.rs
+# (GNU sed, -E: extended regular expressions; \b is a word boundary.)
+
+# One family of names: Authenticator, AuthenticatorBuilder, AuthLayer, AuthService.
+s/\bApiKeyLayer\b/AuthLayer/g
+s/\bApiKeyService\b/AuthService/g
+# One name per idea: the scope policy of routes that take only unscoped keys.
+s/\bunscoped_only\(\)/unscoped_keys_only()/g
+s/\bScopePolicy::unscoped_only\b/ScopePolicy::unscoped_keys_only/g
+
+# Module shape (see src/lib.rs): key, scope, record, verifier and invalidation
+# are private; the root re-exports their public items.
+s/\btower_api_key::(invalidation|key|record|scope|verifier)::/tower_api_key::/g
+# Root-only items that public modules no longer re-export.
+s/\btower_api_key::auth::rejection::(Reason|Rejection)\b/tower_api_key::\1/g
+s/\btower_api_key::auth::(Authenticator|AuthenticatorBuilder|AuthLayer|AuthService|Reason|Rejection)\b/tower_api_key::\1/g
+s/\btower_api_key::auth::(rejection|limit)::/tower_api_key::auth::/g
+s/\btower_api_key::auth::(MethodPolicies|MethodPoliciesBuilder|MethodPolicyError)\b/tower_api_key::auth::grpc::\1/g
+s/\btower_api_key::cache::Caller\b/tower_api_key::Caller/g
+s/\btower_api_key::store::(KeyStore|MemoryStore)\b/tower_api_key::\1/g
+s/\btower_api_key::store::(PgKeyStore|PgKeyStoreBuilder)\b/tower_api_key::store::postgres::\1/g
+s/\btower_api_key::(CacheConfig|CachedVerifier|LookupError)\b/tower_api_key::cache::\1/g
+# The same inside a root group: use tower_api_key::{store::MemoryStore, Authenticator};
+/^\s*(\/\/[\/!] )?use tower_api_key::\{/ {
+  :r
+  /\};/! { N; br }
+  s/\bstore::(KeyStore|MemoryStore)\b/\1/g
+  s/\bauth::(Authenticator|AuthenticatorBuilder|AuthLayer|AuthService|Reason|Rejection)\b/\1/g
+  s/\bauth::(MethodPolicies|MethodPoliciesBuilder|MethodPolicyError)\b/auth::grpc::\1/g
+  s/\bcache::Caller\b/Caller/g
+}
+# Items moved to the root, taken out of a module group (also a multi-line
+# one) into their own `use` line; then an emptied group is dropped.
+/^\s*(\/\/[\/!] )?use tower_api_key::(store|auth|cache)::\{/ {
+  :g
+  /\};/! { N; bg }
+  :s
+  s/^(([ \t]*(\/\/[\/!] )?)use tower_api_key::store::\{((([^}]|\n)*[{ ,])?))(KeyStore|MemoryStore)\b,?/\2use tower_api_key::\7;\n\1/M
+  ts
+  :a
+  s/^(([ \t]*(\/\/[\/!] )?)use tower_api_key::auth::\{((([^}]|\n)*[{ ,])?))(Authenticator|AuthenticatorBuilder|AuthLayer|AuthService|Reason|Rejection)\b,?/\2use tower_api_key::\7;\n\1/M
+  ta
+  s/^(([ \t]*(\/\/[\/!] )?)use tower_api_key::auth::\{((([^}]|\n)*[{ ,])?))(MethodPolicies|MethodPoliciesBuilder|MethodPolicyError)\b/\1grpc::\7/M
+  :c
+  s/^(([ \t]*(\/\/[\/!] )?)use tower_api_key::cache::\{((([^}]|\n)*[{ ,])?))Caller\b,?/\2use tower_api_key::Caller;\n\1/M
+  tc
+  s/\n\s*(\/\/[\/!] )?use tower_api_key::(store|auth|cache)::\{[[:space:]]*\};//
+}
+# store::postgres::migrations is private; its items are in store::postgres.
+s/\bstore::postgres::migrations::(migrations|Migration|MigrationReport)\b/store::postgres::\1/g

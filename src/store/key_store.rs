@@ -1,0 +1,43 @@
+//! The [`KeyStore`] trait, re-exported at the crate root.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+use super::{CreatedKey, KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey, StoreError};
+use crate::key::KeyId;
+use crate::verifier::Verifier;
+
+/// Where keys live. Every store is also a [`Verifier`] and announces changes
+/// on [`Verifier::invalidations`].
+#[async_trait]
+pub trait KeyStore: Verifier {
+    /// Creates a key; the only time its secret is returned. Refused with
+    /// [`StoreError::KeyLimitReached`](crate::store::StoreError::KeyLimitReached) when the account already holds the
+    /// store's most keys per account ([`DEFAULT_MAX_KEYS_PER_ACCOUNT`](crate::store::DEFAULT_MAX_KEYS_PER_ACCOUNT) unless
+    /// configured), counting every key that exists, expired ones included.
+    async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError>;
+
+    /// One key, if it exists.
+    async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError>;
+
+    /// A service account's keys, oldest first.
+    async fn list(
+        &self,
+        service_account_id: &str,
+        page: ListRequest,
+    ) -> Result<KeyPage, StoreError>;
+
+    /// Changes description, scopes or expiry; `None` if the key does not exist.
+    async fn update(&self, id: KeyId, update: KeyUpdate) -> Result<Option<KeyInfo>, StoreError>;
+
+    /// Deletes a key; it stops working at once. `false` if it did not exist.
+    async fn revoke(&self, id: KeyId) -> Result<bool, StoreError>;
+
+    /// Gives the key a new secret with the same account, scopes and expiry.
+    /// The old secret keeps working for `grace` (zero: stops at once).
+    async fn reissue(&self, id: KeyId, grace: Duration) -> Result<Option<CreatedKey>, StoreError>;
+
+    /// Records uses, moving each key's `last_used_at` forward only.
+    async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError>;
+}
