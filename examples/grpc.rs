@@ -1,4 +1,4 @@
-//! A tonic gRPC server behind one `AuthLayer` with a per-method scope table:
+//! A tonic gRPC server behind one `ApiKeyLayer` with a per-method scope table:
 //! an in-memory key store, demo keys printed at start, and a service
 //! (proto/demo.proto) whose methods need different scopes.
 //!

@@ -165,7 +165,7 @@ fn main() {
         .layer(auth.any_valid_key())
         .service_fn(hello);
     rows.push((
-        "AuthLayer call, cache hit (same request)",
+        "ApiKeyLayer call, cache hit (same request)",
         per_call(|| {
             let req = requests.next().expect("enough requests");
             let response = call_now(&mut layered, req);

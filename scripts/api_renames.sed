@@ -1,11 +1,9 @@
-# Path and name changes of the public API (issue 12, part 4), in commit order.
+# Path and name changes of the public API, in commit order.
 # Re-apply to moved test files at merge:
 #   sed -i -E -f scripts/api_renames.sed tests/**/*.rs
 # (GNU sed, -E: extended regular expressions; \b is a word boundary.)
 
-# One family of names: Authenticator, AuthenticatorBuilder, AuthLayer, AuthService.
-s/\bApiKeyLayer\b/AuthLayer/g
-s/\bApiKeyService\b/AuthService/g
+# Names: Authenticator, AuthenticatorBuilder, ApiKeyLayer, ApiKeyService (the layer and service keep the names the project brief gives them).
 # One name per idea: the scope policy of routes that take only unscoped keys.
 s/\bunscoped_only\(\)/unscoped_keys_only()/g
 s/\bScopePolicy::unscoped_only\b/ScopePolicy::unscoped_keys_only/g
@@ -15,7 +13,7 @@ s/\bScopePolicy::unscoped_only\b/ScopePolicy::unscoped_keys_only/g
 s/\btower_api_key::(invalidation|key|record|scope|verifier)::/tower_api_key::/g
 # Root-only items that public modules no longer re-export.
 s/\btower_api_key::auth::rejection::(Reason|Rejection)\b/tower_api_key::\1/g
-s/\btower_api_key::auth::(Authenticator|AuthenticatorBuilder|AuthLayer|AuthService|Reason|Rejection)\b/tower_api_key::\1/g
+s/\btower_api_key::auth::(Authenticator|AuthenticatorBuilder|ApiKeyLayer|ApiKeyService|Reason|Rejection)\b/tower_api_key::\1/g
 s/\btower_api_key::auth::(rejection|limit)::/tower_api_key::auth::/g
 s/\btower_api_key::auth::(MethodPolicies|MethodPoliciesBuilder|MethodPolicyError)\b/tower_api_key::auth::grpc::\1/g
 s/\btower_api_key::cache::Caller\b/tower_api_key::Caller/g
@@ -27,7 +25,7 @@ s/\btower_api_key::(CacheConfig|CachedVerifier|LookupError)\b/tower_api_key::cac
   :r
   /\};/! { N; br }
   s/\bstore::(KeyStore|MemoryStore)\b/\1/g
-  s/\bauth::(Authenticator|AuthenticatorBuilder|AuthLayer|AuthService|Reason|Rejection)\b/\1/g
+  s/\bauth::(Authenticator|AuthenticatorBuilder|ApiKeyLayer|ApiKeyService|Reason|Rejection)\b/\1/g
   s/\bauth::(MethodPolicies|MethodPoliciesBuilder|MethodPolicyError)\b/auth::grpc::\1/g
   s/\bcache::Caller\b/Caller/g
 }
@@ -40,7 +38,7 @@ s/\btower_api_key::(CacheConfig|CachedVerifier|LookupError)\b/tower_api_key::cac
   s/^(([ \t]*(\/\/[\/!] )?)use tower_api_key::store::\{((([^}]|\n)*[{ ,])?))(KeyStore|MemoryStore)\b,?/\2use tower_api_key::\7;\n\1/M
   ts
   :a
-  s/^(([ \t]*(\/\/[\/!] )?)use tower_api_key::auth::\{((([^}]|\n)*[{ ,])?))(Authenticator|AuthenticatorBuilder|AuthLayer|AuthService|Reason|Rejection)\b,?/\2use tower_api_key::\7;\n\1/M
+  s/^(([ \t]*(\/\/[\/!] )?)use tower_api_key::auth::\{((([^}]|\n)*[{ ,])?))(Authenticator|AuthenticatorBuilder|ApiKeyLayer|ApiKeyService|Reason|Rejection)\b,?/\2use tower_api_key::\7;\n\1/M
   ta
   s/^(([ \t]*(\/\/[\/!] )?)use tower_api_key::auth::\{((([^}]|\n)*[{ ,])?))(MethodPolicies|MethodPoliciesBuilder|MethodPolicyError)\b/\1grpc::\7/M
   :c

@@ -30,9 +30,9 @@
 //! Every public item has one path.
 //!
 //! - **The root** holds what an application names: the [`Authenticator`],
-//!   its [`AuthenticatorBuilder`], the [`AuthLayer`] it hands out per route
-//!   and the [`AuthService`] that layer wraps (one family: `Authenticator`,
-//!   `Auth*`); the identity extractor [`Caller`]; the scope rule of a route,
+//!   its [`AuthenticatorBuilder`], the [`ApiKeyLayer`] it hands out per route
+//!   and the [`ApiKeyService`] that layer wraps (the `Authenticator` decides,
+//!   the `ApiKey*` middleware applies it to one route); the identity extractor [`Caller`]; the scope rule of a route,
 //!   [`ScopePolicy`], over [`Scope`] and [`ScopeSet`]; the [`Verifier`] trait
 //!   and [`VerifierError`]; the key types a verifier sees ([`KeyFormat`],
 //!   [`KeyId`], [`PresentedKey`], [`GeneratedKey`], [`KeyDigest`]) with their
@@ -114,9 +114,9 @@ struct ReadmeDoctests;
 
 pub use auth::authenticator::Authenticator;
 pub use auth::builder::AuthenticatorBuilder;
-pub use auth::layer::AuthLayer;
+pub use auth::layer::ApiKeyLayer;
 pub use auth::rejection::{Reason, Rejection};
-pub use auth::service::AuthService;
+pub use auth::service::ApiKeyService;
 pub use cache::caller::Caller;
 pub use invalidation::{Invalidation, InvalidationListener, Invalidations};
 pub use key::{

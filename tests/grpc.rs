@@ -540,7 +540,7 @@ async fn the_caller_helper_reports_a_missing_layer_as_internal() {
 
     let status = who_am_i(&mut client, None).await.unwrap_err();
     assert_eq!(status.code(), Code::Internal);
-    assert!(status.message().contains("AuthLayer"), "{status:?}");
+    assert!(status.message().contains("ApiKeyLayer"), "{status:?}");
 }
 
 /// A raw HTTP/1.1 exchange: the status line, the headers (lower-cased

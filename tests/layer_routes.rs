@@ -39,7 +39,7 @@ async fn a_route_without_the_layer_has_no_caller() {
         "{forgot:?}"
     );
     assert!(
-        String::from_utf8_lossy(&forgot.body).contains("AuthLayer"),
+        String::from_utf8_lossy(&forgot.body).contains("ApiKeyLayer"),
         "the MissingCaller body says what is misconfigured: {forgot:?}"
     );
     let optional = send(

@@ -380,8 +380,8 @@ fn the_lister_reads_items_impls_and_gates() {
     );
     assert_eq!(pub_item("pub(crate) fn hidden()"), None);
     assert_eq!(
-        impl_target("impl<S> Service<R> for AuthService<S> {").as_deref(),
-        Some("AuthService")
+        impl_target("impl<S> Service<R> for ApiKeyService<S> {").as_deref(),
+        Some("ApiKeyService")
     );
     assert_eq!(
         impl_target("impl KeyFormat {").as_deref(),

@@ -29,7 +29,7 @@ fn caller<T>(request: &Request<T>) -> Result<&Caller, Status> {
     request
         .extensions()
         .get::<Caller>()
-        .ok_or_else(|| Status::internal("the service is not behind an AuthLayer"))
+        .ok_or_else(|| Status::internal("the service is not behind an ApiKeyLayer"))
 }
 
 #[tonic::async_trait]

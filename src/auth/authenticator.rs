@@ -15,7 +15,7 @@ use crate::usage::UsageRecorder;
 
 /// One verifier, one cache and the settings every route shares. Build it
 /// once, with [`Authenticator::builder`] (or [`Authenticator::new`] for the
-/// defaults); each route then takes a cheap [`AuthLayer`](crate::AuthLayer) with its own
+/// defaults); each route then takes a cheap [`ApiKeyLayer`](crate::ApiKeyLayer) with its own
 /// scope policy ([`Authenticator::require_any`],
 /// [`Authenticator::unscoped_keys_only`], [`Authenticator::any_valid_key`]).
 ///

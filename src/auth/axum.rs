@@ -9,7 +9,7 @@ use http::StatusCode;
 
 use crate::cache::Caller;
 
-/// The route has no [`AuthLayer`](crate::AuthLayer) in front of it, so
+/// The route has no [`ApiKeyLayer`](crate::ApiKeyLayer) in front of it, so
 /// there is no [`Caller`]: a server misconfiguration, answered with 500.
 #[derive(Debug, Clone, Copy)]
 pub struct MissingCaller;
@@ -18,7 +18,7 @@ impl fmt::Display for MissingCaller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(
             "no authenticated Caller in request extensions: put the route behind \
-             an AuthLayer (for example `.route_layer(auth.any_valid_key())`)",
+             an ApiKeyLayer (for example `.route_layer(auth.any_valid_key())`)",
         )
     }
 }

@@ -8,7 +8,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 pin_project! {
-    /// Response body of [`AuthService`](super::AuthService): either the
+    /// Response body of [`ApiKeyService`](super::ApiKeyService): either the
     /// inner service's body or a rejection's (small, in memory).
     pub struct ResponseBody<B> {
         #[pin]

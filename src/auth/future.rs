@@ -34,7 +34,7 @@ pub(super) fn admit<B>(s: &Shared, request: &mut Request<B>, caller: Caller) {
 }
 
 pin_project! {
-    /// Response future of [`AuthService`](super::AuthService).
+    /// Response future of [`ApiKeyService`](super::ApiKeyService).
     pub struct ResponseFuture<S, ReqBody>
     where
         S: Service<Request<ReqBody>>,

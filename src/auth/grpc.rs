@@ -1,7 +1,7 @@
 //! gRPC: one layer in front of a whole tonic server, a scope policy per method.
 //!
 //! A gRPC server is one tower service for all its methods, so it takes one
-//! [`AuthLayer`](crate::AuthLayer) whose policy is a [`MethodPolicies`]
+//! [`ApiKeyLayer`](crate::ApiKeyLayer) whose policy is a [`MethodPolicies`]
 //! table: a [`ScopePolicy`] per full method path (`/package.Service/Method`),
 //! optionally one per service, and a default for every other path.
 //!
@@ -282,7 +282,7 @@ fn is_identifier(s: &str) -> bool {
 }
 
 /// The authenticated [`Caller`](crate::Caller) of a tonic request, for
-/// handlers behind an [`AuthLayer`](crate::AuthLayer):
+/// handlers behind an [`ApiKeyLayer`](crate::ApiKeyLayer):
 ///
 /// ```
 /// use tonic::{Request, Response, Status};
@@ -301,7 +301,7 @@ fn is_identifier(s: &str) -> bool {
 pub fn caller<T>(request: &tonic::Request<T>) -> Result<&crate::Caller, tonic::Status> {
     request.extensions().get::<crate::Caller>().ok_or_else(|| {
         const MESSAGE: &str = "no authenticated Caller in request extensions: put the \
-             tonic service behind an AuthLayer (for example \
+             tonic service behind an ApiKeyLayer (for example \
              `Server::builder().layer(auth.layer(method_policies))`)";
         tracing::error!("{MESSAGE}");
         tonic::Status::internal(MESSAGE)

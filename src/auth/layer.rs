@@ -5,10 +5,10 @@ use tower_layer::Layer;
 
 use super::authenticator::Authenticator;
 use super::policy::RoutePolicy;
-use super::service::AuthService;
+use super::service::ApiKeyService;
 use crate::scope::{Scope, ScopeError, ScopePolicy};
 
-/// Layer that applies the [`AuthService`] middleware: one route's scope
+/// Layer that applies the [`ApiKeyService`] middleware: one route's scope
 /// policy over the shared [`Authenticator`].
 ///
 /// Made by [`Authenticator::require_any`], [`Authenticator::unscoped_keys_only`],
@@ -16,7 +16,7 @@ use crate::scope::{Scope, ScopeError, ScopePolicy};
 /// clones two `Arc`s. See the [module docs](super) for an example.
 #[derive(Clone)]
 #[must_use]
-pub struct AuthLayer {
+pub struct ApiKeyLayer {
     auth: Authenticator,
     policy: Arc<dyn RoutePolicy>,
 }
@@ -31,7 +31,7 @@ impl Authenticator {
     ///
     /// If a scope name is invalid or `scopes` is empty; see
     /// [`Authenticator::try_require_any`] for scopes read from configuration.
-    pub fn require_any<I, S>(&self, scopes: I) -> AuthLayer
+    pub fn require_any<I, S>(&self, scopes: I) -> ApiKeyLayer
     where
         I: IntoIterator<Item = S>,
         S: TryInto<Scope>,
@@ -44,7 +44,7 @@ impl Authenticator {
     }
 
     /// [`Authenticator::require_any`], returning invalid scopes as an error.
-    pub fn try_require_any<I, S>(&self, scopes: I) -> Result<AuthLayer, ScopeError>
+    pub fn try_require_any<I, S>(&self, scopes: I) -> Result<ApiKeyLayer, ScopeError>
     where
         I: IntoIterator<Item = S>,
         S: TryInto<Scope>,
@@ -55,41 +55,41 @@ impl Authenticator {
 
     /// A layer for a route that declares no scopes: unscoped keys pass,
     /// scoped keys get 403 (a scoped key is only for its scopes).
-    pub fn unscoped_keys_only(&self) -> AuthLayer {
+    pub fn unscoped_keys_only(&self) -> ApiKeyLayer {
         self.layer(ScopePolicy::unscoped_keys_only())
     }
 
     /// A layer that admits every valid key, scoped or not (an explicit
     /// opt-in, for routes such as `/whoami`).
-    pub fn any_valid_key(&self) -> AuthLayer {
+    pub fn any_valid_key(&self) -> ApiKeyLayer {
         self.layer(ScopePolicy::any_valid_key())
     }
 
     /// A layer with any [`RoutePolicy`]: one [`ScopePolicy`], or a table that
     /// picks one per request path (for example per gRPC method).
-    pub fn layer(&self, policy: impl RoutePolicy) -> AuthLayer {
-        AuthLayer::new(self.clone(), Arc::new(policy))
+    pub fn layer(&self, policy: impl RoutePolicy) -> ApiKeyLayer {
+        ApiKeyLayer::new(self.clone(), Arc::new(policy))
     }
 }
 
-impl AuthLayer {
+impl ApiKeyLayer {
     pub(crate) fn new(auth: Authenticator, policy: Arc<dyn RoutePolicy>) -> Self {
         Self { auth, policy }
     }
 }
 
-impl fmt::Debug for AuthLayer {
+impl fmt::Debug for ApiKeyLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuthLayer")
+        f.debug_struct("ApiKeyLayer")
             .field("auth", &self.auth)
             .finish_non_exhaustive()
     }
 }
 
-impl<S> Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
+impl<S> Layer<S> for ApiKeyLayer {
+    type Service = ApiKeyService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService::new(inner, self.auth.clone(), self.policy.clone())
+        ApiKeyService::new(inner, self.auth.clone(), self.policy.clone())
     }
 }

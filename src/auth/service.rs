@@ -18,13 +18,13 @@ use crate::cache::Caller;
 /// See the [module docs](super) for an example.
 #[derive(Clone)]
 #[must_use]
-pub struct AuthService<S> {
+pub struct ApiKeyService<S> {
     inner: S,
     auth: Authenticator,
     policy: Arc<dyn RoutePolicy>,
 }
 
-impl<S> AuthService<S> {
+impl<S> ApiKeyService<S> {
     pub(crate) fn new(inner: S, auth: Authenticator, policy: Arc<dyn RoutePolicy>) -> Self {
         Self {
             inner,
@@ -49,9 +49,9 @@ impl<S> AuthService<S> {
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for AuthService<S> {
+impl<S: fmt::Debug> fmt::Debug for ApiKeyService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuthService")
+        f.debug_struct("ApiKeyService")
             .field("inner", &self.inner)
             .field("auth", &self.auth)
             .finish_non_exhaustive()
@@ -61,7 +61,7 @@ impl<S: fmt::Debug> fmt::Debug for AuthService<S> {
 // `Clone` only because a miss moves the ready service into the future and
 // leaves a clone behind; nothing else is asked of `S` or the body here (the
 // future is `Send` exactly when they are).
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for AuthService<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ApiKeyService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
 {
