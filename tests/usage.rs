@@ -10,7 +10,7 @@ use http::{Request, Response, StatusCode};
 use tower::{service_fn, Layer, ServiceExt};
 use tower_api_key::clock::ManualClock;
 use tower_api_key::store::{
-    CreatedKey, KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey, StoreError,
+    CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey, StoreError, StoredKey,
 };
 use tower_api_key::usage::UsageRecorder;
 use tower_api_key::Invalidations;
@@ -66,6 +66,16 @@ impl KeyStore for Counting {
         }
         self.writes.fetch_add(1, Ordering::SeqCst);
         self.store.record_usage(uses).await
+    }
+    async fn export(
+        &self,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<StoredKey>, StoreError> {
+        self.store.export(after, limit).await
+    }
+    async fn import(&self, key: StoredKey) -> Result<Imported, StoreError> {
+        self.store.import(key).await
     }
 }
 

@@ -4,7 +4,9 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
-use super::{CreatedKey, KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey, StoreError};
+use super::{
+    CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey, StoreError, StoredKey,
+};
 use crate::key::KeyId;
 use crate::verifier::Verifier;
 
@@ -40,4 +42,26 @@ pub trait KeyStore: Verifier {
 
     /// Records uses, moving each key's `last_used_at` forward only.
     async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError>;
+
+    /// Every key in the store with its hashes (never a secret), in key id
+    /// order: at most `limit` keys (1 to
+    /// [`MAX_EXPORT_PAGE`](crate::store::MAX_EXPORT_PAGE)) with ids after
+    /// `after`. An empty page is the end.
+    async fn export(
+        &self,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<StoredKey>, StoreError>;
+
+    /// Adds a key taken from another store's [`export`](KeyStore::export),
+    /// keeping its id, hashes, times and hint, so its secret keeps working.
+    ///
+    /// Idempotent: a key already here with the same hash and account is
+    /// [`Imported::AlreadyPresent`] (only `last_used_at` moves, forward).
+    /// Refused with [`StoreError::Invalid`] naming the key id (never a hash)
+    /// when the id exists with another hash or account, or the key has a
+    /// field this store cannot hold; with
+    /// [`StoreError::KeyLimitReached`](crate::store::StoreError::KeyLimitReached)
+    /// past the per-account limit.
+    async fn import(&self, key: StoredKey) -> Result<Imported, StoreError>;
 }

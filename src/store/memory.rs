@@ -1,6 +1,6 @@
 //! The in-memory store: for tests, examples and single-process services.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::ops::Bound;
 use std::sync::{Arc, RwLock};
@@ -10,8 +10,9 @@ use async_trait::async_trait;
 
 use super::page_token::{page_token, parse_page_token};
 use super::{
-    check_expiry, check_new, fill_page, hint_of, CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate,
-    ListRequest, NewKey, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    check_expiry, check_import, check_new, export_page_size, fill_page, hint_of, import_conflict,
+    CreatedKey, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey, PreviousHash,
+    StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
@@ -43,7 +44,8 @@ struct Inner {
 /// the store's write lock.
 #[derive(Default)]
 struct Keys {
-    by_id: HashMap<KeyId, Stored>,
+    /// In key id order, which is also the export order.
+    by_id: BTreeMap<KeyId, Stored>,
     by_account: HashMap<String, BTreeSet<(SystemTime, KeyId)>>,
 }
 
@@ -107,6 +109,16 @@ impl Stored {
             record: self.record.clone(),
             last_used_at: self.last_used_at,
             hint: self.hint.clone(),
+        }
+    }
+
+    fn export(&self) -> StoredKey {
+        StoredKey {
+            info: self.info(),
+            hash: self.hash,
+            previous: self
+                .previous
+                .map(|(hash, until)| PreviousHash::new(hash, until)),
         }
     }
 }
@@ -407,5 +419,53 @@ impl KeyStore for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    async fn export(
+        &self,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<StoredKey>, StoreError> {
+        let limit = export_page_size(limit)?;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let keys = self.read();
+        Ok(keys
+            .by_id
+            .range((from, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, stored)| stored.export())
+            .collect())
+    }
+
+    async fn import(&self, key: StoredKey) -> Result<Imported, StoreError> {
+        check_import(&key)?;
+        let id = key.info.record.key_id;
+        let mut keys = self.write();
+        if let Some(stored) = keys.get_mut(&id) {
+            let same = stored.hash == key.hash
+                && stored.record.service_account_id == key.info.record.service_account_id;
+            if !same {
+                return Err(import_conflict(id));
+            }
+            if let Some(at) = key.info.last_used_at {
+                stored.last_used_at = Some(stored.last_used_at.map_or(at, |t| t.max(at)));
+            }
+            return Ok(Imported::AlreadyPresent);
+        }
+        let limit = self.inner.max_keys_per_account;
+        if keys.count(&key.info.record.service_account_id) >= limit {
+            return Err(StoreError::KeyLimitReached { limit });
+        }
+        keys.insert(
+            id,
+            Stored {
+                record: key.info.record,
+                hash: key.hash,
+                previous: key.previous.map(|p| (p.hash, p.valid_until)),
+                last_used_at: key.info.last_used_at,
+                hint: key.info.hint,
+            },
+        );
+        Ok(Imported::Added)
     }
 }

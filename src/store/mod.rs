@@ -38,6 +38,7 @@ mod page_token;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
+mod transfer;
 
 use std::fmt;
 use std::sync::Arc;
@@ -47,8 +48,10 @@ pub(crate) use key_store::KeyStore;
 #[cfg(test)]
 pub(crate) use memory::MemoryStore;
 pub use memory::MemoryStoreBuilder;
+pub(crate) use transfer::check_import;
+pub use transfer::{Imported, PreviousHash, StoredKey, MAX_EXPORT_PAGE};
 
-use crate::key::{GeneratedKey, KeyGenError};
+use crate::key::{GeneratedKey, KeyGenError, KeyId};
 use crate::record::KeyRecord;
 use crate::scope::ScopeSet;
 
@@ -359,6 +362,25 @@ pub fn latest_time() -> SystemTime {
 
 /// [`latest_time`] as RFC 3339.
 pub const LATEST_TIME_TEXT: &str = "9999-12-31T23:59:59.999Z";
+
+/// The size of an export page: `limit` when it is 1 to [`MAX_EXPORT_PAGE`].
+pub(crate) fn export_page_size(limit: usize) -> Result<usize, StoreError> {
+    if (1..=MAX_EXPORT_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(StoreError::invalid(format!(
+            "an export page holds 1 to {MAX_EXPORT_PAGE} keys"
+        )))
+    }
+}
+
+/// The error of importing a key whose id the store holds with another hash
+/// or account.
+pub(crate) fn import_conflict(id: KeyId) -> StoreError {
+    StoreError::invalid(format!(
+        "key {id} already exists with another secret or service account"
+    ))
+}
 
 /// An expiry must lie in the future, and no later than [`latest_time`], so
 /// every store can hold it and every response can show it.

@@ -107,8 +107,9 @@ pub use migrations::{migrations, Migration, MigrationReport};
 
 use super::page_token::{page_token, parse_page_token};
 use super::{
-    check_expiry, check_new, fill_page, hint_of, CreatedKey, KeyInfo, KeyPage, KeyStore, KeyUpdate,
-    ListRequest, NewKey, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    check_expiry, check_import, check_new, export_page_size, fill_page, hint_of, import_conflict,
+    CreatedKey, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey, PreviousHash,
+    StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{HashScheme, KeyHasher, StoredHash};
@@ -617,6 +618,27 @@ fn info_of(row: &Row) -> Result<KeyInfo, BoxError> {
     })
 }
 
+/// A whole row: the key with its hashes.
+fn stored_key_of(row: &Row) -> Result<StoredKey, BoxError> {
+    let hash = stored_hash(
+        row.try_get("hash")?,
+        row.try_get("hash_scheme")?,
+        row.try_get("hash_pepper_version")?,
+    )?
+    .ok_or("stored key has no hash")?;
+    let previous = stored_hash(
+        row.try_get("previous_hash")?,
+        row.try_get("previous_hash_scheme")?,
+        row.try_get("previous_hash_pepper_version")?,
+    )?;
+    let until: Option<SystemTime> = row.try_get("previous_valid_until")?;
+    let mut key = StoredKey::new(info_of(row)?, hash);
+    if let (Some(previous), Some(until)) = (previous, until) {
+        key = key.with_previous(PreviousHash::new(previous, until));
+    }
+    Ok(key)
+}
+
 fn info_or_backend(row: &Row) -> Result<KeyInfo, StoreError> {
     info_of(row).map_err(StoreError::Backend)
 }
@@ -987,6 +1009,134 @@ impl KeyStore for PgKeyStore {
             .await
             .map_err(StoreError::Backend)?;
         Ok(())
+    }
+
+    async fn export(
+        &self,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<StoredKey>, StoreError> {
+        let limit = export_page_size(limit)? as i64;
+        let sql = format!(
+            "SELECT {INFO_COLUMNS}, {HASH_COLUMNS} FROM {TABLE}
+              WHERE $1::text IS NULL OR key_id > $1
+              ORDER BY key_id LIMIT $2"
+        );
+        let after = after.as_ref().map(KeyId::as_str);
+        let rows = self
+            .query(&sql, &[&after, &limit])
+            .await
+            .map_err(StoreError::Backend)?;
+        rows.iter()
+            .map(|row| stored_key_of(row).map_err(StoreError::Backend))
+            .collect()
+    }
+
+    async fn import(&self, key: StoredKey) -> Result<Imported, StoreError> {
+        check_import(&key)?;
+        let record = &key.info.record;
+        let id = record.key_id;
+        let (scheme, pepper) = scheme_columns(key.hash.scheme())?;
+        let (previous, previous_scheme, previous_pepper, valid_until) = match &key.previous {
+            Some(p) => {
+                let (scheme, pepper) = scheme_columns(p.hash.scheme())?;
+                (
+                    Some(p.hash.digest().as_slice()),
+                    Some(scheme),
+                    pepper,
+                    Some(micros(p.valid_until)),
+                )
+            }
+            None => (None, None, None, None),
+        };
+        let scopes: Vec<&str> = record.scopes.iter().map(|s| s.as_str()).collect();
+        let lock = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
+        let existing = format!(
+            "SELECT service_account_id, hash, hash_scheme, hash_pepper_version
+               FROM {TABLE} WHERE key_id = $1 FOR UPDATE"
+        );
+        let touch = format!(
+            "UPDATE {TABLE} SET last_used_at = GREATEST(last_used_at, $2)
+              WHERE key_id = $1 AND $2::timestamptz IS NOT NULL"
+        );
+        let count = format!("SELECT count(*) FROM {TABLE} WHERE service_account_id = $1");
+        let insert = format!(
+            "INSERT INTO {TABLE} (key_id, service_account_id, hash, hash_scheme,
+                 hash_pepper_version, previous_hash, previous_hash_scheme,
+                 previous_hash_pepper_version, previous_valid_until, scopes, description,
+                 created_at, expires_at, last_used_at, hint)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        );
+        let last_used_at = key.info.last_used_at.map(micros);
+        let limit = self.inner.max_keys_per_account;
+        let mut client = self.client().await?;
+        let outcome = async {
+            let tx = client.transaction().await?;
+            tx.execute(lock, &[&CREATE_LOCK_CLASS, &&*record.service_account_id])
+                .await?;
+            if let Some(row) = tx.query_opt(&existing, &[&id.as_str()]).await? {
+                let account: &str = row.try_get("service_account_id")?;
+                let hash = stored_hash(
+                    row.try_get("hash")?,
+                    row.try_get("hash_scheme")?,
+                    row.try_get("hash_pepper_version")?,
+                )?;
+                if account != &*record.service_account_id || hash != Some(key.hash) {
+                    return Ok(Err(import_conflict(id)));
+                }
+                tx.execute(&touch, &[&id.as_str(), &last_used_at]).await?;
+                tx.commit().await?;
+                return Ok(Ok(Imported::AlreadyPresent));
+            }
+            let held: i64 = tx
+                .query_one(&count, &[&&*record.service_account_id])
+                .await?
+                .try_get(0)?;
+            if held >= limit {
+                return Ok(Err(StoreError::KeyLimitReached {
+                    limit: usize::try_from(limit).unwrap_or(usize::MAX),
+                }));
+            }
+            tx.execute(
+                &insert,
+                &[
+                    &id.as_str(),
+                    &&*record.service_account_id,
+                    &key.hash.digest().as_slice(),
+                    &scheme,
+                    &pepper,
+                    &previous,
+                    &previous_scheme,
+                    &previous_pepper,
+                    &valid_until,
+                    &scopes,
+                    &record.description,
+                    &micros(record.created_at),
+                    &record.expires_at.map(micros),
+                    &last_used_at,
+                    &key.info.hint,
+                ],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<_, BoxError>(Ok(Imported::Added))
+        }
+        .await
+        .map_err(|e| {
+            let unique = e
+                .downcast_ref::<tokio_postgres::Error>()
+                .and_then(tokio_postgres::Error::code)
+                == Some(&SqlState::UNIQUE_VIOLATION);
+            if unique {
+                // The id or hash index: a concurrent import of the same key, or
+                // another key with this hash.
+                StoreError::invalid(format!("key {id}: its id or hash is taken by another key"))
+            } else {
+                StoreError::Backend(e)
+            }
+        })?;
+        self.database_answered();
+        outcome
     }
 }
 
