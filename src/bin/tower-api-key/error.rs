@@ -1,0 +1,46 @@
+//! The one error type of the CLI: a one-line message, exit code 1.
+//!
+//! Messages come from the library's errors, which never hold a secret, or
+//! from the CLI itself, which never formats one.
+
+use std::fmt;
+
+pub struct CliError(String);
+
+impl CliError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // One line, whatever a backend put in its message.
+        let mut words = self.0.split_whitespace();
+        if let Some(first) = words.next() {
+            f.write_str(first)?;
+        }
+        for word in words {
+            write!(f, " {word}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<tower_api_key::store::StoreError> for CliError {
+    fn from(e: tower_api_key::store::StoreError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl From<tower_api_key::ScopeError> for CliError {
+    fn from(e: tower_api_key::ScopeError) -> Self {
+        Self(format!("invalid scope: {e}"))
+    }
+}
+
+impl From<tower_api_key::VerifierError> for CliError {
+    fn from(e: tower_api_key::VerifierError) -> Self {
+        Self(e.to_string())
+    }
+}

@@ -1,0 +1,1 @@
+//! The `tower-api-key` binary, run as a user would.
