@@ -147,7 +147,7 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
                 ))?;
             }
         }
-        KeysCommand::Check => return check(ctx).await,
+        KeysCommand::Check { .. } => return check(ctx).await,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -169,7 +169,12 @@ enum KeysCommand {
     /// Read a key from stdin and say whether it is valid, for which account,
     /// scopes and expiry (never from the command line: `ps` shows it).
     #[command(after_help = "Example:\n  printf %s \"$KEY\" | tower-api-key keys check")]
-    Check,
+    Check {
+        /// Not accepted: only here to refuse a key given on the command
+        /// line without echoing it (clap would quote an unexpected one).
+        #[arg(hide = true, value_name = "KEY")]
+        on_command_line: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -206,6 +211,18 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Keys(KeysCommand::Check {
+        on_command_line: Some(_),
+    }) = &cli.command
+    {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::UnknownArgument,
+                "keys check reads the key from stdin, never from the command line, where \
+                 other users can see it (ps); treat a key typed there as exposed",
+            )
+            .exit();
+    }
     let Some(url) = cli.global.database_url.clone() else {
         Cli::command()
             .error(

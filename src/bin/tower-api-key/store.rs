@@ -52,7 +52,14 @@ impl Store {
         match self {
             Self::Postgres(s) => {
                 let report = s.migrate().await?;
-                Ok(format!("{report:?}"))
+                Ok(if report.applied.is_empty() {
+                    format!("schema already at version {}", report.current)
+                } else {
+                    format!(
+                        "applied migrations {:?}; schema at version {}",
+                        report.applied, report.current
+                    )
+                })
             }
         }
     }

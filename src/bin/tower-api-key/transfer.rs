@@ -154,8 +154,7 @@ pub async fn import(store: &Store, input: impl BufRead) -> Result<Summary, CliEr
                     .ok()
                     .and_then(|v| v.get("key_id")?.as_str()?.parse::<KeyId>().ok())
                     .map_or_else(|| "unknown".to_owned(), |id| id.to_string());
-                // serde_json's message names the field and column, not the value.
-                refuse(&id, &format!("not a key record: {e}"));
+                refuse(&id, &json_error(&e));
                 continue;
             }
         };
@@ -182,4 +181,24 @@ pub async fn import(store: &Store, input: impl BufRead) -> Result<Summary, CliEr
         }
     }
     Ok(summary)
+}
+
+/// What is wrong with a line, without its values: serde_json's messages
+/// quote the offending value ("invalid type: string \"...\""), and a line
+/// pasted by mistake may hold a secret.
+fn json_error(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    let named = ["missing field `", "unknown field `", "duplicate field `"];
+    if named.iter().any(|p| message.starts_with(p)) {
+        // These quote only the field name, which is ours (the list of
+        // expected fields after it is dropped too).
+        let end = message.find("`,").map_or(message.len(), |i| i + 1);
+        let end = message[..end].rfind(" at line").unwrap_or(end);
+        return format!("not a key record: {}", &message[..end]);
+    }
+    let kind = match e.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "not JSON",
+        _ => "a field has the wrong type",
+    };
+    format!("not a key record: {kind} (column {})", e.column())
 }
