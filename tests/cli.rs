@@ -910,6 +910,56 @@ async fn a_pepper_mismatch_is_reported_and_nothing_is_written() {
     db.drop_schema().await;
 }
 
+#[tokio::test]
+async fn during_a_pepper_rotation_the_cli_may_hold_either_version() {
+    let Some(db) = Db::migrated("pepper_rotation").await else {
+        return;
+    };
+    let old = Pepper::new(1, b"the old server secret".to_vec());
+    let new = Pepper::new(2, b"the new server secret".to_vec());
+    let before = db.store(KeyHasher::with_pepper(old.clone())).await;
+    before.create(NewKey::new("sa-1")).await.unwrap();
+    let server = db
+        .store(KeyHasher::with_pepper(new).with_previous_pepper(old))
+        .await;
+    server.create(NewKey::new("sa-1")).await.unwrap();
+
+    for (version, secret) in [
+        ("1", "the old server secret"),
+        ("2", "the new server secret"),
+    ] {
+        let key = cli(["keys", "create", "--account", "sa-1"])
+            .db(&db)
+            .env("TOWER_API_KEY_PEPPER", secret)
+            .env("TOWER_API_KEY_PEPPER_VERSION", version)
+            .run()
+            .await
+            .ok()
+            .stdout;
+        let accepted = server.verify(&parse(key.trim_end())).await.unwrap();
+        assert!(
+            accepted.is_some(),
+            "version {version}: the rotating server accepts it"
+        );
+    }
+    // A version the store has never seen is refused.
+    let run = cli(["keys", "create", "--account", "sa-1"])
+        .db(&db)
+        .env("TOWER_API_KEY_PEPPER", "some other secret")
+        .env("TOWER_API_KEY_PEPPER_VERSION", "7")
+        .run()
+        .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("pepper version 1 and HMAC-SHA-256 with pepper version 2"),
+        "{run:?}"
+    );
+    before.shutdown().await;
+    server.shutdown().await;
+    db.drop_schema().await;
+}
+
 // ---------------------------------------------------------------------------
 // Export and import
 // ---------------------------------------------------------------------------

@@ -167,28 +167,35 @@ fn print_created(ctx: &Context<'_>, created: &CreatedKey, verb: &str) -> Result<
 }
 
 /// Refuses to write a hash that the store's other keys say the servers do
-/// not make: the keys (up to one export page) are hashed under a scheme
-/// this CLI would not write and cannot verify, such as another pepper
-/// version, or a pepper when the CLI has none. Silently writing such a key
-/// would make one that the servers refuse, or one outside the pepper.
+/// not make. The records (up to one export page) show which pepper
+/// versions the servers hash with; when some are peppered and none with
+/// the CLI's version (or the CLI has no pepper), the CLI would make a key
+/// the servers refuse, or one outside the pepper. Plain SHA-256 records
+/// say nothing: every hasher verifies them. A store in the middle of a
+/// rotation holds two versions, and the CLI may hold either.
 async fn check_pepper(ctx: &Context<'_>) -> Result<(), CliError> {
     let ours = ctx.hasher.scheme();
     let sample = ctx.store.keys().export(None, MAX_EXPORT_PAGE).await?;
-    let mut foreign: Vec<HashScheme> = Vec::new();
+    let mut peppered: Vec<HashScheme> = Vec::new();
     for key in &sample {
         let scheme = key.hash.scheme();
-        if scheme != ours && !can_verify(ctx.hasher, scheme) && !foreign.contains(&scheme) {
-            foreign.push(scheme);
+        if scheme != HashScheme::Sha256 && !peppered.contains(&scheme) {
+            peppered.push(scheme);
         }
     }
-    let Some(first) = foreign.first() else {
+    if peppered.is_empty() || peppered.contains(&ours) {
         return Ok(());
-    };
+    }
+    peppered.sort_by_key(|s| match s {
+        HashScheme::HmacSha256 { pepper_version } => *pepper_version,
+        _ => u32::MAX,
+    });
+    let found: Vec<String> = peppered.iter().map(|s| describe(*s)).collect();
     Err(CliError::new(format!(
-        "pepper mismatch: keys in this store are hashed with {}, but this CLI would hash with {} \
-         and cannot verify them; configure the pepper your servers use ({} or {}, and {}) — \
-         nothing was written",
-        describe(*first),
+        "pepper mismatch: keys in this store are hashed with {}, but this CLI would hash with \
+         {} and cannot verify them; configure the pepper your servers use ({} or {}, and {}) \
+         (nothing was written)",
+        found.join(" and "),
         describe(ours),
         pepper::PEPPER_FILE_ENV,
         pepper::PEPPER_ENV,
