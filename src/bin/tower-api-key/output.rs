@@ -138,12 +138,22 @@ pub fn created(
             );
             eprint!("{}", table(std::slice::from_ref(&info)));
             write_stdout(&format!("{}\n", created.key.expose_secret()))
+                .map_err(|e| lost(created, e))
         }
         Format::Json => {
             let doc = json!({ "key": key_json(&info), "secret": created.key.expose_secret() });
-            write_stdout(&format!("{doc}\n"))
+            write_stdout(&format!("{doc}\n")).map_err(|e| lost(created, e))
         }
     }
+}
+
+/// The secret could not be shown: say which key now exists without a
+/// known secret, so the operator can revoke or reissue it.
+fn lost(created: &CreatedKey, e: CliError) -> CliError {
+    CliError::new(format!(
+        "{e}; key {} exists but its secret was not shown: revoke or reissue it",
+        created.record.key_id
+    ))
 }
 
 /// Writes to stdout; a closed pipe is an error (exit 1), not a panic.
