@@ -34,11 +34,11 @@
 //!
 //!    `open` returns `None` to skip every test (after saying so), as the
 //!    PostgreSQL factory does without `DATABASE_URL`; `finish` cleans up.
-//! 3. In the store's test file: `mod conformance;` then
-//!    `conformance::store_conformance!(SqliteFactory);`, and for moves
-//!    between stores of two kinds
-//!    `conformance::transfer_conformance!(memory_to_sqlite: MemoryFactory => SqliteFactory);`
-//!    (and the other way).
+//! 3. In the store's test file (`tests/sqlite.rs`, say): `mod conformance;`,
+//!    the factory, then `store_conformance!(SqliteFactory);` for the whole
+//!    suite, and for moves between stores of two kinds
+//!    `transfer_conformance!(memory_to_sqlite: MemoryFactory => SqliteFactory);`
+//!    (and the other way; `use conformance::MemoryFactory;`).
 //!
 //! Every test is a generic function in [`contract`] or [`transfer`]; the
 //! macros make one `#[tokio::test]` of each. A function the macros do not
@@ -47,9 +47,6 @@
 //! Times: the settings' clock starts on a whole second and tests move it by
 //! whole seconds unless the test is about sub-microsecond times, because
 //! PostgreSQL keeps microseconds.
-
-// Each test file uses the macros; some helpers only serve some stores.
-#![allow(clippy::module_name_repetitions)]
 
 pub mod contract;
 pub mod transfer;
