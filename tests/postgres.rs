@@ -470,7 +470,7 @@ async fn concurrent_creates_on_two_replicas_never_pass_the_limit() {
         .connect()
         .await
         .unwrap();
-    conformance::concurrent_creates_respect_the_limit(&[&a, &b]).await;
+    conformance::concurrent_creates_respect_the_limit(&[a.clone(), b.clone()]).await;
     a.shutdown().await;
     b.shutdown().await;
     db.drop_schema().await;

@@ -823,12 +823,12 @@ pub async fn create_refuses_a_key_past_the_accounts_limit_until_one_is_deleted<F
 }
 
 /// 20 creates at once for one account against a limit of 5, through two
-/// handles on the store: exactly 5 succeed.
+/// handles on the store, on two worker threads: exactly 5 succeed.
 pub async fn concurrent_creates_for_one_account_never_pass_the_limit<F: StoreFactory>(f: &F) {
     let store = f
         .store(StoreSettings::new().with_max_keys_per_account(5))
         .await;
-    concurrent_creates_respect_the_limit(&[&store, &store.clone()]).await;
+    concurrent_creates_respect_the_limit(&[store.clone(), store]).await;
 }
 
 /// Without a configured limit, an account holds at most 1,000 keys.

@@ -416,19 +416,27 @@ pub async fn exported(store: &dyn KeyStore, id: KeyId) -> StoredKey {
         .expect("the key is exported")
 }
 
-/// `creates` of one account at once, spread over `stores` (handles on one
-/// store's keys) against a limit of 5: exactly 5 succeed, the rest are
-/// refused, and the account holds the 5.
+/// 20 creates of one account at once, spread over `stores` (handles on one
+/// store's keys) against a limit of 5, each on a task of its own released
+/// together: exactly 5 succeed, the rest are refused, and the account holds
+/// the 5.
 #[allow(dead_code)] // Not every test file uses it.
-pub async fn concurrent_creates_respect_the_limit(stores: &[&dyn KeyStore]) {
-    let results = futures_util::future::join_all(
-        (0..20).map(|i| stores[i % stores.len()].create(NewKey::new("sa-race"))),
-    )
-    .await;
+pub async fn concurrent_creates_respect_the_limit<S: KeyStore + Clone>(stores: &[S]) {
+    let start = Arc::new(tokio::sync::Barrier::new(20));
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let store = stores[i % stores.len()].clone();
+            let start = start.clone();
+            tokio::spawn(async move {
+                start.wait().await;
+                store.create(NewKey::new("sa-race")).await
+            })
+        })
+        .collect();
     let mut created = HashSet::new();
     let mut refused = 0;
-    for result in results {
-        match result {
+    for task in tasks {
+        match task.await.expect("the create task ran") {
             Ok(key) => {
                 created.insert(key.record.key_id);
             }
@@ -438,7 +446,7 @@ pub async fn concurrent_creates_respect_the_limit(stores: &[&dyn KeyStore]) {
     }
     assert_eq!(created.len(), 5);
     assert_eq!(refused, 15);
-    let stored: HashSet<KeyId> = ids_of(stores[0], "sa-race").await.into_iter().collect();
+    let stored: HashSet<KeyId> = ids_of(&stores[0], "sa-race").await.into_iter().collect();
     assert_eq!(stored, created);
 }
 
