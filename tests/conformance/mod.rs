@@ -40,6 +40,10 @@
 //!    `transfer_conformance!(memory_to_sqlite: MemoryFactory => SqliteFactory);`
 //!    (and the other way; `use conformance::MemoryFactory;`).
 //!
+//! `cargo test --all-features --test memory_store conformance` runs the
+//! suite on one store (`--test postgres` needs `DATABASE_URL`: source
+//! `.ci/postgres.sh` first).
+//!
 //! Every test is a generic function in [`contract`] or [`transfer`]; the
 //! macros make one `#[tokio::test]` of each. A function the macros do not
 //! list is dead code, which the lints refuse: the lists cannot drift.

@@ -5,7 +5,7 @@
 //! kind and across kinds (see `transfer_conformance!`); the others for one.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tower_api_key::clock::Clock;
 use tower_api_key::hash::{HashScheme, KeyHasher};
@@ -394,8 +394,8 @@ pub async fn import_refuses_an_id_held_with_another_hash_or_account_naming_it<F:
 }
 
 /// Records no store could have written are refused, naming the key, and
-/// nothing is stored: an empty account, a time after year 9999, a previous
-/// hash equal to the current one.
+/// nothing is stored: an empty account, a time after year 9999 or before
+/// year 1, a previous hash equal to the current one.
 pub async fn import_refuses_records_a_store_cannot_hold_naming_the_key<F: StoreFactory>(f: &F) {
     let source = f.store(StoreSettings::new()).await;
     let created = source.create(NewKey::new("sa-src")).await.unwrap();
@@ -416,6 +416,9 @@ pub async fn import_refuses_records_a_store_cannot_hold_naming_the_key<F: StoreF
     let mut key = good.clone();
     key.info.last_used_at = Some(too_late);
     cases.push(("used after 9999", key));
+    let mut key = good.clone();
+    key.info.record.created_at = SystemTime::UNIX_EPOCH - Duration::from_secs(62_135_596_801);
+    cases.push(("created before year 1", key));
     let mut key = good.clone();
     key.previous = Some(PreviousHash::new(good.hash, too_late));
     cases.push(("a grace past 9999", key));
