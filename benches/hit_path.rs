@@ -71,10 +71,10 @@ fn filled_cache(n: usize) -> (CachedVerifier, Vec<PresentedKey>, String) {
 
 struct Ttl;
 
-impl moka::Expiry<[u8; 32], Arc<u64>> for Ttl {
+impl moka::Expiry<[u8; 16], Arc<u64>> for Ttl {
     fn expire_after_create(
         &self,
-        _key: &[u8; 32],
+        _key: &[u8; 16],
         _value: &Arc<u64>,
         _created_at: Instant,
     ) -> Option<Duration> {
@@ -88,7 +88,7 @@ fn bare_moka(
     n: usize,
     hot: &[PresentedKey],
     per_entry: bool,
-) -> moka::sync::Cache<[u8; 32], Arc<u64>> {
+) -> moka::sync::Cache<[u8; 16], Arc<u64>> {
     let builder = moka::sync::Cache::builder().max_capacity(2 * n as u64);
     let cache = if per_entry {
         builder.expire_after(Ttl).build()
@@ -103,7 +103,9 @@ fn bare_moka(
         let next_hot = if i % stride == 0 { hot.next() } else { None };
         let digest = match next_hot {
             Some(key) => *key.digest().as_bytes(),
-            None => Sha256::digest(i.to_le_bytes()).into(),
+            None => Sha256::digest(i.to_le_bytes())[..16]
+                .try_into()
+                .expect("16 of 32 bytes"),
         };
         cache.insert(digest, Arc::new(i as u64));
     }

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Cases:
-//! - `moka-ttl`, `moka-expiry`: a bare `moka::sync::Cache<[u8; 32], ()>`
+//! - `moka-ttl`, `moka-expiry`: a bare `moka::sync::Cache<[u8; 16], ()>`
 //!   with a fixed time-to-live, and with a per-entry expiry policy (what
 //!   the crate uses, since an entry lives until the earlier of the TTL and
 //!   the key's own expiry): moka's own per-entry floor.
@@ -76,16 +76,19 @@ fn rss() -> i64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn digest(i: usize) -> [u8; 32] {
-    Sha256::digest(i.to_le_bytes()).into()
+/// 16 bytes, the size of the crate's cache key.
+fn digest(i: usize) -> [u8; 16] {
+    Sha256::digest(i.to_le_bytes())[..16]
+        .try_into()
+        .expect("16 of 32 bytes")
 }
 
 struct UntilTtl;
 
-impl moka::Expiry<[u8; 32], ()> for UntilTtl {
+impl moka::Expiry<[u8; 16], ()> for UntilTtl {
     fn expire_after_create(
         &self,
-        _key: &[u8; 32],
+        _key: &[u8; 16],
         _value: &(),
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
@@ -99,7 +102,7 @@ fn run_case(case: &str, n: usize) {
     // Kept alive until measured.
     let keep: Box<dyn std::any::Any> = match case {
         "moka-ttl" => {
-            let cache: moka::sync::Cache<[u8; 32], ()> = moka::sync::Cache::builder()
+            let cache: moka::sync::Cache<[u8; 16], ()> = moka::sync::Cache::builder()
                 .max_capacity(n as u64 + 1)
                 .time_to_live(Duration::from_secs(3600))
                 .build();
@@ -111,7 +114,7 @@ fn run_case(case: &str, n: usize) {
             Box::new(cache)
         }
         "moka-expiry" => {
-            let cache: moka::sync::Cache<[u8; 32], ()> = moka::sync::Cache::builder()
+            let cache: moka::sync::Cache<[u8; 16], ()> = moka::sync::Cache::builder()
                 .max_capacity(n as u64 + 1)
                 .expire_after(UntilTtl)
                 .build();

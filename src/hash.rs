@@ -225,7 +225,7 @@ impl KeyHasher {
         match &self.current {
             None => StoredHash {
                 scheme: HashScheme::Sha256,
-                digest: *key.digest().as_bytes(),
+                digest: key.sha256(),
             },
             Some(pepper) => hmac_hash(pepper, key.as_bytes()),
         }
@@ -235,10 +235,9 @@ impl KeyHasher {
     /// (`None` for a pepper version it does not hold).
     pub fn hash_with(&self, key: &PresentedKey, scheme: HashScheme) -> Option<StoredHash> {
         match scheme {
-            // Parsing already computed SHA-256 of the whole key.
             HashScheme::Sha256 => Some(StoredHash {
                 scheme,
-                digest: *key.digest().as_bytes(),
+                digest: key.sha256(),
             }),
             HashScheme::HmacSha256 { pepper_version } => self
                 .current
@@ -267,10 +266,10 @@ impl KeyHasher {
     /// whether a key id exists or which scheme its stored hash uses.
     pub(crate) fn candidates(&self, key: &PresentedKey) -> Candidates {
         let mut all = Vec::with_capacity(2 + self.previous.len());
-        // Parsing already computed SHA-256 of the whole key.
+        // Only here, on a cache miss, is SHA-256 of the whole key computed.
         all.push(StoredHash {
             scheme: HashScheme::Sha256,
-            digest: *key.digest().as_bytes(),
+            digest: key.sha256(),
         });
         all.extend(
             self.current

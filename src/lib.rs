@@ -32,10 +32,11 @@
 //! - **The root** holds what an application names: the [`Authenticator`],
 //!   its [`AuthenticatorBuilder`], the [`ApiKeyLayer`] it hands out per route
 //!   and the [`ApiKeyService`] that layer wraps (the `Authenticator` decides,
-//!   the `ApiKey*` middleware applies it to one route); the identity extractor [`Caller`]; the scope rule of a route,
+//!   the `ApiKey*` middleware applies it to one route); the identity
+//!   extractor [`Caller`]; the scope rule of a route,
 //!   [`ScopePolicy`], over [`Scope`] and [`ScopeSet`]; the [`Verifier`] trait
 //!   and [`VerifierError`]; the key types a verifier sees ([`KeyFormat`],
-//!   [`KeyId`], [`PresentedKey`], [`GeneratedKey`], [`KeyDigest`]) with their
+//!   [`KeyId`], [`PresentedKey`], [`GeneratedKey`]) with their
 //!   errors and length limits; the [`KeyRecord`] a verifier returns; the
 //!   [`KeyStore`] trait and the embedded [`MemoryStore`]; what a custom
 //!   verifier announces changes on ([`Invalidations`]); and a refusal,
@@ -119,9 +120,13 @@ pub use auth::rejection::{Reason, Rejection};
 pub use auth::service::ApiKeyService;
 pub use cache::caller::Caller;
 pub use invalidation::{Invalidation, InvalidationListener, Invalidations};
+// The cache key means nothing outside this process: a test hook only.
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub use key::KeyDigest;
 pub use key::{
-    GeneratedKey, InvalidKeyId, InvalidPrefix, KeyDigest, KeyFormat, KeyGenError, KeyId,
-    KeyParseError, PresentedKey, CHECKSUM_LEN, ID_LEN, MAX_KEY_LEN, MAX_PREFIX_LEN, SECRET_LEN,
+    GeneratedKey, InvalidKeyId, InvalidPrefix, KeyFormat, KeyGenError, KeyId, KeyParseError,
+    PresentedKey, CHECKSUM_LEN, ID_LEN, MAX_KEY_LEN, MAX_PREFIX_LEN, SECRET_LEN,
 };
 pub use record::KeyRecord;
 pub use scope::{

@@ -426,7 +426,14 @@ fn stored_hashes_round_trip_through_text() {
     let plain = KeyHasher::sha256().hash(&key);
     assert_eq!(plain.scheme(), HashScheme::Sha256);
     assert!(plain.to_string().starts_with("sha256$"));
-    assert_eq!(plain.digest(), key.digest().as_bytes());
+    let sha256: [u8; 32] = sha2::Digest::finalize(sha2::Digest::chain_update(
+        <sha2::Sha256 as sha2::Digest>::new(),
+        key.expose_secret(),
+    ))
+    .into();
+    assert_eq!(plain.digest(), &sha256);
+    // The cache key is a keyed PRF of the key, not (a part of) its stored hash.
+    assert_ne!(&sha256[..16], key.digest().as_bytes());
     let peppered = KeyHasher::with_pepper(pepper_v1()).hash(&key);
     assert_eq!(
         peppered.scheme(),

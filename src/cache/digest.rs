@@ -4,8 +4,8 @@ use std::hash::{BuildHasher, Hasher};
 
 /// The caches' hash of a [`KeyDigest`].
 ///
-/// The digest is already SHA-256 output; hashing it once more with SipHash
-/// (the default) was a sixth of a hit's instructions. This folds its four
+/// The digest is already keyed PRF output; hashing it once more with SipHash
+/// (the default) was a sixth of a hit's instructions. This folds its two
 /// words with 64x64->128-bit multiplies under a per-process random key, so
 /// the bucket a digest lands in cannot be predicted from outside, and a
 /// flood of crafted keys cannot pile onto one bucket.
@@ -51,7 +51,7 @@ fn folded_multiply(a: u64, b: u64) -> u64 {
 impl Hasher for DigestHasher {
     fn write(&mut self, bytes: &[u8]) {
         // Any input works (the in-flight map and tests may hash other
-        // things); a KeyDigest is exactly four words.
+        // things); a KeyDigest is exactly two words.
         for chunk in bytes.chunks(8) {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
@@ -71,7 +71,8 @@ mod tests {
 
     fn digest(i: u32) -> KeyDigest {
         use sha2::{Digest, Sha256};
-        KeyDigest(Sha256::digest(i.to_le_bytes()).into())
+        let full: [u8; 32] = Sha256::digest(i.to_le_bytes()).into();
+        KeyDigest(full[..16].try_into().unwrap())
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
+use siphasher::sip128::SipHasher24;
 use zeroize::{Zeroize, Zeroizing};
 
 mod base62;
@@ -72,30 +73,52 @@ impl fmt::Debug for KeyId {
     }
 }
 
-/// SHA-256 of a whole presented key: the in-process cache key.
+/// The in-process cache key of a presented key: a keyed 128-bit PRF
+/// (SipHash-2-4-128) of the whole key, under a key drawn from the OS at the
+/// first parse and held only in this process's memory.
 ///
-/// Not a secret by itself (the key has about 190 random bits behind it), but
-/// never logged either.
+/// It is **not** the stored hash (stores keep SHA-256 or HMAC-SHA-256, made
+/// only on a cache miss), and it means nothing outside this process: the
+/// same key gives another digest in every process. Never logged.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct KeyDigest(pub(crate) [u8; 32]);
+#[cfg_attr(not(feature = "test-util"), allow(unreachable_pub))]
+pub struct KeyDigest(pub(crate) [u8; 16]);
 
 impl std::hash::Hash for KeyDigest {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // The 32 bytes alone, without the slice length prefix the derived
-        // impl would add: the cache's hasher reads them in four words.
+        // The 16 bytes alone, without the slice length prefix the derived
+        // impl would add: the cache's hasher reads them in two words.
         state.write(&self.0);
     }
 }
 
 impl KeyDigest {
     fn of(bytes: &[u8]) -> Self {
-        Self(Sha256::digest(bytes).into())
+        Self(prf().hash(bytes).as_bytes())
     }
 
     /// The raw digest bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
+    #[cfg_attr(not(feature = "test-util"), allow(unreachable_pub, dead_code))]
+    pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0
     }
+}
+
+/// The process's cache-key PRF. Its key comes from the OS random source; if
+/// that fails (it does not on any supported system), from the standard
+/// library's per-process random hash keys, which are secret too.
+fn prf() -> &'static SipHasher24 {
+    static PRF: std::sync::OnceLock<SipHasher24> = std::sync::OnceLock::new();
+    PRF.get_or_init(|| {
+        let mut key = Zeroizing::new([0u8; 16]);
+        if getrandom::fill(&mut key[..]).is_err() {
+            use std::hash::BuildHasher;
+            let random = std::collections::hash_map::RandomState::new();
+            key[..8].copy_from_slice(&random.hash_one(1u8).to_le_bytes());
+            key[8..].copy_from_slice(&random.hash_one(2u8).to_le_bytes());
+        }
+        SipHasher24::new_with_key(&key)
+    })
 }
 
 impl fmt::Debug for KeyDigest {
@@ -227,6 +250,7 @@ impl KeyFormat {
     /// Whether a whole key of this format (checksum included) appears
     /// anywhere in `text`, even glued to other characters: for refusing keys
     /// pasted into fields that are stored and shown to others.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn occurs_in(&self, text: &str) -> bool {
         let prefix = self.prefix_bytes();
         text.as_bytes().windows(self.key_len()).any(|window| {
@@ -351,9 +375,25 @@ impl PresentedKey {
         self.id
     }
 
-    /// SHA-256 of the whole key.
+    /// The in-process cache key ([`KeyDigest`]), computed once by parsing.
+    /// A test hook (feature `test-util`): it means nothing outside this
+    /// process, so a verifier looks keys up by [`id`](Self::id) and checks
+    /// them with [`KeyHasher::verify`](crate::hash::KeyHasher::verify).
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn digest(&self) -> &KeyDigest {
         &self.digest
+    }
+
+    #[cfg(not(feature = "test-util"))]
+    pub(crate) fn digest(&self) -> &KeyDigest {
+        &self.digest
+    }
+
+    /// SHA-256 of the whole key: the unpeppered stored form. Computed on
+    /// each call; the middleware needs it only on a cache miss.
+    pub(crate) fn sha256(&self) -> [u8; 32] {
+        Sha256::digest(self.as_bytes()).into()
     }
 
     /// The whole key as presented, for verifiers that must forward it (to a

@@ -5,7 +5,6 @@
 //! - [`http`]: the in-process fixture (counting verifier, manual clock, an
 //!   axum app with one route per scope policy) and its assertions;
 //! - [`tcp`]: a real server on 127.0.0.1 and a client that records responses;
-//! - [`stores`]: the checks every `KeyStore` must pass (memory and PostgreSQL);
 //! - [`fuzz`]: the fuzzing entry points, also included by path by the
 //!   cargo-fuzz targets in `fuzz/`.
 // Each test file uses only some of it.
@@ -13,7 +12,6 @@
 
 pub mod fuzz;
 pub mod http;
-pub mod stores;
 pub mod tcp;
 
 mod reply;

@@ -108,8 +108,8 @@ pub use migrations::{migrations, Migration, MigrationReport};
 use super::page_token::{page_token, parse_page_token};
 use super::{
     check_expiry, check_import, check_new, export_page_size, fill_page, hint_of, import_conflict,
-    CreatedKey, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey, PreviousHash,
-    StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    latest_time, CreatedKey, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey,
+    PreviousHash, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{HashScheme, KeyHasher, StoredHash};
@@ -935,12 +935,14 @@ impl KeyStore for PgKeyStore {
         let (scheme, pepper) = scheme_columns(hash.scheme())?;
         let keep_previous = !grace.is_zero();
         let valid_until = if keep_previous {
+            // A grace past year 9999 is "forever", as in every store: no
+            // store could hold (nor import) a later deadline.
             let until = self
                 .inner
                 .clock
                 .now()
                 .checked_add(grace)
-                .ok_or_else(|| StoreError::invalid("grace is too long"))?;
+                .map_or(latest_time(), |until| until.min(latest_time()));
             Some(micros(until))
         } else {
             None

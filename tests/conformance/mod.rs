@@ -1,0 +1,507 @@
+//! The conformance suite: what every [`KeyStore`] must do, written once and
+//! run against each store (memory, PostgreSQL, and any store added later).
+//!
+//! # Running it for a store
+//!
+//! 1. Implement [`KeyStore`] (and [`Verifier`](tower_api_key::Verifier)).
+//! 2. Write a factory: a type implementing [`StoreFactory`] that opens a
+//!    fresh, empty store of its own for every call of
+//!    [`StoreFactory::store`], built with the [`StoreSettings`] given (manual
+//!    clock, hasher, key format, per-account key limit). A file-backed store
+//!    puts each store in a new file of a temporary directory the factory owns:
+//!
+//!    ```ignore
+//!    struct SqliteFactory(tempfile::TempDir, AtomicUsize);
+//!
+//!    impl StoreFactory for SqliteFactory {
+//!        type Store = SqliteKeyStore;
+//!        async fn open(_test: &'static str) -> Option<Self> {
+//!            Some(Self(tempfile::tempdir().unwrap(), AtomicUsize::new(0)))
+//!        }
+//!        async fn store(&self, s: StoreSettings) -> SqliteKeyStore {
+//!            let n = self.1.fetch_add(1, Ordering::Relaxed);
+//!            SqliteKeyStore::builder(self.0.path().join(format!("{n}.db")))
+//!                .with_format(s.format)
+//!                .with_hasher(s.hasher)
+//!                .with_clock(s.clock)
+//!                .max_keys_per_account(s.max_keys_per_account)
+//!                .open()
+//!                .await
+//!                .unwrap()
+//!        }
+//!    }
+//!    ```
+//!
+//!    `open` returns `None` to skip every test (after saying so), as the
+//!    PostgreSQL factory does without `DATABASE_URL`; `finish` cleans up.
+//! 3. In the store's test file (`tests/sqlite.rs`, say): `mod conformance;`,
+//!    the factory, then `store_conformance!(SqliteFactory);` for the whole
+//!    suite, and for moves between stores of two kinds
+//!    `transfer_conformance!(memory_to_sqlite: MemoryFactory => SqliteFactory);`
+//!    (and the other way; `use conformance::MemoryFactory;`).
+//!
+//! `cargo test --all-features --test memory_store conformance` runs the
+//! suite on one store (`--test postgres` needs `DATABASE_URL`: source
+//! `.ci/postgres.sh` first).
+//!
+//! Every test is a generic function in [`contract`] or [`transfer`]; the
+//! macros make one `#[tokio::test]` of each. A function the macros do not
+//! list is dead code, which the lints refuse: the lists cannot drift.
+//!
+//! Times: the settings' clock starts on a whole second and tests move it by
+//! whole seconds unless the test is about sub-microsecond times, because
+//! PostgreSQL keeps microseconds.
+
+pub mod contract;
+pub mod transfer;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tower_api_key::clock::ManualClock;
+use tower_api_key::hash::{KeyHasher, Pepper};
+use tower_api_key::management::KeyResource;
+use tower_api_key::store::{
+    KeyInfo, KeyPage, ListRequest, NewKey, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    MAX_EXPORT_PAGE, MAX_PAGE_SIZE,
+};
+use tower_api_key::{GeneratedKey, PresentedKey};
+use tower_api_key::{Invalidation, InvalidationListener, KeyFormat, KeyId, KeyStore, MemoryStore};
+
+/// Where the settings' clock starts: a whole second.
+pub fn start_time() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+}
+
+/// How the suite wants a store built.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct StoreSettings {
+    /// The store's only clock: creation times, expiry checks, grace deadlines.
+    pub clock: Arc<ManualClock>,
+    /// How keys are hashed.
+    pub hasher: KeyHasher,
+    /// The format of the keys the store issues.
+    pub format: KeyFormat,
+    /// The most keys one service account may hold.
+    pub max_keys_per_account: usize,
+}
+
+impl StoreSettings {
+    /// A clock at [`start_time`], plain SHA-256, the default format and limit.
+    pub fn new() -> Self {
+        Self {
+            clock: Arc::new(ManualClock::new(start_time())),
+            hasher: KeyHasher::default(),
+            format: KeyFormat::default(),
+            max_keys_per_account: DEFAULT_MAX_KEYS_PER_ACCOUNT,
+        }
+    }
+
+    pub fn with_clock_at(mut self, start: SystemTime) -> Self {
+        self.clock = Arc::new(ManualClock::new(start));
+        self
+    }
+
+    pub fn with_hasher(mut self, hasher: KeyHasher) -> Self {
+        self.hasher = hasher;
+        self
+    }
+
+    pub fn with_format(mut self, format: KeyFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    pub fn with_max_keys_per_account(mut self, limit: usize) -> Self {
+        self.max_keys_per_account = limit;
+        self
+    }
+}
+
+/// Makes the stores of one test. See the module documentation.
+#[allow(async_fn_in_trait)]
+pub trait StoreFactory: Sized {
+    type Store: KeyStore + Clone + fmt::Debug + 'static;
+
+    /// The factory of one test named `test`, or `None` (after saying so on
+    /// stderr) when this store cannot run here: every test then passes.
+    async fn open(test: &'static str) -> Option<Self>;
+
+    /// A fresh, empty store, isolated from every other store made so far,
+    /// built with `settings`.
+    async fn store(&self, settings: StoreSettings) -> Self::Store;
+
+    /// Releases what the test's stores hold (connections, schemas, files).
+    async fn finish(self) {}
+}
+
+/// The memory store's factory: also the other kind of store in the
+/// cross-store transfer tests.
+pub struct MemoryFactory;
+
+impl StoreFactory for MemoryFactory {
+    type Store = MemoryStore;
+
+    async fn open(_test: &'static str) -> Option<Self> {
+        Some(Self)
+    }
+
+    async fn store(&self, settings: StoreSettings) -> MemoryStore {
+        MemoryStore::builder()
+            .with_clock(settings.clock)
+            .with_hasher(settings.hasher)
+            .with_format(settings.format)
+            .max_keys_per_account(settings.max_keys_per_account)
+            .build()
+    }
+}
+
+/// One `#[tokio::test]` running a suite function with a factory.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_test {
+    (multi_thread, $module:ident :: $name:ident, $factory:ty) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            $crate::__conformance_test!(@body $module::$name, $factory);
+        }
+    };
+    // The hashing work is counted per thread: everything on this one.
+    (current_thread, $module:ident :: $name:ident, $factory:ty) => {
+        #[tokio::test(flavor = "current_thread")]
+        async fn $name() {
+            $crate::__conformance_test!(@body $module::$name, $factory);
+        }
+    };
+    (@body $module:ident :: $name:ident, $factory:ty) => {
+        use $crate::conformance::StoreFactory as _;
+        let Some(factory) = <$factory>::open(stringify!($name)).await else {
+            return;
+        };
+        $crate::conformance::$module::$name(&factory).await;
+        factory.finish().await;
+    };
+}
+
+/// One test of each suite function listed, with `$factory`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_tests {
+    ($factory:ty, $flavor:ident: $($module:ident :: $name:ident),* $(,)?) => {
+        $( $crate::__conformance_test!($flavor, $module::$name, $factory); )*
+    };
+}
+
+/// One test of each transfer function listed, from `$source` to `$target`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __transfer_tests {
+    ($source:ty => $target:ty: $($test:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            use $crate::conformance::StoreFactory as _;
+            let Some(source) = <$source>::open(stringify!($test)).await else {
+                return;
+            };
+            let Some(target) = <$target>::open(stringify!($test)).await else {
+                return;
+            };
+            $crate::conformance::transfer::$test(&source, &target).await;
+            source.finish().await;
+            target.finish().await;
+        }
+    )*};
+}
+
+/// The whole suite for the store `$factory` makes (a type in scope that
+/// implements [`StoreFactory`]), in a module `conformance_suite`.
+#[macro_export]
+macro_rules! store_conformance {
+    ($factory:ident) => {
+        mod conformance_suite {
+            use super::$factory as Factory;
+
+            $crate::__conformance_tests!(Factory, multi_thread:
+                contract::create_returns_a_working_secret_and_a_record_with_every_field_set,
+                contract::create_returns_the_secret_only_once,
+                contract::create_rejects_an_expiry_in_the_past_or_now_and_creates_nothing,
+                contract::create_rejects_an_expiry_after_the_year_9999,
+                contract::create_rejects_an_empty_service_account,
+                contract::create_uses_the_configured_format_and_hasher,
+                contract::verify_knows_only_the_exact_key,
+                contract::get_returns_the_key_info_or_none,
+                contract::list_pages_through_an_accounts_keys_oldest_first,
+                contract::list_orders_keys_created_at_the_same_instant_stably,
+                contract::list_orders_keys_of_one_instant_by_id_around_the_epoch,
+                contract::list_uses_the_default_page_size_when_none_is_given,
+                contract::list_stops_a_page_at_the_byte_budget_and_continues_from_its_last_key,
+                contract::list_accepts_page_sizes_from_one_to_two_hundred,
+                contract::list_rejects_page_sizes_outside_one_to_the_maximum,
+                contract::list_rejects_page_tokens_it_did_not_issue,
+                contract::list_continues_after_the_last_key_of_a_page_is_revoked,
+                contract::list_continues_after_the_last_key_of_a_page_is_revoked_when_all_share_a_creation_time,
+                contract::list_pages_through_keys_created_before_and_after_the_unix_epoch,
+                contract::create_refuses_a_key_past_the_accounts_limit_until_one_is_deleted,
+                contract::concurrent_creates_for_one_account_never_pass_the_limit,
+                contract::accounts_hold_at_most_a_thousand_keys_by_default,
+                contract::update_changes_each_field_alone,
+                contract::update_rejects_an_expiry_in_the_past_and_changes_nothing,
+                contract::update_rejects_an_expiry_after_the_year_9999,
+                contract::update_of_an_unknown_key_returns_none,
+                contract::revoke_returns_true_then_false_and_the_key_is_gone,
+                contract::reissue_keeps_the_id_and_record_and_changes_the_secret,
+                contract::reissue_with_grace_keeps_the_old_secret_until_the_deadline,
+                contract::reissue_with_a_grace_past_the_year_9999_keeps_the_old_secret_until_then,
+                contract::reissue_of_an_unknown_key_returns_none,
+                contract::record_usage_only_moves_last_used_at_forward,
+                contract::the_hint_shows_the_prefix_and_the_last_four_characters_only,
+                contract::every_management_operation_in_sequence,
+                contract::rotated_pepper_keys_verify_under_the_scheme_that_made_them,
+                contract::revoke_reissue_and_update_announce_the_key_before_returning,
+                transfer::export_pages_in_key_id_order_and_ends_with_an_empty_page,
+                transfer::export_refuses_page_sizes_outside_one_to_the_maximum,
+                transfer::export_holds_hashes_and_graced_previous_hashes_never_secrets,
+                transfer::import_refuses_an_id_held_with_another_hash_or_account_naming_it,
+                transfer::import_refuses_records_a_store_cannot_hold_naming_the_key,
+                transfer::import_applies_the_per_account_key_limit,
+                transfer::import_of_peppered_keys_verifies_only_with_that_pepper,
+            );
+            $crate::__conformance_tests!(Factory, current_thread:
+                contract::verify_does_the_same_hashing_work_whether_or_not_the_id_exists,
+            );
+        }
+        $crate::transfer_conformance!(conformance_transfer_same_kind: $factory => $factory);
+    };
+}
+
+/// The transfer tests from a store `$source` makes into one `$target` makes
+/// (types in scope that implement [`StoreFactory`]), in a module `$name`.
+#[macro_export]
+macro_rules! transfer_conformance {
+    ($name:ident : $source:ident => $target:ident) => {
+        mod $name {
+            use super::{$source as Source, $target as Target};
+
+            $crate::__transfer_tests!(Source => Target:
+                import_keeps_every_field_and_every_secret_verifies,
+                import_is_idempotent_and_moves_last_used_at_forward_only,
+                import_keeps_times_at_microsecond_precision,
+            );
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------
+// Helpers of the suite (some also used by store-specific tests)
+// ---------------------------------------------------------------------------
+
+/// A store made with `settings`, and its clock.
+pub async fn store_and_clock<F: StoreFactory>(
+    factory: &F,
+    settings: StoreSettings,
+) -> (F::Store, Arc<ManualClock>) {
+    let clock = settings.clock.clone();
+    (factory.store(settings).await, clock)
+}
+
+/// `key` as the store that issued it parses it.
+pub fn parse(store: &dyn KeyStore, key: &GeneratedKey) -> PresentedKey {
+    store
+        .key_format()
+        .expect("a store has a key format")
+        .parse(key.expose_secret())
+        .unwrap()
+}
+
+#[track_caller]
+pub fn assert_invalid<T: fmt::Debug>(result: Result<T, StoreError>) -> String {
+    match result {
+        Err(StoreError::Invalid(why)) => why,
+        other => panic!("expected StoreError::Invalid, got {other:?}"),
+    }
+}
+
+#[track_caller]
+pub fn assert_limit_reached<T: fmt::Debug>(result: Result<T, StoreError>, limit: usize) {
+    match result {
+        Err(StoreError::KeyLimitReached { limit: got, .. }) => assert_eq!(got, limit),
+        other => panic!("expected KeyLimitReached, got {other:?}"),
+    }
+}
+
+/// `t` truncated to the microsecond (toward the past), as PostgreSQL keeps
+/// it: times compared across stores are compared at this precision.
+pub fn micros(t: SystemTime) -> SystemTime {
+    let nanos = match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => after.as_nanos() as i128,
+        Err(before) => -(before.duration().as_nanos() as i128),
+    };
+    let micros = nanos.div_euclid(1000);
+    let whole = Duration::from_nanos((micros.unsigned_abs() * 1000) as u64);
+    if micros >= 0 {
+        SystemTime::UNIX_EPOCH + whole
+    } else {
+        SystemTime::UNIX_EPOCH - whole
+    }
+}
+
+/// `info` with every time truncated to the microsecond.
+pub fn at_micros(info: &KeyInfo) -> KeyInfo {
+    let mut info = info.clone();
+    info.record.created_at = micros(info.record.created_at);
+    info.record.expires_at = info.record.expires_at.map(micros);
+    info.last_used_at = info.last_used_at.map(micros);
+    info
+}
+
+/// The largest scope set a key may hold: 100 distinct scopes of 256 bytes.
+pub fn largest_scopes() -> tower_api_key::ScopeSet {
+    tower_api_key::ScopeSet::new((0..100).map(|i| format!("s{i:03}.{}", "x".repeat(251)))).unwrap()
+}
+
+/// The bytes `key` takes in a management API listing.
+pub fn json_len(key: &KeyInfo) -> usize {
+    serde_json::to_vec(&KeyResource::from(key)).unwrap().len()
+}
+
+/// Every page of `account`'s keys at `page_size`.
+pub async fn all_pages(store: &dyn KeyStore, account: &str, page_size: usize) -> Vec<KeyPage> {
+    let mut pages = Vec::new();
+    let mut request = ListRequest::first(page_size);
+    loop {
+        let page = store.list(account, request).await.unwrap();
+        let next = page.next_page_token.clone();
+        pages.push(page);
+        match next {
+            Some(token) => request = ListRequest::after(page_size, token),
+            None => return pages,
+        }
+    }
+}
+
+/// Keys of `account`, every page at the largest page size.
+pub async fn ids_of(store: &dyn KeyStore, account: &str) -> Vec<KeyId> {
+    all_pages(store, account, MAX_PAGE_SIZE)
+        .await
+        .iter()
+        .flat_map(|p| p.keys.iter().map(|k| k.record.key_id))
+        .collect()
+}
+
+/// Every key of `store`, in export order, through pages of `limit`.
+pub async fn export_all(store: &dyn KeyStore, limit: usize) -> Vec<StoredKey> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.export(after, limit).await.unwrap();
+        assert!(page.len() <= limit, "a page of {} > {limit}", page.len());
+        let Some(last) = page.last() else {
+            return all;
+        };
+        after = Some(last.info.record.key_id);
+        all.extend(page);
+    }
+}
+
+/// Every key of `store`, in the largest pages.
+pub async fn export_everything(store: &dyn KeyStore) -> Vec<StoredKey> {
+    export_all(store, MAX_EXPORT_PAGE).await
+}
+
+/// The exported form of key `id`.
+pub async fn exported(store: &dyn KeyStore, id: KeyId) -> StoredKey {
+    export_everything(store)
+        .await
+        .into_iter()
+        .find(|k| k.info.record.key_id == id)
+        .expect("the key is exported")
+}
+
+/// 20 creates of one account at once, spread over `stores` (handles on one
+/// store's keys) against a limit of 5, each on a task of its own released
+/// together: exactly 5 succeed, the rest are refused, and the account holds
+/// the 5.
+#[allow(dead_code)] // Not every test file uses it.
+pub async fn concurrent_creates_respect_the_limit<S: KeyStore + Clone>(stores: &[S]) {
+    let start = Arc::new(tokio::sync::Barrier::new(20));
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let store = stores[i % stores.len()].clone();
+            let start = start.clone();
+            tokio::spawn(async move {
+                start.wait().await;
+                store.create(NewKey::new("sa-race")).await
+            })
+        })
+        .collect();
+    let mut created = HashSet::new();
+    let mut refused = 0;
+    for task in tasks {
+        match task.await.expect("the create task ran") {
+            Ok(key) => {
+                created.insert(key.record.key_id);
+            }
+            Err(StoreError::KeyLimitReached { limit: 5, .. }) => refused += 1,
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert_eq!(created.len(), 5);
+    assert_eq!(refused, 15);
+    let stored: HashSet<KeyId> = ids_of(&stores[0], "sa-race").await.into_iter().collect();
+    assert_eq!(stored, created);
+}
+
+/// The two peppers of the rotation tests: version 1, then version 2.
+pub fn peppers() -> (Pepper, Pepper) {
+    (
+        Pepper::new(1, b"the first pepper, 32 bytes long!".to_vec()),
+        Pepper::new(2, b"the second pepper, also 32 bytes".to_vec()),
+    )
+}
+
+/// A key with the id `id` and a secret nobody was given.
+pub fn wrong_secret(store: &dyn KeyStore, id: KeyId) -> PresentedKey {
+    let format = store.key_format().expect("a store has a key format");
+    format
+        .parse(format.generate_for(id).unwrap().expose_secret())
+        .unwrap()
+}
+
+/// A key whose id no store holds.
+pub fn unknown_key(store: &dyn KeyStore) -> PresentedKey {
+    let format = store.key_format().expect("a store has a key format");
+    format
+        .parse(format.generate().unwrap().expose_secret())
+        .unwrap()
+}
+
+/// Records what a store announces.
+#[derive(Default)]
+pub struct Announced(Mutex<Vec<Invalidation>>);
+
+impl InvalidationListener for Announced {
+    fn invalidate(&self, what: &Invalidation) {
+        self.0.lock().unwrap().push(what.clone());
+    }
+}
+
+impl Announced {
+    /// A listener subscribed to `store`'s invalidations (kept alive by the
+    /// returned `Arc`: the bus holds it weakly).
+    pub fn on(store: &dyn KeyStore) -> Arc<Announced> {
+        let listener = Arc::new(Announced::default());
+        store
+            .invalidations()
+            .expect("every store announces changes")
+            .subscribe(listener.clone());
+        listener
+    }
+
+    /// Everything announced so far, emptying the record.
+    pub fn take(&self) -> Vec<Invalidation> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
