@@ -75,7 +75,10 @@ enum Command {
     #[command(after_help = "Example:\n  tower-api-key migrate --database-url sqlite:keys.db")]
     Migrate,
     /// Create, list, show, change, reissue, revoke and check keys.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  tower-api-key keys list --account sa-reports"
+    )]
     Keys(KeysCommand),
     /// Write every key record with its hashes (never a secret) as JSON lines.
     #[command(after_help = "Example (move from SQLite to PostgreSQL):\n  \
