@@ -799,6 +799,45 @@ async fn check_reads_the_key_from_stdin_and_never_prints_it() {
     db.drop_schema().await;
 }
 
+#[tokio::test]
+async fn check_says_when_a_key_has_expired() {
+    let Some(db) = Db::migrated("check_expired").await else {
+        return;
+    };
+    // An expired key can only arrive by import (create refuses a past expiry).
+    let secret = create_key(&db, &["--account", "sa-old"]).await;
+    let mut line: Value =
+        serde_json::from_str(cli(["export"]).db(&db).run().await.ok().stdout.trim_end()).unwrap();
+    cli(["keys", "revoke", id_of(&secret).as_str()])
+        .db(&db)
+        .run()
+        .await
+        .ok();
+    line["expires_at"] = Value::from("2020-01-01T00:00:00.000000Z");
+    line["created_at"] = Value::from("2019-01-01T00:00:00.000000Z");
+    cli(["import"])
+        .db(&db)
+        .stdin(line.to_string())
+        .run()
+        .await
+        .ok();
+
+    let run = cli(["keys", "check"])
+        .db(&db)
+        .stdin(secret.as_bytes())
+        .run()
+        .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.starts_with("invalid"), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("expired at 2020-01-01T00:00:00.000000Z"),
+        "{run:?}"
+    );
+    run.never_shows(&secret);
+    db.drop_schema().await;
+}
+
 // ---------------------------------------------------------------------------
 // Pepper
 // ---------------------------------------------------------------------------
