@@ -103,7 +103,9 @@ fn options() -> Options {
         } else if arg == "--metrics" {
             observed = true;
         } else {
-            eprintln!("usage: bench_server [--keys N] [--metrics]   (env: BIND, WORKERS, KEYS, METRICS)");
+            eprintln!(
+                "usage: bench_server [--keys N] [--metrics]   (env: BIND, WORKERS, KEYS, METRICS)"
+            );
             std::process::exit(2);
         }
     }
@@ -135,7 +137,9 @@ async fn serve(preload: usize, workers: usize, observed: bool) -> std::io::Resul
             .install_recorder()
             .map_err(std::io::Error::other)?;
         tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("info,tower_api_key=debug"))
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "info,tower_api_key=debug",
+            ))
             .with_writer(std::io::stderr)
             .init();
         Some(recorder)
