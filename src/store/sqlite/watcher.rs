@@ -17,7 +17,7 @@
 //! A change committed elsewhere therefore reaches this store's caches within
 //! one poll interval plus one read of the log.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -48,7 +48,7 @@ impl Watcher {
     /// change log as its position: changes committed from now on are
     /// announced. Blocking.
     pub(super) fn open(
-        path: &PathBuf,
+        path: &Path,
         busy_timeout: Duration,
         origin: String,
     ) -> Result<Self, BoxError> {
