@@ -349,6 +349,13 @@ async fn every_management_operation_works_on_a_file() {
     let secret_created = store.create(NewKey::new("sa-rest")).await.unwrap();
     let secret = secret_created.key.expose_secret();
     let secret_part = &secret[secret.len() - 38..secret.len() - 6];
+    // Nor in what the store shows of itself.
+    let shown = format!(
+        "{store:?} {:?}",
+        store.get(secret_created.record.key_id).await
+    );
+    assert!(!shown.contains(secret_part), "{shown}");
+    assert!(shown.contains("SqliteKeyStore"), "{shown}");
     store.shutdown().await;
     for file in std::fs::read_dir(&dir.0).unwrap() {
         let bytes = std::fs::read(file.unwrap().path()).unwrap();
