@@ -533,6 +533,71 @@ async fn verify_does_the_same_hashing_work_whether_or_not_the_id_exists() {
     }
 }
 
+/// Times are integer microseconds here: keys sharing a creation time are
+/// listed by key id (bytewise), paging works around the Unix epoch and at
+/// times that are not whole microseconds, and a well-formed token between
+/// two microseconds continues from the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_is_exact_with_microsecond_times_around_the_epoch() {
+    let dir = TempDir::new("paging");
+    let clock = Arc::new(ManualClock::new(
+        SystemTime::UNIX_EPOCH - Duration::new(2, 1_500),
+    ));
+    let store = dir
+        .builder()
+        .with_clock(clock.clone())
+        .open()
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let mut expected = Vec::new();
+    for _ in 0..3 {
+        let mut same_time = Vec::new();
+        for _ in 0..4 {
+            let k = store.create(NewKey::new("sa-order")).await.unwrap();
+            same_time.push(k.record.key_id);
+        }
+        same_time.sort();
+        expected.extend(same_time);
+        clock.advance(Duration::new(1, 333));
+    }
+    for size in [1, 2, 3, 5, 12, 13] {
+        let listed: Vec<KeyId> = stores::all_pages(&store, "sa-order", size)
+            .await
+            .iter()
+            .flat_map(|p| p.keys.iter().map(|k| k.record.key_id))
+            .collect();
+        assert_eq!(listed, expected, "page size {size}");
+    }
+    let first = store
+        .get(expected[0])
+        .await
+        .unwrap()
+        .unwrap()
+        .record
+        .created_at;
+    assert_eq!(
+        first,
+        SystemTime::UNIX_EPOCH - Duration::new(2, 2_000),
+        "truncated toward the past"
+    );
+    let between = first + Duration::from_nanos(500);
+    let nanos = -(SystemTime::UNIX_EPOCH
+        .duration_since(between)
+        .unwrap()
+        .as_nanos() as i128);
+    let page = store
+        .list(
+            "sa-order",
+            ListRequest::after(100, format!("{nanos}.zzzzzzzzzzzzzzzz")),
+        )
+        .await
+        .unwrap();
+    let listed: Vec<KeyId> = page.keys.iter().map(|k| k.record.key_id).collect();
+    assert_eq!(listed, expected[4..]);
+    store.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------
 // The file
 // ---------------------------------------------------------------------------
