@@ -118,7 +118,8 @@ impl Connections {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
     }
 
-    fn give_back(&self, conn: Connection) {
+    /// Keeps `conn` (opened with [`open`]) for reuse.
+    pub(super) fn give_back(&self, conn: Connection) {
         if self.closed.load(Ordering::Acquire) {
             return;
         }
@@ -132,6 +133,26 @@ impl Connections {
     pub(super) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.in_use.close();
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        close_off_runtime(idle);
+    }
+}
+
+impl Drop for Connections {
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        close_off_runtime(idle);
+    }
+}
+
+/// Drops `value` (connections) on the blocking pool when there is a
+/// runtime: closing the last connection to a WAL file checkpoints it, which
+/// writes and syncs the file.
+pub(super) fn close_off_runtime<T: Send + 'static>(value: T) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn_blocking(move || drop(value));
+        }
+        Err(_) => drop(value),
     }
 }

@@ -286,9 +286,9 @@ impl SqliteKeyStoreBuilder {
                 self.path.display()
             ))
         })?;
-        // The connection that checked the file is the pool's first.
-        drop(first);
         let db = Arc::new(Connections::new(self.path, self.busy_timeout, POOL_SIZE));
+        // The connection that checked the file is the pool's first.
+        db.give_back(first);
         let invalidations = Invalidations::new();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let task = tokio::spawn(watcher::run(

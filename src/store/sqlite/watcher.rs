@@ -166,7 +166,10 @@ pub(super) async fn run(
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = shutdown.wait_for(|stop| *stop) => {
+                connection::close_off_runtime(watcher);
+                return;
+            }
         }
         let polled = tokio::task::spawn_blocking(move || {
             let changes = watcher.poll();
