@@ -457,6 +457,34 @@ async fn keys_move_to_a_memory_store_and_back_and_keep_working() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+    // Another id with a hash already held: refused, naming the new id.
+    let mut same_hash = exported[0].clone();
+    let new_id = KeyId::random().unwrap();
+    same_hash.info.record.key_id = new_id;
+    match target.import(same_hash).await {
+        Err(StoreError::Invalid(why)) => assert!(why.contains(new_id.as_str()), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(target.get(new_id).await.unwrap().is_none());
+    // Past the per-account limit.
+    let small_dir = TempDir::new("transfer-small");
+    let small = small_dir
+        .builder()
+        .max_keys_per_account(1)
+        .open()
+        .await
+        .unwrap();
+    small.migrate().await.unwrap();
+    let mut same_account = exported.clone();
+    for key in &mut same_account {
+        key.info.record.service_account_id = "sa-one".into();
+    }
+    assert_eq!(
+        small.import(same_account[0].clone()).await.unwrap(),
+        Imported::Added
+    );
+    stores::assert_limit_reached(small.import(same_account[1].clone()).await, 1);
+    small.shutdown().await;
     source.shutdown().await;
     target.shutdown().await;
 }
