@@ -399,8 +399,8 @@ impl SqliteKeyStore {
             .publish(&Invalidation::key_of(id, account));
     }
 
-    /// A change to `id` of `account`, for the change log, written by
-    /// [`log_change`].
+    /// A change to `id` at `at` (microseconds), by this store, for
+    /// [`log_change`] to write.
     fn change(&self, id: KeyId, at: i64) -> Change {
         Change {
             key_id: id.to_string(),
@@ -700,7 +700,7 @@ impl KeyStore for SqliteKeyStore {
         let (scheme, pepper) = scheme_columns(hash.scheme())?;
         let (created_at, created_micros) = self.now()?;
         let expires_micros = new.expires_at.map(micros_or_invalid).transpose()?;
-        let expires_at = expires_micros.map(from_micros).unwrap_or(None);
+        let expires_at = expires_micros.and_then(from_micros);
         let record = KeyRecord::new(key.id(), new.service_account_id)
             .with_scopes(new.scopes)
             .with_description(new.description)
