@@ -958,6 +958,94 @@ async fn a_watcher_behind_the_pruned_change_log_invalidates_everything() {
     b.shutdown().await;
 }
 
+/// Log output captured in memory.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Waits, at most `within`, until the logs hold `text`.
+    async fn until_logged(&self, text: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.text().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "not logged within {within:?}: {text}\n{}",
+                self.text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+// Current-thread runtime: the thread-local subscriber sees the watcher's events.
+#[tokio::test(flavor = "current_thread")]
+async fn a_watcher_that_cannot_read_the_log_keeps_its_position_and_catches_up() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dir = TempDir::new("catch-up");
+    let a = dir.store().await;
+    let b = dir.store().await;
+    let auth_a = Authenticator::builder(a.clone())
+        .positive_ttl(Duration::from_secs(3600))
+        .build();
+    let service = protected(&auth_a);
+    let mut seen_a = Watch::on(&a);
+    let created = a.create(NewKey::new("sa-1")).await.unwrap();
+    let text = created.key.expose_secret().to_owned();
+    assert_eq!(status(&service, &text).await, StatusCode::OK);
+
+    // The watcher's reads fail (a table it reads is gone for a while)...
+    let admin = raw(&dir.db());
+    admin
+        .execute_batch("ALTER TABLE tower_api_key_changes_pruned RENAME TO hidden_pruned")
+        .unwrap();
+    logs.until_logged("change watcher cannot read the file", WITHIN)
+        .await;
+    // ... while B revokes the key.
+    assert!(b.revoke(created.record.key_id).await.unwrap());
+    admin
+        .execute_batch("ALTER TABLE hidden_pruned RENAME TO tower_api_key_changes_pruned")
+        .unwrap();
+    // Readable again: the revoke committed meanwhile is not lost.
+    assert_eq!(
+        seen_a
+            .until_invalidated(created.record.key_id, WITHIN)
+            .await,
+        Invalidation::key_of(created.record.key_id, "sa-1")
+    );
+    assert_eq!(status(&service, &text).await, StatusCode::UNAUTHORIZED);
+    logs.until_logged("change watcher reads the file again", WITHIN)
+        .await;
+    let logged = logs.text();
+    // Two watchers (A's and B's), each warning once per outage at most.
+    let warnings = logged.matches("cannot read the file").count();
+    assert!((1..=2).contains(&warnings), "{logged}");
+    assert!(!logged.contains(&text[text.len() - 20..]), "{logged}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_prune_the_change_log_by_age() {
     let dir = TempDir::new("prune");
