@@ -25,19 +25,18 @@ use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError, Source};
 use tower_api_key::clock::{Clock, ManualClock};
-use tower_api_key::hash::KeyHasher;
 use tower_api_key::store::sqlite::{SqliteKeyStore, SqliteKeyStoreBuilder};
 use tower_api_key::store::{
-    CreatedKey, Imported, KeyUpdate, ListRequest, NewKey, StoreError, MAX_EXPORT_PAGE,
+    CreatedKey, KeyUpdate, ListRequest, NewKey, StoreError, MAX_EXPORT_PAGE,
 };
-use tower_api_key::{Authenticator, KeyStore, MemoryStore, ScopeSet};
+use tower_api_key::{Authenticator, KeyStore, ScopeSet};
 use tower_api_key::{Invalidation, InvalidationListener, Invalidations};
 use tower_api_key::{KeyId, KeyRecord, PresentedKey};
 use tower_api_key::{Verifier, VerifierError};
 
-mod common;
+mod conformance;
 
-use common::stores;
+use conformance::{MemoryFactory, StoreFactory, StoreSettings};
 
 /// Bound on every wait for a change to cross from one store to another:
 /// the promise is one poll interval (250 ms) plus one read.
@@ -197,369 +196,47 @@ async fn status(service: &Protected, key: &str) -> StatusCode {
 }
 
 // ---------------------------------------------------------------------------
-// The contract, as a smoke test
+// The contract: the conformance suite, on a file per store
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_management_operation_works_on_a_file() {
-    let dir = TempDir::new("ops");
-    let store = dir.store().await;
-    let far = SystemTime::now() + Duration::from_secs(86_400);
-    let scopes = ScopeSet::new(["yc.ai.translate.execute", "a.b"]).unwrap();
+/// Every store of the suite in a file of its own, in one directory per test.
+struct SqliteFactory {
+    dir: TempDir,
+    files: AtomicUsize,
+}
 
-    let created = store
-        .create(
-            NewKey::new("sa-ops")
-                .with_scopes(scopes.clone())
-                .with_description("first")
-                .with_expires_at(far),
-        )
-        .await
-        .unwrap();
-    let id = created.record.key_id;
-    assert_eq!(created.record.scopes, scopes);
-    assert!(matches!(
-        store.create(NewKey::new("")).await,
-        Err(StoreError::Invalid(_))
-    ));
-    assert!(matches!(
-        store
-            .create(
-                NewKey::new("sa-ops").with_expires_at(SystemTime::now() - Duration::from_secs(1))
-            )
-            .await,
-        Err(StoreError::Invalid(_))
-    ));
+impl StoreFactory for SqliteFactory {
+    type Store = SqliteKeyStore;
 
-    // get and verify give back exactly what create returned.
-    let info = store.get(id).await.unwrap().expect("created key exists");
-    assert_eq!(info.record, created.record);
-    assert_eq!(info.last_used_at, None);
-    assert!(created
-        .key
-        .expose_secret()
-        .ends_with(&info.hint["tak_…".len()..]));
-    let key = presented(&store, &created);
-    assert_eq!(
-        store.verify(&key).await.unwrap(),
-        Some(created.record.clone())
-    );
-    assert_eq!(
-        store
-            .verify(&stores::wrong_secret(&store, id))
+    async fn open(test: &'static str) -> Option<Self> {
+        Some(Self {
+            dir: TempDir::new(test),
+            files: AtomicUsize::new(0),
+        })
+    }
+
+    async fn store(&self, settings: StoreSettings) -> SqliteKeyStore {
+        let n = self.files.fetch_add(1, Ordering::Relaxed);
+        let store = SqliteKeyStore::builder(self.dir.0.join(format!("{n}.db")))
+            .with_format(settings.format)
+            .with_hasher(settings.hasher)
+            .with_clock(settings.clock)
+            .max_keys_per_account(settings.max_keys_per_account)
+            .open()
             .await
-            .unwrap(),
-        None
-    );
-    assert_eq!(
-        store.verify(&stores::unknown_key(&store)).await.unwrap(),
-        None
-    );
-
-    // update: only what is given changes.
-    let updated = store
-        .update(
-            id,
-            KeyUpdate::default()
-                .with_description("second")
-                .with_scopes(ScopeSet::empty())
-                .with_expires_at(None),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(updated.record.description, "second");
-    assert!(updated.record.scopes.is_empty());
-    assert_eq!(updated.record.expires_at, None);
-    assert_eq!(store.get(id).await.unwrap().unwrap(), updated);
-    assert!(store
-        .update(KeyId::random().unwrap(), KeyUpdate::default())
-        .await
-        .unwrap()
-        .is_none());
-
-    // reissue without grace, then with grace.
-    let reissued = store.reissue(id, Duration::ZERO).await.unwrap().unwrap();
-    assert_eq!(store.verify(&key).await.unwrap(), None);
-    let graced = store
-        .reissue(id, Duration::from_secs(600))
-        .await
-        .unwrap()
-        .unwrap();
-    let old = store
-        .verify(&presented(&store, &reissued))
-        .await
-        .unwrap()
-        .expect("the old secret within its grace");
-    assert!(old.expires_at.expect("grace deadline") > SystemTime::now());
-    assert_eq!(
+            .expect("open");
+        store.migrate().await.expect("migrate");
         store
-            .verify(&presented(&store, &graced))
-            .await
-            .unwrap()
-            .unwrap()
-            .expires_at,
-        None
-    );
-
-    // record_usage: forward only.
-    let t1 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    let t2 = t1 + Duration::from_secs(5);
-    store.record_usage(&[(id, t2), (id, t1)]).await.unwrap();
-    store.record_usage(&[(id, t1)]).await.unwrap();
-    assert_eq!(store.get(id).await.unwrap().unwrap().last_used_at, Some(t2));
-    store
-        .record_usage(&[(KeyId::random().unwrap(), t1)])
-        .await
-        .unwrap();
-
-    // list, in pages, then revoke.
-    let mut ids = Vec::new();
-    for _ in 0..5 {
-        ids.push(
-            store
-                .create(NewKey::new("sa-list"))
-                .await
-                .unwrap()
-                .record
-                .key_id,
-        );
-    }
-    assert_eq!(stores::ids_of(&store, "sa-list").await, ids);
-    let pages = stores::all_pages(&store, "sa-list", 2).await;
-    assert_eq!(pages.len(), 3);
-    assert!(matches!(
-        store
-            .list("sa-list", ListRequest::after(2, "not a token"))
-            .await,
-        Err(StoreError::Invalid(_))
-    ));
-    assert!(store.revoke(id).await.unwrap());
-    assert!(!store.revoke(id).await.unwrap());
-    assert_eq!(store.get(id).await.unwrap(), None);
-    assert_eq!(
-        store.verify(&presented(&store, &graced)).await.unwrap(),
-        None
-    );
-
-    stores::page_sizes_are_one_to_two_hundred(&store).await;
-    stores::pages_stop_at_the_byte_budget(&store).await;
-
-    // At rest: hashes only; no secret anywhere in the file.
-    let secret_created = store.create(NewKey::new("sa-rest")).await.unwrap();
-    let secret = secret_created.key.expose_secret();
-    let secret_part = &secret[secret.len() - 38..secret.len() - 6];
-    // Nor in what the store shows of itself.
-    let shown = format!(
-        "{store:?} {:?}",
-        store.get(secret_created.record.key_id).await
-    );
-    assert!(!shown.contains(secret_part), "{shown}");
-    assert!(shown.contains("SqliteKeyStore"), "{shown}");
-    store.shutdown().await;
-    for file in std::fs::read_dir(&dir.0).unwrap() {
-        let bytes = std::fs::read(file.unwrap().path()).unwrap();
-        assert!(
-            !bytes
-                .windows(secret_part.len())
-                .any(|w| w == secret_part.as_bytes()),
-            "a secret is stored"
-        );
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_move_to_a_memory_store_and_back_and_keep_working() {
-    let dir = TempDir::new("transfer");
-    let source = dir.store().await;
-    let plain = source.create(NewKey::new("sa-1")).await.unwrap();
-    let graced = source
-        .create(
-            NewKey::new("sa-2")
-                .with_scopes(ScopeSet::new(["a.b"]).unwrap())
-                .with_description("moved"),
-        )
-        .await
-        .unwrap();
-    let new_secret = source
-        .reissue(graced.record.key_id, Duration::from_secs(600))
-        .await
-        .unwrap()
-        .unwrap();
-    let used_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    source
-        .record_usage(&[(plain.record.key_id, used_at)])
-        .await
-        .unwrap();
+store_conformance!(SqliteFactory);
+transfer_conformance!(memory_to_sqlite: MemoryFactory => SqliteFactory);
+transfer_conformance!(sqlite_to_memory: SqliteFactory => MemoryFactory);
 
-    let exported = source.export(None, MAX_EXPORT_PAGE).await.unwrap();
-    assert_eq!(exported.len(), 2);
-    assert!(exported
-        .windows(2)
-        .all(|w| w[0].info.record.key_id < w[1].info.record.key_id));
-    assert!(source
-        .export(Some(exported[1].info.record.key_id), 10)
-        .await
-        .unwrap()
-        .is_empty());
-    assert!(matches!(
-        source.export(None, 0).await,
-        Err(StoreError::Invalid(_))
-    ));
-
-    // SQLite to memory, then memory to a second SQLite file.
-    let memory = MemoryStore::new();
-    for key in &exported {
-        assert_eq!(memory.import(key.clone()).await.unwrap(), Imported::Added);
-    }
-    let other_dir = TempDir::new("transfer-back");
-    let target = other_dir.store().await;
-    for key in memory.export(None, MAX_EXPORT_PAGE).await.unwrap() {
-        assert_eq!(target.import(key).await.unwrap(), Imported::Added);
-    }
-    assert_eq!(
-        target.export(None, MAX_EXPORT_PAGE).await.unwrap(),
-        exported
-    );
-    for store in [&memory as &dyn KeyStore, &target] {
-        for created in [&plain, &graced, &new_secret] {
-            let key = store
-                .key_format()
-                .unwrap()
-                .parse(created.key.expose_secret())
-                .unwrap();
-            assert!(store.verify(&key).await.unwrap().is_some());
-        }
-    }
-    assert_eq!(
-        target
-            .get(plain.record.key_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .last_used_at,
-        Some(used_at)
-    );
-
-    // Idempotent; a conflicting record is refused, naming the key only.
-    assert_eq!(
-        target.import(exported[0].clone()).await.unwrap(),
-        Imported::AlreadyPresent
-    );
-    let mut conflicting = exported[0].clone();
-    conflicting.hash = exported[1].hash;
-    match target.import(conflicting).await {
-        Err(StoreError::Invalid(why)) => {
-            assert!(
-                why.contains(exported[0].info.record.key_id.as_str()),
-                "{why}"
-            )
-        }
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-    // Another id with a hash already held: refused, naming the new id.
-    let mut same_hash = exported[0].clone();
-    let new_id = KeyId::random().unwrap();
-    same_hash.info.record.key_id = new_id;
-    match target.import(same_hash).await {
-        Err(StoreError::Invalid(why)) => assert!(why.contains(new_id.as_str()), "{why}"),
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-    assert!(target.get(new_id).await.unwrap().is_none());
-    // Past the per-account limit.
-    let small_dir = TempDir::new("transfer-small");
-    let small = small_dir
-        .builder()
-        .max_keys_per_account(1)
-        .open()
-        .await
-        .unwrap();
-    small.migrate().await.unwrap();
-    let mut same_account = exported.clone();
-    for key in &mut same_account {
-        key.info.record.service_account_id = "sa-one".into();
-    }
-    assert_eq!(
-        small.import(same_account[0].clone()).await.unwrap(),
-        Imported::Added
-    );
-    stores::assert_limit_reached(small.import(same_account[1].clone()).await, 1);
-    small.shutdown().await;
-    source.shutdown().await;
-    target.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn create_refuses_a_key_past_the_accounts_limit_until_one_is_deleted() {
-    let dir = TempDir::new("limit");
-    let clock = Arc::new(ManualClock::new(SystemTime::now()));
-    let store = dir
-        .builder()
-        .with_clock(clock.clone())
-        .max_keys_per_account(3)
-        .open()
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    stores::keys_per_account_are_limited(&store, &|by| clock.advance(by)).await;
-    store.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn accounts_hold_at_most_a_thousand_keys_by_default() {
-    let dir = TempDir::new("default-limit");
-    let store = dir.store().await;
-    stores::the_default_limit_is_a_thousand_keys(&store).await;
-    store.shutdown().await;
-}
-
-// Current-thread: the hashing work is counted per thread.
-#[tokio::test(flavor = "current_thread")]
-async fn verify_does_the_same_hashing_work_whether_or_not_the_id_exists() {
-    let dir = TempDir::new("work");
-    let (v1, v2) = stores::peppers();
-    let plain = dir.store().await;
-    let old = dir
-        .builder()
-        .with_hasher(KeyHasher::with_pepper(v1.clone()))
-        .open()
-        .await
-        .unwrap();
-    let store = dir
-        .builder()
-        .with_hasher(KeyHasher::with_pepper(v2).with_previous_pepper(v1))
-        .open()
-        .await
-        .unwrap();
-    let sha = plain.create(NewKey::new("sa")).await.unwrap();
-    let unmigrated = old.create(NewKey::new("sa")).await.unwrap();
-    let mut probes = stores::id_probes(&store).await;
-    probes.extend([
-        (
-            "known id hashed with the previous pepper, wrong secret",
-            stores::wrong_secret(&store, unmigrated.record.key_id),
-        ),
-        (
-            "known id hashed with plain SHA-256, wrong secret",
-            stores::wrong_secret(&store, sha.record.key_id),
-        ),
-    ]);
-    stores::verify_work_does_not_depend_on_the_id(&store, &probes).await;
-    // And the rotated store still verifies keys of every scheme it holds.
-    assert!(store
-        .verify(&presented(&store, &unmigrated))
-        .await
-        .unwrap()
-        .is_some());
-    assert!(store
-        .verify(&presented(&store, &sha))
-        .await
-        .unwrap()
-        .is_some());
-    for store in [plain, old, store] {
-        store.shutdown().await;
-    }
-}
+// ---------------------------------------------------------------------------
+// Times
+// ---------------------------------------------------------------------------
 
 /// Times are integer microseconds here: keys sharing a creation time are
 /// listed by key id (bytewise), paging works around the Unix epoch and at
@@ -590,7 +267,7 @@ async fn paging_is_exact_with_microsecond_times_around_the_epoch() {
         clock.advance(Duration::new(1, 333));
     }
     for size in [1, 2, 3, 5, 12, 13] {
-        let listed: Vec<KeyId> = stores::all_pages(&store, "sa-order", size)
+        let listed: Vec<KeyId> = conformance::all_pages(&store, "sa-order", size)
             .await
             .iter()
             .flat_map(|p| p.keys.iter().map(|k| k.record.key_id))
@@ -754,7 +431,7 @@ async fn open_creates_a_missing_file_and_refuses_what_it_cannot_open() {
     assert!(dir.db().exists());
     assert_eq!(store.path(), dir.db());
     // Not migrated: verification fails closed, never "unknown".
-    let key = stores::unknown_key(&store);
+    let key = conformance::unknown_key(&store);
     assert!(matches!(
         store.verify(&key).await,
         Err(VerifierError::Backend(_))
@@ -1092,7 +769,7 @@ async fn concurrent_creates_on_two_stores_never_pass_the_limit() {
     // 20 creates at once over two stores (8 connections each): they contend
     // for the write lock, and every one either succeeds or meets the limit
     // (none fails on SQLITE_BUSY: the lock is waited for).
-    stores::concurrent_creates_respect_the_limit(&[&a, &b]).await;
+    conformance::concurrent_creates_respect_the_limit(&[a.clone(), b.clone()]).await;
     a.shutdown().await;
     b.shutdown().await;
 }
