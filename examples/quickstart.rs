@@ -5,7 +5,13 @@
 //! ```sh
 //! cargo run --example quickstart            # BIND=127.0.0.1:0 for any free port
 //! DATABASE_URL=postgres://... cargo run --example quickstart --features postgres
+//! DATABASE_URL=sqlite:keys.db cargo run --example quickstart --features sqlite
 //! ```
+//!
+//! With SQLite, keys persist in the file across restarts. The demo keys are
+//! found again by their description and reissued at every start (their old
+//! secrets stop working), so the printed lines always work; keys created
+//! through `/admin` or the CLI stay as they are.
 //!
 //! Its stdout is shell lines only, `export ADDR=...` and one
 //! `export API_KEY_<NAME>=...` per demo key, to paste into another shell;
@@ -39,22 +45,49 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prometheus = PrometheusBuilder::new().install_recorder()?;
     let upkeep = tokio::spawn(upkeep(prometheus.clone()));
 
+    // A SQLite file when asked for (feature `sqlite` and DATABASE_URL=sqlite:PATH).
+    #[cfg(feature = "sqlite")]
+    if let Some(path) = std::env::var("DATABASE_URL")
+        .ok()
+        .as_deref()
+        .and_then(|url| url.strip_prefix("sqlite:"))
+    {
+        let store = tower_api_key::store::sqlite::SqliteKeyStore::open(path).await?;
+        store.migrate().await?;
+        eprintln!(
+            "key store: SQLite file {path}: keys persist across restarts; the demo keys \
+             are reissued at every start (their earlier secrets stop working), keys \
+             you created are kept"
+        );
+        return serve(store, prometheus, upkeep, DemoKeys::Reissue).await;
+    }
     // PostgreSQL when asked for (feature `postgres` and DATABASE_URL), else memory.
     #[cfg(feature = "postgres")]
     if let Ok(url) = std::env::var("DATABASE_URL") {
         let store = tower_api_key::store::postgres::PgKeyStore::connect(&url).await?;
         store.migrate().await?;
         eprintln!("key store: PostgreSQL");
-        return serve(store, prometheus, upkeep).await;
+        return serve(store, prometheus, upkeep, DemoKeys::Create).await;
     }
     eprintln!("key store: in memory");
-    serve(MemoryStore::new(), prometheus, upkeep).await
+    serve(MemoryStore::new(), prometheus, upkeep, DemoKeys::Create).await
+}
+
+/// How the demo keys come to be.
+enum DemoKeys {
+    /// Created anew.
+    Create,
+    /// Found again in a store that keeps them and reissued (or created if
+    /// absent), so a restart does not pile up demo keys.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    Reissue,
 }
 
 async fn serve<S: KeyStore + Clone>(
     store: S,
     prometheus: PrometheusHandle,
     upkeep: tokio::task::JoinHandle<()>,
+    demo: DemoKeys,
 ) -> Result<(), Box<dyn std::error::Error>> {
     // `last_used_at`, written behind every 2 s.
     let usage = UsageRecorder::builder(store.clone())
@@ -79,12 +112,11 @@ async fn serve<S: KeyStore + Clone>(
             management::DEFAULT_SCOPE
         ),
     };
-    support::mint(
-        &store,
-        "quickstart",
-        std::iter::once(admin_key).chain(support::demo_keys()?),
-    )
-    .await?;
+    let demo_keys = std::iter::once(admin_key).chain(support::demo_keys()?);
+    match demo {
+        DemoKeys::Create => support::mint(&store, "quickstart", demo_keys).await?,
+        DemoKeys::Reissue => reissue_demo_keys(&store, "quickstart", demo_keys).await?,
+    }
 
     // The management API, for keys holding `apikeys.manage`. The admin key
     // is an operator's: it may manage every service account's keys (by
@@ -125,6 +157,56 @@ async fn serve<S: KeyStore + Clone>(
     upkeep.abort();
     // One last flush, so no noted use is lost.
     flusher.shutdown().await?;
+    Ok(())
+}
+
+/// Prints each demo key as [`support::mint`] does, reusing the key a
+/// previous start left in `store` (same account and description): its
+/// scopes and expiry are set as the demo defines them and it is reissued
+/// with no grace. A demo key not found is created.
+async fn reissue_demo_keys(
+    store: &impl KeyStore,
+    example: &str,
+    keys: impl IntoIterator<Item = DemoKey>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use tower_api_key::store::{KeyUpdate, ListRequest};
+
+    for DemoKey { name, new, note } in keys {
+        let description = format!("{example} {name}");
+        let mut found = None;
+        let mut page = ListRequest::first(tower_api_key::store::MAX_PAGE_SIZE);
+        'pages: loop {
+            let listed = store.list(&new.service_account_id, page).await?;
+            for key in &listed.keys {
+                if key.record.description == description {
+                    found = Some(key.record.key_id);
+                    break 'pages;
+                }
+            }
+            match listed.next_page_token {
+                Some(token) => {
+                    page = ListRequest::after(tower_api_key::store::MAX_PAGE_SIZE, token)
+                }
+                None => break,
+            }
+        }
+        let reissued = match found {
+            Some(id) => {
+                let update = KeyUpdate::default()
+                    .with_scopes(new.scopes.clone())
+                    .with_expires_at(new.expires_at);
+                store.update(id, update).await?;
+                store.reissue(id, Duration::ZERO).await?
+            }
+            None => None,
+        };
+        let key = match reissued {
+            Some(reissued) => reissued.key,
+            None => store.create(new.with_description(description)).await?.key,
+        };
+        let line = format!("export API_KEY_{name}={}", key.expose_secret());
+        println!("{line:<84} # {note}");
+    }
     Ok(())
 }
 

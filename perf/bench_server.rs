@@ -14,6 +14,11 @@
 //! - `--keys N` (or `KEYS=N`) creates N more keys in the store and loads
 //!   each into the cache through the verifier, then prints resident memory
 //!   (`VmRSS`) and bytes per key for the store and for the cache.
+//! - `--metrics` (or `METRICS=1`) runs it as users do: the Prometheus
+//!   recorder installed (and `GET /metrics`) and a `tracing` subscriber at
+//!   `info,tower_api_key=debug` writing to stderr, as the quickstart sets
+//!   them up. Without it, `metrics` and `tracing` calls find no recorder and
+//!   no subscriber, and cost next to nothing.
 //!
 //! Records reach the cache the way a database verifier hands them over:
 //! freshly decoded, with their own copies of the service account id and the
@@ -80,29 +85,41 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-fn keys_to_preload() -> usize {
+/// The command line: keys to preload, and whether to observe as users do.
+struct Options {
+    preload: usize,
+    observed: bool,
+}
+
+fn options() -> Options {
     let mut args = std::env::args().skip(1);
     let mut keys = std::env::var("KEYS").ok();
+    let mut observed = std::env::var("METRICS").is_ok_and(|v| v == "1");
     while let Some(arg) = args.next() {
         if arg == "--keys" {
             keys = args.next();
         } else if let Some(n) = arg.strip_prefix("--keys=") {
             keys = Some(n.to_owned());
+        } else if arg == "--metrics" {
+            observed = true;
         } else {
-            eprintln!("usage: bench_server [--keys N]   (env: BIND, WORKERS, KEYS)");
+            eprintln!(
+                "usage: bench_server [--keys N] [--metrics]   (env: BIND, WORKERS, KEYS, METRICS)"
+            );
             std::process::exit(2);
         }
     }
-    keys.map_or(0, |n| {
+    let preload = keys.map_or(0, |n| {
         n.replace('_', "").parse().unwrap_or_else(|_| {
             eprintln!("--keys takes a number, got {n:?}");
             std::process::exit(2)
         })
-    })
+    });
+    Options { preload, observed }
 }
 
 fn main() -> std::io::Result<()> {
-    let preload = keys_to_preload();
+    let Options { preload, observed } = options();
     let workers = std::env::var("WORKERS")
         .ok()
         .and_then(|w| w.parse().ok())
@@ -111,10 +128,24 @@ fn main() -> std::io::Result<()> {
         .worker_threads(workers)
         .enable_all()
         .build()?
-        .block_on(serve(preload, workers))
+        .block_on(serve(preload, workers, observed))
 }
 
-async fn serve(preload: usize, workers: usize) -> std::io::Result<()> {
+async fn serve(preload: usize, workers: usize, observed: bool) -> std::io::Result<()> {
+    let metrics = if observed {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .map_err(std::io::Error::other)?;
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "info,tower_api_key=debug",
+            ))
+            .with_writer(std::io::stderr)
+            .init();
+        Some(recorder)
+    } else {
+        None
+    };
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let store = MemoryStore::new();
     let auth = Authenticator::builder(Decoded(store.clone()))
@@ -141,15 +172,26 @@ async fn serve(preload: usize, workers: usize) -> std::io::Result<()> {
         preload_keys(&store, &auth, preload).await?;
     }
 
-    let app = Router::new().route("/open", get(|| async { BODY })).route(
+    let mut app = Router::new().route("/open", get(|| async { BODY })).route(
         "/protected",
         get(|| async { BODY }).route_layer(auth.any_valid_key()),
     );
+    if let Some(recorder) = metrics {
+        app = app.route(
+            "/metrics",
+            get(move || std::future::ready(recorder.render())),
+        );
+    }
     let listener = tokio::net::TcpListener::bind(&bind).await?;
     println!(
-        "listening on http://{} ({workers} tokio worker{})",
+        "listening on http://{} ({workers} tokio worker{}{})",
         listener.local_addr()?,
-        if workers == 1 { "" } else { "s" }
+        if workers == 1 { "" } else { "s" },
+        if observed {
+            "; Prometheus recorder and tracing at info"
+        } else {
+            ""
+        }
     );
     axum::serve(listener, app).await
 }

@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Usage: `hit_loop CASE [ITERATIONS] [KEYS]`, CASE one of `parse`,
-//! `lookup`, `hit_path`, `bare`, `bearer`, `layer`, `miss` (ITERATIONS
+//! `lookup`, `hit_path`, `bare`, `bearer`, `layer`, `layer_observed` (`layer`
+//! with a Prometheus recorder and a tracing subscriber at `info`, as the
+//! quickstart runs), `miss` (ITERATIONS
 //! distinct keys of a `MemoryStore`, each looked up once on a cold cache). The cache holds KEYS
 //! keys (default 10,000); the hits cycle through a hot set of up to 1,024
 //! of them (`lookup`, `hit_path`) or use one key (`bare`, `bearer`, `layer`, the
@@ -144,6 +146,21 @@ fn main() {
                 .service_fn(hello);
             run_service(&mut service, requests(&format!("Bearer {BEARER}")))
         }
+        "layer_observed" => {
+            // As users run it: a Prometheus recorder and a tracing
+            // subscriber at `info`, installed as the quickstart does.
+            let _prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("the only recorder");
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+                .with_writer(std::io::stderr)
+                .init();
+            let mut service = ServiceBuilder::new()
+                .layer(auth.any_valid_key())
+                .service_fn(hello);
+            run_service(&mut service, requests(&api_key))
+        }
         "layer" => {
             let mut service = ServiceBuilder::new()
                 .layer(auth.any_valid_key())
@@ -151,7 +168,10 @@ fn main() {
             run_service(&mut service, requests(&api_key))
         }
         other => {
-            eprintln!("unknown case {other}: parse, lookup, hit_path, bare, bearer, layer, miss");
+            eprintln!(
+                "unknown case {other}: parse, lookup, hit_path, bare, bearer, layer, \
+                 layer_observed, miss"
+            );
             std::process::exit(2);
         }
     }

@@ -47,7 +47,9 @@
 //!   [`MethodPolicies`](auth::grpc::MethodPolicies)); [`cache`] (its
 //!   configuration and the [`CachedVerifier`](cache::CachedVerifier) an
 //!   authenticator shares); [`store`] (what the store operations take and
-//!   return, and `store::postgres` with `PgKeyStore`); [`hash`] (peppers);
+//!   return, `store::postgres` with `PgKeyStore` (feature `postgres`) and
+//!   `store::sqlite` with `SqliteKeyStore`, keys in a file (feature
+//!   `sqlite`)); [`hash`] (peppers);
 //!   [`usage`] (`last_used_at`); [`telemetry`] (metric names); [`management`].
 //! - **"Policy"** always means a [`ScopePolicy`]: who a route lets in.
 //!   [`MethodPolicies`](auth::grpc::MethodPolicies) is a table of them and
@@ -62,7 +64,7 @@
 //! rewrites it).
 //!
 //! The README is the user guide; `docs/` in the repository has the longer
-//! guides (gRPC, the management API, PostgreSQL) and the evidence
+//! guides (gRPC, the management API, PostgreSQL, SQLite) and the evidence
 //! (security, performance).
 //!
 //! [tower]: https://docs.rs/tower

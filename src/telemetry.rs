@@ -51,25 +51,142 @@ pub mod names {
     pub const VERIFIER_DURATION: &str = "tower_api_key_verifier_duration_seconds";
 }
 
+/// Increments the counter `$name` with label `$label` = `$value`. Each value
+/// of the known set gets a key built at compile time (hashed once, no
+/// allocation), so an increment with a real recorder costs its lookup only;
+/// `metrics::counter!` with a label value that is not a literal allocates
+/// the label list and hashes the key on every call. Other values still
+/// count, the slow way.
+#[cfg(feature = "metrics")]
+macro_rules! count_labelled {
+    ($name:literal, $label:literal, $value:expr, [$($known:literal),+ $(,)?]) => {
+        match $value {
+            $($known => metrics::counter!($name, $label => $known).increment(1),)+
+            other => metrics::counter!($name, $label => other).increment(1),
+        }
+    };
+}
+
 pub(crate) fn outcome(outcome: &'static str) {
+    // The names are literals here (a `names` constant would make every key
+    // dynamic); `names_match_the_literals` keeps them equal.
     #[cfg(feature = "metrics")]
-    metrics::counter!(names::REQUESTS, "outcome" => outcome).increment(1);
+    count_labelled!(
+        "tower_api_key_requests_total",
+        "outcome",
+        outcome,
+        [
+            "accepted",
+            "missing",
+            "duplicate_credentials",
+            "wrong_scheme",
+            "malformed",
+            "unknown",
+            "expired",
+            "insufficient_scope",
+            "scoped_key_on_unscoped_route",
+            "too_many_attempts",
+            "unavailable",
+            "verifier_panicked",
+        ]
+    );
 }
 
 pub(crate) fn cache(result: &'static str) {
     #[cfg(feature = "metrics")]
-    metrics::counter!(names::CACHE, "result" => result).increment(1);
+    count_labelled!(
+        "tower_api_key_cache_total",
+        "result",
+        result,
+        ["hit", "miss", "negative_hit"]
+    );
 }
 
 pub(crate) fn verifier_call(took: Duration) {
     #[cfg(feature = "metrics")]
     {
-        metrics::counter!(names::VERIFIER_CALLS).increment(1);
-        metrics::histogram!(names::VERIFIER_DURATION).record(took.as_secs_f64());
+        metrics::counter!("tower_api_key_verifier_calls_total").increment(1);
+        metrics::histogram!("tower_api_key_verifier_duration_seconds").record(took.as_secs_f64());
     }
 }
 
 pub(crate) fn verifier_error(kind: &'static str) {
     #[cfg(feature = "metrics")]
-    metrics::counter!(names::VERIFIER_ERRORS, "kind" => kind).increment(1);
+    count_labelled!(
+        "tower_api_key_verifier_errors_total",
+        "kind",
+        kind,
+        ["backend", "timeout", "panic"]
+    );
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+
+    /// A metric's name, its labels and its value.
+    type Recorded = (String, Vec<(String, String)>, DebugValue);
+
+    /// Every metric, recorded once through a debugging recorder.
+    fn recorded() -> Vec<Recorded> {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            outcome("accepted");
+            outcome("missing");
+            outcome("a_reason_added_later");
+            cache("hit");
+            verifier_call(Duration::from_millis(3));
+            verifier_error("timeout");
+        });
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, _, _, value)| {
+                let key = key.key();
+                let labels = key
+                    .labels()
+                    .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                    .collect();
+                (key.name().to_owned(), labels, value)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn names_match_the_literals() {
+        let names: std::collections::BTreeSet<String> =
+            recorded().into_iter().map(|(name, _, _)| name).collect();
+        let expected: std::collections::BTreeSet<String> = [
+            names::REQUESTS,
+            names::CACHE,
+            names::VERIFIER_CALLS,
+            names::VERIFIER_ERRORS,
+            names::VERIFIER_DURATION,
+        ]
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+        assert_eq!(names, expected);
+    }
+
+    #[test]
+    fn known_and_unknown_label_values_are_both_counted() {
+        let requests: Vec<_> = recorded()
+            .into_iter()
+            .filter(|(name, _, _)| name == names::REQUESTS)
+            .collect();
+        for value in ["accepted", "missing", "a_reason_added_later"] {
+            let found = requests
+                .iter()
+                .find(|(_, labels, _)| labels == &vec![("outcome".to_owned(), value.to_owned())]);
+            assert!(
+                matches!(found, Some((_, _, DebugValue::Counter(1)))),
+                "{value}: {found:?}"
+            );
+        }
+    }
 }

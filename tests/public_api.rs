@@ -210,8 +210,9 @@ fn public_api() -> Vec<String> {
         .into_iter()
         .flat_map(|(tree, _)| use_names(&tree))
         .collect();
-    // Names re-exported by a public module: name -> its public path.
-    let mut exported: BTreeMap<String, String> = BTreeMap::new();
+    // Names re-exported by a public module: name -> its public paths (two
+    // modules may each re-export a same-named item of their own).
+    let mut exported: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for module in mods.iter().filter(|m| m.public) {
         let lines: Vec<&str> = module.text.lines().collect();
         for (tree, _) in pub_uses(&lines) {
@@ -221,7 +222,7 @@ fn public_api() -> Vec<String> {
                 } else {
                     format!("{}::{name}", module.path)
                 };
-                exported.insert(name, path);
+                exported.entry(name).or_default().push(path);
             }
         }
     }
@@ -236,7 +237,18 @@ fn public_api() -> Vec<String> {
             } else if module.public {
                 format!("{}::{name}", module.path)
             } else {
-                exported.get(name).cloned().unwrap_or_default()
+                // The re-export by the nearest enclosing module.
+                let encloses = |path: &&String| {
+                    let parent = path.rsplit_once("::").map_or("", |(parent, _)| parent);
+                    parent.is_empty()
+                        || module.path == parent
+                        || module.path.starts_with(&format!("{parent}::"))
+                };
+                exported
+                    .get(name)
+                    .and_then(|paths| paths.iter().filter(encloses).max_by_key(|p| p.len()))
+                    .cloned()
+                    .unwrap_or_default()
             }
         };
         // Re-exports of a public module (the root's included).

@@ -1,0 +1,158 @@
+//! Connections to the database file, and running work on them off the
+//! async runtime's worker threads.
+//!
+//! SQLite calls block (on the disk, and on other writers for up to the busy
+//! timeout), so every call runs on tokio's blocking pool
+//! (`spawn_blocking`). Connections are kept for reuse; a semaphore bounds
+//! how many are in use at once, so a burst of requests waits here rather
+//! than occupying every blocking thread.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::Semaphore;
+
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How every connection is opened: read-write, created if missing, no
+/// shared cache, and its own mutex (a connection is used by one thread at
+/// a time, but may move between threads).
+fn open_flags() -> OpenFlags {
+    OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_PRIVATE_CACHE
+}
+
+/// Opens one connection to `path` with the store's settings: waits up to
+/// `busy_timeout` for another writer (SQLITE_BUSY is retried within it),
+/// and commits durably (`synchronous = FULL`: a revoke that returned
+/// survives a power loss).
+pub(super) fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, open_flags())?;
+    conn.busy_timeout(busy_timeout)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+/// Switches the file to WAL mode (readers never wait for the writer); the
+/// mode is kept in the file, so this is needed once, but is cheap to repeat.
+pub(super) fn use_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if mode.eq_ignore_ascii_case("wal") {
+        Ok(())
+    } else {
+        // An in-memory database, for one: no other process could see it.
+        Err(rusqlite::Error::InvalidParameterName(format!(
+            "the database refused WAL mode (journal_mode is {mode})"
+        )))
+    }
+}
+
+/// The store's connections to one file.
+pub(super) struct Connections {
+    path: PathBuf,
+    busy_timeout: Duration,
+    idle: Mutex<Vec<Connection>>,
+    in_use: Arc<Semaphore>,
+    max_idle: usize,
+    closed: AtomicBool,
+}
+
+impl Connections {
+    pub(super) fn new(path: PathBuf, busy_timeout: Duration, size: usize) -> Self {
+        Self {
+            path,
+            busy_timeout,
+            idle: Mutex::new(Vec::new()),
+            in_use: Arc::new(Semaphore::new(size)),
+            max_idle: size,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `work` on a connection, on the blocking pool. A connection that
+    /// failed is not reused (a fresh one is opened next time).
+    pub(super) async fn run<T, F>(self: &Arc<Self>, work: F) -> Result<T, BoxError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, BoxError> + Send + 'static,
+    {
+        if self.closed.load(Ordering::Acquire) {
+            return Err("the key store was shut down".into());
+        }
+        let permit = self
+            .in_use
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| "the key store was shut down")?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let mut conn = match this.take_idle() {
+                Some(conn) => conn,
+                None => open(&this.path, this.busy_timeout)?,
+            };
+            let result = work(&mut conn);
+            // A connection left inside a transaction (an error half-way)
+            // is dropped, which rolls it back.
+            if result.is_ok() && conn.is_autocommit() {
+                this.give_back(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| -> BoxError { format!("a key store task failed: {e}").into() })?
+    }
+
+    fn take_idle(&self) -> Option<Connection> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// Keeps `conn` (opened with [`open`]) for reuse.
+    pub(super) fn give_back(&self, conn: Connection) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(conn);
+        }
+    }
+
+    /// Refuses further work and closes the idle connections.
+    pub(super) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.in_use.close();
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        close_off_runtime(idle);
+    }
+}
+
+impl Drop for Connections {
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        close_off_runtime(idle);
+    }
+}
+
+/// Drops `value` (connections) on the blocking pool when there is a
+/// runtime: closing the last connection to a WAL file checkpoints it, which
+/// writes and syncs the file.
+pub(super) fn close_off_runtime<T: Send + 'static>(value: T) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn_blocking(move || drop(value));
+        }
+        Err(_) => drop(value),
+    }
+}

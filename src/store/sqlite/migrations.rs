@@ -1,0 +1,137 @@
+//! The schema, as numbered SQL migrations embedded in the crate.
+//!
+//! [`SqliteKeyStore::migrate`](super::SqliteKeyStore::migrate) applies the
+//! ones a database lacks, in order, in one `BEGIN IMMEDIATE` transaction:
+//! processes that all migrate at start take turns (SQLite has one writer at
+//! a time), and the second one finds nothing to do. Applied versions are
+//! recorded in `tower_api_key_migrations`.
+//!
+//! ```
+//! use tower_api_key::store::sqlite::migrations;
+//!
+//! let all = migrations();
+//! assert!(all.windows(2).all(|w| w[0].version() < w[1].version()));
+//! assert!(all[0].sql().contains("tower_api_key_keys"));
+//! ```
+
+use std::fmt;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+/// One schema migration.
+#[derive(Clone, Copy)]
+pub struct Migration {
+    version: u32,
+    name: &'static str,
+    sql: &'static str,
+}
+
+impl Migration {
+    /// Its number; migrations apply in increasing order.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// A short name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The SQL it runs.
+    pub fn sql(&self) -> &'static str {
+        self.sql
+    }
+}
+
+impl fmt::Debug for Migration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Migration")
+            .field("version", &self.version)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "keys",
+    sql: include_str!("migrations/0001_keys.sql"),
+}];
+
+/// Every migration this version of the crate knows, oldest first.
+pub fn migrations() -> &'static [Migration] {
+    MIGRATIONS
+}
+
+/// What [`SqliteKeyStore::migrate`](super::SqliteKeyStore::migrate) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MigrationReport {
+    /// The versions applied by this call (empty when the schema was current).
+    pub applied: Vec<u32>,
+    /// The highest version in the database after the call.
+    pub current: u32,
+}
+
+pub(super) fn run(conn: &mut Connection) -> rusqlite::Result<MigrationReport> {
+    // IMMEDIATE: the write lock is taken before reading what is applied, so
+    // two processes cannot both decide to apply the same migration.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS tower_api_key_migrations (
+             version    INTEGER PRIMARY KEY,
+             name       TEXT    NOT NULL,
+             applied_at INTEGER NOT NULL DEFAULT (unixepoch())
+         ) STRICT",
+    )?;
+    let done: Vec<i64> = tx
+        .prepare("SELECT version FROM tower_api_key_migrations")?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut applied = Vec::new();
+    for migration in MIGRATIONS {
+        if done.contains(&i64::from(migration.version)) {
+            continue;
+        }
+        tx.execute_batch(migration.sql)?;
+        tx.execute(
+            "INSERT INTO tower_api_key_migrations (version, name) VALUES (?1, ?2)",
+            (migration.version, migration.name),
+        )?;
+        applied.push(migration.version);
+    }
+    tx.commit()?;
+    let newest_known = MIGRATIONS.last().map_or(0, |m| m.version);
+    let newest_done = done
+        .iter()
+        .copied()
+        .max()
+        .and_then(|v| u32::try_from(v).ok())
+        .unwrap_or(0);
+    if newest_done > newest_known {
+        // A newer release migrated this file; migrations only add, so this
+        // one keeps working.
+        tracing::info!(
+            database = newest_done,
+            crate_knows = newest_known,
+            "tower-api-key: the database schema is newer than this release"
+        );
+    }
+    Ok(MigrationReport {
+        applied,
+        current: newest_done.max(newest_known),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_increase_from_one() {
+        for (i, m) in migrations().iter().enumerate() {
+            assert_eq!(m.version() as usize, i + 1, "{m:?}");
+            assert!(!m.sql().trim().is_empty());
+        }
+    }
+}

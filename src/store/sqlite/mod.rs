@@ -1,0 +1,1207 @@
+//! The SQLite key store: keys in a file on one machine (feature `sqlite`).
+//!
+//! [`SqliteKeyStore`] keeps keys in one table, `tower_api_key_keys`, in a
+//! SQLite database file, through [rusqlite] with SQLite compiled in (no
+//! system library needed). It implements the same management operations as
+//! the [`MemoryStore`](crate::MemoryStore) and the PostgreSQL store (create,
+//! get, list, update, revoke, reissue with grace, usage, export and import)
+//! as well as the [`Verifier`] trait, and keys survive a restart.
+//!
+//! - **At rest**: the hash of each key (its [`StoredHash`] digest, with its
+//!   scheme and pepper version), never the key nor anything it could be
+//!   recovered from. A key is verified by reading the row of its id and
+//!   comparing, in constant time, its current and graced previous hash with
+//!   the key hashed under every scheme and pepper the store's hasher holds:
+//!   the same work whether or not the id exists.
+//! - **Schema**: shipped with the crate ([`migrations()`]);
+//!   [`SqliteKeyStore::migrate`] applies it. Idempotent, and safe to call
+//!   from every process at start. [`SqliteKeyStoreBuilder::open`] creates
+//!   the file when it is missing but, like the PostgreSQL store's `connect`,
+//!   does not migrate.
+//! - **Several processes on one file**: the file is put in WAL mode, so
+//!   readers never wait for the writer and the writer never waits for
+//!   readers. Writes take SQLite's one write lock at their start
+//!   (`BEGIN IMMEDIATE`); a process that finds it taken retries for up to
+//!   the busy timeout ([`SqliteKeyStoreBuilder::with_busy_timeout`], 5 s)
+//!   before failing. The per-account key limit is counted under that lock,
+//!   so processes creating at once cannot overshoot it. Every process must
+//!   reach the file through a local file system (WAL needs shared memory:
+//!   not over NFS).
+//! - **Revocation across processes**: a revoke, reissue or update also
+//!   writes a row to a small change log, in the same transaction. Each store
+//!   watches the file on a connection of its own: every poll interval
+//!   ([`SqliteKeyStoreBuilder::with_poll_interval`], 250 ms) it reads
+//!   `PRAGMA data_version` (which changes when another connection commits)
+//!   and, when it changed, reads the log rows it has not seen and publishes
+//!   them on its [`Invalidations`] bus. So a change committed by another
+//!   process (the CLI, another server) reaches this store's caches within
+//!   **one poll interval plus one read of the log**: about 250 ms by
+//!   default, well under a second. Changes made through this store
+//!   invalidate its caches before the call returns. Writers prune the log
+//!   (rows older than 10 minutes, beyond the newest 10,000); a watcher that
+//!   fell behind a pruned row invalidates every cached key.
+//! - **Fail closed**: when the file cannot be read (locked past the busy
+//!   timeout, unreadable, corrupt, not migrated), [`Verifier::verify`]
+//!   returns `Err` (the middleware answers 503 and caches nothing), never
+//!   `Ok(None)`. Keys already in a cache keep working until their positive
+//!   TTL.
+//! - **No blocking of the runtime**: every SQLite call runs on tokio's
+//!   blocking thread pool, on at most 8 pooled connections at once.
+//! - **Time**: every time written comes from the store's clock (the system
+//!   clock unless [`SqliteKeyStoreBuilder::with_clock`] says otherwise),
+//!   kept as integer microseconds since the Unix epoch; the store truncates
+//!   times before writing, so what `create` returns is what `get` reads back.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_api_key::cache::{CacheConfig, CachedVerifier};
+//! use tower_api_key::store::sqlite::SqliteKeyStore;
+//! use tower_api_key::store::NewKey;
+//! use tower_api_key::KeyStore;
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = std::env::temp_dir().join(format!("tak-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! # let path = dir.join("keys.db");
+//! let store = SqliteKeyStore::open(&path).await?; // `path`: e.g. "keys.db"
+//! store.migrate().await?; // at every start
+//!
+//! let cache = CachedVerifier::new(
+//!     store.clone(),
+//!     CacheConfig::builder().positive_ttl(Duration::from_secs(60)).build(),
+//! );
+//! let created = store.create(NewKey::new("sa-1")).await?;
+//! let presented = store.format().parse(created.key.expose_secret())?;
+//! assert_eq!(cache.lookup(&presented).await?.service_account_id(), "sa-1");
+//!
+//! // Refused here at once, and by every other process on the file within
+//! // its poll interval.
+//! store.revoke(created.record.key_id).await?;
+//! assert!(cache.lookup(&presented).await.is_err());
+//! store.shutdown().await;
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok(()) }
+//! ```
+//!
+//! [rusqlite]: https://docs.rs/rusqlite
+
+mod connection;
+mod migrations;
+mod watcher;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use migrations::{migrations, Migration, MigrationReport};
+
+use self::connection::{BoxError, Connections};
+use self::watcher::Watcher;
+use super::page_token::{page_token, parse_page_token};
+use super::{
+    check_expiry, check_import, check_new, export_page_size, fill_page, hint_of, import_conflict,
+    latest_time, CreatedKey, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey,
+    PreviousHash, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
+};
+use crate::clock::{Clock, SystemClock};
+use crate::hash::{HashScheme, KeyHasher, StoredHash};
+use crate::invalidation::{Invalidation, Invalidations};
+use crate::key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
+use crate::record::KeyRecord;
+use crate::scope::ScopeSet;
+use crate::verifier::{Verifier, VerifierError};
+
+/// The key table.
+const TABLE: &str = "tower_api_key_keys";
+
+/// What the management API shows of a key.
+const INFO_COLUMNS: &str = "key_id, service_account_id, scopes, description, created_at, \
+     expires_at, last_used_at, hint";
+
+/// What verification and export need besides.
+const HASH_COLUMNS: &str = "hash, hash_scheme, hash_pepper_version, previous_hash, \
+     previous_hash_scheme, previous_hash_pepper_version, previous_valid_until";
+
+/// Change log rows older than this are pruned by writers.
+const CHANGE_LOG_AGE: Duration = Duration::from_secs(600);
+/// Change log rows kept at most.
+const CHANGE_LOG_ROWS: i64 = 10_000;
+
+/// Connections used at once.
+const POOL_SIZE: usize = 8;
+
+/// Keys in a SQLite file, with changes by other processes on the same file
+/// watched for. See the [module docs](self).
+///
+/// Cheap to clone: clones share the connections, the watcher and the bus.
+/// The watcher stops on [`SqliteKeyStore::shutdown`] or when the last clone
+/// is dropped.
+#[derive(Clone)]
+pub struct SqliteKeyStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Connections>,
+    format: KeyFormat,
+    hasher: KeyHasher,
+    clock: Arc<dyn Clock>,
+    max_keys_per_account: i64,
+    invalidations: Invalidations,
+    /// Marks this store's rows in the change log.
+    origin: String,
+    poll_interval: Duration,
+    // Dropping it (with the last clone of the store) stops the watcher too.
+    shutdown: watch::Sender<bool>,
+    watcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for SqliteKeyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteKeyStore")
+            .field("path", &self.inner.db.path())
+            .field("format", &self.inner.format)
+            .field("poll_interval", &self.inner.poll_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings of a [`SqliteKeyStore`]; from [`SqliteKeyStore::builder`].
+#[must_use]
+pub struct SqliteKeyStoreBuilder {
+    path: PathBuf,
+    format: KeyFormat,
+    hasher: KeyHasher,
+    clock: Arc<dyn Clock>,
+    max_keys_per_account: usize,
+    busy_timeout: Duration,
+    poll_interval: Duration,
+}
+
+impl fmt::Debug for SqliteKeyStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteKeyStoreBuilder")
+            .field("path", &self.path)
+            .field("format", &self.format)
+            .field("busy_timeout", &self.busy_timeout)
+            .field("poll_interval", &self.poll_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteKeyStoreBuilder {
+    /// Settings for the database file at `path`, with the defaults: key
+    /// prefix `tak`, plain SHA-256, the system clock, 1,000 keys per service
+    /// account, a 5 s busy timeout, a change-watch poll every 250 ms.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            format: KeyFormat::default(),
+            hasher: KeyHasher::default(),
+            clock: Arc::new(SystemClock),
+            max_keys_per_account: DEFAULT_MAX_KEYS_PER_ACCOUNT,
+            busy_timeout: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(250),
+        }
+    }
+
+    /// The key format (default prefix `tak`).
+    pub fn with_format(mut self, format: KeyFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// How keys are hashed (default plain SHA-256). Keep the peppers out of
+    /// the database file.
+    pub fn with_hasher(mut self, hasher: KeyHasher) -> Self {
+        self.hasher = hasher;
+        self
+    }
+
+    /// The clock for creation times, expiry checks, grace deadlines and uses.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The most keys one service account may hold (default
+    /// [`DEFAULT_MAX_KEYS_PER_ACCOUNT`], 1,000), expired keys included; a
+    /// create past it fails with [`StoreError::KeyLimitReached`]. At least 1.
+    /// Counted under SQLite's write lock, so processes creating at once
+    /// cannot overshoot. Every process on the file should use the same limit.
+    pub fn max_keys_per_account(mut self, limit: usize) -> Self {
+        self.max_keys_per_account = limit.max(1);
+        self
+    }
+
+    /// How long a call waits for another connection's lock on the file
+    /// before failing (default 5 s): SQLITE_BUSY is retried within it. A
+    /// verification that times out here fails closed (503).
+    pub fn with_busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// How often the watcher checks the file for changes committed by
+    /// other connections (default 250 ms, at least 10 ms): the bound on how
+    /// late a revoke made by another process reaches this store's caches,
+    /// plus one read of the change log.
+    pub fn with_poll_interval(mut self, every: Duration) -> Self {
+        self.poll_interval = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Opens the file, creating it when missing, switches it to WAL mode,
+    /// and starts the change watcher, so a change committed after this
+    /// returns is always announced to this store. Does not migrate: call
+    /// [`SqliteKeyStore::migrate`].
+    pub async fn open(self) -> Result<SqliteKeyStore, StoreError> {
+        if self.path.as_os_str().is_empty() {
+            return Err(StoreError::invalid("the SQLite database path is empty"));
+        }
+        let origin = KeyId::random()?.to_string();
+        let path = self.path.clone();
+        let busy_timeout = self.busy_timeout;
+        let watcher_origin = origin.clone();
+        let (first, watcher) = tokio::task::spawn_blocking(move || {
+            let first = connection::open(&path, busy_timeout)?;
+            connection::use_wal(&first)?;
+            let watcher = Watcher::open(&path, busy_timeout, watcher_origin)?;
+            Ok::<_, BoxError>((first, watcher))
+        })
+        .await
+        .map_err(StoreError::backend)?
+        .map_err(|e| {
+            StoreError::backend(format!(
+                "cannot open the SQLite database {}: {e}",
+                self.path.display()
+            ))
+        })?;
+        let db = Arc::new(Connections::new(self.path, self.busy_timeout, POOL_SIZE));
+        // The connection that checked the file is the pool's first.
+        db.give_back(first);
+        let invalidations = Invalidations::new();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let task = tokio::spawn(watcher::run(
+            watcher,
+            invalidations.clone(),
+            self.poll_interval,
+            shutdown_rx,
+        ));
+        Ok(SqliteKeyStore {
+            inner: Arc::new(Inner {
+                db,
+                format: self.format,
+                hasher: self.hasher,
+                clock: self.clock,
+                max_keys_per_account: i64::try_from(self.max_keys_per_account).unwrap_or(i64::MAX),
+                invalidations,
+                origin,
+                poll_interval: self.poll_interval,
+                shutdown,
+                watcher: Mutex::new(Some(task)),
+            }),
+        })
+    }
+}
+
+impl SqliteKeyStore {
+    /// Opens the database file at `path` with the default settings. See
+    /// [`SqliteKeyStoreBuilder::open`].
+    pub async fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        Self::builder(path).open().await
+    }
+
+    /// A builder for the database file at `path`.
+    pub fn builder(path: impl Into<PathBuf>) -> SqliteKeyStoreBuilder {
+        SqliteKeyStoreBuilder::new(path)
+    }
+
+    /// The format of the keys this store issues: what
+    /// [`Verifier::key_format`] returns, without the `Option`.
+    pub fn format(&self) -> KeyFormat {
+        self.inner.format
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        self.inner.db.path()
+    }
+
+    /// Creates or updates the schema: applies the migrations the file
+    /// lacks, in one transaction. Idempotent; safe to call from every
+    /// process at every start (concurrent calls take turns).
+    pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
+        self.inner
+            .db
+            .run(|conn| Ok(migrations::run(conn)?))
+            .await
+            .map_err(StoreError::Backend)
+    }
+
+    /// Stops the change watcher and waits for it, and closes the
+    /// connections. Management calls and verification fail afterwards.
+    /// Dropping the last clone of the store stops the watcher too, without
+    /// waiting.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        let task = self
+            .inner
+            .watcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.inner.db.close();
+    }
+
+    /// Runs `work` on a pooled connection, off the runtime's worker threads.
+    async fn run<T, F>(&self, work: F) -> Result<T, BoxError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, BoxError> + Send + 'static,
+    {
+        self.inner.db.run(work).await
+    }
+
+    /// Now, truncated to the microsecond.
+    fn now(&self) -> Result<(SystemTime, i64), StoreError> {
+        let now = self.inner.clock.now();
+        let at = to_micros(now).ok_or_else(|| StoreError::backend("the clock is out of range"))?;
+        Ok((from_micros(at).unwrap_or(now), at))
+    }
+
+    fn hash_of(&self, key: &GeneratedKey) -> Result<StoredHash, StoreError> {
+        let presented = self
+            .inner
+            .format
+            .parse(key.expose_secret())
+            .map_err(|_| StoreError::backend("generated key does not parse"))?;
+        Ok(self.inner.hasher.hash(&presented))
+    }
+
+    /// Announces locally that `id` of `account` changed (other processes
+    /// read the change log).
+    fn changed(&self, id: KeyId, account: &str) {
+        self.inner
+            .invalidations
+            .publish(&Invalidation::key_of(id, account));
+    }
+
+    /// A change to `id` at `at` (microseconds), by this store, for
+    /// [`log_change`] to write.
+    fn change(&self, id: KeyId, at: i64) -> Change {
+        Change {
+            key_id: id.to_string(),
+            origin: self.inner.origin.clone(),
+            at,
+        }
+    }
+}
+
+/// A row of the change log, less the account (read from the changed row).
+struct Change {
+    key_id: String,
+    origin: String,
+    at: i64,
+}
+
+/// Appends a change to the log, in the transaction of the change, and
+/// prunes old rows, remembering the highest sequence number pruned.
+fn log_change(tx: &Transaction<'_>, change: &Change, account: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO tower_api_key_changes (key_id, service_account_id, origin, changed_at)
+         VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute((&change.key_id, account, &change.origin, change.at))?;
+    let seq = tx.last_insert_rowid();
+    let cutoff = change.at.saturating_sub(CHANGE_LOG_AGE.as_micros() as i64);
+    let aged: Option<i64> = tx
+        .prepare_cached("SELECT max(seq) FROM tower_api_key_changes WHERE changed_at < ?1")?
+        .query_row([cutoff], |row| row.get(0))?;
+    let upto = aged.unwrap_or(0).max(seq - CHANGE_LOG_ROWS).min(seq - 1);
+    if upto > 0 {
+        tx.prepare_cached("DELETE FROM tower_api_key_changes WHERE seq <= ?1")?
+            .execute([upto])?;
+        tx.prepare_cached(
+            "UPDATE tower_api_key_changes_pruned SET upto = max(upto, ?1) WHERE id = 1",
+        )?
+        .execute([upto])?;
+    }
+    Ok(())
+}
+
+/// `t` as microseconds since the Unix epoch, truncated toward the past;
+/// `None` beyond what an `i64` holds.
+fn to_micros(t: SystemTime) -> Option<i64> {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_micros()).ok(),
+        Err(before) => {
+            let nanos = before.duration().as_nanos();
+            i64::try_from(nanos.div_ceil(1000)).ok().map(|m| -m)
+        }
+    }
+}
+
+/// The instant `micros` after (or before) the Unix epoch.
+fn from_micros(micros: i64) -> Option<SystemTime> {
+    let magnitude = Duration::from_micros(micros.unsigned_abs());
+    if micros >= 0 {
+        UNIX_EPOCH.checked_add(magnitude)
+    } else {
+        UNIX_EPOCH.checked_sub(magnitude)
+    }
+}
+
+fn micros_or_invalid(t: SystemTime) -> Result<i64, StoreError> {
+    to_micros(t).ok_or_else(|| StoreError::invalid("a time is out of range"))
+}
+
+fn time_of(micros: i64) -> Result<SystemTime, BoxError> {
+    from_micros(micros).ok_or_else(|| "stored time is out of range".into())
+}
+
+fn scheme_columns(scheme: HashScheme) -> Result<(&'static str, Option<i64>), StoreError> {
+    match scheme {
+        HashScheme::Sha256 => Ok(("sha256", None)),
+        HashScheme::HmacSha256 { pepper_version } => {
+            Ok(("hmac-sha256", Some(i64::from(pepper_version))))
+        }
+        #[allow(unreachable_patterns)]
+        _ => Err(StoreError::backend("unsupported hash scheme")),
+    }
+}
+
+fn stored_hash(
+    digest: Option<&[u8]>,
+    scheme: Option<&str>,
+    pepper_version: Option<i64>,
+) -> Result<Option<StoredHash>, BoxError> {
+    let Some(digest) = digest else {
+        return Ok(None);
+    };
+    let digest: [u8; 32] = digest
+        .try_into()
+        .map_err(|_| "stored key hash is not 32 bytes")?;
+    let scheme = match (scheme, pepper_version) {
+        (Some("sha256"), None) => HashScheme::Sha256,
+        (Some("hmac-sha256"), Some(v)) => HashScheme::HmacSha256 {
+            pepper_version: u32::try_from(v).map_err(|_| "stored pepper version out of range")?,
+        },
+        _ => return Err("stored key hash has an unknown scheme".into()),
+    };
+    Ok(Some(StoredHash::from_parts(scheme, digest)))
+}
+
+/// Scopes as stored: names separated by one space (a name holds none).
+fn scopes_text(scopes: &ScopeSet) -> String {
+    let names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+    names.join(" ")
+}
+
+/// A key's row as read, before checking: what crosses back from the
+/// blocking pool.
+struct RawInfo {
+    key_id: String,
+    service_account_id: String,
+    scopes: String,
+    description: String,
+    created_at: i64,
+    expires_at: Option<i64>,
+    last_used_at: Option<i64>,
+    hint: String,
+}
+
+impl RawInfo {
+    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            key_id: row.get("key_id")?,
+            service_account_id: row.get("service_account_id")?,
+            scopes: row.get("scopes")?,
+            description: row.get("description")?,
+            created_at: row.get("created_at")?,
+            expires_at: row.get("expires_at")?,
+            last_used_at: row.get("last_used_at")?,
+            hint: row.get("hint")?,
+        })
+    }
+
+    fn record(&self) -> Result<KeyRecord, BoxError> {
+        let key_id = KeyId::from_str(&self.key_id).map_err(|_| "stored key id is not valid")?;
+        let scopes = ScopeSet::new(self.scopes.split(' ').filter(|s| !s.is_empty()))
+            .map_err(|e| format!("stored scopes are not valid: {e}"))?;
+        Ok(KeyRecord::new(key_id, self.service_account_id.as_str())
+            .with_scopes(scopes)
+            .with_description(self.description.clone())
+            .with_created_at(time_of(self.created_at)?)
+            .with_expires_at(self.expires_at.map(time_of).transpose()?))
+    }
+
+    fn info(&self) -> Result<KeyInfo, BoxError> {
+        Ok(KeyInfo {
+            record: self.record()?,
+            last_used_at: self.last_used_at.map(time_of).transpose()?,
+            hint: self.hint.clone(),
+        })
+    }
+}
+
+/// A whole row: the key with its hashes.
+struct RawKey {
+    info: RawInfo,
+    hash: Option<Vec<u8>>,
+    hash_scheme: Option<String>,
+    hash_pepper_version: Option<i64>,
+    previous_hash: Option<Vec<u8>>,
+    previous_hash_scheme: Option<String>,
+    previous_hash_pepper_version: Option<i64>,
+    previous_valid_until: Option<i64>,
+}
+
+impl RawKey {
+    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            info: RawInfo::read(row)?,
+            hash: row.get("hash")?,
+            hash_scheme: row.get("hash_scheme")?,
+            hash_pepper_version: row.get("hash_pepper_version")?,
+            previous_hash: row.get("previous_hash")?,
+            previous_hash_scheme: row.get("previous_hash_scheme")?,
+            previous_hash_pepper_version: row.get("previous_hash_pepper_version")?,
+            previous_valid_until: row.get("previous_valid_until")?,
+        })
+    }
+
+    fn current(&self) -> Result<Option<StoredHash>, BoxError> {
+        stored_hash(
+            self.hash.as_deref(),
+            self.hash_scheme.as_deref(),
+            self.hash_pepper_version,
+        )
+    }
+
+    fn previous(&self) -> Result<Option<StoredHash>, BoxError> {
+        stored_hash(
+            self.previous_hash.as_deref(),
+            self.previous_hash_scheme.as_deref(),
+            self.previous_hash_pepper_version,
+        )
+    }
+
+    fn stored_key(&self) -> Result<StoredKey, BoxError> {
+        let hash = self.current()?.ok_or("stored key has no hash")?;
+        let mut key = StoredKey::new(self.info.info()?, hash);
+        if let (Some(previous), Some(until)) = (self.previous()?, self.previous_valid_until) {
+            key = key.with_previous(PreviousHash::new(previous, time_of(until)?));
+        }
+        Ok(key)
+    }
+}
+
+fn is_constraint(e: &BoxError) -> bool {
+    e.downcast_ref::<rusqlite::Error>()
+        .and_then(rusqlite::Error::sqlite_error_code)
+        == Some(ErrorCode::ConstraintViolation)
+}
+
+fn collision_or_backend(e: BoxError) -> StoreError {
+    if is_constraint(&e) {
+        // 95 random bits make this practically impossible; never overwrite.
+        StoreError::backend("key id collision")
+    } else {
+        StoreError::Backend(e)
+    }
+}
+
+#[async_trait]
+impl Verifier for SqliteKeyStore {
+    async fn verify(&self, key: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
+        // One lookup by id, then the same hashing and comparisons whether or
+        // not the row exists: every scheme and pepper the hasher holds,
+        // against the current and the previous hash (placeholders when
+        // absent). The work done does not tell which key ids exist.
+        let candidates = self.inner.hasher.candidates(key);
+        let id = key.id().to_string();
+        let row = self
+            .run(move |conn| {
+                let sql =
+                    format!("SELECT {INFO_COLUMNS}, {HASH_COLUMNS} FROM {TABLE} WHERE key_id = ?1");
+                Ok(conn
+                    .prepare_cached(&sql)?
+                    .query_row([id], RawKey::read)
+                    .optional()?)
+            })
+            .await
+            .map_err(VerifierError::Backend)?;
+        let (current, previous) = match &row {
+            Some(row) => (
+                row.current().map_err(VerifierError::Backend)?,
+                row.previous().map_err(VerifierError::Backend)?,
+            ),
+            None => (None, None),
+        };
+        let current = candidates.matches(current.as_ref());
+        let previous = candidates.matches(previous.as_ref());
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if !current && !previous {
+            return Ok(None);
+        }
+        let mut record = row.info.record().map_err(VerifierError::Backend)?;
+        if record.key_id != key.id() {
+            // The row is looked up by this id; never hand out another key's record.
+            return Ok(None);
+        }
+        if current {
+            return Ok(Some(record));
+        }
+        let until = row
+            .previous_valid_until
+            .map(time_of)
+            .transpose()
+            .map_err(VerifierError::Backend)?;
+        match until {
+            Some(until) if self.inner.clock.now() < until => {
+                // The old secret is valid only until its grace deadline.
+                record.expires_at = Some(record.expires_at.map_or(until, |at| at.min(until)));
+                Ok(Some(record))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn invalidations(&self) -> Option<&Invalidations> {
+        Some(&self.inner.invalidations)
+    }
+
+    fn key_format(&self) -> Option<KeyFormat> {
+        Some(self.inner.format)
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqliteKeyStore {
+    async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError> {
+        check_new(&new, self.inner.clock.now())?;
+        let key = self.inner.format.generate()?;
+        let hash = self.hash_of(&key)?;
+        let (scheme, pepper) = scheme_columns(hash.scheme())?;
+        let (created_at, created_micros) = self.now()?;
+        let expires_micros = new.expires_at.map(micros_or_invalid).transpose()?;
+        let expires_at = expires_micros.and_then(from_micros);
+        let record = KeyRecord::new(key.id(), new.service_account_id)
+            .with_scopes(new.scopes)
+            .with_description(new.description)
+            .with_expires_at(expires_at)
+            .with_created_at(created_at);
+        let row = (
+            key.id().to_string(),
+            record.service_account_id.to_string(),
+            *hash.digest(),
+            scheme,
+            pepper,
+            scopes_text(&record.scopes),
+            record.description.clone(),
+            created_micros,
+            expires_micros,
+            hint_of(&key),
+        );
+        let limit = self.inner.max_keys_per_account;
+        let inserted = self
+            .run(move |conn| {
+                // The write lock first, then the count: a create in another
+                // process waits here, and then counts this key.
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let held: i64 = tx
+                    .prepare_cached(&format!(
+                        "SELECT count(*) FROM {TABLE} WHERE service_account_id = ?1"
+                    ))?
+                    .query_row([&row.1], |r| r.get(0))?;
+                if held >= limit {
+                    return Ok(false);
+                }
+                tx.prepare_cached(&format!(
+                    "INSERT INTO {TABLE} (key_id, service_account_id, hash, hash_scheme,
+                         hash_pepper_version, scopes, description, created_at, expires_at, hint)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+                ))?
+                .execute(row)?;
+                tx.commit()?;
+                Ok(true)
+            })
+            .await
+            .map_err(collision_or_backend)?;
+        if !inserted {
+            return Err(StoreError::KeyLimitReached {
+                limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            });
+        }
+        Ok(CreatedKey { record, key })
+    }
+
+    async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError> {
+        let id = id.to_string();
+        let raw = self
+            .run(move |conn| {
+                let sql = format!("SELECT {INFO_COLUMNS} FROM {TABLE} WHERE key_id = ?1");
+                Ok(conn
+                    .prepare_cached(&sql)?
+                    .query_row([id], RawInfo::read)
+                    .optional()?)
+            })
+            .await
+            .map_err(StoreError::Backend)?;
+        raw.map(|r| r.info().map_err(StoreError::Backend))
+            .transpose()
+    }
+
+    async fn list(
+        &self,
+        service_account_id: &str,
+        page: ListRequest,
+    ) -> Result<KeyPage, StoreError> {
+        let size = page.size()?;
+        // One more than asked, to know whether a next page exists.
+        let limit = (size + 1) as i64;
+        let after = match &page.page_token {
+            None => None,
+            Some(token) => {
+                // The same tokens as the other stores: a position in the
+                // listing order, valid even after its key is revoked.
+                let (at, id) = parse_page_token(token)
+                    .ok_or_else(|| StoreError::invalid("page_token is not valid"))?;
+                let invalid = || StoreError::invalid("page_token is not valid");
+                let floor = to_micros(at).ok_or_else(invalid)?;
+                // Stored times are whole microseconds: "after `at`" for a
+                // time between two microseconds is "from the next one on",
+                // and "" sorts before every key id.
+                if from_micros(floor) == Some(at) {
+                    Some((floor, id.to_string()))
+                } else {
+                    Some((floor.checked_add(1).ok_or_else(invalid)?, String::new()))
+                }
+            }
+        };
+        let account = service_account_id.to_owned();
+        let rows = self
+            .run(move |conn| {
+                let rows = match after {
+                    None => {
+                        let sql = format!(
+                            "SELECT {INFO_COLUMNS} FROM {TABLE}
+                              WHERE service_account_id = ?1
+                              ORDER BY created_at, key_id
+                              LIMIT ?2"
+                        );
+                        conn.prepare_cached(&sql)?
+                            .query_map((account, limit), RawInfo::read)?
+                            .collect::<rusqlite::Result<Vec<_>>>()?
+                    }
+                    Some((at, id)) => {
+                        let sql = format!(
+                            "SELECT {INFO_COLUMNS} FROM {TABLE}
+                              WHERE service_account_id = ?1
+                                AND (created_at, key_id) > (?2, ?3)
+                              ORDER BY created_at, key_id
+                              LIMIT ?4"
+                        );
+                        conn.prepare_cached(&sql)?
+                            .query_map((account, at, id, limit), RawInfo::read)?
+                            .collect::<rusqlite::Result<Vec<_>>>()?
+                    }
+                };
+                Ok(rows)
+            })
+            .await
+            .map_err(StoreError::Backend)?;
+        let (keys, more) = fill_page(
+            rows.iter().map(|r| r.info().map_err(StoreError::Backend)),
+            size,
+        )?;
+        let next_page_token = more
+            .then(|| keys.last().map(|k| page_token(&k.record)))
+            .flatten();
+        Ok(KeyPage {
+            keys,
+            next_page_token,
+        })
+    }
+
+    async fn update(&self, id: KeyId, update: KeyUpdate) -> Result<Option<KeyInfo>, StoreError> {
+        if let Some(expires_at) = update.expires_at {
+            check_expiry(expires_at, self.inner.clock.now())?;
+        }
+        let (_, now) = self.now()?;
+        let change = self.change(id, now);
+        let description = update.description;
+        let scopes = update.scopes.as_ref().map(scopes_text);
+        let set_expiry = update.expires_at.is_some();
+        let expires_at = update
+            .expires_at
+            .flatten()
+            .map(micros_or_invalid)
+            .transpose()?;
+        let raw = self
+            .run(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let sql = format!(
+                    "UPDATE {TABLE} SET
+                         description = coalesce(?2, description),
+                         scopes = coalesce(?3, scopes),
+                         expires_at = CASE WHEN ?4 THEN ?5 ELSE expires_at END
+                      WHERE key_id = ?1
+                  RETURNING {INFO_COLUMNS}"
+                );
+                let raw = tx
+                    .prepare_cached(&sql)?
+                    .query_row(
+                        (&change.key_id, description, scopes, set_expiry, expires_at),
+                        RawInfo::read,
+                    )
+                    .optional()?;
+                if let Some(raw) = &raw {
+                    log_change(&tx, &change, &raw.service_account_id)?;
+                }
+                tx.commit()?;
+                Ok(raw)
+            })
+            .await
+            .map_err(StoreError::Backend)?;
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        self.changed(id, &raw.service_account_id);
+        raw.info().map(Some).map_err(StoreError::Backend)
+    }
+
+    async fn revoke(&self, id: KeyId) -> Result<bool, StoreError> {
+        let (_, now) = self.now()?;
+        let change = self.change(id, now);
+        let account = self
+            .run(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let account: Option<String> = tx
+                    .prepare_cached(&format!(
+                        "DELETE FROM {TABLE} WHERE key_id = ?1 RETURNING service_account_id"
+                    ))?
+                    .query_row([&change.key_id], |row| row.get(0))
+                    .optional()?;
+                if let Some(account) = &account {
+                    log_change(&tx, &change, account)?;
+                }
+                tx.commit()?;
+                Ok(account)
+            })
+            .await
+            .map_err(StoreError::Backend)?;
+        match account {
+            Some(account) => {
+                self.changed(id, &account);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn reissue(&self, id: KeyId, grace: Duration) -> Result<Option<CreatedKey>, StoreError> {
+        let key = self.inner.format.generate_for(id)?;
+        let hash = self.hash_of(&key)?;
+        let (scheme, pepper) = scheme_columns(hash.scheme())?;
+        let (now_at, now) = self.now()?;
+        let keep_previous = !grace.is_zero();
+        let valid_until = if keep_previous {
+            // A grace period past year 9999 is simply "forever".
+            let until = now_at
+                .checked_add(grace)
+                .unwrap_or_else(latest_time)
+                .min(latest_time());
+            Some(micros_or_invalid(until)?)
+        } else {
+            None
+        };
+        let change = self.change(id, now);
+        let digest = *hash.digest();
+        let hint = hint_of(&key);
+        let raw = self
+            .run(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                // Right-hand sides read the row as it was: the current hash
+                // becomes the previous one. A zero grace also ends an earlier
+                // grace.
+                let sql = format!(
+                    "UPDATE {TABLE} SET
+                         previous_hash = CASE WHEN ?5 THEN hash END,
+                         previous_hash_scheme = CASE WHEN ?5 THEN hash_scheme END,
+                         previous_hash_pepper_version = CASE WHEN ?5 THEN hash_pepper_version END,
+                         previous_valid_until = ?6,
+                         hash = ?2,
+                         hash_scheme = ?3,
+                         hash_pepper_version = ?4,
+                         hint = ?7
+                      WHERE key_id = ?1
+                  RETURNING {INFO_COLUMNS}"
+                );
+                let raw = tx
+                    .prepare_cached(&sql)?
+                    .query_row(
+                        (
+                            &change.key_id,
+                            digest,
+                            scheme,
+                            pepper,
+                            keep_previous,
+                            valid_until,
+                            hint,
+                        ),
+                        RawInfo::read,
+                    )
+                    .optional()?;
+                if let Some(raw) = &raw {
+                    log_change(&tx, &change, &raw.service_account_id)?;
+                }
+                tx.commit()?;
+                Ok(raw)
+            })
+            .await
+            .map_err(collision_or_backend)?;
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        self.changed(id, &raw.service_account_id);
+        let record = raw.record().map_err(StoreError::Backend)?;
+        Ok(Some(CreatedKey { record, key }))
+    }
+
+    async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        // The newest time per key, before touching the file.
+        let mut newest: std::collections::HashMap<KeyId, i64> = Default::default();
+        for (id, at) in uses {
+            let Some(at) = to_micros(*at) else {
+                continue;
+            };
+            let entry = newest.entry(*id).or_insert(at);
+            *entry = (*entry).max(at);
+        }
+        let newest: Vec<(String, i64)> = newest
+            .into_iter()
+            .map(|(id, at)| (id.to_string(), at))
+            .collect();
+        self.run(move |conn| {
+            // One transaction for the batch; only forward (rows already as
+            // new are not even written).
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut touch = tx.prepare_cached(&format!(
+                    "UPDATE {TABLE} SET last_used_at = ?2
+                      WHERE key_id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)"
+                ))?;
+                for (id, at) in &newest {
+                    touch.execute((id, at))?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+        .map_err(StoreError::Backend)
+    }
+
+    async fn export(
+        &self,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<StoredKey>, StoreError> {
+        let limit = export_page_size(limit)? as i64;
+        let after = after.map(|id| id.to_string());
+        let rows = self
+            .run(move |conn| {
+                let sql = format!(
+                    "SELECT {INFO_COLUMNS}, {HASH_COLUMNS} FROM {TABLE}
+                      WHERE ?1 IS NULL OR key_id > ?1
+                      ORDER BY key_id LIMIT ?2"
+                );
+                Ok(conn
+                    .prepare_cached(&sql)?
+                    .query_map((after, limit), RawKey::read)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .await
+            .map_err(StoreError::Backend)?;
+        rows.iter()
+            .map(|row| row.stored_key().map_err(StoreError::Backend))
+            .collect()
+    }
+
+    async fn import(&self, key: StoredKey) -> Result<Imported, StoreError> {
+        check_import(&key)?;
+        let record = &key.info.record;
+        let id = record.key_id;
+        let (scheme, pepper) = scheme_columns(key.hash.scheme())?;
+        let (previous, previous_scheme, previous_pepper, valid_until) = match &key.previous {
+            Some(p) => {
+                let (scheme, pepper) = scheme_columns(p.hash.scheme())?;
+                (
+                    Some(*p.hash.digest()),
+                    Some(scheme),
+                    pepper,
+                    Some(micros_or_invalid(p.valid_until)?),
+                )
+            }
+            None => (None, None, None, None),
+        };
+        let account = record.service_account_id.to_string();
+        let hash = key.hash;
+        let last_used_at = key.info.last_used_at.map(micros_or_invalid).transpose()?;
+        let insert = (
+            id.to_string(),
+            account.clone(),
+            *hash.digest(),
+            scheme,
+            pepper,
+            previous,
+            previous_scheme,
+            previous_pepper,
+            valid_until,
+            scopes_text(&record.scopes),
+            record.description.clone(),
+            micros_or_invalid(record.created_at)?,
+            record.expires_at.map(micros_or_invalid).transpose()?,
+            last_used_at,
+            key.info.hint.clone(),
+        );
+        let limit = self.inner.max_keys_per_account;
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let existing = tx
+                .prepare_cached(&format!(
+                    "SELECT service_account_id, hash, hash_scheme, hash_pepper_version
+                       FROM {TABLE} WHERE key_id = ?1"
+                ))?
+                .query_row([&insert.0], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, Vec<u8>>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, Option<i64>>(3)?,
+                    ))
+                })
+                .optional()?;
+            if let Some((held_by, digest, scheme, pepper)) = existing {
+                let held = stored_hash(Some(&digest), Some(&scheme), pepper)?;
+                if held_by != account || held != Some(hash) {
+                    return Ok(Err(import_conflict(id)));
+                }
+                tx.prepare_cached(&format!(
+                    "UPDATE {TABLE} SET last_used_at = ?2
+                      WHERE key_id = ?1 AND ?2 IS NOT NULL
+                        AND (last_used_at IS NULL OR last_used_at < ?2)"
+                ))?
+                .execute((&insert.0, last_used_at))?;
+                tx.commit()?;
+                return Ok(Ok(Imported::AlreadyPresent));
+            }
+            let held: i64 = tx
+                .prepare_cached(&format!(
+                    "SELECT count(*) FROM {TABLE} WHERE service_account_id = ?1"
+                ))?
+                .query_row([&account], |r| r.get(0))?;
+            if held >= limit {
+                return Ok(Err(StoreError::KeyLimitReached {
+                    limit: usize::try_from(limit).unwrap_or(usize::MAX),
+                }));
+            }
+            tx.prepare_cached(&format!(
+                "INSERT INTO {TABLE} (key_id, service_account_id, hash, hash_scheme,
+                     hash_pepper_version, previous_hash, previous_hash_scheme,
+                     previous_hash_pepper_version, previous_valid_until, scopes, description,
+                     created_at, expires_at, last_used_at, hint)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+            ))?
+            .execute(insert)?;
+            tx.commit()?;
+            Ok(Ok(Imported::Added))
+        })
+        .await
+        .map_err(|e| {
+            if is_constraint(&e) {
+                // The hash index: another key with this hash.
+                StoreError::invalid(format!("key {id}: its id or hash is taken by another key"))
+            } else {
+                StoreError::Backend(e)
+            }
+        })?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn micros_truncate_toward_the_past() {
+        let t = UNIX_EPOCH + Duration::new(10, 123_456_789);
+        assert_eq!(to_micros(t), Some(10_123_456));
+        let t = UNIX_EPOCH - Duration::new(10, 123_456_789);
+        assert_eq!(to_micros(t), Some(-10_123_457));
+        let t = UNIX_EPOCH - Duration::new(0, 999_999_999);
+        assert_eq!(to_micros(t), Some(-1_000_000));
+        for micros in [0, 5, -5, 253_402_300_799_999_999, -62_135_596_800_000_000] {
+            assert_eq!(from_micros(micros).and_then(to_micros), Some(micros));
+        }
+    }
+
+    #[test]
+    fn scopes_round_trip_through_their_text() {
+        let scopes = ScopeSet::new(["b.c", "a-1.x_y", "z"]).unwrap();
+        let text = scopes_text(&scopes);
+        let back = ScopeSet::new(text.split(' ').filter(|s| !s.is_empty())).unwrap();
+        assert_eq!(back, scopes);
+        assert_eq!(scopes_text(&ScopeSet::empty()), "");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_last_clone_stops_the_watcher() {
+        let dir = std::env::temp_dir().join(format!(
+            "tak-sqlite-unit-{}-{}",
+            std::process::id(),
+            KeyId::random().unwrap()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteKeyStore::open(dir.join("keys.db")).await.unwrap();
+        let watcher = store
+            .inner
+            .watcher
+            .lock()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .abort_handle();
+        let clone = store.clone();
+        drop(store);
+        assert!(!watcher.is_finished(), "a clone is alive");
+        drop(clone);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !watcher.is_finished() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the watcher stops with the last clone");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

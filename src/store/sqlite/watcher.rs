@@ -1,0 +1,204 @@
+//! The change watcher: turns revokes, reissues and updates committed by
+//! other processes (or other stores in this process) on the same file into
+//! [`Invalidation`]s on the store's bus.
+//!
+//! SQLite has no notifications. Every write that changes what a key
+//! verifies as also appends a row (key id, account, writer) to the change
+//! log `tower_api_key_changes`, in the same transaction. The watcher keeps a
+//! connection of its own and, every poll interval, reads
+//! `PRAGMA data_version`, which changes when any other connection commits to
+//! the file: a cheap check that touches no table. Only when it changed does
+//! the watcher read the log rows after its last position and publish
+//! [`Invalidation::KeyOf`] for each (skipping its own store's rows, which
+//! were published when they were written). Writers prune the log; when rows
+//! after the watcher's position were pruned before it read them, it
+//! publishes [`Invalidation::All`] instead.
+//!
+//! A change committed elsewhere therefore reaches this store's caches within
+//! one poll interval plus one read of the log.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension};
+use tokio::sync::watch;
+
+use super::connection::{self, BoxError};
+use crate::invalidation::{Invalidation, Invalidations};
+use crate::key::KeyId;
+
+/// Most change log rows read at once; more than that (far more than a
+/// writer keeps) and the watcher invalidates everything instead.
+const MAX_ROWS_PER_READ: i64 = 10_000;
+
+/// The watcher's connection and where it is in the change log.
+pub(super) struct Watcher {
+    conn: Connection,
+    /// The store's own writes carry this; they are published already.
+    origin: String,
+    /// The last `PRAGMA data_version` seen; `None` before the first poll.
+    data_version: Option<i64>,
+    /// The highest change log sequence number handled.
+    position: i64,
+}
+
+impl Watcher {
+    /// Opens the watcher's connection and takes the current end of the
+    /// change log as its position: changes committed from now on are
+    /// announced. Blocking.
+    pub(super) fn open(
+        path: &Path,
+        busy_timeout: Duration,
+        origin: String,
+    ) -> Result<Self, BoxError> {
+        let conn = connection::open(path, busy_timeout)?;
+        let mut watcher = Self {
+            conn,
+            origin,
+            data_version: None,
+            position: 0,
+        };
+        watcher.data_version = Some(watcher.data_version()?);
+        if watcher.log_exists()? {
+            watcher.position = watcher.conn.query_row(
+                "SELECT coalesce(max(seq), 0) FROM tower_api_key_changes",
+                [],
+                |row| row.get(0),
+            )?;
+        }
+        Ok(watcher)
+    }
+
+    fn data_version(&self) -> rusqlite::Result<i64> {
+        self.conn
+            .pragma_query_value(None, "data_version", |row| row.get(0))
+    }
+
+    /// Whether the file has been migrated (the log exists).
+    fn log_exists(&self) -> rusqlite::Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tower_api_key_changes'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|found| found.is_some())
+    }
+
+    /// What changed since the last poll. Blocking.
+    pub(super) fn poll(&mut self) -> Result<Vec<Invalidation>, BoxError> {
+        let version = self.data_version()?;
+        if self.data_version == Some(version) {
+            return Ok(Vec::new());
+        }
+        // Read first, and remember the version only once read: a failed read
+        // is tried again at the next poll.
+        let changes = self.read_log()?;
+        self.data_version = Some(version);
+        Ok(changes)
+    }
+
+    fn read_log(&mut self) -> Result<Vec<Invalidation>, BoxError> {
+        if !self.log_exists()? {
+            return Ok(Vec::new());
+        }
+        // One read transaction: the watermark and the rows from one snapshot.
+        let tx = self.conn.transaction()?;
+        let pruned: i64 = tx.query_row(
+            "SELECT upto FROM tower_api_key_changes_pruned WHERE id = 1",
+            [],
+            |row| row.get(0),
+        )?;
+        let mut rows: Vec<(i64, String, String, String)> = tx
+            .prepare_cached(
+                "SELECT seq, key_id, service_account_id, origin FROM tower_api_key_changes
+                  WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?
+            .query_map((self.position, MAX_ROWS_PER_READ + 1), |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut everything = pruned > self.position;
+        if rows.len() as i64 > MAX_ROWS_PER_READ {
+            everything = true;
+            rows.clear();
+            let last: i64 = tx.query_row(
+                "SELECT coalesce(max(seq), 0) FROM tower_api_key_changes",
+                [],
+                |row| row.get(0),
+            )?;
+            self.position = self.position.max(last);
+        }
+        drop(tx);
+        self.position = self.position.max(pruned);
+        let mut changes = Vec::new();
+        for (seq, key_id, account, origin) in rows {
+            self.position = self.position.max(seq);
+            if everything || origin == self.origin {
+                continue;
+            }
+            match KeyId::from_str(&key_id) {
+                Ok(id) => changes.push(Invalidation::key_of(id, account)),
+                // Not written by this crate: re-verify everything to be safe.
+                Err(_) => everything = true,
+            }
+        }
+        if everything {
+            return Ok(vec![Invalidation::All]);
+        }
+        Ok(changes)
+    }
+}
+
+/// Polls every `every` until `shutdown` says so or its sender is dropped
+/// (with the last clone of the store), publishing what changed on `bus`.
+pub(super) async fn run(
+    mut watcher: Watcher,
+    bus: Invalidations,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => {
+                connection::close_off_runtime(watcher);
+                return;
+            }
+        }
+        let polled = tokio::task::spawn_blocking(move || {
+            let changes = watcher.poll();
+            (watcher, changes)
+        })
+        .await;
+        let Ok((back, changes)) = polled else {
+            // The blocking task panicked or the runtime is shutting down.
+            return;
+        };
+        watcher = back;
+        match changes {
+            Ok(changes) => {
+                if failing {
+                    tracing::info!("tower-api-key: the SQLite change watcher reads the file again");
+                    failing = false;
+                }
+                for what in &changes {
+                    bus.publish(what);
+                }
+            }
+            Err(e) => {
+                // Its position is kept: once the file reads again, nothing
+                // committed meanwhile is missed (or everything is invalidated).
+                if !failing {
+                    tracing::warn!(error = %e, "tower-api-key: the SQLite change watcher cannot read the file");
+                    failing = true;
+                }
+            }
+        }
+    }
+}

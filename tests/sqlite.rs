@@ -1,0 +1,1019 @@
+//! The SQLite store on temporary files.
+//!
+//! The shared contract is covered here as a smoke test (the conformance
+//! suite runs it in full); the rest is what only SQLite has: persistence
+//! across a reopen, migrations, several stores (as several processes would)
+//! on one file, the change watcher, failing closed, the write lock.
+//!
+//! "Another process" is a second `SqliteKeyStore` on the same file: it has
+//! connections of its own, exactly as another process would, and one test
+//! runs a real second process. Nothing here sleeps to hope for timing:
+//! waits are on the store's invalidation bus, each bounded by `timeout`.
+#![cfg(feature = "sqlite")]
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use http::{header::AUTHORIZATION, Request, Response, StatusCode};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::timeout;
+use tower::util::BoxCloneService;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError, Source};
+use tower_api_key::clock::{Clock, ManualClock};
+use tower_api_key::store::sqlite::{SqliteKeyStore, SqliteKeyStoreBuilder};
+use tower_api_key::store::{
+    CreatedKey, KeyUpdate, ListRequest, NewKey, StoreError, MAX_EXPORT_PAGE,
+};
+use tower_api_key::{Authenticator, KeyStore, ScopeSet};
+use tower_api_key::{Invalidation, InvalidationListener, Invalidations};
+use tower_api_key::{KeyId, KeyRecord, PresentedKey};
+use tower_api_key::{Verifier, VerifierError};
+
+mod conformance;
+
+use conformance::{MemoryFactory, StoreFactory, StoreSettings};
+
+/// Bound on every wait for a change to cross from one store to another:
+/// the promise is one poll interval (250 ms) plus one read.
+const WITHIN: Duration = Duration::from_secs(1);
+
+// ---------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------
+
+/// A directory of its own for one test, removed at the end.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> TempDir {
+        let unique = KeyId::random().unwrap();
+        let dir =
+            std::env::temp_dir().join(format!("tak-sqlite-{test}-{}-{unique}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn db(&self) -> PathBuf {
+        self.0.join("keys.db")
+    }
+
+    fn builder(&self) -> SqliteKeyStoreBuilder {
+        SqliteKeyStore::builder(self.db())
+    }
+
+    /// A store on this directory's file, migrated.
+    async fn store(&self) -> SqliteKeyStore {
+        let store = self.builder().open().await.expect("open");
+        store.migrate().await.expect("migrate");
+        store
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A connection of the test's own to the file: what another tool would use.
+fn raw(path: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn
+}
+
+fn presented(store: &impl KeyStore, created: &CreatedKey) -> PresentedKey {
+    store
+        .key_format()
+        .expect("a store has a key format")
+        .parse(created.key.expose_secret())
+        .unwrap()
+}
+
+fn is_unknown(r: Result<impl std::fmt::Debug, LookupError>) -> bool {
+    matches!(r, Err(LookupError::Unknown))
+}
+
+fn is_unavailable(r: Result<impl std::fmt::Debug, LookupError>) -> bool {
+    matches!(r, Err(LookupError::Unavailable(_)))
+}
+
+/// Forwards a store's invalidations to a channel the test can wait on.
+struct Seen(mpsc::UnboundedSender<Invalidation>);
+
+impl InvalidationListener for Seen {
+    fn invalidate(&self, what: &Invalidation) {
+        let _ = self.0.send(what.clone());
+    }
+}
+
+struct Watch {
+    _listener: Arc<Seen>,
+    rx: mpsc::UnboundedReceiver<Invalidation>,
+}
+
+impl Watch {
+    fn on(store: &SqliteKeyStore) -> Watch {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let listener = Arc::new(Seen(tx));
+        store
+            .invalidations()
+            .expect("stores publish invalidations")
+            .subscribe(listener.clone());
+        Watch {
+            _listener: listener,
+            rx,
+        }
+    }
+
+    /// Waits, at most `within`, for the next invalidation of `id` (or of
+    /// everything).
+    async fn until_invalidated(&mut self, id: KeyId, within: Duration) -> Invalidation {
+        timeout(within, async {
+            loop {
+                match self.rx.recv().await.expect("bus alive") {
+                    Invalidation::All => return Invalidation::All,
+                    what if what.key_id() == Some(id) => return what,
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no invalidation of {id} within {within:?}"))
+    }
+
+    /// Waits, at most `within`, for `Invalidation::All`.
+    async fn until_all(&mut self, within: Duration) {
+        timeout(within, async {
+            while self.rx.recv().await.expect("bus alive") != Invalidation::All {}
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no Invalidation::All within {within:?}"))
+    }
+
+    /// Everything received so far.
+    fn drain(&mut self) -> Vec<Invalidation> {
+        let mut all = Vec::new();
+        while let Ok(what) = self.rx.try_recv() {
+            all.push(what);
+        }
+        all
+    }
+}
+
+/// One route behind `auth`, answering 200 to any valid key; the service
+/// answers with the response's status.
+type Protected = BoxCloneService<Request<()>, StatusCode, Infallible>;
+
+fn protected(auth: &Authenticator) -> Protected {
+    BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(auth.any_valid_key())
+            .service_fn(|_: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(String::from("ok")))
+            })
+            .map_response(|response| response.status()),
+    )
+}
+
+fn request(key: &str) -> Request<()> {
+    Request::get("/")
+        .header(AUTHORIZATION, format!("Api-Key {key}"))
+        .body(())
+        .unwrap()
+}
+
+async fn status(service: &Protected, key: &str) -> StatusCode {
+    match service.clone().oneshot(request(key)).await {
+        Ok(status) => status,
+        Err(never) => match never {},
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The contract: the conformance suite, on a file per store
+// ---------------------------------------------------------------------------
+
+/// Every store of the suite in a file of its own, in one directory per test.
+struct SqliteFactory {
+    dir: TempDir,
+    files: AtomicUsize,
+}
+
+impl StoreFactory for SqliteFactory {
+    type Store = SqliteKeyStore;
+
+    async fn open(test: &'static str) -> Option<Self> {
+        Some(Self {
+            dir: TempDir::new(test),
+            files: AtomicUsize::new(0),
+        })
+    }
+
+    async fn store(&self, settings: StoreSettings) -> SqliteKeyStore {
+        let n = self.files.fetch_add(1, Ordering::Relaxed);
+        let store = SqliteKeyStore::builder(self.dir.0.join(format!("{n}.db")))
+            .with_format(settings.format)
+            .with_hasher(settings.hasher)
+            .with_clock(settings.clock)
+            .max_keys_per_account(settings.max_keys_per_account)
+            .open()
+            .await
+            .expect("open");
+        store.migrate().await.expect("migrate");
+        store
+    }
+}
+
+store_conformance!(SqliteFactory);
+transfer_conformance!(memory_to_sqlite: MemoryFactory => SqliteFactory);
+transfer_conformance!(sqlite_to_memory: SqliteFactory => MemoryFactory);
+
+// ---------------------------------------------------------------------------
+// Times
+// ---------------------------------------------------------------------------
+
+/// Times are integer microseconds here: keys sharing a creation time are
+/// listed by key id (bytewise), paging works around the Unix epoch and at
+/// times that are not whole microseconds, and a well-formed token between
+/// two microseconds continues from the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_is_exact_with_microsecond_times_around_the_epoch() {
+    let dir = TempDir::new("paging");
+    let clock = Arc::new(ManualClock::new(
+        SystemTime::UNIX_EPOCH - Duration::new(2, 1_500),
+    ));
+    let store = dir
+        .builder()
+        .with_clock(clock.clone())
+        .open()
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let mut expected = Vec::new();
+    for _ in 0..3 {
+        let mut same_time = Vec::new();
+        for _ in 0..4 {
+            let k = store.create(NewKey::new("sa-order")).await.unwrap();
+            same_time.push(k.record.key_id);
+        }
+        same_time.sort();
+        expected.extend(same_time);
+        clock.advance(Duration::new(1, 333));
+    }
+    for size in [1, 2, 3, 5, 12, 13] {
+        let listed: Vec<KeyId> = conformance::all_pages(&store, "sa-order", size)
+            .await
+            .iter()
+            .flat_map(|p| p.keys.iter().map(|k| k.record.key_id))
+            .collect();
+        assert_eq!(listed, expected, "page size {size}");
+    }
+    let first = store
+        .get(expected[0])
+        .await
+        .unwrap()
+        .unwrap()
+        .record
+        .created_at;
+    assert_eq!(
+        first,
+        SystemTime::UNIX_EPOCH - Duration::new(2, 2_000),
+        "truncated toward the past"
+    );
+    let between = first + Duration::from_nanos(500);
+    let nanos = -(SystemTime::UNIX_EPOCH
+        .duration_since(between)
+        .unwrap()
+        .as_nanos() as i128);
+    let page = store
+        .list(
+            "sa-order",
+            ListRequest::after(100, format!("{nanos}.zzzzzzzzzzzzzzzz")),
+        )
+        .await
+        .unwrap();
+    let listed: Vec<KeyId> = page.keys.iter().map(|k| k.record.key_id).collect();
+    assert_eq!(listed, expected[4..]);
+    store.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// The file
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_persist_across_a_reopen_and_revoked_ones_stay_refused() {
+    let dir = TempDir::new("reopen");
+    let clock = Arc::new(ManualClock::new(
+        SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789),
+    ));
+    let store = dir
+        .builder()
+        .with_clock(clock.clone())
+        .open()
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let kept = store
+        .create(
+            NewKey::new("sa-1")
+                .with_scopes(ScopeSet::new(["x.y", "a"]).unwrap())
+                .with_description("ünïcode \"and\" quotes")
+                .with_expires_at(clock.now() + Duration::from_secs(86_400 * 365)),
+        )
+        .await
+        .unwrap();
+    // Times are kept to the microsecond, truncated: create says what get reads.
+    assert_eq!(
+        kept.record.created_at,
+        SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_000)
+    );
+    let revoked = store.create(NewKey::new("sa-1")).await.unwrap();
+    let graced = store.create(NewKey::new("sa-2")).await.unwrap();
+    let reissued = store
+        .reissue(graced.record.key_id, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.revoke(revoked.record.key_id).await.unwrap());
+    let before = store.export(None, MAX_EXPORT_PAGE).await.unwrap();
+    store.shutdown().await;
+    drop(store);
+
+    let store = dir
+        .builder()
+        .with_clock(clock.clone())
+        .open()
+        .await
+        .unwrap();
+    let report = store.migrate().await.unwrap();
+    assert!(report.applied.is_empty(), "{report:?}");
+    assert_eq!(store.export(None, MAX_EXPORT_PAGE).await.unwrap(), before);
+    assert_eq!(
+        store.get(kept.record.key_id).await.unwrap().unwrap().record,
+        kept.record
+    );
+    assert_eq!(
+        store.verify(&presented(&store, &kept)).await.unwrap(),
+        Some(kept.record.clone())
+    );
+    assert_eq!(
+        store.verify(&presented(&store, &revoked)).await.unwrap(),
+        None
+    );
+    // Both secrets of the reissued key, the old one until its deadline.
+    assert!(store
+        .verify(&presented(&store, &reissued))
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store
+        .verify(&presented(&store, &graced))
+        .await
+        .unwrap()
+        .is_some());
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(
+        store.verify(&presented(&store, &graced)).await.unwrap(),
+        None
+    );
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_idempotent_and_run_once_when_stores_migrate_at_once() {
+    let dir = TempDir::new("migrate");
+    let store = dir.builder().open().await.unwrap();
+    let first = store.migrate().await.unwrap();
+    assert_eq!(first.applied, vec![1]);
+    assert_eq!(first.current, 1);
+    let second = store.migrate().await.unwrap();
+    assert!(second.applied.is_empty(), "{second:?}");
+    assert_eq!(second.current, 1);
+    let tables: i64 = raw(&dir.db())
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name LIKE 'tower_api_key_%'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 4, "keys, changes, changes_pruned, migrations");
+    let mode: String = raw(&dir.db())
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    store.shutdown().await;
+
+    // Four stores on a fresh file, migrating at once: one applies.
+    let fresh = TempDir::new("migrate-at-once");
+    let reports = futures_util::future::join_all((0..4).map(|_| async {
+        let store = fresh.builder().open().await.unwrap();
+        let report = store.migrate().await.unwrap();
+        store.shutdown().await;
+        report
+    }))
+    .await;
+    let applied: Vec<u32> = reports.iter().flat_map(|r| r.applied.clone()).collect();
+    assert_eq!(applied, vec![1], "{reports:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_creates_a_missing_file_and_refuses_what_it_cannot_open() {
+    let dir = TempDir::new("open");
+    assert!(!dir.db().exists());
+    let store = SqliteKeyStore::open(dir.db()).await.unwrap();
+    assert!(dir.db().exists());
+    assert_eq!(store.path(), dir.db());
+    // Not migrated: verification fails closed, never "unknown".
+    let key = conformance::unknown_key(&store);
+    assert!(matches!(
+        store.verify(&key).await,
+        Err(VerifierError::Backend(_))
+    ));
+    store.shutdown().await;
+
+    // A directory that does not exist, an empty path, and a file that is
+    // not a database.
+    let missing = SqliteKeyStore::open(dir.0.join("no/such/dir/keys.db")).await;
+    assert!(
+        matches!(missing, Err(StoreError::Backend(_))),
+        "{missing:?}"
+    );
+    assert!(matches!(
+        SqliteKeyStore::open("").await,
+        Err(StoreError::Invalid(_))
+    ));
+    let garbage = dir.0.join("garbage.db");
+    std::fs::write(&garbage, vec![0x5a; 8192]).unwrap();
+    let refused = SqliteKeyStore::open(&garbage).await;
+    assert!(
+        matches!(refused, Err(StoreError::Backend(_))),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_refuses_further_calls() {
+    let dir = TempDir::new("shutdown");
+    let store = dir.store().await;
+    let created = store.create(NewKey::new("sa")).await.unwrap();
+    let clone = store.clone();
+    store.shutdown().await;
+    assert!(matches!(
+        clone.create(NewKey::new("sa")).await,
+        Err(StoreError::Backend(_))
+    ));
+    assert!(matches!(
+        clone.verify(&presented(&clone, &created)).await,
+        Err(VerifierError::Backend(_))
+    ));
+    // Shutting down twice is harmless.
+    clone.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Several stores on one file
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_by_another_store_on_the_file_is_refused_here_within_a_second() {
+    let dir = TempDir::new("revoke-across");
+    let a = dir.store().await;
+    let b = dir.store().await;
+    let auth_a = Authenticator::builder(a.clone())
+        .positive_ttl(Duration::from_secs(3600))
+        .build();
+    let service = protected(&auth_a);
+    let mut seen_a = Watch::on(&a);
+
+    let created = b.create(NewKey::new("sa-1")).await.unwrap();
+    let text = created.key.expose_secret().to_owned();
+    let id = created.record.key_id;
+    assert_eq!(status(&service, &text).await, StatusCode::OK);
+    let key = presented(&a, &created);
+    assert_eq!(
+        auth_a.cache().lookup_with_source(&key).await.unwrap().1,
+        Source::Cache,
+        "A has cached the key"
+    );
+
+    let revoked_at = Instant::now();
+    assert!(b.revoke(id).await.unwrap());
+    let what = seen_a.until_invalidated(id, WITHIN).await;
+    assert_eq!(
+        what,
+        Invalidation::key_of(id, "sa-1"),
+        "that key, not a flush"
+    );
+    assert_eq!(status(&service, &text).await, StatusCode::UNAUTHORIZED);
+    assert!(revoked_at.elapsed() < WITHIN);
+
+    // A's own changes reach A's caches before the call returns, and are not
+    // announced a second time by the watcher.
+    let own = a.create(NewKey::new("sa-1")).await.unwrap();
+    let own_text = own.key.expose_secret().to_owned();
+    assert_eq!(status(&service, &own_text).await, StatusCode::OK);
+    seen_a.drain();
+    assert!(a.revoke(own.record.key_id).await.unwrap());
+    assert_eq!(
+        seen_a.drain(),
+        vec![Invalidation::key_of(own.record.key_id, "sa-1")]
+    );
+    assert_eq!(status(&service, &own_text).await, StatusCode::UNAUTHORIZED);
+    // B's next change is the next thing A hears: nothing of A's own before it.
+    let marker = b.create(NewKey::new("sa-1")).await.unwrap();
+    b.revoke(marker.record.key_id).await.unwrap();
+    let next = timeout(WITHIN, seen_a.rx.recv()).await.unwrap().unwrap();
+    assert_eq!(next, Invalidation::key_of(marker.record.key_id, "sa-1"));
+
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_and_reissues_by_another_store_reach_this_stores_cache() {
+    let dir = TempDir::new("update-across");
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let a = dir
+        .builder()
+        .with_clock(clock.clone())
+        .open()
+        .await
+        .unwrap();
+    a.migrate().await.unwrap();
+    let b = dir
+        .builder()
+        .with_clock(clock.clone())
+        .open()
+        .await
+        .unwrap();
+    let cache_a = CachedVerifier::new(
+        a.clone(),
+        CacheConfig::builder()
+            .positive_ttl(Duration::from_secs(3600))
+            .clock(clock.clone())
+            .build(),
+    );
+    let mut seen_a = Watch::on(&a);
+
+    // An update on B: A re-reads the key's new scopes.
+    let created = b.create(NewKey::new("sa-1")).await.unwrap();
+    let id = created.record.key_id;
+    let key = presented(&a, &created);
+    assert!(cache_a.lookup(&key).await.unwrap().scopes().is_empty());
+    let scopes = ScopeSet::new(["only.this"]).unwrap();
+    b.update(id, KeyUpdate::default().with_scopes(scopes.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        seen_a.until_invalidated(id, WITHIN).await,
+        Invalidation::key_of(id, "sa-1")
+    );
+    assert_eq!(cache_a.lookup(&key).await.unwrap().scopes(), &scopes);
+
+    // A reissue with grace on B: on A the old secret works until the deadline.
+    let grace = Duration::from_secs(60);
+    let reissued = b.reissue(id, grace).await.unwrap().unwrap();
+    seen_a.until_invalidated(id, WITHIN).await;
+    let old = cache_a.lookup(&key).await.unwrap();
+    assert!(old.expires_at().expect("grace deadline") <= clock.now() + grace);
+    let new_key = presented(&a, &reissued);
+    assert_eq!(cache_a.lookup(&new_key).await.unwrap().expires_at(), None);
+    clock.advance(grace + Duration::from_secs(1));
+    assert!(matches!(
+        cache_a.lookup(&key).await,
+        Err(LookupError::Expired)
+    ));
+
+    // A reissue without grace on B: only the newest secret works on A.
+    let newest = b.reissue(id, Duration::ZERO).await.unwrap().unwrap();
+    seen_a.until_invalidated(id, WITHIN).await;
+    assert!(is_unknown(cache_a.lookup(&new_key).await));
+    assert!(cache_a.lookup(&presented(&a, &newest)).await.is_ok());
+
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_behind_the_pruned_change_log_invalidates_everything() {
+    let dir = TempDir::new("pruned");
+    let a = dir.store().await;
+    let mut seen_a = Watch::on(&a);
+    let created = a.create(NewKey::new("sa-1")).await.unwrap();
+    // Another writer pruned rows A never read (as after A was suspended
+    // for longer than the log is kept).
+    raw(&dir.db())
+        .execute_batch(
+            "BEGIN IMMEDIATE;
+             INSERT INTO tower_api_key_changes (key_id, service_account_id, origin, changed_at)
+                 VALUES ('nokeyid', 'sa-x', 'elsewhere', 0);
+             UPDATE tower_api_key_changes_pruned
+                SET upto = (SELECT max(seq) FROM tower_api_key_changes);
+             DELETE FROM tower_api_key_changes;
+             COMMIT;",
+        )
+        .unwrap();
+    seen_a.until_all(WITHIN).await;
+    // Its position moved past the pruned rows: it is not flushed again.
+    let b = dir.store().await;
+    b.revoke(created.record.key_id).await.unwrap();
+    assert_eq!(
+        seen_a
+            .until_invalidated(created.record.key_id, WITHIN)
+            .await,
+        Invalidation::key_of(created.record.key_id, "sa-1")
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Log output captured in memory.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Waits, at most `within`, until the logs hold `text`.
+    async fn until_logged(&self, text: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.text().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "not logged within {within:?}: {text}\n{}",
+                self.text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+// Current-thread runtime: the thread-local subscriber sees the watcher's events.
+#[tokio::test(flavor = "current_thread")]
+async fn a_watcher_that_cannot_read_the_log_keeps_its_position_and_catches_up() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dir = TempDir::new("catch-up");
+    let a = dir.store().await;
+    let b = dir.store().await;
+    let auth_a = Authenticator::builder(a.clone())
+        .positive_ttl(Duration::from_secs(3600))
+        .build();
+    let service = protected(&auth_a);
+    let mut seen_a = Watch::on(&a);
+    let created = a.create(NewKey::new("sa-1")).await.unwrap();
+    let text = created.key.expose_secret().to_owned();
+    assert_eq!(status(&service, &text).await, StatusCode::OK);
+
+    // The watcher's reads fail (a table it reads is gone for a while)...
+    let admin = raw(&dir.db());
+    admin
+        .execute_batch("ALTER TABLE tower_api_key_changes_pruned RENAME TO hidden_pruned")
+        .unwrap();
+    logs.until_logged("change watcher cannot read the file", WITHIN)
+        .await;
+    // ... while B revokes the key.
+    assert!(b.revoke(created.record.key_id).await.unwrap());
+    admin
+        .execute_batch("ALTER TABLE hidden_pruned RENAME TO tower_api_key_changes_pruned")
+        .unwrap();
+    // Readable again: the revoke committed meanwhile is not lost.
+    assert_eq!(
+        seen_a
+            .until_invalidated(created.record.key_id, WITHIN)
+            .await,
+        Invalidation::key_of(created.record.key_id, "sa-1")
+    );
+    assert_eq!(status(&service, &text).await, StatusCode::UNAUTHORIZED);
+    logs.until_logged("change watcher reads the file again", WITHIN)
+        .await;
+    let logged = logs.text();
+    // Two watchers (A's and B's), each warning once per outage at most.
+    let warnings = logged.matches("cannot read the file").count();
+    assert!((1..=2).contains(&warnings), "{logged}");
+    assert!(!logged.contains(&text[text.len() - 20..]), "{logged}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_prune_the_change_log_by_age() {
+    let dir = TempDir::new("prune");
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let store = dir
+        .builder()
+        .with_clock(clock.clone())
+        .open()
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(store.create(NewKey::new("sa")).await.unwrap().record.key_id);
+    }
+    store.revoke(ids[0]).await.unwrap();
+    store.revoke(ids[1]).await.unwrap();
+    let log = |conn: &rusqlite::Connection| -> (i64, i64) {
+        (
+            conn.query_row("SELECT count(*) FROM tower_api_key_changes", [], |r| {
+                r.get(0)
+            })
+            .unwrap(),
+            conn.query_row("SELECT upto FROM tower_api_key_changes_pruned", [], |r| {
+                r.get(0)
+            })
+            .unwrap(),
+        )
+    };
+    assert_eq!(log(&raw(&dir.db())), (2, 0));
+    // Eleven minutes later, the next change prunes the two older rows.
+    clock.advance(Duration::from_secs(660));
+    store.revoke(ids[2]).await.unwrap();
+    assert_eq!(log(&raw(&dir.db())), (1, 2));
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_on_two_stores_never_pass_the_limit() {
+    let dir = TempDir::new("race");
+    let a = dir.builder().max_keys_per_account(5).open().await.unwrap();
+    a.migrate().await.unwrap();
+    let b = dir.builder().max_keys_per_account(5).open().await.unwrap();
+    // 20 creates at once over two stores (8 connections each): they contend
+    // for the write lock, and every one either succeeds or meets the limit
+    // (none fails on SQLITE_BUSY: the lock is waited for).
+    conformance::concurrent_creates_respect_the_limit(&[a.clone(), b.clone()]).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Failing closed, and the write lock
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_key_table_is_a_503_never_cached_and_cached_keys_still_pass() {
+    let dir = TempDir::new("unreadable");
+    let store = dir.store().await;
+    let auth = Authenticator::builder(store.clone())
+        .positive_ttl(Duration::from_secs(3600))
+        .build();
+    let service = protected(&auth);
+    let cached = store.create(NewKey::new("sa-1")).await.unwrap();
+    let uncached = store.create(NewKey::new("sa-1")).await.unwrap();
+    let stranger = store.format().generate().unwrap();
+    let cached_text = cached.key.expose_secret().to_owned();
+    let uncached_text = uncached.key.expose_secret().to_owned();
+    let stranger_text = stranger.expose_secret().to_owned();
+    assert_eq!(status(&service, &cached_text).await, StatusCode::OK);
+
+    // Another tool breaks the file under the running store.
+    let admin = raw(&dir.db());
+    admin
+        .execute_batch("ALTER TABLE tower_api_key_keys RENAME TO hidden_keys")
+        .unwrap();
+
+    assert_eq!(status(&service, &cached_text).await, StatusCode::OK);
+    for text in [&uncached_text, &stranger_text] {
+        assert_eq!(
+            status(&service, text).await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    let uncached_key = presented(&store, &uncached);
+    assert!(matches!(
+        store.verify(&uncached_key).await,
+        Err(VerifierError::Backend(_))
+    ));
+    assert!(is_unavailable(auth.cache().lookup(&uncached_key).await));
+    // The error never holds key material.
+    if let Err(e) = store.verify(&uncached_key).await {
+        let text = format!("{e} {e:?}");
+        assert!(
+            !text.contains(&uncached_text[uncached_text.len() - 20..]),
+            "{text}"
+        );
+    }
+
+    // Repaired: the next request asks again (nothing was cached).
+    admin
+        .execute_batch("ALTER TABLE hidden_keys RENAME TO tower_api_key_keys")
+        .unwrap();
+    assert_eq!(status(&service, &uncached_text).await, StatusCode::OK);
+    assert_eq!(
+        status(&service, &stranger_text).await,
+        StatusCode::UNAUTHORIZED
+    );
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_write_lock_fails_writes_after_the_busy_timeout_and_never_blocks_verification() {
+    let dir = TempDir::new("busy");
+    let busy_timeout = Duration::from_millis(200);
+    let store = dir
+        .builder()
+        .with_busy_timeout(busy_timeout)
+        .open()
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let created = store.create(NewKey::new("sa-1")).await.unwrap();
+
+    // Another process holds the write lock.
+    let holder = raw(&dir.db());
+    holder
+        .execute_batch("BEGIN IMMEDIATE; UPDATE tower_api_key_keys SET description = 'held';")
+        .unwrap();
+
+    let started = Instant::now();
+    let refused = store.create(NewKey::new("sa-1")).await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(refused, Err(StoreError::Backend(_))),
+        "{refused:?}"
+    );
+    assert!(
+        waited >= busy_timeout,
+        "SQLITE_BUSY is retried for the busy timeout, not refused at once: {waited:?}"
+    );
+    assert!(matches!(
+        store.revoke(created.record.key_id).await,
+        Err(StoreError::Backend(_))
+    ));
+    // WAL: readers never wait for the writer.
+    assert_eq!(
+        store
+            .verify(&presented(&store, &created))
+            .await
+            .unwrap()
+            .map(|r| r.description),
+        Some(String::new()),
+        "the last committed state"
+    );
+
+    holder.execute_batch("ROLLBACK").unwrap();
+    assert!(store.create(NewKey::new("sa-1")).await.is_ok());
+    assert!(store.revoke(created.record.key_id).await.unwrap());
+    store.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Coalescing
+// ---------------------------------------------------------------------------
+
+/// The store, counting verifier calls; the first call answers only once
+/// `gate` is notified.
+#[derive(Clone)]
+struct Counting {
+    store: SqliteKeyStore,
+    calls: Arc<AtomicUsize>,
+    gate: Arc<Notify>,
+}
+
+#[async_trait]
+impl Verifier for Counting {
+    async fn verify(&self, key: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.gate.notified().await;
+        self.store.verify(key).await
+    }
+
+    fn invalidations(&self) -> Option<&Invalidations> {
+        self.store.invalidations()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_requests_for_one_uncached_key_make_one_sqlite_lookup() {
+    const N: usize = 1000;
+    let dir = TempDir::new("coalesce");
+    let store = dir.store().await;
+    let created = store.create(NewKey::new("sa-1")).await.unwrap();
+    let text = created.key.expose_secret().to_owned();
+    let gate = Arc::new(Notify::new());
+    let verifier = Counting {
+        store: store.clone(),
+        calls: Arc::new(AtomicUsize::new(0)),
+        gate: gate.clone(),
+    };
+    let auth = Authenticator::new(verifier.clone());
+    let service = protected(&auth);
+
+    // Every request is spawned and polled once (it then waits for the one
+    // verifier call) before the verifier may answer.
+    let polled = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..N {
+        let mut call = Box::pin(service.clone().oneshot(request(&text)));
+        let polled = polled.clone();
+        tasks.spawn(async move {
+            let first = futures_util::poll!(call.as_mut());
+            polled.add_permits(1);
+            let response = match first {
+                std::task::Poll::Ready(response) => response,
+                std::task::Poll::Pending => call.await,
+            };
+            response
+        });
+    }
+    let _all = timeout(Duration::from_secs(30), polled.acquire_many(N as u32))
+        .await
+        .expect("every request polled")
+        .unwrap();
+    gate.notify_one();
+    while let Some(joined) = tasks.join_next().await {
+        assert_eq!(joined.unwrap().unwrap(), StatusCode::OK);
+    }
+    assert_eq!(verifier.calls.load(Ordering::SeqCst), 1);
+    store.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// A real second process
+// ---------------------------------------------------------------------------
+
+/// Run by `a_revoke_from_another_process_is_refused_within_a_second` in a
+/// child process (this test binary again): revokes the key named by
+/// `TAK_SQLITE_CHILD` (`<path>\n<key id>`). Ignored in a normal run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run as a child process by a_revoke_from_another_process_is_refused_within_a_second"]
+async fn child_process_revokes_a_key() {
+    let spec = std::env::var("TAK_SQLITE_CHILD").expect("TAK_SQLITE_CHILD");
+    let (path, id) = spec.split_once('\n').expect("<path>\\n<key id>");
+    let store = SqliteKeyStore::open(path).await.unwrap();
+    assert!(store.revoke(id.parse().unwrap()).await.unwrap());
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_from_another_process_is_refused_within_a_second() {
+    let dir = TempDir::new("process");
+    let store = dir.store().await;
+    let auth = Authenticator::builder(store.clone())
+        .positive_ttl(Duration::from_secs(3600))
+        .build();
+    let service = protected(&auth);
+    let mut seen = Watch::on(&store);
+    let created = store.create(NewKey::new("sa-1")).await.unwrap();
+    let text = created.key.expose_secret().to_owned();
+    assert_eq!(status(&service, &text).await, StatusCode::OK);
+
+    let exe = std::env::current_exe().unwrap();
+    let db = dir.db();
+    let id = created.record.key_id;
+    let child = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "child_process_revokes_a_key",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env("TAK_SQLITE_CHILD", format!("{}\n{id}", db.display()))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        child.status.success(),
+        "the child failed: {}",
+        String::from_utf8_lossy(&child.stdout)
+    );
+    let exited = Instant::now();
+    assert_eq!(
+        seen.until_invalidated(id, WITHIN).await,
+        Invalidation::key_of(id, "sa-1")
+    );
+    assert!(exited.elapsed() < WITHIN);
+    assert_eq!(status(&service, &text).await, StatusCode::UNAUTHORIZED);
+    store.shutdown().await;
+}
