@@ -20,6 +20,7 @@ use tokio_postgres::{Config, NoTls};
 use tower_api_key::cache::{LookupError, Source};
 use tower_api_key::hash::{KeyHasher, Pepper};
 use tower_api_key::store::postgres::{ListenerStatus, PgKeyStore};
+use tower_api_key::store::sqlite::SqliteKeyStore;
 use tower_api_key::store::NewKey;
 use tower_api_key::{Authenticator, KeyFormat, KeyId, KeyStore, PresentedKey, Verifier};
 
@@ -400,13 +401,11 @@ async fn an_unreachable_database_is_an_error_on_one_line_without_the_password() 
 }
 
 #[tokio::test]
-async fn a_sqlite_url_is_refused_clearly_while_this_build_has_no_sqlite_store() {
-    let dir = temp_dir("sqlite_pending");
-    let url = format!("sqlite:{}", dir.join("keys.db").display());
-    let run = cli(["migrate"]).env("DATABASE_URL", &url).run().await;
+async fn a_sqlite_url_without_a_file_is_an_error_on_one_line() {
+    let run = cli(["migrate"]).env("DATABASE_URL", "sqlite:").run().await;
     assert_eq!(run.code, 1, "{run:?}");
     assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
-    assert!(run.stderr.contains("SQLite"), "{run:?}");
+    assert!(run.stderr.contains("sqlite:PATH"), "{run:?}");
 }
 
 fn temp_dir(test: &str) -> std::path::PathBuf {
@@ -1269,4 +1268,166 @@ async fn a_key_revoked_by_the_cli_is_refused_by_two_postgres_servers_within_one_
         server.store.shutdown().await;
     }
     db.drop_schema().await;
+}
+
+// ---------------------------------------------------------------------------
+// Done when: a server on a SQLite file, the CLI in another process
+// ---------------------------------------------------------------------------
+
+/// A server on `path`: a store behind an authenticator whose cache keeps a
+/// valid key for a minute, so only the store's watch of the file can make
+/// it refuse a key the CLI revoked.
+async fn sqlite_server(path: &std::path::Path) -> (SqliteKeyStore, Authenticator) {
+    let store = SqliteKeyStore::builder(path).open().await.expect("open");
+    let auth = Authenticator::builder(store.clone())
+        .positive_ttl(Duration::from_secs(60))
+        .build();
+    (store, auth)
+}
+
+async fn accepts(auth: &Authenticator, key: &PresentedKey) -> bool {
+    match auth.cache().lookup(key).await {
+        Ok(_) => true,
+        Err(LookupError::Unknown) => false,
+        Err(e) => panic!("unexpected lookup error: {e:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_sqlite_server_takes_cli_keys_refuses_a_cli_revoke_within_one_second_and_keeps_keys_across_a_restart(
+) {
+    let dir = temp_dir("sqlite_server");
+    let path = dir.join("keys.db");
+    let url = format!("sqlite:{}", path.display());
+    let sqlite = |args: &[&str]| cli(args).env("DATABASE_URL", &url);
+    sqlite(&["migrate"]).run().await.ok();
+    let (store, auth) = sqlite_server(&path).await;
+
+    let create = || async {
+        let run = sqlite(&["keys", "create", "--account", "sa-file"])
+            .run()
+            .await
+            .ok();
+        parse(run.stdout.trim_end())
+    };
+    let kept = create().await;
+    let revoked = create().await;
+    for key in [&kept, &revoked] {
+        assert!(accepts(&auth, key).await, "a key made by the CLI works");
+        let (_, source) = auth.cache().lookup_with_source(key).await.unwrap();
+        assert_eq!(
+            source,
+            Source::Cache,
+            "only an invalidation can refuse it now"
+        );
+    }
+
+    sqlite(&["keys", "revoke", revoked.id().as_str()])
+        .run()
+        .await
+        .ok();
+    let exited = Instant::now();
+    let deadline = exited + REFUSED_WITHIN;
+    let mut refused_after = None;
+    while refused_after.is_none() && Instant::now() < deadline {
+        if !accepts(&auth, &revoked).await {
+            refused_after = Some(exited.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "SQLite: revoke by the CLI to refusal, measured from its exit: {refused_after:?}"
+    );
+    assert!(refused_after.is_some(), "refused within {REFUSED_WITHIN:?}");
+    assert!(accepts(&auth, &kept).await);
+
+    // Restart: a new store and cache on the same file.
+    store.shutdown().await;
+    drop((store, auth));
+    let (store, auth) = sqlite_server(&path).await;
+    assert!(
+        accepts(&auth, &kept).await,
+        "a key made earlier still works"
+    );
+    assert!(
+        !accepts(&auth, &revoked).await,
+        "a revoked key stays refused"
+    );
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn export_from_sqlite_then_import_into_postgres_keeps_every_key_working() {
+    let Some(db) = Db::migrated("sqlite_to_postgres").await else {
+        return;
+    };
+    let dir = temp_dir("sqlite_to_postgres");
+    let url = format!("sqlite:{}", dir.join("keys.db").display());
+    let sqlite = |args: &[&str]| cli(args).env("DATABASE_URL", &url);
+    sqlite(&["migrate"]).run().await.ok();
+    let plain = sqlite(&[
+        "keys",
+        "create",
+        "--account",
+        "sa-move",
+        "--scope",
+        "a.read",
+        "--expires-in",
+        "30d",
+    ])
+    .run()
+    .await
+    .ok()
+    .stdout;
+    let old = sqlite(&["keys", "create", "--account", "sa-move"])
+        .run()
+        .await
+        .ok()
+        .stdout;
+    let new = sqlite(&[
+        "keys",
+        "reissue",
+        id_of(old.trim_end()).as_str(),
+        "--grace",
+        "1h",
+    ])
+    .run()
+    .await
+    .ok()
+    .stdout;
+
+    let export = sqlite(&["export"]).run().await.ok();
+    for secret in [&plain, &old, &new] {
+        export.never_shows(secret.trim_end());
+    }
+    let import = cli(["import"])
+        .db(&db)
+        .stdin(export.stdout.as_bytes())
+        .run()
+        .await
+        .ok();
+    assert!(
+        import
+            .stderr
+            .contains("2 added, 0 already present, 0 refused"),
+        "{import:?}"
+    );
+
+    // A server on PostgreSQL accepts them: the plain key, and both secrets
+    // of the reissued one (the old one until its grace ends).
+    let server = Server::start(&db).await;
+    for secret in [&plain, &old, &new] {
+        let key = parse(secret.trim_end());
+        let caller = server
+            .auth
+            .cache()
+            .lookup(&key)
+            .await
+            .expect("accepted on PostgreSQL");
+        assert_eq!(caller.service_account_id(), "sa-move");
+    }
+    server.store.shutdown().await;
+    db.drop_schema().await;
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -3,6 +3,7 @@
 
 use tower_api_key::hash::KeyHasher;
 use tower_api_key::store::postgres::PgKeyStore;
+use tower_api_key::store::sqlite::SqliteKeyStore;
 use tower_api_key::store::StoredKey;
 use tower_api_key::{KeyFormat, KeyId, KeyStore};
 
@@ -11,6 +12,7 @@ use crate::error::CliError;
 /// An open store.
 pub enum Store {
     Postgres(PgKeyStore),
+    Sqlite(SqliteKeyStore),
 }
 
 /// Opens the store `url` names with `hasher` for new hashes:
@@ -23,10 +25,18 @@ pub async fn open(url: &str, hasher: KeyHasher) -> Result<Store, CliError> {
             .connect()
             .await?;
         Ok(Store::Postgres(store))
-    } else if url.starts_with("sqlite:") {
-        Err(CliError::new(
-            "sqlite: database URLs are not supported yet: this build has no SQLite store",
-        ))
+    } else if let Some(path) = url.strip_prefix("sqlite:") {
+        // `sqlite:keys.db`, `sqlite:/var/lib/keys.db`; `sqlite://` before
+        // the path is accepted too, as other tools write it.
+        let path = path.strip_prefix("//").unwrap_or(path);
+        if path.is_empty() {
+            return Err(CliError::new("the sqlite: URL names no file: sqlite:PATH"));
+        }
+        let store = SqliteKeyStore::builder(path)
+            .with_hasher(hasher)
+            .open()
+            .await?;
+        Ok(Store::Sqlite(store))
     } else {
         Err(CliError::new(
             "the database URL must start with postgres:// or sqlite:",
@@ -38,30 +48,34 @@ impl Store {
     pub fn keys(&self) -> &dyn KeyStore {
         match self {
             Self::Postgres(s) => s,
+            Self::Sqlite(s) => s,
         }
     }
 
     pub fn format(&self) -> KeyFormat {
         match self {
             Self::Postgres(s) => s.format(),
+            Self::Sqlite(s) => s.format(),
         }
     }
 
     /// Applies the schema; says what it did.
     pub async fn migrate(&self) -> Result<String, CliError> {
-        match self {
+        let (applied, current) = match self {
             Self::Postgres(s) => {
                 let report = s.migrate().await?;
-                Ok(if report.applied.is_empty() {
-                    format!("schema already at version {}", report.current)
-                } else {
-                    format!(
-                        "applied migrations {:?}; schema at version {}",
-                        report.applied, report.current
-                    )
-                })
+                (report.applied, report.current)
             }
-        }
+            Self::Sqlite(s) => {
+                let report = s.migrate().await?;
+                (report.applied, report.current)
+            }
+        };
+        Ok(if applied.is_empty() {
+            format!("schema already at version {current}")
+        } else {
+            format!("applied migrations {applied:?}; schema at version {current}")
+        })
     }
 
     /// Waits for background work to end and closes connections. Every
@@ -69,6 +83,7 @@ impl Store {
     pub async fn shutdown(self) {
         match self {
             Self::Postgres(s) => s.shutdown().await,
+            Self::Sqlite(s) => s.shutdown().await,
         }
     }
 
