@@ -434,6 +434,26 @@ async fn migrate_is_idempotent() {
 }
 
 #[tokio::test]
+async fn a_store_without_its_schema_says_to_run_migrate() {
+    let Some(db) = Db::new("unmigrated").await else {
+        return;
+    };
+    let dir = temp_dir("unmigrated");
+    let sqlite = format!("sqlite:{}", dir.join("keys.db").display());
+    for url in [db.url.as_str(), sqlite.as_str()] {
+        let run = cli(["keys", "list", "--account", "sa-1"])
+            .env("DATABASE_URL", url)
+            .run()
+            .await;
+        assert_eq!(run.code, 1, "{run:?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+        assert!(run.stderr.contains("tower-api-key migrate"), "{run:?}");
+    }
+    db.drop_schema().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
 async fn create_prints_only_the_secret_on_stdout_and_the_details_on_stderr() {
     let Some(db) = Db::migrated("create_stdout").await else {
         return;

@@ -29,7 +29,28 @@ impl fmt::Display for CliError {
 
 impl From<tower_api_key::store::StoreError> for CliError {
     fn from(e: tower_api_key::store::StoreError) -> Self {
-        Self(e.to_string())
+        let mut message = e.to_string();
+        // The driver's own words are in the source chain (tokio-postgres
+        // shows only "db error" itself). First lines only: a database's
+        // DETAIL line may quote row values. Stores send the database
+        // hashes and ids, never a secret.
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            if !first.is_empty() && !message.contains(first) {
+                message.push_str(": ");
+                message.push_str(first);
+            }
+            source = cause.source();
+        }
+        // SQLite says "no such table", PostgreSQL "relation ... does not exist".
+        let unmigrated = message.contains("tower_api_key_keys")
+            && (message.contains("no such table") || message.contains("does not exist"));
+        if unmigrated {
+            message.push_str(" (run `tower-api-key migrate` first)");
+        }
+        Self(message)
     }
 }
 
