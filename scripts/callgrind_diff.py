@@ -1,0 +1,49 @@
+"""Per-request instruction counts of two callgrind dumps of bench_server
+(`/open` and `/protected`, see scripts/callgrind_http.sh) and the functions
+whose own (exclusive) instructions per request differ the most.
+
+    python3 scripts/callgrind_diff.py DIR CONFIG [TOP]
+"""
+import re
+import subprocess
+import sys
+
+
+def load(directory, config, route):
+    with open(f"{directory}/{config}-{route}.wrk") as f:
+        requests = int(re.search(r"(\d+) requests in", f.read()).group(1))
+    out = subprocess.run(
+        ["callgrind_annotate", "--inclusive=no", "--threshold=100",
+         f"{directory}/{config}-{route}.out"],
+        capture_output=True, text=True, check=True).stdout
+    per_function, total = {}, 0
+    for line in out.splitlines():
+        m = re.match(r"\s*([\d,]+)\s+(\(\s*[\d.]+%\)\s+)?(.*)$", line)
+        if not m:
+            continue
+        count = int(m.group(1).replace(",", ""))
+        name = re.sub(r"\s*\[.*\]$", "", m.group(3)).strip()
+        if "PROGRAM TOTALS" in name:
+            total = count
+            continue
+        per_function[name] = per_function.get(name, 0) + count / requests
+    return per_function, total / requests, requests
+
+
+def main():
+    directory, config = sys.argv[1], sys.argv[2]
+    top = int(sys.argv[3]) if len(sys.argv) > 3 else 30
+    open_, open_total, open_n = load(directory, config, "open")
+    prot, prot_total, prot_n = load(directory, config, "protected")
+    print(f"== {config}: instructions per request, /open {open_total:,.0f} "
+          f"({open_n} requests), /protected {prot_total:,.0f} ({prot_n} requests), "
+          f"difference {prot_total - open_total:,.0f}")
+    diff = sorted(((prot.get(k, 0) - open_.get(k, 0), k) for k in set(open_) | set(prot)),
+                  reverse=True)
+    print(f"{'more':>8} {'protected':>10} {'open':>8}  function (own instructions per request)")
+    for d, name in diff[:top]:
+        print(f"{d:8.0f} {prot.get(name, 0):10.0f} {open_.get(name, 0):8.0f}  {name[:120]}")
+
+
+if __name__ == "__main__":
+    main()
