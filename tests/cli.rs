@@ -358,6 +358,7 @@ async fn a_pepper_needs_its_version_and_one_source() {
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("keep one"), "{run:?}");
     run.never_shows("hunter2-pepper");
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
@@ -964,6 +965,7 @@ async fn a_pepper_mismatch_is_reported_and_nothing_is_written() {
     assert_eq!(check.code, 0, "{check:?}");
     server.shutdown().await;
     db.drop_schema().await;
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
