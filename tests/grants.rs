@@ -23,7 +23,7 @@ use common::Reply;
 
 const TRANSLATE: &str = "yc.ai.translate.execute";
 const MANAGE: &str = management::DEFAULT_SCOPE;
-/// The README's operator console scope, on a second router.
+/// The operator console scope of docs/management.md, on a second router.
 const CONSOLE: &str = "ops.apikeys.admin";
 
 async fn mint(store: &MemoryStore, account: &str, scopes: &[&str]) -> String {

@@ -146,6 +146,21 @@ pub struct KeyInfo {
 }
 
 impl KeyInfo {
+    /// A key's record, when it was last used and its hint: what a tool
+    /// that reads keys from elsewhere (an export file) builds to
+    /// [`import`](crate::KeyStore::import) them.
+    pub fn new(
+        record: KeyRecord,
+        last_used_at: Option<SystemTime>,
+        hint: impl Into<String>,
+    ) -> Self {
+        Self {
+            record,
+            last_used_at,
+            hint: hint.into(),
+        }
+    }
+
     /// An upper bound on the bytes this key takes in a management API
     /// listing: every string with its quotes and JSON escapes, field names,
     /// punctuation and timestamps. What [`MAX_PAGE_BYTES`] counts.

@@ -1,0 +1,315 @@
+//! What each command does.
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use serde_json::json;
+use tower_api_key::hash::{HashScheme, KeyHasher};
+use tower_api_key::store::{
+    CreatedKey, KeyUpdate, ListRequest, NewKey, MAX_EXPORT_PAGE, MAX_PAGE_SIZE,
+};
+use tower_api_key::{KeyId, MAX_KEY_LEN};
+
+use crate::error::CliError;
+use crate::output::{self, write_stdout, Format};
+use crate::pepper::{self, can_verify, describe};
+use crate::store::Store;
+use crate::{time, transfer, validate, Command, KeysCommand};
+
+pub struct Context<'a> {
+    pub store: &'a Store,
+    pub hasher: &'a KeyHasher,
+    pub output: Format,
+}
+
+pub async fn run(ctx: &Context<'_>, command: Command) -> Result<ExitCode, CliError> {
+    match command {
+        Command::Migrate => {
+            let report = ctx.store.migrate().await?;
+            eprintln!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export => {
+            let count = transfer::export(ctx.store).await?;
+            eprintln!("exported {count} keys");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Import => {
+            let summary = transfer::import(ctx.store, std::io::stdin().lock()).await?;
+            eprintln!(
+                "imported: {} added, {} already present, {} refused",
+                summary.added, summary.present, summary.refused
+            );
+            Ok(if summary.refused == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Keys(keys) => run_keys(ctx, keys).await,
+    }
+}
+
+async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, CliError> {
+    let store = ctx.store.keys();
+    let format = ctx.store.format();
+    match command {
+        KeysCommand::Create {
+            account,
+            scopes,
+            description,
+            expiry,
+        } => {
+            validate::account(&account)?;
+            validate::description(&description, &format)?;
+            let scopes = validate::scopes(&scopes, &format)?;
+            let mut new = NewKey::new(account)
+                .with_scopes(scopes)
+                .with_description(description);
+            if let Some(at) = expiry.resolve(SystemTime::now())? {
+                new = new.with_expires_at(at);
+            }
+            check_pepper(ctx).await?;
+            let created = store.create(new).await?;
+            print_created(ctx, &created, "created")?;
+        }
+        KeysCommand::List { account } => {
+            validate::account(&account)?;
+            let mut all = Vec::new();
+            let mut page = store
+                .list(&account, ListRequest::first(MAX_PAGE_SIZE))
+                .await?;
+            loop {
+                all.append(&mut page.keys);
+                let Some(token) = page.next_page_token.take() else {
+                    break;
+                };
+                page = store
+                    .list(&account, ListRequest::after(MAX_PAGE_SIZE, token))
+                    .await?;
+            }
+            output::keys(&all, ctx.output)?;
+        }
+        KeysCommand::Get { id } => {
+            let info = store.get(id).await?.ok_or_else(|| no_key(id))?;
+            output::key(&info, ctx.output)?;
+        }
+        KeysCommand::Update {
+            id,
+            description,
+            scopes,
+            unscoped,
+            expiry,
+            no_expiry,
+        } => {
+            let mut update = KeyUpdate::default();
+            if let Some(description) = description {
+                validate::description(&description, &format)?;
+                update = update.with_description(description);
+            }
+            if unscoped || !scopes.is_empty() {
+                update = update.with_scopes(validate::scopes(&scopes, &format)?);
+            }
+            if no_expiry {
+                update = update.with_expires_at(None);
+            } else if let Some(at) = expiry.resolve(SystemTime::now())? {
+                update = update.with_expires_at(Some(at));
+            }
+            if update.description.is_none()
+                && update.scopes.is_none()
+                && update.expires_at.is_none()
+            {
+                return Err(CliError::new(
+                    "nothing to change: pass --description, --scope, --unscoped, --expires-at, \
+                     --expires-in or --no-expiry",
+                ));
+            }
+            let info = store.update(id, update).await?.ok_or_else(|| no_key(id))?;
+            eprintln!("updated key {id}");
+            output::key(&info, ctx.output)?;
+        }
+        KeysCommand::Reissue { id, grace } => {
+            validate::grace(grace)?;
+            check_pepper(ctx).await?;
+            let created = store.reissue(id, grace).await?.ok_or_else(|| no_key(id))?;
+            print_created(ctx, &created, "reissued")?;
+        }
+        KeysCommand::Revoke { id } => {
+            if !store.revoke(id).await? {
+                return Err(no_key(id));
+            }
+            eprintln!("revoked key {id}");
+            if ctx.output == Format::Json {
+                write_stdout(&format!(
+                    "{}\n",
+                    json!({ "id": id.as_str(), "revoked": true })
+                ))?;
+            }
+        }
+        KeysCommand::Check { .. } => return check(ctx).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn no_key(id: KeyId) -> CliError {
+    CliError::new(format!("no key {id}"))
+}
+
+fn print_created(ctx: &Context<'_>, created: &CreatedKey, verb: &str) -> Result<(), CliError> {
+    // The masked hint the stores keep: prefix and last four characters.
+    let secret = created.key.expose_secret();
+    let prefix = ctx.store.format().prefix().to_owned();
+    let tail = secret
+        .get(secret.len().saturating_sub(4)..)
+        .unwrap_or_default();
+    output::created(created, &format!("{prefix}_…{tail}"), ctx.output, verb)
+}
+
+/// Refuses to write a hash that the store's other keys say the servers do
+/// not make. The records (up to one export page) show which pepper
+/// versions the servers hash with; when some are peppered and none with
+/// the CLI's version (or the CLI has no pepper), the CLI would make a key
+/// the servers refuse, or one outside the pepper. Plain SHA-256 records
+/// say nothing: every hasher verifies them. A store in the middle of a
+/// rotation holds two versions, and the CLI may hold either.
+async fn check_pepper(ctx: &Context<'_>) -> Result<(), CliError> {
+    let ours = ctx.hasher.scheme();
+    let sample = ctx.store.keys().export(None, MAX_EXPORT_PAGE).await?;
+    let mut peppered: Vec<HashScheme> = Vec::new();
+    for key in &sample {
+        let scheme = key.hash.scheme();
+        if scheme != HashScheme::Sha256 && !peppered.contains(&scheme) {
+            peppered.push(scheme);
+        }
+    }
+    if peppered.is_empty() || peppered.contains(&ours) {
+        return Ok(());
+    }
+    peppered.sort_by_key(|s| match s {
+        HashScheme::HmacSha256 { pepper_version } => *pepper_version,
+        _ => u32::MAX,
+    });
+    let found: Vec<String> = peppered.iter().map(|s| describe(*s)).collect();
+    Err(CliError::new(format!(
+        "pepper mismatch: keys in this store are hashed with {}, but this CLI would hash with \
+         {} and cannot verify them; configure the pepper your servers use ({} or {}, and {}) \
+         (nothing was written)",
+        found.join(" and "),
+        describe(ours),
+        pepper::PEPPER_FILE_ENV,
+        pepper::PEPPER_ENV,
+        pepper::PEPPER_VERSION_ENV,
+    )))
+}
+
+/// `keys check`: the key from stdin, never printed.
+async fn check(ctx: &Context<'_>) -> Result<ExitCode, CliError> {
+    let mut input = Vec::new();
+    // A key is short; anything much longer is not one (and is not kept).
+    std::io::stdin()
+        .lock()
+        .take((MAX_KEY_LEN * 4) as u64)
+        .read_to_end(&mut input)
+        .map_err(|e| CliError::new(format!("cannot read the key from stdin: {e}")))?;
+    let text = input.trim_ascii();
+    let verdict = judge(ctx, text).await;
+    // Wipe our copy; the parsed key wipes its own.
+    input.iter_mut().for_each(|b| *b = 0);
+    let verdict = verdict?;
+    match ctx.output {
+        Format::Table => write_stdout(&format!("{}\n", verdict.text))?,
+        Format::Json => write_stdout(&format!("{}\n", verdict.json))?,
+    }
+    Ok(if verdict.valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+struct Verdict {
+    valid: bool,
+    text: String,
+    json: serde_json::Value,
+}
+
+impl Verdict {
+    fn invalid(reason: String) -> Self {
+        Self {
+            valid: false,
+            text: format!("invalid: {reason}"),
+            json: json!({ "valid": false, "reason": reason }),
+        }
+    }
+}
+
+async fn judge(ctx: &Context<'_>, text: &[u8]) -> Result<Verdict, CliError> {
+    if text.is_empty() {
+        return Err(CliError::new(
+            "no key on stdin: pipe one in, such as printf %s \"$KEY\" | tower-api-key keys check",
+        ));
+    }
+    let format = ctx.store.format();
+    let presented = match format.parse_bytes(text) {
+        Ok(presented) => presented,
+        // The reason names the rule broken (length, prefix...), never the input.
+        Err(e) => {
+            return Ok(Verdict::invalid(format!(
+                "not a key of this store's format ({e})"
+            )))
+        }
+    };
+    let id = presented.id();
+    match ctx.store.keys().verify(&presented).await? {
+        Some(record) => {
+            let scopes: Vec<&str> = record.scopes.iter().map(|s| s.as_str()).collect();
+            let expires = record.expires_at.map(time::format);
+            if record.is_expired_at(SystemTime::now()) {
+                return Ok(Verdict::invalid(format!(
+                    "key {id} of {} expired at {}",
+                    record.service_account_id,
+                    expires.unwrap_or_default()
+                )));
+            }
+            let scope_text = if scopes.is_empty() {
+                "(unscoped)".to_owned()
+            } else {
+                scopes.join(",")
+            };
+            Ok(Verdict {
+                valid: true,
+                text: format!(
+                    "valid: key {id}\naccount: {}\nscopes: {scope_text}\nexpires: {}",
+                    record.service_account_id,
+                    expires.as_deref().unwrap_or("never")
+                ),
+                json: json!({
+                    "valid": true,
+                    "id": id.as_str(),
+                    "service_account_id": &*record.service_account_id,
+                    "scopes": scopes,
+                    "expires_at": expires,
+                }),
+            })
+        }
+        None => {
+            // Unknown, revoked or a wrong secret, unless the record is
+            // hashed under a pepper this CLI does not hold: say so.
+            if let Some(stored) = ctx.store.stored_key(id).await? {
+                let scheme = stored.hash.scheme();
+                if !can_verify(ctx.hasher, scheme) {
+                    return Ok(Verdict::invalid(format!(
+                        "cannot verify key {id} here: its record is hashed with {}, and this CLI \
+                         holds {}; configure the pepper your servers use",
+                        describe(scheme),
+                        describe(ctx.hasher.scheme())
+                    )));
+                }
+            }
+            Ok(Verdict::invalid(format!(
+                "no key matches (unknown id {id}, revoked, or a wrong secret)"
+            )))
+        }
+    }
+}

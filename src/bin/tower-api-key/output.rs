@@ -1,0 +1,165 @@
+//! How keys are shown: a table for people, JSON for scripts. Never a
+//! secret, except the one line of a create or reissue.
+
+use std::io::Write;
+
+use serde_json::{json, Value};
+use tower_api_key::store::{CreatedKey, KeyInfo};
+use tower_api_key::KeyRecord;
+
+use crate::error::CliError;
+use crate::time;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON document for scripts.
+    Json,
+}
+
+/// A key as JSON (the management API's field names, times with microseconds).
+pub fn key_json(info: &KeyInfo) -> Value {
+    let mut value = record_json(&info.record);
+    value["last_used_at"] = json!(info.last_used_at.map(time::format));
+    value["hint"] = json!(info.hint);
+    value
+}
+
+fn record_json(record: &KeyRecord) -> Value {
+    json!({
+        "id": record.key_id.as_str(),
+        "service_account_id": &*record.service_account_id,
+        "description": record.description,
+        "scopes": record.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        "created_at": time::format(record.created_at),
+        "expires_at": record.expires_at.map(time::format),
+    })
+}
+
+/// Keys as a table: one row each, under a header.
+pub fn table(keys: &[KeyInfo]) -> String {
+    let header = [
+        "ID",
+        "ACCOUNT",
+        "SCOPES",
+        "EXPIRES",
+        "LAST USED",
+        "HINT",
+        "DESCRIPTION",
+    ];
+    let rows: Vec<[String; 7]> = keys
+        .iter()
+        .map(|k| {
+            let r = &k.record;
+            let scopes = if r.scopes.is_empty() {
+                "(unscoped)".to_owned()
+            } else {
+                r.scopes
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            [
+                r.key_id.to_string(),
+                r.service_account_id.to_string(),
+                scopes,
+                r.expires_at.map_or("never".into(), time::format),
+                k.last_used_at.map_or("never".into(), time::format),
+                k.hint.clone(),
+                // A table row is one line.
+                r.description.replace(['\n', '\r', '\t'], " "),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                text.push_str(cell);
+                text.extend(std::iter::repeat_n(' ', w - cell.chars().count() + 2));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&header);
+    for row in &rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+    out
+}
+
+/// Prints keys as asked.
+pub fn keys(keys: &[KeyInfo], format: Format) -> Result<(), CliError> {
+    match format {
+        Format::Table => write_stdout(&table(keys)),
+        Format::Json => {
+            let list: Vec<Value> = keys.iter().map(key_json).collect();
+            write_stdout(&format!("{}\n", json!({ "keys": list })))
+        }
+    }
+}
+
+/// Prints one key as asked.
+pub fn key(info: &KeyInfo, format: Format) -> Result<(), CliError> {
+    match format {
+        Format::Table => write_stdout(&table(std::slice::from_ref(info))),
+        Format::Json => write_stdout(&format!("{}\n", key_json(info))),
+    }
+}
+
+/// A created or reissued key: the secret alone on stdout (so
+/// `KEY=$(tower-api-key keys create ...)` captures it) and the details on
+/// stderr; or one JSON document with both.
+pub fn created(
+    created: &CreatedKey,
+    hint: &str,
+    format: Format,
+    verb: &str,
+) -> Result<(), CliError> {
+    let info = KeyInfo::new(created.record.clone(), None, hint);
+    match format {
+        Format::Table => {
+            let r = &created.record;
+            eprintln!(
+                "{verb} key {} for {}; the secret is printed once, on stdout",
+                r.key_id, r.service_account_id
+            );
+            eprint!("{}", table(std::slice::from_ref(&info)));
+            write_stdout(&format!("{}\n", created.key.expose_secret()))
+                .map_err(|e| lost(created, e))
+        }
+        Format::Json => {
+            let doc = json!({ "key": key_json(&info), "secret": created.key.expose_secret() });
+            write_stdout(&format!("{doc}\n")).map_err(|e| lost(created, e))
+        }
+    }
+}
+
+/// The secret could not be shown: say which key now exists without a
+/// known secret, so the operator can revoke or reissue it.
+fn lost(created: &CreatedKey, e: CliError) -> CliError {
+    CliError::new(format!(
+        "{e}; key {} exists but its secret was not shown: revoke or reissue it",
+        created.record.key_id
+    ))
+}
+
+/// Writes to stdout; a closed pipe is an error (exit 1), not a panic.
+pub fn write_stdout(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| CliError::new(format!("cannot write to stdout: {e}")))
+}

@@ -1,0 +1,1455 @@
+//! The `tower-api-key` binary, run as a user runs it: in its own process,
+//! with arguments, environment and stdin, judged by exit code, stdout and
+//! stderr.
+//!
+//! Tests that need a store read `DATABASE_URL` (`.ci/postgres.sh` sets it).
+//! Without it they print `SKIPPED` and pass, unless `CI` is set: then they
+//! fail, so CI never skips them silently. Each works in a PostgreSQL schema
+//! of its own, so they run in parallel. Nothing sleeps hoping for timing:
+//! the revocation tests poll with an explicit deadline.
+#![cfg(feature = "cli")]
+
+use std::io::Write as _;
+use std::process::Stdio;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio_postgres::{Config, NoTls};
+use tower_api_key::cache::{LookupError, Source};
+use tower_api_key::hash::{KeyHasher, Pepper};
+use tower_api_key::store::postgres::{ListenerStatus, PgKeyStore};
+use tower_api_key::store::sqlite::SqliteKeyStore;
+use tower_api_key::store::NewKey;
+use tower_api_key::{Authenticator, KeyFormat, KeyId, KeyStore, PresentedKey, Verifier};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tower-api-key");
+
+/// How long a revocation by the CLI may take to reach a running server.
+const REFUSED_WITHIN: Duration = Duration::from_secs(1);
+
+// ---------------------------------------------------------------------------
+// Running the binary
+// ---------------------------------------------------------------------------
+
+/// One run of the binary.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "expected success: {self:?}");
+        self
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {self:?}"))
+    }
+
+    /// Fails if `secret` appears anywhere in the output.
+    fn never_shows(&self, secret: &str) -> &Self {
+        assert!(
+            !self.stdout.contains(secret) && !self.stderr.contains(secret),
+            "a secret leaked into the output of the CLI"
+        );
+        self
+    }
+}
+
+/// A command line: arguments, environment and stdin.
+struct Cli {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    stdin: Vec<u8>,
+}
+
+fn cli<S: AsRef<str>>(args: impl IntoIterator<Item = S>) -> Cli {
+    Cli {
+        args: args.into_iter().map(|a| a.as_ref().to_owned()).collect(),
+        env: Vec::new(),
+        stdin: Vec::new(),
+    }
+}
+
+impl Cli {
+    fn db(mut self, db: &Db) -> Self {
+        self.env.push(("DATABASE_URL".into(), db.url.clone()));
+        self
+    }
+
+    fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    fn stdin(mut self, input: impl Into<Vec<u8>>) -> Self {
+        self.stdin = input.into();
+        self
+    }
+
+    async fn run(self) -> Run {
+        let mut command = tokio::process::Command::new(BIN);
+        command
+            .args(&self.args)
+            // Only what the test says: not the developer's own settings.
+            .env_remove("DATABASE_URL")
+            .env_remove("TOWER_API_KEY_PEPPER")
+            .env_remove("TOWER_API_KEY_PEPPER_FILE")
+            .env_remove("TOWER_API_KEY_PEPPER_VERSION")
+            .envs(self.env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("run the tower-api-key binary");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(&self.stdin).await.expect("write stdin");
+        drop(stdin);
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("the CLI finishes within 60 s")
+            .expect("wait for the CLI");
+        Run {
+            code: out.status.code().expect("exited, not killed by a signal"),
+            stdout: String::from_utf8(out.stdout).expect("UTF-8 stdout"),
+            stderr: String::from_utf8(out.stderr).expect("UTF-8 stderr"),
+        }
+    }
+}
+
+/// Runs `args` with `--output json`; the parsed stdout.
+async fn json_of(db: &Db, args: &[&str]) -> Value {
+    cli(args.iter().chain(&["--output", "json"]))
+        .db(db)
+        .run()
+        .await
+        .ok()
+        .json()
+}
+
+/// Creates a key through the CLI; returns its secret (the whole stdout line).
+async fn create_key(db: &Db, args: &[&str]) -> String {
+    let run = cli(["keys", "create"].iter().chain(args))
+        .db(db)
+        .run()
+        .await
+        .ok();
+    run.stdout.trim_end().to_owned()
+}
+
+fn id_of(secret: &str) -> KeyId {
+    KeyFormat::default().parse(secret).expect("a key").id()
+}
+
+fn parse(secret: &str) -> PresentedKey {
+    KeyFormat::default().parse(secret).expect("a key")
+}
+
+// ---------------------------------------------------------------------------
+// A database of its own per test
+// ---------------------------------------------------------------------------
+
+/// A fresh schema on `DATABASE_URL`, and a URL whose connections use it.
+struct Db {
+    url: String,
+    schema: String,
+    admin: tokio_postgres::Client,
+}
+
+impl Db {
+    /// `None` (after saying so) when `DATABASE_URL` is unset outside CI.
+    async fn new(test: &str) -> Option<Db> {
+        let base = match std::env::var("DATABASE_URL") {
+            Ok(url) => url,
+            Err(_) => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "{test}: DATABASE_URL is not set but CI is: these tests must run in CI"
+                );
+                let _ = writeln!(std::io::stderr(), "SKIPPED: DATABASE_URL not set: {test}");
+                return None;
+            }
+        };
+        let suffix = KeyId::random().unwrap().as_str()[..10].to_ascii_lowercase();
+        let schema = format!("tak_cli_{test}_{suffix}");
+        let config = Config::from_str(&base).expect("DATABASE_URL parses");
+        let (admin, connection) = config.connect(NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        admin
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .expect("create the test schema");
+        // libpq's `options` URL parameter, percent-encoded: `-c search_path=...`.
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+        Some(Db { url, schema, admin })
+    }
+
+    /// A migrated store on this schema, as a server would open it.
+    async fn store(&self, hasher: KeyHasher) -> PgKeyStore {
+        let store = PgKeyStore::builder(&self.url)
+            .unwrap()
+            .with_hasher(hasher)
+            .connect()
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        store
+    }
+
+    async fn migrated(test: &str) -> Option<Db> {
+        let db = Db::new(test).await?;
+        cli(["migrate"]).db(&db).run().await.ok();
+        Some(db)
+    }
+
+    async fn drop_schema(self) {
+        let _ = self
+            .admin
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
+            .await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Usage, help and configuration (no database)
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn usage_errors_exit_2() {
+    let url = ["--database-url", "postgres://nobody@127.0.0.1:1/none"];
+    for args in [
+        vec![],
+        vec!["keys"],
+        vec!["frobnicate"],
+        vec!["keys", "create"],
+        vec![
+            "keys",
+            "create",
+            "--account",
+            "sa",
+            "--expires-in",
+            "90d",
+            "--expires-at",
+            "2030-01-01T00:00:00Z",
+        ],
+        vec!["keys", "create", "--account", "sa", "--expires-in", "soon"],
+        vec![
+            "keys",
+            "create",
+            "--account",
+            "sa",
+            "--expires-at",
+            "tomorrow",
+        ],
+        vec!["keys", "get", "not-a-key-id"],
+        vec![
+            "keys",
+            "update",
+            "0000000000000000",
+            "--scope",
+            "a",
+            "--unscoped",
+        ],
+        vec![
+            "keys",
+            "update",
+            "0000000000000000",
+            "--no-expiry",
+            "--expires-in",
+            "1d",
+        ],
+        vec!["keys", "reissue", "0000000000000000", "--grace", "forever"],
+        vec!["migrate", "--output", "yaml"],
+    ] {
+        let run = cli(args.iter().chain(&url)).run().await;
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(run.stdout.is_empty(), "{args:?}: {run:?}");
+    }
+    // Without a store to work on.
+    let run = cli(["keys", "list", "--account", "sa"]).run().await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("DATABASE_URL"), "{run:?}");
+}
+
+#[tokio::test]
+async fn every_command_has_help_with_an_example() {
+    for command in [
+        vec![],
+        vec!["migrate"],
+        vec!["export"],
+        vec!["import"],
+        vec!["keys"],
+        vec!["keys", "create"],
+        vec!["keys", "list"],
+        vec!["keys", "get"],
+        vec!["keys", "update"],
+        vec!["keys", "reissue"],
+        vec!["keys", "revoke"],
+        vec!["keys", "check"],
+    ] {
+        let run = cli(command.iter().chain(&["--help"])).run().await.ok();
+        assert!(run.stdout.contains("tower-api-key"), "{command:?}: {run:?}");
+        assert!(
+            run.stdout.contains("Example"),
+            "{command:?} has no example: {run:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn help_never_shows_the_database_url_from_the_environment() {
+    let url = "postgres://app:hunter2-db-password@db.internal/app";
+    let run = cli(["keys", "list", "--help"])
+        .env("DATABASE_URL", url)
+        .run()
+        .await
+        .ok();
+    run.never_shows("hunter2-db-password");
+}
+
+#[tokio::test]
+async fn a_pepper_is_never_taken_from_a_flag_and_never_echoed() {
+    let run = cli([
+        "--pepper",
+        "hunter2-pepper",
+        "keys",
+        "list",
+        "--account",
+        "sa",
+    ])
+    .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+    .run()
+    .await;
+    assert_eq!(run.code, 2, "{run:?}");
+    run.never_shows("hunter2-pepper");
+}
+
+#[tokio::test]
+async fn a_pepper_needs_its_version_and_one_source() {
+    let url = "postgres://nobody@127.0.0.1:1/none";
+    let run = cli(["keys", "list", "--account", "sa"])
+        .env("DATABASE_URL", url)
+        .env("TOWER_API_KEY_PEPPER", "hunter2-pepper")
+        .run()
+        .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("TOWER_API_KEY_PEPPER_VERSION"),
+        "{run:?}"
+    );
+    run.never_shows("hunter2-pepper");
+
+    let dir = temp_dir("pepper_sources");
+    let file = dir.join("pepper");
+    std::fs::write(&file, "hunter2-pepper\n").unwrap();
+    let run = cli(["keys", "list", "--account", "sa"])
+        .env("DATABASE_URL", url)
+        .env("TOWER_API_KEY_PEPPER", "hunter2-pepper")
+        .env("TOWER_API_KEY_PEPPER_FILE", file.to_str().unwrap())
+        .env("TOWER_API_KEY_PEPPER_VERSION", "1")
+        .run()
+        .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("keep one"), "{run:?}");
+    run.never_shows("hunter2-pepper");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn check_refuses_a_key_on_the_command_line_without_echoing_it() {
+    let key = KeyFormat::default().generate().unwrap();
+    let run = cli(["keys", "check", key.expose_secret()])
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .run()
+        .await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("stdin"), "{run:?}");
+    run.never_shows(key.expose_secret());
+}
+
+#[tokio::test]
+async fn a_database_url_of_another_kind_is_an_error_on_one_line() {
+    let run = cli(["keys", "list", "--account", "sa"])
+        .env("DATABASE_URL", "mysql://root@localhost/keys")
+        .run()
+        .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+    assert!(
+        run.stderr.contains("postgres://") && run.stderr.contains("sqlite:"),
+        "{run:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_an_error_on_one_line_without_the_password() {
+    let run = cli(["keys", "get", "0000000000000000"])
+        .env(
+            "DATABASE_URL",
+            "postgres://app:hunter2-db-password@127.0.0.1:1/app",
+        )
+        .run()
+        .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+    run.never_shows("hunter2-db-password");
+}
+
+#[tokio::test]
+async fn a_sqlite_url_without_a_file_is_an_error_on_one_line() {
+    let run = cli(["migrate"]).env("DATABASE_URL", "sqlite:").run().await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+    assert!(run.stderr.contains("sqlite:PATH"), "{run:?}");
+}
+
+fn temp_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tak_cli_{test}_{}",
+        KeyId::random().unwrap().as_str()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+// ---------------------------------------------------------------------------
+// Keys
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn migrate_is_idempotent() {
+    let Some(db) = Db::new("migrate").await else {
+        return;
+    };
+    let first = cli(["migrate"]).db(&db).run().await.ok();
+    let second = cli(["migrate"]).db(&db).run().await.ok();
+    assert!(first.stderr.contains("applied"), "{first:?}");
+    assert!(second.stderr.contains("already"), "{second:?}");
+    db.drop_schema().await;
+}
+
+#[tokio::test]
+async fn a_store_without_its_schema_says_to_run_migrate() {
+    let Some(db) = Db::new("unmigrated").await else {
+        return;
+    };
+    let dir = temp_dir("unmigrated");
+    let sqlite = format!("sqlite:{}", dir.join("keys.db").display());
+    for url in [db.url.as_str(), sqlite.as_str()] {
+        let run = cli(["keys", "list", "--account", "sa-1"])
+            .env("DATABASE_URL", url)
+            .run()
+            .await;
+        assert_eq!(run.code, 1, "{run:?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+        assert!(run.stderr.contains("tower-api-key migrate"), "{run:?}");
+    }
+    db.drop_schema().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn create_prints_only_the_secret_on_stdout_and_the_details_on_stderr() {
+    let Some(db) = Db::migrated("create_stdout").await else {
+        return;
+    };
+    let run = cli([
+        "keys",
+        "create",
+        "--account",
+        "sa-1",
+        "--scope",
+        "reports.read",
+    ])
+    .db(&db)
+    .run()
+    .await
+    .ok();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{run:?}");
+    let key = parse(lines[0]);
+    assert!(run.stderr.contains(key.id().as_str()), "{run:?}");
+    assert!(run.stderr.contains("sa-1") && run.stderr.contains("reports.read"));
+    assert!(
+        !run.stderr.contains(lines[0]),
+        "the secret is on stdout only"
+    );
+    db.drop_schema().await;
+}
+
+#[tokio::test]
+async fn json_output_parses_for_every_keys_command() {
+    let Some(db) = Db::migrated("json_output").await else {
+        return;
+    };
+    let created = json_of(
+        &db,
+        &[
+            "keys",
+            "create",
+            "--account",
+            "sa-1",
+            "--scope",
+            "a.read",
+            "--expires-in",
+            "90d",
+        ],
+    )
+    .await;
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let id = created["key"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(parse(&secret).id().as_str(), id);
+    assert_eq!(created["key"]["scopes"], serde_json::json!(["a.read"]));
+    assert!(created["key"]["expires_at"].is_string());
+
+    let listed = json_of(&db, &["keys", "list", "--account", "sa-1"]).await;
+    assert_eq!(listed["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["keys"][0]["id"], id.as_str());
+
+    let got = json_of(&db, &["keys", "get", &id]).await;
+    assert_eq!(got["service_account_id"], "sa-1");
+    assert!(got["hint"]
+        .as_str()
+        .unwrap()
+        .ends_with(&secret[secret.len() - 4..]));
+
+    let updated = json_of(
+        &db,
+        &[
+            "keys",
+            "update",
+            &id,
+            "--description",
+            "nightly",
+            "--no-expiry",
+        ],
+    )
+    .await;
+    assert_eq!(updated["description"], "nightly");
+    assert!(updated["expires_at"].is_null());
+
+    let reissued = json_of(&db, &["keys", "reissue", &id]).await;
+    assert_ne!(reissued["secret"].as_str().unwrap(), secret);
+    assert_eq!(reissued["key"]["id"], id.as_str());
+
+    let revoked = json_of(&db, &["keys", "revoke", &id]).await;
+    assert_eq!(revoked["revoked"], true);
+    db.drop_schema().await;
+}
+
+#[tokio::test]
+async fn list_pages_through_every_key_of_the_account() {
+    let Some(db) = Db::migrated("list_pages").await else {
+        return;
+    };
+    let store = db.store(KeyHasher::sha256()).await;
+    // More than one page of 200.
+    for _ in 0..205 {
+        store.create(NewKey::new("sa-many")).await.unwrap();
+    }
+    store.create(NewKey::new("sa-other")).await.unwrap();
+    let run = cli(["keys", "list", "--account", "sa-many", "-o", "json"])
+        .db(&db)
+        .run()
+        .await
+        .ok();
+    let keys = run.json()["keys"].as_array().unwrap().clone();
+    assert_eq!(keys.len(), 205);
+    assert!(keys.iter().all(|k| k["service_account_id"] == "sa-many"));
+    let table = cli(["keys", "list", "--account", "sa-many"])
+        .db(&db)
+        .run()
+        .await
+        .ok();
+    assert_eq!(
+        table.stdout.lines().count(),
+        206,
+        "a header and one row per key"
+    );
+    store.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test]
+async fn get_update_and_revoke_act_on_the_stored_key() {
+    let Some(db) = Db::migrated("get_update_revoke").await else {
+        return;
+    };
+    let secret = create_key(
+        &db,
+        &[
+            "--account",
+            "sa-1",
+            "--scope",
+            "a.read",
+            "--description",
+            "first",
+        ],
+    )
+    .await;
+    let id = id_of(&secret).to_string();
+
+    let got = cli(["keys", "get", &id]).db(&db).run().await.ok();
+    assert!(
+        got.stdout.contains("first") && got.stdout.contains("a.read"),
+        "{got:?}"
+    );
+    got.never_shows(&secret);
+
+    let at = "2031-05-06T07:08:09Z";
+    let updated = cli([
+        "keys",
+        "update",
+        &id,
+        "--scope",
+        "b.write",
+        "--scope",
+        "c.read",
+        "--expires-at",
+        at,
+        "-o",
+        "json",
+    ])
+    .db(&db)
+    .run()
+    .await
+    .ok();
+    let updated = updated.json();
+    assert_eq!(updated["scopes"], serde_json::json!(["b.write", "c.read"]));
+    assert_eq!(updated["expires_at"], "2031-05-06T07:08:09.000000Z");
+    assert_eq!(updated["description"], "first", "unchanged when not asked");
+
+    let unscoped = cli(["keys", "update", &id, "--unscoped", "-o", "json"])
+        .db(&db)
+        .run()
+        .await
+        .ok();
+    assert_eq!(unscoped.json()["scopes"], serde_json::json!([]));
+
+    let nothing = cli(["keys", "update", &id]).db(&db).run().await;
+    assert_eq!(nothing.code, 1, "{nothing:?}");
+
+    cli(["keys", "revoke", &id]).db(&db).run().await.ok();
+    for args in [
+        vec!["keys", "get", &id],
+        vec!["keys", "revoke", &id],
+        vec!["keys", "update", &id, "--no-expiry"],
+        vec!["keys", "reissue", &id],
+    ] {
+        let run = cli(&args).db(&db).run().await;
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        assert_eq!(
+            run.stderr.trim_end(),
+            format!("error: no key {id}"),
+            "{args:?}"
+        );
+    }
+    db.drop_schema().await;
+}
+
+#[tokio::test]
+async fn invalid_input_is_refused_with_the_librarys_rules_and_never_echoes_a_key() {
+    let Some(db) = Db::migrated("validation").await else {
+        return;
+    };
+    let secret = create_key(&db, &["--account", "sa-1"]).await;
+    let id = id_of(&secret).to_string();
+    let description = format!("see {secret}");
+    for args in [
+        vec!["keys", "create", "--account", ""],
+        vec!["keys", "create", "--account", "has space"],
+        vec![
+            "keys",
+            "create",
+            "--account",
+            "sa-1",
+            "--scope",
+            "not a scope",
+        ],
+        vec!["keys", "create", "--account", "sa-1", "--scope", &secret],
+        vec![
+            "keys",
+            "create",
+            "--account",
+            "sa-1",
+            "--description",
+            &description,
+        ],
+        vec![
+            "keys",
+            "create",
+            "--account",
+            "sa-1",
+            "--expires-at",
+            "2001-01-01T00:00:00Z",
+        ],
+        vec![
+            "keys",
+            "create",
+            "--account",
+            "sa-1",
+            "--expires-at",
+            "9999-12-31T23:59:59.999999Z",
+        ],
+        vec!["keys", "update", &id, "--description", &description],
+        vec!["keys", "reissue", &id, "--grace", "31d"],
+    ] {
+        let run = cli(&args).db(&db).run().await;
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {run:?}");
+        assert!(run.stdout.is_empty(), "{args:?}: {run:?}");
+        run.never_shows(&secret);
+    }
+    // Nothing was created or changed.
+    let listed = cli(["keys", "list", "--account", "sa-1", "-o", "json"])
+        .db(&db)
+        .run()
+        .await
+        .ok();
+    assert_eq!(listed.json()["keys"].as_array().unwrap().len(), 1);
+    db.drop_schema().await;
+}
+
+#[tokio::test]
+async fn reissue_prints_the_new_secret_alone_and_the_old_one_works_for_the_grace() {
+    let Some(db) = Db::migrated("reissue").await else {
+        return;
+    };
+    let old = create_key(&db, &["--account", "sa-1"]).await;
+    let id = id_of(&old).to_string();
+    let run = cli(["keys", "reissue", &id, "--grace", "1h"])
+        .db(&db)
+        .run()
+        .await
+        .ok();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{run:?}");
+    let new = lines[0];
+    assert_eq!(id_of(new).to_string(), id);
+    assert_ne!(new, old);
+    run.never_shows(&old);
+    for secret in [&old, new] {
+        let check = cli(["keys", "check"])
+            .db(&db)
+            .stdin(secret.as_bytes())
+            .run()
+            .await;
+        assert_eq!(check.code, 0, "{check:?}");
+    }
+    db.drop_schema().await;
+}
+
+#[tokio::test]
+async fn check_reads_the_key_from_stdin_and_never_prints_it() {
+    let Some(db) = Db::migrated("check").await else {
+        return;
+    };
+    let secret = create_key(
+        &db,
+        &[
+            "--account",
+            "sa-check",
+            "--scope",
+            "a.read",
+            "--scope",
+            "b.write",
+        ],
+    )
+    .await;
+    let id = id_of(&secret).to_string();
+
+    // Valid, with a trailing newline as `echo` writes it.
+    let run = cli(["keys", "check"])
+        .db(&db)
+        .stdin(format!("{secret}\n"))
+        .run()
+        .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.starts_with("valid"), "{run:?}");
+    assert!(run.stdout.contains("sa-check") && run.stdout.contains("a.read,b.write"));
+    assert!(run.stdout.contains("never"), "no expiry: {run:?}");
+    run.never_shows(&secret);
+
+    let json = cli(["keys", "check", "-o", "json"])
+        .db(&db)
+        .stdin(secret.as_bytes())
+        .run()
+        .await;
+    assert_eq!(json.code, 0, "{json:?}");
+    let verdict = json.json();
+    assert_eq!(verdict["valid"], true);
+    assert_eq!(verdict["id"], id.as_str());
+    assert_eq!(verdict["service_account_id"], "sa-check");
+    json.never_shows(&secret);
+
+    // A wrong secret for the same id, and something that is not a key.
+    let other = KeyFormat::default().generate_for(id_of(&secret)).unwrap();
+    let wrong = other.expose_secret().to_owned();
+    for bad in [wrong.as_str(), "not a key at all"] {
+        let run = cli(["keys", "check"])
+            .db(&db)
+            .stdin(bad.as_bytes())
+            .run()
+            .await;
+        assert_eq!(run.code, 1, "{run:?}");
+        assert!(run.stdout.starts_with("invalid"), "{run:?}");
+        run.never_shows(bad).never_shows(&secret);
+    }
+
+    // Revoked.
+    cli(["keys", "revoke", &id]).db(&db).run().await.ok();
+    let run = cli(["keys", "check"])
+        .db(&db)
+        .stdin(secret.as_bytes())
+        .run()
+        .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.starts_with("invalid"), "{run:?}");
+    run.never_shows(&secret);
+
+    // Nothing on stdin.
+    let run = cli(["keys", "check"]).db(&db).run().await;
+    assert_eq!(run.code, 1, "{run:?}");
+    db.drop_schema().await;
+}
+
+#[tokio::test]
+async fn check_says_when_a_key_has_expired() {
+    let Some(db) = Db::migrated("check_expired").await else {
+        return;
+    };
+    // An expired key can only arrive by import (create refuses a past expiry).
+    let secret = create_key(&db, &["--account", "sa-old"]).await;
+    let mut line: Value =
+        serde_json::from_str(cli(["export"]).db(&db).run().await.ok().stdout.trim_end()).unwrap();
+    cli(["keys", "revoke", id_of(&secret).as_str()])
+        .db(&db)
+        .run()
+        .await
+        .ok();
+    line["expires_at"] = Value::from("2020-01-01T00:00:00.000000Z");
+    line["created_at"] = Value::from("2019-01-01T00:00:00.000000Z");
+    cli(["import"])
+        .db(&db)
+        .stdin(line.to_string())
+        .run()
+        .await
+        .ok();
+
+    let run = cli(["keys", "check"])
+        .db(&db)
+        .stdin(secret.as_bytes())
+        .run()
+        .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.starts_with("invalid"), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("expired at 2020-01-01T00:00:00.000000Z"),
+        "{run:?}"
+    );
+    run.never_shows(&secret);
+    db.drop_schema().await;
+}
+
+// ---------------------------------------------------------------------------
+// Pepper
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_pepper_mismatch_is_reported_and_nothing_is_written() {
+    let Some(db) = Db::migrated("pepper_mismatch").await else {
+        return;
+    };
+    let dir = temp_dir("pepper_mismatch");
+    let file = dir.join("pepper");
+    std::fs::write(&file, "a long random server secret\n").unwrap();
+    let file = file.to_str().unwrap();
+
+    // A server peppered with version 3 made a key.
+    let server = db
+        .store(KeyHasher::with_pepper(Pepper::new(
+            3,
+            b"a long random server secret".to_vec(),
+        )))
+        .await;
+    let server_key = server.create(NewKey::new("sa-1")).await.unwrap();
+    let server_secret = server_key.key.expose_secret().to_owned();
+
+    // No pepper, or another version: refused before anything is written.
+    for (what, version) in [("no pepper", None), ("another version", Some("4"))] {
+        let mut command = cli(["keys", "create", "--account", "sa-1"]).db(&db);
+        if let Some(version) = version {
+            command = command
+                .env("TOWER_API_KEY_PEPPER_FILE", file)
+                .env("TOWER_API_KEY_PEPPER_VERSION", version);
+        }
+        let run = command.run().await;
+        assert_eq!(run.code, 1, "{what}: {run:?}");
+        assert!(run.stderr.contains("pepper mismatch"), "{what}: {run:?}");
+        assert!(run.stderr.contains("pepper version 3"), "{what}: {run:?}");
+        assert!(run.stdout.is_empty(), "{what}: {run:?}");
+        run.never_shows("a long random server secret");
+
+        let id = server_key.record.key_id.to_string();
+        let mut command = cli(["keys", "reissue", &id]).db(&db);
+        if let Some(version) = version {
+            command = command
+                .env("TOWER_API_KEY_PEPPER_FILE", file)
+                .env("TOWER_API_KEY_PEPPER_VERSION", version);
+        }
+        let run = command.run().await;
+        assert_eq!(run.code, 1, "{what}: {run:?}");
+        assert!(run.stderr.contains("pepper mismatch"), "{what}: {run:?}");
+
+        // `keys check` says why it cannot tell, rather than "unknown".
+        let check = cli(["keys", "check"])
+            .db(&db)
+            .stdin(server_secret.as_bytes())
+            .run()
+            .await;
+        assert_eq!(check.code, 1, "{check:?}");
+        assert!(check.stdout.contains("pepper version 3"), "{check:?}");
+        check.never_shows(&server_secret);
+    }
+    assert_eq!(
+        server
+            .list("sa-1", Default::default())
+            .await
+            .unwrap()
+            .keys
+            .len(),
+        1
+    );
+    assert!(
+        server
+            .get(server_key.record.key_id)
+            .await
+            .unwrap()
+            .is_some(),
+        "the refused reissue left the key as it was"
+    );
+
+    // The same pepper and version as the server: the CLI's key works on it.
+    let secret = cli(["keys", "create", "--account", "sa-1"])
+        .db(&db)
+        .env("TOWER_API_KEY_PEPPER_FILE", file)
+        .env("TOWER_API_KEY_PEPPER_VERSION", "3")
+        .run()
+        .await
+        .ok()
+        .stdout
+        .trim_end()
+        .to_owned();
+    let record = server.verify(&parse(&secret)).await.unwrap();
+    assert_eq!(
+        record
+            .expect("the server accepts the CLI's key")
+            .service_account_id
+            .as_ref(),
+        "sa-1"
+    );
+    let check = cli(["keys", "check"])
+        .db(&db)
+        .env("TOWER_API_KEY_PEPPER", "a long random server secret")
+        .env("TOWER_API_KEY_PEPPER_VERSION", "3")
+        .stdin(server_secret.as_bytes())
+        .run()
+        .await;
+    assert_eq!(check.code, 0, "{check:?}");
+    server.shutdown().await;
+    db.drop_schema().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn during_a_pepper_rotation_the_cli_may_hold_either_version() {
+    let Some(db) = Db::migrated("pepper_rotation").await else {
+        return;
+    };
+    let old = Pepper::new(1, b"the old server secret".to_vec());
+    let new = Pepper::new(2, b"the new server secret".to_vec());
+    let before = db.store(KeyHasher::with_pepper(old.clone())).await;
+    before.create(NewKey::new("sa-1")).await.unwrap();
+    let server = db
+        .store(KeyHasher::with_pepper(new).with_previous_pepper(old))
+        .await;
+    server.create(NewKey::new("sa-1")).await.unwrap();
+
+    for (version, secret) in [
+        ("1", "the old server secret"),
+        ("2", "the new server secret"),
+    ] {
+        let key = cli(["keys", "create", "--account", "sa-1"])
+            .db(&db)
+            .env("TOWER_API_KEY_PEPPER", secret)
+            .env("TOWER_API_KEY_PEPPER_VERSION", version)
+            .run()
+            .await
+            .ok()
+            .stdout;
+        let accepted = server.verify(&parse(key.trim_end())).await.unwrap();
+        assert!(
+            accepted.is_some(),
+            "version {version}: the rotating server accepts it"
+        );
+    }
+    // A version the store has never seen is refused.
+    let run = cli(["keys", "create", "--account", "sa-1"])
+        .db(&db)
+        .env("TOWER_API_KEY_PEPPER", "some other secret")
+        .env("TOWER_API_KEY_PEPPER_VERSION", "7")
+        .run()
+        .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("pepper version 1 and HMAC-SHA-256 with pepper version 2"),
+        "{run:?}"
+    );
+    before.shutdown().await;
+    server.shutdown().await;
+    db.drop_schema().await;
+}
+
+// ---------------------------------------------------------------------------
+// Export and import
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn export_holds_hashes_never_secrets_and_import_is_idempotent() {
+    let Some(from) = Db::migrated("export_from").await else {
+        return;
+    };
+    let Some(to) = Db::migrated("export_to").await else {
+        return;
+    };
+    let kept = create_key(
+        &from,
+        &[
+            "--account",
+            "sa-1",
+            "--scope",
+            "a.read",
+            "--expires-in",
+            "30d",
+        ],
+    )
+    .await;
+    let old = create_key(&from, &["--account", "sa-2", "--description", "rotated"]).await;
+    let id = id_of(&old).to_string();
+    let new = cli(["keys", "reissue", &id, "--grace", "1h"])
+        .db(&from)
+        .run()
+        .await
+        .ok()
+        .stdout
+        .trim_end()
+        .to_owned();
+
+    let export = cli(["export"]).db(&from).run().await.ok();
+    export
+        .never_shows(&kept)
+        .never_shows(&old)
+        .never_shows(&new);
+    let lines: Vec<Value> = export
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let rotated = lines.iter().find(|l| l["key_id"] == id.as_str()).unwrap();
+    assert!(rotated["hash"].as_str().unwrap().starts_with("sha256$"));
+    assert!(rotated["previous_hash"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256$"));
+    // RFC 3339 with microseconds.
+    let until = rotated["previous_valid_until"].as_str().unwrap();
+    assert_eq!(until.len(), "2030-01-31T12:00:00.000000Z".len(), "{until}");
+    for line in &lines {
+        let mut fields: Vec<&str> = line
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            [
+                "created_at",
+                "description",
+                "expires_at",
+                "hash",
+                "hint",
+                "key_id",
+                "last_used_at",
+                "previous_hash",
+                "previous_valid_until",
+                "scopes",
+                "service_account_id"
+            ]
+        );
+    }
+
+    let first = cli(["import"])
+        .db(&to)
+        .stdin(export.stdout.as_bytes())
+        .run()
+        .await
+        .ok();
+    assert!(
+        first
+            .stderr
+            .contains("2 added, 0 already present, 0 refused"),
+        "{first:?}"
+    );
+    let again = cli(["import"])
+        .db(&to)
+        .stdin(export.stdout.as_bytes())
+        .run()
+        .await
+        .ok();
+    assert!(
+        again
+            .stderr
+            .contains("0 added, 2 already present, 0 refused"),
+        "{again:?}"
+    );
+
+    // Every secret that worked before the move works after it.
+    let target = to.store(KeyHasher::sha256()).await;
+    for secret in [&kept, &old, &new] {
+        assert!(target.verify(&parse(secret)).await.unwrap().is_some());
+    }
+    assert_eq!(
+        cli(["export"]).db(&to).run().await.ok().stdout,
+        export.stdout,
+        "the copy exports the same records"
+    );
+    target.shutdown().await;
+    from.drop_schema().await;
+    to.drop_schema().await;
+}
+
+#[tokio::test]
+async fn import_names_each_refused_record_goes_on_and_exits_1() {
+    let Some(db) = Db::migrated("import_refused").await else {
+        return;
+    };
+    let Some(other) = Db::migrated("import_refused_other").await else {
+        return;
+    };
+    let secret = create_key(&other, &["--account", "sa-1"]).await;
+    let good = cli(["export"]).db(&other).run().await.ok().stdout;
+    let good: Value = serde_json::from_str(good.trim_end()).unwrap();
+    let id = id_of(&secret).to_string();
+
+    // The same id with another hash: a conflict once the good line is in.
+    let mut conflict = good.clone();
+    conflict["hash"] = Value::from(format!("sha256${}", "ab".repeat(32)));
+    let mut unknown_field = good.clone();
+    unknown_field["key_id"] = Value::from("AAAAAAAAAAAAAAAA");
+    unknown_field["colour"] = Value::from("blue");
+    let mut bad_hash = good.clone();
+    bad_hash["key_id"] = Value::from("BBBBBBBBBBBBBBBB");
+    bad_hash["hash"] = Value::from("md5$0000");
+    let mut secret_in_scopes = good.clone();
+    secret_in_scopes["key_id"] = Value::from("CCCCCCCCCCCCCCCC");
+    secret_in_scopes["scopes"] = Value::from(secret.as_str());
+    let input = [
+        good.to_string(),
+        "{ not json".to_owned(),
+        unknown_field.to_string(),
+        String::new(),
+        bad_hash.to_string(),
+        conflict.to_string(),
+        secret_in_scopes.to_string(),
+    ]
+    .join("\n");
+
+    let run = cli(["import"]).db(&db).stdin(input).run().await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("1 added, 0 already present, 5 refused"),
+        "{run:?}"
+    );
+    for (line, key) in [
+        (2, "unknown"),
+        (3, "AAAAAAAAAAAAAAAA"),
+        (5, "BBBBBBBBBBBBBBBB"),
+        (6, id.as_str()),
+        (7, "CCCCCCCCCCCCCCCC"),
+    ] {
+        let named = format!("refused line {line} (key {key})");
+        assert!(run.stderr.contains(&named), "{named}: {run:?}");
+    }
+    run.never_shows(&secret);
+    // The good line went in, the refused ones did not.
+    let check = cli(["keys", "check"])
+        .db(&db)
+        .stdin(secret.as_bytes())
+        .run()
+        .await;
+    assert_eq!(check.code, 0, "{check:?}");
+    let listed = cli(["keys", "list", "--account", "sa-1", "-o", "json"])
+        .db(&db)
+        .run()
+        .await
+        .ok();
+    assert_eq!(listed.json()["keys"].as_array().unwrap().len(), 1);
+    db.drop_schema().await;
+    other.drop_schema().await;
+}
+
+// ---------------------------------------------------------------------------
+// Done when: two servers on PostgreSQL, the CLI in another process
+// ---------------------------------------------------------------------------
+
+/// A server's view of keys: a store of its own behind an authenticator
+/// whose cache keeps a valid key for a minute, so only the store's
+/// invalidation (NOTIFY) can make it refuse a revoked key in time.
+struct Server {
+    store: PgKeyStore,
+    auth: Authenticator,
+}
+
+impl Server {
+    async fn start(db: &Db) -> Server {
+        let store = db.store(KeyHasher::sha256()).await;
+        store
+            .listener_status()
+            .wait_for(ListenerStatus::is_listening)
+            .await
+            .expect("the store listens");
+        let auth = Authenticator::builder(store.clone())
+            .positive_ttl(Duration::from_secs(60))
+            .build();
+        Server { store, auth }
+    }
+
+    async fn accepts(&self, key: &PresentedKey) -> bool {
+        match self.auth.cache().lookup(key).await {
+            Ok(caller) => caller.service_account_id() == "sa-two-servers",
+            Err(LookupError::Unknown) => false,
+            Err(e) => panic!("unexpected lookup error: {e:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_key_revoked_by_the_cli_is_refused_by_two_postgres_servers_within_one_second() {
+    let Some(db) = Db::migrated("two_servers").await else {
+        return;
+    };
+    let servers = [Server::start(&db).await, Server::start(&db).await];
+
+    let secret = create_key(&db, &["--account", "sa-two-servers"]).await;
+    let key = parse(&secret);
+    for server in &servers {
+        assert!(server.accepts(&key).await, "a key made by the CLI works");
+        // Now served from the cache: only an invalidation can change that.
+        let (_, source) = server.auth.cache().lookup_with_source(&key).await.unwrap();
+        assert_eq!(source, Source::Cache);
+    }
+
+    let run = cli(["keys", "revoke", key.id().as_str()])
+        .db(&db)
+        .run()
+        .await
+        .ok();
+    let exited = Instant::now();
+    run.never_shows(&secret);
+
+    let deadline = exited + REFUSED_WITHIN;
+    let mut refused_after = [None; 2];
+    while refused_after.iter().any(Option::is_none) && Instant::now() < deadline {
+        for (i, server) in servers.iter().enumerate() {
+            if refused_after[i].is_none() && !server.accepts(&key).await {
+                refused_after[i] = Some(exited.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "revoke by the CLI to refusal, measured from its exit: {refused_after:?}"
+    );
+    assert!(
+        refused_after.iter().all(Option::is_some),
+        "both servers refuse within {REFUSED_WITHIN:?}: {refused_after:?}"
+    );
+    for server in servers {
+        server.store.shutdown().await;
+    }
+    db.drop_schema().await;
+}
+
+// ---------------------------------------------------------------------------
+// Done when: a server on a SQLite file, the CLI in another process
+// ---------------------------------------------------------------------------
+
+/// A server on `path`: a store behind an authenticator whose cache keeps a
+/// valid key for a minute, so only the store's watch of the file can make
+/// it refuse a key the CLI revoked.
+async fn sqlite_server(path: &std::path::Path) -> (SqliteKeyStore, Authenticator) {
+    let store = SqliteKeyStore::builder(path).open().await.expect("open");
+    let auth = Authenticator::builder(store.clone())
+        .positive_ttl(Duration::from_secs(60))
+        .build();
+    (store, auth)
+}
+
+async fn accepts(auth: &Authenticator, key: &PresentedKey) -> bool {
+    match auth.cache().lookup(key).await {
+        Ok(_) => true,
+        Err(LookupError::Unknown) => false,
+        Err(e) => panic!("unexpected lookup error: {e:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_sqlite_server_takes_cli_keys_refuses_a_cli_revoke_within_one_second_and_keeps_keys_across_a_restart(
+) {
+    let dir = temp_dir("sqlite_server");
+    let path = dir.join("keys.db");
+    let url = format!("sqlite:{}", path.display());
+    let sqlite = |args: &[&str]| cli(args).env("DATABASE_URL", &url);
+    sqlite(&["migrate"]).run().await.ok();
+    let (store, auth) = sqlite_server(&path).await;
+
+    let create = || async {
+        let run = sqlite(&["keys", "create", "--account", "sa-file"])
+            .run()
+            .await
+            .ok();
+        parse(run.stdout.trim_end())
+    };
+    let kept = create().await;
+    let revoked = create().await;
+    for key in [&kept, &revoked] {
+        assert!(accepts(&auth, key).await, "a key made by the CLI works");
+        let (_, source) = auth.cache().lookup_with_source(key).await.unwrap();
+        assert_eq!(
+            source,
+            Source::Cache,
+            "only an invalidation can refuse it now"
+        );
+    }
+
+    sqlite(&["keys", "revoke", revoked.id().as_str()])
+        .run()
+        .await
+        .ok();
+    let exited = Instant::now();
+    let deadline = exited + REFUSED_WITHIN;
+    let mut refused_after = None;
+    while refused_after.is_none() && Instant::now() < deadline {
+        if !accepts(&auth, &revoked).await {
+            refused_after = Some(exited.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "SQLite: revoke by the CLI to refusal, measured from its exit: {refused_after:?}"
+    );
+    assert!(refused_after.is_some(), "refused within {REFUSED_WITHIN:?}");
+    assert!(accepts(&auth, &kept).await);
+
+    // Restart: a new store and cache on the same file.
+    store.shutdown().await;
+    drop((store, auth));
+    let (store, auth) = sqlite_server(&path).await;
+    assert!(
+        accepts(&auth, &kept).await,
+        "a key made earlier still works"
+    );
+    assert!(
+        !accepts(&auth, &revoked).await,
+        "a revoked key stays refused"
+    );
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn export_from_sqlite_then_import_into_postgres_keeps_every_key_working() {
+    let Some(db) = Db::migrated("sqlite_to_postgres").await else {
+        return;
+    };
+    let dir = temp_dir("sqlite_to_postgres");
+    let url = format!("sqlite:{}", dir.join("keys.db").display());
+    let sqlite = |args: &[&str]| cli(args).env("DATABASE_URL", &url);
+    sqlite(&["migrate"]).run().await.ok();
+    let plain = sqlite(&[
+        "keys",
+        "create",
+        "--account",
+        "sa-move",
+        "--scope",
+        "a.read",
+        "--expires-in",
+        "30d",
+    ])
+    .run()
+    .await
+    .ok()
+    .stdout;
+    let old = sqlite(&["keys", "create", "--account", "sa-move"])
+        .run()
+        .await
+        .ok()
+        .stdout;
+    let new = sqlite(&[
+        "keys",
+        "reissue",
+        id_of(old.trim_end()).as_str(),
+        "--grace",
+        "1h",
+    ])
+    .run()
+    .await
+    .ok()
+    .stdout;
+
+    let export = sqlite(&["export"]).run().await.ok();
+    for secret in [&plain, &old, &new] {
+        export.never_shows(secret.trim_end());
+    }
+    let import = cli(["import"])
+        .db(&db)
+        .stdin(export.stdout.as_bytes())
+        .run()
+        .await
+        .ok();
+    assert!(
+        import
+            .stderr
+            .contains("2 added, 0 already present, 0 refused"),
+        "{import:?}"
+    );
+
+    // A server on PostgreSQL accepts them: the plain key, and both secrets
+    // of the reissued one (the old one until its grace ends).
+    let server = Server::start(&db).await;
+    for secret in [&plain, &old, &new] {
+        let key = parse(secret.trim_end());
+        let caller = server
+            .auth
+            .cache()
+            .lookup(&key)
+            .await
+            .expect("accepted on PostgreSQL");
+        assert_eq!(caller.service_account_id(), "sa-move");
+    }
+    server.store.shutdown().await;
+    db.drop_schema().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
