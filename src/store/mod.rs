@@ -38,6 +38,8 @@ mod page_token;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod schema;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod sqlite;
@@ -51,6 +53,9 @@ pub(crate) use key_store::KeyStore;
 #[cfg(test)]
 pub(crate) use memory::MemoryStore;
 pub use memory::MemoryStoreBuilder;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
+pub use schema::{Migration, MigrationReport};
 pub(crate) use transfer::check_import;
 pub use transfer::{Imported, PreviousHash, StoredKey, MAX_EXPORT_PAGE};
 

@@ -18,63 +18,19 @@
 //! assert!(all[0].sql().contains("tower_api_key_keys"));
 //! ```
 
-use std::fmt;
-
 use tokio_postgres::Client;
 
-/// One schema migration.
-#[derive(Clone, Copy)]
-pub struct Migration {
-    version: u32,
-    name: &'static str,
-    sql: &'static str,
-}
+use crate::store::schema::{Migration, MigrationReport};
 
-impl Migration {
-    /// Its number; migrations apply in increasing order.
-    pub fn version(&self) -> u32 {
-        self.version
-    }
-
-    /// A short name.
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
-    /// The SQL it runs.
-    pub fn sql(&self) -> &'static str {
-        self.sql
-    }
-}
-
-impl fmt::Debug for Migration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Migration")
-            .field("version", &self.version)
-            .field("name", &self.name)
-            .finish_non_exhaustive()
-    }
-}
-
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "keys",
-    sql: include_str!("migrations/0001_keys.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[Migration::new(
+    1,
+    "keys",
+    include_str!("migrations/0001_keys.sql"),
+)];
 
 /// Every migration this version of the crate knows, oldest first.
 pub fn migrations() -> &'static [Migration] {
     MIGRATIONS
-}
-
-/// What [`PgKeyStore::migrate`](super::PgKeyStore::migrate) did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct MigrationReport {
-    /// The versions applied by this call (empty when the schema was current).
-    pub applied: Vec<u32>,
-    /// The highest version in the database after the call.
-    pub current: u32,
 }
 
 /// Key of the advisory lock that serializes migrations ("tak-migr" in ASCII).
@@ -101,34 +57,21 @@ pub(super) async fn run(client: &mut Client) -> Result<MigrationReport, tokio_po
         .collect();
     let mut applied = Vec::new();
     for migration in MIGRATIONS {
-        let version = migration.version as i32;
+        let version = migration.version() as i32;
         if done.contains(&version) {
             continue;
         }
-        tx.batch_execute(migration.sql).await?;
+        tx.batch_execute(migration.sql()).await?;
         tx.execute(
             "INSERT INTO tower_api_key_migrations (version, name) VALUES ($1, $2)",
-            &[&version, &migration.name],
+            &[&version, &migration.name()],
         )
         .await?;
-        applied.push(migration.version);
+        applied.push(migration.version());
     }
     tx.commit().await?;
-    let newest_known = MIGRATIONS.last().map_or(0, |m| m.version);
     let newest_done = done.iter().copied().max().unwrap_or(0).max(0) as u32;
-    if newest_done > newest_known {
-        // A newer release migrated this database; migrations only add, so
-        // this one keeps working. Worth knowing during a rolling deploy.
-        tracing::info!(
-            database = newest_done,
-            crate_knows = newest_known,
-            "tower-api-key: the database schema is newer than this release"
-        );
-    }
-    Ok(MigrationReport {
-        applied,
-        current: newest_done.max(newest_known),
-    })
+    Ok(MigrationReport::new(MIGRATIONS, applied, newest_done))
 }
 
 #[cfg(test)]

@@ -103,16 +103,17 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, Socket};
 
 pub use listener::ListenerStatus;
-pub use migrations::{migrations, Migration, MigrationReport};
+pub use migrations::migrations;
 
 use super::page_token::{page_token, parse_page_token};
+use super::schema::{scheme_columns, stored_hash, MigrationReport};
 use super::{
     check_expiry, check_import, check_new, export_page_size, fill_page, hint_of, import_conflict,
     latest_time, CreatedKey, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey,
     PreviousHash, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
-use crate::hash::{HashScheme, KeyHasher, StoredHash};
+use crate::hash::{KeyHasher, StoredHash};
 use crate::invalidation::{Invalidation, Invalidations};
 use crate::key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
 use crate::record::KeyRecord;
@@ -563,38 +564,6 @@ fn micros(t: SystemTime) -> SystemTime {
             UNIX_EPOCH - Duration::new(before.as_secs(), (before.subsec_micros() + extra) * 1000)
         }
     }
-}
-
-fn scheme_columns(scheme: HashScheme) -> Result<(&'static str, Option<i64>), StoreError> {
-    match scheme {
-        HashScheme::Sha256 => Ok(("sha256", None)),
-        HashScheme::HmacSha256 { pepper_version } => {
-            Ok(("hmac-sha256", Some(i64::from(pepper_version))))
-        }
-        #[allow(unreachable_patterns)]
-        _ => Err(StoreError::backend("unsupported hash scheme")),
-    }
-}
-
-fn stored_hash(
-    digest: Option<&[u8]>,
-    scheme: Option<&str>,
-    pepper_version: Option<i64>,
-) -> Result<Option<StoredHash>, BoxError> {
-    let Some(digest) = digest else {
-        return Ok(None);
-    };
-    let digest: [u8; 32] = digest
-        .try_into()
-        .map_err(|_| "stored key hash is not 32 bytes")?;
-    let scheme = match (scheme, pepper_version) {
-        (Some("sha256"), None) => HashScheme::Sha256,
-        (Some("hmac-sha256"), Some(v)) => HashScheme::HmacSha256 {
-            pepper_version: u32::try_from(v).map_err(|_| "stored pepper version out of range")?,
-        },
-        _ => return Err("stored key hash has an unknown scheme".into()),
-    };
-    Ok(Some(StoredHash::from_parts(scheme, digest)))
 }
 
 fn record_of(row: &Row) -> Result<KeyRecord, BoxError> {
