@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::timeout;
 use tokio_postgres::config::Host;
@@ -29,15 +28,15 @@ use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError, Source};
 use tower_api_key::clock::{Clock, ManualClock};
 use tower_api_key::store::postgres::{ListenerStatus, PgKeyStore, PgKeyStoreBuilder};
 use tower_api_key::store::{CreatedKey, KeyUpdate, NewKey, StoreError};
+use tower_api_key::Invalidation;
 use tower_api_key::KeyStore;
 use tower_api_key::ScopeSet;
-use tower_api_key::{Invalidation, InvalidationListener};
 use tower_api_key::{KeyId, PresentedKey};
 use tower_api_key::{Verifier, VerifierError};
 
 mod conformance;
 
-use conformance::{Announced, MemoryFactory, StoreFactory, StoreSettings};
+use conformance::{MemoryFactory, StoreFactory, StoreSettings, Watch};
 
 /// Bound on every wait for a notification to cross between two stores.
 const NOTIFY_WITHIN: Duration = Duration::from_secs(1);
@@ -188,59 +187,6 @@ async fn connect(config: &Config) -> tokio_postgres::Client {
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// Forwards a store's invalidations to a channel the test can wait on.
-struct Seen(mpsc::UnboundedSender<Invalidation>);
-
-impl InvalidationListener for Seen {
-    fn invalidate(&self, what: &Invalidation) {
-        let _ = self.0.send(what.clone());
-    }
-}
-
-struct Watch {
-    _listener: Arc<Seen>,
-    rx: mpsc::UnboundedReceiver<Invalidation>,
-}
-
-impl Watch {
-    fn on(store: &PgKeyStore) -> Watch {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let listener = Arc::new(Seen(tx));
-        store
-            .invalidations()
-            .expect("stores publish invalidations")
-            .subscribe(listener.clone());
-        Watch {
-            _listener: listener,
-            rx,
-        }
-    }
-
-    /// Waits, at most `within`, until `id` (or everything) is invalidated.
-    async fn until_invalidated(&mut self, id: KeyId, within: Duration) -> Invalidation {
-        timeout(within, async {
-            loop {
-                match self.rx.recv().await.expect("bus alive") {
-                    Invalidation::All => return Invalidation::All,
-                    what if what.key_id() == Some(id) => return what,
-                    _ => {}
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no invalidation of {id} within {within:?}"))
-    }
-
-    /// Everything received so far.
-    fn drain(&mut self) -> Vec<Invalidation> {
-        let mut all = Vec::new();
-        while let Ok(what) = self.rx.try_recv() {
-            all.push(what);
-        }
-        all
-    }
-}
 
 fn cache(store: &PgKeyStore) -> CachedVerifier {
     CachedVerifier::new(
@@ -537,7 +483,7 @@ async fn the_default_channel_works_and_rows_hold_no_secret() {
         .unwrap();
     store.migrate().await.unwrap();
     assert_eq!(store.channel(), "tower_api_key_invalidate");
-    let announced = Announced::on(&store);
+    let mut announced = Watch::on(&store);
     let reissued = store.create(NewKey::new("sa-ops")).await.unwrap();
     let id = reissued.record.key_id;
     store
@@ -552,7 +498,7 @@ async fn the_default_channel_works_and_rows_hold_no_secret() {
         .is_some());
     assert!(store.revoke(id).await.unwrap());
     assert!(announced
-        .take()
+        .drain()
         .contains(&Invalidation::key_of(id, "sa-ops")));
 
     // At rest: no secret, nothing but hashes.

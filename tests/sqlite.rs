@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use http::{header::AUTHORIZATION, Request, Response, StatusCode};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::time::timeout;
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
@@ -30,13 +30,13 @@ use tower_api_key::store::{
     CreatedKey, KeyUpdate, ListRequest, NewKey, StoreError, MAX_EXPORT_PAGE,
 };
 use tower_api_key::{Authenticator, KeyStore, ScopeSet};
-use tower_api_key::{Invalidation, InvalidationListener, Invalidations};
+use tower_api_key::{Invalidation, Invalidations};
 use tower_api_key::{KeyId, KeyRecord, PresentedKey};
 use tower_api_key::{Verifier, VerifierError};
 
 mod conformance;
 
-use conformance::{MemoryFactory, StoreFactory, StoreSettings};
+use conformance::{MemoryFactory, StoreFactory, StoreSettings, Watch};
 
 /// Bound on every wait for a change to cross from one store to another:
 /// the promise is one poll interval (250 ms) plus one read.
@@ -101,69 +101,6 @@ fn is_unknown(r: Result<impl std::fmt::Debug, LookupError>) -> bool {
 
 fn is_unavailable(r: Result<impl std::fmt::Debug, LookupError>) -> bool {
     matches!(r, Err(LookupError::Unavailable(_)))
-}
-
-/// Forwards a store's invalidations to a channel the test can wait on.
-struct Seen(mpsc::UnboundedSender<Invalidation>);
-
-impl InvalidationListener for Seen {
-    fn invalidate(&self, what: &Invalidation) {
-        let _ = self.0.send(what.clone());
-    }
-}
-
-struct Watch {
-    _listener: Arc<Seen>,
-    rx: mpsc::UnboundedReceiver<Invalidation>,
-}
-
-impl Watch {
-    fn on(store: &SqliteKeyStore) -> Watch {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let listener = Arc::new(Seen(tx));
-        store
-            .invalidations()
-            .expect("stores publish invalidations")
-            .subscribe(listener.clone());
-        Watch {
-            _listener: listener,
-            rx,
-        }
-    }
-
-    /// Waits, at most `within`, for the next invalidation of `id` (or of
-    /// everything).
-    async fn until_invalidated(&mut self, id: KeyId, within: Duration) -> Invalidation {
-        timeout(within, async {
-            loop {
-                match self.rx.recv().await.expect("bus alive") {
-                    Invalidation::All => return Invalidation::All,
-                    what if what.key_id() == Some(id) => return what,
-                    _ => {}
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no invalidation of {id} within {within:?}"))
-    }
-
-    /// Waits, at most `within`, for `Invalidation::All`.
-    async fn until_all(&mut self, within: Duration) {
-        timeout(within, async {
-            while self.rx.recv().await.expect("bus alive") != Invalidation::All {}
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no Invalidation::All within {within:?}"))
-    }
-
-    /// Everything received so far.
-    fn drain(&mut self) -> Vec<Invalidation> {
-        let mut all = Vec::new();
-        while let Ok(what) = self.rx.try_recv() {
-            all.push(what);
-        }
-        all
-    }
 }
 
 /// One route behind `auth`, answering 200 to any valid key; the service
@@ -529,7 +466,7 @@ async fn a_revoke_by_another_store_on_the_file_is_refused_here_within_a_second()
     // B's next change is the next thing A hears: nothing of A's own before it.
     let marker = b.create(NewKey::new("sa-1")).await.unwrap();
     b.revoke(marker.record.key_id).await.unwrap();
-    let next = timeout(WITHIN, seen_a.rx.recv()).await.unwrap().unwrap();
+    let next = seen_a.next(WITHIN).await;
     assert_eq!(next, Invalidation::key_of(marker.record.key_id, "sa-1"));
 
     a.shutdown().await;

@@ -16,7 +16,7 @@ use tower_api_key::{ScopeSet, Verifier};
 use super::{
     all_pages, assert_invalid, assert_limit_reached, concurrent_creates_respect_the_limit,
     export_everything, exported, ids_of, json_len, largest_scopes, parse, peppers, store_and_clock,
-    unknown_key, wrong_secret, Announced, StoreFactory, StoreSettings,
+    unknown_key, wrong_secret, StoreFactory, StoreSettings, Watch,
 };
 
 async fn clocked<F: StoreFactory>(f: &F) -> (F::Store, std::sync::Arc<ManualClock>) {
@@ -1456,31 +1456,31 @@ pub async fn every_management_operation_in_sequence<F: StoreFactory>(f: &F) {
 /// grace) and revoke return. Nothing is announced for an unknown id.
 pub async fn revoke_reissue_and_update_announce_the_key_before_returning<F: StoreFactory>(f: &F) {
     let store = plain(f).await;
-    let announced = Announced::on(&store);
+    let mut announced = Watch::on(&store);
     let created = store.create(NewKey::new("sa-bus")).await.unwrap();
     let id = created.record.key_id;
     let this_key = Invalidation::key_of(id, "sa-bus");
-    announced.take();
+    announced.drain();
 
     store
         .update(id, KeyUpdate::default().with_description("changed"))
         .await
         .unwrap()
         .unwrap();
-    assert!(announced.take().contains(&this_key), "update announced");
+    assert!(announced.drain().contains(&this_key), "update announced");
     store.reissue(id, Duration::ZERO).await.unwrap().unwrap();
-    assert!(announced.take().contains(&this_key), "reissue announced");
+    assert!(announced.drain().contains(&this_key), "reissue announced");
     store
         .reissue(id, Duration::from_secs(60))
         .await
         .unwrap()
         .unwrap();
     assert!(
-        announced.take().contains(&this_key),
+        announced.drain().contains(&this_key),
         "reissue with grace announced"
     );
     assert!(store.revoke(id).await.unwrap());
-    assert!(announced.take().contains(&this_key), "revoke announced");
+    assert!(announced.drain().contains(&this_key), "revoke announced");
 
     let unknown = KeyId::random().unwrap();
     assert!(store
@@ -1496,7 +1496,7 @@ pub async fn revoke_reissue_and_update_announce_the_key_before_returning<F: Stor
     assert!(!store.revoke(unknown).await.unwrap());
     assert!(
         announced
-            .take()
+            .drain()
             .iter()
             .all(|what| what.key_id() != Some(unknown)),
         "an unknown id is never announced"

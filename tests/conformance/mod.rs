@@ -57,9 +57,10 @@ pub mod transfer;
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::mpsc;
 use tower_api_key::clock::ManualClock;
 use tower_api_key::hash::{KeyHasher, Pepper};
 use tower_api_key::management::KeyResource;
@@ -478,30 +479,79 @@ pub fn unknown_key(store: &dyn KeyStore) -> PresentedKey {
         .unwrap()
 }
 
-/// Records what a store announces.
-#[derive(Default)]
-pub struct Announced(Mutex<Vec<Invalidation>>);
+/// Forwards a store's invalidations to a channel a test can wait on.
+struct Forward(mpsc::UnboundedSender<Invalidation>);
 
-impl InvalidationListener for Announced {
+impl InvalidationListener for Forward {
     fn invalidate(&self, what: &Invalidation) {
-        self.0.lock().unwrap().push(what.clone());
+        let _ = self.0.send(what.clone());
     }
 }
 
-impl Announced {
-    /// A listener subscribed to `store`'s invalidations (kept alive by the
-    /// returned `Arc`: the bus holds it weakly).
-    pub fn on(store: &dyn KeyStore) -> Arc<Announced> {
-        let listener = Arc::new(Announced::default());
+/// What a store announces, as it announces it: every store's tests watch
+/// its bus through this one type.
+pub struct Watch {
+    // The bus holds listeners weakly: this keeps it subscribed.
+    _listener: Arc<Forward>,
+    rx: mpsc::UnboundedReceiver<Invalidation>,
+}
+
+// Not every store's test file waits in every way.
+#[allow(dead_code)]
+impl Watch {
+    /// Subscribes to `store`'s invalidations.
+    pub fn on(store: &dyn KeyStore) -> Watch {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let listener = Arc::new(Forward(tx));
         store
             .invalidations()
             .expect("every store announces changes")
             .subscribe(listener.clone());
-        listener
+        Watch {
+            _listener: listener,
+            rx,
+        }
     }
 
-    /// Everything announced so far, emptying the record.
-    pub fn take(&self) -> Vec<Invalidation> {
-        std::mem::take(&mut *self.0.lock().unwrap())
+    /// Waits, at most `within`, for the next invalidation of `id` (or of
+    /// everything).
+    pub async fn until_invalidated(&mut self, id: KeyId, within: Duration) -> Invalidation {
+        tokio::time::timeout(within, async {
+            loop {
+                match self.rx.recv().await.expect("bus alive") {
+                    Invalidation::All => return Invalidation::All,
+                    what if what.key_id() == Some(id) => return what,
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no invalidation of {id} within {within:?}"))
+    }
+
+    /// Waits, at most `within`, for the next invalidation, whatever it is.
+    pub async fn next(&mut self, within: Duration) -> Invalidation {
+        tokio::time::timeout(within, self.rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("nothing announced within {within:?}"))
+            .expect("bus alive")
+    }
+
+    /// Waits, at most `within`, for `Invalidation::All`.
+    pub async fn until_all(&mut self, within: Duration) {
+        tokio::time::timeout(within, async {
+            while self.rx.recv().await.expect("bus alive") != Invalidation::All {}
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no Invalidation::All within {within:?}"))
+    }
+
+    /// Everything announced and not yet received.
+    pub fn drain(&mut self) -> Vec<Invalidation> {
+        let mut all = Vec::new();
+        while let Ok(what) = self.rx.try_recv() {
+            all.push(what);
+        }
+        all
     }
 }
