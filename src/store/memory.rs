@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use super::page_token::{page_token, parse_page_token};
 use super::{
     check_expiry, check_import, check_new, export_page_size, fill_page, hint_of, import_conflict,
-    CreatedKey, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey, PreviousHash,
-    StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    verified, CreatedKey, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey,
+    PreviousHash, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
@@ -247,18 +247,17 @@ impl Verifier for MemoryStore {
         let Some(stored) = stored else {
             return Ok(None);
         };
-        if current {
-            return Ok(Some(stored.record.clone()));
+        if !current && !previous {
+            return Ok(None);
         }
-        match &stored.previous {
-            Some((_, until)) if previous && self.now() < *until => {
-                // The old secret is valid only until its grace deadline.
-                let mut record = stored.record.clone();
-                record.expires_at = Some(record.expires_at.map_or(*until, |at| at.min(*until)));
-                Ok(Some(record))
-            }
-            _ => Ok(None),
-        }
+        let grace_until = stored.previous.map(|(_, until)| until);
+        Ok(verified(
+            stored.record.clone(),
+            current,
+            previous,
+            grace_until,
+            self.now(),
+        ))
     }
 
     fn invalidations(&self) -> Option<&Invalidations> {

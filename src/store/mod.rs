@@ -420,6 +420,29 @@ pub(crate) fn check_expiry(
     }
 }
 
+/// What a store's `verify` answers once it compared the presented key with
+/// the stored hashes: the record when the current secret matched; when only
+/// the secret replaced by a reissue matched, the record expiring at the end
+/// of its grace (`grace_until`), and nothing from then on.
+pub(crate) fn verified(
+    mut record: KeyRecord,
+    current: bool,
+    previous: bool,
+    grace_until: Option<SystemTime>,
+    now: SystemTime,
+) -> Option<KeyRecord> {
+    if current {
+        return Some(record);
+    }
+    match grace_until {
+        Some(until) if previous && now < until => {
+            record.expires_at = Some(record.expires_at.map_or(until, |at| at.min(until)));
+            Some(record)
+        }
+        _ => None,
+    }
+}
+
 /// The masked hint of a key: prefix and last four characters.
 pub(crate) fn hint_of(key: &GeneratedKey) -> String {
     let text = key.expose_secret();

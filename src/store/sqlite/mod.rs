@@ -108,8 +108,8 @@ use super::page_token::{page_token, parse_page_token};
 use super::schema::{scheme_columns, stored_hash, MigrationReport};
 use super::{
     check_expiry, check_import, check_new, export_page_size, fill_page, hint_of, import_conflict,
-    latest_time, CreatedKey, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey,
-    PreviousHash, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    latest_time, verified, CreatedKey, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate,
+    ListRequest, NewKey, PreviousHash, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
@@ -628,27 +628,23 @@ impl Verifier for SqliteKeyStore {
         if !current && !previous {
             return Ok(None);
         }
-        let mut record = row.info.record().map_err(VerifierError::Backend)?;
+        let record = row.info.record().map_err(VerifierError::Backend)?;
         if record.key_id != key.id() {
             // The row is looked up by this id; never hand out another key's record.
             return Ok(None);
         }
-        if current {
-            return Ok(Some(record));
-        }
-        let until = row
+        let grace_until = row
             .previous_valid_until
             .map(time_of)
             .transpose()
             .map_err(VerifierError::Backend)?;
-        match until {
-            Some(until) if self.inner.clock.now() < until => {
-                // The old secret is valid only until its grace deadline.
-                record.expires_at = Some(record.expires_at.map_or(until, |at| at.min(until)));
-                Ok(Some(record))
-            }
-            _ => Ok(None),
-        }
+        Ok(verified(
+            record,
+            current,
+            previous,
+            grace_until,
+            self.inner.clock.now(),
+        ))
     }
 
     fn invalidations(&self) -> Option<&Invalidations> {
