@@ -156,7 +156,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     max_keys_per_account: i64,
     invalidations: Invalidations,
-    /// Marks this store's rows in the change log.
+    /// Marks this store's rows in the change log: which store instance
+    /// wrote a change, for whoever reads the log.
     origin: String,
     poll_interval: Duration,
     // Dropping it (with the last clone of the store) stops the watcher too.
@@ -272,11 +273,10 @@ impl SqliteKeyStoreBuilder {
         let origin = KeyId::random()?.to_string();
         let path = self.path.clone();
         let busy_timeout = self.busy_timeout;
-        let watcher_origin = origin.clone();
         let (first, watcher) = tokio::task::spawn_blocking(move || {
             let first = connection::open(&path, busy_timeout)?;
             connection::use_wal(&first)?;
-            let watcher = Watcher::open(&path, busy_timeout, watcher_origin)?;
+            let watcher = Watcher::open(&path, busy_timeout)?;
             Ok::<_, BoxError>((first, watcher))
         })
         .await

@@ -9,8 +9,11 @@
 //! `PRAGMA data_version`, which changes when any other connection commits to
 //! the file: a cheap check that touches no table. Only when it changed does
 //! the watcher read the log rows after its last position and publish
-//! [`Invalidation::KeyOf`] for each (skipping its own store's rows, which
-//! were published when they were written). Writers prune the log; when rows
+//! [`Invalidation::KeyOf`] for each, its own store's rows included: those
+//! were published when written, but only if the writing call was not
+//! cancelled after its commit (a dropped request future), so they are
+//! published again, which costs at most one more verification. Writers
+//! prune the log; when rows
 //! after the watcher's position were pruned before it read them, it
 //! publishes [`Invalidation::All`] instead.
 //!
@@ -35,8 +38,6 @@ const MAX_ROWS_PER_READ: i64 = 10_000;
 /// The watcher's connection and where it is in the change log.
 pub(super) struct Watcher {
     conn: Connection,
-    /// The store's own writes carry this; they are published already.
-    origin: String,
     /// The last `PRAGMA data_version` seen; `None` before the first poll.
     data_version: Option<i64>,
     /// The highest change log sequence number handled.
@@ -47,15 +48,10 @@ impl Watcher {
     /// Opens the watcher's connection and takes the current end of the
     /// change log as its position: changes committed from now on are
     /// announced. Blocking.
-    pub(super) fn open(
-        path: &Path,
-        busy_timeout: Duration,
-        origin: String,
-    ) -> Result<Self, BoxError> {
+    pub(super) fn open(path: &Path, busy_timeout: Duration) -> Result<Self, BoxError> {
         let conn = connection::open(path, busy_timeout)?;
         let mut watcher = Self {
             conn,
-            origin,
             data_version: None,
             position: 0,
         };
@@ -111,13 +107,13 @@ impl Watcher {
             [],
             |row| row.get(0),
         )?;
-        let mut rows: Vec<(i64, String, String, String)> = tx
+        let mut rows: Vec<(i64, String, String)> = tx
             .prepare_cached(
-                "SELECT seq, key_id, service_account_id, origin FROM tower_api_key_changes
+                "SELECT seq, key_id, service_account_id FROM tower_api_key_changes
                   WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )?
             .query_map((self.position, MAX_ROWS_PER_READ + 1), |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
             })?
             .collect::<rusqlite::Result<_>>()?;
         let mut everything = pruned > self.position;
@@ -134,9 +130,9 @@ impl Watcher {
         drop(tx);
         self.position = self.position.max(pruned);
         let mut changes = Vec::new();
-        for (seq, key_id, account, origin) in rows {
+        for (seq, key_id, account) in rows {
             self.position = self.position.max(seq);
-            if everything || origin == self.origin {
+            if everything {
                 continue;
             }
             match KeyId::from_str(&key_id) {

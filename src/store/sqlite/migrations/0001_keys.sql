@@ -60,7 +60,9 @@ CREATE TABLE tower_api_key_changes (
     seq                INTEGER PRIMARY KEY AUTOINCREMENT,
     key_id             TEXT    NOT NULL,
     service_account_id TEXT    NOT NULL,
-    -- The store instance that wrote it (it has already told its own caches).
+    -- The store instance that wrote it (every watcher, its own included,
+    -- announces the row: a write whose call was cancelled after its commit
+    -- never told its own caches).
     origin             TEXT    NOT NULL,
     changed_at         INTEGER NOT NULL
 ) STRICT;
