@@ -824,26 +824,25 @@ async fn check_says_when_a_key_has_expired() {
     let Some(db) = Db::migrated("check_expired").await else {
         return;
     };
-    // An expired key can only arrive by import (create refuses a past expiry).
+    // An expired key can only arrive by import (create refuses a past
+    // expiry), into a store that never revoked it: a fresh file here.
     let secret = create_key(&db, &["--account", "sa-old"]).await;
     let mut line: Value =
         serde_json::from_str(cli(["export"]).db(&db).run().await.ok().stdout.trim_end()).unwrap();
-    cli(["keys", "revoke", id_of(&secret).as_str()])
-        .db(&db)
-        .run()
-        .await
-        .ok();
     line["expires_at"] = Value::from("2020-01-01T00:00:00.000000Z");
     line["created_at"] = Value::from("2019-01-01T00:00:00.000000Z");
+    let dir = temp_dir("check_expired");
+    let file = format!("sqlite:{}", dir.join("keys.db").display());
+    cli(["migrate"]).env("DATABASE_URL", &file).run().await.ok();
     cli(["import"])
-        .db(&db)
+        .env("DATABASE_URL", &file)
         .stdin(line.to_string())
         .run()
         .await
         .ok();
 
     let run = cli(["keys", "check"])
-        .db(&db)
+        .env("DATABASE_URL", &file)
         .stdin(secret.as_bytes())
         .run()
         .await;
@@ -855,6 +854,38 @@ async fn check_says_when_a_key_has_expired() {
         "{run:?}"
     );
     run.never_shows(&secret);
+    std::fs::remove_dir_all(&dir).ok();
+    db.drop_schema().await;
+}
+
+#[tokio::test]
+async fn import_never_brings_back_a_key_the_store_revoked() {
+    let Some(db) = Db::migrated("import_revoked").await else {
+        return;
+    };
+    let secret = create_key(&db, &["--account", "sa-old"]).await;
+    let id = id_of(&secret);
+    let old_export = cli(["export"]).db(&db).run().await.ok().stdout;
+    cli(["keys", "revoke", id.as_str()])
+        .db(&db)
+        .run()
+        .await
+        .ok();
+
+    let run = cli(["import"]).db(&db).stdin(old_export).run().await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(id.as_str()) && run.stderr.contains("revoked"),
+        "{run:?}"
+    );
+    run.never_shows(&secret);
+    let check = cli(["keys", "check"])
+        .db(&db)
+        .stdin(secret.as_bytes())
+        .run()
+        .await;
+    assert_eq!(check.code, 1, "{check:?}");
+    assert!(check.stdout.starts_with("invalid"), "{check:?}");
     db.drop_schema().await;
 }
 

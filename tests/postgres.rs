@@ -447,11 +447,11 @@ async fn migrations_twice_in_a_row() {
     };
     let store = db.builder().connect().await.unwrap();
     let first = store.migrate().await.unwrap();
-    assert_eq!(first.applied, vec![1]);
-    assert_eq!(first.current, 1);
+    assert_eq!(first.applied, vec![1, 2]);
+    assert_eq!(first.current, 2);
     let second = store.migrate().await.unwrap();
     assert!(second.applied.is_empty(), "{second:?}");
-    assert_eq!(second.current, 1);
+    assert_eq!(second.current, 2);
     // The store works on the migrated schema.
     let created = store.create(NewKey::new("sa")).await.unwrap();
     assert!(store.get(created.record.key_id).await.unwrap().is_some());
@@ -464,7 +464,10 @@ async fn migrations_twice_in_a_row() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(tables, 2, "tower_api_key_keys and tower_api_key_migrations");
+    assert_eq!(
+        tables, 3,
+        "tower_api_key_keys, tower_api_key_revoked and tower_api_key_migrations"
+    );
     store.shutdown().await;
     db.drop_schema().await;
 }
@@ -484,7 +487,7 @@ async fn migrations_run_by_replicas_at_once() {
     }))
     .await;
     let applied: Vec<u32> = replicas.iter().flat_map(|r| r.applied.clone()).collect();
-    assert_eq!(applied, vec![1], "{replicas:?}");
+    assert_eq!(applied, vec![1, 2], "{replicas:?}");
     db.drop_schema().await;
 }
 

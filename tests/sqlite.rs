@@ -328,11 +328,11 @@ async fn migrations_are_idempotent_and_run_once_when_stores_migrate_at_once() {
     let dir = TempDir::new("migrate");
     let store = dir.builder().open().await.unwrap();
     let first = store.migrate().await.unwrap();
-    assert_eq!(first.applied, vec![1]);
-    assert_eq!(first.current, 1);
+    assert_eq!(first.applied, vec![1, 2]);
+    assert_eq!(first.current, 2);
     let second = store.migrate().await.unwrap();
     assert!(second.applied.is_empty(), "{second:?}");
-    assert_eq!(second.current, 1);
+    assert_eq!(second.current, 2);
     let tables: i64 = raw(&dir.db())
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name LIKE 'tower_api_key_%'",
@@ -340,7 +340,10 @@ async fn migrations_are_idempotent_and_run_once_when_stores_migrate_at_once() {
             |row| row.get(0),
         )
         .unwrap();
-    assert_eq!(tables, 4, "keys, changes, changes_pruned, migrations");
+    assert_eq!(
+        tables, 5,
+        "keys, changes, changes_pruned, revoked, migrations"
+    );
     let mode: String = raw(&dir.db())
         .query_row("PRAGMA journal_mode", [], |row| row.get(0))
         .unwrap();
@@ -357,7 +360,7 @@ async fn migrations_are_idempotent_and_run_once_when_stores_migrate_at_once() {
     }))
     .await;
     let applied: Vec<u32> = reports.iter().flat_map(|r| r.applied.clone()).collect();
-    assert_eq!(applied, vec![1], "{reports:?}");
+    assert_eq!(applied, vec![1, 2], "{reports:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,6 +34,8 @@ pub trait KeyStore: Verifier {
     async fn update(&self, id: KeyId, update: KeyUpdate) -> Result<Option<KeyInfo>, StoreError>;
 
     /// Deletes a key; it stops working at once. `false` if it did not exist.
+    /// The store remembers the id, so [`import`](KeyStore::import) never
+    /// brings the key back.
     async fn revoke(&self, id: KeyId) -> Result<bool, StoreError>;
 
     /// Gives the key a new secret with the same account, scopes and expiry.
@@ -59,8 +61,8 @@ pub trait KeyStore: Verifier {
     /// Idempotent: a key already here with the same hash and account is
     /// [`Imported::AlreadyPresent`] (only `last_used_at` moves, forward).
     /// Refused with [`StoreError::Invalid`] naming the key id (never a hash)
-    /// when the id exists with another hash or account, or the key has a
-    /// field this store cannot hold; with
+    /// when the id exists with another hash or account, when this store
+    /// revoked that id, or when the key has a field this store cannot hold; with
     /// [`StoreError::KeyLimitReached`](crate::store::StoreError::KeyLimitReached)
     /// past the per-account limit.
     async fn import(&self, key: StoredKey) -> Result<Imported, StoreError>;

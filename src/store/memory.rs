@@ -1,6 +1,6 @@
 //! The in-memory store: for tests, examples and single-process services.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::ops::Bound;
 use std::sync::{Arc, RwLock};
@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use super::page_token::{page_token, parse_page_token};
 use super::{
     check_expiry, check_import, check_new, export_page_size, fill_page, hint_of, import_conflict,
-    verified, CreatedKey, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey,
-    PreviousHash, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    import_revoked, verified, CreatedKey, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate,
+    ListRequest, NewKey, PreviousHash, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
@@ -47,6 +47,8 @@ struct Keys {
     /// In key id order, which is also the export order.
     by_id: BTreeMap<KeyId, Stored>,
     by_account: HashMap<String, BTreeSet<(SystemTime, KeyId)>>,
+    /// Ids of revoked keys: an import never brings them back.
+    revoked: HashSet<KeyId>,
 }
 
 impl Keys {
@@ -372,7 +374,14 @@ impl KeyStore for MemoryStore {
     }
 
     async fn revoke(&self, id: KeyId) -> Result<bool, StoreError> {
-        let removed = self.write().remove(&id);
+        let removed = {
+            let mut keys = self.write();
+            let removed = keys.remove(&id);
+            if removed.is_some() {
+                keys.revoked.insert(id);
+            }
+            removed
+        };
         if let Some(gone) = &removed {
             let account = gone.record.service_account_id.clone();
             self.inner
@@ -440,6 +449,9 @@ impl KeyStore for MemoryStore {
         check_import(&key)?;
         let id = key.info.record.key_id;
         let mut keys = self.write();
+        if keys.revoked.contains(&id) {
+            return Err(import_revoked(id));
+        }
         if let Some(stored) = keys.get_mut(&id) {
             let same = stored.hash == key.hash
                 && stored.record.service_account_id == key.info.record.service_account_id;

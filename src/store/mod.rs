@@ -405,6 +405,14 @@ pub(crate) fn import_conflict(id: KeyId) -> StoreError {
     ))
 }
 
+/// The error of importing a key this store revoked: revocation is final,
+/// and an old export must not bring a key back.
+pub(crate) fn import_revoked(id: KeyId) -> StoreError {
+    StoreError::invalid(format!(
+        "key {id} was revoked in this store; a revoked key is never imported again"
+    ))
+}
+
 /// An expiry must lie in the future, and no later than [`latest_time`], so
 /// every store can hold it and every response can show it.
 pub(crate) fn check_expiry(

@@ -393,6 +393,36 @@ pub async fn import_refuses_an_id_held_with_another_hash_or_account_naming_it<F:
         .is_some_and(|r| &*r.service_account_id == "sa-held"));
 }
 
+/// A revoked key never comes back: importing it (from an export taken
+/// before the revoke) is refused naming it, and its secret stays refused;
+/// other keys of the same export still import.
+pub async fn import_never_brings_back_a_key_this_store_revoked<F: StoreFactory>(f: &F) {
+    let store = f.store(StoreSettings::new()).await;
+    let revoked = store.create(NewKey::new("sa-old")).await.unwrap();
+    let kept = store.create(NewKey::new("sa-old")).await.unwrap();
+    let id = revoked.record.key_id;
+    let old_export = export_everything(&store).await;
+    assert!(store.revoke(id).await.unwrap());
+
+    for key in old_export {
+        let this = key.info.record.key_id;
+        let result = store.import(key).await;
+        if this == id {
+            let why = assert_invalid(result);
+            assert!(why.contains(id.as_str()), "names the key: {why}");
+        } else {
+            assert_eq!(this, kept.record.key_id);
+            assert_eq!(result.unwrap(), Imported::AlreadyPresent);
+        }
+    }
+    assert!(store.get(id).await.unwrap().is_none());
+    assert!(store
+        .verify(&parse(&store, &revoked.key))
+        .await
+        .unwrap()
+        .is_none());
+}
+
 /// Records no store could have written are refused, naming the key, and
 /// nothing is stored: an empty account, a time after year 9999 or before
 /// year 1, a previous hash equal to the current one.

@@ -22,11 +22,10 @@ use tokio_postgres::Client;
 
 use crate::store::schema::{Migration, MigrationReport};
 
-const MIGRATIONS: &[Migration] = &[Migration::new(
-    1,
-    "keys",
-    include_str!("migrations/0001_keys.sql"),
-)];
+const MIGRATIONS: &[Migration] = &[
+    Migration::new(1, "keys", include_str!("migrations/0001_keys.sql")),
+    Migration::new(2, "revoked", include_str!("migrations/0002_revoked.sql")),
+];
 
 /// Every migration this version of the crate knows, oldest first.
 pub fn migrations() -> &'static [Migration] {

@@ -109,8 +109,9 @@ use super::page_token::{page_token, parse_page_token};
 use super::schema::{scheme_columns, stored_hash, MigrationReport};
 use super::{
     check_expiry, check_import, check_new, export_page_size, fill_page, hint_of, import_conflict,
-    latest_time, verified, CreatedKey, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate,
-    ListRequest, NewKey, PreviousHash, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    import_revoked, latest_time, verified, CreatedKey, Imported, KeyInfo, KeyPage, KeyStore,
+    KeyUpdate, ListRequest, NewKey, PreviousHash, StoreError, StoredKey,
+    DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
@@ -143,6 +144,9 @@ fn notify_payload(alias: &str) -> String {
 
 /// The key table.
 const TABLE: &str = "tower_api_key_keys";
+
+/// The ids of revoked keys, which an import never brings back.
+const REVOKED: &str = "tower_api_key_revoked";
 
 /// First key of the advisory locks that serialize creates per account
 /// ("takc" in ASCII); the second is a hash of the account.
@@ -879,7 +883,9 @@ impl KeyStore for PgKeyStore {
         let payload = notify_payload("gone");
         let sql = format!(
             "WITH gone AS (DELETE FROM {TABLE} WHERE key_id = $1
-                RETURNING key_id, service_account_id)
+                RETURNING key_id, service_account_id),
+                  kept AS (INSERT INTO {REVOKED} (key_id, revoked_at)
+                SELECT key_id, now() FROM gone ON CONFLICT (key_id) DO NOTHING)
              SELECT gone.service_account_id, pg_notify($2, {payload})::text AS notified
                FROM gone"
         );
@@ -1022,6 +1028,7 @@ impl KeyStore for PgKeyStore {
             "SELECT service_account_id, hash, hash_scheme, hash_pepper_version
                FROM {TABLE} WHERE key_id = $1 FOR UPDATE"
         );
+        let was_revoked = format!("SELECT 1 FROM {REVOKED} WHERE key_id = $1");
         let touch = format!(
             "UPDATE {TABLE} SET last_used_at = GREATEST(last_used_at, $2)
               WHERE key_id = $1 AND $2::timestamptz IS NOT NULL"
@@ -1041,6 +1048,9 @@ impl KeyStore for PgKeyStore {
             let tx = client.transaction().await?;
             tx.execute(lock, &[&CREATE_LOCK_CLASS, &&*record.service_account_id])
                 .await?;
+            if tx.query_opt(&was_revoked, &[&id.as_str()]).await?.is_some() {
+                return Ok(Err(import_revoked(id)));
+            }
             if let Some(row) = tx.query_opt(&existing, &[&id.as_str()]).await? {
                 let account: &str = row.try_get("service_account_id")?;
                 let hash = stored_hash(

@@ -108,8 +108,9 @@ use super::page_token::{page_token, parse_page_token};
 use super::schema::{scheme_columns, stored_hash, MigrationReport};
 use super::{
     check_expiry, check_import, check_new, export_page_size, fill_page, hint_of, import_conflict,
-    latest_time, verified, CreatedKey, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate,
-    ListRequest, NewKey, PreviousHash, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    import_revoked, latest_time, verified, CreatedKey, Imported, KeyInfo, KeyPage, KeyStore,
+    KeyUpdate, ListRequest, NewKey, PreviousHash, StoreError, StoredKey,
+    DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
@@ -121,6 +122,9 @@ use crate::verifier::{Verifier, VerifierError};
 
 /// The key table.
 const TABLE: &str = "tower_api_key_keys";
+
+/// The ids of revoked keys, which an import never brings back.
+const REVOKED: &str = "tower_api_key_revoked";
 
 /// What the management API shows of a key.
 const INFO_COLUMNS: &str = "key_id, service_account_id, scopes, description, created_at, \
@@ -864,6 +868,10 @@ impl KeyStore for SqliteKeyStore {
                     .query_row([&change.key_id], |row| row.get(0))
                     .optional()?;
                 if let Some(account) = &account {
+                    tx.prepare_cached(&format!(
+                        "INSERT OR IGNORE INTO {REVOKED} (key_id, revoked_at) VALUES (?1, ?2)"
+                    ))?
+                    .execute((&change.key_id, change.at))?;
                     log_change(&tx, &change, account)?;
                 }
                 tx.commit()?;
@@ -1052,6 +1060,12 @@ impl KeyStore for SqliteKeyStore {
         let limit = self.inner.max_keys_per_account;
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let was_revoked = tx
+                .prepare_cached(&format!("SELECT 1 FROM {REVOKED} WHERE key_id = ?1"))?
+                .exists([&insert.0])?;
+            if was_revoked {
+                return Ok(Err(import_revoked(id)));
+            }
             let existing = tx
                 .prepare_cached(&format!(
                     "SELECT service_account_id, hash, hash_scheme, hash_pepper_version
