@@ -93,6 +93,16 @@ pub(crate) fn check_import(key: &StoredKey) -> Result<(), StoreError> {
     if record.service_account_id.is_empty() {
         return refuse("service_account_id is empty");
     }
+    // PostgreSQL text cannot hold NUL: refused by every store, so an export
+    // moves anywhere or nowhere.
+    let texts = [
+        ("service_account_id", &*record.service_account_id),
+        ("description", record.description.as_str()),
+        ("hint", key.info.hint.as_str()),
+    ];
+    if let Some((field, _)) = texts.iter().find(|(_, text)| text.contains('\0')) {
+        return refuse(&format!("{field} holds a NUL character"));
+    }
     let late = |t: Option<SystemTime>| t.is_some_and(|t| t > latest_time());
     let early = |t: Option<SystemTime>| t.is_some_and(|t| t < earliest_time());
     let times = [

@@ -438,6 +438,12 @@ pub async fn import_refuses_records_a_store_cannot_hold_naming_the_key<F: StoreF
     key.info.record.service_account_id = "".into();
     cases.push(("an empty account", key));
     let mut key = good.clone();
+    key.info.record.description = "a NUL\0 no database text holds".into();
+    cases.push(("a NUL in the description", key));
+    let mut key = good.clone();
+    key.info.record.service_account_id = "sa\0".into();
+    cases.push(("a NUL in the account", key));
+    let mut key = good.clone();
     key.info.record.created_at = too_late;
     cases.push(("created after 9999", key));
     let mut key = good.clone();

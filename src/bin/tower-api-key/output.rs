@@ -63,13 +63,12 @@ pub fn table(keys: &[KeyInfo]) -> String {
             };
             [
                 r.key_id.to_string(),
-                r.service_account_id.to_string(),
+                cell(&r.service_account_id),
                 scopes,
                 r.expires_at.map_or("never".into(), time::format),
                 k.last_used_at.map_or("never".into(), time::format),
-                k.hint.clone(),
-                // A table row is one line.
-                r.description.replace(['\n', '\r', '\t'], " "),
+                cell(&k.hint),
+                cell(&r.description),
             ]
         })
         .collect();
@@ -162,4 +161,26 @@ pub fn write_stdout(text: &str) -> Result<(), CliError> {
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
         .map_err(|e| CliError::new(format!("cannot write to stdout: {e}")))
+}
+
+/// A stored text as one table cell: a row is one line, and nothing a record
+/// holds (written by another tool, or imported) can move the cursor or
+/// recolour the terminal: every control character shows as `?`.
+fn cell(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cell;
+
+    #[test]
+    fn a_cell_is_one_line_without_control_characters() {
+        assert_eq!(cell("plain text, é"), "plain text, é");
+        assert_eq!(cell("two\nlines\tand\r"), "two?lines?and?");
+        assert_eq!(cell("\u{1b}[2Jwiped"), "?[2Jwiped");
+        assert_eq!(cell("nul\0"), "nul?");
+    }
 }
