@@ -3,6 +3,7 @@
 use std::io::Read;
 use std::process::ExitCode;
 use std::time::SystemTime;
+use zeroize::Zeroizing;
 
 use serde_json::json;
 use tower_api_key::hash::{HashScheme, KeyHasher};
@@ -205,7 +206,9 @@ async fn check_pepper(ctx: &Context<'_>) -> Result<(), CliError> {
 
 /// `keys check`: the key from stdin, never printed.
 async fn check(ctx: &Context<'_>) -> Result<ExitCode, CliError> {
-    let mut input = Vec::new();
+    // Allocated once, large enough that reading never moves (and so never
+    // leaves a copy behind), and wiped when dropped.
+    let mut input = Zeroizing::new(Vec::with_capacity(MAX_KEY_LEN * 4 + 64));
     // A key is short; anything much longer is not one (and is not kept).
     std::io::stdin()
         .lock()
@@ -214,8 +217,8 @@ async fn check(ctx: &Context<'_>) -> Result<ExitCode, CliError> {
         .map_err(|e| CliError::new(format!("cannot read the key from stdin: {e}")))?;
     let text = input.trim_ascii();
     let verdict = judge(ctx, text).await;
-    // Wipe our copy; the parsed key wipes its own.
-    input.iter_mut().for_each(|b| *b = 0);
+    // Our copy is wiped on drop; the parsed key wipes its own.
+    drop(input);
     let verdict = verdict?;
     match ctx.output {
         Format::Table => write_stdout(&format!("{}\n", verdict.text))?,

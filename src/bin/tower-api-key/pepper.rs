@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use zeroize::Zeroizing;
+
 use tower_api_key::hash::{HashScheme, KeyHasher, Pepper};
 
 use crate::error::CliError;
@@ -27,12 +29,12 @@ pub fn hasher(file: Option<&Path>, version: Option<&str>) -> Result<KeyHasher, C
             )))
         }
         (Some(path), None) => Some(read_file(path)?),
-        (None, Some(value)) => Some(
+        (None, Some(value)) => Some(Zeroizing::new(
             value
                 .into_string()
                 .map_err(|_| CliError::new(format!("{PEPPER_ENV} is not valid UTF-8")))?
                 .into_bytes(),
-        ),
+        )),
         (None, None) => None,
     };
     match (secret, version) {
@@ -52,19 +54,23 @@ pub fn hasher(file: Option<&Path>, version: Option<&str>) -> Result<KeyHasher, C
             if secret.is_empty() {
                 return Err(CliError::new("the pepper is empty"));
             }
-            Ok(KeyHasher::with_pepper(Pepper::new(version, secret)))
+            // `secret` (wiped when dropped, on every path) lends a copy.
+            Ok(KeyHasher::with_pepper(Pepper::new(
+                version,
+                secret.to_vec(),
+            )))
         }
     }
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>, CliError> {
-    let mut bytes = std::fs::read(path).map_err(|e| {
+fn read_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, CliError> {
+    let mut bytes = Zeroizing::new(std::fs::read(path).map_err(|e| {
         // The path is the operator's own argument; the contents never appear.
         CliError::new(format!(
             "cannot read the pepper file {}: {e}",
             path.display()
         ))
-    })?;
+    })?);
     // Editors add a final newline; it is not part of the secret.
     if bytes.ends_with(b"\n") {
         bytes.pop();
