@@ -5,7 +5,11 @@
 //! timeout), so every call runs on tokio's blocking pool
 //! (`spawn_blocking`). Connections are kept for reuse; a semaphore bounds
 //! how many are in use at once, so a burst of requests waits here rather
-//! than occupying every blocking thread.
+//! than occupying every blocking thread. Writes take a second, smaller
+//! semaphore first: SQLite has one writer at a time, and a write waiting
+//! (up to the busy timeout) for another process's write lock holds its
+//! connection, so without it a few queued writes would take every
+//! connection and leave none to verification, which WAL never blocks.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +18,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Semaphore;
+
+/// Writes that may wait for SQLite's write lock at once.
+const WRITERS: usize = 2;
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -59,6 +66,7 @@ pub(super) struct Connections {
     busy_timeout: Duration,
     idle: Mutex<Vec<Connection>>,
     in_use: Arc<Semaphore>,
+    writers: Arc<Semaphore>,
     max_idle: usize,
     closed: AtomicBool,
 }
@@ -70,6 +78,8 @@ impl Connections {
             busy_timeout,
             idle: Mutex::new(Vec::new()),
             in_use: Arc::new(Semaphore::new(size)),
+            // Fewer than the connections, so reads always have some.
+            writers: Arc::new(Semaphore::new(WRITERS.min(size.saturating_sub(1)).max(1))),
             max_idle: size,
             closed: AtomicBool::new(false),
         }
@@ -77,6 +87,22 @@ impl Connections {
 
     pub(super) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Runs `work`, which writes, as [`run`](Self::run) does, once one of
+    /// the few writer slots is free.
+    pub(super) async fn run_write<T, F>(self: &Arc<Self>, work: F) -> Result<T, BoxError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, BoxError> + Send + 'static,
+    {
+        let _writer = self
+            .writers
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| "the key store was shut down")?;
+        self.run(work).await
     }
 
     /// Runs `work` on a connection, on the blocking pool. A connection that
@@ -133,6 +159,7 @@ impl Connections {
     pub(super) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.in_use.close();
+        self.writers.close();
         let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
         close_off_runtime(idle);
     }
@@ -154,5 +181,83 @@ pub(super) fn close_off_runtime<T: Send + 'static>(value: T) {
             runtime.spawn_blocking(move || drop(value));
         }
         Err(_) => drop(value),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A gate blocking threads until it is opened, once.
+    #[derive(Default)]
+    struct Gate(std::sync::Mutex<bool>, std::sync::Condvar);
+
+    impl Gate {
+        fn wait(&self) {
+            let mut open = self.0.lock().unwrap();
+            while !*open {
+                open = self.1.wait(open).unwrap();
+            }
+        }
+
+        fn open(&self) {
+            *self.0.lock().unwrap() = true;
+            self.1.notify_all();
+        }
+    }
+
+    /// Writes parked inside SQLite (waiting for another process's lock,
+    /// say) hold at most the writer slots: a read still finds a connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parked_writes_leave_connections_to_reads() {
+        let dir = std::env::temp_dir().join(format!(
+            "tak-sqlite-connections-{}-{}",
+            std::process::id(),
+            crate::key::KeyId::random().unwrap()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Arc::new(Connections::new(
+            dir.join("keys.db"),
+            Duration::from_secs(1),
+            4,
+        ));
+        let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+        let gate = Arc::new(Gate::default());
+        let writes: Vec<_> = (0..6)
+            .map(|_| {
+                let (db, started_tx, gate) = (db.clone(), started_tx.clone(), gate.clone());
+                tokio::spawn(async move {
+                    db.run_write(move |_conn| {
+                        let _ = started_tx.send(());
+                        gate.wait();
+                        Ok(())
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for _ in 0..WRITERS {
+            started.recv().await.unwrap();
+        }
+        // Give the other writes every chance to take connections too.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            db.run(|conn| Ok(conn.query_row("SELECT 1", [], |row| row.get::<_, i64>(0))?)),
+        )
+        .await;
+        gate.open();
+        assert_eq!(
+            read.expect("a read is not queued behind parked writes")
+                .unwrap(),
+            1
+        );
+        for write in writes {
+            write.await.unwrap().unwrap();
+        }
+        db.close();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -348,7 +348,7 @@ impl SqliteKeyStore {
     pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
         self.inner
             .db
-            .run(|conn| Ok(migrations::run(conn)?))
+            .run_write(|conn| Ok(migrations::run(conn)?))
             .await
             .map_err(StoreError::Backend)
     }
@@ -371,13 +371,24 @@ impl SqliteKeyStore {
         self.inner.db.close();
     }
 
-    /// Runs `work` on a pooled connection, off the runtime's worker threads.
+    /// Runs `work`, which only reads, on a pooled connection, off the
+    /// runtime's worker threads.
     async fn run<T, F>(&self, work: F) -> Result<T, BoxError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, BoxError> + Send + 'static,
     {
         self.inner.db.run(work).await
+    }
+
+    /// Runs `work`, which writes, as [`run`](Self::run) does, in one of
+    /// the few writer slots.
+    async fn run_write<T, F>(&self, work: F) -> Result<T, BoxError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, BoxError> + Send + 'static,
+    {
+        self.inner.db.run_write(work).await
     }
 
     /// Now, truncated to the microsecond.
@@ -689,7 +700,7 @@ impl KeyStore for SqliteKeyStore {
         );
         let limit = self.inner.max_keys_per_account;
         let inserted = self
-            .run(move |conn| {
+            .run_write(move |conn| {
                 // The write lock first, then the count: a create in another
                 // process waits here, and then counts this key.
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -823,7 +834,7 @@ impl KeyStore for SqliteKeyStore {
             .map(micros_or_invalid)
             .transpose()?;
         let raw = self
-            .run(move |conn| {
+            .run_write(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let sql = format!(
                     "UPDATE {TABLE} SET
@@ -859,7 +870,7 @@ impl KeyStore for SqliteKeyStore {
         let (_, now) = self.now()?;
         let change = self.change(id, now);
         let account = self
-            .run(move |conn| {
+            .run_write(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let account: Option<String> = tx
                     .prepare_cached(&format!(
@@ -908,7 +919,7 @@ impl KeyStore for SqliteKeyStore {
         let digest = *hash.digest();
         let hint = hint_of(&key);
         let raw = self
-            .run(move |conn| {
+            .run_write(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 // Right-hand sides read the row as it was: the current hash
                 // becomes the previous one. A zero grace also ends an earlier
@@ -974,7 +985,7 @@ impl KeyStore for SqliteKeyStore {
             .into_iter()
             .map(|(id, at)| (id.to_string(), at))
             .collect();
-        self.run(move |conn| {
+        self.run_write(move |conn| {
             // One transaction for the batch; only forward (rows already as
             // new are not even written).
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1058,7 +1069,7 @@ impl KeyStore for SqliteKeyStore {
             key.info.hint.clone(),
         );
         let limit = self.inner.max_keys_per_account;
-        self.run(move |conn| {
+        self.run_write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let was_revoked = tx
                 .prepare_cached(&format!("SELECT 1 FROM {REVOKED} WHERE key_id = ?1"))?
