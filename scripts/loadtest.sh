@@ -14,6 +14,8 @@
 #   ROUNDS=9 DURATION=10s scripts/loadtest.sh
 #   KEYS=1000000 scripts/loadtest.sh    # with a million keys preloaded in the cache
 #   CONFIGS=metrics scripts/loadtest.sh # one configuration only
+#   BENCH_SERVER=/tmp/old/bench_server CONFIGS=bare scripts/loadtest.sh
+#                                       # an already built server (another commit)
 #
 # Environment: ROUNDS (7), DURATION (5s, per run), CONNECTIONS (64),
 # WRK_THREADS (1), PORT (38080; the metrics server takes PORT+1), KEYS (0),
@@ -53,8 +55,11 @@ if [ "$(nproc)" -lt 2 ]; then
     CLIENT_CPU=$SERVER_CPU
 fi
 
-echo "== building"
-cargo build --release --example bench_server
+BIN=${BENCH_SERVER:-${CARGO_TARGET_DIR:-target}/release/examples/bench_server}
+if [ -z "${BENCH_SERVER:-}" ]; then
+    echo "== building"
+    cargo build --release --example bench_server
+fi
 
 echo "== machine"
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores; kernel $(uname -r)"
@@ -87,7 +92,7 @@ for config in "${CONFIGS[@]}"; do
     ADDR[$config]="127.0.0.1:${port}"
     LOG[$config]=$(mktemp)
     BIND="${ADDR[$config]}" KEYS="$KEYS" WORKERS=1 METRICS="$METRICS_FLAG" taskset -c "$SERVER_CPU" \
-        "${CARGO_TARGET_DIR:-target}/release/examples/bench_server" >"${LOG[$config]}" 2>/dev/null &
+        "$BIN" >"${LOG[$config]}" 2>/dev/null &
     PID[$config]=$!
 done
 
