@@ -81,6 +81,7 @@
 // and no two modules import each other (tests/module_layers.rs checks
 // it, with the same list):
 //   clock, telemetry, key, scope, hash   foundations
+//   limits                               rate limits and credits, as values
 //   record                               what a verifier returns
 //   invalidation, verifier               checking keys, announcing changes
 //   cache                                owns its entry and defines `Caller`
@@ -100,6 +101,7 @@ mod clock;
 pub mod hash;
 mod invalidation;
 mod key;
+pub mod limits;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod management;

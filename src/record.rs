@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::key::KeyId;
+use crate::limits::{Credits, RateLimit};
 use crate::scope::ScopeSet;
 
 /// What a verifier returns for a valid key. The identity handed to the
@@ -40,6 +41,14 @@ pub struct KeyRecord {
     pub created_at: SystemTime,
     /// When the key stops working, if ever. Checked on every request.
     pub expires_at: Option<SystemTime>,
+    /// The key's own rate limits; empty: none (a route's default may apply).
+    pub rate_limits: Vec<RateLimit>,
+    /// The service account's rate limits, shared by all its keys.
+    pub account_rate_limits: Vec<RateLimit>,
+    /// The key's credits, if it has any: each request spends its cost, and
+    /// at zero the key is refused. `remaining` is the store's count when the
+    /// record was read.
+    pub credits: Option<Credits>,
 }
 
 impl KeyRecord {
@@ -52,6 +61,9 @@ impl KeyRecord {
             description: String::new(),
             created_at: SystemTime::now(),
             expires_at: None,
+            rate_limits: Vec::new(),
+            account_rate_limits: Vec::new(),
+            credits: None,
         }
     }
 
@@ -76,6 +88,24 @@ impl KeyRecord {
     /// Sets the creation time.
     pub fn with_created_at(mut self, created_at: SystemTime) -> Self {
         self.created_at = created_at;
+        self
+    }
+
+    /// Sets the key's own rate limits.
+    pub fn with_rate_limits(mut self, limits: Vec<RateLimit>) -> Self {
+        self.rate_limits = limits;
+        self
+    }
+
+    /// Sets the service account's rate limits.
+    pub fn with_account_rate_limits(mut self, limits: Vec<RateLimit>) -> Self {
+        self.account_rate_limits = limits;
+        self
+    }
+
+    /// Sets the credits.
+    pub fn with_credits(mut self, credits: Option<Credits>) -> Self {
+        self.credits = credits;
         self
     }
 

@@ -23,6 +23,8 @@ const LAYERS: &[&str] = &[
     "key",
     "scope",
     "hash",
+    // Rate limits and credits as values, and the GCRA state.
+    "limits",
     // What a verifier returns.
     "record",
     // How keys are checked and changes announced.

@@ -8,6 +8,7 @@ use super::{
     CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey, StoreError, StoredKey,
 };
 use crate::key::KeyId;
+use crate::limits::{Credits, RateLimit};
 use crate::verifier::Verifier;
 
 /// Where keys live. Every store is also a [`Verifier`] and announces changes
@@ -41,6 +42,27 @@ pub trait KeyStore: Verifier {
     /// Gives the key a new secret with the same account, scopes and expiry.
     /// The old secret keeps working for `grace` (zero: stops at once).
     async fn reissue(&self, id: KeyId, grace: Duration) -> Result<Option<CreatedKey>, StoreError>;
+
+    /// Adds `amount` credits to a key that has credits (never past
+    /// [`MAX_CREDITS`](crate::limits::MAX_CREDITS)); the generation stays,
+    /// so leased credits may still be given back. `None` if the key does not
+    /// exist; [`StoreError::Invalid`] if it has no credits.
+    async fn add_credits(&self, id: KeyId, amount: u64) -> Result<Option<Credits>, StoreError>;
+
+    /// The rate limits shared by all keys of a service account (empty: none).
+    async fn account_rate_limits(
+        &self,
+        service_account_id: &str,
+    ) -> Result<Vec<RateLimit>, StoreError>;
+
+    /// Sets (or with an empty list, removes) the rate limits shared by all
+    /// keys of a service account, and announces a change of each of its keys
+    /// so that caches pick the new limits up.
+    async fn set_account_rate_limits(
+        &self,
+        service_account_id: &str,
+        limits: Vec<RateLimit>,
+    ) -> Result<(), StoreError>;
 
     /// Records uses, moving each key's `last_used_at` forward only.
     async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError>;

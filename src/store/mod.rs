@@ -60,6 +60,7 @@ pub(crate) use transfer::check_import;
 pub use transfer::{Imported, PreviousHash, StoredKey, MAX_EXPORT_PAGE};
 
 use crate::key::{GeneratedKey, KeyGenError, KeyId};
+use crate::limits::{check_rate_limits, Credits, RateLimit};
 use crate::record::KeyRecord;
 use crate::scope::ScopeSet;
 
@@ -95,6 +96,11 @@ pub struct NewKey {
     pub scopes: ScopeSet,
     /// Expiry; must be in the future.
     pub expires_at: Option<SystemTime>,
+    /// The key's own rate limits (at most
+    /// [`MAX_RATE_LIMITS`](crate::limits::MAX_RATE_LIMITS), no two alike).
+    pub rate_limits: Vec<RateLimit>,
+    /// Credits, if the key is to have a quota.
+    pub credits: Option<Credits>,
 }
 
 impl NewKey {
@@ -105,12 +111,26 @@ impl NewKey {
             description: String::new(),
             scopes: ScopeSet::empty(),
             expires_at: None,
+            rate_limits: Vec::new(),
+            credits: None,
         }
     }
 
     /// Sets the scopes.
     pub fn with_scopes(mut self, scopes: ScopeSet) -> Self {
         self.scopes = scopes;
+        self
+    }
+
+    /// Sets the key's rate limits.
+    pub fn with_rate_limits(mut self, limits: Vec<RateLimit>) -> Self {
+        self.rate_limits = limits;
+        self
+    }
+
+    /// Gives the key credits.
+    pub fn with_credits(mut self, credits: Credits) -> Self {
+        self.credits = Some(credits);
         self
     }
 
@@ -233,6 +253,13 @@ pub struct KeyUpdate {
     pub scopes: Option<ScopeSet>,
     /// New expiry: `Some(None)` removes it.
     pub expires_at: Option<Option<SystemTime>>,
+    /// New rate limits: `Some(vec![])` removes them.
+    pub rate_limits: Option<Vec<RateLimit>>,
+    /// New credits, replacing the count and the refill and starting a new
+    /// generation (credits leased under the old one are not given back):
+    /// `Some(None)` removes them. To add credits, use
+    /// [`KeyStore::add_credits`](crate::KeyStore::add_credits).
+    pub credits: Option<Option<Credits>>,
 }
 
 impl KeyUpdate {
@@ -251,6 +278,18 @@ impl KeyUpdate {
     /// Sets (or with `None`, removes) the expiry.
     pub fn with_expires_at(mut self, expires_at: Option<SystemTime>) -> Self {
         self.expires_at = Some(expires_at);
+        self
+    }
+
+    /// Sets (or with an empty list, removes) the rate limits.
+    pub fn with_rate_limits(mut self, limits: Vec<RateLimit>) -> Self {
+        self.rate_limits = Some(limits);
+        self
+    }
+
+    /// Sets (or with `None`, removes) the credits.
+    pub fn with_credits(mut self, credits: Option<Credits>) -> Self {
+        self.credits = Some(credits);
         self
     }
 }
@@ -374,7 +413,13 @@ pub(crate) fn check_new(new: &NewKey, now: SystemTime) -> Result<(), StoreError>
     if new.service_account_id.is_empty() {
         return Err(StoreError::invalid("service_account_id is empty"));
     }
+    check_limits(&new.rate_limits)?;
     check_expiry(new.expires_at, now)
+}
+
+/// Checks rate limits for a key or an account, as every store does.
+pub(crate) fn check_limits(limits: &[RateLimit]) -> Result<(), StoreError> {
+    check_rate_limits(limits).map_err(|e| StoreError::invalid(e.to_string()))
 }
 
 /// The latest instant a store keeps, [`LATEST_TIME_TEXT`]: the end of year

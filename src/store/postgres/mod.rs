@@ -961,6 +961,34 @@ impl KeyStore for PgKeyStore {
         Ok(Some(CreatedKey { record, key }))
     }
 
+    // PLACEHOLDER (issue 14, in progress): replaced by the store's own implementation.
+    async fn add_credits(
+        &self,
+        _id: KeyId,
+        _amount: u64,
+    ) -> Result<Option<crate::limits::Credits>, StoreError> {
+        Err(StoreError::invalid(
+            "credits are not supported by this store yet",
+        ))
+    }
+
+    async fn account_rate_limits(
+        &self,
+        _service_account_id: &str,
+    ) -> Result<Vec<crate::limits::RateLimit>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn set_account_rate_limits(
+        &self,
+        _service_account_id: &str,
+        _limits: Vec<crate::limits::RateLimit>,
+    ) -> Result<(), StoreError> {
+        Err(StoreError::invalid(
+            "account rate limits are not supported by this store yet",
+        ))
+    }
+
     async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError> {
         if uses.is_empty() {
             return Ok(());
