@@ -4,7 +4,8 @@
 //!
 //! | metric | kind | labels | moves when |
 //! |---|---|---|---|
-//! | `tower_api_key_requests_total` | counter | `outcome`: `accepted` or a [`Reason`] name (`missing`, `duplicate_credentials`, `wrong_scheme`, `malformed`, `unknown`, `expired`, `insufficient_scope`, `scoped_key_on_unscoped_route`, `too_many_attempts`, `unavailable`, `verifier_panicked`) | once per request that reaches a layer |
+//! | `tower_api_key_requests_total` | counter | `outcome`: `accepted` or a [`Reason`] name (`missing`, `duplicate_credentials`, `wrong_scheme`, `malformed`, `unknown`, `expired`, `insufficient_scope`, `scoped_key_on_unscoped_route`, `too_many_attempts`, `rate_limited`, `quota_exhausted`, `unavailable`, `verifier_panicked`) | once per request that reaches a layer |
+//! | `tower_api_key_limits_total` | counter | `kind`: `rate` or `quota`; `result`: `admitted` or `refused` | once per request of a key with rate limits (`rate`) or credits (`quota`), after authentication and scope |
 //! | `tower_api_key_cache_total` | counter | `result`: `hit`, `miss`, `negative_hit` | once per cache lookup of a well-formed key (not for missing or malformed ones, refused before the cache) |
 //! | `tower_api_key_verifier_calls_total` | counter | | once per verifier call (one per miss, however many requests wait for it) |
 //! | `tower_api_key_verifier_errors_total` | counter | `kind`: `backend`, `timeout`, `panic` | a verifier call failed (answered 503 or 500, never cached) |
@@ -49,6 +50,8 @@ pub mod names {
     pub const VERIFIER_ERRORS: &str = "tower_api_key_verifier_errors_total";
     /// Verifier latency.
     pub const VERIFIER_DURATION: &str = "tower_api_key_verifier_duration_seconds";
+    /// Rate-limit and credit decisions.
+    pub const LIMITS: &str = "tower_api_key_limits_total";
 }
 
 /// Increments the counter `$name` with label `$label` = `$value`. Each value
@@ -86,6 +89,8 @@ pub(crate) fn outcome(outcome: &'static str) {
             "insufficient_scope",
             "scoped_key_on_unscoped_route",
             "too_many_attempts",
+            "rate_limited",
+            "quota_exhausted",
             "unavailable",
             "verifier_panicked",
         ]
@@ -100,6 +105,26 @@ pub(crate) fn cache(result: &'static str) {
         result,
         ["hit", "miss", "negative_hit"]
     );
+}
+
+pub(crate) fn limit(kind: &'static str, result: &'static str) {
+    #[cfg(feature = "metrics")]
+    match (kind, result) {
+        ("rate", "admitted") => {
+            metrics::counter!("tower_api_key_limits_total", "kind" => "rate", "result" => "admitted")
+                .increment(1)
+        }
+        ("rate", _) => {
+            metrics::counter!("tower_api_key_limits_total", "kind" => "rate", "result" => "refused")
+                .increment(1)
+        }
+        ("quota", "admitted") => {
+            metrics::counter!("tower_api_key_limits_total", "kind" => "quota", "result" => "admitted")
+                .increment(1)
+        }
+        _ => metrics::counter!("tower_api_key_limits_total", "kind" => "quota", "result" => "refused")
+            .increment(1),
+    }
 }
 
 pub(crate) fn verifier_call(took: Duration) {
@@ -140,6 +165,7 @@ mod tests {
             cache("hit");
             verifier_call(Duration::from_millis(3));
             verifier_error("timeout");
+            limit("rate", "refused");
         });
         snapshotter
             .snapshot()
@@ -166,6 +192,7 @@ mod tests {
             names::VERIFIER_CALLS,
             names::VERIFIER_ERRORS,
             names::VERIFIER_DURATION,
+            names::LIMITS,
         ]
         .iter()
         .map(|n| n.to_string())

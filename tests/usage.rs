@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use http::{Request, Response, StatusCode};
 use tower::{service_fn, Layer, ServiceExt};
 use tower_api_key::clock::ManualClock;
+use tower_api_key::limits::{CreditLease, Credits, RateLimit};
 use tower_api_key::store::{
     CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey, StoreError, StoredKey,
 };
@@ -38,6 +39,22 @@ impl Verifier for Counting {
     fn key_format(&self) -> Option<KeyFormat> {
         self.store.key_format()
     }
+    async fn lease_credits(
+        &self,
+        id: KeyId,
+        want: u64,
+        now: SystemTime,
+    ) -> Result<Option<CreditLease>, VerifierError> {
+        self.store.lease_credits(id, want, now).await
+    }
+    async fn return_credits(
+        &self,
+        id: KeyId,
+        generation: u64,
+        n: u64,
+    ) -> Result<(), VerifierError> {
+        self.store.return_credits(id, generation, n).await
+    }
 }
 
 #[async_trait]
@@ -59,6 +76,15 @@ impl KeyStore for Counting {
     }
     async fn reissue(&self, id: KeyId, grace: Duration) -> Result<Option<CreatedKey>, StoreError> {
         self.store.reissue(id, grace).await
+    }
+    async fn add_credits(&self, id: KeyId, amount: u64) -> Result<Option<Credits>, StoreError> {
+        self.store.add_credits(id, amount).await
+    }
+    async fn account_rate_limits(&self, sa: &str) -> Result<Vec<RateLimit>, StoreError> {
+        self.store.account_rate_limits(sa).await
+    }
+    async fn set_account_rate_limits(&self, sa: &str, l: Vec<RateLimit>) -> Result<(), StoreError> {
+        self.store.set_account_rate_limits(sa, l).await
     }
     async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError> {
         if self.down.load(Ordering::SeqCst) {

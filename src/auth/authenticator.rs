@@ -8,6 +8,7 @@ use http::header::HeaderName;
 use http::{HeaderMap, Response};
 
 use super::limit::FailedAttemptLimit;
+use super::limits::Limiter;
 use super::rejection::{self, Rejection, RejectionResponder};
 use crate::cache::CachedVerifier;
 use crate::key::KeyFormat;
@@ -37,6 +38,7 @@ pub(crate) struct Shared {
     pub(crate) responder: Arc<dyn RejectionResponder>,
     pub(crate) limit: Option<FailedAttemptLimit>,
     pub(crate) usage: Option<UsageRecorder>,
+    pub(crate) limiter: Limiter,
 }
 
 impl fmt::Debug for Authenticator {

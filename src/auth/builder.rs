@@ -9,11 +9,13 @@ use http::header::{HeaderName, AUTHORIZATION};
 
 use super::authenticator::{Authenticator, Shared};
 use super::limit::FailedAttemptLimit;
+use super::limits::Limiter;
 use super::rejection::{JsonRejection, RejectionResponder};
 use crate::cache::{CacheConfig, CachedVerifier};
 #[cfg(feature = "test-util")]
 use crate::clock::Clock;
 use crate::key::KeyFormat;
+use crate::limits::LimitSettings;
 use crate::usage::UsageRecorder;
 use crate::verifier::Verifier;
 
@@ -44,6 +46,7 @@ pub struct AuthenticatorBuilder {
     responder: Arc<dyn RejectionResponder>,
     limit: Option<FailedAttemptLimit>,
     usage: Option<UsageRecorder>,
+    limits: LimitSettings,
 }
 
 /// The cache settings as given; [`cache_config`] turns them into the one
@@ -124,6 +127,7 @@ impl AuthenticatorBuilder {
             responder: Arc::new(JsonRejection),
             limit: None,
             usage: None,
+            limits: LimitSettings::default(),
         }
     }
 
@@ -232,6 +236,14 @@ impl AuthenticatorBuilder {
         self
     }
 
+    /// How keys' rate limits and credits are enforced (default: on one
+    /// machine, with headers; see [`crate::limits`]). Keys without limits
+    /// are not affected.
+    pub fn limits(mut self, settings: LimitSettings) -> Self {
+        self.limits = settings;
+        self
+    }
+
     /// Replaces the HTTP rejection bodies (default: [`JsonRejection`]).
     pub fn rejection_responder(mut self, responder: impl RejectionResponder) -> Self {
         self.responder = Arc::new(responder);
@@ -246,7 +258,9 @@ impl AuthenticatorBuilder {
             .or_else(|| self.verifier.key_format())
             .unwrap_or_default();
         let cache = CachedVerifier::from_arc(self.verifier, cache_config(self.cache));
+        let limiter = Limiter::new(self.limits, &cache);
         Authenticator::from_shared(Shared {
+            limiter,
             cache,
             format,
             realm: self.realm,

@@ -14,12 +14,14 @@ use http::{Method, Request};
 
 use super::authenticator::Shared;
 use super::extract::credential;
+use super::limits::Limited;
 use super::policy::RoutePolicy;
 use super::rejection::{Reason, Rejection};
 use super::LOG_TARGET;
 use crate::cache::Caller;
 use crate::cache::LookupError;
 use crate::key::PresentedKey;
+use crate::limits::RouteLimits;
 use crate::scope::ScopeDenied;
 use crate::telemetry;
 
@@ -184,6 +186,22 @@ pub(crate) fn verdict<B>(
     let mut rejection = Rejection::new(reason);
     rejection.key_id = Some(key.id());
     Err(refused(s, attempt, rejection))
+}
+
+/// The key's rate limits and credits on an admitted, in-scope request: the
+/// route's limits come from its policy table, else from its layer.
+pub(crate) fn limit<B>(
+    s: &Shared,
+    policy: &dyn RoutePolicy,
+    layer: Option<&RouteLimits>,
+    request: &Request<B>,
+    caller: &Caller,
+) -> Limited {
+    let route = policy
+        .limits_for(request.method(), request.uri().path())
+        .or(layer);
+    s.limiter
+        .check(caller, route, || s.cache.config().clock().now())
 }
 
 /// The rejection a limited client gets for a credential refused before or

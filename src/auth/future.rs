@@ -13,10 +13,17 @@ use tower_service::Service;
 use super::authenticator::{Authenticator, Shared};
 use super::body::ResponseBody;
 use super::decide::{self, Attempt, Lookup};
+use super::limits::Limited;
 use super::policy::RoutePolicy;
+use super::rate_headers::RateHeaders;
+use super::rejection::Rejection;
 use crate::cache::Caller;
 use crate::cache::LookupError;
 use crate::key::PresentedKey;
+use crate::limits::RouteLimits;
+
+/// What a key's credits answer, once leased.
+type Spend = BoxFuture<'static, Result<Option<Box<RateHeaders>>, Rejection>>;
 
 /// Applies an admitting verdict: the credential headers become sensitive
 /// (kept out of logs further in) and the caller goes into the extensions.
@@ -52,7 +59,13 @@ pin_project! {
             lookup: BoxFuture<'static, (PresentedKey, Result<Caller, LookupError>)>,
             pending: Option<Pending<S, ReqBody>>,
         },
-        Inner { #[pin] future: F },
+        // Spending the key's credits, which needs a lease first; the
+        // request is admitted otherwise.
+        Spending {
+            spend: Spend,
+            pending: Option<Admitted<S, ReqBody>>,
+        },
+        Inner { #[pin] future: F, headers: Option<Box<RateHeaders>> },
         Rejected { response: Option<Response<Bytes>> },
         // Between the lookup's answer and the next state; seen by a poll
         // only if the inner service's `call` panicked.
@@ -66,6 +79,14 @@ struct Pending<S, ReqBody> {
     auth: Authenticator,
     attempt: Attempt,
     policy: Arc<dyn RoutePolicy>,
+    limits: Option<RouteLimits>,
+    service: S,
+    request: Request<ReqBody>,
+}
+
+/// An admitted request waiting for its credits.
+struct Admitted<S, ReqBody> {
+    auth: Authenticator,
     service: S,
     request: Request<ReqBody>,
 }
@@ -74,9 +95,27 @@ impl<S, ReqBody> ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
-    pub(super) fn inner(future: S::Future) -> Self {
+    pub(super) fn inner(future: S::Future, headers: Option<Box<RateHeaders>>) -> Self {
         Self {
-            state: State::Inner { future },
+            state: State::Inner { future, headers },
+        }
+    }
+
+    pub(super) fn spending(
+        auth: Authenticator,
+        spend: Spend,
+        service: S,
+        request: Request<ReqBody>,
+    ) -> Self {
+        Self {
+            state: State::Spending {
+                spend,
+                pending: Some(Admitted {
+                    auth,
+                    service,
+                    request,
+                }),
+            },
         }
     }
 
@@ -91,6 +130,7 @@ where
     pub(super) fn authenticating(
         auth: Authenticator,
         policy: Arc<dyn RoutePolicy>,
+        limits: Option<RouteLimits>,
         lookup: Lookup,
         service: S,
         request: Request<ReqBody>,
@@ -102,6 +142,7 @@ where
                     auth,
                     attempt: lookup.attempt,
                     policy,
+                    limits,
                     service,
                     request,
                 }),
@@ -126,19 +167,37 @@ where
                         auth,
                         attempt,
                         policy,
+                        limits,
                         mut service,
                         mut request,
                     } = pending.take().expect(POLLED_AFTER_COMPLETION);
                     state.set(State::Done);
                     let s = auth.shared();
-                    match decide::verdict(s, &*policy, &request, &key, result, attempt) {
-                        Ok(caller) => {
-                            drop(key);
+                    let limited = decide::verdict(s, &*policy, &request, &key, result, attempt)
+                        .map(|caller| {
+                            let limited =
+                                decide::limit(s, &*policy, limits.as_ref(), &request, &caller);
+                            (caller, limited)
+                        });
+                    drop(key);
+                    match limited {
+                        Ok((caller, Limited::Admit(headers))) => {
                             admit(s, &mut request, caller);
                             let future = service.call(request);
-                            state.set(State::Inner { future });
+                            state.set(State::Inner { future, headers });
                         }
-                        Err(rejection) => {
+                        Ok((caller, Limited::Spend(spend))) => {
+                            admit(s, &mut request, caller);
+                            state.set(State::Spending {
+                                spend,
+                                pending: Some(Admitted {
+                                    auth: auth.clone(),
+                                    service,
+                                    request,
+                                }),
+                            });
+                        }
+                        Ok((_, Limited::Refuse(rejection))) | Err(rejection) => {
                             let response = s.respond(rejection, request.headers());
                             state.set(State::Rejected {
                                 response: Some(response),
@@ -146,8 +205,32 @@ where
                         }
                     }
                 }
-                StateProj::Inner { future } => {
-                    let response = ready!(future.poll(cx))?;
+                StateProj::Spending { spend, pending } => {
+                    let spent = ready!(spend.as_mut().poll(cx));
+                    let Admitted {
+                        auth,
+                        mut service,
+                        request,
+                    } = pending.take().expect(POLLED_AFTER_COMPLETION);
+                    state.set(State::Done);
+                    match spent {
+                        Ok(headers) => {
+                            let future = service.call(request);
+                            state.set(State::Inner { future, headers });
+                        }
+                        Err(rejection) => {
+                            let response = auth.shared().respond(rejection, request.headers());
+                            state.set(State::Rejected {
+                                response: Some(response),
+                            });
+                        }
+                    }
+                }
+                StateProj::Inner { future, headers } => {
+                    let mut response = ready!(future.poll(cx))?;
+                    if let Some(headers) = headers.take() {
+                        headers.apply(response.headers_mut());
+                    }
                     return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                 }
                 StateProj::Rejected { response } => {

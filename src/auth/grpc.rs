@@ -49,6 +49,7 @@ use std::fmt;
 use http::Method;
 
 use super::policy::RoutePolicy;
+use crate::limits::RouteLimits;
 use crate::scope::{Scope, ScopeError, ScopePolicy};
 
 // The gRPC guide's examples compile as doctests.
@@ -64,6 +65,7 @@ pub struct MethodPolicies {
     methods: HashMap<Box<str>, ScopePolicy>,
     services: HashMap<Box<str>, ScopePolicy>,
     default: ScopePolicy,
+    limits: HashMap<Box<str>, RouteLimits>,
 }
 
 impl MethodPolicies {
@@ -98,6 +100,13 @@ impl RoutePolicy for MethodPolicies {
     fn policy_for(&self, _method: &Method, path: &str) -> &ScopePolicy {
         self.policy_for_path(path)
     }
+
+    fn limits_for(&self, _method: &Method, path: &str) -> Option<&RouteLimits> {
+        if self.limits.is_empty() {
+            return None;
+        }
+        self.limits.get(path)
+    }
 }
 
 impl fmt::Debug for MethodPolicies {
@@ -110,6 +119,7 @@ impl fmt::Debug for MethodPolicies {
             .field("methods", &methods)
             .field("services", &services)
             .field("default", &self.default)
+            .field("limits", &self.limits.len())
             .finish()
     }
 }
@@ -122,9 +132,17 @@ pub struct MethodPoliciesBuilder {
     methods: Vec<(String, Result<ScopePolicy, ScopeError>)>,
     services: Vec<(String, ScopePolicy)>,
     default: Option<ScopePolicy>,
+    limits: Vec<(String, RouteLimits)>,
 }
 
 impl MethodPoliciesBuilder {
+    /// The cost and default rate limits of one method, by its full path
+    /// (see [`crate::limits`]); other methods take the layer's.
+    pub fn limits(mut self, path: impl Into<String>, limits: RouteLimits) -> Self {
+        self.limits.push((path.into(), limits));
+        self
+    }
+
     /// The policy of one method, by its full path `/package.Service/Method`
     /// (as in the HTTP/2 `:path` of its calls).
     pub fn method(mut self, path: impl Into<String>, policy: ScopePolicy) -> Self {
@@ -198,9 +216,20 @@ impl MethodPoliciesBuilder {
             }
             services.insert(name.into_boxed_str(), policy);
         }
+        let mut limits = HashMap::with_capacity(self.limits.len());
+        for (path, route) in self.limits {
+            if split_method_path(&path).is_none() {
+                return Err(MethodPolicyError::MalformedPath(path));
+            }
+            if limits.contains_key(path.as_str()) {
+                return Err(MethodPolicyError::DuplicatePath(path));
+            }
+            limits.insert(path.into_boxed_str(), route);
+        }
         Ok(MethodPolicies {
             methods,
             services,
+            limits,
             default: self.default.unwrap_or_else(ScopePolicy::unscoped_keys_only),
         })
     }

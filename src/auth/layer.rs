@@ -6,6 +6,7 @@ use tower_layer::Layer;
 use super::authenticator::Authenticator;
 use super::policy::RoutePolicy;
 use super::service::ApiKeyService;
+use crate::limits::RouteLimits;
 use crate::scope::{Scope, ScopeError, ScopePolicy};
 
 /// Layer that applies the [`ApiKeyService`] middleware: one route's scope
@@ -19,6 +20,7 @@ use crate::scope::{Scope, ScopeError, ScopePolicy};
 pub struct ApiKeyLayer {
     auth: Authenticator,
     policy: Arc<dyn RoutePolicy>,
+    limits: Option<RouteLimits>,
 }
 
 /// The layers of one [`Authenticator`], one per route policy. They live here,
@@ -74,7 +76,19 @@ impl Authenticator {
 
 impl ApiKeyLayer {
     pub(crate) fn new(auth: Authenticator, policy: Arc<dyn RoutePolicy>) -> Self {
-        Self { auth, policy }
+        Self {
+            auth,
+            policy,
+            limits: None,
+        }
+    }
+
+    /// The route's cost per request and its default rate limits for keys
+    /// that carry none (see [`crate::limits`]). A [`RoutePolicy`] that sets
+    /// limits for a request (a gRPC method table) takes precedence.
+    pub fn limits(mut self, limits: RouteLimits) -> Self {
+        self.limits = Some(limits);
+        self
     }
 }
 
@@ -90,6 +104,11 @@ impl<S> Layer<S> for ApiKeyLayer {
     type Service = ApiKeyService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ApiKeyService::new(inner, self.auth.clone(), self.policy.clone())
+        ApiKeyService::new(
+            inner,
+            self.auth.clone(),
+            self.policy.clone(),
+            self.limits.clone(),
+        )
     }
 }

@@ -52,13 +52,17 @@
 pub(crate) mod authenticator;
 mod body;
 pub(crate) mod builder;
+mod credits;
 mod decide;
 mod extract;
 mod future;
 pub mod grpc;
+mod grpc_details;
 pub(crate) mod layer;
 mod limit;
+mod limits;
 mod policy;
+mod rate_headers;
 pub(crate) mod rejection;
 pub(crate) mod service;
 

@@ -2,6 +2,7 @@
 
 use http::Method;
 
+use crate::limits::RouteLimits;
 use crate::scope::ScopePolicy;
 
 /// Picks the scope policy for a request. A [`ScopePolicy`] is a route
@@ -10,6 +11,14 @@ use crate::scope::ScopePolicy;
 pub trait RoutePolicy: Send + Sync + 'static {
     /// The policy for a request with this method and path.
     fn policy_for(&self, method: &Method, path: &str) -> &ScopePolicy;
+
+    /// The cost and default rate limits for a request with this method and
+    /// path, if this policy sets them (a table may, per gRPC method); `None`
+    /// leaves it to the layer's [`limits`](crate::ApiKeyLayer::limits).
+    fn limits_for(&self, method: &Method, path: &str) -> Option<&RouteLimits> {
+        let _ = (method, path);
+        None
+    }
 }
 
 impl RoutePolicy for ScopePolicy {

@@ -7,6 +7,8 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
+use super::grpc_details;
+use super::rate_headers::RateHeaders;
 use super::LOG_TARGET;
 use crate::key::KeyId;
 use crate::scope::ScopeSet;
@@ -35,6 +37,10 @@ pub enum Reason {
     ScopedKeyOnUnscopedRoute,
     /// Too many failed attempts from this client.
     TooManyAttempts,
+    /// The key (or its service account) is over a rate limit.
+    RateLimited,
+    /// The key has no credits left.
+    QuotaExhausted,
     /// The verifier failed or timed out.
     Unavailable,
     /// The verifier panicked.
@@ -50,7 +56,9 @@ impl Reason {
                 StatusCode::UNAUTHORIZED
             }
             Self::InsufficientScope | Self::ScopedKeyOnUnscopedRoute => StatusCode::FORBIDDEN,
-            Self::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyAttempts | Self::RateLimited | Self::QuotaExhausted => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::VerifierPanicked => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -79,6 +87,8 @@ impl Reason {
             Self::InsufficientScope => "insufficient_scope",
             Self::ScopedKeyOnUnscopedRoute => "scoped_key_on_unscoped_route",
             Self::TooManyAttempts => "too_many_attempts",
+            Self::RateLimited => "rate_limited",
+            Self::QuotaExhausted => "quota_exhausted",
             Self::Unavailable => "unavailable",
             Self::VerifierPanicked => "verifier_panicked",
         }
@@ -111,7 +121,9 @@ impl fmt::Display for Reason {
 /// | no key, malformed, unknown, revoked or expired key | 401, one identical body | 200 trailers-only, `grpc-status: 16` UNAUTHENTICATED |
 /// | two credentials in one request | 400 | 16 UNAUTHENTICATED |
 /// | valid key, route scope not satisfied | 403 `insufficient_scope` | 7 PERMISSION_DENIED |
-/// | too many failed attempts | 429 + `Retry-After` | 8 RESOURCE_EXHAUSTED |
+/// | too many failed attempts | 429 `too_many_attempts` + `Retry-After` | 8 RESOURCE_EXHAUSTED |
+/// | key or account over a rate limit | 429 `rate_limited` + `Retry-After`, `RateLimit-Policy`, `RateLimit` | 8 RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` |
+/// | key out of credits | 429 `quota_exhausted` (+ `Retry-After` when a refill is scheduled) | 8 RESOURCE_EXHAUSTED (with `RetryInfo` when a refill is scheduled) |
 /// | verifier failed or timed out | 503 + `Retry-After` | 14 UNAVAILABLE |
 /// | verifier panicked | 500 | 13 INTERNAL |
 ///
@@ -149,6 +161,7 @@ pub struct Rejection {
     pub(crate) key_id: Option<KeyId>,
     pub(crate) required: Option<ScopeSet>,
     pub(crate) retry_after: Option<Duration>,
+    pub(crate) rate_limit: Option<Box<RateHeaders>>,
 }
 
 impl Rejection {
@@ -158,6 +171,7 @@ impl Rejection {
             key_id: None,
             required: None,
             retry_after: None,
+            rate_limit: None,
         }
     }
 
@@ -181,7 +195,8 @@ impl Rejection {
         self.required.as_ref()
     }
 
-    /// When to retry, for rate limiting and unavailability.
+    /// When to retry, for rate limiting, a scheduled refill of credits and
+    /// unavailability.
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }
@@ -232,9 +247,17 @@ impl RejectionResponder for JsonRejection {
             StatusCode::FORBIDDEN => {
                 br#"{"error":"insufficient_scope","message":"the API key is not allowed to access this resource"}"#
             }
-            StatusCode::TOO_MANY_REQUESTS => {
-                br#"{"error":"too_many_attempts","message":"too many failed authentication attempts; retry later"}"#
-            }
+            StatusCode::TOO_MANY_REQUESTS => match rejection.reason {
+                Reason::RateLimited => {
+                    br#"{"error":"rate_limited","message":"the API key is over its rate limit; retry later"}"#
+                }
+                Reason::QuotaExhausted => {
+                    br#"{"error":"quota_exhausted","message":"the API key has no credits left"}"#
+                }
+                _ => {
+                    br#"{"error":"too_many_attempts","message":"too many failed authentication attempts; retry later"}"#
+                }
+            },
             StatusCode::SERVICE_UNAVAILABLE => {
                 br#"{"error":"unavailable","message":"API key verification is temporarily unavailable; retry later"}"#
             }
@@ -317,6 +340,9 @@ fn http_response(
             headers.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
     }
+    if let Some(rate) = &rejection.rate_limit {
+        rate.apply(headers);
+    }
     response.extensions_mut().insert(rejection);
     response
 }
@@ -334,10 +360,15 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| matches!(v.get(GRPC.len()), None | Some(b'+' | b';' | b' ' | b'\t')))
 }
 
-/// The `grpc-message` of a rejection with this gRPC code. Never names the
-/// key, nor which of the unauthenticated cases it was.
-fn grpc_message(code: u8) -> &'static str {
-    match code {
+/// The `grpc-message` of a rejection. Never names the key, nor which of the
+/// unauthenticated cases it was.
+fn grpc_message(reason: Reason) -> &'static str {
+    match reason {
+        Reason::RateLimited => return "the API key is over its rate limit; retry later",
+        Reason::QuotaExhausted => return "the API key has no credits left",
+        _ => {}
+    }
+    match reason.grpc_code() {
         7 => "the API key is not allowed to call this method",
         8 => "too many failed authentication attempts; retry later",
         14 => "API key verification is temporarily unavailable; retry later",
@@ -372,8 +403,23 @@ fn grpc_response(rejection: Rejection) -> Response<Bytes> {
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
-    if let Ok(message) = HeaderValue::try_from(grpc_percent_encode(grpc_message(code))) {
+    if let Ok(message) = HeaderValue::try_from(grpc_percent_encode(grpc_message(rejection.reason)))
+    {
         headers.insert("grpc-message", message);
+    }
+    // A limit's retry delay, where gRPC clients look for it: a
+    // `google.rpc.RetryInfo` in the status details.
+    if matches!(
+        rejection.reason,
+        Reason::RateLimited | Reason::QuotaExhausted
+    ) {
+        if let Some(after) = rejection.retry_after {
+            let details =
+                grpc_details::status_with_retry_info(code, grpc_message(rejection.reason), after);
+            if let Ok(value) = HeaderValue::try_from(grpc_details::base64(&details)) {
+                headers.insert("grpc-status-details-bin", value);
+            }
+        }
     }
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response.extensions_mut().insert(rejection);
@@ -445,8 +491,7 @@ mod tests {
         ] {
             assert_eq!(i32::from(reason.grpc_code()), code as i32, "{reason}");
             let ours = grpc_response(Rejection::new(reason));
-            let theirs: Response<()> =
-                tonic::Status::new(code, grpc_message(reason.grpc_code())).into_http();
+            let theirs: Response<()> = tonic::Status::new(code, grpc_message(reason)).into_http();
             assert_eq!(ours.status(), theirs.status(), "{reason}");
             assert_eq!(ours.status(), StatusCode::OK);
             assert!(ours.body().is_empty());
@@ -456,7 +501,7 @@ mod tests {
             // And tonic reads it back as the same status.
             let read = tonic::Status::from_header_map(ours.headers()).unwrap();
             assert_eq!(read.code(), code);
-            assert_eq!(read.message(), grpc_message(reason.grpc_code()));
+            assert_eq!(read.message(), grpc_message(reason));
         }
     }
 

@@ -9,8 +9,10 @@ use super::authenticator::Authenticator;
 use super::body::ResponseBody;
 use super::decide::{self, Precheck};
 use super::future::{admit, ResponseFuture};
+use super::limits::Limited;
 use super::policy::RoutePolicy;
 use crate::cache::Caller;
+use crate::limits::RouteLimits;
 
 /// Middleware that authenticates every request by its API key, enforces the
 /// route's scope policy and inserts the [`Caller`] into request extensions.
@@ -22,15 +24,32 @@ pub struct ApiKeyService<S> {
     inner: S,
     auth: Authenticator,
     policy: Arc<dyn RoutePolicy>,
+    limits: Option<RouteLimits>,
 }
 
 impl<S> ApiKeyService<S> {
-    pub(crate) fn new(inner: S, auth: Authenticator, policy: Arc<dyn RoutePolicy>) -> Self {
+    pub(crate) fn new(
+        inner: S,
+        auth: Authenticator,
+        policy: Arc<dyn RoutePolicy>,
+        limits: Option<RouteLimits>,
+    ) -> Self {
         Self {
             inner,
             auth,
             policy,
+            limits,
         }
+    }
+
+    /// The ready service, moved out for a future; a clone stays for the
+    /// next call.
+    fn take_ready(&mut self) -> S
+    where
+        S: Clone,
+    {
+        let clone = self.inner.clone();
+        std::mem::replace(&mut self.inner, clone)
     }
 
     /// The wrapped service.
@@ -78,7 +97,7 @@ where
         request.extensions_mut().remove::<Caller>();
         let s = self.auth.shared();
         let (key, attempt) = match decide::precheck(s, &request) {
-            Precheck::PassThrough => return ResponseFuture::inner(self.inner.call(request)),
+            Precheck::PassThrough => return ResponseFuture::inner(self.inner.call(request), None),
             Precheck::Reject(rejection) => {
                 return ResponseFuture::rejected(s.respond(rejection, request.headers()))
             }
@@ -86,12 +105,26 @@ where
         };
         // Hot path: a cached answer needs no future and no clone of the inner service.
         if let Some(answer) = s.cache.answer_cached(&key) {
-            return match decide::verdict(s, &*self.policy, &request, &key, answer, attempt) {
-                Ok(caller) => {
-                    admit(s, &mut request, caller);
-                    ResponseFuture::inner(self.inner.call(request))
+            let caller = match decide::verdict(s, &*self.policy, &request, &key, answer, attempt) {
+                Ok(caller) => caller,
+                Err(rejection) => {
+                    return ResponseFuture::rejected(s.respond(rejection, request.headers()))
                 }
-                Err(rejection) => ResponseFuture::rejected(s.respond(rejection, request.headers())),
+            };
+            let limited = decide::limit(s, &*self.policy, self.limits.as_ref(), &request, &caller);
+            return match limited {
+                Limited::Admit(headers) => {
+                    admit(s, &mut request, caller);
+                    ResponseFuture::inner(self.inner.call(request), headers)
+                }
+                Limited::Refuse(rejection) => {
+                    ResponseFuture::rejected(s.respond(rejection, request.headers()))
+                }
+                Limited::Spend(spend) => {
+                    admit(s, &mut request, caller);
+                    let ready = self.take_ready();
+                    ResponseFuture::spending(self.auth.clone(), spend, ready, request)
+                }
             };
         }
         let lookup = match decide::lookup(s, key, attempt) {
@@ -100,12 +133,11 @@ where
                 return ResponseFuture::rejected(s.respond(rejection, request.headers()))
             }
         };
-        // The ready service goes with the request; a clone stays for the next call.
-        let clone = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, clone);
+        let ready = self.take_ready();
         ResponseFuture::authenticating(
             self.auth.clone(),
             self.policy.clone(),
+            self.limits.clone(),
             lookup,
             ready,
             request,

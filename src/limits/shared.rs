@@ -21,6 +21,23 @@ pub struct BucketUse {
     pub cost: u64,
 }
 
+impl BucketUse {
+    /// `cost` admitted against `subject`'s bucket for `limit`.
+    pub fn new(subject: impl Into<String>, limit: RateLimit, cost: u64) -> Self {
+        Self {
+            subject: subject.into(),
+            limit,
+            cost,
+        }
+    }
+
+    /// Nanoseconds between two requests at the limit's sustained rate
+    /// (rounded up): what one unit of cost moves the bucket's TAT.
+    pub fn emission_ns(&self) -> u64 {
+        self.limit.emission_ns()
+    }
+}
+
 /// Where replicas meet to share rate-limit state, for example
 /// [`PgKeyStore::rate_limit_sync`](crate::store::postgres::PgKeyStore) with
 /// the `postgres` feature.

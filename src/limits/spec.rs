@@ -398,12 +398,6 @@ impl Refill {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitError(String);
 
-impl LimitError {
-    pub(crate) fn new(message: impl Into<String>) -> Self {
-        Self(message.into())
-    }
-}
-
 impl fmt::Display for LimitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -1,0 +1,304 @@
+//! Rate limits and credits on the request path: after authentication and
+//! scope, an admitted key is charged against its own limits (or the route's
+//! default), its account's, and its credits.
+//!
+//! A request refused by a rate limit still spends nothing; one refused for
+//! credits has already passed (and spent) its rate limits, so that no
+//! credit is ever spent on a request the rate limits then refuse.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::BoxFuture;
+use http::HeaderValue;
+
+use super::credits::{self, Ledger, LedgerListener, NoCredits, Quick};
+use super::rate_headers::{ceil_secs, RateHeaders};
+use super::rejection::{Reason, Rejection};
+use super::LOG_TARGET;
+use crate::cache::{CachedVerifier, Caller};
+use crate::key::KeyId;
+use crate::limits::table::{Charge, Standing, Subject, Table, Verdict};
+use crate::limits::{BucketUse, LimitSettings, RateLimit, RouteLimits, SharedMode};
+use crate::telemetry;
+
+/// The limit state of one authenticator: shared by every route.
+pub(crate) struct Limiter {
+    table: Arc<Table>,
+    ledger: Arc<Ledger>,
+    headers: bool,
+    // Held so the ledger stays subscribed (the bus keeps a weak reference).
+    _listener: Arc<LedgerListener>,
+}
+
+/// What the limits say of an admitted, in-scope request.
+pub(crate) enum Limited {
+    /// Admit it, with these headers on the response.
+    Admit(Option<Box<RateHeaders>>),
+    /// Refuse it.
+    Refuse(Rejection),
+    /// Admit it once its credits are spent: the ledger must lease first.
+    Spend(BoxFuture<'static, Result<Option<Box<RateHeaders>>, Rejection>>),
+}
+
+impl Limiter {
+    /// Builds the state, subscribes the credit batches to the verifier's
+    /// invalidations and, with a runtime, starts the idle sweep and the
+    /// shared sync.
+    pub(crate) fn new(settings: LimitSettings, cache: &CachedVerifier) -> Self {
+        let table = Arc::new(Table::new(
+            settings.max_tracked_subjects,
+            settings.shared.is_some(),
+        ));
+        let ledger = Arc::new(Ledger::new(
+            cache.verifier().clone(),
+            settings.credit_lease,
+            cache.config().verifier_timeout(),
+        ));
+        let listener = Arc::new(LedgerListener(Arc::downgrade(&ledger)));
+        if let Some(bus) = cache.verifier().invalidations() {
+            bus.subscribe(listener.clone());
+        }
+        credits::spawn_idle_sweeper(&ledger);
+        if let Some(shared) = settings.shared {
+            spawn_sync(
+                Arc::downgrade(&table),
+                shared,
+                cache.config().clock().clone(),
+            );
+        }
+        Self {
+            table,
+            ledger,
+            headers: settings.headers,
+            _listener: listener,
+        }
+    }
+
+    /// Charges an admitted request of `caller` on a route with `route`'s
+    /// limits at `now`.
+    pub(crate) fn check(
+        &self,
+        caller: &Caller,
+        route: Option<&RouteLimits>,
+        now: impl FnOnce() -> SystemTime,
+    ) -> Limited {
+        let record = caller.record();
+        let (key_limits, key_kind) = if !record.rate_limits.is_empty() {
+            (&record.rate_limits[..], "key")
+        } else {
+            (
+                route.map_or(&[][..], RouteLimits::default_rate_limits),
+                "route",
+            )
+        };
+        let account_limits = &record.account_rate_limits[..];
+        if key_limits.is_empty() && account_limits.is_empty() && record.credits.is_none() {
+            return Limited::Admit(None);
+        }
+        let cost = u64::from(route.map_or(1, RouteLimits::request_cost));
+        let now = now();
+        let now_ns = nanos(now);
+
+        let mut headers = None;
+        if !key_limits.is_empty() || !account_limits.is_empty() {
+            let key = Subject::Key(record.key_id);
+            let account = Subject::Account(record.service_account_id.clone());
+            let both = [
+                Charge {
+                    subject: &key,
+                    limits: key_limits,
+                },
+                Charge {
+                    subject: &account,
+                    limits: account_limits,
+                },
+            ];
+            let kinds = [key_kind, "account"];
+            match self.table.check(&both, cost, now_ns) {
+                Verdict::Admitted(tightest) => {
+                    telemetry::limit("rate", "admitted");
+                    if self.headers {
+                        headers = tightest.map(|t| render(&both, &kinds, &t, t.reset_ns));
+                    }
+                }
+                Verdict::Limited { standing, retry_ns } => {
+                    telemetry::limit("rate", "refused");
+                    let mut rejection = Rejection::new(Reason::RateLimited);
+                    rejection.key_id = Some(record.key_id);
+                    // A cost above the burst is never admitted: no retry helps.
+                    if retry_ns != u64::MAX {
+                        rejection.retry_after = Some(Duration::from_nanos(retry_ns));
+                    }
+                    let t = if retry_ns == u64::MAX {
+                        standing.reset_ns
+                    } else {
+                        retry_ns
+                    };
+                    rejection.rate_limit = Some(render(&both, &kinds, &standing, t));
+                    return Limited::Refuse(rejection);
+                }
+                Verdict::Full => {
+                    telemetry::limit("rate", "refused");
+                    tracing::warn!(target: LOG_TARGET, key_id = %record.key_id, "rate-limit table full of busy state; request refused (raise max_tracked_subjects)");
+                    let mut rejection = Rejection::new(Reason::RateLimited);
+                    rejection.key_id = Some(record.key_id);
+                    rejection.retry_after = Some(Duration::from_secs(1));
+                    return Limited::Refuse(rejection);
+                }
+            }
+        }
+
+        if record.credits.is_none() {
+            return Limited::Admit(headers);
+        }
+        let id = record.key_id;
+        match self.ledger.try_spend(id, cost, now) {
+            Quick::Spent => {
+                telemetry::limit("quota", "admitted");
+                return Limited::Admit(headers);
+            }
+            Quick::Refused(no) => return Limited::Refuse(no_credits(id, no, now)),
+            Quick::Ask => {}
+        }
+        let ledger = self.ledger.clone();
+        Limited::Spend(Box::pin(async move {
+            match ledger.spend(id, cost, now).await {
+                Ok(()) => {
+                    telemetry::limit("quota", "admitted");
+                    Ok(headers)
+                }
+                Err(no) => Err(no_credits(id, no, now)),
+            }
+        }))
+    }
+}
+
+/// The refusal of a request whose key has no credits: retry at the next
+/// refill if one is scheduled, in a second if the store could not say.
+fn no_credits(id: KeyId, no: NoCredits, now: SystemTime) -> Rejection {
+    telemetry::limit("quota", "refused");
+    let mut rejection = Rejection::new(Reason::QuotaExhausted);
+    rejection.key_id = Some(id);
+    rejection.retry_after = match no {
+        NoCredits::Exhausted(next) => next
+            .and_then(|at| at.duration_since(now).ok())
+            .map(|wait| wait.max(Duration::from_secs(1))),
+        NoCredits::Unconfirmed => Some(Duration::from_secs(1)),
+    };
+    rejection
+}
+
+/// Nanoseconds since the Unix epoch (0 before it).
+fn nanos(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The policy name of limit `i` of a charge of `kind` with `n` limits.
+fn name(out: &mut String, kind: &str, i: usize, n: usize) {
+    out.push('"');
+    out.push_str(kind);
+    if n > 1 {
+        let _ = write!(out, "-{}", i + 1);
+    }
+    out.push('"');
+}
+
+/// The headers for the limits of `charges`, the tightest being `tightest`,
+/// full again (or admitting again) in `t_ns`.
+fn render(
+    charges: &[Charge<'_>; 2],
+    kinds: &[&str; 2],
+    tightest: &Standing,
+    t_ns: u64,
+) -> Box<RateHeaders> {
+    let mut policy = String::with_capacity(48);
+    for (charge, kind) in charges.iter().zip(kinds) {
+        for (i, limit) in charge.limits.iter().enumerate() {
+            if !policy.is_empty() {
+                policy.push_str(", ");
+            }
+            name(&mut policy, kind, i, charge.limits.len());
+            let window = ceil_secs(limit.period().as_nanos() as u64).max(1);
+            let _ = write!(policy, ";q={};w={window}", limit.limit());
+        }
+    }
+    let mut state = String::with_capacity(24);
+    let charge = &charges[tightest.charge];
+    let i = charge
+        .limits
+        .iter()
+        .position(|l| *l == tightest.limit)
+        .unwrap_or(0);
+    name(&mut state, kinds[tightest.charge], i, charge.limits.len());
+    let _ = write!(state, ";r={};t={}", tightest.remaining, ceil_secs(t_ns));
+    // Names are fixed ASCII and the rest are digits: always valid.
+    Box::new(RateHeaders {
+        policy: HeaderValue::try_from(policy).unwrap_or_else(|_| HeaderValue::from_static("")),
+        state: HeaderValue::try_from(state).unwrap_or_else(|_| HeaderValue::from_static("")),
+    })
+}
+
+/// The shared store's name for a bucket's owner.
+fn bucket_use(subject: &Subject, limit: RateLimit, cost: u64) -> BucketUse {
+    BucketUse::new(subject.to_text(), limit, cost)
+}
+
+/// Syncs the table with the other replicas every interval, until the
+/// table is dropped. A failed sync drops what it carried: each replica
+/// then limits on its own, never less.
+fn spawn_sync(table: Weak<Table>, shared: SharedMode, clock: Arc<dyn crate::clock::Clock>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(target: LOG_TARGET, "no tokio runtime at build: rate limits are not shared");
+        return;
+    };
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(shared.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            // Not holding the table across the call: a dropped
+            // authenticator ends the task at the next tick.
+            let taken = match table.upgrade() {
+                Some(table) => table.take_unsynced(),
+                None => return,
+            };
+            if taken.is_empty() {
+                continue;
+            }
+            let uses: Vec<BucketUse> = taken
+                .iter()
+                .map(|(subject, limit, cost)| bucket_use(subject, *limit, *cost))
+                .collect();
+            match shared.sync.sync(&uses, clock.now()).await {
+                Ok(tats) if tats.len() == taken.len() => {
+                    if failing {
+                        tracing::info!(target: LOG_TARGET, "rate-limit sync recovered");
+                        failing = false;
+                    }
+                    let Some(table) = table.upgrade() else {
+                        return;
+                    };
+                    for ((subject, limit, _), tat) in taken.iter().zip(tats) {
+                        table.merge(subject, limit, nanos(tat));
+                    }
+                }
+                Ok(_) => {
+                    if !failing {
+                        tracing::warn!(target: LOG_TARGET, "rate-limit sync answered for the wrong number of buckets; limiting locally");
+                        failing = true;
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(target: LOG_TARGET, error = %e, "rate-limit sync failed; limiting locally until it recovers");
+                        failing = true;
+                    }
+                }
+            }
+        }
+    });
+}
