@@ -56,6 +56,17 @@ pub trait RateLimitSync: Send + Sync + 'static {
     ) -> Result<Vec<SystemTime>, Box<dyn std::error::Error + Send + Sync>>;
 }
 
+#[async_trait]
+impl<T: RateLimitSync + ?Sized> RateLimitSync for std::sync::Arc<T> {
+    async fn sync(
+        &self,
+        uses: &[BucketUse],
+        now: SystemTime,
+    ) -> Result<Vec<SystemTime>, Box<dyn std::error::Error + Send + Sync>> {
+        (**self).sync(uses, now).await
+    }
+}
+
 /// How often replicas sync rate-limit state unless told otherwise.
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
