@@ -19,11 +19,64 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 
 mod support;
+use async_trait::async_trait;
 use support::harness::{cached_key, call_now, hello, request, runtime, BEARER};
 use support::Clock;
 use tower::ServiceBuilder;
-use tower_api_key::Authenticator;
-use tower_api_key::MemoryStore;
+use tower_api_key::limits::{CreditLease, Credits, LimitSettings, RateLimit};
+use tower_api_key::{
+    Authenticator, KeyFormat, KeyId, KeyRecord, MemoryStore, PresentedKey, Verifier, VerifierError,
+};
+
+/// Accepts every well-formed key as a key of `sa-bench` whose record
+/// `shape` fills in, and leases credits without end: the cost measured is
+/// the layer's, not a store's.
+struct Limited(fn(KeyRecord) -> KeyRecord);
+
+#[async_trait]
+impl Verifier for Limited {
+    async fn verify(&self, key: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
+        Ok(Some((self.0)(KeyRecord::new(key.id(), "sa-bench"))))
+    }
+
+    async fn lease_credits(
+        &self,
+        _: KeyId,
+        want: u64,
+        _: std::time::SystemTime,
+    ) -> Result<Option<CreditLease>, VerifierError> {
+        Ok(Some(CreditLease::new(want, 0, u64::MAX / 2, None)))
+    }
+}
+
+fn rate_limited(record: KeyRecord) -> KeyRecord {
+    record.with_rate_limits(vec![
+        RateLimit::new(1_000_000_000, Duration::from_secs(1)).unwrap()
+    ])
+}
+
+fn with_credits(record: KeyRecord) -> KeyRecord {
+    record.with_credits(Some(Credits::new(1_000_000_000).unwrap()))
+}
+
+/// A layer over `verifier` with `settings`, and a key it has cached.
+fn limited_layer(
+    rt: &tokio::runtime::Runtime,
+    shape: fn(KeyRecord) -> KeyRecord,
+    settings: LimitSettings,
+) -> (Authenticator, String) {
+    let auth = Authenticator::builder(Limited(shape))
+        .positive_ttl(Duration::from_secs(3600))
+        .limits(settings)
+        .build();
+    let key = KeyFormat::default().generate().unwrap();
+    let secret = key.expose_secret().to_owned();
+    rt.block_on(async {
+        let presented = auth.key_format().parse(&secret).unwrap();
+        auth.cache().lookup(&presented).await.expect("accepted");
+    });
+    (auth, secret)
+}
 
 fn layer(c: &mut Criterion<Clock>) {
     let rt = runtime();
@@ -44,6 +97,37 @@ fn layer(c: &mut Criterion<Clock>) {
     let mut api_key = ServiceBuilder::new()
         .layer(auth.any_valid_key())
         .service_fn(hello);
+
+    let limited = |shape, settings| {
+        let (auth, key) = limited_layer(&rt, shape, settings);
+        let service = ServiceBuilder::new()
+            .layer(auth.any_valid_key())
+            .service_fn(hello);
+        (service, format!("Api-Key {key}"))
+    };
+    let (mut unlimited, unlimited_header) = limited(|r| r, LimitSettings::default());
+    let (mut rate, rate_header) = limited(rate_limited, LimitSettings::default());
+    let (mut rate_quiet, rate_quiet_header) = limited(
+        rate_limited,
+        LimitSettings::builder().headers(false).build(),
+    );
+    // One batch outlasts the run: the store is asked once.
+    let (mut credits, credits_header) = limited(
+        with_credits,
+        LimitSettings::builder().credit_lease(1 << 50).build(),
+    );
+    // The first credit request leases, off the timed path.
+    rt.block_on(async {
+        use tower::ServiceExt;
+        let response = (&mut credits)
+            .oneshot(request(&credits_header))
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+    });
+    assert!(call_now(&mut rate, request(&rate_header))
+        .headers()
+        .contains_key("ratelimit"));
 
     // Sanity: every variant admits its request.
     assert!(call_now(&mut bare, request(&bearer_header))
@@ -78,6 +162,29 @@ fn layer(c: &mut Criterion<Clock>) {
             BatchSize::SmallInput,
         )
     });
+    for (name, service, header) in [
+        (
+            "api_key_hit_unlimited_verifier",
+            &mut unlimited,
+            &unlimited_header,
+        ),
+        ("api_key_hit_rate_limited", &mut rate, &rate_header),
+        (
+            "api_key_hit_rate_limited_no_headers",
+            &mut rate_quiet,
+            &rate_quiet_header,
+        ),
+        ("api_key_hit_credits", &mut credits, &credits_header),
+    ] {
+        assert!(call_now(service, request(header)).status().is_success());
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || request(header),
+                |req| black_box(call_now(service, req)),
+                BatchSize::SmallInput,
+            )
+        });
+    }
     group.finish();
 }
 

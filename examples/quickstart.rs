@@ -194,7 +194,9 @@ async fn reissue_demo_keys(
             Some(id) => {
                 let update = KeyUpdate::default()
                     .with_scopes(new.scopes.clone())
-                    .with_expires_at(new.expires_at);
+                    .with_expires_at(new.expires_at)
+                    .with_rate_limits(new.rate_limits.clone())
+                    .with_credits(new.credits);
                 store.update(id, update).await?;
                 store.reissue(id, Duration::ZERO).await?
             }

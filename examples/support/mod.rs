@@ -17,9 +17,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
+use tower_api_key::limits::Credits;
 use tower_api_key::store::NewKey;
 use tower_api_key::KeyStore;
-use tower_api_key::{ScopeError, ScopeSet};
+use tower_api_key::ScopeSet;
 
 pub const TRANSLATE: &str = "yc.ai.translate.execute";
 pub const FOUNDATION_MODELS: &str = "yc.ai.foundationModels.execute";
@@ -61,8 +62,9 @@ pub struct DemoKey {
 }
 
 /// The demo keys every example mints: one per case of the scope rules, and
-/// one that expires [`EXPIRING_AFTER`] from now.
-pub fn demo_keys() -> Result<Vec<DemoKey>, ScopeError> {
+/// one that expires [`EXPIRING_AFTER`] from now, one limited to 5 requests
+/// per second and one with 3 credits.
+pub fn demo_keys() -> Result<Vec<DemoKey>, Box<dyn std::error::Error>> {
     let expires_at = SystemTime::now() + EXPIRING_AFTER;
     Ok(vec![
         DemoKey {
@@ -90,6 +92,16 @@ pub fn demo_keys() -> Result<Vec<DemoKey>, ScopeError> {
                 humantime::format_rfc3339_seconds(expires_at),
                 EXPIRING_AFTER.as_secs()
             ),
+        },
+        DemoKey {
+            name: "LIMITED",
+            new: NewKey::new("sa-limited").with_rate_limits(vec!["5/1s".parse()?]),
+            note: "sa-limited: no scopes, 5 requests per second".into(),
+        },
+        DemoKey {
+            name: "METERED",
+            new: NewKey::new("sa-metered").with_credits(Credits::new(3)?),
+            note: "sa-metered: no scopes, 3 credits".into(),
         },
     ])
 }

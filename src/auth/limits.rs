@@ -6,7 +6,6 @@
 //! credits has already passed (and spent) its rate limits, so that no
 //! credit is ever spent on a request the rate limits then refuse.
 
-use std::fmt::Write as _;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -104,23 +103,42 @@ impl Limiter {
         let mut headers = None;
         if !key_limits.is_empty() || !account_limits.is_empty() {
             let key = Subject::Key(record.key_id);
-            let account = Subject::Account(record.service_account_id.clone());
-            let both = [
-                Charge {
-                    subject: &key,
-                    limits: key_limits,
-                },
-                Charge {
+            let account;
+            // Only the subjects with limits: each costs a shard lock.
+            let mut charges = [Charge {
+                subject: &key,
+                limits: key_limits,
+            }; 2];
+            let mut kinds = [key_kind, "account"];
+            let mut n = 0;
+            if !key_limits.is_empty() {
+                n = 1;
+            }
+            if !account_limits.is_empty() {
+                account = Subject::Account(record.service_account_id.clone());
+                charges[n] = Charge {
                     subject: &account,
                     limits: account_limits,
-                },
-            ];
-            let kinds = [key_kind, "account"];
-            match self.table.check(&both, cost, now_ns) {
+                };
+                kinds[n] = "account";
+                n += 1;
+            }
+            let (charges, kinds) = (&charges[..n], &kinds[..n]);
+            match self.table.check(charges, cost, now_ns) {
                 Verdict::Admitted(tightest) => {
                     telemetry::limit("rate", "admitted");
                     if self.headers {
-                        headers = tightest.map(|t| render(&both, &kinds, &t, t.reset_ns));
+                        headers = tightest.map(|t| {
+                            let policy = match key_kind {
+                                // The record alone decides it: rendered once per cached key.
+                                "key" => caller.rate_policy(|| render_policy(charges, kinds)),
+                                _ => render_policy(charges, kinds),
+                            };
+                            Box::new(RateHeaders {
+                                policy,
+                                state: render_state(charges, kinds, &t, t.reset_ns),
+                            })
+                        });
                     }
                 }
                 Verdict::Limited { standing, retry_ns } => {
@@ -136,7 +154,10 @@ impl Limiter {
                     } else {
                         retry_ns
                     };
-                    rejection.rate_limit = Some(render(&both, &kinds, &standing, t));
+                    rejection.rate_limit = Some(Box::new(RateHeaders {
+                        policy: render_policy(charges, kinds),
+                        state: render_state(charges, kinds, &standing, t),
+                    }));
                     return Limited::Refuse(rejection);
                 }
                 Verdict::Full => {
@@ -201,19 +222,31 @@ fn name(out: &mut String, kind: &str, i: usize, n: usize) {
     out.push('"');
     out.push_str(kind);
     if n > 1 {
-        let _ = write!(out, "-{}", i + 1);
+        out.push('-');
+        push_number(out, i as u64 + 1);
     }
     out.push('"');
 }
 
-/// The headers for the limits of `charges`, the tightest being `tightest`,
-/// full again (or admitting again) in `t_ns`.
-fn render(
-    charges: &[Charge<'_>; 2],
-    kinds: &[&str; 2],
-    tightest: &Standing,
-    t_ns: u64,
-) -> Box<RateHeaders> {
+/// Decimal digits, without the formatting machinery (this is per request).
+fn push_number(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
+}
+
+/// `RateLimit-Policy`: every limit of `charges`.
+fn render_policy(charges: &[Charge<'_>], kinds: &[&str]) -> HeaderValue {
     let mut policy = String::with_capacity(48);
     for (charge, kind) in charges.iter().zip(kinds) {
         for (i, limit) in charge.limits.iter().enumerate() {
@@ -221,11 +254,27 @@ fn render(
                 policy.push_str(", ");
             }
             name(&mut policy, kind, i, charge.limits.len());
-            let window = ceil_secs(limit.period().as_nanos() as u64).max(1);
-            let _ = write!(policy, ";q={};w={window}", limit.limit());
+            policy.push_str(";q=");
+            push_number(&mut policy, u64::from(limit.limit()));
+            policy.push_str(";w=");
+            push_number(
+                &mut policy,
+                ceil_secs(limit.period().as_nanos() as u64).max(1),
+            );
         }
     }
-    let mut state = String::with_capacity(24);
+    header_value(policy)
+}
+
+/// `RateLimit`: where the tightest limit stands, full again (or admitting
+/// again) in `t_ns`.
+fn render_state(
+    charges: &[Charge<'_>],
+    kinds: &[&str],
+    tightest: &Standing,
+    t_ns: u64,
+) -> HeaderValue {
+    let mut state = String::with_capacity(32);
     let charge = &charges[tightest.charge];
     let i = charge
         .limits
@@ -233,12 +282,16 @@ fn render(
         .position(|l| *l == tightest.limit)
         .unwrap_or(0);
     name(&mut state, kinds[tightest.charge], i, charge.limits.len());
-    let _ = write!(state, ";r={};t={}", tightest.remaining, ceil_secs(t_ns));
-    // Names are fixed ASCII and the rest are digits: always valid.
-    Box::new(RateHeaders {
-        policy: HeaderValue::try_from(policy).unwrap_or_else(|_| HeaderValue::from_static("")),
-        state: HeaderValue::try_from(state).unwrap_or_else(|_| HeaderValue::from_static("")),
-    })
+    state.push_str(";r=");
+    push_number(&mut state, tightest.remaining);
+    state.push_str(";t=");
+    push_number(&mut state, ceil_secs(t_ns));
+    header_value(state)
+}
+
+/// Names are fixed ASCII and the rest digits: always a valid value.
+fn header_value(text: String) -> HeaderValue {
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// The shared store's name for a bucket's owner.

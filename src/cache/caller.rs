@@ -3,8 +3,10 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
+
+use http::HeaderValue;
 
 use crate::key::KeyId;
 use crate::record::KeyRecord;
@@ -21,6 +23,9 @@ pub(super) struct CacheSlot {
     pub(super) epoch: AtomicU64,
     /// When the key was last used, for `last_used_at`.
     last_use: LastUse,
+    /// The key's `RateLimit-Policy` header, rendered on first use: it
+    /// depends on the record alone.
+    rate_policy: OnceLock<HeaderValue>,
 }
 
 impl CacheSlot {
@@ -28,6 +33,7 @@ impl CacheSlot {
         Self {
             epoch: AtomicU64::new(epoch),
             last_use: LastUse::default(),
+            rate_policy: OnceLock::new(),
         }
     }
 }
@@ -90,6 +96,12 @@ impl Caller {
         let last = &self.0.slot.last_use;
         last.pending.store(false, Ordering::SeqCst);
         last.ms.load(Ordering::SeqCst)
+    }
+
+    /// The key's `RateLimit-Policy` value, rendered by `render` once per
+    /// cached key.
+    pub(crate) fn rate_policy(&self, render: impl FnOnce() -> HeaderValue) -> HeaderValue {
+        self.0.slot.rate_policy.get_or_init(render).clone()
     }
 
     /// The key's public id.

@@ -15,7 +15,6 @@
 //!   limit is ever reset.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::gcra;
@@ -112,7 +111,6 @@ impl Shard {
 pub(crate) struct Table {
     shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
-    hasher: std::collections::hash_map::RandomState,
     track_unsynced: bool,
 }
 
@@ -125,13 +123,24 @@ impl Table {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             per_shard: max_subjects.div_ceil(SHARDS).max(1),
-            hasher: Default::default(),
             track_unsynced: shared,
         }
     }
 
+    /// The shard of a subject: from the key id's bytes (random, issued by
+    /// the store) or an FNV-1a hash of the account id; the map inside the
+    /// shard hashes with a random key as usual.
     fn shard_of(&self, subject: &Subject) -> usize {
-        (self.hasher.hash_one(subject) as usize) % SHARDS
+        let h = match subject {
+            Subject::Key(id) => {
+                let b = id.as_str().as_bytes();
+                u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+            }
+            Subject::Account(account) => account.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            }),
+        };
+        (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % SHARDS
     }
 
     fn lock(&self, i: usize) -> MutexGuard<'_, Shard> {
