@@ -13,12 +13,13 @@
 //!   generation is unchanged.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Mutex as AsyncMutex;
-use tokio::time::Instant;
 
+use crate::clock::Clock;
 use crate::invalidation::{Invalidation, InvalidationListener};
 use crate::key::KeyId;
 use crate::verifier::Verifier;
@@ -68,21 +69,27 @@ pub(crate) enum Quick {
 
 struct Slot {
     held: AsyncMutex<Held>,
-    /// When a request last used the slot (tokio time, for idling).
-    used: Mutex<Instant>,
+    /// When a request last used the slot, in milliseconds since the Unix
+    /// epoch by the authenticator's clock: for idling.
+    used_ms: AtomicU64,
 }
 
 impl Slot {
-    fn new() -> Self {
+    fn new(now: SystemTime) -> Self {
         Self {
             held: AsyncMutex::new(Held::default()),
-            used: Mutex::new(Instant::now()),
+            used_ms: AtomicU64::new(millis(now)),
         }
     }
 
-    fn touch(&self) {
-        *self.used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    fn touch(&self, now: SystemTime) {
+        self.used_ms.store(millis(now), Ordering::Relaxed);
     }
+}
+
+fn millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The credit batches of one authenticator.
@@ -90,7 +97,7 @@ pub(crate) struct Ledger {
     verifier: Arc<dyn Verifier>,
     want: u64,
     timeout: Option<Duration>,
-    slots: Mutex<HashMap<KeyId, Arc<Slot>>>,
+    slots: Mutex<HashMap<KeyId, Arc<Slot>, foldhash::fast::RandomState>>,
 }
 
 /// How long a slot may sit unused before what it holds goes back.
@@ -106,7 +113,9 @@ impl Ledger {
         }
     }
 
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<KeyId, Arc<Slot>>> {
+    fn slots(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<KeyId, Arc<Slot>, foldhash::fast::RandomState>> {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -122,7 +131,7 @@ impl Ledger {
         };
         if held.left >= cost {
             held.left -= cost;
-            slot.touch();
+            slot.touch(now);
             return Quick::Spent;
         }
         if held.known_exhausted(now) {
@@ -142,10 +151,10 @@ impl Ledger {
         let slot = self
             .slots()
             .entry(id)
-            .or_insert_with(|| Arc::new(Slot::new()))
+            .or_insert_with(|| Arc::new(Slot::new(now)))
             .clone();
         let mut held = slot.held.lock().await;
-        slot.touch();
+        slot.touch(now);
         loop {
             if held.left >= cost {
                 held.left -= cost;
@@ -227,13 +236,11 @@ impl Ledger {
         });
     }
 
-    /// Gives back what idle slots hold.
-    pub(crate) fn retire_idle(self: &Arc<Self>) {
-        let now = Instant::now();
-        self.retire(|_, slot| {
-            let used = *slot.used.lock().unwrap_or_else(|e| e.into_inner());
-            now.duration_since(used) >= IDLE
-        });
+    /// Gives back what slots unused for [`IDLE`] at `now` hold.
+    pub(crate) fn retire_idle(self: &Arc<Self>, now: SystemTime) {
+        let now = millis(now);
+        let idle = IDLE.as_millis() as u64;
+        self.retire(|_, slot| now.saturating_sub(slot.used_ms.load(Ordering::Relaxed)) >= idle);
     }
 
     /// Slots held now.
@@ -261,7 +268,7 @@ impl InvalidationListener for LedgerListener {
 }
 
 /// Gives back idle batches every [`IDLE`] / 2, until the ledger is dropped.
-pub(crate) fn spawn_idle_sweeper(ledger: &Arc<Ledger>) {
+pub(crate) fn spawn_idle_sweeper(ledger: &Arc<Ledger>, clock: Arc<dyn Clock>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -272,7 +279,7 @@ pub(crate) fn spawn_idle_sweeper(ledger: &Arc<Ledger>) {
         loop {
             tick.tick().await;
             match ledger.upgrade() {
-                Some(ledger) => ledger.retire_idle(),
+                Some(ledger) => ledger.retire_idle(clock.now()),
                 None => return,
             }
         }
@@ -281,8 +288,6 @@ pub(crate) fn spawn_idle_sweeper(ledger: &Arc<Ledger>) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
-
     use async_trait::async_trait;
 
     use super::*;
@@ -434,10 +439,11 @@ mod tests {
         ledger.spend(id(), 1, SystemTime::now()).await.unwrap();
         assert_eq!(ledger_left(&ledger).await, lease_grant(79, 10) - 1);
 
-        // Idle: given back by the sweep.
-        tokio::time::advance(IDLE).await;
+        // Idle: given back by the sweep, not before.
         let before = bank.returned.load(Ordering::SeqCst);
-        ledger.retire_idle();
+        ledger.retire_idle(SystemTime::now());
+        assert_eq!(ledger.len(), 1);
+        ledger.retire_idle(SystemTime::now() + IDLE);
         assert_eq!(ledger.len(), 0);
         while bank.returned.load(Ordering::SeqCst) == before {
             tokio::task::yield_now().await;

@@ -59,7 +59,7 @@ impl Limiter {
         if let Some(bus) = cache.verifier().invalidations() {
             bus.subscribe(listener.clone());
         }
-        credits::spawn_idle_sweeper(&ledger);
+        credits::spawn_idle_sweeper(&ledger, cache.config().clock().clone());
         if let Some(shared) = settings.shared {
             spawn_sync(
                 Arc::downgrade(&table),

@@ -90,7 +90,7 @@ const MAX_BUCKETS_PER_SUBJECT: usize = 32;
 
 #[derive(Default)]
 struct Shard {
-    subjects: HashMap<Subject, Vec<Bucket>>,
+    subjects: HashMap<Subject, Vec<Bucket>, foldhash::fast::RandomState>,
     /// Subjects after the last sweep: the next sweep comes at twice this.
     swept_len: usize,
 }
@@ -153,6 +153,15 @@ impl Table {
     /// (nanoseconds since the Unix epoch), all or nothing.
     pub(crate) fn check(&self, charges: &[Charge<'_>], cost: u64, now: u64) -> Verdict {
         debug_assert!(charges.len() <= 2);
+        if let [charge] = charges {
+            return self.check_one(charge, cost, now);
+        }
+        self.check_many(charges, cost, now)
+    }
+
+    /// [`Table::check`] of any subjects: decides under every shard's lock,
+    /// then makes room for new subjects, then charges.
+    fn check_many(&self, charges: &[Charge<'_>], cost: u64, now: u64) -> Verdict {
         let mut order: [(usize, usize); 2] = [(usize::MAX, 0); 2];
         for (i, charge) in charges.iter().enumerate().take(2) {
             order[i] = (self.shard_of(charge.subject), i);
@@ -261,6 +270,63 @@ impl Table {
             }
         }
         drop(guards);
+        Verdict::Admitted(tightest)
+    }
+
+    /// [`Table::check`] of one subject (the common case): one lock and, for
+    /// a subject seen before, one hash.
+    fn check_one(&self, charge: &Charge<'_>, cost: u64, now: u64) -> Verdict {
+        let mut shard = self.lock(self.shard_of(charge.subject));
+        let Some(buckets) = shard.subjects.get_mut(charge.subject) else {
+            // New: the general path decides, makes room and inserts.
+            drop(shard);
+            return self.check_many(std::slice::from_ref(charge), cost, now);
+        };
+        // Each limit's new TAT, decided before any is written.
+        let mut decided = [(usize::MAX, 0u64); crate::limits::MAX_RATE_LIMITS];
+        let mut tightest: Option<Standing> = None;
+        for (l, limit) in charge.limits.iter().enumerate() {
+            let found = buckets.iter().position(|b| b.limit == *limit);
+            let tat = found.map_or(0, |i| buckets[i].tat);
+            match gcra::admit(tat, now, cost, limit) {
+                Ok(new_tat) => {
+                    let standing = Standing {
+                        charge: 0,
+                        limit: *limit,
+                        remaining: gcra::remaining(new_tat, now, limit),
+                        reset_ns: gcra::until_full(new_tat, now),
+                    };
+                    if tightest.is_none_or(|t| standing.remaining < t.remaining) {
+                        tightest = Some(standing);
+                    }
+                    match (found, decided.get_mut(l)) {
+                        (Some(i), Some(slot)) => *slot = (i, new_tat),
+                        // A limit with no bucket yet, or past the most a
+                        // key carries (route defaults): the general path.
+                        _ => {
+                            drop(shard);
+                            return self.check_many(std::slice::from_ref(charge), cost, now);
+                        }
+                    }
+                }
+                Err(retry_ns) => {
+                    let standing = Standing {
+                        charge: 0,
+                        limit: *limit,
+                        remaining: 0,
+                        reset_ns: gcra::until_full(tat, now),
+                    };
+                    return Verdict::Limited { standing, retry_ns };
+                }
+            }
+        }
+        for &(i, new_tat) in decided.iter().take(charge.limits.len()) {
+            let bucket = &mut buckets[i];
+            bucket.tat = new_tat;
+            if self.track_unsynced {
+                bucket.unsynced = bucket.unsynced.saturating_add(cost);
+            }
+        }
         Verdict::Admitted(tightest)
     }
 
