@@ -579,6 +579,39 @@ pub async fn returns_add_back_only_within_the_generation<F: StoreFactory>(f: &F)
         .await
         .unwrap();
     assert_eq!(remaining(&store, id).await, Some(MAX_CREDITS));
+
+    // Credits removed and given again start a later generation still: a
+    // lease from before the removal adds nothing.
+    let other = store
+        .create(NewKey::new("sa-return").with_credits(Credits::new(8).unwrap()))
+        .await
+        .unwrap()
+        .record
+        .key_id;
+    let old = store
+        .lease_credits(other, 1, clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((old.generation, old.remaining), (0, 7));
+    for credits in [None, Some(Credits::new(5).unwrap())] {
+        store
+            .update(other, KeyUpdate::default().with_credits(credits))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    store
+        .return_credits(other, old.generation, 1)
+        .await
+        .unwrap();
+    assert_eq!(remaining(&store, other).await, Some(5));
+    let new = store
+        .lease_credits(other, 1, clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(new.generation > old.generation);
 }
 
 pub async fn credits_refill_at_midnight_utc_once_per_due_time<F: StoreFactory>(f: &F) {
