@@ -76,8 +76,9 @@ pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// A page stops before the key that would take it past the budget (but
 /// always holds at least one key, so listing always progresses), and its
 /// `next_page_token` continues from the last key returned. The largest key
-/// the management API accepts (100 scopes of 256 bytes) takes about 27 KB,
-/// so such a page holds about 38 keys; only a key created directly through
+/// the management API accepts (100 scopes of 256 bytes, the most rate
+/// limits for the key and its account, credits) takes about 28 KB, so such
+/// a page holds about 37 keys; only a key created directly through
 /// a store with a description over 1 MiB makes a page (of that one key)
 /// larger than the budget.
 pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
@@ -201,12 +202,25 @@ impl KeyInfo {
             .iter()
             .map(|s| json_string_len(s.as_str()) + 1)
             .sum();
+        // The key's and its account's rate limits as strings of their text
+        // form (at most 40 bytes: `999999999/31622399999ms,burst=1000000000`),
+        // quoted, with a comma; the two lists' field names and brackets.
+        const LIMIT: usize = 44;
+        const LIMIT_LISTS: usize = 96;
+        // Credits: an object of two counts of at most 13 digits, an interval
+        // name, a day and their field names.
+        const CREDITS: usize = 192;
+        let limits = LIMIT * (record.rate_limits.len() + record.account_rate_limits.len());
+        let credits = if record.credits.is_some() { CREDITS } else { 0 };
         FIXED
             + json_string_len(record.key_id.as_str())
             + json_string_len(&record.service_account_id)
             + json_string_len(&record.description)
             + json_string_len(&self.hint)
             + scopes
+            + LIMIT_LISTS
+            + limits
+            + credits
     }
 }
 

@@ -65,6 +65,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tower_api_key::clock::ManualClock;
 use tower_api_key::hash::{KeyHasher, Pepper};
+use tower_api_key::limits::{RateLimit, MAX_RATE_LIMITS};
 use tower_api_key::management::KeyResource;
 use tower_api_key::store::{
     KeyInfo, KeyPage, ListRequest, NewKey, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
@@ -377,6 +378,24 @@ pub fn at_micros(info: &KeyInfo) -> KeyInfo {
 /// The largest scope set a key may hold: 100 distinct scopes of 256 bytes.
 pub fn largest_scopes() -> tower_api_key::ScopeSet {
     tower_api_key::ScopeSet::new((0..100).map(|i| format!("s{i:03}.{}", "x".repeat(251)))).unwrap()
+}
+
+/// The most rate limits a key or an account may carry, each with the
+/// longest text there is (40 bytes).
+pub fn largest_rate_limits() -> Vec<RateLimit> {
+    let limits: Vec<RateLimit> = (0..MAX_RATE_LIMITS as u32)
+        .map(|i| {
+            RateLimit::new(999_999_999 - i, Duration::from_millis(31_622_399_999))
+                .unwrap()
+                .with_burst(1_000_000_000)
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        limits.iter().all(|l| l.to_string().len() == 40),
+        "{limits:?}"
+    );
+    limits
 }
 
 /// The bytes `key` takes in a management API listing.
