@@ -26,6 +26,7 @@ use tokio_postgres::config::Host;
 use tokio_postgres::{Config, NoTls};
 use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError, Source};
 use tower_api_key::clock::{Clock, ManualClock};
+use tower_api_key::limits::{BucketUse, Credits, RateLimit, RateLimitSync};
 use tower_api_key::store::postgres::{ListenerStatus, PgKeyStore, PgKeyStoreBuilder};
 use tower_api_key::store::{CreatedKey, KeyUpdate, NewKey, StoreError};
 use tower_api_key::Invalidation;
@@ -440,6 +441,317 @@ async fn concurrent_creates_on_two_replicas_never_pass_the_limit() {
     db.drop_schema().await;
 }
 
+/// Two replicas racing for one key's credits: the row lock orders the
+/// leases, so no credit is granted twice, down to the last one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_on_two_replicas_never_grant_more_credits_than_exist() {
+    let Some(db) = TestDb::new("leases_on_two_replicas_never_grant_more_credits").await else {
+        return;
+    };
+    let a = db.store().await;
+    let b = db.store().await;
+    let created = a
+        .create(NewKey::new("sa-credits").with_credits(Credits::new(137).unwrap()))
+        .await
+        .unwrap();
+    let id = created.record.key_id;
+    let now = SystemTime::now();
+    conformance::concurrent_leases_grant_exactly_the_credits(&[a.clone(), b.clone()], id, 137, now)
+        .await;
+    // The last credit, one replica each.
+    a.add_credits(id, 1).await.unwrap().unwrap();
+    let (x, y) = tokio::join!(a.lease_credits(id, 5, now), b.lease_credits(id, 5, now));
+    let granted = [x.unwrap().unwrap(), y.unwrap().unwrap()].map(|l| l.granted);
+    assert_eq!(granted.iter().sum::<u64>(), 1, "{granted:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_schema().await;
+}
+
+/// Account limits and added credits set on one replica reach the other's
+/// cache through NOTIFY, for every key of the account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_limits_and_credits_changed_on_one_replica_reach_the_others_cache() {
+    let Some(db) = TestDb::new("account_limits_and_credits_reach_the_other").await else {
+        return;
+    };
+    let a = db.store().await;
+    let b = db.store().await;
+    let cache_b = cache(&b);
+    let mut seen_b = Watch::on(&b);
+    let first = a
+        .create(NewKey::new("sa-shared").with_credits(Credits::new(5).unwrap()))
+        .await
+        .unwrap();
+    let second = a.create(NewKey::new("sa-shared")).await.unwrap();
+    for key in [&first, &second] {
+        let caller = cache_b.lookup(&presented(&b, key)).await.unwrap();
+        assert!(caller.record().account_rate_limits.is_empty());
+    }
+    let limits: Vec<RateLimit> = vec!["10/1s".parse().unwrap()];
+    a.set_account_rate_limits("sa-shared", limits.clone())
+        .await
+        .unwrap();
+    for key in [&first, &second] {
+        let id = key.record.key_id;
+        assert_eq!(
+            seen_b.until_invalidated(id, NOTIFY_WITHIN).await,
+            Invalidation::key_of(id, "sa-shared")
+        );
+    }
+    for key in [&first, &second] {
+        let (caller, source) = cache_b
+            .lookup_with_source(&presented(&b, key))
+            .await
+            .unwrap();
+        assert_eq!(source, Source::Verifier);
+        assert_eq!(caller.record().account_rate_limits, limits);
+    }
+    let id = first.record.key_id;
+    a.add_credits(id, 7).await.unwrap().unwrap();
+    seen_b.until_invalidated(id, NOTIFY_WITHIN).await;
+    let caller = cache_b.lookup(&presented(&b, &first)).await.unwrap();
+    assert_eq!(caller.record().credits.map(|c| c.remaining()), Some(12));
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_schema().await;
+}
+
+/// Limits or credits another tool wrote wrong are a backend error naming
+/// the key, never a panic, and never a key without its limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_stored_limits_and_credits_are_errors_naming_the_key() {
+    let Some(db) = TestDb::new("malformed_stored_limits_and_credits").await else {
+        return;
+    };
+    let store = db.store().await;
+    let created = store
+        .create(NewKey::new("sa-bad").with_credits(Credits::new(5).unwrap()))
+        .await
+        .unwrap();
+    let id = created.record.key_id;
+    let key = presented(&store, &created);
+    let names_the_key = |e: &dyn std::error::Error| {
+        let text = format!("{e}");
+        assert!(text.contains(&id.to_string()), "{text}");
+    };
+    for (sql, lease_fails) in [
+        ("UPDATE tower_api_key_keys SET rate_limits = '5/0s'", false),
+        (
+            "UPDATE tower_api_key_keys SET rate_limits = '5/1s  ,burst'",
+            false,
+        ),
+        (
+            "UPDATE tower_api_key_keys SET credits_generation = -1",
+            true,
+        ),
+        (
+            "UPDATE tower_api_key_keys SET credits_refill_interval = 'monthly', \
+             credits_refill_amount = 3, credits_refill_day = 40",
+            true,
+        ),
+    ] {
+        let before = db
+            .admin
+            .query_one(
+                "SELECT rate_limits, credits_generation FROM tower_api_key_keys",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (limits, generation): (String, i64) = (before.get(0), before.get(1));
+        db.admin.execute(sql, &[]).await.unwrap();
+        let Err(VerifierError::Backend(e)) = store.verify(&key).await else {
+            panic!("{sql}: verify must fail");
+        };
+        names_the_key(&*e);
+        let Err(StoreError::Backend(e)) = store.get(id).await else {
+            panic!("{sql}: get must fail");
+        };
+        names_the_key(&*e);
+        assert!(store.list("sa-bad", Default::default()).await.is_err());
+        let lease = store.lease_credits(id, 1, SystemTime::now()).await;
+        if lease_fails {
+            let Err(VerifierError::Backend(e)) = lease else {
+                panic!("{sql}: the lease must fail");
+            };
+            names_the_key(&*e);
+        }
+        db.admin
+            .execute(
+                "UPDATE tower_api_key_keys SET rate_limits = $1, credits_generation = $2,
+                     credits_refill_interval = NULL, credits_refill_amount = NULL,
+                     credits_refill_day = NULL",
+                &[&limits, &generation],
+            )
+            .await
+            .unwrap();
+        assert!(store.verify(&key).await.unwrap().is_some(), "repaired");
+    }
+    db.admin
+        .execute(
+            "INSERT INTO tower_api_key_account_limits VALUES ('sa-bad', 'lots')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let Err(VerifierError::Backend(e)) = store.verify(&key).await else {
+        panic!("verify must fail");
+    };
+    names_the_key(&*e);
+    let e = store.account_rate_limits("sa-bad").await.unwrap_err();
+    assert!(e.to_string().contains("sa-bad"), "{e}");
+    store
+        .set_account_rate_limits("sa-bad", vec!["1/1s".parse().unwrap()])
+        .await
+        .unwrap();
+    assert!(store.verify(&key).await.unwrap().is_some());
+    store.shutdown().await;
+    db.drop_schema().await;
+}
+
+// ---------------------------------------------------------------------------
+// Shared rate limits
+// ---------------------------------------------------------------------------
+
+fn bucket(subject: &str, limit: &str, cost: u64) -> BucketUse {
+    BucketUse::new(subject, limit.parse::<RateLimit>().unwrap(), cost)
+}
+
+/// A whole second, for exact nanosecond arithmetic.
+fn sync_time() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
+const MS: Duration = Duration::from_millis(1);
+
+/// Replicas syncing one bucket at once: every use counts exactly once,
+/// whichever sync ran first, and batches that name two buckets in opposite
+/// orders never deadlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_syncs_of_two_replicas_add_up_exactly() {
+    let Some(db) = TestDb::new("rate_limit_syncs_add_up_exactly").await else {
+        return;
+    };
+    let a = db.store().await;
+    let b = db.store().await;
+    let (sync_a, sync_b) = (a.rate_limit_sync(), b.rate_limit_sync());
+    let t = sync_time();
+    // 10/1s: 100 ms per request.
+    let (three, four) = ([bucket("key:k", "10/1s", 3)], [bucket("key:k", "10/1s", 4)]);
+    let (x, y) = tokio::join!(sync_a.sync(&three, t), sync_b.sync(&four, t));
+    let mut tats = [x.unwrap()[0], y.unwrap()[0]];
+    tats.sort();
+    assert!(
+        tats[0] == t + 300 * MS || tats[0] == t + 400 * MS,
+        "{tats:?}"
+    );
+    assert_eq!(tats[1], t + 700 * MS, "3 + 4 requests, each counted once");
+
+    // 40 syncs at once over both replicas, each naming two buckets in one
+    // order or the other.
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let sync = if i % 2 == 0 {
+                sync_a.clone()
+            } else {
+                sync_b.clone()
+            };
+            let uses = if i % 4 < 2 {
+                vec![bucket("key:k", "10/1s", 1), bucket("account:sa", "1/1s", 1)]
+            } else {
+                vec![bucket("account:sa", "1/1s", 1), bucket("key:k", "10/1s", 1)]
+            };
+            tokio::spawn(async move { sync.sync(&uses, t).await })
+        })
+        .collect();
+    let mut latest = SystemTime::UNIX_EPOCH;
+    for task in tasks {
+        let tats = task.await.unwrap().expect("no sync fails (no deadlock)");
+        latest = latest.max(tats.into_iter().max().unwrap());
+    }
+    // A use of cost 0 reads a bucket.
+    let now = sync_a
+        .sync(
+            &[bucket("key:k", "10/1s", 0), bucket("account:sa", "1/1s", 0)],
+            t,
+        )
+        .await
+        .unwrap();
+    assert_eq!(now, [t + 4700 * MS, t + Duration::from_secs(40)]);
+    assert_eq!(latest, t + Duration::from_secs(40));
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_schema().await;
+}
+
+/// The buckets in the table, as `<subject> <limit>`.
+async fn bucket_rows(db: &TestDb) -> Vec<String> {
+    let rows = db
+        .admin
+        .query(
+            "SELECT subject || ' ' || rate_limit FROM tower_api_key_rate_buckets ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// A batch answers in the order of its uses, uses of one bucket add up,
+/// an idle bucket starts from now, and idle rows are swept while buckets of
+/// the batch are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_sync_batch_answers_in_order_and_sweeps_idle_buckets() {
+    let Some(db) = TestDb::new("a_rate_limit_sync_batch_answers_in_order").await else {
+        return;
+    };
+    let store = db.store().await;
+    let sync = store.rate_limit_sync();
+    let t = sync_time();
+    assert!(sync.sync(&[], t).await.unwrap().is_empty());
+    let tats = sync
+        .sync(
+            &[
+                bucket("key:a", "5/1s", 1),
+                bucket("key:b", "5/1s", 2),
+                bucket("key:a", "5/1s", 3),
+                bucket("key:a", "100/1m,burst=20", 1),
+            ],
+            t,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        tats,
+        [t + 800 * MS, t + 400 * MS, t + 800 * MS, t + 600 * MS],
+        "200 ms per use of 5/1s, 600 ms of 100/1m"
+    );
+    // Ten seconds later key:a's bucket is empty again: it starts from now.
+    let later = t + Duration::from_secs(10);
+    let tats = sync
+        .sync(&[bucket("key:a", "5/1s", 1)], later)
+        .await
+        .unwrap();
+    assert_eq!(tats, [later + 200 * MS]);
+
+    assert_eq!(
+        bucket_rows(&db).await,
+        ["key:a 100/1m,burst=20", "key:a 5/1s", "key:b 5/1s"]
+    );
+    // A fresh sync sweeps at its first call: two minutes on, every bucket is
+    // idle, but the one it uses stays.
+    let fresh = store.rate_limit_sync();
+    let much_later = t + Duration::from_secs(120);
+    fresh
+        .sync(&[bucket("key:b", "5/1s", 1)], much_later)
+        .await
+        .unwrap();
+    assert_eq!(bucket_rows(&db).await, ["key:b 5/1s"]);
+    store.shutdown().await;
+    db.drop_schema().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_twice_in_a_row() {
     let Some(db) = TestDb::new("migrations_twice_in_a_row").await else {
@@ -447,11 +759,11 @@ async fn migrations_twice_in_a_row() {
     };
     let store = db.builder().connect().await.unwrap();
     let first = store.migrate().await.unwrap();
-    assert_eq!(first.applied, vec![1, 2]);
-    assert_eq!(first.current, 2);
+    assert_eq!(first.applied, vec![1, 2, 3, 4]);
+    assert_eq!(first.current, 4);
     let second = store.migrate().await.unwrap();
     assert!(second.applied.is_empty(), "{second:?}");
-    assert_eq!(second.current, 2);
+    assert_eq!(second.current, 4);
     // The store works on the migrated schema.
     let created = store.create(NewKey::new("sa")).await.unwrap();
     assert!(store.get(created.record.key_id).await.unwrap().is_some());
@@ -465,8 +777,9 @@ async fn migrations_twice_in_a_row() {
         .unwrap()
         .get(0);
     assert_eq!(
-        tables, 3,
-        "tower_api_key_keys, tower_api_key_revoked and tower_api_key_migrations"
+        tables, 5,
+        "tower_api_key_keys, tower_api_key_revoked, tower_api_key_account_limits, \
+         tower_api_key_rate_buckets and tower_api_key_migrations"
     );
     store.shutdown().await;
     db.drop_schema().await;
@@ -487,7 +800,7 @@ async fn migrations_run_by_replicas_at_once() {
     }))
     .await;
     let applied: Vec<u32> = replicas.iter().flat_map(|r| r.applied.clone()).collect();
-    assert_eq!(applied, vec![1, 2], "{replicas:?}");
+    assert_eq!(applied, vec![1, 2, 3, 4], "{replicas:?}");
     db.drop_schema().await;
 }
 

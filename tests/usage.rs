@@ -83,8 +83,12 @@ impl KeyStore for Counting {
     async fn account_rate_limits(&self, sa: &str) -> Result<Vec<RateLimit>, StoreError> {
         self.store.account_rate_limits(sa).await
     }
-    async fn set_account_rate_limits(&self, sa: &str, l: Vec<RateLimit>) -> Result<(), StoreError> {
-        self.store.set_account_rate_limits(sa, l).await
+    async fn set_account_rate_limits(
+        &self,
+        sa: &str,
+        limits: Vec<RateLimit>,
+    ) -> Result<(), StoreError> {
+        self.store.set_account_rate_limits(sa, limits).await
     }
     async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError> {
         if self.down.load(Ordering::SeqCst) {

@@ -39,7 +39,7 @@ impl BucketUse {
 }
 
 /// Where replicas meet to share rate-limit state, for example
-/// [`PgKeyStore::rate_limit_sync`](crate::store::postgres::PgKeyStore) with
+/// [`PgKeyStore::rate_limit_sync`](crate::store::postgres::PgKeyStore::rate_limit_sync) with
 /// the `postgres` feature.
 ///
 /// For each use, the shared bucket's theoretical arrival time (TAT) becomes

@@ -32,6 +32,7 @@
 //!
 //! [`Invalidations`]: crate::invalidation::Invalidations
 
+mod credit;
 pub(crate) mod key_store;
 pub(crate) mod memory;
 mod page_token;
@@ -49,6 +50,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+pub(crate) use credit::CreditState;
 pub(crate) use key_store::KeyStore;
 #[cfg(test)]
 pub(crate) use memory::MemoryStore;
@@ -74,8 +76,9 @@ pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// A page stops before the key that would take it past the budget (but
 /// always holds at least one key, so listing always progresses), and its
 /// `next_page_token` continues from the last key returned. The largest key
-/// the management API accepts (100 scopes of 256 bytes) takes about 27 KB,
-/// so such a page holds about 38 keys; only a key created directly through
+/// the management API accepts (100 scopes of 256 bytes, the most rate
+/// limits for the key and its account, credits) takes about 28 KB, so such
+/// a page holds about 37 keys; only a key created directly through
 /// a store with a description over 1 MiB makes a page (of that one key)
 /// larger than the budget.
 pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
@@ -199,12 +202,25 @@ impl KeyInfo {
             .iter()
             .map(|s| json_string_len(s.as_str()) + 1)
             .sum();
+        // The key's and its account's rate limits as strings of their text
+        // form (at most 40 bytes: `999999999/31622399999ms,burst=1000000000`),
+        // quoted, with a comma; the two lists' field names and brackets.
+        const LIMIT: usize = 44;
+        const LIMIT_LISTS: usize = 96;
+        // Credits: an object of two counts of at most 13 digits, an interval
+        // name, a day and their field names.
+        const CREDITS: usize = 192;
+        let limits = LIMIT * (record.rate_limits.len() + record.account_rate_limits.len());
+        let credits = if record.credits.is_some() { CREDITS } else { 0 };
         FIXED
             + json_string_len(record.key_id.as_str())
             + json_string_len(&record.service_account_id)
             + json_string_len(&record.description)
             + json_string_len(&self.hint)
             + scopes
+            + LIMIT_LISTS
+            + limits
+            + credits
     }
 }
 
@@ -258,7 +274,7 @@ pub struct KeyUpdate {
     /// New credits, replacing the count and the refill and starting a new
     /// generation (credits leased under the old one are not given back):
     /// `Some(None)` removes them. To add credits, use
-    /// [`KeyStore::add_credits`](crate::KeyStore::add_credits).
+    /// [`KeyStore::add_credits`].
     pub credits: Option<Option<Credits>>,
 }
 
@@ -415,6 +431,40 @@ pub(crate) fn check_new(new: &NewKey, now: SystemTime) -> Result<(), StoreError>
     }
     check_limits(&new.rate_limits)?;
     check_expiry(new.expires_at, now)
+}
+
+/// Checks an update's fields that every store checks the same way.
+pub(crate) fn check_update(update: &KeyUpdate, now: SystemTime) -> Result<(), StoreError> {
+    if let Some(limits) = &update.rate_limits {
+        check_limits(limits)?;
+    }
+    match update.expires_at {
+        Some(expires_at) => check_expiry(expires_at, now),
+        None => Ok(()),
+    }
+}
+
+/// Checks a service account id and rate limits for the account, as every
+/// store does.
+pub(crate) fn check_account_limits(account: &str, limits: &[RateLimit]) -> Result<(), StoreError> {
+    check_account(account)?;
+    check_limits(limits)
+}
+
+/// A service account id names an account: it is not empty.
+pub(crate) fn check_account(account: &str) -> Result<(), StoreError> {
+    if account.is_empty() {
+        return Err(StoreError::invalid("service_account_id is empty"));
+    }
+    Ok(())
+}
+
+/// The error of adding credits to a key that has none: a key is given
+/// credits by an update.
+pub(crate) fn no_credits(id: KeyId) -> StoreError {
+    StoreError::invalid(format!(
+        "key {id} has no credits to add to; give it credits with an update"
+    ))
 }
 
 /// Checks rate limits for a key or an account, as every store does.

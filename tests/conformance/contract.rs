@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use tower_api_key::clock::{Clock, ManualClock};
 use tower_api_key::hash::{HashScheme, KeyHasher};
+use tower_api_key::limits::{Credits, Refill, MAX_CREDITS};
 use tower_api_key::store::{
     latest_time, KeyInfo, KeyUpdate, ListRequest, NewKey, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT,
     DEFAULT_PAGE_SIZE, MAX_PAGE_BYTES, MAX_PAGE_SIZE,
@@ -15,8 +16,8 @@ use tower_api_key::{ScopeSet, Verifier};
 
 use super::{
     all_pages, assert_invalid, assert_limit_reached, concurrent_creates_respect_the_limit,
-    export_everything, exported, ids_of, json_len, largest_scopes, parse, peppers, store_and_clock,
-    unknown_key, wrong_secret, StoreFactory, StoreSettings, Watch,
+    export_everything, exported, ids_of, json_len, largest_rate_limits, largest_scopes, parse,
+    peppers, store_and_clock, unknown_key, wrong_secret, StoreFactory, StoreSettings, Watch,
 };
 
 async fn clocked<F: StoreFactory>(f: &F) -> (F::Store, std::sync::Arc<ManualClock>) {
@@ -567,13 +568,25 @@ pub async fn list_stops_a_page_at_the_byte_budget_and_continues_from_its_last_ke
     let scopes = largest_scopes();
     // Quotes and backslashes take two bytes each in JSON.
     let description = "\"\\".repeat(128);
+    // The most rate limits, each of the longest text, for the key and its
+    // account, and credits with a refill.
+    let limits = largest_rate_limits();
+    store
+        .set_account_rate_limits("sa-big", limits.clone())
+        .await
+        .unwrap();
+    let credits = Credits::new(MAX_CREDITS)
+        .unwrap()
+        .with_refill(Refill::monthly(MAX_CREDITS, 31).unwrap());
     let mut created = Vec::new();
     for _ in 0..60 {
         let key = store
             .create(
                 NewKey::new("sa-big")
                     .with_scopes(scopes.clone())
-                    .with_description(description.clone()),
+                    .with_description(description.clone())
+                    .with_rate_limits(limits.clone())
+                    .with_credits(credits),
             )
             .await
             .unwrap();
@@ -583,7 +596,7 @@ pub async fn list_stops_a_page_at_the_byte_budget_and_continues_from_its_last_ke
     const { assert!(MAX_PAGE_SIZE >= 60, "the count alone would fit every key") };
 
     let pages = all_pages(&store, "sa-big", MAX_PAGE_SIZE).await;
-    assert!(pages.len() >= 2, "60 keys of ~27 KB need two pages");
+    assert!(pages.len() >= 2, "60 keys of ~28 KB need two pages");
     let mut listed = Vec::new();
     for (i, page) in pages.iter().enumerate() {
         assert!(!page.keys.is_empty(), "page {i} is empty");

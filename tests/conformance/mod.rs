@@ -44,7 +44,8 @@
 //! suite on one store (`--test postgres` needs `DATABASE_URL`: source
 //! `.ci/postgres.sh` first).
 //!
-//! Every test is a generic function in [`contract`] or [`transfer`]; the
+//! Every test is a generic function in [`contract`], [`limits`] or
+//! [`transfer`]; the
 //! macros make one `#[tokio::test]` of each. A function the macros do not
 //! list is dead code, which the lints refuse: the lists cannot drift.
 //!
@@ -53,6 +54,7 @@
 //! PostgreSQL keeps microseconds.
 
 pub mod contract;
+pub mod limits;
 pub mod transfer;
 
 use std::collections::HashSet;
@@ -63,6 +65,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tower_api_key::clock::ManualClock;
 use tower_api_key::hash::{KeyHasher, Pepper};
+use tower_api_key::limits::{RateLimit, MAX_RATE_LIMITS};
 use tower_api_key::management::KeyResource;
 use tower_api_key::store::{
     KeyInfo, KeyPage, ListRequest, NewKey, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
@@ -270,6 +273,18 @@ macro_rules! store_conformance {
                 transfer::import_refuses_records_a_store_cannot_hold_naming_the_key,
                 transfer::import_applies_the_per_account_key_limit,
                 transfer::import_of_peppered_keys_verifies_only_with_that_pepper,
+                limits::limits_and_credits_round_trip_through_every_read,
+                limits::update_replaces_and_removes_limits_and_credits,
+                limits::invalid_limits_are_refused_with_the_rule_and_change_nothing,
+                limits::reissue_keeps_limits_and_credits,
+                limits::account_limits_are_set_read_removed_and_in_every_record_of_the_account,
+                limits::account_limits_reach_cached_records_through_the_announcements,
+                limits::leases_shrink_to_one_and_never_exceed_what_remains,
+                limits::concurrent_leases_grant_exactly_the_credits,
+                limits::returns_add_back_only_within_the_generation,
+                limits::credits_refill_at_midnight_utc_once_per_due_time,
+                limits::add_credits_adds_up_to_the_maximum_and_keeps_the_generation,
+                limits::a_revoked_keys_credits_go_with_it,
             );
             $crate::__conformance_tests!(Factory, current_thread:
                 contract::verify_does_the_same_hashing_work_whether_or_not_the_id_exists,
@@ -291,6 +306,7 @@ macro_rules! transfer_conformance {
                 import_keeps_every_field_and_every_secret_verifies,
                 import_is_idempotent_and_moves_last_used_at_forward_only,
                 import_keeps_times_at_microsecond_precision,
+                import_carries_a_keys_limits_and_credits_not_its_accounts,
             );
         }
     };
@@ -362,6 +378,24 @@ pub fn at_micros(info: &KeyInfo) -> KeyInfo {
 /// The largest scope set a key may hold: 100 distinct scopes of 256 bytes.
 pub fn largest_scopes() -> tower_api_key::ScopeSet {
     tower_api_key::ScopeSet::new((0..100).map(|i| format!("s{i:03}.{}", "x".repeat(251)))).unwrap()
+}
+
+/// The most rate limits a key or an account may carry, each with the
+/// longest text there is (40 bytes).
+pub fn largest_rate_limits() -> Vec<RateLimit> {
+    let limits: Vec<RateLimit> = (0..MAX_RATE_LIMITS as u32)
+        .map(|i| {
+            RateLimit::new(999_999_999 - i, Duration::from_millis(31_622_399_999))
+                .unwrap()
+                .with_burst(1_000_000_000)
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        limits.iter().all(|l| l.to_string().len() == 40),
+        "{limits:?}"
+    );
+    limits
 }
 
 /// The bytes `key` takes in a management API listing.
@@ -454,6 +488,45 @@ pub async fn concurrent_creates_respect_the_limit<S: KeyStore + Clone>(stores: &
     assert_eq!(refused, 15);
     let stored: HashSet<KeyId> = ids_of(&stores[0], "sa-race").await.into_iter().collect();
     assert_eq!(stored, created);
+}
+
+/// 200 leases of up to 10 credits at once, spread over `stores` (handles on
+/// one store's keys), each on a task of its own released together, racing
+/// for the `credits` of key `id`: every credit is granted exactly once, none
+/// twice, and none is left.
+pub async fn concurrent_leases_grant_exactly_the_credits<S: KeyStore + Clone>(
+    stores: &[S],
+    id: KeyId,
+    credits: u64,
+    now: SystemTime,
+) {
+    let start = Arc::new(tokio::sync::Barrier::new(200));
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = stores[i % stores.len()].clone();
+            let start = start.clone();
+            tokio::spawn(async move {
+                start.wait().await;
+                store.lease_credits(id, 10, now).await
+            })
+        })
+        .collect();
+    let mut granted = 0;
+    let mut empty = 0;
+    for task in tasks {
+        let lease = task
+            .await
+            .expect("the lease task ran")
+            .expect("the lease is answered")
+            .expect("the key has credits");
+        assert!(lease.granted <= 10, "{lease:?}");
+        granted += lease.granted;
+        empty += usize::from(lease.granted == 0);
+    }
+    assert_eq!(granted, credits, "every credit granted once, none twice");
+    assert!(empty > 0, "some leases found nothing left");
+    let left = stores[0].get(id).await.unwrap().expect("the key exists");
+    assert_eq!(left.record.credits.map(|c| c.remaining()), Some(0));
 }
 
 /// The two peppers of the rotation tests: version 1, then version 2.
