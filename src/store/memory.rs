@@ -10,14 +10,16 @@ use async_trait::async_trait;
 
 use super::page_token::{page_token, parse_page_token};
 use super::{
-    check_expiry, check_import, check_new, export_page_size, fill_page, hint_of, import_conflict,
-    import_revoked, verified, CreatedKey, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate,
-    ListRequest, NewKey, PreviousHash, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    check_account, check_account_limits, check_import, check_new, check_update, export_page_size,
+    fill_page, hint_of, import_conflict, import_revoked, no_credits, verified, CreatedKey,
+    CreditState, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey,
+    PreviousHash, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
 use crate::invalidation::{Invalidation, Invalidations};
 use crate::key::{KeyFormat, KeyId, PresentedKey};
+use crate::limits::{CreditLease, Credits, RateLimit};
 use crate::record::KeyRecord;
 use crate::verifier::{Verifier, VerifierError};
 
@@ -49,6 +51,8 @@ struct Keys {
     by_account: HashMap<String, BTreeSet<(SystemTime, KeyId)>>,
     /// Ids of revoked keys: an import never brings them back.
     revoked: HashSet<KeyId>,
+    /// The rate limits of service accounts that have any.
+    account_limits: HashMap<String, Vec<RateLimit>>,
 }
 
 impl Keys {
@@ -83,6 +87,42 @@ impl Keys {
         self.by_id.insert(id, stored);
     }
 
+    /// The rate limits of `account` (empty: none).
+    fn account_limits(&self, account: &str) -> &[RateLimit] {
+        self.account_limits.get(account).map_or(&[], Vec::as_slice)
+    }
+
+    /// `stored`'s record as the store answers it: with its credits and its
+    /// account's limits.
+    fn record(&self, stored: &Stored) -> KeyRecord {
+        let mut record = stored.record.clone();
+        record.credits = stored.credits.map(|c| c.credits);
+        record.account_rate_limits = self.account_limits(&record.service_account_id).to_vec();
+        record
+    }
+
+    fn info(&self, stored: &Stored) -> KeyInfo {
+        KeyInfo {
+            record: self.record(stored),
+            last_used_at: stored.last_used_at,
+            hint: stored.hint.clone(),
+        }
+    }
+
+    /// The key as exported: its own limits and credits travel with it, its
+    /// account's limits do not.
+    fn export(&self, stored: &Stored) -> StoredKey {
+        let mut info = self.info(stored);
+        info.record.account_rate_limits = Vec::new();
+        StoredKey {
+            info,
+            hash: stored.hash,
+            previous: stored
+                .previous
+                .map(|(hash, until)| PreviousHash::new(hash, until)),
+        }
+    }
+
     fn remove(&mut self, id: &KeyId) -> Option<Stored> {
         let stored = self.by_id.remove(id)?;
         let account = &*stored.record.service_account_id;
@@ -97,32 +137,15 @@ impl Keys {
 }
 
 struct Stored {
+    /// The record with the key's own fields; its credits and account limits
+    /// live in `credits` and [`Keys::account_limits`] ([`Keys::record`]).
     record: KeyRecord,
     hash: StoredHash,
     /// The secret replaced by a reissue, accepted until the instant given.
     previous: Option<(StoredHash, SystemTime)>,
     last_used_at: Option<SystemTime>,
     hint: String,
-}
-
-impl Stored {
-    fn info(&self) -> KeyInfo {
-        KeyInfo {
-            record: self.record.clone(),
-            last_used_at: self.last_used_at,
-            hint: self.hint.clone(),
-        }
-    }
-
-    fn export(&self) -> StoredKey {
-        StoredKey {
-            info: self.info(),
-            hash: self.hash,
-            previous: self
-                .previous
-                .map(|(hash, until)| PreviousHash::new(hash, until)),
-        }
-    }
+    credits: Option<CreditState>,
 }
 
 /// Settings of a [`MemoryStore`].
@@ -254,7 +277,7 @@ impl Verifier for MemoryStore {
         }
         let grace_until = stored.previous.map(|(_, until)| until);
         Ok(verified(
-            stored.record.clone(),
+            keys.record(stored),
             current,
             previous,
             grace_until,
@@ -269,41 +292,72 @@ impl Verifier for MemoryStore {
     fn key_format(&self) -> Option<KeyFormat> {
         Some(self.inner.format)
     }
+
+    async fn lease_credits(
+        &self,
+        id: KeyId,
+        want: u64,
+        now: SystemTime,
+    ) -> Result<Option<CreditLease>, VerifierError> {
+        let mut keys = self.write();
+        Ok(keys
+            .get_mut(&id)
+            .and_then(|stored| stored.credits.as_mut())
+            .map(|state| state.lease(want, now)))
+    }
+
+    async fn return_credits(
+        &self,
+        id: KeyId,
+        generation: u64,
+        amount: u64,
+    ) -> Result<(), VerifierError> {
+        let mut keys = self.write();
+        if let Some(state) = keys.get_mut(&id).and_then(|s| s.credits.as_mut()) {
+            state.give_back(generation, amount);
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl KeyStore for MemoryStore {
     async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError> {
-        check_new(&new, self.now())?;
+        let now = self.now();
+        check_new(&new, now)?;
         let key = self.inner.format.generate()?;
         let record = KeyRecord::new(key.id(), new.service_account_id)
             .with_scopes(new.scopes)
             .with_description(new.description)
             .with_expires_at(new.expires_at)
-            .with_created_at(self.now());
+            .with_rate_limits(new.rate_limits)
+            .with_created_at(now);
         let stored = Stored {
-            record: record.clone(),
+            record,
             hash: self.hash_of(&key)?,
             previous: None,
             last_used_at: None,
             hint: hint_of(&key),
+            credits: new.credits.map(|c| CreditState::set(c, now, 0)),
         };
         let mut keys = self.write();
         // Counted under the write lock, so concurrent creates cannot overshoot.
         let limit = self.inner.max_keys_per_account;
-        if keys.count(&record.service_account_id) >= limit {
+        if keys.count(&stored.record.service_account_id) >= limit {
             return Err(StoreError::KeyLimitReached { limit });
         }
         if keys.contains_key(&key.id()) {
             // 95 random bits make this practically impossible; never overwrite.
             return Err(StoreError::backend("key id collision"));
         }
+        let record = keys.record(&stored);
         keys.insert(key.id(), stored);
         Ok(CreatedKey { record, key })
     }
 
     async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError> {
-        Ok(self.read().get(&id).map(Stored::info))
+        let keys = self.read();
+        Ok(keys.get(&id).map(|s| keys.info(s)))
     }
 
     async fn list(
@@ -335,7 +389,7 @@ impl KeyStore for MemoryStore {
         let rest = mine
             .range((from, Bound::Unbounded))
             .filter_map(|(_, id)| keys.get(id))
-            .map(|s| Ok::<_, StoreError>(s.info()));
+            .map(|s| Ok::<_, StoreError>(keys.info(s)));
         let (page, more) = fill_page(rest, size)?;
         let next_page_token = more
             .then(|| page.last().map(|k| page_token(&k.record)))
@@ -347,9 +401,8 @@ impl KeyStore for MemoryStore {
     }
 
     async fn update(&self, id: KeyId, update: KeyUpdate) -> Result<Option<KeyInfo>, StoreError> {
-        if let Some(expires_at) = update.expires_at {
-            check_expiry(expires_at, self.now())?;
-        }
+        let now = self.now();
+        check_update(&update, now)?;
         let info = {
             let mut keys = self.write();
             let Some(stored) = keys.get_mut(&id) else {
@@ -364,7 +417,19 @@ impl KeyStore for MemoryStore {
             if let Some(expires_at) = update.expires_at {
                 stored.record.expires_at = expires_at;
             }
-            stored.info()
+            if let Some(limits) = update.rate_limits {
+                stored.record.rate_limits = limits;
+            }
+            if let Some(credits) = update.credits {
+                // A new setting (or none) starts a new generation: credits
+                // leased under the old one are not given back.
+                let generation = stored.credits.map_or(0, |c| c.generation.saturating_add(1));
+                stored.credits = credits.map(|c| CreditState::set(c, now, generation));
+            }
+            let stored = keys
+                .get(&id)
+                .ok_or_else(|| StoreError::backend("key vanished"))?;
+            keys.info(stored)
         };
         let account = info.record.service_account_id.clone();
         self.inner
@@ -409,7 +474,10 @@ impl KeyStore for MemoryStore {
                 .min(forever);
             stored.previous = (!grace.is_zero()).then_some((old, until));
             stored.hint = hint_of(&key);
-            stored.record.clone()
+            let stored = keys
+                .get(&id)
+                .ok_or_else(|| StoreError::backend("key vanished"))?;
+            keys.record(stored)
         };
         let account = record.service_account_id.clone();
         self.inner
@@ -418,32 +486,58 @@ impl KeyStore for MemoryStore {
         Ok(Some(CreatedKey { record, key }))
     }
 
-    // PLACEHOLDER (issue 14, in progress): replaced by the store's own implementation.
-    async fn add_credits(
-        &self,
-        _id: KeyId,
-        _amount: u64,
-    ) -> Result<Option<crate::limits::Credits>, StoreError> {
-        Err(StoreError::invalid(
-            "credits are not supported by this store yet",
-        ))
+    async fn add_credits(&self, id: KeyId, amount: u64) -> Result<Option<Credits>, StoreError> {
+        let (credits, account) = {
+            let mut keys = self.write();
+            let Some(stored) = keys.get_mut(&id) else {
+                return Ok(None);
+            };
+            let Some(state) = stored.credits.as_mut() else {
+                return Err(no_credits(id));
+            };
+            (state.add(amount), stored.record.service_account_id.clone())
+        };
+        // Caches re-read the count.
+        self.inner
+            .invalidations
+            .publish(&Invalidation::key_of(id, account));
+        Ok(Some(credits))
     }
 
     async fn account_rate_limits(
         &self,
-        _service_account_id: &str,
-    ) -> Result<Vec<crate::limits::RateLimit>, StoreError> {
-        Ok(Vec::new())
+        service_account_id: &str,
+    ) -> Result<Vec<RateLimit>, StoreError> {
+        check_account(service_account_id)?;
+        Ok(self.read().account_limits(service_account_id).to_vec())
     }
 
     async fn set_account_rate_limits(
         &self,
-        _service_account_id: &str,
-        _limits: Vec<crate::limits::RateLimit>,
+        service_account_id: &str,
+        limits: Vec<RateLimit>,
     ) -> Result<(), StoreError> {
-        Err(StoreError::invalid(
-            "account rate limits are not supported by this store yet",
-        ))
+        check_account_limits(service_account_id, &limits)?;
+        let ids: Vec<KeyId> = {
+            let mut keys = self.write();
+            if limits.is_empty() {
+                keys.account_limits.remove(service_account_id);
+            } else {
+                keys.account_limits
+                    .insert(service_account_id.to_owned(), limits);
+            }
+            keys.by_account
+                .get(service_account_id)
+                .map(|listing| listing.iter().map(|(_, id)| *id).collect())
+                .unwrap_or_default()
+        };
+        let account: Arc<str> = service_account_id.into();
+        for id in ids {
+            self.inner
+                .invalidations
+                .publish(&Invalidation::key_of(id, account.clone()));
+        }
+        Ok(())
     }
 
     async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError> {
@@ -469,12 +563,13 @@ impl KeyStore for MemoryStore {
             .by_id
             .range((from, Bound::Unbounded))
             .take(limit)
-            .map(|(_, stored)| stored.export())
+            .map(|(_, stored)| keys.export(stored))
             .collect())
     }
 
     async fn import(&self, key: StoredKey) -> Result<Imported, StoreError> {
         check_import(&key)?;
+        let now = self.now();
         let id = key.info.record.key_id;
         let mut keys = self.write();
         if keys.revoked.contains(&id) {
@@ -495,14 +590,20 @@ impl KeyStore for MemoryStore {
         if keys.count(&key.info.record.service_account_id) >= limit {
             return Err(StoreError::KeyLimitReached { limit });
         }
+        let mut record = key.info.record;
+        // The credits start a generation here; the account's limits are
+        // this store's own, never an import's.
+        let credits = record.credits.take().map(|c| CreditState::set(c, now, 0));
+        record.account_rate_limits = Vec::new();
         keys.insert(
             id,
             Stored {
-                record: key.info.record,
+                record,
                 hash: key.hash,
                 previous: key.previous.map(|p| (p.hash, p.valid_until)),
                 last_used_at: key.info.last_used_at,
                 hint: key.info.hint,
+                credits,
             },
         );
         Ok(Imported::Added)

@@ -32,6 +32,7 @@
 //!
 //! [`Invalidations`]: crate::invalidation::Invalidations
 
+mod credit;
 pub(crate) mod key_store;
 pub(crate) mod memory;
 mod page_token;
@@ -49,6 +50,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+pub(crate) use credit::CreditState;
 pub(crate) use key_store::KeyStore;
 #[cfg(test)]
 pub(crate) use memory::MemoryStore;
@@ -415,6 +417,40 @@ pub(crate) fn check_new(new: &NewKey, now: SystemTime) -> Result<(), StoreError>
     }
     check_limits(&new.rate_limits)?;
     check_expiry(new.expires_at, now)
+}
+
+/// Checks an update's fields that every store checks the same way.
+pub(crate) fn check_update(update: &KeyUpdate, now: SystemTime) -> Result<(), StoreError> {
+    if let Some(limits) = &update.rate_limits {
+        check_limits(limits)?;
+    }
+    match update.expires_at {
+        Some(expires_at) => check_expiry(expires_at, now),
+        None => Ok(()),
+    }
+}
+
+/// Checks a service account id and rate limits for the account, as every
+/// store does.
+pub(crate) fn check_account_limits(account: &str, limits: &[RateLimit]) -> Result<(), StoreError> {
+    check_account(account)?;
+    check_limits(limits)
+}
+
+/// A service account id names an account: it is not empty.
+pub(crate) fn check_account(account: &str) -> Result<(), StoreError> {
+    if account.is_empty() {
+        return Err(StoreError::invalid("service_account_id is empty"));
+    }
+    Ok(())
+}
+
+/// The error of adding credits to a key that has none: a key is given
+/// credits by an update.
+pub(crate) fn no_credits(id: KeyId) -> StoreError {
+    StoreError::invalid(format!(
+        "key {id} has no credits to add to; give it credits with an update"
+    ))
 }
 
 /// Checks rate limits for a key or an account, as every store does.

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use super::{latest_time, KeyInfo, StoreError, LATEST_TIME_TEXT};
 use crate::hash::StoredHash;
+use crate::limits::{check_rate_limits, MAX_CREDITS};
 
 /// Most keys one [`KeyStore::export`](crate::KeyStore::export) page returns.
 pub const MAX_EXPORT_PAGE: usize = 1000;
@@ -119,6 +120,15 @@ pub(crate) fn check_import(key: &StoredKey) -> Result<(), StoreError> {
     }
     if key.previous.is_some_and(|p| p.hash == key.hash) {
         return refuse("the previous hash is the current one");
+    }
+    if let Err(e) = check_rate_limits(&record.rate_limits) {
+        return refuse(&e.to_string());
+    }
+    if let Some(credits) = &record.credits {
+        let refill = credits.refill().map_or(0, |r| r.amount());
+        if credits.remaining() > MAX_CREDITS || refill > MAX_CREDITS {
+            return refuse(&format!("credits are at most {MAX_CREDITS}"));
+        }
     }
     Ok(())
 }

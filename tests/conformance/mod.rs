@@ -44,7 +44,8 @@
 //! suite on one store (`--test postgres` needs `DATABASE_URL`: source
 //! `.ci/postgres.sh` first).
 //!
-//! Every test is a generic function in [`contract`] or [`transfer`]; the
+//! Every test is a generic function in [`contract`], [`limits`] or
+//! [`transfer`]; the
 //! macros make one `#[tokio::test]` of each. A function the macros do not
 //! list is dead code, which the lints refuse: the lists cannot drift.
 //!
@@ -53,6 +54,7 @@
 //! PostgreSQL keeps microseconds.
 
 pub mod contract;
+pub mod limits;
 pub mod transfer;
 
 use std::collections::HashSet;
@@ -270,6 +272,18 @@ macro_rules! store_conformance {
                 transfer::import_refuses_records_a_store_cannot_hold_naming_the_key,
                 transfer::import_applies_the_per_account_key_limit,
                 transfer::import_of_peppered_keys_verifies_only_with_that_pepper,
+                limits::limits_and_credits_round_trip_through_every_read,
+                limits::update_replaces_and_removes_limits_and_credits,
+                limits::invalid_limits_are_refused_with_the_rule_and_change_nothing,
+                limits::reissue_keeps_limits_and_credits,
+                limits::account_limits_are_set_read_removed_and_in_every_record_of_the_account,
+                limits::account_limits_reach_cached_records_through_the_announcements,
+                limits::leases_shrink_to_one_and_never_exceed_what_remains,
+                limits::concurrent_leases_grant_exactly_the_credits,
+                limits::returns_add_back_only_within_the_generation,
+                limits::credits_refill_at_midnight_utc_once_per_due_time,
+                limits::add_credits_adds_up_to_the_maximum_and_keeps_the_generation,
+                limits::a_revoked_keys_credits_go_with_it,
             );
             $crate::__conformance_tests!(Factory, current_thread:
                 contract::verify_does_the_same_hashing_work_whether_or_not_the_id_exists,
@@ -291,6 +305,7 @@ macro_rules! transfer_conformance {
                 import_keeps_every_field_and_every_secret_verifies,
                 import_is_idempotent_and_moves_last_used_at_forward_only,
                 import_keeps_times_at_microsecond_precision,
+                import_carries_a_keys_limits_and_credits_not_its_accounts,
             );
         }
     };

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use tower_api_key::clock::Clock;
 use tower_api_key::hash::{HashScheme, KeyHasher};
+use tower_api_key::limits::{Credits, RateLimit, Refill};
 use tower_api_key::store::{
     latest_time, Imported, NewKey, PreviousHash, StoreError, StoredKey, MAX_EXPORT_PAGE,
 };
@@ -180,7 +181,13 @@ where
             NewKey::new("sa-move")
                 .with_description("every field set")
                 .with_scopes(scopes)
-                .with_expires_at(from_clock.now() + Duration::from_secs(86_400)),
+                .with_expires_at(from_clock.now() + Duration::from_secs(86_400))
+                .with_rate_limits(vec![RateLimit::new(5, Duration::from_secs(1)).unwrap()])
+                .with_credits(
+                    Credits::new(9)
+                        .unwrap()
+                        .with_refill(Refill::daily(10).unwrap()),
+                ),
         )
         .await
         .unwrap();
@@ -254,6 +261,78 @@ where
         .await
         .unwrap()
         .is_some());
+}
+
+/// A key's own limits and credits move with it (the count the source
+/// held, a new generation), its account's limits stay behind, and limits
+/// no store holds are refused naming the key.
+pub async fn import_carries_a_keys_limits_and_credits_not_its_accounts<S, T>(source: &S, target: &T)
+where
+    S: StoreFactory,
+    T: StoreFactory,
+{
+    let (from, from_clock) = store_and_clock(source, StoreSettings::new()).await;
+    let (to, to_clock) = store_and_clock(target, StoreSettings::new()).await;
+    let limit = |text: &str| text.parse::<RateLimit>().unwrap();
+    let limits = vec![limit("5/1s"), limit("1000/1d,burst=50")];
+    let credits = Credits::new(40)
+        .unwrap()
+        .with_refill(Refill::monthly(100, 15).unwrap());
+    let created = from
+        .create(
+            NewKey::new("sa-quota")
+                .with_rate_limits(limits.clone())
+                .with_credits(credits),
+        )
+        .await
+        .unwrap();
+    let id = created.record.key_id;
+    let lease = from
+        .lease_credits(id, 5, from_clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease.remaining, 35);
+    from.set_account_rate_limits("sa-quota", vec![limit("9/1h")])
+        .await
+        .unwrap();
+
+    let mut key = exported(&from, id).await;
+    assert_eq!(key.info.record.rate_limits, limits);
+    assert_eq!(key.info.record.credits.map(|c| c.remaining()), Some(35));
+    // Account limits in a record from elsewhere are not the key's: ignored.
+    key.info.record.account_rate_limits = vec![limit("1/1s")];
+    assert_eq!(to.import(key).await.unwrap(), Imported::Added);
+    let there = to.get(id).await.unwrap().unwrap();
+    assert_eq!(there.record.rate_limits, limits);
+    assert_eq!(
+        there.record.credits,
+        Some(credits.with_remaining(35).unwrap())
+    );
+    assert!(there.record.account_rate_limits.is_empty());
+    assert!(to.account_rate_limits("sa-quota").await.unwrap().is_empty());
+    let record = to.verify(&parse(&to, &created.key)).await.unwrap().unwrap();
+    assert_eq!(record, there.record);
+    // Generation 0 there, and no refill due at the import.
+    let lease = to
+        .lease_credits(id, 10, to_clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (lease.granted, lease.generation, lease.remaining),
+        (4, 0, 31)
+    );
+
+    let other = from.create(NewKey::new("sa-quota")).await.unwrap();
+    let mut key = exported(&from, other.record.key_id).await;
+    key.info.record.rate_limits = (1..=9)
+        .map(|n| RateLimit::new(n, Duration::from_secs(1)).unwrap())
+        .collect();
+    let why = assert_invalid(to.import(key).await);
+    assert!(why.contains(&other.record.key_id.to_string()), "{why}");
+    assert!(why.contains("at most 8"), "{why}");
+    assert!(to.get(other.record.key_id).await.unwrap().is_none());
 }
 
 /// Importing what is already there changes nothing but `last_used_at`,
