@@ -1,7 +1,8 @@
 //! `tower-api-key`: operate a key store from a shell (feature `cli`).
 //!
-//! Create, list, update, reissue, revoke and check keys, apply the schema,
-//! and move keys between stores with `export | import`. The full reference
+//! Create, list, update, reissue, revoke and check keys, set rate limits
+//! and credits, apply the schema, and move keys between stores with
+//! `export | import`. The full reference
 //! is docs/cli.md; every command has `--help` with an example.
 //!
 //! Exit codes: 0 done, 1 error (one line on stderr), 2 usage. Secrets
