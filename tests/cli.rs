@@ -1204,6 +1204,7 @@ async fn export_holds_hashes_never_secrets_and_import_is_idempotent() {
             fields,
             [
                 "created_at",
+                "credits",
                 "description",
                 "expires_at",
                 "hash",
@@ -1212,6 +1213,7 @@ async fn export_holds_hashes_never_secrets_and_import_is_idempotent() {
                 "last_used_at",
                 "previous_hash",
                 "previous_valid_until",
+                "rate_limits",
                 "scopes",
                 "service_account_id"
             ]
@@ -1865,4 +1867,51 @@ async fn invalid_limits_and_credits_are_refused_on_one_line_and_change_nothing()
     assert_eq!(listed["keys"][0]["rate_limits"], serde_json::json!([]));
     assert!(listed["keys"][0]["credits"].is_null());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn export_and_import_carry_a_keys_limits_and_credits() {
+    let (from_dir, from) = sqlite_db("limits_export").await;
+    let (to_dir, to) = sqlite_db("limits_import").await;
+    let created = json_at(
+        &from,
+        &[
+            "keys",
+            "create",
+            "--account",
+            "sa-1",
+            "--rate-limit",
+            "5/1s,burst=10",
+            "--credits",
+            "7",
+            "--refill",
+            "daily:20",
+        ],
+    )
+    .await;
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let id = created["key"]["id"].as_str().unwrap().to_owned();
+    let export = cli(["export"]).env("DATABASE_URL", &from).run().await.ok();
+    export.never_shows(&secret);
+    let line: Value = serde_json::from_str(export.stdout.trim_end()).unwrap();
+    assert_eq!(
+        line["rate_limits"],
+        serde_json::json!([{"limit": 5, "period": "1s", "burst": 10}])
+    );
+    assert_eq!(
+        line["credits"],
+        serde_json::json!({"remaining": 7, "refill": {"amount": 20, "interval": "daily", "day": 1}})
+    );
+    let imported = cli(["import"])
+        .env("DATABASE_URL", &to)
+        .stdin(export.stdout.as_bytes())
+        .run()
+        .await
+        .ok();
+    assert!(imported.stderr.contains("1 added"), "{imported:?}");
+    let got = json_at(&to, &["keys", "get", &id]).await;
+    assert_eq!(got["rate_limits"], line["rate_limits"]);
+    assert_eq!(got["credits"], line["credits"]);
+    let _ = std::fs::remove_dir_all(from_dir);
+    let _ = std::fs::remove_dir_all(to_dir);
 }
