@@ -1657,6 +1657,29 @@ async fn limits_and_credits_are_set_shown_topped_up_and_removed_like_the_managem
         "{table:?}"
     );
     table.never_shows(&secret);
+    let check = cli(["keys", "check"])
+        .env("DATABASE_URL", &url)
+        .stdin(secret.as_bytes())
+        .run()
+        .await
+        .ok();
+    assert!(
+        check.stdout.contains("rate limits: 5/1s 100/1m,burst=20\n"),
+        "{check:?}"
+    );
+    assert!(
+        check.stdout.contains("credits: 3 (monthly 100 on day 15)"),
+        "{check:?}"
+    );
+    let verdict = cli(["keys", "check", "-o", "json"])
+        .env("DATABASE_URL", &url)
+        .stdin(secret.as_bytes())
+        .run()
+        .await
+        .ok()
+        .json();
+    assert_eq!(verdict["rate_limits"], limits);
+    assert_eq!(verdict["credits"]["remaining"], 3);
 
     // Top up, replace, remove.
     let topped = run(&["keys", "add-credits", &id, "5", "-o", "json"])

@@ -7,6 +7,7 @@ use zeroize::Zeroizing;
 
 use serde_json::json;
 use tower_api_key::hash::{HashScheme, KeyHasher};
+use tower_api_key::management::CreditsResource;
 use tower_api_key::store::{
     CreatedKey, KeyUpdate, ListRequest, NewKey, MAX_EXPORT_PAGE, MAX_PAGE_SIZE,
 };
@@ -362,9 +363,12 @@ async fn judge(ctx: &Context<'_>, text: &[u8]) -> Result<Verdict, CliError> {
             Ok(Verdict {
                 valid: true,
                 text: format!(
-                    "valid: key {id}\naccount: {}\nscopes: {scope_text}\nexpires: {}",
+                    "valid: key {id}\naccount: {}\nscopes: {scope_text}\nexpires: {}\n\
+                     rate limits: {}\ncredits: {}",
                     record.service_account_id,
-                    expires.as_deref().unwrap_or("never")
+                    expires.as_deref().unwrap_or("never"),
+                    output::limits_text(&record.rate_limits),
+                    output::credits_text(record.credits.as_ref()),
                 ),
                 json: json!({
                     "valid": true,
@@ -372,6 +376,8 @@ async fn judge(ctx: &Context<'_>, text: &[u8]) -> Result<Verdict, CliError> {
                     "service_account_id": &*record.service_account_id,
                     "scopes": scopes,
                     "expires_at": expires,
+                    "rate_limits": output::limits_json(&record.rate_limits),
+                    "credits": record.credits.as_ref().map(|c| json!(CreditsResource::from(c))),
                 }),
             })
         }

@@ -42,7 +42,7 @@ fn record_json(record: &KeyRecord) -> Value {
 }
 
 /// Rate limits as the management API writes them: always the full form.
-fn limits_json(limits: &[RateLimit]) -> Value {
+pub fn limits_json(limits: &[RateLimit]) -> Value {
     json!(limits
         .iter()
         .map(RateLimitResource::from)
@@ -50,7 +50,7 @@ fn limits_json(limits: &[RateLimit]) -> Value {
 }
 
 /// Rate limits in a table cell: `5/1s 100/1m,burst=20`, or `none`.
-fn limits_text(limits: &[RateLimit]) -> String {
+pub fn limits_text(limits: &[RateLimit]) -> String {
     if limits.is_empty() {
         return "none".into();
     }
@@ -60,7 +60,7 @@ fn limits_text(limits: &[RateLimit]) -> String {
 
 /// Credits in a table cell: `3`, `3 (daily 100)`, `3 (monthly 100 on day
 /// 15)`, or `none`.
-fn credits_text(credits: Option<&Credits>) -> String {
+pub fn credits_text(credits: Option<&Credits>) -> String {
     let Some(credits) = credits else {
         return "none".into();
     };
