@@ -26,6 +26,7 @@ use tokio_postgres::config::Host;
 use tokio_postgres::{Config, NoTls};
 use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError, Source};
 use tower_api_key::clock::{Clock, ManualClock};
+use tower_api_key::limits::{Credits, RateLimit};
 use tower_api_key::store::postgres::{ListenerStatus, PgKeyStore, PgKeyStoreBuilder};
 use tower_api_key::store::{CreatedKey, KeyUpdate, NewKey, StoreError};
 use tower_api_key::Invalidation;
@@ -440,6 +441,175 @@ async fn concurrent_creates_on_two_replicas_never_pass_the_limit() {
     db.drop_schema().await;
 }
 
+/// Two replicas racing for one key's credits: the row lock orders the
+/// leases, so no credit is granted twice, down to the last one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_on_two_replicas_never_grant_more_credits_than_exist() {
+    let Some(db) = TestDb::new("leases_on_two_replicas_never_grant_more_credits").await else {
+        return;
+    };
+    let a = db.store().await;
+    let b = db.store().await;
+    let created = a
+        .create(NewKey::new("sa-credits").with_credits(Credits::new(137).unwrap()))
+        .await
+        .unwrap();
+    let id = created.record.key_id;
+    let now = SystemTime::now();
+    conformance::concurrent_leases_grant_exactly_the_credits(&[a.clone(), b.clone()], id, 137, now)
+        .await;
+    // The last credit, one replica each.
+    a.add_credits(id, 1).await.unwrap().unwrap();
+    let (x, y) = tokio::join!(a.lease_credits(id, 5, now), b.lease_credits(id, 5, now));
+    let granted = [x.unwrap().unwrap(), y.unwrap().unwrap()].map(|l| l.granted);
+    assert_eq!(granted.iter().sum::<u64>(), 1, "{granted:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_schema().await;
+}
+
+/// Account limits and added credits set on one replica reach the other's
+/// cache through NOTIFY, for every key of the account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_limits_and_credits_changed_on_one_replica_reach_the_others_cache() {
+    let Some(db) = TestDb::new("account_limits_and_credits_reach_the_other").await else {
+        return;
+    };
+    let a = db.store().await;
+    let b = db.store().await;
+    let cache_b = cache(&b);
+    let mut seen_b = Watch::on(&b);
+    let first = a
+        .create(NewKey::new("sa-shared").with_credits(Credits::new(5).unwrap()))
+        .await
+        .unwrap();
+    let second = a.create(NewKey::new("sa-shared")).await.unwrap();
+    for key in [&first, &second] {
+        let caller = cache_b.lookup(&presented(&b, key)).await.unwrap();
+        assert!(caller.record().account_rate_limits.is_empty());
+    }
+    let limits: Vec<RateLimit> = vec!["10/1s".parse().unwrap()];
+    a.set_account_rate_limits("sa-shared", limits.clone())
+        .await
+        .unwrap();
+    for key in [&first, &second] {
+        let id = key.record.key_id;
+        assert_eq!(
+            seen_b.until_invalidated(id, NOTIFY_WITHIN).await,
+            Invalidation::key_of(id, "sa-shared")
+        );
+    }
+    for key in [&first, &second] {
+        let (caller, source) = cache_b
+            .lookup_with_source(&presented(&b, key))
+            .await
+            .unwrap();
+        assert_eq!(source, Source::Verifier);
+        assert_eq!(caller.record().account_rate_limits, limits);
+    }
+    let id = first.record.key_id;
+    a.add_credits(id, 7).await.unwrap().unwrap();
+    seen_b.until_invalidated(id, NOTIFY_WITHIN).await;
+    let caller = cache_b.lookup(&presented(&b, &first)).await.unwrap();
+    assert_eq!(caller.record().credits.map(|c| c.remaining()), Some(12));
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_schema().await;
+}
+
+/// Limits or credits another tool wrote wrong are a backend error naming
+/// the key, never a panic, and never a key without its limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_stored_limits_and_credits_are_errors_naming_the_key() {
+    let Some(db) = TestDb::new("malformed_stored_limits_and_credits").await else {
+        return;
+    };
+    let store = db.store().await;
+    let created = store
+        .create(NewKey::new("sa-bad").with_credits(Credits::new(5).unwrap()))
+        .await
+        .unwrap();
+    let id = created.record.key_id;
+    let key = presented(&store, &created);
+    let names_the_key = |e: &dyn std::error::Error| {
+        let text = format!("{e}");
+        assert!(text.contains(&id.to_string()), "{text}");
+    };
+    for (sql, lease_fails) in [
+        ("UPDATE tower_api_key_keys SET rate_limits = '5/0s'", false),
+        (
+            "UPDATE tower_api_key_keys SET rate_limits = '5/1s  ,burst'",
+            false,
+        ),
+        (
+            "UPDATE tower_api_key_keys SET credits_generation = -1",
+            true,
+        ),
+        (
+            "UPDATE tower_api_key_keys SET credits_refill_interval = 'monthly', \
+             credits_refill_amount = 3, credits_refill_day = 40",
+            true,
+        ),
+    ] {
+        let before = db
+            .admin
+            .query_one(
+                "SELECT rate_limits, credits_generation FROM tower_api_key_keys",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (limits, generation): (String, i64) = (before.get(0), before.get(1));
+        db.admin.execute(sql, &[]).await.unwrap();
+        let Err(VerifierError::Backend(e)) = store.verify(&key).await else {
+            panic!("{sql}: verify must fail");
+        };
+        names_the_key(&*e);
+        let Err(StoreError::Backend(e)) = store.get(id).await else {
+            panic!("{sql}: get must fail");
+        };
+        names_the_key(&*e);
+        assert!(store.list("sa-bad", Default::default()).await.is_err());
+        let lease = store.lease_credits(id, 1, SystemTime::now()).await;
+        if lease_fails {
+            let Err(VerifierError::Backend(e)) = lease else {
+                panic!("{sql}: the lease must fail");
+            };
+            names_the_key(&*e);
+        }
+        db.admin
+            .execute(
+                "UPDATE tower_api_key_keys SET rate_limits = $1, credits_generation = $2,
+                     credits_refill_interval = NULL, credits_refill_amount = NULL,
+                     credits_refill_day = NULL",
+                &[&limits, &generation],
+            )
+            .await
+            .unwrap();
+        assert!(store.verify(&key).await.unwrap().is_some(), "repaired");
+    }
+    db.admin
+        .execute(
+            "INSERT INTO tower_api_key_account_limits VALUES ('sa-bad', 'lots')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let Err(VerifierError::Backend(e)) = store.verify(&key).await else {
+        panic!("verify must fail");
+    };
+    names_the_key(&*e);
+    let e = store.account_rate_limits("sa-bad").await.unwrap_err();
+    assert!(e.to_string().contains("sa-bad"), "{e}");
+    store
+        .set_account_rate_limits("sa-bad", vec!["1/1s".parse().unwrap()])
+        .await
+        .unwrap();
+    assert!(store.verify(&key).await.unwrap().is_some());
+    store.shutdown().await;
+    db.drop_schema().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_twice_in_a_row() {
     let Some(db) = TestDb::new("migrations_twice_in_a_row").await else {
@@ -447,11 +617,11 @@ async fn migrations_twice_in_a_row() {
     };
     let store = db.builder().connect().await.unwrap();
     let first = store.migrate().await.unwrap();
-    assert_eq!(first.applied, vec![1, 2]);
-    assert_eq!(first.current, 2);
+    assert_eq!(first.applied, vec![1, 2, 3]);
+    assert_eq!(first.current, 3);
     let second = store.migrate().await.unwrap();
     assert!(second.applied.is_empty(), "{second:?}");
-    assert_eq!(second.current, 2);
+    assert_eq!(second.current, 3);
     // The store works on the migrated schema.
     let created = store.create(NewKey::new("sa")).await.unwrap();
     assert!(store.get(created.record.key_id).await.unwrap().is_some());
@@ -465,8 +635,9 @@ async fn migrations_twice_in_a_row() {
         .unwrap()
         .get(0);
     assert_eq!(
-        tables, 3,
-        "tower_api_key_keys, tower_api_key_revoked and tower_api_key_migrations"
+        tables, 4,
+        "tower_api_key_keys, tower_api_key_revoked, tower_api_key_account_limits and \
+         tower_api_key_migrations"
     );
     store.shutdown().await;
     db.drop_schema().await;
@@ -487,7 +658,7 @@ async fn migrations_run_by_replicas_at_once() {
     }))
     .await;
     let applied: Vec<u32> = replicas.iter().flat_map(|r| r.applied.clone()).collect();
-    assert_eq!(applied, vec![1, 2], "{replicas:?}");
+    assert_eq!(applied, vec![1, 2, 3], "{replicas:?}");
     db.drop_schema().await;
 }
 

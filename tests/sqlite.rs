@@ -25,6 +25,7 @@ use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError, Source};
 use tower_api_key::clock::{Clock, ManualClock};
+use tower_api_key::limits::{Credits, RateLimit};
 use tower_api_key::store::sqlite::{SqliteKeyStore, SqliteKeyStoreBuilder};
 use tower_api_key::store::{
     CreatedKey, KeyUpdate, ListRequest, NewKey, StoreError, MAX_EXPORT_PAGE,
@@ -328,11 +329,11 @@ async fn migrations_are_idempotent_and_run_once_when_stores_migrate_at_once() {
     let dir = TempDir::new("migrate");
     let store = dir.builder().open().await.unwrap();
     let first = store.migrate().await.unwrap();
-    assert_eq!(first.applied, vec![1, 2]);
-    assert_eq!(first.current, 2);
+    assert_eq!(first.applied, vec![1, 2, 3]);
+    assert_eq!(first.current, 3);
     let second = store.migrate().await.unwrap();
     assert!(second.applied.is_empty(), "{second:?}");
-    assert_eq!(second.current, 2);
+    assert_eq!(second.current, 3);
     let tables: i64 = raw(&dir.db())
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name LIKE 'tower_api_key_%'",
@@ -341,8 +342,8 @@ async fn migrations_are_idempotent_and_run_once_when_stores_migrate_at_once() {
         )
         .unwrap();
     assert_eq!(
-        tables, 5,
-        "keys, changes, changes_pruned, revoked, migrations"
+        tables, 6,
+        "keys, changes, changes_pruned, revoked, account_limits, migrations"
     );
     let mode: String = raw(&dir.db())
         .query_row("PRAGMA journal_mode", [], |row| row.get(0))
@@ -360,7 +361,7 @@ async fn migrations_are_idempotent_and_run_once_when_stores_migrate_at_once() {
     }))
     .await;
     let applied: Vec<u32> = reports.iter().flat_map(|r| r.applied.clone()).collect();
-    assert_eq!(applied, vec![1, 2], "{reports:?}");
+    assert_eq!(applied, vec![1, 2, 3], "{reports:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -997,5 +998,243 @@ async fn a_revoke_from_another_process_is_refused_within_a_second() {
     );
     assert!(exited.elapsed() < WITHIN);
     assert_eq!(status(&service, &text).await, StatusCode::UNAUTHORIZED);
+    store.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Rate limits and credits
+// ---------------------------------------------------------------------------
+
+/// Two stores on one file (as two processes would be) racing for one key's
+/// credits: the write lock orders the leases, so no credit is granted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_on_two_stores_never_grant_more_credits_than_exist() {
+    let dir = TempDir::new("lease-race");
+    let a = dir.store().await;
+    let b = dir.builder().open().await.unwrap();
+    let created = a
+        .create(NewKey::new("sa-credits").with_credits(Credits::new(137).unwrap()))
+        .await
+        .unwrap();
+    let now = SystemTime::now();
+    conformance::concurrent_leases_grant_exactly_the_credits(
+        &[a.clone(), b.clone()],
+        created.record.key_id,
+        137,
+        now,
+    )
+    .await;
+    // The last credits, one store each.
+    let id = created.record.key_id;
+    a.add_credits(id, 1).await.unwrap().unwrap();
+    let (x, y) = tokio::join!(a.lease_credits(id, 5, now), b.lease_credits(id, 5, now));
+    let granted = [x.unwrap().unwrap(), y.unwrap().unwrap()].map(|l| l.granted);
+    assert_eq!(granted.iter().sum::<u64>(), 1, "{granted:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Account limits and added credits set through another store reach this
+/// store's cache through the change log, for every key of the account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_limits_and_credits_changed_by_another_store_reach_this_stores_cache() {
+    let dir = TempDir::new("limits-across");
+    let a = dir.store().await;
+    let b = dir.builder().open().await.unwrap();
+    let cache_a = CachedVerifier::new(
+        a.clone(),
+        CacheConfig::builder()
+            .positive_ttl(Duration::from_secs(3600))
+            .build(),
+    );
+    let mut seen_a = Watch::on(&a);
+    let first = b
+        .create(NewKey::new("sa-shared").with_credits(Credits::new(5).unwrap()))
+        .await
+        .unwrap();
+    let second = b.create(NewKey::new("sa-shared")).await.unwrap();
+    for key in [&first, &second] {
+        let caller = cache_a.lookup(&presented(&a, key)).await.unwrap();
+        assert!(caller.record().account_rate_limits.is_empty());
+    }
+    let limits: Vec<RateLimit> = vec!["10/1s".parse().unwrap()];
+    b.set_account_rate_limits("sa-shared", limits.clone())
+        .await
+        .unwrap();
+    for key in [&first, &second] {
+        let id = key.record.key_id;
+        assert_eq!(
+            seen_a.until_invalidated(id, WITHIN).await,
+            Invalidation::key_of(id, "sa-shared")
+        );
+    }
+    for key in [&first, &second] {
+        let (caller, source) = cache_a
+            .lookup_with_source(&presented(&a, key))
+            .await
+            .unwrap();
+        assert_eq!(source, Source::Verifier);
+        assert_eq!(caller.record().account_rate_limits, limits);
+    }
+    let id = first.record.key_id;
+    b.add_credits(id, 7).await.unwrap().unwrap();
+    seen_a.until_invalidated(id, WITHIN).await;
+    let caller = cache_a.lookup(&presented(&a, &first)).await.unwrap();
+    assert_eq!(caller.record().credits.map(|c| c.remaining()), Some(12));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Limits or credits another tool wrote wrong are a backend error naming
+/// the key, never a panic, and never a key without its limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_stored_limits_and_credits_are_errors_naming_the_key() {
+    let dir = TempDir::new("bad-limits");
+    let store = dir.store().await;
+    let created = store
+        .create(NewKey::new("sa-bad").with_credits(Credits::new(5).unwrap()))
+        .await
+        .unwrap();
+    let id = created.record.key_id;
+    let key = presented(&store, &created);
+    let names_the_key = |e: &dyn std::error::Error| {
+        let text = format!("{e}");
+        assert!(text.contains(&id.to_string()), "{text}");
+    };
+    let conn = raw(&dir.db());
+    for (sql, lease_fails) in [
+        ("UPDATE tower_api_key_keys SET rate_limits = '5/0s'", false),
+        (
+            "UPDATE tower_api_key_keys SET rate_limits = '5/1s  ,burst'",
+            false,
+        ),
+        (
+            "UPDATE tower_api_key_keys SET credits_generation = -1",
+            true,
+        ),
+        (
+            "UPDATE tower_api_key_keys SET credits_refill_interval = 'monthly', \
+             credits_refill_amount = 3, credits_refill_day = 40",
+            true,
+        ),
+    ] {
+        let before: (String, i64) = conn
+            .query_row(
+                "SELECT rate_limits, credits_generation FROM tower_api_key_keys",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        conn.execute(sql, []).unwrap();
+        let Err(VerifierError::Backend(e)) = store.verify(&key).await else {
+            panic!("{sql}: verify must fail");
+        };
+        names_the_key(&*e);
+        let Err(StoreError::Backend(e)) = store.get(id).await else {
+            panic!("{sql}: get must fail");
+        };
+        names_the_key(&*e);
+        assert!(store.list("sa-bad", ListRequest::default()).await.is_err());
+        let lease = store.lease_credits(id, 1, SystemTime::now()).await;
+        if lease_fails {
+            let Err(VerifierError::Backend(e)) = lease else {
+                panic!("{sql}: the lease must fail");
+            };
+            names_the_key(&*e);
+        }
+        conn.execute(
+            "UPDATE tower_api_key_keys SET rate_limits = ?1, credits_generation = ?2,
+                 credits_refill_interval = NULL, credits_refill_amount = NULL,
+                 credits_refill_day = NULL",
+            (&before.0, before.1),
+        )
+        .unwrap();
+        assert!(store.verify(&key).await.unwrap().is_some(), "repaired");
+    }
+    // An account's limits, the same.
+    conn.execute(
+        "INSERT INTO tower_api_key_account_limits VALUES ('sa-bad', 'lots')",
+        [],
+    )
+    .unwrap();
+    let Err(VerifierError::Backend(e)) = store.verify(&key).await else {
+        panic!("verify must fail");
+    };
+    names_the_key(&*e);
+    let e = store.account_rate_limits("sa-bad").await.unwrap_err();
+    assert!(e.to_string().contains("sa-bad"), "{e}");
+    // Setting them again repairs them.
+    store
+        .set_account_rate_limits("sa-bad", vec!["1/1s".parse().unwrap()])
+        .await
+        .unwrap();
+    assert!(store.verify(&key).await.unwrap().is_some());
+    store.shutdown().await;
+}
+
+/// A file migrated by the previous release (migrations 1 and 2) with keys
+/// in it moves to migration 3; its keys keep working, without limits or
+/// credits until they are given some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_the_previous_release_migrates_and_its_keys_keep_working() {
+    let dir = TempDir::new("migrate-3");
+    let store = dir.builder().open().await.unwrap();
+    {
+        let conn = raw(&dir.db());
+        conn.execute_batch(
+            "CREATE TABLE tower_api_key_migrations (
+                 version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                 applied_at INTEGER NOT NULL DEFAULT (unixepoch())) STRICT",
+        )
+        .unwrap();
+        for m in &tower_api_key::store::sqlite::migrations()[..2] {
+            conn.execute_batch(m.sql()).unwrap();
+            conn.execute(
+                "INSERT INTO tower_api_key_migrations (version, name) VALUES (?1, ?2)",
+                (m.version(), m.name()),
+            )
+            .unwrap();
+        }
+    }
+    // The previous release's create: a row without the new columns.
+    let generated = store.format().generate().unwrap();
+    let old = store.format().parse(generated.expose_secret()).unwrap();
+    let hash = tower_api_key::hash::KeyHasher::default().hash(&old);
+    raw(&dir.db())
+        .execute(
+            "INSERT INTO tower_api_key_keys (key_id, service_account_id, hash, hash_scheme,
+                 created_at, hint)
+             VALUES (?1, 'sa-old', ?2, 'sha256', 0, 'tak_…')",
+            (old.id().to_string(), hash.digest().to_vec()),
+        )
+        .unwrap();
+    let report = store.migrate().await.unwrap();
+    assert_eq!(report.applied, vec![3]);
+    let record = store.verify(&old).await.unwrap().unwrap();
+    assert_eq!(&*record.service_account_id, "sa-old");
+    assert!(record.rate_limits.is_empty());
+    assert_eq!(record.credits, None);
+    assert_eq!(
+        store
+            .lease_credits(old.id(), 1, SystemTime::now())
+            .await
+            .unwrap(),
+        None
+    );
+    let info = store
+        .update(
+            old.id(),
+            KeyUpdate::default().with_credits(Some(Credits::new(3).unwrap())),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.record.credits, Some(Credits::new(3).unwrap()));
+    let lease = store
+        .lease_credits(old.id(), 1, SystemTime::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((lease.granted, lease.remaining), (1, 2));
     store.shutdown().await;
 }

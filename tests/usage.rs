@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use http::{Request, Response, StatusCode};
 use tower::{service_fn, Layer, ServiceExt};
 use tower_api_key::clock::ManualClock;
+use tower_api_key::limits::{Credits, RateLimit};
 use tower_api_key::store::{
     CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey, StoreError, StoredKey,
 };
@@ -59,6 +60,19 @@ impl KeyStore for Counting {
     }
     async fn reissue(&self, id: KeyId, grace: Duration) -> Result<Option<CreatedKey>, StoreError> {
         self.store.reissue(id, grace).await
+    }
+    async fn add_credits(&self, id: KeyId, amount: u64) -> Result<Option<Credits>, StoreError> {
+        self.store.add_credits(id, amount).await
+    }
+    async fn account_rate_limits(&self, sa: &str) -> Result<Vec<RateLimit>, StoreError> {
+        self.store.account_rate_limits(sa).await
+    }
+    async fn set_account_rate_limits(
+        &self,
+        sa: &str,
+        limits: Vec<RateLimit>,
+    ) -> Result<(), StoreError> {
+        self.store.set_account_rate_limits(sa, limits).await
     }
     async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError> {
         if self.down.load(Ordering::SeqCst) {

@@ -146,6 +146,9 @@ struct Stored {
     last_used_at: Option<SystemTime>,
     hint: String,
     credits: Option<CreditState>,
+    /// The generation of credits removed by an update, so credits set again
+    /// start a later one (a lease of the old never comes back).
+    removed_generation: u64,
 }
 
 /// Settings of a [`MemoryStore`].
@@ -339,6 +342,7 @@ impl KeyStore for MemoryStore {
             last_used_at: None,
             hint: hint_of(&key),
             credits: new.credits.map(|c| CreditState::set(c, now, 0)),
+            removed_generation: 0,
         };
         let mut keys = self.write();
         // Counted under the write lock, so concurrent creates cannot overshoot.
@@ -423,7 +427,11 @@ impl KeyStore for MemoryStore {
             if let Some(credits) = update.credits {
                 // A new setting (or none) starts a new generation: credits
                 // leased under the old one are not given back.
-                let generation = stored.credits.map_or(0, |c| c.generation.saturating_add(1));
+                let generation = stored
+                    .credits
+                    .map_or(stored.removed_generation, |c| c.generation)
+                    .saturating_add(1);
+                stored.removed_generation = generation;
                 stored.credits = credits.map(|c| CreditState::set(c, now, generation));
             }
             let stored = keys
@@ -604,6 +612,7 @@ impl KeyStore for MemoryStore {
                 last_used_at: key.info.last_used_at,
                 hint: key.info.hint,
                 credits,
+                removed_generation: 0,
             },
         );
         Ok(Imported::Added)

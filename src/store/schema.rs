@@ -1,11 +1,15 @@
-//! What the SQL stores share: numbered migrations and their report, and the
+//! What the SQL stores share: numbered migrations and their report, the
 //! columns a stored hash is kept in (`hash`, `hash_scheme`,
-//! `hash_pepper_version`, and the same for the previous hash).
+//! `hash_pepper_version`, and the same for the previous hash), and the
+//! columns of rate limits and credits.
 
 use std::fmt;
+use std::time::SystemTime;
 
-use super::StoreError;
+use super::{CreditState, StoreError};
 use crate::hash::{HashScheme, StoredHash};
+use crate::key::KeyId;
+use crate::limits::{Credits, RateLimit, Refill, RefillInterval, MAX_CREDITS};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -116,6 +120,114 @@ pub(crate) fn stored_hash(
     Ok(Some(StoredHash::from_parts(scheme, digest)))
 }
 
+/// Rate limits as stored: their text forms separated by one space (a
+/// limit's text holds none); `''` for none.
+pub(crate) fn limits_text(limits: &[RateLimit]) -> String {
+    let texts: Vec<String> = limits.iter().map(RateLimit::to_string).collect();
+    texts.join(" ")
+}
+
+/// The rate limits of `owner` (`key <id>`, `service account <id>`) stored
+/// as `text`; an error naming the owner when the text is not valid.
+pub(crate) fn parse_limits(
+    text: &str,
+    owner: impl fmt::Display,
+) -> Result<Vec<RateLimit>, BoxError> {
+    text.split(' ')
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<RateLimit>()
+                .map_err(|e| format!("stored rate limits of {owner} are not valid: {e}").into())
+        })
+        .collect()
+}
+
+/// A key's credit state in its columns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct CreditColumns {
+    /// `NULL` for a key without credits.
+    pub(crate) remaining: Option<i64>,
+    pub(crate) refill_amount: Option<i64>,
+    /// `daily` or `monthly`.
+    pub(crate) refill_interval: Option<String>,
+    pub(crate) refill_day: Option<i64>,
+    pub(crate) refilled_at: Option<SystemTime>,
+    /// Kept when credits are removed, so credits set again start later.
+    pub(crate) generation: i64,
+}
+
+impl CreditColumns {
+    /// The columns of `state` (`None`: no credits, generation 0).
+    pub(crate) fn of(state: Option<&CreditState>) -> Self {
+        let Some(state) = state else {
+            return Self::default();
+        };
+        let refill = state.credits.refill();
+        Self {
+            remaining: Some(count(state.credits.remaining())),
+            refill_amount: refill.map(|r| count(r.amount())),
+            refill_interval: refill.map(|r| r.interval().as_str().to_owned()),
+            refill_day: refill.map(|r| i64::from(r.day())),
+            refilled_at: Some(state.refilled_at),
+            generation: count(state.generation),
+        }
+    }
+
+    /// The credit state these columns hold for key `id`; `None` for a key
+    /// without credits, an error naming the key when they make no sense.
+    pub(crate) fn state(&self, id: KeyId) -> Result<Option<CreditState>, BoxError> {
+        let bad = |what: &str| -> BoxError { format!("stored credits of key {id}: {what}").into() };
+        let Some(remaining) = self.remaining else {
+            return Ok(None);
+        };
+        let amount_of = |n: i64| {
+            u64::try_from(n)
+                .ok()
+                .filter(|n| *n <= MAX_CREDITS)
+                .ok_or_else(|| bad("a count is out of range"))
+        };
+        let refill = match (&self.refill_amount, &self.refill_interval, self.refill_day) {
+            (None, None, None) => None,
+            (Some(amount), Some(interval), day) => {
+                let amount = amount_of(*amount)?;
+                let interval: RefillInterval = interval
+                    .parse()
+                    .map_err(|_| bad("the refill interval is unknown"))?;
+                let refill = match interval {
+                    RefillInterval::Daily => Refill::daily(amount),
+                    RefillInterval::Monthly => {
+                        let day = day
+                            .and_then(|d| u8::try_from(d).ok())
+                            .ok_or_else(|| bad("the refill day is out of range"))?;
+                        Refill::monthly(amount, day)
+                    }
+                };
+                Some(refill.map_err(|e| bad(&e.to_string()))?)
+            }
+            _ => return Err(bad("the refill is incomplete")),
+        };
+        let mut credits = Credits::new(amount_of(remaining)?).map_err(|e| bad(&e.to_string()))?;
+        if let Some(refill) = refill {
+            credits = credits.with_refill(refill);
+        }
+        let refilled_at = self
+            .refilled_at
+            .ok_or_else(|| bad("the refill time is missing"))?;
+        let generation =
+            u64::try_from(self.generation).map_err(|_| bad("the generation is negative"))?;
+        Ok(Some(CreditState {
+            credits,
+            refilled_at,
+            generation,
+        }))
+    }
+}
+
+/// A count (credits at most [`MAX_CREDITS`], a generation) as a column.
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +245,94 @@ mod tests {
             let (name, version) = scheme_columns(scheme).unwrap();
             let back = stored_hash(Some(&[7; 32]), Some(name), version).unwrap();
             assert_eq!(back, Some(hash));
+        }
+    }
+
+    #[test]
+    fn limits_and_credits_round_trip_through_their_columns() {
+        let limits: Vec<RateLimit> = vec!["5/1s".parse().unwrap(), "9/1d,burst=2".parse().unwrap()];
+        let text = limits_text(&limits);
+        assert_eq!(text, "5/1s 9/1d,burst=2");
+        assert_eq!(parse_limits(&text, "key x").unwrap(), limits);
+        assert!(parse_limits("", "key x").unwrap().is_empty());
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(86_400);
+        let id = KeyId::random().unwrap();
+        for credits in [
+            Credits::new(7).unwrap(),
+            Credits::new(0)
+                .unwrap()
+                .with_refill(Refill::daily(MAX_CREDITS).unwrap()),
+            Credits::new(MAX_CREDITS)
+                .unwrap()
+                .with_refill(Refill::monthly(3, 31).unwrap()),
+        ] {
+            let state = CreditState::set(credits, at, 41);
+            assert_eq!(
+                CreditColumns::of(Some(&state)).state(id).unwrap(),
+                Some(state)
+            );
+        }
+        assert_eq!(CreditColumns::of(None).state(id).unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_limits_and_credits_are_errors_naming_their_owner() {
+        let id = KeyId::random().unwrap();
+        for text in ["5/1s  x", "5/0s", "5/1s,burst"] {
+            let e = parse_limits(text, format!("key {id}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&id.to_string()), "{e}");
+        }
+        let at = SystemTime::UNIX_EPOCH;
+        let good = CreditColumns::of(Some(&CreditState::set(
+            Credits::new(1)
+                .unwrap()
+                .with_refill(Refill::monthly(3, 5).unwrap()),
+            at,
+            0,
+        )));
+        let broken = [
+            CreditColumns {
+                remaining: Some(-1),
+                ..good.clone()
+            },
+            CreditColumns {
+                remaining: Some(i64::MAX),
+                ..good.clone()
+            },
+            CreditColumns {
+                refill_amount: None,
+                ..good.clone()
+            },
+            CreditColumns {
+                refill_interval: Some("weekly".into()),
+                ..good.clone()
+            },
+            CreditColumns {
+                refill_day: Some(0),
+                ..good.clone()
+            },
+            CreditColumns {
+                refill_day: None,
+                ..good.clone()
+            },
+            CreditColumns {
+                refill_day: Some(300),
+                ..good.clone()
+            },
+            CreditColumns {
+                refilled_at: None,
+                ..good.clone()
+            },
+            CreditColumns {
+                generation: -1,
+                ..good.clone()
+            },
+        ];
+        for columns in broken {
+            let e = columns.state(id).unwrap_err().to_string();
+            assert!(e.contains(&id.to_string()), "{columns:?}: {e}");
         }
     }
 

@@ -1,7 +1,6 @@
 //! Rate limits and credits in the stores: what a key carries, what its
 //! service account carries, and credit leases (issue 14).
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tower_api_key::cache::{CacheConfig, CachedVerifier, Source};
@@ -73,6 +72,7 @@ pub async fn limits_and_credits_round_trip_through_every_read<F: StoreFactory>(f
     assert_eq!(created.record.rate_limits, two_limits());
     assert_eq!(created.record.credits, Some(credits));
     assert!(created.record.account_rate_limits.is_empty());
+    clock.advance(Duration::from_secs(1));
     let plain = store.create(NewKey::new("sa-limits")).await.unwrap();
     assert!(plain.record.rate_limits.is_empty());
     assert_eq!(plain.record.credits, None);
@@ -503,27 +503,13 @@ pub async fn concurrent_leases_grant_exactly_the_credits<F: StoreFactory>(f: &F)
         .create(NewKey::new("sa-race").with_credits(Credits::new(137).unwrap()))
         .await
         .unwrap();
-    let id = created.record.key_id;
-    let now = clock.now();
-    let start = Arc::new(tokio::sync::Barrier::new(200));
-    let tasks: Vec<_> = (0..200)
-        .map(|_| {
-            let store = store.clone();
-            let start = start.clone();
-            tokio::spawn(async move {
-                start.wait().await;
-                store.lease_credits(id, 10, now).await
-            })
-        })
-        .collect();
-    let mut granted = 0;
-    for task in tasks {
-        let lease = task.await.unwrap().unwrap().expect("the key has credits");
-        assert!(lease.granted <= 10);
-        granted += lease.granted;
-    }
-    assert_eq!(granted, 137, "every credit granted once, none twice");
-    assert_eq!(remaining(&store, id).await, Some(0));
+    super::concurrent_leases_grant_exactly_the_credits(
+        &[store],
+        created.record.key_id,
+        137,
+        clock.now(),
+    )
+    .await;
 }
 
 pub async fn returns_add_back_only_within_the_generation<F: StoreFactory>(f: &F) {
@@ -579,6 +565,39 @@ pub async fn returns_add_back_only_within_the_generation<F: StoreFactory>(f: &F)
         .await
         .unwrap();
     assert_eq!(remaining(&store, id).await, Some(MAX_CREDITS));
+
+    // Credits removed and given again start a later generation still: a
+    // lease from before the removal adds nothing.
+    let other = store
+        .create(NewKey::new("sa-return").with_credits(Credits::new(8).unwrap()))
+        .await
+        .unwrap()
+        .record
+        .key_id;
+    let old = store
+        .lease_credits(other, 1, clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((old.generation, old.remaining), (0, 7));
+    for credits in [None, Some(Credits::new(5).unwrap())] {
+        store
+            .update(other, KeyUpdate::default().with_credits(credits))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    store
+        .return_credits(other, old.generation, 1)
+        .await
+        .unwrap();
+    assert_eq!(remaining(&store, other).await, Some(5));
+    let new = store
+        .lease_credits(other, 1, clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(new.generation > old.generation);
 }
 
 pub async fn credits_refill_at_midnight_utc_once_per_due_time<F: StoreFactory>(f: &F) {

@@ -471,6 +471,45 @@ pub async fn concurrent_creates_respect_the_limit<S: KeyStore + Clone>(stores: &
     assert_eq!(stored, created);
 }
 
+/// 200 leases of up to 10 credits at once, spread over `stores` (handles on
+/// one store's keys), each on a task of its own released together, racing
+/// for the `credits` of key `id`: every credit is granted exactly once, none
+/// twice, and none is left.
+pub async fn concurrent_leases_grant_exactly_the_credits<S: KeyStore + Clone>(
+    stores: &[S],
+    id: KeyId,
+    credits: u64,
+    now: SystemTime,
+) {
+    let start = Arc::new(tokio::sync::Barrier::new(200));
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = stores[i % stores.len()].clone();
+            let start = start.clone();
+            tokio::spawn(async move {
+                start.wait().await;
+                store.lease_credits(id, 10, now).await
+            })
+        })
+        .collect();
+    let mut granted = 0;
+    let mut empty = 0;
+    for task in tasks {
+        let lease = task
+            .await
+            .expect("the lease task ran")
+            .expect("the lease is answered")
+            .expect("the key has credits");
+        assert!(lease.granted <= 10, "{lease:?}");
+        granted += lease.granted;
+        empty += usize::from(lease.granted == 0);
+    }
+    assert_eq!(granted, credits, "every credit granted once, none twice");
+    assert!(empty > 0, "some leases found nothing left");
+    let left = stores[0].get(id).await.unwrap().expect("the key exists");
+    assert_eq!(left.record.credits.map(|c| c.remaining()), Some(0));
+}
+
 /// The two peppers of the rotation tests: version 1, then version 2.
 pub fn peppers() -> (Pepper, Pepper) {
     (

@@ -25,6 +25,7 @@ use crate::store::schema::{Migration, MigrationReport};
 const MIGRATIONS: &[Migration] = &[
     Migration::new(1, "keys", include_str!("migrations/0001_keys.sql")),
     Migration::new(2, "revoked", include_str!("migrations/0002_revoked.sql")),
+    Migration::new(3, "limits", include_str!("migrations/0003_limits.sql")),
 ];
 
 /// Every migration this version of the crate knows, oldest first.

@@ -106,17 +106,20 @@ pub use listener::ListenerStatus;
 pub use migrations::migrations;
 
 use super::page_token::{page_token, parse_page_token};
-use super::schema::{scheme_columns, stored_hash, MigrationReport};
+use super::schema::{
+    limits_text, parse_limits, scheme_columns, stored_hash, CreditColumns, MigrationReport,
+};
 use super::{
-    check_expiry, check_import, check_new, export_page_size, fill_page, hint_of, import_conflict,
-    import_revoked, latest_time, verified, CreatedKey, Imported, KeyInfo, KeyPage, KeyStore,
-    KeyUpdate, ListRequest, NewKey, PreviousHash, StoreError, StoredKey,
-    DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    check_account, check_account_limits, check_import, check_new, check_update, export_page_size,
+    fill_page, hint_of, import_conflict, import_revoked, latest_time, no_credits, verified,
+    CreatedKey, CreditState, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey,
+    PreviousHash, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
 use crate::invalidation::{Invalidation, Invalidations};
 use crate::key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
+use crate::limits::{CreditLease, Credits, RateLimit, MAX_CREDITS};
 use crate::record::KeyRecord;
 use crate::scope::ScopeSet;
 use crate::verifier::{Verifier, VerifierError};
@@ -152,9 +155,26 @@ const REVOKED: &str = "tower_api_key_revoked";
 /// ("takc" in ASCII); the second is a hash of the account.
 const CREATE_LOCK_CLASS: i32 = 0x7461_6b63;
 
-/// What the management API shows of a key.
+/// The rate limits service accounts share.
+const ACCOUNT_LIMITS: &str = "tower_api_key_account_limits";
+
+/// A key's credit columns.
+const CREDIT_COLUMNS: &str = "credits_remaining, credits_refill_amount, credits_refill_interval, \
+     credits_refill_day, credits_refilled_at, credits_generation";
+
+/// What the management API shows of a key, its limits and credits included.
 const INFO_COLUMNS: &str = "key_id, service_account_id, scopes, description, created_at, \
-     expires_at, last_used_at, hint";
+     expires_at, last_used_at, hint, rate_limits, credits_remaining, credits_refill_amount, \
+     credits_refill_interval, credits_refill_day, credits_refilled_at, credits_generation";
+
+/// The account limits of the key row `alias` (the key table, or a CTE over
+/// it), read in the same statement as the key.
+fn account_limits_column(alias: &str) -> String {
+    format!(
+        "(SELECT a.rate_limits FROM {ACCOUNT_LIMITS} AS a \
+          WHERE a.service_account_id = {alias}.service_account_id) AS account_rate_limits"
+    )
+}
 
 /// What verification needs besides.
 const HASH_COLUMNS: &str = "hash, hash_scheme, hash_pepper_version, previous_hash, \
@@ -576,11 +596,48 @@ fn record_of(row: &Row) -> Result<KeyRecord, BoxError> {
     let service_account_id: String = row.try_get("service_account_id")?;
     let scopes: Vec<String> = row.try_get("scopes")?;
     let scopes = ScopeSet::new(scopes).map_err(|e| format!("stored scopes are not valid: {e}"))?;
+    let rate_limits = parse_limits(row.try_get("rate_limits")?, format_args!("key {key_id}"))?;
+    // Read when the statement reads them ([`account_limits_column`]).
+    let account_rate_limits = if row
+        .columns()
+        .iter()
+        .any(|c| c.name() == "account_rate_limits")
+    {
+        match row.try_get::<_, Option<&str>>("account_rate_limits")? {
+            Some(text) => parse_limits(text, format_args!("the service account of key {key_id}"))?,
+            None => Vec::new(),
+        }
+    } else {
+        Vec::new()
+    };
+    let credits = credits_of(row, key_id)?.map(|state| state.credits);
     Ok(KeyRecord::new(key_id, service_account_id)
         .with_scopes(scopes)
         .with_description(row.try_get::<_, String>("description")?)
         .with_created_at(row.try_get("created_at")?)
-        .with_expires_at(row.try_get("expires_at")?))
+        .with_expires_at(row.try_get("expires_at")?)
+        .with_rate_limits(rate_limits)
+        .with_account_rate_limits(account_rate_limits)
+        .with_credits(credits))
+}
+
+/// The credit state in a row's credit columns.
+fn credits_of(row: &Row, id: KeyId) -> Result<Option<CreditState>, BoxError> {
+    CreditColumns {
+        remaining: row.try_get("credits_remaining")?,
+        refill_amount: row.try_get("credits_refill_amount")?,
+        refill_interval: row.try_get("credits_refill_interval")?,
+        refill_day: row.try_get("credits_refill_day")?,
+        refilled_at: row.try_get("credits_refilled_at")?,
+        generation: row.try_get("credits_generation")?,
+    }
+    .state(id)
+}
+
+/// `n` credits as a column value: at most [`MAX_CREDITS`], so sums of two
+/// never overflow.
+fn credit_count(n: u64) -> i64 {
+    i64::try_from(n.min(MAX_CREDITS)).unwrap_or(i64::MAX)
 }
 
 fn info_of(row: &Row) -> Result<KeyInfo, BoxError> {
@@ -638,11 +695,13 @@ impl Verifier for PgKeyStore {
         // holds, against the current and the previous hash (placeholders
         // when absent). Neither the database's answer nor the work done
         // tells which key ids exist or which scheme their hashes use.
+        // The key's account's limits come in the same row.
         static SQL: LazyLock<String> = LazyLock::new(|| {
             format!(
-                "SELECT {INFO_COLUMNS}, {HASH_COLUMNS}
+                "SELECT {INFO_COLUMNS}, {HASH_COLUMNS}, {}
                    FROM (VALUES (1)) AS one(x)
-                   LEFT JOIN {TABLE} ON key_id = $1"
+                   LEFT JOIN {TABLE} ON key_id = $1",
+                account_limits_column(TABLE)
             )
         });
         let candidates = self.inner.hasher.candidates(key);
@@ -698,6 +757,86 @@ impl Verifier for PgKeyStore {
     fn key_format(&self) -> Option<KeyFormat> {
         Some(self.inner.format)
     }
+
+    async fn lease_credits(
+        &self,
+        id: KeyId,
+        want: u64,
+        now: SystemTime,
+    ) -> Result<Option<CreditLease>, VerifierError> {
+        let select = format!("SELECT {CREDIT_COLUMNS} FROM {TABLE} WHERE key_id = $1 FOR UPDATE");
+        let write = format!(
+            "UPDATE {TABLE} SET credits_remaining = $2, credits_refilled_at = $3,
+                 credits_generation = $4
+              WHERE key_id = $1"
+        );
+        let mut client = self
+            .inner
+            .pool
+            .get()
+            .await
+            .map_err(VerifierError::backend)?;
+        let lease = async {
+            // The row lock orders leases from every replica: each reads what
+            // the one before it left.
+            let tx = client.transaction().await?;
+            let select = tx.prepare_cached(&select).await?;
+            let Some(row) = tx.query_opt(&select, &[&id.as_str()]).await? else {
+                return Ok(None);
+            };
+            let Some(mut state) = credits_of(&row, id)? else {
+                return Ok(None);
+            };
+            let lease = state.lease(want, now);
+            let columns = CreditColumns::of(Some(&state));
+            let write = tx.prepare_cached(&write).await?;
+            tx.execute(
+                &write,
+                &[
+                    &id.as_str(),
+                    &columns.remaining,
+                    &columns.refilled_at.map(micros),
+                    &columns.generation,
+                ],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<_, BoxError>(Some(lease))
+        }
+        .await
+        .map_err(VerifierError::Backend)?;
+        self.database_answered();
+        Ok(lease)
+    }
+
+    async fn return_credits(
+        &self,
+        id: KeyId,
+        generation: u64,
+        amount: u64,
+    ) -> Result<(), VerifierError> {
+        let Ok(generation) = i64::try_from(generation) else {
+            // No stored generation is that large.
+            return Ok(());
+        };
+        let sql = format!(
+            "UPDATE {TABLE} SET credits_remaining = LEAST(credits_remaining + $3, $4)
+              WHERE key_id = $1 AND credits_remaining IS NOT NULL
+                AND credits_generation = $2"
+        );
+        self.query(
+            &sql,
+            &[
+                &id.as_str(),
+                &generation,
+                &credit_count(amount),
+                &credit_count(MAX_CREDITS),
+            ],
+        )
+        .await
+        .map_err(VerifierError::Backend)?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -707,22 +846,31 @@ impl KeyStore for PgKeyStore {
         let key = self.inner.format.generate()?;
         let hash = self.hash_of(&key)?;
         let (scheme, pepper) = scheme_columns(hash.scheme())?;
-        let record = KeyRecord::new(key.id(), new.service_account_id)
+        let now = self.now();
+        let credits = CreditColumns::of(new.credits.map(|c| CreditState::set(c, now, 0)).as_ref());
+        let mut record = KeyRecord::new(key.id(), new.service_account_id)
             .with_scopes(new.scopes)
             .with_description(new.description)
             .with_expires_at(new.expires_at.map(micros))
-            .with_created_at(self.now());
+            .with_created_at(now)
+            .with_rate_limits(new.rate_limits)
+            .with_credits(new.credits);
         let scopes: Vec<&str> = record.scopes.iter().map(|s| s.as_str()).collect();
+        let rate_limits = limits_text(&record.rate_limits);
         // Creates for one account take turns (an advisory lock held until
         // commit), and the count runs after the lock is taken, in a statement
         // of its own, so it sees every key committed before: no overshoot.
         let lock = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
+        // The account's limits come back with the new row, for the record.
         let insert = format!(
             "INSERT INTO {TABLE} (key_id, service_account_id, hash, hash_scheme,
-                 hash_pepper_version, scopes, description, created_at, expires_at, hint)
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10
+                 hash_pepper_version, scopes, description, created_at, expires_at, hint,
+                 rate_limits, credits_remaining, credits_refill_amount, credits_refill_interval,
+                 credits_refill_day, credits_refilled_at)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $12, $13, $14, $15, $16, $17
               WHERE (SELECT count(*) FROM {TABLE} WHERE service_account_id = $2) < $11
-             RETURNING key_id"
+             RETURNING key_id, (SELECT a.rate_limits FROM {ACCOUNT_LIMITS} AS a
+                                 WHERE a.service_account_id = $2) AS account_rate_limits"
         );
         let limit = self.inner.max_keys_per_account;
         let mut client = self.client().await?;
@@ -747,25 +895,46 @@ impl KeyStore for PgKeyStore {
                         &record.expires_at,
                         &hint_of(&key),
                         &limit,
+                        &rate_limits,
+                        &credits.remaining,
+                        &credits.refill_amount,
+                        &credits.refill_interval,
+                        &credits.refill_day,
+                        &credits.refilled_at,
                     ],
                 )
                 .await?;
+            let Some(row) = rows.first() else {
+                return Ok(None);
+            };
+            // Checked before the commit: nothing fails after it.
+            let account_limits = match row.try_get::<_, Option<&str>>("account_rate_limits")? {
+                Some(text) => parse_limits(
+                    text,
+                    format_args!("the service account of key {}", key.id()),
+                )?,
+                None => Vec::new(),
+            };
             tx.commit().await?;
             self.database_answered();
-            Ok::<_, BoxError>(!rows.is_empty())
+            Ok::<_, BoxError>(Some(account_limits))
         }
         .await
         .map_err(collision_or_backend)?;
-        if !inserted {
+        let Some(account_limits) = inserted else {
             return Err(StoreError::KeyLimitReached {
                 limit: usize::try_from(limit).unwrap_or(usize::MAX),
             });
-        }
+        };
+        record.account_rate_limits = account_limits;
         Ok(CreatedKey { record, key })
     }
 
     async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError> {
-        let sql = format!("SELECT {INFO_COLUMNS} FROM {TABLE} WHERE key_id = $1");
+        let sql = format!(
+            "SELECT {INFO_COLUMNS}, {} FROM {TABLE} WHERE key_id = $1",
+            account_limits_column(TABLE)
+        );
         let rows = self
             .query(&sql, &[&id.as_str()])
             .await
@@ -784,10 +953,11 @@ impl KeyStore for PgKeyStore {
         let rows = match &page.page_token {
             None => {
                 let sql = format!(
-                    "SELECT {INFO_COLUMNS} FROM {TABLE}
+                    "SELECT {INFO_COLUMNS}, {} FROM {TABLE}
                       WHERE service_account_id = $1
                       ORDER BY created_at, key_id
-                      LIMIT $2"
+                      LIMIT $2",
+                    account_limits_column(TABLE)
                 );
                 self.query(&sql, &[&service_account_id, &limit])
                     .await
@@ -811,11 +981,12 @@ impl KeyStore for PgKeyStore {
                     (next, "")
                 };
                 let sql = format!(
-                    "SELECT {INFO_COLUMNS} FROM {TABLE}
+                    "SELECT {INFO_COLUMNS}, {} FROM {TABLE}
                       WHERE service_account_id = $1
                         AND (created_at, key_id) > ($2, $3)
                       ORDER BY created_at, key_id
-                      LIMIT $4"
+                      LIMIT $4",
+                    account_limits_column(TABLE)
                 );
                 self.query(&sql, &[&service_account_id, &at, &id, &limit])
                     .await
@@ -833,9 +1004,18 @@ impl KeyStore for PgKeyStore {
     }
 
     async fn update(&self, id: KeyId, update: KeyUpdate) -> Result<Option<KeyInfo>, StoreError> {
-        if let Some(expires_at) = update.expires_at {
-            check_expiry(expires_at, self.inner.clock.now())?;
-        }
+        check_update(&update, self.inner.clock.now())?;
+        let rate_limits = update.rate_limits.as_deref().map(limits_text);
+        let set_credits = update.credits.is_some();
+        // A new setting (or none) starts a new generation: the statement
+        // adds 1 to the stored one.
+        let credits = CreditColumns::of(
+            update
+                .credits
+                .flatten()
+                .map(|c| CreditState::set(c, self.now(), 0))
+                .as_ref(),
+        );
         let scopes: Option<Vec<&str>> = update
             .scopes
             .as_ref()
@@ -849,10 +1029,26 @@ impl KeyStore for PgKeyStore {
                  UPDATE {TABLE} SET
                      description = COALESCE($2::text, description),
                      scopes = COALESCE($3::text[], scopes),
-                     expires_at = CASE WHEN $4::boolean THEN $5::timestamptz ELSE expires_at END
+                     expires_at = CASE WHEN $4::boolean THEN $5::timestamptz ELSE expires_at END,
+                     rate_limits = COALESCE($7::text, rate_limits),
+                     credits_remaining =
+                         CASE WHEN $8::boolean THEN $9::bigint ELSE credits_remaining END,
+                     credits_refill_amount =
+                         CASE WHEN $8::boolean THEN $10::bigint ELSE credits_refill_amount END,
+                     credits_refill_interval =
+                         CASE WHEN $8::boolean THEN $11::text ELSE credits_refill_interval END,
+                     credits_refill_day =
+                         CASE WHEN $8::boolean THEN $12::bigint ELSE credits_refill_day END,
+                     credits_refilled_at =
+                         CASE WHEN $8::boolean THEN $13::timestamptz ELSE credits_refilled_at END,
+                     credits_generation =
+                         CASE WHEN $8::boolean THEN credits_generation + 1
+                              ELSE credits_generation END
                   WHERE key_id = $1
               RETURNING {INFO_COLUMNS})
-             SELECT changed.*, pg_notify($6, {payload})::text AS notified FROM changed"
+             SELECT changed.*, {account}, pg_notify($6, {payload})::text AS notified
+               FROM changed",
+            account = account_limits_column("changed")
         );
         let rows = self
             .query(
@@ -864,6 +1060,13 @@ impl KeyStore for PgKeyStore {
                     &set_expiry,
                     &expires_at,
                     &self.inner.channel.as_str(),
+                    &rate_limits,
+                    &set_credits,
+                    &credits.remaining,
+                    &credits.refill_amount,
+                    &credits.refill_interval,
+                    &credits.refill_day,
+                    &credits.refilled_at,
                 ],
             )
             .await
@@ -934,7 +1137,9 @@ impl KeyStore for PgKeyStore {
                      hint = $7
                   WHERE key_id = $1
               RETURNING {INFO_COLUMNS})
-             SELECT changed.*, pg_notify($8, {payload})::text AS notified FROM changed"
+             SELECT changed.*, {account}, pg_notify($8, {payload})::text AS notified
+               FROM changed",
+            account = account_limits_column("changed")
         );
         let rows = self
             .query(
@@ -961,32 +1166,101 @@ impl KeyStore for PgKeyStore {
         Ok(Some(CreatedKey { record, key }))
     }
 
-    // PLACEHOLDER (issue 14, in progress): replaced by the store's own implementation.
-    async fn add_credits(
-        &self,
-        _id: KeyId,
-        _amount: u64,
-    ) -> Result<Option<crate::limits::Credits>, StoreError> {
-        Err(StoreError::invalid(
-            "credits are not supported by this store yet",
-        ))
+    async fn add_credits(&self, id: KeyId, amount: u64) -> Result<Option<Credits>, StoreError> {
+        // The NOTIFY is part of the statement: caches re-read the count.
+        let payload = notify_payload("changed");
+        let sql = format!(
+            "WITH changed AS (
+                 UPDATE {TABLE} SET credits_remaining = LEAST(credits_remaining + $2, $3)
+                  WHERE key_id = $1 AND credits_remaining IS NOT NULL
+              RETURNING key_id, service_account_id, {CREDIT_COLUMNS})
+             SELECT changed.*, pg_notify($4, {payload})::text AS notified FROM changed"
+        );
+        let rows = self
+            .query(
+                &sql,
+                &[
+                    &id.as_str(),
+                    &credit_count(amount),
+                    &credit_count(MAX_CREDITS),
+                    &self.inner.channel.as_str(),
+                ],
+            )
+            .await
+            .map_err(StoreError::Backend)?;
+        let Some(row) = rows.first() else {
+            // No key, or a key without credits.
+            let exists = format!("SELECT 1 FROM {TABLE} WHERE key_id = $1");
+            let rows = self
+                .query(&exists, &[&id.as_str()])
+                .await
+                .map_err(StoreError::Backend)?;
+            return if rows.is_empty() {
+                Ok(None)
+            } else {
+                Err(no_credits(id))
+            };
+        };
+        self.changed(id, row.try_get("service_account_id").ok());
+        let state = credits_of(row, id).map_err(StoreError::Backend)?;
+        Ok(state.map(|s| s.credits))
     }
 
     async fn account_rate_limits(
         &self,
-        _service_account_id: &str,
-    ) -> Result<Vec<crate::limits::RateLimit>, StoreError> {
-        Ok(Vec::new())
+        service_account_id: &str,
+    ) -> Result<Vec<RateLimit>, StoreError> {
+        check_account(service_account_id)?;
+        let sql = format!("SELECT rate_limits FROM {ACCOUNT_LIMITS} WHERE service_account_id = $1");
+        let rows = self
+            .query(&sql, &[&service_account_id])
+            .await
+            .map_err(StoreError::Backend)?;
+        let Some(row) = rows.first() else {
+            return Ok(Vec::new());
+        };
+        let text: &str = row.try_get(0).map_err(StoreError::backend)?;
+        parse_limits(text, format_args!("service account {service_account_id:?}"))
+            .map_err(StoreError::Backend)
     }
 
     async fn set_account_rate_limits(
         &self,
-        _service_account_id: &str,
-        _limits: Vec<crate::limits::RateLimit>,
+        service_account_id: &str,
+        limits: Vec<RateLimit>,
     ) -> Result<(), StoreError> {
-        Err(StoreError::invalid(
-            "account rate limits are not supported by this store yet",
-        ))
+        check_account_limits(service_account_id, &limits)?;
+        let text = limits_text(&limits);
+        // One statement: the row set or removed, and a NOTIFY for every key
+        // of the account, sent if and only if it commits.
+        let payload = notify_payload("k");
+        let sql = format!(
+            "WITH kept AS (
+                 INSERT INTO {ACCOUNT_LIMITS} (service_account_id, rate_limits)
+                 SELECT $1, $2 WHERE $2 <> ''
+                 ON CONFLICT (service_account_id) DO UPDATE SET rate_limits = EXCLUDED.rate_limits),
+                  dropped AS (
+                 DELETE FROM {ACCOUNT_LIMITS} WHERE service_account_id = $1 AND $2 = '')
+             SELECT k.key_id, pg_notify($3, {payload})::text AS notified
+               FROM {TABLE} AS k WHERE k.service_account_id = $1"
+        );
+        let rows = self
+            .query(
+                &sql,
+                &[&service_account_id, &text, &self.inner.channel.as_str()],
+            )
+            .await
+            .map_err(StoreError::Backend)?;
+        for row in &rows {
+            let id = row
+                .try_get::<_, &str>("key_id")
+                .ok()
+                .and_then(|id| KeyId::from_str(id).ok());
+            if let Some(id) = id {
+                self.changed(id, Some(service_account_id));
+            }
+        }
+        Ok(())
     }
 
     async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError> {
@@ -1037,6 +1311,15 @@ impl KeyStore for PgKeyStore {
         check_import(&key)?;
         let record = &key.info.record;
         let id = record.key_id;
+        // The credits start a generation here; the account's limits are
+        // this store's own, never an import's.
+        let credits = CreditColumns::of(
+            record
+                .credits
+                .map(|c| CreditState::set(c, self.now(), 0))
+                .as_ref(),
+        );
+        let rate_limits = limits_text(&record.rate_limits);
         let (scheme, pepper) = scheme_columns(key.hash.scheme())?;
         let (previous, previous_scheme, previous_pepper, valid_until) = match &key.previous {
             Some(p) => {
@@ -1066,8 +1349,11 @@ impl KeyStore for PgKeyStore {
             "INSERT INTO {TABLE} (key_id, service_account_id, hash, hash_scheme,
                  hash_pepper_version, previous_hash, previous_hash_scheme,
                  previous_hash_pepper_version, previous_valid_until, scopes, description,
-                 created_at, expires_at, last_used_at, hint)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+                 created_at, expires_at, last_used_at, hint, rate_limits, credits_remaining,
+                 credits_refill_amount, credits_refill_interval, credits_refill_day,
+                 credits_refilled_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                 $17, $18, $19, $20, $21)"
         );
         let last_used_at = key.info.last_used_at.map(micros);
         let limit = self.inner.max_keys_per_account;
@@ -1120,6 +1406,12 @@ impl KeyStore for PgKeyStore {
                     &record.expires_at.map(micros),
                     &last_used_at,
                     &key.info.hint,
+                    &rate_limits,
+                    &credits.remaining,
+                    &credits.refill_amount,
+                    &credits.refill_interval,
+                    &credits.refill_day,
+                    &credits.refilled_at,
                 ],
             )
             .await?;

@@ -105,17 +105,20 @@ pub use migrations::migrations;
 use self::connection::{BoxError, Connections};
 use self::watcher::Watcher;
 use super::page_token::{page_token, parse_page_token};
-use super::schema::{scheme_columns, stored_hash, MigrationReport};
+use super::schema::{
+    limits_text, parse_limits, scheme_columns, stored_hash, CreditColumns, MigrationReport,
+};
 use super::{
-    check_expiry, check_import, check_new, export_page_size, fill_page, hint_of, import_conflict,
-    import_revoked, latest_time, verified, CreatedKey, Imported, KeyInfo, KeyPage, KeyStore,
-    KeyUpdate, ListRequest, NewKey, PreviousHash, StoreError, StoredKey,
-    DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    check_account, check_account_limits, check_import, check_new, check_update, export_page_size,
+    fill_page, hint_of, import_conflict, import_revoked, latest_time, no_credits, verified,
+    CreatedKey, CreditState, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey,
+    PreviousHash, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
 use crate::invalidation::{Invalidation, Invalidations};
 use crate::key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
+use crate::limits::{CreditLease, Credits, RateLimit, MAX_CREDITS};
 use crate::record::KeyRecord;
 use crate::scope::ScopeSet;
 use crate::verifier::{Verifier, VerifierError};
@@ -126,9 +129,22 @@ const TABLE: &str = "tower_api_key_keys";
 /// The ids of revoked keys, which an import never brings back.
 const REVOKED: &str = "tower_api_key_revoked";
 
-/// What the management API shows of a key.
+/// The rate limits service accounts share.
+const ACCOUNT_LIMITS: &str = "tower_api_key_account_limits";
+
+/// What the management API shows of a key, its limits and credits included.
 const INFO_COLUMNS: &str = "key_id, service_account_id, scopes, description, created_at, \
-     expires_at, last_used_at, hint";
+     expires_at, last_used_at, hint, rate_limits, credits_remaining, credits_refill_amount, \
+     credits_refill_interval, credits_refill_day, credits_refilled_at, credits_generation";
+
+/// The key's account's limits, in a query over the key table (not in a
+/// `RETURNING`): read in the same statement as the key.
+const ACCOUNT_LIMITS_COLUMN: &str = "(SELECT a.rate_limits FROM tower_api_key_account_limits AS a \
+     WHERE a.service_account_id = tower_api_key_keys.service_account_id) AS account_rate_limits";
+
+/// A key's credit columns.
+const CREDIT_COLUMNS: &str = "credits_remaining, credits_refill_amount, credits_refill_interval, \
+     credits_refill_day, credits_refilled_at, credits_generation";
 
 /// What verification and export need besides.
 const HASH_COLUMNS: &str = "hash, hash_scheme, hash_pepper_version, previous_hash, \
@@ -458,6 +474,15 @@ fn log_change(tx: &Transaction<'_>, change: &Change, account: &str) -> rusqlite:
     Ok(())
 }
 
+/// The stored rate limits of `account`, if it has any.
+fn account_limits_text(conn: &Connection, account: &str) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached(&format!(
+        "SELECT rate_limits FROM {ACCOUNT_LIMITS} WHERE service_account_id = ?1"
+    ))?
+    .query_row([account], |row| row.get(0))
+    .optional()
+}
+
 /// `t` as microseconds since the Unix epoch, truncated toward the past;
 /// `None` beyond what an `i64` holds.
 fn to_micros(t: SystemTime) -> Option<i64> {
@@ -494,6 +519,85 @@ fn scopes_text(scopes: &ScopeSet) -> String {
     names.join(" ")
 }
 
+/// A key's credit columns as read.
+#[derive(Default)]
+struct RawCredits {
+    remaining: Option<i64>,
+    refill_amount: Option<i64>,
+    refill_interval: Option<String>,
+    refill_day: Option<i64>,
+    refilled_at: Option<i64>,
+    generation: i64,
+}
+
+impl RawCredits {
+    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            remaining: row.get("credits_remaining")?,
+            refill_amount: row.get("credits_refill_amount")?,
+            refill_interval: row.get("credits_refill_interval")?,
+            refill_day: row.get("credits_refill_day")?,
+            refilled_at: row.get("credits_refilled_at")?,
+            generation: row.get("credits_generation")?,
+        })
+    }
+
+    /// The columns of `state`; its generation is the one given.
+    fn of(state: Option<&CreditState>) -> Result<Self, StoreError> {
+        let columns = CreditColumns::of(state);
+        Ok(Self {
+            remaining: columns.remaining,
+            refill_amount: columns.refill_amount,
+            refill_interval: columns.refill_interval,
+            refill_day: columns.refill_day,
+            refilled_at: columns.refilled_at.map(micros_or_invalid).transpose()?,
+            generation: columns.generation,
+        })
+    }
+
+    fn state(&self, id: KeyId) -> Result<Option<CreditState>, BoxError> {
+        CreditColumns {
+            remaining: self.remaining,
+            refill_amount: self.refill_amount,
+            refill_interval: self.refill_interval.clone(),
+            refill_day: self.refill_day,
+            refilled_at: self.refilled_at.map(time_of).transpose()?,
+            generation: self.generation,
+        }
+        .state(id)
+    }
+}
+
+/// A key's limit and credit columns, to write.
+struct LimitColumns {
+    rate_limits: String,
+    credits: RawCredits,
+}
+
+impl LimitColumns {
+    /// Sets them on the row of `key_id`, generation included.
+    fn write(&self, tx: &Transaction<'_>, key_id: &str) -> rusqlite::Result<()> {
+        let c = &self.credits;
+        tx.prepare_cached(&format!(
+            "UPDATE {TABLE} SET rate_limits = ?2, credits_remaining = ?3,
+                 credits_refill_amount = ?4, credits_refill_interval = ?5,
+                 credits_refill_day = ?6, credits_refilled_at = ?7, credits_generation = ?8
+              WHERE key_id = ?1"
+        ))?
+        .execute((
+            key_id,
+            &self.rate_limits,
+            c.remaining,
+            c.refill_amount,
+            &c.refill_interval,
+            c.refill_day,
+            c.refilled_at,
+            c.generation,
+        ))?;
+        Ok(())
+    }
+}
+
 /// A key's row as read, before checking: what crosses back from the
 /// blocking pool.
 struct RawInfo {
@@ -505,10 +609,19 @@ struct RawInfo {
     expires_at: Option<i64>,
     last_used_at: Option<i64>,
     hint: String,
+    rate_limits: String,
+    credits: RawCredits,
+    /// The account's limits, when the query read them
+    /// ([`ACCOUNT_LIMITS_COLUMN`]) or they were read beside it.
+    account_rate_limits: Option<String>,
 }
 
 impl RawInfo {
     fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+        let account_rate_limits = match row.get("account_rate_limits") {
+            Err(rusqlite::Error::InvalidColumnName(_)) => None,
+            other => other?,
+        };
         Ok(Self {
             key_id: row.get("key_id")?,
             service_account_id: row.get("service_account_id")?,
@@ -518,6 +631,9 @@ impl RawInfo {
             expires_at: row.get("expires_at")?,
             last_used_at: row.get("last_used_at")?,
             hint: row.get("hint")?,
+            rate_limits: row.get("rate_limits")?,
+            credits: RawCredits::read(row)?,
+            account_rate_limits,
         })
     }
 
@@ -525,11 +641,20 @@ impl RawInfo {
         let key_id = KeyId::from_str(&self.key_id).map_err(|_| "stored key id is not valid")?;
         let scopes = ScopeSet::new(self.scopes.split(' ').filter(|s| !s.is_empty()))
             .map_err(|e| format!("stored scopes are not valid: {e}"))?;
+        let rate_limits = parse_limits(&self.rate_limits, format_args!("key {key_id}"))?;
+        let account_rate_limits = match &self.account_rate_limits {
+            Some(text) => parse_limits(text, format_args!("the service account of key {key_id}"))?,
+            None => Vec::new(),
+        };
+        let credits = self.credits.state(key_id)?.map(|state| state.credits);
         Ok(KeyRecord::new(key_id, self.service_account_id.as_str())
             .with_scopes(scopes)
             .with_description(self.description.clone())
             .with_created_at(time_of(self.created_at)?)
-            .with_expires_at(self.expires_at.map(time_of).transpose()?))
+            .with_expires_at(self.expires_at.map(time_of).transpose()?)
+            .with_rate_limits(rate_limits)
+            .with_account_rate_limits(account_rate_limits)
+            .with_credits(credits))
     }
 
     fn info(&self) -> Result<KeyInfo, BoxError> {
@@ -619,8 +744,11 @@ impl Verifier for SqliteKeyStore {
         let id = key.id().to_string();
         let row = self
             .run(move |conn| {
-                let sql =
-                    format!("SELECT {INFO_COLUMNS}, {HASH_COLUMNS} FROM {TABLE} WHERE key_id = ?1");
+                // The key's account's limits in the same statement.
+                let sql = format!(
+                    "SELECT {INFO_COLUMNS}, {HASH_COLUMNS}, {ACCOUNT_LIMITS_COLUMN}
+                       FROM {TABLE} WHERE key_id = ?1"
+                );
                 Ok(conn
                     .prepare_cached(&sql)?
                     .query_row([id], RawKey::read)
@@ -669,6 +797,77 @@ impl Verifier for SqliteKeyStore {
     fn key_format(&self) -> Option<KeyFormat> {
         Some(self.inner.format)
     }
+
+    async fn lease_credits(
+        &self,
+        id: KeyId,
+        want: u64,
+        now: SystemTime,
+    ) -> Result<Option<CreditLease>, VerifierError> {
+        let key_id = id.to_string();
+        self.run_write(move |conn| {
+            // The write lock first: a lease in another process waits, then
+            // reads what this one left.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let raw = tx
+                .prepare_cached(&format!(
+                    "SELECT {CREDIT_COLUMNS} FROM {TABLE} WHERE key_id = ?1"
+                ))?
+                .query_row([&key_id], RawCredits::read)
+                .optional()?;
+            let Some(mut state) = raw.map(|raw| raw.state(id)).transpose()?.flatten() else {
+                return Ok(None);
+            };
+            let lease = state.lease(want, now);
+            let columns = RawCredits::of(Some(&state))?;
+            tx.prepare_cached(&format!(
+                "UPDATE {TABLE} SET credits_remaining = ?2, credits_refilled_at = ?3,
+                     credits_generation = ?4
+                  WHERE key_id = ?1"
+            ))?
+            .execute((
+                &key_id,
+                columns.remaining,
+                columns.refilled_at,
+                columns.generation,
+            ))?;
+            tx.commit()?;
+            Ok(Some(lease))
+        })
+        .await
+        .map_err(VerifierError::Backend)
+    }
+
+    async fn return_credits(
+        &self,
+        id: KeyId,
+        generation: u64,
+        amount: u64,
+    ) -> Result<(), VerifierError> {
+        let Ok(generation) = i64::try_from(generation) else {
+            // No stored generation is that large.
+            return Ok(());
+        };
+        let key_id = id.to_string();
+        let amount = credit_count(amount);
+        self.run_write(move |conn| {
+            conn.prepare_cached(&format!(
+                "UPDATE {TABLE} SET credits_remaining = min(credits_remaining + ?3, ?4)
+                  WHERE key_id = ?1 AND credits_remaining IS NOT NULL
+                    AND credits_generation = ?2"
+            ))?
+            .execute((&key_id, generation, amount, credit_count(MAX_CREDITS)))?;
+            Ok(())
+        })
+        .await
+        .map_err(VerifierError::Backend)
+    }
+}
+
+/// `n` credits as a column value: at most [`MAX_CREDITS`], so sums of two
+/// never overflow.
+fn credit_count(n: u64) -> i64 {
+    i64::try_from(n.min(MAX_CREDITS)).unwrap_or(i64::MAX)
 }
 
 #[async_trait]
@@ -681,11 +880,21 @@ impl KeyStore for SqliteKeyStore {
         let (created_at, created_micros) = self.now()?;
         let expires_micros = new.expires_at.map(micros_or_invalid).transpose()?;
         let expires_at = expires_micros.and_then(from_micros);
-        let record = KeyRecord::new(key.id(), new.service_account_id)
+        let limits = LimitColumns {
+            rate_limits: limits_text(&new.rate_limits),
+            credits: RawCredits::of(
+                new.credits
+                    .map(|c| CreditState::set(c, created_at, 0))
+                    .as_ref(),
+            )?,
+        };
+        let mut record = KeyRecord::new(key.id(), new.service_account_id)
             .with_scopes(new.scopes)
             .with_description(new.description)
             .with_expires_at(expires_at)
-            .with_created_at(created_at);
+            .with_created_at(created_at)
+            .with_rate_limits(new.rate_limits)
+            .with_credits(new.credits);
         let row = (
             key.id().to_string(),
             record.service_account_id.to_string(),
@@ -699,6 +908,7 @@ impl KeyStore for SqliteKeyStore {
             hint_of(&key),
         );
         let limit = self.inner.max_keys_per_account;
+        let id = key.id();
         let inserted = self
             .run_write(move |conn| {
                 // The write lock first, then the count: a create in another
@@ -710,24 +920,35 @@ impl KeyStore for SqliteKeyStore {
                     ))?
                     .query_row([&row.1], |r| r.get(0))?;
                 if held >= limit {
-                    return Ok(false);
+                    return Ok(None);
                 }
+                // The account's limits, for the record returned; checked
+                // before anything is written.
+                let key_id = row.0.clone();
+                let account_limits = match account_limits_text(&tx, &row.1)? {
+                    Some(text) => {
+                        parse_limits(&text, format_args!("the service account of key {id}"))?
+                    }
+                    None => Vec::new(),
+                };
                 tx.prepare_cached(&format!(
                     "INSERT INTO {TABLE} (key_id, service_account_id, hash, hash_scheme,
                          hash_pepper_version, scopes, description, created_at, expires_at, hint)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
                 ))?
                 .execute(row)?;
+                limits.write(&tx, &key_id)?;
                 tx.commit()?;
-                Ok(true)
+                Ok(Some(account_limits))
             })
             .await
             .map_err(collision_or_backend)?;
-        if !inserted {
+        let Some(account_limits) = inserted else {
             return Err(StoreError::KeyLimitReached {
                 limit: usize::try_from(limit).unwrap_or(usize::MAX),
             });
-        }
+        };
+        record.account_rate_limits = account_limits;
         Ok(CreatedKey { record, key })
     }
 
@@ -735,7 +956,9 @@ impl KeyStore for SqliteKeyStore {
         let id = id.to_string();
         let raw = self
             .run(move |conn| {
-                let sql = format!("SELECT {INFO_COLUMNS} FROM {TABLE} WHERE key_id = ?1");
+                let sql = format!(
+                    "SELECT {INFO_COLUMNS}, {ACCOUNT_LIMITS_COLUMN} FROM {TABLE} WHERE key_id = ?1"
+                );
                 Ok(conn
                     .prepare_cached(&sql)?
                     .query_row([id], RawInfo::read)
@@ -780,7 +1003,7 @@ impl KeyStore for SqliteKeyStore {
                 let rows = match after {
                     None => {
                         let sql = format!(
-                            "SELECT {INFO_COLUMNS} FROM {TABLE}
+                            "SELECT {INFO_COLUMNS}, {ACCOUNT_LIMITS_COLUMN} FROM {TABLE}
                               WHERE service_account_id = ?1
                               ORDER BY created_at, key_id
                               LIMIT ?2"
@@ -791,7 +1014,7 @@ impl KeyStore for SqliteKeyStore {
                     }
                     Some((at, id)) => {
                         let sql = format!(
-                            "SELECT {INFO_COLUMNS} FROM {TABLE}
+                            "SELECT {INFO_COLUMNS}, {ACCOUNT_LIMITS_COLUMN} FROM {TABLE}
                               WHERE service_account_id = ?1
                                 AND (created_at, key_id) > (?2, ?3)
                               ORDER BY created_at, key_id
@@ -820,10 +1043,8 @@ impl KeyStore for SqliteKeyStore {
     }
 
     async fn update(&self, id: KeyId, update: KeyUpdate) -> Result<Option<KeyInfo>, StoreError> {
-        if let Some(expires_at) = update.expires_at {
-            check_expiry(expires_at, self.inner.clock.now())?;
-        }
-        let (_, now) = self.now()?;
+        check_update(&update, self.inner.clock.now())?;
+        let (now_at, now) = self.now()?;
         let change = self.change(id, now);
         let description = update.description;
         let scopes = update.scopes.as_ref().map(scopes_text);
@@ -833,37 +1054,76 @@ impl KeyStore for SqliteKeyStore {
             .flatten()
             .map(micros_or_invalid)
             .transpose()?;
-        let raw = self
+        let rate_limits = update.rate_limits.as_deref().map(limits_text);
+        let set_credits = update.credits.is_some();
+        // A new setting (or none) starts a new generation: the statement
+        // adds 1 to the stored one.
+        let credits = RawCredits::of(
+            update
+                .credits
+                .flatten()
+                .map(|c| CreditState::set(c, now_at, 0))
+                .as_ref(),
+        )?;
+        let info = self
             .run_write(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let sql = format!(
                     "UPDATE {TABLE} SET
                          description = coalesce(?2, description),
                          scopes = coalesce(?3, scopes),
-                         expires_at = CASE WHEN ?4 THEN ?5 ELSE expires_at END
+                         expires_at = CASE WHEN ?4 THEN ?5 ELSE expires_at END,
+                         rate_limits = coalesce(?6, rate_limits),
+                         credits_remaining = CASE WHEN ?7 THEN ?8 ELSE credits_remaining END,
+                         credits_refill_amount =
+                             CASE WHEN ?7 THEN ?9 ELSE credits_refill_amount END,
+                         credits_refill_interval =
+                             CASE WHEN ?7 THEN ?10 ELSE credits_refill_interval END,
+                         credits_refill_day = CASE WHEN ?7 THEN ?11 ELSE credits_refill_day END,
+                         credits_refilled_at =
+                             CASE WHEN ?7 THEN ?12 ELSE credits_refilled_at END,
+                         credits_generation =
+                             CASE WHEN ?7 THEN credits_generation + 1 ELSE credits_generation END
                       WHERE key_id = ?1
                   RETURNING {INFO_COLUMNS}"
                 );
                 let raw = tx
                     .prepare_cached(&sql)?
                     .query_row(
-                        (&change.key_id, description, scopes, set_expiry, expires_at),
+                        (
+                            &change.key_id,
+                            description,
+                            scopes,
+                            set_expiry,
+                            expires_at,
+                            rate_limits,
+                            set_credits,
+                            credits.remaining,
+                            credits.refill_amount,
+                            credits.refill_interval,
+                            credits.refill_day,
+                            credits.refilled_at,
+                        ),
                         RawInfo::read,
                     )
                     .optional()?;
-                if let Some(raw) = &raw {
-                    log_change(&tx, &change, &raw.service_account_id)?;
-                }
+                let Some(mut raw) = raw else {
+                    return Ok(None);
+                };
+                raw.account_rate_limits = account_limits_text(&tx, &raw.service_account_id)?;
+                // Checked before the commit: nothing fails after it.
+                let info = raw.info()?;
+                log_change(&tx, &change, &raw.service_account_id)?;
                 tx.commit()?;
-                Ok(raw)
+                Ok(Some(info))
             })
             .await
             .map_err(StoreError::Backend)?;
-        let Some(raw) = raw else {
+        let Some(info) = info else {
             return Ok(None);
         };
-        self.changed(id, &raw.service_account_id);
-        raw.info().map(Some).map_err(StoreError::Backend)
+        self.changed(id, &info.record.service_account_id);
+        Ok(Some(info))
     }
 
     async fn revoke(&self, id: KeyId) -> Result<bool, StoreError> {
@@ -918,7 +1178,7 @@ impl KeyStore for SqliteKeyStore {
         let change = self.change(id, now);
         let digest = *hash.digest();
         let hint = hint_of(&key);
-        let raw = self
+        let record = self
             .run_write(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 // Right-hand sides read the row as it was: the current hash
@@ -952,48 +1212,138 @@ impl KeyStore for SqliteKeyStore {
                         RawInfo::read,
                     )
                     .optional()?;
-                if let Some(raw) = &raw {
-                    log_change(&tx, &change, &raw.service_account_id)?;
-                }
+                let Some(mut raw) = raw else {
+                    return Ok(None);
+                };
+                raw.account_rate_limits = account_limits_text(&tx, &raw.service_account_id)?;
+                // Checked before the commit: nothing fails after it.
+                let record = raw.record()?;
+                log_change(&tx, &change, &raw.service_account_id)?;
                 tx.commit()?;
-                Ok(raw)
+                Ok(Some(record))
             })
             .await
             .map_err(collision_or_backend)?;
-        let Some(raw) = raw else {
+        let Some(record) = record else {
             return Ok(None);
         };
-        self.changed(id, &raw.service_account_id);
-        let record = raw.record().map_err(StoreError::Backend)?;
+        self.changed(id, &record.service_account_id);
         Ok(Some(CreatedKey { record, key }))
     }
 
-    // PLACEHOLDER (issue 14, in progress): replaced by the store's own implementation.
-    async fn add_credits(
-        &self,
-        _id: KeyId,
-        _amount: u64,
-    ) -> Result<Option<crate::limits::Credits>, StoreError> {
-        Err(StoreError::invalid(
-            "credits are not supported by this store yet",
-        ))
+    async fn add_credits(&self, id: KeyId, amount: u64) -> Result<Option<Credits>, StoreError> {
+        let (_, now) = self.now()?;
+        let change = self.change(id, now);
+        let added = self
+            .run_write(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let row = tx
+                    .prepare_cached(&format!(
+                        "SELECT service_account_id, {CREDIT_COLUMNS} FROM {TABLE} WHERE key_id = ?1"
+                    ))?
+                    .query_row([&change.key_id], |row| {
+                        Ok((row.get::<_, String>(0)?, RawCredits::read(row)?))
+                    })
+                    .optional()?;
+                let Some((account, raw)) = row else {
+                    return Ok(None);
+                };
+                let Some(mut state) = raw.state(id)? else {
+                    return Ok(Some(Err(no_credits(id))));
+                };
+                let credits = state.add(amount);
+                tx.prepare_cached(&format!(
+                    "UPDATE {TABLE} SET credits_remaining = ?2 WHERE key_id = ?1"
+                ))?
+                .execute((&change.key_id, credit_count(credits.remaining())))?;
+                // Other processes' caches re-read the count.
+                log_change(&tx, &change, &account)?;
+                tx.commit()?;
+                Ok(Some(Ok((credits, account))))
+            })
+            .await
+            .map_err(StoreError::Backend)?;
+        match added {
+            None => Ok(None),
+            Some(Err(e)) => Err(e),
+            Some(Ok((credits, account))) => {
+                self.changed(id, &account);
+                Ok(Some(credits))
+            }
+        }
     }
 
     async fn account_rate_limits(
         &self,
-        _service_account_id: &str,
-    ) -> Result<Vec<crate::limits::RateLimit>, StoreError> {
-        Ok(Vec::new())
+        service_account_id: &str,
+    ) -> Result<Vec<RateLimit>, StoreError> {
+        check_account(service_account_id)?;
+        let account = service_account_id.to_owned();
+        let text = self
+            .run(move |conn| Ok(account_limits_text(conn, &account)?))
+            .await
+            .map_err(StoreError::Backend)?;
+        match text {
+            Some(text) => parse_limits(
+                &text,
+                format_args!("service account {service_account_id:?}"),
+            )
+            .map_err(StoreError::Backend),
+            None => Ok(Vec::new()),
+        }
     }
 
     async fn set_account_rate_limits(
         &self,
-        _service_account_id: &str,
-        _limits: Vec<crate::limits::RateLimit>,
+        service_account_id: &str,
+        limits: Vec<RateLimit>,
     ) -> Result<(), StoreError> {
-        Err(StoreError::invalid(
-            "account rate limits are not supported by this store yet",
-        ))
+        check_account_limits(service_account_id, &limits)?;
+        let (_, now) = self.now()?;
+        let account = service_account_id.to_owned();
+        let text = limits_text(&limits);
+        let origin = self.inner.origin.clone();
+        let ids = self
+            .run_write(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                if text.is_empty() {
+                    tx.prepare_cached(&format!(
+                        "DELETE FROM {ACCOUNT_LIMITS} WHERE service_account_id = ?1"
+                    ))?
+                    .execute([&account])?;
+                } else {
+                    tx.prepare_cached(&format!(
+                        "INSERT INTO {ACCOUNT_LIMITS} (service_account_id, rate_limits)
+                         VALUES (?1, ?2)
+                         ON CONFLICT (service_account_id) DO UPDATE SET rate_limits = excluded.rate_limits"
+                    ))?
+                    .execute((&account, &text))?;
+                }
+                let ids: Vec<String> = tx
+                    .prepare_cached(&format!(
+                        "SELECT key_id FROM {TABLE} WHERE service_account_id = ?1"
+                    ))?
+                    .query_map([&account], |row| row.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                // Every key of the account changed for the caches of every
+                // process on the file.
+                for key_id in &ids {
+                    let change = Change {
+                        key_id: key_id.clone(),
+                        origin: origin.clone(),
+                        at: now,
+                    };
+                    log_change(&tx, &change, &account)?;
+                }
+                tx.commit()?;
+                Ok(ids)
+            })
+            .await
+            .map_err(StoreError::Backend)?;
+        for id in ids.iter().filter_map(|id| KeyId::from_str(id).ok()) {
+            self.changed(id, service_account_id);
+        }
+        Ok(())
     }
 
     async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError> {
@@ -1061,8 +1411,20 @@ impl KeyStore for SqliteKeyStore {
 
     async fn import(&self, key: StoredKey) -> Result<Imported, StoreError> {
         check_import(&key)?;
+        let (now_at, _) = self.now()?;
         let record = &key.info.record;
         let id = record.key_id;
+        // The credits start a generation here; the account's limits are
+        // this store's own, never an import's.
+        let limits = LimitColumns {
+            rate_limits: limits_text(&record.rate_limits),
+            credits: RawCredits::of(
+                record
+                    .credits
+                    .map(|c| CreditState::set(c, now_at, 0))
+                    .as_ref(),
+            )?,
+        };
         let (scheme, pepper) = scheme_columns(key.hash.scheme())?;
         let (previous, previous_scheme, previous_pepper, valid_until) = match &key.previous {
             Some(p) => {
@@ -1097,6 +1459,7 @@ impl KeyStore for SqliteKeyStore {
             key.info.hint.clone(),
         );
         let limit = self.inner.max_keys_per_account;
+        let key_id = insert.0.clone();
         self.run_write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let was_revoked = tx
@@ -1151,6 +1514,7 @@ impl KeyStore for SqliteKeyStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
             ))?
             .execute(insert)?;
+            limits.write(&tx, &key_id)?;
             tx.commit()?;
             Ok(Ok(Imported::Added))
         })
