@@ -1126,3 +1126,100 @@ async fn bad_limits_credits_and_account_requests_get_400_404_or_405_and_change_n
         .is_empty());
     assert_eq!(app.state(&accounts).await, before, "nothing changed");
 }
+
+#[tokio::test]
+async fn limit_changes_reach_the_cache_even_when_the_verifier_is_not_the_store() {
+    logs();
+    let store = MemoryStore::new();
+    // As above: only the router's own invalidations refresh the cache.
+    let lookup = store.clone();
+    let auth = Authenticator::builder(move |key: PresentedKey| {
+        let store = lookup.clone();
+        async move {
+            use tower_api_key::Verifier;
+            store.verify(&key).await
+        }
+    })
+    .positive_ttl(Duration::from_secs(3600))
+    .build();
+    // What the cached identity says the key carries.
+    let limits = |caller: Caller| async move {
+        let r = caller.record();
+        format!(
+            "own={} account={} credits={:?}",
+            r.rate_limits.len(),
+            r.account_rate_limits.len(),
+            r.credits.map(|c| c.remaining())
+        )
+    };
+    let app = Router::new()
+        .route("/limits", get(limits).route_layer(auth.any_valid_key()))
+        .nest(
+            "/admin",
+            ManagementApi::builder(store.clone(), &auth)
+                .account_access(AccountAccess::any_account())
+                .build(),
+        );
+    let client = Client::new(serve(app).await);
+    let admin = mint(&store, "sa-ops", &[management::DEFAULT_SCOPE]).await;
+    let keys: Vec<String> = [
+        mint(&store, "sa-1", &[]).await,
+        mint(&store, "sa-1", &[]).await,
+    ]
+    .into();
+    let seen = |key: &str| {
+        let key = key.to_owned();
+        let client = &client;
+        async move {
+            client
+                .send("GET", "/limits", Some(&key), None)
+                .await
+                .text()
+                .to_string()
+        }
+    };
+    for key in &keys {
+        assert_eq!(seen(key).await, "own=0 account=0 credits=None");
+    }
+    let admin_send = |method: &'static str, path: String, body: Value| {
+        let client = &client;
+        let admin = admin.clone();
+        async move { client.send(method, &path, Some(&admin), Some(body)).await }
+    };
+    let id = &keys[0][4..20];
+    let patched = admin_send(
+        "PATCH",
+        format!("/admin/keys/{id}"),
+        json!({"rate_limits": [{"limit": 1000, "period": "1s"}], "credits": {"remaining": 500}}),
+    )
+    .await;
+    assert_eq!(patched.status, 200);
+    assert!(seen(&keys[0])
+        .await
+        .starts_with("own=1 account=0 credits=Some("));
+    let topped = admin_send(
+        "POST",
+        format!("/admin/keys/{id}:addCredits"),
+        json!({"amount": 100}),
+    )
+    .await;
+    assert_eq!(topped.status, 200);
+    let credits = topped.json()["credits"]["remaining"].as_u64().unwrap();
+    assert!(credits >= 100, "{credits}");
+    assert!(seen(&keys[0])
+        .await
+        .ends_with(&format!("credits=Some({credits})")));
+    let set = admin_send(
+        "PUT",
+        "/admin/accounts/sa-1/rate-limits".into(),
+        json!({"rate_limits": [{"limit": 1000, "period": "1s"}]}),
+    )
+    .await;
+    assert_eq!(set.status, 200);
+    for key in &keys {
+        assert!(
+            seen(key).await.contains("account=1"),
+            "every key of the account"
+        );
+    }
+}
