@@ -21,8 +21,19 @@ pub struct BucketUse {
     pub cost: u64,
 }
 
+impl BucketUse {
+    /// `cost` admitted against `subject`'s bucket of `limit`.
+    pub fn new(subject: impl Into<String>, limit: RateLimit, cost: u64) -> Self {
+        Self {
+            subject: subject.into(),
+            limit,
+            cost,
+        }
+    }
+}
+
 /// Where replicas meet to share rate-limit state, for example
-/// [`PgKeyStore::rate_limit_sync`](crate::store::postgres::PgKeyStore) with
+/// [`PgKeyStore::rate_limit_sync`](crate::store::postgres::PgKeyStore::rate_limit_sync) with
 /// the `postgres` feature.
 ///
 /// For each use, the shared bucket's theoretical arrival time (TAT) becomes

@@ -260,7 +260,7 @@ pub struct KeyUpdate {
     /// New credits, replacing the count and the refill and starting a new
     /// generation (credits leased under the old one are not given back):
     /// `Some(None)` removes them. To add credits, use
-    /// [`KeyStore::add_credits`](crate::KeyStore::add_credits).
+    /// [`KeyStore::add_credits`].
     pub credits: Option<Option<Credits>>,
 }
 

@@ -87,6 +87,7 @@
 
 mod listener;
 mod migrations;
+mod rate_sync;
 
 use std::fmt;
 use std::str::FromStr;
@@ -104,6 +105,7 @@ use tokio_postgres::{NoTls, Row, Socket};
 
 pub use listener::ListenerStatus;
 pub use migrations::migrations;
+pub use rate_sync::PgRateLimitSync;
 
 use super::page_token::{page_token, parse_page_token};
 use super::schema::{
@@ -497,6 +499,13 @@ impl PgKeyStore {
         migrations::run(&mut client)
             .await
             .map_err(StoreError::backend)
+    }
+
+    /// Shares rate limits between replicas through this database (table
+    /// `tower_api_key_rate_buckets`, migration 4), on this store's pool:
+    /// pass it to [`LimitSettingsBuilder::shared`](crate::limits::LimitSettingsBuilder::shared).
+    pub fn rate_limit_sync(&self) -> PgRateLimitSync {
+        PgRateLimitSync::new(self.inner.pool.clone())
     }
 
     /// The NOTIFY channel of this store.
