@@ -266,6 +266,89 @@ async fn usage_errors_exit_2() {
         ],
         vec!["keys", "reissue", "0000000000000000", "--grace", "forever"],
         vec!["migrate", "--output", "yaml"],
+        // Limits and credits.
+        vec!["keys", "create", "--account", "sa", "--rate-limit", "5/1w"],
+        vec!["keys", "create", "--account", "sa", "--rate-limit", "0/1s"],
+        vec![
+            "keys",
+            "create",
+            "--account",
+            "sa",
+            "--rate-limit",
+            "5/1s,brust=2",
+        ],
+        vec!["keys", "create", "--account", "sa", "--refill", "daily:5"],
+        vec!["keys", "create", "--account", "sa", "--credits", "-1"],
+        vec![
+            "keys",
+            "create",
+            "--account",
+            "sa",
+            "--credits",
+            "1",
+            "--refill",
+            "weekly:5",
+        ],
+        vec![
+            "keys",
+            "create",
+            "--account",
+            "sa",
+            "--credits",
+            "1",
+            "--refill",
+            "monthly:5",
+        ],
+        vec![
+            "keys",
+            "create",
+            "--account",
+            "sa",
+            "--credits",
+            "1",
+            "--refill",
+            "monthly:5:32",
+        ],
+        vec![
+            "keys",
+            "create",
+            "--account",
+            "sa",
+            "--credits",
+            "1",
+            "--refill",
+            "daily:5:1",
+        ],
+        vec![
+            "keys",
+            "update",
+            "0000000000000000",
+            "--rate-limit",
+            "5/1s",
+            "--no-rate-limits",
+        ],
+        vec![
+            "keys",
+            "update",
+            "0000000000000000",
+            "--credits",
+            "3",
+            "--no-credits",
+        ],
+        vec!["keys", "add-credits", "0000000000000000"],
+        vec!["keys", "add-credits", "0000000000000000", "-5"],
+        vec!["keys", "add-credits", "not-a-key-id", "5"],
+        vec!["accounts", "rate-limits", "set", "sa"],
+        vec![
+            "accounts",
+            "rate-limits",
+            "set",
+            "sa",
+            "--none",
+            "--rate-limit",
+            "5/1s",
+        ],
+        vec!["accounts", "rate-limits", "get"],
     ] {
         let run = cli(args.iter().chain(&url)).run().await;
         assert_eq!(run.code, 2, "{args:?}: {run:?}");
@@ -292,6 +375,11 @@ async fn every_command_has_help_with_an_example() {
         vec!["keys", "reissue"],
         vec!["keys", "revoke"],
         vec!["keys", "check"],
+        vec!["keys", "add-credits"],
+        vec!["accounts"],
+        vec!["accounts", "rate-limits"],
+        vec!["accounts", "rate-limits", "get"],
+        vec!["accounts", "rate-limits", "set"],
     ] {
         let run = cli(command.iter().chain(&["--help"])).run().await.ok();
         assert!(run.stdout.contains("tower-api-key"), "{command:?}: {run:?}");
@@ -1116,6 +1204,7 @@ async fn export_holds_hashes_never_secrets_and_import_is_idempotent() {
             fields,
             [
                 "created_at",
+                "credits",
                 "description",
                 "expires_at",
                 "hash",
@@ -1124,6 +1213,7 @@ async fn export_holds_hashes_never_secrets_and_import_is_idempotent() {
                 "last_used_at",
                 "previous_hash",
                 "previous_valid_until",
+                "rate_limits",
                 "scopes",
                 "service_account_id"
             ]
@@ -1483,4 +1573,368 @@ async fn export_from_sqlite_then_import_into_postgres_keeps_every_key_working() 
     server.store.shutdown().await;
     db.drop_schema().await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---------------------------------------------------------------------------
+// Rate limits and credits (on a SQLite file: no server needed)
+// ---------------------------------------------------------------------------
+
+/// Runs `args` with `--output json` on the store at `url`; the parsed stdout.
+async fn json_at(url: &str, args: &[&str]) -> Value {
+    cli(args.iter().chain(&["--output", "json"]))
+        .env("DATABASE_URL", url)
+        .run()
+        .await
+        .ok()
+        .json()
+}
+
+/// A migrated SQLite file in a directory of its own; its URL.
+async fn sqlite_db(test: &str) -> (std::path::PathBuf, String) {
+    let dir = temp_dir(test);
+    let url = format!("sqlite:{}", dir.join("keys.db").display());
+    cli(["migrate"]).env("DATABASE_URL", &url).run().await.ok();
+    (dir, url)
+}
+
+#[tokio::test]
+async fn limits_and_credits_are_set_shown_topped_up_and_removed_like_the_management_api() {
+    let (dir, url) = sqlite_db("limits").await;
+    let run = |args: &[&str]| cli(args).env("DATABASE_URL", &url).run();
+
+    let created = json_at(
+        &url,
+        &[
+            "keys",
+            "create",
+            "--account",
+            "sa-1",
+            "--scope",
+            "a.read",
+            "--rate-limit",
+            "5/1s",
+            "--rate-limit",
+            "100/60s,burst=20",
+            "--credits",
+            "3",
+            "--refill",
+            "monthly:100:15",
+        ],
+    )
+    .await;
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let id = created["key"]["id"].as_str().unwrap().to_owned();
+    let limits = serde_json::json!([
+        {"limit": 5, "period": "1s", "burst": 5},
+        {"limit": 100, "period": "1m", "burst": 20}
+    ]);
+    assert_eq!(created["key"]["rate_limits"], limits);
+    assert_eq!(
+        created["key"]["credits"],
+        serde_json::json!({"remaining": 3, "refill": {"amount": 100, "interval": "monthly", "day": 15}})
+    );
+    let got = json_at(&url, &["keys", "get", &id]).await;
+    assert_eq!(got["rate_limits"], limits);
+    assert_eq!(got["credits"]["remaining"], 3);
+    let listed = json_at(&url, &["keys", "list", "--account", "sa-1"]).await;
+    assert_eq!(listed["keys"][0]["rate_limits"], limits);
+
+    // A server on the same file sees them.
+    let store = SqliteKeyStore::builder(dir.join("keys.db"))
+        .open()
+        .await
+        .unwrap();
+    let record = store.verify(&parse(&secret)).await.unwrap().unwrap();
+    assert_eq!(record.rate_limits.len(), 2);
+    assert_eq!(record.credits.map(|c| c.remaining()), Some(3));
+
+    // The table shows the text forms.
+    let table = run(&["keys", "get", &id]).await.ok();
+    assert!(table.stdout.contains("RATE LIMITS") && table.stdout.contains("CREDITS"));
+    assert!(table.stdout.contains("5/1s 100/1m,burst=20"), "{table:?}");
+    assert!(
+        table.stdout.contains("3 (monthly 100 on day 15)"),
+        "{table:?}"
+    );
+    table.never_shows(&secret);
+    let check = cli(["keys", "check"])
+        .env("DATABASE_URL", &url)
+        .stdin(secret.as_bytes())
+        .run()
+        .await
+        .ok();
+    assert!(
+        check.stdout.contains("rate limits: 5/1s 100/1m,burst=20\n"),
+        "{check:?}"
+    );
+    assert!(
+        check.stdout.contains("credits: 3 (monthly 100 on day 15)"),
+        "{check:?}"
+    );
+    let verdict = cli(["keys", "check", "-o", "json"])
+        .env("DATABASE_URL", &url)
+        .stdin(secret.as_bytes())
+        .run()
+        .await
+        .ok()
+        .json();
+    assert_eq!(verdict["rate_limits"], limits);
+    assert_eq!(verdict["credits"]["remaining"], 3);
+
+    // Top up, replace, remove.
+    let topped = run(&["keys", "add-credits", &id, "5", "-o", "json"])
+        .await
+        .ok();
+    assert_eq!(topped.json()["credits"]["remaining"], 8);
+    assert!(topped.stderr.contains("8 remaining"), "{topped:?}");
+    let updated = json_at(
+        &url,
+        &[
+            "keys",
+            "update",
+            &id,
+            "--rate-limit",
+            "1/500ms",
+            "--credits",
+            "10",
+            "--refill",
+            "daily:50",
+        ],
+    )
+    .await;
+    assert_eq!(
+        updated["rate_limits"],
+        serde_json::json!([{"limit": 1, "period": "500ms", "burst": 1}])
+    );
+    assert_eq!(
+        updated["credits"],
+        serde_json::json!({"remaining": 10, "refill": {"amount": 50, "interval": "daily", "day": 1}})
+    );
+    assert_eq!(
+        updated["scopes"],
+        serde_json::json!(["a.read"]),
+        "unchanged"
+    );
+    let removed = json_at(
+        &url,
+        &["keys", "update", &id, "--no-rate-limits", "--no-credits"],
+    )
+    .await;
+    assert_eq!(removed["rate_limits"], serde_json::json!([]));
+    assert!(removed["credits"].is_null());
+    let record = store.verify(&parse(&secret)).await.unwrap().unwrap();
+    assert!(record.rate_limits.is_empty() && record.credits.is_none());
+
+    let none = run(&["keys", "add-credits", &id, "5"]).await;
+    assert_eq!(none.code, 1, "{none:?}");
+    assert_eq!(none.stderr.lines().count(), 1, "{none:?}");
+    assert!(none.stderr.contains("no credits"), "{none:?}");
+    let unknown = run(&["keys", "add-credits", "0123456789abcdef", "5"]).await;
+    assert_eq!(unknown.code, 1);
+    assert_eq!(unknown.stderr.trim_end(), "error: no key 0123456789abcdef");
+    store.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn account_rate_limits_are_set_shown_and_removed() {
+    let (dir, url) = sqlite_db("account_limits").await;
+    let run = |args: &[&str]| cli(args).env("DATABASE_URL", &url).run();
+    let secret = {
+        let run = run(&["keys", "create", "--account", "sa-shared"])
+            .await
+            .ok();
+        run.stdout.trim_end().to_owned()
+    };
+    let get = run(&["accounts", "rate-limits", "get", "sa-shared", "-o", "json"])
+        .await
+        .ok();
+    assert_eq!(get.json(), serde_json::json!({"rate_limits": []}));
+    let empty = run(&["accounts", "rate-limits", "get", "sa-shared"])
+        .await
+        .ok();
+    assert_eq!(empty.stdout, "no rate limits\n");
+
+    let set = run(&[
+        "accounts",
+        "rate-limits",
+        "set",
+        "sa-shared",
+        "--rate-limit",
+        "2/3600s",
+        "--rate-limit",
+        "50/1d,burst=5",
+        "-o",
+        "json",
+    ])
+    .await
+    .ok();
+    let limits = serde_json::json!({"rate_limits": [
+        {"limit": 2, "period": "1h", "burst": 2},
+        {"limit": 50, "period": "1d", "burst": 5}
+    ]});
+    assert_eq!(set.json(), limits);
+    let get = run(&["accounts", "rate-limits", "get", "sa-shared", "-o", "json"])
+        .await
+        .ok();
+    assert_eq!(get.json(), limits);
+    let table = run(&["accounts", "rate-limits", "get", "sa-shared"])
+        .await
+        .ok();
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{table:?}");
+    assert!(
+        lines[1].split_whitespace().eq(["2", "1h", "2"]),
+        "{table:?}"
+    );
+    assert!(
+        lines[2].split_whitespace().eq(["50", "1d", "5"]),
+        "{table:?}"
+    );
+
+    // A server sees them on the account's keys; the key's own stay empty.
+    let store = SqliteKeyStore::builder(dir.join("keys.db"))
+        .open()
+        .await
+        .unwrap();
+    let record = store.verify(&parse(&secret)).await.unwrap().unwrap();
+    assert_eq!(record.account_rate_limits.len(), 2);
+    assert!(record.rate_limits.is_empty());
+    let key = run(&["keys", "get", id_of(&secret).as_str(), "-o", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(key["rate_limits"], serde_json::json!([]));
+    assert!(key.get("account_rate_limits").is_none());
+
+    let cleared = run(&[
+        "accounts",
+        "rate-limits",
+        "set",
+        "sa-shared",
+        "--none",
+        "-o",
+        "json",
+    ])
+    .await
+    .ok();
+    assert_eq!(cleared.json(), serde_json::json!({"rate_limits": []}));
+    assert!(cleared.stderr.contains("removed"), "{cleared:?}");
+    assert!(store
+        .account_rate_limits("sa-shared")
+        .await
+        .unwrap()
+        .is_empty());
+    store.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn invalid_limits_and_credits_are_refused_on_one_line_and_change_nothing() {
+    let (dir, url) = sqlite_db("limits_validation").await;
+    let run = |args: Vec<String>| cli(args).env("DATABASE_URL", &url).run();
+    let secret = run(vec![
+        "keys".into(),
+        "create".into(),
+        "--account".into(),
+        "sa-1".into(),
+    ])
+    .await
+    .ok()
+    .stdout
+    .trim_end()
+    .to_owned();
+    let id = id_of(&secret).to_string();
+    let nine: Vec<String> = (1..=9)
+        .flat_map(|n| ["--rate-limit".to_owned(), format!("{n}/1s")])
+        .collect();
+    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    for args in [
+        [s(&["keys", "create", "--account", "sa-1"]), nine.clone()].concat(),
+        s(&[
+            "keys",
+            "create",
+            "--account",
+            "sa-1",
+            "--rate-limit",
+            "5/1s",
+            "--rate-limit",
+            "5/1000ms",
+        ]),
+        s(&[
+            "keys",
+            "create",
+            "--account",
+            "sa-1",
+            "--credits",
+            "1000000000001",
+        ]),
+        [s(&["keys", "update", &id]), nine].concat(),
+        s(&["keys", "update", &id, "--credits", "1000000000001"]),
+        s(&["keys", "add-credits", &id, "0"]),
+        s(&["accounts", "rate-limits", "set", "sa 1", "--none"]),
+        s(&["accounts", "rate-limits", "set", &secret, "--none"]),
+        s(&["accounts", "rate-limits", "get", ""]),
+    ] {
+        let out = run(args.clone()).await;
+        assert_eq!(out.code, 1, "{args:?}: {out:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+        out.never_shows(&secret);
+    }
+    let listed = run(s(&["keys", "list", "--account", "sa-1", "-o", "json"]))
+        .await
+        .ok()
+        .json();
+    assert_eq!(listed["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["keys"][0]["rate_limits"], serde_json::json!([]));
+    assert!(listed["keys"][0]["credits"].is_null());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn export_and_import_carry_a_keys_limits_and_credits() {
+    let (from_dir, from) = sqlite_db("limits_export").await;
+    let (to_dir, to) = sqlite_db("limits_import").await;
+    let created = json_at(
+        &from,
+        &[
+            "keys",
+            "create",
+            "--account",
+            "sa-1",
+            "--rate-limit",
+            "5/1s,burst=10",
+            "--credits",
+            "7",
+            "--refill",
+            "daily:20",
+        ],
+    )
+    .await;
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let id = created["key"]["id"].as_str().unwrap().to_owned();
+    let export = cli(["export"]).env("DATABASE_URL", &from).run().await.ok();
+    export.never_shows(&secret);
+    let line: Value = serde_json::from_str(export.stdout.trim_end()).unwrap();
+    assert_eq!(
+        line["rate_limits"],
+        serde_json::json!([{"limit": 5, "period": "1s", "burst": 10}])
+    );
+    assert_eq!(
+        line["credits"],
+        serde_json::json!({"remaining": 7, "refill": {"amount": 20, "interval": "daily", "day": 1}})
+    );
+    let imported = cli(["import"])
+        .env("DATABASE_URL", &to)
+        .stdin(export.stdout.as_bytes())
+        .run()
+        .await
+        .ok();
+    assert!(imported.stderr.contains("1 added"), "{imported:?}");
+    let got = json_at(&to, &["keys", "get", &id]).await;
+    assert_eq!(got["rate_limits"], line["rate_limits"]);
+    assert_eq!(got["credits"], line["credits"]);
+    let _ = std::fs::remove_dir_all(from_dir);
+    let _ = std::fs::remove_dir_all(to_dir);
 }

@@ -11,6 +11,7 @@ use axum::Router;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use tower::ServiceExt;
+use tower_api_key::limits::{Credits, RateLimit};
 use tower_api_key::management::{self, AccountAccess, ManagementApi, ManagementApiBuilder};
 use tower_api_key::store::{KeyInfo, ListRequest, NewKey};
 use tower_api_key::KeyStore;
@@ -38,6 +39,42 @@ async fn mint(store: &MemoryStore, account: &str, scopes: &[&str]) -> String {
 
 fn id_of(key: &str) -> &str {
     &key[4..20]
+}
+
+/// How a caller's key is limited: generously, so that no request of a test
+/// is ever refused for its rate or its credits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limit {
+    /// Rate limits of its own.
+    Own,
+    /// Credits.
+    Credits,
+    /// Rate limits of its service account.
+    Account,
+}
+
+fn generous() -> RateLimit {
+    RateLimit::new(100_000, Duration::from_secs(1)).unwrap()
+}
+
+/// A key of `account` holding `scopes`, limited as `how` says.
+async fn mint_limited(store: &MemoryStore, account: &str, scopes: &[&str], how: Limit) -> String {
+    let mut new = NewKey::new(account).with_scopes(ScopeSet::new(scopes.iter().copied()).unwrap());
+    match how {
+        Limit::Own => new = new.with_rate_limits(vec![generous()]),
+        Limit::Credits => new = new.with_credits(Credits::new(1_000_000).unwrap()),
+        Limit::Account => store
+            .set_account_rate_limits(account, vec![generous()])
+            .await
+            .unwrap(),
+    }
+    store
+        .create(new)
+        .await
+        .unwrap()
+        .key
+        .expose_secret()
+        .to_owned()
 }
 
 /// A service with a translate route, a legacy route without scopes, the
@@ -388,6 +425,374 @@ async fn a_key_pasted_into_a_stored_field_is_400_and_stores_nothing() {
 }
 
 // ---------------------------------------------------------------------------
+// Limits: a key that carries rate limits or credits (its own or its
+// account's) may not lift them through the management API.
+
+/// Everything a limited caller might try, and the 403 message fragment.
+fn lifting_requests(
+    manager: &str,
+    sibling: &str,
+    narrow: &str,
+) -> Vec<(&'static str, String, Option<Value>, &'static str)> {
+    let own = format!("/admin/keys/{}", id_of(manager));
+    let sib = format!("/admin/keys/{}", id_of(sibling));
+    vec![
+        (
+            "POST",
+            "/admin/keys".into(),
+            Some(json!({"service_account_id": "sa-a", "scopes": [TRANSLATE]})),
+            "create keys",
+        ),
+        (
+            "POST",
+            "/admin/keys".into(),
+            Some(json!({"service_account_id": "sa-a", "scopes": [TRANSLATE],
+                        "rate_limits": [{"limit": 1, "period": "1d"}], "credits": {"remaining": 1}})),
+            "create keys",
+        ),
+        (
+            "PATCH",
+            own.clone(),
+            Some(json!({"rate_limits": null})),
+            "change the rate limits or credits",
+        ),
+        (
+            "PATCH",
+            own.clone(),
+            Some(json!({"credits": null})),
+            "change the rate limits or credits",
+        ),
+        (
+            "PATCH",
+            own.clone(),
+            Some(json!({"credits": {"remaining": 1_000_000_000}})),
+            "change the rate limits or credits",
+        ),
+        (
+            "PATCH",
+            sib.clone(),
+            Some(json!({"rate_limits": [{"limit": 1, "period": "1s"}]})),
+            "change the rate limits or credits",
+        ),
+        (
+            "PATCH",
+            format!("/admin/keys/{}", id_of(narrow)),
+            Some(json!({"scopes": ["yc.ai.other", TRANSLATE]})),
+            "add scopes",
+        ),
+        (
+            "POST",
+            format!("{own}:addCredits"),
+            Some(json!({"amount": 1000})),
+            "add credits",
+        ),
+        (
+            "POST",
+            format!("{sib}:addCredits"),
+            Some(json!({"amount": 1000})),
+            "add credits",
+        ),
+        (
+            "POST",
+            format!("{sib}:reissue"),
+            None,
+            "reissue a key other than itself",
+        ),
+        (
+            "PUT",
+            "/admin/accounts/sa-a/rate-limits".into(),
+            Some(json!({"rate_limits": []})),
+            "set the rate limits of a service account",
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn a_limited_caller_cannot_lift_its_limits_by_any_route() {
+    for how in [Limit::Own, Limit::Credits, Limit::Account] {
+        let app = App::new(|api| api).await;
+        let manager =
+            mint_limited(&app.store, "sa-a", &[MANAGE, TRANSLATE, "yc.ai.other"], how).await;
+        // Unlimited keys of the same account.
+        let sibling = app
+            .store
+            .create(
+                NewKey::new("sa-a")
+                    .with_scopes(ScopeSet::new([TRANSLATE, "yc.ai.other"]).unwrap())
+                    .with_credits(Credits::new(5).unwrap()),
+            )
+            .await
+            .unwrap()
+            .key
+            .expose_secret()
+            .to_owned();
+        let narrow = mint(&app.store, "sa-a", &["yc.ai.other"]).await;
+        let state = || async {
+            (
+                app.keys("sa-a").await,
+                app.store.account_rate_limits("sa-a").await.unwrap(),
+            )
+        };
+        let before = state().await;
+        for (method, path, body, action) in lifting_requests(&manager, &sibling, &narrow) {
+            let reply = app.send(&manager, method, &path, body).await;
+            assert_eq!(
+                reply.status,
+                403,
+                "{how:?} {method} {path}: {}",
+                reply.text()
+            );
+            assert_eq!(reply.error(), "permission_denied");
+            assert!(
+                reply.message().contains(action),
+                "{how:?}: {}",
+                reply.message()
+            );
+            assert!(reply.message().contains("rate limits or credits"));
+        }
+        assert_eq!(state().await, before, "{how:?}: refused before the store");
+
+        // What gains nothing stays open to it.
+        let own = format!("/admin/keys/{}", id_of(&manager));
+        for (method, path, body, status) in [
+            ("GET", own.clone(), None, 200),
+            (
+                "GET",
+                "/admin/keys?service_account_id=sa-a".to_owned(),
+                None,
+                200,
+            ),
+            (
+                "GET",
+                "/admin/accounts/sa-a/rate-limits".to_owned(),
+                None,
+                200,
+            ),
+            (
+                "PATCH",
+                own.clone(),
+                Some(json!({"description": "still limited"})),
+                200,
+            ),
+            (
+                "PATCH",
+                format!("/admin/keys/{}", id_of(&sibling)),
+                Some(json!({"scopes": [TRANSLATE]})),
+                200,
+            ),
+            (
+                "DELETE",
+                format!("/admin/keys/{}", id_of(&narrow)),
+                None,
+                204,
+            ),
+            ("POST", format!("{own}:reissue"), None, 200),
+        ] {
+            let reply = app.send(&manager, method, &path, body).await;
+            assert_eq!(
+                reply.status,
+                status,
+                "{how:?} {method} {path}: {}",
+                reply.text()
+            );
+        }
+        let after = app
+            .store
+            .get(id_of(&manager).parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        match how {
+            Limit::Own => assert_eq!(after.record.rate_limits, vec![generous()]),
+            Limit::Credits => assert!(after.record.credits.is_some()),
+            Limit::Account => assert_eq!(after.record.account_rate_limits, vec![generous()]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unlimited_manager_limits_the_keys_and_account_it_manages_and_is_then_limited_at_once() {
+    let app = App::new(|api| api).await;
+    let manager = mint(&app.store, "sa-a", &[MANAGE, TRANSLATE]).await;
+    let sibling = mint(&app.store, "sa-a", &[TRANSLATE]).await;
+    let created = app
+        .send(
+            &manager,
+            "POST",
+            "/admin/keys",
+            Some(json!({"service_account_id": "sa-a", "scopes": [TRANSLATE],
+                        "rate_limits": [{"limit": 5, "period": "1s"}], "credits": {"remaining": 3}})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let limited = created.json()["secret"].as_str().unwrap().to_owned();
+    for (method, path, body) in [
+        (
+            "PATCH",
+            format!("/admin/keys/{}", id_of(&sibling)),
+            json!({"credits": {"remaining": 2}}),
+        ),
+        (
+            "POST",
+            format!("/admin/keys/{}:addCredits", id_of(&sibling)),
+            json!({"amount": 3}),
+        ),
+        (
+            "PATCH",
+            format!("/admin/keys/{}", id_of(&limited)),
+            json!({"rate_limits": null}),
+        ),
+    ] {
+        let reply = app.send(&manager, method, &path, Some(body)).await;
+        assert_eq!(reply.status, 200, "{method} {path}: {}", reply.text());
+    }
+    // The key it made with limits cannot lift them (nor make keys).
+    let lift = app
+        .send(
+            &limited,
+            "PATCH",
+            &format!("/admin/keys/{}", id_of(&limited)),
+            Some(json!({"credits": null})),
+        )
+        .await;
+    assert_eq!(lift.status, 403, "limited by its credits: {}", lift.text());
+
+    // Another account's limits are not its to read or set.
+    for (method, body) in [("GET", None), ("PUT", Some(json!({"rate_limits": []})))] {
+        let reply = app
+            .send(&manager, method, "/admin/accounts/sa-b/rate-limits", body)
+            .await;
+        assert_denied(&reply, &["sa-b"]);
+    }
+    assert!(app
+        .store
+        .account_rate_limits("sa-b")
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Its own account's limits it may set; from then on it is limited, at once.
+    let set = app
+        .send(
+            &manager,
+            "PUT",
+            "/admin/accounts/sa-a/rate-limits",
+            Some(json!({"rate_limits": [{"limit": 100000, "period": "1s"}]})),
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.text());
+    let refused = app
+        .send(
+            &manager,
+            "POST",
+            "/admin/keys",
+            Some(json!({"service_account_id": "sa-a", "scopes": [TRANSLATE]})),
+        )
+        .await;
+    assert_denied(&refused, &["create keys"]);
+    let clear = app
+        .send(
+            &manager,
+            "PUT",
+            "/admin/accounts/sa-a/rate-limits",
+            Some(json!({"rate_limits": []})),
+        )
+        .await;
+    assert_denied(&clear, &["set the rate limits"]);
+
+    // An operator console lifts them; the manager may create keys again.
+    let operator = mint(&app.store, "sa-ops", &[CONSOLE]).await;
+    let lifted = app
+        .send(
+            &operator,
+            "PUT",
+            "/console/accounts/sa-a/rate-limits",
+            Some(json!({"rate_limits": []})),
+        )
+        .await;
+    assert_eq!(lifted.status, 200, "{}", lifted.text());
+    let again = app
+        .send(
+            &manager,
+            "POST",
+            "/admin/keys",
+            Some(json!({"service_account_id": "sa-a", "scopes": [TRANSLATE]})),
+        )
+        .await;
+    assert_eq!(again.status, 201, "{}", again.text());
+}
+
+/// Every request a limited caller might make, by every kind of limited
+/// (and by an unlimited) caller, with and without `allow_limited_callers`:
+/// refused before the store exactly when the caller is limited and the
+/// router does not allow it.
+#[tokio::test]
+async fn every_lifting_request_by_every_kind_of_caller_with_and_without_the_opt_in() {
+    let kinds = [
+        None,
+        Some(Limit::Own),
+        Some(Limit::Credits),
+        Some(Limit::Account),
+    ];
+    let any = "tak_0123456789abcdef";
+    let requests = lifting_requests(any, any, any).len();
+    for how in kinds {
+        for allow in [false, true] {
+            for i in 0..requests {
+                let app = App::new(|api| {
+                    if allow {
+                        api.allow_limited_callers()
+                    } else {
+                        api
+                    }
+                })
+                .await;
+                let scopes = [MANAGE, TRANSLATE, "yc.ai.other"];
+                let manager = match how {
+                    Some(how) => mint_limited(&app.store, "sa-a", &scopes, how).await,
+                    None => mint(&app.store, "sa-a", &scopes).await,
+                };
+                let sibling = app
+                    .store
+                    .create(
+                        NewKey::new("sa-a")
+                            .with_scopes(ScopeSet::new([TRANSLATE, "yc.ai.other"]).unwrap())
+                            .with_credits(Credits::new(5).unwrap()),
+                    )
+                    .await
+                    .unwrap()
+                    .key
+                    .expose_secret()
+                    .to_owned();
+                let narrow = mint(&app.store, "sa-a", &["yc.ai.other"]).await;
+                let (method, path, body, _) =
+                    lifting_requests(&manager, &sibling, &narrow).swap_remove(i);
+                let before = (
+                    app.keys("sa-a").await,
+                    app.store.account_rate_limits("sa-a").await.unwrap(),
+                );
+                let reply = app.send(&manager, method, &path, body).await;
+                let case = format!("{how:?} allow={allow} {method} {path}: {}", reply.text());
+                if how.is_some() && !allow {
+                    assert_eq!(reply.status, 403, "{case}");
+                    let after = (
+                        app.keys("sa-a").await,
+                        app.store.account_rate_limits("sa-a").await.unwrap(),
+                    );
+                    assert_eq!(after, before, "{case}");
+                } else if path.ends_with(&format!("{}:addCredits", id_of(&manager)))
+                    && how != Some(Limit::Credits)
+                {
+                    assert_eq!(reply.status, 409, "a key without credits: {case}");
+                } else {
+                    assert!(reply.status.is_success(), "{case}");
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The invariant, over random callers, requests and grants, against every
 // route policy that can be built from a small universe of scopes.
 
@@ -437,7 +842,13 @@ fn op() -> impl Strategy<Value = Op> {
 /// Runs `op` by a caller holding `caller` on a router granting `granted`
 /// (and unscoped keys when `unscoped`); returns the status and, when it
 /// succeeded, the scopes of the key it produced.
-async fn run(caller: u8, granted: u8, unscoped: bool, op: &Op) -> (u16, Option<ScopeSet>) {
+async fn run(
+    caller: u8,
+    granted: u8,
+    unscoped: bool,
+    limited: bool,
+    op: &Op,
+) -> (u16, Option<ScopeSet>) {
     let store = MemoryStore::new();
     let auth = Authenticator::new(store.clone());
     let mut api = ManagementApi::builder(store.clone(), &auth).grantable_scopes(subset(granted));
@@ -445,7 +856,11 @@ async fn run(caller: u8, granted: u8, unscoped: bool, op: &Op) -> (u16, Option<S
         api = api.allow_unscoped_keys();
     }
     let router = api.build();
-    let caller_key = mint(&store, "sa", &subset(caller)).await;
+    let caller_key = if limited {
+        mint_limited(&store, "sa", &subset(caller), Limit::Own).await
+    } else {
+        mint(&store, "sa", &subset(caller)).await
+    };
     let (method, path, body) = match op {
         Op::Create(to) => (
             "POST",
@@ -506,15 +921,30 @@ proptest! {
         caller in 0u8..(1 << UNIVERSE.len()),
         granted in 0u8..(1 << UNIVERSE.len()),
         unscoped in any::<bool>(),
+        limited in any::<bool>(),
         op in op(),
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let (status, produced) = runtime.block_on(run(caller, granted, unscoped, &op));
+        let (status, produced) = runtime.block_on(run(caller, granted, unscoped, limited, &op));
         let held = scope_set(caller);
         let grants = scope_set(granted);
         let manage = tower_api_key::Scope::new(MANAGE).unwrap();
         if !held.contains(&manage) {
             prop_assert_eq!(status, 403, "no management scope, no entry");
+            return Ok(());
+        }
+        // A caller with limits of its own makes no key, adds no scope and
+        // receives no other key (the target is never the caller itself).
+        let gains = match &op {
+            Op::Create(_) | Op::Reissue(_) => true,
+            Op::Patch { from, to } => {
+                let (from, to) = (scope_set(*from), scope_set(*to));
+                to.iter().any(|s| !from.contains(s)) || (to.is_empty() && !from.is_empty())
+            }
+        };
+        if limited && gains {
+            prop_assert_eq!(status, 403, "a limited caller gained by {:?}", op);
+            prop_assert!(produced.is_none());
             return Ok(());
         }
         // What the key had before the request and may keep (PATCH only).

@@ -810,3 +810,416 @@ async fn delete_reaches_the_cache_even_when_the_verifier_is_not_the_store() {
         401
     );
 }
+
+// ---------------------------------------------------------------------------
+// Rate limits and credits
+
+#[tokio::test]
+async fn limits_and_credits_round_trip_through_create_get_list_patch_and_add_credits() {
+    let app = app(|api| api).await;
+    let created = app
+        .admin(
+            "POST",
+            "/keys",
+            Some(json!({
+                "service_account_id": "sa-quota",
+                "scopes": [TRANSLATE],
+                "rate_limits": [{"limit": 5, "period": "1s"}, {"limit": 100, "period": "60m", "burst": 10}],
+                "credits": {"remaining": 3, "refill": {"amount": 100, "interval": "daily"}},
+            })),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let key = created.json()["key"].clone();
+    let id = key["id"].as_str().unwrap().to_owned();
+    let limits = json!([
+        {"limit": 5, "period": "1s", "burst": 5},
+        {"limit": 100, "period": "1h", "burst": 10}
+    ]);
+    assert_eq!(key["rate_limits"], limits, "always the full form");
+    assert_eq!(
+        key["credits"],
+        json!({"remaining": 3, "refill": {"amount": 100, "interval": "daily", "day": 1}})
+    );
+    assert!(key.get("account_rate_limits").is_none());
+
+    let got = app.admin("GET", &format!("/keys/{id}"), None).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json()["rate_limits"], limits);
+    assert_eq!(got.json()["credits"], key["credits"]);
+    let listed = app
+        .admin("GET", "/keys?service_account_id=sa-quota", None)
+        .await;
+    assert_eq!(listed.json()["keys"][0]["rate_limits"], limits);
+    assert_eq!(listed.json()["keys"][0]["credits"]["remaining"], 3);
+    let stored = app.store.get(id.parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(stored.record.rate_limits.len(), 2);
+    assert_eq!(stored.record.credits.unwrap().remaining(), 3);
+
+    // Replace the credits (count and refill); absent fields stay.
+    let patched = app
+        .admin(
+            "PATCH",
+            &format!("/keys/{id}"),
+            Some(json!({"credits": {"remaining": 10, "refill": {"amount": 50, "interval": "monthly", "day": 15}}})),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    assert_eq!(
+        patched.json()["credits"],
+        json!({"remaining": 10, "refill": {"amount": 50, "interval": "monthly", "day": 15}})
+    );
+    assert_eq!(patched.json()["rate_limits"], limits, "absent: unchanged");
+
+    // Top up: 200 with the key, the store's count.
+    let topped = app
+        .admin(
+            "POST",
+            &format!("/keys/{id}:addCredits"),
+            Some(json!({"amount": 5})),
+        )
+        .await;
+    assert_eq!(topped.status, 200, "{}", topped.text());
+    assert_eq!(topped.json()["id"], id.as_str());
+    assert_eq!(topped.json()["credits"]["remaining"], 15);
+    assert_eq!(topped.json()["credits"]["refill"]["day"], 15);
+    assert!(topped.json().get("secret").is_none());
+    let again = app.admin("GET", &format!("/keys/{id}"), None).await.json();
+    assert_eq!(again["credits"]["remaining"], 15);
+
+    // One limit instead of two; then null removes both.
+    let one = app
+        .admin(
+            "PATCH",
+            &format!("/keys/{id}"),
+            Some(json!({"rate_limits": [{"limit": 2, "period": "500ms", "burst": 1}]})),
+        )
+        .await;
+    assert_eq!(
+        one.json()["rate_limits"],
+        json!([{"limit": 2, "period": "500ms", "burst": 1}])
+    );
+    let removed = app
+        .admin(
+            "PATCH",
+            &format!("/keys/{id}"),
+            Some(json!({"rate_limits": null, "credits": null})),
+        )
+        .await;
+    assert_eq!(removed.status, 200, "{}", removed.text());
+    assert_eq!(removed.json()["rate_limits"], json!([]));
+    assert_eq!(removed.json()["credits"], Value::Null);
+    let stored = app.store.get(id.parse().unwrap()).await.unwrap().unwrap();
+    assert!(stored.record.rate_limits.is_empty() && stored.record.credits.is_none());
+
+    // Without credits there is nothing to add to.
+    let refused = app
+        .admin(
+            "POST",
+            &format!("/keys/{id}:addCredits"),
+            Some(json!({"amount": 5})),
+        )
+        .await;
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    assert_eq!(refused.error(), "failed_precondition");
+    assert!(
+        refused.message().contains("no credits"),
+        "{}",
+        refused.message()
+    );
+
+    // An empty list removes too, and a key made without them shows none.
+    let plain = app
+        .admin(
+            "POST",
+            "/keys",
+            Some(
+                json!({"service_account_id": "sa-quota", "scopes": [TRANSLATE], "rate_limits": []}),
+            ),
+        )
+        .await;
+    assert_eq!(plain.status, 201);
+    assert_eq!(plain.json()["key"]["rate_limits"], json!([]));
+    assert_eq!(plain.json()["key"]["credits"], Value::Null);
+}
+
+#[tokio::test]
+async fn credits_added_stop_at_the_maximum() {
+    let app = app(|api| api).await;
+    let max = tower_api_key::limits::MAX_CREDITS;
+    let created = app
+        .admin(
+            "POST",
+            "/keys",
+            Some(json!({"service_account_id": "sa-1", "credits": {"remaining": max - 1}})),
+        )
+        .await;
+    let id = created.json()["key"]["id"].as_str().unwrap().to_owned();
+    let topped = app
+        .admin(
+            "POST",
+            &format!("/keys/{id}:addCredits"),
+            Some(json!({"amount": max})),
+        )
+        .await;
+    assert_eq!(topped.status, 200, "{}", topped.text());
+    assert_eq!(topped.json()["credits"]["remaining"], max);
+}
+
+#[tokio::test]
+async fn account_rate_limits_are_set_read_and_removed_apart_from_the_keys() {
+    let app = app(|api| api).await;
+    let secret = mint(&app.store, "sa-shared", &[TRANSLATE]).await;
+    let path = "/accounts/sa-shared/rate-limits";
+    let none = app.admin("GET", path, None).await;
+    assert_eq!(none.status, 200, "{}", none.text());
+    assert_eq!(none.header("cache-control"), "no-store");
+    assert_eq!(none.json(), json!({"rate_limits": []}));
+
+    let set = app
+        .admin(
+            "PUT",
+            path,
+            Some(json!({"rate_limits": [{"limit": 2, "period": "3600s"}, {"limit": 50, "period": "1d", "burst": 5}]})),
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.text());
+    let limits = json!({"rate_limits": [
+        {"limit": 2, "period": "1h", "burst": 2},
+        {"limit": 50, "period": "1d", "burst": 5}
+    ]});
+    assert_eq!(set.json(), limits);
+    assert_eq!(app.admin("GET", path, None).await.json(), limits);
+    assert_eq!(
+        app.store
+            .account_rate_limits("sa-shared")
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    // The account's limits are the account's, not shown on its keys.
+    let key = app
+        .admin("GET", &format!("/keys/{}", &secret[4..20]), None)
+        .await
+        .json();
+    assert_eq!(key["rate_limits"], json!([]));
+    assert!(key.get("account_rate_limits").is_none());
+    // Other accounts are untouched.
+    assert_eq!(
+        app.admin("GET", "/accounts/sa-other/rate-limits", None)
+            .await
+            .json(),
+        json!({"rate_limits": []})
+    );
+
+    let cleared = app
+        .admin("PUT", path, Some(json!({"rate_limits": []})))
+        .await;
+    assert_eq!(cleared.status, 200);
+    assert_eq!(cleared.json(), json!({"rate_limits": []}));
+    assert!(app
+        .store
+        .account_rate_limits("sa-shared")
+        .await
+        .unwrap()
+        .is_empty());
+    let logs = logs().text();
+    assert!(logs.contains("service account rate limits set"));
+}
+
+#[tokio::test]
+async fn bad_limits_credits_and_account_requests_get_400_404_or_405_and_change_nothing() {
+    let app = app(|api| api).await;
+    let victim = mint(&app.store, "sa-1", &[TRANSLATE]).await;
+    let id = victim[4..20].to_owned();
+    let accounts = ["sa-1", "sa-new", "sa-ops"];
+    let before = app.state(&accounts).await;
+    let keys = format!("/keys/{id}");
+    let add = format!("/keys/{id}:addCredits");
+    let unknown_add = "/keys/0123456789abcdef:addCredits";
+    let misspelt = format!("/keys/{id}:addcredits");
+    let long_account = format!("/accounts/{}/rate-limits", "a".repeat(129));
+
+    #[rustfmt::skip]
+    let json_cases: Vec<JsonCase> = vec![
+        ("POST", "/keys", Some(json!({"service_account_id": "sa-new", "rate_limits": [{"limit": 0, "period": "1s"}]})), 400, "invalid_argument", "rate_limits[0]: a rate limit's limit must be between 1 and"),
+        ("POST", "/keys", Some(json!({"service_account_id": "sa-new", "rate_limits": [{"limit": 5, "period": "soon"}]})), 400, "invalid_argument", "rate_limits[0].period: a period is"),
+        ("POST", "/keys", Some(json!({"service_account_id": "sa-new", "rate_limits": null})), 400, "invalid_argument", "rate_limits: invalid type: null"),
+        ("POST", "/keys", Some(json!({"service_account_id": "sa-new", "credits": {"remaining": -1}})), 400, "invalid_argument", "credits.remaining: invalid value"),
+        ("POST", "/keys", Some(json!({"service_account_id": "sa-new", "credits": {"remaining": 1, "refill": {"amount": 1, "interval": "monthly"}}})), 400, "invalid_argument", "credits.refill.day: required"),
+        ("PATCH", &keys, Some(json!({"rate_limits": [{"limit": 1, "period": "1s"}, {"limit": 1, "period": "1s"}]})), 400, "invalid_argument", "rate_limits: rate limit 1/1s is given twice"),
+        ("PATCH", &keys, Some(json!({"rate_limits": [{"limit": 1, "period": "1s", "burst": 0}]})), 400, "invalid_argument", "rate_limits[0].burst"),
+        ("PATCH", &keys, Some(json!({"credits": {"remaining": 1, "refill": {"amount": 1, "interval": "daily", "day": 2}}})), 400, "invalid_argument", "credits.refill.day: a daily refill takes no day"),
+        ("PATCH", &keys, Some(json!({"credits": {"remaining": 1, "extra": 1}})), 400, "invalid_argument", "unknown field `extra`"),
+        ("POST", &add, Some(json!({"amount": 0})), 400, "invalid_argument", "amount: must be between 1 and"),
+        ("POST", &add, Some(json!({"amount": "5"})), 400, "invalid_argument", "amount: invalid type"),
+        ("POST", &add, Some(json!({})), 400, "invalid_argument", "missing field `amount`"),
+        ("POST", &add, None, 400, "invalid_argument", "a JSON object is required"),
+        ("POST", unknown_add, Some(json!({"amount": 1})), 404, "not_found", "0123456789abcdef"),
+        ("GET", &add, None, 405, "method_not_allowed", "`:addCredits` takes POST"),
+        ("PATCH", &add, Some(json!({"description": "x"})), 405, "method_not_allowed", "`:addCredits` takes POST"),
+        ("POST", &misspelt, Some(json!({"amount": 1})), 404, "not_found", "`:reissue` and `:addCredits`"),
+        ("PUT", "/accounts/sa-1/rate-limits", Some(json!({"rate_limits": [{"limit": 5}]})), 400, "invalid_argument", "rate_limits[0]: missing field `period`"),
+        ("PUT", "/accounts/sa-1/rate-limits", Some(json!({"rate_limits": null})), 400, "invalid_argument", "rate_limits: invalid type: null"),
+        ("PUT", "/accounts/sa-1/rate-limits", Some(json!({})), 400, "invalid_argument", "missing field `rate_limits`"),
+        ("PUT", "/accounts/sa-1/rate-limits", None, 400, "invalid_argument", "a JSON object is required"),
+        ("GET", &long_account, None, 400, "invalid_argument", "service_account_id: at most 128"),
+        ("PUT", &long_account, Some(json!({"rate_limits": []})), 400, "invalid_argument", "service_account_id: at most 128"),
+    ];
+    for (method, path, body, status, code, fragment) in json_cases {
+        let reply = app.admin(method, path, body.clone()).await;
+        assert_eq!(
+            reply.status.as_u16(),
+            status,
+            "{method} {path} {body:?}: {}",
+            reply.text()
+        );
+        assert_eq!(reply.error(), code, "{method} {path}");
+        assert!(
+            reply.message().contains(fragment),
+            "{method} {path}: {:?} lacks {fragment:?}",
+            reply.message()
+        );
+    }
+    let not_json = app
+        .client
+        .raw(
+            "PUT",
+            "/admin/accounts/sa-1/rate-limits",
+            Some(&app.admin),
+            Some("text/plain"),
+            r#"{"rate_limits":[]}"#.to_owned(),
+        )
+        .await;
+    assert_eq!(not_json.status, 415);
+
+    // A key pasted anywhere is neither stored nor echoed.
+    for (method, path, body) in [
+        ("POST", add.clone(), json!({"amount": victim})),
+        (
+            "PATCH",
+            keys.clone(),
+            json!({"rate_limits": [{"limit": 1, "period": victim}]}),
+        ),
+        (
+            "PATCH",
+            keys.clone(),
+            json!({"credits": {"remaining": 1, "refill": {"amount": 1, "interval": victim}}}),
+        ),
+        (
+            "PUT",
+            format!("/accounts/{victim}/rate-limits"),
+            json!({"rate_limits": []}),
+        ),
+    ] {
+        let reply = app.admin(method, &path, Some(body)).await;
+        assert_eq!(reply.status, 400, "{method} {path}: {}", reply.text());
+        assert!(!reply.text().contains(&victim[4..]), "{}", reply.text());
+    }
+    assert!(!logs().text().contains(&victim[21..]));
+    assert!(app
+        .store
+        .account_rate_limits("sa-1")
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(app.state(&accounts).await, before, "nothing changed");
+}
+
+#[tokio::test]
+async fn limit_changes_reach_the_cache_even_when_the_verifier_is_not_the_store() {
+    logs();
+    let store = MemoryStore::new();
+    // As above: only the router's own invalidations refresh the cache.
+    let lookup = store.clone();
+    let auth = Authenticator::builder(move |key: PresentedKey| {
+        let store = lookup.clone();
+        async move {
+            use tower_api_key::Verifier;
+            store.verify(&key).await
+        }
+    })
+    .positive_ttl(Duration::from_secs(3600))
+    .build();
+    // What the cached identity says the key carries.
+    let limits = |caller: Caller| async move {
+        let r = caller.record();
+        format!(
+            "own={} account={} credits={:?}",
+            r.rate_limits.len(),
+            r.account_rate_limits.len(),
+            r.credits.map(|c| c.remaining())
+        )
+    };
+    let app = Router::new()
+        .route("/limits", get(limits).route_layer(auth.any_valid_key()))
+        .nest(
+            "/admin",
+            ManagementApi::builder(store.clone(), &auth)
+                .account_access(AccountAccess::any_account())
+                .build(),
+        );
+    let client = Client::new(serve(app).await);
+    let admin = mint(&store, "sa-ops", &[management::DEFAULT_SCOPE]).await;
+    let keys: Vec<String> = [
+        mint(&store, "sa-1", &[]).await,
+        mint(&store, "sa-1", &[]).await,
+    ]
+    .into();
+    let seen = |key: &str| {
+        let key = key.to_owned();
+        let client = &client;
+        async move {
+            client
+                .send("GET", "/limits", Some(&key), None)
+                .await
+                .text()
+                .to_string()
+        }
+    };
+    for key in &keys {
+        assert_eq!(seen(key).await, "own=0 account=0 credits=None");
+    }
+    let admin_send = |method: &'static str, path: String, body: Value| {
+        let client = &client;
+        let admin = admin.clone();
+        async move { client.send(method, &path, Some(&admin), Some(body)).await }
+    };
+    let id = &keys[0][4..20];
+    let patched = admin_send(
+        "PATCH",
+        format!("/admin/keys/{id}"),
+        json!({"rate_limits": [{"limit": 1000, "period": "1s"}], "credits": {"remaining": 500}}),
+    )
+    .await;
+    assert_eq!(patched.status, 200);
+    assert!(seen(&keys[0])
+        .await
+        .starts_with("own=1 account=0 credits=Some("));
+    let topped = admin_send(
+        "POST",
+        format!("/admin/keys/{id}:addCredits"),
+        json!({"amount": 100}),
+    )
+    .await;
+    assert_eq!(topped.status, 200);
+    let credits = topped.json()["credits"]["remaining"].as_u64().unwrap();
+    assert!(credits >= 100, "{credits}");
+    assert!(seen(&keys[0])
+        .await
+        .ends_with(&format!("credits=Some({credits})")));
+    let set = admin_send(
+        "PUT",
+        "/admin/accounts/sa-1/rate-limits".into(),
+        json!({"rate_limits": [{"limit": 1000, "period": "1s"}]}),
+    )
+    .await;
+    assert_eq!(set.status, 200);
+    for key in &keys {
+        assert!(
+            seen(key).await.contains("account=1"),
+            "every key of the account"
+        );
+    }
+}

@@ -63,8 +63,34 @@ impl ApiError {
             StatusCode::NOT_FOUND,
             "not_found",
             format!(
-                "unknown method `:{}`; the only custom method is `:reissue`",
+                "unknown method `:{}`; the custom methods are `:reissue` and `:addCredits`",
                 scrub(action)
+            ),
+        )
+    }
+
+    /// 409: `:addCredits` on a key without credits.
+    pub(crate) fn no_credits(id: impl fmt::Display) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "failed_precondition",
+            format!(
+                "api key {id} has no credits to add to; give it credits with PATCH \
+                 {{\"credits\": {{\"remaining\": N}}}} first"
+            ),
+        )
+    }
+
+    /// 403: the caller's own key is limited, and `action` is what only an
+    /// unlimited caller may do.
+    pub(crate) fn limited_caller(action: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            format!(
+                "this api key carries rate limits or credits (its own or its service \
+                 account's), so it may not {action}: a limited key could otherwise hand out or \
+                 gain what it was not given, unless the router allows limited callers"
             ),
         )
     }

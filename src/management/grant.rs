@@ -15,6 +15,14 @@
 //! What the operator adds on top is explicit: [`Grants::scopes`], scopes any
 //! manager of the router may hand out; [`Grants::unscoped`]; and a custom
 //! rule over the caller and the scopes the key would get.
+//!
+//! Limits follow the same invariant: a caller whose key is limited (rate
+//! limits or credits of its own, or rate limits of its account) could
+//! otherwise mint an unlimited key, lift or top up its own limits, or hand
+//! its scopes to an unlimited key. By default it may do none of that
+//! ([`Grants::refuses_limited`]); unless [`Grants::limited_callers`] says so,
+//! it may only read, delete, narrow, change descriptions and expiries, and
+//! rotate itself.
 
 use std::fmt;
 use std::sync::Arc;
@@ -58,6 +66,8 @@ pub(crate) struct Grants {
     pub(crate) unscoped: bool,
     /// Decides what the rules above refuse.
     pub(crate) rule: Option<Arc<GrantRule>>,
+    /// Callers whose keys are limited may do what unlimited callers may.
+    pub(crate) limited_callers: bool,
 }
 
 impl fmt::Debug for Grants {
@@ -66,6 +76,7 @@ impl fmt::Debug for Grants {
             .field("scopes", &self.scopes)
             .field("unscoped", &self.unscoped)
             .field("custom_rule", &self.rule.is_some())
+            .field("limited_callers", &self.limited_callers)
             .finish()
     }
 }
@@ -79,7 +90,22 @@ pub(crate) struct Refused {
     pub(crate) unscoped: bool,
 }
 
+/// Whether `caller`'s key is limited: it carries rate limits or credits,
+/// or its service account carries rate limits.
+pub(crate) fn is_limited(caller: &Caller) -> bool {
+    let record = caller.record();
+    !record.rate_limits.is_empty()
+        || !record.account_rate_limits.is_empty()
+        || record.credits.is_some()
+}
+
 impl Grants {
+    /// Whether `caller` is refused what only unlimited callers may do: it
+    /// is limited, and the router does not let limited callers do it.
+    pub(crate) fn refuses_limited(&self, caller: &Caller) -> bool {
+        !self.limited_callers && is_limited(caller)
+    }
+
     fn granted(&self, scope: &Scope) -> bool {
         self.scopes.contains(scope)
     }
@@ -187,6 +213,7 @@ mod tests {
             scopes: vec![Scope::new("b.y").unwrap(), Scope::new(MANAGE).unwrap()],
             unscoped: true,
             rule: None,
+            limited_callers: false,
         };
         let manager = caller(&[MANAGE]);
         assert_eq!(
@@ -281,5 +308,29 @@ mod tests {
             ),
             refused(&["team.read", "x.y"])
         );
+    }
+
+    #[test]
+    fn a_caller_is_limited_by_its_own_limits_its_credits_or_its_accounts_limits() {
+        use crate::limits::{Credits, RateLimit};
+        let limit: RateLimit = "5/1s".parse().unwrap();
+        let plain = caller(&[MANAGE]);
+        assert!(!is_limited(&plain));
+        let record = || KeyRecord::new(KeyId::random().unwrap(), "sa-1");
+        for limited in [
+            record().with_rate_limits(vec![limit]),
+            record().with_account_rate_limits(vec![limit]),
+            record().with_credits(Some(Credits::new(0).unwrap())),
+        ] {
+            let limited = Caller::from(limited);
+            assert!(is_limited(&limited));
+            assert!(Grants::default().refuses_limited(&limited));
+            let open = Grants {
+                limited_callers: true,
+                ..Grants::default()
+            };
+            assert!(!open.refuses_limited(&limited));
+        }
+        assert!(!Grants::default().refuses_limited(&plain));
     }
 }

@@ -52,12 +52,15 @@
 //!
 //! | route | body | success |
 //! |---|---|---|
-//! | `POST /keys` | `{service_account_id, description?, scopes?, expires_at?}` | 201 `{key, secret}`, `Location: keys/{id}` |
+//! | `POST /keys` | `{service_account_id, description?, scopes?, expires_at?, rate_limits?, credits?}` | 201 `{key, secret}`, `Location: keys/{id}` |
 //! | `GET /keys?service_account_id=...&page_size=&page_token=` | | 200 `{keys: [...], next_page_token}`, oldest first |
 //! | `GET /keys/{id}` | | 200 the key |
-//! | `PATCH /keys/{id}` | `{description?, scopes?, expires_at?}` | 200 the updated key |
+//! | `PATCH /keys/{id}` | `{description?, scopes?, expires_at?, rate_limits?, credits?}` | 200 the updated key |
 //! | `POST /keys/{id}:reissue` | `{grace_period_seconds?}` or empty | 200 `{key, secret}` |
+//! | `POST /keys/{id}:addCredits` | `{amount}` | 200 the key |
 //! | `DELETE /keys/{id}` | | 204 |
+//! | `GET /accounts/{service_account_id}/rate-limits` | | 200 `{rate_limits: [...]}` |
+//! | `PUT /accounts/{service_account_id}/rate-limits` | `{rate_limits: [...]}` | 200 `{rate_limits: [...]}` |
 //!
 //! A key ([`KeyResource`]) reads:
 //!
@@ -70,7 +73,9 @@
 //!   "created_at": "2030-01-31T12:00:00.000Z",
 //!   "expires_at": null,
 //!   "last_used_at": null,
-//!   "hint": "tak_…x7Qa"
+//!   "hint": "tak_…x7Qa",
+//!   "rate_limits": [{"limit": 5, "period": "1s", "burst": 5}],
+//!   "credits": {"remaining": 3, "refill": {"amount": 100, "interval": "daily", "day": 1}}
 //! }
 //! ```
 //!
@@ -118,11 +123,12 @@
 //!
 //! | status | `error` | when |
 //! |---|---|---|
-//! | 400 | `invalid_argument` | malformed JSON, unknown or `null` fields, invalid scope names, more than 100 scopes, `expires_at` not RFC 3339, not in the future or after 9999-12-31T23:59:59.999Z in UTC, an API key pasted into `service_account_id`, `description` or a scope, a malformed key id, missing `service_account_id`, unknown query parameters, a bad `page_size` or `page_token`, a grace period over 30 days |
+//! | 400 | `invalid_argument` | malformed JSON, unknown or `null` fields, invalid scope names, more than 100 scopes, `expires_at` not RFC 3339, not in the future or after 9999-12-31T23:59:59.999Z in UTC, an API key pasted into `service_account_id`, `description` or a scope, a malformed key id, missing `service_account_id`, unknown query parameters, a bad `page_size` or `page_token`, a grace period over 30 days, an invalid rate limit, credit, refill or `amount` (see [limits and credits](#limits-and-credits)) |
 //! | 401, 403 | (the layer's) | no valid key, or a key without the management scope (`WWW-Authenticate: ... error="insufficient_scope", scope="apikeys.manage"`) |
-//! | 403 | `permission_denied` | the caller may not manage this service account's keys ([`AccountAccess`]), or may not give a key these scopes ([who may grant what](#who-may-grant-what)) |
+//! | 403 | `permission_denied` | the caller may not manage this service account's keys ([`AccountAccess`]), may not give a key these scopes ([who may grant what](#who-may-grant-what)), or carries limits itself ([limits and credits](#limits-and-credits)) |
 //! | 404 | `not_found` | an unknown or deleted key id, a key of an account the caller may not manage, an unknown `:method` |
 //! | 405 | `method_not_allowed` | `GET /keys/{id}:reissue` and the like; `Allow` says what works |
+//! | 409 | `failed_precondition` | `:addCredits` on a key without credits |
 //! | 409 | `key_limit_reached` | `POST /keys` when the service account already holds the store's most keys (1,000 by default, counting expired keys); delete unused keys first |
 //! | 413 | `payload_too_large` | a body over the limit (64 KiB by default, [`ManagementApiBuilder::body_limit`]) |
 //! | 415 | `unsupported_media_type` | a body without `content-type: application/json` |
@@ -170,6 +176,46 @@
 //! scopes the key would hold, asked about whatever the rest refuses).
 //! Anything else is refused with 403 `permission_denied` naming the scopes
 //! that may not be given, before the store is touched.
+//!
+//! # Limits and credits
+//!
+//! A key may carry rate limits and credits ([`crate::limits`]); its service
+//! account may carry rate limits shared by all its keys.
+//!
+//! - **`rate_limits`** is a list (at most
+//!   [`MAX_RATE_LIMITS`](crate::limits::MAX_RATE_LIMITS), no two alike) of
+//!   `{"limit": 5, "period": "1s", "burst": 10}`: `limit` 1 to
+//!   1,000,000,000 per `period` (a whole number and `ms`, `s`, `m`, `h` or
+//!   `d`, at most `366d`), at most `burst` at once; `burst` defaults to
+//!   `limit`. Responses always show all three. An account's limits are not
+//!   shown on its keys.
+//! - **`credits`** is `{"remaining": N, "refill": R}`, `refill` optional:
+//!   `{"amount": 100, "interval": "daily"}` (`day` absent or 1) or
+//!   `{"amount": 100, "interval": "monthly", "day": 15}` (`day` 1 to 31
+//!   required; the last day in shorter months). Counts are at most
+//!   [`MAX_CREDITS`](crate::limits::MAX_CREDITS). `remaining` in a response
+//!   is the store's count: replicas may hold a few leased credits on top.
+//! - In a `PATCH`, `"rate_limits": null` (or `[]`) and `"credits": null`
+//!   remove them; setting `credits` replaces the count and the refill.
+//!   `POST /keys/{id}:addCredits` with `{"amount": N}` (1 to `MAX_CREDITS`)
+//!   adds to the count instead (never past `MAX_CREDITS`); a key without
+//!   credits answers 409 `failed_precondition`.
+//! - `PUT /accounts/{id}/rate-limits` replaces the account's limits (`[]`
+//!   removes them) and applies at once on this replica. Both account routes
+//!   follow [`AccountAccess`]: another account answers 403.
+//!
+//! **A limited caller** is one whose own key carries rate limits or
+//! credits, or whose service account carries rate limits. It could
+//! otherwise lift its own limits: mint an unlimited key, top itself up,
+//! clear its account's limits, reissue (and so receive) a less limited key,
+//! or hand its scopes to an unlimited key. By default it may not create
+//! keys, set `rate_limits` or `credits` in a `PATCH`, add scopes to a key,
+//! reissue any key but its own, call `:addCredits`, or `PUT` account
+//! limits: 403 `permission_denied`, before the store is touched. It may
+//! still read, delete, narrow scopes, change descriptions and expiries, and
+//! rotate itself. An unlimited caller sets limits on the keys and accounts
+//! it manages. [`ManagementApiBuilder::allow_limited_callers`] lifts the
+//! rule.
 
 mod error;
 mod grant;
@@ -186,8 +232,8 @@ use axum::Router;
 
 pub use error::ErrorBody;
 pub use resource::{
-    KeyList, KeyResource, KeyWithSecret, MAX_DESCRIPTION_LEN, MAX_GRACE_PERIOD,
-    MAX_SERVICE_ACCOUNT_ID_LEN,
+    AccountRateLimits, CreditsResource, KeyList, KeyResource, KeyWithSecret, RateLimitResource,
+    RefillResource, MAX_DESCRIPTION_LEN, MAX_GRACE_PERIOD, MAX_SERVICE_ACCOUNT_ID_LEN,
 };
 
 use crate::auth::Authenticator;
@@ -423,6 +469,17 @@ impl ManagementApiBuilder {
         self
     }
 
+    /// Callers whose own key carries rate limits or credits (or whose
+    /// service account carries rate limits) may do what other callers may:
+    /// create keys, set limits and credits, add credits, set account limits,
+    /// add scopes to keys and reissue other keys (default: they may not; see
+    /// [limits and credits](self#limits-and-credits)). Only for routers whose
+    /// limited callers are trusted not to lift their own limits.
+    pub fn allow_limited_callers(mut self) -> Self {
+        self.grants.limited_callers = true;
+        self
+    }
+
     /// The largest request body, in bytes (default [`DEFAULT_BODY_LIMIT`]);
     /// larger ones get 413.
     pub fn body_limit(mut self, bytes: usize) -> Self {
@@ -452,6 +509,10 @@ impl ManagementApiBuilder {
                     .patch(routes::update)
                     .delete(routes::delete)
                     .post(routes::custom),
+            )
+            .route(
+                "/accounts/{service_account_id}/rate-limits",
+                get(routes::get_account_limits).put(routes::put_account_limits),
             )
             .route_layer(self.auth.layer(self.policy))
             .layer(DefaultBodyLimit::max(self.body_limit))

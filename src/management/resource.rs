@@ -9,6 +9,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::error::{scrub, ApiError};
 use super::time;
 use crate::key::{KeyFormat, KeyId};
+use crate::limits::{
+    check_rate_limits, parse_period, Credits, Period, RateLimit, Refill, RefillInterval,
+    MAX_CREDITS,
+};
 use crate::record::KeyRecord;
 use crate::scope::{Scope, ScopeSet, MAX_SCOPES_PER_KEY};
 use crate::store::{
@@ -47,6 +51,100 @@ pub struct KeyResource {
     /// A masked hint such as `tak_…x7Qa`: the prefix and the last four
     /// characters, never enough to use the key.
     pub hint: String,
+    /// The key's own rate limits; empty when it has none. The limits of its
+    /// service account are not shown here: they belong to the account
+    /// (`GET /accounts/{id}/rate-limits`).
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitResource>,
+    /// The key's credits, or `null` when it has none (no quota).
+    #[serde(default)]
+    pub credits: Option<CreditsResource>,
+}
+
+/// A rate limit as the management API shows it: `limit` requests per
+/// `period` (a duration such as `1s`, `1m`, `1h`, `1d`, `500ms`), at most
+/// `burst` at once. Always the full form: `burst` is shown even when it
+/// equals `limit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RateLimitResource {
+    /// Requests per period.
+    pub limit: u32,
+    /// The period, in the largest unit that divides it (`60s` reads `1m`).
+    pub period: String,
+    /// Most requests at once.
+    pub burst: u32,
+}
+
+impl From<&RateLimit> for RateLimitResource {
+    fn from(limit: &RateLimit) -> Self {
+        Self {
+            limit: limit.limit(),
+            period: Period(limit.period()).to_string(),
+            burst: limit.burst(),
+        }
+    }
+}
+
+/// A key's credits as the management API shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CreditsResource {
+    /// Credits left, as the store counts them (replicas may hold a few
+    /// more, leased and not yet spent).
+    pub remaining: u64,
+    /// The refill, or `null` when the credits are never refilled.
+    pub refill: Option<RefillResource>,
+}
+
+impl From<&Credits> for CreditsResource {
+    fn from(credits: &Credits) -> Self {
+        Self {
+            remaining: credits.remaining(),
+            refill: credits.refill().map(RefillResource::from),
+        }
+    }
+}
+
+/// A refill of credits: `remaining` is set back to `amount` at 00:00 UTC
+/// every day (`"daily"`), or every month on `day` (`"monthly"`; in shorter
+/// months, their last day).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RefillResource {
+    /// The credits a refill sets.
+    pub amount: u64,
+    /// `daily` or `monthly`.
+    pub interval: String,
+    /// The day of the month of a monthly refill; 1 for a daily one.
+    pub day: u8,
+}
+
+impl From<&Refill> for RefillResource {
+    fn from(refill: &Refill) -> Self {
+        Self {
+            amount: refill.amount(),
+            interval: refill.interval().as_str().to_owned(),
+            day: refill.day(),
+        }
+    }
+}
+
+/// The rate limits of a service account, shared by all its keys: the body
+/// of `GET` and `PUT /accounts/{service_account_id}/rate-limits`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AccountRateLimits {
+    /// The limits; empty when the account has none.
+    pub rate_limits: Vec<RateLimitResource>,
+}
+
+impl AccountRateLimits {
+    pub(crate) fn new(limits: &[RateLimit]) -> Self {
+        Self {
+            rate_limits: limits.iter().map(RateLimitResource::from).collect(),
+        }
+    }
 }
 
 impl KeyResource {
@@ -64,6 +162,12 @@ impl KeyResource {
             expires_at: record.expires_at.map(time::format),
             last_used_at: last_used_at.map(time::format),
             hint,
+            rate_limits: record
+                .rate_limits
+                .iter()
+                .map(RateLimitResource::from)
+                .collect(),
+            credits: record.credits.as_ref().map(CreditsResource::from),
         }
     }
 }
@@ -147,6 +251,10 @@ pub(crate) struct CreateKeyRequest {
     scopes: Option<Vec<String>>,
     #[serde(default, deserialize_with = "nullable")]
     expires_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    rate_limits: Option<Vec<RateLimitBody>>,
+    #[serde(default, deserialize_with = "present")]
+    credits: Option<CreditsBody>,
 }
 
 impl CreateKeyRequest {
@@ -165,12 +273,19 @@ impl CreateKeyRequest {
         if let Some(at) = expiry_of(self.expires_at.flatten().as_deref(), now)? {
             new = new.with_expires_at(at);
         }
+        if let Some(limits) = self.rate_limits {
+            new = new.with_rate_limits(rate_limits_of("rate_limits", &limits)?);
+        }
+        if let Some(credits) = self.credits {
+            new = new.with_credits(credits.validate()?);
+        }
         Ok(new)
     }
 }
 
 /// `PATCH /keys/{id}`: absent fields stay as they are; `"expires_at": null`
-/// removes the expiry.
+/// removes the expiry, `"rate_limits": null` (or `[]`) the rate limits and
+/// `"credits": null` the credits.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateKeyRequest {
@@ -180,6 +295,10 @@ pub(crate) struct UpdateKeyRequest {
     scopes: Option<Vec<String>>,
     #[serde(default, deserialize_with = "nullable")]
     expires_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    rate_limits: Option<Option<Vec<RateLimitBody>>>,
+    #[serde(default, deserialize_with = "nullable")]
+    credits: Option<Option<CreditsBody>>,
 }
 
 impl UpdateKeyRequest {
@@ -198,6 +317,13 @@ impl UpdateKeyRequest {
         }
         if let Some(expires_at) = self.expires_at {
             update = update.with_expires_at(expiry_of(expires_at.as_deref(), now)?);
+        }
+        if let Some(limits) = self.rate_limits {
+            let limits = limits.unwrap_or_default();
+            update = update.with_rate_limits(rate_limits_of("rate_limits", &limits)?);
+        }
+        if let Some(credits) = self.credits {
+            update = update.with_credits(credits.map(CreditsBody::validate).transpose()?);
         }
         Ok(update)
     }
@@ -222,6 +348,122 @@ impl ReissueKeyRequest {
         }
         Ok(grace)
     }
+}
+
+/// A rate limit in a request body; `burst` defaults to `limit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RateLimitBody {
+    limit: u32,
+    period: String,
+    #[serde(default, deserialize_with = "present")]
+    burst: Option<u32>,
+}
+
+/// Credits in a request body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreditsBody {
+    remaining: u64,
+    #[serde(default, deserialize_with = "present")]
+    refill: Option<RefillBody>,
+}
+
+/// A refill in a request body: `day` is required for a monthly refill, and
+/// absent or 1 for a daily one (so a resource read back is a valid body).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RefillBody {
+    amount: u64,
+    interval: String,
+    #[serde(default, deserialize_with = "present")]
+    day: Option<u64>,
+}
+
+impl CreditsBody {
+    fn validate(self) -> Result<Credits, ApiError> {
+        let invalid = |field: &str, e: &dyn std::fmt::Display| {
+            ApiError::invalid(format!("credits.{field}: {e}"))
+        };
+        let credits = Credits::new(self.remaining).map_err(|e| invalid("remaining", &e))?;
+        let Some(refill) = self.refill else {
+            return Ok(credits);
+        };
+        let interval: RefillInterval = refill
+            .interval
+            .parse()
+            .map_err(|e| invalid("refill.interval", &e))?;
+        let refill = match interval {
+            RefillInterval::Monthly => {
+                let day = refill.day.ok_or_else(|| {
+                    ApiError::invalid("credits.refill.day: required for a monthly refill (1 to 31)")
+                })?;
+                // Out of u8's range is out of 1 to 31: let the rule say so.
+                Refill::monthly(refill.amount, u8::try_from(day).unwrap_or(0))
+            }
+            RefillInterval::Daily => {
+                if refill.day.is_some_and(|day| day != 1) {
+                    return Err(ApiError::invalid(
+                        "credits.refill.day: a daily refill takes no day (or 1)",
+                    ));
+                }
+                Refill::daily(refill.amount)
+            }
+        }
+        .map_err(|e| invalid("refill", &e))?;
+        Ok(credits.with_refill(refill))
+    }
+}
+
+/// The body of `POST /keys/{id}:addCredits`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AddCreditsRequest {
+    amount: u64,
+}
+
+impl AddCreditsRequest {
+    pub(crate) fn validate(self) -> Result<u64, ApiError> {
+        if self.amount == 0 || self.amount > MAX_CREDITS {
+            return Err(ApiError::invalid(format!(
+                "amount: must be between 1 and {MAX_CREDITS}"
+            )));
+        }
+        Ok(self.amount)
+    }
+}
+
+/// The body of `PUT /accounts/{service_account_id}/rate-limits`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AccountRateLimitsRequest {
+    rate_limits: Vec<RateLimitBody>,
+}
+
+impl AccountRateLimitsRequest {
+    pub(crate) fn validate(self) -> Result<Vec<RateLimit>, ApiError> {
+        rate_limits_of("rate_limits", &self.rate_limits)
+    }
+}
+
+/// Rate limits from a body: each valid, at most
+/// [`MAX_RATE_LIMITS`](crate::limits::MAX_RATE_LIMITS), no two alike.
+fn rate_limits_of(field: &str, bodies: &[RateLimitBody]) -> Result<Vec<RateLimit>, ApiError> {
+    let mut limits = Vec::with_capacity(bodies.len().min(crate::limits::MAX_RATE_LIMITS + 1));
+    for (i, body) in bodies.iter().enumerate() {
+        let period = parse_period(&body.period)
+            .map_err(|e| ApiError::invalid(format!("{field}[{i}].period: {e}")))?;
+        let mut limit = RateLimit::new(body.limit, period)
+            .map_err(|e| ApiError::invalid(format!("{field}[{i}]: {e}")))?;
+        if let Some(burst) = body.burst {
+            limit = limit
+                .with_burst(burst)
+                .map_err(|e| ApiError::invalid(format!("{field}[{i}].burst: {e}")))?;
+        }
+        limits.push(limit);
+    }
+    check_rate_limits(&limits).map_err(|e| ApiError::invalid(format!("{field}: {e}")))?;
+    Ok(limits)
 }
 
 /// The query of `GET /keys`.
@@ -254,6 +496,12 @@ pub(crate) fn service_account_id(text: &str) -> Result<String, ApiError> {
         ));
     }
     Ok(text.to_owned())
+}
+
+/// An account id that is about to be stored (with its rate limits) must
+/// not hold a key, as in [`CreateKeyRequest`].
+pub(crate) fn no_key_in_account(account: &str, format: &KeyFormat) -> Result<(), ApiError> {
+    no_key("service_account_id", account, format)
 }
 
 /// A field that is stored and shown in every later GET and list must not
@@ -504,5 +752,226 @@ mod tests {
         assert!(
             serde_json::from_str::<ReissueKeyRequest>(r#"{"grace_period_seconds":-1}"#).is_err()
         );
+    }
+
+    fn update(json: &str) -> Result<KeyUpdate, String> {
+        let request: UpdateKeyRequest = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        request
+            .validate(SystemTime::now(), &KeyFormat::default())
+            .map_err(|e| e.message().to_owned())
+    }
+
+    #[test]
+    fn rate_limits_and_credits_are_read_with_defaults_and_shown_in_full() {
+        let new = create(
+            r#"{"service_account_id":"sa","rate_limits":[{"limit":5,"period":"1s"},{"limit":100,"period":"60s","burst":10}],
+                "credits":{"remaining":3,"refill":{"amount":100,"interval":"monthly","day":15}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            new.rate_limits,
+            vec![
+                "5/1s".parse::<RateLimit>().unwrap(),
+                "100/1m,burst=10".parse().unwrap()
+            ]
+        );
+        let credits = new.credits.unwrap();
+        assert_eq!(credits.remaining(), 3);
+        assert_eq!(credits.refill(), Some(&Refill::monthly(100, 15).unwrap()));
+
+        let record = KeyRecord::new(KeyId::random().unwrap(), "sa")
+            .with_rate_limits(new.rate_limits.clone())
+            .with_account_rate_limits(vec!["1/1d".parse().unwrap()])
+            .with_credits(Some(credits));
+        let shown = serde_json::to_value(KeyResource::new(&record, None, "h".into())).unwrap();
+        assert_eq!(
+            shown["rate_limits"],
+            serde_json::json!([
+                {"limit": 5, "period": "1s", "burst": 5},
+                {"limit": 100, "period": "1m", "burst": 10}
+            ])
+        );
+        assert_eq!(
+            shown["credits"],
+            serde_json::json!({"remaining": 3, "refill": {"amount": 100, "interval": "monthly", "day": 15}})
+        );
+        assert!(
+            shown.get("account_rate_limits").is_none(),
+            "the account's limits belong to the account"
+        );
+        let plain = KeyResource::new(
+            &KeyRecord::new(KeyId::random().unwrap(), "sa"),
+            None,
+            "h".into(),
+        );
+        let plain = serde_json::to_value(plain).unwrap();
+        assert_eq!(plain["rate_limits"], serde_json::json!([]));
+        assert_eq!(plain["credits"], serde_json::Value::Null);
+
+        // What a response shows is a valid body again.
+        let again = create(
+            &serde_json::json!({"service_account_id": "sa", "rate_limits": shown["rate_limits"], "credits": shown["credits"]})
+                .to_string(),
+        )
+        .unwrap();
+        assert_eq!(again.rate_limits, new.rate_limits);
+        assert_eq!(again.credits, Some(credits));
+        let daily = create(
+            r#"{"service_account_id":"sa","credits":{"remaining":0,"refill":{"amount":5,"interval":"daily","day":1}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            daily.credits.unwrap().refill(),
+            Some(&Refill::daily(5).unwrap())
+        );
+    }
+
+    #[test]
+    fn bad_rate_limits_and_credits_are_refused_naming_the_field() {
+        let cases = [
+            (
+                r#"{"rate_limits":[{"limit":0,"period":"1s"}]}"#,
+                "rate_limits[0]: a rate limit's limit must be between 1 and",
+            ),
+            (
+                r#"{"rate_limits":[{"limit":5,"period":"1s"},{"limit":5,"period":"1w"}]}"#,
+                "rate_limits[1].period: a period is a whole number",
+            ),
+            (
+                r#"{"rate_limits":[{"limit":5,"period":"367d"}]}"#,
+                "rate_limits[0]: a rate limit's period must be",
+            ),
+            (
+                r#"{"rate_limits":[{"limit":5,"period":"1s","burst":0}]}"#,
+                "rate_limits[0].burst: a rate limit's burst must be",
+            ),
+            (
+                r#"{"rate_limits":[{"limit":5,"period":"1s"},{"limit":5,"period":"1000ms"}]}"#,
+                "rate_limits: rate limit 5/1s is given twice",
+            ),
+            (
+                r#"{"rate_limits":[{"limit":5,"period":"1s","brust":2}]}"#,
+                "unknown field `brust`",
+            ),
+            (
+                r#"{"rate_limits":[{"limit":-1,"period":"1s"}]}"#,
+                "invalid value: integer `-1`",
+            ),
+            (r#"{"rate_limits":[{"limit":5}]}"#, "missing field `period`"),
+            (
+                r#"{"rate_limits":[{"limit":5,"period":"1s","burst":null}]}"#,
+                "invalid type: null",
+            ),
+            (
+                r#"{"credits":{"remaining":1000000000001}}"#,
+                "credits.remaining: credits are at most",
+            ),
+            (
+                r#"{"credits":{"remaining":1,"refill":{"amount":5,"interval":"weekly"}}}"#,
+                "credits.refill.interval: a refill interval is",
+            ),
+            (
+                r#"{"credits":{"remaining":1,"refill":{"amount":5,"interval":"monthly"}}}"#,
+                "credits.refill.day: required for a monthly refill",
+            ),
+            (
+                r#"{"credits":{"remaining":1,"refill":{"amount":5,"interval":"monthly","day":32}}}"#,
+                "credits.refill: a monthly refill's day is 1 to 31",
+            ),
+            (
+                r#"{"credits":{"remaining":1,"refill":{"amount":5,"interval":"monthly","day":100000}}}"#,
+                "credits.refill: a monthly refill's day is 1 to 31",
+            ),
+            (
+                r#"{"credits":{"remaining":1,"refill":{"amount":5,"interval":"daily","day":3}}}"#,
+                "credits.refill.day: a daily refill takes no day",
+            ),
+            (
+                r#"{"credits":{"remaining":1,"refill":{"amount":1000000000001,"interval":"daily"}}}"#,
+                "credits.refill: credits are at most",
+            ),
+            (
+                r#"{"credits":{"remaining":1,"refill":null}}"#,
+                "invalid type: null",
+            ),
+            (
+                r#"{"credits":{"refill":{"amount":5,"interval":"daily"}}}"#,
+                "missing field `remaining`",
+            ),
+        ];
+        for (json, want) in cases {
+            let got = update(json).unwrap_err();
+            assert!(got.contains(want), "{json}: {got}");
+            let mut body: serde_json::Value = serde_json::from_str(json).unwrap();
+            body["service_account_id"] = "sa".into();
+            let got = create(&body.to_string()).unwrap_err();
+            assert!(got.contains(want), "create {json}: {got}");
+        }
+        let nine: Vec<_> = (1..=9)
+            .map(|n| serde_json::json!({"limit": n, "period": "1s"}))
+            .collect();
+        let got = update(&serde_json::json!({ "rate_limits": nine }).to_string()).unwrap_err();
+        assert_eq!(got, "rate_limits: at most 8 rate limits per key or account");
+        // In a create, null is not a value.
+        for json in [
+            r#"{"service_account_id":"sa","rate_limits":null}"#,
+            r#"{"service_account_id":"sa","credits":null}"#,
+        ] {
+            assert!(
+                create(json).unwrap_err().contains("invalid type: null"),
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_patch_tells_absent_limits_from_null_ones() {
+        let u = update("{}").unwrap();
+        assert!(u.rate_limits.is_none() && u.credits.is_none());
+        assert_eq!(
+            update(r#"{"rate_limits":null}"#).unwrap().rate_limits,
+            Some(vec![])
+        );
+        assert_eq!(
+            update(r#"{"rate_limits":[]}"#).unwrap().rate_limits,
+            Some(vec![])
+        );
+        assert_eq!(update(r#"{"credits":null}"#).unwrap().credits, Some(None));
+        assert_eq!(
+            update(r#"{"credits":{"remaining":7}}"#).unwrap().credits,
+            Some(Some(Credits::new(7).unwrap()))
+        );
+    }
+
+    #[test]
+    fn amounts_and_account_limits_are_checked() {
+        let amount = |json: &str| -> Result<u64, String> {
+            serde_json::from_str::<AddCreditsRequest>(json)
+                .map_err(|e| e.to_string())?
+                .validate()
+                .map_err(|e| e.message().to_owned())
+        };
+        assert_eq!(amount(r#"{"amount":5}"#), Ok(5));
+        assert!(amount(r#"{"amount":0}"#)
+            .unwrap_err()
+            .starts_with("amount: must be between 1"));
+        assert!(amount(r#"{"amount":1000000000001}"#).is_err());
+        assert!(amount(r#"{"amount":-1}"#).is_err());
+        assert!(amount(r#"{}"#)
+            .unwrap_err()
+            .contains("missing field `amount`"));
+        let account = |json: &str| -> Result<Vec<RateLimit>, String> {
+            serde_json::from_str::<AccountRateLimitsRequest>(json)
+                .map_err(|e| e.to_string())?
+                .validate()
+                .map_err(|e| e.message().to_owned())
+        };
+        assert_eq!(account(r#"{"rate_limits":[]}"#), Ok(vec![]));
+        assert_eq!(
+            account(r#"{"rate_limits":[{"limit":2,"period":"1h"}]}"#),
+            Ok(vec!["2/1h".parse().unwrap()])
+        );
+        assert!(account(r#"{"rate_limits":null}"#).is_err());
+        assert!(account(r#"{}"#).is_err());
     }
 }

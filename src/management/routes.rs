@@ -15,14 +15,14 @@ use serde::Serialize;
 use super::error::{scrub, ApiError};
 use super::grant::{Change, Grants};
 use super::resource::{
-    self, CreateKeyRequest, KeyList, KeyResource, KeyWithSecret, ListQuery, ReissueKeyRequest,
-    UpdateKeyRequest,
+    self, AccountRateLimits, AccountRateLimitsRequest, AddCreditsRequest, CreateKeyRequest,
+    KeyList, KeyResource, KeyWithSecret, ListQuery, ReissueKeyRequest, UpdateKeyRequest,
 };
 use super::AccountAccess;
 use crate::cache::Caller;
 use crate::key::KeyId;
 use crate::scope::ScopeSet;
-use crate::store::{KeyInfo, KeyStore, ListRequest};
+use crate::store::{KeyInfo, KeyStore, ListRequest, MAX_PAGE_SIZE};
 use crate::Authenticator;
 
 /// What every handler shares.
@@ -152,10 +152,9 @@ fn path_text(path: Result<Path<String>, PathRejection>) -> Result<String> {
 fn plain_id(path: &str, method: &str) -> Result<KeyId> {
     match segment(path) {
         Segment::Id(id) => resource::key_id(id),
-        Segment::Method(_, "reissue") => Err(ApiError::method_not_allowed(
-            "POST",
-            format!("`:reissue` takes POST, not {method}"),
-        )),
+        Segment::Method(_, custom @ ("reissue" | "addCredits")) => Err(
+            ApiError::method_not_allowed("POST", format!("`:{custom}` takes POST, not {method}")),
+        ),
         Segment::Method(_, other) => Err(ApiError::unknown_method(other)),
     }
 }
@@ -196,6 +195,20 @@ impl Ctx {
         }
     }
 
+    /// Refuses `action` to a caller whose own key (or account) is limited,
+    /// unless the router allows limited callers; see [`super::grant`].
+    fn check_unlimited(&self, caller: &Caller, action: &str) -> Result<()> {
+        if self.grants.refuses_limited(caller) {
+            tracing::info!(
+                caller_key_id = %caller.key_id(),
+                action,
+                "api key management: limited caller refused"
+            );
+            return Err(ApiError::limited_caller(action));
+        }
+        Ok(())
+    }
+
     /// Whether `caller` may make `change`; see [`super::grant`].
     fn check_grant(&self, caller: &Caller, change: Change<'_>) -> Result<()> {
         self.grants
@@ -223,6 +236,7 @@ pub(crate) async fn create(
     let new = request.validate(ctx.now(), &ctx.store.key_format().unwrap_or_default())?;
     ctx.check_account(&caller, &new.service_account_id)?;
     ctx.check_grant(&caller, Change::Create(&new.scopes))?;
+    ctx.check_unlimited(&caller, "create keys")?;
     let created = ctx.store.create(new).await?;
     let id = created.record.key_id;
     tracing::info!(
@@ -290,6 +304,13 @@ pub(crate) async fn update(
     if let Some(to) = &update.scopes {
         let from = &current.record.scopes;
         ctx.check_grant(&caller, Change::Replace { from, to })?;
+        let adds = to.iter().any(|s| !from.contains(s)) || (to.is_empty() && !from.is_empty());
+        if adds {
+            ctx.check_unlimited(&caller, "add scopes to a key")?;
+        }
+    }
+    if update.rate_limits.is_some() || update.credits.is_some() {
+        ctx.check_unlimited(&caller, "change the rate limits or credits of a key")?;
     }
     let info = ctx
         .store
@@ -326,7 +347,8 @@ pub(crate) async fn delete(
     Ok(response)
 }
 
-/// `POST /keys/{id}:{method}`: the custom methods; today only `:reissue`.
+/// `POST /keys/{id}:{method}`: the custom methods, `:reissue` and
+/// `:addCredits`.
 pub(crate) async fn custom(
     State(ctx): State<Ctx>,
     caller: Caller,
@@ -335,20 +357,41 @@ pub(crate) async fn custom(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let path = path_text(path)?;
-    let id = match segment(&path) {
-        Segment::Method(id, "reissue") => resource::key_id(id)?,
-        Segment::Method(_, other) => return Err(ApiError::unknown_method(other)),
-        Segment::Id(_) => {
-            return Err(ApiError::method_not_allowed(
-                "GET, PATCH, DELETE",
-                "POST creates keys at /keys; a key takes GET, PATCH, DELETE or POST :reissue",
-            ))
+    match segment(&path) {
+        Segment::Method(id, "reissue") => {
+            let id = resource::key_id(id)?;
+            reissue(&ctx, &caller, id, &headers, raw).await
         }
-    };
-    let request: ReissueKeyRequest = body(&ctx, &headers, raw, true)?;
+        Segment::Method(id, "addCredits") => {
+            let id = resource::key_id(id)?;
+            add_credits(&ctx, &caller, id, &headers, raw).await
+        }
+        Segment::Method(_, other) => Err(ApiError::unknown_method(other)),
+        Segment::Id(_) => Err(ApiError::method_not_allowed(
+            "GET, PATCH, DELETE",
+            "POST creates keys at /keys; a key takes GET, PATCH, DELETE, POST :reissue or \
+             POST :addCredits",
+        )),
+    }
+}
+
+/// `POST /keys/{id}:reissue`
+async fn reissue(
+    ctx: &Ctx,
+    caller: &Caller,
+    id: KeyId,
+    headers: &HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let request: ReissueKeyRequest = body(ctx, headers, raw, true)?;
     let grace = request.validate()?;
-    let info = ctx.visible_key(&caller, id).await?;
-    ctx.check_grant(&caller, Change::Reissue(&info.record.scopes))?;
+    let info = ctx.visible_key(caller, id).await?;
+    ctx.check_grant(caller, Change::Reissue(&info.record.scopes))?;
+    if id != caller.key_id() {
+        // The caller receives the key: one with fewer limits than its own
+        // would lift them.
+        ctx.check_unlimited(caller, "reissue a key other than itself")?;
+    }
     let created = ctx
         .store
         .reissue(id, grace)
@@ -366,6 +409,123 @@ pub(crate) async fn custom(
         StatusCode::OK,
         &KeyWithSecret::new(&created, info.last_used_at),
     ))
+}
+
+/// `POST /keys/{id}:addCredits`
+async fn add_credits(
+    ctx: &Ctx,
+    caller: &Caller,
+    id: KeyId,
+    headers: &HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let request: AddCreditsRequest = body(ctx, headers, raw, false)?;
+    let amount = request.validate()?;
+    ctx.check_unlimited(caller, "add credits")?;
+    let mut info = ctx.visible_key(caller, id).await?;
+    if info.record.credits.is_none() {
+        return Err(ApiError::no_credits(id));
+    }
+    let credits = ctx
+        .store
+        .add_credits(id, amount)
+        .await?
+        .ok_or_else(|| ApiError::key_not_found(id))?;
+    info.record.credits = Some(credits);
+    let account = info.record.service_account_id.clone();
+    ctx.auth.cache().invalidate_key_of(id, account);
+    tracing::info!(
+        key_id = %id,
+        amount,
+        caller_key_id = %caller.key_id(),
+        "api key credits added"
+    );
+    Ok(json(StatusCode::OK, &KeyResource::from(&info)))
+}
+
+/// The account of an `/accounts/{service_account_id}/...` path, if the
+/// caller may manage it.
+fn account_of(
+    ctx: &Ctx,
+    caller: &Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<String> {
+    let text = path
+        .map(|Path(p)| p)
+        .map_err(|_| ApiError::invalid("the service account id in the path could not be read"))?;
+    let account = resource::service_account_id(&text)?;
+    ctx.check_account(caller, &account)?;
+    Ok(account)
+}
+
+/// `GET /accounts/{service_account_id}/rate-limits`
+pub(crate) async fn get_account_limits(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    let account = account_of(&ctx, &caller, path)?;
+    let limits = ctx.store.account_rate_limits(&account).await?;
+    Ok(json(StatusCode::OK, &AccountRateLimits::new(&limits)))
+}
+
+/// `PUT /accounts/{service_account_id}/rate-limits`
+pub(crate) async fn put_account_limits(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let account = account_of(&ctx, &caller, path)?;
+    resource::no_key_in_account(&account, &ctx.store.key_format().unwrap_or_default())?;
+    let request: AccountRateLimitsRequest = body(&ctx, &headers, raw, false)?;
+    let limits = request.validate()?;
+    ctx.check_unlimited(&caller, "set the rate limits of a service account")?;
+    ctx.store
+        .set_account_rate_limits(&account, limits.clone())
+        .await?;
+    tracing::info!(
+        service_account_id = %scrub(&account),
+        rate_limits = limits.len(),
+        caller_key_id = %caller.key_id(),
+        "service account rate limits set"
+    );
+    ctx.invalidate_account(&account).await;
+    Ok(json(StatusCode::OK, &AccountRateLimits::new(&limits)))
+}
+
+impl Ctx {
+    /// Drops every key of `account` from the authenticator's cache, so the
+    /// account's new limits apply at once on this replica even when the
+    /// authenticator verifies through something other than the store. The
+    /// store announces the change too; a failure here is only logged.
+    async fn invalidate_account(&self, account: &str) {
+        let account: Arc<str> = account.into();
+        let mut page = ListRequest::first(MAX_PAGE_SIZE);
+        loop {
+            match self.store.list(&account, page).await {
+                Ok(listed) => {
+                    for key in &listed.keys {
+                        self.auth
+                            .cache()
+                            .invalidate_key_of(key.record.key_id, account.clone());
+                    }
+                    match listed.next_page_token {
+                        Some(token) => page = ListRequest::after(MAX_PAGE_SIZE, token),
+                        None => return,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "api key management: could not list an account's keys to invalidate them"
+                    );
+                    return;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -410,7 +570,7 @@ mod tests {
             decode::<CreateKeyRequest>(br#"{"service_account_id":"sa","expiry":1}"#).unwrap_err();
         assert_eq!(
             e.message(),
-            "unknown field `expiry`, expected one of `service_account_id`, `description`, `scopes`, `expires_at`"
+            "unknown field `expiry`, expected one of `service_account_id`, `description`, `scopes`, `expires_at`, `rate_limits`, `credits`"
         );
         let e = decode::<CreateKeyRequest>(br#"{"service_account_id":"sa"} x"#).unwrap_err();
         assert_eq!(e.message(), "trailing characters after the JSON body");

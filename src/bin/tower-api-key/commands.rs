@@ -7,6 +7,7 @@ use zeroize::Zeroizing;
 
 use serde_json::json;
 use tower_api_key::hash::{HashScheme, KeyHasher};
+use tower_api_key::management::CreditsResource;
 use tower_api_key::store::{
     CreatedKey, KeyUpdate, ListRequest, NewKey, MAX_EXPORT_PAGE, MAX_PAGE_SIZE,
 };
@@ -16,7 +17,9 @@ use crate::error::CliError;
 use crate::output::{self, write_stdout, Format};
 use crate::pepper::{self, can_verify, describe};
 use crate::store::Store;
-use crate::{time, transfer, validate, Command, KeysCommand};
+use crate::{
+    time, transfer, validate, AccountLimitsCommand, AccountsCommand, Command, KeysCommand,
+};
 
 pub struct Context<'a> {
     pub store: &'a Store,
@@ -49,7 +52,43 @@ pub async fn run(ctx: &Context<'_>, command: Command) -> Result<ExitCode, CliErr
             })
         }
         Command::Keys(keys) => run_keys(ctx, keys).await,
+        Command::Accounts(AccountsCommand::RateLimits(command)) => {
+            run_account_limits(ctx, command).await
+        }
     }
+}
+
+async fn run_account_limits(
+    ctx: &Context<'_>,
+    command: AccountLimitsCommand,
+) -> Result<ExitCode, CliError> {
+    let store = ctx.store.keys();
+    match command {
+        AccountLimitsCommand::Get { account } => {
+            validate::account("SA", &account)?;
+            let limits = store.account_rate_limits(&account).await?;
+            output::rate_limits(&limits, ctx.output)?;
+        }
+        AccountLimitsCommand::Set {
+            account,
+            rate_limits,
+            none: _,
+        } => {
+            validate::account("SA", &account)?;
+            validate::no_key_in_account(&account, &ctx.store.format())?;
+            validate::rate_limits(&rate_limits)?;
+            store
+                .set_account_rate_limits(&account, rate_limits.clone())
+                .await?;
+            if rate_limits.is_empty() {
+                eprintln!("removed the rate limits of account {account}");
+            } else {
+                eprintln!("set the rate limits of account {account}");
+            }
+            output::rate_limits(&rate_limits, ctx.output)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, CliError> {
@@ -61,13 +100,19 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
             scopes,
             description,
             expiry,
+            limits,
         } => {
-            validate::account(&account)?;
+            validate::account("--account", &account)?;
             validate::description(&description, &format)?;
             let scopes = validate::scopes(&scopes, &format)?;
+            validate::rate_limits(&limits.rate_limits)?;
             let mut new = NewKey::new(account)
                 .with_scopes(scopes)
-                .with_description(description);
+                .with_description(description)
+                .with_rate_limits(limits.rate_limits.clone());
+            if let Some(credits) = limits.credits()? {
+                new = new.with_credits(credits);
+            }
             if let Some(at) = expiry.resolve(SystemTime::now())? {
                 new = new.with_expires_at(at);
             }
@@ -76,7 +121,7 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
             print_created(ctx, &created, "created")?;
         }
         KeysCommand::List { account } => {
-            validate::account(&account)?;
+            validate::account("--account", &account)?;
             let mut all = Vec::new();
             let mut page = store
                 .list(&account, ListRequest::first(MAX_PAGE_SIZE))
@@ -103,6 +148,9 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
             unscoped,
             expiry,
             no_expiry,
+            limits,
+            no_rate_limits,
+            no_credits,
         } => {
             let mut update = KeyUpdate::default();
             if let Some(description) = description {
@@ -117,17 +165,49 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
             } else if let Some(at) = expiry.resolve(SystemTime::now())? {
                 update = update.with_expires_at(Some(at));
             }
+            if no_rate_limits || !limits.rate_limits.is_empty() {
+                validate::rate_limits(&limits.rate_limits)?;
+                update = update.with_rate_limits(limits.rate_limits.clone());
+            }
+            if no_credits {
+                update = update.with_credits(None);
+            } else if let Some(credits) = limits.credits()? {
+                update = update.with_credits(Some(credits));
+            }
             if update.description.is_none()
                 && update.scopes.is_none()
                 && update.expires_at.is_none()
+                && update.rate_limits.is_none()
+                && update.credits.is_none()
             {
                 return Err(CliError::new(
                     "nothing to change: pass --description, --scope, --unscoped, --expires-at, \
-                     --expires-in or --no-expiry",
+                     --expires-in, --no-expiry, --rate-limit, --no-rate-limits, --credits or \
+                     --no-credits",
                 ));
             }
             let info = store.update(id, update).await?.ok_or_else(|| no_key(id))?;
             eprintln!("updated key {id}");
+            output::key(&info, ctx.output)?;
+        }
+        KeysCommand::AddCredits { id, amount } => {
+            validate::amount(amount)?;
+            let mut info = store.get(id).await?.ok_or_else(|| no_key(id))?;
+            if info.record.credits.is_none() {
+                return Err(CliError::new(format!(
+                    "key {id} has no credits to add to; give it some with \
+                     `keys update {id} --credits N`"
+                )));
+            }
+            let credits = store
+                .add_credits(id, amount)
+                .await?
+                .ok_or_else(|| no_key(id))?;
+            info.record.credits = Some(credits);
+            eprintln!(
+                "added {amount} credits to key {id}: {} remaining",
+                credits.remaining()
+            );
             output::key(&info, ctx.output)?;
         }
         KeysCommand::Reissue { id, grace } => {
@@ -283,9 +363,12 @@ async fn judge(ctx: &Context<'_>, text: &[u8]) -> Result<Verdict, CliError> {
             Ok(Verdict {
                 valid: true,
                 text: format!(
-                    "valid: key {id}\naccount: {}\nscopes: {scope_text}\nexpires: {}",
+                    "valid: key {id}\naccount: {}\nscopes: {scope_text}\nexpires: {}\n\
+                     rate limits: {}\ncredits: {}",
                     record.service_account_id,
-                    expires.as_deref().unwrap_or("never")
+                    expires.as_deref().unwrap_or("never"),
+                    output::limits_text(&record.rate_limits),
+                    output::credits_text(record.credits.as_ref()),
                 ),
                 json: json!({
                     "valid": true,
@@ -293,6 +376,8 @@ async fn judge(ctx: &Context<'_>, text: &[u8]) -> Result<Verdict, CliError> {
                     "service_account_id": &*record.service_account_id,
                     "scopes": scopes,
                     "expires_at": expires,
+                    "rate_limits": output::limits_json(&record.rate_limits),
+                    "credits": record.credits.as_ref().map(|c| json!(CreditsResource::from(c))),
                 }),
             })
         }

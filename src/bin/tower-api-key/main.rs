@@ -1,7 +1,8 @@
 //! `tower-api-key`: operate a key store from a shell (feature `cli`).
 //!
-//! Create, list, update, reissue, revoke and check keys, apply the schema,
-//! and move keys between stores with `export | import`. The full reference
+//! Create, list, update, reissue, revoke and check keys, set rate limits
+//! and credits, apply the schema, and move keys between stores with
+//! `export | import`. The full reference
 //! is docs/cli.md; every command has `--help` with an example.
 //!
 //! Exit codes: 0 done, 1 error (one line on stderr), 2 usage. Secrets
@@ -21,6 +22,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use tower_api_key::limits::{Credits, RateLimit, Refill};
 use tower_api_key::KeyId;
 
 use crate::error::CliError;
@@ -80,6 +82,12 @@ enum Command {
         after_help = "Example:\n  tower-api-key keys list --account sa-reports"
     )]
     Keys(KeysCommand),
+    /// Set and show what a service account carries: its rate limits.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  tower-api-key accounts rate-limits get sa-reports"
+    )]
+    Accounts(AccountsCommand),
     /// Write every key record with its hashes (never a secret) as JSON lines.
     #[command(after_help = "Example (move from SQLite to PostgreSQL):\n  \
                   tower-api-key export --database-url sqlite:keys.db \\\n    \
@@ -100,7 +108,8 @@ enum KeysCommand {
     /// Create a key; prints its secret once, alone on stdout.
     #[command(after_help = "Example:\n  \
                   KEY=$(tower-api-key keys create --account sa-reports \\\n    \
-                  --scope reports.read --description 'nightly export' --expires-in 90d)")]
+                  --scope reports.read --description 'nightly export' --expires-in 90d \\\n    \
+                  --rate-limit 5/1s --rate-limit 1000/1d --credits 100 --refill monthly:100:1)")]
     Create {
         /// The owning service account.
         #[arg(long, value_name = "SA")]
@@ -113,6 +122,8 @@ enum KeysCommand {
         description: String,
         #[command(flatten)]
         expiry: Expiry,
+        #[command(flatten)]
+        limits: Limits,
     },
     /// List a service account's keys (every page).
     #[command(after_help = "Example:\n  tower-api-key keys list --account sa-reports -o json")]
@@ -128,9 +139,10 @@ enum KeysCommand {
         #[arg(value_parser = parse_key_id)]
         id: KeyId,
     },
-    /// Change a key's description, scopes or expiry.
+    /// Change a key's description, scopes, expiry, rate limits or credits.
     #[command(after_help = "Example:\n  \
-                  tower-api-key keys update 7Hq2xQpLrT0aBcDe --scope reports.read --expires-in 30d")]
+                  tower-api-key keys update 7Hq2xQpLrT0aBcDe --scope reports.read --expires-in 30d\n  \
+                  tower-api-key keys update 7Hq2xQpLrT0aBcDe --rate-limit 10/1s,burst=20 --no-credits")]
     Update {
         /// The key id.
         #[arg(value_parser = parse_key_id)]
@@ -149,6 +161,24 @@ enum KeysCommand {
         /// Remove the expiry.
         #[arg(long, conflicts_with_all = ["expires_at", "expires_in"])]
         no_expiry: bool,
+        #[command(flatten)]
+        limits: Limits,
+        /// Remove every rate limit of the key.
+        #[arg(long, conflicts_with = "rate_limits")]
+        no_rate_limits: bool,
+        /// Remove the key's credits (and their refill): no quota.
+        #[arg(long, conflicts_with_all = ["credits", "refill"])]
+        no_credits: bool,
+    },
+    /// Add credits to a key that has credits (never past 10^12).
+    #[command(after_help = "Example:\n  tower-api-key keys add-credits 7Hq2xQpLrT0aBcDe 500")]
+    AddCredits {
+        /// The key id.
+        #[arg(value_parser = parse_key_id)]
+        id: KeyId,
+        /// How many credits to add.
+        #[arg(value_name = "N")]
+        amount: u64,
     },
     /// Give a key a new secret (printed once, like create); the old one
     /// keeps working for the grace period.
@@ -180,6 +210,75 @@ enum KeysCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum AccountsCommand {
+    /// The rate limits shared by all keys of a service account.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  tower-api-key accounts rate-limits set sa-reports --rate-limit 100/1s"
+    )]
+    RateLimits(AccountLimitsCommand),
+}
+
+#[derive(Subcommand)]
+enum AccountLimitsCommand {
+    /// Show a service account's rate limits.
+    #[command(
+        after_help = "Example:\n  tower-api-key accounts rate-limits get sa-reports -o json"
+    )]
+    Get {
+        /// The service account.
+        #[arg(value_name = "SA")]
+        account: String,
+    },
+    /// Replace a service account's rate limits (--none removes them).
+    #[command(after_help = "Example:\n  \
+                  tower-api-key accounts rate-limits set sa-reports --rate-limit 100/1s --rate-limit 1000000/1d\n  \
+                  tower-api-key accounts rate-limits set sa-reports --none")]
+    Set {
+        /// The service account.
+        #[arg(value_name = "SA")]
+        account: String,
+        /// A rate limit such as 100/1s or 100/1m,burst=20; repeat for several.
+        #[arg(
+            long = "rate-limit",
+            value_name = "LIMIT/PERIOD[,burst=N]",
+            value_parser = parse_rate_limit,
+            required_unless_present = "none"
+        )]
+        rate_limits: Vec<RateLimit>,
+        /// Remove every rate limit of the account.
+        #[arg(long, conflicts_with = "rate_limits")]
+        none: bool,
+    },
+}
+
+/// Rate limits and credits of a key, for create and update.
+#[derive(Args)]
+struct Limits {
+    /// A rate limit such as 5/1s or 100/1m,burst=20 (periods in ms, s, m, h
+    /// or d); repeat for several. In an update, replaces the key's limits.
+    #[arg(
+        long = "rate-limit",
+        value_name = "LIMIT/PERIOD[,burst=N]",
+        value_parser = parse_rate_limit
+    )]
+    rate_limits: Vec<RateLimit>,
+    /// Credits: what the key may still spend (a request spends its cost).
+    /// In an update, replaces the count and the refill.
+    #[arg(long, value_name = "N")]
+    credits: Option<u64>,
+    /// Refill the credits to AMOUNT at 00:00 UTC: daily:AMOUNT, or
+    /// monthly:AMOUNT:DAY (DAY 1 to 31, the last day in shorter months).
+    #[arg(
+        long,
+        value_name = "daily:N | monthly:N:DAY",
+        value_parser = parse_refill,
+        requires = "credits"
+    )]
+    refill: Option<Refill>,
+}
+
 #[derive(Args)]
 struct Expiry {
     /// Expire this long from now (such as 90d, 12h, 1month).
@@ -188,6 +287,20 @@ struct Expiry {
     /// Expire at this RFC 3339 time (such as 2030-01-31T12:00:00Z).
     #[arg(long, value_parser = time::parse)]
     expires_at: Option<SystemTime>,
+}
+
+impl Limits {
+    /// The credits asked for, with their refill, if any.
+    fn credits(&self) -> Result<Option<Credits>, CliError> {
+        let Some(n) = self.credits else {
+            return Ok(None);
+        };
+        let credits = Credits::new(n).map_err(|e| CliError::new(format!("--credits: {e}")))?;
+        Ok(Some(match self.refill {
+            Some(refill) => credits.with_refill(refill),
+            None => credits,
+        }))
+    }
 }
 
 impl Expiry {
@@ -205,6 +318,31 @@ impl Expiry {
 
 fn parse_key_id(text: &str) -> Result<KeyId, String> {
     text.parse().map_err(|e| format!("{e}"))
+}
+
+fn parse_rate_limit(text: &str) -> Result<RateLimit, String> {
+    text.parse().map_err(|e| format!("{e}"))
+}
+
+/// `daily:AMOUNT` or `monthly:AMOUNT:DAY`.
+fn parse_refill(text: &str) -> Result<Refill, String> {
+    let expected = || "a refill reads daily:AMOUNT or monthly:AMOUNT:DAY, such as monthly:100:1";
+    let number = |s: &str| -> Result<u64, String> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(expected().to_owned());
+        }
+        s.parse().map_err(|_| expected().to_owned())
+    };
+    let parts: Vec<&str> = text.split(':').collect();
+    let refill = match parts.as_slice() {
+        ["daily", amount] => Refill::daily(number(amount)?),
+        ["monthly", amount, day] => {
+            let day = u8::try_from(number(day)?).unwrap_or(0);
+            Refill::monthly(number(amount)?, day)
+        }
+        _ => return Err(expected().to_owned()),
+    };
+    refill.map_err(|e| e.to_string())
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

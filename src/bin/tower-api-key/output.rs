@@ -4,6 +4,8 @@
 use std::io::Write;
 
 use serde_json::{json, Value};
+use tower_api_key::limits::{Credits, RateLimit, RefillInterval};
+use tower_api_key::management::{CreditsResource, RateLimitResource};
 use tower_api_key::store::{CreatedKey, KeyInfo};
 use tower_api_key::KeyRecord;
 
@@ -34,7 +36,70 @@ fn record_json(record: &KeyRecord) -> Value {
         "scopes": record.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
         "created_at": time::format(record.created_at),
         "expires_at": record.expires_at.map(time::format),
+        "rate_limits": limits_json(&record.rate_limits),
+        "credits": record.credits.as_ref().map(|c| json!(CreditsResource::from(c))),
     })
+}
+
+/// Rate limits as the management API writes them: always the full form.
+pub fn limits_json(limits: &[RateLimit]) -> Value {
+    json!(limits
+        .iter()
+        .map(RateLimitResource::from)
+        .collect::<Vec<_>>())
+}
+
+/// Rate limits in a table cell: `5/1s 100/1m,burst=20`, or `none`.
+pub fn limits_text(limits: &[RateLimit]) -> String {
+    if limits.is_empty() {
+        return "none".into();
+    }
+    let texts: Vec<String> = limits.iter().map(RateLimit::to_string).collect();
+    texts.join(" ")
+}
+
+/// Credits in a table cell: `3`, `3 (daily 100)`, `3 (monthly 100 on day
+/// 15)`, or `none`.
+pub fn credits_text(credits: Option<&Credits>) -> String {
+    let Some(credits) = credits else {
+        return "none".into();
+    };
+    match credits.refill() {
+        None => credits.remaining().to_string(),
+        Some(refill) => match refill.interval() {
+            RefillInterval::Monthly => format!(
+                "{} (monthly {} on day {})",
+                credits.remaining(),
+                refill.amount(),
+                refill.day()
+            ),
+            _ => format!("{} (daily {})", credits.remaining(), refill.amount()),
+        },
+    }
+}
+
+/// A service account's rate limits: the management API's document, or a
+/// table for people.
+pub fn rate_limits(limits: &[RateLimit], format: Format) -> Result<(), CliError> {
+    match format {
+        Format::Json => write_stdout(&format!(
+            "{}\n",
+            json!({ "rate_limits": limits_json(limits) })
+        )),
+        Format::Table if limits.is_empty() => write_stdout("no rate limits\n"),
+        Format::Table => {
+            let mut out = String::from("LIMIT       PERIOD  BURST\n");
+            for limit in limits {
+                let period = RateLimitResource::from(limit).period;
+                out.push_str(&format!(
+                    "{:<10}  {period:<6}  {}\n",
+                    limit.limit(),
+                    limit.burst()
+                ));
+            }
+            write_stdout(&out)
+        }
+    }
 }
 
 /// Keys as a table: one row each, under a header.
@@ -46,9 +111,11 @@ pub fn table(keys: &[KeyInfo]) -> String {
         "EXPIRES",
         "LAST USED",
         "HINT",
+        "RATE LIMITS",
+        "CREDITS",
         "DESCRIPTION",
     ];
-    let rows: Vec<[String; 7]> = keys
+    let rows: Vec<[String; 9]> = keys
         .iter()
         .map(|k| {
             let r = &k.record;
@@ -68,6 +135,8 @@ pub fn table(keys: &[KeyInfo]) -> String {
                 r.expires_at.map_or("never".into(), time::format),
                 k.last_used_at.map_or("never".into(), time::format),
                 cell(&k.hint),
+                limits_text(&r.rate_limits),
+                credits_text(r.credits.as_ref()),
                 cell(&r.description),
             ]
         })
@@ -174,7 +243,22 @@ fn cell(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::cell;
+    use super::{cell, credits_text, limits_text};
+    use tower_api_key::limits::{Credits, Refill};
+
+    #[test]
+    fn limits_and_credits_read_as_their_text_forms() {
+        assert_eq!(limits_text(&[]), "none");
+        let limits = ["5/1s".parse().unwrap(), "100/1m,burst=20".parse().unwrap()];
+        assert_eq!(limits_text(&limits), "5/1s 100/1m,burst=20");
+        assert_eq!(credits_text(None), "none");
+        let credits = Credits::new(3).unwrap();
+        assert_eq!(credits_text(Some(&credits)), "3");
+        let daily = credits.with_refill(Refill::daily(100).unwrap());
+        assert_eq!(credits_text(Some(&daily)), "3 (daily 100)");
+        let monthly = credits.with_refill(Refill::monthly(100, 15).unwrap());
+        assert_eq!(credits_text(Some(&monthly)), "3 (monthly 100 on day 15)");
+    }
 
     #[test]
     fn a_cell_is_one_line_without_control_characters() {

@@ -6,6 +6,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use tower_api_key::hash::StoredHash;
+use tower_api_key::limits::{parse_period, Credits, RateLimit, Refill, RefillInterval};
+use tower_api_key::management::{CreditsResource, RateLimitResource};
 use tower_api_key::store::{
     Imported, KeyInfo, PreviousHash, StoreError, StoredKey, MAX_EXPORT_PAGE,
 };
@@ -17,7 +19,9 @@ use crate::store::Store;
 use crate::time;
 
 /// One line of an export. Unknown fields are refused on import: a field
-/// this version cannot keep would be lost silently otherwise.
+/// this version cannot keep would be lost silently otherwise. `rate_limits`
+/// and `credits` (the management API's forms) may be absent, as in the
+/// exports of versions without them.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Line {
@@ -32,6 +36,35 @@ pub struct Line {
     pub hash: String,
     pub previous_hash: Option<String>,
     pub previous_valid_until: Option<String>,
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitResource>,
+    #[serde(default)]
+    pub credits: Option<CreditsResource>,
+}
+
+/// A rate limit of a line, checked as the library checks one.
+fn rate_limit_of(i: usize, line: &RateLimitResource) -> Result<RateLimit, String> {
+    let field = |e: &dyn std::fmt::Display| format!("rate_limits[{i}]: {e}");
+    let period = parse_period(&line.period).map_err(|e| field(&e))?;
+    RateLimit::new(line.limit, period)
+        .and_then(|l| l.with_burst(line.burst))
+        .map_err(|e| field(&e))
+}
+
+/// The credits of a line, checked as the library checks them.
+fn credits_of(line: &CreditsResource) -> Result<Credits, String> {
+    let field = |e: &dyn std::fmt::Display| format!("credits: {e}");
+    let credits = Credits::new(line.remaining).map_err(|e| field(&e))?;
+    let Some(refill) = &line.refill else {
+        return Ok(credits);
+    };
+    let interval: RefillInterval = refill.interval.parse().map_err(|e| field(&e))?;
+    let refill = match interval {
+        RefillInterval::Monthly => Refill::monthly(refill.amount, refill.day),
+        _ => Refill::daily(refill.amount),
+    }
+    .map_err(|e| field(&e))?;
+    Ok(credits.with_refill(refill))
 }
 
 impl Line {
@@ -49,6 +82,8 @@ impl Line {
             hash: key.hash.to_string(),
             previous_hash: key.previous.map(|p| p.hash.to_string()),
             previous_valid_until: key.previous.map(|p| time::format(p.valid_until)),
+            rate_limits: r.rate_limits.iter().map(RateLimitResource::from).collect(),
+            credits: r.credits.as_ref().map(CreditsResource::from),
         }
     }
 
@@ -74,7 +109,15 @@ impl Line {
             .with_scopes(scopes)
             .with_description(self.description.clone())
             .with_created_at(at("created_at", &self.created_at)?)
-            .with_expires_at(opt_at("expires_at", &self.expires_at)?);
+            .with_expires_at(opt_at("expires_at", &self.expires_at)?)
+            .with_rate_limits(
+                self.rate_limits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| rate_limit_of(i, l))
+                    .collect::<Result<_, _>>()?,
+            )
+            .with_credits(self.credits.as_ref().map(credits_of).transpose()?);
         let info = KeyInfo::new(
             record,
             opt_at("last_used_at", &self.last_used_at)?,
@@ -201,4 +244,95 @@ fn json_error(e: &serde_json::Error) -> String {
         _ => "a field has the wrong type",
     };
     format!("not a key record: {kind} (column {})", e.column())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower_api_key::limits::MAX_CREDITS;
+
+    fn line_of(record: KeyRecord) -> Line {
+        let hash: StoredHash = format!("sha256${}", "ab".repeat(32)).parse().unwrap();
+        let key = StoredKey::new(KeyInfo::new(record, None, "tak_…abcd"), hash);
+        Line::from_stored(&key)
+    }
+
+    #[test]
+    fn limits_and_credits_travel_in_a_line_and_back() {
+        let record = KeyRecord::new(KeyId::random().unwrap(), "sa-1")
+            .with_rate_limits(vec![
+                "5/1s".parse().unwrap(),
+                "100/1m,burst=20".parse().unwrap(),
+            ])
+            .with_credits(Some(
+                Credits::new(3)
+                    .unwrap()
+                    .with_refill(Refill::monthly(100, 31).unwrap()),
+            ));
+        let line = line_of(record.clone());
+        let text = serde_json::to_string(&line).unwrap();
+        assert!(text.contains(r#""rate_limits":[{"limit":5,"period":"1s","burst":5},"#));
+        let back: Line = serde_json::from_str(&text).unwrap();
+        let stored = back.to_stored().unwrap();
+        assert_eq!(stored.info.record.rate_limits, record.rate_limits);
+        assert_eq!(stored.info.record.credits, record.credits);
+
+        let plain = line_of(KeyRecord::new(KeyId::random().unwrap(), "sa-1"));
+        let text = serde_json::to_string(&plain).unwrap();
+        assert!(
+            text.contains(r#""rate_limits":[],"credits":null"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_line_without_limits_from_an_older_export_still_reads() {
+        let mut value =
+            serde_json::to_value(line_of(KeyRecord::new(KeyId::random().unwrap(), "sa-1")))
+                .unwrap();
+        let object = value.as_object_mut().unwrap();
+        object.remove("rate_limits");
+        object.remove("credits");
+        let line: Line = serde_json::from_value(value).unwrap();
+        let stored = line.to_stored().unwrap();
+        assert!(stored.info.record.rate_limits.is_empty());
+        assert!(stored.info.record.credits.is_none());
+    }
+
+    #[test]
+    fn bad_limits_and_credits_in_a_line_are_named() {
+        let mut line = line_of(KeyRecord::new(KeyId::random().unwrap(), "sa-1"));
+        let bad = |json: serde_json::Value| -> RateLimitResource {
+            serde_json::from_value(json).unwrap()
+        };
+        line.rate_limits = vec![
+            bad(serde_json::json!({"limit": 5, "period": "1s", "burst": 5})),
+            bad(serde_json::json!({"limit": 5, "period": "1w", "burst": 5})),
+        ];
+        assert!(line
+            .to_stored()
+            .unwrap_err()
+            .starts_with("rate_limits[1]: "));
+        line.rate_limits = vec![bad(
+            serde_json::json!({"limit": 5, "period": "1s", "burst": 0}),
+        )];
+        assert!(line
+            .to_stored()
+            .unwrap_err()
+            .starts_with("rate_limits[0]: "));
+        line.rate_limits.clear();
+        line.credits = Some(
+            serde_json::from_value(
+                serde_json::json!({"remaining": MAX_CREDITS + 1, "refill": null}),
+            )
+            .unwrap(),
+        );
+        assert!(line.to_stored().unwrap_err().starts_with("credits: "));
+        line.credits = Some(
+            serde_json::from_value(serde_json::json!({"remaining": 1,
+                "refill": {"amount": 1, "interval": "weekly", "day": 1}}))
+            .unwrap(),
+        );
+        assert!(line.to_stored().unwrap_err().starts_with("credits: "));
+    }
 }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use tower_api_key::limits::{check_rate_limits, RateLimit, MAX_CREDITS};
 use tower_api_key::management::{
     MAX_DESCRIPTION_LEN, MAX_GRACE_PERIOD, MAX_SERVICE_ACCOUNT_ID_LEN,
 };
@@ -11,19 +12,40 @@ use tower_api_key::{KeyFormat, Scope, ScopeSet};
 
 use crate::error::CliError;
 
-pub fn account(text: &str) -> Result<(), CliError> {
+/// A service account id, given as `name` (`--account` or `SA`).
+pub fn account(name: &str, text: &str) -> Result<(), CliError> {
     if text.is_empty() {
-        return Err(CliError::new("--account must not be empty"));
+        return Err(CliError::new(format!("{name} must not be empty")));
     }
     if text.len() > MAX_SERVICE_ACCOUNT_ID_LEN {
         return Err(CliError::new(format!(
-            "--account: at most {MAX_SERVICE_ACCOUNT_ID_LEN} characters"
+            "{name}: at most {MAX_SERVICE_ACCOUNT_ID_LEN} characters"
         )));
     }
     if !text.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(CliError::new(
-            "--account: only visible ASCII characters, no spaces",
-        ));
+        return Err(CliError::new(format!(
+            "{name}: only visible ASCII characters, no spaces"
+        )));
+    }
+    Ok(())
+}
+
+/// An account id about to be stored with its limits holds no key.
+pub fn no_key_in_account(text: &str, format: &KeyFormat) -> Result<(), CliError> {
+    no_key("SA", text, format)
+}
+
+/// At most 8 rate limits, no two alike.
+pub fn rate_limits(limits: &[RateLimit]) -> Result<(), CliError> {
+    check_rate_limits(limits).map_err(|e| CliError::new(format!("--rate-limit: {e}")))
+}
+
+/// Credits to add: 1 to 10^12.
+pub fn amount(n: u64) -> Result<(), CliError> {
+    if n == 0 || n > MAX_CREDITS {
+        return Err(CliError::new(format!(
+            "N: must be between 1 and {MAX_CREDITS}"
+        )));
     }
     Ok(())
 }
