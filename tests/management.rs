@@ -1131,17 +1131,31 @@ async fn bad_limits_credits_and_account_requests_get_400_404_or_405_and_change_n
 async fn limit_changes_reach_the_cache_even_when_the_verifier_is_not_the_store() {
     logs();
     let store = MemoryStore::new();
-    // As above: only the router's own invalidations refresh the cache.
-    let lookup = store.clone();
-    let auth = Authenticator::builder(move |key: PresentedKey| {
-        let store = lookup.clone();
-        async move {
-            use tower_api_key::Verifier;
-            store.verify(&key).await
+    // As above: only the router's own invalidations refresh the cache. The
+    // store's credits are leased through it (a verifier whose records carry
+    // credits must lease them), but it announces no changes.
+    struct NoPush(MemoryStore);
+    #[async_trait::async_trait]
+    impl tower_api_key::Verifier for NoPush {
+        async fn verify(
+            &self,
+            key: &PresentedKey,
+        ) -> Result<Option<tower_api_key::KeyRecord>, tower_api_key::VerifierError> {
+            self.0.verify(key).await
         }
-    })
-    .positive_ttl(Duration::from_secs(3600))
-    .build();
+        async fn lease_credits(
+            &self,
+            id: tower_api_key::KeyId,
+            want: u64,
+            now: std::time::SystemTime,
+        ) -> Result<Option<tower_api_key::limits::CreditLease>, tower_api_key::VerifierError>
+        {
+            self.0.lease_credits(id, want, now).await
+        }
+    }
+    let auth = Authenticator::builder(NoPush(store.clone()))
+        .positive_ttl(Duration::from_secs(3600))
+        .build();
     // What the cached identity says the key carries.
     let limits = |caller: Caller| async move {
         let r = caller.record();
