@@ -1645,3 +1645,143 @@ async fn shutdown_and_drop_stop_the_listener() {
     ));
     db.drop_schema().await;
 }
+
+// ---------------------------------------------------------------------------
+// Two replicas through the middleware: shared rate limits and credits
+// ---------------------------------------------------------------------------
+
+/// A replica: an authenticator over its own store, on the test's clock,
+/// syncing rate limits through PostgreSQL only when the test says so.
+fn limited_replica(
+    store: &PgKeyStore,
+    clock: &Arc<ManualClock>,
+) -> (tower_api_key::Authenticator, axum::Router) {
+    use axum::routing::get;
+    use tower_api_key::limits::LimitSettings;
+
+    let auth = tower_api_key::Authenticator::builder(store.clone())
+        .clock(clock.clone())
+        .limits(
+            LimitSettings::builder()
+                // The background sync runs once at start, then the test drives it.
+                .shared(store.rate_limit_sync(), Duration::from_secs(3600))
+                .build(),
+        )
+        .build();
+    let app = axum::Router::new().route(
+        "/",
+        get(|| async { "ok" }).route_layer(auth.any_valid_key()),
+    );
+    (auth, app)
+}
+
+async fn admitted(app: &axum::Router, key: &str) -> bool {
+    use tower::ServiceExt as _;
+    let request = http::Request::get("/")
+        .header("authorization", format!("Api-Key {key}"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let status = app.clone().oneshot(request).await.unwrap().status();
+    assert!(
+        status == http::StatusCode::OK || status == http::StatusCode::TOO_MANY_REQUESTS,
+        "{status}"
+    );
+    status == http::StatusCode::OK
+}
+
+/// Issue 14: the fleet-wide overshoot of a shared rate limit is bounded by
+/// the burst of the replicas that start full plus one sync interval's worth
+/// at the rate per replica: (replicas − 1) × burst + replicas × rate ×
+/// interval. Measured with two replicas syncing through PostgreSQL every
+/// 100 ms of the test's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_sharing_a_rate_limit_through_postgres_overshoot_within_the_bound() {
+    let Some(db) = TestDb::new("two_replicas_sharing_a_rate_limit").await else {
+        return;
+    };
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let (a, b) = (db.store().await, db.store().await);
+    let limit: RateLimit = "10/1s".parse().unwrap();
+    let created = a
+        .create(NewKey::new("sa-shared").with_rate_limits(vec![limit]))
+        .await
+        .unwrap();
+    let key = created.key.expose_secret().to_owned();
+    let replicas = [limited_replica(&a, &clock), limited_replica(&b, &clock)];
+
+    let interval_ms = 100u64;
+    let steps = 50u64;
+    let (mut total, mut overshoot) = (0u64, 0u64);
+    for step in 0..steps {
+        for (_, app) in &replicas {
+            for _ in 0..20 {
+                total += u64::from(admitted(app, &key).await);
+            }
+        }
+        // From a full bucket at t = 0, one limiter admits 10 + 10 × t by t.
+        let allowed = 10 + 10 * step * interval_ms / 1000;
+        overshoot = overshoot.max(total.saturating_sub(allowed));
+        for (auth, _) in &replicas {
+            assert!(auth.sync_rate_limits().await, "the sync reached PostgreSQL");
+        }
+        clock.advance(Duration::from_millis(interval_ms));
+    }
+    let allowed = 10 + 10 * (steps - 1) * interval_ms / 1000;
+    let bound = 10 + 2 * 10 * interval_ms / 1000;
+    eprintln!(
+        "PostgreSQL, two replicas, 10/1s, sync every {interval_ms} ms: {total} admitted in \
+         {} s ({allowed} allowed), largest overshoot {overshoot}, bound {bound}",
+        steps * interval_ms / 1000
+    );
+    assert!(
+        overshoot <= bound,
+        "overshoot {overshoot} over the bound {bound}"
+    );
+    assert!(total + 2 >= allowed, "{total} admitted, {allowed} allowed");
+    db.drop_schema().await;
+}
+
+/// Issue 14: replicas racing for a key's last credits never admit more
+/// requests than it had; once each has spent what it leased, together they
+/// admitted exactly that many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_racing_for_the_last_credits_admit_exactly_the_credits() {
+    let Some(db) = TestDb::new("two_replicas_racing_for_the_last_credits").await else {
+        return;
+    };
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let (a, b) = (db.store().await, db.store().await);
+    let created = a
+        .create(NewKey::new("sa-metered").with_credits(Credits::new(50).unwrap()))
+        .await
+        .unwrap();
+    let id = created.record.key_id;
+    let key = created.key.expose_secret().to_owned();
+    let replicas = [limited_replica(&a, &clock), limited_replica(&b, &clock)];
+
+    let tasks: Vec<_> = (0..300)
+        .map(|i| {
+            let app = replicas[i % 2].1.clone();
+            let key = key.clone();
+            tokio::spawn(async move { admitted(&app, &key).await })
+        })
+        .collect();
+    let mut total = 0u64;
+    for task in tasks {
+        total += u64::from(task.await.unwrap());
+    }
+    assert!(total <= 50, "{total} requests admitted on 50 credits");
+    // What a replica still holds is spent on its next requests; an
+    // exhausted one asks the store again a second later.
+    clock.advance(Duration::from_secs(2));
+    for (_, app) in &replicas {
+        while admitted(app, &key).await {
+            total += 1;
+            assert!(total <= 50, "{total} requests admitted on 50 credits");
+        }
+    }
+    assert_eq!(total, 50);
+    let left = a.get(id).await.unwrap().unwrap().record.credits.unwrap();
+    assert_eq!(left.remaining(), 0);
+    db.drop_schema().await;
+}

@@ -73,6 +73,15 @@ impl Authenticator {
         &self.shared.cache
     }
 
+    /// Runs one round of the shared rate-limit sync now, as the background
+    /// task does every interval: `false` without a shared mode or when the
+    /// sync failed. A test hook: tests drive the sync step by step.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+    pub async fn sync_rate_limits(&self) -> bool {
+        self.shared.limiter.sync_now().await
+    }
+
     /// The accepted key format.
     pub fn key_format(&self) -> KeyFormat {
         self.shared.format

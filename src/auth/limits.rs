@@ -17,9 +17,10 @@ use super::rate_headers::{ceil_secs, RateHeaders};
 use super::rejection::{Reason, Rejection};
 use super::LOG_TARGET;
 use crate::cache::{CachedVerifier, Caller};
+use crate::clock::Clock;
 use crate::key::KeyId;
 use crate::limits::table::{Charge, Standing, Subject, Table, Verdict};
-use crate::limits::{BucketUse, LimitSettings, RateLimit, RouteLimits, SharedMode};
+use crate::limits::{BucketUse, LimitSettings, RateLimit, RateLimitSync, RouteLimits, SharedMode};
 use crate::telemetry;
 
 /// The limit state of one authenticator: shared by every route.
@@ -27,6 +28,8 @@ pub(crate) struct Limiter {
     table: Arc<Table>,
     ledger: Arc<Ledger>,
     headers: bool,
+    shared: Option<SharedMode>,
+    clock: Arc<dyn Clock>,
     // Held so the ledger stays subscribed (the bus keeps a weak reference).
     _listener: Arc<LedgerListener>,
 }
@@ -60,10 +63,10 @@ impl Limiter {
             bus.subscribe(listener.clone());
         }
         credits::spawn_idle_sweeper(&ledger, cache.config().clock().clone());
-        if let Some(shared) = settings.shared {
+        if let Some(shared) = &settings.shared {
             spawn_sync(
                 Arc::downgrade(&table),
-                shared,
+                shared.clone(),
                 cache.config().clock().clone(),
             );
         }
@@ -71,8 +74,23 @@ impl Limiter {
             table,
             ledger,
             headers: settings.headers,
+            shared: settings.shared,
+            clock: cache.config().clock().clone(),
             _listener: listener,
         }
+    }
+
+    /// One sync round now, as the background task does every interval:
+    /// `false` if there is no shared mode or the sync failed.
+    pub(crate) async fn sync_now(&self) -> bool {
+        let Some(shared) = &self.shared else {
+            return false;
+        };
+        let table = Arc::downgrade(&self.table);
+        matches!(
+            sync_once(&table, &*shared.sync, &*self.clock).await,
+            Synced::Done
+        )
     }
 
     /// Charges an admitted request of `caller` on a route with `route`'s
@@ -302,7 +320,7 @@ fn bucket_use(subject: &Subject, limit: RateLimit, cost: u64) -> BucketUse {
 /// Syncs the table with the other replicas every interval, until the
 /// table is dropped. A failed sync drops what it carried: each replica
 /// then limits on its own, never less.
-fn spawn_sync(table: Weak<Table>, shared: SharedMode, clock: Arc<dyn crate::clock::Clock>) {
+fn spawn_sync(table: Weak<Table>, shared: SharedMode, clock: Arc<dyn Clock>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         tracing::warn!(target: LOG_TARGET, "no tokio runtime at build: rate limits are not shared");
         return;
@@ -313,45 +331,63 @@ fn spawn_sync(table: Weak<Table>, shared: SharedMode, clock: Arc<dyn crate::cloc
         let mut failing = false;
         loop {
             tick.tick().await;
-            // Not holding the table across the call: a dropped
-            // authenticator ends the task at the next tick.
-            let taken = match table.upgrade() {
-                Some(table) => table.take_unsynced(),
-                None => return,
-            };
-            if taken.is_empty() {
-                continue;
-            }
-            let uses: Vec<BucketUse> = taken
-                .iter()
-                .map(|(subject, limit, cost)| bucket_use(subject, *limit, *cost))
-                .collect();
-            match shared.sync.sync(&uses, clock.now()).await {
-                Ok(tats) if tats.len() == taken.len() => {
-                    if failing {
-                        tracing::info!(target: LOG_TARGET, "rate-limit sync recovered");
-                        failing = false;
-                    }
-                    let Some(table) = table.upgrade() else {
-                        return;
-                    };
-                    for ((subject, limit, _), tat) in taken.iter().zip(tats) {
-                        table.merge(subject, limit, nanos(tat));
-                    }
+            let outcome = sync_once(&table, &*shared.sync, &*clock).await;
+            match (outcome, failing) {
+                (Synced::Gone, _) => return,
+                (Synced::Failed(why), false) => {
+                    tracing::warn!(target: LOG_TARGET, error = %why, "rate-limit sync failed; limiting locally until it recovers");
+                    failing = true;
                 }
-                Ok(_) => {
-                    if !failing {
-                        tracing::warn!(target: LOG_TARGET, "rate-limit sync answered for the wrong number of buckets; limiting locally");
-                        failing = true;
-                    }
+                (Synced::Done, true) => {
+                    tracing::info!(target: LOG_TARGET, "rate-limit sync recovered");
+                    failing = false;
                 }
-                Err(e) => {
-                    if !failing {
-                        tracing::warn!(target: LOG_TARGET, error = %e, "rate-limit sync failed; limiting locally until it recovers");
-                        failing = true;
-                    }
-                }
+                _ => {}
             }
         }
     });
+}
+
+/// What one sync round did.
+pub(crate) enum Synced {
+    /// Sent what was admitted (if anything) and merged the fleet's state.
+    Done,
+    /// The sync failed; what it carried is dropped.
+    Failed(String),
+    /// The table is gone: stop.
+    Gone,
+}
+
+/// One sync round: sends what this replica admitted since the last one and
+/// moves its buckets up to the fleet's. The table is not held across the
+/// call: requests go on, and a dropped authenticator ends the task.
+async fn sync_once(table: &Weak<Table>, sync: &dyn RateLimitSync, clock: &dyn Clock) -> Synced {
+    let taken = match table.upgrade() {
+        Some(table) => table.take_unsynced(),
+        None => return Synced::Gone,
+    };
+    if taken.is_empty() {
+        return Synced::Done;
+    }
+    let uses: Vec<BucketUse> = taken
+        .iter()
+        .map(|(subject, limit, cost)| bucket_use(subject, *limit, *cost))
+        .collect();
+    match sync.sync(&uses, clock.now()).await {
+        Ok(tats) if tats.len() == taken.len() => {
+            let Some(table) = table.upgrade() else {
+                return Synced::Gone;
+            };
+            for ((subject, limit, _), tat) in taken.iter().zip(tats) {
+                table.merge(subject, limit, nanos(tat));
+            }
+            Synced::Done
+        }
+        Ok(tats) => Synced::Failed(format!(
+            "the sync answered for {} buckets, not {}",
+            tats.len(),
+            taken.len()
+        )),
+        Err(e) => Synced::Failed(e.to_string()),
+    }
 }
