@@ -9,6 +9,9 @@
 //! - A pluggable async [`Verifier`] sits behind a moka [`cache`]; stores
 //!   ([`KeyStore`], [`MemoryStore`], [`store`]) implement the management
 //!   operations and push revocations to the cache ([`Invalidations`]).
+//! - A key (and its service account) may carry rate limits, and a key
+//!   credits; the layer enforces them after authentication and scope
+//!   ([`limits`]).
 //! - With the `axum` feature, [`management`] is a ready HTTP API for key
 //!   owners: create, list, update, reissue and delete keys.
 //!
@@ -49,7 +52,8 @@
 //!   authenticator shares); [`store`] (what the store operations take and
 //!   return, `store::postgres` with `PgKeyStore` (feature `postgres`) and
 //!   `store::sqlite` with `SqliteKeyStore`, keys in a file (feature
-//!   `sqlite`)); [`hash`] (peppers);
+//!   `sqlite`)); [`limits`] (rate limits, credits, route costs and the
+//!   shared mode); [`hash`] (peppers);
 //!   [`usage`] (`last_used_at`); [`telemetry`] (metric names); [`management`].
 //! - **"Policy"** always means a [`ScopePolicy`]: who a route lets in.
 //!   [`MethodPolicies`](auth::grpc::MethodPolicies) is a table of them and

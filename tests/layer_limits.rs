@@ -654,3 +654,46 @@ async fn replicas_sharing_buckets_overshoot_by_at_most_what_each_admits_between_
     );
     assert!(shared.syncs.load(Ordering::SeqCst) as u64 >= steps / 2);
 }
+
+#[tokio::test]
+async fn credits_refill_at_midnight_utc_through_the_store() {
+    use tower_api_key::store::NewKey;
+    use tower_api_key::{KeyStore, MemoryStore};
+    // 2026-12-01T23:59:00Z: the daily refill is a minute away.
+    let clock = Arc::new(ManualClock::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_169_540),
+    ));
+    let store = MemoryStore::builder().with_clock(clock.clone()).build();
+    let auth = Authenticator::builder(store.clone())
+        .clock(clock.clone())
+        .build();
+    let app = Router::new().route(
+        "/",
+        get(|| async { "ok" }).route_layer(auth.any_valid_key()),
+    );
+    let created = store
+        .create(
+            NewKey::new("sa-1").with_credits(
+                Credits::new(1)
+                    .unwrap()
+                    .with_refill(Refill::daily(2).unwrap()),
+            ),
+        )
+        .await
+        .unwrap();
+    let key = created.key;
+    assert_eq!(send(&app, &key).await.status, StatusCode::OK);
+    let refused = send(&app, &key).await;
+    assert_eq!(refused.reason, Some(Reason::QuotaExhausted));
+    assert_eq!(refused.header("retry-after"), Some("60"));
+    // One second before midnight: still none.
+    clock.advance(Duration::from_secs(59));
+    assert_eq!(send(&app, &key).await.status, StatusCode::TOO_MANY_REQUESTS);
+    // At midnight the store refills to 2: two requests, then the next day's.
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(send(&app, &key).await.status, StatusCode::OK);
+    assert_eq!(send(&app, &key).await.status, StatusCode::OK);
+    let refused = send(&app, &key).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.header("retry-after"), Some("86400"));
+}
