@@ -25,8 +25,11 @@ use crate::verifier::{Verifier, VerifierError};
 
 /// Keys in a process-local map. Cheap to clone: clones share the keys.
 ///
-/// Holds only hashes of keys, like any store. A revoke, reissue or update is
-/// announced on [`Verifier::invalidations`] before the call returns.
+/// Holds only hashes of keys, like any store. A revoke, reissue, update or
+/// [`add_credits`](KeyStore::add_credits) is announced on
+/// [`Verifier::invalidations`] before the call returns, and new account
+/// limits as a change of each of the account's keys. Credit leases take the
+/// store's write lock, so concurrent leases never grant a credit twice.
 #[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Inner>,

@@ -19,7 +19,7 @@
 //!   Idempotent and safe to call from every replica at start (an advisory
 //!   lock serializes concurrent callers). Tables go into the first schema of
 //!   the connection's `search_path`.
-//! - **Push invalidation**: revoke, reissue and update send
+//! - **Push invalidation**: revoke, reissue, update and `add_credits` send
 //!   `NOTIFY tower_api_key_invalidate, '<key id> <service account id>'`
 //!   ([`DEFAULT_CHANNEL`]) in the same statement as the change, so it is sent
 //!   if and only if the change commits. The payload is the public key id and
@@ -32,6 +32,13 @@
 //!   store invalidates every cached key (it may have missed notifications),
 //!   so correctness never depends on a notification arriving. The local
 //!   cache is also invalidated directly, before revoke returns.
+//! - **Limits and credits** (migration 3): a key's rate limits and credits
+//!   are columns of its row; a service account's limits are a row of
+//!   `tower_api_key_account_limits`, read with the key in the verification's
+//!   one round trip, and new ones are announced by a NOTIFY per key of the
+//!   account. A credit lease locks the key's row (`SELECT … FOR UPDATE`), so
+//!   replicas never grant a credit twice. Replicas share rate limits through
+//!   [`PgKeyStore::rate_limit_sync`] (migration 4).
 //! - **Reconnection bound**: the listener backs off between failed attempts,
 //!   but once the database answers again it listens again within
 //!   [`PgKeyStoreBuilder::with_reconnect_probe_interval`] (250 ms) plus one

@@ -27,8 +27,10 @@
 //!   so processes creating at once cannot overshoot it. Every process must
 //!   reach the file through a local file system (WAL needs shared memory:
 //!   not over NFS).
-//! - **Revocation across processes**: a revoke, reissue or update also
-//!   writes a row to a small change log, in the same transaction. Each store
+//! - **Revocation across processes**: a revoke, reissue, update or
+//!   `add_credits` also writes a row to a small change log, in the same
+//!   transaction (new account limits write one per key of the account). Each
+//!   store
 //!   watches the file on a connection of its own: every poll interval
 //!   ([`SqliteKeyStoreBuilder::with_poll_interval`], 250 ms) it reads
 //!   `PRAGMA data_version` (which changes when another connection commits)
@@ -45,6 +47,11 @@
 //!   returns `Err` (the middleware answers 503 and caches nothing), never
 //!   `Ok(None)`. Keys already in a cache keep working until their positive
 //!   TTL.
+//! - **Limits and credits** (migration 3): a key's rate limits and credits
+//!   are columns of its row; a service account's limits are a row of
+//!   `tower_api_key_account_limits`, read with the key in one statement. A
+//!   credit lease takes the write lock (`BEGIN IMMEDIATE`), so processes on
+//!   one file never grant a credit twice.
 //! - **No blocking of the runtime**: every SQLite call runs on tokio's
 //!   blocking thread pool, on at most 8 pooled connections at once.
 //! - **Time**: every time written comes from the store's clock (the system
