@@ -785,6 +785,77 @@ async fn migrations_twice_in_a_row() {
     db.drop_schema().await;
 }
 
+/// A schema migrated by the previous release (migrations 1 and 2) with a key
+/// in it moves on; the key keeps working, without limits or credits until
+/// it is given some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_of_the_previous_release_migrates_and_its_keys_keep_working() {
+    let Some(db) = TestDb::new("a_schema_of_the_previous_release_migrates").await else {
+        return;
+    };
+    db.admin
+        .batch_execute(
+            "CREATE TABLE tower_api_key_migrations (
+                 version integer PRIMARY KEY, name text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .unwrap();
+    for m in &tower_api_key::store::postgres::migrations()[..2] {
+        db.admin.batch_execute(m.sql()).await.unwrap();
+        db.admin
+            .execute(
+                "INSERT INTO tower_api_key_migrations (version, name) VALUES ($1, $2)",
+                &[&(m.version() as i32), &m.name()],
+            )
+            .await
+            .unwrap();
+    }
+    let store = db.builder().connect().await.unwrap();
+    // The previous release's create: a row without the new columns.
+    let generated = store.format().generate().unwrap();
+    let old = store.format().parse(generated.expose_secret()).unwrap();
+    let hash = tower_api_key::hash::KeyHasher::default().hash(&old);
+    db.admin
+        .execute(
+            "INSERT INTO tower_api_key_keys (key_id, service_account_id, hash, hash_scheme,
+                 created_at, hint)
+             VALUES ($1, 'sa-old', $2, 'sha256', now(), 'tak_…')",
+            &[&old.id().as_str(), &hash.digest().as_slice()],
+        )
+        .await
+        .unwrap();
+    let report = store.migrate().await.unwrap();
+    assert_eq!(report.applied, vec![3, 4]);
+    let record = store.verify(&old).await.unwrap().unwrap();
+    assert_eq!(&*record.service_account_id, "sa-old");
+    assert!(record.rate_limits.is_empty());
+    assert_eq!(record.credits, None);
+    assert_eq!(
+        store
+            .lease_credits(old.id(), 1, SystemTime::now())
+            .await
+            .unwrap(),
+        None
+    );
+    store
+        .update(
+            old.id(),
+            KeyUpdate::default().with_credits(Some(Credits::new(3).unwrap())),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let lease = store
+        .lease_credits(old.id(), 1, SystemTime::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((lease.granted, lease.remaining), (1, 2));
+    store.shutdown().await;
+    db.drop_schema().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_run_by_replicas_at_once() {
     // Several replicas starting at once on an empty schema: one migrates,
