@@ -28,7 +28,10 @@ pub(crate) struct Limiter {
     table: Arc<Table>,
     ledger: Arc<Ledger>,
     headers: bool,
+    // What `sync_now`, a test hook, needs.
+    #[cfg(feature = "test-util")]
     shared: Option<SharedMode>,
+    #[cfg(feature = "test-util")]
     clock: Arc<dyn Clock>,
     // Held so the ledger stays subscribed (the bus keeps a weak reference).
     _listener: Arc<LedgerListener>,
@@ -74,7 +77,9 @@ impl Limiter {
             table,
             ledger,
             headers: settings.headers,
+            #[cfg(feature = "test-util")]
             shared: settings.shared,
+            #[cfg(feature = "test-util")]
             clock: cache.config().clock().clone(),
             _listener: listener,
         }
@@ -82,6 +87,7 @@ impl Limiter {
 
     /// One sync round now, as the background task does every interval:
     /// `false` if there is no shared mode or the sync failed.
+    #[cfg(feature = "test-util")]
     pub(crate) async fn sync_now(&self) -> bool {
         let Some(shared) = &self.shared else {
             return false;
