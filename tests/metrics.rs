@@ -84,7 +84,7 @@ async fn counters_move_by_the_expected_amounts() {
         .install()
         .expect("the only recorder of this process");
 
-    use names::{CACHE, REQUESTS, VERIFIER_CALLS, VERIFIER_DURATION, VERIFIER_ERRORS};
+    use names::{CACHE, LIMITS, REQUESTS, VERIFIER_CALLS, VERIFIER_DURATION, VERIFIER_ERRORS};
 
     let store = MemoryStore::new();
     let auth = Authenticator::new(store.clone());
@@ -100,6 +100,10 @@ async fn counters_move_by_the_expected_amounts() {
         .route(
             "/flaky",
             get(|| async { "ok" }).route_layer(down.any_valid_key()),
+        )
+        .route(
+            "/whoami",
+            get(|| async { "ok" }).route_layer(auth.any_valid_key()),
         )
         .nest(
             "/admin",
@@ -224,6 +228,44 @@ async fn counters_move_by_the_expected_amounts() {
             (CACHE, "result=hit", 2),
             (VERIFIER_CALLS, "", 1),
             (VERIFIER_DURATION, "", 1),
+        ])
+    );
+
+    // Limits count their decisions by kind, after authentication and scope.
+    let limited = store
+        .create(NewKey::new("sa-3").with_rate_limits(vec!["2/1h".parse().unwrap()]))
+        .await
+        .unwrap()
+        .key
+        .expose_secret()
+        .to_owned();
+    let metered = store
+        .create(NewKey::new("sa-3").with_credits(tower_api_key::limits::Credits::new(1).unwrap()))
+        .await
+        .unwrap()
+        .key
+        .expose_secret()
+        .to_owned();
+    for expected in [200, 200, 429] {
+        assert_eq!(get("/whoami", Some(limited.clone())).await, expected);
+    }
+    for expected in [200, 429] {
+        assert_eq!(get("/whoami", Some(metered.clone())).await, expected);
+    }
+    assert_eq!(
+        delta(&snapshotter),
+        expect(&[
+            (REQUESTS, "outcome=accepted", 3),
+            (REQUESTS, "outcome=rate_limited", 1),
+            (REQUESTS, "outcome=quota_exhausted", 1),
+            (LIMITS, "kind=rate,result=admitted", 2),
+            (LIMITS, "kind=rate,result=refused", 1),
+            (LIMITS, "kind=quota,result=admitted", 1),
+            (LIMITS, "kind=quota,result=refused", 1),
+            (CACHE, "result=miss", 2),
+            (CACHE, "result=hit", 3),
+            (VERIFIER_CALLS, "", 2),
+            (VERIFIER_DURATION, "", 2),
         ])
     );
 }

@@ -23,7 +23,6 @@ use crate::cache::LookupError;
 use crate::key::PresentedKey;
 use crate::limits::RouteLimits;
 use crate::scope::ScopeDenied;
-use crate::telemetry;
 
 /// What the synchronous pre-check of a request decided.
 pub(crate) enum Precheck {
@@ -147,11 +146,8 @@ pub(crate) fn verdict<B>(
             give_back(s, attempt);
             let scope_policy = policy.policy_for(request.method(), request.uri().path());
             let mut rejection = match scope_policy.check(caller.scopes()) {
-                Ok(()) => {
-                    tracing::trace!(target: LOG_TARGET, key_id = %caller.key_id(), "api key accepted");
-                    telemetry::outcome("accepted");
-                    return Ok(caller);
-                }
+                // Counted as accepted once the limits admit it too (`admit`).
+                Ok(()) => return Ok(caller),
                 Err(ScopeDenied::ScopedKeyOnUnscopedRoute) => {
                     Rejection::new(Reason::ScopedKeyOnUnscopedRoute)
                 }

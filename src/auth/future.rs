@@ -17,17 +17,22 @@ use super::limits::Limited;
 use super::policy::RoutePolicy;
 use super::rate_headers::RateHeaders;
 use super::rejection::Rejection;
+use super::LOG_TARGET;
 use crate::cache::Caller;
 use crate::cache::LookupError;
 use crate::key::PresentedKey;
 use crate::limits::RouteLimits;
+use crate::telemetry;
 
 /// What a key's credits answer, once leased.
 type Spend = BoxFuture<'static, Result<Option<Box<RateHeaders>>, Rejection>>;
 
-/// Applies an admitting verdict: the credential headers become sensitive
-/// (kept out of logs further in) and the caller goes into the extensions.
+/// Applies an admitting verdict, scope and limits passed: the credential
+/// headers become sensitive (kept out of logs further in), the caller goes
+/// into the extensions, and the request counts as accepted, once.
 pub(super) fn admit<B>(s: &Shared, request: &mut Request<B>, caller: Caller) {
+    tracing::trace!(target: LOG_TARGET, key_id = %caller.key_id(), "api key accepted");
+    telemetry::outcome("accepted");
     let headers = request.headers_mut();
     if let Some(value) = headers.get_mut(AUTHORIZATION) {
         value.set_sensitive(true);
@@ -84,9 +89,10 @@ struct Pending<S, ReqBody> {
     request: Request<ReqBody>,
 }
 
-/// An admitted request waiting for its credits.
+/// A request within scope and rate limits, waiting for its credits.
 struct Admitted<S, ReqBody> {
     auth: Authenticator,
+    caller: Caller,
     service: S,
     request: Request<ReqBody>,
 }
@@ -103,6 +109,7 @@ where
 
     pub(super) fn spending(
         auth: Authenticator,
+        caller: Caller,
         spend: Spend,
         service: S,
         request: Request<ReqBody>,
@@ -112,6 +119,7 @@ where
                 spend,
                 pending: Some(Admitted {
                     auth,
+                    caller,
                     service,
                     request,
                 }),
@@ -187,11 +195,11 @@ where
                             state.set(State::Inner { future, headers });
                         }
                         Ok((caller, Limited::Spend(spend))) => {
-                            admit(s, &mut request, caller);
                             state.set(State::Spending {
                                 spend,
                                 pending: Some(Admitted {
                                     auth: auth.clone(),
+                                    caller,
                                     service,
                                     request,
                                 }),
@@ -209,12 +217,14 @@ where
                     let spent = ready!(spend.as_mut().poll(cx));
                     let Admitted {
                         auth,
+                        caller,
                         mut service,
-                        request,
+                        mut request,
                     } = pending.take().expect(POLLED_AFTER_COMPLETION);
                     state.set(State::Done);
                     match spent {
                         Ok(headers) => {
+                            admit(auth.shared(), &mut request, caller);
                             let future = service.call(request);
                             state.set(State::Inner { future, headers });
                         }

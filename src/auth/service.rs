@@ -121,9 +121,8 @@ where
                     ResponseFuture::rejected(s.respond(rejection, request.headers()))
                 }
                 Limited::Spend(spend) => {
-                    admit(s, &mut request, caller);
                     let ready = self.take_ready();
-                    ResponseFuture::spending(self.auth.clone(), spend, ready, request)
+                    ResponseFuture::spending(self.auth.clone(), caller, spend, ready, request)
                 }
             };
         }
