@@ -153,45 +153,35 @@ impl Ledger {
             .entry(id)
             .or_insert_with(|| Arc::new(Slot::new(now)))
             .clone();
-        let mut held = slot.held.lock().await;
-        slot.touch(now);
         loop {
-            if held.left >= cost {
-                held.left -= cost;
-                return Ok(());
-            }
-            if held.known_exhausted(now) {
-                return Err(NoCredits::Exhausted(held.next_refill));
-            }
-            let lease = self.verifier.lease_credits(id, self.want.max(cost), now);
-            let lease = match self.timeout {
-                Some(limit) => match tokio::time::timeout(limit, lease).await {
-                    Ok(lease) => lease,
-                    Err(_) => return Err(NoCredits::Unconfirmed),
-                },
-                None => lease.await,
-            };
-            let lease = match lease {
-                Ok(Some(lease)) => lease,
-                Ok(None) => return Err(NoCredits::Unconfirmed),
-                Err(e) => {
-                    tracing::warn!(target: super::LOG_TARGET, key_id = %id, error = %e, "api key credits could not be leased");
-                    return Err(NoCredits::Unconfirmed);
+            {
+                let mut held = slot.held.lock().await;
+                slot.touch(now);
+                if held.left >= cost {
+                    held.left -= cost;
+                    return Ok(());
                 }
+                if held.known_exhausted(now) {
+                    return Err(NoCredits::Exhausted(held.next_refill));
+                }
+            }
+            // The lease runs in a task that puts what it leased into the
+            // slot itself: a request that goes away meanwhile (its client
+            // hung up) loses nothing the store already handed out.
+            let lease = Lease {
+                verifier: self.verifier.clone(),
+                timeout: self.timeout,
+                slot: slot.clone(),
+                id,
+                cost,
+                want: self.want.max(cost),
+                now,
             };
-            if held.generation != Some(lease.generation) {
-                // Refilled or set since the batch was leased: what is left
-                // of it belongs to a budget that no longer exists.
-                held.left = 0;
-                held.generation = Some(lease.generation);
+            match tokio::spawn(lease.run()).await {
+                Ok(Leased::More) => {}
+                Ok(Leased::Exhausted(next)) => return Err(NoCredits::Exhausted(next)),
+                Ok(Leased::Unconfirmed) | Err(_) => return Err(NoCredits::Unconfirmed),
             }
-            held.next_refill = lease.next_refill;
-            if lease.granted == 0 {
-                held.exhausted_at = Some(now);
-                return Err(NoCredits::Exhausted(held.next_refill));
-            }
-            held.exhausted_at = None;
-            held.left = held.left.saturating_add(lease.granted);
         }
     }
 
@@ -247,6 +237,70 @@ impl Ledger {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.slots().len()
+    }
+}
+
+/// What a lease task did.
+enum Leased {
+    /// The slot holds more now (or already held enough): look again.
+    More,
+    /// The store has none left; the next refill, if any.
+    Exhausted(Option<SystemTime>),
+    /// The store could not say.
+    Unconfirmed,
+}
+
+/// One lease of a key's credits into its slot.
+struct Lease {
+    verifier: Arc<dyn Verifier>,
+    timeout: Option<Duration>,
+    slot: Arc<Slot>,
+    id: KeyId,
+    cost: u64,
+    want: u64,
+    now: SystemTime,
+}
+
+impl Lease {
+    async fn run(self) -> Leased {
+        // One lease at a time per key: who waited finds the batch filled.
+        let mut held = self.slot.held.lock().await;
+        if held.left >= self.cost {
+            return Leased::More;
+        }
+        if held.known_exhausted(self.now) {
+            return Leased::Exhausted(held.next_refill);
+        }
+        let lease = self.verifier.lease_credits(self.id, self.want, self.now);
+        let lease = match self.timeout {
+            Some(limit) => match tokio::time::timeout(limit, lease).await {
+                Ok(lease) => lease,
+                Err(_) => return Leased::Unconfirmed,
+            },
+            None => lease.await,
+        };
+        let lease = match lease {
+            Ok(Some(lease)) => lease,
+            Ok(None) => return Leased::Unconfirmed,
+            Err(e) => {
+                tracing::warn!(target: super::LOG_TARGET, key_id = %self.id, error = %e, "api key credits could not be leased");
+                return Leased::Unconfirmed;
+            }
+        };
+        if held.generation != Some(lease.generation) {
+            // Refilled or set since the batch was leased: what is left of
+            // it belongs to a budget that no longer exists.
+            held.left = 0;
+            held.generation = Some(lease.generation);
+        }
+        held.next_refill = lease.next_refill;
+        if lease.granted == 0 {
+            held.exhausted_at = Some(self.now);
+            return Leased::Exhausted(held.next_refill);
+        }
+        held.exhausted_at = None;
+        held.left = held.left.saturating_add(lease.granted);
+        Leased::More
     }
 }
 
@@ -452,5 +506,59 @@ mod tests {
             bank.returned.load(Ordering::SeqCst),
             before + lease_grant(79, 10) - 1
         );
+    }
+
+    /// Leases credits only when the test lets it, after saying it started.
+    struct Gate {
+        started: tokio::sync::Notify,
+        release: tokio::sync::Notify,
+    }
+
+    #[async_trait]
+    impl Verifier for Gate {
+        async fn verify(&self, _: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
+            Ok(None)
+        }
+
+        async fn lease_credits(
+            &self,
+            _: KeyId,
+            want: u64,
+            _: SystemTime,
+        ) -> Result<Option<CreditLease>, VerifierError> {
+            self.started.notify_one();
+            self.release.notified().await;
+            Ok(Some(CreditLease::new(want, 0, 1000, None)))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_that_goes_away_during_its_lease_loses_no_credit() {
+        let gate = Arc::new(Gate {
+            started: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
+        });
+        let ledger = Arc::new(Ledger::new(gate.clone(), 10, None));
+        let spending = tokio::spawn({
+            let ledger = ledger.clone();
+            async move { ledger.spend(id(), 1, SystemTime::now()).await }
+        });
+        gate.started.notified().await;
+        // The client hangs up while the store is leasing.
+        spending.abort();
+        assert!(spending.await.unwrap_err().is_cancelled());
+        gate.release.notify_one();
+        // The lease lands in the slot all the same: all 10 are spendable.
+        for _ in 0..10_000 {
+            if ledger_left(&ledger).await > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(ledger_left(&ledger).await, 10, "the lease was lost");
+        for _ in 0..10 {
+            assert_eq!(ledger.try_spend(id(), 1, SystemTime::now()), Quick::Spent);
+        }
+        assert_eq!(ledger.try_spend(id(), 1, SystemTime::now()), Quick::Ask);
     }
 }
