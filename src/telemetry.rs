@@ -32,6 +32,13 @@
 //! assert!(names::VERIFIER_DURATION.ends_with("_seconds"));
 //! ```
 //!
+//! The counters of the cache-hit path (`accepted`, `hit`, admitted by a
+//! rate limit or credits) are registered with the recorder once per
+//! authenticator, at its first request, rather than looked up in the
+//! recorder's registry on every increment: install the recorder before
+//! serving (as every exporter's guide says), or those counters go to the
+//! recorder that was current then.
+//!
 //! [`Reason`]: crate::Reason
 
 #![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
@@ -68,6 +75,59 @@ macro_rules! count_labelled {
             other => metrics::counter!($name, $label => other).increment(1),
         }
     };
+}
+
+/// The counters of the cache-hit path, each registered once (on first use)
+/// instead of looked up on every increment. One per cache, shared by every
+/// route of its authenticator.
+#[derive(Default)]
+pub(crate) struct HotCounters {
+    #[cfg(feature = "metrics")]
+    handles: std::sync::OnceLock<HotHandles>,
+}
+
+#[cfg(feature = "metrics")]
+struct HotHandles {
+    accepted: metrics::Counter,
+    cache_hit: metrics::Counter,
+    rate_admitted: metrics::Counter,
+    quota_admitted: metrics::Counter,
+}
+
+impl HotCounters {
+    #[cfg(feature = "metrics")]
+    fn handles(&self) -> &HotHandles {
+        self.handles.get_or_init(|| HotHandles {
+            accepted: metrics::counter!("tower_api_key_requests_total", "outcome" => "accepted"),
+            cache_hit: metrics::counter!("tower_api_key_cache_total", "result" => "hit"),
+            rate_admitted: metrics::counter!("tower_api_key_limits_total", "kind" => "rate", "result" => "admitted"),
+            quota_admitted: metrics::counter!("tower_api_key_limits_total", "kind" => "quota", "result" => "admitted"),
+        })
+    }
+
+    /// [`outcome`]`("accepted")`.
+    pub(crate) fn accepted(&self) {
+        #[cfg(feature = "metrics")]
+        self.handles().accepted.increment(1);
+    }
+
+    /// [`cache`]`("hit")`.
+    pub(crate) fn cache_hit(&self) {
+        #[cfg(feature = "metrics")]
+        self.handles().cache_hit.increment(1);
+    }
+
+    /// [`limit`]`("rate", "admitted")`.
+    pub(crate) fn rate_admitted(&self) {
+        #[cfg(feature = "metrics")]
+        self.handles().rate_admitted.increment(1);
+    }
+
+    /// [`limit`]`("quota", "admitted")`.
+    pub(crate) fn quota_admitted(&self) {
+        #[cfg(feature = "metrics")]
+        self.handles().quota_admitted.increment(1);
+    }
 }
 
 pub(crate) fn outcome(outcome: &'static str) {
@@ -180,6 +240,37 @@ mod tests {
                 (key.name().to_owned(), labels, value)
             })
             .collect()
+    }
+
+    /// The hit path's registered counters are the same series the
+    /// functions count, and count once per call.
+    #[test]
+    fn hot_counters_count_the_same_series_as_the_functions() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let hot = HotCounters::default();
+            for _ in 0..3 {
+                hot.accepted();
+                hot.cache_hit();
+                hot.rate_admitted();
+                hot.quota_admitted();
+            }
+            outcome("accepted");
+            cache("hit");
+            limit("rate", "admitted");
+            limit("quota", "admitted");
+        });
+        let counts: Vec<_> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, _, _, value)| (key.key().name().to_owned(), value))
+            .collect();
+        assert_eq!(counts.len(), 4, "{counts:?}");
+        for (name, value) in counts {
+            assert!(matches!(value, DebugValue::Counter(4)), "{name}: {value:?}");
+        }
     }
 
     #[test]

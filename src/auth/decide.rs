@@ -196,8 +196,8 @@ pub(crate) fn limit<B>(
     let route = policy
         .limits_for(request.method(), request.uri().path())
         .or(layer);
-    s.limiter
-        .check(caller, route, || s.cache.config().clock().now())
+    let now = || s.cache.config().clock().now();
+    s.limiter.check(caller, route, now, s.cache.hot_counters())
 }
 
 /// The rejection a limited client gets for a credential refused before or

@@ -22,7 +22,6 @@ use crate::cache::Caller;
 use crate::cache::LookupError;
 use crate::key::PresentedKey;
 use crate::limits::RouteLimits;
-use crate::telemetry;
 
 /// What a key's credits answer, once leased.
 type Spend = BoxFuture<'static, Result<Option<Box<RateHeaders>>, Rejection>>;
@@ -32,7 +31,7 @@ type Spend = BoxFuture<'static, Result<Option<Box<RateHeaders>>, Rejection>>;
 /// into the extensions, and the request counts as accepted, once.
 pub(super) fn admit<B>(s: &Shared, request: &mut Request<B>, caller: Caller) {
     tracing::trace!(target: LOG_TARGET, key_id = %caller.key_id(), "api key accepted");
-    telemetry::outcome("accepted");
+    s.cache.hot_counters().accepted();
     let headers = request.headers_mut();
     if let Some(value) = headers.get_mut(AUTHORIZATION) {
         value.set_sensitive(true);

@@ -106,6 +106,7 @@ impl Limiter {
         caller: &Caller,
         route: Option<&RouteLimits>,
         now: impl FnOnce() -> SystemTime,
+        hot: &telemetry::HotCounters,
     ) -> Limited {
         let record = caller.record();
         let (key_limits, key_kind) = if !record.rate_limits.is_empty() {
@@ -150,7 +151,7 @@ impl Limiter {
             let (charges, kinds) = (&charges[..n], &kinds[..n]);
             match self.table.check(charges, cost, now_ns) {
                 Verdict::Admitted(tightest) => {
-                    telemetry::limit("rate", "admitted");
+                    hot.rate_admitted();
                     if self.headers {
                         headers = tightest.map(|t| {
                             let policy = match key_kind {
@@ -201,7 +202,7 @@ impl Limiter {
         let id = record.key_id;
         match self.ledger.try_spend(id, cost, now) {
             Quick::Spent => {
-                telemetry::limit("quota", "admitted");
+                hot.quota_admitted();
                 return Limited::Admit(headers);
             }
             Quick::Refused(no) => return Limited::Refuse(no_credits(id, no, now)),

@@ -62,7 +62,7 @@ impl Inner {
                 return None;
             }
             if inner.revocations.is_current(&entry) {
-                telemetry::cache("hit");
+                inner.hot.cache_hit();
                 return Some(inner.admit(entry));
             }
             // Invalidated since it was fetched: ask the verifier again.

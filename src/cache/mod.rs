@@ -76,6 +76,7 @@ use std::time::{Duration, Instant};
 
 use crate::invalidation::{Invalidation, InvalidationListener};
 use crate::key::{KeyDigest, KeyId, PresentedKey};
+use crate::telemetry;
 use crate::verifier::{Verifier, VerifierError};
 
 use caller::CacheSlot;
@@ -150,6 +151,8 @@ struct Inner {
     /// Shares account ids and scope sets between cached records.
     interner: Interner,
     config: CacheConfig,
+    /// The hit path's counters, registered once.
+    hot: telemetry::HotCounters,
 }
 
 impl fmt::Debug for CachedVerifier {
@@ -198,6 +201,7 @@ impl CachedVerifier {
             revocations: Revocations::new(retain),
             interner: Interner::default(),
             config,
+            hot: telemetry::HotCounters::default(),
         });
         if let Some(bus) = inner.verifier.invalidations() {
             bus.subscribe(inner.clone());
@@ -213,6 +217,11 @@ impl CachedVerifier {
     /// The verifier behind the cache.
     pub fn verifier(&self) -> &Arc<dyn Verifier> {
         &self.inner.verifier
+    }
+
+    /// The hit path's counters, shared with the authenticator over this cache.
+    pub(crate) fn hot_counters(&self) -> &telemetry::HotCounters {
+        &self.inner.hot
     }
 
     /// Looks `key` up: from the cache, or through the verifier on a miss.
