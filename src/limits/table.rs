@@ -107,6 +107,44 @@ impl Shard {
     }
 }
 
+/// One limit's decision for charge `charge` at `now`: its new TAT and where
+/// it would stand, or the refusal.
+fn decide(
+    charge: usize,
+    limit: &RateLimit,
+    tat: u64,
+    now: u64,
+    cost: u64,
+) -> Result<(u64, Standing), Verdict> {
+    match gcra::admit(tat, now, cost, limit) {
+        Ok(new_tat) => Ok((
+            new_tat,
+            Standing {
+                charge,
+                limit: *limit,
+                remaining: gcra::remaining(new_tat, now, limit),
+                reset_ns: gcra::until_full(new_tat, now),
+            },
+        )),
+        Err(retry_ns) => Err(Verdict::Limited {
+            standing: Standing {
+                charge,
+                limit: *limit,
+                remaining: 0,
+                reset_ns: gcra::until_full(tat, now),
+            },
+            retry_ns,
+        }),
+    }
+}
+
+/// Keeps the limit with the fewest requests left.
+fn tighten(tightest: &mut Option<Standing>, standing: Standing) {
+    if tightest.is_none_or(|t| standing.remaining < t.remaining) {
+        *tightest = Some(standing);
+    }
+}
+
 /// The table. Cheap to share behind an `Arc`.
 pub(crate) struct Table {
     shards: Box<[Mutex<Shard>]>,
@@ -188,27 +226,9 @@ impl Table {
                 let tat = buckets
                     .and_then(|b| b.iter().find(|b| b.limit == *limit))
                     .map_or(0, |b| b.tat);
-                match gcra::admit(tat, now, cost, limit) {
-                    Ok(new_tat) => {
-                        let standing = Standing {
-                            charge: c,
-                            limit: *limit,
-                            remaining: gcra::remaining(new_tat, now, limit),
-                            reset_ns: gcra::until_full(new_tat, now),
-                        };
-                        if tightest.is_none_or(|t| standing.remaining < t.remaining) {
-                            tightest = Some(standing);
-                        }
-                    }
-                    Err(retry_ns) => {
-                        let standing = Standing {
-                            charge: c,
-                            limit: *limit,
-                            remaining: 0,
-                            reset_ns: gcra::until_full(tat, now),
-                        };
-                        return Verdict::Limited { standing, retry_ns };
-                    }
+                match decide(c, limit, tat, now, cost) {
+                    Ok((_, standing)) => tighten(&mut tightest, standing),
+                    Err(refused) => return refused,
                 }
             }
         }
@@ -288,17 +308,9 @@ impl Table {
         for (l, limit) in charge.limits.iter().enumerate() {
             let found = buckets.iter().position(|b| b.limit == *limit);
             let tat = found.map_or(0, |i| buckets[i].tat);
-            match gcra::admit(tat, now, cost, limit) {
-                Ok(new_tat) => {
-                    let standing = Standing {
-                        charge: 0,
-                        limit: *limit,
-                        remaining: gcra::remaining(new_tat, now, limit),
-                        reset_ns: gcra::until_full(new_tat, now),
-                    };
-                    if tightest.is_none_or(|t| standing.remaining < t.remaining) {
-                        tightest = Some(standing);
-                    }
+            match decide(0, limit, tat, now, cost) {
+                Ok((new_tat, standing)) => {
+                    tighten(&mut tightest, standing);
                     match (found, decided.get_mut(l)) {
                         (Some(i), Some(slot)) => *slot = (i, new_tat),
                         // A limit with no bucket yet, or past the most a
@@ -309,15 +321,7 @@ impl Table {
                         }
                     }
                 }
-                Err(retry_ns) => {
-                    let standing = Standing {
-                        charge: 0,
-                        limit: *limit,
-                        remaining: 0,
-                        reset_ns: gcra::until_full(tat, now),
-                    };
-                    return Verdict::Limited { standing, retry_ns };
-                }
+                Err(refused) => return refused,
             }
         }
         for &(i, new_tat) in decided.iter().take(charge.limits.len()) {
