@@ -8,7 +8,7 @@ use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AU
 use http::{Response, StatusCode};
 
 use super::grpc_details;
-use super::rate_headers::RateHeaders;
+use super::rate_headers::{ceil_secs, RateHeaders};
 use super::LOG_TARGET;
 use crate::key::KeyId;
 use crate::scope::ScopeSet;
@@ -336,8 +336,8 @@ fn http_response(
     if let Some(after) = rejection.retry_after {
         if !headers.contains_key(RETRY_AFTER) {
             // Whole seconds, rounded up: retrying early would only fail again.
-            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-            headers.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            let nanos = u64::try_from(after.as_nanos()).unwrap_or(u64::MAX);
+            headers.insert(RETRY_AFTER, HeaderValue::from(ceil_secs(nanos).max(1)));
         }
     }
     if let Some(rate) = &rejection.rate_limit {
