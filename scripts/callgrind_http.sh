@@ -10,6 +10,7 @@
 #   TOP=60 scripts/callgrind_http.sh bare     # longer list of differences
 #   BENCH_SERVER=/tmp/old/bench_server scripts/callgrind_http.sh bare
 #                                             # an already built server (another commit)
+#   KEEP=/tmp/cg scripts/callgrind_http.sh bare   # keep the dumps
 #
 # Prints, per configuration, instructions per request on /open and on
 # /protected (the same request: both carry the Authorization header), then
@@ -30,8 +31,14 @@ if [ ${#MISSING[@]} -gt 0 ]; then
 fi
 BIN=${BENCH_SERVER:-${CARGO_TARGET_DIR:-target}/release/examples/bench_server}
 [ -n "${BENCH_SERVER:-}" ] || cargo build --release --example bench_server
-OUT=$(mktemp -d)
-trap 'kill -KILL $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
+# KEEP=DIR keeps the dumps there (for callgrind_annotate --tree=caller).
+if [ -n "${KEEP:-}" ]; then
+    OUT=$KEEP; mkdir -p "$OUT"
+    trap 'kill -KILL $(jobs -p) 2>/dev/null || true' EXIT
+else
+    OUT=$(mktemp -d)
+    trap 'kill -KILL $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
+fi
 
 # profile CONFIG ROUTE: leaves $OUT/CONFIG-ROUTE.out (the dump) and .wrk.
 profile() {

@@ -234,6 +234,42 @@ async fn bad_checksum_and_wrong_prefix_are_401_without_a_lookup() {
     assert!(app.seen().is_empty());
 }
 
+/// The middleware checks alphabet and checksum only when the cache has no
+/// answer (whatever it holds passed them): a cached key's near misses
+/// still miss, and are refused offline.
+#[tokio::test]
+async fn near_misses_of_a_cached_key_are_401_without_a_lookup() {
+    let fx = Fixture::new();
+    let app = app(&fx.auth);
+    let key = fx.key("sa-a", &[]).await;
+    let secret = key.key.expose_secret();
+    assert_eq!(
+        app.send(whoami_with_key(secret)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(fx.calls(), 1);
+
+    let mut outside_alphabet = secret.to_owned().into_bytes();
+    outside_alphabet[30] = b'-';
+    for (label, candidate) in [
+        ("bad checksum", with_bad_checksum(secret)),
+        (
+            "a secret byte outside the alphabet",
+            String::from_utf8(outside_alphabet).unwrap(),
+        ),
+    ] {
+        let reply = app.send(whoami_with_key(&candidate)).await;
+        assert_unauthorized(&reply, Reason::Malformed);
+        assert_eq!(reply.rejection.as_ref().unwrap().key_id(), None, "{label}");
+        assert_eq!(fx.calls(), 1, "{label}: rejected offline");
+    }
+    assert_eq!(
+        app.send(whoami_with_key(secret)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(fx.calls(), 1, "the key itself is still cached");
+}
+
 // ---------------------------------------------------------------------------
 // The extra credential header.
 

@@ -20,7 +20,7 @@ use super::rejection::{Reason, Rejection};
 use super::LOG_TARGET;
 use crate::cache::Caller;
 use crate::cache::LookupError;
-use crate::key::PresentedKey;
+use crate::key::{Candidate, KeyId, PresentedKey};
 use crate::limits::RouteLimits;
 use crate::scope::ScopeDenied;
 
@@ -30,8 +30,10 @@ pub(crate) enum Precheck {
     PassThrough,
     /// Refuse it.
     Reject(Rejection),
-    /// Look this key up; the request stands thus with the limiter.
-    Lookup(PresentedKey, Attempt),
+    /// Ask the cache about this key; the request stands thus with the
+    /// limiter. Its alphabet and checksum are checked only on a miss
+    /// ([`lookup`]): whatever the cache holds passed them.
+    Lookup(Candidate, Attempt),
 }
 
 /// How a request stands with the failed-attempt limiter.
@@ -79,17 +81,25 @@ pub(crate) fn precheck<B>(s: &Shared, request: &Request<B>) -> Precheck {
         Ok(raw) => raw,
         Err(reason) => return Precheck::Reject(refused(s, attempt, Rejection::new(reason))),
     };
-    match s.format.parse_bytes(raw) {
+    match s.format.candidate(raw) {
         Ok(key) => Precheck::Lookup(key, attempt),
-        Err(_) => Precheck::Reject(refused(s, attempt, Rejection::new(Reason::Malformed))),
+        Err(_) => Precheck::Reject(malformed(s, attempt)),
     }
 }
 
-/// Starts the lookup of a key the cache could not answer. A limited client
-/// takes one attempt first, unless the key's lookup is already under way
-/// (joining it costs no verifier call); with none left the request is
-/// refused here, without a verifier call.
-pub(crate) fn lookup(s: &Shared, key: PresentedKey, attempt: Attempt) -> Result<Lookup, Rejection> {
+fn malformed(s: &Shared, attempt: Attempt) -> Rejection {
+    refused(s, attempt, Rejection::new(Reason::Malformed))
+}
+
+/// Starts the lookup of a key the cache could not answer, once the rest of
+/// its offline checks (alphabet, checksum) pass. A limited client takes one
+/// attempt first, unless the key's lookup is already under way (joining it
+/// costs no verifier call); with none left the request is refused here,
+/// without a verifier call.
+pub(crate) fn lookup(s: &Shared, key: Candidate, attempt: Attempt) -> Result<Lookup, Rejection> {
+    let Ok(key) = key.check(&s.format) else {
+        return Err(malformed(s, attempt));
+    };
     let cache = s.cache.clone();
     let (Attempt::From(client), Some(limit)) = (attempt, &s.limit) else {
         return Ok(Lookup {
@@ -132,7 +142,7 @@ pub(crate) fn verdict<B>(
     s: &Shared,
     policy: &dyn RoutePolicy,
     request: &Request<B>,
-    key: &PresentedKey,
+    key_id: KeyId,
     looked_up: Result<Caller, LookupError>,
     attempt: Attempt,
 ) -> Result<Caller, Rejection> {
@@ -157,7 +167,7 @@ pub(crate) fn verdict<B>(
                     rejection
                 }
             };
-            rejection.key_id = Some(key.id());
+            rejection.key_id = Some(key_id);
             return Err(rejection);
         }
         Err(LookupError::Unknown) => Reason::Unknown,
@@ -166,21 +176,21 @@ pub(crate) fn verdict<B>(
             // Not the client's fault.
             give_back(s, attempt);
             let mut rejection = Rejection::new(Reason::VerifierPanicked);
-            rejection.key_id = Some(key.id());
+            rejection.key_id = Some(key_id);
             return Err(rejection);
         }
         Err(LookupError::Unavailable(e)) => {
             give_back(s, attempt);
             // The cause goes to the log here: the rejection does not carry it.
-            tracing::warn!(target: LOG_TARGET, key_id = %key.id(), error = %e, "api key verifier unavailable");
+            tracing::warn!(target: LOG_TARGET, %key_id, error = %e, "api key verifier unavailable");
             let mut rejection = Rejection::new(Reason::Unavailable);
-            rejection.key_id = Some(key.id());
+            rejection.key_id = Some(key_id);
             rejection.retry_after = Some(Duration::from_secs(1));
             return Err(rejection);
         }
     };
     let mut rejection = Rejection::new(reason);
-    rejection.key_id = Some(key.id());
+    rejection.key_id = Some(key_id);
     Err(refused(s, attempt, rejection))
 }
 

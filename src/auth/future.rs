@@ -180,7 +180,7 @@ where
                     } = pending.take().expect(POLLED_AFTER_COMPLETION);
                     state.set(State::Done);
                     let s = auth.shared();
-                    let limited = decide::verdict(s, &*policy, &request, &key, result, attempt)
+                    let limited = decide::verdict(s, &*policy, &request, key.id(), result, attempt)
                         .map(|caller| {
                             let limited =
                                 decide::limit(s, &*policy, limits.as_ref(), &request, &caller);

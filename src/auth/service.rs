@@ -104,8 +104,11 @@ where
             Precheck::Lookup(key, attempt) => (key, attempt),
         };
         // Hot path: a cached answer needs no future and no clone of the inner service.
-        if let Some(answer) = s.cache.answer_cached(&key) {
-            let caller = match decide::verdict(s, &*self.policy, &request, &key, answer, attempt) {
+        if let Some(answer) = s.cache.answer_candidate(&key) {
+            // A hit's id is the cached entry's, a checked one.
+            let key_id = key.unchecked_id();
+            let caller = match decide::verdict(s, &*self.policy, &request, key_id, answer, attempt)
+            {
                 Ok(caller) => caller,
                 Err(rejection) => {
                     return ResponseFuture::rejected(s.respond(rejection, request.headers()))

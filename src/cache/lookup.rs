@@ -10,7 +10,7 @@ use moka::Expiry;
 
 use super::{CacheSlot, Caller, Inner, LookupError};
 use crate::clock::Clock;
-use crate::key::{KeyDigest, PresentedKey};
+use crate::key::{KeyDigest, KeyId, PresentedKey};
 use crate::telemetry;
 use crate::verifier::VerifierError;
 
@@ -51,11 +51,14 @@ impl Expiry<KeyDigest, Caller> for PositiveExpiry {
 impl Inner {
     /// See [`CachedVerifier::lookup_cached`](super::CachedVerifier::lookup_cached).
     #[inline]
-    pub(super) fn lookup_cached(&self, key: &PresentedKey) -> Option<Result<Caller, LookupError>> {
+    pub(super) fn lookup_cached(
+        &self,
+        digest: &KeyDigest,
+        key_id: KeyId,
+    ) -> Option<Result<Caller, LookupError>> {
         let inner = self;
-        let digest = key.digest();
         if let Some(entry) = inner.positive.get(digest) {
-            if entry.record().key_id != key.id() {
+            if entry.record().key_id != key_id {
                 // Another key with the same 128-bit digest: practically
                 // never, but its identity is never handed out. Asking the
                 // verifier settles it.

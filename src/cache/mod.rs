@@ -75,7 +75,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::invalidation::{Invalidation, InvalidationListener};
-use crate::key::{KeyDigest, KeyId, PresentedKey};
+use crate::key::{Candidate, KeyDigest, KeyFormat, KeyId, PresentedKey};
 use crate::telemetry;
 use crate::verifier::{Verifier, VerifierError};
 
@@ -277,9 +277,29 @@ impl CachedVerifier {
         self.answer_cached(key)
     }
 
-    /// [`CachedVerifier::lookup_cached`], for the middleware.
-    pub(crate) fn answer_cached(&self, key: &PresentedKey) -> Option<Result<Caller, LookupError>> {
-        self.inner.lookup_cached(key)
+    /// The middleware's cache hit, straight from the header's bytes: the
+    /// key's shape and cache key, then the cache, as
+    /// [`ApiKeyService`](crate::ApiKeyService) does it (`None` for a miss, and
+    /// for bytes that are not a key of `format`). For benchmarks.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+    pub fn lookup_cached_raw(
+        &self,
+        format: &KeyFormat,
+        raw: &[u8],
+    ) -> Option<Result<Caller, LookupError>> {
+        self.answer_candidate(&format.candidate(raw).ok()?)
+    }
+
+    fn answer_cached(&self, key: &PresentedKey) -> Option<Result<Caller, LookupError>> {
+        self.inner.lookup_cached(key.digest(), key.id())
+    }
+
+    /// [`CachedVerifier::lookup_cached`] for a key whose alphabet and
+    /// checksum are not checked yet: only a key that passed them was ever
+    /// cached, so a hit is one (see [`KeyFormat::candidate`]).
+    pub(crate) fn answer_candidate(&self, key: &Candidate) -> Option<Result<Caller, LookupError>> {
+        self.inner.lookup_cached(key.digest(), key.unchecked_id())
     }
 
     /// Re-verifies `key_id` on its next use, for every request that starts

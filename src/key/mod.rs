@@ -269,6 +269,27 @@ impl KeyFormat {
 
     /// [`KeyFormat::parse`] over raw bytes (for example a header value).
     pub fn parse_bytes(&self, key: &[u8]) -> Result<PresentedKey, KeyParseError> {
+        let id_at = self.check_shape(key)?;
+        self.check_body(key, id_at)?;
+        Ok(PresentedKey::new(key, id_at))
+    }
+
+    /// The middleware's parse: the checks that locate the id (length,
+    /// prefix, separators) and the cache key, but not the alphabet and the
+    /// checksum. A cache hit needs no more: every cached answer, positive
+    /// or negative, is keyed by the PRF of a key that passed
+    /// [`parse_bytes`](Self::parse_bytes) whole. A miss must call
+    /// [`Candidate::check`] before any verifier sees the key.
+    pub(crate) fn candidate(&self, key: &[u8]) -> Result<Candidate, KeyParseError> {
+        let id_at = self.check_shape(key)?;
+        Ok(Candidate {
+            key: PresentedKey::new(key, id_at),
+            id_at: id_at as u8,
+        })
+    }
+
+    /// Length, prefix and separators; the id's offset.
+    fn check_shape(&self, key: &[u8]) -> Result<usize, KeyParseError> {
         if key.is_empty() {
             return Err(KeyParseError::Empty);
         }
@@ -279,11 +300,16 @@ impl KeyFormat {
         if &key[..p] != self.prefix_bytes() || key[p] != b'_' {
             return Err(KeyParseError::Prefix);
         }
-        let id_end = p + 1 + ID_LEN;
-        if key[id_end] != b'_' {
+        if key[p + 1 + ID_LEN] != b'_' {
             return Err(KeyParseError::Alphabet);
         }
-        if !is_base62(&key[p + 1..id_end]) || !is_base62(&key[id_end + 1..]) {
+        Ok(p + 1)
+    }
+
+    /// Alphabet and checksum of a key whose shape passed.
+    fn check_body(&self, key: &[u8], id_at: usize) -> Result<(), KeyParseError> {
+        let id_end = id_at + ID_LEN;
+        if !is_base62(&key[id_at..id_end]) || !is_base62(&key[id_end + 1..]) {
             return Err(KeyParseError::Alphabet);
         }
         let body_len = key.len() - CHECKSUM_LEN;
@@ -291,20 +317,35 @@ impl KeyFormat {
         if decode_checksum(&key[body_len..]) != expected {
             return Err(KeyParseError::Checksum);
         }
-        let mut bytes = [0u8; MAX_KEY_LEN];
-        bytes[..key.len()].copy_from_slice(key);
-        // Checked for length and alphabet above.
-        let id = KeyId(
-            key[p + 1..id_end]
-                .try_into()
-                .map_err(|_| KeyParseError::Length)?,
-        );
-        Ok(PresentedKey {
-            bytes,
-            len: key.len() as u8,
-            id,
-            digest: KeyDigest::of(key),
-        })
+        Ok(())
+    }
+}
+
+/// A presented key whose shape passed but whose alphabet and checksum are
+/// not checked yet ([`KeyFormat::candidate`]): enough to ask the cache,
+/// never enough for a verifier.
+pub(crate) struct Candidate {
+    // Its id may hold bytes outside the alphabet until `check` passes; the
+    // id is read only by comparison with cached entries' ids.
+    key: PresentedKey,
+    id_at: u8,
+}
+
+impl Candidate {
+    pub(crate) fn digest(&self) -> &KeyDigest {
+        &self.key.digest
+    }
+
+    /// The presented id, unchecked: equal to a cached entry's id only if
+    /// it is that (checked) id.
+    pub(crate) fn unchecked_id(&self) -> KeyId {
+        self.key.id
+    }
+
+    /// The rest of [`KeyFormat::parse_bytes`]: alphabet and checksum.
+    pub(crate) fn check(self, format: &KeyFormat) -> Result<PresentedKey, KeyParseError> {
+        format.check_body(self.key.as_bytes(), self.id_at as usize)?;
+        Ok(self.key)
     }
 }
 
@@ -371,6 +412,20 @@ pub struct PresentedKey {
 }
 
 impl PresentedKey {
+    /// `key` with its shape checked (`id_at` is the id's offset).
+    fn new(key: &[u8], id_at: usize) -> Self {
+        let mut bytes = [0u8; MAX_KEY_LEN];
+        bytes[..key.len()].copy_from_slice(key);
+        let mut id = [0u8; ID_LEN];
+        id.copy_from_slice(&key[id_at..id_at + ID_LEN]);
+        Self {
+            bytes,
+            len: key.len() as u8,
+            id: KeyId(id),
+            digest: KeyDigest::of(key),
+        }
+    }
+
     /// The public id.
     pub fn id(&self) -> KeyId {
         self.id
@@ -437,6 +492,54 @@ impl fmt::Display for PresentedKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The middleware's two-step parse (shape on every request, alphabet
+    /// and checksum on a miss) accepts and refuses exactly what
+    /// `parse_bytes` does, with the same error.
+    fn two_steps(format: &KeyFormat, bytes: &[u8]) -> Result<PresentedKey, KeyParseError> {
+        format.candidate(bytes)?.check(format)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_two_step_parse_agrees_with_parse_bytes_on_keys_with_one_byte_changed(
+            at in 0usize..59,
+            byte in proptest::prelude::any::<u8>(),
+        ) {
+            let format = KeyFormat::default();
+            let mut bytes = format.generate().unwrap().expose_secret().as_bytes().to_vec();
+            bytes[at] = byte;
+            let whole = format.parse_bytes(&bytes).map(|k| (k.id(), *k.digest()));
+            let stepped = two_steps(&format, &bytes).map(|k| (k.id(), *k.digest()));
+            proptest::prop_assert_eq!(whole, stepped);
+        }
+
+        #[test]
+        fn the_two_step_parse_agrees_with_parse_bytes_on_arbitrary_bytes(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..70),
+        ) {
+            let format = KeyFormat::new("a").unwrap();
+            proptest::prop_assert_eq!(
+                format.parse_bytes(&bytes).map(|k| k.id()),
+                two_steps(&format, &bytes).map(|k| k.id())
+            );
+        }
+    }
+
+    #[test]
+    fn a_candidate_with_a_bad_checksum_has_the_cache_key_but_fails_its_check() {
+        let format = KeyFormat::default();
+        let key = format.generate().unwrap();
+        let mut bytes = key.expose_secret().as_bytes().to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] = if bytes[last] == b'0' { b'1' } else { b'0' };
+        let candidate = format.candidate(&bytes).expect("the shape is a key's");
+        assert_eq!(candidate.unchecked_id(), key.id());
+        assert!(matches!(
+            candidate.check(&format),
+            Err(KeyParseError::Checksum)
+        ));
+    }
 
     #[test]
     fn prefixes_are_validated() {
