@@ -3,7 +3,7 @@
 //! (proto/demo.proto) whose methods need different scopes.
 //!
 //! ```sh
-//! cargo run --example grpc            # BIND=127.0.0.1:0 for any free port
+//! cargo run --example grpc --features tonic   # BIND=127.0.0.1:0 for any free port
 //! python3 scripts/grpc_client.py WhoAmI --key "$API_KEY_AI"
 //! ```
 //!

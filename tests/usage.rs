@@ -157,7 +157,7 @@ async fn use_key(auth: &Authenticator, key: &str) {
     let route = auth
         .any_valid_key()
         .layer(service_fn(|_: Request<()>| async {
-            Ok::<_, Infallible>(Response::new(()))
+            Ok::<_, Infallible>(Response::new(String::new()))
         }));
     let request = Request::builder()
         .header("authorization", format!("Api-Key {key}"))

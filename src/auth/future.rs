@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::authenticator::{Authenticator, Shared};
-use super::body::ResponseBody;
+use super::body::RejectionBody;
 use super::decide::{self, Attempt, Lookup};
 use super::limits::Limited;
 use super::policy::RoutePolicy;
@@ -28,7 +28,8 @@ type Spend = BoxFuture<'static, Result<Option<Box<RateHeaders>>, Rejection>>;
 
 /// Applies an admitting verdict, scope and limits passed: the credential
 /// headers become sensitive (kept out of logs further in), the caller goes
-/// into the extensions, and the request counts as accepted, once.
+/// into the extensions (replacing any other there: no spoofing), and the
+/// request counts as accepted, once.
 pub(super) fn admit<B>(s: &Shared, request: &mut Request<B>, caller: Caller) {
     tracing::trace!(target: LOG_TARGET, key_id = %caller.key_id(), "api key accepted");
     s.cache.hot_counters().accepted();
@@ -161,8 +162,9 @@ where
 impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: RejectionBody,
 {
-    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+    type Output = Result<Response<ResBody>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
@@ -240,11 +242,11 @@ where
                     if let Some(headers) = headers.take() {
                         headers.apply(response.headers_mut());
                     }
-                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                    return Poll::Ready(Ok(response));
                 }
                 StateProj::Rejected { response } => {
                     let response = response.take().expect(POLLED_AFTER_COMPLETION);
-                    return Poll::Ready(Ok(response.map(ResponseBody::rejection)));
+                    return Poll::Ready(Ok(response.map(ResBody::from_rejection)));
                 }
                 StateProj::Done => panic!("{POLLED_AFTER_COMPLETION}"),
             }
@@ -270,9 +272,9 @@ mod tests {
     }
 
     impl Service<Request<()>> for Inner {
-        type Response = Response<()>;
+        type Response = Response<Bytes>;
         type Error = Infallible;
-        type Future = std::future::Ready<Result<Response<()>, Infallible>>;
+        type Future = std::future::Ready<Result<Response<Bytes>, Infallible>>;
 
         fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
             Poll::Ready(Ok(()))
@@ -280,7 +282,7 @@ mod tests {
 
         fn call(&mut self, _: Request<()>) -> Self::Future {
             assert!(!self.panics, "inner service panicked on purpose (test)");
-            std::future::ready(Ok(Response::new(())))
+            std::future::ready(Ok(Response::new(Bytes::new())))
         }
     }
 

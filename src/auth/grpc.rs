@@ -17,6 +17,7 @@
 //!     .any_valid_key("/demo.Assistant/WhoAmI")
 //!     .build()?; // a malformed or repeated path is an error here, not at request time
 //! let layer = auth.layer(methods);
+//! // with the `tonic` feature (for tonic's body type):
 //! // tonic::transport::Server::builder().layer(layer).add_service(...)
 //! # Ok::<_, tower_api_key::auth::grpc::MethodPolicyError>(())
 //! ```
@@ -52,8 +53,9 @@ use super::policy::RoutePolicy;
 use crate::limits::RouteLimits;
 use crate::scope::{Scope, ScopeError, ScopePolicy};
 
-// The gRPC guide's examples compile as doctests.
-#[cfg(doctest)]
+// The gRPC guide's examples compile as doctests (its tonic server needs
+// the `tonic` feature).
+#[cfg(all(doctest, feature = "tonic"))]
 #[doc = include_str!("../../docs/grpc.md")]
 struct GrpcGuideDoctests;
 

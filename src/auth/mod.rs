@@ -30,19 +30,21 @@
 //!
 //! A request passes through these steps, and stops at the first that fails:
 //!
-//! 1. Any [`Caller`](crate::Caller) already in its extensions is removed (no spoofing).
+//! 1. No [`Caller`](crate::Caller) already in its extensions reaches the inner
+//!    service (no spoofing): step 7 replaces it, and a preflight loses it.
 //! 2. CORS preflight passes unauthenticated, if enabled.
 //! 3. Exactly one credential: `Authorization: Api-Key <key>` (scheme in any
 //!    case) or, if configured, the bare key in an extra header. Two are a 400.
 //! 4. Offline checks (length, prefix, alphabet, checksum): garbage is a 401
-//!    without a verifier call.
+//!    without a verifier call. Alphabet and checksum are checked when the
+//!    cache has no answer for the key: it holds only keys that passed them.
 //! 5. The cached verifier: unknown, revoked or expired keys are a 401 with
 //!    the same body; a failing verifier is a 503, a panicking one a 500.
 //!    With a [failed-attempt limit](FailedAttemptLimit), a client with no attempt left
 //!    gets 429 at steps 3 to 5 instead, without a verifier call; only a key
 //!    the cache holds as valid still gets through.
 //! 6. The route's [`ScopePolicy`](crate::ScopePolicy): a 403 if it refuses.
-//! 7. The [`Caller`](crate::Caller) goes into the request's extensions, the
+//! 7. The [`Caller`](crate::Caller) goes into the request's extensions (replacing any), the
 //!    credential header is marked sensitive, and the inner service is called.
 //!
 //! gRPC requests get gRPC statuses instead; see [`Rejection`](crate::Rejection). A gRPC
@@ -73,7 +75,7 @@ mod axum;
 pub(crate) use authenticator::Authenticator;
 #[cfg(feature = "axum")]
 pub use axum::MissingCaller;
-pub use body::ResponseBody;
+pub use body::{RejectionBody, ResponseBody};
 pub use future::ResponseFuture;
 pub use limit::{ClientIdFn, FailedAttemptLimit, FailedAttemptLimitBuilder};
 pub use policy::RoutePolicy;

@@ -6,7 +6,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::authenticator::Authenticator;
-use super::body::ResponseBody;
+use super::body::RejectionBody;
 use super::decide::{self, Precheck};
 use super::future::{admit, ResponseFuture};
 use super::limits::Limited;
@@ -83,8 +83,9 @@ impl<S: fmt::Debug> fmt::Debug for ApiKeyService<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ApiKeyService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ResBody: RejectionBody,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<ResBody>;
     type Error = S::Error;
     type Future = ResponseFuture<S, ReqBody>;
 
@@ -93,11 +94,15 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        // Only this layer may say who the caller is.
-        request.extensions_mut().remove::<Caller>();
+        // Only this layer may say who the caller is: an admitted request's
+        // `Caller` replaces any already there (`admit`), and the only other
+        // way in, a preflight, loses it here.
         let s = self.auth.shared();
         let (key, attempt) = match decide::precheck(s, &request) {
-            Precheck::PassThrough => return ResponseFuture::inner(self.inner.call(request), None),
+            Precheck::PassThrough => {
+                request.extensions_mut().remove::<Caller>();
+                return ResponseFuture::inner(self.inner.call(request), None);
+            }
             Precheck::Reject(rejection) => {
                 return ResponseFuture::rejected(s.respond(rejection, request.headers()))
             }
