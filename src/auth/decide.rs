@@ -25,7 +25,7 @@ use crate::limits::RouteLimits;
 use crate::scope::ScopeDenied;
 
 /// What the synchronous pre-check of a request decided.
-pub(crate) enum Precheck {
+pub(crate) enum Precheck<'r> {
     /// Let the request through unauthenticated (CORS preflight).
     PassThrough,
     /// Refuse it.
@@ -33,7 +33,7 @@ pub(crate) enum Precheck {
     /// Ask the cache about this key; the request stands thus with the
     /// limiter. Its alphabet and checksum are checked only on a miss
     /// ([`lookup`]): whatever the cache holds passed them.
-    Lookup(Candidate, Attempt),
+    Lookup(Candidate<'r>, Attempt),
 }
 
 /// How a request stands with the failed-attempt limiter.
@@ -59,7 +59,7 @@ pub(crate) struct Lookup {
 
 /// Steps 2 to 4 of the [module docs](super): preflight, exactly one
 /// credential, offline parse, with the limiter's say on each refusal.
-pub(crate) fn precheck<B>(s: &Shared, request: &Request<B>) -> Precheck {
+pub(crate) fn precheck<'r, B>(s: &Shared, request: &'r Request<B>) -> Precheck<'r> {
     if s.cors_preflight
         && request.method() == Method::OPTIONS
         && request
@@ -96,7 +96,11 @@ fn malformed(s: &Shared, attempt: Attempt) -> Rejection {
 /// attempt first, unless the key's lookup is already under way (joining it
 /// costs no verifier call); with none left the request is refused here,
 /// without a verifier call.
-pub(crate) fn lookup(s: &Shared, key: Candidate, attempt: Attempt) -> Result<Lookup, Rejection> {
+pub(crate) fn lookup(
+    s: &Shared,
+    key: Candidate<'_>,
+    attempt: Attempt,
+) -> Result<Lookup, Rejection> {
     let Ok(key) = key.check(&s.format) else {
         return Err(malformed(s, attempt));
     };

@@ -298,7 +298,10 @@ impl CachedVerifier {
     /// [`CachedVerifier::lookup_cached`] for a key whose alphabet and
     /// checksum are not checked yet: only a key that passed them was ever
     /// cached, so a hit is one (see [`KeyFormat::candidate`]).
-    pub(crate) fn answer_candidate(&self, key: &Candidate) -> Option<Result<Caller, LookupError>> {
+    pub(crate) fn answer_candidate(
+        &self,
+        key: &Candidate<'_>,
+    ) -> Option<Result<Caller, LookupError>> {
         self.inner.lookup_cached(key.digest(), key.unchecked_id())
     }
 

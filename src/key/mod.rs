@@ -280,11 +280,12 @@ impl KeyFormat {
     /// or negative, is keyed by the PRF of a key that passed
     /// [`parse_bytes`](Self::parse_bytes) whole. A miss must call
     /// [`Candidate::check`] before any verifier sees the key.
-    pub(crate) fn candidate(&self, key: &[u8]) -> Result<Candidate, KeyParseError> {
+    pub(crate) fn candidate<'k>(&self, key: &'k [u8]) -> Result<Candidate<'k>, KeyParseError> {
         let id_at = self.check_shape(key)?;
         Ok(Candidate {
-            key: PresentedKey::new(key, id_at),
-            id_at: id_at as u8,
+            key,
+            id_at,
+            digest: KeyDigest::of(key),
         })
     }
 
@@ -323,29 +324,32 @@ impl KeyFormat {
 
 /// A presented key whose shape passed but whose alphabet and checksum are
 /// not checked yet ([`KeyFormat::candidate`]): enough to ask the cache,
-/// never enough for a verifier.
-pub(crate) struct Candidate {
-    // Its id may hold bytes outside the alphabet until `check` passes; the
-    // id is read only by comparison with cached entries' ids.
-    key: PresentedKey,
-    id_at: u8,
+/// never enough for a verifier. It borrows the header's bytes: a hit copies
+/// (and so wipes) nothing; [`check`](Self::check) copies them into a
+/// [`PresentedKey`].
+pub(crate) struct Candidate<'k> {
+    key: &'k [u8],
+    id_at: usize,
+    digest: KeyDigest,
 }
 
-impl Candidate {
+impl Candidate<'_> {
     pub(crate) fn digest(&self) -> &KeyDigest {
-        &self.key.digest
+        &self.digest
     }
 
-    /// The presented id, unchecked: equal to a cached entry's id only if
-    /// it is that (checked) id.
+    /// The presented id, unchecked (it may hold bytes outside the
+    /// alphabet): equal to a cached entry's id only if it is that checked id.
     pub(crate) fn unchecked_id(&self) -> KeyId {
-        self.key.id
+        let mut id = [0u8; ID_LEN];
+        id.copy_from_slice(&self.key[self.id_at..self.id_at + ID_LEN]);
+        KeyId(id)
     }
 
     /// The rest of [`KeyFormat::parse_bytes`]: alphabet and checksum.
     pub(crate) fn check(self, format: &KeyFormat) -> Result<PresentedKey, KeyParseError> {
-        format.check_body(self.key.as_bytes(), self.id_at as usize)?;
-        Ok(self.key)
+        format.check_body(self.key, self.id_at)?;
+        Ok(PresentedKey::with_digest(self.key, self.id_at, self.digest))
     }
 }
 
@@ -412,8 +416,12 @@ pub struct PresentedKey {
 }
 
 impl PresentedKey {
-    /// `key` with its shape checked (`id_at` is the id's offset).
+    /// `key`, checked (`id_at` is the id's offset).
     fn new(key: &[u8], id_at: usize) -> Self {
+        Self::with_digest(key, id_at, KeyDigest::of(key))
+    }
+
+    fn with_digest(key: &[u8], id_at: usize, digest: KeyDigest) -> Self {
         let mut bytes = [0u8; MAX_KEY_LEN];
         bytes[..key.len()].copy_from_slice(key);
         let mut id = [0u8; ID_LEN];
@@ -422,7 +430,7 @@ impl PresentedKey {
             bytes,
             len: key.len() as u8,
             id: KeyId(id),
-            digest: KeyDigest::of(key),
+            digest,
         }
     }
 
