@@ -10,18 +10,17 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::authenticator::{Authenticator, Shared};
+use super::authenticator::Shared;
 use super::body::RejectionBody;
 use super::decide::{self, Attempt, Lookup};
 use super::limits::Limited;
-use super::policy::RoutePolicy;
 use super::rate_headers::RateHeaders;
 use super::rejection::Rejection;
+use super::route::RouteConfig;
 use super::LOG_TARGET;
 use crate::cache::Caller;
 use crate::cache::LookupError;
 use crate::key::PresentedKey;
-use crate::limits::RouteLimits;
 
 /// What a key's credits answer, once leased.
 type Spend = BoxFuture<'static, Result<Option<Box<RateHeaders>>, Rejection>>;
@@ -81,17 +80,15 @@ pin_project! {
 const POLLED_AFTER_COMPLETION: &str = "`ResponseFuture` polled after completion";
 
 struct Pending<S, ReqBody> {
-    auth: Authenticator,
+    route: Arc<RouteConfig>,
     attempt: Attempt,
-    policy: Arc<dyn RoutePolicy>,
-    limits: Option<RouteLimits>,
     service: S,
     request: Request<ReqBody>,
 }
 
 /// A request within scope and rate limits, waiting for its credits.
 struct Admitted<S, ReqBody> {
-    auth: Authenticator,
+    route: Arc<RouteConfig>,
     caller: Caller,
     service: S,
     request: Request<ReqBody>,
@@ -108,7 +105,7 @@ where
     }
 
     pub(super) fn spending(
-        auth: Authenticator,
+        route: Arc<RouteConfig>,
         caller: Caller,
         spend: Spend,
         service: S,
@@ -118,7 +115,7 @@ where
             state: State::Spending {
                 spend,
                 pending: Some(Admitted {
-                    auth,
+                    route,
                     caller,
                     service,
                     request,
@@ -136,9 +133,7 @@ where
     }
 
     pub(super) fn authenticating(
-        auth: Authenticator,
-        policy: Arc<dyn RoutePolicy>,
-        limits: Option<RouteLimits>,
+        route: Arc<RouteConfig>,
         lookup: Lookup,
         service: S,
         request: Request<ReqBody>,
@@ -147,10 +142,8 @@ where
             state: State::Authenticating {
                 lookup: lookup.answer,
                 pending: Some(Pending {
-                    auth,
+                    route,
                     attempt: lookup.attempt,
-                    policy,
-                    limits,
                     service,
                     request,
                 }),
@@ -173,19 +166,18 @@ where
                 StateProj::Authenticating { lookup, pending } => {
                     let (key, result) = ready!(lookup.as_mut().poll(cx));
                     let Pending {
-                        auth,
+                        route,
                         attempt,
-                        policy,
-                        limits,
                         mut service,
                         mut request,
                     } = pending.take().expect(POLLED_AFTER_COMPLETION);
                     state.set(State::Done);
-                    let s = auth.shared();
-                    let limited = decide::verdict(s, &*policy, &request, key.id(), result, attempt)
+                    let s = route.auth.shared();
+                    let policy = &*route.policy;
+                    let limited = decide::verdict(s, policy, &request, key.id(), result, attempt)
                         .map(|caller| {
-                            let limited =
-                                decide::limit(s, &*policy, limits.as_ref(), &request, &caller);
+                            let limits = route.limits.as_ref();
+                            let limited = decide::limit(s, policy, limits, &request, &caller);
                             (caller, limited)
                         });
                     drop(key);
@@ -199,7 +191,7 @@ where
                             state.set(State::Spending {
                                 spend,
                                 pending: Some(Admitted {
-                                    auth: auth.clone(),
+                                    route: route.clone(),
                                     caller,
                                     service,
                                     request,
@@ -217,20 +209,21 @@ where
                 StateProj::Spending { spend, pending } => {
                     let spent = ready!(spend.as_mut().poll(cx));
                     let Admitted {
-                        auth,
+                        route,
                         caller,
                         mut service,
                         mut request,
                     } = pending.take().expect(POLLED_AFTER_COMPLETION);
                     state.set(State::Done);
+                    let s = route.auth.shared();
                     match spent {
                         Ok(headers) => {
-                            admit(auth.shared(), &mut request, caller);
+                            admit(s, &mut request, caller);
                             let future = service.call(request);
                             state.set(State::Inner { future, headers });
                         }
                         Err(rejection) => {
-                            let response = auth.shared().respond(rejection, request.headers());
+                            let response = s.respond(rejection, request.headers());
                             state.set(State::Rejected {
                                 response: Some(response),
                             });

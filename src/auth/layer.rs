@@ -5,6 +5,7 @@ use tower_layer::Layer;
 
 use super::authenticator::Authenticator;
 use super::policy::RoutePolicy;
+use super::route::RouteConfig;
 use super::service::ApiKeyService;
 use crate::limits::RouteLimits;
 use crate::scope::{Scope, ScopeError, ScopePolicy};
@@ -104,11 +105,11 @@ impl<S> Layer<S> for ApiKeyLayer {
     type Service = ApiKeyService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ApiKeyService::new(
-            inner,
-            self.auth.clone(),
-            self.policy.clone(),
-            self.limits.clone(),
-        )
+        let route = RouteConfig {
+            auth: self.auth.clone(),
+            policy: self.policy.clone(),
+            limits: self.limits.clone(),
+        };
+        ApiKeyService::new(inner, Arc::new(route))
     }
 }

@@ -66,6 +66,7 @@ mod limits;
 mod policy;
 mod rate_headers;
 pub(crate) mod rejection;
+mod route;
 pub(crate) mod service;
 
 #[cfg(feature = "axum")]

@@ -5,14 +5,12 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
-use super::authenticator::Authenticator;
 use super::body::RejectionBody;
 use super::decide::{self, Precheck};
 use super::future::{admit, ResponseFuture};
 use super::limits::Limited;
-use super::policy::RoutePolicy;
+use super::route::RouteConfig;
 use crate::cache::Caller;
-use crate::limits::RouteLimits;
 
 /// Middleware that authenticates every request by its API key, enforces the
 /// route's scope policy and inserts the [`Caller`] into request extensions.
@@ -22,24 +20,12 @@ use crate::limits::RouteLimits;
 #[must_use]
 pub struct ApiKeyService<S> {
     inner: S,
-    auth: Authenticator,
-    policy: Arc<dyn RoutePolicy>,
-    limits: Option<RouteLimits>,
+    route: Arc<RouteConfig>,
 }
 
 impl<S> ApiKeyService<S> {
-    pub(crate) fn new(
-        inner: S,
-        auth: Authenticator,
-        policy: Arc<dyn RoutePolicy>,
-        limits: Option<RouteLimits>,
-    ) -> Self {
-        Self {
-            inner,
-            auth,
-            policy,
-            limits,
-        }
+    pub(crate) fn new(inner: S, route: Arc<RouteConfig>) -> Self {
+        Self { inner, route }
     }
 
     /// The ready service, moved out for a future; a clone stays for the
@@ -72,7 +58,7 @@ impl<S: fmt::Debug> fmt::Debug for ApiKeyService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiKeyService")
             .field("inner", &self.inner)
-            .field("auth", &self.auth)
+            .field("auth", &self.route.auth)
             .finish_non_exhaustive()
     }
 }
@@ -97,7 +83,8 @@ where
         // Only this layer may say who the caller is: an admitted request's
         // `Caller` replaces any already there (`admit`), and the only other
         // way in, a preflight, loses it here.
-        let s = self.auth.shared();
+        let route = &*self.route;
+        let s = route.auth.shared();
         let (key, attempt) = match decide::precheck(s, &request) {
             Precheck::PassThrough => {
                 request.extensions_mut().remove::<Caller>();
@@ -112,14 +99,15 @@ where
         if let Some(answer) = s.cache.answer_candidate(&key) {
             // A hit's id is the cached entry's, a checked one.
             let key_id = key.unchecked_id();
-            let caller = match decide::verdict(s, &*self.policy, &request, key_id, answer, attempt)
+            let caller = match decide::verdict(s, &*route.policy, &request, key_id, answer, attempt)
             {
                 Ok(caller) => caller,
                 Err(rejection) => {
                     return ResponseFuture::rejected(s.respond(rejection, request.headers()))
                 }
             };
-            let limited = decide::limit(s, &*self.policy, self.limits.as_ref(), &request, &caller);
+            let limited =
+                decide::limit(s, &*route.policy, route.limits.as_ref(), &request, &caller);
             return match limited {
                 Limited::Admit(headers) => {
                     admit(s, &mut request, caller);
@@ -130,7 +118,7 @@ where
                 }
                 Limited::Spend(spend) => {
                     let ready = self.take_ready();
-                    ResponseFuture::spending(self.auth.clone(), caller, spend, ready, request)
+                    ResponseFuture::spending(self.route.clone(), caller, spend, ready, request)
                 }
             };
         }
@@ -141,13 +129,6 @@ where
             }
         };
         let ready = self.take_ready();
-        ResponseFuture::authenticating(
-            self.auth.clone(),
-            self.policy.clone(),
-            self.limits.clone(),
-            lookup,
-            ready,
-            request,
-        )
+        ResponseFuture::authenticating(self.route.clone(), lookup, ready, request)
     }
 }
