@@ -7,6 +7,10 @@
 //!
 //! - `GET /open`: no layer.
 //! - `GET /protected`: behind `auth.any_valid_key()`.
+//! - `GET /static`: the reference, behind tower-http's
+//!   `ValidateRequestHeaderLayer` comparing the whole `Authorization` header
+//!   with the demo key's (a static token, as tower-http's bearer check):
+//!   what any route layer costs in axum, with next to no check.
 //! - Prints `API_KEY_BENCH=<key>` (a valid demo key, already cached) and
 //!   `listening on http://ADDR`.
 //! - `BIND` (default `127.0.0.1:3000`) is the address; `WORKERS` (default 1)
@@ -30,6 +34,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use axum::routing::get;
 use axum::Router;
+use tower_http::validate_request::ValidateRequestHeaderLayer;
 use tower_api_key::store::NewKey;
 use tower_api_key::Authenticator;
 use tower_api_key::Invalidations;
@@ -172,10 +177,26 @@ async fn serve(preload: usize, workers: usize, observed: bool) -> std::io::Resul
         preload_keys(&store, &auth, preload).await?;
     }
 
-    let mut app = Router::new().route("/open", get(|| async { BODY })).route(
-        "/protected",
-        get(|| async { BODY }).route_layer(auth.any_valid_key()),
+    let expected = http::HeaderValue::try_from(format!("Api-Key {}", demo.key.expose_secret()))
+        .map_err(std::io::Error::other)?;
+    let static_token = ValidateRequestHeaderLayer::custom(
+        move |request: &mut http::Request<axum::body::Body>| {
+            if request.headers().get(http::header::AUTHORIZATION) == Some(&expected) {
+                Ok(())
+            } else {
+                let mut refused = http::Response::new(axum::body::Body::empty());
+                *refused.status_mut() = http::StatusCode::UNAUTHORIZED;
+                Err(refused)
+            }
+        },
     );
+    let mut app = Router::new()
+        .route("/open", get(|| async { BODY }))
+        .route(
+            "/protected",
+            get(|| async { BODY }).route_layer(auth.any_valid_key()),
+        )
+        .route("/static", get(|| async { BODY }).route_layer(static_token));
     if let Some(recorder) = metrics {
         app = app.route(
             "/metrics",

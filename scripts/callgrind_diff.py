@@ -2,7 +2,9 @@
 (`/open` and `/protected`, see scripts/callgrind_http.sh) and the functions
 whose own (exclusive) instructions per request differ the most.
 
-    python3 scripts/callgrind_diff.py DIR CONFIG [TOP]
+    python3 scripts/callgrind_diff.py DIR CONFIG [TOP] [BASE ROUTE]
+
+BASE and ROUTE (default `open` and `protected`) pick the two dumps.
 """
 import re
 import subprocess
@@ -33,14 +35,15 @@ def load(directory, config, route):
 def main():
     directory, config = sys.argv[1], sys.argv[2]
     top = int(sys.argv[3]) if len(sys.argv) > 3 else 30
-    open_, open_total, open_n = load(directory, config, "open")
-    prot, prot_total, prot_n = load(directory, config, "protected")
-    print(f"== {config}: instructions per request, /open {open_total:,.0f} "
-          f"({open_n} requests), /protected {prot_total:,.0f} ({prot_n} requests), "
+    base, route = (sys.argv[4], sys.argv[5]) if len(sys.argv) > 5 else ("open", "protected")
+    open_, open_total, open_n = load(directory, config, base)
+    prot, prot_total, prot_n = load(directory, config, route)
+    print(f"== {config}: instructions per request, /{base} {open_total:,.0f} "
+          f"({open_n} requests), /{route} {prot_total:,.0f} ({prot_n} requests), "
           f"difference {prot_total - open_total:,.0f}")
     diff = sorted(((prot.get(k, 0) - open_.get(k, 0), k) for k in set(open_) | set(prot)),
                   reverse=True)
-    print(f"{'more':>8} {'protected':>10} {'open':>8}  function (own instructions per request)")
+    print(f"{'more':>8} {route:>10} {base:>8}  function (own instructions per request)")
     for d, name in diff[:top]:
         print(f"{d:8.0f} {prot.get(name, 0):10.0f} {open_.get(name, 0):8.0f}  {name[:120]}")
 

@@ -11,6 +11,9 @@
 #   BENCH_SERVER=/tmp/old/bench_server scripts/callgrind_http.sh bare
 #                                             # an already built server (another commit)
 #   KEEP=/tmp/cg scripts/callgrind_http.sh bare   # keep the dumps
+#   REFERENCE=1 scripts/callgrind_http.sh bare     # also /static (tower-http's
+#                                             # static header check): what any
+#                                             # route layer costs in axum
 #
 # Prints, per configuration, instructions per request on /open and on
 # /protected (the same request: both carry the Authorization header), then
@@ -65,4 +68,9 @@ for config in "${CONFIGS[@]}"; do
     profile "$config" open
     profile "$config" protected
     python3 scripts/callgrind_diff.py "$OUT" "$config" "${TOP:-30}"
+    if [ -n "${REFERENCE:-}" ]; then
+        profile "$config" static
+        python3 scripts/callgrind_diff.py "$OUT" "$config" "${TOP:-30}" open static
+        python3 scripts/callgrind_diff.py "$OUT" "$config" "${TOP:-30}" static protected
+    fi
 done

@@ -16,8 +16,10 @@
 #   CONFIGS=metrics scripts/loadtest.sh # one configuration only
 #   BENCH_SERVER=/tmp/old/bench_server CONFIGS=bare scripts/loadtest.sh
 #                                       # an already built server (another commit)
+#   ROUTE=/static scripts/loadtest.sh   # the reference instead of /protected:
+#                                       # tower-http's static header check
 #
-# Environment: ROUNDS (7), DURATION (5s, per run), CONNECTIONS (64),
+# Environment: ROUTE (/protected), ROUNDS (7), DURATION (5s, per run), CONNECTIONS (64),
 # WRK_THREADS (1), PORT (38080; the metrics server takes PORT+1), KEYS (0),
 # CONFIGS ("bare metrics"), SERVER_CPU (0), CLIENT_CPU (1),
 # SAME_REQUEST (1: /open gets the same Authorization header as /protected,
@@ -38,6 +40,7 @@ SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 STARTUP_TIMEOUT=${STARTUP_TIMEOUT:-600}
 SAME_REQUEST=${SAME_REQUEST:-1}
+ROUTE=${ROUTE:-/protected}
 read -r -a CONFIGS <<<"${CONFIGS:-bare metrics}"
 
 MISSING=()
@@ -111,9 +114,9 @@ for config in "${CONFIGS[@]}"; do
     addr=${ADDR[$config]}
     status() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@"; }
     [ "$(status "http://${addr}/open")" = 200 ] || { echo "/open ($config) is not 200" >&2; exit 1; }
-    [ "$(status "http://${addr}/protected")" = 401 ] || { echo "/protected ($config) without a key is not 401" >&2; exit 1; }
-    [ "$(status -H "Authorization: Api-Key ${KEY[$config]}" "http://${addr}/protected")" = 200 ] \
-        || { echo "/protected ($config) with the key is not 200" >&2; exit 1; }
+    [ "$(status "http://${addr}${ROUTE}")" = 401 ] || { echo "${ROUTE} ($config) without a key is not 401" >&2; exit 1; }
+    [ "$(status -H "Authorization: Api-Key ${KEY[$config]}" "http://${addr}${ROUTE}")" = 200 ] \
+        || { echo "${ROUTE} ($config) with the key is not 200" >&2; exit 1; }
 done
 
 # Server CPU time so far, in nanoseconds (all its threads, from schedstat).
@@ -142,13 +145,14 @@ run() {
 }
 
 open_args() { [ "$SAME_REQUEST" = 1 ] && printf '%s\n' -H "Authorization: Api-Key ${KEY[$1]}"; true; }
+echo "compared with /open: ${ROUTE} (shown as 'protected')"
 echo "/open requests carry the Authorization header too: $([ "$SAME_REQUEST" = 1 ] && echo yes || echo no)"
 
 echo "== warm-up"
 for config in "${CONFIGS[@]}"; do
     mapfile -t OPEN_ARGS < <(open_args "$config")
     run "$config" /open -d2s "${OPEN_ARGS[@]}" >/dev/null
-    run "$config" /protected -d2s -H "Authorization: Api-Key ${KEY[$config]}" >/dev/null
+    run "$config" "$ROUTE" -d2s -H "Authorization: Api-Key ${KEY[$config]}" >/dev/null
 done
 
 echo "== rounds"
@@ -160,9 +164,9 @@ for round in $(seq "$ROUNDS"); do
         # Alternate which route goes first, so drift in the machine's load cancels out.
         if [ $((round % 2)) = 1 ]; then
             run "$config" /open "${OPEN_ARGS[@]}" >"$RESULT"; read -r open open_ns <"$RESULT"
-            run "$config" /protected -H "Authorization: Api-Key ${KEY[$config]}" >"$RESULT"; read -r prot prot_ns <"$RESULT"
+            run "$config" "$ROUTE" -H "Authorization: Api-Key ${KEY[$config]}" >"$RESULT"; read -r prot prot_ns <"$RESULT"
         else
-            run "$config" /protected -H "Authorization: Api-Key ${KEY[$config]}" >"$RESULT"; read -r prot prot_ns <"$RESULT"
+            run "$config" "$ROUTE" -H "Authorization: Api-Key ${KEY[$config]}" >"$RESULT"; read -r prot prot_ns <"$RESULT"
             run "$config" /open "${OPEN_ARGS[@]}" >"$RESULT"; read -r open open_ns <"$RESULT"
         fi
         ratio=$(awk -v p="$prot" -v o="$open" 'BEGIN { printf "%.3f", p / o }')
