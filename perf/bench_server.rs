@@ -34,7 +34,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use axum::routing::get;
 use axum::Router;
-use tower_http::validate_request::ValidateRequestHeaderLayer;
 use tower_api_key::store::NewKey;
 use tower_api_key::Authenticator;
 use tower_api_key::Invalidations;
@@ -44,6 +43,7 @@ use tower_api_key::MemoryStore;
 use tower_api_key::PresentedKey;
 use tower_api_key::ScopeSet;
 use tower_api_key::{Verifier, VerifierError};
+use tower_http::validate_request::ValidateRequestHeaderLayer;
 
 const BODY: &str = "hello, world";
 
@@ -179,8 +179,8 @@ async fn serve(preload: usize, workers: usize, observed: bool) -> std::io::Resul
 
     let expected = http::HeaderValue::try_from(format!("Api-Key {}", demo.key.expose_secret()))
         .map_err(std::io::Error::other)?;
-    let static_token = ValidateRequestHeaderLayer::custom(
-        move |request: &mut http::Request<axum::body::Body>| {
+    let static_token =
+        ValidateRequestHeaderLayer::custom(move |request: &mut http::Request<axum::body::Body>| {
             if request.headers().get(http::header::AUTHORIZATION) == Some(&expected) {
                 Ok(())
             } else {
@@ -188,8 +188,7 @@ async fn serve(preload: usize, workers: usize, observed: bool) -> std::io::Resul
                 *refused.status_mut() = http::StatusCode::UNAUTHORIZED;
                 Err(refused)
             }
-        },
-    );
+        });
     let mut app = Router::new()
         .route("/open", get(|| async { BODY }))
         .route(

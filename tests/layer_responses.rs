@@ -76,6 +76,95 @@ async fn default_bodies_are_short_json() {
     );
 }
 
+/// The layer answers in its inner service's own body type: a rejection's
+/// bytes are the same whichever type that is, and an admitted request's
+/// body is the inner service's, untouched.
+#[tokio::test]
+async fn every_body_type_carries_the_same_rejection_and_the_inner_body() {
+    use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
+    use http_body_util::{BodyExt, Full};
+    use tower::{service_fn, Layer, ServiceExt};
+    use tower_api_key::auth::{RejectionBody, ResponseBody};
+
+    type Io = std::io::Error;
+
+    /// The status and the whole body of one request, with or without the key.
+    async fn answer<B>(make: fn() -> B, secret: Option<&str>, fx: &Fixture) -> (StatusCode, Bytes)
+    where
+        B: RejectionBody + http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Debug,
+    {
+        let service = fx
+            .auth
+            .any_valid_key()
+            .layer(service_fn(move |_: Request<()>| async move {
+                Ok::<_, std::convert::Infallible>(Response::new(make()))
+            }));
+        let mut request = Request::get("/whoami");
+        if let Some(secret) = secret {
+            request = request.header(AUTHORIZATION, format!("Api-Key {secret}"));
+        }
+        let response = service.oneshot(request.body(()).unwrap()).await.unwrap();
+        let status = response.status();
+        (
+            status,
+            response.into_body().collect().await.unwrap().to_bytes(),
+        )
+    }
+    fn hello() -> Full<Bytes> {
+        Full::new(Bytes::from_static(b"hello"))
+    }
+
+    let fx = Fixture::new();
+    let key = fx.key("sa-a", &[]).await;
+    let secret = key.key.expose_secret();
+    let (_, expected) = answer(hello, None, &fx).await;
+    assert!(
+        expected.starts_with(b"{\"error\":\"unauthenticated\""),
+        "{expected:?}"
+    );
+
+    macro_rules! check {
+        ($label:literal, $make:expr) => {
+            let refused = answer($make, None, &fx).await;
+            assert_eq!(
+                refused,
+                (StatusCode::UNAUTHORIZED, expected.clone()),
+                $label
+            );
+            let admitted = answer($make, Some(secret), &fx).await;
+            assert_eq!(
+                admitted,
+                (StatusCode::OK, Bytes::from_static(b"hello")),
+                $label
+            );
+        };
+    }
+    check!("Full", hello);
+    check!("String", || String::from("hello"));
+    check!("axum", || axum::body::Body::from("hello"));
+    check!("ResponseBody", || ResponseBody::new(hello()));
+    check!("BoxBody", || -> BoxBody<Bytes, Io> {
+        hello().map_err(|never| match never {}).boxed()
+    });
+    check!("UnsyncBoxBody", || -> UnsyncBoxBody<Bytes, Io> {
+        hello().map_err(|never| match never {}).boxed_unsync()
+    });
+
+    // `Bytes` is not an HTTP body, but a service may answer it (tests do).
+    let bytes = fx
+        .auth
+        .any_valid_key()
+        .layer(service_fn(|_: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(Bytes::from_static(b"hello")))
+        }));
+    let refused = bytes
+        .oneshot(Request::get("/").body(()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(refused.into_body(), expected);
+}
+
 // ---------------------------------------------------------------------------
 // gRPC requests get gRPC statuses.
 
