@@ -179,6 +179,8 @@ async fn serve(preload: usize, workers: usize, observed: bool) -> std::io::Resul
 
     let expected = http::HeaderValue::try_from(format!("Api-Key {}", demo.key.expose_secret()))
         .map_err(std::io::Error::other)?;
+    // tower-http's custom check answers its refusal as a whole response.
+    #[allow(clippy::result_large_err)]
     let static_token =
         ValidateRequestHeaderLayer::custom(move |request: &mut http::Request<axum::body::Body>| {
             if request.headers().get(http::header::AUTHORIZATION) == Some(&expected) {
