@@ -13,11 +13,8 @@ KEYS=${KEYS:-10000}
 CASES=("$@")
 [ ${#CASES[@]} -gt 0 ] || CASES=(parse lookup hit_path bare bearer layer)
 
-if ! command -v valgrind >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-    $SUDO apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
-fi
+. scripts/need.sh
+need valgrind
 # HIT_LOOP=path runs an already built binary (to compare builds).
 BIN=${HIT_LOOP:-${CARGO_TARGET_DIR:-target}/release/examples/hit_loop}
 [ -n "${HIT_LOOP:-}" ] || cargo build --release --example hit_loop

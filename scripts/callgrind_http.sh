@@ -24,14 +24,8 @@ SECONDS_PER_RUN=${SECONDS_PER_RUN:-8}
 CONFIGS=("$@")
 [ ${#CONFIGS[@]} -gt 0 ] || CONFIGS=(bare metrics)
 
-MISSING=()
-command -v valgrind >/dev/null 2>&1 || MISSING+=(valgrind)
-command -v wrk >/dev/null 2>&1 || MISSING+=(wrk)
-if [ ${#MISSING[@]} -gt 0 ]; then
-    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-    $SUDO apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${MISSING[@]}" >/dev/null
-fi
+. scripts/need.sh
+need valgrind wrk
 BIN=${BENCH_SERVER:-${CARGO_TARGET_DIR:-target}/release/examples/bench_server}
 [ -n "${BENCH_SERVER:-}" ] || cargo build --release --example bench_server
 # KEEP=DIR keeps the dumps there (for callgrind_annotate --tree=caller).

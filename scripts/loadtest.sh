@@ -43,16 +43,8 @@ SAME_REQUEST=${SAME_REQUEST:-1}
 ROUTE=${ROUTE:-/protected}
 read -r -a CONFIGS <<<"${CONFIGS:-bare metrics}"
 
-MISSING=()
-command -v wrk >/dev/null 2>&1 || MISSING+=(wrk)
-command -v curl >/dev/null 2>&1 || MISSING+=(curl)
-command -v taskset >/dev/null 2>&1 || MISSING+=(util-linux)
-if [ ${#MISSING[@]} -gt 0 ]; then
-    echo "== installing ${MISSING[*]}"
-    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-    $SUDO apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${MISSING[@]}" >/dev/null
-fi
+. scripts/need.sh
+need wrk curl taskset:util-linux
 if [ "$(nproc)" -lt 2 ]; then
     echo "warning: fewer than 2 CPUs; server and wrk share one" >&2
     CLIENT_CPU=$SERVER_CPU

@@ -14,14 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-8}
 ROUTE=${ROUTE:-protected}
-MISSING=()
-command -v perf >/dev/null 2>&1 || MISSING+=(linux-perf)
-command -v wrk >/dev/null 2>&1 || MISSING+=(wrk)
-if [ ${#MISSING[@]} -gt 0 ]; then
-    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-    $SUDO apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${MISSING[@]}" >/dev/null
-fi
+. scripts/need.sh
+need perf:linux-perf wrk
 BIN=${BENCH_SERVER:-${CARGO_TARGET_DIR:-target}/release/examples/bench_server}
 [ -n "${BENCH_SERVER:-}" ] || cargo build --release --example bench_server
 OUT=${KEEP:-$(mktemp -d)}
