@@ -75,7 +75,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::invalidation::{Invalidation, InvalidationListener};
-use crate::key::{Candidate, KeyDigest, KeyFormat, KeyId, PresentedKey};
+use crate::key::{Candidate, KeyDigest, KeyId, PresentedKey};
 use crate::telemetry;
 use crate::verifier::{Verifier, VerifierError};
 
@@ -285,7 +285,7 @@ impl CachedVerifier {
     #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn lookup_cached_raw(
         &self,
-        format: &KeyFormat,
+        format: &crate::key::KeyFormat,
         raw: &[u8],
     ) -> Option<Result<Caller, LookupError>> {
         self.answer_candidate(&format.candidate(raw).ok()?)
