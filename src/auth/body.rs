@@ -17,9 +17,8 @@ use pin_project_lite::pin_project;
 /// own body type, so the inner responses pass through as they are: axum and
 /// tonic, which box any body type but their own, take them without a second
 /// box. Implemented for axum's and (feature `tonic`) tonic's bodies,
-/// `http_body_util`'s `Full<Bytes>`, `BoxBody` and `UnsyncBoxBody`, `Bytes`
-/// and `String`, and for
-/// [`ResponseBody`], which wraps any other body type:
+/// `http_body_util`'s `Full<Bytes>`, `BoxBody` and `UnsyncBoxBody`, `Bytes`,
+/// `String`, and [`ResponseBody`], which wraps any other body type:
 ///
 /// ```
 /// use http::{Request, Response};
