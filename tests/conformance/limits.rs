@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use tower_api_key::cache::{CacheConfig, CachedVerifier, Source};
 use tower_api_key::clock::Clock;
-use tower_api_key::limits::{Credits, RateLimit, Refill, MAX_CREDITS};
+use tower_api_key::limits::{CreditLease, Credits, RateLimit, Refill, MAX_CREDITS};
 use tower_api_key::store::{KeyUpdate, ListRequest, NewKey};
 use tower_api_key::{Invalidation, KeyId, KeyStore, ScopeSet, Verifier};
 
@@ -41,6 +41,15 @@ fn december_first() -> SystemTime {
 }
 
 const DAY: Duration = Duration::from_secs(86_400);
+
+/// A lease the store must grant: the key has credits.
+async fn must_lease<S: KeyStore>(store: &S, id: KeyId, want: u64, at: SystemTime) -> CreditLease {
+    store
+        .lease_credits(id, want, at)
+        .await
+        .unwrap()
+        .expect("the key has credits")
+}
 
 async fn remaining<S: KeyStore>(store: &S, id: KeyId) -> Option<u64> {
     store
@@ -96,11 +105,7 @@ pub async fn limits_and_credits_round_trip_through_every_read<F: StoreFactory>(f
 
     // Reads show the count as the store holds it, nothing applied on read:
     // a day later (a refill is due) the count is still the leased one.
-    let lease = store
-        .lease_credits(id, 3, clock.now())
-        .await
-        .unwrap()
-        .unwrap();
+    let lease = must_lease(&store, id, 3, clock.now()).await;
     assert_eq!(lease.granted, 3);
     clock.advance(DAY);
     assert_eq!(remaining(&store, id).await, Some(47));
@@ -269,11 +274,7 @@ pub async fn reissue_keeps_limits_and_credits<F: StoreFactory>(f: &F) {
         .await
         .unwrap();
     let id = created.record.key_id;
-    let lease = store
-        .lease_credits(id, 10, clock.now())
-        .await
-        .unwrap()
-        .unwrap();
+    let lease = must_lease(&store, id, 10, clock.now()).await;
     assert_eq!((lease.granted, lease.remaining), (10, 70));
     let reissued = store.reissue(id, Duration::ZERO).await.unwrap().unwrap();
     assert_eq!(reissued.record.rate_limits, two_limits());
@@ -459,11 +460,7 @@ pub async fn leases_shrink_to_one_and_never_exceed_what_remains<F: StoreFactory>
     let mut grants = Vec::new();
     let mut left = 100;
     loop {
-        let lease = store
-            .lease_credits(id, 10, clock.now())
-            .await
-            .unwrap()
-            .expect("the key has credits");
+        let lease = must_lease(&store, id, 10, clock.now()).await;
         assert!(lease.granted <= 10 && lease.granted <= left);
         assert_eq!(lease.granted, 10.min((left / 8).max(1)).min(left));
         left -= lease.granted;
@@ -519,11 +516,7 @@ pub async fn returns_add_back_only_within_the_generation<F: StoreFactory>(f: &F)
         .await
         .unwrap();
     let id = created.record.key_id;
-    let first = store
-        .lease_credits(id, 10, clock.now())
-        .await
-        .unwrap()
-        .unwrap();
+    let first = must_lease(&store, id, 10, clock.now()).await;
     assert_eq!(
         (first.granted, first.generation, first.remaining),
         (10, 0, 70)
@@ -539,17 +532,13 @@ pub async fn returns_add_back_only_within_the_generation<F: StoreFactory>(f: &F)
         .unwrap();
     store.return_credits(id, first.generation, 4).await.unwrap();
     assert_eq!(remaining(&store, id).await, Some(40));
-    let second = store
-        .lease_credits(id, 2, clock.now())
-        .await
-        .unwrap()
-        .unwrap();
+    let second = must_lease(&store, id, 2, clock.now()).await;
     assert!(second.generation > first.generation);
     assert_eq!(second.remaining, 38);
 
     // So does a refill.
     let tomorrow = clock.now() + DAY;
-    let third = store.lease_credits(id, 2, tomorrow).await.unwrap().unwrap();
+    let third = must_lease(&store, id, 2, tomorrow).await;
     assert!(third.generation > second.generation);
     assert_eq!(third.remaining, 78, "refilled to 80, then leased");
     store
@@ -574,11 +563,7 @@ pub async fn returns_add_back_only_within_the_generation<F: StoreFactory>(f: &F)
         .unwrap()
         .record
         .key_id;
-    let old = store
-        .lease_credits(other, 1, clock.now())
-        .await
-        .unwrap()
-        .unwrap();
+    let old = must_lease(&store, other, 1, clock.now()).await;
     assert_eq!((old.generation, old.remaining), (0, 7));
     for credits in [None, Some(Credits::new(5).unwrap())] {
         store
@@ -592,11 +577,7 @@ pub async fn returns_add_back_only_within_the_generation<F: StoreFactory>(f: &F)
         .await
         .unwrap();
     assert_eq!(remaining(&store, other).await, Some(5));
-    let new = store
-        .lease_credits(other, 1, clock.now())
-        .await
-        .unwrap()
-        .unwrap();
+    let new = must_lease(&store, other, 1, clock.now()).await;
     assert!(new.generation > old.generation);
 }
 
@@ -609,48 +590,28 @@ pub async fn credits_refill_at_midnight_utc_once_per_due_time<F: StoreFactory>(f
         .await
         .unwrap();
     let id = created.record.key_id;
-    let lease = store
-        .lease_credits(id, 10, clock.now())
-        .await
-        .unwrap()
-        .unwrap();
+    let lease = must_lease(&store, id, 10, clock.now()).await;
     assert_eq!(
         (lease.granted, lease.remaining, lease.generation),
         (1, 2, 0)
     );
     assert_eq!(lease.next_refill, Some(december_first()));
     let just_before = december_first() - Duration::from_millis(1);
-    let lease = store
-        .lease_credits(id, 10, just_before)
-        .await
-        .unwrap()
-        .unwrap();
+    let lease = must_lease(&store, id, 10, just_before).await;
     assert_eq!((lease.remaining, lease.generation), (1, 0), "not yet");
 
     // At midnight: back to the refill's amount (nothing carries over).
-    let lease = store
-        .lease_credits(id, 10, december_first())
-        .await
-        .unwrap()
-        .unwrap();
+    let lease = must_lease(&store, id, 10, december_first()).await;
     assert_eq!(
         (lease.granted, lease.remaining, lease.generation),
         (1, 9, 1)
     );
     assert_eq!(lease.next_refill, Some(december_first() + DAY));
     // Once per due time: later the same day nothing is refilled.
-    let lease = store
-        .lease_credits(id, 10, december_first() + DAY / 2)
-        .await
-        .unwrap()
-        .unwrap();
+    let lease = must_lease(&store, id, 10, december_first() + DAY / 2).await;
     assert_eq!((lease.remaining, lease.generation), (8, 1));
     // Days without a lease refill once, to the amount.
-    let lease = store
-        .lease_credits(id, 10, december_first() + DAY * 5 + DAY / 3)
-        .await
-        .unwrap()
-        .unwrap();
+    let lease = must_lease(&store, id, 10, december_first() + DAY * 5 + DAY / 3).await;
     assert_eq!((lease.remaining, lease.generation), (9, 2));
     assert_eq!(lease.next_refill, Some(december_first() + DAY * 6));
 
@@ -663,18 +624,14 @@ pub async fn credits_refill_at_midnight_utc_once_per_due_time<F: StoreFactory>(f
         .await
         .unwrap();
     let id = key.record.key_id;
-    let lease = store
-        .lease_credits(id, 1, clock.now())
-        .await
-        .unwrap()
-        .unwrap();
+    let lease = must_lease(&store, id, 1, clock.now()).await;
     assert_eq!(
         lease.granted, 0,
         "set at 23:59:59 on Nov 30, refilled on Dec 31"
     );
     let dec_31 = december_first() + DAY * 30;
     assert_eq!(lease.next_refill, Some(dec_31));
-    let lease = store.lease_credits(id, 1, dec_31).await.unwrap().unwrap();
+    let lease = must_lease(&store, id, 1, dec_31).await;
     assert_eq!(
         (lease.granted, lease.remaining, lease.generation),
         (1, 4, 1)
@@ -684,7 +641,7 @@ pub async fn credits_refill_at_midnight_utc_once_per_due_time<F: StoreFactory>(f
     // January's refill is skipped by a lease on February 28 (2027 is not a
     // leap year): one refill, to the amount.
     let feb_28 = jan_31 + DAY * 28;
-    let lease = store.lease_credits(id, 1, feb_28).await.unwrap().unwrap();
+    let lease = must_lease(&store, id, 1, feb_28).await;
     assert_eq!((lease.remaining, lease.generation), (4, 2));
     assert_eq!(lease.next_refill, Some(feb_28 + DAY * 31), "March 31");
 }
@@ -697,11 +654,7 @@ pub async fn add_credits_adds_up_to_the_maximum_and_keeps_the_generation<F: Stor
         .await
         .unwrap();
     let id = created.record.key_id;
-    let lease = store
-        .lease_credits(id, 2, clock.now())
-        .await
-        .unwrap()
-        .unwrap();
+    let lease = must_lease(&store, id, 2, clock.now()).await;
     assert_eq!(lease.remaining, 14);
     announced.drain();
 
@@ -744,11 +697,7 @@ pub async fn a_revoked_keys_credits_go_with_it<F: StoreFactory>(f: &F) {
         .await
         .unwrap();
     let id = created.record.key_id;
-    let lease = store
-        .lease_credits(id, 5, clock.now())
-        .await
-        .unwrap()
-        .unwrap();
+    let lease = must_lease(&store, id, 5, clock.now()).await;
     assert_eq!(lease.granted, 5);
     assert!(store.revoke(id).await.unwrap());
     assert_eq!(store.lease_credits(id, 5, clock.now()).await.unwrap(), None);
