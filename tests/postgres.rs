@@ -477,41 +477,7 @@ async fn account_limits_and_credits_changed_on_one_replica_reach_the_others_cach
     };
     let a = db.store().await;
     let b = db.store().await;
-    let cache_b = cache(&b);
-    let mut seen_b = Watch::on(&b);
-    let first = a
-        .create(NewKey::new("sa-shared").with_credits(Credits::new(5).unwrap()))
-        .await
-        .unwrap();
-    let second = a.create(NewKey::new("sa-shared")).await.unwrap();
-    for key in [&first, &second] {
-        let caller = cache_b.lookup(&presented(&b, key)).await.unwrap();
-        assert!(caller.record().account_rate_limits.is_empty());
-    }
-    let limits: Vec<RateLimit> = vec!["10/1s".parse().unwrap()];
-    a.set_account_rate_limits("sa-shared", limits.clone())
-        .await
-        .unwrap();
-    for key in [&first, &second] {
-        let id = key.record.key_id;
-        assert_eq!(
-            seen_b.until_invalidated(id, NOTIFY_WITHIN).await,
-            Invalidation::key_of(id, "sa-shared")
-        );
-    }
-    for key in [&first, &second] {
-        let (caller, source) = cache_b
-            .lookup_with_source(&presented(&b, key))
-            .await
-            .unwrap();
-        assert_eq!(source, Source::Verifier);
-        assert_eq!(caller.record().account_rate_limits, limits);
-    }
-    let id = first.record.key_id;
-    a.add_credits(id, 7).await.unwrap().unwrap();
-    seen_b.until_invalidated(id, NOTIFY_WITHIN).await;
-    let caller = cache_b.lookup(&presented(&b, &first)).await.unwrap();
-    assert_eq!(caller.record().credits.map(|c| c.remaining()), Some(12));
+    conformance::account_changes_reach_the_other_store(&a, &b, NOTIFY_WITHIN).await;
     a.shutdown().await;
     b.shutdown().await;
     db.drop_schema().await;

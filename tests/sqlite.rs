@@ -25,7 +25,7 @@ use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError, Source};
 use tower_api_key::clock::{Clock, ManualClock};
-use tower_api_key::limits::{Credits, RateLimit};
+use tower_api_key::limits::Credits;
 use tower_api_key::store::sqlite::{SqliteKeyStore, SqliteKeyStoreBuilder};
 use tower_api_key::store::{
     CreatedKey, KeyUpdate, ListRequest, NewKey, StoreError, MAX_EXPORT_PAGE,
@@ -1041,46 +1041,7 @@ async fn account_limits_and_credits_changed_by_another_store_reach_this_stores_c
     let dir = TempDir::new("limits-across");
     let a = dir.store().await;
     let b = dir.builder().open().await.unwrap();
-    let cache_a = CachedVerifier::new(
-        a.clone(),
-        CacheConfig::builder()
-            .positive_ttl(Duration::from_secs(3600))
-            .build(),
-    );
-    let mut seen_a = Watch::on(&a);
-    let first = b
-        .create(NewKey::new("sa-shared").with_credits(Credits::new(5).unwrap()))
-        .await
-        .unwrap();
-    let second = b.create(NewKey::new("sa-shared")).await.unwrap();
-    for key in [&first, &second] {
-        let caller = cache_a.lookup(&presented(&a, key)).await.unwrap();
-        assert!(caller.record().account_rate_limits.is_empty());
-    }
-    let limits: Vec<RateLimit> = vec!["10/1s".parse().unwrap()];
-    b.set_account_rate_limits("sa-shared", limits.clone())
-        .await
-        .unwrap();
-    for key in [&first, &second] {
-        let id = key.record.key_id;
-        assert_eq!(
-            seen_a.until_invalidated(id, WITHIN).await,
-            Invalidation::key_of(id, "sa-shared")
-        );
-    }
-    for key in [&first, &second] {
-        let (caller, source) = cache_a
-            .lookup_with_source(&presented(&a, key))
-            .await
-            .unwrap();
-        assert_eq!(source, Source::Verifier);
-        assert_eq!(caller.record().account_rate_limits, limits);
-    }
-    let id = first.record.key_id;
-    b.add_credits(id, 7).await.unwrap().unwrap();
-    seen_a.until_invalidated(id, WITHIN).await;
-    let caller = cache_a.lookup(&presented(&a, &first)).await.unwrap();
-    assert_eq!(caller.record().credits.map(|c| c.remaining()), Some(12));
+    conformance::account_changes_reach_the_other_store(&b, &a, WITHIN).await;
     a.shutdown().await;
     b.shutdown().await;
 }

@@ -63,9 +63,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
+use tower_api_key::cache::{CacheConfig, CachedVerifier, Source};
 use tower_api_key::clock::ManualClock;
 use tower_api_key::hash::{KeyHasher, Pepper};
-use tower_api_key::limits::{RateLimit, MAX_RATE_LIMITS};
+use tower_api_key::limits::{Credits, RateLimit, MAX_RATE_LIMITS};
 use tower_api_key::management::KeyResource;
 use tower_api_key::store::{
     KeyInfo, KeyPage, ListRequest, NewKey, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
@@ -527,6 +528,59 @@ pub async fn concurrent_leases_grant_exactly_the_credits<S: KeyStore + Clone>(
     assert!(empty > 0, "some leases found nothing left");
     let left = stores[0].get(id).await.unwrap().expect("the key exists");
     assert_eq!(left.record.credits.map(|c| c.remaining()), Some(0));
+}
+
+/// Two stores over one backing (a database, a file): account limits and
+/// added credits set through `writer` reach a cache over `reader`, for every
+/// key of the account, announced within `within`.
+// Only the stores that two processes can share use it.
+#[allow(dead_code)]
+pub async fn account_changes_reach_the_other_store<S: KeyStore + Clone + 'static>(
+    writer: &S,
+    reader: &S,
+    within: Duration,
+) {
+    let cache = CachedVerifier::new(
+        reader.clone(),
+        CacheConfig::builder()
+            .positive_ttl(Duration::from_secs(3600))
+            .build(),
+    );
+    let mut seen = Watch::on(reader);
+    let first = writer
+        .create(NewKey::new("sa-shared").with_credits(Credits::new(5).unwrap()))
+        .await
+        .unwrap();
+    let second = writer.create(NewKey::new("sa-shared")).await.unwrap();
+    for key in [&first, &second] {
+        let caller = cache.lookup(&parse(reader, &key.key)).await.unwrap();
+        assert!(caller.record().account_rate_limits.is_empty());
+    }
+    let limits: Vec<RateLimit> = vec!["10/1s".parse().unwrap()];
+    writer
+        .set_account_rate_limits("sa-shared", limits.clone())
+        .await
+        .unwrap();
+    for key in [&first, &second] {
+        let id = key.record.key_id;
+        assert_eq!(
+            seen.until_invalidated(id, within).await,
+            Invalidation::key_of(id, "sa-shared")
+        );
+    }
+    for key in [&first, &second] {
+        let (caller, source) = cache
+            .lookup_with_source(&parse(reader, &key.key))
+            .await
+            .unwrap();
+        assert_eq!(source, Source::Verifier);
+        assert_eq!(caller.record().account_rate_limits, limits);
+    }
+    let id = first.record.key_id;
+    writer.add_credits(id, 7).await.unwrap().unwrap();
+    seen.until_invalidated(id, within).await;
+    let caller = cache.lookup(&parse(reader, &first.key)).await.unwrap();
+    assert_eq!(caller.record().credits.map(|c| c.remaining()), Some(12));
 }
 
 /// The two peppers of the rotation tests: version 1, then version 2.
