@@ -161,7 +161,11 @@ fn unknown_id_vs_wrong_secret(
             .unwrap();
         if graced {
             store
-                .reissue(created.record.key_id, std::time::Duration::from_secs(3600))
+                .reissue(
+                    created.record.key_id,
+                    std::time::Duration::from_secs(3600),
+                    None,
+                )
                 .now_or_never()
                 .expect("the memory store never waits")
                 .unwrap();

@@ -197,8 +197,8 @@ async fn reissue_demo_keys(
                     .with_expires_at(new.expires_at)
                     .with_rate_limits(new.rate_limits.clone())
                     .with_credits(new.credits);
-                store.update(id, update).await?;
-                store.reissue(id, Duration::ZERO).await?
+                store.update(id, update, None).await?;
+                store.reissue(id, Duration::ZERO, None).await?
             }
             None => None,
         };

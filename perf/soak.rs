@@ -450,7 +450,7 @@ async fn main() {
             tokio::time::sleep_until((start + duration / 2).into()).await;
             for (timed, id) in plan.revoked.iter().zip(revoked_ids) {
                 timed.revoke_started.store(true, Ordering::SeqCst);
-                assert!(store.revoke(id).await.unwrap());
+                assert!(store.revoke(id, None).await.unwrap());
                 timed.revoked.store(true, Ordering::SeqCst);
             }
         })

@@ -487,7 +487,7 @@ async fn revoking_through_the_store_makes_the_next_lookup_unknown() {
         Source::Cache
     );
 
-    assert!(store.revoke(created.record.key_id).await.unwrap());
+    assert!(store.revoke(created.record.key_id, None).await.unwrap());
     let err = cache.lookup(&presented).await.unwrap_err();
     assert!(matches!(err, LookupError::Unknown), "{err:?}");
 }
@@ -508,6 +508,7 @@ async fn updating_scopes_through_the_store_is_seen_by_the_next_lookup() {
         .update(
             created.record.key_id,
             KeyUpdate::default().with_scopes(narrowed.clone()),
+            None,
         )
         .await
         .unwrap()
@@ -527,7 +528,7 @@ async fn after_reissue_with_grace_the_old_secret_works_until_the_deadline_and_th
 
     let grace = Duration::from_secs(30);
     let reissued = store
-        .reissue(created.record.key_id, grace)
+        .reissue(created.record.key_id, grace, None)
         .await
         .unwrap()
         .unwrap();
@@ -578,7 +579,7 @@ async fn after_reissue_without_grace_the_old_secret_is_refused_at_once() {
     );
 
     let reissued = store
-        .reissue(created.record.key_id, Duration::ZERO)
+        .reissue(created.record.key_id, Duration::ZERO, None)
         .await
         .unwrap()
         .unwrap();
@@ -743,7 +744,7 @@ async fn a_lookup_starting_after_revoke_is_refused_even_while_an_earlier_verifie
     let first = race.spawn_lookup();
     race.wait_until_the_verifier_has_read().await;
 
-    assert!(race.store.revoke(race.key_id).await.unwrap());
+    assert!(race.store.revoke(race.key_id, None).await.unwrap());
     // Starts after the revoke returned, while the first call is still blocked:
     // it may join that call; it must still be refused.
     let second = race.spawn_lookup();
@@ -764,7 +765,7 @@ async fn a_verifier_answer_read_before_revoke_is_not_cached_after_it() {
     let first = race.spawn_lookup();
     race.wait_until_the_verifier_has_read().await;
 
-    assert!(race.store.revoke(race.key_id).await.unwrap());
+    assert!(race.store.revoke(race.key_id, None).await.unwrap());
     race.release.add_permits(1);
     let _either = first.await.unwrap();
 
@@ -783,6 +784,7 @@ async fn a_lookup_starting_after_a_scope_update_sees_the_new_scopes_despite_an_i
         .update(
             race.key_id,
             KeyUpdate::default().with_scopes(narrowed.clone()),
+            None,
         )
         .await
         .unwrap()
@@ -910,7 +912,7 @@ async fn flood() -> Flood {
             ids.push(id);
         }
         for id in ids {
-            assert!(store.revoke(id).await.unwrap());
+            assert!(store.revoke(id, None).await.unwrap());
             revocations += 1;
         }
     }

@@ -12,7 +12,9 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 use tower_api_key::limits::{Credits, RateLimit};
-use tower_api_key::management::{self, AccountAccess, ManagementApi, ManagementApiBuilder};
+use tower_api_key::management::{
+    self, AccountAccess, GrantKind, KeyScopes, ManagementApi, ManagementApiBuilder,
+};
 use tower_api_key::store::{KeyInfo, ListRequest, NewKey};
 use tower_api_key::KeyStore;
 use tower_api_key::MemoryStore;
@@ -319,10 +321,10 @@ async fn only_explicit_grants_hand_out_more_than_the_caller_holds() {
 #[tokio::test]
 async fn a_custom_grant_rule_decides_what_the_defaults_refuse() {
     let app = App::new(|api| {
-        api.grant_rule(|caller, scopes| {
+        api.grant_rule(|caller, request| {
             caller.service_account_id() == "sa-a"
-                && !scopes.is_empty()
-                && scopes.iter().all(|s| s.as_str().starts_with("team-a."))
+                && matches!(request.requested, KeyScopes::Scoped(scopes)
+                    if scopes.iter().all(|s| s.as_str().starts_with("team-a.")))
         })
     })
     .await;
@@ -341,6 +343,134 @@ async fn a_custom_grant_rule_decides_what_the_defaults_refuse() {
         &["team-b.read"],
     );
     assert_denied(&create(json!([])).await, &["unscoped"]);
+}
+
+/// Issue 20, point 3: the rule that reads "every requested scope starts
+/// with `team.`" was vacuously true for an unscoped key. The rule now sees
+/// `KeyScopes::Unscoped`, so the same intent refuses all three ways to an
+/// unscoped key: create one, reissue an unscoped sibling, PATCH itself
+/// unscoped.
+#[tokio::test]
+async fn a_grant_rule_sees_an_unscoped_key_as_unscoped_in_create_reissue_and_patch() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let app = App::new(move |api| {
+        api.grant_rule(move |_, request| {
+            log.lock()
+                .unwrap()
+                .push((request.kind, request.requested == KeyScopes::Unscoped));
+            matches!(request.requested, KeyScopes::Scoped(scopes)
+                if scopes.iter().all(|s| s.as_str().starts_with("team.")))
+        })
+    })
+    .await;
+    let manager = mint(&app.store, "sa-a", &[MANAGE, "team.read"]).await;
+    let sibling = mint(&app.store, "sa-a", &[]).await;
+    let legacy = app.send(&manager, "GET", "/v1/legacy", None).await;
+    assert_eq!(legacy.status, 403, "the manager is refused on /legacy");
+
+    let created = app
+        .send(
+            &manager,
+            "POST",
+            "/admin/keys",
+            Some(json!({"service_account_id": "sa-a"})),
+        )
+        .await;
+    assert_denied(&created, &["unscoped"]);
+    let reissued = app
+        .send(
+            &manager,
+            "POST",
+            &format!("/admin/keys/{}:reissue", id_of(&sibling)),
+            None,
+        )
+        .await;
+    assert_denied(&reissued, &["unscoped"]);
+    let patched = app
+        .send(
+            &manager,
+            "PATCH",
+            &format!("/admin/keys/{}", id_of(&manager)),
+            Some(json!({"scopes": []})),
+        )
+        .await;
+    assert_denied(&patched, &["unscoped"]);
+    assert_eq!(
+        app.send(&manager, "GET", "/v1/legacy", None).await.status,
+        403,
+        "still refused: nothing was written"
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            (GrantKind::Create, true),
+            (GrantKind::Reissue, true),
+            (GrantKind::ChangeScopes, true),
+        ]
+    );
+    // A scoped request within the rule is still allowed.
+    let team = app
+        .send(
+            &manager,
+            "POST",
+            "/admin/keys",
+            Some(json!({"service_account_id": "sa-a", "scopes": ["team.write"]})),
+        )
+        .await;
+    assert_eq!(team.status, 201, "{}", team.text());
+}
+
+/// Issue 20, point 4: a key holding both routers' scopes could mint a
+/// `/console` key through `/admin`, whose own management scope is only
+/// `apikeys.manage`. Every router on one authenticator now refuses every
+/// management scope of the others, unless named in `grantable_scopes`.
+#[tokio::test]
+async fn no_management_router_hands_out_another_routers_management_scope() {
+    let app = App::new(|api| api).await;
+    let manager = mint(&app.store, "sa-a", &[MANAGE, CONSOLE, TRANSLATE]).await;
+    let sibling = mint(&app.store, "sa-a", &[TRANSLATE]).await;
+    let created = app
+        .send(
+            &manager,
+            "POST",
+            "/admin/keys",
+            Some(json!({"service_account_id": "sa-a", "scopes": [CONSOLE]})),
+        )
+        .await;
+    assert_denied(&created, &[CONSOLE]);
+    let patched = app
+        .send(
+            &manager,
+            "PATCH",
+            &format!("/admin/keys/{}", id_of(&sibling)),
+            Some(json!({"scopes": [TRANSLATE, CONSOLE]})),
+        )
+        .await;
+    assert_denied(&patched, &[CONSOLE]);
+    // And the other way round: `/console` does not hand out `/admin`'s.
+    let from_console = app
+        .send(
+            &manager,
+            "POST",
+            "/console/keys",
+            Some(json!({"service_account_id": "sa-b", "scopes": [MANAGE]})),
+        )
+        .await;
+    assert_denied(&from_console, &[MANAGE]);
+
+    // Named explicitly, it is grantable.
+    let named = App::new(|api| api.grantable_scopes([CONSOLE])).await;
+    let manager = mint(&named.store, "sa-a", &[MANAGE, CONSOLE]).await;
+    let created = named
+        .send(
+            &manager,
+            "POST",
+            "/admin/keys",
+            Some(json!({"service_account_id": "sa-a", "scopes": [CONSOLE]})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
 }
 
 #[tokio::test]
@@ -396,7 +526,10 @@ async fn stores_refuse_an_expiry_they_could_not_show() {
     assert!(refused.is_err());
     let created = store.create(NewKey::new("sa-a")).await.unwrap();
     let update = tower_api_key::store::KeyUpdate::default().with_expires_at(Some(past_9999));
-    assert!(store.update(created.record.key_id, update).await.is_err());
+    assert!(store
+        .update(created.record.key_id, update, None)
+        .await
+        .is_err());
     assert_eq!(
         store
             .get(created.record.key_id)

@@ -320,7 +320,7 @@ async fn malformed_unknown_revoked_and_expired_keys_are_unauthenticated_alike() 
         .await
         .unwrap();
     let id = fx.auth.key_format().parse(&revoked).unwrap().id();
-    assert!(fx.store.revoke(id).await.unwrap());
+    assert!(fx.store.revoke(id, None).await.unwrap());
     let status = who_am_i(&mut client, Some(&api_key(&revoked)))
         .await
         .unwrap_err();

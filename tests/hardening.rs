@@ -457,7 +457,7 @@ async fn every_kind_of_failed_credential_counts() {
         let (fx, _) = limited(1);
         let valid = fx.key(&[]).await;
         let revoked = fx.key(&[]).await;
-        assert!(fx.store.revoke(revoked.record.key_id).await.unwrap());
+        assert!(fx.store.revoke(revoked.record.key_id, None).await.unwrap());
         let expired = fx.expiring_key(Duration::from_secs(1)).await;
         fx.clock.advance(Duration::from_secs(1));
         let mut bad_checksum = valid.key.expose_secret().as_bytes().to_vec();
@@ -983,7 +983,7 @@ async fn a_key_revoked_while_a_hundred_requests_are_in_flight_is_refused_to_ever
     let_spawned_tasks_run().await;
     assert_eq!(fx.probe.total(), 1, "one call for the whole burst");
 
-    assert!(fx.store.revoke(key.record.key_id).await.unwrap());
+    assert!(fx.store.revoke(key.record.key_id, None).await.unwrap());
     // Every request from here on starts after revoke returned; they join the
     // stale call in flight, then the gate opens.
     let after = spawn_burst(&fx, secret, 100);

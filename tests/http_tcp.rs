@@ -138,7 +138,7 @@ async fn ok_unauthorized_and_forbidden_over_tcp_with_identical_401s() {
             .await;
         assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     }
-    assert!(fx.store.revoke(revoked.record.key_id).await.unwrap());
+    assert!(fx.store.revoke(revoked.record.key_id, None).await.unwrap());
     fx.clock.advance(Duration::from_secs(30));
     let calls_before = fx.calls();
 

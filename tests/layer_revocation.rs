@@ -38,7 +38,7 @@ async fn every_401_is_byte_identical() {
         let reply = app.send(whoami_with_key(key.key.expose_secret())).await;
         assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     }
-    assert!(fx.store.revoke(revoked.record.key_id).await.unwrap());
+    assert!(fx.store.revoke(revoked.record.key_id, None).await.unwrap());
     fx.clock.advance(Duration::from_secs(10));
 
     let cases: Vec<(&str, Option<HeaderValue>, Reason, Option<KeyId>)> = vec![
@@ -122,7 +122,7 @@ async fn a_revoked_key_is_refused_as_soon_as_revoke_returns() {
     );
     assert_eq!(fx.calls(), 1, "the second request was a cache hit");
 
-    assert!(fx.store.revoke(key.record.key_id).await.unwrap());
+    assert!(fx.store.revoke(key.record.key_id, None).await.unwrap());
     let reply = app.send(whoami_with_key(secret)).await;
     assert_unauthorized(&reply, Reason::Unknown);
     assert_eq!(
@@ -146,7 +146,7 @@ async fn a_reissued_key_replaces_the_old_secret() {
 
     let reissued = fx
         .store
-        .reissue(key.record.key_id, Duration::ZERO)
+        .reissue(key.record.key_id, Duration::ZERO, None)
         .await
         .unwrap()
         .unwrap();

@@ -459,7 +459,7 @@ async fn leases_on_two_replicas_never_grant_more_credits_than_exist() {
     conformance::concurrent_leases_grant_exactly_the_credits(&[a.clone(), b.clone()], id, 137, now)
         .await;
     // The last credit, one replica each.
-    a.add_credits(id, 1).await.unwrap().unwrap();
+    a.add_credits(id, 1, None).await.unwrap().unwrap();
     let (x, y) = tokio::join!(a.lease_credits(id, 5, now), b.lease_credits(id, 5, now));
     let granted = [x.unwrap().unwrap(), y.unwrap().unwrap()].map(|l| l.granted);
     assert_eq!(granted.iter().sum::<u64>(), 1, "{granted:?}");
@@ -725,7 +725,7 @@ async fn migrations_twice_in_a_row() {
     };
     let store = db.builder().connect().await.unwrap();
     let first = store.migrate().await.unwrap();
-    assert_eq!(first.applied, vec![1, 2, 3, 4]);
+    assert_eq!(first.applied, vec![1, 2, 3, 4, 5]);
     assert_eq!(first.current, 4);
     let second = store.migrate().await.unwrap();
     assert!(second.applied.is_empty(), "{second:?}");
@@ -792,7 +792,7 @@ async fn a_schema_of_the_previous_release_migrates_and_its_keys_keep_working() {
         .await
         .unwrap();
     let report = store.migrate().await.unwrap();
-    assert_eq!(report.applied, vec![3, 4]);
+    assert_eq!(report.applied, vec![3, 4, 5]);
     let record = store.verify(&old).await.unwrap().unwrap();
     assert_eq!(&*record.service_account_id, "sa-old");
     assert!(record.rate_limits.is_empty());
@@ -808,6 +808,7 @@ async fn a_schema_of_the_previous_release_migrates_and_its_keys_keep_working() {
         .update(
             old.id(),
             KeyUpdate::default().with_credits(Some(Credits::new(3).unwrap())),
+            None,
         )
         .await
         .unwrap()
@@ -837,7 +838,7 @@ async fn migrations_run_by_replicas_at_once() {
     }))
     .await;
     let applied: Vec<u32> = replicas.iter().flat_map(|r| r.applied.clone()).collect();
-    assert_eq!(applied, vec![1, 2, 3, 4], "{replicas:?}");
+    assert_eq!(applied, vec![1, 2, 3, 4, 5], "{replicas:?}");
     db.drop_schema().await;
 }
 
@@ -858,7 +859,7 @@ async fn the_default_channel_works_and_rows_hold_no_secret() {
     let reissued = store.create(NewKey::new("sa-ops")).await.unwrap();
     let id = reissued.record.key_id;
     store
-        .reissue(id, Duration::from_secs(60))
+        .reissue(id, Duration::from_secs(60), None)
         .await
         .unwrap()
         .unwrap();
@@ -867,7 +868,7 @@ async fn the_default_channel_works_and_rows_hold_no_secret() {
         .await
         .unwrap()
         .is_some());
-    assert!(store.revoke(id).await.unwrap());
+    assert!(store.revoke(id, None).await.unwrap());
     assert!(announced
         .drain()
         .contains(&Invalidation::key_of(id, "sa-ops")));
@@ -916,7 +917,7 @@ async fn revoke_on_one_instance_reaches_the_other_within_a_second() {
     }
 
     let revoked_at = Instant::now();
-    assert!(a.revoke(id).await.unwrap());
+    assert!(a.revoke(id, None).await.unwrap());
     // The revoking replica: refused as soon as revoke returns.
     assert!(is_unknown(cache_a.lookup(&key).await));
     // The other replica: as soon as the notification arrives.
@@ -942,6 +943,7 @@ async fn revoke_on_one_instance_reaches_the_other_within_a_second() {
     a.update(
         scoped.record.key_id,
         KeyUpdate::default().with_scopes(scopes.clone()),
+        None,
     )
     .await
     .unwrap()
@@ -1019,7 +1021,7 @@ async fn a_key_of_an_account_too_long_for_a_payload_is_still_revoked_everywhere(
         long
     );
 
-    assert!(a.revoke(id).await.unwrap());
+    assert!(a.revoke(id, None).await.unwrap());
     let what = seen_b.until_invalidated(id, NOTIFY_WITHIN).await;
     assert_eq!(what, Invalidation::Key(id));
     assert!(is_unknown(cache_b.lookup(&key).await));
@@ -1065,7 +1067,7 @@ async fn reissue_with_grace_across_instances() {
     // Reissue with one minute of grace on A.
     let grace = Duration::from_secs(60);
     let deadline_floor = clock.now() + grace - Duration::from_micros(1);
-    let reissued = a.reissue(id, grace).await.unwrap().unwrap();
+    let reissued = a.reissue(id, grace, None).await.unwrap().unwrap();
     let new_key = presented(&a, &reissued);
     let what = seen_b.until_invalidated(id, NOTIFY_WITHIN).await;
     assert_eq!(what, Invalidation::key_of(id, "sa-1"));
@@ -1085,7 +1087,7 @@ async fn reissue_with_grace_across_instances() {
     assert!(cache_b.lookup(&new_key).await.is_ok());
 
     // A second reissue without grace on A: only the newest secret works on B.
-    let newest = a.reissue(id, Duration::ZERO).await.unwrap().unwrap();
+    let newest = a.reissue(id, Duration::ZERO, None).await.unwrap().unwrap();
     seen_b.until_invalidated(id, NOTIFY_WITHIN).await;
     assert!(is_unknown(cache_b.lookup(&new_key).await));
     assert!(cache_b.lookup(&presented(&a, &newest)).await.is_ok());
@@ -1121,7 +1123,7 @@ async fn listener_killed_and_revoke_meanwhile_still_refused_after_reconnect() {
         .unwrap()
         .get(0);
     assert!(killed);
-    assert!(a.revoke(created.record.key_id).await.unwrap());
+    assert!(a.revoke(created.record.key_id, None).await.unwrap());
 
     // Whether B heard the NOTIFY before the kill or flushed after
     // reconnecting, it refuses the key once it listens again.
@@ -1178,7 +1180,7 @@ async fn a_missed_notification_is_covered_by_the_flush_after_reconnect() {
     .expect("B's listener notices the kill")
     .unwrap();
 
-    assert!(a.revoke(id).await.unwrap());
+    assert!(a.revoke(id, None).await.unwrap());
     // Still cached on B: nothing told it.
     assert_eq!(
         cache_b.lookup_with_source(&key).await.unwrap().1,
@@ -1269,7 +1271,7 @@ async fn listener_comes_back_after_a_restart(
         cache_b.lookup_with_source(&key).await.unwrap().1,
         Source::Cache
     );
-    assert!(a.revoke(id).await.unwrap());
+    assert!(a.revoke(id, None).await.unwrap());
     assert_eq!(
         seen_b.until_invalidated(id, NOTIFY_WITHIN).await,
         Invalidation::key_of(id, "sa-1")
@@ -1349,7 +1351,7 @@ async fn a_silently_dead_listener_is_found_by_its_health_check() {
     seen_b.drain();
 
     proxy.freeze(true);
-    assert!(a.revoke(id).await.unwrap());
+    assert!(a.revoke(id, None).await.unwrap());
     timeout(RECONNECT_WITHIN, status.wait_for(|s| !s.is_listening()))
         .await
         .expect("the health check finds the dead connection")
@@ -1497,7 +1499,7 @@ async fn database_down_misses_are_unavailable_and_cached_keys_still_pass() {
         Err(StoreError::Backend(_))
     ));
     assert!(matches!(
-        store.revoke(cached.record.key_id).await,
+        store.revoke(cached.record.key_id, None).await,
         Err(StoreError::Backend(_))
     ));
 

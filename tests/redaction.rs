@@ -147,7 +147,7 @@ async fn store_results_format_without_the_secret_or_the_pepper() {
     s.assert_debug_absent("MemoryStore", &store);
 
     let reissued = store
-        .reissue(created.record.key_id, Duration::from_secs(10))
+        .reissue(created.record.key_id, Duration::from_secs(10), None)
         .await
         .unwrap()
         .unwrap();

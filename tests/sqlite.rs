@@ -275,11 +275,11 @@ async fn keys_persist_across_a_reopen_and_revoked_ones_stay_refused() {
     let revoked = store.create(NewKey::new("sa-1")).await.unwrap();
     let graced = store.create(NewKey::new("sa-2")).await.unwrap();
     let reissued = store
-        .reissue(graced.record.key_id, Duration::from_secs(60))
+        .reissue(graced.record.key_id, Duration::from_secs(60), None)
         .await
         .unwrap()
         .unwrap();
-    assert!(store.revoke(revoked.record.key_id).await.unwrap());
+    assert!(store.revoke(revoked.record.key_id, None).await.unwrap());
     let before = store.export(None, MAX_EXPORT_PAGE).await.unwrap();
     store.shutdown().await;
     drop(store);
@@ -329,7 +329,7 @@ async fn migrations_are_idempotent_and_run_once_when_stores_migrate_at_once() {
     let dir = TempDir::new("migrate");
     let store = dir.builder().open().await.unwrap();
     let first = store.migrate().await.unwrap();
-    assert_eq!(first.applied, vec![1, 2, 3]);
+    assert_eq!(first.applied, vec![1, 2, 3, 4]);
     assert_eq!(first.current, 3);
     let second = store.migrate().await.unwrap();
     assert!(second.applied.is_empty(), "{second:?}");
@@ -361,7 +361,7 @@ async fn migrations_are_idempotent_and_run_once_when_stores_migrate_at_once() {
     }))
     .await;
     let applied: Vec<u32> = reports.iter().flat_map(|r| r.applied.clone()).collect();
-    assert_eq!(applied, vec![1, 2, 3], "{reports:?}");
+    assert_eq!(applied, vec![1, 2, 3, 4], "{reports:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,7 +445,7 @@ async fn a_revoke_by_another_store_on_the_file_is_refused_here_within_a_second()
     );
 
     let revoked_at = Instant::now();
-    assert!(b.revoke(id).await.unwrap());
+    assert!(b.revoke(id, None).await.unwrap());
     let what = seen_a.until_invalidated(id, WITHIN).await;
     assert_eq!(
         what,
@@ -461,7 +461,7 @@ async fn a_revoke_by_another_store_on_the_file_is_refused_here_within_a_second()
     let own_text = own.key.expose_secret().to_owned();
     assert_eq!(status(&service, &own_text).await, StatusCode::OK);
     seen_a.drain();
-    assert!(a.revoke(own.record.key_id).await.unwrap());
+    assert!(a.revoke(own.record.key_id, None).await.unwrap());
     assert!(
         seen_a
             .drain()
@@ -506,7 +506,7 @@ async fn updates_and_reissues_by_another_store_reach_this_stores_cache() {
     let key = presented(&a, &created);
     assert!(cache_a.lookup(&key).await.unwrap().scopes().is_empty());
     let scopes = ScopeSet::new(["only.this"]).unwrap();
-    b.update(id, KeyUpdate::default().with_scopes(scopes.clone()))
+    b.update(id, KeyUpdate::default().with_scopes(scopes.clone()), None)
         .await
         .unwrap()
         .unwrap();
@@ -518,7 +518,7 @@ async fn updates_and_reissues_by_another_store_reach_this_stores_cache() {
 
     // A reissue with grace on B: on A the old secret works until the deadline.
     let grace = Duration::from_secs(60);
-    let reissued = b.reissue(id, grace).await.unwrap().unwrap();
+    let reissued = b.reissue(id, grace, None).await.unwrap().unwrap();
     seen_a.until_invalidated(id, WITHIN).await;
     let old = cache_a.lookup(&key).await.unwrap();
     assert!(old.expires_at().expect("grace deadline") <= clock.now() + grace);
@@ -531,7 +531,7 @@ async fn updates_and_reissues_by_another_store_reach_this_stores_cache() {
     ));
 
     // A reissue without grace on B: only the newest secret works on A.
-    let newest = b.reissue(id, Duration::ZERO).await.unwrap().unwrap();
+    let newest = b.reissue(id, Duration::ZERO, None).await.unwrap().unwrap();
     seen_a.until_invalidated(id, WITHIN).await;
     assert!(is_unknown(cache_a.lookup(&new_key).await));
     assert!(cache_a.lookup(&presented(&a, &newest)).await.is_ok());
@@ -560,7 +560,7 @@ async fn a_change_this_store_committed_but_never_announced_is_announced_by_its_w
     // written as this store writes it, with nothing announced.
     let conn = raw(&dir.db());
     let other = a.create(NewKey::new("sa-1")).await.unwrap();
-    assert!(a.revoke(other.record.key_id).await.unwrap());
+    assert!(a.revoke(other.record.key_id, None).await.unwrap());
     let origin: String = conn
         .query_row(
             "SELECT origin FROM tower_api_key_changes ORDER BY seq DESC LIMIT 1",
@@ -607,7 +607,7 @@ async fn a_watcher_behind_the_pruned_change_log_invalidates_everything() {
     seen_a.until_all(WITHIN).await;
     // Its position moved past the pruned rows: it is not flushed again.
     let b = dir.store().await;
-    b.revoke(created.record.key_id).await.unwrap();
+    b.revoke(created.record.key_id, None).await.unwrap();
     assert_eq!(
         seen_a
             .until_invalidated(created.record.key_id, WITHIN)
@@ -683,7 +683,7 @@ async fn a_watcher_that_cannot_read_the_log_keeps_its_position_and_catches_up() 
     logs.until_logged("change watcher cannot read the file", WITHIN)
         .await;
     // ... while B revokes the key.
-    assert!(b.revoke(created.record.key_id).await.unwrap());
+    assert!(b.revoke(created.record.key_id, None).await.unwrap());
     admin
         .execute_batch("ALTER TABLE hidden_pruned RENAME TO tower_api_key_changes_pruned")
         .unwrap();
@@ -721,8 +721,8 @@ async fn writers_prune_the_change_log_by_age() {
     for _ in 0..3 {
         ids.push(store.create(NewKey::new("sa")).await.unwrap().record.key_id);
     }
-    store.revoke(ids[0]).await.unwrap();
-    store.revoke(ids[1]).await.unwrap();
+    store.revoke(ids[0], None).await.unwrap();
+    store.revoke(ids[1], None).await.unwrap();
     let log = |conn: &rusqlite::Connection| -> (i64, i64) {
         (
             conn.query_row("SELECT count(*) FROM tower_api_key_changes", [], |r| {
@@ -738,7 +738,7 @@ async fn writers_prune_the_change_log_by_age() {
     assert_eq!(log(&raw(&dir.db())), (2, 0));
     // Eleven minutes later, the next change prunes the two older rows.
     clock.advance(Duration::from_secs(660));
-    store.revoke(ids[2]).await.unwrap();
+    store.revoke(ids[2], None).await.unwrap();
     assert_eq!(log(&raw(&dir.db())), (1, 2));
     store.shutdown().await;
 }
@@ -848,7 +848,7 @@ async fn a_held_write_lock_fails_writes_after_the_busy_timeout_and_never_blocks_
         "SQLITE_BUSY is retried for the busy timeout, not refused at once: {waited:?}"
     );
     assert!(matches!(
-        store.revoke(created.record.key_id).await,
+        store.revoke(created.record.key_id, None).await,
         Err(StoreError::Backend(_))
     ));
     // WAL: readers never wait for the writer.
@@ -864,7 +864,7 @@ async fn a_held_write_lock_fails_writes_after_the_busy_timeout_and_never_blocks_
 
     holder.execute_batch("ROLLBACK").unwrap();
     assert!(store.create(NewKey::new("sa-1")).await.is_ok());
-    assert!(store.revoke(created.record.key_id).await.unwrap());
+    assert!(store.revoke(created.record.key_id, None).await.unwrap());
     store.shutdown().await;
 }
 
@@ -952,7 +952,7 @@ async fn child_process_revokes_a_key() {
     let spec = std::env::var("TAK_SQLITE_CHILD").expect("TAK_SQLITE_CHILD");
     let (path, id) = spec.split_once('\n').expect("<path>\\n<key id>");
     let store = SqliteKeyStore::open(path).await.unwrap();
-    assert!(store.revoke(id.parse().unwrap()).await.unwrap());
+    assert!(store.revoke(id.parse().unwrap(), None).await.unwrap());
     store.shutdown().await;
 }
 
@@ -1026,7 +1026,7 @@ async fn leases_on_two_stores_never_grant_more_credits_than_exist() {
     .await;
     // The last credits, one store each.
     let id = created.record.key_id;
-    a.add_credits(id, 1).await.unwrap().unwrap();
+    a.add_credits(id, 1, None).await.unwrap().unwrap();
     let (x, y) = tokio::join!(a.lease_credits(id, 5, now), b.lease_credits(id, 5, now));
     let granted = [x.unwrap().unwrap(), y.unwrap().unwrap()].map(|l| l.granted);
     assert_eq!(granted.iter().sum::<u64>(), 1, "{granted:?}");
@@ -1170,7 +1170,7 @@ async fn a_file_of_the_previous_release_migrates_and_its_keys_keep_working() {
         )
         .unwrap();
     let report = store.migrate().await.unwrap();
-    assert_eq!(report.applied, vec![3]);
+    assert_eq!(report.applied, vec![3, 4]);
     let record = store.verify(&old).await.unwrap().unwrap();
     assert_eq!(&*record.service_account_id, "sa-old");
     assert!(record.rate_limits.is_empty());
@@ -1186,6 +1186,7 @@ async fn a_file_of_the_previous_release_migrates_and_its_keys_keep_working() {
         .update(
             old.id(),
             KeyUpdate::default().with_credits(Some(Credits::new(3).unwrap())),
+            None,
         )
         .await
         .unwrap()

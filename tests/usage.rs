@@ -9,9 +9,10 @@ use async_trait::async_trait;
 use http::{Request, Response, StatusCode};
 use tower::{service_fn, Layer, ServiceExt};
 use tower_api_key::clock::ManualClock;
-use tower_api_key::limits::{CreditLease, Credits, RateLimit};
+use tower_api_key::limits::{CreditLease, RateLimit};
 use tower_api_key::store::{
     CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey, StoreError, StoredKey,
+    Version,
 };
 use tower_api_key::usage::UsageRecorder;
 use tower_api_key::Invalidations;
@@ -68,17 +69,32 @@ impl KeyStore for Counting {
     async fn list(&self, sa: &str, page: ListRequest) -> Result<KeyPage, StoreError> {
         self.store.list(sa, page).await
     }
-    async fn update(&self, id: KeyId, update: KeyUpdate) -> Result<Option<KeyInfo>, StoreError> {
-        self.store.update(id, update).await
+    async fn update(
+        &self,
+        id: KeyId,
+        update: KeyUpdate,
+        expected: Option<Version>,
+    ) -> Result<Option<KeyInfo>, StoreError> {
+        self.store.update(id, update, expected).await
     }
-    async fn revoke(&self, id: KeyId) -> Result<bool, StoreError> {
-        self.store.revoke(id).await
+    async fn revoke(&self, id: KeyId, expected: Option<Version>) -> Result<bool, StoreError> {
+        self.store.revoke(id, expected).await
     }
-    async fn reissue(&self, id: KeyId, grace: Duration) -> Result<Option<CreatedKey>, StoreError> {
-        self.store.reissue(id, grace).await
+    async fn reissue(
+        &self,
+        id: KeyId,
+        grace: Duration,
+        expected: Option<Version>,
+    ) -> Result<Option<CreatedKey>, StoreError> {
+        self.store.reissue(id, grace, expected).await
     }
-    async fn add_credits(&self, id: KeyId, amount: u64) -> Result<Option<Credits>, StoreError> {
-        self.store.add_credits(id, amount).await
+    async fn add_credits(
+        &self,
+        id: KeyId,
+        amount: u64,
+        expected: Option<Version>,
+    ) -> Result<Option<KeyInfo>, StoreError> {
+        self.store.add_credits(id, amount, expected).await
     }
     async fn account_rate_limits(&self, sa: &str) -> Result<Vec<RateLimit>, StoreError> {
         self.store.account_rate_limits(sa).await

@@ -39,6 +39,10 @@ pub(crate) struct Shared {
     pub(crate) limit: Option<FailedAttemptLimit>,
     pub(crate) usage: Option<UsageRecorder>,
     pub(crate) limiter: Limiter,
+    /// The scopes of every management router built on this authenticator:
+    /// none of them is grantable through any of those routers unless named.
+    #[cfg(feature = "axum")]
+    pub(crate) management_scopes: std::sync::RwLock<Vec<crate::scope::Scope>>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -63,6 +67,30 @@ impl Authenticator {
 
     pub(super) fn shared(&self) -> &Shared {
         &self.shared
+    }
+
+    /// Records `scopes` as management scopes of this authenticator (every
+    /// management router built on it calls this).
+    #[cfg(feature = "axum")]
+    pub(crate) fn register_management_scopes(&self, scopes: &crate::scope::ScopeSet) {
+        let mut known = self
+            .shared
+            .management_scopes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.extend(scopes.iter().cloned());
+        known.sort_unstable();
+        known.dedup();
+    }
+
+    /// The management scopes of every router built on this authenticator.
+    #[cfg(feature = "axum")]
+    pub(crate) fn management_scopes(&self) -> Vec<crate::scope::Scope> {
+        self.shared
+            .management_scopes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The cache, shared by every layer made from this authenticator: call

@@ -269,6 +269,8 @@ impl AuthenticatorBuilder {
             responder: self.responder,
             limit: self.limit,
             usage: self.usage,
+            #[cfg(feature = "axum")]
+            management_scopes: std::sync::RwLock::default(),
         })
     }
 }

@@ -56,7 +56,7 @@
 //! let caller = cache.lookup(&presented).await.unwrap();
 //! assert_eq!(caller.service_account_id(), "sa-1");
 //!
-//! store.revoke(created.record.key_id).await.unwrap();
+//! store.revoke(created.record.key_id, None).await.unwrap();
 //! assert!(cache.lookup(&presented).await.is_err());
 //! # }
 //! ```

@@ -81,6 +81,27 @@ impl ApiError {
         )
     }
 
+    /// 412: the request's `If-Match` names a version the key is no longer at.
+    pub(crate) fn precondition_failed(id: impl fmt::Display) -> Self {
+        Self::new(
+            StatusCode::PRECONDITION_FAILED,
+            "failed_precondition",
+            format!(
+                "api key {id} is no longer at the version `If-Match` names; read it again                  (its ETag) and decide again"
+            ),
+        )
+    }
+
+    /// 409: the key kept changing while this request read, checked and
+    /// wrote it; nothing was written.
+    pub(crate) fn aborted(id: impl fmt::Display) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "aborted",
+            format!("api key {id} was changed concurrently; nothing was written, try again"),
+        )
+    }
+
     /// 403: the caller's own key is limited, and `action` is what only an
     /// unlimited caller may do.
     pub(crate) fn limited_caller(action: &str) -> Self {
@@ -176,6 +197,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Invalid(why) => Self::invalid(scrub(&why)),
+            StoreError::NoCredits { id } => Self::no_credits(id),
+            // The handlers retry or answer 412 themselves; one that reaches
+            // here lost every retry.
+            StoreError::VersionMismatch { id, .. } => Self::aborted(id),
             // The store's message names the limit, never the account or a key.
             e @ StoreError::KeyLimitReached { .. } => {
                 Self::new(StatusCode::CONFLICT, "key_limit_reached", e.to_string())

@@ -12,9 +12,13 @@
 //! - an unscoped key (accepted on every route that declares no scopes, where
 //!   a scoped caller is refused) only by an unscoped caller.
 //!
+//! "Management scopes" are those of every management router built on the
+//! same [`Authenticator`](crate::Authenticator), not only this one's: a key
+//! minted on `/admin` holding `/console`'s scope would open `/console`.
+//!
 //! What the operator adds on top is explicit: [`Grants::scopes`], scopes any
 //! manager of the router may hand out; [`Grants::unscoped`]; and a custom
-//! rule over the caller and the scopes the key would get.
+//! rule over a typed [`GrantRequest`].
 //!
 //! Limits follow the same invariant: a caller whose key is limited (rate
 //! limits or credits of its own, or rate limits of its account) could
@@ -28,10 +32,67 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::cache::Caller;
+use crate::record::KeyRecord;
 use crate::scope::{Scope, ScopeSet};
 
-/// A custom grant rule: `(caller, scopes the key would hold) -> allowed`.
-pub(crate) type GrantRule = dyn Fn(&Caller, &ScopeSet) -> bool + Send + Sync;
+/// A custom grant rule: `(caller, request) -> allowed`.
+pub(crate) type GrantRule = dyn Fn(&Caller, &GrantRequest<'_>) -> bool + Send + Sync;
+
+/// What a management request asks to bring into existence, as a custom
+/// [`grant_rule`](super::ManagementApiBuilder::grant_rule) sees it.
+///
+/// The rule is asked only about what the default rules and the explicit
+/// grants refuse, and only widens them.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct GrantRequest<'a> {
+    /// What kind of change it is.
+    pub kind: GrantKind,
+    /// The service account of the key.
+    pub service_account_id: &'a str,
+    /// The scopes the key holds once the request is done.
+    pub requested: KeyScopes<'a>,
+    /// The key as it is now (the state the write will replace, checked
+    /// atomically); `None` for a key being created.
+    pub current: Option<&'a KeyRecord>,
+}
+
+/// The kind of change a [`GrantRequest`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GrantKind {
+    /// A new key (`POST /keys`).
+    Create,
+    /// An existing key's scopes replaced (`PATCH /keys/{id}` with `scopes`).
+    ChangeScopes,
+    /// A new secret for an existing key, handed to the caller
+    /// (`POST /keys/{id}:reissue`): the caller receives everything the key
+    /// can do.
+    Reissue,
+}
+
+/// A key's scopes as a grant sees them: an unscoped key is not "a key with
+/// no scopes" but one accepted on every route that declares none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyScopes<'a> {
+    /// Unscoped: accepted on every route without scopes, refused on every
+    /// route that requires some.
+    Unscoped,
+    /// Scoped: accepted only where one of these (never empty) is required.
+    Scoped(&'a ScopeSet),
+}
+
+impl<'a> KeyScopes<'a> {
+    /// The scopes of a key holding `scopes` (empty: unscoped).
+    pub fn of(scopes: &'a ScopeSet) -> Self {
+        if scopes.is_empty() {
+            Self::Unscoped
+        } else {
+            Self::Scoped(scopes)
+        }
+    }
+}
 
 /// What a request would do to a key's scopes.
 #[derive(Clone, Copy)]
@@ -55,6 +116,22 @@ impl Change<'_> {
             Change::Create(to) | Change::Replace { to, .. } | Change::Reissue(to) => to,
         }
     }
+
+    fn kind(&self) -> GrantKind {
+        match self {
+            Change::Create(_) => GrantKind::Create,
+            Change::Replace { .. } => GrantKind::ChangeScopes,
+            Change::Reissue(_) => GrantKind::Reissue,
+        }
+    }
+}
+
+/// The key a [`Change`] is about: its account, and its record unless it is
+/// being created.
+#[derive(Clone, Copy)]
+pub(crate) struct Target<'a> {
+    pub(crate) service_account_id: &'a str,
+    pub(crate) current: Option<&'a KeyRecord>,
 }
 
 /// The operator's explicit grants on top of the default rule.
@@ -110,12 +187,13 @@ impl Grants {
         self.scopes.contains(scope)
     }
 
-    /// Checks `change` by `caller` on a router whose management scopes are
-    /// `managing`.
+    /// Checks `change` of `target` by `caller`, where `managing` holds the
+    /// management scopes of every router on the caller's authenticator.
     pub(crate) fn check(
         &self,
         caller: &Caller,
-        managing: &ScopeSet,
+        managing: &[Scope],
+        target: Target<'_>,
         change: Change<'_>,
     ) -> Result<(), Refused> {
         let held = caller.scopes();
@@ -148,8 +226,14 @@ impl Grants {
         if refused.scopes.is_empty() && !refused.unscoped {
             return Ok(());
         }
+        let request = GrantRequest {
+            kind: change.kind(),
+            service_account_id: target.service_account_id,
+            requested: KeyScopes::of(result),
+            current: target.current,
+        };
         match &self.rule {
-            Some(rule) if rule(caller, result) => Ok(()),
+            Some(rule) if rule(caller, &request) => Ok(()),
             _ => Err(refused),
         }
     }
@@ -172,7 +256,11 @@ mod tests {
     const MANAGE: &str = "apikeys.manage";
 
     fn check(grants: &Grants, caller: &Caller, change: Change<'_>) -> Result<(), Refused> {
-        grants.check(caller, &set(&[MANAGE]), change)
+        let target = Target {
+            service_account_id: "sa-1",
+            current: None,
+        };
+        grants.check(caller, &[Scope::new(MANAGE).unwrap()], target, change)
     }
 
     fn refused(scopes: &[&str]) -> Result<(), Refused> {
@@ -289,9 +377,10 @@ mod tests {
     #[test]
     fn a_custom_rule_decides_what_the_defaults_refuse() {
         let grants = Grants {
-            rule: Some(Arc::new(|caller: &Caller, scopes: &ScopeSet| {
+            rule: Some(Arc::new(|caller: &Caller, request: &GrantRequest<'_>| {
                 caller.service_account_id() == "sa-1"
-                    && scopes.iter().all(|s| s.as_str().starts_with("team."))
+                    && matches!(request.requested, KeyScopes::Scoped(scopes)
+                        if scopes.iter().all(|s| s.as_str().starts_with("team.")))
             })),
             ..Grants::default()
         };
@@ -307,6 +396,70 @@ mod tests {
                 Change::Create(&set(&["team.read", "x.y"]))
             ),
             refused(&["team.read", "x.y"])
+        );
+        // The rule's natural form cannot mistake an unscoped key for a key
+        // with no scopes requested.
+        assert!(check(&grants, &manager, Change::Create(&ScopeSet::empty())).is_err());
+        let team = set(&["team.read"]);
+        assert!(check(
+            &grants,
+            &manager,
+            Change::Replace {
+                from: &team,
+                to: &ScopeSet::empty()
+            }
+        )
+        .is_err());
+        assert!(check(&grants, &manager, Change::Reissue(&ScopeSet::empty())).is_err());
+    }
+
+    #[test]
+    fn a_custom_rule_sees_the_kind_the_account_and_the_current_key() {
+        use std::sync::Mutex;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let grants = Grants {
+            rule: Some(Arc::new(move |_: &Caller, request: &GrantRequest<'_>| {
+                log.lock().unwrap().push((
+                    request.kind,
+                    request.service_account_id.to_owned(),
+                    request.current.map(|r| r.scopes.clone()),
+                    matches!(request.requested, KeyScopes::Unscoped),
+                ));
+                false
+            })),
+            ..Grants::default()
+        };
+        let manager = caller(&[MANAGE]);
+        let held = set(&["b.y"]);
+        let record = KeyRecord::new(KeyId::random().unwrap(), "sa-9").with_scopes(held.clone());
+        let target = Target {
+            service_account_id: "sa-9",
+            current: Some(&record),
+        };
+        let managing = [Scope::new(MANAGE).unwrap()];
+        let unscoped = ScopeSet::empty();
+        let _ = grants.check(
+            &manager,
+            &managing,
+            target,
+            Change::Replace {
+                from: &held,
+                to: &unscoped,
+            },
+        );
+        let _ = grants.check(&manager, &managing, target, Change::Reissue(&held));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![
+                (
+                    GrantKind::ChangeScopes,
+                    "sa-9".to_owned(),
+                    Some(held.clone()),
+                    true
+                ),
+                (GrantKind::Reissue, "sa-9".to_owned(), Some(held), false),
+            ]
         );
     }
 

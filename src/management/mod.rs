@@ -218,6 +218,7 @@
 //! rule.
 
 mod error;
+mod etag;
 mod grant;
 mod resource;
 mod routes;
@@ -231,6 +232,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 pub use error::ErrorBody;
+pub use grant::{GrantKind, GrantRequest, KeyScopes};
 pub use resource::{
     AccountRateLimits, CreditsResource, KeyList, KeyResource, KeyWithSecret, RateLimitResource,
     RefillResource, MAX_DESCRIPTION_LEN, MAX_GRACE_PERIOD, MAX_SERVICE_ACCOUNT_ID_LEN,
@@ -238,7 +240,7 @@ pub use resource::{
 
 use crate::auth::Authenticator;
 use crate::cache::Caller;
-use crate::scope::{Scope, ScopeError, ScopePolicy, ScopeSet};
+use crate::scope::{Scope, ScopeError, ScopePolicy};
 use crate::store::KeyStore;
 use grant::Grants;
 
@@ -458,12 +460,32 @@ impl ManagementApiBuilder {
     }
 
     /// A rule for what the defaults and the explicit grants refuse:
-    /// `allows(caller, scopes)` sees the scopes the key would hold once the
-    /// request is done (empty: unscoped) and says whether to allow it. It
-    /// can only widen what callers may give, never narrow it.
+    /// `allows(caller, request)` sees a typed [`GrantRequest`] (the kind of
+    /// change, the key's account, the scopes it would hold as
+    /// [`KeyScopes::Unscoped`] or [`KeyScopes::Scoped`], and its current
+    /// state) and says whether to allow it. It can only widen what callers
+    /// may give, never narrow it. Match on [`KeyScopes`] so that an
+    /// unscoped key (accepted on every route without scopes) is never
+    /// mistaken for "no scopes asked for":
+    ///
+    /// ```
+    /// # use tower_api_key::{Authenticator, MemoryStore};
+    /// use tower_api_key::management::{KeyScopes, ManagementApi};
+    ///
+    /// # let store = MemoryStore::new();
+    /// # let auth = Authenticator::new(store.clone());
+    /// let router = ManagementApi::builder(store, &auth)
+    ///     .grant_rule(|caller, request| {
+    ///         caller.service_account_id() == "sa-team-lead"
+    ///             && matches!(request.requested, KeyScopes::Scoped(scopes)
+    ///                 if scopes.iter().all(|s| s.as_str().starts_with("team.")))
+    ///     })
+    ///     .build();
+    /// # let _: axum::Router = router;
+    /// ```
     pub fn grant_rule(
         mut self,
-        allows: impl Fn(&Caller, &ScopeSet) -> bool + Send + Sync + 'static,
+        allows: impl Fn(&Caller, &GrantRequest<'_>) -> bool + Send + Sync + 'static,
     ) -> Self {
         self.grants.rule = Some(Arc::new(allows));
         self
@@ -490,13 +512,15 @@ impl ManagementApiBuilder {
     /// The router, to mount with [`Router::nest`]. Named `build` like every
     /// builder of the crate; what it builds is a plain [`Router`].
     pub fn build(self) -> Router {
-        let managing = self.policy.required().cloned().unwrap_or_default();
+        if let Some(managing) = self.policy.required() {
+            // Every router on this authenticator refuses to hand these out.
+            self.auth.register_management_scopes(managing);
+        }
         let ctx = routes::Ctx {
             store: self.store,
             auth: self.auth.clone(),
             access: self.access,
             grants: Arc::new(self.grants),
-            managing,
             body_limit: self.body_limit,
         };
         Router::new()

@@ -1,5 +1,6 @@
 //! The handlers.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -7,13 +8,14 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, LOCATION};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, ETAG, LOCATION};
 use http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::{scrub, ApiError};
-use super::grant::{Change, Grants};
+use super::etag::{etag, IfMatch};
+use super::grant::{Change, Grants, Target};
 use super::resource::{
     self, AccountRateLimits, AccountRateLimitsRequest, AddCreditsRequest, CreateKeyRequest,
     KeyList, KeyResource, KeyWithSecret, ListQuery, ReissueKeyRequest, UpdateKeyRequest,
@@ -21,8 +23,7 @@ use super::resource::{
 use super::AccountAccess;
 use crate::cache::Caller;
 use crate::key::KeyId;
-use crate::scope::ScopeSet;
-use crate::store::{KeyInfo, KeyStore, ListRequest, MAX_PAGE_SIZE};
+use crate::store::{KeyInfo, KeyStore, KeyUpdate, ListRequest, StoreError, Version, MAX_PAGE_SIZE};
 use crate::Authenticator;
 
 /// What every handler shares.
@@ -32,9 +33,32 @@ pub(crate) struct Ctx {
     pub(crate) auth: Authenticator,
     pub(crate) access: AccountAccess,
     pub(crate) grants: Arc<Grants>,
-    /// The scopes that let a key into this router.
-    pub(crate) managing: ScopeSet,
     pub(crate) body_limit: usize,
+}
+
+/// What one attempt at a conditional write did.
+enum Written<T> {
+    Done(T),
+    /// The key moved on between the read and the write; nothing was written.
+    Moved,
+}
+
+/// A store's answer to a conditional write, with a moved key told apart.
+fn written<T>(result: Result<T, StoreError>) -> Result<Written<T>> {
+    match result {
+        Err(StoreError::VersionMismatch { .. }) => Ok(Written::Moved),
+        other => Ok(Written::Done(other?)),
+    }
+}
+
+/// Attempts of a read-check-write whose key keeps moving before it answers
+/// 409 `aborted`.
+const WRITE_ATTEMPTS: usize = 3;
+
+/// Adds the `ETag` of a key at `version`.
+fn with_etag(mut response: Response, version: Version) -> Response {
+    response.headers_mut().insert(ETAG, etag(version));
+    response
 }
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -209,10 +233,10 @@ impl Ctx {
         Ok(())
     }
 
-    /// Whether `caller` may make `change`; see [`super::grant`].
-    fn check_grant(&self, caller: &Caller, change: Change<'_>) -> Result<()> {
+    /// Whether `caller` may make `change` to `target`; see [`super::grant`].
+    fn check_grant(&self, caller: &Caller, target: Target<'_>, change: Change<'_>) -> Result<()> {
         self.grants
-            .check(caller, &self.managing, change)
+            .check(caller, &self.auth.management_scopes(), target, change)
             .map_err(|refused| {
                 tracing::info!(
                     caller_key_id = %caller.key_id(),
@@ -225,6 +249,77 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// Reads key `id`, checks the request's `If-Match` against it, and runs
+    /// `attempt` on it: `attempt` checks the request against the key as read
+    /// and writes conditional on its version, so the check holds for exactly
+    /// the state the write replaces. When the key moved on in between, the
+    /// whole read-check-write runs again (412 instead when the client named
+    /// the version it read in `If-Match`), at most [`WRITE_ATTEMPTS`] times,
+    /// then 409 `aborted`.
+    async fn read_check_write<T, F, Fut>(
+        &self,
+        caller: &Caller,
+        id: KeyId,
+        if_match: &IfMatch,
+        mut attempt: F,
+    ) -> Result<T>
+    where
+        F: FnMut(KeyInfo) -> Fut,
+        Fut: Future<Output = Result<Written<T>>>,
+    {
+        for _ in 0..WRITE_ATTEMPTS {
+            let current = self.visible_key(caller, id).await?;
+            if !if_match.matches(current.version) {
+                return Err(ApiError::precondition_failed(id));
+            }
+            match attempt(current).await? {
+                Written::Done(done) => return Ok(done),
+                Written::Moved if if_match.is_given() => {
+                    return Err(ApiError::precondition_failed(id))
+                }
+                Written::Moved => {}
+            }
+        }
+        tracing::info!(
+            key_id = %id,
+            caller_key_id = %caller.key_id(),
+            "api key management: key kept changing, request aborted"
+        );
+        Err(ApiError::aborted(id))
+    }
+
+    /// Whether `caller` may apply `update` to `current`.
+    fn check_update(&self, caller: &Caller, current: &KeyInfo, update: &KeyUpdate) -> Result<()> {
+        if let Some(to) = &update.scopes {
+            let from = &current.record.scopes;
+            ctx_check_grant(self, caller, current, Change::Replace { from, to })?;
+            let adds = to.iter().any(|s| !from.contains(s)) || (to.is_empty() && !from.is_empty());
+            if adds {
+                self.check_unlimited(caller, "add scopes to a key")?;
+            }
+        }
+        if update.rate_limits.is_some() || update.credits.is_some() {
+            self.check_unlimited(caller, "change the rate limits or credits of a key")?;
+        }
+        Ok(())
+    }
+}
+
+/// [`Ctx::check_grant`] for a change of the existing key `current`.
+fn ctx_check_grant(
+    ctx: &Ctx,
+    caller: &Caller,
+    current: &KeyInfo,
+    change: Change<'_>,
+) -> Result<()> {
+    let target = Target {
+        service_account_id: &current.record.service_account_id,
+        current: Some(&current.record),
+    };
+    ctx.check_grant(caller, target, change)
+}
+
 /// `POST /keys`
 pub(crate) async fn create(
     State(ctx): State<Ctx>,
@@ -235,7 +330,11 @@ pub(crate) async fn create(
     let request: CreateKeyRequest = body(&ctx, &headers, raw, false)?;
     let new = request.validate(ctx.now(), &ctx.store.key_format().unwrap_or_default())?;
     ctx.check_account(&caller, &new.service_account_id)?;
-    ctx.check_grant(&caller, Change::Create(&new.scopes))?;
+    let target = Target {
+        service_account_id: &new.service_account_id,
+        current: None,
+    };
+    ctx.check_grant(&caller, target, Change::Create(&new.scopes))?;
     ctx.check_unlimited(&caller, "create keys")?;
     let created = ctx.store.create(new).await?;
     let id = created.record.key_id;
@@ -246,7 +345,10 @@ pub(crate) async fn create(
         caller_key_id = %caller.key_id(),
         "api key created"
     );
-    let mut response = json(StatusCode::CREATED, &KeyWithSecret::new(&created, None));
+    let mut response = with_etag(
+        json(StatusCode::CREATED, &KeyWithSecret::new(&created, None)),
+        created.version,
+    );
     // Relative to `.../keys`, this resolves to `.../keys/{id}` under any prefix.
     if let Ok(location) = HeaderValue::from_str(&format!("keys/{id}")) {
         response.headers_mut().insert(LOCATION, location);
@@ -286,7 +388,10 @@ pub(crate) async fn get(
 ) -> Result<Response> {
     let id = plain_id(&path_text(path)?, "GET")?;
     let info = ctx.visible_key(&caller, id).await?;
-    Ok(json(StatusCode::OK, &KeyResource::from(&info)))
+    Ok(with_etag(
+        json(StatusCode::OK, &KeyResource::from(&info)),
+        info.version,
+    ))
 }
 
 /// `PATCH /keys/{id}`
@@ -298,23 +403,19 @@ pub(crate) async fn update(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let id = plain_id(&path_text(path)?, "PATCH")?;
+    let if_match = IfMatch::from_headers(&headers)?;
     let request: UpdateKeyRequest = body(&ctx, &headers, raw, false)?;
     let update = request.validate(ctx.now(), &ctx.store.key_format().unwrap_or_default())?;
-    let current = ctx.visible_key(&caller, id).await?;
-    if let Some(to) = &update.scopes {
-        let from = &current.record.scopes;
-        ctx.check_grant(&caller, Change::Replace { from, to })?;
-        let adds = to.iter().any(|s| !from.contains(s)) || (to.is_empty() && !from.is_empty());
-        if adds {
-            ctx.check_unlimited(&caller, "add scopes to a key")?;
-        }
-    }
-    if update.rate_limits.is_some() || update.credits.is_some() {
-        ctx.check_unlimited(&caller, "change the rate limits or credits of a key")?;
-    }
+    let (shared, who, change) = (&ctx, &caller, &update);
     let info = ctx
-        .store
-        .update(id, update)
+        .read_check_write(&caller, id, &if_match, move |current| async move {
+            shared.check_update(who, &current, change)?;
+            let result = shared
+                .store
+                .update(id, change.clone(), Some(current.version))
+                .await;
+            written(result)
+        })
         .await?
         .ok_or_else(|| ApiError::key_not_found(id))?;
     // The store announces the change; this also covers an authenticator
@@ -323,7 +424,10 @@ pub(crate) async fn update(
     let account = info.record.service_account_id.clone();
     ctx.auth.cache().invalidate_key_of(id, account);
     tracing::info!(key_id = %id, caller_key_id = %caller.key_id(), "api key updated");
-    Ok(json(StatusCode::OK, &KeyResource::from(&info)))
+    Ok(with_etag(
+        json(StatusCode::OK, &KeyResource::from(&info)),
+        info.version,
+    ))
 }
 
 /// `DELETE /keys/{id}`
@@ -331,12 +435,22 @@ pub(crate) async fn delete(
     State(ctx): State<Ctx>,
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
 ) -> Result<Response> {
     let id = plain_id(&path_text(path)?, "DELETE")?;
-    let info = ctx.visible_key(&caller, id).await?;
-    if !ctx.store.revoke(id).await? {
-        return Err(ApiError::key_not_found(id));
-    }
+    let if_match = IfMatch::from_headers(&headers)?;
+    let store = &ctx.store;
+    let info = ctx
+        .read_check_write(&caller, id, &if_match, move |current| async move {
+            let revoked = written(store.revoke(id, Some(current.version)).await)?;
+            Ok(match revoked {
+                Written::Done(true) => Written::Done(Some(current)),
+                Written::Done(false) => Written::Done(None),
+                Written::Moved => Written::Moved,
+            })
+        })
+        .await?
+        .ok_or_else(|| ApiError::key_not_found(id))?;
     let account = info.record.service_account_id.clone();
     ctx.auth.cache().invalidate_key_of(id, account);
     tracing::info!(key_id = %id, caller_key_id = %caller.key_id(), "api key deleted");
@@ -383,20 +497,30 @@ async fn reissue(
     headers: &HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
+    let if_match = IfMatch::from_headers(headers)?;
     let request: ReissueKeyRequest = body(ctx, headers, raw, true)?;
     let grace = request.validate()?;
-    let info = ctx.visible_key(caller, id).await?;
-    ctx.check_grant(caller, Change::Reissue(&info.record.scopes))?;
     if id != caller.key_id() {
         // The caller receives the key: one with fewer limits than its own
         // would lift them.
         ctx.check_unlimited(caller, "reissue a key other than itself")?;
     }
-    let created = ctx
-        .store
-        .reissue(id, grace)
-        .await?
-        .ok_or_else(|| ApiError::key_not_found(id))?;
+    let (created, last_used_at) = ctx
+        .read_check_write(caller, id, &if_match, move |current| async move {
+            ctx_check_grant(
+                ctx,
+                caller,
+                &current,
+                Change::Reissue(&current.record.scopes),
+            )?;
+            let result = ctx.store.reissue(id, grace, Some(current.version)).await;
+            Ok(match written(result)? {
+                Written::Done(created) => Written::Done((created, current.last_used_at)),
+                Written::Moved => Written::Moved,
+            })
+        })
+        .await?;
+    let created = created.ok_or_else(|| ApiError::key_not_found(id))?;
     let account = created.record.service_account_id.clone();
     ctx.auth.cache().invalidate_key_of(id, account);
     tracing::info!(
@@ -405,9 +529,9 @@ async fn reissue(
         caller_key_id = %caller.key_id(),
         "api key reissued"
     );
-    Ok(json(
-        StatusCode::OK,
-        &KeyWithSecret::new(&created, info.last_used_at),
+    Ok(with_etag(
+        json(StatusCode::OK, &KeyWithSecret::new(&created, last_used_at)),
+        created.version,
     ))
 }
 
@@ -421,17 +545,17 @@ async fn add_credits(
 ) -> Result<Response> {
     let request: AddCreditsRequest = body(ctx, headers, raw, false)?;
     let amount = request.validate()?;
+    let if_match = IfMatch::from_headers(headers)?;
     ctx.check_unlimited(caller, "add credits")?;
-    let mut info = ctx.visible_key(caller, id).await?;
-    if info.record.credits.is_none() {
-        return Err(ApiError::no_credits(id));
-    }
-    let credits = ctx
-        .store
-        .add_credits(id, amount)
+    // A key without credits is the store's answer (409), not a check on a
+    // read that credits could be given between.
+    let store = &ctx.store;
+    let info = ctx
+        .read_check_write(caller, id, &if_match, move |current| async move {
+            written(store.add_credits(id, amount, Some(current.version)).await)
+        })
         .await?
         .ok_or_else(|| ApiError::key_not_found(id))?;
-    info.record.credits = Some(credits);
     let account = info.record.service_account_id.clone();
     ctx.auth.cache().invalidate_key_of(id, account);
     tracing::info!(
@@ -440,7 +564,10 @@ async fn add_credits(
         caller_key_id = %caller.key_id(),
         "api key credits added"
     );
-    Ok(json(StatusCode::OK, &KeyResource::from(&info)))
+    Ok(with_etag(
+        json(StatusCode::OK, &KeyResource::from(&info)),
+        info.version,
+    ))
 }
 
 /// The account of an `/accounts/{service_account_id}/...` path, if the

@@ -6,13 +6,24 @@ use async_trait::async_trait;
 
 use super::{
     CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey, StoreError, StoredKey,
+    Version,
 };
 use crate::key::KeyId;
-use crate::limits::{Credits, RateLimit};
+use crate::limits::RateLimit;
 use crate::verifier::Verifier;
 
 /// Where keys live. Every store is also a [`Verifier`] and announces changes
 /// on [`Verifier::invalidations`].
+///
+/// # Conditional writes
+///
+/// Every write to an existing key takes `expected`, the [`Version`] of the
+/// key its caller read and checked (`None`: write whatever the version).
+/// The store compares and writes in one atomic step (under its lock, or in
+/// the write's own statement or transaction) and refuses with
+/// [`StoreError::VersionMismatch`], writing nothing, when the key has moved
+/// on. A check made on a key read earlier (may this caller grant these
+/// scopes?) therefore holds for exactly the state the write replaces.
 #[async_trait]
 pub trait KeyStore: Verifier {
     /// Creates a key; the only time its secret is returned. Refused with
@@ -31,23 +42,42 @@ pub trait KeyStore: Verifier {
         page: ListRequest,
     ) -> Result<KeyPage, StoreError>;
 
-    /// Changes description, scopes or expiry; `None` if the key does not exist.
-    async fn update(&self, id: KeyId, update: KeyUpdate) -> Result<Option<KeyInfo>, StoreError>;
+    /// Changes description, scopes, expiry, rate limits or credits, if the
+    /// key is at `expected` ([conditional writes](KeyStore#conditional-writes));
+    /// `None` if the key does not exist.
+    async fn update(
+        &self,
+        id: KeyId,
+        update: KeyUpdate,
+        expected: Option<Version>,
+    ) -> Result<Option<KeyInfo>, StoreError>;
 
-    /// Deletes a key; it stops working at once. `false` if it did not exist.
-    /// The store remembers the id, so [`import`](KeyStore::import) never
-    /// brings the key back.
-    async fn revoke(&self, id: KeyId) -> Result<bool, StoreError>;
+    /// Deletes a key, if it is at `expected`; it stops working at once.
+    /// `false` if it did not exist. The store remembers the id, so
+    /// [`import`](KeyStore::import) never brings the key back.
+    async fn revoke(&self, id: KeyId, expected: Option<Version>) -> Result<bool, StoreError>;
 
-    /// Gives the key a new secret with the same account, scopes and expiry.
-    /// The old secret keeps working for `grace` (zero: stops at once).
-    async fn reissue(&self, id: KeyId, grace: Duration) -> Result<Option<CreatedKey>, StoreError>;
+    /// Gives the key a new secret with the same account, scopes and expiry,
+    /// if it is at `expected`. The old secret keeps working for `grace`
+    /// (zero: stops at once).
+    async fn reissue(
+        &self,
+        id: KeyId,
+        grace: Duration,
+        expected: Option<Version>,
+    ) -> Result<Option<CreatedKey>, StoreError>;
 
     /// Adds `amount` credits to a key that has credits (never past
-    /// [`MAX_CREDITS`](crate::limits::MAX_CREDITS)); the generation stays,
-    /// so leased credits may still be given back. `None` if the key does not
-    /// exist; [`StoreError::Invalid`] if it has no credits.
-    async fn add_credits(&self, id: KeyId, amount: u64) -> Result<Option<Credits>, StoreError>;
+    /// [`MAX_CREDITS`](crate::limits::MAX_CREDITS)), if it is at
+    /// `expected`; the generation stays, so leased credits may still be
+    /// given back. `None` if the key does not exist;
+    /// [`StoreError::NoCredits`] if it has no credits.
+    async fn add_credits(
+        &self,
+        id: KeyId,
+        amount: u64,
+        expected: Option<Version>,
+    ) -> Result<Option<KeyInfo>, StoreError>;
 
     /// The rate limits shared by all keys of a service account (empty: none).
     async fn account_rate_limits(

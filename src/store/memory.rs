@@ -10,16 +10,17 @@ use async_trait::async_trait;
 
 use super::page_token::{page_token, parse_page_token};
 use super::{
-    check_account, check_account_limits, check_import, check_new, check_update, export_page_size,
-    fill_page, hint_of, import_conflict, import_revoked, no_credits, verified, CreatedKey,
-    CreditState, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey,
-    PreviousHash, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    check_account, check_account_limits, check_import, check_new, check_update, check_version,
+    export_page_size, fill_page, hint_of, import_conflict, import_revoked, imported_version,
+    no_credits, verified, CreatedKey, CreditState, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate,
+    ListRequest, NewKey, PreviousHash, StoreError, StoredKey, Version,
+    DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
 use crate::invalidation::{Invalidation, Invalidations};
 use crate::key::{KeyFormat, KeyId, PresentedKey};
-use crate::limits::{CreditLease, Credits, RateLimit};
+use crate::limits::{CreditLease, RateLimit};
 use crate::record::KeyRecord;
 use crate::verifier::{Verifier, VerifierError};
 
@@ -109,6 +110,7 @@ impl Keys {
             record: self.record(stored),
             last_used_at: stored.last_used_at,
             hint: stored.hint.clone(),
+            version: stored.version,
         }
     }
 
@@ -152,6 +154,7 @@ struct Stored {
     /// The generation of credits removed by an update, so credits set again
     /// start a later one (a lease of the old never comes back).
     removed_generation: u64,
+    version: Version,
 }
 
 /// Settings of a [`MemoryStore`].
@@ -346,6 +349,7 @@ impl KeyStore for MemoryStore {
             hint: hint_of(&key),
             credits: new.credits.map(|c| CreditState::set(c, now, 0)),
             removed_generation: 0,
+            version: Version::FIRST,
         };
         let mut keys = self.write();
         // Counted under the write lock, so concurrent creates cannot overshoot.
@@ -359,7 +363,11 @@ impl KeyStore for MemoryStore {
         }
         let record = keys.record(&stored);
         keys.insert(key.id(), stored);
-        Ok(CreatedKey { record, key })
+        Ok(CreatedKey {
+            record,
+            version: Version::FIRST,
+            key,
+        })
     }
 
     async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError> {
@@ -407,7 +415,12 @@ impl KeyStore for MemoryStore {
         })
     }
 
-    async fn update(&self, id: KeyId, update: KeyUpdate) -> Result<Option<KeyInfo>, StoreError> {
+    async fn update(
+        &self,
+        id: KeyId,
+        update: KeyUpdate,
+        expected: Option<Version>,
+    ) -> Result<Option<KeyInfo>, StoreError> {
         let now = self.now();
         check_update(&update, now)?;
         let info = {
@@ -415,6 +428,10 @@ impl KeyStore for MemoryStore {
             let Some(stored) = keys.get_mut(&id) else {
                 return Ok(None);
             };
+            check_version(id, stored.version, expected)?;
+            if !update.is_empty() {
+                stored.version = stored.version.next();
+            }
             if let Some(description) = update.description {
                 stored.record.description = description;
             }
@@ -449,9 +466,12 @@ impl KeyStore for MemoryStore {
         Ok(Some(info))
     }
 
-    async fn revoke(&self, id: KeyId) -> Result<bool, StoreError> {
+    async fn revoke(&self, id: KeyId, expected: Option<Version>) -> Result<bool, StoreError> {
         let removed = {
             let mut keys = self.write();
+            if let Some(stored) = keys.get(&id) {
+                check_version(id, stored.version, expected)?;
+            }
             let removed = keys.remove(&id);
             if removed.is_some() {
                 keys.revoked.insert(id);
@@ -467,14 +487,21 @@ impl KeyStore for MemoryStore {
         Ok(removed.is_some())
     }
 
-    async fn reissue(&self, id: KeyId, grace: Duration) -> Result<Option<CreatedKey>, StoreError> {
+    async fn reissue(
+        &self,
+        id: KeyId,
+        grace: Duration,
+        expected: Option<Version>,
+    ) -> Result<Option<CreatedKey>, StoreError> {
         let key = self.inner.format.generate_for(id)?;
         let hash = self.hash_of(&key)?;
-        let record = {
+        let (record, version) = {
             let mut keys = self.write();
             let Some(stored) = keys.get_mut(&id) else {
                 return Ok(None);
             };
+            check_version(id, stored.version, expected)?;
+            stored.version = stored.version.next();
             let old = std::mem::replace(&mut stored.hash, hash);
             // A grace period past year 9999 is simply "forever".
             let forever = UNIX_EPOCH + Duration::from_secs(253_402_300_799);
@@ -488,31 +515,47 @@ impl KeyStore for MemoryStore {
             let stored = keys
                 .get(&id)
                 .ok_or_else(|| StoreError::backend("key vanished"))?;
-            keys.record(stored)
+            (keys.record(stored), stored.version)
         };
         let account = record.service_account_id.clone();
         self.inner
             .invalidations
             .publish(&Invalidation::key_of(id, account));
-        Ok(Some(CreatedKey { record, key }))
+        Ok(Some(CreatedKey {
+            record,
+            version,
+            key,
+        }))
     }
 
-    async fn add_credits(&self, id: KeyId, amount: u64) -> Result<Option<Credits>, StoreError> {
-        let (credits, account) = {
+    async fn add_credits(
+        &self,
+        id: KeyId,
+        amount: u64,
+        expected: Option<Version>,
+    ) -> Result<Option<KeyInfo>, StoreError> {
+        let info = {
             let mut keys = self.write();
             let Some(stored) = keys.get_mut(&id) else {
                 return Ok(None);
             };
+            check_version(id, stored.version, expected)?;
             let Some(state) = stored.credits.as_mut() else {
                 return Err(no_credits(id));
             };
-            (state.add(amount), stored.record.service_account_id.clone())
+            state.add(amount);
+            stored.version = stored.version.next();
+            let stored = keys
+                .get(&id)
+                .ok_or_else(|| StoreError::backend("key vanished"))?;
+            keys.info(stored)
         };
         // Caches re-read the count.
+        let account = info.record.service_account_id.clone();
         self.inner
             .invalidations
             .publish(&Invalidation::key_of(id, account));
-        Ok(Some(credits))
+        Ok(Some(info))
     }
 
     async fn account_rate_limits(
@@ -580,6 +623,7 @@ impl KeyStore for MemoryStore {
 
     async fn import(&self, key: StoredKey) -> Result<Imported, StoreError> {
         check_import(&key)?;
+        imported_version(key.info.record.key_id, key.info.version)?;
         let now = self.now();
         let id = key.info.record.key_id;
         let mut keys = self.write();
@@ -616,6 +660,7 @@ impl KeyStore for MemoryStore {
                 hint: key.info.hint,
                 credits,
                 removed_generation: 0,
+                version: key.info.version,
             },
         );
         Ok(Imported::Added)

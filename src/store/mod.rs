@@ -24,9 +24,9 @@
 //! assert_eq!(listed.keys.len(), 1);
 //! assert!(!format!("{listed:?}").contains(created.key.expose_secret()));
 //!
-//! let reissued = store.reissue(created.record.key_id, Duration::ZERO).await?.unwrap();
+//! let reissued = store.reissue(created.record.key_id, Duration::ZERO, None).await?.unwrap();
 //! assert_ne!(reissued.key.expose_secret(), created.key.expose_secret());
-//! assert!(store.revoke(created.record.key_id).await?);
+//! assert!(store.revoke(created.record.key_id, None).await?);
 //! # Ok(()) }
 //! ```
 //!
@@ -156,8 +156,48 @@ impl NewKey {
 pub struct CreatedKey {
     /// The stored record.
     pub record: KeyRecord,
+    /// The record's version after the write.
+    pub version: Version,
     /// The whole key; show it to its owner once.
     pub key: GeneratedKey,
+}
+
+/// The version of a key's configuration: what a conditional write states it
+/// read, and what the management API shows as an `ETag`.
+///
+/// A key is created at [`Version::FIRST`]; every change of its
+/// configuration ([`update`](KeyStore::update), [`reissue`](KeyStore::reissue),
+/// [`add_credits`](KeyStore::add_credits); an update that changes nothing
+/// does not) moves it on by one, in the same atomic step as the change.
+/// Usage flushes and credit spends do not, so a busy key can still be
+/// changed. An [import](KeyStore::import) keeps the exported version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version(u64);
+
+impl Version {
+    /// The version of a key as created (or imported).
+    pub const FIRST: Version = Version(1);
+
+    /// The version numbered `n`.
+    pub const fn new(n: u64) -> Self {
+        Self(n)
+    }
+
+    /// Its number.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The version after one more change.
+    pub const fn next(self) -> Self {
+        Self(self.0.saturating_add(1))
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
 }
 
 /// A key as the management API shows it: never the secret.
@@ -171,6 +211,8 @@ pub struct KeyInfo {
     /// A masked hint such as `tak_…x7Qa`: the prefix and the last four
     /// characters, never enough to use the key.
     pub hint: String,
+    /// The version of the key's configuration.
+    pub version: Version,
 }
 
 impl KeyInfo {
@@ -186,7 +228,14 @@ impl KeyInfo {
             record,
             last_used_at,
             hint: hint.into(),
+            version: Version::FIRST,
         }
+    }
+
+    /// Sets the version.
+    pub fn with_version(mut self, version: Version) -> Self {
+        self.version = version;
+        self
     }
 
     /// An upper bound on the bytes this key takes in a management API
@@ -279,6 +328,15 @@ pub struct KeyUpdate {
 }
 
 impl KeyUpdate {
+    /// Whether it changes nothing: such an update leaves the version too.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.description.is_none()
+            && self.scopes.is_none()
+            && self.expires_at.is_none()
+            && self.rate_limits.is_none()
+            && self.credits.is_none()
+    }
+
     /// Sets the description.
     pub fn with_description(mut self, description: impl Into<String>) -> Self {
         self.description = Some(description.into());
@@ -377,6 +435,23 @@ pub enum StoreError {
         /// The most keys one service account may hold.
         limit: usize,
     },
+    /// A conditional write found the key at another version than the one
+    /// it was told it read: someone changed the key in between. Nothing was
+    /// written; read the key again and decide again.
+    #[non_exhaustive]
+    VersionMismatch {
+        /// The key.
+        id: KeyId,
+        /// Its version now.
+        current: Version,
+    },
+    /// [`KeyStore::add_credits`] on a key without credits: a key is given
+    /// credits by an update.
+    #[non_exhaustive]
+    NoCredits {
+        /// The key.
+        id: KeyId,
+    },
     /// The backend failed.
     Backend(Box<dyn std::error::Error + Send + Sync>),
 }
@@ -403,6 +478,14 @@ impl fmt::Display for StoreError {
                 "the service account already holds {limit} keys, the most allowed \
                  (expired keys count too); delete keys it no longer uses"
             ),
+            Self::VersionMismatch { id, current } => write!(
+                f,
+                "key {id} changed meanwhile (now at version {current}); read it again"
+            ),
+            Self::NoCredits { id } => write!(
+                f,
+                "key {id} has no credits to add to; give it credits with an update"
+            ),
             Self::Backend(e) => write!(f, "key store backend failed: {e}"),
         }
     }
@@ -413,7 +496,10 @@ impl std::error::Error for StoreError {
         match self {
             Self::KeyGen(e) => Some(e),
             Self::Backend(e) => Some(&**e),
-            Self::Invalid(_) | Self::KeyLimitReached { .. } => None,
+            Self::Invalid(_)
+            | Self::KeyLimitReached { .. }
+            | Self::VersionMismatch { .. }
+            | Self::NoCredits { .. } => None,
         }
     }
 }
@@ -459,12 +545,33 @@ pub(crate) fn check_account(account: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The error of adding credits to a key that has none: a key is given
-/// credits by an update.
+/// The error of adding credits to a key that has none.
 pub(crate) fn no_credits(id: KeyId) -> StoreError {
-    StoreError::invalid(format!(
-        "key {id} has no credits to add to; give it credits with an update"
-    ))
+    StoreError::NoCredits { id }
+}
+
+/// An imported key's version as a SQL column: 1 to `i64::MAX`.
+pub(crate) fn imported_version(id: KeyId, version: Version) -> Result<i64, StoreError> {
+    match i64::try_from(version.get()) {
+        Ok(n @ 1..) => Ok(n),
+        _ => Err(StoreError::invalid(format!(
+            "key {id}: version must be between 1 and {}",
+            i64::MAX
+        ))),
+    }
+}
+
+/// Whether a write conditional on `expected` may replace a key at
+/// `current`: `Err` with [`StoreError::VersionMismatch`] if not.
+pub(crate) fn check_version(
+    id: KeyId,
+    current: Version,
+    expected: Option<Version>,
+) -> Result<(), StoreError> {
+    match expected {
+        Some(expected) if expected != current => Err(StoreError::VersionMismatch { id, current }),
+        _ => Ok(()),
+    }
 }
 
 /// Checks rate limits for a key or an account, as every store does.

@@ -257,7 +257,7 @@ pub async fn verify_does_the_same_hashing_work_whether_or_not_the_id_exists<F: S
         store.import(key).await.unwrap();
     }
     store
-        .reissue(graced_v1.record.key_id, Duration::from_secs(600))
+        .reissue(graced_v1.record.key_id, Duration::from_secs(600), None)
         .await
         .unwrap()
         .unwrap();
@@ -265,7 +265,7 @@ pub async fn verify_does_the_same_hashing_work_whether_or_not_the_id_exists<F: S
     let current = store.create(NewKey::new("sa")).await.unwrap();
     let graced = store.create(NewKey::new("sa")).await.unwrap();
     store
-        .reissue(graced.record.key_id, Duration::from_secs(600))
+        .reissue(graced.record.key_id, Duration::from_secs(600), None)
         .await
         .unwrap()
         .unwrap();
@@ -367,7 +367,7 @@ pub async fn rotated_pepper_keys_verify_under_the_scheme_that_made_them<F: Store
     // A reissue rehashes with the current pepper; the graced old secret
     // keeps its own scheme.
     let reissued = rotated
-        .reissue(v1_key.record.key_id, Duration::from_secs(60))
+        .reissue(v1_key.record.key_id, Duration::from_secs(60), None)
         .await
         .unwrap()
         .unwrap();
@@ -724,7 +724,7 @@ pub async fn list_continues_after_the_last_key_of_a_page_is_revoked<F: StoreFact
         .unwrap();
     let token = first.next_page_token.clone().unwrap();
     // The key the token points after goes away between the two pages.
-    assert!(store.revoke(ids[2]).await.unwrap());
+    assert!(store.revoke(ids[2], None).await.unwrap());
     let second = store
         .list("sa-paging", ListRequest::after(3, token))
         .await
@@ -744,7 +744,7 @@ pub async fn list_continues_after_the_last_key_of_a_page_is_revoked_when_all_sha
     }
     let (all, _) = list_all(&store, "sa-same", 6).await;
     let first = store.list("sa-same", ListRequest::first(3)).await.unwrap();
-    assert!(store.revoke(all[2]).await.unwrap());
+    assert!(store.revoke(all[2], None).await.unwrap());
     let second = store
         .list(
             "sa-same",
@@ -817,7 +817,7 @@ pub async fn create_refuses_a_key_past_the_accounts_limit_until_one_is_deleted<F
     assert_limit_reached(store.create(NewKey::new("sa-limited")).await, 3);
     // Reissue gives a key a new secret; it adds no key.
     let reissued = store
-        .reissue(ids[1], Duration::from_secs(60))
+        .reissue(ids[1], Duration::from_secs(60), None)
         .await
         .unwrap();
     assert!(reissued.is_some());
@@ -826,7 +826,7 @@ pub async fn create_refuses_a_key_past_the_accounts_limit_until_one_is_deleted<F
     store.create(NewKey::new("sa-other")).await.unwrap();
 
     // Deleting a key makes room for one.
-    assert!(store.revoke(ids[0]).await.unwrap());
+    assert!(store.revoke(ids[0], None).await.unwrap());
     let again = store.create(NewKey::new("sa-limited")).await.unwrap();
     assert_limit_reached(store.create(NewKey::new("sa-limited")).await, 3);
     assert_eq!(
@@ -871,7 +871,7 @@ pub async fn update_changes_each_field_alone<F: StoreFactory>(f: &F) {
     let id = created.record.key_id;
 
     let info = store
-        .update(id, KeyUpdate::default().with_description("after"))
+        .update(id, KeyUpdate::default().with_description("after"), None)
         .await
         .unwrap()
         .unwrap();
@@ -881,7 +881,7 @@ pub async fn update_changes_each_field_alone<F: StoreFactory>(f: &F) {
 
     let scopes = ScopeSet::new(["a.read", "a.write"]).unwrap();
     let info = store
-        .update(id, KeyUpdate::default().with_scopes(scopes.clone()))
+        .update(id, KeyUpdate::default().with_scopes(scopes.clone()), None)
         .await
         .unwrap()
         .unwrap();
@@ -889,7 +889,11 @@ pub async fn update_changes_each_field_alone<F: StoreFactory>(f: &F) {
     assert_eq!(info.record.description, "after");
 
     let unscoped = store
-        .update(id, KeyUpdate::default().with_scopes(ScopeSet::empty()))
+        .update(
+            id,
+            KeyUpdate::default().with_scopes(ScopeSet::empty()),
+            None,
+        )
         .await
         .unwrap()
         .unwrap();
@@ -897,7 +901,11 @@ pub async fn update_changes_each_field_alone<F: StoreFactory>(f: &F) {
 
     let expires_at = clock.now() + Duration::from_secs(60);
     let info = store
-        .update(id, KeyUpdate::default().with_expires_at(Some(expires_at)))
+        .update(
+            id,
+            KeyUpdate::default().with_expires_at(Some(expires_at)),
+            None,
+        )
         .await
         .unwrap()
         .unwrap();
@@ -905,7 +913,7 @@ pub async fn update_changes_each_field_alone<F: StoreFactory>(f: &F) {
     assert_eq!(info.record.description, "after");
 
     let info = store
-        .update(id, KeyUpdate::default().with_expires_at(None))
+        .update(id, KeyUpdate::default().with_expires_at(None), None)
         .await
         .unwrap()
         .unwrap();
@@ -914,7 +922,7 @@ pub async fn update_changes_each_field_alone<F: StoreFactory>(f: &F) {
     // An empty update changes nothing.
     let before = store.get(id).await.unwrap().unwrap();
     let info = store
-        .update(id, KeyUpdate::default())
+        .update(id, KeyUpdate::default(), None)
         .await
         .unwrap()
         .unwrap();
@@ -954,6 +962,7 @@ pub async fn update_rejects_an_expiry_in_the_past_and_changes_nothing<F: StoreFa
                         .with_description("after")
                         .with_scopes(ScopeSet::new(["x.y"]).unwrap())
                         .with_expires_at(Some(at)),
+                    None,
                 )
                 .await,
         );
@@ -973,6 +982,7 @@ pub async fn update_rejects_an_expiry_after_the_year_9999<F: StoreFactory>(f: &F
                 KeyUpdate::default()
                     .with_description("after")
                     .with_expires_at(Some(latest_time() + Duration::from_millis(1))),
+                None,
             )
             .await,
     );
@@ -984,7 +994,7 @@ pub async fn update_of_an_unknown_key_returns_none<F: StoreFactory>(f: &F) {
     let store = plain(f).await;
     let update = KeyUpdate::default().with_description("x");
     assert!(store
-        .update(KeyId::random().unwrap(), update)
+        .update(KeyId::random().unwrap(), update, None)
         .await
         .unwrap()
         .is_none());
@@ -999,8 +1009,8 @@ pub async fn revoke_returns_true_then_false_and_the_key_is_gone<F: StoreFactory>
     let created = store.create(NewKey::new("sa-rev")).await.unwrap();
     let keep = store.create(NewKey::new("sa-rev")).await.unwrap();
     let id = created.record.key_id;
-    assert!(store.revoke(id).await.unwrap());
-    assert!(!store.revoke(id).await.unwrap());
+    assert!(store.revoke(id, None).await.unwrap());
+    assert!(!store.revoke(id, None).await.unwrap());
     assert!(store.get(id).await.unwrap().is_none());
     assert!(store
         .verify(&parse(&store, &created.key))
@@ -1010,7 +1020,7 @@ pub async fn revoke_returns_true_then_false_and_the_key_is_gone<F: StoreFactory>
     let listed = store.list("sa-rev", ListRequest::default()).await.unwrap();
     assert_eq!(listed.keys.len(), 1);
     assert_eq!(listed.keys[0].record.key_id, keep.record.key_id);
-    assert!(!store.revoke(KeyId::random().unwrap()).await.unwrap());
+    assert!(!store.revoke(KeyId::random().unwrap(), None).await.unwrap());
 }
 
 // ---------------------------------------------------------------------------
@@ -1030,7 +1040,7 @@ pub async fn reissue_keeps_the_id_and_record_and_changes_the_secret<F: StoreFact
         .unwrap();
     clock.advance(Duration::from_secs(5));
     let reissued = store
-        .reissue(created.record.key_id, Duration::ZERO)
+        .reissue(created.record.key_id, Duration::ZERO, None)
         .await
         .unwrap()
         .unwrap();
@@ -1058,7 +1068,7 @@ pub async fn reissue_with_grace_keeps_the_old_secret_until_the_deadline<F: Store
     let old = parse(&store, &created.key);
     let grace = Duration::from_secs(60);
     let reissued = store
-        .reissue(created.record.key_id, grace)
+        .reissue(created.record.key_id, grace, None)
         .await
         .unwrap()
         .unwrap();
@@ -1092,7 +1102,7 @@ pub async fn reissue_with_a_grace_past_the_year_9999_keeps_the_old_secret_until_
     ] {
         let created = store.create(NewKey::new("sa-forever")).await.unwrap();
         let id = created.record.key_id;
-        let reissued = store.reissue(id, grace).await.unwrap().unwrap();
+        let reissued = store.reissue(id, grace, None).await.unwrap().unwrap();
         let old = parse(&store, &created.key);
         let record = store.verify(&old).await.unwrap().expect("old secret kept");
         let deadline = record.expires_at.expect("a grace deadline");
@@ -1114,7 +1124,7 @@ pub async fn reissue_with_a_grace_past_the_year_9999_keeps_the_old_secret_until_
 pub async fn reissue_of_an_unknown_key_returns_none<F: StoreFactory>(f: &F) {
     let store = plain(f).await;
     assert!(store
-        .reissue(KeyId::random().unwrap(), Duration::from_secs(1))
+        .reissue(KeyId::random().unwrap(), Duration::from_secs(1), None)
         .await
         .unwrap()
         .is_none());
@@ -1206,7 +1216,7 @@ pub async fn the_hint_shows_the_prefix_and_the_last_four_characters_only<F: Stor
 
         // A reissue gets the new key's hint.
         let reissued = store
-            .reissue(created.record.key_id, Duration::ZERO)
+            .reissue(created.record.key_id, Duration::ZERO, None)
             .await
             .unwrap()
             .unwrap();
@@ -1280,6 +1290,7 @@ pub async fn every_management_operation_in_sequence<F: StoreFactory>(f: &F) {
                 .with_description("second")
                 .with_scopes(ScopeSet::empty())
                 .with_expires_at(None),
+            None,
         )
         .await
         .unwrap()
@@ -1291,7 +1302,7 @@ pub async fn every_management_operation_in_sequence<F: StoreFactory>(f: &F) {
     assert_eq!(store.get(id).await.unwrap().unwrap(), updated);
     // Only what is given changes.
     let again = store
-        .update(id, KeyUpdate::default().with_description("third"))
+        .update(id, KeyUpdate::default().with_description("third"), None)
         .await
         .unwrap()
         .unwrap();
@@ -1301,7 +1312,8 @@ pub async fn every_management_operation_in_sequence<F: StoreFactory>(f: &F) {
         store
             .update(
                 id,
-                KeyUpdate::default().with_expires_at(Some(clock.now() - Duration::from_secs(1)))
+                KeyUpdate::default().with_expires_at(Some(clock.now() - Duration::from_secs(1))),
+                None
             )
             .await,
         Err(StoreError::Invalid(_))
@@ -1310,7 +1322,8 @@ pub async fn every_management_operation_in_sequence<F: StoreFactory>(f: &F) {
         store
             .update(
                 KeyId::random().unwrap(),
-                KeyUpdate::default().with_description("x")
+                KeyUpdate::default().with_description("x"),
+                None
             )
             .await
             .unwrap(),
@@ -1318,7 +1331,11 @@ pub async fn every_management_operation_in_sequence<F: StoreFactory>(f: &F) {
     );
 
     // reissue, no grace: the old secret stops at once
-    let reissued = store.reissue(id, Duration::ZERO).await.unwrap().unwrap();
+    let reissued = store
+        .reissue(id, Duration::ZERO, None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(reissued.key.id(), id);
     assert_ne!(reissued.key.expose_secret(), secret);
     assert_eq!(reissued.record, again.record);
@@ -1333,7 +1350,7 @@ pub async fn every_management_operation_in_sequence<F: StoreFactory>(f: &F) {
         .expose_secret()
         .ends_with(&hint["tak_…".len()..]));
     assert!(store
-        .reissue(KeyId::random().unwrap(), Duration::ZERO)
+        .reissue(KeyId::random().unwrap(), Duration::ZERO, None)
         .await
         .unwrap()
         .is_none());
@@ -1342,7 +1359,7 @@ pub async fn every_management_operation_in_sequence<F: StoreFactory>(f: &F) {
     clock.advance(Duration::from_secs(1));
     let before = clock.now();
     let graced = store
-        .reissue(id, Duration::from_secs(600))
+        .reissue(id, Duration::from_secs(600), None)
         .await
         .unwrap()
         .unwrap();
@@ -1375,8 +1392,8 @@ pub async fn every_management_operation_in_sequence<F: StoreFactory>(f: &F) {
         .unwrap();
 
     // revoke
-    assert!(store.revoke(id).await.unwrap());
-    assert!(!store.revoke(id).await.unwrap());
+    assert!(store.revoke(id, None).await.unwrap());
+    assert!(!store.revoke(id, None).await.unwrap());
     assert_eq!(store.get(id).await.unwrap(), None);
     assert_eq!(
         store.verify(&parse(&store, &graced.key)).await.unwrap(),
@@ -1386,7 +1403,11 @@ pub async fn every_management_operation_in_sequence<F: StoreFactory>(f: &F) {
         store.verify(&parse(&store, &reissued.key)).await.unwrap(),
         None
     );
-    assert!(store.reissue(id, Duration::ZERO).await.unwrap().is_none());
+    assert!(store
+        .reissue(id, Duration::ZERO, None)
+        .await
+        .unwrap()
+        .is_none());
 
     // list: oldest first, in pages, one account only
     let mut ids = Vec::new();
@@ -1437,7 +1458,7 @@ pub async fn every_management_operation_in_sequence<F: StoreFactory>(f: &F) {
     }
     // A token stays valid when the key it points after is revoked.
     let first = store.list("sa-list", ListRequest::first(2)).await.unwrap();
-    assert!(store.revoke(ids[1]).await.unwrap());
+    assert!(store.revoke(ids[1], None).await.unwrap());
     let next = store
         .list(
             "sa-list",
@@ -1449,7 +1470,7 @@ pub async fn every_management_operation_in_sequence<F: StoreFactory>(f: &F) {
     assert_eq!(next, ids[2..4]);
     // After the last key: an empty last page, no error.
     let four = store.list("sa-list", ListRequest::first(3)).await.unwrap();
-    assert!(store.revoke(ids[4]).await.unwrap());
+    assert!(store.revoke(ids[4], None).await.unwrap());
     let tail = store
         .list(
             "sa-list",
@@ -1476,15 +1497,19 @@ pub async fn revoke_reissue_and_update_announce_the_key_before_returning<F: Stor
     announced.drain();
 
     store
-        .update(id, KeyUpdate::default().with_description("changed"))
+        .update(id, KeyUpdate::default().with_description("changed"), None)
         .await
         .unwrap()
         .unwrap();
     assert!(announced.drain().contains(&this_key), "update announced");
-    store.reissue(id, Duration::ZERO).await.unwrap().unwrap();
+    store
+        .reissue(id, Duration::ZERO, None)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(announced.drain().contains(&this_key), "reissue announced");
     store
-        .reissue(id, Duration::from_secs(60))
+        .reissue(id, Duration::from_secs(60), None)
         .await
         .unwrap()
         .unwrap();
@@ -1492,21 +1517,21 @@ pub async fn revoke_reissue_and_update_announce_the_key_before_returning<F: Stor
         announced.drain().contains(&this_key),
         "reissue with grace announced"
     );
-    assert!(store.revoke(id).await.unwrap());
+    assert!(store.revoke(id, None).await.unwrap());
     assert!(announced.drain().contains(&this_key), "revoke announced");
 
     let unknown = KeyId::random().unwrap();
     assert!(store
-        .update(unknown, KeyUpdate::default().with_description("x"))
+        .update(unknown, KeyUpdate::default().with_description("x"), None)
         .await
         .unwrap()
         .is_none());
     assert!(store
-        .reissue(unknown, Duration::ZERO)
+        .reissue(unknown, Duration::ZERO, None)
         .await
         .unwrap()
         .is_none());
-    assert!(!store.revoke(unknown).await.unwrap());
+    assert!(!store.revoke(unknown, None).await.unwrap());
     assert!(
         announced
             .drain()

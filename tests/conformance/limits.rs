@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use tower_api_key::cache::{CacheConfig, CachedVerifier, Source};
 use tower_api_key::clock::Clock;
 use tower_api_key::limits::{CreditLease, Credits, RateLimit, Refill, MAX_CREDITS};
-use tower_api_key::store::{KeyUpdate, ListRequest, NewKey};
+use tower_api_key::store::{KeyUpdate, ListRequest, NewKey, StoreError};
 use tower_api_key::{Invalidation, KeyId, KeyStore, ScopeSet, Verifier};
 
 use super::{
@@ -135,7 +135,7 @@ pub async fn update_replaces_and_removes_limits_and_credits<F: StoreFactory>(f: 
 
     // Other fields leave them alone.
     let info = store
-        .update(id, KeyUpdate::default().with_description("other"))
+        .update(id, KeyUpdate::default().with_description("other"), None)
         .await
         .unwrap()
         .unwrap();
@@ -147,6 +147,7 @@ pub async fn update_replaces_and_removes_limits_and_credits<F: StoreFactory>(f: 
         .update(
             id,
             KeyUpdate::default().with_rate_limits(vec![limit("1/1h")]),
+            None,
         )
         .await
         .unwrap()
@@ -155,7 +156,7 @@ pub async fn update_replaces_and_removes_limits_and_credits<F: StoreFactory>(f: 
     assert_eq!(info.record.credits, Some(daily(10, 20)));
     let no_refill = Credits::new(7).unwrap();
     let info = store
-        .update(id, KeyUpdate::default().with_credits(Some(no_refill)))
+        .update(id, KeyUpdate::default().with_credits(Some(no_refill)), None)
         .await
         .unwrap()
         .unwrap();
@@ -174,6 +175,7 @@ pub async fn update_replaces_and_removes_limits_and_credits<F: StoreFactory>(f: 
             KeyUpdate::default()
                 .with_rate_limits(Vec::new())
                 .with_credits(None),
+            None,
         )
         .await
         .unwrap()
@@ -200,6 +202,7 @@ pub async fn update_replaces_and_removes_limits_and_credits<F: StoreFactory>(f: 
             KeyUpdate::default()
                 .with_rate_limits(two_limits())
                 .with_credits(Some(daily(3, 4))),
+            None,
         )
         .await
         .unwrap()
@@ -240,6 +243,7 @@ pub async fn invalid_limits_are_refused_with_the_rule_and_change_nothing<F: Stor
                 KeyUpdate::default()
                     .with_description("never written")
                     .with_rate_limits(twins.clone()),
+                None,
             )
             .await,
     );
@@ -276,7 +280,11 @@ pub async fn reissue_keeps_limits_and_credits<F: StoreFactory>(f: &F) {
     let id = created.record.key_id;
     let lease = must_lease(&store, id, 10, clock.now()).await;
     assert_eq!((lease.granted, lease.remaining), (10, 70));
-    let reissued = store.reissue(id, Duration::ZERO).await.unwrap().unwrap();
+    let reissued = store
+        .reissue(id, Duration::ZERO, None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(reissued.record.rate_limits, two_limits());
     assert_eq!(reissued.record.credits.map(|c| c.remaining()), Some(70));
     let record = store
@@ -526,7 +534,11 @@ pub async fn returns_add_back_only_within_the_generation<F: StoreFactory>(f: &F)
 
     // A new credit setting starts a generation: the old lease adds nothing.
     store
-        .update(id, KeyUpdate::default().with_credits(Some(daily(40, 80))))
+        .update(
+            id,
+            KeyUpdate::default().with_credits(Some(daily(40, 80))),
+            None,
+        )
         .await
         .unwrap()
         .unwrap();
@@ -567,7 +579,7 @@ pub async fn returns_add_back_only_within_the_generation<F: StoreFactory>(f: &F)
     assert_eq!((old.generation, old.remaining), (0, 7));
     for credits in [None, Some(Credits::new(5).unwrap())] {
         store
-            .update(other, KeyUpdate::default().with_credits(credits))
+            .update(other, KeyUpdate::default().with_credits(credits), None)
             .await
             .unwrap()
             .unwrap();
@@ -658,8 +670,14 @@ pub async fn add_credits_adds_up_to_the_maximum_and_keeps_the_generation<F: Stor
     assert_eq!(lease.remaining, 14);
     announced.drain();
 
-    let credits = store.add_credits(id, 30).await.unwrap().unwrap();
-    assert_eq!(credits, daily(44, 100), "the refill stays");
+    let before = store.get(id).await.unwrap().unwrap().version;
+    let added = store.add_credits(id, 30, None).await.unwrap().unwrap();
+    assert_eq!(
+        added.record.credits,
+        Some(daily(44, 100)),
+        "the refill stays"
+    );
+    assert_eq!(added.version, before.next(), "adding credits is a change");
     assert!(
         announced
             .drain()
@@ -670,16 +688,25 @@ pub async fn add_credits_adds_up_to_the_maximum_and_keeps_the_generation<F: Stor
     // The generation stays: the lease's credits still go back.
     store.return_credits(id, lease.generation, 2).await.unwrap();
     assert_eq!(remaining(&store, id).await, Some(46));
-    let credits = store.add_credits(id, u64::MAX).await.unwrap().unwrap();
-    assert_eq!(credits.remaining(), MAX_CREDITS);
+    let added = store
+        .add_credits(id, u64::MAX, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        added.record.credits.map(|c| c.remaining()),
+        Some(MAX_CREDITS)
+    );
 
     let plain = store.create(NewKey::new("sa-add")).await.unwrap();
-    let why = assert_invalid(store.add_credits(plain.record.key_id, 5).await);
-    assert!(why.contains(&plain.record.key_id.to_string()), "{why}");
+    match store.add_credits(plain.record.key_id, 5, None).await {
+        Err(StoreError::NoCredits { id, .. }) => assert_eq!(id, plain.record.key_id),
+        other => panic!("expected StoreError::NoCredits, got {other:?}"),
+    }
     assert_eq!(remaining(&store, plain.record.key_id).await, None);
     assert_eq!(
         store
-            .add_credits(KeyId::random().unwrap(), 5)
+            .add_credits(KeyId::random().unwrap(), 5, None)
             .await
             .unwrap(),
         None
@@ -699,9 +726,9 @@ pub async fn a_revoked_keys_credits_go_with_it<F: StoreFactory>(f: &F) {
     let id = created.record.key_id;
     let lease = must_lease(&store, id, 5, clock.now()).await;
     assert_eq!(lease.granted, 5);
-    assert!(store.revoke(id).await.unwrap());
+    assert!(store.revoke(id, None).await.unwrap());
     assert_eq!(store.lease_credits(id, 5, clock.now()).await.unwrap(), None);
     store.return_credits(id, lease.generation, 5).await.unwrap();
-    assert_eq!(store.add_credits(id, 5).await.unwrap(), None);
+    assert_eq!(store.add_credits(id, 5, None).await.unwrap(), None);
     assert!(store.get(id).await.unwrap().is_none());
 }

@@ -577,7 +577,7 @@ pub async fn account_changes_reach_the_other_store<S: KeyStore + Clone + 'static
         assert_eq!(caller.record().account_rate_limits, limits);
     }
     let id = first.record.key_id;
-    writer.add_credits(id, 7).await.unwrap().unwrap();
+    writer.add_credits(id, 7, None).await.unwrap().unwrap();
     seen.until_invalidated(id, within).await;
     let caller = cache.lookup(&parse(reader, &first.key)).await.unwrap();
     assert_eq!(caller.record().credits.map(|c| c.remaining()), Some(12));

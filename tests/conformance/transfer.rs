@@ -70,7 +70,7 @@ pub async fn export_pages_in_key_id_order_and_ends_with_an_empty_page<F: StoreFa
     }
     // `after` need not be a key the store holds: the keys after that id.
     let middle = in_id_order[3];
-    assert!(store.revoke(middle).await.unwrap());
+    assert!(store.revoke(middle, None).await.unwrap());
     let rest: Vec<KeyId> = store
         .export(Some(middle), MAX_EXPORT_PAGE)
         .await
@@ -123,14 +123,18 @@ pub async fn export_holds_hashes_and_graced_previous_hashes_never_secrets<F: Sto
     assert!(key.previous.is_none(), "no reissue, no previous hash");
 
     let grace = Duration::from_secs(300);
-    let reissued = store.reissue(id, grace).await.unwrap().unwrap();
+    let reissued = store.reissue(id, grace, None).await.unwrap().unwrap();
     let graced = exported(&store, id).await;
     assert!(graced.hash == hasher.hash(&parse(&store, &reissued.key)));
     let previous = graced.previous.expect("the old secret is in grace");
     assert!(previous.hash == key.hash, "the old secret's hash");
     assert_eq!(previous.valid_until, clock.now() + grace);
     // A reissue without grace drops the previous hash.
-    let newest = store.reissue(id, Duration::ZERO).await.unwrap().unwrap();
+    let newest = store
+        .reissue(id, Duration::ZERO, None)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(exported(&store, id).await.previous.is_none());
 
     // Nothing shown holds a secret or a hash.
@@ -200,7 +204,7 @@ where
     let graced = from.create(NewKey::new("sa-other")).await.unwrap();
     let grace = Duration::from_secs(600);
     let regraced = from
-        .reissue(graced.record.key_id, grace)
+        .reissue(graced.record.key_id, grace, None)
         .await
         .unwrap()
         .unwrap();
@@ -402,7 +406,7 @@ where
         .await
         .unwrap();
     let reissued = from
-        .reissue(id, Duration::new(60, 500))
+        .reissue(id, Duration::new(60, 500), None)
         .await
         .unwrap()
         .unwrap();
@@ -481,7 +485,7 @@ pub async fn import_never_brings_back_a_key_this_store_revoked<F: StoreFactory>(
     let kept = store.create(NewKey::new("sa-old")).await.unwrap();
     let id = revoked.record.key_id;
     let old_export = export_everything(&store).await;
-    assert!(store.revoke(id).await.unwrap());
+    assert!(store.revoke(id, None).await.unwrap());
 
     for key in old_export {
         let this = key.info.record.key_id;

@@ -9,7 +9,7 @@ use serde_json::json;
 use tower_api_key::hash::{HashScheme, KeyHasher};
 use tower_api_key::management::CreditsResource;
 use tower_api_key::store::{
-    CreatedKey, KeyUpdate, ListRequest, NewKey, MAX_EXPORT_PAGE, MAX_PAGE_SIZE,
+    CreatedKey, KeyUpdate, ListRequest, NewKey, StoreError, MAX_EXPORT_PAGE, MAX_PAGE_SIZE,
 };
 use tower_api_key::{KeyId, MAX_KEY_LEN};
 
@@ -186,38 +186,41 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
                      --no-credits",
                 ));
             }
-            let info = store.update(id, update).await?.ok_or_else(|| no_key(id))?;
+            let info = store
+                .update(id, update, None)
+                .await?
+                .ok_or_else(|| no_key(id))?;
             eprintln!("updated key {id}");
             output::key(&info, ctx.output)?;
         }
         KeysCommand::AddCredits { id, amount } => {
             validate::amount(amount)?;
-            let mut info = store.get(id).await?.ok_or_else(|| no_key(id))?;
-            if info.record.credits.is_none() {
-                return Err(CliError::new(format!(
-                    "key {id} has no credits to add to; give it some with \
-                     `keys update {id} --credits N`"
-                )));
-            }
-            let credits = store
-                .add_credits(id, amount)
-                .await?
-                .ok_or_else(|| no_key(id))?;
-            info.record.credits = Some(credits);
+            let info = match store.add_credits(id, amount, None).await {
+                Err(StoreError::NoCredits { .. }) => {
+                    return Err(CliError::new(format!(
+                        "key {id} has no credits to add to; give it some with \
+                         `keys update {id} --credits N`"
+                    )))
+                }
+                other => other?.ok_or_else(|| no_key(id))?,
+            };
             eprintln!(
                 "added {amount} credits to key {id}: {} remaining",
-                credits.remaining()
+                info.record.credits.map_or(0, |c| c.remaining())
             );
             output::key(&info, ctx.output)?;
         }
         KeysCommand::Reissue { id, grace } => {
             validate::grace(grace)?;
             check_pepper(ctx).await?;
-            let created = store.reissue(id, grace).await?.ok_or_else(|| no_key(id))?;
+            let created = store
+                .reissue(id, grace, None)
+                .await?
+                .ok_or_else(|| no_key(id))?;
             print_created(ctx, &created, "reissued")?;
         }
         KeysCommand::Revoke { id } => {
-            if !store.revoke(id).await? {
+            if !store.revoke(id, None).await? {
                 return Err(no_key(id));
             }
             eprintln!("revoked key {id}");

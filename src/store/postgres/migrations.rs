@@ -31,6 +31,7 @@ const MIGRATIONS: &[Migration] = &[
         "rate_buckets",
         include_str!("migrations/0004_rate_buckets.sql"),
     ),
+    Migration::new(5, "version", include_str!("migrations/0005_version.sql")),
 ];
 
 /// Every migration this version of the crate knows, oldest first.

@@ -119,16 +119,17 @@ use super::schema::{
     limits_text, parse_limits, scheme_columns, stored_hash, CreditColumns, MigrationReport,
 };
 use super::{
-    check_account, check_account_limits, check_import, check_new, check_update, export_page_size,
-    fill_page, hint_of, import_conflict, import_revoked, latest_time, no_credits, verified,
-    CreatedKey, CreditState, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey,
-    PreviousHash, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    check_account, check_account_limits, check_import, check_new, check_update, check_version,
+    export_page_size, fill_page, hint_of, import_conflict, import_revoked, imported_version,
+    latest_time, no_credits, verified, CreatedKey, CreditState, Imported, KeyInfo, KeyPage,
+    KeyStore, KeyUpdate, ListRequest, NewKey, PreviousHash, StoreError, StoredKey, Version,
+    DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
 use crate::invalidation::{Invalidation, Invalidations};
 use crate::key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
-use crate::limits::{CreditLease, Credits, RateLimit, MAX_CREDITS};
+use crate::limits::{CreditLease, RateLimit, MAX_CREDITS};
 use crate::record::KeyRecord;
 use crate::scope::ScopeSet;
 use crate::verifier::{Verifier, VerifierError};
@@ -174,7 +175,8 @@ const CREDIT_COLUMNS: &str = "credits_remaining, credits_refill_amount, credits_
 /// What the management API shows of a key, its limits and credits included.
 const INFO_COLUMNS: &str = "key_id, service_account_id, scopes, description, created_at, \
      expires_at, last_used_at, hint, rate_limits, credits_remaining, credits_refill_amount, \
-     credits_refill_interval, credits_refill_day, credits_refilled_at, credits_generation";
+     credits_refill_interval, credits_refill_day, credits_refilled_at, credits_generation, \
+     version";
 
 /// The account limits of the key row `alias` (the key table, or a CTE over
 /// it), read in the same statement as the key.
@@ -589,6 +591,32 @@ impl PgKeyStore {
         };
         self.inner.invalidations.publish(&what);
     }
+
+    /// Why a conditional write to `id` changed no row: `None` if there is
+    /// no such key, [`StoreError::VersionMismatch`] if it is at another
+    /// version than `expected`, `Some(())` if it exists at that version
+    /// (the write's other conditions refused it).
+    async fn not_written(
+        &self,
+        id: KeyId,
+        expected: Option<Version>,
+    ) -> Result<Option<()>, StoreError> {
+        let sql = format!("SELECT version FROM {TABLE} WHERE key_id = $1");
+        let rows = self
+            .query(&sql, &[&id.as_str()])
+            .await
+            .map_err(StoreError::Backend)?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let current = row
+            .try_get(0)
+            .map_err(BoxError::from)
+            .and_then(version_of)
+            .map_err(StoreError::Backend)?;
+        check_version(id, current, expected)?;
+        Ok(Some(()))
+    }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -661,7 +689,23 @@ fn info_of(row: &Row) -> Result<KeyInfo, BoxError> {
         record: record_of(row)?,
         last_used_at: row.try_get("last_used_at")?,
         hint: row.try_get("hint")?,
+        version: version_of(row.try_get("version")?)?,
     })
+}
+
+/// A stored version: at least 1 (a `CHECK` in the schema).
+fn version_of(n: i64) -> Result<Version, BoxError> {
+    match u64::try_from(n) {
+        Ok(n @ 1..) => Ok(Version::new(n)),
+        _ => Err("stored version is not valid".into()),
+    }
+}
+
+/// `expected` as the parameter of a conditional write's
+/// `($n::bigint IS NULL OR version = $n)`.
+fn version_param(expected: Option<Version>) -> Option<i64> {
+    // A version past i64::MAX matches no row, as no row holds one.
+    expected.map(|v| i64::try_from(v.get()).unwrap_or(i64::MAX))
 }
 
 /// A whole row: the key with its hashes.
@@ -943,7 +987,11 @@ impl KeyStore for PgKeyStore {
             });
         };
         record.account_rate_limits = account_limits;
-        Ok(CreatedKey { record, key })
+        Ok(CreatedKey {
+            record,
+            version: Version::FIRST,
+            key,
+        })
     }
 
     async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError> {
@@ -1019,7 +1067,12 @@ impl KeyStore for PgKeyStore {
         })
     }
 
-    async fn update(&self, id: KeyId, update: KeyUpdate) -> Result<Option<KeyInfo>, StoreError> {
+    async fn update(
+        &self,
+        id: KeyId,
+        update: KeyUpdate,
+        expected: Option<Version>,
+    ) -> Result<Option<KeyInfo>, StoreError> {
         check_update(&update, self.inner.clock.now())?;
         let rate_limits = update.rate_limits.as_deref().map(limits_text);
         let set_credits = update.credits.is_some();
@@ -1043,6 +1096,7 @@ impl KeyStore for PgKeyStore {
         let sql = format!(
             "WITH changed AS (
                  UPDATE {TABLE} SET
+                     version = version + $15::bigint,
                      description = COALESCE($2::text, description),
                      scopes = COALESCE($3::text[], scopes),
                      expires_at = CASE WHEN $4::boolean THEN $5::timestamptz ELSE expires_at END,
@@ -1060,7 +1114,7 @@ impl KeyStore for PgKeyStore {
                      credits_generation =
                          CASE WHEN $8::boolean THEN credits_generation + 1
                               ELSE credits_generation END
-                  WHERE key_id = $1
+                  WHERE key_id = $1 AND ($14::bigint IS NULL OR version = $14)
               RETURNING {INFO_COLUMNS})
              SELECT changed.*, {account}, pg_notify($6, {payload})::text AS notified
                FROM changed",
@@ -1083,12 +1137,15 @@ impl KeyStore for PgKeyStore {
                     &credits.refill_interval,
                     &credits.refill_day,
                     &credits.refilled_at,
+                    &version_param(expected),
+                    // An empty update changes nothing, its version included.
+                    &i64::from(!update.is_empty()),
                 ],
             )
             .await
             .map_err(StoreError::Backend)?;
         let Some(row) = rows.first() else {
-            return Ok(None);
+            return self.not_written(id, expected).await.map(|_| None);
         };
         let info = info_or_backend(row);
         self.changed(
@@ -1098,10 +1155,11 @@ impl KeyStore for PgKeyStore {
         info.map(Some)
     }
 
-    async fn revoke(&self, id: KeyId) -> Result<bool, StoreError> {
+    async fn revoke(&self, id: KeyId, expected: Option<Version>) -> Result<bool, StoreError> {
         let payload = notify_payload("gone");
         let sql = format!(
-            "WITH gone AS (DELETE FROM {TABLE} WHERE key_id = $1
+            "WITH gone AS (DELETE FROM {TABLE}
+                WHERE key_id = $1 AND ($3::bigint IS NULL OR version = $3)
                 RETURNING key_id, service_account_id),
                   kept AS (INSERT INTO {REVOKED} (key_id, revoked_at)
                 SELECT key_id, now() FROM gone ON CONFLICT (key_id) DO NOTHING)
@@ -1109,17 +1167,29 @@ impl KeyStore for PgKeyStore {
                FROM gone"
         );
         let rows = self
-            .query(&sql, &[&id.as_str(), &self.inner.channel.as_str()])
+            .query(
+                &sql,
+                &[
+                    &id.as_str(),
+                    &self.inner.channel.as_str(),
+                    &version_param(expected),
+                ],
+            )
             .await
             .map_err(StoreError::Backend)?;
         let Some(row) = rows.first() else {
-            return Ok(false);
+            return self.not_written(id, expected).await.map(|_| false);
         };
         self.changed(id, row.try_get("service_account_id").ok());
         Ok(true)
     }
 
-    async fn reissue(&self, id: KeyId, grace: Duration) -> Result<Option<CreatedKey>, StoreError> {
+    async fn reissue(
+        &self,
+        id: KeyId,
+        grace: Duration,
+        expected: Option<Version>,
+    ) -> Result<Option<CreatedKey>, StoreError> {
         let key = self.inner.format.generate_for(id)?;
         let hash = self.hash_of(&key)?;
         let (scheme, pepper) = scheme_columns(hash.scheme())?;
@@ -1143,6 +1213,7 @@ impl KeyStore for PgKeyStore {
         let sql = format!(
             "WITH changed AS (
                  UPDATE {TABLE} SET
+                     version = version + 1,
                      previous_hash = CASE WHEN $5::boolean THEN hash END,
                      previous_hash_scheme = CASE WHEN $5::boolean THEN hash_scheme END,
                      previous_hash_pepper_version = CASE WHEN $5::boolean THEN hash_pepper_version END,
@@ -1151,7 +1222,7 @@ impl KeyStore for PgKeyStore {
                      hash_scheme = $3,
                      hash_pepper_version = $4,
                      hint = $7
-                  WHERE key_id = $1
+                  WHERE key_id = $1 AND ($9::bigint IS NULL OR version = $9)
               RETURNING {INFO_COLUMNS})
              SELECT changed.*, {account}, pg_notify($8, {payload})::text AS notified
                FROM changed",
@@ -1169,28 +1240,48 @@ impl KeyStore for PgKeyStore {
                     &valid_until,
                     &hint_of(&key),
                     &self.inner.channel.as_str(),
+                    &version_param(expected),
                 ],
             )
             .await
             .map_err(StoreError::Backend)?;
         let Some(row) = rows.first() else {
-            return Ok(None);
+            return self.not_written(id, expected).await.map(|_| None);
         };
         let record = record_of(row);
         self.changed(id, record.as_ref().ok().map(|r| &*r.service_account_id));
         let record = record.map_err(StoreError::Backend)?;
-        Ok(Some(CreatedKey { record, key }))
+        let version = row
+            .try_get("version")
+            .map_err(BoxError::from)
+            .and_then(version_of)
+            .map_err(StoreError::Backend)?;
+        Ok(Some(CreatedKey {
+            record,
+            version,
+            key,
+        }))
     }
 
-    async fn add_credits(&self, id: KeyId, amount: u64) -> Result<Option<Credits>, StoreError> {
+    async fn add_credits(
+        &self,
+        id: KeyId,
+        amount: u64,
+        expected: Option<Version>,
+    ) -> Result<Option<KeyInfo>, StoreError> {
         // The NOTIFY is part of the statement: caches re-read the count.
         let payload = notify_payload("changed");
         let sql = format!(
             "WITH changed AS (
-                 UPDATE {TABLE} SET credits_remaining = LEAST(credits_remaining + $2, $3)
+                 UPDATE {TABLE} SET
+                     credits_remaining = LEAST(credits_remaining + $2, $3),
+                     version = version + 1
                   WHERE key_id = $1 AND credits_remaining IS NOT NULL
-              RETURNING key_id, service_account_id, {CREDIT_COLUMNS})
-             SELECT changed.*, pg_notify($4, {payload})::text AS notified FROM changed"
+                    AND ($5::bigint IS NULL OR version = $5)
+              RETURNING {INFO_COLUMNS})
+             SELECT changed.*, {account}, pg_notify($4, {payload})::text AS notified
+               FROM changed",
+            account = account_limits_column("changed")
         );
         let rows = self
             .query(
@@ -1200,26 +1291,20 @@ impl KeyStore for PgKeyStore {
                     &credit_count(amount),
                     &credit_count(MAX_CREDITS),
                     &self.inner.channel.as_str(),
+                    &version_param(expected),
                 ],
             )
             .await
             .map_err(StoreError::Backend)?;
         let Some(row) = rows.first() else {
-            // No key, or a key without credits.
-            let exists = format!("SELECT 1 FROM {TABLE} WHERE key_id = $1");
-            let rows = self
-                .query(&exists, &[&id.as_str()])
-                .await
-                .map_err(StoreError::Backend)?;
-            return if rows.is_empty() {
-                Ok(None)
-            } else {
-                Err(no_credits(id))
+            // No key, a key at another version, or a key without credits.
+            return match self.not_written(id, expected).await? {
+                None => Ok(None),
+                Some(()) => Err(no_credits(id)),
             };
         };
         self.changed(id, row.try_get("service_account_id").ok());
-        let state = credits_of(row, id).map_err(StoreError::Backend)?;
-        Ok(state.map(|s| s.credits))
+        info_or_backend(row).map(Some)
     }
 
     async fn account_rate_limits(
@@ -1325,6 +1410,7 @@ impl KeyStore for PgKeyStore {
 
     async fn import(&self, key: StoredKey) -> Result<Imported, StoreError> {
         check_import(&key)?;
+        let version = imported_version(key.info.record.key_id, key.info.version)?;
         let record = &key.info.record;
         let id = record.key_id;
         // The credits start a generation here; the account's limits are
@@ -1367,9 +1453,9 @@ impl KeyStore for PgKeyStore {
                  previous_hash_pepper_version, previous_valid_until, scopes, description,
                  created_at, expires_at, last_used_at, hint, rate_limits, credits_remaining,
                  credits_refill_amount, credits_refill_interval, credits_refill_day,
-                 credits_refilled_at)
+                 credits_refilled_at, version)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                 $17, $18, $19, $20, $21)"
+                 $17, $18, $19, $20, $21, $22)"
         );
         let last_used_at = key.info.last_used_at.map(micros);
         let limit = self.inner.max_keys_per_account;
@@ -1428,6 +1514,7 @@ impl KeyStore for PgKeyStore {
                     &credits.refill_interval,
                     &credits.refill_day,
                     &credits.refilled_at,
+                    &version,
                 ],
             )
             .await?;

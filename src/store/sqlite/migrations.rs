@@ -22,6 +22,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration::new(1, "keys", include_str!("migrations/0001_keys.sql")),
     Migration::new(2, "revoked", include_str!("migrations/0002_revoked.sql")),
     Migration::new(3, "limits", include_str!("migrations/0003_limits.sql")),
+    Migration::new(4, "version", include_str!("migrations/0004_version.sql")),
 ];
 
 /// Every migration this version of the crate knows, oldest first.

@@ -116,16 +116,17 @@ use super::schema::{
     limits_text, parse_limits, scheme_columns, stored_hash, CreditColumns, MigrationReport,
 };
 use super::{
-    check_account, check_account_limits, check_import, check_new, check_update, export_page_size,
-    fill_page, hint_of, import_conflict, import_revoked, latest_time, no_credits, verified,
-    CreatedKey, CreditState, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey,
-    PreviousHash, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    check_account, check_account_limits, check_import, check_new, check_update, check_version,
+    export_page_size, fill_page, hint_of, import_conflict, import_revoked, imported_version,
+    latest_time, no_credits, verified, CreatedKey, CreditState, Imported, KeyInfo, KeyPage,
+    KeyStore, KeyUpdate, ListRequest, NewKey, PreviousHash, StoreError, StoredKey, Version,
+    DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
 use crate::invalidation::{Invalidation, Invalidations};
 use crate::key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
-use crate::limits::{CreditLease, Credits, RateLimit, MAX_CREDITS};
+use crate::limits::{CreditLease, RateLimit, MAX_CREDITS};
 use crate::record::KeyRecord;
 use crate::scope::ScopeSet;
 use crate::verifier::{Verifier, VerifierError};
@@ -142,7 +143,8 @@ const ACCOUNT_LIMITS: &str = "tower_api_key_account_limits";
 /// What the management API shows of a key, its limits and credits included.
 const INFO_COLUMNS: &str = "key_id, service_account_id, scopes, description, created_at, \
      expires_at, last_used_at, hint, rate_limits, credits_remaining, credits_refill_amount, \
-     credits_refill_interval, credits_refill_day, credits_refilled_at, credits_generation";
+     credits_refill_interval, credits_refill_day, credits_refilled_at, credits_generation, \
+     version";
 
 /// The key's account's limits, in a query over the key table (not in a
 /// `RETURNING`): read in the same statement as the key.
@@ -621,6 +623,7 @@ struct RawInfo {
     /// The account's limits, when the query read them
     /// ([`ACCOUNT_LIMITS_COLUMN`]) or they were read beside it.
     account_rate_limits: Option<String>,
+    version: i64,
 }
 
 impl RawInfo {
@@ -641,6 +644,7 @@ impl RawInfo {
             rate_limits: row.get("rate_limits")?,
             credits: RawCredits::read(row)?,
             account_rate_limits,
+            version: row.get("version")?,
         })
     }
 
@@ -669,6 +673,7 @@ impl RawInfo {
             record: self.record()?,
             last_used_at: self.last_used_at.map(time_of).transpose()?,
             hint: self.hint.clone(),
+            version: version_of(self.version)?,
         })
     }
 }
@@ -723,6 +728,33 @@ impl RawKey {
         }
         Ok(key)
     }
+}
+
+/// A stored version: at least 1 (a `CHECK` in the schema).
+fn version_of(n: i64) -> Result<Version, BoxError> {
+    match u64::try_from(n) {
+        Ok(n @ 1..) => Ok(Version::new(n)),
+        _ => Err("stored version is not valid".into()),
+    }
+}
+
+/// Reads the version of key `key_id` in a write's transaction (which holds
+/// the write lock) and checks it against `expected`: `None` if there is no
+/// such key, `Some(Err(..))` if it moved on.
+fn lock_version(
+    tx: &Transaction<'_>,
+    id: KeyId,
+    key_id: &str,
+    expected: Option<Version>,
+) -> Result<Option<Result<(), StoreError>>, BoxError> {
+    let current: Option<i64> = tx
+        .prepare_cached(&format!("SELECT version FROM {TABLE} WHERE key_id = ?1"))?
+        .query_row([key_id], |row| row.get(0))
+        .optional()?;
+    let Some(current) = current else {
+        return Ok(None);
+    };
+    Ok(Some(check_version(id, version_of(current)?, expected)))
 }
 
 fn is_constraint(e: &BoxError) -> bool {
@@ -956,7 +988,11 @@ impl KeyStore for SqliteKeyStore {
             });
         };
         record.account_rate_limits = account_limits;
-        Ok(CreatedKey { record, key })
+        Ok(CreatedKey {
+            record,
+            version: Version::FIRST,
+            key,
+        })
     }
 
     async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError> {
@@ -1049,8 +1085,14 @@ impl KeyStore for SqliteKeyStore {
         })
     }
 
-    async fn update(&self, id: KeyId, update: KeyUpdate) -> Result<Option<KeyInfo>, StoreError> {
+    async fn update(
+        &self,
+        id: KeyId,
+        update: KeyUpdate,
+        expected: Option<Version>,
+    ) -> Result<Option<KeyInfo>, StoreError> {
         check_update(&update, self.inner.clock.now())?;
+        let update_is_empty = update.is_empty();
         let (now_at, now) = self.now()?;
         let change = self.change(id, now);
         let description = update.description;
@@ -1072,11 +1114,19 @@ impl KeyStore for SqliteKeyStore {
                 .map(|c| CreditState::set(c, now_at, 0))
                 .as_ref(),
         )?;
+        // An empty update changes nothing, its version included.
+        let bump = i64::from(!update_is_empty);
         let info = self
             .run_write(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                match lock_version(&tx, id, &change.key_id, expected)? {
+                    None => return Ok(None),
+                    Some(Err(moved)) => return Ok(Some(Err(moved))),
+                    Some(Ok(())) => {}
+                }
                 let sql = format!(
                     "UPDATE {TABLE} SET
+                         version = version + ?13,
                          description = coalesce(?2, description),
                          scopes = coalesce(?3, scopes),
                          expires_at = CASE WHEN ?4 THEN ?5 ELSE expires_at END,
@@ -1110,6 +1160,7 @@ impl KeyStore for SqliteKeyStore {
                             credits.refill_interval,
                             credits.refill_day,
                             credits.refilled_at,
+                            bump,
                         ),
                         RawInfo::read,
                     )
@@ -1122,23 +1173,28 @@ impl KeyStore for SqliteKeyStore {
                 let info = raw.info()?;
                 log_change(&tx, &change, &raw.service_account_id)?;
                 tx.commit()?;
-                Ok(Some(info))
+                Ok(Some(Ok(info)))
             })
             .await
             .map_err(StoreError::Backend)?;
-        let Some(info) = info else {
+        let Some(info) = info.transpose()? else {
             return Ok(None);
         };
         self.changed(id, &info.record.service_account_id);
         Ok(Some(info))
     }
 
-    async fn revoke(&self, id: KeyId) -> Result<bool, StoreError> {
+    async fn revoke(&self, id: KeyId, expected: Option<Version>) -> Result<bool, StoreError> {
         let (_, now) = self.now()?;
         let change = self.change(id, now);
         let account = self
             .run_write(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                match lock_version(&tx, id, &change.key_id, expected)? {
+                    None => return Ok(None),
+                    Some(Err(moved)) => return Ok(Some(Err(moved))),
+                    Some(Ok(())) => {}
+                }
                 let account: Option<String> = tx
                     .prepare_cached(&format!(
                         "DELETE FROM {TABLE} WHERE key_id = ?1 RETURNING service_account_id"
@@ -1153,11 +1209,11 @@ impl KeyStore for SqliteKeyStore {
                     log_change(&tx, &change, account)?;
                 }
                 tx.commit()?;
-                Ok(account)
+                Ok(account.map(Ok))
             })
             .await
             .map_err(StoreError::Backend)?;
-        match account {
+        match account.transpose()? {
             Some(account) => {
                 self.changed(id, &account);
                 Ok(true)
@@ -1166,7 +1222,12 @@ impl KeyStore for SqliteKeyStore {
         }
     }
 
-    async fn reissue(&self, id: KeyId, grace: Duration) -> Result<Option<CreatedKey>, StoreError> {
+    async fn reissue(
+        &self,
+        id: KeyId,
+        grace: Duration,
+        expected: Option<Version>,
+    ) -> Result<Option<CreatedKey>, StoreError> {
         let key = self.inner.format.generate_for(id)?;
         let hash = self.hash_of(&key)?;
         let (scheme, pepper) = scheme_columns(hash.scheme())?;
@@ -1188,11 +1249,17 @@ impl KeyStore for SqliteKeyStore {
         let record = self
             .run_write(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                match lock_version(&tx, id, &change.key_id, expected)? {
+                    None => return Ok(None),
+                    Some(Err(moved)) => return Ok(Some(Err(moved))),
+                    Some(Ok(())) => {}
+                }
                 // Right-hand sides read the row as it was: the current hash
                 // becomes the previous one. A zero grace also ends an earlier
                 // grace.
                 let sql = format!(
                     "UPDATE {TABLE} SET
+                         version = version + 1,
                          previous_hash = CASE WHEN ?5 THEN hash END,
                          previous_hash_scheme = CASE WHEN ?5 THEN hash_scheme END,
                          previous_hash_pepper_version = CASE WHEN ?5 THEN hash_pepper_version END,
@@ -1225,25 +1292,40 @@ impl KeyStore for SqliteKeyStore {
                 raw.account_rate_limits = account_limits_text(&tx, &raw.service_account_id)?;
                 // Checked before the commit: nothing fails after it.
                 let record = raw.record()?;
+                let version = version_of(raw.version)?;
                 log_change(&tx, &change, &raw.service_account_id)?;
                 tx.commit()?;
-                Ok(Some(record))
+                Ok(Some(Ok((record, version))))
             })
             .await
             .map_err(collision_or_backend)?;
-        let Some(record) = record else {
+        let Some((record, version)) = record.transpose()? else {
             return Ok(None);
         };
         self.changed(id, &record.service_account_id);
-        Ok(Some(CreatedKey { record, key }))
+        Ok(Some(CreatedKey {
+            record,
+            version,
+            key,
+        }))
     }
 
-    async fn add_credits(&self, id: KeyId, amount: u64) -> Result<Option<Credits>, StoreError> {
+    async fn add_credits(
+        &self,
+        id: KeyId,
+        amount: u64,
+        expected: Option<Version>,
+    ) -> Result<Option<KeyInfo>, StoreError> {
         let (_, now) = self.now()?;
         let change = self.change(id, now);
         let added = self
             .run_write(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                match lock_version(&tx, id, &change.key_id, expected)? {
+                    None => return Ok(None),
+                    Some(Err(moved)) => return Ok(Some(Err(moved))),
+                    Some(Ok(())) => {}
+                }
                 let row = tx
                     .prepare_cached(&format!(
                         "SELECT service_account_id, {CREDIT_COLUMNS} FROM {TABLE} WHERE key_id = ?1"
@@ -1259,25 +1341,31 @@ impl KeyStore for SqliteKeyStore {
                     return Ok(Some(Err(no_credits(id))));
                 };
                 let credits = state.add(amount);
-                tx.prepare_cached(&format!(
-                    "UPDATE {TABLE} SET credits_remaining = ?2 WHERE key_id = ?1"
-                ))?
-                .execute((&change.key_id, credit_count(credits.remaining())))?;
+                let mut raw = tx
+                    .prepare_cached(&format!(
+                        "UPDATE {TABLE} SET credits_remaining = ?2, version = version + 1
+                          WHERE key_id = ?1
+                      RETURNING {INFO_COLUMNS}"
+                    ))?
+                    .query_row(
+                        (&change.key_id, credit_count(credits.remaining())),
+                        RawInfo::read,
+                    )?;
+                raw.account_rate_limits = account_limits_text(&tx, &account)?;
+                // Checked before the commit: nothing fails after it.
+                let info = raw.info()?;
                 // Other processes' caches re-read the count.
                 log_change(&tx, &change, &account)?;
                 tx.commit()?;
-                Ok(Some(Ok((credits, account))))
+                Ok(Some(Ok(info)))
             })
             .await
             .map_err(StoreError::Backend)?;
-        match added {
-            None => Ok(None),
-            Some(Err(e)) => Err(e),
-            Some(Ok((credits, account))) => {
-                self.changed(id, &account);
-                Ok(Some(credits))
-            }
-        }
+        let Some(info) = added.transpose()? else {
+            return Ok(None);
+        };
+        self.changed(id, &info.record.service_account_id);
+        Ok(Some(info))
     }
 
     async fn account_rate_limits(
@@ -1418,6 +1506,7 @@ impl KeyStore for SqliteKeyStore {
 
     async fn import(&self, key: StoredKey) -> Result<Imported, StoreError> {
         check_import(&key)?;
+        let version = imported_version(key.info.record.key_id, key.info.version)?;
         let (now_at, _) = self.now()?;
         let record = &key.info.record;
         let id = record.key_id;
@@ -1522,6 +1611,10 @@ impl KeyStore for SqliteKeyStore {
             ))?
             .execute(insert)?;
             limits.write(&tx, &key_id)?;
+            tx.prepare_cached(&format!(
+                "UPDATE {TABLE} SET version = ?2 WHERE key_id = ?1"
+            ))?
+            .execute((&key_id, version))?;
             tx.commit()?;
             Ok(Ok(Imported::Added))
         })

@@ -1,0 +1,8 @@
+-- tower-api-key, SQLite migration 4: a version per key.
+--
+-- Every change of a key's configuration (update, reissue, added credits)
+-- adds 1 in the same statement, and a write conditional on the version it
+-- read names it in its WHERE clause: a check made on what was read holds
+-- for exactly the row the write replaces. Usage and credit spends leave it.
+ALTER TABLE tower_api_key_keys ADD COLUMN version INTEGER NOT NULL DEFAULT 1
+    CHECK (version >= 1);
