@@ -441,6 +441,21 @@ async fn concurrent_creates_on_two_replicas_never_pass_the_limit() {
     db.drop_schema().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_writes_on_two_replicas_let_exactly_one_through() {
+    let Some(db) = TestDb::new("conditional_writes_on_two_replicas_let_exactly_one_through").await
+    else {
+        return;
+    };
+    let a = db.builder().connect().await.unwrap();
+    a.migrate().await.unwrap();
+    let b = db.builder().connect().await.unwrap();
+    conformance::versions::conditional_writes_race(&[a.clone(), b.clone()]).await;
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_schema().await;
+}
+
 /// Two replicas racing for one key's credits: the row lock orders the
 /// leases, so no credit is granted twice, down to the last one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -757,6 +757,17 @@ async fn concurrent_creates_on_two_stores_never_pass_the_limit() {
     b.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_writes_on_two_stores_over_one_file_let_exactly_one_through() {
+    let dir = TempDir::new("versions");
+    let a = dir.builder().open().await.unwrap();
+    a.migrate().await.unwrap();
+    let b = dir.builder().open().await.unwrap();
+    conformance::versions::conditional_writes_race(&[a.clone(), b.clone()]).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------
 // Failing closed, and the write lock
 // ---------------------------------------------------------------------------

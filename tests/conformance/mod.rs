@@ -44,8 +44,8 @@
 //! suite on one store (`--test postgres` needs `DATABASE_URL`: source
 //! `.ci/postgres.sh` first).
 //!
-//! Every test is a generic function in [`contract`], [`limits`] or
-//! [`transfer`]; the
+//! Every test is a generic function in [`contract`], [`limits`],
+//! [`transfer`] or [`versions`]; the
 //! macros make one `#[tokio::test]` of each. A function the macros do not
 //! list is dead code, which the lints refuse: the lists cannot drift.
 //!
@@ -56,6 +56,7 @@
 pub mod contract;
 pub mod limits;
 pub mod transfer;
+pub mod versions;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -286,6 +287,10 @@ macro_rules! store_conformance {
                 limits::credits_refill_at_midnight_utc_once_per_due_time,
                 limits::add_credits_adds_up_to_the_maximum_and_keeps_the_generation,
                 limits::a_revoked_keys_credits_go_with_it,
+                versions::a_key_starts_at_the_first_version_and_each_change_moves_it_by_one,
+                versions::a_write_on_a_superseded_version_is_refused_and_writes_nothing,
+                versions::a_check_on_what_was_read_holds_for_what_the_write_replaces,
+                versions::concurrent_writes_on_one_version_let_exactly_one_through,
             );
             $crate::__conformance_tests!(Factory, current_thread:
                 contract::verify_does_the_same_hashing_work_whether_or_not_the_id_exists,
