@@ -5,22 +5,30 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use proptest::prelude::*;
 use serde_json::{json, Value};
+use tokio::sync::Notify;
 use tower::ServiceExt;
 use tower_api_key::limits::{Credits, RateLimit};
 use tower_api_key::management::{
     self, AccountAccess, GrantKind, KeyScopes, ManagementApi, ManagementApiBuilder,
 };
-use tower_api_key::store::{KeyInfo, ListRequest, NewKey};
+use tower_api_key::store::{
+    CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey, StoreError, StoredKey,
+    Version,
+};
 use tower_api_key::KeyStore;
 use tower_api_key::MemoryStore;
 use tower_api_key::{Authenticator, KeyId};
+use tower_api_key::{Invalidations, KeyFormat, KeyRecord, PresentedKey, Verifier, VerifierError};
 use tower_api_key::{ScopePolicy, ScopeSet};
 
+use common::grant_race;
 use common::tcp::{serve, Client};
 use common::Reply;
 
@@ -1140,4 +1148,190 @@ proptest! {
             prop_assert!(grants.contains(&manage), "{op:?} gave {MANAGE}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Issue 20, point 1: a check and the write it guards are one step.
+
+/// A memory store whose `update` to a key holding [`grant_race::X`] waits,
+/// once armed, until released: it holds a "keep `[T, X]`" PATCH between its
+/// read-and-check and its write, exactly where the attack needs it.
+#[derive(Clone)]
+struct Held {
+    store: MemoryStore,
+    armed: Arc<AtomicBool>,
+    arrived: Arc<Notify>,
+    release: Arc<Notify>,
+}
+
+impl Held {
+    fn new() -> Self {
+        Self {
+            store: MemoryStore::new(),
+            armed: Arc::new(AtomicBool::new(true)),
+            arrived: Arc::default(),
+            release: Arc::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Verifier for Held {
+    async fn verify(&self, key: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
+        self.store.verify(key).await
+    }
+    fn invalidations(&self) -> Option<&Invalidations> {
+        self.store.invalidations()
+    }
+    fn key_format(&self) -> Option<KeyFormat> {
+        self.store.key_format()
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyStore for Held {
+    async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError> {
+        self.store.create(new).await
+    }
+    async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError> {
+        self.store.get(id).await
+    }
+    async fn list(&self, sa: &str, page: ListRequest) -> Result<KeyPage, StoreError> {
+        self.store.list(sa, page).await
+    }
+    async fn update(
+        &self,
+        id: KeyId,
+        update: KeyUpdate,
+        expected: Option<Version>,
+    ) -> Result<Option<KeyInfo>, StoreError> {
+        let adds_x = update
+            .scopes
+            .as_ref()
+            .is_some_and(|s| s.iter().any(|s| s.as_str() == grant_race::X));
+        if adds_x && self.armed.swap(false, Ordering::SeqCst) {
+            self.arrived.notify_one();
+            self.release.notified().await;
+        }
+        self.store.update(id, update, expected).await
+    }
+    async fn revoke(&self, id: KeyId, expected: Option<Version>) -> Result<bool, StoreError> {
+        self.store.revoke(id, expected).await
+    }
+    async fn reissue(
+        &self,
+        id: KeyId,
+        grace: Duration,
+        expected: Option<Version>,
+    ) -> Result<Option<CreatedKey>, StoreError> {
+        self.store.reissue(id, grace, expected).await
+    }
+    async fn add_credits(
+        &self,
+        id: KeyId,
+        amount: u64,
+        expected: Option<Version>,
+    ) -> Result<Option<KeyInfo>, StoreError> {
+        self.store.add_credits(id, amount, expected).await
+    }
+    async fn account_rate_limits(&self, sa: &str) -> Result<Vec<RateLimit>, StoreError> {
+        self.store.account_rate_limits(sa).await
+    }
+    async fn set_account_rate_limits(
+        &self,
+        sa: &str,
+        limits: Vec<RateLimit>,
+    ) -> Result<(), StoreError> {
+        self.store.set_account_rate_limits(sa, limits).await
+    }
+    async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError> {
+        self.store.record_usage(uses).await
+    }
+    async fn export(
+        &self,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<StoredKey>, StoreError> {
+        self.store.export(after, limit).await
+    }
+    async fn import(&self, key: StoredKey) -> Result<Imported, StoreError> {
+        self.store.import(key).await
+    }
+}
+
+/// The winning interleaving of the race, forced: the keep PATCH reads
+/// `[T, X]` and passes its check, the narrowing and the reissue complete,
+/// then the keep writes. It must find the key changed, check again against
+/// `[T]` and be refused, leaving the reissued key without `X`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_patch_checked_before_a_narrowing_and_a_reissue_cannot_write_after_them() {
+    use grant_race::{T, X};
+    let store = Held::new();
+    let auth = Authenticator::new(store.clone());
+    let router = Router::new().nest(
+        "/admin",
+        ManagementApi::builder(store.clone(), &auth).build(),
+    );
+    let client = Client::new(serve(router).await);
+    let manager = mint(&store.store, "sa-a", &[MANAGE, T]).await;
+    let victim = mint(&store.store, "sa-a", &[T, X]).await;
+    let path = format!("/admin/keys/{}", id_of(&victim));
+
+    let keep = {
+        let (client, manager, path) = (client.clone(), manager.clone(), path.clone());
+        tokio::spawn(async move {
+            client
+                .send(
+                    "PATCH",
+                    &path,
+                    Some(&manager),
+                    Some(json!({"scopes": [T, X]})),
+                )
+                .await
+        })
+    };
+    store.arrived.notified().await;
+    let narrow = client
+        .send("PATCH", &path, Some(&manager), Some(json!({"scopes": [T]})))
+        .await;
+    assert_eq!(narrow.status, 200, "{}", narrow.text());
+    let reissue = client
+        .send(
+            "POST",
+            &format!("{path}:reissue"),
+            Some(&manager),
+            Some(json!({"grace_period_seconds": 2_592_000})),
+        )
+        .await;
+    assert_eq!(reissue.status, 200, "{}", reissue.text());
+    store.release.notify_one();
+
+    let keep = keep.await.unwrap();
+    assert_denied(&keep, &[X]);
+    let id: KeyId = id_of(&victim).parse().unwrap();
+    let now = store.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        now.record.scopes,
+        ScopeSet::new([T]).unwrap(),
+        "X never came back"
+    );
+    let secret = reissue.json()["secret"].as_str().unwrap().to_owned();
+    let record = store
+        .verify(&store.key_format().unwrap().parse(&secret).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.scopes, ScopeSet::new([T]).unwrap());
+}
+
+/// The race itself, 200 rounds on the memory store (the SQLite and
+/// PostgreSQL tests run it on theirs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keep_narrow_reissue_race_never_hands_out_an_ungrantable_scope() {
+    let outcome = grant_race::run(MemoryStore::new(), 200).await;
+    eprintln!("{outcome:?}");
+    assert!(
+        outcome.reissued > 0,
+        "the race ran to a reissue: {outcome:?}"
+    );
 }

@@ -35,6 +35,7 @@ use tower_api_key::ScopeSet;
 use tower_api_key::{KeyId, PresentedKey};
 use tower_api_key::{Verifier, VerifierError};
 
+mod common;
 mod conformance;
 
 use conformance::{MemoryFactory, StoreFactory, StoreSettings, Watch};
@@ -438,6 +439,28 @@ async fn concurrent_creates_on_two_replicas_never_pass_the_limit() {
     conformance::concurrent_creates_respect_the_limit(&[a.clone(), b.clone()]).await;
     a.shutdown().await;
     b.shutdown().await;
+    db.drop_schema().await;
+}
+
+/// Issue 20's three-request race through the management API, 200 rounds:
+/// the manager never ends up holding a secret of a key with a scope it may
+/// not grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keep_narrow_reissue_race_never_hands_out_an_ungrantable_scope() {
+    let Some(db) =
+        TestDb::new("the_keep_narrow_reissue_race_never_hands_out_an_ungrantable_scope").await
+    else {
+        return;
+    };
+    let store = db.builder().connect().await.unwrap();
+    store.migrate().await.unwrap();
+    let outcome = common::grant_race::run(store.clone(), 200).await;
+    eprintln!("{outcome:?}");
+    assert!(
+        outcome.reissued > 0,
+        "the race ran to a reissue: {outcome:?}"
+    );
+    store.shutdown().await;
     db.drop_schema().await;
 }
 

@@ -5,12 +5,15 @@
 //! - [`http`]: the in-process fixture (counting verifier, manual clock, an
 //!   axum app with one route per scope policy) and its assertions;
 //! - [`tcp`]: a real server on 127.0.0.1 and a client that records responses;
+//! - [`grant_race`]: issue 20's three-request management race, for any store;
 //! - [`fuzz`]: the fuzzing entry points, also included by path by the
 //!   cargo-fuzz targets in `fuzz/`.
 // Each test file uses only some of it.
 #![allow(dead_code)]
 
 pub mod fuzz;
+#[cfg(feature = "axum")]
+pub mod grant_race;
 pub mod http;
 pub mod tcp;
 

@@ -51,6 +51,36 @@ impl Client {
         content_type: Option<&str>,
         body: impl Into<Bytes>,
     ) -> Reply {
+        self.raw_with(method, path, key, content_type, &[], body)
+            .await
+    }
+
+    /// Sends JSON (or nothing) with extra `headers`.
+    pub async fn send_with(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Reply {
+        let (content_type, body) = match body {
+            Some(body) => (Some("application/json"), Bytes::from(body.to_string())),
+            None => (None, Bytes::new()),
+        };
+        self.raw_with(method, path, key, content_type, headers, body)
+            .await
+    }
+
+    async fn raw_with(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        content_type: Option<&str>,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
         let mut request = Request::builder()
             .method(Method::from_bytes(method.as_bytes()).unwrap())
             .uri(format!("http://{}{}", self.addr, path));
@@ -59,6 +89,9 @@ impl Client {
         }
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let request = request.body(Full::new(body.into())).unwrap();
         let response = self.http.request(request).await.unwrap();
