@@ -1237,3 +1237,158 @@ async fn limit_changes_reach_the_cache_even_when_the_verifier_is_not_the_store()
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// Versions: ETag and If-Match (issue 20, point 1).
+
+impl App {
+    async fn admin_if(&self, method: &str, path: &str, etag: &str, body: Option<Value>) -> Reply {
+        self.client
+            .send_with(
+                method,
+                &format!("/admin{path}"),
+                Some(&self.admin),
+                &[("if-match", etag)],
+                body,
+            )
+            .await
+    }
+}
+
+#[tokio::test]
+async fn every_key_response_carries_a_strong_etag_that_each_change_moves_on() {
+    let app = app(|api| api).await;
+    let created = app
+        .admin(
+            "POST",
+            "/keys",
+            Some(json!({"service_account_id": "sa-e", "credits": {"remaining": 1}})),
+        )
+        .await;
+    assert_eq!(created.status, 201);
+    assert_eq!(created.header("etag"), "\"1\"");
+    let id = created.json()["key"]["id"].as_str().unwrap().to_owned();
+    let path = format!("/keys/{id}");
+
+    let read = app.admin("GET", &path, None).await;
+    assert_eq!(read.header("etag"), "\"1\"");
+    let patched = app
+        .admin("PATCH", &path, Some(json!({"description": "x"})))
+        .await;
+    assert_eq!(patched.header("etag"), "\"2\"");
+    let reissued = app.admin("POST", &format!("{path}:reissue"), None).await;
+    assert_eq!(reissued.header("etag"), "\"3\"");
+    let topped = app
+        .admin(
+            "POST",
+            &format!("{path}:addCredits"),
+            Some(json!({"amount": 1})),
+        )
+        .await;
+    assert_eq!(topped.header("etag"), "\"4\"");
+    assert_eq!(app.admin("GET", &path, None).await.header("etag"), "\"4\"");
+}
+
+#[tokio::test]
+async fn if_match_with_the_current_etag_writes_and_with_a_superseded_one_is_412() {
+    let app = app(|api| api).await;
+    let created = app
+        .admin(
+            "POST",
+            "/keys",
+            Some(json!({"service_account_id": "sa-e", "scopes": [TRANSLATE],
+                        "credits": {"remaining": 1}})),
+        )
+        .await;
+    let id = created.json()["key"]["id"].as_str().unwrap().to_owned();
+    let path = format!("/keys/{id}");
+    let etag = app
+        .admin("GET", &path, None)
+        .await
+        .header("etag")
+        .to_owned();
+
+    let first = app
+        .admin_if("PATCH", &path, &etag, Some(json!({"description": "first"})))
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let newer = first.header("etag").to_owned();
+    assert_ne!(newer, etag);
+
+    // The same If-Match again: superseded, for every write, and nothing changes.
+    let before = app.state(&["sa-e"]).await;
+    for (method, target, body) in [
+        (
+            "PATCH",
+            path.clone(),
+            Some(json!({"description": "second"})),
+        ),
+        ("POST", format!("{path}:reissue"), None),
+        (
+            "POST",
+            format!("{path}:addCredits"),
+            Some(json!({"amount": 5})),
+        ),
+        ("DELETE", path.clone(), None),
+    ] {
+        let stale = app.admin_if(method, &target, &etag, body).await;
+        assert_eq!(stale.status, 412, "{method} {target}: {}", stale.text());
+        assert_eq!(stale.error(), "failed_precondition");
+        assert_eq!(stale.header("cache-control"), "no-store");
+    }
+    assert_eq!(app.state(&["sa-e"]).await, before, "a 412 writes nothing");
+
+    // A list of tags, `*`, and weak tags (never equal under strong comparison).
+    let listed = app
+        .admin_if(
+            "PATCH",
+            &path,
+            &format!("\"99\", {newer}"),
+            Some(json!({"description": "l"})),
+        )
+        .await;
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    let any = app
+        .admin_if("PATCH", &path, "*", Some(json!({"description": "any"})))
+        .await;
+    assert_eq!(any.status, 200, "{}", any.text());
+    let current = any.header("etag").to_owned();
+    let weak = app
+        .admin_if(
+            "PATCH",
+            &path,
+            &format!("W/{current}"),
+            Some(json!({"description": "w"})),
+        )
+        .await;
+    assert_eq!(weak.status, 412);
+    let malformed = app
+        .admin_if("PATCH", &path, "3", Some(json!({"description": "m"})))
+        .await;
+    assert_eq!(malformed.status, 400);
+    assert_eq!(malformed.error(), "invalid_argument");
+
+    let deleted = app.admin_if("DELETE", &path, &current, None).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text());
+    let gone = app.admin_if("DELETE", &path, "*", None).await;
+    assert_eq!(gone.status, 404);
+}
+
+#[tokio::test]
+async fn add_credits_to_a_key_without_credits_is_409_from_the_store_not_a_pre_read() {
+    let app = app(|api| api).await;
+    let created = app
+        .admin("POST", "/keys", Some(json!({"service_account_id": "sa-e"})))
+        .await;
+    let id = created.json()["key"]["id"].as_str().unwrap().to_owned();
+    let reply = app
+        .admin(
+            "POST",
+            &format!("/keys/{id}:addCredits"),
+            Some(json!({"amount": 5})),
+        )
+        .await;
+    assert_eq!(reply.status, 409, "{}", reply.text());
+    assert_eq!(reply.error(), "failed_precondition");
+    assert!(reply.message().contains(&id), "{}", reply.message());
+}
