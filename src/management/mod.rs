@@ -99,6 +99,15 @@
 //! - **Reissue** gives the key a new secret, keeping id, account, scopes,
 //!   expiry and `last_used_at`. The old secret keeps working for
 //!   `grace_period_seconds` (default 0, at most 30 days).
+//! - **Versions.** Every key response carries a strong `ETag` (`"3"`): the
+//!   key's [`Version`](crate::store::Version), which each change of its
+//!   configuration moves on (not its use, nor credit spends). `PATCH`,
+//!   `DELETE`, `:reissue` and `:addCredits` honour `If-Match` (a list of
+//!   tags, or `*`): a key no longer at a named version answers 412
+//!   `failed_precondition` and nothing is written. Without `If-Match` the
+//!   router still checks each request against the key it read and writes
+//!   only if the key is still at that version, reading and checking again
+//!   when it moved; a key that keeps moving answers 409 `aborted`.
 //! - **Delete** revokes the key: on this replica, every request that starts
 //!   after the 204 is refused. The router also drops the key from the
 //!   authenticator's cache itself, so this holds even when the authenticator
@@ -123,12 +132,14 @@
 //!
 //! | status | `error` | when |
 //! |---|---|---|
-//! | 400 | `invalid_argument` | malformed JSON, unknown or `null` fields, invalid scope names, more than 100 scopes, `expires_at` not RFC 3339, not in the future or after 9999-12-31T23:59:59.999Z in UTC, an API key pasted into `service_account_id`, `description` or a scope, a malformed key id, missing `service_account_id`, unknown query parameters, a bad `page_size` or `page_token`, a grace period over 30 days, an invalid rate limit, credit, refill or `amount` (see [limits and credits](#limits-and-credits)) |
+//! | 400 | `invalid_argument` | an `If-Match` that is not a list of entity tags, malformed JSON, unknown or `null` fields, invalid scope names, more than 100 scopes, `expires_at` not RFC 3339, not in the future or after 9999-12-31T23:59:59.999Z in UTC, an API key pasted into `service_account_id`, `description` or a scope, a malformed key id, missing `service_account_id`, unknown query parameters, a bad `page_size` or `page_token`, a grace period over 30 days, an invalid rate limit, credit, refill or `amount` (see [limits and credits](#limits-and-credits)) |
 //! | 401, 403 | (the layer's) | no valid key, or a key without the management scope (`WWW-Authenticate: ... error="insufficient_scope", scope="apikeys.manage"`) |
 //! | 403 | `permission_denied` | the caller may not manage this service account's keys ([`AccountAccess`]), may not give a key these scopes ([who may grant what](#who-may-grant-what)), or carries limits itself ([limits and credits](#limits-and-credits)) |
 //! | 404 | `not_found` | an unknown or deleted key id, a key of an account the caller may not manage, an unknown `:method` |
 //! | 405 | `method_not_allowed` | `GET /keys/{id}:reissue` and the like; `Allow` says what works |
 //! | 409 | `failed_precondition` | `:addCredits` on a key without credits |
+//! | 409 | `aborted` | the key was changed by other requests between this request's read and its write, three times over; nothing was written, try again |
+//! | 412 | `failed_precondition` | `If-Match` names no version the key is at |
 //! | 409 | `key_limit_reached` | `POST /keys` when the service account already holds the store's most keys (1,000 by default, counting expired keys); delete unused keys first |
 //! | 413 | `payload_too_large` | a body over the limit (64 KiB by default, [`ManagementApiBuilder::body_limit`]) |
 //! | 415 | `unsupported_media_type` | a body without `content-type: application/json` |
@@ -172,10 +183,20 @@
 //! [`ManagementApiBuilder::grantable_scopes`] (scopes any manager may hand
 //! out; the only way to hand out a management scope is to name it here),
 //! [`ManagementApiBuilder::allow_unscoped_keys`], and
-//! [`ManagementApiBuilder::grant_rule`] (a predicate over the caller and the
-//! scopes the key would hold, asked about whatever the rest refuses).
+//! [`ManagementApiBuilder::grant_rule`] (a predicate over the caller and a
+//! typed [`GrantRequest`], asked about whatever the rest refuses).
 //! Anything else is refused with 403 `permission_denied` naming the scopes
 //! that may not be given, before the store is touched.
+//!
+//! "Management scopes" are those of every management router built on the
+//! same [`Authenticator`]: each router registers its scopes there when it
+//! is built, and none of them hands out any of them unless named in its
+//! `grantable_scopes`.
+//!
+//! These checks hold under concurrency: each is made on the key as read
+//! and the write lands only if the key is still at that version (see
+//! **Versions** above), so no interleaving of allowed requests adds a scope
+//! the caller could not add alone.
 //!
 //! # Limits and credits
 //!
