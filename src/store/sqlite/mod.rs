@@ -192,6 +192,27 @@ struct Inner {
     // Dropping it (with the last clone of the store) stops the watcher too.
     shutdown: watch::Sender<bool>,
     watcher: Mutex<Option<JoinHandle<()>>>,
+    #[cfg(feature = "test-util")]
+    verify_work: Arc<VerifyWork>,
+}
+
+/// What verification read before it knew whether the secret matched
+/// (feature `test-util`): statements and bytes of column data. A known id
+/// with a wrong secret and an unknown id read the same.
+#[cfg(feature = "test-util")]
+#[derive(Debug, Default)]
+struct VerifyWork {
+    statements: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+#[cfg(feature = "test-util")]
+impl VerifyWork {
+    fn count(&self, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.statements.fetch_add(1, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
+    }
 }
 
 impl fmt::Debug for SqliteKeyStore {
@@ -339,6 +360,8 @@ impl SqliteKeyStoreBuilder {
                 poll_interval: self.poll_interval,
                 shutdown,
                 watcher: Mutex::new(Some(task)),
+                #[cfg(feature = "test-util")]
+                verify_work: Arc::default(),
             }),
         })
     }
@@ -365,6 +388,18 @@ impl SqliteKeyStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         self.inner.db.path()
+    }
+
+    /// Statements run and bytes of column data read by
+    /// [`verify`](Verifier::verify) before it knew whether the secret
+    /// matched, since the store opened (feature `test-util`): equal for a
+    /// known id with a wrong secret and an unknown id.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+    pub fn verify_work(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let work = &self.inner.verify_work;
+        (work.statements.load(Relaxed), work.bytes.load(Relaxed))
     }
 
     /// Creates or updates the schema: applies the migrations the file
@@ -678,6 +713,69 @@ impl RawInfo {
     }
 }
 
+/// The hash columns the first read of verification returns: one row
+/// whether or not the key exists, with placeholders of the same sizes when
+/// it does not.
+struct RawHashes {
+    found: bool,
+    hash: Vec<u8>,
+    hash_scheme: String,
+    hash_pepper_version: Option<i64>,
+    has_previous: bool,
+    previous_hash: Vec<u8>,
+    previous_hash_scheme: String,
+    previous_hash_pepper_version: Option<i64>,
+}
+
+impl RawHashes {
+    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            found: row.get("found")?,
+            hash: row.get("hash")?,
+            hash_scheme: row.get("hash_scheme")?,
+            hash_pepper_version: row.get("hash_pepper_version")?,
+            has_previous: row.get("has_previous")?,
+            previous_hash: row.get("previous_hash")?,
+            previous_hash_scheme: row.get("previous_hash_scheme")?,
+            previous_hash_pepper_version: row.get("previous_hash_pepper_version")?,
+        })
+    }
+
+    /// Bytes of column data decoded, for [`SqliteKeyStore::verify_work`].
+    #[cfg(feature = "test-util")]
+    fn bytes(&self) -> u64 {
+        let text = self.hash.len()
+            + self.hash_scheme.len()
+            + self.previous_hash.len()
+            + self.previous_hash_scheme.len();
+        let ints = [self.hash_pepper_version, self.previous_hash_pepper_version]
+            .iter()
+            .filter(|v| v.is_some())
+            .count()
+            * 8;
+        (text + ints + 2) as u64
+    }
+
+    /// The current and the previous hash, `None` where the row holds none.
+    /// Both are decoded whether or not they are real, with the same work.
+    fn stored(&self) -> Result<(Option<StoredHash>, Option<StoredHash>), BoxError> {
+        let current = stored_hash(
+            Some(&self.hash),
+            Some(&self.hash_scheme),
+            self.hash_pepper_version,
+        )?;
+        let previous = stored_hash(
+            Some(&self.previous_hash),
+            Some(&self.previous_hash_scheme),
+            self.previous_hash_pepper_version,
+        )?;
+        Ok((
+            current.filter(|_| self.found),
+            previous.filter(|_| self.found && self.has_previous),
+        ))
+    }
+}
+
 /// A whole row: the key with its hashes.
 struct RawKey {
     info: RawInfo,
@@ -775,48 +873,80 @@ fn collision_or_backend(e: BoxError) -> StoreError {
 #[async_trait]
 impl Verifier for SqliteKeyStore {
     async fn verify(&self, key: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
-        // One lookup by id, then the same hashing and comparisons whether or
-        // not the row exists: every scheme and pepper the hasher holds,
-        // against the current and the previous hash (placeholders when
-        // absent). The work done does not tell which key ids exist.
+        // First the hashes alone, in one row of the same columns and sizes
+        // whether or not the id exists (placeholders in the hasher's current
+        // scheme from the LEFT JOIN when it does not), then the same hashing
+        // and comparisons in every case: every scheme and pepper the hasher
+        // holds, against the current and the previous hash. Only a secret
+        // that matched reads the record. So a known id with a wrong secret
+        // costs what an unknown id costs (`verify_work` counts it).
         let candidates = self.inner.hasher.candidates(key);
+        let id = key.id().to_string();
+        let (scheme, pepper) =
+            scheme_columns(self.inner.hasher.scheme()).map_err(VerifierError::backend)?;
+        #[cfg(feature = "test-util")]
+        let work = self.inner.verify_work.clone();
+        let hashes = self
+            .run(move |conn| {
+                let sql = format!(
+                    "SELECT k.key_id IS NOT NULL AS found,
+                            coalesce(k.hash, zeroblob(32)) AS hash,
+                            coalesce(k.hash_scheme, ?2) AS hash_scheme,
+                            CASE WHEN k.key_id IS NULL THEN ?3 ELSE k.hash_pepper_version END
+                                AS hash_pepper_version,
+                            k.previous_hash IS NOT NULL AS has_previous,
+                            coalesce(k.previous_hash, zeroblob(32)) AS previous_hash,
+                            coalesce(k.previous_hash_scheme, ?2) AS previous_hash_scheme,
+                            CASE WHEN k.previous_hash IS NULL THEN ?3
+                                 ELSE k.previous_hash_pepper_version END
+                                AS previous_hash_pepper_version
+                       FROM (SELECT ?1 AS wanted) AS w
+                       LEFT JOIN {TABLE} AS k ON k.key_id = w.wanted"
+                );
+                let hashes = conn
+                    .prepare_cached(&sql)?
+                    .query_row((&id, scheme, pepper), RawHashes::read)?;
+                #[cfg(feature = "test-util")]
+                work.count(hashes.bytes());
+                Ok(hashes)
+            })
+            .await
+            .map_err(VerifierError::Backend)?;
+        let (current, previous) = hashes.stored().map_err(VerifierError::Backend)?;
+        let current = candidates.matches(current.as_ref());
+        let previous = candidates.matches(previous.as_ref());
+        if !current && !previous {
+            return Ok(None);
+        }
         let id = key.id().to_string();
         let row = self
             .run(move |conn| {
-                // The key's account's limits in the same statement.
                 let sql = format!(
-                    "SELECT {INFO_COLUMNS}, {HASH_COLUMNS}, {ACCOUNT_LIMITS_COLUMN}
+                    "SELECT {INFO_COLUMNS}, previous_valid_until, {ACCOUNT_LIMITS_COLUMN}
                        FROM {TABLE} WHERE key_id = ?1"
                 );
                 Ok(conn
                     .prepare_cached(&sql)?
-                    .query_row([id], RawKey::read)
+                    .query_row([id], |row| {
+                        Ok((
+                            RawInfo::read(row)?,
+                            row.get::<_, Option<i64>>("previous_valid_until")?,
+                        ))
+                    })
                     .optional()?)
             })
             .await
             .map_err(VerifierError::Backend)?;
-        let (current, previous) = match &row {
-            Some(row) => (
-                row.current().map_err(VerifierError::Backend)?,
-                row.previous().map_err(VerifierError::Backend)?,
-            ),
-            None => (None, None),
-        };
-        let current = candidates.matches(current.as_ref());
-        let previous = candidates.matches(previous.as_ref());
-        let Some(row) = row else {
+        // Revoked between the two reads.
+        let Some((info, previous_valid_until)) = row else {
             return Ok(None);
         };
-        if !current && !previous {
-            return Ok(None);
-        }
-        let record = row.info.record().map_err(VerifierError::Backend)?;
+        let record = info.record().map_err(VerifierError::Backend)?;
         if record.key_id != key.id() {
             // The row is looked up by this id; never hand out another key's record.
             return Ok(None);
         }
-        let grace_until = row
-            .previous_valid_until
+        let grace_until = previous_valid_until
             .map(time_of)
             .transpose()
             .map_err(VerifierError::Backend)?;
