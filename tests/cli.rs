@@ -2004,35 +2004,38 @@ fn write_raw(path: &std::path::Path, sql: &str) {
 }
 
 #[tokio::test]
-async fn times_are_shown_clamped_and_a_leap_second_is_read_as_the_api_reads_it() {
-    let (dir, url) = sqlite_db("times").await;
-    // The leap second: the last instant of its minute (the old CLI refused it).
-    let run = cli([
-        "keys",
-        "create",
-        "--account",
-        "sa-leap",
-        "--expires-at",
-        "2098-12-31T23:59:60Z",
-        "--output",
-        "json",
-    ])
-    .env("DATABASE_URL", &url)
-    .run()
-    .await
-    .ok();
+async fn a_leap_second_is_read_as_the_last_instant_of_its_minute_as_the_api_reads_it() {
+    let (dir, url) = sqlite_db("leap_second").await;
+    // The old CLI refused it; the API read it as :59.000.
+    let created = json_at(
+        &url,
+        &[
+            "keys",
+            "create",
+            "--account",
+            "sa-leap",
+            "--expires-at",
+            "2098-12-31T23:59:60Z",
+        ],
+    )
+    .await;
     assert_eq!(
-        run.json()["key"]["expires_at"],
-        "2098-12-31T23:59:59.999999Z",
-        "{run:?}"
+        created["key"]["expires_at"], "2098-12-31T23:59:59.999999Z",
+        "{created}"
     );
-    // A time past year 9999 (i64::MAX microseconds), written by another tool.
-    let id = run.json()["key"]["id"].as_str().unwrap().to_owned();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn stored_times_past_year_9999_are_shown_clamped_as_the_api_shows_them() {
+    let (dir, url) = sqlite_db("clamped_times").await;
+    let created = json_at(&url, &["keys", "create", "--account", "sa-far"]).await;
+    let id = created["key"]["id"].as_str().unwrap().to_owned();
+    // i64::MAX microseconds (year 294247), written by another tool.
     write_raw(
         &dir.join("keys.db"),
         &format!(
-            "UPDATE tower_api_key_keys SET expires_at = {}, last_used_at = {} WHERE key_id = '{id}'",
-            i64::MAX,
+            "UPDATE tower_api_key_keys SET expires_at = {0}, last_used_at = {0} WHERE key_id = '{id}'",
             i64::MAX
         ),
     );
