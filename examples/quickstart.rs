@@ -52,7 +52,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .as_deref()
         .and_then(|url| url.strip_prefix("sqlite:"))
     {
-        let store = tower_api_key::store::sqlite::SqliteKeyStore::open(path).await?;
+        // It migrates at once, so it may create the file (the CLI creates
+        // one only in `migrate`).
+        let store = tower_api_key::store::sqlite::SqliteKeyStore::builder(path)
+            .create_if_missing(true)
+            .open()
+            .await?;
         store.migrate().await?;
         eprintln!(
             "key store: SQLite file {path}: keys persist across restarts; the demo keys \

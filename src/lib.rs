@@ -54,7 +54,9 @@
 //!   `store::sqlite` with `SqliteKeyStore`, keys in a file (feature
 //!   `sqlite`)); [`limits`] (rate limits, credits, route costs and the
 //!   shared mode); [`hash`] (peppers);
-//!   [`usage`] (`last_used_at`); [`telemetry`] (metric names); [`management`].
+//!   [`usage`] (`last_used_at`); [`telemetry`] (metric names); [`time`]
+//!   (RFC 3339, as the management API and the CLI read and write it);
+//!   [`management`].
 //! - **"Policy"** always means a [`ScopePolicy`]: who a route lets in.
 //!   [`MethodPolicies`](auth::grpc::MethodPolicies) is a table of them and
 //!   [`auth::RoutePolicy`] is what picks one per request.
@@ -76,15 +78,16 @@
 #![warn(missing_docs, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-// Modules: `auth`, `cache`, `hash`, `management`, `store`, `telemetry` and
-// `usage` are public and hold only what an application uses by path; the
+// Modules: `auth`, `cache`, `hash`, `management`, `store`, `telemetry`,
+// `time` and `usage` are public and hold only what an application uses by path; the
 // others are private and the root re-exports their public items (the
 // `clock` is public with `test-util` only).
 //
 // Layers, bottom first: each module imports only modules listed before it,
 // and no two modules import each other (tests/module_layers.rs checks
 // it, with the same list):
-//   clock, telemetry, key, scope, hash   foundations
+//   clock, time, telemetry, key,         foundations
+//   scope, hash
 //   limits                               rate limits and credits, as values
 //   record                               what a verifier returns
 //   invalidation, verifier               checking keys, announcing changes
@@ -113,6 +116,7 @@ mod record;
 mod scope;
 pub mod store;
 pub mod telemetry;
+pub mod time;
 pub mod usage;
 mod verifier;
 

@@ -789,7 +789,13 @@ async fn invalid_input_is_refused_with_the_librarys_rules_and_never_echoes_a_key
         vec!["keys", "reissue", &id, "--grace", "31d"],
     ] {
         let run = cli(&args).db(&db).run().await;
-        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        // A key in an argument is refused before parsing, as a usage error.
+        let code = if args.iter().any(|a| a.contains(&secret)) {
+            2
+        } else {
+            1
+        };
+        assert_eq!(run.code, code, "{args:?}: {run:?}");
         assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {run:?}");
         assert!(run.stdout.is_empty(), "{args:?}: {run:?}");
         run.never_shows(&secret);
@@ -1877,7 +1883,13 @@ async fn invalid_limits_and_credits_are_refused_on_one_line_and_change_nothing()
         s(&["accounts", "rate-limits", "get", ""]),
     ] {
         let out = run(args.clone()).await;
-        assert_eq!(out.code, 1, "{args:?}: {out:?}");
+        // A key in an argument is refused before parsing, as a usage error.
+        let code = if args.iter().any(|a| a.contains(&secret)) {
+            2
+        } else {
+            1
+        };
+        assert_eq!(out.code, code, "{args:?}: {out:?}");
         assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {out:?}");
         assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
         out.never_shows(&secret);
@@ -1937,4 +1949,218 @@ async fn export_and_import_carry_a_keys_limits_and_credits() {
     assert_eq!(got["credits"], line["credits"]);
     let _ = std::fs::remove_dir_all(from_dir);
     let _ = std::fs::remove_dir_all(to_dir);
+}
+
+// ---------------------------------------------------------------------------
+// Issue 20: keys on the command line, times, unmigrated files
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_key_in_any_argument_is_refused_with_exit_2_and_never_shown() {
+    let (dir, url) = sqlite_db("key_in_argv").await;
+    let key = KeyFormat::default().generate().unwrap();
+    let k = key.expose_secret();
+    let glued = format!("x{k}");
+    let id = "0000000000000000";
+    for (args, names) in [
+        (vec!["keys", "get", k], "ID"),
+        (vec!["keys", "revoke", k], "ID"),
+        (vec!["keys", "update", k, "--description", "d"], "ID"),
+        (vec!["keys", "reissue", k], "ID"),
+        (vec!["keys", "add-credits", id, k], "N"),
+        (vec!["keys", "add-credits", id, &glued], "N"),
+        (
+            vec!["keys", "create", "--account", "sa", "--expires-at", k],
+            "--expires-at",
+        ),
+        (
+            vec!["keys", "update", id, "--expires-at", k],
+            "--expires-at",
+        ),
+        (vec!["keys", "check", "x", k], "stdin"),
+        (vec!["keys", "check", k], "stdin"),
+        (vec!["keys", "create", "--account", k], "--account"),
+        (vec!["keys", "create", "--account", &glued], "--account"),
+        (vec!["keys", "list", "--account", k], "--account"),
+        (vec!["accounts", "rate-limits", "get", k], "SA"),
+        (
+            vec!["keys", "create", "--account", "sa", "--description", k],
+            "--description",
+        ),
+        (
+            vec!["keys", "create", "--account", "sa", "--scope", k],
+            "--scope",
+        ),
+    ] {
+        let run = cli(&args).env("DATABASE_URL", &url).run().await;
+        assert_eq!(run.code, 2, "{names}: {run:?}");
+        run.never_shows(k);
+        assert!(run.stdout.is_empty(), "{names}");
+        assert!(run.stderr.contains(names), "{names}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("revoke"),
+            "says it is exposed: {}",
+            run.stderr
+        );
+    }
+    // Nothing was stored under any of those names.
+    let export = cli(["export"]).env("DATABASE_URL", &url).run().await.ok();
+    assert!(export.stdout.is_empty(), "{export:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A key written straight into the file, as another tool could.
+fn write_raw(path: &std::path::Path, sql: &str) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(sql).unwrap();
+}
+
+#[tokio::test]
+async fn a_leap_second_is_read_as_the_last_instant_of_its_minute_as_the_api_reads_it() {
+    let (dir, url) = sqlite_db("leap_second").await;
+    // The old CLI refused it; the API read it as :59.000.
+    let created = json_at(
+        &url,
+        &[
+            "keys",
+            "create",
+            "--account",
+            "sa-leap",
+            "--expires-at",
+            "2098-12-31T23:59:60Z",
+        ],
+    )
+    .await;
+    assert_eq!(
+        created["key"]["expires_at"], "2098-12-31T23:59:59.999999Z",
+        "{created}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn stored_times_past_year_9999_are_shown_clamped_as_the_api_shows_them() {
+    let (dir, url) = sqlite_db("clamped_times").await;
+    let created = json_at(&url, &["keys", "create", "--account", "sa-far"]).await;
+    let id = created["key"]["id"].as_str().unwrap().to_owned();
+    // i64::MAX microseconds (year 294247), written by another tool.
+    write_raw(
+        &dir.join("keys.db"),
+        &format!(
+            "UPDATE tower_api_key_keys SET expires_at = {0}, last_used_at = {0} WHERE key_id = '{id}'",
+            i64::MAX
+        ),
+    );
+    let shown = json_at(&url, &["keys", "get", &id]).await;
+    assert_eq!(
+        shown["expires_at"], "9999-12-31T23:59:59.999000Z",
+        "{shown}"
+    );
+    assert_eq!(
+        shown["last_used_at"], "9999-12-31T23:59:59.999000Z",
+        "{shown}"
+    );
+    let table = cli(["keys", "get", &id])
+        .env("DATABASE_URL", &url)
+        .run()
+        .await
+        .ok();
+    assert!(
+        table.stdout.contains("9999-12-31T23:59:59.999000Z"),
+        "{table:?}"
+    );
+    assert!(!table.stdout.contains("294247"), "{table:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn only_migrate_creates_a_sqlite_file() {
+    let dir = temp_dir("create_if_missing");
+    let path = dir.join("typo.db");
+    let url = format!("sqlite:{}", path.display());
+    for args in [
+        vec!["keys", "list", "--account", "sa"],
+        vec!["keys", "create", "--account", "sa"],
+        vec!["export"],
+        vec!["import"],
+    ] {
+        let run = cli(&args).env("DATABASE_URL", &url).run().await;
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+        assert!(run.stderr.contains("tower-api-key migrate"), "{run:?}");
+        assert!(!path.exists(), "{args:?} created the file");
+    }
+    cli(["migrate"]).env("DATABASE_URL", &url).run().await.ok();
+    assert!(path.exists());
+    cli(["keys", "list", "--account", "sa"])
+        .env("DATABASE_URL", &url)
+        .run()
+        .await
+        .ok();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn import_into_a_file_not_migrated_says_to_migrate_and_writes_nothing() {
+    let (dir, from) = sqlite_db("import_unmigrated").await;
+    create_key_at(&from).await;
+    let export = cli(["export"]).env("DATABASE_URL", &from).run().await.ok();
+    assert_eq!(export.stdout.lines().count(), 1, "{export:?}");
+
+    // An existing file without the schema: empty, or migrated by an older
+    // release (only migration 1).
+    let empty = dir.join("empty.db");
+    std::fs::File::create(&empty).unwrap();
+    let old = dir.join("old.db");
+    write_raw(
+        &old,
+        &format!(
+            "CREATE TABLE tower_api_key_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER); \
+             INSERT INTO tower_api_key_migrations VALUES (1, 'keys', 0); {}",
+            tower_api_key::store::sqlite::migrations()[0].sql()
+        ),
+    );
+    for path in [&empty, &old] {
+        let url = format!("sqlite:{}", path.display());
+        let run = cli(["import"])
+            .env("DATABASE_URL", &url)
+            .stdin(export.stdout.clone())
+            .run()
+            .await;
+        assert_eq!(run.code, 1, "{run:?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{run:?}");
+        assert!(
+            run.stderr.contains("run `tower-api-key migrate` first"),
+            "{run:?}"
+        );
+        assert!(!run.stderr.contains("no such table"), "{run:?}");
+        let conn = rusqlite::Connection::open(path).unwrap();
+        let has_keys: bool = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'tower_api_key_keys'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .unwrap()
+            > 0;
+        if has_keys {
+            let rows: i64 = conn
+                .query_row("SELECT count(*) FROM tower_api_key_keys", [], |row| {
+                    row.get(0)
+                })
+                .unwrap();
+            assert_eq!(rows, 0, "nothing imported");
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Creates a key through the CLI on the store at `url`.
+async fn create_key_at(url: &str) -> String {
+    let run = cli(["keys", "create", "--account", "sa-import"])
+        .env("DATABASE_URL", url)
+        .run()
+        .await
+        .ok();
+    run.stdout.trim_end().to_owned()
 }

@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 /// The top-level modules of `src/`, bottom first. Each may import only
 /// modules before it. Keep in step with the comment in `src/lib.rs`.
 const LAYERS: &[&str] = &[
-    // The foundations: key format, scopes, clock, hashing, metrics.
+    // The foundations: key format, scopes, clock, RFC 3339 times, hashing, metrics.
     "clock",
+    "time",
     "telemetry",
     "key",
     "scope",

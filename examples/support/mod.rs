@@ -29,24 +29,56 @@ pub const FOUNDATION_MODELS: &str = "yc.ai.foundationModels.execute";
 /// into another shell and try it.
 pub const EXPIRING_AFTER: Duration = Duration::from_secs(60);
 
-/// Logs to stderr, `info` and the crate's `debug` unless `RUST_LOG` says otherwise.
+/// Logs to stderr, `info` and the crate's `debug` unless `RUST_LOG` says
+/// otherwise; in colour only when stderr is a terminal, so a log redirected
+/// to a file holds no escape codes.
 pub fn init_logging() {
+    use std::io::IsTerminal;
+
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,tower_api_key=debug".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
+/// An error `main` returns, shown in plain words: `main` prints an error's
+/// `Debug`, which for an I/O error is `Os { code: 98, kind: AddrInUse, .. }`.
+pub struct Plain(String);
+
+impl std::fmt::Debug for Plain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Display for Plain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Plain {}
+
 /// Binds `BIND` (else `default`), then prints `export ADDR=<address>` on
-/// stdout: with `BIND=127.0.0.1:0` the port is whatever is free.
+/// stdout: with `BIND=127.0.0.1:0` the port is whatever is free. A busy or
+/// malformed address is an error saying which, and that `BIND` picks another.
 pub async fn bind(default: &str) -> Result<TcpListener, Box<dyn std::error::Error>> {
-    let bind: SocketAddr = std::env::var("BIND")
-        .unwrap_or_else(|_| default.into())
-        .parse()?;
-    let listener = TcpListener::bind(bind).await?;
+    let text = std::env::var("BIND").unwrap_or_else(|_| default.into());
+    let bind: SocketAddr = text.parse().map_err(|_| {
+        Plain(format!(
+            "BIND={text} is not an address such as 127.0.0.1:3000 (BIND=127.0.0.1:0: any free port)"
+        ))
+    })?;
+    let listener = TcpListener::bind(bind).await.map_err(|e| {
+        Plain(format!(
+            "cannot listen on {bind}: {e}; set BIND to choose another address, such as \
+             BIND=127.0.0.1:0 for any free port"
+        ))
+    })?;
     let addr = listener.local_addr()?;
     println!("export ADDR={addr}");
     eprintln!("listening on http://{addr}");

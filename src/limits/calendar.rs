@@ -1,36 +1,11 @@
-//! Civil dates in UTC, for refills: the proleptic Gregorian calendar from
-//! day counts since 1970-01-01, with no time zone database.
+//! Civil dates in UTC, for refills: dates and midnights over the calendar
+//! of [`crate::time`] (proleptic Gregorian, no time zone database).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::time::{civil_from_days, days_from_civil, days_in_month};
+
 const DAY: u64 = 86_400;
-
-/// Days since 1970-01-01 of a civil date (month 1..=12, day 1..=31).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    // Years counted from March, so the leap day ends the year.
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let year_of_era = y.rem_euclid(400);
-    let m = i64::from(month);
-    let day_of_year = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-/// The civil date of a day count since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
 
 /// The UTC date of `at` (times before 1970 count as 1970-01-01).
 pub(crate) fn date_of(at: SystemTime) -> (i64, u32, u32) {
@@ -42,19 +17,6 @@ pub(crate) fn date_of(at: SystemTime) -> (i64, u32, u32) {
 pub(crate) fn midnight(year: i64, month: u32, day: u32) -> SystemTime {
     let days = days_from_civil(year, month, day).max(0) as u64;
     UNIX_EPOCH + Duration::from_secs(days * DAY)
-}
-
-fn is_leap(year: i64) -> bool {
-    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
-}
-
-fn days_in_month(year: i64, month: u32) -> u32 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
 }
 
 /// `day`, or the month's last day when the month is shorter.
@@ -83,21 +45,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn day_counts_and_dates_agree_over_four_centuries() {
-        for days in (-1000..150_000).step_by(7) {
-            let (y, m, d) = civil_from_days(days);
-            assert!((1..=12).contains(&m) && d >= 1 && d <= days_in_month(y, m));
-            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
-        }
-    }
-
-    #[test]
-    fn known_dates() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        assert_eq!(civil_from_days(20_788), (2026, 12, 1));
-        assert_eq!(days_in_month(2000, 2), 29);
-        assert_eq!(days_in_month(2100, 2), 28);
+    fn dates_and_midnights_of_instants() {
+        let at = UNIX_EPOCH + Duration::from_secs(20_788 * DAY + 3_600);
+        assert_eq!(date_of(at), (2026, 12, 1));
+        assert_eq!(
+            midnight(2026, 12, 1),
+            UNIX_EPOCH + Duration::from_secs(20_788 * DAY)
+        );
+        assert_eq!(date_of(UNIX_EPOCH - Duration::from_secs(1)), (1970, 1, 1));
+        assert_eq!(midnight(1969, 12, 31), UNIX_EPOCH);
+        assert_eq!(clamp_day(2100, 2, 31), 28);
+        assert_eq!(clamp_day(2000, 2, 31), 29);
+        assert_eq!(next_month(2026, 12), (2027, 1));
+        assert_eq!(previous_month(2027, 1), (2026, 12));
     }
 }

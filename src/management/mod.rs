@@ -89,7 +89,9 @@
 //!   future and, in UTC, no later than 9999-12-31T23:59:59.999Z (the last
 //!   instant RFC 3339 can write; `9999-12-31T23:59:59-14:00` is past it);
 //!   a stored time outside 1970-9999 (written by another tool) is shown
-//!   clamped to that range. In a `PATCH`, `"expires_at": null` removes the expiry and an
+//!   clamped to that range. A leap second (`23:59:60`) is read as the last
+//!   instant of its minute ([`crate::time`] reads and writes every time, as
+//!   the CLI does). In a `PATCH`, `"expires_at": null` removes the expiry and an
 //!   absent field leaves it as it is. `description` and `scopes` may be
 //!   absent but not `null`.
 //! - **`last_used_at`** is `null` until the key is first used. It is written
@@ -243,7 +245,6 @@ mod etag;
 mod grant;
 mod resource;
 mod routes;
-mod time;
 
 use std::fmt;
 use std::sync::Arc;

@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::error::{scrub, ApiError};
-use super::time;
 use crate::key::{KeyFormat, KeyId};
 use crate::limits::{
     check_rate_limits, parse_period, Credits, Period, RateLimit, Refill, RefillInterval,
@@ -18,6 +17,7 @@ use crate::scope::{Scope, ScopeSet, MAX_SCOPES_PER_KEY};
 use crate::store::{
     hint_of, latest_time, CreatedKey, KeyInfo, KeyUpdate, NewKey, LATEST_TIME_TEXT,
 };
+use crate::time::{format_rfc3339_millis, parse_rfc3339};
 
 /// Longest description, in characters.
 pub const MAX_DESCRIPTION_LEN: usize = 256;
@@ -158,9 +158,9 @@ impl KeyResource {
                 .iter()
                 .map(|s| s.as_str().to_owned())
                 .collect(),
-            created_at: time::format(record.created_at),
-            expires_at: record.expires_at.map(time::format),
-            last_used_at: last_used_at.map(time::format),
+            created_at: format_rfc3339_millis(record.created_at),
+            expires_at: record.expires_at.map(format_rfc3339_millis),
+            last_used_at: last_used_at.map(format_rfc3339_millis),
             hint,
             rate_limits: record
                 .rate_limits
@@ -557,7 +557,7 @@ fn expiry_of(text: Option<&str>, now: SystemTime) -> Result<Option<SystemTime>, 
     let Some(text) = text else {
         return Ok(None);
     };
-    let at = time::parse(text).map_err(|e| ApiError::invalid(format!("expires_at: {e}")))?;
+    let at = parse_rfc3339(text).map_err(|e| ApiError::invalid(format!("expires_at: {e}")))?;
     if at <= now {
         return Err(ApiError::invalid("expires_at: must be in the future"));
     }
@@ -716,6 +716,16 @@ mod tests {
             resource.last_used_at.as_deref(),
             Some("9999-12-31T23:59:59.999Z")
         );
+    }
+
+    #[test]
+    fn a_leap_second_expiry_is_the_last_instant_of_its_minute() {
+        let new =
+            create(r#"{"service_account_id":"sa-1","expires_at":"2098-12-31T23:59:60Z"}"#).unwrap();
+        let minute_end = parse_rfc3339("2099-01-01T00:00:00Z").unwrap();
+        assert_eq!(new.expires_at, Some(minute_end - Duration::from_nanos(1)));
+        // What the API writes for the last instant is the bound it states.
+        assert_eq!(format_rfc3339_millis(latest_time()), LATEST_TIME_TEXT);
     }
 
     #[test]

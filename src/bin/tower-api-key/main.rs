@@ -8,6 +8,7 @@
 //! Exit codes: 0 done, 1 error (one line on stderr), 2 usage. Secrets
 //! appear only on stdout, once, from `keys create` and `keys reissue`.
 
+mod argv;
 mod commands;
 mod error;
 mod output;
@@ -351,7 +352,25 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Before clap: it would store the key (`--account`) or quote it in its
+    // error (`keys get <key>`).
+    if let Some(message) = argv::key_refusal(&args, &Cli::command()) {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // No argument holds a key by now; this keeps one from any other
+            // source (an environment value) out of clap's message too.
+            if argv::holds_key(&e.render().to_string()) {
+                eprintln!("error: an argument or environment value holds an API key: refused, and not shown here; treat that key as exposed");
+                return ExitCode::from(2);
+            }
+            e.exit();
+        }
+    };
     if let Command::Keys(KeysCommand::Check {
         on_command_line: Some(_),
     }) = &cli.command
@@ -386,7 +405,14 @@ async fn run(cli: Cli, url: &str) -> Result<ExitCode, CliError> {
         cli.global.pepper_file.as_deref(),
         cli.global.pepper_version.as_deref(),
     )?;
-    let store = store::open(url, hasher.clone()).await?;
+    let migrate = matches!(cli.command, Command::Migrate);
+    let store = store::open(url, hasher.clone(), migrate).await?;
+    if !migrate {
+        if let Err(e) = store.check_schema().await {
+            store.shutdown().await;
+            return Err(e);
+        }
+    }
     let ctx = commands::Context {
         store: &store,
         hasher: &hasher,

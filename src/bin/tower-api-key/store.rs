@@ -2,8 +2,8 @@
 //! from it beyond the `KeyStore` trait.
 
 use tower_api_key::hash::KeyHasher;
-use tower_api_key::store::postgres::PgKeyStore;
-use tower_api_key::store::sqlite::SqliteKeyStore;
+use tower_api_key::store::postgres::{self, PgKeyStore};
+use tower_api_key::store::sqlite::{self, SqliteKeyStore};
 use tower_api_key::store::StoredKey;
 use tower_api_key::{KeyFormat, KeyId, KeyStore};
 
@@ -16,8 +16,10 @@ pub enum Store {
 }
 
 /// Opens the store `url` names with `hasher` for new hashes:
-/// `postgres://...` (or `postgresql://...`) or `sqlite:PATH`.
-pub async fn open(url: &str, hasher: KeyHasher) -> Result<Store, CliError> {
+/// `postgres://...` (or `postgresql://...`) or `sqlite:PATH`. A SQLite file
+/// is created only by `migrate` (`create`): any other command on a missing
+/// file is an error, not an empty store.
+pub async fn open(url: &str, hasher: KeyHasher, create: bool) -> Result<Store, CliError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         // Errors from the builder never hold the URL (it may hold a password).
         let store = PgKeyStore::builder(url)?
@@ -32,8 +34,17 @@ pub async fn open(url: &str, hasher: KeyHasher) -> Result<Store, CliError> {
         if path.is_empty() {
             return Err(CliError::new("the sqlite: URL names no file: sqlite:PATH"));
         }
+        if !create && !std::path::Path::new(path).exists() {
+            return Err(CliError::new(format!(
+                "no SQLite database at {path}: `tower-api-key migrate` creates one and applies \
+                 the schema"
+            )));
+        }
+        // The check above says it clearly; this makes sure nothing is
+        // created if the file goes away in between.
         let store = SqliteKeyStore::builder(path)
             .with_hasher(hasher)
+            .create_if_missing(create)
             .open()
             .await?;
         Ok(Store::Sqlite(store))
@@ -76,6 +87,28 @@ impl Store {
         } else {
             format!("applied migrations {applied:?}; schema at version {current}")
         })
+    }
+
+    /// Refuses a store whose schema lacks migrations this CLI knows, before
+    /// any work: a command would otherwise fail half-way on a missing table.
+    pub async fn check_schema(&self) -> Result<(), CliError> {
+        let (found, known) = match self {
+            Self::Postgres(s) => (s.schema_version().await?, postgres::migrations()),
+            Self::Sqlite(s) => (s.schema_version().await?, sqlite::migrations()),
+        };
+        let needed = known.last().map_or(0, |m| m.version());
+        if found == 0 {
+            return Err(CliError::new(
+                "the store has no schema: run `tower-api-key migrate` first",
+            ));
+        }
+        if found < needed {
+            return Err(CliError::new(format!(
+                "the store's schema is at version {found} and this tool needs {needed}: run \
+                 `tower-api-key migrate` first"
+            )));
+        }
+        Ok(())
     }
 
     /// Waits for background work to end and closes connections. Every

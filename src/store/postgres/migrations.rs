@@ -20,7 +20,9 @@
 
 use tokio_postgres::Client;
 
+use super::PgKeyStore;
 use crate::store::schema::{Migration, MigrationReport};
+use crate::store::StoreError;
 
 const MIGRATIONS: &[Migration] = &[
     Migration::new(1, "keys", include_str!("migrations/0001_keys.sql")),
@@ -37,6 +39,38 @@ const MIGRATIONS: &[Migration] = &[
 /// Every migration this version of the crate knows, oldest first.
 pub fn migrations() -> &'static [Migration] {
     MIGRATIONS
+}
+
+impl PgKeyStore {
+    /// The newest migration applied to the database (in the first schema
+    /// of the `search_path` that has the migrations table): 0 when it has
+    /// none, below the last of [`migrations()`] when this release's are not
+    /// all applied yet. Only reads: a tool checks it before work that needs
+    /// the schema, to say "migrate first" rather than fail on a missing
+    /// table half-way.
+    pub async fn schema_version(&self) -> Result<u32, StoreError> {
+        let client = self.client().await?;
+        let exists: bool = client
+            .query_one(
+                "SELECT to_regclass('tower_api_key_migrations') IS NOT NULL",
+                &[],
+            )
+            .await
+            .map_err(StoreError::backend)?
+            .get(0);
+        if !exists {
+            return Ok(0);
+        }
+        let newest: i32 = client
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM tower_api_key_migrations",
+                &[],
+            )
+            .await
+            .map_err(StoreError::backend)?
+            .get(0);
+        Ok(u32::try_from(newest).unwrap_or(0))
+    }
 }
 
 /// Key of the advisory lock that serializes migrations ("tak-migr" in ASCII).

@@ -24,22 +24,46 @@ const WRITERS: usize = 2;
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// How every connection is opened: read-write, created if missing, no
-/// shared cache, and its own mutex (a connection is used by one thread at
-/// a time, but may move between threads).
-fn open_flags() -> OpenFlags {
-    OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
+/// How every connection is opened: read-write, no shared cache, and its
+/// own mutex (a connection is used by one thread at a time, but may move
+/// between threads); created if missing when `create`.
+fn open_flags(create: bool) -> OpenFlags {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | OpenFlags::SQLITE_OPEN_PRIVATE_CACHE
+        | OpenFlags::SQLITE_OPEN_PRIVATE_CACHE;
+    if create {
+        flags | OpenFlags::SQLITE_OPEN_CREATE
+    } else {
+        flags
+    }
 }
 
 /// Opens one connection to `path` with the store's settings: waits up to
 /// `busy_timeout` for another writer (SQLITE_BUSY is retried within it),
 /// and commits durably (`synchronous = FULL`: a revoke that returned
-/// survives a power loss).
+/// survives a power loss). Creates the file if missing: the store's first
+/// connection ([`open_first`]) decided whether that is wanted.
 pub(super) fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(path, open_flags())?;
+    open_with(path, busy_timeout, true)
+}
+
+/// The store's first connection: as [`open`], but a missing file is an
+/// error (and nothing is created) unless `create_if_missing`.
+pub(super) fn open_first(
+    path: &Path,
+    busy_timeout: Duration,
+    create_if_missing: bool,
+) -> Result<Connection, BoxError> {
+    if !create_if_missing && !path.exists() {
+        return Err("no such file (the store creates one only when asked: \
+                    SqliteKeyStoreBuilder::create_if_missing)"
+            .into());
+    }
+    Ok(open_with(path, busy_timeout, create_if_missing)?)
+}
+
+fn open_with(path: &Path, busy_timeout: Duration, create: bool) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, open_flags(create))?;
     conn.busy_timeout(busy_timeout)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(conn)
@@ -208,6 +232,25 @@ mod tests {
 
     /// Writes parked inside SQLite (waiting for another process's lock,
     /// say) hold at most the writer slots: a read still finds a connection.
+    #[test]
+    fn a_missing_file_is_created_only_when_asked() {
+        let dir = std::env::temp_dir().join(format!(
+            "tak-sqlite-create-{}-{}",
+            std::process::id(),
+            crate::key::KeyId::random().unwrap()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keys.db");
+        let timeout = Duration::from_secs(1);
+        let refused = open_first(&path, timeout, false).err().unwrap();
+        assert!(refused.to_string().contains("no such file"), "{refused}");
+        assert!(!path.exists(), "nothing was created");
+        drop(open_first(&path, timeout, true).unwrap());
+        assert!(path.exists());
+        drop(open_first(&path, timeout, false).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn parked_writes_leave_connections_to_reads() {
         let dir = std::env::temp_dir().join(format!(

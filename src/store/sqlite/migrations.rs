@@ -14,9 +14,11 @@
 //! assert!(all[0].sql().contains("tower_api_key_keys"));
 //! ```
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
+use super::SqliteKeyStore;
 use crate::store::schema::{Migration, MigrationReport};
+use crate::store::StoreError;
 
 const MIGRATIONS: &[Migration] = &[
     Migration::new(1, "keys", include_str!("migrations/0001_keys.sql")),
@@ -28,6 +30,40 @@ const MIGRATIONS: &[Migration] = &[
 /// Every migration this version of the crate knows, oldest first.
 pub fn migrations() -> &'static [Migration] {
     MIGRATIONS
+}
+
+impl SqliteKeyStore {
+    /// The newest migration applied to the file: 0 when it has none (never
+    /// migrated, or a file of another program), below the last of
+    /// [`migrations()`] when this release's are not all applied yet. Only
+    /// reads: a tool checks it before work that needs the schema, to say
+    /// "migrate first" rather than fail on a missing table half-way.
+    pub async fn schema_version(&self) -> Result<u32, StoreError> {
+        self.run(|conn| Ok(applied_version(conn)?))
+            .await
+            .map_err(StoreError::Backend)
+    }
+}
+
+/// The newest version recorded in `tower_api_key_migrations`, 0 without it.
+fn applied_version(conn: &Connection) -> rusqlite::Result<u32> {
+    let exists = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tower_api_key_migrations'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if !exists {
+        return Ok(0);
+    }
+    let newest: i64 = conn.query_row(
+        "SELECT coalesce(max(version), 0) FROM tower_api_key_migrations",
+        [],
+        |row| row.get(0),
+    )?;
+    Ok(u32::try_from(newest).unwrap_or(0))
 }
 
 pub(super) fn run(conn: &mut Connection) -> rusqlite::Result<MigrationReport> {
@@ -70,6 +106,15 @@ pub(super) fn run(conn: &mut Connection) -> rusqlite::Result<MigrationReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_applied_version_is_0_before_migrating_and_the_newest_after() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert_eq!(applied_version(&conn).unwrap(), 0);
+        run(&mut conn).unwrap();
+        let newest = migrations().last().unwrap().version();
+        assert_eq!(applied_version(&conn).unwrap(), newest);
+    }
 
     #[test]
     fn versions_increase_from_one() {

@@ -16,8 +16,10 @@
 //! - **Schema**: shipped with the crate ([`migrations()`]);
 //!   [`SqliteKeyStore::migrate`] applies it. Idempotent, and safe to call
 //!   from every process at start. [`SqliteKeyStoreBuilder::open`] creates
-//!   the file when it is missing but, like the PostgreSQL store's `connect`,
-//!   does not migrate.
+//!   the file when it is missing (unless
+//!   [`create_if_missing(false)`](SqliteKeyStoreBuilder::create_if_missing))
+//!   but, like the PostgreSQL store's `connect`, does not migrate;
+//!   [`SqliteKeyStore::schema_version`] says whether it was.
 //! - **Several processes on one file**: the file is put in WAL mode, so
 //!   readers never wait for the writer and the writer never waits for
 //!   readers. Writes take SQLite's one write lock at their start
@@ -235,6 +237,7 @@ pub struct SqliteKeyStoreBuilder {
     max_keys_per_account: usize,
     busy_timeout: Duration,
     poll_interval: Duration,
+    create_if_missing: bool,
 }
 
 impl fmt::Debug for SqliteKeyStoreBuilder {
@@ -251,7 +254,8 @@ impl fmt::Debug for SqliteKeyStoreBuilder {
 impl SqliteKeyStoreBuilder {
     /// Settings for the database file at `path`, with the defaults: key
     /// prefix `tak`, plain SHA-256, the system clock, 1,000 keys per service
-    /// account, a 5 s busy timeout, a change-watch poll every 250 ms.
+    /// account, a 5 s busy timeout, a change-watch poll every 250 ms, the
+    /// file created when missing.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
@@ -261,7 +265,18 @@ impl SqliteKeyStoreBuilder {
             max_keys_per_account: DEFAULT_MAX_KEYS_PER_ACCOUNT,
             busy_timeout: Duration::from_secs(5),
             poll_interval: Duration::from_millis(250),
+            create_if_missing: true,
         }
+    }
+
+    /// Whether [`open`](Self::open) creates the file when it is missing
+    /// (default `true`). With `false` a missing file is an error and
+    /// nothing is created, so a mistyped path is not taken for an empty
+    /// store: the `tower-api-key` CLI opens so for every command but
+    /// `migrate`.
+    pub fn create_if_missing(mut self, create: bool) -> Self {
+        self.create_if_missing = create;
+        self
     }
 
     /// The key format (default prefix `tak`).
@@ -312,7 +327,8 @@ impl SqliteKeyStoreBuilder {
         self
     }
 
-    /// Opens the file, creating it when missing, switches it to WAL mode,
+    /// Opens the file, creating it when missing (unless
+    /// [`create_if_missing(false)`](Self::create_if_missing)), switches it to WAL mode,
     /// and starts the change watcher, so a change committed after this
     /// returns is always announced to this store. Does not migrate: call
     /// [`SqliteKeyStore::migrate`].
@@ -323,8 +339,9 @@ impl SqliteKeyStoreBuilder {
         let origin = KeyId::random()?.to_string();
         let path = self.path.clone();
         let busy_timeout = self.busy_timeout;
+        let create = self.create_if_missing;
         let (first, watcher) = tokio::task::spawn_blocking(move || {
-            let first = connection::open(&path, busy_timeout)?;
+            let first = connection::open_first(&path, busy_timeout, create)?;
             connection::use_wal(&first)?;
             let watcher = Watcher::open(&path, busy_timeout)?;
             Ok::<_, BoxError>((first, watcher))
