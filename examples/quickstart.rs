@@ -168,34 +168,37 @@ async fn serve<S: KeyStore + Clone>(
 /// Prints each demo key as [`support::mint`] does, reusing the key a
 /// previous start left in `store` (same account and description): its
 /// scopes and expiry are set as the demo defines them and it is reissued
-/// with no grace. A demo key not found is created.
+/// with no grace. A demo key not found is created. Every demo key is looked
+/// up before any is written, so a store it cannot read changes nothing.
 async fn reissue_demo_keys(
     store: &impl KeyStore,
     example: &str,
     keys: impl IntoIterator<Item = DemoKey>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use tower_api_key::store::{KeyUpdate, ListRequest};
+    use tower_api_key::store::{KeyUpdate, ListRequest, MAX_PAGE_SIZE};
 
-    for DemoKey { name, new, note } in keys {
-        let description = format!("{example} {name}");
-        let mut found = None;
-        let mut page = ListRequest::first(tower_api_key::store::MAX_PAGE_SIZE);
+    let mut found = Vec::new();
+    for demo in keys {
+        let description = format!("{example} {}", demo.name);
+        let mut id = None;
+        let mut page = ListRequest::first(MAX_PAGE_SIZE);
         'pages: loop {
-            let listed = store.list(&new.service_account_id, page).await?;
+            let listed = store.list(&demo.new.service_account_id, page).await?;
             for key in &listed.keys {
                 if key.record.description == description {
-                    found = Some(key.record.key_id);
+                    id = Some(key.record.key_id);
                     break 'pages;
                 }
             }
             match listed.next_page_token {
-                Some(token) => {
-                    page = ListRequest::after(tower_api_key::store::MAX_PAGE_SIZE, token)
-                }
+                Some(token) => page = ListRequest::after(MAX_PAGE_SIZE, token),
                 None => break,
             }
         }
-        let reissued = match found {
+        found.push((demo, description, id));
+    }
+    for (DemoKey { name, new, note }, description, id) in found {
+        let reissued = match id {
             Some(id) => {
                 let update = KeyUpdate::default()
                     .with_scopes(new.scopes.clone())
