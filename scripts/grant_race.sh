@@ -15,8 +15,8 @@
 # ROUNDS (default 200); CLI: the tower-api-key binary (default
 # target/debug/tower-api-key; `cargo build --features cli` makes it).
 set -euo pipefail
-: "${ADDR:?the quickstart's ADDR}" "${API_KEY_ADMIN:?the quickstart's API_KEY_ADMIN}"
-: "${DATABASE_URL:?the quickstart's DATABASE_URL}"
+: "${ADDR:?set ADDR as the quickstart prints it}" "${API_KEY_ADMIN:?set API_KEY_ADMIN as the quickstart prints it}"
+: "${DATABASE_URL:?set DATABASE_URL to the quickstart database}"
 ROUNDS=${ROUNDS:-200}
 CLI=${CLI:-target/debug/tower-api-key}
 T=yc.ai.translate.execute
@@ -29,6 +29,10 @@ patch() { # id body -> status
 }
 
 declare -A seen=()
+count() {
+    local n=${seen[$1]:-0}
+    seen[$1]=$((n + 1))
+}
 for round in $(seq 1 "$ROUNDS"); do
     id=$("$CLI" keys create --account sa-race --scope "$T" --scope "$X" -o json 2>/dev/null | jq -r .key.id)
     statuses=$(mktemp)
@@ -37,10 +41,10 @@ for round in $(seq 1 "$ROUNDS"); do
     reissue=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$ADDR/admin/keys/$id:reissue" \
         -H "$auth" -H "$json" -d '{"grace_period_seconds":2592000}')
     wait
-    while read -r s; do seen["keep $s"]=$(( ${seen["keep $s"]:-0} + 1 )); done <"$statuses"
+    while read -r s; do count "keep:$s"; done <"$statuses"
     rm -f "$statuses"
-    seen["narrow $narrow"]=$(( ${seen["narrow $narrow"]:-0} + 1 ))
-    seen["reissue $reissue"]=$(( ${seen["reissue $reissue"]:-0} + 1 ))
+    count "narrow:$narrow"
+    count "reissue:$reissue"
     scopes=$(curl -s "$ADDR/admin/keys/$id" -H "$auth" | jq -c .scopes)
     if [ "$narrow" = 200 ] || [ "$reissue" = 200 ]; then
         if [ "$scopes" != "[\"$T\"]" ]; then
@@ -54,7 +58,7 @@ for k in "${!seen[@]}"; do echo "$k: ${seen[$k]}"; done | sort
 echo "$ROUNDS rounds: no key held $X after a narrowing or a reissue"
 
 id=$("$CLI" keys create --account sa-race --scope "$T" -o json 2>/dev/null | jq -r .key.id)
-etag=$(curl -s -D - -o /dev/null "$ADDR/admin/keys/$id" -H "$auth" | tr -d '\r' | awk -F': ' 'tolower($1)=="etag"{print $2}')
+etag=$(curl -s -D - -o /dev/null "$ADDR/admin/keys/$id" -H "$auth" | tr -d '\r' | sed -n 's/^[Ee][Tt][Aa][Gg]: //p')
 first=$(curl -s -o /dev/null -w '%{http_code}' -X PATCH "$ADDR/admin/keys/$id" -H "$auth" -H "$json" \
     -H "If-Match: $etag" -d '{"description":"first"}')
 again=$(curl -s -o /dev/null -w '%{http_code}' -X PATCH "$ADDR/admin/keys/$id" -H "$auth" -H "$json" \
