@@ -61,6 +61,9 @@ struct Probe {
     fail_next: AtomicBool,
     /// Calls for this key panic.
     panic_for: Mutex<Option<KeyId>>,
+    /// Each call yields to the scheduler this many times before it answers:
+    /// a verifier that takes a while, so calls overlap, without a sleep.
+    yields: AtomicUsize,
 }
 
 impl Default for Probe {
@@ -73,6 +76,7 @@ impl Default for Probe {
             release: Semaphore::new(0),
             fail_next: AtomicBool::new(false),
             panic_for: Mutex::default(),
+            yields: AtomicUsize::new(0),
         }
     }
 }
@@ -128,6 +132,9 @@ impl Verifier for ProbeVerifier {
         }
         if *probe.panic_for.lock().unwrap() == Some(key.id()) {
             panic!("verifier panicked on purpose (test)");
+        }
+        for _ in 0..probe.yields.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await;
         }
         let answer = self.store.verify(key).await;
         if probe.gated.load(Ordering::SeqCst) {
@@ -762,6 +769,38 @@ async fn two_hundred_concurrent_uncached_valid_keys_from_one_client_all_get_thro
         );
     }
     assert_too_many(&fx.send(with_key(client(1), &unknown_key())).await, "2");
+}
+
+/// The same on two worker threads, with a verifier that takes a few turns of
+/// the scheduler: releases, wake-ups and reservations race for real. A lost
+/// wake-up would leave a request waiting out the verifier timeout (long
+/// here, so a loaded machine is no excuse) for a 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uncached_valid_keys_on_two_threads_all_get_through() {
+    const LIMIT: usize = 3;
+    let limit = FailedAttemptLimit::new(LIMIT as u32, WINDOW);
+    let fx = Arc::new(Fx::with(|auth| {
+        auth.failed_attempt_limit(limit)
+            .verifier_timeout(Some(Duration::from_secs(60)))
+    }));
+    let mut keys = Vec::new();
+    for _ in 0..300 {
+        keys.push(fx.key(&[]).await.key.expose_secret().to_owned());
+    }
+    fx.probe.yields.store(20, Ordering::SeqCst);
+    let mut requests = spawn_requests(&fx, client(1), keys);
+    while let Some(reply) = requests.join_next().await {
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    }
+    assert_eq!(fx.probe.total(), 300);
+    for _ in 0..LIMIT {
+        assert_unauthorized(
+            &fx.send(with_key(client(1), &unknown_key())).await,
+            Reason::Unknown,
+        );
+    }
+    assert_too_many(&fx.send(with_key(client(1), &unknown_key())).await, "20");
 }
 
 #[tokio::test(start_paused = true)]
