@@ -61,6 +61,9 @@ struct Probe {
     fail_next: AtomicBool,
     /// Calls for this key panic.
     panic_for: Mutex<Option<KeyId>>,
+    /// Each call yields to the scheduler this many times before it answers:
+    /// a verifier that takes a while, so calls overlap, without a sleep.
+    yields: AtomicUsize,
 }
 
 impl Default for Probe {
@@ -73,6 +76,7 @@ impl Default for Probe {
             release: Semaphore::new(0),
             fail_next: AtomicBool::new(false),
             panic_for: Mutex::default(),
+            yields: AtomicUsize::new(0),
         }
     }
 }
@@ -128,6 +132,9 @@ impl Verifier for ProbeVerifier {
         }
         if *probe.panic_for.lock().unwrap() == Some(key.id()) {
             panic!("verifier panicked on purpose (test)");
+        }
+        for _ in 0..probe.yields.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await;
         }
         let answer = self.store.verify(key).await;
         if probe.gated.load(Ordering::SeqCst) {
@@ -666,6 +673,15 @@ fn get_with_key(path: &str, client: Option<IpAddr>, key: &str) -> Request<Body> 
     request
 }
 
+/// Fails if any request in `set` has been answered. (`JoinSet::len` would
+/// not tell: it counts finished tasks until they are joined.)
+#[track_caller]
+fn assert_none_answered(set: &mut JoinSet<Reply>, why: &str) {
+    if let Some(answered) = set.try_join_next() {
+        panic!("{why}: {:?}", answered.unwrap());
+    }
+}
+
 /// Spawns one request per key, all from `from`.
 fn spawn_requests(fx: &Arc<Fx>, from: Option<IpAddr>, keys: Vec<String>) -> JoinSet<Reply> {
     let mut set = JoinSet::new();
@@ -686,31 +702,204 @@ async fn a_thousand_concurrent_unknown_keys_from_one_client_make_at_most_limit_v
     let keys = (0..1000).map(|_| unknown_key()).collect();
     let mut requests = spawn_requests(&fx, client(1), keys);
 
-    // While the first LIMIT lookups are held, every other request is refused
-    // without waiting for the verifier. (Paused time moves only when every
-    // task is stuck, so the timeout turns a hang into a failure, nothing more.)
-    let refused = tokio::time::timeout(Duration::from_secs(1), async {
-        for _ in LIMIT..1000 {
-            let reply = requests.join_next().await.unwrap().unwrap();
+    // The first LIMIT requests hold every attempt with their lookups; the
+    // other 970 wait for those outcomes instead of starting lookups. (Time
+    // stands still: paused time moves only when every task is stuck.)
+    fx.probe.wait_entered(LIMIT as u32).await;
+    let_spawned_tasks_run().await;
+    assert_eq!(fx.probe.total(), LIMIT);
+    assert_none_answered(&mut requests, "nothing has failed yet: no 429");
+
+    // The lookups fail: the limit is full of confirmed failures, and every
+    // request waiting gets 429 without a verifier call.
+    fx.probe.open();
+    let (mut unknown, mut refused) = (0, 0);
+    while let Some(reply) = requests.join_next().await {
+        let reply = reply.unwrap();
+        if reply.status == StatusCode::UNAUTHORIZED {
+            assert_unauthorized(&reply, Reason::Unknown);
+            unknown += 1;
+        } else {
             // 30 per 60 s: one attempt back in 2 s.
             assert_too_many(&reply, "2");
+            refused += 1;
         }
-    })
-    .await;
-    assert!(
-        refused.is_ok(),
-        "requests beyond the limit waited for the verifier ({} calls for a limit of {LIMIT})",
-        fx.probe.total()
-    );
+    }
+    assert_eq!((unknown, refused), (LIMIT, 1000 - LIMIT));
+    assert_eq!(fx.probe.total(), LIMIT, "at most `limit` verifier calls");
+    assert!(fx.app.seen().is_empty());
+}
+
+/// Issue 20, point 6: a gateway, a NAT or a batch job sending many valid
+/// keys from one address right after a deploy (nothing cached) is not
+/// refused: requests beyond the limit wait for the lookups in flight, and
+/// each valid outcome frees its attempt for the next.
+#[tokio::test(start_paused = true)]
+async fn two_hundred_concurrent_uncached_valid_keys_from_one_client_all_get_through() {
+    const LIMIT: usize = 30;
+    let (fx, _) = limited(LIMIT as u32);
+    let fx = Arc::new(fx);
+    let mut keys = Vec::new();
+    for _ in 0..200 {
+        keys.push(fx.key(&[]).await.key.expose_secret().to_owned());
+    }
+    fx.probe.gate();
+    let mut requests = spawn_requests(&fx, client(1), keys);
+
+    // All 200 in flight at once: LIMIT at the verifier, the rest waiting.
     fx.probe.wait_entered(LIMIT as u32).await;
-    assert_eq!(fx.probe.total(), LIMIT);
+    let_spawned_tasks_run().await;
+    assert_eq!(fx.probe.total(), LIMIT, "no more lookups than attempts");
+    assert_none_answered(&mut requests, "none refused while lookups are in flight");
 
     fx.probe.open();
     while let Some(reply) = requests.join_next().await {
-        assert_unauthorized(&reply.unwrap(), Reason::Unknown);
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     }
-    assert_eq!(fx.probe.total(), LIMIT, "at most `limit` verifier calls");
-    assert!(fx.app.seen().is_empty());
+    assert_eq!(fx.probe.total(), 200);
+    assert_eq!(fx.probe.max_calls_per_key(), 1);
+    assert_eq!(fx.app.seen().len(), 200);
+
+    // Every attempt is back.
+    for _ in 0..LIMIT {
+        assert_unauthorized(
+            &fx.send(with_key(client(1), &unknown_key())).await,
+            Reason::Unknown,
+        );
+    }
+    assert_too_many(&fx.send(with_key(client(1), &unknown_key())).await, "2");
+}
+
+/// The same on two worker threads, with a verifier that takes a few turns of
+/// the scheduler: releases, wake-ups and reservations race for real. A lost
+/// wake-up would leave a request waiting out the verifier timeout (long
+/// here, so a loaded machine is no excuse) for a 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uncached_valid_keys_on_two_threads_all_get_through() {
+    const LIMIT: usize = 3;
+    let limit = FailedAttemptLimit::new(LIMIT as u32, WINDOW);
+    let fx = Arc::new(Fx::with(|auth| {
+        auth.failed_attempt_limit(limit)
+            .verifier_timeout(Some(Duration::from_secs(60)))
+    }));
+    let mut keys = Vec::new();
+    for _ in 0..300 {
+        keys.push(fx.key(&[]).await.key.expose_secret().to_owned());
+    }
+    fx.probe.yields.store(20, Ordering::SeqCst);
+    let mut requests = spawn_requests(&fx, client(1), keys);
+    while let Some(reply) = requests.join_next().await {
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    }
+    assert_eq!(fx.probe.total(), 300);
+    for _ in 0..LIMIT {
+        assert_unauthorized(
+            &fx.send(with_key(client(1), &unknown_key())).await,
+            Reason::Unknown,
+        );
+    }
+    assert_too_many(&fx.send(with_key(client(1), &unknown_key())).await, "20");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_goes_away_while_waiting_for_an_attempt_frees_nothing_and_leaks_nothing() {
+    let (fx, _) = limited(1);
+    let fx = Arc::new(fx);
+    let mut secrets = Vec::new();
+    for _ in 0..3 {
+        secrets.push(fx.key(&[]).await.key.expose_secret().to_owned());
+    }
+    fx.probe.gate();
+    let mut holder = spawn_requests(&fx, client(1), vec![secrets[0].clone()]);
+    fx.probe.wait_entered(1).await;
+    let mut leaving = spawn_requests(&fx, client(1), vec![secrets[1].clone()]);
+    let_spawned_tasks_run().await;
+    // The client hangs up while its request waits for the attempt.
+    leaving.abort_all();
+    let left = leaving.join_next().await.unwrap();
+    assert!(
+        left.unwrap_err().is_cancelled(),
+        "it was waiting, not answered"
+    );
+
+    // It held nothing, so it freed nothing: the next request waits too.
+    let mut next = spawn_requests(&fx, client(1), vec![secrets[2].clone()]);
+    let_spawned_tasks_run().await;
+    assert_none_answered(&mut next, "still waiting");
+    assert_eq!(fx.probe.total(), 1);
+
+    fx.probe.open();
+    for set in [&mut holder, &mut next] {
+        let reply = set.join_next().await.unwrap().unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    }
+    assert_eq!(fx.probe.total(), 2, "no lookup for the request that left");
+
+    // And it took nothing with it: the one attempt is whole.
+    assert_unauthorized(
+        &fx.send(with_key(client(1), &unknown_key())).await,
+        Reason::Unknown,
+    );
+    assert_too_many(&fx.send(with_key(client(1), &unknown_key())).await, "60");
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_for_an_attempt_longer_than_the_verifier_timeout_is_a_503_without_a_lookup() {
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    let limit = FailedAttemptLimit::new(1, WINDOW);
+    let fx = Arc::new(Fx::with(|auth| {
+        auth.failed_attempt_limit(limit.clone())
+            .verifier_timeout(Some(TIMEOUT))
+    }));
+    let mut secrets = Vec::new();
+    for _ in 0..3 {
+        secrets.push(fx.key(&[]).await.key.expose_secret().to_owned());
+    }
+    // A verifier that never answers: each lookup ends at the timeout.
+    fx.probe.gate();
+    let start = tokio::time::Instant::now();
+    let send = |secret: &String| {
+        let (fx, secret) = (fx.clone(), secret.clone());
+        tokio::spawn(async move { fx.send(with_key(client(1), &secret)).await })
+    };
+    // t = 0: holds the one attempt until its verifier call times out (t = 5).
+    let holder = send(&secrets[0]);
+    fx.probe.wait_entered(1).await;
+    // t = 1 and t = 2: wait for it. At t = 5 the first gets the attempt back
+    // and looks its key up; the second waits on, and its wait ends at t = 7.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let first = send(&secrets[1]);
+    let_spawned_tasks_run().await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let second = send(&secrets[2]);
+    let_spawned_tasks_run().await;
+
+    let reply = second.await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(7));
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+    assert_eq!(reply.reason(), Some(Reason::Unavailable));
+    assert_eq!(reply.header(RETRY_AFTER), "1");
+    assert_eq!(
+        fx.probe.total(),
+        2,
+        "the request that waited too long made no lookup"
+    );
+
+    for (request, ends) in [(holder, 5), (first, 10)] {
+        let reply = request.await.unwrap();
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+        assert!(start.elapsed() >= Duration::from_secs(ends));
+    }
+
+    // Neither the verifier faults nor the wait spent the one attempt.
+    fx.probe.open();
+    assert_unauthorized(
+        &fx.send(with_key(client(1), &unknown_key())).await,
+        Reason::Unknown,
+    );
+    assert_too_many(&fx.send(with_key(client(1), &unknown_key())).await, "60");
 }
 
 #[tokio::test(start_paused = true)]
@@ -788,7 +977,7 @@ async fn a_burst_with_one_uncached_valid_key_shares_one_verifier_call_and_spends
     // One lookup is held at the gate while the other 49 requests join it.
     fx.probe.wait_entered(1).await;
     let_spawned_tasks_run().await;
-    assert_eq!(requests.len(), 50, "none answered before the lookup");
+    assert_none_answered(&mut requests, "none answered before the lookup");
 
     fx.probe.open();
     while let Some(reply) = requests.join_next().await {

@@ -14,12 +14,13 @@ use http::{Method, Request};
 
 use super::authenticator::Shared;
 use super::extract::credential;
+use super::limit::{NoAttempt, Queue, Reservation};
 use super::limits::Limited;
 use super::policy::RoutePolicy;
 use super::rejection::{Reason, Rejection};
 use super::LOG_TARGET;
 use crate::cache::Caller;
-use crate::cache::LookupError;
+use crate::cache::{CachedVerifier, LookupError};
 use crate::key::{Candidate, KeyId, PresentedKey};
 use crate::limits::RouteLimits;
 use crate::scope::ScopeDenied;
@@ -37,23 +38,28 @@ pub(crate) enum Precheck<'r> {
 }
 
 /// How a request stands with the failed-attempt limiter.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(crate) enum Attempt {
     /// Not limited: no limiter, or no client id for this request.
     Unlimited,
     /// From this client, nothing taken yet: a failure takes one of its
     /// attempts, or is a 429 if none is left.
     From(IpAddr),
-    /// This client's attempt was taken before the verifier call this request
-    /// started: a failure keeps it spent (that is the failure counted), a
-    /// valid key or a verifier fault gives it back.
-    Reserved(IpAddr),
+    /// This client's attempt is held for the verifier call this request
+    /// started: a failure spends it (that is the failure counted), a valid
+    /// key or a verifier fault gives it back.
+    Reserved(Reservation),
 }
 
-/// The lookup of a key the cache could not answer, and how the request then
-/// stands with the limiter.
-pub(crate) struct Lookup {
-    pub(crate) answer: BoxFuture<'static, (PresentedKey, Result<Caller, LookupError>)>,
+/// The lookup of a key the cache could not answer: the key, the answer and
+/// how the request then stands with the limiter, or a refusal of the
+/// limiter's made while waiting for an attempt.
+pub(crate) type Lookup = BoxFuture<'static, Result<Looked, Rejection>>;
+
+/// A key looked up by a [`Lookup`].
+pub(crate) struct Looked {
+    pub(crate) key: PresentedKey,
+    pub(crate) answer: Result<Caller, LookupError>,
     pub(crate) attempt: Attempt,
 }
 
@@ -92,10 +98,11 @@ fn malformed(s: &Shared, attempt: Attempt) -> Rejection {
 }
 
 /// Starts the lookup of a key the cache could not answer, once the rest of
-/// its offline checks (alphabet, checksum) pass. A limited client takes one
-/// attempt first, unless the key's lookup is already under way (joining it
-/// costs no verifier call); with none left the request is refused here,
-/// without a verifier call.
+/// its offline checks (alphabet, checksum) pass. A limited client reserves
+/// one attempt first, unless the key's lookup is already under way (joining
+/// it costs no verifier call). With none left the request is refused here,
+/// without a verifier call; if lookups in flight hold every attempt left,
+/// it waits for one of them (see [`wait_for_attempt`]).
 pub(crate) fn lookup(
     s: &Shared,
     key: Candidate<'_>,
@@ -105,39 +112,90 @@ pub(crate) fn lookup(
         return Err(malformed(s, attempt));
     };
     let cache = s.cache.clone();
-    let (Attempt::From(client), Some(limit)) = (attempt, &s.limit) else {
-        return Ok(Lookup {
-            answer: Box::pin(async move {
-                let answer = cache.lookup_miss(&key).await;
-                (key, answer)
-            }),
-            attempt,
-        });
+    let (client, limit) = match (&attempt, &s.limit) {
+        (Attempt::From(client), Some(limit)) => (*client, limit),
+        _ => return Ok(miss(cache, key, attempt)),
     };
     if let Some(flight) = cache.join_in_flight(&key) {
-        return Ok(Lookup {
-            answer: Box::pin(async move {
-                let answer = match flight.await {
-                    Some(answer) => answer,
-                    // The key was valid but invalidated meanwhile: a
-                    // re-check of a valid key, not a guess, so it takes
-                    // no attempt (a failure still counts in `verdict`).
-                    None => cache.lookup_miss(&key).await,
-                };
-                (key, answer)
-            }),
-            attempt,
-        });
+        return Ok(Box::pin(async move {
+            let answer = match flight.await {
+                Some(answer) => answer,
+                // The key was valid but invalidated meanwhile: a
+                // re-check of a valid key, not a guess, so it takes
+                // no attempt (a failure still counts in `verdict`).
+                None => cache.lookup_miss(&key).await,
+            };
+            Ok(Looked {
+                key,
+                answer,
+                attempt,
+            })
+        }));
     }
-    match limit.try_take(client) {
-        Ok(()) => Ok(Lookup {
-            answer: Box::pin(async move {
-                let answer = cache.lookup_miss(&key).await;
-                (key, answer)
-            }),
-            attempt: Attempt::Reserved(client),
-        }),
-        Err(retry_after) => Err(too_many_attempts(retry_after)),
+    match limit.reserve(client) {
+        Ok(reservation) => Ok(miss(cache, key, Attempt::Reserved(reservation))),
+        Err(NoAttempt::Blocked(retry_after)) => Err(too_many_attempts(retry_after)),
+        Err(NoAttempt::Busy(queue)) => {
+            let timeout = cache.config().verifier_timeout();
+            Ok(Box::pin(wait_for_attempt(cache, key, queue, timeout)))
+        }
+    }
+}
+
+/// The verifier's answer for `key`, the request standing thus with the limiter.
+fn miss(cache: CachedVerifier, key: PresentedKey, attempt: Attempt) -> Lookup {
+    Box::pin(async move {
+        let answer = cache.lookup_miss(&key).await;
+        Ok(Looked {
+            key,
+            answer,
+            attempt,
+        })
+    })
+}
+
+/// The lookup of a key whose client has every attempt left held by lookups
+/// in flight: it waits for one of them to come back (a valid key, a
+/// verifier fault) and then looks its key up, or gets the 429 if they fail
+/// and leave none. The wait is bounded by the verifier timeout, counted
+/// from when it starts: past it the answer is what a verifier timeout gets,
+/// a 503, or the 429 if the client has no attempt left by then.
+async fn wait_for_attempt(
+    cache: CachedVerifier,
+    key: PresentedKey,
+    queue: Queue,
+    timeout: Option<Duration>,
+) -> Result<Looked, Rejection> {
+    let reserved = match timeout {
+        Some(timeout) => tokio::time::timeout(timeout, queue.reserve()).await,
+        None => Ok(queue.reserve().await),
+    };
+    match reserved {
+        Ok(Ok(reservation)) => {
+            let answer = cache.lookup_miss(&key).await;
+            Ok(Looked {
+                key,
+                answer,
+                attempt: Attempt::Reserved(reservation),
+            })
+        }
+        Ok(Err(retry_after)) => Err(too_many_attempts(retry_after)),
+        Err(_elapsed) => {
+            if let Some(retry_after) = queue.blocked() {
+                return Err(too_many_attempts(retry_after));
+            }
+            let key_id = key.id();
+            tracing::warn!(
+                target: LOG_TARGET,
+                %key_id,
+                "api key not looked up: lookups in flight from its client held every \
+                 failed-attempt limit slot it has left for longer than the verifier timeout"
+            );
+            let mut rejection = Rejection::new(Reason::Unavailable);
+            rejection.key_id = Some(key_id);
+            rejection.retry_after = Some(Duration::from_secs(1));
+            Err(rejection)
+        }
     }
 }
 
@@ -157,7 +215,7 @@ pub(crate) fn verdict<B>(
                 usage.note(&caller, s.cache.config().clock().now());
             }
             // A valid key is no guess, whatever the route's scopes say.
-            give_back(s, attempt);
+            give_back(attempt);
             let scope_policy = policy.policy_for(request.method(), request.uri().path());
             let mut rejection = match scope_policy.check(caller.scopes()) {
                 // Counted as accepted once the limits admit it too (`admit`).
@@ -178,13 +236,13 @@ pub(crate) fn verdict<B>(
         Err(LookupError::Expired) => Reason::Expired,
         Err(LookupError::VerifierPanicked) => {
             // Not the client's fault.
-            give_back(s, attempt);
+            give_back(attempt);
             let mut rejection = Rejection::new(Reason::VerifierPanicked);
             rejection.key_id = Some(key_id);
             return Err(rejection);
         }
         Err(LookupError::Unavailable(e)) => {
-            give_back(s, attempt);
+            give_back(attempt);
             // The cause goes to the log here: the rejection does not carry it.
             tracing::warn!(target: LOG_TARGET, %key_id, error = %e, "api key verifier unavailable");
             let mut rejection = Rejection::new(Reason::Unavailable);
@@ -216,10 +274,18 @@ pub(crate) fn limit<B>(
 
 /// The rejection a limited client gets for a credential refused before or
 /// without a verifier call of its own: a failed one takes an attempt, and
-/// any of them is a 429 once none is left.
+/// any of them is a 429 once none is left. A failure of a key looked up
+/// with a reserved attempt spends that attempt and is answered as it is.
 fn refused(s: &Shared, attempt: Attempt, rejection: Rejection) -> Rejection {
-    let (Attempt::From(client), Some(limit)) = (attempt, &s.limit) else {
-        // Unlimited, or the failure is the attempt already reserved.
+    let client = match attempt {
+        Attempt::From(client) => client,
+        Attempt::Reserved(reservation) => {
+            reservation.spend();
+            return rejection;
+        }
+        Attempt::Unlimited => return rejection,
+    };
+    let Some(limit) = &s.limit else {
         return rejection;
     };
     let outcome = if rejection.reason.is_failed_attempt() {
@@ -234,9 +300,9 @@ fn refused(s: &Shared, attempt: Attempt, rejection: Rejection) -> Rejection {
 }
 
 /// Gives back an attempt reserved for a lookup that did not fail.
-fn give_back(s: &Shared, attempt: Attempt) {
-    if let (Attempt::Reserved(client), Some(limit)) = (attempt, &s.limit) {
-        limit.give_back(client);
+fn give_back(attempt: Attempt) {
+    if let Attempt::Reserved(reservation) = attempt {
+        reservation.release();
     }
 }
 

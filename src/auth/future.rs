@@ -12,15 +12,13 @@ use tower_service::Service;
 
 use super::authenticator::Shared;
 use super::body::RejectionBody;
-use super::decide::{self, Attempt, Lookup};
+use super::decide::{self, Looked, Lookup};
 use super::limits::Limited;
 use super::rate_headers::RateHeaders;
 use super::rejection::Rejection;
 use super::route::RouteConfig;
 use super::LOG_TARGET;
 use crate::cache::Caller;
-use crate::cache::LookupError;
-use crate::key::PresentedKey;
 
 /// What a key's credits answer, once leased.
 type Spend = BoxFuture<'static, Result<Option<Box<RateHeaders>>, Rejection>>;
@@ -58,9 +56,11 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<S, F, ReqBody> {
-        // Waiting for the key lookup; then the inner service is called.
+        // Waiting for the key lookup (and, first, for an attempt of the
+        // failed-attempt limiter if lookups in flight hold them all); then
+        // the inner service is called.
         Authenticating {
-            lookup: BoxFuture<'static, (PresentedKey, Result<Caller, LookupError>)>,
+            lookup: Lookup,
             pending: Option<Pending<S, ReqBody>>,
         },
         // Spending the key's credits, which needs a lease first; the
@@ -81,7 +81,6 @@ const POLLED_AFTER_COMPLETION: &str = "`ResponseFuture` polled after completion"
 
 struct Pending<S, ReqBody> {
     route: Arc<RouteConfig>,
-    attempt: Attempt,
     service: S,
     request: Request<ReqBody>,
 }
@@ -140,10 +139,9 @@ where
     ) -> Self {
         Self {
             state: State::Authenticating {
-                lookup: lookup.answer,
+                lookup,
                 pending: Some(Pending {
                     route,
-                    attempt: lookup.attempt,
                     service,
                     request,
                 }),
@@ -164,23 +162,30 @@ where
         loop {
             match state.as_mut().project() {
                 StateProj::Authenticating { lookup, pending } => {
-                    let (key, result) = ready!(lookup.as_mut().poll(cx));
+                    let looked = ready!(lookup.as_mut().poll(cx));
                     let Pending {
                         route,
-                        attempt,
                         mut service,
                         mut request,
                     } = pending.take().expect(POLLED_AFTER_COMPLETION);
                     state.set(State::Done);
                     let s = route.auth.shared();
                     let policy = &*route.policy;
-                    let limited = decide::verdict(s, policy, &request, key.id(), result, attempt)
+                    let limited = looked
+                        .and_then(
+                            |Looked {
+                                 key,
+                                 answer,
+                                 attempt,
+                             }| {
+                                decide::verdict(s, policy, &request, key.id(), answer, attempt)
+                            },
+                        )
                         .map(|caller| {
                             let limits = route.limits.as_ref();
                             let limited = decide::limit(s, policy, limits, &request, &caller);
                             (caller, limited)
                         });
-                    drop(key);
                     match limited {
                         Ok((caller, Limited::Admit(headers))) => {
                             admit(s, &mut request, caller);

@@ -1,12 +1,15 @@
 //! Failed-attempt limiting: a client that keeps presenting bad keys is
+//! refused before any lookup.
 
 use std::fmt;
 use std::net::IpAddr;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use http::{Extensions, HeaderMap};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Tells clients apart: returns the client's address, or `None` to leave
@@ -24,26 +27,41 @@ pub type ClientIdFn = dyn Fn(&HeaderMap, &Extensions) -> Option<IpAddr> + Send +
 ///   checksum, an unknown, revoked or expired key, two credentials at once.
 ///   A request with no credential at all spends none, nor does a valid key
 ///   refused for its scopes, nor a verifier failure (503) or panic (500).
-/// - **Before the verifier, not after**: a key the cache cannot answer takes
-///   an attempt *before* its lookup starts, and gets it back when the key
-///   proves valid or the verifier fails. So however many requests a client
-///   has in flight, it makes at most as many verifier calls as it has
-///   attempts left. A request that goes away before its lookup answers keeps
-///   its attempt spent: otherwise disconnecting would buy free lookups.
+/// - **Before the verifier, not after**: a key the cache cannot answer
+///   reserves an attempt *before* its lookup starts; the attempt is spent if
+///   the key fails, and comes back when it proves valid or the verifier
+///   fails. So however many requests a client has in flight, it makes at
+///   most as many verifier calls as it has attempts left (1,000 unknown keys
+///   at once with a limit of 30: 30 verifier calls). A request that goes
+///   away before its lookup answers keeps its attempt spent: otherwise
+///   disconnecting would buy free lookups.
+/// - **Only confirmed failures refuse**: a request that finds every attempt
+///   left reserved by lookups still in flight *waits* for their outcomes
+///   instead of getting 429. Each one that proves valid (or meets a
+///   verifier fault) hands its attempt to the next waiting request; once the
+///   ones that fail leave no attempt, every waiting request gets the 429. So
+///   a gateway, a NAT or a batch job sending many valid keys from one
+///   address right after a deploy (nothing cached) is served, at most
+///   `max_failures` lookups at a time. A wait lasts at most the verifier
+///   timeout ([`AuthenticatorBuilder::verifier_timeout`](crate::AuthenticatorBuilder::verifier_timeout)),
+///   counted from when it starts; past it the request gets what a verifier
+///   timeout gets, 503 with `Retry-After: 1` (or the 429, if the client has
+///   no attempt left by then), without a lookup. A request that goes away
+///   while waiting holds nothing and takes nothing with it.
 /// - **Joining costs nothing**: a request for a key whose lookup is already
 ///   under way waits for that answer without taking an attempt, so a burst
 ///   of requests with one valid key that is not cached yet (a cold start)
 ///   all get through on one verifier call. (Requests for one new key that
 ///   arrive together on different threads may each take an attempt before
 ///   the lookup is under way; a valid key gives every one of them back.)
-/// - **While a client has no attempt left** it gets 429 with `Retry-After`
-///   for everything, a missing credential included, except a key the cache
-///   already holds as valid (or whose lookup is already under way): a
-///   cached key proves its holder is not guessing, and answering it costs
-///   no lookup, so one client guessing from behind a shared address (a NAT,
-///   a proxy, an IPv6 /64) does not lock out the valid keys used from
-///   there. Everything else (garbage, unknown or uncached keys) is refused
-///   without a verifier call.
+/// - **While confirmed failures leave a client no attempt** it gets 429
+///   with `Retry-After` for everything, a missing credential included,
+///   except a key the cache already holds as valid (or whose lookup is
+///   already under way): a cached key proves its holder is not guessing,
+///   and answering it costs no lookup, so one client guessing from behind a
+///   shared address (a NAT, a proxy, an IPv6 /64) does not lock out the
+///   valid keys used from there. Everything else (garbage, unknown or
+///   uncached keys) is refused without a verifier call.
 ///
 /// Clients are told apart by a function of the request (default: the peer
 /// address from axum's `ConnectInfo<SocketAddr>`, IPv6 grouped by /64).
@@ -62,7 +80,7 @@ pub type ClientIdFn = dyn Fn(&HeaderMap, &Extensions) -> Option<IpAddr> + Send +
 /// ```
 /// use std::time::Duration;
 /// use tower_api_key::Authenticator;
-/// use tower_api_key::auth::{ FailedAttemptLimit};
+/// use tower_api_key::auth::FailedAttemptLimit;
 /// use tower_api_key::MemoryStore;
 ///
 /// let auth = Authenticator::builder(MemoryStore::new())
@@ -77,7 +95,7 @@ pub struct FailedAttemptLimit {
     max_failures: u32,
     window: Duration,
     client_id: Arc<ClientIdFn>,
-    clients: moka::sync::Cache<IpAddr, Arc<Mutex<Bucket>>>,
+    clients: moka::sync::Cache<IpAddr, Arc<Client>>,
     /// Set once a request without a client id has been warned about.
     warned_no_client: Arc<AtomicBool>,
 }
@@ -92,10 +110,228 @@ impl fmt::Debug for FailedAttemptLimit {
     }
 }
 
+/// One client's attempts, and the requests waiting for one.
+struct Client {
+    bucket: Mutex<Bucket>,
+    /// Woken when the bucket changes in a way a waiting request cares
+    /// about: an attempt freed for it, or none left at all.
+    changed: Notify,
+}
+
 #[derive(Debug)]
 struct Bucket {
+    /// Attempts not spent by a confirmed failure (refilling over time).
     tokens: f64,
+    /// How many of `tokens` are held by lookups still in flight.
+    reserved: u32,
     updated: Instant,
+}
+
+impl Bucket {
+    /// Whether confirmed failures leave no attempt: the only state that is a 429.
+    fn blocked(&self) -> bool {
+        self.tokens < 1.0
+    }
+
+    /// Whether an attempt is neither spent nor held by a lookup in flight.
+    fn has_free(&self) -> bool {
+        self.tokens - f64::from(self.reserved) >= 1.0
+    }
+
+    /// Whom to wake after a change: everyone if nothing is left, one waiter
+    /// if an attempt is free for it.
+    fn wake(&self) -> Wake {
+        if self.blocked() {
+            Wake::All
+        } else if self.has_free() {
+            Wake::One
+        } else {
+            Wake::None
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Wake {
+    None,
+    One,
+    All,
+}
+
+impl Client {
+    fn lock(&self) -> MutexGuard<'_, Bucket> {
+        self.bucket.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake(&self, wake: Wake) {
+        match wake {
+            Wake::None => {}
+            Wake::One => self.changed.notify_one(),
+            Wake::All => self.changed.notify_waiters(),
+        }
+    }
+}
+
+/// The settings a bucket is refilled with, copied into each reservation
+/// and queue so they need no handle on the limiter.
+#[derive(Debug, Clone, Copy)]
+struct Refill {
+    max: f64,
+    /// Attempts per second.
+    rate: f64,
+    window: Duration,
+}
+
+impl Refill {
+    fn refill(&self, bucket: &mut Bucket, now: Instant) {
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.max);
+        bucket.updated = now;
+    }
+
+    /// How long until a bucket holding `tokens` (< 1) has a whole attempt.
+    fn retry_after(&self, tokens: f64) -> Duration {
+        let wait = (1.0 - tokens) / self.rate;
+        let wait = Duration::try_from_secs_f64(wait).unwrap_or(self.window);
+        wait.clamp(
+            Duration::from_secs(1),
+            self.window.max(Duration::from_secs(1)),
+        )
+    }
+
+    /// Reserves an attempt of `client` for a lookup, if one is free.
+    fn try_reserve(&self, client: &Arc<Client>) -> Result<Reservation, Full> {
+        let (result, wake) = {
+            let mut bucket = client.lock();
+            self.refill(&mut bucket, Instant::now());
+            if bucket.blocked() {
+                return Err(Full::Blocked(self.retry_after(bucket.tokens)));
+            }
+            if !bucket.has_free() {
+                return Err(Full::Busy);
+            }
+            bucket.reserved += 1;
+            // An attempt still free (e.g. refilled while this request
+            // waited) is passed on to the next waiter.
+            let wake = if bucket.has_free() {
+                Wake::One
+            } else {
+                Wake::None
+            };
+            let reservation = Reservation {
+                client: client.clone(),
+                refill: *self,
+                valid: false,
+            };
+            (Ok(reservation), wake)
+        };
+        client.wake(wake);
+        result
+    }
+}
+
+/// Why [`Refill::try_reserve`] reserved nothing.
+enum Full {
+    /// Confirmed failures leave no attempt: retry after this long.
+    Blocked(Duration),
+    /// Every attempt left is held by a lookup in flight.
+    Busy,
+}
+
+/// What a request that could not reserve an attempt at once does.
+pub(crate) enum NoAttempt {
+    /// Confirmed failures leave the client no attempt: a 429, retry after
+    /// this long.
+    Blocked(Duration),
+    /// Every attempt left is held by a lookup in flight: wait in this queue
+    /// for one of them to come back.
+    Busy(Queue),
+}
+
+/// An attempt held for one lookup: spent if the key fails (or the request
+/// goes away first), given back if it proves valid or the verifier fails.
+/// Dropping it spends it; [`Reservation::release`] gives it back.
+pub(crate) struct Reservation {
+    client: Arc<Client>,
+    refill: Refill,
+    /// Set by [`Reservation::release`]; read when it is dropped.
+    valid: bool,
+}
+
+impl Reservation {
+    /// Gives the attempt back: the key proved valid, or the verifier failed
+    /// (not the client's fault). A waiting request can take it.
+    pub(crate) fn release(mut self) {
+        self.valid = true;
+    }
+
+    /// Spends the attempt: the key failed. The same as dropping it, named
+    /// for the reader.
+    pub(crate) fn spend(self) {}
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let wake = {
+            let mut bucket = self.client.lock();
+            self.refill.refill(&mut bucket, Instant::now());
+            bucket.reserved = bucket.reserved.saturating_sub(1);
+            if !self.valid {
+                // Failures taken meanwhile without a lookup (garbage) may
+                // already have spent what this held: never below empty, so a
+                // full window still restores every attempt.
+                bucket.tokens = (bucket.tokens - 1.0).max(0.0);
+            }
+            bucket.wake()
+        };
+        self.client.wake(wake);
+    }
+}
+
+impl fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reservation")
+            .field("valid", &self.valid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request waiting for one of its client's attempts held by lookups in
+/// flight. Holds no attempt itself: dropping it frees nothing and takes
+/// nothing (a wake-up it had received passes on to the next waiter).
+pub(crate) struct Queue {
+    client: Arc<Client>,
+    refill: Refill,
+}
+
+impl Queue {
+    /// Waits until an attempt is free and reserves it, or until confirmed
+    /// failures leave none (`Err(retry_after)`). Unbounded: the caller puts
+    /// the deadline on it.
+    pub(crate) async fn reserve(&self) -> Result<Reservation, Duration> {
+        let mut changed = pin!(self.client.changed.notified());
+        loop {
+            // Registered before looking, so a change made between the look
+            // and the wait still wakes this request.
+            changed.as_mut().enable();
+            match self.refill.try_reserve(&self.client) {
+                Ok(reservation) => return Ok(reservation),
+                Err(Full::Blocked(retry_after)) => return Err(retry_after),
+                Err(Full::Busy) => {}
+            }
+            changed.as_mut().await;
+            changed.set(self.client.changed.notified());
+        }
+    }
+
+    /// `Some(retry_after)` if confirmed failures leave no attempt now.
+    pub(crate) fn blocked(&self) -> Option<Duration> {
+        let mut bucket = self.client.lock();
+        self.refill.refill(&mut bucket, Instant::now());
+        bucket
+            .blocked()
+            .then(|| self.refill.retry_after(bucket.tokens))
+    }
 }
 
 impl FailedAttemptLimit {
@@ -157,67 +393,74 @@ impl FailedAttemptLimit {
         client
     }
 
-    fn rate(&self) -> f64 {
-        self.max_failures as f64 / self.window.as_secs_f64()
+    fn refill(&self) -> Refill {
+        Refill {
+            max: f64::from(self.max_failures),
+            rate: f64::from(self.max_failures) / self.window.as_secs_f64(),
+            window: self.window,
+        }
     }
 
-    fn refill(&self, bucket: &mut Bucket, now: Instant) {
-        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.rate()).min(self.max_failures as f64);
-        bucket.updated = now;
+    /// The bucket of `client`, full if it is new.
+    fn bucket(&self, client: IpAddr) -> Arc<Client> {
+        self.clients.get_with(client, || {
+            Arc::new(Client {
+                bucket: Mutex::new(Bucket {
+                    tokens: f64::from(self.max_failures),
+                    reserved: 0,
+                    updated: Instant::now(),
+                }),
+                changed: Notify::new(),
+            })
+        })
     }
 
-    /// How long until a bucket holding `tokens` (< 1) has a whole attempt.
-    fn retry_after(&self, tokens: f64) -> Duration {
-        let wait = (1.0 - tokens) / self.rate();
-        let wait = Duration::try_from_secs_f64(wait).unwrap_or(self.window);
-        wait.clamp(
-            Duration::from_secs(1),
-            self.window.max(Duration::from_secs(1)),
-        )
-    }
-
-    /// `Some(retry_after)` if `client` has no attempts left. Takes nothing.
+    /// `Some(retry_after)` if confirmed failures leave `client` no attempt.
+    /// Takes nothing; attempts held by lookups in flight do not count.
     pub(crate) fn blocked(&self, client: IpAddr) -> Option<Duration> {
-        let bucket = self.clients.get(&client)?;
-        let mut bucket = bucket.lock().unwrap_or_else(|e| e.into_inner());
-        self.refill(&mut bucket, Instant::now());
-        if bucket.tokens >= 1.0 {
-            return None;
-        }
-        Some(self.retry_after(bucket.tokens))
+        let client = self.clients.get(&client)?;
+        let mut bucket = client.lock();
+        let refill = self.refill();
+        refill.refill(&mut bucket, Instant::now());
+        bucket.blocked().then(|| refill.retry_after(bucket.tokens))
     }
 
-    /// Takes one attempt from `client`, or, if it has none left, says how
-    /// long until it has one. Atomic per client: concurrent requests never
-    /// take more attempts than the bucket holds.
+    /// Spends one attempt of `client` on a failure that needed no lookup
+    /// (garbage, a key the cache knows is bad), or, if confirmed failures
+    /// leave none, says how long until one is back. Attempts held by
+    /// lookups in flight do not make it a 429: they have not failed yet.
     pub(crate) fn try_take(&self, client: IpAddr) -> Result<(), Duration> {
-        let now = Instant::now();
-        let max = self.max_failures as f64;
-        let bucket = self.clients.get_with(client, || {
-            Arc::new(Mutex::new(Bucket {
-                tokens: max,
-                updated: now,
-            }))
-        });
-        let mut bucket = bucket.lock().unwrap_or_else(|e| e.into_inner());
-        self.refill(&mut bucket, now);
-        if bucket.tokens >= 1.0 {
+        let client = self.bucket(client);
+        let refill = self.refill();
+        let wake = {
+            let mut bucket = client.lock();
+            refill.refill(&mut bucket, Instant::now());
+            if bucket.blocked() {
+                return Err(refill.retry_after(bucket.tokens));
+            }
             bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(self.retry_after(bucket.tokens))
-        }
+            // Only the last attempt going changes anything for a waiter.
+            if bucket.blocked() {
+                Wake::All
+            } else {
+                Wake::None
+            }
+        };
+        client.wake(wake);
+        Ok(())
     }
 
-    /// Returns an attempt taken by [`FailedAttemptLimit::try_take`] that did
-    /// not fail after all (a valid key, a verifier fault).
-    pub(crate) fn give_back(&self, client: IpAddr) {
-        // A bucket forgotten meanwhile would be created full: nothing to return.
-        if let Some(bucket) = self.clients.get(&client) {
-            let mut bucket = bucket.lock().unwrap_or_else(|e| e.into_inner());
-            self.refill(&mut bucket, Instant::now());
-            bucket.tokens = (bucket.tokens + 1.0).min(self.max_failures as f64);
+    /// Reserves one attempt of `client` for a lookup, so that a client
+    /// never has more lookups in flight than it has attempts left. Atomic
+    /// per client. Without a free attempt: a 429 only if confirmed failures
+    /// leave none; if lookups in flight hold them, a queue to wait in.
+    pub(crate) fn reserve(&self, client: IpAddr) -> Result<Reservation, NoAttempt> {
+        let refill = self.refill();
+        let client = self.bucket(client);
+        match refill.try_reserve(&client) {
+            Ok(reservation) => Ok(reservation),
+            Err(Full::Blocked(retry_after)) => Err(NoAttempt::Blocked(retry_after)),
+            Err(Full::Busy) => Err(NoAttempt::Busy(Queue { client, refill })),
         }
     }
 }
@@ -308,6 +551,10 @@ pub(crate) fn group(ip: IpAddr) -> IpAddr {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
     use super::*;
 
     #[test]
@@ -355,24 +602,199 @@ mod tests {
         }
     }
 
+    /// The reservation, or panics.
+    fn reserved(limit: &FailedAttemptLimit, client: IpAddr) -> Reservation {
+        match limit.reserve(client) {
+            Ok(reservation) => reservation,
+            Err(NoAttempt::Busy(_)) => panic!("busy, expected a reservation"),
+            Err(NoAttempt::Blocked(retry)) => panic!("blocked ({retry:?}), expected a reservation"),
+        }
+    }
+
+    /// The queue to wait in, or panics.
+    fn busy(limit: &FailedAttemptLimit, client: IpAddr) -> Queue {
+        match limit.reserve(client) {
+            Err(NoAttempt::Busy(queue)) => queue,
+            Ok(_) => panic!("reserved, expected to wait"),
+            Err(NoAttempt::Blocked(retry)) => panic!("blocked ({retry:?}), expected to wait"),
+        }
+    }
+
+    type Waiter<'q> = Pin<Box<dyn Future<Output = Result<Reservation, Duration>> + 'q>>;
+
+    /// A request waiting in `queue`, polled once so it is registered.
+    fn waiter(queue: &Queue) -> Waiter<'_> {
+        let mut waiter: Waiter<'_> = Box::pin(queue.reserve());
+        assert!(poll(&mut waiter).is_pending(), "waits");
+        waiter
+    }
+
+    fn poll(waiter: &mut Waiter<'_>) -> Poll<Result<Reservation, Duration>> {
+        waiter
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn an_attempt_given_back_can_be_taken_again_but_never_beyond_max() {
+    async fn a_released_attempt_can_be_reserved_again_but_never_beyond_max() {
         let limit = FailedAttemptLimit::new(2, Duration::from_secs(60));
         let client: IpAddr = "192.0.2.7".parse().unwrap();
-        assert_eq!(limit.try_take(client), Ok(()));
-        assert_eq!(limit.try_take(client), Ok(()));
-        assert!(limit.try_take(client).is_err());
-        limit.give_back(client);
-        assert_eq!(limit.try_take(client), Ok(()), "the returned attempt");
-        assert!(limit.try_take(client).is_err());
+        let first = reserved(&limit, client);
+        let second = reserved(&limit, client);
+        busy(&limit, client);
+        first.release();
+        let third = reserved(&limit, client);
+        busy(&limit, client);
 
-        // Giving back more than was taken does not raise the limit.
-        limit.give_back(client);
-        limit.give_back(client);
-        limit.give_back(client);
+        // Releasing more often than the bucket holds does not raise the limit.
+        second.release();
+        third.release();
+        for _ in 0..5 {
+            reserved(&limit, client).release();
+        }
+        let held = [reserved(&limit, client), reserved(&limit, client)];
+        busy(&limit, client);
+        drop(held);
+        assert!(limit.blocked(client).is_some(), "both dropped: spent");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_held_by_lookups_in_flight_make_a_request_wait_not_fail() {
+        let limit = FailedAttemptLimit::new(2, Duration::from_secs(60));
+        let client: IpAddr = "192.0.2.7".parse().unwrap();
+        let first = reserved(&limit, client);
+        let second = reserved(&limit, client);
+        assert_eq!(limit.blocked(client), None, "nothing has failed yet");
+        let queue = busy(&limit, client);
+        let mut waiting = waiter(&queue);
+
+        // One lookup fails: the other still holds the last attempt.
+        second.spend();
+        assert!(poll(&mut waiting).is_pending());
+        // The other proves valid: its attempt is the waiter's.
+        first.release();
+        let Poll::Ready(Ok(taken)) = poll(&mut waiting) else {
+            panic!("the released attempt goes to the waiter");
+        };
+        busy(&limit, client);
+        taken.release();
         assert_eq!(limit.try_take(client), Ok(()));
+        assert!(
+            limit.try_take(client).is_err(),
+            "one failure, one attempt left"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_the_lookups_in_flight_fail_every_waiter_gets_a_retry_after() {
+        let limit = FailedAttemptLimit::new(2, Duration::from_secs(60));
+        let client: IpAddr = "192.0.2.7".parse().unwrap();
+        let held = [reserved(&limit, client), reserved(&limit, client)];
+        let queues: Vec<Queue> = (0..3).map(|_| busy(&limit, client)).collect();
+        let mut waiting: Vec<Waiter<'_>> = queues.iter().map(waiter).collect();
+        drop(held);
+        for waiter in &mut waiting {
+            // 2 per 60 s: one attempt back in 30 s.
+            assert!(
+                matches!(poll(waiter), Poll::Ready(Err(retry)) if retry == Duration::from_secs(30)),
+                "refused"
+            );
+        }
+        match limit.reserve(client) {
+            Err(NoAttempt::Blocked(retry)) => assert_eq!(retry, Duration::from_secs(30)),
+            _ => panic!("no attempt left"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_waiter_frees_nothing_it_did_not_hold_and_leaks_nothing() {
+        let limit = FailedAttemptLimit::new(1, Duration::from_secs(60));
+        let client: IpAddr = "192.0.2.7".parse().unwrap();
+        let held = reserved(&limit, client);
+        let queues: Vec<Queue> = (0..3).map(|_| busy(&limit, client)).collect();
+        let first = waiter(&queues[0]);
+        let mut second = waiter(&queues[1]);
+        let third = waiter(&queues[2]);
+
+        // A waiter that goes away frees nothing: the attempt is still held.
+        drop(third);
+        let later = busy(&limit, client);
+        // The attempt comes back and wakes the oldest waiter, which goes
+        // away before it runs: the wake-up passes on, nothing is lost.
+        held.release();
+        drop(first);
+        let Poll::Ready(Ok(taken)) = poll(&mut second) else {
+            panic!("the wake-up passed on to the next waiter");
+        };
+        let mut latest = waiter(&later);
+        taken.release();
+        let Poll::Ready(Ok(taken)) = poll(&mut latest) else {
+            panic!("released again");
+        };
+        taken.release();
+        drop((latest, second));
+
+        // Nothing held, nothing spent: the one attempt is whole.
+        reserved(&limit, client).release();
         assert_eq!(limit.try_take(client), Ok(()));
-        assert!(limit.try_take(client).is_err(), "still at most 2");
+        assert!(limit.try_take(client).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_refilled_while_requests_wait_passes_from_waiter_to_waiter() {
+        let limit = FailedAttemptLimit::new(2, Duration::from_secs(60));
+        let client: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(
+            limit.try_take(client),
+            Ok(()),
+            "one failure without a lookup"
+        );
+        let held = reserved(&limit, client);
+        let queues: Vec<Queue> = (0..2).map(|_| busy(&limit, client)).collect();
+        let mut waiting: Vec<Waiter<'_>> = queues.iter().map(waiter).collect();
+        // The failure's attempt refills; no lookup resolves meanwhile.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        held.release();
+        // The release wakes one waiter; reserving, it finds the refilled
+        // attempt still free and wakes the next.
+        let Poll::Ready(Ok(a)) = poll(&mut waiting[0]) else {
+            panic!("the released attempt");
+        };
+        let Poll::Ready(Ok(b)) = poll(&mut waiting[1]) else {
+            panic!("the refilled attempt, passed on");
+        };
+        busy(&limit, client);
+        drop((a, b));
+    }
+
+    #[test]
+    fn concurrent_reservations_never_hold_more_than_the_bucket_holds() {
+        let limit = FailedAttemptLimit::new(30, Duration::from_secs(3600));
+        let client: IpAddr = "192.0.2.7".parse().unwrap();
+        let barrier = std::sync::Barrier::new(8);
+        let held: Vec<Reservation> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        (0..100)
+                            .filter_map(|_| limit.reserve(client).ok())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        assert_eq!(held.len(), 30);
+        assert_eq!(limit.blocked(client), None, "held, not failed");
+        held.into_iter().for_each(Reservation::release);
+        assert_eq!(
+            limit.reserve(client).map(Reservation::release).ok(),
+            Some(())
+        );
     }
 
     #[test]

@@ -42,7 +42,8 @@
 //!    the same body; a failing verifier is a 503, a panicking one a 500.
 //!    With a [failed-attempt limit](FailedAttemptLimit), a client with no attempt left
 //!    gets 429 at steps 3 to 5 instead, without a verifier call; only a key
-//!    the cache holds as valid still gets through.
+//!    the cache holds as valid still gets through. (A request that finds
+//!    every attempt left held by lookups in flight waits for their outcome.)
 //! 6. The route's [`ScopePolicy`](crate::ScopePolicy): a 403 if it refuses.
 //! 7. The [`Caller`](crate::Caller) goes into the request's extensions (replacing any), the
 //!    credential header is marked sensitive, and the inner service is called.
