@@ -77,7 +77,7 @@
 //! assert_eq!(cache.lookup(&presented).await?.service_account_id(), "sa-1");
 //!
 //! // Refused here at once, and on every other replica within the NOTIFY delay.
-//! store.revoke(created.record.key_id).await?;
+//! store.revoke(created.record.key_id, None).await?;
 //! assert!(cache.lookup(&presented).await.is_err());
 //! store.shutdown().await;
 //! # Ok(()) }

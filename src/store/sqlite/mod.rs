@@ -85,7 +85,7 @@
 //!
 //! // Refused here at once, and by every other process on the file within
 //! // its poll interval.
-//! store.revoke(created.record.key_id).await?;
+//! store.revoke(created.record.key_id, None).await?;
 //! assert!(cache.lookup(&presented).await.is_err());
 //! store.shutdown().await;
 //! # std::fs::remove_dir_all(&dir)?;
