@@ -176,6 +176,11 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Invalid(why) => Self::invalid(scrub(&why)),
+            // Names the key and the field, never the value.
+            StoreError::InvalidField { id, error } => Self::invalid(match id {
+                Some(id) => format!("key {id}: {error}"),
+                None => error.to_string(),
+            }),
             // The store's message names the limit, never the account or a key.
             e @ StoreError::KeyLimitReached { .. } => {
                 Self::new(StatusCode::CONFLICT, "key_limit_reached", e.to_string())

@@ -39,6 +39,7 @@ mod page_token;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
+pub mod rules;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod schema;
 #[cfg(feature = "sqlite")]
@@ -379,12 +380,26 @@ pub enum StoreError {
     },
     /// The backend failed.
     Backend(Box<dyn std::error::Error + Send + Sync>),
+    /// A field breaks its [rule](rules): which one and why, never its
+    /// value; `id` names the key when there is one (an import).
+    #[non_exhaustive]
+    InvalidField {
+        /// The key, when the request is about one.
+        id: Option<KeyId>,
+        /// The field and what is wrong with it.
+        error: rules::FieldError,
+    },
 }
 
 impl StoreError {
     /// An invalid request.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::Invalid(message.into())
+    }
+
+    /// A field of key `id` (if any) breaks its rule.
+    pub fn invalid_field(id: Option<KeyId>, error: rules::FieldError) -> Self {
+        Self::InvalidField { id, error }
     }
 
     /// A backend failure.
@@ -404,6 +419,10 @@ impl fmt::Display for StoreError {
                  (expired keys count too); delete keys it no longer uses"
             ),
             Self::Backend(e) => write!(f, "key store backend failed: {e}"),
+            Self::InvalidField { id: Some(id), error } => {
+                write!(f, "invalid request: key {id}: {error}")
+            }
+            Self::InvalidField { id: None, error } => write!(f, "invalid request: {error}"),
         }
     }
 }
@@ -413,6 +432,7 @@ impl std::error::Error for StoreError {
         match self {
             Self::KeyGen(e) => Some(e),
             Self::Backend(e) => Some(&**e),
+            Self::InvalidField { error, .. } => Some(error),
             Self::Invalid(_) | Self::KeyLimitReached { .. } => None,
         }
     }
