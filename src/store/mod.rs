@@ -419,7 +419,10 @@ impl fmt::Display for StoreError {
                  (expired keys count too); delete keys it no longer uses"
             ),
             Self::Backend(e) => write!(f, "key store backend failed: {e}"),
-            Self::InvalidField { id: Some(id), error } => {
+            Self::InvalidField {
+                id: Some(id),
+                error,
+            } => {
                 write!(f, "invalid request: key {id}: {error}")
             }
             Self::InvalidField { id: None, error } => write!(f, "invalid request: {error}"),

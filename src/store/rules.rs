@@ -268,7 +268,9 @@ pub fn scopes<S: AsRef<str>>(names: &[S], format: &KeyFormat) -> Result<ScopeSet
     for (i, name) in names.iter().enumerate() {
         let name = name.as_ref();
         no_key(Field::Scope(i), name, format)?;
-        scopes.push(Scope::new(name).map_err(|e| FieldError::new(Field::Scope(i), Problem::Scope(e)))?);
+        scopes.push(
+            Scope::new(name).map_err(|e| FieldError::new(Field::Scope(i), Problem::Scope(e)))?,
+        );
     }
     let given = {
         let mut unique: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
@@ -396,4 +398,73 @@ pub fn stored_key(key: &StoredKey, format: &KeyFormat, now: SystemTime) -> Resul
         credits(c)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::StoredHash;
+    use crate::key::KeyId;
+    use crate::record::KeyRecord;
+    use crate::store::{KeyInfo, PreviousHash};
+
+    #[test]
+    fn lengths_are_counted_as_the_api_counts_them() {
+        let format = KeyFormat::default();
+        assert!(service_account_id(&"a".repeat(128)).is_ok());
+        assert!(service_account_id(&"a".repeat(129)).is_err());
+        // Characters, not bytes: 256 three-byte characters are fine.
+        assert!(description(&"€".repeat(256), &format).is_ok());
+        let e = description(&"€".repeat(257), &format).unwrap_err();
+        assert_eq!(e.to_string(), "description: at most 256 characters");
+    }
+
+    #[test]
+    fn a_hint_is_the_prefix_an_ellipsis_and_four_key_characters() {
+        let format = KeyFormat::default();
+        let key = format.generate().unwrap();
+        assert!(hint(&crate::store::hint_of(&key), &format).is_ok());
+        for bad in [
+            "tak_…abc",
+            "tak_…abcde",
+            "tak_...abcd",
+            "tak_…ab-d",
+            "yc_…abcd",
+            "",
+        ] {
+            assert_eq!(
+                hint(bad, &format).unwrap_err().problem(),
+                &Problem::NotAHint,
+                "{bad}"
+            );
+        }
+        let other = KeyFormat::new("yc").unwrap();
+        assert!(hint("yc_…abcd", &other).is_ok());
+    }
+
+    #[test]
+    fn an_imported_grace_ends_at_most_thirty_days_after_now() {
+        let format = KeyFormat::default();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let hash = |b: u8| -> StoredHash {
+            format!("sha256${}", format!("{b:02x}").repeat(32))
+                .parse()
+                .unwrap()
+        };
+        let record = KeyRecord::new(KeyId::random().unwrap(), "sa").with_created_at(now);
+        let key = StoredKey::new(KeyInfo::new(record, None, "tak_…abcd"), hash(1));
+        assert!(stored_key(&key, &format, now).is_ok());
+        let at = |until| key.clone().with_previous(PreviousHash::new(hash(2), until));
+        assert!(stored_key(&at(now + MAX_GRACE_PERIOD), &format, now).is_ok());
+        let e = stored_key(
+            &at(now + MAX_GRACE_PERIOD + Duration::from_secs(1)),
+            &format,
+            now,
+        )
+        .unwrap_err();
+        assert_eq!(e.field(), &Field::PreviousValidUntil);
+        assert_eq!(e.problem(), &Problem::GraceTooLong);
+        // An ended grace moves too.
+        assert!(stored_key(&at(now - Duration::from_secs(1)), &format, now).is_ok());
+    }
 }

@@ -648,13 +648,24 @@ pub async fn import_applies_the_rules_of_create_naming_the_key_and_the_field<F: 
     };
     for (what, account) in [
         ("an account with a space", "sa h".to_owned()),
-        ("an account with a zero-width space", "sa\u{200b}h".to_owned()),
+        (
+            "an account with a zero-width space",
+            "sa\u{200b}h".to_owned(),
+        ),
         ("an account with a newline", "sa\nh".to_owned()),
-        ("an account with a terminal escape", "sa\u{1b}[2Jh".to_owned()),
+        (
+            "an account with a terminal escape",
+            "sa\u{1b}[2Jh".to_owned(),
+        ),
     ] {
-        case(what, Field::ServiceAccountId, Problem::NotVisibleAscii, &move |k| {
-            k.info.record.service_account_id = account.as_str().into();
-        });
+        case(
+            what,
+            Field::ServiceAccountId,
+            Problem::NotVisibleAscii,
+            &move |k| {
+                k.info.record.service_account_id = account.as_str().into();
+            },
+        );
     }
     case(
         "an account of 300 characters",
@@ -696,15 +707,25 @@ pub async fn import_applies_the_rules_of_create_naming_the_key_and_the_field<F: 
         &move |k| k.info.record.scopes = ScopeSet::new([key_text.as_str()]).unwrap(),
     );
     let key_text = pasted.clone();
-    case("a hint that is a key", Field::Hint, Problem::NotAHint, &move |k| {
-        k.info.hint = key_text.clone();
-    });
+    case(
+        "a hint that is a key",
+        Field::Hint,
+        Problem::NotAHint,
+        &move |k| {
+            k.info.hint = key_text.clone();
+        },
+    );
     case("a hint too long", Field::Hint, Problem::NotAHint, &|k| {
         k.info.hint.push('x');
     });
-    case("a hint of another prefix", Field::Hint, Problem::NotAHint, &|k| {
-        k.info.hint = "zzz_…abcd".into();
-    });
+    case(
+        "a hint of another prefix",
+        Field::Hint,
+        Problem::NotAHint,
+        &|k| {
+            k.info.hint = "zzz_…abcd".into();
+        },
+    );
     case(
         "a grace until 9999",
         Field::PreviousValidUntil,
@@ -805,9 +826,7 @@ pub async fn export_revoked_pages_through_the_revoked_ids_in_order<F: StoreFacto
 /// id at once (its secret stops verifying), and from then on an import of
 /// that key (from an export taken before the revoke) is refused. Importing
 /// it again changes nothing.
-pub async fn import_revoked_revokes_a_held_key_and_refuses_it_from_then_on<F: StoreFactory>(
-    f: &F,
-) {
+pub async fn import_revoked_revokes_a_held_key_and_refuses_it_from_then_on<F: StoreFactory>(f: &F) {
     let store = f.store(StoreSettings::new()).await;
     let held = store.create(NewKey::new("sa-h")).await.unwrap();
     let other = store.create(NewKey::new("sa-h")).await.unwrap();

@@ -328,7 +328,10 @@ pub async fn import(store: &Store, mut input: impl BufRead) -> Result<Summary, C
             Read::Line => {}
         }
         let Ok(line) = std::str::from_utf8(&buf) else {
-            refuse(&key_id_in(&String::from_utf8_lossy(&buf)), "the line is not UTF-8");
+            refuse(
+                &key_id_in(&String::from_utf8_lossy(&buf)),
+                "the line is not UTF-8",
+            );
             continue;
         };
         let line = line.trim_end_matches('\r');
@@ -492,5 +495,69 @@ mod tests {
             .unwrap(),
         );
         assert!(line.to_stored().unwrap_err().starts_with("credits: "));
+    }
+}
+
+#[cfg(test)]
+mod reading {
+    use std::io::{BufReader, Read as _};
+
+    use super::*;
+
+    #[test]
+    fn a_line_over_the_cap_is_read_past_without_being_held_whole() {
+        let long = std::io::repeat(b'x').take(10 << 20);
+        let input = long.chain(&b"\n{\"next\":1}\nlast"[..]);
+        let mut input = BufReader::with_capacity(8192, input);
+        let mut buf = Vec::new();
+        let cap = 1000;
+        assert!(matches!(
+            read_line(&mut input, &mut buf, cap).unwrap(),
+            Read::TooLong
+        ));
+        assert_eq!(buf.len(), cap);
+        assert!(buf.capacity() < 4 * cap, "held {} bytes", buf.capacity());
+        assert!(matches!(
+            read_line(&mut input, &mut buf, cap).unwrap(),
+            Read::Line
+        ));
+        assert_eq!(buf, b"{\"next\":1}");
+        assert!(matches!(
+            read_line(&mut input, &mut buf, cap).unwrap(),
+            Read::Line
+        ));
+        assert_eq!(buf, b"last");
+        assert!(matches!(
+            read_line(&mut input, &mut buf, cap).unwrap(),
+            Read::End
+        ));
+    }
+
+    #[test]
+    fn a_line_of_exactly_the_cap_is_whole() {
+        let mut input = BufReader::with_capacity(7, &b"abcdefghij\nxyz"[..]);
+        let mut buf = Vec::new();
+        assert!(matches!(
+            read_line(&mut input, &mut buf, 10).unwrap(),
+            Read::Line
+        ));
+        assert_eq!(buf, b"abcdefghij");
+        assert!(matches!(
+            read_line(&mut input, &mut buf, 2).unwrap(),
+            Read::TooLong
+        ));
+        assert_eq!(buf, b"xy");
+    }
+
+    #[test]
+    fn the_key_id_of_a_cut_line_is_found_in_its_start() {
+        let id = KeyId::random().unwrap();
+        let cut = format!("{{\"key_id\":\"{id}\",\"description\":\"xxxx");
+        assert_eq!(key_id_in(&cut), id.to_string());
+        assert_eq!(key_id_in("{\"description\":\"x"), "unknown");
+        assert_eq!(
+            key_id_in(&format!("{{\"revoked\":\"{id}\"}}")),
+            id.to_string()
+        );
     }
 }

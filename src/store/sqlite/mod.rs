@@ -115,14 +115,14 @@ use super::page_token::{page_token, parse_page_token};
 use super::schema::{
     limits_text, parse_limits, scheme_columns, stored_hash, CreditColumns, MigrationReport,
 };
+use super::schema::{shown_id, warn_unreadable};
+use super::MAX_EXPORT_PAGE;
 use super::{
     check_account, check_account_limits, check_import, check_new, check_update, export_page_size,
     fill_page, hint_of, import_conflict, import_revoked, latest_time, no_credits, verified,
     CreatedKey, CreditState, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey,
     PreviousHash, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
-use super::schema::{shown_id, warn_unreadable};
-use super::MAX_EXPORT_PAGE;
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
 use crate::invalidation::{Invalidation, Invalidations};
