@@ -345,7 +345,7 @@ pub fn rate_limits(limits: &[RateLimit]) -> Result<(), FieldError> {
 }
 
 /// Credits: the count and the refill at most
-/// [`MAX_CREDITS`](crate::limits::MAX_CREDITS).
+/// [`MAX_CREDITS`].
 pub fn credits(credits: &Credits) -> Result<(), FieldError> {
     let refill = credits.refill().map_or(0, |r| r.amount());
     if credits.remaining() > MAX_CREDITS || refill > MAX_CREDITS {
