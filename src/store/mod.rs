@@ -56,10 +56,10 @@ pub(crate) use key_store::KeyStore;
 #[cfg(test)]
 pub(crate) use memory::MemoryStore;
 pub use memory::MemoryStoreBuilder;
+pub(crate) use rules::check_import;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub use schema::{Migration, MigrationReport};
-pub(crate) use transfer::check_import;
 pub use transfer::{Imported, PreviousHash, StoredKey, MAX_EXPORT_PAGE};
 
 use crate::key::{GeneratedKey, KeyGenError, KeyId};

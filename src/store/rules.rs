@@ -23,7 +23,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use super::transfer::StoredKey;
-use super::{latest_time, LATEST_TIME_TEXT};
+use super::{latest_time, StoreError, LATEST_TIME_TEXT};
 use crate::key::KeyFormat;
 use crate::limits::{check_rate_limits, Credits, RateLimit, MAX_CREDITS};
 use crate::scope::{Scope, ScopeError, ScopeSet, MAX_SCOPES_PER_KEY};
@@ -398,6 +398,20 @@ pub fn stored_key(key: &StoredKey, format: &KeyFormat, now: SystemTime) -> Resul
         credits(c)?;
     }
     Ok(())
+}
+
+/// The checks every store makes before importing `key` at `now` into a
+/// store of `format`: the [field rules](stored_key), which are
+/// those of [`KeyStore::create`](crate::KeyStore::create) (apart from an
+/// expiry in the past: expired keys move too) with bounds on every imported
+/// field. The error names the key id and the field, never a value or hash.
+pub(crate) fn check_import(
+    key: &StoredKey,
+    format: &KeyFormat,
+    now: SystemTime,
+) -> Result<(), StoreError> {
+    stored_key(key, format, now)
+        .map_err(|e| StoreError::invalid_field(Some(key.info.record.key_id), e))
 }
 
 #[cfg(test)]

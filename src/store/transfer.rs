@@ -4,9 +4,8 @@
 use std::fmt;
 use std::time::SystemTime;
 
-use super::{rules, KeyInfo, StoreError};
+use super::KeyInfo;
 use crate::hash::StoredHash;
-use crate::key::KeyFormat;
 
 /// Most keys one [`KeyStore::export`](crate::KeyStore::export) page returns.
 pub const MAX_EXPORT_PAGE: usize = 1000;
@@ -81,18 +80,4 @@ pub enum Imported {
     /// The store already held this key with the same hash and account:
     /// nothing changed but `last_used_at`, which moves forward only.
     AlreadyPresent,
-}
-
-/// The checks every store makes before importing `key` at `now` into a
-/// store of `format`: the [field rules](super::rules::stored_key), which are
-/// those of [`KeyStore::create`](crate::KeyStore::create) (apart from an
-/// expiry in the past: expired keys move too) with bounds on every imported
-/// field. The error names the key id and the field, never a value or hash.
-pub(crate) fn check_import(
-    key: &StoredKey,
-    format: &KeyFormat,
-    now: SystemTime,
-) -> Result<(), StoreError> {
-    rules::stored_key(key, format, now)
-        .map_err(|e| StoreError::invalid_field(Some(key.info.record.key_id), e))
 }

@@ -1005,7 +1005,7 @@ impl KeyStore for PgKeyStore {
             match rows.last() {
                 Some(last) if rows.len() == want && readable.len() <= size => {
                     let at = last.try_get("created_at").map_err(StoreError::backend)?;
-                    cursor = Some((at, raw_id(last)));
+                    cursor = Some((at, cursor_id(last)?));
                 }
                 _ => break,
             }
@@ -1324,7 +1324,7 @@ impl KeyStore for PgKeyStore {
             }
             match rows.last() {
                 Some(last) if rows.len() == want && keys.len() < limit => {
-                    cursor = Some(raw_id(last));
+                    cursor = Some(cursor_id(last)?);
                 }
                 _ => return Ok(keys),
             }
@@ -1520,7 +1520,7 @@ impl KeyStore for PgKeyStore {
                 }
             }
             match rows.last() {
-                Some(last) if rows.len() == MAX_EXPORT_PAGE => cursor = Some(raw_id(last)),
+                Some(last) if rows.len() == MAX_EXPORT_PAGE => cursor = Some(cursor_id(last)?),
                 _ => return Ok(ids),
             }
         }
@@ -1530,6 +1530,12 @@ impl KeyStore for PgKeyStore {
 /// A row's key id as stored ("" if it cannot even be read as text).
 fn raw_id(row: &Row) -> String {
     row.try_get("key_id").unwrap_or_default()
+}
+
+/// The key id to read on after: a row whose id cannot be read would
+/// restart the scan, so it is an error instead.
+fn cursor_id(row: &Row) -> Result<String, StoreError> {
+    row.try_get("key_id").map_err(StoreError::backend)
 }
 
 /// Raw reads for list and export, which skip the rows they cannot read.
