@@ -2164,3 +2164,231 @@ async fn create_key_at(url: &str) -> String {
         .ok();
     run.stdout.trim_end().to_owned()
 }
+
+// ---------------------------------------------------------------------------
+// import applies the rules of create; revocations travel (issue 20)
+// ---------------------------------------------------------------------------
+
+/// `line` with its `key_id` first (as `export` writes it), then the rest.
+fn line_with_id_first(line: &Value, id: &str) -> String {
+    let mut rest = line.clone();
+    rest.as_object_mut().unwrap().remove("key_id");
+    let rest = rest.to_string();
+    format!("{{\"key_id\":{},{}", Value::from(id), &rest[1..])
+}
+
+#[tokio::test]
+async fn import_of_crafted_lines_adds_only_the_valid_one_and_names_each_refused_key() {
+    let (from_dir, from) = sqlite_db("crafted_from").await;
+    let (to_dir, to) = sqlite_db("crafted_to").await;
+    let created = json_at(&from, &["keys", "create", "--account", "sa-1"]).await;
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let export = cli(["export"]).env("DATABASE_URL", &from).run().await.ok();
+    let good: Value = serde_json::from_str(export.stdout.trim_end()).unwrap();
+
+    let set = |field: &str, value: Value| {
+        let mut line = good.clone();
+        line[field] = value;
+        line
+    };
+    let mut graced = good.clone();
+    graced["previous_hash"] = Value::from(format!("sha256${}", "cd".repeat(32)));
+    graced["previous_valid_until"] = Value::from("9999-12-31T00:00:00Z");
+    let cases: Vec<(&str, Value)> = vec![
+        (
+            "service_account_id",
+            set("service_account_id", "sa h".into()),
+        ),
+        (
+            "service_account_id",
+            set("service_account_id", "sa h\u{200b} (hidden)".into()),
+        ),
+        (
+            "service_account_id",
+            set("service_account_id", "sa\nh".into()),
+        ),
+        (
+            "service_account_id",
+            set("service_account_id", "sa\u{1b}[31mh".into()),
+        ),
+        (
+            "service_account_id",
+            set("service_account_id", "a".repeat(300).into()),
+        ),
+        (
+            "description",
+            set("description", format!("ci {secret}").into()),
+        ),
+        ("hint", set("hint", secret.clone().into())),
+        (
+            "longer than",
+            set("description", "x".repeat(1 << 20).into()),
+        ),
+        (
+            "longer than",
+            set("description", "x".repeat(10 << 20).into()),
+        ),
+        ("previous_valid_until", graced),
+        (
+            "created_at",
+            set("created_at", "0001-01-01T00:00:00Z".into()),
+        ),
+    ];
+    let mut input = vec![export.stdout.trim_end().to_owned()];
+    let mut refused = Vec::new();
+    for (field, line) in &cases {
+        let id = KeyId::random().unwrap().to_string();
+        input.push(line_with_id_first(line, &id));
+        refused.push((input.len(), id, *field));
+    }
+    let run = cli(["import"])
+        .env("DATABASE_URL", &to)
+        .stdin(input.join("\n"))
+        .run()
+        .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    run.never_shows(&secret);
+    assert!(
+        run.stderr.contains(&format!(
+            "1 added, 0 already present, {} refused",
+            cases.len()
+        )),
+        "{}",
+        run.stderr
+    );
+    for (line, id, field) in refused {
+        let named = format!("refused line {line} (key {id}):");
+        let said = run
+            .stderr
+            .lines()
+            .find(|l| l.starts_with(&named))
+            .unwrap_or_else(|| panic!("{named} in {}", run.stderr));
+        assert!(said.contains(field), "{said}");
+        assert!(said.len() < 400, "the value is not echoed: {said}");
+    }
+    let listed = json_at(&to, &["keys", "list", "--account", "sa-1"]).await;
+    assert_eq!(listed["keys"].as_array().unwrap().len(), 1);
+    let _ = std::fs::remove_dir_all(from_dir);
+    let _ = std::fs::remove_dir_all(to_dir);
+}
+
+#[tokio::test]
+async fn an_export_carries_revocations_so_an_older_export_cannot_bring_a_key_back() {
+    let (from_dir, from) = sqlite_db("revocations_from").await;
+    let (to_dir, to) = sqlite_db("revocations_to").await;
+    let revoked = json_at(&from, &["keys", "create", "--account", "sa-1"]).await;
+    let kept = json_at(&from, &["keys", "create", "--account", "sa-1"]).await;
+    let revoked_id = revoked["key"]["id"].as_str().unwrap().to_owned();
+    let before = cli(["export"]).env("DATABASE_URL", &from).run().await.ok();
+    cli(["keys", "revoke", &revoked_id])
+        .env("DATABASE_URL", &from)
+        .run()
+        .await
+        .ok();
+    let after = cli(["export"]).env("DATABASE_URL", &from).run().await.ok();
+    assert!(
+        after
+            .stdout
+            .lines()
+            .any(|l| l == format!("{{\"revoked\":\"{revoked_id}\"}}")),
+        "{}",
+        after.stdout
+    );
+    assert!(
+        after.stderr.contains("1 keys and 1 revoked ids"),
+        "{after:?}"
+    );
+
+    // The new export first, then the one taken before the revoke.
+    let first = cli(["import"])
+        .env("DATABASE_URL", &to)
+        .stdin(after.stdout.as_bytes())
+        .run()
+        .await
+        .ok();
+    assert!(first.stderr.contains("1 added"), "{first:?}");
+    let old = cli(["import"])
+        .env("DATABASE_URL", &to)
+        .stdin(before.stdout.as_bytes())
+        .run()
+        .await;
+    assert_eq!(old.code, 1, "{old:?}");
+    assert!(
+        old.stderr.contains(&format!("(key {revoked_id})")) && old.stderr.contains("revoked"),
+        "{old:?}"
+    );
+    assert!(
+        old.stderr.contains("0 added, 1 already present, 1 refused"),
+        "{old:?}"
+    );
+    for (secret, valid) in [(&revoked["secret"], false), (&kept["secret"], true)] {
+        let check = cli(["keys", "check"])
+            .env("DATABASE_URL", &to)
+            .stdin(secret.as_str().unwrap().as_bytes())
+            .run()
+            .await;
+        assert_eq!(check.code == 0, valid, "{check:?}");
+    }
+
+    // The other order: the key is in the target, then its revocation comes.
+    let (again_dir, again) = sqlite_db("revocations_again").await;
+    cli(["import"])
+        .env("DATABASE_URL", &again)
+        .stdin(before.stdout.as_bytes())
+        .run()
+        .await
+        .ok();
+    cli(["import"])
+        .env("DATABASE_URL", &again)
+        .stdin(after.stdout.as_bytes())
+        .run()
+        .await
+        .ok();
+    let check = cli(["keys", "check"])
+        .env("DATABASE_URL", &again)
+        .stdin(revoked["secret"].as_str().unwrap().as_bytes())
+        .run()
+        .await;
+    assert_ne!(check.code, 0, "{check:?}");
+    for dir in [from_dir, to_dir, again_dir] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[tokio::test]
+async fn export_stops_before_writing_at_an_unreadable_row_unless_told_to_skip_it() {
+    let (dir, url) = sqlite_db("unreadable").await;
+    let bad = json_at(&url, &["keys", "create", "--account", "sa-1"]).await;
+    let good = json_at(&url, &["keys", "create", "--account", "sa-1"]).await;
+    let bad_id = bad["key"]["id"].as_str().unwrap().to_owned();
+    let good_id = good["key"]["id"].as_str().unwrap().to_owned();
+    let conn = rusqlite::Connection::open(dir.join("keys.db")).unwrap();
+    conn.execute(
+        "UPDATE tower_api_key_keys SET scopes = 'not a scope!' WHERE key_id = ?1",
+        [&bad_id],
+    )
+    .unwrap();
+    drop(conn);
+
+    let refused = cli(["export"]).env("DATABASE_URL", &url).run().await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stdout.is_empty(), "nothing written: {refused:?}");
+    assert!(
+        refused.stderr.contains(&bad_id) && refused.stderr.contains("--skip-unreadable"),
+        "{refused:?}"
+    );
+    let skipped = cli(["export", "--skip-unreadable"])
+        .env("DATABASE_URL", &url)
+        .run()
+        .await
+        .ok();
+    assert!(skipped.stderr.contains(&bad_id), "{skipped:?}");
+    let lines: Vec<&str> = skipped.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{skipped:?}");
+    assert!(lines[0].contains(&good_id));
+    // The account still lists its readable key.
+    let listed = json_at(&url, &["keys", "list", "--account", "sa-1"]).await;
+    assert_eq!(listed["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["keys"][0]["id"], Value::from(good_id));
+    let _ = std::fs::remove_dir_all(dir);
+}

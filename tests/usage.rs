@@ -123,6 +123,16 @@ impl KeyStore for Counting {
     async fn import(&self, key: StoredKey) -> Result<Imported, StoreError> {
         self.store.import(key).await
     }
+    async fn export_revoked(
+        &self,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyId>, StoreError> {
+        self.store.export_revoked(after, limit).await
+    }
+    async fn import_revoked(&self, id: KeyId) -> Result<bool, StoreError> {
+        self.store.import_revoked(id).await
+    }
 }
 
 struct Setup {

@@ -250,8 +250,6 @@ impl KeyFormat {
     /// Whether a whole key of this format (checksum included) appears
     /// anywhere in `text`, even glued to other characters: for refusing keys
     /// pasted into fields that are stored and shown to others.
-    // Only the management API (feature `axum`) refuses such fields.
-    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn occurs_in(&self, text: &str) -> bool {
         let prefix = self.prefix_bytes();
         text.as_bytes().windows(self.key_len()).any(|window| {

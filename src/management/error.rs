@@ -201,6 +201,11 @@ impl From<StoreError> for ApiError {
             // The handlers retry or answer 412 themselves; one that reaches
             // here lost every retry.
             StoreError::VersionMismatch { id, .. } => Self::aborted(id),
+            // Names the key and the field, never the value.
+            StoreError::InvalidField { id, error } => Self::invalid(match id {
+                Some(id) => format!("key {id}: {error}"),
+                None => error.to_string(),
+            }),
             // The store's message names the limit, never the account or a key.
             e @ StoreError::KeyLimitReached { .. } => {
                 Self::new(StatusCode::CONFLICT, "key_limit_reached", e.to_string())

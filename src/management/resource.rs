@@ -13,18 +13,12 @@ use crate::limits::{
     MAX_CREDITS,
 };
 use crate::record::KeyRecord;
-use crate::scope::{Scope, ScopeSet, MAX_SCOPES_PER_KEY};
-use crate::store::{
-    hint_of, latest_time, CreatedKey, KeyInfo, KeyUpdate, NewKey, LATEST_TIME_TEXT,
-};
+use crate::scope::ScopeSet;
+use crate::store::rules::{self, Field, FieldError};
+use crate::store::{hint_of, CreatedKey, KeyInfo, KeyUpdate, NewKey};
 use crate::time::{format_rfc3339_millis, parse_rfc3339};
 
-/// Longest description, in characters.
-pub const MAX_DESCRIPTION_LEN: usize = 256;
-/// Longest service account id, in bytes.
-pub const MAX_SERVICE_ACCOUNT_ID_LEN: usize = 128;
-/// Longest grace period a reissue accepts: 30 days.
-pub const MAX_GRACE_PERIOD: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+pub use crate::store::rules::{MAX_DESCRIPTION_LEN, MAX_GRACE_PERIOD, MAX_SERVICE_ACCOUNT_ID_LEN};
 
 /// An API key as the management API shows it. Never the secret.
 ///
@@ -262,7 +256,7 @@ impl CreateKeyRequest {
     /// keys no stored field may contain.
     pub(crate) fn validate(self, now: SystemTime, format: &KeyFormat) -> Result<NewKey, ApiError> {
         let account = service_account_id(&self.service_account_id)?;
-        no_key("service_account_id", &account, format)?;
+        no_key_in_account(&account, format)?;
         let mut new = NewKey::new(account);
         if let Some(description) = self.description {
             new = new.with_description(description_of(description, format)?);
@@ -340,12 +334,8 @@ pub(crate) struct ReissueKeyRequest {
 impl ReissueKeyRequest {
     pub(crate) fn validate(self) -> Result<Duration, ApiError> {
         let grace = Duration::from_secs(self.grace_period_seconds.unwrap_or(0));
-        if grace > MAX_GRACE_PERIOD {
-            return Err(ApiError::invalid(format!(
-                "grace_period_seconds: at most {} (30 days)",
-                MAX_GRACE_PERIOD.as_secs()
-            )));
-        }
+        rules::grace(grace)
+            .map_err(|e| ApiError::invalid(format!("grace_period_seconds: {}", e.problem())))?;
         Ok(grace)
     }
 }
@@ -482,75 +472,29 @@ pub(crate) fn key_id(text: &str) -> Result<KeyId, ApiError> {
 }
 
 pub(crate) fn service_account_id(text: &str) -> Result<String, ApiError> {
-    if text.is_empty() {
-        return Err(ApiError::invalid("service_account_id: must not be empty"));
-    }
-    if text.len() > MAX_SERVICE_ACCOUNT_ID_LEN {
-        return Err(ApiError::invalid(format!(
-            "service_account_id: at most {MAX_SERVICE_ACCOUNT_ID_LEN} characters"
-        )));
-    }
-    if !text.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::invalid(
-            "service_account_id: only visible ASCII characters, no spaces",
-        ));
-    }
+    rules::service_account_id(text).map_err(field_error)?;
     Ok(text.to_owned())
+}
+
+/// A field that breaks its rule, as a 400 naming the field: the rules'
+/// messages never echo the value.
+fn field_error(e: FieldError) -> ApiError {
+    ApiError::invalid(e.to_string())
 }
 
 /// An account id that is about to be stored (with its rate limits) must
 /// not hold a key, as in [`CreateKeyRequest`].
 pub(crate) fn no_key_in_account(account: &str, format: &KeyFormat) -> Result<(), ApiError> {
-    no_key("service_account_id", account, format)
-}
-
-/// A field that is stored and shown in every later GET and list must not
-/// hold a key: whoever pasted it there would leak it to every reader.
-fn no_key(field: &str, text: &str, format: &KeyFormat) -> Result<(), ApiError> {
-    if format.occurs_in(text) {
-        return Err(ApiError::invalid(format!(
-            "{field}: must not contain an api key (if it is a real one, treat it as leaked: \
-             revoke or reissue it)"
-        )));
-    }
-    Ok(())
+    rules::no_key(Field::ServiceAccountId, account, format).map_err(field_error)
 }
 
 fn description_of(text: String, format: &KeyFormat) -> Result<String, ApiError> {
-    no_key("description", &text, format)?;
-    if text.chars().count() > MAX_DESCRIPTION_LEN {
-        return Err(ApiError::invalid(format!(
-            "description: at most {MAX_DESCRIPTION_LEN} characters"
-        )));
-    }
-    if text.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "description: control characters are not allowed",
-        ));
-    }
+    rules::description(&text, format).map_err(field_error)?;
     Ok(text)
 }
 
 fn scopes_of(names: &[String], format: &KeyFormat) -> Result<ScopeSet, ApiError> {
-    let mut scopes = Vec::with_capacity(names.len());
-    for (i, name) in names.iter().enumerate() {
-        no_key(&format!("scopes[{i}]"), name, format)?;
-        let scope = Scope::new(name).map_err(|e| ApiError::invalid(format!("scopes[{i}]: {e}")))?;
-        scopes.push(scope);
-    }
-    ScopeSet::new(scopes).map_err(|_| {
-        ApiError::invalid(format!(
-            "scopes: a key holds at most {MAX_SCOPES_PER_KEY} unique scopes, {} given",
-            unique(names)
-        ))
-    })
-}
-
-fn unique(names: &[String]) -> usize {
-    let mut names: Vec<&String> = names.iter().collect();
-    names.sort_unstable();
-    names.dedup();
-    names.len()
+    rules::scopes(names, format).map_err(field_error)
 }
 
 fn expiry_of(text: Option<&str>, now: SystemTime) -> Result<Option<SystemTime>, ApiError> {
@@ -558,21 +502,15 @@ fn expiry_of(text: Option<&str>, now: SystemTime) -> Result<Option<SystemTime>, 
         return Ok(None);
     };
     let at = parse_rfc3339(text).map_err(|e| ApiError::invalid(format!("expires_at: {e}")))?;
-    if at <= now {
-        return Err(ApiError::invalid("expires_at: must be in the future"));
-    }
     // In UTC, after the offset: `9999-12-31T23:59:59-14:00` is in year 10000.
-    if at > latest_time() {
-        return Err(ApiError::invalid(format!(
-            "expires_at: must be at most {LATEST_TIME_TEXT} in UTC"
-        )));
-    }
+    rules::expires_at(at, now).map_err(field_error)?;
     Ok(Some(at))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{latest_time, LATEST_TIME_TEXT};
 
     fn create(json: &str) -> Result<NewKey, String> {
         let request: CreateKeyRequest = serde_json::from_str(json).map_err(|e| e.to_string())?;

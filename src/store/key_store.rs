@@ -35,7 +35,9 @@ pub trait KeyStore: Verifier {
     /// One key, if it exists.
     async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError>;
 
-    /// A service account's keys, oldest first.
+    /// A service account's keys, oldest first. A key the store cannot read
+    /// is skipped with a warning naming its id, so one corrupted row never
+    /// hides the account's other keys.
     async fn list(
         &self,
         service_account_id: &str,
@@ -100,7 +102,9 @@ pub trait KeyStore: Verifier {
     /// Every key in the store with its hashes (never a secret), in key id
     /// order: at most `limit` keys (1 to
     /// [`MAX_EXPORT_PAGE`](crate::store::MAX_EXPORT_PAGE)) with ids after
-    /// `after`. An empty page is the end.
+    /// `after`. An empty page is the end. A key the store cannot read is
+    /// skipped with a warning naming its id ([`unreadable`](KeyStore::unreadable)
+    /// lists them), so one corrupted row never stops an export.
     async fn export(
         &self,
         after: Option<KeyId>,
@@ -112,10 +116,42 @@ pub trait KeyStore: Verifier {
     ///
     /// Idempotent: a key already here with the same hash and account is
     /// [`Imported::AlreadyPresent`] (only `last_used_at` moves, forward).
-    /// Refused with [`StoreError::Invalid`] naming the key id (never a hash)
-    /// when the id exists with another hash or account, when this store
-    /// revoked that id, or when the key has a field this store cannot hold; with
+    /// Refused with [`StoreError::InvalidField`] naming the key id and the
+    /// field when a field breaks the [field rules](crate::store::rules::stored_key)
+    /// (those of create, with bounds on times, the hint and the grace); with
+    /// [`StoreError::Invalid`] naming the key id (never a hash) when the id
+    /// exists with another hash or account, or when this store revoked that
+    /// id; with
     /// [`StoreError::KeyLimitReached`](crate::store::StoreError::KeyLimitReached)
     /// past the per-account limit.
     async fn import(&self, key: StoredKey) -> Result<Imported, StoreError>;
+
+    /// The ids this store revoked (or took revocations of with
+    /// [`import_revoked`](KeyStore::import_revoked)), in key id order: at
+    /// most `limit` (1 to [`MAX_EXPORT_PAGE`](crate::store::MAX_EXPORT_PAGE))
+    /// after `after`. An empty page is the end. What an export carries so
+    /// that a key revoked here is never valid again where the export goes.
+    async fn export_revoked(
+        &self,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyId>, StoreError>;
+
+    /// Takes a revocation from another store's
+    /// [`export_revoked`](KeyStore::export_revoked): the id is recorded as
+    /// revoked, so [`import`](KeyStore::import) refuses it from now on, and
+    /// a key held with that id is revoked as by [`revoke`](KeyStore::revoke)
+    /// (`true`). Idempotent.
+    async fn import_revoked(&self, id: KeyId) -> Result<bool, StoreError>;
+
+    /// The ids of keys this store holds but cannot read (rows changed
+    /// outside the library), in key id order, at most
+    /// [`MAX_EXPORT_PAGE`](crate::store::MAX_EXPORT_PAGE) of them: the keys
+    /// [`list`](KeyStore::list) and [`export`](KeyStore::export) skip (with a
+    /// warning naming each). An id that is not even a key id is shown by its
+    /// length only. Reads the whole store. A store that cannot hold an
+    /// unreadable key keeps this default: none.
+    async fn unreadable(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
 }

@@ -622,9 +622,9 @@ impl KeyStore for MemoryStore {
     }
 
     async fn import(&self, key: StoredKey) -> Result<Imported, StoreError> {
-        check_import(&key)?;
-        imported_version(key.info.record.key_id, key.info.version)?;
         let now = self.now();
+        check_import(&key, &self.inner.format, now)?;
+        imported_version(key.info.record.key_id, key.info.version)?;
         let id = key.info.record.key_id;
         let mut keys = self.write();
         if keys.revoked.contains(&id) {
@@ -664,5 +664,38 @@ impl KeyStore for MemoryStore {
             },
         );
         Ok(Imported::Added)
+    }
+
+    async fn export_revoked(
+        &self,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyId>, StoreError> {
+        let limit = export_page_size(limit)?;
+        let keys = self.read();
+        let mut ids: Vec<KeyId> = keys
+            .revoked
+            .iter()
+            .filter(|id| after.is_none_or(|after| **id > after))
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(limit);
+        Ok(ids)
+    }
+
+    async fn import_revoked(&self, id: KeyId) -> Result<bool, StoreError> {
+        let removed = {
+            let mut keys = self.write();
+            keys.revoked.insert(id);
+            keys.remove(&id)
+        };
+        if let Some(gone) = &removed {
+            let account = gone.record.service_account_id.clone();
+            self.inner
+                .invalidations
+                .publish(&Invalidation::key_of(id, account));
+        }
+        Ok(removed.is_some())
     }
 }

@@ -39,6 +39,7 @@ mod page_token;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
+pub mod rules;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod schema;
 #[cfg(feature = "sqlite")]
@@ -55,10 +56,10 @@ pub(crate) use key_store::KeyStore;
 #[cfg(test)]
 pub(crate) use memory::MemoryStore;
 pub use memory::MemoryStoreBuilder;
+pub(crate) use rules::check_import;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub use schema::{Migration, MigrationReport};
-pub(crate) use transfer::check_import;
 pub use transfer::{Imported, PreviousHash, StoredKey, MAX_EXPORT_PAGE};
 
 use crate::key::{GeneratedKey, KeyGenError, KeyId};
@@ -454,12 +455,26 @@ pub enum StoreError {
     },
     /// The backend failed.
     Backend(Box<dyn std::error::Error + Send + Sync>),
+    /// A field breaks its [rule](rules): which one and why, never its
+    /// value; `id` names the key when there is one (an import).
+    #[non_exhaustive]
+    InvalidField {
+        /// The key, when the request is about one.
+        id: Option<KeyId>,
+        /// The field and what is wrong with it.
+        error: rules::FieldError,
+    },
 }
 
 impl StoreError {
     /// An invalid request.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::Invalid(message.into())
+    }
+
+    /// A field of key `id` (if any) breaks its rule.
+    pub fn invalid_field(id: Option<KeyId>, error: rules::FieldError) -> Self {
+        Self::InvalidField { id, error }
     }
 
     /// A backend failure.
@@ -487,6 +502,13 @@ impl fmt::Display for StoreError {
                 "key {id} has no credits to add to; give it credits with an update"
             ),
             Self::Backend(e) => write!(f, "key store backend failed: {e}"),
+            Self::InvalidField {
+                id: Some(id),
+                error,
+            } => {
+                write!(f, "invalid request: key {id}: {error}")
+            }
+            Self::InvalidField { id: None, error } => write!(f, "invalid request: {error}"),
         }
     }
 }
@@ -496,6 +518,7 @@ impl std::error::Error for StoreError {
         match self {
             Self::KeyGen(e) => Some(e),
             Self::Backend(e) => Some(&**e),
+            Self::InvalidField { error, .. } => Some(error),
             Self::Invalid(_)
             | Self::KeyLimitReached { .. }
             | Self::VersionMismatch { .. }

@@ -228,6 +228,26 @@ fn count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// Logs a key row that list and export skip because it cannot be read (it
+/// was changed outside the library): the id as stored (escaped, cut short)
+/// and why, so an operator can find and fix it.
+pub(crate) fn warn_unreadable(raw_id: &str, error: &dyn fmt::Display) {
+    tracing::warn!(
+        key_id = %shown_id(raw_id),
+        error = %error,
+        "tower-api-key: skipped a stored key that cannot be read; fix or revoke it"
+    );
+}
+
+/// A stored key id as text safe to show: a valid id as it is; anything else
+/// only by its length (it could hold anything, a pasted key too).
+pub(crate) fn shown_id(raw_id: &str) -> String {
+    if raw_id.parse::<KeyId>().is_ok() {
+        return raw_id.to_owned();
+    }
+    format!("(not a key id, {} bytes)", raw_id.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,9 +4,8 @@
 use std::fmt;
 use std::time::SystemTime;
 
-use super::{latest_time, KeyInfo, StoreError, LATEST_TIME_TEXT};
+use super::KeyInfo;
 use crate::hash::StoredHash;
-use crate::limits::{check_rate_limits, MAX_CREDITS};
 
 /// Most keys one [`KeyStore::export`](crate::KeyStore::export) page returns.
 pub const MAX_EXPORT_PAGE: usize = 1000;
@@ -81,59 +80,4 @@ pub enum Imported {
     /// The store already held this key with the same hash and account:
     /// nothing changed but `last_used_at`, which moves forward only.
     AlreadyPresent,
-}
-
-/// The checks every store makes before importing `key`: fields a store can
-/// hold, and that [`KeyStore::create`](crate::KeyStore::create) would have
-/// accepted (apart from an expiry in the past: expired keys move too).
-/// Errors name the key id, never a hash.
-pub(crate) fn check_import(key: &StoredKey) -> Result<(), StoreError> {
-    let record = &key.info.record;
-    let id = record.key_id;
-    let refuse = |why: &str| Err(StoreError::invalid(format!("key {id}: {why}")));
-    if record.service_account_id.is_empty() {
-        return refuse("service_account_id is empty");
-    }
-    // PostgreSQL text cannot hold NUL: refused by every store, so an export
-    // moves anywhere or nowhere.
-    let texts = [
-        ("service_account_id", &*record.service_account_id),
-        ("description", record.description.as_str()),
-        ("hint", key.info.hint.as_str()),
-    ];
-    if let Some((field, _)) = texts.iter().find(|(_, text)| text.contains('\0')) {
-        return refuse(&format!("{field} holds a NUL character"));
-    }
-    let late = |t: Option<SystemTime>| t.is_some_and(|t| t > latest_time());
-    let early = |t: Option<SystemTime>| t.is_some_and(|t| t < earliest_time());
-    let times = [
-        Some(record.created_at),
-        record.expires_at,
-        key.info.last_used_at,
-        key.previous.map(|p| p.valid_until),
-    ];
-    if times.iter().any(|t| late(*t)) {
-        return refuse(&format!("a time is after {LATEST_TIME_TEXT}"));
-    }
-    if times.iter().any(|t| early(*t)) {
-        return refuse("a time is before 0001-01-01T00:00:00Z");
-    }
-    if key.previous.is_some_and(|p| p.hash == key.hash) {
-        return refuse("the previous hash is the current one");
-    }
-    if let Err(e) = check_rate_limits(&record.rate_limits) {
-        return refuse(&e.to_string());
-    }
-    if let Some(credits) = &record.credits {
-        let refill = credits.refill().map_or(0, |r| r.amount());
-        if credits.remaining() > MAX_CREDITS || refill > MAX_CREDITS {
-            return refuse(&format!("credits are at most {MAX_CREDITS}"));
-        }
-    }
-    Ok(())
-}
-
-/// The earliest instant a store keeps: the start of year 1.
-fn earliest_time() -> SystemTime {
-    SystemTime::UNIX_EPOCH - std::time::Duration::from_secs(62_135_596_800)
 }

@@ -275,6 +275,9 @@ macro_rules! store_conformance {
                 transfer::import_refuses_records_a_store_cannot_hold_naming_the_key,
                 transfer::import_applies_the_per_account_key_limit,
                 transfer::import_of_peppered_keys_verifies_only_with_that_pepper,
+                transfer::import_applies_the_rules_of_create_naming_the_key_and_the_field,
+                transfer::export_revoked_pages_through_the_revoked_ids_in_order,
+                transfer::import_revoked_revokes_a_held_key_and_refuses_it_from_then_on,
                 limits::limits_and_credits_round_trip_through_every_read,
                 limits::update_replaces_and_removes_limits_and_credits,
                 limits::invalid_limits_are_refused_with_the_rule_and_change_nothing,
@@ -313,6 +316,7 @@ macro_rules! transfer_conformance {
                 import_is_idempotent_and_moves_last_used_at_forward_only,
                 import_keeps_times_at_microsecond_precision,
                 import_carries_a_keys_limits_and_credits_not_its_accounts,
+                revocations_travel_with_an_export,
             );
         }
     };
@@ -344,7 +348,8 @@ pub fn parse(store: &dyn KeyStore, key: &GeneratedKey) -> PresentedKey {
 pub fn assert_invalid<T: fmt::Debug>(result: Result<T, StoreError>) -> String {
     match result {
         Err(StoreError::Invalid(why)) => why,
-        other => panic!("expected StoreError::Invalid, got {other:?}"),
+        Err(e @ StoreError::InvalidField { .. }) => e.to_string(),
+        other => panic!("expected StoreError::Invalid or InvalidField, got {other:?}"),
     }
 }
 

@@ -622,3 +622,293 @@ pub async fn import_of_peppered_keys_verifies_only_with_that_pepper<F: StoreFact
         assert!(exported(&target, created.record.key_id).await.hash == key.hash);
     }
 }
+
+// ---------------------------------------------------------------------------
+// import, the rules of create (issue 20, point 2)
+// ---------------------------------------------------------------------------
+
+/// Records that break a rule of create, or a bound on an imported field,
+/// are refused with [`StoreError::InvalidField`] naming the key and the
+/// field, never echoing a pasted key; nothing is stored, and the record
+/// as exported still imports.
+pub async fn import_applies_the_rules_of_create_naming_the_key_and_the_field<F: StoreFactory>(
+    f: &F,
+) {
+    use tower_api_key::store::rules::{Field, Problem};
+    let source = f.store(StoreSettings::new()).await;
+    let created = source.create(NewKey::new("sa-src")).await.unwrap();
+    let good = exported(&source, created.record.key_id).await;
+    let id = good.info.record.key_id;
+    let format = source.key_format().unwrap();
+    let pasted = format.generate().unwrap();
+    let pasted = pasted.expose_secret().to_owned();
+    let day = Duration::from_secs(24 * 3600);
+
+    let mut cases: Vec<(&str, Field, Problem, StoredKey)> = Vec::new();
+    let mut case = |what, field, problem, change: &dyn Fn(&mut StoredKey)| {
+        let mut key = good.clone();
+        change(&mut key);
+        cases.push((what, field, problem, key));
+    };
+    for (what, account) in [
+        ("an account with a space", "sa h".to_owned()),
+        (
+            "an account with a zero-width space",
+            "sa\u{200b}h".to_owned(),
+        ),
+        ("an account with a newline", "sa\nh".to_owned()),
+        (
+            "an account with a terminal escape",
+            "sa\u{1b}[2Jh".to_owned(),
+        ),
+    ] {
+        case(
+            what,
+            Field::ServiceAccountId,
+            Problem::NotVisibleAscii,
+            &move |k| {
+                k.info.record.service_account_id = account.as_str().into();
+            },
+        );
+    }
+    case(
+        "an account of 300 characters",
+        Field::ServiceAccountId,
+        Problem::TooLong { max: 128 },
+        &|k| k.info.record.service_account_id = "a".repeat(300).into(),
+    );
+    let key_text = pasted.clone();
+    case(
+        "an account that is a key",
+        Field::ServiceAccountId,
+        Problem::HoldsKey,
+        &move |k| k.info.record.service_account_id = key_text.as_str().into(),
+    );
+    let key_text = pasted.clone();
+    case(
+        "a description holding a key",
+        Field::Description,
+        Problem::HoldsKey,
+        &move |k| k.info.record.description = format!("ci: {key_text}"),
+    );
+    case(
+        "a description of 1 MB",
+        Field::Description,
+        Problem::TooLong { max: 256 },
+        &|k| k.info.record.description = "x".repeat(1 << 20),
+    );
+    case(
+        "a description with a newline",
+        Field::Description,
+        Problem::ControlCharacter,
+        &|k| k.info.record.description = "two\nlines".into(),
+    );
+    let key_text = pasted.clone();
+    case(
+        "a scope that is a key",
+        Field::Scope(0),
+        Problem::HoldsKey,
+        &move |k| k.info.record.scopes = ScopeSet::new([key_text.as_str()]).unwrap(),
+    );
+    let key_text = pasted.clone();
+    case(
+        "a hint that is a key",
+        Field::Hint,
+        Problem::NotAHint,
+        &move |k| {
+            k.info.hint = key_text.clone();
+        },
+    );
+    case("a hint too long", Field::Hint, Problem::NotAHint, &|k| {
+        k.info.hint.push('x');
+    });
+    case(
+        "a hint of another prefix",
+        Field::Hint,
+        Problem::NotAHint,
+        &|k| {
+            k.info.hint = "zzz_…abcd".into();
+        },
+    );
+    case(
+        "a grace until 9999",
+        Field::PreviousValidUntil,
+        Problem::GraceTooLong,
+        // The grace is checked before the hash (equal here).
+        &|k| k.previous = Some(PreviousHash::new(k.hash, latest_time())),
+    );
+    case(
+        "a grace of 31 days",
+        Field::PreviousValidUntil,
+        Problem::GraceTooLong,
+        &|k| {
+            k.previous = Some(PreviousHash::new(k.hash, start_time() + 31 * day));
+        },
+    );
+    case(
+        "created in year 1",
+        Field::CreatedAt,
+        Problem::BeforeEpoch,
+        &|k| {
+            k.info.record.created_at = SystemTime::UNIX_EPOCH - Duration::from_secs(62_135_596_800);
+        },
+    );
+    case(
+        "used before 1970",
+        Field::LastUsedAt,
+        Problem::BeforeEpoch,
+        &|k| k.info.last_used_at = Some(SystemTime::UNIX_EPOCH - Duration::from_secs(1)),
+    );
+
+    let target = f.store(StoreSettings::new()).await;
+    for (what, field, problem, key) in cases {
+        match target.import(key).await {
+            Err(StoreError::InvalidField {
+                id: Some(named),
+                error,
+                ..
+            }) => {
+                assert_eq!(named, id, "{what}: names the key");
+                assert_eq!(error.field(), &field, "{what}");
+                assert_eq!(error.problem(), &problem, "{what}");
+                let text = StoreError::invalid_field(Some(named), error).to_string();
+                assert!(text.contains(id.as_str()), "{what}: {text}");
+                assert!(!text.contains(&pasted[4..]), "{what}: echoes the key");
+            }
+            other => panic!("{what}: expected InvalidField, got {other:?}"),
+        }
+        assert!(target.get(id).await.unwrap().is_none(), "{what}: stored");
+    }
+    assert!(export_everything(&target).await.is_empty());
+    // A grace of 30 days from the import is within the rules.
+    let mut graced = good.clone();
+    let other = source.create(NewKey::new("sa-src")).await.unwrap();
+    graced.previous = Some(PreviousHash::new(
+        exported(&source, other.record.key_id).await.hash,
+        start_time() + 30 * day,
+    ));
+    assert_eq!(target.import(graced).await.unwrap(), Imported::Added);
+}
+
+// ---------------------------------------------------------------------------
+// revocations travel with an export
+// ---------------------------------------------------------------------------
+
+/// `export_revoked` pages through every revoked id in key id order; an
+/// empty page is the end, and a present key is never listed.
+pub async fn export_revoked_pages_through_the_revoked_ids_in_order<F: StoreFactory>(f: &F) {
+    let store = f.store(StoreSettings::new()).await;
+    assert!(store.export_revoked(None, 10).await.unwrap().is_empty());
+    let mut revoked = BTreeSet::new();
+    for _ in 0..5 {
+        let key = store.create(NewKey::new("sa-r")).await.unwrap();
+        assert!(store.revoke(key.record.key_id, None).await.unwrap());
+        revoked.insert(key.record.key_id);
+    }
+    let kept = store.create(NewKey::new("sa-r")).await.unwrap();
+    let never_held = KeyId::random().unwrap();
+    assert!(!store.import_revoked(never_held).await.unwrap());
+    revoked.insert(never_held);
+
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.export_revoked(after, 2).await.unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        after = Some(*last);
+        seen.extend(page);
+    }
+    assert_eq!(seen, revoked.iter().copied().collect::<Vec<_>>());
+    assert!(!seen.contains(&kept.record.key_id));
+    for bad in [0, MAX_EXPORT_PAGE + 1] {
+        assert_invalid(store.export_revoked(None, bad).await);
+    }
+}
+
+/// A revocation imported into a store revokes the key it holds with that
+/// id at once (its secret stops verifying), and from then on an import of
+/// that key (from an export taken before the revoke) is refused. Importing
+/// it again changes nothing.
+pub async fn import_revoked_revokes_a_held_key_and_refuses_it_from_then_on<F: StoreFactory>(f: &F) {
+    let store = f.store(StoreSettings::new()).await;
+    let held = store.create(NewKey::new("sa-h")).await.unwrap();
+    let other = store.create(NewKey::new("sa-h")).await.unwrap();
+    let id = held.record.key_id;
+    let old_export = export_everything(&store).await;
+
+    assert!(store.import_revoked(id).await.unwrap(), "the key was held");
+    assert!(store.get(id).await.unwrap().is_none());
+    assert!(store
+        .verify(&parse(&store, &held.key))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(!store.import_revoked(id).await.unwrap(), "idempotent");
+    for key in old_export {
+        let this = key.info.record.key_id;
+        let result = store.import(key).await;
+        if this == id {
+            let why = assert_invalid(result);
+            assert!(why.contains(id.as_str()), "names the key: {why}");
+        } else {
+            assert_eq!(this, other.record.key_id);
+            assert_eq!(result.unwrap(), Imported::AlreadyPresent);
+        }
+    }
+    assert!(store
+        .verify(&parse(&store, &other.key))
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(store.export_revoked(None, 10).await.unwrap(), vec![id]);
+}
+
+/// The case of issue 20: an export taken before a revoke, imported into
+/// another store, must not make the key valid there. The revoked ids the
+/// source exports, imported into the target, revoke the key there (already
+/// moved) and refuse it in the old export; the other keys still move.
+pub async fn revocations_travel_with_an_export<S, T>(source: &S, target: &T)
+where
+    S: StoreFactory,
+    T: StoreFactory,
+{
+    let from = source.store(StoreSettings::new()).await;
+    let to = target.store(StoreSettings::new()).await;
+    let moved_early = from.create(NewKey::new("sa-t")).await.unwrap();
+    let revoked_later = from.create(NewKey::new("sa-t")).await.unwrap();
+    let kept = from.create(NewKey::new("sa-t")).await.unwrap();
+    let old_export = export_everything(&from).await;
+    // One key already moved before the revoke.
+    let early = old_export
+        .iter()
+        .find(|k| k.info.record.key_id == moved_early.record.key_id)
+        .unwrap()
+        .clone();
+    assert_eq!(to.import(early).await.unwrap(), Imported::Added);
+
+    assert!(from.revoke(moved_early.record.key_id, None).await.unwrap());
+    assert!(from
+        .revoke(revoked_later.record.key_id, None)
+        .await
+        .unwrap());
+    let revoked = from.export_revoked(None, MAX_EXPORT_PAGE).await.unwrap();
+    assert_eq!(revoked.len(), 2);
+    for id in revoked {
+        to.import_revoked(id).await.unwrap();
+    }
+    for key in old_export {
+        let this = key.info.record.key_id;
+        let result = to.import(key).await;
+        if this == kept.record.key_id {
+            assert_eq!(result.unwrap(), Imported::Added);
+        } else {
+            assert_invalid(result);
+        }
+    }
+    for gone in [&moved_early, &revoked_later] {
+        assert!(to.verify(&parse(&to, &gone.key)).await.unwrap().is_none());
+        assert!(to.get(gone.record.key_id).await.unwrap().is_none());
+    }
+    assert!(to.verify(&parse(&to, &kept.key)).await.unwrap().is_some());
+}

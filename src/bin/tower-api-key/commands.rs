@@ -34,16 +34,16 @@ pub async fn run(ctx: &Context<'_>, command: Command) -> Result<ExitCode, CliErr
             eprintln!("{report}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Export => {
-            let count = transfer::export(ctx.store).await?;
-            eprintln!("exported {count} keys");
+        Command::Export { skip_unreadable } => {
+            let (keys, revoked) = transfer::export(ctx.store, skip_unreadable).await?;
+            eprintln!("exported {keys} keys and {revoked} revoked ids");
             Ok(ExitCode::SUCCESS)
         }
         Command::Import => {
             let summary = transfer::import(ctx.store, std::io::stdin().lock()).await?;
             eprintln!(
-                "imported: {} added, {} already present, {} refused",
-                summary.added, summary.present, summary.refused
+                "imported: {} added, {} already present, {} refused, {} revoked ids",
+                summary.added, summary.present, summary.refused, summary.revoked
             );
             Ok(if summary.refused == 0 {
                 ExitCode::SUCCESS

@@ -89,16 +89,29 @@ enum Command {
         after_help = "Example:\n  tower-api-key accounts rate-limits get sa-reports"
     )]
     Accounts(AccountsCommand),
-    /// Write every key record with its hashes (never a secret) as JSON lines.
+    /// Write every key record with its hashes (never a secret) as JSON lines,
+    /// after one line per revoked key id (`{"revoked":"<key id>"}`).
+    ///
+    /// A key the store cannot read (a row changed outside the tool) stops
+    /// the export before anything is written, naming it; with
+    /// `--skip-unreadable` the export warns and writes the rest.
     #[command(after_help = "Example (move from SQLite to PostgreSQL):\n  \
                   tower-api-key export --database-url sqlite:keys.db \\\n    \
                   | tower-api-key import --database-url postgres://app@db/app")]
-    Export,
+    Export {
+        /// Leave out the keys the store cannot read (named on stderr)
+        /// instead of refusing to export.
+        #[arg(long)]
+        skip_unreadable: bool,
+    },
     /// Read JSON lines from `export` on stdin and add the keys (idempotent).
     ///
-    /// Keys already present with the same hash are left as they are. A
-    /// record the store cannot take is refused and named (line and key id),
-    /// and the import goes on with the next; the exit code is then 1.
+    /// Keys already present with the same hash are left as they are; a
+    /// revoked id is recorded as revoked (a key present with it is revoked,
+    /// and never imported again). A line that breaks a rule of create (or
+    /// is longer than any valid record) is refused and named on stderr
+    /// (line, key id and field), and the import goes on with the next; the
+    /// exit code is then 1.
     #[command(after_help = "Example:\n  \
                   tower-api-key import --database-url postgres://app@db/app < keys.jsonl")]
     Import,

@@ -142,14 +142,73 @@ impl Line {
     }
 }
 
-/// Writes every key, page by page, in key id order; returns how many.
-pub async fn export(store: &Store) -> Result<usize, CliError> {
+/// Longest line an import reads: well over the largest valid record (100
+/// scopes of 256 bytes, a 256-character description and every other field
+/// take about 32 KB). A longer line is refused without being held whole.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// A revocation line of an export: `{"revoked":"<key id>"}`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokedLine {
+    revoked: String,
+}
+
+/// Writes every revoked id, then every key, page by page, in key id order;
+/// returns how many keys and revoked ids. Keys the store cannot read stop
+/// it before anything is written, unless `skip_unreadable` (then they are
+/// named on stderr and left out).
+pub async fn export(store: &Store, skip_unreadable: bool) -> Result<(usize, usize), CliError> {
+    let keys = store.keys();
+    let unreadable = keys.unreadable().await?;
+    if !unreadable.is_empty() {
+        let shown: Vec<&str> = unreadable.iter().take(10).map(String::as_str).collect();
+        let more = if unreadable.len() > shown.len() {
+            format!(" and {} more", unreadable.len() - shown.len())
+        } else {
+            String::new()
+        };
+        let names = format!("{}{more}", shown.join(", "));
+        if !skip_unreadable {
+            return Err(CliError::new(format!(
+                "nothing was exported: {} keys cannot be read (corrupted rows): {names}; \
+                 fix or revoke them, or pass --skip-unreadable to export the others",
+                unreadable.len()
+            )));
+        }
+        eprintln!(
+            "warning: {} keys cannot be read and are left out: {names}",
+            unreadable.len()
+        );
+    }
+    // Revocations first: an import of this stream records them before any
+    // key, so none of these ids is ever valid where it goes.
+    let mut after = None;
+    let mut revoked = 0;
+    loop {
+        let page = keys.export_revoked(after, MAX_EXPORT_PAGE).await?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = Some(*last);
+        let mut text = String::new();
+        for id in &page {
+            let line = serde_json::to_string(&RevokedLine {
+                revoked: id.to_string(),
+            })
+            .map_err(|e| CliError::new(format!("cannot write JSON: {e}")))?;
+            text.push_str(&line);
+            text.push('\n');
+        }
+        write_stdout(&text)?;
+        revoked += page.len();
+    }
     let mut after = None;
     let mut count = 0;
     loop {
-        let page = store.keys().export(after, MAX_EXPORT_PAGE).await?;
+        let page = keys.export(after, MAX_EXPORT_PAGE).await?;
         let Some(last) = page.last() else {
-            return Ok(count);
+            return Ok((count, revoked));
         };
         after = Some(last.info.record.key_id);
         let mut text = String::new();
@@ -169,35 +228,138 @@ pub async fn export(store: &Store) -> Result<usize, CliError> {
 pub struct Summary {
     pub added: usize,
     pub present: usize,
+    pub revoked: usize,
     pub refused: usize,
 }
 
-/// Imports every line of `input`. A record the store cannot take is
-/// refused, named on stderr (line number and key id), and the import goes
-/// on: the rest still moves, and a second run after fixing the refused
-/// lines adds only those. A backend failure stops it (every later record
-/// would fail the same way); it is safe to run again.
-pub async fn import(store: &Store, input: impl BufRead) -> Result<Summary, CliError> {
-    let mut summary = Summary::default();
-    for (index, line) in input.lines().enumerate() {
-        let number = index + 1;
-        let line = line.map_err(|e| CliError::new(format!("cannot read line {number}: {e}")))?;
-        if line.trim().is_empty() {
-            continue;
+/// One line read with [`read_line`].
+enum Read {
+    /// A whole line (without its newline) is in the buffer.
+    Line,
+    /// The line was longer than the cap: the buffer holds its first
+    /// [`MAX_LINE_BYTES`], the rest was read past and dropped.
+    TooLong,
+    /// The input ended.
+    End,
+}
+
+/// Reads one line into `buf` (cleared first), holding at most `cap` bytes
+/// of it: a longer line is read past in chunks, never held whole.
+fn read_line(input: &mut impl BufRead, buf: &mut Vec<u8>, cap: usize) -> std::io::Result<Read> {
+    buf.clear();
+    let mut too_long = false;
+    let mut any = false;
+    loop {
+        let chunk = match input.fill_buf() {
+            Ok(chunk) => chunk,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            return Ok(match (any, too_long) {
+                (false, _) => Read::End,
+                (true, true) => Read::TooLong,
+                (true, false) => Read::Line,
+            });
         }
+        any = true;
+        let (part, used, ended) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (&chunk[..i], i + 1, true),
+            None => (chunk, chunk.len(), false),
+        };
+        let room = cap.saturating_sub(buf.len());
+        if part.len() > room {
+            too_long = true;
+        }
+        buf.extend_from_slice(&part[..part.len().min(room)]);
+        input.consume(used);
+        if ended {
+            return Ok(if too_long { Read::TooLong } else { Read::Line });
+        }
+    }
+}
+
+/// The key id a line names, if it has a readable one: for naming a refused
+/// line (a line too long to parse is searched in its first bytes).
+fn key_id_in(text: &str) -> String {
+    let from_json = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| {
+            let id = v.get("key_id").or_else(|| v.get("revoked"))?;
+            id.as_str()?.parse::<KeyId>().ok()
+        });
+    let id = from_json.or_else(|| {
+        let rest = &text[text.find("\"key_id\":\"")? + 10..];
+        rest.get(..rest.find('"')?)?.parse::<KeyId>().ok()
+    });
+    id.map_or_else(|| "unknown".to_owned(), |id| id.to_string())
+}
+
+/// Imports every line of `input`: revoked ids and keys. A line the store
+/// cannot take (bad JSON, a field that breaks a rule of create, a line
+/// longer than [`MAX_LINE_BYTES`]) is refused, named on stderr (line
+/// number, key id and field), and the import goes on: the rest still moves,
+/// and a second run after fixing the refused lines adds only those. A
+/// backend failure stops it (every later record would fail the same way);
+/// it is safe to run again.
+pub async fn import(store: &Store, mut input: impl BufRead) -> Result<Summary, CliError> {
+    let mut summary = Summary::default();
+    let mut buf = Vec::new();
+    let mut number = 0;
+    loop {
+        number += 1;
+        let read = read_line(&mut input, &mut buf, MAX_LINE_BYTES)
+            .map_err(|e| CliError::new(format!("cannot read line {number}: {e}")))?;
         let mut refuse = |id: &str, why: &str| {
             summary.refused += 1;
             eprintln!("refused line {number} (key {id}): {why}");
         };
-        let parsed: Line = match serde_json::from_str(&line) {
+        match read {
+            Read::End => return Ok(summary),
+            Read::TooLong => {
+                refuse(
+                    &key_id_in(&String::from_utf8_lossy(&buf)),
+                    &format!(
+                        "the line is longer than {MAX_LINE_BYTES} bytes, more than any valid record"
+                    ),
+                );
+                continue;
+            }
+            Read::Line => {}
+        }
+        let Ok(line) = std::str::from_utf8(&buf) else {
+            refuse(
+                &key_id_in(&String::from_utf8_lossy(&buf)),
+                "the line is not UTF-8",
+            );
+            continue;
+        };
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let text = line.to_owned();
+        if let Ok(revoked) = serde_json::from_str::<RevokedLine>(&text) {
+            let Ok(id) = revoked.revoked.parse::<KeyId>() else {
+                refuse("unknown", "revoked: not a key id");
+                continue;
+            };
+            match store.keys().import_revoked(id).await {
+                Ok(_) => summary.revoked += 1,
+                Err(StoreError::Backend(e)) => {
+                    return Err(CliError::new(format!(
+                        "stopped at line {number} (key {id}): key store backend failed: {e}"
+                    )))
+                }
+                Err(e) => refuse(&id.to_string(), &e.to_string()),
+            }
+            continue;
+        }
+        let parsed: Line = match serde_json::from_str(&text) {
             Ok(parsed) => parsed,
             Err(e) => {
                 // Name the key if the line has a readable key_id at all.
-                let id = serde_json::from_str::<serde_json::Value>(&line)
-                    .ok()
-                    .and_then(|v| v.get("key_id")?.as_str()?.parse::<KeyId>().ok())
-                    .map_or_else(|| "unknown".to_owned(), |id| id.to_string());
-                refuse(&id, &json_error(&e));
+                refuse(&key_id_in(&text), &json_error(&e));
                 continue;
             }
         };
@@ -223,7 +385,6 @@ pub async fn import(store: &Store, input: impl BufRead) -> Result<Summary, CliEr
             Err(e) => refuse(&id, &e.to_string()),
         }
     }
-    Ok(summary)
 }
 
 /// What is wrong with a line, without its values: serde_json's messages
@@ -334,5 +495,69 @@ mod tests {
             .unwrap(),
         );
         assert!(line.to_stored().unwrap_err().starts_with("credits: "));
+    }
+}
+
+#[cfg(test)]
+mod reading {
+    use std::io::{BufReader, Read as _};
+
+    use super::*;
+
+    #[test]
+    fn a_line_over_the_cap_is_read_past_without_being_held_whole() {
+        let long = std::io::repeat(b'x').take(10 << 20);
+        let input = long.chain(&b"\n{\"next\":1}\nlast"[..]);
+        let mut input = BufReader::with_capacity(8192, input);
+        let mut buf = Vec::new();
+        let cap = 1000;
+        assert!(matches!(
+            read_line(&mut input, &mut buf, cap).unwrap(),
+            Read::TooLong
+        ));
+        assert_eq!(buf.len(), cap);
+        assert!(buf.capacity() < 4 * cap, "held {} bytes", buf.capacity());
+        assert!(matches!(
+            read_line(&mut input, &mut buf, cap).unwrap(),
+            Read::Line
+        ));
+        assert_eq!(buf, b"{\"next\":1}");
+        assert!(matches!(
+            read_line(&mut input, &mut buf, cap).unwrap(),
+            Read::Line
+        ));
+        assert_eq!(buf, b"last");
+        assert!(matches!(
+            read_line(&mut input, &mut buf, cap).unwrap(),
+            Read::End
+        ));
+    }
+
+    #[test]
+    fn a_line_of_exactly_the_cap_is_whole() {
+        let mut input = BufReader::with_capacity(7, &b"abcdefghij\nxyz"[..]);
+        let mut buf = Vec::new();
+        assert!(matches!(
+            read_line(&mut input, &mut buf, 10).unwrap(),
+            Read::Line
+        ));
+        assert_eq!(buf, b"abcdefghij");
+        assert!(matches!(
+            read_line(&mut input, &mut buf, 2).unwrap(),
+            Read::TooLong
+        ));
+        assert_eq!(buf, b"xy");
+    }
+
+    #[test]
+    fn the_key_id_of_a_cut_line_is_found_in_its_start() {
+        let id = KeyId::random().unwrap();
+        let cut = format!("{{\"key_id\":\"{id}\",\"description\":\"xxxx");
+        assert_eq!(key_id_in(&cut), id.to_string());
+        assert_eq!(key_id_in("{\"description\":\"x"), "unknown");
+        assert_eq!(
+            key_id_in(&format!("{{\"revoked\":\"{id}\"}}")),
+            id.to_string()
+        );
     }
 }

@@ -118,6 +118,8 @@ use super::page_token::{page_token, parse_page_token};
 use super::schema::{
     limits_text, parse_limits, scheme_columns, stored_hash, CreditColumns, MigrationReport,
 };
+use super::schema::{shown_id, warn_unreadable};
+use super::MAX_EXPORT_PAGE;
 use super::{
     check_account, check_account_limits, check_import, check_new, check_update, check_version,
     export_page_size, fill_page, hint_of, import_conflict, import_revoked, imported_version,
@@ -1012,21 +1014,8 @@ impl KeyStore for PgKeyStore {
         page: ListRequest,
     ) -> Result<KeyPage, StoreError> {
         let size = page.size()?;
-        // One more than asked, to know whether a next page exists.
-        let limit = (size + 1) as i64;
-        let rows = match &page.page_token {
-            None => {
-                let sql = format!(
-                    "SELECT {INFO_COLUMNS}, {} FROM {TABLE}
-                      WHERE service_account_id = $1
-                      ORDER BY created_at, key_id
-                      LIMIT $2",
-                    account_limits_column(TABLE)
-                );
-                self.query(&sql, &[&service_account_id, &limit])
-                    .await
-                    .map_err(StoreError::Backend)?
-            }
+        let after = match &page.page_token {
+            None => None,
             Some(token) => {
                 // The same tokens as the memory store: a position in the
                 // listing order, valid even after its key is revoked.
@@ -1036,28 +1025,40 @@ impl KeyStore for PgKeyStore {
                 // time between two microseconds is "from the next one on",
                 // and "" sorts before every key id.
                 let floor = micros(at);
-                let (at, id) = if floor == at {
-                    (at, id.as_str())
+                if floor == at {
+                    Some((at, id.to_string()))
                 } else {
                     let next = floor
                         .checked_add(Duration::from_micros(1))
                         .ok_or_else(|| StoreError::invalid("page_token is not valid"))?;
-                    (next, "")
-                };
-                let sql = format!(
-                    "SELECT {INFO_COLUMNS}, {} FROM {TABLE}
-                      WHERE service_account_id = $1
-                        AND (created_at, key_id) > ($2, $3)
-                      ORDER BY created_at, key_id
-                      LIMIT $4",
-                    account_limits_column(TABLE)
-                );
-                self.query(&sql, &[&service_account_id, &at, &id, &limit])
-                    .await
-                    .map_err(StoreError::Backend)?
+                    Some((next, String::new()))
+                }
             }
         };
-        let (keys, more) = fill_page(rows.iter().map(info_or_backend), size)?;
+        // Unreadable rows are skipped: read on past them until the page
+        // (and one more key) is full or the account's keys end.
+        let mut cursor = after;
+        let mut readable = Vec::new();
+        loop {
+            let want = size + 1 - readable.len();
+            let rows = self
+                .list_rows(service_account_id, cursor.take(), want)
+                .await?;
+            for row in &rows {
+                match info_of(row) {
+                    Ok(info) => readable.push(info),
+                    Err(e) => warn_unreadable(&raw_id(row), &e),
+                }
+            }
+            match rows.last() {
+                Some(last) if rows.len() == want && readable.len() <= size => {
+                    let at = last.try_get("created_at").map_err(StoreError::backend)?;
+                    cursor = Some((at, cursor_id(last)?));
+                }
+                _ => break,
+            }
+        }
+        let (keys, more) = fill_page(readable.into_iter().map(Ok::<_, StoreError>), size)?;
         let next_page_token = more
             .then(|| keys.last().map(|k| page_token(&k.record)))
             .flatten();
@@ -1392,24 +1393,31 @@ impl KeyStore for PgKeyStore {
         after: Option<KeyId>,
         limit: usize,
     ) -> Result<Vec<StoredKey>, StoreError> {
-        let limit = export_page_size(limit)? as i64;
-        let sql = format!(
-            "SELECT {INFO_COLUMNS}, {HASH_COLUMNS} FROM {TABLE}
-              WHERE $1::text IS NULL OR key_id > $1
-              ORDER BY key_id LIMIT $2"
-        );
-        let after = after.as_ref().map(KeyId::as_str);
-        let rows = self
-            .query(&sql, &[&after, &limit])
-            .await
-            .map_err(StoreError::Backend)?;
-        rows.iter()
-            .map(|row| stored_key_of(row).map_err(StoreError::Backend))
-            .collect()
+        let limit = export_page_size(limit)?;
+        // Unreadable rows are skipped: read on past them until the page is
+        // full or the keys end, so an empty page is still the end.
+        let mut cursor = after.map(|id| id.to_string());
+        let mut keys = Vec::new();
+        loop {
+            let want = limit - keys.len();
+            let rows = self.export_rows(cursor.take(), want).await?;
+            for row in &rows {
+                match stored_key_of(row) {
+                    Ok(key) => keys.push(key),
+                    Err(e) => warn_unreadable(&raw_id(row), &e),
+                }
+            }
+            match rows.last() {
+                Some(last) if rows.len() == want && keys.len() < limit => {
+                    cursor = Some(cursor_id(last)?);
+                }
+                _ => return Ok(keys),
+            }
+        }
     }
 
     async fn import(&self, key: StoredKey) -> Result<Imported, StoreError> {
-        check_import(&key)?;
+        check_import(&key, &self.inner.format, self.now())?;
         let version = imported_version(key.info.record.key_id, key.info.version)?;
         let record = &key.info.record;
         let id = record.key_id;
@@ -1537,6 +1545,138 @@ impl KeyStore for PgKeyStore {
         })?;
         self.database_answered();
         outcome
+    }
+
+    async fn export_revoked(
+        &self,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyId>, StoreError> {
+        let limit = export_page_size(limit)? as i64;
+        let sql = format!(
+            "SELECT key_id FROM {REVOKED}
+              WHERE $1::text IS NULL OR key_id > $1
+              ORDER BY key_id LIMIT $2"
+        );
+        let after = after.as_ref().map(KeyId::as_str);
+        let rows = self
+            .query(&sql, &[&after, &limit])
+            .await
+            .map_err(StoreError::Backend)?;
+        rows.iter()
+            .map(|row| {
+                let id = raw_id(row);
+                KeyId::from_str(&id).map_err(|_| {
+                    StoreError::backend(format!("revoked id {} is not valid", shown_id(&id)))
+                })
+            })
+            .collect()
+    }
+
+    async fn import_revoked(&self, id: KeyId) -> Result<bool, StoreError> {
+        // The revocation is kept even when no key has the id; a key that
+        // has it is deleted and announced as by `revoke`.
+        let payload = notify_payload("gone");
+        let sql = format!(
+            "WITH kept AS (INSERT INTO {REVOKED} (key_id, revoked_at) VALUES ($1, now())
+                ON CONFLICT (key_id) DO NOTHING),
+                  gone AS (DELETE FROM {TABLE} WHERE key_id = $1
+                RETURNING key_id, service_account_id)
+             SELECT gone.service_account_id, pg_notify($2, {payload})::text AS notified
+               FROM gone"
+        );
+        let rows = self
+            .query(&sql, &[&id.as_str(), &self.inner.channel.as_str()])
+            .await
+            .map_err(StoreError::Backend)?;
+        let Some(row) = rows.first() else {
+            return Ok(false);
+        };
+        self.changed(id, row.try_get("service_account_id").ok());
+        Ok(true)
+    }
+
+    async fn unreadable(&self) -> Result<Vec<String>, StoreError> {
+        let mut cursor = None;
+        let mut ids = Vec::new();
+        loop {
+            let rows = self.export_rows(cursor.take(), MAX_EXPORT_PAGE).await?;
+            for row in &rows {
+                if stored_key_of(row).is_err() && ids.len() < MAX_EXPORT_PAGE {
+                    ids.push(shown_id(&raw_id(row)));
+                }
+            }
+            match rows.last() {
+                Some(last) if rows.len() == MAX_EXPORT_PAGE => cursor = Some(cursor_id(last)?),
+                _ => return Ok(ids),
+            }
+        }
+    }
+}
+
+/// A row's key id as stored ("" if it cannot even be read as text).
+fn raw_id(row: &Row) -> String {
+    row.try_get("key_id").unwrap_or_default()
+}
+
+/// The key id to read on after: a row whose id cannot be read would
+/// restart the scan, so it is an error instead.
+fn cursor_id(row: &Row) -> Result<String, StoreError> {
+    row.try_get("key_id").map_err(StoreError::backend)
+}
+
+/// Raw reads for list and export, which skip the rows they cannot read.
+impl PgKeyStore {
+    /// Up to `limit` rows of `account` after `after` (created_at, key_id),
+    /// in listing order.
+    async fn list_rows(
+        &self,
+        account: &str,
+        after: Option<(SystemTime, String)>,
+        limit: usize,
+    ) -> Result<Vec<Row>, StoreError> {
+        let limit = limit as i64;
+        let rows = match after {
+            None => {
+                let sql = format!(
+                    "SELECT {INFO_COLUMNS}, {} FROM {TABLE}
+                      WHERE service_account_id = $1
+                      ORDER BY created_at, key_id
+                      LIMIT $2",
+                    account_limits_column(TABLE)
+                );
+                self.query(&sql, &[&account, &limit]).await
+            }
+            Some((at, id)) => {
+                let sql = format!(
+                    "SELECT {INFO_COLUMNS}, {} FROM {TABLE}
+                      WHERE service_account_id = $1
+                        AND (created_at, key_id) > ($2, $3)
+                      ORDER BY created_at, key_id
+                      LIMIT $4",
+                    account_limits_column(TABLE)
+                );
+                self.query(&sql, &[&account, &at, &id, &limit]).await
+            }
+        };
+        rows.map_err(StoreError::Backend)
+    }
+
+    /// Up to `limit` whole rows with key ids after `after`, in key id order.
+    async fn export_rows(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Row>, StoreError> {
+        let limit = limit as i64;
+        let sql = format!(
+            "SELECT {INFO_COLUMNS}, {HASH_COLUMNS} FROM {TABLE}
+              WHERE $1::text IS NULL OR key_id > $1
+              ORDER BY key_id LIMIT $2"
+        );
+        self.query(&sql, &[&after, &limit])
+            .await
+            .map_err(StoreError::Backend)
     }
 }
 

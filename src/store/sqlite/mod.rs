@@ -117,6 +117,8 @@ use super::page_token::{page_token, parse_page_token};
 use super::schema::{
     limits_text, parse_limits, scheme_columns, stored_hash, CreditColumns, MigrationReport,
 };
+use super::schema::{shown_id, warn_unreadable};
+use super::MAX_EXPORT_PAGE;
 use super::{
     check_account, check_account_limits, check_import, check_new, check_update, check_version,
     export_page_size, fill_page, hint_of, import_conflict, import_revoked, imported_version,
@@ -1166,8 +1168,6 @@ impl KeyStore for SqliteKeyStore {
         page: ListRequest,
     ) -> Result<KeyPage, StoreError> {
         let size = page.size()?;
-        // One more than asked, to know whether a next page exists.
-        let limit = (size + 1) as i64;
         let after = match &page.page_token {
             None => None,
             Some(token) => {
@@ -1187,42 +1187,29 @@ impl KeyStore for SqliteKeyStore {
                 }
             }
         };
-        let account = service_account_id.to_owned();
-        let rows = self
-            .run(move |conn| {
-                let rows = match after {
-                    None => {
-                        let sql = format!(
-                            "SELECT {INFO_COLUMNS}, {ACCOUNT_LIMITS_COLUMN} FROM {TABLE}
-                              WHERE service_account_id = ?1
-                              ORDER BY created_at, key_id
-                              LIMIT ?2"
-                        );
-                        conn.prepare_cached(&sql)?
-                            .query_map((account, limit), RawInfo::read)?
-                            .collect::<rusqlite::Result<Vec<_>>>()?
-                    }
-                    Some((at, id)) => {
-                        let sql = format!(
-                            "SELECT {INFO_COLUMNS}, {ACCOUNT_LIMITS_COLUMN} FROM {TABLE}
-                              WHERE service_account_id = ?1
-                                AND (created_at, key_id) > (?2, ?3)
-                              ORDER BY created_at, key_id
-                              LIMIT ?4"
-                        );
-                        conn.prepare_cached(&sql)?
-                            .query_map((account, at, id, limit), RawInfo::read)?
-                            .collect::<rusqlite::Result<Vec<_>>>()?
-                    }
-                };
-                Ok(rows)
-            })
-            .await
-            .map_err(StoreError::Backend)?;
-        let (keys, more) = fill_page(
-            rows.iter().map(|r| r.info().map_err(StoreError::Backend)),
-            size,
-        )?;
+        // Unreadable rows are skipped: read on past them until the page
+        // (and one more key) is full or the account's keys end.
+        let mut cursor = after;
+        let mut readable = Vec::new();
+        loop {
+            let want = size + 1 - readable.len();
+            let rows = self
+                .list_rows(service_account_id.to_owned(), cursor.take(), want)
+                .await?;
+            for row in &rows {
+                match row.info() {
+                    Ok(info) => readable.push(info),
+                    Err(e) => warn_unreadable(&row.key_id, &e),
+                }
+            }
+            match rows.last() {
+                Some(last) if rows.len() == want && readable.len() <= size => {
+                    cursor = Some((last.created_at, last.key_id.clone()));
+                }
+                _ => break,
+            }
+        }
+        let (keys, more) = fill_page(readable.into_iter().map(Ok::<_, StoreError>), size)?;
         let next_page_token = more
             .then(|| keys.last().map(|k| page_token(&k.record)))
             .flatten();
@@ -1630,31 +1617,33 @@ impl KeyStore for SqliteKeyStore {
         after: Option<KeyId>,
         limit: usize,
     ) -> Result<Vec<StoredKey>, StoreError> {
-        let limit = export_page_size(limit)? as i64;
-        let after = after.map(|id| id.to_string());
-        let rows = self
-            .run(move |conn| {
-                let sql = format!(
-                    "SELECT {INFO_COLUMNS}, {HASH_COLUMNS} FROM {TABLE}
-                      WHERE ?1 IS NULL OR key_id > ?1
-                      ORDER BY key_id LIMIT ?2"
-                );
-                Ok(conn
-                    .prepare_cached(&sql)?
-                    .query_map((after, limit), RawKey::read)?
-                    .collect::<rusqlite::Result<Vec<_>>>()?)
-            })
-            .await
-            .map_err(StoreError::Backend)?;
-        rows.iter()
-            .map(|row| row.stored_key().map_err(StoreError::Backend))
-            .collect()
+        let limit = export_page_size(limit)?;
+        // Unreadable rows are skipped: read on past them until the page is
+        // full or the keys end, so an empty page is still the end.
+        let mut cursor = after.map(|id| id.to_string());
+        let mut keys = Vec::new();
+        loop {
+            let want = limit - keys.len();
+            let rows = self.export_rows(cursor.take(), want).await?;
+            for row in &rows {
+                match row.stored_key() {
+                    Ok(key) => keys.push(key),
+                    Err(e) => warn_unreadable(&row.info.key_id, &e),
+                }
+            }
+            match rows.last() {
+                Some(last) if rows.len() == want && keys.len() < limit => {
+                    cursor = Some(last.info.key_id.clone());
+                }
+                _ => return Ok(keys),
+            }
+        }
     }
 
     async fn import(&self, key: StoredKey) -> Result<Imported, StoreError> {
-        check_import(&key)?;
-        let version = imported_version(key.info.record.key_id, key.info.version)?;
         let (now_at, _) = self.now()?;
+        check_import(&key, &self.inner.format, now_at)?;
+        let version = imported_version(key.info.record.key_id, key.info.version)?;
         let record = &key.info.record;
         let id = record.key_id;
         // The credits start a generation here; the account's limits are
@@ -1774,6 +1763,151 @@ impl KeyStore for SqliteKeyStore {
                 StoreError::Backend(e)
             }
         })?
+    }
+
+    async fn export_revoked(
+        &self,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyId>, StoreError> {
+        let limit = export_page_size(limit)? as i64;
+        let after = after.map(|id| id.to_string());
+        let ids = self
+            .run(move |conn| {
+                let sql = format!(
+                    "SELECT key_id FROM {REVOKED}
+                      WHERE ?1 IS NULL OR key_id > ?1
+                      ORDER BY key_id LIMIT ?2"
+                );
+                Ok(conn
+                    .prepare_cached(&sql)?
+                    .query_map((after, limit), |row| row.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .await
+            .map_err(StoreError::Backend)?;
+        ids.iter()
+            .map(|id| {
+                KeyId::from_str(id).map_err(|_| {
+                    StoreError::backend(format!("revoked id {} is not valid", shown_id(id)))
+                })
+            })
+            .collect()
+    }
+
+    async fn import_revoked(&self, id: KeyId) -> Result<bool, StoreError> {
+        let (_, now) = self.now()?;
+        let change = self.change(id, now);
+        let account = self
+            .run_write(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.prepare_cached(&format!(
+                    "INSERT OR IGNORE INTO {REVOKED} (key_id, revoked_at) VALUES (?1, ?2)"
+                ))?
+                .execute((&change.key_id, change.at))?;
+                let account: Option<String> = tx
+                    .prepare_cached(&format!(
+                        "DELETE FROM {TABLE} WHERE key_id = ?1 RETURNING service_account_id"
+                    ))?
+                    .query_row([&change.key_id], |row| row.get(0))
+                    .optional()?;
+                if let Some(account) = &account {
+                    log_change(&tx, &change, account)?;
+                }
+                tx.commit()?;
+                Ok(account)
+            })
+            .await
+            .map_err(StoreError::Backend)?;
+        if let Some(account) = &account {
+            self.changed(id, account);
+        }
+        Ok(account.is_some())
+    }
+
+    async fn unreadable(&self) -> Result<Vec<String>, StoreError> {
+        let mut cursor = None;
+        let mut ids = Vec::new();
+        loop {
+            let rows = self.export_rows(cursor.take(), MAX_EXPORT_PAGE).await?;
+            for row in &rows {
+                if row.stored_key().is_err() && ids.len() < MAX_EXPORT_PAGE {
+                    ids.push(shown_id(&row.info.key_id));
+                }
+            }
+            match rows.last() {
+                Some(last) if rows.len() == MAX_EXPORT_PAGE => {
+                    cursor = Some(last.info.key_id.clone());
+                }
+                _ => return Ok(ids),
+            }
+        }
+    }
+}
+
+/// Raw reads for list and export, which skip the rows they cannot read.
+impl SqliteKeyStore {
+    /// Up to `limit` rows of `account` after `after` (created_at, key_id),
+    /// in listing order.
+    async fn list_rows(
+        &self,
+        account: String,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> Result<Vec<RawInfo>, StoreError> {
+        let limit = limit as i64;
+        self.run(move |conn| {
+            let rows = match after {
+                None => {
+                    let sql = format!(
+                        "SELECT {INFO_COLUMNS}, {ACCOUNT_LIMITS_COLUMN} FROM {TABLE}
+                          WHERE service_account_id = ?1
+                          ORDER BY created_at, key_id
+                          LIMIT ?2"
+                    );
+                    conn.prepare_cached(&sql)?
+                        .query_map((account, limit), RawInfo::read)?
+                        .collect::<rusqlite::Result<Vec<_>>>()?
+                }
+                Some((at, id)) => {
+                    let sql = format!(
+                        "SELECT {INFO_COLUMNS}, {ACCOUNT_LIMITS_COLUMN} FROM {TABLE}
+                          WHERE service_account_id = ?1
+                            AND (created_at, key_id) > (?2, ?3)
+                          ORDER BY created_at, key_id
+                          LIMIT ?4"
+                    );
+                    conn.prepare_cached(&sql)?
+                        .query_map((account, at, id, limit), RawInfo::read)?
+                        .collect::<rusqlite::Result<Vec<_>>>()?
+                }
+            };
+            Ok(rows)
+        })
+        .await
+        .map_err(StoreError::Backend)
+    }
+
+    /// Up to `limit` whole rows with key ids after `after`, in key id order.
+    async fn export_rows(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<RawKey>, StoreError> {
+        let limit = limit as i64;
+        self.run(move |conn| {
+            let sql = format!(
+                "SELECT {INFO_COLUMNS}, {HASH_COLUMNS} FROM {TABLE}
+                  WHERE ?1 IS NULL OR key_id > ?1
+                  ORDER BY key_id LIMIT ?2"
+            );
+            Ok(conn
+                .prepare_cached(&sql)?
+                .query_map((after, limit), RawKey::read)?
+                .collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+        .map_err(StoreError::Backend)
     }
 }
 
