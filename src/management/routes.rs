@@ -23,6 +23,7 @@ use super::resource::{
 use super::AccountAccess;
 use crate::cache::Caller;
 use crate::key::KeyId;
+use crate::record::KeyRecord;
 use crate::store::{KeyInfo, KeyStore, KeyUpdate, ListRequest, StoreError, Version, MAX_PAGE_SIZE};
 use crate::Authenticator;
 
@@ -54,6 +55,28 @@ fn written<T>(result: Result<T, StoreError>) -> Result<Written<T>> {
 /// Attempts of a read-check-write whose key keeps moving before it answers
 /// 409 `aborted`.
 const WRITE_ATTEMPTS: usize = 3;
+
+/// The part of `update` that changes `current`: a PATCH that sends back
+/// values the key already holds writes nothing for them, so a key's version
+/// (and so concurrent writers) moves only for real changes, and an
+/// idempotent retry does not abort other requests. Credits always count: a
+/// setting replaces the count and starts a new generation.
+fn changes(update: &KeyUpdate, current: &KeyRecord) -> KeyUpdate {
+    let mut changes = update.clone();
+    if changes.description.as_ref() == Some(&current.description) {
+        changes.description = None;
+    }
+    if changes.scopes.as_ref() == Some(&current.scopes) {
+        changes.scopes = None;
+    }
+    if changes.expires_at == Some(current.expires_at) {
+        changes.expires_at = None;
+    }
+    if changes.rate_limits.as_ref() == Some(&current.rate_limits) {
+        changes.rate_limits = None;
+    }
+    changes
+}
 
 /// Adds the `ETag` of a key at `version`.
 fn with_etag(mut response: Response, version: Version) -> Response {
@@ -412,7 +435,7 @@ pub(crate) async fn update(
             shared.check_update(who, &current, change)?;
             let result = shared
                 .store
-                .update(id, change.clone(), Some(current.version))
+                .update(id, changes(change, &current.record), Some(current.version))
                 .await;
             written(result)
         })
