@@ -2535,3 +2535,98 @@ async fn a_key_cut_short_or_mistyped_in_any_argument_is_refused_and_never_shown(
     assert!(export.stdout.is_empty(), "nothing stored: {export:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Issue 20 review: more crafted import lines. Deep nesting, numbers past
+/// every integer type, a duplicated field (the second `key_id` naming
+/// another key), NUL and other control bytes in stored fields, and a valid
+/// record padded to exactly the line cap (taken) or one byte past it
+/// (refused): one clear refusal per bad line, never a crash, and only the
+/// valid records added.
+#[tokio::test]
+async fn import_of_more_crafted_lines_refuses_each_clearly_and_takes_a_record_at_the_cap() {
+    let (from_dir, from) = sqlite_db("crafted2_from").await;
+    let (to_dir, to) = sqlite_db("crafted2_to").await;
+    json_at(&from, &["keys", "create", "--account", "sa-1"]).await;
+    json_at(&from, &["keys", "create", "--account", "sa-1"]).await;
+    let export = cli(["export"]).env("DATABASE_URL", &from).run().await.ok();
+    let records: Vec<Value> = export
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (good, other) = (&records[0], &records[1]);
+    let set = |field: &str, value: Value| {
+        let mut line = good.clone();
+        line[field] = value;
+        line.to_string()
+    };
+    const CAP: usize = 64 * 1024;
+    let at_cap = {
+        let text = other.to_string();
+        format!("{text}{}", " ".repeat(CAP - text.len()))
+    };
+    assert_eq!(at_cap.len(), CAP);
+    let past_cap = format!("{} ", good);
+    let past_cap = format!("{past_cap}{}", " ".repeat(CAP + 1 - past_cap.len()));
+    let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+    let duplicated = {
+        let text = good.to_string();
+        format!("{{\"key_id\":{},{}", other["key_id"], &text[1..])
+    };
+    let bad = vec![
+        deep,
+        set(
+            "credits",
+            serde_json::json!({"remaining": 7_777_777_u64, "refill": null}),
+        )
+        .replace("7777777", "1e400"),
+        set(
+            "credits",
+            serde_json::json!({"remaining": u64::MAX, "refill": null}),
+        ),
+        duplicated,
+        set("description", "a\u{0}b".into()),
+        set("hint", "tak_\u{0}abc".into()),
+        set("service_account_id", "sa\u{0}".into()),
+        set("scopes", serde_json::json!(["a\u{0}"])),
+        past_cap,
+    ];
+    let mut input = bad.clone();
+    input.push(at_cap);
+    let run = cli(["import"])
+        .env("DATABASE_URL", &to)
+        .stdin(input.join("\n"))
+        .run()
+        .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "1 added, 0 already present, {} refused",
+            bad.len()
+        )),
+        "{}",
+        run.stderr
+    );
+    for n in 1..=bad.len() {
+        assert!(
+            run.stderr.contains(&format!("refused line {n} ")),
+            "line {n}: {}",
+            run.stderr
+        );
+    }
+    assert!(
+        run.stderr.len() < 8 * 1024,
+        "no line is echoed: {} bytes",
+        run.stderr.len()
+    );
+    let listed = json_at(&to, &["keys", "list", "--account", "sa-1"]).await;
+    let ids: Vec<&Value> = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| &k["id"])
+        .collect();
+    assert_eq!(ids, vec![&other["key_id"]], "only the record at the cap");
+    let _ = std::fs::remove_dir_all(from_dir);
+    let _ = std::fs::remove_dir_all(to_dir);
+}
