@@ -537,3 +537,72 @@ async fn a_key_that_keeps_changing_is_still_deleted_and_credited_without_if_matc
         .unwrap();
     assert!(store.verify(&old).await.unwrap().is_none());
 }
+
+// ---------------------------------------------------------------------------
+// Reviving an expired key the caller could not have made
+// ---------------------------------------------------------------------------
+
+/// The invariant of `management::grant`: no management request brings into
+/// existence a key accepted where the calling key is refused. An expired
+/// key holding `X` is accepted nowhere; a PATCH of its expiry by a manager
+/// that may not grant `X` makes it accepted on `X`'s routes again (its
+/// holder, a former employee say, is back in), exactly what the same
+/// manager is refused when it PATCHes `X` onto a key.
+#[tokio::test]
+#[ignore = "issue 20 review: a manager can revive an expired key holding scopes it may not grant"]
+async fn a_manager_cannot_revive_an_expired_key_holding_a_scope_it_may_not_grant() {
+    use tower_api_key::clock::{Clock, ManualClock};
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let store = MemoryStore::builder().with_clock(clock.clone()).build();
+    let client = admin_api(&store).await;
+    let manager = store
+        .create(NewKey::new("sa-x").with_scopes(scopes(&[MANAGE, T])))
+        .await
+        .unwrap();
+    let manager = manager.key.expose_secret().to_owned();
+    let former = store
+        .create(
+            NewKey::new("sa-x")
+                .with_scopes(scopes(&[X]))
+                .with_expires_at(clock.now() + Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(3600));
+    let secret = store
+        .key_format()
+        .unwrap()
+        .parse(former.key.expose_secret())
+        .unwrap();
+    let expired = |record: Option<KeyRecord>| record.is_some_and(|r| r.is_expired_at(clock.now()));
+    assert!(expired(store.verify(&secret).await.unwrap()), "expired");
+
+    // The same manager may not put X on a key...
+    let other = store
+        .create(NewKey::new("sa-x").with_scopes(scopes(&[T])))
+        .await
+        .unwrap();
+    let widen = client
+        .send(
+            "PATCH",
+            &format!("/admin/keys/{}", other.record.key_id),
+            Some(&manager),
+            Some(json!({"scopes": [T, X]})),
+        )
+        .await;
+    assert_eq!(widen.status, 403, "{}", widen.text());
+    // ...nor bring a key holding X back.
+    let revive = client
+        .send(
+            "PATCH",
+            &format!("/admin/keys/{}", former.record.key_id),
+            Some(&manager),
+            Some(json!({"expires_at": null})),
+        )
+        .await;
+    assert_eq!(revive.status, 403, "{}", revive.text());
+    assert!(
+        expired(store.verify(&secret).await.unwrap()),
+        "the key holding X stays expired"
+    );
+}
