@@ -117,6 +117,10 @@ async fn if_match_edge_cases_never_match_wrongly_nor_fail() {
             reply.status
         );
     }
+    let stale = patch(vec!["\"7\"".to_owned()]).await;
+    assert_eq!(stale.status, 412);
+    let message = stale.json()["message"].as_str().unwrap().to_owned();
+    assert!(!message.contains("  "), "one line of prose: {message:?}");
     let thousand: Vec<String> = vec![(2..1002)
         .map(|n| format!("\"{n}\""))
         .collect::<Vec<_>>()
