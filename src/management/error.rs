@@ -87,7 +87,8 @@ impl ApiError {
             StatusCode::PRECONDITION_FAILED,
             "failed_precondition",
             format!(
-                "api key {id} is no longer at the version `If-Match` names; read it again                  (its ETag) and decide again"
+                "api key {id} is no longer at the version `If-Match` names; read it again \
+                 (its ETag) and decide again"
             ),
         )
     }

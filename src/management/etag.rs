@@ -64,6 +64,13 @@ impl IfMatch {
         !matches!(self, Self::Absent)
     }
 
+    /// Whether the client named versions (not `*`, not absent): only then
+    /// must a write that checks nothing on the key but its account (which
+    /// never changes) be conditional.
+    pub(crate) fn names_versions(&self) -> bool {
+        matches!(self, Self::Versions(_))
+    }
+
     /// Whether a key at `current` satisfies it.
     pub(crate) fn matches(&self, current: Version) -> bool {
         match self {
@@ -133,7 +140,10 @@ mod tests {
         assert!(three.matches(Version::new(3)));
         assert!(!three.matches(Version::new(4)));
         assert!(three.is_given());
+        assert!(three.names_versions());
         assert!(!IfMatch::Absent.is_given());
+        assert!(!IfMatch::Absent.names_versions());
+        assert!(!IfMatch::Any.names_versions());
     }
 
     #[test]

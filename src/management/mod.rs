@@ -107,9 +107,13 @@
 //!   `DELETE`, `:reissue` and `:addCredits` honour `If-Match` (a list of
 //!   tags, or `*`): a key no longer at a named version answers 412
 //!   `failed_precondition` and nothing is written. Without `If-Match` the
-//!   router still checks each request against the key it read and writes
-//!   only if the key is still at that version, reading and checking again
-//!   when it moved; a key that keeps moving answers 409 `aborted`.
+//!   router still checks each `PATCH` and `:reissue` against the key it
+//!   read and writes only if the key is still at that version, reading and
+//!   checking again when it moved; a key that keeps moving answers 409
+//!   `aborted`. A `DELETE` or `:addCredits` without a named version checks
+//!   nothing on the key but its account, which never changes, so it writes
+//!   whatever the version: a key that keeps changing (a leaked management
+//!   key PATCHing itself in a loop) cannot keep itself from being revoked.
 //! - **Delete** revokes the key: on this replica, every request that starts
 //!   after the 204 is refused. The router also drops the key from the
 //!   authenticator's cache itself, so this holds even when the authenticator
@@ -140,7 +144,7 @@
 //! | 404 | `not_found` | an unknown or deleted key id, a key of an account the caller may not manage, an unknown `:method` |
 //! | 405 | `method_not_allowed` | `GET /keys/{id}:reissue` and the like; `Allow` says what works |
 //! | 409 | `failed_precondition` | `:addCredits` on a key without credits |
-//! | 409 | `aborted` | the key was changed by other requests between this request's read and its write, three times over; nothing was written, try again |
+//! | 409 | `aborted` | a `PATCH` or `:reissue`: the key was changed by other requests between this request's read and its write, three times over; nothing was written, try again |
 //! | 412 | `failed_precondition` | `If-Match` names no version the key is at |
 //! | 409 | `key_limit_reached` | `POST /keys` when the service account already holds the store's most keys (1,000 by default, counting expired keys); delete unused keys first |
 //! | 413 | `payload_too_large` | a body over the limit (64 KiB by default, [`ManagementApiBuilder::body_limit`]) |

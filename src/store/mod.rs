@@ -171,7 +171,8 @@ pub struct CreatedKey {
 /// [`add_credits`](KeyStore::add_credits); an update that changes nothing
 /// does not) moves it on by one, in the same atomic step as the change.
 /// Usage flushes and credit spends do not, so a busy key can still be
-/// changed. An [import](KeyStore::import) keeps the exported version.
+/// changed. An [import](KeyStore::import) keeps the exported version (at
+/// most 2^53 - 1; a higher one is refused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Version(u64);
 
@@ -573,13 +574,19 @@ pub(crate) fn no_credits(id: KeyId) -> StoreError {
     StoreError::NoCredits { id }
 }
 
-/// An imported key's version as a SQL column: 1 to `i64::MAX`.
+/// The highest version an import keeps: 2^53 - 1, which JSON numbers hold
+/// exactly. Far below `i64::MAX`, so every later write of an imported key
+/// still moves its version on in a SQL column (at `i64::MAX` the next
+/// write overflowed: SQLite refused it, PostgreSQL failed it, and the key
+/// could never be changed again).
+const MAX_IMPORTED_VERSION: i64 = (1 << 53) - 1;
+
+/// An imported key's version as a SQL column: 1 to [`MAX_IMPORTED_VERSION`].
 pub(crate) fn imported_version(id: KeyId, version: Version) -> Result<i64, StoreError> {
     match i64::try_from(version.get()) {
-        Ok(n @ 1..) => Ok(n),
+        Ok(n @ 1..=MAX_IMPORTED_VERSION) => Ok(n),
         _ => Err(StoreError::invalid(format!(
-            "key {id}: version must be between 1 and {}",
-            i64::MAX
+            "key {id}: version must be between 1 and {MAX_IMPORTED_VERSION}"
         ))),
     }
 }

@@ -294,6 +294,7 @@ macro_rules! store_conformance {
                 versions::a_write_on_a_superseded_version_is_refused_and_writes_nothing,
                 versions::a_check_on_what_was_read_holds_for_what_the_write_replaces,
                 versions::concurrent_writes_on_one_version_let_exactly_one_through,
+                versions::a_key_imported_at_the_highest_version_stays_writable_and_readable,
             );
             $crate::__conformance_tests!(Factory, current_thread:
                 contract::verify_does_the_same_hashing_work_whether_or_not_the_id_exists,

@@ -311,3 +311,70 @@ pub async fn conditional_writes_race<S: KeyStore + Clone + 'static>(stores: &[S]
     assert_eq!(credits, Some(if winner % 3 == 2 { 2 } else { 1 }));
     let _: SystemTime = now.record.created_at;
 }
+
+/// An import keeps the exported version, up to a bound. A key imported
+/// near the top of a SQL column must not become a key that can no longer be
+/// changed once its next write moves it on (issue 20 review: at `i64::MAX`
+/// SQLite refused every later write of the key and PostgreSQL failed it).
+/// For each version, either the import refuses it (typed), or later writes
+/// land with a new version and the key stays readable; a version as high
+/// as JSON numbers hold exactly (2^53 - 1) is kept.
+pub async fn a_key_imported_at_the_highest_version_stays_writable_and_readable<F: StoreFactory>(
+    f: &F,
+) {
+    let (from, _) = store_and_clock(f, StoreSettings::new()).await;
+    let (to, _) = store_and_clock(f, StoreSettings::new()).await;
+    let highest_json = (1u64 << 53) - 1;
+    for version in [i64::MAX as u64, i64::MAX as u64 - 1, u64::MAX, highest_json] {
+        let created = from
+            .create(NewKey::new("sa-top").with_credits(Credits::new(1).unwrap()))
+            .await
+            .unwrap();
+        let id = created.record.key_id;
+        let mut key = from
+            .export(None, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|k| k.info.record.key_id == id)
+            .unwrap();
+        key.info.version = Version::new(version);
+        match to.import(key).await {
+            Err(StoreError::Invalid(_) | StoreError::InvalidField { .. })
+                if version != highest_json =>
+            {
+                continue
+            }
+            Err(other) => panic!("import at version {version}: {other:?}"),
+            Ok(_) => {}
+        }
+        let top = to.get(id).await.unwrap().expect("imported").version;
+        assert_eq!(top, Version::new(version), "the import keeps the version");
+        let updated = to
+            .update(id, KeyUpdate::default().with_description("next"), Some(top))
+            .await
+            .unwrap_or_else(|e| panic!("imported at {version}, then changed: {e:?}"))
+            .expect("the key exists");
+        assert_ne!(updated.version, top, "a change moves the version on");
+        let topped = to
+            .add_credits(id, 1, Some(updated.version))
+            .await
+            .unwrap_or_else(|e| panic!("imported at {version}, then topped up: {e:?}"))
+            .expect("the key exists");
+        assert_ne!(topped.version, updated.version);
+        let read = to.get(id).await.expect("the key is still readable");
+        assert_eq!(read.map(|k| k.version), Some(topped.version));
+        assert!(
+            to.verify(&parse(&to, &created.key))
+                .await
+                .unwrap()
+                .is_some(),
+            "its secret still works"
+        );
+    }
+    let listed = to.list("sa-top", Default::default()).await.unwrap();
+    assert!(
+        listed.keys.iter().all(|k| k.record.description == "next"),
+        "every key imported is listed, changed"
+    );
+}

@@ -10,12 +10,17 @@
 use std::ffi::OsString;
 
 use clap::Command;
-use tower_api_key::{KeyFormat, MAX_PREFIX_LEN};
+use tower_api_key::{KeyFormat, ID_LEN, MAX_PREFIX_LEN, SECRET_LEN};
 
-/// Whether a whole key, of any issuer prefix and with a valid checksum,
-/// appears anywhere in `text`, even glued to other characters.
+/// Whether a key, of any issuer prefix, appears anywhere in `text`, even
+/// glued to other characters: a whole key with a valid checksum, or the
+/// shape of one whose checksum is cut short or mistyped (`PREFIX_ID_` and
+/// a whole secret), which still holds everything needed to use the key.
 pub fn holds_key(text: &str) -> bool {
     let b = text.as_bytes();
+    let base62 = |bytes: Option<&[u8]>, len: usize| {
+        bytes.is_some_and(|s| s.len() == len && s.iter().all(u8::is_ascii_alphanumeric))
+    };
     // A key is PREFIX '_' ID '_' SECRET CHECKSUM; every '_' may end a
     // prefix of 1 to 16 characters.
     b.iter().enumerate().any(|(at, &c)| {
@@ -28,8 +33,15 @@ pub fn holds_key(text: &str) -> bool {
                 let Ok(format) = KeyFormat::new(prefix) else {
                     return false;
                 };
-                b.get(start..start + format.key_len())
-                    .is_some_and(|window| format.parse_bytes(window).is_ok())
+                let whole = b
+                    .get(start..start + format.key_len())
+                    .is_some_and(|window| format.parse_bytes(window).is_ok());
+                let id = at + 1;
+                let secret = id + ID_LEN + 1;
+                let shape = base62(b.get(id..id + ID_LEN), ID_LEN)
+                    && b.get(id + ID_LEN) == Some(&b'_')
+                    && base62(b.get(secret..secret + SECRET_LEN), SECRET_LEN);
+                whole || shape
             })
     })
 }
@@ -158,6 +170,7 @@ fn place_of(args: &[String], index: usize, root: &Command) -> (Vec<String>, Plac
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use tower_api_key::CHECKSUM_LEN;
 
     fn key(prefix: &str) -> String {
         let format = KeyFormat::new(prefix).unwrap();
@@ -171,18 +184,26 @@ mod tests {
             assert!(holds_key(&k), "{prefix}");
             assert!(holds_key(&format!("x{k}y")), "{prefix} glued");
             assert!(holds_key(&format!("--account={k}")), "{prefix} in a flag");
-            assert!(!holds_key(&k[..k.len() - 1]), "{prefix} cut short");
+            // Cut short or mistyped in its checksum, it still holds the
+            // whole secret (issue 20 review: such a key was echoed).
+            let whole_secret = k.len() - CHECKSUM_LEN;
+            assert!(holds_key(&k[..k.len() - 1]), "{prefix} cut short");
+            assert!(holds_key(&k[..whole_secret]), "{prefix} without checksum");
+            assert!(!holds_key(&k[..whole_secret - 1]), "{prefix} secret cut");
         }
         let k = key("tak");
         let mut broken = k.clone().into_bytes();
         let last = broken.len() - 1;
         broken[last] = if broken[last] == b'0' { b'1' } else { b'0' };
         assert!(
-            !holds_key(std::str::from_utf8(&broken).unwrap()),
-            "checksum"
+            holds_key(std::str::from_utf8(&broken).unwrap()),
+            "a mistyped checksum"
         );
         assert!(!holds_key("sa-reports"));
         assert!(!holds_key("tak_0000000000000000_"));
+        assert!(!holds_key(
+            "tak_000000000000000_00000000000000000000000000000000"
+        ));
     }
 
     fn place(args: &[&str]) -> String {

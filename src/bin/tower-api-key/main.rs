@@ -407,7 +407,19 @@ async fn main() -> ExitCode {
     match run(cli, &url).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            let message = e.to_string();
+            // Arguments were scanned before parsing, but an environment
+            // value (the store URL, the pepper file's path) is quoted by
+            // errors like this one.
+            if argv::holds_key(&message) {
+                eprintln!(
+                    "error: the command failed on a value that holds an API key (an environment \
+                     value such as DATABASE_URL or {}): not shown here; treat that key as exposed",
+                    pepper::PEPPER_FILE_ENV
+                );
+            } else {
+                eprintln!("error: {message}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -387,6 +387,17 @@ pub async fn import(store: &Store, mut input: impl BufRead) -> Result<Summary, C
     }
 }
 
+/// Whether an unknown field's name may be shown: a short lower-case name
+/// such as a newer version's field, never anything holding a key (a key's
+/// secret mixes cases, so a key glued into a name fails this too).
+fn looks_like_a_field_name(name: &str) -> bool {
+    name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !crate::argv::holds_key(name)
+}
+
 /// What is wrong with a line, without its values: serde_json's messages
 /// quote the offending value ("invalid type: string \"...\""), and a line
 /// pasted by mistake may hold a secret.
@@ -394,11 +405,24 @@ fn json_error(e: &serde_json::Error) -> String {
     let message = e.to_string();
     let named = ["missing field `", "unknown field `", "duplicate field `"];
     if named.iter().any(|p| message.starts_with(p)) {
-        // These quote only the field name, which is ours (the list of
-        // expected fields after it is dropped too).
+        // These quote only the field name (the list of expected fields
+        // after it is dropped too). A missing or duplicate field is one of
+        // ours; an unknown one is the line's, and may be a pasted key.
         let end = message.find("`,").map_or(message.len(), |i| i + 1);
         let end = message[..end].rfind(" at line").unwrap_or(end);
-        return format!("not a key record: {}", &message[..end]);
+        let said = &message[..end];
+        if let Some(name) = said
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.strip_suffix('`'))
+        {
+            if !looks_like_a_field_name(name) {
+                return format!(
+                    "not a key record: an unknown field, whose name is not shown (column {})",
+                    e.column()
+                );
+            }
+        }
+        return format!("not a key record: {said}");
     }
     let kind = match e.classify() {
         serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "not JSON",
