@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Issue 20's three-request race against a running quickstart, as an attacker
-# would send it: the admin key may grant yc.ai.translate.execute (T) but not
-# ops.race.secret (X). Each round the CLI (an operator) creates a key holding
+# would send it: the admin key may grant yc.ai.translate.execute (T) and
+# yc.ai.foundationModels.execute (T2) but not ops.race.secret (X). Each round the CLI (an operator) creates a key holding
 # [T, X]; then, over HTTP with the admin key:
-#   1. 30 concurrent PATCH {"scopes":[T,X]}   (keeping what the key holds: allowed)
+#   1. 30 concurrent PATCH {"scopes":[T,X]}   (keeping what the key holds: allowed),
+#      half of them {"scopes":[T,T2,X]}        (also adding T2: allowed)
 #   2. PATCH {"scopes":[T]}                   (narrowing: allowed)
 #   3. POST :reissue with a 30-day grace      (allowed once it reads [T])
 # and checks that the key never ends holding X after the narrowing, nor
@@ -20,6 +21,7 @@ set -euo pipefail
 ROUNDS=${ROUNDS:-200}
 CLI=${CLI:-target/debug/tower-api-key}
 T=yc.ai.translate.execute
+T2=yc.ai.foundationModels.execute
 X=ops.race.secret
 auth="Authorization: Api-Key $API_KEY_ADMIN"
 json="content-type: application/json"
@@ -36,7 +38,10 @@ count() {
 for round in $(seq 1 "$ROUNDS"); do
     id=$("$CLI" keys create --account sa-race --scope "$T" --scope "$X" -o json 2>/dev/null | jq -r .key.id)
     statuses=$(mktemp)
-    for _ in $(seq 30); do patch "$id" "{\"scopes\":[\"$T\",\"$X\"]}" >>"$statuses" & done
+    for n in $(seq 30); do
+        if [ $((n % 2)) = 0 ]; then body="{\"scopes\":[\"$T\",\"$X\"]}"; else body="{\"scopes\":[\"$T\",\"$T2\",\"$X\"]}"; fi
+        patch "$id" "$body" >>"$statuses" &
+    done
     narrow=$(patch "$id" "{\"scopes\":[\"$T\"]}")
     reissue=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$ADDR/admin/keys/$id:reissue" \
         -H "$auth" -H "$json" -d '{"grace_period_seconds":2592000}')

@@ -49,6 +49,11 @@ pub struct KeyRecord {
     /// at zero the key is refused. `remaining` is the store's count when the
     /// record was read.
     pub credits: Option<Credits>,
+    /// The key was presented with a secret that a reissue replaced, which
+    /// works until its grace period ends (`expires_at` is then at most that
+    /// end). Such a caller may not manage keys: a leaked old secret must not
+    /// take over the key that replaced it.
+    pub replaced_secret: bool,
 }
 
 impl KeyRecord {
@@ -64,6 +69,7 @@ impl KeyRecord {
             rate_limits: Vec::new(),
             account_rate_limits: Vec::new(),
             credits: None,
+            replaced_secret: false,
         }
     }
 

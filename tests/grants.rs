@@ -1117,7 +1117,9 @@ proptest! {
             let may = |s: &tower_api_key::Scope| {
                 grants.contains(s)
                     || kept.contains(s)
-                    || (held.contains(s) && (matches!(op, Op::Reissue(_)) || s != &manage))
+                    // The target is never the caller: a reissue hands out no
+                    // management scope either (it would copy the caller).
+                    || (held.contains(s) && s != &manage)
             };
             let allowed = if wanted.is_empty() {
                 unscoped || matches!(&op, Op::Patch { from: 0, .. })
@@ -1144,7 +1146,7 @@ proptest! {
             prop_assert!(explained, "{op:?}: {new:?} passes {policy:?}, which refuses {held:?}");
         }
         // The management scope is never given unless granted by name.
-        if new.contains(&manage) && !kept.contains(&manage) && !matches!(op, Op::Reissue(_)) {
+        if new.contains(&manage) && !kept.contains(&manage) {
             prop_assert!(grants.contains(&manage), "{op:?} gave {MANAGE}");
         }
     }
@@ -1269,13 +1271,13 @@ impl KeyStore for Held {
     }
 }
 
-/// The winning interleaving of the race, forced: the keep PATCH reads
-/// `[T, X]` and passes its check, the narrowing and the reissue complete,
-/// then the keep writes. It must find the key changed, check again against
+/// The winning interleaving of the race, forced: a PATCH adding `T2` while
+/// keeping `X` reads `[T, X]` and passes its check, the narrowing and the
+/// reissue complete, then the PATCH writes. It must find the key changed, check again against
 /// `[T]` and be refused, leaving the reissued key without `X`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keep_patch_checked_before_a_narrowing_and_a_reissue_cannot_write_after_them() {
-    use grant_race::{T, X};
+    use grant_race::{T, T2, X};
     let store = Held::new();
     let auth = Authenticator::new(store.clone());
     let router = Router::new().nest(
@@ -1283,7 +1285,7 @@ async fn a_keep_patch_checked_before_a_narrowing_and_a_reissue_cannot_write_afte
         ManagementApi::builder(store.clone(), &auth).build(),
     );
     let client = Client::new(serve(router).await);
-    let manager = mint(&store.store, "sa-a", &[MANAGE, T]).await;
+    let manager = mint(&store.store, "sa-a", &[MANAGE, T, T2]).await;
     let victim = mint(&store.store, "sa-a", &[T, X]).await;
     let path = format!("/admin/keys/{}", id_of(&victim));
 
@@ -1295,7 +1297,7 @@ async fn a_keep_patch_checked_before_a_narrowing_and_a_reissue_cannot_write_afte
                     "PATCH",
                     &path,
                     Some(&manager),
-                    Some(json!({"scopes": [T, X]})),
+                    Some(json!({"scopes": [T, T2, X]})),
                 )
                 .await
         })

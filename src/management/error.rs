@@ -81,6 +81,16 @@ impl ApiError {
         )
     }
 
+    /// 403: the caller presented a secret a reissue replaced.
+    pub(crate) fn replaced_secret() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            "this secret was replaced by a reissue: it still authenticates until its grace \
+             period ends, but may not manage keys; use the key's new secret",
+        )
+    }
+
     /// 412: the request's `If-Match` names a version the key is no longer at.
     pub(crate) fn precondition_failed(id: impl fmt::Display) -> Self {
         Self::new(

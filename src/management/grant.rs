@@ -69,6 +69,9 @@ pub enum GrantKind {
     /// (`POST /keys/{id}:reissue`): the caller receives everything the key
     /// can do.
     Reissue,
+    /// An expired key made valid again by a new expiry (`PATCH` with
+    /// `expires_at`): its scopes are given anew.
+    Revive,
 }
 
 /// A key's scopes as a grant sees them: an unscoped key is not "a key with
@@ -107,13 +110,18 @@ pub(crate) enum Change<'a> {
     /// A new secret for an existing key holding these scopes, handed to the
     /// caller: the caller must be entitled to everything the key can do.
     Reissue(&'a ScopeSet),
+    /// An expired key made valid again, holding these scopes: as a create.
+    Revive(&'a ScopeSet),
 }
 
 impl Change<'_> {
     /// The scopes the key holds once the request is done.
     fn result(&self) -> &ScopeSet {
         match self {
-            Change::Create(to) | Change::Replace { to, .. } | Change::Reissue(to) => to,
+            Change::Create(to)
+            | Change::Replace { to, .. }
+            | Change::Reissue(to)
+            | Change::Revive(to) => to,
         }
     }
 
@@ -122,6 +130,7 @@ impl Change<'_> {
             Change::Create(_) => GrantKind::Create,
             Change::Replace { .. } => GrantKind::ChangeScopes,
             Change::Reissue(_) => GrantKind::Reissue,
+            Change::Revive(_) => GrantKind::Revive,
         }
     }
 }
@@ -213,9 +222,16 @@ impl Grants {
                     // A scope the key keeps is no gain.
                     Change::Replace { from, .. } if from.contains(scope) => true,
                     // The caller receives the key itself: holding the scope
-                    // is enough, management scopes included (a key may
-                    // rotate itself), as no key is added.
-                    Change::Reissue(_) => held.contains(scope) || self.granted(scope),
+                    // is enough, and for its own key management scopes too
+                    // (a key may rotate itself: no key is added). Another
+                    // key holding a management scope would be a second
+                    // management credential, which outlives a revocation of
+                    // the caller's own.
+                    Change::Reissue(_) => {
+                        let itself = target.current.is_some_and(|k| k.key_id == caller.key_id());
+                        (held.contains(scope) && (itself || !managing.contains(scope)))
+                            || self.granted(scope)
+                    }
                     _ => (held.contains(scope) && !managing.contains(scope)) || self.granted(scope),
                 };
                 if !allowed {
@@ -358,10 +374,30 @@ mod tests {
     fn a_reissue_hands_over_only_keys_the_caller_could_use_itself() {
         let grants = Grants::default();
         let manager = caller(&[MANAGE, "a.x"]);
+        let managing = [Scope::new(MANAGE).unwrap()];
+        let itself = Target {
+            service_account_id: "sa-1",
+            current: Some(manager.record()),
+        };
+        assert_eq!(
+            grants.check(
+                &manager,
+                &managing,
+                itself,
+                Change::Reissue(&set(&[MANAGE, "a.x"]))
+            ),
+            Ok(()),
+            "itself: a rotation"
+        );
         assert_eq!(
             check(&grants, &manager, Change::Reissue(&set(&[MANAGE, "a.x"]))),
+            refused(&[MANAGE]),
+            "a twin would be a second management key"
+        );
+        assert_eq!(
+            check(&grants, &manager, Change::Reissue(&set(&["a.x"]))),
             Ok(()),
-            "itself or a twin"
+            "a key the caller could use itself, without a management scope"
         );
         assert_eq!(
             check(

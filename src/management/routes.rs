@@ -207,13 +207,29 @@ fn plain_id(path: &str, method: &str) -> Result<KeyId> {
 }
 
 impl Ctx {
+    /// Now, by the authenticator's clock: the one expiry is checked by.
     fn now(&self) -> SystemTime {
-        SystemTime::now()
+        self.auth.cache().config().clock().now()
+    }
+
+    /// Refuses a caller that presented a secret replaced by a reissue: it
+    /// works on the data plane until its grace ends, but manages nothing, so
+    /// a leaked old secret cannot reissue (take over) its key or mint keys.
+    fn check_current_secret(&self, caller: &Caller) -> Result<()> {
+        if caller.record().replaced_secret {
+            tracing::info!(
+                caller_key_id = %caller.key_id(),
+                "api key management: a replaced secret refused"
+            );
+            return Err(ApiError::replaced_secret());
+        }
+        Ok(())
     }
 
     /// The key, if it exists and the caller may manage its account; 404
     /// otherwise (a key of another account is not revealed).
     async fn visible_key(&self, caller: &Caller, id: KeyId) -> Result<KeyInfo> {
+        self.check_current_secret(caller)?;
         match self.store.get(id).await? {
             Some(info) if self.access.allows(caller, &info.record.service_account_id) => Ok(info),
             Some(info) => {
@@ -230,6 +246,7 @@ impl Ctx {
     }
 
     fn check_account(&self, caller: &Caller, account: &str) -> Result<()> {
+        self.check_current_secret(caller)?;
         if self.access.allows(caller, account) {
             Ok(())
         } else {
@@ -314,6 +331,18 @@ impl Ctx {
 
     /// Whether `caller` may apply `update` to `current`.
     fn check_update(&self, caller: &Caller, current: &KeyInfo, update: &KeyUpdate) -> Result<()> {
+        let now = self.now();
+        let revives = current.record.is_expired_at(now)
+            && update
+                .expires_at
+                .is_some_and(|at| at.is_none_or(|at| at > now));
+        if revives {
+            // An expired key is accepted nowhere: bringing it back is
+            // giving its scopes anew, checked as a create is.
+            let to = update.scopes.as_ref().unwrap_or(&current.record.scopes);
+            ctx_check_grant(self, caller, current, Change::Revive(to))?;
+            self.check_unlimited(caller, "bring an expired key back")?;
+        }
         if let Some(to) = &update.scopes {
             let from = &current.record.scopes;
             ctx_check_grant(self, caller, current, Change::Replace { from, to })?;

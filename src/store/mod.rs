@@ -677,6 +677,7 @@ pub(crate) fn verified(
     match grace_until {
         Some(until) if previous && now < until => {
             record.expires_at = Some(record.expires_at.map_or(until, |at| at.min(until)));
+            record.replaced_secret = true;
             Some(record)
         }
         _ => None,

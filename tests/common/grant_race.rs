@@ -3,7 +3,7 @@
 //! against a key holding `[T, X]`,
 //!
 //! 1. 30 concurrent `PATCH {"scopes":[T,X]}` (keeping what the key holds is
-//!    allowed),
+//!    allowed), half of them adding `T2` too (which the manager may grant),
 //! 2. `PATCH {"scopes":[T]}` (narrowing, allowed),
 //! 3. `POST /keys/{id}:reissue {"grace_period_seconds":2592000}` (allowed
 //!    once it reads `[T]`).
@@ -25,6 +25,8 @@ use super::tcp::{serve, Client};
 
 /// The scope the manager holds and may grant.
 pub const T: &str = "team.translate";
+/// Another scope the manager holds and may grant.
+pub const T2: &str = "team.read";
 /// The scope it may not grant.
 pub const X: &str = "ops.secret";
 const MANAGE: &str = management::DEFAULT_SCOPE;
@@ -49,7 +51,7 @@ pub async fn run<S: KeyStore + Clone>(store: S, rounds: usize) -> RaceOutcome {
     );
     let client = Client::new(serve(router).await);
     let manager = store
-        .create(NewKey::new("sa-race").with_scopes(ScopeSet::new([MANAGE, T]).unwrap()))
+        .create(NewKey::new("sa-race").with_scopes(ScopeSet::new([MANAGE, T, T2]).unwrap()))
         .await
         .unwrap();
     let manager: Arc<str> = manager.key.expose_secret().into();
@@ -62,15 +64,23 @@ pub async fn run<S: KeyStore + Clone>(store: S, rounds: usize) -> RaceOutcome {
         let id = victim.record.key_id.to_string();
         let path = format!("/admin/keys/{id}");
         let mut keepers = Vec::new();
-        for _ in 0..KEEPERS {
+        for n in 0..KEEPERS {
             let (client, manager, path) = (client.clone(), manager.clone(), path.clone());
+            // The report's "keep [T, X]", and a PATCH that also adds a
+            // grantable scope: a write of scopes, unlike a resend of what
+            // the key holds (which writes nothing).
+            let scopes = if n % 2 == 0 {
+                json!([T, X])
+            } else {
+                json!([T, T2, X])
+            };
             keepers.push(tokio::spawn(async move {
                 client
                     .send(
                         "PATCH",
                         &path,
                         Some(&manager),
-                        Some(json!({"scopes": [T, X]})),
+                        Some(json!({ "scopes": scopes })),
                     )
                     .await
             }));
