@@ -182,8 +182,17 @@
 //!   already holds may stay, and a key may always be narrowed. Making a
 //!   scoped key unscoped counts as adding.
 //! - **Reissue** hands the caller the key itself, so the caller must hold
-//!   every scope of that key (management scopes included: a key may rotate
-//!   itself), and may reissue an unscoped key only if it could create one.
+//!   every scope of that key, and may reissue an unscoped key only if it
+//!   could create one. A management scope only when the key is the
+//!   caller's own (a rotation): a "twin" holding the same management scope
+//!   would be a second credential that outlives a revocation of the first.
+//! - **Bringing an expired key back** (`PATCH` with an `expires_at` that
+//!   makes it valid again) gives its scopes anew: checked as a create.
+//! - **A secret replaced by a reissue** keeps authenticating until its
+//!   grace period ends, but manages nothing (403): a leaked old secret may
+//!   not reissue, and so take over, the key that replaced it.
+//! - A `PATCH` writes only the fields that change the key: sending back
+//!   what the key holds writes nothing and leaves its `ETag`.
 //!
 //! The operator widens this explicitly on the router:
 //! [`ManagementApiBuilder::grantable_scopes`] (scopes any manager may hand
