@@ -11,16 +11,13 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use serde_json::{json, Value};
-use tower_api_key::limits::RateLimit;
 use tower_api_key::management::{self, ManagementApi};
 use tower_api_key::store::sqlite::SqliteKeyStore;
-use tower_api_key::store::{
-    CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey, StoreError, StoredKey,
-    Version,
-};
+use tower_api_key::store::{KeyUpdate, NewKey, StoreError};
+use tower_api_key::KeyRecord;
 use tower_api_key::{Authenticator, KeyId, KeyStore, MemoryStore, ScopeSet, Verifier};
-use tower_api_key::{Invalidations, KeyFormat, KeyRecord, PresentedKey, VerifierError};
 
+use common::hooked::{Call, Hook, Hooked};
 use common::tcp::{serve, Client};
 
 const MANAGE: &str = management::DEFAULT_SCOPE;
@@ -344,117 +341,27 @@ async fn a_secret_in_its_grace_period_cannot_reissue_its_key() {
 // Stalling a revocation by changing the key
 // ---------------------------------------------------------------------------
 
-/// A memory store where, between the management API's read of a key and
-/// its conditional revoke or addCredits, the key's holder changes it (a
-/// PATCH of its own description, as a compromised management key can send
-/// in a loop): every conditional write finds the key moved on.
-#[derive(Clone)]
-struct Bumped {
-    store: MemoryStore,
-    bumps: Arc<std::sync::atomic::AtomicUsize>,
+/// Between the management API's read of a key and its conditional revoke
+/// or addCredits, the key's holder changes it (a PATCH of its own
+/// description, as a compromised management key can send in a loop): every
+/// conditional write finds the key moved on.
+#[derive(Default)]
+struct Bump {
+    bumps: std::sync::atomic::AtomicUsize,
 }
 
-impl Bumped {
-    async fn bump(&self, id: KeyId, expected: Option<Version>) {
+#[async_trait::async_trait]
+impl Hook for Bump {
+    async fn before(&self, store: &MemoryStore, call: Call<'_>) -> Result<(), StoreError> {
+        let (Call::Revoke { id, expected } | Call::AddCredits { id, expected }) = call else {
+            return Ok(());
+        };
         if expected.is_some() {
             let n = self.bumps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            self.store
-                .update(
-                    id,
-                    KeyUpdate::default().with_description(format!("b{n}")),
-                    None,
-                )
-                .await
-                .unwrap();
+            let bump = KeyUpdate::default().with_description(format!("b{n}"));
+            store.update(id, bump, None).await?;
         }
-    }
-}
-
-#[async_trait::async_trait]
-impl Verifier for Bumped {
-    async fn verify(&self, key: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
-        self.store.verify(key).await
-    }
-    fn invalidations(&self) -> Option<&Invalidations> {
-        self.store.invalidations()
-    }
-    fn key_format(&self) -> Option<KeyFormat> {
-        self.store.key_format()
-    }
-}
-
-#[async_trait::async_trait]
-impl KeyStore for Bumped {
-    async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError> {
-        self.store.create(new).await
-    }
-    async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError> {
-        self.store.get(id).await
-    }
-    async fn list(&self, sa: &str, page: ListRequest) -> Result<KeyPage, StoreError> {
-        self.store.list(sa, page).await
-    }
-    async fn update(
-        &self,
-        id: KeyId,
-        update: KeyUpdate,
-        expected: Option<Version>,
-    ) -> Result<Option<KeyInfo>, StoreError> {
-        self.store.update(id, update, expected).await
-    }
-    async fn revoke(&self, id: KeyId, expected: Option<Version>) -> Result<bool, StoreError> {
-        self.bump(id, expected).await;
-        self.store.revoke(id, expected).await
-    }
-    async fn reissue(
-        &self,
-        id: KeyId,
-        grace: Duration,
-        expected: Option<Version>,
-    ) -> Result<Option<CreatedKey>, StoreError> {
-        self.store.reissue(id, grace, expected).await
-    }
-    async fn add_credits(
-        &self,
-        id: KeyId,
-        amount: u64,
-        expected: Option<Version>,
-    ) -> Result<Option<KeyInfo>, StoreError> {
-        self.bump(id, expected).await;
-        self.store.add_credits(id, amount, expected).await
-    }
-    async fn account_rate_limits(&self, sa: &str) -> Result<Vec<RateLimit>, StoreError> {
-        self.store.account_rate_limits(sa).await
-    }
-    async fn set_account_rate_limits(
-        &self,
-        sa: &str,
-        limits: Vec<RateLimit>,
-    ) -> Result<(), StoreError> {
-        self.store.set_account_rate_limits(sa, limits).await
-    }
-    async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError> {
-        self.store.record_usage(uses).await
-    }
-    async fn export(
-        &self,
-        after: Option<KeyId>,
-        limit: usize,
-    ) -> Result<Vec<StoredKey>, StoreError> {
-        self.store.export(after, limit).await
-    }
-    async fn import(&self, key: StoredKey) -> Result<Imported, StoreError> {
-        self.store.import(key).await
-    }
-    async fn export_revoked(
-        &self,
-        after: Option<KeyId>,
-        limit: usize,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        self.store.export_revoked(after, limit).await
-    }
-    async fn import_revoked(&self, id: KeyId) -> Result<bool, StoreError> {
-        self.store.import_revoked(id).await
+        Ok(())
     }
 }
 
@@ -467,10 +374,7 @@ impl KeyStore for Bumped {
 /// the client asked for the version it read: 412 then.
 #[tokio::test]
 async fn a_key_that_keeps_changing_is_still_deleted_and_credited_without_if_match() {
-    let store = Bumped {
-        store: MemoryStore::new(),
-        bumps: Arc::default(),
-    };
+    let store = Hooked::new(MemoryStore::new(), Bump::default());
     let client = admin_api(&store).await;
     let admin = store
         .create(NewKey::new("sa-s").with_scopes(scopes(&[MANAGE])))

@@ -6,7 +6,6 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
@@ -18,17 +17,15 @@ use tower_api_key::limits::{Credits, RateLimit};
 use tower_api_key::management::{
     self, AccountAccess, GrantKind, KeyScopes, ManagementApi, ManagementApiBuilder,
 };
-use tower_api_key::store::{
-    CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey, StoreError, StoredKey,
-    Version,
-};
+use tower_api_key::store::{KeyInfo, ListRequest, NewKey, StoreError};
 use tower_api_key::KeyStore;
 use tower_api_key::MemoryStore;
+use tower_api_key::Verifier;
 use tower_api_key::{Authenticator, KeyId};
-use tower_api_key::{Invalidations, KeyFormat, KeyRecord, PresentedKey, Verifier, VerifierError};
 use tower_api_key::{ScopePolicy, ScopeSet};
 
 use common::grant_race;
+use common::hooked::{Call, Hook, Hooked};
 use common::tcp::{serve, Client};
 use common::Reply;
 
@@ -1155,119 +1152,30 @@ proptest! {
 // ---------------------------------------------------------------------------
 // Issue 20, point 1: a check and the write it guards are one step.
 
-/// A memory store whose `update` to a key holding [`grant_race::X`] waits,
-/// once armed, until released: it holds a "keep `[T, X]`" PATCH between its
-/// read-and-check and its write, exactly where the attack needs it.
-#[derive(Clone)]
-struct Held {
-    store: MemoryStore,
-    armed: Arc<AtomicBool>,
-    arrived: Arc<Notify>,
-    release: Arc<Notify>,
-}
-
-impl Held {
-    fn new() -> Self {
-        Self {
-            store: MemoryStore::new(),
-            armed: Arc::new(AtomicBool::new(true)),
-            arrived: Arc::default(),
-            release: Arc::default(),
-        }
-    }
+/// Holds, once armed, the first `update` that writes [`grant_race::X`] until
+/// released: a PATCH keeping `X` stops between its read-and-check and its
+/// write, exactly where the attack needs it.
+struct Hold {
+    armed: AtomicBool,
+    arrived: Notify,
+    release: Notify,
 }
 
 #[async_trait::async_trait]
-impl Verifier for Held {
-    async fn verify(&self, key: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
-        self.store.verify(key).await
-    }
-    fn invalidations(&self) -> Option<&Invalidations> {
-        self.store.invalidations()
-    }
-    fn key_format(&self) -> Option<KeyFormat> {
-        self.store.key_format()
-    }
-}
-
-#[async_trait::async_trait]
-impl KeyStore for Held {
-    async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError> {
-        self.store.create(new).await
-    }
-    async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError> {
-        self.store.get(id).await
-    }
-    async fn list(&self, sa: &str, page: ListRequest) -> Result<KeyPage, StoreError> {
-        self.store.list(sa, page).await
-    }
-    async fn update(
-        &self,
-        id: KeyId,
-        update: KeyUpdate,
-        expected: Option<Version>,
-    ) -> Result<Option<KeyInfo>, StoreError> {
-        let adds_x = update
+impl Hook for Hold {
+    async fn before(&self, _: &MemoryStore, call: Call<'_>) -> Result<(), StoreError> {
+        let Call::Update { update, .. } = call else {
+            return Ok(());
+        };
+        let writes_x = update
             .scopes
             .as_ref()
             .is_some_and(|s| s.iter().any(|s| s.as_str() == grant_race::X));
-        if adds_x && self.armed.swap(false, Ordering::SeqCst) {
+        if writes_x && self.armed.swap(false, Ordering::SeqCst) {
             self.arrived.notify_one();
             self.release.notified().await;
         }
-        self.store.update(id, update, expected).await
-    }
-    async fn revoke(&self, id: KeyId, expected: Option<Version>) -> Result<bool, StoreError> {
-        self.store.revoke(id, expected).await
-    }
-    async fn reissue(
-        &self,
-        id: KeyId,
-        grace: Duration,
-        expected: Option<Version>,
-    ) -> Result<Option<CreatedKey>, StoreError> {
-        self.store.reissue(id, grace, expected).await
-    }
-    async fn add_credits(
-        &self,
-        id: KeyId,
-        amount: u64,
-        expected: Option<Version>,
-    ) -> Result<Option<KeyInfo>, StoreError> {
-        self.store.add_credits(id, amount, expected).await
-    }
-    async fn account_rate_limits(&self, sa: &str) -> Result<Vec<RateLimit>, StoreError> {
-        self.store.account_rate_limits(sa).await
-    }
-    async fn set_account_rate_limits(
-        &self,
-        sa: &str,
-        limits: Vec<RateLimit>,
-    ) -> Result<(), StoreError> {
-        self.store.set_account_rate_limits(sa, limits).await
-    }
-    async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError> {
-        self.store.record_usage(uses).await
-    }
-    async fn export(
-        &self,
-        after: Option<KeyId>,
-        limit: usize,
-    ) -> Result<Vec<StoredKey>, StoreError> {
-        self.store.export(after, limit).await
-    }
-    async fn import(&self, key: StoredKey) -> Result<Imported, StoreError> {
-        self.store.import(key).await
-    }
-    async fn export_revoked(
-        &self,
-        after: Option<KeyId>,
-        limit: usize,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        self.store.export_revoked(after, limit).await
-    }
-    async fn import_revoked(&self, id: KeyId) -> Result<bool, StoreError> {
-        self.store.import_revoked(id).await
+        Ok(())
     }
 }
 
@@ -1278,7 +1186,14 @@ impl KeyStore for Held {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keep_patch_checked_before_a_narrowing_and_a_reissue_cannot_write_after_them() {
     use grant_race::{T, T2, X};
-    let store = Held::new();
+    let store = Hooked::new(
+        MemoryStore::new(),
+        Hold {
+            armed: AtomicBool::new(true),
+            arrived: Notify::new(),
+            release: Notify::new(),
+        },
+    );
     let auth = Authenticator::new(store.clone());
     let router = Router::new().nest(
         "/admin",
@@ -1302,7 +1217,7 @@ async fn a_keep_patch_checked_before_a_narrowing_and_a_reissue_cannot_write_afte
                 .await
         })
     };
-    store.arrived.notified().await;
+    store.hook.arrived.notified().await;
     let narrow = client
         .send("PATCH", &path, Some(&manager), Some(json!({"scopes": [T]})))
         .await;
@@ -1316,7 +1231,7 @@ async fn a_keep_patch_checked_before_a_narrowing_and_a_reissue_cannot_write_afte
         )
         .await;
     assert_eq!(reissue.status, 200, "{}", reissue.text());
-    store.release.notify_one();
+    store.hook.release.notify_one();
 
     let keep = keep.await.unwrap();
     assert_denied(&keep, &[X]);

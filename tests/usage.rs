@@ -5,138 +5,43 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+mod common;
+
 use async_trait::async_trait;
 use http::{Request, Response, StatusCode};
 use tower::{service_fn, Layer, ServiceExt};
 use tower_api_key::clock::ManualClock;
-use tower_api_key::limits::{CreditLease, RateLimit};
-use tower_api_key::store::{
-    CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey, StoreError, StoredKey,
-    Version,
-};
+use tower_api_key::store::{NewKey, StoreError};
 use tower_api_key::usage::UsageRecorder;
-use tower_api_key::Invalidations;
+use tower_api_key::Authenticator;
+use tower_api_key::KeyId;
 use tower_api_key::KeyStore;
 use tower_api_key::MemoryStore;
-use tower_api_key::{Authenticator, KeyRecord, Verifier, VerifierError};
-use tower_api_key::{KeyFormat, KeyId, PresentedKey};
 
-/// A memory store that counts `record_usage` calls and can be made to fail them.
-#[derive(Clone)]
+use common::hooked::{Call, Hook, Hooked};
+
+/// Counts usage flushes (`record_usage`), and fails them while `down`.
+#[derive(Default)]
 struct Counting {
-    store: MemoryStore,
-    writes: Arc<AtomicUsize>,
-    down: Arc<AtomicBool>,
+    writes: AtomicUsize,
+    down: AtomicBool,
 }
 
 #[async_trait]
-impl Verifier for Counting {
-    async fn verify(&self, key: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
-        self.store.verify(key).await
-    }
-    fn invalidations(&self) -> Option<&Invalidations> {
-        self.store.invalidations()
-    }
-    fn key_format(&self) -> Option<KeyFormat> {
-        self.store.key_format()
-    }
-    async fn lease_credits(
-        &self,
-        id: KeyId,
-        want: u64,
-        now: SystemTime,
-    ) -> Result<Option<CreditLease>, VerifierError> {
-        self.store.lease_credits(id, want, now).await
-    }
-    async fn return_credits(
-        &self,
-        id: KeyId,
-        generation: u64,
-        n: u64,
-    ) -> Result<(), VerifierError> {
-        self.store.return_credits(id, generation, n).await
-    }
-}
-
-#[async_trait]
-impl KeyStore for Counting {
-    async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError> {
-        self.store.create(new).await
-    }
-    async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError> {
-        self.store.get(id).await
-    }
-    async fn list(&self, sa: &str, page: ListRequest) -> Result<KeyPage, StoreError> {
-        self.store.list(sa, page).await
-    }
-    async fn update(
-        &self,
-        id: KeyId,
-        update: KeyUpdate,
-        expected: Option<Version>,
-    ) -> Result<Option<KeyInfo>, StoreError> {
-        self.store.update(id, update, expected).await
-    }
-    async fn revoke(&self, id: KeyId, expected: Option<Version>) -> Result<bool, StoreError> {
-        self.store.revoke(id, expected).await
-    }
-    async fn reissue(
-        &self,
-        id: KeyId,
-        grace: Duration,
-        expected: Option<Version>,
-    ) -> Result<Option<CreatedKey>, StoreError> {
-        self.store.reissue(id, grace, expected).await
-    }
-    async fn add_credits(
-        &self,
-        id: KeyId,
-        amount: u64,
-        expected: Option<Version>,
-    ) -> Result<Option<KeyInfo>, StoreError> {
-        self.store.add_credits(id, amount, expected).await
-    }
-    async fn account_rate_limits(&self, sa: &str) -> Result<Vec<RateLimit>, StoreError> {
-        self.store.account_rate_limits(sa).await
-    }
-    async fn set_account_rate_limits(
-        &self,
-        sa: &str,
-        limits: Vec<RateLimit>,
-    ) -> Result<(), StoreError> {
-        self.store.set_account_rate_limits(sa, limits).await
-    }
-    async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(StoreError::backend("database is down"));
+impl Hook for Counting {
+    async fn before(&self, _: &MemoryStore, call: Call<'_>) -> Result<(), StoreError> {
+        if let Call::RecordUsage { .. } = call {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::backend("database is down"));
+            }
+            self.writes.fetch_add(1, Ordering::SeqCst);
         }
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        self.store.record_usage(uses).await
-    }
-    async fn export(
-        &self,
-        after: Option<KeyId>,
-        limit: usize,
-    ) -> Result<Vec<StoredKey>, StoreError> {
-        self.store.export(after, limit).await
-    }
-    async fn import(&self, key: StoredKey) -> Result<Imported, StoreError> {
-        self.store.import(key).await
-    }
-    async fn export_revoked(
-        &self,
-        after: Option<KeyId>,
-        limit: usize,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        self.store.export_revoked(after, limit).await
-    }
-    async fn import_revoked(&self, id: KeyId) -> Result<bool, StoreError> {
-        self.store.import_revoked(id).await
+        Ok(())
     }
 }
 
 struct Setup {
-    store: Counting,
+    store: Hooked<Counting>,
     clock: Arc<ManualClock>,
     auth: Authenticator,
     usage: UsageRecorder,
@@ -150,11 +55,10 @@ fn setup() -> Setup {
     let clock = Arc::new(ManualClock::new(
         SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs()),
     ));
-    let store = Counting {
-        store: MemoryStore::builder().with_clock(clock.clone()).build(),
-        writes: Arc::default(),
-        down: Arc::default(),
-    };
+    let store = Hooked::new(
+        MemoryStore::builder().with_clock(clock.clone()).build(),
+        Counting::default(),
+    );
     let usage = UsageRecorder::new(store.clone());
     // The middleware notes uses: they are made through an authenticator.
     let auth = Authenticator::builder(store.clone())
@@ -214,13 +118,13 @@ async fn a_burst_of_uses_is_one_write_per_flush_with_the_newest_time() {
         "nothing is written on the request path"
     );
     assert_eq!(s.usage.flush().await.unwrap(), 1);
-    assert_eq!(s.store.writes.load(Ordering::SeqCst), 1);
+    assert_eq!(s.store.hook.writes.load(Ordering::SeqCst), 1);
     let newest = last_used(&s, id).await.unwrap();
     assert_eq!(newest, start + Duration::from_millis(9_999));
 
     // Nothing new: no write at all.
     assert_eq!(s.usage.flush().await.unwrap(), 0);
-    assert_eq!(s.store.writes.load(Ordering::SeqCst), 1);
+    assert_eq!(s.store.hook.writes.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
@@ -233,7 +137,7 @@ async fn many_keys_are_written_in_one_batch() {
         ids.push(id);
     }
     assert_eq!(s.usage.flush().await.unwrap(), 50);
-    assert_eq!(s.store.writes.load(Ordering::SeqCst), 1);
+    assert_eq!(s.store.hook.writes.load(Ordering::SeqCst), 1);
     for id in ids {
         assert!(last_used(&s, id).await.is_some());
     }
@@ -248,7 +152,7 @@ async fn a_failed_flush_loses_nothing_and_time_never_moves_back() {
     s.usage.flush().await.unwrap();
     assert_eq!(last_used(&s, id).await, Some(first));
 
-    s.store.down.store(true, Ordering::SeqCst);
+    s.store.hook.down.store(true, Ordering::SeqCst);
     s.clock.advance(Duration::from_secs(10));
     use_key(&s.auth, &key).await;
     let second = last_use_time(&s);
@@ -259,7 +163,7 @@ async fn a_failed_flush_loses_nothing_and_time_never_moves_back() {
         "the outage delayed the write"
     );
 
-    s.store.down.store(false, Ordering::SeqCst);
+    s.store.hook.down.store(false, Ordering::SeqCst);
     assert_eq!(s.usage.flush().await.unwrap(), 1);
     assert_eq!(
         last_used(&s, id).await,
@@ -292,7 +196,7 @@ async fn the_flusher_writes_each_interval_and_once_more_on_shutdown() {
         last_used(&s, id).await.is_some(),
         "flushed after one interval"
     );
-    let writes = s.store.writes.load(Ordering::SeqCst);
+    let writes = s.store.hook.writes.load(Ordering::SeqCst);
     assert_eq!(writes, 1);
 
     s.clock.advance(Duration::from_secs(1));

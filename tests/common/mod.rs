@@ -6,6 +6,7 @@
 //!   axum app with one route per scope policy) and its assertions;
 //! - [`tcp`]: a real server on 127.0.0.1 and a client that records responses;
 //! - [`grant_race`]: issue 20's three-request management race, for any store;
+//! - [`hooked`]: a memory store with a hook before its writes;
 //! - [`fuzz`]: the fuzzing entry points, also included by path by the
 //!   cargo-fuzz targets in `fuzz/`.
 // Each test file uses only some of it.
@@ -14,6 +15,7 @@
 pub mod fuzz;
 #[cfg(feature = "axum")]
 pub mod grant_race;
+pub mod hooked;
 pub mod http;
 pub mod tcp;
 
