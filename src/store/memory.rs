@@ -253,6 +253,18 @@ impl MemoryStore {
         self.inner.keys.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Announces that key `id` is gone if `removed` holds it; whether it did.
+    fn announce_removed(&self, id: KeyId, removed: Option<&Stored>) -> bool {
+        let Some(gone) = removed else {
+            return false;
+        };
+        let account = gone.record.service_account_id.clone();
+        self.inner
+            .invalidations
+            .publish(&Invalidation::key_of(id, account));
+        true
+    }
+
     fn now(&self) -> SystemTime {
         self.inner.clock.now()
     }
@@ -478,13 +490,7 @@ impl KeyStore for MemoryStore {
             }
             removed
         };
-        if let Some(gone) = &removed {
-            let account = gone.record.service_account_id.clone();
-            self.inner
-                .invalidations
-                .publish(&Invalidation::key_of(id, account));
-        }
-        Ok(removed.is_some())
+        Ok(self.announce_removed(id, removed.as_ref()))
     }
 
     async fn reissue(
@@ -690,12 +696,6 @@ impl KeyStore for MemoryStore {
             keys.revoked.insert(id);
             keys.remove(&id)
         };
-        if let Some(gone) = &removed {
-            let account = gone.record.service_account_id.clone();
-            self.inner
-                .invalidations
-                .publish(&Invalidation::key_of(id, account));
-        }
-        Ok(removed.is_some())
+        Ok(self.announce_removed(id, removed.as_ref()))
     }
 }
