@@ -9,7 +9,7 @@ use tower_api_key::hash::StoredHash;
 use tower_api_key::limits::{parse_period, Credits, RateLimit, Refill, RefillInterval};
 use tower_api_key::management::{CreditsResource, RateLimitResource};
 use tower_api_key::store::{
-    Imported, KeyInfo, PreviousHash, StoreError, StoredKey, MAX_EXPORT_PAGE,
+    Imported, KeyInfo, PreviousHash, StoreError, StoredKey, Version, MAX_EXPORT_PAGE,
 };
 use tower_api_key::{KeyId, KeyRecord, ScopeSet};
 
@@ -20,8 +20,9 @@ use crate::time;
 
 /// One line of an export. Unknown fields are refused on import: a field
 /// this version cannot keep would be lost silently otherwise. `rate_limits`
-/// and `credits` (the management API's forms) may be absent, as in the
-/// exports of versions without them.
+/// and `credits` (the management API's forms) and `version` may be absent,
+/// as in the exports of versions without them (a key without a version is
+/// at the first).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Line {
@@ -40,6 +41,8 @@ pub struct Line {
     pub rate_limits: Vec<RateLimitResource>,
     #[serde(default)]
     pub credits: Option<CreditsResource>,
+    #[serde(default)]
+    pub version: Option<u64>,
 }
 
 /// A rate limit of a line, checked as the library checks one.
@@ -84,6 +87,7 @@ impl Line {
             previous_valid_until: key.previous.map(|p| time::format(p.valid_until)),
             rate_limits: r.rate_limits.iter().map(RateLimitResource::from).collect(),
             credits: r.credits.as_ref().map(CreditsResource::from),
+            version: Some(key.info.version.get()),
         }
     }
 
@@ -122,7 +126,8 @@ impl Line {
             record,
             opt_at("last_used_at", &self.last_used_at)?,
             self.hint.clone(),
-        );
+        )
+        .with_version(self.version.map_or(Version::FIRST, Version::new));
         let mut key = StoredKey::new(info, hash("hash", &self.hash)?);
         match (&self.previous_hash, &self.previous_valid_until) {
             (None, None) => {}
@@ -478,10 +483,28 @@ mod tests {
         let object = value.as_object_mut().unwrap();
         object.remove("rate_limits");
         object.remove("credits");
+        object.remove("version");
         let line: Line = serde_json::from_value(value).unwrap();
         let stored = line.to_stored().unwrap();
         assert!(stored.info.record.rate_limits.is_empty());
         assert!(stored.info.record.credits.is_none());
+        assert_eq!(stored.info.version, Version::FIRST);
+    }
+
+    #[test]
+    fn a_keys_version_travels_in_a_line() {
+        let hash: StoredHash = format!("sha256${}", "ab".repeat(32)).parse().unwrap();
+        let info = KeyInfo::new(
+            KeyRecord::new(KeyId::random().unwrap(), "sa-1"),
+            None,
+            "tak_…abcd",
+        )
+        .with_version(Version::new(7));
+        let line = Line::from_stored(&StoredKey::new(info, hash));
+        let text = serde_json::to_string(&line).unwrap();
+        assert!(text.contains(r#""version":7"#), "{text}");
+        let back: Line = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.to_stored().unwrap().info.version, Version::new(7));
     }
 
     #[test]
