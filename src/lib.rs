@@ -12,7 +12,7 @@
 //! - A key (and its service account) may carry rate limits, and a key
 //!   credits; the layer enforces them after authentication and scope
 //!   ([`limits`]).
-//! - With the `axum` feature, [`management`] is a ready HTTP API for key
+//! - With the `management` feature, `management` is a ready HTTP API for key
 //!   owners: create, list, update, reissue and delete keys.
 //!
 //! ```
@@ -56,7 +56,7 @@
 //!   shared mode); [`hash`] (peppers);
 //!   [`usage`] (`last_used_at`); [`telemetry`] (metric names); [`time`]
 //!   (RFC 3339, as the management API and the CLI read and write it);
-//!   [`management`].
+//!   `management` (the key-management HTTP API, feature `management`).
 //! - **"Policy"** always means a [`ScopePolicy`]: who a route lets in.
 //!   [`MethodPolicies`](auth::grpc::MethodPolicies) is a table of them and
 //!   [`auth::RoutePolicy`] is what picks one per request.
@@ -109,8 +109,8 @@ pub mod hash;
 mod invalidation;
 mod key;
 pub mod limits;
-#[cfg(feature = "axum")]
-#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+#[cfg(feature = "management")]
+#[cfg_attr(docsrs, doc(cfg(feature = "management")))]
 pub mod management;
 mod record;
 mod scope;
@@ -121,7 +121,7 @@ pub mod usage;
 mod verifier;
 
 // The README's examples compile as doctests.
-#[cfg(all(doctest, feature = "axum"))]
+#[cfg(all(doctest, feature = "management"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 

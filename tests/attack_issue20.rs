@@ -2,7 +2,7 @@
 //! grant rules, limited callers) attacked as an attacker would, with
 //! concurrent requests and crafted headers. What held stays here as a
 //! regression test; what broke is an `#[ignore]`d test naming the hole.
-#![cfg(all(feature = "axum", feature = "sqlite"))]
+#![cfg(all(feature = "management", feature = "sqlite"))]
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! Who may give a key which scopes through the management API: no request
 //! brings into existence a key accepted where the calling key is refused,
 //! unless the router grants it explicitly.
-#![cfg(feature = "axum")]
+#![cfg(feature = "management")]
 
 mod common;
 

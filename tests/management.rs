@@ -1,5 +1,5 @@
 //! The management API over real HTTP on 127.0.0.1.
-#![cfg(feature = "axum")]
+#![cfg(feature = "management")]
 
 mod common;
 

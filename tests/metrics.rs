@@ -2,7 +2,7 @@
 //!
 //! The global metrics recorder can be installed once per process, so this
 //! file (its own test binary) holds a single test.
-#![cfg(all(feature = "metrics", feature = "axum"))]
+#![cfg(all(feature = "metrics", feature = "management"))]
 
 mod common;
 

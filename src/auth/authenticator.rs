@@ -41,7 +41,7 @@ pub(crate) struct Shared {
     pub(crate) limiter: Limiter,
     /// The scopes of every management router built on this authenticator:
     /// none of them is grantable through any of those routers unless named.
-    #[cfg(feature = "axum")]
+    #[cfg(feature = "management")]
     pub(crate) management_scopes: std::sync::RwLock<Vec<crate::scope::Scope>>,
 }
 
@@ -71,7 +71,7 @@ impl Authenticator {
 
     /// Records `scopes` as management scopes of this authenticator (every
     /// management router built on it calls this).
-    #[cfg(feature = "axum")]
+    #[cfg(feature = "management")]
     pub(crate) fn register_management_scopes(&self, scopes: &crate::scope::ScopeSet) {
         let mut known = self
             .shared
@@ -84,7 +84,7 @@ impl Authenticator {
     }
 
     /// The management scopes of every router built on this authenticator.
-    #[cfg(feature = "axum")]
+    #[cfg(feature = "management")]
     pub(crate) fn management_scopes(&self) -> Vec<crate::scope::Scope> {
         self.shared
             .management_scopes

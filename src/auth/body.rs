@@ -57,7 +57,7 @@ impl<B> RejectionBody for ResponseBody<B> {
 }
 
 #[cfg(feature = "axum")]
-impl RejectionBody for axum::body::Body {
+impl RejectionBody for axum_core::body::Body {
     fn from_rejection(bytes: Bytes) -> Self {
         Self::new(Rejected::new(bytes))
     }
@@ -242,7 +242,7 @@ mod tests {
             assert_eq!(bytes_of(unsync).await, bytes);
             #[cfg(feature = "axum")]
             {
-                let axum = axum::body::Body::from_rejection(bytes.clone());
+                let axum = axum_core::body::Body::from_rejection(bytes.clone());
                 assert_eq!(axum.size_hint().exact(), Some(n));
                 assert_eq!(bytes_of(axum).await, bytes);
             }

@@ -269,7 +269,7 @@ impl AuthenticatorBuilder {
             responder: self.responder,
             limit: self.limit,
             usage: self.usage,
-            #[cfg(feature = "axum")]
+            #[cfg(feature = "management")]
             management_scopes: std::sync::RwLock::default(),
         })
     }

@@ -73,7 +73,8 @@ pub(crate) mod service;
 #[cfg(feature = "axum")]
 mod axum;
 
-#[cfg_attr(not(feature = "axum"), allow(unused_imports))]
+// Used by the management API; also resolves this module's doc links.
+#[cfg_attr(not(feature = "management"), allow(unused_imports))]
 pub(crate) use authenticator::Authenticator;
 #[cfg(feature = "axum")]
 pub use axum::MissingCaller;

@@ -1,4 +1,4 @@
-//! The key-management HTTP API (feature `axum`): a ready [`axum::Router`]
+//! The key-management HTTP API (feature `management`): a ready [`axum::Router`]
 //! over any [`KeyStore`], for key owners what a cloud console gives them.
 //!
 //! Mount it under a prefix of your choice. It is protected by the crate's own

@@ -13,7 +13,7 @@
 #![allow(dead_code)]
 
 pub mod fuzz;
-#[cfg(feature = "axum")]
+#[cfg(feature = "management")]
 pub mod grant_race;
 pub mod hooked;
 pub mod http;
