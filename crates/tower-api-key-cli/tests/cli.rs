@@ -7,7 +7,6 @@
 //! fail, so CI never skips them silently. Each works in a PostgreSQL schema
 //! of its own, so they run in parallel. Nothing sleeps hoping for timing:
 //! the revocation tests poll with an explicit deadline.
-#![cfg(feature = "cli")]
 
 use std::io::Write as _;
 use std::process::Stdio;
