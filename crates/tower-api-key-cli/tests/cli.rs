@@ -1220,7 +1220,8 @@ async fn export_holds_hashes_never_secrets_and_import_is_idempotent() {
                 "previous_valid_until",
                 "rate_limits",
                 "scopes",
-                "service_account_id"
+                "service_account_id",
+                "version"
             ]
         );
     }
