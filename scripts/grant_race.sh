@@ -14,7 +14,7 @@
 # Usage, with the quickstart running on DATABASE_URL and its exports pasted:
 #     DATABASE_URL=... ADDR=... API_KEY_ADMIN=... scripts/grant_race.sh
 # ROUNDS (default 200); CLI: the tower-api-key binary (default
-# target/debug/tower-api-key; `cargo build --features cli` makes it).
+# target/debug/tower-api-key; `cargo build -p tower-api-key-cli` makes it).
 set -euo pipefail
 : "${ADDR:?set ADDR as the quickstart prints it}" "${API_KEY_ADMIN:?set API_KEY_ADMIN as the quickstart prints it}"
 : "${DATABASE_URL:?set DATABASE_URL to the quickstart database}"

@@ -1,6 +1,6 @@
 //! The crate's modules import only downwards (issue 12, part 3).
 //!
-//! Reads every file under `src/` (but `src/bin/`), collects the `crate::<module>` paths its
+//! Reads every file under `src/`, collects the `crate::<module>` paths its
 //! code names (comments and string literals do not count; tests inside
 //! `src/` do), and checks them against [`LAYERS`], which `src/lib.rs` repeats
 //! in its comment:
@@ -63,11 +63,6 @@ fn src_dir() -> PathBuf {
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        // `src/bin/` holds binaries, crates of their own whose `crate::`
-        // is the binary: they use the library through its public API.
-        if path == src_dir().join("bin") {
-            continue;
-        }
         if path.is_dir() {
             rust_files(&path, out);
         } else if path.extension().is_some_and(|e| e == "rs") {

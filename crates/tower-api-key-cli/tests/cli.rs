@@ -7,7 +7,6 @@
 //! fail, so CI never skips them silently. Each works in a PostgreSQL schema
 //! of its own, so they run in parallel. Nothing sleeps hoping for timing:
 //! the revocation tests poll with an explicit deadline.
-#![cfg(feature = "cli")]
 
 use std::io::Write as _;
 use std::process::Stdio;
@@ -1221,7 +1220,8 @@ async fn export_holds_hashes_never_secrets_and_import_is_idempotent() {
                 "previous_valid_until",
                 "rate_limits",
                 "scopes",
-                "service_account_id"
+                "service_account_id",
+                "version"
             ]
         );
     }

@@ -1,4 +1,4 @@
-//! `tower-api-key`: operate a key store from a shell (feature `cli`).
+//! `tower-api-key`: operate a key store from a shell.
 //!
 //! Create, list, update, reissue, revoke and check keys, set rate limits
 //! and credits, apply the schema, and move keys between stores with
