@@ -34,24 +34,33 @@
 //!
 //!    `open` returns `None` to skip every test (after saying so), as the
 //!    PostgreSQL factory does without `DATABASE_URL`; `finish` cleans up.
-//! 3. In the store's test file (`tests/sqlite.rs`, say): `mod conformance;`,
-//!    the factory, then `store_conformance!(SqliteFactory);` for the whole
-//!    suite, and for moves between stores of two kinds
+//! 3. In the store's test file (`tests/sqlite.rs`, say), with this crate
+//!    as a dev-dependency: the factory, then
+//!    `tower_api_key_conformance::store_conformance!(SqliteFactory);` for the
+//!    whole suite, and for moves between stores of two kinds
 //!    `transfer_conformance!(memory_to_sqlite: MemoryFactory => SqliteFactory);`
-//!    (and the other way; `use conformance::MemoryFactory;`).
+//!    (and the other way; [`MemoryFactory`] is here). The macros make plain
+//!    `#[test]` functions, each running on a runtime of its own: the test
+//!    file needs no tokio macro for them.
 //!
 //! `cargo test --all-features --test memory_store conformance` runs the
-//! suite on one store (`--test postgres` needs `DATABASE_URL`: source
-//! `.ci/postgres.sh` first).
+//! suite on the memory store from the root crate (`--test postgres` needs
+//! `DATABASE_URL`: source `.ci/postgres.sh` first), and
+//! `cargo test -p tower-api-key-conformance` runs it on an outside store
+//! written with public items only (`tests/outside_store.rs`).
 //!
 //! Every test is a generic function in [`contract`], [`limits`],
-//! [`transfer`] or [`versions`]; the
-//! macros make one `#[tokio::test]` of each. A function the macros do not
-//! list is dead code, which the lints refuse: the lists cannot drift.
+//! [`transfer`] or [`versions`]; the macros make one test of each.
 //!
 //! Times: the settings' clock starts on a whole second and tests move it by
 //! whole seconds unless the test is about sub-microsecond times, because
 //! PostgreSQL keeps microseconds.
+//!
+//! # Features
+//!
+//! `management` (off by default) also checks that the page byte budget's
+//! estimate ([`KeyInfo::json_size_estimate`]) covers the management API's
+//! JSON; it turns on the root crate's management API.
 
 pub mod contract;
 pub mod limits;
@@ -68,7 +77,6 @@ use tower_api_key::cache::{CacheConfig, CachedVerifier, Source};
 use tower_api_key::clock::ManualClock;
 use tower_api_key::hash::{KeyHasher, Pepper};
 use tower_api_key::limits::{Credits, RateLimit, MAX_RATE_LIMITS};
-use tower_api_key::management::KeyResource;
 use tower_api_key::store::{
     KeyInfo, KeyPage, ListRequest, NewKey, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
     MAX_EXPORT_PAGE, MAX_PAGE_SIZE,
@@ -165,29 +173,61 @@ impl StoreFactory for MemoryFactory {
     }
 }
 
-/// One `#[tokio::test]` running a suite function with a factory.
+// What the macros' expansions name, so that a store's test file needs only
+// this crate: its tokio, and the runtimes the tests run on.
+#[doc(hidden)]
+pub use tokio as __tokio;
+
+/// Runs `test` on a runtime of two worker threads, as
+/// `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]` would.
+#[doc(hidden)]
+pub fn __run_multi_thread<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a test runtime")
+        .block_on(test)
+}
+
+/// Runs `test` on a runtime on this thread only, as
+/// `#[tokio::test(flavor = "current_thread")]` would.
+#[doc(hidden)]
+pub fn __run_current_thread<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a test runtime")
+        .block_on(test)
+}
+
+/// One test running a suite function with a factory.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_test {
     (multi_thread, $module:ident :: $name:ident, $factory:ty) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            $crate::__conformance_test!(@body $module::$name, $factory);
+        #[test]
+        fn $name() {
+            $crate::__run_multi_thread(async {
+                $crate::__conformance_test!(@body $module::$name, $factory);
+            });
         }
     };
     // The hashing work is counted per thread: everything on this one.
     (current_thread, $module:ident :: $name:ident, $factory:ty) => {
-        #[tokio::test(flavor = "current_thread")]
-        async fn $name() {
-            $crate::__conformance_test!(@body $module::$name, $factory);
+        #[test]
+        fn $name() {
+            $crate::__run_current_thread(async {
+                $crate::__conformance_test!(@body $module::$name, $factory);
+            });
         }
     };
     (@body $module:ident :: $name:ident, $factory:ty) => {
-        use $crate::conformance::StoreFactory as _;
+        use $crate::StoreFactory as _;
         let Some(factory) = <$factory>::open(stringify!($name)).await else {
             return;
         };
-        $crate::conformance::$module::$name(&factory).await;
+        $crate::$module::$name(&factory).await;
         factory.finish().await;
     };
 }
@@ -206,18 +246,20 @@ macro_rules! __conformance_tests {
 #[macro_export]
 macro_rules! __transfer_tests {
     ($source:ty => $target:ty: $($test:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $test() {
-            use $crate::conformance::StoreFactory as _;
-            let Some(source) = <$source>::open(stringify!($test)).await else {
-                return;
-            };
-            let Some(target) = <$target>::open(stringify!($test)).await else {
-                return;
-            };
-            $crate::conformance::transfer::$test(&source, &target).await;
-            source.finish().await;
-            target.finish().await;
+        #[test]
+        fn $test() {
+            $crate::__run_multi_thread(async {
+                use $crate::StoreFactory as _;
+                let Some(source) = <$source>::open(stringify!($test)).await else {
+                    return;
+                };
+                let Some(target) = <$target>::open(stringify!($test)).await else {
+                    return;
+                };
+                $crate::transfer::$test(&source, &target).await;
+                source.finish().await;
+                target.finish().await;
+            });
         }
     )*};
 }
@@ -411,8 +453,11 @@ pub fn largest_rate_limits() -> Vec<RateLimit> {
 }
 
 /// The bytes `key` takes in a management API listing.
+#[cfg(feature = "management")]
 pub fn json_len(key: &KeyInfo) -> usize {
-    serde_json::to_vec(&KeyResource::from(key)).unwrap().len()
+    serde_json::to_vec(&tower_api_key::management::KeyResource::from(key))
+        .unwrap()
+        .len()
 }
 
 /// Every page of `account`'s keys at `page_size`.
@@ -472,7 +517,6 @@ pub async fn exported(store: &dyn KeyStore, id: KeyId) -> StoredKey {
 /// store's keys) against a limit of 5, each on a task of its own released
 /// together: exactly 5 succeed, the rest are refused, and the account holds
 /// the 5.
-#[allow(dead_code)] // Not every test file uses it.
 pub async fn concurrent_creates_respect_the_limit<S: KeyStore + Clone>(stores: &[S]) {
     let start = Arc::new(tokio::sync::Barrier::new(20));
     let tasks: Vec<_> = (0..20)
@@ -545,7 +589,6 @@ pub async fn concurrent_leases_grant_exactly_the_credits<S: KeyStore + Clone>(
 /// added credits set through `writer` reach a cache over `reader`, for every
 /// key of the account, announced within `within`.
 // Only the stores that two processes can share use it.
-#[allow(dead_code)]
 pub async fn account_changes_reach_the_other_store<S: KeyStore + Clone + 'static>(
     writer: &S,
     reader: &S,
@@ -635,8 +678,6 @@ pub struct Watch {
     rx: mpsc::UnboundedReceiver<Invalidation>,
 }
 
-// Not every store's test file waits in every way.
-#[allow(dead_code)]
 impl Watch {
     /// Subscribes to `store`'s invalidations.
     pub fn on(store: &dyn KeyStore) -> Watch {
