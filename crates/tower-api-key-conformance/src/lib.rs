@@ -103,6 +103,12 @@ pub struct StoreSettings {
     pub max_keys_per_account: usize,
 }
 
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl StoreSettings {
     /// A clock at [`start_time`], plain SHA-256, the default format and limit.
     pub fn new() -> Self {
@@ -114,21 +120,29 @@ impl StoreSettings {
         }
     }
 
+    /// A fresh manual clock at `start`.
+    #[must_use]
     pub fn with_clock_at(mut self, start: SystemTime) -> Self {
         self.clock = Arc::new(ManualClock::new(start));
         self
     }
 
+    /// Keys hashed by `hasher`.
+    #[must_use]
     pub fn with_hasher(mut self, hasher: KeyHasher) -> Self {
         self.hasher = hasher;
         self
     }
 
+    /// Keys issued in `format`.
+    #[must_use]
     pub fn with_format(mut self, format: KeyFormat) -> Self {
         self.format = format;
         self
     }
 
+    /// At most `limit` keys per service account.
+    #[must_use]
     pub fn with_max_keys_per_account(mut self, limit: usize) -> Self {
         self.max_keys_per_account = limit;
         self
