@@ -4,7 +4,7 @@
 //! read, and never turned off by a store outage.
 //!
 //! The verifier here is a small registry of records and credits, so these
-//! tests depend on no store; `tests/conformance/` checks the stores.
+//! tests depend on no store; the conformance kit (`crates/tower-api-key-conformance`) checks the stores.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

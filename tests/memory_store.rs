@@ -1,5 +1,5 @@
-//! `MemoryStore`: the conformance suite every store passes (in
-//! `tests/conformance/`), and what only the memory store has.
+//! `MemoryStore`: the conformance suite every store passes (the
+//! `tower-api-key-conformance` crate), and what only the memory store has.
 
 use tower_api_key::hash::HashScheme;
 use tower_api_key::store::NewKey;
@@ -7,7 +7,9 @@ use tower_api_key::KeyStore;
 use tower_api_key::MemoryStore;
 use tower_api_key::{KeyFormat, Verifier};
 
-mod conformance;
+// The conformance suite, from its crate (crates/tower-api-key-conformance).
+use tower_api_key_conformance as conformance;
+use tower_api_key_conformance::store_conformance;
 
 use conformance::MemoryFactory;
 

@@ -36,7 +36,9 @@ use tower_api_key::{KeyId, KeyRecord, PresentedKey};
 use tower_api_key::{Verifier, VerifierError};
 
 mod common;
-mod conformance;
+// The conformance suite, from its crate (crates/tower-api-key-conformance).
+use tower_api_key_conformance as conformance;
+use tower_api_key_conformance::{store_conformance, transfer_conformance};
 
 use conformance::{MemoryFactory, StoreFactory, StoreSettings, Watch};
 

@@ -163,6 +163,19 @@ pub struct CreatedKey {
     pub key: GeneratedKey,
 }
 
+impl CreatedKey {
+    /// What a store's [`create`](KeyStore::create) or
+    /// [`reissue`](KeyStore::reissue) answers: the stored `record` at
+    /// `version`, and the `key` it was made for.
+    pub fn new(record: KeyRecord, version: Version, key: GeneratedKey) -> Self {
+        Self {
+            record,
+            version,
+            key,
+        }
+    }
+}
+
 /// The version of a key's configuration: what a conditional write states it
 /// read, and what the management API shows as an `ETag`.
 ///
@@ -421,6 +434,16 @@ pub struct KeyPage {
     pub next_page_token: Option<String>,
 }
 
+impl KeyPage {
+    /// A page of `keys`, and the token of the next page if keys follow.
+    pub fn new(keys: Vec<KeyInfo>, next_page_token: Option<String>) -> Self {
+        Self {
+            keys,
+            next_page_token,
+        }
+    }
+}
+
 /// A management operation failed.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -481,6 +504,24 @@ impl StoreError {
     /// A backend failure.
     pub fn backend(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Self::Backend(err.into())
+    }
+
+    /// A create or import past the per-account key `limit`
+    /// ([`StoreError::KeyLimitReached`]): for stores outside this crate,
+    /// which cannot name the variant's fields.
+    pub fn key_limit_reached(limit: usize) -> Self {
+        Self::KeyLimitReached { limit }
+    }
+
+    /// A conditional write on key `id`, found at `current`
+    /// ([`StoreError::VersionMismatch`]).
+    pub fn version_mismatch(id: KeyId, current: Version) -> Self {
+        Self::VersionMismatch { id, current }
+    }
+
+    /// Credits added to key `id`, which has none ([`StoreError::NoCredits`]).
+    pub fn no_credits(id: KeyId) -> Self {
+        Self::NoCredits { id }
     }
 }
 
@@ -571,7 +612,7 @@ pub(crate) fn check_account(account: &str) -> Result<(), StoreError> {
 
 /// The error of adding credits to a key that has none.
 pub(crate) fn no_credits(id: KeyId) -> StoreError {
-    StoreError::NoCredits { id }
+    StoreError::no_credits(id)
 }
 
 /// The highest version an import keeps: 2^53 - 1, which JSON numbers hold

@@ -34,24 +34,34 @@
 //!
 //!    `open` returns `None` to skip every test (after saying so), as the
 //!    PostgreSQL factory does without `DATABASE_URL`; `finish` cleans up.
-//! 3. In the store's test file (`tests/sqlite.rs`, say): `mod conformance;`,
-//!    the factory, then `store_conformance!(SqliteFactory);` for the whole
-//!    suite, and for moves between stores of two kinds
+//! 3. In the store's test file (`tests/sqlite.rs`, say), with this crate
+//!    as a dev-dependency: the factory, then
+//!    `tower_api_key_conformance::store_conformance!(SqliteFactory);` for the
+//!    whole suite, and for moves between stores of two kinds
 //!    `transfer_conformance!(memory_to_sqlite: MemoryFactory => SqliteFactory);`
-//!    (and the other way; `use conformance::MemoryFactory;`).
+//!    (and the other way; [`MemoryFactory`] is here). The macros make plain
+//!    `#[test]` functions, each running on a runtime of its own: the test
+//!    file needs no tokio macro for them.
 //!
 //! `cargo test --all-features --test memory_store conformance` runs the
-//! suite on one store (`--test postgres` needs `DATABASE_URL`: source
-//! `.ci/postgres.sh` first).
+//! suite on the memory store from the root crate (`--test postgres` needs
+//! `DATABASE_URL`: source `.ci/postgres.sh` first), and
+//! `cargo test -p tower-api-key-conformance` runs it on an outside store
+//! written with public items only (`tests/outside_store.rs`, keys in a
+//! `BTreeMap` behind a mutex).
 //!
 //! Every test is a generic function in [`contract`], [`limits`],
-//! [`transfer`] or [`versions`]; the
-//! macros make one `#[tokio::test]` of each. A function the macros do not
-//! list is dead code, which the lints refuse: the lists cannot drift.
+//! [`transfer`] or [`versions`]; the macros make one test of each.
 //!
 //! Times: the settings' clock starts on a whole second and tests move it by
 //! whole seconds unless the test is about sub-microsecond times, because
 //! PostgreSQL keeps microseconds.
+//!
+//! # Features
+//!
+//! `management` (off by default) also checks that the page byte budget's
+//! estimate ([`KeyInfo::json_size_estimate`]) covers the management API's
+//! JSON; it turns on the root crate's management API.
 
 pub mod contract;
 pub mod limits;
@@ -68,7 +78,6 @@ use tower_api_key::cache::{CacheConfig, CachedVerifier, Source};
 use tower_api_key::clock::ManualClock;
 use tower_api_key::hash::{KeyHasher, Pepper};
 use tower_api_key::limits::{Credits, RateLimit, MAX_RATE_LIMITS};
-use tower_api_key::management::KeyResource;
 use tower_api_key::store::{
     KeyInfo, KeyPage, ListRequest, NewKey, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
     MAX_EXPORT_PAGE, MAX_PAGE_SIZE,
@@ -95,6 +104,12 @@ pub struct StoreSettings {
     pub max_keys_per_account: usize,
 }
 
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl StoreSettings {
     /// A clock at [`start_time`], plain SHA-256, the default format and limit.
     pub fn new() -> Self {
@@ -106,21 +121,29 @@ impl StoreSettings {
         }
     }
 
+    /// A fresh manual clock at `start`.
+    #[must_use]
     pub fn with_clock_at(mut self, start: SystemTime) -> Self {
         self.clock = Arc::new(ManualClock::new(start));
         self
     }
 
+    /// Keys hashed by `hasher`.
+    #[must_use]
     pub fn with_hasher(mut self, hasher: KeyHasher) -> Self {
         self.hasher = hasher;
         self
     }
 
+    /// Keys issued in `format`.
+    #[must_use]
     pub fn with_format(mut self, format: KeyFormat) -> Self {
         self.format = format;
         self
     }
 
+    /// At most `limit` keys per service account.
+    #[must_use]
     pub fn with_max_keys_per_account(mut self, limit: usize) -> Self {
         self.max_keys_per_account = limit;
         self
@@ -165,29 +188,61 @@ impl StoreFactory for MemoryFactory {
     }
 }
 
-/// One `#[tokio::test]` running a suite function with a factory.
+// What the macros' expansions name, so that a store's test file needs only
+// this crate: its tokio, and the runtimes the tests run on.
+#[doc(hidden)]
+pub use tokio as __tokio;
+
+/// Runs `test` on a runtime of two worker threads, as
+/// `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]` would.
+#[doc(hidden)]
+pub fn __run_multi_thread<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a test runtime")
+        .block_on(test)
+}
+
+/// Runs `test` on a runtime on this thread only, as
+/// `#[tokio::test(flavor = "current_thread")]` would.
+#[doc(hidden)]
+pub fn __run_current_thread<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a test runtime")
+        .block_on(test)
+}
+
+/// One test running a suite function with a factory.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_test {
     (multi_thread, $module:ident :: $name:ident, $factory:ty) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            $crate::__conformance_test!(@body $module::$name, $factory);
+        #[test]
+        fn $name() {
+            $crate::__run_multi_thread(async {
+                $crate::__conformance_test!(@body $module::$name, $factory);
+            });
         }
     };
     // The hashing work is counted per thread: everything on this one.
     (current_thread, $module:ident :: $name:ident, $factory:ty) => {
-        #[tokio::test(flavor = "current_thread")]
-        async fn $name() {
-            $crate::__conformance_test!(@body $module::$name, $factory);
+        #[test]
+        fn $name() {
+            $crate::__run_current_thread(async {
+                $crate::__conformance_test!(@body $module::$name, $factory);
+            });
         }
     };
     (@body $module:ident :: $name:ident, $factory:ty) => {
-        use $crate::conformance::StoreFactory as _;
+        use $crate::StoreFactory as _;
         let Some(factory) = <$factory>::open(stringify!($name)).await else {
             return;
         };
-        $crate::conformance::$module::$name(&factory).await;
+        $crate::$module::$name(&factory).await;
         factory.finish().await;
     };
 }
@@ -201,32 +256,64 @@ macro_rules! __conformance_tests {
     };
 }
 
+/// The hashing-work test, or nothing for `without_hashing_work`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __hashing_work_test {
+    (with_hashing_work, $factory:ty) => {
+        $crate::__conformance_tests!($factory, current_thread:
+            contract::verify_does_the_same_hashing_work_whether_or_not_the_id_exists,
+        );
+    };
+    (without_hashing_work, $factory:ty) => {};
+}
+
 /// One test of each transfer function listed, from `$source` to `$target`.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __transfer_tests {
     ($source:ty => $target:ty: $($test:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $test() {
-            use $crate::conformance::StoreFactory as _;
-            let Some(source) = <$source>::open(stringify!($test)).await else {
-                return;
-            };
-            let Some(target) = <$target>::open(stringify!($test)).await else {
-                return;
-            };
-            $crate::conformance::transfer::$test(&source, &target).await;
-            source.finish().await;
-            target.finish().await;
+        #[test]
+        fn $test() {
+            $crate::__run_multi_thread(async {
+                use $crate::StoreFactory as _;
+                let Some(source) = <$source>::open(stringify!($test)).await else {
+                    return;
+                };
+                let Some(target) = <$target>::open(stringify!($test)).await else {
+                    return;
+                };
+                $crate::transfer::$test(&source, &target).await;
+                source.finish().await;
+                target.finish().await;
+            });
         }
     )*};
 }
 
 /// The whole suite for the store `$factory` makes (a type in scope that
 /// implements [`StoreFactory`]), in a module `conformance_suite`.
+///
+/// `store_conformance!(Factory, without_hashing_work)` leaves out
+/// [`contract::verify_does_the_same_hashing_work_whether_or_not_the_id_exists`]:
+/// for a store that does not hide which key ids exist from the time a
+/// `verify` takes (the test counts the hashing work of the
+/// [`KeyHasher`]). Every other test runs.
 #[macro_export]
 macro_rules! store_conformance {
     ($factory:ident) => {
+        $crate::__store_conformance!($factory, with_hashing_work);
+    };
+    ($factory:ident, without_hashing_work) => {
+        $crate::__store_conformance!($factory, without_hashing_work);
+    };
+}
+
+/// The body of [`store_conformance!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __store_conformance {
+    ($factory:ident, $hashing:ident) => {
         mod conformance_suite {
             use super::$factory as Factory;
 
@@ -296,9 +383,7 @@ macro_rules! store_conformance {
                 versions::concurrent_writes_on_one_version_let_exactly_one_through,
                 versions::a_key_imported_at_the_highest_version_stays_writable_and_readable,
             );
-            $crate::__conformance_tests!(Factory, current_thread:
-                contract::verify_does_the_same_hashing_work_whether_or_not_the_id_exists,
-            );
+            $crate::__hashing_work_test!($hashing, Factory);
         }
         $crate::transfer_conformance!(conformance_transfer_same_kind: $factory => $factory);
     };
@@ -411,8 +496,11 @@ pub fn largest_rate_limits() -> Vec<RateLimit> {
 }
 
 /// The bytes `key` takes in a management API listing.
+#[cfg(feature = "management")]
 pub fn json_len(key: &KeyInfo) -> usize {
-    serde_json::to_vec(&KeyResource::from(key)).unwrap().len()
+    serde_json::to_vec(&tower_api_key::management::KeyResource::from(key))
+        .unwrap()
+        .len()
 }
 
 /// Every page of `account`'s keys at `page_size`.
@@ -472,7 +560,6 @@ pub async fn exported(store: &dyn KeyStore, id: KeyId) -> StoredKey {
 /// store's keys) against a limit of 5, each on a task of its own released
 /// together: exactly 5 succeed, the rest are refused, and the account holds
 /// the 5.
-#[allow(dead_code)] // Not every test file uses it.
 pub async fn concurrent_creates_respect_the_limit<S: KeyStore + Clone>(stores: &[S]) {
     let start = Arc::new(tokio::sync::Barrier::new(20));
     let tasks: Vec<_> = (0..20)
@@ -545,7 +632,6 @@ pub async fn concurrent_leases_grant_exactly_the_credits<S: KeyStore + Clone>(
 /// added credits set through `writer` reach a cache over `reader`, for every
 /// key of the account, announced within `within`.
 // Only the stores that two processes can share use it.
-#[allow(dead_code)]
 pub async fn account_changes_reach_the_other_store<S: KeyStore + Clone + 'static>(
     writer: &S,
     reader: &S,
@@ -635,8 +721,6 @@ pub struct Watch {
     rx: mpsc::UnboundedReceiver<Invalidation>,
 }
 
-// Not every store's test file waits in every way.
-#[allow(dead_code)]
 impl Watch {
     /// Subscribes to `store`'s invalidations.
     pub fn on(store: &dyn KeyStore) -> Watch {

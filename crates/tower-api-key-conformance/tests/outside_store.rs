@@ -1,0 +1,687 @@
+//! A store written outside the `tower-api-key` crate, with its public items
+//! only, runs the conformance suite: what a third-party store's test file
+//! looks like. Its keys live in a `BTreeMap` behind a mutex.
+//!
+//! One test of the suite is left out ([`store_conformance!`]'s
+//! `without_hashing_work` arm): `verify` does the same hashing work whether
+//! or not the id exists. The crate's stores hash the presented key under
+//! every scheme the hasher holds through a `pub(crate)` helper; with the
+//! public `KeyHasher::verify` alone, an unknown id costs less work than a
+//! known one, which this store does not hide.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use tower_api_key::clock::Clock;
+use tower_api_key::hash::{KeyHasher, StoredHash};
+use tower_api_key::limits::{
+    check_rate_limits, lease_grant, refill_due, CreditLease, Credits, RateLimit, MAX_CREDITS,
+};
+use tower_api_key::store::{
+    latest_time, rules, CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey,
+    PreviousHash, StoreError, StoredKey, Version, DEFAULT_PAGE_SIZE, LATEST_TIME_TEXT,
+    MAX_EXPORT_PAGE, MAX_PAGE_BYTES, MAX_PAGE_SIZE,
+};
+use tower_api_key::{
+    GeneratedKey, Invalidation, Invalidations, KeyFormat, KeyId, KeyRecord, KeyStore, PresentedKey,
+    Verifier, VerifierError,
+};
+use tower_api_key_conformance::{store_conformance, StoreFactory, StoreSettings};
+
+/// A key's credits: the count, the refill time last applied, and the
+/// generation (a refill or a new setting starts the next one).
+#[derive(Clone, Copy)]
+struct CreditState {
+    credits: Credits,
+    refilled_at: SystemTime,
+    generation: u64,
+}
+
+impl CreditState {
+    fn set(credits: Credits, now: SystemTime, generation: u64) -> Self {
+        let refilled_at = credits.refill().map_or(now, |r| r.last_due(now));
+        Self {
+            credits,
+            refilled_at,
+            generation,
+        }
+    }
+
+    fn with_remaining(&mut self, n: u64) {
+        self.credits = self
+            .credits
+            .with_remaining(n.min(MAX_CREDITS))
+            .unwrap_or(self.credits);
+    }
+}
+
+struct Entry {
+    /// The key's own fields: credits and account limits are kept apart.
+    record: KeyRecord,
+    hash: StoredHash,
+    previous: Option<(StoredHash, SystemTime)>,
+    last_used_at: Option<SystemTime>,
+    hint: String,
+    credits: Option<CreditState>,
+    removed_generation: u64,
+    version: Version,
+}
+
+#[derive(Default)]
+struct State {
+    keys: BTreeMap<KeyId, Entry>,
+    revoked: BTreeSet<KeyId>,
+    account_limits: HashMap<String, Vec<RateLimit>>,
+}
+
+impl State {
+    fn record(&self, e: &Entry) -> KeyRecord {
+        let mut record = e.record.clone();
+        record.credits = e.credits.map(|c| c.credits);
+        record.account_rate_limits = self
+            .account_limits
+            .get(&*record.service_account_id)
+            .cloned()
+            .unwrap_or_default();
+        record
+    }
+
+    fn info(&self, e: &Entry) -> KeyInfo {
+        KeyInfo::new(self.record(e), e.last_used_at, e.hint.clone()).with_version(e.version)
+    }
+
+    fn count(&self, account: &str) -> usize {
+        let account = |e: &&Entry| &*e.record.service_account_id == account;
+        self.keys.values().filter(account).count()
+    }
+}
+
+struct Inner {
+    format: KeyFormat,
+    hasher: KeyHasher,
+    clock: Arc<dyn Clock>,
+    max_keys_per_account: usize,
+    state: Mutex<State>,
+    invalidations: Invalidations,
+}
+
+/// The outside store. Clones share the keys.
+#[derive(Clone)]
+struct OutsideStore(Arc<Inner>);
+
+impl std::fmt::Debug for OutsideStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutsideStore").finish_non_exhaustive()
+    }
+}
+
+impl OutsideStore {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> SystemTime {
+        self.0.clock.now()
+    }
+
+    fn announce(&self, id: KeyId, account: Arc<str>) {
+        self.0
+            .invalidations
+            .publish(&Invalidation::key_of(id, account));
+    }
+
+    fn hash_of(&self, key: &GeneratedKey) -> Result<StoredHash, StoreError> {
+        let presented = self
+            .0
+            .format
+            .parse(key.expose_secret())
+            .map_err(|_| StoreError::backend("a generated key does not parse"))?;
+        Ok(self.0.hasher.hash(&presented))
+    }
+}
+
+/// The masked hint: the prefix, an ellipsis and the last four characters.
+fn hint_of(key: &GeneratedKey) -> String {
+    let text = key.expose_secret();
+    let prefix = text.split('_').next().unwrap_or_default();
+    let tail = text.get(text.len().saturating_sub(4)..).unwrap_or_default();
+    format!("{prefix}_…{tail}")
+}
+
+fn check_account(account: &str) -> Result<(), StoreError> {
+    if account.is_empty() {
+        return Err(StoreError::invalid("service_account_id is empty"));
+    }
+    Ok(())
+}
+
+fn check_limits(limits: &[RateLimit]) -> Result<(), StoreError> {
+    check_rate_limits(limits).map_err(|e| StoreError::invalid(e.to_string()))
+}
+
+fn check_expiry(at: Option<SystemTime>, now: SystemTime) -> Result<(), StoreError> {
+    match at {
+        Some(at) if at <= now => Err(StoreError::invalid("expires_at is in the past")),
+        Some(at) if at > latest_time() => Err(StoreError::invalid(format!(
+            "expires_at is after {LATEST_TIME_TEXT}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn check_version(id: KeyId, current: Version, expected: Option<Version>) -> Result<(), StoreError> {
+    match expected {
+        Some(expected) if expected != current => Err(StoreError::version_mismatch(id, current)),
+        _ => Ok(()),
+    }
+}
+
+fn export_page_size(limit: usize) -> Result<usize, StoreError> {
+    if (1..=MAX_EXPORT_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(StoreError::invalid(format!(
+            "an export page holds 1 to {MAX_EXPORT_PAGE} keys"
+        )))
+    }
+}
+
+/// `<created_at as signed nanoseconds>.<key id>`: the position after a key
+/// in the listing order, valid after that key is revoked.
+fn page_token(record: &KeyRecord) -> String {
+    let nanos = match record.created_at.duration_since(UNIX_EPOCH) {
+        Ok(after) => after.as_nanos() as i128,
+        Err(before) => -(before.duration().as_nanos() as i128),
+    };
+    format!("{nanos}.{}", record.key_id)
+}
+
+fn parse_page_token(token: &str) -> Option<(SystemTime, KeyId)> {
+    let (nanos, id) = token.split_once('.')?;
+    let nanos: i128 = nanos.parse().ok()?;
+    let limit = 253_402_300_799i128 * 1_000_000_000;
+    if nanos.abs() > limit {
+        return None;
+    }
+    let magnitude = nanos.unsigned_abs();
+    let magnitude = Duration::new(
+        u64::try_from(magnitude / 1_000_000_000).ok()?,
+        (magnitude % 1_000_000_000) as u32,
+    );
+    let at = if nanos < 0 {
+        UNIX_EPOCH.checked_sub(magnitude)?
+    } else {
+        UNIX_EPOCH.checked_add(magnitude)?
+    };
+    Some((at, id.parse().ok()?))
+}
+
+#[async_trait]
+impl Verifier for OutsideStore {
+    async fn verify(&self, key: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
+        let state = self.state();
+        let Some(e) = state.keys.get(&key.id()) else {
+            return Ok(None);
+        };
+        let current = self.0.hasher.verify(key, &e.hash);
+        let previous = e.previous.filter(|(h, _)| self.0.hasher.verify(key, h));
+        let mut record = state.record(e);
+        if current {
+            return Ok(Some(record));
+        }
+        match previous {
+            // The replaced secret, until the end of its grace.
+            Some((_, until)) if self.now() < until => {
+                record.expires_at = Some(record.expires_at.map_or(until, |at| at.min(until)));
+                record.replaced_secret = true;
+                Ok(Some(record))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn invalidations(&self) -> Option<&Invalidations> {
+        Some(&self.0.invalidations)
+    }
+
+    fn key_format(&self) -> Option<KeyFormat> {
+        Some(self.0.format)
+    }
+
+    async fn lease_credits(
+        &self,
+        id: KeyId,
+        want: u64,
+        now: SystemTime,
+    ) -> Result<Option<CreditLease>, VerifierError> {
+        let mut state = self.state();
+        let Some(c) = state.keys.get_mut(&id).and_then(|e| e.credits.as_mut()) else {
+            return Ok(None);
+        };
+        let refill = c.credits.refill().copied();
+        if let Some(due) = refill_due(refill.as_ref(), c.refilled_at, now) {
+            c.with_remaining(refill.map_or(0, |r| r.amount()));
+            c.refilled_at = due;
+            c.generation = c.generation.saturating_add(1);
+        }
+        let remaining = c.credits.remaining();
+        let granted = lease_grant(remaining, want);
+        c.with_remaining(remaining - granted);
+        Ok(Some(CreditLease::new(
+            granted,
+            c.generation,
+            c.credits.remaining(),
+            refill.map(|r| r.next_due(now)),
+        )))
+    }
+
+    async fn return_credits(
+        &self,
+        id: KeyId,
+        generation: u64,
+        amount: u64,
+    ) -> Result<(), VerifierError> {
+        let mut state = self.state();
+        if let Some(c) = state.keys.get_mut(&id).and_then(|e| e.credits.as_mut()) {
+            if c.generation == generation {
+                c.with_remaining(c.credits.remaining().saturating_add(amount));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl KeyStore for OutsideStore {
+    async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError> {
+        let now = self.now();
+        check_account(&new.service_account_id)?;
+        check_limits(&new.rate_limits)?;
+        check_expiry(new.expires_at, now)?;
+        let key = self.0.format.generate()?;
+        let entry = Entry {
+            record: KeyRecord::new(key.id(), new.service_account_id)
+                .with_scopes(new.scopes)
+                .with_description(new.description)
+                .with_expires_at(new.expires_at)
+                .with_rate_limits(new.rate_limits)
+                .with_created_at(now),
+            hash: self.hash_of(&key)?,
+            previous: None,
+            last_used_at: None,
+            hint: hint_of(&key),
+            credits: new.credits.map(|c| CreditState::set(c, now, 0)),
+            removed_generation: 0,
+            version: Version::FIRST,
+        };
+        let mut state = self.state();
+        // Counted under the lock: concurrent creates cannot overshoot.
+        let limit = self.0.max_keys_per_account;
+        if state.count(&entry.record.service_account_id) >= limit {
+            return Err(StoreError::key_limit_reached(limit));
+        }
+        if state.keys.contains_key(&key.id()) || state.revoked.contains(&key.id()) {
+            return Err(StoreError::backend("key id collision"));
+        }
+        let record = state.record(&entry);
+        state.keys.insert(key.id(), entry);
+        Ok(CreatedKey::new(record, Version::FIRST, key))
+    }
+
+    async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError> {
+        let state = self.state();
+        Ok(state.keys.get(&id).map(|e| state.info(e)))
+    }
+
+    async fn list(&self, account: &str, page: ListRequest) -> Result<KeyPage, StoreError> {
+        let size = match page.page_size {
+            None => DEFAULT_PAGE_SIZE,
+            Some(n @ 1..=MAX_PAGE_SIZE) => n,
+            Some(_) => {
+                return Err(StoreError::invalid(format!(
+                    "page_size must be between 1 and {MAX_PAGE_SIZE}"
+                )))
+            }
+        };
+        let after = match &page.page_token {
+            None => None,
+            Some(token) => Some(
+                parse_page_token(token)
+                    .ok_or_else(|| StoreError::invalid("page_token is not valid"))?,
+            ),
+        };
+        let state = self.state();
+        let mut mine: Vec<&Entry> = state
+            .keys
+            .values()
+            .filter(|e| &*e.record.service_account_id == account)
+            .filter(|e| after.is_none_or(|a| (e.record.created_at, e.record.key_id) > a))
+            .collect();
+        mine.sort_by_key(|e| (e.record.created_at, e.record.key_id));
+        // At most `size` keys and MAX_PAGE_BYTES, never fewer than one.
+        let (mut keys, mut bytes, mut more) = (Vec::new(), 0usize, false);
+        for e in mine {
+            let info = state.info(e);
+            let cost = info.json_size_estimate();
+            if keys.len() == size
+                || (!keys.is_empty() && bytes.saturating_add(cost) > MAX_PAGE_BYTES)
+            {
+                more = true;
+                break;
+            }
+            bytes = bytes.saturating_add(cost);
+            keys.push(info);
+        }
+        let next = more
+            .then(|| keys.last().map(|k: &KeyInfo| page_token(&k.record)))
+            .flatten();
+        Ok(KeyPage::new(keys, next))
+    }
+
+    async fn update(
+        &self,
+        id: KeyId,
+        update: KeyUpdate,
+        expected: Option<Version>,
+    ) -> Result<Option<KeyInfo>, StoreError> {
+        let now = self.now();
+        if let Some(limits) = &update.rate_limits {
+            check_limits(limits)?;
+        }
+        if let Some(at) = update.expires_at {
+            check_expiry(at, now)?;
+        }
+        let info = {
+            let mut state = self.state();
+            let Some(e) = state.keys.get_mut(&id) else {
+                return Ok(None);
+            };
+            check_version(id, e.version, expected)?;
+            let changes = update.description.is_some()
+                || update.scopes.is_some()
+                || update.expires_at.is_some()
+                || update.rate_limits.is_some()
+                || update.credits.is_some();
+            if changes {
+                e.version = e.version.next();
+            }
+            if let Some(description) = update.description {
+                e.record.description = description;
+            }
+            if let Some(scopes) = update.scopes {
+                e.record.scopes = scopes;
+            }
+            if let Some(expires_at) = update.expires_at {
+                e.record.expires_at = expires_at;
+            }
+            if let Some(limits) = update.rate_limits {
+                e.record.rate_limits = limits;
+            }
+            if let Some(credits) = update.credits {
+                // A new setting starts a new generation.
+                let generation = e
+                    .credits
+                    .map_or(e.removed_generation, |c| c.generation)
+                    .saturating_add(1);
+                e.removed_generation = generation;
+                e.credits = credits.map(|c| CreditState::set(c, now, generation));
+            }
+            state.info(&state.keys[&id])
+        };
+        self.announce(id, info.record.service_account_id.clone());
+        Ok(Some(info))
+    }
+
+    async fn revoke(&self, id: KeyId, expected: Option<Version>) -> Result<bool, StoreError> {
+        let removed = {
+            let mut state = self.state();
+            if let Some(e) = state.keys.get(&id) {
+                check_version(id, e.version, expected)?;
+            }
+            let removed = state.keys.remove(&id);
+            if removed.is_some() {
+                state.revoked.insert(id);
+            }
+            removed
+        };
+        let Some(gone) = removed else {
+            return Ok(false);
+        };
+        self.announce(id, gone.record.service_account_id);
+        Ok(true)
+    }
+
+    async fn reissue(
+        &self,
+        id: KeyId,
+        grace: Duration,
+        expected: Option<Version>,
+    ) -> Result<Option<CreatedKey>, StoreError> {
+        let key = self.0.format.generate_for(id)?;
+        let hash = self.hash_of(&key)?;
+        let (record, version) = {
+            let mut state = self.state();
+            let now = self.now();
+            let Some(e) = state.keys.get_mut(&id) else {
+                return Ok(None);
+            };
+            check_version(id, e.version, expected)?;
+            e.version = e.version.next();
+            let old = std::mem::replace(&mut e.hash, hash);
+            // A grace past year 9999 is "forever".
+            let forever = UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+            let until = now.checked_add(grace).unwrap_or(forever).min(forever);
+            e.previous = (!grace.is_zero()).then_some((old, until));
+            e.hint = hint_of(&key);
+            let e = &state.keys[&id];
+            (state.record(e), e.version)
+        };
+        self.announce(id, record.service_account_id.clone());
+        Ok(Some(CreatedKey::new(record, version, key)))
+    }
+
+    async fn add_credits(
+        &self,
+        id: KeyId,
+        amount: u64,
+        expected: Option<Version>,
+    ) -> Result<Option<KeyInfo>, StoreError> {
+        let info = {
+            let mut state = self.state();
+            let Some(e) = state.keys.get_mut(&id) else {
+                return Ok(None);
+            };
+            check_version(id, e.version, expected)?;
+            let Some(c) = e.credits.as_mut() else {
+                return Err(StoreError::no_credits(id));
+            };
+            c.with_remaining(c.credits.remaining().saturating_add(amount));
+            e.version = e.version.next();
+            state.info(&state.keys[&id])
+        };
+        self.announce(id, info.record.service_account_id.clone());
+        Ok(Some(info))
+    }
+
+    async fn account_rate_limits(&self, account: &str) -> Result<Vec<RateLimit>, StoreError> {
+        check_account(account)?;
+        let state = self.state();
+        Ok(state
+            .account_limits
+            .get(account)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn set_account_rate_limits(
+        &self,
+        account: &str,
+        limits: Vec<RateLimit>,
+    ) -> Result<(), StoreError> {
+        check_account(account)?;
+        check_limits(&limits)?;
+        let ids: Vec<KeyId> = {
+            let mut state = self.state();
+            if limits.is_empty() {
+                state.account_limits.remove(account);
+            } else {
+                state.account_limits.insert(account.to_owned(), limits);
+            }
+            let mine = |e: &&Entry| &*e.record.service_account_id == account;
+            state
+                .keys
+                .values()
+                .filter(mine)
+                .map(|e| e.record.key_id)
+                .collect()
+        };
+        let account: Arc<str> = account.into();
+        for id in ids {
+            self.announce(id, account.clone());
+        }
+        Ok(())
+    }
+
+    async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError> {
+        let mut state = self.state();
+        for (id, at) in uses {
+            if let Some(e) = state.keys.get_mut(id) {
+                // Forward only.
+                e.last_used_at = Some(e.last_used_at.map_or(*at, |t| t.max(*at)));
+            }
+        }
+        Ok(())
+    }
+
+    async fn export(
+        &self,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<StoredKey>, StoreError> {
+        let limit = export_page_size(limit)?;
+        let state = self.state();
+        let rest = state
+            .keys
+            .iter()
+            .filter(|(id, _)| after.is_none_or(|a| **id > a));
+        Ok(rest
+            .take(limit)
+            .map(|(_, e)| {
+                // A key's own limits and credits travel; its account's do not.
+                let mut info = state.info(e);
+                info.record.account_rate_limits = Vec::new();
+                let key = StoredKey::new(info, e.hash);
+                match e.previous {
+                    Some((hash, until)) => key.with_previous(PreviousHash::new(hash, until)),
+                    None => key,
+                }
+            })
+            .collect())
+    }
+
+    async fn import(&self, key: StoredKey) -> Result<Imported, StoreError> {
+        let now = self.now();
+        let id = key.info.record.key_id;
+        rules::stored_key(&key, &self.0.format, now)
+            .map_err(|e| StoreError::invalid_field(Some(id), e))?;
+        const MAX_VERSION: u64 = (1 << 53) - 1;
+        if !(1..=MAX_VERSION).contains(&key.info.version.get()) {
+            return Err(StoreError::invalid(format!(
+                "key {id}: version must be between 1 and {MAX_VERSION}"
+            )));
+        }
+        let mut state = self.state();
+        if state.revoked.contains(&id) {
+            return Err(StoreError::invalid(format!(
+                "key {id} was revoked in this store; a revoked key is never imported again"
+            )));
+        }
+        if let Some(e) = state.keys.get_mut(&id) {
+            if e.hash != key.hash
+                || e.record.service_account_id != key.info.record.service_account_id
+            {
+                return Err(StoreError::invalid(format!(
+                    "key {id} already exists with another secret or service account"
+                )));
+            }
+            if let Some(at) = key.info.last_used_at {
+                e.last_used_at = Some(e.last_used_at.map_or(at, |t| t.max(at)));
+            }
+            return Ok(Imported::AlreadyPresent);
+        }
+        let limit = self.0.max_keys_per_account;
+        if state.count(&key.info.record.service_account_id) >= limit {
+            return Err(StoreError::key_limit_reached(limit));
+        }
+        let mut record = key.info.record;
+        // The credits start a generation here; account limits are this
+        // store's own.
+        let credits = record.credits.take().map(|c| CreditState::set(c, now, 0));
+        record.account_rate_limits = Vec::new();
+        let entry = Entry {
+            record,
+            hash: key.hash,
+            previous: key.previous.map(|p| (p.hash, p.valid_until)),
+            last_used_at: key.info.last_used_at,
+            hint: key.info.hint,
+            credits,
+            removed_generation: 0,
+            version: key.info.version,
+        };
+        state.keys.insert(id, entry);
+        Ok(Imported::Added)
+    }
+
+    async fn export_revoked(
+        &self,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyId>, StoreError> {
+        let limit = export_page_size(limit)?;
+        let state = self.state();
+        let rest = state
+            .revoked
+            .iter()
+            .filter(|id| after.is_none_or(|a| **id > a));
+        Ok(rest.take(limit).copied().collect())
+    }
+
+    async fn import_revoked(&self, id: KeyId) -> Result<bool, StoreError> {
+        let removed = {
+            let mut state = self.state();
+            state.revoked.insert(id);
+            state.keys.remove(&id)
+        };
+        let Some(gone) = removed else {
+            return Ok(false);
+        };
+        self.announce(id, gone.record.service_account_id);
+        Ok(true)
+    }
+}
+
+/// A fresh outside store for each store a test asks for.
+struct OutsideFactory;
+
+impl StoreFactory for OutsideFactory {
+    type Store = OutsideStore;
+
+    async fn open(_test: &'static str) -> Option<Self> {
+        Some(Self)
+    }
+
+    async fn store(&self, s: StoreSettings) -> OutsideStore {
+        OutsideStore(Arc::new(Inner {
+            format: s.format,
+            hasher: s.hasher,
+            clock: s.clock,
+            max_keys_per_account: s.max_keys_per_account.max(1),
+            state: Mutex::new(State::default()),
+            invalidations: Invalidations::new(),
+        }))
+    }
+}
+
+store_conformance!(OutsideFactory, without_hashing_work);
