@@ -264,7 +264,25 @@ impl KeyHasher {
     /// HMAC-SHA-256 under each pepper held. The same work for every key, so
     /// a store that compares against these does not reveal, by its timing,
     /// whether a key id exists or which scheme its stored hash uses.
-    pub(crate) fn candidates(&self, key: &PresentedKey) -> Candidates {
+    ///
+    /// A store's [`verify`](crate::Verifier::verify) computes them once and
+    /// asks [`Candidates::matches`] about the current and the previous hash,
+    /// with `None` where the key or its previous hash does not exist:
+    ///
+    /// ```
+    /// use tower_api_key::hash::{KeyHasher, StoredHash};
+    /// use tower_api_key::KeyFormat;
+    ///
+    /// let format = KeyFormat::default();
+    /// let key = format.generate().unwrap();
+    /// let presented = format.parse(key.expose_secret()).unwrap();
+    /// let hasher = KeyHasher::default();
+    /// let stored: Option<StoredHash> = Some(hasher.hash(&presented)); // read by id
+    /// let candidates = hasher.candidates(&presented);
+    /// assert!(candidates.matches(stored.as_ref()));
+    /// assert!(!candidates.matches(None)); // no such key: the same work, no match
+    /// ```
+    pub fn candidates(&self, key: &PresentedKey) -> Candidates {
         let mut all = Vec::with_capacity(2 + self.previous.len());
         // Only here, on a cache miss, is SHA-256 of the whole key computed.
         all.push(StoredHash {
@@ -285,8 +303,10 @@ impl KeyHasher {
     }
 }
 
-/// The stored forms of one presented key; see [`KeyHasher::candidates`].
-pub(crate) struct Candidates {
+/// The stored forms one presented key can have; see
+/// [`KeyHasher::candidates`]. Holds digests of the key, never the key: not
+/// `Debug`, so it cannot reach a log.
+pub struct Candidates {
     all: Vec<StoredHash>,
     current: usize,
 }
@@ -296,7 +316,7 @@ impl Candidates {
     /// constant time, whatever `stored`'s scheme: the work does not depend
     /// on it. `None` (no such hash) is compared with a placeholder the same
     /// way, and never matches.
-    pub(crate) fn matches(&self, stored: Option<&StoredHash>) -> bool {
+    pub fn matches(&self, stored: Option<&StoredHash>) -> bool {
         let placeholder = StoredHash {
             scheme: self.all[self.current].scheme,
             digest: [0; 32],
