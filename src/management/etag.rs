@@ -59,14 +59,10 @@ impl IfMatch {
         })
     }
 
-    /// Whether the client stated a precondition.
-    pub(crate) fn is_given(&self) -> bool {
-        !matches!(self, Self::Absent)
-    }
-
     /// Whether the client named versions (not `*`, not absent): only then
-    /// must a write that checks nothing on the key but its account (which
-    /// never changes) be conditional.
+    /// does a write lost to a concurrent change answer 412 rather than try
+    /// again, and only then is a write that checks nothing on the key but
+    /// its account (which never changes) conditional.
     pub(crate) fn names_versions(&self) -> bool {
         matches!(self, Self::Versions(_))
     }
@@ -139,9 +135,7 @@ mod tests {
         let three = if_match(&["\"3\""]).unwrap();
         assert!(three.matches(Version::new(3)));
         assert!(!three.matches(Version::new(4)));
-        assert!(three.is_given());
         assert!(three.names_versions());
-        assert!(!IfMatch::Absent.is_given());
         assert!(!IfMatch::Absent.names_versions());
         assert!(!IfMatch::Any.names_versions());
     }
@@ -156,7 +150,7 @@ mod tests {
             "\"99999999999999999999999\"",
         ] {
             let parsed = if_match(&[value]).unwrap();
-            assert!(parsed.is_given(), "{value}");
+            assert!(parsed.names_versions(), "{value}");
             assert!(!parsed.matches(Version::new(3)), "{value}");
         }
     }

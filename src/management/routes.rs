@@ -295,8 +295,8 @@ impl Ctx {
     /// and writes conditional on its version, so the check holds for exactly
     /// the state the write replaces. When the key moved on in between, the
     /// whole read-check-write runs again (412 instead when the client named
-    /// the version it read in `If-Match`), at most [`WRITE_ATTEMPTS`] times,
-    /// then 409 `aborted`.
+    /// the version it read in `If-Match`; `*` asks only that the key
+    /// exists), at most [`WRITE_ATTEMPTS`] times, then 409 `aborted`.
     async fn read_check_write<T, F, Fut>(
         &self,
         caller: &Caller,
@@ -315,7 +315,7 @@ impl Ctx {
             }
             match attempt(current).await? {
                 Written::Done(done) => return Ok(done),
-                Written::Moved if if_match.is_given() => {
+                Written::Moved if if_match.names_versions() => {
                     return Err(ApiError::precondition_failed(id))
                 }
                 Written::Moved => {}
