@@ -2,7 +2,7 @@
 //! route behind the API-key layer.
 //!
 //! ```text
-//! cargo run --release --example bench_server -- --keys 1000000
+//! cargo run --release -p tower-api-key-perf --bin bench_server -- --keys 1000000
 //! ```
 //!
 //! - `GET /open`: no layer.

@@ -2,8 +2,8 @@
 //! case in its own process.
 //!
 //! ```text
-//! cargo run --release --example cache_memory            # 1,000,000 keys, every case
-//! cargo run --release --example cache_memory -- 100000  # another count
+//! cargo run --release -p tower-api-key-perf --bin cache_memory             # 1,000,000 keys, every case
+//! cargo run --release -p tower-api-key-perf --bin cache_memory -- 100000   # another count
 //! ```
 //!
 //! Cases:

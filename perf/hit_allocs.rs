@@ -2,7 +2,7 @@
 //! docs/performance.md: a hit must not allocate).
 //!
 //! ```text
-//! cargo run --release --example hit_allocs
+//! cargo run --release -p tower-api-key-perf --bin hit_allocs
 //! ```
 //!
 //! A counting global allocator (in this example only, never in the library)

@@ -2,10 +2,10 @@
 //! counts and profiles that do not depend on the machine's load:
 //!
 //! ```text
-//! cargo build --release --example hit_loop
+//! cargo build --release -p tower-api-key-perf --bin hit_loop
 //! scripts/callgrind_hit.sh            # instructions per hit, every case
 //! valgrind --tool=callgrind --toggle-collect='hit_loop::run_*' \
-//!     target/release/examples/hit_loop layer 100000
+//!     target/release/hit_loop layer 100000
 //! ```
 //!
 //! Usage: `hit_loop CASE [ITERATIONS] [KEYS]`, CASE one of `parse`,

@@ -4,8 +4,8 @@
 //! invalid (garbage, bad checksum, unknown), expiring and revoked keys.
 //!
 //! ```sh
-//! cargo run --release --example soak                 # 20 s
-//! SOAK_SECONDS=60 SOAK_CLIENTS=32 cargo run --release --example soak
+//! cargo run --release -p tower-api-key-perf --bin soak   # 20 s
+//! SOAK_SECONDS=60 SOAK_CLIENTS=32 cargo run --release -p tower-api-key-perf --bin soak
 //! ```
 //!
 //! It reports requests, status counts per kind of key, p50/p99/max latency,

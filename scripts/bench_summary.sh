@@ -2,7 +2,8 @@
 # Prints the medians of the last `cargo bench` run (criterion's
 # target/criterion/*/*/new/estimates.json) and the ratios the issue asks for.
 #
-#   cargo bench --bench hit_path && cargo bench --bench layer && scripts/bench_summary.sh
+#   cargo bench -p tower-api-key-perf --bench hit_path &&
+#       cargo bench -p tower-api-key-perf --bench layer && scripts/bench_summary.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${CRITERION_DIR:-${CARGO_TARGET_DIR:-target}/criterion}

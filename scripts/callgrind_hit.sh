@@ -16,8 +16,8 @@ CASES=("$@")
 . scripts/need.sh
 need valgrind
 # HIT_LOOP=path runs an already built binary (to compare builds).
-BIN=${HIT_LOOP:-${CARGO_TARGET_DIR:-target}/release/examples/hit_loop}
-[ -n "${HIT_LOOP:-}" ] || cargo build --release --example hit_loop
+BIN=${HIT_LOOP:-${CARGO_TARGET_DIR:-target}/release/hit_loop}
+[ -n "${HIT_LOOP:-}" ] || cargo build --release -p tower-api-key-perf --bin hit_loop
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 

@@ -26,8 +26,8 @@ CONFIGS=("$@")
 
 . scripts/need.sh
 need valgrind wrk
-BIN=${BENCH_SERVER:-${CARGO_TARGET_DIR:-target}/release/examples/bench_server}
-[ -n "${BENCH_SERVER:-}" ] || cargo build --release --example bench_server
+BIN=${BENCH_SERVER:-${CARGO_TARGET_DIR:-target}/release/bench_server}
+[ -n "${BENCH_SERVER:-}" ] || cargo build --release -p tower-api-key-perf --bin bench_server
 # KEEP=DIR keeps the dumps there (for callgrind_annotate --tree=caller).
 if [ -n "${KEEP:-}" ]; then
     OUT=$KEEP; mkdir -p "$OUT"

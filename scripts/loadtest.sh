@@ -50,10 +50,10 @@ if [ "$(nproc)" -lt 2 ]; then
     CLIENT_CPU=$SERVER_CPU
 fi
 
-BIN=${BENCH_SERVER:-${CARGO_TARGET_DIR:-target}/release/examples/bench_server}
+BIN=${BENCH_SERVER:-${CARGO_TARGET_DIR:-target}/release/bench_server}
 if [ -z "${BENCH_SERVER:-}" ]; then
     echo "== building"
-    cargo build --release --example bench_server
+    cargo build --release -p tower-api-key-perf --bin bench_server
 fi
 
 echo "== machine"

@@ -16,8 +16,8 @@ SECONDS_PER_RUN=${SECONDS_PER_RUN:-8}
 ROUTE=${ROUTE:-protected}
 . scripts/need.sh
 need perf:linux-perf wrk
-BIN=${BENCH_SERVER:-${CARGO_TARGET_DIR:-target}/release/examples/bench_server}
-[ -n "${BENCH_SERVER:-}" ] || cargo build --release --example bench_server
+BIN=${BENCH_SERVER:-${CARGO_TARGET_DIR:-target}/release/bench_server}
+[ -n "${BENCH_SERVER:-}" ] || cargo build --release -p tower-api-key-perf --bin bench_server
 OUT=${KEEP:-$(mktemp -d)}
 mkdir -p "$OUT"
 [ -n "${KEEP:-}" ] || trap 'rm -rf "$OUT"' EXIT

@@ -11,7 +11,7 @@
 #![allow(dead_code)]
 
 /// The services, runtime and keys the benchmarks share with the tools in `perf/`.
-#[path = "../../perf/support/mod.rs"]
+#[path = "../../support/mod.rs"]
 pub mod harness;
 
 use std::sync::OnceLock;

@@ -2,8 +2,8 @@
 //! via the `dudect-bencher` crate) of every comparison of secret material.
 //!
 //! ```sh
-//! cargo bench --bench constant_time                     # 1,000,000 samples per test
-//! DUDECT_SAMPLES=5000000 cargo bench --bench constant_time -- --filter ct_eq
+//! cargo bench -p tower-api-key-perf --bench constant_time   # 1,000,000 samples per test
+//! DUDECT_SAMPLES=5000000 cargo bench -p tower-api-key-perf --bench constant_time -- --filter ct_eq
 //! ```
 //!
 //! Each test times one operation on inputs of two classes, randomly

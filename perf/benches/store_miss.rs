@@ -2,7 +2,7 @@
 //! store, in one group so the ratio comes from one run.
 //!
 //! ```text
-//! cargo bench --bench store_miss --features sqlite
+//! cargo bench -p tower-api-key-perf --bench store_miss --features sqlite
 //! ```
 //!
 //! Each iteration is `CachedVerifier::lookup` of a valid key that is not

@@ -1,8 +1,8 @@
 //! The cache hit path and its parts, in-process.
 //!
 //! ```text
-//! cargo bench --bench hit_path
-//! BENCH_KEYS=10000,1000000 cargo bench --bench hit_path -- lookup_cached
+//! cargo bench -p tower-api-key-perf --bench hit_path
+//! BENCH_KEYS=10000,1000000 cargo bench -p tower-api-key-perf --bench hit_path -- lookup_cached
 //! ```
 //!
 //! Timed with the thread's CPU time unless `BENCH_CLOCK=wall` (see

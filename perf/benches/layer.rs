@@ -4,7 +4,7 @@
 //! ratios come from one run:
 //!
 //! ```text
-//! cargo bench --bench layer
+//! cargo bench -p tower-api-key-perf --bench layer
 //! ```
 //!
 //! Timed with the thread's CPU time unless `BENCH_CLOCK=wall` (see
