@@ -1872,23 +1872,11 @@ async fn two_replicas_racing_for_the_last_credits_admit_exactly_the_credits() {
 /// it and still ends; `unreadable` names it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_row_does_not_block_listing_nor_export() {
-    use tower_api_key::store::{ListRequest, MAX_EXPORT_PAGE};
     let Some(db) = TestDb::new("corrupted_row").await else {
         return;
     };
     let store = db.store().await;
-    for _ in 0..5 {
-        store.create(NewKey::new("sa-c")).await.unwrap();
-    }
-    // In listing order.
-    let ids: Vec<KeyId> = store
-        .list("sa-c", ListRequest::first(100))
-        .await
-        .unwrap()
-        .keys
-        .iter()
-        .map(|k| k.record.key_id)
-        .collect();
+    let ids = conformance::keys_to_corrupt(&store).await;
     let bad = [ids[2], ids[3]];
     db.admin
         .execute(
@@ -1904,36 +1892,7 @@ async fn a_corrupted_row_does_not_block_listing_nor_export() {
         )
         .await
         .unwrap();
-    let good: Vec<KeyId> = ids.iter().copied().filter(|id| !bad.contains(id)).collect();
-    for size in [1, 2, 100] {
-        let mut listed = Vec::new();
-        let mut request = ListRequest::first(size);
-        loop {
-            let page = store.list("sa-c", request).await.unwrap();
-            assert!(!page.keys.is_empty() || page.next_page_token.is_none());
-            listed.extend(page.keys.iter().map(|k| k.record.key_id));
-            match page.next_page_token {
-                Some(token) => request = ListRequest::after(size, token),
-                None => break,
-            }
-        }
-        assert_eq!(listed, good, "page size {size}");
-    }
-    for limit in [1, 2, MAX_EXPORT_PAGE] {
-        let mut exported = std::collections::BTreeSet::new();
-        let mut after = None;
-        loop {
-            let page = store.export(after, limit).await.unwrap();
-            assert!(page.len() <= limit);
-            let Some(last) = page.last() else { break };
-            after = Some(last.info.record.key_id);
-            exported.extend(page.iter().map(|k| k.info.record.key_id));
-        }
-        assert_eq!(exported, good.iter().copied().collect(), "limit {limit}");
-    }
-    let mut unreadable: Vec<String> = bad.iter().map(ToString::to_string).collect();
-    unreadable.sort();
-    assert_eq!(store.unreadable().await.unwrap(), unreadable);
+    conformance::only_unreadable_rows_are_skipped(&store, &ids, &bad).await;
     store.shutdown().await;
     db.drop_schema().await;
 }

@@ -556,6 +556,59 @@ pub async fn exported(store: &dyn KeyStore, id: KeyId) -> StoredKey {
         .expect("the key is exported")
 }
 
+/// Creates five keys of account `sa-c` and returns their ids in listing
+/// order: the keys a corrupted-row test spoils some of, with the store's own
+/// SQL.
+pub async fn keys_to_corrupt(store: &dyn KeyStore) -> Vec<KeyId> {
+    for _ in 0..5 {
+        store.create(NewKey::new("sa-c")).await.unwrap();
+    }
+    store
+        .list("sa-c", ListRequest::first(100))
+        .await
+        .unwrap()
+        .keys
+        .iter()
+        .map(|k| k.record.key_id)
+        .collect()
+}
+
+/// After the rows of `bad` (among [`keys_to_corrupt`]'s `ids`) were made
+/// unreadable: listings at every page size and exports at every page limit
+/// skip exactly them and still end, and `unreadable` names them.
+pub async fn only_unreadable_rows_are_skipped(store: &dyn KeyStore, ids: &[KeyId], bad: &[KeyId]) {
+    let good: Vec<KeyId> = ids.iter().copied().filter(|id| !bad.contains(id)).collect();
+    for size in [1, 2, 100] {
+        let mut listed = Vec::new();
+        let mut request = ListRequest::first(size);
+        loop {
+            let page = store.list("sa-c", request).await.unwrap();
+            assert!(!page.keys.is_empty() || page.next_page_token.is_none());
+            listed.extend(page.keys.iter().map(|k| k.record.key_id));
+            match page.next_page_token {
+                Some(token) => request = ListRequest::after(size, token),
+                None => break,
+            }
+        }
+        assert_eq!(listed, good, "page size {size}");
+    }
+    for limit in [1, 2, MAX_EXPORT_PAGE] {
+        let mut exported = HashSet::new();
+        let mut after = None;
+        loop {
+            let page = store.export(after, limit).await.unwrap();
+            assert!(page.len() <= limit);
+            let Some(last) = page.last() else { break };
+            after = Some(last.info.record.key_id);
+            exported.extend(page.iter().map(|k| k.info.record.key_id));
+        }
+        assert_eq!(exported, good.iter().copied().collect(), "limit {limit}");
+    }
+    let mut unreadable: Vec<String> = bad.iter().map(ToString::to_string).collect();
+    unreadable.sort();
+    assert_eq!(store.unreadable().await.unwrap(), unreadable);
+}
+
 /// 20 creates of one account at once, spread over `stores` (handles on one
 /// store's keys) against a limit of 5, each on a task of its own released
 /// together: exactly 5 succeed, the rest are refused, and the account holds
