@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::SystemTime;
 
-use super::{CreditState, StoreError};
+use super::{CreditState, StoreError, Version};
 use crate::hash::{HashScheme, StoredHash};
 use crate::key::KeyId;
 use crate::limits::{Credits, RateLimit, Refill, RefillInterval, MAX_CREDITS};
@@ -118,6 +118,14 @@ pub(crate) fn stored_hash(
         _ => return Err("stored key hash has an unknown scheme".into()),
     };
     Ok(Some(StoredHash::from_parts(scheme, digest)))
+}
+
+/// A key's stored version: at least 1 (a `CHECK` in both schemas).
+pub(crate) fn version_of(n: i64) -> Result<Version, BoxError> {
+    match u64::try_from(n) {
+        Ok(n @ 1..) => Ok(Version::new(n)),
+        _ => Err("stored version is not valid".into()),
+    }
 }
 
 /// Rate limits as stored: their text forms separated by one space (a

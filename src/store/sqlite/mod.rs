@@ -117,7 +117,7 @@ use super::page_token::{page_token, parse_page_token};
 use super::schema::{
     limits_text, parse_limits, scheme_columns, stored_hash, CreditColumns, MigrationReport,
 };
-use super::schema::{shown_id, warn_unreadable};
+use super::schema::{shown_id, version_of, warn_unreadable};
 use super::MAX_EXPORT_PAGE;
 use super::{
     check_account, check_account_limits, check_import, check_new, check_update, check_version,
@@ -844,14 +844,6 @@ impl RawKey {
             key = key.with_previous(PreviousHash::new(previous, time_of(until)?));
         }
         Ok(key)
-    }
-}
-
-/// A stored version: at least 1 (a `CHECK` in the schema).
-fn version_of(n: i64) -> Result<Version, BoxError> {
-    match u64::try_from(n) {
-        Ok(n @ 1..) => Ok(Version::new(n)),
-        _ => Err("stored version is not valid".into()),
     }
 }
 
