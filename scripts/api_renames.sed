@@ -48,3 +48,10 @@ s/\btower_api_key::(CacheConfig|CachedVerifier|LookupError)\b/tower_api_key::cac
 }
 # store::postgres::migrations is private; its items are in store::postgres.
 s/\bstore::postgres::migrations::(migrations|Migration|MigrationReport)\b/store::postgres::\1/g
+
+# Issue 21: the SQL stores are crates of their own; what they share is
+# tower-api-key-sql, and the store helpers are the public store kit.
+s/\btower_api_key::store::sqlite::/tower_api_key_sqlite::/g
+s/\btower_api_key::store::postgres::/tower_api_key_postgres::/g
+s/\btower_api_key::store::(Migration|MigrationReport)\b/tower_api_key_sql::\1/g
+s/\bcrate::store::(check_new|check_update|check_account|check_account_limits|check_version|check_limits|check_expiry|imported_version|export_page_size|fill_page|hint_of|import_conflict|import_revoked|verified)\b/crate::store::kit::\1/g
