@@ -1,8 +1,10 @@
-//! What the SQL key stores of [tower-api-key](tower_api_key) share
-//! (`tower-api-key-sqlite`, `tower-api-key-postgres`): numbered migrations
-//! and their report, the columns a stored hash is kept in (`hash`,
-//! `hash_scheme`, `hash_pepper_version`, and the same for the previous
-//! hash), the columns of rate limits and credits, and the store's clock.
+//! The SQL core of [tower-api-key](tower_api_key)'s SQL key stores
+//! (`tower-api-key-sqlite`, `tower-api-key-postgres`): one store,
+//! [`SqlKeyStore`], written once over the row-level calls of a
+//! [`Backend`] and its transactions ([`Tx`]), which each dialect implements
+//! with its SQL text and row mapping only; and what the dialects share
+//! besides: numbered migrations and their report, the columns of hashes,
+//! rate limits and credits, and the store's clock.
 //!
 //! An application does not use this crate directly: it uses a store
 //! crate, which re-exports [`Migration`] and [`MigrationReport`].
@@ -10,8 +12,16 @@
 #![warn(missing_docs, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod backend;
+mod row;
+mod store;
+
 use std::fmt;
 use std::time::SystemTime;
+
+pub use backend::{Backend, BoxFuture, Tx, TxWork};
+pub use row::{micros, HashColumns, KeyRow, Lookup};
+pub use store::{SqlKeyStore, SqlSettings};
 
 use tower_api_key::hash::{HashScheme, StoredHash};
 use tower_api_key::limits::{Credits, RateLimit, Refill, RefillInterval, MAX_CREDITS};

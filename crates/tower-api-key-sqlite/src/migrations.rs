@@ -39,7 +39,8 @@ impl SqliteKeyStore {
     /// reads: a tool checks it before work that needs the schema, to say
     /// "migrate first" rather than fail on a missing table half-way.
     pub async fn schema_version(&self) -> Result<u32, StoreError> {
-        self.run(|conn| Ok(applied_version(conn)?))
+        self.db()
+            .run(|conn| Ok(applied_version(conn)?))
             .await
             .map_err(StoreError::Backend)
     }

@@ -1,0 +1,519 @@
+//! SQLite's dialect of the SQL core: the row-level calls as SQL text and
+//! row mapping. Each call runs on a pooled connection on tokio's blocking
+//! pool; a transaction runs its work there too, under SQLite's write lock
+//! (`BEGIN IMMEDIATE`), and every call in it completes at once.
+
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
+use tower_api_key_sql::{
+    Backend, BoxError, BoxFuture, CreditColumns, HashColumns, KeyRow, Lookup, Tx, TxWork,
+};
+
+use crate::connection::Connections;
+
+/// The key table.
+const TABLE: &str = "tower_api_key_keys";
+
+/// Every column of a key row, and its account's limits read in the same
+/// statement.
+const COLUMNS: &str = "key_id, service_account_id, scopes, description, created_at, \
+     expires_at, last_used_at, hint, rate_limits, credits_remaining, credits_refill_amount, \
+     credits_refill_interval, credits_refill_day, credits_refilled_at, credits_generation, \
+     version, hash, hash_scheme, hash_pepper_version, previous_hash, previous_hash_scheme, \
+     previous_hash_pepper_version, previous_valid_until, \
+     (SELECT a.rate_limits FROM tower_api_key_account_limits AS a \
+       WHERE a.service_account_id = tower_api_key_keys.service_account_id) AS account_rate_limits";
+
+/// Change log rows older than this are pruned by writers.
+const CHANGE_LOG_AGE: Duration = Duration::from_secs(600);
+/// Change log rows kept at most.
+const CHANGE_LOG_ROWS: i64 = 10_000;
+
+/// The SQLite backend: the pooled connections to one file.
+pub(crate) struct Sqlite {
+    pub(crate) db: Arc<Connections>,
+    /// Marks this store's rows in the change log.
+    pub(crate) origin: String,
+    #[cfg(feature = "test-util")]
+    pub(crate) verify_work: Arc<crate::VerifyWork>,
+}
+
+/// `t` as microseconds since the Unix epoch, truncated toward the past.
+pub(crate) fn to_micros(t: SystemTime) -> Result<i64, BoxError> {
+    let micros = match t.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_micros()).ok(),
+        Err(before) => i64::try_from(before.duration().as_nanos().div_ceil(1000))
+            .ok()
+            .map(|m| -m),
+    };
+    micros.ok_or_else(|| "a time is out of range".into())
+}
+
+/// The instant `micros` after (or before) the Unix epoch.
+fn from_micros(micros: i64) -> rusqlite::Result<SystemTime> {
+    let magnitude = Duration::from_micros(micros.unsigned_abs());
+    let at = if micros >= 0 {
+        UNIX_EPOCH.checked_add(magnitude)
+    } else {
+        UNIX_EPOCH.checked_sub(magnitude)
+    };
+    at.ok_or(rusqlite::Error::IntegralValueOutOfRange(0, micros))
+}
+
+fn time(row: &Row<'_>, column: &str) -> rusqlite::Result<Option<SystemTime>> {
+    row.get::<_, Option<i64>>(column)?
+        .map(from_micros)
+        .transpose()
+}
+
+fn micros_opt(t: Option<SystemTime>) -> Result<Option<i64>, BoxError> {
+    t.map(to_micros).transpose()
+}
+
+fn hash_columns(row: &Row<'_>, prefix: &str) -> rusqlite::Result<HashColumns> {
+    Ok(HashColumns {
+        digest: row.get(format!("{prefix}hash").as_str())?,
+        scheme: row.get(format!("{prefix}hash_scheme").as_str())?,
+        pepper_version: row.get(format!("{prefix}hash_pepper_version").as_str())?,
+    })
+}
+
+/// A row of [`COLUMNS`].
+fn key_row(row: &Row<'_>) -> rusqlite::Result<KeyRow> {
+    let scopes: String = row.get("scopes")?;
+    Ok(KeyRow {
+        key_id: row.get("key_id")?,
+        service_account_id: row.get("service_account_id")?,
+        scopes: scopes.split(' ').map(str::to_owned).collect(),
+        description: row.get("description")?,
+        created_at: from_micros(row.get("created_at")?)?,
+        expires_at: time(row, "expires_at")?,
+        last_used_at: time(row, "last_used_at")?,
+        hint: row.get("hint")?,
+        rate_limits: row.get("rate_limits")?,
+        account_rate_limits: row.get("account_rate_limits")?,
+        credits: CreditColumns {
+            remaining: row.get("credits_remaining")?,
+            refill_amount: row.get("credits_refill_amount")?,
+            refill_interval: row.get("credits_refill_interval")?,
+            refill_day: row.get("credits_refill_day")?,
+            refilled_at: time(row, "credits_refilled_at")?,
+            generation: row.get("credits_generation")?,
+        },
+        version: row.get("version")?,
+        hash: hash_columns(row, "")?,
+        previous: hash_columns(row, "previous_")?,
+        previous_valid_until: time(row, "previous_valid_until")?,
+    })
+}
+
+/// The rows `sql` selects with `params`.
+fn rows(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<KeyRow>, BoxError> {
+    Ok(conn
+        .prepare_cached(sql)?
+        .query_map(params, key_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// The row of key `id`.
+fn key(conn: &Connection, id: &str) -> Result<Option<KeyRow>, BoxError> {
+    let sql = format!("SELECT {COLUMNS} FROM {TABLE} WHERE key_id = ?1");
+    Ok(rows(conn, &sql, [id])?.pop())
+}
+
+fn account_limits(conn: &Connection, account: &str) -> Result<Option<String>, BoxError> {
+    let sql = "SELECT rate_limits FROM tower_api_key_account_limits WHERE service_account_id = ?1";
+    Ok(conn
+        .prepare_cached(sql)?
+        .query_row([account], |row| row.get(0))
+        .optional()?)
+}
+
+/// Polls `work` once: every call of a SQLite transaction completes at once,
+/// so it is done; one that is not is an error, never a wait.
+fn drive<T>(mut work: BoxFuture<'_, Result<T, BoxError>>) -> Result<T, BoxError> {
+    match work.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => out,
+        Poll::Pending => Err("a SQLite transaction's work waited for something".into()),
+    }
+}
+
+#[async_trait]
+impl Backend for Sqlite {
+    async fn transaction<T: Send + 'static>(&self, work: TxWork<T>) -> Result<T, BoxError> {
+        let origin = self.origin.clone();
+        self.db
+            .run_write(move |conn| {
+                // The write lock first: a write in another process waits,
+                // then reads what this one left.
+                conn.execute_batch("BEGIN IMMEDIATE")?;
+                let mut tx = SqliteTx {
+                    conn,
+                    origin: &origin,
+                    open: true,
+                };
+                let out = drive(work(&mut tx))?;
+                tx.conn.execute_batch("COMMIT")?;
+                tx.open = false;
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn lookup(
+        &self,
+        id: &str,
+        scheme: &'static str,
+        pepper_version: Option<i64>,
+    ) -> Result<Lookup, BoxError> {
+        // The same columns and sizes whether or not the id exists:
+        // placeholders in the hasher's current scheme when it does not.
+        let id = id.to_owned();
+        #[cfg(feature = "test-util")]
+        let work = self.verify_work.clone();
+        self.db
+            .run(move |conn| {
+                let sql = format!(
+                    "SELECT k.key_id IS NOT NULL AS found,
+                            coalesce(k.hash, zeroblob(32)) AS hash,
+                            coalesce(k.hash_scheme, ?2) AS hash_scheme,
+                            CASE WHEN k.key_id IS NULL THEN ?3 ELSE k.hash_pepper_version END
+                                AS hash_pepper_version,
+                            k.previous_hash IS NOT NULL AS has_previous,
+                            coalesce(k.previous_hash, zeroblob(32)) AS previous_hash,
+                            coalesce(k.previous_hash_scheme, ?2) AS previous_hash_scheme,
+                            CASE WHEN k.previous_hash IS NULL THEN ?3
+                                 ELSE k.previous_hash_pepper_version END
+                                AS previous_hash_pepper_version
+                       FROM (SELECT ?1 AS wanted) AS w
+                       LEFT JOIN {TABLE} AS k ON k.key_id = w.wanted"
+                );
+                let lookup =
+                    conn.prepare_cached(&sql)?
+                        .query_row((&id, scheme, pepper_version), |row| {
+                            Ok(Lookup {
+                                found: row.get("found")?,
+                                hash: hash_columns(row, "")?,
+                                has_previous: row.get("has_previous")?,
+                                previous: hash_columns(row, "previous_")?,
+                                row: None,
+                            })
+                        })?;
+                #[cfg(feature = "test-util")]
+                work.count(&lookup);
+                Ok(lookup)
+            })
+            .await
+    }
+
+    async fn key(&self, id: &str) -> Result<Option<KeyRow>, BoxError> {
+        let id = id.to_owned();
+        self.db.run(move |conn| key(conn, &id)).await
+    }
+
+    async fn list(
+        &self,
+        account: &str,
+        after: Option<(SystemTime, String)>,
+        limit: i64,
+    ) -> Result<Vec<KeyRow>, BoxError> {
+        let account = account.to_owned();
+        let after = after
+            .map(|(at, id)| Ok::<_, BoxError>((to_micros(at)?, id)))
+            .transpose()?;
+        self.db
+            .run(move |conn| {
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM {TABLE}
+                      WHERE service_account_id = ?1
+                        AND (?2 IS NULL OR (created_at, key_id) > (?2, ?3))
+                      ORDER BY created_at, key_id
+                      LIMIT ?4"
+                );
+                let (at, id) = after.unzip();
+                rows(conn, &sql, (account, at, id, limit))
+            })
+            .await
+    }
+
+    async fn export(&self, after: Option<String>, limit: i64) -> Result<Vec<KeyRow>, BoxError> {
+        self.db
+            .run(move |conn| {
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM {TABLE}
+                      WHERE ?1 IS NULL OR key_id > ?1
+                      ORDER BY key_id LIMIT ?2"
+                );
+                rows(conn, &sql, (after, limit))
+            })
+            .await
+    }
+
+    async fn account_limits(&self, account: &str) -> Result<Option<String>, BoxError> {
+        let account = account.to_owned();
+        self.db
+            .run(move |conn| account_limits(conn, &account))
+            .await
+    }
+
+    async fn revoked(&self, after: Option<String>, limit: i64) -> Result<Vec<String>, BoxError> {
+        self.db
+            .run(move |conn| {
+                let sql = "SELECT key_id FROM tower_api_key_revoked
+                            WHERE ?1 IS NULL OR key_id > ?1
+                            ORDER BY key_id LIMIT ?2";
+                Ok(conn
+                    .prepare_cached(sql)?
+                    .query_map((after, limit), |row| row.get(0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()?)
+            })
+            .await
+    }
+
+    fn is_unique_violation(&self, e: &BoxError) -> bool {
+        e.downcast_ref::<rusqlite::Error>()
+            .and_then(rusqlite::Error::sqlite_error_code)
+            == Some(ErrorCode::ConstraintViolation)
+    }
+}
+
+/// A transaction on a connection that holds SQLite's write lock; rolled
+/// back when dropped before its commit.
+struct SqliteTx<'c> {
+    conn: &'c mut Connection,
+    origin: &'c str,
+    open: bool,
+}
+
+impl Drop for SqliteTx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+impl SqliteTx<'_> {
+    fn execute(&self, sql: &str, params: impl rusqlite::Params) -> Result<usize, BoxError> {
+        Ok(self.conn.prepare_cached(sql)?.execute(params)?)
+    }
+}
+
+#[async_trait]
+impl Tx for SqliteTx<'_> {
+    async fn lock_account(&mut self, _account: &str) -> Result<(), BoxError> {
+        // The transaction holds the database's write lock already.
+        Ok(())
+    }
+
+    async fn count_keys(&mut self, account: &str) -> Result<i64, BoxError> {
+        let sql = format!("SELECT count(*) FROM {TABLE} WHERE service_account_id = ?1");
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row([account], |r| r.get(0))?)
+    }
+
+    async fn key_for_update(&mut self, id: &str) -> Result<Option<KeyRow>, BoxError> {
+        key(self.conn, id)
+    }
+
+    async fn insert_key(&mut self, row: &KeyRow) -> Result<(), BoxError> {
+        let c = &row.credits;
+        let sql = format!(
+            "INSERT INTO {TABLE} (key_id, service_account_id, hash, hash_scheme,
+                 hash_pepper_version, previous_hash, previous_hash_scheme,
+                 previous_hash_pepper_version, previous_valid_until, scopes, description,
+                 created_at, expires_at, last_used_at, hint, rate_limits, credits_remaining,
+                 credits_refill_amount, credits_refill_interval, credits_refill_day,
+                 credits_refilled_at, credits_generation, version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                 ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
+        );
+        self.execute(
+            &sql,
+            params![
+                row.key_id,
+                row.service_account_id,
+                row.hash.digest,
+                row.hash.scheme,
+                row.hash.pepper_version,
+                row.previous.digest,
+                row.previous.scheme,
+                row.previous.pepper_version,
+                micros_opt(row.previous_valid_until)?,
+                row.scopes.join(" "),
+                row.description,
+                to_micros(row.created_at)?,
+                micros_opt(row.expires_at)?,
+                micros_opt(row.last_used_at)?,
+                row.hint,
+                row.rate_limits,
+                c.remaining,
+                c.refill_amount,
+                c.refill_interval,
+                c.refill_day,
+                micros_opt(c.refilled_at)?,
+                c.generation,
+                row.version,
+            ],
+        )?;
+        Ok(())
+    }
+
+    async fn write_key(&mut self, row: &KeyRow) -> Result<(), BoxError> {
+        let sql = format!(
+            "UPDATE {TABLE} SET hash = ?2, hash_scheme = ?3, hash_pepper_version = ?4,
+                 previous_hash = ?5, previous_hash_scheme = ?6,
+                 previous_hash_pepper_version = ?7, previous_valid_until = ?8, scopes = ?9,
+                 description = ?10, expires_at = ?11, hint = ?12, rate_limits = ?13,
+                 version = ?14
+              WHERE key_id = ?1"
+        );
+        self.execute(
+            &sql,
+            params![
+                row.key_id,
+                row.hash.digest,
+                row.hash.scheme,
+                row.hash.pepper_version,
+                row.previous.digest,
+                row.previous.scheme,
+                row.previous.pepper_version,
+                micros_opt(row.previous_valid_until)?,
+                row.scopes.join(" "),
+                row.description,
+                micros_opt(row.expires_at)?,
+                row.hint,
+                row.rate_limits,
+                row.version,
+            ],
+        )?;
+        self.write_credits(&row.key_id, &row.credits).await
+    }
+
+    async fn write_credits(&mut self, id: &str, c: &CreditColumns) -> Result<(), BoxError> {
+        let sql = format!(
+            "UPDATE {TABLE} SET credits_remaining = ?2, credits_refill_amount = ?3,
+                 credits_refill_interval = ?4, credits_refill_day = ?5,
+                 credits_refilled_at = ?6, credits_generation = ?7
+              WHERE key_id = ?1"
+        );
+        let refilled_at = micros_opt(c.refilled_at)?;
+        self.execute(
+            &sql,
+            params![
+                id,
+                c.remaining,
+                c.refill_amount,
+                c.refill_interval,
+                c.refill_day,
+                refilled_at,
+                c.generation
+            ],
+        )?;
+        Ok(())
+    }
+
+    async fn touch(&mut self, uses: &[(String, SystemTime)]) -> Result<(), BoxError> {
+        let sql = format!(
+            "UPDATE {TABLE} SET last_used_at = ?2
+              WHERE key_id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)"
+        );
+        for (id, at) in uses {
+            self.execute(&sql, (id, to_micros(*at)?))?;
+        }
+        Ok(())
+    }
+
+    async fn delete_key(&mut self, id: &str) -> Result<Option<String>, BoxError> {
+        let sql = format!("DELETE FROM {TABLE} WHERE key_id = ?1 RETURNING service_account_id");
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row([id], |row| row.get(0))
+            .optional()?)
+    }
+
+    async fn is_revoked(&mut self, id: &str) -> Result<bool, BoxError> {
+        let sql = "SELECT 1 FROM tower_api_key_revoked WHERE key_id = ?1";
+        Ok(self.conn.prepare_cached(sql)?.exists([id])?)
+    }
+
+    async fn add_revoked(&mut self, id: &str, at: SystemTime) -> Result<(), BoxError> {
+        let sql =
+            "INSERT OR IGNORE INTO tower_api_key_revoked (key_id, revoked_at) VALUES (?1, ?2)";
+        self.execute(sql, (id, to_micros(at)?))?;
+        Ok(())
+    }
+
+    async fn account_limits(&mut self, account: &str) -> Result<Option<String>, BoxError> {
+        account_limits(self.conn, account)
+    }
+
+    async fn set_account_limits(
+        &mut self,
+        account: &str,
+        text: &str,
+    ) -> Result<Vec<String>, BoxError> {
+        if text.is_empty() {
+            let sql = "DELETE FROM tower_api_key_account_limits WHERE service_account_id = ?1";
+            self.execute(sql, [account])?;
+        } else {
+            let sql = "INSERT INTO tower_api_key_account_limits (service_account_id, rate_limits)
+                       VALUES (?1, ?2)
+                       ON CONFLICT (service_account_id) DO UPDATE SET rate_limits = excluded.rate_limits";
+            self.execute(sql, (account, text))?;
+        }
+        let sql = format!("SELECT key_id FROM {TABLE} WHERE service_account_id = ?1");
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_map([account], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Appends the changes to the log, and prunes old rows, remembering the
+    /// highest sequence number pruned: the watchers of every store on the
+    /// file read it.
+    async fn announce(
+        &mut self,
+        ids: &[String],
+        account: &str,
+        at: SystemTime,
+    ) -> Result<(), BoxError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let at = to_micros(at)?;
+        let insert =
+            "INSERT INTO tower_api_key_changes (key_id, service_account_id, origin, changed_at)
+                      VALUES (?1, ?2, ?3, ?4)";
+        for id in ids {
+            self.execute(insert, (id, account, self.origin, at))?;
+        }
+        let seq = self.conn.last_insert_rowid();
+        let cutoff = at.saturating_sub(CHANGE_LOG_AGE.as_micros() as i64);
+        let aged: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT max(seq) FROM tower_api_key_changes WHERE changed_at < ?1")?
+            .query_row([cutoff], |row| row.get(0))?;
+        let upto = aged.unwrap_or(0).max(seq - CHANGE_LOG_ROWS).min(seq - 1);
+        if upto > 0 {
+            self.execute("DELETE FROM tower_api_key_changes WHERE seq <= ?1", [upto])?;
+            self.execute(
+                "UPDATE tower_api_key_changes_pruned SET upto = max(upto, ?1) WHERE id = 1",
+                [upto],
+            )?;
+        }
+        Ok(())
+    }
+}
