@@ -1,61 +1,34 @@
-//! The PostgreSQL key store, for services with several replicas (feature
-//! `postgres`).
+//! The PostgreSQL key store of [tower-api-key](tower_api_key), for
+//! services with several replicas.
 //!
-//! [`PgKeyStore`] keeps keys in one table, `tower_api_key_keys`, on
-//! [tokio-postgres] with a [deadpool] connection pool, and implements the
-//! same management operations as the [`MemoryStore`](tower_api_key::MemoryStore)
-//! (create, get, list, update, revoke, reissue with grace, usage) as well as
-//! the [`Verifier`] trait.
+//! [`PgKeyStore`] is a [`KeyStore`](tower_api_key::KeyStore) and a
+//! [`Verifier`](tower_api_key::Verifier): the operations are the SQL core's
+//! ([`tower_api_key_sql::SqlKeyStore`]), this crate is PostgreSQL's dialect
+//! ([tokio-postgres] with a [deadpool] pool).
 //!
-//! - **At rest**: the hash of each key (its [`StoredHash`] digest in a
-//!   `bytea` column with a unique index, plus its scheme and pepper version),
-//!   never the key nor anything it could be recovered from. A key is verified
-//!   by reading the row of its id (one row in every case, all NULL for an
-//!   unknown id) and comparing, in constant time, its current and graced
-//!   previous hash with the key hashed under every scheme and pepper the
-//!   store's hasher holds: the same work whether or not the id exists, and
-//!   whichever pepper the stored hash was made with.
-//! - **Schema**: shipped with the crate; [`PgKeyStore::migrate`] applies it.
-//!   Idempotent and safe to call from every replica at start (an advisory
-//!   lock serializes concurrent callers). Tables go into the first schema of
-//!   the connection's `search_path`.
-//! - **Push invalidation**: revoke, reissue, update and `add_credits` send
-//!   `NOTIFY tower_api_key_invalidate, '<key id> <service account id>'`
-//!   ([`DEFAULT_CHANNEL`]) in the same statement as the change, so it is sent
-//!   if and only if the change commits. The payload is the public key id and
-//!   the key's account (which lets caches bound their bookkeeping per
-//!   account), never a hash; a bare key id, as older versions send, is
-//!   accepted too. Every
-//!   store listens on a connection of its own and publishes what it hears on
-//!   its [`Invalidations`] bus, which the [`CachedVerifier`] over it
-//!   subscribes to. After the LISTEN connection is lost and restored, the
-//!   store invalidates every cached key (it may have missed notifications),
-//!   so correctness never depends on a notification arriving. The local
-//!   cache is also invalidated directly, before revoke returns.
-//! - **Limits and credits** (migration 3): a key's rate limits and credits
-//!   are columns of its row; a service account's limits are a row of
-//!   `tower_api_key_account_limits`, read with the key in the verification's
-//!   one round trip, and new ones are announced by a NOTIFY per key of the
-//!   account. A credit lease locks the key's row (`SELECT … FOR UPDATE`), so
-//!   replicas never grant a credit twice. Replicas share rate limits through
-//!   [`PgKeyStore::rate_limit_sync`] (migration 4).
-//! - **Reconnection bound**: the listener backs off between failed attempts,
-//!   but once the database answers again it listens again within
-//!   [`PgKeyStoreBuilder::with_reconnect_probe_interval`] (250 ms) plus one
-//!   connection attempt, and at once after any store call that reached the
-//!   database.
-//! - **Fail closed**: when the database cannot answer, [`Verifier::verify`]
-//!   returns `Err` (the middleware answers 503 and caches nothing), never
-//!   `Ok(None)`. Keys already in a cache keep working until their positive
-//!   TTL.
-//! - **Time**: every time written (creation, grace deadlines, uses) comes
-//!   from the store's [`Clock`] (the system clock unless
-//!   [`PgKeyStoreBuilder::with_clock`] says otherwise), never from the
-//!   database's `now()`. Keep replica clocks in sync (NTP). Times are stored
-//!   with microsecond precision; the store truncates them before writing, so
-//!   what `create` returns is what `get` reads back.
-//! - **Usage**: [`KeyStore::record_usage`] writes a batch in one statement,
-//!   moving `last_used_at` forward only.
+//! - **At rest**: hashes only, never a key; verification reads one row in
+//!   one round trip whether or not the id exists (all NULL for an unknown
+//!   one), the account's limits included, and does the same hashing.
+//! - **Schema**: [`migrations()`], applied by [`PgKeyStore::migrate`]
+//!   (idempotent, from every replica at start, under an advisory lock), in
+//!   the first schema of the connection's `search_path`.
+//! - **Push invalidation**: a change sends `NOTIFY` on [`DEFAULT_CHANNEL`]
+//!   (`'<key id> <service account id>'`) in its transaction, so it is sent
+//!   if and only if the change commits; every store listens on a connection
+//!   of its own and publishes what it hears on its bus. After a lost LISTEN
+//!   connection is restored, the store invalidates every cached key; it
+//!   listens again within [`PgKeyStoreBuilder::with_reconnect_probe_interval`]
+//!   once the database answers.
+//! - **Writes**: creates for one account take turns (an advisory lock), so
+//!   replicas cannot overshoot the per-account limit; a change or a credit
+//!   lease locks the key's row (`SELECT … FOR UPDATE`). Replicas share rate
+//!   limits through [`PgKeyStore::rate_limit_sync`].
+//! - **Fail closed**: when the database cannot answer, `verify` returns
+//!   `Err` (503), never `Ok(None)`.
+//! - **Time**: from the store's clock, never the database's `now()`;
+//!   truncated to the microsecond before writing.
+//!
+//! The guide: `docs/postgres.md` in the repository.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -95,104 +68,37 @@
 #![warn(missing_docs, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod backend;
 mod listener;
 mod migrations;
 mod rate_sync;
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row, Socket};
+use tokio_postgres::{NoTls, Socket};
+use tower_api_key::hash::KeyHasher;
+use tower_api_key::store::{StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT};
+use tower_api_key::{Invalidations, KeyFormat};
+use tower_api_key_sql::{SqlKeyStore, SqlSettings};
 
 pub use listener::ListenerStatus;
 pub use migrations::migrations;
 pub use rate_sync::PgRateLimitSync;
-
-use tower_api_key::hash::{KeyHasher, StoredHash};
-use tower_api_key::limits::{CreditLease, RateLimit, MAX_CREDITS};
-use tower_api_key::store::kit::{
-    check_account, check_account_limits, check_import, check_new, check_update, check_version,
-    export_page_size, fill_page, hint_of, import_conflict, import_revoked, imported_version,
-    page_token, parse_page_token, verified, CreditState,
-};
-use tower_api_key::store::{
-    latest_time, CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey,
-    PreviousHash, StoreError, StoredKey, Version, DEFAULT_MAX_KEYS_PER_ACCOUNT, MAX_EXPORT_PAGE,
-};
-use tower_api_key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
-use tower_api_key::{Invalidation, Invalidations, KeyRecord, KeyStore, ScopeSet};
-use tower_api_key::{Verifier, VerifierError};
-use tower_api_key_sql::{
-    limits_text, parse_limits, scheme_columns, shown_id, stored_hash, version_of, warn_unreadable,
-    CreditColumns, StoreClock,
-};
 pub use tower_api_key_sql::{Migration, MigrationReport};
+
+use self::backend::Pg;
 
 /// The NOTIFY channel revocations, reissues and updates are announced on,
 /// unless [`PgKeyStoreBuilder::with_channel`] names another. The payload is
 /// the key id and the key's service account id, separated by a space.
 pub const DEFAULT_CHANNEL: &str = "tower_api_key_invalidate";
-
-/// Longest service account id sent in a NOTIFY payload, in bytes (PostgreSQL
-/// takes payloads under 8,000 bytes); a key of a longer one is announced by
-/// its id alone.
-const MAX_NOTIFY_ACCOUNT_LEN: usize = 1024;
-
-/// The NOTIFY payload for the changed row `alias`: `<key id> <service account
-/// id>` (a key id never holds a space), or the bare key id when the account
-/// is too long. The listener accepts both, and the bare id from older
-/// versions of this crate.
-fn notify_payload(alias: &str) -> String {
-    format!(
-        "CASE WHEN octet_length({alias}.service_account_id) <= {MAX_NOTIFY_ACCOUNT_LEN} \
-         THEN {alias}.key_id || ' ' || {alias}.service_account_id ELSE {alias}.key_id END"
-    )
-}
-
-/// The key table.
-const TABLE: &str = "tower_api_key_keys";
-
-/// The ids of revoked keys, which an import never brings back.
-const REVOKED: &str = "tower_api_key_revoked";
-
-/// First key of the advisory locks that serialize creates per account
-/// ("takc" in ASCII); the second is a hash of the account.
-const CREATE_LOCK_CLASS: i32 = 0x7461_6b63;
-
-/// The rate limits service accounts share.
-const ACCOUNT_LIMITS: &str = "tower_api_key_account_limits";
-
-/// A key's credit columns.
-const CREDIT_COLUMNS: &str = "credits_remaining, credits_refill_amount, credits_refill_interval, \
-     credits_refill_day, credits_refilled_at, credits_generation";
-
-/// What the management API shows of a key, its limits and credits included.
-const INFO_COLUMNS: &str = "key_id, service_account_id, scopes, description, created_at, \
-     expires_at, last_used_at, hint, rate_limits, credits_remaining, credits_refill_amount, \
-     credits_refill_interval, credits_refill_day, credits_refilled_at, credits_generation, \
-     version";
-
-/// The account limits of the key row `alias` (the key table, or a CTE over
-/// it), read in the same statement as the key.
-fn account_limits_column(alias: &str) -> String {
-    format!(
-        "(SELECT a.rate_limits FROM {ACCOUNT_LIMITS} AS a \
-          WHERE a.service_account_id = {alias}.service_account_id) AS account_rate_limits"
-    )
-}
-
-/// What verification needs besides.
-const HASH_COLUMNS: &str = "hash, hash_scheme, hash_pepper_version, previous_hash, \
-     previous_hash_scheme, previous_hash_pepper_version, previous_valid_until";
 
 /// Keys in PostgreSQL, with push invalidation between replicas. See the
 /// [module docs](self).
@@ -206,28 +112,21 @@ pub struct PgKeyStore {
 }
 
 struct Inner {
-    pool: Pool,
-    format: KeyFormat,
-    hasher: KeyHasher,
-    clock: StoreClock,
-    channel: String,
-    max_keys_per_account: i64,
-    invalidations: Invalidations,
-    status: watch::Receiver<ListenerStatus>,
-    // Tells a listener that is not listening that the database answers again.
-    wake_listener: Arc<Notify>,
+    core: SqlKeyStore<Pg>,
     // Dropping it (with the last clone of the store) stops the listener too.
     shutdown: watch::Sender<bool>,
     listener: Mutex<Option<JoinHandle<()>>>,
 }
 
+tower_api_key_sql::delegate_store!(PgKeyStore => inner.core);
+
 impl fmt::Debug for PgKeyStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never the connection settings: they may hold a password.
         f.debug_struct("PgKeyStore")
-            .field("format", &self.inner.format)
-            .field("channel", &self.inner.channel)
-            .field("listener", &*self.inner.status.borrow())
+            .field("format", &self.format())
+            .field("channel", &self.channel())
+            .field("listener", &*self.pg().status.borrow())
             .finish_non_exhaustive()
     }
 }
@@ -237,11 +136,8 @@ impl fmt::Debug for PgKeyStore {
 #[must_use]
 pub struct PgKeyStoreBuilder {
     pg: tokio_postgres::Config,
-    format: KeyFormat,
-    hasher: KeyHasher,
-    clock: StoreClock,
+    settings: SqlSettings,
     channel: String,
-    max_keys_per_account: usize,
     pool_size: usize,
     timeout: Duration,
     backoff_min: Duration,
@@ -253,7 +149,7 @@ pub struct PgKeyStoreBuilder {
 impl fmt::Debug for PgKeyStoreBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgKeyStoreBuilder")
-            .field("format", &self.format)
+            .field("format", &self.settings.format)
             .field("channel", &self.channel)
             .field("pool_size", &self.pool_size)
             .field("timeout", &self.timeout)
@@ -270,11 +166,8 @@ impl PgKeyStoreBuilder {
     pub fn new(config: tokio_postgres::Config) -> Self {
         Self {
             pg: config,
-            format: KeyFormat::default(),
-            hasher: KeyHasher::default(),
-            clock: StoreClock::default(),
+            settings: SqlSettings::new(DEFAULT_MAX_KEYS_PER_ACCOUNT),
             channel: DEFAULT_CHANNEL.to_owned(),
-            max_keys_per_account: DEFAULT_MAX_KEYS_PER_ACCOUNT,
             pool_size: 10,
             timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(100),
@@ -286,14 +179,14 @@ impl PgKeyStoreBuilder {
 
     /// The key format (default prefix `tak`).
     pub fn with_format(mut self, format: KeyFormat) -> Self {
-        self.format = format;
+        self.settings.format = format;
         self
     }
 
     /// How keys are hashed (default plain SHA-256). Keep the peppers out of
     /// the database.
     pub fn with_hasher(mut self, hasher: KeyHasher) -> Self {
-        self.hasher = hasher;
+        self.settings.hasher = hasher;
         self
     }
 
@@ -301,7 +194,7 @@ impl PgKeyStoreBuilder {
     #[cfg(feature = "test-util")]
     #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn with_clock(mut self, clock: Arc<dyn tower_api_key::clock::Clock>) -> Self {
-        self.clock = StoreClock::injected(clock);
+        self.settings.clock = tower_api_key_sql::StoreClock::injected(clock);
         self
     }
 
@@ -321,7 +214,7 @@ impl PgKeyStoreBuilder {
     /// lock on the account), so replicas creating at once cannot overshoot.
     /// Every replica should use the same limit.
     pub fn max_keys_per_account(mut self, limit: usize) -> Self {
-        self.max_keys_per_account = limit.max(1);
+        self.settings.max_keys_per_account = limit.max(1);
         self
     }
 
@@ -443,17 +336,15 @@ impl PgKeyStoreBuilder {
             status_tx,
             shutdown_rx,
         ));
+        let backend = Pg {
+            pool,
+            channel: self.channel,
+            status: status.clone(),
+            wake_listener,
+        };
         let store = PgKeyStore {
             inner: Arc::new(Inner {
-                pool,
-                format: self.format,
-                hasher: self.hasher,
-                clock: self.clock,
-                channel: self.channel,
-                max_keys_per_account: i64::try_from(self.max_keys_per_account).unwrap_or(i64::MAX),
-                invalidations,
-                status: status.clone(),
-                wake_listener,
+                core: SqlKeyStore::new(backend, self.settings, invalidations),
                 shutdown,
                 listener: Mutex::new(Some(task)),
             }),
@@ -484,9 +375,9 @@ fn valid_channel(channel: &str) -> bool {
 
 impl PgKeyStore {
     /// The format of the keys this store issues: what
-    /// [`Verifier::key_format`] returns, without the `Option`.
+    /// [`Verifier::key_format`](tower_api_key::Verifier::key_format) returns, without the `Option`.
     pub fn format(&self) -> KeyFormat {
-        self.inner.format
+        self.inner.core.format()
     }
 
     /// Connects to the database at `url` (a libpq-style URL or key=value
@@ -517,19 +408,19 @@ impl PgKeyStore {
     /// `tower_api_key_rate_buckets`, migration 4), on this store's pool:
     /// pass it to [`LimitSettingsBuilder::shared`](tower_api_key::limits::LimitSettingsBuilder::shared).
     pub fn rate_limit_sync(&self) -> PgRateLimitSync {
-        PgRateLimitSync::new(self.inner.pool.clone())
+        PgRateLimitSync::new(self.pg().pool.clone())
     }
 
     /// The NOTIFY channel of this store.
     pub fn channel(&self) -> &str {
-        &self.inner.channel
+        &self.pg().channel
     }
 
     /// The state of the LISTEN connection, as a watch: wait on it rather than
     /// sleeping (`status.wait_for(ListenerStatus::is_listening)`). The
     /// current state counts as seen: `changed()` waits for the next one.
     pub fn listener_status(&self) -> watch::Receiver<ListenerStatus> {
-        let mut status = self.inner.status.clone();
+        let mut status = self.pg().status.clone();
         status.mark_unchanged();
         status
     }
@@ -548,1135 +439,23 @@ impl PgKeyStore {
         if let Some(task) = task {
             let _ = task.await;
         }
-        self.inner.pool.close();
+        self.pg().pool.close();
     }
 
+    /// A pooled connection.
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
-        self.inner.pool.get().await.map_err(StoreError::backend)
+        self.pg().pool.get().await.map_err(StoreError::backend)
     }
 
-    fn now(&self) -> SystemTime {
-        micros(self.inner.clock.now())
-    }
-
-    fn hash_of(&self, key: &GeneratedKey) -> Result<StoredHash, StoreError> {
-        let presented = self
-            .inner
-            .format
-            .parse(key.expose_secret())
-            .map_err(|_| StoreError::backend("generated key does not parse"))?;
-        Ok(self.inner.hasher.hash(&presented))
-    }
-
-    /// Runs one statement on a pooled connection (prepared once per connection).
-    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, BoxError> {
-        let client = self.inner.pool.get().await?;
-        let statement = client.prepare_cached(sql).await?;
-        let rows = client.query(&statement, params).await?;
-        self.database_answered();
-        Ok(rows)
-    }
-
-    /// The database answered: a listener waiting out its backoff reconnects
-    /// now, not up to the backoff's maximum later.
-    fn database_answered(&self) {
-        if !self.inner.status.borrow().is_listening() {
-            self.inner.wake_listener.notify_one();
-        }
-    }
-
-    /// Announces locally that `id`, of `account` if known, changed (other
-    /// replicas hear the NOTIFY).
-    fn changed(&self, id: KeyId, account: Option<&str>) {
-        let what = match account {
-            Some(account) => Invalidation::key_of(id, account),
-            None => Invalidation::Key(id),
-        };
-        self.inner.invalidations.publish(&what);
-    }
-
-    /// Why a conditional write to `id` changed no row: `None` if there is
-    /// no such key, [`StoreError::VersionMismatch`] if it is at another
-    /// version than `expected`, `Some(())` if it exists at that version
-    /// (the write's other conditions refused it).
-    async fn not_written(
-        &self,
-        id: KeyId,
-        expected: Option<Version>,
-    ) -> Result<Option<()>, StoreError> {
-        let sql = format!("SELECT version FROM {TABLE} WHERE key_id = $1");
-        let rows = self
-            .query(&sql, &[&id.as_str()])
-            .await
-            .map_err(StoreError::Backend)?;
-        let Some(row) = rows.first() else {
-            return Ok(None);
-        };
-        let current = row
-            .try_get(0)
-            .map_err(BoxError::from)
-            .and_then(version_of)
-            .map_err(StoreError::Backend)?;
-        check_version(id, current, expected)?;
-        Ok(Some(()))
-    }
-}
-
-use tower_api_key_sql::BoxError;
-
-/// `t` truncated to the microsecond (toward the past), as PostgreSQL keeps it.
-fn micros(t: SystemTime) -> SystemTime {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(after) => UNIX_EPOCH + Duration::new(after.as_secs(), after.subsec_micros() * 1000),
-        Err(e) => {
-            let before = e.duration();
-            let extra = u32::from(before.subsec_nanos() % 1000 != 0);
-            // Duration::new carries a full second of nanoseconds over.
-            UNIX_EPOCH - Duration::new(before.as_secs(), (before.subsec_micros() + extra) * 1000)
-        }
-    }
-}
-
-fn record_of(row: &Row) -> Result<KeyRecord, BoxError> {
-    let key_id: &str = row.try_get("key_id")?;
-    let key_id = KeyId::from_str(key_id).map_err(|_| "stored key id is not valid")?;
-    let service_account_id: String = row.try_get("service_account_id")?;
-    let scopes: Vec<String> = row.try_get("scopes")?;
-    let scopes = ScopeSet::new(scopes).map_err(|e| format!("stored scopes are not valid: {e}"))?;
-    let rate_limits = parse_limits(row.try_get("rate_limits")?, format_args!("key {key_id}"))?;
-    // Read when the statement reads them ([`account_limits_column`]).
-    let account_rate_limits = if row
-        .columns()
-        .iter()
-        .any(|c| c.name() == "account_rate_limits")
-    {
-        match row.try_get::<_, Option<&str>>("account_rate_limits")? {
-            Some(text) => parse_limits(text, format_args!("the service account of key {key_id}"))?,
-            None => Vec::new(),
-        }
-    } else {
-        Vec::new()
-    };
-    let credits = credits_of(row, key_id)?.map(|state| state.credits);
-    Ok(KeyRecord::new(key_id, service_account_id)
-        .with_scopes(scopes)
-        .with_description(row.try_get::<_, String>("description")?)
-        .with_created_at(row.try_get("created_at")?)
-        .with_expires_at(row.try_get("expires_at")?)
-        .with_rate_limits(rate_limits)
-        .with_account_rate_limits(account_rate_limits)
-        .with_credits(credits))
-}
-
-/// The credit state in a row's credit columns.
-fn credits_of(row: &Row, id: KeyId) -> Result<Option<CreditState>, BoxError> {
-    CreditColumns {
-        remaining: row.try_get("credits_remaining")?,
-        refill_amount: row.try_get("credits_refill_amount")?,
-        refill_interval: row.try_get("credits_refill_interval")?,
-        refill_day: row.try_get("credits_refill_day")?,
-        refilled_at: row.try_get("credits_refilled_at")?,
-        generation: row.try_get("credits_generation")?,
-    }
-    .state(id)
-}
-
-/// `n` credits as a column value: at most [`MAX_CREDITS`], so sums of two
-/// never overflow.
-fn credit_count(n: u64) -> i64 {
-    i64::try_from(n.min(MAX_CREDITS)).unwrap_or(i64::MAX)
-}
-
-fn info_of(row: &Row) -> Result<KeyInfo, BoxError> {
-    Ok(KeyInfo::new(
-        record_of(row)?,
-        row.try_get("last_used_at")?,
-        row.try_get::<_, String>("hint")?,
-    )
-    .with_version(version_of(row.try_get("version")?)?))
-}
-
-/// `expected` as the parameter of a conditional write's
-/// `($n::bigint IS NULL OR version = $n)`.
-fn version_param(expected: Option<Version>) -> Option<i64> {
-    // A version past i64::MAX matches no row, as no row holds one.
-    expected.map(|v| i64::try_from(v.get()).unwrap_or(i64::MAX))
-}
-
-/// A whole row: the key with its hashes.
-fn stored_key_of(row: &Row) -> Result<StoredKey, BoxError> {
-    let hash = stored_hash(
-        row.try_get("hash")?,
-        row.try_get("hash_scheme")?,
-        row.try_get("hash_pepper_version")?,
-    )?
-    .ok_or("stored key has no hash")?;
-    let previous = stored_hash(
-        row.try_get("previous_hash")?,
-        row.try_get("previous_hash_scheme")?,
-        row.try_get("previous_hash_pepper_version")?,
-    )?;
-    let until: Option<SystemTime> = row.try_get("previous_valid_until")?;
-    let mut key = StoredKey::new(info_of(row)?, hash);
-    if let (Some(previous), Some(until)) = (previous, until) {
-        key = key.with_previous(PreviousHash::new(previous, until));
-    }
-    Ok(key)
-}
-
-fn info_or_backend(row: &Row) -> Result<KeyInfo, StoreError> {
-    info_of(row).map_err(StoreError::Backend)
-}
-
-fn collision_or_backend(e: BoxError) -> StoreError {
-    let unique = e
-        .downcast_ref::<tokio_postgres::Error>()
-        .and_then(tokio_postgres::Error::code)
-        == Some(&SqlState::UNIQUE_VIOLATION);
-    if unique {
-        // 95 random bits make this practically impossible; never overwrite.
-        StoreError::backend("key id collision")
-    } else {
-        StoreError::Backend(e)
-    }
-}
-
-#[async_trait]
-impl Verifier for PgKeyStore {
-    async fn verify(&self, key: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
-        // One round trip that returns exactly one row whether or not the id
-        // exists (all NULL when it does not), and here the same hashing and
-        // comparisons in every case: every scheme and pepper the hasher
-        // holds, against the current and the previous hash (placeholders
-        // when absent). Neither the database's answer nor the work done
-        // tells which key ids exist or which scheme their hashes use.
-        // The key's account's limits come in the same row.
-        static SQL: LazyLock<String> = LazyLock::new(|| {
-            format!(
-                "SELECT {INFO_COLUMNS}, {HASH_COLUMNS}, {}
-                   FROM (VALUES (1)) AS one(x)
-                   LEFT JOIN {TABLE} ON key_id = $1",
-                account_limits_column(TABLE)
-            )
-        });
-        let candidates = self.inner.hasher.candidates(key);
-        let rows = self
-            .query(&SQL, &[&key.id().as_str()])
-            .await
-            .map_err(VerifierError::Backend)?;
-        let row = rows
-            .first()
-            .ok_or_else(|| VerifierError::backend("the verification query returned no row"))?;
-        let current = stored_hash(
-            row.try_get("hash").map_err(VerifierError::backend)?,
-            row.try_get("hash_scheme").map_err(VerifierError::backend)?,
-            row.try_get("hash_pepper_version")
-                .map_err(VerifierError::backend)?,
-        )
-        .map_err(VerifierError::Backend)?;
-        let previous = stored_hash(
-            row.try_get("previous_hash")
-                .map_err(VerifierError::backend)?,
-            row.try_get("previous_hash_scheme")
-                .map_err(VerifierError::backend)?,
-            row.try_get("previous_hash_pepper_version")
-                .map_err(VerifierError::backend)?,
-        )
-        .map_err(VerifierError::Backend)?;
-        let current = candidates.matches(current.as_ref());
-        let previous = candidates.matches(previous.as_ref());
-        if !current && !previous {
-            return Ok(None);
-        }
-        let record = record_of(row).map_err(VerifierError::Backend)?;
-        if record.key_id != key.id() {
-            // The row is looked up by this id; never hand out another key's record.
-            return Ok(None);
-        }
-        let grace_until: Option<SystemTime> = row
-            .try_get("previous_valid_until")
-            .map_err(VerifierError::backend)?;
-        Ok(verified(
-            record,
-            current,
-            previous,
-            grace_until,
-            self.inner.clock.now(),
-        ))
-    }
-
-    fn invalidations(&self) -> Option<&Invalidations> {
-        Some(&self.inner.invalidations)
-    }
-
-    fn key_format(&self) -> Option<KeyFormat> {
-        Some(self.inner.format)
-    }
-
-    async fn lease_credits(
-        &self,
-        id: KeyId,
-        want: u64,
-        now: SystemTime,
-    ) -> Result<Option<CreditLease>, VerifierError> {
-        let select = format!("SELECT {CREDIT_COLUMNS} FROM {TABLE} WHERE key_id = $1 FOR UPDATE");
-        let write = format!(
-            "UPDATE {TABLE} SET credits_remaining = $2, credits_refilled_at = $3,
-                 credits_generation = $4
-              WHERE key_id = $1"
-        );
-        let mut client = self
-            .inner
-            .pool
-            .get()
-            .await
-            .map_err(VerifierError::backend)?;
-        let lease = async {
-            // The row lock orders leases from every replica: each reads what
-            // the one before it left.
-            let tx = client.transaction().await?;
-            let select = tx.prepare_cached(&select).await?;
-            let Some(row) = tx.query_opt(&select, &[&id.as_str()]).await? else {
-                return Ok(None);
-            };
-            let Some(mut state) = credits_of(&row, id)? else {
-                return Ok(None);
-            };
-            let lease = state.lease(want, now);
-            let columns = CreditColumns::of(Some(&state));
-            let write = tx.prepare_cached(&write).await?;
-            tx.execute(
-                &write,
-                &[
-                    &id.as_str(),
-                    &columns.remaining,
-                    &columns.refilled_at.map(micros),
-                    &columns.generation,
-                ],
-            )
-            .await?;
-            tx.commit().await?;
-            Ok::<_, BoxError>(Some(lease))
-        }
-        .await
-        .map_err(VerifierError::Backend)?;
-        self.database_answered();
-        Ok(lease)
-    }
-
-    async fn return_credits(
-        &self,
-        id: KeyId,
-        generation: u64,
-        amount: u64,
-    ) -> Result<(), VerifierError> {
-        let Ok(generation) = i64::try_from(generation) else {
-            // No stored generation is that large.
-            return Ok(());
-        };
-        let sql = format!(
-            "UPDATE {TABLE} SET credits_remaining = LEAST(credits_remaining + $3, $4)
-              WHERE key_id = $1 AND credits_remaining IS NOT NULL
-                AND credits_generation = $2"
-        );
-        self.query(
-            &sql,
-            &[
-                &id.as_str(),
-                &generation,
-                &credit_count(amount),
-                &credit_count(MAX_CREDITS),
-            ],
-        )
-        .await
-        .map_err(VerifierError::Backend)?;
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl KeyStore for PgKeyStore {
-    async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError> {
-        check_new(&new, self.inner.clock.now())?;
-        let key = self.inner.format.generate()?;
-        let hash = self.hash_of(&key)?;
-        let (scheme, pepper) = scheme_columns(hash.scheme())?;
-        let now = self.now();
-        let credits = CreditColumns::of(new.credits.map(|c| CreditState::set(c, now, 0)).as_ref());
-        let mut record = KeyRecord::new(key.id(), new.service_account_id)
-            .with_scopes(new.scopes)
-            .with_description(new.description)
-            .with_expires_at(new.expires_at.map(micros))
-            .with_created_at(now)
-            .with_rate_limits(new.rate_limits)
-            .with_credits(new.credits);
-        let scopes: Vec<&str> = record.scopes.iter().map(|s| s.as_str()).collect();
-        let rate_limits = limits_text(&record.rate_limits);
-        // Creates for one account take turns (an advisory lock held until
-        // commit), and the count runs after the lock is taken, in a statement
-        // of its own, so it sees every key committed before: no overshoot.
-        let lock = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
-        // The account's limits come back with the new row, for the record.
-        let insert = format!(
-            "INSERT INTO {TABLE} (key_id, service_account_id, hash, hash_scheme,
-                 hash_pepper_version, scopes, description, created_at, expires_at, hint,
-                 rate_limits, credits_remaining, credits_refill_amount, credits_refill_interval,
-                 credits_refill_day, credits_refilled_at)
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $12, $13, $14, $15, $16, $17
-              WHERE (SELECT count(*) FROM {TABLE} WHERE service_account_id = $2) < $11
-             RETURNING key_id, (SELECT a.rate_limits FROM {ACCOUNT_LIMITS} AS a
-                                 WHERE a.service_account_id = $2) AS account_rate_limits"
-        );
-        let limit = self.inner.max_keys_per_account;
-        let mut client = self.client().await?;
-        let inserted = async {
-            let tx = client.transaction().await?;
-            let lock = tx.prepare_cached(lock).await?;
-            tx.execute(&lock, &[&CREATE_LOCK_CLASS, &&*record.service_account_id])
-                .await?;
-            let insert = tx.prepare_cached(&insert).await?;
-            let rows = tx
-                .query(
-                    &insert,
-                    &[
-                        &key.id().as_str(),
-                        &&*record.service_account_id,
-                        &hash.digest().as_slice(),
-                        &scheme,
-                        &pepper,
-                        &scopes,
-                        &record.description,
-                        &record.created_at,
-                        &record.expires_at,
-                        &hint_of(&key),
-                        &limit,
-                        &rate_limits,
-                        &credits.remaining,
-                        &credits.refill_amount,
-                        &credits.refill_interval,
-                        &credits.refill_day,
-                        &credits.refilled_at,
-                    ],
-                )
-                .await?;
-            let Some(row) = rows.first() else {
-                return Ok(None);
-            };
-            // Checked before the commit: nothing fails after it.
-            let account_limits = match row.try_get::<_, Option<&str>>("account_rate_limits")? {
-                Some(text) => parse_limits(
-                    text,
-                    format_args!("the service account of key {}", key.id()),
-                )?,
-                None => Vec::new(),
-            };
-            tx.commit().await?;
-            self.database_answered();
-            Ok::<_, BoxError>(Some(account_limits))
-        }
-        .await
-        .map_err(collision_or_backend)?;
-        let Some(account_limits) = inserted else {
-            return Err(StoreError::key_limit_reached(
-                usize::try_from(limit).unwrap_or(usize::MAX),
-            ));
-        };
-        record.account_rate_limits = account_limits;
-        Ok(CreatedKey::new(record, Version::FIRST, key))
-    }
-
-    async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError> {
-        let sql = format!(
-            "SELECT {INFO_COLUMNS}, {} FROM {TABLE} WHERE key_id = $1",
-            account_limits_column(TABLE)
-        );
-        let rows = self
-            .query(&sql, &[&id.as_str()])
-            .await
-            .map_err(StoreError::Backend)?;
-        rows.first().map(info_or_backend).transpose()
-    }
-
-    async fn list(
-        &self,
-        service_account_id: &str,
-        page: ListRequest,
-    ) -> Result<KeyPage, StoreError> {
-        let size = page.size()?;
-        let after = match &page.page_token {
-            None => None,
-            Some(token) => {
-                // The same tokens as the memory store: a position in the
-                // listing order, valid even after its key is revoked.
-                let (at, id) = parse_page_token(token)
-                    .ok_or_else(|| StoreError::invalid("page_token is not valid"))?;
-                // Stored times are whole microseconds: "after `at`" for a
-                // time between two microseconds is "from the next one on",
-                // and "" sorts before every key id.
-                let floor = micros(at);
-                if floor == at {
-                    Some((at, id.to_string()))
-                } else {
-                    let next = floor
-                        .checked_add(Duration::from_micros(1))
-                        .ok_or_else(|| StoreError::invalid("page_token is not valid"))?;
-                    Some((next, String::new()))
-                }
-            }
-        };
-        // Unreadable rows are skipped: read on past them until the page
-        // (and one more key) is full or the account's keys end.
-        let mut cursor = after;
-        let mut readable = Vec::new();
-        loop {
-            let want = size + 1 - readable.len();
-            let rows = self
-                .list_rows(service_account_id, cursor.take(), want)
-                .await?;
-            for row in &rows {
-                match info_of(row) {
-                    Ok(info) => readable.push(info),
-                    Err(e) => warn_unreadable(&raw_id(row), &e),
-                }
-            }
-            match rows.last() {
-                Some(last) if rows.len() == want && readable.len() <= size => {
-                    let at = last.try_get("created_at").map_err(StoreError::backend)?;
-                    cursor = Some((at, cursor_id(last)?));
-                }
-                _ => break,
-            }
-        }
-        let (keys, more) = fill_page(readable.into_iter().map(Ok::<_, StoreError>), size)?;
-        let next_page_token = more
-            .then(|| keys.last().map(|k| page_token(&k.record)))
-            .flatten();
-        Ok(KeyPage::new(keys, next_page_token))
-    }
-
-    async fn update(
-        &self,
-        id: KeyId,
-        update: KeyUpdate,
-        expected: Option<Version>,
-    ) -> Result<Option<KeyInfo>, StoreError> {
-        check_update(&update, self.inner.clock.now())?;
-        let rate_limits = update.rate_limits.as_deref().map(limits_text);
-        let set_credits = update.credits.is_some();
-        // A new setting (or none) starts a new generation: the statement
-        // adds 1 to the stored one.
-        let credits = CreditColumns::of(
-            update
-                .credits
-                .flatten()
-                .map(|c| CreditState::set(c, self.now(), 0))
-                .as_ref(),
-        );
-        let scopes: Option<Vec<&str>> = update
-            .scopes
-            .as_ref()
-            .map(|s| s.iter().map(|s| s.as_str()).collect());
-        let set_expiry = update.expires_at.is_some();
-        let expires_at = update.expires_at.flatten().map(micros);
-        // The NOTIFY is part of the statement: sent if and only if it commits.
-        let payload = notify_payload("changed");
-        let sql = format!(
-            "WITH changed AS (
-                 UPDATE {TABLE} SET
-                     version = version + $15::bigint,
-                     description = COALESCE($2::text, description),
-                     scopes = COALESCE($3::text[], scopes),
-                     expires_at = CASE WHEN $4::boolean THEN $5::timestamptz ELSE expires_at END,
-                     rate_limits = COALESCE($7::text, rate_limits),
-                     credits_remaining =
-                         CASE WHEN $8::boolean THEN $9::bigint ELSE credits_remaining END,
-                     credits_refill_amount =
-                         CASE WHEN $8::boolean THEN $10::bigint ELSE credits_refill_amount END,
-                     credits_refill_interval =
-                         CASE WHEN $8::boolean THEN $11::text ELSE credits_refill_interval END,
-                     credits_refill_day =
-                         CASE WHEN $8::boolean THEN $12::bigint ELSE credits_refill_day END,
-                     credits_refilled_at =
-                         CASE WHEN $8::boolean THEN $13::timestamptz ELSE credits_refilled_at END,
-                     credits_generation =
-                         CASE WHEN $8::boolean THEN credits_generation + 1
-                              ELSE credits_generation END
-                  WHERE key_id = $1 AND ($14::bigint IS NULL OR version = $14)
-              RETURNING {INFO_COLUMNS})
-             SELECT changed.*, {account}, pg_notify($6, {payload})::text AS notified
-               FROM changed",
-            account = account_limits_column("changed")
-        );
-        let rows = self
-            .query(
-                &sql,
-                &[
-                    &id.as_str(),
-                    &update.description,
-                    &scopes,
-                    &set_expiry,
-                    &expires_at,
-                    &self.inner.channel.as_str(),
-                    &rate_limits,
-                    &set_credits,
-                    &credits.remaining,
-                    &credits.refill_amount,
-                    &credits.refill_interval,
-                    &credits.refill_day,
-                    &credits.refilled_at,
-                    &version_param(expected),
-                    // An empty update changes nothing, its version included.
-                    &i64::from(!update.is_empty()),
-                ],
-            )
-            .await
-            .map_err(StoreError::Backend)?;
-        let Some(row) = rows.first() else {
-            return self.not_written(id, expected).await.map(|_| None);
-        };
-        let info = info_or_backend(row);
-        self.changed(
-            id,
-            info.as_ref().ok().map(|i| &*i.record.service_account_id),
-        );
-        info.map(Some)
-    }
-
-    async fn revoke(&self, id: KeyId, expected: Option<Version>) -> Result<bool, StoreError> {
-        let payload = notify_payload("gone");
-        let sql = format!(
-            "WITH gone AS (DELETE FROM {TABLE}
-                WHERE key_id = $1 AND ($3::bigint IS NULL OR version = $3)
-                RETURNING key_id, service_account_id),
-                  kept AS (INSERT INTO {REVOKED} (key_id, revoked_at)
-                SELECT key_id, now() FROM gone ON CONFLICT (key_id) DO NOTHING)
-             SELECT gone.service_account_id, pg_notify($2, {payload})::text AS notified
-               FROM gone"
-        );
-        let rows = self
-            .query(
-                &sql,
-                &[
-                    &id.as_str(),
-                    &self.inner.channel.as_str(),
-                    &version_param(expected),
-                ],
-            )
-            .await
-            .map_err(StoreError::Backend)?;
-        let Some(row) = rows.first() else {
-            return self.not_written(id, expected).await.map(|_| false);
-        };
-        self.changed(id, row.try_get("service_account_id").ok());
-        Ok(true)
-    }
-
-    async fn reissue(
-        &self,
-        id: KeyId,
-        grace: Duration,
-        expected: Option<Version>,
-    ) -> Result<Option<CreatedKey>, StoreError> {
-        let key = self.inner.format.generate_for(id)?;
-        let hash = self.hash_of(&key)?;
-        let (scheme, pepper) = scheme_columns(hash.scheme())?;
-        let keep_previous = !grace.is_zero();
-        let valid_until = if keep_previous {
-            // A grace past year 9999 is "forever", as in every store: no
-            // store could hold (nor import) a later deadline.
-            let until = self
-                .inner
-                .clock
-                .now()
-                .checked_add(grace)
-                .map_or(latest_time(), |until| until.min(latest_time()));
-            Some(micros(until))
-        } else {
-            None
-        };
-        // Right-hand sides read the row as it was: the current hash becomes
-        // the previous one. A zero grace also ends an earlier grace.
-        let payload = notify_payload("changed");
-        let sql = format!(
-            "WITH changed AS (
-                 UPDATE {TABLE} SET
-                     version = version + 1,
-                     previous_hash = CASE WHEN $5::boolean THEN hash END,
-                     previous_hash_scheme = CASE WHEN $5::boolean THEN hash_scheme END,
-                     previous_hash_pepper_version = CASE WHEN $5::boolean THEN hash_pepper_version END,
-                     previous_valid_until = $6::timestamptz,
-                     hash = $2,
-                     hash_scheme = $3,
-                     hash_pepper_version = $4,
-                     hint = $7
-                  WHERE key_id = $1 AND ($9::bigint IS NULL OR version = $9)
-              RETURNING {INFO_COLUMNS})
-             SELECT changed.*, {account}, pg_notify($8, {payload})::text AS notified
-               FROM changed",
-            account = account_limits_column("changed")
-        );
-        let rows = self
-            .query(
-                &sql,
-                &[
-                    &id.as_str(),
-                    &hash.digest().as_slice(),
-                    &scheme,
-                    &pepper,
-                    &keep_previous,
-                    &valid_until,
-                    &hint_of(&key),
-                    &self.inner.channel.as_str(),
-                    &version_param(expected),
-                ],
-            )
-            .await
-            .map_err(StoreError::Backend)?;
-        let Some(row) = rows.first() else {
-            return self.not_written(id, expected).await.map(|_| None);
-        };
-        let record = record_of(row);
-        self.changed(id, record.as_ref().ok().map(|r| &*r.service_account_id));
-        let record = record.map_err(StoreError::Backend)?;
-        let version = row
-            .try_get("version")
-            .map_err(BoxError::from)
-            .and_then(version_of)
-            .map_err(StoreError::Backend)?;
-        Ok(Some(CreatedKey::new(record, version, key)))
-    }
-
-    async fn add_credits(
-        &self,
-        id: KeyId,
-        amount: u64,
-        expected: Option<Version>,
-    ) -> Result<Option<KeyInfo>, StoreError> {
-        // The NOTIFY is part of the statement: caches re-read the count.
-        let payload = notify_payload("changed");
-        let sql = format!(
-            "WITH changed AS (
-                 UPDATE {TABLE} SET
-                     credits_remaining = LEAST(credits_remaining + $2, $3),
-                     version = version + 1
-                  WHERE key_id = $1 AND credits_remaining IS NOT NULL
-                    AND ($5::bigint IS NULL OR version = $5)
-              RETURNING {INFO_COLUMNS})
-             SELECT changed.*, {account}, pg_notify($4, {payload})::text AS notified
-               FROM changed",
-            account = account_limits_column("changed")
-        );
-        let rows = self
-            .query(
-                &sql,
-                &[
-                    &id.as_str(),
-                    &credit_count(amount),
-                    &credit_count(MAX_CREDITS),
-                    &self.inner.channel.as_str(),
-                    &version_param(expected),
-                ],
-            )
-            .await
-            .map_err(StoreError::Backend)?;
-        let Some(row) = rows.first() else {
-            // No key, a key at another version, or a key without credits.
-            return match self.not_written(id, expected).await? {
-                None => Ok(None),
-                Some(()) => Err(StoreError::no_credits(id)),
-            };
-        };
-        self.changed(id, row.try_get("service_account_id").ok());
-        info_or_backend(row).map(Some)
-    }
-
-    async fn account_rate_limits(
-        &self,
-        service_account_id: &str,
-    ) -> Result<Vec<RateLimit>, StoreError> {
-        check_account(service_account_id)?;
-        let sql = format!("SELECT rate_limits FROM {ACCOUNT_LIMITS} WHERE service_account_id = $1");
-        let rows = self
-            .query(&sql, &[&service_account_id])
-            .await
-            .map_err(StoreError::Backend)?;
-        let Some(row) = rows.first() else {
-            return Ok(Vec::new());
-        };
-        let text: &str = row.try_get(0).map_err(StoreError::backend)?;
-        parse_limits(text, format_args!("service account {service_account_id:?}"))
-            .map_err(StoreError::Backend)
-    }
-
-    async fn set_account_rate_limits(
-        &self,
-        service_account_id: &str,
-        limits: Vec<RateLimit>,
-    ) -> Result<(), StoreError> {
-        check_account_limits(service_account_id, &limits)?;
-        let text = limits_text(&limits);
-        // One statement: the row set or removed, and a NOTIFY for every key
-        // of the account, sent if and only if it commits.
-        let payload = notify_payload("k");
-        let sql = format!(
-            "WITH kept AS (
-                 INSERT INTO {ACCOUNT_LIMITS} (service_account_id, rate_limits)
-                 SELECT $1, $2 WHERE $2 <> ''
-                 ON CONFLICT (service_account_id) DO UPDATE SET rate_limits = EXCLUDED.rate_limits),
-                  dropped AS (
-                 DELETE FROM {ACCOUNT_LIMITS} WHERE service_account_id = $1 AND $2 = '')
-             SELECT k.key_id, pg_notify($3, {payload})::text AS notified
-               FROM {TABLE} AS k WHERE k.service_account_id = $1"
-        );
-        let rows = self
-            .query(
-                &sql,
-                &[&service_account_id, &text, &self.inner.channel.as_str()],
-            )
-            .await
-            .map_err(StoreError::Backend)?;
-        for row in &rows {
-            let id = row
-                .try_get::<_, &str>("key_id")
-                .ok()
-                .and_then(|id| KeyId::from_str(id).ok());
-            if let Some(id) = id {
-                self.changed(id, Some(service_account_id));
-            }
-        }
-        Ok(())
-    }
-
-    async fn record_usage(&self, uses: &[(KeyId, SystemTime)]) -> Result<(), StoreError> {
-        if uses.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<&str> = uses.iter().map(|(id, _)| id.as_str()).collect();
-        let times: Vec<SystemTime> = uses.iter().map(|(_, at)| micros(*at)).collect();
-        // One statement for the whole batch: the newest time per key, and
-        // only forward (rows already as new are not even written).
-        let sql = format!(
-            "UPDATE {TABLE} AS k
-                SET last_used_at = GREATEST(k.last_used_at, u.at)
-               FROM (SELECT id, max(at) AS at
-                       FROM unnest($1::text[], $2::timestamptz[]) AS t(id, at)
-                      GROUP BY id) AS u
-              WHERE k.key_id = u.id
-                AND (k.last_used_at IS NULL OR k.last_used_at < u.at)"
-        );
-        self.query(&sql, &[&ids, &times])
-            .await
-            .map_err(StoreError::Backend)?;
-        Ok(())
-    }
-
-    async fn export(
-        &self,
-        after: Option<KeyId>,
-        limit: usize,
-    ) -> Result<Vec<StoredKey>, StoreError> {
-        let limit = export_page_size(limit)?;
-        // Unreadable rows are skipped: read on past them until the page is
-        // full or the keys end, so an empty page is still the end.
-        let mut cursor = after.map(|id| id.to_string());
-        let mut keys = Vec::new();
-        loop {
-            let want = limit - keys.len();
-            let rows = self.export_rows(cursor.take(), want).await?;
-            for row in &rows {
-                match stored_key_of(row) {
-                    Ok(key) => keys.push(key),
-                    Err(e) => warn_unreadable(&raw_id(row), &e),
-                }
-            }
-            match rows.last() {
-                Some(last) if rows.len() == want && keys.len() < limit => {
-                    cursor = Some(cursor_id(last)?);
-                }
-                _ => return Ok(keys),
-            }
-        }
-    }
-
-    async fn import(&self, key: StoredKey) -> Result<Imported, StoreError> {
-        check_import(&key, &self.inner.format, self.now())?;
-        let version = imported_version(key.info.record.key_id, key.info.version)?;
-        let record = &key.info.record;
-        let id = record.key_id;
-        // The credits start a generation here; the account's limits are
-        // this store's own, never an import's.
-        let credits = CreditColumns::of(
-            record
-                .credits
-                .map(|c| CreditState::set(c, self.now(), 0))
-                .as_ref(),
-        );
-        let rate_limits = limits_text(&record.rate_limits);
-        let (scheme, pepper) = scheme_columns(key.hash.scheme())?;
-        let (previous, previous_scheme, previous_pepper, valid_until) = match &key.previous {
-            Some(p) => {
-                let (scheme, pepper) = scheme_columns(p.hash.scheme())?;
-                (
-                    Some(p.hash.digest().as_slice()),
-                    Some(scheme),
-                    pepper,
-                    Some(micros(p.valid_until)),
-                )
-            }
-            None => (None, None, None, None),
-        };
-        let scopes: Vec<&str> = record.scopes.iter().map(|s| s.as_str()).collect();
-        let lock = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
-        let existing = format!(
-            "SELECT service_account_id, hash, hash_scheme, hash_pepper_version
-               FROM {TABLE} WHERE key_id = $1 FOR UPDATE"
-        );
-        let was_revoked = format!("SELECT 1 FROM {REVOKED} WHERE key_id = $1");
-        let touch = format!(
-            "UPDATE {TABLE} SET last_used_at = GREATEST(last_used_at, $2)
-              WHERE key_id = $1 AND $2::timestamptz IS NOT NULL"
-        );
-        let count = format!("SELECT count(*) FROM {TABLE} WHERE service_account_id = $1");
-        let insert = format!(
-            "INSERT INTO {TABLE} (key_id, service_account_id, hash, hash_scheme,
-                 hash_pepper_version, previous_hash, previous_hash_scheme,
-                 previous_hash_pepper_version, previous_valid_until, scopes, description,
-                 created_at, expires_at, last_used_at, hint, rate_limits, credits_remaining,
-                 credits_refill_amount, credits_refill_interval, credits_refill_day,
-                 credits_refilled_at, version)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                 $17, $18, $19, $20, $21, $22)"
-        );
-        let last_used_at = key.info.last_used_at.map(micros);
-        let limit = self.inner.max_keys_per_account;
-        let mut client = self.client().await?;
-        let outcome = async {
-            let tx = client.transaction().await?;
-            tx.execute(lock, &[&CREATE_LOCK_CLASS, &&*record.service_account_id])
-                .await?;
-            if tx.query_opt(&was_revoked, &[&id.as_str()]).await?.is_some() {
-                return Ok(Err(import_revoked(id)));
-            }
-            if let Some(row) = tx.query_opt(&existing, &[&id.as_str()]).await? {
-                let account: &str = row.try_get("service_account_id")?;
-                let hash = stored_hash(
-                    row.try_get("hash")?,
-                    row.try_get("hash_scheme")?,
-                    row.try_get("hash_pepper_version")?,
-                )?;
-                if account != &*record.service_account_id || hash != Some(key.hash) {
-                    return Ok(Err(import_conflict(id)));
-                }
-                tx.execute(&touch, &[&id.as_str(), &last_used_at]).await?;
-                tx.commit().await?;
-                return Ok(Ok(Imported::AlreadyPresent));
-            }
-            let held: i64 = tx
-                .query_one(&count, &[&&*record.service_account_id])
-                .await?
-                .try_get(0)?;
-            if held >= limit {
-                return Ok(Err(StoreError::key_limit_reached(
-                    usize::try_from(limit).unwrap_or(usize::MAX),
-                )));
-            }
-            tx.execute(
-                &insert,
-                &[
-                    &id.as_str(),
-                    &&*record.service_account_id,
-                    &key.hash.digest().as_slice(),
-                    &scheme,
-                    &pepper,
-                    &previous,
-                    &previous_scheme,
-                    &previous_pepper,
-                    &valid_until,
-                    &scopes,
-                    &record.description,
-                    &micros(record.created_at),
-                    &record.expires_at.map(micros),
-                    &last_used_at,
-                    &key.info.hint,
-                    &rate_limits,
-                    &credits.remaining,
-                    &credits.refill_amount,
-                    &credits.refill_interval,
-                    &credits.refill_day,
-                    &credits.refilled_at,
-                    &version,
-                ],
-            )
-            .await?;
-            tx.commit().await?;
-            Ok::<_, BoxError>(Ok(Imported::Added))
-        }
-        .await
-        .map_err(|e| {
-            let unique = e
-                .downcast_ref::<tokio_postgres::Error>()
-                .and_then(tokio_postgres::Error::code)
-                == Some(&SqlState::UNIQUE_VIOLATION);
-            if unique {
-                // The id or hash index: a concurrent import of the same key, or
-                // another key with this hash.
-                StoreError::invalid(format!("key {id}: its id or hash is taken by another key"))
-            } else {
-                StoreError::Backend(e)
-            }
-        })?;
-        self.database_answered();
-        outcome
-    }
-
-    async fn export_revoked(
-        &self,
-        after: Option<KeyId>,
-        limit: usize,
-    ) -> Result<Vec<KeyId>, StoreError> {
-        let limit = export_page_size(limit)? as i64;
-        let sql = format!(
-            "SELECT key_id FROM {REVOKED}
-              WHERE $1::text IS NULL OR key_id > $1
-              ORDER BY key_id LIMIT $2"
-        );
-        let after = after.as_ref().map(KeyId::as_str);
-        let rows = self
-            .query(&sql, &[&after, &limit])
-            .await
-            .map_err(StoreError::Backend)?;
-        rows.iter()
-            .map(|row| {
-                let id = raw_id(row);
-                KeyId::from_str(&id).map_err(|_| {
-                    StoreError::backend(format!("revoked id {} is not valid", shown_id(&id)))
-                })
-            })
-            .collect()
-    }
-
-    async fn import_revoked(&self, id: KeyId) -> Result<bool, StoreError> {
-        // The revocation is kept even when no key has the id; a key that
-        // has it is deleted and announced as by `revoke`.
-        let payload = notify_payload("gone");
-        let sql = format!(
-            "WITH kept AS (INSERT INTO {REVOKED} (key_id, revoked_at) VALUES ($1, now())
-                ON CONFLICT (key_id) DO NOTHING),
-                  gone AS (DELETE FROM {TABLE} WHERE key_id = $1
-                RETURNING key_id, service_account_id)
-             SELECT gone.service_account_id, pg_notify($2, {payload})::text AS notified
-               FROM gone"
-        );
-        let rows = self
-            .query(&sql, &[&id.as_str(), &self.inner.channel.as_str()])
-            .await
-            .map_err(StoreError::Backend)?;
-        let Some(row) = rows.first() else {
-            return Ok(false);
-        };
-        self.changed(id, row.try_get("service_account_id").ok());
-        Ok(true)
-    }
-
-    async fn unreadable(&self) -> Result<Vec<String>, StoreError> {
-        let mut cursor = None;
-        let mut ids = Vec::new();
-        loop {
-            let rows = self.export_rows(cursor.take(), MAX_EXPORT_PAGE).await?;
-            for row in &rows {
-                if stored_key_of(row).is_err() && ids.len() < MAX_EXPORT_PAGE {
-                    ids.push(shown_id(&raw_id(row)));
-                }
-            }
-            match rows.last() {
-                Some(last) if rows.len() == MAX_EXPORT_PAGE => cursor = Some(cursor_id(last)?),
-                _ => return Ok(ids),
-            }
-        }
-    }
-}
-
-/// A row's key id as stored ("" if it cannot even be read as text).
-fn raw_id(row: &Row) -> String {
-    row.try_get("key_id").unwrap_or_default()
-}
-
-/// The key id to read on after: a row whose id cannot be read would
-/// restart the scan, so it is an error instead.
-fn cursor_id(row: &Row) -> Result<String, StoreError> {
-    row.try_get("key_id").map_err(StoreError::backend)
-}
-
-/// Raw reads for list and export, which skip the rows they cannot read.
-impl PgKeyStore {
-    /// Up to `limit` rows of `account` after `after` (created_at, key_id),
-    /// in listing order.
-    async fn list_rows(
-        &self,
-        account: &str,
-        after: Option<(SystemTime, String)>,
-        limit: usize,
-    ) -> Result<Vec<Row>, StoreError> {
-        let limit = limit as i64;
-        let rows = match after {
-            None => {
-                let sql = format!(
-                    "SELECT {INFO_COLUMNS}, {} FROM {TABLE}
-                      WHERE service_account_id = $1
-                      ORDER BY created_at, key_id
-                      LIMIT $2",
-                    account_limits_column(TABLE)
-                );
-                self.query(&sql, &[&account, &limit]).await
-            }
-            Some((at, id)) => {
-                let sql = format!(
-                    "SELECT {INFO_COLUMNS}, {} FROM {TABLE}
-                      WHERE service_account_id = $1
-                        AND (created_at, key_id) > ($2, $3)
-                      ORDER BY created_at, key_id
-                      LIMIT $4",
-                    account_limits_column(TABLE)
-                );
-                self.query(&sql, &[&account, &at, &id, &limit]).await
-            }
-        };
-        rows.map_err(StoreError::Backend)
-    }
-
-    /// Up to `limit` whole rows with key ids after `after`, in key id order.
-    async fn export_rows(
-        &self,
-        after: Option<String>,
-        limit: usize,
-    ) -> Result<Vec<Row>, StoreError> {
-        let limit = limit as i64;
-        let sql = format!(
-            "SELECT {INFO_COLUMNS}, {HASH_COLUMNS} FROM {TABLE}
-              WHERE $1::text IS NULL OR key_id > $1
-              ORDER BY key_id LIMIT $2"
-        );
-        self.query(&sql, &[&after, &limit])
-            .await
-            .map_err(StoreError::Backend)
+    /// The backend: the pool, the channel and the listener's state.
+    fn pg(&self) -> &Pg {
+        self.inner.core.backend()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn micros_truncates_toward_the_past() {
-        let t = UNIX_EPOCH + Duration::new(10, 123_456_789);
-        assert_eq!(micros(t), UNIX_EPOCH + Duration::new(10, 123_456_000));
-        let t = UNIX_EPOCH - Duration::new(10, 123_456_789);
-        assert_eq!(micros(t), UNIX_EPOCH - Duration::new(10, 123_457_000));
-        let t = UNIX_EPOCH - Duration::new(0, 999_999_999);
-        assert_eq!(micros(t), UNIX_EPOCH - Duration::new(1, 0));
-        let t = UNIX_EPOCH + Duration::from_micros(5);
-        assert_eq!(micros(t), t);
-    }
 
     #[test]
     fn channels_are_plain_identifiers() {

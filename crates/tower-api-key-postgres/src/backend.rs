@@ -1,0 +1,415 @@
+//! PostgreSQL's dialect of the SQL core: the row-level calls as SQL text
+//! and row mapping, on pooled connections. A transaction is one of
+//! tokio-postgres's; announcements are NOTIFYs sent in it, so they go out
+//! if and only if it commits.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Pool, Transaction};
+use tokio::sync::{watch, Notify};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+use tower_api_key_sql::{
+    Backend, BoxError, CreditColumns, HashColumns, KeyRow, Lookup, Tx, TxWork,
+};
+
+use crate::ListenerStatus;
+
+/// Every column of a key row, and its account's limits read in the same
+/// statement.
+const COLUMNS: &str = "key_id, service_account_id, scopes, description, created_at, \
+     expires_at, last_used_at, hint, rate_limits, credits_remaining, credits_refill_amount, \
+     credits_refill_interval, credits_refill_day, credits_refilled_at, credits_generation, \
+     version, hash, hash_scheme, hash_pepper_version, previous_hash, previous_hash_scheme, \
+     previous_hash_pepper_version, previous_valid_until, \
+     (SELECT a.rate_limits FROM tower_api_key_account_limits AS a \
+       WHERE a.service_account_id = tower_api_key_keys.service_account_id) AS account_rate_limits";
+
+/// First key of the advisory locks that serialize creates per account
+/// ("takc" in ASCII); the second is a hash of the account.
+const CREATE_LOCK_CLASS: i32 = 0x7461_6b63;
+
+/// Longest service account id sent in a NOTIFY payload, in bytes (PostgreSQL
+/// takes payloads under 8,000 bytes); a key of a longer one is announced by
+/// its id alone.
+const MAX_NOTIFY_ACCOUNT_LEN: i32 = 1024;
+
+/// The PostgreSQL backend: the pool, and what announcements go out on.
+pub(crate) struct Pg {
+    pub(crate) pool: Pool,
+    pub(crate) channel: String,
+    pub(crate) status: watch::Receiver<ListenerStatus>,
+    /// Tells a listener that is not listening that the database answers again.
+    pub(crate) wake_listener: Arc<Notify>,
+}
+
+impl Pg {
+    /// The database answered: a listener waiting out its backoff reconnects
+    /// now, not up to the backoff's maximum later.
+    fn answered(&self) {
+        if !self.status.borrow().is_listening() {
+            self.wake_listener.notify_one();
+        }
+    }
+
+    /// Runs one statement on a pooled connection (prepared once per connection).
+    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, BoxError> {
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached(sql).await?;
+        let rows = client.query(&statement, params).await?;
+        self.answered();
+        Ok(rows)
+    }
+
+    async fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<KeyRow>, BoxError> {
+        self.query(sql, params).await?.iter().map(key_row).collect()
+    }
+}
+
+fn hash_columns(row: &Row, prefix: &str) -> Result<HashColumns, BoxError> {
+    Ok(HashColumns {
+        digest: row.try_get(format!("{prefix}hash").as_str())?,
+        scheme: row.try_get(format!("{prefix}hash_scheme").as_str())?,
+        pepper_version: row.try_get(format!("{prefix}hash_pepper_version").as_str())?,
+    })
+}
+
+/// A row of [`COLUMNS`].
+fn key_row(row: &Row) -> Result<KeyRow, BoxError> {
+    Ok(KeyRow {
+        key_id: row.try_get("key_id")?,
+        service_account_id: row.try_get("service_account_id")?,
+        scopes: row.try_get("scopes")?,
+        description: row.try_get("description")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+        hint: row.try_get("hint")?,
+        rate_limits: row.try_get("rate_limits")?,
+        account_rate_limits: row.try_get("account_rate_limits")?,
+        credits: CreditColumns {
+            remaining: row.try_get("credits_remaining")?,
+            refill_amount: row.try_get("credits_refill_amount")?,
+            refill_interval: row.try_get("credits_refill_interval")?,
+            refill_day: row.try_get("credits_refill_day")?,
+            refilled_at: row.try_get("credits_refilled_at")?,
+            generation: row.try_get("credits_generation")?,
+        },
+        version: row.try_get("version")?,
+        hash: hash_columns(row, "")?,
+        previous: hash_columns(row, "previous_")?,
+        previous_valid_until: row.try_get("previous_valid_until")?,
+    })
+}
+
+#[async_trait]
+impl Backend for Pg {
+    async fn transaction<T: Send + 'static>(&self, work: TxWork<T>) -> Result<T, BoxError> {
+        let mut client = self.pool.get().await?;
+        let mut tx = PgTx {
+            tx: client.transaction().await?,
+            channel: &self.channel,
+        };
+        let out = work(&mut tx).await?;
+        tx.tx.commit().await?;
+        self.answered();
+        Ok(out)
+    }
+
+    async fn lookup(
+        &self,
+        id: &str,
+        _scheme: &'static str,
+        _pepper_version: Option<i64>,
+    ) -> Result<Lookup, BoxError> {
+        // One round trip that returns exactly one row whether or not the id
+        // exists (all NULL when it does not), the record and the account's
+        // limits included.
+        let sql = format!(
+            "SELECT {COLUMNS} FROM (VALUES (1)) AS one(x)
+               LEFT JOIN tower_api_key_keys ON key_id = $1"
+        );
+        let rows = self.query(&sql, &[&id]).await?;
+        let row = rows
+            .first()
+            .ok_or("the verification query returned no row")?;
+        if row.try_get::<_, Option<&str>>("key_id")?.is_none() {
+            return Ok(Lookup::default());
+        }
+        let row = key_row(row)?;
+        Ok(Lookup {
+            found: true,
+            hash: row.hash.clone(),
+            has_previous: row.previous.digest.is_some(),
+            previous: row.previous.clone(),
+            row: Some(row),
+        })
+    }
+
+    async fn key(&self, id: &str) -> Result<Option<KeyRow>, BoxError> {
+        let sql = format!("SELECT {COLUMNS} FROM tower_api_key_keys WHERE key_id = $1");
+        Ok(self.rows(&sql, &[&id]).await?.pop())
+    }
+
+    async fn list(
+        &self,
+        account: &str,
+        after: Option<(SystemTime, String)>,
+        limit: i64,
+    ) -> Result<Vec<KeyRow>, BoxError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM tower_api_key_keys
+              WHERE service_account_id = $1
+                AND ($2::timestamptz IS NULL OR (created_at, key_id) > ($2, $3::text))
+              ORDER BY created_at, key_id
+              LIMIT $4"
+        );
+        let (at, id) = after.unzip();
+        self.rows(&sql, &[&account, &at, &id, &limit]).await
+    }
+
+    async fn export(&self, after: Option<String>, limit: i64) -> Result<Vec<KeyRow>, BoxError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM tower_api_key_keys
+              WHERE $1::text IS NULL OR key_id > $1
+              ORDER BY key_id LIMIT $2"
+        );
+        self.rows(&sql, &[&after, &limit]).await
+    }
+
+    async fn account_limits(&self, account: &str) -> Result<Option<String>, BoxError> {
+        let sql = "SELECT rate_limits FROM tower_api_key_account_limits
+                    WHERE service_account_id = $1";
+        let rows = self.query(sql, &[&account]).await?;
+        Ok(rows.first().map(|row| row.try_get(0)).transpose()?)
+    }
+
+    async fn revoked(&self, after: Option<String>, limit: i64) -> Result<Vec<String>, BoxError> {
+        let sql = "SELECT key_id FROM tower_api_key_revoked
+                    WHERE $1::text IS NULL OR key_id > $1
+                    ORDER BY key_id LIMIT $2";
+        let rows = self.query(sql, &[&after, &limit]).await?;
+        Ok(rows
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn is_unique_violation(&self, e: &BoxError) -> bool {
+        e.downcast_ref::<tokio_postgres::Error>()
+            .and_then(tokio_postgres::Error::code)
+            == Some(&SqlState::UNIQUE_VIOLATION)
+    }
+}
+
+/// A transaction on a pooled connection; rolled back when dropped before
+/// its commit.
+struct PgTx<'c> {
+    tx: Transaction<'c>,
+    channel: &'c str,
+}
+
+impl PgTx<'_> {
+    /// Runs one statement (prepared once per connection).
+    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, BoxError> {
+        let statement = self.tx.prepare_cached(sql).await?;
+        Ok(self.tx.query(&statement, params).await?)
+    }
+}
+
+#[async_trait]
+impl Tx for PgTx<'_> {
+    async fn lock_account(&mut self, account: &str) -> Result<(), BoxError> {
+        // Held until commit.
+        let sql = "SELECT pg_advisory_xact_lock($1, hashtext($2))::text";
+        self.query(sql, &[&CREATE_LOCK_CLASS, &account]).await?;
+        Ok(())
+    }
+
+    async fn count_keys(&mut self, account: &str) -> Result<i64, BoxError> {
+        let sql = "SELECT count(*) FROM tower_api_key_keys WHERE service_account_id = $1";
+        let rows = self.query(sql, &[&account]).await?;
+        Ok(rows.first().ok_or("count returned no row")?.try_get(0)?)
+    }
+
+    async fn key_for_update(&mut self, id: &str) -> Result<Option<KeyRow>, BoxError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM tower_api_key_keys WHERE key_id = $1
+                FOR UPDATE OF tower_api_key_keys"
+        );
+        let rows = self.query(&sql, &[&id]).await?;
+        rows.first().map(key_row).transpose()
+    }
+
+    async fn insert_key(&mut self, row: &KeyRow) -> Result<(), BoxError> {
+        let c = &row.credits;
+        let sql = "INSERT INTO tower_api_key_keys (key_id, service_account_id, hash, hash_scheme,
+                 hash_pepper_version, previous_hash, previous_hash_scheme,
+                 previous_hash_pepper_version, previous_valid_until, scopes, description,
+                 created_at, expires_at, last_used_at, hint, rate_limits, credits_remaining,
+                 credits_refill_amount, credits_refill_interval, credits_refill_day,
+                 credits_refilled_at, credits_generation, version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                 $17, $18, $19, $20, $21, $22, $23)";
+        self.query(
+            sql,
+            &[
+                &row.key_id,
+                &row.service_account_id,
+                &row.hash.digest,
+                &row.hash.scheme,
+                &row.hash.pepper_version,
+                &row.previous.digest,
+                &row.previous.scheme,
+                &row.previous.pepper_version,
+                &row.previous_valid_until,
+                &row.scopes,
+                &row.description,
+                &row.created_at,
+                &row.expires_at,
+                &row.last_used_at,
+                &row.hint,
+                &row.rate_limits,
+                &c.remaining,
+                &c.refill_amount,
+                &c.refill_interval,
+                &c.refill_day,
+                &c.refilled_at,
+                &c.generation,
+                &row.version,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn write_key(&mut self, row: &KeyRow) -> Result<(), BoxError> {
+        let sql = "UPDATE tower_api_key_keys SET hash = $2, hash_scheme = $3,
+                 hash_pepper_version = $4, previous_hash = $5, previous_hash_scheme = $6,
+                 previous_hash_pepper_version = $7, previous_valid_until = $8, scopes = $9,
+                 description = $10, expires_at = $11, hint = $12, rate_limits = $13,
+                 version = $14
+              WHERE key_id = $1";
+        self.query(
+            sql,
+            &[
+                &row.key_id,
+                &row.hash.digest,
+                &row.hash.scheme,
+                &row.hash.pepper_version,
+                &row.previous.digest,
+                &row.previous.scheme,
+                &row.previous.pepper_version,
+                &row.previous_valid_until,
+                &row.scopes,
+                &row.description,
+                &row.expires_at,
+                &row.hint,
+                &row.rate_limits,
+                &row.version,
+            ],
+        )
+        .await?;
+        self.write_credits(&row.key_id, &row.credits).await
+    }
+
+    async fn write_credits(&mut self, id: &str, c: &CreditColumns) -> Result<(), BoxError> {
+        let sql = "UPDATE tower_api_key_keys SET credits_remaining = $2,
+                 credits_refill_amount = $3, credits_refill_interval = $4,
+                 credits_refill_day = $5, credits_refilled_at = $6, credits_generation = $7
+              WHERE key_id = $1";
+        let params: [&(dyn ToSql + Sync); 7] = [
+            &id,
+            &c.remaining,
+            &c.refill_amount,
+            &c.refill_interval,
+            &c.refill_day,
+            &c.refilled_at,
+            &c.generation,
+        ];
+        self.query(sql, &params).await?;
+        Ok(())
+    }
+
+    async fn touch(&mut self, uses: &[(String, SystemTime)]) -> Result<(), BoxError> {
+        let (ids, times): (Vec<&str>, Vec<SystemTime>) =
+            uses.iter().map(|(id, at)| (id.as_str(), *at)).unzip();
+        // One statement for the whole batch.
+        let sql = "UPDATE tower_api_key_keys AS k
+                SET last_used_at = GREATEST(k.last_used_at, u.at)
+               FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at)
+              WHERE k.key_id = u.id
+                AND (k.last_used_at IS NULL OR k.last_used_at < u.at)";
+        self.query(sql, &[&ids, &times]).await?;
+        Ok(())
+    }
+
+    async fn delete_key(&mut self, id: &str) -> Result<Option<String>, BoxError> {
+        let sql = "DELETE FROM tower_api_key_keys WHERE key_id = $1 RETURNING service_account_id";
+        let rows = self.query(sql, &[&id]).await?;
+        Ok(rows.first().map(|row| row.try_get(0)).transpose()?)
+    }
+
+    async fn is_revoked(&mut self, id: &str) -> Result<bool, BoxError> {
+        let sql = "SELECT 1 FROM tower_api_key_revoked WHERE key_id = $1";
+        Ok(!self.query(sql, &[&id]).await?.is_empty())
+    }
+
+    async fn add_revoked(&mut self, id: &str, at: SystemTime) -> Result<(), BoxError> {
+        let sql = "INSERT INTO tower_api_key_revoked (key_id, revoked_at) VALUES ($1, $2)
+                   ON CONFLICT (key_id) DO NOTHING";
+        self.query(sql, &[&id, &at]).await?;
+        Ok(())
+    }
+
+    async fn account_limits(&mut self, account: &str) -> Result<Option<String>, BoxError> {
+        let sql = "SELECT rate_limits FROM tower_api_key_account_limits
+                    WHERE service_account_id = $1";
+        let rows = self.query(sql, &[&account]).await?;
+        Ok(rows.first().map(|row| row.try_get(0)).transpose()?)
+    }
+
+    async fn set_account_limits(
+        &mut self,
+        account: &str,
+        text: &str,
+    ) -> Result<Vec<String>, BoxError> {
+        let sql = "WITH kept AS (
+                 INSERT INTO tower_api_key_account_limits (service_account_id, rate_limits)
+                 SELECT $1, $2 WHERE $2 <> ''
+                 ON CONFLICT (service_account_id) DO UPDATE SET rate_limits = EXCLUDED.rate_limits),
+                  dropped AS (
+                 DELETE FROM tower_api_key_account_limits
+                  WHERE service_account_id = $1 AND $2 = '')
+             SELECT key_id FROM tower_api_key_keys WHERE service_account_id = $1";
+        let rows = self.query(sql, &[&account, &text]).await?;
+        Ok(rows
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn announce(
+        &mut self,
+        ids: &[String],
+        account: &str,
+        _at: SystemTime,
+    ) -> Result<(), BoxError> {
+        // `<key id> <service account id>` (a key id never holds a space), or
+        // the bare key id when the account is too long; sent at commit.
+        let sql = "SELECT pg_notify($1, CASE WHEN octet_length($3) <= $4 THEN id || ' ' || $3
+                                         ELSE id END)::text
+                     FROM unnest($2::text[]) AS t(id)";
+        let params: [&(dyn ToSql + Sync); 4] =
+            [&self.channel, &ids, &account, &MAX_NOTIFY_ACCOUNT_LEN];
+        self.query(sql, &params).await?;
+        Ok(())
+    }
+}
