@@ -13,20 +13,11 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use tower_api_key_sql::{
-    Backend, BoxError, CreditColumns, HashColumns, KeyRow, Lookup, Tx, TxWork,
+    insert_sql, read_kinds, select_columns, update_sql, Backend, BoxError, KeyRow, Kind, Lookup,
+    Tx, TxWork, Value,
 };
 
 use crate::ListenerStatus;
-
-/// Every column of a key row, and its account's limits read in the same
-/// statement.
-const COLUMNS: &str = "key_id, service_account_id, scopes, description, created_at, \
-     expires_at, last_used_at, hint, rate_limits, credits_remaining, credits_refill_amount, \
-     credits_refill_interval, credits_refill_day, credits_refilled_at, credits_generation, \
-     version, hash, hash_scheme, hash_pepper_version, previous_hash, previous_hash_scheme, \
-     previous_hash_pepper_version, previous_valid_until, \
-     (SELECT a.rate_limits FROM tower_api_key_account_limits AS a \
-       WHERE a.service_account_id = tower_api_key_keys.service_account_id) AS account_rate_limits";
 
 /// First key of the advisory locks that serialize creates per account
 /// ("takc" in ASCII); the second is a hash of the account.
@@ -73,40 +64,32 @@ impl Pg {
     }
 }
 
-fn hash_columns(row: &Row, prefix: &str) -> Result<HashColumns, BoxError> {
-    Ok(HashColumns {
-        digest: row.try_get(format!("{prefix}hash").as_str())?,
-        scheme: row.try_get(format!("{prefix}hash_scheme").as_str())?,
-        pepper_version: row.try_get(format!("{prefix}hash_pepper_version").as_str())?,
-    })
+/// A row of [`select_columns`].
+fn key_row(row: &Row) -> Result<KeyRow, BoxError> {
+    let values = read_kinds().enumerate().map(|(i, kind)| {
+        Ok::<_, BoxError>(match kind {
+            Kind::Int => Value::Int(row.try_get(i)?),
+            Kind::Text => Value::Text(row.try_get(i)?),
+            Kind::Bytes => Value::Bytes(row.try_get(i)?),
+            Kind::Time => Value::Time(row.try_get(i)?),
+            Kind::Texts => Value::Texts(row.try_get(i)?),
+        })
+    });
+    KeyRow::from_values(values.collect::<Result<_, _>>()?)
 }
 
-/// A row of [`COLUMNS`].
-fn key_row(row: &Row) -> Result<KeyRow, BoxError> {
-    Ok(KeyRow {
-        key_id: row.try_get("key_id")?,
-        service_account_id: row.try_get("service_account_id")?,
-        scopes: row.try_get("scopes")?,
-        description: row.try_get("description")?,
-        created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
-        last_used_at: row.try_get("last_used_at")?,
-        hint: row.try_get("hint")?,
-        rate_limits: row.try_get("rate_limits")?,
-        account_rate_limits: row.try_get("account_rate_limits")?,
-        credits: CreditColumns {
-            remaining: row.try_get("credits_remaining")?,
-            refill_amount: row.try_get("credits_refill_amount")?,
-            refill_interval: row.try_get("credits_refill_interval")?,
-            refill_day: row.try_get("credits_refill_day")?,
-            refilled_at: row.try_get("credits_refilled_at")?,
-            generation: row.try_get("credits_generation")?,
-        },
-        version: row.try_get("version")?,
-        hash: hash_columns(row, "")?,
-        previous: hash_columns(row, "previous_")?,
-        previous_valid_until: row.try_get("previous_valid_until")?,
-    })
+/// `values` as the parameters $1, $2, ...
+fn bind(values: Vec<Value>) -> Vec<Box<dyn ToSql + Sync + Send>> {
+    let boxed = |value| -> Box<dyn ToSql + Sync + Send> {
+        match value {
+            Value::Int(v) => Box::new(v),
+            Value::Text(v) => Box::new(v),
+            Value::Bytes(v) => Box::new(v),
+            Value::Time(v) => Box::new(v),
+            Value::Texts(v) => Box::new(v),
+        }
+    };
+    values.into_iter().map(boxed).collect()
 }
 
 #[async_trait]
@@ -133,8 +116,9 @@ impl Backend for Pg {
         // exists (all NULL when it does not), the record and the account's
         // limits included.
         let sql = format!(
-            "SELECT {COLUMNS} FROM (VALUES (1)) AS one(x)
-               LEFT JOIN tower_api_key_keys ON key_id = $1"
+            "SELECT {} FROM (VALUES (1)) AS one(x)
+               LEFT JOIN tower_api_key_keys ON key_id = $1",
+            select_columns()
         );
         let rows = self.query(&sql, &[&id]).await?;
         let row = rows
@@ -154,7 +138,10 @@ impl Backend for Pg {
     }
 
     async fn key(&self, id: &str) -> Result<Option<KeyRow>, BoxError> {
-        let sql = format!("SELECT {COLUMNS} FROM tower_api_key_keys WHERE key_id = $1");
+        let sql = format!(
+            "SELECT {} FROM tower_api_key_keys WHERE key_id = $1",
+            select_columns()
+        );
         Ok(self.rows(&sql, &[&id]).await?.pop())
     }
 
@@ -165,11 +152,12 @@ impl Backend for Pg {
         limit: i64,
     ) -> Result<Vec<KeyRow>, BoxError> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM tower_api_key_keys
+            "SELECT {} FROM tower_api_key_keys
               WHERE service_account_id = $1
                 AND ($2::timestamptz IS NULL OR (created_at, key_id) > ($2, $3::text))
               ORDER BY created_at, key_id
-              LIMIT $4"
+              LIMIT $4",
+            select_columns()
         );
         let (at, id) = after.unzip();
         self.rows(&sql, &[&account, &at, &id, &limit]).await
@@ -177,9 +165,10 @@ impl Backend for Pg {
 
     async fn export(&self, after: Option<String>, limit: i64) -> Result<Vec<KeyRow>, BoxError> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM tower_api_key_keys
+            "SELECT {} FROM tower_api_key_keys
               WHERE $1::text IS NULL OR key_id > $1
-              ORDER BY key_id LIMIT $2"
+              ORDER BY key_id LIMIT $2",
+            select_columns()
         );
         self.rows(&sql, &[&after, &limit]).await
     }
@@ -222,6 +211,15 @@ impl PgTx<'_> {
         let statement = self.tx.prepare_cached(sql).await?;
         Ok(self.tx.query(&statement, params).await?)
     }
+
+    /// Runs `sql` with `values` as its parameters.
+    async fn write(&self, sql: &str, values: Vec<Value>) -> Result<(), BoxError> {
+        let values = bind(values);
+        let params: Vec<&(dyn ToSql + Sync)> =
+            values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
+        self.query(sql, &params).await?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -241,101 +239,22 @@ impl Tx for PgTx<'_> {
 
     async fn key_for_update(&mut self, id: &str) -> Result<Option<KeyRow>, BoxError> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM tower_api_key_keys WHERE key_id = $1
-                FOR UPDATE OF tower_api_key_keys"
+            "SELECT {} FROM tower_api_key_keys WHERE key_id = $1
+                FOR UPDATE OF tower_api_key_keys",
+            select_columns()
         );
         let rows = self.query(&sql, &[&id]).await?;
         rows.first().map(key_row).transpose()
     }
 
     async fn insert_key(&mut self, row: &KeyRow) -> Result<(), BoxError> {
-        let c = &row.credits;
-        let sql = "INSERT INTO tower_api_key_keys (key_id, service_account_id, hash, hash_scheme,
-                 hash_pepper_version, previous_hash, previous_hash_scheme,
-                 previous_hash_pepper_version, previous_valid_until, scopes, description,
-                 created_at, expires_at, last_used_at, hint, rate_limits, credits_remaining,
-                 credits_refill_amount, credits_refill_interval, credits_refill_day,
-                 credits_refilled_at, credits_generation, version)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                 $17, $18, $19, $20, $21, $22, $23)";
-        self.query(
-            sql,
-            &[
-                &row.key_id,
-                &row.service_account_id,
-                &row.hash.digest,
-                &row.hash.scheme,
-                &row.hash.pepper_version,
-                &row.previous.digest,
-                &row.previous.scheme,
-                &row.previous.pepper_version,
-                &row.previous_valid_until,
-                &row.scopes,
-                &row.description,
-                &row.created_at,
-                &row.expires_at,
-                &row.last_used_at,
-                &row.hint,
-                &row.rate_limits,
-                &c.remaining,
-                &c.refill_amount,
-                &c.refill_interval,
-                &c.refill_day,
-                &c.refilled_at,
-                &c.generation,
-                &row.version,
-            ],
-        )
-        .await?;
-        Ok(())
+        self.write(&insert_sql(|n| format!("${n}")), row.values())
+            .await
     }
 
     async fn write_key(&mut self, row: &KeyRow) -> Result<(), BoxError> {
-        let sql = "UPDATE tower_api_key_keys SET hash = $2, hash_scheme = $3,
-                 hash_pepper_version = $4, previous_hash = $5, previous_hash_scheme = $6,
-                 previous_hash_pepper_version = $7, previous_valid_until = $8, scopes = $9,
-                 description = $10, expires_at = $11, hint = $12, rate_limits = $13,
-                 version = $14
-              WHERE key_id = $1";
-        self.query(
-            sql,
-            &[
-                &row.key_id,
-                &row.hash.digest,
-                &row.hash.scheme,
-                &row.hash.pepper_version,
-                &row.previous.digest,
-                &row.previous.scheme,
-                &row.previous.pepper_version,
-                &row.previous_valid_until,
-                &row.scopes,
-                &row.description,
-                &row.expires_at,
-                &row.hint,
-                &row.rate_limits,
-                &row.version,
-            ],
-        )
-        .await?;
-        self.write_credits(&row.key_id, &row.credits).await
-    }
-
-    async fn write_credits(&mut self, id: &str, c: &CreditColumns) -> Result<(), BoxError> {
-        let sql = "UPDATE tower_api_key_keys SET credits_remaining = $2,
-                 credits_refill_amount = $3, credits_refill_interval = $4,
-                 credits_refill_day = $5, credits_refilled_at = $6, credits_generation = $7
-              WHERE key_id = $1";
-        let params: [&(dyn ToSql + Sync); 7] = [
-            &id,
-            &c.remaining,
-            &c.refill_amount,
-            &c.refill_interval,
-            &c.refill_day,
-            &c.refilled_at,
-            &c.generation,
-        ];
-        self.query(sql, &params).await?;
-        Ok(())
+        self.write(&update_sql(|n| format!("${n}")), row.changed_values())
+            .await
     }
 
     async fn touch(&mut self, uses: &[(String, SystemTime)]) -> Result<(), BoxError> {

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use crate::row::{KeyRow, Lookup};
-use crate::{BoxError, CreditColumns};
+use crate::BoxError;
 
 /// A boxed future that is `Send`, borrowing for `'a`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -81,16 +81,14 @@ pub trait Tx: Send {
     /// account's limits.
     async fn key_for_update(&mut self, id: &str) -> Result<Option<KeyRow>, BoxError>;
 
-    /// Inserts `row` (every column but the account's limits).
+    /// Inserts `row` (every column but the account's limits:
+    /// [`insert_sql`](crate::insert_sql) of [`KeyRow::values`]).
     async fn insert_key(&mut self, row: &KeyRow) -> Result<(), BoxError>;
 
-    /// Writes what a change can change of `row` to the row of its key id:
-    /// scopes, description, expiry, hint, rate limits, credits, version,
-    /// the hashes and the previous hash's grace.
+    /// Writes what a change can change of `row` to the row of its key id
+    /// (all but the account, the creation time and the last use:
+    /// [`update_sql`](crate::update_sql) of [`KeyRow::changed_values`]).
     async fn write_key(&mut self, row: &KeyRow) -> Result<(), BoxError>;
-
-    /// Writes the credit columns of key `id`.
-    async fn write_credits(&mut self, id: &str, credits: &CreditColumns) -> Result<(), BoxError>;
 
     /// Moves `last_used_at` of each key forward to its time (never back).
     async fn touch(&mut self, uses: &[(String, SystemTime)]) -> Result<(), BoxError>;

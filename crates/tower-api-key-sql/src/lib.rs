@@ -13,6 +13,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
+mod columns;
 mod row;
 mod store;
 
@@ -20,6 +21,7 @@ use std::fmt;
 use std::time::SystemTime;
 
 pub use backend::{Backend, BoxFuture, Tx, TxWork};
+pub use columns::{insert_sql, read_kinds, select_columns, update_sql, Kind, Value, KEY_COLUMNS};
 pub use row::{micros, HashColumns, KeyRow, Lookup};
 pub use store::{SqlKeyStore, SqlSettings};
 

@@ -233,15 +233,15 @@ impl<B: Backend> Verifier for SqlKeyStore<B> {
         // each reads what the one before it left.
         self.tx(move |tx| {
             Box::pin(async move {
-                let Some(row) = tx.key_for_update(&key_id).await? else {
+                let Some(mut row) = tx.key_for_update(&key_id).await? else {
                     return Ok(None);
                 };
                 let Some(mut state) = row.credits.state(id)? else {
                     return Ok(None);
                 };
                 let lease = state.lease(want, now);
-                tx.write_credits(&key_id, &CreditColumns::of(Some(&state)))
-                    .await?;
+                row.credits = CreditColumns::of(Some(&state));
+                tx.write_key(&row).await?;
                 Ok(Some(lease))
             })
         })
@@ -258,15 +258,15 @@ impl<B: Backend> Verifier for SqlKeyStore<B> {
         let key_id = id.to_string();
         self.tx(move |tx| {
             Box::pin(async move {
-                let Some(row) = tx.key_for_update(&key_id).await? else {
+                let Some(mut row) = tx.key_for_update(&key_id).await? else {
                     return Ok(());
                 };
                 let Some(mut state) = row.credits.state(id)? else {
                     return Ok(());
                 };
                 if state.give_back(generation, amount) {
-                    tx.write_credits(&key_id, &CreditColumns::of(Some(&state)))
-                        .await?;
+                    row.credits = CreditColumns::of(Some(&state));
+                    tx.write_key(&row).await?;
                 }
                 Ok(())
             })

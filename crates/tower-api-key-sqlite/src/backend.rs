@@ -8,25 +8,16 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row};
 use tower_api_key_sql::{
-    Backend, BoxError, BoxFuture, CreditColumns, HashColumns, KeyRow, Lookup, Tx, TxWork,
+    insert_sql, read_kinds, select_columns, update_sql, Backend, BoxError, BoxFuture, HashColumns,
+    KeyRow, Kind, Lookup, Tx, TxWork, Value,
 };
 
 use crate::connection::Connections;
 
 /// The key table.
 const TABLE: &str = "tower_api_key_keys";
-
-/// Every column of a key row, and its account's limits read in the same
-/// statement.
-const COLUMNS: &str = "key_id, service_account_id, scopes, description, created_at, \
-     expires_at, last_used_at, hint, rate_limits, credits_remaining, credits_refill_amount, \
-     credits_refill_interval, credits_refill_day, credits_refilled_at, credits_generation, \
-     version, hash, hash_scheme, hash_pepper_version, previous_hash, previous_hash_scheme, \
-     previous_hash_pepper_version, previous_valid_until, \
-     (SELECT a.rate_limits FROM tower_api_key_account_limits AS a \
-       WHERE a.service_account_id = tower_api_key_keys.service_account_id) AS account_rate_limits";
 
 /// Change log rows older than this are pruned by writers.
 const CHANGE_LOG_AGE: Duration = Duration::from_secs(600);
@@ -64,16 +55,6 @@ fn from_micros(micros: i64) -> rusqlite::Result<SystemTime> {
     at.ok_or(rusqlite::Error::IntegralValueOutOfRange(0, micros))
 }
 
-fn time(row: &Row<'_>, column: &str) -> rusqlite::Result<Option<SystemTime>> {
-    row.get::<_, Option<i64>>(column)?
-        .map(from_micros)
-        .transpose()
-}
-
-fn micros_opt(t: Option<SystemTime>) -> Result<Option<i64>, BoxError> {
-    t.map(to_micros).transpose()
-}
-
 fn hash_columns(row: &Row<'_>, prefix: &str) -> rusqlite::Result<HashColumns> {
     Ok(HashColumns {
         digest: row.get(format!("{prefix}hash").as_str())?,
@@ -82,33 +63,49 @@ fn hash_columns(row: &Row<'_>, prefix: &str) -> rusqlite::Result<HashColumns> {
     })
 }
 
-/// A row of [`COLUMNS`].
+/// A row of [`select_columns`]: times are integer microseconds, scopes one
+/// text of names separated by a space.
 fn key_row(row: &Row<'_>) -> rusqlite::Result<KeyRow> {
-    let scopes: String = row.get("scopes")?;
-    Ok(KeyRow {
-        key_id: row.get("key_id")?,
-        service_account_id: row.get("service_account_id")?,
-        scopes: scopes.split(' ').map(str::to_owned).collect(),
-        description: row.get("description")?,
-        created_at: from_micros(row.get("created_at")?)?,
-        expires_at: time(row, "expires_at")?,
-        last_used_at: time(row, "last_used_at")?,
-        hint: row.get("hint")?,
-        rate_limits: row.get("rate_limits")?,
-        account_rate_limits: row.get("account_rate_limits")?,
-        credits: CreditColumns {
-            remaining: row.get("credits_remaining")?,
-            refill_amount: row.get("credits_refill_amount")?,
-            refill_interval: row.get("credits_refill_interval")?,
-            refill_day: row.get("credits_refill_day")?,
-            refilled_at: time(row, "credits_refilled_at")?,
-            generation: row.get("credits_generation")?,
-        },
-        version: row.get("version")?,
-        hash: hash_columns(row, "")?,
-        previous: hash_columns(row, "previous_")?,
-        previous_valid_until: time(row, "previous_valid_until")?,
+    let values = read_kinds().enumerate().map(|(i, kind)| {
+        Ok(match kind {
+            Kind::Int => Value::Int(row.get(i)?),
+            Kind::Text => Value::Text(row.get(i)?),
+            Kind::Bytes => Value::Bytes(row.get(i)?),
+            Kind::Time => Value::Time(row.get::<_, Option<i64>>(i)?.map(from_micros).transpose()?),
+            Kind::Texts => Value::Texts(
+                row.get::<_, String>(i)?
+                    .split(' ')
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+        })
+    });
+    KeyRow::from_values(values.collect::<rusqlite::Result<_>>()?)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Null, e))
+}
+
+/// `value` as SQLite keeps it.
+fn sql_value(value: Value) -> Result<rusqlite::types::Value, BoxError> {
+    use rusqlite::types::Value as V;
+    let or_null = |v: Option<V>| v.unwrap_or(V::Null);
+    Ok(match value {
+        Value::Int(v) => or_null(v.map(V::Integer)),
+        Value::Text(v) => or_null(v.map(V::Text)),
+        Value::Bytes(v) => or_null(v.map(V::Blob)),
+        Value::Time(v) => or_null(v.map(to_micros).transpose()?.map(V::Integer)),
+        Value::Texts(names) => V::Text(names.join(" ")),
     })
+}
+
+/// `values` as the parameters ?1, ?2, ...
+fn bind(
+    values: Vec<Value>,
+) -> Result<rusqlite::ParamsFromIter<Vec<rusqlite::types::Value>>, BoxError> {
+    let values = values
+        .into_iter()
+        .map(sql_value)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rusqlite::params_from_iter(values))
 }
 
 /// The rows `sql` selects with `params`.
@@ -125,7 +122,7 @@ fn rows(
 
 /// The row of key `id`.
 fn key(conn: &Connection, id: &str) -> Result<Option<KeyRow>, BoxError> {
-    let sql = format!("SELECT {COLUMNS} FROM {TABLE} WHERE key_id = ?1");
+    let sql = format!("SELECT {} FROM {TABLE} WHERE key_id = ?1", select_columns());
     Ok(rows(conn, &sql, [id])?.pop())
 }
 
@@ -232,11 +229,12 @@ impl Backend for Sqlite {
         self.db
             .run(move |conn| {
                 let sql = format!(
-                    "SELECT {COLUMNS} FROM {TABLE}
+                    "SELECT {} FROM {TABLE}
                       WHERE service_account_id = ?1
                         AND (?2 IS NULL OR (created_at, key_id) > (?2, ?3))
                       ORDER BY created_at, key_id
-                      LIMIT ?4"
+                      LIMIT ?4",
+                    select_columns()
                 );
                 let (at, id) = after.unzip();
                 rows(conn, &sql, (account, at, id, limit))
@@ -248,9 +246,10 @@ impl Backend for Sqlite {
         self.db
             .run(move |conn| {
                 let sql = format!(
-                    "SELECT {COLUMNS} FROM {TABLE}
+                    "SELECT {} FROM {TABLE}
                       WHERE ?1 IS NULL OR key_id > ?1
-                      ORDER BY key_id LIMIT ?2"
+                      ORDER BY key_id LIMIT ?2",
+                    select_columns()
                 );
                 rows(conn, &sql, (after, limit))
             })
@@ -327,99 +326,14 @@ impl Tx for SqliteTx<'_> {
     }
 
     async fn insert_key(&mut self, row: &KeyRow) -> Result<(), BoxError> {
-        let c = &row.credits;
-        let sql = format!(
-            "INSERT INTO {TABLE} (key_id, service_account_id, hash, hash_scheme,
-                 hash_pepper_version, previous_hash, previous_hash_scheme,
-                 previous_hash_pepper_version, previous_valid_until, scopes, description,
-                 created_at, expires_at, last_used_at, hint, rate_limits, credits_remaining,
-                 credits_refill_amount, credits_refill_interval, credits_refill_day,
-                 credits_refilled_at, credits_generation, version)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                 ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
-        );
-        self.execute(
-            &sql,
-            params![
-                row.key_id,
-                row.service_account_id,
-                row.hash.digest,
-                row.hash.scheme,
-                row.hash.pepper_version,
-                row.previous.digest,
-                row.previous.scheme,
-                row.previous.pepper_version,
-                micros_opt(row.previous_valid_until)?,
-                row.scopes.join(" "),
-                row.description,
-                to_micros(row.created_at)?,
-                micros_opt(row.expires_at)?,
-                micros_opt(row.last_used_at)?,
-                row.hint,
-                row.rate_limits,
-                c.remaining,
-                c.refill_amount,
-                c.refill_interval,
-                c.refill_day,
-                micros_opt(c.refilled_at)?,
-                c.generation,
-                row.version,
-            ],
-        )?;
+        let sql = insert_sql(|n| format!("?{n}"));
+        self.execute(&sql, bind(row.values())?)?;
         Ok(())
     }
 
     async fn write_key(&mut self, row: &KeyRow) -> Result<(), BoxError> {
-        let sql = format!(
-            "UPDATE {TABLE} SET hash = ?2, hash_scheme = ?3, hash_pepper_version = ?4,
-                 previous_hash = ?5, previous_hash_scheme = ?6,
-                 previous_hash_pepper_version = ?7, previous_valid_until = ?8, scopes = ?9,
-                 description = ?10, expires_at = ?11, hint = ?12, rate_limits = ?13,
-                 version = ?14
-              WHERE key_id = ?1"
-        );
-        self.execute(
-            &sql,
-            params![
-                row.key_id,
-                row.hash.digest,
-                row.hash.scheme,
-                row.hash.pepper_version,
-                row.previous.digest,
-                row.previous.scheme,
-                row.previous.pepper_version,
-                micros_opt(row.previous_valid_until)?,
-                row.scopes.join(" "),
-                row.description,
-                micros_opt(row.expires_at)?,
-                row.hint,
-                row.rate_limits,
-                row.version,
-            ],
-        )?;
-        self.write_credits(&row.key_id, &row.credits).await
-    }
-
-    async fn write_credits(&mut self, id: &str, c: &CreditColumns) -> Result<(), BoxError> {
-        let sql = format!(
-            "UPDATE {TABLE} SET credits_remaining = ?2, credits_refill_amount = ?3,
-                 credits_refill_interval = ?4, credits_refill_day = ?5,
-                 credits_refilled_at = ?6, credits_generation = ?7
-              WHERE key_id = ?1"
-        );
-        let refilled_at = micros_opt(c.refilled_at)?;
-        self.execute(
-            &sql,
-            params![
-                id,
-                c.remaining,
-                c.refill_amount,
-                c.refill_interval,
-                c.refill_day,
-                refilled_at,
-                c.generation
-            ],
-        )?;
+        let sql = update_sql(|n| format!("?{n}"));
+        self.execute(&sql, bind(row.changed_values())?)?;
         Ok(())
     }
 

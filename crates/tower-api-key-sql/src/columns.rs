@@ -1,0 +1,305 @@
+//! The columns of a key row and their values, in one order for every
+//! dialect: the core writes the statements that name them and turns rows
+//! into values and back; a backend only converts a [`Value`] to and from
+//! its driver's types (its codec).
+
+use std::time::SystemTime;
+
+use crate::row::{HashColumns, KeyRow};
+use crate::{BoxError, CreditColumns};
+
+/// A column value between the core and a backend; `None` is SQL `NULL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// A 64-bit integer column.
+    Int(Option<i64>),
+    /// A text column.
+    Text(Option<String>),
+    /// A binary column.
+    Bytes(Option<Vec<u8>>),
+    /// A time column (the dialect chooses how it keeps microseconds).
+    Time(Option<SystemTime>),
+    /// A list of names (the dialect chooses how it keeps them).
+    Texts(Vec<String>),
+}
+
+/// The kind of a column: what a backend decodes it as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// [`Value::Int`].
+    Int,
+    /// [`Value::Text`].
+    Text,
+    /// [`Value::Bytes`].
+    Bytes,
+    /// [`Value::Time`].
+    Time,
+    /// [`Value::Texts`].
+    Texts,
+}
+
+/// The columns of `tower_api_key_keys` a key row holds, in the order of
+/// [`KeyRow::values`]; a read of [`select_columns`] has one more, the
+/// account's limits ([`Kind::Text`]).
+pub const KEY_COLUMNS: [(&str, Kind); 23] = [
+    ("key_id", Kind::Text),
+    ("service_account_id", Kind::Text),
+    ("hash", Kind::Bytes),
+    ("hash_scheme", Kind::Text),
+    ("hash_pepper_version", Kind::Int),
+    ("previous_hash", Kind::Bytes),
+    ("previous_hash_scheme", Kind::Text),
+    ("previous_hash_pepper_version", Kind::Int),
+    ("previous_valid_until", Kind::Time),
+    ("scopes", Kind::Texts),
+    ("description", Kind::Text),
+    ("created_at", Kind::Time),
+    ("expires_at", Kind::Time),
+    ("last_used_at", Kind::Time),
+    ("hint", Kind::Text),
+    ("rate_limits", Kind::Text),
+    ("credits_remaining", Kind::Int),
+    ("credits_refill_amount", Kind::Int),
+    ("credits_refill_interval", Kind::Text),
+    ("credits_refill_day", Kind::Int),
+    ("credits_refilled_at", Kind::Time),
+    ("credits_generation", Kind::Int),
+    ("version", Kind::Int),
+];
+
+/// The kinds of the columns a read of [`select_columns`] returns.
+pub fn read_kinds() -> impl Iterator<Item = Kind> {
+    KEY_COLUMNS
+        .iter()
+        .map(|(_, kind)| *kind)
+        .chain([Kind::Text])
+}
+
+/// Whether a change may write the column: not the id, the account, the
+/// creation time nor the last use.
+fn changeable(name: &str) -> bool {
+    !matches!(
+        name,
+        "key_id" | "service_account_id" | "created_at" | "last_used_at"
+    )
+}
+
+/// The select list of a key row of `tower_api_key_keys`, with its account's
+/// limits read in the same statement (the same text in every dialect).
+pub fn select_columns() -> String {
+    let names: Vec<&str> = KEY_COLUMNS.iter().map(|(name, _)| *name).collect();
+    format!(
+        "{}, (SELECT a.rate_limits FROM tower_api_key_account_limits AS a \
+          WHERE a.service_account_id = tower_api_key_keys.service_account_id) \
+          AS account_rate_limits",
+        names.join(", ")
+    )
+}
+
+/// The insert of [`KeyRow::values`], with the dialect's `placeholder` for
+/// the parameter numbered from 1.
+pub fn insert_sql(placeholder: impl Fn(usize) -> String) -> String {
+    let names: Vec<&str> = KEY_COLUMNS.iter().map(|(name, _)| *name).collect();
+    let params: Vec<String> = (1..=KEY_COLUMNS.len()).map(placeholder).collect();
+    format!(
+        "INSERT INTO tower_api_key_keys ({}) VALUES ({})",
+        names.join(", "),
+        params.join(", ")
+    )
+}
+
+/// The update of [`KeyRow::changed_values`] (the key id first, then what a
+/// change may write), with the dialect's `placeholder`.
+pub fn update_sql(placeholder: impl Fn(usize) -> String) -> String {
+    let sets: Vec<String> = KEY_COLUMNS
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| changeable(name))
+        .enumerate()
+        .map(|(i, name)| format!("{name} = {}", placeholder(i + 2)))
+        .collect();
+    format!(
+        "UPDATE tower_api_key_keys SET {} WHERE key_id = {}",
+        sets.join(", "),
+        placeholder(1)
+    )
+}
+
+fn text(v: &str) -> Value {
+    Value::Text(Some(v.to_owned()))
+}
+
+fn hash_values(h: &HashColumns) -> [Value; 3] {
+    [
+        Value::Bytes(h.digest.clone()),
+        Value::Text(h.scheme.clone()),
+        Value::Int(h.pepper_version),
+    ]
+}
+
+impl KeyRow {
+    /// The row's values, in the order of [`KEY_COLUMNS`].
+    pub fn values(&self) -> Vec<Value> {
+        let c = &self.credits;
+        let mut values = vec![text(&self.key_id), text(&self.service_account_id)];
+        values.extend(hash_values(&self.hash));
+        values.extend(hash_values(&self.previous));
+        values.extend([
+            Value::Time(self.previous_valid_until),
+            Value::Texts(self.scopes.clone()),
+            text(&self.description),
+            Value::Time(Some(self.created_at)),
+            Value::Time(self.expires_at),
+            Value::Time(self.last_used_at),
+            text(&self.hint),
+            text(&self.rate_limits),
+            Value::Int(c.remaining),
+            Value::Int(c.refill_amount),
+            Value::Text(c.refill_interval.clone()),
+            Value::Int(c.refill_day),
+            Value::Time(c.refilled_at),
+            Value::Int(Some(c.generation)),
+            Value::Int(Some(self.version)),
+        ]);
+        values
+    }
+
+    /// The key id, then the values a change may write, for
+    /// [`update_sql`].
+    pub fn changed_values(&self) -> Vec<Value> {
+        let values = KEY_COLUMNS.iter().zip(self.values());
+        let changed = values.filter(|((name, _), _)| changeable(name));
+        std::iter::once(text(&self.key_id))
+            .chain(changed.map(|(_, value)| value))
+            .collect()
+    }
+
+    /// The row a read of [`select_columns`] returned, as values in the
+    /// order of [`read_kinds`].
+    pub fn from_values(values: Vec<Value>) -> Result<Self, BoxError> {
+        let mut values = values.into_iter();
+        let mut next = move || values.next().ok_or("a key row has too few columns");
+        let key_id = req(opt_text(next()?)?)?;
+        let service_account_id = req(opt_text(next()?)?)?;
+        let hash_columns = HashColumns {
+            digest: bytes(next()?)?,
+            scheme: opt_text(next()?)?,
+            pepper_version: int(next()?)?,
+        };
+        let previous = HashColumns {
+            digest: bytes(next()?)?,
+            scheme: opt_text(next()?)?,
+            pepper_version: int(next()?)?,
+        };
+        Ok(KeyRow {
+            key_id,
+            service_account_id,
+            hash: hash_columns,
+            previous,
+            previous_valid_until: time(next()?)?,
+            scopes: match next()? {
+                Value::Texts(names) => names,
+                _ => return Err(mismatch()),
+            },
+            description: req(opt_text(next()?)?)?,
+            created_at: req(time(next()?)?)?,
+            expires_at: time(next()?)?,
+            last_used_at: time(next()?)?,
+            hint: req(opt_text(next()?)?)?,
+            rate_limits: req(opt_text(next()?)?)?,
+            credits: CreditColumns {
+                remaining: int(next()?)?,
+                refill_amount: int(next()?)?,
+                refill_interval: opt_text(next()?)?,
+                refill_day: int(next()?)?,
+                refilled_at: time(next()?)?,
+                generation: req(int(next()?)?)?,
+            },
+            version: req(int(next()?)?)?,
+            account_rate_limits: opt_text(next()?)?,
+        })
+    }
+}
+
+fn mismatch() -> BoxError {
+    "a key row column has an unexpected type".into()
+}
+
+fn req<T>(value: Option<T>) -> Result<T, BoxError> {
+    value.ok_or_else(|| "a key row column is NULL".into())
+}
+
+fn int(value: Value) -> Result<Option<i64>, BoxError> {
+    match value {
+        Value::Int(v) => Ok(v),
+        _ => Err(mismatch()),
+    }
+}
+
+fn opt_text(value: Value) -> Result<Option<String>, BoxError> {
+    match value {
+        Value::Text(v) => Ok(v),
+        _ => Err(mismatch()),
+    }
+}
+
+fn bytes(value: Value) -> Result<Option<Vec<u8>>, BoxError> {
+    match value {
+        Value::Bytes(v) => Ok(v),
+        _ => Err(mismatch()),
+    }
+}
+
+fn time(value: Value) -> Result<Option<SystemTime>, BoxError> {
+    match value {
+        Value::Time(v) => Ok(v),
+        _ => Err(mismatch()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_round_trips_through_its_values_and_a_change_writes_what_it_may() {
+        let at = SystemTime::UNIX_EPOCH;
+        let row = KeyRow {
+            key_id: "k".into(),
+            service_account_id: "sa".into(),
+            scopes: vec!["a.b".into(), "c".into()],
+            description: "d".into(),
+            created_at: at,
+            expires_at: None,
+            last_used_at: Some(at),
+            hint: "h".into(),
+            rate_limits: "5/1s".into(),
+            account_rate_limits: Some("9/1d".into()),
+            credits: CreditColumns {
+                remaining: Some(3),
+                generation: 2,
+                ..CreditColumns::default()
+            },
+            version: 4,
+            hash: HashColumns {
+                digest: Some(vec![1; 32]),
+                scheme: Some("sha256".into()),
+                pepper_version: None,
+            },
+            previous: HashColumns::default(),
+            previous_valid_until: None,
+        };
+        let mut values = row.values();
+        assert_eq!(values.len(), KEY_COLUMNS.len());
+        values.push(Value::Text(row.account_rate_limits.clone()));
+        assert_eq!(KeyRow::from_values(values).unwrap(), row);
+        let kinds: Vec<Kind> = read_kinds().collect();
+        assert_eq!(kinds.len(), KEY_COLUMNS.len() + 1);
+        // The id, then 19 changeable columns, each numbered in the update.
+        assert_eq!(row.changed_values().len(), 20);
+        let sql = update_sql(|n| format!("${n}"));
+        assert!(sql.contains("version = $20") && sql.ends_with("key_id = $1"));
+        assert!(!sql.contains("created_at") && !sql.contains("last_used_at ="));
+        assert!(KeyRow::from_values(vec![Value::Int(None)]).is_err());
+    }
+}
