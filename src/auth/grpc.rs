@@ -7,7 +7,7 @@
 //!
 //! ```
 //! use tower_api_key::Authenticator;
-//! use tower_api_key::auth::{ grpc::MethodPolicies};
+//! use tower_api_key::auth::grpc::MethodPolicies;
 //! use tower_api_key::MemoryStore;
 //!
 //! let auth = Authenticator::new(MemoryStore::new());
@@ -313,7 +313,7 @@ fn is_identifier(s: &str) -> bool {
 }
 
 /// The authenticated [`Caller`](crate::Caller) of a tonic request, for
-/// handlers behind an [`ApiKeyLayer`](crate::ApiKeyLayer):
+/// handlers behind an [`ApiKeyLayer`](crate::ApiKeyLayer).
 ///
 /// ```
 /// use tonic::{Request, Response, Status};

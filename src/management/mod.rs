@@ -12,7 +12,7 @@
 //! use tower_api_key::ScopeSet;
 //! use tower_api_key::MemoryStore;
 //! use tower_api_key::KeyStore;
-//! use tower_api_key::store::{  NewKey};
+//! use tower_api_key::store::NewKey;
 //! use tower_api_key::Authenticator;
 //! # use tower::ServiceExt;
 //!
@@ -494,7 +494,9 @@ impl ManagementApiBuilder {
         self
     }
 
-    /// A rule for what the defaults and the explicit grants refuse:
+    /// Adds a rule that may allow what the defaults and the explicit grants
+    /// refuse.
+    ///
     /// `allows(caller, request)` sees a typed [`GrantRequest`] (the kind of
     /// change, the key's account, the scopes it would hold as
     /// [`KeyScopes::Unscoped`] or [`KeyScopes::Scoped`], and its current

@@ -11,7 +11,7 @@
 //! use tower_api_key::ScopeSet;
 //! use tower_api_key::MemoryStore;
 //! use tower_api_key::KeyStore;
-//! use tower_api_key::store::{  NewKey};
+//! use tower_api_key::store::NewKey;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = MemoryStore::new();
