@@ -175,9 +175,7 @@ fn scan(src: &Path) -> (Vec<Module>, Vec<Item>) {
 }
 
 fn normalize(text: &str) -> String {
-    text.trim()
-        .trim_end_matches(['.', ':', ','])
-        .to_lowercase()
+    text.trim().trim_end_matches(['.', ':', ',']).to_lowercase()
 }
 
 /// Whether two summaries open with the same words: a module's header
@@ -268,6 +266,12 @@ fn the_check_catches_a_pasted_module_header() {
     fs::remove_dir_all(&dir).unwrap();
     assert_eq!(found.len(), 2, "{found:#?}");
     let has = |text: &str| found.iter().any(|problem| problem.contains(text));
-    assert!(has("(struct KeyFormat): the summary is the module's"), "{found:#?}");
-    assert!(has("verifier.rs: the module's summary stops mid-sentence"), "{found:#?}");
+    assert!(
+        has("(struct KeyFormat): the summary is the module's"),
+        "{found:#?}"
+    );
+    assert!(
+        has("verifier.rs: the module's summary stops mid-sentence"),
+        "{found:#?}"
+    );
 }
