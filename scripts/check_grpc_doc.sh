@@ -49,8 +49,6 @@ done
 grep -q '^tower-api-key = { path = "../tower-api-key"' "$crate/Cargo.toml" ||
     { echo "docs/grpc.md: the tower-api-key line is not a path to a clone" >&2; exit 1; }
 sed -i "s|^tower-api-key = { path = \"../tower-api-key\"|tower-api-key = { path = \"$root\"|" "$crate/Cargo.toml"
-# A crate of its own, not a member of an enclosing workspace.
-printf '\n[workspace]\n' >>"$crate/Cargo.toml"
 # The workspace's versions of the dependencies (cargo adds the new crate and
 # drops what it does not use): the same build as the tests', and no newer
 # release breaking this check rather than the page.
