@@ -1,4 +1,5 @@
-//! The pluggable verifier: given a well-formed key, is it a valid key, an
+//! The pluggable verifier: the [`Verifier`] trait a key lookup implements,
+//! and its error.
 
 use std::fmt;
 use std::future::Future;
@@ -11,8 +12,8 @@ use crate::key::{KeyFormat, KeyId, PresentedKey};
 use crate::limits::CreditLease;
 use crate::record::KeyRecord;
 
-/// The pluggable verifier: given a well-formed key, is it a valid key, an
-/// unknown one, or is the backend unable to say?
+/// Looks presented keys up: given a well-formed key, says whether it is a
+/// valid key, an unknown one, or whether the backend is unable to say.
 ///
 /// Implement [`Verifier`] on a type, or pass a closure:
 ///
@@ -34,8 +35,6 @@ use crate::record::KeyRecord;
 /// fn assert_verifier(_: &impl Verifier) {}
 /// assert_verifier(&verifier);
 /// ```
-///
-/// Looks a presented key up.
 ///
 /// Return `Ok(Some(record))` for a valid key (the caller checks expiry and
 /// scopes), `Ok(None)` for a key that is unknown, revoked, or whose secret does

@@ -114,7 +114,10 @@ impl fmt::Display for Reason {
     }
 }
 
-/// Rejection responses: what a refused request gets back.
+/// A refused request: the reason, the key id when one was parsed, and what
+/// the route required. Inserted into the rejection response's extensions.
+///
+/// What a refused request gets back:
 ///
 /// | outcome | HTTP | gRPC (`content-type: application/grpc*`) |
 /// |---|---|---|
@@ -152,9 +155,6 @@ impl fmt::Display for Reason {
 ///     })
 ///     .build();
 /// ```
-///
-/// A refused request: the reason, the key id when one was parsed, and what
-/// the route required. Inserted into the rejection response's extensions.
 #[derive(Debug, Clone)]
 pub struct Rejection {
     pub(crate) reason: Reason,

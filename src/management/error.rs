@@ -13,8 +13,8 @@ use crate::store::StoreError;
 /// The body of every management error response:
 /// `{"error":"invalid_argument","message":"scopes[3]: scope name ..."}`.
 ///
-/// `error` is a stable code (the table in the [module docs](super)); `message`
-/// says what is wrong, for people. Neither ever holds key material.
+/// `error` is a stable code (the table in `docs/management.md`, "Errors");
+/// `message` says what is wrong, for people. Neither ever holds key material.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ErrorBody {

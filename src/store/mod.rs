@@ -11,7 +11,7 @@
 //! use tower_api_key::ScopeSet;
 //! use tower_api_key::MemoryStore;
 //! use tower_api_key::KeyStore;
-//! use tower_api_key::store::{  NewKey};
+//! use tower_api_key::store::NewKey;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = MemoryStore::new();
@@ -87,7 +87,8 @@ pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
 /// otherwise (`max_keys_per_account`).
 pub const DEFAULT_MAX_KEYS_PER_ACCOUNT: usize = 1000;
 
-/// What to create.
+/// A key to create ([`KeyStore::create`]): its service account, and its
+/// scopes, expiry, limits and credits if any.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct NewKey {
@@ -383,7 +384,7 @@ impl KeyUpdate {
     }
 }
 
-/// Which page of a listing.
+/// Which page of a listing to return ([`KeyStore::list`]).
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct ListRequest {
