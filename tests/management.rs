@@ -770,7 +770,7 @@ async fn delete_reaches_the_cache_even_when_the_verifier_is_not_the_store() {
     // A verifier over the store that publishes no invalidations: only the
     // router's own cache invalidation can make the delete take effect at once.
     let lookup = store.clone();
-    let auth = Authenticator::builder(move |key: PresentedKey| {
+    let auth = Authenticator::verifier_builder(move |key: PresentedKey| {
         let store = lookup.clone();
         async move {
             use tower_api_key::Verifier;
@@ -1132,8 +1132,8 @@ async fn limit_changes_reach_the_cache_even_when_the_verifier_is_not_the_store()
     logs();
     let store = MemoryStore::new();
     // As above: only the router's own invalidations refresh the cache. The
-    // store's credits are leased through it (a verifier whose records carry
-    // credits must lease them), but it announces no changes.
+    // store counts the credits (it is the ledger), but the verifier
+    // announces no changes.
     struct NoPush(MemoryStore);
     #[async_trait::async_trait]
     impl tower_api_key::Verifier for NoPush {
@@ -1143,17 +1143,9 @@ async fn limit_changes_reach_the_cache_even_when_the_verifier_is_not_the_store()
         ) -> Result<Option<tower_api_key::KeyRecord>, tower_api_key::VerifierError> {
             self.0.verify(key).await
         }
-        async fn lease_credits(
-            &self,
-            id: tower_api_key::KeyId,
-            want: u64,
-            now: std::time::SystemTime,
-        ) -> Result<Option<tower_api_key::limits::CreditLease>, tower_api_key::VerifierError>
-        {
-            self.0.lease_credits(id, want, now).await
-        }
     }
-    let auth = Authenticator::builder(NoPush(store.clone()))
+    let auth = Authenticator::verifier_builder(NoPush(store.clone()))
+        .credits(store.clone())
         .positive_ttl(Duration::from_secs(3600))
         .build();
     // What the cached identity says the key carries.

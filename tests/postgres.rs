@@ -29,6 +29,7 @@ use tower_api_key::clock::{Clock, ManualClock};
 use tower_api_key::limits::{BucketUse, Credits, RateLimit, RateLimitSync};
 use tower_api_key::store::postgres::{ListenerStatus, PgKeyStore, PgKeyStoreBuilder};
 use tower_api_key::store::{CreatedKey, KeyUpdate, NewKey, StoreError};
+use tower_api_key::CreditLedger;
 use tower_api_key::Invalidation;
 use tower_api_key::KeyStore;
 use tower_api_key::ScopeSet;
@@ -1662,8 +1663,11 @@ async fn through_the_middleware_an_outage_is_503_and_uses_are_written_behind() {
     assert!(acme_key.key.expose_secret().starts_with("acme_"));
     let app = Router::new().route(
         "/whoami",
-        get(|caller: Caller| async move { caller.key_id().to_string() })
-            .route_layer(Authenticator::new(custom.clone()).any_valid_key()),
+        get(|caller: Caller| async move { caller.key_id().to_string() }).route_layer(
+            Authenticator::verifier_builder(custom.clone())
+                .build()
+                .any_valid_key(),
+        ),
     );
     let reply = app
         .oneshot(

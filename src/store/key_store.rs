@@ -9,11 +9,13 @@ use super::{
     Version,
 };
 use crate::key::KeyId;
+use crate::ledger::CreditLedger;
 use crate::limits::RateLimit;
 use crate::verifier::Verifier;
 
-/// Where keys live. Every store is also a [`Verifier`] and announces changes
-/// on [`Verifier::invalidations`].
+/// Where keys live. Every store is also a [`Verifier`] that announces
+/// changes on [`Verifier::invalidations`], and the [`CreditLedger`] of its
+/// keys' credits.
 ///
 /// # Conditional writes
 ///
@@ -25,7 +27,7 @@ use crate::verifier::Verifier;
 /// on. A check made on a key read earlier (may this caller grant these
 /// scopes?) therefore holds for exactly the state the write replaces.
 #[async_trait]
-pub trait KeyStore: Verifier {
+pub trait KeyStore: Verifier + CreditLedger {
     /// Creates a key; the only time its secret is returned. Refused with
     /// [`StoreError::KeyLimitReached`](crate::store::StoreError::KeyLimitReached) when the account already holds the
     /// store's most keys per account ([`DEFAULT_MAX_KEYS_PER_ACCOUNT`](crate::store::DEFAULT_MAX_KEYS_PER_ACCOUNT) unless

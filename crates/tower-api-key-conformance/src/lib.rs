@@ -3,7 +3,8 @@
 //!
 //! # Running it for a store
 //!
-//! 1. Implement [`KeyStore`] (and [`Verifier`](tower_api_key::Verifier)).
+//! 1. Implement [`KeyStore`] (and its supertraits [`Verifier`](tower_api_key::Verifier)
+//!    and [`CreditLedger`](tower_api_key::CreditLedger)).
 //! 2. Write a factory: a type implementing [`StoreFactory`] that opens a
 //!    fresh, empty store of its own for every call of
 //!    [`StoreFactory::store`], built with the [`StoreSettings`] given (manual

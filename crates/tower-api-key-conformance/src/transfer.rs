@@ -13,6 +13,7 @@ use tower_api_key::limits::{Credits, RateLimit, Refill};
 use tower_api_key::store::{
     latest_time, Imported, NewKey, PreviousHash, StoreError, StoredKey, MAX_EXPORT_PAGE,
 };
+use tower_api_key::CreditLedger;
 use tower_api_key::{KeyId, KeyStore, ScopeSet, Verifier};
 
 use super::{

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use tower_api_key::clock::Clock;
 use tower_api_key::limits::{Credits, RateLimit};
 use tower_api_key::store::{KeyUpdate, NewKey, StoreError, Version};
+use tower_api_key::CreditLedger;
 use tower_api_key::{KeyId, KeyStore, ScopeSet, Verifier};
 
 use super::{parse, store_and_clock, StoreFactory, StoreSettings};

@@ -20,8 +20,8 @@ use tower_api_key::store::{
     MAX_EXPORT_PAGE, MAX_PAGE_BYTES, MAX_PAGE_SIZE,
 };
 use tower_api_key::{
-    GeneratedKey, Invalidation, Invalidations, KeyFormat, KeyId, KeyRecord, KeyStore, PresentedKey,
-    Verifier, VerifierError,
+    CreditLedger, GeneratedKey, Invalidation, Invalidations, KeyFormat, KeyId, KeyRecord, KeyStore,
+    PresentedKey, Verifier, VerifierError,
 };
 use tower_api_key_conformance::{store_conformance, StoreFactory, StoreSettings};
 
@@ -247,7 +247,10 @@ impl Verifier for OutsideStore {
     fn key_format(&self) -> Option<KeyFormat> {
         Some(self.0.format)
     }
+}
 
+#[async_trait]
+impl CreditLedger for OutsideStore {
     async fn lease_credits(
         &self,
         id: KeyId,

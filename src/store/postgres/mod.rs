@@ -131,6 +131,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
 use crate::invalidation::{Invalidation, Invalidations};
 use crate::key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
+use crate::ledger::CreditLedger;
 use crate::limits::{CreditLease, RateLimit, MAX_CREDITS};
 use crate::record::KeyRecord;
 use crate::scope::ScopeSet;
@@ -811,7 +812,10 @@ impl Verifier for PgKeyStore {
     fn key_format(&self) -> Option<KeyFormat> {
         Some(self.inner.format)
     }
+}
 
+#[async_trait]
+impl CreditLedger for PgKeyStore {
     async fn lease_credits(
         &self,
         id: KeyId,

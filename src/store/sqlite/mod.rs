@@ -130,6 +130,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
 use crate::invalidation::{Invalidation, Invalidations};
 use crate::key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
+use crate::ledger::CreditLedger;
 use crate::limits::{CreditLease, RateLimit, MAX_CREDITS};
 use crate::record::KeyRecord;
 use crate::scope::ScopeSet;
@@ -977,7 +978,10 @@ impl Verifier for SqliteKeyStore {
     fn key_format(&self) -> Option<KeyFormat> {
         Some(self.inner.format)
     }
+}
 
+#[async_trait]
+impl CreditLedger for SqliteKeyStore {
     async fn lease_credits(
         &self,
         id: KeyId,
