@@ -48,3 +48,12 @@ s/\btower_api_key::(CacheConfig|CachedVerifier|LookupError)\b/tower_api_key::cac
 }
 # store::postgres::migrations is private; its items are in store::postgres.
 s/\bstore::postgres::migrations::(migrations|Migration|MigrationReport)\b/store::postgres::\1/g
+# Issue 21, traits split by job: `Verifier::lease_credits` and
+# `Verifier::return_credits` are `CreditLedger`'s (a trait of its own; bring
+# it into scope where a store's credits are leased). Not mechanical (by
+# hand): move the two methods of `impl Verifier for X` into
+# `impl CreditLedger for X`; `Authenticator::new(v)` / `::builder(v)` over a
+# verifier that is not a store (a closure) become
+# `Authenticator::verifier_builder(v)` (`.build()`), with `.credits(store)`
+# when its records carry credits.
+s/\bVerifier::(lease_credits|return_credits)\b/CreditLedger::\1/g
