@@ -57,3 +57,12 @@ s/\bstore::postgres::migrations::(migrations|Migration|MigrationReport)\b/store:
 # `Authenticator::verifier_builder(v)` (`.build()`), with `.credits(store)`
 # when its records carry credits.
 s/\bVerifier::(lease_credits|return_credits)\b/CreditLedger::\1/g
+# Issue 22 point 3, typed store errors: `StoreError::Invalid(String)` and
+# `StoreError::invalid(..)` are gone. Not mechanical (by hand), by case:
+# a bad page token `StoreError::InvalidPageToken`; a page size or export
+# limit `StoreError::invalid_page_size(max)`; an import whose id is taken or
+# revoked `StoreError::conflict(id, ConflictKind::..)`; a store's settings
+# `StoreError::Config(ConfigError::..)`; a field `StoreError::invalid_field`
+# with a `rules::FieldError`. `limits::LimitError` is an enum of its cases,
+# and `rules::Problem::Limits` holds one instead of a String.
+s/\bProblem::Limits\(format!\("credits are at most \{MAX_CREDITS\}"\)\)/Problem::Limits(LimitError::TooManyCredits)/g

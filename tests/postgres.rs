@@ -28,7 +28,7 @@ use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError, Source};
 use tower_api_key::clock::{Clock, ManualClock};
 use tower_api_key::limits::{BucketUse, Credits, RateLimit, RateLimitSync};
 use tower_api_key::store::postgres::{ListenerStatus, PgKeyStore, PgKeyStoreBuilder};
-use tower_api_key::store::{CreatedKey, KeyUpdate, NewKey, StoreError};
+use tower_api_key::store::{ConfigError, CreatedKey, KeyUpdate, NewKey, StoreError};
 use tower_api_key::CreditLedger;
 use tower_api_key::Invalidation;
 use tower_api_key::KeyStore;
@@ -1726,7 +1726,7 @@ async fn shutdown_and_drop_stop_the_listener() {
     // A bad channel name is refused before connecting.
     assert!(matches!(
         db.builder().with_channel("Bad-Name").connect().await,
-        Err(StoreError::Invalid(_))
+        Err(StoreError::Config(ConfigError::ChannelName))
     ));
     db.drop_schema().await;
 }

@@ -28,7 +28,7 @@ use tower_api_key::clock::{Clock, ManualClock};
 use tower_api_key::limits::Credits;
 use tower_api_key::store::sqlite::{SqliteKeyStore, SqliteKeyStoreBuilder};
 use tower_api_key::store::{
-    CreatedKey, KeyUpdate, ListRequest, NewKey, StoreError, MAX_EXPORT_PAGE,
+    ConfigError, CreatedKey, KeyUpdate, ListRequest, NewKey, StoreError, MAX_EXPORT_PAGE,
 };
 use tower_api_key::CreditLedger;
 use tower_api_key::{Authenticator, KeyStore, ScopeSet};
@@ -392,7 +392,7 @@ async fn open_creates_a_missing_file_and_refuses_what_it_cannot_open() {
     );
     assert!(matches!(
         SqliteKeyStore::open("").await,
-        Err(StoreError::Invalid(_))
+        Err(StoreError::Config(ConfigError::EmptyPath))
     ));
     let garbage = dir.0.join("garbage.db");
     std::fs::write(&garbage, vec![0x5a; 8192]).unwrap();

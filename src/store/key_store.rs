@@ -37,9 +37,11 @@ pub trait KeyStore: Verifier + CreditLedger {
     /// One key, if it exists.
     async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError>;
 
-    /// A service account's keys, oldest first. A key the store cannot read
-    /// is skipped with a warning naming its id, so one corrupted row never
-    /// hides the account's other keys.
+    /// A service account's keys, oldest first: at most the page size asked
+    /// for. A key the store cannot read is skipped with a warning naming its
+    /// id, so one corrupted row never hides the account's other keys.
+    /// Refused with [`StoreError::InvalidPageSize`] or
+    /// [`StoreError::InvalidPageToken`].
     async fn list(
         &self,
         service_account_id: &str,
@@ -121,9 +123,11 @@ pub trait KeyStore: Verifier + CreditLedger {
     /// Refused with [`StoreError::InvalidField`] naming the key id and the
     /// field when a field breaks the [field rules](crate::store::rules::stored_key)
     /// (those of create, with bounds on times, the hint and the grace); with
-    /// [`StoreError::Invalid`] naming the key id (never a hash) when the id
-    /// exists with another hash or account, or when this store revoked that
-    /// id; with
+    /// [`StoreError::Conflict`] naming the key id (never a hash) when the id
+    /// exists with another hash or account
+    /// ([`ConflictKind::IdTaken`](crate::store::ConflictKind::IdTaken)), or
+    /// when this store revoked that id
+    /// ([`ConflictKind::Revoked`](crate::store::ConflictKind::Revoked)); with
     /// [`StoreError::KeyLimitReached`](crate::store::StoreError::KeyLimitReached)
     /// past the per-account limit.
     async fn import(&self, key: StoredKey) -> Result<Imported, StoreError>;

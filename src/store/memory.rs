@@ -399,10 +399,7 @@ impl KeyStore for MemoryStore {
         let size = page.size()?;
         let after = match &page.page_token {
             None => None,
-            Some(token) => Some(
-                parse_page_token(token)
-                    .ok_or_else(|| StoreError::invalid("page_token is not valid"))?,
-            ),
+            Some(token) => Some(parse_page_token(token).ok_or(StoreError::InvalidPageToken)?),
         };
         let keys = self.read();
         let Some(mine) = keys.by_account.get(service_account_id) else {

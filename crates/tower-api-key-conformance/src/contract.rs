@@ -15,9 +15,10 @@ use tower_api_key::{GeneratedKey, Invalidation, KeyFormat, KeyId, KeyStore, Pres
 use tower_api_key::{ScopeSet, Verifier};
 
 use super::{
-    all_pages, assert_invalid, assert_limit_reached, concurrent_creates_respect_the_limit,
-    export_everything, exported, ids_of, largest_rate_limits, largest_scopes, parse, peppers,
-    store_and_clock, unknown_key, wrong_secret, StoreFactory, StoreSettings, Watch,
+    all_pages, assert_invalid, assert_invalid_page_size, assert_invalid_page_token,
+    assert_limit_reached, concurrent_creates_respect_the_limit, export_everything, exported,
+    ids_of, largest_rate_limits, largest_scopes, parse, peppers, store_and_clock, unknown_key,
+    wrong_secret, StoreFactory, StoreSettings, Watch,
 };
 
 async fn clocked<F: StoreFactory>(f: &F) -> (F::Store, std::sync::Arc<ManualClock>) {
@@ -654,7 +655,10 @@ pub async fn list_accepts_page_sizes_from_one_to_two_hundred<F: StoreFactory>(f:
         assert!(
             matches!(
                 store.list("sa-sizes", ListRequest::first(bad)).await,
-                Err(StoreError::Invalid(_))
+                Err(StoreError::InvalidPageSize {
+                    max: MAX_PAGE_SIZE,
+                    ..
+                })
             ),
             "page size {bad}"
         );
@@ -664,13 +668,20 @@ pub async fn list_accepts_page_sizes_from_one_to_two_hundred<F: StoreFactory>(f:
 pub async fn list_rejects_page_sizes_outside_one_to_the_maximum<F: StoreFactory>(f: &F) {
     let (store, clock) = clocked(f).await;
     create_keys(&store, &clock, "sa-1", 2).await;
-    assert_invalid(store.list("sa-1", ListRequest::first(0)).await);
-    assert_invalid(
+    assert_invalid_page_size(
+        store.list("sa-1", ListRequest::first(0)).await,
+        MAX_PAGE_SIZE,
+    );
+    assert_invalid_page_size(
         store
             .list("sa-1", ListRequest::first(MAX_PAGE_SIZE + 1))
             .await,
+        MAX_PAGE_SIZE,
     );
-    assert_invalid(store.list("sa-1", ListRequest::first(usize::MAX)).await);
+    assert_invalid_page_size(
+        store.list("sa-1", ListRequest::first(usize::MAX)).await,
+        MAX_PAGE_SIZE,
+    );
     assert_eq!(
         store
             .list("sa-1", ListRequest::first(1))
@@ -715,7 +726,7 @@ pub async fn list_rejects_page_tokens_it_did_not_issue<F: StoreFactory>(f: &F) {
         format!("1000000000000000000000000000.{}", theirs[0]),
         format!("-9223372036854775807999999999.{}", theirs[0]),
     ] {
-        assert_invalid(store.list("sa-1", ListRequest::after(10, token)).await);
+        assert_invalid_page_token(store.list("sa-1", ListRequest::after(10, token)).await);
     }
 }
 
@@ -1260,13 +1271,13 @@ pub async fn every_management_operation_in_sequence<F: StoreFactory>(f: &F) {
     assert_eq!(created.record.description, "first");
     assert!(matches!(
         store.create(NewKey::new("")).await,
-        Err(StoreError::Invalid(_))
+        Err(StoreError::InvalidField { .. })
     ));
     assert!(matches!(
         store
             .create(NewKey::new("sa-ops").with_expires_at(clock.now() - Duration::from_secs(1)))
             .await,
-        Err(StoreError::Invalid(_))
+        Err(StoreError::InvalidField { .. })
     ));
 
     // get: what create returned, never the secret
@@ -1323,7 +1334,7 @@ pub async fn every_management_operation_in_sequence<F: StoreFactory>(f: &F) {
                 None
             )
             .await,
-        Err(StoreError::Invalid(_))
+        Err(StoreError::InvalidField { .. })
     ));
     assert_eq!(
         store
@@ -1444,9 +1455,10 @@ pub async fn every_management_operation_in_sequence<F: StoreFactory>(f: &F) {
         .unwrap()
         .keys
         .is_empty());
+    for bad in [ListRequest::first(0), ListRequest::first(201)] {
+        assert_invalid_page_size(store.list("sa-list", bad).await, MAX_PAGE_SIZE);
+    }
     for bad in [
-        ListRequest::first(0),
-        ListRequest::first(201),
         ListRequest::after(2, ""),
         ListRequest::after(2, "not a token"),
         ListRequest::after(2, other.record.key_id.to_string()),
@@ -1458,7 +1470,7 @@ pub async fn every_management_operation_in_sequence<F: StoreFactory>(f: &F) {
         assert!(
             matches!(
                 store.list("sa-list", bad.clone()).await,
-                Err(StoreError::Invalid(_))
+                Err(StoreError::InvalidPageToken)
             ),
             "{bad:?}"
         );

@@ -80,8 +80,8 @@ use tower_api_key::clock::ManualClock;
 use tower_api_key::hash::{KeyHasher, Pepper};
 use tower_api_key::limits::{Credits, RateLimit, MAX_RATE_LIMITS};
 use tower_api_key::store::{
-    KeyInfo, KeyPage, ListRequest, NewKey, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
-    MAX_EXPORT_PAGE, MAX_PAGE_SIZE,
+    ConflictKind, KeyInfo, KeyPage, ListRequest, NewKey, StoreError, StoredKey,
+    DEFAULT_MAX_KEYS_PER_ACCOUNT, MAX_EXPORT_PAGE, MAX_PAGE_SIZE,
 };
 use tower_api_key::{GeneratedKey, PresentedKey};
 use tower_api_key::{Invalidation, InvalidationListener, KeyFormat, KeyId, KeyStore, MemoryStore};
@@ -431,12 +431,48 @@ pub fn parse(store: &dyn KeyStore, key: &GeneratedKey) -> PresentedKey {
         .unwrap()
 }
 
+/// The text of a [`StoreError::InvalidField`] (it names the field, and
+/// the key of an import); any other answer fails.
 #[track_caller]
 pub fn assert_invalid<T: fmt::Debug>(result: Result<T, StoreError>) -> String {
     match result {
-        Err(StoreError::Invalid(why)) => why,
         Err(e @ StoreError::InvalidField { .. }) => e.to_string(),
-        other => panic!("expected StoreError::Invalid or InvalidField, got {other:?}"),
+        other => panic!("expected StoreError::InvalidField, got {other:?}"),
+    }
+}
+
+/// A [`StoreError::InvalidPageSize`] naming `max`.
+#[track_caller]
+pub fn assert_invalid_page_size<T: fmt::Debug>(result: Result<T, StoreError>, max: usize) {
+    match result {
+        Err(StoreError::InvalidPageSize { max: named, .. }) if named == max => {}
+        other => panic!("expected StoreError::InvalidPageSize {{ max: {max} }}, got {other:?}"),
+    }
+}
+
+/// A [`StoreError::InvalidPageToken`].
+#[track_caller]
+pub fn assert_invalid_page_token<T: fmt::Debug>(result: Result<T, StoreError>) {
+    match result {
+        Err(StoreError::InvalidPageToken) => {}
+        other => panic!("expected StoreError::InvalidPageToken, got {other:?}"),
+    }
+}
+
+/// A [`StoreError::Conflict`] of key `id` of `kind`; its text.
+#[track_caller]
+pub fn assert_conflict<T: fmt::Debug>(
+    result: Result<T, StoreError>,
+    id: KeyId,
+    kind: ConflictKind,
+) -> String {
+    match result {
+        Err(StoreError::Conflict {
+            id: named,
+            kind: found,
+            ..
+        }) if named == id && found == kind => StoreError::conflict(named, found).to_string(),
+        other => panic!("expected StoreError::Conflict {{ {id}, {kind:?} }}, got {other:?}"),
     }
 }
 
