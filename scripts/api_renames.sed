@@ -65,4 +65,7 @@ s/\bVerifier::(lease_credits|return_credits)\b/CreditLedger::\1/g
 # `StoreError::Config(ConfigError::..)`; a field `StoreError::invalid_field`
 # with a `rules::FieldError`. `limits::LimitError` is an enum of its cases,
 # and `rules::Problem::Limits` holds one instead of a String.
-s/\bProblem::Limits\(format!\("credits are at most \{MAX_CREDITS\}"\)\)/Problem::Limits(LimitError::TooManyCredits)/g
+# Issue 21, page budgeting by bytes moves to the management layer: stores
+# page by count only; the 1 MiB budget is the management API's, and
+# `KeyInfo::json_size_estimate` is gone (the API measures its own JSON).
+s/\bstore::MAX_PAGE_BYTES\b/management::MAX_PAGE_BYTES/g

@@ -72,18 +72,6 @@ use rules::{Field, FieldError, Problem};
 pub const MAX_PAGE_SIZE: usize = 200;
 /// Page size when none is asked for.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
-/// Byte budget of one [`KeyStore::list`] page: 1 MiB of keys as the
-/// management API writes them in JSON ([`KeyInfo::json_size_estimate`]).
-///
-/// A page stops before the key that would take it past the budget (but
-/// always holds at least one key, so listing always progresses), and its
-/// `next_page_token` continues from the last key returned. The largest key
-/// the management API accepts (100 scopes of 256 bytes, the most rate
-/// limits for the key and its account, credits) takes about 28 KB, so such
-/// a page holds about 37 keys; only a key created directly through
-/// a store with a description over 1 MiB makes a page (of that one key)
-/// larger than the budget.
-pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
 /// Keys one service account may hold in a store unless its builder says
 /// otherwise (`max_keys_per_account`).
 pub const DEFAULT_MAX_KEYS_PER_ACCOUNT: usize = 1000;
@@ -253,72 +241,22 @@ impl KeyInfo {
         self.version = version;
         self
     }
-
-    /// An upper bound on the bytes this key takes in a management API
-    /// listing: every string with its quotes and JSON escapes, field names,
-    /// punctuation and timestamps. What [`MAX_PAGE_BYTES`] counts.
-    pub fn json_size_estimate(&self) -> usize {
-        // Field names, braces, commas (the array's too) and three
-        // timestamps of at most 40 bytes each, quoted: about 210 bytes.
-        const FIXED: usize = 256;
-        let record = &self.record;
-        let scopes: usize = record
-            .scopes
-            .iter()
-            .map(|s| json_string_len(s.as_str()) + 1)
-            .sum();
-        // The key's and its account's rate limits as strings of their text
-        // form (at most 40 bytes: `999999999/31622399999ms,burst=1000000000`),
-        // quoted, with a comma; the two lists' field names and brackets.
-        const LIMIT: usize = 44;
-        const LIMIT_LISTS: usize = 96;
-        // Credits: an object of two counts of at most 13 digits, an interval
-        // name, a day and their field names.
-        const CREDITS: usize = 192;
-        let limits = LIMIT * (record.rate_limits.len() + record.account_rate_limits.len());
-        let credits = if record.credits.is_some() { CREDITS } else { 0 };
-        FIXED
-            + json_string_len(record.key_id.as_str())
-            + json_string_len(&record.service_account_id)
-            + json_string_len(&record.description)
-            + json_string_len(&self.hint)
-            + scopes
-            + LIMIT_LISTS
-            + limits
-            + credits
-    }
-}
-
-/// The length of `s` as a JSON string: quotes, `\"` and `\\` escaped in two
-/// bytes, control characters in six (`\u0000`), everything else as UTF-8.
-fn json_string_len(s: &str) -> usize {
-    2 + s
-        .bytes()
-        .map(|b| match b {
-            b'"' | b'\\' => 2,
-            0..=0x1f => 6,
-            _ => 1,
-        })
-        .sum::<usize>()
 }
 
 /// Fills a page from `keys` (in listing order, at least one more than
-/// `size` when there are more): at most `size` keys and at most
-/// [`MAX_PAGE_BYTES`], never fewer than one. The flag says whether keys are
-/// left for a next page.
+/// `size` when there are more): at most `size` keys. The flag says whether
+/// keys are left for a next page. Stores page by count only; the
+/// management API bounds its answers' bytes itself.
 pub(crate) fn fill_page<E>(
     keys: impl IntoIterator<Item = Result<KeyInfo, E>>,
     size: usize,
 ) -> Result<(Vec<KeyInfo>, bool), E> {
     let mut page = Vec::new();
-    let mut bytes = 0usize;
     for key in keys {
         let key = key?;
-        let cost = key.json_size_estimate();
-        if page.len() == size || (!page.is_empty() && bytes.saturating_add(cost) > MAX_PAGE_BYTES) {
+        if page.len() == size {
             return Ok((page, true));
         }
-        bytes = bytes.saturating_add(cost);
         page.push(key);
     }
     Ok((page, false))
@@ -388,9 +326,8 @@ impl KeyUpdate {
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct ListRequest {
-    /// Keys per page (default 100, at most 200). A page also stops at
-    /// [`MAX_PAGE_BYTES`], so it may hold fewer keys even when more follow:
-    /// go on while `next_page_token` is set.
+    /// Keys per page (default 100, at most 200). A caller goes on while
+    /// `next_page_token` is set.
     pub page_size: Option<usize>,
     /// The `next_page_token` of the previous page.
     pub page_token: Option<String>,
@@ -422,8 +359,7 @@ impl ListRequest {
     }
 }
 
-/// One page of keys: at most the page size asked for and at most
-/// [`MAX_PAGE_BYTES`] (but at least one key when any is left).
+/// One page of keys: at most the page size asked for.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct KeyPage {

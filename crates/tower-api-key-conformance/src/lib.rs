@@ -57,12 +57,6 @@
 //! Times: the settings' clock starts on a whole second and tests move it by
 //! whole seconds unless the test is about sub-microsecond times, because
 //! PostgreSQL keeps microseconds.
-//!
-//! # Features
-//!
-//! `management` (off by default) also checks that the page byte budget's
-//! estimate ([`KeyInfo::json_size_estimate`]) covers the management API's
-//! JSON; it turns on the root crate's management API.
 
 pub mod contract;
 pub mod limits;
@@ -331,7 +325,7 @@ macro_rules! __store_conformance {
                 contract::list_orders_keys_created_at_the_same_instant_stably,
                 contract::list_orders_keys_of_one_instant_by_id_around_the_epoch,
                 contract::list_uses_the_default_page_size_when_none_is_given,
-                contract::list_stops_a_page_at_the_byte_budget_and_continues_from_its_last_key,
+                contract::list_pages_by_count_however_large_the_keys,
                 contract::list_accepts_page_sizes_from_one_to_two_hundred,
                 contract::list_rejects_page_sizes_outside_one_to_the_maximum,
                 contract::list_rejects_page_tokens_it_did_not_issue,
@@ -530,14 +524,6 @@ pub fn largest_rate_limits() -> Vec<RateLimit> {
         "{limits:?}"
     );
     limits
-}
-
-/// The bytes `key` takes in a management API listing.
-#[cfg(feature = "management")]
-pub fn json_len(key: &KeyInfo) -> usize {
-    serde_json::to_vec(&tower_api_key::management::KeyResource::from(key))
-        .unwrap()
-        .len()
 }
 
 /// Every page of `account`'s keys at `page_size`.

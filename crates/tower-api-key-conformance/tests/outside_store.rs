@@ -17,7 +17,7 @@ use tower_api_key::limits::{
 use tower_api_key::store::{
     latest_time, rules, ConflictKind, CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate,
     ListRequest, NewKey, PreviousHash, StoreError, StoredKey, Version, DEFAULT_PAGE_SIZE,
-    MAX_EXPORT_PAGE, MAX_PAGE_BYTES, MAX_PAGE_SIZE,
+    MAX_EXPORT_PAGE, MAX_PAGE_SIZE,
 };
 use tower_api_key::{
     CreditLedger, GeneratedKey, Invalidation, Invalidations, KeyFormat, KeyId, KeyRecord, KeyStore,
@@ -357,20 +357,9 @@ impl KeyStore for OutsideStore {
             .filter(|e| after.is_none_or(|a| (e.record.created_at, e.record.key_id) > a))
             .collect();
         mine.sort_by_key(|e| (e.record.created_at, e.record.key_id));
-        // At most `size` keys and MAX_PAGE_BYTES, never fewer than one.
-        let (mut keys, mut bytes, mut more) = (Vec::new(), 0usize, false);
-        for e in mine {
-            let info = state.info(e);
-            let cost = info.json_size_estimate();
-            if keys.len() == size
-                || (!keys.is_empty() && bytes.saturating_add(cost) > MAX_PAGE_BYTES)
-            {
-                more = true;
-                break;
-            }
-            bytes = bytes.saturating_add(cost);
-            keys.push(info);
-        }
+        // At most `size` keys: a store pages by count only.
+        let more = mine.len() > size;
+        let keys: Vec<KeyInfo> = mine.into_iter().take(size).map(|e| state.info(e)).collect();
         let next = more
             .then(|| keys.last().map(|k: &KeyInfo| page_token(&k.record)))
             .flatten();
