@@ -102,8 +102,9 @@
 //!   the `ApiKey*` middleware applies it to one route); the identity
 //!   extractor [`Caller`]; the scope rule of a route,
 //!   [`ScopePolicy`], over [`Scope`] and [`ScopeSet`]; the [`Verifier`] trait
-//!   and [`VerifierError`]; the key types a verifier sees ([`KeyFormat`],
-//!   [`KeyId`], [`PresentedKey`], [`GeneratedKey`]) with their
+//!   and [`VerifierError`]; the [`CreditLedger`] trait that counts credits;
+//!   the key types a verifier sees ([`KeyFormat`], [`KeyId`],
+//!   [`PresentedKey`], [`GeneratedKey`]) with their
 //!   errors and length limits; the [`KeyRecord`] a verifier returns; the
 //!   [`KeyStore`] trait and the embedded [`MemoryStore`]; what a custom
 //!   verifier announces changes on ([`Invalidations`]); and a refusal,
@@ -166,7 +167,7 @@
 //   scope, hash
 //   limits                               rate limits and credits, as values
 //   record                               what a verifier returns
-//   invalidation, verifier               checking keys, announcing changes
+//   invalidation, verifier, ledger       checking keys, announcing changes, credits
 //   cache                                owns its entry and defines `Caller`
 //   store                                verifiers with management operations
 //   usage                                `last_used_at`, written to a store
@@ -184,6 +185,7 @@ mod clock;
 pub mod hash;
 mod invalidation;
 mod key;
+mod ledger;
 pub mod limits;
 #[cfg(feature = "management")]
 #[cfg_attr(docsrs, doc(cfg(feature = "management")))]
@@ -216,6 +218,7 @@ pub use key::{
     GeneratedKey, InvalidKeyId, InvalidPrefix, KeyFormat, KeyGenError, KeyId, KeyParseError,
     PresentedKey, CHECKSUM_LEN, ID_LEN, MAX_KEY_LEN, MAX_PREFIX_LEN, SECRET_LEN,
 };
+pub use ledger::CreditLedger;
 pub use record::KeyRecord;
 pub use scope::{
     Scope, ScopeDenied, ScopeError, ScopePolicy, ScopeSet, MAX_SCOPES_PER_KEY, MAX_SCOPE_LEN,

@@ -28,7 +28,8 @@ use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError, Source};
 use tower_api_key::clock::{Clock, ManualClock};
 use tower_api_key::limits::{BucketUse, Credits, RateLimit, RateLimitSync};
 use tower_api_key::store::postgres::{ListenerStatus, PgKeyStore, PgKeyStoreBuilder};
-use tower_api_key::store::{CreatedKey, KeyUpdate, NewKey, StoreError};
+use tower_api_key::store::{ConfigError, CreatedKey, KeyUpdate, NewKey, StoreError};
+use tower_api_key::CreditLedger;
 use tower_api_key::Invalidation;
 use tower_api_key::KeyStore;
 use tower_api_key::ScopeSet;
@@ -1662,8 +1663,11 @@ async fn through_the_middleware_an_outage_is_503_and_uses_are_written_behind() {
     assert!(acme_key.key.expose_secret().starts_with("acme_"));
     let app = Router::new().route(
         "/whoami",
-        get(|caller: Caller| async move { caller.key_id().to_string() })
-            .route_layer(Authenticator::new(custom.clone()).any_valid_key()),
+        get(|caller: Caller| async move { caller.key_id().to_string() }).route_layer(
+            Authenticator::verifier_builder(custom.clone())
+                .build()
+                .any_valid_key(),
+        ),
     );
     let reply = app
         .oneshot(
@@ -1722,7 +1726,7 @@ async fn shutdown_and_drop_stop_the_listener() {
     // A bad channel name is refused before connecting.
     assert!(matches!(
         db.builder().with_channel("Bad-Name").connect().await,
-        Err(StoreError::Invalid(_))
+        Err(StoreError::Config(ConfigError::ChannelName))
     ));
     db.drop_schema().await;
 }

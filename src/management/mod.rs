@@ -92,6 +92,19 @@ pub const DEFAULT_SCOPE: &str = "apikeys.manage";
 /// of the longest allowed name.
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 
+/// Byte budget of one `GET /keys` page: 1 MiB of keys as this API writes
+/// them in JSON (each key's JSON and a comma).
+///
+/// A page stops before the key that would take it past the budget (but
+/// always holds at least one key, so listing always progresses), and its
+/// `next_page_token` continues from the last key returned. The largest key
+/// this API accepts (100 scopes of 256 bytes, the most rate limits for the
+/// key and its account, credits) takes about 28 KB, so such a page holds
+/// about 37 keys; only a key created directly through a store with a
+/// description over 1 MiB makes a page (of that one key) larger. Stores
+/// page by count only: the budget is this API's.
+pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
+
 /// The management router with the defaults: scope [`DEFAULT_SCOPE`], each
 /// caller managing only its own service account's keys, bodies up to
 /// [`DEFAULT_BODY_LIMIT`]. See the [module docs](self) for an example.

@@ -66,23 +66,12 @@ use crate::key::{GeneratedKey, KeyGenError, KeyId};
 use crate::limits::{check_rate_limits, Credits, RateLimit};
 use crate::record::KeyRecord;
 use crate::scope::ScopeSet;
+use rules::{Field, FieldError, Problem};
 
 /// Most keys one [`KeyStore::list`] page returns: what a console shows.
 pub const MAX_PAGE_SIZE: usize = 200;
 /// Page size when none is asked for.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
-/// Byte budget of one [`KeyStore::list`] page: 1 MiB of keys as the
-/// management API writes them in JSON ([`KeyInfo::json_size_estimate`]).
-///
-/// A page stops before the key that would take it past the budget (but
-/// always holds at least one key, so listing always progresses), and its
-/// `next_page_token` continues from the last key returned. The largest key
-/// the management API accepts (100 scopes of 256 bytes, the most rate
-/// limits for the key and its account, credits) takes about 28 KB, so such
-/// a page holds about 37 keys; only a key created directly through
-/// a store with a description over 1 MiB makes a page (of that one key)
-/// larger than the budget.
-pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
 /// Keys one service account may hold in a store unless its builder says
 /// otherwise (`max_keys_per_account`).
 pub const DEFAULT_MAX_KEYS_PER_ACCOUNT: usize = 1000;
@@ -253,72 +242,22 @@ impl KeyInfo {
         self.version = version;
         self
     }
-
-    /// An upper bound on the bytes this key takes in a management API
-    /// listing: every string with its quotes and JSON escapes, field names,
-    /// punctuation and timestamps. What [`MAX_PAGE_BYTES`] counts.
-    pub fn json_size_estimate(&self) -> usize {
-        // Field names, braces, commas (the array's too) and three
-        // timestamps of at most 40 bytes each, quoted: about 210 bytes.
-        const FIXED: usize = 256;
-        let record = &self.record;
-        let scopes: usize = record
-            .scopes
-            .iter()
-            .map(|s| json_string_len(s.as_str()) + 1)
-            .sum();
-        // The key's and its account's rate limits as strings of their text
-        // form (at most 40 bytes: `999999999/31622399999ms,burst=1000000000`),
-        // quoted, with a comma; the two lists' field names and brackets.
-        const LIMIT: usize = 44;
-        const LIMIT_LISTS: usize = 96;
-        // Credits: an object of two counts of at most 13 digits, an interval
-        // name, a day and their field names.
-        const CREDITS: usize = 192;
-        let limits = LIMIT * (record.rate_limits.len() + record.account_rate_limits.len());
-        let credits = if record.credits.is_some() { CREDITS } else { 0 };
-        FIXED
-            + json_string_len(record.key_id.as_str())
-            + json_string_len(&record.service_account_id)
-            + json_string_len(&record.description)
-            + json_string_len(&self.hint)
-            + scopes
-            + LIMIT_LISTS
-            + limits
-            + credits
-    }
-}
-
-/// The length of `s` as a JSON string: quotes, `\"` and `\\` escaped in two
-/// bytes, control characters in six (`\u0000`), everything else as UTF-8.
-fn json_string_len(s: &str) -> usize {
-    2 + s
-        .bytes()
-        .map(|b| match b {
-            b'"' | b'\\' => 2,
-            0..=0x1f => 6,
-            _ => 1,
-        })
-        .sum::<usize>()
 }
 
 /// Fills a page from `keys` (in listing order, at least one more than
-/// `size` when there are more): at most `size` keys and at most
-/// [`MAX_PAGE_BYTES`], never fewer than one. The flag says whether keys are
-/// left for a next page.
+/// `size` when there are more): at most `size` keys. The flag says whether
+/// keys are left for a next page. Stores page by count only; the
+/// management API bounds its answers' bytes itself.
 pub(crate) fn fill_page<E>(
     keys: impl IntoIterator<Item = Result<KeyInfo, E>>,
     size: usize,
 ) -> Result<(Vec<KeyInfo>, bool), E> {
     let mut page = Vec::new();
-    let mut bytes = 0usize;
     for key in keys {
         let key = key?;
-        let cost = key.json_size_estimate();
-        if page.len() == size || (!page.is_empty() && bytes.saturating_add(cost) > MAX_PAGE_BYTES) {
+        if page.len() == size {
             return Ok((page, true));
         }
-        bytes = bytes.saturating_add(cost);
         page.push(key);
     }
     Ok((page, false))
@@ -388,9 +327,8 @@ impl KeyUpdate {
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct ListRequest {
-    /// Keys per page (default 100, at most 200). A page also stops at
-    /// [`MAX_PAGE_BYTES`], so it may hold fewer keys even when more follow:
-    /// go on while `next_page_token` is set.
+    /// Keys per page (default 100, at most 200). A caller goes on while
+    /// `next_page_token` is set.
     pub page_size: Option<usize>,
     /// The `next_page_token` of the previous page.
     pub page_token: Option<String>,
@@ -417,15 +355,12 @@ impl ListRequest {
         match self.page_size {
             None => Ok(DEFAULT_PAGE_SIZE),
             Some(n @ 1..=MAX_PAGE_SIZE) => Ok(n),
-            Some(_) => Err(StoreError::invalid(format!(
-                "page_size must be between 1 and {MAX_PAGE_SIZE}"
-            ))),
+            Some(_) => Err(StoreError::InvalidPageSize { max: MAX_PAGE_SIZE }),
         }
     }
 }
 
-/// One page of keys: at most the page size asked for and at most
-/// [`MAX_PAGE_BYTES`] (but at least one key when any is left).
+/// One page of keys: at most the page size asked for.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct KeyPage {
@@ -449,8 +384,29 @@ impl KeyPage {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The request is invalid; the message says why (and holds no secret).
-    Invalid(String),
+    /// A listing's `page_token` this store did not issue (or one altered).
+    InvalidPageToken,
+    /// A page size outside 1 to `max`: a listing's `page_size`
+    /// ([`MAX_PAGE_SIZE`]) or an export page's `limit`
+    /// ([`MAX_EXPORT_PAGE`]).
+    #[non_exhaustive]
+    InvalidPageSize {
+        /// The largest page allowed.
+        max: usize,
+    },
+    /// An [import](KeyStore::import) refused because the key's id (or its
+    /// hash) is taken here: [`ConflictKind`] says how. Nothing was written.
+    /// Names the key id, never a hash.
+    #[non_exhaustive]
+    Conflict {
+        /// The imported key.
+        id: KeyId,
+        /// What the store holds under that id or hash.
+        kind: ConflictKind,
+    },
+    /// The store cannot be opened as configured: which setting and why,
+    /// never a password.
+    Config(ConfigError),
     /// The random source failed.
     KeyGen(KeyGenError),
     /// The service account already holds the most keys a store allows
@@ -492,9 +448,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// An invalid request.
-    pub fn invalid(message: impl Into<String>) -> Self {
-        Self::Invalid(message.into())
+    /// A page size outside 1 to `max` ([`StoreError::InvalidPageSize`]).
+    pub fn invalid_page_size(max: usize) -> Self {
+        Self::InvalidPageSize { max }
+    }
+
+    /// An import of key `id` that conflicts with what the store holds
+    /// ([`StoreError::Conflict`]).
+    pub fn conflict(id: KeyId, kind: ConflictKind) -> Self {
+        Self::Conflict { id, kind }
     }
 
     /// A field of key `id` (if any) breaks its rule.
@@ -529,7 +491,12 @@ impl StoreError {
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Invalid(why) => write!(f, "invalid request: {why}"),
+            Self::InvalidPageToken => f.write_str("invalid request: page_token is not valid"),
+            Self::InvalidPageSize { max } => {
+                write!(f, "invalid request: a page holds 1 to {max} keys")
+            }
+            Self::Conflict { id, kind } => write!(f, "key {id} {kind}"),
+            Self::Config(e) => write!(f, "invalid key store configuration: {e}"),
             Self::KeyGen(e) => write!(f, "{e}"),
             Self::KeyLimitReached { limit } => write!(
                 f,
@@ -562,7 +529,10 @@ impl std::error::Error for StoreError {
             Self::KeyGen(e) => Some(e),
             Self::Backend(e) => Some(&**e),
             Self::InvalidField { error, .. } => Some(error),
-            Self::Invalid(_)
+            Self::Config(e) => Some(e),
+            Self::InvalidPageToken
+            | Self::InvalidPageSize { .. }
+            | Self::Conflict { .. }
             | Self::KeyLimitReached { .. }
             | Self::VersionMismatch { .. }
             | Self::NoCredits { .. } => None,
@@ -576,11 +546,86 @@ impl From<KeyGenError> for StoreError {
     }
 }
 
+impl From<ConfigError> for StoreError {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(e)
+    }
+}
+
+/// How an [import](KeyStore::import) conflicts with the store
+/// ([`StoreError::Conflict`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConflictKind {
+    /// The id is held with another secret or service account.
+    IdTaken,
+    /// This store revoked the id: revocation is final, and an old export
+    /// must not bring the key back.
+    Revoked,
+    /// The id or the hash is taken by another key, as the database's unique
+    /// index found (a concurrent import of the same key, or another key with
+    /// this hash).
+    IdOrHashTaken,
+}
+
+impl fmt::Display for ConflictKind {
+    /// Reads after "key {id} ".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::IdTaken => "already exists with another secret or service account",
+            Self::Revoked => "was revoked in this store; a revoked key is never imported again",
+            Self::IdOrHashTaken => "conflicts with another key holding its id or hash",
+        })
+    }
+}
+
+/// A key store's configuration that cannot work
+/// ([`StoreError::Config`]). Never holds a password nor a key.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The database URL does not parse; the source is the driver's reason
+    /// (which never repeats the URL).
+    DatabaseUrl(Box<dyn std::error::Error + Send + Sync>),
+    /// The path of the database file is empty.
+    EmptyPath,
+    /// The notification channel name is not 1 to 63 characters of `a-z`,
+    /// `0-9` and `_`, not starting with a digit.
+    ChannelName,
+}
+
+impl ConfigError {
+    /// A database URL that does not parse, for `reason` (never the URL).
+    pub fn database_url(reason: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::DatabaseUrl(reason.into())
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::DatabaseUrl(e) => write!(f, "invalid database URL: {e}"),
+            Self::EmptyPath => f.write_str("the database path is empty"),
+            Self::ChannelName => f.write_str(
+                "the NOTIFY channel must be 1 to 63 characters of a-z, 0-9 and _, \
+                 not starting with a digit",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::DatabaseUrl(e) => Some(&**e),
+            Self::EmptyPath | Self::ChannelName => None,
+        }
+    }
+}
+
 /// Checks a new key's fields that every store checks the same way.
 pub(crate) fn check_new(new: &NewKey, now: SystemTime) -> Result<(), StoreError> {
-    if new.service_account_id.is_empty() {
-        return Err(StoreError::invalid("service_account_id is empty"));
-    }
+    check_account(&new.service_account_id)?;
     check_limits(&new.rate_limits)?;
     check_expiry(new.expires_at, now)
 }
@@ -606,7 +651,7 @@ pub(crate) fn check_account_limits(account: &str, limits: &[RateLimit]) -> Resul
 /// A service account id names an account: it is not empty.
 pub(crate) fn check_account(account: &str) -> Result<(), StoreError> {
     if account.is_empty() {
-        return Err(StoreError::invalid("service_account_id is empty"));
+        return Err(field_error(Field::ServiceAccountId, Problem::Empty));
     }
     Ok(())
 }
@@ -627,9 +672,16 @@ const MAX_IMPORTED_VERSION: i64 = (1 << 53) - 1;
 pub(crate) fn imported_version(id: KeyId, version: Version) -> Result<i64, StoreError> {
     match i64::try_from(version.get()) {
         Ok(n @ 1..=MAX_IMPORTED_VERSION) => Ok(n),
-        _ => Err(StoreError::invalid(format!(
-            "key {id}: version must be between 1 and {MAX_IMPORTED_VERSION}"
-        ))),
+        _ => Err(StoreError::invalid_field(
+            Some(id),
+            FieldError::new(
+                Field::Version,
+                Problem::OutOfRange {
+                    min: 1,
+                    max: MAX_IMPORTED_VERSION as u64,
+                },
+            ),
+        )),
     }
 }
 
@@ -646,9 +698,14 @@ pub(crate) fn check_version(
     }
 }
 
+/// A request's (not an imported key's) field that breaks its rule.
+fn field_error(field: Field, problem: Problem) -> StoreError {
+    StoreError::invalid_field(None, FieldError::new(field, problem))
+}
+
 /// Checks rate limits for a key or an account, as every store does.
 pub(crate) fn check_limits(limits: &[RateLimit]) -> Result<(), StoreError> {
-    check_rate_limits(limits).map_err(|e| StoreError::invalid(e.to_string()))
+    check_rate_limits(limits).map_err(|e| field_error(Field::RateLimits, Problem::Limits(e)))
 }
 
 /// The latest instant a store keeps, [`LATEST_TIME_TEXT`]: the end of year
@@ -665,26 +722,22 @@ pub(crate) fn export_page_size(limit: usize) -> Result<usize, StoreError> {
     if (1..=MAX_EXPORT_PAGE).contains(&limit) {
         Ok(limit)
     } else {
-        Err(StoreError::invalid(format!(
-            "an export page holds 1 to {MAX_EXPORT_PAGE} keys"
-        )))
+        Err(StoreError::InvalidPageSize {
+            max: MAX_EXPORT_PAGE,
+        })
     }
 }
 
 /// The error of importing a key whose id the store holds with another hash
 /// or account.
 pub(crate) fn import_conflict(id: KeyId) -> StoreError {
-    StoreError::invalid(format!(
-        "key {id} already exists with another secret or service account"
-    ))
+    StoreError::conflict(id, ConflictKind::IdTaken)
 }
 
 /// The error of importing a key this store revoked: revocation is final,
 /// and an old export must not bring a key back.
 pub(crate) fn import_revoked(id: KeyId) -> StoreError {
-    StoreError::invalid(format!(
-        "key {id} was revoked in this store; a revoked key is never imported again"
-    ))
+    StoreError::conflict(id, ConflictKind::Revoked)
 }
 
 /// An expiry must lie in the future, and no later than [`latest_time`], so
@@ -694,10 +747,8 @@ pub(crate) fn check_expiry(
     now: SystemTime,
 ) -> Result<(), StoreError> {
     match expires_at {
-        Some(at) if at <= now => Err(StoreError::invalid("expires_at is in the past")),
-        Some(at) if at > latest_time() => Err(StoreError::invalid(format!(
-            "expires_at is after {LATEST_TIME_TEXT}"
-        ))),
+        Some(at) if at <= now => Err(field_error(Field::ExpiresAt, Problem::NotInFuture)),
+        Some(at) if at > latest_time() => Err(field_error(Field::ExpiresAt, Problem::AfterLatest)),
         _ => Ok(()),
     }
 }

@@ -123,14 +123,15 @@ use super::MAX_EXPORT_PAGE;
 use super::{
     check_account, check_account_limits, check_import, check_new, check_update, check_version,
     export_page_size, fill_page, hint_of, import_conflict, import_revoked, imported_version,
-    latest_time, no_credits, verified, CreatedKey, CreditState, Imported, KeyInfo, KeyPage,
-    KeyStore, KeyUpdate, ListRequest, NewKey, PreviousHash, StoreError, StoredKey, Version,
-    DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    latest_time, no_credits, verified, ConfigError, ConflictKind, CreatedKey, CreditState,
+    Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey, PreviousHash, StoreError,
+    StoredKey, Version, DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
 use crate::invalidation::{Invalidation, Invalidations};
 use crate::key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
+use crate::ledger::CreditLedger;
 use crate::limits::{CreditLease, RateLimit, MAX_CREDITS};
 use crate::record::KeyRecord;
 use crate::scope::ScopeSet;
@@ -386,9 +387,7 @@ impl PgKeyStoreBuilder {
         <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
     {
         if !valid_channel(&self.channel) {
-            return Err(StoreError::invalid(
-                "the NOTIFY channel must be 1 to 63 characters of a-z, 0-9 and _, not starting with a digit",
-            ));
+            return Err(ConfigError::ChannelName.into());
         }
         if self.pg.get_connect_timeout().is_none() {
             self.pg.connect_timeout(self.timeout);
@@ -497,8 +496,7 @@ impl PgKeyStore {
     /// A builder for the database at `url`.
     pub fn builder(url: &str) -> Result<PgKeyStoreBuilder, StoreError> {
         // The parse error never holds the URL (which may hold a password).
-        let config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| StoreError::invalid(format!("invalid database URL: {e}")))?;
+        let config = tokio_postgres::Config::from_str(url).map_err(ConfigError::database_url)?;
         Ok(PgKeyStoreBuilder::new(config))
     }
 
@@ -811,7 +809,10 @@ impl Verifier for PgKeyStore {
     fn key_format(&self) -> Option<KeyFormat> {
         Some(self.inner.format)
     }
+}
 
+#[async_trait]
+impl CreditLedger for PgKeyStore {
     async fn lease_credits(
         &self,
         id: KeyId,
@@ -1011,8 +1012,7 @@ impl KeyStore for PgKeyStore {
             Some(token) => {
                 // The same tokens as the memory store: a position in the
                 // listing order, valid even after its key is revoked.
-                let (at, id) = parse_page_token(token)
-                    .ok_or_else(|| StoreError::invalid("page_token is not valid"))?;
+                let (at, id) = parse_page_token(token).ok_or(StoreError::InvalidPageToken)?;
                 // Stored times are whole microseconds: "after `at`" for a
                 // time between two microseconds is "from the next one on",
                 // and "" sorts before every key id.
@@ -1022,7 +1022,7 @@ impl KeyStore for PgKeyStore {
                 } else {
                     let next = floor
                         .checked_add(Duration::from_micros(1))
-                        .ok_or_else(|| StoreError::invalid("page_token is not valid"))?;
+                        .ok_or(StoreError::InvalidPageToken)?;
                     Some((next, String::new()))
                 }
             }
@@ -1530,7 +1530,7 @@ impl KeyStore for PgKeyStore {
             if unique {
                 // The id or hash index: a concurrent import of the same key, or
                 // another key with this hash.
-                StoreError::invalid(format!("key {id}: its id or hash is taken by another key"))
+                StoreError::conflict(id, ConflictKind::IdOrHashTaken)
             } else {
                 StoreError::Backend(e)
             }

@@ -122,14 +122,15 @@ use super::MAX_EXPORT_PAGE;
 use super::{
     check_account, check_account_limits, check_import, check_new, check_update, check_version,
     export_page_size, fill_page, hint_of, import_conflict, import_revoked, imported_version,
-    latest_time, no_credits, verified, CreatedKey, CreditState, Imported, KeyInfo, KeyPage,
-    KeyStore, KeyUpdate, ListRequest, NewKey, PreviousHash, StoreError, StoredKey, Version,
-    DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    latest_time, no_credits, verified, ConfigError, ConflictKind, CreatedKey, CreditState,
+    Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey, PreviousHash, StoreError,
+    StoredKey, Version, DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
 use crate::invalidation::{Invalidation, Invalidations};
 use crate::key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
+use crate::ledger::CreditLedger;
 use crate::limits::{CreditLease, RateLimit, MAX_CREDITS};
 use crate::record::KeyRecord;
 use crate::scope::ScopeSet;
@@ -336,7 +337,7 @@ impl SqliteKeyStoreBuilder {
     /// [`SqliteKeyStore::migrate`].
     pub async fn open(self) -> Result<SqliteKeyStore, StoreError> {
         if self.path.as_os_str().is_empty() {
-            return Err(StoreError::invalid("the SQLite database path is empty"));
+            return Err(ConfigError::EmptyPath.into());
         }
         let origin = KeyId::random()?.to_string();
         let path = self.path.clone();
@@ -569,7 +570,8 @@ fn from_micros(micros: i64) -> Option<SystemTime> {
 }
 
 fn micros_or_invalid(t: SystemTime) -> Result<i64, StoreError> {
-    to_micros(t).ok_or_else(|| StoreError::invalid("a time is out of range"))
+    // Only a time the field rules refuse (past year 9999) is out of range.
+    to_micros(t).ok_or_else(|| StoreError::backend("a time is out of range"))
 }
 
 fn time_of(micros: i64) -> Result<SystemTime, BoxError> {
@@ -977,7 +979,10 @@ impl Verifier for SqliteKeyStore {
     fn key_format(&self) -> Option<KeyFormat> {
         Some(self.inner.format)
     }
+}
 
+#[async_trait]
+impl CreditLedger for SqliteKeyStore {
     async fn lease_credits(
         &self,
         id: KeyId,
@@ -1165,9 +1170,8 @@ impl KeyStore for SqliteKeyStore {
             Some(token) => {
                 // The same tokens as the other stores: a position in the
                 // listing order, valid even after its key is revoked.
-                let (at, id) = parse_page_token(token)
-                    .ok_or_else(|| StoreError::invalid("page_token is not valid"))?;
-                let invalid = || StoreError::invalid("page_token is not valid");
+                let (at, id) = parse_page_token(token).ok_or(StoreError::InvalidPageToken)?;
+                let invalid = || StoreError::InvalidPageToken;
                 let floor = to_micros(at).ok_or_else(invalid)?;
                 // Stored times are whole microseconds: "after `at`" for a
                 // time between two microseconds is "from the next one on",
@@ -1750,7 +1754,7 @@ impl KeyStore for SqliteKeyStore {
         .map_err(|e| {
             if is_constraint(&e) {
                 // The hash index: another key with this hash.
-                StoreError::invalid(format!("key {id}: its id or hash is taken by another key"))
+                StoreError::conflict(id, ConflictKind::IdOrHashTaken)
             } else {
                 StoreError::Backend(e)
             }
