@@ -2,7 +2,7 @@
 #
 # Usage: source it, then run the tests:
 #     . .ci/postgres.sh          # from .ci/run, or by hand in a shell
-#     cargo test --all-features  # tests/postgres.rs reads DATABASE_URL
+#     cargo test --all-features  # the PostgreSQL store's tests read DATABASE_URL
 #
 # - Installs PostgreSQL with apt-get (Debian) when no `initdb` is found on PATH
 #   or in /usr/lib/postgresql/*/bin. Needs root for that step only.

@@ -4,8 +4,8 @@
 //!
 //! ```sh
 //! cargo run --example quickstart            # BIND=127.0.0.1:0 for any free port
-//! DATABASE_URL=postgres://... cargo run --example quickstart --features postgres
-//! DATABASE_URL=sqlite:keys.db cargo run --example quickstart --features sqlite
+//! DATABASE_URL=postgres://... cargo run --example quickstart
+//! DATABASE_URL=sqlite:keys.db cargo run --example quickstart
 //! ```
 //!
 //! With SQLite, keys persist in the file across restarts. The demo keys are
@@ -45,8 +45,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prometheus = PrometheusBuilder::new().install_recorder()?;
     let upkeep = tokio::spawn(upkeep(prometheus.clone()));
 
-    // A SQLite file when asked for (feature `sqlite` and DATABASE_URL=sqlite:PATH).
-    #[cfg(feature = "sqlite")]
+    // A SQLite file when asked for (DATABASE_URL=sqlite:PATH).
     if let Some(path) = std::env::var("DATABASE_URL")
         .ok()
         .as_deref()
@@ -54,7 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     {
         // It migrates at once, so it may create the file (the CLI creates
         // one only in `migrate`).
-        let store = tower_api_key::store::sqlite::SqliteKeyStore::builder(path)
+        let store = tower_api_key_sqlite::SqliteKeyStore::builder(path)
             .create_if_missing(true)
             .open()
             .await?;
@@ -66,10 +65,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         return serve(store, prometheus, upkeep, DemoKeys::Reissue).await;
     }
-    // PostgreSQL when asked for (feature `postgres` and DATABASE_URL), else memory.
-    #[cfg(feature = "postgres")]
+    // PostgreSQL when asked for (any other DATABASE_URL), else memory.
     if let Ok(url) = std::env::var("DATABASE_URL") {
-        let store = tower_api_key::store::postgres::PgKeyStore::connect(&url).await?;
+        let store = tower_api_key_postgres::PgKeyStore::connect(&url).await?;
         store.migrate().await?;
         eprintln!("key store: PostgreSQL");
         return serve(store, prometheus, upkeep, DemoKeys::Create).await;
@@ -84,7 +82,6 @@ enum DemoKeys {
     Create,
     /// Found again in a store that keeps them and reissued (or created if
     /// absent), so a restart does not pile up demo keys.
-    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     Reissue,
 }
 

@@ -69,3 +69,10 @@ s/\bVerifier::(lease_credits|return_credits)\b/CreditLedger::\1/g
 # page by count only; the 1 MiB budget is the management API's, and
 # `KeyInfo::json_size_estimate` is gone (the API measures its own JSON).
 s/\bstore::MAX_PAGE_BYTES\b/management::MAX_PAGE_BYTES/g
+
+# Issue 21: the SQL stores are crates of their own; what they share is
+# tower-api-key-sql, and the store helpers are the public store kit.
+s/\btower_api_key::store::sqlite::/tower_api_key_sqlite::/g
+s/\btower_api_key::store::postgres::/tower_api_key_postgres::/g
+s/\btower_api_key::store::(Migration|MigrationReport)\b/tower_api_key_sql::\1/g
+s/\bcrate::store::(check_new|check_update|check_account|check_account_limits|check_version|check_limits|check_expiry|imported_version|export_page_size|fill_page|hint_of|import_conflict|import_revoked|verified)\b/crate::store::kit::\1/g

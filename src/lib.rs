@@ -115,9 +115,9 @@
 //!   [`MethodPolicies`](auth::grpc::MethodPolicies)); [`cache`] (its
 //!   configuration and the [`CachedVerifier`](cache::CachedVerifier) an
 //!   authenticator shares); [`store`] (what the store operations take and
-//!   return, `store::postgres` with `PgKeyStore` (feature `postgres`) and
-//!   `store::sqlite` with `SqliteKeyStore`, keys in a file (feature
-//!   `sqlite`)); [`limits`] (rate limits, credits, route costs and the
+//!   return, and [`store::kit`], what a store of its own needs; the
+//!   PostgreSQL and SQLite stores are the crates `tower-api-key-postgres`
+//!   and `tower-api-key-sqlite`); [`limits`] (rate limits, credits, route costs and the
 //!   shared mode); [`hash`] (peppers);
 //!   [`usage`] (`last_used_at`); [`telemetry`] (metric names); [`time`]
 //!   (RFC 3339, as the management API and the CLI read and write it);

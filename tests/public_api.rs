@@ -201,7 +201,12 @@ fn pub_uses(lines: &[&str]) -> Vec<(String, bool)> {
 }
 
 fn public_api() -> Vec<String> {
-    let src = src_dir();
+    public_api_of(&src_dir())
+}
+
+/// The public API of the crate whose `src/` is `src`.
+fn public_api_of(src: &Path) -> Vec<String> {
+    let src = src.to_path_buf();
     let mut mods = Vec::new();
     modules(&src, &src.join("lib.rs"), "", true, &mut mods);
     let root = mods.iter().find(|m| m.path.is_empty()).unwrap();
@@ -341,20 +346,39 @@ fn public_api() -> Vec<String> {
 #[test]
 fn the_public_api_is_the_listed_one() {
     let listed_at = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/public_api.txt");
-    let actual = public_api();
+    check_listing(&listed_at, &public_api());
+}
+
+/// The store crates (crates/tower-api-key-{sql,sqlite,postgres}) list
+/// theirs in their own tests/public_api.txt, from this test.
+#[test]
+fn each_store_crate_lists_its_public_api() {
+    for name in ["sql", "sqlite", "postgres"] {
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("crates/tower-api-key-{name}"));
+        check_listing(
+            &dir.join("tests/public_api.txt"),
+            &public_api_of(&dir.join("src")),
+        );
+    }
+}
+
+/// Compares `actual` with the listing at `listed_at` (or, with
+/// `UPDATE_PUBLIC_API`, writes it there).
+fn check_listing(listed_at: &Path, actual: &[String]) {
     let mut text = String::from(
-        "# The public API (tests/public_api.rs). Regenerate after a deliberate change:\n\
+        "# The public API (tests/public_api.rs of the root crate). Regenerate after a deliberate change:\n\
          # UPDATE_PUBLIC_API=1 cargo test --all-features --test public_api\n",
     );
-    for item in &actual {
+    for item in actual {
         text.push_str(item);
         text.push('\n');
     }
     if std::env::var_os("UPDATE_PUBLIC_API").is_some() {
-        fs::write(&listed_at, &text).unwrap();
+        fs::write(listed_at, &text).unwrap();
         return;
     }
-    let listed = fs::read_to_string(&listed_at).unwrap_or_default();
+    let listed = fs::read_to_string(listed_at).unwrap_or_default();
     let listed: BTreeSet<&str> = listed
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -364,9 +388,10 @@ fn the_public_api_is_the_listed_one() {
     let removed: Vec<_> = listed.difference(&actual_set).collect();
     assert!(
         added.is_empty() && removed.is_empty(),
-        "the public API changed; if on purpose, run \
+        "the public API listed in {} changed; if on purpose, run \
          UPDATE_PUBLIC_API=1 cargo test --all-features --test public_api\n\
          added:\n  {}\nremoved:\n  {}",
+        listed_at.display(),
         added
             .iter()
             .map(|s| s.to_string())

@@ -9,7 +9,7 @@ use tower_api_key::Caller;
 pub mod pb {
     include!(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/proto/generated/demo.rs"
+        "/../proto/generated/demo.rs"
     ));
 }
 

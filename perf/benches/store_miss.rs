@@ -21,9 +21,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 mod support;
 use support::harness::runtime;
 use tower_api_key::cache::{CacheConfig, CachedVerifier};
-use tower_api_key::store::sqlite::SqliteKeyStore;
 use tower_api_key::store::NewKey;
 use tower_api_key::{KeyStore, MemoryStore, PresentedKey};
+use tower_api_key_sqlite::SqliteKeyStore;
 
 const POOL: usize = 2_000;
 

@@ -39,8 +39,7 @@ impl BucketUse {
 }
 
 /// Where replicas meet to share rate-limit state, for example
-/// [`PgKeyStore::rate_limit_sync`](crate::store::postgres::PgKeyStore::rate_limit_sync) with
-/// the `postgres` feature.
+/// `PgKeyStore::rate_limit_sync` of the `tower-api-key-postgres` crate.
 ///
 /// For each use, the shared bucket's theoretical arrival time (TAT) becomes
 /// `max(TAT, now) + cost × period / limit`, atomically per bucket, and the

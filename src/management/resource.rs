@@ -14,8 +14,9 @@ use crate::limits::{
 };
 use crate::record::KeyRecord;
 use crate::scope::ScopeSet;
+use crate::store::kit::hint_of;
 use crate::store::rules::{self, Field, FieldError};
-use crate::store::{hint_of, CreatedKey, KeyInfo, KeyUpdate, NewKey};
+use crate::store::{CreatedKey, KeyInfo, KeyUpdate, NewKey};
 use crate::time::{format_rfc3339_millis, parse_rfc3339};
 
 pub use crate::store::rules::{MAX_DESCRIPTION_LEN, MAX_GRACE_PERIOD, MAX_SERVICE_ACCOUNT_ID_LEN};

@@ -6,23 +6,30 @@ use std::time::SystemTime;
 
 use crate::limits::{lease_grant, refill_due, CreditLease, Credits, MAX_CREDITS};
 
-/// What a store keeps of a key's credits besides the [`Credits`] value.
+/// A key's credits as a store keeps them: the [`Credits`] value, when they
+/// were last refilled, and their generation.
+///
+/// A store reads it, calls [`lease`](Self::lease),
+/// [`give_back`](Self::give_back) or [`add`](Self::add) while it holds the
+/// key's lock (a row lock, a transaction), and writes it back: the rule is
+/// the same for every store, only the locking differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct CreditState {
+#[non_exhaustive]
+pub struct CreditState {
     /// The count left (as the store knows it) and the refill.
-    pub(crate) credits: Credits,
+    pub credits: Credits,
     /// The refill time that was last due when the credits were set or last
     /// refilled: the next refill falls after it.
-    pub(crate) refilled_at: SystemTime,
+    pub refilled_at: SystemTime,
     /// Starts at 0; a refill or a new setting adds 1, so credits leased
     /// before it are not given back.
-    pub(crate) generation: u64,
+    pub generation: u64,
 }
 
 impl CreditState {
     /// Credits set at `now`: no refill falls due before the next refill
     /// time.
-    pub(crate) fn set(credits: Credits, now: SystemTime, generation: u64) -> Self {
+    pub fn set(credits: Credits, now: SystemTime, generation: u64) -> Self {
         Self {
             credits,
             refilled_at: refilled_at(&credits, now),
@@ -30,9 +37,19 @@ impl CreditState {
         }
     }
 
+    /// The state a store read back: `credits`, last refilled at
+    /// `refilled_at`, of `generation`.
+    pub fn stored(credits: Credits, refilled_at: SystemTime, generation: u64) -> Self {
+        Self {
+            credits,
+            refilled_at,
+            generation,
+        }
+    }
+
     /// Leases up to `want` at `now`: applies a refill that fell due, then
     /// takes [`lease_grant`] off what remains.
-    pub(crate) fn lease(&mut self, want: u64, now: SystemTime) -> CreditLease {
+    pub fn lease(&mut self, want: u64, now: SystemTime) -> CreditLease {
         let refill = self.credits.refill().copied();
         if let Some(due) = refill_due(refill.as_ref(), self.refilled_at, now) {
             let amount = refill.map_or(0, |r| r.amount());
@@ -53,7 +70,7 @@ impl CreditState {
 
     /// Gives `amount` back when the credits are still of `generation`;
     /// whether they were.
-    pub(crate) fn give_back(&mut self, generation: u64, amount: u64) -> bool {
+    pub fn give_back(&mut self, generation: u64, amount: u64) -> bool {
         if self.generation != generation {
             return false;
         }
@@ -62,7 +79,7 @@ impl CreditState {
     }
 
     /// Adds `amount`, never past [`MAX_CREDITS`]; the generation stays.
-    pub(crate) fn add(&mut self, amount: u64) -> Credits {
+    pub fn add(&mut self, amount: u64) -> Credits {
         let sum = self.credits.remaining().saturating_add(amount);
         self.credits = with_remaining(self.credits, sum);
         self.credits

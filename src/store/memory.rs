@@ -8,13 +8,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::page_token::{page_token, parse_page_token};
-use super::{
+use super::kit::{
     check_account, check_account_limits, check_import, check_new, check_update, check_version,
     export_page_size, fill_page, hint_of, import_conflict, import_revoked, imported_version,
-    no_credits, verified, CreatedKey, CreditState, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate,
-    ListRequest, NewKey, PreviousHash, StoreError, StoredKey, Version,
-    DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    page_token, parse_page_token, verified, CreditState,
+};
+use super::{
+    CreatedKey, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey, PreviousHash,
+    StoreError, StoredKey, Version, DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
@@ -548,7 +549,7 @@ impl KeyStore for MemoryStore {
             };
             check_version(id, stored.version, expected)?;
             let Some(state) = stored.credits.as_mut() else {
-                return Err(no_credits(id));
+                return Err(StoreError::no_credits(id));
             };
             state.add(amount);
             stored.version = stored.version.next();

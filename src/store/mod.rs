@@ -34,39 +34,26 @@
 
 mod credit;
 pub(crate) mod key_store;
+pub mod kit;
 pub(crate) mod memory;
 mod page_token;
-#[cfg(feature = "postgres")]
-#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-pub mod postgres;
 pub mod rules;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-mod schema;
-#[cfg(feature = "sqlite")]
-#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
-pub mod sqlite;
 mod transfer;
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub(crate) use credit::CreditState;
 pub(crate) use key_store::KeyStore;
 #[cfg(test)]
 pub(crate) use memory::MemoryStore;
 pub use memory::MemoryStoreBuilder;
-pub(crate) use rules::check_import;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-#[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
-pub use schema::{Migration, MigrationReport};
 pub use transfer::{Imported, PreviousHash, StoredKey, MAX_EXPORT_PAGE};
 
 use crate::key::{GeneratedKey, KeyGenError, KeyId};
-use crate::limits::{check_rate_limits, Credits, RateLimit};
+use crate::limits::{Credits, RateLimit};
 use crate::record::KeyRecord;
 use crate::scope::ScopeSet;
-use rules::{Field, FieldError, Problem};
 
 /// Most keys one [`KeyStore::list`] page returns: what a console shows.
 pub const MAX_PAGE_SIZE: usize = 200;
@@ -244,25 +231,6 @@ impl KeyInfo {
     }
 }
 
-/// Fills a page from `keys` (in listing order, at least one more than
-/// `size` when there are more): at most `size` keys. The flag says whether
-/// keys are left for a next page. Stores page by count only; the
-/// management API bounds its answers' bytes itself.
-pub(crate) fn fill_page<E>(
-    keys: impl IntoIterator<Item = Result<KeyInfo, E>>,
-    size: usize,
-) -> Result<(Vec<KeyInfo>, bool), E> {
-    let mut page = Vec::new();
-    for key in keys {
-        let key = key?;
-        if page.len() == size {
-            return Ok((page, true));
-        }
-        page.push(key);
-    }
-    Ok((page, false))
-}
-
 /// What to change; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -283,8 +251,9 @@ pub struct KeyUpdate {
 }
 
 impl KeyUpdate {
-    /// Whether it changes nothing: such an update leaves the version too.
-    pub(crate) fn is_empty(&self) -> bool {
+    /// Whether it changes nothing: a store leaves the version of a key
+    /// such an update names as it is.
+    pub fn is_empty(&self) -> bool {
         self.description.is_none()
             && self.scopes.is_none()
             && self.expires_at.is_none()
@@ -351,7 +320,9 @@ impl ListRequest {
         }
     }
 
-    pub(crate) fn size(&self) -> Result<usize, StoreError> {
+    /// The page size asked for, checked: [`DEFAULT_PAGE_SIZE`] when none
+    /// is, an error unless it is 1 to [`MAX_PAGE_SIZE`].
+    pub fn size(&self) -> Result<usize, StoreError> {
         match self.page_size {
             None => Ok(DEFAULT_PAGE_SIZE),
             Some(n @ 1..=MAX_PAGE_SIZE) => Ok(n),
@@ -623,91 +594,6 @@ impl std::error::Error for ConfigError {
     }
 }
 
-/// Checks a new key's fields that every store checks the same way.
-pub(crate) fn check_new(new: &NewKey, now: SystemTime) -> Result<(), StoreError> {
-    check_account(&new.service_account_id)?;
-    check_limits(&new.rate_limits)?;
-    check_expiry(new.expires_at, now)
-}
-
-/// Checks an update's fields that every store checks the same way.
-pub(crate) fn check_update(update: &KeyUpdate, now: SystemTime) -> Result<(), StoreError> {
-    if let Some(limits) = &update.rate_limits {
-        check_limits(limits)?;
-    }
-    match update.expires_at {
-        Some(expires_at) => check_expiry(expires_at, now),
-        None => Ok(()),
-    }
-}
-
-/// Checks a service account id and rate limits for the account, as every
-/// store does.
-pub(crate) fn check_account_limits(account: &str, limits: &[RateLimit]) -> Result<(), StoreError> {
-    check_account(account)?;
-    check_limits(limits)
-}
-
-/// A service account id names an account: it is not empty.
-pub(crate) fn check_account(account: &str) -> Result<(), StoreError> {
-    if account.is_empty() {
-        return Err(field_error(Field::ServiceAccountId, Problem::Empty));
-    }
-    Ok(())
-}
-
-/// The error of adding credits to a key that has none.
-pub(crate) fn no_credits(id: KeyId) -> StoreError {
-    StoreError::no_credits(id)
-}
-
-/// The highest version an import keeps: 2^53 - 1, which JSON numbers hold
-/// exactly. Far below `i64::MAX`, so every later write of an imported key
-/// still moves its version on in a SQL column (at `i64::MAX` the next
-/// write overflowed: SQLite refused it, PostgreSQL failed it, and the key
-/// could never be changed again).
-const MAX_IMPORTED_VERSION: i64 = (1 << 53) - 1;
-
-/// An imported key's version as a SQL column: 1 to [`MAX_IMPORTED_VERSION`].
-pub(crate) fn imported_version(id: KeyId, version: Version) -> Result<i64, StoreError> {
-    match i64::try_from(version.get()) {
-        Ok(n @ 1..=MAX_IMPORTED_VERSION) => Ok(n),
-        _ => Err(StoreError::invalid_field(
-            Some(id),
-            FieldError::new(
-                Field::Version,
-                Problem::OutOfRange {
-                    min: 1,
-                    max: MAX_IMPORTED_VERSION as u64,
-                },
-            ),
-        )),
-    }
-}
-
-/// Whether a write conditional on `expected` may replace a key at
-/// `current`: `Err` with [`StoreError::VersionMismatch`] if not.
-pub(crate) fn check_version(
-    id: KeyId,
-    current: Version,
-    expected: Option<Version>,
-) -> Result<(), StoreError> {
-    match expected {
-        Some(expected) if expected != current => Err(StoreError::VersionMismatch { id, current }),
-        _ => Ok(()),
-    }
-}
-
-/// A request's (not an imported key's) field that breaks its rule.
-fn field_error(field: Field, problem: Problem) -> StoreError {
-    StoreError::invalid_field(None, FieldError::new(field, problem))
-}
-
-/// Checks rate limits for a key or an account, as every store does.
-pub(crate) fn check_limits(limits: &[RateLimit]) -> Result<(), StoreError> {
-    check_rate_limits(limits).map_err(|e| field_error(Field::RateLimits, Problem::Limits(e)))
-}
-
 /// The latest instant a store keeps, [`LATEST_TIME_TEXT`]: the end of year
 /// 9999, beyond which RFC 3339 has no four-digit year to write it in.
 pub fn latest_time() -> SystemTime {
@@ -716,71 +602,3 @@ pub fn latest_time() -> SystemTime {
 
 /// [`latest_time`] as RFC 3339.
 pub const LATEST_TIME_TEXT: &str = "9999-12-31T23:59:59.999Z";
-
-/// The size of an export page: `limit` when it is 1 to [`MAX_EXPORT_PAGE`].
-pub(crate) fn export_page_size(limit: usize) -> Result<usize, StoreError> {
-    if (1..=MAX_EXPORT_PAGE).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(StoreError::InvalidPageSize {
-            max: MAX_EXPORT_PAGE,
-        })
-    }
-}
-
-/// The error of importing a key whose id the store holds with another hash
-/// or account.
-pub(crate) fn import_conflict(id: KeyId) -> StoreError {
-    StoreError::conflict(id, ConflictKind::IdTaken)
-}
-
-/// The error of importing a key this store revoked: revocation is final,
-/// and an old export must not bring a key back.
-pub(crate) fn import_revoked(id: KeyId) -> StoreError {
-    StoreError::conflict(id, ConflictKind::Revoked)
-}
-
-/// An expiry must lie in the future, and no later than [`latest_time`], so
-/// every store can hold it and every response can show it.
-pub(crate) fn check_expiry(
-    expires_at: Option<SystemTime>,
-    now: SystemTime,
-) -> Result<(), StoreError> {
-    match expires_at {
-        Some(at) if at <= now => Err(field_error(Field::ExpiresAt, Problem::NotInFuture)),
-        Some(at) if at > latest_time() => Err(field_error(Field::ExpiresAt, Problem::AfterLatest)),
-        _ => Ok(()),
-    }
-}
-
-/// What a store's `verify` answers once it compared the presented key with
-/// the stored hashes: the record when the current secret matched; when only
-/// the secret replaced by a reissue matched, the record expiring at the end
-/// of its grace (`grace_until`), and nothing from then on.
-pub(crate) fn verified(
-    mut record: KeyRecord,
-    current: bool,
-    previous: bool,
-    grace_until: Option<SystemTime>,
-    now: SystemTime,
-) -> Option<KeyRecord> {
-    if current {
-        return Some(record);
-    }
-    match grace_until {
-        Some(until) if previous && now < until => {
-            record.expires_at = Some(record.expires_at.map_or(until, |at| at.min(until)));
-            record.replaced_secret = true;
-            Some(record)
-        }
-        _ => None,
-    }
-}
-
-/// The masked hint of a key: prefix and last four characters.
-pub(crate) fn hint_of(key: &GeneratedKey) -> String {
-    let text = key.expose_secret();
-    let prefix = text.split('_').next().unwrap_or_default();
-    let tail = text.get(text.len().saturating_sub(4)..).unwrap_or_default();
-    format!("{prefix}_…{tail}")
-}

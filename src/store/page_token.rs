@@ -6,9 +6,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::key::KeyId;
 use crate::record::KeyRecord;
 
-/// `<created_at as signed nanoseconds from the Unix epoch>.<key id>`: the
-/// position after `record` in the listing order.
-pub(super) fn page_token(record: &KeyRecord) -> String {
+/// The page token of the position after `record` in the listing order:
+/// `<created_at as signed nanoseconds from the Unix epoch>.<key id>`, the
+/// same text for every store.
+pub fn page_token(record: &KeyRecord) -> String {
     let nanos = match record.created_at.duration_since(UNIX_EPOCH) {
         Ok(after) => after.as_nanos() as i128,
         Err(before) => -(before.duration().as_nanos() as i128),
@@ -16,8 +17,9 @@ pub(super) fn page_token(record: &KeyRecord) -> String {
     format!("{nanos}.{}", record.key_id)
 }
 
-/// The position a [`page_token`] names; `None` for any other text.
-pub(super) fn parse_page_token(token: &str) -> Option<(SystemTime, KeyId)> {
+/// The position a [`page_token`] names (creation time and key id); `None`
+/// for any other text.
+pub fn parse_page_token(token: &str) -> Option<(SystemTime, KeyId)> {
     let (nanos, id) = token.split_once('.')?;
     let nanos: i128 = nanos.parse().ok()?;
     // Years 1 to 9999: any time a store can hold, and no arithmetic on the

@@ -2,10 +2,10 @@
 //! from it beyond the `KeyStore` trait.
 
 use tower_api_key::hash::KeyHasher;
-use tower_api_key::store::postgres::{self, PgKeyStore};
-use tower_api_key::store::sqlite::{self, SqliteKeyStore};
 use tower_api_key::store::StoredKey;
 use tower_api_key::{KeyFormat, KeyId, KeyStore};
+use tower_api_key_postgres::{self as postgres, PgKeyStore};
+use tower_api_key_sqlite::{self as sqlite, SqliteKeyStore};
 
 use crate::error::CliError;
 

@@ -18,10 +18,10 @@ use tokio::io::AsyncWriteExt;
 use tokio_postgres::{Config, NoTls};
 use tower_api_key::cache::{LookupError, Source};
 use tower_api_key::hash::{KeyHasher, Pepper};
-use tower_api_key::store::postgres::{ListenerStatus, PgKeyStore};
-use tower_api_key::store::sqlite::SqliteKeyStore;
 use tower_api_key::store::NewKey;
 use tower_api_key::{Authenticator, KeyFormat, KeyId, KeyStore, PresentedKey, Verifier};
+use tower_api_key_postgres::{ListenerStatus, PgKeyStore};
+use tower_api_key_sqlite::SqliteKeyStore;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tower-api-key");
 
@@ -2117,7 +2117,7 @@ async fn import_into_a_file_not_migrated_says_to_migrate_and_writes_nothing() {
         &format!(
             "CREATE TABLE tower_api_key_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER); \
              INSERT INTO tower_api_key_migrations VALUES (1, 'keys', 0); {}",
-            tower_api_key::store::sqlite::migrations()[0].sql()
+            tower_api_key_sqlite::migrations()[0].sql()
         ),
     );
     for path in [&empty, &old] {

@@ -45,7 +45,8 @@
 //!    file needs no tokio macro for them.
 //!
 //! `cargo test --all-features --test memory_store conformance` runs the
-//! suite on the memory store from the root crate (`--test postgres` needs
+//! suite on the memory store from the root crate, `-p tower-api-key-sqlite`
+//! and `-p tower-api-key-postgres` on the SQL stores (PostgreSQL needs
 //! `DATABASE_URL`: source `.ci/postgres.sh` first), and
 //! `cargo test -p tower-api-key-conformance` runs it on an outside store
 //! written with public items only (`tests/outside_store.rs`, keys in a

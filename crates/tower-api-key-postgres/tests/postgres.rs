@@ -11,7 +11,6 @@
 //! "The database is down" is simulated with a TCP proxy in front of the
 //! server that the test can close and cut (connections refused and dropped),
 //! which affects only the store behind it, not the other tests.
-#![cfg(feature = "postgres")]
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -27,7 +26,6 @@ use tokio_postgres::{Config, NoTls};
 use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError, Source};
 use tower_api_key::clock::{Clock, ManualClock};
 use tower_api_key::limits::{BucketUse, Credits, RateLimit, RateLimitSync};
-use tower_api_key::store::postgres::{ListenerStatus, PgKeyStore, PgKeyStoreBuilder};
 use tower_api_key::store::{ConfigError, CreatedKey, KeyUpdate, NewKey, StoreError};
 use tower_api_key::CreditLedger;
 use tower_api_key::Invalidation;
@@ -35,6 +33,7 @@ use tower_api_key::KeyStore;
 use tower_api_key::ScopeSet;
 use tower_api_key::{KeyId, PresentedKey};
 use tower_api_key::{Verifier, VerifierError};
+use tower_api_key_postgres::{ListenerStatus, PgKeyStore, PgKeyStoreBuilder};
 
 mod common;
 // The conformance suite, from its crate (crates/tower-api-key-conformance).
@@ -810,7 +809,7 @@ async fn a_schema_of_the_previous_release_migrates_and_its_keys_keep_working() {
         )
         .await
         .unwrap();
-    for m in &tower_api_key::store::postgres::migrations()[..2] {
+    for m in &tower_api_key_postgres::migrations()[..2] {
         db.admin.batch_execute(m.sql()).await.unwrap();
         db.admin
             .execute(

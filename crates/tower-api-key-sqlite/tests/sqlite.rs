@@ -9,7 +9,6 @@
 //! connections of its own, exactly as another process would, and one test
 //! runs a real second process. Nothing here sleeps to hope for timing:
 //! waits are on the store's invalidation bus, each bounded by `timeout`.
-#![cfg(feature = "sqlite")]
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -26,7 +25,6 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError, Source};
 use tower_api_key::clock::{Clock, ManualClock};
 use tower_api_key::limits::Credits;
-use tower_api_key::store::sqlite::{SqliteKeyStore, SqliteKeyStoreBuilder};
 use tower_api_key::store::{
     ConfigError, CreatedKey, KeyUpdate, ListRequest, NewKey, StoreError, MAX_EXPORT_PAGE,
 };
@@ -35,6 +33,7 @@ use tower_api_key::{Authenticator, KeyStore, ScopeSet};
 use tower_api_key::{Invalidation, Invalidations};
 use tower_api_key::{KeyId, KeyRecord, PresentedKey};
 use tower_api_key::{Verifier, VerifierError};
+use tower_api_key_sqlite::{SqliteKeyStore, SqliteKeyStoreBuilder};
 
 mod common;
 // The conformance suite, from its crate (crates/tower-api-key-conformance).
@@ -1225,7 +1224,7 @@ async fn a_file_of_the_previous_release_migrates_and_its_keys_keep_working() {
                  applied_at INTEGER NOT NULL DEFAULT (unixepoch())) STRICT",
         )
         .unwrap();
-        for m in &tower_api_key::store::sqlite::migrations()[..2] {
+        for m in &tower_api_key_sqlite::migrations()[..2] {
             conn.execute_batch(m.sql()).unwrap();
             conn.execute(
                 "INSERT INTO tower_api_key_migrations (version, name) VALUES (?1, ?2)",

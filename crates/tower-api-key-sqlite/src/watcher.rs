@@ -28,8 +28,8 @@ use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::watch;
 
 use super::connection::{self, BoxError};
-use crate::invalidation::{Invalidation, Invalidations};
-use crate::key::KeyId;
+use tower_api_key::KeyId;
+use tower_api_key::{Invalidation, Invalidations};
 
 /// Most change log rows read at once; more than that (far more than a
 /// writer keeps) and the watcher invalidates everything instead.

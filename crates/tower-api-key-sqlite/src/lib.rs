@@ -1,9 +1,9 @@
-//! The SQLite key store: keys in a file on one machine (feature `sqlite`).
+//! The SQLite key store: keys in a file on one machine .
 //!
 //! [`SqliteKeyStore`] keeps keys in one table, `tower_api_key_keys`, in a
 //! SQLite database file, through [rusqlite] with SQLite compiled in (no
 //! system library needed). It implements the same management operations as
-//! the [`MemoryStore`](crate::MemoryStore) and the PostgreSQL store (create,
+//! the [`MemoryStore`](tower_api_key::MemoryStore) and the PostgreSQL store (create,
 //! get, list, update, revoke, reissue with grace, usage, export and import)
 //! as well as the [`Verifier`] trait, and keys survive a restart.
 //!
@@ -64,7 +64,7 @@
 //! ```
 //! use std::time::Duration;
 //! use tower_api_key::cache::{CacheConfig, CachedVerifier};
-//! use tower_api_key::store::sqlite::SqliteKeyStore;
+//! use tower_api_key_sqlite::SqliteKeyStore;
 //! use tower_api_key::store::NewKey;
 //! use tower_api_key::KeyStore;
 //!
@@ -93,6 +93,9 @@
 //! ```
 //!
 //! [rusqlite]: https://docs.rs/rusqlite
+#![deny(unsafe_code, unreachable_pub)]
+#![warn(missing_docs, rust_2018_idioms)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod connection;
 mod migrations;
@@ -113,28 +116,26 @@ pub use migrations::migrations;
 
 use self::connection::{BoxError, Connections};
 use self::watcher::Watcher;
-use super::page_token::{page_token, parse_page_token};
-use super::schema::{
-    limits_text, parse_limits, scheme_columns, stored_hash, CreditColumns, MigrationReport,
-};
-use super::schema::{shown_id, version_of, warn_unreadable};
-use super::MAX_EXPORT_PAGE;
-use super::{
+use tower_api_key::hash::{KeyHasher, StoredHash};
+use tower_api_key::limits::{CreditLease, RateLimit, MAX_CREDITS};
+use tower_api_key::store::kit::{
     check_account, check_account_limits, check_import, check_new, check_update, check_version,
     export_page_size, fill_page, hint_of, import_conflict, import_revoked, imported_version,
-    latest_time, no_credits, verified, ConfigError, ConflictKind, CreatedKey, CreditState,
-    Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey, PreviousHash, StoreError,
-    StoredKey, Version, DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    page_token, parse_page_token, verified, CreditState,
 };
-use crate::clock::{Clock, SystemClock};
-use crate::hash::{KeyHasher, StoredHash};
-use crate::invalidation::{Invalidation, Invalidations};
-use crate::key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
-use crate::ledger::CreditLedger;
-use crate::limits::{CreditLease, RateLimit, MAX_CREDITS};
-use crate::record::KeyRecord;
-use crate::scope::ScopeSet;
-use crate::verifier::{Verifier, VerifierError};
+use tower_api_key::store::{
+    latest_time, ConfigError, ConflictKind, CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate,
+    ListRequest, NewKey, PreviousHash, StoreError, StoredKey, Version,
+    DEFAULT_MAX_KEYS_PER_ACCOUNT, MAX_EXPORT_PAGE,
+};
+use tower_api_key::{CreditLedger, Verifier, VerifierError};
+use tower_api_key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
+use tower_api_key::{Invalidation, Invalidations, KeyRecord, KeyStore, ScopeSet};
+use tower_api_key_sql::{
+    limits_text, parse_limits, scheme_columns, shown_id, stored_hash, version_of, warn_unreadable,
+    CreditColumns, StoreClock,
+};
+pub use tower_api_key_sql::{Migration, MigrationReport};
 
 /// The key table.
 const TABLE: &str = "tower_api_key_keys";
@@ -187,7 +188,7 @@ struct Inner {
     db: Arc<Connections>,
     format: KeyFormat,
     hasher: KeyHasher,
-    clock: Arc<dyn Clock>,
+    clock: StoreClock,
     max_keys_per_account: i64,
     invalidations: Invalidations,
     /// Marks this store's rows in the change log: which store instance
@@ -236,7 +237,7 @@ pub struct SqliteKeyStoreBuilder {
     path: PathBuf,
     format: KeyFormat,
     hasher: KeyHasher,
-    clock: Arc<dyn Clock>,
+    clock: StoreClock,
     max_keys_per_account: usize,
     busy_timeout: Duration,
     poll_interval: Duration,
@@ -264,7 +265,7 @@ impl SqliteKeyStoreBuilder {
             path: path.into(),
             format: KeyFormat::default(),
             hasher: KeyHasher::default(),
-            clock: Arc::new(SystemClock),
+            clock: StoreClock::default(),
             max_keys_per_account: DEFAULT_MAX_KEYS_PER_ACCOUNT,
             busy_timeout: Duration::from_secs(5),
             poll_interval: Duration::from_millis(250),
@@ -298,8 +299,8 @@ impl SqliteKeyStoreBuilder {
     /// The clock for creation times, expiry checks, grace deadlines and uses.
     #[cfg(feature = "test-util")]
     #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
+    pub fn with_clock(mut self, clock: Arc<dyn tower_api_key::clock::Clock>) -> Self {
+        self.clock = StoreClock::injected(clock);
         self
     }
 
@@ -725,12 +726,12 @@ impl RawInfo {
     }
 
     fn info(&self) -> Result<KeyInfo, BoxError> {
-        Ok(KeyInfo {
-            record: self.record()?,
-            last_used_at: self.last_used_at.map(time_of).transpose()?,
-            hint: self.hint.clone(),
-            version: version_of(self.version)?,
-        })
+        Ok(KeyInfo::new(
+            self.record()?,
+            self.last_used_at.map(time_of).transpose()?,
+            self.hint.clone(),
+        )
+        .with_version(version_of(self.version)?))
     }
 }
 
@@ -1129,16 +1130,12 @@ impl KeyStore for SqliteKeyStore {
             .await
             .map_err(collision_or_backend)?;
         let Some(account_limits) = inserted else {
-            return Err(StoreError::KeyLimitReached {
-                limit: usize::try_from(limit).unwrap_or(usize::MAX),
-            });
+            return Err(StoreError::key_limit_reached(
+                usize::try_from(limit).unwrap_or(usize::MAX),
+            ));
         };
         record.account_rate_limits = account_limits;
-        Ok(CreatedKey {
-            record,
-            version: Version::FIRST,
-            key,
-        })
+        Ok(CreatedKey::new(record, Version::FIRST, key))
     }
 
     async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError> {
@@ -1209,10 +1206,7 @@ impl KeyStore for SqliteKeyStore {
         let next_page_token = more
             .then(|| keys.last().map(|k| page_token(&k.record)))
             .flatten();
-        Ok(KeyPage {
-            keys,
-            next_page_token,
-        })
+        Ok(KeyPage::new(keys, next_page_token))
     }
 
     async fn update(
@@ -1433,11 +1427,7 @@ impl KeyStore for SqliteKeyStore {
             return Ok(None);
         };
         self.changed(id, &record.service_account_id);
-        Ok(Some(CreatedKey {
-            record,
-            version,
-            key,
-        }))
+        Ok(Some(CreatedKey::new(record, version, key)))
     }
 
     async fn add_credits(
@@ -1468,7 +1458,7 @@ impl KeyStore for SqliteKeyStore {
                     return Ok(None);
                 };
                 let Some(mut state) = raw.state(id)? else {
-                    return Ok(Some(Err(no_credits(id))));
+                    return Ok(Some(Err(StoreError::no_credits(id))));
                 };
                 let credits = state.add(amount);
                 let mut raw = tx
@@ -1730,9 +1720,9 @@ impl KeyStore for SqliteKeyStore {
                 ))?
                 .query_row([&account], |r| r.get(0))?;
             if held >= limit {
-                return Ok(Err(StoreError::KeyLimitReached {
-                    limit: usize::try_from(limit).unwrap_or(usize::MAX),
-                }));
+                return Ok(Err(StoreError::key_limit_reached(
+                    usize::try_from(limit).unwrap_or(usize::MAX),
+                )));
             }
             tx.prepare_cached(&format!(
                 "INSERT INTO {TABLE} (key_id, service_account_id, hash, hash_scheme,

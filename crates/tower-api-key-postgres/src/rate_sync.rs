@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 
-use crate::limits::{BucketUse, RateLimitSync};
+use tower_api_key::limits::{BucketUse, RateLimitSync};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -76,7 +76,7 @@ fn nanos(t: SystemTime) -> Result<i64, BoxError> {
 fn increment(use_: &BucketUse) -> i64 {
     let ns = use_
         .cost
-        .saturating_mul(use_.limit.emission_ns())
+        .saturating_mul(use_.emission_ns())
         .min(MAX_INCREMENT_NS);
     i64::try_from(ns).unwrap_or(i64::MAX)
 }
@@ -165,7 +165,7 @@ impl RateLimitSync for PgRateLimitSync {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::RateLimit;
+    use tower_api_key::limits::RateLimit;
 
     fn use_of(limit: &str, cost: u64) -> BucketUse {
         BucketUse::new("key:x", limit.parse::<RateLimit>().unwrap(), cost)

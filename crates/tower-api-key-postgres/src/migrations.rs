@@ -11,7 +11,7 @@
 //! [`migrations`] instead (and then never call `migrate`):
 //!
 //! ```
-//! use tower_api_key::store::postgres::migrations;
+//! use tower_api_key_postgres::migrations;
 //!
 //! let all = migrations();
 //! assert!(all.windows(2).all(|w| w[0].version() < w[1].version()));
@@ -21,8 +21,8 @@
 use tokio_postgres::Client;
 
 use super::PgKeyStore;
-use crate::store::schema::{Migration, MigrationReport};
-use crate::store::StoreError;
+use tower_api_key::store::StoreError;
+use tower_api_key_sql::{Migration, MigrationReport};
 
 const MIGRATIONS: &[Migration] = &[
     Migration::new(1, "keys", include_str!("migrations/0001_keys.sql")),

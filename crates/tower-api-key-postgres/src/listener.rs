@@ -33,8 +33,8 @@ use tokio::task::JoinHandle;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{AsyncMessage, Client, Config, Notification, Socket};
 
-use crate::invalidation::{Invalidation, Invalidations};
-use crate::key::KeyId;
+use tower_api_key::KeyId;
+use tower_api_key::{Invalidation, Invalidations};
 
 /// The state of a store's LISTEN connection, from
 /// [`PgKeyStore::listener_status`](super::PgKeyStore::listener_status).

@@ -1,17 +1,67 @@
-//! What the SQL stores share: numbered migrations and their report, the
-//! columns a stored hash is kept in (`hash`, `hash_scheme`,
-//! `hash_pepper_version`, and the same for the previous hash), and the
-//! columns of rate limits and credits.
+//! What the SQL key stores of [tower-api-key](tower_api_key) share
+//! (`tower-api-key-sqlite`, `tower-api-key-postgres`): numbered migrations
+//! and their report, the columns a stored hash is kept in (`hash`,
+//! `hash_scheme`, `hash_pepper_version`, and the same for the previous
+//! hash), the columns of rate limits and credits, and the store's clock.
+//!
+//! An application does not use this crate directly: it uses a store
+//! crate, which re-exports [`Migration`] and [`MigrationReport`].
+#![deny(unsafe_code, unreachable_pub)]
+#![warn(missing_docs, rust_2018_idioms)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::fmt;
 use std::time::SystemTime;
 
-use super::{CreditState, StoreError, Version};
-use crate::hash::{HashScheme, StoredHash};
-use crate::key::KeyId;
-use crate::limits::{Credits, RateLimit, Refill, RefillInterval, MAX_CREDITS};
+use tower_api_key::hash::{HashScheme, StoredHash};
+use tower_api_key::limits::{Credits, RateLimit, Refill, RefillInterval, MAX_CREDITS};
+use tower_api_key::store::kit::CreditState;
+use tower_api_key::store::{StoreError, Version};
+use tower_api_key::KeyId;
 
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// An error of a SQL backend, boxed: what the stores carry in
+/// [`StoreError::Backend`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The clock of a SQL store: the system's, or (feature `test-util`) one a
+/// test moves by hand.
+#[derive(Clone, Default)]
+pub struct StoreClock {
+    #[cfg(feature = "test-util")]
+    injected: Option<std::sync::Arc<dyn tower_api_key::clock::Clock>>,
+}
+
+impl StoreClock {
+    /// The current time.
+    pub fn now(&self) -> SystemTime {
+        #[cfg(feature = "test-util")]
+        if let Some(clock) = &self.injected {
+            return clock.now();
+        }
+        SystemTime::now()
+    }
+
+    /// A store clock reading `clock` (feature `test-util`).
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+    pub fn injected(clock: std::sync::Arc<dyn tower_api_key::clock::Clock>) -> Self {
+        Self {
+            injected: Some(clock),
+        }
+    }
+}
+
+impl fmt::Debug for StoreClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreClock").finish_non_exhaustive()
+    }
+}
+
+/// `n` credits as a column value: at most [`MAX_CREDITS`], so sums of two
+/// never overflow.
+pub fn credit_count(n: u64) -> i64 {
+    i64::try_from(n.min(MAX_CREDITS)).unwrap_or(i64::MAX)
+}
 
 /// One schema migration of a SQL store (its list is the store's
 /// `migrations()`).
@@ -23,7 +73,8 @@ pub struct Migration {
 }
 
 impl Migration {
-    pub(crate) const fn new(version: u32, name: &'static str, sql: &'static str) -> Self {
+    /// Migration `version`, named `name`, running `sql`.
+    pub const fn new(version: u32, name: &'static str, sql: &'static str) -> Self {
         Self { version, name, sql }
     }
 
@@ -67,7 +118,7 @@ impl MigrationReport {
     /// `applied` to a database that had reached `newest_done`; says so in a
     /// log when the database is newer than this release (migrations only
     /// add, so this release keeps working).
-    pub(crate) fn new(known: &[Migration], applied: Vec<u32>, newest_done: u32) -> Self {
+    pub fn new(known: &[Migration], applied: Vec<u32>, newest_done: u32) -> Self {
         let newest_known = known.last().map_or(0, |m| m.version);
         if newest_done > newest_known {
             tracing::info!(
@@ -84,9 +135,7 @@ impl MigrationReport {
 }
 
 /// The `hash_scheme` and `hash_pepper_version` columns of `scheme`.
-pub(crate) fn scheme_columns(
-    scheme: HashScheme,
-) -> Result<(&'static str, Option<i64>), StoreError> {
+pub fn scheme_columns(scheme: HashScheme) -> Result<(&'static str, Option<i64>), StoreError> {
     match scheme {
         HashScheme::Sha256 => Ok(("sha256", None)),
         HashScheme::HmacSha256 { pepper_version } => {
@@ -99,7 +148,7 @@ pub(crate) fn scheme_columns(
 
 /// The stored hash in a row's three columns; `None` when the digest is
 /// NULL (no previous hash).
-pub(crate) fn stored_hash(
+pub fn stored_hash(
     digest: Option<&[u8]>,
     scheme: Option<&str>,
     pepper_version: Option<i64>,
@@ -121,7 +170,7 @@ pub(crate) fn stored_hash(
 }
 
 /// A key's stored version: at least 1 (a `CHECK` in both schemas).
-pub(crate) fn version_of(n: i64) -> Result<Version, BoxError> {
+pub fn version_of(n: i64) -> Result<Version, BoxError> {
     match u64::try_from(n) {
         Ok(n @ 1..) => Ok(Version::new(n)),
         _ => Err("stored version is not valid".into()),
@@ -130,17 +179,14 @@ pub(crate) fn version_of(n: i64) -> Result<Version, BoxError> {
 
 /// Rate limits as stored: their text forms separated by one space (a
 /// limit's text holds none); `''` for none.
-pub(crate) fn limits_text(limits: &[RateLimit]) -> String {
+pub fn limits_text(limits: &[RateLimit]) -> String {
     let texts: Vec<String> = limits.iter().map(RateLimit::to_string).collect();
     texts.join(" ")
 }
 
 /// The rate limits of `owner` (`key <id>`, `service account <id>`) stored
 /// as `text`; an error naming the owner when the text is not valid.
-pub(crate) fn parse_limits(
-    text: &str,
-    owner: impl fmt::Display,
-) -> Result<Vec<RateLimit>, BoxError> {
+pub fn parse_limits(text: &str, owner: impl fmt::Display) -> Result<Vec<RateLimit>, BoxError> {
     text.split(' ')
         .filter(|t| !t.is_empty())
         .map(|t| {
@@ -152,21 +198,24 @@ pub(crate) fn parse_limits(
 
 /// A key's credit state in its columns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct CreditColumns {
-    /// `NULL` for a key without credits.
-    pub(crate) remaining: Option<i64>,
-    pub(crate) refill_amount: Option<i64>,
-    /// `daily` or `monthly`.
-    pub(crate) refill_interval: Option<String>,
-    pub(crate) refill_day: Option<i64>,
-    pub(crate) refilled_at: Option<SystemTime>,
-    /// Kept when credits are removed, so credits set again start later.
-    pub(crate) generation: i64,
+pub struct CreditColumns {
+    /// The count left; `NULL` for a key without credits.
+    pub remaining: Option<i64>,
+    /// The refill's amount, if the credits refill.
+    pub refill_amount: Option<i64>,
+    /// The refill's interval: `daily` or `monthly`.
+    pub refill_interval: Option<String>,
+    /// The day of the month a monthly refill falls on.
+    pub refill_day: Option<i64>,
+    /// The refill time last due when the credits were set or refilled.
+    pub refilled_at: Option<SystemTime>,
+    /// The credits' generation. Kept when credits are removed, so credits set again start later.
+    pub generation: i64,
 }
 
 impl CreditColumns {
     /// The columns of `state` (`None`: no credits, generation 0).
-    pub(crate) fn of(state: Option<&CreditState>) -> Self {
+    pub fn of(state: Option<&CreditState>) -> Self {
         let Some(state) = state else {
             return Self::default();
         };
@@ -183,7 +232,7 @@ impl CreditColumns {
 
     /// The credit state these columns hold for key `id`; `None` for a key
     /// without credits, an error naming the key when they make no sense.
-    pub(crate) fn state(&self, id: KeyId) -> Result<Option<CreditState>, BoxError> {
+    pub fn state(&self, id: KeyId) -> Result<Option<CreditState>, BoxError> {
         let bad = |what: &str| -> BoxError { format!("stored credits of key {id}: {what}").into() };
         let Some(remaining) = self.remaining else {
             return Ok(None);
@@ -209,6 +258,8 @@ impl CreditColumns {
                             .ok_or_else(|| bad("the refill day is out of range"))?;
                         Refill::monthly(amount, day)
                     }
+                    // An interval this release cannot refill by.
+                    _ => return Err(bad("the refill interval is unknown")),
                 };
                 Some(refill.map_err(|e| bad(&e.to_string()))?)
             }
@@ -223,11 +274,7 @@ impl CreditColumns {
             .ok_or_else(|| bad("the refill time is missing"))?;
         let generation =
             u64::try_from(self.generation).map_err(|_| bad("the generation is negative"))?;
-        Ok(Some(CreditState {
-            credits,
-            refilled_at,
-            generation,
-        }))
+        Ok(Some(CreditState::stored(credits, refilled_at, generation)))
     }
 }
 
@@ -239,7 +286,7 @@ fn count(n: u64) -> i64 {
 /// Logs a key row that list and export skip because it cannot be read (it
 /// was changed outside the library): the id as stored (escaped, cut short)
 /// and why, so an operator can find and fix it.
-pub(crate) fn warn_unreadable(raw_id: &str, error: &dyn fmt::Display) {
+pub fn warn_unreadable(raw_id: &str, error: &dyn fmt::Display) {
     tracing::warn!(
         key_id = %shown_id(raw_id),
         error = %error,
@@ -249,7 +296,7 @@ pub(crate) fn warn_unreadable(raw_id: &str, error: &dyn fmt::Display) {
 
 /// A stored key id as text safe to show: a valid id as it is; anything else
 /// only by its length (it could hold anything, a pasted key too).
-pub(crate) fn shown_id(raw_id: &str) -> String {
+pub fn shown_id(raw_id: &str) -> String {
     if raw_id.parse::<KeyId>().is_ok() {
         return raw_id.to_owned();
     }

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 /// Writes that may wait for SQLite's write lock at once.
 const WRITERS: usize = 2;
 
-pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(super) use tower_api_key_sql::BoxError;
 
 /// How every connection is opened: read-write, no shared cache, and its
 /// own mutex (a connection is used by one thread at a time, but may move
@@ -237,7 +237,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "tak-sqlite-create-{}-{}",
             std::process::id(),
-            crate::key::KeyId::random().unwrap()
+            tower_api_key::KeyId::random().unwrap()
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("keys.db");
@@ -256,7 +256,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "tak-sqlite-connections-{}-{}",
             std::process::id(),
-            crate::key::KeyId::random().unwrap()
+            tower_api_key::KeyId::random().unwrap()
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let db = Arc::new(Connections::new(

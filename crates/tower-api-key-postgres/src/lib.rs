@@ -3,7 +3,7 @@
 //!
 //! [`PgKeyStore`] keeps keys in one table, `tower_api_key_keys`, on
 //! [tokio-postgres] with a [deadpool] connection pool, and implements the
-//! same management operations as the [`MemoryStore`](crate::MemoryStore)
+//! same management operations as the [`MemoryStore`](tower_api_key::MemoryStore)
 //! (create, get, list, update, revoke, reissue with grace, usage) as well as
 //! the [`Verifier`] trait.
 //!
@@ -60,7 +60,7 @@
 //! ```no_run
 //! use std::time::Duration;
 //! use tower_api_key::cache::{CacheConfig, CachedVerifier};
-//! use tower_api_key::store::postgres::PgKeyStore;
+//! use tower_api_key_postgres::PgKeyStore;
 //! use tower_api_key::KeyStore;
 //! use tower_api_key::store::{ NewKey};
 //!
@@ -89,8 +89,11 @@
 //!
 //! [tokio-postgres]: https://docs.rs/tokio-postgres
 //! [deadpool]: https://docs.rs/deadpool-postgres
-//! [`Clock`]: crate::clock::Clock
-//! [`CachedVerifier`]: crate::cache::CachedVerifier
+//! [`Clock`]: tower_api_key::clock::Clock
+//! [`CachedVerifier`]: tower_api_key::cache::CachedVerifier
+#![deny(unsafe_code, unreachable_pub)]
+#![warn(missing_docs, rust_2018_idioms)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod listener;
 mod migrations;
@@ -114,28 +117,26 @@ pub use listener::ListenerStatus;
 pub use migrations::migrations;
 pub use rate_sync::PgRateLimitSync;
 
-use super::page_token::{page_token, parse_page_token};
-use super::schema::{
-    limits_text, parse_limits, scheme_columns, stored_hash, CreditColumns, MigrationReport,
-};
-use super::schema::{shown_id, version_of, warn_unreadable};
-use super::MAX_EXPORT_PAGE;
-use super::{
+use tower_api_key::hash::{KeyHasher, StoredHash};
+use tower_api_key::limits::{CreditLease, RateLimit, MAX_CREDITS};
+use tower_api_key::store::kit::{
     check_account, check_account_limits, check_import, check_new, check_update, check_version,
     export_page_size, fill_page, hint_of, import_conflict, import_revoked, imported_version,
-    latest_time, no_credits, verified, ConfigError, ConflictKind, CreatedKey, CreditState,
-    Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey, PreviousHash, StoreError,
-    StoredKey, Version, DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    page_token, parse_page_token, verified, CreditState,
 };
-use crate::clock::{Clock, SystemClock};
-use crate::hash::{KeyHasher, StoredHash};
-use crate::invalidation::{Invalidation, Invalidations};
-use crate::key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
-use crate::ledger::CreditLedger;
-use crate::limits::{CreditLease, RateLimit, MAX_CREDITS};
-use crate::record::KeyRecord;
-use crate::scope::ScopeSet;
-use crate::verifier::{Verifier, VerifierError};
+use tower_api_key::store::{
+    latest_time, ConfigError, ConflictKind, CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate,
+    ListRequest, NewKey, PreviousHash, StoreError, StoredKey, Version,
+    DEFAULT_MAX_KEYS_PER_ACCOUNT, MAX_EXPORT_PAGE,
+};
+use tower_api_key::{CreditLedger, Verifier, VerifierError};
+use tower_api_key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
+use tower_api_key::{Invalidation, Invalidations, KeyRecord, KeyStore, ScopeSet};
+use tower_api_key_sql::{
+    limits_text, parse_limits, scheme_columns, shown_id, stored_hash, version_of, warn_unreadable,
+    CreditColumns, StoreClock,
+};
+pub use tower_api_key_sql::{Migration, MigrationReport};
 
 /// The NOTIFY channel revocations, reissues and updates are announced on,
 /// unless [`PgKeyStoreBuilder::with_channel`] names another. The payload is
@@ -209,7 +210,7 @@ struct Inner {
     pool: Pool,
     format: KeyFormat,
     hasher: KeyHasher,
-    clock: Arc<dyn Clock>,
+    clock: StoreClock,
     channel: String,
     max_keys_per_account: i64,
     invalidations: Invalidations,
@@ -239,7 +240,7 @@ pub struct PgKeyStoreBuilder {
     pg: tokio_postgres::Config,
     format: KeyFormat,
     hasher: KeyHasher,
-    clock: Arc<dyn Clock>,
+    clock: StoreClock,
     channel: String,
     max_keys_per_account: usize,
     pool_size: usize,
@@ -272,7 +273,7 @@ impl PgKeyStoreBuilder {
             pg: config,
             format: KeyFormat::default(),
             hasher: KeyHasher::default(),
-            clock: Arc::new(SystemClock),
+            clock: StoreClock::default(),
             channel: DEFAULT_CHANNEL.to_owned(),
             max_keys_per_account: DEFAULT_MAX_KEYS_PER_ACCOUNT,
             pool_size: 10,
@@ -300,8 +301,8 @@ impl PgKeyStoreBuilder {
     /// The clock for creation times, expiry checks, grace deadlines and uses.
     #[cfg(feature = "test-util")]
     #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
+    pub fn with_clock(mut self, clock: Arc<dyn tower_api_key::clock::Clock>) -> Self {
+        self.clock = StoreClock::injected(clock);
         self
     }
 
@@ -512,7 +513,7 @@ impl PgKeyStore {
 
     /// Shares rate limits between replicas through this database (table
     /// `tower_api_key_rate_buckets`, migration 4), on this store's pool:
-    /// pass it to [`LimitSettingsBuilder::shared`](crate::limits::LimitSettingsBuilder::shared).
+    /// pass it to [`LimitSettingsBuilder::shared`](tower_api_key::limits::LimitSettingsBuilder::shared).
     pub fn rate_limit_sync(&self) -> PgRateLimitSync {
         PgRateLimitSync::new(self.inner.pool.clone())
     }
@@ -619,7 +620,7 @@ impl PgKeyStore {
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use tower_api_key_sql::BoxError;
 
 /// `t` truncated to the microsecond (toward the past), as PostgreSQL keeps it.
 fn micros(t: SystemTime) -> SystemTime {
@@ -685,12 +686,12 @@ fn credit_count(n: u64) -> i64 {
 }
 
 fn info_of(row: &Row) -> Result<KeyInfo, BoxError> {
-    Ok(KeyInfo {
-        record: record_of(row)?,
-        last_used_at: row.try_get("last_used_at")?,
-        hint: row.try_get("hint")?,
-        version: version_of(row.try_get("version")?)?,
-    })
+    Ok(KeyInfo::new(
+        record_of(row)?,
+        row.try_get("last_used_at")?,
+        row.try_get::<_, String>("hint")?,
+    )
+    .with_version(version_of(row.try_get("version")?)?))
 }
 
 /// `expected` as the parameter of a conditional write's
@@ -977,16 +978,12 @@ impl KeyStore for PgKeyStore {
         .await
         .map_err(collision_or_backend)?;
         let Some(account_limits) = inserted else {
-            return Err(StoreError::KeyLimitReached {
-                limit: usize::try_from(limit).unwrap_or(usize::MAX),
-            });
+            return Err(StoreError::key_limit_reached(
+                usize::try_from(limit).unwrap_or(usize::MAX),
+            ));
         };
         record.account_rate_limits = account_limits;
-        Ok(CreatedKey {
-            record,
-            version: Version::FIRST,
-            key,
-        })
+        Ok(CreatedKey::new(record, Version::FIRST, key))
     }
 
     async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError> {
@@ -1054,10 +1051,7 @@ impl KeyStore for PgKeyStore {
         let next_page_token = more
             .then(|| keys.last().map(|k| page_token(&k.record)))
             .flatten();
-        Ok(KeyPage {
-            keys,
-            next_page_token,
-        })
+        Ok(KeyPage::new(keys, next_page_token))
     }
 
     async fn update(
@@ -1249,11 +1243,7 @@ impl KeyStore for PgKeyStore {
             .map_err(BoxError::from)
             .and_then(version_of)
             .map_err(StoreError::Backend)?;
-        Ok(Some(CreatedKey {
-            record,
-            version,
-            key,
-        }))
+        Ok(Some(CreatedKey::new(record, version, key)))
     }
 
     async fn add_credits(
@@ -1293,7 +1283,7 @@ impl KeyStore for PgKeyStore {
             // No key, a key at another version, or a key without credits.
             return match self.not_written(id, expected).await? {
                 None => Ok(None),
-                Some(()) => Err(no_credits(id)),
+                Some(()) => Err(StoreError::no_credits(id)),
             };
         };
         self.changed(id, row.try_get("service_account_id").ok());
@@ -1486,9 +1476,9 @@ impl KeyStore for PgKeyStore {
                 .await?
                 .try_get(0)?;
             if held >= limit {
-                return Ok(Err(StoreError::KeyLimitReached {
-                    limit: usize::try_from(limit).unwrap_or(usize::MAX),
-                }));
+                return Ok(Err(StoreError::key_limit_reached(
+                    usize::try_from(limit).unwrap_or(usize::MAX),
+                )));
             }
             tx.execute(
                 &insert,

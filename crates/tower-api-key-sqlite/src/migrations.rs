@@ -7,7 +7,7 @@
 //! recorded in `tower_api_key_migrations`.
 //!
 //! ```
-//! use tower_api_key::store::sqlite::migrations;
+//! use tower_api_key_sqlite::migrations;
 //!
 //! let all = migrations();
 //! assert!(all.windows(2).all(|w| w[0].version() < w[1].version()));
@@ -17,8 +17,8 @@
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use super::SqliteKeyStore;
-use crate::store::schema::{Migration, MigrationReport};
-use crate::store::StoreError;
+use tower_api_key::store::StoreError;
+use tower_api_key_sql::{Migration, MigrationReport};
 
 const MIGRATIONS: &[Migration] = &[
     Migration::new(1, "keys", include_str!("migrations/0001_keys.sql")),
