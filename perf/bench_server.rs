@@ -153,7 +153,8 @@ async fn serve(preload: usize, workers: usize, observed: bool) -> std::io::Resul
     };
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let store = MemoryStore::new();
-    let auth = Authenticator::builder(Decoded(store.clone()))
+    let auth = Authenticator::verifier_builder(Decoded(store.clone()))
+        .credits(store.clone())
         .max_keys((preload as u64 + 1).max(100_000))
         // Long enough that no preloaded key is re-fetched during a load test.
         .positive_ttl(Duration::from_secs(3600))

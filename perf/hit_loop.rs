@@ -102,7 +102,7 @@ fn main() {
         .max_keys(2 * keys as u64)
         .positive_ttl(Duration::from_secs(3600))
         .build();
-    let auth = Authenticator::builder(admit_every_key)
+    let auth = Authenticator::verifier_builder(admit_every_key)
         .cache_config(config)
         .build();
     let cache = auth.cache().clone();

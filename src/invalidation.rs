@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use crate::key::KeyId;
 
-/// What changed.
+/// A change a store announces to caches: which keys to re-verify.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Invalidation {
@@ -55,7 +55,8 @@ pub trait InvalidationListener: Send + Sync + 'static {
     fn invalidate(&self, what: &Invalidation);
 }
 
-/// How stores tell caches that a key changed.
+/// A synchronous fan-out of [`Invalidation`]s: how stores tell caches that
+/// a key changed. Cheap to clone; clones share their subscribers.
 ///
 /// A store publishes an [`Invalidation`] when it revokes, reissues or updates
 /// a key; every cache built over that store is subscribed and has acted by the
@@ -80,9 +81,6 @@ pub trait InvalidationListener: Send + Sync + 'static {
 /// bus.publish(&Invalidation::All);
 /// assert_eq!(count.0.load(Ordering::SeqCst), 1);
 /// ```
-///
-/// A synchronous fan-out of invalidations. Cheap to clone; clones share
-/// their subscribers.
 #[derive(Clone, Default)]
 pub struct Invalidations {
     // Weak: a dropped cache unsubscribes itself.

@@ -1,8 +1,70 @@
 //! API-key authentication for [tower] services (axum, tonic, hyper), the way a
 //! large cloud does it for its service accounts.
 //!
-//! - A key is a secret shown once at creation; stores keep only its hash
-//!   ([`hash`]). Its [`KeyFormat`] carries an issuer prefix, a public id
+//! Clients send `Authorization: Api-Key <key>`; a key reads
+//! `tak_<public id>_<secret><checksum>` and is shown once, at creation. The
+//! layer checks it through a cached verifier, enforces the route's scopes and
+//! the key's rate limits and credits, and hands the handler the [`Caller`].
+//!
+//! # Use it
+//!
+//! A whole axum program, with the dependencies `tower-api-key = "0.1"`,
+//! `axum = "0.8"` and `tokio = { version = "1", features = ["full"] }` (the
+//! README's):
+//!
+//! ```no_run
+//! use std::{net::SocketAddr, time::Duration};
+//!
+//! use axum::{routing::{get, post}, Router};
+//! use tower_api_key::auth::FailedAttemptLimit;
+//! use tower_api_key::store::NewKey;
+//! use tower_api_key::{Authenticator, Caller, KeyStore, MemoryStore, ScopeSet};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let store = MemoryStore::new(); // or PgKeyStore, or your own verifier
+//!     let auth = Authenticator::builder(store.clone()) // one verifier and cache, shared by all routes
+//!         .positive_ttl(Duration::from_secs(60))
+//!         .failed_attempt_limit(FailedAttemptLimit::new(30, Duration::from_secs(60)))
+//!         .build(); // the cache is built here, once
+//!
+//!     let app = Router::new()
+//!         .route("/v1/translate", post(translate)
+//!             .route_layer(auth.require_any(["yc.ai.translate.execute", "yc.ai.foundationModels.execute"])))
+//!         .route("/v1/legacy", get(legacy).route_layer(auth.unscoped_keys_only()))
+//!         .route("/whoami", get(whoami).route_layer(auth.any_valid_key()));
+//!
+//!     // A key to try it with. The store keeps only its hash: print it now or never.
+//!     let scopes = ScopeSet::new(["yc.ai.translate.execute"])?;
+//!     let created = store.create(NewKey::new("sa-translator").with_scopes(scopes)).await?;
+//!     println!("export API_KEY={}", created.key.expose_secret());
+//!
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     // With connect info the failed-attempt limiter sees each client's address.
+//!     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+//!     Ok(())
+//! }
+//!
+//! async fn translate(caller: Caller) -> String { format!("translated for {}\n", caller.service_account_id()) }
+//! async fn legacy() -> &'static str { "legacy\n" }
+//! async fn whoami(caller: Caller) -> String { format!("{}\n", caller.key_id()) }
+//! ```
+//!
+//! ```sh
+//! curl -X POST -H "Authorization: Api-Key $API_KEY" 127.0.0.1:3000/v1/translate   # translated for sa-translator
+//! ```
+//!
+//! - `route_layer`, not `layer`, keeps unknown paths 404 instead of 401.
+//!   Handlers take the [`Caller`] extractor or
+//!   `request.extensions().get::<Caller>()`.
+//! - Without `into_make_service_with_connect_info::<SocketAddr>()` the
+//!   failed-attempt limiter has no client address and limits nothing (a
+//!   warning says so). Behind a proxy, set
+//!   [`FailedAttemptLimit::builder`](auth::FailedAttemptLimit::builder)`(..).client_id(..)`.
+//!
+//! # What it is made of
+//!
+//! - Stores keep only a key's hash ([`hash`]). Its [`KeyFormat`] carries an issuer prefix, a public id
 //!   and a checksum, so garbage is rejected before any lookup.
 //! - A key belongs to one service account and may carry scopes and an expiry
 //!   ([`KeyRecord`], [`ScopeSet`]); each route has a [`ScopePolicy`].
@@ -14,6 +76,8 @@
 //!   ([`limits`]).
 //! - With the `management` feature, `management` is a ready HTTP API for key
 //!   owners: create, list, update, reissue and delete keys.
+//!
+//! Without a server, the parts meet like this:
 //!
 //! ```
 //! use tower_api_key::store::NewKey;
@@ -38,8 +102,9 @@
 //!   the `ApiKey*` middleware applies it to one route); the identity
 //!   extractor [`Caller`]; the scope rule of a route,
 //!   [`ScopePolicy`], over [`Scope`] and [`ScopeSet`]; the [`Verifier`] trait
-//!   and [`VerifierError`]; the key types a verifier sees ([`KeyFormat`],
-//!   [`KeyId`], [`PresentedKey`], [`GeneratedKey`]) with their
+//!   and [`VerifierError`]; the [`CreditLedger`] trait that counts credits;
+//!   the key types a verifier sees ([`KeyFormat`], [`KeyId`],
+//!   [`PresentedKey`], [`GeneratedKey`]) with their
 //!   errors and length limits; the [`KeyRecord`] a verifier returns; the
 //!   [`KeyStore`] trait and the embedded [`MemoryStore`]; what a custom
 //!   verifier announces changes on ([`Invalidations`]); and a refusal,
@@ -69,9 +134,21 @@
 //! review (`UPDATE_PUBLIC_API=1 cargo test --all-features --test public_api`
 //! rewrites it).
 //!
-//! The README is the user guide; `docs/` in the repository has the longer
-//! guides (gRPC, the management API, PostgreSQL, SQLite) and the evidence
-//! (security, performance).
+//! # Guides
+//!
+//! The README is the user guide. The longer guides are in `docs/` of the
+//! repository:
+//!
+//! - `docs/grpc.md`: a tonic server behind the layer, a scope policy and a
+//!   cost per method, axum and tonic on one port;
+//! - `docs/management.md`: the key-management HTTP API, its grants, bounds
+//!   and a whole session;
+//! - `docs/limits.md`: rate limits, credits and route costs, and how
+//!   replicas share them;
+//! - `docs/postgres.md` and `docs/sqlite.md`: the database stores;
+//! - `docs/cli.md`: the `tower-api-key` command (crate `tower-api-key-cli`);
+//! - `docs/security.md` and `docs/performance.md`: each guarantee with its
+//!   tests, and the measurements.
 //!
 //! [tower]: https://docs.rs/tower
 #![deny(unsafe_code, unreachable_pub)]
@@ -90,7 +167,7 @@
 //   scope, hash
 //   limits                               rate limits and credits, as values
 //   record                               what a verifier returns
-//   invalidation, verifier               checking keys, announcing changes
+//   invalidation, verifier, ledger       checking keys, announcing changes, credits
 //   cache                                owns its entry and defines `Caller`
 //   store                                verifiers with management operations
 //   usage                                `last_used_at`, written to a store
@@ -108,6 +185,7 @@ mod clock;
 pub mod hash;
 mod invalidation;
 mod key;
+mod ledger;
 pub mod limits;
 #[cfg(feature = "management")]
 #[cfg_attr(docsrs, doc(cfg(feature = "management")))]
@@ -140,6 +218,7 @@ pub use key::{
     GeneratedKey, InvalidKeyId, InvalidPrefix, KeyFormat, KeyGenError, KeyId, KeyParseError,
     PresentedKey, CHECKSUM_LEN, ID_LEN, MAX_KEY_LEN, MAX_PREFIX_LEN, SECRET_LEN,
 };
+pub use ledger::CreditLedger;
 pub use record::KeyRecord;
 pub use scope::{
     Scope, ScopeDenied, ScopeError, ScopePolicy, ScopeSet, MAX_SCOPES_PER_KEY, MAX_SCOPE_LEN,

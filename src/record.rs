@@ -1,4 +1,4 @@
-//! What a verifier returns for a valid key. The identity handed to the
+//! What a verifier returns for a valid key: [`KeyRecord`].
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -7,8 +7,11 @@ use crate::key::KeyId;
 use crate::limits::{Credits, RateLimit};
 use crate::scope::ScopeSet;
 
-/// What a verifier returns for a valid key. The identity handed to the
-/// application, [`Caller`](crate::Caller), is the cache's entry over it.
+/// A valid key as its store knows it: what a verifier returns. Never holds
+/// secret material.
+///
+/// The identity handed to the application, [`Caller`](crate::Caller), is
+/// the cache's entry over it.
 ///
 /// ```
 /// use tower_api_key::KeyId;
@@ -23,8 +26,6 @@ use crate::scope::ScopeSet;
 /// assert_eq!(caller.service_account_id(), "sa-translator");
 /// assert_eq!(caller.key_id(), id);
 /// ```
-///
-/// A valid key as its store knows it. Never holds secret material.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct KeyRecord {

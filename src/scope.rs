@@ -207,7 +207,7 @@ impl fmt::Debug for ScopeSet {
     }
 }
 
-/// Scopes and the scope rules of a route.
+/// The scope rule a route enforces: which keys it lets in.
 ///
 /// A scope is an opaque dotted name such as `yc.ai.translate.execute`,
 /// compared exactly (no wildcards). A key holds a [`ScopeSet`]; an empty set
@@ -231,8 +231,6 @@ impl fmt::Debug for ScopeSet {
 /// assert!(route.check(&ScopeSet::empty()).is_err());
 /// # Ok::<_, tower_api_key::ScopeError>(())
 /// ```
-///
-/// The scope rule a route enforces;.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScopePolicy(Policy);
 

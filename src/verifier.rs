@@ -1,18 +1,18 @@
-//! The pluggable verifier: given a well-formed key, is it a valid key, an
+//! The pluggable verifier: the [`Verifier`] trait a key lookup implements,
+//! and its error.
 
 use std::fmt;
 use std::future::Future;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::invalidation::Invalidations;
-use crate::key::{KeyFormat, KeyId, PresentedKey};
-use crate::limits::CreditLease;
+use crate::key::{KeyFormat, PresentedKey};
 use crate::record::KeyRecord;
 
-/// The pluggable verifier: given a well-formed key, is it a valid key, an
-/// unknown one, or is the backend unable to say?
+/// Looks presented keys up: given a well-formed key, says whether it is a
+/// valid key, an unknown one, or whether the backend is unable to say.
 ///
 /// Implement [`Verifier`] on a type, or pass a closure:
 ///
@@ -35,12 +35,12 @@ use crate::record::KeyRecord;
 /// assert_verifier(&verifier);
 /// ```
 ///
-/// Looks a presented key up.
-///
 /// Return `Ok(Some(record))` for a valid key (the caller checks expiry and
 /// scopes), `Ok(None)` for a key that is unknown, revoked, or whose secret does
 /// not match, and `Err` only when the backend could not answer: the caller
 /// then answers 503 and caches nothing. Never put key material in an error.
+/// Credits are not a verifier's job: a [`CreditLedger`](crate::CreditLedger)
+/// counts them.
 #[async_trait]
 pub trait Verifier: Send + Sync + 'static {
     /// Looks `key` up.
@@ -61,39 +61,6 @@ pub trait Verifier: Send + Sync + 'static {
     /// that format unless told otherwise.
     fn key_format(&self) -> Option<KeyFormat> {
         None
-    }
-
-    /// Leases up to `want` of key `id`'s credits at `now`, atomically: the
-    /// store first applies a refill that fell due, then grants
-    /// [`lease_grant`](crate::limits::lease_grant) of what remains and takes
-    /// it off. `None` when the key does not exist or has no credits.
-    ///
-    /// Verifiers whose records carry [`Credits`](crate::limits::Credits)
-    /// must implement it; the default refuses, so such keys are refused
-    /// (429) rather than admitted without a count.
-    async fn lease_credits(
-        &self,
-        id: KeyId,
-        want: u64,
-        now: SystemTime,
-    ) -> Result<Option<CreditLease>, VerifierError> {
-        let _ = (id, want, now);
-        Err(VerifierError::backend(
-            "this verifier does not lease credits",
-        ))
-    }
-
-    /// Gives back `amount` unspent credits of a lease of `generation`; the
-    /// store adds them back only if the key's credits are still of that
-    /// generation (no refill and no new setting since).
-    async fn return_credits(
-        &self,
-        id: KeyId,
-        generation: u64,
-        amount: u64,
-    ) -> Result<(), VerifierError> {
-        let _ = (id, generation, amount);
-        Ok(())
     }
 }
 

@@ -141,10 +141,11 @@ impl Fixture {
         let clock = Arc::new(ManualClock::new(SystemTime::now()));
         let store = MemoryStore::builder().with_clock(clock.clone()).build();
         let verifier_calls = Arc::new(AtomicUsize::new(0));
-        let auth = Authenticator::builder(CountingStore {
+        let auth = Authenticator::verifier_builder(CountingStore {
             store: store.clone(),
             calls: verifier_calls.clone(),
         })
+        .credits(store.clone())
         .clock(clock.clone())
         .build();
         Self {
@@ -474,13 +475,14 @@ async fn unlisted_methods_default_to_unscoped_keys_only() {
 #[tokio::test]
 async fn a_failing_verifier_is_unavailable_and_never_cached() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let auth = Authenticator::new({
+    let auth = Authenticator::verifier_builder({
         let calls = calls.clone();
         move |_key: PresentedKey| {
             calls.fetch_add(1, Ordering::SeqCst);
             async { Err(VerifierError::backend("database down at 10.0.0.7")) }
         }
-    });
+    })
+    .build();
     let service = TestAssistant::default();
     let addr = serve_tonic(&auth, demo_methods(), service.clone()).await;
     let mut client = client(addr).await;

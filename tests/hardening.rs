@@ -177,7 +177,7 @@ impl Fx {
             probe: probe.clone(),
         };
         let auth = configure(
-            Authenticator::builder(verifier)
+            Authenticator::verifier_builder(verifier)
                 .clock(clock.clone())
                 .positive_ttl(Duration::from_secs(3600))
                 .negative_ttl(Duration::from_secs(3600)),

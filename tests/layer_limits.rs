@@ -24,8 +24,8 @@ use tower_api_key::limits::{
     RouteLimits,
 };
 use tower_api_key::{
-    Authenticator, GeneratedKey, KeyFormat, KeyId, KeyRecord, PresentedKey, Reason, Rejection,
-    ScopeSet, Verifier, VerifierError,
+    Authenticator, CreditLedger, GeneratedKey, KeyFormat, KeyId, KeyRecord, PresentedKey, Reason,
+    Rejection, ScopeSet, Verifier, VerifierError,
 };
 
 /// Records by key id, credits by key id, and a switch that makes leases fail.
@@ -44,7 +44,10 @@ impl Verifier for Registry {
         self.verifies.fetch_add(1, Ordering::SeqCst);
         Ok(self.records.lock().unwrap().get(&key.id()).cloned())
     }
+}
 
+#[async_trait]
+impl CreditLedger for Registry {
     async fn lease_credits(
         &self,
         id: KeyId,
@@ -67,6 +70,10 @@ impl Verifier for Registry {
             *remaining,
             None,
         )))
+    }
+
+    async fn return_credits(&self, _: KeyId, _: u64, _: u64) -> Result<(), VerifierError> {
+        Ok(())
     }
 }
 
@@ -104,6 +111,10 @@ impl Verifier for ArcVerifier {
     async fn verify(&self, key: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
         self.0.verify(key).await
     }
+}
+
+#[async_trait]
+impl CreditLedger for ArcVerifier {
     async fn lease_credits(
         &self,
         id: KeyId,
@@ -111,6 +122,15 @@ impl Verifier for ArcVerifier {
         now: SystemTime,
     ) -> Result<Option<CreditLease>, VerifierError> {
         self.0.lease_credits(id, want, now).await
+    }
+
+    async fn return_credits(
+        &self,
+        id: KeyId,
+        generation: u64,
+        n: u64,
+    ) -> Result<(), VerifierError> {
+        self.0.return_credits(id, generation, n).await
     }
 }
 
@@ -471,6 +491,9 @@ async fn a_refill_is_offered_as_the_retry_time() {
                 KeyRecord::new(key.id(), "sa-1").with_credits(Some(credits)),
             ))
         }
+    }
+    #[async_trait]
+    impl CreditLedger for Refilling {
         async fn lease_credits(
             &self,
             _: KeyId,
@@ -479,6 +502,9 @@ async fn a_refill_is_offered_as_the_retry_time() {
         ) -> Result<Option<CreditLease>, VerifierError> {
             let next = Refill::daily(5).unwrap().next_due(now);
             Ok(Some(CreditLease::new(0, 0, 0, Some(next))))
+        }
+        async fn return_credits(&self, _: KeyId, _: u64, _: u64) -> Result<(), VerifierError> {
+            Ok(())
         }
     }
     let clock = Arc::new(ManualClock::new(
@@ -696,4 +722,48 @@ async fn credits_refill_at_midnight_utc_through_the_store() {
     let refused = send(&app, &key).await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.header("retry-after"), Some("86400"));
+}
+
+/// A verifier alone has no credit ledger: a key whose record carries
+/// credits is refused as a configuration fault (500, `NoCreditLedger`),
+/// never admitted uncounted and never a 429 that reads like a client's
+/// fault; the same verifier with `.credits(ledger)` admits it and spends.
+/// (Before the split, the verifier's default `lease_credits` refused such a
+/// key with 429 `quota_exhausted`.)
+#[tokio::test]
+async fn a_verifier_without_a_ledger_refuses_a_key_with_credits_as_a_configuration_fault() {
+    let registry = Arc::new(Registry::default());
+    let records = registry.clone();
+    let closure = move |key: PresentedKey| {
+        let record = records.records.lock().unwrap().get(&key.id()).cloned();
+        async move { Ok::<_, VerifierError>(record) }
+    };
+    let key = KeyFormat::default().generate().unwrap();
+    let credited = KeyRecord::new(key.id(), "sa-1").with_credits(Some(Credits::new(2).unwrap()));
+    registry.records.lock().unwrap().insert(key.id(), credited);
+    registry.credits.lock().unwrap().insert(key.id(), (2, 0));
+
+    let bare = Authenticator::verifier_builder(closure.clone()).build();
+    let app = Router::new().route(
+        "/",
+        get(|| async { "ok" }).route_layer(bare.any_valid_key()),
+    );
+    let refused = send(&app, &key).await;
+    assert_eq!(refused.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(refused.reason, Some(Reason::NoCreditLedger));
+    assert!(refused.body.contains("internal"), "{}", refused.body);
+    assert_eq!(registry.leases.load(Ordering::SeqCst), 0);
+
+    let counted = Authenticator::verifier_builder(closure)
+        .credits(ArcVerifier(registry.clone()))
+        .build();
+    let app = Router::new().route(
+        "/",
+        get(|| async { "ok" }).route_layer(counted.any_valid_key()),
+    );
+    assert_eq!(send(&app, &key).await.status, StatusCode::OK);
+    assert_eq!(send(&app, &key).await.status, StatusCode::OK);
+    let spent = send(&app, &key).await;
+    assert_eq!(spent.reason, Some(Reason::QuotaExhausted));
+    assert!(registry.leases.load(Ordering::SeqCst) >= 1);
 }

@@ -65,7 +65,7 @@ async fn a_closure_verifier_that_fails_once_gives_503_then_200() {
     let known_id = known.id();
     let down = Arc::new(AtomicBool::new(true));
     let flag = down.clone();
-    let auth = Authenticator::new(move |key: PresentedKey| {
+    let auth = Authenticator::verifier_builder(move |key: PresentedKey| {
         let down = flag.swap(false, Ordering::SeqCst);
         async move {
             if down {
@@ -76,7 +76,8 @@ async fn a_closure_verifier_that_fails_once_gives_503_then_200() {
                 Ok(None)
             }
         }
-    });
+    })
+    .build();
     let app = app(&auth);
 
     let first = app.send(whoami_with_key(known.expose_secret())).await;

@@ -441,6 +441,116 @@ async fn listing_is_paged() {
     assert_eq!(listed, ids, "oldest first, each once");
 }
 
+/// A listing page holds at most `management::MAX_PAGE_BYTES` of keys as
+/// this API writes them (the store pages by count only, so the API trims),
+/// a full page stops only where the next key would not fit, the token
+/// continues from the page's last key, and a key over the budget on its
+/// own is listed alone.
+#[tokio::test]
+async fn a_listing_page_stops_at_the_byte_budget_and_continues_from_its_last_key() {
+    use tower_api_key::limits::{Credits, Refill, MAX_CREDITS};
+    use tower_api_key_conformance::{ids_of, largest_rate_limits, largest_scopes};
+
+    let app = app(|api| api).await;
+    let limits = largest_rate_limits();
+    app.store
+        .set_account_rate_limits("sa-big", limits.clone())
+        .await
+        .unwrap();
+    let credits = Credits::new(MAX_CREDITS)
+        .unwrap()
+        .with_refill(Refill::monthly(MAX_CREDITS, 31).unwrap());
+    for _ in 0..60 {
+        app.store
+            .create(
+                NewKey::new("sa-big")
+                    .with_scopes(largest_scopes())
+                    // Quotes and backslashes take two bytes each in JSON.
+                    .with_description("\"\\".repeat(128))
+                    .with_rate_limits(limits.clone())
+                    .with_credits(credits),
+            )
+            .await
+            .unwrap();
+    }
+    // What a page's keys take: each key's JSON and a comma.
+    let size = |key: &Value| serde_json::to_vec(key).unwrap().len() + 1;
+    let pages = |account: &'static str, page_size: usize| {
+        let app = &app;
+        async move {
+            let mut pages = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let mut path = format!("/keys?service_account_id={account}&page_size={page_size}");
+                if let Some(token) = &token {
+                    path.push_str(&format!("&page_token={token}"));
+                }
+                let reply = app.admin("GET", &path, None).await;
+                assert_eq!(reply.status, 200);
+                let page = reply.json();
+                token = page["next_page_token"].as_str().map(str::to_owned);
+                pages.push(page["keys"].as_array().unwrap().clone());
+                if token.is_none() {
+                    return pages;
+                }
+            }
+        }
+    };
+
+    let listed = pages("sa-big", 200).await;
+    assert!(listed.len() >= 2, "60 keys of ~28 KB need two pages");
+    for (i, page) in listed.iter().enumerate() {
+        assert!(!page.is_empty(), "page {i} is empty");
+        let bytes: usize = page.iter().map(size).sum();
+        assert!(
+            bytes <= management::MAX_PAGE_BYTES,
+            "page {i}: {bytes} bytes"
+        );
+        if let Some(next) = listed.get(i + 1) {
+            // Full: the next key would not have fitted.
+            assert!(
+                bytes + size(&next[0]) > management::MAX_PAGE_BYTES,
+                "page {i} stopped early at {bytes} bytes"
+            );
+        }
+    }
+    let ids: Vec<String> = listed
+        .iter()
+        .flatten()
+        .map(|k| k["id"].as_str().unwrap().to_owned())
+        .collect();
+    let stored: Vec<String> = ids_of(&app.store, "sa-big")
+        .await
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(stored.len(), 60);
+    assert_eq!(ids, stored, "every key once, in listing order");
+
+    // A key larger than the whole budget (a description this API refuses,
+    // but a store takes) is listed alone: listing progresses.
+    let huge = "d".repeat(management::MAX_PAGE_BYTES + 1);
+    app.store
+        .create(NewKey::new("sa-huge").with_description(huge))
+        .await
+        .unwrap();
+    app.store.create(NewKey::new("sa-huge")).await.unwrap();
+    let listed = pages("sa-huge", 10).await;
+    let sizes: Vec<usize> = listed.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [1, 1], "the huge key alone, then the other");
+    let ids: Vec<String> = listed
+        .iter()
+        .flatten()
+        .map(|k| k["id"].as_str().unwrap().to_owned())
+        .collect();
+    let stored: Vec<String> = ids_of(&app.store, "sa-huge")
+        .await
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(ids, stored);
+}
+
 #[tokio::test]
 async fn bad_input_gets_400_or_404_and_changes_nothing() {
     let app = app(|api| api.body_limit(4 * 1024)).await;
@@ -770,7 +880,7 @@ async fn delete_reaches_the_cache_even_when_the_verifier_is_not_the_store() {
     // A verifier over the store that publishes no invalidations: only the
     // router's own cache invalidation can make the delete take effect at once.
     let lookup = store.clone();
-    let auth = Authenticator::builder(move |key: PresentedKey| {
+    let auth = Authenticator::verifier_builder(move |key: PresentedKey| {
         let store = lookup.clone();
         async move {
             use tower_api_key::Verifier;
@@ -1132,8 +1242,8 @@ async fn limit_changes_reach_the_cache_even_when_the_verifier_is_not_the_store()
     logs();
     let store = MemoryStore::new();
     // As above: only the router's own invalidations refresh the cache. The
-    // store's credits are leased through it (a verifier whose records carry
-    // credits must lease them), but it announces no changes.
+    // store counts the credits (it is the ledger), but the verifier
+    // announces no changes.
     struct NoPush(MemoryStore);
     #[async_trait::async_trait]
     impl tower_api_key::Verifier for NoPush {
@@ -1143,17 +1253,9 @@ async fn limit_changes_reach_the_cache_even_when_the_verifier_is_not_the_store()
         ) -> Result<Option<tower_api_key::KeyRecord>, tower_api_key::VerifierError> {
             self.0.verify(key).await
         }
-        async fn lease_credits(
-            &self,
-            id: tower_api_key::KeyId,
-            want: u64,
-            now: std::time::SystemTime,
-        ) -> Result<Option<tower_api_key::limits::CreditLease>, tower_api_key::VerifierError>
-        {
-            self.0.lease_credits(id, want, now).await
-        }
     }
-    let auth = Authenticator::builder(NoPush(store.clone()))
+    let auth = Authenticator::verifier_builder(NoPush(store.clone()))
+        .credits(store.clone())
         .positive_ttl(Duration::from_secs(3600))
         .build();
     // What the cached identity says the key carries.

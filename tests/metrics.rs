@@ -89,9 +89,10 @@ async fn counters_move_by_the_expected_amounts() {
     let store = MemoryStore::new();
     let auth = Authenticator::new(store.clone());
     // A second authenticator whose verifier is down.
-    let down = Authenticator::new(|_key: PresentedKey| async {
+    let down = Authenticator::verifier_builder(|_key: PresentedKey| async {
         Err::<Option<tower_api_key::KeyRecord>, _>(VerifierError::backend("database is down"))
-    });
+    })
+    .build();
     let app = Router::new()
         .route(
             "/translate",

@@ -31,6 +31,8 @@ const LAYERS: &[&str] = &[
     // How keys are checked and changes announced.
     "invalidation",
     "verifier",
+    // Credit leasing, apart from the hot path.
+    "ledger",
     // The cache owns its entry type and defines `Caller` over it.
     "cache",
     // Stores: verifiers with management operations.

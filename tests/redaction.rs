@@ -309,7 +309,9 @@ async fn store_errors_never_contain_the_key() {
     for err in &errors {
         s.assert_all_absent("StoreError", err);
     }
-    assert!(matches!(errors[0], StoreError::Invalid(_)));
+    assert!(matches!(errors[0], StoreError::InvalidField { .. }));
+    assert!(matches!(errors[2], StoreError::InvalidPageSize { .. }));
+    assert!(matches!(errors[3], StoreError::InvalidPageToken));
 }
 
 #[test]

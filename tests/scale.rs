@@ -164,7 +164,7 @@ async fn ten_thousand_concurrent_requests_for_one_uncached_key_make_one_call() {
     let header = format!("Api-Key {}", created.key.expose_secret());
     let gate = Arc::new(Notify::new());
     let verifier = Counting::new(store, Some(gate.clone()));
-    let auth = Authenticator::new(verifier.clone());
+    let auth = Authenticator::verifier_builder(verifier.clone()).build();
     let service = ServiceBuilder::new()
         .layer(auth.any_valid_key())
         .service_fn(|_: Request<()>| async {

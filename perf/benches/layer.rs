@@ -25,7 +25,8 @@ use support::Clock;
 use tower::ServiceBuilder;
 use tower_api_key::limits::{CreditLease, Credits, LimitSettings, RateLimit};
 use tower_api_key::{
-    Authenticator, KeyFormat, KeyId, KeyRecord, MemoryStore, PresentedKey, Verifier, VerifierError,
+    Authenticator, CreditLedger, KeyFormat, KeyId, KeyRecord, MemoryStore, PresentedKey, Verifier,
+    VerifierError,
 };
 
 /// Accepts every well-formed key as a key of `sa-bench` whose record
@@ -38,7 +39,10 @@ impl Verifier for Limited {
     async fn verify(&self, key: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
         Ok(Some((self.0)(KeyRecord::new(key.id(), "sa-bench"))))
     }
+}
 
+#[async_trait]
+impl CreditLedger for Limited {
     async fn lease_credits(
         &self,
         _: KeyId,
@@ -46,6 +50,10 @@ impl Verifier for Limited {
         _: std::time::SystemTime,
     ) -> Result<Option<CreditLease>, VerifierError> {
         Ok(Some(CreditLease::new(want, 0, u64::MAX / 2, None)))
+    }
+
+    async fn return_credits(&self, _: KeyId, _: u64, _: u64) -> Result<(), VerifierError> {
+        Ok(())
     }
 }
 

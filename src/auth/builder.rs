@@ -15,6 +15,7 @@ use crate::cache::{CacheConfig, CachedVerifier};
 #[cfg(feature = "test-util")]
 use crate::clock::Clock;
 use crate::key::KeyFormat;
+use crate::ledger::CreditLedger;
 use crate::limits::LimitSettings;
 use crate::usage::UsageRecorder;
 use crate::verifier::Verifier;
@@ -23,6 +24,28 @@ use crate::verifier::Verifier;
 /// Nothing is built until [`AuthenticatorBuilder::build`], which creates the
 /// one cache every clone of the authenticator, and every layer made from it,
 /// shares. The order of the calls does not matter.
+///
+/// # Credits
+///
+/// A key whose record carries [`Credits`](crate::limits::Credits) spends
+/// them through a [`CreditLedger`]. [`Authenticator::builder`] takes a
+/// store, which is its own ledger; [`Authenticator::verifier_builder`]
+/// takes a [`Verifier`] alone, with no ledger unless
+/// [`credits`](Self::credits) gives one. Without a ledger, a key that
+/// carries credits is refused with
+/// [`Reason::NoCreditLedger`](crate::Reason::NoCreditLedger) (500, logged
+/// as an error): a configuration fault, never admitted without a count.
+///
+/// A verifier that is not a ledger (a closure) does not compile where a
+/// store is expected:
+///
+/// ```compile_fail,E0277
+/// use tower_api_key::{Authenticator, KeyRecord, PresentedKey, VerifierError};
+///
+/// let auth = Authenticator::builder(|key: PresentedKey| async move {
+///     Ok::<_, VerifierError>(Some(KeyRecord::new(key.id(), "sa-1")))
+/// });
+/// ```
 ///
 /// ```
 /// use std::time::Duration;
@@ -38,6 +61,7 @@ use crate::verifier::Verifier;
 #[must_use = "an AuthenticatorBuilder does nothing until `.build()`"]
 pub struct AuthenticatorBuilder {
     verifier: Arc<dyn Verifier>,
+    credits: Option<Arc<dyn CreditLedger>>,
     cache: CacheSettings,
     format: Option<KeyFormat>,
     realm: Arc<str>,
@@ -98,19 +122,33 @@ impl fmt::Debug for AuthenticatorBuilder {
 }
 
 impl Authenticator {
-    /// An authenticator over `verifier` (a store, a closure, any [`Verifier`])
-    /// with the defaults: [`Authenticator::builder`]`(verifier).build()`.
-    pub fn new(verifier: impl Verifier) -> Self {
-        Self::builder(verifier).build()
+    /// An authenticator over `store` (any [`KeyStore`](crate::KeyStore), or
+    /// anything that is both a [`Verifier`] and a [`CreditLedger`]) with the
+    /// defaults: [`Authenticator::builder`]`(store).build()`.
+    pub fn new<S: Verifier + CreditLedger>(store: S) -> Self {
+        Self::builder(store).build()
     }
 
-    /// The settings of an authenticator over `verifier`, to [build] once.
-    /// The defaults: the default cache settings, the verifier's key format
-    /// (else the default), realm `api`, JSON rejections, no extra header, no
-    /// CORS preflight bypass and no failed-attempt limit.
+    /// The settings of an authenticator over `store`, which verifies keys
+    /// and counts their credits, to [build] once. The defaults: the default
+    /// cache settings, the store's key format (else the default), realm
+    /// `api`, JSON rejections, no extra header, no CORS preflight bypass and
+    /// no failed-attempt limit.
     ///
     /// [build]: AuthenticatorBuilder::build
-    pub fn builder(verifier: impl Verifier) -> AuthenticatorBuilder {
+    pub fn builder<S: Verifier + CreditLedger>(store: S) -> AuthenticatorBuilder {
+        let store = Arc::new(store);
+        let mut builder = AuthenticatorBuilder::new(store.clone());
+        builder.credits = Some(store);
+        builder
+    }
+
+    /// The settings of an authenticator over `verifier` alone (a closure,
+    /// any [`Verifier`]), with the defaults of [`Authenticator::builder`]
+    /// and no [`CreditLedger`]: a key whose record carries credits is
+    /// refused ([see](AuthenticatorBuilder#credits)) unless
+    /// [`credits`](AuthenticatorBuilder::credits) gives one.
+    pub fn verifier_builder(verifier: impl Verifier) -> AuthenticatorBuilder {
         AuthenticatorBuilder::new(Arc::new(verifier))
     }
 }
@@ -119,6 +157,7 @@ impl AuthenticatorBuilder {
     pub(super) fn new(verifier: Arc<dyn Verifier>) -> Self {
         Self {
             verifier,
+            credits: None,
             cache: CacheSettings::default(),
             format: None,
             realm: Arc::from("api"),
@@ -244,6 +283,14 @@ impl AuthenticatorBuilder {
         self
     }
 
+    /// Where keys' credits are leased from and given back to (default: the
+    /// store of [`Authenticator::builder`], none for
+    /// [`Authenticator::verifier_builder`]; see [credits](Self#credits)).
+    pub fn credits(mut self, ledger: impl CreditLedger) -> Self {
+        self.credits = Some(Arc::new(ledger));
+        self
+    }
+
     /// Replaces the HTTP rejection bodies (default: [`JsonRejection`]).
     pub fn rejection_responder(mut self, responder: impl RejectionResponder) -> Self {
         self.responder = Arc::new(responder);
@@ -258,7 +305,7 @@ impl AuthenticatorBuilder {
             .or_else(|| self.verifier.key_format())
             .unwrap_or_default();
         let cache = CachedVerifier::from_arc(self.verifier, cache_config(self.cache));
-        let limiter = Limiter::new(self.limits, &cache);
+        let limiter = Limiter::new(self.limits, &cache, self.credits);
         Authenticator::from_shared(Shared {
             limiter,
             cache,
@@ -303,7 +350,7 @@ mod tests {
     async fn every_clone_shares_the_one_cache() {
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = calls.clone();
-        let auth = Authenticator::builder(move |_key: PresentedKey| {
+        let auth = Authenticator::verifier_builder(move |_key: PresentedKey| {
             counted.fetch_add(1, Ordering::SeqCst);
             async { Ok::<Option<KeyRecord>, VerifierError>(None) }
         })

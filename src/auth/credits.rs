@@ -22,7 +22,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use crate::clock::Clock;
 use crate::invalidation::{Invalidation, InvalidationListener};
 use crate::key::KeyId;
-use crate::verifier::Verifier;
+use crate::ledger::CreditLedger;
 
 /// Why a request found no credits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +94,7 @@ fn millis(at: SystemTime) -> u64 {
 
 /// The credit batches of one authenticator.
 pub(crate) struct Ledger {
-    verifier: Arc<dyn Verifier>,
+    store: Arc<dyn CreditLedger>,
     want: u64,
     timeout: Option<Duration>,
     slots: Mutex<HashMap<KeyId, Arc<Slot>, foldhash::fast::RandomState>>,
@@ -104,9 +104,9 @@ pub(crate) struct Ledger {
 pub(crate) const IDLE: Duration = Duration::from_secs(60);
 
 impl Ledger {
-    pub(crate) fn new(verifier: Arc<dyn Verifier>, want: u64, timeout: Option<Duration>) -> Self {
+    pub(crate) fn new(store: Arc<dyn CreditLedger>, want: u64, timeout: Option<Duration>) -> Self {
         Self {
-            verifier,
+            store,
             want,
             timeout,
             slots: Mutex::default(),
@@ -169,7 +169,7 @@ impl Ledger {
             // slot itself: a request that goes away meanwhile (its client
             // hung up) loses nothing the store already handed out.
             let lease = Lease {
-                verifier: self.verifier.clone(),
+                store: self.store.clone(),
                 timeout: self.timeout,
                 slot: slot.clone(),
                 id,
@@ -218,7 +218,7 @@ impl Ledger {
                     return;
                 };
                 if left > 0 {
-                    if let Err(e) = ledger.verifier.return_credits(id, generation, left).await {
+                    if let Err(e) = ledger.store.return_credits(id, generation, left).await {
                         tracing::debug!(target: super::LOG_TARGET, key_id = %id, error = %e, "unspent api key credits not given back");
                     }
                 }
@@ -252,7 +252,7 @@ enum Leased {
 
 /// One lease of a key's credits into its slot.
 struct Lease {
-    verifier: Arc<dyn Verifier>,
+    store: Arc<dyn CreditLedger>,
     timeout: Option<Duration>,
     slot: Arc<Slot>,
     id: KeyId,
@@ -271,7 +271,7 @@ impl Lease {
         if held.known_exhausted(self.now) {
             return Leased::Exhausted(held.next_refill);
         }
-        let lease = self.verifier.lease_credits(self.id, self.want, self.now);
+        let lease = self.store.lease_credits(self.id, self.want, self.now);
         let lease = match self.timeout {
             Some(limit) => match tokio::time::timeout(limit, lease).await {
                 Ok(lease) => lease,
@@ -345,9 +345,7 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::key::PresentedKey;
     use crate::limits::{lease_grant, CreditLease};
-    use crate::record::KeyRecord;
     use crate::verifier::VerifierError;
 
     /// A store of one key's credits, counting leases and returns.
@@ -370,11 +368,7 @@ mod tests {
     }
 
     #[async_trait]
-    impl Verifier for Bank {
-        async fn verify(&self, _: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
-            Ok(None)
-        }
-
+    impl CreditLedger for Bank {
         async fn lease_credits(
             &self,
             _: KeyId,
@@ -515,11 +509,7 @@ mod tests {
     }
 
     #[async_trait]
-    impl Verifier for Gate {
-        async fn verify(&self, _: &PresentedKey) -> Result<Option<KeyRecord>, VerifierError> {
-            Ok(None)
-        }
-
+    impl CreditLedger for Gate {
         async fn lease_credits(
             &self,
             _: KeyId,
@@ -529,6 +519,10 @@ mod tests {
             self.started.notify_one();
             self.release.notified().await;
             Ok(Some(CreditLease::new(want, 0, 1000, None)))
+        }
+
+        async fn return_credits(&self, _: KeyId, _: u64, _: u64) -> Result<(), VerifierError> {
+            Ok(())
         }
     }
 

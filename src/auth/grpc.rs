@@ -7,7 +7,7 @@
 //!
 //! ```
 //! use tower_api_key::Authenticator;
-//! use tower_api_key::auth::{ grpc::MethodPolicies};
+//! use tower_api_key::auth::grpc::MethodPolicies;
 //! use tower_api_key::MemoryStore;
 //!
 //! let auth = Authenticator::new(MemoryStore::new());
@@ -54,7 +54,9 @@ use crate::limits::RouteLimits;
 use crate::scope::{Scope, ScopeError, ScopePolicy};
 
 // The gRPC guide's examples compile as doctests (its tonic server needs
-// the `tonic` feature).
+// the `tonic` feature). Its two whole programs use the code a build script
+// generates, which a doctest has not: they are `ignore` here, and
+// scripts/check_grpc_doc.sh builds and runs them in a crate of their own.
 #[cfg(all(doctest, feature = "tonic"))]
 #[doc = include_str!("../../docs/grpc.md")]
 struct GrpcGuideDoctests;
@@ -313,7 +315,7 @@ fn is_identifier(s: &str) -> bool {
 }
 
 /// The authenticated [`Caller`](crate::Caller) of a tonic request, for
-/// handlers behind an [`ApiKeyLayer`](crate::ApiKeyLayer):
+/// handlers behind an [`ApiKeyLayer`](crate::ApiKeyLayer).
 ///
 /// ```
 /// use tonic::{Request, Response, Status};

@@ -16,8 +16,8 @@ use tokio::time::Instant;
 /// the request unlimited.
 pub type ClientIdFn = dyn Fn(&HeaderMap, &Extensions) -> Option<IpAddr> + Send + Sync;
 
-/// Failed-attempt limiting: a client that keeps presenting bad keys is
-/// refused (429, gRPC RESOURCE_EXHAUSTED) without a verifier call.
+/// The settings of the failed-attempt limit: a client that keeps presenting
+/// bad keys is refused (429, gRPC RESOURCE_EXHAUSTED) without a verifier call.
 ///
 /// Each client has a bucket of `max_failures` attempts that refills at
 /// `max_failures` per `window`: after `max_failures` failures in quick

@@ -19,6 +19,7 @@ use super::LOG_TARGET;
 use crate::cache::{CachedVerifier, Caller};
 use crate::clock::Clock;
 use crate::key::KeyId;
+use crate::ledger::CreditLedger;
 use crate::limits::table::{Charge, Standing, Subject, Table, Verdict};
 use crate::limits::{BucketUse, LimitSettings, RateLimit, RateLimitSync, RouteLimits, SharedMode};
 use crate::telemetry;
@@ -26,7 +27,8 @@ use crate::telemetry;
 /// The limit state of one authenticator: shared by every route.
 pub(crate) struct Limiter {
     table: Arc<Table>,
-    ledger: Arc<Ledger>,
+    /// `None` without a [`CreditLedger`]: keys with credits are refused.
+    ledger: Option<Arc<Ledger>>,
     headers: bool,
     // What `sync_now`, a test hook, needs.
     #[cfg(feature = "test-util")]
@@ -34,7 +36,7 @@ pub(crate) struct Limiter {
     #[cfg(feature = "test-util")]
     clock: Arc<dyn Clock>,
     // Held so the ledger stays subscribed (the bus keeps a weak reference).
-    _listener: Arc<LedgerListener>,
+    _listener: Option<Arc<LedgerListener>>,
 }
 
 /// What the limits say of an admitted, in-scope request.
@@ -48,24 +50,33 @@ pub(crate) enum Limited {
 }
 
 impl Limiter {
-    /// Builds the state, subscribes the credit batches to the verifier's
-    /// invalidations and, with a runtime, starts the idle sweep and the
-    /// shared sync.
-    pub(crate) fn new(settings: LimitSettings, cache: &CachedVerifier) -> Self {
+    /// Builds the state; with a credit `store`, subscribes the credit
+    /// batches to the verifier's invalidations and starts their idle sweep;
+    /// with a runtime and a shared mode, starts the shared sync.
+    pub(crate) fn new(
+        settings: LimitSettings,
+        cache: &CachedVerifier,
+        store: Option<Arc<dyn CreditLedger>>,
+    ) -> Self {
         let table = Arc::new(Table::new(
             settings.max_tracked_subjects,
             settings.shared.is_some(),
         ));
-        let ledger = Arc::new(Ledger::new(
-            cache.verifier().clone(),
-            settings.credit_lease,
-            cache.config().verifier_timeout(),
-        ));
-        let listener = Arc::new(LedgerListener(Arc::downgrade(&ledger)));
-        if let Some(bus) = cache.verifier().invalidations() {
-            bus.subscribe(listener.clone());
-        }
-        credits::spawn_idle_sweeper(&ledger, cache.config().clock().clone());
+        let ledger = store.map(|store| {
+            Arc::new(Ledger::new(
+                store,
+                settings.credit_lease,
+                cache.config().verifier_timeout(),
+            ))
+        });
+        let listener = ledger.as_ref().map(|ledger| {
+            let listener = Arc::new(LedgerListener(Arc::downgrade(ledger)));
+            if let Some(bus) = cache.verifier().invalidations() {
+                bus.subscribe(listener.clone());
+            }
+            credits::spawn_idle_sweeper(ledger, cache.config().clock().clone());
+            listener
+        });
         if let Some(shared) = &settings.shared {
             spawn_sync(
                 Arc::downgrade(&table),
@@ -200,7 +211,10 @@ impl Limiter {
             return Limited::Admit(headers);
         }
         let id = record.key_id;
-        match self.ledger.try_spend(id, cost, now) {
+        let Some(ledger) = &self.ledger else {
+            return Limited::Refuse(no_ledger(id));
+        };
+        match ledger.try_spend(id, cost, now) {
             Quick::Spent => {
                 hot.quota_admitted();
                 return Limited::Admit(headers);
@@ -208,7 +222,7 @@ impl Limiter {
             Quick::Refused(no) => return Limited::Refuse(no_credits(id, no, now)),
             Quick::Ask => {}
         }
-        let ledger = self.ledger.clone();
+        let ledger = ledger.clone();
         Limited::Spend(Box::pin(async move {
             match ledger.spend(id, cost, now).await {
                 Ok(()) => {
@@ -233,6 +247,15 @@ fn no_credits(id: KeyId, no: NoCredits, now: SystemTime) -> Rejection {
             .map(|wait| wait.max(Duration::from_secs(1))),
         NoCredits::Unconfirmed => Some(Duration::from_secs(1)),
     };
+    rejection
+}
+
+/// The refusal of a key that carries credits when the authenticator has no
+/// [`CreditLedger`] to count them: a configuration fault (500), logged.
+fn no_ledger(id: KeyId) -> Rejection {
+    tracing::error!(target: LOG_TARGET, key_id = %id, "api key carries credits but the authenticator has no credit ledger (build it with `Authenticator::builder(store)` or `.credits(ledger)`); request refused");
+    let mut rejection = Rejection::new(Reason::NoCreditLedger);
+    rejection.key_id = Some(id);
     rejection
 }
 

@@ -45,6 +45,10 @@ pub enum Reason {
     Unavailable,
     /// The verifier panicked.
     VerifierPanicked,
+    /// The key carries credits and the authenticator has no
+    /// [`CreditLedger`](crate::CreditLedger) to count them: a configuration
+    /// fault (see [`AuthenticatorBuilder`](crate::AuthenticatorBuilder#credits)).
+    NoCreditLedger,
 }
 
 impl Reason {
@@ -60,7 +64,7 @@ impl Reason {
                 StatusCode::TOO_MANY_REQUESTS
             }
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::VerifierPanicked => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::VerifierPanicked | Self::NoCreditLedger => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -91,6 +95,7 @@ impl Reason {
             Self::QuotaExhausted => "quota_exhausted",
             Self::Unavailable => "unavailable",
             Self::VerifierPanicked => "verifier_panicked",
+            Self::NoCreditLedger => "no_credit_ledger",
         }
     }
 
@@ -114,7 +119,10 @@ impl fmt::Display for Reason {
     }
 }
 
-/// Rejection responses: what a refused request gets back.
+/// A refused request: the reason, the key id when one was parsed, and what
+/// the route required. Inserted into the rejection response's extensions.
+///
+/// What a refused request gets back:
 ///
 /// | outcome | HTTP | gRPC (`content-type: application/grpc*`) |
 /// |---|---|---|
@@ -126,6 +134,7 @@ impl fmt::Display for Reason {
 /// | key out of credits | 429 `quota_exhausted` (+ `Retry-After` when a refill is scheduled) | 8 RESOURCE_EXHAUSTED (with `RetryInfo` when a refill is scheduled) |
 /// | verifier failed or timed out | 503 + `Retry-After` | 14 UNAVAILABLE |
 /// | verifier panicked | 500 | 13 INTERNAL |
+/// | key carries credits, authenticator has no credit ledger | 500 | 13 INTERNAL |
 ///
 /// Every rejection carries `Cache-Control: no-store`; 401 and 403 carry
 /// `WWW-Authenticate: Api-Key realm="..."` (403 adds `error="insufficient_scope"`
@@ -152,9 +161,6 @@ impl fmt::Display for Reason {
 ///     })
 ///     .build();
 /// ```
-///
-/// A refused request: the reason, the key id when one was parsed, and what
-/// the route required. Inserted into the rejection response's extensions.
 #[derive(Debug, Clone)]
 pub struct Rejection {
     pub(crate) reason: Reason,
@@ -488,6 +494,7 @@ mod tests {
             (Reason::TooManyAttempts, tonic::Code::ResourceExhausted),
             (Reason::Unavailable, tonic::Code::Unavailable),
             (Reason::VerifierPanicked, tonic::Code::Internal),
+            (Reason::NoCreditLedger, tonic::Code::Internal),
         ] {
             assert_eq!(i32::from(reason.grpc_code()), code as i32, "{reason}");
             let ours = grpc_response(Rejection::new(reason));

@@ -43,7 +43,7 @@
 //! use tower_api_key::cache::{CacheConfig, CachedVerifier};
 //! use tower_api_key::MemoryStore;
 //! use tower_api_key::KeyStore;
-//! use tower_api_key::store::{  NewKey};
+//! use tower_api_key::store::NewKey;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let store = MemoryStore::new();

@@ -127,7 +127,9 @@ impl fmt::Debug for KeyDigest {
     }
 }
 
-/// The key format, key generation and parsing.
+/// The shape of the keys one issuer hands out (today, its prefix): it
+/// generates keys and parses presented ones. Cheap to copy; the default
+/// prefix is `tak`.
 ///
 /// A key reads `<prefix>_<id>_<secret><checksum>`:
 ///
@@ -153,10 +155,6 @@ impl fmt::Debug for KeyDigest {
 /// assert_eq!(presented.id(), key.id());
 /// assert!(format.parse("tak_not-a-key").is_err());
 /// ```
-///
-/// The shape of keys one issuer hands out: today, its prefix.
-///
-/// Cheap to copy. The default prefix is `tak`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct KeyFormat {
     prefix: [u8; MAX_PREFIX_LEN],

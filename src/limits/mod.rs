@@ -117,7 +117,7 @@ impl RouteLimits {
 }
 
 /// A batch of credits a store hands one replica: spent locally, the unspent
-/// rest given back ([`Verifier::return_credits`](crate::Verifier::return_credits)).
+/// rest given back ([`CreditLedger::return_credits`](crate::CreditLedger::return_credits)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CreditLease {

@@ -46,18 +46,13 @@ impl RateLimit {
     /// 1 ms, over [`MAX_PERIOD`] or not a whole number of milliseconds.
     pub fn new(limit: u32, period: Duration) -> Result<Self, LimitError> {
         if limit == 0 || limit > MAX_RATE {
-            return Err(LimitError(format!(
-                "a rate limit's limit must be between 1 and {MAX_RATE}"
-            )));
+            return Err(LimitError::RateOutOfRange);
         }
         if period < Duration::from_millis(1)
             || period > MAX_PERIOD
             || period.subsec_nanos() % 1_000_000 != 0
         {
-            return Err(LimitError(
-                "a rate limit's period must be a whole number of milliseconds from 1ms to 366d"
-                    .into(),
-            ));
+            return Err(LimitError::PeriodOutOfRange);
         }
         Ok(Self {
             limit,
@@ -69,9 +64,7 @@ impl RateLimit {
     /// The same limit with another burst (1 to [`MAX_RATE`]).
     pub fn with_burst(self, burst: u32) -> Result<Self, LimitError> {
         if burst == 0 || burst > MAX_RATE {
-            return Err(LimitError(format!(
-                "a rate limit's burst must be between 1 and {MAX_RATE}"
-            )));
+            return Err(LimitError::BurstOutOfRange);
         }
         Ok(Self { burst, ..self })
     }
@@ -119,13 +112,7 @@ impl FromStr for RateLimit {
     type Err = LimitError;
 
     fn from_str(text: &str) -> Result<Self, LimitError> {
-        let expected = || {
-            LimitError(
-                "a rate limit reads LIMIT/PERIOD or LIMIT/PERIOD,burst=BURST, \
-                 such as 5/1s or 100/1m,burst=20"
-                    .into(),
-            )
-        };
+        let expected = || LimitError::NotARateLimit;
         let (rate, burst) = match text.split_once(',') {
             Some((rate, burst)) => (
                 rate,
@@ -150,9 +137,7 @@ impl FromStr for RateLimit {
 /// A period as text: a whole number and a unit, `ms`, `s`, `m`, `h` or `d`
 /// (`1s`, `1m`, `1h`, `1d`, `500ms`).
 pub fn parse_period(text: &str) -> Result<Duration, LimitError> {
-    let expected = || {
-        LimitError("a period is a whole number and a unit (ms, s, m, h or d), such as 1s".into())
-    };
+    let expected = || LimitError::NotAPeriod;
     let digits = text.bytes().take_while(u8::is_ascii_digit).count();
     let (n, unit) = text.split_at(digits);
     let n = number(n).ok_or_else(expected)?;
@@ -200,13 +185,11 @@ fn number(text: &str) -> Option<u64> {
 /// [`MAX_RATE_LIMITS`], no two alike.
 pub fn check_rate_limits(limits: &[RateLimit]) -> Result<(), LimitError> {
     if limits.len() > MAX_RATE_LIMITS {
-        return Err(LimitError(format!(
-            "at most {MAX_RATE_LIMITS} rate limits per key or account"
-        )));
+        return Err(LimitError::TooManyRateLimits);
     }
     for (i, limit) in limits.iter().enumerate() {
         if limits[..i].contains(limit) {
-            return Err(LimitError(format!("rate limit {limit} is given twice")));
+            return Err(LimitError::DuplicateRateLimit(*limit));
         }
     }
     Ok(())
@@ -269,7 +252,7 @@ impl Credits {
 
 fn check_credits(n: u64) -> Result<(), LimitError> {
     if n > MAX_CREDITS {
-        return Err(LimitError(format!("credits are at most {MAX_CREDITS}")));
+        return Err(LimitError::TooManyCredits);
     }
     Ok(())
 }
@@ -302,9 +285,7 @@ impl FromStr for RefillInterval {
         match text {
             "daily" => Ok(Self::Daily),
             "monthly" => Ok(Self::Monthly),
-            _ => Err(LimitError(
-                "a refill interval is \"daily\" or \"monthly\"".into(),
-            )),
+            _ => Err(LimitError::NotARefillInterval),
         }
     }
 }
@@ -334,7 +315,7 @@ impl Refill {
     pub fn monthly(amount: u64, day: u8) -> Result<Self, LimitError> {
         check_credits(amount)?;
         if !(1..=31).contains(&day) {
-            return Err(LimitError("a monthly refill's day is 1 to 31".into()));
+            return Err(LimitError::RefillDayOutOfRange);
         }
         Ok(Self {
             amount,
@@ -393,14 +374,66 @@ impl Refill {
     }
 }
 
-/// A rate limit, credit or refill that cannot be. The message names the
-/// rule; it never holds key material.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LimitError(String);
+/// A rate limit, credit or refill that cannot be: which rule it breaks.
+/// Never holds the text it was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LimitError {
+    /// A rate limit's limit is 0 or over [`MAX_RATE`].
+    RateOutOfRange,
+    /// A rate limit's burst is 0 or over [`MAX_RATE`].
+    BurstOutOfRange,
+    /// A rate limit's period is under 1 ms, over [`MAX_PERIOD`] or not a
+    /// whole number of milliseconds.
+    PeriodOutOfRange,
+    /// Text that is not a rate limit (`LIMIT/PERIOD[,burst=BURST]`).
+    NotARateLimit,
+    /// Text that is not a period (a whole number and a unit).
+    NotAPeriod,
+    /// More than [`MAX_RATE_LIMITS`] rate limits for one key or account.
+    TooManyRateLimits,
+    /// One rate limit given twice in a list.
+    DuplicateRateLimit(RateLimit),
+    /// Credits or a refill amount over [`MAX_CREDITS`].
+    TooManyCredits,
+    /// Text that is not a refill interval (`daily` or `monthly`).
+    NotARefillInterval,
+    /// A monthly refill's day outside 1 to 31.
+    RefillDayOutOfRange,
+}
 
 impl fmt::Display for LimitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            Self::RateOutOfRange => {
+                write!(f, "a rate limit's limit must be between 1 and {MAX_RATE}")
+            }
+            Self::BurstOutOfRange => {
+                write!(f, "a rate limit's burst must be between 1 and {MAX_RATE}")
+            }
+            Self::PeriodOutOfRange => f.write_str(
+                "a rate limit's period must be a whole number of milliseconds from 1ms to 366d",
+            ),
+            Self::NotARateLimit => f.write_str(
+                "a rate limit reads LIMIT/PERIOD or LIMIT/PERIOD,burst=BURST, \
+                 such as 5/1s or 100/1m,burst=20",
+            ),
+            Self::NotAPeriod => {
+                f.write_str("a period is a whole number and a unit (ms, s, m, h or d), such as 1s")
+            }
+            Self::TooManyRateLimits => {
+                write!(
+                    f,
+                    "at most {MAX_RATE_LIMITS} rate limits per key or account"
+                )
+            }
+            Self::DuplicateRateLimit(limit) => write!(f, "rate limit {limit} is given twice"),
+            Self::TooManyCredits => write!(f, "credits are at most {MAX_CREDITS}"),
+            Self::NotARefillInterval => {
+                f.write_str("a refill interval is \"daily\" or \"monthly\"")
+            }
+            Self::RefillDayOutOfRange => f.write_str("a monthly refill's day is 1 to 31"),
+        }
     }
 }
 
@@ -458,6 +491,46 @@ mod tests {
             let error = text.parse::<RateLimit>().unwrap_err().to_string();
             assert!(!error.is_empty(), "{text}");
         }
+    }
+
+    /// Each refusal names its rule as a variant a caller can branch on, and
+    /// its text never repeats the input.
+    #[test]
+    fn limit_errors_name_their_case() {
+        let parse = |text: &str| text.parse::<RateLimit>().unwrap_err();
+        assert_eq!(parse("0/1s"), LimitError::RateOutOfRange);
+        assert_eq!(parse("5/0s"), LimitError::PeriodOutOfRange);
+        assert_eq!(parse("5/367d"), LimitError::PeriodOutOfRange);
+        assert_eq!(parse("5/1s,burst=0"), LimitError::BurstOutOfRange);
+        assert_eq!(parse("5/1s,brust=2"), LimitError::NotARateLimit);
+        assert_eq!(parse("5/1w"), LimitError::NotAPeriod);
+        assert_eq!(parse_period("soon").unwrap_err(), LimitError::NotAPeriod);
+        let a: RateLimit = "5/1s".parse().unwrap();
+        assert_eq!(
+            check_rate_limits(&[a, a]).unwrap_err(),
+            LimitError::DuplicateRateLimit(a)
+        );
+        let many: Vec<_> = (1..=9)
+            .map(|n| RateLimit::new(n, Duration::from_secs(1)).unwrap())
+            .collect();
+        assert_eq!(
+            check_rate_limits(&many).unwrap_err(),
+            LimitError::TooManyRateLimits
+        );
+        assert_eq!(
+            Credits::new(MAX_CREDITS + 1).unwrap_err(),
+            LimitError::TooManyCredits
+        );
+        assert_eq!(
+            Refill::monthly(1, 32).unwrap_err(),
+            LimitError::RefillDayOutOfRange
+        );
+        assert_eq!(
+            "weekly".parse::<RefillInterval>().unwrap_err(),
+            LimitError::NotARefillInterval
+        );
+        let secret = "tak_0123456789abcdef_notarealsecret";
+        assert!(!parse(secret).to_string().contains(secret));
     }
 
     #[test]

@@ -13,8 +13,8 @@ use crate::store::StoreError;
 /// The body of every management error response:
 /// `{"error":"invalid_argument","message":"scopes[3]: scope name ..."}`.
 ///
-/// `error` is a stable code (the table in the [module docs](super)); `message`
-/// says what is wrong, for people. Neither ever holds key material.
+/// `error` is a stable code (the table in `docs/management.md`, "Errors");
+/// `message` says what is wrong, for people. Neither ever holds key material.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ErrorBody {
@@ -204,10 +204,20 @@ impl ApiError {
     }
 }
 
+/// Every store error's answer, in one place: the match is exhaustive, so a
+/// new variant is mapped here before it compiles.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Invalid(why) => Self::invalid(scrub(&why)),
+            StoreError::InvalidPageToken => Self::invalid("page_token is not valid"),
+            StoreError::InvalidPageSize { max } => {
+                Self::invalid(format!("page_size must be between 1 and {max}"))
+            }
+            // Only an import conflicts (no route imports, but a store behind
+            // the router may answer so); names the key id, never a hash.
+            e @ StoreError::Conflict { .. } => {
+                Self::new(StatusCode::CONFLICT, "already_exists", e.to_string())
+            }
             StoreError::NoCredits { id } => Self::no_credits(id),
             // The handlers retry or answer 412 themselves; one that reaches
             // here lost every retry.
@@ -229,7 +239,7 @@ impl From<StoreError> for ApiError {
                     "could not generate a key",
                 )
             }
-            other => {
+            other @ (StoreError::Backend(_) | StoreError::Config(_)) => {
                 tracing::error!(error = %other, "api key management: key store failed");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -316,7 +326,9 @@ fn looks_like_key_material(token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::KeyFormat;
+    use crate::key::{KeyFormat, KeyId};
+    use crate::store::rules::{Field, FieldError, Problem};
+    use crate::store::{ConfigError, ConflictKind};
 
     #[test]
     fn scrub_hides_keys_and_key_like_runs() {
@@ -357,9 +369,36 @@ mod tests {
         let e = ApiError::from(StoreError::backend("connection refused to 10.0.0.1"));
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(!e.message().contains("10.0.0.1"));
-        let e = ApiError::from(StoreError::invalid("expires_at is in the past"));
+        let e = ApiError::from(StoreError::invalid_field(
+            None,
+            FieldError::new(Field::ExpiresAt, Problem::NotInFuture),
+        ));
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
-        assert_eq!(e.message(), "expires_at is in the past");
+        assert_eq!(e.message(), "expires_at: must be in the future");
+        let e = ApiError::from(StoreError::InvalidPageToken);
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(e.code, "invalid_argument");
+        assert_eq!(e.message(), "page_token is not valid");
+        let e = ApiError::from(StoreError::invalid_page_size(200));
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(e.message(), "page_size must be between 1 and 200");
+        let id = KeyId::random().unwrap();
+        for kind in [
+            ConflictKind::IdTaken,
+            ConflictKind::Revoked,
+            ConflictKind::IdOrHashTaken,
+        ] {
+            let e = ApiError::from(StoreError::conflict(id, kind));
+            assert_eq!(e.status(), StatusCode::CONFLICT, "{kind:?}");
+            assert_eq!(e.code, "already_exists");
+            assert!(
+                e.message().starts_with(&format!("key {id} ")),
+                "{}",
+                e.message()
+            );
+        }
+        let e = ApiError::from(StoreError::from(ConfigError::EmptyPath));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
         let e = ApiError::from(StoreError::KeyLimitReached { limit: 7 });
         assert_eq!(e.status(), StatusCode::CONFLICT);
         assert_eq!(e.code, "key_limit_reached");

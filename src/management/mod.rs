@@ -12,7 +12,7 @@
 //! use tower_api_key::ScopeSet;
 //! use tower_api_key::MemoryStore;
 //! use tower_api_key::KeyStore;
-//! use tower_api_key::store::{  NewKey};
+//! use tower_api_key::store::NewKey;
 //! use tower_api_key::Authenticator;
 //! # use tower::ServiceExt;
 //!
@@ -46,212 +46,17 @@
 //! # Ok(()) }
 //! ```
 //!
-//! # Routes
+//! Each service account manages its own keys by default ([`AccountAccess`]);
+//! a caller gives a key only scopes it holds itself, never a management
+//! scope, and a caller with rate limits or credits cannot lift them
+//! ([`ManagementApiBuilder`] widens each rule). The secret is in the
+//! responses of create and reissue only; every key response has an `ETag`,
+//! and a write under a stale `If-Match` answers 412. Errors are JSON
+//! ([`ErrorBody`]) and a refused request changes nothing.
 //!
-//! Paths are relative to where the router is mounted.
-//!
-//! | route | body | success |
-//! |---|---|---|
-//! | `POST /keys` | `{service_account_id, description?, scopes?, expires_at?, rate_limits?, credits?}` | 201 `{key, secret}`, `Location: keys/{id}` |
-//! | `GET /keys?service_account_id=...&page_size=&page_token=` | | 200 `{keys: [...], next_page_token}`, oldest first |
-//! | `GET /keys/{id}` | | 200 the key |
-//! | `PATCH /keys/{id}` | `{description?, scopes?, expires_at?, rate_limits?, credits?}` | 200 the updated key |
-//! | `POST /keys/{id}:reissue` | `{grace_period_seconds?}` or empty | 200 `{key, secret}` |
-//! | `POST /keys/{id}:addCredits` | `{amount}` | 200 the key |
-//! | `DELETE /keys/{id}` | | 204 |
-//! | `GET /accounts/{service_account_id}/rate-limits` | | 200 `{rate_limits: [...]}` |
-//! | `PUT /accounts/{service_account_id}/rate-limits` | `{rate_limits: [...]}` | 200 `{rate_limits: [...]}` |
-//!
-//! A key ([`KeyResource`]) reads:
-//!
-//! ```json
-//! {
-//!   "id": "NhKynoCOkdHO3X3a",
-//!   "service_account_id": "sa-translator",
-//!   "description": "ci deploys",
-//!   "scopes": ["yc.ai.translate.execute"],
-//!   "created_at": "2030-01-31T12:00:00.000Z",
-//!   "expires_at": null,
-//!   "last_used_at": null,
-//!   "hint": "tak_…x7Qa",
-//!   "rate_limits": [{"limit": 5, "period": "1s", "burst": 5}],
-//!   "credits": {"remaining": 3, "refill": {"amount": 100, "interval": "daily", "day": 1}}
-//! }
-//! ```
-//!
-//! - **The secret** (the whole key, to send as `Authorization: Api-Key ...`)
-//!   is in the responses of create and reissue, and in no other response,
-//!   error or log line.
-//! - **The hint** (the prefix and the last four characters) tells keys apart
-//!   in a list; it is never enough to use one.
-//! - **Timestamps** are RFC 3339. Responses are in UTC with milliseconds;
-//!   requests may use `Z` or a numeric offset. `expires_at` must be in the
-//!   future and, in UTC, no later than 9999-12-31T23:59:59.999Z (the last
-//!   instant RFC 3339 can write; `9999-12-31T23:59:59-14:00` is past it);
-//!   a stored time outside 1970-9999 (written by another tool) is shown
-//!   clamped to that range. A leap second (`23:59:60`) is read as the last
-//!   instant of its minute ([`crate::time`] reads and writes every time, as
-//!   the CLI does). In a `PATCH`, `"expires_at": null` removes the expiry and an
-//!   absent field leaves it as it is. `description` and `scopes` may be
-//!   absent but not `null`.
-//! - **`last_used_at`** is `null` until the key is first used. It is written
-//!   behind by a [`UsageRecorder`](crate::usage::UsageRecorder) (give one to
-//!   the [`Authenticator`]), so it lags by up to one flush interval, and only
-//!   ever moves forward.
-//! - **Reissue** gives the key a new secret, keeping id, account, scopes,
-//!   expiry and `last_used_at`. The old secret keeps working for
-//!   `grace_period_seconds` (default 0, at most 30 days).
-//! - **Versions.** Every key response carries a strong `ETag` (`"3"`): the
-//!   key's [`Version`](crate::store::Version), which each change of its
-//!   configuration moves on (not its use, nor credit spends). `PATCH`,
-//!   `DELETE`, `:reissue` and `:addCredits` honour `If-Match` (a list of
-//!   tags, or `*`): a key no longer at a named version answers 412
-//!   `failed_precondition` and nothing is written. Without `If-Match` the
-//!   router still checks each `PATCH` and `:reissue` against the key it
-//!   read and writes only if the key is still at that version, reading and
-//!   checking again when it moved; a key that keeps moving answers 409
-//!   `aborted`. A `DELETE` or `:addCredits` without a named version checks
-//!   nothing on the key but its account, which never changes, so it writes
-//!   whatever the version: a key that keeps changing (a leaked management
-//!   key PATCHing itself in a loop) cannot keep itself from being revoked.
-//! - **Delete** revokes the key: on this replica, every request that starts
-//!   after the 204 is refused. The router also drops the key from the
-//!   authenticator's cache itself, so this holds even when the authenticator
-//!   verifies through something other than the store. The same goes for
-//!   `PATCH` (new scopes and expiry apply at once) and reissue.
-//!
-//! Every response carries `Cache-Control: no-store`. Each create, update,
-//! reissue and delete, and each refused grant or account, is logged
-//! (`tracing`, `INFO`) with the key id and the caller's key id (and the
-//! account, where there is one), never a secret.
-//!
-//! A session with the quickstart, each of these requests and its real
-//! response, is in `docs/management.md` in the repository.
-//!
-//! # Errors
-//!
-//! Errors are JSON, `{"error": "<code>", "message": "<what is wrong>"}`
-//! ([`ErrorBody`]); messages name the field (`scopes[3]: ...`) and never
-//! carry key material, even when a request pastes a key into the wrong field.
-//! Every check runs before the store is touched: a refused request changes
-//! nothing.
-//!
-//! | status | `error` | when |
-//! |---|---|---|
-//! | 400 | `invalid_argument` | an `If-Match` that is not a list of entity tags, malformed JSON, unknown or `null` fields, invalid scope names, more than 100 scopes, `expires_at` not RFC 3339, not in the future or after 9999-12-31T23:59:59.999Z in UTC, an API key pasted into `service_account_id`, `description` or a scope, a malformed key id, missing `service_account_id`, unknown query parameters, a bad `page_size` or `page_token`, a grace period over 30 days, an invalid rate limit, credit, refill or `amount` (see [limits and credits](#limits-and-credits)) |
-//! | 401, 403 | (the layer's) | no valid key, or a key without the management scope (`WWW-Authenticate: ... error="insufficient_scope", scope="apikeys.manage"`) |
-//! | 403 | `permission_denied` | the caller may not manage this service account's keys ([`AccountAccess`]), may not give a key these scopes ([who may grant what](#who-may-grant-what)), or carries limits itself ([limits and credits](#limits-and-credits)) |
-//! | 404 | `not_found` | an unknown or deleted key id, a key of an account the caller may not manage, an unknown `:method` |
-//! | 405 | `method_not_allowed` | `GET /keys/{id}:reissue` and the like; `Allow` says what works |
-//! | 409 | `failed_precondition` | `:addCredits` on a key without credits |
-//! | 409 | `aborted` | a `PATCH` or `:reissue`: the key was changed by other requests between this request's read and its write, three times over; nothing was written, try again |
-//! | 412 | `failed_precondition` | `If-Match` names no version the key is at |
-//! | 409 | `key_limit_reached` | `POST /keys` when the service account already holds the store's most keys (1,000 by default, counting expired keys); delete unused keys first |
-//! | 413 | `payload_too_large` | a body over the limit (64 KiB by default, [`ManagementApiBuilder::body_limit`]) |
-//! | 415 | `unsupported_media_type` | a body without `content-type: application/json` |
-//! | 503 | `unavailable` | the key store failed; the details go to the log, not the response |
-//!
-//! # Who may manage which keys
-//!
-//! The management scope only lets a key into the API. Which service
-//! accounts' keys it may then manage is the router's [`AccountAccess`]:
-//!
-//! - [`AccountAccess::own_account`] (**the default**): only keys of the
-//!   caller's own service account. A service account can rotate its own keys
-//!   and touch nobody else's; a misconfiguration shows up as a 403, not as
-//!   one account managing another's keys.
-//! - [`AccountAccess::any_account`]: every account, for an operator console
-//!   (the quickstart uses it for its admin key).
-//! - [`AccountAccess::custom`]: a predicate over the caller and the account,
-//!   for example a table of which team account manages which.
-//!
-//! A key of an account the caller may not manage answers 404, as if it did
-//! not exist; creating or listing keys of such an account answers 403.
-//!
-//! # Who may grant what
-//!
-//! No request to this API brings into existence a key that is accepted on a
-//! route where the calling key is refused, unless the router was told so:
-//!
-//! - **Create**: a caller may give a key only scopes its own key holds, and
-//!   never this router's management scopes (a key may not copy itself). It
-//!   may not create an unscoped key (accepted on every route that declares
-//!   no scopes) unless it is unscoped itself, which a key holding the
-//!   management scope never is.
-//! - **PATCH**: the same for every scope the request adds; scopes the key
-//!   already holds may stay, and a key may always be narrowed. Making a
-//!   scoped key unscoped counts as adding.
-//! - **Reissue** hands the caller the key itself, so the caller must hold
-//!   every scope of that key, and may reissue an unscoped key only if it
-//!   could create one. A management scope only when the key is the
-//!   caller's own (a rotation): a "twin" holding the same management scope
-//!   would be a second credential that outlives a revocation of the first.
-//! - **Bringing an expired key back** (`PATCH` with an `expires_at` that
-//!   makes it valid again) gives its scopes anew: checked as a create.
-//! - **A secret replaced by a reissue** keeps authenticating until its
-//!   grace period ends, but manages nothing (403): a leaked old secret may
-//!   not reissue, and so take over, the key that replaced it.
-//! - A `PATCH` writes only the fields that change the key: sending back
-//!   what the key holds writes nothing and leaves its `ETag`.
-//!
-//! The operator widens this explicitly on the router:
-//! [`ManagementApiBuilder::grantable_scopes`] (scopes any manager may hand
-//! out; the only way to hand out a management scope is to name it here),
-//! [`ManagementApiBuilder::allow_unscoped_keys`], and
-//! [`ManagementApiBuilder::grant_rule`] (a predicate over the caller and a
-//! typed [`GrantRequest`], asked about whatever the rest refuses).
-//! Anything else is refused with 403 `permission_denied` naming the scopes
-//! that may not be given, before the store is touched.
-//!
-//! "Management scopes" are those of every management router built on the
-//! same [`Authenticator`]: each router registers its scopes there when it
-//! is built, and none of them hands out any of them unless named in its
-//! `grantable_scopes`.
-//!
-//! These checks hold under concurrency: each is made on the key as read
-//! and the write lands only if the key is still at that version (see
-//! **Versions** above), so no interleaving of allowed requests adds a scope
-//! the caller could not add alone.
-//!
-//! # Limits and credits
-//!
-//! A key may carry rate limits and credits ([`crate::limits`]); its service
-//! account may carry rate limits shared by all its keys.
-//!
-//! - **`rate_limits`** is a list (at most
-//!   [`MAX_RATE_LIMITS`](crate::limits::MAX_RATE_LIMITS), no two alike) of
-//!   `{"limit": 5, "period": "1s", "burst": 10}`: `limit` 1 to
-//!   1,000,000,000 per `period` (a whole number and `ms`, `s`, `m`, `h` or
-//!   `d`, at most `366d`), at most `burst` at once; `burst` defaults to
-//!   `limit`. Responses always show all three. An account's limits are not
-//!   shown on its keys.
-//! - **`credits`** is `{"remaining": N, "refill": R}`, `refill` optional:
-//!   `{"amount": 100, "interval": "daily"}` (`day` absent or 1) or
-//!   `{"amount": 100, "interval": "monthly", "day": 15}` (`day` 1 to 31
-//!   required; the last day in shorter months). Counts are at most
-//!   [`MAX_CREDITS`](crate::limits::MAX_CREDITS). `remaining` in a response
-//!   is the store's count: replicas may hold a few leased credits on top.
-//! - In a `PATCH`, `"rate_limits": null` (or `[]`) and `"credits": null`
-//!   remove them; setting `credits` replaces the count and the refill.
-//!   `POST /keys/{id}:addCredits` with `{"amount": N}` (1 to `MAX_CREDITS`)
-//!   adds to the count instead (never past `MAX_CREDITS`); a key without
-//!   credits answers 409 `failed_precondition`.
-//! - `PUT /accounts/{id}/rate-limits` replaces the account's limits (`[]`
-//!   removes them) and applies at once on this replica. Both account routes
-//!   follow [`AccountAccess`]: another account answers 403.
-//!
-//! **A limited caller** is one whose own key carries rate limits or
-//! credits, or whose service account carries rate limits. It could
-//! otherwise lift its own limits: mint an unlimited key, top itself up,
-//! clear its account's limits, reissue (and so receive) a less limited key,
-//! or hand its scopes to an unlimited key. By default it may not create
-//! keys, set `rate_limits` or `credits` in a `PATCH`, add scopes to a key,
-//! reissue any key but its own, call `:addCredits`, or `PUT` account
-//! limits: 403 `permission_denied`, before the store is touched. It may
-//! still read, delete, narrow scopes, change descriptions and expiries, and
-//! rotate itself. An unlimited caller sets limits on the keys and accounts
-//! it manages. [`ManagementApiBuilder::allow_limited_callers`] lifts the
-//! rule.
+//! The routes, the key resource, every error and the rules of who may
+//! manage and grant what are in the guide, `docs/management.md` in the
+//! repository, with a session against the quickstart.
 
 mod error;
 mod etag;
@@ -287,9 +92,22 @@ pub const DEFAULT_SCOPE: &str = "apikeys.manage";
 /// of the longest allowed name.
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 
+/// Byte budget of one `GET /keys` page: 1 MiB of keys as this API writes
+/// them in JSON (each key's JSON and a comma).
+///
+/// A page stops before the key that would take it past the budget (but
+/// always holds at least one key, so listing always progresses), and its
+/// `next_page_token` continues from the last key returned. The largest key
+/// this API accepts (100 scopes of 256 bytes, the most rate limits for the
+/// key and its account, credits) takes about 28 KB, so such a page holds
+/// about 37 keys; only a key created directly through a store with a
+/// description over 1 MiB makes a page (of that one key) larger. Stores
+/// page by count only: the budget is this API's.
+pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
+
 /// The management router with the defaults: scope [`DEFAULT_SCOPE`], each
 /// caller managing only its own service account's keys, bodies up to
-/// [`DEFAULT_BODY_LIMIT`]. See the [module docs](self).
+/// [`DEFAULT_BODY_LIMIT`]. See the [module docs](self) for an example.
 ///
 /// Give it the authenticator the rest of the app uses (or a clone: clones
 /// share one cache), so that deletes reach the cache every route checks.
@@ -297,8 +115,8 @@ pub fn router(store: impl KeyStore, auth: &Authenticator) -> Router {
     ManagementApi::builder(store, auth).build()
 }
 
-/// Which service accounts' keys a management caller may manage; see the
-/// [module docs](self#who-may-manage-which-keys). Cheap to clone.
+/// Which service accounts' keys a management caller may manage (the guide,
+/// `docs/management.md`, has the rules). Cheap to clone.
 #[derive(Clone)]
 pub struct AccountAccess(Access);
 
@@ -447,7 +265,8 @@ impl ManagementApiBuilder {
 
     /// Scopes any caller of this router may give keys, whether or not its
     /// own key holds them (default: none; a caller gives only scopes it
-    /// holds). See [who may grant what](self#who-may-grant-what). Calls add up.
+    /// holds; the guide, `docs/management.md`, has who may grant what). Calls
+    /// add up.
     ///
     /// This is the only way to let managers hand out a management scope:
     /// name it here.
@@ -494,7 +313,9 @@ impl ManagementApiBuilder {
         self
     }
 
-    /// A rule for what the defaults and the explicit grants refuse:
+    /// Adds a rule that may allow what the defaults and the explicit grants
+    /// refuse.
+    ///
     /// `allows(caller, request)` sees a typed [`GrantRequest`] (the kind of
     /// change, the key's account, the scopes it would hold as
     /// [`KeyScopes::Unscoped`] or [`KeyScopes::Scoped`], and its current
@@ -530,7 +351,7 @@ impl ManagementApiBuilder {
     /// service account carries rate limits) may do what other callers may:
     /// create keys, set limits and credits, add credits, set account limits,
     /// add scopes to keys and reissue other keys (default: they may not; see
-    /// [limits and credits](self#limits-and-credits)). Only for routers whose
+    /// "Limits and credits" in `docs/management.md`). Only for routers whose
     /// limited callers are trusted not to lift their own limits.
     pub fn allow_limited_callers(mut self) -> Self {
         self.grants.limited_callers = true;

@@ -20,7 +20,7 @@ use super::resource::{
     self, AccountRateLimits, AccountRateLimitsRequest, AddCreditsRequest, CreateKeyRequest,
     KeyList, KeyResource, KeyWithSecret, ListQuery, ReissueKeyRequest, UpdateKeyRequest,
 };
-use super::AccountAccess;
+use super::{AccountAccess, MAX_PAGE_BYTES};
 use crate::cache::Caller;
 use crate::key::KeyId;
 use crate::record::KeyRecord;
@@ -421,15 +421,56 @@ pub(crate) async fn list(
     };
     let account = resource::service_account_id(&account)?;
     ctx.check_account(&caller, &account)?;
-    let page = ListRequest {
+    let mut request = ListRequest {
         page_size: query.page_size,
         page_token: query.page_token,
     };
-    let page = ctx.store.list(&account, page).await?;
-    Ok(json(
-        StatusCode::OK,
-        &KeyList::new(&page.keys, page.next_page_token),
-    ))
+    loop {
+        let page = ctx.store.list(&account, request.clone()).await?;
+        let fit = keys_within(&page.keys, MAX_PAGE_BYTES);
+        if fit == page.keys.len() {
+            return Ok(json(
+                StatusCode::OK,
+                &KeyList::new(&page.keys, page.next_page_token),
+            ));
+        }
+        // Over the budget: ask the store for the keys that fit, so that its
+        // token continues after the last key shown (a token is the store's
+        // own). Each round asks for fewer keys, and one key always fits.
+        request.page_size = Some(fit);
+    }
+}
+
+/// How many of `keys`, from the first, fit in `budget` bytes of this API's
+/// JSON (each key's and a comma): at least one when there are keys.
+fn keys_within(keys: &[KeyInfo], budget: usize) -> usize {
+    let mut bytes = 0usize;
+    for (i, key) in keys.iter().enumerate() {
+        bytes = bytes.saturating_add(json_len(&KeyResource::from(key)) + 1);
+        if bytes > budget {
+            return i.max(1);
+        }
+    }
+    keys.len()
+}
+
+/// The bytes `value` takes in JSON, counted without keeping them.
+fn json_len(value: &impl Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter fails only if serializing does, and then the
+    // response fails too (`json`).
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// `GET /keys/{id}`

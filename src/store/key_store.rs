@@ -9,11 +9,13 @@ use super::{
     Version,
 };
 use crate::key::KeyId;
+use crate::ledger::CreditLedger;
 use crate::limits::RateLimit;
 use crate::verifier::Verifier;
 
-/// Where keys live. Every store is also a [`Verifier`] and announces changes
-/// on [`Verifier::invalidations`].
+/// Where keys live. Every store is also a [`Verifier`] that announces
+/// changes on [`Verifier::invalidations`], and the [`CreditLedger`] of its
+/// keys' credits.
 ///
 /// # Conditional writes
 ///
@@ -25,7 +27,7 @@ use crate::verifier::Verifier;
 /// on. A check made on a key read earlier (may this caller grant these
 /// scopes?) therefore holds for exactly the state the write replaces.
 #[async_trait]
-pub trait KeyStore: Verifier {
+pub trait KeyStore: Verifier + CreditLedger {
     /// Creates a key; the only time its secret is returned. Refused with
     /// [`StoreError::KeyLimitReached`](crate::store::StoreError::KeyLimitReached) when the account already holds the
     /// store's most keys per account ([`DEFAULT_MAX_KEYS_PER_ACCOUNT`](crate::store::DEFAULT_MAX_KEYS_PER_ACCOUNT) unless
@@ -35,9 +37,11 @@ pub trait KeyStore: Verifier {
     /// One key, if it exists.
     async fn get(&self, id: KeyId) -> Result<Option<KeyInfo>, StoreError>;
 
-    /// A service account's keys, oldest first. A key the store cannot read
-    /// is skipped with a warning naming its id, so one corrupted row never
-    /// hides the account's other keys.
+    /// A service account's keys, oldest first: at most the page size asked
+    /// for. A key the store cannot read is skipped with a warning naming its
+    /// id, so one corrupted row never hides the account's other keys.
+    /// Refused with [`StoreError::InvalidPageSize`] or
+    /// [`StoreError::InvalidPageToken`].
     async fn list(
         &self,
         service_account_id: &str,
@@ -119,9 +123,11 @@ pub trait KeyStore: Verifier {
     /// Refused with [`StoreError::InvalidField`] naming the key id and the
     /// field when a field breaks the [field rules](crate::store::rules::stored_key)
     /// (those of create, with bounds on times, the hint and the grace); with
-    /// [`StoreError::Invalid`] naming the key id (never a hash) when the id
-    /// exists with another hash or account, or when this store revoked that
-    /// id; with
+    /// [`StoreError::Conflict`] naming the key id (never a hash) when the id
+    /// exists with another hash or account
+    /// ([`ConflictKind::IdTaken`](crate::store::ConflictKind::IdTaken)), or
+    /// when this store revoked that id
+    /// ([`ConflictKind::Revoked`](crate::store::ConflictKind::Revoked)); with
     /// [`StoreError::KeyLimitReached`](crate::store::StoreError::KeyLimitReached)
     /// past the per-account limit.
     async fn import(&self, key: StoredKey) -> Result<Imported, StoreError>;

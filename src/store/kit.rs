@@ -21,32 +21,29 @@ use std::time::SystemTime;
 pub use super::credit::CreditState;
 pub use super::page_token::{page_token, parse_page_token};
 use super::rules;
+use super::rules::{Field, FieldError, Problem};
 use super::transfer::StoredKey;
 use super::{
-    latest_time, KeyInfo, KeyUpdate, NewKey, StoreError, Version, LATEST_TIME_TEXT,
-    MAX_EXPORT_PAGE, MAX_PAGE_BYTES,
+    latest_time, ConflictKind, KeyInfo, KeyUpdate, NewKey, StoreError, Version, MAX_EXPORT_PAGE,
 };
 use crate::key::{GeneratedKey, KeyFormat, KeyId};
 use crate::limits::{check_rate_limits, RateLimit};
 use crate::record::KeyRecord;
 
 /// A listing page cut from `keys` (in listing order, at least one more
-/// than `size` when there are more): at most `size` keys and at most
-/// [`MAX_PAGE_BYTES`], never fewer than one. The flag says whether keys are
-/// left for a next page.
+/// than `size` when there are more): at most `size` keys. The flag says
+/// whether keys are left for a next page. Stores page by count only; the
+/// management API bounds its answers' bytes itself.
 pub fn fill_page<E>(
     keys: impl IntoIterator<Item = Result<KeyInfo, E>>,
     size: usize,
 ) -> Result<(Vec<KeyInfo>, bool), E> {
     let mut page = Vec::new();
-    let mut bytes = 0usize;
     for key in keys {
         let key = key?;
-        let cost = key.json_size_estimate();
-        if page.len() == size || (!page.is_empty() && bytes.saturating_add(cost) > MAX_PAGE_BYTES) {
+        if page.len() == size {
             return Ok((page, true));
         }
-        bytes = bytes.saturating_add(cost);
         page.push(key);
     }
     Ok((page, false))
@@ -55,9 +52,7 @@ pub fn fill_page<E>(
 /// The check of a new key's fields that every store makes the same way
 /// (before it generates anything).
 pub fn check_new(new: &NewKey, now: SystemTime) -> Result<(), StoreError> {
-    if new.service_account_id.is_empty() {
-        return Err(StoreError::invalid("service_account_id is empty"));
-    }
+    check_account(&new.service_account_id)?;
     check_limits(&new.rate_limits)?;
     check_expiry(new.expires_at, now)
 }
@@ -83,7 +78,7 @@ pub fn check_account_limits(account: &str, limits: &[RateLimit]) -> Result<(), S
 /// The check that a service account id names an account: it is not empty.
 pub fn check_account(account: &str) -> Result<(), StoreError> {
     if account.is_empty() {
-        return Err(StoreError::invalid("service_account_id is empty"));
+        return Err(field_error(Field::ServiceAccountId, Problem::Empty));
     }
     Ok(())
 }
@@ -100,9 +95,16 @@ pub const MAX_IMPORTED_VERSION: i64 = (1 << 53) - 1;
 pub fn imported_version(id: KeyId, version: Version) -> Result<i64, StoreError> {
     match i64::try_from(version.get()) {
         Ok(n @ 1..=MAX_IMPORTED_VERSION) => Ok(n),
-        _ => Err(StoreError::invalid(format!(
-            "key {id}: version must be between 1 and {MAX_IMPORTED_VERSION}"
-        ))),
+        _ => Err(StoreError::invalid_field(
+            Some(id),
+            FieldError::new(
+                Field::Version,
+                Problem::OutOfRange {
+                    min: 1,
+                    max: MAX_IMPORTED_VERSION as u64,
+                },
+            ),
+        )),
     }
 }
 
@@ -122,7 +124,7 @@ pub fn check_version(
 
 /// The check of rate limits for a key or an account that every store makes.
 pub fn check_limits(limits: &[RateLimit]) -> Result<(), StoreError> {
-    check_rate_limits(limits).map_err(|e| StoreError::invalid(e.to_string()))
+    check_rate_limits(limits).map_err(|e| field_error(Field::RateLimits, Problem::Limits(e)))
 }
 
 /// The checks of a key before a store imports it at `now` into a store of
@@ -144,26 +146,22 @@ pub fn export_page_size(limit: usize) -> Result<usize, StoreError> {
     if (1..=MAX_EXPORT_PAGE).contains(&limit) {
         Ok(limit)
     } else {
-        Err(StoreError::invalid(format!(
-            "an export page holds 1 to {MAX_EXPORT_PAGE} keys"
-        )))
+        Err(StoreError::InvalidPageSize {
+            max: MAX_EXPORT_PAGE,
+        })
     }
 }
 
 /// The error of importing a key whose id the store holds with another hash
 /// or account.
 pub fn import_conflict(id: KeyId) -> StoreError {
-    StoreError::invalid(format!(
-        "key {id} already exists with another secret or service account"
-    ))
+    StoreError::conflict(id, ConflictKind::IdTaken)
 }
 
 /// The error of importing a key this store revoked: revocation is final,
 /// and an old export must not bring a key back.
 pub fn import_revoked(id: KeyId) -> StoreError {
-    StoreError::invalid(format!(
-        "key {id} was revoked in this store; a revoked key is never imported again"
-    ))
+    StoreError::conflict(id, ConflictKind::Revoked)
 }
 
 /// The check of an expiry: it must lie in the future, and no later than
@@ -171,10 +169,8 @@ pub fn import_revoked(id: KeyId) -> StoreError {
 /// it.
 pub fn check_expiry(expires_at: Option<SystemTime>, now: SystemTime) -> Result<(), StoreError> {
     match expires_at {
-        Some(at) if at <= now => Err(StoreError::invalid("expires_at is in the past")),
-        Some(at) if at > latest_time() => Err(StoreError::invalid(format!(
-            "expires_at is after {LATEST_TIME_TEXT}"
-        ))),
+        Some(at) if at <= now => Err(field_error(Field::ExpiresAt, Problem::NotInFuture)),
+        Some(at) if at > latest_time() => Err(field_error(Field::ExpiresAt, Problem::AfterLatest)),
         _ => Ok(()),
     }
 }
@@ -210,4 +206,9 @@ pub fn hint_of(key: &GeneratedKey) -> String {
     let prefix = text.split('_').next().unwrap_or_default();
     let tail = text.get(text.len().saturating_sub(4)..).unwrap_or_default();
     format!("{prefix}_…{tail}")
+}
+
+/// A field error not tied to one key.
+fn field_error(field: Field, problem: Problem) -> StoreError {
+    StoreError::invalid_field(None, FieldError::new(field, problem))
 }

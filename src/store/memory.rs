@@ -21,6 +21,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
 use crate::invalidation::{Invalidation, Invalidations};
 use crate::key::{KeyFormat, KeyId, PresentedKey};
+use crate::ledger::CreditLedger;
 use crate::limits::{CreditLease, RateLimit};
 use crate::record::KeyRecord;
 use crate::verifier::{Verifier, VerifierError};
@@ -314,7 +315,10 @@ impl Verifier for MemoryStore {
     fn key_format(&self) -> Option<KeyFormat> {
         Some(self.inner.format)
     }
+}
 
+#[async_trait]
+impl CreditLedger for MemoryStore {
     async fn lease_credits(
         &self,
         id: KeyId,
@@ -396,10 +400,7 @@ impl KeyStore for MemoryStore {
         let size = page.size()?;
         let after = match &page.page_token {
             None => None,
-            Some(token) => Some(
-                parse_page_token(token)
-                    .ok_or_else(|| StoreError::invalid("page_token is not valid"))?,
-            ),
+            Some(token) => Some(parse_page_token(token).ok_or(StoreError::InvalidPageToken)?),
         };
         let keys = self.read();
         let Some(mine) = keys.by_account.get(service_account_id) else {

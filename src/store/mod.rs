@@ -11,7 +11,7 @@
 //! use tower_api_key::ScopeSet;
 //! use tower_api_key::MemoryStore;
 //! use tower_api_key::KeyStore;
-//! use tower_api_key::store::{  NewKey};
+//! use tower_api_key::store::NewKey;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = MemoryStore::new();
@@ -59,23 +59,12 @@ use crate::scope::ScopeSet;
 pub const MAX_PAGE_SIZE: usize = 200;
 /// Page size when none is asked for.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
-/// Byte budget of one [`KeyStore::list`] page: 1 MiB of keys as the
-/// management API writes them in JSON ([`KeyInfo::json_size_estimate`]).
-///
-/// A page stops before the key that would take it past the budget (but
-/// always holds at least one key, so listing always progresses), and its
-/// `next_page_token` continues from the last key returned. The largest key
-/// the management API accepts (100 scopes of 256 bytes, the most rate
-/// limits for the key and its account, credits) takes about 28 KB, so such
-/// a page holds about 37 keys; only a key created directly through
-/// a store with a description over 1 MiB makes a page (of that one key)
-/// larger than the budget.
-pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
 /// Keys one service account may hold in a store unless its builder says
 /// otherwise (`max_keys_per_account`).
 pub const DEFAULT_MAX_KEYS_PER_ACCOUNT: usize = 1000;
 
-/// What to create.
+/// A key to create ([`KeyStore::create`]): its service account, and its
+/// scopes, expiry, limits and credits if any.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct NewKey {
@@ -240,53 +229,6 @@ impl KeyInfo {
         self.version = version;
         self
     }
-
-    /// An upper bound on the bytes this key takes in a management API
-    /// listing: every string with its quotes and JSON escapes, field names,
-    /// punctuation and timestamps. What [`MAX_PAGE_BYTES`] counts.
-    pub fn json_size_estimate(&self) -> usize {
-        // Field names, braces, commas (the array's too) and three
-        // timestamps of at most 40 bytes each, quoted: about 210 bytes.
-        const FIXED: usize = 256;
-        let record = &self.record;
-        let scopes: usize = record
-            .scopes
-            .iter()
-            .map(|s| json_string_len(s.as_str()) + 1)
-            .sum();
-        // The key's and its account's rate limits as strings of their text
-        // form (at most 40 bytes: `999999999/31622399999ms,burst=1000000000`),
-        // quoted, with a comma; the two lists' field names and brackets.
-        const LIMIT: usize = 44;
-        const LIMIT_LISTS: usize = 96;
-        // Credits: an object of two counts of at most 13 digits, an interval
-        // name, a day and their field names.
-        const CREDITS: usize = 192;
-        let limits = LIMIT * (record.rate_limits.len() + record.account_rate_limits.len());
-        let credits = if record.credits.is_some() { CREDITS } else { 0 };
-        FIXED
-            + json_string_len(record.key_id.as_str())
-            + json_string_len(&record.service_account_id)
-            + json_string_len(&record.description)
-            + json_string_len(&self.hint)
-            + scopes
-            + LIMIT_LISTS
-            + limits
-            + credits
-    }
-}
-
-/// The length of `s` as a JSON string: quotes, `\"` and `\\` escaped in two
-/// bytes, control characters in six (`\u0000`), everything else as UTF-8.
-fn json_string_len(s: &str) -> usize {
-    2 + s
-        .bytes()
-        .map(|b| match b {
-            b'"' | b'\\' => 2,
-            0..=0x1f => 6,
-            _ => 1,
-        })
-        .sum::<usize>()
 }
 
 /// What to change; `None` leaves a field as it is.
@@ -350,13 +292,12 @@ impl KeyUpdate {
     }
 }
 
-/// Which page of a listing.
+/// Which page of a listing to return ([`KeyStore::list`]).
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct ListRequest {
-    /// Keys per page (default 100, at most 200). A page also stops at
-    /// [`MAX_PAGE_BYTES`], so it may hold fewer keys even when more follow:
-    /// go on while `next_page_token` is set.
+    /// Keys per page (default 100, at most 200). A caller goes on while
+    /// `next_page_token` is set.
     pub page_size: Option<usize>,
     /// The `next_page_token` of the previous page.
     pub page_token: Option<String>,
@@ -385,15 +326,12 @@ impl ListRequest {
         match self.page_size {
             None => Ok(DEFAULT_PAGE_SIZE),
             Some(n @ 1..=MAX_PAGE_SIZE) => Ok(n),
-            Some(_) => Err(StoreError::invalid(format!(
-                "page_size must be between 1 and {MAX_PAGE_SIZE}"
-            ))),
+            Some(_) => Err(StoreError::InvalidPageSize { max: MAX_PAGE_SIZE }),
         }
     }
 }
 
-/// One page of keys: at most the page size asked for and at most
-/// [`MAX_PAGE_BYTES`] (but at least one key when any is left).
+/// One page of keys: at most the page size asked for.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct KeyPage {
@@ -417,8 +355,29 @@ impl KeyPage {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The request is invalid; the message says why (and holds no secret).
-    Invalid(String),
+    /// A listing's `page_token` this store did not issue (or one altered).
+    InvalidPageToken,
+    /// A page size outside 1 to `max`: a listing's `page_size`
+    /// ([`MAX_PAGE_SIZE`]) or an export page's `limit`
+    /// ([`MAX_EXPORT_PAGE`]).
+    #[non_exhaustive]
+    InvalidPageSize {
+        /// The largest page allowed.
+        max: usize,
+    },
+    /// An [import](KeyStore::import) refused because the key's id (or its
+    /// hash) is taken here: [`ConflictKind`] says how. Nothing was written.
+    /// Names the key id, never a hash.
+    #[non_exhaustive]
+    Conflict {
+        /// The imported key.
+        id: KeyId,
+        /// What the store holds under that id or hash.
+        kind: ConflictKind,
+    },
+    /// The store cannot be opened as configured: which setting and why,
+    /// never a password.
+    Config(ConfigError),
     /// The random source failed.
     KeyGen(KeyGenError),
     /// The service account already holds the most keys a store allows
@@ -460,9 +419,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// An invalid request.
-    pub fn invalid(message: impl Into<String>) -> Self {
-        Self::Invalid(message.into())
+    /// A page size outside 1 to `max` ([`StoreError::InvalidPageSize`]).
+    pub fn invalid_page_size(max: usize) -> Self {
+        Self::InvalidPageSize { max }
+    }
+
+    /// An import of key `id` that conflicts with what the store holds
+    /// ([`StoreError::Conflict`]).
+    pub fn conflict(id: KeyId, kind: ConflictKind) -> Self {
+        Self::Conflict { id, kind }
     }
 
     /// A field of key `id` (if any) breaks its rule.
@@ -497,7 +462,12 @@ impl StoreError {
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Invalid(why) => write!(f, "invalid request: {why}"),
+            Self::InvalidPageToken => f.write_str("invalid request: page_token is not valid"),
+            Self::InvalidPageSize { max } => {
+                write!(f, "invalid request: a page holds 1 to {max} keys")
+            }
+            Self::Conflict { id, kind } => write!(f, "key {id} {kind}"),
+            Self::Config(e) => write!(f, "invalid key store configuration: {e}"),
             Self::KeyGen(e) => write!(f, "{e}"),
             Self::KeyLimitReached { limit } => write!(
                 f,
@@ -530,7 +500,10 @@ impl std::error::Error for StoreError {
             Self::KeyGen(e) => Some(e),
             Self::Backend(e) => Some(&**e),
             Self::InvalidField { error, .. } => Some(error),
-            Self::Invalid(_)
+            Self::Config(e) => Some(e),
+            Self::InvalidPageToken
+            | Self::InvalidPageSize { .. }
+            | Self::Conflict { .. }
             | Self::KeyLimitReached { .. }
             | Self::VersionMismatch { .. }
             | Self::NoCredits { .. } => None,
@@ -541,6 +514,83 @@ impl std::error::Error for StoreError {
 impl From<KeyGenError> for StoreError {
     fn from(e: KeyGenError) -> Self {
         Self::KeyGen(e)
+    }
+}
+
+impl From<ConfigError> for StoreError {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(e)
+    }
+}
+
+/// How an [import](KeyStore::import) conflicts with the store
+/// ([`StoreError::Conflict`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConflictKind {
+    /// The id is held with another secret or service account.
+    IdTaken,
+    /// This store revoked the id: revocation is final, and an old export
+    /// must not bring the key back.
+    Revoked,
+    /// The id or the hash is taken by another key, as the database's unique
+    /// index found (a concurrent import of the same key, or another key with
+    /// this hash).
+    IdOrHashTaken,
+}
+
+impl fmt::Display for ConflictKind {
+    /// Reads after "key {id} ".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::IdTaken => "already exists with another secret or service account",
+            Self::Revoked => "was revoked in this store; a revoked key is never imported again",
+            Self::IdOrHashTaken => "conflicts with another key holding its id or hash",
+        })
+    }
+}
+
+/// A key store's configuration that cannot work
+/// ([`StoreError::Config`]). Never holds a password nor a key.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The database URL does not parse; the source is the driver's reason
+    /// (which never repeats the URL).
+    DatabaseUrl(Box<dyn std::error::Error + Send + Sync>),
+    /// The path of the database file is empty.
+    EmptyPath,
+    /// The notification channel name is not 1 to 63 characters of `a-z`,
+    /// `0-9` and `_`, not starting with a digit.
+    ChannelName,
+}
+
+impl ConfigError {
+    /// A database URL that does not parse, for `reason` (never the URL).
+    pub fn database_url(reason: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::DatabaseUrl(reason.into())
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::DatabaseUrl(e) => write!(f, "invalid database URL: {e}"),
+            Self::EmptyPath => f.write_str("the database path is empty"),
+            Self::ChannelName => f.write_str(
+                "the NOTIFY channel must be 1 to 63 characters of a-z, 0-9 and _, \
+                 not starting with a digit",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::DatabaseUrl(e) => Some(&**e),
+            Self::EmptyPath | Self::ChannelName => None,
+        }
     }
 }
 

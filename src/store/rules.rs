@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use super::transfer::StoredKey;
 use super::{latest_time, LATEST_TIME_TEXT};
 use crate::key::KeyFormat;
-use crate::limits::{check_rate_limits, Credits, RateLimit, MAX_CREDITS};
+use crate::limits::{check_rate_limits, Credits, LimitError, RateLimit, MAX_CREDITS};
 use crate::scope::{Scope, ScopeError, ScopeSet, MAX_SCOPES_PER_KEY};
 
 /// Longest description, in characters.
@@ -68,6 +68,8 @@ pub enum Field {
     RateLimits,
     /// `credits`.
     Credits,
+    /// The version of an imported key.
+    Version,
 }
 
 impl fmt::Display for Field {
@@ -86,6 +88,7 @@ impl fmt::Display for Field {
             Self::GracePeriod => "grace_period",
             Self::RateLimits => "rate_limits",
             Self::Credits => "credits",
+            Self::Version => "version",
         };
         f.write_str(name)
     }
@@ -132,8 +135,15 @@ pub enum Problem {
     GraceTooLong,
     /// The previous hash is the current one.
     SameAsCurrent,
-    /// Rate limits or credits that cannot be; the text names the rule.
-    Limits(String),
+    /// Rate limits or credits that cannot be: which rule.
+    Limits(LimitError),
+    /// A number outside `min` to `max`.
+    OutOfRange {
+        /// The least allowed.
+        min: u64,
+        /// The most allowed.
+        max: u64,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -166,7 +176,8 @@ impl fmt::Display for Problem {
                 MAX_GRACE_PERIOD.as_secs()
             ),
             Self::SameAsCurrent => f.write_str("is the current hash"),
-            Self::Limits(why) => f.write_str(why),
+            Self::Limits(e) => write!(f, "{e}"),
+            Self::OutOfRange { min, max } => write!(f, "must be between {min} and {max}"),
         }
     }
 }
@@ -340,8 +351,7 @@ pub fn stored_time(field: Field, at: SystemTime) -> Result<(), FieldError> {
 /// A key's or an account's rate limits: each valid, at most
 /// [`MAX_RATE_LIMITS`](crate::limits::MAX_RATE_LIMITS), no two alike.
 pub fn rate_limits(limits: &[RateLimit]) -> Result<(), FieldError> {
-    check_rate_limits(limits)
-        .map_err(|e| FieldError::new(Field::RateLimits, Problem::Limits(e.to_string())))
+    check_rate_limits(limits).map_err(|e| FieldError::new(Field::RateLimits, Problem::Limits(e)))
 }
 
 /// Credits: the count and the refill at most
@@ -349,10 +359,7 @@ pub fn rate_limits(limits: &[RateLimit]) -> Result<(), FieldError> {
 pub fn credits(credits: &Credits) -> Result<(), FieldError> {
     let refill = credits.refill().map_or(0, |r| r.amount());
     if credits.remaining() > MAX_CREDITS || refill > MAX_CREDITS {
-        return refuse(
-            Field::Credits,
-            Problem::Limits(format!("credits are at most {MAX_CREDITS}")),
-        );
+        return refuse(Field::Credits, Problem::Limits(LimitError::TooManyCredits));
     }
     Ok(())
 }

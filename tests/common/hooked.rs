@@ -13,8 +13,8 @@ use tower_api_key::store::{
     Version,
 };
 use tower_api_key::{
-    Invalidations, KeyFormat, KeyId, KeyRecord, KeyStore, MemoryStore, PresentedKey, Verifier,
-    VerifierError,
+    CreditLedger, Invalidations, KeyFormat, KeyId, KeyRecord, KeyStore, MemoryStore, PresentedKey,
+    Verifier, VerifierError,
 };
 
 /// A write a [`Hooked`] store is about to make.
@@ -80,6 +80,10 @@ impl<H: Hook> Verifier for Hooked<H> {
     fn key_format(&self) -> Option<KeyFormat> {
         self.store.key_format()
     }
+}
+
+#[async_trait]
+impl<H: Hook> CreditLedger for Hooked<H> {
     async fn lease_credits(
         &self,
         id: KeyId,

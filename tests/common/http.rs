@@ -127,7 +127,12 @@ impl Fixture {
             store: store.clone(),
             control: control.clone(),
         };
-        let auth = configure(Authenticator::builder(verifier).clock(clock.clone())).build();
+        let auth = configure(
+            Authenticator::verifier_builder(verifier)
+                .credits(store.clone())
+                .clock(clock.clone()),
+        )
+        .build();
         Self {
             store,
             clock,

@@ -8,16 +8,17 @@ use tower_api_key::clock::{Clock, ManualClock};
 use tower_api_key::hash::{HashScheme, KeyHasher};
 use tower_api_key::limits::{Credits, Refill, MAX_CREDITS};
 use tower_api_key::store::{
-    latest_time, KeyInfo, KeyUpdate, ListRequest, NewKey, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT,
-    DEFAULT_PAGE_SIZE, MAX_PAGE_BYTES, MAX_PAGE_SIZE,
+    latest_time, KeyUpdate, ListRequest, NewKey, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE,
 };
 use tower_api_key::{GeneratedKey, Invalidation, KeyFormat, KeyId, KeyStore, PresentedKey};
 use tower_api_key::{ScopeSet, Verifier};
 
 use super::{
-    all_pages, assert_invalid, assert_limit_reached, concurrent_creates_respect_the_limit,
-    export_everything, exported, ids_of, largest_rate_limits, largest_scopes, parse, peppers,
-    store_and_clock, unknown_key, wrong_secret, StoreFactory, StoreSettings, Watch,
+    all_pages, assert_invalid, assert_invalid_page_size, assert_invalid_page_token,
+    assert_limit_reached, concurrent_creates_respect_the_limit, export_everything, exported,
+    ids_of, largest_rate_limits, largest_scopes, parse, peppers, store_and_clock, unknown_key,
+    wrong_secret, StoreFactory, StoreSettings, Watch,
 };
 
 async fn clocked<F: StoreFactory>(f: &F) -> (F::Store, std::sync::Arc<ManualClock>) {
@@ -556,20 +557,16 @@ pub async fn list_uses_the_default_page_size_when_none_is_given<F: StoreFactory>
     assert_eq!(rest.next_page_token, None);
 }
 
-/// A page stops at `MAX_PAGE_BYTES` of JSON (estimated conservatively), the
-/// token continues from its last key, and a key over the budget on its own
-/// is still listed, alone.
-pub async fn list_stops_a_page_at_the_byte_budget_and_continues_from_its_last_key<
-    F: StoreFactory,
->(
-    f: &F,
-) {
+/// A store pages by count only: a page holds the page size asked for
+/// however large its keys are (the management API bounds its answers'
+/// bytes itself), and the token continues from its last key.
+pub async fn list_pages_by_count_however_large_the_keys<F: StoreFactory>(f: &F) {
     let (store, clock) = clocked(f).await;
     let scopes = largest_scopes();
     // Quotes and backslashes take two bytes each in JSON.
     let description = "\"\\".repeat(128);
     // The most rate limits, each of the longest text, for the key and its
-    // account, and credits with a refill.
+    // account, and credits with a refill: about 28 KB of JSON a key.
     let limits = largest_rate_limits();
     store
         .set_account_rate_limits("sa-big", limits.clone())
@@ -579,7 +576,7 @@ pub async fn list_stops_a_page_at_the_byte_budget_and_continues_from_its_last_ke
         .unwrap()
         .with_refill(Refill::monthly(MAX_CREDITS, 31).unwrap());
     let mut created = Vec::new();
-    for _ in 0..60 {
+    for _ in 0..41 {
         let key = store
             .create(
                 NewKey::new("sa-big")
@@ -593,49 +590,22 @@ pub async fn list_stops_a_page_at_the_byte_budget_and_continues_from_its_last_ke
         created.push(key.record.key_id);
         clock.advance(Duration::from_secs(1));
     }
-    const { assert!(MAX_PAGE_SIZE >= 60, "the count alone would fit every key") };
-
-    let pages = all_pages(&store, "sa-big", MAX_PAGE_SIZE).await;
-    assert!(pages.len() >= 2, "60 keys of ~28 KB need two pages");
-    let mut listed = Vec::new();
-    for (i, page) in pages.iter().enumerate() {
-        assert!(!page.keys.is_empty(), "page {i} is empty");
-        let estimated: usize = page.keys.iter().map(KeyInfo::json_size_estimate).sum();
-        assert!(estimated <= MAX_PAGE_BYTES, "page {i}: {estimated} bytes");
-        // The estimate covers the JSON the management API writes.
-        #[cfg(feature = "management")]
-        {
-            let actual: usize = page.keys.iter().map(super::json_len).sum();
-            assert!(
-                actual <= estimated,
-                "page {i}: estimate {estimated} < JSON {actual}"
-            );
-            for key in &page.keys {
-                assert!(key.json_size_estimate() >= super::json_len(key));
-            }
-        }
-        if page.next_page_token.is_some() {
-            // Full: one more key of this size would not have fitted.
-            let next = page.keys[0].json_size_estimate();
-            assert!(estimated + next > MAX_PAGE_BYTES, "page {i} stopped early");
-        }
-        listed.extend(page.keys.iter().map(|k| k.record.key_id));
-    }
-    assert_eq!(listed, created, "every key once, oldest first");
-
-    // A key larger than the whole budget (a description the management API
-    // would refuse, but a store takes) is listed alone: listing progresses.
+    // A key over a mebibyte on its own (a description no API would take).
     let huge = store
-        .create(NewKey::new("sa-huge").with_description("d".repeat(MAX_PAGE_BYTES + 1)))
+        .create(NewKey::new("sa-big").with_description("d".repeat(1024 * 1024 + 1)))
         .await
         .unwrap();
+    created.push(huge.record.key_id);
     clock.advance(Duration::from_secs(1));
-    let small = store.create(NewKey::new("sa-huge")).await.unwrap();
-    let pages = all_pages(&store, "sa-huge", 10).await;
+
+    let pages = all_pages(&store, "sa-big", 40).await;
     let sizes: Vec<usize> = pages.iter().map(|p| p.keys.len()).collect();
-    assert_eq!(sizes, [1, 1]);
-    assert_eq!(pages[0].keys[0].record.key_id, huge.record.key_id);
-    assert_eq!(pages[1].keys[0].record.key_id, small.record.key_id);
+    assert_eq!(sizes, [40, 2], "by count, not by bytes");
+    let listed: Vec<KeyId> = pages
+        .iter()
+        .flat_map(|p| p.keys.iter().map(|k| k.record.key_id))
+        .collect();
+    assert_eq!(listed, created, "every key once, oldest first");
 }
 
 /// Page sizes from 1 to `MAX_PAGE_SIZE` (200) are accepted, others refused.
@@ -654,7 +624,10 @@ pub async fn list_accepts_page_sizes_from_one_to_two_hundred<F: StoreFactory>(f:
         assert!(
             matches!(
                 store.list("sa-sizes", ListRequest::first(bad)).await,
-                Err(StoreError::Invalid(_))
+                Err(StoreError::InvalidPageSize {
+                    max: MAX_PAGE_SIZE,
+                    ..
+                })
             ),
             "page size {bad}"
         );
@@ -664,13 +637,20 @@ pub async fn list_accepts_page_sizes_from_one_to_two_hundred<F: StoreFactory>(f:
 pub async fn list_rejects_page_sizes_outside_one_to_the_maximum<F: StoreFactory>(f: &F) {
     let (store, clock) = clocked(f).await;
     create_keys(&store, &clock, "sa-1", 2).await;
-    assert_invalid(store.list("sa-1", ListRequest::first(0)).await);
-    assert_invalid(
+    assert_invalid_page_size(
+        store.list("sa-1", ListRequest::first(0)).await,
+        MAX_PAGE_SIZE,
+    );
+    assert_invalid_page_size(
         store
             .list("sa-1", ListRequest::first(MAX_PAGE_SIZE + 1))
             .await,
+        MAX_PAGE_SIZE,
     );
-    assert_invalid(store.list("sa-1", ListRequest::first(usize::MAX)).await);
+    assert_invalid_page_size(
+        store.list("sa-1", ListRequest::first(usize::MAX)).await,
+        MAX_PAGE_SIZE,
+    );
     assert_eq!(
         store
             .list("sa-1", ListRequest::first(1))
@@ -715,7 +695,7 @@ pub async fn list_rejects_page_tokens_it_did_not_issue<F: StoreFactory>(f: &F) {
         format!("1000000000000000000000000000.{}", theirs[0]),
         format!("-9223372036854775807999999999.{}", theirs[0]),
     ] {
-        assert_invalid(store.list("sa-1", ListRequest::after(10, token)).await);
+        assert_invalid_page_token(store.list("sa-1", ListRequest::after(10, token)).await);
     }
 }
 
@@ -1260,13 +1240,13 @@ pub async fn every_management_operation_in_sequence<F: StoreFactory>(f: &F) {
     assert_eq!(created.record.description, "first");
     assert!(matches!(
         store.create(NewKey::new("")).await,
-        Err(StoreError::Invalid(_))
+        Err(StoreError::InvalidField { .. })
     ));
     assert!(matches!(
         store
             .create(NewKey::new("sa-ops").with_expires_at(clock.now() - Duration::from_secs(1)))
             .await,
-        Err(StoreError::Invalid(_))
+        Err(StoreError::InvalidField { .. })
     ));
 
     // get: what create returned, never the secret
@@ -1323,7 +1303,7 @@ pub async fn every_management_operation_in_sequence<F: StoreFactory>(f: &F) {
                 None
             )
             .await,
-        Err(StoreError::Invalid(_))
+        Err(StoreError::InvalidField { .. })
     ));
     assert_eq!(
         store
@@ -1444,9 +1424,10 @@ pub async fn every_management_operation_in_sequence<F: StoreFactory>(f: &F) {
         .unwrap()
         .keys
         .is_empty());
+    for bad in [ListRequest::first(0), ListRequest::first(201)] {
+        assert_invalid_page_size(store.list("sa-list", bad).await, MAX_PAGE_SIZE);
+    }
     for bad in [
-        ListRequest::first(0),
-        ListRequest::first(201),
         ListRequest::after(2, ""),
         ListRequest::after(2, "not a token"),
         ListRequest::after(2, other.record.key_id.to_string()),
@@ -1458,7 +1439,7 @@ pub async fn every_management_operation_in_sequence<F: StoreFactory>(f: &F) {
         assert!(
             matches!(
                 store.list("sa-list", bad.clone()).await,
-                Err(StoreError::Invalid(_))
+                Err(StoreError::InvalidPageToken)
             ),
             "{bad:?}"
         );

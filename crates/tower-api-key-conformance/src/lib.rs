@@ -3,7 +3,8 @@
 //!
 //! # Running it for a store
 //!
-//! 1. Implement [`KeyStore`] (and [`Verifier`](tower_api_key::Verifier)).
+//! 1. Implement [`KeyStore`] (and its supertraits [`Verifier`](tower_api_key::Verifier)
+//!    and [`CreditLedger`](tower_api_key::CreditLedger)).
 //! 2. Write a factory: a type implementing [`StoreFactory`] that opens a
 //!    fresh, empty store of its own for every call of
 //!    [`StoreFactory::store`], built with the [`StoreSettings`] given (manual
@@ -57,12 +58,6 @@
 //! Times: the settings' clock starts on a whole second and tests move it by
 //! whole seconds unless the test is about sub-microsecond times, because
 //! PostgreSQL keeps microseconds.
-//!
-//! # Features
-//!
-//! `management` (off by default) also checks that the page byte budget's
-//! estimate ([`KeyInfo::json_size_estimate`]) covers the management API's
-//! JSON; it turns on the root crate's management API.
 
 pub mod contract;
 pub mod limits;
@@ -80,8 +75,8 @@ use tower_api_key::clock::ManualClock;
 use tower_api_key::hash::{KeyHasher, Pepper};
 use tower_api_key::limits::{Credits, RateLimit, MAX_RATE_LIMITS};
 use tower_api_key::store::{
-    KeyInfo, KeyPage, ListRequest, NewKey, StoreError, StoredKey, DEFAULT_MAX_KEYS_PER_ACCOUNT,
-    MAX_EXPORT_PAGE, MAX_PAGE_SIZE,
+    ConflictKind, KeyInfo, KeyPage, ListRequest, NewKey, StoreError, StoredKey,
+    DEFAULT_MAX_KEYS_PER_ACCOUNT, MAX_EXPORT_PAGE, MAX_PAGE_SIZE,
 };
 use tower_api_key::{GeneratedKey, PresentedKey};
 use tower_api_key::{Invalidation, InvalidationListener, KeyFormat, KeyId, KeyStore, MemoryStore};
@@ -331,7 +326,7 @@ macro_rules! __store_conformance {
                 contract::list_orders_keys_created_at_the_same_instant_stably,
                 contract::list_orders_keys_of_one_instant_by_id_around_the_epoch,
                 contract::list_uses_the_default_page_size_when_none_is_given,
-                contract::list_stops_a_page_at_the_byte_budget_and_continues_from_its_last_key,
+                contract::list_pages_by_count_however_large_the_keys,
                 contract::list_accepts_page_sizes_from_one_to_two_hundred,
                 contract::list_rejects_page_sizes_outside_one_to_the_maximum,
                 contract::list_rejects_page_tokens_it_did_not_issue,
@@ -431,12 +426,48 @@ pub fn parse(store: &dyn KeyStore, key: &GeneratedKey) -> PresentedKey {
         .unwrap()
 }
 
+/// The text of a [`StoreError::InvalidField`] (it names the field, and
+/// the key of an import); any other answer fails.
 #[track_caller]
 pub fn assert_invalid<T: fmt::Debug>(result: Result<T, StoreError>) -> String {
     match result {
-        Err(StoreError::Invalid(why)) => why,
         Err(e @ StoreError::InvalidField { .. }) => e.to_string(),
-        other => panic!("expected StoreError::Invalid or InvalidField, got {other:?}"),
+        other => panic!("expected StoreError::InvalidField, got {other:?}"),
+    }
+}
+
+/// A [`StoreError::InvalidPageSize`] naming `max`.
+#[track_caller]
+pub fn assert_invalid_page_size<T: fmt::Debug>(result: Result<T, StoreError>, max: usize) {
+    match result {
+        Err(StoreError::InvalidPageSize { max: named, .. }) if named == max => {}
+        other => panic!("expected StoreError::InvalidPageSize {{ max: {max} }}, got {other:?}"),
+    }
+}
+
+/// A [`StoreError::InvalidPageToken`].
+#[track_caller]
+pub fn assert_invalid_page_token<T: fmt::Debug>(result: Result<T, StoreError>) {
+    match result {
+        Err(StoreError::InvalidPageToken) => {}
+        other => panic!("expected StoreError::InvalidPageToken, got {other:?}"),
+    }
+}
+
+/// A [`StoreError::Conflict`] of key `id` of `kind`; its text.
+#[track_caller]
+pub fn assert_conflict<T: fmt::Debug>(
+    result: Result<T, StoreError>,
+    id: KeyId,
+    kind: ConflictKind,
+) -> String {
+    match result {
+        Err(StoreError::Conflict {
+            id: named,
+            kind: found,
+            ..
+        }) if named == id && found == kind => StoreError::conflict(named, found).to_string(),
+        other => panic!("expected StoreError::Conflict {{ {id}, {kind:?} }}, got {other:?}"),
     }
 }
 
@@ -494,14 +525,6 @@ pub fn largest_rate_limits() -> Vec<RateLimit> {
         "{limits:?}"
     );
     limits
-}
-
-/// The bytes `key` takes in a management API listing.
-#[cfg(feature = "management")]
-pub fn json_len(key: &KeyInfo) -> usize {
-    serde_json::to_vec(&tower_api_key::management::KeyResource::from(key))
-        .unwrap()
-        .len()
 }
 
 /// Every page of `account`'s keys at `page_size`.

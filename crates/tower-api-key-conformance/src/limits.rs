@@ -7,6 +7,7 @@ use tower_api_key::cache::{CacheConfig, CachedVerifier, Source};
 use tower_api_key::clock::Clock;
 use tower_api_key::limits::{CreditLease, Credits, RateLimit, Refill, MAX_CREDITS};
 use tower_api_key::store::{KeyUpdate, ListRequest, NewKey, StoreError};
+use tower_api_key::CreditLedger;
 use tower_api_key::{Invalidation, KeyId, KeyStore, ScopeSet, Verifier};
 
 use super::{

@@ -11,13 +11,16 @@ use tower_api_key::clock::Clock;
 use tower_api_key::hash::{HashScheme, KeyHasher};
 use tower_api_key::limits::{Credits, RateLimit, Refill};
 use tower_api_key::store::{
-    latest_time, Imported, NewKey, PreviousHash, StoreError, StoredKey, MAX_EXPORT_PAGE,
+    latest_time, ConflictKind, Imported, NewKey, PreviousHash, StoreError, StoredKey,
+    MAX_EXPORT_PAGE,
 };
+use tower_api_key::CreditLedger;
 use tower_api_key::{KeyId, KeyStore, ScopeSet, Verifier};
 
 use super::{
-    assert_invalid, assert_limit_reached, at_micros, export_all, export_everything, exported,
-    micros, parse, peppers, start_time, store_and_clock, StoreFactory, StoreSettings,
+    assert_conflict, assert_invalid, assert_invalid_page_size, assert_limit_reached, at_micros,
+    export_all, export_everything, exported, micros, parse, peppers, start_time, store_and_clock,
+    StoreFactory, StoreSettings,
 };
 
 // ---------------------------------------------------------------------------
@@ -87,8 +90,7 @@ pub async fn export_refuses_page_sizes_outside_one_to_the_maximum<F: StoreFactor
     let store = f.store(StoreSettings::new()).await;
     store.create(NewKey::new("sa")).await.unwrap();
     for bad in [0, MAX_EXPORT_PAGE + 1, usize::MAX] {
-        let why = assert_invalid(store.export(None, bad).await);
-        assert!(why.contains(&MAX_EXPORT_PAGE.to_string()), "{why}");
+        assert_invalid_page_size(store.export(None, bad).await, MAX_EXPORT_PAGE);
     }
     for ok in [1, MAX_EXPORT_PAGE] {
         assert_eq!(store.export(None, ok).await.unwrap().len(), 1);
@@ -463,7 +465,7 @@ pub async fn import_refuses_an_id_held_with_another_hash_or_account_naming_it<F:
     another_account.info.record.service_account_id = "sa-thief".into();
     for refused in [another_hash, another_account] {
         let hash = refused.hash;
-        let why = assert_invalid(store.import(refused).await);
+        let why = assert_conflict(store.import(refused).await, id, ConflictKind::IdTaken);
         assert!(why.contains(id.as_str()), "names the key: {why}");
         let hex: String = hash.digest().iter().map(|b| format!("{b:02x}")).collect();
         assert!(!why.contains(&hex[..16]), "names no hash");
@@ -491,7 +493,7 @@ pub async fn import_never_brings_back_a_key_this_store_revoked<F: StoreFactory>(
         let this = key.info.record.key_id;
         let result = store.import(key).await;
         if this == id {
-            let why = assert_invalid(result);
+            let why = assert_conflict(result, id, ConflictKind::Revoked);
             assert!(why.contains(id.as_str()), "names the key: {why}");
         } else {
             assert_eq!(this, kept.record.key_id);
@@ -822,7 +824,7 @@ pub async fn export_revoked_pages_through_the_revoked_ids_in_order<F: StoreFacto
     assert_eq!(seen, revoked.iter().copied().collect::<Vec<_>>());
     assert!(!seen.contains(&kept.record.key_id));
     for bad in [0, MAX_EXPORT_PAGE + 1] {
-        assert_invalid(store.export_revoked(None, bad).await);
+        assert_invalid_page_size(store.export_revoked(None, bad).await, MAX_EXPORT_PAGE);
     }
 }
 
@@ -849,7 +851,7 @@ pub async fn import_revoked_revokes_a_held_key_and_refuses_it_from_then_on<F: St
         let this = key.info.record.key_id;
         let result = store.import(key).await;
         if this == id {
-            let why = assert_invalid(result);
+            let why = assert_conflict(result, id, ConflictKind::Revoked);
             assert!(why.contains(id.as_str()), "names the key: {why}");
         } else {
             assert_eq!(this, other.record.key_id);
@@ -903,7 +905,7 @@ where
         if this == kept.record.key_id {
             assert_eq!(result.unwrap(), Imported::Added);
         } else {
-            assert_invalid(result);
+            assert_conflict(result, this, ConflictKind::Revoked);
         }
     }
     for gone in [&moved_early, &revoked_later] {

@@ -12,16 +12,16 @@ use async_trait::async_trait;
 use tower_api_key::clock::Clock;
 use tower_api_key::hash::{KeyHasher, StoredHash};
 use tower_api_key::limits::{
-    check_rate_limits, lease_grant, refill_due, CreditLease, Credits, RateLimit, MAX_CREDITS,
+    lease_grant, refill_due, CreditLease, Credits, RateLimit, MAX_CREDITS,
 };
 use tower_api_key::store::{
-    latest_time, rules, CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey,
-    PreviousHash, StoreError, StoredKey, Version, DEFAULT_PAGE_SIZE, LATEST_TIME_TEXT,
-    MAX_EXPORT_PAGE, MAX_PAGE_BYTES, MAX_PAGE_SIZE,
+    latest_time, rules, ConflictKind, CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate,
+    ListRequest, NewKey, PreviousHash, StoreError, StoredKey, Version, DEFAULT_PAGE_SIZE,
+    MAX_EXPORT_PAGE, MAX_PAGE_SIZE,
 };
 use tower_api_key::{
-    GeneratedKey, Invalidation, Invalidations, KeyFormat, KeyId, KeyRecord, KeyStore, PresentedKey,
-    Verifier, VerifierError,
+    CreditLedger, GeneratedKey, Invalidation, Invalidations, KeyFormat, KeyId, KeyRecord, KeyStore,
+    PresentedKey, Verifier, VerifierError,
 };
 use tower_api_key_conformance::{store_conformance, StoreFactory, StoreSettings};
 
@@ -145,23 +145,28 @@ fn hint_of(key: &GeneratedKey) -> String {
     format!("{prefix}_…{tail}")
 }
 
+/// A request's field that breaks its rule.
+fn field(field: rules::Field, problem: rules::Problem) -> StoreError {
+    StoreError::invalid_field(None, rules::FieldError::new(field, problem))
+}
+
 fn check_account(account: &str) -> Result<(), StoreError> {
     if account.is_empty() {
-        return Err(StoreError::invalid("service_account_id is empty"));
+        return Err(field(rules::Field::ServiceAccountId, rules::Problem::Empty));
     }
     Ok(())
 }
 
 fn check_limits(limits: &[RateLimit]) -> Result<(), StoreError> {
-    check_rate_limits(limits).map_err(|e| StoreError::invalid(e.to_string()))
+    rules::rate_limits(limits).map_err(|e| StoreError::invalid_field(None, e))
 }
 
 fn check_expiry(at: Option<SystemTime>, now: SystemTime) -> Result<(), StoreError> {
     match at {
-        Some(at) if at <= now => Err(StoreError::invalid("expires_at is in the past")),
-        Some(at) if at > latest_time() => Err(StoreError::invalid(format!(
-            "expires_at is after {LATEST_TIME_TEXT}"
-        ))),
+        Some(at) if at <= now => Err(field(rules::Field::ExpiresAt, rules::Problem::NotInFuture)),
+        Some(at) if at > latest_time() => {
+            Err(field(rules::Field::ExpiresAt, rules::Problem::AfterLatest))
+        }
         _ => Ok(()),
     }
 }
@@ -177,9 +182,7 @@ fn export_page_size(limit: usize) -> Result<usize, StoreError> {
     if (1..=MAX_EXPORT_PAGE).contains(&limit) {
         Ok(limit)
     } else {
-        Err(StoreError::invalid(format!(
-            "an export page holds 1 to {MAX_EXPORT_PAGE} keys"
-        )))
+        Err(StoreError::invalid_page_size(MAX_EXPORT_PAGE))
     }
 }
 
@@ -247,7 +250,10 @@ impl Verifier for OutsideStore {
     fn key_format(&self) -> Option<KeyFormat> {
         Some(self.0.format)
     }
+}
 
+#[async_trait]
+impl CreditLedger for OutsideStore {
     async fn lease_credits(
         &self,
         id: KeyId,
@@ -337,18 +343,11 @@ impl KeyStore for OutsideStore {
         let size = match page.page_size {
             None => DEFAULT_PAGE_SIZE,
             Some(n @ 1..=MAX_PAGE_SIZE) => n,
-            Some(_) => {
-                return Err(StoreError::invalid(format!(
-                    "page_size must be between 1 and {MAX_PAGE_SIZE}"
-                )))
-            }
+            Some(_) => return Err(StoreError::invalid_page_size(MAX_PAGE_SIZE)),
         };
         let after = match &page.page_token {
             None => None,
-            Some(token) => Some(
-                parse_page_token(token)
-                    .ok_or_else(|| StoreError::invalid("page_token is not valid"))?,
-            ),
+            Some(token) => Some(parse_page_token(token).ok_or(StoreError::InvalidPageToken)?),
         };
         let state = self.state();
         let mut mine: Vec<&Entry> = state
@@ -358,20 +357,9 @@ impl KeyStore for OutsideStore {
             .filter(|e| after.is_none_or(|a| (e.record.created_at, e.record.key_id) > a))
             .collect();
         mine.sort_by_key(|e| (e.record.created_at, e.record.key_id));
-        // At most `size` keys and MAX_PAGE_BYTES, never fewer than one.
-        let (mut keys, mut bytes, mut more) = (Vec::new(), 0usize, false);
-        for e in mine {
-            let info = state.info(e);
-            let cost = info.json_size_estimate();
-            if keys.len() == size
-                || (!keys.is_empty() && bytes.saturating_add(cost) > MAX_PAGE_BYTES)
-            {
-                more = true;
-                break;
-            }
-            bytes = bytes.saturating_add(cost);
-            keys.push(info);
-        }
+        // At most `size` keys: a store pages by count only.
+        let more = mine.len() > size;
+        let keys: Vec<KeyInfo> = mine.into_iter().take(size).map(|e| state.info(e)).collect();
         let next = more
             .then(|| keys.last().map(|k: &KeyInfo| page_token(&k.record)))
             .flatten();
@@ -586,23 +574,22 @@ impl KeyStore for OutsideStore {
             .map_err(|e| StoreError::invalid_field(Some(id), e))?;
         const MAX_VERSION: u64 = (1 << 53) - 1;
         if !(1..=MAX_VERSION).contains(&key.info.version.get()) {
-            return Err(StoreError::invalid(format!(
-                "key {id}: version must be between 1 and {MAX_VERSION}"
-            )));
+            let range = rules::Problem::OutOfRange {
+                min: 1,
+                max: MAX_VERSION,
+            };
+            let error = rules::FieldError::new(rules::Field::Version, range);
+            return Err(StoreError::invalid_field(Some(id), error));
         }
         let mut state = self.state();
         if state.revoked.contains(&id) {
-            return Err(StoreError::invalid(format!(
-                "key {id} was revoked in this store; a revoked key is never imported again"
-            )));
+            return Err(StoreError::conflict(id, ConflictKind::Revoked));
         }
         if let Some(e) = state.keys.get_mut(&id) {
             if e.hash != key.hash
                 || e.record.service_account_id != key.info.record.service_account_id
             {
-                return Err(StoreError::invalid(format!(
-                    "key {id} already exists with another secret or service account"
-                )));
+                return Err(StoreError::conflict(id, ConflictKind::IdTaken));
             }
             if let Some(at) = key.info.last_used_at {
                 e.last_used_at = Some(e.last_used_at.map_or(at, |t| t.max(at)));

@@ -84,7 +84,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{NoTls, Socket};
 use tower_api_key::hash::KeyHasher;
-use tower_api_key::store::{StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT};
+use tower_api_key::store::{ConfigError, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT};
 use tower_api_key::{Invalidations, KeyFormat};
 use tower_api_key_sql::{SqlKeyStore, SqlSettings};
 
@@ -280,9 +280,7 @@ impl PgKeyStoreBuilder {
         <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
     {
         if !valid_channel(&self.channel) {
-            return Err(StoreError::invalid(
-                "the NOTIFY channel must be 1 to 63 characters of a-z, 0-9 and _, not starting with a digit",
-            ));
+            return Err(ConfigError::ChannelName.into());
         }
         if self.pg.get_connect_timeout().is_none() {
             self.pg.connect_timeout(self.timeout);
@@ -389,8 +387,7 @@ impl PgKeyStore {
     /// A builder for the database at `url`.
     pub fn builder(url: &str) -> Result<PgKeyStoreBuilder, StoreError> {
         // The parse error never holds the URL (which may hold a password).
-        let config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| StoreError::invalid(format!("invalid database URL: {e}")))?;
+        let config = tokio_postgres::Config::from_str(url).map_err(ConfigError::database_url)?;
         Ok(PgKeyStoreBuilder::new(config))
     }
 

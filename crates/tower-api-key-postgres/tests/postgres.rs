@@ -26,7 +26,8 @@ use tokio_postgres::{Config, NoTls};
 use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError, Source};
 use tower_api_key::clock::{Clock, ManualClock};
 use tower_api_key::limits::{BucketUse, Credits, RateLimit, RateLimitSync};
-use tower_api_key::store::{CreatedKey, KeyUpdate, NewKey, StoreError};
+use tower_api_key::store::{ConfigError, CreatedKey, KeyUpdate, NewKey, StoreError};
+use tower_api_key::CreditLedger;
 use tower_api_key::Invalidation;
 use tower_api_key::KeyStore;
 use tower_api_key::ScopeSet;
@@ -1661,8 +1662,11 @@ async fn through_the_middleware_an_outage_is_503_and_uses_are_written_behind() {
     assert!(acme_key.key.expose_secret().starts_with("acme_"));
     let app = Router::new().route(
         "/whoami",
-        get(|caller: Caller| async move { caller.key_id().to_string() })
-            .route_layer(Authenticator::new(custom.clone()).any_valid_key()),
+        get(|caller: Caller| async move { caller.key_id().to_string() }).route_layer(
+            Authenticator::verifier_builder(custom.clone())
+                .build()
+                .any_valid_key(),
+        ),
     );
     let reply = app
         .oneshot(
@@ -1721,7 +1725,7 @@ async fn shutdown_and_drop_stop_the_listener() {
     // A bad channel name is refused before connecting.
     assert!(matches!(
         db.builder().with_channel("Bad-Name").connect().await,
-        Err(StoreError::Invalid(_))
+        Err(StoreError::Config(ConfigError::ChannelName))
     ));
     db.drop_schema().await;
 }

@@ -13,11 +13,11 @@ use tower_api_key::store::kit::{
     page_token, parse_page_token, verified, CreditState,
 };
 use tower_api_key::store::{
-    latest_time, CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey,
-    StoreError, StoredKey, Version, MAX_EXPORT_PAGE,
+    latest_time, ConflictKind, CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate, ListRequest,
+    NewKey, StoreError, StoredKey, Version, MAX_EXPORT_PAGE,
 };
+use tower_api_key::{CreditLedger, Invalidation, Invalidations, Verifier, VerifierError};
 use tower_api_key::{GeneratedKey, KeyFormat, KeyId, KeyRecord, KeyStore, PresentedKey, ScopeSet};
-use tower_api_key::{Invalidation, Invalidations, Verifier, VerifierError};
 
 use crate::backend::{Backend, BoxFuture, Tx};
 use crate::row::{micros, HashColumns, KeyRow};
@@ -26,8 +26,9 @@ use crate::{
     CreditColumns, StoreClock,
 };
 
-/// A key store over the SQL backend `B`: the [`Verifier`] and
-/// [`KeyStore`] operations, written once for every dialect.
+/// A key store over the SQL backend `B`: the [`Verifier`],
+/// [`CreditLedger`] and [`KeyStore`] operations, written once for every
+/// dialect.
 ///
 /// A backend crate wraps it in its own store type (`SqliteKeyStore`,
 /// `PgKeyStore`) with its own builder, and forwards the traits to it with
@@ -221,7 +222,10 @@ impl<B: Backend> Verifier for SqlKeyStore<B> {
     fn key_format(&self) -> Option<KeyFormat> {
         Some(self.format)
     }
+}
 
+#[async_trait]
+impl<B: Backend> CreditLedger for SqlKeyStore<B> {
     async fn lease_credits(
         &self,
         id: KeyId,
@@ -365,7 +369,7 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
             Some(token) => {
                 // The same tokens as every store: a position in the listing
                 // order, valid even after its key is revoked.
-                let invalid = || StoreError::invalid("page_token is not valid");
+                let invalid = || StoreError::InvalidPageToken;
                 let (at, id) = parse_page_token(token).ok_or_else(invalid)?;
                 // Stored times are whole microseconds: "after `at`" for a
                 // time between two microseconds is "from the next one on",
@@ -763,7 +767,7 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
                 if self.backend.is_unique_violation(&e) {
                     // The id or hash index: a concurrent import of the same
                     // key, or another key with this hash.
-                    StoreError::invalid(format!("key {id}: its id or hash is taken by another key"))
+                    StoreError::conflict(id, ConflictKind::IdOrHashTaken)
                 } else {
                     StoreError::Backend(e)
                 }
@@ -837,7 +841,8 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
     }
 }
 
-/// Implements [`Verifier`] and [`KeyStore`] for a backend crate's store
+/// Implements [`Verifier`], [`CreditLedger`] and [`KeyStore`] for a
+/// backend crate's store
 /// type by forwarding every method to the [`SqlKeyStore`] at a field path:
 /// `delegate_store!(SqliteKeyStore => inner.core);`. The crate using it
 /// depends on `async-trait` and `tower-api-key`.
@@ -863,7 +868,10 @@ macro_rules! delegate_store {
             fn key_format(&self) -> ::std::option::Option<::tower_api_key::KeyFormat> {
                 ::std::option::Option::Some(self.$($core).+.format())
             }
+        }
 
+        #[::async_trait::async_trait]
+        impl ::tower_api_key::CreditLedger for $store {
             async fn lease_credits(
                 &self,
                 id: ::tower_api_key::KeyId,
@@ -873,7 +881,7 @@ macro_rules! delegate_store {
                 ::std::option::Option<::tower_api_key::limits::CreditLease>,
                 ::tower_api_key::VerifierError,
             > {
-                ::tower_api_key::Verifier::lease_credits(&self.$($core).+, id, want, now).await
+                ::tower_api_key::CreditLedger::lease_credits(&self.$($core).+, id, want, now).await
             }
 
             async fn return_credits(
@@ -882,7 +890,7 @@ macro_rules! delegate_store {
                 generation: u64,
                 amount: u64,
             ) -> ::std::result::Result<(), ::tower_api_key::VerifierError> {
-                ::tower_api_key::Verifier::return_credits(&self.$($core).+, id, generation, amount)
+                ::tower_api_key::CreditLedger::return_credits(&self.$($core).+, id, generation, amount)
                     .await
             }
         }

@@ -77,7 +77,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower_api_key::hash::KeyHasher;
-use tower_api_key::store::{StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT};
+use tower_api_key::store::{ConfigError, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT};
 use tower_api_key::{Invalidations, KeyFormat, KeyId};
 use tower_api_key_sql::{SqlKeyStore, SqlSettings};
 
@@ -252,7 +252,7 @@ impl SqliteKeyStoreBuilder {
     /// [`SqliteKeyStore::migrate`].
     pub async fn open(self) -> Result<SqliteKeyStore, StoreError> {
         if self.path.as_os_str().is_empty() {
-            return Err(StoreError::invalid("the SQLite database path is empty"));
+            return Err(ConfigError::EmptyPath.into());
         }
         let origin = KeyId::random()?.to_string();
         let path = self.path.clone();

@@ -26,8 +26,9 @@ use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError, Source};
 use tower_api_key::clock::{Clock, ManualClock};
 use tower_api_key::limits::Credits;
 use tower_api_key::store::{
-    CreatedKey, KeyUpdate, ListRequest, NewKey, StoreError, MAX_EXPORT_PAGE,
+    ConfigError, CreatedKey, KeyUpdate, ListRequest, NewKey, StoreError, MAX_EXPORT_PAGE,
 };
+use tower_api_key::CreditLedger;
 use tower_api_key::{Authenticator, KeyStore, ScopeSet};
 use tower_api_key::{Invalidation, Invalidations};
 use tower_api_key::{KeyId, KeyRecord, PresentedKey};
@@ -390,7 +391,7 @@ async fn open_creates_a_missing_file_and_refuses_what_it_cannot_open() {
     );
     assert!(matches!(
         SqliteKeyStore::open("").await,
-        Err(StoreError::Invalid(_))
+        Err(StoreError::Config(ConfigError::EmptyPath))
     ));
     let garbage = dir.0.join("garbage.db");
     std::fs::write(&garbage, vec![0x5a; 8192]).unwrap();
@@ -980,7 +981,7 @@ async fn a_thousand_concurrent_requests_for_one_uncached_key_make_one_sqlite_loo
         calls: Arc::new(AtomicUsize::new(0)),
         gate: gate.clone(),
     };
-    let auth = Authenticator::new(verifier.clone());
+    let auth = Authenticator::verifier_builder(verifier.clone()).build();
     let service = protected(&auth);
 
     // Every request is spawned and polled once (it then waits for the one
