@@ -14,7 +14,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use tower_api_key_sql::{
     insert_sql, read_kinds, select_columns, update_sql, Backend, BoxError, KeyRow, Kind, Lookup,
-    Tx, TxWork, Value,
+    Rows, Tx, TxWork, Value,
 };
 
 use crate::ListenerStatus;
@@ -145,12 +145,7 @@ impl Backend for Pg {
         Ok(self.rows(&sql, &[&id]).await?.pop())
     }
 
-    async fn list(
-        &self,
-        account: &str,
-        after: Option<(SystemTime, String)>,
-        limit: i64,
-    ) -> Result<Vec<KeyRow>, BoxError> {
+    async fn list(&self, account: &str, after: Option<(SystemTime, String)>, limit: i64) -> Rows {
         let sql = format!(
             "SELECT {} FROM tower_api_key_keys
               WHERE service_account_id = $1
@@ -163,7 +158,7 @@ impl Backend for Pg {
         self.rows(&sql, &[&account, &at, &id, &limit]).await
     }
 
-    async fn export(&self, after: Option<String>, limit: i64) -> Result<Vec<KeyRow>, BoxError> {
+    async fn export(&self, after: Option<String>, limit: i64) -> Rows {
         let sql = format!(
             "SELECT {} FROM tower_api_key_keys
               WHERE $1::text IS NULL OR key_id > $1

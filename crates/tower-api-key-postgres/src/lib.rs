@@ -75,18 +75,16 @@ mod rate_sync;
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{NoTls, Socket};
-use tower_api_key::hash::KeyHasher;
 use tower_api_key::store::{ConfigError, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT};
 use tower_api_key::{Invalidations, KeyFormat};
-use tower_api_key_sql::{SqlKeyStore, SqlSettings};
+use tower_api_key_sql::{BackgroundTask, SqlKeyStore, SqlSettings};
 
 pub use listener::ListenerStatus;
 pub use migrations::migrations;
@@ -114,8 +112,7 @@ pub struct PgKeyStore {
 struct Inner {
     core: SqlKeyStore<Pg>,
     // Dropping it (with the last clone of the store) stops the listener too.
-    shutdown: watch::Sender<bool>,
-    listener: Mutex<Option<JoinHandle<()>>>,
+    listener: BackgroundTask,
 }
 
 tower_api_key_sql::delegate_store!(PgKeyStore => inner.core);
@@ -158,6 +155,8 @@ impl fmt::Debug for PgKeyStoreBuilder {
 }
 
 impl PgKeyStoreBuilder {
+    tower_api_key_sql::settings_setters!();
+
     /// Settings for the database `config` points at, with the defaults: key
     /// prefix `tak`, plain SHA-256, the system clock, channel
     /// [`DEFAULT_CHANNEL`], 1,000 keys per service account, 10 pooled connections, 5 s timeouts, reconnection
@@ -177,44 +176,12 @@ impl PgKeyStoreBuilder {
         }
     }
 
-    /// The key format (default prefix `tak`).
-    pub fn with_format(mut self, format: KeyFormat) -> Self {
-        self.settings.format = format;
-        self
-    }
-
-    /// How keys are hashed (default plain SHA-256). Keep the peppers out of
-    /// the database.
-    pub fn with_hasher(mut self, hasher: KeyHasher) -> Self {
-        self.settings.hasher = hasher;
-        self
-    }
-
-    /// The clock for creation times, expiry checks, grace deadlines and uses.
-    #[cfg(feature = "test-util")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
-    pub fn with_clock(mut self, clock: Arc<dyn tower_api_key::clock::Clock>) -> Self {
-        self.settings.clock = tower_api_key_sql::StoreClock::injected(clock);
-        self
-    }
-
     /// The NOTIFY channel (default [`DEFAULT_CHANNEL`]): 1 to 63 characters
     /// of `a-z`, `0-9` and `_`, not starting with a digit. Every replica of
     /// one key table must use the same one; stores of different key tables
     /// in one database should use different ones.
     pub fn with_channel(mut self, channel: impl Into<String>) -> Self {
         self.channel = channel.into();
-        self
-    }
-
-    /// The most keys one service account may hold (default
-    /// [`DEFAULT_MAX_KEYS_PER_ACCOUNT`], 1,000), expired keys included; a
-    /// create past it fails with [`StoreError::KeyLimitReached`]. At least 1.
-    /// Creates for one account are serialized (a transaction-level advisory
-    /// lock on the account), so replicas creating at once cannot overshoot.
-    /// Every replica should use the same limit.
-    pub fn max_keys_per_account(mut self, limit: usize) -> Self {
-        self.settings.max_keys_per_account = limit.max(1);
         self
     }
 
@@ -311,7 +278,6 @@ impl PgKeyStoreBuilder {
 
         let invalidations = Invalidations::new();
         let (status_tx, mut status) = watch::channel(ListenerStatus::Connecting { failures: 0 });
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let wake_listener = Arc::new(Notify::new());
         let reach = listener::Reachability {
             pool: pool.clone(),
@@ -326,14 +292,10 @@ impl PgKeyStoreBuilder {
             probe_interval: self.probe_interval,
             timeout: self.timeout,
         };
-        let task = tokio::spawn(listener::run(
-            config,
-            reach,
-            tls,
-            invalidations.clone(),
-            status_tx,
-            shutdown_rx,
-        ));
+        let bus = invalidations.clone();
+        let listener = BackgroundTask::start(|stop| {
+            tokio::spawn(listener::run(config, reach, tls, bus, status_tx, stop))
+        });
         let backend = Pg {
             pool,
             channel: self.channel,
@@ -343,8 +305,7 @@ impl PgKeyStoreBuilder {
         let store = PgKeyStore {
             inner: Arc::new(Inner {
                 core: SqlKeyStore::new(backend, self.settings, invalidations),
-                shutdown,
-                listener: Mutex::new(Some(task)),
+                listener,
             }),
         };
         let listening = tokio::time::timeout(
@@ -426,16 +387,7 @@ impl PgKeyStore {
     /// calls and verification fail afterwards. Dropping the last clone of the
     /// store stops the listener too, without waiting.
     pub async fn shutdown(&self) {
-        self.inner.shutdown.send_replace(true);
-        let task = self
-            .inner
-            .listener
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
+        self.inner.listener.stop().await;
         self.pg().pool.close();
     }
 

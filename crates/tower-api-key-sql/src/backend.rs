@@ -16,6 +16,9 @@ use crate::BoxError;
 /// A boxed future that is `Send`, borrowing for `'a`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Rows a read returns.
+pub type Rows = Result<Vec<KeyRow>, BoxError>;
+
 /// The work of one transaction: row-level calls on the [`Tx`] it is given.
 /// `Ok` commits, `Err` rolls back.
 pub type TxWork<T> =
@@ -46,15 +49,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Up to `limit` rows of `account` after `after` (created_at, key_id),
     /// in listing order (created_at, then key_id), with the account's
     /// limits.
-    async fn list(
-        &self,
-        account: &str,
-        after: Option<(SystemTime, String)>,
-        limit: i64,
-    ) -> Result<Vec<KeyRow>, BoxError>;
+    async fn list(&self, account: &str, after: Option<(SystemTime, String)>, limit: i64) -> Rows;
 
     /// Up to `limit` whole rows with key ids after `after`, in key id order.
-    async fn export(&self, after: Option<String>, limit: i64) -> Result<Vec<KeyRow>, BoxError>;
+    async fn export(&self, after: Option<String>, limit: i64) -> Rows;
 
     /// The stored rate limits of `account`, if it has any.
     async fn account_limits(&self, account: &str) -> Result<Option<String>, BoxError>;

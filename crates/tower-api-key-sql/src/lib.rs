@@ -16,14 +16,16 @@ mod backend;
 mod columns;
 mod row;
 mod store;
+mod task;
 
 use std::fmt;
 use std::time::SystemTime;
 
-pub use backend::{Backend, BoxFuture, Tx, TxWork};
+pub use backend::{Backend, BoxFuture, Rows, Tx, TxWork};
 pub use columns::{insert_sql, read_kinds, select_columns, update_sql, Kind, Value, KEY_COLUMNS};
 pub use row::{micros, HashColumns, KeyRow, Lookup};
 pub use store::{SqlKeyStore, SqlSettings};
+pub use task::BackgroundTask;
 
 use tower_api_key::hash::{HashScheme, StoredHash};
 use tower_api_key::limits::{Credits, RateLimit, Refill, RefillInterval, MAX_CREDITS};

@@ -841,6 +841,53 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
     }
 }
 
+/// Writes, inside the `impl` of a backend's builder (which keeps a
+/// [`SqlSettings`] in its field `settings`), the setters every SQL store's
+/// builder has: `with_format`, `with_hasher`, `with_clock` (feature
+/// `test-util` of the backend crate) and `max_keys_per_account`.
+#[macro_export]
+macro_rules! settings_setters {
+    () => {
+        /// The key format (default prefix `tak`).
+        pub fn with_format(mut self, format: ::tower_api_key::KeyFormat) -> Self {
+            self.settings.format = format;
+            self
+        }
+
+        /// How keys are hashed (default plain SHA-256). Keep the peppers out
+        /// of the database.
+        pub fn with_hasher(mut self, hasher: ::tower_api_key::hash::KeyHasher) -> Self {
+            self.settings.hasher = hasher;
+            self
+        }
+
+        /// The clock for creation times, expiry checks, grace deadlines and
+        /// uses.
+        #[cfg(feature = "test-util")]
+        #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+        pub fn with_clock(
+            mut self,
+            clock: ::std::sync::Arc<dyn ::tower_api_key::clock::Clock>,
+        ) -> Self {
+            self.settings.clock = $crate::StoreClock::injected(clock);
+            self
+        }
+
+        /// The most keys one service account may hold (default
+        /// [`DEFAULT_MAX_KEYS_PER_ACCOUNT`](::tower_api_key::store::DEFAULT_MAX_KEYS_PER_ACCOUNT),
+        /// 1,000), expired keys included; a create past it fails with
+        /// [`StoreError::KeyLimitReached`](::tower_api_key::store::StoreError::KeyLimitReached).
+        /// At least 1. Counted under the store's per-account lock (SQLite's
+        /// write lock, PostgreSQL's advisory lock), so stores creating at
+        /// once cannot overshoot; every store on one database should use the
+        /// same limit.
+        pub fn max_keys_per_account(mut self, limit: usize) -> Self {
+            self.settings.max_keys_per_account = limit.max(1);
+            self
+        }
+    };
+}
+
 /// Implements [`Verifier`], [`CreditLedger`] and [`KeyStore`] for a
 /// backend crate's store
 /// type by forwarding every method to the [`SqlKeyStore`] at a field path:

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row};
 use tower_api_key_sql::{
     insert_sql, read_kinds, select_columns, update_sql, Backend, BoxError, BoxFuture, HashColumns,
-    KeyRow, Kind, Lookup, Tx, TxWork, Value,
+    KeyRow, Kind, Lookup, Rows, Tx, TxWork, Value,
 };
 
 use crate::connection::Connections;
@@ -216,12 +216,7 @@ impl Backend for Sqlite {
         self.db.run(move |conn| key(conn, &id)).await
     }
 
-    async fn list(
-        &self,
-        account: &str,
-        after: Option<(SystemTime, String)>,
-        limit: i64,
-    ) -> Result<Vec<KeyRow>, BoxError> {
+    async fn list(&self, account: &str, after: Option<(SystemTime, String)>, limit: i64) -> Rows {
         let account = account.to_owned();
         let after = after
             .map(|(at, id)| Ok::<_, BoxError>((to_micros(at)?, id)))
@@ -242,7 +237,7 @@ impl Backend for Sqlite {
             .await
     }
 
-    async fn export(&self, after: Option<String>, limit: i64) -> Result<Vec<KeyRow>, BoxError> {
+    async fn export(&self, after: Option<String>, limit: i64) -> Rows {
         self.db
             .run(move |conn| {
                 let sql = format!(

@@ -71,15 +71,12 @@ mod watcher;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tower_api_key::hash::KeyHasher;
 use tower_api_key::store::{ConfigError, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT};
 use tower_api_key::{Invalidations, KeyFormat, KeyId};
-use tower_api_key_sql::{SqlKeyStore, SqlSettings};
+use tower_api_key_sql::{BackgroundTask, SqlKeyStore, SqlSettings};
 
 pub use migrations::migrations;
 pub use tower_api_key_sql::{Migration, MigrationReport};
@@ -106,8 +103,7 @@ struct Inner {
     core: SqlKeyStore<Sqlite>,
     poll_interval: Duration,
     // Dropping it (with the last clone of the store) stops the watcher too.
-    shutdown: watch::Sender<bool>,
-    watcher: Mutex<Option<JoinHandle<()>>>,
+    watcher: BackgroundTask,
 }
 
 tower_api_key_sql::delegate_store!(SqliteKeyStore => inner.core);
@@ -173,6 +169,8 @@ impl fmt::Debug for SqliteKeyStoreBuilder {
 }
 
 impl SqliteKeyStoreBuilder {
+    tower_api_key_sql::settings_setters!();
+
     /// Settings for the database file at `path`, with the defaults: key
     /// prefix `tak`, plain SHA-256, the system clock, 1,000 keys per service
     /// account, a 5 s busy timeout, a change-watch poll every 250 ms, the
@@ -194,37 +192,6 @@ impl SqliteKeyStoreBuilder {
     /// `migrate`.
     pub fn create_if_missing(mut self, create: bool) -> Self {
         self.create_if_missing = create;
-        self
-    }
-
-    /// The key format (default prefix `tak`).
-    pub fn with_format(mut self, format: KeyFormat) -> Self {
-        self.settings.format = format;
-        self
-    }
-
-    /// How keys are hashed (default plain SHA-256). Keep the peppers out of
-    /// the database file.
-    pub fn with_hasher(mut self, hasher: KeyHasher) -> Self {
-        self.settings.hasher = hasher;
-        self
-    }
-
-    /// The clock for creation times, expiry checks, grace deadlines and uses.
-    #[cfg(feature = "test-util")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
-    pub fn with_clock(mut self, clock: Arc<dyn tower_api_key::clock::Clock>) -> Self {
-        self.settings.clock = tower_api_key_sql::StoreClock::injected(clock);
-        self
-    }
-
-    /// The most keys one service account may hold (default
-    /// [`DEFAULT_MAX_KEYS_PER_ACCOUNT`], 1,000), expired keys included; a
-    /// create past it fails with [`StoreError::KeyLimitReached`]. At least 1.
-    /// Counted under SQLite's write lock, so processes creating at once
-    /// cannot overshoot. Every process on the file should use the same limit.
-    pub fn max_keys_per_account(mut self, limit: usize) -> Self {
-        self.settings.max_keys_per_account = limit.max(1);
         self
     }
 
@@ -276,13 +243,10 @@ impl SqliteKeyStoreBuilder {
         // The connection that checked the file is the pool's first.
         db.give_back(first);
         let invalidations = Invalidations::new();
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let task = tokio::spawn(watcher::run(
-            watcher,
-            invalidations.clone(),
-            self.poll_interval,
-            shutdown_rx,
-        ));
+        let every = self.poll_interval;
+        let bus = invalidations.clone();
+        let watcher =
+            BackgroundTask::start(|stop| tokio::spawn(watcher::run(watcher, bus, every, stop)));
         let backend = Sqlite {
             db,
             origin,
@@ -293,8 +257,7 @@ impl SqliteKeyStoreBuilder {
             inner: Arc::new(Inner {
                 core: SqlKeyStore::new(backend, self.settings, invalidations),
                 poll_interval: self.poll_interval,
-                shutdown,
-                watcher: Mutex::new(Some(task)),
+                watcher,
             }),
         })
     }
@@ -355,16 +318,7 @@ impl SqliteKeyStore {
     /// Dropping the last clone of the store stops the watcher too, without
     /// waiting.
     pub async fn shutdown(&self) {
-        self.inner.shutdown.send_replace(true);
-        let task = self
-            .inner
-            .watcher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
+        self.inner.watcher.stop().await;
         self.db().close();
     }
 }
@@ -382,14 +336,7 @@ mod tests {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let store = SqliteKeyStore::open(dir.join("keys.db")).await.unwrap();
-        let watcher = store
-            .inner
-            .watcher
-            .lock()
-            .unwrap()
-            .as_ref()
-            .unwrap()
-            .abort_handle();
+        let watcher = store.inner.watcher.abort_handle().unwrap();
         let clone = store.clone();
         drop(store);
         assert!(!watcher.is_finished(), "a clone is alive");
