@@ -14,7 +14,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use tower_api_key_sql::{
     insert_sql, read_kinds, select_columns, update_sql, Backend, BoxError, KeyRow, Kind, Lookup,
-    Rows, Tx, TxWork, Value,
+    Migration, Rows, Tx, TxWork, Value,
 };
 
 use crate::ListenerStatus;
@@ -22,6 +22,9 @@ use crate::ListenerStatus;
 /// First key of the advisory locks that serialize creates per account
 /// ("takc" in ASCII); the second is a hash of the account.
 const CREATE_LOCK_CLASS: i32 = 0x7461_6b63;
+
+/// The advisory lock that serializes migrations ("tak-migr" in ASCII).
+const MIGRATION_LOCK: i64 = 0x7461_6b2d_6d69_6772;
 
 /// Longest service account id sent in a NOTIFY payload, in bytes (PostgreSQL
 /// takes payloads under 8,000 bytes); a key of a longer one is announced by
@@ -308,6 +311,35 @@ impl Tx for PgTx<'_> {
             .iter()
             .map(|row| row.try_get(0))
             .collect::<Result<_, _>>()?)
+    }
+
+    async fn applied_migrations(&mut self) -> Result<Vec<u32>, BoxError> {
+        // Replicas that all migrate at start wait for each other here.
+        let lock = "SELECT pg_advisory_xact_lock($1)::text";
+        self.query(lock, &[&MIGRATION_LOCK]).await?;
+        self.tx
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS tower_api_key_migrations (
+                     version    integer     PRIMARY KEY,
+                     name       text        NOT NULL,
+                     applied_at timestamptz NOT NULL DEFAULT now()
+                 )",
+            )
+            .await?;
+        let rows = self
+            .query("SELECT version FROM tower_api_key_migrations", &[])
+            .await?;
+        rows.iter()
+            .map(|row| Ok(u32::try_from(row.try_get::<_, i32>(0)?)?))
+            .collect()
+    }
+
+    async fn apply_migration(&mut self, migration: &Migration) -> Result<(), BoxError> {
+        self.tx.batch_execute(migration.sql()).await?;
+        let sql = "INSERT INTO tower_api_key_migrations (version, name) VALUES ($1, $2)";
+        let version = i32::try_from(migration.version())?;
+        self.query(sql, &[&version, &migration.name()]).await?;
+        Ok(())
     }
 
     async fn announce(

@@ -356,10 +356,7 @@ impl PgKeyStore {
     /// lacks, in one transaction. Idempotent; safe to call from every replica
     /// at every start (concurrent calls wait for each other).
     pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
-        let mut client = self.client().await?;
-        migrations::run(&mut client)
-            .await
-            .map_err(StoreError::backend)
+        self.inner.core.migrate(migrations()).await
     }
 
     /// Shares rate limits between replicas through this database (table

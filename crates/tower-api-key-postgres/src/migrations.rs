@@ -18,11 +18,9 @@
 //! assert!(all[0].sql().contains("tower_api_key_keys"));
 //! ```
 
-use tokio_postgres::Client;
-
 use super::PgKeyStore;
 use tower_api_key::store::StoreError;
-use tower_api_key_sql::{Migration, MigrationReport};
+use tower_api_key_sql::Migration;
 
 const MIGRATIONS: &[Migration] = &[
     Migration::new(1, "keys", include_str!("migrations/0001_keys.sql")),
@@ -71,47 +69,6 @@ impl PgKeyStore {
             .get(0);
         Ok(u32::try_from(newest).unwrap_or(0))
     }
-}
-
-/// Key of the advisory lock that serializes migrations ("tak-migr" in ASCII).
-const LOCK_KEY: i64 = 0x7461_6b2d_6d69_6772;
-
-pub(super) async fn run(client: &mut Client) -> Result<MigrationReport, tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    // Held until commit or rollback; concurrent callers queue here.
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
-        .await?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS tower_api_key_migrations (
-             version    integer     PRIMARY KEY,
-             name       text        NOT NULL,
-             applied_at timestamptz NOT NULL DEFAULT now()
-         )",
-    )
-    .await?;
-    let done: Vec<i32> = tx
-        .query("SELECT version FROM tower_api_key_migrations", &[])
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    let mut applied = Vec::new();
-    for migration in MIGRATIONS {
-        let version = migration.version() as i32;
-        if done.contains(&version) {
-            continue;
-        }
-        tx.batch_execute(migration.sql()).await?;
-        tx.execute(
-            "INSERT INTO tower_api_key_migrations (version, name) VALUES ($1, $2)",
-            &[&version, &migration.name()],
-        )
-        .await?;
-        applied.push(migration.version());
-    }
-    tx.commit().await?;
-    let newest_done = done.iter().copied().max().unwrap_or(0).max(0) as u32;
-    Ok(MigrationReport::new(MIGRATIONS, applied, newest_done))
 }
 
 #[cfg(test)]

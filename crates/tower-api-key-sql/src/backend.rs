@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use crate::row::{KeyRow, Lookup};
-use crate::BoxError;
+use crate::{BoxError, Migration};
 
 /// A boxed future that is `Send`, borrowing for `'a`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -110,6 +110,14 @@ pub trait Tx: Send {
         account: &str,
         text: &str,
     ) -> Result<Vec<String>, BoxError>;
+
+    /// The versions of the migrations applied to the database, once the
+    /// transaction holds the migration lock and the table that records them
+    /// exists.
+    async fn applied_migrations(&mut self) -> Result<Vec<u32>, BoxError>;
+
+    /// Runs `migration`'s SQL and records it as applied.
+    async fn apply_migration(&mut self, migration: &Migration) -> Result<(), BoxError>;
 
     /// Announces, if the transaction commits, that the keys `ids` of
     /// `account` changed at `at`, to every other store on the database.

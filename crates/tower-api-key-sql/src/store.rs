@@ -23,7 +23,7 @@ use crate::backend::{Backend, BoxFuture, Tx};
 use crate::row::{micros, HashColumns, KeyRow};
 use crate::{
     limits_text, parse_limits, scheme_columns, shown_id, version_of, warn_unreadable, BoxError,
-    CreditColumns, StoreClock,
+    CreditColumns, Migration, MigrationReport, StoreClock,
 };
 
 /// A key store over the SQL backend `B`: the [`Verifier`],
@@ -105,6 +105,33 @@ impl<B: Backend> SqlKeyStore<B> {
     /// The bus the store announces changes on.
     pub fn invalidations(&self) -> &Invalidations {
         &self.invalidations
+    }
+
+    /// Applies the migrations of `known` (oldest first) the database lacks,
+    /// in one transaction under the dialect's migration lock: stores that
+    /// all migrate at start take turns, and the later ones find nothing to
+    /// do.
+    pub async fn migrate(
+        &self,
+        known: &'static [Migration],
+    ) -> Result<MigrationReport, StoreError> {
+        let (applied, newest_done) = self
+            .tx(move |tx| {
+                Box::pin(async move {
+                    let done = tx.applied_migrations().await?;
+                    let mut applied = Vec::new();
+                    for migration in known {
+                        if !done.contains(&migration.version()) {
+                            tx.apply_migration(migration).await?;
+                            applied.push(migration.version());
+                        }
+                    }
+                    Ok((applied, done.iter().copied().max().unwrap_or(0)))
+                })
+            })
+            .await
+            .map_err(StoreError::Backend)?;
+        Ok(MigrationReport::new(known, applied, newest_done))
     }
 
     /// Now, truncated to the microsecond.

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row};
 use tower_api_key_sql::{
     insert_sql, read_kinds, select_columns, update_sql, Backend, BoxError, BoxFuture, HashColumns,
-    KeyRow, Kind, Lookup, Rows, Tx, TxWork, Value,
+    KeyRow, Kind, Lookup, Migration, Rows, Tx, TxWork, Value,
 };
 
 use crate::connection::Connections;
@@ -388,6 +388,30 @@ impl Tx for SqliteTx<'_> {
             .prepare_cached(&sql)?
             .query_map([account], |row| row.get(0))?
             .collect::<rusqlite::Result<_>>()?)
+    }
+
+    async fn applied_migrations(&mut self) -> Result<Vec<u32>, BoxError> {
+        // The transaction holds the write lock: migrations take turns.
+        self.conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS tower_api_key_migrations (
+                 version    INTEGER PRIMARY KEY,
+                 name       TEXT    NOT NULL,
+                 applied_at INTEGER NOT NULL DEFAULT (unixepoch())
+             ) STRICT",
+        )?;
+        let sql = "SELECT version FROM tower_api_key_migrations";
+        Ok(self
+            .conn
+            .prepare(sql)?
+            .query_map([], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    async fn apply_migration(&mut self, migration: &Migration) -> Result<(), BoxError> {
+        self.conn.execute_batch(migration.sql())?;
+        let sql = "INSERT INTO tower_api_key_migrations (version, name) VALUES (?1, ?2)";
+        self.execute(sql, (migration.version(), migration.name()))?;
+        Ok(())
     }
 
     /// Appends the changes to the log, and prunes old rows, remembering the

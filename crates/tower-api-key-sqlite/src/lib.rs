@@ -302,10 +302,7 @@ impl SqliteKeyStore {
     /// lacks, in one transaction. Idempotent; safe to call from every
     /// process at every start (concurrent calls take turns).
     pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
-        self.db()
-            .run_write(|conn| Ok(migrations::run(conn)?))
-            .await
-            .map_err(StoreError::Backend)
+        self.inner.core.migrate(migrations()).await
     }
 
     /// The pooled connections.

@@ -14,11 +14,11 @@
 //! assert!(all[0].sql().contains("tower_api_key_keys"));
 //! ```
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension};
 
 use super::SqliteKeyStore;
 use tower_api_key::store::StoreError;
-use tower_api_key_sql::{Migration, MigrationReport};
+use tower_api_key_sql::Migration;
 
 const MIGRATIONS: &[Migration] = &[
     Migration::new(1, "keys", include_str!("migrations/0001_keys.sql")),
@@ -67,54 +67,27 @@ fn applied_version(conn: &Connection) -> rusqlite::Result<u32> {
     Ok(u32::try_from(newest).unwrap_or(0))
 }
 
-pub(super) fn run(conn: &mut Connection) -> rusqlite::Result<MigrationReport> {
-    // IMMEDIATE: the write lock is taken before reading what is applied, so
-    // two processes cannot both decide to apply the same migration.
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute_batch(
-        "CREATE TABLE IF NOT EXISTS tower_api_key_migrations (
-             version    INTEGER PRIMARY KEY,
-             name       TEXT    NOT NULL,
-             applied_at INTEGER NOT NULL DEFAULT (unixepoch())
-         ) STRICT",
-    )?;
-    let done: Vec<i64> = tx
-        .prepare("SELECT version FROM tower_api_key_migrations")?
-        .query_map([], |row| row.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut applied = Vec::new();
-    for migration in MIGRATIONS {
-        if done.contains(&i64::from(migration.version())) {
-            continue;
-        }
-        tx.execute_batch(migration.sql())?;
-        tx.execute(
-            "INSERT INTO tower_api_key_migrations (version, name) VALUES (?1, ?2)",
-            (migration.version(), migration.name()),
-        )?;
-        applied.push(migration.version());
-    }
-    tx.commit()?;
-    let newest_done = done
-        .iter()
-        .copied()
-        .max()
-        .and_then(|v| u32::try_from(v).ok())
-        .unwrap_or(0);
-    Ok(MigrationReport::new(MIGRATIONS, applied, newest_done))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_applied_version_is_0_before_migrating_and_the_newest_after() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        assert_eq!(applied_version(&conn).unwrap(), 0);
-        run(&mut conn).unwrap();
+    #[tokio::test]
+    async fn the_applied_version_is_0_before_migrating_and_the_newest_after() {
+        let dir = std::env::temp_dir().join(format!(
+            "tak-sqlite-migrations-{}-{}",
+            std::process::id(),
+            tower_api_key::KeyId::random().unwrap()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteKeyStore::open(dir.join("keys.db")).await.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), 0);
+        let report = store.migrate().await.unwrap();
         let newest = migrations().last().unwrap().version();
-        assert_eq!(applied_version(&conn).unwrap(), newest);
+        assert_eq!(report.applied.len(), migrations().len());
+        assert_eq!(store.schema_version().await.unwrap(), newest);
+        assert!(store.migrate().await.unwrap().applied.is_empty());
+        store.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
