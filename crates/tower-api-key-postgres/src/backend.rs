@@ -67,18 +67,24 @@ impl Pg {
     }
 }
 
-/// A row of [`select_columns`].
-fn key_row(row: &Row) -> Result<KeyRow, BoxError> {
-    let values = read_kinds().enumerate().map(|(i, kind)| {
+/// The values of a row of [`select_columns`] (all `NULL` for verification's
+/// row of a missing key).
+fn values(row: &Row) -> Result<Vec<Value>, BoxError> {
+    let value = |(i, kind)| {
         Ok::<_, BoxError>(match kind {
             Kind::Int => Value::Int(row.try_get(i)?),
             Kind::Text => Value::Text(row.try_get(i)?),
             Kind::Bytes => Value::Bytes(row.try_get(i)?),
             Kind::Time => Value::Time(row.try_get(i)?),
-            Kind::Texts => Value::Texts(row.try_get(i)?),
+            Kind::Texts => Value::Texts(row.try_get::<_, Option<_>>(i)?.unwrap_or_default()),
         })
-    });
-    KeyRow::from_values(values.collect::<Result<_, _>>()?)
+    };
+    read_kinds().enumerate().map(value).collect()
+}
+
+/// A row of [`select_columns`].
+fn key_row(row: &Row) -> Result<KeyRow, BoxError> {
+    KeyRow::from_values(values(row)?)
 }
 
 /// `values` as the parameters $1, $2, ...
@@ -127,10 +133,12 @@ impl Backend for Pg {
         let row = rows
             .first()
             .ok_or("the verification query returned no row")?;
-        if row.try_get::<_, Option<&str>>("key_id")?.is_none() {
+        // The same decoding whether or not the key exists.
+        let values = values(row)?;
+        if values.first() == Some(&Value::Text(None)) {
             return Ok(Lookup::default());
         }
-        let row = key_row(row)?;
+        let row = KeyRow::from_values(values)?;
         Ok(Lookup {
             found: true,
             hash: row.hash.clone(),

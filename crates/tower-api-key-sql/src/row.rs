@@ -95,8 +95,8 @@ impl KeyRow {
     /// The record the row holds, checked.
     pub fn record(&self) -> Result<KeyRecord, BoxError> {
         let key_id = self.id()?;
-        let scopes = ScopeSet::new(self.scopes.iter().filter(|s| !s.is_empty()))
-            .map_err(|e| format!("stored scopes are not valid: {e}"))?;
+        let scopes =
+            ScopeSet::new(&self.scopes).map_err(|e| format!("stored scopes are not valid: {e}"))?;
         let rate_limits = parse_limits(&self.rate_limits, format_args!("key {key_id}"))?;
         let account_rate_limits = match &self.account_rate_limits {
             Some(text) => parse_limits(text, format_args!("the service account of key {key_id}"))?,

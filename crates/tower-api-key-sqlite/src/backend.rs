@@ -72,9 +72,11 @@ fn key_row(row: &Row<'_>) -> rusqlite::Result<KeyRow> {
             Kind::Text => Value::Text(row.get(i)?),
             Kind::Bytes => Value::Bytes(row.get(i)?),
             Kind::Time => Value::Time(row.get::<_, Option<i64>>(i)?.map(from_micros).transpose()?),
+            // Names separated by a space; "" for none.
             Kind::Texts => Value::Texts(
                 row.get::<_, String>(i)?
                     .split(' ')
+                    .filter(|name| !name.is_empty())
                     .map(str::to_owned)
                     .collect(),
             ),
