@@ -452,3 +452,53 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_that_waits_is_an_error_not_a_hang_nor_a_panic() {
+        let ready: BoxFuture<'_, Result<u8, BoxError>> = Box::pin(async { Ok(7) });
+        assert_eq!(drive(ready).unwrap(), 7);
+        let waits: BoxFuture<'_, Result<u8, BoxError>> = Box::pin(std::future::pending());
+        let e = drive(waits).unwrap_err().to_string();
+        assert!(e.contains("waited"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_transaction_whose_work_fails_writes_nothing() {
+        let dir = std::env::temp_dir().join(format!(
+            "tak-sqlite-tx-{}-{}",
+            std::process::id(),
+            tower_api_key::KeyId::random().unwrap()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = crate::SqliteKeyStore::open(dir.join("keys.db"))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let backend = store.inner.core.backend();
+        let failed = backend
+            .transaction::<()>(Box::new(|tx| {
+                Box::pin(async move {
+                    tx.add_revoked("k1", SystemTime::now()).await?;
+                    Err("the work failed after a write".into())
+                })
+            }))
+            .await;
+        assert!(failed.is_err());
+        let revoked = backend.revoked(None, 10).await.unwrap();
+        assert!(revoked.is_empty(), "rolled back: {revoked:?}");
+        // The connection went back usable: the next transaction commits.
+        backend
+            .transaction::<()>(Box::new(|tx| {
+                Box::pin(async move { tx.add_revoked("k2", SystemTime::now()).await })
+            }))
+            .await
+            .unwrap();
+        assert_eq!(backend.revoked(None, 10).await.unwrap(), ["k2"]);
+        store.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
