@@ -7,12 +7,17 @@ use bytes::Bytes;
 use http::header::HeaderName;
 use http::{HeaderMap, Response};
 
+use super::builder::AuthenticatorBuilder;
+use super::layer::ApiKeyLayer;
 use super::limit::FailedAttemptLimit;
 use super::limits::Limiter;
+use super::policy::RoutePolicy;
 use super::rejection::{self, Rejection, RejectionResponder};
 use crate::cache::CachedVerifier;
 use crate::key::KeyFormat;
+use crate::scope::{Scope, ScopeError, ScopePolicy};
 use crate::usage::UsageRecorder;
+use crate::verifier::Verifier;
 
 /// One verifier, one cache and the settings every route shares. Build it
 /// once, with [`Authenticator::builder`] (or [`Authenticator::new`] for the
@@ -28,7 +33,7 @@ pub struct Authenticator {
 }
 
 /// The built settings and the cache. What they mean for a request is
-/// decided in [`decide`](super::decide).
+/// decided by the [`Gate`](super::gate::Gate) of each route.
 pub(crate) struct Shared {
     pub(crate) cache: CachedVerifier,
     pub(crate) format: KeyFormat,
@@ -59,6 +64,22 @@ impl fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
+    /// An authenticator over `verifier` (a store, a closure, any [`Verifier`])
+    /// with the defaults: [`Authenticator::builder`]`(verifier).build()`.
+    pub fn new(verifier: impl Verifier) -> Self {
+        Self::builder(verifier).build()
+    }
+
+    /// The settings of an authenticator over `verifier`, to [build] once.
+    /// The defaults: the default cache settings, the verifier's key format
+    /// (else the default), realm `api`, JSON rejections, no extra header, no
+    /// CORS preflight bypass and no failed-attempt limit.
+    ///
+    /// [build]: AuthenticatorBuilder::build
+    pub fn builder(verifier: impl Verifier) -> AuthenticatorBuilder {
+        AuthenticatorBuilder::new(Arc::new(verifier))
+    }
+
     pub(super) fn from_shared(shared: Shared) -> Self {
         Self {
             shared: Arc::new(shared),
@@ -113,6 +134,55 @@ impl Authenticator {
     /// The accepted key format.
     pub fn key_format(&self) -> KeyFormat {
         self.shared.format
+    }
+
+    // The layers of this authenticator, one per route policy.
+
+    /// A layer for a route that enforces scopes: keys holding any of `scopes`
+    /// pass; other scoped keys and unscoped keys get 403.
+    ///
+    /// # Panics
+    ///
+    /// If a scope name is invalid or `scopes` is empty; see
+    /// [`Authenticator::try_require_any`] for scopes read from configuration.
+    pub fn require_any<I, S>(&self, scopes: I) -> ApiKeyLayer
+    where
+        I: IntoIterator<Item = S>,
+        S: TryInto<Scope>,
+        ScopeError: From<S::Error>,
+    {
+        match self.try_require_any(scopes) {
+            Ok(layer) => layer,
+            Err(e) => panic!("invalid route scopes: {e}"),
+        }
+    }
+
+    /// [`Authenticator::require_any`], returning invalid scopes as an error.
+    pub fn try_require_any<I, S>(&self, scopes: I) -> Result<ApiKeyLayer, ScopeError>
+    where
+        I: IntoIterator<Item = S>,
+        S: TryInto<Scope>,
+        ScopeError: From<S::Error>,
+    {
+        Ok(self.layer(ScopePolicy::require_any(scopes)?))
+    }
+
+    /// A layer for a route that declares no scopes: unscoped keys pass,
+    /// scoped keys get 403 (a scoped key is only for its scopes).
+    pub fn unscoped_keys_only(&self) -> ApiKeyLayer {
+        self.layer(ScopePolicy::unscoped_keys_only())
+    }
+
+    /// A layer that admits every valid key, scoped or not (an explicit
+    /// opt-in, for routes such as `/whoami`).
+    pub fn any_valid_key(&self) -> ApiKeyLayer {
+        self.layer(ScopePolicy::any_valid_key())
+    }
+
+    /// A layer with any [`RoutePolicy`]: one [`ScopePolicy`], or a table that
+    /// picks one per request path (for example per gRPC method).
+    pub fn layer(&self, policy: impl RoutePolicy) -> ApiKeyLayer {
+        ApiKeyLayer::new(self.clone(), Arc::new(policy))
     }
 }
 

@@ -97,24 +97,6 @@ impl fmt::Debug for AuthenticatorBuilder {
     }
 }
 
-impl Authenticator {
-    /// An authenticator over `verifier` (a store, a closure, any [`Verifier`])
-    /// with the defaults: [`Authenticator::builder`]`(verifier).build()`.
-    pub fn new(verifier: impl Verifier) -> Self {
-        Self::builder(verifier).build()
-    }
-
-    /// The settings of an authenticator over `verifier`, to [build] once.
-    /// The defaults: the default cache settings, the verifier's key format
-    /// (else the default), realm `api`, JSON rejections, no extra header, no
-    /// CORS preflight bypass and no failed-attempt limit.
-    ///
-    /// [build]: AuthenticatorBuilder::build
-    pub fn builder(verifier: impl Verifier) -> AuthenticatorBuilder {
-        AuthenticatorBuilder::new(Arc::new(verifier))
-    }
-}
-
 impl AuthenticatorBuilder {
     pub(super) fn new(verifier: Arc<dyn Verifier>) -> Self {
         Self {

@@ -9,7 +9,6 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::future::BoxFuture;
 use http::HeaderValue;
 
 use super::credits::{self, Ledger, LedgerListener, NoCredits, Quick};
@@ -44,7 +43,32 @@ pub(crate) enum Limited {
     /// Refuse it.
     Refuse(Rejection),
     /// Admit it once its credits are spent: the ledger must lease first.
-    Spend(BoxFuture<'static, Result<Option<Box<RateHeaders>>, Rejection>>),
+    Spend(CreditSpend),
+}
+
+/// A spend of credits that needs the store: the key's batch is empty or
+/// being leased. Within the rate limits already (these headers go on the
+/// response).
+pub(crate) struct CreditSpend {
+    ledger: Arc<Ledger>,
+    id: KeyId,
+    cost: u64,
+    now: SystemTime,
+    headers: Option<Box<RateHeaders>>,
+}
+
+impl CreditSpend {
+    /// Spends the credits, leasing first: the headers to admit with, or
+    /// the refusal.
+    pub(crate) async fn run(self) -> Result<Option<Box<RateHeaders>>, Rejection> {
+        match self.ledger.spend(self.id, self.cost, self.now).await {
+            Ok(()) => {
+                telemetry::limit("quota", "admitted");
+                Ok(self.headers)
+            }
+            Err(no) => Err(no_credits(self.id, no, self.now)),
+        }
+    }
 }
 
 impl Limiter {
@@ -208,16 +232,13 @@ impl Limiter {
             Quick::Refused(no) => return Limited::Refuse(no_credits(id, no, now)),
             Quick::Ask => {}
         }
-        let ledger = self.ledger.clone();
-        Limited::Spend(Box::pin(async move {
-            match ledger.spend(id, cost, now).await {
-                Ok(()) => {
-                    telemetry::limit("quota", "admitted");
-                    Ok(headers)
-                }
-                Err(no) => Err(no_credits(id, no, now)),
-            }
-        }))
+        Limited::Spend(CreditSpend {
+            ledger: self.ledger.clone(),
+            id,
+            cost,
+            now,
+            headers,
+        })
     }
 }
 

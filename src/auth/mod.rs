@@ -56,9 +56,9 @@ pub(crate) mod authenticator;
 mod body;
 pub(crate) mod builder;
 mod credits;
-mod decide;
 mod extract;
 mod future;
+mod gate;
 pub mod grpc;
 mod grpc_details;
 pub(crate) mod layer;
@@ -67,7 +67,6 @@ mod limits;
 mod policy;
 mod rate_headers;
 pub(crate) mod rejection;
-mod route;
 pub(crate) mod service;
 
 #[cfg(feature = "axum")]

@@ -1,22 +1,23 @@
-//! The decision, in one place: the pre-check of a request (CORS preflight,
-//! credential, offline parse, failed-attempt limiter), the start of a lookup
-//! the cache could not answer, and the verdict on a looked-up key under the
-//! route's policy. Nothing here builds a response, logs a rejection or
-//! touches the request: [`rejection::respond`](super::rejection::respond)
-//! and the service apply what this decides.
+//! The one place a request is decided: [`Gate::start`] on its arrival and
+//! [`Gate::resume`] when what it waited for comes back.
+//! [`ApiKeyService`](super::ApiKeyService) and its
+//! [`ResponseFuture`](super::ResponseFuture) only carry out the [`Step`]s
+//! these return.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use http::header::ACCESS_CONTROL_REQUEST_METHOD;
 use http::{Method, Request};
 
-use super::authenticator::Shared;
+use super::authenticator::{Authenticator, Shared};
 use super::extract::credential;
 use super::limit::{NoAttempt, Queue, Reservation};
-use super::limits::Limited;
+use super::limits::{CreditSpend, Limited};
 use super::policy::RoutePolicy;
+use super::rate_headers::RateHeaders;
 use super::rejection::{Reason, Rejection};
 use super::LOG_TARGET;
 use crate::cache::Caller;
@@ -25,10 +26,155 @@ use crate::key::{Candidate, KeyId, PresentedKey};
 use crate::limits::RouteLimits;
 use crate::scope::ScopeDenied;
 
+/// One route's gate: the shared authenticator, the route's policy and its
+/// limits. Behind one `Arc` in the route's service, so that the clone axum
+/// makes of a route's service for every request costs one reference count.
+///
+/// A request passes the steps of the [module docs](super) in order; the
+/// gate decides each and makes these side effects on the way, nothing else:
+/// - **failed-attempt limiter**: an attempt taken for a failed credential,
+///   reserved before a lookup, then spent (the key failed) or given back
+///   (valid, or a verifier fault);
+/// - **usage**: every valid key's use is noted on the usage recorder,
+///   whatever the route then decides;
+/// - **rate limits and credits**: an in-scope key's rate buckets (and its
+///   account's) are charged, its credits spent (leased from the store when
+///   its batch is empty), and the hit-path counters counted;
+/// - **logs**: a warning when the verifier is unavailable, or when a wait
+///   for an attempt outlasts the verifier timeout.
+///
+/// It does not touch the request, build a response, log or count a
+/// rejection: the driver admits what passes (`admit` in
+/// [`future`](super::future)) and answers what is refused
+/// ([`Shared::respond`]).
+pub(crate) struct Gate {
+    pub(crate) auth: Authenticator,
+    pub(crate) policy: Arc<dyn RoutePolicy>,
+    pub(crate) limits: Option<RouteLimits>,
+}
+
+/// What to do with a request next.
+pub(crate) enum Step {
+    /// Call the inner service.
+    Pass(Pass),
+    /// Refuse it with this.
+    Reject(Rejection),
+    /// Wait for the lookup of a key the cache could not answer, then
+    /// [resume](Gate::resume).
+    Lookup(Wait),
+    /// Wait for an admitted key's credits to be leased and spent, then
+    /// [resume](Gate::resume).
+    Spend(Wait),
+}
+
+/// How a request passes.
+pub(crate) enum Pass {
+    /// A CORS preflight, unauthenticated: it reaches the route with no
+    /// [`Caller`].
+    Preflight,
+    /// Authenticated, in scope and within limits: this caller, and these
+    /// rate-limit headers on the response.
+    Admit(Caller, Option<Box<RateHeaders>>),
+}
+
+/// What a request waits for: it ends in what [`Gate::resume`] takes.
+pub(crate) type Wait = BoxFuture<'static, Woken>;
+
+/// What a [`Wait`] brings back.
+pub(crate) enum Woken {
+    /// The key the cache could not answer, looked up; or a refusal of the
+    /// failed-attempt limiter made while waiting for an attempt.
+    Looked(Result<Looked, Rejection>),
+    /// The admitted caller's credits: spent (with the rate-limit headers),
+    /// or refused.
+    Spent(Caller, Result<Option<Box<RateHeaders>>, Rejection>),
+}
+
+/// A key looked up, and how the request then stands with the limiter.
+pub(crate) struct Looked {
+    key: PresentedKey,
+    answer: Result<Caller, LookupError>,
+    attempt: Attempt,
+}
+
+impl Gate {
+    /// The decision on a request as it arrives (steps 2 to 6 of the
+    /// [module docs](super), and the limits): a key the cache answers is
+    /// decided here, synchronously, with no future; any other waits.
+    #[inline(always)]
+    pub(crate) fn start<B>(&self, request: &Request<B>) -> Step {
+        let s = self.auth.shared();
+        let (key, attempt) = match precheck(s, request) {
+            Precheck::Preflight => return Step::Pass(Pass::Preflight),
+            Precheck::Reject(rejection) => return Step::Reject(rejection),
+            Precheck::Lookup(key, attempt) => (key, attempt),
+        };
+        if let Some(answer) = s.cache.answer_candidate(&key) {
+            // A hit's id is the cached entry's, a checked one.
+            return self.decide(request, key.unchecked_id(), answer, attempt);
+        }
+        match lookup(s, key, attempt) {
+            Ok(wait) => Step::Lookup(wait),
+            Err(rejection) => Step::Reject(rejection),
+        }
+    }
+
+    /// The decision on a request once what it waited for came back.
+    pub(crate) fn resume<B>(&self, woken: Woken, request: &Request<B>) -> Step {
+        match woken {
+            Woken::Looked(Ok(Looked {
+                key,
+                answer,
+                attempt,
+            })) => self.decide(request, key.id(), answer, attempt),
+            Woken::Spent(caller, Ok(headers)) => Step::Pass(Pass::Admit(caller, headers)),
+            Woken::Looked(Err(rejection)) | Woken::Spent(_, Err(rejection)) => {
+                Step::Reject(rejection)
+            }
+        }
+    }
+
+    /// The route's verdict on a looked-up key, then its limits: the route's
+    /// limits come from its policy table, else from its layer. Inlined, so
+    /// that on a hit the step folds into the service's `call`.
+    #[inline(always)]
+    fn decide<B>(
+        &self,
+        request: &Request<B>,
+        key_id: KeyId,
+        answer: Result<Caller, LookupError>,
+        attempt: Attempt,
+    ) -> Step {
+        let s = self.auth.shared();
+        let policy = &*self.policy;
+        let caller = match verdict(s, policy, request, key_id, answer, attempt) {
+            Ok(caller) => caller,
+            Err(rejection) => return Step::Reject(rejection),
+        };
+        let route = policy
+            .limits_for(request.method(), request.uri().path())
+            .or(self.limits.as_ref());
+        let now = || s.cache.config().clock().now();
+        match s.limiter.check(&caller, route, now, s.cache.hot_counters()) {
+            Limited::Admit(headers) => Step::Pass(Pass::Admit(caller, headers)),
+            Limited::Refuse(rejection) => Step::Reject(rejection),
+            Limited::Spend(spend) => Step::Spend(spend_credits(caller, spend)),
+        }
+    }
+}
+
+/// The wait for an admitted caller's credits.
+fn spend_credits(caller: Caller, spend: CreditSpend) -> Wait {
+    Box::pin(async move {
+        let spent = spend.run().await;
+        Woken::Spent(caller, spent)
+    })
+}
+
 /// What the synchronous pre-check of a request decided.
-pub(crate) enum Precheck<'r> {
+enum Precheck<'r> {
     /// Let the request through unauthenticated (CORS preflight).
-    PassThrough,
+    Preflight,
     /// Refuse it.
     Reject(Rejection),
     /// Ask the cache about this key; the request stands thus with the
@@ -39,7 +185,7 @@ pub(crate) enum Precheck<'r> {
 
 /// How a request stands with the failed-attempt limiter.
 #[derive(Debug)]
-pub(crate) enum Attempt {
+enum Attempt {
     /// Not limited: no limiter, or no client id for this request.
     Unlimited,
     /// From this client, nothing taken yet: a failure takes one of its
@@ -51,28 +197,17 @@ pub(crate) enum Attempt {
     Reserved(Reservation),
 }
 
-/// The lookup of a key the cache could not answer: the key, the answer and
-/// how the request then stands with the limiter, or a refusal of the
-/// limiter's made while waiting for an attempt.
-pub(crate) type Lookup = BoxFuture<'static, Result<Looked, Rejection>>;
-
-/// A key looked up by a [`Lookup`].
-pub(crate) struct Looked {
-    pub(crate) key: PresentedKey,
-    pub(crate) answer: Result<Caller, LookupError>,
-    pub(crate) attempt: Attempt,
-}
-
 /// Steps 2 to 4 of the [module docs](super): preflight, exactly one
 /// credential, offline parse, with the limiter's say on each refusal.
-pub(crate) fn precheck<'r, B>(s: &Shared, request: &'r Request<B>) -> Precheck<'r> {
+#[inline]
+fn precheck<'r, B>(s: &Shared, request: &'r Request<B>) -> Precheck<'r> {
     if s.cors_preflight
         && request.method() == Method::OPTIONS
         && request
             .headers()
             .contains_key(ACCESS_CONTROL_REQUEST_METHOD)
     {
-        return Precheck::PassThrough;
+        return Precheck::Preflight;
     }
     let attempt = match &s.limit {
         None => Attempt::Unlimited,
@@ -103,11 +238,7 @@ fn malformed(s: &Shared, attempt: Attempt) -> Rejection {
 /// it costs no verifier call). With none left the request is refused here,
 /// without a verifier call; if lookups in flight hold every attempt left,
 /// it waits for one of them (see [`wait_for_attempt`]).
-pub(crate) fn lookup(
-    s: &Shared,
-    key: Candidate<'_>,
-    attempt: Attempt,
-) -> Result<Lookup, Rejection> {
+fn lookup(s: &Shared, key: Candidate<'_>, attempt: Attempt) -> Result<Wait, Rejection> {
     let Ok(key) = key.check(&s.format) else {
         return Err(malformed(s, attempt));
     };
@@ -125,11 +256,11 @@ pub(crate) fn lookup(
                 // no attempt (a failure still counts in `verdict`).
                 None => cache.lookup_miss(&key).await,
             };
-            Ok(Looked {
+            Woken::Looked(Ok(Looked {
                 key,
                 answer,
                 attempt,
-            })
+            }))
         }));
     }
     match limit.reserve(client) {
@@ -137,20 +268,22 @@ pub(crate) fn lookup(
         Err(NoAttempt::Blocked(retry_after)) => Err(too_many_attempts(retry_after)),
         Err(NoAttempt::Busy(queue)) => {
             let timeout = cache.config().verifier_timeout();
-            Ok(Box::pin(wait_for_attempt(cache, key, queue, timeout)))
+            Ok(Box::pin(async move {
+                Woken::Looked(wait_for_attempt(cache, key, queue, timeout).await)
+            }))
         }
     }
 }
 
 /// The verifier's answer for `key`, the request standing thus with the limiter.
-fn miss(cache: CachedVerifier, key: PresentedKey, attempt: Attempt) -> Lookup {
+fn miss(cache: CachedVerifier, key: PresentedKey, attempt: Attempt) -> Wait {
     Box::pin(async move {
         let answer = cache.lookup_miss(&key).await;
-        Ok(Looked {
+        Woken::Looked(Ok(Looked {
             key,
             answer,
             attempt,
-        })
+        }))
     })
 }
 
@@ -200,7 +333,7 @@ async fn wait_for_attempt(
 }
 
 /// The route's verdict on a looked-up key: the caller to admit, or why not.
-pub(crate) fn verdict<B>(
+fn verdict<B>(
     s: &Shared,
     policy: &dyn RoutePolicy,
     request: &Request<B>,
@@ -254,22 +387,6 @@ pub(crate) fn verdict<B>(
     let mut rejection = Rejection::new(reason);
     rejection.key_id = Some(key_id);
     Err(refused(s, attempt, rejection))
-}
-
-/// The key's rate limits and credits on an admitted, in-scope request: the
-/// route's limits come from its policy table, else from its layer.
-pub(crate) fn limit<B>(
-    s: &Shared,
-    policy: &dyn RoutePolicy,
-    layer: Option<&RouteLimits>,
-    request: &Request<B>,
-    caller: &Caller,
-) -> Limited {
-    let route = policy
-        .limits_for(request.method(), request.uri().path())
-        .or(layer);
-    let now = || s.cache.config().clock().now();
-    s.limiter.check(caller, route, now, s.cache.hot_counters())
 }
 
 /// The rejection a limited client gets for a credential refused before or
