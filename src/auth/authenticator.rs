@@ -7,10 +7,10 @@ use bytes::Bytes;
 use http::header::HeaderName;
 use http::{HeaderMap, Response};
 
+use super::attempts::FailedAttemptLimit;
 use super::builder::AuthenticatorBuilder;
 use super::layer::ApiKeyLayer;
-use super::limit::FailedAttemptLimit;
-use super::limits::Limiter;
+use super::meter::Meter;
 use super::policy::RoutePolicy;
 use super::rejection::{self, Rejection, RejectionResponder};
 use crate::cache::CachedVerifier;
@@ -29,21 +29,21 @@ use crate::verifier::Verifier;
 /// one, shares the one cache.
 #[derive(Clone)]
 pub struct Authenticator {
-    shared: Arc<Shared>,
+    state: Arc<AuthState>,
 }
 
 /// The built settings and the cache. What they mean for a request is
 /// decided by the [`Gate`](super::gate::Gate) of each route.
-pub(crate) struct Shared {
+pub(crate) struct AuthState {
     pub(crate) cache: CachedVerifier,
     pub(crate) format: KeyFormat,
     pub(crate) realm: Arc<str>,
     pub(crate) extra_header: Option<HeaderName>,
     pub(crate) cors_preflight: bool,
     pub(crate) responder: Arc<dyn RejectionResponder>,
-    pub(crate) limit: Option<FailedAttemptLimit>,
+    pub(crate) attempts: Option<FailedAttemptLimit>,
     pub(crate) usage: Option<UsageRecorder>,
-    pub(crate) limiter: Limiter,
+    pub(crate) meter: Meter,
     /// The scopes of every management router built on this authenticator:
     /// none of them is grantable through any of those routers unless named.
     #[cfg(feature = "management")]
@@ -52,7 +52,7 @@ pub(crate) struct Shared {
 
 impl fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = &*self.shared;
+        let s = &*self.state;
         f.debug_struct("Authenticator")
             .field("cache", &s.cache)
             .field("format", &s.format)
@@ -80,14 +80,14 @@ impl Authenticator {
         AuthenticatorBuilder::new(Arc::new(verifier))
     }
 
-    pub(super) fn from_shared(shared: Shared) -> Self {
+    pub(super) fn from_state(state: AuthState) -> Self {
         Self {
-            shared: Arc::new(shared),
+            state: Arc::new(state),
         }
     }
 
-    pub(super) fn shared(&self) -> &Shared {
-        &self.shared
+    pub(super) fn state(&self) -> &AuthState {
+        &self.state
     }
 
     /// Records `scopes` as management scopes of this authenticator (every
@@ -95,7 +95,7 @@ impl Authenticator {
     #[cfg(feature = "management")]
     pub(crate) fn register_management_scopes(&self, scopes: &crate::scope::ScopeSet) {
         let mut known = self
-            .shared
+            .state
             .management_scopes
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -107,7 +107,7 @@ impl Authenticator {
     /// The management scopes of every router built on this authenticator.
     #[cfg(feature = "management")]
     pub(crate) fn management_scopes(&self) -> Vec<crate::scope::Scope> {
-        self.shared
+        self.state
             .management_scopes
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -119,7 +119,7 @@ impl Authenticator {
     /// [`CachedVerifier::invalidate`]) on it after revoking a key through a
     /// verifier that does not publish invalidations.
     pub fn cache(&self) -> &CachedVerifier {
-        &self.shared.cache
+        &self.state.cache
     }
 
     /// Runs one round of the shared rate-limit sync now, as the background
@@ -128,12 +128,12 @@ impl Authenticator {
     #[cfg(feature = "test-util")]
     #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub async fn sync_rate_limits(&self) -> bool {
-        self.shared.limiter.sync_now().await
+        self.state.meter.sync_now().await
     }
 
     /// The accepted key format.
     pub fn key_format(&self) -> KeyFormat {
-        self.shared.format
+        self.state.format
     }
 
     // The layers of this authenticator, one per route policy.
@@ -186,7 +186,7 @@ impl Authenticator {
     }
 }
 
-impl Shared {
+impl AuthState {
     /// The response to a refused request, logged and counted once: every
     /// rejection of the middleware goes through here.
     pub(crate) fn respond(&self, rejection: Rejection, request: &HeaderMap) -> Response<Bytes> {

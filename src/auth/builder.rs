@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use http::header::{HeaderName, AUTHORIZATION};
 
-use super::authenticator::{Authenticator, Shared};
-use super::limit::FailedAttemptLimit;
-use super::limits::Limiter;
+use super::attempts::FailedAttemptLimit;
+use super::authenticator::{AuthState, Authenticator};
+use super::meter::Meter;
 use super::rejection::{JsonRejection, RejectionResponder};
 use crate::cache::{CacheConfig, CachedVerifier};
 #[cfg(feature = "test-util")]
@@ -44,7 +44,7 @@ pub struct AuthenticatorBuilder {
     extra_header: Option<HeaderName>,
     cors_preflight: bool,
     responder: Arc<dyn RejectionResponder>,
-    limit: Option<FailedAttemptLimit>,
+    attempts: Option<FailedAttemptLimit>,
     usage: Option<UsageRecorder>,
     limits: LimitSettings,
 }
@@ -92,7 +92,7 @@ impl fmt::Debug for AuthenticatorBuilder {
             .field("realm", &self.realm)
             .field("extra_header", &self.extra_header)
             .field("cors_preflight", &self.cors_preflight)
-            .field("limit", &self.limit)
+            .field("failed_attempt_limit", &self.attempts)
             .finish_non_exhaustive()
     }
 }
@@ -107,7 +107,7 @@ impl AuthenticatorBuilder {
             extra_header: None,
             cors_preflight: false,
             responder: Arc::new(JsonRejection),
-            limit: None,
+            attempts: None,
             usage: None,
             limits: LimitSettings::default(),
         }
@@ -214,7 +214,7 @@ impl AuthenticatorBuilder {
     /// Refuses clients that keep presenting bad keys (off by default); see
     /// [`FailedAttemptLimit`].
     pub fn failed_attempt_limit(mut self, limit: FailedAttemptLimit) -> Self {
-        self.limit = Some(limit);
+        self.attempts = Some(limit);
         self
     }
 
@@ -240,16 +240,16 @@ impl AuthenticatorBuilder {
             .or_else(|| self.verifier.key_format())
             .unwrap_or_default();
         let cache = CachedVerifier::from_arc(self.verifier, cache_config(self.cache));
-        let limiter = Limiter::new(self.limits, &cache);
-        Authenticator::from_shared(Shared {
-            limiter,
+        let meter = Meter::new(self.limits, &cache);
+        Authenticator::from_state(AuthState {
+            meter,
             cache,
             format,
             realm: self.realm,
             extra_header: self.extra_header,
             cors_preflight: self.cors_preflight,
             responder: self.responder,
-            limit: self.limit,
+            attempts: self.attempts,
             usage: self.usage,
             #[cfg(feature = "management")]
             management_scopes: std::sync::RwLock::default(),

@@ -9,7 +9,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::authenticator::Shared;
+use super::authenticator::AuthState;
 use super::body::RejectionBody;
 use super::gate::{Gate, Pass, Step, Wait};
 use super::rate_headers::RateHeaders;
@@ -113,7 +113,7 @@ where
                     None
                 }
                 Pass::Admit(caller, headers) => {
-                    admit(gate.auth.shared(), &mut request, caller);
+                    admit(gate.auth.state(), &mut request, caller);
                     headers
                 }
             };
@@ -124,7 +124,7 @@ where
             State::Inner { future, headers }
         }
         Step::Reject(rejection) => State::Rejected {
-            response: Some(gate.auth.shared().respond(rejection, request.headers())),
+            response: Some(gate.auth.state().respond(rejection, request.headers())),
         },
         Step::Lookup(wait) | Step::Spend(wait) => {
             let service = match service {
@@ -146,7 +146,7 @@ where
 /// Applies an admission: the credential headers become sensitive (kept out
 /// of logs further in), the caller goes into the extensions (replacing any
 /// other there: no spoofing), and the request counts as accepted, once.
-fn admit<B>(s: &Shared, request: &mut Request<B>, caller: Caller) {
+fn admit<B>(s: &AuthState, request: &mut Request<B>, caller: Caller) {
     tracing::trace!(target: LOG_TARGET, key_id = %caller.key_id(), "api key accepted");
     s.cache.hot_counters().accepted();
     let headers = request.headers_mut();

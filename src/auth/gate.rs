@@ -12,10 +12,10 @@ use futures_util::future::BoxFuture;
 use http::header::ACCESS_CONTROL_REQUEST_METHOD;
 use http::{Method, Request};
 
-use super::authenticator::{Authenticator, Shared};
+use super::attempts::{NoAttempt, Queue, Reservation};
+use super::authenticator::{AuthState, Authenticator};
 use super::extract::credential;
-use super::limit::{NoAttempt, Queue, Reservation};
-use super::limits::{CreditSpend, Limited};
+use super::meter::{CreditSpend, Metered};
 use super::policy::RoutePolicy;
 use super::rate_headers::RateHeaders;
 use super::rejection::{Reason, Rejection};
@@ -46,7 +46,7 @@ use crate::scope::ScopeDenied;
 /// It does not touch the request, build a response, log or count a
 /// rejection: the driver admits what passes (`admit` in
 /// [`future`](super::future)) and answers what is refused
-/// ([`Shared::respond`]).
+/// ([`AuthState::respond`]).
 pub(crate) struct Gate {
     pub(crate) auth: Authenticator,
     pub(crate) policy: Arc<dyn RoutePolicy>,
@@ -103,7 +103,7 @@ impl Gate {
     /// decided here, synchronously, with no future; any other waits.
     #[inline(always)]
     pub(crate) fn start<B>(&self, request: &Request<B>) -> Step {
-        let s = self.auth.shared();
+        let s = self.auth.state();
         let (key, attempt) = match precheck(s, request) {
             Precheck::Preflight => return Step::Pass(Pass::Preflight),
             Precheck::Reject(rejection) => return Step::Reject(rejection),
@@ -145,7 +145,7 @@ impl Gate {
         answer: Result<Caller, LookupError>,
         attempt: Attempt,
     ) -> Step {
-        let s = self.auth.shared();
+        let s = self.auth.state();
         let policy = &*self.policy;
         let caller = match verdict(s, policy, request, key_id, answer, attempt) {
             Ok(caller) => caller,
@@ -155,10 +155,10 @@ impl Gate {
             .limits_for(request.method(), request.uri().path())
             .or(self.limits.as_ref());
         let now = || s.cache.config().clock().now();
-        match s.limiter.check(&caller, route, now, s.cache.hot_counters()) {
-            Limited::Admit(headers) => Step::Pass(Pass::Admit(caller, headers)),
-            Limited::Refuse(rejection) => Step::Reject(rejection),
-            Limited::Spend(spend) => Step::Spend(spend_credits(caller, spend)),
+        match s.meter.charge(&caller, route, now, s.cache.hot_counters()) {
+            Metered::Admit(headers) => Step::Pass(Pass::Admit(caller, headers)),
+            Metered::Refuse(rejection) => Step::Reject(rejection),
+            Metered::Spend(spend) => Step::Spend(spend_credits(caller, spend)),
         }
     }
 }
@@ -200,7 +200,7 @@ enum Attempt {
 /// Steps 2 to 4 of the [module docs](super): preflight, exactly one
 /// credential, offline parse, with the limiter's say on each refusal.
 #[inline]
-fn precheck<'r, B>(s: &Shared, request: &'r Request<B>) -> Precheck<'r> {
+fn precheck<'r, B>(s: &AuthState, request: &'r Request<B>) -> Precheck<'r> {
     if s.cors_preflight
         && request.method() == Method::OPTIONS
         && request
@@ -209,7 +209,7 @@ fn precheck<'r, B>(s: &Shared, request: &'r Request<B>) -> Precheck<'r> {
     {
         return Precheck::Preflight;
     }
-    let attempt = match &s.limit {
+    let attempt = match &s.attempts {
         None => Attempt::Unlimited,
         Some(limit) => match limit.client(request.headers(), request.extensions()) {
             Some(client) => Attempt::From(client),
@@ -228,7 +228,7 @@ fn precheck<'r, B>(s: &Shared, request: &'r Request<B>) -> Precheck<'r> {
     }
 }
 
-fn malformed(s: &Shared, attempt: Attempt) -> Rejection {
+fn malformed(s: &AuthState, attempt: Attempt) -> Rejection {
     refused(s, attempt, Rejection::new(Reason::Malformed))
 }
 
@@ -238,12 +238,12 @@ fn malformed(s: &Shared, attempt: Attempt) -> Rejection {
 /// it costs no verifier call). With none left the request is refused here,
 /// without a verifier call; if lookups in flight hold every attempt left,
 /// it waits for one of them (see [`wait_for_attempt`]).
-fn lookup(s: &Shared, key: Candidate<'_>, attempt: Attempt) -> Result<Wait, Rejection> {
+fn lookup(s: &AuthState, key: Candidate<'_>, attempt: Attempt) -> Result<Wait, Rejection> {
     let Ok(key) = key.check(&s.format) else {
         return Err(malformed(s, attempt));
     };
     let cache = s.cache.clone();
-    let (client, limit) = match (&attempt, &s.limit) {
+    let (client, limit) = match (&attempt, &s.attempts) {
         (Attempt::From(client), Some(limit)) => (*client, limit),
         _ => return Ok(miss(cache, key, attempt)),
     };
@@ -265,7 +265,7 @@ fn lookup(s: &Shared, key: Candidate<'_>, attempt: Attempt) -> Result<Wait, Reje
     }
     match limit.reserve(client) {
         Ok(reservation) => Ok(miss(cache, key, Attempt::Reserved(reservation))),
-        Err(NoAttempt::Blocked(retry_after)) => Err(too_many_attempts(retry_after)),
+        Err(NoAttempt::Blocked(retry_after)) => Err(Rejection::too_many_attempts(retry_after)),
         Err(NoAttempt::Busy(queue)) => {
             let timeout = cache.config().verifier_timeout();
             Ok(Box::pin(async move {
@@ -312,10 +312,10 @@ async fn wait_for_attempt(
                 attempt: Attempt::Reserved(reservation),
             })
         }
-        Ok(Err(retry_after)) => Err(too_many_attempts(retry_after)),
+        Ok(Err(retry_after)) => Err(Rejection::too_many_attempts(retry_after)),
         Err(_elapsed) => {
             if let Some(retry_after) = queue.blocked() {
-                return Err(too_many_attempts(retry_after));
+                return Err(Rejection::too_many_attempts(retry_after));
             }
             let key_id = key.id();
             tracing::warn!(
@@ -324,17 +324,14 @@ async fn wait_for_attempt(
                 "api key not looked up: lookups in flight from its client held every \
                  failed-attempt limit slot it has left for longer than the verifier timeout"
             );
-            let mut rejection = Rejection::new(Reason::Unavailable);
-            rejection.key_id = Some(key_id);
-            rejection.retry_after = Some(Duration::from_secs(1));
-            Err(rejection)
+            Err(Rejection::unavailable(key_id))
         }
     }
 }
 
 /// The route's verdict on a looked-up key: the caller to admit, or why not.
 fn verdict<B>(
-    s: &Shared,
+    s: &AuthState,
     policy: &dyn RoutePolicy,
     request: &Request<B>,
     key_id: KeyId,
@@ -350,50 +347,40 @@ fn verdict<B>(
             // A valid key is no guess, whatever the route's scopes say.
             give_back(attempt);
             let scope_policy = policy.policy_for(request.method(), request.uri().path());
-            let mut rejection = match scope_policy.check(caller.scopes()) {
+            return match scope_policy.check(caller.scopes()) {
                 // Counted as accepted once the limits admit it too (`admit`).
-                Ok(()) => return Ok(caller),
+                Ok(()) => Ok(caller),
                 Err(ScopeDenied::ScopedKeyOnUnscopedRoute) => {
-                    Rejection::new(Reason::ScopedKeyOnUnscopedRoute)
+                    Err(Rejection::of_key(Reason::ScopedKeyOnUnscopedRoute, key_id))
                 }
-                Err(_) => {
-                    let mut rejection = Rejection::new(Reason::InsufficientScope);
-                    rejection.required = scope_policy.required().cloned();
-                    rejection
-                }
+                Err(_) => Err(Rejection::insufficient_scope(
+                    key_id,
+                    scope_policy.required().cloned(),
+                )),
             };
-            rejection.key_id = Some(key_id);
-            return Err(rejection);
         }
         Err(LookupError::Unknown) => Reason::Unknown,
         Err(LookupError::Expired) => Reason::Expired,
         Err(LookupError::VerifierPanicked) => {
             // Not the client's fault.
             give_back(attempt);
-            let mut rejection = Rejection::new(Reason::VerifierPanicked);
-            rejection.key_id = Some(key_id);
-            return Err(rejection);
+            return Err(Rejection::of_key(Reason::VerifierPanicked, key_id));
         }
         Err(LookupError::Unavailable(e)) => {
             give_back(attempt);
             // The cause goes to the log here: the rejection does not carry it.
             tracing::warn!(target: LOG_TARGET, %key_id, error = %e, "api key verifier unavailable");
-            let mut rejection = Rejection::new(Reason::Unavailable);
-            rejection.key_id = Some(key_id);
-            rejection.retry_after = Some(Duration::from_secs(1));
-            return Err(rejection);
+            return Err(Rejection::unavailable(key_id));
         }
     };
-    let mut rejection = Rejection::new(reason);
-    rejection.key_id = Some(key_id);
-    Err(refused(s, attempt, rejection))
+    Err(refused(s, attempt, Rejection::of_key(reason, key_id)))
 }
 
 /// The rejection a limited client gets for a credential refused before or
 /// without a verifier call of its own: a failed one takes an attempt, and
 /// any of them is a 429 once none is left. A failure of a key looked up
 /// with a reserved attempt spends that attempt and is answered as it is.
-fn refused(s: &Shared, attempt: Attempt, rejection: Rejection) -> Rejection {
+fn refused(s: &AuthState, attempt: Attempt, rejection: Rejection) -> Rejection {
     let client = match attempt {
         Attempt::From(client) => client,
         Attempt::Reserved(reservation) => {
@@ -402,7 +389,7 @@ fn refused(s: &Shared, attempt: Attempt, rejection: Rejection) -> Rejection {
         }
         Attempt::Unlimited => return rejection,
     };
-    let Some(limit) = &s.limit else {
+    let Some(limit) = &s.attempts else {
         return rejection;
     };
     let outcome = if rejection.reason.is_failed_attempt() {
@@ -412,7 +399,7 @@ fn refused(s: &Shared, attempt: Attempt, rejection: Rejection) -> Rejection {
     };
     match outcome {
         Ok(()) => rejection,
-        Err(retry_after) => too_many_attempts(retry_after),
+        Err(retry_after) => Rejection::too_many_attempts(retry_after),
     }
 }
 
@@ -421,12 +408,4 @@ fn give_back(attempt: Attempt) {
     if let Attempt::Reserved(reservation) = attempt {
         reservation.release();
     }
-}
-
-/// A 429 for a client with no attempt left. It carries no key id: the
-/// response is the same whatever the credential was.
-fn too_many_attempts(retry_after: Duration) -> Rejection {
-    let mut rejection = Rejection::new(Reason::TooManyAttempts);
-    rejection.retry_after = Some(retry_after);
-    rejection
 }

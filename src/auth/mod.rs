@@ -52,6 +52,7 @@
 //! server takes one layer with a per-method table,
 //! [`MethodPolicies`](grpc::MethodPolicies); see [`grpc`].
 
+mod attempts;
 pub(crate) mod authenticator;
 mod body;
 pub(crate) mod builder;
@@ -62,8 +63,7 @@ mod gate;
 pub mod grpc;
 mod grpc_details;
 pub(crate) mod layer;
-mod limit;
-mod limits;
+mod meter;
 mod policy;
 mod rate_headers;
 pub(crate) mod rejection;
@@ -73,13 +73,13 @@ pub(crate) mod service;
 mod axum;
 
 // Used by the management API; also resolves this module's doc links.
+pub use attempts::{ClientIdFn, FailedAttemptLimit, FailedAttemptLimitBuilder};
 #[cfg_attr(not(feature = "management"), allow(unused_imports))]
 pub(crate) use authenticator::Authenticator;
 #[cfg(feature = "axum")]
 pub use axum::MissingCaller;
 pub use body::{RejectionBody, ResponseBody};
 pub use future::ResponseFuture;
-pub use limit::{ClientIdFn, FailedAttemptLimit, FailedAttemptLimitBuilder};
 pub use policy::RoutePolicy;
 pub use rejection::{JsonRejection, RejectionResponder};
 

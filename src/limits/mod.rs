@@ -40,22 +40,22 @@
 
 mod calendar;
 pub(crate) mod gcra;
-mod shared;
 mod spec;
+mod sync;
 pub(crate) mod table;
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub(crate) use shared::SharedMode;
-pub use shared::{BucketUse, RateLimitSync, DEFAULT_SYNC_INTERVAL};
 #[allow(unused_imports)]
 pub(crate) use spec::Period;
 pub use spec::{
     check_rate_limits, parse_period, Credits, LimitError, RateLimit, Refill, RefillInterval,
     MAX_CREDITS, MAX_PERIOD, MAX_RATE, MAX_RATE_LIMITS,
 };
+pub(crate) use sync::SyncMode;
+pub use sync::{BucketUse, RateLimitSync, DEFAULT_SYNC_INTERVAL};
 
 /// What one request costs on a route, and the rate limits of keys that
 /// carry none of their own.
@@ -179,7 +179,7 @@ pub const DEFAULT_CREDIT_LEASE: u64 = 10;
 #[derive(Debug, Clone)]
 pub struct LimitSettings {
     pub(crate) max_tracked_subjects: usize,
-    pub(crate) shared: Option<SharedMode>,
+    pub(crate) sync: Option<SyncMode>,
     pub(crate) credit_lease: u64,
     pub(crate) headers: bool,
 }
@@ -188,7 +188,7 @@ impl Default for LimitSettings {
     fn default() -> Self {
         Self {
             max_tracked_subjects: DEFAULT_MAX_TRACKED_SUBJECTS,
-            shared: None,
+            sync: None,
             credit_lease: DEFAULT_CREDIT_LEASE,
             headers: true,
         }
@@ -230,7 +230,7 @@ impl LimitSettingsBuilder {
     /// `interval` (at least 10 ms; [`DEFAULT_SYNC_INTERVAL`] is 100 ms).
     /// While the sync fails, each replica limits on its own.
     pub fn shared(mut self, sync: impl RateLimitSync, interval: Duration) -> Self {
-        self.settings.shared = Some(SharedMode {
+        self.settings.sync = Some(SyncMode {
             sync: Arc::new(sync),
             interval: interval.max(Duration::from_millis(10)),
         });

@@ -551,7 +551,7 @@ impl ManagementApiBuilder {
             // Every router on this authenticator refuses to hand these out.
             self.auth.register_management_scopes(managing);
         }
-        let ctx = routes::Ctx {
+        let api = routes::ApiState {
             store: self.store,
             auth: self.auth.clone(),
             access: self.access,
@@ -575,6 +575,6 @@ impl ManagementApiBuilder {
             )
             .route_layer(self.auth.layer(self.policy))
             .layer(DefaultBodyLimit::max(self.body_limit))
-            .with_state(ctx)
+            .with_state(api)
     }
 }
