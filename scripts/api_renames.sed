@@ -48,3 +48,30 @@ s/\btower_api_key::(CacheConfig|CachedVerifier|LookupError)\b/tower_api_key::cac
 }
 # store::postgres::migrations is private; its items are in store::postgres.
 s/\bstore::postgres::migrations::(migrations|Migration|MigrationReport)\b/store::postgres::\1/g
+
+# Issue 22, point 2: one name per thing.
+# No empty namespace enum: the management API's builder is made by its type.
+s/\bManagementApi::builder_from_arc\b/ManagementApiBuilder::from_arc/g
+s/\bManagementApi::builder\b/ManagementApiBuilder::new/g
+s/\bManagementApi, ManagementApiBuilder\b/ManagementApiBuilder/g
+s/\bManagementApi\b/ManagementApiBuilder/g
+# A route's per-request rules (scope policy and limits) are `RouteRules`:
+# "policy" always means a `ScopePolicy`.
+s/\bRoutePolicy\b/RouteRules/g
+s/\blimits_for\(/route_limits_for(/g
+# `limits(...)` named for what it sets: the authenticator's limit settings,
+# a layer's route limits, a gRPC method's limits.
+s/\.limits\((\s*)("|path\b)/.method_limits(\1\2/g
+s/\.limits\((\s*)(LimitSettings\b|settings\b)/.limit_settings(\1\2/g
+s/\.limits\(([^)])/.route_limits(\1/g
+# `RouteLimits` is a value: `with_` setters, and its cost read by `cost()`.
+s/\.cost\(/.with_cost(/g
+s/\brequest_cost\(\)/cost()/g
+s/\.default_rate_limit\(/.with_default_rate_limit(/g
+# The same `limits(` call with its argument on the next line.
+/\.limits\($/ {
+  N
+  s/\.limits\(\n(\s*)("|path\b)/.method_limits(\n\1\2/
+  s/\.limits\(\n(\s*)(LimitSettings\b|settings\b)/.limit_settings(\n\1\2/
+  s/\.limits\(\n/.route_limits(\n/
+}

@@ -58,8 +58,9 @@
 //!   (RFC 3339, as the management API and the CLI read and write it);
 //!   `management` (the key-management HTTP API, feature `management`).
 //! - **"Policy"** always means a [`ScopePolicy`]: who a route lets in.
-//!   [`MethodPolicies`](auth::grpc::MethodPolicies) is a table of them and
-//!   [`auth::RoutePolicy`] is what picks one per request.
+//!   [`MethodPolicies`](auth::grpc::MethodPolicies) is a table of them;
+//!   a route's [`auth::RouteRules`] pick one per request (and may set the
+//!   request's limits).
 //! - **Test hooks** (a manual clock, cache counters, lookups that say where
 //!   the answer came from) exist only with the `test-util` feature, as in
 //!   tokio; an application never needs it.

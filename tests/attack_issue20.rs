@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use serde_json::{json, Value};
-use tower_api_key::management::{self, ManagementApi};
+use tower_api_key::management::{self, ManagementApiBuilder};
 use tower_api_key::store::sqlite::SqliteKeyStore;
 use tower_api_key::store::{KeyUpdate, NewKey, StoreError};
 use tower_api_key::KeyRecord;
@@ -33,7 +33,7 @@ async fn admin_api<S: KeyStore + Clone>(store: &S) -> Client {
     let auth = Authenticator::new(store.clone());
     let router = Router::new().nest(
         "/admin",
-        ManagementApi::builder(store.clone(), &auth).build(),
+        ManagementApiBuilder::new(store.clone(), &auth).build(),
     );
     Client::new(serve(router).await)
 }
@@ -466,7 +466,7 @@ async fn a_manager_cannot_revive_an_expired_key_holding_a_scope_it_may_not_grant
         .build();
     let router = Router::new().nest(
         "/admin",
-        ManagementApi::builder(store.clone(), &auth).build(),
+        ManagementApiBuilder::new(store.clone(), &auth).build(),
     );
     let client = Client::new(serve(router).await);
     let manager = store

@@ -83,7 +83,7 @@ fn setup_with(settings: LimitSettings) -> Setup {
     ));
     let auth = Authenticator::builder(ArcVerifier(registry.clone()))
         .clock(clock.clone())
-        .limits(settings)
+        .limit_settings(settings)
         .build();
     Setup {
         registry,
@@ -314,10 +314,10 @@ async fn a_route_sets_the_cost_and_a_default_for_keys_without_limits() {
         r.with_rate_limits(vec![per(100, Duration::from_secs(60))])
     });
     let app = s.router(
-        s.auth.any_valid_key().limits(
+        s.auth.any_valid_key().route_limits(
             RouteLimits::new()
-                .cost(4)
-                .default_rate_limit(per(10, Duration::from_secs(60))),
+                .with_cost(4)
+                .with_default_rate_limit(per(10, Duration::from_secs(60))),
         ),
     );
     // 10 per minute at 4 a request: two requests, then 429.
@@ -346,7 +346,11 @@ async fn a_cost_above_the_burst_is_refused_without_a_retry_after() {
     let key = s.key("sa-1", |r| {
         r.with_rate_limits(vec![per(3, Duration::from_secs(1))])
     });
-    let app = s.router(s.auth.any_valid_key().limits(RouteLimits::new().cost(4)));
+    let app = s.router(
+        s.auth
+            .any_valid_key()
+            .route_limits(RouteLimits::new().with_cost(4)),
+    );
     let reply = send(&app, &key).await;
     assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(reply.header("retry-after"), None);
@@ -600,7 +604,7 @@ async fn replicas_sharing_buckets_overshoot_by_at_most_what_each_admits_between_
     let replica = || {
         Authenticator::builder(ArcVerifier(registry.clone()))
             .clock(clock.clone())
-            .limits(
+            .limit_settings(
                 LimitSettings::builder()
                     .shared(shared.clone(), interval)
                     .build(),

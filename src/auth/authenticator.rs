@@ -11,8 +11,8 @@ use super::attempts::FailedAttemptLimit;
 use super::builder::AuthenticatorBuilder;
 use super::layer::ApiKeyLayer;
 use super::meter::Meter;
-use super::policy::RoutePolicy;
 use super::rejection::{self, Rejection, RejectionResponder};
+use super::rules::RouteRules;
 use crate::cache::CachedVerifier;
 use crate::key::KeyFormat;
 use crate::scope::{Scope, ScopeError, ScopePolicy};
@@ -179,10 +179,10 @@ impl Authenticator {
         self.layer(ScopePolicy::any_valid_key())
     }
 
-    /// A layer with any [`RoutePolicy`]: one [`ScopePolicy`], or a table that
+    /// A layer with any [`RouteRules`]: one [`ScopePolicy`], or a table that
     /// picks one per request path (for example per gRPC method).
-    pub fn layer(&self, policy: impl RoutePolicy) -> ApiKeyLayer {
-        ApiKeyLayer::new(self.clone(), Arc::new(policy))
+    pub fn layer(&self, rules: impl RouteRules) -> ApiKeyLayer {
+        ApiKeyLayer::new(self.clone(), Arc::new(rules))
     }
 }
 

@@ -221,7 +221,7 @@ impl AuthenticatorBuilder {
     /// How keys' rate limits and credits are enforced (default: on one
     /// machine, with headers; see [`crate::limits`]). Keys without limits
     /// are not affected.
-    pub fn limits(mut self, settings: LimitSettings) -> Self {
+    pub fn limit_settings(mut self, settings: LimitSettings) -> Self {
         self.limits = settings;
         self
     }

@@ -16,9 +16,9 @@ use super::attempts::{NoAttempt, Queue, Reservation};
 use super::authenticator::{AuthState, Authenticator};
 use super::extract::credential;
 use super::meter::{CreditSpend, Metered};
-use super::policy::RoutePolicy;
 use super::rate_headers::RateHeaders;
 use super::rejection::{Reason, Rejection};
+use super::rules::RouteRules;
 use super::LOG_TARGET;
 use crate::cache::Caller;
 use crate::cache::{CachedVerifier, LookupError};
@@ -26,8 +26,8 @@ use crate::key::{Candidate, KeyId, PresentedKey};
 use crate::limits::RouteLimits;
 use crate::scope::ScopeDenied;
 
-/// One route's gate: the shared authenticator, the route's policy and its
-/// limits. Behind one `Arc` in the route's service, so that the clone axum
+/// One route's gate: the shared authenticator, the route's rules (scope
+/// policy, limits) and its layer's limits. Behind one `Arc` in the route's service, so that the clone axum
 /// makes of a route's service for every request costs one reference count.
 ///
 /// A request passes the steps of the [module docs](super) in order; the
@@ -49,7 +49,7 @@ use crate::scope::ScopeDenied;
 /// ([`AuthState::respond`]).
 pub(crate) struct Gate {
     pub(crate) auth: Authenticator,
-    pub(crate) policy: Arc<dyn RoutePolicy>,
+    pub(crate) rules: Arc<dyn RouteRules>,
     pub(crate) limits: Option<RouteLimits>,
 }
 
@@ -135,7 +135,7 @@ impl Gate {
     }
 
     /// The route's verdict on a looked-up key, then its limits: the route's
-    /// limits come from its policy table, else from its layer. Inlined, so
+    /// limits come from its rules (a gRPC method table), else from its layer. Inlined, so
     /// that on a hit the step folds into the service's `call`.
     #[inline(always)]
     fn decide<B>(
@@ -146,13 +146,13 @@ impl Gate {
         attempt: Attempt,
     ) -> Step {
         let s = self.auth.state();
-        let policy = &*self.policy;
-        let caller = match verdict(s, policy, request, key_id, answer, attempt) {
+        let rules = &*self.rules;
+        let caller = match verdict(s, rules, request, key_id, answer, attempt) {
             Ok(caller) => caller,
             Err(rejection) => return Step::Reject(rejection),
         };
-        let route = policy
-            .limits_for(request.method(), request.uri().path())
+        let route = rules
+            .route_limits_for(request.method(), request.uri().path())
             .or(self.limits.as_ref());
         let now = || s.cache.config().clock().now();
         match s.meter.charge(&caller, route, now, s.cache.hot_counters()) {
@@ -332,7 +332,7 @@ async fn wait_for_attempt(
 /// The route's verdict on a looked-up key: the caller to admit, or why not.
 fn verdict<B>(
     s: &AuthState,
-    policy: &dyn RoutePolicy,
+    rules: &dyn RouteRules,
     request: &Request<B>,
     key_id: KeyId,
     looked_up: Result<Caller, LookupError>,
@@ -346,7 +346,7 @@ fn verdict<B>(
             }
             // A valid key is no guess, whatever the route's scopes say.
             give_back(attempt);
-            let scope_policy = policy.policy_for(request.method(), request.uri().path());
+            let scope_policy = rules.policy_for(request.method(), request.uri().path());
             return match scope_policy.check(caller.scopes()) {
                 // Counted as accepted once the limits admit it too (`admit`).
                 Ok(()) => Ok(caller),

@@ -5,7 +5,7 @@ use tower_layer::Layer;
 
 use super::authenticator::Authenticator;
 use super::gate::Gate;
-use super::policy::RoutePolicy;
+use super::rules::RouteRules;
 use super::service::ApiKeyService;
 use crate::limits::RouteLimits;
 
@@ -19,23 +19,23 @@ use crate::limits::RouteLimits;
 #[must_use]
 pub struct ApiKeyLayer {
     auth: Authenticator,
-    policy: Arc<dyn RoutePolicy>,
+    rules: Arc<dyn RouteRules>,
     limits: Option<RouteLimits>,
 }
 
 impl ApiKeyLayer {
-    pub(crate) fn new(auth: Authenticator, policy: Arc<dyn RoutePolicy>) -> Self {
+    pub(crate) fn new(auth: Authenticator, rules: Arc<dyn RouteRules>) -> Self {
         Self {
             auth,
-            policy,
+            rules,
             limits: None,
         }
     }
 
     /// The route's cost per request and its default rate limits for keys
-    /// that carry none (see [`crate::limits`]). A [`RoutePolicy`] that sets
+    /// that carry none (see [`crate::limits`]). A [`RouteRules`] that sets
     /// limits for a request (a gRPC method table) takes precedence.
-    pub fn limits(mut self, limits: RouteLimits) -> Self {
+    pub fn route_limits(mut self, limits: RouteLimits) -> Self {
         self.limits = Some(limits);
         self
     }
@@ -55,7 +55,7 @@ impl<S> Layer<S> for ApiKeyLayer {
     fn layer(&self, inner: S) -> Self::Service {
         let gate = Gate {
             auth: self.auth.clone(),
-            policy: self.policy.clone(),
+            rules: self.rules.clone(),
             limits: self.limits.clone(),
         };
         ApiKeyService::new(inner, Arc::new(gate))

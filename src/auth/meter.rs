@@ -145,7 +145,7 @@ impl Meter {
         if key_limits.is_empty() && account_limits.is_empty() && record.credits.is_none() {
             return Metered::Admit(None);
         }
-        let cost = u64::from(route.map_or(1, RouteLimits::request_cost));
+        let cost = u64::from(route.map_or(1, RouteLimits::cost));
         let now = now();
         let now_ns = nanos(now);
 

@@ -64,9 +64,9 @@ pub mod grpc;
 mod grpc_details;
 pub(crate) mod layer;
 mod meter;
-mod policy;
 mod rate_headers;
 pub(crate) mod rejection;
+mod rules;
 pub(crate) mod service;
 
 #[cfg(feature = "axum")]
@@ -80,8 +80,8 @@ pub(crate) use authenticator::Authenticator;
 pub use axum::MissingCaller;
 pub use body::{RejectionBody, ResponseBody};
 pub use future::ResponseFuture;
-pub use policy::RoutePolicy;
 pub use rejection::{JsonRejection, RejectionResponder};
+pub use rules::RouteRules;
 
 /// The `tracing` target of every authentication outcome, whichever module
 /// decides or answers it, so one filter directive covers them all.

@@ -8,7 +8,7 @@
 //!   management API and the CLI set them.
 //! - A route may give a request a cost other than 1 and a default limit for
 //!   keys that carry none ([`RouteLimits`], on a layer with
-//!   [`ApiKeyLayer::limits`](crate::ApiKeyLayer::limits) or per gRPC method).
+//!   [`ApiKeyLayer::route_limits`](crate::ApiKeyLayer::route_limits) or per gRPC method).
 //! - Limits are checked after authentication and scope: an unknown key or a
 //!   refused scope spends nothing.
 //!
@@ -26,14 +26,14 @@
 //! use tower_api_key::{Authenticator, MemoryStore};
 //!
 //! let auth = Authenticator::builder(MemoryStore::new())
-//!     .limits(LimitSettings::builder().max_tracked_subjects(50_000).build())
+//!     .limit_settings(LimitSettings::builder().max_tracked_subjects(50_000).build())
 //!     .build();
 //! // A costly route: each request spends 5, and keys without limits of
 //! // their own get 100 per minute here.
-//! let layer = auth.require_any(["yc.ai.translate.execute"]).limits(
+//! let layer = auth.require_any(["yc.ai.translate.execute"]).route_limits(
 //!     RouteLimits::new()
-//!         .cost(5)
-//!         .default_rate_limit(RateLimit::new(100, Duration::from_secs(60)).unwrap()),
+//!         .with_cost(5)
+//!         .with_default_rate_limit(RateLimit::new(100, Duration::from_secs(60)).unwrap()),
 //! );
 //! # drop(layer);
 //! ```
@@ -85,7 +85,7 @@ impl RouteLimits {
 
     /// Each request spends `cost` (at least 1) of every rate limit and of the
     /// key's credits.
-    pub fn cost(self, cost: u32) -> Self {
+    pub fn with_cost(self, cost: u32) -> Self {
         Self {
             cost: cost.max(1),
             ..self
@@ -94,7 +94,7 @@ impl RouteLimits {
 
     /// Adds a limit for keys that carry no rate limit of their own (the
     /// account's limits still apply to them).
-    pub fn default_rate_limit(self, limit: RateLimit) -> Self {
+    pub fn with_default_rate_limit(self, limit: RateLimit) -> Self {
         let mut limits = self.default_rate_limits.to_vec();
         if !limits.contains(&limit) {
             limits.push(limit);
@@ -106,7 +106,7 @@ impl RouteLimits {
     }
 
     /// What one request spends.
-    pub fn request_cost(&self) -> u32 {
+    pub fn cost(&self) -> u32 {
         self.cost
     }
 
@@ -295,10 +295,10 @@ mod tests {
     fn route_costs_are_at_least_one_and_defaults_have_no_twins() {
         let l = RateLimit::new(5, Duration::from_secs(1)).unwrap();
         let route = RouteLimits::new()
-            .cost(0)
-            .default_rate_limit(l)
-            .default_rate_limit(l);
-        assert_eq!(route.request_cost(), 1);
+            .with_cost(0)
+            .with_default_rate_limit(l)
+            .with_default_rate_limit(l);
+        assert_eq!(route.cost(), 1);
         assert_eq!(route.default_rate_limits(), &[l]);
     }
 }
