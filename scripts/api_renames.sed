@@ -75,3 +75,17 @@ s/\.default_rate_limit\(/.with_default_rate_limit(/g
   s/\.limits\(\n(\s*)(LimitSettings\b|settings\b)/.limit_settings(\n\1\2/
   s/\.limits\(\n/.route_limits(\n/
 }
+
+# One builder convention (issue 22): builders (`*Builder`, ended by
+# `build()`) name options bare, as moka and tower-http do; `with_` is for
+# changing a field of a value (`NewKey`, `KeyRecord`, `RateLimit`, ...).
+# MemoryStoreBuilder's setters (a chain from `MemoryStore::builder()` to
+# `.build()`, on one line or several):
+/MemoryStore::builder\(\)/ {
+  :m
+  /\.build\(\)/! { N; bm }
+  s/\.with_(format|hasher|clock)\(/.\1(/g
+}
+# AuthenticatorBuilder has one setter per option: `cache_config(config)` is
+# gone (set `positive_ttl`, `max_keys`, ... on the builder itself), and so is
+# `key_format(format)`: the verifier (a store's builder) says the format.

@@ -459,7 +459,7 @@ async fn a_key_that_keeps_changing_is_still_deleted_and_credited_without_if_matc
 async fn a_manager_cannot_revive_an_expired_key_holding_a_scope_it_may_not_grant() {
     use tower_api_key::clock::{Clock, ManualClock};
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
-    let store = MemoryStore::builder().with_clock(clock.clone()).build();
+    let store = MemoryStore::builder().clock(clock.clone()).build();
     // The authenticator checks expiry by the same clock as the store.
     let auth = Authenticator::builder(store.clone())
         .clock(clock.clone())

@@ -667,7 +667,7 @@ async fn credits_refill_at_midnight_utc_through_the_store() {
     let clock = Arc::new(ManualClock::new(
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_169_540),
     ));
-    let store = MemoryStore::builder().with_clock(clock.clone()).build();
+    let store = MemoryStore::builder().clock(clock.clone()).build();
     let auth = Authenticator::builder(store.clone())
         .clock(clock.clone())
         .build();
