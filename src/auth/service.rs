@@ -10,7 +10,7 @@ use super::future::{Ready, ResponseFuture};
 use super::gate::Gate;
 
 /// Middleware that authenticates every request by its API key, enforces the
-/// route's scope policy and inserts the [`Caller`] into request extensions.
+/// route's scope policy and inserts the [`Caller`](crate::Caller) into request extensions.
 ///
 /// See the [module docs](super) for an example.
 #[derive(Clone)]
