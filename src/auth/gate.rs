@@ -27,8 +27,9 @@ use crate::limits::RouteLimits;
 use crate::scope::ScopeDenied;
 
 /// One route's gate: the shared authenticator, the route's rules (scope
-/// policy, limits) and its layer's limits. Behind one `Arc` in the route's service, so that the clone axum
-/// makes of a route's service for every request costs one reference count.
+/// policy, limits) and its layer's limits. Behind one `Arc` in the route's
+/// service, so that the clone axum makes of a route's service for every
+/// request costs one reference count.
 ///
 /// A request passes the steps of the [module docs](super) in order; the
 /// gate decides each and makes these side effects on the way, nothing else:
@@ -40,8 +41,9 @@ use crate::scope::ScopeDenied;
 /// - **rate limits and credits**: an in-scope key's rate buckets (and its
 ///   account's) are charged, its credits spent (leased from the store when
 ///   its batch is empty), and the hit-path counters counted;
-/// - **logs**: a warning when the verifier is unavailable, or when a wait
-///   for an attempt outlasts the verifier timeout.
+/// - **logs**: a warning when the verifier is unavailable, when a wait for
+///   an attempt outlasts the verifier timeout, or when the rate-limit table
+///   is full.
 ///
 /// It does not touch the request, build a response, log or count a
 /// rejection: the driver admits what passes (`admit` in
