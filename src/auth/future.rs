@@ -213,10 +213,22 @@ mod tests {
     use crate::auth::rejection::Rejection;
     use crate::store::{KeyStore, MemoryStore, NewKey};
 
-    /// A service whose `call` panics, or answers at once.
-    #[derive(Clone)]
+    /// A service whose `call` panics, or answers at once; it counts its
+    /// clones.
+    #[derive(Default)]
     struct Inner {
         panics: bool,
+        clones: Arc<AtomicUsize>,
+    }
+
+    impl Clone for Inner {
+        fn clone(&self) -> Self {
+            self.clones.fetch_add(1, Ordering::SeqCst);
+            Self {
+                panics: self.panics,
+                clones: self.clones.clone(),
+            }
+        }
     }
 
     impl Service<Request<()>> for Inner {
@@ -242,34 +254,6 @@ mod tests {
             .unwrap_or_default()
     }
 
-    /// A service that answers at once and counts its clones.
-    struct Counting {
-        clones: Arc<AtomicUsize>,
-    }
-
-    impl Clone for Counting {
-        fn clone(&self) -> Self {
-            self.clones.fetch_add(1, Ordering::SeqCst);
-            Self {
-                clones: self.clones.clone(),
-            }
-        }
-    }
-
-    impl Service<Request<()>> for Counting {
-        type Response = Response<Bytes>;
-        type Error = Infallible;
-        type Future = std::future::Ready<Result<Response<Bytes>, Infallible>>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, _: Request<()>) -> Self::Future {
-            std::future::ready(Ok(Response::new(Bytes::new())))
-        }
-    }
-
     /// The hit path the issue asks for: a key the cache holds is decided in
     /// `call` and the inner service called in place, with no wait and no
     /// clone; only a miss moves the service out (leaving one clone).
@@ -278,10 +262,9 @@ mod tests {
         let store = MemoryStore::new();
         let created = store.create(NewKey::new("sa-1")).await.unwrap();
         let auth = crate::Authenticator::new(store);
-        let clones = Arc::new(AtomicUsize::new(0));
-        let mut service = auth.any_valid_key().layer(Counting {
-            clones: clones.clone(),
-        });
+        let inner = Inner::default();
+        let clones = inner.clones.clone();
+        let mut service = auth.any_valid_key().layer(inner);
         let request = || {
             Request::get("/")
                 .header(
@@ -328,7 +311,10 @@ mod tests {
         let store = MemoryStore::new();
         let created = store.create(NewKey::new("sa-1")).await.unwrap();
         let auth = crate::Authenticator::new(store);
-        let mut service = auth.any_valid_key().layer(Inner { panics: true });
+        let mut service = auth.any_valid_key().layer(Inner {
+            panics: true,
+            ..Inner::default()
+        });
         let request = Request::get("/")
             .header(
                 "authorization",
