@@ -66,79 +66,73 @@ impl<S, ReqBody> ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
-    /// The future of a request whose first step is `step`.
+    /// Carries out what the gate decided: the one place a [`Step`] becomes
+    /// the inner service's future, a rejection response or a wait, for the
+    /// service's first step and every later one. Inlined, and each arm
+    /// builds the future in place: the request and the inner service's
+    /// future are moved once.
     #[inline(always)]
-    pub(super) fn new(
+    pub(super) fn carry_out(
         gate: &Arc<Gate>,
         step: Step,
-        request: Request<ReqBody>,
+        mut request: Request<ReqBody>,
         service: Ready<'_, S>,
     ) -> Self {
-        Self {
-            state: carry_out(gate, step, request, service),
+        match step {
+            Step::Pass(pass) => {
+                let headers = match pass {
+                    // Only this layer may say who the caller is: an admitted
+                    // request's `Caller` replaces any already there, and the
+                    // only other way in, a preflight, loses it here.
+                    Pass::Preflight => {
+                        request.extensions_mut().remove::<Caller>();
+                        None
+                    }
+                    Pass::Admit(caller, headers) => {
+                        admit(gate.auth.state(), &mut request, caller);
+                        headers
+                    }
+                };
+                match service {
+                    Ready::Borrowed(service, _) => Self::inner(service.call(request), headers),
+                    Ready::Owned(mut service) => Self::inner(service.call(request), headers),
+                }
+            }
+            Step::Reject(rejection) => {
+                Self::rejected(gate.auth.state().respond(rejection, request.headers()))
+            }
+            Step::Lookup(wait) | Step::Spend(wait) => {
+                let service = match service {
+                    Ready::Borrowed(service, take) => take(service),
+                    Ready::Owned(service) => service,
+                };
+                Self {
+                    state: State::Waiting {
+                        wait,
+                        pending: Some(Pending {
+                            gate: gate.clone(),
+                            service,
+                            request,
+                        }),
+                    },
+                }
+            }
         }
     }
 
-    #[cfg(test)]
+    #[inline(always)]
+    fn inner(future: S::Future, headers: Option<Box<RateHeaders>>) -> Self {
+        Self {
+            state: State::Inner { future, headers },
+        }
+    }
+
+    #[inline(always)]
     fn rejected(response: Response<Bytes>) -> Self {
         Self {
             state: State::Rejected {
                 response: Some(response),
             },
-        }
-    }
-}
-
-/// Carries out what the gate decided: the one place a [`Step`] becomes the
-/// inner service's future, a rejection response or a wait. Inlined: the
-/// request is moved once, into the inner service.
-#[inline(always)]
-fn carry_out<S, ReqBody>(
-    gate: &Arc<Gate>,
-    step: Step,
-    mut request: Request<ReqBody>,
-    service: Ready<'_, S>,
-) -> State<S, S::Future, ReqBody>
-where
-    S: Service<Request<ReqBody>>,
-{
-    match step {
-        Step::Pass(pass) => {
-            let headers = match pass {
-                // Only this layer may say who the caller is: an admitted
-                // request's `Caller` replaces any already there, and the
-                // only other way in, a preflight, loses it here.
-                Pass::Preflight => {
-                    request.extensions_mut().remove::<Caller>();
-                    None
-                }
-                Pass::Admit(caller, headers) => {
-                    admit(gate.auth.state(), &mut request, caller);
-                    headers
-                }
-            };
-            let future = match service {
-                Ready::Borrowed(service, _) => service.call(request),
-                Ready::Owned(mut service) => service.call(request),
-            };
-            State::Inner { future, headers }
-        }
-        Step::Reject(rejection) => State::Rejected {
-            response: Some(gate.auth.state().respond(rejection, request.headers())),
-        },
-        Step::Lookup(wait) | Step::Spend(wait) => {
-            let service = match service {
-                Ready::Borrowed(service, take) => take(service),
-                Ready::Owned(service) => service,
-            };
-            State::Waiting {
-                wait,
-                pending: Some(Pending {
-                    gate: gate.clone(),
-                    service,
-                    request,
-                }),
-            }
         }
     }
 }
@@ -181,7 +175,8 @@ where
                     } = pending.take().expect(POLLED_AFTER_COMPLETION);
                     state.set(State::Done);
                     let step = gate.resume(woken, &request);
-                    state.set(carry_out(&gate, step, request, Ready::Owned(service)));
+                    let next = Self::carry_out(&gate, step, request, Ready::Owned(service));
+                    state.set(next.state);
                 }
                 StateProj::Inner { future, headers } => {
                     let mut response = ready!(future.poll(cx))?;

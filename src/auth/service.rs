@@ -71,7 +71,7 @@ where
         // called in place: no future of the gate's, no clone of the service.
         let step = self.gate.start(&request);
         let ready = Ready::Borrowed(&mut self.inner, take_ready);
-        ResponseFuture::new(&self.gate, step, request, ready)
+        ResponseFuture::carry_out(&self.gate, step, request, ready)
     }
 }
 
