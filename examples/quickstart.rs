@@ -28,7 +28,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
 use support::{DemoKey, FOUNDATION_MODELS, TRANSLATE};
 use tower_api_key::auth::FailedAttemptLimit;
-use tower_api_key::management::{self, AccountAccess, ManagementApi};
+use tower_api_key::management::{self, AccountAccess, ManagementApiBuilder};
 use tower_api_key::store::NewKey;
 use tower_api_key::usage::UsageRecorder;
 use tower_api_key::KeyStore;
@@ -125,7 +125,7 @@ async fn serve<S: KeyStore + Clone>(
     // default a caller manages only its own account's) and hand out the
     // demo scopes and unscoped keys (by default a caller hands out only
     // scopes its own key holds, and never `apikeys.manage`).
-    let admin = ManagementApi::builder(store.clone(), &auth)
+    let admin = ManagementApiBuilder::new(store.clone(), &auth)
         .account_access(AccountAccess::any_account())
         .grantable_scopes([TRANSLATE, FOUNDATION_MODELS])
         .allow_unscoped_keys()

@@ -98,12 +98,9 @@ fn main() {
 
     let rt = runtime();
     let format = KeyFormat::default();
-    let config = CacheConfig::builder()
+    let auth = Authenticator::verifier_builder(admit_every_key)
         .max_keys(2 * keys as u64)
         .positive_ttl(Duration::from_secs(3600))
-        .build();
-    let auth = Authenticator::verifier_builder(admit_every_key)
-        .cache_config(config)
         .build();
     let cache = auth.cache().clone();
     let hot = fill(&rt, &cache, keys);

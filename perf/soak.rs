@@ -49,7 +49,7 @@ const VALID_KEYS: usize = 50;
 const EXPIRING_KEYS: usize = 10;
 const REVOKED_KEYS: usize = 10;
 /// Stands in for the client address a trusted proxy appends (see
-/// `tower_api_key::auth::limit`); only this process sets it.
+/// `tower_api_key::auth::FailedAttemptLimit`); only this process sets it.
 const CLIENT_HEADER: &str = "x-soak-client";
 
 fn env_or(name: &str, default: u64, max: u64) -> u64 {

@@ -76,3 +76,58 @@ s/\btower_api_key::store::sqlite::/tower_api_key_sqlite::/g
 s/\btower_api_key::store::postgres::/tower_api_key_postgres::/g
 s/\btower_api_key::store::(Migration|MigrationReport)\b/tower_api_key_sql::\1/g
 s/\bcrate::store::(check_new|check_update|check_account|check_account_limits|check_version|check_limits|check_expiry|imported_version|export_page_size|fill_page|hint_of|import_conflict|import_revoked|verified)\b/crate::store::kit::\1/g
+
+# Issue 22, point 2: one name per thing.
+# No empty namespace enum: the management API's builder is made by its type.
+s/\bManagementApi::builder_from_arc\b/ManagementApiBuilder::from_arc/g
+s/\bManagementApi::builder\b/ManagementApiBuilder::new/g
+s/\bManagementApi, ManagementApiBuilder\b/ManagementApiBuilder/g
+s/\bManagementApi\b/ManagementApiBuilder/g
+# A route's per-request rules (scope policy and limits) are `RouteRules`:
+# "policy" always means a `ScopePolicy`.
+s/\bRoutePolicy\b/RouteRules/g
+s/\blimits_for\(/route_limits_for(/g
+# `limits(...)` named for what it sets: the authenticator's limit settings,
+# a layer's route limits, a gRPC method's limits.
+s/\.limits\((\s*)("|path\b)/.method_limits(\1\2/g
+s/\.limits\((\s*)(LimitSettings\b|settings\b)/.limit_settings(\1\2/g
+s/\.limits\(([^)])/.route_limits(\1/g
+# `RouteLimits` is a value: `with_` setters, and its cost read by `cost()`.
+s/\.cost\(/.with_cost(/g
+s/\brequest_cost\(\)/cost()/g
+s/\.default_rate_limit\(/.with_default_rate_limit(/g
+# The same `limits(` call with its argument on the next line.
+/\.limits\($/ {
+  N
+  s/\.limits\(\n(\s*)("|path\b)/.method_limits(\n\1\2/
+  s/\.limits\(\n(\s*)(LimitSettings\b|settings\b)/.limit_settings(\n\1\2/
+  s/\.limits\(\n/.route_limits(\n/
+}
+
+# One builder convention (issue 22): builders (`*Builder`, ended by
+# `build()`) name options bare, as moka and tower-http do; `with_` is for
+# changing a field of a value (`NewKey`, `KeyRecord`, `RateLimit`, ...).
+# MemoryStoreBuilder's setters (a chain from `MemoryStore::builder()` to
+# `.build()`, on one line or several):
+/MemoryStore::builder\(\)/ {
+  :m
+  /\.build\(\)/! { N; bm }
+  s/\.with_(format|hasher|clock)\(/.\1(/g
+}
+# AuthenticatorBuilder has one setter per option: `cache_config(config)` is
+# gone (set `positive_ttl`, `max_keys`, ... on the builder itself), and so is
+# `key_format(format)`: the verifier (a store's builder) says the format.
+# PENDING (src/store/sqlite and src/store/postgres move into crates on
+# another branch; once their builders take bare names, enable these):
+#   SqliteKeyStoreBuilder: with_format, with_hasher, with_clock,
+#     with_busy_timeout, with_poll_interval -> format, hasher, clock,
+#     busy_timeout, poll_interval
+#   PgKeyStoreBuilder: with_format, with_hasher, with_clock, with_channel,
+#     with_pool_size, with_timeout, with_reconnect_backoff,
+#     with_reconnect_probe_interval, with_health_check_interval -> the same
+#     without `with_`
+# /(SqliteKeyStore|PgKeyStore)::builder\(/ {
+#   :k
+#   /\.(build|open|connect)\(|;/! { N; bk }
+#   s/\.with_(format|hasher|clock|busy_timeout|poll_interval|channel|pool_size|timeout|reconnect_backoff|reconnect_probe_interval|health_check_interval)\(/.\1(/g
+# }

@@ -123,8 +123,15 @@
 //!   (RFC 3339, as the management API and the CLI read and write it);
 //!   `management` (the key-management HTTP API, feature `management`).
 //! - **"Policy"** always means a [`ScopePolicy`]: who a route lets in.
-//!   [`MethodPolicies`](auth::grpc::MethodPolicies) is a table of them and
-//!   [`auth::RoutePolicy`] is what picks one per request.
+//!   [`MethodPolicies`](auth::grpc::MethodPolicies) is a table of them;
+//!   a route's [`auth::RouteRules`] pick one per request (and may set the
+//!   request's limits).
+//! - **Builders** (`Authenticator::builder()`, every `*Builder`, ended by
+//!   `build()`) name each option bare, as moka and tower-http do
+//!   (`.positive_ttl(..)`, `.realm(..)`), and set it in one place;
+//!   `with_*` changes a field of a value ([`KeyRecord::with_scopes`],
+//!   `NewKey::with_credits`, [`limits::RateLimit::with_burst`],
+//!   [`limits::RouteLimits::with_cost`]).
 //! - **Test hooks** (a manual clock, cache counters, lookups that say where
 //!   the answer came from) exist only with the `test-util` feature, as in
 //!   tokio; an application never needs it.

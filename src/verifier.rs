@@ -58,7 +58,8 @@ pub trait Verifier: Send + Sync + 'static {
 
     /// The format of the keys this verifier knows, if it issues them (stores
     /// do). An [`Authenticator`](crate::Authenticator) built over it accepts
-    /// that format unless told otherwise.
+    /// that format, else the default one: a verifier of keys with another
+    /// prefix says so here.
     fn key_format(&self) -> Option<KeyFormat> {
         None
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use serde_json::json;
-use tower_api_key::management::{self, ManagementApi};
+use tower_api_key::management::{self, ManagementApiBuilder};
 use tower_api_key::store::{KeyUpdate, NewKey, StoreError};
 use tower_api_key::KeyRecord;
 use tower_api_key::{Authenticator, KeyStore, MemoryStore, ScopeSet, Verifier};
@@ -32,7 +32,7 @@ async fn admin_api<S: KeyStore + Clone>(store: &S) -> Client {
     let auth = Authenticator::new(store.clone());
     let router = Router::new().nest(
         "/admin",
-        ManagementApi::builder(store.clone(), &auth).build(),
+        ManagementApiBuilder::new(store.clone(), &auth).build(),
     );
     Client::new(serve(router).await)
 }
@@ -289,14 +289,14 @@ async fn a_key_that_keeps_changing_is_still_deleted_and_credited_without_if_matc
 async fn a_manager_cannot_revive_an_expired_key_holding_a_scope_it_may_not_grant() {
     use tower_api_key::clock::{Clock, ManualClock};
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
-    let store = MemoryStore::builder().with_clock(clock.clone()).build();
+    let store = MemoryStore::builder().clock(clock.clone()).build();
     // The authenticator checks expiry by the same clock as the store.
     let auth = Authenticator::builder(store.clone())
         .clock(clock.clone())
         .build();
     let router = Router::new().nest(
         "/admin",
-        ManagementApi::builder(store.clone(), &auth).build(),
+        ManagementApiBuilder::new(store.clone(), &auth).build(),
     );
     let client = Client::new(serve(router).await);
     let manager = store

@@ -520,7 +520,7 @@ async fn updating_scopes_through_the_store_is_seen_by_the_next_lookup() {
 async fn after_reissue_with_grace_the_old_secret_works_until_the_deadline_and_the_new_one_throughout(
 ) {
     let clock = manual_clock();
-    let store = MemoryStore::builder().with_clock(clock.clone()).build();
+    let store = MemoryStore::builder().clock(clock.clone()).build();
     let cache = CachedVerifier::new(store.clone(), config().clock(clock.clone()).build());
     let created = store.create(NewKey::new("sa-1")).await.unwrap();
     let old = parse(&created.key);
@@ -568,7 +568,7 @@ async fn after_reissue_with_grace_the_old_secret_works_until_the_deadline_and_th
 #[tokio::test]
 async fn after_reissue_without_grace_the_old_secret_is_refused_at_once() {
     let clock = manual_clock();
-    let store = MemoryStore::builder().with_clock(clock.clone()).build();
+    let store = MemoryStore::builder().clock(clock.clone()).build();
     let cache = CachedVerifier::new(store.clone(), config().clock(clock.clone()).build());
     let created = store.create(NewKey::new("sa-1")).await.unwrap();
     let old = parse(&created.key);

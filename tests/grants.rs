@@ -14,9 +14,7 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tower::ServiceExt;
 use tower_api_key::limits::{Credits, RateLimit};
-use tower_api_key::management::{
-    self, AccountAccess, GrantKind, KeyScopes, ManagementApi, ManagementApiBuilder,
-};
+use tower_api_key::management::{self, AccountAccess, GrantKind, KeyScopes, ManagementApiBuilder};
 use tower_api_key::store::{KeyInfo, ListRequest, NewKey, StoreError};
 use tower_api_key::KeyStore;
 use tower_api_key::MemoryStore;
@@ -108,11 +106,11 @@ impl App {
             )
             .nest(
                 "/admin",
-                configure(ManagementApi::builder(store.clone(), &auth)).build(),
+                configure(ManagementApiBuilder::new(store.clone(), &auth)).build(),
             )
             .nest(
                 "/console",
-                ManagementApi::builder(store.clone(), &auth)
+                ManagementApiBuilder::new(store.clone(), &auth)
                     .scopes([CONSOLE])
                     .account_access(AccountAccess::any_account())
                     .build(),
@@ -1005,7 +1003,7 @@ async fn run(
 ) -> (u16, Option<ScopeSet>) {
     let store = MemoryStore::new();
     let auth = Authenticator::new(store.clone());
-    let mut api = ManagementApi::builder(store.clone(), &auth).grantable_scopes(subset(granted));
+    let mut api = ManagementApiBuilder::new(store.clone(), &auth).grantable_scopes(subset(granted));
     if unscoped {
         api = api.allow_unscoped_keys();
     }
@@ -1197,7 +1195,7 @@ async fn a_keep_patch_checked_before_a_narrowing_and_a_reissue_cannot_write_afte
     let auth = Authenticator::new(store.clone());
     let router = Router::new().nest(
         "/admin",
-        ManagementApi::builder(store.clone(), &auth).build(),
+        ManagementApiBuilder::new(store.clone(), &auth).build(),
     );
     let client = Client::new(serve(router).await);
     let manager = mint(&store.store, "sa-a", &[MANAGE, T, T2]).await;

@@ -139,7 +139,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let clock = Arc::new(ManualClock::new(SystemTime::now()));
-        let store = MemoryStore::builder().with_clock(clock.clone()).build();
+        let store = MemoryStore::builder().clock(clock.clone()).build();
         let verifier_calls = Arc::new(AtomicUsize::new(0));
         let auth = Authenticator::verifier_builder(CountingStore {
             store: store.clone(),

@@ -170,7 +170,7 @@ impl Fx {
     /// shared with the store, and whatever `configure` adds.
     fn with(configure: impl FnOnce(AuthenticatorBuilder) -> AuthenticatorBuilder) -> Self {
         let clock = Arc::new(ManualClock::new(start_time()));
-        let store = MemoryStore::builder().with_clock(clock.clone()).build();
+        let store = MemoryStore::builder().clock(clock.clone()).build();
         let probe = Arc::new(Probe::default());
         let verifier = ProbeVerifier {
             store: store.clone(),

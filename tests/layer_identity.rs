@@ -192,7 +192,7 @@ async fn an_authenticator_over_a_store_accepts_the_store_key_format() {
     use tower_api_key::MemoryStore;
 
     let store = MemoryStore::builder()
-        .with_format(KeyFormat::new("acme").unwrap())
+        .format(KeyFormat::new("acme").unwrap())
         .build();
     let auth = Authenticator::new(store.clone());
     let created = store.create(NewKey::new("sa-acme")).await.unwrap();

@@ -90,7 +90,7 @@ fn setup_with(settings: LimitSettings) -> Setup {
     ));
     let auth = Authenticator::builder(ArcVerifier(registry.clone()))
         .clock(clock.clone())
-        .limits(settings)
+        .limit_settings(settings)
         .build();
     Setup {
         registry,
@@ -334,10 +334,10 @@ async fn a_route_sets_the_cost_and_a_default_for_keys_without_limits() {
         r.with_rate_limits(vec![per(100, Duration::from_secs(60))])
     });
     let app = s.router(
-        s.auth.any_valid_key().limits(
+        s.auth.any_valid_key().route_limits(
             RouteLimits::new()
-                .cost(4)
-                .default_rate_limit(per(10, Duration::from_secs(60))),
+                .with_cost(4)
+                .with_default_rate_limit(per(10, Duration::from_secs(60))),
         ),
     );
     // 10 per minute at 4 a request: two requests, then 429.
@@ -366,7 +366,11 @@ async fn a_cost_above_the_burst_is_refused_without_a_retry_after() {
     let key = s.key("sa-1", |r| {
         r.with_rate_limits(vec![per(3, Duration::from_secs(1))])
     });
-    let app = s.router(s.auth.any_valid_key().limits(RouteLimits::new().cost(4)));
+    let app = s.router(
+        s.auth
+            .any_valid_key()
+            .route_limits(RouteLimits::new().with_cost(4)),
+    );
     let reply = send(&app, &key).await;
     assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(reply.header("retry-after"), None);
@@ -626,7 +630,7 @@ async fn replicas_sharing_buckets_overshoot_by_at_most_what_each_admits_between_
     let replica = || {
         Authenticator::builder(ArcVerifier(registry.clone()))
             .clock(clock.clone())
-            .limits(
+            .limit_settings(
                 LimitSettings::builder()
                     .shared(shared.clone(), interval)
                     .build(),
@@ -689,7 +693,7 @@ async fn credits_refill_at_midnight_utc_through_the_store() {
     let clock = Arc::new(ManualClock::new(
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_169_540),
     ));
-    let store = MemoryStore::builder().with_clock(clock.clone()).build();
+    let store = MemoryStore::builder().clock(clock.clone()).build();
     let auth = Authenticator::builder(store.clone())
         .clock(clock.clone())
         .build();

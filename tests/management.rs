@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
-use tower_api_key::management::{self, AccountAccess, ManagementApi, ManagementApiBuilder};
+use tower_api_key::management::{self, AccountAccess, ManagementApiBuilder};
 use tower_api_key::store::{KeyInfo, ListRequest, NewKey};
 use tower_api_key::usage::UsageRecorder;
 use tower_api_key::KeyStore;
@@ -87,7 +87,7 @@ async fn app(configure: impl FnOnce(ManagementApiBuilder) -> ManagementApiBuilde
         .usage_recorder(usage.clone())
         .build();
     // An operator console: every account, the service's scopes and unscoped keys.
-    let api = ManagementApi::builder(store.clone(), &auth)
+    let api = ManagementApiBuilder::new(store.clone(), &auth)
         .account_access(AccountAccess::any_account())
         .grantable_scopes([TRANSLATE, "yc.ai.read"])
         .allow_unscoped_keys();
@@ -350,7 +350,7 @@ async fn the_flusher_makes_last_used_at_visible_within_an_interval() {
     let flusher = usage.spawn_flusher();
     let app = Router::new().nest(
         "/admin",
-        ManagementApi::builder(store.clone(), &auth)
+        ManagementApiBuilder::new(store.clone(), &auth)
             .account_access(AccountAccess::any_account())
             .build(),
     );
@@ -831,7 +831,7 @@ async fn a_custom_account_rule_decides() {
     logs();
     let store = MemoryStore::new();
     let auth = Authenticator::new(store.clone());
-    let api = ManagementApi::builder(store.clone(), &auth)
+    let api = ManagementApiBuilder::new(store.clone(), &auth)
         .scopes(["team.keys.admin"])
         .account_access(AccountAccess::custom(|caller, account| {
             account.starts_with(&format!("{}-", caller.service_account_id()))
@@ -897,7 +897,7 @@ async fn delete_reaches_the_cache_even_when_the_verifier_is_not_the_store() {
         )
         .nest(
             "/admin",
-            ManagementApi::builder(store.clone(), &auth)
+            ManagementApiBuilder::new(store.clone(), &auth)
                 .account_access(AccountAccess::any_account())
                 .build(),
         );
@@ -1272,7 +1272,7 @@ async fn limit_changes_reach_the_cache_even_when_the_verifier_is_not_the_store()
         .route("/limits", get(limits).route_layer(auth.any_valid_key()))
         .nest(
             "/admin",
-            ManagementApi::builder(store.clone(), &auth)
+            ManagementApiBuilder::new(store.clone(), &auth)
                 .account_access(AccountAccess::any_account())
                 .build(),
         );

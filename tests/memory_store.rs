@@ -28,6 +28,6 @@ async fn the_defaults_issue_tak_keys_hashed_with_sha256() {
         assert_eq!(exported[0].hash.scheme(), HashScheme::Sha256);
     }
     let format = KeyFormat::new("yc").unwrap();
-    let store = MemoryStore::builder().with_format(format).build();
+    let store = MemoryStore::builder().format(format).build();
     assert_eq!(store.format(), format);
 }

@@ -12,7 +12,7 @@ use axum::routing::get;
 use axum::Router;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use serde_json::json;
-use tower_api_key::management::{self, AccountAccess, ManagementApi};
+use tower_api_key::management::{self, AccountAccess, ManagementApiBuilder};
 use tower_api_key::store::NewKey;
 use tower_api_key::telemetry::names;
 use tower_api_key::KeyFormat;
@@ -108,7 +108,7 @@ async fn counters_move_by_the_expected_amounts() {
         )
         .nest(
             "/admin",
-            ManagementApi::builder(store.clone(), &auth)
+            ManagementApiBuilder::new(store.clone(), &auth)
                 .account_access(AccountAccess::any_account())
                 .grantable_scopes([TRANSLATE])
                 .build(),

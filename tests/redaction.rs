@@ -127,9 +127,7 @@ fn records_and_callers_format_without_the_secret() {
 
 #[tokio::test]
 async fn store_results_format_without_the_secret_or_the_pepper() {
-    let store = MemoryStore::builder()
-        .with_hasher(peppered_hasher())
-        .build();
+    let store = MemoryStore::builder().hasher(peppered_hasher()).build();
     let created = store
         .create(NewKey::new("sa-redaction").with_description("store test"))
         .await
@@ -288,9 +286,7 @@ async fn errors_produced_by_the_cache_never_contain_the_key() {
 
 #[tokio::test]
 async fn store_errors_never_contain_the_key() {
-    let store = MemoryStore::builder()
-        .with_hasher(peppered_hasher())
-        .build();
+    let store = MemoryStore::builder().hasher(peppered_hasher()).build();
     let created = store.create(NewKey::new("sa-1")).await.unwrap();
     let s = Sentinels::of(&created.key);
     let errors = [

@@ -56,7 +56,7 @@ fn setup() -> Setup {
         SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs()),
     ));
     let store = Hooked::new(
-        MemoryStore::builder().with_clock(clock.clone()).build(),
+        MemoryStore::builder().clock(clock.clone()).build(),
         Counting::default(),
     );
     let usage = UsageRecorder::new(store.clone());

@@ -138,7 +138,7 @@ fn memory_store_rotated_unknown_id_vs_graced_wrong_secret(
     let v1 = Pepper::new(1, b"the first pepper, 32 bytes long!".to_vec());
     let v2 = Pepper::new(2, b"the second pepper, also 32 bytes".to_vec());
     let store = MemoryStore::builder()
-        .with_hasher(KeyHasher::with_pepper(v2).with_previous_pepper(v1))
+        .hasher(KeyHasher::with_pepper(v2).with_previous_pepper(v1))
         .build();
     unknown_id_vs_wrong_secret(store, true, runner, rng);
 }

@@ -75,7 +75,7 @@ fn limited_layer(
 ) -> (Authenticator, String) {
     let auth = Authenticator::builder(Limited(shape))
         .positive_ttl(Duration::from_secs(3600))
-        .limits(settings)
+        .limit_settings(settings)
         .build();
     let key = KeyFormat::default().generate().unwrap();
     let secret = key.expose_secret().to_owned();

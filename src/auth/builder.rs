@@ -7,14 +7,13 @@ use std::time::Duration;
 
 use http::header::{HeaderName, AUTHORIZATION};
 
-use super::authenticator::{Authenticator, Shared};
-use super::limit::FailedAttemptLimit;
-use super::limits::Limiter;
+use super::attempts::FailedAttemptLimit;
+use super::authenticator::{AuthState, Authenticator};
+use super::meter::Meter;
 use super::rejection::{JsonRejection, RejectionResponder};
-use crate::cache::{CacheConfig, CachedVerifier};
+use crate::cache::{CacheConfig, CacheConfigBuilder, CachedVerifier};
 #[cfg(feature = "test-util")]
 use crate::clock::Clock;
-use crate::key::KeyFormat;
 use crate::ledger::CreditLedger;
 use crate::limits::LimitSettings;
 use crate::usage::UsageRecorder;
@@ -62,94 +61,25 @@ use crate::verifier::Verifier;
 pub struct AuthenticatorBuilder {
     verifier: Arc<dyn Verifier>,
     credits: Option<Arc<dyn CreditLedger>>,
-    cache: CacheSettings,
-    format: Option<KeyFormat>,
+    cache: CacheConfigBuilder,
     realm: Arc<str>,
     extra_header: Option<HeaderName>,
     cors_preflight: bool,
     responder: Arc<dyn RejectionResponder>,
-    limit: Option<FailedAttemptLimit>,
+    attempts: Option<FailedAttemptLimit>,
     usage: Option<UsageRecorder>,
     limits: LimitSettings,
-}
-
-/// The cache settings as given; [`cache_config`] turns them into the one
-/// [`CacheConfig`] the cache is built with.
-#[derive(Default)]
-struct CacheSettings {
-    base: Option<CacheConfig>,
-    positive_ttl: Option<Duration>,
-    negative_ttl: Option<Duration>,
-    max_keys: Option<u64>,
-    verifier_timeout: Option<Option<Duration>>,
-    #[cfg(feature = "test-util")]
-    clock: Option<Arc<dyn Clock>>,
-}
-
-/// The only place the builder speaks `CacheConfig`'s API: the base (or the
-/// defaults), then each setting given on the builder.
-fn cache_config(settings: CacheSettings) -> CacheConfig {
-    let mut config = settings.base.unwrap_or_default().to_builder();
-    if let Some(ttl) = settings.positive_ttl {
-        config = config.positive_ttl(ttl);
-    }
-    if let Some(ttl) = settings.negative_ttl {
-        config = config.negative_ttl(ttl);
-    }
-    if let Some(max) = settings.max_keys {
-        config = config.max_keys(max);
-    }
-    if let Some(timeout) = settings.verifier_timeout {
-        config = config.verifier_timeout(timeout);
-    }
-    #[cfg(feature = "test-util")]
-    if let Some(clock) = settings.clock {
-        config = config.clock(clock);
-    }
-    config.build()
 }
 
 impl fmt::Debug for AuthenticatorBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthenticatorBuilder")
-            .field("format", &self.format)
+            .field("cache", &self.cache)
             .field("realm", &self.realm)
             .field("extra_header", &self.extra_header)
             .field("cors_preflight", &self.cors_preflight)
-            .field("limit", &self.limit)
+            .field("failed_attempt_limit", &self.attempts)
             .finish_non_exhaustive()
-    }
-}
-
-impl Authenticator {
-    /// An authenticator over `store` (any [`KeyStore`](crate::KeyStore), or
-    /// anything that is both a [`Verifier`] and a [`CreditLedger`]) with the
-    /// defaults: [`Authenticator::builder`]`(store).build()`.
-    pub fn new<S: Verifier + CreditLedger>(store: S) -> Self {
-        Self::builder(store).build()
-    }
-
-    /// The settings of an authenticator over `store`, which verifies keys
-    /// and counts their credits, to [build] once. The defaults: the default
-    /// cache settings, the store's key format (else the default), realm
-    /// `api`, JSON rejections, no extra header, no CORS preflight bypass and
-    /// no failed-attempt limit.
-    ///
-    /// [build]: AuthenticatorBuilder::build
-    pub fn builder<S: Verifier + CreditLedger>(store: S) -> AuthenticatorBuilder {
-        let store = Arc::new(store);
-        let mut builder = AuthenticatorBuilder::new(store.clone());
-        builder.credits = Some(store);
-        builder
-    }
-
-    /// The settings of an authenticator over `verifier` alone (a closure,
-    /// any [`Verifier`]), with the defaults of [`Authenticator::builder`]
-    /// and no [`CreditLedger`]: a key whose record carries credits is
-    /// refused ([see](AuthenticatorBuilder#credits)) unless
-    /// [`credits`](AuthenticatorBuilder::credits) gives one.
-    pub fn verifier_builder(verifier: impl Verifier) -> AuthenticatorBuilder {
-        AuthenticatorBuilder::new(Arc::new(verifier))
     }
 }
 
@@ -158,67 +88,67 @@ impl AuthenticatorBuilder {
         Self {
             verifier,
             credits: None,
-            cache: CacheSettings::default(),
-            format: None,
+            cache: CacheConfig::builder(),
             realm: Arc::from("api"),
             extra_header: None,
             cors_preflight: false,
             responder: Arc::new(JsonRejection),
-            limit: None,
+            attempts: None,
             usage: None,
             limits: LimitSettings::default(),
         }
     }
 
-    /// Every cache setting at once (default: [`CacheConfig::default`]). The
-    /// cache settings of this builder (`positive_ttl` and the rest) apply on
-    /// top of it, whichever was called first.
-    pub fn cache_config(mut self, config: CacheConfig) -> Self {
-        self.cache.base = Some(config);
-        self
-    }
+    // The cache's settings: each one forwards to the one `CacheConfigBuilder`
+    // the cache is built with, so every option has one setter here.
 
-    /// See [`crate::cache::CacheConfigBuilder::positive_ttl`] (default 60 s).
+    /// How long a valid key is trusted without asking the verifier again
+    /// (default 60 s); see [`CacheConfigBuilder::positive_ttl`].
     pub fn positive_ttl(mut self, ttl: Duration) -> Self {
-        self.cache.positive_ttl = Some(ttl);
+        self.cache = self.cache.positive_ttl(ttl);
         self
     }
 
-    /// See [`crate::cache::CacheConfigBuilder::negative_ttl`] (default 5 s).
+    /// How long an unknown key is remembered as unknown (default 5 s); see
+    /// [`CacheConfigBuilder::negative_ttl`].
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
-        self.cache.negative_ttl = Some(ttl);
+        self.cache = self.cache.negative_ttl(ttl);
         self
     }
 
-    /// See [`crate::cache::CacheConfigBuilder::max_keys`] (default 100,000).
+    /// How many valid keys are cached (default 100,000); see
+    /// [`CacheConfigBuilder::max_keys`].
     pub fn max_keys(mut self, max: u64) -> Self {
-        self.cache.max_keys = Some(max);
+        self.cache = self.cache.max_keys(max);
         self
     }
 
-    /// See [`crate::cache::CacheConfigBuilder::verifier_timeout`] (default 5 s).
+    /// How many unknown keys are remembered (default 10,000); see
+    /// [`CacheConfigBuilder::max_unknown_keys`].
+    pub fn max_unknown_keys(mut self, max: u64) -> Self {
+        self.cache = self.cache.max_unknown_keys(max);
+        self
+    }
+
+    /// Bound on one verifier call (default 5 s); see
+    /// [`CacheConfigBuilder::verifier_timeout`].
     pub fn verifier_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.cache.verifier_timeout = Some(timeout);
+        self.cache = self.cache.verifier_timeout(timeout);
         self
     }
 
-    /// See [`crate::cache::CacheConfigBuilder::clock`] (default: the system clock).
+    /// The clock expiry, usage and limits are read from (default: the
+    /// system clock); see [`CacheConfigBuilder::clock`].
     #[cfg(feature = "test-util")]
     #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.cache.clock = Some(clock);
+        self.cache = self.cache.clock(clock);
         self
     }
 
     /// Notes each admitted key's use on `recorder` (see [`crate::usage`]).
     pub fn usage_recorder(mut self, recorder: UsageRecorder) -> Self {
         self.usage = Some(recorder);
-        self
-    }
-
-    /// The key format to accept (default: the verifier's, else prefix `tak`).
-    pub fn key_format(mut self, format: KeyFormat) -> Self {
-        self.format = Some(format);
         self
     }
 
@@ -271,14 +201,14 @@ impl AuthenticatorBuilder {
     /// Refuses clients that keep presenting bad keys (off by default); see
     /// [`FailedAttemptLimit`].
     pub fn failed_attempt_limit(mut self, limit: FailedAttemptLimit) -> Self {
-        self.limit = Some(limit);
+        self.attempts = Some(limit);
         self
     }
 
     /// How keys' rate limits and credits are enforced (default: on one
     /// machine, with headers; see [`crate::limits`]). Keys without limits
     /// are not affected.
-    pub fn limits(mut self, settings: LimitSettings) -> Self {
+    pub fn limit_settings(mut self, settings: LimitSettings) -> Self {
         self.limits = settings;
         self
     }
@@ -286,8 +216,13 @@ impl AuthenticatorBuilder {
     /// Where keys' credits are leased from and given back to (default: the
     /// store of [`Authenticator::builder`], none for
     /// [`Authenticator::verifier_builder`]; see [credits](Self#credits)).
-    pub fn credits(mut self, ledger: impl CreditLedger) -> Self {
-        self.credits = Some(Arc::new(ledger));
+    pub fn credits(self, ledger: impl CreditLedger) -> Self {
+        self.credits_arc(Arc::new(ledger))
+    }
+
+    /// [`credits`](Self::credits) from a shared ledger.
+    pub(super) fn credits_arc(mut self, ledger: Arc<dyn CreditLedger>) -> Self {
+        self.credits = Some(ledger);
         self
     }
 
@@ -300,21 +235,20 @@ impl AuthenticatorBuilder {
     /// The authenticator: builds its cache (and subscribes it to the
     /// verifier's invalidations) here, once.
     pub fn build(self) -> Authenticator {
-        let format = self
-            .format
-            .or_else(|| self.verifier.key_format())
-            .unwrap_or_default();
-        let cache = CachedVerifier::from_arc(self.verifier, cache_config(self.cache));
-        let limiter = Limiter::new(self.limits, &cache, self.credits);
-        Authenticator::from_shared(Shared {
-            limiter,
+        // The verifier issues the keys, so it says their format: one place
+        // to set it (a store's builder), never two that could disagree.
+        let format = self.verifier.key_format().unwrap_or_default();
+        let cache = CachedVerifier::from_arc(self.verifier, self.cache.build());
+        let meter = Meter::new(self.limits, &cache, self.credits);
+        Authenticator::from_state(AuthState {
+            meter,
             cache,
             format,
             realm: self.realm,
             extra_header: self.extra_header,
             cors_preflight: self.cors_preflight,
             responder: self.responder,
-            limit: self.limit,
+            attempts: self.attempts,
             usage: self.usage,
             #[cfg(feature = "management")]
             management_scopes: std::sync::RwLock::default(),
@@ -331,19 +265,28 @@ mod tests {
     use crate::record::KeyRecord;
     use crate::verifier::VerifierError;
 
+    /// Every cache option has one setter on the builder, and each reaches
+    /// the cache (`max_unknown_keys` could be set only through a whole
+    /// `CacheConfig` before, which then merged with these setters).
     #[test]
-    fn builder_settings_apply_over_a_cache_config_given_in_any_order() {
-        let base = CacheConfig::builder()
-            .positive_ttl(Duration::from_secs(1))
-            .negative_ttl(Duration::from_secs(2))
-            .build();
+    fn every_cache_setting_of_the_builder_reaches_the_cache() {
         let auth = Authenticator::builder(crate::store::MemoryStore::new())
             .positive_ttl(Duration::from_secs(30))
-            .cache_config(base)
+            .negative_ttl(Duration::from_secs(2))
+            .max_keys(7)
+            .max_unknown_keys(3)
+            .verifier_timeout(None)
             .build();
-        let config = auth.cache().config();
-        assert_eq!(config.positive_ttl(), Duration::from_secs(30));
-        assert_eq!(config.negative_ttl(), Duration::from_secs(2));
+        let config = format!("{:?}", auth.cache().config());
+        for setting in [
+            "positive_ttl: 30s",
+            "negative_ttl: 2s",
+            "max_keys: 7",
+            "max_unknown_keys: 3",
+            "verifier_timeout: None",
+        ] {
+            assert!(config.contains(setting), "{setting} in {config}");
+        }
     }
 
     #[tokio::test]

@@ -56,15 +56,15 @@ impl Held {
 /// How long an exhausted key is refused before the store is asked again.
 const RECHECK: Duration = Duration::from_secs(1);
 
-/// What a batch said, without a store call.
+/// What [`Ledger::try_spend`] did, without a store call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Quick {
+pub(crate) enum TrySpend {
     /// Spent from the batch.
     Spent,
     /// Known to be exhausted.
     Refused(NoCredits),
-    /// Ask [`Ledger::spend`].
-    Ask,
+    /// The batch cannot say: [`Ledger::spend`], which may lease.
+    NeedsLease,
 }
 
 struct Slot {
@@ -121,23 +121,23 @@ impl Ledger {
 
     /// Spends `cost` from the key's batch, or refuses a key known to be
     /// exhausted, when that needs no store call and no lease is under way.
-    pub(crate) fn try_spend(&self, id: KeyId, cost: u64, now: SystemTime) -> Quick {
+    pub(crate) fn try_spend(&self, id: KeyId, cost: u64, now: SystemTime) -> TrySpend {
         let slots = self.slots();
         let Some(slot) = slots.get(&id) else {
-            return Quick::Ask;
+            return TrySpend::NeedsLease;
         };
         let Ok(mut held) = slot.held.try_lock() else {
-            return Quick::Ask;
+            return TrySpend::NeedsLease;
         };
         if held.left >= cost {
             held.left -= cost;
             slot.touch(now);
-            return Quick::Spent;
+            return TrySpend::Spent;
         }
         if held.known_exhausted(now) {
-            return Quick::Refused(NoCredits::Exhausted(held.next_refill));
+            return TrySpend::Refused(NoCredits::Exhausted(held.next_refill));
         }
-        Quick::Ask
+        TrySpend::NeedsLease
     }
 
     /// Spends `cost`, leasing from the store as needed (one lease at a time
@@ -413,9 +413,11 @@ mod tests {
                 let ledger = ledger.clone();
                 tokio::spawn(async move {
                     match ledger.try_spend(id(), 1, SystemTime::now()) {
-                        Quick::Spent => true,
-                        Quick::Refused(_) => false,
-                        Quick::Ask => ledger.spend(id(), 1, SystemTime::now()).await.is_ok(),
+                        TrySpend::Spent => true,
+                        TrySpend::Refused(_) => false,
+                        TrySpend::NeedsLease => {
+                            ledger.spend(id(), 1, SystemTime::now()).await.is_ok()
+                        }
                     }
                 })
             })
@@ -551,8 +553,14 @@ mod tests {
         }
         assert_eq!(ledger_left(&ledger).await, 10, "the lease was lost");
         for _ in 0..10 {
-            assert_eq!(ledger.try_spend(id(), 1, SystemTime::now()), Quick::Spent);
+            assert_eq!(
+                ledger.try_spend(id(), 1, SystemTime::now()),
+                TrySpend::Spent
+            );
         }
-        assert_eq!(ledger.try_spend(id(), 1, SystemTime::now()), Quick::Ask);
+        assert_eq!(
+            ledger.try_spend(id(), 1, SystemTime::now()),
+            TrySpend::NeedsLease
+        );
     }
 }

@@ -4,43 +4,17 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::authenticator::Shared;
+use super::authenticator::AuthState;
 use super::body::RejectionBody;
-use super::decide::{self, Looked, Lookup};
-use super::limits::Limited;
+use super::gate::{Gate, Pass, Step, Wait};
 use super::rate_headers::RateHeaders;
-use super::rejection::Rejection;
-use super::route::RouteConfig;
 use super::LOG_TARGET;
 use crate::cache::Caller;
-
-/// What a key's credits answer, once leased.
-type Spend = BoxFuture<'static, Result<Option<Box<RateHeaders>>, Rejection>>;
-
-/// Applies an admitting verdict, scope and limits passed: the credential
-/// headers become sensitive (kept out of logs further in), the caller goes
-/// into the extensions (replacing any other there: no spoofing), and the
-/// request counts as accepted, once.
-pub(super) fn admit<B>(s: &Shared, request: &mut Request<B>, caller: Caller) {
-    tracing::trace!(target: LOG_TARGET, key_id = %caller.key_id(), "api key accepted");
-    s.cache.hot_counters().accepted();
-    let headers = request.headers_mut();
-    if let Some(value) = headers.get_mut(AUTHORIZATION) {
-        value.set_sensitive(true);
-    }
-    if let Some(name) = &s.extra_header {
-        if let Some(value) = headers.get_mut(name) {
-            value.set_sensitive(true);
-        }
-    }
-    request.extensions_mut().insert(caller);
-}
 
 pin_project! {
     /// Response future of [`ApiKeyService`](super::ApiKeyService).
@@ -56,98 +30,129 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<S, F, ReqBody> {
-        // Waiting for the key lookup (and, first, for an attempt of the
-        // failed-attempt limiter if lookups in flight hold them all); then
-        // the inner service is called.
-        Authenticating {
-            lookup: Lookup,
+        // Waiting for what the gate asked for (a key lookup, a lease of
+        // credits); then the gate decides again.
+        Waiting {
+            wait: Wait,
             pending: Option<Pending<S, ReqBody>>,
-        },
-        // Spending the key's credits, which needs a lease first; the
-        // request is admitted otherwise.
-        Spending {
-            spend: Spend,
-            pending: Option<Admitted<S, ReqBody>>,
         },
         Inner { #[pin] future: F, headers: Option<Box<RateHeaders>> },
         Rejected { response: Option<Response<Bytes>> },
-        // Between the lookup's answer and the next state; seen by a poll
-        // only if the inner service's `call` panicked.
+        // Between a wait's end and the next state; seen by a poll only if
+        // the inner service's `call` panicked.
         Done,
     }
 }
 
 const POLLED_AFTER_COMPLETION: &str = "`ResponseFuture` polled after completion";
 
+/// A request waiting, with the service that will take it.
 struct Pending<S, ReqBody> {
-    route: Arc<RouteConfig>,
+    gate: Arc<Gate>,
     service: S,
     request: Request<ReqBody>,
 }
 
-/// A request within scope and rate limits, waiting for its credits.
-struct Admitted<S, ReqBody> {
-    route: Arc<RouteConfig>,
-    caller: Caller,
-    service: S,
-    request: Request<ReqBody>,
+/// The inner service as a [`Step`] finds it.
+pub(super) enum Ready<'s, S> {
+    /// The service's own, ready: called in place; a step that waits moves
+    /// it out with the function given, which leaves a clone behind.
+    Borrowed(&'s mut S, fn(&mut S) -> S),
+    /// The one a waiting future moved out.
+    Owned(S),
 }
 
 impl<S, ReqBody> ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
-    pub(super) fn inner(future: S::Future, headers: Option<Box<RateHeaders>>) -> Self {
+    /// Carries out what the gate decided: the one place a [`Step`] becomes
+    /// the inner service's future, a rejection response or a wait, for the
+    /// service's first step and every later one. Inlined, and each arm
+    /// builds the future in place: the request and the inner service's
+    /// future are moved once.
+    #[inline(always)]
+    pub(super) fn carry_out(
+        gate: &Arc<Gate>,
+        step: Step,
+        mut request: Request<ReqBody>,
+        service: Ready<'_, S>,
+    ) -> Self {
+        match step {
+            Step::Pass(pass) => {
+                let headers = match pass {
+                    // Only this layer may say who the caller is: an admitted
+                    // request's `Caller` replaces any already there, and the
+                    // only other way in, a preflight, loses it here.
+                    Pass::Preflight => {
+                        request.extensions_mut().remove::<Caller>();
+                        None
+                    }
+                    Pass::Admit(caller, headers) => {
+                        admit(gate.auth.state(), &mut request, caller);
+                        headers
+                    }
+                };
+                match service {
+                    Ready::Borrowed(service, _) => Self::inner(service.call(request), headers),
+                    Ready::Owned(mut service) => Self::inner(service.call(request), headers),
+                }
+            }
+            Step::Reject(rejection) => {
+                Self::rejected(gate.auth.state().respond(rejection, request.headers()))
+            }
+            Step::Lookup(wait) | Step::Spend(wait) => {
+                let service = match service {
+                    Ready::Borrowed(service, take) => take(service),
+                    Ready::Owned(service) => service,
+                };
+                Self {
+                    state: State::Waiting {
+                        wait,
+                        pending: Some(Pending {
+                            gate: gate.clone(),
+                            service,
+                            request,
+                        }),
+                    },
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn inner(future: S::Future, headers: Option<Box<RateHeaders>>) -> Self {
         Self {
             state: State::Inner { future, headers },
         }
     }
 
-    pub(super) fn spending(
-        route: Arc<RouteConfig>,
-        caller: Caller,
-        spend: Spend,
-        service: S,
-        request: Request<ReqBody>,
-    ) -> Self {
-        Self {
-            state: State::Spending {
-                spend,
-                pending: Some(Admitted {
-                    route,
-                    caller,
-                    service,
-                    request,
-                }),
-            },
-        }
-    }
-
-    pub(super) fn rejected(response: Response<Bytes>) -> Self {
+    #[inline(always)]
+    fn rejected(response: Response<Bytes>) -> Self {
         Self {
             state: State::Rejected {
                 response: Some(response),
             },
         }
     }
+}
 
-    pub(super) fn authenticating(
-        route: Arc<RouteConfig>,
-        lookup: Lookup,
-        service: S,
-        request: Request<ReqBody>,
-    ) -> Self {
-        Self {
-            state: State::Authenticating {
-                lookup,
-                pending: Some(Pending {
-                    route,
-                    service,
-                    request,
-                }),
-            },
+/// Applies an admission: the credential headers become sensitive (kept out
+/// of logs further in), the caller goes into the extensions (replacing any
+/// other there: no spoofing), and the request counts as accepted, once.
+fn admit<B>(s: &AuthState, request: &mut Request<B>, caller: Caller) {
+    tracing::trace!(target: LOG_TARGET, key_id = %caller.key_id(), "api key accepted");
+    s.cache.hot_counters().accepted();
+    let headers = request.headers_mut();
+    if let Some(value) = headers.get_mut(AUTHORIZATION) {
+        value.set_sensitive(true);
+    }
+    if let Some(name) = &s.extra_header {
+        if let Some(value) = headers.get_mut(name) {
+            value.set_sensitive(true);
         }
     }
+    request.extensions_mut().insert(caller);
 }
 
 impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
@@ -161,79 +166,17 @@ where
         let mut state = self.project().state;
         loop {
             match state.as_mut().project() {
-                StateProj::Authenticating { lookup, pending } => {
-                    let looked = ready!(lookup.as_mut().poll(cx));
+                StateProj::Waiting { wait, pending } => {
+                    let woken = ready!(wait.as_mut().poll(cx));
                     let Pending {
-                        route,
-                        mut service,
-                        mut request,
+                        gate,
+                        service,
+                        request,
                     } = pending.take().expect(POLLED_AFTER_COMPLETION);
                     state.set(State::Done);
-                    let s = route.auth.shared();
-                    let policy = &*route.policy;
-                    let limited = looked
-                        .and_then(
-                            |Looked {
-                                 key,
-                                 answer,
-                                 attempt,
-                             }| {
-                                decide::verdict(s, policy, &request, key.id(), answer, attempt)
-                            },
-                        )
-                        .map(|caller| {
-                            let limits = route.limits.as_ref();
-                            let limited = decide::limit(s, policy, limits, &request, &caller);
-                            (caller, limited)
-                        });
-                    match limited {
-                        Ok((caller, Limited::Admit(headers))) => {
-                            admit(s, &mut request, caller);
-                            let future = service.call(request);
-                            state.set(State::Inner { future, headers });
-                        }
-                        Ok((caller, Limited::Spend(spend))) => {
-                            state.set(State::Spending {
-                                spend,
-                                pending: Some(Admitted {
-                                    route: route.clone(),
-                                    caller,
-                                    service,
-                                    request,
-                                }),
-                            });
-                        }
-                        Ok((_, Limited::Refuse(rejection))) | Err(rejection) => {
-                            let response = s.respond(rejection, request.headers());
-                            state.set(State::Rejected {
-                                response: Some(response),
-                            });
-                        }
-                    }
-                }
-                StateProj::Spending { spend, pending } => {
-                    let spent = ready!(spend.as_mut().poll(cx));
-                    let Admitted {
-                        route,
-                        caller,
-                        mut service,
-                        mut request,
-                    } = pending.take().expect(POLLED_AFTER_COMPLETION);
-                    state.set(State::Done);
-                    let s = route.auth.shared();
-                    match spent {
-                        Ok(headers) => {
-                            admit(s, &mut request, caller);
-                            let future = service.call(request);
-                            state.set(State::Inner { future, headers });
-                        }
-                        Err(rejection) => {
-                            let response = s.respond(rejection, request.headers());
-                            state.set(State::Rejected {
-                                response: Some(response),
-                            });
-                        }
-                    }
+                    let step = gate.resume(woken, &request);
+                    let next = Self::carry_out(&gate, step, request, Ready::Owned(service));
+                    state.set(next.state);
                 }
                 StateProj::Inner { future, headers } => {
                     let mut response = ready!(future.poll(cx))?;
@@ -256,17 +199,31 @@ where
 mod tests {
     use std::convert::Infallible;
     use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::Waker;
 
     use tower_layer::Layer;
 
     use super::*;
+    use crate::auth::rejection::Rejection;
     use crate::store::{KeyStore, MemoryStore, NewKey};
 
-    /// A service whose `call` panics, or answers at once.
-    #[derive(Clone)]
+    /// A service whose `call` panics, or answers at once; it counts its
+    /// clones.
+    #[derive(Default)]
     struct Inner {
         panics: bool,
+        clones: Arc<AtomicUsize>,
+    }
+
+    impl Clone for Inner {
+        fn clone(&self) -> Self {
+            self.clones.fetch_add(1, Ordering::SeqCst);
+            Self {
+                panics: self.panics,
+                clones: self.clones.clone(),
+            }
+        }
     }
 
     impl Service<Request<()>> for Inner {
@@ -292,6 +249,45 @@ mod tests {
             .unwrap_or_default()
     }
 
+    /// The hit path the issue asks for: a key the cache holds is decided in
+    /// `call` and the inner service called in place, with no wait and no
+    /// clone; only a miss moves the service out (leaving one clone).
+    #[tokio::test]
+    async fn a_cache_hit_calls_the_inner_service_in_place_without_a_clone() {
+        let store = MemoryStore::new();
+        let created = store.create(NewKey::new("sa-1")).await.unwrap();
+        let auth = crate::Authenticator::new(store);
+        let inner = Inner::default();
+        let clones = inner.clones.clone();
+        let mut service = auth.any_valid_key().layer(inner);
+        let request = || {
+            Request::get("/")
+                .header(
+                    "authorization",
+                    format!("Api-Key {}", created.key.expose_secret()),
+                )
+                .body(())
+                .unwrap()
+        };
+        let miss = service.call(request());
+        assert!(matches!(miss.state, State::Waiting { .. }), "a miss waits");
+        assert_eq!(clones.load(Ordering::SeqCst), 1);
+        assert!(miss
+            .await
+            .unwrap()
+            .extensions()
+            .get::<Rejection>()
+            .is_none());
+
+        let hit = service.call(request());
+        assert!(
+            matches!(hit.state, State::Inner { .. }),
+            "a hit calls the inner service at once"
+        );
+        assert_eq!(clones.load(Ordering::SeqCst), 1, "a hit clones nothing");
+        assert!(hit.await.unwrap().extensions().get::<Rejection>().is_none());
+    }
+
     #[test]
     fn a_rejection_polled_after_completion_panics() {
         let mut future =
@@ -310,7 +306,10 @@ mod tests {
         let store = MemoryStore::new();
         let created = store.create(NewKey::new("sa-1")).await.unwrap();
         let auth = crate::Authenticator::new(store);
-        let mut service = auth.any_valid_key().layer(Inner { panics: true });
+        let mut service = auth.any_valid_key().layer(Inner {
+            panics: true,
+            ..Inner::default()
+        });
         let request = Request::get("/")
             .header(
                 "authorization",
@@ -320,7 +319,7 @@ mod tests {
             .unwrap();
         let mut future = Box::pin(service.call(request));
         assert!(
-            matches!(future.state, State::Authenticating { .. }),
+            matches!(future.state, State::Waiting { .. }),
             "an uncached key is looked up"
         );
         let mut cx = Context::from_waker(Waker::noop());

@@ -49,7 +49,7 @@ use std::fmt;
 
 use http::Method;
 
-use super::policy::RoutePolicy;
+use super::rules::RouteRules;
 use crate::limits::RouteLimits;
 use crate::scope::{Scope, ScopeError, ScopePolicy};
 
@@ -61,7 +61,7 @@ use crate::scope::{Scope, ScopeError, ScopePolicy};
 #[doc = include_str!("../../docs/grpc.md")]
 struct GrpcGuideDoctests;
 
-/// A [`RoutePolicy`] for a gRPC server: a [`ScopePolicy`] per method path,
+/// A [`RouteRules`] for a gRPC server: a [`ScopePolicy`] per method path,
 /// per service, and a default. Build it with [`MethodPolicies::builder`]; see
 /// the [module docs](self).
 #[derive(Clone)]
@@ -100,12 +100,12 @@ impl MethodPolicies {
     }
 }
 
-impl RoutePolicy for MethodPolicies {
+impl RouteRules for MethodPolicies {
     fn policy_for(&self, _method: &Method, path: &str) -> &ScopePolicy {
         self.policy_for_path(path)
     }
 
-    fn limits_for(&self, _method: &Method, path: &str) -> Option<&RouteLimits> {
+    fn route_limits_for(&self, _method: &Method, path: &str) -> Option<&RouteLimits> {
         if self.limits.is_empty() {
             return None;
         }
@@ -141,8 +141,9 @@ pub struct MethodPoliciesBuilder {
 
 impl MethodPoliciesBuilder {
     /// The cost and default rate limits of one method, by its full path
-    /// (see [`crate::limits`]); other methods take the layer's.
-    pub fn limits(mut self, path: impl Into<String>, limits: RouteLimits) -> Self {
+    /// (see [`crate::limits`]); other methods take the layer's
+    /// [`route_limits`](crate::ApiKeyLayer::route_limits).
+    pub fn method_limits(mut self, path: impl Into<String>, limits: RouteLimits) -> Self {
         self.limits.push((path.into(), limits));
         self
     }

@@ -52,37 +52,36 @@
 //! server takes one layer with a per-method table,
 //! [`MethodPolicies`](grpc::MethodPolicies); see [`grpc`].
 
+mod attempts;
 pub(crate) mod authenticator;
 mod body;
 pub(crate) mod builder;
 mod credits;
-mod decide;
 mod extract;
 mod future;
+mod gate;
 pub mod grpc;
 mod grpc_details;
 pub(crate) mod layer;
-mod limit;
-mod limits;
-mod policy;
+mod meter;
 mod rate_headers;
 pub(crate) mod rejection;
-mod route;
+mod rules;
 pub(crate) mod service;
 
 #[cfg(feature = "axum")]
 mod axum;
 
 // Used by the management API; also resolves this module's doc links.
+pub use attempts::{ClientIdFn, FailedAttemptLimit, FailedAttemptLimitBuilder};
 #[cfg_attr(not(feature = "management"), allow(unused_imports))]
 pub(crate) use authenticator::Authenticator;
 #[cfg(feature = "axum")]
 pub use axum::MissingCaller;
 pub use body::{RejectionBody, ResponseBody};
 pub use future::ResponseFuture;
-pub use limit::{ClientIdFn, FailedAttemptLimit, FailedAttemptLimitBuilder};
-pub use policy::RoutePolicy;
 pub use rejection::{JsonRejection, RejectionResponder};
+pub use rules::RouteRules;
 
 /// The `tracing` target of every authentication outcome, whichever module
 /// decides or answers it, so one filter directive covers them all.

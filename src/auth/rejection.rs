@@ -71,11 +71,11 @@ impl Reason {
     /// The gRPC status code this reason maps to.
     pub fn grpc_code(self) -> u8 {
         match self.status() {
-            StatusCode::FORBIDDEN => 7,
-            StatusCode::TOO_MANY_REQUESTS => 8,
-            StatusCode::SERVICE_UNAVAILABLE => 14,
-            StatusCode::INTERNAL_SERVER_ERROR => 13,
-            _ => 16,
+            StatusCode::FORBIDDEN => grpc_code::PERMISSION_DENIED,
+            StatusCode::TOO_MANY_REQUESTS => grpc_code::RESOURCE_EXHAUSTED,
+            StatusCode::SERVICE_UNAVAILABLE => grpc_code::UNAVAILABLE,
+            StatusCode::INTERNAL_SERVER_ERROR => grpc_code::INTERNAL,
+            _ => grpc_code::UNAUTHENTICATED,
         }
     }
 
@@ -111,6 +111,16 @@ impl Reason {
                 | Self::Expired
         )
     }
+}
+
+/// The gRPC status codes a rejection uses, by their names in
+/// `google.rpc.Code` (and tonic's `Code`).
+mod grpc_code {
+    pub(super) const PERMISSION_DENIED: u8 = 7;
+    pub(super) const RESOURCE_EXHAUSTED: u8 = 8;
+    pub(super) const INTERNAL: u8 = 13;
+    pub(super) const UNAVAILABLE: u8 = 14;
+    pub(super) const UNAUTHENTICATED: u8 = 16;
 }
 
 impl fmt::Display for Reason {
@@ -170,7 +180,10 @@ pub struct Rejection {
     pub(crate) rate_limit: Option<Box<RateHeaders>>,
 }
 
+// One constructor per kind of refusal; the fields are only read after.
 impl Rejection {
+    /// A refusal that names no key: no usable credential, or a 429 of the
+    /// failed-attempt limiter (see [`Rejection::too_many_attempts`]).
     pub(crate) fn new(reason: Reason) -> Self {
         Self {
             reason,
@@ -178,6 +191,65 @@ impl Rejection {
             required: None,
             retry_after: None,
             rate_limit: None,
+        }
+    }
+
+    /// A refusal of the parsed key `key_id`, with nothing more to say:
+    /// unknown, expired, a scoped key on an unscoped route, a panicking
+    /// verifier.
+    pub(crate) fn of_key(reason: Reason, key_id: KeyId) -> Self {
+        Self {
+            key_id: Some(key_id),
+            ..Self::new(reason)
+        }
+    }
+
+    /// A valid key without any of the route's scopes, `required`.
+    pub(crate) fn insufficient_scope(key_id: KeyId, required: Option<ScopeSet>) -> Self {
+        Self {
+            required,
+            ..Self::of_key(Reason::InsufficientScope, key_id)
+        }
+    }
+
+    /// The verifier could not answer for `key_id` (failed, timed out, or the
+    /// wait for an attempt outlasted its timeout): retry in a second.
+    pub(crate) fn unavailable(key_id: KeyId) -> Self {
+        Self {
+            retry_after: Some(Duration::from_secs(1)),
+            ..Self::of_key(Reason::Unavailable, key_id)
+        }
+    }
+
+    /// A client with no failed attempt left. It names no key: the answer is
+    /// the same whatever the credential was.
+    pub(crate) fn too_many_attempts(retry_after: Duration) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(Reason::TooManyAttempts)
+        }
+    }
+
+    /// `key_id` (or its account) over a rate limit: retry after
+    /// `retry_after` (`None`: the cost exceeds the burst, no retry helps),
+    /// with the `RateLimit-Policy` and `RateLimit` headers when known.
+    pub(crate) fn rate_limited(
+        key_id: KeyId,
+        retry_after: Option<Duration>,
+        headers: Option<Box<RateHeaders>>,
+    ) -> Self {
+        Self {
+            retry_after,
+            rate_limit: headers,
+            ..Self::of_key(Reason::RateLimited, key_id)
+        }
+    }
+
+    /// `key_id` out of credits: retry after `retry_after` when known.
+    pub(crate) fn no_credits(key_id: KeyId, retry_after: Option<Duration>) -> Self {
+        Self {
+            retry_after,
+            ..Self::of_key(Reason::QuotaExhausted, key_id)
         }
     }
 
@@ -375,10 +447,10 @@ fn grpc_message(reason: Reason) -> &'static str {
         _ => {}
     }
     match reason.grpc_code() {
-        7 => "the API key is not allowed to call this method",
-        8 => "too many failed authentication attempts; retry later",
-        14 => "API key verification is temporarily unavailable; retry later",
-        13 => "API key verification failed",
+        grpc_code::PERMISSION_DENIED => "the API key is not allowed to call this method",
+        grpc_code::RESOURCE_EXHAUSTED => "too many failed authentication attempts; retry later",
+        grpc_code::UNAVAILABLE => "API key verification is temporarily unavailable; retry later",
+        grpc_code::INTERNAL => "API key verification failed",
         _ => "a valid API key is required",
     }
 }

@@ -33,10 +33,11 @@
 //!
 //! The cache's entry is the [`Caller`] itself: the record and the cache's
 //! bookkeeping in one allocation (`caller`). The rest lives in `config` (the
-//! settings), `lookup` (hit and miss paths), `inflight` (coalescing of
-//! concurrent misses), `revocations` (epochs, tombstones, account floors),
-//! `digest` (the hasher of the cache tables) and `intern` (sharing of
-//! account ids and scope sets between records).
+//! settings), `inner` (the cache's state and everything done to it: hit
+//! and miss paths, coalescing of concurrent misses, invalidation),
+//! `expiry` (how long a valid key stays cached), `revocations` (epochs,
+//! tombstones, account floors), `digest` (the hasher of the cache tables)
+//! and `intern` (sharing of account ids and scope sets between records).
 //!
 //! ```
 //! use std::time::Duration;
@@ -64,29 +65,22 @@
 pub(crate) mod caller;
 mod config;
 mod digest;
-mod inflight;
+mod expiry;
+mod inner;
 mod intern;
-mod lookup;
 mod revocations;
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use crate::invalidation::{Invalidation, InvalidationListener};
-use crate::key::{Candidate, KeyDigest, KeyId, PresentedKey};
+use crate::key::{Candidate, KeyId, PresentedKey};
 use crate::telemetry;
 use crate::verifier::{Verifier, VerifierError};
 
-use caller::CacheSlot;
 pub(crate) use caller::Caller;
 pub use config::{CacheConfig, CacheConfigBuilder};
-use digest::DigestHash;
-use inflight::Flight;
-use intern::Interner;
-use lookup::PositiveExpiry;
-use revocations::Revocations;
+use inner::Inner;
 
 /// Why a lookup did not produce a caller.
 #[derive(Debug, Clone)]
@@ -141,20 +135,6 @@ pub struct CachedVerifier {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    verifier: Arc<dyn Verifier>,
-    positive: moka::sync::Cache<KeyDigest, Caller, DigestHash>,
-    negative: moka::sync::Cache<KeyDigest, (), DigestHash>,
-    /// Verifier calls under way, by key; touched on misses only.
-    inflight: Mutex<HashMap<KeyDigest, Flight>>,
-    revocations: Revocations,
-    /// Shares account ids and scope sets between cached records.
-    interner: Interner,
-    config: CacheConfig,
-    /// The hit path's counters, registered once.
-    hot: telemetry::HotCounters,
-}
-
 impl fmt::Debug for CachedVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CachedVerifier")
@@ -174,35 +154,7 @@ impl CachedVerifier {
 
     /// [`CachedVerifier::new`] for a verifier that is already shared.
     pub fn from_arc(verifier: Arc<dyn Verifier>, config: CacheConfig) -> Self {
-        let hash = DigestHash::new();
-        let positive = moka::sync::Cache::builder()
-            .max_capacity(config.max_keys)
-            .expire_after(PositiveExpiry {
-                ttl: config.positive_ttl,
-                expired_ttl: config.negative_ttl,
-                clock: config.clock.clone(),
-            })
-            .build_with_hasher(hash.clone());
-        let negative = moka::sync::Cache::builder()
-            .max_capacity(config.max_unknown_keys)
-            .time_to_live(config.negative_ttl)
-            .build_with_hasher(hash);
-        // A tombstone must outlive every entry fetched before it: such an entry
-        // is inserted within the verifier timeout and lives at most the TTL.
-        let retain = config
-            .positive_ttl
-            .saturating_add(config.verifier_timeout.unwrap_or(config.positive_ttl))
-            .saturating_add(Duration::from_secs(1));
-        let inner = Arc::new(Inner {
-            verifier,
-            positive,
-            negative,
-            inflight: Mutex::new(HashMap::new()),
-            revocations: Revocations::new(retain),
-            interner: Interner::default(),
-            config,
-            hot: telemetry::HotCounters::default(),
-        });
+        let inner = Arc::new(Inner::new(verifier, config));
         if let Some(bus) = inner.verifier.invalidations() {
             bus.subscribe(inner.clone());
         }
@@ -343,25 +295,5 @@ impl CachedVerifier {
     pub fn run_pending_tasks(&self) {
         self.inner.positive.run_pending_tasks();
         self.inner.negative.run_pending_tasks();
-    }
-}
-
-impl InvalidationListener for Inner {
-    fn invalidate(&self, what: &Invalidation) {
-        match what {
-            Invalidation::Key(id) => self.revocations.invalidate(*id, None, Instant::now()),
-            Invalidation::KeyOf {
-                id,
-                service_account_id,
-            } => self
-                .revocations
-                .invalidate(*id, Some(service_account_id.clone()), Instant::now()),
-            Invalidation::All => {
-                self.revocations.invalidate_all();
-                // Frees memory; correctness already comes from the epoch floor.
-                self.positive.invalidate_all();
-                self.negative.invalidate_all();
-            }
-        }
     }
 }

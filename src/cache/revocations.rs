@@ -306,7 +306,7 @@ impl Revocations {
 
 #[cfg(test)]
 mod tests {
-    use super::super::CacheSlot;
+    use super::super::caller::CacheSlot;
     use super::*;
     use crate::record::KeyRecord;
 

@@ -22,7 +22,7 @@ pub(crate) fn tolerance(limit: &RateLimit) -> u64 {
 /// The new TAT if a request of `cost` at `now` is admitted, or how long to
 /// wait before it would be (`u64::MAX` when it never would: the cost is
 /// larger than the burst).
-pub(crate) fn admit(tat: u64, now: u64, cost: u64, limit: &RateLimit) -> Result<u64, u64> {
+pub(crate) fn next_tat(tat: u64, now: u64, cost: u64, limit: &RateLimit) -> Result<u64, u64> {
     let increment = cost.saturating_mul(limit.emission_ns());
     let tolerance = tolerance(limit);
     if increment > tolerance {
@@ -69,23 +69,23 @@ mod tests {
         let mut tat = 0;
         let now = 1_000_000_000_000;
         for _ in 0..5 {
-            tat = admit(tat, now, 1, &l).unwrap();
+            tat = next_tat(tat, now, 1, &l).unwrap();
         }
-        assert_eq!(admit(tat, now, 1, &l), Err(200_000_000));
+        assert_eq!(next_tat(tat, now, 1, &l), Err(200_000_000));
         assert_eq!(remaining(tat, now, &l), 0);
         assert_eq!(until_full(tat, now), 1_000_000_000);
         // One refills every 200 ms.
         let later = now + 200_000_000;
         assert_eq!(remaining(tat, later, &l), 1);
-        tat = admit(tat, later, 1, &l).unwrap();
-        assert!(admit(tat, later, 1, &l).is_err());
+        tat = next_tat(tat, later, 1, &l).unwrap();
+        assert!(next_tat(tat, later, 1, &l).is_err());
     }
 
     #[test]
     fn a_cost_larger_than_the_burst_is_never_admitted() {
         let l = limit(5, 1000, 2);
-        assert_eq!(admit(0, 10, 3, &l), Err(u64::MAX));
-        assert!(admit(0, 10, 2, &l).is_ok());
+        assert_eq!(next_tat(0, 10, 3, &l), Err(u64::MAX));
+        assert!(next_tat(0, 10, 2, &l).is_ok());
     }
 
     #[test]
@@ -94,12 +94,12 @@ mod tests {
         let now = 5_000_000_000;
         let mut tat = 0;
         for _ in 0..3 {
-            tat = admit(tat, now, 1, &l).unwrap();
+            tat = next_tat(tat, now, 1, &l).unwrap();
         }
         let idle = tat;
         // At or after the TAT, an old bucket and a fresh one decide alike.
         for t in [idle, idle + 1, idle + 10_000_000_000] {
-            assert_eq!(admit(tat, t, 1, &l), admit(0, t, 1, &l));
+            assert_eq!(next_tat(tat, t, 1, &l), next_tat(0, t, 1, &l));
             assert_eq!(remaining(tat, t, &l), remaining(0, t, &l));
         }
     }
@@ -120,7 +120,7 @@ mod tests {
             let mut admitted: Vec<(u64, u64)> = Vec::new();
             for (gap, cost) in gaps.iter().zip(&costs) {
                 now += gap;
-                if let Ok(t) = admit(tat, now, *cost, &l) {
+                if let Ok(t) = next_tat(tat, now, *cost, &l) {
                     tat = t;
                     admitted.push((now, *cost));
                 }
@@ -146,11 +146,11 @@ mod tests {
             let now = 1_000_000_000_000u64;
             let mut tat = 0;
             for _ in 0..k {
-                if let Ok(t) = admit(tat, now, 1, &l) { tat = t; }
+                if let Ok(t) = next_tat(tat, now, 1, &l) { tat = t; }
             }
-            if let Err(wait) = admit(tat, now, 1, &l) {
-                prop_assert!(admit(tat, now + wait, 1, &l).is_ok());
-                prop_assert!(admit(tat, now + wait - 1, 1, &l).is_err());
+            if let Err(wait) = next_tat(tat, now, 1, &l) {
+                prop_assert!(next_tat(tat, now + wait, 1, &l).is_ok());
+                prop_assert!(next_tat(tat, now + wait - 1, 1, &l).is_err());
             }
         }
     }

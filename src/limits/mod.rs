@@ -8,7 +8,7 @@
 //!   management API and the CLI set them.
 //! - A route may give a request a cost other than 1 and a default limit for
 //!   keys that carry none ([`RouteLimits`], on a layer with
-//!   [`ApiKeyLayer::limits`](crate::ApiKeyLayer::limits) or per gRPC method).
+//!   [`ApiKeyLayer::route_limits`](crate::ApiKeyLayer::route_limits) or per gRPC method).
 //! - Limits are checked after authentication and scope: an unknown key or a
 //!   refused scope spends nothing.
 //!
@@ -26,36 +26,36 @@
 //! use tower_api_key::{Authenticator, MemoryStore};
 //!
 //! let auth = Authenticator::builder(MemoryStore::new())
-//!     .limits(LimitSettings::builder().max_tracked_subjects(50_000).build())
+//!     .limit_settings(LimitSettings::builder().max_tracked_subjects(50_000).build())
 //!     .build();
 //! // A costly route: each request spends 5, and keys without limits of
 //! // their own get 100 per minute here.
-//! let layer = auth.require_any(["yc.ai.translate.execute"]).limits(
+//! let layer = auth.require_any(["yc.ai.translate.execute"]).route_limits(
 //!     RouteLimits::new()
-//!         .cost(5)
-//!         .default_rate_limit(RateLimit::new(100, Duration::from_secs(60)).unwrap()),
+//!         .with_cost(5)
+//!         .with_default_rate_limit(RateLimit::new(100, Duration::from_secs(60)).unwrap()),
 //! );
 //! # drop(layer);
 //! ```
 
 mod calendar;
 pub(crate) mod gcra;
-mod shared;
 mod spec;
+mod sync;
 pub(crate) mod table;
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub(crate) use shared::SharedMode;
-pub use shared::{BucketUse, RateLimitSync, DEFAULT_SYNC_INTERVAL};
 #[allow(unused_imports)]
 pub(crate) use spec::Period;
 pub use spec::{
     check_rate_limits, parse_period, Credits, LimitError, RateLimit, Refill, RefillInterval,
     MAX_CREDITS, MAX_PERIOD, MAX_RATE, MAX_RATE_LIMITS,
 };
+pub(crate) use sync::SyncMode;
+pub use sync::{BucketUse, RateLimitSync, DEFAULT_SYNC_INTERVAL};
 
 /// What one request costs on a route, and the rate limits of keys that
 /// carry none of their own.
@@ -85,7 +85,7 @@ impl RouteLimits {
 
     /// Each request spends `cost` (at least 1) of every rate limit and of the
     /// key's credits.
-    pub fn cost(self, cost: u32) -> Self {
+    pub fn with_cost(self, cost: u32) -> Self {
         Self {
             cost: cost.max(1),
             ..self
@@ -94,7 +94,7 @@ impl RouteLimits {
 
     /// Adds a limit for keys that carry no rate limit of their own (the
     /// account's limits still apply to them).
-    pub fn default_rate_limit(self, limit: RateLimit) -> Self {
+    pub fn with_default_rate_limit(self, limit: RateLimit) -> Self {
         let mut limits = self.default_rate_limits.to_vec();
         if !limits.contains(&limit) {
             limits.push(limit);
@@ -106,7 +106,7 @@ impl RouteLimits {
     }
 
     /// What one request spends.
-    pub fn request_cost(&self) -> u32 {
+    pub fn cost(&self) -> u32 {
         self.cost
     }
 
@@ -179,7 +179,7 @@ pub const DEFAULT_CREDIT_LEASE: u64 = 10;
 #[derive(Debug, Clone)]
 pub struct LimitSettings {
     pub(crate) max_tracked_subjects: usize,
-    pub(crate) shared: Option<SharedMode>,
+    pub(crate) sync: Option<SyncMode>,
     pub(crate) credit_lease: u64,
     pub(crate) headers: bool,
 }
@@ -188,7 +188,7 @@ impl Default for LimitSettings {
     fn default() -> Self {
         Self {
             max_tracked_subjects: DEFAULT_MAX_TRACKED_SUBJECTS,
-            shared: None,
+            sync: None,
             credit_lease: DEFAULT_CREDIT_LEASE,
             headers: true,
         }
@@ -230,7 +230,7 @@ impl LimitSettingsBuilder {
     /// `interval` (at least 10 ms; [`DEFAULT_SYNC_INTERVAL`] is 100 ms).
     /// While the sync fails, each replica limits on its own.
     pub fn shared(mut self, sync: impl RateLimitSync, interval: Duration) -> Self {
-        self.settings.shared = Some(SharedMode {
+        self.settings.sync = Some(SyncMode {
             sync: Arc::new(sync),
             interval: interval.max(Duration::from_millis(10)),
         });
@@ -295,10 +295,10 @@ mod tests {
     fn route_costs_are_at_least_one_and_defaults_have_no_twins() {
         let l = RateLimit::new(5, Duration::from_secs(1)).unwrap();
         let route = RouteLimits::new()
-            .cost(0)
-            .default_rate_limit(l)
-            .default_rate_limit(l);
-        assert_eq!(route.request_cost(), 1);
+            .with_cost(0)
+            .with_default_rate_limit(l)
+            .with_default_rate_limit(l);
+        assert_eq!(route.cost(), 1);
         assert_eq!(route.default_rate_limits(), &[l]);
     }
 }

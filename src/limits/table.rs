@@ -116,7 +116,7 @@ fn decide(
     now: u64,
     cost: u64,
 ) -> Result<(u64, Standing), Verdict> {
-    match gcra::admit(tat, now, cost, limit) {
+    match gcra::next_tat(tat, now, cost, limit) {
         Ok(new_tat) => Ok((
             new_tat,
             Standing {
@@ -283,7 +283,7 @@ impl Table {
                     }
                 };
                 let bucket = &mut buckets[i];
-                bucket.tat = gcra::admit(bucket.tat, now, cost, limit).expect("decided above");
+                bucket.tat = gcra::next_tat(bucket.tat, now, cost, limit).expect("decided above");
                 if self.track_unsynced {
                     bucket.unsynced = bucket.unsynced.saturating_add(cost);
                 }

@@ -8,7 +8,7 @@
 //!
 //! ```
 //! use axum::Router;
-//! use tower_api_key::management::{self, AccountAccess, ManagementApi};
+//! use tower_api_key::management::{self, AccountAccess, ManagementApiBuilder};
 //! use tower_api_key::ScopeSet;
 //! use tower_api_key::MemoryStore;
 //! use tower_api_key::KeyStore;
@@ -25,7 +25,7 @@
 //! // ...or an operator console manages every account's keys:
 //! let console: Router = Router::new().nest(
 //!     "/admin",
-//!     ManagementApi::builder(store.clone(), &auth)
+//!     ManagementApiBuilder::new(store.clone(), &auth)
 //!         .account_access(AccountAccess::any_account())
 //!         // What its managers may hand out besides the scopes they hold.
 //!         .grantable_scopes(["yc.ai.translate.execute"])
@@ -112,7 +112,7 @@ pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
 /// Give it the authenticator the rest of the app uses (or a clone: clones
 /// share one cache), so that deletes reach the cache every route checks.
 pub fn router(store: impl KeyStore, auth: &Authenticator) -> Router {
-    ManagementApi::builder(store, auth).build()
+    ManagementApiBuilder::new(store, auth).build()
 }
 
 /// Which service accounts' keys a management caller may manage (the guide,
@@ -171,39 +171,7 @@ impl fmt::Debug for AccountAccess {
     }
 }
 
-/// Not a value: where [`ManagementApi::builder`] lives. The management API
-/// is a [`Router`], configured by a [`ManagementApiBuilder`].
-#[derive(Debug)]
-pub enum ManagementApi {}
-
-impl ManagementApi {
-    /// The settings of the API over `store`, protected by layers of `auth`,
-    /// to [build](ManagementApiBuilder::build) into a router.
-    pub fn builder(store: impl KeyStore, auth: &Authenticator) -> ManagementApiBuilder {
-        Self::builder_from_arc(Arc::new(store), auth)
-    }
-
-    /// [`ManagementApi::builder`] for a store that is already shared.
-    pub fn builder_from_arc(
-        store: Arc<dyn KeyStore>,
-        auth: &Authenticator,
-    ) -> ManagementApiBuilder {
-        let policy = match ScopePolicy::require_any([DEFAULT_SCOPE]) {
-            Ok(policy) => policy,
-            Err(_) => unreachable!("the default management scope is valid"),
-        };
-        ManagementApiBuilder {
-            store,
-            auth: auth.clone(),
-            policy,
-            access: AccountAccess::default(),
-            grants: Grants::default(),
-            body_limit: DEFAULT_BODY_LIMIT,
-        }
-    }
-}
-
-/// Settings of the management router, made by [`ManagementApi::builder`];
+/// Settings of the management router, made by [`ManagementApiBuilder::new`];
 /// [`router`] is this with the defaults.
 #[must_use = "a ManagementApiBuilder does nothing until `.build()`"]
 pub struct ManagementApiBuilder {
@@ -227,6 +195,28 @@ impl fmt::Debug for ManagementApiBuilder {
 }
 
 impl ManagementApiBuilder {
+    /// The settings of the API over `store`, protected by layers of `auth`,
+    /// to [build](ManagementApiBuilder::build) into a router.
+    pub fn new(store: impl KeyStore, auth: &Authenticator) -> Self {
+        Self::from_arc(Arc::new(store), auth)
+    }
+
+    /// [`ManagementApiBuilder::new`] for a store that is already shared.
+    pub fn from_arc(store: Arc<dyn KeyStore>, auth: &Authenticator) -> Self {
+        let policy = match ScopePolicy::require_any([DEFAULT_SCOPE]) {
+            Ok(policy) => policy,
+            Err(_) => unreachable!("the default management scope is valid"),
+        };
+        Self {
+            store,
+            auth: auth.clone(),
+            policy,
+            access: AccountAccess::default(),
+            grants: Grants::default(),
+            body_limit: DEFAULT_BODY_LIMIT,
+        }
+    }
+
     /// Keys holding any of `scopes` may use the API (default:
     /// [`DEFAULT_SCOPE`] alone).
     ///
@@ -326,11 +316,11 @@ impl ManagementApiBuilder {
     ///
     /// ```
     /// # use tower_api_key::{Authenticator, MemoryStore};
-    /// use tower_api_key::management::{KeyScopes, ManagementApi};
+    /// use tower_api_key::management::{KeyScopes, ManagementApiBuilder};
     ///
     /// # let store = MemoryStore::new();
     /// # let auth = Authenticator::new(store.clone());
-    /// let router = ManagementApi::builder(store, &auth)
+    /// let router = ManagementApiBuilder::new(store, &auth)
     ///     .grant_rule(|caller, request| {
     ///         caller.service_account_id() == "sa-team-lead"
     ///             && matches!(request.requested, KeyScopes::Scoped(scopes)
@@ -372,7 +362,7 @@ impl ManagementApiBuilder {
             // Every router on this authenticator refuses to hand these out.
             self.auth.register_management_scopes(managing);
         }
-        let ctx = routes::Ctx {
+        let api = routes::ApiState {
             store: self.store,
             auth: self.auth.clone(),
             access: self.access,
@@ -396,6 +386,6 @@ impl ManagementApiBuilder {
             )
             .route_layer(self.auth.layer(self.policy))
             .layer(DefaultBodyLimit::max(self.body_limit))
-            .with_state(ctx)
+            .with_state(api)
     }
 }

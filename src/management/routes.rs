@@ -27,9 +27,9 @@ use crate::record::KeyRecord;
 use crate::store::{KeyInfo, KeyStore, KeyUpdate, ListRequest, StoreError, Version, MAX_PAGE_SIZE};
 use crate::Authenticator;
 
-/// What every handler shares.
+/// The state every handler of the management API shares.
 #[derive(Clone)]
-pub(crate) struct Ctx {
+pub(crate) struct ApiState {
     pub(crate) store: Arc<dyn KeyStore>,
     pub(crate) auth: Authenticator,
     pub(crate) access: AccountAccess,
@@ -105,14 +105,14 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response {
 
 /// Reads a JSON body. An empty body is `{}` when `empty_ok`.
 fn body<T: DeserializeOwned>(
-    ctx: &Ctx,
+    api: &ApiState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     empty_ok: bool,
 ) -> Result<T> {
     let bytes = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(ctx.body_limit)
+            ApiError::too_large(api.body_limit)
         } else {
             ApiError::invalid("the request body could not be read")
         }
@@ -206,7 +206,7 @@ fn plain_id(path: &str, method: &str) -> Result<KeyId> {
     }
 }
 
-impl Ctx {
+impl ApiState {
     /// Now, by the authenticator's clock: the one expiry is checked by.
     fn now(&self) -> SystemTime {
         self.auth.cache().config().clock().now()
@@ -289,7 +289,7 @@ impl Ctx {
     }
 }
 
-impl Ctx {
+impl ApiState {
     /// Reads key `id`, checks the request's `If-Match` against it, and runs
     /// `attempt` on it: `attempt` checks the request against the key as read
     /// and writes conditional on its version, so the check holds for exactly
@@ -340,12 +340,12 @@ impl Ctx {
             // An expired key is accepted nowhere: bringing it back is
             // giving its scopes anew, checked as a create is.
             let to = update.scopes.as_ref().unwrap_or(&current.record.scopes);
-            ctx_check_grant(self, caller, current, Change::Revive(to))?;
+            check_grant_on(self, caller, current, Change::Revive(to))?;
             self.check_unlimited(caller, "bring an expired key back")?;
         }
         if let Some(to) = &update.scopes {
             let from = &current.record.scopes;
-            ctx_check_grant(self, caller, current, Change::Replace { from, to })?;
+            check_grant_on(self, caller, current, Change::Replace { from, to })?;
             let adds = to.iter().any(|s| !from.contains(s)) || (to.is_empty() && !from.is_empty());
             if adds {
                 self.check_unlimited(caller, "add scopes to a key")?;
@@ -358,9 +358,9 @@ impl Ctx {
     }
 }
 
-/// [`Ctx::check_grant`] for a change of the existing key `current`.
-fn ctx_check_grant(
-    ctx: &Ctx,
+/// [`ApiState::check_grant`] for a change of the existing key `current`.
+fn check_grant_on(
+    api: &ApiState,
     caller: &Caller,
     current: &KeyInfo,
     change: Change<'_>,
@@ -369,26 +369,26 @@ fn ctx_check_grant(
         service_account_id: &current.record.service_account_id,
         current: Some(&current.record),
     };
-    ctx.check_grant(caller, target, change)
+    api.check_grant(caller, target, change)
 }
 
 /// `POST /keys`
 pub(crate) async fn create(
-    State(ctx): State<Ctx>,
+    State(api): State<ApiState>,
     caller: Caller,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    let request: CreateKeyRequest = body(&ctx, &headers, raw, false)?;
-    let new = request.validate(ctx.now(), &ctx.store.key_format().unwrap_or_default())?;
-    ctx.check_account(&caller, &new.service_account_id)?;
+    let request: CreateKeyRequest = body(&api, &headers, raw, false)?;
+    let new = request.validate(api.now(), &api.store.key_format().unwrap_or_default())?;
+    api.check_account(&caller, &new.service_account_id)?;
     let target = Target {
         service_account_id: &new.service_account_id,
         current: None,
     };
-    ctx.check_grant(&caller, target, Change::Create(&new.scopes))?;
-    ctx.check_unlimited(&caller, "create keys")?;
-    let created = ctx.store.create(new).await?;
+    api.check_grant(&caller, target, Change::Create(&new.scopes))?;
+    api.check_unlimited(&caller, "create keys")?;
+    let created = api.store.create(new).await?;
     let id = created.record.key_id;
     tracing::info!(
         key_id = %id,
@@ -410,7 +410,7 @@ pub(crate) async fn create(
 
 /// `GET /keys?service_account_id=...&page_size=...&page_token=...`
 pub(crate) async fn list(
-    State(ctx): State<Ctx>,
+    State(api): State<ApiState>,
     caller: Caller,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
@@ -420,13 +420,13 @@ pub(crate) async fn list(
         return Err(ApiError::invalid("query: service_account_id is required"));
     };
     let account = resource::service_account_id(&account)?;
-    ctx.check_account(&caller, &account)?;
+    api.check_account(&caller, &account)?;
     let mut request = ListRequest {
         page_size: query.page_size,
         page_token: query.page_token,
     };
     loop {
-        let page = ctx.store.list(&account, request.clone()).await?;
+        let page = api.store.list(&account, request.clone()).await?;
         let fit = keys_within(&page.keys, MAX_PAGE_BYTES);
         if fit == page.keys.len() {
             return Ok(json(
@@ -475,12 +475,12 @@ fn json_len(value: &impl Serialize) -> usize {
 
 /// `GET /keys/{id}`
 pub(crate) async fn get(
-    State(ctx): State<Ctx>,
+    State(api): State<ApiState>,
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
     let id = plain_id(&path_text(path)?, "GET")?;
-    let info = ctx.visible_key(&caller, id).await?;
+    let info = api.visible_key(&caller, id).await?;
     Ok(with_etag(
         json(StatusCode::OK, &KeyResource::from(&info)),
         info.version,
@@ -489,7 +489,7 @@ pub(crate) async fn get(
 
 /// `PATCH /keys/{id}`
 pub(crate) async fn update(
-    State(ctx): State<Ctx>,
+    State(api): State<ApiState>,
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -497,10 +497,10 @@ pub(crate) async fn update(
 ) -> Result<Response> {
     let id = plain_id(&path_text(path)?, "PATCH")?;
     let if_match = IfMatch::from_headers(&headers)?;
-    let request: UpdateKeyRequest = body(&ctx, &headers, raw, false)?;
-    let update = request.validate(ctx.now(), &ctx.store.key_format().unwrap_or_default())?;
-    let (shared, who, change) = (&ctx, &caller, &update);
-    let info = ctx
+    let request: UpdateKeyRequest = body(&api, &headers, raw, false)?;
+    let update = request.validate(api.now(), &api.store.key_format().unwrap_or_default())?;
+    let (shared, who, change) = (&api, &caller, &update);
+    let info = api
         .read_check_write(&caller, id, &if_match, move |current| async move {
             shared.check_update(who, &current, change)?;
             let result = shared
@@ -515,7 +515,7 @@ pub(crate) async fn update(
     // whose verifier is not this store. Naming the account keeps a flood of
     // changes to one account from re-verifying every account's keys.
     let account = info.record.service_account_id.clone();
-    ctx.auth.cache().invalidate_key_of(id, account);
+    api.auth.cache().invalidate_key_of(id, account);
     tracing::info!(key_id = %id, caller_key_id = %caller.key_id(), "api key updated");
     Ok(with_etag(
         json(StatusCode::OK, &KeyResource::from(&info)),
@@ -525,16 +525,16 @@ pub(crate) async fn update(
 
 /// `DELETE /keys/{id}`
 pub(crate) async fn delete(
-    State(ctx): State<Ctx>,
+    State(api): State<ApiState>,
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response> {
     let id = plain_id(&path_text(path)?, "DELETE")?;
     let if_match = IfMatch::from_headers(&headers)?;
-    let store = &ctx.store;
+    let store = &api.store;
     let info = if if_match.names_versions() {
-        ctx.read_check_write(&caller, id, &if_match, move |current| async move {
+        api.read_check_write(&caller, id, &if_match, move |current| async move {
             let revoked = written(store.revoke(id, Some(current.version)).await)?;
             Ok(match revoked {
                 Written::Done(true) => Written::Done(Some(current)),
@@ -548,12 +548,12 @@ pub(crate) async fn delete(
         // changes: the revoke holds whatever the version, and a key that
         // keeps changing (its holder PATCHing itself in a loop) cannot keep
         // itself alive by making conditional revokes abort.
-        let current = ctx.visible_key(&caller, id).await?;
+        let current = api.visible_key(&caller, id).await?;
         store.revoke(id, None).await?.then_some(current)
     }
     .ok_or_else(|| ApiError::key_not_found(id))?;
     let account = info.record.service_account_id.clone();
-    ctx.auth.cache().invalidate_key_of(id, account);
+    api.auth.cache().invalidate_key_of(id, account);
     tracing::info!(key_id = %id, caller_key_id = %caller.key_id(), "api key deleted");
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
@@ -565,7 +565,7 @@ pub(crate) async fn delete(
 /// `POST /keys/{id}:{method}`: the custom methods, `:reissue` and
 /// `:addCredits`.
 pub(crate) async fn custom(
-    State(ctx): State<Ctx>,
+    State(api): State<ApiState>,
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -575,11 +575,11 @@ pub(crate) async fn custom(
     match segment(&path) {
         Segment::Method(id, "reissue") => {
             let id = resource::key_id(id)?;
-            reissue(&ctx, &caller, id, &headers, raw).await
+            reissue(&api, &caller, id, &headers, raw).await
         }
         Segment::Method(id, "addCredits") => {
             let id = resource::key_id(id)?;
-            add_credits(&ctx, &caller, id, &headers, raw).await
+            add_credits(&api, &caller, id, &headers, raw).await
         }
         Segment::Method(_, other) => Err(ApiError::unknown_method(other)),
         Segment::Id(_) => Err(ApiError::method_not_allowed(
@@ -592,29 +592,29 @@ pub(crate) async fn custom(
 
 /// `POST /keys/{id}:reissue`
 async fn reissue(
-    ctx: &Ctx,
+    api: &ApiState,
     caller: &Caller,
     id: KeyId,
     headers: &HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let if_match = IfMatch::from_headers(headers)?;
-    let request: ReissueKeyRequest = body(ctx, headers, raw, true)?;
+    let request: ReissueKeyRequest = body(api, headers, raw, true)?;
     let grace = request.validate()?;
     if id != caller.key_id() {
         // The caller receives the key: one with fewer limits than its own
         // would lift them.
-        ctx.check_unlimited(caller, "reissue a key other than itself")?;
+        api.check_unlimited(caller, "reissue a key other than itself")?;
     }
-    let (created, last_used_at) = ctx
+    let (created, last_used_at) = api
         .read_check_write(caller, id, &if_match, move |current| async move {
-            ctx_check_grant(
-                ctx,
+            check_grant_on(
+                api,
                 caller,
                 &current,
                 Change::Reissue(&current.record.scopes),
             )?;
-            let result = ctx.store.reissue(id, grace, Some(current.version)).await;
+            let result = api.store.reissue(id, grace, Some(current.version)).await;
             Ok(match written(result)? {
                 Written::Done(created) => Written::Done((created, current.last_used_at)),
                 Written::Moved => Written::Moved,
@@ -623,7 +623,7 @@ async fn reissue(
         .await?;
     let created = created.ok_or_else(|| ApiError::key_not_found(id))?;
     let account = created.record.service_account_id.clone();
-    ctx.auth.cache().invalidate_key_of(id, account);
+    api.auth.cache().invalidate_key_of(id, account);
     tracing::info!(
         key_id = %id,
         grace_period_seconds = grace.as_secs(),
@@ -638,33 +638,33 @@ async fn reissue(
 
 /// `POST /keys/{id}:addCredits`
 async fn add_credits(
-    ctx: &Ctx,
+    api: &ApiState,
     caller: &Caller,
     id: KeyId,
     headers: &HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    let request: AddCreditsRequest = body(ctx, headers, raw, false)?;
+    let request: AddCreditsRequest = body(api, headers, raw, false)?;
     let amount = request.validate()?;
     let if_match = IfMatch::from_headers(headers)?;
-    ctx.check_unlimited(caller, "add credits")?;
+    api.check_unlimited(caller, "add credits")?;
     // A key without credits is the store's answer (409), not a check on a
     // read that credits could be given between.
-    let store = &ctx.store;
+    let store = &api.store;
     let info = if if_match.names_versions() {
-        ctx.read_check_write(caller, id, &if_match, move |current| async move {
+        api.read_check_write(caller, id, &if_match, move |current| async move {
             written(store.add_credits(id, amount, Some(current.version)).await)
         })
         .await?
     } else {
         // As for a DELETE: only the account is checked on the read, so a
         // key that keeps changing cannot make this abort.
-        ctx.visible_key(caller, id).await?;
+        api.visible_key(caller, id).await?;
         store.add_credits(id, amount, None).await?
     }
     .ok_or_else(|| ApiError::key_not_found(id))?;
     let account = info.record.service_account_id.clone();
-    ctx.auth.cache().invalidate_key_of(id, account);
+    api.auth.cache().invalidate_key_of(id, account);
     tracing::info!(
         key_id = %id,
         amount,
@@ -680,7 +680,7 @@ async fn add_credits(
 /// The account of an `/accounts/{service_account_id}/...` path, if the
 /// caller may manage it.
 fn account_of(
-    ctx: &Ctx,
+    api: &ApiState,
     caller: &Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<String> {
@@ -688,35 +688,35 @@ fn account_of(
         .map(|Path(p)| p)
         .map_err(|_| ApiError::invalid("the service account id in the path could not be read"))?;
     let account = resource::service_account_id(&text)?;
-    ctx.check_account(caller, &account)?;
+    api.check_account(caller, &account)?;
     Ok(account)
 }
 
 /// `GET /accounts/{service_account_id}/rate-limits`
 pub(crate) async fn get_account_limits(
-    State(ctx): State<Ctx>,
+    State(api): State<ApiState>,
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
-    let account = account_of(&ctx, &caller, path)?;
-    let limits = ctx.store.account_rate_limits(&account).await?;
+    let account = account_of(&api, &caller, path)?;
+    let limits = api.store.account_rate_limits(&account).await?;
     Ok(json(StatusCode::OK, &AccountRateLimits::new(&limits)))
 }
 
 /// `PUT /accounts/{service_account_id}/rate-limits`
 pub(crate) async fn put_account_limits(
-    State(ctx): State<Ctx>,
+    State(api): State<ApiState>,
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    let account = account_of(&ctx, &caller, path)?;
-    resource::no_key_in_account(&account, &ctx.store.key_format().unwrap_or_default())?;
-    let request: AccountRateLimitsRequest = body(&ctx, &headers, raw, false)?;
+    let account = account_of(&api, &caller, path)?;
+    resource::no_key_in_account(&account, &api.store.key_format().unwrap_or_default())?;
+    let request: AccountRateLimitsRequest = body(&api, &headers, raw, false)?;
     let limits = request.validate()?;
-    ctx.check_unlimited(&caller, "set the rate limits of a service account")?;
-    ctx.store
+    api.check_unlimited(&caller, "set the rate limits of a service account")?;
+    api.store
         .set_account_rate_limits(&account, limits.clone())
         .await?;
     tracing::info!(
@@ -725,11 +725,11 @@ pub(crate) async fn put_account_limits(
         caller_key_id = %caller.key_id(),
         "service account rate limits set"
     );
-    ctx.invalidate_account(&account).await;
+    api.invalidate_account(&account).await;
     Ok(json(StatusCode::OK, &AccountRateLimits::new(&limits)))
 }
 
-impl Ctx {
+impl ApiState {
     /// Drops every key of `account` from the authenticator's cache, so the
     /// account's new limits apply at once on this replica even when the
     /// authenticator verifies through something other than the store. The

@@ -171,13 +171,13 @@ pub struct MemoryStoreBuilder {
 
 impl MemoryStoreBuilder {
     /// The key format (default prefix `tak`).
-    pub fn with_format(mut self, format: KeyFormat) -> Self {
+    pub fn format(mut self, format: KeyFormat) -> Self {
         self.format = Some(format);
         self
     }
 
     /// How keys are hashed (default plain SHA-256).
-    pub fn with_hasher(mut self, hasher: KeyHasher) -> Self {
+    pub fn hasher(mut self, hasher: KeyHasher) -> Self {
         self.hasher = Some(hasher);
         self
     }
@@ -185,7 +185,7 @@ impl MemoryStoreBuilder {
     /// The clock for creation times, expiry checks and grace periods.
     #[cfg(feature = "test-util")]
     #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
         self
     }

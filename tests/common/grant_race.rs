@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use serde_json::json;
-use tower_api_key::management::{self, ManagementApi};
+use tower_api_key::management::{self, ManagementApiBuilder};
 use tower_api_key::store::NewKey;
 use tower_api_key::{Authenticator, KeyStore, ScopeSet};
 
@@ -47,7 +47,7 @@ pub async fn run<S: KeyStore + Clone>(store: S, rounds: usize) -> RaceOutcome {
     let auth = Authenticator::new(store.clone());
     let router = Router::new().nest(
         "/admin",
-        ManagementApi::builder(store.clone(), &auth).build(),
+        ManagementApiBuilder::new(store.clone(), &auth).build(),
     );
     let client = Client::new(serve(router).await);
     let manager = store

@@ -121,7 +121,7 @@ impl Fixture {
         let clock = Arc::new(ManualClock::new(
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         ));
-        let store = MemoryStore::builder().with_clock(clock.clone()).build();
+        let store = MemoryStore::builder().clock(clock.clone()).build();
         let control = Arc::new(Control::default());
         let verifier = TestVerifier {
             store: store.clone(),

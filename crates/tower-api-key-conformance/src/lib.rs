@@ -176,9 +176,9 @@ impl StoreFactory for MemoryFactory {
 
     async fn store(&self, settings: StoreSettings) -> MemoryStore {
         MemoryStore::builder()
-            .with_clock(settings.clock)
-            .with_hasher(settings.hasher)
-            .with_format(settings.format)
+            .clock(settings.clock)
+            .hasher(settings.hasher)
+            .format(settings.format)
             .max_keys_per_account(settings.max_keys_per_account)
             .build()
     }

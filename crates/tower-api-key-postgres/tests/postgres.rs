@@ -1745,7 +1745,7 @@ fn limited_replica(
 
     let auth = tower_api_key::Authenticator::builder(store.clone())
         .clock(clock.clone())
-        .limits(
+        .limit_settings(
             LimitSettings::builder()
                 // The background sync runs once at start, then the test drives it.
                 .shared(store.rate_limit_sync(), Duration::from_secs(3600))

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use serde_json::{json, Value};
-use tower_api_key::management::{self, ManagementApi};
+use tower_api_key::management::{self, ManagementApiBuilder};
 use tower_api_key::store::NewKey;
 use tower_api_key::{Authenticator, KeyId, KeyStore, ScopeSet, Verifier};
 use tower_api_key_sqlite::SqliteKeyStore;
@@ -29,7 +29,7 @@ async fn admin_api<S: KeyStore + Clone>(store: &S) -> Client {
     let auth = Authenticator::new(store.clone());
     let router = Router::new().nest(
         "/admin",
-        ManagementApi::builder(store.clone(), &auth).build(),
+        ManagementApiBuilder::new(store.clone(), &auth).build(),
     );
     Client::new(serve(router).await)
 }

@@ -1,4 +1,4 @@
-//! Rate limits and credits on the request path: after authentication and
+//! The meter: rate limits and credits on the request path: after authentication and
 //! scope, an admitted key is charged against its own limits (or the route's
 //! default), its account's, and its credits.
 //!
@@ -9,10 +9,9 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::future::BoxFuture;
 use http::HeaderValue;
 
-use super::credits::{self, Ledger, LedgerListener, NoCredits, Quick};
+use super::credits::{self, Ledger, LedgerListener, NoCredits, TrySpend};
 use super::rate_headers::{ceil_secs, RateHeaders};
 use super::rejection::{Reason, Rejection};
 use super::LOG_TARGET;
@@ -21,18 +20,18 @@ use crate::clock::Clock;
 use crate::key::KeyId;
 use crate::ledger::CreditLedger;
 use crate::limits::table::{Charge, Standing, Subject, Table, Verdict};
-use crate::limits::{BucketUse, LimitSettings, RateLimit, RateLimitSync, RouteLimits, SharedMode};
+use crate::limits::{BucketUse, LimitSettings, RateLimit, RateLimitSync, RouteLimits, SyncMode};
 use crate::telemetry;
 
 /// The limit state of one authenticator: shared by every route.
-pub(crate) struct Limiter {
+pub(crate) struct Meter {
     table: Arc<Table>,
     /// `None` without a [`CreditLedger`]: keys with credits are refused.
     ledger: Option<Arc<Ledger>>,
     headers: bool,
     // What `sync_now`, a test hook, needs.
     #[cfg(feature = "test-util")]
-    shared: Option<SharedMode>,
+    sync: Option<SyncMode>,
     #[cfg(feature = "test-util")]
     clock: Arc<dyn Clock>,
     // Held so the ledger stays subscribed (the bus keeps a weak reference).
@@ -40,19 +39,44 @@ pub(crate) struct Limiter {
 }
 
 /// What the limits say of an admitted, in-scope request.
-pub(crate) enum Limited {
+pub(crate) enum Metered {
     /// Admit it, with these headers on the response.
     Admit(Option<Box<RateHeaders>>),
     /// Refuse it.
     Refuse(Rejection),
     /// Admit it once its credits are spent: the ledger must lease first.
-    Spend(BoxFuture<'static, Result<Option<Box<RateHeaders>>, Rejection>>),
+    Spend(CreditSpend),
 }
 
-impl Limiter {
+/// A spend of credits that needs the store: the key's batch is empty or
+/// being leased. Within the rate limits already (these headers go on the
+/// response).
+pub(crate) struct CreditSpend {
+    ledger: Arc<Ledger>,
+    id: KeyId,
+    cost: u64,
+    now: SystemTime,
+    headers: Option<Box<RateHeaders>>,
+}
+
+impl CreditSpend {
+    /// Spends the credits, leasing first: the headers to admit with, or
+    /// the refusal.
+    pub(crate) async fn run(self) -> Result<Option<Box<RateHeaders>>, Rejection> {
+        match self.ledger.spend(self.id, self.cost, self.now).await {
+            Ok(()) => {
+                telemetry::limit("quota", "admitted");
+                Ok(self.headers)
+            }
+            Err(no) => Err(no_credits(self.id, no, self.now)),
+        }
+    }
+}
+
+impl Meter {
     /// Builds the state; with a credit `store`, subscribes the credit
     /// batches to the verifier's invalidations and starts their idle sweep;
-    /// with a runtime and a shared mode, starts the shared sync.
+    /// with a runtime and a sync mode, starts the shared sync.
     pub(crate) fn new(
         settings: LimitSettings,
         cache: &CachedVerifier,
@@ -60,7 +84,7 @@ impl Limiter {
     ) -> Self {
         let table = Arc::new(Table::new(
             settings.max_tracked_subjects,
-            settings.shared.is_some(),
+            settings.sync.is_some(),
         ));
         let ledger = store.map(|store| {
             Arc::new(Ledger::new(
@@ -77,10 +101,10 @@ impl Limiter {
             credits::spawn_idle_sweeper(ledger, cache.config().clock().clone());
             listener
         });
-        if let Some(shared) = &settings.shared {
+        if let Some(sync) = &settings.sync {
             spawn_sync(
                 Arc::downgrade(&table),
-                shared.clone(),
+                sync.clone(),
                 cache.config().clock().clone(),
             );
         }
@@ -89,7 +113,7 @@ impl Limiter {
             ledger,
             headers: settings.headers,
             #[cfg(feature = "test-util")]
-            shared: settings.shared,
+            sync: settings.sync,
             #[cfg(feature = "test-util")]
             clock: cache.config().clock().clone(),
             _listener: listener,
@@ -100,39 +124,39 @@ impl Limiter {
     /// `false` if there is no shared mode or the sync failed.
     #[cfg(feature = "test-util")]
     pub(crate) async fn sync_now(&self) -> bool {
-        let Some(shared) = &self.shared else {
+        let Some(sync) = &self.sync else {
             return false;
         };
         let table = Arc::downgrade(&self.table);
         matches!(
-            sync_once(&table, &*shared.sync, &*self.clock).await,
+            sync_once(&table, &*sync.sync, &*self.clock).await,
             Synced::Done
         )
     }
 
     /// Charges an admitted request of `caller` on a route with `route`'s
     /// limits at `now`.
-    pub(crate) fn check(
+    pub(crate) fn charge(
         &self,
         caller: &Caller,
         route: Option<&RouteLimits>,
         now: impl FnOnce() -> SystemTime,
         hot: &telemetry::HotCounters,
-    ) -> Limited {
+    ) -> Metered {
         let record = caller.record();
-        let (key_limits, key_kind) = if !record.rate_limits.is_empty() {
-            (&record.rate_limits[..], "key")
+        let (key_limits, key_owner) = if !record.rate_limits.is_empty() {
+            (&record.rate_limits[..], Owner::Key)
         } else {
             (
                 route.map_or(&[][..], RouteLimits::default_rate_limits),
-                "route",
+                Owner::Route,
             )
         };
         let account_limits = &record.account_rate_limits[..];
         if key_limits.is_empty() && account_limits.is_empty() && record.credits.is_none() {
-            return Limited::Admit(None);
+            return Metered::Admit(None);
         }
-        let cost = u64::from(route.map_or(1, RouteLimits::request_cost));
+        let cost = u64::from(route.map_or(1, RouteLimits::cost));
         let now = now();
         let now_ns = nanos(now);
 
@@ -145,7 +169,7 @@ impl Limiter {
                 subject: &key,
                 limits: key_limits,
             }; 2];
-            let mut kinds = [key_kind, "account"];
+            let mut owners = [key_owner, Owner::Account];
             let mut n = 0;
             if !key_limits.is_empty() {
                 n = 1;
@@ -156,82 +180,81 @@ impl Limiter {
                     subject: &account,
                     limits: account_limits,
                 };
-                kinds[n] = "account";
+                owners[n] = Owner::Account;
                 n += 1;
             }
-            let (charges, kinds) = (&charges[..n], &kinds[..n]);
+            let (charges, owners) = (&charges[..n], &owners[..n]);
             match self.table.check(charges, cost, now_ns) {
                 Verdict::Admitted(tightest) => {
                     hot.rate_admitted();
                     if self.headers {
                         headers = tightest.map(|t| {
-                            let policy = match key_kind {
+                            let policy = match key_owner {
                                 // The record alone decides it: rendered once per cached key.
-                                "key" => caller.rate_policy(|| render_policy(charges, kinds)),
-                                _ => render_policy(charges, kinds),
+                                Owner::Key => caller.rate_policy(|| render_policy(charges, owners)),
+                                _ => render_policy(charges, owners),
                             };
                             Box::new(RateHeaders {
                                 policy,
-                                state: render_state(charges, kinds, &t, t.reset_ns),
+                                state: render_state(charges, owners, &t, t.reset_ns),
                             })
                         });
                     }
                 }
                 Verdict::Limited { standing, retry_ns } => {
                     telemetry::limit("rate", "refused");
-                    let mut rejection = Rejection::new(Reason::RateLimited);
-                    rejection.key_id = Some(record.key_id);
                     // A cost above the burst is never admitted: no retry helps.
-                    if retry_ns != u64::MAX {
-                        rejection.retry_after = Some(Duration::from_nanos(retry_ns));
-                    }
+                    let retry_after =
+                        (retry_ns != u64::MAX).then(|| Duration::from_nanos(retry_ns));
                     let t = if retry_ns == u64::MAX {
                         standing.reset_ns
                     } else {
                         retry_ns
                     };
-                    rejection.rate_limit = Some(Box::new(RateHeaders {
-                        policy: render_policy(charges, kinds),
-                        state: render_state(charges, kinds, &standing, t),
-                    }));
-                    return Limited::Refuse(rejection);
+                    let headers = Box::new(RateHeaders {
+                        policy: render_policy(charges, owners),
+                        state: render_state(charges, owners, &standing, t),
+                    });
+                    return Metered::Refuse(Rejection::rate_limited(
+                        record.key_id,
+                        retry_after,
+                        Some(headers),
+                    ));
                 }
                 Verdict::Full => {
                     telemetry::limit("rate", "refused");
                     tracing::warn!(target: LOG_TARGET, key_id = %record.key_id, "rate-limit table full of busy state; request refused (raise max_tracked_subjects)");
-                    let mut rejection = Rejection::new(Reason::RateLimited);
-                    rejection.key_id = Some(record.key_id);
-                    rejection.retry_after = Some(Duration::from_secs(1));
-                    return Limited::Refuse(rejection);
+                    return Metered::Refuse(Rejection::rate_limited(
+                        record.key_id,
+                        Some(Duration::from_secs(1)),
+                        None,
+                    ));
                 }
             }
         }
 
         if record.credits.is_none() {
-            return Limited::Admit(headers);
+            return Metered::Admit(headers);
         }
         let id = record.key_id;
         let Some(ledger) = &self.ledger else {
-            return Limited::Refuse(no_ledger(id));
+            return Metered::Refuse(no_ledger(id));
         };
         match ledger.try_spend(id, cost, now) {
-            Quick::Spent => {
+            TrySpend::Spent => {
                 hot.quota_admitted();
-                return Limited::Admit(headers);
+                return Metered::Admit(headers);
             }
-            Quick::Refused(no) => return Limited::Refuse(no_credits(id, no, now)),
-            Quick::Ask => {}
+            TrySpend::Refused(no) => return Metered::Refuse(no_credits(id, no, now)),
+            TrySpend::NeedsLease => {}
         }
-        let ledger = ledger.clone();
-        Limited::Spend(Box::pin(async move {
-            match ledger.spend(id, cost, now).await {
-                Ok(()) => {
-                    telemetry::limit("quota", "admitted");
-                    Ok(headers)
-                }
-                Err(no) => Err(no_credits(id, no, now)),
-            }
-        }))
+        Metered::Spend(CreditSpend {
+            ledger: ledger.clone(),
+            id,
+            cost,
+            now,
+            headers,
+        })
     }
 }
 
@@ -239,24 +262,41 @@ impl Limiter {
 /// refill if one is scheduled, in a second if the store could not say.
 fn no_credits(id: KeyId, no: NoCredits, now: SystemTime) -> Rejection {
     telemetry::limit("quota", "refused");
-    let mut rejection = Rejection::new(Reason::QuotaExhausted);
-    rejection.key_id = Some(id);
-    rejection.retry_after = match no {
+    let retry_after = match no {
         NoCredits::Exhausted(next) => next
             .and_then(|at| at.duration_since(now).ok())
             .map(|wait| wait.max(Duration::from_secs(1))),
         NoCredits::Unconfirmed => Some(Duration::from_secs(1)),
     };
-    rejection
+    Rejection::no_credits(id, retry_after)
+}
+
+/// Whose limits a charge is: the owner's name in the rate-limit headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// The key's own limits.
+    Key,
+    /// The route's default limits, for a key that carries none.
+    Route,
+    /// The service account's limits, shared by its keys.
+    Account,
+}
+
+impl Owner {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Key => "key",
+            Self::Route => "route",
+            Self::Account => "account",
+        }
+    }
 }
 
 /// The refusal of a key that carries credits when the authenticator has no
 /// [`CreditLedger`] to count them: a configuration fault (500), logged.
 fn no_ledger(id: KeyId) -> Rejection {
     tracing::error!(target: LOG_TARGET, key_id = %id, "api key carries credits but the authenticator has no credit ledger (build it with `Authenticator::builder(store)` or `.credits(ledger)`); request refused");
-    let mut rejection = Rejection::new(Reason::NoCreditLedger);
-    rejection.key_id = Some(id);
-    rejection
+    Rejection::of_key(Reason::NoCreditLedger, id)
 }
 
 /// Nanoseconds since the Unix epoch (0 before it).
@@ -265,10 +305,10 @@ fn nanos(at: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// The policy name of limit `i` of a charge of `kind` with `n` limits.
-fn name(out: &mut String, kind: &str, i: usize, n: usize) {
+/// The policy name of limit `i` of a charge of `owner` with `n` limits.
+fn name(out: &mut String, owner: Owner, i: usize, n: usize) {
     out.push('"');
-    out.push_str(kind);
+    out.push_str(owner.as_str());
     if n > 1 {
         out.push('-');
         push_number(out, i as u64 + 1);
@@ -294,14 +334,14 @@ fn push_number(out: &mut String, mut n: u64) {
 }
 
 /// `RateLimit-Policy`: every limit of `charges`.
-fn render_policy(charges: &[Charge<'_>], kinds: &[&str]) -> HeaderValue {
+fn render_policy(charges: &[Charge<'_>], owners: &[Owner]) -> HeaderValue {
     let mut policy = String::with_capacity(48);
-    for (charge, kind) in charges.iter().zip(kinds) {
+    for (charge, owner) in charges.iter().zip(owners) {
         for (i, limit) in charge.limits.iter().enumerate() {
             if !policy.is_empty() {
                 policy.push_str(", ");
             }
-            name(&mut policy, kind, i, charge.limits.len());
+            name(&mut policy, *owner, i, charge.limits.len());
             policy.push_str(";q=");
             push_number(&mut policy, u64::from(limit.limit()));
             policy.push_str(";w=");
@@ -318,7 +358,7 @@ fn render_policy(charges: &[Charge<'_>], kinds: &[&str]) -> HeaderValue {
 /// again) in `t_ns`.
 fn render_state(
     charges: &[Charge<'_>],
-    kinds: &[&str],
+    owners: &[Owner],
     tightest: &Standing,
     t_ns: u64,
 ) -> HeaderValue {
@@ -329,7 +369,7 @@ fn render_state(
         .iter()
         .position(|l| *l == tightest.limit)
         .unwrap_or(0);
-    name(&mut state, kinds[tightest.charge], i, charge.limits.len());
+    name(&mut state, owners[tightest.charge], i, charge.limits.len());
     state.push_str(";r=");
     push_number(&mut state, tightest.remaining);
     state.push_str(";t=");
@@ -350,18 +390,18 @@ fn bucket_use(subject: &Subject, limit: RateLimit, cost: u64) -> BucketUse {
 /// Syncs the table with the other replicas every interval, until the
 /// table is dropped. A failed sync drops what it carried: each replica
 /// then limits on its own, never less.
-fn spawn_sync(table: Weak<Table>, shared: SharedMode, clock: Arc<dyn Clock>) {
+fn spawn_sync(table: Weak<Table>, sync: SyncMode, clock: Arc<dyn Clock>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         tracing::warn!(target: LOG_TARGET, "no tokio runtime at build: rate limits are not shared");
         return;
     };
     runtime.spawn(async move {
-        let mut tick = tokio::time::interval(shared.interval);
+        let mut tick = tokio::time::interval(sync.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
         loop {
             tick.tick().await;
-            let outcome = sync_once(&table, &*shared.sync, &*clock).await;
+            let outcome = sync_once(&table, &*sync.sync, &*clock).await;
             match (outcome, failing) {
                 (Synced::Gone, _) => return,
                 (Synced::Failed(why), false) => {

@@ -69,17 +69,17 @@ impl<T: RateLimitSync + ?Sized> RateLimitSync for std::sync::Arc<T> {
 /// How often replicas sync rate-limit state unless told otherwise.
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
-/// The shared mode of an [`Authenticator`](crate::Authenticator)'s rate
-/// limits: a sync and its interval.
+/// How the rate limits of an [`Authenticator`](crate::Authenticator) are
+/// synced with other replicas: a sync and its interval.
 #[derive(Clone)]
-pub(crate) struct SharedMode {
+pub(crate) struct SyncMode {
     pub(crate) sync: std::sync::Arc<dyn RateLimitSync>,
     pub(crate) interval: Duration,
 }
 
-impl fmt::Debug for SharedMode {
+impl fmt::Debug for SyncMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SharedMode")
+        f.debug_struct("SyncMode")
             .field("interval", &self.interval)
             .finish_non_exhaustive()
     }
