@@ -117,8 +117,7 @@ s/\.default_rate_limit\(/.with_default_rate_limit(/g
 # AuthenticatorBuilder has one setter per option: `cache_config(config)` is
 # gone (set `positive_ttl`, `max_keys`, ... on the builder itself), and so is
 # `key_format(format)`: the verifier (a store's builder) says the format.
-# PENDING (src/store/sqlite and src/store/postgres move into crates on
-# another branch; once their builders take bare names, enable these):
+# The SQL store builders take bare names too (they moved into crates):
 #   SqliteKeyStoreBuilder: with_format, with_hasher, with_clock,
 #     with_busy_timeout, with_poll_interval -> format, hasher, clock,
 #     busy_timeout, poll_interval
@@ -126,8 +125,8 @@ s/\.default_rate_limit\(/.with_default_rate_limit(/g
 #     with_pool_size, with_timeout, with_reconnect_backoff,
 #     with_reconnect_probe_interval, with_health_check_interval -> the same
 #     without `with_`
-# /(SqliteKeyStore|PgKeyStore)::builder\(/ {
-#   :k
-#   /\.(build|open|connect)\(|;/! { N; bk }
-#   s/\.with_(format|hasher|clock|busy_timeout|poll_interval|channel|pool_size|timeout|reconnect_backoff|reconnect_probe_interval|health_check_interval)\(/.\1(/g
-# }
+/(SqliteKeyStore|PgKeyStore)::builder\(/ {
+  :k
+  /\.(build|open|connect)\(|;/! { N; bk }
+  s/\.with_(format|hasher|clock|busy_timeout|poll_interval|channel|pool_size|timeout|reconnect_backoff|reconnect_probe_interval|health_check_interval)\(/.\1(/g
+}

@@ -295,10 +295,10 @@ fn public_api_of(src: &Path) -> Vec<String> {
             // The setters the SQL core's macro writes into a store's builder.
             if line.trim() == "tower_api_key_sql::settings_setters!();" {
                 if let Some(path) = owner.as_deref().map(&in_module).filter(|p| !p.is_empty()) {
-                    for name in ["with_format", "with_hasher", "max_keys_per_account"] {
+                    for name in ["format", "hasher", "max_keys_per_account"] {
                         items.insert(format!("fn {path}::{name}"));
                     }
-                    items.insert(format!("fn {path}::with_clock{}", mark(true)));
+                    items.insert(format!("fn {path}::clock{}", mark(true)));
                 }
                 continue;
             }

@@ -22,10 +22,7 @@ pub enum Store {
 pub async fn open(url: &str, hasher: KeyHasher, create: bool) -> Result<Store, CliError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         // Errors from the builder never hold the URL (it may hold a password).
-        let store = PgKeyStore::builder(url)?
-            .with_hasher(hasher)
-            .connect()
-            .await?;
+        let store = PgKeyStore::builder(url)?.hasher(hasher).connect().await?;
         Ok(Store::Postgres(store))
     } else if let Some(path) = url.strip_prefix("sqlite:") {
         // `sqlite:keys.db`, `sqlite:/var/lib/keys.db`; `sqlite://` before
@@ -43,7 +40,7 @@ pub async fn open(url: &str, hasher: KeyHasher, create: bool) -> Result<Store, C
         // The check above says it clearly; this makes sure nothing is
         // created if the file goes away in between.
         let store = SqliteKeyStore::builder(path)
-            .with_hasher(hasher)
+            .hasher(hasher)
             .create_if_missing(create)
             .open()
             .await?;

@@ -193,7 +193,7 @@ impl Db {
     async fn store(&self, hasher: KeyHasher) -> PgKeyStore {
         let store = PgKeyStore::builder(&self.url)
             .unwrap()
-            .with_hasher(hasher)
+            .hasher(hasher)
             .connect()
             .await
             .expect("connect");

@@ -22,9 +22,9 @@
 //!        async fn store(&self, s: StoreSettings) -> SqliteKeyStore {
 //!            let n = self.1.fetch_add(1, Ordering::Relaxed);
 //!            SqliteKeyStore::builder(self.0.path().join(format!("{n}.db")))
-//!                .with_format(s.format)
-//!                .with_hasher(s.hasher)
-//!                .with_clock(s.clock)
+//!                .format(s.format)
+//!                .hasher(s.hasher)
+//!                .clock(s.clock)
 //!                .max_keys_per_account(s.max_keys_per_account)
 //!                .open()
 //!                .await

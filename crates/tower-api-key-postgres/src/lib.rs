@@ -17,7 +17,7 @@
 //!   if and only if the change commits; every store listens on a connection
 //!   of its own and publishes what it hears on its bus. After a lost LISTEN
 //!   connection is restored, the store invalidates every cached key; it
-//!   listens again within [`PgKeyStoreBuilder::with_reconnect_probe_interval`]
+//!   listens again within [`PgKeyStoreBuilder::reconnect_probe_interval`]
 //!   once the database answers.
 //! - **Writes**: creates for one account take turns (an advisory lock), so
 //!   replicas cannot overshoot the per-account limit; a change or a credit
@@ -94,7 +94,7 @@ pub use tower_api_key_sql::{Migration, MigrationReport};
 use self::backend::Pg;
 
 /// The NOTIFY channel revocations, reissues and updates are announced on,
-/// unless [`PgKeyStoreBuilder::with_channel`] names another. The payload is
+/// unless [`PgKeyStoreBuilder::channel`] names another. The payload is
 /// the key id and the key's service account id, separated by a space.
 pub const DEFAULT_CHANNEL: &str = "tower_api_key_invalidate";
 
@@ -180,13 +180,13 @@ impl PgKeyStoreBuilder {
     /// of `a-z`, `0-9` and `_`, not starting with a digit. Every replica of
     /// one key table must use the same one; stores of different key tables
     /// in one database should use different ones.
-    pub fn with_channel(mut self, channel: impl Into<String>) -> Self {
+    pub fn channel(mut self, channel: impl Into<String>) -> Self {
         self.channel = channel.into();
         self
     }
 
     /// Most pooled connections (default 10); the LISTEN connection is extra.
-    pub fn with_pool_size(mut self, size: usize) -> Self {
+    pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size.max(1);
         self
     }
@@ -194,7 +194,7 @@ impl PgKeyStoreBuilder {
     /// Bound on connecting, on waiting for a pooled connection, and on the
     /// listener's health check (default 5 s). Also the connect timeout when
     /// the configuration sets none.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+    pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
@@ -203,8 +203,8 @@ impl PgKeyStoreBuilder {
     /// attempt after a loss is immediate, the next ones wait from `min`,
     /// doubling up to `max`, with jitter (default 100 ms to 5 s). A delay
     /// ends early once the database answers the pool again (see
-    /// [`with_reconnect_probe_interval`](Self::with_reconnect_probe_interval)).
-    pub fn with_reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+    /// [`reconnect_probe_interval`](Self::reconnect_probe_interval)).
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.backoff_min = min;
         self.backoff_max = max.max(min);
         self
@@ -217,7 +217,7 @@ impl PgKeyStoreBuilder {
     /// database wakes it at once as well. After a database restart the
     /// listener therefore listens again (and flushes the cache) within this
     /// interval plus one connection attempt.
-    pub fn with_reconnect_probe_interval(mut self, every: Duration) -> Self {
+    pub fn reconnect_probe_interval(mut self, every: Duration) -> Self {
         self.probe_interval = every.max(Duration::from_millis(10));
         self
     }
@@ -225,7 +225,7 @@ impl PgKeyStoreBuilder {
     /// How often the listener checks that its connection still answers
     /// (default 10 s). A connection closed by the server is noticed at once;
     /// this finds the ones that died silently.
-    pub fn with_health_check_interval(mut self, every: Duration) -> Self {
+    pub fn health_check_interval(mut self, every: Duration) -> Self {
         self.health_check_interval = every.max(Duration::from_millis(10));
         self
     }

@@ -117,7 +117,7 @@ impl TestDb {
 
     /// A store builder on this schema and channel, migrated on connect.
     fn builder(&self) -> PgKeyStoreBuilder {
-        PgKeyStoreBuilder::new(self.config.clone()).with_channel(self.channel())
+        PgKeyStoreBuilder::new(self.config.clone()).channel(self.channel())
     }
 
     async fn store(&self) -> PgKeyStore {
@@ -130,8 +130,8 @@ impl TestDb {
     /// `proxy` and reconnects fast (20 to 200 ms; a test may set its own).
     fn builder_via(&self, proxy: &Proxy) -> PgKeyStoreBuilder {
         PgKeyStoreBuilder::new(self.config_via(proxy))
-            .with_channel(self.channel())
-            .with_reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .channel(self.channel())
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
     }
 
     /// Settings that reach the same database and schema through `proxy`.
@@ -390,9 +390,9 @@ impl StoreFactory for PgFactory {
         let db = TestDb::new(self.test).await.expect("DATABASE_URL is set");
         let store = db
             .builder()
-            .with_clock(settings.clock)
-            .with_hasher(settings.hasher)
-            .with_format(settings.format)
+            .clock(settings.clock)
+            .hasher(settings.hasher)
+            .format(settings.format)
             .max_keys_per_account(settings.max_keys_per_account)
             .connect()
             .await
@@ -1079,19 +1079,9 @@ async fn reissue_with_grace_across_instances() {
         return;
     };
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
-    let a = db
-        .builder()
-        .with_clock(clock.clone())
-        .connect()
-        .await
-        .unwrap();
+    let a = db.builder().clock(clock.clone()).connect().await.unwrap();
     a.migrate().await.unwrap();
-    let b = db
-        .builder()
-        .with_clock(clock.clone())
-        .connect()
-        .await
-        .unwrap();
+    let b = db.builder().clock(clock.clone()).connect().await.unwrap();
     let cache_b = CachedVerifier::new(
         b.clone(),
         CacheConfig::builder()
@@ -1265,9 +1255,9 @@ async fn listener_comes_back_after_a_restart(
     let a = db.store().await;
     let b = db
         .builder_via(&proxy)
-        .with_timeout(Duration::from_secs(2))
-        .with_reconnect_backoff(Duration::from_secs(30), Duration::from_secs(30))
-        .with_reconnect_probe_interval(probe_interval)
+        .timeout(Duration::from_secs(2))
+        .reconnect_backoff(Duration::from_secs(30), Duration::from_secs(30))
+        .reconnect_probe_interval(probe_interval)
         .connect()
         .await
         .unwrap();
@@ -1370,8 +1360,8 @@ async fn a_silently_dead_listener_is_found_by_its_health_check() {
     let a = db.store().await;
     let b = db
         .builder_via(&proxy)
-        .with_timeout(Duration::from_secs(1))
-        .with_health_check_interval(Duration::from_millis(100))
+        .timeout(Duration::from_secs(1))
+        .health_check_interval(Duration::from_millis(100))
         .connect()
         .await
         .unwrap();
@@ -1507,7 +1497,7 @@ async fn database_down_misses_are_unavailable_and_cached_keys_still_pass() {
     let proxy = Proxy::start(db.upstream()).await;
     let store = db
         .builder_via(&proxy)
-        .with_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
         .connect()
         .await
         .unwrap();
@@ -1562,7 +1552,7 @@ async fn database_down_misses_are_unavailable_and_cached_keys_still_pass() {
     // A store that cannot reach its database at start says so.
     proxy.stop().await;
     let err = PgKeyStoreBuilder::new(db.config_via(&proxy))
-        .with_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
         .connect()
         .await
         .expect_err("nothing listens there");
@@ -1592,7 +1582,7 @@ async fn through_the_middleware_an_outage_is_503_and_uses_are_written_behind() {
     let proxy = Proxy::start(db.upstream()).await;
     let store = db
         .builder_via(&proxy)
-        .with_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
         .connect()
         .await
         .unwrap();
@@ -1653,7 +1643,7 @@ async fn through_the_middleware_an_outage_is_503_and_uses_are_written_behind() {
     // The authenticator takes the store's key format (here a custom prefix).
     let custom = db
         .builder()
-        .with_format(tower_api_key::KeyFormat::new("acme").unwrap())
+        .format(tower_api_key::KeyFormat::new("acme").unwrap())
         .connect()
         .await
         .unwrap();
@@ -1724,7 +1714,7 @@ async fn shutdown_and_drop_stop_the_listener() {
 
     // A bad channel name is refused before connecting.
     assert!(matches!(
-        db.builder().with_channel("Bad-Name").connect().await,
+        db.builder().channel("Bad-Name").connect().await,
         Err(StoreError::Config(ConfigError::ChannelName))
     ));
     db.drop_schema().await;

@@ -870,20 +870,20 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
 
 /// Writes, inside the `impl` of a backend's builder (which keeps a
 /// [`SqlSettings`] in its field `settings`), the setters every SQL store's
-/// builder has: `with_format`, `with_hasher`, `with_clock` (feature
-/// `test-util` of the backend crate) and `max_keys_per_account`.
+/// builder has: `format`, `hasher`, `clock` (feature `test-util` of the
+/// backend crate) and `max_keys_per_account`.
 #[macro_export]
 macro_rules! settings_setters {
     () => {
         /// The key format (default prefix `tak`).
-        pub fn with_format(mut self, format: ::tower_api_key::KeyFormat) -> Self {
+        pub fn format(mut self, format: ::tower_api_key::KeyFormat) -> Self {
             self.settings.format = format;
             self
         }
 
         /// How keys are hashed (default plain SHA-256). Keep the peppers out
         /// of the database.
-        pub fn with_hasher(mut self, hasher: ::tower_api_key::hash::KeyHasher) -> Self {
+        pub fn hasher(mut self, hasher: ::tower_api_key::hash::KeyHasher) -> Self {
             self.settings.hasher = hasher;
             self
         }
@@ -892,10 +892,7 @@ macro_rules! settings_setters {
         /// uses.
         #[cfg(feature = "test-util")]
         #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
-        pub fn with_clock(
-            mut self,
-            clock: ::std::sync::Arc<dyn ::tower_api_key::clock::Clock>,
-        ) -> Self {
+        pub fn clock(mut self, clock: ::std::sync::Arc<dyn ::tower_api_key::clock::Clock>) -> Self {
             self.settings.clock = $crate::StoreClock::injected(clock);
             self
         }

@@ -18,7 +18,7 @@
 //!   across processes.
 //! - **Revocation across processes**: a change writes a row to a change log
 //!   in its transaction; each store's watcher polls the file
-//!   ([`SqliteKeyStoreBuilder::with_poll_interval`], 250 ms) and publishes
+//!   ([`SqliteKeyStoreBuilder::poll_interval`], 250 ms) and publishes
 //!   what other processes changed on its bus. Changes made through this
 //!   store invalidate its caches before the call returns.
 //! - **Fail closed**: a file that cannot be read makes `verify` return
@@ -198,7 +198,7 @@ impl SqliteKeyStoreBuilder {
     /// How long a call waits for another connection's lock on the file
     /// before failing (default 5 s): SQLITE_BUSY is retried within it. A
     /// verification that times out here fails closed (503).
-    pub fn with_busy_timeout(mut self, timeout: Duration) -> Self {
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
         self.busy_timeout = timeout;
         self
     }
@@ -207,7 +207,7 @@ impl SqliteKeyStoreBuilder {
     /// other connections (default 250 ms, at least 10 ms): the bound on how
     /// late a revoke made by another process reaches this store's caches,
     /// plus one read of the change log.
-    pub fn with_poll_interval(mut self, every: Duration) -> Self {
+    pub fn poll_interval(mut self, every: Duration) -> Self {
         self.poll_interval = every.max(Duration::from_millis(10));
         self
     }

@@ -159,9 +159,9 @@ impl StoreFactory for SqliteFactory {
     async fn store(&self, settings: StoreSettings) -> SqliteKeyStore {
         let n = self.files.fetch_add(1, Ordering::Relaxed);
         let store = SqliteKeyStore::builder(self.dir.0.join(format!("{n}.db")))
-            .with_format(settings.format)
-            .with_hasher(settings.hasher)
-            .with_clock(settings.clock)
+            .format(settings.format)
+            .hasher(settings.hasher)
+            .clock(settings.clock)
             .max_keys_per_account(settings.max_keys_per_account)
             .open()
             .await
@@ -189,12 +189,7 @@ async fn paging_is_exact_with_microsecond_times_around_the_epoch() {
     let clock = Arc::new(ManualClock::new(
         SystemTime::UNIX_EPOCH - Duration::new(2, 1_500),
     ));
-    let store = dir
-        .builder()
-        .with_clock(clock.clone())
-        .open()
-        .await
-        .unwrap();
+    let store = dir.builder().clock(clock.clone()).open().await.unwrap();
     store.migrate().await.unwrap();
     let mut expected = Vec::new();
     for _ in 0..3 {
@@ -254,12 +249,7 @@ async fn keys_persist_across_a_reopen_and_revoked_ones_stay_refused() {
     let clock = Arc::new(ManualClock::new(
         SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789),
     ));
-    let store = dir
-        .builder()
-        .with_clock(clock.clone())
-        .open()
-        .await
-        .unwrap();
+    let store = dir.builder().clock(clock.clone()).open().await.unwrap();
     store.migrate().await.unwrap();
     let kept = store
         .create(
@@ -287,12 +277,7 @@ async fn keys_persist_across_a_reopen_and_revoked_ones_stay_refused() {
     store.shutdown().await;
     drop(store);
 
-    let store = dir
-        .builder()
-        .with_clock(clock.clone())
-        .open()
-        .await
-        .unwrap();
+    let store = dir.builder().clock(clock.clone()).open().await.unwrap();
     let report = store.migrate().await.unwrap();
     assert!(report.applied.is_empty(), "{report:?}");
     assert_eq!(store.export(None, MAX_EXPORT_PAGE).await.unwrap(), before);
@@ -481,19 +466,9 @@ async fn a_revoke_by_another_store_on_the_file_is_refused_here_within_a_second()
 async fn updates_and_reissues_by_another_store_reach_this_stores_cache() {
     let dir = TempDir::new("update-across");
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
-    let a = dir
-        .builder()
-        .with_clock(clock.clone())
-        .open()
-        .await
-        .unwrap();
+    let a = dir.builder().clock(clock.clone()).open().await.unwrap();
     a.migrate().await.unwrap();
-    let b = dir
-        .builder()
-        .with_clock(clock.clone())
-        .open()
-        .await
-        .unwrap();
+    let b = dir.builder().clock(clock.clone()).open().await.unwrap();
     let cache_a = CachedVerifier::new(
         a.clone(),
         CacheConfig::builder()
@@ -713,12 +688,7 @@ async fn a_watcher_that_cannot_read_the_log_keeps_its_position_and_catches_up() 
 async fn writers_prune_the_change_log_by_age() {
     let dir = TempDir::new("prune");
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
-    let store = dir
-        .builder()
-        .with_clock(clock.clone())
-        .open()
-        .await
-        .unwrap();
+    let store = dir.builder().clock(clock.clone()).open().await.unwrap();
     store.migrate().await.unwrap();
     let mut ids = Vec::new();
     for _ in 0..3 {
@@ -897,7 +867,7 @@ async fn a_held_write_lock_fails_writes_after_the_busy_timeout_and_never_blocks_
     let busy_timeout = Duration::from_millis(200);
     let store = dir
         .builder()
-        .with_busy_timeout(busy_timeout)
+        .busy_timeout(busy_timeout)
         .open()
         .await
         .unwrap();
