@@ -32,6 +32,7 @@
 //!
 //! [`Invalidations`]: crate::invalidation::Invalidations
 
+mod compromise;
 mod credit;
 pub(crate) mod key_store;
 pub(crate) mod memory;
@@ -51,6 +52,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+pub use crate::record::{Compromise, LeakAction};
+pub use compromise::{CompromiseReport, Compromised};
 pub(crate) use credit::CreditState;
 pub(crate) use key_store::KeyStore;
 #[cfg(test)]
@@ -723,6 +726,20 @@ pub(crate) fn verified(
         }
         _ => None,
     }
+}
+
+/// Whether `record`, read for the secret whose stored hash is `matched`,
+/// is quarantined: its compromise says so and names that very secret.
+pub(crate) fn quarantined(
+    record: &KeyRecord,
+    matched: &crate::hash::StoredHash,
+    compromised: Option<&crate::hash::StoredHash>,
+) -> bool {
+    record
+        .compromise
+        .as_ref()
+        .is_some_and(|c| c.action == LeakAction::Quarantine)
+        && compromised == Some(matched)
 }
 
 /// The masked hint of a key: prefix and last four characters.
