@@ -10,6 +10,7 @@ use super::{CreditState, StoreError, Version};
 use crate::hash::{HashScheme, StoredHash};
 use crate::key::KeyId;
 use crate::limits::{Credits, RateLimit, Refill, RefillInterval, MAX_CREDITS};
+use crate::record::{Compromise, LeakAction};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -118,6 +119,44 @@ pub(crate) fn stored_hash(
         _ => return Err("stored key hash has an unknown scheme".into()),
     };
     Ok(Some(StoredHash::from_parts(scheme, digest)))
+}
+
+/// The compromise columns of a key (`compromised_at`, `compromise_url`,
+/// `compromise_source`, `compromise_action`) as its record's
+/// [`Compromise`]: none without a time; an error for an action the crate
+/// does not know.
+pub(crate) fn compromise_of(
+    at: Option<SystemTime>,
+    url: Option<String>,
+    source: Option<String>,
+    action: Option<&str>,
+) -> Result<Option<Compromise>, BoxError> {
+    let Some(at) = at else {
+        return Ok(None);
+    };
+    let action = action
+        .and_then(LeakAction::from_name)
+        .ok_or("stored compromise action is not valid")?;
+    Ok(Some(Compromise::new(
+        at,
+        url.unwrap_or_default(),
+        source.unwrap_or_default(),
+        action,
+    )))
+}
+
+/// The stored form of a compromise's binding: the hash of `key` whose
+/// digest is `digest` (its current or previous), if it still has one.
+pub(crate) fn compromised_hash(
+    digest: Option<&[u8]>,
+    current: Option<StoredHash>,
+    previous: Option<StoredHash>,
+) -> Option<StoredHash> {
+    let digest = digest?;
+    [current, previous]
+        .into_iter()
+        .flatten()
+        .find(|h| h.digest().as_slice() == digest)
 }
 
 /// A key's stored version: at least 1 (a `CHECK` in both schemas).
