@@ -279,6 +279,12 @@ impl KeyInfo {
         const CREDITS: usize = 192;
         let limits = LIMIT * (record.rate_limits.len() + record.account_rate_limits.len());
         let credits = if record.credits.is_some() { CREDITS } else { 0 };
+        // A leak report: its URL and source as strings, a timestamp, an
+        // action name, a flag and their field names.
+        const COMPROMISE: usize = 160;
+        let compromise = record.compromise.as_ref().map_or(0, |c| {
+            COMPROMISE + json_string_len(&c.url) + json_string_len(&c.source)
+        });
         FIXED
             + json_string_len(record.key_id.as_str())
             + json_string_len(&record.service_account_id)
@@ -288,6 +294,7 @@ impl KeyInfo {
             + LIMIT_LISTS
             + limits
             + credits
+            + compromise
     }
 }
 
