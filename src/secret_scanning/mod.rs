@@ -383,6 +383,8 @@ impl Receiver {
             return Ok((FALSE, None));
         };
         let report = CompromiseReport::new(item.url.clone(), item.source.clone(), config.action);
+        // Logged as recorded: cut, without control characters.
+        let url = report.url.clone();
         let outcome = self.store.record_compromise(&key, report).await?;
         let key_id = key.id();
         let event = match &outcome {
@@ -392,7 +394,7 @@ impl Receiver {
                     target: LOG_TARGET,
                     %key_id,
                     reporter = config.reporter,
-                    url = %item.url,
+                    url = %url,
                     action = %config.action,
                     "api key reported leaked"
                 );
