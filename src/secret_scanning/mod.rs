@@ -15,10 +15,10 @@
 //!    identifier (401 for an unknown identifier or a bad signature, 503 if
 //!    the keys cannot be had): nothing else happens for an unsigned report,
 //!    and the key store is never touched;
-//! 3. parses each token with the store's [`KeyFormat`](crate::KeyFormat)
+//! 3. parses each token with the store's [`KeyFormat`]
 //!    (checksum first: a string that is not one of this issuer's keys costs
 //!    no lookup), and hands each key to
-//!    [`KeyStore::record_compromise`](crate::KeyStore::record_compromise)
+//!    [`KeyStore::record_compromise`]
 //!    with the configured [`LeakAction`] (default
 //!    [`Revoke`](LeakAction::Revoke));
 //! 4. answers `200` with one feedback entry per token,
@@ -375,7 +375,7 @@ impl Receiver {
         const TRUE: &str = "true_positive";
         const FALSE: &str = "false_positive";
         let config = &self.config;
-        if !config.token_types.iter().any(|t| *t == item.token_type) {
+        if !config.token_types.contains(&item.token_type) {
             return Ok((FALSE, None));
         }
         // Checksum first: anything else is not this issuer's, at no cost.
