@@ -523,6 +523,22 @@ async fn account_limits_and_credits_changed_on_one_replica_reach_the_others_cach
     db.drop_schema().await;
 }
 
+/// A leak report received by one replica (issue 24) reaches the other's
+/// cache through NOTIFY within the revocation bound: the revoked key is
+/// refused there, the quarantined secret read as quarantined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leak_report_on_one_replica_reaches_the_others_cache_within_the_bound() {
+    let Some(db) = TestDb::new("leak_report_reaches_the_other").await else {
+        return;
+    };
+    let a = db.store().await;
+    let b = db.store().await;
+    conformance::compromise::leak_reports_reach_the_other_store(&a, &b, NOTIFY_WITHIN).await;
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_schema().await;
+}
+
 /// Limits or credits another tool wrote wrong are a backend error naming
 /// the key, never a panic, and never a key without its limits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1108,6 +1108,18 @@ async fn leases_on_two_stores_never_grant_more_credits_than_exist() {
     b.shutdown().await;
 }
 
+/// A leak report recorded through another store (issue 24) reaches this
+/// store's cache through the change log within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leak_report_through_another_store_reaches_this_stores_cache() {
+    let dir = TempDir::new("leak-across");
+    let a = dir.store().await;
+    let b = dir.builder().open().await.unwrap();
+    conformance::compromise::leak_reports_reach_the_other_store(&b, &a, WITHIN).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// Account limits and added credits set through another store reach this
 /// store's cache through the change log, for every key of the account.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -245,3 +245,55 @@ pub async fn an_export_carries_the_compromise_and_its_binding<F: StoreFactory>(f
         Compromised::AlreadyReported
     );
 }
+
+/// Two stores over one backing (a database, a file): a leak report recorded
+/// through `writer` reaches a cache over `reader` within `within`: a revoked
+/// key is refused, a quarantined secret is read as quarantined, although
+/// both were cached as valid before.
+// Only the stores that two processes can share use it.
+pub async fn leak_reports_reach_the_other_store<S: KeyStore + Clone + 'static>(
+    writer: &S,
+    reader: &S,
+    within: Duration,
+) {
+    use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError};
+
+    let cache = CachedVerifier::new(
+        reader.clone(),
+        CacheConfig::builder()
+            .positive_ttl(Duration::from_secs(3600))
+            .build(),
+    );
+    let mut seen = Watch::on(reader);
+    let revoked = writer.create(NewKey::new("sa-leak")).await.unwrap();
+    let quarantined = writer.create(NewKey::new("sa-leak")).await.unwrap();
+    for key in [&revoked, &quarantined] {
+        let caller = cache.lookup(&parse(reader, &key.key)).await.unwrap();
+        assert!(!caller.record().quarantined);
+    }
+    for (key, action) in [
+        (&revoked, LeakAction::Revoke),
+        (&quarantined, LeakAction::Quarantine),
+    ] {
+        acted(
+            writer
+                .record_compromise(&parse(writer, &key.key), report(action))
+                .await
+                .unwrap(),
+        );
+        seen.until_invalidated(key.record.key_id, within).await;
+    }
+    assert!(matches!(
+        cache.lookup(&parse(reader, &revoked.key)).await,
+        Err(LookupError::Unknown)
+    ));
+    let caller = cache
+        .lookup(&parse(reader, &quarantined.key))
+        .await
+        .unwrap();
+    assert!(caller.record().quarantined);
+    assert_eq!(
+        caller.compromise().map(|c| c.action),
+        Some(LeakAction::Quarantine)
+    );
+}
