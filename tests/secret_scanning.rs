@@ -494,3 +494,38 @@ async fn two_identical_reports_at_once_act_once() {
     assert_eq!(info.version.get(), 2, "one write");
     assert_eq!(s.all_events().await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_policy_per_key_picks_the_action_from_what_the_store_holds() {
+    let fx = Fixture::new();
+    let reporter = Reporter::new();
+    let config = ReceiverConfig::github(StaticKeys::new().with_key(KEY_ID, reporter.public()))
+        .action_for(|info| {
+            if &*info.record.service_account_id == "sa-vip" {
+                LeakAction::Quarantine
+            } else {
+                LeakAction::Revoke
+            }
+        });
+    let router = app(&fx.auth)
+        .router
+        .merge(secret_scanning::router(fx.store.clone(), config));
+    let vip = fx.key("sa-vip", &[]).await;
+    let other = fx.key("sa-other", &[]).await;
+    let body = report_of(&[vip.key.expose_secret(), other.key.expose_secret()]);
+    let signature = reporter.sign(&body);
+    let reply = common::http::send(&router, signed(&body, KEY_ID, &signature)).await;
+    assert_eq!(feedback(&reply).len(), 2);
+    let vip_reply = common::http::send(&router, whoami_with_key(vip.key.expose_secret())).await;
+    assert_eq!(
+        vip_reply.reason(),
+        Some(Reason::KeyCompromised),
+        "{vip_reply:?}"
+    );
+    let other_reply = common::http::send(&router, whoami_with_key(other.key.expose_secret())).await;
+    assert_eq!(
+        other_reply.reason(),
+        Some(Reason::Unknown),
+        "{other_reply:?}"
+    );
+}

@@ -280,6 +280,35 @@ mod tests {
         assert!(keys.key("known").await.unwrap().is_some());
     }
 
+    /// Fetches once, then fails.
+    struct Flaky(AtomicUsize, ReporterKey);
+
+    #[async_trait]
+    impl FetchKeys for Flaky {
+        async fn fetch(&self) -> Result<Vec<(String, ReporterKey)>, BoxError> {
+            match self.0.fetch_add(1, Ordering::SeqCst) {
+                0 => Ok(vec![("known".to_owned(), self.1.clone())]),
+                _ => Err("the key endpoint is down".into()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_refetch_serves_the_keys_cached_and_a_first_failure_is_an_error() {
+        // Stale at once and refetched every time: each lookup fetches.
+        let keys = FetchedKeys::new(Flaky(AtomicUsize::new(0), some_key()))
+            .ttl(Duration::ZERO)
+            .refetch_interval(Duration::ZERO);
+        assert!(keys.key("known").await.unwrap().is_some());
+        assert!(
+            keys.key("known").await.unwrap().is_some(),
+            "served from cache"
+        );
+        assert_eq!(keys.fetch.0.load(Ordering::SeqCst), 2);
+        let never = FetchedKeys::new(Flaky(AtomicUsize::new(1), some_key()));
+        assert!(never.key("known").await.is_err());
+    }
+
     #[test]
     fn the_github_document_parses() {
         let secret = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();

@@ -109,6 +109,7 @@ pub struct CompromiseEvent {
 }
 
 type Hook = Arc<dyn Fn(CompromiseEvent) + Send + Sync>;
+type Policy = Arc<dyn Fn(&KeyInfo) -> LeakAction + Send + Sync>;
 
 /// How a receiver checks and acts on reports of one reporter.
 #[must_use]
@@ -120,6 +121,7 @@ pub struct ReceiverConfig {
     keys: Arc<dyn ReporterKeys>,
     token_types: Vec<String>,
     action: LeakAction,
+    policy: Option<Policy>,
     max_body: usize,
     hook: Option<Hook>,
 }
@@ -168,6 +170,7 @@ impl ReceiverConfig {
             keys: Arc::new(keys),
             token_types: vec!["tower_api_key".to_owned()],
             action: LeakAction::default(),
+            policy: None,
             max_body: DEFAULT_MAX_BODY,
             hook: None,
         }
@@ -194,6 +197,20 @@ impl ReceiverConfig {
     /// [`LeakAction::Revoke`]).
     pub fn action(mut self, action: LeakAction) -> Self {
         self.action = action;
+        self
+    }
+
+    /// What the store does with each reported key, chosen per key from
+    /// what the store holds of it (its account, scopes, description): for
+    /// example, quarantine the keys of accounts that must not go down and
+    /// revoke the others. Costs one [`KeyStore::get`] per reported key of
+    /// this issuer. Overrides [`action`](Self::action), which stays for a
+    /// key that cannot be read.
+    pub fn action_for(
+        mut self,
+        policy: impl Fn(&KeyInfo) -> LeakAction + Send + Sync + 'static,
+    ) -> Self {
+        self.policy = Some(Arc::new(policy));
         self
     }
 
@@ -382,7 +399,14 @@ impl Receiver {
         let Ok(key) = self.format.parse(&item.token) else {
             return Ok((FALSE, None));
         };
-        let report = CompromiseReport::new(item.url.clone(), item.source.clone(), config.action);
+        let action = match &config.policy {
+            None => config.action,
+            Some(policy) => match self.store.get(key.id()).await? {
+                Some(info) => policy(&info),
+                None => config.action,
+            },
+        };
+        let report = CompromiseReport::new(item.url.clone(), item.source.clone(), action);
         // Logged as recorded: cut, without control characters.
         let url = report.url.clone();
         let outcome = self.store.record_compromise(&key, report).await?;
@@ -395,7 +419,7 @@ impl Receiver {
                     %key_id,
                     reporter = config.reporter,
                     url = %url,
-                    action = %config.action,
+                    %action,
                     "api key reported leaked"
                 );
                 compromise.map(|compromise| CompromiseEvent {
@@ -427,4 +451,75 @@ fn hex(bytes: &[u8]) -> String {
         let _ = write!(out, "{b:02x}");
     }
     out
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use p256::ecdsa::signature::Signer as _;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::store::NewKey;
+    use crate::MemoryStore;
+
+    /// Every token answered counts once under its label.
+    #[test]
+    fn reports_are_counted_by_label() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let status = metrics::with_local_recorder(&recorder, || {
+            runtime.block_on(async {
+                let signing = p256::ecdsa::SigningKey::from_slice(&[5u8; 32]).unwrap();
+                let public =
+                    p256::pkcs8::EncodePublicKey::to_public_key_der(signing.verifying_key())
+                        .unwrap();
+                let public = ReporterKey::from_der(public.as_bytes()).unwrap();
+                let keys = StaticKeys::new().with_key("k", public);
+                let store = MemoryStore::new();
+                let created = store.create(NewKey::new("sa")).await.unwrap();
+                let body = serde_json::json!([
+                    {"token": created.key.expose_secret(), "type": "tower_api_key"},
+                    {"token": "tak_nothing", "type": "tower_api_key"},
+                    {"token": "tak_other", "type": "tower_api_key"},
+                ])
+                .to_string();
+                let signature: p256::ecdsa::Signature = signing.sign(body.as_bytes());
+                let signature =
+                    base64::engine::general_purpose::STANDARD.encode(signature.to_der());
+                let request = axum::http::Request::post(GITHUB_PATH)
+                    .header("github-public-key-identifier", "k")
+                    .header("github-public-key-signature", signature)
+                    .body(Body::from(body))
+                    .unwrap();
+                router(store, ReceiverConfig::github(keys))
+                    .oneshot(request)
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        });
+        assert_eq!(status, StatusCode::OK);
+        let mut counted: Vec<(String, u64)> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(key, ..)| key.key().name() == telemetry::names::LEAK_REPORTS)
+            .map(|(key, _, _, value)| {
+                let label = key.key().labels().next().unwrap().value().to_owned();
+                let DebugValue::Counter(n) = value else {
+                    panic!("a counter");
+                };
+                (label, n)
+            })
+            .collect();
+        counted.sort();
+        assert_eq!(
+            counted,
+            vec![("false_positive".into(), 2), ("true_positive".into(), 1)]
+        );
+    }
 }
