@@ -73,6 +73,26 @@ pub async fn a_report_is_recorded_once_announced_and_a_replay_changes_nothing<F:
         Compromised::AlreadyReported
     );
     assert_eq!(store.get(id).await.unwrap().unwrap().version.get(), 2);
+
+    // The longest report a store keeps, every byte escaped in JSON, is
+    // counted by the page budget's estimate (and kept whole).
+    let long = store.create(NewKey::new("sa-leak")).await.unwrap();
+    let url = "\"".repeat(CompromiseReport::MAX_URL_LEN);
+    let source = "\\".repeat(CompromiseReport::MAX_SOURCE_LEN);
+    let info = acted(
+        store
+            .record_compromise(
+                &parse(&store, &long.key),
+                CompromiseReport::new(url.clone(), source, LeakAction::Notify),
+            )
+            .await
+            .unwrap(),
+    );
+    let got = store.get(long.record.key_id).await.unwrap().unwrap();
+    assert_eq!(got.record.compromise.as_ref().map(|c| &c.url), Some(&url));
+    assert_eq!(got, info);
+    #[cfg(feature = "management")]
+    assert!(crate::json_len(&got) <= got.json_size_estimate());
 }
 
 /// A quarantine applies to the secret reported: while the key holds it
