@@ -216,6 +216,13 @@ pub(crate) fn verdict<B>(
             }
             // A valid key is no guess, whatever the route's scopes say.
             give_back(attempt);
+            // A secret quarantined after a leak report is refused on every
+            // route, before its scopes are looked at.
+            if caller.record().quarantined {
+                let mut rejection = Rejection::new(Reason::KeyCompromised);
+                rejection.key_id = Some(key_id);
+                return Err(rejection);
+            }
             let scope_policy = policy.policy_for(request.method(), request.uri().path());
             let mut rejection = match scope_policy.check(caller.scopes()) {
                 // Counted as accepted once the limits admit it too (`admit`).
