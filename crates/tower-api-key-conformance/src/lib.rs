@@ -53,12 +53,14 @@
 //! `BTreeMap` behind a mutex).
 //!
 //! Every test is a generic function in [`contract`], [`limits`],
-//! [`transfer`] or [`versions`]; the macros make one test of each.
+//! [`transfer`], [`versions`] or [`compromise`]; the macros make one test
+//! of each.
 //!
 //! Times: the settings' clock starts on a whole second and tests move it by
 //! whole seconds unless the test is about sub-microsecond times, because
 //! PostgreSQL keeps microseconds.
 
+pub mod compromise;
 pub mod contract;
 pub mod limits;
 pub mod transfer;
@@ -378,6 +380,12 @@ macro_rules! __store_conformance {
                 versions::a_check_on_what_was_read_holds_for_what_the_write_replaces,
                 versions::concurrent_writes_on_one_version_let_exactly_one_through,
                 versions::a_key_imported_at_the_highest_version_stays_writable_and_readable,
+                compromise::a_report_is_recorded_once_announced_and_a_replay_changes_nothing,
+                compromise::a_quarantine_binds_to_the_reported_secret_only,
+                compromise::revoke_revokes_the_key_and_a_replay_is_already_revoked,
+                compromise::a_wrong_secret_or_an_unknown_id_is_unknown_and_changes_nothing,
+                compromise::concurrent_reports_of_one_secret_act_once,
+                compromise::an_export_carries_the_compromise_and_its_binding,
             );
             $crate::__hashing_work_test!($hashing, Factory);
         }

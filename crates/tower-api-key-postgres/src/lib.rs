@@ -95,6 +95,7 @@
 #![warn(missing_docs, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod compromise;
 mod listener;
 mod migrations;
 mod rate_sync;
@@ -125,16 +126,16 @@ use tower_api_key::store::kit::{
     page_token, parse_page_token, verified, CreditState,
 };
 use tower_api_key::store::{
-    latest_time, ConfigError, ConflictKind, CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate,
-    ListRequest, NewKey, PreviousHash, StoreError, StoredKey, Version,
+    latest_time, CompromiseReport, Compromised, ConfigError, ConflictKind, CreatedKey, Imported,
+    KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey, PreviousHash, StoreError, StoredKey, Version,
     DEFAULT_MAX_KEYS_PER_ACCOUNT, MAX_EXPORT_PAGE,
 };
 use tower_api_key::{CreditLedger, Verifier, VerifierError};
 use tower_api_key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
 use tower_api_key::{Invalidation, Invalidations, KeyRecord, KeyStore, ScopeSet};
 use tower_api_key_sql::{
-    limits_text, parse_limits, scheme_columns, shown_id, stored_hash, version_of, warn_unreadable,
-    CreditColumns, StoreClock,
+    compromise_of, compromised_hash, limits_text, parse_limits, scheme_columns, shown_id,
+    stored_hash, version_of, warn_unreadable, CreditColumns, StoreClock,
 };
 pub use tower_api_key_sql::{Migration, MigrationReport};
 
@@ -180,7 +181,8 @@ const CREDIT_COLUMNS: &str = "credits_remaining, credits_refill_amount, credits_
 const INFO_COLUMNS: &str = "key_id, service_account_id, scopes, description, created_at, \
      expires_at, last_used_at, hint, rate_limits, credits_remaining, credits_refill_amount, \
      credits_refill_interval, credits_refill_day, credits_refilled_at, credits_generation, \
-     version";
+     version, compromised_at, compromise_url, compromise_source, compromise_action, \
+     COALESCE(compromise_action = 'quarantine' AND compromised_hash = hash, false) AS quarantined";
 
 /// The account limits of the key row `alias` (the key table, or a CTE over
 /// it), read in the same statement as the key.
@@ -193,7 +195,7 @@ fn account_limits_column(alias: &str) -> String {
 
 /// What verification needs besides.
 const HASH_COLUMNS: &str = "hash, hash_scheme, hash_pepper_version, previous_hash, \
-     previous_hash_scheme, previous_hash_pepper_version, previous_valid_until";
+     previous_hash_scheme, previous_hash_pepper_version, previous_valid_until, compromised_hash";
 
 /// Keys in PostgreSQL, with push invalidation between replicas. See the
 /// [module docs](self).
@@ -656,14 +658,22 @@ fn record_of(row: &Row) -> Result<KeyRecord, BoxError> {
         Vec::new()
     };
     let credits = credits_of(row, key_id)?.map(|state| state.credits);
-    Ok(KeyRecord::new(key_id, service_account_id)
+    let mut record = KeyRecord::new(key_id, service_account_id)
         .with_scopes(scopes)
         .with_description(row.try_get::<_, String>("description")?)
         .with_created_at(row.try_get("created_at")?)
         .with_expires_at(row.try_get("expires_at")?)
         .with_rate_limits(rate_limits)
         .with_account_rate_limits(account_rate_limits)
-        .with_credits(credits))
+        .with_credits(credits);
+    record.compromise = compromise_of(
+        row.try_get("compromised_at")?,
+        row.try_get("compromise_url")?,
+        row.try_get("compromise_source")?,
+        row.try_get("compromise_action")?,
+    )?;
+    record.quarantined = row.try_get("quarantined")?;
+    Ok(record)
 }
 
 /// The credit state in a row's credit columns.
@@ -718,6 +728,10 @@ fn stored_key_of(row: &Row) -> Result<StoredKey, BoxError> {
     let mut key = StoredKey::new(info_of(row)?, hash);
     if let (Some(previous), Some(until)) = (previous, until) {
         key = key.with_previous(PreviousHash::new(previous, until));
+    }
+    let bound: Option<&[u8]> = row.try_get("compromised_hash")?;
+    if let Some(hash) = compromised_hash(bound, Some(hash), previous) {
+        key = key.with_compromised_hash(hash);
     }
     Ok(key)
 }
@@ -781,12 +795,25 @@ impl Verifier for PgKeyStore {
                 .map_err(VerifierError::backend)?,
         )
         .map_err(VerifierError::Backend)?;
+        let previous_digest = previous.map(|h| *h.digest());
         let current = candidates.matches(current.as_ref());
         let previous = candidates.matches(previous.as_ref());
         if !current && !previous {
             return Ok(None);
         }
-        let record = record_of(row).map_err(VerifierError::Backend)?;
+        let mut record = record_of(row).map_err(VerifierError::Backend)?;
+        if !current {
+            // The replaced secret matched: quarantined if it is the one reported.
+            let bound: Option<&[u8]> = row
+                .try_get("compromised_hash")
+                .map_err(VerifierError::backend)?;
+            let quarantine = record
+                .compromise
+                .as_ref()
+                .is_some_and(|c| c.action == tower_api_key::store::LeakAction::Quarantine);
+            record.quarantined =
+                quarantine && bound.is_some() && bound == previous_digest.as_ref().map(|d| &d[..]);
+        }
         if record.key_id != key.id() {
             // The row is looked up by this id; never hand out another key's record.
             return Ok(None);
@@ -1508,6 +1535,25 @@ impl KeyStore for PgKeyStore {
                 ],
             )
             .await?;
+            if let Some(c) = &record.compromise {
+                tx.execute(
+                    &format!(
+                        "UPDATE {TABLE} SET compromised_at = $2, compromise_url = $3,
+                             compromise_source = $4, compromise_action = $5,
+                             compromised_hash = $6
+                          WHERE key_id = $1"
+                    ),
+                    &[
+                        &id.as_str(),
+                        &micros(c.at),
+                        &c.url,
+                        &c.source,
+                        &c.action.as_str(),
+                        &key.compromised_hash.as_ref().map(|h| h.digest().as_slice()),
+                    ],
+                )
+                .await?;
+            }
             tx.commit().await?;
             Ok::<_, BoxError>(Ok(Imported::Added))
         }
@@ -1576,6 +1622,14 @@ impl KeyStore for PgKeyStore {
         };
         self.changed(id, row.try_get("service_account_id").ok());
         Ok(true)
+    }
+
+    async fn record_compromise(
+        &self,
+        key: &PresentedKey,
+        report: CompromiseReport,
+    ) -> Result<Compromised, StoreError> {
+        self.compromise(key, report).await
     }
 
     async fn unreadable(&self) -> Result<Vec<String>, StoreError> {

@@ -97,6 +97,7 @@
 #![warn(missing_docs, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod compromise;
 mod connection;
 mod migrations;
 mod watcher;
@@ -114,6 +115,7 @@ use tokio::task::JoinHandle;
 
 pub use migrations::migrations;
 
+use self::compromise::compromise_columns;
 use self::connection::{BoxError, Connections};
 use self::watcher::Watcher;
 use tower_api_key::hash::{KeyHasher, StoredHash};
@@ -124,16 +126,16 @@ use tower_api_key::store::kit::{
     page_token, parse_page_token, verified, CreditState,
 };
 use tower_api_key::store::{
-    latest_time, ConfigError, ConflictKind, CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate,
-    ListRequest, NewKey, PreviousHash, StoreError, StoredKey, Version,
+    latest_time, CompromiseReport, Compromised, ConfigError, ConflictKind, CreatedKey, Imported,
+    KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey, PreviousHash, StoreError, StoredKey, Version,
     DEFAULT_MAX_KEYS_PER_ACCOUNT, MAX_EXPORT_PAGE,
 };
 use tower_api_key::{CreditLedger, Verifier, VerifierError};
 use tower_api_key::{GeneratedKey, KeyFormat, KeyId, PresentedKey};
 use tower_api_key::{Invalidation, Invalidations, KeyRecord, KeyStore, ScopeSet};
 use tower_api_key_sql::{
-    limits_text, parse_limits, scheme_columns, shown_id, stored_hash, version_of, warn_unreadable,
-    CreditColumns, StoreClock,
+    compromise_of, compromised_hash, limits_text, parse_limits, scheme_columns, shown_id,
+    stored_hash, version_of, warn_unreadable, CreditColumns, StoreClock,
 };
 pub use tower_api_key_sql::{Migration, MigrationReport};
 
@@ -150,7 +152,8 @@ const ACCOUNT_LIMITS: &str = "tower_api_key_account_limits";
 const INFO_COLUMNS: &str = "key_id, service_account_id, scopes, description, created_at, \
      expires_at, last_used_at, hint, rate_limits, credits_remaining, credits_refill_amount, \
      credits_refill_interval, credits_refill_day, credits_refilled_at, credits_generation, \
-     version";
+     version, compromised_at, compromise_url, compromise_source, compromise_action, \
+     (compromise_action IS 'quarantine' AND compromised_hash IS hash) AS quarantined";
 
 /// The key's account's limits, in a query over the key table (not in a
 /// `RETURNING`): read in the same statement as the key.
@@ -163,7 +166,7 @@ const CREDIT_COLUMNS: &str = "credits_remaining, credits_refill_amount, credits_
 
 /// What verification and export need besides.
 const HASH_COLUMNS: &str = "hash, hash_scheme, hash_pepper_version, previous_hash, \
-     previous_hash_scheme, previous_hash_pepper_version, previous_valid_until";
+     previous_hash_scheme, previous_hash_pepper_version, previous_valid_until, compromised_hash";
 
 /// Change log rows older than this are pruned by writers.
 const CHANGE_LOG_AGE: Duration = Duration::from_secs(600);
@@ -681,6 +684,8 @@ struct RawInfo {
     /// ([`ACCOUNT_LIMITS_COLUMN`]) or they were read beside it.
     account_rate_limits: Option<String>,
     version: i64,
+    compromise: (Option<i64>, Option<String>, Option<String>, Option<String>),
+    quarantined: bool,
 }
 
 impl RawInfo {
@@ -702,6 +707,13 @@ impl RawInfo {
             credits: RawCredits::read(row)?,
             account_rate_limits,
             version: row.get("version")?,
+            compromise: (
+                row.get("compromised_at")?,
+                row.get("compromise_url")?,
+                row.get("compromise_source")?,
+                row.get("compromise_action")?,
+            ),
+            quarantined: row.get("quarantined")?,
         })
     }
 
@@ -715,14 +727,19 @@ impl RawInfo {
             None => Vec::new(),
         };
         let credits = self.credits.state(key_id)?.map(|state| state.credits);
-        Ok(KeyRecord::new(key_id, self.service_account_id.as_str())
+        let (at, url, source, action) = self.compromise.clone();
+        let at = at.map(time_of).transpose()?;
+        let mut record = KeyRecord::new(key_id, self.service_account_id.as_str())
             .with_scopes(scopes)
             .with_description(self.description.clone())
             .with_created_at(time_of(self.created_at)?)
             .with_expires_at(self.expires_at.map(time_of).transpose()?)
             .with_rate_limits(rate_limits)
             .with_account_rate_limits(account_rate_limits)
-            .with_credits(credits))
+            .with_credits(credits);
+        record.compromise = compromise_of(at, url, source, action.as_deref())?;
+        record.quarantined = self.quarantined;
+        Ok(record)
     }
 
     fn info(&self) -> Result<KeyInfo, BoxError> {
@@ -808,6 +825,7 @@ struct RawKey {
     previous_hash_scheme: Option<String>,
     previous_hash_pepper_version: Option<i64>,
     previous_valid_until: Option<i64>,
+    compromised_hash: Option<Vec<u8>>,
 }
 
 impl RawKey {
@@ -821,6 +839,7 @@ impl RawKey {
             previous_hash_scheme: row.get("previous_hash_scheme")?,
             previous_hash_pepper_version: row.get("previous_hash_pepper_version")?,
             previous_valid_until: row.get("previous_valid_until")?,
+            compromised_hash: row.get("compromised_hash")?,
         })
     }
 
@@ -845,6 +864,10 @@ impl RawKey {
         let mut key = StoredKey::new(self.info.info()?, hash);
         if let (Some(previous), Some(until)) = (self.previous()?, self.previous_valid_until) {
             key = key.with_previous(PreviousHash::new(previous, time_of(until)?));
+        }
+        let bound = self.compromised_hash.as_deref();
+        if let Some(hash) = compromised_hash(bound, Some(hash), self.previous()?) {
+            key = key.with_compromised_hash(hash);
         }
         Ok(key)
     }
@@ -936,7 +959,9 @@ impl Verifier for SqliteKeyStore {
         let row = self
             .run(move |conn| {
                 let sql = format!(
-                    "SELECT {INFO_COLUMNS}, previous_valid_until, {ACCOUNT_LIMITS_COLUMN}
+                    "SELECT {INFO_COLUMNS}, previous_valid_until, {ACCOUNT_LIMITS_COLUMN},
+                            (compromise_action IS 'quarantine'
+                             AND compromised_hash IS previous_hash) AS previous_quarantined
                        FROM {TABLE} WHERE key_id = ?1"
                 );
                 Ok(conn
@@ -945,6 +970,7 @@ impl Verifier for SqliteKeyStore {
                         Ok((
                             RawInfo::read(row)?,
                             row.get::<_, Option<i64>>("previous_valid_until")?,
+                            row.get::<_, bool>("previous_quarantined")?,
                         ))
                     })
                     .optional()?)
@@ -952,10 +978,13 @@ impl Verifier for SqliteKeyStore {
             .await
             .map_err(VerifierError::Backend)?;
         // Revoked between the two reads.
-        let Some((info, previous_valid_until)) = row else {
+        let Some((info, previous_valid_until, previous_quarantined)) = row else {
             return Ok(None);
         };
-        let record = info.record().map_err(VerifierError::Backend)?;
+        let mut record = info.record().map_err(VerifierError::Backend)?;
+        if !current {
+            record.quarantined = previous_quarantined;
+        }
         if record.key_id != key.id() {
             // The row is looked up by this id; never hand out another key's record.
             return Ok(None);
@@ -1676,6 +1705,7 @@ impl KeyStore for SqliteKeyStore {
             last_used_at,
             key.info.hint.clone(),
         );
+        let compromise = compromise_columns(&key)?;
         let limit = self.inner.max_keys_per_account;
         let key_id = insert.0.clone();
         self.run_write(move |conn| {
@@ -1734,9 +1764,19 @@ impl KeyStore for SqliteKeyStore {
             .execute(insert)?;
             limits.write(&tx, &key_id)?;
             tx.prepare_cached(&format!(
-                "UPDATE {TABLE} SET version = ?2 WHERE key_id = ?1"
+                "UPDATE {TABLE} SET version = ?2, compromised_at = ?3, compromise_url = ?4,
+                     compromise_source = ?5, compromise_action = ?6, compromised_hash = ?7
+                  WHERE key_id = ?1"
             ))?
-            .execute((&key_id, version))?;
+            .execute((
+                &key_id,
+                version,
+                compromise.0,
+                compromise.1,
+                compromise.2,
+                compromise.3,
+                compromise.4,
+            ))?;
             tx.commit()?;
             Ok(Ok(Imported::Added))
         })
@@ -1809,6 +1849,14 @@ impl KeyStore for SqliteKeyStore {
             self.changed(id, account);
         }
         Ok(account.is_some())
+    }
+
+    async fn record_compromise(
+        &self,
+        key: &PresentedKey,
+        report: CompromiseReport,
+    ) -> Result<Compromised, StoreError> {
+        self.compromise(key, report).await
     }
 
     async fn unreadable(&self) -> Result<Vec<String>, StoreError> {
