@@ -758,7 +758,7 @@ fn published_crates() -> Vec<(String, PathBuf)> {
     let manifest = fs::read_to_string(root.join("Cargo.toml")).unwrap();
     let mut crates = vec![("tower-api-key".to_string(), root.to_path_buf())];
     let members = manifest
-        .split("members = [")
+        .split("\nmembers = [")
         .nth(1)
         .and_then(|rest| rest.split(']').next())
         .expect("the workspace members");
@@ -939,4 +939,22 @@ fn re_exports_of_private_modules_resolve_to_their_public_path() {
         "use StatusCode -> http::StatusCode",
     ];
     assert_eq!(listing, expected);
+}
+
+#[test]
+fn a_difference_is_printed_line_by_line() {
+    if std::env::var_os("UPDATE_PUBLIC_API").is_some() {
+        return; // check_listing writes instead of comparing.
+    }
+    let dir = std::env::temp_dir().join(format!("public_api_{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let listed_at = dir.join("public_api.txt");
+    fs::write(&listed_at, "# header\nfn kept\nfn removed\n").unwrap();
+    let diff = check_listing(&listed_at, &["fn added".into(), "fn kept".into()]).unwrap_err();
+    fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        diff.ends_with("differs:\n+ fn added\n- fn removed"),
+        "{diff}"
+    );
+    assert!(check_listing(&dir.join("none.txt"), &["fn new".into()]).is_err());
 }
