@@ -13,9 +13,18 @@
 //! secrets stop working), so the printed lines always work; keys created
 //! through `/admin` or the CLI stay as they are.
 //!
-//! Its stdout is shell lines only, `export ADDR=...` and one
-//! `export API_KEY_<NAME>=...` per demo key, to paste into another shell;
-//! logs go to stderr.
+//! Its stdout is shell lines only, `export ADDR=...`, one
+//! `export API_KEY_<NAME>=...` per demo key, and `export LEAK_SIGNING_KEY=...`
+//! and `export LEAK_KEY_ID=...` for signing leak reports, to paste into
+//! another shell; logs go to stderr.
+//!
+//! The secret-scanning receiver is mounted at `/secret-scanning/github`. As
+//! a demo it trusts a P-256 key pair made at start (GitHub's keys in a real
+//! deployment): the private key is written as PEM to a file (mode 0600)
+//! named by `LEAK_SIGNING_KEY`, so a report can be signed with
+//! `openssl dgst -sha256 -sign "$LEAK_SIGNING_KEY" body.json | base64 -w0`
+//! (the README shows the whole exchange). A signed report of a key revokes
+//! it.
 
 mod support;
 
@@ -29,6 +38,7 @@ use serde_json::{json, Value};
 use support::{DemoKey, FOUNDATION_MODELS, TRANSLATE};
 use tower_api_key::auth::FailedAttemptLimit;
 use tower_api_key::management::{self, AccountAccess, ManagementApiBuilder};
+use tower_api_key::secret_scanning::{self, ReceiverConfig, ReporterKey, StaticKeys};
 use tower_api_key::store::NewKey;
 use tower_api_key::usage::UsageRecorder;
 use tower_api_key::KeyStore;
@@ -120,6 +130,19 @@ async fn serve<S: KeyStore + Clone>(
         DemoKeys::Reissue => reissue_demo_keys(&store, "quickstart", demo_keys).await?,
     }
 
+    // Leak reports, as GitHub's secret scanning sends them, revoke the key
+    // they name. The demo trusts a key pair of its own (see the module docs).
+    let (reporter, signing_key_file) = demo_reporter()?;
+    let leaks = secret_scanning::router(
+        store.clone(),
+        ReceiverConfig::github(reporter).on_compromised(|event| {
+            eprintln!(
+                "key {} of {} reported leaked at {} and revoked",
+                event.key.record.key_id, event.key.record.service_account_id, event.compromise.url
+            )
+        }),
+    );
+
     // The management API, for keys holding `apikeys.manage`. The admin key
     // is an operator's: it may manage every service account's keys (by
     // default a caller manages only its own account's) and hand out the
@@ -147,7 +170,9 @@ async fn serve<S: KeyStore + Clone>(
             "/v1/legacy",
             get(legacy).route_layer(auth.unscoped_keys_only()),
         )
-        .route("/whoami", get(whoami).route_layer(auth.any_valid_key()));
+        .route("/whoami", get(whoami).route_layer(auth.any_valid_key()))
+        // POST /secret-scanning/github: signed reports, no API key.
+        .merge(leaks);
 
     // ConnectInfo gives the failed-attempt limiter each client's address.
     axum::serve(
@@ -157,6 +182,7 @@ async fn serve<S: KeyStore + Clone>(
     .with_graceful_shutdown(support::shutdown_signal())
     .await?;
     upkeep.abort();
+    let _ = std::fs::remove_file(signing_key_file);
     // One last flush, so no noted use is lost.
     flusher.shutdown().await?;
     Ok(())
@@ -215,6 +241,44 @@ async fn reissue_demo_keys(
         println!("{line:<84} # {note}");
     }
     Ok(())
+}
+
+/// A P-256 key pair made now, trusted as the demo's reporter: the private
+/// key is written as PEM to a file only this user can read, and
+/// `export LEAK_SIGNING_KEY=<path>` and `export LEAK_KEY_ID=<identifier>`
+/// are printed; the public key is what the receiver verifies with. The
+/// file is removed at shutdown.
+fn demo_reporter() -> Result<(StaticKeys, std::path::PathBuf), Box<dyn std::error::Error>> {
+    use p256::ecdsa::SigningKey;
+    use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+
+    let signing = loop {
+        let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+        getrandom::fill(&mut bytes[..])?;
+        // Almost every 32 bytes are a valid scalar; draw again otherwise.
+        if let Ok(key) = SigningKey::from_slice(&bytes[..]) {
+            break key;
+        }
+    };
+    let identifier = format!("quickstart-{}", tower_api_key::KeyId::random()?);
+    let path = std::env::temp_dir().join(format!("{identifier}.pem"));
+    let pem = signing.to_pkcs8_pem(LineEnding::LF)?;
+    let mut file = std::fs::OpenOptions::new();
+    file.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+    std::io::Write::write_all(&mut file.open(&path)?, pem.as_bytes())?;
+    let public = signing.verifying_key().to_public_key_pem(LineEnding::LF)?;
+    println!(
+        "{:<84} # signs leak reports (demo)",
+        format!("export LEAK_SIGNING_KEY={}", path.display())
+    );
+    println!(
+        "{:<84} # Github-Public-Key-Identifier",
+        format!("export LEAK_KEY_ID={identifier}")
+    );
+    let keys = StaticKeys::new().with_key(identifier, ReporterKey::from_pem(&public)?);
+    Ok((keys, path))
 }
 
 /// Histograms keep samples until upkeep folds them in: run it now and then.

@@ -121,7 +121,9 @@
 //!   shared mode); [`hash`] (peppers);
 //!   [`usage`] (`last_used_at`); [`telemetry`] (metric names); [`time`]
 //!   (RFC 3339, as the management API and the CLI read and write it);
-//!   `management` (the key-management HTTP API, feature `management`).
+//!   `management` (the key-management HTTP API, feature `management`);
+//!   `secret_scanning` (a receiver of signed leak reports that revokes or
+//!   quarantines the keys they name, feature `secret-scanning`).
 //! - **"Policy"** always means a [`ScopePolicy`]: who a route lets in.
 //!   [`MethodPolicies`](auth::grpc::MethodPolicies) is a table of them;
 //!   a route's [`auth::RouteRules`] pick one per request (and may set the
@@ -180,6 +182,7 @@
 //   usage                                `last_used_at`, written to a store
 //   auth                                 the middleware
 //   management                           the HTTP API over the middleware
+//   secret_scanning                      leak reports acted on in a store
 pub mod auth;
 pub mod cache;
 // Injected time is a test hook: public with `test-util` only.
@@ -199,6 +202,9 @@ pub mod limits;
 pub mod management;
 mod record;
 mod scope;
+#[cfg(feature = "secret-scanning")]
+#[cfg_attr(docsrs, doc(cfg(feature = "secret-scanning")))]
+pub mod secret_scanning;
 pub mod store;
 pub mod telemetry;
 pub mod time;

@@ -55,6 +55,91 @@ pub struct KeyRecord {
     /// end). Such a caller may not manage keys: a leaked old secret must not
     /// take over the key that replaced it.
     pub replaced_secret: bool,
+    /// The key was reported leaked (a secret-scanning report), if ever: when,
+    /// where and what the store did. It stays on the key after a reissue, as
+    /// its history.
+    pub compromise: Option<Compromise>,
+    /// The secret this record was read for is the one reported leaked under
+    /// [`LeakAction::Quarantine`]: the key authenticates, but every route
+    /// refuses it with 403 `key_compromised` until it is reissued (the new
+    /// secret is not quarantined).
+    pub quarantined: bool,
+}
+
+/// What a store does with a key reported leaked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum LeakAction {
+    /// Revoke the key: refused everywhere within the store's revocation bound.
+    #[default]
+    Revoke,
+    /// Keep the key authenticating but refuse the reported secret on every
+    /// route with 403 `key_compromised` (gRPC 7), so its owner sees why,
+    /// until the key is reissued.
+    Quarantine,
+    /// Only record the report on the key (and tell the application).
+    Notify,
+}
+
+impl LeakAction {
+    /// Its name: `revoke`, `quarantine` or `notify`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Revoke => "revoke",
+            Self::Quarantine => "quarantine",
+            Self::Notify => "notify",
+        }
+    }
+
+    /// The action named `name` ([`as_str`](Self::as_str)).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "revoke" => Some(Self::Revoke),
+            "quarantine" => Some(Self::Quarantine),
+            "notify" => Some(Self::Notify),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for LeakAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A leak report recorded on a key: when it came, where the secret was
+/// found, who reported it, and what the store did. Never holds the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Compromise {
+    /// When the store recorded the report.
+    pub at: SystemTime,
+    /// Where the secret was found (the report's `url`), possibly empty.
+    pub url: String,
+    /// What found it (the report's `source`, such as `content` or
+    /// `commit`), possibly empty.
+    pub source: String,
+    /// What the store did.
+    pub action: LeakAction,
+}
+
+impl Compromise {
+    /// A report recorded `at`, of a secret found at `url` by `source`,
+    /// acted on with `action`.
+    pub fn new(
+        at: SystemTime,
+        url: impl Into<String>,
+        source: impl Into<String>,
+        action: LeakAction,
+    ) -> Self {
+        Self {
+            at,
+            url: url.into(),
+            source: source.into(),
+            action,
+        }
+    }
 }
 
 impl KeyRecord {
@@ -71,6 +156,8 @@ impl KeyRecord {
             account_rate_limits: Vec::new(),
             credits: None,
             replaced_secret: false,
+            compromise: None,
+            quarantined: false,
         }
     }
 

@@ -4,12 +4,13 @@
 //!
 //! | metric | kind | labels | moves when |
 //! |---|---|---|---|
-//! | `tower_api_key_requests_total` | counter | `outcome`: `accepted` or a [`Reason`] name (`missing`, `duplicate_credentials`, `wrong_scheme`, `malformed`, `unknown`, `expired`, `insufficient_scope`, `scoped_key_on_unscoped_route`, `too_many_attempts`, `rate_limited`, `quota_exhausted`, `unavailable`, `verifier_panicked`, `no_credit_ledger`) | once per request that reaches a layer |
+//! | `tower_api_key_requests_total` | counter | `outcome`: `accepted` or a [`Reason`] name (`missing`, `duplicate_credentials`, `wrong_scheme`, `malformed`, `unknown`, `expired`, `insufficient_scope`, `scoped_key_on_unscoped_route`, `too_many_attempts`, `rate_limited`, `quota_exhausted`, `unavailable`, `verifier_panicked`, `no_credit_ledger`, `key_compromised`) | once per request that reaches a layer |
 //! | `tower_api_key_limits_total` | counter | `kind`: `rate` or `quota`; `result`: `admitted` or `refused` | once per request of a key with rate limits (`rate`) or credits (`quota`), after authentication and scope |
 //! | `tower_api_key_cache_total` | counter | `result`: `hit`, `miss`, `negative_hit` | once per cache lookup of a well-formed key (not for missing or malformed ones, refused before the cache) |
 //! | `tower_api_key_verifier_calls_total` | counter | | once per verifier call (one per miss, however many requests wait for it) |
 //! | `tower_api_key_verifier_errors_total` | counter | `kind`: `backend`, `timeout`, `panic` | a verifier call failed (answered 503 or 500, never cached) |
 //! | `tower_api_key_verifier_duration_seconds` | histogram | | the latency of each verifier call |
+//! | `tower_api_key_leak_reports_total` | counter | `label`: `true_positive`, `false_positive` | once per token of a secret-scanning report (feature `secret-scanning`) |
 //!
 //! The Prometheus exporter renders the histogram as a summary (quantiles)
 //! unless you configure buckets (`PrometheusBuilder::set_buckets`).
@@ -59,6 +60,8 @@ pub mod names {
     pub const VERIFIER_DURATION: &str = "tower_api_key_verifier_duration_seconds";
     /// Rate-limit and credit decisions.
     pub const LIMITS: &str = "tower_api_key_limits_total";
+    /// Tokens in leak reports, by the label answered.
+    pub const LEAK_REPORTS: &str = "tower_api_key_leak_reports_total";
 }
 
 /// Increments the counter `$name` with label `$label` = `$value`. Each value
@@ -154,6 +157,7 @@ pub(crate) fn outcome(outcome: &'static str) {
             "unavailable",
             "verifier_panicked",
             "no_credit_ledger",
+            "key_compromised",
         ]
     );
 }
@@ -196,6 +200,19 @@ pub(crate) fn verifier_call(took: Duration) {
     }
 }
 
+/// One token of a secret-scanning report, answered with `label`
+/// (`true_positive` or `false_positive`).
+#[cfg_attr(not(feature = "secret-scanning"), allow(dead_code))]
+pub(crate) fn leak_report(label: &'static str) {
+    #[cfg(feature = "metrics")]
+    count_labelled!(
+        "tower_api_key_leak_reports_total",
+        "label",
+        label,
+        ["true_positive", "false_positive"]
+    );
+}
+
 pub(crate) fn verifier_error(kind: &'static str) {
     #[cfg(feature = "metrics")]
     count_labelled!(
@@ -227,6 +244,7 @@ mod tests {
             verifier_call(Duration::from_millis(3));
             verifier_error("timeout");
             limit("rate", "refused");
+            leak_report("true_positive");
         });
         snapshotter
             .snapshot()
@@ -285,6 +303,7 @@ mod tests {
             names::VERIFIER_ERRORS,
             names::VERIFIER_DURATION,
             names::LIMITS,
+            names::LEAK_REPORTS,
         ]
         .iter()
         .map(|n| n.to_string())

@@ -595,3 +595,47 @@ fn a_wrong_key_never_verifies() {
     );
     assert!(!rotated.verify(&key, &relabelled));
 }
+
+/// `KeyFormat::pattern()` (issue 24: what an issuer registers with a secret
+/// scanner) finds every generated key whole, in text, and none of the near
+/// misses: a character short or over, another prefix, another separator, a
+/// character outside base62, a key glued to a word.
+#[test]
+fn the_pattern_finds_generated_keys_and_no_near_miss() {
+    for prefix in ["tak", "yc", "a1234567890bcdef"] {
+        let format = KeyFormat::new(prefix).unwrap();
+        let pattern = regex::Regex::new(&format.pattern()).unwrap();
+        for _ in 0..200 {
+            let key = format.generate().unwrap();
+            let key = key.expose_secret();
+            for text in [
+                key.to_owned(),
+                format!("API_KEY={key}\n"),
+                format!("\"{key}\","),
+                format!("key: {key} (rotated)"),
+            ] {
+                let found: Vec<&str> = pattern.find_iter(&text).map(|m| m.as_str()).collect();
+                assert_eq!(found, vec![key], "{prefix}: {} bytes", text.len());
+            }
+            let (head, _) = key.split_at(key.len() - 1);
+            let near_misses = [
+                head.to_owned(),
+                format!("{key}A"),
+                format!("x{key}"),
+                format!("_{key}"),
+                format!("{key}_"),
+                key.replacen(&format!("{prefix}_"), &format!("{prefix}-"), 1),
+                key.replacen(prefix, "zz9", 1),
+                format!("{head}-"),
+                format!("{head}é"),
+            ];
+            for text in near_misses {
+                assert!(
+                    !pattern.is_match(&text),
+                    "{prefix}: a near miss of {} bytes matched",
+                    text.len()
+                );
+            }
+        }
+    }
+}

@@ -444,12 +444,13 @@ async fn listing_is_paged() {
 /// A listing page holds at most `management::MAX_PAGE_BYTES` of keys as
 /// this API writes them (the store pages by count only, so the API trims),
 /// a full page stops only where the next key would not fit, the token
-/// continues from the page's last key, and a key over the budget on its
-/// own is listed alone.
+/// continues from the page's last key (keys with the longest leak reports
+/// included), and a key over the budget on its own is listed alone.
 #[tokio::test]
 async fn a_listing_page_stops_at_the_byte_budget_and_continues_from_its_last_key() {
     use tower_api_key::limits::{Credits, Refill, MAX_CREDITS};
-    use tower_api_key_conformance::{ids_of, largest_rate_limits, largest_scopes};
+    use tower_api_key::store::{CompromiseReport, Compromised, LeakAction};
+    use tower_api_key_conformance::{ids_of, largest_rate_limits, largest_scopes, parse};
 
     let app = app(|api| api).await;
     let limits = largest_rate_limits();
@@ -460,8 +461,13 @@ async fn a_listing_page_stops_at_the_byte_budget_and_continues_from_its_last_key
     let credits = Credits::new(MAX_CREDITS)
         .unwrap()
         .with_refill(Refill::monthly(MAX_CREDITS, 31).unwrap());
+    // The longest leak report a store keeps, every byte one that JSON
+    // escapes: the API counts the `compromise` it shows too.
+    let url = "\"".repeat(CompromiseReport::MAX_URL_LEN);
+    let source = "\\".repeat(CompromiseReport::MAX_SOURCE_LEN);
     for _ in 0..60 {
-        app.store
+        let created = app
+            .store
             .create(
                 NewKey::new("sa-big")
                     .with_scopes(largest_scopes())
@@ -472,6 +478,10 @@ async fn a_listing_page_stops_at_the_byte_budget_and_continues_from_its_last_key
             )
             .await
             .unwrap();
+        let report = CompromiseReport::new(url.clone(), source.clone(), LeakAction::Notify);
+        let key = parse(&app.store, &created.key);
+        let outcome = app.store.record_compromise(&key, report).await.unwrap();
+        assert!(matches!(outcome, Compromised::Acted { .. }));
     }
     // What a page's keys take: each key's JSON and a comma.
     let size = |key: &Value| serde_json::to_vec(key).unwrap().len() + 1;
@@ -519,6 +529,13 @@ async fn a_listing_page_stops_at_the_byte_budget_and_continues_from_its_last_key
         .flatten()
         .map(|k| k["id"].as_str().unwrap().to_owned())
         .collect();
+    assert!(
+        listed
+            .iter()
+            .flatten()
+            .all(|k| k["compromise"]["url"] == *url),
+        "every key shows its whole report"
+    );
     let stored: Vec<String> = ids_of(&app.store, "sa-big")
         .await
         .iter()

@@ -45,6 +45,8 @@ const LAYERS: &[&str] = &[
     // The middleware, then the HTTP API built on it.
     "auth",
     "management",
+    // Leak reports, acted on in a store: beside the HTTP API.
+    "secret_scanning",
 ];
 
 /// Sibling imports allowed although they form a cycle, with the reason:

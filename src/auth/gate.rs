@@ -348,6 +348,11 @@ fn verdict<B>(
             }
             // A valid key is no guess, whatever the route's scopes say.
             give_back(attempt);
+            // A secret quarantined after a leak report is refused on every
+            // route, before its scopes are looked at.
+            if caller.record().quarantined {
+                return Err(Rejection::of_key(Reason::KeyCompromised, key_id));
+            }
             let scope_policy = rules.policy_for(request.method(), request.uri().path());
             return match scope_policy.check(caller.scopes()) {
                 // Counted as accepted once the limits admit it too (`admit`).

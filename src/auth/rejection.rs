@@ -49,6 +49,10 @@ pub enum Reason {
     /// [`CreditLedger`](crate::CreditLedger) to count them: a configuration
     /// fault (see [`AuthenticatorBuilder`](crate::AuthenticatorBuilder#credits)).
     NoCreditLedger,
+    /// The key is valid, but its secret was reported leaked and is
+    /// quarantined ([`LeakAction::Quarantine`](crate::store::LeakAction)):
+    /// refused on every route until the key is reissued.
+    KeyCompromised,
 }
 
 impl Reason {
@@ -59,7 +63,9 @@ impl Reason {
             Self::Missing | Self::WrongScheme | Self::Malformed | Self::Unknown | Self::Expired => {
                 StatusCode::UNAUTHORIZED
             }
-            Self::InsufficientScope | Self::ScopedKeyOnUnscopedRoute => StatusCode::FORBIDDEN,
+            Self::InsufficientScope | Self::ScopedKeyOnUnscopedRoute | Self::KeyCompromised => {
+                StatusCode::FORBIDDEN
+            }
             Self::TooManyAttempts | Self::RateLimited | Self::QuotaExhausted => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -96,6 +102,7 @@ impl Reason {
             Self::Unavailable => "unavailable",
             Self::VerifierPanicked => "verifier_panicked",
             Self::NoCreditLedger => "no_credit_ledger",
+            Self::KeyCompromised => "key_compromised",
         }
     }
 
@@ -139,6 +146,7 @@ impl fmt::Display for Reason {
 /// | no key, malformed, unknown, revoked or expired key | 401, one identical body | 200 trailers-only, `grpc-status: 16` UNAUTHENTICATED |
 /// | two credentials in one request | 400 | 16 UNAUTHENTICATED |
 /// | valid key, route scope not satisfied | 403 `insufficient_scope` | 7 PERMISSION_DENIED |
+/// | valid key whose secret is quarantined after a leak report | 403 `key_compromised` | 7 PERMISSION_DENIED |
 /// | too many failed attempts | 429 `too_many_attempts` + `Retry-After` | 8 RESOURCE_EXHAUSTED |
 /// | key or account over a rate limit | 429 `rate_limited` + `Retry-After`, `RateLimit-Policy`, `RateLimit` | 8 RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` |
 /// | key out of credits | 429 `quota_exhausted` (+ `Retry-After` when a refill is scheduled) | 8 RESOURCE_EXHAUSTED (with `RetryInfo` when a refill is scheduled) |
@@ -322,6 +330,9 @@ impl RejectionResponder for JsonRejection {
             StatusCode::UNAUTHORIZED => {
                 br#"{"error":"unauthenticated","message":"a valid API key is required"}"#
             }
+            StatusCode::FORBIDDEN if rejection.reason == Reason::KeyCompromised => {
+                br#"{"error":"key_compromised","message":"the API key was reported leaked and is quarantined; reissue it"}"#
+            }
             StatusCode::FORBIDDEN => {
                 br#"{"error":"insufficient_scope","message":"the API key is not allowed to access this resource"}"#
             }
@@ -355,6 +366,9 @@ pub(crate) fn www_authenticate(realm: &str, rejection: &Rejection) -> Option<Hea
     let mut value = format!("Api-Key realm=\"{realm}\"");
     match rejection.status() {
         StatusCode::UNAUTHORIZED => {}
+        StatusCode::FORBIDDEN if rejection.reason == Reason::KeyCompromised => {
+            value.push_str(", error=\"key_compromised\"");
+        }
         StatusCode::FORBIDDEN => {
             value.push_str(", error=\"insufficient_scope\"");
             if let Some(required) = &rejection.required {
@@ -444,6 +458,9 @@ fn grpc_message(reason: Reason) -> &'static str {
     match reason {
         Reason::RateLimited => return "the API key is over its rate limit; retry later",
         Reason::QuotaExhausted => return "the API key has no credits left",
+        Reason::KeyCompromised => {
+            return "the API key was reported leaked and is quarantined; reissue it"
+        }
         _ => {}
     }
     match reason.grpc_code() {
@@ -567,6 +584,7 @@ mod tests {
             (Reason::Unavailable, tonic::Code::Unavailable),
             (Reason::VerifierPanicked, tonic::Code::Internal),
             (Reason::NoCreditLedger, tonic::Code::Internal),
+            (Reason::KeyCompromised, tonic::Code::PermissionDenied),
         ] {
             assert_eq!(i32::from(reason.grpc_code()), code as i32, "{reason}");
             let ours = grpc_response(Rejection::new(reason));

@@ -124,6 +124,13 @@ impl Caller {
         self.0.record.expires_at
     }
 
+    /// The leak report recorded on the key, if any (when, where, what the
+    /// store did): a [`Notify`](crate::store::LeakAction::Notify) key keeps
+    /// working and shows it here.
+    pub fn compromise(&self) -> Option<&crate::record::Compromise> {
+        self.0.record.compromise.as_ref()
+    }
+
     /// The whole record.
     pub fn record(&self) -> &KeyRecord {
         &self.0.record

@@ -214,6 +214,33 @@ impl KeyFormat {
         &self.prefix[..self.prefix_len as usize]
     }
 
+    /// The regular expression that finds keys of this format in text:
+    /// what an issuer registers with a secret-scanning program (GitHub's
+    /// partner program, a CI scanner).
+    ///
+    /// `\b<prefix>_[0-9A-Za-z]{16}_[0-9A-Za-z]{38}\b`: the prefix, the id,
+    /// the secret and checksum, each in base62, between word boundaries, so
+    /// a key glued to other letters, digits or `_` is not taken for one. It
+    /// cannot check the checksum; the receiver does (a string that matches
+    /// but fails it is a false positive at no cost). The syntax is the
+    /// common subset of RE2, PCRE and Rust's `regex`.
+    ///
+    /// ```
+    /// use tower_api_key::KeyFormat;
+    ///
+    /// assert_eq!(
+    ///     KeyFormat::default().pattern(),
+    ///     r"\btak_[0-9A-Za-z]{16}_[0-9A-Za-z]{38}\b"
+    /// );
+    /// ```
+    pub fn pattern(&self) -> String {
+        format!(
+            r"\b{}_[0-9A-Za-z]{{{ID_LEN}}}_[0-9A-Za-z]{{{}}}\b",
+            self.prefix(),
+            SECRET_LEN + CHECKSUM_LEN
+        )
+    }
+
     /// The length of every key of this format.
     pub fn key_len(&self) -> usize {
         self.prefix_len as usize + 1 + ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN

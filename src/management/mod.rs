@@ -74,8 +74,9 @@ use axum::Router;
 pub use error::ErrorBody;
 pub use grant::{GrantKind, GrantRequest, KeyScopes};
 pub use resource::{
-    AccountRateLimits, CreditsResource, KeyList, KeyResource, KeyWithSecret, RateLimitResource,
-    RefillResource, MAX_DESCRIPTION_LEN, MAX_GRACE_PERIOD, MAX_SERVICE_ACCOUNT_ID_LEN,
+    AccountRateLimits, CompromiseResource, CreditsResource, KeyList, KeyResource, KeyWithSecret,
+    RateLimitResource, RefillResource, MAX_DESCRIPTION_LEN, MAX_GRACE_PERIOD,
+    MAX_SERVICE_ACCOUNT_ID_LEN,
 };
 
 use crate::auth::Authenticator;

@@ -54,6 +54,27 @@ pub struct KeyResource {
     /// The key's credits, or `null` when it has none (no quota).
     #[serde(default)]
     pub credits: Option<CreditsResource>,
+    /// The leak report recorded on the key, or `null` when it was never
+    /// reported leaked.
+    #[serde(default)]
+    pub compromise: Option<CompromiseResource>,
+}
+
+/// A leak report recorded on a key, as the management API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CompromiseResource {
+    /// When the report was recorded (RFC 3339).
+    pub compromised_at: String,
+    /// Where the secret was found.
+    pub url: String,
+    /// What found it (`content`, `commit`, ...).
+    pub source: String,
+    /// What the store did: `revoke`, `quarantine` or `notify`.
+    pub action: String,
+    /// Whether the key's current secret is the quarantined one (refused on
+    /// every route with 403 `key_compromised` until a reissue).
+    pub quarantined: bool,
 }
 
 /// A rate limit as the management API shows it: `limit` requests per
@@ -163,6 +184,13 @@ impl KeyResource {
                 .map(RateLimitResource::from)
                 .collect(),
             credits: record.credits.as_ref().map(CreditsResource::from),
+            compromise: record.compromise.as_ref().map(|c| CompromiseResource {
+                compromised_at: format_rfc3339_millis(c.at),
+                url: c.url.clone(),
+                source: c.source.clone(),
+                action: c.action.as_str().to_owned(),
+                quarantined: record.quarantined,
+            }),
         }
     }
 }

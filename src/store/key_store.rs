@@ -5,10 +5,10 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 use super::{
-    CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey, StoreError, StoredKey,
-    Version,
+    CompromiseReport, Compromised, CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate, ListRequest,
+    NewKey, StoreError, StoredKey, Version,
 };
-use crate::key::KeyId;
+use crate::key::{KeyId, PresentedKey};
 use crate::ledger::CreditLedger;
 use crate::limits::RateLimit;
 use crate::verifier::Verifier;
@@ -159,5 +159,36 @@ pub trait KeyStore: Verifier + CreditLedger {
     /// unreadable key keeps this default: none.
     async fn unreadable(&self) -> Result<Vec<String>, StoreError> {
         Ok(Vec::new())
+    }
+
+    /// Records a leak report of `key`'s exact secret and acts on it, in one
+    /// atomic step: the secret is compared with the key's current and
+    /// previous hashes, and the [`Compromise`](crate::store::Compromise) is
+    /// written (or, for [`LeakAction::Revoke`](crate::store::LeakAction),
+    /// the key revoked as by [`revoke`](KeyStore::revoke)) only if the key
+    /// still holds that secret and that secret was not reported before.
+    ///
+    /// - [`Compromised::Acted`]: the first report of this secret. The
+    ///   compromise is on the key (and its version moves on); a
+    ///   quarantine binds to the reported secret only, so a secret given by
+    ///   a later reissue is not quarantined. The change is announced on
+    ///   [`invalidations`](crate::Verifier::invalidations), so caches stop
+    ///   admitting a quarantined or revoked secret.
+    /// - [`Compromised::AlreadyReported`], [`Compromised::AlreadyRevoked`]:
+    ///   a replay (GitHub resends, forks report the same token): nothing
+    ///   changes.
+    /// - [`Compromised::Unknown`]: no key here has this secret.
+    ///
+    /// A store that cannot record reports keeps this default, which refuses
+    /// with [`StoreError::Backend`] and changes nothing.
+    async fn record_compromise(
+        &self,
+        key: &PresentedKey,
+        report: CompromiseReport,
+    ) -> Result<Compromised, StoreError> {
+        let _ = (key, report);
+        Err(StoreError::backend(
+            "this key store does not record leak reports",
+        ))
     }
 }

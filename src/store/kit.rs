@@ -7,7 +7,8 @@
 //!   [`check_account_limits`], [`check_import`], [`check_version`], and the
 //!   errors [`import_conflict`] and [`import_revoked`];
 //! - **Verification**: [`verified`], the decision between the current
-//!   secret, the replaced one in its grace, and nothing;
+//!   secret, the replaced one in its grace, and nothing; [`quarantined`],
+//!   whether the secret read is the one a leak report quarantined;
 //! - **Credits**: [`CreditState`], the one rule for leasing, giving back
 //!   and adding credits, and their generations;
 //! - **Pages**: [`fill_page`], [`page_token`] and [`parse_page_token`],
@@ -23,9 +24,11 @@ pub use super::page_token::{page_token, parse_page_token};
 use super::rules;
 use super::rules::{Field, FieldError, Problem};
 use super::transfer::StoredKey;
+use super::LeakAction;
 use super::{
     latest_time, ConflictKind, KeyInfo, KeyUpdate, NewKey, StoreError, Version, MAX_EXPORT_PAGE,
 };
+use crate::hash::StoredHash;
 use crate::key::{GeneratedKey, KeyFormat, KeyId};
 use crate::limits::{check_rate_limits, RateLimit};
 use crate::record::KeyRecord;
@@ -197,6 +200,23 @@ pub fn verified(
         }
         _ => None,
     }
+}
+
+/// Whether `record`, read for the secret whose stored hash is `matched`,
+/// is quarantined: its [`Compromise`](super::Compromise) says
+/// [`LeakAction::Quarantine`] and names that very secret (`compromised`,
+/// the hash the report was bound to). A secret given by a later reissue is
+/// not quarantined.
+pub fn quarantined(
+    record: &KeyRecord,
+    matched: &StoredHash,
+    compromised: Option<&StoredHash>,
+) -> bool {
+    record
+        .compromise
+        .as_ref()
+        .is_some_and(|c| c.action == LeakAction::Quarantine)
+        && compromised == Some(matched)
 }
 
 /// The masked hint of a key: prefix and last four characters (never enough

@@ -11,11 +11,12 @@ use async_trait::async_trait;
 use super::kit::{
     check_account, check_account_limits, check_import, check_new, check_update, check_version,
     export_page_size, fill_page, hint_of, import_conflict, import_revoked, imported_version,
-    page_token, parse_page_token, verified, CreditState,
+    page_token, parse_page_token, quarantined, verified, CreditState,
 };
 use super::{
-    CreatedKey, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate, ListRequest, NewKey, PreviousHash,
-    StoreError, StoredKey, Version, DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    CompromiseReport, Compromised, CreatedKey, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate,
+    ListRequest, NewKey, PreviousHash, StoreError, StoredKey, Version,
+    DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
@@ -23,7 +24,7 @@ use crate::invalidation::{Invalidation, Invalidations};
 use crate::key::{KeyFormat, KeyId, PresentedKey};
 use crate::ledger::CreditLedger;
 use crate::limits::{CreditLease, RateLimit};
-use crate::record::KeyRecord;
+use crate::record::{KeyRecord, LeakAction};
 use crate::verifier::{Verifier, VerifierError};
 
 /// Keys in a process-local map. Cheap to clone: clones share the keys.
@@ -104,6 +105,7 @@ impl Keys {
         let mut record = stored.record.clone();
         record.credits = stored.credits.map(|c| c.credits);
         record.account_rate_limits = self.account_limits(&record.service_account_id).to_vec();
+        record.quarantined = quarantined(&record, &stored.hash, stored.compromised_hash.as_ref());
         record
     }
 
@@ -127,6 +129,7 @@ impl Keys {
             previous: stored
                 .previous
                 .map(|(hash, until)| PreviousHash::new(hash, until)),
+            compromised_hash: stored.compromised_hash,
         }
     }
 
@@ -157,6 +160,9 @@ struct Stored {
     /// start a later one (a lease of the old never comes back).
     removed_generation: u64,
     version: Version,
+    /// The hash of the secret a leak report named (with
+    /// `record.compromise`).
+    compromised_hash: Option<StoredHash>,
 }
 
 /// Settings of a [`MemoryStore`].
@@ -299,13 +305,13 @@ impl Verifier for MemoryStore {
             return Ok(None);
         }
         let grace_until = stored.previous.map(|(_, until)| until);
-        Ok(verified(
-            keys.record(stored),
-            current,
-            previous,
-            grace_until,
-            self.now(),
-        ))
+        let mut record = keys.record(stored);
+        if !current {
+            if let Some((hash, _)) = &stored.previous {
+                record.quarantined = quarantined(&record, hash, stored.compromised_hash.as_ref());
+            }
+        }
+        Ok(verified(record, current, previous, grace_until, self.now()))
     }
 
     fn invalidations(&self) -> Option<&Invalidations> {
@@ -367,6 +373,7 @@ impl KeyStore for MemoryStore {
             credits: new.credits.map(|c| CreditState::set(c, now, 0)),
             removed_generation: 0,
             version: Version::FIRST,
+            compromised_hash: None,
         };
         let mut keys = self.write();
         // Counted under the write lock, so concurrent creates cannot overshoot.
@@ -654,6 +661,7 @@ impl KeyStore for MemoryStore {
             return Err(StoreError::KeyLimitReached { limit });
         }
         let mut record = key.info.record;
+        record.quarantined = false;
         // The credits start a generation here; the account's limits are
         // this store's own, never an import's.
         let credits = record.credits.take().map(|c| CreditState::set(c, now, 0));
@@ -669,6 +677,7 @@ impl KeyStore for MemoryStore {
                 credits,
                 removed_generation: 0,
                 version: key.info.version,
+                compromised_hash: key.compromised_hash,
             },
         );
         Ok(Imported::Added)
@@ -699,5 +708,61 @@ impl KeyStore for MemoryStore {
             keys.remove(&id)
         };
         Ok(self.announce_removed(id, removed.as_ref()))
+    }
+
+    async fn record_compromise(
+        &self,
+        key: &PresentedKey,
+        report: CompromiseReport,
+    ) -> Result<Compromised, StoreError> {
+        // Hashed before the lock; compared, checked and written under it.
+        let candidates = self.inner.hasher.candidates(key);
+        let now = self.now();
+        let id = key.id();
+        let (info, removed) = {
+            let mut keys = self.write();
+            let Some(stored) = keys.get_mut(&id) else {
+                let revoked = keys.revoked.contains(&id);
+                return Ok(if revoked {
+                    Compromised::AlreadyRevoked
+                } else {
+                    Compromised::Unknown
+                });
+            };
+            let matched = if candidates.matches(Some(&stored.hash)) {
+                stored.hash
+            } else {
+                match stored.previous {
+                    Some((hash, until)) if now < until && candidates.matches(Some(&hash)) => hash,
+                    _ => return Ok(Compromised::Unknown),
+                }
+            };
+            if stored.compromised_hash == Some(matched) {
+                return Ok(Compromised::AlreadyReported);
+            }
+            stored.record.compromise = Some(report.at(now));
+            stored.compromised_hash = Some(matched);
+            stored.version = stored.version.next();
+            let stored = keys
+                .get(&id)
+                .ok_or_else(|| StoreError::backend("key vanished"))?;
+            let info = keys.info(stored);
+            let removed = if report.action == LeakAction::Revoke {
+                keys.revoked.insert(id);
+                keys.remove(&id)
+            } else {
+                None
+            };
+            (info, removed)
+        };
+        if !self.announce_removed(id, removed.as_ref()) {
+            let account = info.record.service_account_id.clone();
+            self.inner
+                .invalidations
+                .publish(&Invalidation::key_of(id, account));
+        }
+        Ok(Compromised::Acted {
+            key: Box::new(info),
+        })
     }
 }

@@ -32,6 +32,7 @@
 //!
 //! [`Invalidations`]: crate::invalidation::Invalidations
 
+mod compromise;
 mod credit;
 pub(crate) mod key_store;
 pub mod kit;
@@ -44,6 +45,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+pub use crate::record::{Compromise, LeakAction};
+pub use compromise::{CompromiseReport, Compromised};
 pub(crate) use key_store::KeyStore;
 #[cfg(test)]
 pub(crate) use memory::MemoryStore;

@@ -70,6 +70,12 @@ pub enum Field {
     Credits,
     /// The version of an imported key.
     Version,
+    /// The leak report's `url`.
+    CompromiseUrl,
+    /// The leak report's `source`.
+    CompromiseSource,
+    /// When the leak report was recorded.
+    CompromisedAt,
 }
 
 impl fmt::Display for Field {
@@ -89,6 +95,9 @@ impl fmt::Display for Field {
             Self::RateLimits => "rate_limits",
             Self::Credits => "credits",
             Self::Version => "version",
+            Self::CompromiseUrl => "compromise.url",
+            Self::CompromiseSource => "compromise.source",
+            Self::CompromisedAt => "compromise.compromised_at",
         };
         f.write_str(name)
     }
@@ -403,6 +412,25 @@ pub fn stored_key(key: &StoredKey, format: &KeyFormat, now: SystemTime) -> Resul
     rate_limits(&record.rate_limits)?;
     if let Some(c) = &record.credits {
         credits(c)?;
+    }
+    if let Some(c) = &record.compromise {
+        use crate::store::CompromiseReport;
+        stored_time(Field::CompromisedAt, c.at)?;
+        for (field, text, max) in [
+            (Field::CompromiseUrl, &c.url, CompromiseReport::MAX_URL_LEN),
+            (
+                Field::CompromiseSource,
+                &c.source,
+                CompromiseReport::MAX_SOURCE_LEN,
+            ),
+        ] {
+            if text.len() > max {
+                return refuse(field, Problem::TooLong { max });
+            }
+            if text.chars().any(char::is_control) {
+                return refuse(field, Problem::ControlCharacter);
+            }
+        }
     }
     Ok(())
 }

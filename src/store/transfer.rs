@@ -23,6 +23,10 @@ pub struct StoredKey {
     pub hash: StoredHash,
     /// The secret replaced by a reissue with grace, if it is still kept.
     pub previous: Option<PreviousHash>,
+    /// The hash of the secret a leak report named, when the key carries a
+    /// [`Compromise`](crate::store::Compromise): what binds the report (and
+    /// a quarantine) to that exact secret.
+    pub compromised_hash: Option<StoredHash>,
 }
 
 impl StoredKey {
@@ -32,12 +36,19 @@ impl StoredKey {
             info,
             hash,
             previous: None,
+            compromised_hash: None,
         }
     }
 
     /// Sets the previous secret's hash and the end of its grace.
     pub fn with_previous(mut self, previous: PreviousHash) -> Self {
         self.previous = Some(previous);
+        self
+    }
+
+    /// Sets the hash of the secret a leak report named.
+    pub fn with_compromised_hash(mut self, hash: StoredHash) -> Self {
+        self.compromised_hash = Some(hash);
         self
     }
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use tower_api_key::limits::{CreditLease, RateLimit};
 use tower_api_key::store::{
-    CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate, ListRequest, NewKey, StoreError, StoredKey,
-    Version,
+    CompromiseReport, Compromised, CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate, ListRequest,
+    NewKey, StoreError, StoredKey, Version,
 };
 use tower_api_key::{
     CreditLedger, Invalidations, KeyFormat, KeyId, KeyRecord, KeyStore, MemoryStore, PresentedKey,
@@ -35,6 +35,9 @@ pub enum Call<'a> {
     },
     RecordUsage {
         uses: &'a [(KeyId, SystemTime)],
+    },
+    RecordCompromise {
+        id: KeyId,
     },
 }
 
@@ -185,5 +188,15 @@ impl<H: Hook> KeyStore for Hooked<H> {
     }
     async fn import_revoked(&self, id: KeyId) -> Result<bool, StoreError> {
         self.store.import_revoked(id).await
+    }
+    async fn record_compromise(
+        &self,
+        key: &PresentedKey,
+        report: CompromiseReport,
+    ) -> Result<Compromised, StoreError> {
+        self.hook
+            .before(&self.store, Call::RecordCompromise { id: key.id() })
+            .await?;
+        self.store.record_compromise(key, report).await
     }
 }

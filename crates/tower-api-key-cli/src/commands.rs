@@ -52,6 +52,8 @@ pub async fn run(ctx: &Context<'_>, command: Command) -> Result<ExitCode, CliErr
             })
         }
         Command::Keys(keys) => run_keys(ctx, keys).await,
+        // Handled before a store is opened (it may run without one).
+        Command::Scan { .. } => Ok(ExitCode::SUCCESS),
         Command::Accounts(AccountsCommand::RateLimits(command)) => {
             run_account_limits(ctx, command).await
         }
@@ -120,7 +122,31 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
             let created = store.create(new).await?;
             print_created(ctx, &created, "created")?;
         }
-        KeysCommand::List { account } => {
+        KeysCommand::List {
+            account: None,
+            compromised: _,
+        } => {
+            // Every account's keys: the export's pages, which hold them all.
+            let mut all = Vec::new();
+            let mut after = None;
+            loop {
+                let page = store.export(after, MAX_EXPORT_PAGE).await?;
+                let Some(last) = page.last() else {
+                    break;
+                };
+                after = Some(last.info.record.key_id);
+                all.extend(
+                    page.into_iter()
+                        .map(|k| k.info)
+                        .filter(|info| info.record.compromise.is_some()),
+                );
+            }
+            output::keys(&all, ctx.output)?;
+        }
+        KeysCommand::List {
+            account: Some(account),
+            compromised,
+        } => {
             validate::account("--account", &account)?;
             let mut all = Vec::new();
             let mut page = store
@@ -134,6 +160,9 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
                 page = store
                     .list(&account, ListRequest::after(MAX_PAGE_SIZE, token))
                     .await?;
+            }
+            if compromised {
+                all.retain(|info| info.record.compromise.is_some());
             }
             output::keys(&all, ctx.output)?;
         }

@@ -13,6 +13,7 @@ mod commands;
 mod error;
 mod output;
 mod pepper;
+mod scan;
 mod store;
 mod time;
 mod transfer;
@@ -49,7 +50,7 @@ struct Cli {
 }
 
 #[derive(Args)]
-struct Global {
+pub struct Global {
     /// The store: postgres://USER@HOST/DB or sqlite:PATH.
     // `hide_env_values`: the URL may hold a password; --help must not show it.
     #[arg(
@@ -115,6 +116,22 @@ enum Command {
     #[command(after_help = "Example:\n  \
                   tower-api-key import --database-url postgres://app@db/app < keys.jsonl")]
     Import,
+    /// Find API keys in files (stdin when no path is given): prints file,
+    /// line and key id of each string that passes the checksum (never the
+    /// secret), with `live`, `revoked` or `unknown` when a database is
+    /// configured; exits 1 when it finds a live key (without a database,
+    /// any key), so it serves as a pre-commit hook or a CI step.
+    #[command(after_help = "Example (a pre-commit hook):\n  \
+                  git diff --cached | tower-api-key scan\n  \
+                  tower-api-key scan --prefix acme src/ config/")]
+    Scan {
+        /// Files or directories (searched recursively, `.git` left out).
+        #[arg(value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// The issuer prefix of the keys to find.
+        #[arg(long, default_value = tower_api_key::KeyFormat::DEFAULT_PREFIX)]
+        prefix: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -139,12 +156,19 @@ enum KeysCommand {
         #[command(flatten)]
         limits: Limits,
     },
-    /// List a service account's keys (every page).
-    #[command(after_help = "Example:\n  tower-api-key keys list --account sa-reports -o json")]
+    /// List a service account's keys (every page); with `--compromised`,
+    /// only keys reported leaked (of every account when none is named).
+    #[command(
+        after_help = "Example:\n  tower-api-key keys list --account sa-reports -o json\n  \
+                  tower-api-key keys list --compromised"
+    )]
     List {
         /// The service account.
-        #[arg(long, value_name = "SA")]
-        account: String,
+        #[arg(long, value_name = "SA", required_unless_present = "compromised")]
+        account: Option<String>,
+        /// Only keys with a leak report recorded (`compromised_at`).
+        #[arg(long)]
+        compromised: bool,
     },
     /// Show one key.
     #[command(after_help = "Example:\n  tower-api-key keys get 7Hq2xQpLrT0aBcDe")]
@@ -395,6 +419,9 @@ async fn main() -> ExitCode {
                  other users can see it (ps); treat a key typed there as exposed",
             )
             .exit();
+    }
+    if let Command::Scan { paths, prefix } = &cli.command {
+        return scan::main(&cli.global, paths, prefix).await;
     }
     let Some(url) = cli.global.database_url.clone() else {
         Cli::command()

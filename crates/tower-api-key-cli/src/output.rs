@@ -25,7 +25,38 @@ pub fn key_json(info: &KeyInfo) -> Value {
     let mut value = record_json(&info.record);
     value["last_used_at"] = json!(info.last_used_at.map(time::format));
     value["hint"] = json!(info.hint);
+    value["compromise"] = json!(info.record.compromise.as_ref().map(|c| json!({
+        "compromised_at": time::format(c.at),
+        "url": c.url,
+        "source": c.source,
+        "action": c.action.as_str(),
+        "quarantined": info.record.quarantined,
+    })));
     value
+}
+
+/// A key's leak report in a table cell: `no`, or when, what was done and
+/// where it was found.
+fn compromise_text(record: &KeyRecord) -> String {
+    let Some(c) = &record.compromise else {
+        return "no".into();
+    };
+    let quarantined = if record.quarantined {
+        " (quarantined)"
+    } else {
+        ""
+    };
+    let source = if c.source.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", c.source)
+    };
+    cell(&format!(
+        "{} {}{quarantined} {}{source}",
+        time::format(c.at),
+        c.action,
+        c.url
+    ))
 }
 
 fn record_json(record: &KeyRecord) -> Value {
@@ -113,9 +144,10 @@ pub fn table(keys: &[KeyInfo]) -> String {
         "HINT",
         "RATE LIMITS",
         "CREDITS",
+        "COMPROMISED",
         "DESCRIPTION",
     ];
-    let rows: Vec<[String; 9]> = keys
+    let rows: Vec<[String; 10]> = keys
         .iter()
         .map(|k| {
             let r = &k.record;
@@ -137,6 +169,7 @@ pub fn table(keys: &[KeyInfo]) -> String {
                 cell(&k.hint),
                 limits_text(&r.rate_limits),
                 credits_text(r.credits.as_ref()),
+                compromise_text(r),
                 cell(&r.description),
             ]
         })

@@ -9,7 +9,8 @@ use tower_api_key::hash::StoredHash;
 use tower_api_key::limits::{parse_period, Credits, RateLimit, Refill, RefillInterval};
 use tower_api_key::management::{CreditsResource, RateLimitResource};
 use tower_api_key::store::{
-    Imported, KeyInfo, PreviousHash, StoreError, StoredKey, Version, MAX_EXPORT_PAGE,
+    Compromise, Imported, KeyInfo, LeakAction, PreviousHash, StoreError, StoredKey, Version,
+    MAX_EXPORT_PAGE,
 };
 use tower_api_key::{KeyId, KeyRecord, ScopeSet};
 
@@ -43,6 +44,23 @@ pub struct Line {
     pub credits: Option<CreditsResource>,
     #[serde(default)]
     pub version: Option<u64>,
+    /// The leak report recorded on the key; absent when none (and in the
+    /// exports of versions without leak reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compromise: Option<CompromiseLine>,
+}
+
+/// A leak report in an export line: the record's `compromise` and the hash
+/// of the secret it binds to (absent when that secret is gone).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompromiseLine {
+    pub compromised_at: String,
+    pub url: String,
+    pub source: String,
+    pub action: String,
+    #[serde(default)]
+    pub compromised_hash: Option<String>,
 }
 
 /// A rate limit of a line, checked as the library checks one.
@@ -88,6 +106,13 @@ impl Line {
             rate_limits: r.rate_limits.iter().map(RateLimitResource::from).collect(),
             credits: r.credits.as_ref().map(CreditsResource::from),
             version: Some(key.info.version.get()),
+            compromise: r.compromise.as_ref().map(|c| CompromiseLine {
+                compromised_at: time::format(c.at),
+                url: c.url.clone(),
+                source: c.source.clone(),
+                action: c.action.as_str().to_owned(),
+                compromised_hash: key.compromised_hash.map(|h| h.to_string()),
+            }),
         }
     }
 
@@ -109,7 +134,7 @@ impl Line {
                 .map_err(|_| format!("{field} is not a stored key hash"))
         };
         let scopes = ScopeSet::new(&self.scopes).map_err(|e| format!("scopes: {e}"))?;
-        let record = KeyRecord::new(id, self.service_account_id.as_str())
+        let mut record = KeyRecord::new(id, self.service_account_id.as_str())
             .with_scopes(scopes)
             .with_description(self.description.clone())
             .with_created_at(at("created_at", &self.created_at)?)
@@ -122,6 +147,22 @@ impl Line {
                     .collect::<Result<_, _>>()?,
             )
             .with_credits(self.credits.as_ref().map(credits_of).transpose()?);
+        let mut compromised_hash = None;
+        if let Some(c) = &self.compromise {
+            let action = LeakAction::from_name(&c.action)
+                .ok_or("compromise.action must be revoke, quarantine or notify")?;
+            record.compromise = Some(Compromise::new(
+                at("compromise.compromised_at", &c.compromised_at)?,
+                &c.url,
+                &c.source,
+                action,
+            ));
+            compromised_hash = c
+                .compromised_hash
+                .as_deref()
+                .map(|h| hash("compromise.compromised_hash", h))
+                .transpose()?;
+        }
         let info = KeyInfo::new(
             record,
             opt_at("last_used_at", &self.last_used_at)?,
@@ -129,6 +170,9 @@ impl Line {
         )
         .with_version(self.version.map_or(Version::FIRST, Version::new));
         let mut key = StoredKey::new(info, hash("hash", &self.hash)?);
+        if let Some(bound) = compromised_hash {
+            key = key.with_compromised_hash(bound);
+        }
         match (&self.previous_hash, &self.previous_valid_until) {
             (None, None) => {}
             (Some(previous), Some(until)) => {

@@ -2630,3 +2630,177 @@ async fn import_of_more_crafted_lines_refuses_each_clearly_and_takes_a_record_at
     let _ = std::fs::remove_dir_all(from_dir);
     let _ = std::fs::remove_dir_all(to_dir);
 }
+
+// ---------------------------------------------------------------------------
+// Leaked keys (issue 24): `scan`, and the leak report in `keys get` and
+// `keys list --compromised`
+// ---------------------------------------------------------------------------
+
+/// Creates a key of `account` through the CLI; its secret.
+async fn leak_key_at(url: &str, account: &str) -> String {
+    let run = cli(["keys", "create", "--account", account])
+        .env("DATABASE_URL", url)
+        .run()
+        .await
+        .ok();
+    run.stdout.trim_end().to_owned()
+}
+
+/// The acceptance case: a directory holding one live key, one revoked key
+/// and one near miss (a live key with its checksum broken). With the
+/// database, two lines (the live and the revoked key, by id, never the
+/// secret) and exit 1 for the live one.
+#[tokio::test]
+async fn scan_finds_a_live_and_a_revoked_key_but_no_near_miss_and_exits_1() {
+    let (dir, url) = sqlite_db("scan").await;
+    let live = leak_key_at(&url, "sa-scan").await;
+    let revoked = leak_key_at(&url, "sa-scan").await;
+    let format = KeyFormat::default();
+    let live_id = format.parse(&live).unwrap().id().to_string();
+    let revoked_id = format.parse(&revoked).unwrap().id().to_string();
+    cli(["keys", "revoke", &revoked_id])
+        .env("DATABASE_URL", &url)
+        .run()
+        .await
+        .ok();
+    let mut near_miss = live.clone().into_bytes();
+    let last = near_miss.len() - 1;
+    near_miss[last] = if near_miss[last] == b'0' { b'1' } else { b'0' };
+    let near_miss = String::from_utf8(near_miss).unwrap();
+    let tree = dir.join("repo");
+    std::fs::create_dir_all(tree.join("config")).unwrap();
+    std::fs::write(tree.join("app.env"), format!("# demo\nAPI_KEY={live}\n")).unwrap();
+    std::fs::write(
+        tree.join("config/old.yaml"),
+        format!("key: \"{revoked}\"\n"),
+    )
+    .unwrap();
+    std::fs::write(tree.join("notes.txt"), format!("typo: {near_miss}\n")).unwrap();
+
+    let run = cli(["scan", tree.to_str().unwrap()])
+        .env("DATABASE_URL", &url)
+        .run()
+        .await;
+    run.never_shows(&live).never_shows(&revoked);
+    assert_eq!(run.code, 1, "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            format!("{}:2: key {live_id} live", tree.join("app.env").display()),
+            format!(
+                "{}:1: key {revoked_id} revoked",
+                tree.join("config/old.yaml").display()
+            ),
+        ],
+        "{run:?}"
+    );
+
+    // Without the live key, nothing live is left: exit 0.
+    std::fs::remove_file(tree.join("app.env")).unwrap();
+    let run = cli(["scan", tree.to_str().unwrap()])
+        .env("DATABASE_URL", &url)
+        .run()
+        .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout.lines().count(), 1, "{run:?}");
+}
+
+/// Without a database, `scan` reads stdin, reports every key it finds (it
+/// cannot tell a live one) and exits 1; `--prefix` picks the issuer.
+#[tokio::test]
+async fn scan_without_a_database_reads_stdin_and_fails_on_any_key() {
+    let key = KeyFormat::new("acme").unwrap().generate().unwrap();
+    let text = format!("diff\n+TOKEN={}\n", key.expose_secret());
+    let run = cli(["scan", "--prefix", "acme"])
+        .stdin(text.clone())
+        .run()
+        .await;
+    run.never_shows(key.expose_secret());
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout
+            .starts_with(&format!("-:2: key {} found", key.id())),
+        "{run:?}"
+    );
+    let run = cli(["scan"]).stdin(text).run().await;
+    assert_eq!((run.code, run.stdout.as_str()), (0, ""), "{run:?}");
+}
+
+/// A leak report recorded on a key shows in `keys get` (JSON and table),
+/// and `keys list --compromised` lists only reported keys, of every account
+/// or of the one named.
+#[tokio::test]
+async fn keys_get_and_list_compromised_show_the_leak_report() {
+    use tower_api_key::store::{CompromiseReport, LeakAction};
+    let (_dir, url) = sqlite_db("leaked").await;
+    let leaked = leak_key_at(&url, "sa-a").await;
+    let clean = leak_key_at(&url, "sa-a").await;
+    let format = KeyFormat::default();
+    let leaked_id = format.parse(&leaked).unwrap().id().to_string();
+    let clean_id = format.parse(&clean).unwrap().id().to_string();
+    let path = url.strip_prefix("sqlite:").unwrap();
+    let store = SqliteKeyStore::builder(path).open().await.unwrap();
+    store
+        .record_compromise(
+            &format.parse(&leaked).unwrap(),
+            CompromiseReport::new(
+                "https://github.com/o/r/blob/x/.env",
+                "content",
+                LeakAction::Quarantine,
+            ),
+        )
+        .await
+        .unwrap();
+    store.shutdown().await;
+
+    let got = json_at(&url, &["keys", "get", &leaked_id]).await;
+    assert_eq!(
+        got["compromise"]["url"],
+        "https://github.com/o/r/blob/x/.env"
+    );
+    assert_eq!(got["compromise"]["action"], "quarantine");
+    assert_eq!(got["compromise"]["quarantined"], true);
+    assert!(got["compromise"]["compromised_at"].is_string());
+    let clean_json = json_at(&url, &["keys", "get", &clean_id]).await;
+    assert!(clean_json["compromise"].is_null());
+    let table = cli(["keys", "get", &leaked_id])
+        .env("DATABASE_URL", &url)
+        .run()
+        .await
+        .ok();
+    assert!(table.stdout.contains("COMPROMISED"), "{table:?}");
+    assert!(
+        table.stdout.contains("quarantine (quarantined)"),
+        "{table:?}"
+    );
+
+    for args in [
+        vec!["keys", "list", "--compromised"],
+        vec!["keys", "list", "--compromised", "--account", "sa-a"],
+    ] {
+        let listed = json_at(&url, &args).await;
+        let ids: Vec<&str> = listed["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, vec![leaked_id.as_str()], "{args:?}");
+    }
+    let all = json_at(&url, &["keys", "list", "--account", "sa-a"]).await;
+    assert_eq!(all["keys"].as_array().unwrap().len(), 2);
+
+    // export | import carries the report and its binding: the leaked
+    // secret is still quarantined in the other store.
+    let exported = cli(["export"]).env("DATABASE_URL", &url).run().await.ok();
+    let (_other_dir, other) = sqlite_db("leaked_to").await;
+    cli(["import"])
+        .env("DATABASE_URL", &other)
+        .stdin(exported.stdout)
+        .run()
+        .await
+        .ok();
+    let moved = json_at(&other, &["keys", "get", &leaked_id]).await;
+    assert_eq!(moved["compromise"], got["compromise"]);
+}

@@ -53,12 +53,14 @@
 //! `BTreeMap` behind a mutex).
 //!
 //! Every test is a generic function in [`contract`], [`limits`],
-//! [`transfer`] or [`versions`]; the macros make one test of each.
+//! [`transfer`], [`versions`] or [`compromise`]; the macros make one test
+//! of each.
 //!
 //! Times: the settings' clock starts on a whole second and tests move it by
 //! whole seconds unless the test is about sub-microsecond times, because
 //! PostgreSQL keeps microseconds.
 
+pub mod compromise;
 pub mod contract;
 pub mod limits;
 pub mod transfer;
@@ -378,6 +380,12 @@ macro_rules! __store_conformance {
                 versions::a_check_on_what_was_read_holds_for_what_the_write_replaces,
                 versions::concurrent_writes_on_one_version_let_exactly_one_through,
                 versions::a_key_imported_at_the_highest_version_stays_writable_and_readable,
+                compromise::a_report_is_recorded_once_announced_and_a_replay_changes_nothing,
+                compromise::a_quarantine_binds_to_the_reported_secret_only,
+                compromise::revoke_revokes_the_key_and_a_replay_is_already_revoked,
+                compromise::a_wrong_secret_or_an_unknown_id_is_unknown_and_changes_nothing,
+                compromise::concurrent_reports_of_one_secret_act_once,
+                compromise::an_export_carries_the_compromise_and_its_binding,
             );
             $crate::__hashing_work_test!($hashing, Factory);
         }
@@ -409,7 +417,7 @@ macro_rules! transfer_conformance {
 // ---------------------------------------------------------------------------
 
 /// A store made with `settings`, and its clock.
-pub async fn store_and_clock<F: StoreFactory>(
+pub(crate) async fn store_and_clock<F: StoreFactory>(
     factory: &F,
     settings: StoreSettings,
 ) -> (F::Store, Arc<ManualClock>) {
@@ -429,7 +437,7 @@ pub fn parse(store: &dyn KeyStore, key: &GeneratedKey) -> PresentedKey {
 /// The text of a [`StoreError::InvalidField`] (it names the field, and
 /// the key of an import); any other answer fails.
 #[track_caller]
-pub fn assert_invalid<T: fmt::Debug>(result: Result<T, StoreError>) -> String {
+pub(crate) fn assert_invalid<T: fmt::Debug>(result: Result<T, StoreError>) -> String {
     match result {
         Err(e @ StoreError::InvalidField { .. }) => e.to_string(),
         other => panic!("expected StoreError::InvalidField, got {other:?}"),
@@ -438,7 +446,7 @@ pub fn assert_invalid<T: fmt::Debug>(result: Result<T, StoreError>) -> String {
 
 /// A [`StoreError::InvalidPageSize`] naming `max`.
 #[track_caller]
-pub fn assert_invalid_page_size<T: fmt::Debug>(result: Result<T, StoreError>, max: usize) {
+pub(crate) fn assert_invalid_page_size<T: fmt::Debug>(result: Result<T, StoreError>, max: usize) {
     match result {
         Err(StoreError::InvalidPageSize { max: named, .. }) if named == max => {}
         other => panic!("expected StoreError::InvalidPageSize {{ max: {max} }}, got {other:?}"),
@@ -447,7 +455,7 @@ pub fn assert_invalid_page_size<T: fmt::Debug>(result: Result<T, StoreError>, ma
 
 /// A [`StoreError::InvalidPageToken`].
 #[track_caller]
-pub fn assert_invalid_page_token<T: fmt::Debug>(result: Result<T, StoreError>) {
+pub(crate) fn assert_invalid_page_token<T: fmt::Debug>(result: Result<T, StoreError>) {
     match result {
         Err(StoreError::InvalidPageToken) => {}
         other => panic!("expected StoreError::InvalidPageToken, got {other:?}"),
@@ -456,7 +464,7 @@ pub fn assert_invalid_page_token<T: fmt::Debug>(result: Result<T, StoreError>) {
 
 /// A [`StoreError::Conflict`] of key `id` of `kind`; its text.
 #[track_caller]
-pub fn assert_conflict<T: fmt::Debug>(
+pub(crate) fn assert_conflict<T: fmt::Debug>(
     result: Result<T, StoreError>,
     id: KeyId,
     kind: ConflictKind,
@@ -472,7 +480,7 @@ pub fn assert_conflict<T: fmt::Debug>(
 }
 
 #[track_caller]
-pub fn assert_limit_reached<T: fmt::Debug>(result: Result<T, StoreError>, limit: usize) {
+pub(crate) fn assert_limit_reached<T: fmt::Debug>(result: Result<T, StoreError>, limit: usize) {
     match result {
         Err(StoreError::KeyLimitReached { limit: got, .. }) => assert_eq!(got, limit),
         other => panic!("expected KeyLimitReached, got {other:?}"),
@@ -481,7 +489,7 @@ pub fn assert_limit_reached<T: fmt::Debug>(result: Result<T, StoreError>, limit:
 
 /// `t` truncated to the microsecond (toward the past), as PostgreSQL keeps
 /// it: times compared across stores are compared at this precision.
-pub fn micros(t: SystemTime) -> SystemTime {
+pub(crate) fn micros(t: SystemTime) -> SystemTime {
     let nanos = match t.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(after) => after.as_nanos() as i128,
         Err(before) => -(before.duration().as_nanos() as i128),
@@ -496,7 +504,7 @@ pub fn micros(t: SystemTime) -> SystemTime {
 }
 
 /// `info` with every time truncated to the microsecond.
-pub fn at_micros(info: &KeyInfo) -> KeyInfo {
+pub(crate) fn at_micros(info: &KeyInfo) -> KeyInfo {
     let mut info = info.clone();
     info.record.created_at = micros(info.record.created_at);
     info.record.expires_at = info.record.expires_at.map(micros);
@@ -552,7 +560,7 @@ pub async fn ids_of(store: &dyn KeyStore, account: &str) -> Vec<KeyId> {
 }
 
 /// Every key of `store`, in export order, through pages of `limit`.
-pub async fn export_all(store: &dyn KeyStore, limit: usize) -> Vec<StoredKey> {
+pub(crate) async fn export_all(store: &dyn KeyStore, limit: usize) -> Vec<StoredKey> {
     let mut all = Vec::new();
     let mut after = None;
     loop {
@@ -567,12 +575,12 @@ pub async fn export_all(store: &dyn KeyStore, limit: usize) -> Vec<StoredKey> {
 }
 
 /// Every key of `store`, in the largest pages.
-pub async fn export_everything(store: &dyn KeyStore) -> Vec<StoredKey> {
+pub(crate) async fn export_everything(store: &dyn KeyStore) -> Vec<StoredKey> {
     export_all(store, MAX_EXPORT_PAGE).await
 }
 
 /// The exported form of key `id`.
-pub async fn exported(store: &dyn KeyStore, id: KeyId) -> StoredKey {
+pub(crate) async fn exported(store: &dyn KeyStore, id: KeyId) -> StoredKey {
     export_everything(store)
         .await
         .into_iter()
@@ -758,7 +766,7 @@ pub async fn account_changes_reach_the_other_store<S: KeyStore + Clone + 'static
 }
 
 /// The two peppers of the rotation tests: version 1, then version 2.
-pub fn peppers() -> (Pepper, Pepper) {
+pub(crate) fn peppers() -> (Pepper, Pepper) {
     (
         Pepper::new(1, b"the first pepper, 32 bytes long!".to_vec()),
         Pepper::new(2, b"the second pepper, also 32 bytes".to_vec()),

@@ -15,9 +15,9 @@ use tower_api_key::limits::{
     lease_grant, refill_due, CreditLease, Credits, RateLimit, MAX_CREDITS,
 };
 use tower_api_key::store::{
-    latest_time, rules, ConflictKind, CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate,
-    ListRequest, NewKey, PreviousHash, StoreError, StoredKey, Version, DEFAULT_PAGE_SIZE,
-    MAX_EXPORT_PAGE, MAX_PAGE_SIZE,
+    latest_time, rules, Compromise, CompromiseReport, Compromised, ConflictKind, CreatedKey,
+    Imported, KeyInfo, KeyPage, KeyUpdate, LeakAction, ListRequest, NewKey, PreviousHash,
+    StoreError, StoredKey, Version, DEFAULT_PAGE_SIZE, MAX_EXPORT_PAGE, MAX_PAGE_SIZE,
 };
 use tower_api_key::{
     CreditLedger, GeneratedKey, Invalidation, Invalidations, KeyFormat, KeyId, KeyRecord, KeyStore,
@@ -62,6 +62,17 @@ struct Entry {
     credits: Option<CreditState>,
     removed_generation: u64,
     version: Version,
+    /// The hash of the secret a leak report named.
+    compromised: Option<StoredHash>,
+}
+
+impl Entry {
+    /// Whether the secret stored as `matched` is quarantined.
+    fn quarantined(&self, matched: &StoredHash) -> bool {
+        let quarantine = |c: &Compromise| c.action == LeakAction::Quarantine;
+        self.record.compromise.as_ref().is_some_and(quarantine)
+            && self.compromised.as_ref() == Some(matched)
+    }
 }
 
 #[derive(Default)]
@@ -80,6 +91,7 @@ impl State {
             .get(&*record.service_account_id)
             .cloned()
             .unwrap_or_default();
+        record.quarantined = e.quarantined(&e.hash);
         record
     }
 
@@ -234,7 +246,8 @@ impl Verifier for OutsideStore {
         }
         match e.previous {
             // The replaced secret, until the end of its grace.
-            Some((_, until)) if previous && self.now() < until => {
+            Some((hash, until)) if previous && self.now() < until => {
+                record.quarantined = e.quarantined(&hash);
                 record.expires_at = Some(record.expires_at.map_or(until, |at| at.min(until)));
                 record.replaced_secret = true;
                 Ok(Some(record))
@@ -319,6 +332,7 @@ impl KeyStore for OutsideStore {
             credits: new.credits.map(|c| CreditState::set(c, now, 0)),
             removed_generation: 0,
             version: Version::FIRST,
+            compromised: None,
         };
         let mut state = self.state();
         // Counted under the lock: concurrent creates cannot overshoot.
@@ -558,7 +572,10 @@ impl KeyStore for OutsideStore {
                 // A key's own limits and credits travel; its account's do not.
                 let mut info = state.info(e);
                 info.record.account_rate_limits = Vec::new();
-                let key = StoredKey::new(info, e.hash);
+                let mut key = StoredKey::new(info, e.hash);
+                if let Some(hash) = e.compromised {
+                    key = key.with_compromised_hash(hash);
+                }
                 match e.previous {
                     Some((hash, until)) => key.with_previous(PreviousHash::new(hash, until)),
                     None => key,
@@ -601,6 +618,7 @@ impl KeyStore for OutsideStore {
             return Err(StoreError::key_limit_reached(limit));
         }
         let mut record = key.info.record;
+        record.quarantined = false;
         // The credits start a generation here; account limits are this
         // store's own.
         let credits = record.credits.take().map(|c| CreditState::set(c, now, 0));
@@ -614,6 +632,7 @@ impl KeyStore for OutsideStore {
             credits,
             removed_generation: 0,
             version: key.info.version,
+            compromised: key.compromised_hash,
         };
         state.keys.insert(id, entry);
         Ok(Imported::Added)
@@ -644,6 +663,50 @@ impl KeyStore for OutsideStore {
         };
         self.announce(id, gone.record.service_account_id);
         Ok(true)
+    }
+
+    async fn record_compromise(
+        &self,
+        key: &PresentedKey,
+        report: CompromiseReport,
+    ) -> Result<Compromised, StoreError> {
+        let candidates = self.0.hasher.candidates(key);
+        let now = self.now();
+        let id = key.id();
+        // Compared, checked and written under one lock.
+        let mut state = self.state();
+        let Some(e) = state.keys.get_mut(&id) else {
+            return Ok(if state.revoked.contains(&id) {
+                Compromised::AlreadyRevoked
+            } else {
+                Compromised::Unknown
+            });
+        };
+        let matched = if candidates.matches(Some(&e.hash)) {
+            e.hash
+        } else {
+            match e.previous {
+                Some((hash, until)) if now < until && candidates.matches(Some(&hash)) => hash,
+                _ => return Ok(Compromised::Unknown),
+            }
+        };
+        if e.compromised == Some(matched) {
+            return Ok(Compromised::AlreadyReported);
+        }
+        e.record.compromise = Some(report.at(now));
+        e.compromised = Some(matched);
+        e.version = e.version.next();
+        let e = &state.keys[&id];
+        let info = state.info(e);
+        if report.action == LeakAction::Revoke {
+            state.keys.remove(&id);
+            state.revoked.insert(id);
+        }
+        drop(state);
+        self.announce(id, info.record.service_account_id.clone());
+        Ok(Compromised::Acted {
+            key: Box::new(info),
+        })
     }
 }
 

@@ -32,6 +32,11 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("migrations/0004_rate_buckets.sql"),
     ),
     Migration::new(5, "version", include_str!("migrations/0005_version.sql")),
+    Migration::new(
+        6,
+        "compromise",
+        include_str!("migrations/0006_compromise.sql"),
+    ),
 ];
 
 /// Every migration this version of the crate knows, oldest first.

@@ -523,6 +523,22 @@ async fn account_limits_and_credits_changed_on_one_replica_reach_the_others_cach
     db.drop_schema().await;
 }
 
+/// A leak report received by one replica (issue 24) reaches the other's
+/// cache through NOTIFY within the revocation bound: the revoked key is
+/// refused there, the quarantined secret read as quarantined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leak_report_on_one_replica_reaches_the_others_cache_within_the_bound() {
+    let Some(db) = TestDb::new("leak_report_reaches_the_other").await else {
+        return;
+    };
+    let a = db.store().await;
+    let b = db.store().await;
+    conformance::compromise::leak_reports_reach_the_other_store(&a, &b, NOTIFY_WITHIN).await;
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_schema().await;
+}
+
 /// Limits or credits another tool wrote wrong are a backend error naming
 /// the key, never a panic, and never a key without its limits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -767,11 +783,11 @@ async fn migrations_twice_in_a_row() {
     };
     let store = db.builder().connect().await.unwrap();
     let first = store.migrate().await.unwrap();
-    assert_eq!(first.applied, vec![1, 2, 3, 4, 5]);
-    assert_eq!(first.current, 5);
+    assert_eq!(first.applied, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(first.current, 6);
     let second = store.migrate().await.unwrap();
     assert!(second.applied.is_empty(), "{second:?}");
-    assert_eq!(second.current, 5);
+    assert_eq!(second.current, 6);
     // The store works on the migrated schema.
     let created = store.create(NewKey::new("sa")).await.unwrap();
     assert!(store.get(created.record.key_id).await.unwrap().is_some());
@@ -834,7 +850,7 @@ async fn a_schema_of_the_previous_release_migrates_and_its_keys_keep_working() {
         .await
         .unwrap();
     let report = store.migrate().await.unwrap();
-    assert_eq!(report.applied, vec![3, 4, 5]);
+    assert_eq!(report.applied, vec![3, 4, 5, 6]);
     let record = store.verify(&old).await.unwrap().unwrap();
     assert_eq!(&*record.service_account_id, "sa-old");
     assert!(record.rate_limits.is_empty());
@@ -880,7 +896,7 @@ async fn migrations_run_by_replicas_at_once() {
     }))
     .await;
     let applied: Vec<u32> = replicas.iter().flat_map(|r| r.applied.clone()).collect();
-    assert_eq!(applied, vec![1, 2, 3, 4, 5], "{replicas:?}");
+    assert_eq!(applied, vec![1, 2, 3, 4, 5, 6], "{replicas:?}");
     db.drop_schema().await;
 }
 

@@ -41,7 +41,7 @@ pub enum Kind {
 /// The columns of `tower_api_key_keys` a key row holds, in the order of
 /// [`KeyRow::values`]; a read of [`select_columns`] has one more, the
 /// account's limits ([`Kind::Text`]).
-pub const KEY_COLUMNS: [(&str, Kind); 23] = [
+pub const KEY_COLUMNS: [(&str, Kind); 28] = [
     ("key_id", Kind::Text),
     ("service_account_id", Kind::Text),
     ("hash", Kind::Bytes),
@@ -65,6 +65,11 @@ pub const KEY_COLUMNS: [(&str, Kind); 23] = [
     ("credits_refilled_at", Kind::Time),
     ("credits_generation", Kind::Int),
     ("version", Kind::Int),
+    ("compromised_at", Kind::Time),
+    ("compromise_url", Kind::Text),
+    ("compromise_source", Kind::Text),
+    ("compromise_action", Kind::Text),
+    ("compromised_hash", Kind::Bytes),
 ];
 
 /// The kinds of the columns a read of [`select_columns`] returns.
@@ -160,6 +165,11 @@ impl KeyRow {
             Value::Time(c.refilled_at),
             Value::Int(Some(c.generation)),
             Value::Int(Some(self.version)),
+            Value::Time(self.compromised_at),
+            Value::Text(self.compromise_url.clone()),
+            Value::Text(self.compromise_source.clone()),
+            Value::Text(self.compromise_action.clone()),
+            Value::Bytes(self.compromised_hash.clone()),
         ]);
         values
     }
@@ -216,6 +226,11 @@ impl KeyRow {
                 generation: req(int(next()?)?)?,
             },
             version: req(int(next()?)?)?,
+            compromised_at: time(next()?)?,
+            compromise_url: opt_text(next()?)?,
+            compromise_source: opt_text(next()?)?,
+            compromise_action: opt_text(next()?)?,
+            compromised_hash: bytes(next()?)?,
             account_rate_limits: opt_text(next()?)?,
         })
     }
@@ -288,6 +303,11 @@ mod tests {
             },
             previous: HashColumns::default(),
             previous_valid_until: None,
+            compromised_at: Some(at),
+            compromise_url: Some("https://example.com/leak".into()),
+            compromise_source: Some("scanner".into()),
+            compromise_action: Some("quarantine".into()),
+            compromised_hash: Some(vec![1; 32]),
         };
         let mut values = row.values();
         assert_eq!(values.len(), KEY_COLUMNS.len());
@@ -295,8 +315,8 @@ mod tests {
         assert_eq!(KeyRow::from_values(values).unwrap(), row);
         let kinds: Vec<Kind> = read_kinds().collect();
         assert_eq!(kinds.len(), KEY_COLUMNS.len() + 1);
-        // The id, then 19 changeable columns, each numbered in the update.
-        assert_eq!(row.changed_values().len(), 20);
+        // The id, then 24 changeable columns, each numbered in the update.
+        assert_eq!(row.changed_values().len(), 25);
         let sql = update_sql(|n| format!("${n}"));
         assert!(sql.contains("version = $20") && sql.ends_with("key_id = $1"));
         assert!(!sql.contains("created_at") && !sql.contains("last_used_at ="));

@@ -4,7 +4,7 @@
 //! [`Backend`] and its transactions ([`Tx`]), which each dialect implements
 //! with its SQL text and row mapping only; and what the dialects share
 //! besides: numbered migrations and their report, the columns of hashes,
-//! rate limits and credits, and the store's clock.
+//! rate limits, credits and leak reports, and the store's clock.
 //!
 //! An application does not use this crate directly: it uses a store
 //! crate, which re-exports [`Migration`] and [`MigrationReport`].
@@ -30,7 +30,7 @@ pub use task::BackgroundTask;
 use tower_api_key::hash::{HashScheme, StoredHash};
 use tower_api_key::limits::{Credits, RateLimit, Refill, RefillInterval, MAX_CREDITS};
 use tower_api_key::store::kit::CreditState;
-use tower_api_key::store::{StoreError, Version};
+use tower_api_key::store::{Compromise, LeakAction, StoreError, Version};
 use tower_api_key::KeyId;
 
 /// An error of a SQL backend, boxed: what the stores carry in
@@ -181,6 +181,44 @@ pub fn stored_hash(
         _ => return Err("stored key hash has an unknown scheme".into()),
     };
     Ok(Some(StoredHash::from_parts(scheme, digest)))
+}
+
+/// The compromise columns of a key (`compromised_at`, `compromise_url`,
+/// `compromise_source`, `compromise_action`) as its record's
+/// [`Compromise`]: none without a time; an error for an action the crate
+/// does not know.
+pub fn compromise_of(
+    at: Option<SystemTime>,
+    url: Option<String>,
+    source: Option<String>,
+    action: Option<&str>,
+) -> Result<Option<Compromise>, BoxError> {
+    let Some(at) = at else {
+        return Ok(None);
+    };
+    let action = action
+        .and_then(LeakAction::from_name)
+        .ok_or("stored compromise action is not valid")?;
+    Ok(Some(Compromise::new(
+        at,
+        url.unwrap_or_default(),
+        source.unwrap_or_default(),
+        action,
+    )))
+}
+
+/// The stored form of a compromise's binding: the hash of `key` whose
+/// digest is `digest` (its current or previous), if it still has one.
+pub fn compromised_hash(
+    digest: Option<&[u8]>,
+    current: Option<StoredHash>,
+    previous: Option<StoredHash>,
+) -> Option<StoredHash> {
+    let digest = digest?;
+    [current, previous]
+        .into_iter()
+        .flatten()
+        .find(|h| h.digest().as_slice() == digest)
 }
 
 /// A key's stored version: at least 1 (a `CHECK` in both schemas).

@@ -7,10 +7,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tower_api_key::hash::StoredHash;
 use tower_api_key::store::kit::CreditState;
-use tower_api_key::store::{KeyInfo, PreviousHash, StoredKey};
+use tower_api_key::store::{KeyInfo, LeakAction, PreviousHash, StoredKey};
 use tower_api_key::{KeyId, KeyRecord, ScopeSet};
 
-use crate::{parse_limits, scheme_columns, stored_hash, version_of, BoxError, CreditColumns};
+use crate::{
+    compromise_of, compromised_hash, parse_limits, scheme_columns, stored_hash, version_of,
+    BoxError, CreditColumns,
+};
 
 /// The three columns a stored hash is kept in; all `None` for no hash.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -79,6 +82,16 @@ pub struct KeyRow {
     pub previous: HashColumns,
     /// The end of the previous hash's grace.
     pub previous_valid_until: Option<SystemTime>,
+    /// When a leak report was recorded for the key (`compromised_at`).
+    pub compromised_at: Option<SystemTime>,
+    /// Where the leaked secret was found (`compromise_url`).
+    pub compromise_url: Option<String>,
+    /// Who reported it (`compromise_source`).
+    pub compromise_source: Option<String>,
+    /// What the report did (`compromise_action`).
+    pub compromise_action: Option<String>,
+    /// The digest of the reported secret's hash (`compromised_hash`).
+    pub compromised_hash: Option<Vec<u8>>,
 }
 
 impl KeyRow {
@@ -103,14 +116,30 @@ impl KeyRow {
             None => Vec::new(),
         };
         let credits = self.credits.state(key_id)?.map(|state| state.credits);
-        Ok(KeyRecord::new(key_id, self.service_account_id.as_str())
+        let mut record = KeyRecord::new(key_id, self.service_account_id.as_str())
             .with_scopes(scopes)
             .with_description(self.description.clone())
             .with_created_at(self.created_at)
             .with_expires_at(self.expires_at)
             .with_rate_limits(rate_limits)
             .with_account_rate_limits(account_rate_limits)
-            .with_credits(credits))
+            .with_credits(credits);
+        record.compromise = compromise_of(
+            self.compromised_at,
+            self.compromise_url.clone(),
+            self.compromise_source.clone(),
+            self.compromise_action.as_deref(),
+        )?;
+        record.quarantined = self.quarantines(&self.hash);
+        Ok(record)
+    }
+
+    /// Whether the row's leak report quarantines the secret whose hash is
+    /// `hash` (the report's action is quarantine and it names that secret).
+    pub fn quarantines(&self, hash: &HashColumns) -> bool {
+        self.compromise_action.as_deref() == Some(LeakAction::Quarantine.as_str())
+            && self.compromised_hash.is_some()
+            && self.compromised_hash == hash.digest
     }
 
     /// What the management API shows of the row, checked.
@@ -128,9 +157,13 @@ impl KeyRow {
         let mut info = self.info()?;
         info.record.account_rate_limits = Vec::new();
         let mut key = StoredKey::new(info, hash);
-        if let (Some(previous), Some(until)) = (self.previous.stored()?, self.previous_valid_until)
-        {
+        let previous = self.previous.stored()?;
+        if let (Some(previous), Some(until)) = (previous, self.previous_valid_until) {
             key = key.with_previous(PreviousHash::new(previous, until));
+        }
+        let bound = self.compromised_hash.as_deref();
+        if let Some(hash) = compromised_hash(bound, Some(hash), previous) {
+            key = key.with_compromised_hash(hash);
         }
         Ok(key)
     }

@@ -13,8 +13,9 @@ use tower_api_key::store::kit::{
     page_token, parse_page_token, verified, CreditState,
 };
 use tower_api_key::store::{
-    latest_time, ConflictKind, CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate, ListRequest,
-    NewKey, StoreError, StoredKey, Version, MAX_EXPORT_PAGE,
+    latest_time, CompromiseReport, Compromised, ConflictKind, CreatedKey, Imported, KeyInfo,
+    KeyPage, KeyUpdate, LeakAction, ListRequest, NewKey, StoreError, StoredKey, Version,
+    MAX_EXPORT_PAGE,
 };
 use tower_api_key::{CreditLedger, Invalidation, Invalidations, Verifier, VerifierError};
 use tower_api_key::{GeneratedKey, KeyFormat, KeyId, KeyRecord, KeyStore, PresentedKey, ScopeSet};
@@ -228,7 +229,11 @@ impl<B: Backend> Verifier for SqlKeyStore<B> {
                 None => return Ok(None),
             },
         };
-        let record = row.record().map_err(VerifierError::Backend)?;
+        let mut record = row.record().map_err(VerifierError::Backend)?;
+        if !current {
+            // The replaced secret matched: quarantined if it is the one reported.
+            record.quarantined = row.quarantines(&row.previous);
+        }
         if record.key_id != key.id() {
             // The row is looked up by this id; never hand out another key's record.
             return Ok(None);
@@ -338,6 +343,11 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
             hash,
             previous: HashColumns::default(),
             previous_valid_until: None,
+            compromised_at: None,
+            compromise_url: None,
+            compromise_source: None,
+            compromise_action: None,
+            compromised_hash: None,
         };
         let limit = self.max_keys_per_account;
         let id = key.id();
@@ -759,6 +769,18 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
             hash: HashColumns::of(&key.hash).map_err(StoreError::Backend)?,
             previous,
             previous_valid_until: key.previous.map(|p| micros(p.valid_until)),
+            compromised_at: record.compromise.as_ref().map(|c| micros(c.at)),
+            compromise_url: record.compromise.as_ref().map(|c| c.url.clone()),
+            compromise_source: record.compromise.as_ref().map(|c| c.source.clone()),
+            compromise_action: record
+                .compromise
+                .as_ref()
+                .map(|c| c.action.as_str().to_owned()),
+            compromised_hash: record
+                .compromise
+                .as_ref()
+                .and(key.compromised_hash)
+                .map(|h| h.digest().to_vec()),
         };
         let hash = key.hash;
         let limit = self.max_keys_per_account;
@@ -844,6 +866,74 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
             self.changed(id, account);
         }
         Ok(account.is_some())
+    }
+
+    async fn record_compromise(
+        &self,
+        key: &PresentedKey,
+        report: CompromiseReport,
+    ) -> Result<Compromised, StoreError> {
+        let candidates = self.hasher.candidates(key);
+        let id = key.id();
+        let key_id = id.to_string();
+        let now = self.now();
+        // One transaction over the key's locked row: two reports of one
+        // secret at once act once.
+        let outcome = self
+            .tx(move |tx| {
+                Box::pin(async move {
+                    let Some(mut row) = tx.key_for_update(&key_id).await? else {
+                        let revoked = tx.is_revoked(&key_id).await?;
+                        return Ok(if revoked {
+                            Compromised::AlreadyRevoked
+                        } else {
+                            Compromised::Unknown
+                        });
+                    };
+                    let current = row.hash.stored()?;
+                    let previous = row
+                        .previous
+                        .stored()?
+                        .filter(|_| row.previous_valid_until.is_some_and(|until| now < until));
+                    let matched = if candidates.matches(current.as_ref()) {
+                        current
+                    } else if candidates.matches(previous.as_ref()) {
+                        previous
+                    } else {
+                        None
+                    };
+                    let Some(matched) = matched else {
+                        return Ok(Compromised::Unknown);
+                    };
+                    let digest = matched.digest().to_vec();
+                    if row.compromised_hash.as_ref() == Some(&digest) {
+                        return Ok(Compromised::AlreadyReported);
+                    }
+                    row.compromised_at = Some(now);
+                    row.compromise_url = Some(report.url);
+                    row.compromise_source = Some(report.source);
+                    row.compromise_action = Some(report.action.as_str().to_owned());
+                    row.compromised_hash = Some(digest);
+                    row.version = next_version(row.version)?;
+                    // Checked before the commit: nothing fails after it.
+                    let info = row.info()?;
+                    tx.write_key(&row).await?;
+                    if report.action == LeakAction::Revoke {
+                        tx.delete_key(&key_id).await?;
+                        tx.add_revoked(&key_id, now).await?;
+                    }
+                    tx.announce(&[key_id], &row.service_account_id, now).await?;
+                    Ok(Compromised::Acted {
+                        key: Box::new(info),
+                    })
+                })
+            })
+            .await
+            .map_err(StoreError::Backend)?;
+        if let Compromised::Acted { key } = &outcome {
+            self.changed(id, &key.record.service_account_id);
+        }
+        Ok(outcome)
     }
 
     async fn unreadable(&self) -> Result<Vec<String>, StoreError> {
@@ -1111,6 +1201,17 @@ macro_rules! delegate_store {
                 id: ::tower_api_key::KeyId,
             ) -> ::std::result::Result<bool, ::tower_api_key::store::StoreError> {
                 ::tower_api_key::KeyStore::import_revoked(&self.$($core).+, id).await
+            }
+
+            async fn record_compromise(
+                &self,
+                key: &::tower_api_key::PresentedKey,
+                report: ::tower_api_key::store::CompromiseReport,
+            ) -> ::std::result::Result<
+                ::tower_api_key::store::Compromised,
+                ::tower_api_key::store::StoreError,
+            > {
+                ::tower_api_key::KeyStore::record_compromise(&self.$($core).+, key, report).await
             }
 
             async fn unreadable(

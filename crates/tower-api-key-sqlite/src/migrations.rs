@@ -25,6 +25,11 @@ const MIGRATIONS: &[Migration] = &[
     Migration::new(2, "revoked", include_str!("migrations/0002_revoked.sql")),
     Migration::new(3, "limits", include_str!("migrations/0003_limits.sql")),
     Migration::new(4, "version", include_str!("migrations/0004_version.sql")),
+    Migration::new(
+        5,
+        "compromise",
+        include_str!("migrations/0005_compromise.sql"),
+    ),
 ];
 
 /// Every migration this version of the crate knows, oldest first.
