@@ -57,9 +57,9 @@
 //! - `route_layer`, not `layer`, keeps unknown paths 404 instead of 401.
 //!   Handlers take the [`Caller`] extractor or
 //!   `request.extensions().get::<Caller>()`.
-//! - Without `into_make_service_with_connect_info::<SocketAddr>()` the
-//!   failed-attempt limiter has no client address and limits nothing (a
-//!   warning says so). Behind a proxy, set
+//! - The failed-attempt limiter reads the client address from
+//!   `into_make_service_with_connect_info::<SocketAddr>()` with the feature
+//!   `connect-info`; without either it limits nothing (a warning says so). Behind a proxy, set
 //!   [`FailedAttemptLimit::builder`](auth::FailedAttemptLimit::builder)`(..).client_id(..)`.
 //!
 //! # What it is made of

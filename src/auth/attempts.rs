@@ -64,7 +64,9 @@ pub type ClientIdFn = dyn Fn(&HeaderMap, &Extensions) -> Option<IpAddr> + Send +
 ///   uncached keys) is refused without a verifier call.
 ///
 /// Clients are told apart by a function of the request (default: the peer
-/// address from axum's `ConnectInfo<SocketAddr>`, IPv6 grouped by /64).
+/// address from axum's `ConnectInfo<SocketAddr>`, IPv6 grouped by /64, with
+/// the feature `connect-info`; without it, set one with
+/// [`FailedAttemptLimitBuilder::client_id`]).
 /// **Behind a proxy** every request comes from the proxy's address: use
 /// [`FailedAttemptLimitBuilder::client_id`] to read the address the proxy
 /// appends (e.g. the last entry of `X-Forwarded-For` written by your own
@@ -336,7 +338,7 @@ impl Queue {
 
 impl FailedAttemptLimit {
     /// At most `max_failures` failed attempts per client within `window`,
-    /// clients told apart by the peer address (axum's `ConnectInfo<SocketAddr>`, grouped per /64 for IPv6), tracking up to 100,000
+    /// clients told apart by the peer address (axum's `ConnectInfo<SocketAddr>` with the feature `connect-info`, grouped per /64 for IPv6), tracking up to 100,000
     /// clients: [`FailedAttemptLimit::builder`]`(max_failures, window).build()`.
     ///
     /// # Panics
@@ -387,7 +389,7 @@ impl FailedAttemptLimit {
             tracing::warn!(
                 "failed-attempt limit is on, but a request has no client address, so it is \
                  not limited; serve with `into_make_service_with_connect_info::<SocketAddr>()` \
-                 or set one with `FailedAttemptLimit::builder(..).client_id(..)` (logged once)"
+                 (feature `connect-info`) or set one with `FailedAttemptLimit::builder(..).client_id(..)` (logged once)"
             );
         }
         client
@@ -519,15 +521,16 @@ impl FailedAttemptLimitBuilder {
 }
 
 /// The default client id: the peer address axum records with
-/// `into_make_service_with_connect_info::<SocketAddr>()`; IPv6 addresses are
-/// grouped by /64, the block one subscriber usually holds.
+/// `into_make_service_with_connect_info::<SocketAddr>()` (feature
+/// `connect-info`; none without it); IPv6 addresses are grouped by /64, the
+/// block one subscriber usually holds.
 pub(crate) fn peer_address(_headers: &HeaderMap, extensions: &Extensions) -> Option<IpAddr> {
-    #[cfg(feature = "axum")]
+    #[cfg(feature = "connect-info")]
     {
         let info = extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?;
         Some(group(info.0.ip()))
     }
-    #[cfg(not(feature = "axum"))]
+    #[cfg(not(feature = "connect-info"))]
     {
         let _ = extensions;
         None
@@ -535,7 +538,7 @@ pub(crate) fn peer_address(_headers: &HeaderMap, extensions: &Extensions) -> Opt
 }
 
 /// IPv4 as is; IPv6 by /64 (IPv4-mapped addresses as IPv4).
-#[cfg_attr(not(feature = "axum"), allow(dead_code))]
+#[cfg_attr(not(feature = "connect-info"), allow(dead_code))]
 pub(crate) fn group(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
