@@ -8,7 +8,8 @@
 //!
 //! # Use it
 //!
-//! A whole axum program, with the dependencies `tower-api-key = "0.1"`,
+//! A whole axum program, with the dependencies
+//! `tower-api-key = { version = "0.1", features = ["connect-info"] }`,
 //! `axum = "0.8"` and `tokio = { version = "1", features = ["full"] }` (the
 //! README's):
 //!

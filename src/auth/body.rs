@@ -57,6 +57,7 @@ impl<B> RejectionBody for ResponseBody<B> {
 }
 
 #[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 impl RejectionBody for axum_core::body::Body {
     fn from_rejection(bytes: Bytes) -> Self {
         Self::new(Rejected::new(bytes))
@@ -64,6 +65,7 @@ impl RejectionBody for axum_core::body::Body {
 }
 
 #[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 impl RejectionBody for tonic::body::Body {
     fn from_rejection(bytes: Bytes) -> Self {
         Self::new(Rejected::new(bytes))

@@ -77,6 +77,7 @@ pub use attempts::{ClientIdFn, FailedAttemptLimit, FailedAttemptLimitBuilder};
 #[cfg_attr(not(feature = "management"), allow(unused_imports))]
 pub(crate) use authenticator::Authenticator;
 #[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use axum::MissingCaller;
 pub use body::{RejectionBody, ResponseBody};
 pub use future::ResponseFuture;

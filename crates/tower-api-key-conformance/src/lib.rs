@@ -59,6 +59,7 @@
 //! Times: the settings' clock starts on a whole second and tests move it by
 //! whole seconds unless the test is about sub-microsecond times, because
 //! PostgreSQL keeps microseconds.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod compromise;
 pub mod contract;
