@@ -35,6 +35,13 @@ done
 [ "$status" -eq 0 ] || exit "$status"
 
 echo "== cargo publish --workspace --dry-run"
+# The dry run unpacks this workspace's packages into CARGO_HOME, under its
+# temporary registry's directory (`registry/src/-<hash>`), and a later run
+# of the same version reuses those sources instead of today's: remove them
+# so each run verifies the packages as they are now.
+for dir in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/ "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/-*/; do
+    [ -d "$dir" ] && rm -rf "$dir"tower-api-key*
+done
 excludes=()
 while read -r name; do
     excludes+=(--exclude "$name")
