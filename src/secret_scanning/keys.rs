@@ -73,7 +73,8 @@ impl std::error::Error for InvalidReporterKey {}
 ///
 /// Supplied by the application, so tests and air-gapped deployments give
 /// keys themselves ([`StaticKeys`]), and a deployment that fetches them uses
-/// [`FetchedKeys`] over its own HTTP client.
+/// [`FetchedKeys`] over its own HTTP client or, with the feature
+/// `github-keys`, over `GithubKeys`.
 #[async_trait]
 pub trait ReporterKeys: Send + Sync + 'static {
     /// The key named `identifier`, if the reporter has one by that name.
@@ -111,7 +112,8 @@ impl ReporterKeys for StaticKeys {
 
 /// Fetches a reporter's key document, such as GitHub's
 /// `https://api.github.com/meta/public_keys/secret_scanning`, with the
-/// application's HTTP client. [`FetchedKeys`] caches what it returns.
+/// application's HTTP client (or `GithubKeys`, feature `github-keys`).
+/// [`FetchedKeys`] caches what it returns.
 #[async_trait]
 pub trait FetchKeys: Send + Sync + 'static {
     /// The keys, by identifier.

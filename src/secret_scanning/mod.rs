@@ -51,10 +51,12 @@
 //! and air-gapped deployments, [`FetchedKeys`] (cached an hour, refetched on
 //! an unknown identifier at most once a minute, the cached keys used when a
 //! fetch fails) over a [`FetchKeys`] that the application writes with its
-//! own HTTPS client and [`parse_github_keys`]. The crate ships no HTTP
-//! client: none small and well kept fits a library that otherwise needs
-//! none, and every application already has one.
+//! own HTTPS client and [`parse_github_keys`], or, with the feature
+//! `github-keys`, `GithubKeys` (hyper and rustls; GitHub's endpoint or a
+//! GitHub Enterprise Server's): `ReceiverConfig::github(FetchedKeys::github())`.
 
+#[cfg(feature = "github-keys")]
+mod github;
 mod keys;
 
 use std::sync::Arc;
@@ -73,6 +75,10 @@ pub use keys::{
     parse_github_keys, BoxError, FetchKeys, FetchedKeys, InvalidReporterKey, ReporterKey,
     ReporterKeys, StaticKeys, MAX_KEY_IDENTIFIER_LEN,
 };
+
+#[cfg(feature = "github-keys")]
+#[cfg_attr(docsrs, doc(cfg(feature = "github-keys")))]
+pub use github::{GithubKeys, GithubKeysError, GITHUB_KEYS_URL};
 
 use crate::key::KeyFormat;
 use crate::record::{Compromise, LeakAction};
