@@ -319,7 +319,8 @@ async fn sample_connections(
     stop: Arc<AtomicBool>,
 ) {
     let backends = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' \
+         AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
     );
     while !stop.load(Ordering::Relaxed) {
         if let Some(n) = scalar(&admin, &backends).await.and_then(|n| n.parse().ok()) {
@@ -816,11 +817,15 @@ async fn run_in(args: &Args, direct: &Config, admin: &Client, db: &str) -> Resul
     let mut not_refused = 0;
     let within = Duration::from_secs(10);
     for (i, key) in revoke_keys.iter().enumerate() {
+        let mut not_admitted = 0;
         for replica in replicas.iter() {
             let (status, _, _) = replica.request(key).await;
             if status != StatusCode::OK {
-                println!("revoke {i}: key not admitted before the revoke ({status})");
+                not_admitted += 1;
             }
+        }
+        if not_admitted > 0 {
+            println!("revoke {i}: key not admitted by {not_admitted} replicas before the revoke");
         }
         let t0 = Instant::now();
         if let Err(e) = replicas[i % replicas.len()]
@@ -847,6 +852,13 @@ async fn run_in(args: &Args, direct: &Config, admin: &Client, db: &str) -> Resul
         let times = futures_util::future::join_all(waits).await;
         if times.iter().any(Option::is_none) {
             not_refused += 1;
+            if not_refused >= 3 {
+                println!(
+                    "revoke: stopped after {} revokes, 3 of them not refused by all",
+                    i + 1
+                );
+                break;
+            }
         } else if let Some(all) = times.into_iter().flatten().max() {
             propagation.push(all.as_micros() as u32);
         }
