@@ -6,6 +6,12 @@
 //! silently. Each test works in a schema of its own (and, where notifications
 //! matter, on a NOTIFY channel of its own), so they run in parallel.
 //!
+//! Through a transaction pooler: with `TAK_PG_THROUGH_POOLER=1` and
+//! `PGBOUNCER_URL` set (`. .ci/postgres.sh && . .ci/pgbouncer.sh`), the
+//! stores connect through the pooler and each test gets a database of its own
+//! instead of a schema (PgBouncer refuses the `options` startup parameter that
+//! selects the schema); see [`pooler_url`].
+//!
 //! Nothing here sleeps to hope for timing: waits are on notifications and on
 //! the listener's status watch, each bounded by `tokio::time::timeout`.
 //! "The database is down" is simulated with a TCP proxy in front of the
@@ -74,12 +80,42 @@ fn database_url(test: &str) -> Option<String> {
     }
 }
 
-/// A fresh schema of its own for one test, and an admin connection to it.
+/// Whether the stores under test reach the server through a transaction
+/// pooler: `TAK_PG_THROUGH_POOLER=1` with `PGBOUNCER_URL` set (`.ci/pgbouncer.sh`
+/// sets it). The pooler's URL, when so.
+///
+/// PgBouncer refuses the `options` startup parameter that puts each test into
+/// a schema of its own, so through it each test gets a database of its own
+/// instead: created and dropped over the direct `DATABASE_URL`, reached
+/// through the pooler's `* =` entry (any database name forwarded to the
+/// server's database of that name).
+fn pooler_url() -> Option<String> {
+    match std::env::var("TAK_PG_THROUGH_POOLER") {
+        Ok(v) if !v.is_empty() && v != "0" => match std::env::var("PGBOUNCER_URL") {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ => panic!(
+                "TAK_PG_THROUGH_POOLER is set but PGBOUNCER_URL is not (source .ci/pgbouncer.sh \
+                 after .ci/postgres.sh)"
+            ),
+        },
+        _ => None,
+    }
+}
+
+/// A fresh schema (directly) or database (through a pooler, see
+/// [`pooler_url`]) of its own for one test, and an admin connection to it
+/// that bypasses any pooler.
 struct TestDb {
     url_config: Config,
     /// Connection settings that put the store's tables into the schema.
     config: Config,
+    /// The schema the store's tables go into: the test's own directly,
+    /// `public` of the test's own database through a pooler.
     schema: String,
+    /// The name unique to this test: its schema, or its database.
+    name: String,
+    /// Through a pooler: the database made for this test, dropped at the end.
+    database: Option<String>,
     admin: tokio_postgres::Client,
 }
 
@@ -88,7 +124,28 @@ impl TestDb {
         let url = database_url(test)?;
         let url_config = Config::from_str(&url).expect("DATABASE_URL parses");
         let suffix: String = KeyId::random().unwrap().as_str()[..10].to_ascii_lowercase();
-        let schema = format!("tak_{}_{suffix}", &test[..test.len().min(40)]).replace("__", "_");
+        let name = format!("tak_{}_{suffix}", &test[..test.len().min(40)]).replace("__", "_");
+        if let Some(pooler) = pooler_url() {
+            let maintenance = connect(&url_config).await;
+            maintenance
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .await
+                .expect("create the test database");
+            let mut direct = url_config.clone();
+            direct.dbname(&name);
+            let admin = connect(&direct).await;
+            let mut config = Config::from_str(&pooler).expect("PGBOUNCER_URL parses");
+            config.dbname(&name);
+            return Some(TestDb {
+                url_config,
+                config,
+                schema: "public".to_owned(),
+                name: name.clone(),
+                database: Some(name),
+                admin,
+            });
+        }
+        let schema = name.clone();
         let mut config = url_config.clone();
         let options = match url_config.get_options() {
             Some(existing) => format!("{existing} -c search_path={schema}"),
@@ -106,13 +163,15 @@ impl TestDb {
             url_config,
             config,
             schema,
+            name,
+            database: None,
             admin,
         })
     }
 
     /// A NOTIFY channel of this test's own.
     fn channel(&self) -> String {
-        format!("{}_inv", self.schema)
+        format!("{}_inv", self.name)
     }
 
     /// A store builder on this schema and channel, migrated on connect.
@@ -153,14 +212,16 @@ impl TestDb {
         config
     }
 
+    /// Where the stores' connections go (the server, or the pooler): what a
+    /// [`Proxy`] forwards to.
     fn upstream(&self) -> SocketAddr {
-        let host = match self.url_config.get_hosts().first() {
+        let host = match self.config.get_hosts().first() {
             Some(Host::Tcp(host)) => host.clone(),
             None => "localhost".into(),
             #[allow(unreachable_patterns)]
             Some(_) => panic!("the proxy tests need DATABASE_URL to name a TCP host"),
         };
-        let port = self.url_config.get_ports().first().copied().unwrap_or(5432);
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
         let host = if host == "localhost" {
             "127.0.0.1".into()
         } else {
@@ -172,10 +233,22 @@ impl TestDb {
     }
 
     async fn drop_schema(self) {
-        let _ = self
-            .admin
-            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
-            .await;
+        match &self.database {
+            // FORCE: the pooler may still hold server connections to it.
+            Some(database) => {
+                drop(self.admin);
+                let _ = connect(&self.url_config)
+                    .await
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+                    .await;
+            }
+            None => {
+                let _ = self
+                    .admin
+                    .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
+                    .await;
+            }
+        }
     }
 }
 
