@@ -392,7 +392,7 @@ struct Replica {
 impl Replica {
     async fn start(config: Config, pool: usize) -> Result<Replica, String> {
         let store = tower_api_key_postgres::PgKeyStoreBuilder::new(config)
-            .with_pool_size(pool)
+            .pool_size(pool)
             .connect()
             .await
             .map_err(|e| format!("connect: {}", chain(&e)))?;
