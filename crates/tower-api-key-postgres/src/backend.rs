@@ -2,6 +2,11 @@
 //! and row mapping, on pooled connections. A transaction is one of
 //! tokio-postgres's; announcements are NOTIFYs sent in it, so they go out
 //! if and only if it commits.
+//!
+//! Every statement is unnamed (`query_typed`: parse, bind and execute in one
+//! round trip, parameter types given here rather than asked of the server),
+//! so nothing outlives the transaction on the server session: a transaction
+//! pooler such as PgBouncer may hand the next transaction another one.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -10,7 +15,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{Pool, Transaction};
 use tokio::sync::{watch, Notify};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 use tower_api_key_sql::{
     insert_sql, read_kinds, select_columns, update_sql, Backend, BoxError, KeyRow, Kind, Lookup,
@@ -49,23 +54,21 @@ impl Pg {
         }
     }
 
-    /// Runs one statement on a pooled connection (prepared once per connection).
-    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, BoxError> {
+    /// Runs one unnamed statement on a pooled connection.
+    async fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, BoxError> {
         let client = self.pool.get().await?;
-        let statement = client.prepare_cached(sql).await?;
-        let rows = client.query(&statement, params).await?;
+        let rows = client.query_typed(sql, params).await?;
         self.answered();
         Ok(rows)
     }
 
-    async fn rows(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<KeyRow>, BoxError> {
+    async fn rows(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<KeyRow>, BoxError> {
         self.query(sql, params).await?.iter().map(key_row).collect()
     }
 }
+
+/// A statement parameter and the type it is sent as.
+type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 
 /// The values of a row of [`select_columns`] (all `NULL` for verification's
 /// row of a missing key).
@@ -87,15 +90,15 @@ fn key_row(row: &Row) -> Result<KeyRow, BoxError> {
     KeyRow::from_values(values(row)?)
 }
 
-/// `values` as the parameters $1, $2, ...
-fn bind(values: Vec<Value>) -> Vec<Box<dyn ToSql + Sync + Send>> {
-    let boxed = |value| -> Box<dyn ToSql + Sync + Send> {
+/// `values` as the parameters $1, $2, ..., each with its type.
+fn bind(values: Vec<Value>) -> Vec<(Box<dyn ToSql + Sync + Send>, Type)> {
+    let boxed = |value| -> (Box<dyn ToSql + Sync + Send>, Type) {
         match value {
-            Value::Int(v) => Box::new(v),
-            Value::Text(v) => Box::new(v),
-            Value::Bytes(v) => Box::new(v),
-            Value::Time(v) => Box::new(v),
-            Value::Texts(v) => Box::new(v),
+            Value::Int(v) => (Box::new(v), Type::INT8),
+            Value::Text(v) => (Box::new(v), Type::TEXT),
+            Value::Bytes(v) => (Box::new(v), Type::BYTEA),
+            Value::Time(v) => (Box::new(v), Type::TIMESTAMPTZ),
+            Value::Texts(v) => (Box::new(v), Type::TEXT_ARRAY),
         }
     };
     values.into_iter().map(boxed).collect()
@@ -129,7 +132,7 @@ impl Backend for Pg {
                LEFT JOIN tower_api_key_keys ON key_id = $1",
             select_columns()
         );
-        let rows = self.query(&sql, &[&id]).await?;
+        let rows = self.query(&sql, &[(&id, Type::TEXT)]).await?;
         let row = rows
             .first()
             .ok_or("the verification query returned no row")?;
@@ -153,7 +156,7 @@ impl Backend for Pg {
             "SELECT {} FROM tower_api_key_keys WHERE key_id = $1",
             select_columns()
         );
-        Ok(self.rows(&sql, &[&id]).await?.pop())
+        Ok(self.rows(&sql, &[(&id, Type::TEXT)]).await?.pop())
     }
 
     async fn list(&self, account: &str, after: Option<(SystemTime, String)>, limit: i64) -> Rows {
@@ -166,7 +169,13 @@ impl Backend for Pg {
             select_columns()
         );
         let (at, id) = after.unzip();
-        self.rows(&sql, &[&account, &at, &id, &limit]).await
+        let params: [Param<'_>; 4] = [
+            (&account, Type::TEXT),
+            (&at, Type::TIMESTAMPTZ),
+            (&id, Type::TEXT),
+            (&limit, Type::INT8),
+        ];
+        self.rows(&sql, &params).await
     }
 
     async fn export(&self, after: Option<String>, limit: i64) -> Rows {
@@ -176,13 +185,14 @@ impl Backend for Pg {
               ORDER BY key_id LIMIT $2",
             select_columns()
         );
-        self.rows(&sql, &[&after, &limit]).await
+        self.rows(&sql, &[(&after, Type::TEXT), (&limit, Type::INT8)])
+            .await
     }
 
     async fn account_limits(&self, account: &str) -> Result<Option<String>, BoxError> {
         let sql = "SELECT rate_limits FROM tower_api_key_account_limits
                     WHERE service_account_id = $1";
-        let rows = self.query(sql, &[&account]).await?;
+        let rows = self.query(sql, &[(&account, Type::TEXT)]).await?;
         Ok(rows.first().map(|row| row.try_get(0)).transpose()?)
     }
 
@@ -190,7 +200,9 @@ impl Backend for Pg {
         let sql = "SELECT key_id FROM tower_api_key_revoked
                     WHERE $1::text IS NULL OR key_id > $1
                     ORDER BY key_id LIMIT $2";
-        let rows = self.query(sql, &[&after, &limit]).await?;
+        let rows = self
+            .query(sql, &[(&after, Type::TEXT), (&limit, Type::INT8)])
+            .await?;
         Ok(rows
             .iter()
             .map(|row| row.try_get(0))
@@ -212,17 +224,18 @@ struct PgTx<'c> {
 }
 
 impl PgTx<'_> {
-    /// Runs one statement (prepared once per connection).
-    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, BoxError> {
-        let statement = self.tx.prepare_cached(sql).await?;
-        Ok(self.tx.query(&statement, params).await?)
+    /// Runs one unnamed statement.
+    async fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, BoxError> {
+        Ok(self.tx.query_typed(sql, params).await?)
     }
 
     /// Runs `sql` with `values` as its parameters.
     async fn write(&self, sql: &str, values: Vec<Value>) -> Result<(), BoxError> {
         let values = bind(values);
-        let params: Vec<&(dyn ToSql + Sync)> =
-            values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
+        let params: Vec<Param<'_>> = values
+            .iter()
+            .map(|(v, t)| (&**v as &(dyn ToSql + Sync), t.clone()))
+            .collect();
         self.query(sql, &params).await?;
         Ok(())
     }
@@ -233,13 +246,17 @@ impl Tx for PgTx<'_> {
     async fn lock_account(&mut self, account: &str) -> Result<(), BoxError> {
         // Held until commit.
         let sql = "SELECT pg_advisory_xact_lock($1, hashtext($2))::text";
-        self.query(sql, &[&CREATE_LOCK_CLASS, &account]).await?;
+        self.query(
+            sql,
+            &[(&CREATE_LOCK_CLASS, Type::INT4), (&account, Type::TEXT)],
+        )
+        .await?;
         Ok(())
     }
 
     async fn count_keys(&mut self, account: &str) -> Result<i64, BoxError> {
         let sql = "SELECT count(*) FROM tower_api_key_keys WHERE service_account_id = $1";
-        let rows = self.query(sql, &[&account]).await?;
+        let rows = self.query(sql, &[(&account, Type::TEXT)]).await?;
         Ok(rows.first().ok_or("count returned no row")?.try_get(0)?)
     }
 
@@ -249,7 +266,7 @@ impl Tx for PgTx<'_> {
                 FOR UPDATE OF tower_api_key_keys",
             select_columns()
         );
-        let rows = self.query(&sql, &[&id]).await?;
+        let rows = self.query(&sql, &[(&id, Type::TEXT)]).await?;
         rows.first().map(key_row).transpose()
     }
 
@@ -272,32 +289,37 @@ impl Tx for PgTx<'_> {
                FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at)
               WHERE k.key_id = u.id
                 AND (k.last_used_at IS NULL OR k.last_used_at < u.at)";
-        self.query(sql, &[&ids, &times]).await?;
+        self.query(
+            sql,
+            &[(&ids, Type::TEXT_ARRAY), (&times, Type::TIMESTAMPTZ_ARRAY)],
+        )
+        .await?;
         Ok(())
     }
 
     async fn delete_key(&mut self, id: &str) -> Result<Option<String>, BoxError> {
         let sql = "DELETE FROM tower_api_key_keys WHERE key_id = $1 RETURNING service_account_id";
-        let rows = self.query(sql, &[&id]).await?;
+        let rows = self.query(sql, &[(&id, Type::TEXT)]).await?;
         Ok(rows.first().map(|row| row.try_get(0)).transpose()?)
     }
 
     async fn is_revoked(&mut self, id: &str) -> Result<bool, BoxError> {
         let sql = "SELECT 1 FROM tower_api_key_revoked WHERE key_id = $1";
-        Ok(!self.query(sql, &[&id]).await?.is_empty())
+        Ok(!self.query(sql, &[(&id, Type::TEXT)]).await?.is_empty())
     }
 
     async fn add_revoked(&mut self, id: &str, at: SystemTime) -> Result<(), BoxError> {
         let sql = "INSERT INTO tower_api_key_revoked (key_id, revoked_at) VALUES ($1, $2)
                    ON CONFLICT (key_id) DO NOTHING";
-        self.query(sql, &[&id, &at]).await?;
+        self.query(sql, &[(&id, Type::TEXT), (&at, Type::TIMESTAMPTZ)])
+            .await?;
         Ok(())
     }
 
     async fn account_limits(&mut self, account: &str) -> Result<Option<String>, BoxError> {
         let sql = "SELECT rate_limits FROM tower_api_key_account_limits
                     WHERE service_account_id = $1";
-        let rows = self.query(sql, &[&account]).await?;
+        let rows = self.query(sql, &[(&account, Type::TEXT)]).await?;
         Ok(rows.first().map(|row| row.try_get(0)).transpose()?)
     }
 
@@ -314,7 +336,9 @@ impl Tx for PgTx<'_> {
                  DELETE FROM tower_api_key_account_limits
                   WHERE service_account_id = $1 AND $2 = '')
              SELECT key_id FROM tower_api_key_keys WHERE service_account_id = $1";
-        let rows = self.query(sql, &[&account, &text]).await?;
+        let rows = self
+            .query(sql, &[(&account, Type::TEXT), (&text, Type::TEXT)])
+            .await?;
         Ok(rows
             .iter()
             .map(|row| row.try_get(0))
@@ -324,7 +348,7 @@ impl Tx for PgTx<'_> {
     async fn applied_migrations(&mut self) -> Result<Vec<u32>, BoxError> {
         // Replicas that all migrate at start wait for each other here.
         let lock = "SELECT pg_advisory_xact_lock($1)::text";
-        self.query(lock, &[&MIGRATION_LOCK]).await?;
+        self.query(lock, &[(&MIGRATION_LOCK, Type::INT8)]).await?;
         self.tx
             .batch_execute(
                 "CREATE TABLE IF NOT EXISTS tower_api_key_migrations (
@@ -346,7 +370,11 @@ impl Tx for PgTx<'_> {
         self.tx.batch_execute(migration.sql()).await?;
         let sql = "INSERT INTO tower_api_key_migrations (version, name) VALUES ($1, $2)";
         let version = i32::try_from(migration.version())?;
-        self.query(sql, &[&version, &migration.name()]).await?;
+        self.query(
+            sql,
+            &[(&version, Type::INT4), (&migration.name(), Type::TEXT)],
+        )
+        .await?;
         Ok(())
     }
 
@@ -361,8 +389,12 @@ impl Tx for PgTx<'_> {
         let sql = "SELECT pg_notify($1, CASE WHEN octet_length($3) <= $4 THEN id || ' ' || $3
                                          ELSE id END)::text
                      FROM unnest($2::text[]) AS t(id)";
-        let params: [&(dyn ToSql + Sync); 4] =
-            [&self.channel, &ids, &account, &MAX_NOTIFY_ACCOUNT_LEN];
+        let params: [Param<'_>; 4] = [
+            (&self.channel, Type::TEXT),
+            (&ids, Type::TEXT_ARRAY),
+            (&account, Type::TEXT),
+            (&MAX_NOTIFY_ACCOUNT_LEN, Type::INT4),
+        ];
         self.query(sql, &params).await?;
         Ok(())
     }

@@ -143,7 +143,7 @@ where
         .batch_execute(&format!("LISTEN {}", config.channel))
         .await?;
     let backend_pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
+        .query_typed_one("SELECT pg_backend_pid()", &[])
         .await?
         .get(0);
     Ok(Session {

@@ -54,7 +54,7 @@ impl PgKeyStore {
     pub async fn schema_version(&self) -> Result<u32, StoreError> {
         let client = self.client().await?;
         let exists: bool = client
-            .query_one(
+            .query_typed_one(
                 "SELECT to_regclass('tower_api_key_migrations') IS NOT NULL",
                 &[],
             )
@@ -65,7 +65,7 @@ impl PgKeyStore {
             return Ok(0);
         }
         let newest: i32 = client
-            .query_one(
+            .query_typed_one(
                 "SELECT coalesce(max(version), 0) FROM tower_api_key_migrations",
                 &[],
             )

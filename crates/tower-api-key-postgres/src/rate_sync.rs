@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
+use tokio_postgres::types::Type;
 
 use tower_api_key::limits::{BucketUse, RateLimitSync};
 
@@ -130,17 +131,18 @@ impl RateLimitSync for PgRateLimitSync {
         let limits: Vec<String> = uses.iter().map(|u| u.limit.to_string()).collect();
         let increments: Vec<i64> = uses.iter().map(increment).collect();
         let client = self.pool.get().await?;
-        let statement = client.prepare_cached(&statement()).await?;
+        // Unnamed (no prepared statement left on the server session), so it
+        // works through a transaction pooler.
         let rows = client
-            .query(
-                &statement,
+            .query_typed(
+                &statement(),
                 &[
-                    &subjects,
-                    &limits,
-                    &increments,
-                    &now_ns,
-                    &sweep,
-                    &idle_before,
+                    (&subjects, Type::TEXT_ARRAY),
+                    (&limits, Type::TEXT_ARRAY),
+                    (&increments, Type::INT8_ARRAY),
+                    (&now_ns, Type::INT8),
+                    (&sweep, Type::BOOL),
+                    (&idle_before, Type::INT8),
                 ],
             )
             .await?;

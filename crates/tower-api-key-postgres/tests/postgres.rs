@@ -554,6 +554,65 @@ async fn conditional_writes_on_two_replicas_let_exactly_one_through() {
     db.drop_schema().await;
 }
 
+/// Nothing the store runs leaves a prepared statement on its server
+/// session: a transaction pooler (PgBouncer in transaction mode) runs the
+/// next transaction on another session, where a statement named on this one
+/// does not exist. A trigger, which runs in the store's own session, counts
+/// that session's prepared statements after verification, writes, a credit
+/// lease, a rate-limit sync, the schema check and migrations have all run
+/// on the store's one pooled connection. Before unnamed statements, each of
+/// those calls left one named statement per distinct SQL text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_prepared_statement_outlives_its_call_on_the_session() {
+    let Some(db) = TestDb::new("no_prepared_statement_outlives_its_call").await else {
+        return;
+    };
+    // One pooled connection: every call below runs on the session the trigger sees.
+    let store = db.builder().pool_size(1).connect().await.unwrap();
+    store.migrate().await.unwrap();
+    db.admin
+        .batch_execute(
+            "CREATE TABLE seen_statements (n bigint NOT NULL);
+             CREATE FUNCTION count_statements() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN INSERT INTO seen_statements SELECT count(*) FROM pg_prepared_statements;
+                 RETURN NULL; END $$;
+             CREATE TRIGGER count_statements AFTER INSERT ON tower_api_key_revoked
+                 FOR EACH ROW EXECUTE FUNCTION count_statements();",
+        )
+        .await
+        .unwrap();
+    let created = store
+        .create(NewKey::new("sa").with_credits(Credits::new(5).unwrap()))
+        .await
+        .unwrap();
+    let id = created.record.key_id;
+    store.verify(&presented(&store, &created)).await.unwrap();
+    store.get(id).await.unwrap().unwrap();
+    store.list("sa", Default::default()).await.unwrap();
+    let lease = store.lease_credits(id, 2, SystemTime::now()).await;
+    assert!(lease.unwrap().unwrap().granted > 0);
+    let uses = [bucket("key:k", "10/1s", 1)];
+    store
+        .rate_limit_sync()
+        .sync(&uses, sync_time())
+        .await
+        .unwrap();
+    assert!(store.schema_version().await.unwrap() > 0);
+    store.migrate().await.unwrap();
+    store.revoke(id, None).await.unwrap();
+
+    let seen: Vec<i64> = db
+        .admin
+        .query("SELECT n FROM seen_statements", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(seen, [0], "prepared statements left on the store's session");
+    store.shutdown().await;
+}
+
 /// Two replicas racing for one key's credits: the row lock orders the
 /// leases, so no credit is granted twice, down to the last one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
