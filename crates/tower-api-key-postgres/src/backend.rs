@@ -9,7 +9,7 @@
 //! pooler such as PgBouncer may hand the next transaction another one.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Pool, Transaction};
@@ -30,6 +30,11 @@ const CREATE_LOCK_CLASS: i32 = 0x7461_6b63;
 
 /// The advisory lock that serializes migrations ("tak-migr" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7461_6b2d_6d69_6772;
+
+/// Change log rows older than this are pruned by writers: far beyond any
+/// poll interval, so only a replica that could not read the log that long
+/// finds its position pruned (and invalidates everything).
+pub(crate) const CHANGE_LOG_AGE: Duration = Duration::from_secs(600);
 
 /// Longest service account id sent in a NOTIFY payload, in bytes (PostgreSQL
 /// takes payloads under 8,000 bytes); a key of a longer one is announced by
@@ -382,18 +387,34 @@ impl Tx for PgTx<'_> {
         &mut self,
         ids: &[String],
         account: &str,
-        _at: SystemTime,
+        at: SystemTime,
     ) -> Result<(), BoxError> {
-        // `<key id> <service account id>` (a key id never holds a space), or
-        // the bare key id when the account is too long; sent at commit.
-        let sql = "SELECT pg_notify($1, CASE WHEN octet_length($3) <= $4 THEN id || ' ' || $3
-                                         ELSE id END)::text
-                     FROM unnest($2::text[]) AS t(id)";
-        let params: [Param<'_>; 4] = [
+        // The change log rows (read by pollers), old rows pruned with the
+        // watermark raised, and a NOTIFY per key: `<key id> <service account
+        // id>` (a key id never holds a space), or the bare key id when the
+        // account is too long; sent at commit. One statement.
+        let sql = "WITH logged AS (
+                 INSERT INTO tower_api_key_changes (key_id, service_account_id, changed_at)
+                 SELECT id, $3, $5 FROM unnest($2::text[]) AS t(id)),
+                  pruned AS (
+                 DELETE FROM tower_api_key_changes WHERE changed_at < $6 RETURNING xid),
+                  marked AS (
+                 UPDATE tower_api_key_changes_pruned
+                    SET upto = greatest(upto, (SELECT xid FROM pruned ORDER BY xid DESC LIMIT 1))
+                  WHERE id = 1 AND EXISTS (SELECT 1 FROM pruned))
+             SELECT pg_notify($1, CASE WHEN octet_length($3) <= $4 THEN id || ' ' || $3
+                                  ELSE id END)::text
+               FROM unnest($2::text[]) AS t(id)";
+        let prune_before = at
+            .checked_sub(CHANGE_LOG_AGE)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let params: [Param<'_>; 6] = [
             (&self.channel, Type::TEXT),
             (&ids, Type::TEXT_ARRAY),
             (&account, Type::TEXT),
             (&MAX_NOTIFY_ACCOUNT_LEN, Type::INT4),
+            (&at, Type::TIMESTAMPTZ),
+            (&prune_before, Type::TIMESTAMPTZ),
         ];
         self.query(sql, &params).await?;
         Ok(())

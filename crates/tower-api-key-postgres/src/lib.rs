@@ -19,6 +19,13 @@
 //!   connection is restored, the store invalidates every cached key; it
 //!   listens again within [`PgKeyStoreBuilder::reconnect_probe_interval`]
 //!   once the database answers.
+//! - **Change-log polling**: the same transaction also appends a row to
+//!   `tower_api_key_changes` (migration 7), which every store reads every
+//!   [`PgKeyStoreBuilder::poll_interval`] (default 250 ms): a change reaches
+//!   every replica within the interval plus one query even when its
+//!   notification is lost or LISTEN is unavailable (a transaction pooler).
+//!   Statements are unnamed, so the store works through PgBouncer in
+//!   transaction mode.
 //! - **Writes**: creates for one account take turns (an advisory lock), so
 //!   replicas cannot overshoot the per-account limit; a change or a credit
 //!   lease locks the key's row (`SELECT … FOR UPDATE`). Replicas share rate
@@ -71,6 +78,7 @@
 mod backend;
 mod listener;
 mod migrations;
+mod poller;
 mod rate_sync;
 
 use std::fmt;
@@ -98,6 +106,10 @@ use self::backend::Pg;
 /// the key id and the key's service account id, separated by a space.
 pub const DEFAULT_CHANNEL: &str = "tower_api_key_invalidate";
 
+/// How often a store reads the change log by default: see
+/// [`PgKeyStoreBuilder::poll_interval`].
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Keys in PostgreSQL, with push invalidation between replicas. See the
 /// [module docs](self).
 ///
@@ -113,6 +125,9 @@ struct Inner {
     core: SqlKeyStore<Pg>,
     // Dropping it (with the last clone of the store) stops the listener too.
     listener: BackgroundTask,
+    /// The change-log poller, and its task when it polls on its own.
+    poller: poller::Poller,
+    polling: Option<BackgroundTask>,
 }
 
 tower_api_key_sql::delegate_store!(PgKeyStore => inner.core);
@@ -141,6 +156,7 @@ pub struct PgKeyStoreBuilder {
     backoff_max: Duration,
     health_check_interval: Duration,
     probe_interval: Duration,
+    poll_interval: Option<Duration>,
 }
 
 impl fmt::Debug for PgKeyStoreBuilder {
@@ -161,7 +177,7 @@ impl PgKeyStoreBuilder {
     /// prefix `tak`, plain SHA-256, the system clock, channel
     /// [`DEFAULT_CHANNEL`], 1,000 keys per service account, 10 pooled connections, 5 s timeouts, reconnection
     /// backoff from 100 ms to 5 s cut short by a probe every 250 ms, a
-    /// listener health check every 10 s.
+    /// listener health check every 10 s, a change-log poll every 250 ms.
     pub fn new(config: tokio_postgres::Config) -> Self {
         Self {
             pg: config,
@@ -173,7 +189,20 @@ impl PgKeyStoreBuilder {
             backoff_max: Duration::from_secs(5),
             health_check_interval: Duration::from_secs(10),
             probe_interval: Duration::from_millis(250),
+            poll_interval: Some(DEFAULT_POLL_INTERVAL),
         }
+    }
+
+    /// How often the store reads the change log (default
+    /// [`DEFAULT_POLL_INTERVAL`], 250 ms), beside LISTEN; `None` turns
+    /// polling off (LISTEN alone). Polling is what carries invalidations
+    /// through a transaction pooler, where LISTEN hears nothing, and it
+    /// bounds a lost notification: a change committed by any replica
+    /// reaches this store within the interval plus one query. Every poll is
+    /// one query on a pooled connection. Intervals under 1 ms count as 1 ms.
+    pub fn poll_interval(mut self, every: Option<Duration>) -> Self {
+        self.poll_interval = every.map(|every| every.max(Duration::from_millis(1)));
+        self
     }
 
     /// The NOTIFY channel (default [`DEFAULT_CHANNEL`]): 1 to 63 characters
@@ -296,6 +325,14 @@ impl PgKeyStoreBuilder {
         let listener = BackgroundTask::start(|stop| {
             tokio::spawn(listener::run(config, reach, tls, bus, status_tx, stop))
         });
+        let poller = poller::Poller::new(pool.clone(), invalidations.clone());
+        // The log's end now, before any cache holds anything; when the
+        // database is not migrated yet the first poll reads from the start.
+        poller.start().await.map_err(StoreError::backend)?;
+        let polling = self.poll_interval.map(|every| {
+            let poller = poller.clone();
+            BackgroundTask::start(|stop| tokio::spawn(poller::run(poller, every, stop)))
+        });
         let backend = Pg {
             pool,
             channel: self.channel,
@@ -306,6 +343,8 @@ impl PgKeyStoreBuilder {
             inner: Arc::new(Inner {
                 core: SqlKeyStore::new(backend, self.settings, invalidations),
                 listener,
+                poller,
+                polling,
             }),
         };
         let listening = tokio::time::timeout(
@@ -385,7 +424,19 @@ impl PgKeyStore {
     /// store stops the listener too, without waiting.
     pub async fn shutdown(&self) {
         self.inner.listener.stop().await;
+        if let Some(polling) = &self.inner.polling {
+            polling.stop().await;
+        }
         self.pg().pool.close();
+    }
+
+    /// Reads the change log now and publishes what changed since the last
+    /// read (the poller does this every
+    /// [`poll_interval`](PgKeyStoreBuilder::poll_interval)): for a caller
+    /// that must see other replicas' changes at a point of its choosing,
+    /// such as a test.
+    pub async fn poll_changes(&self) -> Result<(), StoreError> {
+        self.inner.poller.poll().await.map_err(StoreError::backend)
     }
 
     /// A pooled connection.

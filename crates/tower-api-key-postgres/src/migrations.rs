@@ -37,6 +37,7 @@ const MIGRATIONS: &[Migration] = &[
         "compromise",
         include_str!("migrations/0006_compromise.sql"),
     ),
+    Migration::new(7, "changes", include_str!("migrations/0007_changes.sql")),
 ];
 
 /// Every migration this version of the crate knows, oldest first.

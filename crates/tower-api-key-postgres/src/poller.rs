@@ -1,0 +1,194 @@
+//! The change-log poller: invalidations that work without LISTEN (through a
+//! transaction pooler) and catch a notification that was lost.
+//!
+//! Every write that changes what a key verifies as appends a row to
+//! `tower_api_key_changes` in its own transaction (migration 7). The poller
+//! reads the rows committed since its last poll and publishes
+//! [`Invalidation::KeyOf`] for each on the store's bus.
+//!
+//! PostgreSQL commits rows out of `seq` order (a row whose `seq` was taken
+//! first may commit last), so the position is not a `seq` but a transaction
+//! id: the oldest transaction still running when the previous poll's
+//! snapshot was taken (`pg_snapshot_xmin`). Every row not visible to that
+//! poll belongs to a transaction at or after it, so the next poll, which
+//! reads all rows from that transaction id on, sees it. Rows read before and
+//! read again are skipped by their `seq`. When writers pruned rows at or
+//! after the position before the poller read them, or a poll would read more
+//! than [`MAX_ROWS_PER_READ`] rows, it publishes [`Invalidation::All`].
+//!
+//! **Bound:** a change committed on any replica reaches this store's bus
+//! within one poll interval plus one query.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{watch, Mutex};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
+use tower_api_key::{Invalidation, Invalidations, KeyId};
+use tower_api_key_sql::BoxError;
+
+/// Most change log rows read by one poll; more and it invalidates everything.
+const MAX_ROWS_PER_READ: i64 = 10_000;
+
+/// Where a poller is in the change log.
+#[derive(Debug, Default)]
+struct Position {
+    /// Rows of transactions from this id on are read (0: from the start).
+    from_xid: u64,
+    /// Rows at or after `from_xid` already published, by `seq`.
+    seen: HashSet<i64>,
+}
+
+/// The poller's state, shared by its task and explicit polls.
+#[derive(Clone)]
+pub(crate) struct Poller {
+    pool: Pool,
+    bus: Invalidations,
+    /// `None` until a first poll has read the log.
+    position: Arc<Mutex<Option<Position>>>,
+}
+
+impl Poller {
+    pub(crate) fn new(pool: Pool, bus: Invalidations) -> Self {
+        Self {
+            pool,
+            bus,
+            position: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Takes the log's current end as the position, publishing nothing: at
+    /// connect, when no cache holds anything yet.
+    pub(crate) async fn start(&self) -> Result<(), BoxError> {
+        let mut position = self.position.lock().await;
+        let mut fresh = Position::default();
+        read(&self.pool, &mut fresh).await?;
+        *position = Some(fresh);
+        Ok(())
+    }
+
+    /// Reads what changed since the last poll and publishes it.
+    pub(crate) async fn poll(&self) -> Result<(), BoxError> {
+        let mut position = self.position.lock().await;
+        let changes = match position.as_mut() {
+            Some(at) => read(&self.pool, at).await?,
+            None => {
+                // Never read (the database was not reachable at connect):
+                // what changed meanwhile is unknown.
+                let mut fresh = Position::default();
+                read(&self.pool, &mut fresh).await?;
+                *position = Some(fresh);
+                vec![Invalidation::All]
+            }
+        };
+        for what in &changes {
+            self.bus.publish(what);
+        }
+        Ok(())
+    }
+}
+
+/// One read of the log from `at`, in one statement (one snapshot): the
+/// rows, the snapshot's oldest running transaction, the prune watermark.
+async fn read(pool: &Pool, at: &mut Position) -> Result<Vec<Invalidation>, BoxError> {
+    let sql = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text,
+                      (SELECT upto::text FROM tower_api_key_changes_pruned WHERE id = 1),
+                      c.seq, c.key_id, c.service_account_id, c.xid::text
+                 FROM (VALUES (1)) AS one(x)
+                 LEFT JOIN (SELECT * FROM tower_api_key_changes
+                             WHERE xid >= $1::text::xid8 ORDER BY seq LIMIT $2) AS c ON true";
+    let from = at.from_xid.to_string();
+    let client = pool.get().await?;
+    let rows = match client
+        .query_typed(
+            sql,
+            &[(&from, Type::TEXT), (&(MAX_ROWS_PER_READ + 1), Type::INT8)],
+        )
+        .await
+    {
+        Ok(rows) => rows,
+        // Not migrated yet: nothing to read; read from the start once it is.
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let first = rows.first().ok_or("the change log query returned no row")?;
+    let xmin = parse_xid(&first.try_get::<_, String>(0)?)?;
+    let pruned = parse_xid(&first.try_get::<_, String>(1)?)?;
+    let mut everything = pruned > 0 && pruned >= at.from_xid;
+    let mut read = Vec::new();
+    for row in &rows {
+        let Some(seq) = row.try_get::<_, Option<i64>>(2)? else {
+            continue;
+        };
+        let xid = parse_xid(&row.try_get::<_, String>(5)?)?;
+        read.push((
+            seq,
+            xid,
+            row.try_get::<_, String>(3)?,
+            row.try_get::<_, String>(4)?,
+        ));
+    }
+    if read.len() as i64 > MAX_ROWS_PER_READ {
+        everything = true;
+    }
+    let mut changes = Vec::new();
+    for (seq, _, key_id, account) in &read {
+        if at.seen.contains(seq) || everything {
+            continue;
+        }
+        match KeyId::from_str(key_id) {
+            Ok(id) => changes.push(Invalidation::key_of(id, account.clone())),
+            // Not written by this crate: re-verify everything to be safe.
+            Err(_) => everything = true,
+        }
+    }
+    // Rows of transactions from `xmin` on are read again next time: remember
+    // them so they are not published twice.
+    at.seen = read
+        .iter()
+        .filter(|(_, xid, _, _)| *xid >= xmin)
+        .map(|(seq, _, _, _)| *seq)
+        .collect();
+    at.from_xid = at.from_xid.max(xmin);
+    if everything {
+        return Ok(vec![Invalidation::All]);
+    }
+    Ok(changes)
+}
+
+fn parse_xid(text: &str) -> Result<u64, BoxError> {
+    text.parse()
+        .map_err(|_| "the database returned a transaction id that is not a number".into())
+}
+
+/// Polls every `every` until `stop` says so or its sender is dropped,
+/// publishing what changed.
+pub(crate) async fn run(poller: Poller, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        match poller.poll().await {
+            Ok(()) if failing => {
+                tracing::info!("tower-api-key: the PostgreSQL change-log poller reads again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                // The position is kept: nothing committed meanwhile is missed.
+                if !failing {
+                    tracing::warn!(error = %e, "tower-api-key: the PostgreSQL change-log poller cannot read the log");
+                    failing = true;
+                }
+            }
+        }
+    }
+}
