@@ -106,6 +106,11 @@ use self::backend::Pg;
 /// the key id and the key's service account id, separated by a space.
 pub const DEFAULT_CHANNEL: &str = "tower_api_key_invalidate";
 
+/// Pooled connections per store by default: enough for a replica with a
+/// warm cache (misses, writes, change-log polls and rate-limit syncs are
+/// short and rare), so a fleet's budget is `replicas × (4 + 1)`.
+pub const DEFAULT_POOL_SIZE: usize = 4;
+
 /// How often a store reads the change log by default: see
 /// [`PgKeyStoreBuilder::poll_interval`].
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -175,7 +180,8 @@ impl PgKeyStoreBuilder {
 
     /// Settings for the database `config` points at, with the defaults: key
     /// prefix `tak`, plain SHA-256, the system clock, channel
-    /// [`DEFAULT_CHANNEL`], 1,000 keys per service account, 10 pooled connections, 5 s timeouts, reconnection
+    /// [`DEFAULT_CHANNEL`], 1,000 keys per service account, [`DEFAULT_POOL_SIZE`] (4) pooled
+    /// connections, 5 s timeouts, reconnection
     /// backoff from 100 ms to 5 s cut short by a probe every 250 ms, a
     /// listener health check every 10 s, a change-log poll every 250 ms.
     pub fn new(config: tokio_postgres::Config) -> Self {
@@ -183,7 +189,7 @@ impl PgKeyStoreBuilder {
             pg: config,
             settings: SqlSettings::new(DEFAULT_MAX_KEYS_PER_ACCOUNT),
             channel: DEFAULT_CHANNEL.to_owned(),
-            pool_size: 10,
+            pool_size: DEFAULT_POOL_SIZE,
             timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
@@ -214,7 +220,11 @@ impl PgKeyStoreBuilder {
         self
     }
 
-    /// Most pooled connections (default 10); the LISTEN connection is extra.
+    /// Most pooled connections (default [`DEFAULT_POOL_SIZE`], 4); the LISTEN
+    /// connection is extra, so a replica uses at most `pool_size + 1` server
+    /// connections. A call that finds every pooled connection busy waits up
+    /// to [`timeout`](Self::timeout), then fails (a 503 from verification),
+    /// rather than opening more.
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size.max(1);
         self

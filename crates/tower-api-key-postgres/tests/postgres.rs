@@ -748,6 +748,49 @@ async fn the_poller_publishes_a_revoke_on_its_own() {
     b.shutdown().await;
 }
 
+/// A replica on the default settings never opens more than its budget
+/// (`pool_size + 1`, 4 + 1 by default) server connections: a burst of 33
+/// distinct keys at once, as in a cold deploy, waits for pooled connections
+/// and every key verifies. Before the default of 4, the burst opened 10.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_misses_stays_within_the_default_connection_budget() {
+    let Some(db) = TestDb::new("a_burst_of_misses_stays_within_the_budget").await else {
+        return;
+    };
+    let a = db.store().await;
+    let app = format!("tak_budget_{}", &db.name[db.name.len() - 10..]);
+    let mut config = db.config.clone();
+    config.application_name(&app);
+    let b = PgKeyStoreBuilder::new(config)
+        .channel(db.channel())
+        .connect()
+        .await
+        .unwrap();
+    let mut keys = Vec::new();
+    for _ in 0..33 {
+        let created = a.create(NewKey::new("sa-burst")).await.unwrap();
+        keys.push(presented(&a, &created));
+    }
+    let verified = futures_util::future::join_all(keys.iter().map(|key| b.verify(key))).await;
+    assert!(verified.iter().all(Result::is_ok), "every key verifies");
+    let used: i64 = db
+        .admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let budget = i64::try_from(tower_api_key_postgres::DEFAULT_POOL_SIZE).unwrap() + 1;
+    if pooler_url().is_none() {
+        assert!(used <= budget, "{used} server connections, budget {budget}");
+        assert!(used >= 2, "the listener and at least one pooled connection");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// Two replicas racing for one key's credits: the row lock orders the
 /// leases, so no credit is granted twice, down to the last one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
