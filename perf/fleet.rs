@@ -77,7 +77,7 @@ fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         replicas: 10,
         keys: 10_000,
-        pool: 10,
+        pool: tower_api_key_postgres::DEFAULT_POOL_SIZE,
         clients: 2,
         zipf: 1.0,
         seconds: 10.0,
