@@ -21,11 +21,12 @@
 //!   once the database answers.
 //! - **Change-log polling**: the same transaction also appends a row to
 //!   `tower_api_key_changes` (migration 7), which every store reads every
-//!   [`PgKeyStoreBuilder::poll_interval`] (default 250 ms): a change reaches
-//!   every replica within the interval plus one query even when its
-//!   notification is lost or LISTEN is unavailable (a transaction pooler).
-//!   Statements are unnamed, so the store works through PgBouncer in
-//!   transaction mode.
+//!   250 ms by default ([`ChangeFeed`]): a change reaches every replica
+//!   within the interval plus one query even when its notification is lost
+//!   or LISTEN is unavailable (a transaction pooler). Statements are
+//!   unnamed, so the store works through PgBouncer in transaction mode; give
+//!   LISTEN a session of its own with [`PgKeyStoreBuilder::listen_config`],
+//!   or poll alone with [`ChangeFeed::Poll`].
 //! - **Writes**: creates for one account take turns (an advisory lock), so
 //!   replicas cannot overshoot the per-account limit; a change or a credit
 //!   lease locks the key's row (`SELECT … FOR UPDATE`). Replicas share rate
@@ -111,9 +112,56 @@ pub const DEFAULT_CHANNEL: &str = "tower_api_key_invalidate";
 /// short and rare), so a fleet's budget is `replicas × (4 + 1)`.
 pub const DEFAULT_POOL_SIZE: usize = 4;
 
-/// How often a store reads the change log by default: see
-/// [`PgKeyStoreBuilder::poll_interval`].
+/// How often a store reads the change log by default: see [`ChangeFeed`].
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How a store hears of the changes other replicas commit (revokes,
+/// reissues, updates, credit and account-limit changes), so that its cache
+/// drops what they changed; set with [`PgKeyStoreBuilder::change_feed`].
+///
+/// | feed | a change reaches this store within | server connections |
+/// |------|------------------------------------|--------------------|
+/// | `Listen` | the NOTIFY delay (milliseconds) while listening; a lost notification waits for the positive TTL | pool + 1 |
+/// | `Poll(every)` | `every` plus one query, through any pooler | pool |
+/// | `ListenAndPoll(every)` (default, 250 ms) | the NOTIFY delay, and never more than `every` plus one query | pool + 1 |
+///
+/// LISTEN needs a session: through a transaction-mode pooler it hears
+/// nothing (polling still carries every change), so point it at the
+/// database or a session-mode pooler with
+/// [`PgKeyStoreBuilder::listen_config`], or poll alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChangeFeed {
+    /// LISTEN/NOTIFY alone: the store fails to connect when it cannot listen.
+    Listen,
+    /// The change log, read at this interval (1 ms at least); no LISTEN
+    /// connection.
+    Poll(Duration),
+    /// Both: LISTEN for speed, the change log as the safety net. The store
+    /// connects even when LISTEN fails, and keeps trying to listen.
+    ListenAndPoll(Duration),
+}
+
+impl Default for ChangeFeed {
+    fn default() -> Self {
+        Self::ListenAndPoll(DEFAULT_POLL_INTERVAL)
+    }
+}
+
+impl ChangeFeed {
+    fn listens(self) -> bool {
+        matches!(self, Self::Listen | Self::ListenAndPoll(_))
+    }
+
+    fn poll_interval(self) -> Option<Duration> {
+        match self {
+            Self::Listen => None,
+            Self::Poll(every) | Self::ListenAndPoll(every) => {
+                Some(every.max(Duration::from_millis(1)))
+            }
+        }
+    }
+}
 
 /// Keys in PostgreSQL, with push invalidation between replicas. See the
 /// [module docs](self).
@@ -129,7 +177,7 @@ pub struct PgKeyStore {
 struct Inner {
     core: SqlKeyStore<Pg>,
     // Dropping it (with the last clone of the store) stops the listener too.
-    listener: BackgroundTask,
+    listener: Option<BackgroundTask>,
     /// The change-log poller, and its task when it polls on its own.
     poller: poller::Poller,
     polling: Option<BackgroundTask>,
@@ -161,7 +209,8 @@ pub struct PgKeyStoreBuilder {
     backoff_max: Duration,
     health_check_interval: Duration,
     probe_interval: Duration,
-    poll_interval: Option<Duration>,
+    feed: ChangeFeed,
+    listen_pg: Option<tokio_postgres::Config>,
 }
 
 impl fmt::Debug for PgKeyStoreBuilder {
@@ -171,6 +220,7 @@ impl fmt::Debug for PgKeyStoreBuilder {
             .field("channel", &self.channel)
             .field("pool_size", &self.pool_size)
             .field("timeout", &self.timeout)
+            .field("change_feed", &self.feed)
             .finish_non_exhaustive()
     }
 }
@@ -183,7 +233,8 @@ impl PgKeyStoreBuilder {
     /// [`DEFAULT_CHANNEL`], 1,000 keys per service account, [`DEFAULT_POOL_SIZE`] (4) pooled
     /// connections, 5 s timeouts, reconnection
     /// backoff from 100 ms to 5 s cut short by a probe every 250 ms, a
-    /// listener health check every 10 s, a change-log poll every 250 ms.
+    /// listener health check every 10 s, LISTEN and a change-log poll every
+    /// 250 ms ([`ChangeFeed::default`]).
     pub fn new(config: tokio_postgres::Config) -> Self {
         Self {
             pg: config,
@@ -195,19 +246,25 @@ impl PgKeyStoreBuilder {
             backoff_max: Duration::from_secs(5),
             health_check_interval: Duration::from_secs(10),
             probe_interval: Duration::from_millis(250),
-            poll_interval: Some(DEFAULT_POLL_INTERVAL),
+            feed: ChangeFeed::default(),
+            listen_pg: None,
         }
     }
 
-    /// How often the store reads the change log (default
-    /// [`DEFAULT_POLL_INTERVAL`], 250 ms), beside LISTEN; `None` turns
-    /// polling off (LISTEN alone). Polling is what carries invalidations
-    /// through a transaction pooler, where LISTEN hears nothing, and it
-    /// bounds a lost notification: a change committed by any replica
-    /// reaches this store within the interval plus one query. Every poll is
-    /// one query on a pooled connection. Intervals under 1 ms count as 1 ms.
-    pub fn poll_interval(mut self, every: Option<Duration>) -> Self {
-        self.poll_interval = every.map(|every| every.max(Duration::from_millis(1)));
+    /// How the store hears of other replicas' changes (default
+    /// [`ChangeFeed::ListenAndPoll`] every 250 ms): see [`ChangeFeed`]. Every
+    /// poll is one query on a pooled connection.
+    pub fn change_feed(mut self, feed: ChangeFeed) -> Self {
+        self.feed = feed;
+        self
+    }
+
+    /// Where the LISTEN connection connects, when not where the pool does:
+    /// the database itself or a session-mode pooler, when the pool's URL
+    /// points at a transaction-mode pooler (where LISTEN hears nothing).
+    /// Parse a URL with `url.parse::<tokio_postgres::Config>()`.
+    pub fn listen_config(mut self, config: tokio_postgres::Config) -> Self {
+        self.listen_pg = Some(config);
         self
     }
 
@@ -275,9 +332,12 @@ impl PgKeyStoreBuilder {
     }
 
     /// Connects with the TLS connector `tls`: checks that the database
-    /// answers, then starts the listener and waits until it listens, so a
-    /// change committed after this returns is always announced to this
-    /// store. Does not migrate: call [`PgKeyStore::migrate`].
+    /// answers, takes the change log's position, then starts the listener
+    /// and waits until it listens (at most twice the
+    /// [`timeout`](Self::timeout); with [`ChangeFeed::Listen`] alone, a
+    /// listener that cannot listen by then is an error), so a change
+    /// committed after this returns is always announced to this store. Does
+    /// not migrate: call [`PgKeyStore::migrate`].
     pub async fn connect_with_tls<T>(mut self, tls: T) -> Result<PgKeyStore, StoreError>
     where
         T: MakeTlsConnect<Socket> + Clone + Sync + Send + 'static,
@@ -288,12 +348,16 @@ impl PgKeyStoreBuilder {
         if !valid_channel(&self.channel) {
             return Err(ConfigError::ChannelName.into());
         }
-        if self.pg.get_connect_timeout().is_none() {
-            self.pg.connect_timeout(self.timeout);
+        let mut listener_pg = self.listen_pg.take().unwrap_or_else(|| self.pg.clone());
+        for pg in [&mut self.pg, &mut listener_pg] {
+            if pg.get_connect_timeout().is_none() {
+                pg.connect_timeout(self.timeout);
+            }
         }
-        let mut listener_pg = self.pg.clone();
         if self.pg.get_application_name().is_none() {
             self.pg.application_name("tower-api-key");
+        }
+        if listener_pg.get_application_name().is_none() {
             listener_pg.application_name("tower-api-key-listener");
         }
 
@@ -316,30 +380,37 @@ impl PgKeyStoreBuilder {
         drop(pool.get().await.map_err(StoreError::backend)?);
 
         let invalidations = Invalidations::new();
-        let (status_tx, mut status) = watch::channel(ListenerStatus::Connecting { failures: 0 });
-        let wake_listener = Arc::new(Notify::new());
-        let reach = listener::Reachability {
-            pool: pool.clone(),
-            wake: wake_listener.clone(),
-        };
-        let config = listener::ListenerConfig {
-            pg: listener_pg,
-            channel: self.channel.clone(),
-            backoff_min: self.backoff_min,
-            backoff_max: self.backoff_max,
-            health_check_interval: self.health_check_interval,
-            probe_interval: self.probe_interval,
-            timeout: self.timeout,
-        };
-        let bus = invalidations.clone();
-        let listener = BackgroundTask::start(|stop| {
-            tokio::spawn(listener::run(config, reach, tls, bus, status_tx, stop))
-        });
         let poller = poller::Poller::new(pool.clone(), invalidations.clone());
         // The log's end now, before any cache holds anything; when the
         // database is not migrated yet the first poll reads from the start.
         poller.start().await.map_err(StoreError::backend)?;
-        let polling = self.poll_interval.map(|every| {
+        let first_status = if self.feed.listens() {
+            ListenerStatus::Connecting { failures: 0 }
+        } else {
+            ListenerStatus::Off
+        };
+        let (status_tx, mut status) = watch::channel(first_status);
+        let wake_listener = Arc::new(Notify::new());
+        let listener = self.feed.listens().then(|| {
+            let reach = listener::Reachability {
+                pool: pool.clone(),
+                wake: wake_listener.clone(),
+            };
+            let config = listener::ListenerConfig {
+                pg: listener_pg,
+                channel: self.channel.clone(),
+                backoff_min: self.backoff_min,
+                backoff_max: self.backoff_max,
+                health_check_interval: self.health_check_interval,
+                probe_interval: self.probe_interval,
+                timeout: self.timeout,
+            };
+            let bus = invalidations.clone();
+            BackgroundTask::start(|stop| {
+                tokio::spawn(listener::run(config, reach, tls, bus, status_tx, stop))
+            })
+        });
+        let polling = self.feed.poll_interval().map(|every| {
             let poller = poller.clone();
             BackgroundTask::start(|stop| tokio::spawn(poller::run(poller, every, stop)))
         });
@@ -357,18 +428,26 @@ impl PgKeyStoreBuilder {
                 polling,
             }),
         };
+        if !self.feed.listens() {
+            return Ok(store);
+        }
         let listening = tokio::time::timeout(
             self.timeout.saturating_mul(2),
             status.wait_for(ListenerStatus::is_listening),
         )
         .await;
-        if !matches!(listening, Ok(Ok(_))) {
-            store.shutdown().await;
-            return Err(StoreError::backend(
-                "the LISTEN connection could not be established",
-            ));
+        if matches!(listening, Ok(Ok(_))) {
+            return Ok(store);
         }
-        Ok(store)
+        if self.feed.poll_interval().is_some() {
+            // The change log carries every change meanwhile; the listener keeps trying.
+            tracing::warn!("tower-api-key: not listening yet; the change-log poll carries invalidations until it does");
+            return Ok(store);
+        }
+        store.shutdown().await;
+        Err(StoreError::backend(
+            "the LISTEN connection could not be established",
+        ))
     }
 }
 
@@ -429,11 +508,13 @@ impl PgKeyStore {
         status
     }
 
-    /// Stops the listener and waits for it, and closes the pool. Management
-    /// calls and verification fail afterwards. Dropping the last clone of the
-    /// store stops the listener too, without waiting.
+    /// Stops the listener and the poller and waits for them, and closes the
+    /// pool. Management calls and verification fail afterwards. Dropping the
+    /// last clone of the store stops them too, without waiting.
     pub async fn shutdown(&self) {
-        self.inner.listener.stop().await;
+        if let Some(listener) = &self.inner.listener {
+            listener.stop().await;
+        }
         if let Some(polling) = &self.inner.polling {
             polling.stop().await;
         }
@@ -441,8 +522,7 @@ impl PgKeyStore {
     }
 
     /// Reads the change log now and publishes what changed since the last
-    /// read (the poller does this every
-    /// [`poll_interval`](PgKeyStoreBuilder::poll_interval)): for a caller
+    /// read (the poller does this at the [`ChangeFeed`]'s interval): for a caller
     /// that must see other replicas' changes at a point of its choosing,
     /// such as a test.
     pub async fn poll_changes(&self) -> Result<(), StoreError> {

@@ -60,6 +60,9 @@ pub enum ListenerStatus {
     },
     /// The store was shut down (or dropped); the listener is gone.
     Stopped,
+    /// The store does not listen: its [`ChangeFeed`](super::ChangeFeed) is
+    /// `Poll`.
+    Off,
 }
 
 impl ListenerStatus {

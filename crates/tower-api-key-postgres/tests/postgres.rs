@@ -39,7 +39,7 @@ use tower_api_key::KeyStore;
 use tower_api_key::ScopeSet;
 use tower_api_key::{KeyId, PresentedKey};
 use tower_api_key::{Verifier, VerifierError};
-use tower_api_key_postgres::{ListenerStatus, PgKeyStore, PgKeyStoreBuilder};
+use tower_api_key_postgres::{ChangeFeed, ListenerStatus, PgKeyStore, PgKeyStoreBuilder};
 
 mod common;
 // The conformance suite, from its crate (crates/tower-api-key-conformance).
@@ -203,7 +203,7 @@ impl TestDb {
         // These tests exercise the listener's recovery: no poll covers for it.
         PgKeyStoreBuilder::new(self.config_via(proxy))
             .channel(self.channel())
-            .poll_interval(None)
+            .change_feed(ChangeFeed::Listen)
             .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
     }
 
@@ -640,7 +640,7 @@ async fn a_lost_notification_is_caught_by_the_change_log_poll() {
     let b = db
         .builder()
         .channel(format!("elsewhere_{}", &db.name[db.name.len() - 10..]))
-        .poll_interval(None)
+        .change_feed(ChangeFeed::Listen)
         .connect()
         .await
         .unwrap();
@@ -673,7 +673,12 @@ async fn a_change_committed_after_a_later_one_is_still_polled() {
         return;
     };
     let a = db.store().await;
-    let b = db.builder().poll_interval(None).connect().await.unwrap();
+    let b = db
+        .builder()
+        .change_feed(ChangeFeed::Listen)
+        .connect()
+        .await
+        .unwrap();
     let early = a
         .create(NewKey::new("sa-race"))
         .await
@@ -730,7 +735,7 @@ async fn the_poller_publishes_a_revoke_on_its_own() {
     let b = db
         .builder()
         .channel(format!("elsewhere_{}", &db.name[db.name.len() - 10..]))
-        .poll_interval(Some(Duration::from_millis(20)))
+        .change_feed(ChangeFeed::ListenAndPoll(Duration::from_millis(20)))
         .connect()
         .await
         .unwrap();
@@ -743,6 +748,111 @@ async fn the_poller_publishes_a_revoke_on_its_own() {
         .key_id;
     assert!(a.revoke(id, None).await.unwrap());
     // Generous: the event is awaited, not a sleep; 20 ms polls need far less.
+    seen.until_invalidated(id, RECONNECT_WITHIN).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// `ChangeFeed::Poll` opens no LISTEN connection: B hears of A's revoke
+/// only when it reads the change log (its own interval is an hour, so the
+/// test decides when), and then refuses the key. Were B listening, the
+/// notification would reach its cache before the read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_store_does_not_listen_and_hears_a_revoke_by_reading_the_log() {
+    let Some(db) = TestDb::new("a_polling_store_does_not_listen").await else {
+        return;
+    };
+    let a = db.store().await;
+    let app = format!("tak_poll_{}", &db.name[db.name.len() - 10..]);
+    let mut config = db.config.clone();
+    config.application_name(&app);
+    let b = PgKeyStoreBuilder::new(config)
+        .channel(db.channel())
+        .change_feed(ChangeFeed::Poll(Duration::from_secs(3600)))
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(*b.listener_status().borrow(), ListenerStatus::Off);
+    let cache_b = cache(&b);
+    let created = a.create(NewKey::new("sa-poll-only")).await.unwrap();
+    let key = presented(&a, &created);
+    cache_b.lookup(&key).await.unwrap();
+    assert!(a.revoke(created.record.key_id, None).await.unwrap());
+    assert_eq!(
+        cache_b.lookup_with_source(&key).await.unwrap().1,
+        Source::Cache,
+        "no LISTEN: the cache still holds the key until B reads the log"
+    );
+    if pooler_url().is_none() {
+        // One call at a time so far: one pooled connection, and no listener's.
+        let sessions: i64 = db
+            .admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&app],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            sessions, 1,
+            "B holds one pooled connection and no LISTEN session"
+        );
+    }
+    b.poll_changes().await.unwrap();
+    assert!(
+        cache_b.lookup(&key).await.is_err(),
+        "refused after one read"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// When LISTEN cannot connect (its own settings point at a closed port),
+/// `ListenAndPoll` still connects and the poll carries invalidations;
+/// `Listen` alone refuses to connect, since nothing would carry them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_listen_the_default_feed_connects_and_polls_and_listen_alone_fails() {
+    let Some(db) = TestDb::new("without_listen_the_default_feed_connects").await else {
+        return;
+    };
+    let a = db.store().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // A fresh config: `host` and `port` add to a config's lists.
+    let mut nowhere = Config::new();
+    nowhere.host("127.0.0.1");
+    nowhere.port(closed.local_addr().unwrap().port());
+    nowhere.user(db.config.get_user().unwrap_or("postgres"));
+    drop(closed);
+    let timeout = Duration::from_millis(200);
+    let listen_only = db
+        .builder()
+        .timeout(timeout)
+        .listen_config(nowhere.clone())
+        .change_feed(ChangeFeed::Listen)
+        .connect()
+        .await;
+    assert!(
+        listen_only.is_err(),
+        "LISTEN alone cannot carry invalidations"
+    );
+    let b = db
+        .builder()
+        .timeout(timeout)
+        .listen_config(nowhere)
+        .change_feed(ChangeFeed::ListenAndPoll(Duration::from_millis(20)))
+        .connect()
+        .await
+        .expect("the poll carries invalidations without LISTEN");
+    assert!(!b.listener_status().borrow().is_listening());
+    let mut seen = Watch::on(&b);
+    let id = a
+        .create(NewKey::new("sa-nolisten"))
+        .await
+        .unwrap()
+        .record
+        .key_id;
+    assert!(a.revoke(id, None).await.unwrap());
     seen.until_invalidated(id, RECONNECT_WITHIN).await;
     a.shutdown().await;
     b.shutdown().await;
@@ -1474,7 +1584,12 @@ async fn listener_killed_and_revoke_meanwhile_still_refused_after_reconnect() {
     };
     let a = db.store().await;
     // LISTEN alone: no poll covers for the lost notification.
-    let b = db.builder().poll_interval(None).connect().await.unwrap();
+    let b = db
+        .builder()
+        .change_feed(ChangeFeed::Listen)
+        .connect()
+        .await
+        .unwrap();
     let cache_b = cache(&b);
     let created = a.create(NewKey::new("sa-1")).await.unwrap();
     let key = presented(&a, &created);
