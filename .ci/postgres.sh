@@ -12,7 +12,8 @@
 #   with trust authentication (a test server: never expose it).
 # - Creates the database `tower_api_key_test` and exports
 #   DATABASE_URL=postgres://postgres@127.0.0.1:<port>/tower_api_key_test
-#   (also TAK_PG_DATA, TAK_PG_PORT, TAK_PG_BIN).
+#   (also TAK_PG_DATA, TAK_PG_PORT, TAK_PG_BIN). `max_connections` is 300, or
+#   TAK_PG_MAX_CONNECTIONS (100 is PostgreSQL's default, for docs/scale.md).
 # - Registers an EXIT trap (chained after any EXIT trap already set) that stops
 #   the server and removes the data directory; `tak_pg_stop` does it by hand.
 # Works without interaction, as root on a fresh Debian 12 machine.
@@ -111,7 +112,7 @@ tak_pg_start() {
         tak_pg_port_in_use "$port" && continue
         # The Unix socket goes into the data directory, so no /var/run is needed.
         if tak_pg_as_user "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
-            -o "-c listen_addresses=127.0.0.1 -p $port -k $data -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+            -o "-c listen_addresses=127.0.0.1 -p $port -k $data -c max_connections=${TAK_PG_MAX_CONNECTIONS:-300} -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
             start >/dev/null; then
             TAK_PG_PORT="$port"
             break

@@ -45,7 +45,7 @@ use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 use tower_api_key::store::NewKey;
 use tower_api_key::{Authenticator, KeyId, KeyStore, PresentedKey, Verifier};
-use tower_api_key_postgres::PgKeyStore;
+use tower_api_key_postgres::{ChangeFeed, PgKeyStore};
 
 /// Set once the first 5xx has been explained.
 static FIRST_ERROR_TAKEN: AtomicBool = AtomicBool::new(false);
@@ -67,10 +67,12 @@ struct Args {
     revokes: usize,
     database_url: String,
     pooler_url: Option<String>,
+    feed: ChangeFeed,
 }
 
 const USAGE: &str = "usage: fleet [--replicas N] [--keys K] [--pool P] [--clients C per replica] \
 [--zipf S] [--seconds T] [--warmup T] [--settle RATE] [--cold-keys M] [--revokes R] \
+[--feed both|poll|listen (default both: LISTEN and a 250 ms poll)] \
 [--database-url URL (default $DATABASE_URL)] [--through-pooler (uses $PGBOUNCER_URL) | --pooler-url URL]";
 
 fn parse_args() -> Result<Args, String> {
@@ -87,6 +89,7 @@ fn parse_args() -> Result<Args, String> {
         revokes: 20,
         database_url: std::env::var("DATABASE_URL").unwrap_or_default(),
         pooler_url: None,
+        feed: ChangeFeed::default(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -115,6 +118,15 @@ fn parse_args() -> Result<Args, String> {
             "--revokes" => args.revokes = value.parse().map_err(bad)?,
             "--database-url" => args.database_url = value,
             "--pooler-url" => args.pooler_url = Some(value),
+            "--feed" => {
+                let every = tower_api_key_postgres::DEFAULT_POLL_INTERVAL;
+                args.feed = match value.as_str() {
+                    "both" => ChangeFeed::ListenAndPoll(every),
+                    "poll" => ChangeFeed::Poll(every),
+                    "listen" => ChangeFeed::Listen,
+                    _ => return Err(format!("--feed: both, poll or listen, not {value}")),
+                }
+            }
             _ => return Err(format!("unknown argument {flag}\n{USAGE}")),
         }
     }
@@ -390,9 +402,10 @@ struct Replica {
 }
 
 impl Replica {
-    async fn start(config: Config, pool: usize) -> Result<Replica, String> {
+    async fn start(config: Config, pool: usize, feed: ChangeFeed) -> Result<Replica, String> {
         let store = tower_api_key_postgres::PgKeyStoreBuilder::new(config)
             .pool_size(pool)
+            .change_feed(feed)
             .connect()
             .await
             .map_err(|e| format!("connect: {}", chain(&e)))?;
@@ -609,10 +622,11 @@ async fn run_in(args: &Args, direct: &Config, admin: &Client, db: &str) -> Resul
         .await
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let budget = (args.replicas * (args.pool + 1)) as u64;
+    let listener = usize::from(!matches!(args.feed, ChangeFeed::Poll(_)));
+    let budget = (args.replicas * (args.pool + listener)) as u64;
     println!(
-        "fleet: {} replicas, {} keys, pool {} + 1 listener each, {} client tasks each, Zipf s = {}",
-        args.replicas, args.keys, args.pool, args.clients, args.zipf
+        "fleet: {} replicas, {} keys, pool {} + {listener} listener each, {} client tasks each, Zipf s = {}, feed {:?}",
+        args.replicas, args.keys, args.pool, args.clients, args.zipf, args.feed
     );
     println!(
         "  path: {}; server max_connections = {max_connections}",
@@ -623,7 +637,7 @@ async fn run_in(args: &Args, direct: &Config, admin: &Client, db: &str) -> Resul
         }
     );
     println!(
-        "  connection budget: replicas × (pool + listener) = {} × ({} + 1) = {budget}",
+        "  connection budget: replicas × (pool + listener) = {} × ({} + {listener}) = {budget}",
         args.replicas, args.pool
     );
 
@@ -667,7 +681,8 @@ async fn run_in(args: &Args, direct: &Config, admin: &Client, db: &str) -> Resul
 
     // 1. Cold start: every replica at once, then its distinct keys at once.
     let started = Instant::now();
-    let starts = (0..args.replicas).map(|_| Replica::start(replica_config.clone(), args.pool));
+    let starts =
+        (0..args.replicas).map(|_| Replica::start(replica_config.clone(), args.pool, args.feed));
     let mut replicas = Vec::new();
     let mut start_errors = Vec::new();
     for result in futures_util::future::join_all(starts).await {
