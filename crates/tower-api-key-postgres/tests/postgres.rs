@@ -808,6 +808,63 @@ async fn a_polling_store_does_not_listen_and_hears_a_revoke_by_reading_the_log()
     b.shutdown().await;
 }
 
+/// A poller whose position writers pruned before it read (it could not read
+/// the log for longer than the log keeps rows: 10 minutes of A's clock here)
+/// invalidates everything: the revoke whose row is gone still reaches B's
+/// cache. Reading only the rows that are left would miss it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poller_whose_position_was_pruned_invalidates_everything() {
+    let Some(db) = TestDb::new("a_poller_whose_position_was_pruned").await else {
+        return;
+    };
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let a = db.builder().clock(clock.clone()).connect().await.unwrap();
+    a.migrate().await.unwrap();
+    let b = db
+        .builder()
+        .change_feed(ChangeFeed::Poll(Duration::from_secs(3600)))
+        .connect()
+        .await
+        .unwrap();
+    let cache_b = cache(&b);
+    let gone = a.create(NewKey::new("sa-pruned")).await.unwrap();
+    let other = a.create(NewKey::new("sa-pruned")).await.unwrap();
+    let gone_key = presented(&a, &gone);
+    cache_b.lookup(&gone_key).await.unwrap();
+    b.poll_changes().await.unwrap();
+
+    assert!(a.revoke(gone.record.key_id, None).await.unwrap());
+    clock.advance(Duration::from_secs(11 * 60));
+    // This change prunes the revoke's row, older than 10 minutes by A's clock.
+    a.update(
+        other.record.key_id,
+        KeyUpdate::default().with_description("later"),
+        None,
+    )
+    .await
+    .unwrap();
+    let left: i64 = db
+        .admin
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {}.tower_api_key_changes WHERE key_id = $1",
+                db.schema
+            ),
+            &[&gone.record.key_id.as_str()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the revoke's row was pruned");
+
+    let mut seen = Watch::on(&b);
+    b.poll_changes().await.unwrap();
+    seen.until_all(Duration::from_secs(5)).await;
+    assert!(cache_b.lookup(&gone_key).await.is_err(), "refused");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// When LISTEN cannot connect (its own settings point at a closed port),
 /// `ListenAndPoll` still connects and the poll carries invalidations;
 /// `Listen` alone refuses to connect, since nothing would carry them.
