@@ -20,16 +20,15 @@
 //! within one poll interval plus one query.
 
 use std::collections::HashSet;
-use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
+use async_trait::async_trait;
 use deadpool_postgres::Pool;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::Mutex;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
-use tower_api_key::{Invalidation, Invalidations, KeyId};
-use tower_api_key_sql::BoxError;
+use tower_api_key::{Invalidation, Invalidations};
+use tower_api_key_sql::{invalidations, BoxError, ChangeLog};
 
 /// Most change log rows read by one poll; more and it invalidates everything.
 const MAX_ROWS_PER_READ: i64 = 10_000;
@@ -71,24 +70,35 @@ impl Poller {
         Ok(())
     }
 
-    /// Reads what changed since the last poll and publishes it.
-    pub(crate) async fn poll(&self) -> Result<(), BoxError> {
+    /// What changed since the last read.
+    async fn changes(&self) -> Result<Vec<Invalidation>, BoxError> {
         let mut position = self.position.lock().await;
-        let changes = match position.as_mut() {
-            Some(at) => read(&self.pool, at).await?,
+        match position.as_mut() {
+            Some(at) => read(&self.pool, at).await,
             None => {
                 // Never read (the database was not reachable at connect):
                 // what changed meanwhile is unknown.
                 let mut fresh = Position::default();
                 read(&self.pool, &mut fresh).await?;
                 *position = Some(fresh);
-                vec![Invalidation::All]
+                Ok(vec![Invalidation::All])
             }
-        };
-        for what in &changes {
+        }
+    }
+
+    /// Reads what changed since the last read and publishes it.
+    pub(crate) async fn poll(&self) -> Result<(), BoxError> {
+        for what in &self.changes().await? {
             self.bus.publish(what);
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl ChangeLog for Poller {
+    async fn read(&mut self) -> Result<Vec<Invalidation>, BoxError> {
+        self.changes().await
     }
 }
 
@@ -135,17 +145,11 @@ async fn read(pool: &Pool, at: &mut Position) -> Result<Vec<Invalidation>, BoxEr
     if read.len() as i64 > MAX_ROWS_PER_READ {
         everything = true;
     }
-    let mut changes = Vec::new();
-    for (seq, _, key_id, account) in &read {
-        if at.seen.contains(seq) || everything {
-            continue;
-        }
-        match KeyId::from_str(key_id) {
-            Ok(id) => changes.push(Invalidation::key_of(id, account.clone())),
-            // Not written by this crate: re-verify everything to be safe.
-            Err(_) => everything = true,
-        }
-    }
+    let fresh: Vec<_> = read
+        .iter()
+        .filter(|(seq, ..)| !at.seen.contains(seq))
+        .map(|(_, _, key_id, account)| (key_id.clone(), account.clone()))
+        .collect();
     // Rows of transactions from `xmin` on are read again next time: remember
     // them so they are not published twice.
     at.seen = read
@@ -154,41 +158,10 @@ async fn read(pool: &Pool, at: &mut Position) -> Result<Vec<Invalidation>, BoxEr
         .map(|(seq, _, _, _)| *seq)
         .collect();
     at.from_xid = at.from_xid.max(xmin);
-    if everything {
-        return Ok(vec![Invalidation::All]);
-    }
-    Ok(changes)
+    Ok(invalidations(fresh, everything))
 }
 
 fn parse_xid(text: &str) -> Result<u64, BoxError> {
     text.parse()
         .map_err(|_| "the database returned a transaction id that is not a number".into())
-}
-
-/// Polls every `every` until `stop` says so or its sender is dropped,
-/// publishing what changed.
-pub(crate) async fn run(poller: Poller, every: Duration, mut stop: watch::Receiver<bool>) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            _ = stop.wait_for(|stop| *stop) => return,
-        }
-        match poller.poll().await {
-            Ok(()) if failing => {
-                tracing::info!("tower-api-key: the PostgreSQL change-log poller reads again");
-                failing = false;
-            }
-            Ok(()) => {}
-            Err(e) => {
-                // The position is kept: nothing committed meanwhile is missed.
-                if !failing {
-                    tracing::warn!(error = %e, "tower-api-key: the PostgreSQL change-log poller cannot read the log");
-                    failing = true;
-                }
-            }
-        }
-    }
 }

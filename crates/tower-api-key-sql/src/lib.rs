@@ -13,6 +13,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
+mod changes;
 mod columns;
 mod row;
 mod store;
@@ -22,6 +23,7 @@ use std::fmt;
 use std::time::SystemTime;
 
 pub use backend::{Backend, BoxFuture, Rows, Tx, TxWork};
+pub use changes::{invalidations, poll_change_log, ChangeLog};
 pub use columns::{insert_sql, read_kinds, select_columns, update_sql, Kind, Value, KEY_COLUMNS};
 pub use row::{micros, HashColumns, KeyRow, Lookup};
 pub use store::{SqlKeyStore, SqlSettings};

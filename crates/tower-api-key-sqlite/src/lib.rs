@@ -76,14 +76,14 @@ use std::time::Duration;
 
 use tower_api_key::store::{ConfigError, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT};
 use tower_api_key::{Invalidations, KeyFormat, KeyId};
-use tower_api_key_sql::{BackgroundTask, SqlKeyStore, SqlSettings};
+use tower_api_key_sql::{poll_change_log, BackgroundTask, SqlKeyStore, SqlSettings};
 
 pub use migrations::migrations;
 pub use tower_api_key_sql::{Migration, MigrationReport};
 
 use self::backend::Sqlite;
 use self::connection::{BoxError, Connections};
-use self::watcher::Watcher;
+use self::watcher::{BlockingWatcher, Watcher};
 
 /// Connections used at once.
 const POOL_SIZE: usize = 8;
@@ -245,8 +245,10 @@ impl SqliteKeyStoreBuilder {
         let invalidations = Invalidations::new();
         let every = self.poll_interval;
         let bus = invalidations.clone();
-        let watcher =
-            BackgroundTask::start(|stop| tokio::spawn(watcher::run(watcher, bus, every, stop)));
+        let watcher = BackgroundTask::start(|stop| {
+            let log = BlockingWatcher(Some(watcher));
+            tokio::spawn(poll_change_log(log, bus, every, stop, "SQLite"))
+        });
         let backend = Sqlite {
             db,
             origin,

@@ -21,15 +21,14 @@
 //! one poll interval plus one read of the log.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension};
-use tokio::sync::watch;
+use tower_api_key::Invalidation;
+use tower_api_key_sql::{invalidations, ChangeLog};
 
 use super::connection::{self, BoxError};
-use tower_api_key::KeyId;
-use tower_api_key::{Invalidation, Invalidations};
 
 /// Most change log rows read at once; more than that (far more than a
 /// writer keeps) and the watcher invalidates everything instead.
@@ -129,72 +128,39 @@ impl Watcher {
         }
         drop(tx);
         self.position = self.position.max(pruned);
-        let mut changes = Vec::new();
-        for (seq, key_id, account) in rows {
-            self.position = self.position.max(seq);
-            if everything {
-                continue;
-            }
-            match KeyId::from_str(&key_id) {
-                Ok(id) => changes.push(Invalidation::key_of(id, account)),
-                // Not written by this crate: re-verify everything to be safe.
-                Err(_) => everything = true,
-            }
+        if let Some(last) = rows.last() {
+            self.position = self.position.max(last.0);
         }
-        if everything {
-            return Ok(vec![Invalidation::All]);
-        }
-        Ok(changes)
+        let rows = rows
+            .into_iter()
+            .map(|(_, key_id, account)| (key_id, account));
+        Ok(invalidations(rows, everything))
     }
 }
 
-/// Polls every `every` until `shutdown` says so or its sender is dropped
-/// (with the last clone of the store), publishing what changed on `bus`.
-pub(super) async fn run(
-    mut watcher: Watcher,
-    bus: Invalidations,
-    every: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            _ = shutdown.wait_for(|stop| *stop) => {
-                connection::close_off_runtime(watcher);
-                return;
-            }
-        }
-        let polled = tokio::task::spawn_blocking(move || {
+/// The watcher as the core's [`ChangeLog`]: each read runs on the blocking
+/// pool, and the connection closes off the runtime when polling stops.
+pub(super) struct BlockingWatcher(pub(super) Option<Watcher>);
+
+#[async_trait]
+impl ChangeLog for BlockingWatcher {
+    async fn read(&mut self) -> Result<Vec<Invalidation>, BoxError> {
+        let mut watcher = self
+            .0
+            .take()
+            .ok_or("the change watcher's last read panicked")?;
+        let (watcher, changes) = tokio::task::spawn_blocking(move || {
             let changes = watcher.poll();
             (watcher, changes)
         })
-        .await;
-        let Ok((back, changes)) = polled else {
-            // The blocking task panicked or the runtime is shutting down.
-            return;
-        };
-        watcher = back;
-        match changes {
-            Ok(changes) => {
-                if failing {
-                    tracing::info!("tower-api-key: the SQLite change watcher reads the file again");
-                    failing = false;
-                }
-                for what in &changes {
-                    bus.publish(what);
-                }
-            }
-            Err(e) => {
-                // Its position is kept: once the file reads again, nothing
-                // committed meanwhile is missed (or everything is invalidated).
-                if !failing {
-                    tracing::warn!(error = %e, "tower-api-key: the SQLite change watcher cannot read the file");
-                    failing = true;
-                }
-            }
+        .await?;
+        self.0 = Some(watcher);
+        changes
+    }
+
+    fn close(self) {
+        if let Some(watcher) = self.0 {
+            connection::close_off_runtime(watcher);
         }
     }
 }

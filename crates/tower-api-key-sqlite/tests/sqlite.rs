@@ -658,7 +658,7 @@ async fn a_watcher_that_cannot_read_the_log_keeps_its_position_and_catches_up() 
     admin
         .execute_batch("ALTER TABLE tower_api_key_changes_pruned RENAME TO hidden_pruned")
         .unwrap();
-    logs.until_logged("change watcher cannot read the file", WITHIN)
+    logs.until_logged("cannot read the change log", WITHIN)
         .await;
     // ... while B revokes the key.
     assert!(b.revoke(created.record.key_id, None).await.unwrap());
@@ -673,11 +673,11 @@ async fn a_watcher_that_cannot_read_the_log_keeps_its_position_and_catches_up() 
         Invalidation::key_of(created.record.key_id, "sa-1")
     );
     assert_eq!(status(&service, &text).await, StatusCode::UNAUTHORIZED);
-    logs.until_logged("change watcher reads the file again", WITHIN)
+    logs.until_logged("the change log reads again", WITHIN)
         .await;
     let logged = logs.text();
     // Two watchers (A's and B's), each warning once per outage at most.
-    let warnings = logged.matches("cannot read the file").count();
+    let warnings = logged.matches("cannot read the change log").count();
     assert!((1..=2).contains(&warnings), "{logged}");
     assert!(!logged.contains(&text[text.len() - 20..]), "{logged}");
     a.shutdown().await;
