@@ -2,9 +2,11 @@
 //! with arguments, environment and stdin, judged by exit code, stdout and
 //! stderr.
 //!
-//! Tests that need a store read `DATABASE_URL` (`.ci/postgres.sh` sets it).
-//! Without it they print `SKIPPED` and pass, unless `CI` is set: then they
-//! fail, so CI never skips them silently. Each works in a PostgreSQL schema
+//! Tests that need a store use `DATABASE_URL` (`.ci/postgres.sh` sets it)
+//! or, without it, a throwaway server the test process starts when
+//! PostgreSQL is installed (the PostgreSQL store's `tests/common/server.rs`).
+//! Without either they print `SKIPPED` and pass, with a count at exit,
+//! unless `CI` is set: then they fail, so CI never skips them silently. Each works in a PostgreSQL schema
 //! of its own, so they run in parallel. Nothing sleeps hoping for timing:
 //! the revocation tests poll with an explicit deadline.
 
@@ -22,6 +24,10 @@ use tower_api_key::store::NewKey;
 use tower_api_key::{Authenticator, KeyFormat, KeyId, KeyStore, PresentedKey, Verifier};
 use tower_api_key_postgres::{ListenerStatus, PgKeyStore};
 use tower_api_key_sqlite::SqliteKeyStore;
+
+// The PostgreSQL server: DATABASE_URL's, or one this process starts.
+#[path = "../../tower-api-key-postgres/tests/common/server.rs"]
+mod pg_server;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tower-api-key");
 
@@ -163,17 +169,7 @@ struct Db {
 impl Db {
     /// `None` (after saying so) when `DATABASE_URL` is unset outside CI.
     async fn new(test: &str) -> Option<Db> {
-        let base = match std::env::var("DATABASE_URL") {
-            Ok(url) => url,
-            Err(_) => {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "{test}: DATABASE_URL is not set but CI is: these tests must run in CI"
-                );
-                let _ = writeln!(std::io::stderr(), "SKIPPED: DATABASE_URL not set: {test}");
-                return None;
-            }
-        };
+        let base = pg_server::url_or_skip(test)?;
         let suffix = KeyId::random().unwrap().as_str()[..10].to_ascii_lowercase();
         let schema = format!("tak_cli_{test}_{suffix}");
         let config = Config::from_str(&base).expect("DATABASE_URL parses");

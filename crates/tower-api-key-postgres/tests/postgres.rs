@@ -1,8 +1,10 @@
 //! The PostgreSQL store against a real server.
 //!
-//! Every test reads `DATABASE_URL` (`.ci/postgres.sh` starts a server and
-//! sets it). Without it a test prints `SKIPPED: DATABASE_URL not set` and
-//! passes, unless `CI` is set: then it fails, so CI never skips these
+//! Every test runs against `DATABASE_URL` (`.ci/postgres.sh` starts a server
+//! and sets it) or, without it, a throwaway server the test process starts
+//! when PostgreSQL is installed (`common::server`). Without either a test
+//! prints `SKIPPED` and passes, and a count of the skipped tests is printed at
+//! exit; unless `CI` is set: then it fails, so CI never skips these
 //! silently. Each test works in a schema of its own (and, where notifications
 //! matter, on a NOTIFY channel of its own), so they run in parallel.
 //!
@@ -18,7 +20,6 @@
 //! server that the test can close and cut (connections refused and dropped),
 //! which affects only the store behind it, not the other tests.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -57,27 +58,10 @@ const RECONNECT_WITHIN: Duration = Duration::from_secs(15);
 // Test database
 // ---------------------------------------------------------------------------
 
-/// `DATABASE_URL`, or `None` after saying the test is skipped. Fails when `CI`
-/// is set: CI must run these tests.
+/// The server's URL (`DATABASE_URL`, or a throwaway server this process
+/// starts: see `common::server`), or `None` after saying the test is skipped.
 fn database_url(test: &str) -> Option<String> {
-    match std::env::var("DATABASE_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            if std::env::var_os("CI").is_some() {
-                panic!(
-                    "{test}: DATABASE_URL is not set but CI is: the PostgreSQL tests must run \
-                     in CI (source .ci/postgres.sh first)"
-                );
-            }
-            // Straight to the stream: libtest captures print!/eprint!, not this,
-            // so the line shows even without --nocapture.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: DATABASE_URL not set: {test} (source .ci/postgres.sh to run it)"
-            );
-            None
-        }
-    }
+    common::server::url_or_skip(test)
 }
 
 /// Whether the stores under test reach the server through a transaction

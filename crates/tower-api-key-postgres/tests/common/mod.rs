@@ -6,6 +6,7 @@
 
 #[path = "../../../../tests/common/grant_race.rs"]
 pub mod grant_race;
+pub mod server;
 #[path = "../../../../tests/common/tcp.rs"]
 pub mod tcp;
 
