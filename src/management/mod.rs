@@ -58,6 +58,7 @@
 //! manage and grant what are in the guide, `docs/management.md` in the
 //! repository, with a session against the quickstart.
 
+mod document;
 mod error;
 mod etag;
 mod grant;
@@ -68,7 +69,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 
 pub use error::ErrorBody;
@@ -370,23 +371,39 @@ impl ManagementApiBuilder {
             grants: Arc::new(self.grants),
             body_limit: self.body_limit,
         };
-        Router::new()
-            .route("/keys", post(routes::create).get(routes::list))
-            .route(
-                // `{id}` or `{id}:reissue`: axum cannot match a suffix within a
-                // segment, so the handlers split it.
-                "/keys/{id}",
-                get(routes::get)
-                    .patch(routes::update)
-                    .delete(routes::delete)
-                    .post(routes::custom),
-            )
-            .route(
-                "/accounts/{service_account_id}/rate-limits",
-                get(routes::get_account_limits).put(routes::put_account_limits),
-            )
+        let (router, doc) = document::api()
             .route_layer(self.auth.layer(self.policy))
+            .split_for_parts();
+        router
+            // Added after the layer: the document holds no secret, and a
+            // client reads it before it has a key.
+            .route("/openapi.json", get(document::serve(doc)))
             .layer(DefaultBodyLimit::max(self.body_limit))
             .with_state(api)
     }
+}
+
+/// The OpenAPI 3.1 document of the management API, as every router of
+/// [`ManagementApiBuilder::build`] serves it (without a key) at
+/// `{prefix}/openapi.json`; the file `docs/management.openapi.json` in the
+/// repository is this document.
+///
+/// Its paths are relative to where the router is mounted. To publish the
+/// API in an application's own document, nest it under the same prefix:
+///
+/// ```
+/// use tower_api_key::management;
+/// use utoipa::openapi::OpenApi;
+///
+/// let app_doc = OpenApi::default(); // e.g. your `#[derive(utoipa::OpenApi)]` type's `openapi()`
+/// let doc = app_doc.nest("/admin", management::openapi());
+/// assert!(doc.paths.paths.contains_key("/admin/keys/{id}:reissue"));
+/// ```
+///
+/// The operations, their parameters, bodies and answers come from the same
+/// route table as the router's routes, and the schemas from the JSON types
+/// of this module, so the document cannot drift from what the API does.
+/// It does not depend on the builder's settings (scopes, access, body limit).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    document::api().into_openapi()
 }
