@@ -185,7 +185,7 @@ pub(super) fn serve(doc: Document) -> impl Fn(OriginalUri) -> std::future::Ready
                 let mut response = Bytes::from(json).into_response();
                 let headers = response.headers_mut();
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 response
             }
             Err(e) => {

@@ -2,9 +2,9 @@
 //! over any [`KeyStore`], for key owners what a cloud console gives them.
 //!
 //! Mount it under a prefix of your choice. It is protected by the crate's own
-//! layer: every route requires a key holding the management scope,
-//! [`DEFAULT_SCOPE`] (`apikeys.manage`) unless [`ManagementApiBuilder::scopes`]
-//! names others.
+//! layer: every route but the OpenAPI document's requires a key holding the
+//! management scope, [`DEFAULT_SCOPE`] (`apikeys.manage`) unless
+//! [`ManagementApiBuilder::scopes`] names others.
 //!
 //! ```
 //! use axum::Router;
@@ -54,6 +54,8 @@
 //! and a write under a stale `If-Match` answers 412. Errors are JSON
 //! ([`ErrorBody`]) and a refused request changes nothing.
 //!
+//! The router serves its OpenAPI 3.1 document at `{prefix}/openapi.json`,
+//! without a key; [`openapi`] returns it, to nest into an application's own.
 //! The routes, the key resource, every error and the rules of who may
 //! manage and grant what are in the guide, `docs/management.md` in the
 //! repository, with a session against the quickstart.
@@ -359,6 +361,9 @@ impl ManagementApiBuilder {
 
     /// The router, to mount with [`Router::nest`]. Named `build` like every
     /// builder of the crate; what it builds is a plain [`Router`].
+    ///
+    /// Besides the API it serves `GET /openapi.json`, the document
+    /// [`openapi`] returns, without a key.
     pub fn build(self) -> Router {
         if let Some(managing) = self.policy.required() {
             // Every router on this authenticator refuses to hand these out.
