@@ -17,7 +17,7 @@ use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::openapi::server::Server;
-use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr};
+use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr, Required};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -163,6 +163,17 @@ pub(super) fn api() -> OpenApiRouter<ApiState> {
     let doc = api.get_openapi_mut();
     doc.merge(CustomMethods::openapi());
     every_route_answers(doc);
+    // A reissue takes an empty body as `{}` (an `Option` in the handler's
+    // attribute would document a JSON `null`, which is refused).
+    if let Some(body) = doc
+        .paths
+        .paths
+        .get_mut("/keys/{id}:reissue")
+        .and_then(|item| item.post.as_mut())
+        .and_then(|operation| operation.request_body.as_mut())
+    {
+        body.required = Some(Required::False);
+    }
     api
 }
 

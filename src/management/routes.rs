@@ -536,7 +536,7 @@ pub(crate) async fn get(
     tag = "keys",
     summary = "Change a key",
     description = "Changes the fields present in the body; absent fields stay as they are.",
-    params(("id" = String, Path, description = "The key's id (`id` in its resource)."), ("If-Match" = Option<String>, Header, description = "Write only if the key is still at this version: its `ETag` (or a list of them, or `*`); else 412.")),
+    params(("id" = String, Path, description = "The key's id (`id` in its resource)."), ("If-Match" = Option<String>, Header, nullable = false, description = "Write only if the key is still at this version: its `ETag` (or a list of them, or `*`); else 412.")),
     request_body(content = UpdateKeyRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The key as changed.", body = KeyResource, headers(("ETag" = String, description = "The key's version, for `If-Match`."), ("Cache-Control" = String, description = "`no-store`."))),
@@ -589,7 +589,7 @@ pub(crate) async fn update(
     operation_id = "delete_key",
     tag = "keys",
     summary = "Delete (revoke) a key",
-    params(("id" = String, Path, description = "The key's id (`id` in its resource)."), ("If-Match" = Option<String>, Header, description = "Write only if the key is still at this version: its `ETag` (or a list of them, or `*`); else 412.")),
+    params(("id" = String, Path, description = "The key's id (`id` in its resource)."), ("If-Match" = Option<String>, Header, nullable = false, description = "Write only if the key is still at this version: its `ETag` (or a list of them, or `*`); else 412.")),
     responses(
         (status = 204, description = "The key was deleted; it is refused from now on.",
             headers(("Cache-Control" = String, description = "`no-store`."))),
@@ -672,8 +672,9 @@ pub(crate) async fn custom(
     tag = "keys",
     summary = "Reissue a key",
     description = "Gives the key a new secret; the old one keeps working for `grace_period_seconds` (default 0). An empty body is `{}`.",
-    params(("id" = String, Path, description = "The key's id (`id` in its resource)."), ("If-Match" = Option<String>, Header, description = "Write only if the key is still at this version: its `ETag` (or a list of them, or `*`); else 412.")),
-    request_body(content = Option<ReissueKeyRequest>, content_type = "application/json"),
+    params(("id" = String, Path, description = "The key's id (`id` in its resource)."), ("If-Match" = Option<String>, Header, nullable = false, description = "Write only if the key is still at this version: its `ETag` (or a list of them, or `*`); else 412.")),
+    // Optional (an empty body is `{}`): `document::api` marks it so.
+    request_body(content = ReissueKeyRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The key and its new secret.", body = KeyWithSecret, headers(("ETag" = String, description = "The key's version, for `If-Match`."), ("Cache-Control" = String, description = "`no-store`."))),
         (status = 404, description = "`not_found`: no such key, or one the caller may not see.", body = ErrorBody),
@@ -735,7 +736,7 @@ pub(crate) async fn reissue(
     operation_id = "add_credits",
     tag = "keys",
     summary = "Add credits to a key",
-    params(("id" = String, Path, description = "The key's id (`id` in its resource)."), ("If-Match" = Option<String>, Header, description = "Write only if the key is still at this version: its `ETag` (or a list of them, or `*`); else 412.")),
+    params(("id" = String, Path, description = "The key's id (`id` in its resource)."), ("If-Match" = Option<String>, Header, nullable = false, description = "Write only if the key is still at this version: its `ETag` (or a list of them, or `*`); else 412.")),
     request_body(content = AddCreditsRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The key with its credits added.", body = KeyResource, headers(("ETag" = String, description = "The key's version, for `If-Match`."), ("Cache-Control" = String, description = "`no-store`."))),
