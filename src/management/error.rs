@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::grant::Refused;
 use crate::store::StoreError;
@@ -15,7 +16,7 @@ use crate::store::StoreError;
 ///
 /// `error` is a stable code (the table in `docs/management.md`, "Errors");
 /// `message` says what is wrong, for people. Neither ever holds key material.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[non_exhaustive]
 pub struct ErrorBody {
     /// A stable, machine-readable code such as `invalid_argument`.

@@ -2,9 +2,9 @@
 //! over any [`KeyStore`], for key owners what a cloud console gives them.
 //!
 //! Mount it under a prefix of your choice. It is protected by the crate's own
-//! layer: every route requires a key holding the management scope,
-//! [`DEFAULT_SCOPE`] (`apikeys.manage`) unless [`ManagementApiBuilder::scopes`]
-//! names others.
+//! layer: every route but the OpenAPI document's requires a key holding the
+//! management scope, [`DEFAULT_SCOPE`] (`apikeys.manage`) unless
+//! [`ManagementApiBuilder::scopes`] names others.
 //!
 //! ```
 //! use axum::Router;
@@ -54,10 +54,13 @@
 //! and a write under a stale `If-Match` answers 412. Errors are JSON
 //! ([`ErrorBody`]) and a refused request changes nothing.
 //!
+//! The router serves its OpenAPI 3.1 document at `{prefix}/openapi.json`,
+//! without a key; [`openapi`] returns it, to nest into an application's own.
 //! The routes, the key resource, every error and the rules of who may
 //! manage and grant what are in the guide, `docs/management.md` in the
 //! repository, with a session against the quickstart.
 
+mod document;
 mod error;
 mod etag;
 mod grant;
@@ -68,7 +71,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 
 pub use error::ErrorBody;
@@ -358,6 +361,9 @@ impl ManagementApiBuilder {
 
     /// The router, to mount with [`Router::nest`]. Named `build` like every
     /// builder of the crate; what it builds is a plain [`Router`].
+    ///
+    /// Besides the API it serves `GET /openapi.json`, the document
+    /// [`openapi`] returns, without a key.
     pub fn build(self) -> Router {
         if let Some(managing) = self.policy.required() {
             // Every router on this authenticator refuses to hand these out.
@@ -370,23 +376,39 @@ impl ManagementApiBuilder {
             grants: Arc::new(self.grants),
             body_limit: self.body_limit,
         };
-        Router::new()
-            .route("/keys", post(routes::create).get(routes::list))
-            .route(
-                // `{id}` or `{id}:reissue`: axum cannot match a suffix within a
-                // segment, so the handlers split it.
-                "/keys/{id}",
-                get(routes::get)
-                    .patch(routes::update)
-                    .delete(routes::delete)
-                    .post(routes::custom),
-            )
-            .route(
-                "/accounts/{service_account_id}/rate-limits",
-                get(routes::get_account_limits).put(routes::put_account_limits),
-            )
+        let (router, doc) = document::api()
             .route_layer(self.auth.layer(self.policy))
+            .split_for_parts();
+        router
+            // Added after the layer: the document holds no secret, and a
+            // client reads it before it has a key.
+            .route("/openapi.json", get(document::serve(doc)))
             .layer(DefaultBodyLimit::max(self.body_limit))
             .with_state(api)
     }
+}
+
+/// The OpenAPI 3.1 document of the management API, as every router of
+/// [`ManagementApiBuilder::build`] serves it (without a key) at
+/// `{prefix}/openapi.json`; the file `docs/management.openapi.json` in the
+/// repository is this document.
+///
+/// Its paths are relative to where the router is mounted. To publish the
+/// API in an application's own document, nest it under the same prefix:
+///
+/// ```
+/// use tower_api_key::management;
+/// use utoipa::openapi::OpenApi;
+///
+/// let app_doc = OpenApi::default(); // e.g. your `#[derive(utoipa::OpenApi)]` type's `openapi()`
+/// let doc = app_doc.nest("/admin", management::openapi());
+/// assert!(doc.paths.paths.contains_key("/admin/keys/{id}:reissue"));
+/// ```
+///
+/// The operations, their parameters, bodies and answers come from the same
+/// route table as the router's routes, and the schemas from the JSON types
+/// of this module, so the document cannot drift from what the API does.
+/// It does not depend on the builder's settings (scopes, access, body limit).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    document::api().into_openapi()
 }

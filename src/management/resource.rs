@@ -5,6 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::error::{scrub, ApiError};
 use crate::key::{KeyFormat, KeyId};
@@ -25,7 +26,7 @@ pub use crate::store::rules::{MAX_DESCRIPTION_LEN, MAX_GRACE_PERIOD, MAX_SERVICE
 ///
 /// Timestamps are RFC 3339 in UTC with milliseconds; `expires_at` and
 /// `last_used_at` are `null` when the key never expires or was never used.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[non_exhaustive]
 pub struct KeyResource {
     /// The public key id.
@@ -50,18 +51,22 @@ pub struct KeyResource {
     /// service account are not shown here: they belong to the account
     /// (`GET /accounts/{id}/rate-limits`).
     #[serde(default)]
+    // Always in the answers; `default` only lets older JSON deserialize.
+    #[schema(required = true)]
     pub rate_limits: Vec<RateLimitResource>,
     /// The key's credits, or `null` when it has none (no quota).
     #[serde(default)]
+    #[schema(required = true)]
     pub credits: Option<CreditsResource>,
     /// The leak report recorded on the key, or `null` when it was never
     /// reported leaked.
     #[serde(default)]
+    #[schema(required = true)]
     pub compromise: Option<CompromiseResource>,
 }
 
 /// A leak report recorded on a key, as the management API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[non_exhaustive]
 pub struct CompromiseResource {
     /// When the report was recorded (RFC 3339).
@@ -81,7 +86,7 @@ pub struct CompromiseResource {
 /// `period` (a duration such as `1s`, `1m`, `1h`, `1d`, `500ms`), at most
 /// `burst` at once. Always the full form: `burst` is shown even when it
 /// equals `limit`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[non_exhaustive]
 pub struct RateLimitResource {
     /// Requests per period.
@@ -103,7 +108,7 @@ impl From<&RateLimit> for RateLimitResource {
 }
 
 /// A key's credits as the management API shows them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[non_exhaustive]
 pub struct CreditsResource {
     /// Credits left, as the store counts them (replicas may hold a few
@@ -125,7 +130,7 @@ impl From<&Credits> for CreditsResource {
 /// A refill of credits: `remaining` is set back to `amount` at 00:00 UTC
 /// every day (`"daily"`), or every month on `day` (`"monthly"`; in shorter
 /// months, their last day).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[non_exhaustive]
 pub struct RefillResource {
     /// The credits a refill sets.
@@ -148,7 +153,7 @@ impl From<&Refill> for RefillResource {
 
 /// The rate limits of a service account, shared by all its keys: the body
 /// of `GET` and `PUT /accounts/{service_account_id}/rate-limits`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[non_exhaustive]
 pub struct AccountRateLimits {
     /// The limits; empty when the account has none.
@@ -203,7 +208,7 @@ impl From<&KeyInfo> for KeyResource {
 
 /// The answer to a create or a reissue: the resource and the whole key. The
 /// only responses that ever carry the secret.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[non_exhaustive]
 pub struct KeyWithSecret {
     /// The key's resource.
@@ -232,7 +237,7 @@ impl KeyWithSecret {
 }
 
 /// One page of a listing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[non_exhaustive]
 pub struct KeyList {
     /// The keys, oldest first.
@@ -263,20 +268,32 @@ fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
-/// `POST /keys`.
-#[derive(Debug, Deserialize)]
+/// The body of `POST /keys`: a key for `service_account_id`; every other
+/// field may be left out.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateKeyRequest {
+    /// The service account the key belongs to.
     service_account_id: String,
+    /// Free text (default empty).
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     description: Option<String>,
+    /// The scopes; absent or empty makes an unscoped key.
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     scopes: Option<Vec<String>>,
+    /// When the key stops working (RFC 3339, in the future); absent or
+    /// `null`: never.
     #[serde(default, deserialize_with = "nullable")]
     expires_at: Option<Option<String>>,
+    /// The key's own rate limits.
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     rate_limits: Option<Vec<RateLimitBody>>,
+    /// The key's credits (a quota).
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     credits: Option<CreditsBody>,
 }
 
@@ -309,17 +326,24 @@ impl CreateKeyRequest {
 /// `PATCH /keys/{id}`: absent fields stay as they are; `"expires_at": null`
 /// removes the expiry, `"rate_limits": null` (or `[]`) the rate limits and
 /// `"credits": null` the credits.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateKeyRequest {
+    /// The new description.
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     description: Option<String>,
+    /// The new scopes (all of them); empty makes the key unscoped.
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     scopes: Option<Vec<String>>,
+    /// The new expiry (RFC 3339), or `null` for none.
     #[serde(default, deserialize_with = "nullable")]
     expires_at: Option<Option<String>>,
+    /// The new rate limits, or `null` (or `[]`) for none.
     #[serde(default, deserialize_with = "nullable")]
     rate_limits: Option<Option<Vec<RateLimitBody>>>,
+    /// The new credits, or `null` for none.
     #[serde(default, deserialize_with = "nullable")]
     credits: Option<Option<CreditsBody>>,
 }
@@ -352,11 +376,13 @@ impl UpdateKeyRequest {
     }
 }
 
-/// `POST /keys/{id}:reissue`; an empty body is `{}`.
-#[derive(Debug, Default, Deserialize)]
+/// The body of `POST /keys/{id}:reissue`; an empty body is `{}`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReissueKeyRequest {
+    /// How long the old secret keeps working, in seconds (default 0).
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     grace_period_seconds: Option<u64>,
 }
 
@@ -370,32 +396,35 @@ impl ReissueKeyRequest {
 }
 
 /// A rate limit in a request body; `burst` defaults to `limit`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RateLimitBody {
     limit: u32,
     period: String,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     burst: Option<u32>,
 }
 
 /// Credits in a request body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreditsBody {
     remaining: u64,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     refill: Option<RefillBody>,
 }
 
 /// A refill in a request body: `day` is required for a monthly refill, and
 /// absent or 1 for a daily one (so a resource read back is a valid body).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RefillBody {
     amount: u64,
     interval: String,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     day: Option<u64>,
 }
 
@@ -435,9 +464,11 @@ impl CreditsBody {
 }
 
 /// The body of `POST /keys/{id}:addCredits`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AddCreditsRequest {
+    /// The credits to add: at least 1.
+    #[schema(minimum = 1)]
     amount: u64,
 }
 
@@ -453,7 +484,7 @@ impl AddCreditsRequest {
 }
 
 /// The body of `PUT /accounts/{service_account_id}/rate-limits`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AccountRateLimitsRequest {
     rate_limits: Vec<RateLimitBody>,
@@ -486,11 +517,19 @@ fn rate_limits_of(field: &str, bodies: &[RateLimitBody]) -> Result<Vec<RateLimit
 }
 
 /// The query of `GET /keys`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
+    /// The service account whose keys to list (required).
+    #[param(required = true, nullable = false)]
     pub(crate) service_account_id: Option<String>,
+    /// Most keys in the page: 1 to 200, 100 when absent (and fewer when
+    /// the page reaches 1 MiB).
+    #[param(nullable = false, minimum = 1, maximum = 200)]
     pub(crate) page_size: Option<usize>,
+    /// The `next_page_token` of the previous page.
+    #[param(nullable = false)]
     pub(crate) page_token: Option<String>,
 }
 

@@ -13,7 +13,7 @@ use http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::error::{scrub, ApiError};
+use super::error::{scrub, ApiError, ErrorBody};
 use super::etag::{etag, IfMatch};
 use super::grant::{Change, Grants, Target};
 use super::resource::{
@@ -373,6 +373,22 @@ fn check_grant_on(
 }
 
 /// `POST /keys`
+#[utoipa::path(
+    post,
+    path = "/keys",
+    operation_id = "create_key",
+    tag = "keys",
+    summary = "Create a key",
+    description = "Creates a key for a service account. The response holds the whole key (`secret`), shown only here and in a reissue.",
+    request_body(content = CreateKeyRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The key was created.", body = KeyWithSecret,
+            headers(("Location" = String, description = "`keys/{id}`, relative to `.../keys`."), ("ETag" = String, description = "The key's version, for `If-Match`."), ("Cache-Control" = String, description = "`no-store`."))),
+        (status = 409, description = "`already_exists` or `key_limit_reached`: the store refused the key.", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over the router's limit.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not JSON.", body = ErrorBody),
+    )
+)]
 pub(crate) async fn create(
     State(api): State<ApiState>,
     caller: Caller,
@@ -409,6 +425,19 @@ pub(crate) async fn create(
 }
 
 /// `GET /keys?service_account_id=...&page_size=...&page_token=...`
+#[utoipa::path(
+    get,
+    path = "/keys",
+    operation_id = "list_keys",
+    tag = "keys",
+    summary = "List a service account's keys",
+    description = "One page of a service account's keys, oldest first. A page also stops at 1 MiB of JSON; `next_page_token` continues it.",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page of keys.", body = KeyList,
+            headers(("Cache-Control" = String, description = "`no-store`."))),
+    )
+)]
 pub(crate) async fn list(
     State(api): State<ApiState>,
     caller: Caller,
@@ -474,6 +503,18 @@ fn json_len(value: &impl Serialize) -> usize {
 }
 
 /// `GET /keys/{id}`
+#[utoipa::path(
+    get,
+    path = "/keys/{id}",
+    operation_id = "get_key",
+    tag = "keys",
+    summary = "Read a key",
+    params(("id" = String, Path, description = "The key's id (`id` in its resource).")),
+    responses(
+        (status = 200, description = "The key (never its secret).", body = KeyResource, headers(("ETag" = String, description = "The key's version, for `If-Match`."), ("Cache-Control" = String, description = "`no-store`."))),
+        (status = 404, description = "`not_found`: no such key, or one the caller may not see.", body = ErrorBody),
+    )
+)]
 pub(crate) async fn get(
     State(api): State<ApiState>,
     caller: Caller,
@@ -488,6 +529,24 @@ pub(crate) async fn get(
 }
 
 /// `PATCH /keys/{id}`
+#[utoipa::path(
+    patch,
+    path = "/keys/{id}",
+    operation_id = "update_key",
+    tag = "keys",
+    summary = "Change a key",
+    description = "Changes the fields present in the body; absent fields stay as they are.",
+    params(("id" = String, Path, description = "The key's id (`id` in its resource)."), ("If-Match" = Option<String>, Header, nullable = false, description = "Write only if the key is still at this version: its `ETag` (or a list of them, or `*`); else 412.")),
+    request_body(content = UpdateKeyRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The key as changed.", body = KeyResource, headers(("ETag" = String, description = "The key's version, for `If-Match`."), ("Cache-Control" = String, description = "`no-store`."))),
+        (status = 404, description = "`not_found`: no such key, or one the caller may not see.", body = ErrorBody),
+        (status = 409, description = "`aborted`: the key kept changing concurrently; nothing was written.", body = ErrorBody),
+        (status = 412, description = "`failed_precondition`: the key is no longer at the version `If-Match` names.", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over the router's limit.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not JSON.", body = ErrorBody),
+    )
+)]
 pub(crate) async fn update(
     State(api): State<ApiState>,
     caller: Caller,
@@ -524,6 +583,21 @@ pub(crate) async fn update(
 }
 
 /// `DELETE /keys/{id}`
+#[utoipa::path(
+    delete,
+    path = "/keys/{id}",
+    operation_id = "delete_key",
+    tag = "keys",
+    summary = "Delete (revoke) a key",
+    params(("id" = String, Path, description = "The key's id (`id` in its resource)."), ("If-Match" = Option<String>, Header, nullable = false, description = "Write only if the key is still at this version: its `ETag` (or a list of them, or `*`); else 412.")),
+    responses(
+        (status = 204, description = "The key was deleted; it is refused from now on.",
+            headers(("Cache-Control" = String, description = "`no-store`."))),
+        (status = 404, description = "`not_found`: no such key, or one the caller may not see.", body = ErrorBody),
+        (status = 409, description = "`aborted`: the key kept changing concurrently; nothing was written.", body = ErrorBody),
+        (status = 412, description = "`failed_precondition`: the key is no longer at the version `If-Match` names.", body = ErrorBody),
+    )
+)]
 pub(crate) async fn delete(
     State(api): State<ApiState>,
     caller: Caller,
@@ -591,7 +665,26 @@ pub(crate) async fn custom(
 }
 
 /// `POST /keys/{id}:reissue`
-async fn reissue(
+#[utoipa::path(
+    post,
+    path = "/keys/{id}:reissue",
+    operation_id = "reissue_key",
+    tag = "keys",
+    summary = "Reissue a key",
+    description = "Gives the key a new secret; the old one keeps working for `grace_period_seconds` (default 0). An empty body is `{}`.",
+    params(("id" = String, Path, description = "The key's id (`id` in its resource)."), ("If-Match" = Option<String>, Header, nullable = false, description = "Write only if the key is still at this version: its `ETag` (or a list of them, or `*`); else 412.")),
+    // Optional (an empty body is `{}`): `document::api` marks it so.
+    request_body(content = ReissueKeyRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The key and its new secret.", body = KeyWithSecret, headers(("ETag" = String, description = "The key's version, for `If-Match`."), ("Cache-Control" = String, description = "`no-store`."))),
+        (status = 404, description = "`not_found`: no such key, or one the caller may not see.", body = ErrorBody),
+        (status = 409, description = "`aborted`: the key kept changing concurrently; nothing was written.", body = ErrorBody),
+        (status = 412, description = "`failed_precondition`: the key is no longer at the version `If-Match` names.", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over the router's limit.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not JSON.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn reissue(
     api: &ApiState,
     caller: &Caller,
     id: KeyId,
@@ -637,7 +730,24 @@ async fn reissue(
 }
 
 /// `POST /keys/{id}:addCredits`
-async fn add_credits(
+#[utoipa::path(
+    post,
+    path = "/keys/{id}:addCredits",
+    operation_id = "add_credits",
+    tag = "keys",
+    summary = "Add credits to a key",
+    params(("id" = String, Path, description = "The key's id (`id` in its resource)."), ("If-Match" = Option<String>, Header, nullable = false, description = "Write only if the key is still at this version: its `ETag` (or a list of them, or `*`); else 412.")),
+    request_body(content = AddCreditsRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The key with its credits added.", body = KeyResource, headers(("ETag" = String, description = "The key's version, for `If-Match`."), ("Cache-Control" = String, description = "`no-store`."))),
+        (status = 404, description = "`not_found`: no such key, or one the caller may not see.", body = ErrorBody),
+        (status = 409, description = "`failed_precondition` (the key has no credits) or `aborted` (it kept changing concurrently); nothing was written.", body = ErrorBody),
+        (status = 412, description = "`failed_precondition`: the key is no longer at the version `If-Match` names.", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over the router's limit.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not JSON.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn add_credits(
     api: &ApiState,
     caller: &Caller,
     id: KeyId,
@@ -693,6 +803,18 @@ fn account_of(
 }
 
 /// `GET /accounts/{service_account_id}/rate-limits`
+#[utoipa::path(
+    get,
+    path = "/accounts/{service_account_id}/rate-limits",
+    operation_id = "get_account_rate_limits",
+    tag = "accounts",
+    summary = "Read a service account's rate limits",
+    params(("service_account_id" = String, Path, description = "The service account.")),
+    responses(
+        (status = 200, description = "The account's limits, shared by all its keys.", body = AccountRateLimits,
+            headers(("Cache-Control" = String, description = "`no-store`."))),
+    )
+)]
 pub(crate) async fn get_account_limits(
     State(api): State<ApiState>,
     caller: Caller,
@@ -704,6 +826,22 @@ pub(crate) async fn get_account_limits(
 }
 
 /// `PUT /accounts/{service_account_id}/rate-limits`
+#[utoipa::path(
+    put,
+    path = "/accounts/{service_account_id}/rate-limits",
+    operation_id = "put_account_rate_limits",
+    tag = "accounts",
+    summary = "Set a service account's rate limits",
+    description = "Replaces the account's limits; an empty list removes them.",
+    params(("service_account_id" = String, Path, description = "The service account.")),
+    request_body(content = AccountRateLimitsRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The account's limits as set.", body = AccountRateLimits,
+            headers(("Cache-Control" = String, description = "`no-store`."))),
+        (status = 413, description = "`payload_too_large`: the body is over the router's limit.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not JSON.", body = ErrorBody),
+    )
+)]
 pub(crate) async fn put_account_limits(
     State(api): State<ApiState>,
     caller: Caller,
