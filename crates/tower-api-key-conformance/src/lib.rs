@@ -34,7 +34,7 @@
 //!    ```
 //!
 //!    `open` returns `None` to skip every test (after saying so), as the
-//!    PostgreSQL factory does without `DATABASE_URL`; `finish` cleans up.
+//!    PostgreSQL factory does when it has no server; `finish` cleans up.
 //! 3. In the store's test file (`tests/sqlite.rs`, say), with this crate
 //!    as a dev-dependency: the factory, then
 //!    `tower_api_key_conformance::store_conformance!(SqliteFactory);` for the
@@ -46,8 +46,9 @@
 //!
 //! `cargo test --all-features --test memory_store conformance` runs the
 //! suite on the memory store from the root crate, `-p tower-api-key-sqlite`
-//! and `-p tower-api-key-postgres` on the SQL stores (PostgreSQL needs
-//! `DATABASE_URL`: source `.ci/postgres.sh` first), and
+//! and `-p tower-api-key-postgres` on the SQL stores (PostgreSQL uses
+//! `DATABASE_URL`, or starts a throwaway server when PostgreSQL is
+//! installed), and
 //! `cargo test -p tower-api-key-conformance` runs it on an outside store
 //! written with public items only (`tests/outside_store.rs`, keys in a
 //! `BTreeMap` behind a mutex).

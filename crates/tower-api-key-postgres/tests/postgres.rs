@@ -1526,7 +1526,13 @@ async fn a_key_of_an_account_too_long_for_a_payload_is_still_revoked_everywhere(
         return;
     };
     let a = db.store().await;
-    let b = db.store().await;
+    // LISTEN alone: the change-log poll would announce the key with its account.
+    let b = db
+        .builder()
+        .change_feed(ChangeFeed::Listen)
+        .connect()
+        .await
+        .unwrap();
     let cache_b = cache(&b);
     let mut seen_b = Watch::on(&b);
     let created = a.create(NewKey::new("sa-1")).await.unwrap();
