@@ -12,7 +12,9 @@
 set -euo pipefail
 : "${PGBOUNCER_URL:?source .ci/postgres.sh and .ci/pgbouncer.sh first}"
 cd "$(dirname "$0")/.."
-cargo build --quiet -p tower-api-key-cli -p tower-api-key-examples --example quickstart
+# Two builds: with --example, cargo builds only the example, not the CLI binary.
+cargo build --quiet -p tower-api-key-cli
+cargo build --quiet -p tower-api-key-examples --example quickstart
 target=${CARGO_TARGET_DIR:-target}
 cli="$target/debug/tower-api-key"
 export DATABASE_URL="$PGBOUNCER_URL"
