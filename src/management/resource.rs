@@ -492,6 +492,8 @@ pub(crate) struct ListQuery {
     pub(crate) service_account_id: Option<String>,
     pub(crate) page_size: Option<usize>,
     pub(crate) page_token: Option<String>,
+    /// A duration such as `90d` ([`parse_duration`](crate::time::parse_duration)).
+    pub(crate) unused_for: Option<String>,
 }
 
 /// A key id from a path; the message never echoes long input.

@@ -408,7 +408,7 @@ pub(crate) async fn create(
     Ok(response)
 }
 
-/// `GET /keys?service_account_id=...&page_size=...&page_token=...`
+/// `GET /keys?service_account_id=...&page_size=...&page_token=...&unused_for=...`
 pub(crate) async fn list(
     State(api): State<ApiState>,
     caller: Caller,
@@ -421,9 +421,18 @@ pub(crate) async fn list(
     };
     let account = resource::service_account_id(&account)?;
     api.check_account(&caller, &account)?;
+    let unused_for = query
+        .unused_for
+        .as_deref()
+        .map(|text| {
+            crate::time::parse_duration(text)
+                .map_err(|e| ApiError::invalid(format!("query: unused_for is {e}")))
+        })
+        .transpose()?;
     let mut request = ListRequest {
         page_size: query.page_size,
         page_token: query.page_token,
+        unused_for,
     };
     loop {
         let page = api.store.list(&account, request.clone()).await?;
