@@ -73,6 +73,74 @@ pub fn parse_rfc3339(text: &str) -> Result<SystemTime, InvalidTime> {
     parse(text.as_bytes()).ok_or(InvalidTime {})
 }
 
+/// A text that is not a duration [`parse_duration`] reads. Its message
+/// shows what one looks like, never the text (it may be a pasted secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InvalidDuration {}
+
+impl fmt::Display for InvalidDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "not a duration such as 90d, 12h, 30m, 45s or 1h30m \
+             (units: w, d, h, m or min, s, ms)",
+        )
+    }
+}
+
+impl std::error::Error for InvalidDuration {}
+
+/// Parses a duration: one or more `<whole number><unit>` parts, optionally
+/// separated by spaces, added up (`90d`, `1h30m`, `1h 30m`). Units: `w`
+/// (7 days), `d`, `h`, `m` or `min`, `s`, `ms`, and their long forms
+/// (`days`, `hours`, `minutes`, `seconds`, ...). Months and years are
+/// refused: their length is not fixed. The one parser of the management
+/// API's `unused_for` and the CLI's durations (`--expires-in`,
+/// `--unused-for`).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_api_key::time::parse_duration;
+///
+/// assert_eq!(parse_duration("90d")?, Duration::from_secs(90 * 86_400));
+/// assert_eq!(parse_duration("1h 30m")?, Duration::from_secs(5_400));
+/// assert!(parse_duration("soon").is_err());
+/// # Ok::<(), tower_api_key::time::InvalidDuration>(())
+/// ```
+pub fn parse_duration(text: &str) -> Result<Duration, InvalidDuration> {
+    let invalid = InvalidDuration {};
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(invalid);
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        // At most 19 digits: every such number fits a u64.
+        if digits == 0 || digits > 19 {
+            return Err(invalid);
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| InvalidDuration {})?;
+        rest = &rest[digits..];
+        let letters = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = match &rest[..letters] {
+            "ms" | "msec" | "millis" | "milliseconds" | "millisecond" => Duration::from_millis(1),
+            "s" | "sec" | "secs" | "second" | "seconds" => Duration::from_secs(1),
+            "m" | "min" | "mins" | "minute" | "minutes" => Duration::from_secs(60),
+            "h" | "hr" | "hrs" | "hour" | "hours" => Duration::from_secs(3_600),
+            "d" | "day" | "days" => Duration::from_secs(DAY as u64),
+            "w" | "week" | "weeks" => Duration::from_secs(7 * DAY as u64),
+            _ => return Err(invalid),
+        };
+        let part = unit
+            .checked_mul(u32::try_from(n).map_err(|_| InvalidDuration {})?)
+            .ok_or(InvalidDuration {})?;
+        total = total.checked_add(part).ok_or(InvalidDuration {})?;
+        rest = rest[letters..].trim_start();
+    }
+    Ok(total)
+}
+
 /// `at` in UTC with three fractional digits, clamped to 1970..=9999 (see
 /// the [module](self)): `2030-01-31T12:00:00.250Z`.
 pub fn format_rfc3339_millis(at: SystemTime) -> String {
@@ -235,6 +303,36 @@ mod tests {
 
     /// 2030-01-31T12:00:00Z.
     const NOON: u64 = 1_896_091_200;
+
+    #[test]
+    fn durations_read_as_the_cli_and_the_api_write_them() {
+        let d = |t: &str| parse_duration(t);
+        assert_eq!(d("90d"), Ok(Duration::from_secs(90 * 86_400)));
+        assert_eq!(d("1h"), Ok(Duration::from_secs(3_600)));
+        assert_eq!(d("30m"), Ok(Duration::from_secs(1_800)));
+        assert_eq!(d("30min"), Ok(Duration::from_secs(1_800)));
+        assert_eq!(d("2w"), Ok(Duration::from_secs(14 * 86_400)));
+        assert_eq!(d("0s"), Ok(Duration::ZERO));
+        assert_eq!(d("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(d("1h 30m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(d("1h30m15s"), Ok(Duration::from_secs(5_415)));
+        for bad in [
+            "",
+            " ",
+            "90",
+            "d",
+            "9x",
+            "1y",
+            "3M",
+            "-1d",
+            "1.5h",
+            "1h-",
+            "99999999999999999999d",
+            "18446744073709551615w",
+        ] {
+            assert_eq!(d(bad), Err(InvalidDuration {}), "{bad:?}");
+        }
+    }
 
     #[test]
     fn day_counts_and_dates_agree_over_four_centuries() {

@@ -441,6 +441,69 @@ async fn listing_is_paged() {
     assert_eq!(listed, ids, "oldest first, each once");
 }
 
+/// `unused_for` lists the keys never used or not used for that long, in
+/// the listing's pages; a duration that does not parse is 400 naming the
+/// parameter, never echoing it.
+#[tokio::test]
+async fn unused_for_lists_only_keys_not_used_for_that_long() {
+    let app = app(|api| api).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let secret = mint(&app.store, "sa-idle", &[TRANSLATE]).await;
+        ids.push(secret[4..20].to_owned());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let used = mint(&app.store, "sa-idle", &[TRANSLATE]).await;
+    assert_eq!(app.translate(&used).await.status, 200);
+    app.usage.flush().await.unwrap();
+    let app = &app;
+    let list = |query: String| async move {
+        let reply = app.admin("GET", &format!("/keys?{query}"), None).await;
+        assert_eq!(reply.status, 200, "{query}");
+        reply.json()
+    };
+    let ids_of = |page: &Value| -> Vec<String> {
+        page["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = list("service_account_id=sa-idle&unused_for=1h".into()).await;
+    assert_eq!(ids_of(&all), ids, "the used key is left out");
+    let first = list("service_account_id=sa-idle&unused_for=90d&page_size=2".into()).await;
+    assert_eq!(ids_of(&first), ids[..2]);
+    let token = first["next_page_token"].as_str().unwrap();
+    let second = list(format!(
+        "service_account_id=sa-idle&unused_for=90d&page_size=2&page_token={token}"
+    ))
+    .await;
+    assert_eq!(ids_of(&second), ids[2..]);
+    assert_eq!(second["next_page_token"], Value::Null);
+    // Without the filter the used key is there.
+    let everything = list("service_account_id=sa-idle".into()).await;
+    assert_eq!(everything["keys"].as_array().unwrap().len(), 4);
+
+    for bad in ["soon", "90", "-1d", "1y", ""] {
+        let reply = app
+            .admin(
+                "GET",
+                &format!("/keys?service_account_id=sa-idle&unused_for={bad}"),
+                None,
+            )
+            .await;
+        assert_eq!(reply.status, 400, "{bad:?}");
+        let body = reply.json();
+        assert_eq!(body["error"], "invalid_argument");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("query: unused_for is not a duration such as 90d"),
+            "{message}"
+        );
+    }
+}
+
 /// A listing page holds at most `management::MAX_PAGE_BYTES` of keys as
 /// this API writes them (the store pages by count only, so the API trims),
 /// a full page stops only where the next key would not fit, the token

@@ -531,6 +531,10 @@ pub(crate) struct ListQuery {
     /// The `next_page_token` of the previous page.
     #[param(nullable = false)]
     pub(crate) page_token: Option<String>,
+    /// Only the keys never used or last used longer ago than this: a
+    /// duration such as `90d`, `12h` or `1h30m` (units w, d, h, m, s, ms).
+    #[param(nullable = false)]
+    pub(crate) unused_for: Option<String>,
 }
 
 /// A key id from a path; the message never echoes long input.

@@ -424,14 +424,14 @@ pub(crate) async fn create(
     Ok(response)
 }
 
-/// `GET /keys?service_account_id=...&page_size=...&page_token=...`
+/// `GET /keys?service_account_id=...&page_size=...&page_token=...&unused_for=...`
 #[utoipa::path(
     get,
     path = "/keys",
     operation_id = "list_keys",
     tag = "keys",
     summary = "List a service account's keys",
-    description = "One page of a service account's keys, oldest first. A page also stops at 1 MiB of JSON; `next_page_token` continues it.",
+    description = "One page of a service account's keys, oldest first; with `unused_for`, only those never used or last used longer ago than that. A page also stops at 1 MiB of JSON; `next_page_token` continues it.",
     params(ListQuery),
     responses(
         (status = 200, description = "One page of keys.", body = KeyList,
@@ -450,9 +450,18 @@ pub(crate) async fn list(
     };
     let account = resource::service_account_id(&account)?;
     api.check_account(&caller, &account)?;
+    let unused_for = query
+        .unused_for
+        .as_deref()
+        .map(|text| {
+            crate::time::parse_duration(text)
+                .map_err(|e| ApiError::invalid(format!("query: unused_for is {e}")))
+        })
+        .transpose()?;
     let mut request = ListRequest {
         page_size: query.page_size,
         page_token: query.page_token,
+        unused_for,
     };
     loop {
         let page = api.store.list(&account, request.clone()).await?;

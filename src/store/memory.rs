@@ -409,6 +409,7 @@ impl KeyStore for MemoryStore {
             None => None,
             Some(token) => Some(parse_page_token(token).ok_or(StoreError::InvalidPageToken)?),
         };
+        let unused_before = page.unused_before(self.now());
         let keys = self.read();
         let Some(mine) = keys.by_account.get(service_account_id) else {
             return Ok(KeyPage {
@@ -425,6 +426,7 @@ impl KeyStore for MemoryStore {
         let rest = mine
             .range((from, Bound::Unbounded))
             .filter_map(|(_, id)| keys.get(id))
+            .filter(|s| ListRequest::keeps(unused_before, s.last_used_at))
             .map(|s| Ok::<_, StoreError>(keys.info(s)));
         let (page, more) = fill_page(rest, size)?;
         let next_page_token = more

@@ -304,6 +304,10 @@ pub struct ListRequest {
     pub page_size: Option<usize>,
     /// The `next_page_token` of the previous page.
     pub page_token: Option<String>,
+    /// Only keys never used, or last used longer ago than this before the
+    /// store's clock's now ([`ListRequest::unused_before`]); pass the same
+    /// value on every page.
+    pub unused_for: Option<Duration>,
 }
 
 impl ListRequest {
@@ -312,6 +316,7 @@ impl ListRequest {
         Self {
             page_size: Some(page_size),
             page_token: None,
+            unused_for: None,
         }
     }
 
@@ -320,6 +325,35 @@ impl ListRequest {
         Self {
             page_size: Some(page_size),
             page_token: Some(token.into()),
+            unused_for: None,
+        }
+    }
+
+    /// Only keys never used or last used longer than `unused_for` ago.
+    pub fn with_unused_for(mut self, unused_for: Duration) -> Self {
+        self.unused_for = Some(unused_for);
+        self
+    }
+
+    /// The instant a listing with [`unused_for`](ListRequest::unused_for)
+    /// keeps keys last used before (strictly), at `now`; `None` without
+    /// the filter. A duration longer than the time since 1970 gives the
+    /// epoch: only keys never used remain. A key is kept when
+    /// `last_used_at` is `None` or earlier than this.
+    pub fn unused_before(&self, now: SystemTime) -> Option<SystemTime> {
+        self.unused_for.map(|d| {
+            now.checked_sub(d)
+                .filter(|at| *at >= SystemTime::UNIX_EPOCH)
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        })
+    }
+
+    /// Whether a key last used at `last_used_at` belongs in a listing with
+    /// cutoff `unused_before` (from [`ListRequest::unused_before`]).
+    pub fn keeps(unused_before: Option<SystemTime>, last_used_at: Option<SystemTime>) -> bool {
+        match (unused_before, last_used_at) {
+            (None, _) | (Some(_), None) => true,
+            (Some(cutoff), Some(used)) => used < cutoff,
         }
     }
 

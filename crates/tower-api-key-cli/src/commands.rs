@@ -124,9 +124,16 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
         }
         KeysCommand::List {
             account: None,
-            compromised: _,
+            compromised,
+            unused_for,
         } => {
-            // Every account's keys: the export's pages, which hold them all.
+            // Every account's keys: the export's pages, which hold them all
+            // (an operator's sweep; one account's listing uses its index).
+            let unused_before = unused_for.and_then(|d| {
+                ListRequest::default()
+                    .with_unused_for(d)
+                    .unused_before(SystemTime::now())
+            });
             let mut all = Vec::new();
             let mut after = None;
             loop {
@@ -138,7 +145,8 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
                 all.extend(
                     page.into_iter()
                         .map(|k| k.info)
-                        .filter(|info| info.record.compromise.is_some()),
+                        .filter(|info| !compromised || info.record.compromise.is_some())
+                        .filter(|info| ListRequest::keeps(unused_before, info.last_used_at)),
                 );
             }
             output::keys(&all, ctx.output)?;
@@ -146,11 +154,16 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
         KeysCommand::List {
             account: Some(account),
             compromised,
+            unused_for,
         } => {
             validate::account("--account", &account)?;
+            let filter = |page: ListRequest| match unused_for {
+                Some(d) => page.with_unused_for(d),
+                None => page,
+            };
             let mut all = Vec::new();
             let mut page = store
-                .list(&account, ListRequest::first(MAX_PAGE_SIZE))
+                .list(&account, filter(ListRequest::first(MAX_PAGE_SIZE)))
                 .await?;
             loop {
                 all.append(&mut page.keys);
@@ -158,7 +171,7 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
                     break;
                 };
                 page = store
-                    .list(&account, ListRequest::after(MAX_PAGE_SIZE, token))
+                    .list(&account, filter(ListRequest::after(MAX_PAGE_SIZE, token)))
                     .await?;
             }
             if compromised {

@@ -157,18 +157,28 @@ enum KeysCommand {
         limits: Limits,
     },
     /// List a service account's keys (every page); with `--compromised`,
-    /// only keys reported leaked (of every account when none is named).
+    /// only keys reported leaked, with `--unused-for`, only keys never used
+    /// or not used for that long (of every account when none is named).
     #[command(
         after_help = "Example:\n  tower-api-key keys list --account sa-reports -o json\n  \
-                  tower-api-key keys list --compromised"
+                  tower-api-key keys list --compromised\n  \
+                  tower-api-key keys list --unused-for 90d --account sa-reports"
     )]
     List {
         /// The service account.
-        #[arg(long, value_name = "SA", required_unless_present = "compromised")]
+        #[arg(
+            long,
+            value_name = "SA",
+            required_unless_present_any = ["compromised", "unused_for"]
+        )]
         account: Option<String>,
         /// Only keys with a leak report recorded (`compromised_at`).
         #[arg(long)]
         compromised: bool,
+        /// Only keys never used, or last used longer ago than this
+        /// (90d, 12h, 30m).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        unused_for: Option<Duration>,
     },
     /// Show one key.
     #[command(after_help = "Example:\n  tower-api-key keys get 7Hq2xQpLrT0aBcDe")]
@@ -383,8 +393,9 @@ fn parse_refill(text: &str) -> Result<Refill, String> {
     refill.map_err(|e| e.to_string())
 }
 
+/// The management API's parser, so both read a duration alike.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{e} (such as 90d, 1h, 30min)"))
+    tower_api_key::time::parse_duration(text).map_err(|e| e.to_string())
 }
 
 #[tokio::main]

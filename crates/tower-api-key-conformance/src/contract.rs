@@ -479,6 +479,102 @@ pub async fn list_pages_through_an_accounts_keys_oldest_first<F: StoreFactory>(f
     assert_eq!(nobody.next_page_token, None);
 }
 
+/// Every page of `account`'s keys unused for `unused_for`, at `page_size`:
+/// the ids, and the size of each page.
+async fn list_unused(
+    store: &dyn KeyStore,
+    account: &str,
+    unused_for: Duration,
+    page_size: usize,
+) -> (Vec<KeyId>, Vec<usize>) {
+    let mut ids = Vec::new();
+    let mut sizes = Vec::new();
+    let mut request = ListRequest::first(page_size).with_unused_for(unused_for);
+    loop {
+        let page = store.list(account, request).await.unwrap();
+        sizes.push(page.keys.len());
+        ids.extend(page.keys.iter().map(|k| k.record.key_id));
+        match page.next_page_token {
+            Some(token) => {
+                request = ListRequest::after(page_size, token).with_unused_for(unused_for)
+            }
+            None => return (ids, sizes),
+        }
+    }
+}
+
+/// `unused_for` lists the keys never used or last used strictly before
+/// now (the store's clock) minus the duration, in the listing's order and
+/// pages: never used, used long ago, used recently, used exactly at the
+/// cutoff (kept out), a cutoff between two microseconds, and pages that
+/// end on a key followed only by recently used ones.
+pub async fn list_unused_for_keeps_keys_never_used_or_last_used_before_the_cutoff<
+    F: StoreFactory,
+>(
+    f: &F,
+) {
+    let (store, clock) = clocked(f).await;
+    let keys = create_keys(&store, &clock, "sa-idle", 7).await;
+    let other = create_keys(&store, &clock, "sa-other", 1).await;
+    let start = clock.now();
+    let day = Duration::from_secs(86_400);
+    clock.set(start + 100 * day);
+    let now = clock.now();
+    let cutoff = now - 30 * day;
+    // keys[0] and keys[5]: never used.
+    store
+        .record_usage(&[
+            (keys[1], start + Duration::from_secs(1)),   // long ago
+            (keys[2], now - Duration::from_secs(3_600)), // recently
+            (keys[3], cutoff),                           // at the cutoff: not before it
+            (keys[4], cutoff - Duration::from_secs(1)),  // just before it
+            (keys[6], now),                              // just now
+        ])
+        .await
+        .unwrap();
+    let unused = vec![keys[0], keys[1], keys[4], keys[5]];
+    for (size, pages) in [
+        (1, vec![1, 1, 1, 1]),
+        (2, vec![2, 2]),
+        (3, vec![3, 1]),
+        (4, vec![4]),
+        (MAX_PAGE_SIZE, vec![4]),
+    ] {
+        assert_eq!(
+            list_unused(&store, "sa-idle", 30 * day, size).await,
+            (unused.clone(), pages),
+            "page size {size}"
+        );
+    }
+    // Zero: every key not used at this very instant.
+    let (all_but_now, _) = list_unused(&store, "sa-idle", Duration::ZERO, 100).await;
+    assert_eq!(all_but_now, keys[..6].to_vec());
+    // Longer than the time since 1970: only keys never used.
+    let (never, _) = list_unused(&store, "sa-idle", 1_000_000 * 365 * day, 100).await;
+    assert_eq!(never, vec![keys[0], keys[5]]);
+    // Another account's unused key is not listed.
+    let (theirs, _) = list_unused(&store, "sa-other", 30 * day, 100).await;
+    assert_eq!(theirs, other);
+    let (nobody, sizes) = list_unused(&store, "sa-nobody", 30 * day, 100).await;
+    assert!(nobody.is_empty());
+    assert_eq!(sizes, [0]);
+
+    // Half a microsecond later, the key used at the old cutoff was used
+    // before the new one: a store keeping microseconds must round the
+    // cutoff up, not down.
+    clock.set(now + Duration::from_nanos(500));
+    let (listed, _) = list_unused(&store, "sa-idle", 30 * day, 100).await;
+    assert_eq!(listed, vec![keys[0], keys[1], keys[3], keys[4], keys[5]]);
+
+    // A use moves a key out of the listing; time moves it back in.
+    store.record_usage(&[(keys[0], now)]).await.unwrap();
+    let (listed, _) = list_unused(&store, "sa-idle", 30 * day, 100).await;
+    assert_eq!(listed, vec![keys[1], keys[3], keys[4], keys[5]]);
+    clock.set(now + 31 * day);
+    let (listed, _) = list_unused(&store, "sa-idle", 30 * day, 100).await;
+    assert_eq!(listed, keys);
+}
+
 pub async fn list_orders_keys_created_at_the_same_instant_stably<F: StoreFactory>(f: &F) {
     // A clock that never moves: every key has the same creation time.
     let (store, _clock) = clocked(f).await;

@@ -337,6 +337,7 @@ macro_rules! __store_conformance {
                 contract::list_continues_after_the_last_key_of_a_page_is_revoked,
                 contract::list_continues_after_the_last_key_of_a_page_is_revoked_when_all_share_a_creation_time,
                 contract::list_pages_through_keys_created_before_and_after_the_unix_epoch,
+                contract::list_unused_for_keeps_keys_never_used_or_last_used_before_the_cutoff,
                 contract::create_refuses_a_key_past_the_accounts_limit_until_one_is_deleted,
                 contract::concurrent_creates_for_one_account_never_pass_the_limit,
                 contract::accounts_hold_at_most_a_thousand_keys_by_default,

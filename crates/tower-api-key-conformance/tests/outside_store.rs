@@ -363,12 +363,14 @@ impl KeyStore for OutsideStore {
             None => None,
             Some(token) => Some(parse_page_token(token).ok_or(StoreError::InvalidPageToken)?),
         };
+        let unused_before = page.unused_before(self.now());
         let state = self.state();
         let mut mine: Vec<&Entry> = state
             .keys
             .values()
             .filter(|e| &*e.record.service_account_id == account)
             .filter(|e| after.is_none_or(|a| (e.record.created_at, e.record.key_id) > a))
+            .filter(|e| ListRequest::keeps(unused_before, e.last_used_at))
             .collect();
         mine.sort_by_key(|e| (e.record.created_at, e.record.key_id));
         // At most `size` keys: a store pages by count only.

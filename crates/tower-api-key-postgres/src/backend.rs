@@ -164,21 +164,32 @@ impl Backend for Pg {
         Ok(self.rows(&sql, &[(&id, Type::TEXT)]).await?.pop())
     }
 
-    async fn list(&self, account: &str, after: Option<(SystemTime, String)>, limit: i64) -> Rows {
+    async fn list(
+        &self,
+        account: &str,
+        after: Option<(SystemTime, String)>,
+        unused_before: Option<SystemTime>,
+        limit: i64,
+    ) -> Rows {
+        // No index on last_used_at: the account's index bounds the read, and
+        // a usage flush, which changes no indexed column, stays a HOT update
+        // (docs/postgres.md).
         let sql = format!(
             "SELECT {} FROM tower_api_key_keys
               WHERE service_account_id = $1
                 AND ($2::timestamptz IS NULL OR (created_at, key_id) > ($2, $3::text))
+                AND ($5::timestamptz IS NULL OR last_used_at IS NULL OR last_used_at < $5)
               ORDER BY created_at, key_id
               LIMIT $4",
             select_columns()
         );
         let (at, id) = after.unzip();
-        let params: [Param<'_>; 4] = [
+        let params: [Param<'_>; 5] = [
             (&account, Type::TEXT),
             (&at, Type::TIMESTAMPTZ),
             (&id, Type::TEXT),
             (&limit, Type::INT8),
+            (&unused_before, Type::TIMESTAMPTZ),
         ];
         self.rows(&sql, &params).await
     }

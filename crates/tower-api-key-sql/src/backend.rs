@@ -48,8 +48,17 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Up to `limit` rows of `account` after `after` (created_at, key_id),
     /// in listing order (created_at, then key_id), with the account's
-    /// limits.
-    async fn list(&self, account: &str, after: Option<(SystemTime, String)>, limit: i64) -> Rows;
+    /// limits; with `unused_before`, only rows whose `last_used_at` is NULL
+    /// or earlier than it (a whole microsecond). Served by the account's
+    /// index (service_account_id, created_at, key_id), so it reads the
+    /// account's keys only, never the whole table.
+    async fn list(
+        &self,
+        account: &str,
+        after: Option<(SystemTime, String)>,
+        unused_before: Option<SystemTime>,
+        limit: i64,
+    ) -> Rows;
 
     /// Up to `limit` whole rows with key ids after `after`, in key id order.
     async fn export(&self, after: Option<String>, limit: i64) -> Rows;

@@ -422,6 +422,16 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
                 }
             }
         };
+        // Stored uses are whole microseconds: "used before the cutoff" for a
+        // cutoff between two microseconds is "before the next one".
+        let unused_before = page.unused_before(self.clock.now()).map(|at| {
+            let floor = micros(at);
+            if floor == at {
+                at
+            } else {
+                floor.checked_add(Duration::from_micros(1)).unwrap_or(floor)
+            }
+        });
         // Unreadable rows are skipped: read on past them until the page
         // (and one more key) is full or the account's keys end.
         let mut cursor = after;
@@ -430,7 +440,12 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
             let want = size + 1 - readable.len();
             let rows = self
                 .backend
-                .list(service_account_id, cursor.take(), want as i64)
+                .list(
+                    service_account_id,
+                    cursor.take(),
+                    unused_before,
+                    want as i64,
+                )
                 .await
                 .map_err(StoreError::Backend)?;
             for row in &rows {

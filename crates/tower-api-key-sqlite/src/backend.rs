@@ -218,23 +218,31 @@ impl Backend for Sqlite {
         self.db.run(move |conn| key(conn, &id)).await
     }
 
-    async fn list(&self, account: &str, after: Option<(SystemTime, String)>, limit: i64) -> Rows {
+    async fn list(
+        &self,
+        account: &str,
+        after: Option<(SystemTime, String)>,
+        unused_before: Option<SystemTime>,
+        limit: i64,
+    ) -> Rows {
         let account = account.to_owned();
         let after = after
             .map(|(at, id)| Ok::<_, BoxError>((to_micros(at)?, id)))
             .transpose()?;
+        let unused_before = unused_before.map(to_micros).transpose()?;
         self.db
             .run(move |conn| {
                 let sql = format!(
                     "SELECT {} FROM {TABLE}
                       WHERE service_account_id = ?1
                         AND (?2 IS NULL OR (created_at, key_id) > (?2, ?3))
+                        AND (?5 IS NULL OR last_used_at IS NULL OR last_used_at < ?5)
                       ORDER BY created_at, key_id
                       LIMIT ?4",
                     select_columns()
                 );
                 let (at, id) = after.unzip();
-                rows(conn, &sql, (account, at, id, limit))
+                rows(conn, &sql, (account, at, id, limit, unused_before))
             })
             .await
     }
