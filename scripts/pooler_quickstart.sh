@@ -12,47 +12,20 @@
 set -euo pipefail
 : "${PGBOUNCER_URL:?source .ci/postgres.sh and .ci/pgbouncer.sh first}"
 cd "$(dirname "$0")/.."
-# Two builds: with --example, cargo builds only the example, not the CLI binary.
-cargo build --quiet -p tower-api-key-cli
-cargo build --quiet -p tower-api-key-examples --example quickstart
-target=${CARGO_TARGET_DIR:-target}
-cli="$target/debug/tower-api-key"
 export DATABASE_URL="$PGBOUNCER_URL"
+. scripts/quickstart_lib.sh
+start_quickstart
 
-work=$(mktemp -d)
-server=
-cleanup() {
-    [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-BIND=127.0.0.1:0 "$target/debug/examples/quickstart" >"$work/out" 2>"$work/err" &
-server=$!
-for _ in $(seq 1 600); do
-    grep -q '^export ADDR=' "$work/out" 2>/dev/null && break
-    kill -0 "$server" 2>/dev/null || { cat "$work/err" >&2; echo "the quickstart exited" >&2; exit 1; }
-    sleep 0.1
-done
-addr=$(sed -n 's/^export ADDR=//p' "$work/out")
-[ -n "$addr" ] || { echo "the quickstart did not print its address within 60 s" >&2; exit 1; }
-
-status() {
-    printf 'header = "Authorization: Api-Key %s"\n' "$key" |
-        curl -s -o /dev/null -w '%{http_code}' -K - "http://$addr/whoami"
-}
 key=$("$cli" keys create --account sa-pooler 2>/dev/null)
-# A key is `<prefix>_<key id>_<secret>`: the id is public.
-key_id=${key#*_}
-key_id=${key_id%%_*}
-code=$(status)
+key_id=$(id_of "$key")
+code=$(status "$key" /whoami)
 [ "$code" = 200 ] || { echo "a key the CLI created through the pooler: $code, not 200" >&2; exit 1; }
 echo "pooler_quickstart: the CLI's key is accepted by the quickstart (200), both through PgBouncer"
 
 "$cli" keys revoke "$key_id" >/dev/null
 start=$(date +%s%N)
 while :; do
-    code=$(status)
+    code=$(status "$key" /whoami)
     now=$(date +%s%N)
     elapsed=$(( (now - start) / 1000000 ))
     [ "$code" = 401 ] && break

@@ -11,41 +11,11 @@
 #   bash scripts/unused_quickstart.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Two builds: `--example` alone would leave the CLI's binary unbuilt.
-cargo build --quiet --all-features -p tower-api-key-cli
-cargo build --quiet --all-features -p tower-api-key-examples --example quickstart
-target=${CARGO_TARGET_DIR:-target}
-
+. scripts/quickstart_lib.sh
 work=$(mktemp -d)
-server=
-cleanup() {
-    [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
-    rm -rf "$work"
-}
-trap cleanup EXIT
-# Copies, so another build into a shared target directory cannot swap them.
-cp "$target/debug/tower-api-key" "$target/debug/examples/quickstart" "$work/"
-cli="$work/tower-api-key"
 export DATABASE_URL="sqlite:$work/keys.db"
+start_quickstart
 
-BIND=127.0.0.1:0 "$work/quickstart" >"$work/out" 2>"$work/err" &
-server=$!
-for _ in $(seq 1 600); do
-    grep -q '^export ADDR=' "$work/out" 2>/dev/null && break
-    kill -0 "$server" 2>/dev/null || { cat "$work/err" >&2; echo "the quickstart exited" >&2; exit 1; }
-    sleep 0.1
-done
-addr=$(sed -n 's/^export ADDR=//p' "$work/out")
-[ -n "$addr" ] || { echo "the quickstart did not print its address within 60 s" >&2; exit 1; }
-# The admin key is printed after the address; wait for it too.
-for _ in $(seq 1 100); do
-    grep -q '^export API_KEY_ADMIN=' "$work/out" && break
-    sleep 0.1
-done
-admin=$(sed -n 's/^export API_KEY_ADMIN=\([^ ]*\).*/\1/p' "$work/out")
-[ -n "$admin" ] || { echo "the quickstart printed no admin key" >&2; exit 1; }
-
-id_of() { local id=${1#*_}; echo "${id%%_*}"; }
 keys=()
 for _ in 1 2 3; do
     keys+=("$("$cli" keys create --account sa-idle 2>/dev/null)")
@@ -53,8 +23,7 @@ done
 used=$(id_of "${keys[1]}")
 unused=$(printf '%s\n' "$(id_of "${keys[0]}")" "$(id_of "${keys[2]}")" | sort)
 
-code=$(printf 'header = "Authorization: Api-Key %s"\n' "${keys[1]}" |
-    curl -s -o /dev/null -w '%{http_code}' -K - "http://$addr/whoami")
+code=$(status "${keys[1]}" /whoami)
 [ "$code" = 200 ] || { echo "the used key: $code, not 200" >&2; exit 1; }
 
 start=$(date +%s)
