@@ -740,7 +740,7 @@ impl KeyStore for MemoryStore {
             if stored.compromised_hash == Some(matched) {
                 return Ok(Compromised::AlreadyReported);
             }
-            stored.record.compromise = Some(report.at(now));
+            stored.record.compromise = Some(Box::new(report.at(now)));
             stored.compromised_hash = Some(matched);
             stored.version = stored.version.next();
             let stored = keys

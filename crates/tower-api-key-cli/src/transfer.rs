@@ -151,12 +151,12 @@ impl Line {
         if let Some(c) = &self.compromise {
             let action = LeakAction::from_name(&c.action)
                 .ok_or("compromise.action must be revoke, quarantine or notify")?;
-            record.compromise = Some(Compromise::new(
+            record.compromise = Some(Box::new(Compromise::new(
                 at("compromise.compromised_at", &c.compromised_at)?,
                 &c.url,
                 &c.source,
                 action,
-            ));
+            )));
             compromised_hash = c
                 .compromised_hash
                 .as_deref()

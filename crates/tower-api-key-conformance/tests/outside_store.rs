@@ -70,7 +70,7 @@ impl Entry {
     /// Whether the secret stored as `matched` is quarantined.
     fn quarantined(&self, matched: &StoredHash) -> bool {
         let quarantine = |c: &Compromise| c.action == LeakAction::Quarantine;
-        self.record.compromise.as_ref().is_some_and(quarantine)
+        self.record.compromise.as_deref().is_some_and(quarantine)
             && self.compromised.as_ref() == Some(matched)
     }
 }
@@ -693,7 +693,7 @@ impl KeyStore for OutsideStore {
         if e.compromised == Some(matched) {
             return Ok(Compromised::AlreadyReported);
         }
-        e.record.compromise = Some(report.at(now));
+        e.record.compromise = Some(Box::new(report.at(now)));
         e.compromised = Some(matched);
         e.version = e.version.next();
         let e = &state.keys[&id];

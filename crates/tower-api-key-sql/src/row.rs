@@ -129,7 +129,8 @@ impl KeyRow {
             self.compromise_url.clone(),
             self.compromise_source.clone(),
             self.compromise_action.as_deref(),
-        )?;
+        )?
+        .map(Box::new);
         record.quarantined = self.quarantines(&self.hash);
         Ok(record)
     }
