@@ -249,13 +249,13 @@ fn find<T: Copy + Ord>(ranges: &[(T, T)], x: T) -> bool {
 
 /// The next value, for merging touching ranges.
 trait MaxSucc {
-    fn is_max(self) -> bool;
+    fn is_max(&self) -> bool;
     fn succ(self) -> Self;
 }
 
 impl MaxSucc for u32 {
-    fn is_max(self) -> bool {
-        self == u32::MAX
+    fn is_max(&self) -> bool {
+        *self == u32::MAX
     }
     fn succ(self) -> Self {
         self + 1
@@ -263,8 +263,8 @@ impl MaxSucc for u32 {
 }
 
 impl MaxSucc for u128 {
-    fn is_max(self) -> bool {
-        self == u128::MAX
+    fn is_max(&self) -> bool {
+        *self == u128::MAX
     }
     fn succ(self) -> Self {
         self + 1

@@ -67,7 +67,7 @@ impl ClientIpResolver {
         if let Some(ClientIp(ip)) = extensions.get::<ClientIp>() {
             return Some(canonical(*ip));
         }
-        self.from_peer(peer(extensions)?, headers)
+        self.behind_proxies(peer(extensions)?, headers)
     }
 
     /// The client's address when the connection comes from `peer`: `peer`
@@ -75,7 +75,7 @@ impl ClientIpResolver {
     /// address (the leftmost one if every hop is trusted, `peer` if the
     /// header is absent). `None` if a hop that must be read cannot be
     /// parsed (`unknown`, an obfuscated name, garbage).
-    pub(crate) fn from_peer(&self, peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
+    pub(crate) fn behind_proxies(&self, peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
         let peer = canonical(peer);
         if !self.trusted.contains(peer) {
             return Some(peer);
@@ -93,7 +93,7 @@ impl ClientIpResolver {
                 node(value.to_str().ok()?).map(canonical)
             }
             ForwardedHeader::XForwardedFor => {
-                self.walk(peer, headers, X_FORWARDED_FOR, |entry| node(entry))
+                self.walk(peer, headers, X_FORWARDED_FOR, node)
             }
             ForwardedHeader::Forwarded => {
                 self.walk(peer, headers, http::header::FORWARDED, forwarded_for)
@@ -207,10 +207,10 @@ mod tests {
     fn without_trusted_proxies_the_peer_is_the_client_whatever_the_headers_say() {
         let r = resolver(&[], ForwardedHeader::XForwardedFor);
         let h = headers("x-forwarded-for", &["10.1.2.3"]);
-        assert_eq!(r.from_peer(ip(PROXY), &h), Some(ip(PROXY)));
+        assert_eq!(r.behind_proxies(ip(PROXY), &h), Some(ip(PROXY)));
         let r = resolver(&["10.0.0.0/8"], ForwardedHeader::XForwardedFor);
         assert_eq!(
-            r.from_peer(ip("192.0.2.1"), &h),
+            r.behind_proxies(ip("192.0.2.1"), &h),
             Some(ip("192.0.2.1")),
             "an untrusted peer's header is not read"
         );
@@ -249,13 +249,13 @@ mod tests {
         ];
         for (values, want) in cases {
             assert_eq!(
-                r.from_peer(peer, &headers("x-forwarded-for", values)),
+                r.behind_proxies(peer, &headers("x-forwarded-for", values)),
                 want.map(ip),
                 "{values:?}"
             );
         }
         assert_eq!(
-            r.from_peer(
+            r.behind_proxies(
                 ip("::ffff:127.0.0.1"),
                 &headers("x-forwarded-for", &["10.1.2.3, 192.0.2.8"])
             ),
@@ -287,14 +287,14 @@ mod tests {
         ];
         for (values, want) in cases {
             assert_eq!(
-                r.from_peer(peer, &headers("forwarded", values)),
+                r.behind_proxies(peer, &headers("forwarded", values)),
                 want.map(ip),
                 "{values:?}"
             );
         }
         // The X-Forwarded-For header is not read in this mode.
         assert_eq!(
-            r.from_peer(peer, &headers("x-forwarded-for", &["10.1.2.3"])),
+            r.behind_proxies(peer, &headers("x-forwarded-for", &["10.1.2.3"])),
             Some(peer)
         );
     }
@@ -304,16 +304,16 @@ mod tests {
         let r = resolver(&["127.0.0.1/32"], ForwardedHeader::XRealIp);
         let peer = ip(PROXY);
         assert_eq!(
-            r.from_peer(peer, &headers("x-real-ip", &["198.51.100.7"])),
+            r.behind_proxies(peer, &headers("x-real-ip", &["198.51.100.7"])),
             Some(ip("198.51.100.7"))
         );
-        assert_eq!(r.from_peer(peer, &headers("x-real-ip", &["a, b"])), None);
+        assert_eq!(r.behind_proxies(peer, &headers("x-real-ip", &["a, b"])), None);
         assert_eq!(
-            r.from_peer(peer, &headers("x-real-ip", &["198.51.100.7", "10.0.0.1"])),
+            r.behind_proxies(peer, &headers("x-real-ip", &["198.51.100.7", "10.0.0.1"])),
             None,
             "two answers"
         );
-        assert_eq!(r.from_peer(peer, &HeaderMap::new()), Some(peer));
+        assert_eq!(r.behind_proxies(peer, &HeaderMap::new()), Some(peer));
     }
 
     #[test]
