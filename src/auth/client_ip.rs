@@ -92,9 +92,7 @@ impl ClientIpResolver {
                 }
                 node(value.to_str().ok()?).map(canonical)
             }
-            ForwardedHeader::XForwardedFor => {
-                self.walk(peer, headers, X_FORWARDED_FOR, node)
-            }
+            ForwardedHeader::XForwardedFor => self.walk(peer, headers, X_FORWARDED_FOR, node),
             ForwardedHeader::Forwarded => {
                 self.walk(peer, headers, http::header::FORWARDED, forwarded_for)
             }
@@ -307,7 +305,10 @@ mod tests {
             r.behind_proxies(peer, &headers("x-real-ip", &["198.51.100.7"])),
             Some(ip("198.51.100.7"))
         );
-        assert_eq!(r.behind_proxies(peer, &headers("x-real-ip", &["a, b"])), None);
+        assert_eq!(
+            r.behind_proxies(peer, &headers("x-real-ip", &["a, b"])),
+            None
+        );
         assert_eq!(
             r.behind_proxies(peer, &headers("x-real-ip", &["198.51.100.7", "10.0.0.1"])),
             None,

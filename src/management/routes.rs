@@ -354,8 +354,23 @@ impl ApiState {
         if update.rate_limits.is_some() || update.credits.is_some() {
             self.check_unlimited(caller, "change the rate limits or credits of a key")?;
         }
+        if let Some(networks) = &update.allowed_networks {
+            check_networks(caller, networks.as_ref())?;
+        }
         Ok(())
     }
+}
+
+/// A caller with allowed networks gives keys only networks inside them.
+fn check_networks(caller: &Caller, requested: Option<&crate::network::Networks>) -> Result<()> {
+    if super::grant::networks_within(caller, requested) {
+        return Ok(());
+    }
+    tracing::info!(
+        caller_key_id = %caller.key_id(),
+        "api key management: networks beyond the caller's refused"
+    );
+    Err(ApiError::networks_beyond_caller())
 }
 
 /// [`ApiState::check_grant`] for a change of the existing key `current`.
@@ -388,6 +403,7 @@ pub(crate) async fn create(
     };
     api.check_grant(&caller, target, Change::Create(&new.scopes))?;
     api.check_unlimited(&caller, "create keys")?;
+    check_networks(&caller, new.allowed_networks.as_ref())?;
     let created = api.store.create(new).await?;
     let id = created.record.key_id;
     tracing::info!(
