@@ -25,10 +25,17 @@
 //! `openssl dgst -sha256 -sign "$LEAK_SIGNING_KEY" body.json | base64 -w0`
 //! (the README shows the whole exchange). A signed report of a key revokes
 //! it.
+//!
+//! Two demo keys carry allowed networks: `API_KEY_LOOPBACK` works from
+//! 127.0.0.1 only, `API_KEY_ELSEWHERE` from 10.0.0.0/8 only (so a curl from
+//! this machine gets 403 `network_not_allowed`). No proxy is trusted unless
+//! `TRUSTED_PROXIES` (comma-separated CIDRs, e.g. `127.0.0.1/32`) names
+//! some: a request from one of them is then from the rightmost untrusted
+//! address of its `X-Forwarded-For`.
 
 mod support;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use axum::routing::{get, post};
@@ -43,8 +50,8 @@ use tower_api_key::store::NewKey;
 use tower_api_key::usage::UsageRecorder;
 use tower_api_key::KeyStore;
 use tower_api_key::MemoryStore;
-use tower_api_key::ScopeSet;
-use tower_api_key::{Authenticator, Caller};
+use tower_api_key::{Authenticator, AuthenticatorBuilder, Caller};
+use tower_api_key::{IpNet, Networks, ScopeSet};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -105,11 +112,11 @@ async fn serve<S: KeyStore + Clone>(
     let usage = UsageRecorder::builder(store.clone())
         .flush_interval(Duration::from_secs(2))
         .build();
-    let auth = Authenticator::builder(store.clone())
-        .positive_ttl(Duration::from_secs(60))
-        .negative_ttl(Duration::from_secs(5))
-        // 30 failed attempts per minute per client address, then 429.
-        .failed_attempt_limit(FailedAttemptLimit::new(30, Duration::from_secs(60)))
+    let trusted = trusted_proxies(std::env::var("TRUSTED_PROXIES").ok().as_deref())?;
+    if !trusted.is_empty() {
+        eprintln!("trusted proxies (X-Forwarded-For read from them): {trusted:?}");
+    }
+    let auth = auth_builder(store.clone(), trusted)
         .usage_recorder(usage.clone())
         .build();
     let flusher = usage.spawn_flusher();
@@ -124,7 +131,9 @@ async fn serve<S: KeyStore + Clone>(
             management::DEFAULT_SCOPE
         ),
     };
-    let demo_keys = std::iter::once(admin_key).chain(support::demo_keys()?);
+    let demo_keys = std::iter::once(admin_key)
+        .chain(support::demo_keys()?)
+        .chain(network_keys()?);
     match demo {
         DemoKeys::Create => support::mint(&store, "quickstart", demo_keys).await?,
         DemoKeys::Reissue => reissue_demo_keys(&store, "quickstart", demo_keys).await?,
@@ -162,15 +171,7 @@ async fn serve<S: KeyStore + Clone>(
             get(move || std::future::ready(prometheus.render())),
         )
         .nest("/admin", admin)
-        .route(
-            "/v1/translate",
-            post(translate).route_layer(auth.require_any([TRANSLATE, FOUNDATION_MODELS])),
-        )
-        .route(
-            "/v1/legacy",
-            get(legacy).route_layer(auth.unscoped_keys_only()),
-        )
-        .route("/whoami", get(whoami).route_layer(auth.any_valid_key()))
+        .merge(key_routes(&auth))
         // POST /secret-scanning/github: signed reports, no API key.
         .merge(leaks);
 
@@ -186,6 +187,68 @@ async fn serve<S: KeyStore + Clone>(
     // One last flush, so no noted use is lost.
     flusher.shutdown().await?;
     Ok(())
+}
+
+/// The authenticator's settings: caches, the failed-attempt limit, and the
+/// proxies whose `X-Forwarded-For` is believed (none by default).
+fn auth_builder<S: KeyStore + Clone>(store: S, trusted: Vec<IpNet>) -> AuthenticatorBuilder {
+    Authenticator::builder(store)
+        .positive_ttl(Duration::from_secs(60))
+        .negative_ttl(Duration::from_secs(5))
+        // 30 failed attempts per minute per client address, then 429.
+        .failed_attempt_limit(FailedAttemptLimit::new(30, Duration::from_secs(60)))
+        // The client address (for that limit and for keys' allowed
+        // networks): the peer, or behind these proxies the rightmost
+        // address of X-Forwarded-For they did not write.
+        .trusted_proxies(trusted)
+}
+
+/// `TRUSTED_PROXIES`: comma-separated CIDRs or addresses; none if unset.
+fn trusted_proxies(value: Option<&str>) -> Result<Vec<IpNet>, String> {
+    value
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("TRUSTED_PROXIES: {s:?} is not a CIDR"))
+        })
+        .collect()
+}
+
+/// The routes API keys open, one per case of the scope rules.
+fn key_routes(auth: &Authenticator) -> Router {
+    Router::new()
+        .route(
+            "/v1/translate",
+            post(translate).route_layer(auth.require_any([TRANSLATE, FOUNDATION_MODELS])),
+        )
+        .route(
+            "/v1/legacy",
+            get(legacy).route_layer(auth.unscoped_keys_only()),
+        )
+        .route("/whoami", get(whoami).route_layer(auth.any_valid_key()))
+}
+
+/// The demo keys with allowed networks: one for this machine, one for a
+/// network it is not on.
+fn network_keys() -> Result<Vec<DemoKey>, Box<dyn std::error::Error>> {
+    Ok(vec![
+        DemoKey {
+            name: "LOOPBACK",
+            new: NewKey::new("sa-local")
+                .with_allowed_networks(Some(Networks::parse(["127.0.0.1/32"])?)),
+            note: "sa-local: no scopes, from 127.0.0.1 only".into(),
+        },
+        DemoKey {
+            name: "ELSEWHERE",
+            new: NewKey::new("sa-remote")
+                .with_allowed_networks(Some(Networks::parse(["10.0.0.0/8"])?)),
+            note: "sa-remote: no scopes, from 10.0.0.0/8 only".into(),
+        },
+    ])
 }
 
 /// Prints each demo key as [`support::mint`] does, reusing the key a
@@ -227,7 +290,9 @@ async fn reissue_demo_keys(
                     .with_scopes(new.scopes.clone())
                     .with_expires_at(new.expires_at)
                     .with_rate_limits(new.rate_limits.clone())
-                    .with_credits(new.credits);
+                    .with_credits(new.credits)
+                    .with_allowed_networks(new.allowed_networks.clone())
+                    .with_metadata(new.metadata.clone());
                 store.update(id, update, None).await?;
                 store.reissue(id, Duration::ZERO, None).await?
             }
@@ -311,5 +376,116 @@ async fn whoami(caller: Caller) -> Json<Value> {
         "expires_at": caller.expires_at().map(|t| {
             humantime::format_rfc3339_seconds(t.min(tower_api_key::store::latest_time())).to_string()
         }),
+        // What the operator attached to the key, as JSON (null: none).
+        "metadata": caller.metadata_as::<Value>().and_then(Result::ok),
     }))
+}
+
+/// The Done-when scenarios of allowed networks and metadata through these
+/// routes, as a curl from this machine would meet them.
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// The routes with the demo keys in a fresh store, under
+    /// `TRUSTED_PROXIES=trusted`; the secrets by name.
+    async fn quickstart(trusted: Option<&str>) -> (Router, Vec<(&'static str, String)>) {
+        let store = MemoryStore::new();
+        let auth = auth_builder(store.clone(), trusted_proxies(trusted).unwrap()).build();
+        let mut keys = Vec::new();
+        for demo in support::demo_keys()
+            .unwrap()
+            .into_iter()
+            .chain(network_keys().unwrap())
+        {
+            let created = store.create(demo.new).await.unwrap();
+            keys.push((demo.name, created.key.expose_secret().to_owned()));
+        }
+        (key_routes(&auth), keys)
+    }
+
+    fn key(keys: &[(&str, String)], name: &str) -> String {
+        keys.iter().find(|(n, _)| *n == name).unwrap().1.clone()
+    }
+
+    /// `GET /whoami` with `key` from 127.0.0.1, with an `X-Forwarded-For`.
+    async fn whoami_from_loopback(
+        app: &Router,
+        key: &str,
+        xff: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::get("/whoami").header("authorization", format!("Api-Key {key}"));
+        if let Some(xff) = xff {
+            request = request.header("x-forwarded-for", xff);
+        }
+        let mut request = request.body(Body::empty()).unwrap();
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 50_000))));
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_loopback_key_works_here_and_the_other_network_s_key_does_not() {
+        let (app, keys) = quickstart(None).await;
+        let (status, _) = whoami_from_loopback(&app, &key(&keys, "LOOPBACK"), None).await;
+        assert_eq!(status, StatusCode::OK);
+        let elsewhere = key(&keys, "ELSEWHERE");
+        let (status, body) = whoami_from_loopback(&app, &elsewhere, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["error"], "network_not_allowed");
+        // No proxy is trusted: the header changes nothing.
+        let (status, body) = whoami_from_loopback(&app, &elsewhere, Some("10.1.2.3")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["error"], "network_not_allowed");
+    }
+
+    #[tokio::test]
+    async fn behind_a_trusted_proxy_the_rightmost_untrusted_address_counts() {
+        let (app, keys) = quickstart(Some("127.0.0.1/32")).await;
+        let elsewhere = key(&keys, "ELSEWHERE");
+        let (status, _) = whoami_from_loopback(&app, &elsewhere, Some("10.1.2.3")).await;
+        assert_eq!(status, StatusCode::OK);
+        // A forged leftmost entry: the proxy appended the real address.
+        let (status, body) =
+            whoami_from_loopback(&app, &elsewhere, Some("10.1.2.3, 203.0.113.9")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["error"], "network_not_allowed");
+        // The loopback key, from 10.1.2.3 through the proxy, is refused.
+        let (status, _) =
+            whoami_from_loopback(&app, &key(&keys, "LOOPBACK"), Some("10.1.2.3")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+
+    #[tokio::test]
+    async fn whoami_shows_the_demo_key_s_metadata() {
+        let (app, keys) = quickstart(None).await;
+        let (status, body) = whoami_from_loopback(&app, &key(&keys, "TRANSLATE"), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["metadata"], serde_json::json!({"plan": "pro"}));
+        let (_, body) = whoami_from_loopback(&app, &key(&keys, "UNSCOPED"), None).await;
+        assert_eq!(body["metadata"], Value::Null);
+    }
+
+    #[test]
+    fn trusted_proxies_parse_and_bad_ones_are_named() {
+        assert!(trusted_proxies(None).unwrap().is_empty());
+        assert_eq!(
+            trusted_proxies(Some(" 127.0.0.1/32, ::1 ")).unwrap().len(),
+            2
+        );
+        assert!(trusted_proxies(Some("127.0.0.1/33"))
+            .unwrap_err()
+            .contains("127.0.0.1/33"));
+    }
 }

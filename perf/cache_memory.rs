@@ -15,6 +15,9 @@
 //!   that returns freshly decoded records, as a database would: each record
 //!   with its own copy of the service account id (1,000 accounts) and of two
 //!   scope names (out of four).
+//! - `crate-networks`, `crate-metadata`: the same, each record also with its
+//!   own 10-entry allowlist (IPv4 and IPv6), or its own 200-byte metadata
+//!   object: what each adds per key.
 //!
 //! Each case prints the growth of live heap bytes (a counting allocator, in
 //! this example only) and of resident memory (`VmRSS`), divided by the key
@@ -31,6 +34,7 @@ use tower_api_key::KeyRecord;
 use tower_api_key::ScopeSet;
 use tower_api_key::VerifierError;
 use tower_api_key::{KeyFormat, PresentedKey};
+use tower_api_key::{Metadata, Networks};
 
 struct Counting;
 
@@ -57,7 +61,13 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-const CASES: [&str; 3] = ["moka-ttl", "moka-expiry", "crate"];
+const CASES: [&str; 5] = [
+    "moka-ttl",
+    "moka-expiry",
+    "crate",
+    "crate-networks",
+    "crate-metadata",
+];
 const SCOPES: [&str; 4] = [
     "yc.ai.translate.execute",
     "yc.ai.foundationModels.execute",
@@ -125,8 +135,10 @@ fn run_case(case: &str, n: usize) {
             assert_eq!(cache.entry_count(), n as u64);
             Box::new(cache)
         }
-        "crate" => {
-            let verifier = |key: PresentedKey| async move {
+        "crate" | "crate-networks" | "crate-metadata" => {
+            let (with_networks, with_metadata) =
+                (case == "crate-networks", case == "crate-metadata");
+            let verifier = move |key: PresentedKey| async move {
                 // A fresh record, as decoded from a database row.
                 let n = u32::from_le_bytes(key.digest().as_bytes()[..4].try_into().unwrap());
                 let scopes = ScopeSet::new([
@@ -134,9 +146,26 @@ fn run_case(case: &str, n: usize) {
                     SCOPES[(n as usize / 4) % 4].to_owned(),
                 ])
                 .map_err(VerifierError::backend)?;
-                Ok::<_, VerifierError>(Some(
-                    KeyRecord::new(key.id(), format!("sa-{:06}", n % 1000)).with_scopes(scopes),
-                ))
+                let mut record =
+                    KeyRecord::new(key.id(), format!("sa-{:06}", n % 1000)).with_scopes(scopes);
+                if with_networks {
+                    let nets: Vec<String> = (0..10u32)
+                        .map(|i| match i % 2 {
+                            0 => format!("10.{}.{i}.0/24", n % 256),
+                            _ => format!("2001:db8:{:x}:{i:x}::/64", n % 65536),
+                        })
+                        .collect();
+                    record.allowed_networks =
+                        Some(Networks::parse(&nets).map_err(VerifierError::backend)?);
+                }
+                if with_metadata {
+                    // 200 bytes: {"tenant":"t-NNNNNN","pad":"xx..."}
+                    let head = format!(r#"{{"tenant":"t-{:06}","pad":""#, n % 1_000_000);
+                    let json = format!("{head}{}\"}}", "x".repeat(200 - head.len() - 2));
+                    debug_assert_eq!(json.len(), 200);
+                    record.metadata = Some(Metadata::new(&json).map_err(VerifierError::backend)?);
+                }
+                Ok::<_, VerifierError>(Some(record))
             };
             let cache = CachedVerifier::new(
                 verifier,

@@ -14,11 +14,16 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
 use http::{header::AUTHORIZATION, Request};
 use tower::ServiceBuilder;
+use tower_api_key::store::NewKey;
 use tower_api_key::Authenticator;
 use tower_api_key::MemoryStore;
 use tower_api_key::ScopePolicy;
+use tower_api_key::{KeyStore, Networks};
 
 mod support;
 use support::{cached_key, call_now, hello, runtime};
@@ -174,6 +179,65 @@ fn main() {
         }),
     ));
 
+    // The layer with the peer address known, for a key without and with
+    // ten allowed networks (the client is in the fifth): the allowlist
+    // check must add nothing.
+    let networks = Networks::parse([
+        "192.0.2.0/24",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "172.16.0.0/12",
+        "10.0.0.0/8",
+        "2001:db8::/32",
+        "2001:db8:1::/48",
+        "fd00::/8",
+        "2001:db8:2::1",
+        "fe80::/10",
+    ])
+    .expect("valid networks");
+    let allowlisted = rt.block_on(async {
+        let new = NewKey::new("sa-2").with_allowed_networks(Some(networks));
+        let created = store.create(new).await.expect("created");
+        let secret = created.key.expose_secret().to_owned();
+        let presented = format.parse(&secret).expect("a valid key");
+        auth.cache().lookup(&presented).await.expect("accepted");
+        secret
+    });
+    for (what, secret) in [
+        (
+            "ApiKeyLayer call with ConnectInfo, key without allowed networks",
+            &secret,
+        ),
+        (
+            "ApiKeyLayer call with ConnectInfo, key with 10 allowed networks",
+            &allowlisted,
+        ),
+    ] {
+        let header = format!("Api-Key {secret}");
+        let requests: Vec<_> = (0..CALLS + 1)
+            .map(|_| {
+                let mut request = Request::get("/protected")
+                    .header(AUTHORIZATION, &header)
+                    .body(())
+                    .expect("a valid request");
+                request
+                    .extensions_mut()
+                    .insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 5], 40_000))));
+                request
+            })
+            .collect();
+        let mut requests = requests.into_iter();
+        rows.push((
+            what,
+            per_call(|| {
+                let req = requests.next().expect("enough requests");
+                let response = call_now(&mut layered, req);
+                assert!(response.status().is_success(), "{what}");
+                std::hint::black_box(response);
+            }),
+        ));
+    }
+
     println!("allocations per call (mean of {CALLS} calls, after one warm-up call)");
     for (what, (allocs, bytes)) in &rows {
         println!("{allocs:>8.3} allocs {bytes:>8.1} bytes  {what}");
@@ -187,5 +251,11 @@ fn main() {
         "the layer adds {:.2} allocations ({:.1} bytes) per request",
         layered.0 - bare.0,
         layered.1 - bare.1
+    );
+    let (plain, allowlisted) = (rows[7].1, rows[8].1);
+    println!(
+        "ten allowed networks add {:.3} allocations ({:.1} bytes) per request",
+        allowlisted.0 - plain.0,
+        allowlisted.1 - plain.1
     );
 }

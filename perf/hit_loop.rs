@@ -11,7 +11,9 @@
 //! Usage: `hit_loop CASE [ITERATIONS] [KEYS]`, CASE one of `parse`,
 //! `lookup`, `hit_path`, `bare`, `bearer`, `layer`, `layer_observed` (`layer`
 //! with a Prometheus recorder and a tracing subscriber at `info`, as the
-//! quickstart runs), `miss` (ITERATIONS
+//! quickstart runs), `layer_peer` and `layer_networks` (`layer` with the
+//! peer address known, for a key without and with a 10-entry allowlist),
+//! `miss` (ITERATIONS
 //! distinct keys of a `MemoryStore`, each looked up once on a cold cache). The cache holds KEYS
 //! keys (default 10,000); the hits cycle through a hot set of up to 1,024
 //! of them (`lookup`, `hit_path`) or use one key (`bare`, `bearer`, `layer`, the
@@ -20,7 +22,10 @@
 //! can count just the loop.
 
 use std::hint::black_box;
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use axum::extract::ConnectInfo;
 
 use http::{header::AUTHORIZATION, Request};
 use tower::{Service, ServiceBuilder};
@@ -28,7 +33,7 @@ use tower_api_key::cache::{CacheConfig, CachedVerifier};
 use tower_api_key::Authenticator;
 use tower_api_key::MemoryStore;
 use tower_api_key::ScopePolicy;
-use tower_api_key::{KeyFormat, PresentedKey};
+use tower_api_key::{KeyFormat, Networks, PresentedKey, VerifierError};
 
 mod support;
 use support::{admit_every_key, call_now, fill, hello, runtime, stored_keys, BEARER};
@@ -83,9 +88,34 @@ where
     S: Service<Request<()>>,
     S::Error: std::fmt::Debug,
 {
+    let n = requests.len().max(1);
+    let started = std::time::Instant::now();
     for request in requests {
         black_box(call_now(service, request));
     }
+    // The loop alone, for comparing cases in one run (stderr: callgrind_hit.sh
+    // reads nothing from it).
+    eprintln!(
+        "{:.1} ns per request",
+        started.elapsed().as_nanos() as f64 / n as f64
+    );
+}
+
+/// Ten networks, IPv4 and IPv6, one of them holding 10.0.0.5.
+fn ten_networks() -> Networks {
+    Networks::parse([
+        "192.0.2.0/24",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "172.16.0.0/12",
+        "10.0.0.0/8",
+        "2001:db8::/32",
+        "2001:db8:1::/48",
+        "fd00::/8",
+        "2001:db8:2::1",
+        "fe80::/10",
+    ])
+    .expect("valid networks")
 }
 
 fn main() {
@@ -162,10 +192,37 @@ fn main() {
                 .service_fn(hello);
             run_service(&mut service, requests(&api_key))
         }
+        // The layer with the peer address known (axum's `ConnectInfo`), for
+        // keys without and with a 10-entry allowlist: the difference is
+        // what an allowlist costs a hit.
+        "layer_peer" | "layer_networks" => {
+            let with_networks = case == "layer_networks";
+            let auth = Authenticator::verifier_builder(move |key: PresentedKey| async move {
+                let mut record = admit_every_key(key).await?.expect("admitted");
+                if with_networks {
+                    record.allowed_networks = Some(ten_networks());
+                }
+                Ok::<_, VerifierError>(Some(record))
+            })
+            .max_keys(2 * keys as u64)
+            .positive_ttl(Duration::from_secs(3600))
+            .build();
+            let hot = fill(&rt, auth.cache(), keys);
+            let mut requests = requests(&format!("Api-Key {}", hot[0].expose_secret()));
+            for request in &mut requests {
+                request
+                    .extensions_mut()
+                    .insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 5], 40_000))));
+            }
+            let mut service = ServiceBuilder::new()
+                .layer(auth.any_valid_key())
+                .service_fn(hello);
+            run_service(&mut service, requests)
+        }
         other => {
             eprintln!(
                 "unknown case {other}: parse, lookup, hit_path, bare, bearer, layer, \
-                 layer_observed, miss"
+                 layer_observed, layer_peer, layer_networks, miss"
             );
             std::process::exit(2);
         }

@@ -31,11 +31,11 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, Request, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tower_api_key::auth::FailedAttemptLimit;
+use tower_api_key::auth::{FailedAttemptLimit, ForwardedHeader};
 use tower_api_key::store::NewKey;
 use tower_api_key::KeyStore;
 use tower_api_key::MemoryStore;
@@ -48,9 +48,9 @@ const PHASES: usize = 5;
 const VALID_KEYS: usize = 50;
 const EXPIRING_KEYS: usize = 10;
 const REVOKED_KEYS: usize = 10;
-/// Stands in for the client address a trusted proxy appends (see
-/// `tower_api_key::auth::FailedAttemptLimit`); only this process sets it.
-const CLIENT_HEADER: &str = "x-soak-client";
+/// The client address a trusted proxy sets (the server trusts its
+/// loopback peer, this process, to say who the client is).
+const CLIENT_HEADER: &str = "x-real-ip";
 
 fn env_or(name: &str, default: u64, max: u64) -> u64 {
     std::env::var(name)
@@ -221,14 +221,13 @@ async fn main() {
     let store = MemoryStore::new();
     let limit = FailedAttemptLimit::builder(30, Duration::from_secs(60))
         .max_clients(2_000)
-        .client_id(|headers: &HeaderMap, _: &http::Extensions| {
-            headers.get(CLIENT_HEADER)?.to_str().ok()?.parse().ok()
-        })
         .build();
     let auth = Authenticator::builder(store.clone())
         .positive_ttl(Duration::from_secs(2))
         .negative_ttl(Duration::from_secs(1))
         .failed_attempt_limit(limit.clone())
+        .trusted_proxies(["127.0.0.1/32".parse().unwrap()])
+        .forwarded_header(ForwardedHeader::XRealIp)
         .build();
     let app = Router::new().route(
         "/whoami",

@@ -61,7 +61,7 @@
 //! - The failed-attempt limiter reads the client address from
 //!   `into_make_service_with_connect_info::<SocketAddr>()` with the feature
 //!   `connect-info`; without either it limits nothing (a warning says so). Behind a proxy, set
-//!   [`FailedAttemptLimit::builder`](auth::FailedAttemptLimit::builder)`(..).client_id(..)`.
+//!   [`AuthenticatorBuilder::trusted_proxies`]: keys' allowed networks use the same address.
 //!
 //! # What it is made of
 //!
@@ -175,6 +175,7 @@
 // it, with the same list):
 //   clock, time, telemetry, key,         foundations
 //   scope, hash
+//   network, metadata                    allowlists and key metadata, as values
 //   limits                               rate limits and credits, as values
 //   record                               what a verifier returns
 //   invalidation, verifier, ledger       checking keys, announcing changes, credits
@@ -201,6 +202,8 @@ pub mod limits;
 #[cfg(feature = "management")]
 #[cfg_attr(docsrs, doc(cfg(feature = "management")))]
 pub mod management;
+mod metadata;
+mod network;
 mod record;
 mod scope;
 #[cfg(feature = "secret-scanning")]
@@ -233,6 +236,8 @@ pub use key::{
     PresentedKey, CHECKSUM_LEN, ID_LEN, MAX_KEY_LEN, MAX_PREFIX_LEN, SECRET_LEN,
 };
 pub use ledger::CreditLedger;
+pub use metadata::{Metadata, MetadataError, MAX_METADATA_LEN};
+pub use network::{IpNet, NetworkError, Networks, MAX_NETWORKS_PER_KEY};
 pub use record::KeyRecord;
 pub use scope::{
     Scope, ScopeDenied, ScopeError, ScopePolicy, ScopeSet, MAX_SCOPES_PER_KEY, MAX_SCOPE_LEN,

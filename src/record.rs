@@ -5,6 +5,8 @@ use std::time::SystemTime;
 
 use crate::key::KeyId;
 use crate::limits::{Credits, RateLimit};
+use crate::metadata::Metadata;
+use crate::network::Networks;
 use crate::scope::ScopeSet;
 
 /// A valid key as its store knows it: what a verifier returns. Never holds
@@ -57,13 +59,23 @@ pub struct KeyRecord {
     pub replaced_secret: bool,
     /// The key was reported leaked (a secret-scanning report), if ever: when,
     /// where and what the store did. It stays on the key after a reissue, as
-    /// its history.
-    pub compromise: Option<Compromise>,
+    /// its history. Boxed: most keys have none, and a cached key should not
+    /// carry its room.
+    pub compromise: Option<Box<Compromise>>,
     /// The secret this record was read for is the one reported leaked under
     /// [`LeakAction::Quarantine`]: the key authenticates, but every route
     /// refuses it with 403 `key_compromised` until it is reissued (the new
     /// secret is not quarantined).
     pub quarantined: bool,
+    /// The networks the key may be used from; `None`: any. A request from
+    /// elsewhere, or whose client address cannot be told, is refused with
+    /// 403 `network_not_allowed` (see
+    /// [`AuthenticatorBuilder::trusted_proxies`](crate::AuthenticatorBuilder::trusted_proxies)).
+    pub allowed_networks: Option<Networks>,
+    /// What the operator attached to the key (a JSON object), for handlers
+    /// ([`Caller::metadata`](crate::Caller::metadata)); never used to
+    /// authorize.
+    pub metadata: Option<Metadata>,
 }
 
 /// What a store does with a key reported leaked.
@@ -158,6 +170,8 @@ impl KeyRecord {
             replaced_secret: false,
             compromise: None,
             quarantined: false,
+            allowed_networks: None,
+            metadata: None,
         }
     }
 
@@ -200,6 +214,18 @@ impl KeyRecord {
     /// Sets the credits.
     pub fn with_credits(mut self, credits: Option<Credits>) -> Self {
         self.credits = credits;
+        self
+    }
+
+    /// Sets the allowed networks (`None`: any).
+    pub fn with_allowed_networks(mut self, networks: Option<Networks>) -> Self {
+        self.allowed_networks = networks;
+        self
+    }
+
+    /// Sets the metadata.
+    pub fn with_metadata(mut self, metadata: Option<Metadata>) -> Self {
+        self.metadata = metadata;
         self
     }
 

@@ -4,7 +4,7 @@
 //!
 //! | metric | kind | labels | moves when |
 //! |---|---|---|---|
-//! | `tower_api_key_requests_total` | counter | `outcome`: `accepted` or a [`Reason`] name (`missing`, `duplicate_credentials`, `wrong_scheme`, `malformed`, `unknown`, `expired`, `insufficient_scope`, `scoped_key_on_unscoped_route`, `too_many_attempts`, `rate_limited`, `quota_exhausted`, `unavailable`, `verifier_panicked`, `no_credit_ledger`, `key_compromised`) | once per request that reaches a layer |
+//! | `tower_api_key_requests_total` | counter | `outcome`: `accepted` or a [`Reason`] name (`missing`, `duplicate_credentials`, `wrong_scheme`, `malformed`, `unknown`, `expired`, `insufficient_scope`, `scoped_key_on_unscoped_route`, `too_many_attempts`, `rate_limited`, `quota_exhausted`, `unavailable`, `verifier_panicked`, `no_credit_ledger`, `key_compromised`, `network_not_allowed`) | once per request that reaches a layer |
 //! | `tower_api_key_limits_total` | counter | `kind`: `rate` or `quota`; `result`: `admitted` or `refused` | once per request of a key with rate limits (`rate`) or credits (`quota`), after authentication and scope |
 //! | `tower_api_key_cache_total` | counter | `result`: `hit`, `miss`, `negative_hit` | once per cache lookup of a well-formed key (not for missing or malformed ones, refused before the cache) |
 //! | `tower_api_key_verifier_calls_total` | counter | | once per verifier call (one per miss, however many requests wait for it) |
@@ -158,6 +158,7 @@ pub(crate) fn outcome(outcome: &'static str) {
             "verifier_panicked",
             "no_credit_ledger",
             "key_compromised",
+            "network_not_allowed",
         ]
     );
 }

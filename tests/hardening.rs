@@ -1066,7 +1066,8 @@ async fn a_limiter_that_finds_no_client_address_warns_once_and_limits_nothing() 
     assert_eq!(text.matches(WARNING).count(), 1, "{text}");
     assert!(
         text.contains("into_make_service_with_connect_info::<SocketAddr>()")
-            && text.contains("FailedAttemptLimit::builder(..).client_id(..)"),
+            && text.contains("AuthenticatorBuilder::trusted_proxies(..)")
+            && text.contains("`ClientIp`"),
         "the warning names the fix: {text}"
     );
     assert!(!text.contains("tak_"), "no key material in logs: {text}");

@@ -1580,3 +1580,108 @@ async fn add_credits_to_a_key_without_credits_is_409_from_the_store_not_a_pre_re
     assert_eq!(reply.error(), "failed_precondition");
     assert!(reply.message().contains(&id), "{}", reply.message());
 }
+
+#[tokio::test]
+async fn allowed_networks_and_metadata_round_trip_through_create_get_and_patch() {
+    let app = app(|api| api).await;
+    let created = app
+        .admin(
+            "POST",
+            "/keys",
+            Some(json!({
+                "service_account_id": "sa-net",
+                "allowed_networks": ["10.0.0.0/8", "2001:db8::/32", "203.0.113.7"],
+                "metadata": {"plan": "pro", "tenant": 42},
+            })),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let key = created.json()["key"].clone();
+    let id = key["id"].as_str().unwrap().to_owned();
+    let nets = json!(["10.0.0.0/8", "2001:db8::/32", "203.0.113.7/32"]);
+    assert_eq!(key["allowed_networks"], nets);
+    assert_eq!(key["metadata"], json!({"plan": "pro", "tenant": 42}));
+    let got = app.admin("GET", &format!("/keys/{id}"), None).await;
+    assert_eq!(got.json()["allowed_networks"], nets);
+    assert_eq!(got.json()["metadata"]["plan"], "pro");
+
+    // Each field alone; null removes.
+    let patched = app
+        .admin(
+            "PATCH",
+            &format!("/keys/{id}"),
+            Some(json!({"metadata": {"plan": "free"}})),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    assert_eq!(patched.json()["metadata"], json!({"plan": "free"}));
+    assert_eq!(patched.json()["allowed_networks"], nets);
+    let patched = app
+        .admin(
+            "PATCH",
+            &format!("/keys/{id}"),
+            Some(json!({"allowed_networks": null, "metadata": null})),
+        )
+        .await;
+    assert_eq!(patched.json()["allowed_networks"], json!([]));
+    assert_eq!(patched.json()["metadata"], Value::Null);
+    let stored = app.store.get(id.parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(stored.record.allowed_networks, None);
+    assert_eq!(stored.record.metadata, None);
+}
+
+#[tokio::test]
+async fn bad_networks_and_metadata_get_400_naming_the_field_and_change_nothing() {
+    let app = app(|api| api).await;
+    let key = app
+        .admin(
+            "POST",
+            "/keys",
+            Some(json!({"service_account_id": "sa-net"})),
+        )
+        .await;
+    let id = key.json()["key"]["id"].as_str().unwrap().to_owned();
+    let secret = mint(&app.store, "sa-other", &[]).await;
+    let (before, _) = app.state(&["sa-net"]).await;
+    let big = "x".repeat(1100);
+    let many: Vec<String> = (0..65).map(|i| format!("10.0.{i}.0/24")).collect();
+    for (body, names) in [
+        (json!({"metadata": {"pad": big}}), "metadata: "),
+        (
+            json!({"metadata": [1, 2]}),
+            "metadata: must be a JSON object",
+        ),
+        (
+            json!({"metadata": {"oops": secret}}),
+            "metadata: must not contain an api key",
+        ),
+        (
+            json!({"allowed_networks": ["10.0.0.0/8", "nonsense"]}),
+            "allowed_networks[1]",
+        ),
+        (
+            json!({"allowed_networks": many}),
+            "allowed_networks: 65 entries, at most 64",
+        ),
+        (json!({"allowed_networks": [secret]}), "allowed_networks[0]"),
+    ] {
+        for (method, path, body) in [
+            ("PATCH", format!("/keys/{id}"), body.clone()),
+            ("POST", "/keys".to_owned(), {
+                let mut b = body.clone();
+                b["service_account_id"] = json!("sa-net");
+                b
+            }),
+        ] {
+            let reply = app.admin(method, &path, Some(body)).await;
+            assert_eq!(reply.status, 400, "{method} {}", reply.text());
+            assert!(reply.text().contains(names), "{method}: {}", reply.text());
+            assert!(
+                !reply.text().contains(&secret),
+                "no key echoed: {}",
+                reply.text()
+            );
+        }
+    }
+    assert_eq!(app.state(&["sa-net"]).await.0, before, "nothing written");
+}

@@ -27,6 +27,9 @@ const LAYERS: &[&str] = &[
     "key",
     "scope",
     "hash",
+    // A key's allowed networks and metadata, as values.
+    "network",
+    "metadata",
     // Rate limits and credits as values, and the GCRA state.
     "limits",
     // What a verifier returns.

@@ -334,7 +334,7 @@ async fn notify_keeps_the_key_working_and_shows_compromised_at() {
             .await
             .unwrap()
             .unwrap();
-    let compromise = info.record.compromise.clone().unwrap();
+    let compromise = *info.record.compromise.clone().unwrap();
     assert_eq!(compromise.action, LeakAction::Notify);
     assert!(!info.record.quarantined);
     // The Caller shows it too.

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tower_api_key::limits::Credits;
 use tower_api_key::store::NewKey;
 use tower_api_key::KeyStore;
+use tower_api_key::Metadata;
 use tower_api_key::ScopeSet;
 
 pub const TRANSLATE: &str = "yc.ai.translate.execute";
@@ -101,8 +102,10 @@ pub fn demo_keys() -> Result<Vec<DemoKey>, Box<dyn std::error::Error>> {
     Ok(vec![
         DemoKey {
             name: "TRANSLATE",
-            new: NewKey::new("sa-translator").with_scopes(ScopeSet::new([TRANSLATE])?),
-            note: format!("sa-translator: {TRANSLATE}"),
+            new: NewKey::new("sa-translator")
+                .with_scopes(ScopeSet::new([TRANSLATE])?)
+                .with_metadata(Some(Metadata::new(r#"{"plan":"pro"}"#)?)),
+            note: format!("sa-translator: {TRANSLATE}, metadata {{\"plan\":\"pro\"}}"),
         },
         DemoKey {
             name: "AI",

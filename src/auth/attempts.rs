@@ -8,13 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use http::{Extensions, HeaderMap};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-
-/// Tells clients apart: returns the client's address, or `None` to leave
-/// the request unlimited.
-pub type ClientIdFn = dyn Fn(&HeaderMap, &Extensions) -> Option<IpAddr> + Send + Sync;
 
 /// The settings of the failed-attempt limit: a client that keeps presenting
 /// bad keys is refused (429, gRPC RESOURCE_EXHAUSTED) without a verifier call.
@@ -63,14 +58,14 @@ pub type ClientIdFn = dyn Fn(&HeaderMap, &Extensions) -> Option<IpAddr> + Send +
 ///   valid keys used from there. Everything else (garbage, unknown or
 ///   uncached keys) is refused without a verifier call.
 ///
-/// Clients are told apart by a function of the request (default: the peer
-/// address from axum's `ConnectInfo<SocketAddr>`, IPv6 grouped by /64, with
-/// the feature `connect-info`; without it, set one with
-/// [`FailedAttemptLimitBuilder::client_id`]).
-/// **Behind a proxy** every request comes from the proxy's address: use
-/// [`FailedAttemptLimitBuilder::client_id`] to read the address the proxy
-/// appends (e.g. the last entry of `X-Forwarded-For` written by your own
-/// proxy; never the first, which the client controls). Without a client id a
+/// Clients are told apart by their address, as the authenticator resolves
+/// it for every use (see
+/// [`AuthenticatorBuilder::trusted_proxies`](crate::AuthenticatorBuilder::trusted_proxies)):
+/// the peer address from axum's `ConnectInfo<SocketAddr>` (feature
+/// `connect-info`), or behind trusted proxies the rightmost untrusted
+/// address of the header they write, or a [`ClientIp`](super::ClientIp) the
+/// application put in the request's extensions. IPv6 addresses are grouped
+/// by /64, the block one subscriber usually holds. Without an address a
 /// request is not limited: the first such request logs a warning, once per
 /// limiter, since it usually means the server was not started with
 /// `into_make_service_with_connect_info::<SocketAddr>()`.
@@ -96,7 +91,6 @@ pub type ClientIdFn = dyn Fn(&HeaderMap, &Extensions) -> Option<IpAddr> + Send +
 pub struct FailedAttemptLimit {
     max_failures: u32,
     window: Duration,
-    client_id: Arc<ClientIdFn>,
     clients: moka::sync::Cache<IpAddr, Arc<Client>>,
     /// Set once a request without a client id has been warned about.
     warned_no_client: Arc<AtomicBool>,
@@ -338,7 +332,7 @@ impl Queue {
 
 impl FailedAttemptLimit {
     /// At most `max_failures` failed attempts per client within `window`,
-    /// clients told apart by the peer address (axum's `ConnectInfo<SocketAddr>` with the feature `connect-info`, grouped per /64 for IPv6), tracking up to 100,000
+    /// clients told apart by their address (grouped per /64 for IPv6), tracking up to 100,000
     /// clients: [`FailedAttemptLimit::builder`]`(max_failures, window).build()`.
     ///
     /// # Panics
@@ -361,7 +355,6 @@ impl FailedAttemptLimit {
         FailedAttemptLimitBuilder {
             max_failures,
             window,
-            client_id: Arc::new(peer_address),
             max_clients: 100_000,
         }
     }
@@ -376,11 +369,12 @@ impl FailedAttemptLimit {
         self.clients.entry_count()
     }
 
-    /// The client of a request, if it can be told. The first request that
-    /// has none logs a warning: a limiter that limits nothing should not be
-    /// silent.
-    pub(crate) fn client(&self, headers: &HeaderMap, extensions: &Extensions) -> Option<IpAddr> {
-        let client = (self.client_id)(headers, extensions);
+    /// The client of a request whose address is `address` (as the
+    /// authenticator resolved it), if it can be told: IPv6 grouped by /64.
+    /// The first request that has none logs a warning: a limiter that
+    /// limits nothing should not be silent.
+    pub(crate) fn client(&self, address: Option<IpAddr>) -> Option<IpAddr> {
+        let client = address.map(group);
         // The load keeps the shared flag read-only once set (no cache-line bouncing).
         if client.is_none()
             && !self.warned_no_client.load(Ordering::Relaxed)
@@ -389,7 +383,8 @@ impl FailedAttemptLimit {
             tracing::warn!(
                 "failed-attempt limit is on, but a request has no client address, so it is \
                  not limited; serve with `into_make_service_with_connect_info::<SocketAddr>()` \
-                 (feature `connect-info`) or set one with `FailedAttemptLimit::builder(..).client_id(..)` (logged once)"
+                 (feature `connect-info`), trust your proxies with `AuthenticatorBuilder::trusted_proxies(..)`, \
+                 or put a `ClientIp` in the request's extensions (logged once)"
             );
         }
         client
@@ -474,7 +469,6 @@ impl FailedAttemptLimit {
 pub struct FailedAttemptLimitBuilder {
     max_failures: u32,
     window: Duration,
-    client_id: Arc<ClientIdFn>,
     max_clients: u64,
 }
 
@@ -489,15 +483,6 @@ impl fmt::Debug for FailedAttemptLimitBuilder {
 }
 
 impl FailedAttemptLimitBuilder {
-    /// Tell clients apart with `client_id` instead of the peer address.
-    pub fn client_id<F>(mut self, client_id: F) -> Self
-    where
-        F: Fn(&HeaderMap, &Extensions) -> Option<IpAddr> + Send + Sync + 'static,
-    {
-        self.client_id = Arc::new(client_id);
-        self
-    }
-
     /// How many clients are tracked at most (default 100,000).
     pub fn max_clients(mut self, max: u64) -> Self {
         self.max_clients = max;
@@ -509,7 +494,6 @@ impl FailedAttemptLimitBuilder {
         FailedAttemptLimit {
             max_failures: self.max_failures,
             window: self.window,
-            client_id: self.client_id,
             clients: moka::sync::Cache::builder()
                 .max_capacity(self.max_clients)
                 // A bucket idle for a whole window is full again: forgetting it changes nothing.
@@ -520,25 +504,7 @@ impl FailedAttemptLimitBuilder {
     }
 }
 
-/// The default client id: the peer address axum records with
-/// `into_make_service_with_connect_info::<SocketAddr>()` (feature
-/// `connect-info`; none without it); IPv6 addresses are grouped by /64, the
-/// block one subscriber usually holds.
-pub(crate) fn peer_address(_headers: &HeaderMap, extensions: &Extensions) -> Option<IpAddr> {
-    #[cfg(feature = "connect-info")]
-    {
-        let info = extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?;
-        Some(group(info.0.ip()))
-    }
-    #[cfg(not(feature = "connect-info"))]
-    {
-        let _ = extensions;
-        None
-    }
-}
-
 /// IPv4 as is; IPv6 by /64 (IPv4-mapped addresses as IPv4).
-#[cfg_attr(not(feature = "connect-info"), allow(dead_code))]
 pub(crate) fn group(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,

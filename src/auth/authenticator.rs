@@ -9,6 +9,7 @@ use http::{HeaderMap, Response};
 
 use super::attempts::FailedAttemptLimit;
 use super::builder::AuthenticatorBuilder;
+use super::client_ip::ClientIpResolver;
 use super::layer::ApiKeyLayer;
 use super::meter::Meter;
 use super::rejection::{self, Rejection, RejectionResponder};
@@ -43,6 +44,9 @@ pub(crate) struct AuthState {
     pub(crate) cors_preflight: bool,
     pub(crate) responder: Arc<dyn RejectionResponder>,
     pub(crate) attempts: Option<FailedAttemptLimit>,
+    /// The one answer to "which client sent this": for the limiter, key
+    /// allowlists and the logs.
+    pub(crate) client_ip: ClientIpResolver,
     pub(crate) usage: Option<UsageRecorder>,
     pub(crate) meter: Meter,
     /// The scopes of every management router built on this authenticator:
@@ -60,6 +64,7 @@ impl fmt::Debug for Authenticator {
             .field("realm", &s.realm)
             .field("extra_header", &s.extra_header)
             .field("cors_preflight", &s.cors_preflight)
+            .field("client_ip", &s.client_ip)
             .finish_non_exhaustive()
     }
 }

@@ -9,6 +9,7 @@ use http::header::{HeaderName, AUTHORIZATION};
 
 use super::attempts::FailedAttemptLimit;
 use super::authenticator::{AuthState, Authenticator};
+use super::client_ip::{ClientIpResolver, ForwardedHeader};
 use super::meter::Meter;
 use super::rejection::{JsonRejection, RejectionResponder};
 use crate::cache::{CacheConfig, CacheConfigBuilder, CachedVerifier};
@@ -16,6 +17,7 @@ use crate::cache::{CacheConfig, CacheConfigBuilder, CachedVerifier};
 use crate::clock::Clock;
 use crate::ledger::CreditLedger;
 use crate::limits::LimitSettings;
+use crate::network::{IpNet, RangeSet};
 use crate::usage::UsageRecorder;
 use crate::verifier::Verifier;
 
@@ -67,6 +69,8 @@ pub struct AuthenticatorBuilder {
     cors_preflight: bool,
     responder: Arc<dyn RejectionResponder>,
     attempts: Option<FailedAttemptLimit>,
+    trusted_proxies: Vec<IpNet>,
+    forwarded_header: ForwardedHeader,
     usage: Option<UsageRecorder>,
     limits: LimitSettings,
 }
@@ -79,6 +83,8 @@ impl fmt::Debug for AuthenticatorBuilder {
             .field("extra_header", &self.extra_header)
             .field("cors_preflight", &self.cors_preflight)
             .field("failed_attempt_limit", &self.attempts)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("forwarded_header", &self.forwarded_header)
             .finish_non_exhaustive()
     }
 }
@@ -94,6 +100,8 @@ impl AuthenticatorBuilder {
             cors_preflight: false,
             responder: Arc::new(JsonRejection),
             attempts: None,
+            trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::default(),
             usage: None,
             limits: LimitSettings::default(),
         }
@@ -205,6 +213,45 @@ impl AuthenticatorBuilder {
         self
     }
 
+    /// The proxies in front of the service (default: none): a request whose
+    /// peer is in one of these networks has its client address read from
+    /// the [`forwarded_header`](Self::forwarded_header) they write, walked
+    /// from the right past every trusted hop to the first untrusted
+    /// address, never the leftmost entry, which the client chose. Every
+    /// other request's client is its peer (axum's `ConnectInfo<SocketAddr>`,
+    /// feature `connect-info`), or a [`ClientIp`](crate::auth::ClientIp)
+    /// the application put in the request's extensions.
+    ///
+    /// That one address is what the [failed-attempt
+    /// limit](Self::failed_attempt_limit), keys' [allowed
+    /// networks](crate::KeyRecord::allowed_networks) and the logs use. It is
+    /// resolved only when one of them needs it: a key without allowed
+    /// networks, with no limiter, costs nothing.
+    ///
+    /// ```
+    /// use tower_api_key::{Authenticator, IpNet, MemoryStore};
+    /// use tower_api_key::auth::ForwardedHeader;
+    ///
+    /// let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+    /// let auth = Authenticator::builder(MemoryStore::new())
+    ///     .trusted_proxies(proxies)
+    ///     .forwarded_header(ForwardedHeader::XForwardedFor)
+    ///     .build();
+    /// # drop(auth);
+    /// ```
+    pub fn trusted_proxies(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
+        self.trusted_proxies = networks.into_iter().collect();
+        self
+    }
+
+    /// The header the [trusted proxies](Self::trusted_proxies) write the
+    /// client's address in (default `X-Forwarded-For`). Read only when the
+    /// peer is a trusted proxy.
+    pub fn forwarded_header(mut self, header: ForwardedHeader) -> Self {
+        self.forwarded_header = header;
+        self
+    }
+
     /// How keys' rate limits and credits are enforced (default: on one
     /// machine, with headers; see [`crate::limits`]). Keys without limits
     /// are not affected.
@@ -249,6 +296,10 @@ impl AuthenticatorBuilder {
             cors_preflight: self.cors_preflight,
             responder: self.responder,
             attempts: self.attempts,
+            client_ip: ClientIpResolver::new(
+                RangeSet::new(&self.trusted_proxies),
+                self.forwarded_header,
+            ),
             usage: self.usage,
             #[cfg(feature = "management")]
             management_scopes: std::sync::RwLock::default(),

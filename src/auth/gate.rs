@@ -213,10 +213,12 @@ fn precheck<'r, B>(s: &AuthState, request: &'r Request<B>) -> Precheck<'r> {
     }
     let attempt = match &s.attempts {
         None => Attempt::Unlimited,
-        Some(limit) => match limit.client(request.headers(), request.extensions()) {
-            Some(client) => Attempt::From(client),
-            None => Attempt::Unlimited,
-        },
+        Some(limit) => {
+            match limit.client(s.client_ip.resolve(request.headers(), request.extensions())) {
+                Some(client) => Attempt::From(client),
+                None => Attempt::Unlimited,
+            }
+        }
     };
     // Parsed before the limiter is asked: it is offline and cheap, and a
     // blocked client's cached valid key must still get through.
@@ -352,6 +354,14 @@ fn verdict<B>(
             // route, before its scopes are looked at.
             if caller.record().quarantined {
                 return Err(Rejection::of_key(Reason::KeyCompromised, key_id));
+            }
+            // The client address is resolved for keys with networks only: a
+            // key without costs nothing here. No address, no admission.
+            if let Some(networks) = &caller.record().allowed_networks {
+                let client = s.client_ip.resolve(request.headers(), request.extensions());
+                if !client.is_some_and(|ip| networks.contains(ip)) {
+                    return Err(Rejection::network_not_allowed(key_id, client));
+                }
             }
             let scope_policy = rules.policy_for(request.method(), request.uri().path());
             return match scope_policy.check(caller.scopes()) {

@@ -44,7 +44,11 @@
 //!    gets 429 at steps 3 to 5 instead, without a verifier call; only a key
 //!    the cache holds as valid still gets through. (A request that finds
 //!    every attempt left held by lookups in flight waits for their outcome.)
-//! 6. The route's [`ScopePolicy`](crate::ScopePolicy): a 403 if it refuses.
+//! 6. A key with [allowed networks](crate::Networks) used from any other
+//!    client address, or from one that cannot be told, is a 403
+//!    `network_not_allowed` (the address: see
+//!    [`trusted_proxies`](crate::AuthenticatorBuilder::trusted_proxies)).
+//!    Then the route's [`ScopePolicy`](crate::ScopePolicy): a 403 if it refuses.
 //! 7. The [`Caller`](crate::Caller) goes into the request's extensions (replacing any), the
 //!    credential header is marked sensitive, and the inner service is called.
 //!
@@ -56,6 +60,7 @@ mod attempts;
 pub(crate) mod authenticator;
 mod body;
 pub(crate) mod builder;
+mod client_ip;
 mod credits;
 mod extract;
 mod future;
@@ -73,13 +78,14 @@ pub(crate) mod service;
 mod axum;
 
 // Used by the management API; also resolves this module's doc links.
-pub use attempts::{ClientIdFn, FailedAttemptLimit, FailedAttemptLimitBuilder};
+pub use attempts::{FailedAttemptLimit, FailedAttemptLimitBuilder};
 #[cfg_attr(not(feature = "management"), allow(unused_imports))]
 pub(crate) use authenticator::Authenticator;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use axum::MissingCaller;
 pub use body::{RejectionBody, ResponseBody};
+pub use client_ip::{ClientIp, ForwardedHeader};
 pub use future::ResponseFuture;
 pub use rejection::{JsonRejection, RejectionResponder};
 pub use rules::RouteRules;

@@ -1,6 +1,7 @@
 //! Rejection responses: what a refused request gets back.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -53,6 +54,9 @@ pub enum Reason {
     /// quarantined ([`LeakAction::Quarantine`](crate::store::LeakAction)):
     /// refused on every route until the key is reissued.
     KeyCompromised,
+    /// The key is valid, but carries [allowed networks](crate::Networks)
+    /// and the client's address is in none of them (or cannot be told).
+    NetworkNotAllowed,
 }
 
 impl Reason {
@@ -63,9 +67,10 @@ impl Reason {
             Self::Missing | Self::WrongScheme | Self::Malformed | Self::Unknown | Self::Expired => {
                 StatusCode::UNAUTHORIZED
             }
-            Self::InsufficientScope | Self::ScopedKeyOnUnscopedRoute | Self::KeyCompromised => {
-                StatusCode::FORBIDDEN
-            }
+            Self::InsufficientScope
+            | Self::ScopedKeyOnUnscopedRoute
+            | Self::KeyCompromised
+            | Self::NetworkNotAllowed => StatusCode::FORBIDDEN,
             Self::TooManyAttempts | Self::RateLimited | Self::QuotaExhausted => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -103,6 +108,7 @@ impl Reason {
             Self::VerifierPanicked => "verifier_panicked",
             Self::NoCreditLedger => "no_credit_ledger",
             Self::KeyCompromised => "key_compromised",
+            Self::NetworkNotAllowed => "network_not_allowed",
         }
     }
 
@@ -147,6 +153,7 @@ impl fmt::Display for Reason {
 /// | two credentials in one request | 400 | 16 UNAUTHENTICATED |
 /// | valid key, route scope not satisfied | 403 `insufficient_scope` | 7 PERMISSION_DENIED |
 /// | valid key whose secret is quarantined after a leak report | 403 `key_compromised` | 7 PERMISSION_DENIED |
+/// | valid key used from outside its allowed networks | 403 `network_not_allowed` | 7 PERMISSION_DENIED |
 /// | too many failed attempts | 429 `too_many_attempts` + `Retry-After` | 8 RESOURCE_EXHAUSTED |
 /// | key or account over a rate limit | 429 `rate_limited` + `Retry-After`, `RateLimit-Policy`, `RateLimit` | 8 RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` |
 /// | key out of credits | 429 `quota_exhausted` (+ `Retry-After` when a refill is scheduled) | 8 RESOURCE_EXHAUSTED (with `RetryInfo` when a refill is scheduled) |
@@ -186,6 +193,7 @@ pub struct Rejection {
     pub(crate) required: Option<ScopeSet>,
     pub(crate) retry_after: Option<Duration>,
     pub(crate) rate_limit: Option<Box<RateHeaders>>,
+    pub(crate) client: Option<IpAddr>,
 }
 
 // One constructor per kind of refusal; the fields are only read after.
@@ -199,6 +207,7 @@ impl Rejection {
             required: None,
             retry_after: None,
             rate_limit: None,
+            client: None,
         }
     }
 
@@ -217,6 +226,15 @@ impl Rejection {
         Self {
             required,
             ..Self::of_key(Reason::InsufficientScope, key_id)
+        }
+    }
+
+    /// A valid key with allowed networks used from `client`, which is in
+    /// none of them (`None`: the address could not be told).
+    pub(crate) fn network_not_allowed(key_id: KeyId, client: Option<IpAddr>) -> Self {
+        Self {
+            client,
+            ..Self::of_key(Reason::NetworkNotAllowed, key_id)
         }
     }
 
@@ -281,6 +299,12 @@ impl Rejection {
         self.required.as_ref()
     }
 
+    /// The client address refused, for `network_not_allowed` rejections
+    /// (`None` there: it could not be told).
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.client
+    }
+
     /// When to retry, for rate limiting, a scheduled refill of credits and
     /// unavailability.
     pub fn retry_after(&self) -> Option<Duration> {
@@ -333,6 +357,9 @@ impl RejectionResponder for JsonRejection {
             StatusCode::FORBIDDEN if rejection.reason == Reason::KeyCompromised => {
                 br#"{"error":"key_compromised","message":"the API key was reported leaked and is quarantined; reissue it"}"#
             }
+            StatusCode::FORBIDDEN if rejection.reason == Reason::NetworkNotAllowed => {
+                br#"{"error":"network_not_allowed","message":"the API key may not be used from this network"}"#
+            }
             StatusCode::FORBIDDEN => {
                 br#"{"error":"insufficient_scope","message":"the API key is not allowed to access this resource"}"#
             }
@@ -369,6 +396,9 @@ pub(crate) fn www_authenticate(realm: &str, rejection: &Rejection) -> Option<Hea
         StatusCode::FORBIDDEN if rejection.reason == Reason::KeyCompromised => {
             value.push_str(", error=\"key_compromised\"");
         }
+        StatusCode::FORBIDDEN if rejection.reason == Reason::NetworkNotAllowed => {
+            value.push_str(", error=\"network_not_allowed\"");
+        }
         StatusCode::FORBIDDEN => {
             value.push_str(", error=\"insufficient_scope\"");
             if let Some(required) = &rejection.required {
@@ -398,11 +428,24 @@ pub(crate) fn respond(
     realm: &str,
 ) -> Response<Bytes> {
     telemetry::outcome(rejection.reason.as_str());
-    match rejection.key_id {
-        Some(id) => {
-            tracing::debug!(target: LOG_TARGET, reason = %rejection.reason, key_id = %id, "api key rejected")
+    if rejection.reason == Reason::NetworkNotAllowed {
+        // Worth more than debug: a key used from elsewhere may be a leaked
+        // one. The address, never the secret.
+        let client = rejection
+            .client
+            .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+        if let Some(id) = rejection.key_id {
+            tracing::info!(target: LOG_TARGET, reason = %rejection.reason, key_id = %id, %client, "api key used from outside its allowed networks");
         }
-        None => tracing::debug!(target: LOG_TARGET, reason = %rejection.reason, "api key rejected"),
+    } else {
+        match rejection.key_id {
+            Some(id) => {
+                tracing::debug!(target: LOG_TARGET, reason = %rejection.reason, key_id = %id, "api key rejected")
+            }
+            None => {
+                tracing::debug!(target: LOG_TARGET, reason = %rejection.reason, "api key rejected")
+            }
+        }
     }
     if is_grpc(request) {
         grpc_response(rejection)
@@ -461,6 +504,7 @@ fn grpc_message(reason: Reason) -> &'static str {
         Reason::KeyCompromised => {
             return "the API key was reported leaked and is quarantined; reissue it"
         }
+        Reason::NetworkNotAllowed => return "the API key may not be used from this network",
         _ => {}
     }
     match reason.grpc_code() {
@@ -585,6 +629,7 @@ mod tests {
             (Reason::VerifierPanicked, tonic::Code::Internal),
             (Reason::NoCreditLedger, tonic::Code::Internal),
             (Reason::KeyCompromised, tonic::Code::PermissionDenied),
+            (Reason::NetworkNotAllowed, tonic::Code::PermissionDenied),
         ] {
             assert_eq!(i32::from(reason.grpc_code()), code as i32, "{reason}");
             let ours = grpc_response(Rejection::new(reason));

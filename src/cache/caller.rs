@@ -128,7 +128,40 @@ impl Caller {
     /// store did): a [`Notify`](crate::store::LeakAction::Notify) key keeps
     /// working and shows it here.
     pub fn compromise(&self) -> Option<&crate::record::Compromise> {
-        self.0.record.compromise.as_ref()
+        self.0.record.compromise.as_deref()
+    }
+
+    /// The JSON object the operator attached to the key, as its text
+    /// (`None`: none). Opaque to the layer, which never authorizes on it.
+    pub fn metadata(&self) -> Option<&str> {
+        self.0
+            .record
+            .metadata
+            .as_ref()
+            .map(crate::metadata::Metadata::as_str)
+    }
+
+    /// The key's metadata decoded as a `T` (feature `serde`): `None` when
+    /// the key has none, an error when it does not fit `T`.
+    ///
+    /// ```
+    /// # #[cfg(feature = "serde")] {
+    /// use tower_api_key::{Caller, KeyRecord, Metadata};
+    ///
+    /// let record = KeyRecord::new("0123456789abcdef".parse().unwrap(), "sa-1")
+    ///     .with_metadata(Some(Metadata::new(r#"{"plan":"pro"}"#).unwrap()));
+    /// let caller = Caller::from(record);
+    /// // Any `Deserialize` type: here serde_json's own.
+    /// let meta: serde_json::Value = caller.metadata_as().unwrap().unwrap();
+    /// assert_eq!(meta["plan"], "pro");
+    /// # }
+    /// ```
+    #[cfg(feature = "serde")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+    pub fn metadata_as<'a, T: serde::Deserialize<'a>>(
+        &'a self,
+    ) -> Option<Result<T, serde_json::Error>> {
+        self.0.record.metadata.as_ref().map(|m| m.deserialize())
     }
 
     /// The whole record.

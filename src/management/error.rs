@@ -128,6 +128,17 @@ impl ApiError {
         )
     }
 
+    /// 403: the caller has allowed networks, and the key would be usable
+    /// beyond them.
+    pub(crate) fn networks_beyond_caller() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            "this api key may be used only from its allowed networks, so it may give a key \
+             only networks inside them (and never none)",
+        )
+    }
+
     /// 403: the caller may not manage this service account's keys.
     pub(crate) fn account_denied(account: &str) -> Self {
         Self::new(

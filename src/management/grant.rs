@@ -32,6 +32,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::cache::Caller;
+use crate::network::Networks;
 use crate::record::KeyRecord;
 use crate::scope::{Scope, ScopeSet};
 
@@ -185,6 +186,23 @@ pub(crate) fn is_limited(caller: &Caller) -> bool {
         || record.credits.is_some()
 }
 
+/// Whether a key with `requested` networks (`None`: any) is used only where
+/// `caller` may be: a caller with allowed networks may give only networks
+/// inside its own, never none. Networks widen where a key is accepted as
+/// scopes do.
+pub(crate) fn networks_within(caller: &Caller, requested: Option<&Networks>) -> bool {
+    let Some(own) = &caller.record().allowed_networks else {
+        return true;
+    };
+    let Some(requested) = requested else {
+        return false;
+    };
+    requested
+        .as_slice()
+        .iter()
+        .all(|net| own.as_slice().iter().any(|mine| mine.contains(net)))
+}
+
 impl Grants {
     /// Whether `caller` is refused what only unlimited callers may do: it
     /// is limited, and the router does not let limited callers do it.
@@ -270,6 +288,27 @@ mod tests {
     }
 
     const MANAGE: &str = "apikeys.manage";
+
+    #[test]
+    fn a_caller_with_networks_gives_only_networks_inside_its_own() {
+        let nets = |n: &[&str]| Networks::parse(n).unwrap();
+        let free = caller(&[MANAGE]);
+        assert!(networks_within(&free, None));
+        let bound = Caller::from(
+            KeyRecord::new(KeyId::random().unwrap(), "sa-1")
+                .with_allowed_networks(Some(nets(&["10.0.0.0/8", "2001:db8::/32"]))),
+        );
+        assert!(!networks_within(&bound, None), "no networks: anywhere");
+        assert!(networks_within(
+            &bound,
+            Some(&nets(&["10.1.0.0/16", "2001:db8:1::/48", "10.9.9.9"]))
+        ));
+        assert!(!networks_within(&bound, Some(&nets(&["10.0.0.0/7"]))));
+        assert!(!networks_within(
+            &bound,
+            Some(&nets(&["10.0.0.0/8", "192.0.2.1"]))
+        ));
+    }
 
     fn check(grants: &Grants, caller: &Caller, change: Change<'_>) -> Result<(), Refused> {
         let target = Target {

@@ -13,6 +13,8 @@ use crate::limits::{
     check_rate_limits, parse_period, Credits, Period, RateLimit, Refill, RefillInterval,
     MAX_CREDITS,
 };
+use crate::metadata::{Metadata, MetadataError};
+use crate::network::Networks;
 use crate::record::KeyRecord;
 use crate::scope::ScopeSet;
 use crate::store::kit::hint_of;
@@ -63,6 +65,14 @@ pub struct KeyResource {
     #[serde(default)]
     #[schema(required = true)]
     pub compromise: Option<CompromiseResource>,
+    /// The networks the key may be used from (CIDRs, a single address as
+    /// `/32` or `/128`); empty: any.
+    #[serde(default)]
+    pub allowed_networks: Vec<String>,
+    /// What the operator attached to the key (a JSON object), or `null`.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub metadata: Option<serde_json::Value>,
 }
 
 /// A leak report recorded on a key, as the management API shows it.
@@ -196,6 +206,16 @@ impl KeyResource {
                 action: c.action.as_str().to_owned(),
                 quarantined: record.quarantined,
             }),
+            allowed_networks: record
+                .allowed_networks
+                .as_ref()
+                .map(Networks::to_strings)
+                .unwrap_or_default(),
+            // Validated as a JSON object when it was made: it parses.
+            metadata: record
+                .metadata
+                .as_ref()
+                .and_then(|m| serde_json::from_str(m.as_str()).ok()),
         }
     }
 }
@@ -295,6 +315,14 @@ pub(crate) struct CreateKeyRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     credits: Option<CreditsBody>,
+    /// The networks the key may be used from (at most 64 CIDRs or
+    /// addresses); absent or empty: any.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    allowed_networks: Option<Vec<String>>,
+    /// A JSON object of at most 1 KiB for the handlers; absent or `null`: none.
+    #[serde(default, deserialize_with = "nullable")]
+    metadata: Option<Option<serde_json::Value>>,
 }
 
 impl CreateKeyRequest {
@@ -319,13 +347,20 @@ impl CreateKeyRequest {
         if let Some(credits) = self.credits {
             new = new.with_credits(credits.validate()?);
         }
+        if let Some(networks) = self.allowed_networks {
+            new = new.with_allowed_networks(networks_of(&networks)?);
+        }
+        if let Some(metadata) = self.metadata.flatten() {
+            new = new.with_metadata(Some(metadata_of(&metadata, format)?));
+        }
         Ok(new)
     }
 }
 
 /// `PATCH /keys/{id}`: absent fields stay as they are; `"expires_at": null`
-/// removes the expiry, `"rate_limits": null` (or `[]`) the rate limits and
-/// `"credits": null` the credits.
+/// removes the expiry, `"rate_limits": null` (or `[]`) the rate limits,
+/// `"credits": null` the credits, `"allowed_networks": null` (or `[]`) the
+/// networks and `"metadata": null` the metadata.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateKeyRequest {
@@ -346,6 +381,12 @@ pub(crate) struct UpdateKeyRequest {
     /// The new credits, or `null` for none.
     #[serde(default, deserialize_with = "nullable")]
     credits: Option<Option<CreditsBody>>,
+    /// The new networks, or `null` (or `[]`) for any.
+    #[serde(default, deserialize_with = "nullable")]
+    allowed_networks: Option<Option<Vec<String>>>,
+    /// The new metadata (a JSON object), or `null` for none.
+    #[serde(default, deserialize_with = "nullable")]
+    metadata: Option<Option<serde_json::Value>>,
 }
 
 impl UpdateKeyRequest {
@@ -371,6 +412,12 @@ impl UpdateKeyRequest {
         }
         if let Some(credits) = self.credits {
             update = update.with_credits(credits.map(CreditsBody::validate).transpose()?);
+        }
+        if let Some(networks) = self.allowed_networks {
+            update = update.with_allowed_networks(networks_of(&networks.unwrap_or_default())?);
+        }
+        if let Some(metadata) = self.metadata {
+            update = update.with_metadata(metadata.map(|m| metadata_of(&m, format)).transpose()?);
         }
         Ok(update)
     }
@@ -563,6 +610,29 @@ pub(crate) fn no_key_in_account(account: &str, format: &KeyFormat) -> Result<(),
 fn description_of(text: String, format: &KeyFormat) -> Result<String, ApiError> {
     rules::description(&text, format).map_err(field_error)?;
     Ok(text)
+}
+
+/// Allowed networks as given: `[]` is none (any network).
+fn networks_of(entries: &[String]) -> Result<Option<Networks>, ApiError> {
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    Networks::parse(entries)
+        .map(Some)
+        .map_err(|e| ApiError::invalid(e.to_string()))
+}
+
+/// Metadata as given: a JSON object of at most 1 KiB (written compact) that
+/// holds no key.
+fn metadata_of(value: &serde_json::Value, format: &KeyFormat) -> Result<Metadata, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::invalid(MetadataError::NotObject.to_string()));
+    }
+    let text =
+        serde_json::to_string(value).map_err(|e| ApiError::invalid(format!("metadata: {e}")))?;
+    let metadata = Metadata::new(&text).map_err(|e| ApiError::invalid(e.to_string()))?;
+    rules::metadata(&metadata, format).map_err(field_error)?;
+    Ok(metadata)
 }
 
 fn scopes_of(names: &[String], format: &KeyFormat) -> Result<ScopeSet, ApiError> {

@@ -354,8 +354,23 @@ impl ApiState {
         if update.rate_limits.is_some() || update.credits.is_some() {
             self.check_unlimited(caller, "change the rate limits or credits of a key")?;
         }
+        if let Some(networks) = &update.allowed_networks {
+            check_networks(caller, networks.as_ref())?;
+        }
         Ok(())
     }
+}
+
+/// A caller with allowed networks gives keys only networks inside them.
+fn check_networks(caller: &Caller, requested: Option<&crate::network::Networks>) -> Result<()> {
+    if super::grant::networks_within(caller, requested) {
+        return Ok(());
+    }
+    tracing::info!(
+        caller_key_id = %caller.key_id(),
+        "api key management: networks beyond the caller's refused"
+    );
+    Err(ApiError::networks_beyond_caller())
 }
 
 /// [`ApiState::check_grant`] for a change of the existing key `current`.
@@ -404,6 +419,7 @@ pub(crate) async fn create(
     };
     api.check_grant(&caller, target, Change::Create(&new.scopes))?;
     api.check_unlimited(&caller, "create keys")?;
+    check_networks(&caller, new.allowed_networks.as_ref())?;
     let created = api.store.create(new).await?;
     let id = created.record.key_id;
     tracing::info!(
@@ -951,7 +967,7 @@ mod tests {
             decode::<CreateKeyRequest>(br#"{"service_account_id":"sa","expiry":1}"#).unwrap_err();
         assert_eq!(
             e.message(),
-            "unknown field `expiry`, expected one of `service_account_id`, `description`, `scopes`, `expires_at`, `rate_limits`, `credits`"
+            "unknown field `expiry`, expected one of `service_account_id`, `description`, `scopes`, `expires_at`, `rate_limits`, `credits`, `allowed_networks`, `metadata`"
         );
         let e = decode::<CreateKeyRequest>(br#"{"service_account_id":"sa"} x"#).unwrap_err();
         assert_eq!(e.message(), "trailing characters after the JSON body");

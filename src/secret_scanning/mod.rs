@@ -419,7 +419,7 @@ impl Receiver {
         let key_id = key.id();
         let event = match &outcome {
             Compromised::Acted { key } => {
-                let compromise = key.record.compromise.clone();
+                let compromise = key.record.compromise.as_deref().cloned();
                 tracing::warn!(
                     target: LOG_TARGET,
                     %key_id,

@@ -363,6 +363,8 @@ impl KeyStore for MemoryStore {
             .with_description(new.description)
             .with_expires_at(new.expires_at)
             .with_rate_limits(new.rate_limits)
+            .with_allowed_networks(new.allowed_networks)
+            .with_metadata(new.metadata)
             .with_created_at(now);
         let stored = Stored {
             record,
@@ -466,6 +468,12 @@ impl KeyStore for MemoryStore {
             }
             if let Some(limits) = update.rate_limits {
                 stored.record.rate_limits = limits;
+            }
+            if let Some(networks) = update.allowed_networks {
+                stored.record.allowed_networks = networks;
+            }
+            if let Some(metadata) = update.metadata {
+                stored.record.metadata = metadata;
             }
             if let Some(credits) = update.credits {
                 // A new setting (or none) starts a new generation: credits
@@ -742,7 +750,7 @@ impl KeyStore for MemoryStore {
             if stored.compromised_hash == Some(matched) {
                 return Ok(Compromised::AlreadyReported);
             }
-            stored.record.compromise = Some(report.at(now));
+            stored.record.compromise = Some(Box::new(report.at(now)));
             stored.compromised_hash = Some(matched);
             stored.version = stored.version.next();
             let stored = keys

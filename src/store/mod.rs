@@ -55,6 +55,8 @@ pub use transfer::{Imported, PreviousHash, StoredKey, MAX_EXPORT_PAGE};
 
 use crate::key::{GeneratedKey, KeyGenError, KeyId};
 use crate::limits::{Credits, RateLimit};
+use crate::metadata::Metadata;
+use crate::network::Networks;
 use crate::record::KeyRecord;
 use crate::scope::ScopeSet;
 
@@ -85,6 +87,10 @@ pub struct NewKey {
     pub rate_limits: Vec<RateLimit>,
     /// Credits, if the key is to have a quota.
     pub credits: Option<Credits>,
+    /// The networks the key may be used from; `None`: any.
+    pub allowed_networks: Option<Networks>,
+    /// What the operator attaches to the key, for handlers.
+    pub metadata: Option<Metadata>,
 }
 
 impl NewKey {
@@ -97,7 +103,21 @@ impl NewKey {
             expires_at: None,
             rate_limits: Vec::new(),
             credits: None,
+            allowed_networks: None,
+            metadata: None,
         }
+    }
+
+    /// Sets the networks the key may be used from (`None`: any).
+    pub fn with_allowed_networks(mut self, networks: Option<Networks>) -> Self {
+        self.allowed_networks = networks;
+        self
+    }
+
+    /// Sets the metadata.
+    pub fn with_metadata(mut self, metadata: Option<Metadata>) -> Self {
+        self.metadata = metadata;
+        self
     }
 
     /// Sets the scopes.
@@ -251,6 +271,10 @@ pub struct KeyUpdate {
     /// `Some(None)` removes them. To add credits, use
     /// [`KeyStore::add_credits`].
     pub credits: Option<Option<Credits>>,
+    /// New allowed networks: `Some(None)` removes them (any network).
+    pub allowed_networks: Option<Option<Networks>>,
+    /// New metadata: `Some(None)` removes it.
+    pub metadata: Option<Option<Metadata>>,
 }
 
 impl KeyUpdate {
@@ -262,6 +286,20 @@ impl KeyUpdate {
             && self.expires_at.is_none()
             && self.rate_limits.is_none()
             && self.credits.is_none()
+            && self.allowed_networks.is_none()
+            && self.metadata.is_none()
+    }
+
+    /// Sets (or with `None`, removes) the allowed networks.
+    pub fn with_allowed_networks(mut self, networks: Option<Networks>) -> Self {
+        self.allowed_networks = Some(networks);
+        self
+    }
+
+    /// Sets (or with `None`, removes) the metadata.
+    pub fn with_metadata(mut self, metadata: Option<Metadata>) -> Self {
+        self.metadata = Some(metadata);
+        self
     }
 
     /// Sets the description.

@@ -76,6 +76,10 @@ pub enum Field {
     CompromiseSource,
     /// When the leak report was recorded.
     CompromisedAt,
+    /// `allowed_networks`.
+    AllowedNetworks,
+    /// `metadata`.
+    Metadata,
 }
 
 impl fmt::Display for Field {
@@ -98,6 +102,8 @@ impl fmt::Display for Field {
             Self::CompromiseUrl => "compromise.url",
             Self::CompromiseSource => "compromise.source",
             Self::CompromisedAt => "compromise.compromised_at",
+            Self::AllowedNetworks => "allowed_networks",
+            Self::Metadata => "metadata",
         };
         f.write_str(name)
     }
@@ -281,6 +287,15 @@ pub fn description(text: &str, format: &KeyFormat) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// Metadata: no key (it is shown to every reader of the key). Its shape
+/// and size are [`Metadata::new`](crate::metadata::Metadata::new)'s.
+pub fn metadata(
+    metadata: &crate::metadata::Metadata,
+    format: &KeyFormat,
+) -> Result<(), FieldError> {
+    no_key(Field::Metadata, metadata.as_str(), format)
+}
+
 /// Scope names as given (by a request, a flag): each a scope and no key,
 /// at most [`MAX_SCOPES_PER_KEY`] unique ones.
 pub fn scopes<S: AsRef<str>>(names: &[S], format: &KeyFormat) -> Result<ScopeSet, FieldError> {
@@ -412,6 +427,9 @@ pub fn stored_key(key: &StoredKey, format: &KeyFormat, now: SystemTime) -> Resul
     rate_limits(&record.rate_limits)?;
     if let Some(c) = &record.credits {
         credits(c)?;
+    }
+    if let Some(m) = &record.metadata {
+        metadata(m, format)?;
     }
     if let Some(c) = &record.compromise {
         use crate::store::CompromiseReport;

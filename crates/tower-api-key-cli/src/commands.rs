@@ -103,6 +103,7 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
             description,
             expiry,
             limits,
+            extras,
         } => {
             validate::account("--account", &account)?;
             validate::description(&description, &format)?;
@@ -117,6 +118,10 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
             }
             if let Some(at) = expiry.resolve(SystemTime::now())? {
                 new = new.with_expires_at(at);
+            }
+            new = new.with_allowed_networks(validate::networks(&extras.allow_networks)?);
+            if let Some(text) = &extras.metadata {
+                new = new.with_metadata(Some(validate::metadata(text, &format)?));
             }
             check_pepper(ctx).await?;
             let created = store.create(new).await?;
@@ -193,6 +198,9 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
             limits,
             no_rate_limits,
             no_credits,
+            extras,
+            no_allowed_networks,
+            no_metadata,
         } => {
             let mut update = KeyUpdate::default();
             if let Some(description) = description {
@@ -216,16 +224,22 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
             } else if let Some(credits) = limits.credits()? {
                 update = update.with_credits(Some(credits));
             }
-            if update.description.is_none()
-                && update.scopes.is_none()
-                && update.expires_at.is_none()
-                && update.rate_limits.is_none()
-                && update.credits.is_none()
-            {
+            if no_allowed_networks {
+                update = update.with_allowed_networks(None);
+            } else if !extras.allow_networks.is_empty() {
+                update = update.with_allowed_networks(validate::networks(&extras.allow_networks)?);
+            }
+            if no_metadata {
+                update = update.with_metadata(None);
+            } else if let Some(text) = &extras.metadata {
+                update = update.with_metadata(Some(validate::metadata(text, &format)?));
+            }
+            if update.is_empty() {
                 return Err(CliError::new(
                     "nothing to change: pass --description, --scope, --unscoped, --expires-at, \
-                     --expires-in, --no-expiry, --rate-limit, --no-rate-limits, --credits or \
-                     --no-credits",
+                     --expires-in, --no-expiry, --rate-limit, --no-rate-limits, --credits, \
+                     --no-credits, --allow-network, --no-allowed-networks, --metadata or \
+                     --no-metadata",
                 ));
             }
             let info = store

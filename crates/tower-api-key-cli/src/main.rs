@@ -140,7 +140,8 @@ enum KeysCommand {
     #[command(after_help = "Example:\n  \
                   KEY=$(tower-api-key keys create --account sa-reports \\\n    \
                   --scope reports.read --description 'nightly export' --expires-in 90d \\\n    \
-                  --rate-limit 5/1s --rate-limit 1000/1d --credits 100 --refill monthly:100:1)")]
+                  --rate-limit 5/1s --rate-limit 1000/1d --credits 100 --refill monthly:100:1 \\\n    \
+                  --allow-network 10.0.0.0/8 --metadata '{\"plan\":\"pro\"}')")]
     Create {
         /// The owning service account.
         #[arg(long, value_name = "SA")]
@@ -155,6 +156,8 @@ enum KeysCommand {
         expiry: Expiry,
         #[command(flatten)]
         limits: Limits,
+        #[command(flatten)]
+        extras: Extras,
     },
     /// List a service account's keys (every page); with `--compromised`,
     /// only keys reported leaked, with `--unused-for`, only keys never used
@@ -187,7 +190,8 @@ enum KeysCommand {
         #[arg(value_parser = parse_key_id)]
         id: KeyId,
     },
-    /// Change a key's description, scopes, expiry, rate limits or credits.
+    /// Change a key's description, scopes, expiry, rate limits, credits,
+    /// allowed networks or metadata.
     #[command(after_help = "Example:\n  \
                   tower-api-key keys update 7Hq2xQpLrT0aBcDe --scope reports.read --expires-in 30d\n  \
                   tower-api-key keys update 7Hq2xQpLrT0aBcDe --rate-limit 10/1s,burst=20 --no-credits")]
@@ -217,6 +221,14 @@ enum KeysCommand {
         /// Remove the key's credits (and their refill): no quota.
         #[arg(long, conflicts_with_all = ["credits", "refill"])]
         no_credits: bool,
+        #[command(flatten)]
+        extras: Extras,
+        /// Remove the key's allowed networks: any network.
+        #[arg(long, conflicts_with = "allow_networks")]
+        no_allowed_networks: bool,
+        /// Remove the key's metadata.
+        #[arg(long, conflicts_with = "metadata")]
+        no_metadata: bool,
     },
     /// Add credits to a key that has credits (never past 10^12).
     #[command(after_help = "Example:\n  tower-api-key keys add-credits 7Hq2xQpLrT0aBcDe 500")]
@@ -299,6 +311,19 @@ enum AccountLimitsCommand {
         #[arg(long, conflicts_with = "rate_limits")]
         none: bool,
     },
+}
+
+/// Allowed networks and metadata of a key, for create and update.
+#[derive(Args)]
+struct Extras {
+    /// A network the key may be used from (CIDR such as 10.0.0.0/8, or one
+    /// address); repeat for several (at most 64). None: any network.
+    #[arg(long = "allow-network", value_name = "CIDR")]
+    allow_networks: Vec<String>,
+    /// A JSON object (at most 1 KiB) for the application's handlers, such
+    /// as '{"plan":"pro"}'.
+    #[arg(long, value_name = "JSON")]
+    metadata: Option<String>,
 }
 
 /// Rate limits and credits of a key, for create and update.

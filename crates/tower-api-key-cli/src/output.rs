@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use tower_api_key::limits::{Credits, RateLimit, RefillInterval};
 use tower_api_key::management::{CreditsResource, RateLimitResource};
 use tower_api_key::store::{CreatedKey, KeyInfo};
-use tower_api_key::KeyRecord;
+use tower_api_key::{KeyRecord, Networks};
 
 use crate::error::CliError;
 use crate::time;
@@ -69,6 +69,9 @@ fn record_json(record: &KeyRecord) -> Value {
         "expires_at": record.expires_at.map(time::format),
         "rate_limits": limits_json(&record.rate_limits),
         "credits": record.credits.as_ref().map(|c| json!(CreditsResource::from(c))),
+        "allowed_networks": record.allowed_networks.as_ref().map(Networks::to_strings).unwrap_or_default(),
+        // A Metadata is a JSON object: it always parses.
+        "metadata": record.metadata.as_ref().and_then(|m| serde_json::from_str::<Value>(m.as_str()).ok()),
     })
 }
 
@@ -145,9 +148,11 @@ pub fn table(keys: &[KeyInfo]) -> String {
         "RATE LIMITS",
         "CREDITS",
         "COMPROMISED",
+        "NETWORKS",
+        "METADATA",
         "DESCRIPTION",
     ];
-    let rows: Vec<[String; 10]> = keys
+    let rows: Vec<[String; 12]> = keys
         .iter()
         .map(|k| {
             let r = &k.record;
@@ -170,6 +175,12 @@ pub fn table(keys: &[KeyInfo]) -> String {
                 limits_text(&r.rate_limits),
                 credits_text(r.credits.as_ref()),
                 compromise_text(r),
+                r.allowed_networks
+                    .as_ref()
+                    .map_or("any".into(), |n| n.to_strings().join(",")),
+                r.metadata
+                    .as_ref()
+                    .map_or("none".into(), |m| cell(m.as_str())),
                 cell(&r.description),
             ]
         })

@@ -12,7 +12,7 @@ use tower_api_key::store::{
     Compromise, Imported, KeyInfo, LeakAction, PreviousHash, StoreError, StoredKey, Version,
     MAX_EXPORT_PAGE,
 };
-use tower_api_key::{KeyId, KeyRecord, ScopeSet};
+use tower_api_key::{KeyId, KeyRecord, Metadata, Networks, ScopeSet};
 
 use crate::error::CliError;
 use crate::output::write_stdout;
@@ -48,6 +48,12 @@ pub struct Line {
     /// exports of versions without leak reports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compromise: Option<CompromiseLine>,
+    /// The networks the key may be used from; absent: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_networks: Vec<String>,
+    /// The key's metadata (a JSON object); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
 }
 
 /// A leak report in an export line: the record's `compromise` and the hash
@@ -113,6 +119,16 @@ impl Line {
                 action: c.action.as_str().to_owned(),
                 compromised_hash: key.compromised_hash.map(|h| h.to_string()),
             }),
+            allowed_networks: r
+                .allowed_networks
+                .as_ref()
+                .map(Networks::to_strings)
+                .unwrap_or_default(),
+            // A Metadata is a JSON object: it always parses.
+            metadata: r
+                .metadata
+                .as_ref()
+                .and_then(|m| serde_json::from_str(m.as_str()).ok()),
         }
     }
 
@@ -147,16 +163,24 @@ impl Line {
                     .collect::<Result<_, _>>()?,
             )
             .with_credits(self.credits.as_ref().map(credits_of).transpose()?);
+        if !self.allowed_networks.is_empty() {
+            record.allowed_networks =
+                Some(Networks::parse(&self.allowed_networks).map_err(|e| e.to_string())?);
+        }
+        if let Some(value) = &self.metadata {
+            let text = serde_json::to_string(value).map_err(|e| format!("metadata: {e}"))?;
+            record.metadata = Some(Metadata::new(&text).map_err(|e| e.to_string())?);
+        }
         let mut compromised_hash = None;
         if let Some(c) = &self.compromise {
             let action = LeakAction::from_name(&c.action)
                 .ok_or("compromise.action must be revoke, quarantine or notify")?;
-            record.compromise = Some(Compromise::new(
+            record.compromise = Some(Box::new(Compromise::new(
                 at("compromise.compromised_at", &c.compromised_at)?,
                 &c.url,
                 &c.source,
                 action,
-            ));
+            )));
             compromised_hash = c
                 .compromised_hash
                 .as_deref()

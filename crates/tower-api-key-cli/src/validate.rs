@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tower_api_key::limits::{check_rate_limits, RateLimit, MAX_CREDITS};
 use tower_api_key::store::rules::{self, Field, FieldError};
-use tower_api_key::{KeyFormat, ScopeSet};
+use tower_api_key::{KeyFormat, Metadata, Networks, ScopeSet};
 
 use crate::error::CliError;
 
@@ -47,6 +47,23 @@ pub fn amount(n: u64) -> Result<(), CliError> {
 
 pub fn description(text: &str, format: &KeyFormat) -> Result<(), CliError> {
     rules::description(text, format).map_err(|e| flag_error("--description", &e))
+}
+
+/// `--allow-network` values: none given is none (any network).
+pub fn networks(entries: &[String]) -> Result<Option<Networks>, CliError> {
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    Networks::parse(entries)
+        .map(Some)
+        .map_err(|e| CliError::new(format!("--allow-network: {e}")))
+}
+
+/// `--metadata`: a JSON object of at most 1 KiB that holds no key.
+pub fn metadata(text: &str, format: &KeyFormat) -> Result<Metadata, CliError> {
+    let metadata = Metadata::new(text).map_err(|e| CliError::new(format!("--metadata: {e}")))?;
+    rules::metadata(&metadata, format).map_err(|e| flag_error("--metadata", &e))?;
+    Ok(metadata)
 }
 
 pub fn scopes(names: &[String], format: &KeyFormat) -> Result<ScopeSet, CliError> {

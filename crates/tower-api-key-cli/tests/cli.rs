@@ -15,7 +15,7 @@ use std::process::Stdio;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio_postgres::{Config, NoTls};
 use tower_api_key::cache::{LookupError, Source};
@@ -2799,4 +2799,79 @@ async fn keys_get_and_list_compromised_show_the_leak_report() {
         .ok();
     let moved = json_at(&other, &["keys", "get", &leaked_id]).await;
     assert_eq!(moved["compromise"], got["compromise"]);
+}
+
+#[tokio::test]
+async fn allowed_networks_and_metadata_are_set_shown_changed_and_removed() {
+    let Some(db) = Db::migrated("networks_metadata").await else {
+        return;
+    };
+    let created = json_of(
+        &db,
+        &[
+            "keys",
+            "create",
+            "--account",
+            "sa-net",
+            "--allow-network",
+            "10.0.0.0/8",
+            "--allow-network",
+            "203.0.113.7",
+            "--metadata",
+            r#"{"plan":"pro"}"#,
+        ],
+    )
+    .await;
+    let key = &created["key"];
+    assert_eq!(
+        key["allowed_networks"],
+        json!(["10.0.0.0/8", "203.0.113.7/32"])
+    );
+    assert_eq!(key["metadata"], json!({"plan": "pro"}));
+    let id = key["id"].as_str().unwrap().to_owned();
+    let table = cli(["keys", "get", &id]).db(&db).run().await.ok();
+    assert!(table.stdout.contains("NETWORKS"), "{table:?}");
+    assert!(
+        table.stdout.contains("10.0.0.0/8,203.0.113.7/32"),
+        "{table:?}"
+    );
+    assert!(table.stdout.contains(r#"{"plan":"pro"}"#), "{table:?}");
+
+    let updated = json_of(
+        &db,
+        &[
+            "keys",
+            "update",
+            &id,
+            "--allow-network",
+            "2001:db8::/32",
+            "--no-metadata",
+        ],
+    )
+    .await;
+    assert_eq!(updated["allowed_networks"], json!(["2001:db8::/32"]));
+    assert_eq!(updated["metadata"], Value::Null);
+    let updated = json_of(&db, &["keys", "update", &id, "--no-allowed-networks"]).await;
+    assert_eq!(updated["allowed_networks"], json!([]));
+
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(1100));
+    for (args, says) in [
+        (
+            vec!["--metadata", "[1]"],
+            "--metadata: metadata: must be a JSON object",
+        ),
+        (vec!["--metadata", big.as_str()], "--metadata: metadata: "),
+        (
+            vec!["--allow-network", "10.0.0.0/33"],
+            "--allow-network: allowed_networks[0]",
+        ),
+    ] {
+        let run = cli(["keys", "update", id.as_str()].into_iter().chain(args))
+            .db(&db)
+            .run()
+            .await;
+        assert_eq!(run.code, 1, "{run:?}");
+        assert!(run.stderr.contains(says), "{run:?}");
+    }
+    db.drop_schema().await;
 }

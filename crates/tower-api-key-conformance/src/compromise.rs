@@ -46,7 +46,7 @@ pub async fn a_report_is_recorded_once_announced_and_a_replay_changes_nothing<F:
             .unwrap(),
     );
     let expected = Compromise::new(micros(clock.now()), URL, "content", LeakAction::Notify);
-    assert_eq!(info.record.compromise.as_ref(), Some(&expected));
+    assert_eq!(info.record.compromise.as_deref(), Some(&expected));
     assert_eq!(info.version.get(), 2);
     assert_eq!(
         announced
@@ -55,14 +55,14 @@ pub async fn a_report_is_recorded_once_announced_and_a_replay_changes_nothing<F:
         Invalidation::key_of(id, "sa-leak")
     );
     let got = store.get(id).await.unwrap().unwrap();
-    assert_eq!(got.record.compromise.as_ref(), Some(&expected));
+    assert_eq!(got.record.compromise.as_deref(), Some(&expected));
     assert!(!got.record.quarantined, "notify quarantines nothing");
     let verified = store
         .verify(&key)
         .await
         .unwrap()
         .expect("a notified key works");
-    assert_eq!(verified.compromise.as_ref(), Some(&expected));
+    assert_eq!(verified.compromise.as_deref(), Some(&expected));
     assert!(!verified.quarantined);
 
     assert_eq!(

@@ -65,6 +65,7 @@
 pub mod compromise;
 pub mod contract;
 pub mod limits;
+pub mod networks;
 pub mod transfer;
 pub mod versions;
 
@@ -389,6 +390,10 @@ macro_rules! __store_conformance {
                 compromise::a_wrong_secret_or_an_unknown_id_is_unknown_and_changes_nothing,
                 compromise::concurrent_reports_of_one_secret_act_once,
                 compromise::an_export_carries_the_compromise_and_its_binding,
+                networks::networks_and_metadata_round_trip_through_every_read,
+                networks::update_sets_replaces_and_removes_networks_and_metadata,
+                networks::the_largest_networks_and_metadata_are_kept_whole,
+                networks::export_and_import_carry_networks_and_metadata,
             );
             $crate::__hashing_work_test!($hashing, Factory);
         }

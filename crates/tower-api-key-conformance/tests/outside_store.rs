@@ -70,7 +70,7 @@ impl Entry {
     /// Whether the secret stored as `matched` is quarantined.
     fn quarantined(&self, matched: &StoredHash) -> bool {
         let quarantine = |c: &Compromise| c.action == LeakAction::Quarantine;
-        self.record.compromise.as_ref().is_some_and(quarantine)
+        self.record.compromise.as_deref().is_some_and(quarantine)
             && self.compromised.as_ref() == Some(matched)
     }
 }
@@ -324,6 +324,8 @@ impl KeyStore for OutsideStore {
                 .with_description(new.description)
                 .with_expires_at(new.expires_at)
                 .with_rate_limits(new.rate_limits)
+                .with_allowed_networks(new.allowed_networks)
+                .with_metadata(new.metadata)
                 .with_created_at(now),
             hash: self.hash_of(&key)?,
             previous: None,
@@ -401,11 +403,7 @@ impl KeyStore for OutsideStore {
                 return Ok(None);
             };
             check_version(id, e.version, expected)?;
-            let changes = update.description.is_some()
-                || update.scopes.is_some()
-                || update.expires_at.is_some()
-                || update.rate_limits.is_some()
-                || update.credits.is_some();
+            let changes = !update.is_empty();
             if changes {
                 e.version = e.version.next();
             }
@@ -420,6 +418,12 @@ impl KeyStore for OutsideStore {
             }
             if let Some(limits) = update.rate_limits {
                 e.record.rate_limits = limits;
+            }
+            if let Some(networks) = update.allowed_networks {
+                e.record.allowed_networks = networks;
+            }
+            if let Some(metadata) = update.metadata {
+                e.record.metadata = metadata;
             }
             if let Some(credits) = update.credits {
                 // A new setting starts a new generation.
@@ -695,7 +699,7 @@ impl KeyStore for OutsideStore {
         if e.compromised == Some(matched) {
             return Ok(Compromised::AlreadyReported);
         }
-        e.record.compromise = Some(report.at(now));
+        e.record.compromise = Some(Box::new(report.at(now)));
         e.compromised = Some(matched);
         e.version = e.version.next();
         let e = &state.keys[&id];

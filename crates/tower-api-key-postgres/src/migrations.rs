@@ -38,6 +38,11 @@ const MIGRATIONS: &[Migration] = &[
         include_str!("migrations/0006_compromise.sql"),
     ),
     Migration::new(7, "changes", include_str!("migrations/0007_changes.sql")),
+    Migration::new(
+        8,
+        "networks_metadata",
+        include_str!("migrations/0008_networks_metadata.sql"),
+    ),
 ];
 
 /// Every migration this version of the crate knows, oldest first.

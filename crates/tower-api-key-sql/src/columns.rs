@@ -41,7 +41,7 @@ pub enum Kind {
 /// The columns of `tower_api_key_keys` a key row holds, in the order of
 /// [`KeyRow::values`]; a read of [`select_columns`] has one more, the
 /// account's limits ([`Kind::Text`]).
-pub const KEY_COLUMNS: [(&str, Kind); 28] = [
+pub const KEY_COLUMNS: [(&str, Kind); 30] = [
     ("key_id", Kind::Text),
     ("service_account_id", Kind::Text),
     ("hash", Kind::Bytes),
@@ -70,6 +70,8 @@ pub const KEY_COLUMNS: [(&str, Kind); 28] = [
     ("compromise_source", Kind::Text),
     ("compromise_action", Kind::Text),
     ("compromised_hash", Kind::Bytes),
+    ("allowed_networks", Kind::Texts),
+    ("metadata", Kind::Text),
 ];
 
 /// The kinds of the columns a read of [`select_columns`] returns.
@@ -170,6 +172,8 @@ impl KeyRow {
             Value::Text(self.compromise_source.clone()),
             Value::Text(self.compromise_action.clone()),
             Value::Bytes(self.compromised_hash.clone()),
+            Value::Texts(self.allowed_networks.clone()),
+            Value::Text(self.metadata.clone()),
         ]);
         values
     }
@@ -231,6 +235,11 @@ impl KeyRow {
             compromise_source: opt_text(next()?)?,
             compromise_action: opt_text(next()?)?,
             compromised_hash: bytes(next()?)?,
+            allowed_networks: match next()? {
+                Value::Texts(nets) => nets,
+                _ => return Err(mismatch()),
+            },
+            metadata: opt_text(next()?)?,
             account_rate_limits: opt_text(next()?)?,
         })
     }
@@ -308,6 +317,8 @@ mod tests {
             compromise_source: Some("scanner".into()),
             compromise_action: Some("quarantine".into()),
             compromised_hash: Some(vec![1; 32]),
+            allowed_networks: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
+            metadata: Some(r#"{"plan":"pro"}"#.into()),
         };
         let mut values = row.values();
         assert_eq!(values.len(), KEY_COLUMNS.len());
@@ -315,8 +326,8 @@ mod tests {
         assert_eq!(KeyRow::from_values(values).unwrap(), row);
         let kinds: Vec<Kind> = read_kinds().collect();
         assert_eq!(kinds.len(), KEY_COLUMNS.len() + 1);
-        // The id, then 24 changeable columns, each numbered in the update.
-        assert_eq!(row.changed_values().len(), 25);
+        // The id, then 26 changeable columns, each numbered in the update.
+        assert_eq!(row.changed_values().len(), 27);
         let sql = update_sql(|n| format!("${n}"));
         assert!(sql.contains("version = $20") && sql.ends_with("key_id = $1"));
         assert!(!sql.contains("created_at") && !sql.contains("last_used_at ="));

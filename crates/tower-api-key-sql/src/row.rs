@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tower_api_key::hash::StoredHash;
 use tower_api_key::store::kit::CreditState;
 use tower_api_key::store::{KeyInfo, LeakAction, PreviousHash, StoredKey};
-use tower_api_key::{KeyId, KeyRecord, ScopeSet};
+use tower_api_key::{KeyId, KeyRecord, Metadata, Networks, ScopeSet};
 
 use crate::{
     compromise_of, compromised_hash, parse_limits, scheme_columns, stored_hash, version_of,
@@ -92,6 +92,10 @@ pub struct KeyRow {
     pub compromise_action: Option<String>,
     /// The digest of the reported secret's hash (`compromised_hash`).
     pub compromised_hash: Option<Vec<u8>>,
+    /// `allowed_networks`, one CIDR each; empty: any network.
+    pub allowed_networks: Vec<String>,
+    /// `metadata`: a JSON object's text, or `NULL`.
+    pub metadata: Option<String>,
 }
 
 impl KeyRow {
@@ -129,8 +133,18 @@ impl KeyRow {
             self.compromise_url.clone(),
             self.compromise_source.clone(),
             self.compromise_action.as_deref(),
-        )?;
+        )?
+        .map(Box::new);
         record.quarantined = self.quarantines(&self.hash);
+        if !self.allowed_networks.is_empty() {
+            let networks = Networks::parse(&self.allowed_networks)
+                .map_err(|e| format!("stored key {key_id}: {e}"))?;
+            record.allowed_networks = Some(networks);
+        }
+        if let Some(text) = &self.metadata {
+            let metadata = Metadata::new(text).map_err(|e| format!("stored key {key_id}: {e}"))?;
+            record.metadata = Some(metadata);
+        }
         Ok(record)
     }
 
@@ -140,6 +154,18 @@ impl KeyRow {
         self.compromise_action.as_deref() == Some(LeakAction::Quarantine.as_str())
             && self.compromised_hash.is_some()
             && self.compromised_hash == hash.digest
+    }
+
+    /// The columns of a record's allowed networks and metadata.
+    pub fn extras_of(record: &KeyRecord) -> (Vec<String>, Option<String>) {
+        (
+            record
+                .allowed_networks
+                .as_ref()
+                .map(Networks::to_strings)
+                .unwrap_or_default(),
+            record.metadata.as_ref().map(|m| m.as_str().to_owned()),
+        )
     }
 
     /// What the management API shows of the row, checked.

@@ -17,6 +17,7 @@ use tower_api_key::store::{
     KeyPage, KeyUpdate, LeakAction, ListRequest, NewKey, StoreError, StoredKey, Version,
     MAX_EXPORT_PAGE,
 };
+use tower_api_key::Networks;
 use tower_api_key::{CreditLedger, Invalidation, Invalidations, Verifier, VerifierError};
 use tower_api_key::{GeneratedKey, KeyFormat, KeyId, KeyRecord, KeyStore, PresentedKey, ScopeSet};
 
@@ -326,7 +327,10 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
             .with_expires_at(new.expires_at.map(micros))
             .with_created_at(now)
             .with_rate_limits(new.rate_limits)
-            .with_credits(new.credits);
+            .with_credits(new.credits)
+            .with_allowed_networks(new.allowed_networks)
+            .with_metadata(new.metadata);
+        let (allowed_networks, metadata) = KeyRow::extras_of(&record);
         let row = KeyRow {
             key_id: key.id().to_string(),
             service_account_id: record.service_account_id.to_string(),
@@ -348,6 +352,8 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
             compromise_source: None,
             compromise_action: None,
             compromised_hash: None,
+            allowed_networks,
+            metadata,
         };
         let limit = self.max_keys_per_account;
         let id = key.id();
@@ -503,6 +509,15 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
                     }
                     if let Some(limits) = &update.rate_limits {
                         row.rate_limits = limits_text(limits);
+                    }
+                    if let Some(networks) = &update.allowed_networks {
+                        row.allowed_networks = networks
+                            .as_ref()
+                            .map(Networks::to_strings)
+                            .unwrap_or_default();
+                    }
+                    if let Some(metadata) = &update.metadata {
+                        row.metadata = metadata.as_ref().map(|m| m.as_str().to_owned());
                     }
                     if let Some(mut credits) = credits {
                         credits.generation = row.credits.generation.saturating_add(1);
@@ -766,6 +781,7 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
         };
         // The credits start a generation here; the account's limits are
         // this store's own, never an import's.
+        let (allowed_networks, metadata) = KeyRow::extras_of(record);
         let row = KeyRow {
             key_id: id.to_string(),
             service_account_id: record.service_account_id.to_string(),
@@ -796,6 +812,8 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
                 .as_ref()
                 .and(key.compromised_hash)
                 .map(|h| h.digest().to_vec()),
+            allowed_networks,
+            metadata,
         };
         let hash = key.hash;
         let limit = self.max_keys_per_account;

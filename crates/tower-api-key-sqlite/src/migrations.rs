@@ -30,6 +30,11 @@ const MIGRATIONS: &[Migration] = &[
         "compromise",
         include_str!("migrations/0005_compromise.sql"),
     ),
+    Migration::new(
+        6,
+        "networks_metadata",
+        include_str!("migrations/0006_networks_metadata.sql"),
+    ),
 ];
 
 /// Every migration this version of the crate knows, oldest first.
