@@ -21,9 +21,9 @@ use http::{header::AUTHORIZATION, Request};
 use tower::ServiceBuilder;
 use tower_api_key::store::NewKey;
 use tower_api_key::Authenticator;
+use tower_api_key::KeyStore;
 use tower_api_key::MemoryStore;
 use tower_api_key::ScopePolicy;
-use tower_api_key::{KeyStore, Networks};
 
 mod support;
 use support::{cached_key, call_now, hello, runtime};
@@ -182,19 +182,7 @@ fn main() {
     // The layer with the peer address known, for a key without and with
     // ten allowed networks (the client is in the fifth): the allowlist
     // check must add nothing.
-    let networks = Networks::parse([
-        "192.0.2.0/24",
-        "198.51.100.0/24",
-        "203.0.113.0/24",
-        "172.16.0.0/12",
-        "10.0.0.0/8",
-        "2001:db8::/32",
-        "2001:db8:1::/48",
-        "fd00::/8",
-        "2001:db8:2::1",
-        "fe80::/10",
-    ])
-    .expect("valid networks");
+    let networks = support::ten_networks();
     let allowlisted = rt.block_on(async {
         let new = NewKey::new("sa-2").with_allowed_networks(Some(networks));
         let created = store.create(new).await.expect("created");

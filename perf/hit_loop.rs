@@ -33,7 +33,7 @@ use tower_api_key::cache::{CacheConfig, CachedVerifier};
 use tower_api_key::Authenticator;
 use tower_api_key::MemoryStore;
 use tower_api_key::ScopePolicy;
-use tower_api_key::{KeyFormat, Networks, PresentedKey, VerifierError};
+use tower_api_key::{KeyFormat, PresentedKey, VerifierError};
 
 mod support;
 use support::{admit_every_key, call_now, fill, hello, runtime, stored_keys, BEARER};
@@ -99,23 +99,6 @@ where
         "{:.1} ns per request",
         started.elapsed().as_nanos() as f64 / n as f64
     );
-}
-
-/// Ten networks, IPv4 and IPv6, one of them holding 10.0.0.5.
-fn ten_networks() -> Networks {
-    Networks::parse([
-        "192.0.2.0/24",
-        "198.51.100.0/24",
-        "203.0.113.0/24",
-        "172.16.0.0/12",
-        "10.0.0.0/8",
-        "2001:db8::/32",
-        "2001:db8:1::/48",
-        "fd00::/8",
-        "2001:db8:2::1",
-        "fe80::/10",
-    ])
-    .expect("valid networks")
 }
 
 fn main() {
@@ -200,7 +183,7 @@ fn main() {
             let auth = Authenticator::verifier_builder(move |key: PresentedKey| async move {
                 let mut record = admit_every_key(key).await?.expect("admitted");
                 if with_networks {
-                    record.allowed_networks = Some(ten_networks());
+                    record.allowed_networks = Some(support::ten_networks());
                 }
                 Ok::<_, VerifierError>(Some(record))
             })

@@ -43,6 +43,7 @@ use tower_api_key::{KeyFormat, KeyId, PresentedKey};
 
 use common::fuzz::{with_checksum, with_secret};
 use common::http::{api_key, app, assert_same_response, assert_unauthorized, App, NARROW};
+use common::logs::Logs;
 use common::Reply;
 
 // ---------------------------------------------------------------------------
@@ -1022,38 +1023,11 @@ async fn valid_keys_that_miss_the_cache_never_block_their_client() {
     assert_too_many(&fx.send(with_key(a, &unknown_key())).await, "30");
 }
 
-/// Log output captured in memory.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 // Current-thread runtime: the thread-local subscriber sees every event.
 #[tokio::test(start_paused = true)]
 async fn a_limiter_that_finds_no_client_address_warns_once_and_limits_nothing() {
     const WARNING: &str = "failed-attempt limit is on, but a request has no client address";
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Logs::capture(tracing::Level::WARN);
 
     let (fx, _) = limited(1);
     for _ in 0..5 {

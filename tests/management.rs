@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use axum::routing::{get, post};
@@ -18,6 +17,7 @@ use tower_api_key::MemoryStore;
 use tower_api_key::ScopeSet;
 use tower_api_key::{Authenticator, Caller, PresentedKey};
 
+use common::logs::Logs;
 use common::tcp::{serve, Client};
 use common::Reply;
 
@@ -31,25 +31,6 @@ type RawCase<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, u16, &'a str);
 // ---------------------------------------------------------------------------
 // Every log line of this test binary, at TRACE for every target.
 
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 /// The process-wide log capture, installed by the first test that asks: a
 /// global subscriber sees events from every thread and task, whatever runtime
 /// they run on.
@@ -57,13 +38,8 @@ fn logs() -> &'static Logs {
     static LOGS: OnceLock<Logs> = OnceLock::new();
     LOGS.get_or_init(|| {
         let logs = Logs::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+        tracing::subscriber::set_global_default(logs.subscriber(tracing::Level::TRACE))
+            .expect("the only subscriber");
         logs
     })
 }

@@ -3,8 +3,10 @@
 //! application; the refusal (403 `network_not_allowed`, gRPC 7), its log
 //! and its metric; and the failed-attempt limiter using the same address.
 
+mod common;
+
+use common::logs::Logs;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -191,37 +193,17 @@ async fn the_failed_attempt_limiter_uses_the_same_address() {
     );
 }
 
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 // Current-thread runtime: the thread-local subscriber sees every event.
 #[tokio::test]
 async fn a_refusal_is_logged_with_the_key_id_and_the_address_never_the_secret() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Logs::capture(tracing::Level::INFO);
 
     let auth = auth(Some(&["10.0.0.0/8"]), |b| b);
     let key = key();
     let id = auth.key_format().parse(&key).unwrap().id();
     let reply = send(&router(&auth), request(&key, Some("192.0.2.44"), &[])).await;
     assert_eq!(reply.0, StatusCode::FORBIDDEN);
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = logs.text();
     assert!(text.contains("network_not_allowed"), "{text}");
     assert!(text.contains(&id.to_string()), "{text}");
     assert!(text.contains("192.0.2.44"), "{text}");

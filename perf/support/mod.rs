@@ -138,3 +138,20 @@ pub fn stored_keys(
         keys
     })
 }
+
+/// Ten networks, IPv4 and IPv6, one of them holding 10.0.0.5.
+pub fn ten_networks() -> tower_api_key::Networks {
+    tower_api_key::Networks::parse([
+        "192.0.2.0/24",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "172.16.0.0/12",
+        "10.0.0.0/8",
+        "2001:db8::/32",
+        "2001:db8:1::/48",
+        "fd00::/8",
+        "2001:db8:2::1",
+        "fe80::/10",
+    ])
+    .expect("valid networks")
+}

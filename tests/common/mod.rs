@@ -7,6 +7,7 @@
 //! - [`tcp`]: a real server on 127.0.0.1 and a client that records responses;
 //! - [`grant_race`]: issue 20's three-request management race, for any store;
 //! - [`hooked`]: a memory store with a hook before its writes;
+//! - [`logs`]: log output captured in memory;
 //! - [`fuzz`]: the fuzzing entry points, also included by path by the
 //!   cargo-fuzz targets in `fuzz/`.
 // Each test file uses only some of it.
@@ -17,6 +18,7 @@ pub mod fuzz;
 pub mod grant_race;
 pub mod hooked;
 pub mod http;
+pub mod logs;
 pub mod tcp;
 
 mod reply;

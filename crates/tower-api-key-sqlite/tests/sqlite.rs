@@ -36,6 +36,7 @@ use tower_api_key::{Verifier, VerifierError};
 use tower_api_key_sqlite::{SqliteKeyStore, SqliteKeyStoreBuilder};
 
 mod common;
+use common::logs::Logs;
 // The conformance suite, from its crate (crates/tower-api-key-conformance).
 use tower_api_key_conformance as conformance;
 use tower_api_key_conformance::{store_conformance, transfer_conformance};
@@ -596,50 +597,23 @@ async fn a_watcher_behind_the_pruned_change_log_invalidates_everything() {
     b.shutdown().await;
 }
 
-/// Log output captured in memory.
-#[derive(Clone, Default)]
-struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
-    /// Waits, at most `within`, until the logs hold `text`.
-    async fn until_logged(&self, text: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        while !self.text().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "not logged within {within:?}: {text}\n{}",
-                self.text()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+/// Waits, at most `within`, until `logs` hold `text`.
+async fn until_logged(logs: &Logs, text: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !logs.text().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "not logged within {within:?}: {text}\n{}",
+            logs.text()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 // Current-thread runtime: the thread-local subscriber sees the watcher's events.
 #[tokio::test(flavor = "current_thread")]
 async fn a_watcher_that_cannot_read_the_log_keeps_its_position_and_catches_up() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Logs::capture(tracing::Level::INFO);
 
     let dir = TempDir::new("catch-up");
     let a = dir.store().await;
@@ -658,8 +632,7 @@ async fn a_watcher_that_cannot_read_the_log_keeps_its_position_and_catches_up() 
     admin
         .execute_batch("ALTER TABLE tower_api_key_changes_pruned RENAME TO hidden_pruned")
         .unwrap();
-    logs.until_logged("cannot read the change log", WITHIN)
-        .await;
+    until_logged(&logs, "cannot read the change log", WITHIN).await;
     // ... while B revokes the key.
     assert!(b.revoke(created.record.key_id, None).await.unwrap());
     admin
@@ -673,8 +646,7 @@ async fn a_watcher_that_cannot_read_the_log_keeps_its_position_and_catches_up() 
         Invalidation::key_of(created.record.key_id, "sa-1")
     );
     assert_eq!(status(&service, &text).await, StatusCode::UNAUTHORIZED);
-    logs.until_logged("the change log reads again", WITHIN)
-        .await;
+    until_logged(&logs, "the change log reads again", WITHIN).await;
     let logged = logs.text();
     // Two watchers (A's and B's), each warning once per outage at most.
     let warnings = logged.matches("cannot read the change log").count();

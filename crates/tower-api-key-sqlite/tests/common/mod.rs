@@ -6,6 +6,8 @@
 
 #[path = "../../../../tests/common/grant_race.rs"]
 pub mod grant_race;
+#[path = "../../../../tests/common/logs.rs"]
+pub mod logs;
 #[path = "../../../../tests/common/tcp.rs"]
 pub mod tcp;
 
