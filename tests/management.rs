@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use axum::routing::{get, post};
@@ -31,17 +30,10 @@ type RawCase<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, u16, &'a str);
 // ---------------------------------------------------------------------------
 // Every log line of this test binary, at TRACE for every target.
 
-/// The process-wide log capture, installed by the first test that asks: a
-/// global subscriber sees events from every thread and task, whatever runtime
-/// they run on.
+/// The process-wide log capture: it sees events from every thread and task,
+/// whatever runtime they run on.
 fn logs() -> &'static Logs {
-    static LOGS: OnceLock<Logs> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Logs::default();
-        tracing::subscriber::set_global_default(logs.subscriber(tracing::Level::TRACE))
-            .expect("the only subscriber");
-        logs
-    })
+    Logs::everything()
 }
 
 // ---------------------------------------------------------------------------
