@@ -36,6 +36,7 @@ mod compromise;
 mod credit;
 pub(crate) mod key_store;
 pub mod kit;
+mod lifecycle;
 pub(crate) mod memory;
 mod page_token;
 pub mod rules;
@@ -47,6 +48,7 @@ use std::time::{Duration, SystemTime};
 
 pub use crate::record::{Compromise, LeakAction};
 pub use compromise::{CompromiseReport, Compromised};
+pub use lifecycle::{LifecycleStore, NoticeKind, SentNotice};
 pub(crate) use key_store::KeyStore;
 #[cfg(test)]
 pub(crate) use memory::MemoryStore;
