@@ -209,3 +209,20 @@ async fn a_refusal_is_logged_with_the_key_id_and_the_address_never_the_secret() 
     assert!(text.contains("192.0.2.44"), "{text}");
     assert!(!text.contains(&key), "no secret in logs: {text}");
 }
+
+fn log_from_a_shared_call_site() {
+    tracing::info!("shared call site");
+}
+
+// The capture must not depend on which thread hits a call site first: the
+// other tests of this binary run on threads of their own.
+#[test]
+fn the_log_capture_sees_a_call_site_another_thread_hit_first() {
+    let (logs, _guard) = Logs::capture(tracing::Level::INFO);
+    std::thread::spawn(log_from_a_shared_call_site)
+        .join()
+        .unwrap();
+    assert_eq!(logs.text(), "", "another thread's events are not captured");
+    log_from_a_shared_call_site();
+    assert!(logs.text().contains("shared call site"), "{}", logs.text());
+}

@@ -4,16 +4,18 @@
 //! One global subscriber serves the whole test binary and routes each event
 //! to the capture of the thread that logged it. A subscriber scoped with
 //! `tracing::subscriber::set_default` is not enough: `tracing` caches whether
-//! a call site is enabled, and a test that registers a call site on another
-//! thread while a scoped subscriber is being installed caches "never" for it,
-//! so the capturing test sees nothing (this failed in CI).
+//! a call site is enabled when the call site is first hit, asking the
+//! registering thread's subscriber while only one exists; a call site first
+//! hit by another test's thread was cached as "never", and the capturing test
+//! saw nothing (this failed in CI). The filter here is dynamic for the same
+//! reason: it is asked per event, never cached per call site.
 
 use std::cell::RefCell;
 use std::io;
 use std::sync::{Arc, Mutex, Once, OnceLock};
 
 use tracing::{Level, Metadata};
-use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::filter::dynamic_filter_fn;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::Layer;
@@ -92,7 +94,7 @@ fn install() {
         let layer = tracing_subscriber::fmt::layer()
             .with_ansi(false)
             .with_writer(Route)
-            .with_filter(filter_fn(wanted));
+            .with_filter(dynamic_filter_fn(|meta, _| wanted(meta)));
         tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
             .expect("the test binary's only subscriber");
     });
