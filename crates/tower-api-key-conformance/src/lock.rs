@@ -36,10 +36,7 @@ pub async fn operator_locked_round_trips_and_is_off_by_default<F: StoreFactory>(
         .unwrap()
         .unwrap();
     assert!(verified.operator_locked, "verification reads it");
-    let listed = store
-        .list("sa-lock", ListRequest::first(10))
-        .await
-        .unwrap();
+    let listed = store.list("sa-lock", ListRequest::first(10)).await.unwrap();
     let mut locked: Vec<_> = listed
         .keys
         .iter()
@@ -92,9 +89,7 @@ pub async fn update_sets_and_clears_operator_locked<F: StoreFactory>(f: &F) {
 /// [`StoreError::KeyLocked`] and writes nothing (neither the count nor the
 /// version), whatever the version it is given; on an unlocked key it is
 /// `add_credits`. `add_credits` itself, the operator's, adds to a locked key.
-pub async fn add_credits_unless_locked_refuses_a_locked_key_and_writes_nothing<
-    F: StoreFactory,
->(
+pub async fn add_credits_unless_locked_refuses_a_locked_key_and_writes_nothing<F: StoreFactory>(
     f: &F,
 ) {
     let store = f.store(StoreSettings::new()).await;
