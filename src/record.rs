@@ -77,11 +77,10 @@ pub struct KeyRecord {
     /// authorize.
     pub metadata: Option<Metadata>,
     /// The operator marked the key read-only for managers: a management
-    /// router refuses every change of its fields (403 `key_locked`) unless
-    /// it was built with
-    /// [`ManagementApiBuilder::may_lock_keys`](crate::management::ManagementApiBuilder::may_lock_keys);
-    /// deleting and reissuing it stay allowed. Never checked when the key
-    /// authenticates.
+    /// router (feature `management`) refuses every change of its fields
+    /// (403 `key_locked`) unless it was built with
+    /// `ManagementApiBuilder::may_lock_keys`; deleting and reissuing it stay
+    /// allowed. Never checked when the key authenticates.
     pub operator_locked: bool,
 }
 
