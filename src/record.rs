@@ -76,6 +76,12 @@ pub struct KeyRecord {
     /// ([`Caller::metadata`](crate::Caller::metadata)); never used to
     /// authorize.
     pub metadata: Option<Metadata>,
+    /// The operator marked the key read-only for managers: a management
+    /// router (feature `management`) refuses every change of its fields
+    /// (403 `key_locked`) unless it was built with
+    /// `ManagementApiBuilder::may_lock_keys`; deleting and reissuing it stay
+    /// allowed. Never checked when the key authenticates.
+    pub operator_locked: bool,
 }
 
 /// What a store does with a key reported leaked.
@@ -172,6 +178,7 @@ impl KeyRecord {
             quarantined: false,
             allowed_networks: None,
             metadata: None,
+            operator_locked: false,
         }
     }
 
@@ -226,6 +233,12 @@ impl KeyRecord {
     /// Sets the metadata.
     pub fn with_metadata(mut self, metadata: Option<Metadata>) -> Self {
         self.metadata = metadata;
+        self
+    }
+
+    /// Sets whether the operator marked the key read-only for managers.
+    pub fn with_operator_locked(mut self, locked: bool) -> Self {
+        self.operator_locked = locked;
         self
     }
 

@@ -174,6 +174,28 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "permission_denied", message)
     }
 
+    /// 403: the operator marked key `id` read-only for managers, and this
+    /// router may not change locked keys.
+    pub(crate) fn key_locked(id: impl fmt::Display) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "key_locked",
+            format!(
+                "api key {id} is locked by the operator: its fields may not be changed through                  this router (it may still be deleted or reissued)"
+            ),
+        )
+    }
+
+    /// 403: the request sets or clears `operator_locked`, which this router
+    /// may not do.
+    pub(crate) fn lock_denied() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "key_locked",
+            "operator_locked is reserved to the operator: this router may not lock or unlock keys",
+        )
+    }
+
     /// 405 with an `Allow` header.
     pub(crate) fn method_not_allowed(allow: &'static str, message: impl Into<String>) -> Self {
         let mut e = Self::new(
@@ -231,6 +253,10 @@ impl From<StoreError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "already_exists", e.to_string())
             }
             StoreError::NoCredits { id } => Self::no_credits(id),
+            StoreError::KeyLocked { id } => {
+                tracing::info!(key_id = %id, "api key management: change of a locked key refused");
+                Self::key_locked(id)
+            }
             // The handlers retry or answer 412 themselves; one that reaches
             // here lost every retry.
             StoreError::VersionMismatch { id, .. } => Self::aborted(id),

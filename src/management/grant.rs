@@ -27,6 +27,13 @@
 //! ([`Grants::refuses_limited`]); unless [`Grants::limited_callers`] says so,
 //! it may only read, delete, narrow, change descriptions and expiries, and
 //! rotate itself.
+//!
+//! Fields the operator reserved follow the same idea: a key the operator
+//! marked read-only ([`KeyRecord::operator_locked`]) takes no change of its
+//! fields (metadata included), and no manager sets or clears the mark,
+//! unless the router says so ([`Grants::lock_keys`]). Deleting and
+//! reissuing a locked key stay allowed: a manager must always be able to
+//! kill or rotate a leaked key.
 
 use std::fmt;
 use std::sync::Arc;
@@ -155,6 +162,8 @@ pub(crate) struct Grants {
     pub(crate) rule: Option<Arc<GrantRule>>,
     /// Callers whose keys are limited may do what unlimited callers may.
     pub(crate) limited_callers: bool,
+    /// Callers may lock and unlock keys, and change locked keys.
+    pub(crate) lock_keys: bool,
 }
 
 impl fmt::Debug for Grants {
@@ -164,6 +173,7 @@ impl fmt::Debug for Grants {
             .field("unscoped", &self.unscoped)
             .field("custom_rule", &self.rule.is_some())
             .field("limited_callers", &self.limited_callers)
+            .field("lock_keys", &self.lock_keys)
             .finish()
     }
 }
@@ -357,6 +367,7 @@ mod tests {
             unscoped: true,
             rule: None,
             limited_callers: false,
+            lock_keys: false,
         };
         let manager = caller(&[MANAGE]);
         assert_eq!(

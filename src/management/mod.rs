@@ -49,7 +49,9 @@
 //! Each service account manages its own keys by default ([`AccountAccess`]);
 //! a caller gives a key only scopes it holds itself, never a management
 //! scope, and a caller with rate limits or credits cannot lift them
-//! ([`ManagementApiBuilder`] widens each rule). The secret is in the
+//! ([`ManagementApiBuilder`] widens each rule). A key the operator locked
+//! is read-only for managers (403 `key_locked`) but may still be deleted and
+//! reissued ([`ManagementApiBuilder::may_lock_keys`]). The secret is in the
 //! responses of create and reissue only; every key response has an `ETag`,
 //! and a write under a stale `If-Match` answers 412. Errors are JSON
 //! ([`ErrorBody`]) and a refused request changes nothing.
@@ -349,6 +351,25 @@ impl ManagementApiBuilder {
     /// limited callers are trusted not to lift their own limits.
     pub fn allow_limited_callers(mut self) -> Self {
         self.grants.limited_callers = true;
+        self
+    }
+
+    /// Callers of this router may lock and unlock keys (`"operator_locked"`
+    /// in `POST /keys` and `PATCH`) and change locked keys: for an operator
+    /// console (default: they may not).
+    ///
+    /// A key the operator locked
+    /// ([`KeyRecord::operator_locked`](crate::KeyRecord::operator_locked))
+    /// is read-only for the managers of every other router: a `PATCH` of any
+    /// field (metadata, scopes, description, expiry, networks, limits,
+    /// credits) and `:addCredits` answer 403 `key_locked`, and so does a
+    /// request that would set or clear the mark. Deleting and reissuing a
+    /// locked key stay allowed on every router: a manager must always be
+    /// able to kill or rotate a leaked key. The check is made on the key as
+    /// read and the write lands only if the key is still at that version,
+    /// so a lock that lands in between refuses the change.
+    pub fn may_lock_keys(mut self) -> Self {
+        self.grants.lock_keys = true;
         self
     }
 

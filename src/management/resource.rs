@@ -73,6 +73,13 @@ pub struct KeyResource {
     #[serde(default)]
     #[schema(required = true)]
     pub metadata: Option<serde_json::Value>,
+    /// The operator marked the key read-only for managers: every change of
+    /// its fields (PATCH, `:addCredits`) is refused with 403 `key_locked`
+    /// unless the router may lock keys; it may still be deleted and
+    /// reissued.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub operator_locked: bool,
 }
 
 /// A leak report recorded on a key, as the management API shows it.
@@ -216,6 +223,7 @@ impl KeyResource {
                 .metadata
                 .as_ref()
                 .and_then(|m| serde_json::from_str(m.as_str()).ok()),
+            operator_locked: record.operator_locked,
         }
     }
 }
@@ -323,6 +331,11 @@ pub(crate) struct CreateKeyRequest {
     /// A JSON object of at most 1 KiB for the handlers; absent or `null`: none.
     #[serde(default, deserialize_with = "nullable")]
     metadata: Option<Option<serde_json::Value>>,
+    /// Whether the key is read-only for managers (default `false`); `true`
+    /// only on a router that may lock keys, else 403 `key_locked`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    operator_locked: Option<bool>,
 }
 
 impl CreateKeyRequest {
@@ -352,6 +365,9 @@ impl CreateKeyRequest {
         }
         if let Some(metadata) = self.metadata.flatten() {
             new = new.with_metadata(Some(metadata_of(&metadata, format)?));
+        }
+        if let Some(locked) = self.operator_locked {
+            new = new.with_operator_locked(locked);
         }
         Ok(new)
     }
@@ -387,6 +403,11 @@ pub(crate) struct UpdateKeyRequest {
     /// The new metadata (a JSON object), or `null` for none.
     #[serde(default, deserialize_with = "nullable")]
     metadata: Option<Option<serde_json::Value>>,
+    /// Whether the key is read-only for managers; a change only on a router
+    /// that may lock keys, else 403 `key_locked`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    operator_locked: Option<bool>,
 }
 
 impl UpdateKeyRequest {
@@ -418,6 +439,9 @@ impl UpdateKeyRequest {
         }
         if let Some(metadata) = self.metadata {
             update = update.with_metadata(metadata.map(|m| metadata_of(&m, format)).transpose()?);
+        }
+        if let Some(locked) = self.operator_locked {
+            update = update.with_operator_locked(locked);
         }
         Ok(update)
     }

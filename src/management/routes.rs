@@ -75,6 +75,9 @@ fn changes(update: &KeyUpdate, current: &KeyRecord) -> KeyUpdate {
     if changes.rate_limits.as_ref() == Some(&current.rate_limits) {
         changes.rate_limits = None;
     }
+    if changes.operator_locked == Some(current.operator_locked) {
+        changes.operator_locked = None;
+    }
     changes
 }
 
@@ -273,6 +276,39 @@ impl ApiState {
         Ok(())
     }
 
+    /// Refuses, unless the router may lock keys, any change of a key the
+    /// operator locked and any request that would lock or unlock one
+    /// (`locks`: the `operator_locked` it asks for). Made on the key as
+    /// read, before a write conditional on its version: a lock landing in
+    /// between moves the version, and the write fails.
+    fn check_lock(
+        &self,
+        caller: &Caller,
+        current: Option<&KeyInfo>,
+        locks: Option<bool>,
+    ) -> Result<()> {
+        if self.grants.lock_keys {
+            return Ok(());
+        }
+        let was = current.is_some_and(|c| c.record.operator_locked);
+        if let Some(current) = current.filter(|_| was) {
+            tracing::info!(
+                key_id = %current.record.key_id,
+                caller_key_id = %caller.key_id(),
+                "api key management: change of a locked key refused"
+            );
+            return Err(ApiError::key_locked(current.record.key_id));
+        }
+        if locks.is_some_and(|locks| locks != was) {
+            tracing::info!(
+                caller_key_id = %caller.key_id(),
+                "api key management: operator_locked change refused"
+            );
+            return Err(ApiError::lock_denied());
+        }
+        Ok(())
+    }
+
     /// Whether `caller` may make `change` to `target`; see [`super::grant`].
     fn check_grant(&self, caller: &Caller, target: Target<'_>, change: Change<'_>) -> Result<()> {
         self.grants
@@ -399,6 +435,7 @@ fn check_grant_on(
     responses(
         (status = 201, description = "The key was created.", body = KeyWithSecret,
             headers(("Location" = String, description = "`keys/{id}`, relative to `.../keys`."), ("ETag" = String, description = "The key's version, for `If-Match`."), ("Cache-Control" = String, description = "`no-store`."))),
+        (status = 403, description = "`insufficient_scope` (the key lacks the management scope), `key_compromised` (it was reported leaked and is quarantined), `permission_denied` (the caller may not do this to this key or account), or `key_locked` (`operator_locked` is true and the router may not lock keys).", body = ErrorBody),
         (status = 409, description = "`already_exists` or `key_limit_reached`: the store refused the key.", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: the body is over the router's limit.", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: the body is not JSON.", body = ErrorBody),
@@ -413,6 +450,7 @@ pub(crate) async fn create(
     let request: CreateKeyRequest = body(&api, &headers, raw, false)?;
     let new = request.validate(api.now(), &api.store.key_format().unwrap_or_default())?;
     api.check_account(&caller, &new.service_account_id)?;
+    api.check_lock(&caller, None, Some(new.operator_locked))?;
     let target = Target {
         service_account_id: &new.service_account_id,
         current: None,
@@ -565,6 +603,7 @@ pub(crate) async fn get(
     request_body(content = UpdateKeyRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The key as changed.", body = KeyResource, headers(("ETag" = String, description = "The key's version, for `If-Match`."), ("Cache-Control" = String, description = "`no-store`."))),
+        (status = 403, description = "`insufficient_scope` (the key lacks the management scope), `key_compromised` (it was reported leaked and is quarantined), `permission_denied` (the caller may not do this to this key or account), or `key_locked` (the operator locked the key, or the request sets or clears `operator_locked`, and the router may not lock keys).", body = ErrorBody),
         (status = 404, description = "`not_found`: no such key, or one the caller may not see.", body = ErrorBody),
         (status = 409, description = "`aborted`: the key kept changing concurrently; nothing was written.", body = ErrorBody),
         (status = 412, description = "`failed_precondition`: the key is no longer at the version `If-Match` names.", body = ErrorBody),
@@ -586,6 +625,7 @@ pub(crate) async fn update(
     let (shared, who, change) = (&api, &caller, &update);
     let info = api
         .read_check_write(&caller, id, &if_match, move |current| async move {
+            shared.check_lock(who, Some(&current), change.operator_locked)?;
             shared.check_update(who, &current, change)?;
             let result = shared
                 .store
@@ -765,6 +805,7 @@ pub(crate) async fn reissue(
     request_body(content = AddCreditsRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The key with its credits added.", body = KeyResource, headers(("ETag" = String, description = "The key's version, for `If-Match`."), ("Cache-Control" = String, description = "`no-store`."))),
+        (status = 403, description = "`insufficient_scope` (the key lacks the management scope), `key_compromised` (it was reported leaked and is quarantined), `permission_denied` (the caller may not do this to this key or account), or `key_locked` (the operator locked the key and the router may not lock keys).", body = ErrorBody),
         (status = 404, description = "`not_found`: no such key, or one the caller may not see.", body = ErrorBody),
         (status = 409, description = "`failed_precondition` (the key has no credits) or `aborted` (it kept changing concurrently); nothing was written.", body = ErrorBody),
         (status = 412, description = "`failed_precondition`: the key is no longer at the version `If-Match` names.", body = ErrorBody),
@@ -784,18 +825,29 @@ pub(crate) async fn add_credits(
     let if_match = IfMatch::from_headers(headers)?;
     api.check_unlimited(caller, "add credits")?;
     // A key without credits is the store's answer (409), not a check on a
-    // read that credits could be given between.
-    let store = &api.store;
+    // read that credits could be given between; so is a locked key (403
+    // `key_locked`) unless the router may change locked keys: the store
+    // checks the lock in the same atomic step as the write.
+    let may_lock = api.grants.lock_keys;
+    let credit = move |expected| async move {
+        if may_lock {
+            api.store.add_credits(id, amount, expected).await
+        } else {
+            api.store
+                .add_credits_unless_locked(id, amount, expected)
+                .await
+        }
+    };
     let info = if if_match.names_versions() {
         api.read_check_write(caller, id, &if_match, move |current| async move {
-            written(store.add_credits(id, amount, Some(current.version)).await)
+            written(credit(Some(current.version)).await)
         })
         .await?
     } else {
         // As for a DELETE: only the account is checked on the read, so a
         // key that keeps changing cannot make this abort.
         api.visible_key(caller, id).await?;
-        store.add_credits(id, amount, None).await?
+        credit(None).await?
     }
     .ok_or_else(|| ApiError::key_not_found(id))?;
     let account = info.record.service_account_id.clone();
@@ -967,7 +1019,7 @@ mod tests {
             decode::<CreateKeyRequest>(br#"{"service_account_id":"sa","expiry":1}"#).unwrap_err();
         assert_eq!(
             e.message(),
-            "unknown field `expiry`, expected one of `service_account_id`, `description`, `scopes`, `expires_at`, `rate_limits`, `credits`, `allowed_networks`, `metadata`"
+            "unknown field `expiry`, expected one of `service_account_id`, `description`, `scopes`, `expires_at`, `rate_limits`, `credits`, `allowed_networks`, `metadata`, `operator_locked`"
         );
         let e = decode::<CreateKeyRequest>(br#"{"service_account_id":"sa"} x"#).unwrap_err();
         assert_eq!(e.message(), "trailing characters after the JSON body");

@@ -85,6 +85,36 @@ pub trait KeyStore: Verifier + CreditLedger {
         expected: Option<Version>,
     ) -> Result<Option<KeyInfo>, StoreError>;
 
+    /// [`add_credits`](KeyStore::add_credits), refused with
+    /// [`StoreError::KeyLocked`] when the operator locked the key
+    /// ([`KeyRecord::operator_locked`](crate::KeyRecord::operator_locked)),
+    /// checked in the same atomic step as the write: what a management
+    /// router that may not change locked keys calls, so that a lock landing
+    /// just before the write refuses it, whatever the version.
+    ///
+    /// The default reads the key and adds conditional on the version read:
+    /// atomic, but a key that keeps changing answers
+    /// [`StoreError::VersionMismatch`]. The stores of this crate and of the
+    /// SQL crates check the lock under their own lock or transaction
+    /// instead, so only a lock refuses the write.
+    async fn add_credits_unless_locked(
+        &self,
+        id: KeyId,
+        amount: u64,
+        expected: Option<Version>,
+    ) -> Result<Option<KeyInfo>, StoreError> {
+        let Some(current) = self.get(id).await? else {
+            return Ok(None);
+        };
+        if expected.is_some_and(|expected| expected != current.version) {
+            return Err(StoreError::version_mismatch(id, current.version));
+        }
+        if current.record.operator_locked {
+            return Err(StoreError::key_locked(id));
+        }
+        self.add_credits(id, amount, Some(current.version)).await
+    }
+
     /// The rate limits shared by all keys of a service account (empty: none).
     async fn account_rate_limits(
         &self,

@@ -352,6 +352,44 @@ impl CreditLedger for MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// Adds credits to key `id` if it is at `expected`, and unless
+    /// `unless_locked` and the operator locked it, under one write lock.
+    fn credit(
+        &self,
+        id: KeyId,
+        amount: u64,
+        expected: Option<Version>,
+        unless_locked: bool,
+    ) -> Result<Option<KeyInfo>, StoreError> {
+        let info = {
+            let mut keys = self.write();
+            let Some(stored) = keys.get_mut(&id) else {
+                return Ok(None);
+            };
+            check_version(id, stored.version, expected)?;
+            if unless_locked && stored.record.operator_locked {
+                return Err(StoreError::key_locked(id));
+            }
+            let Some(state) = stored.credits.as_mut() else {
+                return Err(StoreError::no_credits(id));
+            };
+            state.add(amount);
+            stored.version = stored.version.next();
+            let stored = keys
+                .get(&id)
+                .ok_or_else(|| StoreError::backend("key vanished"))?;
+            keys.info(stored)
+        };
+        // Caches re-read the count.
+        let account = info.record.service_account_id.clone();
+        self.inner
+            .invalidations
+            .publish(&Invalidation::key_of(id, account));
+        Ok(Some(info))
+    }
+}
+
 #[async_trait]
 impl KeyStore for MemoryStore {
     async fn create(&self, new: NewKey) -> Result<CreatedKey, StoreError> {
@@ -365,6 +403,7 @@ impl KeyStore for MemoryStore {
             .with_rate_limits(new.rate_limits)
             .with_allowed_networks(new.allowed_networks)
             .with_metadata(new.metadata)
+            .with_operator_locked(new.operator_locked)
             .with_created_at(now);
         let stored = Stored {
             record,
@@ -475,6 +514,9 @@ impl KeyStore for MemoryStore {
             if let Some(metadata) = update.metadata {
                 stored.record.metadata = metadata;
             }
+            if let Some(locked) = update.operator_locked {
+                stored.record.operator_locked = locked;
+            }
             if let Some(credits) = update.credits {
                 // A new setting (or none) starts a new generation: credits
                 // leased under the old one are not given back.
@@ -559,28 +601,16 @@ impl KeyStore for MemoryStore {
         amount: u64,
         expected: Option<Version>,
     ) -> Result<Option<KeyInfo>, StoreError> {
-        let info = {
-            let mut keys = self.write();
-            let Some(stored) = keys.get_mut(&id) else {
-                return Ok(None);
-            };
-            check_version(id, stored.version, expected)?;
-            let Some(state) = stored.credits.as_mut() else {
-                return Err(StoreError::no_credits(id));
-            };
-            state.add(amount);
-            stored.version = stored.version.next();
-            let stored = keys
-                .get(&id)
-                .ok_or_else(|| StoreError::backend("key vanished"))?;
-            keys.info(stored)
-        };
-        // Caches re-read the count.
-        let account = info.record.service_account_id.clone();
-        self.inner
-            .invalidations
-            .publish(&Invalidation::key_of(id, account));
-        Ok(Some(info))
+        self.credit(id, amount, expected, false)
+    }
+
+    async fn add_credits_unless_locked(
+        &self,
+        id: KeyId,
+        amount: u64,
+        expected: Option<Version>,
+    ) -> Result<Option<KeyInfo>, StoreError> {
+        self.credit(id, amount, expected, true)
     }
 
     async fn account_rate_limits(

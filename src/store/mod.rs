@@ -93,6 +93,9 @@ pub struct NewKey {
     pub allowed_networks: Option<Networks>,
     /// What the operator attaches to the key, for handlers.
     pub metadata: Option<Metadata>,
+    /// The operator marks the key read-only for managers
+    /// ([`KeyRecord::operator_locked`](crate::KeyRecord::operator_locked)).
+    pub operator_locked: bool,
 }
 
 impl NewKey {
@@ -107,7 +110,14 @@ impl NewKey {
             credits: None,
             allowed_networks: None,
             metadata: None,
+            operator_locked: false,
         }
+    }
+
+    /// Sets whether the operator marks the key read-only for managers.
+    pub fn with_operator_locked(mut self, locked: bool) -> Self {
+        self.operator_locked = locked;
+        self
     }
 
     /// Sets the networks the key may be used from (`None`: any).
@@ -277,6 +287,9 @@ pub struct KeyUpdate {
     pub allowed_networks: Option<Option<Networks>>,
     /// New metadata: `Some(None)` removes it.
     pub metadata: Option<Option<Metadata>>,
+    /// Whether the operator marks the key read-only for managers
+    /// ([`KeyRecord::operator_locked`](crate::KeyRecord::operator_locked)).
+    pub operator_locked: Option<bool>,
 }
 
 impl KeyUpdate {
@@ -290,6 +303,13 @@ impl KeyUpdate {
             && self.credits.is_none()
             && self.allowed_networks.is_none()
             && self.metadata.is_none()
+            && self.operator_locked.is_none()
+    }
+
+    /// Sets whether the operator marks the key read-only for managers.
+    pub fn with_operator_locked(mut self, locked: bool) -> Self {
+        self.operator_locked = Some(locked);
+        self
     }
 
     /// Sets (or with `None`, removes) the allowed networks.
@@ -482,6 +502,14 @@ pub enum StoreError {
         /// The key.
         id: KeyId,
     },
+    /// [`KeyStore::add_credits_unless_locked`] on a key the operator locked
+    /// ([`KeyRecord::operator_locked`](crate::KeyRecord::operator_locked)).
+    /// Nothing was written.
+    #[non_exhaustive]
+    KeyLocked {
+        /// The key.
+        id: KeyId,
+    },
     /// The backend failed.
     Backend(Box<dyn std::error::Error + Send + Sync>),
     /// A field breaks its [rule](rules): which one and why, never its
@@ -534,6 +562,12 @@ impl StoreError {
     pub fn no_credits(id: KeyId) -> Self {
         Self::NoCredits { id }
     }
+
+    /// A write refused because the operator locked key `id`
+    /// ([`StoreError::KeyLocked`]).
+    pub fn key_locked(id: KeyId) -> Self {
+        Self::KeyLocked { id }
+    }
 }
 
 impl fmt::Display for StoreError {
@@ -559,6 +593,10 @@ impl fmt::Display for StoreError {
                 f,
                 "key {id} has no credits to add to; give it credits with an update"
             ),
+            Self::KeyLocked { id } => write!(
+                f,
+                "key {id} is locked by the operator: it is read-only for managers"
+            ),
             Self::Backend(e) => write!(f, "key store backend failed: {e}"),
             Self::InvalidField {
                 id: Some(id),
@@ -583,7 +621,8 @@ impl std::error::Error for StoreError {
             | Self::Conflict { .. }
             | Self::KeyLimitReached { .. }
             | Self::VersionMismatch { .. }
-            | Self::NoCredits { .. } => None,
+            | Self::NoCredits { .. }
+            | Self::KeyLocked { .. } => None,
         }
     }
 }

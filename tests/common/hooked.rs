@@ -153,6 +153,19 @@ impl<H: Hook> KeyStore for Hooked<H> {
         self.hook.before(&self.store, call).await?;
         self.store.add_credits(id, amount, expected).await
     }
+
+    async fn add_credits_unless_locked(
+        &self,
+        id: KeyId,
+        amount: u64,
+        expected: Option<Version>,
+    ) -> Result<Option<KeyInfo>, StoreError> {
+        let call = Call::AddCredits { id, expected };
+        self.hook.before(&self.store, call).await?;
+        self.store
+            .add_credits_unless_locked(id, amount, expected)
+            .await
+    }
     async fn account_rate_limits(&self, sa: &str) -> Result<Vec<RateLimit>, StoreError> {
         self.store.account_rate_limits(sa).await
     }

@@ -104,6 +104,7 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
             expiry,
             limits,
             extras,
+            operator_locked,
         } => {
             validate::account("--account", &account)?;
             validate::description(&description, &format)?;
@@ -112,7 +113,8 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
             let mut new = NewKey::new(account)
                 .with_scopes(scopes)
                 .with_description(description)
-                .with_rate_limits(limits.rate_limits.clone());
+                .with_rate_limits(limits.rate_limits.clone())
+                .with_operator_locked(operator_locked);
             if let Some(credits) = limits.credits()? {
                 new = new.with_credits(credits);
             }
@@ -201,6 +203,7 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
             extras,
             no_allowed_networks,
             no_metadata,
+            operator_locked,
         } => {
             let mut update = KeyUpdate::default();
             if let Some(description) = description {
@@ -234,12 +237,15 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
             } else if let Some(text) = &extras.metadata {
                 update = update.with_metadata(Some(validate::metadata(text, &format)?));
             }
+            if let Some(locked) = operator_locked {
+                update = update.with_operator_locked(locked);
+            }
             if update.is_empty() {
                 return Err(CliError::new(
                     "nothing to change: pass --description, --scope, --unscoped, --expires-at, \
                      --expires-in, --no-expiry, --rate-limit, --no-rate-limits, --credits, \
-                     --no-credits, --allow-network, --no-allowed-networks, --metadata or \
-                     --no-metadata",
+                     --no-credits, --allow-network, --no-allowed-networks, --metadata, \
+                     --no-metadata or --operator-locked",
                 ));
             }
             let info = store

@@ -141,7 +141,7 @@ enum KeysCommand {
                   KEY=$(tower-api-key keys create --account sa-reports \\\n    \
                   --scope reports.read --description 'nightly export' --expires-in 90d \\\n    \
                   --rate-limit 5/1s --rate-limit 1000/1d --credits 100 --refill monthly:100:1 \\\n    \
-                  --allow-network 10.0.0.0/8 --metadata '{\"plan\":\"pro\"}')")]
+                  --allow-network 10.0.0.0/8 --metadata '{\"plan\":\"pro\"}' --operator-locked)")]
     Create {
         /// The owning service account.
         #[arg(long, value_name = "SA")]
@@ -158,6 +158,11 @@ enum KeysCommand {
         limits: Limits,
         #[command(flatten)]
         extras: Extras,
+        /// Lock the key: read-only for managers of the management API
+        /// (403 `key_locked`) unless their router may lock keys; they may
+        /// still delete or reissue it.
+        #[arg(long)]
+        operator_locked: bool,
     },
     /// List a service account's keys (every page); with `--compromised`,
     /// only keys reported leaked, with `--unused-for`, only keys never used
@@ -191,10 +196,11 @@ enum KeysCommand {
         id: KeyId,
     },
     /// Change a key's description, scopes, expiry, rate limits, credits,
-    /// allowed networks or metadata.
+    /// allowed networks, metadata or lock.
     #[command(after_help = "Example:\n  \
                   tower-api-key keys update 7Hq2xQpLrT0aBcDe --scope reports.read --expires-in 30d\n  \
-                  tower-api-key keys update 7Hq2xQpLrT0aBcDe --rate-limit 10/1s,burst=20 --no-credits")]
+                  tower-api-key keys update 7Hq2xQpLrT0aBcDe --rate-limit 10/1s,burst=20 --no-credits\n  \
+                  tower-api-key keys update 7Hq2xQpLrT0aBcDe --operator-locked true")]
     Update {
         /// The key id.
         #[arg(value_parser = parse_key_id)]
@@ -229,6 +235,11 @@ enum KeysCommand {
         /// Remove the key's metadata.
         #[arg(long, conflicts_with = "metadata")]
         no_metadata: bool,
+        /// Lock (`true`) or unlock (`false`) the key: a locked key is
+        /// read-only for managers of the management API unless their router
+        /// may lock keys; they may still delete or reissue it.
+        #[arg(long, value_name = "true|false", value_parser = clap::value_parser!(bool))]
+        operator_locked: Option<bool>,
     },
     /// Add credits to a key that has credits (never past 10^12).
     #[command(after_help = "Example:\n  tower-api-key keys add-credits 7Hq2xQpLrT0aBcDe 500")]

@@ -72,6 +72,7 @@ fn record_json(record: &KeyRecord) -> Value {
         "allowed_networks": record.allowed_networks.as_ref().map(Networks::to_strings).unwrap_or_default(),
         // A Metadata is a JSON object: it always parses.
         "metadata": record.metadata.as_ref().and_then(|m| serde_json::from_str::<Value>(m.as_str()).ok()),
+        "operator_locked": record.operator_locked,
     })
 }
 
@@ -150,9 +151,10 @@ pub fn table(keys: &[KeyInfo]) -> String {
         "COMPROMISED",
         "NETWORKS",
         "METADATA",
+        "LOCKED",
         "DESCRIPTION",
     ];
-    let rows: Vec<[String; 12]> = keys
+    let rows: Vec<[String; 13]> = keys
         .iter()
         .map(|k| {
             let r = &k.record;
@@ -181,6 +183,7 @@ pub fn table(keys: &[KeyInfo]) -> String {
                 r.metadata
                     .as_ref()
                     .map_or("none".into(), |m| cell(m.as_str())),
+                if r.operator_locked { "yes" } else { "no" }.to_owned(),
                 cell(&r.description),
             ]
         })

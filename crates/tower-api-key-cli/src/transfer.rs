@@ -54,6 +54,13 @@ pub struct Line {
     /// The key's metadata (a JSON object); absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
+    /// The operator marked the key read-only for managers; absent: not.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub operator_locked: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 /// A leak report in an export line: the record's `compromise` and the hash
@@ -129,6 +136,7 @@ impl Line {
                 .metadata
                 .as_ref()
                 .and_then(|m| serde_json::from_str(m.as_str()).ok()),
+            operator_locked: r.operator_locked,
         }
     }
 
@@ -162,7 +170,8 @@ impl Line {
                     .map(|(i, l)| rate_limit_of(i, l))
                     .collect::<Result<_, _>>()?,
             )
-            .with_credits(self.credits.as_ref().map(credits_of).transpose()?);
+            .with_credits(self.credits.as_ref().map(credits_of).transpose()?)
+            .with_operator_locked(self.operator_locked);
         if !self.allowed_networks.is_empty() {
             record.allowed_networks =
                 Some(Networks::parse(&self.allowed_networks).map_err(|e| e.to_string())?);

@@ -2875,3 +2875,95 @@ async fn allowed_networks_and_metadata_are_set_shown_changed_and_removed() {
     }
     db.drop_schema().await;
 }
+
+#[tokio::test]
+async fn operator_locked_is_set_shown_changed_exported_and_imported() {
+    let (dir, url) = sqlite_db("operator_locked").await;
+    let created = json_at(
+        &url,
+        &[
+            "keys",
+            "create",
+            "--account",
+            "sa-lock",
+            "--operator-locked",
+        ],
+    )
+    .await;
+    assert_eq!(created["key"]["operator_locked"], json!(true));
+    let id = created["key"]["id"].as_str().unwrap().to_owned();
+    let plain = json_at(&url, &["keys", "create", "--account", "sa-lock"]).await;
+    assert_eq!(
+        plain["key"]["operator_locked"],
+        json!(false),
+        "off by default"
+    );
+
+    let table = cli(["keys", "get", &id])
+        .env("DATABASE_URL", &url)
+        .run()
+        .await
+        .ok();
+    let mut lines = table.stdout.lines();
+    let (header, row) = (lines.next().unwrap(), lines.next().unwrap());
+    // Cells are padded to their column's width: LOCKED's starts where its
+    // header does.
+    let at = header.find("LOCKED").expect("a LOCKED column");
+    let cell: String = row.chars().skip(at).take(6).collect();
+    assert_eq!(cell.trim_end(), "yes", "{table:?}");
+    let listed = json_at(&url, &["keys", "list", "--account", "sa-lock"]).await;
+    let locked: Vec<bool> = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["operator_locked"].as_bool().unwrap())
+        .collect();
+    assert_eq!(locked.iter().filter(|l| **l).count(), 1, "{listed}");
+
+    let unlocked = json_at(&url, &["keys", "update", &id, "--operator-locked", "false"]).await;
+    assert_eq!(unlocked["operator_locked"], json!(false));
+    let locked = json_at(&url, &["keys", "update", &id, "--operator-locked", "true"]).await;
+    assert_eq!(locked["operator_locked"], json!(true));
+    let got = json_at(&url, &["keys", "get", &id]).await;
+    assert_eq!(got["operator_locked"], json!(true), "stored");
+    let bad = cli(["keys", "update", &id, "--operator-locked", "yes"])
+        .env("DATABASE_URL", &url)
+        .run()
+        .await;
+    assert_ne!(bad.code, 0, "{bad:?}");
+    assert!(bad.stderr.contains("--operator-locked"), "{bad:?}");
+
+    // An export line carries the mark (and only when set); an import keeps it.
+    let exported = cli(["export"]).env("DATABASE_URL", &url).run().await.ok();
+    let lines: Vec<&str> = exported
+        .stdout
+        .lines()
+        .filter(|l| l.contains("sa-lock"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", exported.stdout.len());
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains(r#""operator_locked":true"#))
+            .count(),
+        1
+    );
+    assert!(!exported.stdout.contains(r#""operator_locked":false"#));
+    let (other_dir, other) = sqlite_db("operator_locked_to").await;
+    cli(["import"])
+        .env("DATABASE_URL", &other)
+        .stdin(exported.stdout)
+        .run()
+        .await
+        .ok();
+    let moved = json_at(&other, &["keys", "get", &id]).await;
+    assert_eq!(moved["operator_locked"], json!(true));
+    let moved = json_at(
+        &other,
+        &["keys", "get", plain["key"]["id"].as_str().unwrap()],
+    )
+    .await;
+    assert_eq!(moved["operator_locked"], json!(false));
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(other_dir);
+}

@@ -65,6 +65,7 @@
 pub mod compromise;
 pub mod contract;
 pub mod limits;
+pub mod lock;
 pub mod networks;
 pub mod transfer;
 pub mod versions;
@@ -394,6 +395,10 @@ macro_rules! __store_conformance {
                 networks::update_sets_replaces_and_removes_networks_and_metadata,
                 networks::the_largest_networks_and_metadata_are_kept_whole,
                 networks::export_and_import_carry_networks_and_metadata,
+                lock::operator_locked_round_trips_and_is_off_by_default,
+                lock::update_sets_and_clears_operator_locked,
+                lock::add_credits_unless_locked_refuses_a_locked_key_and_writes_nothing,
+                lock::export_and_import_carry_operator_locked,
             );
             $crate::__hashing_work_test!($hashing, Factory);
         }

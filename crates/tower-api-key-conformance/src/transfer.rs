@@ -193,7 +193,8 @@ where
                     Credits::new(9)
                         .unwrap()
                         .with_refill(Refill::daily(10).unwrap()),
-                ),
+                )
+                .with_operator_locked(true),
         )
         .await
         .unwrap();

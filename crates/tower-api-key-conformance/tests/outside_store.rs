@@ -326,6 +326,7 @@ impl KeyStore for OutsideStore {
                 .with_rate_limits(new.rate_limits)
                 .with_allowed_networks(new.allowed_networks)
                 .with_metadata(new.metadata)
+                .with_operator_locked(new.operator_locked)
                 .with_created_at(now),
             hash: self.hash_of(&key)?,
             previous: None,
@@ -424,6 +425,9 @@ impl KeyStore for OutsideStore {
             }
             if let Some(metadata) = update.metadata {
                 e.record.metadata = metadata;
+            }
+            if let Some(locked) = update.operator_locked {
+                e.record.operator_locked = locked;
             }
             if let Some(credits) = update.credits {
                 // A new setting starts a new generation.

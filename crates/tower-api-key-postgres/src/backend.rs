@@ -85,6 +85,8 @@ fn values(row: &Row) -> Result<Vec<Value>, BoxError> {
             Kind::Bytes => Value::Bytes(row.try_get(i)?),
             Kind::Time => Value::Time(row.try_get(i)?),
             Kind::Texts => Value::Texts(row.try_get::<_, Option<_>>(i)?.unwrap_or_default()),
+            // NULL only in verification's row of a missing key.
+            Kind::Bool => Value::Bool(row.try_get::<_, Option<_>>(i)?.unwrap_or_default()),
         })
     };
     read_kinds().enumerate().map(value).collect()
@@ -104,6 +106,7 @@ fn bind(values: Vec<Value>) -> Vec<(Box<dyn ToSql + Sync + Send>, Type)> {
             Value::Bytes(v) => (Box::new(v), Type::BYTEA),
             Value::Time(v) => (Box::new(v), Type::TIMESTAMPTZ),
             Value::Texts(v) => (Box::new(v), Type::TEXT_ARRAY),
+            Value::Bool(v) => (Box::new(v), Type::BOOL),
         }
     };
     values.into_iter().map(boxed).collect()

@@ -43,6 +43,11 @@ const MIGRATIONS: &[Migration] = &[
         "networks_metadata",
         include_str!("migrations/0008_networks_metadata.sql"),
     ),
+    Migration::new(
+        9,
+        "operator_locked",
+        include_str!("migrations/0009_operator_locked.sql"),
+    ),
 ];
 
 /// Every migration this version of the crate knows, oldest first.

@@ -1244,11 +1244,11 @@ async fn migrations_twice_in_a_row() {
     };
     let store = db.builder().connect().await.unwrap();
     let first = store.migrate().await.unwrap();
-    assert_eq!(first.applied, vec![1, 2, 3, 4, 5, 6, 7, 8]);
-    assert_eq!(first.current, 8);
+    assert_eq!(first.applied, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(first.current, 9);
     let second = store.migrate().await.unwrap();
     assert!(second.applied.is_empty(), "{second:?}");
-    assert_eq!(second.current, 8);
+    assert_eq!(second.current, 9);
     // The store works on the migrated schema.
     let created = store.create(NewKey::new("sa")).await.unwrap();
     assert!(store.get(created.record.key_id).await.unwrap().is_some());
@@ -1312,7 +1312,7 @@ async fn a_schema_of_the_previous_release_migrates_and_its_keys_keep_working() {
         .await
         .unwrap();
     let report = store.migrate().await.unwrap();
-    assert_eq!(report.applied, vec![3, 4, 5, 6, 7, 8]);
+    assert_eq!(report.applied, vec![3, 4, 5, 6, 7, 8, 9]);
     let record = store.verify(&old).await.unwrap().unwrap();
     assert_eq!(&*record.service_account_id, "sa-old");
     assert!(record.rate_limits.is_empty());
@@ -1358,7 +1358,7 @@ async fn migrations_run_by_replicas_at_once() {
     }))
     .await;
     let applied: Vec<u32> = replicas.iter().flat_map(|r| r.applied.clone()).collect();
-    assert_eq!(applied, vec![1, 2, 3, 4, 5, 6, 7, 8], "{replicas:?}");
+    assert_eq!(applied, vec![1, 2, 3, 4, 5, 6, 7, 8, 9], "{replicas:?}");
     db.drop_schema().await;
 }
 

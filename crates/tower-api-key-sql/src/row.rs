@@ -96,6 +96,9 @@ pub struct KeyRow {
     pub allowed_networks: Vec<String>,
     /// `metadata`: a JSON object's text, or `NULL`.
     pub metadata: Option<String>,
+    /// `operator_locked`: the operator marked the key read-only for
+    /// managers.
+    pub operator_locked: bool,
 }
 
 impl KeyRow {
@@ -127,7 +130,8 @@ impl KeyRow {
             .with_expires_at(self.expires_at)
             .with_rate_limits(rate_limits)
             .with_account_rate_limits(account_rate_limits)
-            .with_credits(credits);
+            .with_credits(credits)
+            .with_operator_locked(self.operator_locked);
         record.compromise = compromise_of(
             self.compromised_at,
             self.compromise_url.clone(),

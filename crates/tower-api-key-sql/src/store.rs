@@ -157,6 +157,53 @@ impl<B: Backend> SqlKeyStore<B> {
             .publish(&Invalidation::key_of(id, account));
     }
 
+    /// Adds credits to key `id` if it is at `expected`, and unless
+    /// `unless_locked` and the operator locked it, in one transaction.
+    async fn credit(
+        &self,
+        id: KeyId,
+        amount: u64,
+        expected: Option<Version>,
+        unless_locked: bool,
+    ) -> Result<Option<KeyInfo>, StoreError> {
+        let now = self.now();
+        let key_id = id.to_string();
+        let added = self
+            .tx(move |tx| {
+                Box::pin(async move {
+                    let Some(mut row) = tx.key_for_update(&key_id).await? else {
+                        return Ok(None);
+                    };
+                    if let Err(moved) = check_version(id, version_of(row.version)?, expected) {
+                        return Ok(Some(Err(moved)));
+                    }
+                    if unless_locked && row.operator_locked {
+                        return Ok(Some(Err(StoreError::key_locked(id))));
+                    }
+                    let Some(mut state) = row.credits.state(id)? else {
+                        return Ok(Some(Err(StoreError::no_credits(id))));
+                    };
+                    state.add(amount);
+                    // The count changes, the refill and the generation stay.
+                    row.credits.remaining = CreditColumns::of(Some(&state)).remaining;
+                    row.version = next_version(row.version)?;
+                    // Checked before the commit: nothing fails after it.
+                    let info = row.info()?;
+                    tx.write_key(&row).await?;
+                    // Other stores' caches re-read the count.
+                    tx.announce(&[key_id], &row.service_account_id, now).await?;
+                    Ok(Some(Ok(info)))
+                })
+            })
+            .await
+            .map_err(StoreError::Backend)?;
+        let Some(info) = added.transpose()? else {
+            return Ok(None);
+        };
+        self.changed(id, &info.record.service_account_id);
+        Ok(Some(info))
+    }
+
     /// A backend error, or the error of a taken id or hash.
     fn collision_or_backend(&self, e: BoxError) -> StoreError {
         if self.backend.is_unique_violation(&e) {
@@ -329,7 +376,8 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
             .with_rate_limits(new.rate_limits)
             .with_credits(new.credits)
             .with_allowed_networks(new.allowed_networks)
-            .with_metadata(new.metadata);
+            .with_metadata(new.metadata)
+            .with_operator_locked(new.operator_locked);
         let (allowed_networks, metadata) = KeyRow::extras_of(&record);
         let row = KeyRow {
             key_id: key.id().to_string(),
@@ -354,6 +402,7 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
             compromised_hash: None,
             allowed_networks,
             metadata,
+            operator_locked: record.operator_locked,
         };
         let limit = self.max_keys_per_account;
         let id = key.id();
@@ -519,6 +568,9 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
                     if let Some(metadata) = &update.metadata {
                         row.metadata = metadata.as_ref().map(|m| m.as_str().to_owned());
                     }
+                    if let Some(locked) = update.operator_locked {
+                        row.operator_locked = locked;
+                    }
                     if let Some(mut credits) = credits {
                         credits.generation = row.credits.generation.saturating_add(1);
                         row.credits = credits;
@@ -636,39 +688,16 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
         amount: u64,
         expected: Option<Version>,
     ) -> Result<Option<KeyInfo>, StoreError> {
-        let now = self.now();
-        let key_id = id.to_string();
-        let added = self
-            .tx(move |tx| {
-                Box::pin(async move {
-                    let Some(mut row) = tx.key_for_update(&key_id).await? else {
-                        return Ok(None);
-                    };
-                    if let Err(moved) = check_version(id, version_of(row.version)?, expected) {
-                        return Ok(Some(Err(moved)));
-                    }
-                    let Some(mut state) = row.credits.state(id)? else {
-                        return Ok(Some(Err(StoreError::no_credits(id))));
-                    };
-                    state.add(amount);
-                    // The count changes, the refill and the generation stay.
-                    row.credits.remaining = CreditColumns::of(Some(&state)).remaining;
-                    row.version = next_version(row.version)?;
-                    // Checked before the commit: nothing fails after it.
-                    let info = row.info()?;
-                    tx.write_key(&row).await?;
-                    // Other stores' caches re-read the count.
-                    tx.announce(&[key_id], &row.service_account_id, now).await?;
-                    Ok(Some(Ok(info)))
-                })
-            })
-            .await
-            .map_err(StoreError::Backend)?;
-        let Some(info) = added.transpose()? else {
-            return Ok(None);
-        };
-        self.changed(id, &info.record.service_account_id);
-        Ok(Some(info))
+        self.credit(id, amount, expected, false).await
+    }
+
+    async fn add_credits_unless_locked(
+        &self,
+        id: KeyId,
+        amount: u64,
+        expected: Option<Version>,
+    ) -> Result<Option<KeyInfo>, StoreError> {
+        self.credit(id, amount, expected, true).await
     }
 
     async fn account_rate_limits(
@@ -814,6 +843,7 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
                 .map(|h| h.digest().to_vec()),
             allowed_networks,
             metadata,
+            operator_locked: record.operator_locked,
         };
         let hash = key.hash;
         let limit = self.max_keys_per_account;
@@ -1164,6 +1194,24 @@ macro_rules! delegate_store {
                 ::tower_api_key::store::StoreError,
             > {
                 ::tower_api_key::KeyStore::add_credits(&self.$($core).+, id, amount, expected).await
+            }
+
+            async fn add_credits_unless_locked(
+                &self,
+                id: ::tower_api_key::KeyId,
+                amount: u64,
+                expected: ::std::option::Option<::tower_api_key::store::Version>,
+            ) -> ::std::result::Result<
+                ::std::option::Option<::tower_api_key::store::KeyInfo>,
+                ::tower_api_key::store::StoreError,
+            > {
+                ::tower_api_key::KeyStore::add_credits_unless_locked(
+                    &self.$($core).+,
+                    id,
+                    amount,
+                    expected,
+                )
+                .await
             }
 
             async fn account_rate_limits(

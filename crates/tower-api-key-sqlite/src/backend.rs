@@ -80,6 +80,8 @@ fn key_row(row: &Row<'_>) -> rusqlite::Result<KeyRow> {
                     .map(str::to_owned)
                     .collect(),
             ),
+            // 0 or 1.
+            Kind::Bool => Value::Bool(row.get::<_, Option<bool>>(i)?.unwrap_or_default()),
         })
     });
     KeyRow::from_values(values.collect::<rusqlite::Result<_>>()?)
@@ -96,6 +98,7 @@ fn sql_value(value: Value) -> Result<rusqlite::types::Value, BoxError> {
         Value::Bytes(v) => or_null(v.map(V::Blob)),
         Value::Time(v) => or_null(v.map(to_micros).transpose()?.map(V::Integer)),
         Value::Texts(names) => V::Text(names.join(" ")),
+        Value::Bool(v) => V::Integer(i64::from(v)),
     })
 }
 

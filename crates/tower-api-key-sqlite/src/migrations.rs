@@ -35,6 +35,11 @@ const MIGRATIONS: &[Migration] = &[
         "networks_metadata",
         include_str!("migrations/0006_networks_metadata.sql"),
     ),
+    Migration::new(
+        7,
+        "operator_locked",
+        include_str!("migrations/0007_operator_locked.sql"),
+    ),
 ];
 
 /// Every migration this version of the crate knows, oldest first.

@@ -318,11 +318,11 @@ async fn migrations_are_idempotent_and_run_once_when_stores_migrate_at_once() {
     let dir = TempDir::new("migrate");
     let store = dir.builder().open().await.unwrap();
     let first = store.migrate().await.unwrap();
-    assert_eq!(first.applied, vec![1, 2, 3, 4, 5, 6]);
-    assert_eq!(first.current, 6);
+    assert_eq!(first.applied, vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(first.current, 7);
     let second = store.migrate().await.unwrap();
     assert!(second.applied.is_empty(), "{second:?}");
-    assert_eq!(second.current, 6);
+    assert_eq!(second.current, 7);
     let tables: i64 = raw(&dir.db())
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name LIKE 'tower_api_key_%'",
@@ -350,7 +350,7 @@ async fn migrations_are_idempotent_and_run_once_when_stores_migrate_at_once() {
     }))
     .await;
     let applied: Vec<u32> = reports.iter().flat_map(|r| r.applied.clone()).collect();
-    assert_eq!(applied, vec![1, 2, 3, 4, 5, 6], "{reports:?}");
+    assert_eq!(applied, vec![1, 2, 3, 4, 5, 6, 7], "{reports:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1200,7 +1200,7 @@ async fn a_file_of_the_previous_release_migrates_and_its_keys_keep_working() {
         )
         .unwrap();
     let report = store.migrate().await.unwrap();
-    assert_eq!(report.applied, vec![3, 4, 5, 6]);
+    assert_eq!(report.applied, vec![3, 4, 5, 6, 7]);
     let record = store.verify(&old).await.unwrap().unwrap();
     assert_eq!(&*record.service_account_id, "sa-old");
     assert!(record.rate_limits.is_empty());
