@@ -20,7 +20,7 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{NoTls, Socket};
 use tower_api_key::store::{ConfigError, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT};
 use tower_api_key::{Invalidations, KeyFormat};
-use tower_api_key_sql::{poll_change_log, BackgroundTask, SqlKeyStore, SqlSettings};
+use tower_api_key_sql::{BackgroundTask, SqlKeyStore, SqlSettings};
 
 pub use listener::ListenerStatus;
 pub use migrations::migrations;
@@ -338,11 +338,12 @@ impl PgKeyStoreBuilder {
             })
         });
         let polling = self.feed.poll_interval().map(|every| {
-            let poller = poller.clone();
-            let bus = invalidations.clone();
-            BackgroundTask::start(|stop| {
-                tokio::spawn(poll_change_log(poller, bus, every, stop, "PostgreSQL"))
-            })
+            BackgroundTask::poll_change_log(
+                poller.clone(),
+                invalidations.clone(),
+                every,
+                "PostgreSQL",
+            )
         });
         let backend = Pg {
             pool,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tower_api_key::store::{ConfigError, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT};
 use tower_api_key::{Invalidations, KeyFormat, KeyId};
-use tower_api_key_sql::{poll_change_log, BackgroundTask, SqlKeyStore, SqlSettings};
+use tower_api_key_sql::{BackgroundTask, SqlKeyStore, SqlSettings};
 
 pub use migrations::migrations;
 pub use tower_api_key_sql::{Migration, MigrationReport};
@@ -182,12 +182,12 @@ impl SqliteKeyStoreBuilder {
         // The connection that checked the file is the pool's first.
         db.give_back(first);
         let invalidations = Invalidations::new();
-        let every = self.poll_interval;
-        let bus = invalidations.clone();
-        let watcher = BackgroundTask::start(|stop| {
-            let log = BlockingWatcher(Some(watcher));
-            tokio::spawn(poll_change_log(log, bus, every, stop, "SQLite"))
-        });
+        let watcher = BackgroundTask::poll_change_log(
+            BlockingWatcher(Some(watcher)),
+            invalidations.clone(),
+            self.poll_interval,
+            "SQLite",
+        );
         let backend = Sqlite {
             db,
             origin,
