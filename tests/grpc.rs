@@ -454,7 +454,7 @@ async fn tonic_peer_address_decides_allowed_networks() {
     let key_in = |network: &'static str| {
         let store = fx.store.clone();
         async move {
-            let networks = Networks::parse(&[network]).unwrap();
+            let networks = Networks::parse([network]).unwrap();
             let created = store
                 .create(NewKey::new("sa-net").with_allowed_networks(Some(networks)))
                 .await
