@@ -439,6 +439,53 @@ async fn the_right_scope_succeeds_and_the_handler_sees_the_identity() {
     assert_eq!(fx.verifier_calls(), 3, "one lookup per key, then the cache");
 }
 
+/// Allowed networks on a tonic server: the layer reads the peer address
+/// tonic's server records (`TcpConnectInfo`), no application code supplies
+/// it. Before the feature `tonic-server` existed the address could not be
+/// told here, so the loopback key was refused as well.
+#[cfg(feature = "tonic-server")]
+#[tokio::test]
+async fn tonic_peer_address_decides_allowed_networks() {
+    use tower_api_key::Networks;
+
+    let fx = Fixture::new();
+    let addr = serve_tonic(&fx.auth, demo_methods(), fx.service.clone()).await;
+    let mut client = client(addr).await;
+    let key_in = |network: &'static str| {
+        let store = fx.store.clone();
+        async move {
+            let networks = Networks::parse([network]).unwrap();
+            let created = store
+                .create(NewKey::new("sa-net").with_allowed_networks(Some(networks)))
+                .await
+                .unwrap();
+            created.key.expose_secret().to_string()
+        }
+    };
+    let loopback = key_in("127.0.0.1/32").await;
+    let elsewhere = key_in("10.0.0.0/8").await;
+
+    let reply = who_am_i(&mut client, Some(&api_key(&loopback)))
+        .await
+        .expect("a loopback-only key used from 127.0.0.1 is served");
+    assert_eq!(reply.service_account_id, "sa-net");
+
+    let status = who_am_i(&mut client, Some(&api_key(&elsewhere)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(i32::from(status.code()), 7);
+    assert_eq!(
+        status.message(),
+        "the API key may not be used from this network"
+    );
+    assert_eq!(
+        fx.handler_calls(),
+        1,
+        "the refused call never reached the handler"
+    );
+}
+
 #[tokio::test]
 async fn unlisted_methods_default_to_unscoped_keys_only() {
     let fx = Fixture::new();

@@ -7,6 +7,9 @@
 //! cargo bench -p tower-api-key-perf --bench layer
 //! ```
 //!
+//! The `allowlist` group times a hit with the peer address known, for a key
+//! without and with a 10-entry allowlist (`-- allowlist` runs it alone).
+//!
 //! Timed with the thread's CPU time unless `BENCH_CLOCK=wall` (see
 //! `benches/support/mod.rs`). Each call gets a request built outside the timed part (method, URI and an
 //! `Authorization` header; the bare service ignores it) and completes
@@ -196,9 +199,57 @@ fn layer(c: &mut Criterion<Clock>) {
     group.finish();
 }
 
+fn with_ten_networks(record: KeyRecord) -> KeyRecord {
+    record.with_allowed_networks(Some(support::harness::ten_networks()))
+}
+
+/// A hit with the peer address known (axum's `ConnectInfo`, 10.0.0.5), for a
+/// key without an allowlist and one with 10 networks (the client in the
+/// fifth): one group, so the difference (issue 25's bound: at most 50 ns)
+/// comes from one run.
+fn allowlist(c: &mut Criterion<Clock>) {
+    let rt = runtime();
+    let peer =
+        |header: &str| {
+            let mut request = request(header);
+            request.extensions_mut().insert(axum::extract::ConnectInfo(
+                std::net::SocketAddr::from(([10, 0, 0, 5], 40_000)),
+            ));
+            request
+        };
+    let mut cases = Vec::new();
+    for (name, shape) in [
+        ("peer_no_allowlist", (|r| r) as fn(KeyRecord) -> KeyRecord),
+        ("peer_10_networks", with_ten_networks),
+    ] {
+        let (auth, key) = limited_layer(&rt, shape, LimitSettings::default());
+        let service = ServiceBuilder::new()
+            .layer(auth.any_valid_key())
+            .service_fn(hello);
+        cases.push((name, service, format!("Api-Key {key}")));
+    }
+    let mut group = c.benchmark_group("allowlist");
+    for (name, service, header) in &mut cases {
+        // Sanity: the 10-network key is admitted from 10.0.0.5, and refused
+        // without the peer address (so the check really runs).
+        assert!(call_now(service, peer(header)).status().is_success());
+        if *name == "peer_10_networks" {
+            assert_eq!(call_now(service, request(header)).status(), 403);
+        }
+        group.bench_function(*name, |b| {
+            b.iter_batched(
+                || peer(header),
+                |req| black_box(call_now(service, req)),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = support::criterion();
-    targets = layer
+    targets = layer, allowlist
 }
 criterion_main!(benches);

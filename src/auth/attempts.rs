@@ -62,7 +62,7 @@ use tokio::time::Instant;
 /// it for every use (see
 /// [`AuthenticatorBuilder::trusted_proxies`](crate::AuthenticatorBuilder::trusted_proxies)):
 /// the peer address from axum's `ConnectInfo<SocketAddr>` (feature
-/// `connect-info`), or behind trusted proxies the rightmost untrusted
+/// `connect-info`) or tonic's server (feature `tonic-server`), or behind trusted proxies the rightmost untrusted
 /// address of the header they write, or a [`ClientIp`](super::ClientIp) the
 /// application put in the request's extensions. IPv6 addresses are grouped
 /// by /64, the block one subscriber usually holds. Without an address a

@@ -219,7 +219,8 @@ impl AuthenticatorBuilder {
     /// from the right past every trusted hop to the first untrusted
     /// address, never the leftmost entry, which the client chose. Every
     /// other request's client is its peer (axum's `ConnectInfo<SocketAddr>`,
-    /// feature `connect-info`), or a [`ClientIp`](crate::auth::ClientIp)
+    /// feature `connect-info`; tonic's `TcpConnectInfo`, feature
+    /// `tonic-server`), or a [`ClientIp`](crate::auth::ClientIp)
     /// the application put in the request's extensions.
     ///
     /// That one address is what the [failed-attempt

@@ -9,8 +9,10 @@ use http::Extensions;
 use crate::network::{canonical, RangeSet};
 
 /// A client address the application resolved itself and put in the
-/// request's extensions (for example from `axum-client-ip`, or the remote
-/// address of a tonic server). When present it is the client's address,
+/// request's extensions (for example from `axum-client-ip`, or from a
+/// server other than axum's and tonic's, whose peer addresses the
+/// authenticator reads itself with the features `connect-info` and
+/// `tonic-server`). When present it is the client's address,
 /// whatever the peer and the headers say: the one way to give the
 /// authenticator an address it cannot find itself.
 ///
@@ -61,8 +63,9 @@ impl ClientIpResolver {
 
     /// The client's address, canonical (an IPv4-mapped IPv6 address is its
     /// IPv4 address): an application's [`ClientIp`], else the peer (axum's
-    /// `ConnectInfo<SocketAddr>`, feature `connect-info`) as seen through
-    /// the trusted proxies. `None` when it cannot be told.
+    /// `ConnectInfo<SocketAddr>`, feature `connect-info`, or tonic's
+    /// `TcpConnectInfo`, feature `tonic-server`) as seen through the trusted
+    /// proxies. `None` when it cannot be told.
     pub(crate) fn resolve(&self, headers: &HeaderMap, extensions: &Extensions) -> Option<IpAddr> {
         if let Some(ClientIp(ip)) = extensions.get::<ClientIp>() {
             return Some(canonical(*ip));
@@ -125,18 +128,25 @@ impl ClientIpResolver {
     }
 }
 
-/// The peer address of the connection, if the server recorded one.
+/// The peer address of the connection, if the server recorded one: axum's
+/// `ConnectInfo<SocketAddr>` (feature `connect-info`), else the
+/// `TcpConnectInfo` tonic's server puts in every request (feature
+/// `tonic-server`; over TLS tonic inserts it too, next to its
+/// `TlsConnectInfo`).
 fn peer(extensions: &Extensions) -> Option<IpAddr> {
     #[cfg(feature = "connect-info")]
-    {
-        let info = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>()?;
-        Some(info.0.ip())
+    if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+        return Some(info.0.ip());
     }
-    #[cfg(not(feature = "connect-info"))]
+    #[cfg(feature = "tonic-server")]
+    if let Some(remote) = extensions
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|info| info.remote_addr())
     {
-        let _ = extensions;
-        None
+        return Some(remote.ip());
     }
+    let _ = extensions;
+    None
 }
 
 /// One address as proxies write it: `192.0.2.1`, `2001:db8::1`,

@@ -1,77 +1,4 @@
-//! The PostgreSQL key store of [tower-api-key](tower_api_key), for
-//! services with several replicas.
-//!
-//! [`PgKeyStore`] is a [`KeyStore`](tower_api_key::KeyStore) and a
-//! [`Verifier`](tower_api_key::Verifier): the operations are the SQL core's
-//! ([`tower_api_key_sql::SqlKeyStore`]), this crate is PostgreSQL's dialect
-//! ([tokio-postgres] with a [deadpool] pool).
-//!
-//! - **At rest**: hashes only, never a key; verification reads one row in
-//!   one round trip whether or not the id exists (all NULL for an unknown
-//!   one), the account's limits included, and does the same hashing.
-//! - **Schema**: [`migrations()`], applied by [`PgKeyStore::migrate`]
-//!   (idempotent, from every replica at start, under an advisory lock), in
-//!   the first schema of the connection's `search_path`.
-//! - **Push invalidation**: a change sends `NOTIFY` on [`DEFAULT_CHANNEL`]
-//!   (`'<key id> <service account id>'`) in its transaction, so it is sent
-//!   if and only if the change commits; every store listens on a connection
-//!   of its own and publishes what it hears on its bus. After a lost LISTEN
-//!   connection is restored, the store invalidates every cached key; it
-//!   listens again within [`PgKeyStoreBuilder::reconnect_probe_interval`]
-//!   once the database answers.
-//! - **Change-log polling**: the same transaction also appends a row to
-//!   `tower_api_key_changes` (migration 7), which every store reads every
-//!   250 ms by default ([`ChangeFeed`]): a change reaches every replica
-//!   within the interval plus one query even when its notification is lost
-//!   or LISTEN is unavailable (a transaction pooler). Statements are
-//!   unnamed, so the store works through PgBouncer in transaction mode; give
-//!   LISTEN a session of its own with [`PgKeyStoreBuilder::listen_config`],
-//!   or poll alone with [`ChangeFeed::Poll`].
-//! - **Writes**: creates for one account take turns (an advisory lock), so
-//!   replicas cannot overshoot the per-account limit; a change or a credit
-//!   lease locks the key's row (`SELECT … FOR UPDATE`). Replicas share rate
-//!   limits through [`PgKeyStore::rate_limit_sync`].
-//! - **Fail closed**: when the database cannot answer, `verify` returns
-//!   `Err` (503), never `Ok(None)`.
-//! - **Time**: from the store's clock, never the database's `now()`;
-//!   truncated to the microsecond before writing.
-//!
-//! The guide: `docs/postgres.md` in the repository.
-//!
-//! ```no_run
-//! use std::time::Duration;
-//! use tower_api_key::cache::{CacheConfig, CachedVerifier};
-//! use tower_api_key_postgres::PgKeyStore;
-//! use tower_api_key::KeyStore;
-//! use tower_api_key::store::{ NewKey};
-//!
-//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let store = PgKeyStore::connect("postgres://app@db.internal/app").await?;
-//! store.migrate().await?; // at every start, from every replica
-//!
-//! let cache = CachedVerifier::new(
-//!     store.clone(),
-//!     CacheConfig::builder().positive_ttl(Duration::from_secs(60)).build(),
-//! );
-//! let created = store.create(NewKey::new("sa-1")).await?;
-//! let presented = store.format().parse(created.key.expose_secret())?;
-//! assert_eq!(cache.lookup(&presented).await?.service_account_id(), "sa-1");
-//!
-//! // Refused here at once, and on every other replica within the NOTIFY delay.
-//! store.revoke(created.record.key_id, None).await?;
-//! assert!(cache.lookup(&presented).await.is_err());
-//! store.shutdown().await;
-//! # Ok(()) }
-//! ```
-//!
-//! TLS: [`PgKeyStoreBuilder::connect`] connects without TLS;
-//! [`PgKeyStoreBuilder::connect_with_tls`] takes any tokio-postgres TLS
-//! connector (such as `postgres-native-tls` or `tokio-postgres-rustls`).
-//!
-//! [tokio-postgres]: https://docs.rs/tokio-postgres
-//! [deadpool]: https://docs.rs/deadpool-postgres
-//! [`Clock`]: tower_api_key::clock::Clock
-//! [`CachedVerifier`]: tower_api_key::cache::CachedVerifier
+#![doc = include_str!("../README.md")]
 #![deny(unsafe_code, unreachable_pub)]
 #![warn(missing_docs, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -93,7 +20,7 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{NoTls, Socket};
 use tower_api_key::store::{ConfigError, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT};
 use tower_api_key::{Invalidations, KeyFormat};
-use tower_api_key_sql::{poll_change_log, BackgroundTask, SqlKeyStore, SqlSettings};
+use tower_api_key_sql::{BackgroundTask, SqlKeyStore, SqlSettings};
 
 pub use listener::ListenerStatus;
 pub use migrations::migrations;
@@ -411,11 +338,12 @@ impl PgKeyStoreBuilder {
             })
         });
         let polling = self.feed.poll_interval().map(|every| {
-            let poller = poller.clone();
-            let bus = invalidations.clone();
-            BackgroundTask::start(|stop| {
-                tokio::spawn(poll_change_log(poller, bus, every, stop, "PostgreSQL"))
-            })
+            BackgroundTask::poll_change_log(
+                poller.clone(),
+                invalidations.clone(),
+                every,
+                "PostgreSQL",
+            )
         });
         let backend = Pg {
             pool,

@@ -28,10 +28,7 @@ use tokio::sync::Mutex;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tower_api_key::{Invalidation, Invalidations};
-use tower_api_key_sql::{invalidations, BoxError, ChangeLog};
-
-/// Most change log rows read by one poll; more and it invalidates everything.
-const MAX_ROWS_PER_READ: i64 = 10_000;
+use tower_api_key_sql::{invalidations, BoxError, ChangeLog, MAX_ROWS_PER_READ};
 
 /// Where a poller is in the change log.
 #[derive(Debug, Default)]

@@ -12,8 +12,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::types::Type;
 
 use tower_api_key::limits::{BucketUse, RateLimitSync};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use tower_api_key_sql::BoxError;
 
 /// The bucket table.
 const BUCKETS: &str = "tower_api_key_rate_buckets";

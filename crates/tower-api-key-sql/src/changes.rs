@@ -12,6 +12,10 @@ use tower_api_key::{Invalidation, Invalidations, KeyId};
 
 use crate::BoxError;
 
+/// Most change log rows one read takes: a read that finds more (far more
+/// than writers keep) publishes [`Invalidation::All`] instead of a row each.
+pub const MAX_ROWS_PER_READ: i64 = 10_000;
+
 /// A change log read from where the previous read stopped.
 #[async_trait]
 pub trait ChangeLog: Send + 'static {

@@ -23,7 +23,7 @@ use std::fmt;
 use std::time::SystemTime;
 
 pub use backend::{Backend, BoxFuture, Rows, Tx, TxWork};
-pub use changes::{invalidations, poll_change_log, ChangeLog};
+pub use changes::{invalidations, poll_change_log, ChangeLog, MAX_ROWS_PER_READ};
 pub use columns::{insert_sql, read_kinds, select_columns, update_sql, Kind, Value, KEY_COLUMNS};
 pub use row::{micros, HashColumns, KeyRow, Lookup};
 pub use store::{SqlKeyStore, SqlSettings};

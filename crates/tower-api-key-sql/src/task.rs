@@ -33,6 +33,18 @@ impl BackgroundTask {
         }
     }
 
+    /// The task that reads `log` every `every` and publishes what changed
+    /// on `bus` ([`poll_change_log`](crate::poll_change_log); `name` names
+    /// the log in its warnings), on the current runtime.
+    pub fn poll_change_log<L: crate::ChangeLog>(
+        log: L,
+        bus: tower_api_key::Invalidations,
+        every: std::time::Duration,
+        name: &'static str,
+    ) -> Self {
+        Self::start(|stop| tokio::spawn(crate::poll_change_log(log, bus, every, stop, name)))
+    }
+
     /// Tells the task to stop and waits for it.
     pub async fn stop(&self) {
         self.shutdown.send_replace(true);

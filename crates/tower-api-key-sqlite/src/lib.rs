@@ -1,65 +1,4 @@
-//! The SQLite key store of [tower-api-key](tower_api_key): keys in a file
-//! on one machine, with changes by other processes on the same file
-//! watched for.
-//!
-//! [`SqliteKeyStore`] is a [`KeyStore`](tower_api_key::KeyStore) and a
-//! [`Verifier`](tower_api_key::Verifier): the operations are the SQL core's
-//! ([`tower_api_key_sql::SqlKeyStore`]), this crate is SQLite's dialect
-//! ([rusqlite], SQLite compiled in).
-//!
-//! - **At rest**: hashes only, never a key; verification reads one row of
-//!   the same size whether or not the id exists, and does the same hashing.
-//! - **Schema**: [`migrations()`], applied by [`SqliteKeyStore::migrate`]
-//!   (idempotent, from every process at start); [`SqliteKeyStoreBuilder::open`]
-//!   does not migrate ([`SqliteKeyStore::schema_version`] says whether it was).
-//! - **Several processes on one file** (WAL mode, a local file system):
-//!   writes take SQLite's write lock first (`BEGIN IMMEDIATE`, retried for
-//!   the busy timeout), so the per-account key limit and credit leases hold
-//!   across processes.
-//! - **Revocation across processes**: a change writes a row to a change log
-//!   in its transaction; each store's watcher polls the file
-//!   ([`SqliteKeyStoreBuilder::poll_interval`], 250 ms) and publishes
-//!   what other processes changed on its bus. Changes made through this
-//!   store invalidate its caches before the call returns.
-//! - **Fail closed**: a file that cannot be read makes `verify` return
-//!   `Err` (503), never `Ok(None)`.
-//! - **No blocking of the runtime**: every call runs on tokio's blocking
-//!   pool, on at most 8 connections; times are integer microseconds.
-//!
-//! The guide: `docs/sqlite.md` in the repository.
-//!
-//! ```
-//! use std::time::Duration;
-//! use tower_api_key::cache::{CacheConfig, CachedVerifier};
-//! use tower_api_key_sqlite::SqliteKeyStore;
-//! use tower_api_key::store::NewKey;
-//! use tower_api_key::KeyStore;
-//!
-//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let dir = std::env::temp_dir().join(format!("tak-doc-{}", std::process::id()));
-//! # std::fs::create_dir_all(&dir)?;
-//! # let path = dir.join("keys.db");
-//! let store = SqliteKeyStore::open(&path).await?; // `path`: e.g. "keys.db"
-//! store.migrate().await?; // at every start
-//!
-//! let cache = CachedVerifier::new(
-//!     store.clone(),
-//!     CacheConfig::builder().positive_ttl(Duration::from_secs(60)).build(),
-//! );
-//! let created = store.create(NewKey::new("sa-1")).await?;
-//! let presented = store.format().parse(created.key.expose_secret())?;
-//! assert_eq!(cache.lookup(&presented).await?.service_account_id(), "sa-1");
-//!
-//! // Refused here at once, and by every other process on the file within
-//! // its poll interval.
-//! store.revoke(created.record.key_id, None).await?;
-//! assert!(cache.lookup(&presented).await.is_err());
-//! store.shutdown().await;
-//! # std::fs::remove_dir_all(&dir)?;
-//! # Ok(()) }
-//! ```
-//!
-//! [rusqlite]: https://docs.rs/rusqlite
+#![doc = include_str!("../README.md")]
 #![deny(unsafe_code, unreachable_pub)]
 #![warn(missing_docs, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -76,7 +15,7 @@ use std::time::Duration;
 
 use tower_api_key::store::{ConfigError, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT};
 use tower_api_key::{Invalidations, KeyFormat, KeyId};
-use tower_api_key_sql::{poll_change_log, BackgroundTask, SqlKeyStore, SqlSettings};
+use tower_api_key_sql::{BackgroundTask, SqlKeyStore, SqlSettings};
 
 pub use migrations::migrations;
 pub use tower_api_key_sql::{Migration, MigrationReport};
@@ -243,12 +182,12 @@ impl SqliteKeyStoreBuilder {
         // The connection that checked the file is the pool's first.
         db.give_back(first);
         let invalidations = Invalidations::new();
-        let every = self.poll_interval;
-        let bus = invalidations.clone();
-        let watcher = BackgroundTask::start(|stop| {
-            let log = BlockingWatcher(Some(watcher));
-            tokio::spawn(poll_change_log(log, bus, every, stop, "SQLite"))
-        });
+        let watcher = BackgroundTask::poll_change_log(
+            BlockingWatcher(Some(watcher)),
+            invalidations.clone(),
+            self.poll_interval,
+            "SQLite",
+        );
         let backend = Sqlite {
             db,
             origin,

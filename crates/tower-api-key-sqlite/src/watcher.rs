@@ -26,13 +26,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension};
 use tower_api_key::Invalidation;
-use tower_api_key_sql::{invalidations, ChangeLog};
+use tower_api_key_sql::{invalidations, ChangeLog, MAX_ROWS_PER_READ};
 
 use super::connection::{self, BoxError};
-
-/// Most change log rows read at once; more than that (far more than a
-/// writer keeps) and the watcher invalidates everything instead.
-const MAX_ROWS_PER_READ: i64 = 10_000;
 
 /// The watcher's connection and where it is in the change log.
 pub(super) struct Watcher {
