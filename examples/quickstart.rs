@@ -44,6 +44,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
 use support::{DemoKey, FOUNDATION_MODELS, TRANSLATE};
 use tower_api_key::auth::FailedAttemptLimit;
+use tower_api_key::event::KeyEvent;
 use tower_api_key::management::{self, AccountAccess, ManagementApiBuilder};
 use tower_api_key::secret_scanning::{self, ReceiverConfig, ReporterKey, StaticKeys};
 use tower_api_key::store::NewKey;
@@ -145,10 +146,12 @@ async fn serve<S: KeyStore + Clone>(
     let leaks = secret_scanning::router(
         store.clone(),
         ReceiverConfig::github(reporter).on_compromised(|event| {
-            eprintln!(
-                "key {} of {} reported leaked at {} and revoked",
-                event.key.record.key_id, event.key.record.service_account_id, event.compromise.url
-            )
+            if let KeyEvent::Compromised(leak) = &event {
+                eprintln!(
+                    "key {} of {} reported leaked at {} and revoked",
+                    leak.key.record.key_id, leak.key.record.service_account_id, leak.compromise.url
+                )
+            }
         }),
     );
 

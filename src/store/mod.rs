@@ -48,8 +48,8 @@ use std::time::{Duration, SystemTime};
 
 pub use crate::record::{Compromise, LeakAction};
 pub use compromise::{CompromiseReport, Compromised};
-pub use lifecycle::{LifecycleStore, NoticeKind, SentNotice};
 pub(crate) use key_store::KeyStore;
+pub use lifecycle::{LifecycleStore, NoticeKind, SentNotice};
 #[cfg(test)]
 pub(crate) use memory::MemoryStore;
 pub use memory::MemoryStoreBuilder;
