@@ -207,6 +207,41 @@ async fn an_unused_key_is_warned_then_retired_on_the_announced_date() {
         assert_eq!(task.run_once().await.unwrap().events(), 0);
     }
     assert!(events.take().is_empty());
+
+    // Revived by its owner (no expiry): not retired again for the same
+    // spell of disuse.
+    let revived = fx
+        .store
+        .update(id, KeyUpdate::default().with_expires_at(None), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revived.record.retired_unused_since, None);
+    for _ in 0..3 {
+        fx.clock.advance(DAY);
+        assert_eq!(task.run_once().await.unwrap().events(), 0);
+    }
+    let info = fx.store.get(id).await.unwrap().unwrap();
+    assert_eq!(info.record.expires_at, None);
+    assert_eq!(
+        common::http::send(&router, whoami_with_key(secret))
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+/// A key that expires before it could be retired gets no retirement
+/// warning: its expiry notices cover it.
+#[tokio::test]
+async fn a_key_expiring_first_gets_no_retirement_warning() {
+    let fx = Fixture::new();
+    let key = fx.expiring_key("sa-a", YEAR).await;
+    let events = Events::default();
+    let task = lifecycle(&fx, &events).retire_unused_after(YEAR).build();
+    fx.clock.advance(YEAR - WEEK + DAY);
+    task.run_once().await.unwrap();
+    assert_eq!(events.take(), vec![("expiring_soon", key.record.key_id)]);
 }
 
 /// A use between the warning and the date cancels the retirement; a later

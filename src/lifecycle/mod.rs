@@ -57,6 +57,7 @@
 
 use std::fmt;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -282,13 +283,15 @@ impl LifecycleHandle {
 fn holder_id() -> String {
     let mut bytes = [0u8; 8];
     if getrandom::fill(&mut bytes).is_err() {
-        // Only needs to differ between instances: the time and an address.
+        // It only needs to differ between instances: the process, the
+        // time, and a count of the instances of this process.
+        static MADE: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
+            .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        let here = &bytes as *const _ as usize as u128;
-        bytes = ((nanos ^ here.rotate_left(64)) as u64).to_le_bytes();
+        let made = MADE.fetch_add(1, Ordering::Relaxed);
+        bytes = (nanos ^ (u64::from(std::process::id()) << 40) ^ made.rotate_left(20)).to_le_bytes();
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -499,6 +502,11 @@ impl Lifecycle {
         };
         let Some(notice) = notice else {
             let retires_at = after(basis, period).max(after(now, self.warn_before));
+            if key.record.expires_at.is_some_and(|e| e <= retires_at) {
+                // It expires first anyway (or already has): the expiry
+                // notices cover it, a retirement would change nothing.
+                return;
+            }
             match self
                 .store
                 .record_notice(id, NoticeKind::UnusedWarning, basis, Some(retires_at))
@@ -520,6 +528,14 @@ impl Lifecycle {
             .unwrap_or_else(|| after(basis, period).max(after(notice.sent_at, self.warn_before)));
         if now < at {
             return;
+        }
+        // This spell of disuse was retired once already and the key was
+        // revived since (given a new expiry, which clears the retirement):
+        // it is not retired again until it is used and falls unused anew.
+        match self.store.notice(id, NoticeKind::Expired, at).await {
+            Ok(None) => {}
+            Ok(Some(_)) => return,
+            Err(e) => return self.failed(report, "retire", Some(&key), &e),
         }
         match self
             .store
