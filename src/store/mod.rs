@@ -93,6 +93,9 @@ pub struct NewKey {
     pub allowed_networks: Option<Networks>,
     /// What the operator attaches to the key, for handlers.
     pub metadata: Option<Metadata>,
+    /// Whether the lifecycle task may retire the key for disuse (default
+    /// `true`).
+    pub retire_when_unused: bool,
 }
 
 impl NewKey {
@@ -107,7 +110,15 @@ impl NewKey {
             credits: None,
             allowed_networks: None,
             metadata: None,
+            retire_when_unused: true,
         }
+    }
+
+    /// Sets whether the lifecycle task may retire the key for disuse
+    /// (`false` opts it out).
+    pub fn with_retire_when_unused(mut self, retire: bool) -> Self {
+        self.retire_when_unused = retire;
+        self
     }
 
     /// Sets the networks the key may be used from (`None`: any).
@@ -264,7 +275,9 @@ pub struct KeyUpdate {
     pub description: Option<String>,
     /// New scopes.
     pub scopes: Option<ScopeSet>,
-    /// New expiry: `Some(None)` removes it.
+    /// New expiry: `Some(None)` removes it. Either clears the record's
+    /// [`retired_unused_since`](crate::KeyRecord::retired_unused_since): a
+    /// key retired for disuse that is given a new expiry is revived.
     pub expires_at: Option<Option<SystemTime>>,
     /// New rate limits: `Some(vec![])` removes them.
     pub rate_limits: Option<Vec<RateLimit>>,
@@ -277,6 +290,8 @@ pub struct KeyUpdate {
     pub allowed_networks: Option<Option<Networks>>,
     /// New metadata: `Some(None)` removes it.
     pub metadata: Option<Option<Metadata>>,
+    /// Whether the lifecycle task may retire the key for disuse.
+    pub retire_when_unused: Option<bool>,
 }
 
 impl KeyUpdate {
@@ -290,6 +305,13 @@ impl KeyUpdate {
             && self.credits.is_none()
             && self.allowed_networks.is_none()
             && self.metadata.is_none()
+            && self.retire_when_unused.is_none()
+    }
+
+    /// Sets whether the lifecycle task may retire the key for disuse.
+    pub fn with_retire_when_unused(mut self, retire: bool) -> Self {
+        self.retire_when_unused = Some(retire);
+        self
     }
 
     /// Sets (or with `None`, removes) the allowed networks.
