@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::StatusCode;
 use tower_api_key::clock::Clock;
@@ -436,7 +436,7 @@ async fn the_spawned_task_runs_and_stops_with_its_handle() {
 #[tokio::test]
 async fn shutdown_ends_the_task() {
     let fx = Fixture::new();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<KeyId>();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<KeyId>();
     let handle = Lifecycle::builder(fx.store.clone())
         .on_event(move |event| {
             let _ = tx.send(event.key().record.key_id);

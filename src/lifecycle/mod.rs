@@ -291,7 +291,8 @@ fn holder_id() -> String {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
         let made = MADE.fetch_add(1, Ordering::Relaxed);
-        bytes = (nanos ^ (u64::from(std::process::id()) << 40) ^ made.rotate_left(20)).to_le_bytes();
+        bytes =
+            (nanos ^ (u64::from(std::process::id()) << 40) ^ made.rotate_left(20)).to_le_bytes();
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -308,12 +309,7 @@ fn after(t: SystemTime, d: Duration) -> SystemTime {
 
 /// Whether the key was retired for disuse (its expiry is the retirement).
 fn retired_for_disuse(key: &KeyInfo) -> bool {
-    let _ = key;
-    false // STUB until h5-store merge
-}
-fn may_retire(key: &KeyInfo) -> bool {
-    let _ = key;
-    true // STUB until h5-store merge
+    key.record.retired_unused_since.is_some()
 }
 
 impl Lifecycle {
@@ -485,7 +481,7 @@ impl Lifecycle {
         key: KeyInfo,
         report: &mut RunReport,
     ) {
-        if !may_retire(&key) || retired_for_disuse(&key) {
+        if !key.record.retire_when_unused || retired_for_disuse(&key) {
             return;
         }
         let id = key.record.key_id;
