@@ -481,7 +481,7 @@ where
         .record
         .key_id;
     for round in 0..4u64 {
-        let window = LifecycleStore::now(&stores[0]) + DAY * (round + 1) as u32;
+        let window = crate::micros(LifecycleStore::now(&stores[0])) + DAY * (round + 1) as u32;
         let barrier = Arc::new(Barrier::new(CALLERS));
         let tasks: Vec<_> = (0..CALLERS)
             .map(|i| {
@@ -834,7 +834,9 @@ where
             .unwrap()
             .record
             .key_id;
-        let now = LifecycleStore::now(&store);
+        // Whole microseconds, as every store keeps them (the stores may
+        // run on the system clock).
+        let now = crate::micros(LifecycleStore::now(&store));
         let old = now - DAY * 400;
         let new = now - Duration::from_secs(1);
         store.record_usage(&[(id, old)]).await.unwrap();

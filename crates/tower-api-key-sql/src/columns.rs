@@ -21,6 +21,8 @@ pub enum Value {
     Time(Option<SystemTime>),
     /// A list of names (the dialect chooses how it keeps them).
     Texts(Vec<String>),
+    /// A flag (the dialect chooses how it keeps it: a boolean, or 0 and 1).
+    Bool(bool),
 }
 
 /// The kind of a column: what a backend decodes it as.
@@ -36,12 +38,14 @@ pub enum Kind {
     Time,
     /// [`Value::Texts`].
     Texts,
+    /// [`Value::Bool`].
+    Bool,
 }
 
 /// The columns of `tower_api_key_keys` a key row holds, in the order of
 /// [`KeyRow::values`]; a read of [`select_columns`] has one more, the
 /// account's limits ([`Kind::Text`]).
-pub const KEY_COLUMNS: [(&str, Kind); 30] = [
+pub const KEY_COLUMNS: [(&str, Kind); 32] = [
     ("key_id", Kind::Text),
     ("service_account_id", Kind::Text),
     ("hash", Kind::Bytes),
@@ -72,6 +76,8 @@ pub const KEY_COLUMNS: [(&str, Kind); 30] = [
     ("compromised_hash", Kind::Bytes),
     ("allowed_networks", Kind::Texts),
     ("metadata", Kind::Text),
+    ("retire_when_unused", Kind::Bool),
+    ("retired_unused_since", Kind::Time),
 ];
 
 /// The kinds of the columns a read of [`select_columns`] returns.
@@ -174,6 +180,8 @@ impl KeyRow {
             Value::Bytes(self.compromised_hash.clone()),
             Value::Texts(self.allowed_networks.clone()),
             Value::Text(self.metadata.clone()),
+            Value::Bool(self.retire_when_unused),
+            Value::Time(self.retired_unused_since),
         ]);
         values
     }
@@ -240,6 +248,11 @@ impl KeyRow {
                 _ => return Err(mismatch()),
             },
             metadata: opt_text(next()?)?,
+            retire_when_unused: match next()? {
+                Value::Bool(flag) => flag,
+                _ => return Err(mismatch()),
+            },
+            retired_unused_since: time(next()?)?,
             account_rate_limits: opt_text(next()?)?,
         })
     }
@@ -319,6 +332,8 @@ mod tests {
             compromised_hash: Some(vec![1; 32]),
             allowed_networks: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
             metadata: Some(r#"{"plan":"pro"}"#.into()),
+            retire_when_unused: false,
+            retired_unused_since: Some(at),
         };
         let mut values = row.values();
         assert_eq!(values.len(), KEY_COLUMNS.len());
@@ -326,11 +341,14 @@ mod tests {
         assert_eq!(KeyRow::from_values(values).unwrap(), row);
         let kinds: Vec<Kind> = read_kinds().collect();
         assert_eq!(kinds.len(), KEY_COLUMNS.len() + 1);
-        // The id, then 26 changeable columns, each numbered in the update.
-        assert_eq!(row.changed_values().len(), 27);
+        // The id, then 28 changeable columns, each numbered in the update.
+        assert_eq!(row.changed_values().len(), 29);
         let sql = update_sql(|n| format!("${n}"));
         assert!(sql.contains("version = $20") && sql.ends_with("key_id = $1"));
         assert!(!sql.contains("created_at") && !sql.contains("last_used_at ="));
+        assert!(
+            sql.contains("retire_when_unused = $28") && sql.contains("retired_unused_since = $29")
+        );
         assert!(KeyRow::from_values(vec![Value::Int(None)]).is_err());
     }
 }

@@ -96,6 +96,11 @@ pub struct KeyRow {
     pub allowed_networks: Vec<String>,
     /// `metadata`: a JSON object's text, or `NULL`.
     pub metadata: Option<String>,
+    /// `retire_when_unused`: whether the lifecycle task may retire the key
+    /// for disuse.
+    pub retire_when_unused: bool,
+    /// `retired_unused_since`: set when the lifecycle task retired the key.
+    pub retired_unused_since: Option<SystemTime>,
 }
 
 impl KeyRow {
@@ -127,7 +132,9 @@ impl KeyRow {
             .with_expires_at(self.expires_at)
             .with_rate_limits(rate_limits)
             .with_account_rate_limits(account_rate_limits)
-            .with_credits(credits);
+            .with_credits(credits)
+            .with_retire_when_unused(self.retire_when_unused)
+            .with_retired_unused_since(self.retired_unused_since);
         record.compromise = compromise_of(
             self.compromised_at,
             self.compromise_url.clone(),

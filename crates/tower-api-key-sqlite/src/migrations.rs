@@ -35,6 +35,11 @@ const MIGRATIONS: &[Migration] = &[
         "networks_metadata",
         include_str!("migrations/0006_networks_metadata.sql"),
     ),
+    Migration::new(
+        8,
+        "lifecycle",
+        include_str!("migrations/0008_lifecycle.sql"),
+    ),
 ];
 
 /// Every migration this version of the crate knows, oldest first.
