@@ -201,7 +201,10 @@ async fn an_unused_key_is_warned_then_retired_on_the_announced_date() {
     let reply = common::http::send(&router, whoami_with_key(secret)).await;
     assert_unauthorized(&reply, Reason::Expired);
 
-    // Nothing more: no `Expired` for the retirement, no second `Retired`.
+    // Nothing more: no `Expired` for the retirement, no second `Retired`,
+    // and no `ExpiringSoon` for an expiry that is now (expiry is exclusive:
+    // the key is refused from that instant on).
+    assert_eq!(task.run_once().await.unwrap().events(), 0);
     for _ in 0..3 {
         fx.clock.advance(DAY);
         assert_eq!(task.run_once().await.unwrap().events(), 0);

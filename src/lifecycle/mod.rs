@@ -402,6 +402,12 @@ impl Lifecycle {
                 let Some(expires_at) = key.record.expires_at else {
                     continue;
                 };
+                // Expiry is exclusive: a key expiring now has expired (the
+                // next run announces it), and a retired key's expiry is
+                // its retirement, announced as such.
+                if key.record.is_expired_at(now) || retired_for_disuse(&key) {
+                    continue;
+                }
                 let id = key.record.key_id;
                 match self
                     .store
