@@ -73,6 +73,22 @@ pub struct KeyResource {
     #[serde(default)]
     #[schema(required = true)]
     pub metadata: Option<serde_json::Value>,
+    /// Whether the lifecycle task may retire the key once nobody used it for
+    /// its retirement period; `false`: the key is opted out.
+    #[serde(default = "retire_by_default")]
+    #[schema(required = true)]
+    pub retire_when_unused: bool,
+    /// Set when the lifecycle task retired the key for disuse: it was unused
+    /// since this time (RFC 3339), and `expires_at` is when it stopped
+    /// working; `null` otherwise. A new `expires_at` clears it.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub retired_unused_since: Option<String>,
+}
+
+/// What an answer without `retire_when_unused` (an older one) means.
+fn retire_by_default() -> bool {
+    true
 }
 
 /// A leak report recorded on a key, as the management API shows it.
@@ -216,6 +232,8 @@ impl KeyResource {
                 .metadata
                 .as_ref()
                 .and_then(|m| serde_json::from_str(m.as_str()).ok()),
+            retire_when_unused: record.retire_when_unused,
+            retired_unused_since: record.retired_unused_since.map(format_rfc3339_millis),
         }
     }
 }
@@ -323,6 +341,11 @@ pub(crate) struct CreateKeyRequest {
     /// A JSON object of at most 1 KiB for the handlers; absent or `null`: none.
     #[serde(default, deserialize_with = "nullable")]
     metadata: Option<Option<serde_json::Value>>,
+    /// Whether the lifecycle task may retire the key once unused for its
+    /// retirement period; absent: `true`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    retire_when_unused: Option<bool>,
 }
 
 impl CreateKeyRequest {
@@ -353,6 +376,9 @@ impl CreateKeyRequest {
         if let Some(metadata) = self.metadata.flatten() {
             new = new.with_metadata(Some(metadata_of(&metadata, format)?));
         }
+        if let Some(retire) = self.retire_when_unused {
+            new = new.with_retire_when_unused(retire);
+        }
         Ok(new)
     }
 }
@@ -360,7 +386,8 @@ impl CreateKeyRequest {
 /// `PATCH /keys/{id}`: absent fields stay as they are; `"expires_at": null`
 /// removes the expiry, `"rate_limits": null` (or `[]`) the rate limits,
 /// `"credits": null` the credits, `"allowed_networks": null` (or `[]`) the
-/// networks and `"metadata": null` the metadata.
+/// networks and `"metadata": null` the metadata. A new `expires_at` (or
+/// `null`) revives a key the lifecycle retired for disuse.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateKeyRequest {
@@ -387,6 +414,11 @@ pub(crate) struct UpdateKeyRequest {
     /// The new metadata (a JSON object), or `null` for none.
     #[serde(default, deserialize_with = "nullable")]
     metadata: Option<Option<serde_json::Value>>,
+    /// Whether the lifecycle task may retire the key once unused for its
+    /// retirement period.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    retire_when_unused: Option<bool>,
 }
 
 impl UpdateKeyRequest {
@@ -418,6 +450,9 @@ impl UpdateKeyRequest {
         }
         if let Some(metadata) = self.metadata {
             update = update.with_metadata(metadata.map(|m| metadata_of(&m, format)).transpose()?);
+        }
+        if let Some(retire) = self.retire_when_unused {
+            update = update.with_retire_when_unused(retire);
         }
         Ok(update)
     }
