@@ -123,6 +123,9 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
             if let Some(text) = &extras.metadata {
                 new = new.with_metadata(Some(validate::metadata(text, &format)?));
             }
+            if let Some(retire) = extras.retire_when_unused {
+                new = new.with_retire_when_unused(retire);
+            }
             check_pepper(ctx).await?;
             let created = store.create(new).await?;
             print_created(ctx, &created, "created")?;
@@ -234,12 +237,15 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
             } else if let Some(text) = &extras.metadata {
                 update = update.with_metadata(Some(validate::metadata(text, &format)?));
             }
+            if let Some(retire) = extras.retire_when_unused {
+                update = update.with_retire_when_unused(retire);
+            }
             if update.is_empty() {
                 return Err(CliError::new(
                     "nothing to change: pass --description, --scope, --unscoped, --expires-at, \
                      --expires-in, --no-expiry, --rate-limit, --no-rate-limits, --credits, \
-                     --no-credits, --allow-network, --no-allowed-networks, --metadata or \
-                     --no-metadata",
+                     --no-credits, --allow-network, --no-allowed-networks, --metadata, \
+                     --no-metadata or --retire-when-unused",
                 ));
             }
             let info = store

@@ -59,6 +59,16 @@ fn compromise_text(record: &KeyRecord) -> String {
     ))
 }
 
+/// Retirement for disuse in a table cell: `on`, `off` (opted out), or
+/// `retired, unused since <time>`.
+fn retirement_text(record: &KeyRecord) -> String {
+    match (record.retired_unused_since, record.retire_when_unused) {
+        (Some(since), _) => format!("retired, unused since {}", time::format(since)),
+        (None, true) => "on".into(),
+        (None, false) => "off".into(),
+    }
+}
+
 fn record_json(record: &KeyRecord) -> Value {
     json!({
         "id": record.key_id.as_str(),
@@ -72,6 +82,8 @@ fn record_json(record: &KeyRecord) -> Value {
         "allowed_networks": record.allowed_networks.as_ref().map(Networks::to_strings).unwrap_or_default(),
         // A Metadata is a JSON object: it always parses.
         "metadata": record.metadata.as_ref().and_then(|m| serde_json::from_str::<Value>(m.as_str()).ok()),
+        "retire_when_unused": record.retire_when_unused,
+        "retired_unused_since": record.retired_unused_since.map(time::format),
     })
 }
 
@@ -150,9 +162,10 @@ pub fn table(keys: &[KeyInfo]) -> String {
         "COMPROMISED",
         "NETWORKS",
         "METADATA",
+        "RETIREMENT",
         "DESCRIPTION",
     ];
-    let rows: Vec<[String; 12]> = keys
+    let rows: Vec<[String; 13]> = keys
         .iter()
         .map(|k| {
             let r = &k.record;
@@ -181,6 +194,7 @@ pub fn table(keys: &[KeyInfo]) -> String {
                 r.metadata
                     .as_ref()
                     .map_or("none".into(), |m| cell(m.as_str())),
+                retirement_text(r),
                 cell(&r.description),
             ]
         })

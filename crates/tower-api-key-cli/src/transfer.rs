@@ -54,6 +54,23 @@ pub struct Line {
     /// The key's metadata (a JSON object); absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
+    /// Whether the lifecycle task may retire the key for disuse; absent:
+    /// true (written only when false).
+    #[serde(default = "retire_by_default", skip_serializing_if = "is_true")]
+    pub retire_when_unused: bool,
+    /// When the lifecycle retired the key, the time it was unused since;
+    /// absent: not retired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_unused_since: Option<String>,
+}
+
+/// What a line without `retire_when_unused` means.
+fn retire_by_default() -> bool {
+    true
+}
+
+fn is_true(flag: &bool) -> bool {
+    *flag
 }
 
 /// A leak report in an export line: the record's `compromise` and the hash
@@ -129,6 +146,8 @@ impl Line {
                 .metadata
                 .as_ref()
                 .and_then(|m| serde_json::from_str(m.as_str()).ok()),
+            retire_when_unused: r.retire_when_unused,
+            retired_unused_since: r.retired_unused_since.map(time::format),
         }
     }
 
@@ -162,7 +181,9 @@ impl Line {
                     .map(|(i, l)| rate_limit_of(i, l))
                     .collect::<Result<_, _>>()?,
             )
-            .with_credits(self.credits.as_ref().map(credits_of).transpose()?);
+            .with_credits(self.credits.as_ref().map(credits_of).transpose()?)
+            .with_retire_when_unused(self.retire_when_unused)
+            .with_retired_unused_since(opt_at("retired_unused_since", &self.retired_unused_since)?);
         if !self.allowed_networks.is_empty() {
             record.allowed_networks =
                 Some(Networks::parse(&self.allowed_networks).map_err(|e| e.to_string())?);

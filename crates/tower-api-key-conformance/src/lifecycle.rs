@@ -229,7 +229,7 @@ where
             .record
             .key_id;
         // The window is [from, until): day 7 is out.
-        if days < 7 && days >= 2 {
+        if (2..7).contains(&days) {
             inside.push(id);
         } else {
             outside.push(id);
