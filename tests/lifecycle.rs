@@ -14,9 +14,11 @@ use http::StatusCode;
 use tower_api_key::clock::Clock;
 use tower_api_key::event::KeyEvent;
 use tower_api_key::lifecycle::{Lifecycle, LifecycleBuilder};
-use tower_api_key::store::{KeyUpdate, NewKey};
+use tower_api_key::store::{KeyUpdate, NewKey, NoticeKind, StoreError};
+use tower_api_key::MemoryStore;
 use tower_api_key::{KeyId, KeyStore, Reason};
 
+use common::hooked::{Call, Hook, Hooked};
 use common::http::{app, assert_unauthorized, whoami_with_key, Fixture};
 use common::logs::Logs;
 
@@ -492,4 +494,61 @@ fn events_are_counted_by_kind() {
         counted,
         vec![("expired".into(), 2), ("expiring_soon".into(), 2)]
     );
+}
+
+/// Fails the recording of one key's notice while `failing` is set.
+struct FailNotice {
+    key: KeyId,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Hook for FailNotice {
+    async fn before(&self, _store: &MemoryStore, call: Call<'_>) -> Result<(), StoreError> {
+        match call {
+            Call::RecordNotice { id, kind }
+                if id == self.key
+                    && kind == NoticeKind::ExpiringSoon
+                    && self.failing.load(Ordering::SeqCst) =>
+            {
+                Err(StoreError::backend("the database is away"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A store error on one key is logged (its id, never a secret) and counted
+/// in the report; the run goes on with the other keys, and the failed key's
+/// notice goes out on a later run.
+#[tokio::test(flavor = "current_thread")]
+async fn a_store_error_on_one_key_is_reported_and_the_run_goes_on() {
+    let (logs, _capture) = Logs::capture(tracing::Level::WARN);
+    let fx = Fixture::new();
+    let bad = fx.expiring_key("sa-a", 6 * DAY).await;
+    let good = fx.expiring_key("sa-a", 6 * DAY).await;
+    let hook = FailNotice {
+        key: bad.record.key_id,
+        failing: true.into(),
+    };
+    let store = Hooked::new(fx.store.clone(), hook);
+    let events = Events::default();
+    let task = Lifecycle::builder(store.clone())
+        .on_event(events.hook())
+        .build();
+
+    let report = task.run_once().await.unwrap();
+    assert_eq!((report.errors, report.expiring_soon), (1, 1));
+    assert_eq!(events.take(), vec![("expiring_soon", good.record.key_id)]);
+    let text = logs.text();
+    assert!(text.contains("WARN"), "{text}");
+    assert!(text.contains(&bad.record.key_id.to_string()), "{text}");
+    assert!(text.contains("the database is away"), "{text}");
+    assert!(!text.contains(bad.key.expose_secret()), "{text}");
+    assert!(!text.contains("tak_"), "{text}");
+
+    store.hook.failing.store(false, Ordering::SeqCst);
+    let report = task.run_once().await.unwrap();
+    assert_eq!((report.errors, report.expiring_soon), (0, 1));
+    assert_eq!(events.take(), vec![("expiring_soon", bad.record.key_id)]);
 }

@@ -13,7 +13,7 @@ use std::io;
 use std::sync::{Arc, Mutex, Once, OnceLock};
 
 use tracing::{Level, Metadata};
-use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::filter::dynamic_filter_fn;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::Layer;
@@ -92,7 +92,10 @@ fn install() {
         let layer = tracing_subscriber::fmt::layer()
             .with_ansi(false)
             .with_writer(Route)
-            .with_filter(filter_fn(wanted));
+            // Dynamic: a plain `filter_fn` caches its first answer per call
+            // site, so a call site first reached on a thread capturing at
+            // WARN would stay off for a later test capturing at INFO.
+            .with_filter(dynamic_filter_fn(|meta, _| wanted(meta)));
         tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
             .expect("the test binary's only subscriber");
     });
