@@ -24,7 +24,8 @@
 //! named by `LEAK_SIGNING_KEY`, so a report can be signed with
 //! `openssl dgst -sha256 -sign "$LEAK_SIGNING_KEY" body.json | base64 -w0`
 //! (the README shows the whole exchange). A signed report of a key revokes
-//! it.
+//! it. The key lifecycle task runs too: a key about to expire, or expired,
+//! is told to stderr by the same function as a leaked one.
 //!
 //! Two demo keys carry allowed networks: `API_KEY_LOOPBACK` works from
 //! 127.0.0.1 only, `API_KEY_ELSEWHERE` from 10.0.0.0/8 only (so a curl from
@@ -44,9 +45,11 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
 use support::{DemoKey, FOUNDATION_MODELS, TRANSLATE};
 use tower_api_key::auth::FailedAttemptLimit;
+use tower_api_key::event::KeyEvent;
+use tower_api_key::lifecycle::Lifecycle;
 use tower_api_key::management::{self, AccountAccess, ManagementApiBuilder};
 use tower_api_key::secret_scanning::{self, ReceiverConfig, ReporterKey, StaticKeys};
-use tower_api_key::store::NewKey;
+use tower_api_key::store::{LifecycleStore, NewKey};
 use tower_api_key::usage::UsageRecorder;
 use tower_api_key::KeyStore;
 use tower_api_key::MemoryStore;
@@ -102,7 +105,7 @@ enum DemoKeys {
     Reissue,
 }
 
-async fn serve<S: KeyStore + Clone>(
+async fn serve<S: LifecycleStore + Clone>(
     store: S,
     prometheus: PrometheusHandle,
     upkeep: tokio::task::JoinHandle<()>,
@@ -144,13 +147,12 @@ async fn serve<S: KeyStore + Clone>(
     let (reporter, signing_key_file) = demo_reporter()?;
     let leaks = secret_scanning::router(
         store.clone(),
-        ReceiverConfig::github(reporter).on_compromised(|event| {
-            eprintln!(
-                "key {} of {} reported leaked at {} and revoked",
-                event.key.record.key_id, event.key.record.service_account_id, event.compromise.url
-            )
-        }),
+        ReceiverConfig::github(reporter).on_compromised(tell_the_owner),
     );
+    // Expiry warnings and expiries, to the same hook (docs/lifecycle.md).
+    let lifecycle = Lifecycle::builder(store.clone())
+        .on_event(tell_the_owner)
+        .spawn();
 
     // The management API, for keys holding `apikeys.manage`. The admin key
     // is an operator's: it may manage every service account's keys (by
@@ -183,10 +185,29 @@ async fn serve<S: KeyStore + Clone>(
     .with_graceful_shutdown(support::shutdown_signal())
     .await?;
     upkeep.abort();
+    lifecycle.shutdown().await;
     let _ = std::fs::remove_file(signing_key_file);
     // One last flush, so no noted use is lost.
     flusher.shutdown().await?;
     Ok(())
+}
+
+/// What the demo does for every key event (a leak reported, a key expiring
+/// soon or expired): a real service mails or pages the key's owner here.
+fn tell_the_owner(event: KeyEvent) {
+    let key = &event.key().record;
+    match &event {
+        KeyEvent::Compromised(leak) => eprintln!(
+            "key {} of {} reported leaked at {} and revoked",
+            key.key_id, key.service_account_id, leak.compromise.url
+        ),
+        _ => eprintln!(
+            "key {} of {}: {}",
+            key.key_id,
+            key.service_account_id,
+            event.kind()
+        ),
+    }
 }
 
 /// The authenticator's settings: caches, the failed-attempt limit, and the

@@ -120,7 +120,9 @@
 //!   PostgreSQL and SQLite stores are the crates `tower-api-key-postgres`
 //!   and `tower-api-key-sqlite`); [`limits`] (rate limits, credits, route costs and the
 //!   shared mode); [`hash`] (peppers);
-//!   [`usage`] (`last_used_at`); [`telemetry`] (metric names); [`time`]
+//!   [`usage`] (`last_used_at`); [`lifecycle`] (the task that warns before
+//!   keys expire and retires unused ones) and [`event`] (the [`KeyEvent`](event::KeyEvent)
+//!   its hook and the secret-scanning receiver's take); [`telemetry`] (metric names); [`time`]
 //!   (RFC 3339, as the management API and the CLI read and write it);
 //!   `management` (the key-management HTTP API, feature `management`);
 //!   `secret_scanning` (a receiver of signed leak reports that revokes or
@@ -157,6 +159,8 @@
 //!   replicas share them;
 //! - `docs/postgres.md` and `docs/sqlite.md`: the database stores;
 //! - `docs/cli.md`: the `tower-api-key` command (crate `tower-api-key-cli`);
+//! - `docs/lifecycle.md`: expiry warnings and the retirement of unused
+//!   keys, and a hook for every key event;
 //! - `docs/security.md` and `docs/performance.md`: each guarantee with its
 //!   tests, and the measurements.
 //!
@@ -165,8 +169,8 @@
 #![warn(missing_docs, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-// Modules: `auth`, `cache`, `hash`, `management`, `store`, `telemetry`,
-// `time` and `usage` are public and hold only what an application uses by path; the
+// Modules: `auth`, `cache`, `event`, `hash`, `lifecycle`, `management`,
+// `store`, `telemetry`, `time` and `usage` are public and hold only what an application uses by path; the
 // others are private and the root re-exports their public items (the
 // `clock` is public with `test-util` only).
 //
@@ -181,6 +185,8 @@
 //   invalidation, verifier, ledger       checking keys, announcing changes, credits
 //   cache                                owns its entry and defines `Caller`
 //   store                                verifiers with management operations
+//   event                                what happened to a key, for hooks
+//   lifecycle                            expiry warnings and retirement, in a store
 //   usage                                `last_used_at`, written to a store
 //   auth                                 the middleware
 //   management                           the HTTP API over the middleware
@@ -194,10 +200,12 @@ pub mod clock;
 #[cfg(not(feature = "test-util"))]
 #[allow(unreachable_pub)]
 mod clock;
+pub mod event;
 pub mod hash;
 mod invalidation;
 mod key;
 mod ledger;
+pub mod lifecycle;
 pub mod limits;
 #[cfg(feature = "management")]
 #[cfg_attr(docsrs, doc(cfg(feature = "management")))]

@@ -82,6 +82,14 @@ pub struct KeyRecord {
     /// `ManagementApiBuilder::may_lock_keys`; deleting and reissuing it stay
     /// allowed. Never checked when the key authenticates.
     pub operator_locked: bool,
+    /// Whether the lifecycle task may retire the key once nobody has used it
+    /// for its retirement period (default `true`); `false` opts the key out.
+    pub retire_when_unused: bool,
+    /// Set when the lifecycle task retired the key for disuse: it set
+    /// `expires_at` because the key was unused since this instant (its last
+    /// use, or its creation if never used). Shows why the key stopped; a new
+    /// expiry set by an update clears it.
+    pub retired_unused_since: Option<SystemTime>,
 }
 
 /// What a store does with a key reported leaked.
@@ -179,6 +187,8 @@ impl KeyRecord {
             allowed_networks: None,
             metadata: None,
             operator_locked: false,
+            retire_when_unused: true,
+            retired_unused_since: None,
         }
     }
 
@@ -239,6 +249,19 @@ impl KeyRecord {
     /// Sets whether the operator marked the key read-only for managers.
     pub fn with_operator_locked(mut self, locked: bool) -> Self {
         self.operator_locked = locked;
+        self
+    }
+
+    /// Sets whether the lifecycle task may retire the key for disuse.
+    pub fn with_retire_when_unused(mut self, retire: bool) -> Self {
+        self.retire_when_unused = retire;
+        self
+    }
+
+    /// Sets the instant since which the key was unused when the lifecycle
+    /// task retired it (`None`: not retired for disuse).
+    pub fn with_retired_unused_since(mut self, since: Option<SystemTime>) -> Self {
+        self.retired_unused_since = since;
         self
     }
 

@@ -11,6 +11,7 @@
 //! | `tower_api_key_verifier_errors_total` | counter | `kind`: `backend`, `timeout`, `panic` | a verifier call failed (answered 503 or 500, never cached) |
 //! | `tower_api_key_verifier_duration_seconds` | histogram | | the latency of each verifier call |
 //! | `tower_api_key_leak_reports_total` | counter | `label`: `true_positive`, `false_positive` | once per token of a secret-scanning report (feature `secret-scanning`) |
+//! | `tower_api_key_key_events_total` | counter | `kind`: `compromised`, `expiring_soon`, `expired`, `unused_warning`, `retired` (a [`KeyEvent::kind`]) | once per event emitted: a key the secret-scanning receiver acted on (`compromised`), and each notice of the [lifecycle task](crate::lifecycle), counted whether or not a hook is set |
 //!
 //! The Prometheus exporter renders the histogram as a summary (quantiles)
 //! unless you configure buckets (`PrometheusBuilder::set_buckets`).
@@ -41,6 +42,7 @@
 //! recorder that was current then.
 //!
 //! [`Reason`]: crate::Reason
+//! [`KeyEvent::kind`]: crate::event::KeyEvent::kind
 
 #![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 
@@ -62,6 +64,8 @@ pub mod names {
     pub const LIMITS: &str = "tower_api_key_limits_total";
     /// Tokens in leak reports, by the label answered.
     pub const LEAK_REPORTS: &str = "tower_api_key_leak_reports_total";
+    /// Key events (leaks acted on, lifecycle notices), by kind.
+    pub const KEY_EVENTS: &str = "tower_api_key_key_events_total";
 }
 
 /// Increments the counter `$name` with label `$label` = `$value`. Each value
@@ -214,6 +218,23 @@ pub(crate) fn leak_report(label: &'static str) {
     );
 }
 
+/// One [`KeyEvent`](crate::event::KeyEvent) emitted, by its kind.
+pub(crate) fn key_event(kind: &'static str) {
+    #[cfg(feature = "metrics")]
+    count_labelled!(
+        "tower_api_key_key_events_total",
+        "kind",
+        kind,
+        [
+            "compromised",
+            "expiring_soon",
+            "expired",
+            "unused_warning",
+            "retired"
+        ]
+    );
+}
+
 pub(crate) fn verifier_error(kind: &'static str) {
     #[cfg(feature = "metrics")]
     count_labelled!(
@@ -246,6 +267,7 @@ mod tests {
             verifier_error("timeout");
             limit("rate", "refused");
             leak_report("true_positive");
+            key_event("expiring_soon");
         });
         snapshotter
             .snapshot()
@@ -305,6 +327,7 @@ mod tests {
             names::VERIFIER_DURATION,
             names::LIMITS,
             names::LEAK_REPORTS,
+            names::KEY_EVENTS,
         ]
         .iter()
         .map(|n| n.to_string())

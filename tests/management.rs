@@ -1653,3 +1653,101 @@ async fn bad_networks_and_metadata_get_400_naming_the_field_and_change_nothing()
     }
     assert_eq!(app.state(&["sa-net"]).await.0, before, "nothing written");
 }
+
+#[tokio::test]
+async fn retire_when_unused_is_set_on_create_and_patch_and_a_retirement_shows_why() {
+    use tower_api_key::store::LifecycleStore;
+    let app = app(|api| api).await;
+    let plain = app
+        .admin(
+            "POST",
+            "/keys",
+            Some(json!({"service_account_id": "sa-life"})),
+        )
+        .await;
+    assert_eq!(
+        plain.json()["key"]["retire_when_unused"],
+        true,
+        "on by default"
+    );
+    assert_eq!(plain.json()["key"]["retired_unused_since"], Value::Null);
+    let created = app
+        .admin(
+            "POST",
+            "/keys",
+            Some(json!({"service_account_id": "sa-life", "retire_when_unused": false})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let key = created.json()["key"].clone();
+    assert_eq!(key["retire_when_unused"], false);
+    let id = key["id"].as_str().unwrap().to_owned();
+    let got = app.admin("GET", &format!("/keys/{id}"), None).await;
+    assert_eq!(got.json()["retire_when_unused"], false);
+    let listed = app
+        .admin("GET", "/keys?service_account_id=sa-life", None)
+        .await;
+    let flags: Vec<Value> = listed.json()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["retire_when_unused"].clone())
+        .collect();
+    assert_eq!(flags.len(), 2);
+    assert!(flags.contains(&json!(false)) && flags.contains(&json!(true)));
+    let patched = app
+        .admin(
+            "PATCH",
+            &format!("/keys/{id}"),
+            Some(json!({"retire_when_unused": true})),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    assert_eq!(patched.json()["retire_when_unused"], true);
+    for bad in [json!(null), json!("no"), json!(0)] {
+        let reply = app
+            .admin(
+                "PATCH",
+                &format!("/keys/{id}"),
+                Some(json!({"retire_when_unused": bad})),
+            )
+            .await;
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.text());
+        assert!(
+            reply.text().contains("retire_when_unused"),
+            "{}",
+            reply.text()
+        );
+    }
+
+    // The lifecycle retires it: the API shows when and why.
+    let key_id = id.parse().unwrap();
+    let info = app.store.get(key_id).await.unwrap().unwrap();
+    let at = SystemTime::now() + Duration::from_secs(86_400);
+    app.store
+        .retire_unused(key_id, None, info.record.created_at, at)
+        .await
+        .unwrap()
+        .expect("retired");
+    let got = app.admin("GET", &format!("/keys/{id}"), None).await;
+    let millis = |t: SystemTime| humantime::format_rfc3339_millis(t).to_string();
+    assert_eq!(got.json()["expires_at"], json!(millis(at)));
+    assert_eq!(
+        got.json()["retired_unused_since"],
+        got.json()["created_at"],
+        "unused since its creation"
+    );
+
+    // A new expiry revives it.
+    let later = millis(at + Duration::from_secs(90 * 86_400));
+    let revived = app
+        .admin(
+            "PATCH",
+            &format!("/keys/{id}"),
+            Some(json!({"expires_at": later})),
+        )
+        .await;
+    assert_eq!(revived.status, 200, "{}", revived.text());
+    assert_eq!(revived.json()["retired_unused_since"], Value::Null);
+    assert_eq!(revived.json()["expires_at"], json!(later));
+}

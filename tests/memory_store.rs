@@ -9,11 +9,12 @@ use tower_api_key::{KeyFormat, Verifier};
 
 // The conformance suite, from its crate (crates/tower-api-key-conformance).
 use tower_api_key_conformance as conformance;
-use tower_api_key_conformance::store_conformance;
+use tower_api_key_conformance::{lifecycle_conformance, store_conformance};
 
 use conformance::MemoryFactory;
 
 store_conformance!(MemoryFactory);
+lifecycle_conformance!(MemoryFactory);
 
 /// `MemoryStore::new()` and the builder's defaults: `tak` keys, hashed with
 /// plain SHA-256; `format()` is the verifier's key format.

@@ -43,6 +43,10 @@ const LAYERS: &[&str] = &[
     "cache",
     // Stores: verifiers with management operations.
     "store",
+    // What happened to a key (leaks, expiries, retirements), for hooks.
+    "event",
+    // The lifecycle task: expiry warnings and retirement, over a store.
+    "lifecycle",
     // `last_used_at`, written behind to a store: above the stores it writes to.
     "usage",
     // The middleware, then the HTTP API built on it.

@@ -21,9 +21,8 @@ use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{Signature, SigningKey};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tower_api_key::secret_scanning::{
-    self, CompromiseEvent, ReceiverConfig, ReporterKey, StaticKeys,
-};
+use tower_api_key::event::{CompromiseEvent, KeyEvent};
+use tower_api_key::secret_scanning::{self, ReceiverConfig, ReporterKey, StaticKeys};
 use tower_api_key::store::{Compromise, LeakAction, NewKey, StoreError};
 use tower_api_key::{KeyFormat, KeyStore, MemoryStore, Reason};
 
@@ -106,7 +105,7 @@ struct Setup {
     router: Router,
     reporter: Reporter,
     counting: Arc<Counting>,
-    events: tokio::sync::mpsc::UnboundedReceiver<CompromiseEvent>,
+    events: tokio::sync::mpsc::UnboundedReceiver<KeyEvent>,
 }
 
 fn setup(action: LeakAction) -> Setup {
@@ -153,7 +152,7 @@ impl Setup {
 
     /// Every event the hook got, once nothing can send more: the router
     /// (which holds the hook) is dropped and every spawned notification
-    /// has finished.
+    /// has finished. Each is a `KeyEvent::Compromised`.
     async fn all_events(self) -> Vec<CompromiseEvent> {
         let Setup {
             router, mut events, ..
@@ -161,7 +160,11 @@ impl Setup {
         drop(router);
         let mut all = Vec::new();
         while let Some(event) = events.recv().await {
-            all.push(event);
+            assert_eq!(event.kind(), "compromised");
+            match event {
+                KeyEvent::Compromised(leak) => all.push(leak),
+                other => panic!("not a compromise: {other:?}"),
+            }
         }
         all
     }
@@ -528,4 +531,40 @@ async fn a_policy_per_key_picks_the_action_from_what_the_store_holds() {
         Some(Reason::Unknown),
         "{other_reply:?}"
     );
+}
+
+/// The hook is the lifecycle's hook type, and a panic in it (on the first
+/// key of a report) does not lose the events after it. Before the event
+/// hook was shared, a panic ended the loop that called it: the second key's
+/// event was never delivered.
+#[tokio::test]
+async fn a_panicking_hook_does_not_lose_the_other_keys_events() {
+    let fx = Fixture::new();
+    let reporter = Reporter::new();
+    let first = fx.key("sa-a", &[]).await;
+    let second = fx.key("sa-b", &[]).await;
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let hook_calls = calls.clone();
+    let hook = move |event: KeyEvent| {
+        if hook_calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            panic!("the pager is down");
+        }
+        let _ = tx.send(event.key().record.key_id);
+    };
+    let config = ReceiverConfig::github(StaticKeys::new().with_key(KEY_ID, reporter.public()))
+        .action(LeakAction::Notify)
+        .on_compromised(hook);
+    let router = secret_scanning::router(fx.store.clone(), config);
+    let body = report_of(&[first.key.expose_secret(), second.key.expose_secret()]);
+    let signature = reporter.sign(&body);
+    let reply = common::http::send(&router, signed(&body, KEY_ID, &signature)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    drop(router);
+    let mut delivered = Vec::new();
+    while let Some(id) = events.recv().await {
+        delivered.push(id);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(delivered, vec![second.record.key_id]);
 }

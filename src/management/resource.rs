@@ -80,6 +80,22 @@ pub struct KeyResource {
     #[serde(default)]
     #[schema(required = true)]
     pub operator_locked: bool,
+    /// Whether the lifecycle task may retire the key once nobody used it for
+    /// its retirement period; `false`: the key is opted out.
+    #[serde(default = "retire_by_default")]
+    #[schema(required = true)]
+    pub retire_when_unused: bool,
+    /// Set when the lifecycle task retired the key for disuse: it was unused
+    /// since this time (RFC 3339), and `expires_at` is when it stopped
+    /// working; `null` otherwise. A new `expires_at` clears it.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub retired_unused_since: Option<String>,
+}
+
+/// What an answer without `retire_when_unused` (an older one) means.
+fn retire_by_default() -> bool {
+    true
 }
 
 /// A leak report recorded on a key, as the management API shows it.
@@ -224,6 +240,8 @@ impl KeyResource {
                 .as_ref()
                 .and_then(|m| serde_json::from_str(m.as_str()).ok()),
             operator_locked: record.operator_locked,
+            retire_when_unused: record.retire_when_unused,
+            retired_unused_since: record.retired_unused_since.map(format_rfc3339_millis),
         }
     }
 }
@@ -336,6 +354,11 @@ pub(crate) struct CreateKeyRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     operator_locked: Option<bool>,
+    /// Whether the lifecycle task may retire the key once unused for its
+    /// retirement period; absent: `true`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    retire_when_unused: Option<bool>,
 }
 
 impl CreateKeyRequest {
@@ -369,6 +392,9 @@ impl CreateKeyRequest {
         if let Some(locked) = self.operator_locked {
             new = new.with_operator_locked(locked);
         }
+        if let Some(retire) = self.retire_when_unused {
+            new = new.with_retire_when_unused(retire);
+        }
         Ok(new)
     }
 }
@@ -376,7 +402,8 @@ impl CreateKeyRequest {
 /// `PATCH /keys/{id}`: absent fields stay as they are; `"expires_at": null`
 /// removes the expiry, `"rate_limits": null` (or `[]`) the rate limits,
 /// `"credits": null` the credits, `"allowed_networks": null` (or `[]`) the
-/// networks and `"metadata": null` the metadata.
+/// networks and `"metadata": null` the metadata. A new `expires_at` (or
+/// `null`) revives a key the lifecycle retired for disuse.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateKeyRequest {
@@ -408,6 +435,11 @@ pub(crate) struct UpdateKeyRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     operator_locked: Option<bool>,
+    /// Whether the lifecycle task may retire the key once unused for its
+    /// retirement period.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    retire_when_unused: Option<bool>,
 }
 
 impl UpdateKeyRequest {
@@ -442,6 +474,9 @@ impl UpdateKeyRequest {
         }
         if let Some(locked) = self.operator_locked {
             update = update.with_operator_locked(locked);
+        }
+        if let Some(retire) = self.retire_when_unused {
+            update = update.with_retire_when_unused(retire);
         }
         Ok(update)
     }

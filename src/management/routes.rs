@@ -1019,7 +1019,7 @@ mod tests {
             decode::<CreateKeyRequest>(br#"{"service_account_id":"sa","expiry":1}"#).unwrap_err();
         assert_eq!(
             e.message(),
-            "unknown field `expiry`, expected one of `service_account_id`, `description`, `scopes`, `expires_at`, `rate_limits`, `credits`, `allowed_networks`, `metadata`, `operator_locked`"
+            "unknown field `expiry`, expected one of `service_account_id`, `description`, `scopes`, `expires_at`, `rate_limits`, `credits`, `allowed_networks`, `metadata`, `operator_locked`, `retire_when_unused`"
         );
         let e = decode::<CreateKeyRequest>(br#"{"service_account_id":"sa"} x"#).unwrap_err();
         assert_eq!(e.message(), "trailing characters after the JSON body");

@@ -27,7 +27,9 @@
 //!    is or was a key of this store (live, quarantined, already revoked),
 //!    never the token itself;
 //! 5. then, after answering, calls the [`on_compromised`](ReceiverConfig::on_compromised)
-//!    hook once per key it acted on.
+//!    hook once per key it acted on, with a [`KeyEvent::Compromised`] (the
+//!    hook type of the [lifecycle task](crate::lifecycle), so one function
+//!    can handle both).
 //!
 //! Replays are harmless: the store binds a report to the exact secret
 //! reported, so the same report twice (or two at once) acts and notifies
@@ -42,7 +44,7 @@
 //! let keys = StaticKeys::new().with_key("github-key-1", ReporterKey::from_pem(pem)?);
 //! let config = ReceiverConfig::github(keys)
 //!     .action(LeakAction::Quarantine)
-//!     .on_compromised(|event| eprintln!("key {} leaked at {}", event.key.record.key_id, event.compromise.url));
+//!     .on_compromised(|event| eprintln!("key {} {}", event.key().record.key_id, event.kind()));
 //! let app: axum::Router = secret_scanning::router(MemoryStore::new(), config);
 //! # Ok(()) }
 //! ```
@@ -80,8 +82,10 @@ pub use keys::{
 #[cfg_attr(docsrs, doc(cfg(feature = "github-keys")))]
 pub use github::{GithubKeys, GithubKeysError, GITHUB_KEYS_URL};
 
+pub use crate::event::CompromiseEvent;
+use crate::event::{self, Hook, KeyEvent};
 use crate::key::KeyFormat;
-use crate::record::{Compromise, LeakAction};
+use crate::record::LeakAction;
 use crate::store::{CompromiseReport, Compromised, KeyInfo, KeyStore};
 use crate::telemetry;
 
@@ -98,23 +102,6 @@ pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 /// Most tokens one report may name; a longer report is refused with 413.
 pub const MAX_TOKENS: usize = 10_000;
 
-/// A key the receiver acted on, handed to the
-/// [`on_compromised`](ReceiverConfig::on_compromised) hook after the answer.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct CompromiseEvent {
-    /// The key as it was after the report was recorded (for
-    /// [`LeakAction::Revoke`], just before it was revoked).
-    pub key: KeyInfo,
-    /// The report as recorded on the key.
-    pub compromise: Compromise,
-    /// The reporter's name (`github`).
-    pub reporter: &'static str,
-    /// The reported token's type (`tower_api_key`, say).
-    pub token_type: String,
-}
-
-type Hook = Arc<dyn Fn(CompromiseEvent) + Send + Sync>;
 type Policy = Arc<dyn Fn(&KeyInfo) -> LeakAction + Send + Sync>;
 
 /// How a receiver checks and acts on reports of one reporter.
@@ -226,13 +213,14 @@ impl ReceiverConfig {
         self
     }
 
-    /// Called once per key acted on, after the answer is sent (page or mail
-    /// the key's owner here). Runs on a spawned task; keep it short or
-    /// spawn.
-    pub fn on_compromised(
-        mut self,
-        hook: impl Fn(CompromiseEvent) + Send + Sync + 'static,
-    ) -> Self {
+    /// Called once per key acted on, with a [`KeyEvent::Compromised`],
+    /// after the answer is sent (page or mail the key's owner here). The
+    /// hook type is the lifecycle task's
+    /// ([`on_event`](crate::lifecycle::LifecycleBuilder::on_event)), so one
+    /// function can take every kind of [`KeyEvent`]. Runs on a spawned task;
+    /// keep it short or spawn. A panic in it is logged and does not stop the
+    /// events after it.
+    pub fn on_compromised(mut self, hook: impl Fn(KeyEvent) + Send + Sync + 'static) -> Self {
         self.hook = Some(Arc::new(hook));
         self
     }
@@ -373,11 +361,14 @@ async fn receive(State(receiver): State<Arc<Receiver>>, request: Request) -> Res
         Err(_) => return status(StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     };
     // 5. Notify after answering.
-    if let (Some(hook), false) = (&config.hook, events.is_empty()) {
-        let hook = hook.clone();
+    if !events.is_empty() {
+        let hook = config.hook.clone();
         tokio::spawn(async move {
-            for event in events {
-                hook(event);
+            for compromise in events {
+                let key_id = compromise.key.record.key_id;
+                if !event::emit(hook.as_ref(), KeyEvent::Compromised(compromise)) {
+                    tracing::error!(target: LOG_TARGET, %key_id, "the on_compromised hook panicked");
+                }
             }
         });
     }

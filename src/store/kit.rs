@@ -13,11 +13,13 @@
 //!   and adding credits, and their generations;
 //! - **Pages**: [`fill_page`], [`page_token`] and [`parse_page_token`],
 //!   [`export_page_size`];
-//! - **New keys**: [`hint_of`], [`imported_version`].
+//! - **New keys**: [`hint_of`], [`imported_version`];
+//! - **Lifecycle**: [`check_notice_times`], [`check_retirement_times`],
+//!   [`lease_end`].
 //!
 //! The field rules themselves are [`store::rules`](super::rules).
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 pub use super::credit::CreditState;
 pub use super::page_token::{page_token, parse_page_token};
@@ -231,4 +233,37 @@ pub fn hint_of(key: &GeneratedKey) -> String {
 /// A field error not tied to one key.
 fn field_error(field: Field, problem: Problem) -> StoreError {
     StoreError::invalid_field(None, FieldError::new(field, problem))
+}
+
+/// The end of a [`lease`](super::LifecycleStore::lease) of `ttl` taken at
+/// `now`, at the latest [`latest_time`].
+pub fn lease_end(now: SystemTime, ttl: Duration) -> SystemTime {
+    now.checked_add(ttl)
+        .unwrap_or_else(latest_time)
+        .min(latest_time())
+}
+
+/// The times of a [`record_notice`](super::LifecycleStore::record_notice):
+/// within what every store keeps (1970 to [`latest_time`]).
+pub fn check_notice_times(
+    key: KeyId,
+    window: SystemTime,
+    announced: Option<SystemTime>,
+) -> Result<(), StoreError> {
+    let checked = rules::stored_time(Field::NoticeWindow, window).and_then(|()| {
+        announced.map_or(Ok(()), |at| rules::stored_time(Field::NoticeAnnounced, at))
+    });
+    checked.map_err(|e| StoreError::invalid_field(Some(key), e))
+}
+
+/// The times of a [`retire_unused`](super::LifecycleStore::retire_unused):
+/// within what every store keeps (1970 to [`latest_time`]).
+pub fn check_retirement_times(
+    key: KeyId,
+    unused_since: SystemTime,
+    at: SystemTime,
+) -> Result<(), StoreError> {
+    rules::stored_time(Field::RetiredUnusedSince, unused_since)
+        .and_then(|()| rules::stored_time(Field::ExpiresAt, at))
+        .map_err(|e| StoreError::invalid_field(Some(key), e))
 }

@@ -76,8 +76,9 @@ pub trait LifecycleStore: KeyStore {
     /// Keys whose `expires_at` is at or after `from` and before `until`, in
     /// key id order, at most `limit` (1 to
     /// [`MAX_EXPORT_PAGE`](crate::store::MAX_EXPORT_PAGE)) with ids after
-    /// `after`. An empty page is the end. Answered from an index on the
-    /// expiry, not by reading every key.
+    /// `after`. An empty page is the end. The SQL stores answer it from an
+    /// index on the expiry, not by reading every key (the memory store
+    /// scans its map).
     async fn expiring(
         &self,
         from: SystemTime,
@@ -98,9 +99,12 @@ pub trait LifecycleStore: KeyStore {
 
     /// Records that the notice `kind` about `window` was sent for `key`,
     /// announcing `announced`: `true` for the first call with this key, kind
-    /// and window (the one caller that may send it), `false` after. One
-    /// atomic step, whatever the number of replicas; the record survives
-    /// restarts and is removed with the key.
+    /// and window (the one caller that may send it), `false` after, and
+    /// `false` for a key the store does not hold. One atomic step, whatever
+    /// the number of replicas; the record survives restarts and is removed
+    /// with the key (revoked, or deleted by any path). Times are kept to the
+    /// microsecond, as every stored time; the store's clock gives
+    /// [`SentNotice::sent_at`].
     async fn record_notice(
         &self,
         key: KeyId,
@@ -121,8 +125,12 @@ pub trait LifecycleStore: KeyStore {
     /// `retired_unused_since` to `unused_since`, in one conditional write
     /// that happens only if the key still has `last_used_at` equal to
     /// `last_used_at`, still has `retire_when_unused`, is not retired, and
-    /// has no expiry before `at`. The change is announced like an update.
-    /// `None` if the key is gone or no longer qualifies.
+    /// has no expiry before `at`. The write moves the key's version on and
+    /// is announced like an update. `None` if the key is gone or no longer
+    /// qualifies; times outside 1970 to year 9999 are
+    /// [`StoreError::InvalidField`]. An
+    /// [`update`](KeyStore::update) that sets a new expiry (or none) clears
+    /// `retired_unused_since` again.
     async fn retire_unused(
         &self,
         key: KeyId,

@@ -9,14 +9,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 
 use super::kit::{
-    check_account, check_account_limits, check_import, check_new, check_update, check_version,
-    export_page_size, fill_page, hint_of, import_conflict, import_revoked, imported_version,
-    page_token, parse_page_token, quarantined, verified, CreditState,
+    check_account, check_account_limits, check_import, check_new, check_notice_times,
+    check_retirement_times, check_update, check_version, export_page_size, fill_page, hint_of,
+    import_conflict, import_revoked, imported_version, lease_end, page_token, parse_page_token,
+    quarantined, verified, CreditState,
 };
 use super::{
     CompromiseReport, Compromised, CreatedKey, Imported, KeyInfo, KeyPage, KeyStore, KeyUpdate,
-    ListRequest, NewKey, PreviousHash, StoreError, StoredKey, Version,
-    DEFAULT_MAX_KEYS_PER_ACCOUNT,
+    LifecycleStore, ListRequest, NewKey, NoticeKind, PreviousHash, SentNotice, StoreError,
+    StoredKey, Version, DEFAULT_MAX_KEYS_PER_ACCOUNT,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::hash::{KeyHasher, StoredHash};
@@ -60,6 +61,10 @@ struct Keys {
     revoked: HashSet<KeyId>,
     /// The rate limits of service accounts that have any.
     account_limits: HashMap<String, Vec<RateLimit>>,
+    /// The lifecycle notices recorded for each key, removed with the key.
+    notices: HashMap<KeyId, HashMap<(NoticeKind, SystemTime), SentNotice>>,
+    /// The lifecycle leases: each name's holder and the end of its lease.
+    leases: HashMap<String, (String, SystemTime)>,
 }
 
 impl Keys {
@@ -135,6 +140,7 @@ impl Keys {
 
     fn remove(&mut self, id: &KeyId) -> Option<Stored> {
         let stored = self.by_id.remove(id)?;
+        self.notices.remove(id);
         let account = &*stored.record.service_account_id;
         if let Some(listing) = self.by_account.get_mut(account) {
             listing.remove(&(stored.record.created_at, *id));
@@ -404,6 +410,7 @@ impl KeyStore for MemoryStore {
             .with_allowed_networks(new.allowed_networks)
             .with_metadata(new.metadata)
             .with_operator_locked(new.operator_locked)
+            .with_retire_when_unused(new.retire_when_unused)
             .with_created_at(now);
         let stored = Stored {
             record,
@@ -503,7 +510,12 @@ impl KeyStore for MemoryStore {
                 stored.record.scopes = scopes;
             }
             if let Some(expires_at) = update.expires_at {
+                // A new expiry revives a key retired for disuse.
                 stored.record.expires_at = expires_at;
+                stored.record.retired_unused_since = None;
+            }
+            if let Some(retire) = update.retire_when_unused {
+                stored.record.retire_when_unused = retire;
             }
             if let Some(limits) = update.rate_limits {
                 stored.record.rate_limits = limits;
@@ -804,5 +816,158 @@ impl KeyStore for MemoryStore {
         Ok(Compromised::Acted {
             key: Box::new(info),
         })
+    }
+}
+
+/// The page of keys after `after` in key id order that `keep`, at most
+/// `limit` (1 to [`MAX_EXPORT_PAGE`](super::MAX_EXPORT_PAGE)).
+fn lifecycle_page(
+    keys: &Keys,
+    after: Option<KeyId>,
+    limit: usize,
+    keep: impl Fn(&Stored) -> bool,
+) -> Result<Vec<KeyInfo>, StoreError> {
+    let limit = export_page_size(limit)?;
+    let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+    // A scan in id order: the memory store keeps no expiry index, as its
+    // listings keep none by last use (a process-local map of bounded size).
+    Ok(keys
+        .by_id
+        .range((from, Bound::Unbounded))
+        .map(|(_, stored)| stored)
+        .filter(|stored| keep(stored))
+        .take(limit)
+        .map(|stored| keys.info(stored))
+        .collect())
+}
+
+#[async_trait]
+impl LifecycleStore for MemoryStore {
+    fn now(&self) -> SystemTime {
+        self.inner.clock.now()
+    }
+
+    async fn expiring(
+        &self,
+        from: SystemTime,
+        until: SystemTime,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyInfo>, StoreError> {
+        let keys = self.read();
+        lifecycle_page(&keys, after, limit, |stored| {
+            stored
+                .record
+                .expires_at
+                .is_some_and(|at| from <= at && at < until)
+        })
+    }
+
+    async fn unused(
+        &self,
+        before: SystemTime,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyInfo>, StoreError> {
+        let keys = self.read();
+        lifecycle_page(&keys, after, limit, |stored| {
+            stored.record.retire_when_unused
+                && stored.record.retired_unused_since.is_none()
+                && stored.last_used_at.unwrap_or(stored.record.created_at) < before
+        })
+    }
+
+    async fn record_notice(
+        &self,
+        key: KeyId,
+        kind: NoticeKind,
+        window: SystemTime,
+        announced: Option<SystemTime>,
+    ) -> Result<bool, StoreError> {
+        check_notice_times(key, window, announced)?;
+        let now = self.now();
+        let mut keys = self.write();
+        // A key that is gone gets no notice (it would outlive the key).
+        if !keys.contains_key(&key) {
+            return Ok(false);
+        }
+        let sent = keys.notices.entry(key).or_default();
+        match sent.entry((kind, window)) {
+            std::collections::hash_map::Entry::Occupied(_) => Ok(false),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(SentNotice::new(now, announced));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn notice(
+        &self,
+        key: KeyId,
+        kind: NoticeKind,
+        window: SystemTime,
+    ) -> Result<Option<SentNotice>, StoreError> {
+        let keys = self.read();
+        Ok(keys
+            .notices
+            .get(&key)
+            .and_then(|sent| sent.get(&(kind, window)))
+            .copied())
+    }
+
+    async fn retire_unused(
+        &self,
+        key: KeyId,
+        last_used_at: Option<SystemTime>,
+        unused_since: SystemTime,
+        at: SystemTime,
+    ) -> Result<Option<KeyInfo>, StoreError> {
+        check_retirement_times(key, unused_since, at)?;
+        let info = {
+            let mut keys = self.write();
+            let Some(stored) = keys.get_mut(&key) else {
+                return Ok(None);
+            };
+            // Checked and written under the one write lock: a use recorded
+            // meanwhile moved `last_used_at`, and the key no longer qualifies.
+            let qualifies = stored.last_used_at == last_used_at
+                && stored.record.retire_when_unused
+                && stored.record.retired_unused_since.is_none()
+                && stored.record.expires_at.is_none_or(|e| e >= at);
+            if !qualifies {
+                return Ok(None);
+            }
+            stored.record.expires_at = Some(at);
+            stored.record.retired_unused_since = Some(unused_since);
+            stored.version = stored.version.next();
+            let stored = keys
+                .get(&key)
+                .ok_or_else(|| StoreError::backend("key vanished"))?;
+            keys.info(stored)
+        };
+        let account = info.record.service_account_id.clone();
+        self.inner
+            .invalidations
+            .publish(&Invalidation::key_of(key, account));
+        Ok(Some(info))
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = self.now();
+        let until = lease_end(now, ttl);
+        let mut keys = self.write();
+        match keys.leases.get_mut(name) {
+            Some((current, end)) if *end > now && current != holder => Ok(false),
+            Some((current, end)) => {
+                holder.clone_into(current);
+                *end = until;
+                Ok(true)
+            }
+            None => {
+                keys.leases
+                    .insert(name.to_owned(), (holder.to_owned(), until));
+                Ok(true)
+            }
+        }
     }
 }

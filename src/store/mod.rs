@@ -96,6 +96,9 @@ pub struct NewKey {
     /// The operator marks the key read-only for managers
     /// ([`KeyRecord::operator_locked`](crate::KeyRecord::operator_locked)).
     pub operator_locked: bool,
+    /// Whether the lifecycle task may retire the key for disuse (default
+    /// `true`).
+    pub retire_when_unused: bool,
 }
 
 impl NewKey {
@@ -111,12 +114,20 @@ impl NewKey {
             allowed_networks: None,
             metadata: None,
             operator_locked: false,
+            retire_when_unused: true,
         }
     }
 
     /// Sets whether the operator marks the key read-only for managers.
     pub fn with_operator_locked(mut self, locked: bool) -> Self {
         self.operator_locked = locked;
+        self
+    }
+
+    /// Sets whether the lifecycle task may retire the key for disuse
+    /// (`false` opts it out).
+    pub fn with_retire_when_unused(mut self, retire: bool) -> Self {
+        self.retire_when_unused = retire;
         self
     }
 
@@ -274,7 +285,9 @@ pub struct KeyUpdate {
     pub description: Option<String>,
     /// New scopes.
     pub scopes: Option<ScopeSet>,
-    /// New expiry: `Some(None)` removes it.
+    /// New expiry: `Some(None)` removes it. Either clears the record's
+    /// [`retired_unused_since`](crate::KeyRecord::retired_unused_since): a
+    /// key retired for disuse that is given a new expiry is revived.
     pub expires_at: Option<Option<SystemTime>>,
     /// New rate limits: `Some(vec![])` removes them.
     pub rate_limits: Option<Vec<RateLimit>>,
@@ -290,6 +303,8 @@ pub struct KeyUpdate {
     /// Whether the operator marks the key read-only for managers
     /// ([`KeyRecord::operator_locked`](crate::KeyRecord::operator_locked)).
     pub operator_locked: Option<bool>,
+    /// Whether the lifecycle task may retire the key for disuse.
+    pub retire_when_unused: Option<bool>,
 }
 
 impl KeyUpdate {
@@ -304,11 +319,18 @@ impl KeyUpdate {
             && self.allowed_networks.is_none()
             && self.metadata.is_none()
             && self.operator_locked.is_none()
+            && self.retire_when_unused.is_none()
     }
 
     /// Sets whether the operator marks the key read-only for managers.
     pub fn with_operator_locked(mut self, locked: bool) -> Self {
         self.operator_locked = Some(locked);
+        self
+    }
+
+    /// Sets whether the lifecycle task may retire the key for disuse.
+    pub fn with_retire_when_unused(mut self, retire: bool) -> Self {
+        self.retire_when_unused = Some(retire);
         self
     }
 

@@ -80,6 +80,12 @@ pub enum Field {
     AllowedNetworks,
     /// `metadata`.
     Metadata,
+    /// `retired_unused_since`.
+    RetiredUnusedSince,
+    /// The window of a lifecycle notice.
+    NoticeWindow,
+    /// The date a lifecycle notice announces.
+    NoticeAnnounced,
 }
 
 impl fmt::Display for Field {
@@ -104,6 +110,9 @@ impl fmt::Display for Field {
             Self::CompromisedAt => "compromise.compromised_at",
             Self::AllowedNetworks => "allowed_networks",
             Self::Metadata => "metadata",
+            Self::RetiredUnusedSince => "retired_unused_since",
+            Self::NoticeWindow => "notice.window",
+            Self::NoticeAnnounced => "notice.announced",
         };
         f.write_str(name)
     }
@@ -414,6 +423,9 @@ pub fn stored_key(key: &StoredKey, format: &KeyFormat, now: SystemTime) -> Resul
     }
     if let Some(at) = key.info.last_used_at {
         stored_time(Field::LastUsedAt, at)?;
+    }
+    if let Some(at) = record.retired_unused_since {
+        stored_time(Field::RetiredUnusedSince, at)?;
     }
     if let Some(previous) = &key.previous {
         stored_time(Field::PreviousValidUntil, previous.valid_until)?;

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use tower_api_key::limits::{CreditLease, RateLimit};
 use tower_api_key::store::{
-    CompromiseReport, Compromised, CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate, ListRequest,
-    NewKey, StoreError, StoredKey, Version,
+    CompromiseReport, Compromised, CreatedKey, Imported, KeyInfo, KeyPage, KeyUpdate,
+    LifecycleStore, ListRequest, NewKey, NoticeKind, SentNotice, StoreError, StoredKey, Version,
 };
 use tower_api_key::{
     CreditLedger, Invalidations, KeyFormat, KeyId, KeyRecord, KeyStore, MemoryStore, PresentedKey,
@@ -38,6 +38,11 @@ pub enum Call<'a> {
     },
     RecordCompromise {
         id: KeyId,
+    },
+    /// The lifecycle task records a notice (`LifecycleStore::record_notice`).
+    RecordNotice {
+        id: KeyId,
+        kind: NoticeKind,
     },
 }
 
@@ -211,5 +216,63 @@ impl<H: Hook> KeyStore for Hooked<H> {
             .before(&self.store, Call::RecordCompromise { id: key.id() })
             .await?;
         self.store.record_compromise(key, report).await
+    }
+}
+
+#[async_trait]
+impl<H: Hook> LifecycleStore for Hooked<H> {
+    fn now(&self) -> SystemTime {
+        self.store.now()
+    }
+    async fn expiring(
+        &self,
+        from: SystemTime,
+        until: SystemTime,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyInfo>, StoreError> {
+        self.store.expiring(from, until, after, limit).await
+    }
+    async fn unused(
+        &self,
+        before: SystemTime,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyInfo>, StoreError> {
+        self.store.unused(before, after, limit).await
+    }
+    async fn record_notice(
+        &self,
+        key: KeyId,
+        kind: NoticeKind,
+        window: SystemTime,
+        announced: Option<SystemTime>,
+    ) -> Result<bool, StoreError> {
+        self.hook
+            .before(&self.store, Call::RecordNotice { id: key, kind })
+            .await?;
+        self.store.record_notice(key, kind, window, announced).await
+    }
+    async fn notice(
+        &self,
+        key: KeyId,
+        kind: NoticeKind,
+        window: SystemTime,
+    ) -> Result<Option<SentNotice>, StoreError> {
+        self.store.notice(key, kind, window).await
+    }
+    async fn retire_unused(
+        &self,
+        key: KeyId,
+        last_used_at: Option<SystemTime>,
+        unused_since: SystemTime,
+        at: SystemTime,
+    ) -> Result<Option<KeyInfo>, StoreError> {
+        self.store
+            .retire_unused(key, last_used_at, unused_since, at)
+            .await
+    }
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.store.lease(name, holder, ttl).await
     }
 }

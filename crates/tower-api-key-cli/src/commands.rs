@@ -125,6 +125,9 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
             if let Some(text) = &extras.metadata {
                 new = new.with_metadata(Some(validate::metadata(text, &format)?));
             }
+            if let Some(retire) = extras.retire_when_unused {
+                new = new.with_retire_when_unused(retire);
+            }
             check_pepper(ctx).await?;
             let created = store.create(new).await?;
             print_created(ctx, &created, "created")?;
@@ -240,12 +243,15 @@ async fn run_keys(ctx: &Context<'_>, command: KeysCommand) -> Result<ExitCode, C
             if let Some(locked) = operator_locked {
                 update = update.with_operator_locked(locked);
             }
+            if let Some(retire) = extras.retire_when_unused {
+                update = update.with_retire_when_unused(retire);
+            }
             if update.is_empty() {
                 return Err(CliError::new(
                     "nothing to change: pass --description, --scope, --unscoped, --expires-at, \
                      --expires-in, --no-expiry, --rate-limit, --no-rate-limits, --credits, \
                      --no-credits, --allow-network, --no-allowed-networks, --metadata, \
-                     --no-metadata or --operator-locked",
+                     --no-metadata, --operator-locked or --retire-when-unused",
                 ));
             }
             let info = store

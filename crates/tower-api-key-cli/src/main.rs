@@ -196,11 +196,13 @@ enum KeysCommand {
         id: KeyId,
     },
     /// Change a key's description, scopes, expiry, rate limits, credits,
-    /// allowed networks, metadata or lock.
+    /// allowed networks, metadata, lock or retirement for disuse (a new
+    /// expiry revives a key the lifecycle retired).
     #[command(after_help = "Example:\n  \
                   tower-api-key keys update 7Hq2xQpLrT0aBcDe --scope reports.read --expires-in 30d\n  \
                   tower-api-key keys update 7Hq2xQpLrT0aBcDe --rate-limit 10/1s,burst=20 --no-credits\n  \
-                  tower-api-key keys update 7Hq2xQpLrT0aBcDe --operator-locked true")]
+                  tower-api-key keys update 7Hq2xQpLrT0aBcDe --operator-locked true\n  \
+                  tower-api-key keys update 7Hq2xQpLrT0aBcDe --retire-when-unused false")]
     Update {
         /// The key id.
         #[arg(value_parser = parse_key_id)]
@@ -335,6 +337,10 @@ struct Extras {
     /// as '{"plan":"pro"}'.
     #[arg(long, value_name = "JSON")]
     metadata: Option<String>,
+    /// Whether the lifecycle task may retire the key once nobody used it
+    /// for its retirement period (a new key: true); false opts it out.
+    #[arg(long, value_name = "true|false")]
+    retire_when_unused: Option<bool>,
 }
 
 /// Rate limits and credits of a key, for create and update.

@@ -59,6 +59,16 @@ fn compromise_text(record: &KeyRecord) -> String {
     ))
 }
 
+/// Retirement for disuse in a table cell: `on`, `off` (opted out), or
+/// `retired, unused since <time>`.
+fn retirement_text(record: &KeyRecord) -> String {
+    match (record.retired_unused_since, record.retire_when_unused) {
+        (Some(since), _) => format!("retired, unused since {}", time::format(since)),
+        (None, true) => "on".into(),
+        (None, false) => "off".into(),
+    }
+}
+
 fn record_json(record: &KeyRecord) -> Value {
     json!({
         "id": record.key_id.as_str(),
@@ -73,6 +83,8 @@ fn record_json(record: &KeyRecord) -> Value {
         // A Metadata is a JSON object: it always parses.
         "metadata": record.metadata.as_ref().and_then(|m| serde_json::from_str::<Value>(m.as_str()).ok()),
         "operator_locked": record.operator_locked,
+        "retire_when_unused": record.retire_when_unused,
+        "retired_unused_since": record.retired_unused_since.map(time::format),
     })
 }
 
@@ -152,9 +164,10 @@ pub fn table(keys: &[KeyInfo]) -> String {
         "NETWORKS",
         "METADATA",
         "LOCKED",
+        "RETIREMENT",
         "DESCRIPTION",
     ];
-    let rows: Vec<[String; 13]> = keys
+    let rows: Vec<[String; 14]> = keys
         .iter()
         .map(|k| {
             let r = &k.record;
@@ -184,6 +197,7 @@ pub fn table(keys: &[KeyInfo]) -> String {
                     .as_ref()
                     .map_or("none".into(), |m| cell(m.as_str())),
                 if r.operator_locked { "yes" } else { "no" }.to_owned(),
+                retirement_text(r),
                 cell(&r.description),
             ]
         })

@@ -57,10 +57,27 @@ pub struct Line {
     /// The operator marked the key read-only for managers; absent: not.
     #[serde(default, skip_serializing_if = "is_false")]
     pub operator_locked: bool,
+    /// Whether the lifecycle task may retire the key for disuse; absent:
+    /// true (written only when false).
+    #[serde(default = "retire_by_default", skip_serializing_if = "is_true")]
+    pub retire_when_unused: bool,
+    /// When the lifecycle retired the key, the time it was unused since;
+    /// absent: not retired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_unused_since: Option<String>,
 }
 
 fn is_false(value: &bool) -> bool {
     !value
+}
+
+/// What a line without `retire_when_unused` means.
+fn retire_by_default() -> bool {
+    true
+}
+
+fn is_true(flag: &bool) -> bool {
+    *flag
 }
 
 /// A leak report in an export line: the record's `compromise` and the hash
@@ -137,6 +154,8 @@ impl Line {
                 .as_ref()
                 .and_then(|m| serde_json::from_str(m.as_str()).ok()),
             operator_locked: r.operator_locked,
+            retire_when_unused: r.retire_when_unused,
+            retired_unused_since: r.retired_unused_since.map(time::format),
         }
     }
 
@@ -171,7 +190,9 @@ impl Line {
                     .collect::<Result<_, _>>()?,
             )
             .with_credits(self.credits.as_ref().map(credits_of).transpose()?)
-            .with_operator_locked(self.operator_locked);
+            .with_operator_locked(self.operator_locked)
+            .with_retire_when_unused(self.retire_when_unused)
+            .with_retired_unused_since(opt_at("retired_unused_since", &self.retired_unused_since)?);
         if !self.allowed_networks.is_empty() {
             record.allowed_networks =
                 Some(Networks::parse(&self.allowed_networks).map_err(|e| e.to_string())?);

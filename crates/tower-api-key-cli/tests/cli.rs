@@ -2967,3 +2967,111 @@ async fn operator_locked_is_set_shown_changed_exported_and_imported() {
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir_all(other_dir);
 }
+
+#[tokio::test]
+async fn retire_when_unused_is_set_shown_changed_and_a_retirement_travels_in_an_export() {
+    use tower_api_key::store::LifecycleStore;
+    let (dir, url) = sqlite_db("retire_when_unused").await;
+    let created = json_at(
+        &url,
+        &[
+            "keys",
+            "create",
+            "--account",
+            "sa-life",
+            "--retire-when-unused",
+            "false",
+        ],
+    )
+    .await;
+    let key = &created["key"];
+    assert_eq!(key["retire_when_unused"], false);
+    assert_eq!(key["retired_unused_since"], Value::Null);
+    let id = key["id"].as_str().unwrap().to_owned();
+    let table = cli(["keys", "get", &id])
+        .env("DATABASE_URL", &url)
+        .run()
+        .await
+        .ok();
+    assert!(table.stdout.contains("RETIREMENT"), "{table:?}");
+    assert!(
+        table.stdout.split_whitespace().any(|cell| cell == "off"),
+        "{table:?}"
+    );
+    let plain = json_at(&url, &["keys", "create", "--account", "sa-life"]).await;
+    assert_eq!(plain["key"]["retire_when_unused"], true, "on by default");
+    let listed = json_at(&url, &["keys", "list", "--account", "sa-life"]).await;
+    let flags: Vec<Value> = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["retire_when_unused"].clone())
+        .collect();
+    assert!(
+        flags.contains(&json!(false)) && flags.contains(&json!(true)),
+        "{listed}"
+    );
+    let updated = json_at(
+        &url,
+        &["keys", "update", &id, "--retire-when-unused", "true"],
+    )
+    .await;
+    assert_eq!(updated["retire_when_unused"], true);
+    let run = cli(["keys", "update", &id, "--retire-when-unused", "maybe"])
+        .env("DATABASE_URL", &url)
+        .run()
+        .await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("--retire-when-unused"), "{run:?}");
+
+    // The lifecycle retires it: shown by get, carried by an export.
+    let store = SqliteKeyStore::builder(dir.join("keys.db"))
+        .open()
+        .await
+        .unwrap();
+    let key_id: KeyId = id.parse().unwrap();
+    let info = store.get(key_id).await.unwrap().unwrap();
+    let at = std::time::SystemTime::now() + Duration::from_secs(86_400);
+    store
+        .retire_unused(key_id, None, info.record.created_at, at)
+        .await
+        .unwrap()
+        .expect("retired");
+    store
+        .update(
+            key_id,
+            tower_api_key::store::KeyUpdate::default().with_retire_when_unused(false),
+            None,
+        )
+        .await
+        .unwrap();
+    store.shutdown().await;
+    let got = json_at(&url, &["keys", "get", &id]).await;
+    assert_eq!(got["retired_unused_since"], got["created_at"]);
+    let table = cli(["keys", "get", &id])
+        .env("DATABASE_URL", &url)
+        .run()
+        .await
+        .ok();
+    assert!(table.stdout.contains("retired, unused since"), "{table:?}");
+    let exported = cli(["export"]).env("DATABASE_URL", &url).run().await.ok();
+    let line: Value = exported
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|l| l["key_id"] == json!(id))
+        .unwrap();
+    assert_eq!(line["retire_when_unused"], false);
+    assert_eq!(line["retired_unused_since"], got["created_at"]);
+    let (_other_dir, other) = sqlite_db("retire_when_unused_import").await;
+    cli(["import"])
+        .env("DATABASE_URL", &other)
+        .stdin(exported.stdout)
+        .run()
+        .await
+        .ok();
+    let moved = json_at(&other, &["keys", "get", &id]).await;
+    assert_eq!(moved["retire_when_unused"], false);
+    assert_eq!(moved["retired_unused_since"], got["created_at"]);
+    assert_eq!(moved["expires_at"], got["expires_at"]);
+}

@@ -54,8 +54,10 @@
 //! `BTreeMap` behind a mutex).
 //!
 //! Every test is a generic function in [`contract`], [`limits`],
-//! [`transfer`], [`versions`] or [`compromise`]; the macros make one test
-//! of each.
+//! [`transfer`], [`versions`], [`compromise`], [`networks`] or
+//! [`lifecycle`]; the macros make one test of each. A store that is also a
+//! [`LifecycleStore`](tower_api_key::store::LifecycleStore) runs the
+//! lifecycle suite with `lifecycle_conformance!(Factory);` besides.
 //!
 //! Times: the settings' clock starts on a whole second and tests move it by
 //! whole seconds unless the test is about sub-microsecond times, because
@@ -64,6 +66,7 @@
 
 pub mod compromise;
 pub mod contract;
+pub mod lifecycle;
 pub mod limits;
 pub mod lock;
 pub mod networks;
@@ -399,10 +402,42 @@ macro_rules! __store_conformance {
                 lock::update_sets_and_clears_operator_locked,
                 lock::add_credits_unless_locked_refuses_a_locked_key_and_writes_nothing,
                 lock::export_and_import_carry_operator_locked,
+                lifecycle::retire_when_unused_defaults_to_on_and_round_trips_through_every_read,
+                lifecycle::export_and_import_carry_the_lifecycle_fields,
             );
             $crate::__hashing_work_test!($hashing, Factory);
         }
         $crate::transfer_conformance!(conformance_transfer_same_kind: $factory => $factory);
+    };
+}
+
+/// The [`lifecycle`] suite for the store `$factory` makes (a type in scope
+/// that implements [`StoreFactory`] for a store that is also a
+/// [`LifecycleStore`](tower_api_key::store::LifecycleStore)), in a module
+/// `lifecycle_suite`: a separate entry point, as a store may run the key
+/// store suite without the lifecycle task.
+#[macro_export]
+macro_rules! lifecycle_conformance {
+    ($factory:ident) => {
+        mod lifecycle_suite {
+            use super::$factory as Factory;
+
+            $crate::__conformance_tests!(Factory, multi_thread:
+                lifecycle::now_reads_the_stores_clock,
+                lifecycle::expiring_pages_through_keys_expiring_in_the_window_in_id_order,
+                lifecycle::unused_returns_keys_idle_before_the_cutoff_never_opted_out_or_retired,
+                lifecycle::record_notice_is_true_once_per_key_kind_and_window,
+                lifecycle::record_notice_refuses_times_a_store_cannot_keep,
+                lifecycle::concurrent_record_notice_sends_once,
+                lifecycle::a_lease_has_one_holder_until_it_runs_out,
+                lifecycle::concurrent_leases_hold_once,
+                lifecycle::retire_unused_expires_the_key_and_shows_why,
+                lifecycle::retire_unused_leaves_keys_that_no_longer_qualify,
+                lifecycle::an_opted_out_key_is_never_unused_nor_retired,
+                lifecycle::a_new_expiry_revives_a_retired_key,
+                lifecycle::retire_unused_racing_a_use_is_one_or_the_other,
+            );
+        }
     };
 }
 
@@ -522,6 +557,7 @@ pub(crate) fn at_micros(info: &KeyInfo) -> KeyInfo {
     info.record.created_at = micros(info.record.created_at);
     info.record.expires_at = info.record.expires_at.map(micros);
     info.last_used_at = info.last_used_at.map(micros);
+    info.record.retired_unused_since = info.record.retired_unused_since.map(micros);
     info
 }
 

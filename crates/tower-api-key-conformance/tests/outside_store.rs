@@ -2,7 +2,8 @@
 //! only, runs the conformance suite: what a third-party store's test file
 //! looks like. Its keys live in a `BTreeMap` behind a mutex. It passes the
 //! whole suite, the test that `verify` does the same hashing work whether
-//! or not the id exists included (`KeyHasher::candidates`).
+//! or not the id exists included (`KeyHasher::candidates`), and the
+//! lifecycle suite (`LifecycleStore`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,14 +17,17 @@ use tower_api_key::limits::{
 };
 use tower_api_key::store::{
     latest_time, rules, Compromise, CompromiseReport, Compromised, ConflictKind, CreatedKey,
-    Imported, KeyInfo, KeyPage, KeyUpdate, LeakAction, ListRequest, NewKey, PreviousHash,
-    StoreError, StoredKey, Version, DEFAULT_PAGE_SIZE, MAX_EXPORT_PAGE, MAX_PAGE_SIZE,
+    Imported, KeyInfo, KeyPage, KeyUpdate, LeakAction, LifecycleStore, ListRequest, NewKey,
+    NoticeKind, PreviousHash, SentNotice, StoreError, StoredKey, Version, DEFAULT_PAGE_SIZE,
+    MAX_EXPORT_PAGE, MAX_PAGE_SIZE,
 };
 use tower_api_key::{
     CreditLedger, GeneratedKey, Invalidation, Invalidations, KeyFormat, KeyId, KeyRecord, KeyStore,
     PresentedKey, Verifier, VerifierError,
 };
-use tower_api_key_conformance::{store_conformance, StoreFactory, StoreSettings};
+use tower_api_key_conformance::{
+    lifecycle_conformance, store_conformance, StoreFactory, StoreSettings,
+};
 
 /// A key's credits: the count, the refill time last applied, and the
 /// generation (a refill or a new setting starts the next one).
@@ -80,9 +84,19 @@ struct State {
     keys: BTreeMap<KeyId, Entry>,
     revoked: BTreeSet<KeyId>,
     account_limits: HashMap<String, Vec<RateLimit>>,
+    /// Lifecycle notices by key, kind and window; removed with the key.
+    notices: HashMap<(KeyId, NoticeKind, SystemTime), SentNotice>,
+    /// Lifecycle leases: holder and end, by name.
+    leases: HashMap<String, (String, SystemTime)>,
 }
 
 impl State {
+    /// Removes key `id` and its notices.
+    fn remove(&mut self, id: &KeyId) -> Option<Entry> {
+        self.notices.retain(|(key, _, _), _| key != id);
+        self.keys.remove(id)
+    }
+
     fn record(&self, e: &Entry) -> KeyRecord {
         let mut record = e.record.clone();
         record.credits = e.credits.map(|c| c.credits);
@@ -327,6 +341,7 @@ impl KeyStore for OutsideStore {
                 .with_allowed_networks(new.allowed_networks)
                 .with_metadata(new.metadata)
                 .with_operator_locked(new.operator_locked)
+                .with_retire_when_unused(new.retire_when_unused)
                 .with_created_at(now),
             hash: self.hash_of(&key)?,
             previous: None,
@@ -415,7 +430,12 @@ impl KeyStore for OutsideStore {
                 e.record.scopes = scopes;
             }
             if let Some(expires_at) = update.expires_at {
+                // A new expiry revives a key retired for disuse.
                 e.record.expires_at = expires_at;
+                e.record.retired_unused_since = None;
+            }
+            if let Some(retire) = update.retire_when_unused {
+                e.record.retire_when_unused = retire;
             }
             if let Some(limits) = update.rate_limits {
                 e.record.rate_limits = limits;
@@ -450,7 +470,7 @@ impl KeyStore for OutsideStore {
             if let Some(e) = state.keys.get(&id) {
                 check_version(id, e.version, expected)?;
             }
-            let removed = state.keys.remove(&id);
+            let removed = state.remove(&id);
             if removed.is_some() {
                 state.revoked.insert(id);
             }
@@ -666,7 +686,7 @@ impl KeyStore for OutsideStore {
         let removed = {
             let mut state = self.state();
             state.revoked.insert(id);
-            state.keys.remove(&id)
+            state.remove(&id)
         };
         let Some(gone) = removed else {
             return Ok(false);
@@ -709,7 +729,7 @@ impl KeyStore for OutsideStore {
         let e = &state.keys[&id];
         let info = state.info(e);
         if report.action == LeakAction::Revoke {
-            state.keys.remove(&id);
+            state.remove(&id);
             state.revoked.insert(id);
         }
         drop(state);
@@ -717,6 +737,143 @@ impl KeyStore for OutsideStore {
         Ok(Compromised::Acted {
             key: Box::new(info),
         })
+    }
+}
+
+/// A time a store keeps (1970 to year 9999), or the field's error naming `id`.
+fn kept_time(id: KeyId, field: rules::Field, at: SystemTime) -> Result<(), StoreError> {
+    rules::stored_time(field, at).map_err(|e| StoreError::invalid_field(Some(id), e))
+}
+
+/// Up to `limit` keys after `after`, in id order, that `keep`.
+fn lifecycle_page(
+    state: &State,
+    after: Option<KeyId>,
+    limit: usize,
+    keep: impl Fn(&Entry) -> bool,
+) -> Result<Vec<KeyInfo>, StoreError> {
+    let limit = export_page_size(limit)?;
+    Ok(state
+        .keys
+        .values()
+        .filter(|e| after.is_none_or(|a| e.record.key_id > a) && keep(e))
+        .take(limit)
+        .map(|e| state.info(e))
+        .collect())
+}
+
+#[async_trait]
+impl LifecycleStore for OutsideStore {
+    fn now(&self) -> SystemTime {
+        self.0.clock.now()
+    }
+
+    async fn expiring(
+        &self,
+        from: SystemTime,
+        until: SystemTime,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyInfo>, StoreError> {
+        let within = |e: &Entry| {
+            e.record
+                .expires_at
+                .is_some_and(|at| from <= at && at < until)
+        };
+        lifecycle_page(&self.state(), after, limit, within)
+    }
+
+    async fn unused(
+        &self,
+        before: SystemTime,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyInfo>, StoreError> {
+        let idle = |e: &Entry| {
+            e.record.retire_when_unused
+                && e.record.retired_unused_since.is_none()
+                && e.last_used_at.unwrap_or(e.record.created_at) < before
+        };
+        lifecycle_page(&self.state(), after, limit, idle)
+    }
+
+    async fn record_notice(
+        &self,
+        key: KeyId,
+        kind: NoticeKind,
+        window: SystemTime,
+        announced: Option<SystemTime>,
+    ) -> Result<bool, StoreError> {
+        kept_time(key, rules::Field::NoticeWindow, window)?;
+        if let Some(at) = announced {
+            kept_time(key, rules::Field::NoticeAnnounced, at)?;
+        }
+        let now = self.now();
+        let mut state = self.state();
+        if !state.keys.contains_key(&key) || state.notices.contains_key(&(key, kind, window)) {
+            return Ok(false);
+        }
+        let sent = SentNotice::new(now, announced);
+        state.notices.insert((key, kind, window), sent);
+        Ok(true)
+    }
+
+    async fn notice(
+        &self,
+        key: KeyId,
+        kind: NoticeKind,
+        window: SystemTime,
+    ) -> Result<Option<SentNotice>, StoreError> {
+        Ok(self.state().notices.get(&(key, kind, window)).copied())
+    }
+
+    async fn retire_unused(
+        &self,
+        key: KeyId,
+        last_used_at: Option<SystemTime>,
+        unused_since: SystemTime,
+        at: SystemTime,
+    ) -> Result<Option<KeyInfo>, StoreError> {
+        kept_time(key, rules::Field::RetiredUnusedSince, unused_since)?;
+        kept_time(key, rules::Field::ExpiresAt, at)?;
+        let info = {
+            let mut state = self.state();
+            let Some(e) = state.keys.get_mut(&key) else {
+                return Ok(None);
+            };
+            // Checked and written under the one lock.
+            if e.last_used_at != last_used_at
+                || !e.record.retire_when_unused
+                || e.record.retired_unused_since.is_some()
+                || e.record.expires_at.is_some_and(|end| end < at)
+            {
+                return Ok(None);
+            }
+            e.record.expires_at = Some(at);
+            e.record.retired_unused_since = Some(unused_since);
+            e.version = e.version.next();
+            state.info(&state.keys[&key])
+        };
+        self.announce(key, info.record.service_account_id.clone());
+        Ok(Some(info))
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = self.now();
+        let until = now
+            .checked_add(ttl)
+            .unwrap_or_else(latest_time)
+            .min(latest_time());
+        let mut state = self.state();
+        if let Some((current, end)) = state.leases.get(name) {
+            if *end > now && current != holder {
+                return Ok(false);
+            }
+        }
+        state
+            .leases
+            .insert(name.to_owned(), (holder.to_owned(), until));
+        Ok(true)
     }
 }
 
@@ -743,3 +900,4 @@ impl StoreFactory for OutsideFactory {
 }
 
 store_conformance!(OutsideFactory);
+lifecycle_conformance!(OutsideFactory);

@@ -228,11 +228,134 @@ impl Backend for Pg {
             .collect::<Result<_, _>>()?)
     }
 
+    async fn expiring(
+        &self,
+        from: SystemTime,
+        until: SystemTime,
+        after: Option<String>,
+        limit: i64,
+    ) -> Rows {
+        // Served by the partial index on expires_at.
+        let sql = format!(
+            "SELECT {} FROM tower_api_key_keys
+              WHERE expires_at >= $1 AND expires_at < $2
+                AND ($3::text IS NULL OR key_id > $3)
+              ORDER BY key_id LIMIT $4",
+            select_columns()
+        );
+        let params: [Param<'_>; 4] = [
+            (&from, Type::TIMESTAMPTZ),
+            (&until, Type::TIMESTAMPTZ),
+            (&after, Type::TEXT),
+            (&limit, Type::INT8),
+        ];
+        self.rows(&sql, &params).await
+    }
+
+    async fn unused(&self, before: SystemTime, after: Option<String>, limit: i64) -> Rows {
+        // In key id order through the primary key: no index on last use,
+        // so usage flushes stay HOT updates.
+        let sql = format!(
+            "SELECT {} FROM tower_api_key_keys
+              WHERE retire_when_unused AND retired_unused_since IS NULL
+                AND coalesce(last_used_at, created_at) < $1
+                AND ($2::text IS NULL OR key_id > $2)
+              ORDER BY key_id LIMIT $3",
+            select_columns()
+        );
+        let params: [Param<'_>; 3] = [
+            (&before, Type::TIMESTAMPTZ),
+            (&after, Type::TEXT),
+            (&limit, Type::INT8),
+        ];
+        self.rows(&sql, &params).await
+    }
+
+    async fn record_notice(
+        &self,
+        id: &str,
+        kind: &str,
+        window: SystemTime,
+        sent_at: SystemTime,
+        announced: Option<SystemTime>,
+    ) -> Result<bool, BoxError> {
+        // One statement: the key still exists, and the first insert of this
+        // key, kind and window wins (a concurrent one waits for it, then
+        // does nothing).
+        let sql = "INSERT INTO tower_api_key_notices (key_id, kind, window_at, sent_at, announced)
+                   SELECT key_id, $2, $3, $4, $5 FROM tower_api_key_keys WHERE key_id = $1
+                   ON CONFLICT (key_id, kind, window_at) DO NOTHING
+                   RETURNING 1::int4";
+        let params: [Param<'_>; 5] = [
+            (&id, Type::TEXT),
+            (&kind, Type::TEXT),
+            (&window, Type::TIMESTAMPTZ),
+            (&sent_at, Type::TIMESTAMPTZ),
+            (&announced, Type::TIMESTAMPTZ),
+        ];
+        match self.query(sql, &params).await {
+            Ok(rows) => Ok(!rows.is_empty()),
+            // The key was deleted between the read and the insert: it gets
+            // no notice.
+            Err(e) if sql_state(&e) == Some(&SqlState::FOREIGN_KEY_VIOLATION) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn notice(
+        &self,
+        id: &str,
+        kind: &str,
+        window: SystemTime,
+    ) -> Result<Option<(SystemTime, Option<SystemTime>)>, BoxError> {
+        let sql = "SELECT sent_at, announced FROM tower_api_key_notices
+                    WHERE key_id = $1 AND kind = $2 AND window_at = $3";
+        let params: [Param<'_>; 3] = [
+            (&id, Type::TEXT),
+            (&kind, Type::TEXT),
+            (&window, Type::TIMESTAMPTZ),
+        ];
+        let rows = self.query(sql, &params).await?;
+        rows.first()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .transpose()
+    }
+
+    async fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: SystemTime,
+        until: SystemTime,
+    ) -> Result<bool, BoxError> {
+        // One conditional upsert: taken when free, run out, or ours; a
+        // concurrent one waits for the row, then sees the winner's holder.
+        let sql = "INSERT INTO tower_api_key_leases AS l (name, holder, until)
+                   VALUES ($1, $2, $4)
+                   ON CONFLICT (name) DO UPDATE
+                      SET holder = EXCLUDED.holder, until = EXCLUDED.until
+                    WHERE l.until <= $3 OR l.holder = EXCLUDED.holder
+                   RETURNING 1::int4";
+        let params: [Param<'_>; 4] = [
+            (&name, Type::TEXT),
+            (&holder, Type::TEXT),
+            (&now, Type::TIMESTAMPTZ),
+            (&until, Type::TIMESTAMPTZ),
+        ];
+        Ok(!self.query(sql, &params).await?.is_empty())
+    }
+
     fn is_unique_violation(&self, e: &BoxError) -> bool {
         e.downcast_ref::<tokio_postgres::Error>()
             .and_then(tokio_postgres::Error::code)
             == Some(&SqlState::UNIQUE_VIOLATION)
     }
+}
+
+/// The SQLSTATE of `e`, if it is a database error.
+fn sql_state(e: &BoxError) -> Option<&SqlState> {
+    e.downcast_ref::<tokio_postgres::Error>()
+        .and_then(tokio_postgres::Error::code)
 }
 
 /// A transaction on a pooled connection; rolled back when dropped before
@@ -316,6 +439,31 @@ impl Tx for PgTx<'_> {
         Ok(())
     }
 
+    async fn retire_unused(
+        &mut self,
+        id: &str,
+        seen: Option<SystemTime>,
+        since: SystemTime,
+        at: SystemTime,
+    ) -> Result<bool, BoxError> {
+        // One conditional UPDATE: a usage flush holding the row makes it
+        // wait, then re-check the condition on the row as flushed.
+        let sql = "UPDATE tower_api_key_keys
+                      SET expires_at = $4, retired_unused_since = $3, version = version + 1
+                    WHERE key_id = $1 AND last_used_at IS NOT DISTINCT FROM $2
+                      AND retire_when_unused AND retired_unused_since IS NULL
+                      AND (expires_at IS NULL OR expires_at >= $4)
+                   RETURNING 1::int4";
+        let params: [Param<'_>; 4] = [
+            (&id, Type::TEXT),
+            (&seen, Type::TIMESTAMPTZ),
+            (&since, Type::TIMESTAMPTZ),
+            (&at, Type::TIMESTAMPTZ),
+        ];
+        Ok(!self.query(sql, &params).await?.is_empty())
+    }
+
+    /// The key's notices go with it (`ON DELETE CASCADE`).
     async fn delete_key(&mut self, id: &str) -> Result<Option<String>, BoxError> {
         let sql = "DELETE FROM tower_api_key_keys WHERE key_id = $1 RETURNING service_account_id";
         let rows = self.query(sql, &[(&id, Type::TEXT)]).await?;

@@ -48,6 +48,11 @@ const MIGRATIONS: &[Migration] = &[
         "operator_locked",
         include_str!("migrations/0009_operator_locked.sql"),
     ),
+    Migration::new(
+        10,
+        "lifecycle",
+        include_str!("migrations/0010_lifecycle.sql"),
+    ),
 ];
 
 /// Every migration this version of the crate knows, oldest first.
@@ -93,9 +98,12 @@ mod tests {
 
     #[test]
     fn versions_increase_from_one() {
-        for (i, m) in migrations().iter().enumerate() {
-            assert_eq!(m.version() as usize, i + 1, "{m:?}");
-            assert!(!m.sql().trim().is_empty());
+        assert_eq!(migrations()[0].version(), 1);
+        for pair in migrations().windows(2) {
+            assert!(pair[0].version() < pair[1].version(), "{pair:?}");
+        }
+        for m in migrations() {
+            assert!(!m.sql().trim().is_empty(), "{m:?}");
         }
     }
 }

@@ -33,7 +33,9 @@ use tokio_postgres::{Config, NoTls};
 use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError, Source};
 use tower_api_key::clock::{Clock, ManualClock};
 use tower_api_key::limits::{BucketUse, Credits, RateLimit, RateLimitSync};
-use tower_api_key::store::{ConfigError, CreatedKey, KeyUpdate, NewKey, StoreError};
+use tower_api_key::store::{
+    ConfigError, CreatedKey, KeyUpdate, LifecycleStore, NewKey, NoticeKind, StoreError,
+};
 use tower_api_key::CreditLedger;
 use tower_api_key::Invalidation;
 use tower_api_key::KeyStore;
@@ -45,7 +47,7 @@ use tower_api_key_postgres::{ChangeFeed, ListenerStatus, PgKeyStore, PgKeyStoreB
 mod common;
 // The conformance suite, from its crate (crates/tower-api-key-conformance).
 use tower_api_key_conformance as conformance;
-use tower_api_key_conformance::{store_conformance, transfer_conformance};
+use tower_api_key_conformance::{lifecycle_conformance, store_conformance, transfer_conformance};
 
 use conformance::{MemoryFactory, StoreFactory, StoreSettings, Watch};
 
@@ -482,6 +484,7 @@ impl StoreFactory for PgFactory {
 }
 
 store_conformance!(PgFactory);
+lifecycle_conformance!(PgFactory);
 transfer_conformance!(memory_to_postgres: MemoryFactory => PgFactory);
 transfer_conformance!(postgres_to_memory: PgFactory => MemoryFactory);
 
@@ -1244,11 +1247,11 @@ async fn migrations_twice_in_a_row() {
     };
     let store = db.builder().connect().await.unwrap();
     let first = store.migrate().await.unwrap();
-    assert_eq!(first.applied, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
-    assert_eq!(first.current, 9);
+    assert_eq!(first.applied, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(first.current, 10);
     let second = store.migrate().await.unwrap();
     assert!(second.applied.is_empty(), "{second:?}");
-    assert_eq!(second.current, 9);
+    assert_eq!(second.current, 10);
     // The store works on the migrated schema.
     let created = store.create(NewKey::new("sa")).await.unwrap();
     assert!(store.get(created.record.key_id).await.unwrap().is_some());
@@ -1262,10 +1265,10 @@ async fn migrations_twice_in_a_row() {
         .unwrap()
         .get(0);
     assert_eq!(
-        tables, 7,
+        tables, 9,
         "tower_api_key_keys, tower_api_key_revoked, tower_api_key_account_limits, \
-         tower_api_key_rate_buckets, tower_api_key_changes, tower_api_key_changes_pruned \
-         and tower_api_key_migrations"
+         tower_api_key_rate_buckets, tower_api_key_changes, tower_api_key_changes_pruned, \
+         tower_api_key_notices, tower_api_key_leases and tower_api_key_migrations"
     );
     store.shutdown().await;
     db.drop_schema().await;
@@ -1312,7 +1315,7 @@ async fn a_schema_of_the_previous_release_migrates_and_its_keys_keep_working() {
         .await
         .unwrap();
     let report = store.migrate().await.unwrap();
-    assert_eq!(report.applied, vec![3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(report.applied, vec![3, 4, 5, 6, 7, 8, 9, 10]);
     let record = store.verify(&old).await.unwrap().unwrap();
     assert_eq!(&*record.service_account_id, "sa-old");
     assert!(record.rate_limits.is_empty());
@@ -1358,7 +1361,7 @@ async fn migrations_run_by_replicas_at_once() {
     }))
     .await;
     let applied: Vec<u32> = replicas.iter().flat_map(|r| r.applied.clone()).collect();
-    assert_eq!(applied, vec![1, 2, 3, 4, 5, 6, 7, 8, 9], "{replicas:?}");
+    assert_eq!(applied, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10], "{replicas:?}");
     db.drop_schema().await;
 }
 
@@ -2398,5 +2401,133 @@ async fn a_corrupted_row_does_not_block_listing_nor_export() {
         .unwrap();
     conformance::only_unreadable_rows_are_skipped(&store, &ids, &bad).await;
     store.shutdown().await;
+    db.drop_schema().await;
+}
+
+// ---------------------------------------------------------------------------
+// The lifecycle across replicas and restarts
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_and_a_lease_survive_a_new_store_and_go_with_the_key() {
+    let Some(db) = TestDb::new("a_notice_and_a_lease_survive_a_new_store").await else {
+        return;
+    };
+    let clock = Arc::new(ManualClock::new(conformance::start_time()));
+    let store = db.builder().clock(clock.clone()).connect().await.unwrap();
+    store.migrate().await.unwrap();
+    let id = store
+        .create(NewKey::new("sa-1"))
+        .await
+        .unwrap()
+        .record
+        .key_id;
+    let window = clock.now() + Duration::from_secs(6 * 86_400);
+    assert!(store
+        .record_notice(id, NoticeKind::ExpiringSoon, window, None)
+        .await
+        .unwrap());
+    assert!(store
+        .lease("lifecycle", "a", Duration::from_secs(60))
+        .await
+        .unwrap());
+    store.shutdown().await;
+    drop(store);
+
+    let again = db.builder().clock(clock.clone()).connect().await.unwrap();
+    assert!(
+        !again
+            .record_notice(id, NoticeKind::ExpiringSoon, window, None)
+            .await
+            .unwrap(),
+        "sent before the restart: not again"
+    );
+    let sent = again
+        .notice(id, NoticeKind::ExpiringSoon, window)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sent.sent_at, conformance::start_time());
+    assert!(!again
+        .lease("lifecycle", "b", Duration::from_secs(60))
+        .await
+        .unwrap());
+    // The notice goes with the key.
+    assert!(again.revoke(id, None).await.unwrap());
+    let left: i64 = db
+        .admin
+        .query_one(
+            &format!("SELECT count(*) FROM {}.tower_api_key_notices", db.schema),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    again.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_send_a_notice_once_hold_a_lease_once_and_never_retire_a_used_key() {
+    let Some(db) = TestDb::new("two_replicas_lifecycle").await else {
+        return;
+    };
+    let a = db.store().await;
+    let b = db.store().await;
+    let stores = [a.clone(), b.clone()];
+    conformance::lifecycle::concurrent_record_notice_lets_exactly_one_through(&stores).await;
+    conformance::lifecycle::concurrent_leases_let_exactly_one_holder_hold(&stores).await;
+    conformance::lifecycle::retire_unused_racing_record_usage_never_retires_a_newer_use(&stores)
+        .await;
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiring_reads_the_expiry_index() {
+    let Some(db) = TestDb::new("expiring_reads_the_expiry_index").await else {
+        return;
+    };
+    let store = db.store().await;
+    drop(store);
+    // The planner's choice on an empty table says little: many rows that
+    // never expire, a few that do, then the statement `expiring` runs.
+    let sql = format!(
+        "SET search_path TO {schema};
+         INSERT INTO tower_api_key_keys (key_id, service_account_id, hash, hash_scheme,
+                                         created_at, hint, expires_at)
+         SELECT lpad(i::text, 16, '0'), 'sa', sha256(i::text::bytea), 'sha256',
+                timestamptz '2026-01-01', 'tak_…0000',
+                CASE WHEN i % 1000 = 0 THEN timestamptz '2026-02-01' + i * interval '1 s' END
+           FROM generate_series(1, 20000) AS i;
+         ANALYZE tower_api_key_keys;",
+        schema = db.schema
+    );
+    db.admin.batch_execute(&sql).await.unwrap();
+    let plan: Vec<String> = db
+        .admin
+        .query(
+            &format!(
+                "EXPLAIN SELECT key_id FROM {}.tower_api_key_keys
+                  WHERE expires_at >= timestamptz '2026-02-01'
+                    AND expires_at < timestamptz '2026-02-02'
+                    AND (NULL::text IS NULL OR key_id > NULL::text)
+                  ORDER BY key_id LIMIT 1000",
+                db.schema
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("tower_api_key_keys_expires_at_idx"),
+        "not from the index:\n{plan}"
+    );
     db.drop_schema().await;
 }

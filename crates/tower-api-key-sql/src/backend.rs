@@ -69,6 +69,56 @@ pub trait Backend: Send + Sync + 'static {
     /// Up to `limit` ids of revoked keys after `after`, in id order.
     async fn revoked(&self, after: Option<String>, limit: i64) -> Result<Vec<String>, BoxError>;
 
+    /// Up to `limit` rows with `expires_at` at or after `from` and before
+    /// `until` and key ids after `after`, in key id order, with their
+    /// accounts' limits; served by the index on `expires_at`.
+    async fn expiring(
+        &self,
+        from: SystemTime,
+        until: SystemTime,
+        after: Option<String>,
+        limit: i64,
+    ) -> Rows;
+
+    /// Up to `limit` rows with `retire_when_unused`, no
+    /// `retired_unused_since`, and `last_used_at` (or, when NULL,
+    /// `created_at`) before `before`, with key ids after `after`, in key id
+    /// order, with their accounts' limits.
+    async fn unused(&self, before: SystemTime, after: Option<String>, limit: i64) -> Rows;
+
+    /// Records the notice `kind` about `window` for key `id`, sent at
+    /// `sent_at` and announcing `announced`, if the key exists and the
+    /// notice is not recorded yet, in one statement (an insert that does
+    /// nothing on a conflict): whether it inserted the row.
+    async fn record_notice(
+        &self,
+        id: &str,
+        kind: &str,
+        window: SystemTime,
+        sent_at: SystemTime,
+        announced: Option<SystemTime>,
+    ) -> Result<bool, BoxError>;
+
+    /// The notice `kind` about `window` for key `id`: when it was sent and
+    /// what it announced.
+    async fn notice(
+        &self,
+        id: &str,
+        kind: &str,
+        window: SystemTime,
+    ) -> Result<Option<(SystemTime, Option<SystemTime>)>, BoxError>;
+
+    /// Writes the lease `name` as `holder`'s until `until`, if it is
+    /// free, ran out at or before `now`, or is `holder`'s already, in one
+    /// conditional upsert: whether it wrote the row.
+    async fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: SystemTime,
+        until: SystemTime,
+    ) -> Result<bool, BoxError>;
+
     /// Whether `e` is a unique constraint violation (a key id or hash taken).
     fn is_unique_violation(&self, e: &BoxError) -> bool;
 }
@@ -100,7 +150,21 @@ pub trait Tx: Send {
     /// Moves `last_used_at` of each key forward to its time (never back).
     async fn touch(&mut self, uses: &[(String, SystemTime)]) -> Result<(), BoxError>;
 
-    /// Deletes key `id`; its account if it existed.
+    /// Retires key `id` for disuse in one conditional update: sets
+    /// `expires_at` to `at`, `retired_unused_since` to `since` and moves the
+    /// version on, if its `last_used_at` is `seen` (NULL for `None`), it
+    /// has `retire_when_unused`, no `retired_unused_since`, and no expiry
+    /// before `at`. Whether it wrote the row.
+    async fn retire_unused(
+        &mut self,
+        id: &str,
+        seen: Option<SystemTime>,
+        since: SystemTime,
+        at: SystemTime,
+    ) -> Result<bool, BoxError>;
+
+    /// Deletes key `id` and its lifecycle notices; its account if it
+    /// existed.
     async fn delete_key(&mut self, id: &str) -> Result<Option<String>, BoxError>;
 
     /// Whether key `id` was revoked here.

@@ -21,7 +21,8 @@ pub enum Value {
     Time(Option<SystemTime>),
     /// A list of names (the dialect chooses how it keeps them).
     Texts(Vec<String>),
-    /// A flag, never `NULL` (the dialect chooses how it keeps it).
+    /// A flag, never `NULL` (the dialect chooses how it keeps it: a boolean,
+    /// or 0 and 1).
     Bool(bool),
 }
 
@@ -45,7 +46,7 @@ pub enum Kind {
 /// The columns of `tower_api_key_keys` a key row holds, in the order of
 /// [`KeyRow::values`]; a read of [`select_columns`] has one more, the
 /// account's limits ([`Kind::Text`]).
-pub const KEY_COLUMNS: [(&str, Kind); 31] = [
+pub const KEY_COLUMNS: [(&str, Kind); 33] = [
     ("key_id", Kind::Text),
     ("service_account_id", Kind::Text),
     ("hash", Kind::Bytes),
@@ -77,6 +78,8 @@ pub const KEY_COLUMNS: [(&str, Kind); 31] = [
     ("allowed_networks", Kind::Texts),
     ("metadata", Kind::Text),
     ("operator_locked", Kind::Bool),
+    ("retire_when_unused", Kind::Bool),
+    ("retired_unused_since", Kind::Time),
 ];
 
 /// The kinds of the columns a read of [`select_columns`] returns.
@@ -180,6 +183,8 @@ impl KeyRow {
             Value::Texts(self.allowed_networks.clone()),
             Value::Text(self.metadata.clone()),
             Value::Bool(self.operator_locked),
+            Value::Bool(self.retire_when_unused),
+            Value::Time(self.retired_unused_since),
         ]);
         values
     }
@@ -250,6 +255,11 @@ impl KeyRow {
                 Value::Bool(locked) => locked,
                 _ => return Err(mismatch()),
             },
+            retire_when_unused: match next()? {
+                Value::Bool(flag) => flag,
+                _ => return Err(mismatch()),
+            },
+            retired_unused_since: time(next()?)?,
             account_rate_limits: opt_text(next()?)?,
         })
     }
@@ -330,6 +340,8 @@ mod tests {
             allowed_networks: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
             metadata: Some(r#"{"plan":"pro"}"#.into()),
             operator_locked: true,
+            retire_when_unused: false,
+            retired_unused_since: Some(at),
         };
         let mut values = row.values();
         assert_eq!(values.len(), KEY_COLUMNS.len());
@@ -337,11 +349,14 @@ mod tests {
         assert_eq!(KeyRow::from_values(values).unwrap(), row);
         let kinds: Vec<Kind> = read_kinds().collect();
         assert_eq!(kinds.len(), KEY_COLUMNS.len() + 1);
-        // The id, then 27 changeable columns, each numbered in the update.
-        assert_eq!(row.changed_values().len(), 28);
+        // The id, then 29 changeable columns, each numbered in the update.
+        assert_eq!(row.changed_values().len(), 30);
         let sql = update_sql(|n| format!("${n}"));
         assert!(sql.contains("version = $20") && sql.ends_with("key_id = $1"));
         assert!(!sql.contains("created_at") && !sql.contains("last_used_at ="));
+        assert!(
+            sql.contains("retire_when_unused = $28") && sql.contains("retired_unused_since = $29")
+        );
         assert!(KeyRow::from_values(vec![Value::Int(None)]).is_err());
     }
 }

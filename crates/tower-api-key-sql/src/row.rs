@@ -99,6 +99,11 @@ pub struct KeyRow {
     /// `operator_locked`: the operator marked the key read-only for
     /// managers.
     pub operator_locked: bool,
+    /// `retire_when_unused`: whether the lifecycle task may retire the key
+    /// for disuse.
+    pub retire_when_unused: bool,
+    /// `retired_unused_since`: set when the lifecycle task retired the key.
+    pub retired_unused_since: Option<SystemTime>,
 }
 
 impl KeyRow {
@@ -131,7 +136,9 @@ impl KeyRow {
             .with_rate_limits(rate_limits)
             .with_account_rate_limits(account_rate_limits)
             .with_credits(credits)
-            .with_operator_locked(self.operator_locked);
+            .with_operator_locked(self.operator_locked)
+            .with_retire_when_unused(self.retire_when_unused)
+            .with_retired_unused_since(self.retired_unused_since);
         record.compromise = compromise_of(
             self.compromised_at,
             self.compromise_url.clone(),

@@ -8,14 +8,15 @@ use async_trait::async_trait;
 use tower_api_key::hash::KeyHasher;
 use tower_api_key::limits::{CreditLease, RateLimit};
 use tower_api_key::store::kit::{
-    check_account, check_account_limits, check_import, check_new, check_update, check_version,
-    export_page_size, fill_page, hint_of, import_conflict, import_revoked, imported_version,
-    page_token, parse_page_token, verified, CreditState,
+    check_account, check_account_limits, check_import, check_new, check_notice_times,
+    check_retirement_times, check_update, check_version, export_page_size, fill_page, hint_of,
+    import_conflict, import_revoked, imported_version, lease_end, page_token, parse_page_token,
+    verified, CreditState,
 };
 use tower_api_key::store::{
     latest_time, CompromiseReport, Compromised, ConflictKind, CreatedKey, Imported, KeyInfo,
-    KeyPage, KeyUpdate, LeakAction, ListRequest, NewKey, StoreError, StoredKey, Version,
-    MAX_EXPORT_PAGE,
+    KeyPage, KeyUpdate, LeakAction, LifecycleStore, ListRequest, NewKey, NoticeKind, SentNotice,
+    StoreError, StoredKey, Version, MAX_EXPORT_PAGE,
 };
 use tower_api_key::Networks;
 use tower_api_key::{CreditLedger, Invalidation, Invalidations, Verifier, VerifierError};
@@ -377,7 +378,8 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
             .with_credits(new.credits)
             .with_allowed_networks(new.allowed_networks)
             .with_metadata(new.metadata)
-            .with_operator_locked(new.operator_locked);
+            .with_operator_locked(new.operator_locked)
+            .with_retire_when_unused(new.retire_when_unused);
         let (allowed_networks, metadata) = KeyRow::extras_of(&record);
         let row = KeyRow {
             key_id: key.id().to_string(),
@@ -403,6 +405,8 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
             allowed_networks,
             metadata,
             operator_locked: record.operator_locked,
+            retire_when_unused: record.retire_when_unused,
+            retired_unused_since: None,
         };
         let limit = self.max_keys_per_account;
         let id = key.id();
@@ -554,7 +558,12 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
                         row.scopes = names(scopes);
                     }
                     if let Some(expires_at) = update.expires_at {
+                        // A new expiry revives a key retired for disuse.
                         row.expires_at = expires_at.map(micros);
+                        row.retired_unused_since = None;
+                    }
+                    if let Some(retire) = update.retire_when_unused {
+                        row.retire_when_unused = retire;
                     }
                     if let Some(limits) = &update.rate_limits {
                         row.rate_limits = limits_text(limits);
@@ -844,6 +853,8 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
             allowed_networks,
             metadata,
             operator_locked: record.operator_locked,
+            retire_when_unused: record.retire_when_unused,
+            retired_unused_since: record.retired_unused_since.map(micros),
         };
         let hash = key.hash;
         let limit = self.max_keys_per_account;
@@ -1021,6 +1032,184 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
     }
 }
 
+/// A page of lifecycle rows: each readable one as its key (an unreadable
+/// one is skipped, with a warning, as listings do), and the id to read on
+/// from (the last row's, readable or not; `None` at the end).
+fn lifecycle_page(rows: Vec<KeyRow>, limit: usize) -> (Vec<KeyInfo>, Option<String>) {
+    let last = (rows.len() == limit)
+        .then(|| rows.last().map(|r| r.key_id.clone()))
+        .flatten();
+    let keys = rows
+        .iter()
+        .filter_map(|row| match row.info() {
+            Ok(info) => Some(info),
+            Err(e) => {
+                warn_unreadable(&row.key_id, &e);
+                None
+            }
+        })
+        .collect();
+    (keys, last)
+}
+
+impl<B: Backend> SqlKeyStore<B> {
+    /// Up to `limit` readable keys of the pages `read` returns after
+    /// `after`, reading on past unreadable rows.
+    async fn lifecycle_keys<'a, F>(
+        &'a self,
+        after: Option<KeyId>,
+        limit: usize,
+        read: F,
+    ) -> Result<Vec<KeyInfo>, StoreError>
+    where
+        F: Fn(Option<String>, i64) -> BoxFuture<'a, Result<Vec<KeyRow>, BoxError>>,
+    {
+        let limit = export_page_size(limit)?;
+        let mut cursor = after.map(|id| id.to_string());
+        let mut keys = Vec::new();
+        loop {
+            let want = limit - keys.len();
+            let rows = read(cursor.take(), want as i64)
+                .await
+                .map_err(StoreError::Backend)?;
+            let (page, next) = lifecycle_page(rows, want);
+            keys.extend(page);
+            match next {
+                Some(next) if keys.len() < limit => cursor = Some(next),
+                _ => return Ok(keys),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<B: Backend> LifecycleStore for SqlKeyStore<B> {
+    fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    async fn expiring(
+        &self,
+        from: SystemTime,
+        until: SystemTime,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyInfo>, StoreError> {
+        // Stored expiries are whole microseconds: "at or after `from`" for
+        // a `from` between two microseconds is "from the next one on", and
+        // "before `until`" is "before the next one".
+        let (from, until) = (micros_ceil(from), micros_ceil(until));
+        self.lifecycle_keys(after, limit, |after, limit| {
+            self.backend.expiring(from, until, after, limit)
+        })
+        .await
+    }
+
+    async fn unused(
+        &self,
+        before: SystemTime,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyInfo>, StoreError> {
+        let before = micros_ceil(before);
+        self.lifecycle_keys(after, limit, |after, limit| {
+            self.backend.unused(before, after, limit)
+        })
+        .await
+    }
+
+    async fn record_notice(
+        &self,
+        key: KeyId,
+        kind: NoticeKind,
+        window: SystemTime,
+        announced: Option<SystemTime>,
+    ) -> Result<bool, StoreError> {
+        check_notice_times(key, window, announced)?;
+        self.backend
+            .record_notice(
+                key.as_str(),
+                kind.as_str(),
+                micros(window),
+                self.now(),
+                announced.map(micros),
+            )
+            .await
+            .map_err(StoreError::Backend)
+    }
+
+    async fn notice(
+        &self,
+        key: KeyId,
+        kind: NoticeKind,
+        window: SystemTime,
+    ) -> Result<Option<SentNotice>, StoreError> {
+        let sent = self
+            .backend
+            .notice(key.as_str(), kind.as_str(), micros(window))
+            .await
+            .map_err(StoreError::Backend)?;
+        Ok(sent.map(|(sent_at, announced)| SentNotice::new(sent_at, announced)))
+    }
+
+    async fn retire_unused(
+        &self,
+        key: KeyId,
+        last_used_at: Option<SystemTime>,
+        unused_since: SystemTime,
+        at: SystemTime,
+    ) -> Result<Option<KeyInfo>, StoreError> {
+        check_retirement_times(key, unused_since, at)?;
+        let now = self.now();
+        let key_id = key.to_string();
+        let (seen, since, at) = (last_used_at.map(micros), micros(unused_since), micros(at));
+        let info = self
+            .tx(move |tx| {
+                Box::pin(async move {
+                    // One conditional write: a use recorded meanwhile moved
+                    // `last_used_at`, and the key is left as it is.
+                    if !tx.retire_unused(&key_id, seen, since, at).await? {
+                        return Ok(None);
+                    }
+                    let row = tx
+                        .key_for_update(&key_id)
+                        .await?
+                        .ok_or("the retired key vanished")?;
+                    // Checked before the commit: nothing fails after it.
+                    let info = row.info()?;
+                    tx.announce(&[key_id], &row.service_account_id, now).await?;
+                    Ok(Some(info))
+                })
+            })
+            .await
+            .map_err(StoreError::Backend)?;
+        if let Some(info) = &info {
+            self.changed(key, &info.record.service_account_id);
+        }
+        Ok(info)
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = self.now();
+        let until = micros(lease_end(now, ttl));
+        self.backend
+            .lease(name, holder, now, until)
+            .await
+            .map_err(StoreError::Backend)
+    }
+}
+
+/// `t` rounded up to the next whole microsecond (itself if whole): the
+/// first stored time at or after it.
+fn micros_ceil(t: SystemTime) -> SystemTime {
+    let floor = micros(t);
+    if floor == t {
+        t
+    } else {
+        floor.checked_add(Duration::from_micros(1)).unwrap_or(floor)
+    }
+}
+
 /// Writes, inside the `impl` of a backend's builder (which keeps a
 /// [`SqlSettings`] in its field `settings`), the setters every SQL store's
 /// builder has: `format`, `hasher`, `clock` (feature `test-util` of the
@@ -1065,8 +1254,8 @@ macro_rules! settings_setters {
     };
 }
 
-/// Implements [`Verifier`], [`CreditLedger`] and [`KeyStore`] for a
-/// backend crate's store
+/// Implements [`Verifier`], [`CreditLedger`], [`KeyStore`] and
+/// [`LifecycleStore`] for a backend crate's store
 /// type by forwarding every method to the [`SqlKeyStore`] at a field path:
 /// `delegate_store!(SqliteKeyStore => inner.core);`. The crate using it
 /// depends on `async-trait` and `tower-api-key`.
@@ -1302,6 +1491,94 @@ macro_rules! delegate_store {
                 ::tower_api_key::store::StoreError,
             > {
                 ::tower_api_key::KeyStore::unreadable(&self.$($core).+).await
+            }
+        }
+
+        #[::async_trait::async_trait]
+        impl ::tower_api_key::store::LifecycleStore for $store {
+            fn now(&self) -> ::std::time::SystemTime {
+                ::tower_api_key::store::LifecycleStore::now(&self.$($core).+)
+            }
+
+            async fn expiring(
+                &self,
+                from: ::std::time::SystemTime,
+                until: ::std::time::SystemTime,
+                after: ::std::option::Option<::tower_api_key::KeyId>,
+                limit: usize,
+            ) -> ::std::result::Result<
+                ::std::vec::Vec<::tower_api_key::store::KeyInfo>,
+                ::tower_api_key::store::StoreError,
+            > {
+                ::tower_api_key::store::LifecycleStore::expiring(
+                    &self.$($core).+, from, until, after, limit,
+                )
+                .await
+            }
+
+            async fn unused(
+                &self,
+                before: ::std::time::SystemTime,
+                after: ::std::option::Option<::tower_api_key::KeyId>,
+                limit: usize,
+            ) -> ::std::result::Result<
+                ::std::vec::Vec<::tower_api_key::store::KeyInfo>,
+                ::tower_api_key::store::StoreError,
+            > {
+                ::tower_api_key::store::LifecycleStore::unused(&self.$($core).+, before, after, limit)
+                    .await
+            }
+
+            async fn record_notice(
+                &self,
+                key: ::tower_api_key::KeyId,
+                kind: ::tower_api_key::store::NoticeKind,
+                window: ::std::time::SystemTime,
+                announced: ::std::option::Option<::std::time::SystemTime>,
+            ) -> ::std::result::Result<bool, ::tower_api_key::store::StoreError> {
+                ::tower_api_key::store::LifecycleStore::record_notice(
+                    &self.$($core).+, key, kind, window, announced,
+                )
+                .await
+            }
+
+            async fn notice(
+                &self,
+                key: ::tower_api_key::KeyId,
+                kind: ::tower_api_key::store::NoticeKind,
+                window: ::std::time::SystemTime,
+            ) -> ::std::result::Result<
+                ::std::option::Option<::tower_api_key::store::SentNotice>,
+                ::tower_api_key::store::StoreError,
+            > {
+                ::tower_api_key::store::LifecycleStore::notice(&self.$($core).+, key, kind, window)
+                    .await
+            }
+
+            async fn retire_unused(
+                &self,
+                key: ::tower_api_key::KeyId,
+                last_used_at: ::std::option::Option<::std::time::SystemTime>,
+                unused_since: ::std::time::SystemTime,
+                at: ::std::time::SystemTime,
+            ) -> ::std::result::Result<
+                ::std::option::Option<::tower_api_key::store::KeyInfo>,
+                ::tower_api_key::store::StoreError,
+            > {
+                ::tower_api_key::store::LifecycleStore::retire_unused(
+                    &self.$($core).+, key, last_used_at, unused_since, at,
+                )
+                .await
+            }
+
+            async fn lease(
+                &self,
+                name: &str,
+                holder: &str,
+                ttl: ::std::time::Duration,
+            ) -> ::std::result::Result<bool, ::tower_api_key::store::StoreError> {
+                ::tower_api_key::store::LifecycleStore::lease(&self.$($core).+, name, holder, ttl)
+                    .await
             }
         }
     };

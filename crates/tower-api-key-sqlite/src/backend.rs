@@ -285,6 +285,125 @@ impl Backend for Sqlite {
             .await
     }
 
+    async fn expiring(
+        &self,
+        from: SystemTime,
+        until: SystemTime,
+        after: Option<String>,
+        limit: i64,
+    ) -> Rows {
+        let (from, until) = (to_micros(from)?, to_micros(until)?);
+        self.db
+            .run(move |conn| {
+                let sql = format!(
+                    "SELECT {} FROM {TABLE}
+                      WHERE expires_at >= ?1 AND expires_at < ?2
+                        AND (?3 IS NULL OR key_id > ?3)
+                      ORDER BY key_id LIMIT ?4",
+                    select_columns()
+                );
+                rows(conn, &sql, (from, until, after, limit))
+            })
+            .await
+    }
+
+    async fn unused(&self, before: SystemTime, after: Option<String>, limit: i64) -> Rows {
+        let before = to_micros(before)?;
+        self.db
+            .run(move |conn| {
+                let sql = format!(
+                    "SELECT {} FROM {TABLE}
+                      WHERE retire_when_unused AND retired_unused_since IS NULL
+                        AND coalesce(last_used_at, created_at) < ?1
+                        AND (?2 IS NULL OR key_id > ?2)
+                      ORDER BY key_id LIMIT ?3",
+                    select_columns()
+                );
+                rows(conn, &sql, (before, after, limit))
+            })
+            .await
+    }
+
+    async fn record_notice(
+        &self,
+        id: &str,
+        kind: &str,
+        window: SystemTime,
+        sent_at: SystemTime,
+        announced: Option<SystemTime>,
+    ) -> Result<bool, BoxError> {
+        let (id, kind) = (id.to_owned(), kind.to_owned());
+        let (window, sent_at) = (to_micros(window)?, to_micros(sent_at)?);
+        let announced = announced.map(to_micros).transpose()?;
+        self.db
+            .run_write(move |conn| {
+                // One statement: the key still exists, and the first insert
+                // of this key, kind and window wins.
+                let sql = format!(
+                    "INSERT INTO tower_api_key_notices (key_id, kind, window_at, sent_at, announced)
+                     SELECT ?1, ?2, ?3, ?4, ?5 FROM {TABLE} WHERE key_id = ?1
+                     ON CONFLICT (key_id, kind, window_at) DO NOTHING"
+                );
+                let inserted = conn
+                    .prepare_cached(&sql)?
+                    .execute((id, kind, window, sent_at, announced))?;
+                Ok(inserted == 1)
+            })
+            .await
+    }
+
+    async fn notice(
+        &self,
+        id: &str,
+        kind: &str,
+        window: SystemTime,
+    ) -> Result<Option<(SystemTime, Option<SystemTime>)>, BoxError> {
+        let (id, kind) = (id.to_owned(), kind.to_owned());
+        let window = to_micros(window)?;
+        self.db
+            .run(move |conn| {
+                let sql = "SELECT sent_at, announced FROM tower_api_key_notices
+                            WHERE key_id = ?1 AND kind = ?2 AND window_at = ?3";
+                Ok(conn
+                    .prepare_cached(sql)?
+                    .query_row((id, kind, window), |row| {
+                        let announced: Option<i64> = row.get(1)?;
+                        Ok((
+                            from_micros(row.get(0)?)?,
+                            announced.map(from_micros).transpose()?,
+                        ))
+                    })
+                    .optional()?)
+            })
+            .await
+    }
+
+    async fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: SystemTime,
+        until: SystemTime,
+    ) -> Result<bool, BoxError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        let (now, until) = (to_micros(now)?, to_micros(until)?);
+        self.db
+            .run_write(move |conn| {
+                // One conditional upsert: taken when free, run out, or ours.
+                let sql = "INSERT INTO tower_api_key_leases (name, holder, until)
+                           VALUES (?1, ?2, ?4)
+                           ON CONFLICT (name) DO UPDATE
+                              SET holder = excluded.holder, until = excluded.until
+                            WHERE tower_api_key_leases.until <= ?3
+                               OR tower_api_key_leases.holder = excluded.holder";
+                let written = conn
+                    .prepare_cached(sql)?
+                    .execute((name, holder, now, until))?;
+                Ok(written == 1)
+            })
+            .await
+    }
+
     fn is_unique_violation(&self, e: &BoxError) -> bool {
         e.downcast_ref::<rusqlite::Error>()
             .and_then(rusqlite::Error::sqlite_error_code)
@@ -356,7 +475,28 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
+    async fn retire_unused(
+        &mut self,
+        id: &str,
+        seen: Option<SystemTime>,
+        since: SystemTime,
+        at: SystemTime,
+    ) -> Result<bool, BoxError> {
+        let seen = seen.map(to_micros).transpose()?;
+        let (since, at) = (to_micros(since)?, to_micros(at)?);
+        let sql = format!(
+            "UPDATE {TABLE}
+                SET expires_at = ?4, retired_unused_since = ?3, version = version + 1
+              WHERE key_id = ?1 AND last_used_at IS ?2
+                AND retire_when_unused AND retired_unused_since IS NULL
+                AND (expires_at IS NULL OR expires_at >= ?4)"
+        );
+        Ok(self.execute(&sql, (id, seen, since, at))? == 1)
+    }
+
     async fn delete_key(&mut self, id: &str) -> Result<Option<String>, BoxError> {
+        // The key's notices go with it, in the same transaction.
+        self.execute("DELETE FROM tower_api_key_notices WHERE key_id = ?1", [id])?;
         let sql = format!("DELETE FROM {TABLE} WHERE key_id = ?1 RETURNING service_account_id");
         Ok(self
             .conn

@@ -40,6 +40,11 @@ const MIGRATIONS: &[Migration] = &[
         "operator_locked",
         include_str!("migrations/0007_operator_locked.sql"),
     ),
+    Migration::new(
+        8,
+        "lifecycle",
+        include_str!("migrations/0008_lifecycle.sql"),
+    ),
 ];
 
 /// Every migration this version of the crate knows, oldest first.

@@ -26,7 +26,8 @@ use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError, Source};
 use tower_api_key::clock::{Clock, ManualClock};
 use tower_api_key::limits::Credits;
 use tower_api_key::store::{
-    ConfigError, CreatedKey, KeyUpdate, ListRequest, NewKey, StoreError, MAX_EXPORT_PAGE,
+    ConfigError, CreatedKey, KeyUpdate, LifecycleStore, ListRequest, NewKey, NoticeKind,
+    StoreError, MAX_EXPORT_PAGE,
 };
 use tower_api_key::CreditLedger;
 use tower_api_key::{Authenticator, KeyStore, ScopeSet};
@@ -39,7 +40,7 @@ mod common;
 use common::logs::Logs;
 // The conformance suite, from its crate (crates/tower-api-key-conformance).
 use tower_api_key_conformance as conformance;
-use tower_api_key_conformance::{store_conformance, transfer_conformance};
+use tower_api_key_conformance::{lifecycle_conformance, store_conformance, transfer_conformance};
 
 use conformance::{MemoryFactory, StoreFactory, StoreSettings, Watch};
 
@@ -173,6 +174,7 @@ impl StoreFactory for SqliteFactory {
 }
 
 store_conformance!(SqliteFactory);
+lifecycle_conformance!(SqliteFactory);
 transfer_conformance!(memory_to_sqlite: MemoryFactory => SqliteFactory);
 transfer_conformance!(sqlite_to_memory: SqliteFactory => MemoryFactory);
 
@@ -318,11 +320,11 @@ async fn migrations_are_idempotent_and_run_once_when_stores_migrate_at_once() {
     let dir = TempDir::new("migrate");
     let store = dir.builder().open().await.unwrap();
     let first = store.migrate().await.unwrap();
-    assert_eq!(first.applied, vec![1, 2, 3, 4, 5, 6, 7]);
-    assert_eq!(first.current, 7);
+    assert_eq!(first.applied, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(first.current, 8);
     let second = store.migrate().await.unwrap();
     assert!(second.applied.is_empty(), "{second:?}");
-    assert_eq!(second.current, 7);
+    assert_eq!(second.current, 8);
     let tables: i64 = raw(&dir.db())
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name LIKE 'tower_api_key_%'",
@@ -331,8 +333,8 @@ async fn migrations_are_idempotent_and_run_once_when_stores_migrate_at_once() {
         )
         .unwrap();
     assert_eq!(
-        tables, 6,
-        "keys, changes, changes_pruned, revoked, account_limits, migrations"
+        tables, 8,
+        "keys, changes, changes_pruned, revoked, account_limits, notices, leases, migrations"
     );
     let mode: String = raw(&dir.db())
         .query_row("PRAGMA journal_mode", [], |row| row.get(0))
@@ -350,7 +352,7 @@ async fn migrations_are_idempotent_and_run_once_when_stores_migrate_at_once() {
     }))
     .await;
     let applied: Vec<u32> = reports.iter().flat_map(|r| r.applied.clone()).collect();
-    assert_eq!(applied, vec![1, 2, 3, 4, 5, 6, 7], "{reports:?}");
+    assert_eq!(applied, vec![1, 2, 3, 4, 5, 6, 7, 8], "{reports:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1200,9 +1202,12 @@ async fn a_file_of_the_previous_release_migrates_and_its_keys_keep_working() {
         )
         .unwrap();
     let report = store.migrate().await.unwrap();
-    assert_eq!(report.applied, vec![3, 4, 5, 6, 7]);
+    assert_eq!(report.applied, vec![3, 4, 5, 6, 7, 8]);
     let record = store.verify(&old).await.unwrap().unwrap();
     assert_eq!(&*record.service_account_id, "sa-old");
+    // Migration 8's defaults: retirement allowed, not retired.
+    assert!(record.retire_when_unused);
+    assert_eq!(record.retired_unused_since, None);
     assert!(record.rate_limits.is_empty());
     assert_eq!(record.credits, None);
     assert_eq!(
@@ -1252,4 +1257,105 @@ async fn a_corrupted_row_does_not_block_listing_nor_export() {
     )
     .unwrap();
     conformance::only_unreadable_rows_are_skipped(&store, &ids, &bad).await;
+}
+
+// ---------------------------------------------------------------------------
+// The lifecycle across stores on one file (as replicas or a restart would)
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_and_a_lease_survive_a_new_store_on_the_file() {
+    let dir = TempDir::new("notice-restart");
+    let clock = Arc::new(ManualClock::new(conformance::start_time()));
+    let store = dir.builder().clock(clock.clone()).open().await.unwrap();
+    store.migrate().await.unwrap();
+    let id = store
+        .create(NewKey::new("sa-1"))
+        .await
+        .unwrap()
+        .record
+        .key_id;
+    let window = clock.now() + Duration::from_secs(6 * 86_400);
+    assert!(store
+        .record_notice(id, NoticeKind::ExpiringSoon, window, None)
+        .await
+        .unwrap());
+    assert!(store
+        .lease("lifecycle", "a", Duration::from_secs(60))
+        .await
+        .unwrap());
+    store.shutdown().await;
+    drop(store);
+
+    let again = dir.builder().clock(clock.clone()).open().await.unwrap();
+    assert!(
+        !again
+            .record_notice(id, NoticeKind::ExpiringSoon, window, None)
+            .await
+            .unwrap(),
+        "sent before the restart: not again"
+    );
+    let sent = again
+        .notice(id, NoticeKind::ExpiringSoon, window)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sent.sent_at, conformance::start_time());
+    assert!(!again
+        .lease("lifecycle", "b", Duration::from_secs(60))
+        .await
+        .unwrap());
+    // The notice goes with the key.
+    assert!(again.revoke(id, None).await.unwrap());
+    let left: i64 = raw(&dir.db())
+        .query_row("SELECT count(*) FROM tower_api_key_notices", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert_eq!(left, 0);
+    again.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_file_send_a_notice_once_and_hold_a_lease_once() {
+    let dir = TempDir::new("lifecycle-replicas");
+    let a = dir.store().await;
+    let b = dir.store().await;
+    let stores = [a.clone(), b.clone()];
+    conformance::lifecycle::concurrent_record_notice_lets_exactly_one_through(&stores).await;
+    conformance::lifecycle::concurrent_leases_let_exactly_one_holder_hold(&stores).await;
+    conformance::lifecycle::retire_unused_racing_record_usage_never_retires_a_newer_use(&stores)
+        .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retirement_by_another_store_reaches_this_stores_cache() {
+    let dir = TempDir::new("retire-across");
+    let clock = Arc::new(ManualClock::new(conformance::start_time()));
+    let a = dir.builder().clock(clock.clone()).open().await.unwrap();
+    a.migrate().await.unwrap();
+    let b = dir.builder().clock(clock.clone()).open().await.unwrap();
+    let created = a.create(NewKey::new("sa-1")).await.unwrap();
+    let id = created.record.key_id;
+    let mut seen_a = Watch::on(&a);
+    clock.advance(Duration::from_secs(400 * 86_400));
+    let at = clock.now();
+    b.retire_unused(id, None, created.record.created_at, at)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        seen_a.until_invalidated(id, WITHIN).await,
+        Invalidation::key_of(id, "sa-1")
+    );
+    let got = a.get(id).await.unwrap().unwrap();
+    assert_eq!(got.record.expires_at, Some(at));
+    assert_eq!(
+        got.record.retired_unused_since,
+        Some(created.record.created_at)
+    );
+    a.shutdown().await;
+    b.shutdown().await;
 }
