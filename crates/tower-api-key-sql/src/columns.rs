@@ -355,7 +355,9 @@ mod tests {
         assert!(sql.contains("version = $20") && sql.ends_with("key_id = $1"));
         assert!(!sql.contains("created_at") && !sql.contains("last_used_at ="));
         assert!(
-            sql.contains("retire_when_unused = $28") && sql.contains("retired_unused_since = $29")
+            sql.contains("operator_locked = $28")
+                && sql.contains("retire_when_unused = $29")
+                && sql.contains("retired_unused_since = $30")
         );
         assert!(KeyRow::from_values(vec![Value::Int(None)]).is_err());
     }
