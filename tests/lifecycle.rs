@@ -14,7 +14,7 @@ use http::StatusCode;
 use tower_api_key::clock::Clock;
 use tower_api_key::event::KeyEvent;
 use tower_api_key::lifecycle::{Lifecycle, LifecycleBuilder};
-use tower_api_key::store::{KeyUpdate, NewKey, NoticeKind, StoreError};
+use tower_api_key::store::{KeyUpdate, LifecycleStore as _, NewKey, NoticeKind, StoreError};
 use tower_api_key::MemoryStore;
 use tower_api_key::{KeyId, KeyStore, Reason};
 
@@ -551,4 +551,94 @@ async fn a_store_error_on_one_key_is_reported_and_the_run_goes_on() {
     let report = task.run_once().await.unwrap();
     assert_eq!((report.errors, report.expiring_soon), (0, 1));
     assert_eq!(events.take(), vec![("expiring_soon", bad.record.key_id)]);
+}
+
+/// Fails the recording of every `Expired` notice while set.
+struct FailExpired(std::sync::atomic::AtomicBool);
+
+#[async_trait::async_trait]
+impl Hook for FailExpired {
+    async fn before(&self, _store: &MemoryStore, call: Call<'_>) -> Result<(), StoreError> {
+        match call {
+            Call::RecordNotice { kind, .. }
+                if kind == NoticeKind::Expired && self.0.load(Ordering::SeqCst) =>
+            {
+                Err(StoreError::backend("the database is away"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A store error on the retirement's notice leaves the key as it was (it
+/// is retired on a later run, once), and a key the operator revived after
+/// its retirement is not retired again. When the notice was recorded after
+/// the retirement's write, that error left the key retired with no record
+/// of it, and once the operator revived it, the next run retired it again.
+#[tokio::test]
+async fn a_store_error_leaves_no_unrecorded_retirement_and_a_revival_sticks() {
+    let fx = Fixture::new();
+    let id = fx.key("sa-a", &[]).await.record.key_id;
+    let store = Hooked::new(fx.store.clone(), FailExpired(false.into()));
+    let events = Events::default();
+    let task = Lifecycle::builder(store.clone())
+        .warn_before(WEEK)
+        .retire_unused_after(YEAR)
+        .on_event(events.hook())
+        .build();
+    fx.clock.advance(YEAR);
+    assert_eq!(task.run_once().await.unwrap().unused_warnings, 1);
+    assert_eq!(events.take(), vec![("unused_warning", id)]);
+
+    // The date, with the store failing the retirement's notice.
+    fx.clock.advance(WEEK);
+    store.hook.0.store(true, Ordering::SeqCst);
+    let report = task.run_once().await.unwrap();
+    assert_eq!((report.errors, report.retired), (1, 0), "{report:?}");
+    let info = fx.store.get(id).await.unwrap().unwrap();
+    assert_eq!(info.record.retired_unused_since, None, "{info:?}");
+    assert_eq!(info.record.expires_at, None, "{info:?}");
+    store.hook.0.store(false, Ordering::SeqCst);
+
+    fx.clock.advance(DAY);
+    assert_eq!(task.run_once().await.unwrap().retired, 1);
+    assert_eq!(events.take(), vec![("retired", id)]);
+
+    // The operator revives it: it stays revived.
+    fx.store
+        .update(id, KeyUpdate::default().with_expires_at(None), None)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        fx.clock.advance(DAY);
+        assert_eq!(task.run_once().await.unwrap().events(), 0);
+        let info = fx.store.get(id).await.unwrap().unwrap();
+        assert_eq!(info.record.expires_at, None, "retired again: {info:?}");
+    }
+    assert_eq!(events.take(), vec![]);
+}
+
+/// A key retired with no notice recorded (by another tool, or an older
+/// version that wrote the retirement first) is announced by the expiry
+/// pass as `Retired`, not `Expired`, once.
+#[tokio::test]
+async fn a_retirement_without_its_notice_is_announced_as_retired_once() {
+    let fx = Fixture::new();
+    let created = fx.key("sa-a", &[]).await;
+    let id = created.record.key_id;
+    fx.clock.advance(YEAR);
+    let at = fx.clock.now();
+    let retired = fx
+        .store
+        .retire_unused(id, None, created.record.created_at, at)
+        .await
+        .unwrap();
+    assert!(retired.is_some());
+    fx.clock.advance(Duration::from_secs(1));
+    let events = Events::default();
+    let task = lifecycle(&fx, &events).retire_unused_after(YEAR).build();
+    let report = task.run_once().await.unwrap();
+    assert_eq!((report.retired, report.expired), (1, 0), "{report:?}");
+    assert_eq!(events.take(), vec![("retired", id)]);
+    assert_eq!(task.run_once().await.unwrap().events(), 0);
 }

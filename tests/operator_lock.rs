@@ -227,6 +227,30 @@ async fn every_change_of_a_locked_key_is_refused_with_key_locked_and_writes_noth
 }
 
 #[tokio::test]
+async fn the_key_locked_message_is_one_plain_sentence() {
+    let f = fixture(true, Held::DescriptionUpdate).await;
+    let patch = f
+        .as_manager("PATCH", &f.key_path(), Some(json!({"description": "x"})))
+        .await;
+    let credits = f
+        .as_manager(
+            "POST",
+            &format!("{}:addCredits", f.key_path()),
+            Some(json!({"amount": 5})),
+        )
+        .await;
+    let expected = format!(
+        "api key {} is locked by the operator: its fields may not be changed through this \
+         router (it may still be deleted or reissued)",
+        f.victim
+    );
+    for (what, reply) in [("PATCH", patch), (":addCredits", credits)] {
+        assert_locked(&reply, what);
+        assert_eq!(reply.json()["message"], expected.as_str(), "{what}");
+    }
+}
+
+#[tokio::test]
 async fn a_locked_key_may_still_be_reissued_and_deleted() {
     let f = fixture(true, Held::DescriptionUpdate).await;
     let reissued = f

@@ -531,12 +531,20 @@ impl Lifecycle {
         if now < at {
             return;
         }
-        // This spell of disuse was retired once already and the key was
-        // revived since (given a new expiry, which clears the retirement):
-        // it is not retired again until it is used and falls unused anew.
-        match self.store.notice(id, NoticeKind::Expired, at).await {
-            Ok(None) => {}
-            Ok(Some(_)) => return,
+        // The retirement's notice is recorded before the write, as every
+        // notice before its event: at most once per spell of disuse. Were
+        // it recorded after, a failure in between followed by a revival
+        // (a new expiry clears the retirement) would leave no trace, and
+        // the next run would retire the revived key again. A spell already
+        // retired (`false`) is not retired again until the key is used and
+        // falls unused anew.
+        match self
+            .store
+            .record_notice(id, NoticeKind::Expired, at, None)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return,
             Err(e) => return self.failed(report, "retire", Some(&key), &e),
         }
         match self
@@ -547,7 +555,8 @@ impl Lifecycle {
             Ok(Some(retired)) => {
                 let key_id = retired.record.key_id;
                 tracing::info!(target: LOG_TARGET, %key_id, "api key retired for disuse");
-                self.announce_expiry(retired, at, report).await;
+                report.retired += 1;
+                self.emit(KeyEvent::Retired { key: retired });
             }
             Ok(None) => {}
             Err(e) => self.failed(report, "retire", Some(&key), &e),

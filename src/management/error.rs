@@ -181,7 +181,8 @@ impl ApiError {
             StatusCode::FORBIDDEN,
             "key_locked",
             format!(
-                "api key {id} is locked by the operator: its fields may not be changed through                  this router (it may still be deleted or reissued)"
+                "api key {id} is locked by the operator: its fields may not be changed through \
+                 this router (it may still be deleted or reissued)"
             ),
         )
     }
