@@ -88,6 +88,11 @@ pub const DEFAULT_EVERY: Duration = Duration::from_secs(60);
 /// is taken as this.
 pub const MIN_EVERY: Duration = Duration::from_millis(10);
 
+/// The longest time between runs; a longer [`every`](LifecycleBuilder::every)
+/// is taken as this (a timer cannot be set to any duration: tokio's
+/// interval panics when a late tick pushes it past the end of time).
+pub const MAX_EVERY: Duration = Duration::from_secs(86_400);
+
 /// Keys read per store call.
 const PAGE: usize = 500;
 
@@ -199,11 +204,11 @@ impl LifecycleBuilder {
         self
     }
 
-    /// How often the spawned task runs (default 1 minute, at least
-    /// [`MIN_EVERY`]). The store lease lasts three times this, so it also
+    /// How often the spawned task runs (default 1 minute, between
+    /// [`MIN_EVERY`] and [`MAX_EVERY`]). The store lease lasts three times this, so it also
     /// bounds how long a stopped replica keeps the others waiting.
     pub fn every(mut self, interval: Duration) -> Self {
-        self.every = interval.max(MIN_EVERY);
+        self.every = interval.clamp(MIN_EVERY, MAX_EVERY);
         self
     }
 
@@ -223,7 +228,7 @@ impl LifecycleBuilder {
             holder: holder_id(),
             warn_before: self.warn_before,
             retire_after: self.retire_after,
-            every: self.every.max(MIN_EVERY),
+            every: self.every,
             hook: self.hook,
         }
     }
@@ -561,5 +566,24 @@ impl Lifecycle {
             Ok(None) => {}
             Err(e) => self.failed(report, "retire", Some(&key), &e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+
+    #[test]
+    fn every_is_kept_between_its_bounds() {
+        let every = |d| {
+            Lifecycle::builder(MemoryStore::new())
+                .every(d)
+                .build()
+                .every
+        };
+        assert_eq!(every(Duration::ZERO), MIN_EVERY);
+        assert_eq!(every(Duration::MAX), MAX_EVERY);
+        assert_eq!(every(Duration::from_secs(90)), Duration::from_secs(90));
     }
 }
