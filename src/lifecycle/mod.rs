@@ -66,7 +66,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::event::{self, Hook, KeyEvent};
-use crate::store::{KeyInfo, LifecycleStore, NoticeKind, StoreError};
+use crate::store::{latest_time, KeyInfo, LifecycleStore, NoticeKind, StoreError};
 
 /// The `tracing` target of the task's events.
 pub const LOG_TARGET: &str = "tower_api_key::lifecycle";
@@ -306,10 +306,11 @@ fn before(t: SystemTime, d: Duration) -> SystemTime {
     t.checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
+/// `t + d`, at most the latest time a store keeps.
 fn after(t: SystemTime, d: Duration) -> SystemTime {
-    // Past the representable range: as far as a store can keep.
     t.checked_add(d)
-        .unwrap_or(SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799))
+        .unwrap_or_else(latest_time)
+        .min(latest_time())
 }
 
 /// Whether the key was retired for disuse (its expiry is the retirement).
