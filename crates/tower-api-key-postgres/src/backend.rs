@@ -18,8 +18,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 use tower_api_key_sql::{
-    insert_sql, read_kinds, select_columns, update_sql, Backend, BoxError, KeyRow, Kind, Lookup,
-    Migration, Rows, Tx, TxWork, Value,
+    read_kinds, select_columns, Backend, BoxError, KeyRow, Kind, Lookup, Migration, Statement, Tx,
+    TxWork, Value, ValueRows,
 };
 
 use crate::ListenerStatus;
@@ -60,25 +60,21 @@ impl Pg {
     }
 
     /// Runs one unnamed statement on a pooled connection.
-    async fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, BoxError> {
+    async fn query_rows(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, BoxError> {
         let client = self.pool.get().await?;
         let rows = client.query_typed(sql, params).await?;
         self.answered();
         Ok(rows)
-    }
-
-    async fn rows(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<KeyRow>, BoxError> {
-        self.query(sql, params).await?.iter().map(key_row).collect()
     }
 }
 
 /// A statement parameter and the type it is sent as.
 type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 
-/// The values of a row of [`select_columns`] (all `NULL` for verification's
-/// row of a missing key).
-fn values(row: &Row) -> Result<Vec<Value>, BoxError> {
-    let value = |(i, kind)| {
+/// The values of the columns `kinds` of `row` (all `NULL` in
+/// verification's row of a missing key).
+fn decode(row: &Row, kinds: &[Kind]) -> Result<Vec<Value>, BoxError> {
+    let value = |(i, kind): (usize, &Kind)| {
         Ok::<_, BoxError>(match kind {
             Kind::Int => Value::Int(row.try_get(i)?),
             Kind::Text => Value::Text(row.try_get(i)?),
@@ -89,16 +85,14 @@ fn values(row: &Row) -> Result<Vec<Value>, BoxError> {
             Kind::Bool => Value::Bool(row.try_get::<_, Option<_>>(i)?.unwrap_or_default()),
         })
     };
-    read_kinds().enumerate().map(value).collect()
+    kinds.iter().enumerate().map(value).collect()
 }
 
-/// A row of [`select_columns`].
-fn key_row(row: &Row) -> Result<KeyRow, BoxError> {
-    KeyRow::from_values(values(row)?)
-}
+/// A statement's parameters, each with the type it is sent as.
+type Bound = Vec<(Box<dyn ToSql + Sync + Send>, Type)>;
 
 /// `values` as the parameters $1, $2, ..., each with its type.
-fn bind(values: Vec<Value>) -> Vec<(Box<dyn ToSql + Sync + Send>, Type)> {
+fn bind(values: Vec<Value>) -> Bound {
     let boxed = |value| -> (Box<dyn ToSql + Sync + Send>, Type) {
         match value {
             Value::Int(v) => (Box::new(v), Type::INT8),
@@ -110,6 +104,19 @@ fn bind(values: Vec<Value>) -> Vec<(Box<dyn ToSql + Sync + Send>, Type)> {
         }
     };
     values.into_iter().map(boxed).collect()
+}
+
+/// The parameters of `bound`, as `query_typed` takes them.
+fn params(bound: &Bound) -> Vec<Param<'_>> {
+    bound
+        .iter()
+        .map(|(v, t)| (&**v as &(dyn ToSql + Sync), t.clone()))
+        .collect()
+}
+
+/// `rows` decoded as the columns `kinds`.
+fn decoded(rows: &[Row], kinds: &[Kind]) -> ValueRows {
+    rows.iter().map(|row| decode(row, kinds)).collect()
 }
 
 #[async_trait]
@@ -140,12 +147,12 @@ impl Backend for Pg {
                LEFT JOIN tower_api_key_keys ON key_id = $1",
             select_columns()
         );
-        let rows = self.query(&sql, &[(&id, Type::TEXT)]).await?;
+        let rows = self.query_rows(&sql, &[(&id, Type::TEXT)]).await?;
         let row = rows
             .first()
             .ok_or("the verification query returned no row")?;
         // The same decoding whether or not the key exists.
-        let values = values(row)?;
+        let values = decode(row, &read_kinds().collect::<Vec<_>>())?;
         if values.first() == Some(&Value::Text(None)) {
             return Ok(Lookup::default());
         }
@@ -159,196 +166,23 @@ impl Backend for Pg {
         })
     }
 
-    async fn key(&self, id: &str) -> Result<Option<KeyRow>, BoxError> {
-        let sql = format!(
-            "SELECT {} FROM tower_api_key_keys WHERE key_id = $1",
-            select_columns()
-        );
-        Ok(self.rows(&sql, &[(&id, Type::TEXT)]).await?.pop())
-    }
-
-    async fn list(
-        &self,
-        account: &str,
-        after: Option<(SystemTime, String)>,
-        unused_before: Option<SystemTime>,
-        limit: i64,
-    ) -> Rows {
-        // No index on last_used_at: the account's index bounds the read, and
-        // a usage flush, which changes no indexed column, stays a HOT update
-        // (docs/postgres.md).
-        let sql = format!(
-            "SELECT {} FROM tower_api_key_keys
-              WHERE service_account_id = $1
-                AND ($2::timestamptz IS NULL OR (created_at, key_id) > ($2, $3::text))
-                AND ($5::timestamptz IS NULL OR last_used_at IS NULL OR last_used_at < $5)
-              ORDER BY created_at, key_id
-              LIMIT $4",
-            select_columns()
-        );
-        let (at, id) = after.unzip();
-        let params: [Param<'_>; 5] = [
-            (&account, Type::TEXT),
-            (&at, Type::TIMESTAMPTZ),
-            (&id, Type::TEXT),
-            (&limit, Type::INT8),
-            (&unused_before, Type::TIMESTAMPTZ),
-        ];
-        self.rows(&sql, &params).await
-    }
-
-    async fn export(&self, after: Option<String>, limit: i64) -> Rows {
-        let sql = format!(
-            "SELECT {} FROM tower_api_key_keys
-              WHERE $1::text IS NULL OR key_id > $1
-              ORDER BY key_id LIMIT $2",
-            select_columns()
-        );
-        self.rows(&sql, &[(&after, Type::TEXT), (&limit, Type::INT8)])
-            .await
-    }
-
-    async fn account_limits(&self, account: &str) -> Result<Option<String>, BoxError> {
-        let sql = "SELECT rate_limits FROM tower_api_key_account_limits
-                    WHERE service_account_id = $1";
-        let rows = self.query(sql, &[(&account, Type::TEXT)]).await?;
-        Ok(rows.first().map(|row| row.try_get(0)).transpose()?)
-    }
-
-    async fn revoked(&self, after: Option<String>, limit: i64) -> Result<Vec<String>, BoxError> {
-        let sql = "SELECT key_id FROM tower_api_key_revoked
-                    WHERE $1::text IS NULL OR key_id > $1
-                    ORDER BY key_id LIMIT $2";
-        let rows = self
-            .query(sql, &[(&after, Type::TEXT), (&limit, Type::INT8)])
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|row| row.try_get(0))
-            .collect::<Result<_, _>>()?)
-    }
-
-    async fn expiring(
-        &self,
-        from: SystemTime,
-        until: SystemTime,
-        after: Option<String>,
-        limit: i64,
-    ) -> Rows {
-        // Served by the partial index on expires_at.
-        let sql = format!(
-            "SELECT {} FROM tower_api_key_keys
-              WHERE expires_at >= $1 AND expires_at < $2
-                AND ($3::text IS NULL OR key_id > $3)
-              ORDER BY key_id LIMIT $4",
-            select_columns()
-        );
-        let params: [Param<'_>; 4] = [
-            (&from, Type::TIMESTAMPTZ),
-            (&until, Type::TIMESTAMPTZ),
-            (&after, Type::TEXT),
-            (&limit, Type::INT8),
-        ];
-        self.rows(&sql, &params).await
-    }
-
-    async fn unused(&self, before: SystemTime, after: Option<String>, limit: i64) -> Rows {
-        // In key id order through the primary key: no index on last use,
-        // so usage flushes stay HOT updates.
-        let sql = format!(
-            "SELECT {} FROM tower_api_key_keys
-              WHERE retire_when_unused AND retired_unused_since IS NULL
-                AND coalesce(last_used_at, created_at) < $1
-                AND ($2::text IS NULL OR key_id > $2)
-              ORDER BY key_id LIMIT $3",
-            select_columns()
-        );
-        let params: [Param<'_>; 3] = [
-            (&before, Type::TIMESTAMPTZ),
-            (&after, Type::TEXT),
-            (&limit, Type::INT8),
-        ];
-        self.rows(&sql, &params).await
-    }
-
-    async fn record_notice(
-        &self,
-        id: &str,
-        kind: &str,
-        window: SystemTime,
-        sent_at: SystemTime,
-        announced: Option<SystemTime>,
-    ) -> Result<bool, BoxError> {
-        // One statement: the key still exists, and the first insert of this
-        // key, kind and window wins (a concurrent one waits for it, then
-        // does nothing).
-        let sql = "INSERT INTO tower_api_key_notices (key_id, kind, window_at, sent_at, announced)
-                   SELECT key_id, $2, $3, $4, $5 FROM tower_api_key_keys WHERE key_id = $1
-                   ON CONFLICT (key_id, kind, window_at) DO NOTHING
-                   RETURNING 1::int4";
-        let params: [Param<'_>; 5] = [
-            (&id, Type::TEXT),
-            (&kind, Type::TEXT),
-            (&window, Type::TIMESTAMPTZ),
-            (&sent_at, Type::TIMESTAMPTZ),
-            (&announced, Type::TIMESTAMPTZ),
-        ];
-        match self.query(sql, &params).await {
-            Ok(rows) => Ok(!rows.is_empty()),
-            // The key was deleted between the read and the insert: it gets
-            // no notice.
-            Err(e) if sql_state(&e) == Some(&SqlState::FOREIGN_KEY_VIOLATION) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn notice(
-        &self,
-        id: &str,
-        kind: &str,
-        window: SystemTime,
-    ) -> Result<Option<(SystemTime, Option<SystemTime>)>, BoxError> {
-        let sql = "SELECT sent_at, announced FROM tower_api_key_notices
-                    WHERE key_id = $1 AND kind = $2 AND window_at = $3";
-        let params: [Param<'_>; 3] = [
-            (&id, Type::TEXT),
-            (&kind, Type::TEXT),
-            (&window, Type::TIMESTAMPTZ),
-        ];
-        let rows = self.query(sql, &params).await?;
-        rows.first()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-            .transpose()
-    }
-
-    async fn lease(
-        &self,
-        name: &str,
-        holder: &str,
-        now: SystemTime,
-        until: SystemTime,
-    ) -> Result<bool, BoxError> {
-        // One conditional upsert: taken when free, run out, or ours; a
-        // concurrent one waits for the row, then sees the winner's holder.
-        let sql = "INSERT INTO tower_api_key_leases AS l (name, holder, until)
-                   VALUES ($1, $2, $4)
-                   ON CONFLICT (name) DO UPDATE
-                      SET holder = EXCLUDED.holder, until = EXCLUDED.until
-                    WHERE l.until <= $3 OR l.holder = EXCLUDED.holder
-                   RETURNING 1::int4";
-        let params: [Param<'_>; 4] = [
-            (&name, Type::TEXT),
-            (&holder, Type::TEXT),
-            (&now, Type::TIMESTAMPTZ),
-            (&until, Type::TIMESTAMPTZ),
-        ];
-        Ok(!self.query(sql, &params).await?.is_empty())
+    async fn query(&self, statement: Statement) -> ValueRows {
+        let Statement {
+            sql,
+            params: values,
+            columns,
+            ..
+        } = statement;
+        let bound = bind(values);
+        decoded(&self.query_rows(&sql, &params(&bound)).await?, &columns)
     }
 
     fn is_unique_violation(&self, e: &BoxError) -> bool {
-        e.downcast_ref::<tokio_postgres::Error>()
-            .and_then(tokio_postgres::Error::code)
-            == Some(&SqlState::UNIQUE_VIOLATION)
+        sql_state(e) == Some(&SqlState::UNIQUE_VIOLATION)
+    }
+
+    fn is_foreign_key_violation(&self, e: &BoxError) -> bool {
+        sql_state(e) == Some(&SqlState::FOREIGN_KEY_VIOLATION)
     }
 }
 
@@ -367,59 +201,37 @@ struct PgTx<'c> {
 
 impl PgTx<'_> {
     /// Runs one unnamed statement.
-    async fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, BoxError> {
+    async fn query_rows(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, BoxError> {
         Ok(self.tx.query_typed(sql, params).await?)
-    }
-
-    /// Runs `sql` with `values` as its parameters.
-    async fn write(&self, sql: &str, values: Vec<Value>) -> Result<(), BoxError> {
-        let values = bind(values);
-        let params: Vec<Param<'_>> = values
-            .iter()
-            .map(|(v, t)| (&**v as &(dyn ToSql + Sync), t.clone()))
-            .collect();
-        self.query(sql, &params).await?;
-        Ok(())
     }
 }
 
 #[async_trait]
 impl Tx for PgTx<'_> {
+    async fn query(&mut self, statement: Statement) -> ValueRows {
+        let Statement {
+            sql,
+            params: values,
+            columns,
+            ..
+        } = statement;
+        let bound = bind(values);
+        decoded(&self.query_rows(&sql, &params(&bound)).await?, &columns)
+    }
+
+    fn row_lock(&self) -> &'static str {
+        " FOR UPDATE OF tower_api_key_keys"
+    }
+
     async fn lock_account(&mut self, account: &str) -> Result<(), BoxError> {
         // Held until commit.
         let sql = "SELECT pg_advisory_xact_lock($1, hashtext($2))::text";
-        self.query(
+        self.query_rows(
             sql,
             &[(&CREATE_LOCK_CLASS, Type::INT4), (&account, Type::TEXT)],
         )
         .await?;
         Ok(())
-    }
-
-    async fn count_keys(&mut self, account: &str) -> Result<i64, BoxError> {
-        let sql = "SELECT count(*) FROM tower_api_key_keys WHERE service_account_id = $1";
-        let rows = self.query(sql, &[(&account, Type::TEXT)]).await?;
-        Ok(rows.first().ok_or("count returned no row")?.try_get(0)?)
-    }
-
-    async fn key_for_update(&mut self, id: &str) -> Result<Option<KeyRow>, BoxError> {
-        let sql = format!(
-            "SELECT {} FROM tower_api_key_keys WHERE key_id = $1
-                FOR UPDATE OF tower_api_key_keys",
-            select_columns()
-        );
-        let rows = self.query(&sql, &[(&id, Type::TEXT)]).await?;
-        rows.first().map(key_row).transpose()
-    }
-
-    async fn insert_key(&mut self, row: &KeyRow) -> Result<(), BoxError> {
-        self.write(&insert_sql(|n| format!("${n}")), row.values())
-            .await
-    }
-
-    async fn write_key(&mut self, row: &KeyRow) -> Result<(), BoxError> {
-        self.write(&update_sql(|n| format!("${n}")), row.changed_values())
-            .await
     }
 
     async fn touch(&mut self, uses: &[(String, SystemTime)]) -> Result<(), BoxError> {
@@ -431,7 +243,7 @@ impl Tx for PgTx<'_> {
                FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at)
               WHERE k.key_id = u.id
                 AND (k.last_used_at IS NULL OR k.last_used_at < u.at)";
-        self.query(
+        self.query_rows(
             sql,
             &[(&ids, Type::TEXT_ARRAY), (&times, Type::TIMESTAMPTZ_ARRAY)],
         )
@@ -439,83 +251,11 @@ impl Tx for PgTx<'_> {
         Ok(())
     }
 
-    async fn retire_unused(
-        &mut self,
-        id: &str,
-        seen: Option<SystemTime>,
-        since: SystemTime,
-        at: SystemTime,
-    ) -> Result<bool, BoxError> {
-        // One conditional UPDATE: a usage flush holding the row makes it
-        // wait, then re-check the condition on the row as flushed.
-        let sql = "UPDATE tower_api_key_keys
-                      SET expires_at = $4, retired_unused_since = $3, version = version + 1
-                    WHERE key_id = $1 AND last_used_at IS NOT DISTINCT FROM $2
-                      AND retire_when_unused AND retired_unused_since IS NULL
-                      AND (expires_at IS NULL OR expires_at >= $4)
-                   RETURNING 1::int4";
-        let params: [Param<'_>; 4] = [
-            (&id, Type::TEXT),
-            (&seen, Type::TIMESTAMPTZ),
-            (&since, Type::TIMESTAMPTZ),
-            (&at, Type::TIMESTAMPTZ),
-        ];
-        Ok(!self.query(sql, &params).await?.is_empty())
-    }
-
-    /// The key's notices go with it (`ON DELETE CASCADE`).
-    async fn delete_key(&mut self, id: &str) -> Result<Option<String>, BoxError> {
-        let sql = "DELETE FROM tower_api_key_keys WHERE key_id = $1 RETURNING service_account_id";
-        let rows = self.query(sql, &[(&id, Type::TEXT)]).await?;
-        Ok(rows.first().map(|row| row.try_get(0)).transpose()?)
-    }
-
-    async fn is_revoked(&mut self, id: &str) -> Result<bool, BoxError> {
-        let sql = "SELECT 1 FROM tower_api_key_revoked WHERE key_id = $1";
-        Ok(!self.query(sql, &[(&id, Type::TEXT)]).await?.is_empty())
-    }
-
-    async fn add_revoked(&mut self, id: &str, at: SystemTime) -> Result<(), BoxError> {
-        let sql = "INSERT INTO tower_api_key_revoked (key_id, revoked_at) VALUES ($1, $2)
-                   ON CONFLICT (key_id) DO NOTHING";
-        self.query(sql, &[(&id, Type::TEXT), (&at, Type::TIMESTAMPTZ)])
-            .await?;
-        Ok(())
-    }
-
-    async fn account_limits(&mut self, account: &str) -> Result<Option<String>, BoxError> {
-        let sql = "SELECT rate_limits FROM tower_api_key_account_limits
-                    WHERE service_account_id = $1";
-        let rows = self.query(sql, &[(&account, Type::TEXT)]).await?;
-        Ok(rows.first().map(|row| row.try_get(0)).transpose()?)
-    }
-
-    async fn set_account_limits(
-        &mut self,
-        account: &str,
-        text: &str,
-    ) -> Result<Vec<String>, BoxError> {
-        let sql = "WITH kept AS (
-                 INSERT INTO tower_api_key_account_limits (service_account_id, rate_limits)
-                 SELECT $1, $2 WHERE $2 <> ''
-                 ON CONFLICT (service_account_id) DO UPDATE SET rate_limits = EXCLUDED.rate_limits),
-                  dropped AS (
-                 DELETE FROM tower_api_key_account_limits
-                  WHERE service_account_id = $1 AND $2 = '')
-             SELECT key_id FROM tower_api_key_keys WHERE service_account_id = $1";
-        let rows = self
-            .query(sql, &[(&account, Type::TEXT), (&text, Type::TEXT)])
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|row| row.try_get(0))
-            .collect::<Result<_, _>>()?)
-    }
-
     async fn applied_migrations(&mut self) -> Result<Vec<u32>, BoxError> {
         // Replicas that all migrate at start wait for each other here.
         let lock = "SELECT pg_advisory_xact_lock($1)::text";
-        self.query(lock, &[(&MIGRATION_LOCK, Type::INT8)]).await?;
+        self.query_rows(lock, &[(&MIGRATION_LOCK, Type::INT8)])
+            .await?;
         self.tx
             .batch_execute(
                 "CREATE TABLE IF NOT EXISTS tower_api_key_migrations (
@@ -526,7 +266,7 @@ impl Tx for PgTx<'_> {
             )
             .await?;
         let rows = self
-            .query("SELECT version FROM tower_api_key_migrations", &[])
+            .query_rows("SELECT version FROM tower_api_key_migrations", &[])
             .await?;
         rows.iter()
             .map(|row| Ok(u32::try_from(row.try_get::<_, i32>(0)?)?))
@@ -537,7 +277,7 @@ impl Tx for PgTx<'_> {
         self.tx.batch_execute(migration.sql()).await?;
         let sql = "INSERT INTO tower_api_key_migrations (version, name) VALUES ($1, $2)";
         let version = i32::try_from(migration.version())?;
-        self.query(
+        self.query_rows(
             sql,
             &[(&version, Type::INT4), (&migration.name(), Type::TEXT)],
         )
@@ -578,7 +318,7 @@ impl Tx for PgTx<'_> {
             (&at, Type::TIMESTAMPTZ),
             (&prune_before, Type::TIMESTAMPTZ),
         ];
-        self.query(sql, &params).await?;
+        self.query_rows(sql, &params).await?;
         Ok(())
     }
 }

@@ -111,11 +111,10 @@ pub fn select_columns() -> String {
     )
 }
 
-/// The insert of [`KeyRow::values`], with the dialect's `placeholder` for
-/// the parameter numbered from 1.
-pub fn insert_sql(placeholder: impl Fn(usize) -> String) -> String {
+/// The insert of [`KeyRow::values`], parameters `$1`, `$2`, ...
+pub(crate) fn insert_sql() -> String {
     let names: Vec<&str> = KEY_COLUMNS.iter().map(|(name, _)| *name).collect();
-    let params: Vec<String> = (1..=KEY_COLUMNS.len()).map(placeholder).collect();
+    let params: Vec<String> = (1..=KEY_COLUMNS.len()).map(|n| format!("${n}")).collect();
     format!(
         "INSERT INTO tower_api_key_keys ({}) VALUES ({})",
         names.join(", "),
@@ -124,19 +123,18 @@ pub fn insert_sql(placeholder: impl Fn(usize) -> String) -> String {
 }
 
 /// The update of [`KeyRow::changed_values`] (the key id first, then what a
-/// change may write), with the dialect's `placeholder`.
-pub fn update_sql(placeholder: impl Fn(usize) -> String) -> String {
+/// change may write), parameters `$1`, `$2`, ...
+pub(crate) fn update_sql() -> String {
     let sets: Vec<String> = KEY_COLUMNS
         .iter()
         .map(|(name, _)| *name)
         .filter(|name| changeable(name))
         .enumerate()
-        .map(|(i, name)| format!("{name} = {}", placeholder(i + 2)))
+        .map(|(i, name)| format!("{name} = ${}", i + 2))
         .collect();
     format!(
-        "UPDATE tower_api_key_keys SET {} WHERE key_id = {}",
-        sets.join(", "),
-        placeholder(1)
+        "UPDATE tower_api_key_keys SET {} WHERE key_id = $1",
+        sets.join(", ")
     )
 }
 
@@ -190,7 +188,7 @@ impl KeyRow {
     }
 
     /// The key id, then the values a change may write, for
-    /// [`update_sql`].
+    /// the key update's parameters.
     pub fn changed_values(&self) -> Vec<Value> {
         let values = KEY_COLUMNS.iter().zip(self.values());
         let changed = values.filter(|((name, _), _)| changeable(name));
@@ -351,7 +349,7 @@ mod tests {
         assert_eq!(kinds.len(), KEY_COLUMNS.len() + 1);
         // The id, then 29 changeable columns, each numbered in the update.
         assert_eq!(row.changed_values().len(), 30);
-        let sql = update_sql(|n| format!("${n}"));
+        let sql = update_sql();
         assert!(sql.contains("version = $20") && sql.ends_with("key_id = $1"));
         assert!(!sql.contains("created_at") && !sql.contains("last_used_at ="));
         assert!(

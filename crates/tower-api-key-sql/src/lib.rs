@@ -1,8 +1,9 @@
 //! The SQL core of [tower-api-key](tower_api_key)'s SQL key stores
 //! (`tower-api-key-sqlite`, `tower-api-key-postgres`): one store,
-//! [`SqlKeyStore`], written once over the row-level calls of a
-//! [`Backend`] and its transactions ([`Tx`]), which each dialect implements
-//! with its SQL text and row mapping only; and what the dialects share
+//! [`SqlKeyStore`], written once with its SQL text over a [`Backend`] and
+//! its transactions ([`Tx`]), which each dialect implements with its
+//! driver's value codec and the few statements only it can write
+//! (verification's lookup, migrations, announcements); and what the dialects share
 //! besides: numbered migrations and their report, the columns of hashes,
 //! rate limits, credits and leak reports, and the store's clock.
 //!
@@ -22,9 +23,9 @@ mod task;
 use std::fmt;
 use std::time::SystemTime;
 
-pub use backend::{Backend, BoxFuture, Rows, Tx, TxWork};
+pub use backend::{Backend, BoxFuture, Rows, Statement, Tx, TxWork, ValueRows};
 pub use changes::{invalidations, poll_change_log, ChangeLog, MAX_ROWS_PER_READ};
-pub use columns::{insert_sql, read_kinds, select_columns, update_sql, Kind, Value, KEY_COLUMNS};
+pub use columns::{read_kinds, select_columns, Kind, Value, KEY_COLUMNS};
 pub use row::{micros, HashColumns, KeyRow, Lookup};
 pub use store::{SqlKeyStore, SqlSettings};
 pub use task::BackgroundTask;

@@ -8,10 +8,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, ErrorCode, OptionalExtension, Row};
+use rusqlite::{Connection, ErrorCode, Row};
 use tower_api_key_sql::{
-    insert_sql, read_kinds, select_columns, update_sql, Backend, BoxError, BoxFuture, HashColumns,
-    KeyRow, Kind, Lookup, Migration, Rows, Tx, TxWork, Value,
+    Backend, BoxError, BoxFuture, HashColumns, Kind, Lookup, Migration, Statement, Tx, TxWork,
+    Value, ValueRows,
 };
 
 use crate::connection::Connections;
@@ -63,16 +63,16 @@ fn hash_columns(row: &Row<'_>, prefix: &str) -> rusqlite::Result<HashColumns> {
     })
 }
 
-/// A row of [`select_columns`]: times are integer microseconds, scopes one
-/// text of names separated by a space.
-fn key_row(row: &Row<'_>) -> rusqlite::Result<KeyRow> {
-    let values = read_kinds().enumerate().map(|(i, kind)| {
+/// The values of the columns `kinds` of `row`: times are integer
+/// microseconds, lists one text of names separated by a space, booleans 0
+/// or 1.
+fn decode(row: &Row<'_>, kinds: &[Kind]) -> rusqlite::Result<Vec<Value>> {
+    let value = |(i, kind): (usize, &Kind)| {
         Ok(match kind {
             Kind::Int => Value::Int(row.get(i)?),
             Kind::Text => Value::Text(row.get(i)?),
             Kind::Bytes => Value::Bytes(row.get(i)?),
             Kind::Time => Value::Time(row.get::<_, Option<i64>>(i)?.map(from_micros).transpose()?),
-            // Names separated by a space; "" for none.
             Kind::Texts => Value::Texts(
                 row.get::<_, String>(i)?
                     .split(' ')
@@ -80,12 +80,10 @@ fn key_row(row: &Row<'_>) -> rusqlite::Result<KeyRow> {
                     .map(str::to_owned)
                     .collect(),
             ),
-            // 0 or 1.
             Kind::Bool => Value::Bool(row.get::<_, Option<bool>>(i)?.unwrap_or_default()),
         })
-    });
-    KeyRow::from_values(values.collect::<rusqlite::Result<_>>()?)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Null, e))
+    };
+    kinds.iter().enumerate().map(value).collect()
 }
 
 /// `value` as SQLite keeps it.
@@ -102,41 +100,27 @@ fn sql_value(value: Value) -> Result<rusqlite::types::Value, BoxError> {
     })
 }
 
-/// `values` as the parameters ?1, ?2, ...
-fn bind(
-    values: Vec<Value>,
-) -> Result<rusqlite::ParamsFromIter<Vec<rusqlite::types::Value>>, BoxError> {
-    let values = values
+/// Runs `statement` on `conn`: its `$n` parameters become SQLite's `?n`,
+/// and every row is stepped through, so a write runs even when it returns
+/// nothing.
+fn run(conn: &Connection, statement: Statement) -> ValueRows {
+    let Statement {
+        sql,
+        params,
+        columns,
+        ..
+    } = statement;
+    let params = params
         .into_iter()
         .map(sql_value)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(rusqlite::params_from_iter(values))
-}
-
-/// The rows `sql` selects with `params`.
-fn rows(
-    conn: &Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-) -> Result<Vec<KeyRow>, BoxError> {
-    Ok(conn
-        .prepare_cached(sql)?
-        .query_map(params, key_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?)
-}
-
-/// The row of key `id`.
-fn key(conn: &Connection, id: &str) -> Result<Option<KeyRow>, BoxError> {
-    let sql = format!("SELECT {} FROM {TABLE} WHERE key_id = ?1", select_columns());
-    Ok(rows(conn, &sql, [id])?.pop())
-}
-
-fn account_limits(conn: &Connection, account: &str) -> Result<Option<String>, BoxError> {
-    let sql = "SELECT rate_limits FROM tower_api_key_account_limits WHERE service_account_id = ?1";
-    Ok(conn
-        .prepare_cached(sql)?
-        .query_row([account], |row| row.get(0))
-        .optional()?)
+    let mut prepared = conn.prepare_cached(&sql.replace('$', "?"))?;
+    let mut rows = prepared.query(rusqlite::params_from_iter(params))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(decode(row, &columns)?);
+    }
+    Ok(out)
 }
 
 /// Polls `work` once: every call of a SQLite transaction completes at once,
@@ -216,192 +200,8 @@ impl Backend for Sqlite {
             .await
     }
 
-    async fn key(&self, id: &str) -> Result<Option<KeyRow>, BoxError> {
-        let id = id.to_owned();
-        self.db.run(move |conn| key(conn, &id)).await
-    }
-
-    async fn list(
-        &self,
-        account: &str,
-        after: Option<(SystemTime, String)>,
-        unused_before: Option<SystemTime>,
-        limit: i64,
-    ) -> Rows {
-        let account = account.to_owned();
-        let after = after
-            .map(|(at, id)| Ok::<_, BoxError>((to_micros(at)?, id)))
-            .transpose()?;
-        let unused_before = unused_before.map(to_micros).transpose()?;
-        self.db
-            .run(move |conn| {
-                let sql = format!(
-                    "SELECT {} FROM {TABLE}
-                      WHERE service_account_id = ?1
-                        AND (?2 IS NULL OR (created_at, key_id) > (?2, ?3))
-                        AND (?5 IS NULL OR last_used_at IS NULL OR last_used_at < ?5)
-                      ORDER BY created_at, key_id
-                      LIMIT ?4",
-                    select_columns()
-                );
-                let (at, id) = after.unzip();
-                rows(conn, &sql, (account, at, id, limit, unused_before))
-            })
-            .await
-    }
-
-    async fn export(&self, after: Option<String>, limit: i64) -> Rows {
-        self.db
-            .run(move |conn| {
-                let sql = format!(
-                    "SELECT {} FROM {TABLE}
-                      WHERE ?1 IS NULL OR key_id > ?1
-                      ORDER BY key_id LIMIT ?2",
-                    select_columns()
-                );
-                rows(conn, &sql, (after, limit))
-            })
-            .await
-    }
-
-    async fn account_limits(&self, account: &str) -> Result<Option<String>, BoxError> {
-        let account = account.to_owned();
-        self.db
-            .run(move |conn| account_limits(conn, &account))
-            .await
-    }
-
-    async fn revoked(&self, after: Option<String>, limit: i64) -> Result<Vec<String>, BoxError> {
-        self.db
-            .run(move |conn| {
-                let sql = "SELECT key_id FROM tower_api_key_revoked
-                            WHERE ?1 IS NULL OR key_id > ?1
-                            ORDER BY key_id LIMIT ?2";
-                Ok(conn
-                    .prepare_cached(sql)?
-                    .query_map((after, limit), |row| row.get(0))?
-                    .collect::<rusqlite::Result<Vec<String>>>()?)
-            })
-            .await
-    }
-
-    async fn expiring(
-        &self,
-        from: SystemTime,
-        until: SystemTime,
-        after: Option<String>,
-        limit: i64,
-    ) -> Rows {
-        let (from, until) = (to_micros(from)?, to_micros(until)?);
-        self.db
-            .run(move |conn| {
-                let sql = format!(
-                    "SELECT {} FROM {TABLE}
-                      WHERE expires_at >= ?1 AND expires_at < ?2
-                        AND (?3 IS NULL OR key_id > ?3)
-                      ORDER BY key_id LIMIT ?4",
-                    select_columns()
-                );
-                rows(conn, &sql, (from, until, after, limit))
-            })
-            .await
-    }
-
-    async fn unused(&self, before: SystemTime, after: Option<String>, limit: i64) -> Rows {
-        let before = to_micros(before)?;
-        self.db
-            .run(move |conn| {
-                let sql = format!(
-                    "SELECT {} FROM {TABLE}
-                      WHERE retire_when_unused AND retired_unused_since IS NULL
-                        AND coalesce(last_used_at, created_at) < ?1
-                        AND (?2 IS NULL OR key_id > ?2)
-                      ORDER BY key_id LIMIT ?3",
-                    select_columns()
-                );
-                rows(conn, &sql, (before, after, limit))
-            })
-            .await
-    }
-
-    async fn record_notice(
-        &self,
-        id: &str,
-        kind: &str,
-        window: SystemTime,
-        sent_at: SystemTime,
-        announced: Option<SystemTime>,
-    ) -> Result<bool, BoxError> {
-        let (id, kind) = (id.to_owned(), kind.to_owned());
-        let (window, sent_at) = (to_micros(window)?, to_micros(sent_at)?);
-        let announced = announced.map(to_micros).transpose()?;
-        self.db
-            .run_write(move |conn| {
-                // One statement: the key still exists, and the first insert
-                // of this key, kind and window wins.
-                let sql = format!(
-                    "INSERT INTO tower_api_key_notices (key_id, kind, window_at, sent_at, announced)
-                     SELECT ?1, ?2, ?3, ?4, ?5 FROM {TABLE} WHERE key_id = ?1
-                     ON CONFLICT (key_id, kind, window_at) DO NOTHING"
-                );
-                let inserted = conn
-                    .prepare_cached(&sql)?
-                    .execute((id, kind, window, sent_at, announced))?;
-                Ok(inserted == 1)
-            })
-            .await
-    }
-
-    async fn notice(
-        &self,
-        id: &str,
-        kind: &str,
-        window: SystemTime,
-    ) -> Result<Option<(SystemTime, Option<SystemTime>)>, BoxError> {
-        let (id, kind) = (id.to_owned(), kind.to_owned());
-        let window = to_micros(window)?;
-        self.db
-            .run(move |conn| {
-                let sql = "SELECT sent_at, announced FROM tower_api_key_notices
-                            WHERE key_id = ?1 AND kind = ?2 AND window_at = ?3";
-                Ok(conn
-                    .prepare_cached(sql)?
-                    .query_row((id, kind, window), |row| {
-                        let announced: Option<i64> = row.get(1)?;
-                        Ok((
-                            from_micros(row.get(0)?)?,
-                            announced.map(from_micros).transpose()?,
-                        ))
-                    })
-                    .optional()?)
-            })
-            .await
-    }
-
-    async fn lease(
-        &self,
-        name: &str,
-        holder: &str,
-        now: SystemTime,
-        until: SystemTime,
-    ) -> Result<bool, BoxError> {
-        let (name, holder) = (name.to_owned(), holder.to_owned());
-        let (now, until) = (to_micros(now)?, to_micros(until)?);
-        self.db
-            .run_write(move |conn| {
-                // One conditional upsert: taken when free, run out, or ours.
-                let sql = "INSERT INTO tower_api_key_leases (name, holder, until)
-                           VALUES (?1, ?2, ?4)
-                           ON CONFLICT (name) DO UPDATE
-                              SET holder = excluded.holder, until = excluded.until
-                            WHERE tower_api_key_leases.until <= ?3
-                               OR tower_api_key_leases.holder = excluded.holder";
-                let written = conn
-                    .prepare_cached(sql)?
-                    .execute((name, holder, now, until))?;
-                Ok(written == 1)
-            })
-            .await
+    async fn query(&self, statement: Statement) -> ValueRows {
+        self.db.run(move |conn| run(conn, statement)).await
     }
 
     fn is_unique_violation(&self, e: &BoxError) -> bool {
@@ -435,112 +235,8 @@ impl SqliteTx<'_> {
 
 #[async_trait]
 impl Tx for SqliteTx<'_> {
-    async fn lock_account(&mut self, _account: &str) -> Result<(), BoxError> {
-        // The transaction holds the database's write lock already.
-        Ok(())
-    }
-
-    async fn count_keys(&mut self, account: &str) -> Result<i64, BoxError> {
-        let sql = format!("SELECT count(*) FROM {TABLE} WHERE service_account_id = ?1");
-        Ok(self
-            .conn
-            .prepare_cached(&sql)?
-            .query_row([account], |r| r.get(0))?)
-    }
-
-    async fn key_for_update(&mut self, id: &str) -> Result<Option<KeyRow>, BoxError> {
-        key(self.conn, id)
-    }
-
-    async fn insert_key(&mut self, row: &KeyRow) -> Result<(), BoxError> {
-        let sql = insert_sql(|n| format!("?{n}"));
-        self.execute(&sql, bind(row.values())?)?;
-        Ok(())
-    }
-
-    async fn write_key(&mut self, row: &KeyRow) -> Result<(), BoxError> {
-        let sql = update_sql(|n| format!("?{n}"));
-        self.execute(&sql, bind(row.changed_values())?)?;
-        Ok(())
-    }
-
-    async fn touch(&mut self, uses: &[(String, SystemTime)]) -> Result<(), BoxError> {
-        let sql = format!(
-            "UPDATE {TABLE} SET last_used_at = ?2
-              WHERE key_id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)"
-        );
-        for (id, at) in uses {
-            self.execute(&sql, (id, to_micros(*at)?))?;
-        }
-        Ok(())
-    }
-
-    async fn retire_unused(
-        &mut self,
-        id: &str,
-        seen: Option<SystemTime>,
-        since: SystemTime,
-        at: SystemTime,
-    ) -> Result<bool, BoxError> {
-        let seen = seen.map(to_micros).transpose()?;
-        let (since, at) = (to_micros(since)?, to_micros(at)?);
-        let sql = format!(
-            "UPDATE {TABLE}
-                SET expires_at = ?4, retired_unused_since = ?3, version = version + 1
-              WHERE key_id = ?1 AND last_used_at IS ?2
-                AND retire_when_unused AND retired_unused_since IS NULL
-                AND (expires_at IS NULL OR expires_at >= ?4)"
-        );
-        Ok(self.execute(&sql, (id, seen, since, at))? == 1)
-    }
-
-    async fn delete_key(&mut self, id: &str) -> Result<Option<String>, BoxError> {
-        // The key's notices go with it, in the same transaction.
-        self.execute("DELETE FROM tower_api_key_notices WHERE key_id = ?1", [id])?;
-        let sql = format!("DELETE FROM {TABLE} WHERE key_id = ?1 RETURNING service_account_id");
-        Ok(self
-            .conn
-            .prepare_cached(&sql)?
-            .query_row([id], |row| row.get(0))
-            .optional()?)
-    }
-
-    async fn is_revoked(&mut self, id: &str) -> Result<bool, BoxError> {
-        let sql = "SELECT 1 FROM tower_api_key_revoked WHERE key_id = ?1";
-        Ok(self.conn.prepare_cached(sql)?.exists([id])?)
-    }
-
-    async fn add_revoked(&mut self, id: &str, at: SystemTime) -> Result<(), BoxError> {
-        let sql =
-            "INSERT OR IGNORE INTO tower_api_key_revoked (key_id, revoked_at) VALUES (?1, ?2)";
-        self.execute(sql, (id, to_micros(at)?))?;
-        Ok(())
-    }
-
-    async fn account_limits(&mut self, account: &str) -> Result<Option<String>, BoxError> {
-        account_limits(self.conn, account)
-    }
-
-    async fn set_account_limits(
-        &mut self,
-        account: &str,
-        text: &str,
-    ) -> Result<Vec<String>, BoxError> {
-        if text.is_empty() {
-            let sql = "DELETE FROM tower_api_key_account_limits WHERE service_account_id = ?1";
-            self.execute(sql, [account])?;
-        } else {
-            let sql = "INSERT INTO tower_api_key_account_limits (service_account_id, rate_limits)
-                       VALUES (?1, ?2)
-                       ON CONFLICT (service_account_id) DO UPDATE SET rate_limits = excluded.rate_limits";
-            self.execute(sql, (account, text))?;
-        }
-        let sql = format!("SELECT key_id FROM {TABLE} WHERE service_account_id = ?1");
-        Ok(self
-            .conn
-            .prepare_cached(&sql)?
-            .query_map([account], |row| row.get(0))?
-            .collect::<rusqlite::Result<_>>()?)
+    async fn query(&mut self, statement: Statement) -> ValueRows {
+        run(self.conn, statement)
     }
 
     async fn applied_migrations(&mut self) -> Result<Vec<u32>, BoxError> {
