@@ -121,6 +121,9 @@ fn decoded(rows: &[Row], kinds: &[Kind]) -> ValueRows {
 
 #[async_trait]
 impl Backend for Pg {
+    const MIGRATIONS_TABLE_EXISTS: &'static str =
+        "SELECT to_regclass('tower_api_key_migrations') IS NOT NULL";
+
     async fn transaction<T: Send + 'static>(&self, work: TxWork<T>) -> Result<T, BoxError> {
         let mut client = self.pool.get().await?;
         let mut tx = PgTx {

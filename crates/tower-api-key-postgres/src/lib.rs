@@ -460,11 +460,6 @@ impl PgKeyStore {
         self.inner.poller.poll().await.map_err(StoreError::backend)
     }
 
-    /// A pooled connection.
-    async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
-        self.pg().pool.get().await.map_err(StoreError::backend)
-    }
-
     /// The backend: the pool, the channel and the listener's state.
     fn pg(&self) -> &Pg {
         self.inner.core.backend()

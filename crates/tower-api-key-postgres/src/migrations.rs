@@ -68,27 +68,7 @@ impl PgKeyStore {
     /// the schema, to say "migrate first" rather than fail on a missing
     /// table half-way.
     pub async fn schema_version(&self) -> Result<u32, StoreError> {
-        let client = self.client().await?;
-        let exists: bool = client
-            .query_typed_one(
-                "SELECT to_regclass('tower_api_key_migrations') IS NOT NULL",
-                &[],
-            )
-            .await
-            .map_err(StoreError::backend)?
-            .get(0);
-        if !exists {
-            return Ok(0);
-        }
-        let newest: i32 = client
-            .query_typed_one(
-                "SELECT coalesce(max(version), 0) FROM tower_api_key_migrations",
-                &[],
-            )
-            .await
-            .map_err(StoreError::backend)?
-            .get(0);
-        Ok(u32::try_from(newest).unwrap_or(0))
+        self.inner.core.schema_version().await
     }
 }
 

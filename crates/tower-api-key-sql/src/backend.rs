@@ -116,6 +116,10 @@ async fn write_alone<B: Backend>(backend: &B, statement: Statement) -> ValueRows
 /// A SQL backend: a database reached through one driver, with its dialect.
 #[async_trait]
 pub trait Backend: Sized + Send + Sync + 'static {
+    /// A statement without parameters that returns one row, a boolean:
+    /// whether the table `tower_api_key_migrations` exists.
+    const MIGRATIONS_TABLE_EXISTS: &'static str;
+
     /// Runs `work` in one transaction that holds what the dialect locks for
     /// writes (SQLite: the database's write lock from the start; PostgreSQL:
     /// the rows and advisory locks the calls take), committing when it
@@ -142,6 +146,23 @@ pub trait Backend: Sized + Send + Sync + 'static {
     /// a concurrent transaction deleted (never, where writes take turns).
     fn is_foreign_key_violation(&self, _e: &BoxError) -> bool {
         false
+    }
+
+    /// The newest version in `tower_api_key_migrations`: 0 without it.
+    async fn schema_version(&self) -> Result<u32, BoxError> {
+        let exists = Statement::new(Self::MIGRATIONS_TABLE_EXISTS, Vec::new());
+        let rows = self.query(exists.returning([Kind::Bool])).await?;
+        if rows.first().map(Vec::as_slice) != Some(&[Value::Bool(true)]) {
+            return Ok(0);
+        }
+        let sql = "SELECT CAST(coalesce(max(version), 0) AS bigint) FROM tower_api_key_migrations";
+        let rows = self
+            .query(Statement::new(sql, Vec::new()).returning([Kind::Int]))
+            .await?;
+        match rows.first().map(Vec::as_slice) {
+            Some([Value::Int(Some(newest))]) => Ok(u32::try_from(*newest).unwrap_or(0)),
+            _ => Err("the newest migration is not a number".into()),
+        }
     }
 
     /// The row of key `id`, with its account's limits.

@@ -43,6 +43,35 @@ pub struct SqlKeyStore<B> {
     clock: StoreClock,
     max_keys_per_account: i64,
     invalidations: Invalidations,
+    #[cfg(feature = "test-util")]
+    verify_work: VerifyWork,
+}
+
+/// What verification read before it knew whether the secret matched
+/// (feature `test-util`): statements and bytes of hash columns.
+#[cfg(feature = "test-util")]
+#[derive(Debug, Default)]
+struct VerifyWork {
+    statements: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+#[cfg(feature = "test-util")]
+impl VerifyWork {
+    /// Counts one read of `lookup`'s columns.
+    fn count(&self, lookup: &crate::Lookup) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let bytes: usize = [&lookup.hash, &lookup.previous]
+            .iter()
+            .map(|h| {
+                h.digest.as_ref().map_or(0, Vec::len)
+                    + h.scheme.as_ref().map_or(0, String::len)
+                    + h.pepper_version.map_or(0, |_| 8)
+            })
+            .sum();
+        self.statements.fetch_add(1, Relaxed);
+        self.bytes.fetch_add(bytes as u64 + 2, Relaxed);
+    }
 }
 
 impl<B> fmt::Debug for SqlKeyStore<B> {
@@ -92,7 +121,30 @@ impl<B: Backend> SqlKeyStore<B> {
             max_keys_per_account: i64::try_from(settings.max_keys_per_account.max(1))
                 .unwrap_or(i64::MAX),
             invalidations,
+            #[cfg(feature = "test-util")]
+            verify_work: VerifyWork::default(),
         }
+    }
+
+    /// Statements run and bytes of hash columns read by verification
+    /// before it knew whether the secret matched, since the store was made
+    /// (feature `test-util`): a backend that reads the same for a known id
+    /// with a wrong secret as for an unknown id shows equal counts.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+    pub fn verify_work(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let work = &self.verify_work;
+        (work.statements.load(Relaxed), work.bytes.load(Relaxed))
+    }
+
+    /// The newest migration applied to the database: 0 when it has none
+    /// (never migrated, or a database of another program). Only reads.
+    pub async fn schema_version(&self) -> Result<u32, StoreError> {
+        self.backend
+            .schema_version()
+            .await
+            .map_err(StoreError::Backend)
     }
 
     /// The backend.
@@ -254,6 +306,8 @@ impl<B: Backend> Verifier for SqlKeyStore<B> {
             .lookup(&id, scheme, pepper)
             .await
             .map_err(VerifierError::Backend)?;
+        #[cfg(feature = "test-util")]
+        self.verify_work.count(&lookup);
         let current = lookup.hash.stored().map_err(VerifierError::Backend)?;
         let previous = lookup.previous.stored().map_err(VerifierError::Backend)?;
         let current = candidates.matches(current.filter(|_| lookup.found).as_ref());

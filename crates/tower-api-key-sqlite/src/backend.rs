@@ -29,8 +29,6 @@ pub(crate) struct Sqlite {
     pub(crate) db: Arc<Connections>,
     /// Marks this store's rows in the change log.
     pub(crate) origin: String,
-    #[cfg(feature = "test-util")]
-    pub(crate) verify_work: Arc<crate::VerifyWork>,
 }
 
 /// `t` as microseconds since the Unix epoch, truncated toward the past.
@@ -134,6 +132,9 @@ fn drive<T>(mut work: BoxFuture<'_, Result<T, BoxError>>) -> Result<T, BoxError>
 
 #[async_trait]
 impl Backend for Sqlite {
+    const MIGRATIONS_TABLE_EXISTS: &'static str = "SELECT EXISTS (SELECT 1 FROM sqlite_master
+        WHERE type = 'table' AND name = 'tower_api_key_migrations')";
+
     async fn transaction<T: Send + 'static>(&self, work: TxWork<T>) -> Result<T, BoxError> {
         let origin = self.origin.clone();
         self.db
@@ -163,8 +164,6 @@ impl Backend for Sqlite {
         // The same columns and sizes whether or not the id exists:
         // placeholders in the hasher's current scheme when it does not.
         let id = id.to_owned();
-        #[cfg(feature = "test-util")]
-        let work = self.verify_work.clone();
         self.db
             .run(move |conn| {
                 let sql = format!(
@@ -193,8 +192,6 @@ impl Backend for Sqlite {
                                 row: None,
                             })
                         })?;
-                #[cfg(feature = "test-util")]
-                work.count(&lookup);
                 Ok(lookup)
             })
             .await

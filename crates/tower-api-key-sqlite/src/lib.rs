@@ -47,35 +47,6 @@ struct Inner {
 
 tower_api_key_sql::delegate_store!(SqliteKeyStore => inner.core);
 
-/// What verification read before it knew whether the secret matched
-/// (feature `test-util`): statements and bytes of column data. A known id
-/// with a wrong secret and an unknown id read the same.
-#[cfg(feature = "test-util")]
-#[derive(Debug, Default)]
-struct VerifyWork {
-    statements: std::sync::atomic::AtomicU64,
-    bytes: std::sync::atomic::AtomicU64,
-}
-
-#[cfg(feature = "test-util")]
-impl VerifyWork {
-    /// Counts one read of `lookup`'s columns.
-    fn count(&self, lookup: &tower_api_key_sql::Lookup) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let hashes = [&lookup.hash, &lookup.previous];
-        let bytes: usize = hashes
-            .iter()
-            .map(|h| {
-                h.digest.as_ref().map_or(0, Vec::len)
-                    + h.scheme.as_ref().map_or(0, String::len)
-                    + h.pepper_version.map_or(0, |_| 8)
-            })
-            .sum();
-        self.statements.fetch_add(1, Relaxed);
-        self.bytes.fetch_add(bytes as u64 + 2, Relaxed);
-    }
-}
-
 impl fmt::Debug for SqliteKeyStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqliteKeyStore")
@@ -188,12 +159,7 @@ impl SqliteKeyStoreBuilder {
             self.poll_interval,
             "SQLite",
         );
-        let backend = Sqlite {
-            db,
-            origin,
-            #[cfg(feature = "test-util")]
-            verify_work: Arc::default(),
-        };
+        let backend = Sqlite { db, origin };
         Ok(SqliteKeyStore {
             inner: Arc::new(Inner {
                 core: SqlKeyStore::new(backend, self.settings, invalidations),
@@ -234,9 +200,7 @@ impl SqliteKeyStore {
     #[cfg(feature = "test-util")]
     #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn verify_work(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let work = &self.inner.core.backend().verify_work;
-        (work.statements.load(Relaxed), work.bytes.load(Relaxed))
+        self.inner.core.verify_work()
     }
 
     /// Creates or updates the schema: applies the migrations the file

@@ -14,8 +14,6 @@
 //! assert!(all[0].sql().contains("tower_api_key_keys"));
 //! ```
 
-use rusqlite::{Connection, OptionalExtension};
-
 use super::SqliteKeyStore;
 use tower_api_key::store::StoreError;
 use tower_api_key_sql::Migration;
@@ -59,32 +57,8 @@ impl SqliteKeyStore {
     /// reads: a tool checks it before work that needs the schema, to say
     /// "migrate first" rather than fail on a missing table half-way.
     pub async fn schema_version(&self) -> Result<u32, StoreError> {
-        self.db()
-            .run(|conn| Ok(applied_version(conn)?))
-            .await
-            .map_err(StoreError::Backend)
+        self.inner.core.schema_version().await
     }
-}
-
-/// The newest version recorded in `tower_api_key_migrations`, 0 without it.
-fn applied_version(conn: &Connection) -> rusqlite::Result<u32> {
-    let exists = conn
-        .query_row(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tower_api_key_migrations'",
-            [],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some();
-    if !exists {
-        return Ok(0);
-    }
-    let newest: i64 = conn.query_row(
-        "SELECT coalesce(max(version), 0) FROM tower_api_key_migrations",
-        [],
-        |row| row.get(0),
-    )?;
-    Ok(u32::try_from(newest).unwrap_or(0))
 }
 
 #[cfg(test)]
