@@ -18,8 +18,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 use tower_api_key_sql::{
-    read_kinds, select_columns, Backend, BoxError, KeyRow, Kind, Lookup, Migration, Statement, Tx,
-    TxWork, Value, ValueRows,
+    read_kinds, select_columns, Backend, BoxError, KeyRow, Kind, Lookup, Statement, Tx, TxWork,
+    Value, ValueRows,
 };
 
 use crate::ListenerStatus;
@@ -91,8 +91,9 @@ fn decode(row: &Row, kinds: &[Kind]) -> Result<Vec<Value>, BoxError> {
 /// A statement's parameters, each with the type it is sent as.
 type Bound = Vec<(Box<dyn ToSql + Sync + Send>, Type)>;
 
-/// `values` as the parameters $1, $2, ..., each with its type.
-fn bind(values: Vec<Value>) -> Bound {
+/// `statement`'s text, its values as the parameters $1, $2, ..., each
+/// with its type, and the kinds of its columns.
+fn bind(statement: Statement) -> (String, Bound, Vec<Kind>) {
     let boxed = |value| -> (Box<dyn ToSql + Sync + Send>, Type) {
         match value {
             Value::Int(v) => (Box::new(v), Type::INT8),
@@ -103,7 +104,13 @@ fn bind(values: Vec<Value>) -> Bound {
             Value::Bool(v) => (Box::new(v), Type::BOOL),
         }
     };
-    values.into_iter().map(boxed).collect()
+    let Statement {
+        sql,
+        params,
+        columns,
+        ..
+    } = statement;
+    (sql, params.into_iter().map(boxed).collect(), columns)
 }
 
 /// The parameters of `bound`, as `query_typed` takes them.
@@ -170,13 +177,7 @@ impl Backend for Pg {
     }
 
     async fn query(&self, statement: Statement) -> ValueRows {
-        let Statement {
-            sql,
-            params: values,
-            columns,
-            ..
-        } = statement;
-        let bound = bind(values);
+        let (sql, bound, columns) = bind(statement);
         decoded(&self.query_rows(&sql, &params(&bound)).await?, &columns)
     }
 
@@ -212,13 +213,7 @@ impl PgTx<'_> {
 #[async_trait]
 impl Tx for PgTx<'_> {
     async fn query(&mut self, statement: Statement) -> ValueRows {
-        let Statement {
-            sql,
-            params: values,
-            columns,
-            ..
-        } = statement;
-        let bound = bind(values);
+        let (sql, bound, columns) = bind(statement);
         decoded(&self.query_rows(&sql, &params(&bound)).await?, &columns)
     }
 
@@ -276,16 +271,8 @@ impl Tx for PgTx<'_> {
             .collect()
     }
 
-    async fn apply_migration(&mut self, migration: &Migration) -> Result<(), BoxError> {
-        self.tx.batch_execute(migration.sql()).await?;
-        let sql = "INSERT INTO tower_api_key_migrations (version, name) VALUES ($1, $2)";
-        let version = i32::try_from(migration.version())?;
-        self.query_rows(
-            sql,
-            &[(&version, Type::INT4), (&migration.name(), Type::TEXT)],
-        )
-        .await?;
-        Ok(())
+    async fn execute_batch(&mut self, sql: &str) -> Result<(), BoxError> {
+        Ok(self.tx.batch_execute(sql).await?)
     }
 
     async fn announce(

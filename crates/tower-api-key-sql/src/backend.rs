@@ -363,8 +363,19 @@ pub trait Tx: Send {
     /// exists.
     async fn applied_migrations(&mut self) -> Result<Vec<u32>, BoxError>;
 
+    /// Runs `sql`, one or more statements without parameters (a
+    /// migration's text).
+    async fn execute_batch(&mut self, sql: &str) -> Result<(), BoxError>;
+
     /// Runs `migration`'s SQL and records it as applied.
-    async fn apply_migration(&mut self, migration: &Migration) -> Result<(), BoxError>;
+    async fn apply_migration(&mut self, migration: &Migration) -> Result<(), BoxError> {
+        self.execute_batch(migration.sql()).await?;
+        let sql = "INSERT INTO tower_api_key_migrations (version, name) VALUES ($1, $2)";
+        let version = Value::Int(Some(i64::from(migration.version())));
+        self.query(Statement::new(sql, vec![version, text(migration.name())]))
+            .await?;
+        Ok(())
+    }
 
     /// Announces, if the transaction commits, that the keys `ids` of
     /// `account` changed at `at`, to every other store on the database.

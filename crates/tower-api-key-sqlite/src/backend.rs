@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, Row};
 use tower_api_key_sql::{
-    Backend, BoxError, BoxFuture, HashColumns, Kind, Lookup, Migration, Statement, Tx, TxWork,
-    Value, ValueRows,
+    Backend, BoxError, BoxFuture, HashColumns, Kind, Lookup, Statement, Tx, TxWork, Value,
+    ValueRows,
 };
 
 use crate::connection::Connections;
@@ -253,11 +253,8 @@ impl Tx for SqliteTx<'_> {
             .collect::<rusqlite::Result<_>>()?)
     }
 
-    async fn apply_migration(&mut self, migration: &Migration) -> Result<(), BoxError> {
-        self.conn.execute_batch(migration.sql())?;
-        let sql = "INSERT INTO tower_api_key_migrations (version, name) VALUES (?1, ?2)";
-        self.execute(sql, (migration.version(), migration.name()))?;
-        Ok(())
+    async fn execute_batch(&mut self, sql: &str) -> Result<(), BoxError> {
+        Ok(self.conn.execute_batch(sql)?)
     }
 
     /// Appends the changes to the log, and prunes old rows, remembering the
