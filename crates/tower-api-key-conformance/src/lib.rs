@@ -70,6 +70,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod lock;
 pub mod networks;
+pub mod rate_sync;
 pub mod transfer;
 pub mod versions;
 

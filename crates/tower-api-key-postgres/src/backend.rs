@@ -18,8 +18,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 use tower_api_key_sql::{
-    read_kinds, select_columns, Backend, BoxError, KeyRow, Kind, Lookup, Statement, Tx, TxWork,
-    Value, ValueRows,
+    read_kinds, select_columns, Backend, BoxError, BucketAdd, KeyRow, Kind, Lookup, Statement, Tx,
+    TxWork, Value, ValueRows,
 };
 
 use crate::ListenerStatus;
@@ -179,6 +179,52 @@ impl Backend for Pg {
     async fn query(&self, statement: Statement) -> ValueRows {
         let (sql, bound, columns) = bind(statement);
         decoded(&self.query_rows(&sql, &params(&bound)).await?, &columns)
+    }
+
+    /// One statement: the buckets arrive as arrays, rows are upserted in
+    /// the order given (sums capped below the largest bigint), and the
+    /// sweep spares the batch's buckets.
+    async fn sync_buckets(
+        &self,
+        buckets: Vec<BucketAdd>,
+        now_ns: i64,
+        idle_before: Option<i64>,
+    ) -> Result<Vec<i64>, BoxError> {
+        let sql = "WITH adds AS (
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+                     WITH ORDINALITY AS u(subject, rate_limit, inc, ord)),
+                  moved AS (
+                 INSERT INTO tower_api_key_rate_buckets AS b (subject, rate_limit, tat_ns)
+                 SELECT subject, rate_limit, LEAST($4::numeric + inc, 9223372036854775807)::bigint
+                   FROM adds ORDER BY ord
+                 ON CONFLICT (subject, rate_limit) DO UPDATE
+                    SET tat_ns = LEAST(GREATEST(b.tat_ns, $4)::numeric
+                                       + (EXCLUDED.tat_ns::numeric - $4::numeric),
+                                       9223372036854775807)::bigint
+                 RETURNING subject, rate_limit, tat_ns),
+                  swept AS (
+                 DELETE FROM tower_api_key_rate_buckets AS b
+                  WHERE b.tat_ns < $5
+                    AND NOT EXISTS (SELECT 1 FROM adds
+                                     WHERE adds.subject = b.subject
+                                       AND adds.rate_limit = b.rate_limit))
+             SELECT moved.tat_ns FROM adds JOIN moved USING (subject, rate_limit) ORDER BY adds.ord";
+        let (subjects, (limits, increments)): (Vec<String>, (Vec<String>, Vec<i64>)) = buckets
+            .into_iter()
+            .map(|b| (b.subject, (b.limit, b.increment_ns)))
+            .unzip();
+        let params: [Param<'_>; 5] = [
+            (&subjects, Type::TEXT_ARRAY),
+            (&limits, Type::TEXT_ARRAY),
+            (&increments, Type::INT8_ARRAY),
+            (&now_ns, Type::INT8),
+            (&idle_before, Type::INT8),
+        ];
+        let rows = self.query_rows(sql, &params).await?;
+        Ok(rows
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?)
     }
 
     fn is_unique_violation(&self, e: &BoxError) -> bool {

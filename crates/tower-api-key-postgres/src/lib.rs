@@ -7,7 +7,6 @@ mod backend;
 mod listener;
 mod migrations;
 mod poller;
-mod rate_sync;
 
 use std::fmt;
 use std::str::FromStr;
@@ -24,8 +23,7 @@ use tower_api_key_sql::{BackgroundTask, SqlKeyStore, SqlSettings};
 
 pub use listener::ListenerStatus;
 pub use migrations::migrations;
-pub use rate_sync::PgRateLimitSync;
-pub use tower_api_key_sql::{Migration, MigrationReport};
+pub use tower_api_key_sql::{Migration, MigrationReport, SqlRateLimitSync};
 
 use self::backend::Pg;
 
@@ -421,8 +419,9 @@ impl PgKeyStore {
     /// Shares rate limits between replicas through this database (table
     /// `tower_api_key_rate_buckets`, migration 4), on this store's pool:
     /// pass it to [`LimitSettingsBuilder::shared`](tower_api_key::limits::LimitSettingsBuilder::shared).
-    pub fn rate_limit_sync(&self) -> PgRateLimitSync {
-        PgRateLimitSync::new(self.pg().pool.clone())
+    /// Each sync is one statement.
+    pub fn rate_limit_sync(&self) -> SqlRateLimitSync {
+        self.inner.core.rate_limit_sync()
     }
 
     /// The NOTIFY channel of this store.

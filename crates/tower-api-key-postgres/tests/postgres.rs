@@ -1111,11 +1111,6 @@ fn sync_time() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
 }
 
-const MS: Duration = Duration::from_millis(1);
-
-/// Replicas syncing one bucket at once: every use counts exactly once,
-/// whichever sync ran first, and batches that name two buckets in opposite
-/// orders never deadlock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_syncs_of_two_replicas_add_up_exactly() {
     let Some(db) = TestDb::new("rate_limit_syncs_add_up_exactly").await else {
@@ -1123,51 +1118,11 @@ async fn rate_limit_syncs_of_two_replicas_add_up_exactly() {
     };
     let a = db.store().await;
     let b = db.store().await;
-    let (sync_a, sync_b) = (a.rate_limit_sync(), b.rate_limit_sync());
-    let t = sync_time();
-    // 10/1s: 100 ms per request.
-    let (three, four) = ([bucket("key:k", "10/1s", 3)], [bucket("key:k", "10/1s", 4)]);
-    let (x, y) = tokio::join!(sync_a.sync(&three, t), sync_b.sync(&four, t));
-    let mut tats = [x.unwrap()[0], y.unwrap()[0]];
-    tats.sort();
-    assert!(
-        tats[0] == t + 300 * MS || tats[0] == t + 400 * MS,
-        "{tats:?}"
-    );
-    assert_eq!(tats[1], t + 700 * MS, "3 + 4 requests, each counted once");
-
-    // 40 syncs at once over both replicas, each naming two buckets in one
-    // order or the other.
-    let tasks: Vec<_> = (0..40)
-        .map(|i| {
-            let sync = if i % 2 == 0 {
-                sync_a.clone()
-            } else {
-                sync_b.clone()
-            };
-            let uses = if i % 4 < 2 {
-                vec![bucket("key:k", "10/1s", 1), bucket("account:sa", "1/1s", 1)]
-            } else {
-                vec![bucket("account:sa", "1/1s", 1), bucket("key:k", "10/1s", 1)]
-            };
-            tokio::spawn(async move { sync.sync(&uses, t).await })
-        })
-        .collect();
-    let mut latest = SystemTime::UNIX_EPOCH;
-    for task in tasks {
-        let tats = task.await.unwrap().expect("no sync fails (no deadlock)");
-        latest = latest.max(tats.into_iter().max().unwrap());
-    }
-    // A use of cost 0 reads a bucket.
-    let now = sync_a
-        .sync(
-            &[bucket("key:k", "10/1s", 0), bucket("account:sa", "1/1s", 0)],
-            t,
-        )
-        .await
-        .unwrap();
-    assert_eq!(now, [t + 4700 * MS, t + Duration::from_secs(40)]);
-    assert_eq!(latest, t + Duration::from_secs(40));
+    conformance::rate_sync::syncs_of_two_replicas_add_up_exactly(
+        a.rate_limit_sync(),
+        b.rate_limit_sync(),
+    )
+    .await;
     a.shutdown().await;
     b.shutdown().await;
     db.drop_schema().await;
@@ -1186,56 +1141,29 @@ async fn bucket_rows(db: &TestDb) -> Vec<String> {
     rows.iter().map(|r| r.get(0)).collect()
 }
 
-/// A batch answers in the order of its uses, uses of one bucket add up,
-/// an idle bucket starts from now, and idle rows are swept while buckets of
-/// the batch are kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_sync_batch_answers_in_order_and_sweeps_idle_buckets() {
     let Some(db) = TestDb::new("a_rate_limit_sync_batch_answers_in_order").await else {
         return;
     };
     let store = db.store().await;
-    let sync = store.rate_limit_sync();
-    let t = sync_time();
-    assert!(sync.sync(&[], t).await.unwrap().is_empty());
-    let tats = sync
-        .sync(
-            &[
-                bucket("key:a", "5/1s", 1),
-                bucket("key:b", "5/1s", 2),
-                bucket("key:a", "5/1s", 3),
-                bucket("key:a", "100/1m,burst=20", 1),
-            ],
-            t,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        tats,
-        [t + 800 * MS, t + 400 * MS, t + 800 * MS, t + 600 * MS],
-        "200 ms per use of 5/1s, 600 ms of 100/1m"
-    );
-    // Ten seconds later key:a's bucket is empty again: it starts from now.
-    let later = t + Duration::from_secs(10);
-    let tats = sync
-        .sync(&[bucket("key:a", "5/1s", 1)], later)
-        .await
-        .unwrap();
-    assert_eq!(tats, [later + 200 * MS]);
+    conformance::rate_sync::a_batch_answers_in_order_and_idle_buckets_are_swept(
+        store.rate_limit_sync(),
+        || store.rate_limit_sync(),
+        || bucket_rows(&db),
+    )
+    .await;
+    store.shutdown().await;
+    db.drop_schema().await;
+}
 
-    assert_eq!(
-        bucket_rows(&db).await,
-        ["key:a 100/1m,burst=20", "key:a 5/1s", "key:b 5/1s"]
-    );
-    // A fresh sync sweeps at its first call: two minutes on, every bucket is
-    // idle, but the one it uses stays.
-    let fresh = store.rate_limit_sync();
-    let much_later = t + Duration::from_secs(120);
-    fresh
-        .sync(&[bucket("key:b", "5/1s", 1)], much_later)
-        .await
-        .unwrap();
-    assert_eq!(bucket_rows(&db).await, ["key:b 5/1s"]);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_rate_limit_cost_saturates_the_bucket_without_an_error() {
+    let Some(db) = TestDb::new("a_huge_rate_limit_cost").await else {
+        return;
+    };
+    let store = db.store().await;
+    conformance::rate_sync::a_huge_cost_saturates_the_bucket(store.rate_limit_sync()).await;
     store.shutdown().await;
     db.drop_schema().await;
 }

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use crate::columns::{insert_sql, select_columns, update_sql};
+use crate::rate_sync::BucketAdd;
 use crate::row::{KeyRow, Lookup};
 use crate::{read_kinds, BoxError, Kind, Migration, Value};
 
@@ -312,6 +313,59 @@ pub trait Backend: Sized + Send + Sync + 'static {
             [Value::Time(Some(sent)), Value::Time(announced)] => Ok(Some((*sent, *announced))),
             _ => Err("a notice row has no sending time".into()),
         }
+    }
+
+    /// Adds each bucket's increment at `now_ns` (nanoseconds since the
+    /// Unix epoch) in one transaction or statement: in the order given (one
+    /// entry per bucket, sorted, so concurrent syncs never deadlock), the
+    /// bucket's TAT becomes `max(TAT, now) + increment`, at most
+    /// `i64::MAX`; first, with `idle_before`, the rows of other buckets
+    /// whose TAT is before it are deleted. The new TATs, in the order of
+    /// `buckets`.
+    async fn sync_buckets(
+        &self,
+        buckets: Vec<BucketAdd>,
+        now_ns: i64,
+        idle_before: Option<i64>,
+    ) -> Result<Vec<i64>, BoxError> {
+        self.transaction(Box::new(move |tx| {
+            Box::pin(async move {
+                if let Some(idle) = idle_before {
+                    let sql = "DELETE FROM tower_api_key_rate_buckets WHERE tat_ns < $1";
+                    tx.query(Statement::new(sql, vec![Value::Int(Some(idle))]))
+                        .await?;
+                }
+                // Written so that no sum exceeds i64::MAX.
+                let sql =
+                    "INSERT INTO tower_api_key_rate_buckets AS b (subject, rate_limit, tat_ns)
+                           VALUES ($1, $2, CASE WHEN $3 > 9223372036854775807 - $4
+                                                THEN 9223372036854775807 ELSE $3 + $4 END)
+                           ON CONFLICT (subject, rate_limit) DO UPDATE SET tat_ns =
+                             CASE WHEN b.tat_ns > 9223372036854775807 - $4
+                                    OR $3 > 9223372036854775807 - $4 THEN 9223372036854775807
+                                  WHEN b.tat_ns > $3 THEN b.tat_ns + $4
+                                  ELSE $3 + $4 END
+                           RETURNING tat_ns";
+                let mut tats = Vec::with_capacity(buckets.len());
+                for bucket in buckets {
+                    let params = vec![
+                        Value::Text(Some(bucket.subject)),
+                        Value::Text(Some(bucket.limit)),
+                        Value::Int(Some(now_ns)),
+                        Value::Int(Some(bucket.increment_ns)),
+                    ];
+                    let rows = tx
+                        .query(Statement::new(sql, params).returning([Kind::Int]))
+                        .await?;
+                    match rows.first().map(Vec::as_slice) {
+                        Some([Value::Int(Some(tat))]) => tats.push(*tat),
+                        _ => return Err("a bucket's TAT is not a number".into()),
+                    }
+                }
+                Ok(tats)
+            })
+        }))
+        .await
     }
 
     /// Writes the lease `name` as `holder`'s until `until`, if it is

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -26,7 +27,7 @@ use crate::backend::{Backend, BoxFuture, Tx};
 use crate::row::{micros, HashColumns, KeyRow};
 use crate::{
     limits_text, parse_limits, scheme_columns, shown_id, version_of, warn_unreadable, BoxError,
-    CreditColumns, Migration, MigrationReport, StoreClock,
+    CreditColumns, Migration, MigrationReport, SqlRateLimitSync, StoreClock,
 };
 
 /// A key store over the SQL backend `B`: the [`Verifier`],
@@ -37,7 +38,7 @@ use crate::{
 /// `PgKeyStore`) with its own builder, and forwards the traits to it with
 /// [`delegate_store!`](crate::delegate_store).
 pub struct SqlKeyStore<B> {
-    backend: B,
+    backend: Arc<B>,
     format: KeyFormat,
     hasher: KeyHasher,
     clock: StoreClock,
@@ -114,7 +115,7 @@ impl<B: Backend> SqlKeyStore<B> {
     /// `invalidations`.
     pub fn new(backend: B, settings: SqlSettings, invalidations: Invalidations) -> Self {
         Self {
-            backend,
+            backend: Arc::new(backend),
             format: settings.format,
             hasher: settings.hasher,
             clock: settings.clock,
@@ -150,6 +151,13 @@ impl<B: Backend> SqlKeyStore<B> {
     /// The backend.
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// Shares rate limits between replicas through this store's database
+    /// (table `tower_api_key_rate_buckets`), on its connections: pass it to
+    /// [`LimitSettingsBuilder::shared`](tower_api_key::limits::LimitSettingsBuilder::shared).
+    pub fn rate_limit_sync(&self) -> SqlRateLimitSync {
+        SqlRateLimitSync::new(self.backend.clone())
     }
 
     /// The format of the keys this store issues.

@@ -18,7 +18,7 @@ use tower_api_key::{Invalidations, KeyFormat, KeyId};
 use tower_api_key_sql::{BackgroundTask, SqlKeyStore, SqlSettings};
 
 pub use migrations::migrations;
-pub use tower_api_key_sql::{Migration, MigrationReport};
+pub use tower_api_key_sql::{Migration, MigrationReport, SqlRateLimitSync};
 
 use self::backend::Sqlite;
 use self::connection::{BoxError, Connections};
@@ -208,6 +208,14 @@ impl SqliteKeyStore {
     /// process at every start (concurrent calls take turns).
     pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
         self.inner.core.migrate(migrations()).await
+    }
+
+    /// Shares rate limits between the processes on this file (table
+    /// `tower_api_key_rate_buckets`, migration 9): pass it to
+    /// [`LimitSettingsBuilder::shared`](tower_api_key::limits::LimitSettingsBuilder::shared).
+    /// Each sync is one write transaction.
+    pub fn rate_limit_sync(&self) -> SqlRateLimitSync {
+        self.inner.core.rate_limit_sync()
     }
 
     /// The pooled connections.

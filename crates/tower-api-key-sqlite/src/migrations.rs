@@ -43,6 +43,11 @@ const MIGRATIONS: &[Migration] = &[
         "lifecycle",
         include_str!("migrations/0008_lifecycle.sql"),
     ),
+    Migration::new(
+        9,
+        "rate_buckets",
+        include_str!("migrations/0009_rate_buckets.sql"),
+    ),
 ];
 
 /// Every migration this version of the crate knows, oldest first.

@@ -320,11 +320,11 @@ async fn migrations_are_idempotent_and_run_once_when_stores_migrate_at_once() {
     let dir = TempDir::new("migrate");
     let store = dir.builder().open().await.unwrap();
     let first = store.migrate().await.unwrap();
-    assert_eq!(first.applied, vec![1, 2, 3, 4, 5, 6, 7, 8]);
-    assert_eq!(first.current, 8);
+    assert_eq!(first.applied, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(first.current, 9);
     let second = store.migrate().await.unwrap();
     assert!(second.applied.is_empty(), "{second:?}");
-    assert_eq!(second.current, 8);
+    assert_eq!(second.current, 9);
     let tables: i64 = raw(&dir.db())
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name LIKE 'tower_api_key_%'",
@@ -333,8 +333,8 @@ async fn migrations_are_idempotent_and_run_once_when_stores_migrate_at_once() {
         )
         .unwrap();
     assert_eq!(
-        tables, 8,
-        "keys, changes, changes_pruned, revoked, account_limits, notices, leases, migrations"
+        tables, 9,
+        "keys, changes, changes_pruned, revoked, account_limits, notices, leases, rate_buckets, migrations"
     );
     let mode: String = raw(&dir.db())
         .query_row("PRAGMA journal_mode", [], |row| row.get(0))
@@ -352,7 +352,7 @@ async fn migrations_are_idempotent_and_run_once_when_stores_migrate_at_once() {
     }))
     .await;
     let applied: Vec<u32> = reports.iter().flat_map(|r| r.applied.clone()).collect();
-    assert_eq!(applied, vec![1, 2, 3, 4, 5, 6, 7, 8], "{reports:?}");
+    assert_eq!(applied, vec![1, 2, 3, 4, 5, 6, 7, 8, 9], "{reports:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1202,7 +1202,7 @@ async fn a_file_of_the_previous_release_migrates_and_its_keys_keep_working() {
         )
         .unwrap();
     let report = store.migrate().await.unwrap();
-    assert_eq!(report.applied, vec![3, 4, 5, 6, 7, 8]);
+    assert_eq!(report.applied, vec![3, 4, 5, 6, 7, 8, 9]);
     let record = store.verify(&old).await.unwrap().unwrap();
     assert_eq!(&*record.service_account_id, "sa-old");
     // Migration 8's defaults: retirement allowed, not retired.
@@ -1358,4 +1358,59 @@ async fn a_retirement_by_another_store_reaches_this_stores_cache() {
     );
     a.shutdown().await;
     b.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Rate limits shared through the file
+// ---------------------------------------------------------------------------
+
+/// Two migrated stores on one new file (two processes sharing it).
+async fn two_stores_on_one_file(dir: &TempDir) -> (SqliteKeyStore, SqliteKeyStore) {
+    let path = dir.0.join("shared.db");
+    let a = SqliteKeyStore::open(&path).await.unwrap();
+    a.migrate().await.unwrap();
+    let b = SqliteKeyStore::open(&path).await.unwrap();
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_syncs_of_two_processes_add_up_exactly() {
+    let dir = TempDir::new("rate_syncs_add_up");
+    let (a, b) = two_stores_on_one_file(&dir).await;
+    conformance::rate_sync::syncs_of_two_replicas_add_up_exactly(
+        a.rate_limit_sync(),
+        b.rate_limit_sync(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_sync_batch_answers_in_order_and_sweeps_idle_buckets() {
+    let dir = TempDir::new("rate_sync_batch");
+    let (a, _) = two_stores_on_one_file(&dir).await;
+    let path = a.path().to_owned();
+    let rows = || {
+        let path = path.clone();
+        async move {
+            let conn = raw(&path);
+            let mut stmt = conn
+                .prepare("SELECT subject || ' ' || rate_limit FROM tower_api_key_rate_buckets ORDER BY 1")
+                .unwrap();
+            let rows = stmt.query_map([], |row| row.get(0)).unwrap();
+            rows.collect::<Result<Vec<String>, _>>().unwrap()
+        }
+    };
+    conformance::rate_sync::a_batch_answers_in_order_and_idle_buckets_are_swept(
+        a.rate_limit_sync(),
+        || a.rate_limit_sync(),
+        rows,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_rate_limit_cost_saturates_the_bucket_without_an_error() {
+    let dir = TempDir::new("rate_sync_huge");
+    let (a, _) = two_stores_on_one_file(&dir).await;
+    conformance::rate_sync::a_huge_cost_saturates_the_bucket(a.rate_limit_sync()).await;
 }
