@@ -468,7 +468,9 @@ where
 
 /// Many callers recording the same notice at once, through `stores`
 /// (clones of one store, or stores on one database): exactly one is told
-/// to send it.
+/// to send it. Callers recording notices while the key is revoked get an
+/// answer, never an error (a notice that lost the race to the revoke is not
+/// recorded), and no notice outlives the key.
 pub async fn concurrent_record_notice_lets_exactly_one_through<S>(stores: &[S])
 where
     S: LifecycleStore + Clone + 'static,
@@ -501,6 +503,52 @@ where
             sent += usize::from(task.await.unwrap());
         }
         assert_eq!(sent, 1, "round {round}: exactly one caller sends it");
+    }
+    for round in 0..8u64 {
+        let id = stores[0]
+            .create(NewKey::new("sa-race"))
+            .await
+            .unwrap()
+            .record
+            .key_id;
+        let window = crate::micros(LifecycleStore::now(&stores[0])) + DAY;
+        let barrier = Arc::new(Barrier::new(CALLERS + 1));
+        // Each caller records a notice of its own, so every one of them
+        // writes, each racing the revoke.
+        let tasks: Vec<_> = (0..CALLERS)
+            .map(|i| {
+                let store = stores[i % stores.len()].clone();
+                let barrier = barrier.clone();
+                let window = window + DAY * i as u32;
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store
+                        .record_notice(id, NoticeKind::ExpiringSoon, window, None)
+                        .await
+                })
+            })
+            .collect();
+        let revoker = {
+            let store = stores[round as usize % stores.len()].clone();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.revoke(id, None).await
+            })
+        };
+        for task in tasks {
+            let recorded = task.await.unwrap();
+            assert!(
+                recorded.is_ok(),
+                "round {round}: a notice racing the revoke: {recorded:?}"
+            );
+        }
+        assert!(revoker.await.unwrap().unwrap(), "round {round}: revoked");
+        for i in 0..CALLERS {
+            let window = window + DAY * i as u32;
+            let left = stores[0].notice(id, NoticeKind::ExpiringSoon, window);
+            assert_eq!(left.await.unwrap(), None, "round {round}: gone with the key");
+        }
     }
 }
 
