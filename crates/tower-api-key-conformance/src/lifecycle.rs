@@ -591,15 +591,20 @@ where
     assert!(!store.lease("long", "b", ttl).await.unwrap());
 }
 
-/// Two holders racing for one free lease, through `stores` (clones of one
-/// store, or stores on one database), round after round: exactly one
-/// holds it.
+/// Two holders racing for one lease, free or run out (held by a third
+/// whose time is up), through `stores` (clones of one store, or stores on
+/// one database), round after round: exactly one holds it.
 pub async fn concurrent_leases_let_exactly_one_holder_hold<S>(stores: &[S])
 where
     S: LifecycleStore + Clone + 'static,
 {
-    for round in 0..8 {
+    for round in 0..16 {
         let name = format!("race-{round}");
+        if round % 2 == 1 {
+            // Held for no time: run out at once, so the racers take it by
+            // the upsert's conditional update rather than its insert.
+            assert!(stores[0].lease(&name, "c", Duration::ZERO).await.unwrap());
+        }
         let barrier = Arc::new(Barrier::new(2));
         let tasks: Vec<_> = ["a", "b"]
             .into_iter()
@@ -869,7 +874,8 @@ where
 /// (clones of one store, or stores on one database): either the key is
 /// retired as read at its old use (and the use lands after), or it is not
 /// retired and shows the new use; never retired as of a use it no longer
-/// had.
+/// had. In half the rounds the key was never used (read as no use at all),
+/// and its first use races the retirement.
 pub async fn retire_unused_racing_record_usage_never_retires_a_newer_use<S>(stores: &[S])
 where
     S: LifecycleStore + Clone + 'static,
@@ -887,7 +893,12 @@ where
         let now = crate::micros(LifecycleStore::now(&store));
         let old = now - DAY * 400;
         let new = now - Duration::from_secs(1);
-        store.record_usage(&[(id, old)]).await.unwrap();
+        // The use the retirer read: none in every other pair of rounds
+        // (each pair runs the user and the retirer on either store).
+        let seen = (round % 4 < 2).then_some(old);
+        if let Some(old) = seen {
+            store.record_usage(&[(id, old)]).await.unwrap();
+        }
         let at = now + DAY;
         let barrier = Arc::new(Barrier::new(2));
         let user = {
@@ -903,7 +914,7 @@ where
             let barrier = barrier.clone();
             tokio::spawn(async move {
                 barrier.wait().await;
-                store.retire_unused(id, Some(old), old, at).await.unwrap()
+                store.retire_unused(id, seen, old, at).await.unwrap()
             })
         };
         user.await.unwrap();
@@ -912,11 +923,7 @@ where
         assert_eq!(got.last_used_at, Some(new), "round {round}: the use landed");
         match retired {
             Some(info) => {
-                assert_eq!(
-                    info.last_used_at,
-                    Some(old),
-                    "round {round}: retired as read"
-                );
+                assert_eq!(info.last_used_at, seen, "round {round}: retired as read");
                 assert_eq!(got.record.retired_unused_since, Some(old));
                 assert_eq!(got.record.expires_at, Some(at));
             }
