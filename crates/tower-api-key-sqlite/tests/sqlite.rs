@@ -1398,3 +1398,23 @@ async fn text_holding_parameter_marks_round_trips_unchanged() {
     assert_eq!(&*exported[0].info.record.service_account_id, account);
     store.shutdown().await;
 }
+
+/// A row another tool wrote with text that is not UTF-8 (SQLite keeps what
+/// it is given) is unreadable like any corrupted row: it blocks neither its
+/// account's listing nor the export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails: a row the codec cannot decode fails the whole page (list and export), as before 9a0b8e3; needs per-row decoding in the core"]
+async fn a_row_with_text_that_is_not_utf8_does_not_block_listing_nor_export() {
+    let dir = TempDir::new("utf8-row");
+    let store = dir.store().await;
+    let ids = conformance::keys_to_corrupt(&store).await;
+    let bad = [ids[2]];
+    raw(&dir.db())
+        .execute(
+            "UPDATE tower_api_key_keys SET description = CAST(x'ff' AS TEXT) WHERE key_id = ?1",
+            [bad[0].as_str()],
+        )
+        .unwrap();
+    conformance::only_unreadable_rows_are_skipped(&store, &ids, &bad).await;
+    store.shutdown().await;
+}
