@@ -547,7 +547,11 @@ where
         for i in 0..CALLERS {
             let window = window + DAY * i as u32;
             let left = stores[0].notice(id, NoticeKind::ExpiringSoon, window);
-            assert_eq!(left.await.unwrap(), None, "round {round}: gone with the key");
+            assert_eq!(
+                left.await.unwrap(),
+                None,
+                "round {round}: gone with the key"
+            );
         }
     }
 }
