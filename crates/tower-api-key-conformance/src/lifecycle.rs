@@ -468,7 +468,9 @@ where
 
 /// Many callers recording the same notice at once, through `stores`
 /// (clones of one store, or stores on one database): exactly one is told
-/// to send it.
+/// to send it. Callers recording notices while the key is revoked get an
+/// answer, never an error (a notice that lost the race to the revoke is not
+/// recorded), and no notice outlives the key.
 pub async fn concurrent_record_notice_lets_exactly_one_through<S>(stores: &[S])
 where
     S: LifecycleStore + Clone + 'static,
@@ -501,6 +503,56 @@ where
             sent += usize::from(task.await.unwrap());
         }
         assert_eq!(sent, 1, "round {round}: exactly one caller sends it");
+    }
+    for round in 0..8u64 {
+        let id = stores[0]
+            .create(NewKey::new("sa-race"))
+            .await
+            .unwrap()
+            .record
+            .key_id;
+        let window = crate::micros(LifecycleStore::now(&stores[0])) + DAY;
+        let barrier = Arc::new(Barrier::new(CALLERS + 1));
+        // Each caller records a notice of its own, so every one of them
+        // writes, each racing the revoke.
+        let tasks: Vec<_> = (0..CALLERS)
+            .map(|i| {
+                let store = stores[i % stores.len()].clone();
+                let barrier = barrier.clone();
+                let window = window + DAY * i as u32;
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store
+                        .record_notice(id, NoticeKind::ExpiringSoon, window, None)
+                        .await
+                })
+            })
+            .collect();
+        let revoker = {
+            let store = stores[round as usize % stores.len()].clone();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.revoke(id, None).await
+            })
+        };
+        for task in tasks {
+            let recorded = task.await.unwrap();
+            assert!(
+                recorded.is_ok(),
+                "round {round}: a notice racing the revoke: {recorded:?}"
+            );
+        }
+        assert!(revoker.await.unwrap().unwrap(), "round {round}: revoked");
+        for i in 0..CALLERS {
+            let window = window + DAY * i as u32;
+            let left = stores[0].notice(id, NoticeKind::ExpiringSoon, window);
+            assert_eq!(
+                left.await.unwrap(),
+                None,
+                "round {round}: gone with the key"
+            );
+        }
     }
 }
 
@@ -543,15 +595,20 @@ where
     assert!(!store.lease("long", "b", ttl).await.unwrap());
 }
 
-/// Two holders racing for one free lease, through `stores` (clones of one
-/// store, or stores on one database), round after round: exactly one
-/// holds it.
+/// Two holders racing for one lease, free or run out (held by a third
+/// whose time is up), through `stores` (clones of one store, or stores on
+/// one database), round after round: exactly one holds it.
 pub async fn concurrent_leases_let_exactly_one_holder_hold<S>(stores: &[S])
 where
     S: LifecycleStore + Clone + 'static,
 {
-    for round in 0..8 {
+    for round in 0..16 {
         let name = format!("race-{round}");
+        if round % 2 == 1 {
+            // Held for no time: run out at once, so the racers take it by
+            // the upsert's conditional update rather than its insert.
+            assert!(stores[0].lease(&name, "c", Duration::ZERO).await.unwrap());
+        }
         let barrier = Arc::new(Barrier::new(2));
         let tasks: Vec<_> = ["a", "b"]
             .into_iter()
@@ -821,7 +878,8 @@ where
 /// (clones of one store, or stores on one database): either the key is
 /// retired as read at its old use (and the use lands after), or it is not
 /// retired and shows the new use; never retired as of a use it no longer
-/// had.
+/// had. In half the rounds the key was never used (read as no use at all),
+/// and its first use races the retirement.
 pub async fn retire_unused_racing_record_usage_never_retires_a_newer_use<S>(stores: &[S])
 where
     S: LifecycleStore + Clone + 'static,
@@ -839,7 +897,12 @@ where
         let now = crate::micros(LifecycleStore::now(&store));
         let old = now - DAY * 400;
         let new = now - Duration::from_secs(1);
-        store.record_usage(&[(id, old)]).await.unwrap();
+        // The use the retirer read: none in every other pair of rounds
+        // (each pair runs the user and the retirer on either store).
+        let seen = (round % 4 < 2).then_some(old);
+        if let Some(old) = seen {
+            store.record_usage(&[(id, old)]).await.unwrap();
+        }
         let at = now + DAY;
         let barrier = Arc::new(Barrier::new(2));
         let user = {
@@ -855,7 +918,7 @@ where
             let barrier = barrier.clone();
             tokio::spawn(async move {
                 barrier.wait().await;
-                store.retire_unused(id, Some(old), old, at).await.unwrap()
+                store.retire_unused(id, seen, old, at).await.unwrap()
             })
         };
         user.await.unwrap();
@@ -864,11 +927,7 @@ where
         assert_eq!(got.last_used_at, Some(new), "round {round}: the use landed");
         match retired {
             Some(info) => {
-                assert_eq!(
-                    info.last_used_at,
-                    Some(old),
-                    "round {round}: retired as read"
-                );
+                assert_eq!(info.last_used_at, seen, "round {round}: retired as read");
                 assert_eq!(got.record.retired_unused_since, Some(old));
                 assert_eq!(got.record.expires_at, Some(at));
             }

@@ -1,7 +1,8 @@
-//! PostgreSQL's dialect of the SQL core: the row-level calls as SQL text
-//! and row mapping, on pooled connections. A transaction is one of
-//! tokio-postgres's; announcements are NOTIFYs sent in it, so they go out
-//! if and only if it commits.
+//! PostgreSQL's dialect of the SQL core: its statement runners with the
+//! value codec, on pooled connections, and the statements only it writes
+//! (lookup, migrations, announcements, the batch touch, the locks). A
+//! transaction is one of tokio-postgres's; announcements are NOTIFYs sent
+//! in it, so they go out if and only if it commits.
 //!
 //! Every statement is unnamed (`query_typed`: parse, bind and execute in one
 //! round trip, parameter types given here rather than asked of the server),

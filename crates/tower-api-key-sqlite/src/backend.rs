@@ -1,5 +1,6 @@
-//! SQLite's dialect of the SQL core: the row-level calls as SQL text and
-//! row mapping. Each call runs on a pooled connection on tokio's blocking
+//! SQLite's dialect of the SQL core: its statement runners with the value
+//! codec, and the statements only it writes (lookup, migrations, the
+//! change log). Each call runs on a pooled connection on tokio's blocking
 //! pool; a transaction runs its work there too, under SQLite's write lock
 //! (`BEGIN IMMEDIATE`), and every call in it completes at once.
 

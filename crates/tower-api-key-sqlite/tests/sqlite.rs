@@ -1414,3 +1414,62 @@ async fn a_huge_rate_limit_cost_saturates_the_bucket_without_an_error() {
     let (a, _) = two_stores_on_one_file(&dir).await;
     conformance::rate_sync::a_huge_cost_saturates_the_bucket(a.rate_limit_sync()).await;
 }
+
+/// Text holding `$n` and `?n` (what SQLite's runner rewrites in the SQL
+/// text) round-trips through every read and write: values are bound, never
+/// written into a statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_holding_parameter_marks_round_trips_unchanged() {
+    let dir = TempDir::new("dollar-text");
+    let store = dir.store().await;
+    let account = "sa$1?2";
+    let description = "costs $2 ?1 '$3' \"$$\" ?";
+    let metadata = tower_api_key::Metadata::new(r#"{"q":"$1 ?2 $"}"#).unwrap();
+    let created = store
+        .create(
+            NewKey::new(account)
+                .with_description(description)
+                .with_metadata(Some(metadata.clone())),
+        )
+        .await
+        .unwrap();
+    let id = created.record.key_id;
+    let got = store.get(id).await.unwrap().unwrap();
+    assert_eq!(&*got.record.service_account_id, account);
+    assert_eq!(got.record.description, description);
+    assert_eq!(got.record.metadata.as_ref(), Some(&metadata));
+    let listed = store.list(account, ListRequest::first(10)).await.unwrap();
+    assert_eq!(listed.keys.len(), 1);
+    assert_eq!(listed.keys[0].record.description, description);
+    let changed = "now $1$2 ?3";
+    store
+        .update(id, KeyUpdate::default().with_description(changed), None)
+        .await
+        .unwrap()
+        .unwrap();
+    let exported = store.export(None, MAX_EXPORT_PAGE).await.unwrap();
+    assert_eq!(exported.len(), 1);
+    assert_eq!(exported[0].info.record.description, changed);
+    assert_eq!(&*exported[0].info.record.service_account_id, account);
+    store.shutdown().await;
+}
+
+/// A row another tool wrote with text that is not UTF-8 (SQLite keeps what
+/// it is given) is unreadable like any corrupted row: it blocks neither its
+/// account's listing nor the export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails: a row the codec cannot decode fails the whole page (list and export), as before 9a0b8e3; needs per-row decoding in the core"]
+async fn a_row_with_text_that_is_not_utf8_does_not_block_listing_nor_export() {
+    let dir = TempDir::new("utf8-row");
+    let store = dir.store().await;
+    let ids = conformance::keys_to_corrupt(&store).await;
+    let bad = [ids[2]];
+    raw(&dir.db())
+        .execute(
+            "UPDATE tower_api_key_keys SET description = CAST(x'ff' AS TEXT) WHERE key_id = ?1",
+            [bad[0].as_str()],
+        )
+        .unwrap();
+    conformance::only_unreadable_rows_are_skipped(&store, &ids, &bad).await;
+    store.shutdown().await;
+}
