@@ -29,6 +29,10 @@ use crate::ListenerStatus;
 /// ("takc" in ASCII); the second is a hash of the account.
 const CREATE_LOCK_CLASS: i32 = 0x7461_6b63;
 
+/// First key of the advisory locks that serialize revokes and imports per
+/// key id ("takk" in ASCII); the second is a hash of the id.
+const KEY_LOCK_CLASS: i32 = 0x7461_6b6b;
+
 /// The advisory lock that serializes migrations ("tak-migr" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7461_6b2d_6d69_6772;
 
@@ -276,6 +280,14 @@ impl Tx for PgTx<'_> {
             &[(&CREATE_LOCK_CLASS, Type::INT4), (&account, Type::TEXT)],
         )
         .await?;
+        Ok(())
+    }
+
+    async fn lock_key(&mut self, id: &str) -> Result<(), BoxError> {
+        // Held until commit.
+        let sql = "SELECT pg_advisory_xact_lock($1, hashtext($2))::text";
+        self.query_rows(sql, &[(&KEY_LOCK_CLASS, Type::INT4), (&id, Type::TEXT)])
+            .await?;
         Ok(())
     }
 

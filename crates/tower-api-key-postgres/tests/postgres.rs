@@ -2464,7 +2464,6 @@ async fn expiring_reads_the_expiry_index() {
 /// round after round: both answer (never a deadlock error), and the key
 /// ends revoked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: import_revoked takes the revoked row then the key row, revoke the key row then the revoked row (deadlock, 40P01); fix in SqlKeyStore::import_revoked"]
 async fn revoke_racing_import_revoked_of_the_same_key_both_answer() {
     let Some(db) = TestDb::new("revoke_vs_import_revoked").await else {
         return;
@@ -2507,7 +2506,6 @@ async fn revoke_racing_import_revoked_of_the_same_key_both_answer() {
 /// An import of a key racing its revoke on another replica, round after
 /// round: the key ends revoked, never brought back by the import.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: import checks is_revoked before waiting on the key's row lock, then inserts the key the revoke deleted; fix in SqlKeyStore::import"]
 async fn an_import_racing_the_keys_revoke_never_brings_it_back() {
     let Some(db) = TestDb::new("import_vs_revoke").await else {
         return;
@@ -2559,7 +2557,6 @@ async fn an_import_racing_the_keys_revoke_never_brings_it_back() {
 /// revocation on another replica, round after round: the key ends
 /// revoked, never held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: nothing orders import and import_revoked of one key id that no row holds yet; fix in SqlKeyStore (a per-key lock)"]
 async fn an_import_racing_its_revocations_import_never_holds_the_key() {
     let Some(db) = TestDb::new("import_vs_import_revoked").await else {
         return;

@@ -412,6 +412,15 @@ pub trait Tx: Send {
         Ok(())
     }
 
+    /// Makes the writes that revoke or bring back key `id` (revoke, import,
+    /// a revocation's import, a leak report) take turns until the
+    /// transaction ends, whether or not a row holds the id yet; taken
+    /// before any other lock (default: nothing, where the transaction holds
+    /// the database's write lock).
+    async fn lock_key(&mut self, _id: &str) -> Result<(), BoxError> {
+        Ok(())
+    }
+
     /// The versions of the migrations applied to the database, once the
     /// transaction holds the migration lock and the table that records them
     /// exists.

@@ -671,6 +671,7 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
         let account = self
             .tx(move |tx| {
                 Box::pin(async move {
+                    tx.lock_key(&key_id).await?;
                     let Some(row) = tx.key_for_update(&key_id).await? else {
                         return Ok(None);
                     };
@@ -803,6 +804,9 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
         let ids = self
             .tx(move |tx| {
                 Box::pin(async move {
+                    // A create of this account commits before the key ids
+                    // are read (and is announced), or waits for this write.
+                    tx.lock_account(&account).await?;
                     let ids = tx.set_account_limits(&account, &text).await?;
                     // Every key of the account changed for every cache.
                     tx.announce(&ids, &account, now).await?;
@@ -924,6 +928,10 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
             .tx(move |tx| {
                 Box::pin(async move {
                     let account = &row.service_account_id;
+                    // The key id's lock first: a revoke, a revocation's
+                    // import or a leak report of this id commits before
+                    // the check below reads, or waits for this import.
+                    tx.lock_key(&row.key_id).await?;
                     tx.lock_account(account).await?;
                     if tx.is_revoked(&row.key_id).await? {
                         return Ok(Err(import_revoked(id)));
@@ -988,6 +996,7 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
         let account = self
             .tx(move |tx| {
                 Box::pin(async move {
+                    tx.lock_key(&key_id).await?;
                     tx.add_revoked(&key_id, now).await?;
                     let account = tx.delete_key(&key_id).await?;
                     if let Some(account) = &account {
@@ -1018,6 +1027,7 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
         let outcome = self
             .tx(move |tx| {
                 Box::pin(async move {
+                    tx.lock_key(&key_id).await?;
                     let Some(mut row) = tx.key_for_update(&key_id).await? else {
                         let revoked = tx.is_revoked(&key_id).await?;
                         return Ok(if revoked {
