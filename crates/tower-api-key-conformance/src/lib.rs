@@ -71,6 +71,7 @@ pub mod limits;
 pub mod lock;
 pub mod networks;
 pub mod rate_sync;
+pub mod revocation;
 pub mod transfer;
 pub mod versions;
 
@@ -366,6 +367,7 @@ macro_rules! __store_conformance {
                 transfer::export_holds_hashes_and_graced_previous_hashes_never_secrets,
                 transfer::import_refuses_an_id_held_with_another_hash_or_account_naming_it,
                 transfer::import_never_brings_back_a_key_this_store_revoked,
+                revocation::revokes_and_imports_racing_on_one_store_never_bring_a_key_back,
                 transfer::import_refuses_records_a_store_cannot_hold_naming_the_key,
                 transfer::import_applies_the_per_account_key_limit,
                 transfer::import_of_peppered_keys_verifies_only_with_that_pepper,

@@ -2460,146 +2460,45 @@ async fn expiring_reads_the_expiry_index() {
     db.drop_schema().await;
 }
 
-/// A revoke and an import of the same revocation racing on two replicas,
-/// round after round: both answer (never a deadlock error), and the key
-/// ends revoked.
+/// Revoke, import and a revocation's import of one key racing on two
+/// replicas (the kit's `revocation` rounds): never a deadlock, never the
+/// key back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_racing_import_revoked_of_the_same_key_both_answer() {
     let Some(db) = TestDb::new("revoke_vs_import_revoked").await else {
         return;
     };
-    let a = db.store().await;
-    let b = db.store().await;
-    for round in 0..400 {
-        let id = a
-            .create(NewKey::new("sa-race"))
-            .await
-            .unwrap()
-            .record
-            .key_id;
-        let barrier = Arc::new(tokio::sync::Barrier::new(2));
-        let revoker = {
-            let (store, barrier) = (a.clone(), barrier.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                store.revoke(id, None).await
-            })
-        };
-        let importer = {
-            let (store, barrier) = (b.clone(), barrier.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                store.import_revoked(id).await
-            })
-        };
-        let revoked = revoker.await.unwrap();
-        let imported = importer.await.unwrap();
-        assert!(revoked.is_ok(), "round {round}: revoke: {revoked:?}");
-        assert!(imported.is_ok(), "round {round}: import: {imported:?}");
-        assert!(a.get(id).await.unwrap().is_none(), "round {round}: gone");
-    }
+    let (a, b) = (db.store().await, db.store().await);
+    conformance::revocation::a_revoke_racing_the_import_of_its_revocation_both_answer(&a, &b, 400)
+        .await;
     a.shutdown().await;
     b.shutdown().await;
     db.drop_schema().await;
 }
 
-/// An import of a key racing its revoke on another replica, round after
-/// round: the key ends revoked, never brought back by the import.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_racing_the_keys_revoke_never_brings_it_back() {
     let Some(db) = TestDb::new("import_vs_revoke").await else {
         return;
     };
-    let a = db.store().await;
-    let b = db.store().await;
-    for round in 0..100 {
-        let id = a
-            .create(NewKey::new("sa-race"))
-            .await
-            .unwrap()
-            .record
-            .key_id;
-        let stored = a
-            .export(None, 1000)
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|k| k.info.record.key_id == id)
-            .unwrap();
-        let barrier = Arc::new(tokio::sync::Barrier::new(2));
-        let revoker = {
-            let (store, barrier) = (a.clone(), barrier.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                store.revoke(id, None).await
-            })
-        };
-        let importer = {
-            let (store, barrier) = (b.clone(), barrier.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                store.import(stored).await
-            })
-        };
-        assert!(revoker.await.unwrap().unwrap(), "round {round}: revoked");
-        let imported = importer.await.unwrap();
-        assert!(
-            a.get(id).await.unwrap().is_none(),
-            "round {round}: brought back by the import ({imported:?})"
-        );
-    }
+    let (a, b) = (db.store().await, db.store().await);
+    conformance::revocation::an_import_racing_the_keys_revoke_never_brings_it_back(&a, &b, 100)
+        .await;
     a.shutdown().await;
     b.shutdown().await;
     db.drop_schema().await;
 }
 
-/// An import of a key this database never held racing the import of its
-/// revocation on another replica, round after round: the key ends
-/// revoked, never held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_racing_its_revocations_import_never_holds_the_key() {
     let Some(db) = TestDb::new("import_vs_import_revoked").await else {
         return;
     };
-    let a = db.store().await;
-    let b = db.store().await;
-    let source = MemoryFactory.store(StoreSettings::new()).await;
-    for round in 0..100 {
-        let id = source
-            .create(NewKey::new("sa-race"))
-            .await
-            .unwrap()
-            .record
-            .key_id;
-        let stored = source
-            .export(None, 1000)
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|k| k.info.record.key_id == id)
-            .unwrap();
-        let barrier = Arc::new(tokio::sync::Barrier::new(2));
-        let revoker = {
-            let (store, barrier) = (a.clone(), barrier.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                store.import_revoked(id).await
-            })
-        };
-        let importer = {
-            let (store, barrier) = (b.clone(), barrier.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                store.import(stored).await
-            })
-        };
-        revoker.await.unwrap().unwrap();
-        let imported = importer.await.unwrap();
-        assert!(
-            a.get(id).await.unwrap().is_none(),
-            "round {round}: held despite its revocation ({imported:?})"
-        );
-    }
+    let (a, b) = (db.store().await, db.store().await);
+    conformance::revocation::an_import_racing_its_revocations_import_never_holds_the_key(
+        &a, &b, 100,
+    )
+    .await;
     a.shutdown().await;
     b.shutdown().await;
     db.drop_schema().await;

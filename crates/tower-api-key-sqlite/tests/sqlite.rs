@@ -1473,3 +1473,21 @@ async fn a_row_with_text_that_is_not_utf8_does_not_block_listing_nor_export() {
     conformance::only_unreadable_rows_are_skipped(&store, &ids, &bad).await;
     store.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// Revocation races between two processes
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_import_and_a_revocations_import_racing_never_bring_the_key_back() {
+    let dir = TempDir::new("revocation_races");
+    let (a, b) = two_stores_on_one_file(&dir).await;
+    conformance::revocation::a_revoke_racing_the_import_of_its_revocation_both_answer(&a, &b, 50)
+        .await;
+    conformance::revocation::an_import_racing_the_keys_revoke_never_brings_it_back(&a, &b, 50)
+        .await;
+    conformance::revocation::an_import_racing_its_revocations_import_never_holds_the_key(
+        &a, &b, 50,
+    )
+    .await;
+}
