@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-use crate::columns::{insert_sql, select_columns, update_sql};
+use crate::columns::{insert_sql, select_columns, text, update_sql};
 use crate::rate_sync::BucketAdd;
 use crate::row::{KeyRow, Lookup};
 use crate::{read_kinds, BoxError, Kind, Migration, Value};
@@ -73,10 +73,6 @@ impl Statement {
     }
 }
 
-fn text(v: &str) -> Value {
-    Value::Text(Some(v.to_owned()))
-}
-
 fn time(t: SystemTime) -> Value {
     Value::Time(Some(t))
 }
@@ -99,19 +95,20 @@ fn first_text(rows: Vec<Vec<Value>>) -> Result<Option<String>, BoxError> {
     Ok(texts(rows)?.into_iter().next())
 }
 
+/// The number in the one column of the first row; `what` names it in the
+/// error when there is none.
+fn first_int(rows: &[Vec<Value>], what: &str) -> Result<i64, BoxError> {
+    match rows.first().map(Vec::as_slice) {
+        Some([Value::Int(Some(n))]) => Ok(*n),
+        _ => Err(format!("{what} is not a number").into()),
+    }
+}
+
 /// The account limits of `account`.
 fn account_limits_statement(account: &str) -> Statement {
     let sql = "SELECT rate_limits FROM tower_api_key_account_limits
                 WHERE service_account_id = $1";
     Statement::new(sql, vec![text(account)]).returning([Kind::Text])
-}
-
-/// Runs `statement` in a transaction of its own: a write outside the
-/// operations' transactions (lifecycle notices and leases).
-async fn write_alone<B: Backend>(backend: &B, statement: Statement) -> ValueRows {
-    backend
-        .transaction(Box::new(move |tx| Box::pin(tx.query(statement))))
-        .await
 }
 
 /// A SQL backend: a database reached through one driver, with its dialect.
@@ -129,6 +126,15 @@ pub trait Backend: Sized + Send + Sync + 'static {
 
     /// Runs one statement that only reads, outside any transaction.
     async fn query(&self, statement: Statement) -> ValueRows;
+
+    /// Runs one statement that writes, outside the operations'
+    /// transactions, committed on its own (lifecycle notices and leases).
+    /// Default: in a transaction of its own; a dialect whose single
+    /// statements commit by themselves saves the round trips.
+    async fn write(&self, statement: Statement) -> ValueRows {
+        self.transaction(Box::new(move |tx| Box::pin(tx.query(statement))))
+            .await
+    }
 
     /// The hashes of key `id` (first read of verification), one row whether
     /// or not it exists: a missing key's placeholders are in the scheme
@@ -160,10 +166,8 @@ pub trait Backend: Sized + Send + Sync + 'static {
         let rows = self
             .query(Statement::new(sql, Vec::new()).returning([Kind::Int]))
             .await?;
-        match rows.first().map(Vec::as_slice) {
-            Some([Value::Int(Some(newest))]) => Ok(u32::try_from(*newest).unwrap_or(0)),
-            _ => Err("the newest migration is not a number".into()),
-        }
+        let newest = first_int(&rows, "the newest migration")?;
+        Ok(u32::try_from(newest).unwrap_or(0))
     }
 
     /// The row of key `id`, with its account's limits.
@@ -285,7 +289,7 @@ pub trait Backend: Sized + Send + Sync + 'static {
             time(sent_at),
             Value::Time(announced),
         ];
-        match write_alone(self, Statement::new(sql, params)).await {
+        match self.write(Statement::new(sql, params)).await {
             Ok(rows) => Ok(!rows.is_empty()),
             // The key was deleted between the read and the insert: it gets
             // no notice.
@@ -357,10 +361,7 @@ pub trait Backend: Sized + Send + Sync + 'static {
                     let rows = tx
                         .query(Statement::new(sql, params).returning([Kind::Int]))
                         .await?;
-                    match rows.first().map(Vec::as_slice) {
-                        Some([Value::Int(Some(tat))]) => tats.push(*tat),
-                        _ => return Err("a bucket's TAT is not a number".into()),
-                    }
+                    tats.push(first_int(&rows, "a bucket's TAT")?);
                 }
                 Ok(tats)
             })
@@ -386,9 +387,7 @@ pub trait Backend: Sized + Send + Sync + 'static {
                        OR tower_api_key_leases.holder = excluded.holder
                    RETURNING 1";
         let params = vec![text(name), text(holder), time(now), time(until)];
-        Ok(!write_alone(self, Statement::new(sql, params))
-            .await?
-            .is_empty())
+        Ok(!self.write(Statement::new(sql, params)).await?.is_empty())
     }
 }
 
@@ -455,10 +454,7 @@ pub trait Tx: Send {
         let rows = self
             .query(Statement::new(sql, vec![text(account)]).returning([Kind::Int]))
             .await?;
-        match rows.first().map(Vec::as_slice) {
-            Some([Value::Int(Some(n))]) => Ok(*n),
-            _ => Err("count returned no number".into()),
-        }
+        first_int(&rows, "the count of keys")
     }
 
     /// The row of key `id`, locked until the transaction ends, with its

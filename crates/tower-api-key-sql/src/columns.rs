@@ -138,7 +138,8 @@ pub(crate) fn update_sql() -> String {
     )
 }
 
-fn text(v: &str) -> Value {
+/// `v` as a text value.
+pub(crate) fn text(v: &str) -> Value {
     Value::Text(Some(v.to_owned()))
 }
 
