@@ -473,8 +473,13 @@ pub trait Tx: Send {
     }
 
     /// Writes what a change can change of `row` to the row of its key id
-    /// (all but the account, the creation time and the last use).
+    /// (all but the account, the creation time and the last use). An
+    /// [`unreadable`](KeyRow::unreadable) row is refused: writing it back
+    /// would replace what could not be read.
     async fn write_key(&mut self, row: &KeyRow) -> Result<(), BoxError> {
+        if let Some(why) = &row.unreadable {
+            return Err(why.clone().into());
+        }
         self.query(Statement::new(update_sql(), row.changed_values()))
             .await?;
         Ok(())

@@ -200,7 +200,25 @@ impl KeyRow {
 
     /// The row a read of [`select_columns`] returned, as values in the
     /// order of [`read_kinds`].
-    pub fn from_values(values: Vec<Value>) -> Result<Self, BoxError> {
+    ///
+    /// A value that is not of its column's kind (a codec that could not
+    /// read the column as its kind, such as SQLite text that is not UTF-8)
+    /// makes the row [`unreadable`](KeyRow::unreadable), naming the column:
+    /// the row still pages by its id and creation time, and reads of its
+    /// record fail. An unreadable key id is an error.
+    pub fn from_values(mut values: Vec<Value>) -> Result<Self, BoxError> {
+        let names = KEY_COLUMNS.iter().map(|(name, _)| *name);
+        let mut unreadable = None;
+        let columns = names.chain(["account_rate_limits"]).zip(read_kinds());
+        for (value, (name, kind)) in values.iter_mut().zip(columns) {
+            if value.kind() != kind {
+                if name == "key_id" {
+                    return Err(mismatch());
+                }
+                unreadable.get_or_insert_with(|| format!("column {name} cannot be read"));
+                *value = Value::placeholder(kind);
+            }
+        }
         let mut values = values.into_iter();
         let mut next = move || values.next().ok_or("a key row has too few columns");
         let key_id = req(opt_text(next()?)?)?;
@@ -260,7 +278,34 @@ impl KeyRow {
             },
             retired_unused_since: time(next()?)?,
             account_rate_limits: opt_text(next()?)?,
+            unreadable,
         })
+    }
+}
+
+impl Value {
+    /// The kind of column this value is of.
+    pub(crate) fn kind(&self) -> Kind {
+        match self {
+            Value::Int(_) => Kind::Int,
+            Value::Text(_) => Kind::Text,
+            Value::Bytes(_) => Kind::Bytes,
+            Value::Time(_) => Kind::Time,
+            Value::Texts(_) => Kind::Texts,
+            Value::Bool(_) => Kind::Bool,
+        }
+    }
+
+    /// A value of `kind` that stands in for one a codec could not read.
+    fn placeholder(kind: Kind) -> Self {
+        match kind {
+            Kind::Int => Value::Int(Some(0)),
+            Kind::Text => Value::Text(Some(String::new())),
+            Kind::Bytes => Value::Bytes(None),
+            Kind::Time => Value::Time(Some(SystemTime::UNIX_EPOCH)),
+            Kind::Texts => Value::Texts(Vec::new()),
+            Kind::Bool => Value::Bool(false),
+        }
     }
 }
 
@@ -341,6 +386,7 @@ mod tests {
             operator_locked: true,
             retire_when_unused: false,
             retired_unused_since: Some(at),
+            unreadable: None,
         };
         let mut values = row.values();
         assert_eq!(values.len(), KEY_COLUMNS.len());
@@ -359,5 +405,56 @@ mod tests {
                 && sql.contains("retired_unused_since = $30")
         );
         assert!(KeyRow::from_values(vec![Value::Int(None)]).is_err());
+    }
+
+    #[test]
+    fn a_value_of_another_kind_makes_the_row_unreadable_naming_the_column_but_not_its_id() {
+        let at = SystemTime::UNIX_EPOCH;
+        let row = KeyRow {
+            key_id: "k".into(),
+            service_account_id: "sa".into(),
+            scopes: Vec::new(),
+            description: "d".into(),
+            created_at: at,
+            expires_at: None,
+            last_used_at: None,
+            hint: "h".into(),
+            rate_limits: String::new(),
+            account_rate_limits: None,
+            credits: CreditColumns::default(),
+            version: 1,
+            hash: HashColumns::default(),
+            previous: HashColumns::default(),
+            previous_valid_until: None,
+            compromised_at: None,
+            compromise_url: None,
+            compromise_source: None,
+            compromise_action: None,
+            compromised_hash: None,
+            allowed_networks: Vec::new(),
+            metadata: None,
+            operator_locked: false,
+            retire_when_unused: true,
+            retired_unused_since: None,
+            unreadable: None,
+        };
+        let mut values = row.values();
+        values.push(Value::Text(None));
+        let description = KEY_COLUMNS
+            .iter()
+            .position(|(name, _)| *name == "description")
+            .unwrap();
+        values[description] = Value::Bytes(Some(vec![0xff]));
+        let read = KeyRow::from_values(values.clone()).unwrap();
+        assert_eq!(read.key_id, "k");
+        assert_eq!(read.created_at, at);
+        assert_eq!(
+            read.unreadable.as_deref(),
+            Some("column description cannot be read")
+        );
+        let err = read.record().unwrap_err().to_string();
+        assert_eq!(err, "column description cannot be read");
+        values[0] = Value::Bytes(Some(vec![0xff]));
+        assert!(KeyRow::from_values(values).is_err(), "no id, no row");
     }
 }

@@ -104,6 +104,10 @@ pub struct KeyRow {
     pub retire_when_unused: bool,
     /// `retired_unused_since`: set when the lifecycle task retired the key.
     pub retired_unused_since: Option<SystemTime>,
+    /// Why the row cannot be read as a key (a column its codec could not
+    /// read, named; never a value): its record does not read and the row is
+    /// never written back. `None` for a row read whole.
+    pub unreadable: Option<String>,
 }
 
 impl KeyRow {
@@ -118,7 +122,12 @@ impl KeyRow {
     }
 
     /// The record the row holds, checked.
+    ///
+    /// An [`unreadable`](Self::unreadable) row holds none.
     pub fn record(&self) -> Result<KeyRecord, BoxError> {
+        if let Some(why) = &self.unreadable {
+            return Err(why.clone().into());
+        }
         let key_id = self.id()?;
         let scopes =
             ScopeSet::new(&self.scopes).map_err(|e| format!("stored scopes are not valid: {e}"))?;

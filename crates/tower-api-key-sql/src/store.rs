@@ -469,6 +469,7 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
             operator_locked: record.operator_locked,
             retire_when_unused: record.retire_when_unused,
             retired_unused_since: None,
+            unreadable: None,
         };
         let limit = self.max_keys_per_account;
         let id = key.id();
@@ -921,6 +922,7 @@ impl<B: Backend> KeyStore for SqlKeyStore<B> {
             operator_locked: record.operator_locked,
             retire_when_unused: record.retire_when_unused,
             retired_unused_since: record.retired_unused_since.map(micros),
+            unreadable: None,
         };
         let hash = key.hash;
         let limit = self.max_keys_per_account;

@@ -9,6 +9,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, Row};
 use tower_api_key_sql::{
     Backend, BoxError, BoxFuture, HashColumns, Kind, Lookup, Statement, Tx, TxWork, Value,
@@ -64,21 +65,39 @@ fn hash_columns(row: &Row<'_>, prefix: &str) -> rusqlite::Result<HashColumns> {
 
 /// The values of the columns `kinds` of `row`: times are integer
 /// microseconds, lists one text of names separated by a space, booleans 0
-/// or 1.
+/// or 1. Text that is not UTF-8 (written by another program) comes back as
+/// its bytes, which makes a key row unreadable rather than its whole read
+/// fail.
 fn decode(row: &Row<'_>, kinds: &[Kind]) -> rusqlite::Result<Vec<Value>> {
+    let text = |i: usize| -> rusqlite::Result<Result<Option<String>, Vec<u8>>> {
+        match row.get_ref(i)? {
+            ValueRef::Text(bytes) => Ok(std::str::from_utf8(bytes)
+                .map(|text| Some(text.to_owned()))
+                .map_err(|_| bytes.to_vec())),
+            _ => row.get(i).map(Ok),
+        }
+    };
     let value = |(i, kind): (usize, &Kind)| {
         Ok(match kind {
             Kind::Int => Value::Int(row.get(i)?),
-            Kind::Text => Value::Text(row.get(i)?),
+            Kind::Text => text(i)?.map_or_else(|raw| Value::Bytes(Some(raw)), Value::Text),
             Kind::Bytes => Value::Bytes(row.get(i)?),
             Kind::Time => Value::Time(row.get::<_, Option<i64>>(i)?.map(from_micros).transpose()?),
-            Kind::Texts => Value::Texts(
-                row.get::<_, String>(i)?
-                    .split(' ')
-                    .filter(|name| !name.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-            ),
+            Kind::Texts => match text(i)? {
+                Ok(names) => Value::Texts(
+                    names
+                        .ok_or(rusqlite::Error::InvalidColumnType(
+                            i,
+                            "a list".to_owned(),
+                            rusqlite::types::Type::Null,
+                        ))?
+                        .split(' ')
+                        .filter(|name| !name.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                ),
+                Err(raw) => Value::Bytes(Some(raw)),
+            },
             Kind::Bool => Value::Bool(row.get::<_, Option<bool>>(i)?.unwrap_or_default()),
         })
     };
