@@ -10,11 +10,12 @@
 //! taking stores (`concurrent_*`) are also for a store's own tests with two
 //! stores on one database (two replicas).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Barrier;
-use tower_api_key::clock::Clock as _;
+use tower_api_key::clock::{Clock as _, ManualClock};
 use tower_api_key::store::{
     latest_time, Imported, KeyUpdate, LifecycleStore, ListRequest, NewKey, NoticeKind, StoreError,
     MAX_EXPORT_PAGE,
@@ -946,4 +947,45 @@ where
 {
     let store = f.store(StoreSettings::new()).await;
     retire_unused_racing_record_usage_never_retires_a_newer_use(&[store.clone(), store]).await;
+}
+
+/// A notice and a lease recorded by `first` hold for the store `reopen`
+/// makes of it (shut down, then a new store on the same database, on
+/// `clock`, which reads [`start_time`](crate::start_time)): the notice is
+/// not sent again and keeps its sending time, the lease is not taken by
+/// another holder. Then the key is revoked; the new store and the key's id
+/// come back, for the caller to check with its own SQL that the notice
+/// went with the key.
+pub async fn a_notice_and_a_lease_outlive_their_store<S, R, Fut>(
+    first: S,
+    clock: &ManualClock,
+    reopen: R,
+) -> (S, KeyId)
+where
+    S: LifecycleStore,
+    R: FnOnce(S) -> Fut,
+    Fut: Future<Output = S>,
+{
+    let id = first
+        .create(NewKey::new("sa-1"))
+        .await
+        .unwrap()
+        .record
+        .key_id;
+    let window = clock.now() + 6 * DAY;
+    let kind = NoticeKind::ExpiringSoon;
+    assert!(first.record_notice(id, kind, window, None).await.unwrap());
+    let minute = Duration::from_secs(60);
+    assert!(first.lease("lifecycle", "a", minute).await.unwrap());
+
+    let again = reopen(first).await;
+    assert!(
+        !again.record_notice(id, kind, window, None).await.unwrap(),
+        "sent before the restart: not again"
+    );
+    let sent = again.notice(id, kind, window).await.unwrap().unwrap();
+    assert_eq!(sent.sent_at, crate::start_time());
+    assert!(!again.lease("lifecycle", "b", minute).await.unwrap());
+    assert!(again.revoke(id, None).await.unwrap());
+    (again, id)
 }

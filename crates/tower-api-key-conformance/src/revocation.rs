@@ -8,18 +8,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::Barrier;
-use tower_api_key::store::{NewKey, StoredKey};
-use tower_api_key::{KeyId, KeyStore, MemoryStore};
+use tower_api_key::store::NewKey;
+use tower_api_key::{KeyStore, MemoryStore};
 
-use super::{StoreFactory, StoreSettings};
-
-/// The export of key `id` from `store`.
-async fn exported(store: &impl KeyStore, id: KeyId) -> StoredKey {
-    let page = store.export(None, 1000).await.expect("exported");
-    page.into_iter()
-        .find(|k| k.info.record.key_id == id)
-        .expect("the key is in the export")
-}
+use super::{exported, StoreFactory, StoreSettings};
 
 /// Runs `first` and `second` on two tasks released at once; their answers.
 async fn race<A, B>(first: A, second: B) -> (A::Output, B::Output)

@@ -33,9 +33,7 @@ use tokio_postgres::{Config, NoTls};
 use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError, Source};
 use tower_api_key::clock::{Clock, ManualClock};
 use tower_api_key::limits::{BucketUse, Credits, RateLimit, RateLimitSync};
-use tower_api_key::store::{
-    ConfigError, CreatedKey, KeyUpdate, LifecycleStore, NewKey, NoticeKind, StoreError,
-};
+use tower_api_key::store::{ConfigError, CreatedKey, KeyUpdate, NewKey, StoreError};
 use tower_api_key::CreditLedger;
 use tower_api_key::Invalidation;
 use tower_api_key::KeyStore;
@@ -2344,44 +2342,15 @@ async fn a_notice_and_a_lease_survive_a_new_store_and_go_with_the_key() {
     let clock = Arc::new(ManualClock::new(conformance::start_time()));
     let store = db.builder().clock(clock.clone()).connect().await.unwrap();
     store.migrate().await.unwrap();
-    let id = store
-        .create(NewKey::new("sa-1"))
-        .await
-        .unwrap()
-        .record
-        .key_id;
-    let window = clock.now() + Duration::from_secs(6 * 86_400);
-    assert!(store
-        .record_notice(id, NoticeKind::ExpiringSoon, window, None)
-        .await
-        .unwrap());
-    assert!(store
-        .lease("lifecycle", "a", Duration::from_secs(60))
-        .await
-        .unwrap());
-    store.shutdown().await;
-    drop(store);
-
-    let again = db.builder().clock(clock.clone()).connect().await.unwrap();
-    assert!(
-        !again
-            .record_notice(id, NoticeKind::ExpiringSoon, window, None)
-            .await
-            .unwrap(),
-        "sent before the restart: not again"
-    );
-    let sent = again
-        .notice(id, NoticeKind::ExpiringSoon, window)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(sent.sent_at, conformance::start_time());
-    assert!(!again
-        .lease("lifecycle", "b", Duration::from_secs(60))
-        .await
-        .unwrap());
-    // The notice goes with the key.
-    assert!(again.revoke(id, None).await.unwrap());
+    let reopen = |store: PgKeyStore| async {
+        store.shutdown().await;
+        drop(store);
+        db.builder().clock(clock.clone()).connect().await.unwrap()
+    };
+    let (again, _) =
+        conformance::lifecycle::a_notice_and_a_lease_outlive_their_store(store, &clock, reopen)
+            .await;
+    // The notice went with the key.
     let left: i64 = db
         .admin
         .query_one(

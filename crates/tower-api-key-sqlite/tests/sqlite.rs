@@ -26,8 +26,8 @@ use tower_api_key::cache::{CacheConfig, CachedVerifier, LookupError, Source};
 use tower_api_key::clock::{Clock, ManualClock};
 use tower_api_key::limits::Credits;
 use tower_api_key::store::{
-    ConfigError, CreatedKey, KeyUpdate, LifecycleStore, ListRequest, NewKey, NoticeKind,
-    StoreError, MAX_EXPORT_PAGE,
+    ConfigError, CreatedKey, KeyUpdate, LifecycleStore, ListRequest, NewKey, StoreError,
+    MAX_EXPORT_PAGE,
 };
 use tower_api_key::CreditLedger;
 use tower_api_key::{Authenticator, KeyStore, ScopeSet};
@@ -1269,44 +1269,15 @@ async fn a_notice_and_a_lease_survive_a_new_store_on_the_file() {
     let clock = Arc::new(ManualClock::new(conformance::start_time()));
     let store = dir.builder().clock(clock.clone()).open().await.unwrap();
     store.migrate().await.unwrap();
-    let id = store
-        .create(NewKey::new("sa-1"))
-        .await
-        .unwrap()
-        .record
-        .key_id;
-    let window = clock.now() + Duration::from_secs(6 * 86_400);
-    assert!(store
-        .record_notice(id, NoticeKind::ExpiringSoon, window, None)
-        .await
-        .unwrap());
-    assert!(store
-        .lease("lifecycle", "a", Duration::from_secs(60))
-        .await
-        .unwrap());
-    store.shutdown().await;
-    drop(store);
-
-    let again = dir.builder().clock(clock.clone()).open().await.unwrap();
-    assert!(
-        !again
-            .record_notice(id, NoticeKind::ExpiringSoon, window, None)
-            .await
-            .unwrap(),
-        "sent before the restart: not again"
-    );
-    let sent = again
-        .notice(id, NoticeKind::ExpiringSoon, window)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(sent.sent_at, conformance::start_time());
-    assert!(!again
-        .lease("lifecycle", "b", Duration::from_secs(60))
-        .await
-        .unwrap());
-    // The notice goes with the key.
-    assert!(again.revoke(id, None).await.unwrap());
+    let reopen = |store: SqliteKeyStore| async {
+        store.shutdown().await;
+        drop(store);
+        dir.builder().clock(clock.clone()).open().await.unwrap()
+    };
+    let (again, _) =
+        conformance::lifecycle::a_notice_and_a_lease_outlive_their_store(store, &clock, reopen)
+            .await;
+    // The notice went with the key.
     let left: i64 = raw(&dir.db())
         .query_row("SELECT count(*) FROM tower_api_key_notices", [], |row| {
             row.get(0)
