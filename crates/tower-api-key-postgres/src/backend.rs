@@ -9,21 +9,17 @@
 //! so nothing outlives the transaction on the server session: a transaction
 //! pooler such as PgBouncer may hand the next transaction another one.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Pool, Transaction};
-use tokio::sync::{watch, Notify};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 use tower_api_key_sql::{
-    read_kinds, select_columns, Backend, BoxError, BucketAdd, KeyRow, Kind, Lookup, Statement, Tx,
-    TxWork, Value, ValueRows,
+    read_kinds, select_columns, Backend, BoxError, BucketAdd, KeyRow, Kind, Listener, Lookup,
+    Statement, Tx, TxWork, Value, ValueRows,
 };
-
-use crate::ListenerStatus;
 
 /// First key of the advisory locks that serialize creates per account
 /// ("takc" in ASCII); the second is a hash of the account.
@@ -46,29 +42,20 @@ pub(crate) const CHANGE_LOG_AGE: Duration = Duration::from_secs(600);
 /// its id alone.
 const MAX_NOTIFY_ACCOUNT_LEN: i32 = 1024;
 
-/// The PostgreSQL backend: the pool, and what announcements go out on.
+/// The PostgreSQL backend: the pool, what announcements go out on, and
+/// the listener to wake when the database answers.
 pub(crate) struct Pg {
     pub(crate) pool: Pool,
     pub(crate) channel: String,
-    pub(crate) status: watch::Receiver<ListenerStatus>,
-    /// Tells a listener that is not listening that the database answers again.
-    pub(crate) wake_listener: Arc<Notify>,
+    pub(crate) listener: Listener,
 }
 
 impl Pg {
-    /// The database answered: a listener waiting out its backoff reconnects
-    /// now, not up to the backoff's maximum later.
-    fn answered(&self) {
-        if !self.status.borrow().is_listening() {
-            self.wake_listener.notify_one();
-        }
-    }
-
     /// Runs one unnamed statement on a pooled connection.
     async fn query_rows(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, BoxError> {
         let client = self.pool.get().await?;
         let rows = client.query_typed(sql, params).await?;
-        self.answered();
+        self.listener.answered();
         Ok(rows)
     }
 }
@@ -144,7 +131,7 @@ impl Backend for Pg {
         };
         let out = work(&mut tx).await?;
         tx.tx.commit().await?;
-        self.answered();
+        self.listener.answered();
         Ok(out)
     }
 

@@ -14,16 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{NoTls, Socket};
 use tower_api_key::store::{ConfigError, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT};
 use tower_api_key::{Invalidations, KeyFormat};
-use tower_api_key_sql::{BackgroundTask, SqlKeyStore, SqlSettings};
+use tower_api_key_sql::{BackgroundTask, Listener, ListenerSettings, SqlKeyStore, SqlSettings};
 
-pub use listener::ListenerStatus;
 pub use migrations::migrations;
-pub use tower_api_key_sql::{Migration, MigrationReport, SqlRateLimitSync};
+pub use tower_api_key_sql::{ListenerStatus, Migration, MigrationReport, SqlRateLimitSync};
 
 use self::backend::Pg;
 
@@ -116,7 +115,7 @@ impl fmt::Debug for PgKeyStore {
         f.debug_struct("PgKeyStore")
             .field("format", &self.format())
             .field("channel", &self.channel())
-            .field("listener", &*self.pg().status.borrow())
+            .field("listener", &*self.pg().listener.status().borrow())
             .finish_non_exhaustive()
     }
 }
@@ -130,10 +129,7 @@ pub struct PgKeyStoreBuilder {
     channel: String,
     pool_size: usize,
     timeout: Duration,
-    backoff_min: Duration,
-    backoff_max: Duration,
-    health_check_interval: Duration,
-    probe_interval: Duration,
+    listener: ListenerSettings,
     feed: ChangeFeed,
     listen_pg: Option<tokio_postgres::Config>,
 }
@@ -152,6 +148,7 @@ impl fmt::Debug for PgKeyStoreBuilder {
 
 impl PgKeyStoreBuilder {
     tower_api_key_sql::settings_setters!();
+    tower_api_key_sql::listener_setters!();
 
     /// Settings for the database `config` points at, with the defaults: key
     /// prefix `tak`, plain SHA-256, the system clock, channel
@@ -167,10 +164,7 @@ impl PgKeyStoreBuilder {
             channel: DEFAULT_CHANNEL.to_owned(),
             pool_size: DEFAULT_POOL_SIZE,
             timeout: Duration::from_secs(5),
-            backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(5),
-            health_check_interval: Duration::from_secs(10),
-            probe_interval: Duration::from_millis(250),
+            listener: ListenerSettings::default(),
             feed: ChangeFeed::default(),
             listen_pg: None,
         }
@@ -217,37 +211,6 @@ impl PgKeyStoreBuilder {
     /// the configuration sets none.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
-        self
-    }
-
-    /// Delays between the listener's reconnection attempts: the first
-    /// attempt after a loss is immediate, the next ones wait from `min`,
-    /// doubling up to `max`, with jitter (default 100 ms to 5 s). A delay
-    /// ends early once the database answers the pool again (see
-    /// [`reconnect_probe_interval`](Self::reconnect_probe_interval)).
-    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.backoff_min = min;
-        self.backoff_max = max.max(min);
-        self
-    }
-
-    /// While the listener is not listening, how often it checks, with a
-    /// query on a pooled connection, whether the database answers again
-    /// (default 250 ms). When it does, the listener reconnects at once
-    /// instead of waiting out its backoff; a store call that reaches the
-    /// database wakes it at once as well. After a database restart the
-    /// listener therefore listens again (and flushes the cache) within this
-    /// interval plus one connection attempt.
-    pub fn reconnect_probe_interval(mut self, every: Duration) -> Self {
-        self.probe_interval = every.max(Duration::from_millis(10));
-        self
-    }
-
-    /// How often the listener checks that its connection still answers
-    /// (default 10 s). A connection closed by the server is noticed at once;
-    /// this finds the ones that died silently.
-    pub fn health_check_interval(mut self, every: Duration) -> Self {
-        self.health_check_interval = every.max(Duration::from_millis(10));
         self
     }
 
@@ -309,32 +272,20 @@ impl PgKeyStoreBuilder {
         // The log's end now, before any cache holds anything; when the
         // database is not migrated yet the first poll reads from the start.
         poller.start().await.map_err(StoreError::backend)?;
-        let first_status = if self.feed.listens() {
-            ListenerStatus::Connecting { failures: 0 }
-        } else {
-            ListenerStatus::Off
-        };
-        let (status_tx, mut status) = watch::channel(first_status);
-        let wake_listener = Arc::new(Notify::new());
-        let listener = self.feed.listens().then(|| {
-            let reach = listener::Reachability {
-                pool: pool.clone(),
-                wake: wake_listener.clone(),
-            };
-            let config = listener::ListenerConfig {
+        let (listener, listening) = if self.feed.listens() {
+            let subscription = listener::PgSubscription {
                 pg: listener_pg,
                 channel: self.channel.clone(),
-                backoff_min: self.backoff_min,
-                backoff_max: self.backoff_max,
-                health_check_interval: self.health_check_interval,
-                probe_interval: self.probe_interval,
-                timeout: self.timeout,
+                tls,
+                pool: pool.clone(),
             };
-            let bus = invalidations.clone();
-            BackgroundTask::start(|stop| {
-                tokio::spawn(listener::run(config, reach, tls, bus, status_tx, stop))
-            })
-        });
+            self.listener.timeout = self.timeout;
+            let (listener, task) =
+                Listener::spawn(subscription, self.listener, invalidations.clone());
+            (listener, Some(task))
+        } else {
+            (Listener::off(), None)
+        };
         let polling = self.feed.poll_interval().map(|every| {
             BackgroundTask::poll_change_log(
                 poller.clone(),
@@ -346,13 +297,12 @@ impl PgKeyStoreBuilder {
         let backend = Pg {
             pool,
             channel: self.channel,
-            status: status.clone(),
-            wake_listener,
+            listener: listener.clone(),
         };
         let store = PgKeyStore {
             inner: Arc::new(Inner {
                 core: SqlKeyStore::new(backend, self.settings, invalidations),
-                listener,
+                listener: listening,
                 poller,
                 polling,
             }),
@@ -360,12 +310,10 @@ impl PgKeyStoreBuilder {
         if !self.feed.listens() {
             return Ok(store);
         }
-        let listening = tokio::time::timeout(
-            self.timeout.saturating_mul(2),
-            status.wait_for(ListenerStatus::is_listening),
-        )
-        .await;
-        if matches!(listening, Ok(Ok(_))) {
+        if listener
+            .listening_within(self.timeout.saturating_mul(2))
+            .await
+        {
             return Ok(store);
         }
         if self.feed.poll_interval().is_some() {
@@ -433,9 +381,7 @@ impl PgKeyStore {
     /// sleeping (`status.wait_for(ListenerStatus::is_listening)`). The
     /// current state counts as seen: `changed()` waits for the next one.
     pub fn listener_status(&self) -> watch::Receiver<ListenerStatus> {
-        let mut status = self.pg().status.clone();
-        status.mark_unchanged();
-        status
+        self.pg().listener.status()
     }
 
     /// Stops the listener and the poller and waits for them, and closes the
