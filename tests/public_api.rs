@@ -351,6 +351,29 @@ impl Crate {
                             members: Vec::new(),
                         });
                     }
+                    // ... and the store's methods the macro writes.
+                    let members = [
+                        ("format", None),
+                        ("migrate", None),
+                        ("schema_version", None),
+                        ("rate_limit_sync", None),
+                        ("verify_work", Some("test-util")),
+                    ]
+                    .into_iter()
+                    .map(|(name, gate)| Member {
+                        kind: "fn",
+                        suffix: format!("::{name}"),
+                        notes: Vec::new(),
+                        features: gate.map(String::from).into_iter().collect(),
+                    })
+                    .collect();
+                    self.impls.push(Impl {
+                        module,
+                        self_name: vec![store.to_string()],
+                        trait_path: None,
+                        features: features.clone(),
+                        members,
+                    });
                     continue;
                 }
                 Item::Macro(i) => {
@@ -396,18 +419,34 @@ impl Crate {
                             syn::ImplItem::Type(t) => {
                                 ("type", t.ident.to_string(), &t.attrs, &t.vis)
                             }
-                            // The setters the SQL core's `settings_setters!()`
-                            // writes into a store's builder.
-                            syn::ImplItem::Macro(m)
-                                if m.mac.path.segments.last().unwrap().ident
-                                    == "settings_setters" =>
-                            {
-                                for (name, gate) in [
-                                    ("format", None),
-                                    ("hasher", None),
-                                    ("clock", Some("test-util")),
-                                    ("max_keys_per_account", None),
-                                ] {
+                            // The setters the SQL core's macros write into a
+                            // store's builder.
+                            syn::ImplItem::Macro(m) => {
+                                let setters: &[(&str, Option<&str>)] = match m
+                                    .mac
+                                    .path
+                                    .segments
+                                    .last()
+                                    .unwrap()
+                                    .ident
+                                    .to_string()
+                                    .as_str()
+                                {
+                                    "settings_setters" => &[
+                                        ("format", None),
+                                        ("hasher", None),
+                                        ("clock", Some("test-util")),
+                                        ("max_keys_per_account", None),
+                                    ],
+                                    // `listener_setters!()`: the listener's settings.
+                                    "listener_setters" => &[
+                                        ("reconnect_backoff", None),
+                                        ("reconnect_probe_interval", None),
+                                        ("health_check_interval", None),
+                                    ],
+                                    _ => &[],
+                                };
+                                for &(name, gate) in setters {
                                     members.push(Member {
                                         kind: "fn",
                                         suffix: format!("::{name}"),

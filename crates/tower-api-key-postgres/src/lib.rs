@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{NoTls, Socket};
 use tower_api_key::store::{ConfigError, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT};
-use tower_api_key::{Invalidations, KeyFormat};
+use tower_api_key::Invalidations;
 use tower_api_key_sql::{BackgroundTask, Listener, ListenerSettings, SqlKeyStore, SqlSettings};
 
 pub use migrations::migrations;
@@ -107,7 +107,7 @@ struct Inner {
     polling: Option<BackgroundTask>,
 }
 
-tower_api_key_sql::delegate_store!(PgKeyStore => inner.core);
+tower_api_key_sql::delegate_store!(PgKeyStore => inner.core, migrations);
 
 impl fmt::Debug for PgKeyStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -338,12 +338,6 @@ fn valid_channel(channel: &str) -> bool {
 }
 
 impl PgKeyStore {
-    /// The format of the keys this store issues: what
-    /// [`Verifier::key_format`](tower_api_key::Verifier::key_format) returns, without the `Option`.
-    pub fn format(&self) -> KeyFormat {
-        self.inner.core.format()
-    }
-
     /// Connects to the database at `url` (a libpq-style URL or key=value
     /// string) with the default settings. See [`PgKeyStoreBuilder::connect`].
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
@@ -355,21 +349,6 @@ impl PgKeyStore {
         // The parse error never holds the URL (which may hold a password).
         let config = tokio_postgres::Config::from_str(url).map_err(ConfigError::database_url)?;
         Ok(PgKeyStoreBuilder::new(config))
-    }
-
-    /// Creates or updates the schema: applies the migrations the database
-    /// lacks, in one transaction. Idempotent; safe to call from every replica
-    /// at every start (concurrent calls wait for each other).
-    pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
-        self.inner.core.migrate(migrations()).await
-    }
-
-    /// Shares rate limits between replicas through this database (table
-    /// `tower_api_key_rate_buckets`, migration 4), on this store's pool:
-    /// pass it to [`LimitSettingsBuilder::shared`](tower_api_key::limits::LimitSettingsBuilder::shared).
-    /// Each sync is one statement.
-    pub fn rate_limit_sync(&self) -> SqlRateLimitSync {
-        self.inner.core.rate_limit_sync()
     }
 
     /// The NOTIFY channel of this store.

@@ -18,8 +18,6 @@
 //! assert!(all[0].sql().contains("tower_api_key_keys"));
 //! ```
 
-use super::PgKeyStore;
-use tower_api_key::store::StoreError;
 use tower_api_key_sql::Migration;
 
 const MIGRATIONS: &[Migration] = &[
@@ -58,18 +56,6 @@ const MIGRATIONS: &[Migration] = &[
 /// Every migration this version of the crate knows, oldest first.
 pub fn migrations() -> &'static [Migration] {
     MIGRATIONS
-}
-
-impl PgKeyStore {
-    /// The newest migration applied to the database (in the first schema
-    /// of the `search_path` that has the migrations table): 0 when it has
-    /// none, below the last of [`migrations()`] when this release's are not
-    /// all applied yet. Only reads: a tool checks it before work that needs
-    /// the schema, to say "migrate first" rather than fail on a missing
-    /// table half-way.
-    pub async fn schema_version(&self) -> Result<u32, StoreError> {
-        self.inner.core.schema_version().await
-    }
 }
 
 #[cfg(test)]

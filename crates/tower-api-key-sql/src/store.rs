@@ -1329,13 +1329,67 @@ macro_rules! settings_setters {
 }
 
 /// Implements [`Verifier`], [`CreditLedger`], [`KeyStore`] and
-/// [`LifecycleStore`] for a backend crate's store
-/// type by forwarding every method to the [`SqlKeyStore`] at a field path:
-/// `delegate_store!(SqliteKeyStore => inner.core);`. The crate using it
-/// depends on `async-trait` and `tower-api-key`.
+/// [`LifecycleStore`] for a backend crate's store type, and writes its
+/// methods `format`, `migrate`, `schema_version`, `rate_limit_sync` and
+/// `verify_work` (feature `test-util` of the backend crate), by forwarding
+/// to the [`SqlKeyStore`] at a field path, with the backend's migration
+/// list: `delegate_store!(SqliteKeyStore => inner.core, migrations);`. The
+/// crate using it depends on `async-trait` and `tower-api-key`.
 #[macro_export]
 macro_rules! delegate_store {
-    ($store:ty => $($core:ident).+) => {
+    ($store:ty => $($core:ident).+, $migrations:path) => {
+        impl $store {
+            /// The format of the keys this store issues: what
+            /// [`Verifier::key_format`](::tower_api_key::Verifier::key_format)
+            /// returns, without the `Option`.
+            pub fn format(&self) -> ::tower_api_key::KeyFormat {
+                self.$($core).+.format()
+            }
+
+            /// Creates or updates the schema: applies the migrations the
+            /// database lacks, in one transaction. Idempotent; safe to call
+            /// from every replica or process at every start (concurrent calls
+            /// wait for each other, and the second finds nothing to do).
+            pub async fn migrate(
+                &self,
+            ) -> ::std::result::Result<$crate::MigrationReport, ::tower_api_key::store::StoreError>
+            {
+                self.$($core).+.migrate($migrations()).await
+            }
+
+            /// The newest migration applied to the database: 0 when it has
+            /// none (never migrated, or a database of another program), below
+            /// the last of `migrations()` when this release's are not all
+            /// applied yet. Only reads: a tool checks it before work that
+            /// needs the schema, to say "migrate first" rather than fail on a
+            /// missing table half-way.
+            pub async fn schema_version(
+                &self,
+            ) -> ::std::result::Result<u32, ::tower_api_key::store::StoreError> {
+                self.$($core).+.schema_version().await
+            }
+
+            /// Shares rate limits between every store on this database (table
+            /// `tower_api_key_rate_buckets`), on this store's connections:
+            /// pass it to
+            /// [`LimitSettingsBuilder::shared`](::tower_api_key::limits::LimitSettingsBuilder::shared).
+            /// Each sync is one round trip to the database.
+            pub fn rate_limit_sync(&self) -> $crate::SqlRateLimitSync {
+                self.$($core).+.rate_limit_sync()
+            }
+
+            /// Statements run and bytes of hash columns read by
+            /// [`verify`](::tower_api_key::Verifier::verify) before it knew
+            /// whether the secret matched, since the store was made (feature
+            /// `test-util`): equal for a known id with a wrong secret and an
+            /// unknown id.
+            #[cfg(feature = "test-util")]
+            #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+            pub fn verify_work(&self) -> (u64, u64) {
+                self.$($core).+.verify_work()
+            }
+        }
+
         #[::async_trait::async_trait]
         impl ::tower_api_key::Verifier for $store {
             async fn verify(

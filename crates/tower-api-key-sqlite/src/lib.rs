@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tower_api_key::store::{ConfigError, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT};
-use tower_api_key::{Invalidations, KeyFormat, KeyId};
+use tower_api_key::{Invalidations, KeyId};
 use tower_api_key_sql::{BackgroundTask, SqlKeyStore, SqlSettings};
 
 pub use migrations::migrations;
@@ -45,7 +45,7 @@ struct Inner {
     watcher: BackgroundTask,
 }
 
-tower_api_key_sql::delegate_store!(SqliteKeyStore => inner.core);
+tower_api_key_sql::delegate_store!(SqliteKeyStore => inner.core, migrations);
 
 impl fmt::Debug for SqliteKeyStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -182,40 +182,9 @@ impl SqliteKeyStore {
         SqliteKeyStoreBuilder::new(path)
     }
 
-    /// The format of the keys this store issues: what
-    /// [`Verifier::key_format`](tower_api_key::Verifier::key_format) returns, without the `Option`.
-    pub fn format(&self) -> KeyFormat {
-        self.inner.core.format()
-    }
-
     /// The database file.
     pub fn path(&self) -> &Path {
         self.db().path()
-    }
-
-    /// Statements run and bytes of column data read by
-    /// [`verify`](tower_api_key::Verifier::verify) before it knew whether the secret
-    /// matched, since the store opened (feature `test-util`): equal for a
-    /// known id with a wrong secret and an unknown id.
-    #[cfg(feature = "test-util")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
-    pub fn verify_work(&self) -> (u64, u64) {
-        self.inner.core.verify_work()
-    }
-
-    /// Creates or updates the schema: applies the migrations the file
-    /// lacks, in one transaction. Idempotent; safe to call from every
-    /// process at every start (concurrent calls take turns).
-    pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
-        self.inner.core.migrate(migrations()).await
-    }
-
-    /// Shares rate limits between the processes on this file (table
-    /// `tower_api_key_rate_buckets`, migration 9): pass it to
-    /// [`LimitSettingsBuilder::shared`](tower_api_key::limits::LimitSettingsBuilder::shared).
-    /// Each sync is one write transaction.
-    pub fn rate_limit_sync(&self) -> SqlRateLimitSync {
-        self.inner.core.rate_limit_sync()
     }
 
     /// The pooled connections.

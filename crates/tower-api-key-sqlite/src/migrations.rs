@@ -14,8 +14,6 @@
 //! assert!(all[0].sql().contains("tower_api_key_keys"));
 //! ```
 
-use super::SqliteKeyStore;
-use tower_api_key::store::StoreError;
 use tower_api_key_sql::Migration;
 
 const MIGRATIONS: &[Migration] = &[
@@ -53,17 +51,6 @@ const MIGRATIONS: &[Migration] = &[
 /// Every migration this version of the crate knows, oldest first.
 pub fn migrations() -> &'static [Migration] {
     MIGRATIONS
-}
-
-impl SqliteKeyStore {
-    /// The newest migration applied to the file: 0 when it has none (never
-    /// migrated, or a file of another program), below the last of
-    /// [`migrations()`] when this release's are not all applied yet. Only
-    /// reads: a tool checks it before work that needs the schema, to say
-    /// "migrate first" rather than fail on a missing table half-way.
-    pub async fn schema_version(&self) -> Result<u32, StoreError> {
-        self.inner.core.schema_version().await
-    }
 }
 
 #[cfg(test)]
