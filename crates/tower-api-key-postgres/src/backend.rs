@@ -252,6 +252,14 @@ impl PgTx<'_> {
     async fn query_rows(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, BoxError> {
         Ok(self.tx.query_typed(sql, params).await?)
     }
+
+    /// Takes the advisory lock of `class` for `name`, held until commit.
+    async fn advisory_lock(&self, class: i32, name: &str) -> Result<(), BoxError> {
+        let sql = "SELECT pg_advisory_xact_lock($1, hashtext($2))::text";
+        self.query_rows(sql, &[(&class, Type::INT4), (&name, Type::TEXT)])
+            .await?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -266,22 +274,11 @@ impl Tx for PgTx<'_> {
     }
 
     async fn lock_account(&mut self, account: &str) -> Result<(), BoxError> {
-        // Held until commit.
-        let sql = "SELECT pg_advisory_xact_lock($1, hashtext($2))::text";
-        self.query_rows(
-            sql,
-            &[(&CREATE_LOCK_CLASS, Type::INT4), (&account, Type::TEXT)],
-        )
-        .await?;
-        Ok(())
+        self.advisory_lock(CREATE_LOCK_CLASS, account).await
     }
 
     async fn lock_key(&mut self, id: &str) -> Result<(), BoxError> {
-        // Held until commit.
-        let sql = "SELECT pg_advisory_xact_lock($1, hashtext($2))::text";
-        self.query_rows(sql, &[(&KEY_LOCK_CLASS, Type::INT4), (&id, Type::TEXT)])
-            .await?;
-        Ok(())
+        self.advisory_lock(KEY_LOCK_CLASS, id).await
     }
 
     async fn touch(&mut self, uses: &[(String, SystemTime)]) -> Result<(), BoxError> {

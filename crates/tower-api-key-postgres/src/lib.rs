@@ -19,10 +19,12 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{NoTls, Socket};
 use tower_api_key::store::{ConfigError, StoreError, DEFAULT_MAX_KEYS_PER_ACCOUNT};
 use tower_api_key::Invalidations;
-use tower_api_key_sql::{BackgroundTask, Listener, ListenerSettings, SqlKeyStore, SqlSettings};
+use tower_api_key_sql::{ChangeFeeds, ListenerSettings, SharedChangeLog, SqlKeyStore, SqlSettings};
 
 pub use migrations::migrations;
-pub use tower_api_key_sql::{ListenerStatus, Migration, MigrationReport, SqlRateLimitSync};
+pub use tower_api_key_sql::{
+    ChangeFeed, ListenerStatus, Migration, MigrationReport, SqlRateLimitSync, DEFAULT_POLL_INTERVAL,
+};
 
 use self::backend::Pg;
 
@@ -35,57 +37,6 @@ pub const DEFAULT_CHANNEL: &str = "tower_api_key_invalidate";
 /// warm cache (misses, writes, change-log polls and rate-limit syncs are
 /// short and rare), so a fleet's budget is `replicas × (4 + 1)`.
 pub const DEFAULT_POOL_SIZE: usize = 4;
-
-/// How often a store reads the change log by default: see [`ChangeFeed`].
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
-
-/// How a store hears of the changes other replicas commit (revokes,
-/// reissues, updates, credit and account-limit changes), so that its cache
-/// drops what they changed; set with [`PgKeyStoreBuilder::change_feed`].
-///
-/// | feed | a change reaches this store within | server connections |
-/// |------|------------------------------------|--------------------|
-/// | `Listen` | the NOTIFY delay (milliseconds) while listening; a lost notification waits for the positive TTL | pool + 1 |
-/// | `Poll(every)` | `every` plus one query, through any pooler | pool |
-/// | `ListenAndPoll(every)` (default, 250 ms) | the NOTIFY delay, and never more than `every` plus one query | pool + 1 |
-///
-/// LISTEN needs a session: through a transaction-mode pooler it hears
-/// nothing (polling still carries every change), so point it at the
-/// database or a session-mode pooler with
-/// [`PgKeyStoreBuilder::listen_config`], or poll alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ChangeFeed {
-    /// LISTEN/NOTIFY alone: the store fails to connect when it cannot listen.
-    Listen,
-    /// The change log, read at this interval (1 ms at least); no LISTEN
-    /// connection.
-    Poll(Duration),
-    /// Both: LISTEN for speed, the change log as the safety net. The store
-    /// connects even when LISTEN fails, and keeps trying to listen.
-    ListenAndPoll(Duration),
-}
-
-impl Default for ChangeFeed {
-    fn default() -> Self {
-        Self::ListenAndPoll(DEFAULT_POLL_INTERVAL)
-    }
-}
-
-impl ChangeFeed {
-    fn listens(self) -> bool {
-        matches!(self, Self::Listen | Self::ListenAndPoll(_))
-    }
-
-    fn poll_interval(self) -> Option<Duration> {
-        match self {
-            Self::Listen => None,
-            Self::Poll(every) | Self::ListenAndPoll(every) => {
-                Some(every.max(Duration::from_millis(1)))
-            }
-        }
-    }
-}
 
 /// Keys in PostgreSQL, with push invalidation between replicas. See the
 /// [module docs](self).
@@ -100,11 +51,10 @@ pub struct PgKeyStore {
 
 struct Inner {
     core: SqlKeyStore<Pg>,
-    // Dropping it (with the last clone of the store) stops the listener too.
-    listener: Option<BackgroundTask>,
-    /// The change-log poller, and its task when it polls on its own.
-    poller: poller::Poller,
-    polling: Option<BackgroundTask>,
+    // Dropping them (with the last clone of the store) stops them too.
+    feeds: ChangeFeeds,
+    /// The change log the poller reads, for explicit polls.
+    log: SharedChangeLog<poller::XidLog>,
 }
 
 tower_api_key_sql::delegate_store!(PgKeyStore => inner.core, migrations);
@@ -268,63 +218,42 @@ impl PgKeyStoreBuilder {
         drop(pool.get().await.map_err(StoreError::backend)?);
 
         let invalidations = Invalidations::new();
-        let poller = poller::Poller::new(pool.clone(), invalidations.clone());
-        // The log's end now, before any cache holds anything; when the
-        // database is not migrated yet the first poll reads from the start.
-        poller.start().await.map_err(StoreError::backend)?;
-        let (listener, listening) = if self.feed.listens() {
-            let subscription = listener::PgSubscription {
-                pg: listener_pg,
-                channel: self.channel.clone(),
-                tls,
-                pool: pool.clone(),
-            };
-            self.listener.timeout = self.timeout;
-            let (listener, task) =
-                Listener::spawn(subscription, self.listener, invalidations.clone());
-            (listener, Some(task))
-        } else {
-            (Listener::off(), None)
+        let log = poller::XidLog::at_end(pool.clone())
+            .await
+            .map(SharedChangeLog::new)
+            .map_err(StoreError::backend)?;
+        let subscription = listener::PgSubscription {
+            pg: listener_pg,
+            channel: self.channel.clone(),
+            tls,
+            pool: pool.clone(),
         };
-        let polling = self.feed.poll_interval().map(|every| {
-            BackgroundTask::poll_change_log(
-                poller.clone(),
-                invalidations.clone(),
-                every,
-                "PostgreSQL",
-            )
-        });
+        self.listener.timeout = self.timeout;
+        let feeds = ChangeFeeds::start(
+            self.feed,
+            subscription,
+            log.clone(),
+            self.listener,
+            invalidations.clone(),
+            "PostgreSQL",
+        )
+        .await
+        .map_err(|e| {
+            pool.close();
+            StoreError::backend(e)
+        })?;
         let backend = Pg {
             pool,
             channel: self.channel,
-            listener: listener.clone(),
+            listener: feeds.listener().clone(),
         };
-        let store = PgKeyStore {
+        Ok(PgKeyStore {
             inner: Arc::new(Inner {
                 core: SqlKeyStore::new(backend, self.settings, invalidations),
-                listener: listening,
-                poller,
-                polling,
+                feeds,
+                log,
             }),
-        };
-        if !self.feed.listens() {
-            return Ok(store);
-        }
-        if listener
-            .listening_within(self.timeout.saturating_mul(2))
-            .await
-        {
-            return Ok(store);
-        }
-        if self.feed.poll_interval().is_some() {
-            // The change log carries every change meanwhile; the listener keeps trying.
-            tracing::warn!("tower-api-key: not listening yet; the change-log poll carries invalidations until it does");
-            return Ok(store);
-        }
-        store.shutdown().await;
-        Err(StoreError::backend(
-            "the LISTEN connection could not be established",
-        ))
+        })
     }
 }
 
@@ -367,12 +296,7 @@ impl PgKeyStore {
     /// pool. Management calls and verification fail afterwards. Dropping the
     /// last clone of the store stops them too, without waiting.
     pub async fn shutdown(&self) {
-        if let Some(listener) = &self.inner.listener {
-            listener.stop().await;
-        }
-        if let Some(polling) = &self.inner.polling {
-            polling.stop().await;
-        }
+        self.inner.feeds.stop().await;
         self.pg().pool.close();
     }
 
@@ -381,7 +305,8 @@ impl PgKeyStore {
     /// that must see other replicas' changes at a point of its choosing,
     /// such as a test.
     pub async fn poll_changes(&self) -> Result<(), StoreError> {
-        self.inner.poller.poll().await.map_err(StoreError::backend)
+        let bus = self.inner.core.invalidations();
+        self.inner.log.poll(bus).await.map_err(StoreError::backend)
     }
 
     /// The backend: the pool, the channel and the listener's state.

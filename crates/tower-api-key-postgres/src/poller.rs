@@ -20,88 +20,48 @@
 //! within one poll interval plus one query.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
-use tokio::sync::Mutex;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
-use tower_api_key::{Invalidation, Invalidations};
+use tower_api_key::Invalidation;
 use tower_api_key_sql::{invalidations, BoxError, ChangeLog, MAX_ROWS_PER_READ};
 
-/// Where a poller is in the change log.
-#[derive(Debug, Default)]
-struct Position {
+/// The change log from a position: what a store's poller reads.
+pub(crate) struct XidLog {
+    pool: Pool,
     /// Rows of transactions from this id on are read (0: from the start).
     from_xid: u64,
     /// Rows at or after `from_xid` already published, by `seq`.
     seen: HashSet<i64>,
 }
 
-/// The poller's state, shared by its task and explicit polls.
-#[derive(Clone)]
-pub(crate) struct Poller {
-    pool: Pool,
-    bus: Invalidations,
-    /// `None` until a first poll has read the log.
-    position: Arc<Mutex<Option<Position>>>,
-}
-
-impl Poller {
-    pub(crate) fn new(pool: Pool, bus: Invalidations) -> Self {
-        Self {
+impl XidLog {
+    /// The log from its current end, publishing nothing: at connect, when
+    /// no cache holds anything yet. Before the database is migrated, the
+    /// log from its start.
+    pub(crate) async fn at_end(pool: Pool) -> Result<Self, BoxError> {
+        let mut log = Self {
             pool,
-            bus,
-            position: Arc::new(Mutex::new(None)),
-        }
-    }
-
-    /// Takes the log's current end as the position, publishing nothing: at
-    /// connect, when no cache holds anything yet.
-    pub(crate) async fn start(&self) -> Result<(), BoxError> {
-        let mut position = self.position.lock().await;
-        let mut fresh = Position::default();
-        read(&self.pool, &mut fresh).await?;
-        *position = Some(fresh);
-        Ok(())
-    }
-
-    /// What changed since the last read.
-    async fn changes(&self) -> Result<Vec<Invalidation>, BoxError> {
-        let mut position = self.position.lock().await;
-        match position.as_mut() {
-            Some(at) => read(&self.pool, at).await,
-            None => {
-                // Never read (the database was not reachable at connect):
-                // what changed meanwhile is unknown.
-                let mut fresh = Position::default();
-                read(&self.pool, &mut fresh).await?;
-                *position = Some(fresh);
-                Ok(vec![Invalidation::All])
-            }
-        }
-    }
-
-    /// Reads what changed since the last read and publishes it.
-    pub(crate) async fn poll(&self) -> Result<(), BoxError> {
-        for what in &self.changes().await? {
-            self.bus.publish(what);
-        }
-        Ok(())
+            from_xid: 0,
+            seen: HashSet::new(),
+        };
+        log.read().await?;
+        Ok(log)
     }
 }
 
 #[async_trait]
-impl ChangeLog for Poller {
+impl ChangeLog for XidLog {
     async fn read(&mut self) -> Result<Vec<Invalidation>, BoxError> {
-        self.changes().await
+        read(self).await
     }
 }
 
 /// One read of the log from `at`, in one statement (one snapshot): the
 /// rows, the snapshot's oldest running transaction, the prune watermark.
-async fn read(pool: &Pool, at: &mut Position) -> Result<Vec<Invalidation>, BoxError> {
+async fn read(at: &mut XidLog) -> Result<Vec<Invalidation>, BoxError> {
     let sql = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text,
                       (SELECT upto::text FROM tower_api_key_changes_pruned WHERE id = 1),
                       c.seq, c.key_id, c.service_account_id, c.xid::text
@@ -109,7 +69,7 @@ async fn read(pool: &Pool, at: &mut Position) -> Result<Vec<Invalidation>, BoxEr
                  LEFT JOIN (SELECT * FROM tower_api_key_changes
                              WHERE xid >= $1::text::xid8 ORDER BY seq LIMIT $2) AS c ON true";
     let from = at.from_xid.to_string();
-    let client = pool.get().await?;
+    let client = at.pool.get().await?;
     let rows = match client
         .query_typed(
             sql,

@@ -4,10 +4,11 @@
 //! id) behind [`ChangeLog`].
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::watch;
+use tokio::sync::{watch, Mutex};
 use tower_api_key::{Invalidation, Invalidations, KeyId};
 
 use crate::BoxError;
@@ -28,6 +29,38 @@ pub trait ChangeLog: Send + 'static {
     where
         Self: Sized,
     {
+    }
+}
+
+/// A change log read both by its polling task and by explicit polls (a
+/// store's `poll_changes`), one read at a time.
+pub struct SharedChangeLog<L>(Arc<Mutex<L>>);
+
+impl<L> Clone for SharedChangeLog<L> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<L: ChangeLog> SharedChangeLog<L> {
+    /// `log`, shared.
+    pub fn new(log: L) -> Self {
+        Self(Arc::new(Mutex::new(log)))
+    }
+
+    /// Reads what changed since the last read and publishes it on `bus`.
+    pub async fn poll(&self, bus: &Invalidations) -> Result<(), BoxError> {
+        for what in &self.0.lock().await.read().await? {
+            bus.publish(what);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<L: ChangeLog> ChangeLog for SharedChangeLog<L> {
+    async fn read(&mut self) -> Result<Vec<Invalidation>, BoxError> {
+        self.0.lock().await.read().await
     }
 }
 

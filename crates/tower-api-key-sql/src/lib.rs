@@ -16,6 +16,7 @@
 mod backend;
 mod changes;
 mod columns;
+mod feed;
 mod listener;
 mod rate_sync;
 mod row;
@@ -26,8 +27,9 @@ use std::fmt;
 use std::time::SystemTime;
 
 pub use backend::{Backend, BoxFuture, Rows, Statement, Tx, TxWork, ValueRows};
-pub use changes::{invalidations, poll_change_log, ChangeLog, MAX_ROWS_PER_READ};
+pub use changes::{invalidations, poll_change_log, ChangeLog, SharedChangeLog, MAX_ROWS_PER_READ};
 pub use columns::{read_kinds, select_columns, Kind, Value, KEY_COLUMNS};
+pub use feed::{ChangeFeed, ChangeFeeds, DEFAULT_POLL_INTERVAL};
 pub use listener::{Listener, ListenerSettings, ListenerStatus, Session, Subscription};
 pub use rate_sync::{BucketAdd, SqlRateLimitSync, IDLE_AFTER, MAX_INCREMENT_NS, SWEEP_EVERY};
 pub use row::{micros, HashColumns, KeyRow, Lookup};

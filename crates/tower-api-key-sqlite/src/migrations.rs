@@ -65,7 +65,9 @@ mod tests {
             tower_api_key::KeyId::random().unwrap()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let store = crate::SqliteKeyStore::open(dir.join("keys.db")).await.unwrap();
+        let store = crate::SqliteKeyStore::open(dir.join("keys.db"))
+            .await
+            .unwrap();
         assert_eq!(store.schema_version().await.unwrap(), 0);
         let report = store.migrate().await.unwrap();
         let newest = migrations().last().unwrap().version();
