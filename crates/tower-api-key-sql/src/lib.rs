@@ -4,8 +4,10 @@
 //! its transactions ([`Tx`]), which each dialect implements with its
 //! driver's value codec and the few statements only it can write
 //! (verification's lookup, migrations, announcements); and what the dialects share
-//! besides: numbered migrations and their report, the columns of hashes,
-//! rate limits, credits and leak reports, and the store's clock.
+//! besides: how a store hears of other stores' changes ([`ChangeFeed`]: a
+//! change-log poll, and a [`Listener`] over a dialect's [`Subscription`]),
+//! numbered migrations and their report, the columns of hashes, rate
+//! limits, credits and leak reports, and the store's clock.
 //!
 //! An application does not use this crate directly: it uses a store
 //! crate, which re-exports [`Migration`] and [`MigrationReport`].
