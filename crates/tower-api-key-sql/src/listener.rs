@@ -263,7 +263,13 @@ async fn serve<C: Session>(
                 Err(e) => return Ended::Lost(e),
             },
             _ = health.tick() => {
-                match tokio::time::timeout(settings.timeout, session.check()).await {
+                // A check that does not answer must not hold up a shutdown.
+                let checked = tokio::select! {
+                    biased;
+                    _ = stopped(stop) => return Ended::Shutdown,
+                    checked = tokio::time::timeout(settings.timeout, session.check()) => checked,
+                };
+                match checked {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return Ended::HealthCheck(e),
                     Err(_) => return Ended::HealthCheck(
