@@ -326,6 +326,19 @@ impl Harness {
         remote
     }
 
+    /// Listens again: `attempt` succeeds with backend pid 2, the status
+    /// becomes the second connection, and everything is invalidated.
+    async fn reconnected(&mut self, attempt: Attempt) -> Remote {
+        let remote = attempt.succeed(2);
+        self.status_becomes(ListenerStatus::Listening {
+            backend_pid: 2,
+            connections: 2,
+        })
+        .await;
+        assert_eq!(self.heard().await, Invalidation::All);
+        remote
+    }
+
     /// The status, now.
     fn status(&self) -> ListenerStatus {
         self.listener.status().borrow().clone()
@@ -412,13 +425,7 @@ async fn a_lost_session_reconnects_at_once_and_invalidates_everything_again() {
     first.closed().await;
     h.heard_nothing();
 
-    let _second = attempt.succeed(2);
-    h.status_becomes(ListenerStatus::Listening {
-        backend_pid: 2,
-        connections: 2,
-    })
-    .await;
-    assert_eq!(h.heard().await, Invalidation::All);
+    let _second = h.reconnected(attempt).await;
     h.heard_nothing();
 }
 
@@ -567,13 +574,7 @@ async fn a_failed_health_check_ends_the_session_and_reconnects() {
     let attempt = h.attempt().await;
     assert_eq!(attempt.at, failed);
     first.closed().await;
-    let _second = attempt.succeed(2);
-    h.status_becomes(ListenerStatus::Listening {
-        backend_pid: 2,
-        connections: 2,
-    })
-    .await;
-    assert_eq!(h.heard().await, Invalidation::All);
+    let _second = h.reconnected(attempt).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -591,13 +592,7 @@ async fn an_unanswered_health_check_ends_the_session_after_the_timeout() {
     let attempt = h.attempt().await;
     assert_eq!(attempt.at - asked, s.timeout);
     first.closed().await;
-    let _second = attempt.succeed(2);
-    h.status_becomes(ListenerStatus::Listening {
-        backend_pid: 2,
-        connections: 2,
-    })
-    .await;
-    assert_eq!(h.heard().await, Invalidation::All);
+    let _second = h.reconnected(attempt).await;
 }
 
 #[tokio::test(start_paused = true)]
