@@ -54,68 +54,65 @@ impl XidLog {
 
 #[async_trait]
 impl ChangeLog for XidLog {
+    /// One read of the log from the position, in one statement (one
+    /// snapshot): the rows, the snapshot's oldest running transaction, the
+    /// prune watermark.
     async fn read(&mut self) -> Result<Vec<Invalidation>, BoxError> {
-        read(self).await
-    }
-}
-
-/// One read of the log from `at`, in one statement (one snapshot): the
-/// rows, the snapshot's oldest running transaction, the prune watermark.
-async fn read(at: &mut XidLog) -> Result<Vec<Invalidation>, BoxError> {
-    let sql = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text,
-                      (SELECT upto::text FROM tower_api_key_changes_pruned WHERE id = 1),
-                      c.seq, c.key_id, c.service_account_id, c.xid::text
-                 FROM (VALUES (1)) AS one(x)
-                 LEFT JOIN (SELECT * FROM tower_api_key_changes
-                             WHERE xid >= $1::text::xid8 ORDER BY seq LIMIT $2) AS c ON true";
-    let from = at.from_xid.to_string();
-    let client = at.pool.get().await?;
-    let rows = match client
-        .query_typed(
-            sql,
-            &[(&from, Type::TEXT), (&(MAX_ROWS_PER_READ + 1), Type::INT8)],
-        )
-        .await
-    {
-        Ok(rows) => rows,
-        // Not migrated yet: nothing to read; read from the start once it is.
-        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let first = rows.first().ok_or("the change log query returned no row")?;
-    let xmin = parse_xid(&first.try_get::<_, String>(0)?)?;
-    let pruned = parse_xid(&first.try_get::<_, String>(1)?)?;
-    let mut everything = pruned > 0 && pruned >= at.from_xid;
-    let mut read = Vec::new();
-    for row in &rows {
-        let Some(seq) = row.try_get::<_, Option<i64>>(2)? else {
-            continue;
+        let sql = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text,
+                          (SELECT upto::text FROM tower_api_key_changes_pruned WHERE id = 1),
+                          c.seq, c.key_id, c.service_account_id, c.xid::text
+                     FROM (VALUES (1)) AS one(x)
+                     LEFT JOIN (SELECT * FROM tower_api_key_changes
+                                 WHERE xid >= $1::text::xid8 ORDER BY seq LIMIT $2) AS c ON true";
+        let from = self.from_xid.to_string();
+        let client = self.pool.get().await?;
+        let rows = match client
+            .query_typed(
+                sql,
+                &[(&from, Type::TEXT), (&(MAX_ROWS_PER_READ + 1), Type::INT8)],
+            )
+            .await
+        {
+            Ok(rows) => rows,
+            // Not migrated yet: nothing to read; read from the start once it is.
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
         };
-        let xid = parse_xid(&row.try_get::<_, String>(5)?)?;
-        read.push((
-            seq,
-            xid,
-            row.try_get::<_, String>(3)?,
-            row.try_get::<_, String>(4)?,
-        ));
+        let first = rows.first().ok_or("the change log query returned no row")?;
+        let xmin = parse_xid(&first.try_get::<_, String>(0)?)?;
+        let pruned = parse_xid(&first.try_get::<_, String>(1)?)?;
+        let mut everything = pruned > 0 && pruned >= self.from_xid;
+        let mut read = Vec::new();
+        for row in &rows {
+            let Some(seq) = row.try_get::<_, Option<i64>>(2)? else {
+                continue;
+            };
+            let xid = parse_xid(&row.try_get::<_, String>(5)?)?;
+            read.push((
+                seq,
+                xid,
+                row.try_get::<_, String>(3)?,
+                row.try_get::<_, String>(4)?,
+            ));
+        }
+        if read.len() as i64 > MAX_ROWS_PER_READ {
+            everything = true;
+        }
+        let fresh: Vec<_> = read
+            .iter()
+            .filter(|(seq, ..)| !self.seen.contains(seq))
+            .map(|(_, _, key_id, account)| (key_id.clone(), account.clone()))
+            .collect();
+        // Rows of transactions from `xmin` on are read again next time: remember
+        // them so they are not published twice.
+        self.seen = read
+            .iter()
+            .filter(|(_, xid, _, _)| *xid >= xmin)
+            .map(|(seq, _, _, _)| *seq)
+            .collect();
+        self.from_xid = self.from_xid.max(xmin);
+        Ok(invalidations(fresh, everything))
     }
-    if read.len() as i64 > MAX_ROWS_PER_READ {
-        everything = true;
-    }
-    let fresh: Vec<_> = read
-        .iter()
-        .filter(|(seq, ..)| !at.seen.contains(seq))
-        .map(|(_, _, key_id, account)| (key_id.clone(), account.clone()))
-        .collect();
-    // Rows of transactions from `xmin` on are read again next time: remember
-    // them so they are not published twice.
-    at.seen = read
-        .iter()
-        .filter(|(_, xid, _, _)| *xid >= xmin)
-        .map(|(seq, _, _, _)| *seq)
-        .collect();
-    at.from_xid = at.from_xid.max(xmin);
-    Ok(invalidations(fresh, everything))
 }
 
 fn parse_xid(text: &str) -> Result<u64, BoxError> {
