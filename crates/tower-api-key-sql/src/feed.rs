@@ -1,6 +1,5 @@
-//! How a store hears of the changes other stores commit: a [`Listener`], a
-//! change-log poll, or both ([`ChangeFeed`]), started and stopped together
-//! ([`ChangeFeeds`]).
+//! A store's change feeds: a [`Listener`], a change-log poll, or both
+//! ([`ChangeFeed`]), started and stopped together ([`ChangeFeeds`]).
 
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use crate::{BackgroundTask, BoxError, ChangeLog, Listener, ListenerSettings, Sub
 /// How often a store reads the change log by default: see [`ChangeFeed`].
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
-/// How a store hears of the changes other replicas commit (revokes,
+/// Which feeds bring a store the changes other replicas commit (revokes,
 /// reissues, updates, credit and account-limit changes), so that its cache
 /// drops what they changed; set with the store builder's `change_feed`.
 ///
